@@ -1,0 +1,342 @@
+"""Every message the supervisor and a sandboxed child exchange.
+
+Messages are msgspec Structs in two tagged unions, one per direction, encoded
+as msgpack arrays (``array_like``) because the hot path sends several per
+request and arrays are both smaller and faster than maps.
+
+Identifiers and streams
+-----------------------
+An *invocation* is one event (an HTTP request) delivered to a child; the
+supervisor numbers them with positive ids. A *call* is a sub-request a child
+makes (a dispatch-namespace stub's ``fetch``, an outbound ``fetch``); the child
+numbers them with negative ids. Because the two spaces cannot collide, a body
+stream is named by the id it belongs to, in either direction:
+
+* request body of invocation ``i``: supervisor -> child, stream ``i``
+* response body of invocation ``i``: child -> supervisor, stream ``i``
+* request body of call ``c``: child -> supervisor, stream ``c``
+* response body of call ``c``: supervisor -> child, stream ``c``
+
+Flow control
+------------
+Small bodies travel inline (``body``); large or not yet complete ones are
+streamed (``body_stream=True``) as :class:`BodyChunk` frames. A stream starts
+with **zero credit**: the receiver sends :class:`Credit` as its consumer wants
+data, and the sender never has more bytes in flight than it was granted. This
+makes every stream pull-based: an unread body costs nothing, and a body can
+be handed on by reference (``body_ref``) without ever crossing a process it
+does not need to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+#: Bumped whenever a message changes shape; a child speaking another version
+#: is killed at its first frame.
+PROTOCOL_VERSION = 1
+
+#: Largest chunk of a streamed body, and largest inline body.
+MAX_CHUNK = 64 * 1024
+
+#: Credit a receiver grants at a time; bounds memory held per stream.
+STREAM_WINDOW = 4 * MAX_CHUNK
+
+Header = tuple[bytes, bytes]
+
+
+class _Msg(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
+    """Base of all messages: positional msgpack arrays, defaults left out."""
+
+
+# --------------------------------------------------------------------------
+# Shapes carried inside messages
+# --------------------------------------------------------------------------
+
+
+class ExceptionInfo(msgspec.Struct, array_like=True, frozen=True):
+    """An exception raised by tenant code or by the platform on its behalf."""
+
+    name: str
+    message: str
+    stack: str = ""
+
+
+class Limits(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
+    """Per-invocation limits; ``None`` means "the platform default"."""
+
+    cpu_ms: float | None = None
+    sub_requests: int | None = None
+    wall_ms: float | None = None
+    memory_mb: int | None = None
+
+
+class TextBinding(_Msg, tag="text"):
+    """``plain_text`` and ``secret_text`` bindings: a string on ``env``."""
+
+    name: str
+    text: str
+
+
+class JsonBinding(_Msg, tag="json"):
+    """A JSON value on ``env`` (``json`` bindings, ``[vars]`` tables)."""
+
+    name: str
+    value: Any
+
+
+class DispatchNamespaceBinding(_Msg, tag="dispatch_namespace"):
+    """``env.<name>.get(script)`` invokes user workers in ``namespace``."""
+
+    name: str
+    namespace: str
+
+
+class ServiceBinding(_Msg, tag="service"):
+    """``env.<name>.fetch(request)`` invokes a platform script."""
+
+    name: str
+    service: str
+
+
+class ParamBinding(_Msg, tag="param"):
+    """An outbound worker's parameter, filled per call from the dispatcher."""
+
+    name: str
+
+
+Binding = Union[TextBinding, JsonBinding, DispatchNamespaceBinding, ServiceBinding, ParamBinding]
+
+
+class ScriptBundle(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
+    """Everything a child needs to run one script, sent once at assignment."""
+
+    namespace: str  # "" for platform scripts
+    name: str
+    version: str
+    main_module: str
+    modules: dict[str, bytes]
+    bindings: list[Binding] = []
+    compatibility_date: str = ""
+
+
+# --------------------------------------------------------------------------
+# Supervisor -> child
+# --------------------------------------------------------------------------
+
+
+class Load(_Msg, tag="load"):
+    """Assign this (already jailed) child to a script; sent exactly once."""
+
+    script: ScriptBundle
+
+
+class Invoke(_Msg, tag="invoke"):
+    """Deliver one HTTP event to the script's ``fetch`` handler.
+
+    ``params`` carries outbound-worker parameters set by the dispatcher for the
+    subrequest this invocation represents; they appear on ``env``.
+    """
+
+    id: int
+    method: bytes
+    url: str
+    headers: list[Header]
+    body: bytes | None = None
+    body_stream: bool = False
+    params: dict[str, Any] | None = None
+
+
+class Cancel(_Msg, tag="cancel"):
+    """The caller of invocation ``id`` went away; stop working on it."""
+
+    id: int
+
+
+class SubResponse(_Msg, tag="subresp"):
+    """The response head (and inline body) of the child's call ``call``."""
+
+    call: int
+    status: int
+    headers: list[Header]
+    body: bytes | None = None
+    body_stream: bool = False
+    url: str = ""
+    redirected: bool = False
+
+
+class SubFailed(_Msg, tag="subfail"):
+    """Call ``call`` failed; the child raises ``error`` from its ``fetch``."""
+
+    call: int
+    error: ExceptionInfo
+
+
+# --------------------------------------------------------------------------
+# Child -> supervisor
+# --------------------------------------------------------------------------
+
+
+class Hello(_Msg, tag="hello"):
+    """First frame of every child, sent only after its jail is complete."""
+
+    version: int
+    pid: int
+
+
+class Loaded(_Msg, tag="loaded"):
+    """Answer to :class:`Load`: the script imported, or why not."""
+
+    error: ExceptionInfo | None = None
+
+
+class ResponseStart(_Msg, tag="respond"):
+    """The response to invocation ``id``.
+
+    The body is inline (``body``), streamed (``body_stream``) or, when the
+    script returns a subrequest's response untouched, the body of call
+    ``body_ref``, which the supervisor pipes without the child touching it.
+    """
+
+    id: int
+    status: int
+    headers: list[Header]
+    body: bytes | None = None
+    body_stream: bool = False
+    body_ref: int | None = None
+
+
+class InvokeFailed(_Msg, tag="failed"):
+    """Invocation ``id`` raised instead of responding (or its stream broke)."""
+
+    id: int
+    error: ExceptionInfo
+
+
+class InvokeDone(_Msg, tag="done"):
+    """Invocation ``id`` finished entirely, ``waitUntil`` work included."""
+
+    id: int
+
+
+class Log(_Msg, tag="log"):
+    """A line the script printed or logged during invocation ``id`` (0: at load)."""
+
+    id: int
+    level: str
+    message: str
+    ts: float
+
+
+class Report(_Msg, tag="report"):
+    """An exception the script raised that did not fail a response (e.g. in waitUntil)."""
+
+    id: int
+    error: ExceptionInfo
+
+
+class SubRequest(_Msg, tag="subreq"):
+    """Call ``call`` (negative) made on behalf of invocation ``parent``.
+
+    ``kind`` is ``"dispatch"`` (``target`` names a script in the binding's
+    namespace), ``"service"`` (``target`` is a platform script) or
+    ``"fetch"`` (an outbound request to ``url``). ``body_ref`` forwards the
+    request body of invocation ``parent`` without the child reading it.
+    """
+
+    call: int
+    parent: int
+    kind: Literal["dispatch", "service", "fetch"]
+    method: bytes
+    url: str
+    headers: list[Header]
+    binding: str = ""
+    target: str = ""
+    body: bytes | None = None
+    body_stream: bool = False
+    body_ref: int | None = None
+    redirect: str = "follow"
+    limits: Limits | None = None
+    params: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------
+# Both directions
+# --------------------------------------------------------------------------
+
+
+class BodyChunk(_Msg, tag="chunk"):
+    """Bytes of stream ``stream``; ``end`` closes it."""
+
+    stream: int
+    data: bytes
+    end: bool = False
+
+
+class Credit(_Msg, tag="credit"):
+    """The receiver of stream ``stream`` will take ``nbytes`` more."""
+
+    stream: int
+    nbytes: int
+
+
+class Abort(_Msg, tag="abort"):
+    """Stream ``stream`` ends abnormally: its producer failed or its consumer left."""
+
+    stream: int
+    reason: str = ""
+
+
+ToChild = Union[Load, Invoke, Cancel, SubResponse, SubFailed, BodyChunk, Credit, Abort]
+ToSupervisor = Union[
+    Hello,
+    Loaded,
+    ResponseStart,
+    InvokeFailed,
+    InvokeDone,
+    Log,
+    Report,
+    SubRequest,
+    BodyChunk,
+    Credit,
+    Abort,
+]
+
+
+# --------------------------------------------------------------------------
+# Supervisor <-> zygote (a SOCK_SEQPACKET socket: one message per packet, so
+# the fds of a Spawned ride with exactly that packet)
+# --------------------------------------------------------------------------
+
+
+class Spawn(_Msg, tag="spawn"):
+    """Fork ``count`` more jailed spare children."""
+
+    count: int
+
+
+class ZygoteReady(_Msg, tag="zready"):
+    """The zygote imported everything and can fork; ``jail`` says what it got."""
+
+    version: int
+    pid: int
+    jail: dict[str, Any]
+
+
+class Spawned(_Msg, tag="spawned"):
+    """A child exists; its channel socket and pidfd arrive as SCM_RIGHTS."""
+
+    pid: int
+
+
+class Exited(_Msg, tag="exited"):
+    """The zygote reaped a child; ``status`` is the raw wait status."""
+
+    pid: int
+    status: int
+
+
+ToZygote = Spawn
+FromZygote = Union[ZygoteReady, Spawned, Exited]
