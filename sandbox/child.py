@@ -1,0 +1,500 @@
+"""A sandboxed child: jail, then serve one script's events over the channel.
+
+The order in :func:`main` is the security argument: the jail (including the
+seccomp filter) is complete before the channel is read at all, so not even a
+frame that was already buffered on the socket can run before the filter.
+
+One asyncio loop serves every invocation of the script concurrently; each
+invocation is one task, and everything it does outside the process (a
+dispatch stub's ``fetch``, an outbound ``fetch``) is a *call* answered by the
+supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from protocol.messages import (
+    MAX_CHUNK,
+    PROTOCOL_VERSION,
+    Abort,
+    BodyChunk,
+    Cancel,
+    Credit,
+    DispatchNamespaceBinding,
+    ExceptionInfo,
+    Hello,
+    Invoke,
+    InvokeDone,
+    InvokeFailed,
+    JsonBinding,
+    Limits,
+    Load,
+    Loaded,
+    Log,
+    ParamBinding,
+    Report,
+    ResponseStart,
+    ScriptBundle,
+    ServiceBinding,
+    SubFailed,
+    SubRequest,
+    SubResponse,
+    TextBinding,
+)
+
+from . import jail, loader, logs, workers
+from .channel import Channel
+from .streams import IncomingBody, OutgoingBody
+
+#: Exit status of a child that ran out of memory (the supervisor maps it to
+#: ``exceededMemory`` together with its own measurement).
+EXIT_OUT_OF_MEMORY = 3
+
+
+def exception_info(exc: BaseException, with_stack: bool = True) -> ExceptionInfo:
+    stack = "".join(traceback.format_exception(exc)) if with_stack else ""
+    return ExceptionInfo(type(exc).__name__, str(exc), stack[-8192:])
+
+
+# ---------------------------------------------------------------------------
+# env and dispatch-namespace stubs
+# ---------------------------------------------------------------------------
+
+
+def _limits_from(options: dict | None) -> tuple[Limits | None, dict | None]:
+    """Read ``options`` of ``dispatcher.get`` (camelCase or snake_case keys)."""
+    if not options:
+        return None, None
+    raw = options.get("limits") or {}
+
+    def pick(*keys: str) -> Any:
+        for key in keys:
+            if raw.get(key) is not None:
+                return raw[key]
+        return None
+
+    limits = Limits(
+        cpu_ms=pick("cpuMs", "cpu_ms"),
+        sub_requests=pick("subRequests", "sub_requests", "subrequests"),
+        wall_ms=pick("wallMs", "wall_ms", "wallTimeMs", "wall_time_ms"),
+        memory_mb=pick("memoryMb", "memory_mb", "memoryMB"),
+    ) if raw else None
+    outbound = options.get("outbound")
+    return limits, dict(outbound) if outbound else None
+
+
+class Fetcher:
+    """A stub whose ``fetch`` invokes another worker through the supervisor."""
+
+    def __init__(self, runtime: "Runtime", kind: str, binding: str, target: str,
+                 options: dict | None = None) -> None:
+        self._runtime = runtime
+        self._kind = kind
+        self._binding = binding
+        self._target = target
+        self._limits, self._params = _limits_from(options)
+
+    async def fetch(self, resource: Any, method: str | None = None, headers: Any = None,
+                    body: Any = None, redirect: str | None = None, **init: Any) -> workers.Response:
+        request = resource
+        if not isinstance(resource, workers.Request) or any(
+            v is not None for v in (method, headers, body, redirect)
+        ):
+            request = workers.Request(resource, method=method, headers=headers, body=body,
+                                      redirect=redirect)
+        return await self._runtime.sub_request(
+            self._kind, request, binding=self._binding, target=self._target,
+            limits=self._limits, params=self._params,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Fetcher {self._kind} {self._target!r}>"
+
+
+class DispatchNamespace:
+    """``env.dispatcher``: ``get(name, args=None, options=None)`` gives a stub."""
+
+    def __init__(self, runtime: "Runtime", binding: str) -> None:
+        self._runtime = runtime
+        self._binding = binding
+
+    def get(self, name: str, args: Any = None, options: dict | None = None) -> Fetcher:
+        if not isinstance(name, str) or not name:
+            raise TypeError("dispatcher.get() needs a script name")
+        return Fetcher(self._runtime, "dispatch", self._binding, name, options)
+
+
+class Env:
+    """``self.env``: bindings as attributes (and items, for ``env["X"]``)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.__dict__[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.__dict__
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.__dict__.get(name, default)
+
+    def __repr__(self) -> str:
+        return f"<Env {sorted(self.__dict__)}>"
+
+
+# ---------------------------------------------------------------------------
+# The runtime
+# ---------------------------------------------------------------------------
+
+
+class _Invocation:
+    __slots__ = ("task", "background", "responded")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.background: set[asyncio.Task] = set()
+        self.responded = False
+
+
+class Runtime:
+    """Dispatches the supervisor's frames and runs the script's handlers."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.channel: Channel | None = None
+        self.closed = asyncio.Event()
+        self.script: ScriptBundle | None = None
+        self.env: Env | None = None
+        self._param_names: list[str] = []
+        self._entry: type | None = None
+        self._on_fetch: Callable[..., Any] | None = None
+        self._on_fetch_arity = 2
+        self._load_error: ExceptionInfo | None = None
+        self.invocations: dict[int, _Invocation] = {}
+        self.incoming: dict[int, IncomingBody] = {}
+        self.outgoing: dict[int, OutgoingBody] = {}
+        self.calls: dict[int, asyncio.Future] = {}
+        self._next_call = -1
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Load: self._on_load,
+            Invoke: self._on_invoke,
+            Cancel: self._on_cancel,
+            SubResponse: self._on_call_result,
+            SubFailed: self._on_call_result,
+            BodyChunk: self._on_chunk,
+            Credit: self._on_credit,
+            Abort: self._on_abort,
+        }
+
+    # -- channel ------------------------------------------------------------
+    def attach(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def on_message(self, message: Any) -> None:
+        self._handlers[type(message)](message)
+
+    def on_closed(self) -> None:
+        self.closed.set()
+
+    def send(self, message: Any) -> None:
+        assert self.channel is not None
+        self.channel.send(message)
+
+    def log(self, level: str, message: str) -> None:
+        self.send(Log(workers.current_invocation.get(), level, message, time.time() * 1000.0))
+
+    # -- load ---------------------------------------------------------------
+    def _on_load(self, message: Load) -> None:
+        if self.script is not None:
+            raise RuntimeError("Load received twice")
+        self.script = message.script
+        values: dict[str, Any] = {}
+        for binding in message.script.bindings:
+            if isinstance(binding, TextBinding):
+                values[binding.name] = binding.text
+            elif isinstance(binding, JsonBinding):
+                values[binding.name] = binding.value
+            elif isinstance(binding, DispatchNamespaceBinding):
+                values[binding.name] = DispatchNamespace(self, binding.name)
+            elif isinstance(binding, ServiceBinding):
+                values[binding.name] = Fetcher(self, "service", binding.name, binding.service)
+            elif isinstance(binding, ParamBinding):
+                self._param_names.append(binding.name)
+                values[binding.name] = None
+        self.env = Env(values)
+        try:
+            module = loader.load(
+                message.script.modules, message.script.main_module, message.script.name
+            )
+            entry = getattr(module, "Default", None)
+            if isinstance(entry, type) and callable(getattr(entry, "fetch", None)):
+                self._entry = entry
+            elif callable(getattr(module, "on_fetch", None)):
+                self._on_fetch = module.on_fetch
+                code = getattr(module.on_fetch, "__code__", None)
+                self._on_fetch_arity = code.co_argcount if code else 2
+            else:
+                raise loader.ScriptLoadError(
+                    "the script has no fetch handler: define `class Default(WorkerEntrypoint)` "
+                    "with `async def fetch(self, request)`, or `async def on_fetch(request, env)`"
+                )
+        except loader.ScriptLoadError as exc:
+            cause = exc.__cause__ or exc
+            self._load_error = ExceptionInfo(
+                "ScriptLoadError", str(exc), "".join(traceback.format_exception(cause))[-8192:]
+            )
+        except MemoryError:
+            self._out_of_memory(0)
+        self.send(Loaded(self._load_error))
+
+    # -- invocations ----------------------------------------------------------
+    def _on_invoke(self, message: Invoke) -> None:
+        state = _Invocation()
+        self.invocations[message.id] = state
+        state.task = self.loop.create_task(self._serve(message, state))
+
+    def _request_for(self, message: Invoke) -> workers.Request:
+        request = workers.Request.__new__(workers.Request)
+        request.url = message.url
+        request._method = message.method.decode("latin-1")
+        request.headers = workers.Headers._from_raw(message.headers)
+        request.redirect = "manual"
+        request._body_used = False
+        if message.body_stream:
+            body = IncomingBody(self.channel, message.id)  # type: ignore[arg-type]
+            self.incoming[message.id] = body
+            request._body = body
+        else:
+            request._body = message.body
+        return request
+
+    def _env_for(self, params: dict[str, Any] | None) -> Env:
+        assert self.env is not None
+        if not params:
+            return self.env
+        values = dict(self.env.__dict__)
+        for name in self._param_names:
+            values[name] = params.get(name)
+        for name, value in params.items():
+            values.setdefault(name, value)
+        return Env(values)
+
+    async def _serve(self, message: Invoke, state: _Invocation) -> None:
+        inv = message.id
+        workers.current_invocation.set(inv)
+        try:
+            if self._load_error is not None:
+                self.send(InvokeFailed(inv, self._load_error))
+                return
+            request = self._request_for(message)
+            env = self._env_for(message.params)
+            if self._entry is not None:
+                response = await self._entry(workers.Context(inv), env).fetch(request)
+            else:
+                assert self._on_fetch is not None
+                args: tuple = (request, env, workers.Context(inv))[: max(1, self._on_fetch_arity)]
+                response = await self._on_fetch(*args)
+            if not isinstance(response, workers.Response):
+                raise TypeError(
+                    f"the fetch handler returned {type(response).__name__}, not a Response"
+                )
+            state.responded = True
+            await self._respond(inv, response)
+        except asyncio.CancelledError:
+            if not state.responded:
+                self.send(InvokeFailed(inv, ExceptionInfo("Canceled", "the client went away")))
+        except MemoryError:
+            self._out_of_memory(inv)
+        except BaseException as exc:  # noqa: BLE001 - tenant errors are reported, not fatal
+            if state.responded:
+                self.send(Report(inv, exception_info(exc)))
+                stream = self.outgoing.get(inv)
+                if stream is not None:
+                    stream.fail(f"{type(exc).__name__}: {exc}")
+            else:
+                self.send(InvokeFailed(inv, exception_info(exc)))
+        finally:
+            self.outgoing.pop(inv, None)
+            body = self.incoming.pop(inv, None)
+            if body is not None:
+                body.cancel()
+        if state.background:
+            await asyncio.gather(*state.background, return_exceptions=True)
+        self.invocations.pop(inv, None)
+        self.send(InvokeDone(inv))
+
+    async def _respond(self, inv: int, response: workers.Response) -> None:
+        if response._body_used:
+            raise TypeError("the response's body was already read")
+        body = response._body
+        headers = response.headers._raw()
+        if body is None:
+            self.send(ResponseStart(inv, response.status, headers))
+            return
+        if isinstance(body, bytes) and len(body) <= MAX_CHUNK:
+            self.send(ResponseStart(inv, response.status, headers, body=body))
+            return
+        if isinstance(body, IncomingBody) and not body.started:
+            # Handed on untouched: the supervisor pipes it; we never see it.
+            self.incoming.pop(body.stream_id, None)
+            self.send(ResponseStart(inv, response.status, headers, body_ref=body.stream_id))
+            return
+        out = OutgoingBody(self.channel, inv)  # type: ignore[arg-type]
+        self.outgoing[inv] = out
+        self.send(ResponseStart(inv, response.status, headers, body_stream=True))
+        await _pump(body, out)
+
+    def _on_cancel(self, message: Cancel) -> None:
+        state = self.invocations.get(message.id)
+        if state is not None and state.task is not None:
+            state.task.cancel()
+
+    def wait_until(self, inv: int, awaitable: Any) -> None:
+        state = self.invocations.get(inv)
+
+        async def guarded() -> None:
+            workers.current_invocation.set(inv)
+            try:
+                await awaitable
+            except BaseException as exc:  # noqa: BLE001
+                self.send(Report(inv, exception_info(exc)))
+
+        task = self.loop.create_task(guarded())
+        if state is not None:
+            state.background.add(task)
+
+    def _out_of_memory(self, inv: int) -> None:
+        self.send(InvokeFailed(inv, ExceptionInfo("MemoryError", "the worker exceeded its memory limit")))
+        os._exit(EXIT_OUT_OF_MEMORY)
+
+    # -- calls (subrequests) ------------------------------------------------
+    async def sub_request(self, kind: str, request: workers.Request, *, binding: str = "",
+                          target: str = "", limits: Limits | None = None,
+                          params: dict | None = None) -> workers.Response:
+        parent = workers.current_invocation.get()
+        if parent == 0 or parent not in self.invocations:
+            raise RuntimeError("fetch() can only be used while handling a request")
+        if request._body_used:
+            raise TypeError("the request's body was already read")
+        call = self._next_call
+        self._next_call -= 1
+        future = self.loop.create_future()
+        self.calls[call] = future
+        body = request._body
+        request._body_used = body is not None
+        fields: dict[str, Any] = {}
+        pump: asyncio.Task | None = None
+        if body is None or (isinstance(body, bytes) and len(body) <= MAX_CHUNK):
+            fields["body"] = body
+        elif isinstance(body, IncomingBody) and not body.started:
+            self.incoming.pop(body.stream_id, None)
+            fields["body_ref"] = body.stream_id
+        else:
+            fields["body_stream"] = True
+            out = OutgoingBody(self.channel, call)  # type: ignore[arg-type]
+            self.outgoing[call] = out
+        self.send(SubRequest(
+            call=call, parent=parent, kind=kind,  # type: ignore[arg-type]
+            method=request._method.encode("latin-1"), url=request.url,
+            headers=request.headers._raw(), binding=binding, target=target,
+            redirect=request.redirect, limits=limits, params=params, **fields,
+        ))
+        if fields.get("body_stream"):
+            pump = self.loop.create_task(_pump(body, self.outgoing[call]))
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            self.send(Abort(call, "caller cancelled"))
+            raise
+        finally:
+            self.calls.pop(call, None)
+            if pump is not None and pump.done():
+                self.outgoing.pop(call, None)
+        if isinstance(result, SubFailed):
+            if pump is not None:
+                pump.cancel()
+                self.outgoing.pop(call, None)
+            raise workers.PlatformError(result.error.name, result.error.message)
+        response = workers.Response(status=result.status, headers=None)
+        response.headers = workers.Headers._from_raw(result.headers)
+        response.url = result.url or request.url
+        response.redirected = result.redirected
+        if result.body_stream:
+            incoming = IncomingBody(self.channel, call)  # type: ignore[arg-type]
+            self.incoming[call] = incoming
+            response._body = incoming
+        else:
+            response._body = result.body
+        return response
+
+    def _on_call_result(self, message: SubResponse | SubFailed) -> None:
+        future = self.calls.get(message.call)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    # -- streams --------------------------------------------------------------
+    def _on_chunk(self, message: BodyChunk) -> None:
+        body = self.incoming.get(message.stream)
+        if body is not None:
+            body.feed(message.data, message.end)
+            if message.end:
+                del self.incoming[message.stream]
+
+    def _on_credit(self, message: Credit) -> None:
+        out = self.outgoing.get(message.stream)
+        if out is not None:
+            out.grant(message.nbytes)
+
+    def _on_abort(self, message: Abort) -> None:
+        body = self.incoming.pop(message.stream, None)
+        if body is not None:
+            body.abort(message.reason)
+        out = self.outgoing.pop(message.stream, None)
+        if out is not None:
+            out.abort(message.reason)
+
+
+async def _pump(body: Any, out: OutgoingBody) -> None:
+    """Send ``body`` (bytes, an IncomingBody or an async iterator) on ``out``."""
+    try:
+        if isinstance(body, bytes):
+            for start in range(0, len(body), MAX_CHUNK):
+                await out.write(body[start : start + MAX_CHUNK])
+        else:
+            async for chunk in body:
+                if isinstance(chunk, str):
+                    chunk = chunk.encode()
+                await out.write(bytes(chunk))
+    except BaseException as exc:
+        out.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    out.end()
+
+
+def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes) -> int:
+    """Entry point of a forked child; returns its exit status."""
+    jail.jail_child(sock.fileno(), devnull, address_space)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    sock.setblocking(False)
+    jail.lock(bpf)
+    # ---- jailed from here on; only now is the channel read ----
+    runtime = Runtime(loop)
+    workers._runtime = runtime
+    logs.set_sink(runtime.log)
+    sys.stdout = logs.LineWriter("log")
+    sys.stderr = logs.LineWriter("error")
+    logs.install_logging()
+    channel = Channel(sock, loop, runtime.on_message, runtime.on_closed)
+    runtime.attach(channel)
+    channel.send(Hello(PROTOCOL_VERSION, os.getpid()))
+    loop.run_until_complete(runtime.closed.wait())
+    return 0

@@ -1,0 +1,107 @@
+"""Turning a tenant's print, logging and console calls into trace logs.
+
+Each line becomes a ``Log`` frame tagged with the invocation the code runs
+for (a context variable), so concurrent invocations in one child keep their
+logs apart. Output is line-buffered and capped per line, so a tenant cannot
+flood the supervisor with one giant write.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Any, Callable
+
+#: Longest message kept; the rest is cut with a marker.
+MAX_LINE = 16 * 1024
+
+_sink: Callable[[str, str], None] | None = None
+
+
+def set_sink(sink: Callable[[str, str], None]) -> None:
+    """``sink(level, message)`` receives every completed line."""
+    global _sink
+    _sink = sink
+
+
+def emit(level: str, message: str) -> None:
+    if len(message) > MAX_LINE:
+        message = message[:MAX_LINE] + f"... [{len(message) - MAX_LINE} characters cut]"
+    if _sink is not None:
+        _sink(level, message)
+
+
+class LineWriter(io.TextIOBase):
+    """A text stream (``sys.stdout``) that emits a log line per line written."""
+
+    def __init__(self, level: str) -> None:
+        self._level = level
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        data = self._partial + text
+        *lines, self._partial = data.split("\n")
+        for line in lines:
+            emit(self._level, line)
+        if len(self._partial) > MAX_LINE:
+            emit(self._level, self._partial)
+            self._partial = ""
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            emit(self._level, self._partial)
+            self._partial = ""
+
+
+_LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
+           logging.ERROR: "error", logging.CRITICAL: "error"}
+
+
+class _TraceHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:  # noqa: D102
+        try:
+            message = self.format(record)
+        except Exception:  # noqa: BLE001 - a broken format string is the tenant's
+            message = str(record.msg)
+        emit(_LEVELS.get(record.levelno, "log"), message)
+
+
+def install_logging() -> None:
+    root = logging.getLogger()
+    root.handlers[:] = [_TraceHandler()]
+    root.setLevel(logging.INFO)
+
+
+def _join(args: tuple[Any, ...]) -> str:
+    return " ".join(a if isinstance(a, str) else repr(a) for a in args)
+
+
+class _Console:
+    """``console.log`` and friends, as in a JS worker."""
+
+    def log(self, *args: Any) -> None:
+        emit("log", _join(args))
+
+    def info(self, *args: Any) -> None:
+        emit("info", _join(args))
+
+    def debug(self, *args: Any) -> None:
+        emit("debug", _join(args))
+
+    def warn(self, *args: Any) -> None:
+        emit("warn", _join(args))
+
+    def error(self, *args: Any) -> None:
+        emit("error", _join(args))
+
+
+console = _Console()
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0

@@ -1,0 +1,500 @@
+"""The ``workers`` module tenant code imports (SPEC.md section 3).
+
+It mirrors the Python SDK of Cloudflare's Python Workers closely enough that
+their code runs unmodified: ``WorkerEntrypoint``, ``Request``, ``Response``,
+``fetch`` and ``env``, plus ``Headers``. Bodies are lazy and streamed: a body
+nobody reads never crosses the channel, and a request or response passed on
+untouched is forwarded by reference (see :mod:`protocol.messages`).
+
+Everything that talks to the supervisor goes through :data:`_runtime`, set by
+:mod:`sandbox.child` when the child starts.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import http
+import json as _json
+from typing import Any, AsyncIterator, Iterable, Iterator, Mapping
+from urllib.parse import urljoin
+
+from .streams import IncomingBody
+
+#: The child's runtime (a ``sandbox.child.Runtime``); None only in the zygote.
+_runtime: Any = None
+#: The invocation on whose behalf the running code works.
+current_invocation: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "corral_invocation", default=0
+)
+
+__all__ = [
+    "WorkerEntrypoint", "Request", "Response", "Headers", "fetch", "env", "Context",
+    "PlatformError", "DurableObject", "WorkflowEntrypoint",
+]
+
+
+class PlatformError(Exception):
+    """An error the platform raised into tenant code (``Worker not found``,
+    a limit exceeded by a callee, an outbound fetch that failed).
+
+    ``name`` is machine-readable (``"WorkerNotFound"``, ``"exceededCpu"``, ...);
+    ``str(error)`` is the human message, as in Cloudflare's runtime.
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+# ---------------------------------------------------------------------------
+# Headers
+# ---------------------------------------------------------------------------
+
+HeadersInit = "Headers | Mapping[str, str] | Iterable[tuple[str, str]] | None"
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+class Headers:
+    """Case-insensitive, ordered, multi-valued HTTP headers.
+
+    Answers both the JS ``Headers`` API (``get``, ``set``, ``append``,
+    ``has``, ``delete``) and the read side of ``http.client.HTTPMessage``
+    (``headers["Content-Type"]``, ``get_all``, ``items()``, ``in``).
+    ``get`` of a repeated header joins the values with ", " as fetch does.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, init: Any = None) -> None:
+        self._items: list[tuple[str, str]] = []
+        if init is None:
+            return
+        if isinstance(init, Headers):
+            self._items = list(init._items)
+            return
+        pairs = init.items() if isinstance(init, Mapping) else init
+        for name, value in pairs:
+            self._items.append((_text(name).lower(), _text(value)))
+
+    @classmethod
+    def _from_raw(cls, raw: list[tuple[bytes, bytes]]) -> "Headers":
+        headers = cls()
+        headers._items = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
+        return headers
+
+    def _raw(self) -> list[tuple[bytes, bytes]]:
+        return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self._items]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        name = name.lower()
+        values = [v for n, v in self._items if n == name]
+        if not values:
+            return default
+        return ", ".join(values)
+
+    def get_all(self, name: str, default: Any = None) -> Any:
+        name = name.lower()
+        values = [v for n, v in self._items if n == name]
+        return values or default
+
+    getAll = get_all
+
+    def has(self, name: str) -> bool:
+        name = name.lower()
+        return any(n == name for n, _ in self._items)
+
+    def set(self, name: str, value: str) -> None:
+        name = name.lower()
+        self._items = [(n, v) for n, v in self._items if n != name]
+        self._items.append((name, _text(value)))
+
+    def append(self, name: str, value: str) -> None:
+        self._items.append((name.lower(), _text(value)))
+
+    def delete(self, name: str) -> None:
+        name = name.lower()
+        self._items = [(n, v) for n, v in self._items if n != name]
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def keys(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for n, _ in self._items:
+            seen.setdefault(n)
+        return list(seen)
+
+    def values(self) -> list[str]:
+        return [self.get(n) for n in self.keys()]
+
+    entries = items
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __setitem__(self, name: str, value: str) -> None:
+        self.set(name, value)
+
+    def __delitem__(self, name: str) -> None:
+        self.delete(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.has(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+# ---------------------------------------------------------------------------
+# Bodies shared by Request and Response
+# ---------------------------------------------------------------------------
+
+
+def _encode_body(body: Any, headers: Headers) -> Any:
+    """Normalise a body given by tenant code; sets a content-type for str."""
+    if body is None or isinstance(body, (bytes, IncomingBody)):
+        return body
+    if isinstance(body, str):
+        if not headers.has("content-type"):
+            headers.set("content-type", "text/plain;charset=UTF-8")
+        return body.encode()
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    if hasattr(body, "__aiter__"):
+        return body
+    if hasattr(body, "__iter__") and not isinstance(body, (dict, list)):
+        chunks = body
+
+        async def from_iterable() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                yield chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+
+        return from_iterable()
+    raise TypeError(
+        f"a body must be str, bytes or an async iterator of bytes, not {type(body).__name__}"
+    )
+
+
+class _Body:
+    """Lazy body access for Request and Response."""
+
+    _body: Any
+    _body_used: bool
+
+    @property
+    def bodyUsed(self) -> bool:  # noqa: N802 - fetch API name
+        return self._body_used
+
+    body_used = bodyUsed
+
+    async def bytes(self) -> bytes:
+        if self._body_used:
+            raise TypeError("body already used")
+        self._body_used = True
+        body = self._body
+        if body is None:
+            return b""
+        if isinstance(body, bytes):
+            return body
+        if isinstance(body, IncomingBody):
+            return await body.read_all()
+        parts = []
+        async for chunk in body:
+            parts.append(chunk.encode() if isinstance(chunk, str) else bytes(chunk))
+        return b"".join(parts)
+
+    arrayBuffer = bytes  # noqa: N815 - fetch API name
+
+    async def text(self) -> str:
+        return (await self.bytes()).decode("utf-8", errors="replace")
+
+    async def json(self) -> Any:
+        return _json.loads(await self.bytes())
+
+    @property
+    def body(self) -> AsyncIterator[bytes] | None:
+        """The body as an async iterator of bytes (consumes it)."""
+        if self._body is None:
+            return None
+        if self._body_used:
+            raise TypeError("body already used")
+        self._body_used = True
+        body = self._body
+        if isinstance(body, bytes):
+
+            async def once() -> AsyncIterator[bytes]:
+                yield body
+
+            return once()
+        return body.__aiter__()
+
+    def _tee(self) -> Any:
+        """Duplicate the body for ``clone()``: buffers a stream once."""
+        body = self._body
+        if body is None or isinstance(body, bytes):
+            return body
+        if self._body_used:
+            raise TypeError("cannot clone: body already used")
+        source = body
+        buffered: list[bytes] = []
+        done = False
+
+        async def fill() -> None:
+            nonlocal done
+            if not done:
+                async for chunk in source:
+                    buffered.append(chunk)
+                done = True
+
+        async def replay() -> AsyncIterator[bytes]:
+            await fill()
+            for chunk in buffered:
+                yield chunk
+
+        self._body = replay()
+        return replay()
+
+
+# ---------------------------------------------------------------------------
+# Request
+# ---------------------------------------------------------------------------
+
+
+class Request(_Body):
+    """An HTTP request: the incoming event, or one built for ``fetch``.
+
+    ``Request(input, method=, headers=, body=, redirect=)`` copies ``input``
+    (a URL or a Request) and applies the overrides, as the fetch API does.
+    """
+
+    def __init__(
+        self,
+        input: "str | Request",  # noqa: A002 - fetch API name
+        method: str | None = None,
+        headers: Any = None,
+        body: Any = None,
+        redirect: str | None = None,
+        **init: Any,
+    ) -> None:
+        if isinstance(input, Request):
+            base = input
+            self.url = base.url
+            self._method = base._method
+            self.headers = Headers(base.headers)
+            self._body = base._body if body is None else None
+            self.redirect = base.redirect
+            if body is None and base._body is not None:
+                base._body_used = True  # ownership moves to the copy
+        else:
+            self.url = str(input)
+            self._method = "GET"
+            self.headers = Headers()
+            self._body = None
+            self.redirect = "follow"
+        if method is not None:
+            self._method = method.upper()
+        if headers is not None:
+            self.headers = Headers(headers)
+        if body is not None:
+            self._body = _encode_body(body, self.headers)
+        if redirect is not None:
+            self.redirect = redirect
+        self._body_used = False
+        if self._method in ("GET", "HEAD") and self._body not in (None, b""):
+            raise TypeError(f"a {self._method} request cannot have a body")
+
+    @property
+    def method(self) -> http.HTTPMethod | str:
+        try:
+            return http.HTTPMethod(self._method)
+        except ValueError:
+            return self._method
+
+    def clone(self) -> "Request":
+        copy = Request.__new__(Request)
+        copy.url = self.url
+        copy._method = self._method
+        copy.headers = Headers(self.headers)
+        copy.redirect = self.redirect
+        copy._body_used = False
+        copy._body = self._tee()
+        return copy
+
+    @property
+    def js_object(self) -> "Request":
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Request {self._method} {self.url}>"
+
+
+# ---------------------------------------------------------------------------
+# Response
+# ---------------------------------------------------------------------------
+
+
+class Response(_Body):
+    """An HTTP response; ``body`` may be str, bytes or an async iterator."""
+
+    def __init__(
+        self,
+        body: Any = None,
+        status: int | None = None,
+        status_text: str = "",
+        headers: Any = None,
+        *,
+        statusText: str | None = None,  # noqa: N803 - fetch API name
+    ) -> None:
+        self.status = 200 if status is None else int(status)
+        if not 200 <= self.status <= 599:
+            raise ValueError(f"status must be in 200..599, not {self.status}")
+        self.status_text = statusText if statusText is not None else status_text
+        self.headers = Headers(headers)
+        self._body = _encode_body(body, self.headers)
+        self._body_used = False
+        self.url = ""
+        self.redirected = False
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    statusText = property(lambda self: self.status_text)  # noqa: N815
+
+    @classmethod
+    def json(  # type: ignore[override]  # classmethod on the class, .json() on instances
+        cls, data: Any, status: int = 200, headers: Any = None, status_text: str = ""
+    ) -> "Response":
+        merged = Headers(headers)
+        if not merged.has("content-type"):
+            merged.set("content-type", "application/json")
+        return cls(_json.dumps(data).encode(), status=status, headers=merged, status_text=status_text)
+
+    @classmethod
+    def redirect(cls, url: str, status: int = 302) -> "Response":
+        if status not in (301, 302, 303, 307, 308):
+            raise ValueError(f"redirect status must be 301, 302, 303, 307 or 308, not {status}")
+        return cls(None, status=status, headers={"location": str(url)})
+
+    def clone(self) -> "Response":
+        copy = Response.__new__(Response)
+        copy.status = self.status
+        copy.status_text = self.status_text
+        copy.headers = Headers(self.headers)
+        copy.url = self.url
+        copy.redirected = self.redirected
+        copy._body_used = False
+        copy._body = self._tee()
+        return copy
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"
+
+
+class _JsonDescriptor:
+    """``Response.json(data)`` builds a response; ``response.json()`` reads one."""
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if instance is None:
+            return owner._make_json
+        return instance._read_json
+
+
+Response._make_json = Response.json  # type: ignore[attr-defined]
+Response._read_json = _Body.json  # type: ignore[attr-defined]
+Response.json = _JsonDescriptor()  # type: ignore[assignment]
+
+
+# ---------------------------------------------------------------------------
+# fetch and the entry point
+# ---------------------------------------------------------------------------
+
+
+async def fetch(
+    resource: "str | Request",
+    method: str | None = None,
+    headers: Any = None,
+    body: Any = None,
+    redirect: str | None = None,
+    **init: Any,
+) -> Response:
+    """An outbound HTTP request, brokered by the supervisor.
+
+    The sandbox has no sockets: the request goes over the channel, through
+    the platform's outbound worker if the dispatcher set one, and is counted
+    against the invocation's subrequest limit.
+    """
+    request = Request(resource, method=method, headers=headers, body=body, redirect=redirect)
+    return await _runtime.sub_request("fetch", request)
+
+
+class Context:
+    """``self.ctx``: keeps background work alive after the response."""
+
+    def __init__(self, invocation: int) -> None:
+        self._invocation = invocation
+
+    def waitUntil(self, awaitable: Any) -> None:  # noqa: N802 - Workers API name
+        _runtime.wait_until(self._invocation, awaitable)
+
+    wait_until = waitUntil
+
+    def passThroughOnException(self) -> None:  # noqa: N802 - Workers API name
+        """Accepted for compatibility; Corral has no origin to fall back to."""
+
+    pass_through_on_exception = passThroughOnException
+
+
+class WorkerEntrypoint:
+    """Base class of a worker: ``class Default(WorkerEntrypoint)``.
+
+    A new instance serves each event, with ``self.env`` (the bindings) and
+    ``self.ctx`` (``waitUntil``).
+    """
+
+    def __init__(self, ctx: Context, env: Any) -> None:
+        self.ctx = ctx
+        self.env = env
+
+
+class DurableObject:
+    """Placeholder so that imports of the SDK's other entry points succeed."""
+
+    def __init__(self, ctx: Any, env: Any) -> None:
+        self.ctx = ctx
+        self.env = env
+
+
+class WorkflowEntrypoint(DurableObject):
+    """Placeholder so that imports of the SDK's other entry points succeed."""
+
+
+class _EnvProxy:
+    """``from workers import env``: the bindings, usable outside a handler."""
+
+    def __getattr__(self, name: str) -> Any:
+        if _runtime is None or _runtime.env is None:
+            raise AttributeError(name)
+        return getattr(_runtime.env, name)
+
+    def __repr__(self) -> str:
+        return repr(_runtime.env) if _runtime is not None else "<env>"
+
+
+env = _EnvProxy()
+
+
+def _resolve_url(base: str, url: str) -> str:
+    return urljoin(base, url) if base else url

@@ -1,0 +1,171 @@
+"""The zygote: one pre-imported interpreter that forks jailed children.
+
+Python's start-up here costs over 100 ms; a fork of a process that already
+imported the runtime costs about one. The supervisor starts one zygote and
+asks it, over a SOCK_SEQPACKET control socket, to fork spare children ahead
+of demand. Each child jails itself completely (see :mod:`sandbox.jail`)
+before it says hello, so a spare in the pool is already locked down when a
+script is assigned to it.
+
+Per child, the zygote creates a socketpair, forks, and sends the supervisor
+the parent end plus a pidfd of the child (SCM_RIGHTS). It reaps its children
+and reports their wait status, which is how the supervisor learns that a
+child died by SIGKILL (CPU limit) or SIGSYS (seccomp).
+
+The zygote runs at nice 10: refilling the pool must never take a core from a
+live request on a small machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import gc
+import importlib
+import os
+import select
+import signal
+import socket
+import sys
+
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Exited,
+    FromZygote,
+    Spawn,
+    Spawned,
+    ToZygote,
+    ZygoteReady,
+)
+
+from . import allowlist, jail, seccomp_policy
+
+
+def _preimport() -> None:
+    """Import everything a child could need, so children never touch files."""
+    from . import tenant_modules  # registers workers / js / pyodide aliases
+
+    tenant_modules.install()
+    for name in allowlist.TENANT_MODULES + allowlist.RUNTIME_ONLY:
+        importlib.import_module(name)
+    from . import child  # noqa: F401  (the child's main loop and runtime)
+
+
+class Zygote:
+    """Owns the control socket and the fork loop."""
+
+    def __init__(self, control: socket.socket, memory_bytes: int) -> None:
+        import msgspec
+
+        self.control = control
+        self.memory_bytes = memory_bytes
+        self.encoder = msgspec.msgpack.Encoder()
+        self.decoder = msgspec.msgpack.Decoder(ToZygote)
+        self.bpf = b""
+        self.devnull = -1
+        self.address_space = 0
+
+    def prepare(self) -> dict:
+        _preimport()
+        self.bpf = seccomp_policy.compile_policy()
+        self.devnull = os.open(os.devnull, os.O_RDWR)
+        self.address_space = (
+            jail.mapped_bytes() + 64 * 1024 * 1024 + self.memory_bytes if self.memory_bytes else 0
+        )
+        report = jail.isolate_zygote()
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, 10)
+        except OSError:
+            pass
+        # Everything imported so far is shared with every child; freezing
+        # keeps the collector from writing to (and so copying) those pages.
+        gc.collect()
+        gc.freeze()
+        return jail.describe(report)
+
+    def send(self, message: FromZygote, fds: list[int] | None = None) -> None:
+        payload = self.encoder.encode(message)
+        if fds:
+            self.control.sendmsg(
+                [payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+            )
+        else:
+            self.control.send(payload)
+
+    def spawn(self) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 70
+            try:
+                parent_end.close()
+                self.control.close()
+                from . import child
+
+                code = child.main(child_end, self.devnull, self.address_space, self.bpf)
+            except BaseException as exc:  # noqa: BLE001 - last words before _exit
+                try:
+                    os.write(2, f"corral child {os.getpid()}: {exc!r}\n".encode())
+                except OSError:
+                    pass
+            finally:
+                os._exit(code)
+        child_end.close()
+        pidfd = os.pidfd_open(pid)
+        try:
+            self.send(Spawned(pid=pid), [parent_end.fileno(), pidfd])
+        finally:
+            os.close(pidfd)
+            parent_end.close()
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.send(Exited(pid=pid, status=status))
+
+    def serve(self) -> None:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        poller = select.poll()
+        poller.register(self.control, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == wake_r:
+                    try:
+                        while os.read(wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                    continue
+                packet = self.control.recv(65536)
+                if not packet:
+                    return  # the supervisor is gone; so are we
+                command = self.decoder.decode(packet)
+                for _ in range(max(0, min(command.count, 64))):
+                    self.spawn()
+                self.reap()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Corral zygote (started by the supervisor)")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--memory-mb", type=int, default=128)
+    args = parser.parse_args(argv)
+    control = socket.socket(fileno=args.control_fd)
+    zygote = Zygote(control, args.memory_mb * 1024 * 1024)
+    report = zygote.prepare()
+    zygote.send(ZygoteReady(version=PROTOCOL_VERSION, pid=os.getpid(), jail=report))
+    zygote.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
