@@ -1,0 +1,260 @@
+"""scripts/bench: Corral vs workerd (Dynamic Worker Loader) vs a bare trio+h11 server.
+
+Runs the systems one after another (never two at once), each with the same
+load generator and clients, then prints each system's figures and the
+Corral/workerd and Corral/bare ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+from . import httpclient, loadgen, procs, report
+from .systems import SYSTEMS, Unavailable
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Benchmark Corral against workerd (Dynamic Worker Loader) and a bare "
+                    "trio+h11 server on 127.0.0.1. Systems run one at a time.")
+    ap.add_argument("--only", default="workerd,bare,corral",
+                    help="comma list of systems to run, in this order (default: %(default)s)")
+    ap.add_argument("--duration", type=float, default=10.0,
+                    help="seconds per throughput run (default: %(default)s)")
+    ap.add_argument("--connections", type=int, default=32,
+                    help="keep-alive connections for throughput runs (default: %(default)s)")
+    ap.add_argument("--tenants", default="300",
+                    help="comma list of tenant counts for the round-robin throughput runs; "
+                         "the memory figure is taken at each (default: %(default)s)")
+    ap.add_argument("--cold", type=int, default=200,
+                    help="fresh tenants for the cold-start figure (default: %(default)s)")
+    ap.add_argument("--cold-pause-ms", type=float, default=20.0,
+                    help="pause before each cold request (default: %(default)s)")
+    ap.add_argument("--latency-requests", type=int, default=2000,
+                    help="sequential requests for the warm latency figure (default: %(default)s)")
+    ap.add_argument("--warmup", type=float, default=2.0,
+                    help="unrecorded load seconds before each throughput run (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="wrk threads (default %(default)s: leaves the other core to the server)")
+    ap.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
+                    help="throughput generator: wrk (installed from Debian if missing) or the "
+                         "Python multi-process fallback (default: %(default)s)")
+    ap.add_argument("--corral-cmd", default=None,
+                    help="command that starts Corral, with {port} and {state} placeholders "
+                         "(default: .venv/bin/python -m supervisor serve --http "
+                         "127.0.0.1:{port} --state-dir {state})")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke check in under a minute: short runs, few tenants")
+    ap.add_argument("--json", default=str(procs.BENCH_DIR / "results" / "latest.json"),
+                    help="where to write all figures as JSON (default: .bench/results/latest.json)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.duration = min(a.duration, 2.0)
+        a.tenants = "30" if a.tenants == "300" else a.tenants
+        a.cold = min(a.cold, 20)
+        a.latency_requests = min(a.latency_requests, 300)
+        a.warmup = min(a.warmup, 1.0)
+    try:
+        a.tenant_counts = sorted({int(x) for x in a.tenants.split(",") if x.strip()})
+    except ValueError:
+        ap.error("--tenants takes a comma list of integers")
+    if not a.tenant_counts or a.tenant_counts[0] < 2:
+        ap.error("--tenants: each count must be at least 2")
+    a.systems = [s.strip() for s in a.only.split(",") if s.strip()]
+    for s in a.systems:
+        if s not in SYSTEMS:
+            ap.error(f"--only: unknown system {s!r} (known: {', '.join(SYSTEMS)})")
+    if a.connections < 1 or a.duration <= 0 or a.cold < 0 or a.latency_requests < 1:
+        ap.error("--connections, --duration and --latency-requests must be positive")
+    return a
+
+
+class Runner:
+    def __init__(self, args):
+        self.args = args
+        self.wrk = None
+        self.loadgen_note = ""
+        if args.loadgen in ("auto", "wrk"):
+            self.wrk = loadgen.ensure_wrk(log)
+            if not self.wrk:
+                if args.loadgen == "wrk":
+                    raise SystemExit("wrk is not installed and could not be installed")
+                self.loadgen_note = ("wrk could not be installed: throughput uses the Python "
+                                     "multi-process raw-socket generator (it may be the bottleneck)")
+        else:
+            self.loadgen_note = "throughput uses the Python multi-process raw-socket generator"
+        if self.wrk:
+            self.loadgen_note = (f"throughput: wrk -t{args.threads} -c{args.connections} "
+                                 f"-d{max(1, round(args.duration))}s, Lua script rotating Host")
+
+    def load(self, port: int, hosts: list[str], duration: float) -> dict:
+        a = self.args
+        if self.wrk:
+            return loadgen.run_wrk(self.wrk, port, hosts, a.connections, duration, a.threads)
+        return loadgen.run_python(port, hosts, a.connections, duration)
+
+    def throughput(self, sysm, hosts: list[str]) -> dict:
+        if self.args.warmup > 0:
+            self.load(sysm.port, hosts, self.args.warmup)
+        r = self.load(sysm.port, hosts, self.args.duration)
+        if "error" not in r:
+            r.pop("raw", None)
+        log(f"  {len(hosts)} tenant(s): {r['rps']:.0f} req/s"
+            + (f", {r['non2xx']} non-2xx" if r.get("non2xx") else "")
+            + (f", {r['socket_errors']} socket errors" if r.get("socket_errors") else "")
+            + (f" [{r['error']}]" if r.get("error") else ""))
+        return r
+
+    def pss(self, sysm) -> dict:
+        time.sleep(0.5)  # let freed memory settle
+        mb, n = procs.tree_pss_mb(sysm.pid)
+        return {"mb": mb, "procs": n}
+
+    def measure(self, sysm) -> dict:
+        a = self.args
+        kmax = a.tenant_counts[-1]
+        warm_names = [f"t{i}" for i in range(kmax)]
+        cold_names = [f"t{kmax + i}" for i in range(a.cold)]
+        res: dict = {"label": sysm.label}
+        t = time.monotonic()
+        sysm.start(warm_names + cold_names)
+        res["startup_s"] = time.monotonic() - t
+        port = sysm.port
+        h = sysm.host
+        t0 = "t0"
+        log(f"  up on 127.0.0.1:{port} in {res['startup_s']:.1f}s (pid {sysm.pid})")
+
+        # 1 tenant warm: latency, throughput, baseline memory
+        httpclient.touch_all(port, [(h(t0), sysm.expect(t0))] * 20)
+        res["warm_latency"] = httpclient.warm_latency(port, h(t0), sysm.expect(t0),
+                                                      a.latency_requests)
+        wl = res["warm_latency"]
+        log(f"  warm latency p50 {wl['p50']:.3f} ms, p99 {wl['p99']:.3f} ms")
+        res["rps"] = {"1": self.throughput(sysm, [h(t0)])}
+        res["pss"] = {"1": self.pss(sysm)}
+        log(f"  PSS with 1 tenant warm: {res['pss']['1']['mb']:.1f} MB "
+            f"({res['pss']['1']['procs']} processes)")
+
+        # memory: warm K tenants (one request each) and take PSS, before any
+        # multi-tenant load, so each K's figure holds tenant state, not load garbage
+        res["touch"] = {}
+        res["pss_per_tenant_mb"] = {}
+        for k in a.tenant_counts:
+            touch = httpclient.touch_all(port, [(h(n), sysm.expect(n)) for n in warm_names[:k]])
+            tm = httpclient.summarize_ms(touch["times_ns"])
+            res["touch"][str(k)] = {"ok": touch["ok"], "errors": touch["errors"][:5],
+                                    "nerrors": len(touch["errors"]),
+                                    "total_s": sum(touch["times_ns"]) / 1e9, "p50_ms": tm["p50"]}
+            log(f"  first pass over {k} tenants: {touch['ok']} ok, {len(touch['errors'])} "
+                f"errors, {sum(touch['times_ns']) / 1e9:.2f}s"
+                + (f" (first: {touch['errors'][0]})" if touch["errors"] else ""))
+            p = self.pss(sysm)
+            res["pss"][str(k)] = p
+            per = (p["mb"] - res["pss"]["1"]["mb"]) / (k - 1)
+            res["pss_per_tenant_mb"][str(k)] = per
+            log(f"  PSS with {k} tenants warm: {p['mb']:.1f} MB ({p['procs']} processes) "
+                f"-> {per:.3f} MB/tenant")
+
+        # throughput, round robin over K tenants, each after a pass touching all K
+        for k in a.tenant_counts:
+            names = warm_names[:k]
+            touch = httpclient.touch_all(port, [(h(n), sysm.expect(n)) for n in names])
+            if touch["errors"]:
+                res["touch"][f"{k}-before-load"] = {"nerrors": len(touch["errors"]),
+                                                    "errors": touch["errors"][:5]}
+            res["rps"][str(k)] = self.throughput(sysm, [h(n) for n in names])
+            res["pss"][f"{k}-after-load"] = self.pss(sysm)
+
+        if cold_names:
+            res["cold"] = httpclient.cold_starts(
+                port, [(h(n), sysm.expect(n)) for n in cold_names],
+                a.cold_pause_ms / 1000.0, warm_host=h(t0))
+            c = res["cold"]
+            log(f"  cold start p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms over {c['n']} tenants"
+                + (f", {c['errors']} errors (first: {c['first_error']})" if c["errors"] else ""))
+        res["pss"]["end"] = self.pss(sysm)
+        if not sysm.server.alive():
+            res["died"] = f"exited with status {sysm.server.proc.returncode}"
+        return res
+
+    def run(self) -> dict:
+        a = self.args
+        out = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": {
+            k: v for k, v in vars(a).items() if k not in ("systems",)},
+            "loadgen": self.loadgen_note, "cores": os.cpu_count(), "systems": {}}
+        log(f"bench: {', '.join(a.systems)}; tenants {a.tenants}, {a.connections} connections, "
+            f"{a.duration:g}s runs; {self.loadgen_note}")
+        for key in a.systems:
+            sysm = SYSTEMS[key](log)
+            if key == "corral" and a.corral_cmd:
+                sysm.cmd_template = a.corral_cmd
+            log(f"== {sysm.label}")
+            entry: dict
+            try:
+                entry = self.measure(sysm)
+            except Unavailable as e:
+                entry = {"label": sysm.label, "unavailable": str(e)}
+                log(f"{sysm.label}: not available ({e})")
+            except (OSError, httpclient.HTTPError) as e:
+                alive = sysm.server is not None and sysm.server.alive()
+                why = f"{type(e).__name__}: {e}"
+                if sysm.server is not None and not alive:
+                    why += f"; server exited: {sysm.server.log_tail()}"
+                entry = {"label": sysm.label, "unavailable": why}
+                log(f"{sysm.label}: failed ({why})")
+            finally:
+                sysm.stop()
+            entry["notes"] = sysm.notes
+            if key == "corral":
+                entry["mode"] = getattr(sysm, "mode", None)
+                entry["deploy_ms"] = getattr(sysm, "deploy_stats", {})
+            out["systems"][key] = entry
+        return out
+
+
+def _clean(o):
+    """NaN is not JSON: write null instead."""
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    atexit.register(procs.stop_all)
+
+    def on_signal(signum, frame):
+        log(f"signal {signum}: stopping servers")
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    try:
+        results = Runner(args).run()
+    except KeyboardInterrupt:
+        log("interrupted: stopping servers")
+        return 130
+    finally:
+        procs.stop_all()
+    path = args.json
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(_clean(results), f, indent=2, default=str)
+    print(report.render(results))
+    print(f"\n(all figures as JSON: {os.path.relpath(path)})")
+    return 0

@@ -1,0 +1,174 @@
+"""Starting, watching, measuring and stopping the servers under test."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH_DIR = REPO / ".bench"
+LOG_DIR = BENCH_DIR / "logs"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _read_stat(pid: int):
+    """(ppid, session id) of pid, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # comm may contain spaces and parens: split after the last ')'
+    rest = data[data.rindex(b")") + 2:].split()
+    return int(rest[1]), int(rest[3])
+
+
+def process_tree(root: int) -> list[int]:
+    """root, all its descendants, and every process in root's session
+    (catches daemons that were re-parented away from the tree)."""
+    info = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _read_stat(int(name))
+            if st:
+                info[int(name)] = st
+    if root not in info:
+        return []
+    sid = info[root][1]
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in info.items():
+        children.setdefault(ppid, []).append(pid)
+    seen = set()
+    todo = [root]
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        todo.extend(children.get(p, ()))
+    if sid == root:  # started with start_new_session: the session is ours alone
+        seen.update(pid for pid, (_, s) in info.items() if s == sid)
+    return sorted(seen)
+
+
+def pss_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def tree_pss_mb(root: int) -> tuple[float, int]:
+    """Summed PSS in MB over root's process tree, and how many processes."""
+    total = 0
+    n = 0
+    for pid in process_tree(root):
+        kb = pss_kb(pid)
+        if kb is not None:
+            total += kb
+            n += 1
+    return total / 1024.0, n
+
+
+class Server:
+    """A child process in its own session; stop() ends it and its tree."""
+
+    def __init__(self, name: str, argv: list[str], cwd: Path | None = None,
+                 env: dict | None = None):
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.argv = argv
+        self.log_path = LOG_DIR / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            argv, cwd=str(cwd) if cwd else None, env=env,
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        _LIVE.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 8) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(l.strip() for l in lines[-n:])[-600:]
+
+    def wait_port(self, port: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited with status {self.proc.returncode}: "
+                                   f"{self.log_tail()}")
+            if port_open(port):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s: "
+                           f"{self.log_tail()}")
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self not in _LIVE:
+            return
+        _LIVE.discard(self)
+        tree = process_tree(self.pid) if self.alive() else []
+        pgid = self.pid  # start_new_session: pgid == pid
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        # anything left, in the group or elsewhere in the tree we saw
+        for sig_target in ([("pg", pgid)] + [("pid", p) for p in tree]):
+            kind, ident = sig_target
+            try:
+                if kind == "pg":
+                    os.killpg(ident, signal.SIGKILL)
+                elif ident != os.getpid():
+                    os.kill(ident, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+
+_LIVE: set[Server] = set()
+
+
+def stop_all() -> None:
+    for s in list(_LIVE):
+        try:
+            s.stop()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass

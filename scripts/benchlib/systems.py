@@ -1,0 +1,280 @@
+"""The three systems under test. Each: start(names) / host(name) / expect(name) / stop()."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import httpclient
+from .corral_admin import Admin, AdminError
+from .procs import BENCH_DIR, REPO, Server, free_port
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+COMPAT_DATE = "2025-06-01"
+
+
+class Unavailable(Exception):
+    """The system could not be started or set up; the message says why."""
+
+
+class System:
+    key = "?"
+    label = "?"
+
+    def __init__(self, log):
+        self.log = log
+        self.port = 0
+        self.server: Server | None = None
+        self.notes: list[str] = []
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    def host(self, name: str) -> str:
+        return f"{name}.localhost"
+
+    def expect(self, name: str) -> bytes | None:
+        return f"hello from {name}".encode()
+
+    def start(self, names: list[str]) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    def verify(self, name: str) -> None:
+        c = httpclient.Conn(self.port, timeout=30)
+        try:
+            status, body, _ = c.request(self.host(name))
+        except (httpclient.HTTPError, OSError) as e:
+            raise Unavailable(f"request to {self.host(name)} failed: {e}") from e
+        finally:
+            c.close()
+        err = httpclient.check(status, body, self.expect(name))
+        if err:
+            raise Unavailable(f"{self.host(name)} answered {err}")
+
+
+# ------------------------------------------------------------------ bare
+
+class BareH11(System):
+    key = "bare"
+    label = "bare-h11"
+
+    def expect(self, name: str) -> bytes | None:
+        return b"hello"
+
+    def start(self, names: list[str]) -> None:
+        self.port = free_port()
+        script = Path(__file__).resolve().parent / "bare_h11.py"
+        self.server = Server("bare-h11", [sys.executable, str(script), str(self.port)])
+        try:
+            self.server.wait_port(self.port, 20)
+        except RuntimeError as e:
+            raise Unavailable(str(e)) from e
+        self.verify(names[0])
+        self.notes.append("answers 'hello' to every Host: per-tenant figures are a floor, not tenants")
+
+
+# ------------------------------------------------------------------ workerd
+
+WORKERD_DIR = BENCH_DIR / "workerd"
+
+
+def find_workerd() -> Path | None:
+    nm = WORKERD_DIR / "node_modules"
+    for cand in (nm / "@cloudflare" / "workerd-linux-64" / "bin" / "workerd",
+                 nm / "@cloudflare" / "workerd-linux-arm64" / "bin" / "workerd",
+                 nm / ".bin" / "workerd"):
+        if cand.exists() and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def ensure_workerd(log) -> Path:
+    path = find_workerd()
+    if path:
+        return path
+    npm = shutil.which("npm")
+    if not npm:
+        raise Unavailable("workerd is not installed and npm is missing")
+    log(f"installing workerd: npm install --prefix {WORKERD_DIR.relative_to(REPO)} workerd")
+    WORKERD_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        p = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix",
+                            str(WORKERD_DIR), "workerd"],
+                           capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as e:
+        raise Unavailable("npm install workerd timed out") from e
+    path = find_workerd()
+    if not path:
+        raise Unavailable(f"npm install workerd failed: {(p.stderr or p.stdout)[-300:]}")
+    return path
+
+
+class Workerd(System):
+    key = "workerd"
+    label = "workerd"
+
+    def start(self, names: list[str]) -> None:
+        binary = ensure_workerd(self.log)
+        try:
+            version = subprocess.run([str(binary), "--version"], capture_output=True,
+                                     text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            version = "?"
+        self.notes.append(f"{version}; dispatcher + Dynamic Worker Loader (env.LOADER), "
+                          f"`workerd serve --experimental`")
+        run = WORKERD_DIR / "run"
+        if run.exists():
+            shutil.rmtree(run)
+        run.mkdir(parents=True)
+        self.port = free_port()
+        tenant_src = (TEMPLATES / "tenant_worker.js").read_text()
+        tenants = {n: tenant_src.replace("@NAME@", n) for n in names}
+        (run / "tenants.json").write_text(json.dumps(tenants))
+        (run / "dispatcher.js").write_text(
+            (TEMPLATES / "dispatcher.js").read_text().replace("@COMPAT_DATE@", COMPAT_DATE))
+        (run / "workerd.capnp").write_text(
+            (TEMPLATES / "workerd.capnp.in").read_text()
+            .replace("@PORT@", str(self.port)).replace("@COMPAT_DATE@", COMPAT_DATE))
+        self.server = Server("workerd", [str(binary), "serve", "--experimental", "workerd.capnp"],
+                             cwd=run)
+        try:
+            self.server.wait_port(self.port, 60)
+        except RuntimeError as e:
+            raise Unavailable(str(e)) from e
+        self.verify(names[0])
+
+
+# ------------------------------------------------------------------ corral
+
+class Corral(System):
+    key = "corral"
+    label = "corral"
+    NS = "default"
+
+    def __init__(self, log, deploy_budget_s: float = 900.0):
+        super().__init__(log)
+        self.mode = None
+        self.deploy_budget_s = deploy_budget_s
+        self.deploy_stats: dict = {}
+        self.cmd_template: str | None = None
+        self.route_id: str | None = None
+
+    def stop(self) -> None:
+        super().stop()
+        state = getattr(self, "state_dir", None)
+        if state is not None and BENCH_DIR not in state.parents:
+            shutil.rmtree(state, ignore_errors=True)
+
+    def _python(self) -> str:
+        venv = REPO / ".venv" / "bin" / "python"
+        return str(venv) if venv.exists() else sys.executable
+
+    def start(self, names: list[str]) -> None:
+        state = BENCH_DIR / "corral-state"
+        if len(str(state / "admin.sock")) > 100:  # AF_UNIX paths are limited to 108 bytes
+            state = Path(tempfile.gettempdir()) / f"corral-bench-{os.getpid()}"
+            self.notes.append(f"state dir {state} (the repo path is too long for a unix socket)")
+        if state.exists():
+            shutil.rmtree(state)
+        state.mkdir(parents=True)
+        self.state_dir = state
+        sock = state / "admin.sock"
+        self.port = free_port()
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)
+        if self.cmd_template:
+            argv = [a.format(port=self.port, state=state)
+                    for a in shlex.split(self.cmd_template)]
+        else:
+            argv = [self._python(), "-m", "supervisor", "serve", "--http",
+                    f"127.0.0.1:{self.port}", "--state-dir", str(state)]
+        self.server = Server("corral", argv, cwd=REPO, env=env)
+        try:
+            self.server.wait_port(self.port, 60)
+            deadline = time.monotonic() + 30
+            while not _unix_ok(sock):
+                if not self.server.alive():
+                    raise RuntimeError(f"corral exited: {self.server.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"admin socket {sock} did not come up")
+                time.sleep(0.05)
+        except RuntimeError as e:
+            raise Unavailable(str(e)) from e
+        admin = Admin(str(sock))
+        try:
+            self._setup(admin, names)
+            try:
+                self.verify(names[0])
+            except Unavailable as e:
+                if self.mode != "dispatch" or not self.route_id:
+                    raise
+                # dispatch API there but not working end to end: try Host-label mode
+                admin.delete_route(self.route_id)
+                self.verify(names[0])
+                self.mode = "host-label"
+                self.notes[:] = [f"mode: Host-label routing, no dispatcher hop (through the "
+                                 f"dispatcher, {e}; route removed)"]
+        except (AdminError, OSError) as e:
+            raise Unavailable(f"admin API: {e}") from e
+        finally:
+            admin.close()
+
+    def _setup(self, admin: Admin, names: list[str]) -> None:
+        admin.create_namespace(self.NS)
+        # dispatcher + route if Corral has dispatch namespaces, else Host-label mode
+        try:
+            admin.deploy_platform(
+                "dispatch", (TEMPLATES / "corral_dispatcher.py").read_bytes(),
+                [{"type": "dispatch_namespace", "name": "dispatcher", "namespace": self.NS}])
+            self.route_id = admin.add_route("*/*", "dispatch")
+            self.mode = "dispatch"
+            self.notes.append("mode: dispatcher platform script + route */* -> "
+                              "env.dispatcher.get(host label)")
+        except AdminError as e:
+            if e.status not in (400, 404, 405, 501):
+                raise
+            self.mode = "host-label"
+            self.notes.append(f"mode: Host-label routing, no dispatcher hop (the dispatcher/route "
+                              f"API answered {e})")
+        src = (TEMPLATES / "tenant_worker.py").read_text()
+        t0 = time.monotonic()
+        times = []
+        for i, n in enumerate(names):
+            if time.monotonic() - t0 > self.deploy_budget_s:
+                raise Unavailable(f"deploying {len(names)} scripts took over "
+                                  f"{self.deploy_budget_s:.0f}s ({i} done)")
+            a = time.perf_counter_ns()
+            admin.deploy_user(self.NS, n, src.replace("@NAME@", n).encode())
+            times.append(time.perf_counter_ns() - a)
+        self.deploy_stats = httpclient.summarize_ms(times)
+        self.log(f"  deployed {len(names)} scripts in {time.monotonic() - t0:.1f}s "
+                 f"(p50 {self.deploy_stats['p50']:.1f} ms each)")
+
+
+def _unix_ok(path: Path) -> bool:
+    if not path.exists():
+        return False
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(0.5)
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+SYSTEMS = {"workerd": Workerd, "bare": BareH11, "corral": Corral}
