@@ -60,7 +60,10 @@ EXIT_OUT_OF_MEMORY = 3
 
 def exception_info(exc: BaseException, with_stack: bool = True) -> ExceptionInfo:
     stack = "".join(traceback.format_exception(exc)) if with_stack else ""
-    return ExceptionInfo(type(exc).__name__, str(exc), stack[-8192:])
+    # A platform error keeps its platform name (exceededCpu, WorkerNotFound, ...)
+    # so the supervisor can tell the outcome when tenant code lets it escape.
+    name = exc.name if isinstance(exc, workers.PlatformError) else type(exc).__name__
+    return ExceptionInfo(name, str(exc), stack[-8192:])
 
 
 # ---------------------------------------------------------------------------

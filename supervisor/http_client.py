@@ -507,6 +507,13 @@ class ClientResponse:
             pass
         await conn.aclose()
 
+    def close(self) -> None:
+        """Synchronous, forceful :meth:`aclose` for callers that cannot await
+        (a consumer that went away): the connection is dropped, not pooled."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.sock.close()
+
     async def _abort(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:

@@ -1,0 +1,486 @@
+"""The supervisor's handle on one sandboxed child.
+
+Owns the channel (a non-blocking unix socket used directly: one reader task
+per child, frames handled synchronously as they are decoded, sends written
+straight to the socket and only buffered on a short write), the child's
+pidfd (kill without pid-reuse races) and its CPU meter.
+
+A child that breaks the protocol (bad frame, wrong version, a response to an
+invocation it was never given, bytes beyond its credit) is killed and
+logged; only its own invocations fail. Nothing a child sends can raise out
+of this module into the rest of the supervisor.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import trio
+
+from protocol.framing import FrameEncoder, ProtocolError, supervisor_decoder
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Abort,
+    BodyChunk,
+    Credit,
+    ExceptionInfo,
+    Hello,
+    InvokeDone,
+    InvokeFailed,
+    Load,
+    Loaded,
+    Log,
+    Report,
+    ResponseStart,
+    SubRequest,
+)
+
+from . import cpu_meter
+from .bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation
+from .log import error, log, warn
+
+if TYPE_CHECKING:
+    from .invocation import Invocation
+    from .pool import Pool
+    from .scripts import ScriptRecord
+
+RECV_SIZE = 256 * 1024
+#: CPU a script's top-level code may use while loading.
+STARTUP_CPU_NS = 1_000_000_000
+
+
+class ChildProcess:
+    def __init__(self, pool: "Pool", pid: int, sock: socket.socket, pidfd: int,
+                 generation: int) -> None:
+        sock.setblocking(False)
+        self.pool = pool
+        self.pid = pid
+        self.sock = sock
+        self.pidfd = pidfd
+        self.generation = generation
+        self.state = "starting"  # starting -> spare -> assigned -> dead
+        self.record: "ScriptRecord | None" = None
+        self.retired = False
+        self.invocations: dict[int, "Invocation"] = {}
+        self.incoming: dict[int, ChildBody] = {}
+        self.sinks: dict[int, ChildSink] = {}
+        self.calls: dict[int, trio.CancelScope] = {}  # calls in flight
+        self._last_call = 0
+        self.hello = trio.Event()
+        self.loaded = trio.Event()
+        self.load_error: ExceptionInfo | None = None
+        self.dead = trio.Event()
+        self.kill_reason: str | None = None
+        self.exit_status: int | None = None
+        self.last_used = trio.current_time()
+        self._encoder = FrameEncoder()
+        self._out = bytearray()
+        self._writing = False
+        self._writer_wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        try:
+            self.meter: cpu_meter.CpuMeter | None = cpu_meter.open_meter(pid)
+        except OSError:
+            self.meter = None
+        self._cpu_active: list["Invocation"] = []
+        self._cpu_last = 0
+        self.cpu_deadline: int | None = None
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            ResponseStart: self._on_response,
+            BodyChunk: self._on_chunk,
+            Credit: self._on_credit,
+            InvokeDone: self._on_done,
+            InvokeFailed: self._on_failed,
+            Log: self._on_log,
+            SubRequest: self._on_subrequest,
+            Abort: self._on_abort,
+            Report: self._on_report,
+            Loaded: self._on_loaded,
+            Hello: self._on_hello,
+        }
+
+    # ------------------------------------------------------------------
+    # life
+    # ------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return self.state != "dead"
+
+    @property
+    def idle(self) -> bool:
+        return not self.invocations and not self.sinks and not self.incoming
+
+    async def run(self) -> None:
+        """Serve the channel until the child dies or breaks the rules."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                try:
+                    await self._reader()
+                except (ProtocolError, ProtocolViolation) as exc:
+                    self.kill(f"protocol violation: {exc}")
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._on_dead()
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run a task that must not outlive this child (a body pump, a call)."""
+        if self._nursery is not None and self.alive:
+            self._nursery.start_soon(fn, *args)
+
+    def kill(self, reason: str) -> None:
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def assign(self, record: "ScriptRecord", bundle: Any) -> None:
+        self.state = "assigned"
+        self.record = record
+        self.send(Load(bundle))
+        if self.meter is not None:
+            self._cpu_last = self.meter.read_ns()
+            self.meter.arm(STARTUP_CPU_NS)
+            self.cpu_deadline = self._cpu_last + STARTUP_CPU_NS
+
+    # ------------------------------------------------------------------
+    # channel I/O
+    # ------------------------------------------------------------------
+    def send(self, message: Any) -> None:
+        if self.state == "dead":
+            return
+        self._encoder.encode_into(message, self._out)
+        if not self._writing:
+            self._flush()
+
+    def _flush(self) -> None:
+        try:
+            sent = self.sock.send(self._out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._out.clear()
+            self.kill("channel closed")
+            return
+        del self._out[:sent]
+        if self._out and not self._writing:
+            self._writing = True
+            self._writer_wake.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._writer_wake.wait()
+            self._writer_wake = trio.Event()
+            while self._out:
+                await trio.lowlevel.wait_writable(self.sock)
+                try:
+                    sent = self.sock.send(self._out)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self._out.clear()
+                    self.kill("channel closed")
+                    return
+                del self._out[:sent]
+            self._writing = False
+
+    async def _reader(self) -> None:
+        buffer = bytearray(RECV_SIZE)
+        view = memoryview(buffer)
+        decoder = supervisor_decoder()
+        sock = self.sock
+        handlers = self._handlers
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                count = sock.recv_into(buffer)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if count == 0:
+                return
+            for message in decoder.feed(view[:count]):
+                if self.state == "starting" and type(message) is not Hello:
+                    raise ProtocolViolation(f"{type(message).__name__} before Hello")
+                handlers[type(message)](message)
+
+    # ------------------------------------------------------------------
+    # frames from the child
+    # ------------------------------------------------------------------
+    def _on_hello(self, message: Hello) -> None:
+        if self.state != "starting":
+            raise ProtocolViolation("Hello sent twice")
+        if message.version != PROTOCOL_VERSION:
+            raise ProtocolViolation(
+                f"protocol version {message.version}, supervisor speaks {PROTOCOL_VERSION}"
+            )
+        self.state = "spare"
+        self.hello.set()
+        self.pool.on_ready(self)
+
+    def _on_loaded(self, message: Loaded) -> None:
+        if self.state != "assigned" or self.loaded.is_set():
+            raise ProtocolViolation("Loaded without a Load")
+        self.load_error = message.error
+        self.loaded.set()
+        if message.error is not None:
+            warn("script.load_failed", pid=self.pid, script=self._script_name(),
+                 error=message.error.message)
+        # Startup CPU is the load's; invocations are charged from here on.
+        self._cpu_rebase()
+
+    def _invocation(self, inv_id: int) -> "Invocation":
+        inv = self.invocations.get(inv_id)
+        if inv is None:
+            raise ProtocolViolation(f"frame for invocation {inv_id}, which this child does not have")
+        return inv
+
+    def _on_response(self, message: ResponseStart) -> None:
+        inv = self._invocation(message.id)
+        body: BodySource | None
+        if message.body_ref is not None:
+            body = self.take_ref(message.body_ref)
+        elif message.body_stream:
+            stream = ChildBody(self, message.id)
+            self.incoming[message.id] = stream
+            body = stream
+        else:
+            body = BytesBody(message.body) if message.body else None
+        if not 100 <= message.status <= 599:
+            if body is not None:
+                body.close()
+            inv.fail(ExceptionInfo("TypeError", f"invalid response status {message.status}"))
+            return
+        inv.respond(message.status, message.headers, body)
+
+    def take_ref(self, ref: int) -> BodySource:
+        """A body the child passes on unread: its request body or a call's response."""
+        sink = self.sinks.get(ref)
+        if sink is None:
+            raise ProtocolViolation(f"body_ref {ref} names no unread body")
+        return sink.take()
+
+    def _on_failed(self, message: InvokeFailed) -> None:
+        self._invocation(message.id).fail(message.error)
+
+    def _on_done(self, message: InvokeDone) -> None:
+        inv = self._invocation(message.id)
+        self._cpu_stop(inv)
+        del self.invocations[message.id]
+        self._release(inv)
+        inv.finish()
+        self.last_used = trio.current_time()
+        self.pool.on_idle_maybe(self)
+
+    def _release(self, inv: "Invocation") -> None:
+        """Close what an ended invocation left behind (unread bodies, calls)."""
+        sink = self.sinks.pop(inv.id, None)
+        if sink is not None:
+            sink.abort()
+        for call in inv.calls:
+            sink = self.sinks.pop(call, None)
+            if sink is not None:
+                sink.abort()
+            stream = self.incoming.pop(call, None)
+            if stream is not None:
+                stream.fail("the invocation ended")
+
+    def _on_log(self, message: Log) -> None:
+        inv = self.invocations.get(message.id)
+        if inv is not None:
+            inv.log(message.level, message.message, message.ts)
+        elif message.id == 0:
+            log("script.log", script=self._script_name(), level=message.level,
+                message=message.message[:2000])
+
+    def _on_report(self, message: Report) -> None:
+        inv = self.invocations.get(message.id)
+        if inv is not None:
+            inv.report(message.error)
+
+    def _on_chunk(self, message: BodyChunk) -> None:
+        stream = self.incoming.get(message.stream)
+        if stream is None:
+            if message.stream > self.pool.last_invocation_id or message.stream < -(1 << 40):
+                raise ProtocolViolation(f"chunk for stream {message.stream}, never opened")
+            return  # a stream we already closed; the chunk was in flight
+        stream.feed(message.data, message.end)
+        if message.end:
+            self.incoming.pop(message.stream, None)
+
+    def _on_credit(self, message: Credit) -> None:
+        sink = self.sinks.get(message.stream)
+        if sink is not None:
+            sink.grant(message.nbytes)
+
+    def _on_abort(self, message: Abort) -> None:
+        stream = self.incoming.pop(message.stream, None)
+        if stream is not None:
+            stream.fail(message.reason or "the worker aborted the body")
+        sink = self.sinks.pop(message.stream, None)
+        if sink is not None:
+            sink.abort()
+        call = self.calls.get(message.stream)
+        if call is not None:
+            call.cancel()  # the tenant stopped waiting for this call
+
+    def _on_subrequest(self, message: SubRequest) -> None:
+        if message.call >= self._last_call:
+            raise ProtocolViolation(f"call id {message.call} is not a fresh negative id")
+        self._last_call = message.call
+        self.spawn(self.pool.calls.handle, self, message)
+
+    # ------------------------------------------------------------------
+    # CPU accounting: the kernel counts, the supervisor attributes
+    # ------------------------------------------------------------------
+    def cpu_start(self, inv: "Invocation") -> None:
+        if self.meter is None:
+            return
+        if self.loaded.is_set():
+            self._cpu_charge()
+        self._cpu_active.append(inv)
+        if self.loaded.is_set():
+            self._cpu_arm()
+
+    def _cpu_stop(self, inv: "Invocation") -> None:
+        if self.meter is None or inv not in self._cpu_active:
+            return
+        if self.loaded.is_set():
+            self._cpu_charge()
+        self._cpu_active.remove(inv)
+        if self.loaded.is_set():
+            self._cpu_arm()
+
+    def _cpu_rebase(self) -> None:
+        if self.meter is None:
+            return
+        self._cpu_last = self.meter.read_ns()
+        self._cpu_arm()
+
+    def _cpu_charge(self) -> None:
+        """Split the CPU used since the last look among running invocations."""
+        assert self.meter is not None
+        try:
+            now = self.meter.read_ns()
+        except OSError:
+            return
+        delta = now - self._cpu_last
+        self._cpu_last = now
+        active = self._cpu_active
+        if active and delta > 0:
+            share = delta // len(active)
+            for inv in active:
+                inv.cpu_ns += share
+
+    def _cpu_arm(self) -> None:
+        """Let the kernel kill the child when the running invocations' budgets are spent.
+
+        With one invocation in flight this is its exact budget; with several,
+        the child may use at most the sum of what they have left.
+        """
+        assert self.meter is not None
+        budgets = [inv.cpu_budget_ns - inv.cpu_ns for inv in self._cpu_active if inv.cpu_budget_ns]
+        try:
+            if not budgets or len(budgets) < len(self._cpu_active):
+                self.meter.disarm()
+                self.cpu_deadline = None
+                return
+            remaining = max(0, sum(budgets))
+            self.meter.arm(remaining)
+            self.cpu_deadline = self._cpu_last + remaining
+        except OSError:
+            pass
+
+    def cpu_exceeded(self) -> bool:
+        """Was the child stopped for CPU? (The counter passed the armed deadline.)"""
+        if self.meter is None or self.cpu_deadline is None:
+            return False
+        try:
+            return self.meter.read_ns() >= self.cpu_deadline - 200_000
+        except OSError:
+            return False
+
+    # ------------------------------------------------------------------
+    # death
+    # ------------------------------------------------------------------
+    def _script_name(self) -> str:
+        if self.record is None:
+            return ""
+        return f"{self.record.namespace}/{self.record.name}" if self.record.namespace else self.record.name
+
+    def _on_dead(self) -> None:
+        if self.state == "dead":
+            return
+        was = self.state
+        self.state = "dead"
+        self.kill(self.kill_reason or "channel closed")
+        over_cpu = self.cpu_exceeded() if self.kill_reason in (None, "channel closed", "exceededCpu") else False
+        if self.meter is not None:
+            if self._cpu_active:
+                self._cpu_charge()
+            self.meter.close()
+        outcome = "exceededCpu" if over_cpu else (
+            self.kill_reason if self.kill_reason in ("exceededMemory", "exceededWallTime") else "crashed")
+        message = {
+            "exceededCpu": "Worker exceeded CPU time limit.",
+            "exceededMemory": "Worker exceeded memory limit.",
+        }.get(outcome, f"The worker's process ended unexpectedly ({self.kill_reason or 'exited'}).")
+        for inv in list(self.invocations.values()):
+            if inv.outcome == "exceededMemory":
+                inv.finish()
+                continue
+            inv.fail(ExceptionInfo(outcome if outcome != "crashed" else "WorkerCrashed", message),
+                     outcome)
+            inv.finish()
+        self.invocations.clear()
+        for stream in list(self.incoming.values()):
+            stream.fail("the worker's process ended")
+        self.incoming.clear()
+        for sink in list(self.sinks.values()):
+            sink.abort()
+        self.sinks.clear()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        try:
+            import os
+
+            os.close(self.pidfd)
+        except OSError:
+            pass
+        self.dead.set()
+        if was != "starting" or self.kill_reason:
+            level = warn if self.kill_reason and self.kill_reason.startswith("protocol") else log
+            level("child.ended", pid=self.pid, script=self._script_name(), state=was,
+                  reason=outcome if over_cpu else (self.kill_reason or "exited"))
+        self.pool.on_dead(self)
+
+
+def describe_status(status: int) -> str:
+    """A wait status in words (SIGSYS means the seccomp filter killed it)."""
+    import os
+
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        if sig == signal.SIGSYS:
+            return f"killed by {name} (forbidden system call)"
+        return f"killed by {name}"
+    if os.WIFEXITED(status):
+        return f"exited with status {os.WEXITSTATUS(status)}"
+    return f"status {status}"
+
+
+__all__ = ["ChildProcess", "describe_status", "error"]

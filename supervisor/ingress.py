@@ -1,0 +1,122 @@
+"""The public HTTP entry: route a request to a script, invoke it, answer.
+
+Routing: the route table (``corral routes``) maps host/path patterns to a
+platform script, normally the dispatch worker, which then picks a user worker
+from a dispatch namespace. Nothing matching is a 404 from Corral itself.
+
+The response head comes from the child; the body is streamed from wherever
+it is (inline, the child, or a body the dispatcher passed on unread) straight
+to the client socket, one chunk at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import trio
+
+from protocol.messages import Limits
+
+from .bodies import BodyError, BodySource, BytesBody
+from .calls import effective_limits
+from .config import ServeConfig
+from .http_server import Connection, Request
+from .invocation import OUTCOME_MESSAGE, OUTCOME_STATUS, Invocation
+from .log import log, warn
+from .pool import Pool, PoolUnavailable
+from .scripts import ScriptRecord
+
+Router = Callable[[str, str], "ScriptRecord | None"]
+TraceSink = Callable[[Invocation], None]
+
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+
+
+class Ingress:
+    def __init__(self, config: ServeConfig, pool: Pool, router: Router,
+                 on_trace: TraceSink | None = None) -> None:
+        self.config = config
+        self.pool = pool
+        self.router = router
+        self.on_trace = on_trace
+        self.limits: Limits = effective_limits(None, config.limits)
+
+    async def handle(self, request: Request, conn: Connection) -> None:
+        host = request.host.decode("latin-1")
+        target = request.target.decode("latin-1")
+        path = target.split("?", 1)[0]
+        record = self.router(host, path)
+        head_only = request.method == b"HEAD"
+        if record is None:
+            await conn.respond(404, _TEXT, f"No worker is routed for {host or '(no host)'}{path}\n".encode(),
+                               head_only)
+            return
+        url = f"http://{host}{target}" if target.startswith("/") else target
+        try:
+            inv = await self.pool.invoke(record, request.method, url, request.headers, request.body,
+                                         self.limits)
+        except PoolUnavailable as exc:
+            warn("ingress.unavailable", script=record.name, reason=str(exc))
+            await conn.respond(503, _TEXT + [(b"retry-after", b"1")],
+                               b"Service unavailable: no sandbox free, retry shortly\n", head_only)
+            return
+        try:
+            await self._answer(inv, conn, head_only)
+        finally:
+            if self.on_trace is not None:
+                self.pool_done(inv)
+
+    def pool_done(self, inv: Invocation) -> None:
+        """Hand the trace over once the invocation has really finished."""
+        assert self.on_trace is not None
+        if inv.done.is_set():
+            self.on_trace(inv)
+
+    async def _answer(self, inv: Invocation, conn: Connection, head_only: bool) -> None:
+        with trio.move_on_at(inv.deadline):
+            await inv.head_ready.wait()
+        if not inv.head_ready.is_set():
+            inv.cancel("exceededWallTime")
+        if inv.error is not None:
+            status = OUTCOME_STATUS.get(inv.outcome, 500)
+            if status == 499:
+                return
+            message = OUTCOME_MESSAGE.get(inv.outcome) or "Worker threw exception"
+            log("invocation.failed", script=inv.record.name, namespace=inv.record.namespace,
+                outcome=inv.outcome, error=f"{inv.error.name}: {inv.error.message}"[:500])
+            await conn.respond(status, _TEXT, f"{message}\n".encode(), head_only)
+            return
+        body = inv.body
+        if body is None:
+            await conn.respond(inv.status, inv.response_headers, b"", head_only)
+            return
+        if isinstance(body, BytesBody):
+            await conn.respond(inv.status, inv.response_headers, await body.receive(), head_only)
+            return
+        await self._stream(inv, body, conn, head_only)
+
+    async def _stream(self, inv: Invocation, body: BodySource, conn: Connection,
+                      head_only: bool) -> None:
+        try:
+            await conn.start(inv.status, inv.response_headers)
+            if head_only:
+                body.close()
+                await conn.end()
+                return
+            with trio.move_on_at(inv.deadline) as scope:
+                while chunk := await body.receive():
+                    await conn.send_data(chunk)
+            if scope.cancelled_caught:
+                inv.cancel("exceededWallTime")
+                raise BodyError("wall time exceeded while streaming the response")
+            await conn.end()
+        except BodyError as exc:
+            # Headers are out; the only honest signal left is a broken stream.
+            warn("ingress.body_broken", script=inv.record.name, reason=str(exc))
+            body.close()
+            raise
+        except BaseException:
+            body.close()
+            if not inv.done.is_set():
+                inv.cancel("canceled")
+            raise

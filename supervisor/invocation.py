@@ -1,0 +1,187 @@
+"""One event delivered to one child, as the supervisor tracks it.
+
+An :class:`Invocation` is created when the supervisor sends ``Invoke`` and
+lives until the child says ``InvokeDone`` (or dies). It collects what the
+trace event needs (outcome, logs, exceptions, CPU and wall time, child
+invocations) and what the caller waits for: the response head, then the body.
+
+Outcomes use Cloudflare's names: ``ok``, ``exception``, ``exceededCpu``,
+``exceededMemory``, ``exceededWallTime``, ``exceededSubrequests``,
+``canceled``, ``scriptNotFound``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from protocol.messages import ExceptionInfo, Header, Limits
+
+from .bodies import BodySource
+
+if TYPE_CHECKING:
+    from .child_process import ChildProcess
+    from .scripts import ScriptRecord
+
+#: HTTP status the caller answers for each failed outcome.
+OUTCOME_STATUS = {
+    "exception": 500,
+    "exceededCpu": 503,
+    "exceededMemory": 503,
+    "exceededWallTime": 503,
+    "exceededSubrequests": 503,
+    "canceled": 499,
+    "scriptNotFound": 404,
+    "crashed": 502,
+}
+
+#: Messages tenants and dispatchers see for platform-imposed failures.
+OUTCOME_MESSAGE = {
+    "exceededCpu": "Worker exceeded CPU time limit.",
+    "exceededMemory": "Worker exceeded memory limit.",
+    "exceededWallTime": "Worker exceeded wall time limit.",
+    "exceededSubrequests": "Worker exceeded subrequest limit.",
+    "canceled": "The invocation was canceled.",
+    "crashed": "The worker's process ended unexpectedly.",
+}
+
+
+class Outbound:
+    """Where a user worker's ``fetch`` goes: an outbound worker and its params."""
+
+    __slots__ = ("service", "params")
+
+    def __init__(self, service: str, params: dict[str, Any]) -> None:
+        self.service = service
+        self.params = params
+
+
+class Invocation:
+    __slots__ = (
+        "id", "child", "record", "method", "url", "headers", "limits", "parent", "outbound",
+        "params", "head_ready", "done", "status", "response_headers", "body", "error",
+        "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
+        "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline",
+    )
+
+    def __init__(self, id: int, child: "ChildProcess", record: "ScriptRecord", method: bytes,
+                 url: str, headers: list[Header], limits: Limits,
+                 parent: "Invocation | None" = None, outbound: Outbound | None = None,
+                 params: dict[str, Any] | None = None) -> None:
+        self.id = id
+        self.child = child
+        self.record = record
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.limits = limits
+        self.parent = parent
+        self.outbound = outbound
+        self.params = params
+        self.head_ready = trio.Event()
+        self.done = trio.Event()
+        self.status = 0
+        self.response_headers: list[Header] = []
+        self.body: BodySource | None = None
+        self.error: ExceptionInfo | None = None
+        self.outcome = "ok"
+        self.logs: list[dict[str, Any]] = []
+        self.exceptions: list[dict[str, Any]] = []
+        self.cpu_ns = 0
+        self.cpu_budget_ns = int((limits.cpu_ms or 0) * 1_000_000)
+        self.started = time.monotonic()
+        self.ended = 0.0
+        self.event_ts = time.time() * 1000.0
+        self.subrequests = 0
+        self.children: list[Invocation] = []
+        self.calls: set[int] = set()
+        self.call_scopes: set[trio.CancelScope] = set()
+        self.deadline = trio.current_time() + (limits.wall_ms or 0) / 1000.0 if limits.wall_ms else float("inf")
+        if parent is not None:
+            parent.children.append(self)
+
+    # -- from the child ------------------------------------------------------
+    def respond(self, status: int, headers: list[Header], body: BodySource | None) -> bool:
+        if self.head_ready.is_set():
+            if body is not None:
+                body.close()
+            return False
+        self.status = status
+        self.response_headers = headers
+        self.body = body
+        self.head_ready.set()
+        return True
+
+    def fail(self, error: ExceptionInfo, outcome: str | None = None) -> None:
+        """The invocation ends without (or with a broken) response."""
+        if outcome is None:
+            outcome = "exceededMemory" if error.name == "MemoryError" else (
+                "canceled" if error.name == "Canceled" else "exception")
+        if self.outcome == "ok" or outcome.startswith("exceeded"):
+            self.outcome = outcome
+        if outcome == "exception" or outcome == "crashed":
+            self.exceptions.append(
+                {"name": error.name, "message": error.message, "timestamp": time.time() * 1000.0}
+            )
+        if not self.head_ready.is_set():
+            self.error = error
+            self.head_ready.set()
+
+    def finish(self) -> None:
+        if not self.done.is_set():
+            self.ended = time.monotonic()
+            for scope in self.call_scopes:
+                scope.cancel()
+            self.done.set()
+
+    def log(self, level: str, message: str, ts: float) -> None:
+        if len(self.logs) < 1000:
+            self.logs.append({"message": [message], "level": level, "timestamp": ts})
+
+    def report(self, error: ExceptionInfo) -> None:
+        self.exceptions.append(
+            {"name": error.name, "message": error.message, "timestamp": time.time() * 1000.0}
+        )
+
+    # -- from the caller -------------------------------------------------------
+    def cancel(self, outcome: str) -> None:
+        """Stop the invocation (wall time, client gone); the child is told."""
+        from protocol.messages import Cancel
+
+        if self.done.is_set():
+            return
+        self.fail(ExceptionInfo(outcome, OUTCOME_MESSAGE.get(outcome, outcome)), outcome)
+        self.child.send(Cancel(self.id))
+
+    @property
+    def wall_ms(self) -> float:
+        end = self.ended or time.monotonic()
+        return (end - self.started) * 1000.0
+
+    def trace(self) -> dict[str, Any]:
+        """The trace event of SPEC.md section 4 (tail workers come later)."""
+        record = self.record
+        return {
+            "scriptName": record.name,
+            "dispatchNamespace": record.namespace or None,
+            "scriptTags": list(record.tags),
+            "scriptVersion": {"id": record.version},
+            "outcome": self.outcome,
+            "eventTimestamp": int(self.event_ts),
+            "event": {
+                "request": {
+                    "url": self.url,
+                    "method": self.method.decode("latin-1"),
+                    "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers
+                                if k not in (b"authorization", b"cookie")},
+                },
+                "response": {"status": self.status} if self.status else None,
+            },
+            "logs": self.logs,
+            "exceptions": self.exceptions,
+            "cpuTime": round(self.cpu_ns / 1e6, 3),
+            "wallTime": round(self.wall_ms, 3),
+            "children": [child.trace() for child in self.children],
+        }

@@ -1,0 +1,288 @@
+"""The warm pool: spare jailed children, warm children per script, scale to zero.
+
+* **Spares.** The zygote keeps ``pool.spares`` children forked and fully
+  jailed ahead of demand. A cold start takes one and sends it the script: no
+  fork, no exec, no interpreter start on the request path. Refill requests
+  go to the zygote, which forks at low priority.
+* **Warm.** One child per script version serves all its requests
+  concurrently. A new version (a deploy) gets a new child; the old one
+  finishes its in-flight requests and is retired when idle, which is what
+  makes a deploy atomic.
+* **Scale to zero.** A child idle for ``pool.idle_timeout_s`` is killed; at
+  ``pool.max_children`` the least recently used idle child makes room.
+* **Failure.** A dead child fails only its own invocations; a dead zygote is
+  restarted and existing children keep serving.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from protocol.messages import MAX_CHUNK, Invoke, Limits
+
+from . import cpu_meter
+from .bodies import BodySource, BytesBody, ChildSink
+from .child_process import ChildProcess, describe_status
+from .config import ServeConfig
+from .invocation import Invocation, Outbound
+from .log import log, warn
+from .scripts import ScriptRecord, to_bundle
+from .zygote_client import ZygoteClient
+
+if TYPE_CHECKING:
+    from .calls import Calls
+
+#: How long a request waits for a spare before the pool gives up (503).
+SPARE_WAIT_S = 10.0
+
+
+class PoolUnavailable(Exception):
+    """No child can be had (capacity reached, sandbox not starting)."""
+
+
+class Pool:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.calls: "Calls" = None  # type: ignore[assignment]  # set by the server
+        self.zygote = ZygoteClient(config.pool.memory_mb, self._on_spawned, self._on_exited,
+                                   self._on_zygote_restart)
+        self.children: dict[int, ChildProcess] = {}
+        self.spares: deque[ChildProcess] = deque()
+        self.warm: "OrderedDict[tuple[str, str], ChildProcess]" = OrderedDict()
+        self.retired: set[ChildProcess] = set()
+        self._requested = 0
+        self._waiting = 0
+        self._spare_lot = trio.lowlevel.ParkingLot()
+        self._loading: dict[tuple[str, str, str], trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self.last_invocation_id = 0
+        self.stats = {"cold_starts": 0, "invocations": 0, "children_killed": 0}
+
+    # ------------------------------------------------------------------
+    # lifecycle
+    # ------------------------------------------------------------------
+    async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.zygote.run)
+            self._refill()
+            nursery.start_soon(self._reaper)
+            task_status.started()
+
+    def next_id(self) -> int:
+        self.last_invocation_id += 1
+        return self.last_invocation_id
+
+    def _on_spawned(self, pid: int, sock: socket.socket, pidfd: int) -> None:
+        self._requested = max(0, self._requested - 1)
+        if self._nursery is None:
+            sock.close()
+            os.close(pidfd)
+            return
+        child = ChildProcess(self, pid, sock, pidfd, self.zygote.generation)
+        self.children[pid] = child
+        self._nursery.start_soon(child.run)
+
+    def _on_exited(self, pid: int, status: int) -> None:
+        child = self.children.get(pid)
+        if child is not None:
+            child.exit_status = status
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == 31:  # SIGSYS: seccomp
+            warn("child.seccomp_kill", pid=pid, status=describe_status(status))
+
+    def _on_zygote_restart(self) -> None:
+        self._requested = 0
+
+    def on_ready(self, child: ChildProcess) -> None:
+        """A new child finished its jail and said hello."""
+        self.spares.append(child)
+        self._spare_lot.unpark()
+
+    def on_idle_maybe(self, child: ChildProcess) -> None:
+        if child.retired and child.idle:
+            child.kill("retired")
+
+    def on_dead(self, child: ChildProcess) -> None:
+        self.children.pop(child.pid, None)
+        self.retired.discard(child)
+        record = child.record
+        if record is not None and self.warm.get((record.namespace, record.name)) is child:
+            del self.warm[(record.namespace, record.name)]
+        try:
+            self.spares.remove(child)
+        except ValueError:
+            pass
+        self._refill()
+
+    def _refill(self) -> None:
+        want = self.config.pool.spares + self._waiting
+        room = self.config.pool.max_children - len(self.children)
+        missing = min(want - len(self.spares) - self._requested, room)
+        if missing > 0 and self.zygote.spawn(missing):
+            self._requested += missing
+
+    async def _reaper(self) -> None:
+        """Scale to zero; police CPU where only tick-based meters exist."""
+        idle_timeout = self.config.pool.idle_timeout_s
+        while True:
+            await trio.sleep(0.005 if self._tick_children() else 1.0)
+            now = trio.current_time()
+            for child in list(self.warm.values()):
+                if child.idle and now - child.last_used > idle_timeout:
+                    self._retire(child)
+            for child in list(self.children.values()):
+                meter = child.meter
+                if isinstance(meter, cpu_meter.TickCpuMeter) and meter.over_budget():
+                    child.kill("exceededCpu")
+            self._refill()
+
+    def _tick_children(self) -> bool:
+        return any(isinstance(c.meter, cpu_meter.TickCpuMeter) and c.cpu_deadline is not None
+                   for c in self.children.values())
+
+    def _retire(self, child: ChildProcess) -> None:
+        record = child.record
+        if record is not None and self.warm.get((record.namespace, record.name)) is child:
+            del self.warm[(record.namespace, record.name)]
+        child.retired = True
+        if child.idle:
+            child.kill("idle")
+        else:
+            self.retired.add(child)
+
+    def retire_script(self, namespace: str, name: str) -> None:
+        """A script was redeployed or deleted: its warm child drains and goes."""
+        child = self.warm.get((namespace, name))
+        if child is not None:
+            self._retire(child)
+
+    # ------------------------------------------------------------------
+    # acquiring a child for a script
+    # ------------------------------------------------------------------
+    async def acquire(self, record: ScriptRecord) -> ChildProcess:
+        key = (record.namespace, record.name)
+        while True:
+            child = self.warm.get(key)
+            if child is not None and child.alive:
+                if child.record is not None and child.record.version == record.version:
+                    self.warm.move_to_end(key)
+                    return child
+                self._retire(child)  # an older version: drain it
+            loading_key = (record.namespace, record.name, record.version)
+            loading = self._loading.get(loading_key)
+            if loading is not None:
+                await loading.wait()
+                continue
+            event = self._loading[loading_key] = trio.Event()
+            try:
+                child = await self._take_spare()
+                child.assign(record, to_bundle(record))
+                self.warm[key] = child
+                self.stats["cold_starts"] += 1
+                return child
+            finally:
+                del self._loading[loading_key]
+                event.set()
+
+    async def _take_spare(self) -> ChildProcess:
+        self._make_room()
+        self._waiting += 1
+        try:
+            with trio.move_on_after(SPARE_WAIT_S) as scope:
+                while True:
+                    while self.spares:
+                        child = self.spares.popleft()
+                        if child.alive:
+                            return child
+                    self._refill()
+                    await self._spare_lot.park()
+            assert scope.cancelled_caught
+            raise PoolUnavailable("no sandbox became available in time")
+        finally:
+            self._waiting -= 1
+            self._refill()
+
+    def _make_room(self) -> None:
+        """At the process cap, the least recently used idle warm child goes."""
+        limit = self.config.pool.max_children
+        if len(self.children) < limit:
+            return
+        for key, child in list(self.warm.items()):
+            if child.idle:
+                self._retire(child)
+                return
+        raise PoolUnavailable(f"all {limit} sandboxes are busy")
+
+    async def validate(self, record: ScriptRecord, timeout: float = 10.0) -> str | None:
+        """Load ``record`` in a throw-away sandbox; the load error, or None."""
+        child = await self._take_spare()
+        try:
+            child.assign(record, to_bundle(record))
+            with trio.move_on_after(timeout):
+                async with trio.open_nursery() as nursery:
+
+                    async def wait_dead() -> None:
+                        await child.dead.wait()
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(wait_dead)
+                    await child.loaded.wait()
+                    nursery.cancel_scope.cancel()
+            if child.loaded.is_set():
+                error = child.load_error
+                return None if error is None else error.message
+            if not child.alive and child.cpu_exceeded():
+                return "the script's top-level code exceeded its startup CPU time"
+            if not child.alive:
+                return "the script crashed its sandbox while loading"
+            return f"the script did not finish loading within {timeout:g} s"
+        finally:
+            child.kill("validated")
+
+    # ------------------------------------------------------------------
+    # invoking
+    # ------------------------------------------------------------------
+    async def invoke(self, record: ScriptRecord, method: bytes, url: str, headers: list,
+                     body: BodySource | bytes | None, limits: Limits,
+                     parent: Invocation | None = None, outbound: Outbound | None = None,
+                     params: dict[str, Any] | None = None) -> Invocation:
+        """Start an invocation; returns once it is sent (await ``head_ready``)."""
+        child = await self.acquire(record)
+        inv = Invocation(self.next_id(), child, record, method, url, headers, limits,
+                         parent=parent, outbound=outbound, params=params)
+        child.invocations[inv.id] = inv
+        child.last_used = trio.current_time()
+        self.stats["invocations"] += 1
+        if isinstance(body, BytesBody):
+            body = await body.receive()
+        if body is None or isinstance(body, bytes):
+            if body is not None and len(body) > MAX_CHUNK:
+                body = BytesBody(body)
+            else:
+                child.cpu_start(inv)
+                child.send(Invoke(inv.id, method, url, headers, body or None, params=params))
+                return inv
+        sink = ChildSink(child, inv.id, body)
+        child.sinks[inv.id] = sink
+        child.cpu_start(inv)
+        child.send(Invoke(inv.id, method, url, headers, None, True, params=params))
+        return inv
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "children": len(self.children),
+            "spares": len(self.spares),
+            "warm": len(self.warm),
+            "retired": len(self.retired),
+            "zygote_pid": self.zygote.pid,
+            **self.stats,
+        }
+
+
+def _unused() -> None:  # pragma: no cover
+    log("")

@@ -1,0 +1,170 @@
+"""``corral serve``: the supervisor process, put together.
+
+One trio nursery owns everything: the pool (and through it the zygote and
+every child), the public HTTP listener and the admin listener on a unix
+socket. SIGTERM/SIGINT stop accepting, let in-flight requests drain, then
+cancel the rest; systemd's ``NOTIFY_SOCKET`` hears READY/STOPPING.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import stat
+from functools import partial
+
+import trio
+
+from . import http_client, log as logmod
+from .admin_api import AdminAPI
+from .calls import Calls
+from .config import ServeConfig
+from .http_server import Connection, Request, Server
+from .ingress import Ingress
+from .log import log, warn
+from .pool import Pool
+from .scripts import PLATFORM, ScriptRecord
+from .store import Store
+
+DRAIN_S = 10.0
+
+
+class Supervisor:
+    """Holds the parts; also the admin API's hooks."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        os.makedirs(config.state_dir, exist_ok=True)
+        self.store = Store(os.path.join(config.state_dir, "corral.db"))
+        self.pool = Pool(config)
+        self.client = http_client.HTTPClient(max_response_bytes=128 * 2**20)
+        self.pool.calls = Calls(self.pool, self.store.get_script, config.limits, self.client)
+        self.ingress = Ingress(config, self.pool, self.route)
+        self.admin = AdminAPI(self.store, self)
+        self.http = Server(self.ingress.handle, config.http_limits, "ingress")
+        self.admin_http = Server(self._admin_handle, config.http_limits, "admin")
+
+    # -- routing ---------------------------------------------------------------
+    def route(self, host: str, path: str) -> ScriptRecord | None:
+        script = self.store.route_table().match(host, path)
+        if script is not None:
+            return self.store.get_script(PLATFORM, script)
+        return None
+
+    # -- admin hooks -------------------------------------------------------------
+    async def validate(self, record: ScriptRecord) -> str | None:
+        return await self.pool.validate(record)
+
+    def script_changed(self, namespace: str, name: str) -> None:
+        self.pool.retire_script(namespace, name)
+
+    def metrics_text(self) -> str:
+        snap = self.pool.snapshot()
+        lines = [
+            "# HELP corral_children Sandboxed child processes alive.",
+            "# TYPE corral_children gauge",
+            f"corral_children {snap['children']}",
+            "# TYPE corral_spare_children gauge",
+            f"corral_spare_children {snap['spares']}",
+            "# TYPE corral_warm_scripts gauge",
+            f"corral_warm_scripts {snap['warm']}",
+            "# TYPE corral_cold_starts_total counter",
+            f"corral_cold_starts_total {snap['cold_starts']}",
+            "# TYPE corral_invocations_total counter",
+            f"corral_invocations_total {snap['invocations']}",
+            "# TYPE corral_http_requests_total counter",
+            f"corral_http_requests_total {self.http.requests}",
+            "# TYPE corral_http_connections gauge",
+            f"corral_http_connections {self.http.connections}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    async def _admin_handle(self, request: Request, conn: Connection) -> None:
+        from .bodies import read_all
+
+        body = request.body if isinstance(request.body, bytes) else await read_all(
+            request.body, self.config.http_limits.max_body_bytes)
+        status, headers, payload = await self.admin.handle(
+            request.method.decode("latin-1"), request.target.decode("latin-1"), request.headers, body)
+        await conn.respond(status, headers, payload)
+
+    # -- running -------------------------------------------------------------------
+    async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        host, port = self.config.http_host_port
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.pool.run)
+                listeners = await trio.open_tcp_listeners(port, host=host)
+                admin_listener = await _unix_listener(self.config.admin_socket_path)
+                nursery.start_soon(partial(trio.serve_listeners, self.http.serve_stream, listeners,
+                                           handler_nursery=None))
+                nursery.start_soon(partial(trio.serve_listeners, self.admin_http.serve_stream,
+                                           [admin_listener]))
+                bound = listeners[0].socket.getsockname()
+                log("serve.ready", http=f"{bound[0]}:{bound[1]}",
+                    admin_socket=self.config.admin_socket_path, state_dir=self.config.state_dir)
+                _notify("READY=1")
+                task_status.started(bound)
+                await _wait_for_stop()
+                log("serve.stopping", in_flight=self.http.connections)
+                _notify("STOPPING=1")
+                for listener in listeners:
+                    await listener.aclose()
+                with trio.move_on_after(DRAIN_S):
+                    while self.http.connections:
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.store.close()
+            try:
+                os.unlink(self.config.admin_socket_path)
+            except OSError:
+                pass
+
+
+async def _wait_for_stop() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            return
+
+
+async def _unix_listener(path: str) -> trio.SocketListener:
+    """The admin socket: created fresh, owner-only (it can deploy code)."""
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        await sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    return trio.SocketListener(sock)
+
+
+def _notify(state: str) -> None:
+    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            warn("notify.failed", state=state, reason=str(exc))
+
+
+def run(config: ServeConfig) -> int:
+    """Entry point of ``corral serve``."""
+    logmod.setup()
+    supervisor = Supervisor(config)
+    trio.run(supervisor.run)
+    return 0

@@ -1,0 +1,149 @@
+"""Starting, talking to and restarting the zygote.
+
+The zygote is the supervisor's own child process; it forks the sandboxed
+children. This module owns its life: it starts it with a scrubbed
+environment and a fresh random hash seed (forked children share the
+zygote's seed, so a restart is also how the seed rotates), receives each new
+child's channel and pidfd over SCM_RIGHTS, forwards exit statuses, and
+restarts the zygote if it dies, with a back-off.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from typing import Callable
+
+import msgspec
+import trio
+
+from protocol.messages import PROTOCOL_VERSION, Exited, FromZygote, Spawn, Spawned, ZygoteReady
+
+from .log import error, log, warn
+
+SpawnedCallback = Callable[[int, socket.socket, int], None]
+ExitedCallback = Callable[[int, int], None]
+
+
+class ZygoteClient:
+    """One zygote at a time; :meth:`run` keeps it alive until cancelled."""
+
+    def __init__(self, memory_mb: int, on_spawned: SpawnedCallback, on_exited: ExitedCallback,
+                 on_restart: Callable[[], None]) -> None:
+        self.memory_mb = memory_mb
+        self._on_spawned = on_spawned
+        self._on_exited = on_exited
+        self._on_restart = on_restart
+        self._sock: socket.socket | None = None  # for sends: short, non-blocking
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(FromZygote)
+        self.ready = trio.Event()
+        self.pid = 0
+        self.jail: dict = {}
+        self.generation = 0
+
+    def spawn(self, count: int) -> bool:
+        """Ask for ``count`` more spares; False if no zygote is up right now."""
+        if self._sock is None or count <= 0:
+            return False
+        try:
+            self._sock.send(self._encoder.encode(Spawn(count)))
+        except (BlockingIOError, OSError):
+            return False
+        return True
+
+    async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        backoff = 0.05
+        started = False
+        while True:
+            began = trio.current_time()
+            try:
+                await self._run_once(task_status if not started else None)
+                started = True
+            except OSError as exc:
+                error("zygote.failed", reason=str(exc))
+            finally:
+                self._sock = None
+                self.ready = trio.Event()
+            self._on_restart()
+            if trio.current_time() - began > 10:
+                backoff = 0.05
+            warn("zygote.restarting", after_s=backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _run_once(self, task_status: trio.TaskStatus | None) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONHASHSEED": str(secrets.randbelow(2**32 - 1) + 1),
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sandbox.zygote", "--control-fd", str(theirs.fileno()),
+             "--memory-mb", str(self.memory_mb)],
+            pass_fds=[theirs.fileno()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        sock = trio.socket.from_stdlib_socket(ours)
+        self.generation += 1
+        try:
+            with sock:
+                while True:
+                    try:
+                        data, ancdata, _flags, _addr = await sock.recvmsg(
+                            65536, socket.CMSG_SPACE(2 * 4)
+                        )
+                    except OSError:
+                        data, ancdata = b"", []
+                    fds = _take_fds(ancdata)
+                    if not data:
+                        for fd in fds:
+                            os.close(fd)
+                        return
+                    message = self._decoder.decode(data)
+                    if isinstance(message, Spawned):
+                        if len(fds) != 2:
+                            for fd in fds:
+                                os.close(fd)
+                            error("zygote.bad_spawn", pid=message.pid, fds=len(fds))
+                            continue
+                        channel = socket.socket(fileno=fds[0])
+                        self._on_spawned(message.pid, channel, fds[1])
+                    elif isinstance(message, Exited):
+                        self._on_exited(message.pid, message.status)
+                    elif isinstance(message, ZygoteReady):
+                        if message.version != PROTOCOL_VERSION:
+                            error("zygote.version_mismatch", got=message.version,
+                                  want=PROTOCOL_VERSION)
+                            return
+                        self.pid = message.pid
+                        self.jail = message.jail
+                        self._sock = ours
+                        self.ready.set()
+                        log("zygote.ready", pid=message.pid, generation=self.generation,
+                            **message.jail)
+                        if task_status is not None:
+                            task_status.started()
+                            task_status = None
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.poll() is None:
+                    process.kill()
+                await trio.to_thread.run_sync(process.wait)
+            log("zygote.exited", pid=process.pid, status=process.returncode)
+
+
+def _take_fds(ancdata: list) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return list(fds)

@@ -1,0 +1,253 @@
+"""A real Corral for tests: the ``corral serve`` process, its admin socket, HTTP.
+
+Nothing is mocked: the server is the CLI entry point in a subprocess, the
+sandboxes are real jailed children, and every request crosses real sockets.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 30) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def multipart(metadata: dict[str, Any], modules: dict[str, bytes | str]) -> tuple[bytes, str]:
+    boundary = "corral-" + uuid.uuid4().hex
+    parts = [(b"metadata", b"metadata.json", "application/json", json.dumps(metadata).encode())]
+    for name, content in modules.items():
+        data = content.encode() if isinstance(content, str) else content
+        parts.append((name.encode(), name.encode(), "text/x-python", data))
+    out = bytearray()
+    for name, filename, ctype, data in parts:
+        out += f"--{boundary}\r\n".encode()
+        out += b'Content-Disposition: form-data; name="' + name + b'"; filename="' + filename + b'"\r\n'
+        out += f"Content-Type: {ctype}\r\n\r\n".encode()
+        out += data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.body[:200]!r}>"
+
+
+class Corral:
+    """One ``corral serve`` process in ``state_dir``."""
+
+    def __init__(self, state_dir: Path, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.port = free_port()
+        self.socket_path = str(self.state_dir / "admin.sock")
+        self.log_path = self.state_dir / "serve.log"
+        self.extra_args = extra_args or []
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+
+    # -- process -----------------------------------------------------------------
+    def start(self, timeout: float = 20) -> "Corral":
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "serve", "--http", f"127.0.0.1:{self.port}",
+             "--state-dir", str(self.state_dir), *self.extra_args],
+            stdout=log, stderr=log, env=env, cwd=str(REPO), start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"corral serve exited: {self.log()}")
+            if os.path.exists(self.socket_path) and self._http_up():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"corral serve did not start: {self.log()}")
+
+    def _http_up(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        try:  # children are in the supervisor's session; make sure none survive
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        return self.proc.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- admin API -------------------------------------------------------------------
+    def admin(self, method: str, path: str, body: Any = None, content_type: str | None = None) -> Response:
+        conn = UnixHTTPConnection(self.socket_path)
+        headers = {}
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+            headers["content-type"] = "application/json"
+        if content_type:
+            headers["content-type"] = content_type
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        result = Response(resp.status, dict(resp.getheaders()), resp.read())
+        conn.close()
+        return result
+
+    def deploy(self, name: str, source: str | None = None, *, namespace: str | None = "default",
+               modules: dict[str, str | bytes] | None = None, main_module: str = "worker.py",
+               bindings: list[dict] | None = None, tags: list[str] | None = None,
+               check: bool = True) -> Response:
+        modules = dict(modules or {})
+        if source is not None:
+            modules[main_module] = source
+        metadata: dict[str, Any] = {"main_module": main_module, "bindings": bindings or []}
+        if tags:
+            metadata["tags"] = tags
+        body, ctype = multipart(metadata, modules)
+        if namespace is None:
+            path = f"/accounts/local/workers/scripts/{name}"
+        else:
+            path = f"/accounts/local/workers/dispatch/namespaces/{namespace}/scripts/{name}"
+        resp = self.admin("PUT", path, body, ctype)
+        if check and resp.status != 200:
+            raise AssertionError(f"deploy {name} failed: {resp.status} {resp.text}")
+        return resp
+
+    def namespace(self, name: str) -> Response:
+        return self.admin("POST", "/accounts/local/workers/dispatch/namespaces", {"name": name})
+
+    def route(self, pattern: str, script: str) -> Response:
+        resp = self.admin("POST", "/accounts/local/workers/routes", {"pattern": pattern, "script": script})
+        assert resp.status == 200, resp.text
+        return resp
+
+    def deploy_dispatcher(self, source: str | None = None, namespace: str = "default",
+                          name: str = "dispatch", pattern: str | None = "*/*",
+                          outbound: dict | None = None, extra_bindings: list[dict] | None = None) -> None:
+        if source is None:
+            source = (REPO / "examples" / "dispatcher.py").read_text()
+        binding: dict[str, Any] = {"type": "dispatch_namespace", "name": "dispatcher",
+                                   "namespace": namespace}
+        if outbound:
+            binding["outbound"] = outbound
+        self.deploy(name, source, namespace=None, bindings=[binding, *(extra_bindings or [])])
+        if pattern:
+            existing = self.admin("GET", "/accounts/local/workers/routes").json()["result"]
+            if not any(r["pattern"] == pattern for r in existing):
+                self.route(pattern, name)
+
+    # -- HTTP ----------------------------------------------------------------------------
+    def request(self, path: str = "/", host: str = "hello.localhost", method: str = "GET",
+                body: bytes | str | None = None, headers: dict[str, str] | None = None,
+                timeout: float = 30) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        all_headers = {"host": host, **(headers or {})}
+        conn.request(method, path, body=body, headers=all_headers)
+        resp = conn.getresponse()
+        result = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        conn.close()
+        return result
+
+    def raw(self, data: bytes, timeout: float = 5) -> bytes:
+        """Send raw bytes, return everything the server answers until it closes."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(data)
+            chunks = []
+            try:
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            except socket.timeout:
+                pass
+            return b"".join(chunks)
+
+    def zygote(self) -> int | None:
+        """Pid of this server's zygote (its direct child running sandbox.zygote)."""
+        for pid in _children_of(self.proc.pid):  # type: ignore[union-attr]
+            if b"sandbox.zygote" in _cmdline(pid):
+                return pid
+        return None
+
+    def children(self) -> list[int]:
+        """Pids of the sandboxed children (the zygote's children)."""
+        zygote = self.zygote()
+        return _children_of(zygote) if zygote else []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _children_of(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent:
+            found.append(int(entry))
+    return found
