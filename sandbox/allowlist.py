@@ -20,8 +20,8 @@ TENANT_MODULES: tuple[str, ...] = (
     "email.parser", "email.policy", "enum", "errno", "fnmatch", "fractions", "functools",
     "gzip", "hashlib", "heapq", "hmac", "html", "html.parser", "http", "http.cookies",
     "io", "ipaddress", "itertools", "json", "keyword", "logging", "math", "numbers",
-    "operator", "pprint", "queue", "random", "re", "secrets", "shlex", "statistics",
-    "string", "struct", "textwrap", "time", "timeit", "traceback", "types", "typing",
+    "operator", "os", "os.path", "posixpath", "pprint", "queue", "random", "re", "secrets", "shlex", "statistics",
+    "stat", "string", "struct", "sys", "textwrap", "time", "timeit", "traceback", "types", "typing",
     "unicodedata", "urllib", "urllib.parse", "uuid", "warnings", "weakref", "zlib",
     "_strptime", "encodings.idna", "encodings.punycode",
     # The tenant API and its JS-flavoured companions.

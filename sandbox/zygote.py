@@ -67,6 +67,8 @@ class Zygote:
 
     def prepare(self) -> dict:
         _preimport()
+        # Tenants may import os: nothing of the host's environment reaches them.
+        os.environ.clear()
         self.bpf = seccomp_policy.compile_policy()
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.address_space = (

@@ -73,6 +73,7 @@ class ChildProcess:
         self.load_error: ExceptionInfo | None = None
         self.dead = trio.Event()
         self.kill_reason: str | None = None
+        self.over_cpu = False  # died because the kernel enforced its CPU budget
         self.exit_status: int | None = None
         self.last_used = trio.current_time()
         self._encoder = FrameEncoder()
@@ -426,6 +427,7 @@ class ChildProcess:
         self.state = "dead"
         self.kill(self.kill_reason or "channel closed")
         over_cpu = self.cpu_exceeded() if self.kill_reason in (None, "channel closed", "exceededCpu") else False
+        self.over_cpu = over_cpu
         if self.meter is not None:
             if self._cpu_active:
                 self._cpu_charge()

@@ -71,6 +71,7 @@ class Connection:
         self.peer = peer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
         self.response_started = False
+        self.linger = False
 
     # -- reading ---------------------------------------------------------------
     async def _next_event(self) -> object:
@@ -176,9 +177,24 @@ Handler = Callable[[Request, Connection], Awaitable[None]]
 
 
 async def _simple(conn: Connection, status: int, message: str) -> None:
+    """An error answer after which the connection closes (lingering)."""
     body = (message + "\n").encode()
+    conn.linger = True
     await conn.respond(status, [(b"content-type", b"text/plain; charset=utf-8"),
                                 (b"connection", b"close")], body)
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Close after an error without a reset: stop sending, then drop what the
+    client is still sending for a moment, so it reads our answer first."""
+    with trio.move_on_after(1.0):
+        try:
+            await stream.send_eof()  # type: ignore[attr-defined]
+            budget = 1 << 20
+            while budget > 0 and (data := await stream.receive_some(READ_SIZE)):
+                budget -= len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
+            pass
 
 
 class Server:
@@ -202,8 +218,11 @@ class Server:
             await trio.aclose_forcefully(stream)
             return
         self.connections += 1
+        conn = Connection(stream, self.config)
         try:
-            await self._serve(Connection(stream, self.config))
+            await self._serve(conn)
+            if conn.linger:
+                await _linger(stream)
         except ClientGone:
             pass
         except Exception as exc:  # noqa: BLE001 - the last line of defence
@@ -255,6 +274,10 @@ class Server:
                     break
             except h11.RemoteProtocolError as exc:
                 await _simple(conn, 400, f"Bad request body: {exc}")
+                return
+            if sum(map(len, first)) > config.max_body_bytes:
+                warn(f"{self.name}.body_too_large", streamed=True)
+                await _simple(conn, 413, f"Request body larger than {config.max_body_bytes} bytes")
                 return
             if complete:
                 body = b"".join(first)

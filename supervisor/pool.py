@@ -236,7 +236,7 @@ class Pool:
             if child.loaded.is_set():
                 error = child.load_error
                 return None if error is None else error.message
-            if not child.alive and child.cpu_exceeded():
+            if not child.alive and child.over_cpu:
                 return "the script's top-level code exceeded its startup CPU time"
             if not child.alive:
                 return "the script crashed its sandbox while loading"

@@ -20,7 +20,7 @@ import trio
 from . import http_client, log as logmod
 from .admin_api import AdminAPI
 from .calls import Calls
-from .config import ServeConfig
+from .config import HttpConfig, ServeConfig
 from .http_server import Connection, Request, Server
 from .ingress import Ingress
 from .log import log, warn
@@ -44,7 +44,9 @@ class Supervisor:
         self.ingress = Ingress(config, self.pool, self.route)
         self.admin = AdminAPI(self.store, self)
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
-        self.admin_http = Server(self._admin_handle, config.http_limits, "admin")
+        # The admin socket is the operator's: its own limits (uploads may be
+        # large; the API itself answers 413 past the script size limit).
+        self.admin_http = Server(self._admin_handle, HttpConfig(max_body_bytes=64 * 2**20), "admin")
 
     # -- routing ---------------------------------------------------------------
     def route(self, host: str, path: str) -> ScriptRecord | None:
@@ -85,7 +87,7 @@ class Supervisor:
         from .bodies import read_all
 
         body = request.body if isinstance(request.body, bytes) else await read_all(
-            request.body, self.config.http_limits.max_body_bytes)
+            request.body, self.admin_http.config.max_body_bytes)
         status, headers, payload = await self.admin.handle(
             request.method.decode("latin-1"), request.target.decode("latin-1"), request.headers, body)
         await conn.respond(status, headers, payload)
@@ -138,12 +140,16 @@ async def _unix_listener(path: str) -> trio.SocketListener:
     except FileNotFoundError:
         pass
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bind and listen under a temporary name, then rename: the path never
+    # exists without a listener behind it.
+    staging = f"{path}.{os.getpid()}"
     old = os.umask(0o177)
     try:
-        await sock.bind(path)
+        await sock.bind(staging)
     finally:
         os.umask(old)
     sock.listen(128)
+    os.replace(staging, path)
     return trio.SocketListener(sock)
 
 

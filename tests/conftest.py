@@ -1,0 +1,25 @@
+"""Shared fixtures: real Corral servers started for the tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import Corral
+
+
+@pytest.fixture(scope="module")
+def corral(tmp_path_factory: pytest.TempPathFactory):
+    """One server per test module, with the bundled dispatcher routed on */*."""
+    server = Corral(tmp_path_factory.mktemp("corral")).start()
+    server.deploy_dispatcher()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_corral(tmp_path):
+    """A server of its own, for tests that kill or restart things."""
+    server = Corral(tmp_path / "state").start()
+    server.deploy_dispatcher()
+    yield server
+    server.stop()
