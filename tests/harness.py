@@ -183,7 +183,7 @@ class Corral:
                           name: str = "dispatch", pattern: str | None = "*/*",
                           outbound: dict | None = None, extra_bindings: list[dict] | None = None) -> None:
         if source is None:
-            source = (REPO / "examples" / "dispatcher.py").read_text()
+            source = (REPO / "examples" / "dispatcher" / "worker.py").read_text()
         binding: dict[str, Any] = {"type": "dispatch_namespace", "name": "dispatcher",
                                    "namespace": namespace}
         if outbound:
