@@ -1,0 +1,375 @@
+"""The ``corral`` command (SPEC section 1).
+
+``corral serve`` runs the supervisor; every other command is a thin client of
+the admin REST API over the admin unix socket, using only the stdlib so it
+works on any host with Python. Exit status: 0 success, 1 an API error (or an
+unreachable supervisor), 2 bad usage (argparse, or a project/config that
+cannot be read). ``--json`` prints the API's ``result`` as JSON; otherwise
+output is a compact table for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+from . import multipart
+
+__all__ = ["AdminClient", "ApiCallError", "UnixHTTPConnection", "main"]
+
+ACCOUNT = "local"
+API = f"/accounts/{ACCOUNT}/workers"
+DEFAULT_SOCKET = "./.corral/admin.sock"
+_TIMEOUT_S = 300.0  # a deploy waits for the script to load in a sandbox
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over an AF_UNIX stream socket."""
+
+    def __init__(self, socket_path: str, timeout: float = _TIMEOUT_S) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class ApiCallError(Exception):
+    """The call failed: an error envelope, or no supervisor to talk to."""
+
+
+class AdminClient:
+    """Calls the admin API and unwraps the envelope."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+
+    def call(
+        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Returns ``(result, result_info)``; raises :class:`ApiCallError`."""
+        conn = UnixHTTPConnection(self.socket_path)
+        headers = {"content-type": content_type} if content_type else {}
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            payload = response.read()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ApiCallError(
+                f"cannot reach the supervisor at {self.socket_path}: {exc.strerror} "
+                "(is `corral serve` running? set --socket or CORRAL_ADMIN_SOCKET)"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise ApiCallError(f"admin socket {self.socket_path}: {type(exc).__name__}: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            envelope = json.loads(payload)
+        except ValueError:
+            raise ApiCallError(
+                f"{method} {path}: HTTP {response.status} with a non-JSON body: {payload[:200]!r}"
+            ) from None
+        if not isinstance(envelope, dict) or not envelope.get("success"):
+            errors = envelope.get("errors") if isinstance(envelope, dict) else None
+            messages = [f"{e.get('message')} (code {e.get('code')})" for e in errors or [] if isinstance(e, dict)]
+            raise ApiCallError("; ".join(messages) or f"{method} {path}: HTTP {response.status}")
+        return envelope.get("result"), envelope.get("result_info") or {}
+
+    def json(self, method: str, path: str, data: Any) -> Any:
+        return self.call(method, path, json.dumps(data).encode(), "application/json")[0]
+
+
+# -- paths -------------------------------------------------------------------
+
+
+def _q(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def _scripts_path(namespace: str | None, name: str | None = None) -> str:
+    base = f"{API}/dispatch/namespaces/{_q(namespace)}/scripts" if namespace else f"{API}/scripts"
+    return f"{base}/{_q(name)}" if name is not None else base
+
+
+# -- output ------------------------------------------------------------------
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _emit(args: argparse.Namespace, result: Any, human: str) -> None:
+    print(json.dumps(result, indent=2) if args.json else human)
+
+
+# -- commands ----------------------------------------------------------------
+
+
+def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
+    from .project import ProjectError, load_project
+
+    try:
+        project = load_project(args.path)
+    except ProjectError as exc:
+        print(f"corral deploy: {exc}", file=sys.stderr)
+        return 2
+    metadata = dict(project.metadata)
+    bindings = [b for b in metadata.get("bindings", [])]
+    for item in args.var or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            print(f"corral deploy: --var wants KEY=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        bindings = [b for b in bindings if b.get("name") != key]
+        bindings.append({"type": "plain_text", "name": key, "text": value})
+    metadata["bindings"] = bindings
+    if args.tag:
+        metadata["tags"] = list(dict.fromkeys([*metadata.get("tags", []), *args.tag]))
+    # As wrangler does: secrets set through the API survive a redeploy of the code.
+    metadata.setdefault("keep_bindings", ["secret_text"])
+    parts = [multipart.Part(name="metadata", data=json.dumps(metadata).encode(),
+                            content_type="application/json")]
+    for path, code in project.modules.items():
+        parts.append(multipart.Part(name=path, filename=path.rsplit("/", 1)[-1], data=code,
+                                    content_type="text/x-python"))
+    content_type, body = multipart.encode(parts)
+    result, _ = client.call("PUT", _scripts_path(args.namespace, args.name), body, content_type)
+    where = f"namespace {args.namespace}" if args.namespace else "platform scripts"
+    _emit(args, result, f"deployed {args.name} to {where}: version {result.get('version', '?')[:12]}, "
+                        f"{len(project.modules)} module(s), main {project.main_module}")
+    return 0
+
+
+def _fetch_all(client: AdminClient, path: str, query: dict[str, str]) -> list[Any]:
+    items: list[Any] = []
+    cursor = ""
+    while True:
+        params = dict(query, per_page="1000")
+        if cursor:
+            params["cursor"] = cursor
+        result, info = client.call("GET", f"{path}?{urllib.parse.urlencode(params)}")
+        items.extend(result or [])
+        cursor = info.get("cursor") or ""
+        if not cursor:
+            return items
+
+
+def _cmd_ls(args: argparse.Namespace, client: AdminClient) -> int:
+    query = {"tags": ",".join(args.tag)} if args.tag else {}
+    scripts = _fetch_all(client, _scripts_path(args.namespace), query)
+    rows = [[s["name"], s["version"][:12], ",".join(s.get("tags") or []), s.get("modified_on", "")]
+            for s in scripts]
+    _emit(args, scripts, _table(rows, ["NAME", "VERSION", "TAGS", "MODIFIED"]))
+    return 0
+
+
+def _cmd_rm(args: argparse.Namespace, client: AdminClient) -> int:
+    if args.name:
+        if args.tag:
+            print("corral rm: give a NAME or --tag filters, not both", file=sys.stderr)
+            return 2
+        result, _ = client.call("DELETE", _scripts_path(args.namespace, args.name))
+        _emit(args, result, f"deleted {args.name}")
+        return 0
+    if not args.tag or not args.namespace:
+        print("corral rm: give a script NAME, or --namespace NS with --tag filters", file=sys.stderr)
+        return 2
+    query = urllib.parse.urlencode({"tags": ",".join(args.tag)})
+    result, _ = client.call("DELETE", f"{_scripts_path(args.namespace)}?{query}")
+    _emit(args, result, f"deleted {result.get('count', 0)} script(s)")
+    return 0
+
+
+def _cmd_tags(args: argparse.Namespace, client: AdminClient) -> int:
+    base = _scripts_path(args.namespace, args.name) + "/tags"
+    values = args.values or []
+    if args.action is None:
+        if values:
+            print("corral tags: use `tags NAME set T ...`, `add T` or `rm T`", file=sys.stderr)
+            return 2
+        tags, _ = client.call("GET", base)
+    elif args.action == "set":
+        tags = client.json("PUT", base, values)
+    else:
+        if len(values) != 1:
+            print(f"corral tags: `{args.action}` takes exactly one tag", file=sys.stderr)
+            return 2
+        method = "PUT" if args.action == "add" else "DELETE"
+        tags, _ = client.call(method, f"{base}/{_q(values[0])}")
+    _emit(args, tags, "\n".join(tags) if tags else "(no tags)")
+    return 0
+
+
+def _cmd_ns(args: argparse.Namespace, client: AdminClient) -> int:
+    base = f"{API}/dispatch/namespaces"
+    if args.ns_command == "ls":
+        result, _ = client.call("GET", base)
+        rows = [[n["name"], str(n.get("script_count", "")), n.get("created_on", "")] for n in result]
+        _emit(args, result, _table(rows, ["NAME", "SCRIPTS", "CREATED"]))
+    elif args.ns_command == "create":
+        result = client.json("POST", base, {"name": args.name})
+        _emit(args, result, f"created namespace {result['name']}")
+    else:
+        result, _ = client.call("DELETE", f"{base}/{_q(args.name)}")
+        _emit(args, result, f"deleted namespace {args.name} and {result.get('scripts_deleted', 0)} script(s)")
+    return 0
+
+
+def _cmd_routes(args: argparse.Namespace, client: AdminClient) -> int:
+    base = f"{API}/routes"
+    if args.routes_command == "ls":
+        result, _ = client.call("GET", base)
+        rows = [[r["id"], r["pattern"], r["script"]] for r in result]
+        _emit(args, result, _table(rows, ["ID", "PATTERN", "SCRIPT"]))
+    elif args.routes_command == "add":
+        result = client.json("POST", base, {"pattern": args.pattern, "script": args.script})
+        _emit(args, result, f"added route {result['pattern']} -> {result['script']} (id {result['id']})")
+    else:
+        result, _ = client.call("DELETE", f"{base}/{_q(args.id)}")
+        _emit(args, result, f"deleted route {args.id}")
+    return 0
+
+
+def _cmd_tail(args: argparse.Namespace, client: AdminClient) -> int:
+    print("corral tail: not implemented yet", file=sys.stderr)
+    return 1
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from . import config as config_mod
+
+    try:
+        config = config_mod.load(args.config, http=args.http, admin_socket=args.admin_socket,
+                                 state_dir=args.state_dir)
+        config.http_host_port  # noqa: B018 - fail here, as usage, not deep in startup
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        print(f"corral serve: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    from .server import run
+
+    code = run(config)
+    return code if isinstance(code, int) else 0
+
+
+# -- parser ------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    # Client options are accepted before or after the subcommand; SUPPRESS on
+    # the subcommand copies keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help="admin socket (default: $CORRAL_ADMIN_SOCKET or ./.corral/admin.sock)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the API result as JSON")
+
+    parser = argparse.ArgumentParser(prog="corral", description="Self-hosted Workers for Platforms.")
+    parser.add_argument("--socket", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the supervisor in the foreground")
+    serve.add_argument("--config", help="TOML config file")
+    serve.add_argument("--http", help="listen address HOST:PORT (default 127.0.0.1:8080)")
+    serve.add_argument("--admin-socket", help="admin unix socket (default STATE_DIR/admin.sock)")
+    serve.add_argument("--state-dir", help="state directory (default ./.corral)")
+
+    deploy = sub.add_parser("deploy", parents=[common], help="upload a script")
+    deploy.add_argument("--namespace", "-n", help="dispatch namespace (default: a platform script)")
+    deploy.add_argument("--tag", action="append", help="tag the script (repeatable)")
+    deploy.add_argument("--var", action="append", metavar="KEY=VALUE", help="plain-text binding (repeatable)")
+    deploy.add_argument("name", metavar="NAME")
+    deploy.add_argument("path", metavar="PATH", help="a .py file or a project folder")
+
+    ls = sub.add_parser("ls", parents=[common], help="list scripts")
+    ls.add_argument("--namespace", "-n", help="dispatch namespace (default: platform scripts)")
+    ls.add_argument("--tag", action="append", help="only scripts with this tag (TAG or TAG:no; repeatable)")
+
+    rm = sub.add_parser("rm", parents=[common], help="delete a script (or many, by tags)")
+    rm.add_argument("--namespace", "-n", help="dispatch namespace (default: platform scripts)")
+    rm.add_argument("--tag", action="append", help="bulk delete by tag (TAG:yes / TAG:no; repeatable)")
+    rm.add_argument("name", metavar="NAME", nargs="?")
+
+    tags = sub.add_parser("tags", parents=[common], help="show or change a script's tags")
+    tags.add_argument("--namespace", "-n", help="dispatch namespace (default: platform scripts)")
+    tags.add_argument("name", metavar="NAME")
+    tags.add_argument("action", nargs="?", choices=["set", "add", "rm"])
+    tags.add_argument("values", nargs="*", metavar="TAG")
+
+    tail = sub.add_parser("tail", parents=[common], help="stream trace events (not implemented yet)")
+    tail.add_argument("--namespace", "-n")
+    tail.add_argument("name", metavar="NAME", nargs="?")
+
+    ns = sub.add_parser("ns", parents=[common], help="manage dispatch namespaces")
+    ns_sub = ns.add_subparsers(dest="ns_command", required=True, metavar="ls|create|rm")
+    ns_sub.add_parser("ls", parents=[common], help="list namespaces")
+    ns_sub.add_parser("create", parents=[common], help="create a namespace").add_argument("name", metavar="NAME")
+    ns_sub.add_parser("rm", parents=[common], help="delete a namespace and its scripts").add_argument(
+        "name", metavar="NAME")
+
+    routes = sub.add_parser("routes", parents=[common], help="manage routes to platform scripts")
+    r_sub = routes.add_subparsers(dest="routes_command", required=True, metavar="ls|add|rm")
+    r_sub.add_parser("ls", parents=[common], help="list routes")
+    add = r_sub.add_parser("add", parents=[common], help="route PATTERN (e.g. '*.example.com/*') to SCRIPT")
+    add.add_argument("pattern", metavar="PATTERN")
+    add.add_argument("script", metavar="SCRIPT")
+    r_sub.add_parser("rm", parents=[common], help="delete a route").add_argument("id", metavar="ID")
+    return parser
+
+
+_COMMANDS = {
+    "deploy": _cmd_deploy,
+    "ls": _cmd_ls,
+    "rm": _cmd_rm,
+    "tags": _cmd_tags,
+    "tail": _cmd_tail,
+    "ns": _cmd_ns,
+    "routes": _cmd_routes,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``corral`` and ``python -m supervisor``; returns the exit status."""
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras and args.command == "tags" and not any(e.startswith("-") for e in extras):
+        # argparse fills the optional ACTION/TAG positionals with nothing when an
+        # option sits between them and NAME (`tags NAME -n NS add T`): take them here.
+        if args.action is None:
+            if extras[0] not in ("set", "add", "rm"):
+                parser.error(f"tags: unknown action {extras[0]!r} (use set, add or rm)")
+            args.action, extras = extras[0], extras[1:]
+        args.values = [*(args.values or []), *extras]
+        extras = []
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    if args.command == "serve":
+        return _cmd_serve(args)
+    socket_path = args.socket or os.environ.get("CORRAL_ADMIN_SOCKET") or DEFAULT_SOCKET
+    try:
+        return _COMMANDS[args.command](args, AdminClient(socket_path))
+    except ApiCallError as exc:
+        print(f"corral {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 1

@@ -1,0 +1,270 @@
+"""Reading a worker project from disk for ``corral deploy``.
+
+A project is either a single ``.py`` file (the main module) or a folder with
+``corral.toml`` or a Wrangler config (``wrangler.toml``, ``wrangler.json``,
+``wrangler.jsonc``) as Cloudflare's Python Workers projects have it, so an
+existing project deploys unchanged. The config names ``main``, the
+compatibility date, ``[vars]`` and bindings; every ``.py`` file under the
+folder is uploaded under its path relative to the folder, and the sandbox
+treats the main module's folder as the import root (``main =
+"src/entry.py"`` makes ``src/`` the root).
+
+Pure: a path in, a :class:`Project` out (the upload metadata in the admin
+API's shape), or a :class:`ProjectError` that says what to fix. No network.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+__all__ = ["CONFIG_FILES", "Project", "ProjectError", "load_project", "strip_jsonc"]
+
+#: Config files looked for in a project folder, first found wins.
+CONFIG_FILES = ("corral.toml", "wrangler.toml", "wrangler.json", "wrangler.jsonc")
+_SKIP_DIRS = {"__pycache__", "node_modules", ".venv", "venv"}
+MAX_FILES = 1000
+
+
+class ProjectError(ValueError):
+    """The project cannot be deployed as it is; the message says why."""
+
+
+class Project(msgspec.Struct, kw_only=True):
+    main_module: str
+    modules: dict[str, bytes]
+    metadata: dict[str, Any]  # upload metadata: main_module, bindings, compatibility_date, ...
+
+
+# -- config shapes ------------------------------------------------------------
+
+
+class _KV(msgspec.Struct):
+    binding: str
+    id: str
+
+
+class _D1(msgspec.Struct):
+    binding: str
+    database_id: str
+
+
+class _R2(msgspec.Struct):
+    binding: str
+    bucket_name: str
+
+
+class _Outbound(msgspec.Struct):
+    service: str
+    parameters: list[str] = []
+    environment: str | None = None
+
+
+class _Dispatch(msgspec.Struct):
+    binding: str
+    namespace: str
+    outbound: _Outbound | None = None
+
+
+class _Service(msgspec.Struct):
+    binding: str
+    service: str
+    environment: str | None = None
+    entrypoint: str | None = None
+
+
+class _TailConsumer(msgspec.Struct, omit_defaults=True):
+    service: str
+    environment: str | None = None
+
+
+class WranglerConfig(msgspec.Struct):
+    """The subset of a Wrangler config Corral uses; other keys are ignored."""
+
+    main: str | None = None
+    compatibility_date: str | None = None
+    vars: dict[str, Any] = {}
+    kv_namespaces: list[_KV] = []
+    d1_databases: list[_D1] = []
+    r2_buckets: list[_R2] = []
+    dispatch_namespaces: list[_Dispatch] = []
+    services: list[_Service] = []
+    tail_consumers: list[_TailConsumer] = []
+
+
+class CorralConfig(WranglerConfig, forbid_unknown_fields=True):
+    """``corral.toml``: Wrangler's keys (plus ``name``, ``tags``), strictly checked so typos fail."""
+
+    name: str | None = None
+    tags: list[str] = []
+    compatibility_flags: list[str] = []
+
+
+# -- JSONC ----------------------------------------------------------------------
+
+
+def _outside_strings(text: str, step: Any) -> str:
+    """Copy ``text``, letting ``step(text, i)`` rewrite code outside JSON strings.
+
+    ``step`` returns ``(replacement, next_index)`` or None to copy one character.
+    """
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i : j + 1])
+            i = j + 1
+            continue
+        changed = step(text, i)
+        if changed is None:
+            out.append(text[i])
+            i += 1
+        else:
+            out.append(changed[0])
+            i = changed[1]
+    return "".join(out)
+
+
+def _comment(text: str, i: int) -> tuple[str, int] | None:
+    if text.startswith("//", i):
+        j = text.find("\n", i)
+        return "", len(text) if j == -1 else j
+    if text.startswith("/*", i):
+        j = text.find("*/", i + 2)
+        if j == -1:
+            raise ProjectError("unterminated /* comment in JSONC config")
+        return " ", j + 2
+    return None
+
+
+def _trailing_comma(text: str, i: int) -> tuple[str, int] | None:
+    if text[i] != ",":
+        return None
+    j = i + 1
+    while j < len(text) and text[j] in " \t\r\n":
+        j += 1
+    return ("", i + 1) if j < len(text) and text[j] in "]}" else None
+
+
+def strip_jsonc(text: str) -> str:
+    """JSONC to JSON: drop ``//`` and ``/* */`` comments, then trailing commas (outside strings)."""
+    return _outside_strings(_outside_strings(text, _comment), _trailing_comma)
+
+
+# -- loading --------------------------------------------------------------------
+
+
+def _read_config(path: Path) -> WranglerConfig:
+    kind = CorralConfig if path.name == "corral.toml" else WranglerConfig
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".toml":
+            return msgspec.toml.decode(raw, type=kind)
+        text = raw.decode("utf-8")
+        if path.suffix == ".jsonc":
+            text = strip_jsonc(text)
+        return msgspec.json.decode(text, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProjectError(f"{path}: {exc}") from None
+    except UnicodeDecodeError:
+        raise ProjectError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ProjectError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _bindings(config: WranglerConfig) -> list[dict[str, Any]]:
+    bindings: list[dict[str, Any]] = []
+    for name, value in config.vars.items():
+        if isinstance(value, str):
+            bindings.append({"type": "plain_text", "name": name, "text": value})
+        else:
+            bindings.append({"type": "json", "name": name, "json": value})
+    for kv in config.kv_namespaces:
+        bindings.append({"type": "kv_namespace", "name": kv.binding, "namespace_id": kv.id})
+    for d1 in config.d1_databases:
+        bindings.append({"type": "d1", "name": d1.binding, "id": d1.database_id})
+    for r2 in config.r2_buckets:
+        bindings.append({"type": "r2_bucket", "name": r2.binding, "bucket_name": r2.bucket_name})
+    for dn in config.dispatch_namespaces:
+        binding: dict[str, Any] = {"type": "dispatch_namespace", "name": dn.binding, "namespace": dn.namespace}
+        if dn.outbound is not None:
+            worker: dict[str, Any] = {"service": dn.outbound.service}
+            if dn.outbound.environment:
+                worker["environment"] = dn.outbound.environment
+            binding["outbound"] = {"worker": worker, "params": [{"name": p} for p in dn.outbound.parameters]}
+        bindings.append(binding)
+    for svc in config.services:
+        binding = {"type": "service", "name": svc.binding, "service": svc.service}
+        if svc.environment:
+            binding["environment"] = svc.environment
+        if svc.entrypoint:
+            binding["entrypoint"] = svc.entrypoint
+        bindings.append(binding)
+    return bindings
+
+
+def _collect_modules(root: Path) -> dict[str, bytes]:
+    """Every ``.py`` under ``root`` by relative POSIX path; skips caches, venvs, hidden dirs."""
+    modules: dict[str, bytes] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        for filename in sorted(filenames):
+            if not filename.endswith(".py") or filename.startswith("."):
+                continue
+            full = Path(dirpath, filename)
+            rel = full.relative_to(root).as_posix()
+            if len(modules) >= MAX_FILES:
+                raise ProjectError(f"{root} has more than {MAX_FILES} .py files; is it the right folder?")
+            try:
+                modules[rel] = full.read_bytes()
+            except OSError as exc:
+                raise ProjectError(f"cannot read {full}: {exc.strerror}") from None
+    return modules
+
+
+def load_project(path: str | os.PathLike[str]) -> Project:
+    """Read a ``.py`` file or a project folder into upload-ready modules and metadata."""
+    target = Path(path)
+    if target.is_file():
+        if target.suffix != ".py":
+            raise ProjectError(f"{target} is not a .py file; pass a .py file or a project folder")
+        try:
+            code = target.read_bytes()
+        except OSError as exc:
+            raise ProjectError(f"cannot read {target}: {exc.strerror}") from None
+        return Project(main_module=target.name, modules={target.name: code},
+                       metadata={"main_module": target.name, "bindings": []})
+    if not target.is_dir():
+        raise ProjectError(f"{target} does not exist")
+    config_path = next((target / name for name in CONFIG_FILES if (target / name).is_file()), None)
+    if config_path is None:
+        raise ProjectError(
+            f"{target} has no {', '.join(CONFIG_FILES)}; add one naming main "
+            "(e.g. main = \"src/entry.py\") or pass the main .py file itself"
+        )
+    config = _read_config(config_path)
+    if not config.main:
+        raise ProjectError(f"{config_path} does not name the main module: add main = \"src/entry.py\"")
+    main = posixpath.normpath(config.main.replace("\\", "/"))
+    if main.startswith(("/", "../")) or main == "..":
+        raise ProjectError(f"{config_path}: main {config.main!r} must be a path inside {target}")
+    if not main.endswith(".py"):
+        raise ProjectError(f"{config_path}: main {config.main!r} must be a .py file")
+    modules = _collect_modules(target)
+    if main not in modules:
+        raise ProjectError(f"{config_path}: main {config.main!r} not found under {target}")
+    metadata: dict[str, Any] = {"main_module": main, "bindings": _bindings(config)}
+    if config.compatibility_date:
+        metadata["compatibility_date"] = config.compatibility_date
+    if config.tail_consumers:
+        metadata["tail_consumers"] = [msgspec.to_builtins(t) for t in config.tail_consumers]
+    if isinstance(config, CorralConfig) and config.tags:
+        metadata["tags"] = list(config.tags)
+    return Project(main_module=main, modules=modules, metadata=metadata)

@@ -1,0 +1,162 @@
+"""Reading deployable projects: single files, corral.toml, Wrangler configs."""
+
+import pytest
+
+from supervisor.project import ProjectError, load_project, strip_jsonc
+
+
+def write(root, files):
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_single_file(tmp_path):
+    (tmp_path / "hello.py").write_text("X = 1\n")
+    project = load_project(tmp_path / "hello.py")
+    assert project.main_module == "hello.py"
+    assert project.modules == {"hello.py": b"X = 1\n"}
+    assert project.metadata == {"main_module": "hello.py", "bindings": []}
+
+
+def test_corral_toml_with_src_root_and_skips(tmp_path):
+    write(tmp_path, {
+        "corral.toml": """
+main = "./src/entry.py"
+compatibility_date = "2025-06-01"
+tags = ["plan:free"]
+[vars]
+GREETING = "hi"
+LIMITS = { max = 3 }
+[[kv_namespaces]]
+binding = "KV"
+id = "kv-1"
+[[services]]
+binding = "AUTH"
+service = "auth"
+""",
+        "src/entry.py": "import lib.util\n",
+        "src/lib/util.py": "",
+        "src/lib/__pycache__/util.cpython-311.py": "",
+        "src/.hidden/x.py": "",
+        ".venv/lib/site.py": "",
+        "node_modules/x.py": "",
+        "tests/test_x.py": "",
+        "README.md": "not python",
+    })
+    project = load_project(tmp_path)
+    assert project.main_module == "src/entry.py"
+    assert sorted(project.modules) == ["src/entry.py", "src/lib/util.py", "tests/test_x.py"]
+    assert project.metadata == {
+        "main_module": "src/entry.py",
+        "bindings": [
+            {"type": "plain_text", "name": "GREETING", "text": "hi"},
+            {"type": "json", "name": "LIMITS", "json": {"max": 3}},
+            {"type": "kv_namespace", "name": "KV", "namespace_id": "kv-1"},
+            {"type": "service", "name": "AUTH", "service": "auth"},
+        ],
+        "compatibility_date": "2025-06-01",
+        "tags": ["plan:free"],
+    }
+
+
+def test_corral_toml_rejects_unknown_keys(tmp_path):
+    write(tmp_path, {"corral.toml": 'main = "w.py"\nmian = "typo"\n', "w.py": ""})
+    with pytest.raises(ProjectError, match="mian"):
+        load_project(tmp_path)
+
+
+def test_wrangler_toml_bindings(tmp_path):
+    write(tmp_path, {
+        "wrangler.toml": """
+name = "dispatcher"
+main = "src/entry.py"
+compatibility_flags = ["python_workers"]
+compatibility_date = "2025-05-01"
+workers_dev = false
+[[d1_databases]]
+binding = "DB"
+database_name = "prod"
+database_id = "db-1"
+[[r2_buckets]]
+binding = "BUCKET"
+bucket_name = "b-1"
+[[dispatch_namespaces]]
+binding = "dispatcher"
+namespace = "customers"
+outbound = { service = "egress", parameters = ["customer_name"] }
+[[tail_consumers]]
+service = "logger"
+""",
+        "src/entry.py": "",
+    })
+    project = load_project(tmp_path)
+    assert project.metadata["bindings"] == [
+        {"type": "d1", "name": "DB", "id": "db-1"},
+        {"type": "r2_bucket", "name": "BUCKET", "bucket_name": "b-1"},
+        {"type": "dispatch_namespace", "name": "dispatcher", "namespace": "customers",
+         "outbound": {"worker": {"service": "egress"}, "params": [{"name": "customer_name"}]}},
+    ]
+    assert project.metadata["tail_consumers"] == [{"service": "logger"}]
+    assert project.metadata["compatibility_date"] == "2025-05-01"
+
+
+def test_wrangler_jsonc_with_comments_and_trailing_commas(tmp_path):
+    write(tmp_path, {
+        "wrangler.jsonc": """{
+  // the entry point
+  "main": "worker.py", /* inline */
+  "vars": {"URL": "https://example.com/*not a comment*/", "N": 2,},
+  "kv_namespaces": [{"binding": "KV", "id": "k"},],
+}""",
+        "worker.py": "",
+    })
+    project = load_project(tmp_path)
+    assert project.metadata["bindings"] == [
+        {"type": "plain_text", "name": "URL", "text": "https://example.com/*not a comment*/"},
+        {"type": "json", "name": "N", "json": 2},
+        {"type": "kv_namespace", "name": "KV", "namespace_id": "k"},
+    ]
+
+
+def test_wrangler_json(tmp_path):
+    write(tmp_path, {"wrangler.json": '{"main": "w.py"}', "w.py": ""})
+    assert load_project(tmp_path).main_module == "w.py"
+
+
+def test_corral_toml_wins_over_wrangler(tmp_path):
+    write(tmp_path, {"corral.toml": 'main = "a.py"', "wrangler.toml": 'main = "b.py"', "a.py": "", "b.py": ""})
+    assert load_project(tmp_path).main_module == "a.py"
+
+
+@pytest.mark.parametrize(
+    "files, fragment",
+    [
+        ({"w.py": ""}, "has no corral.toml"),
+        ({"corral.toml": 'compatibility_date = "2025-01-01"'}, "does not name the main module"),
+        ({"corral.toml": 'main = "missing.py"'}, "not found"),
+        ({"corral.toml": 'main = "../x.py"'}, "inside"),
+        ({"corral.toml": 'main = "w.js"', "w.js": ""}, "must be a .py file"),
+        ({"corral.toml": "main = "}, "corral.toml"),
+        ({"wrangler.json": "{nope"}, "wrangler.json"),
+        ({"wrangler.toml": 'main = "w.py"\n[[kv_namespaces]]\nbinding = "KV"\n', "w.py": ""}, "id"),
+    ],
+)
+def test_errors_say_what_to_fix(tmp_path, files, fragment):
+    write(tmp_path, files)
+    with pytest.raises(ProjectError, match=fragment):
+        load_project(tmp_path)
+
+
+def test_missing_path_and_non_python_file(tmp_path):
+    with pytest.raises(ProjectError, match="does not exist"):
+        load_project(tmp_path / "nope")
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(ProjectError, match="not a .py file"):
+        load_project(tmp_path / "x.txt")
+
+
+def test_strip_jsonc_keeps_strings_intact():
+    assert strip_jsonc('{"a": "//x", "b": "/*y*/", "c": "q\\\\"} // tail') == '{"a": "//x", "b": "/*y*/", "c": "q\\\\"} '
+    assert strip_jsonc('{"a": "x\\",", }') == '{"a": "x\\",", }'.replace(", }", " }")
