@@ -17,7 +17,7 @@ from typing import Callable
 from protocol.framing import FrameDecoder, FrameEncoder, child_decoder
 from protocol.messages import ToChild
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024
 
 
 class Channel:
@@ -40,6 +40,7 @@ class Channel:
         self._encoder = FrameEncoder()
         self._out = bytearray()
         self._writing = False
+        self._flush_scheduled = False
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
         self._drained: asyncio.Event | None = None
@@ -47,11 +48,22 @@ class Channel:
         loop.add_reader(sock.fileno(), self._readable)
 
     def send(self, message: object) -> None:
-        """Queue a frame and push it out now if the socket has room."""
+        """Queue a frame; all frames queued in one loop turn leave in one write.
+
+        A response is typically ``ResponseStart`` then ``InvokeDone`` from the
+        same task step: deferring the write to the end of the turn sends both
+        with one syscall and wakes the supervisor once.
+        """
         if self.closed:
             return
         self._encoder.encode_into(message, self._out)
-        if not self._writing:
+        if not self._writing and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._writing and not self.closed:
             self._flush()
 
     async def drain(self, high_water: int = 1 << 20) -> None:

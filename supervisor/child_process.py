@@ -38,6 +38,7 @@ from protocol.messages import (
 )
 
 from . import cpu_meter
+from .cpu_account import CpuAccount
 from .bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation
 from .log import error, log, warn
 
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
     from .scripts import ScriptRecord
 
 RECV_SIZE = 256 * 1024
-#: CPU a script's top-level code may use while loading.
-STARTUP_CPU_NS = 1_000_000_000
 
 
 class ChildProcess:
@@ -82,12 +81,9 @@ class ChildProcess:
         self._writer_wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         try:
-            self.meter: cpu_meter.CpuMeter | None = cpu_meter.open_meter(pid)
+            self.cpu: CpuAccount | None = CpuAccount(cpu_meter.open_meter(pid))
         except OSError:
-            self.meter = None
-        self._cpu_active: list["Invocation"] = []
-        self._cpu_last = 0
-        self.cpu_deadline: int | None = None
+            self.cpu = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             ResponseStart: self._on_response,
             BodyChunk: self._on_chunk,
@@ -149,10 +145,8 @@ class ChildProcess:
         self.state = "assigned"
         self.record = record
         self.send(Load(bundle))
-        if self.meter is not None:
-            self._cpu_last = self.meter.read_ns()
-            self.meter.arm(STARTUP_CPU_NS)
-            self.cpu_deadline = self._cpu_last + STARTUP_CPU_NS
+        if self.cpu is not None:
+            self.cpu.start_loading()
 
     # ------------------------------------------------------------------
     # channel I/O
@@ -238,8 +232,8 @@ class ChildProcess:
         if message.error is not None:
             warn("script.load_failed", pid=self.pid, script=self._script_name(),
                  error=message.error.message)
-        # Startup CPU is the load's; invocations are charged from here on.
-        self._cpu_rebase()
+        if self.cpu is not None:
+            self.cpu.finish_loading()
 
     def _invocation(self, inv_id: int) -> "Invocation":
         inv = self.invocations.get(inv_id)
@@ -343,74 +337,18 @@ class ChildProcess:
         self.spawn(self.pool.calls.handle, self, message)
 
     # ------------------------------------------------------------------
-    # CPU accounting: the kernel counts, the supervisor attributes
+    # CPU (see supervisor.cpu_account)
     # ------------------------------------------------------------------
     def cpu_start(self, inv: "Invocation") -> None:
-        if self.meter is None:
-            return
-        if self.loaded.is_set():
-            self._cpu_charge()
-        self._cpu_active.append(inv)
-        if self.loaded.is_set():
-            self._cpu_arm()
+        if self.cpu is not None:
+            self.cpu.start(inv)
+            self.pool.busy.add(self)
 
     def _cpu_stop(self, inv: "Invocation") -> None:
-        if self.meter is None or inv not in self._cpu_active:
-            return
-        if self.loaded.is_set():
-            self._cpu_charge()
-        self._cpu_active.remove(inv)
-        if self.loaded.is_set():
-            self._cpu_arm()
-
-    def _cpu_rebase(self) -> None:
-        if self.meter is None:
-            return
-        self._cpu_last = self.meter.read_ns()
-        self._cpu_arm()
-
-    def _cpu_charge(self) -> None:
-        """Split the CPU used since the last look among running invocations."""
-        assert self.meter is not None
-        try:
-            now = self.meter.read_ns()
-        except OSError:
-            return
-        delta = now - self._cpu_last
-        self._cpu_last = now
-        active = self._cpu_active
-        if active and delta > 0:
-            share = delta // len(active)
-            for inv in active:
-                inv.cpu_ns += share
-
-    def _cpu_arm(self) -> None:
-        """Let the kernel kill the child when the running invocations' budgets are spent.
-
-        With one invocation in flight this is its exact budget; with several,
-        the child may use at most the sum of what they have left.
-        """
-        assert self.meter is not None
-        budgets = [inv.cpu_budget_ns - inv.cpu_ns for inv in self._cpu_active if inv.cpu_budget_ns]
-        try:
-            if not budgets or len(budgets) < len(self._cpu_active):
-                self.meter.disarm()
-                self.cpu_deadline = None
-                return
-            remaining = max(0, sum(budgets))
-            self.meter.arm(remaining)
-            self.cpu_deadline = self._cpu_last + remaining
-        except OSError:
-            pass
-
-    def cpu_exceeded(self) -> bool:
-        """Was the child stopped for CPU? (The counter passed the armed deadline.)"""
-        if self.meter is None or self.cpu_deadline is None:
-            return False
-        try:
-            return self.meter.read_ns() >= self.cpu_deadline - 200_000
-        except OSError:
-            return False
+        if self.cpu is not None:
+            self.cpu.stop(inv)
+            if not self.cpu.active:
+                self.pool.busy.discard(self)
 
     # ------------------------------------------------------------------
     # death
@@ -426,12 +364,12 @@ class ChildProcess:
         was = self.state
         self.state = "dead"
         self.kill(self.kill_reason or "channel closed")
-        over_cpu = self.cpu_exceeded() if self.kill_reason in (None, "channel closed", "exceededCpu") else False
+        over_cpu = self.kill_reason == "exceededCpu" or (
+            self.cpu is not None and self.kill_reason in (None, "channel closed") and self.cpu.exceeded())
         self.over_cpu = over_cpu
-        if self.meter is not None:
-            if self._cpu_active:
-                self._cpu_charge()
-            self.meter.close()
+        if self.cpu is not None:
+            self.cpu.close()
+            self.pool.busy.discard(self)
         outcome = "exceededCpu" if over_cpu else (
             self.kill_reason if self.kill_reason in ("exceededMemory", "exceededWallTime") else "crashed")
         message = {

@@ -25,7 +25,6 @@ import trio
 
 from protocol.messages import MAX_CHUNK, Invoke, Limits
 
-from . import cpu_meter
 from .bodies import BodySource, BytesBody, ChildSink
 from .child_process import ChildProcess, describe_status
 from .config import ServeConfig
@@ -39,6 +38,8 @@ if TYPE_CHECKING:
 
 #: How long a request waits for a spare before the pool gives up (503).
 SPARE_WAIT_S = 10.0
+#: How often busy children's coarse CPU budgets are checked.
+WATCHDOG_PERIOD_S = 0.025
 
 
 class PoolUnavailable(Exception):
@@ -55,6 +56,7 @@ class Pool:
         self.spares: deque[ChildProcess] = deque()
         self.warm: "OrderedDict[tuple[str, str], ChildProcess]" = OrderedDict()
         self.retired: set[ChildProcess] = set()
+        self.busy: set[ChildProcess] = set()  # children with invocations in flight
         self._requested = 0
         self._waiting = 0
         self._spare_lot = trio.lowlevel.ParkingLot()
@@ -72,6 +74,7 @@ class Pool:
             await nursery.start(self.zygote.run)
             self._refill()
             nursery.start_soon(self._reaper)
+            nursery.start_soon(self._cpu_watchdog)
             task_status.started()
 
     def next_id(self) -> int:
@@ -110,6 +113,7 @@ class Pool:
     def on_dead(self, child: ChildProcess) -> None:
         self.children.pop(child.pid, None)
         self.retired.discard(child)
+        self.busy.discard(child)
         record = child.record
         if record is not None and self.warm.get((record.namespace, record.name)) is child:
             del self.warm[(record.namespace, record.name)]
@@ -127,23 +131,24 @@ class Pool:
             self._requested += missing
 
     async def _reaper(self) -> None:
-        """Scale to zero; police CPU where only tick-based meters exist."""
+        """Scale to zero: retire children idle longer than the idle timeout."""
         idle_timeout = self.config.pool.idle_timeout_s
         while True:
-            await trio.sleep(0.005 if self._tick_children() else 1.0)
+            await trio.sleep(1.0)
             now = trio.current_time()
             for child in list(self.warm.values()):
                 if child.idle and now - child.last_used > idle_timeout:
                     self._retire(child)
-            for child in list(self.children.values()):
-                meter = child.meter
-                if isinstance(meter, cpu_meter.TickCpuMeter) and meter.over_budget():
-                    child.kill("exceededCpu")
             self._refill()
 
-    def _tick_children(self) -> bool:
-        return any(isinstance(c.meter, cpu_meter.TickCpuMeter) and c.cpu_deadline is not None
-                   for c in self.children.values())
+    async def _cpu_watchdog(self) -> None:
+        """Enforce the CPU budgets the kernel is not armed for (see cpu_account)."""
+        while True:
+            await trio.sleep(WATCHDOG_PERIOD_S)
+            for child in list(self.busy):
+                cpu = child.cpu
+                if cpu is not None and cpu.needs_watchdog and cpu.over_budget():
+                    child.kill("exceededCpu")
 
     def _retire(self, child: ChildProcess) -> None:
         record = child.record
@@ -283,6 +288,3 @@ class Pool:
             **self.stats,
         }
 
-
-def _unused() -> None:  # pragma: no cover
-    log("")
