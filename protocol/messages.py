@@ -147,6 +147,10 @@ class Invoke(_Msg, tag="invoke"):
     body: bytes | None = None
     body_stream: bool = False
     params: dict[str, Any] | None = None
+    #: New soft RLIMIT_AS in bytes before this invocation runs (0: unchanged).
+    #: Set only where the supervisor cannot prlimit() the child itself; the
+    #: hard limit, set by the jail, is never raised.
+    memory_limit: int = 0
 
 
 class Cancel(_Msg, tag="cancel"):

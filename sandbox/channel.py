@@ -61,6 +61,23 @@ class Channel:
             self._flush_scheduled = True
             self._loop.call_soon(self._scheduled_flush)
 
+    def flush_now(self) -> None:
+        """Write everything queued, blocking if need be (last words before exit)."""
+        if self.closed:
+            return
+        import select
+
+        poller = select.poll()  # not setblocking(): FIONBIO is an ioctl the jail refuses
+        poller.register(self._sock.fileno(), select.POLLOUT)
+        try:
+            while self._out:
+                try:
+                    del self._out[: self._sock.send(self._out)]
+                except BlockingIOError:
+                    poller.poll(1000)
+        except OSError:
+            pass
+
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
         if not self._writing and not self.closed:

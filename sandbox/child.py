@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 import sys
 import time
@@ -260,6 +261,10 @@ class Runtime:
 
     # -- invocations ----------------------------------------------------------
     def _on_invoke(self, message: Invoke) -> None:
+        if message.memory_limit:
+            _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            limit = message.memory_limit if hard == resource.RLIM_INFINITY else min(message.memory_limit, hard)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
         state = _Invocation()
         self.invocations[message.id] = state
         state.task = self.loop.create_task(self._serve(message, state))
@@ -375,7 +380,10 @@ class Runtime:
             state.background.add(task)
 
     def _out_of_memory(self, inv: int) -> None:
+        """A MemoryError leaves the heap in an unknown state: report and end."""
         self.send(InvokeFailed(inv, ExceptionInfo("MemoryError", "the worker exceeded its memory limit")))
+        assert self.channel is not None
+        self.channel.flush_now()
         os._exit(EXIT_OUT_OF_MEMORY)
 
     # -- calls (subrequests) ------------------------------------------------

@@ -47,7 +47,7 @@ REFUSED = (
     "kill", "tkill", "tgkill", "pidfd_open", "pidfd_send_signal", "ptrace",
     "pipe", "pipe2", "dup", "dup2", "dup3", "eventfd2", "memfd_create", "epoll_create",
     "epoll_create1", "inotify_init1", "timerfd_create", "signalfd4",
-    "prctl", "prlimit64", "setrlimit", "getrlimit", "sysinfo", "sched_getaffinity",
+    "prctl", "sysinfo", "sched_getaffinity",
     "sched_setaffinity", "setpriority", "getpriority", "mount", "umount2", "chroot",
     "pivot_root", "unshare", "setns", "setuid", "setgid", "setresuid", "setresgid",
     "setgroups", "personality", "sendfile", "splice", "tee", "copy_file_range",
@@ -81,6 +81,13 @@ def compile_policy() -> bytes:
         "newfstatat",
         seccomp.Arg(3, seccomp.MASKED_EQ, _AT_EMPTY_PATH, 0),
     )
+    # Resource limits of the process itself only (pid 0): the runtime lowers
+    # its heap limit per invocation; soft may never exceed the jail's hard.
+    for name in ("prlimit64",):
+        policy.add_rule(seccomp.ALLOW, name, seccomp.Arg(0, seccomp.EQ, 0))
+        policy.add_rule(seccomp.ERRNO(errno.EPERM), name, seccomp.Arg(0, seccomp.NE, 0))
+    for name in ("getrlimit", "setrlimit"):
+        policy.add_rule(seccomp.ALLOW, name)
     with tempfile.TemporaryFile() as out:
         policy.export_bpf(out)
         out.seek(0)

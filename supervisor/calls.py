@@ -23,6 +23,7 @@ Every failure reaches the tenant as an exception from its ``fetch``
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from urllib.parse import urljoin, urlsplit
 
 import msgspec
 import trio
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 
 #: Largest response body the outbound client accepts for a tenant.
 MAX_FETCH_RESPONSE = 128 * 1024 * 1024
+#: fetch()'s redirect limit, as in browsers and workerd.
+MAX_REDIRECTS = 20
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class CallFailed(Exception):
@@ -108,6 +112,8 @@ async def head_of(inv: Invocation) -> Head:
 
 
 class Calls:
+    """Handles a child's calls; :meth:`handle` runs inside the child's reader."""
+
     def __init__(self, pool: "Pool", lookup: ScriptLookup, defaults: LimitsConfig,
                  client: http_client.HTTPClient) -> None:
         self.pool = pool
@@ -115,30 +121,75 @@ class Calls:
         self.defaults = defaults
         self.client = client
 
-    async def handle(self, child: "ChildProcess", message: SubRequest) -> None:
+    def handle(self, child: "ChildProcess", message: SubRequest) -> None:
+        """Start call ``message.call``; its answer goes back to ``child`` later.
+
+        A dispatch or service call to a warm script is started right here and
+        answered from the callee's head callback: no task, no task switch. A
+        cold start or an outbound HTTP request needs to wait, so it gets a task
+        in the calling child's nursery, under a cancel scope of the invocation
+        that made the call.
+        """
         call = message.call
         parent = child.invocations.get(message.parent)
+        try:
+            if parent is None:
+                raise CallFailed("Error", "the request that made this call has already ended")
+            parent.calls.add(call)
+            body = self._request_body(child, message)
+            target = self._target(parent, message, body)
+            if target is None:  # a plain outbound HTTP request
+                child.spawn(self._run, child, parent, message, self._http(message, body))
+                return
+            record, limits, outbound, params = target
+            if message.kind == "fetch" and message.redirect == "follow":
+                # Through an outbound worker: follow its redirects, hop by hop.
+                child.spawn(self._run, child, parent, message,
+                            self._follow(record, parent, message, body, limits, params))
+                return
+            callee = self.pool.warm_child(record)
+            if callee is None:
+                child.spawn(self._run, child, parent, message,
+                            self._cold(record, parent, message, body, limits, outbound, params))
+                return
+            inv = self.pool.start(callee, record, message.method, message.url, message.headers,
+                                  body, limits, parent=parent, outbound=outbound, params=params)
+        except CallFailed as exc:
+            child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
+            return
+        child.calls[call] = _Canceller(inv)
+        inv.on_head = lambda callee_inv: self._answer(child, call, callee_inv)
+
+    def _answer(self, child: "ChildProcess", call: int, inv: Invocation) -> None:
+        """The callee's head is ready: hand it to the caller."""
+        child.calls.pop(call, None)
+        if not child.alive:
+            if inv.body is not None:
+                inv.body.close()
+            return
+        if inv.error is not None:
+            failure = failure_of(inv)
+            child.send(SubFailed(call, ExceptionInfo(failure.name, failure.message)))
+            return
+        self._deliver(child, call, Head(inv.status, inv.response_headers, inv.body))
+
+    async def _run(self, child: "ChildProcess", parent: Invocation, message: SubRequest,
+                   work: Any) -> None:
+        """Run a call that must wait (cold start, HTTP) and answer it."""
+        call = message.call
         with trio.CancelScope() as scope:
             child.calls[call] = scope
+            parent.call_scopes.add(scope)
             try:
-                if parent is None:
-                    raise CallFailed("Error", "the request that made this call has already ended")
-                parent.calls.add(call)
-                parent.call_scopes.add(scope)
-                body = self._request_body(child, message)
-                if message.kind == "dispatch":
-                    head = await self._dispatch(parent, message, body)
-                elif message.kind == "service":
-                    head = await self._service(parent, message, body)
-                else:
-                    head = await self._fetch(parent, message, body)
+                head = await work
                 self._deliver(child, call, head)
             except CallFailed as exc:
                 child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
             finally:
                 child.calls.pop(call, None)
-                if parent is not None:
-                    parent.call_scopes.discard(scope)
+                parent.call_scopes.discard(scope)
+        if scope.cancelled_caught and hasattr(work, "close"):
+            work.close()
 
     # -- request and response bodies ------------------------------------------
     def _request_body(self, child: "ChildProcess", message: SubRequest) -> BodySource | bytes | None:
@@ -164,20 +215,38 @@ class Calls:
         child.send(SubResponse(call, head.status, head.headers, body_stream=True, url=head.url,
                                redirected=head.redirected))
 
-    # -- the three kinds of call -------------------------------------------------
+    # -- what a call targets ------------------------------------------------------
     def _binding(self, parent: Invocation, name: str, kind: str) -> dict[str, Any]:
         for binding in parent.record.bindings:
             if binding.get("name") == name and binding.get("type") == kind:
                 return binding
         raise CallFailed("TypeError", f"the script has no {kind} binding named {name!r}")
 
-    async def _dispatch(self, parent: Invocation, message: SubRequest,
-                        body: BodySource | bytes | None) -> Head:
-        binding = self._binding(parent, message.binding, "dispatch_namespace")
-        namespace = binding.get("namespace", "")
-        record = self.lookup(namespace, message.target)
-        if record is None:
+    def _target(self, parent: Invocation, message: SubRequest, body: BodySource | bytes | None
+                ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None] | None:
+        """The script a call invokes (and how), or None for a plain HTTP fetch."""
+        try:
+            if message.kind == "dispatch":
+                return self._dispatch_target(parent, message)
+            if message.kind == "service":
+                self._binding(parent, message.binding, "service")
+                return self._platform(message.target), effective_limits(None, self.defaults), None, None
+            return self._fetch_target(parent)
+        except CallFailed:
             _close(body)
+            raise
+
+    def _platform(self, name: str) -> ScriptRecord:
+        record = self.lookup(PLATFORM, name)
+        if record is None:
+            raise CallFailed("WorkerNotFound", f"Worker not found: {name}")
+        return record
+
+    def _dispatch_target(self, parent: Invocation, message: SubRequest
+                         ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None]:
+        binding = self._binding(parent, message.binding, "dispatch_namespace")
+        record = self.lookup(binding.get("namespace", ""), message.target)
+        if record is None:
             raise CallFailed("WorkerNotFound", f"Worker not found: {message.target}")
         outbound = None
         config = binding.get("outbound")
@@ -187,51 +256,70 @@ class Calls:
                 names = [p.get("name") for p in config.get("params", []) if isinstance(p, dict)]
                 given = message.params or {}
                 outbound = Outbound(service, {n: given.get(n) for n in names if n})
-        limits = effective_limits(message.limits, self.defaults)
-        return await self._invoke(record, parent, message, body, limits, outbound=outbound)
+        return record, effective_limits(message.limits, self.defaults), outbound, None
 
-    async def _service(self, parent: Invocation, message: SubRequest,
-                       body: BodySource | bytes | None) -> Head:
-        self._binding(parent, message.binding, "service")
-        record = self.lookup(PLATFORM, message.target)
-        if record is None:
-            _close(body)
-            raise CallFailed("WorkerNotFound", f"Worker not found: {message.target}")
-        return await self._invoke(record, parent, message, body, effective_limits(None, self.defaults))
-
-    async def _invoke(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
-                      body: BodySource | bytes | None, limits: Limits,
-                      outbound: Outbound | None = None,
-                      params: dict[str, Any] | None = None) -> Head:
-        from .pool import PoolUnavailable
-
-        try:
-            inv = await self.pool.invoke(record, message.method, message.url, message.headers,
-                                         body, limits, parent=parent, outbound=outbound,
-                                         params=params)
-        except PoolUnavailable as exc:
-            raise CallFailed("Error", f"the worker could not be started: {exc}") from None
-        return await head_of(inv)
-
-    async def _fetch(self, parent: Invocation, message: SubRequest,
-                     body: BodySource | bytes | None) -> Head:
+    def _fetch_target(self, parent: Invocation
+                      ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None] | None:
         parent.subrequests += 1
         limit = parent.limits.sub_requests
         if limit is not None and parent.subrequests > limit:
-            _close(body)
             raise CallFailed("exceededSubrequests",
                              f"Too many subrequests: this worker may make {limit} per request.")
         outbound = parent.outbound
-        if outbound is not None:
-            record = self.lookup(PLATFORM, outbound.service)
-            if record is None:
-                _close(body)
-                warn("outbound.missing", service=outbound.service, script=parent.record.name)
-                raise CallFailed("Error", f"the outbound worker {outbound.service!r} is not deployed")
-            return await self._invoke(record, parent, message, body,
-                                      effective_limits(None, self.defaults),
-                                      params=outbound.params)
-        return await self._http(message, body)
+        if outbound is None:
+            return None
+        record = self.lookup(PLATFORM, outbound.service)
+        if record is None:
+            warn("outbound.missing", service=outbound.service, script=parent.record.name)
+            raise CallFailed("Error", f"the outbound worker {outbound.service!r} is not deployed")
+        return record, effective_limits(None, self.defaults), None, outbound.params
+
+    # -- calls that wait ------------------------------------------------------------
+    async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
+                    body: BodySource | bytes | None, limits: Limits, outbound: Outbound | None,
+                    params: dict | None) -> Head:
+        return await self._call_script(record, parent, message.method, message.url,
+                                       message.headers, body, limits, outbound, params)
+
+    async def _call_script(self, record: ScriptRecord, parent: Invocation, method: bytes, url: str,
+                           headers: list[Header], body: BodySource | bytes | None, limits: Limits,
+                           outbound: Outbound | None, params: dict | None) -> Head:
+        from .pool import PoolUnavailable
+
+        try:
+            inv = await self.pool.invoke(record, method, url, headers, body, limits,
+                                         parent=parent, outbound=outbound, params=params)
+        except PoolUnavailable as exc:
+            _close(body)
+            raise CallFailed("Error", f"the worker could not be started: {exc}") from None
+        return await head_of(inv)
+
+    async def _follow(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
+                      body: BodySource | bytes | None, limits: Limits, params: dict | None) -> Head:
+        """fetch()'s redirect rules, applied to an outbound worker's answers."""
+        method, url, headers = message.method, message.url, list(message.headers)
+        replayable = body is None or isinstance(body, bytes)
+        for hop in range(MAX_REDIRECTS + 1):
+            head = await self._call_script(record, parent, method, url, headers, body, limits,
+                                           None, params)
+            location = _header(head.headers, b"location")
+            if head.status not in REDIRECT_STATUSES or location is None:
+                head.url, head.redirected = url, hop > 0
+                return head
+            if head.body is not None:
+                head.body.close()
+            if hop == MAX_REDIRECTS:
+                raise CallFailed("FetchError", f"too many redirects (more than {MAX_REDIRECTS})")
+            next_url = urljoin(url, location.decode("latin-1"))
+            if head.status == 303 or (head.status in (301, 302) and method == b"POST"):
+                method, body = b"GET", None
+                headers = [(n, v) for n, v in headers if not n.startswith(b"content-")]
+            elif not replayable:
+                raise CallFailed("FetchError", "cannot follow a redirect after streaming the request body")
+            if urlsplit(next_url)[:2] != urlsplit(url)[:2]:
+                headers = [(n, v) for n, v in headers if n not in (b"authorization", b"cookie")]
+            url = next_url
+        raise AssertionError("unreachable")
 
     async def _http(self, message: SubRequest, body: BodySource | bytes | None) -> Head:
         upload: bytes | AsyncIterator[bytes] | None
@@ -245,8 +333,7 @@ class Calls:
         except http_client.FetchError as exc:
             raise CallFailed("FetchError", str(exc)) from None
         finally:
-            if isinstance(body, (ChildBody,)):
-                body.close()
+            _close(body)
         return Head(
             response.status,
             [(n.encode("latin-1"), v.encode("latin-1")) for n, v in response.headers],
@@ -254,6 +341,18 @@ class Calls:
             response.url,
             response.redirected,
         )
+
+
+class _Canceller:
+    """What ``child.calls`` holds for a call running without a task."""
+
+    __slots__ = ("_inv",)
+
+    def __init__(self, inv: Invocation) -> None:
+        self._inv = inv
+
+    def cancel(self) -> None:
+        self._inv.cancel("canceled")
 
 
 class _ClientBody:
@@ -274,6 +373,13 @@ class _ClientBody:
 async def _iterate(source: BodySource) -> AsyncIterator[bytes]:
     while chunk := await source.receive():
         yield chunk
+
+
+def _header(headers: list[Header], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
 
 
 def _close(body: BodySource | bytes | None) -> None:

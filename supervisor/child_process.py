@@ -13,6 +13,7 @@ of this module into the rest of the supervisor.
 
 from __future__ import annotations
 
+import resource
 import signal
 import socket
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -65,7 +66,7 @@ class ChildProcess:
         self.invocations: dict[int, "Invocation"] = {}
         self.incoming: dict[int, ChildBody] = {}
         self.sinks: dict[int, ChildSink] = {}
-        self.calls: dict[int, trio.CancelScope] = {}  # calls in flight
+        self.calls: dict[int, Any] = {}  # calls in flight: call id -> has .cancel()
         self._last_call = 0
         self.hello = trio.Event()
         self.loaded = trio.Event()
@@ -73,6 +74,8 @@ class ChildProcess:
         self.dead = trio.Event()
         self.kill_reason: str | None = None
         self.over_cpu = False  # died because the kernel enforced its CPU budget
+        self.base_vm = 0  # address space of the idle child: the heap limit's base
+        self.memory_mb: int | None = None  # current per-invocation heap limit
         self.exit_status: int | None = None
         self.last_used = trio.current_time()
         self._encoder = FrameEncoder()
@@ -221,8 +224,34 @@ class ChildProcess:
                 f"protocol version {message.version}, supervisor speaks {PROTOCOL_VERSION}"
             )
         self.state = "spare"
+        self.base_vm = _vm_size(self.pid)
         self.hello.set()
         self.pool.on_ready(self)
+
+    def memory_limit_for(self, memory_mb: int | None) -> int:
+        """Bound the heap for the coming invocation (RLIMIT_AS soft limit).
+
+        The jail's hard limit is the pool's; a dispatcher may lower it per
+        invocation. The supervisor sets it with prlimit() where it holds
+        CAP_SYS_RESOURCE; elsewhere it returns the value for the child to set
+        on itself before the invocation runs (``Invoke.memory_limit``).
+        """
+        if not memory_mb or memory_mb == self.memory_mb or not self.base_vm:
+            return 0
+        self.memory_mb = memory_mb
+        soft = self.base_vm + memory_mb * 1024 * 1024
+        if _prlimit_allowed:
+            try:
+                _old, hard = resource.prlimit(self.pid, resource.RLIMIT_AS)
+                if hard != resource.RLIM_INFINITY:
+                    soft = min(soft, hard)
+                resource.prlimit(self.pid, resource.RLIMIT_AS, (soft, hard))
+                return 0
+            except PermissionError:
+                _no_prlimit()
+            except (OSError, ValueError):
+                pass
+        return soft
 
     def _on_loaded(self, message: Loaded) -> None:
         if self.state != "assigned" or self.loaded.is_set():
@@ -268,6 +297,10 @@ class ChildProcess:
 
     def _on_failed(self, message: InvokeFailed) -> None:
         self._invocation(message.id).fail(message.error)
+        if message.error.name == "MemoryError":
+            # The child exits right after this frame; no request may reach it.
+            self.pool.retire_child(self)
+            self.kill("exceededMemory")
 
     def _on_done(self, message: InvokeDone) -> None:
         inv = self._invocation(message.id)
@@ -334,7 +367,7 @@ class ChildProcess:
         if message.call >= self._last_call:
             raise ProtocolViolation(f"call id {message.call} is not a fresh negative id")
         self._last_call = message.call
-        self.spawn(self.pool.calls.handle, self, message)
+        self.pool.calls.handle(self, message)
 
     # ------------------------------------------------------------------
     # CPU (see supervisor.cpu_account)
@@ -406,6 +439,22 @@ class ChildProcess:
             level("child.ended", pid=self.pid, script=self._script_name(), state=was,
                   reason=outcome if over_cpu else (self.kill_reason or "exited"))
         self.pool.on_dead(self)
+
+
+_prlimit_allowed = True
+
+
+def _no_prlimit() -> None:
+    global _prlimit_allowed
+    _prlimit_allowed = False
+
+
+def _vm_size(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def describe_status(status: int) -> str:

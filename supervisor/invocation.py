@@ -13,7 +13,7 @@ Outcomes use Cloudflare's names: ``ok``, ``exception``, ``exceededCpu``,
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
@@ -63,7 +63,7 @@ class Invocation:
         "id", "child", "record", "method", "url", "headers", "limits", "parent", "outbound",
         "params", "head_ready", "done", "status", "response_headers", "body", "error",
         "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
-        "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline",
+        "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
     )
 
     def __init__(self, id: int, child: "ChildProcess", record: "ScriptRecord", method: bytes,
@@ -99,6 +99,8 @@ class Invocation:
         self.calls: set[int] = set()
         self.call_scopes: set[trio.CancelScope] = set()
         self.deadline = trio.current_time() + (limits.wall_ms or 0) / 1000.0 if limits.wall_ms else float("inf")
+        #: Called once the head is ready (a call answers its caller without a task).
+        self.on_head: Callable[["Invocation"], None] | None = None
         if parent is not None:
             parent.children.append(self)
 
@@ -111,8 +113,14 @@ class Invocation:
         self.status = status
         self.response_headers = headers
         self.body = body
-        self.head_ready.set()
+        self._head()
         return True
+
+    def _head(self) -> None:
+        self.head_ready.set()
+        if self.on_head is not None:
+            callback, self.on_head = self.on_head, None
+            callback(self)
 
     def fail(self, error: ExceptionInfo, outcome: str | None = None) -> None:
         """The invocation ends without (or with a broken) response."""
@@ -127,13 +135,16 @@ class Invocation:
             )
         if not self.head_ready.is_set():
             self.error = error
-            self.head_ready.set()
+            self._head()
 
     def finish(self) -> None:
         if not self.done.is_set():
             self.ended = time.monotonic()
             for scope in self.call_scopes:
                 scope.cancel()
+            for callee in self.children:
+                if not callee.head_ready.is_set():
+                    callee.cancel("canceled")
             self.done.set()
 
     def log(self, level: str, message: str, ts: float) -> None:

@@ -142,13 +142,19 @@ class Pool:
             self._refill()
 
     async def _cpu_watchdog(self) -> None:
-        """Enforce the CPU budgets the kernel is not armed for (see cpu_account)."""
+        """Enforce the CPU budgets the kernel is not armed for (see cpu_account),
+        and the wall time of invocations no task is waiting on (calls)."""
         while True:
             await trio.sleep(WATCHDOG_PERIOD_S)
+            now = trio.current_time()
             for child in list(self.busy):
                 cpu = child.cpu
                 if cpu is not None and cpu.needs_watchdog and cpu.over_budget():
                     child.kill("exceededCpu")
+                    continue
+                for inv in list(child.invocations.values()):
+                    if now > inv.deadline and not inv.head_ready.is_set():
+                        inv.cancel("exceededWallTime")
 
     def _retire(self, child: ChildProcess) -> None:
         record = child.record
@@ -159,6 +165,10 @@ class Pool:
             child.kill("idle")
         else:
             self.retired.add(child)
+
+    def retire_child(self, child: ChildProcess) -> None:
+        """Take a child out of service at once (it is about to die)."""
+        self._retire(child)
 
     def retire_script(self, namespace: str, name: str) -> None:
         """A script was redeployed or deleted: its warm child drains and goes."""
@@ -252,30 +262,47 @@ class Pool:
     # ------------------------------------------------------------------
     # invoking
     # ------------------------------------------------------------------
+    def warm_child(self, record: ScriptRecord) -> ChildProcess | None:
+        """The live child already running this version of the script, if any."""
+        child = self.warm.get((record.namespace, record.name))
+        if child is not None and child.alive and child.record is not None \
+                and child.record.version == record.version:
+            return child
+        return None
+
     async def invoke(self, record: ScriptRecord, method: bytes, url: str, headers: list,
                      body: BodySource | bytes | None, limits: Limits,
                      parent: Invocation | None = None, outbound: Outbound | None = None,
                      params: dict[str, Any] | None = None) -> Invocation:
-        """Start an invocation; returns once it is sent (await ``head_ready``)."""
-        child = await self.acquire(record)
+        """Start an invocation, cold-starting the script if needed (await ``head_ready``)."""
+        child = self.warm_child(record) or await self.acquire(record)
+        return self.start(child, record, method, url, headers, body, limits, parent, outbound, params)
+
+    def start(self, child: ChildProcess, record: ScriptRecord, method: bytes, url: str,
+              headers: list, body: BodySource | bytes | None, limits: Limits,
+              parent: Invocation | None = None, outbound: Outbound | None = None,
+              params: dict[str, Any] | None = None) -> Invocation:
+        """Send an invocation to a child that already runs ``record`` (synchronous)."""
+        self.warm.move_to_end((record.namespace, record.name))
         inv = Invocation(self.next_id(), child, record, method, url, headers, limits,
                          parent=parent, outbound=outbound, params=params)
         child.invocations[inv.id] = inv
         child.last_used = trio.current_time()
         self.stats["invocations"] += 1
-        if isinstance(body, BytesBody):
-            body = await body.receive()
-        if body is None or isinstance(body, bytes):
-            if body is not None and len(body) > MAX_CHUNK:
-                body = BytesBody(body)
-            else:
-                child.cpu_start(inv)
-                child.send(Invoke(inv.id, method, url, headers, body or None, params=params))
-                return inv
-        sink = ChildSink(child, inv.id, body)
-        child.sinks[inv.id] = sink
+        memory_limit = child.memory_limit_for(limits.memory_mb)
+        if isinstance(body, BytesBody) and len(body._data) <= MAX_CHUNK:
+            body = body._data
+        if body is None or (isinstance(body, bytes) and len(body) <= MAX_CHUNK):
+            child.cpu_start(inv)
+            child.send(Invoke(inv.id, method, url, headers, body or None, params=params,
+                              memory_limit=memory_limit))
+            return inv
+        if isinstance(body, bytes):
+            body = BytesBody(body)
+        child.sinks[inv.id] = ChildSink(child, inv.id, body)
         child.cpu_start(inv)
-        child.send(Invoke(inv.id, method, url, headers, None, True, params=params))
+        child.send(Invoke(inv.id, method, url, headers, None, True, params=params,
+                          memory_limit=memory_limit))
         return inv
 
     def snapshot(self) -> dict[str, Any]:
