@@ -48,6 +48,9 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     http_limits: HttpConfig = msgspec.field(default_factory=HttpConfig)
     pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    #: Log every request's trace event (outcome, cpuTime, wallTime, children)
+    #: as a JSON line; off by default, it costs throughput.
+    log_invocations: bool = False
 
     @property
     def admin_socket_path(self) -> str:

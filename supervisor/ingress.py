@@ -60,17 +60,9 @@ class Ingress:
             await conn.respond(503, _TEXT + [(b"retry-after", b"1")],
                                b"Service unavailable: no sandbox free, retry shortly\n", head_only)
             return
-        try:
-            await self._answer(inv, conn, head_only)
-        finally:
-            if self.on_trace is not None:
-                self.pool_done(inv)
-
-    def pool_done(self, inv: Invocation) -> None:
-        """Hand the trace over once the invocation has really finished."""
-        assert self.on_trace is not None
-        if inv.done.is_set():
-            self.on_trace(inv)
+        if self.on_trace is not None:
+            inv.on_done = self.on_trace  # once waitUntil work is over too
+        await self._answer(inv, conn, head_only)
 
     async def _answer(self, inv: Invocation, conn: Connection, head_only: bool) -> None:
         with trio.move_on_at(inv.deadline):

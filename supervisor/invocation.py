@@ -64,6 +64,7 @@ class Invocation:
         "params", "head_ready", "done", "status", "response_headers", "body", "error",
         "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
+        "on_done",
     )
 
     def __init__(self, id: int, child: "ChildProcess", record: "ScriptRecord", method: bytes,
@@ -101,6 +102,8 @@ class Invocation:
         self.deadline = trio.current_time() + (limits.wall_ms or 0) / 1000.0 if limits.wall_ms else float("inf")
         #: Called once the head is ready (a call answers its caller without a task).
         self.on_head: Callable[["Invocation"], None] | None = None
+        #: Called once the invocation is over (the trace event is complete).
+        self.on_done: Callable[["Invocation"], None] | None = None
         if parent is not None:
             parent.children.append(self)
 
@@ -146,6 +149,9 @@ class Invocation:
                 if not callee.head_ready.is_set():
                     callee.cancel("canceled")
             self.done.set()
+            if self.on_done is not None:
+                callback, self.on_done = self.on_done, None
+                callback(self)
 
     def log(self, level: str, message: str, ts: float) -> None:
         if len(self.logs) < 1000:
@@ -194,5 +200,6 @@ class Invocation:
             "exceptions": self.exceptions,
             "cpuTime": round(self.cpu_ns / 1e6, 3),
             "wallTime": round(self.wall_ms, 3),
+            "subrequests": self.subrequests,
             "children": [child.trace() for child in self.children],
         }

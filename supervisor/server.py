@@ -23,6 +23,7 @@ from .calls import Calls
 from .config import HttpConfig, ServeConfig
 from .http_server import Connection, Request, Server
 from .ingress import Ingress
+from .invocation import Invocation
 from .log import log, warn
 from .pool import Pool
 from .scripts import PLATFORM, ScriptRecord
@@ -41,7 +42,8 @@ class Supervisor:
         self.pool = Pool(config)
         self.client = http_client.HTTPClient(max_response_bytes=128 * 2**20)
         self.pool.calls = Calls(self.pool, self.store.get_script, config.limits, self.client)
-        self.ingress = Ingress(config, self.pool, self.route)
+        self.ingress = Ingress(config, self.pool, self.route,
+                               on_trace=self._log_trace if config.log_invocations else None)
         self.admin = AdminAPI(self.store, self)
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
         # The admin socket is the operator's: its own limits (uploads may be
@@ -54,6 +56,9 @@ class Supervisor:
         if script is not None:
             return self.store.get_script(PLATFORM, script)
         return None
+
+    def _log_trace(self, inv: "Invocation") -> None:
+        log("invocation", trace=inv.trace())
 
     # -- admin hooks -------------------------------------------------------------
     async def validate(self, record: ScriptRecord) -> str | None:

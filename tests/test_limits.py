@@ -413,3 +413,34 @@ def test_platform_limits_cap_dispatcher_limits(tmp_path, upstream):
         assert [("status" in r) for r in subs] == [True, True, False], subs
     finally:
         server.stop()
+
+
+def test_trace_records_cpu_wall_and_subrequests(tmp_path, upstream):
+    """Per invocation the supervisor records cpuTime, wallTime and subrequests (kernel-measured)."""
+    config = tmp_path / "corral.toml"
+    config.write_text("log_invocations = true\n")
+    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    try:
+        server.deploy_dispatcher(DISPATCHER)
+        server.deploy("tracer", TENANT)
+        target = upstream.url("/echo")
+        assert call(server, "tracer", f"/fetch?n=2&target={target}", {"subRequests": 5}).status == 200
+        call(server, "tracer", "/spin", {"cpuMs": 30})
+        deadline = time.monotonic() + 5
+        traces = []
+        while time.monotonic() < deadline and len(traces) < 2:
+            traces = [json.loads(line)["trace"] for line in server.log().splitlines()
+                      if '"event":"invocation"' in line]
+            time.sleep(0.05)
+        fetch_trace, spin_trace = traces[-2], traces[-1]
+        assert fetch_trace["scriptName"] == "dispatch" and fetch_trace["outcome"] == "ok"
+        [child] = fetch_trace["children"]
+        assert child["scriptName"] == "tracer" and child["dispatchNamespace"] == "default"
+        assert child["subrequests"] == 2 and child["outcome"] == "ok"
+        assert child["wallTime"] > 0 and child["cpuTime"] >= 0
+        [spun] = spin_trace["children"]
+        assert spun["outcome"] == "exceededCpu"
+        assert 25 <= spun["cpuTime"] <= 80, spun["cpuTime"]
+        print(f"\ntrace: budget 30 ms, cpuTime {spun['cpuTime']} ms, wallTime {spun['wallTime']} ms")
+    finally:
+        server.stop()
