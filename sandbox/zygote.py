@@ -38,7 +38,7 @@ from protocol.messages import (
     ZygoteReady,
 )
 
-from . import allowlist, jail, seccomp_policy
+from . import allowlist, jail, seccomp_policy, warmup
 
 
 def _preimport() -> None:
@@ -69,6 +69,7 @@ class Zygote:
         _preimport()
         # Tenants may import os: nothing of the host's environment reaches them.
         os.environ.clear()
+        warmup.rehearse()
         self.bpf = seccomp_policy.compile_policy()
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.address_space = (

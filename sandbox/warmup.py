@@ -1,0 +1,85 @@
+"""One rehearsal request in the zygote, so children inherit a warmed interpreter.
+
+CPython creates a lot of state lazily on first use: method and attribute
+caches, interned strings, asyncio's and msgspec's internal tables. Whatever
+a child creates on its first request is private to that child, and every
+object it touches for the first time copies a 4 KiB page from the zygote.
+Running one complete invocation through the real runtime here, before
+``gc.freeze()``, moves that first-use work into the zygote, where it is done
+once and shared by every child: less private memory per tenant and a faster
+first request.
+
+The rehearsal uses a socketpair instead of the supervisor and leaves nothing
+behind: the script's modules, the import hook and the replaced streams are
+all removed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+
+from protocol.framing import FrameEncoder, supervisor_decoder
+from protocol.messages import Invoke, InvokeDone, Load, ScriptBundle, TextBinding
+
+_SCRIPT = b'''
+import json
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        body = await request.text()
+        print("warm", request.method, request.url, len(body))
+        return Response.json({"ok": True, "agent": request.headers.get("user-agent")},
+                             headers={"x-warm": self.env.WARM})
+'''
+
+
+def rehearse() -> None:
+    """Serve one request in-process; raises if the runtime is broken."""
+    from . import child, logs, workers
+
+    saved = (sys.stdout, sys.stderr, list(sys.meta_path))
+    ours, theirs = socket.socketpair()
+    loop = asyncio.new_event_loop()
+    try:
+        theirs.setblocking(False)
+        runtime = child.Runtime(loop)
+        workers._runtime = runtime
+        logs.set_sink(runtime.log)
+        sys.stdout, sys.stderr = logs.LineWriter("log"), logs.LineWriter("error")
+        channel = child.Channel(theirs, loop, runtime.on_message, runtime.on_closed)
+        runtime.attach(channel)
+        encoder = FrameEncoder()
+        bundle = ScriptBundle("", "warmup", "0", "worker.py", {"worker.py": _SCRIPT},
+                              [TextBinding("WARM", "1")])
+        ours.sendall(encoder.encode(Load(bundle)))
+        ours.sendall(encoder.encode(Invoke(1, b"POST", "http://warmup.invalid/",
+                                           [(b"user-agent", b"corral")], b"{}")))
+        decoder = supervisor_decoder()
+        ours.setblocking(False)
+        done = False
+
+        async def pump() -> None:
+            nonlocal done
+            while not done:
+                await asyncio.sleep(0)
+                try:
+                    data = ours.recv(65536)
+                except BlockingIOError:
+                    continue
+                for message in decoder.feed(data):
+                    done = done or isinstance(message, InvokeDone)
+
+        loop.run_until_complete(asyncio.wait_for(pump(), 5))
+    finally:
+        loop.close()
+        ours.close()
+        theirs.close()
+        workers._runtime = None
+        logs.set_sink(lambda level, message: None)
+        sys.stdout, sys.stderr = saved[0], saved[1]
+        sys.meta_path[:] = saved[2]
+        sys.modules.pop("worker", None)  # the rehearsal script; stdlib modules stay
+        asyncio.set_event_loop(None)
