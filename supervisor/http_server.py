@@ -1,22 +1,33 @@
 """HTTP/1.1 server connections on trio + h11, for ingress and the admin socket.
 
-One task per connection (never per message). h11 owns the protocol state;
-this module adds what a production edge needs around it:
+One task per connection (never per message). What a production edge needs
+around the protocol:
 
 * limits: header block size (431), body size (413, by Content-Length at once
   or while a chunked body streams), connection count (503);
 * timeouts: a request head must arrive within ``header_timeout_s`` once
   started, an idle keep-alive connection is closed after ``idle_timeout_s``;
-* malformed requests get a 400 with the parser's reason and a log line;
+* malformed requests get a 400 with the parser's reason and a log line, and
+  the connection closes without a reset (lingering close);
 * a small request body that is already in the buffer is handed over whole
   (it travels inline to the sandbox); larger ones stream with backpressure;
 * any exception from the handler is logged and answered with a 500 (or the
   connection is closed if the response had started): it never reaches the
-  listener, so one bad request cannot stop the server.
+  accept loop, so one bad request cannot stop the server.
+
+Division of labour, for speed on the request path (the supervisor is the
+bottleneck of the whole platform): **h11 parses** every request, with a
+fresh parser per request cycle; **responses are serialized here**, directly
+into one buffer, with header names and values validated against response
+splitting; sockets are plain non-blocking sockets driven by trio's
+``wait_readable``/``wait_writable``, one syscall per read or write.
 """
 
 from __future__ import annotations
 
+import http
+import re
+import socket
 from typing import Awaitable, Callable
 
 import h11
@@ -36,6 +47,12 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"upgrade", b"te",
     b"trailer", b"proxy-connection",
 })
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
+_STATUS_LINES = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
+    for status in http.HTTPStatus
+}
 
 
 class BodyTooLarge(BodyError):
@@ -44,6 +61,40 @@ class BodyTooLarge(BodyError):
 
 class ClientGone(Exception):
     """The client closed the connection or broke the protocol mid-request."""
+
+
+class InvalidResponse(Exception):
+    """A handler produced a response that cannot be sent (a bad header)."""
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if not 100 <= status <= 999:
+            raise InvalidResponse(f"invalid status code {status}")
+        line = b"HTTP/1.1 %d \r\n" % status
+    return line
+
+
+def serialize_head(status: int, headers: list[tuple[bytes, bytes]], framing: bytes) -> bytearray:
+    """Status line and headers; ``framing`` holds the server's own headers."""
+    out = bytearray(_status_line(status))
+    for name, value in headers:
+        if name.lower() in HOP_BY_HOP:
+            continue
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise InvalidResponse(f"invalid response header {name[:100]!r}")
+        out += name
+        out += b": "
+        out += value
+        out += b"\r\n"
+    out += framing
+    out += b"\r\n"
+    return out
+
+
+def _no_body(status: int) -> bool:
+    return status < 200 or status in (204, 304)
 
 
 class Request:
@@ -62,34 +113,83 @@ class Request:
                 break
 
 
-class Connection:
-    """One client connection; also the request body source and the writer."""
+def _wants_close(event: h11.Request) -> bool:
+    if event.http_version != b"1.1":
+        return True  # HTTP/1.0: one request per connection
+    for name, value in event.headers:
+        if name == b"connection" and b"close" in value.lower():
+            return True
+    return False
 
-    def __init__(self, stream: trio.abc.Stream, config: HttpConfig, peer: str = "") -> None:
-        self.stream = stream
+
+class Connection:
+    """One client connection: request parsing, body source and response writer."""
+
+    def __init__(self, sock: socket.socket, config: HttpConfig) -> None:
+        sock.setblocking(False)
+        self.sock = sock
         self.config = config
-        self.peer = peer
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
+        self.h11 = self._parser()
         self.response_started = False
         self.linger = False
+        self.keep_alive = True
+        self.http11 = True
+        self._chunked = False
+        self._head_only = False
 
-    # -- reading ---------------------------------------------------------------
-    async def _next_event(self) -> object:
+    def _parser(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
+
+    def next_cycle(self) -> None:
+        """A fresh parser for the next request, fed what is already buffered."""
+        leftover, closed = self.h11.trailing_data
+        self.h11 = self._parser()
+        if leftover:
+            self.h11.receive_data(leftover)
+        if closed:
+            self.h11.receive_data(b"")
+        self.response_started = False
+
+    # -- socket ------------------------------------------------------------------
+    async def receive_some(self) -> bytes:
+        sock = self.sock
+        while True:
+            try:
+                return sock.recv(READ_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+            except OSError as exc:
+                raise ClientGone(str(exc)) from None
+
+    async def _send(self, data: bytes | bytearray) -> None:
+        sock = self.sock
+        view = memoryview(data)
+        try:
+            while view:
+                try:
+                    sent = sock.send(view)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                view = view[sent:]
+        except OSError as exc:
+            raise ClientGone(str(exc)) from None
+        finally:
+            view.release()
+
+    # -- reading -----------------------------------------------------------------
+    async def next_event(self) -> object:
         conn = self.h11
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            try:
-                data = await self.stream.receive_some(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ClientGone(str(exc)) from None
-            conn.receive_data(data)
+            conn.receive_data(await self.receive_some())
 
     async def read_body_chunk(self) -> bytes:
         """Next piece of the current request's body; ``b""`` at its end."""
         try:
-            event = await self._next_event()
+            event = await self.next_event()
         except h11.RemoteProtocolError as exc:
             raise ClientGone(f"malformed request body: {exc}") from None
         if isinstance(event, h11.Data):
@@ -101,37 +201,53 @@ class Connection:
         raise ClientGone(f"unexpected {type(event).__name__} in a request body")
 
     # -- writing -----------------------------------------------------------------
-    async def _send(self, data: bytes) -> None:
-        try:
-            await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise ClientGone(str(exc)) from None
+    def _framing(self, extra: bytes) -> bytes:
+        return extra if self.keep_alive else extra + b"connection: close\r\n"
 
     async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
                       head_only: bool = False) -> None:
         """A complete response in one write."""
+        if _no_body(status):
+            body = b""
+            framing = self._framing(b"")
+        else:
+            framing = self._framing(b"content-length: %d\r\n" % len(body))
+        out = serialize_head(status, headers, framing)
         self.response_started = True
-        clean = [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP]
-        clean.append((b"content-length", str(len(body)).encode()))
-        conn = self.h11
-        data = conn.send(h11.Response(status_code=status, headers=clean))
         if body and not head_only:
-            data += conn.send(h11.Data(data=body))
-        data += conn.send(h11.EndOfMessage())
-        await self._send(data)
+            out += body
+        await self._send(out)
 
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """Begin a streamed response (chunked, or close-delimited for HTTP/1.0)."""
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]],
+                    head_only: bool = False) -> None:
+        """Begin a streamed response: chunked, or close-delimited for HTTP/1.0."""
+        self._head_only = head_only or _no_body(status)
+        if self._head_only:
+            framing = self._framing(b"")
+        elif self.http11:
+            # Chunked even when closing: a body cut short then shows as such.
+            self._chunked = True
+            framing = self._framing(b"transfer-encoding: chunked\r\n")
+        else:
+            self._chunked = False
+            self.keep_alive = False
+            framing = b"connection: close\r\n"
+        out = serialize_head(status, headers, framing)
         self.response_started = True
-        clean = [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP]
-        await self._send(self.h11.send(h11.Response(status_code=status, headers=clean)))
+        await self._send(out)
 
     async def send_data(self, data: bytes) -> None:
-        if data:
-            await self._send(self.h11.send(h11.Data(data=data)))
+        if not data or self._head_only:
+            return
+        if self._chunked:
+            await self._send(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            await self._send(data)
 
     async def end(self) -> None:
-        await self._send(self.h11.send(h11.EndOfMessage()))
+        if self._chunked and not self._head_only:
+            await self._send(b"0\r\n\r\n")
+        self._chunked = False
 
 
 class RequestBody:
@@ -165,10 +281,6 @@ class RequestBody:
             raise BodyTooLarge(f"request body larger than {self._limit} bytes")
         return chunk
 
-    @property
-    def complete(self) -> bool:
-        return self._done
-
     def close(self) -> None:
         self.closed = True
 
@@ -178,23 +290,35 @@ Handler = Callable[[Request, Connection], Awaitable[None]]
 
 async def _simple(conn: Connection, status: int, message: str) -> None:
     """An error answer after which the connection closes (lingering)."""
-    body = (message + "\n").encode()
     conn.linger = True
-    await conn.respond(status, [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"connection", b"close")], body)
+    conn.keep_alive = False
+    await conn.respond(status, [(b"content-type", b"text/plain; charset=utf-8")],
+                       (message + "\n").encode())
 
 
-async def _linger(stream: trio.abc.Stream) -> None:
+async def _linger(sock: socket.socket) -> None:
     """Close after an error without a reset: stop sending, then drop what the
     client is still sending for a moment, so it reads our answer first."""
     with trio.move_on_after(1.0):
         try:
-            await stream.send_eof()  # type: ignore[attr-defined]
+            sock.shutdown(socket.SHUT_WR)
             budget = 1 << 20
-            while budget > 0 and (data := await stream.receive_some(READ_SIZE)):
+            while budget > 0:
+                try:
+                    data = sock.recv(READ_SIZE)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(sock)
+                    continue
+                if not data:
+                    break
                 budget -= len(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
+        except OSError:
             pass
+
+
+def listen_tcp(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog, reuse_port=False)
 
 
 class Server:
@@ -207,51 +331,68 @@ class Server:
         self.connections = 0
         self.requests = 0
 
-    async def serve_stream(self, stream: trio.abc.Stream) -> None:
-        """Listener callback: never raises, whatever the client does."""
-        if self.connections >= self.config.max_connections:
-            conn = Connection(stream, self.config)
-            try:
-                await _simple(conn, 503, "Server busy: too many connections")
-            except Exception:  # noqa: BLE001
-                pass
-            await trio.aclose_forcefully(stream)
-            return
-        self.connections += 1
-        conn = Connection(stream, self.config)
+    async def serve(self, listener: socket.socket,
+                    task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """The accept loop; connections live in its nursery."""
+        listener.setblocking(False)
+        tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                try:
+                    sock, _addr = listener.accept()
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(listener)
+                    continue
+                except OSError as exc:  # EMFILE and friends: back off, keep serving
+                    warn(f"{self.name}.accept_failed", reason=str(exc))
+                    await trio.sleep(0.1)
+                    continue
+                if tcp:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(self.serve_socket, sock)
+
+    async def serve_socket(self, sock: socket.socket) -> None:
+        """One connection; never raises, whatever the client does."""
+        conn = Connection(sock, self.config)
         try:
-            await self._serve(conn)
-            if conn.linger:
-                await _linger(stream)
+            if self.connections >= self.config.max_connections:
+                await _simple(conn, 503, "Server busy: too many connections")
+                await _linger(sock)
+                return
+            self.connections += 1
+            try:
+                await self._serve(conn)
+                if conn.linger:
+                    await _linger(sock)
+            finally:
+                self.connections -= 1
         except ClientGone:
             pass
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             error(f"{self.name}.connection_error", exc_info=exc)
         finally:
-            self.connections -= 1
-            await trio.aclose_forcefully(stream)
+            sock.close()
 
     async def _serve(self, conn: Connection) -> None:
         config = self.config
-        h = conn.h11
         while True:
+            h = conn.h11
             # 1. The request head: idle timeout before its first byte, header timeout after.
             try:
                 event = await self._read_head(conn)
             except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint if exc.error_status_hint != 400 else 400
+                status = exc.error_status_hint
                 warn(f"{self.name}.bad_request", reason=str(exc), status=status)
-                if h.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    reason = "Request header fields too large" if status == 431 else f"Bad request: {exc}"
-                    try:
-                        await _simple(conn, status, reason)
-                    except Exception:  # noqa: BLE001
-                        pass
+                reason = "Request header fields too large" if status == 431 else f"Bad request: {exc}"
+                await _simple(conn, status, reason)
                 return
             if event is None or isinstance(event, h11.ConnectionClosed):
                 return
             assert isinstance(event, h11.Request)
             self.requests += 1
+            conn.keep_alive = not _wants_close(event)
+            conn.http11 = event.http_version == b"1.1"
 
             # 2. The body: declared too large -> 413 straight away.
             length = _content_length(event.headers)
@@ -260,14 +401,15 @@ class Server:
                 await _simple(conn, 413, f"Request body larger than {config.max_body_bytes} bytes")
                 return
             first: list[bytes] = []
-            body: RequestBody | bytes = b""
+            size = 0
             complete = False
             try:
                 while True:  # take what is already buffered, without I/O
                     nxt = h.next_event()
                     if isinstance(nxt, h11.Data):
                         first.append(bytes(nxt.data))
-                        if sum(map(len, first)) > MAX_CHUNK:
+                        size += len(nxt.data)
+                        if size > MAX_CHUNK:
                             break
                         continue
                     complete = isinstance(nxt, h11.EndOfMessage)
@@ -275,14 +417,12 @@ class Server:
             except h11.RemoteProtocolError as exc:
                 await _simple(conn, 400, f"Bad request body: {exc}")
                 return
-            if sum(map(len, first)) > config.max_body_bytes:
+            if size > config.max_body_bytes:
                 warn(f"{self.name}.body_too_large", streamed=True)
                 await _simple(conn, 413, f"Request body larger than {config.max_body_bytes} bytes")
                 return
-            if complete:
-                body = b"".join(first)
-            else:
-                body = RequestBody(conn, first, config.max_body_bytes)
+            body: RequestBody | bytes
+            body = b"".join(first) if complete else RequestBody(conn, first, config.max_body_bytes)
             request = Request(event, body)
 
             # 3. The handler.
@@ -302,15 +442,13 @@ class Server:
                 return
 
             # 4. Keep-alive: finish the request body, then the next cycle.
-            if h.our_state is h11.MUST_CLOSE or h.their_state is h11.MUST_CLOSE:
+            if not conn.keep_alive:
                 return
-            if h.their_state is h11.SEND_BODY:
-                if not await self._drain(conn, body):
-                    return
-            if h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+            if h.their_state is h11.SEND_BODY and not await self._drain(conn, body):
                 return
-            h.start_next_cycle()
-            conn.response_started = False
+            if h.their_state is not h11.DONE:
+                return
+            conn.next_cycle()
 
     async def _read_head(self, conn: Connection) -> object:
         h = conn.h11
@@ -319,23 +457,16 @@ class Server:
             return event
         # Nothing buffered: wait for the first byte under the idle timeout.
         with trio.move_on_after(self.config.idle_timeout_s):
-            try:
-                data = await conn.stream.receive_some(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return None
-            h.receive_data(data)
+            h.receive_data(await conn.receive_some())
             event = h.next_event()
             if event is not h11.NEED_DATA:
                 return event
         if h.their_state is h11.IDLE and not h.trailing_data[0]:
             return None  # idle connection: close quietly
         with trio.move_on_after(self.config.header_timeout_s):
-            return await conn._next_event()
+            return await conn.next_event()
         warn(f"{self.name}.header_timeout")
-        try:
-            await _simple(conn, 408, "Request header timeout")
-        except Exception:  # noqa: BLE001
-            pass
+        await _simple(conn, 408, "Request header timeout")
         return None
 
     async def _drain(self, conn: Connection, body: RequestBody | bytes) -> bool:

@@ -20,7 +20,7 @@ from protocol.messages import Limits
 from .bodies import BodyError, BodySource, BytesBody
 from .calls import effective_limits
 from .config import ServeConfig
-from .http_server import Connection, Request
+from .http_server import Connection, InvalidResponse, Request
 from .invocation import OUTCOME_MESSAGE, OUTCOME_STATUS, Invocation
 from .log import log, warn
 from .pool import Pool, PoolUnavailable
@@ -62,7 +62,14 @@ class Ingress:
             return
         if self.on_trace is not None:
             inv.on_done = self.on_trace  # once waitUntil work is over too
-        await self._answer(inv, conn, head_only)
+        try:
+            await self._answer(inv, conn, head_only)
+        except InvalidResponse as exc:
+            warn("ingress.invalid_response", script=record.name, reason=str(exc))
+            if inv.body is not None:
+                inv.body.close()
+            if not conn.response_started:
+                await conn.respond(500, _TEXT, b"Worker returned an invalid response\n", head_only)
 
     async def _answer(self, inv: Invocation, conn: Connection, head_only: bool) -> None:
         with trio.move_on_at(inv.deadline):
@@ -90,7 +97,7 @@ class Ingress:
     async def _stream(self, inv: Invocation, body: BodySource, conn: Connection,
                       head_only: bool) -> None:
         try:
-            await conn.start(inv.status, inv.response_headers)
+            await conn.start(inv.status, inv.response_headers, head_only)
             if head_only:
                 body.close()
                 await conn.end()

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import stat
-from functools import partial
 
 import trio
 
@@ -21,7 +20,7 @@ from . import http_client, log as logmod
 from .admin_api import AdminAPI
 from .calls import Calls
 from .config import HttpConfig, ServeConfig
-from .http_server import Connection, Request, Server
+from .http_server import Connection, Request, Server, listen_tcp
 from .ingress import Ingress
 from .invocation import Invocation
 from .log import log, warn
@@ -103,25 +102,24 @@ class Supervisor:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)
-                listeners = await trio.open_tcp_listeners(port, host=host)
-                admin_listener = await _unix_listener(self.config.admin_socket_path)
-                nursery.start_soon(partial(trio.serve_listeners, self.http.serve_stream, listeners,
-                                           handler_nursery=None))
-                nursery.start_soon(partial(trio.serve_listeners, self.admin_http.serve_stream,
-                                           [admin_listener]))
-                bound = listeners[0].socket.getsockname()
-                log("serve.ready", http=f"{bound[0]}:{bound[1]}",
-                    admin_socket=self.config.admin_socket_path, state_dir=self.config.state_dir)
-                _notify("READY=1")
-                task_status.started(bound)
-                await _wait_for_stop()
-                log("serve.stopping", in_flight=self.http.connections)
-                _notify("STOPPING=1")
-                for listener in listeners:
-                    await listener.aclose()
-                with trio.move_on_after(DRAIN_S):
-                    while self.http.connections:
-                        await trio.sleep(0.05)
+                listener = listen_tcp(host, port)
+                admin_listener = _unix_listener(self.config.admin_socket_path)
+                with trio.CancelScope() as accepting:
+                    await nursery.start(self.http.serve, listener)
+                    nursery.start_soon(self.admin_http.serve, admin_listener)
+                    bound = listener.getsockname()
+                    log("serve.ready", http=f"{bound[0]}:{bound[1]}",
+                        admin_socket=self.config.admin_socket_path, state_dir=self.config.state_dir)
+                    _notify("READY=1")
+                    task_status.started(bound)
+                    await _wait_for_stop()
+                    log("serve.stopping", in_flight=self.http.connections)
+                    _notify("STOPPING=1")
+                    listener.close()
+                    with trio.move_on_after(DRAIN_S):
+                        while self.http.connections:
+                            await trio.sleep(0.05)
+                    accepting.cancel()
                 nursery.cancel_scope.cancel()
         finally:
             self.store.close()
@@ -137,25 +135,25 @@ async def _wait_for_stop() -> None:
             return
 
 
-async def _unix_listener(path: str) -> trio.SocketListener:
+def _unix_listener(path: str) -> socket.socket:
     """The admin socket: created fresh, owner-only (it can deploy code)."""
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)
     except FileNotFoundError:
         pass
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # Bind and listen under a temporary name, then rename: the path never
     # exists without a listener behind it.
     staging = f"{path}.{os.getpid()}"
     old = os.umask(0o177)
     try:
-        await sock.bind(staging)
+        sock.bind(staging)
     finally:
         os.umask(old)
     sock.listen(128)
     os.replace(staging, path)
-    return trio.SocketListener(sock)
+    return sock
 
 
 def _notify(state: str) -> None:
