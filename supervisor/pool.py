@@ -125,7 +125,8 @@ class Pool:
 
     def _refill(self) -> None:
         want = self.config.pool.spares + self._waiting
-        room = self.config.pool.max_children - len(self.children)
+        live = sum(1 for child in self.children.values() if child.kill_reason is None)
+        room = self.config.pool.max_children - live - self._requested
         missing = min(want - len(self.spares) - self._requested, room)
         if missing > 0 and self.zygote.spawn(missing):
             self._requested += missing
@@ -205,7 +206,6 @@ class Pool:
                 event.set()
 
     async def _take_spare(self) -> ChildProcess:
-        self._make_room()
         self._waiting += 1
         try:
             with trio.move_on_after(SPARE_WAIT_S) as scope:
@@ -214,6 +214,7 @@ class Pool:
                         child = self.spares.popleft()
                         if child.alive:
                             return child
+                    self._make_room()
                     self._refill()
                     await self._spare_lot.park()
             assert scope.cancelled_caught
@@ -225,13 +226,17 @@ class Pool:
     def _make_room(self) -> None:
         """At the process cap, the least recently used idle warm child goes."""
         limit = self.config.pool.max_children
-        if len(self.children) < limit:
+        live = sum(1 for child in self.children.values() if child.kill_reason is None)
+        if live + self._requested < limit:
             return
-        for key, child in list(self.warm.items()):
+        for child in list(self.warm.values()):
             if child.idle:
                 self._retire(child)
                 return
-        raise PoolUnavailable(f"all {limit} sandboxes are busy")
+        if not self._requested:
+            raise PoolUnavailable(
+                f"all {limit} sandboxes are busy ({live} live, {len(self.warm)} warm, "
+                f"{len(self.spares)} spare)")
 
     async def validate(self, record: ScriptRecord, timeout: float = 10.0) -> str | None:
         """Load ``record`` in a throw-away sandbox; the load error, or None."""

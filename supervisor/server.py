@@ -17,14 +17,14 @@ import stat
 import trio
 
 from . import http_client, log as logmod
-from .admin_api import AdminAPI
+from .admin_api import AdminAPI, ApiError
 from .calls import Calls
 from .config import HttpConfig, ServeConfig
 from .http_server import Connection, Request, Server, listen_tcp
 from .ingress import Ingress
 from .invocation import Invocation
 from .log import log, warn
-from .pool import Pool
+from .pool import Pool, PoolUnavailable
 from .scripts import PLATFORM, ScriptRecord
 from .store import Store
 
@@ -61,7 +61,10 @@ class Supervisor:
 
     # -- admin hooks -------------------------------------------------------------
     async def validate(self, record: ScriptRecord) -> str | None:
-        return await self.pool.validate(record)
+        try:
+            return await self.pool.validate(record)
+        except PoolUnavailable as exc:
+            raise ApiError(503, 10503, f"no sandbox is free to check the script, retry: {exc}") from None
 
     def script_changed(self, namespace: str, name: str) -> None:
         self.pool.retire_script(namespace, name)

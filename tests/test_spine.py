@@ -316,3 +316,102 @@ class Default(WorkerEntrypoint):
     assert "protocol violation" in corral.log() or "protocol" in corral.log()
     assert corral.request("/", host="echo.localhost").status == 200
     assert corral.alive()
+
+
+PID_WORKER = '''
+from workers import WorkerEntrypoint, Response
+import asyncio, os
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/sleep"):
+            await asyncio.sleep(3)
+        return Response(str(os.getpid()))
+'''
+
+
+def _server_with(tmp_path, toml: str) -> Corral:
+    config = tmp_path / "corral.toml"
+    config.write_text(toml)
+    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    server.deploy_dispatcher()
+    return server
+
+
+def _gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_idle_children_scale_to_zero(tmp_path) -> None:
+    server = _server_with(tmp_path, "[pool]\nidle_timeout_s = 1.0\nspares = 2\n")
+    try:
+        server.deploy("idler", PID_WORKER)
+        pid = int(server.request("/", host="idler.localhost").text)
+        assert _gone(pid, 6), "an idle child is killed after the idle timeout"
+        again = int(server.request("/", host="idler.localhost").text)
+        assert again != pid
+    finally:
+        server.stop()
+
+
+def test_process_cap_evicts_least_recently_used(tmp_path) -> None:
+    # At most 4 processes: the dispatcher and three tenants use them all, so
+    # a fourth tenant finds no spare and the least recently used idle one goes.
+    server = _server_with(tmp_path, "[pool]\nmax_children = 4\nspares = 1\n")
+    try:
+        names = ("one", "two", "three", "four")
+        for name in names:
+            server.deploy(name, PID_WORKER)
+        pids = [int(server.request("/", host=f"{name}.localhost").text) for name in names]
+        assert len(set(pids)) == 4
+        assert _gone(pids[0]), "the least recently used idle child made room"
+        deadline = time.monotonic() + 5
+        while len(server.children()) > 4 and time.monotonic() < deadline:
+            time.sleep(0.05)  # a child killed a moment ago may still be exiting
+        assert len(server.children()) <= 4
+    finally:
+        server.stop()
+
+
+def test_all_sandboxes_busy_is_503(tmp_path) -> None:
+    server = _server_with(tmp_path, "[pool]\nmax_children = 3\nspares = 1\n")
+    try:
+        for name in ("busy1", "busy2", "busy3"):
+            server.deploy(name, PID_WORKER)
+        import threading
+
+        threads = [threading.Thread(target=lambda n=n: server.request("/sleep", host=f"{n}.localhost"))
+                   for n in ("busy1", "busy2")]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.5)
+        # The dispatcher and two sleeping tenants hold all three processes,
+        # and none is idle: a third tenant cannot be started.
+        resp = server.request("/", host="busy3.localhost")
+        assert resp.status in (500, 503), resp
+        for thread in threads:
+            thread.join()
+        assert server.alive()
+        assert server.request("/", host="busy3.localhost").status == 200, "capacity came back"
+    finally:
+        server.stop()
+
+
+def test_header_timeout(tmp_path) -> None:
+    server = _server_with(tmp_path, "[http_limits]\nheader_timeout_s = 0.5\nidle_timeout_s = 1.0\n")
+    try:
+        started = time.monotonic()
+        answer = server.raw(b"GET / HTTP/1.1\r\nHost: slow", timeout=5)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert time.monotonic() - started < 3
+        started = time.monotonic()
+        assert server.raw(b"", timeout=5) == b"", "an idle connection closes quietly"
+        assert time.monotonic() - started < 3
+    finally:
+        server.stop()
