@@ -95,8 +95,8 @@ class FrameDecoder(Generic[T]):
                 start = offset + HEADER_SIZE
                 try:
                     messages.append(decode(view[start : start + length]))
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    raise ProtocolError(f"malformed frame: {exc}") from None
+                except Exception as exc:  # noqa: BLE001 - DecodeError, but also e.g. bad UTF-8
+                    raise ProtocolError(f"malformed frame: {type(exc).__name__}: {exc}") from None
                 offset = start + length
         finally:
             view.release()

@@ -47,6 +47,11 @@ class Channel:
         self.closed = False
         loop.add_reader(sock.fileno(), self._readable)
 
+    @property
+    def backlog(self) -> int:
+        """Bytes queued and not yet written."""
+        return len(self._out)
+
     def send(self, message: object) -> None:
         """Queue a frame; all frames queued in one loop turn leave in one write.
 

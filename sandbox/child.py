@@ -54,6 +54,11 @@ from . import jail, loader, logs, workers
 from .channel import Channel
 from .streams import IncomingBody, OutgoingBody
 
+#: Log budget per invocation, and the channel backlog past which logs are dropped.
+MAX_LOG_LINES = 1000
+MAX_LOG_BYTES = 256 * 1024
+MAX_LOG_BACKLOG = 1024 * 1024
+
 #: Exit status of a child that ran out of memory (the supervisor maps it to
 #: ``exceededMemory`` together with its own measurement).
 EXIT_OUT_OF_MEMORY = 3
@@ -187,6 +192,7 @@ class Runtime:
         self.outgoing: dict[int, OutgoingBody] = {}
         self.calls: dict[int, asyncio.Future] = {}
         self._next_call = -1
+        self._log_budgets: dict[int, list[int]] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             Load: self._on_load,
             Invoke: self._on_invoke,
@@ -213,7 +219,29 @@ class Runtime:
         self.channel.send(message)
 
     def log(self, level: str, message: str) -> None:
-        self.send(Log(workers.current_invocation.get(), level, message, time.time() * 1000.0))
+        """One log line for the current invocation, within its budget.
+
+        Past :data:`MAX_LOG_LINES` lines or :data:`MAX_LOG_BYTES` bytes per
+        invocation, or while the channel is backed up, lines are counted and
+        dropped: a print loop must not exhaust memory or flood the platform.
+        """
+        inv = workers.current_invocation.get()
+        budget = self._log_budgets.get(inv)
+        if budget is None:
+            budget = self._log_budgets[inv] = [MAX_LOG_LINES, MAX_LOG_BYTES, 0]
+        assert self.channel is not None
+        if budget[0] <= 0 or budget[1] < len(message) or self.channel.backlog > MAX_LOG_BACKLOG:
+            budget[2] += 1
+            return
+        budget[0] -= 1
+        budget[1] -= len(message)
+        self.send(Log(inv, level, message, time.time() * 1000.0))
+
+    def _end_logs(self, inv: int) -> None:
+        budget = self._log_budgets.pop(inv, None)
+        if budget is not None and budget[2]:
+            self.send(Log(inv, "warn", f"[{budget[2]} log lines dropped: over the log limit]",
+                          time.time() * 1000.0))
 
     # -- load ---------------------------------------------------------------
     def _on_load(self, message: Load) -> None:
@@ -337,6 +365,7 @@ class Runtime:
         if state.background:
             await asyncio.gather(*state.background, return_exceptions=True)
         self.invocations.pop(inv, None)
+        self._end_logs(inv)
         self.send(InvokeDone(inv))
 
     async def _respond(self, inv: int, response: workers.Response) -> None:

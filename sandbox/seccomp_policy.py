@@ -30,7 +30,9 @@ ALLOWED = (
     "clock_gettime", "clock_getres", "gettimeofday", "time", "clock_nanosleep", "nanosleep",
     "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
     "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "select", "pselect6",
-    "exit", "exit_group", "restart_syscall", "uname", "getrusage",
+    "exit", "exit_group", "restart_syscall", "uname", "getrusage", "times",
+    "getgroups", "getresuid", "getresgid", "getpgrp", "getpgid", "getsid", "sched_getparam",
+    "sched_getscheduler", "getcpu",
 )
 
 #: Calls that fail softly with EPERM: what a tenant reaches by mistake or

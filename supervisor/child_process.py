@@ -109,6 +109,7 @@ class ChildProcess:
         self._out = bytearray()
         self._writing = False
         self._dirty = False
+        self._load_log_budget = 20
         self._writer_wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         try:
@@ -150,6 +151,9 @@ class ChildProcess:
                     await self._reader()
                 except (ProtocolError, ProtocolViolation) as exc:
                     self.kill(f"protocol violation: {exc}")
+                except Exception as exc:  # noqa: BLE001 - nothing a child sends may stop the supervisor
+                    error("child.handler_failed", exc_info=exc, pid=self.pid)
+                    self.kill(f"protocol violation: frame could not be handled ({type(exc).__name__})")
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
@@ -367,9 +371,12 @@ class ChildProcess:
         inv = self.invocations.get(message.id)
         if inv is not None:
             inv.log(message.level, message.message, message.ts)
-        elif message.id == 0:
-            log("script.log", script=self._script_name(), level=message.level,
-                message=message.message[:2000])
+        elif message.id == 0 and self._load_log_budget > 0:
+            # Top-level prints while loading: a few lines to the operator's
+            # log, then silence (a tenant must not be able to fill our disk).
+            self._load_log_budget -= 1
+            log("script.log", script=self._script_name(), tenant_level=str(message.level)[:16],
+                message=str(message.message)[:2000])
 
     def _on_report(self, message: Report) -> None:
         inv = self.invocations.get(message.id)

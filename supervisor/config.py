@@ -41,6 +41,13 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     memory_mb: int = 128
 
 
+class OutboundConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Egress policy for tenants' fetch() (see supervisor.egress)."""
+
+    allow_private_networks: bool = False
+    allow_hosts: list[str] = []
+
+
 class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     http: str = "127.0.0.1:8080"
     admin_socket: str | None = None
@@ -48,6 +55,7 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     http_limits: HttpConfig = msgspec.field(default_factory=HttpConfig)
     pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    outbound: OutboundConfig = msgspec.field(default_factory=OutboundConfig)
     #: Log every request's trace event (outcome, cpuTime, wallTime, children)
     #: as a JSON line; off by default, it costs throughput.
     log_invocations: bool = False

@@ -286,7 +286,7 @@ def _cause(exc: BaseException) -> str:
     return str(root) or type(root).__name__
 
 
-async def _default_resolve(host: str, port: int) -> list[tuple[str, int]]:
+async def default_resolve(host: str, port: int) -> list[tuple[str, int]]:
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:  # gaierror, or IDNA rejecting the name
@@ -575,7 +575,7 @@ class HTTPClient:
         self._max_response_bytes = max_response_bytes
         self._max_redirects = max_redirects
         self._max_idle_per_host = max_idle_per_host
-        self._resolve: Resolver = resolve or _default_resolve
+        self._resolve: Resolver = resolve or default_resolve
         if ssl_context is None:
             ssl_context = ssl.create_default_context()
             ssl_context.set_alpn_protocols(["http/1.1"])

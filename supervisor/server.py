@@ -20,6 +20,7 @@ from . import http_client, log as logmod
 from .admin_api import AdminAPI, ApiError
 from .calls import Calls
 from .config import HttpConfig, ServeConfig
+from .egress import EgressPolicy
 from .http_server import Connection, Request, Server, listen_tcp
 from .ingress import Ingress
 from .invocation import Invocation
@@ -39,7 +40,8 @@ class Supervisor:
         os.makedirs(config.state_dir, exist_ok=True)
         self.store = Store(os.path.join(config.state_dir, "corral.db"))
         self.pool = Pool(config)
-        self.client = http_client.HTTPClient(max_response_bytes=128 * 2**20)
+        self.client = http_client.HTTPClient(
+            max_response_bytes=128 * 2**20, resolve=EgressPolicy(config.outbound).resolve)
         self.pool.calls = Calls(self.pool, self.store.get_script, config.limits, self.client)
         self.ingress = Ingress(config, self.pool, self.route,
                                on_trace=self._log_trace if config.log_invocations else None)

@@ -76,14 +76,28 @@ class Corral:
     """One ``corral serve`` process in ``state_dir``."""
 
     def __init__(self, state_dir: Path, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, allow_private_egress: bool = True) -> None:
         self.state_dir = Path(state_dir)
         self.port = free_port()
         self.socket_path = str(self.state_dir / "admin.sock")
         self.log_path = self.state_dir / "serve.log"
-        self.extra_args = extra_args or []
+        self.extra_args = list(extra_args or [])
+        if allow_private_egress:
+            # Tests talk to upstreams on 127.0.0.1, which production blocks.
+            self._allow_private_egress()
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
+
+    def _allow_private_egress(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        text = ""
+        if "--config" in self.extra_args:
+            index = self.extra_args.index("--config") + 1
+            text = Path(self.extra_args[index]).read_text()
+            del self.extra_args[index - 1 : index + 1]
+        config = self.state_dir / "test-corral.toml"
+        config.write_text(text + "\n[outbound]\nallow_private_networks = true\n")
+        self.extra_args += ["--config", str(config)]
 
     # -- process -----------------------------------------------------------------
     def start(self, timeout: float = 20) -> "Corral":
