@@ -51,7 +51,7 @@ class Pool:
         self.config = config
         self.calls: "Calls" = None  # type: ignore[assignment]  # set by the server
         self.zygote = ZygoteClient(config.pool.memory_mb, self._on_spawned, self._on_exited,
-                                   self._on_zygote_restart)
+                                   self._on_zygote_restart, config.pool.zygote_max_age_s)
         self.children: dict[int, ChildProcess] = {}
         self.spares: deque[ChildProcess] = deque()
         self.warm: "OrderedDict[tuple[str, str], ChildProcess]" = OrderedDict()
@@ -99,7 +99,11 @@ class Pool:
             warn("child.seccomp_kill", pid=pid, status=describe_status(status))
 
     def _on_zygote_restart(self) -> None:
+        """A new zygote is coming: spares of the old one go (new tenants get
+        the new hash seed); warm children keep serving until idle."""
         self._requested = 0
+        while self.spares:
+            self.spares.popleft().kill("zygote replaced")
 
     def on_ready(self, child: ChildProcess) -> None:
         """A new child finished its jail and said hello."""

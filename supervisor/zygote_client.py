@@ -33,8 +33,9 @@ class ZygoteClient:
     """One zygote at a time; :meth:`run` keeps it alive until cancelled."""
 
     def __init__(self, memory_mb: int, on_spawned: SpawnedCallback, on_exited: ExitedCallback,
-                 on_restart: Callable[[], None]) -> None:
+                 on_restart: Callable[[], None], max_age_s: float = 3600.0) -> None:
         self.memory_mb = memory_mb
+        self.max_age_s = max_age_s
         self._on_spawned = on_spawned
         self._on_exited = on_exited
         self._on_restart = on_restart
@@ -61,15 +62,24 @@ class ZygoteClient:
         started = False
         while True:
             began = trio.current_time()
-            try:
-                await self._run_once(task_status if not started else None)
-                started = True
-            except OSError as exc:
-                error("zygote.failed", reason=str(exc))
-            finally:
-                self._sock = None
-                self.ready = trio.Event()
+            # A zygote lives at most max_age: forked children share its hash
+            # seed, so a fresh zygote (fresh PYTHONHASHSEED) bounds how long
+            # one seed serves new tenants.
+            with trio.move_on_after(self.max_age_s) as aged:
+                try:
+                    await self._run_once(task_status if not started else None)
+                    started = True
+                except OSError as exc:
+                    error("zygote.failed", reason=str(exc))
+                finally:
+                    self._sock = None
+                    self.ready = trio.Event()
             self._on_restart()
+            if aged.cancelled_caught:
+                started = True
+                log("zygote.rotated", generation=self.generation, age_s=self.max_age_s)
+                backoff = 0.05
+                continue
             if trio.current_time() - began > 10:
                 backoff = 0.05
             warn("zygote.restarting", after_s=backoff)

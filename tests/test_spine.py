@@ -415,3 +415,27 @@ def test_header_timeout(tmp_path) -> None:
         assert time.monotonic() - started < 3
     finally:
         server.stop()
+
+
+def test_zygote_rotates_and_new_tenants_get_a_new_hash_seed(tmp_path) -> None:
+    server = _server_with(tmp_path, "[pool]\nzygote_max_age_s = 2.0\nspares = 1\n")
+    try:
+        source = '''
+from workers import Response
+async def on_fetch(request, env):
+    return Response(str(hash("corral")))
+'''
+        server.deploy("before", source)
+        first_zygote = server.zygote()
+        seed_before = server.request("/", host="before.localhost").text
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and server.zygote() in (None, first_zygote):
+            time.sleep(0.1)
+        assert server.zygote() not in (None, first_zygote), "the zygote was replaced"
+        server.deploy("after", source)
+        seed_after = server.request("/", host="after.localhost").text
+        assert seed_after != seed_before
+        assert server.request("/", host="before.localhost").text == seed_before, \
+            "a warm tenant keeps serving across the rotation"
+    finally:
+        server.stop()
