@@ -16,7 +16,8 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, AsyncIterator
 
-from protocol.messages import MAX_CHUNK, STREAM_WINDOW, Abort, BodyChunk, Credit
+from protocol.flow import ReceiveWindow
+from protocol.messages import MAX_CHUNK, Abort, BodyChunk, Credit
 
 if TYPE_CHECKING:
     from .channel import Channel
@@ -35,14 +36,14 @@ class IncomingBody:
         self._chunks: deque[bytes] = deque()
         self._ended = False
         self._error: str | None = None
-        self._granted = 0  # credit granted and not yet used
+        self._window = ReceiveWindow()
         self._waiter: asyncio.Future | None = None
         self.started = False  # has anyone pulled (so it can no longer be passed on)
 
     # -- fed by the runtime ------------------------------------------------
     def feed(self, data: bytes, end: bool) -> None:
         if data:
-            self._granted -= len(data)
+            self._window.received(len(data))  # the supervisor is trusted: a bug raises
             self._chunks.append(data)
         if end:
             self._ended = True
@@ -66,9 +67,9 @@ class IncomingBody:
                 raise StreamAborted(self._error)
             if self._ended:
                 return b""
-            if self._granted < STREAM_WINDOW // 2:
-                self._channel.send(Credit(self.stream_id, STREAM_WINDOW - self._granted))
-                self._granted = STREAM_WINDOW
+            grant = self._window.top_up()
+            if grant:
+                self._channel.send(Credit(self.stream_id, grant))
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter

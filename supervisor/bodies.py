@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from protocol.flow import CreditExceeded, ReceiveWindow
 from protocol.messages import MAX_CHUNK, STREAM_WINDOW, Abort, BodyChunk, Credit
 
 if TYPE_CHECKING:
@@ -77,14 +78,14 @@ async def read_all(source: BodySource, limit: int) -> bytes:
 class ChildBody:
     """Bytes a child streams to the supervisor on stream ``stream_id``."""
 
-    __slots__ = ("_child", "stream_id", "_chunks", "_granted", "_ended", "_error", "_event",
+    __slots__ = ("_child", "stream_id", "_chunks", "_window", "_ended", "_error", "_event",
                  "_closed")
 
     def __init__(self, child: "ChildProcess", stream_id: int) -> None:
         self._child = child
         self.stream_id = stream_id
         self._chunks: deque[bytes] = deque()
-        self._granted = 0
+        self._window = ReceiveWindow()
         self._ended = False
         self._error: str | None = None
         self._event: trio.Event | None = None
@@ -93,11 +94,10 @@ class ChildBody:
     # -- fed by the child's reader (synchronous) --------------------------
     def feed(self, data: bytes, end: bool) -> None:
         if data:
-            self._granted -= len(data)
-            if self._granted < 0:
-                raise ProtocolViolation(
-                    f"stream {self.stream_id}: {len(data)} bytes sent beyond the granted credit"
-                )
+            try:
+                self._window.received(len(data))
+            except CreditExceeded as exc:
+                raise ProtocolViolation(f"stream {self.stream_id}: {exc}") from None
             if not self._closed:
                 self._chunks.append(data)
         if end:
@@ -121,9 +121,9 @@ class ChildBody:
                 raise BodyError(self._error)
             if self._ended:
                 return b""
-            if self._granted < STREAM_WINDOW // 2:
-                self._child.send(Credit(self.stream_id, STREAM_WINDOW - self._granted))
-                self._granted = STREAM_WINDOW
+            grant = self._window.top_up()
+            if grant:
+                self._child.send(Credit(self.stream_id, grant))
             self._event = event = trio.Event()
             await event.wait()
         return self._chunks.popleft()

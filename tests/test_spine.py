@@ -324,7 +324,7 @@ import asyncio, os
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
         if request.url.endswith("/sleep"):
-            await asyncio.sleep(3)
+            await asyncio.sleep(4)
         return Response(str(os.getpid()))
 '''
 
@@ -390,7 +390,7 @@ def test_all_sandboxes_busy_is_503(tmp_path) -> None:
                    for n in ("busy1", "busy2")]
         for thread in threads:
             thread.start()
-            time.sleep(0.5)
+            time.sleep(1.0)  # each sleeper holds its process before the next starts
         # The dispatcher and two sleeping tenants hold all three processes,
         # and none is idle: a third tenant cannot be started.
         resp = server.request("/", host="busy3.localhost")
