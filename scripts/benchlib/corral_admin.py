@@ -105,9 +105,9 @@ class Admin:
         if st not in (200, 201):
             raise AdminError(st, self.message(data))
 
-    def deploy_user(self, ns: str, name: str, source: bytes) -> None:
+    def deploy_user(self, ns: str, name: str, source: bytes, bindings: list | None = None) -> None:
         self._upload(f"{self.base}/dispatch/namespaces/{ns}/scripts/{name}",
-                     "worker.py", source, None)
+                     "worker.py", source, bindings)
 
     def deploy_platform(self, name: str, source: bytes, bindings: list) -> None:
         self._upload(f"{self.base}/scripts/{name}", "worker.py", source, bindings)
@@ -120,6 +120,22 @@ class Admin:
             raise AdminError(st, self.message(data))
         result = data.get("result") if isinstance(data, dict) else None
         return str(result["id"]) if isinstance(result, dict) and "id" in result else None
+
+    def metrics(self) -> dict[str, float]:
+        """GET /metrics (Prometheus text) as {metric name: value}; labels are kept in the name."""
+        st, data = self.call("GET", "/metrics")
+        if st != 200:
+            raise AdminError(st, self.message(data))
+        out: dict[str, float] = {}
+        for line in str(data).splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                pass
+        return out
 
     def delete_route(self, route_id: str) -> None:
         st, data = self.call("DELETE", f"{self.base}/routes/{route_id}")

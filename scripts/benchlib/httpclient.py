@@ -95,12 +95,14 @@ class Conn:
             self.buf = b""
         return status, body, close
 
-    def request(self, host: str, path: str = "/") -> tuple[int, bytes, int]:
+    def request(self, host: str, path: str = "/",
+                headers: dict[str, str] | None = None) -> tuple[int, bytes, int]:
         """One GET; returns (status, body, elapsed ns). The elapsed time covers
         send to the last body byte (plus a reconnect if the server had closed
         the idle keep-alive connection)."""
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         req = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
-               f"User-Agent: corral-bench\r\nAccept: */*\r\n\r\n").encode()
+               f"User-Agent: corral-bench\r\nAccept: */*\r\n{extra}\r\n").encode()
         for attempt in range(2):
             t0 = time.perf_counter_ns()
             try:

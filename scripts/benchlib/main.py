@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from . import httpclient, loadgen, procs, report
+from . import corral_extras, httpclient, loadgen, procs, report
 from .systems import SYSTEMS, Unavailable
 
 
@@ -55,7 +55,25 @@ def parse_args(argv):
                          "(default: .venv/bin/python -m supervisor serve --http "
                          "127.0.0.1:{port} --state-dir {state})")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke check in under a minute: short runs, few tenants")
+                    help="smoke check in under a minute: short runs, few tenants, extras with "
+                         "150 fetch rounds and 2 runs per CPU budget")
+    ap.add_argument("--deploy-threads", type=int, default=4,
+                    help="Corral: concurrent admin-API uploaders when deploying 600 or more "
+                         "scripts (fewer go from one thread) (default: %(default)s)")
+    ap.add_argument("--only-extras", action="store_true",
+                    help="run only the Corral extras (brokered fetch overhead, CPU-limit "
+                         "precision) on a Corral of their own: no workerd/bare, no tenants")
+    ap.add_argument("--no-extras", action="store_true",
+                    help="skip the Corral extras after the main Corral run")
+    ap.add_argument("--extras-requests", type=int, default=1000,
+                    help="brokered fetch: sequential requests of each kind (direct, worker, "
+                         "worker+fetch, and both through the outbound worker) (default: "
+                         "%(default)s)")
+    ap.add_argument("--cpu-budgets", default="10,50,200",
+                    help="CPU-limit precision: comma list of limits.cpuMs budgets "
+                         "(default: %(default)s)")
+    ap.add_argument("--cpu-runs", type=int, default=5,
+                    help="CPU-limit precision: killed runs per budget (default: %(default)s)")
     ap.add_argument("--json", default=str(procs.BENCH_DIR / "results" / "latest.json"),
                     help="where to write all figures as JSON (default: .bench/results/latest.json)")
     a = ap.parse_args(argv)
@@ -65,13 +83,25 @@ def parse_args(argv):
         a.cold = min(a.cold, 20)
         a.latency_requests = min(a.latency_requests, 300)
         a.warmup = min(a.warmup, 1.0)
+        a.extras_requests = min(a.extras_requests, 150)
+        a.cpu_runs = min(a.cpu_runs, 2)
     try:
         a.tenant_counts = sorted({int(x) for x in a.tenants.split(",") if x.strip()})
     except ValueError:
         ap.error("--tenants takes a comma list of integers")
     if not a.tenant_counts or a.tenant_counts[0] < 2:
         ap.error("--tenants: each count must be at least 2")
+    try:
+        a.cpu_budget_list = [float(x) for x in a.cpu_budgets.split(",") if x.strip()]
+    except ValueError:
+        ap.error("--cpu-budgets takes a comma list of numbers (ms)")
+    if a.only_extras and a.no_extras:
+        ap.error("--only-extras and --no-extras exclude each other")
+    if a.extras_requests < 1 or a.cpu_runs < 0 or any(b <= 0 for b in a.cpu_budget_list):
+        ap.error("--extras-requests, --cpu-runs and --cpu-budgets must be positive")
     a.systems = [s.strip() for s in a.only.split(",") if s.strip()]
+    if a.only_extras:
+        a.systems = ["corral"]
     for s in a.systems:
         if s not in SYSTEMS:
             ap.error(f"--only: unknown system {s!r} (known: {', '.join(SYSTEMS)})")
@@ -85,7 +115,9 @@ class Runner:
         self.args = args
         self.wrk = None
         self.loadgen_note = ""
-        if args.loadgen in ("auto", "wrk"):
+        if args.only_extras:
+            self.loadgen_note = "no throughput runs (--only-extras)"
+        elif args.loadgen in ("auto", "wrk"):
             self.wrk = loadgen.ensure_wrk(log)
             if not self.wrk:
                 if args.loadgen == "wrk":
@@ -145,6 +177,10 @@ class Runner:
         res["pss"] = {"1": self.pss(sysm)}
         log(f"  PSS with 1 tenant warm: {res['pss']['1']['mb']:.1f} MB "
             f"({res['pss']['1']['procs']} processes)")
+        if hasattr(sysm, "pool_info"):
+            res["pool_at_baseline"] = sysm.pool_info()
+            log(f"  pool at that baseline: {_n(res['pool_at_baseline'].get('spares_ready'))} spare "
+                f"children (setting {res['pool_at_baseline'].get('spares_setting')})")
 
         # memory: warm K tenants (one request each) and take PSS, before any
         # multi-tenant load, so each K's figure holds tenant state, not load garbage
@@ -176,6 +212,11 @@ class Runner:
             res["rps"][str(k)] = self.throughput(sysm, [h(n) for n in names])
             res["pss"][f"{k}-after-load"] = self.pss(sysm)
 
+        if cold_names and hasattr(sysm, "pool_info"):
+            res["pool"] = sysm.pool_info()
+            p = res["pool"]
+            log(f"  pool: spares setting {p.get('spares_setting')} ({p.get('spares_source')}), "
+                f"{_n(p.get('spares_ready'))} spare children ready before the cold run")
         if cold_names:
             res["cold"] = httpclient.cold_starts(
                 port, [(h(n), sysm.expect(n)) for n in cold_names],
@@ -188,17 +229,33 @@ class Runner:
             res["died"] = f"exited with status {sysm.server.proc.returncode}"
         return res
 
+    def extras(self) -> dict:
+        log("== corral extras")
+        try:
+            return corral_extras.run(self.args, log, self.args.corral_cmd)
+        except (OSError, httpclient.HTTPError) as e:
+            log(f"corral extras: failed ({type(e).__name__}: {e})")
+            return {"unavailable": f"{type(e).__name__}: {e}"}
+
     def run(self) -> dict:
         a = self.args
         out = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": {
             k: v for k, v in vars(a).items() if k not in ("systems",)},
             "loadgen": self.loadgen_note, "cores": os.cpu_count(), "systems": {}}
+        if a.only_extras:
+            log(f"bench: corral extras only; {a.extras_requests} rounds of brokered fetch, "
+                f"CPU budgets {a.cpu_budgets} ms x {a.cpu_runs} run(s)")
+            out["systems"]["corral"] = {"label": "corral", "main_skipped": True, "notes": [],
+                                        "extras": self.extras()}
+            return out
         log(f"bench: {', '.join(a.systems)}; tenants {a.tenants}, {a.connections} connections, "
             f"{a.duration:g}s runs; {self.loadgen_note}")
         for key in a.systems:
             sysm = SYSTEMS[key](log)
-            if key == "corral" and a.corral_cmd:
-                sysm.cmd_template = a.corral_cmd
+            if key == "corral":
+                sysm.deploy_threads = max(1, a.deploy_threads)
+                if a.corral_cmd:
+                    sysm.cmd_template = a.corral_cmd
             log(f"== {sysm.label}")
             entry: dict
             try:
@@ -219,8 +276,14 @@ class Runner:
             if key == "corral":
                 entry["mode"] = getattr(sysm, "mode", None)
                 entry["deploy_ms"] = getattr(sysm, "deploy_stats", {})
+                if not a.no_extras:
+                    entry["extras"] = self.extras()
             out["systems"][key] = entry
         return out
+
+
+def _n(x) -> str:
+    return "?" if x is None else f"{x:.0f}"
 
 
 def _clean(o):

@@ -26,8 +26,8 @@ def _fmt(x: float) -> str:
 
 
 def _ratio(a: float, b: float) -> str:
-    if a is None or b is None or math.isnan(a) or math.isnan(b) or b == 0:
-        return "-"
+    if a is None or b is None or math.isnan(a) or math.isnan(b) or b <= 1e-6:
+        return "-"  # every figure here is positive: a zero (or noise below it) has no ratio
     r = a / b
     return f"{r:.2f}x" if r < 100 else f"{r:.0f}x"
 
@@ -76,6 +76,18 @@ def _bad_run(r: dict, label: str) -> bool:
 
 
 def render(results: dict) -> str:
+    systems = results["systems"]
+    out = []
+    if any(not r.get("main_skipped") for r in systems.values()):
+        out += _render_main({**results, "systems": {k: r for k, r in systems.items()
+                                                    if not r.get("main_skipped")}})
+    corral = systems.get("corral", {})
+    if "extras" in corral:
+        out += _render_extras(corral["extras"], results["args"])
+    return "\n".join(out)
+
+
+def _render_main(results: dict) -> list[str]:
     systems = results["systems"]
     keys = [k for k in ORDER if k in systems]
     ratio_cols = []
@@ -141,7 +153,30 @@ def render(results: dict) -> str:
         if k == "corral" and r.get("deploy_ms", {}).get("n"):
             d = r["deploy_ms"]
             out.append(f"  corral: deploy over the admin API p50 {_fmt(d['p50'])} ms, "
-                       f"p99 {_fmt(d['p99'])} ms per script ({d['n']} scripts)")
+                       f"p99 {_fmt(d['p99'])} ms per upload ({d['n']} scripts"
+                       + (f", {d['threads']} uploader thread(s), {_fmt(d['wall_s'])} s in all"
+                          if d.get("threads") else "") + "; each upload is validated by "
+                       "loading it in a sandbox)")
+        pb = r.get("pool_at_baseline") or {}
+        if k == "corral" and pb.get("spares_ready") is not None and pb.get("spares_setting") \
+                and pb["spares_ready"] > pb["spares_setting"] + 1:
+            out.append(f"  corral: {pb['spares_ready']:.0f} spare children (setting "
+                       f"{pb['spares_setting']}) were alive at the 1-tenant PSS baseline: the pool "
+                       f"refills to spares + requests waiting for one and keeps any surplus (here "
+                       f"left by the uploads, each validated in a spare); the first cold starts use "
+                       f"it up, which biases PSS MB / tenant low by about its PSS / (K-1).")
+        if k == "corral" and r.get("pool"):
+            p = r["pool"]
+            ready = p.get("spares_ready")
+            out.append(f"  corral: cold start ran with the pool's spares setting = "
+                       f"{p.get('spares_setting', '?')} ({p.get('spares_source', '?')}; "
+                       f"`[pool] spares` in a --config file; Corral's default is 8), "
+                       f"{'?' if ready is None else f'{ready:.0f}'} spare children ready when "
+                       f"it began. A cold request takes a pre-forked, jailed spare and loads "
+                       f"the script into it (no fork/exec on the request path); the zygote "
+                       f"refills spares in the {a['cold_pause_ms']:g} ms pauses, so a burst of "
+                       f"more than {p.get('spares_setting', '?')} back-to-back cold starts "
+                       f"would also wait for forks, which this figure does not show.")
         probs = []
         for kk, rr in r.get("rps", {}).items():
             if rr.get("non2xx") or rr.get("socket_errors") or rr.get("error"):
@@ -161,4 +196,115 @@ def render(results: dict) -> str:
             probs.append(r["died"])
         for p in probs:
             out.append(f"  {r['label']} PROBLEM: {p}")
-    return "\n".join(out)
+    return out
+
+
+def _cnt(x) -> str:
+    return "?" if x is None else f"{x:.0f}"
+
+
+def _ms(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def _ms1(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
+
+
+FETCH_LABELS = (
+    ("direct", "direct GET to the upstream (no Corral)"),
+    ("plain", "dispatcher -> user worker, no fetch"),
+    ("fetch", "dispatcher -> user worker, await fetch(upstream)"),
+    ("plain_out", "same, dispatcher with outbound worker, no fetch"),
+    ("fetch_out", "same, fetch via the outbound worker `egress`"),
+)
+
+
+def _render_extras(x: dict, args: dict) -> list[str]:
+    out = ["", "corral extras (a Corral of their own: dispatcher on */*, a second one with an "
+               "outbound worker on *.out.localhost/*; upstream answering 'ok' on 127.0.0.1)"]
+    if "unavailable" in x:
+        out.append(f"  not available: {x['unavailable']}")
+        return out
+    if x.get("egress"):
+        out.append(f"  egress: {x['egress']}")
+    f = x.get("fetch", {})
+    if "unavailable" in f:
+        out.append(f"  brokered fetch: not available ({f['unavailable']})")
+    elif f:
+        d, a, ao = f["direct"], f["adds"], f["adds_out"]
+        out.append(f"  brokered fetch adds {_ms(a['p50'])} ms p50 ({_ms(a['p99'])} ms p99) over a "
+                   f"direct request of {_ms(d['p50'])} ms (p99 {_ms(d['p99'])} ms)")
+        out.append(f"  through the outbound worker, fetch adds {_ms(ao['p50'])} ms p50 "
+                   f"({_ms(ao['p99'])} ms p99) over a direct request of {_ms(d['p50'])} ms")
+        w = max(len(l) for _, l in FETCH_LABELS) + 4
+        out.append("    " + "".ljust(w) + "p50 ms".rjust(9) + "p99 ms".rjust(9)
+                   + "mean ms".rjust(9) + "errors".rjust(8))
+        for k, label in FETCH_LABELS:
+            r = f.get(k, {})
+            out.append("    " + label.ljust(w) + _ms(r.get("p50")).rjust(9)
+                       + _ms(r.get("p99")).rjust(9) + _ms(r.get("mean")).rjust(9)
+                       + str(r.get("errors", "-")).rjust(8))
+        out.append(f"    (median of per-round differences: fetch {_ms(a.get('paired_median'))} ms, "
+                   f"via outbound worker {_ms(ao.get('paired_median'))} ms)")
+        inv = x.get("setup", {}).get("invocations_per_fetch_request", {})
+        out.append(f"    {f['n']} rounds after 50 unrecorded, one request of each kind per round "
+                   f"(interleaved), each kind on its own keep-alive connection; 'adds' = p50 (p99) "
+                   f"with fetch - p50 (p99) without. The worker reads the 2-byte body "
+                   f"(`await r.text()`) and answers the status. Invocations per request (from "
+                   f"/metrics): {_cnt(inv.get('fx.localhost'))} without, "
+                   f"{_cnt(inv.get('fx.out.localhost'))} with the outbound worker.")
+        for k, _ in FETCH_LABELS:
+            r = f.get(k, {})
+            if r.get("errors"):
+                out.append(f"  corral extras PROBLEM: {k}: {r['errors']} bad answers, e.g. "
+                           f"{r.get('first_error')}")
+    c = x.get("cpu", {})
+    if "unavailable" in c:
+        out.append(f"  CPU-limit precision: not available ({c['unavailable']})")
+    elif c.get("budgets"):
+        out.append(f"  CPU-limit precision: tight loop under limits.cpuMs = B, {c['runs']} runs "
+                   f"each; CPU the killed child used (/proc/PID/schedstat, sampled every ~0.2 ms "
+                   f"until the process is gone) and the wall time the dispatcher saw")
+        hdr = ("budget ms", "consumed mean / max", "overshoot mean / max",
+               "dispatcher wall mean / max", "client ms", "killed")
+        rows = []
+        for b, r in c["budgets"].items():
+            if r.get("n_ok"):
+                rows.append((b, f"{_ms1(r['consumed_mean'])} / {_ms1(r['consumed_max'])}",
+                             f"{_ms1(r['overshoot_mean'])} / {_ms1(r['overshoot_max'])}",
+                             f"{_ms1(r['dispatcher_mean'])} / {_ms1(r['dispatcher_max'])}",
+                             _ms1(r["client_mean"]), f"{r['n_ok']}/{c['runs']}"))
+            else:
+                rows.append((b, "-", "-", "-", "-", f"0/{c['runs']}"))
+        widths = [max(len(h), *(len(row[i]) for row in rows)) + 3 for i, h in enumerate(hdr)]
+        out.append("    " + "".join(h.rjust(wd) for h, wd in zip(hdr, widths)))
+        for row in rows:
+            out.append("    " + "".join(v.rjust(wd) for v, wd in zip(row, widths)))
+        oks = [r for r in c["budgets"].values() if r.get("n_ok")]
+        gap = max((r["exit_gap_max"] for r in oks), default=float("nan"))
+        rt = all(r["poller_realtime"] for r in oks)
+        out.append("    overshoot = consumed - budget (CPU ms; negative = killed before the budget "
+                   "was seen used). The baseline is read just before the request, so consumed "
+                   "includes the child's handling of the request before the loop. The dispatcher "
+                   "catches e.name == 'exceededCpu' and answers 503 with its perf_counter timing; "
+                   "client ms is the bench's own round trip.")
+        out.append(f"    sampler: {'SCHED_FIFO' if rt else 'normal-priority (SCHED_FIFO refused)'} "
+                   f"thread; at most {_ms(gap)} ms between the last sample and the process being "
+                   f"gone (the most CPU that can have gone unseen).")
+        steps = [r["step_ms"] for r in oks if r.get("step_ms") is not None]
+        if steps:
+            st = max(steps)
+            out.append(f"    schedstat of the spinning child advanced in steps of up to ~{st:.1f} ms "
+                       f"(median per run; the kernel adds a running task's time at scheduler ticks "
+                       f"and context switches, 4 ms apart at HZ=250): the exit usually flushes the "
+                       f"exact total, but a run can read short by up to one step, which shows as a "
+                       f"negative overshoot.")
+        for b, r in c["budgets"].items():
+            if r.get("first_problem"):
+                out.append(f"  corral extras PROBLEM: cpuMs {b}: "
+                           f"{len(r['rows']) - r['n_ok']} run(s) not measured: "
+                           f"{r['first_problem']}")
+    if x.get("died"):
+        out.append(f"  corral extras PROBLEM: server {x['died']}")
+    return out
