@@ -50,7 +50,7 @@ from protocol.messages import (
     TextBinding,
 )
 
-from . import jail, loader, logs, workers
+from . import jail, loader, logs, warmup, workers
 from .channel import Channel
 from .streams import IncomingBody, OutgoingBody
 
@@ -536,5 +536,6 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes) -> i
     channel = Channel(sock, loop, runtime.on_message, runtime.on_closed)
     runtime.attach(channel)
     channel.send(Hello(PROTOCOL_VERSION, os.getpid()))
+    loop.call_soon(warmup.prefault)  # before any Load is read: frames wait in the socket
     loop.run_until_complete(runtime.closed.wait())
     return 0

@@ -130,10 +130,9 @@ def jail_child(channel_fd: int, devnull_fd: int, address_space: int) -> None:
         low = fd + 1
     os.closerange(low, 1 << 20)
 
-    # 3. Priority: the zygote forks at low priority so refilling the pool
-    # never starves live requests; a child serving requests runs normally.
-    if os.geteuid() == 0:
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    # 3. Priority: a spare keeps the zygote's nice 10 while it sets itself
+    # up and waits, so refilling the pool never takes a core from a live
+    # request; the supervisor renices it when it assigns a script.
 
     # 4. Resource limits that need no privilege to lower.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

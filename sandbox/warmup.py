@@ -83,3 +83,27 @@ def rehearse() -> None:
         sys.meta_path[:] = saved[2]
         sys.modules.pop("worker", None)  # the rehearsal script; stdlib modules stay
         asyncio.set_event_loop(None)
+
+
+def prefault() -> None:
+    """Run in a spare child while it waits: load (and drop) a dummy script.
+
+    A forked child pays a copy-on-write page fault for every page it first
+    writes; loading a script touches hundreds. Doing it here, at the spare's
+    low priority before any tenant exists, takes that cost off the cold start.
+    Only spares pay it in memory; a tenant would touch these pages anyway.
+    """
+    from . import loader, workers
+
+    saved = list(sys.meta_path)
+    try:
+        module = loader.load({"corral_prefault.py": _SCRIPT}, "corral_prefault.py", "prefault")
+        request = workers.Request("http://prefault.invalid/", method="POST", body="{}",
+                                  headers={"user-agent": "corral"})
+        response = workers.Response.json({"ok": True}, headers={"x": "1"})
+        response.headers._raw()
+        request.headers._raw()
+        del module
+    finally:
+        sys.meta_path[:] = saved
+        sys.modules.pop("corral_prefault", None)

@@ -147,7 +147,7 @@ class Calls:
                 child.spawn(self._run, child, parent, message,
                             self._follow(record, parent, message, body, limits, params))
                 return
-            callee = self.pool.warm_child(record)
+            callee = self.pool.warm_child(record) or self.pool.acquire_now(record)
             if callee is None:
                 child.spawn(self._run, child, parent, message,
                             self._cold(record, parent, message, body, limits, outbound, params))

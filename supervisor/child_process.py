@@ -13,6 +13,7 @@ of this module into the rest of the supervisor.
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import socket
@@ -179,6 +180,7 @@ class ChildProcess:
     def assign(self, record: "ScriptRecord", bundle: Any) -> None:
         self.state = "assigned"
         self.record = record
+        _renice(self.pid)
         self.send(Load(bundle))
         if self.cpu is not None:
             self.cpu.start_loading()
@@ -488,6 +490,25 @@ class ChildProcess:
 
 
 _prlimit_allowed = True
+_renice_allowed = True
+
+
+def _renice(pid: int) -> None:
+    """Spares idle at nice 10; a child that serves a script runs at nice 0.
+
+    Needs CAP_SYS_NICE; without it, tenants simply keep running at nice 10,
+    below the supervisor, which is a safe place for them.
+    """
+    global _renice_allowed
+    if not _renice_allowed:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, 0)
+    except PermissionError:
+        _renice_allowed = False
+        warn("child.renice_refused", pid=pid, hint="no CAP_SYS_NICE: tenants run at nice 10")
+    except OSError:
+        pass
 
 
 def _no_prlimit() -> None:

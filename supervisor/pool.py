@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 #: How long a request waits for a spare before the pool gives up (503).
 SPARE_WAIT_S = 10.0
+#: A spare taken by a cold start is replaced this much later (unless a
+#: request waits for one): the fork must not compete with that cold start.
+REFILL_DELAY_S = 0.005
 #: How often busy children's coarse CPU budgets are checked.
 WATCHDOG_PERIOD_S = 0.025
 
@@ -60,6 +63,7 @@ class Pool:
         self._requested = 0
         self._waiting = 0
         self._spare_lot = trio.lowlevel.ParkingLot()
+        self._refill_wanted = trio.Event()
         self._loading: dict[tuple[str, str, str], trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self.last_invocation_id = 0
@@ -74,6 +78,7 @@ class Pool:
             await nursery.start(self.zygote.run)
             self._refill()
             nursery.start_soon(self._reaper)
+            nursery.start_soon(self._refiller)
             nursery.start_soon(self._cpu_watchdog)
             task_status.started()
 
@@ -134,6 +139,17 @@ class Pool:
         missing = min(want - len(self.spares) - self._requested, room)
         if missing > 0 and self.zygote.spawn(missing):
             self._requested += missing
+
+    def _refill_soon(self) -> None:
+        """Refill after the cold start in progress had its chance at the CPU."""
+        self._refill_wanted.set()
+
+    async def _refiller(self) -> None:
+        while True:
+            await self._refill_wanted.wait()
+            self._refill_wanted = trio.Event()
+            await trio.sleep(REFILL_DELAY_S)
+            self._refill()
 
     async def _reaper(self) -> None:
         """Scale to zero: retire children idle longer than the idle timeout."""
@@ -209,6 +225,25 @@ class Pool:
                 del self._loading[loading_key]
                 event.set()
 
+    def acquire_now(self, record: ScriptRecord) -> ChildProcess | None:
+        """A cold start without waiting, when a spare is ready (else None)."""
+        key = (record.namespace, record.name)
+        if (record.namespace, record.name, record.version) in self._loading:
+            return None
+        while self.spares:
+            child = self.spares.popleft()
+            if not child.alive:
+                continue
+            old = self.warm.get(key)
+            if old is not None:
+                self._retire(old)  # an older version: drain it
+            child.assign(record, to_bundle(record))
+            self.warm[key] = child
+            self.stats["cold_starts"] += 1
+            self._refill_soon()
+            return child
+        return None
+
     async def _take_spare(self) -> ChildProcess:
         self._waiting += 1
         try:
@@ -225,7 +260,7 @@ class Pool:
             raise PoolUnavailable("no sandbox became available in time")
         finally:
             self._waiting -= 1
-            self._refill()
+            self._refill_soon()
 
     def _make_room(self) -> None:
         """At the process cap, the least recently used idle warm child goes."""
