@@ -93,17 +93,11 @@ def prefault() -> None:
     low priority before any tenant exists, takes that cost off the cold start.
     Only spares pay it in memory; a tenant would touch these pages anyway.
     """
-    from . import loader, workers
+    from . import loader
 
     saved = list(sys.meta_path)
     try:
-        module = loader.load({"corral_prefault.py": _SCRIPT}, "corral_prefault.py", "prefault")
-        request = workers.Request("http://prefault.invalid/", method="POST", body="{}",
-                                  headers={"user-agent": "corral"})
-        response = workers.Response.json({"ok": True}, headers={"x": "1"})
-        response.headers._raw()
-        request.headers._raw()
-        del module
+        loader.load({"corral_prefault.py": _SCRIPT}, "corral_prefault.py", "prefault")
     finally:
         sys.meta_path[:] = saved
         sys.modules.pop("corral_prefault", None)

@@ -133,7 +133,13 @@ class Pool:
         self._refill()
 
     def _refill(self) -> None:
+        """Keep ``pool.spares`` spares (plus one per waiting request), no more."""
         want = self.config.pool.spares + self._waiting
+        surplus = len(self.spares) - want
+        while surplus > 0 and self._requested == 0:
+            # Left over from a burst (deploy validations, waiters): each costs memory.
+            self.spares.pop().kill("surplus spare")
+            surplus -= 1
         live = sum(1 for child in self.children.values() if child.kill_reason is None)
         room = self.config.pool.max_children - live - self._requested
         missing = min(want - len(self.spares) - self._requested, room)
