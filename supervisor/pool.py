@@ -278,7 +278,8 @@ class Pool:
             if child.idle:
                 self._retire(child)
                 return
-        if not self._requested:
+        starting = any(c.state == "starting" and c.kill_reason is None for c in self.children.values())
+        if not self._requested and not starting:  # else a spare is on its way: wait for it
             raise PoolUnavailable(
                 f"all {limit} sandboxes are busy ({live} live, {len(self.warm)} warm, "
                 f"{len(self.spares)} spare)")
