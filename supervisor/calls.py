@@ -120,6 +120,10 @@ class Calls:
         self.lookup = lookup
         self.defaults = defaults
         self.client = client
+        self._default_limits = effective_limits(None, defaults)
+
+    def _limits(self, requested: Limits | None) -> Limits:
+        return self._default_limits if requested is None else effective_limits(requested, self.defaults)
 
     def handle(self, child: "ChildProcess", message: SubRequest) -> None:
         """Start call ``message.call``; its answer goes back to ``child`` later.
@@ -230,7 +234,7 @@ class Calls:
                 return self._dispatch_target(parent, message)
             if message.kind == "service":
                 self._binding(parent, message.binding, "service")
-                return self._platform(message.target), effective_limits(None, self.defaults), None, None
+                return self._platform(message.target), self._default_limits, None, None
             return self._fetch_target(parent)
         except CallFailed:
             _close(body)
@@ -256,7 +260,7 @@ class Calls:
                 names = [p.get("name") for p in config.get("params", []) if isinstance(p, dict)]
                 given = message.params or {}
                 outbound = Outbound(service, {n: given.get(n) for n in names if n})
-        return record, effective_limits(message.limits, self.defaults), outbound, None
+        return record, self._limits(message.limits), outbound, None
 
     def _fetch_target(self, parent: Invocation
                       ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None] | None:
@@ -272,7 +276,7 @@ class Calls:
         if record is None:
             warn("outbound.missing", service=outbound.service, script=parent.record.name)
             raise CallFailed("Error", f"the outbound worker {outbound.service!r} is not deployed")
-        return record, effective_limits(None, self.defaults), None, outbound.params
+        return record, self._default_limits, None, outbound.params
 
     # -- calls that wait ------------------------------------------------------------
     async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,

@@ -20,6 +20,7 @@ from . import http_client, log as logmod
 from .admin_api import AdminAPI, ApiError
 from .calls import Calls
 from .config import HttpConfig, ServeConfig
+from .cpu_account import CpuAccount
 from .egress import EgressPolicy
 from .http_server import Connection, Request, Server, listen_tcp
 from .ingress import Ingress
@@ -45,6 +46,8 @@ class Supervisor:
         self.pool.calls = Calls(self.pool, self.store.get_script, config.limits, self.client)
         self.ingress = Ingress(config, self.pool, self.route,
                                on_trace=self._log_trace if config.log_invocations else None)
+        # cpuTime per invocation is exact only when someone reads traces.
+        CpuAccount.exact = config.log_invocations
         self.admin = AdminAPI(self.store, self)
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
         # The admin socket is the operator's: its own limits (uploads may be
