@@ -34,6 +34,7 @@ from . import http_client
 from .bodies import BodySource, BytesBody, ChildBody, ChildSink
 from .config import LimitsConfig
 from .invocation import OUTCOME_MESSAGE, Invocation, Outbound
+from .limits import LimitPolicy
 from .log import warn
 from .scripts import PLATFORM, ScriptRecord
 
@@ -66,25 +67,6 @@ class Head(msgspec.Struct):
 
 
 ScriptLookup = Callable[[str, str], "ScriptRecord | None"]
-
-
-def effective_limits(requested: Limits | None, defaults: LimitsConfig,
-                     ceiling: Limits | None = None) -> Limits:
-    """The dispatcher's limits, capped by the platform's defaults."""
-
-    def pick(value: Any, default: Any) -> Any:
-        if value is None or value <= 0:
-            return default
-        return min(value, default)
-
-    requested = requested or Limits()
-    limits = Limits(
-        cpu_ms=pick(requested.cpu_ms, defaults.cpu_ms),
-        sub_requests=pick(requested.sub_requests, defaults.sub_requests),
-        wall_ms=pick(requested.wall_ms, defaults.wall_ms),
-        memory_mb=pick(requested.memory_mb, defaults.memory_mb),
-    )
-    return limits
 
 
 def failure_of(inv: Invocation) -> CallFailed:
@@ -120,10 +102,7 @@ class Calls:
         self.lookup = lookup
         self.defaults = defaults
         self.client = client
-        self._default_limits = effective_limits(None, defaults)
-
-    def _limits(self, requested: Limits | None) -> Limits:
-        return self._default_limits if requested is None else effective_limits(requested, self.defaults)
+        self.limits = LimitPolicy(defaults)
 
     def handle(self, child: "ChildProcess", message: SubRequest) -> None:
         """Start call ``message.call``; its answer goes back to ``child`` later.
@@ -234,7 +213,8 @@ class Calls:
                 return self._dispatch_target(parent, message)
             if message.kind == "service":
                 self._binding(parent, message.binding, "service")
-                return self._platform(message.target), self._default_limits, None, None
+                record = self._platform(message.target)
+                return record, self.limits.defaults_for(record), None, None
             return self._fetch_target(parent)
         except CallFailed:
             _close(body)
@@ -260,7 +240,7 @@ class Calls:
                 names = [p.get("name") for p in config.get("params", []) if isinstance(p, dict)]
                 given = message.params or {}
                 outbound = Outbound(service, {n: given.get(n) for n in names if n})
-        return record, self._limits(message.limits), outbound, None
+        return record, self.limits.for_call(record, message.limits), outbound, None
 
     def _fetch_target(self, parent: Invocation
                       ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None] | None:
@@ -276,7 +256,7 @@ class Calls:
         if record is None:
             warn("outbound.missing", service=outbound.service, script=parent.record.name)
             raise CallFailed("Error", f"the outbound worker {outbound.service!r} is not deployed")
-        return record, self._default_limits, None, outbound.params
+        return record, self.limits.defaults_for(record), None, outbound.params
 
     # -- calls that wait ------------------------------------------------------------
     async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,

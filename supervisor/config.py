@@ -32,13 +32,24 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     zygote_max_age_s: float = 3600.0
 
 
+class LimitDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Defaults for one namespace or tag; unset fields fall through."""
+
+    cpu_ms: float | None = None
+    sub_requests: int | None = None
+    wall_ms: float | None = None
+    memory_mb: int | None = None
+
+
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Per-invocation limits applied when the dispatcher sets none."""
+    """Per-invocation limits: platform defaults and ceilings (see supervisor.limits)."""
 
     cpu_ms: float = 30_000.0
     sub_requests: int = 1000
     wall_ms: float = 60_000.0
     memory_mb: int = 128
+    namespace: dict[str, LimitDefaults] = {}
+    tag: dict[str, LimitDefaults] = {}
 
 
 class OutboundConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

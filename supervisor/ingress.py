@@ -15,10 +15,9 @@ from typing import Callable
 
 import trio
 
-from protocol.messages import Limits
 
 from .bodies import BodyError, BodySource, BytesBody
-from .calls import effective_limits
+from .limits import LimitPolicy
 from .config import ServeConfig
 from .http_server import Connection, InvalidResponse, Request
 from .invocation import OUTCOME_MESSAGE, OUTCOME_STATUS, Invocation
@@ -39,7 +38,7 @@ class Ingress:
         self.pool = pool
         self.router = router
         self.on_trace = on_trace
-        self.limits: Limits = effective_limits(None, config.limits)
+        self.limits = LimitPolicy(config.limits)
 
     async def handle(self, request: Request, conn: Connection) -> None:
         host = request.host.decode("latin-1")
@@ -54,7 +53,7 @@ class Ingress:
         url = f"http://{host}{target}" if target.startswith("/") else target
         try:
             inv = await self.pool.invoke(record, request.method, url, request.headers, request.body,
-                                         self.limits)
+                                         self.limits.defaults_for(record))
         except PoolUnavailable as exc:
             warn("ingress.unavailable", script=record.name, reason=str(exc))
             await conn.respond(503, _TEXT + [(b"retry-after", b"1")],
@@ -77,10 +76,12 @@ class Ingress:
         if not inv.head_ready.is_set():
             inv.cancel("exceededWallTime")
         if inv.error is not None:
-            status = OUTCOME_STATUS.get(inv.outcome, 500)
+            # A callee's limit error the dispatcher let escape is still a limit: 503.
+            reason = inv.error.name if inv.error.name in OUTCOME_MESSAGE else inv.outcome
+            status = OUTCOME_STATUS.get(reason, 500)
             if status == 499:
                 return
-            message = OUTCOME_MESSAGE.get(inv.outcome) or "Worker threw exception"
+            message = OUTCOME_MESSAGE.get(reason) or "Worker threw exception"
             log("invocation.failed", script=inv.record.name, namespace=inv.record.namespace,
                 outcome=inv.outcome, error=f"{inv.error.name}: {inv.error.message}"[:500])
             await conn.respond(status, _TEXT, f"{message}\n".encode(), head_only)

@@ -444,3 +444,36 @@ def test_trace_records_cpu_wall_and_subrequests(tmp_path, upstream):
         print(f"\ntrace: budget 30 ms, cpuTime {spun['cpuTime']} ms, wallTime {spun['wallTime']} ms")
     finally:
         server.stop()
+
+
+def test_defaults_per_namespace_and_per_tag(tmp_path, upstream):
+    """Without dispatcher limits, a tag's default beats the namespace's, which
+    beats the platform's; the dispatcher's own limits still win over both."""
+    config = tmp_path / "corral.toml"
+    config.write_text(
+        "[limits.namespace.default]\ncpu_ms = 60.0\nsub_requests = 3\n"
+        '[limits.tag."plan:free"]\nsub_requests = 1\n'
+    )
+    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    try:
+        server.deploy_dispatcher(DISPATCHER)
+        server.deploy("paid", TENANT, tags=["plan:paid"])
+        server.deploy("free", TENANT, tags=["plan:free"])
+        target = upstream.url("/echo/defaults")
+
+        def allowed(worker: str, limits: dict | None = None) -> int:
+            results = call(server, worker, f"/fetch?n=4&target={target}", limits).json()["results"]
+            return sum("status" in r for r in results)
+
+        assert allowed("paid") == 3, "the namespace default"
+        assert allowed("free") == 1, "the tag default beats the namespace's"
+        assert allowed("free", {"subRequests": 2}) == 2, "the dispatcher's limit wins"
+        spun = call(server, "paid", "/spin").json()
+        assert_platform_failure(spun, "exceededCpu", "CPU")
+        assert spun["elapsed_ms"] < 60 + 250, spun
+        # A dispatcher that lets the limit error escape: the client gets a 503.
+        server.deploy_dispatcher(name="plain", pattern="*.plain.test/*")
+        uncaught = server.request("/spin", host="paid.plain.test")
+        assert uncaught.status == 503 and "CPU" in uncaught.text, uncaught
+    finally:
+        server.stop()
