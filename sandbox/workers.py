@@ -15,8 +15,7 @@ from __future__ import annotations
 import contextvars
 import http
 import json as _json
-from typing import Any, AsyncIterator, Iterable, Iterator, Mapping
-from urllib.parse import urljoin
+from typing import Any, AsyncIterator, Iterator, Mapping
 
 from .streams import IncomingBody
 
@@ -49,9 +48,6 @@ class PlatformError(Exception):
 # ---------------------------------------------------------------------------
 # Headers
 # ---------------------------------------------------------------------------
-
-HeadersInit = "Headers | Mapping[str, str] | Iterable[tuple[str, str]] | None"
-
 
 def _text(value: str | bytes) -> str:
     return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
@@ -494,7 +490,3 @@ class _EnvProxy:
 
 
 env = _EnvProxy()
-
-
-def _resolve_url(base: str, url: str) -> str:
-    return urljoin(base, url) if base else url

@@ -32,7 +32,6 @@ from protocol.messages import (
     PROTOCOL_VERSION,
     Exited,
     FromZygote,
-    Spawn,
     Spawned,
     ToZygote,
     ZygoteReady,

@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from .child_process import ChildProcess
     from .pool import Pool
 
-#: Largest response body the outbound client accepts for a tenant.
-MAX_FETCH_RESPONSE = 128 * 1024 * 1024
 #: fetch()'s redirect limit, as in browsers and workerd.
 MAX_REDIRECTS = 20
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})

@@ -40,8 +40,9 @@ from protocol.messages import (
 )
 
 from . import cpu_meter
-from .cpu_account import CpuAccount
 from .bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation
+from .cpu_account import CpuAccount
+from .invocation import OUTCOME_MESSAGE
 from .log import error, log, warn
 
 if TYPE_CHECKING:
@@ -453,16 +454,12 @@ class ChildProcess:
             self.pool.busy.discard(self)
         outcome = "exceededCpu" if over_cpu else (
             self.kill_reason if self.kill_reason in ("exceededMemory", "exceededWallTime") else "crashed")
-        message = {
-            "exceededCpu": "Worker exceeded CPU time limit.",
-            "exceededMemory": "Worker exceeded memory limit.",
-        }.get(outcome, f"The worker's process ended unexpectedly ({self.kill_reason or 'exited'}).")
+        message = OUTCOME_MESSAGE[outcome] if outcome != "crashed" else \
+            f"The worker's process ended unexpectedly ({self.kill_reason or 'exited'})."
         for inv in list(self.invocations.values()):
-            if inv.outcome == "exceededMemory":
-                inv.finish()
-                continue
-            inv.fail(ExceptionInfo(outcome if outcome != "crashed" else "WorkerCrashed", message),
-                     outcome)
+            if inv.outcome != "exceededMemory":  # already told by the child itself
+                inv.fail(ExceptionInfo(outcome if outcome != "crashed" else "WorkerCrashed", message),
+                         outcome)
             inv.finish()
         self.invocations.clear()
         for stream in list(self.incoming.values()):
@@ -476,8 +473,6 @@ class ChildProcess:
         except OSError:
             pass
         try:
-            import os
-
             os.close(self.pidfd)
         except OSError:
             pass
@@ -526,8 +521,6 @@ def _vm_size(pid: int) -> int:
 
 def describe_status(status: int) -> str:
     """A wait status in words (SIGSYS means the seccomp filter killed it)."""
-    import os
-
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
@@ -537,6 +530,3 @@ def describe_status(status: int) -> str:
     if os.WIFEXITED(status):
         return f"exited with status {os.WEXITSTATUS(status)}"
     return f"status {status}"
-
-
-__all__ = ["ChildProcess", "describe_status", "error"]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
-from protocol.messages import ExceptionInfo, Header, Limits
+from protocol.messages import Cancel, ExceptionInfo, Header, Limits
 
 from .bodies import BodySource
 
@@ -165,8 +165,6 @@ class Invocation:
     # -- from the caller -------------------------------------------------------
     def cancel(self, outcome: str) -> None:
         """Stop the invocation (wall time, client gone); the child is told."""
-        from protocol.messages import Cancel
-
         if self.done.is_set():
             return
         self.fail(ExceptionInfo(outcome, OUTCOME_MESSAGE.get(outcome, outcome)), outcome)

@@ -29,7 +29,7 @@ from .bodies import BodySource, BytesBody, ChildSink
 from .child_process import ChildProcess, describe_status
 from .config import ServeConfig
 from .invocation import Invocation, Outbound
-from .log import log, warn
+from .log import warn
 from .scripts import ScriptRecord, to_bundle
 from .zygote_client import ZygoteClient
 

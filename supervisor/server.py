@@ -31,6 +31,8 @@ from .scripts import PLATFORM, ScriptRecord
 from .store import Store
 
 DRAIN_S = 10.0
+#: Largest response body a tenant's fetch() accepts.
+MAX_FETCH_RESPONSE = 128 * 1024 * 1024
 
 
 class Supervisor:
@@ -42,7 +44,7 @@ class Supervisor:
         self.store = Store(os.path.join(config.state_dir, "corral.db"))
         self.pool = Pool(config)
         self.client = http_client.HTTPClient(
-            max_response_bytes=128 * 2**20, resolve=EgressPolicy(config.outbound).resolve)
+            max_response_bytes=MAX_FETCH_RESPONSE, resolve=EgressPolicy(config.outbound).resolve)
         self.pool.calls = Calls(self.pool, self.store.get_script, config.limits, self.client)
         self.ingress = Ingress(config, self.pool, self.route,
                                on_trace=self._log_trace if config.log_invocations else None)

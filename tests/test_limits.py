@@ -13,7 +13,6 @@ them. Assertions on timing are deliberately generous.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import threading
 import time
