@@ -79,6 +79,8 @@ def isolate_zygote() -> ZygoteJail:
             report.namespaces.append(name)
         else:
             report.problems.append(f"unshare({name}): {os.strerror(ctypes.get_errno())}")
+    if "uts" in report.namespaces:
+        _libc.sethostname(b"corral", 6)  # tenants see no trace of the host's name
     if _libc.unshare(CLONE_NEWNS) != 0:
         report.problems.append(f"unshare(mnt): {os.strerror(ctypes.get_errno())}")
         return report
