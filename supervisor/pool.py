@@ -223,9 +223,7 @@ class Pool:
             event = self._loading[loading_key] = trio.Event()
             try:
                 child = await self._take_spare()
-                child.assign(record, to_bundle(record))
-                self.warm[key] = child
-                self.stats["cold_starts"] += 1
+                self._assign(child, record)
                 return child
             finally:
                 del self._loading[loading_key]
@@ -233,22 +231,26 @@ class Pool:
 
     def acquire_now(self, record: ScriptRecord) -> ChildProcess | None:
         """A cold start without waiting, when a spare is ready (else None)."""
-        key = (record.namespace, record.name)
         if (record.namespace, record.name, record.version) in self._loading:
             return None
         while self.spares:
             child = self.spares.popleft()
             if not child.alive:
                 continue
-            old = self.warm.get(key)
-            if old is not None:
-                self._retire(old)  # an older version: drain it
-            child.assign(record, to_bundle(record))
-            self.warm[key] = child
-            self.stats["cold_starts"] += 1
+            self._assign(child, record)
             self._refill_soon()
             return child
         return None
+
+    def _assign(self, child: ChildProcess, record: ScriptRecord) -> None:
+        """A spare becomes the warm child of ``record`` (an older version drains)."""
+        key = (record.namespace, record.name)
+        old = self.warm.get(key)
+        if old is not None and old is not child:
+            self._retire(old)
+        child.assign(record, to_bundle(record))
+        self.warm[key] = child
+        self.stats["cold_starts"] += 1
 
     async def _take_spare(self) -> ChildProcess:
         self._waiting += 1
