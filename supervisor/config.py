@@ -57,6 +57,9 @@ class OutboundConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     allow_private_networks: bool = False
     allow_hosts: list[str] = []
+    connect_timeout_s: float = 10.0
+    #: For the response head and for each read of its body.
+    read_timeout_s: float = 30.0
 
 
 class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

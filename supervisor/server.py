@@ -44,7 +44,9 @@ class Supervisor:
         self.store = Store(os.path.join(config.state_dir, "corral.db"))
         self.pool = Pool(config)
         self.client = http_client.HTTPClient(
-            max_response_bytes=MAX_FETCH_RESPONSE, resolve=EgressPolicy(config.outbound).resolve)
+            max_response_bytes=MAX_FETCH_RESPONSE, resolve=EgressPolicy(config.outbound).resolve,
+            connect_timeout=config.outbound.connect_timeout_s,
+            read_timeout=config.outbound.read_timeout_s)
         self.pool.calls = Calls(self.pool, self.store.get_script, config.limits, self.client)
         self.ingress = Ingress(config, self.pool, self.route,
                                on_trace=self._log_trace if config.log_invocations else None)

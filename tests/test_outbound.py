@@ -396,6 +396,25 @@ def test_slow_upstream_times_out_in_tenant(corral, upstream):
     assert upstream.seen("/hang")[-1]["disconnected_after"] < 2.0
 
 
+def test_slow_upstream_hits_the_platform_timeout(tmp_path, upstream):
+    """The platform's own fetch timeout ([outbound] read_timeout_s) ends a call
+    to an upstream that never answers, whatever the tenant does."""
+    config = tmp_path / "corral.toml"
+    config.write_text("[outbound]\nread_timeout_s = 0.4\n")
+    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    try:
+        server.deploy_dispatcher()
+        server.deploy("slow", SLOW)
+        resp = server.request("/", host="slow.localhost",
+                              headers={"x-target": upstream.url("/hang?max=10"), "x-timeout": "30"})
+        out = resp.json()
+        assert out.get("error") == "PlatformError", out
+        assert "timed out" in out["message"], out
+        assert out["elapsed_ms"] < 400 + 1000, out
+    finally:
+        server.stop()
+
+
 def test_slow_upstream_answers_within_wait(corral, upstream):
     resp = corral.request("/", host="slow.localhost",
                           headers={"x-target": upstream.url("/slow?delay=0.2"), "x-timeout": "5"})
