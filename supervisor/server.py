@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import stat
+import time
 
 import trio
 
@@ -142,9 +143,16 @@ class Supervisor:
 
 
 async def _wait_for_stop() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            return
+    """Until SIGTERM or SIGINT. SIGHUP is a reload: scripts, routes and
+    namespaces are already applied live from the store, so there is nothing
+    to re-read; systemd still hears RELOADING=1 then READY=1."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum != signal.SIGHUP:
+                return
+            log("serve.reload")
+            _notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+            _notify("READY=1")
 
 
 def _unix_listener(path: str) -> socket.socket:

@@ -439,3 +439,27 @@ async def on_fetch(request, env):
             "a warm tenant keeps serving across the rotation"
     finally:
         server.stop()
+
+
+def test_systemd_notify_and_signals(tmp_path) -> None:
+    """READY=1 when serving, RELOADING=1 (then READY=1) on SIGHUP, STOPPING=1 on SIGTERM."""
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(10)
+    server = Corral(tmp_path / "state", env={"NOTIFY_SOCKET": notify_path}).start()
+    try:
+        assert notify.recv(4096) == b"READY=1"
+        server.deploy_dispatcher()
+        server.deploy("echo", ECHO)
+        server.proc.send_signal(signal.SIGHUP)
+        reloading = notify.recv(4096)
+        assert reloading.startswith(b"RELOADING=1\nMONOTONIC_USEC="), reloading
+        assert notify.recv(4096) == b"READY=1"
+        assert server.alive() and server.request("/", host="echo.localhost").status == 200
+        server.proc.send_signal(signal.SIGTERM)
+        assert notify.recv(4096) == b"STOPPING=1"
+        assert server.proc.wait(15) == 0
+    finally:
+        server.stop()
+        notify.close()
