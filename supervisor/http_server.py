@@ -330,6 +330,9 @@ class Server:
         self.name = name
         self.connections = 0
         self.requests = 0
+        self.in_flight = 0
+        #: Set on shutdown: finish the current request, then close.
+        self.draining = False
 
     async def serve(self, listener: socket.socket,
                     task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -426,6 +429,7 @@ class Server:
             request = Request(event, body)
 
             # 3. The handler.
+            self.in_flight += 1
             try:
                 await self.handler(request, conn)
             except BodyTooLarge as exc:
@@ -440,9 +444,11 @@ class Server:
                 if not conn.response_started:
                     await _simple(conn, 500, "Internal server error")
                 return
+            finally:
+                self.in_flight -= 1
 
             # 4. Keep-alive: finish the request body, then the next cycle.
-            if not conn.keep_alive:
+            if not conn.keep_alive or self.draining:
                 return
             if h.their_state is h11.SEND_BODY and not await self._drain(conn, body):
                 return

@@ -126,13 +126,14 @@ class Supervisor:
                     _notify("READY=1")
                     task_status.started(bound)
                     await _wait_for_stop()
-                    log("serve.stopping", in_flight=self.http.connections)
+                    log("serve.stopping", in_flight=self.http.in_flight)
                     _notify("STOPPING=1")
                     listener.close()
+                    self.http.draining = True
                     with trio.move_on_after(DRAIN_S):
-                        while self.http.connections:
-                            await trio.sleep(0.05)
-                    accepting.cancel()
+                        while self.http.in_flight:
+                            await trio.sleep(0.02)
+                    accepting.cancel()  # idle keep-alive connections close here
                 nursery.cancel_scope.cancel()
         finally:
             self.store.close()

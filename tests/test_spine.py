@@ -463,3 +463,29 @@ def test_systemd_notify_and_signals(tmp_path) -> None:
     finally:
         server.stop()
         notify.close()
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path) -> None:
+    server = Corral(tmp_path / "state").start()
+    try:
+        server.deploy_dispatcher()
+        server.deploy("pid", PID_WORKER)
+        import http.client
+        import threading
+
+        idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        idle.request("GET", "/", headers={"host": "pid.localhost"})
+        assert idle.getresponse().read()  # an idle keep-alive connection stays open
+        result = {}
+        thread = threading.Thread(
+            target=lambda: result.update(r=server.request("/sleep", host="pid.localhost")))
+        thread.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        thread.join(15)
+        assert result["r"].status == 200, "the in-flight request finished"
+        assert server.proc.wait(15) == 0
+        assert time.monotonic() - started < 8, "idle keep-alive connections did not hold shutdown"
+    finally:
+        server.stop()
