@@ -139,14 +139,14 @@ class Calls:
             child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
             return
         child.calls[call] = _Canceller(inv)
-        inv.on_head = lambda callee_inv: self._answer(child, call, callee_inv)
+        inv.on_head = lambda callee_inv: self._answer(child, call, callee_inv, parent)
 
-    def _answer(self, child: "ChildProcess", call: int, inv: Invocation) -> None:
-        """The callee's head is ready: hand it to the caller."""
+    def _answer(self, child: "ChildProcess", call: int, inv: Invocation, parent: Invocation) -> None:
+        """The callee's head is ready: hand it to the caller, if it still listens."""
         child.calls.pop(call, None)
-        if not child.alive:
+        if not child.alive or parent.done.is_set():
             if inv.body is not None:
-                inv.body.close()
+                inv.body.close()  # nobody will read it: release the callee's stream
             return
         if inv.error is not None:
             failure = failure_of(inv)
