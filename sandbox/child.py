@@ -164,13 +164,21 @@ class Env:
 # ---------------------------------------------------------------------------
 
 
+#: What the trace's logs say when the supervisor ends ``waitUntil`` work at
+#: its deadline (Cloudflare's wording).
+WAIT_UNTIL_CANCELED = ("waitUntil() tasks did not complete within the allowed time after "
+                       "invocation end and have been cancelled.")
+
+
 class _Invocation:
-    __slots__ = ("task", "background", "responded")
+    __slots__ = ("task", "background", "responded", "lingering")
 
     def __init__(self) -> None:
         self.task: asyncio.Task | None = None
         self.background: set[asyncio.Task] = set()
         self.responded = False
+        #: The handler is over; only ``waitUntil`` work keeps the invocation open.
+        self.lingering = False
 
 
 class Runtime:
@@ -257,7 +265,9 @@ class Runtime:
             elif isinstance(binding, DispatchNamespaceBinding):
                 values[binding.name] = DispatchNamespace(self, binding.name)
             elif isinstance(binding, ServiceBinding):
-                values[binding.name] = Fetcher(self, "service", binding.name, binding.service)
+                # The supervisor resolves the target from the stored binding;
+                # the child only names the binding.
+                values[binding.name] = Fetcher(self, "service", binding.name, "")
             elif isinstance(binding, ParamBinding):
                 self._param_names.append(binding.name)
                 values[binding.name] = None
@@ -362,7 +372,11 @@ class Runtime:
             body = self.incoming.pop(inv, None)
             if body is not None:
                 body.cancel()
+        state.lingering = True
         if state.background:
+            # A Cancel from here on ends the waitUntil tasks, not this one, so
+            # InvokeDone is always sent (the supervisor kills a child that
+            # does not send it in time).
             await asyncio.gather(*state.background, return_exceptions=True)
         self.invocations.pop(inv, None)
         self._end_logs(inv)
@@ -390,9 +404,23 @@ class Runtime:
         await _pump(body, out)
 
     def _on_cancel(self, message: Cancel) -> None:
+        """Stop an invocation: its handler, or its ``waitUntil`` work past the deadline."""
         state = self.invocations.get(message.id)
-        if state is not None and state.task is not None:
-            state.task.cancel()
+        if state is None:
+            return
+        if not state.lingering:
+            if state.task is not None:
+                state.task.cancel()
+            return
+        pending = [task for task in state.background if not task.done()]
+        if pending:
+            token = workers.current_invocation.set(message.id)
+            try:
+                self.log("warn", WAIT_UNTIL_CANCELED)
+            finally:
+                workers.current_invocation.reset(token)
+        for task in pending:
+            task.cancel()
 
     def wait_until(self, inv: int, awaitable: Any) -> None:
         state = self.invocations.get(inv)
@@ -401,6 +429,8 @@ class Runtime:
             workers.current_invocation.set(inv)
             try:
                 await awaitable
+            except asyncio.CancelledError:
+                pass  # ended at its deadline: the trace already says so
             except BaseException as exc:  # noqa: BLE001
                 self.send(Report(inv, exception_info(exc)))
 

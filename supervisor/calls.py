@@ -11,12 +11,13 @@ stop too):
   the dispatcher set, and invoke it in its own child. The request body is
   handed over by reference when the dispatcher did not read it, and the
   response body goes back the same way.
-* ``service``: a service binding to a platform script.
-* ``fetch``: an outbound request. Counted against the subrequest limit, sent
+* ``service``: a service binding to a platform script. The script is the
+  one the platform stored in the caller's binding, never one the child names.
+* ``fetch``: an outbound request, sent
   through the platform's outbound worker when the dispatcher configured one,
   else made by the supervisor's own HTTP client.
 
-Every failure reaches the tenant as an exception from its ``fetch``
+Every call counts against the caller's subrequest limit. Every failure reaches the tenant as an exception from its ``fetch``
 (``SubFailed``), with Cloudflare's messages; none reaches the supervisor.
 """
 
@@ -207,11 +208,15 @@ class Calls:
                 ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None] | None:
         """The script a call invokes (and how), or None for a plain HTTP fetch."""
         try:
+            # Every call is a subrequest of its caller, whatever it reaches.
+            _count_subrequest(parent)
             if message.kind == "dispatch":
                 return self._dispatch_target(parent, message)
             if message.kind == "service":
-                self._binding(parent, message.binding, "service")
-                record = self._platform(message.target)
+                # The target is the one the platform stored in the binding;
+                # whatever the child wrote in ``message.target`` is ignored.
+                binding = self._binding(parent, message.binding, "service")
+                record = self._platform(str(binding.get("service") or ""))
                 return record, self.limits.defaults_for(record), None, None
             return self._fetch_target(parent)
         except CallFailed:
@@ -242,11 +247,6 @@ class Calls:
 
     def _fetch_target(self, parent: Invocation
                       ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None] | None:
-        parent.subrequests += 1
-        limit = parent.limits.sub_requests
-        if limit is not None and parent.subrequests > limit:
-            raise CallFailed("exceededSubrequests",
-                             f"Too many subrequests: this worker may make {limit} per request.")
         outbound = parent.outbound
         if outbound is None:
             return None
@@ -355,6 +355,15 @@ class _ClientBody:
 async def _iterate(source: BodySource) -> AsyncIterator[bytes]:
     while chunk := await source.receive():
         yield chunk
+
+
+def _count_subrequest(parent: Invocation) -> None:
+    """Charge one subrequest to the caller, refusing it past the limit."""
+    parent.subrequests += 1
+    limit = parent.limits.sub_requests
+    if limit is not None and parent.subrequests > limit:
+        raise CallFailed("exceededSubrequests",
+                         f"Too many subrequests: this worker may make {limit} per request.")
 
 
 def _header(headers: list[Header], name: bytes) -> bytes | None:

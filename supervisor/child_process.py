@@ -42,7 +42,7 @@ from protocol.messages import (
 from . import cpu_meter
 from .bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation
 from .cpu_account import CpuAccount
-from .invocation import OUTCOME_MESSAGE
+from .invocation import OUTCOME_MESSAGE, WallLimitedBody
 from .log import error, log, warn
 
 if TYPE_CHECKING:
@@ -309,6 +309,8 @@ class ChildProcess:
                  error=message.error.message)
         if self.cpu is not None:
             self.cpu.finish_loading()
+            if self.cpu.needs_watchdog:
+                self.pool.busy.add(self)
 
     def _invocation(self, inv_id: int) -> "Invocation":
         inv = self.invocations.get(inv_id)
@@ -319,12 +321,17 @@ class ChildProcess:
     def _on_response(self, message: ResponseStart) -> None:
         inv = self._invocation(message.id)
         body: BodySource | None
+        streaming = False
         if message.body_ref is not None:
             body = self.take_ref(message.body_ref)
+            if inv.deadline != float("inf"):
+                body = WallLimitedBody(body, inv)
+                streaming = True  # its end is the wrapper's to tell
         elif message.body_stream:
             stream = ChildBody(self, message.id)
             self.incoming[message.id] = stream
             body = stream
+            streaming = True
         else:
             body = BytesBody(message.body) if message.body else None
         if not 100 <= message.status <= 599:
@@ -332,7 +339,7 @@ class ChildProcess:
                 body.close()
             inv.fail(ExceptionInfo("TypeError", f"invalid response status {message.status}"))
             return
-        inv.respond(message.status, message.headers, body)
+        inv.respond(message.status, message.headers, body, streaming)
 
     def take_ref(self, ref: int) -> BodySource:
         """A body the child passes on unread: its request body or a call's response."""
@@ -350,18 +357,25 @@ class ChildProcess:
 
     def _on_done(self, message: InvokeDone) -> None:
         inv = self._invocation(message.id)
-        self._cpu_stop(inv)
         del self.invocations[message.id]
+        self.end_invocation(inv)
+        self.pool.on_idle_maybe(self)
+
+    def end_invocation(self, inv: "Invocation") -> None:
+        """``inv`` (already out of :attr:`invocations`) is over: charge, release, trace."""
+        self._cpu_stop(inv)
         self._release(inv)
         inv.finish()
         self.last_used = trio.current_time()
-        self.pool.on_idle_maybe(self)
 
     def _release(self, inv: "Invocation") -> None:
         """Close what an ended invocation left behind (unread bodies, calls)."""
         sink = self.sinks.pop(inv.id, None)
         if sink is not None:
             sink.abort()
+        response = self.incoming.pop(inv.id, None)
+        if response is not None:  # ended without the body's last chunk: truncated
+            response.fail("the worker ended without finishing its response body")
         for call in inv.calls:
             sink = self.sinks.pop(call, None)
             if sink is not None:
@@ -395,16 +409,25 @@ class ChildProcess:
         stream.feed(message.data, message.end)
         if message.end:
             self.incoming.pop(message.stream, None)
+            self._response_ended(message.stream)
 
     def _on_credit(self, message: Credit) -> None:
         sink = self.sinks.get(message.stream)
         if sink is not None:
             sink.grant(message.nbytes)
 
+    def _response_ended(self, stream: int) -> None:
+        """Stream ids of invocations are their responses: one just ended."""
+        if stream > 0:
+            inv = self.invocations.get(stream)
+            if inv is not None:
+                inv.response_finished()
+
     def _on_abort(self, message: Abort) -> None:
         stream = self.incoming.pop(message.stream, None)
         if stream is not None:
             stream.fail(message.reason or "the worker aborted the body")
+            self._response_ended(message.stream)
         sink = self.sinks.pop(message.stream, None)
         if sink is not None:
             sink.abort()
@@ -429,7 +452,7 @@ class ChildProcess:
     def _cpu_stop(self, inv: "Invocation") -> None:
         if self.cpu is not None:
             self.cpu.stop(inv)
-            if not self.cpu.active:
+            if not self.cpu.needs_watchdog:
                 self.pool.busy.discard(self)
 
     # ------------------------------------------------------------------
@@ -449,14 +472,19 @@ class ChildProcess:
         over_cpu = self.kill_reason == "exceededCpu" or (
             self.cpu is not None and self.kill_reason in (None, "channel closed") and self.cpu.exceeded())
         self.over_cpu = over_cpu
+        background = over_cpu and not self.invocations and was == "assigned" and (
+            self.cpu is not None and self.cpu.idle)
         if self.cpu is not None:
             self.cpu.close()
             self.pool.busy.discard(self)
+        if background:
+            self.pool.on_background_overrun(self)
         outcome = "exceededCpu" if over_cpu else (
             self.kill_reason if self.kill_reason in ("exceededMemory", "exceededWallTime") else "crashed")
         message = OUTCOME_MESSAGE[outcome] if outcome != "crashed" else \
             f"The worker's process ended unexpectedly ({self.kill_reason or 'exited'})."
         for inv in list(self.invocations.values()):
+            inv.response_finished()  # whatever it was still streaming is cut
             if inv.outcome != "exceededMemory":  # already told by the child itself
                 inv.fail(ExceptionInfo(outcome if outcome != "crashed" else "WorkerCrashed", message),
                          outcome)

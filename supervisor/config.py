@@ -48,6 +48,11 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sub_requests: int = 1000
     wall_ms: float = 60_000.0
     memory_mb: int = 128
+    #: How long ``waitUntil`` work may run after the response (Cloudflare: 30 s).
+    wait_until_ms: float = 30_000.0
+    #: CPU a child may burn outside any invocation (tasks left running after
+    #: a response) before it is killed; refilled a little by each invocation.
+    background_cpu_ms: float = 50.0
     namespace: dict[str, LimitDefaults] = {}
     tag: dict[str, LimitDefaults] = {}
 

@@ -17,6 +17,15 @@ core an inter-processor interrupt, so the hot path makes as few as it can:
 * **Coarse enforcement** (the platform defaults, tens of seconds): the pool's
   watchdog reads busy children every few tens of milliseconds. No syscall on
   the request path at all.
+* **Outside invocations.** A task the tenant left running after its response
+  (``loop.create_task``, not ``waitUntil``) belongs to no invocation, so no
+  budget would stop it. Whenever a child falls idle, the counter is armed
+  with the child's *background allowance*: a small bucket
+  (``limits.background_cpu_ms``) that idle CPU drains and each ended
+  invocation refills by :data:`BACKGROUND_REFILL_NS`. Spent, the kernel kills
+  the child. The refill is what a real runtime needs between requests (tens
+  of microseconds) with a wide margin, and bounds what a hostile tenant can
+  take per request; the bucket bounds what it can take at once.
 """
 
 from __future__ import annotations
@@ -32,13 +41,18 @@ if TYPE_CHECKING:
 PRECISE_BELOW_NS = 2_000_000_000
 #: CPU a script's top-level code may use while loading.
 STARTUP_CPU_NS = 1_000_000_000
+#: Background allowance given back by each invocation that ends.
+BACKGROUND_REFILL_NS = 1_000_000
 
 
 class CpuAccount:
-    __slots__ = ("meter", "active", "_last", "_armed", "deadline", "loading")
+    __slots__ = ("meter", "active", "_last", "_armed", "deadline", "loading", "background",
+                 "_idle_base")
 
     #: Read the counter whenever an invocation ends (set when traces are consumed).
     exact = True
+    #: Capacity of the background allowance (``limits.background_cpu_ms``).
+    background_ns = 50_000_000
 
     def __init__(self, meter: CpuMeter) -> None:
         self.meter = meter
@@ -47,6 +61,10 @@ class CpuAccount:
         self._armed = False
         self.deadline: int | None = None  # counter value at which the kernel kills
         self.loading = False
+        #: What is left of the background allowance (see the module docstring).
+        self.background = CpuAccount.background_ns
+        #: Counter value when the child last fell idle (None: not idle).
+        self._idle_base: int | None = None
 
     # -- loading ---------------------------------------------------------------
     def start_loading(self) -> None:
@@ -59,10 +77,20 @@ class CpuAccount:
         """Startup CPU was the load's; invocations are charged from here on."""
         self.loading = False
         self._last = self._read()
-        self._rearm()
+        if self.active:
+            self._rearm()
+        else:
+            self._idle()
 
     # -- invocations -------------------------------------------------------------
     def start(self, inv: "Invocation") -> None:
+        if self._idle_base is not None:
+            # CPU burnt while idle is the background allowance's, not this
+            # invocation's.
+            now = self._read()
+            self.background -= max(0, now - self._idle_base)
+            self._last = now
+            self._idle_base = None
         self.active.append(inv)
         if not self.loading and (self._armed or 0 < inv.cpu_budget_ns < PRECISE_BELOW_NS):
             self._rearm()
@@ -70,12 +98,23 @@ class CpuAccount:
     def stop(self, inv: "Invocation") -> None:
         if inv in self.active:
             # A read here attributes CPU exactly to the invocation that ends;
-            # it is needed for traces (cpuTime) and for armed budgets. Without
+            # it is needed for traces (cpuTime), for armed budgets and for the
+            # background allowance's base when the child falls idle. Without
             # them the watchdog's periodic reads are enough, and the hot path
             # saves a syscall (an IPI when the child is running).
-            if not self.loading and (CpuAccount.exact or self._armed):
+            last = len(self.active) == 1
+            if not self.loading and (CpuAccount.exact or self._armed or last):
                 self.charge()
             self.active.remove(inv)
+            if last and not self.loading:
+                self.background = min(CpuAccount.background_ns,
+                                      self.background + BACKGROUND_REFILL_NS)
+                self._idle()
+
+    def _idle(self) -> None:
+        """No invocation runs: the kernel guards the background allowance."""
+        self._idle_base = self._last
+        self._arm_for(max(0, self.background))
 
     def charge(self) -> None:
         """Split the CPU used since the last read among running invocations."""
@@ -89,8 +128,10 @@ class CpuAccount:
 
     def over_budget(self) -> bool:
         """The watchdog's check for coarse budgets (and the tick fallback)."""
-        if not self.active or self.loading:
+        if self.loading:
             return False
+        if not self.active:
+            return isinstance(self.meter, TickCpuMeter) and self.meter.over_budget()
         self.charge()
         return any(inv.cpu_budget_ns and inv.cpu_ns >= inv.cpu_budget_ns for inv in self.active)
 
@@ -142,6 +183,13 @@ class CpuAccount:
             return self._last
 
     @property
+    def idle(self) -> bool:
+        """No invocation runs; the background allowance is what is armed."""
+        return self._idle_base is not None
+
+    @property
     def needs_watchdog(self) -> bool:
         """Busy with budgets the kernel is not enforcing (or no kernel help at all)."""
-        return bool(self.active) and (not self._armed or isinstance(self.meter, TickCpuMeter))
+        if isinstance(self.meter, TickCpuMeter):
+            return bool(self.active) or self._idle_base is not None
+        return bool(self.active) and not self._armed

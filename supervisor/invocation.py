@@ -19,7 +19,7 @@ import trio
 
 from protocol.messages import Cancel, ExceptionInfo, Header, Limits
 
-from .bodies import BodySource
+from .bodies import BodyError, BodySource
 
 if TYPE_CHECKING:
     from .child_process import ChildProcess
@@ -48,6 +48,31 @@ OUTCOME_MESSAGE = {
 }
 
 
+#: Why a child was killed for CPU it used outside any invocation.
+BACKGROUND_CPU_MESSAGE = ("Worker exceeded CPU time limit: a task left running after its "
+                          "response used more than the background allowance.")
+
+
+def background_trace(record: "ScriptRecord", outcome: str, message: str) -> dict[str, Any]:
+    """A trace event for what a script did outside any invocation."""
+    now = time.time() * 1000.0
+    return {
+        "scriptName": record.name,
+        "dispatchNamespace": record.namespace or None,
+        "scriptTags": list(record.tags),
+        "scriptVersion": {"id": record.version},
+        "outcome": outcome,
+        "eventTimestamp": int(now),
+        "event": None,
+        "logs": [],
+        "exceptions": [{"name": outcome, "message": message, "timestamp": now}],
+        "cpuTime": 0,
+        "wallTime": 0,
+        "subrequests": 0,
+        "children": [],
+    }
+
+
 class Outbound:
     """Where a user worker's ``fetch`` goes: an outbound worker and its params."""
 
@@ -64,7 +89,7 @@ class Invocation:
         "params", "head_ready", "done", "status", "response_headers", "body", "error",
         "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
-        "on_done",
+        "on_done", "response_end", "linger_cut",
     )
 
     def __init__(self, id: int, child: "ChildProcess", record: "ScriptRecord", method: bytes,
@@ -104,11 +129,19 @@ class Invocation:
         self.on_head: Callable[["Invocation"], None] | None = None
         #: Called once the invocation is over (the trace event is complete).
         self.on_done: Callable[["Invocation"], None] | None = None
+        #: trio time the response was complete (head and body, or a failure);
+        #: the ``waitUntil`` deadline counts from here. None while it is not.
+        self.response_end: float | None = None
+        #: trio time by which the child must have ended its ``waitUntil`` work
+        #: after being told to (0: not told yet).
+        self.linger_cut = 0.0
         if parent is not None:
             parent.children.append(self)
 
     # -- from the child ------------------------------------------------------
-    def respond(self, status: int, headers: list[Header], body: BodySource | None) -> bool:
+    def respond(self, status: int, headers: list[Header], body: BodySource | None,
+                streaming: bool = False) -> bool:
+        """The head is here; ``streaming`` if the child still sends the body."""
         if self.head_ready.is_set():
             if body is not None:
                 body.close()
@@ -116,8 +149,16 @@ class Invocation:
         self.status = status
         self.response_headers = headers
         self.body = body
+        if not streaming:
+            self.response_end = trio.current_time()
         self._head()
         return True
+
+    def response_finished(self) -> None:
+        """The response body ended (completely or not)."""
+        if self.response_end is None:
+            self.response_end = trio.current_time()
+            self._complete()
 
     def _head(self) -> None:
         self.head_ready.set()
@@ -138,6 +179,7 @@ class Invocation:
             )
         if not self.head_ready.is_set():
             self.error = error
+            self.response_end = trio.current_time()
             self._head()
 
     def finish(self) -> None:
@@ -149,9 +191,23 @@ class Invocation:
                 if not callee.head_ready.is_set():
                     callee.cancel("canceled")
             self.done.set()
-            if self.on_done is not None:
-                callback, self.on_done = self.on_done, None
-                callback(self)
+            self._complete()
+
+    def _complete(self) -> None:
+        """Hand the trace on once this invocation, its response body and all
+        it called are over (a callee's ``waitUntil`` or body may outlast its
+        caller)."""
+        if self.on_done is not None and self.complete:
+            callback, self.on_done = self.on_done, None
+            callback(self)
+        if self.parent is not None and self.done.is_set() and self.response_end is not None:
+            self.parent._complete()
+
+    @property
+    def complete(self) -> bool:
+        """Over, response body included, and so is everything it called."""
+        return self.done.is_set() and self.response_end is not None and all(
+            callee.complete for callee in self.children)
 
     def log(self, level: str, message: str, ts: float) -> None:
         if len(self.logs) < 1000:
@@ -164,10 +220,28 @@ class Invocation:
 
     # -- from the caller -------------------------------------------------------
     def cancel(self, outcome: str) -> None:
-        """Stop the invocation (wall time, client gone); the child is told."""
-        if self.done.is_set():
+        """Stop the invocation (wall time, client gone); the child is told.
+
+        Also after the child is done with it, while its response body (passed
+        on by reference) still streams: the outcome is still this one's.
+        """
+        if self.done.is_set() and self.response_end is not None:
             return
         self.fail(ExceptionInfo(outcome, OUTCOME_MESSAGE.get(outcome, outcome)), outcome)
+        if not self.done.is_set():
+            self.child.send(Cancel(self.id))
+
+    def cut_response(self) -> None:
+        """The wall limit passed while the body streams: end it, broken."""
+        self.cancel("exceededWallTime")
+        self.response_finished()
+        stream = self.child.incoming.pop(self.id, None)
+        if stream is not None:
+            stream.fail(OUTCOME_MESSAGE["exceededWallTime"])
+
+    def end_lingering(self, grace_s: float) -> None:
+        """The ``waitUntil`` deadline passed: the child must stop that work now."""
+        self.linger_cut = trio.current_time() + grace_s
         self.child.send(Cancel(self.id))
 
     @property
@@ -201,3 +275,33 @@ class Invocation:
             "subrequests": self.subrequests,
             "children": [child.trace() for child in self.children],
         }
+
+
+class WallLimitedBody:
+    """A body an invocation passes on by reference, read within its wall limit.
+
+    The bytes come from elsewhere (the invocation's request, a subrequest's
+    response), but they are this invocation's response: its limit applies to
+    them however far they travel.
+    """
+
+    __slots__ = ("_source", "_inv")
+
+    def __init__(self, source: BodySource, inv: Invocation) -> None:
+        self._source = source
+        self._inv = inv
+
+    async def receive(self) -> bytes:
+        with trio.move_on_at(self._inv.deadline):
+            chunk = await self._source.receive()
+            if not chunk:
+                self._inv.response_finished()
+            return chunk
+        self._source.close()
+        self._inv.cancel("exceededWallTime")
+        self._inv.response_finished()
+        raise BodyError(OUTCOME_MESSAGE["exceededWallTime"])
+
+    def close(self) -> None:
+        self._source.close()
+        self._inv.response_finished()

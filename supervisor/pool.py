@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import socket
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
@@ -28,7 +28,7 @@ from protocol.messages import MAX_CHUNK, Invoke, Limits
 from .bodies import BodySource, BytesBody, ChildSink
 from .child_process import ChildProcess, describe_status
 from .config import ServeConfig
-from .invocation import Invocation, Outbound
+from .invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
 from .log import warn
 from .scripts import ScriptRecord, to_bundle
 from .zygote_client import ZygoteClient
@@ -43,6 +43,8 @@ SPARE_WAIT_S = 10.0
 REFILL_DELAY_S = 0.005
 #: How often busy children's coarse CPU budgets are checked.
 WATCHDOG_PERIOD_S = 0.025
+#: How long a child has to end its ``waitUntil`` work once told to.
+LINGER_GRACE_S = 1.0
 
 
 class PoolUnavailable(Exception):
@@ -50,8 +52,11 @@ class PoolUnavailable(Exception):
 
 
 class Pool:
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig,
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.config = config
+        #: Where trace events that belong to no invocation go (None: nowhere).
+        self.on_event = on_event
         self.calls: "Calls" = None  # type: ignore[assignment]  # set by the server
         self.zygote = ZygoteClient(config.pool.memory_mb, self._on_spawned, self._on_exited,
                                    self._on_zygote_restart, config.pool.zygote_max_age_s)
@@ -119,6 +124,18 @@ class Pool:
         if child.retired and child.idle:
             child.kill("retired")
 
+    def on_background_overrun(self, child: ChildProcess) -> None:
+        """A child burnt its background allowance outside any invocation (a
+        task left running after its response) and the kernel killed it."""
+        record = child.record
+        if record is None:
+            return
+        warn("child.background_cpu_exceeded", pid=child.pid, script=record.name,
+             namespace=record.namespace,
+             allowance_ms=self.config.limits.background_cpu_ms)
+        if self.on_event is not None:
+            self.on_event(background_trace(record, "exceededCpu", BACKGROUND_CPU_MESSAGE))
+
     def on_dead(self, child: ChildProcess) -> None:
         self.children.pop(child.pid, None)
         self.retired.discard(child)
@@ -170,7 +187,9 @@ class Pool:
 
     async def _cpu_watchdog(self) -> None:
         """Enforce the CPU budgets the kernel is not armed for (see cpu_account),
-        and the wall time of invocations no task is waiting on (calls)."""
+        each invocation's wall time until its response is complete (however
+        the body travels), and the ``waitUntil`` deadline after it."""
+        linger_s = self.config.limits.wait_until_ms / 1000.0
         while True:
             await trio.sleep(WATCHDOG_PERIOD_S)
             now = trio.current_time()
@@ -180,8 +199,32 @@ class Pool:
                     child.kill("exceededCpu")
                     continue
                 for inv in list(child.invocations.values()):
-                    if now > inv.deadline and not inv.head_ready.is_set():
-                        inv.cancel("exceededWallTime")
+                    if inv.response_end is None:
+                        if now > inv.deadline:
+                            if inv.head_ready.is_set():
+                                inv.cut_response()
+                            else:
+                                inv.cancel("exceededWallTime")
+                    elif inv.linger_cut:
+                        if now > inv.linger_cut:
+                            self._kill_lingering(child)
+                            break
+                    elif now > inv.response_end + linger_s:
+                        inv.end_lingering(LINGER_GRACE_S)
+
+    def _kill_lingering(self, child: ChildProcess) -> None:
+        """A child ignored the end of its ``waitUntil`` deadline: it goes.
+
+        Its lingering invocations already answered; they end here (and their
+        trace events are emitted) before the process is killed.
+        """
+        for inv in list(child.invocations.values()):
+            if inv.linger_cut:
+                child.invocations.pop(inv.id, None)
+                child.end_invocation(inv)
+        warn("child.wait_until_overrun", pid=child.pid, script=child.record.name if child.record else "")
+        self._retire(child)
+        child.kill("waitUntil work ignored its deadline")
 
     def _retire(self, child: ChildProcess) -> None:
         record = child.record

@@ -43,7 +43,7 @@ class Supervisor:
         self.config = config
         os.makedirs(config.state_dir, exist_ok=True)
         self.store = Store(os.path.join(config.state_dir, "corral.db"))
-        self.pool = Pool(config)
+        self.pool = Pool(config, on_event=self._log_event if config.log_invocations else None)
         self.client = http_client.HTTPClient(
             max_response_bytes=MAX_FETCH_RESPONSE, resolve=EgressPolicy(config.outbound).resolve,
             connect_timeout=config.outbound.connect_timeout_s,
@@ -53,6 +53,7 @@ class Supervisor:
                                on_trace=self._log_trace if config.log_invocations else None)
         # cpuTime per invocation is exact only when someone reads traces.
         CpuAccount.exact = config.log_invocations
+        CpuAccount.background_ns = int(config.limits.background_cpu_ms * 1_000_000)
         self.admin = AdminAPI(self.store, self)
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
         # The admin socket is the operator's: its own limits (uploads may be
@@ -68,6 +69,9 @@ class Supervisor:
 
     def _log_trace(self, inv: "Invocation") -> None:
         log("invocation", trace=inv.trace())
+
+    def _log_event(self, trace: dict) -> None:
+        log("invocation", trace=trace)
 
     # -- admin hooks -------------------------------------------------------------
     async def validate(self, record: ScriptRecord) -> str | None:

@@ -168,6 +168,25 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
             return self._send(200, b"too late\n")
+        if path == "/drip":
+            # A chunked body, one small chunk every `every` seconds, `n` of them.
+            self._record(body_len=size, sha256=sha)
+            self.send_response(200)
+            self.send_header("content-type", "text/plain")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            try:
+                for _ in range(int(query.get("n", "200"))):
+                    self.wfile.write(b"5\r\ndrip\n\r\n")
+                    self.wfile.flush()
+                    if self._client_gone(float(query.get("every", "0.05"))):
+                        break
+                else:
+                    self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass
+            self.close_connection = True
+            return
         if path == "/slow":
             self._record(body_len=size, sha256=sha)
             time.sleep(float(query.get("delay", "0.5")))
