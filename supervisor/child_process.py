@@ -334,7 +334,9 @@ class ChildProcess:
             streaming = True
         else:
             body = BytesBody(message.body) if message.body else None
-        if not 100 <= message.status <= 599:
+        # 1xx would read as an interim response to the client and desync its
+        # connection (a response queue poisoned behind a shared proxy).
+        if not 200 <= message.status <= 599:
             if body is not None:
                 body.close()
             inv.fail(ExceptionInfo("TypeError", f"invalid response status {message.status}"))

@@ -73,6 +73,14 @@ def background_trace(record: "ScriptRecord", outcome: str, message: str) -> dict
     }
 
 
+#: What one invocation's trace keeps of its logs and exceptions, whatever
+#: the child sends (its own budget is the same; a hostile child skips it).
+MAX_LOG_LINES = 1000
+MAX_LOG_BYTES = 256 * 1024
+MAX_EXCEPTIONS = 100
+LOG_LEVELS = frozenset({"debug", "info", "log", "warn", "error"})
+
+
 class Outbound:
     """Where a user worker's ``fetch`` goes: an outbound worker and its params."""
 
@@ -89,7 +97,7 @@ class Invocation:
         "params", "head_ready", "done", "status", "response_headers", "body", "error",
         "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
-        "on_done", "response_end", "linger_cut",
+        "on_done", "response_end", "linger_cut", "log_bytes",
     )
 
     def __init__(self, id: int, child: "ChildProcess", record: "ScriptRecord", method: bytes,
@@ -135,6 +143,7 @@ class Invocation:
         #: trio time by which the child must have ended its ``waitUntil`` work
         #: after being told to (0: not told yet).
         self.linger_cut = 0.0
+        self.log_bytes = 0
         if parent is not None:
             parent.children.append(self)
 
@@ -174,9 +183,7 @@ class Invocation:
         if self.outcome == "ok" or outcome.startswith("exceeded"):
             self.outcome = outcome
         if outcome == "exception" or outcome == "crashed":
-            self.exceptions.append(
-                {"name": error.name, "message": error.message, "timestamp": time.time() * 1000.0}
-            )
+            self.report(error)
         if not self.head_ready.is_set():
             self.error = error
             self.response_end = trio.current_time()
@@ -210,13 +217,22 @@ class Invocation:
             callee.complete for callee in self.children)
 
     def log(self, level: str, message: str, ts: float) -> None:
-        if len(self.logs) < 1000:
-            self.logs.append({"message": [message], "level": level, "timestamp": ts})
+        """One log line, within the invocation's budget.
+
+        The child keeps the same budget for well-behaved tenants; this is the
+        one a hostile child cannot skip by sending frames of its own.
+        """
+        if len(self.logs) >= MAX_LOG_LINES or self.log_bytes >= MAX_LOG_BYTES:
+            return
+        message = str(message)[: MAX_LOG_BYTES - self.log_bytes]
+        self.log_bytes += len(message)
+        level = level if level in LOG_LEVELS else "log"
+        self.logs.append({"message": [message], "level": level, "timestamp": float(ts)})
 
     def report(self, error: ExceptionInfo) -> None:
-        self.exceptions.append(
-            {"name": error.name, "message": error.message, "timestamp": time.time() * 1000.0}
-        )
+        if len(self.exceptions) < MAX_EXCEPTIONS:
+            self.exceptions.append({"name": str(error.name)[:200], "message": str(error.message)[:4096],
+                                    "timestamp": time.time() * 1000.0})
 
     # -- from the caller -------------------------------------------------------
     def cancel(self, outcome: str) -> None:

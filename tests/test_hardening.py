@@ -122,6 +122,22 @@ class Default(WorkerEntrypoint):
                     yield b"drip\n"
                     await asyncio.sleep(0.05)
             return Response(body(), headers={"content-type": "text/plain"})
+        if path == "/flood":
+            # Skip the SDK's log budget: Log and Report frames straight to the channel.
+            child = sys.modules["sandbox.child"]
+            messages = sys.modules["protocol.messages"]
+            runtime = self.env.HARMLESS._runtime
+            inv = sys.modules["workers"].current_invocation.get()
+            big = "x" * (900 * 1024)
+            for i in range(int(q.get("n", "300"))):
+                runtime.channel.send(messages.Log(inv, "error", big, 0.0))
+                runtime.channel.send(messages.Report(inv, messages.ExceptionInfo("E", big[:400_000], "")))
+                await runtime.channel.drain(1 << 16)
+            return Response("flooded")
+        if path == "/interim":
+            r = Response("looks final")
+            r.status = int(q.get("status", "100"))  # past the SDK's own check
+            return r
         if path == "/proxy":
             from workers import fetch
             return await fetch(q["url"])
@@ -317,3 +333,48 @@ def test_wall_limit_cuts_a_body_passed_through_by_reference(corral, upstream, ho
                            and t["event"]["request"]["url"].endswith(path))
     assert event["outcome"] == "exceededWallTime", event
     healthy(corral)
+
+
+# ---------------------------------------------------------------------------
+# the same class elsewhere: what a child sends is bounded by the supervisor
+# ---------------------------------------------------------------------------
+
+
+def supervisor_rss_mb(server: Corral) -> float:
+    with open(f"/proc/{server.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_log_and_report_frames_past_the_sdk_budget_are_dropped(corral):
+    """300 MB of forged log and exception frames: the trace keeps its budget."""
+    before = supervisor_rss_mb(corral)
+    resp = call(corral, "sneaky", "/flood?n=150")
+    assert resp.status == 200 and resp.text == "flooded", resp
+    event = wait_for_trace(corral, lambda t: t["scriptName"] == "sneaky" and t["event"]
+                           and t["event"]["request"]["url"].endswith("/flood?n=150"))
+    assert sum(len(log["message"][0]) for log in event["logs"]) <= 256 * 1024
+    assert len(event["exceptions"]) <= 100
+    assert all(len(e["message"]) <= 4096 for e in event["exceptions"])
+    assert supervisor_rss_mb(corral) - before < 100, "the supervisor kept what the child flooded"
+    healthy(corral)
+
+
+@pytest.mark.parametrize("status", [100, 101, 103, 199])
+def test_interim_status_from_a_child_is_refused(corral, status):
+    """A 1xx final response would desync a keep-alive connection (and a proxy's pool)."""
+    with socket.create_connection(("127.0.0.1", corral.port), timeout=30) as sock:
+        request = (f"GET /interim?status={status} HTTP/1.1\r\nHost: sneaky.localhost\r\n\r\n"
+                   "GET / HTTP/1.1\r\nHost: sneaky.localhost\r\nConnection: close\r\n\r\n")
+        sock.sendall(request.encode())
+        data = bytearray()
+        while chunk := sock.recv(65536):
+            data += chunk
+    text = data.decode("latin-1")
+    assert not text.startswith("HTTP/1.1 1"), text[:200]
+    assert text.count("HTTP/1.1 ") == 2, text
+    first, second = text.split("HTTP/1.1 ")[1:]
+    assert first.startswith("502") or first.startswith("500"), text
+    assert second.startswith("200") and second.endswith("ok"), text
