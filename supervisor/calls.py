@@ -43,6 +43,12 @@ if TYPE_CHECKING:
     from .child_process import ChildProcess
     from .pool import Pool
 
+#: How deep workers may call workers (dispatch, service, outbound) in one
+#: request chain, and what the caller sees past it (Cloudflare's limit and words).
+MAX_DEPTH = 32
+DEPTH_MESSAGE = ("Subrequest depth limit exceeded. This request recursed through Workers too "
+                 "many times. This can happen e.g. if you have a Worker or Durable Object that "
+                 "calls other Workers or objects recursively.")
 #: fetch()'s redirect limit, as in browsers and workerd.
 MAX_REDIRECTS = 20
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -217,7 +223,7 @@ class Calls:
                 # whatever the child wrote in ``message.target`` is ignored.
                 binding = self._binding(parent, message.binding, "service")
                 record = self._platform(str(binding.get("service") or ""))
-                return record, self.limits.defaults_for(record), None, None
+                return record, _within(self.limits.defaults_for(record), parent), None, None
             return self._fetch_target(parent)
         except CallFailed:
             _close(body)
@@ -254,7 +260,7 @@ class Calls:
         if record is None:
             warn("outbound.missing", service=outbound.service, script=parent.record.name)
             raise CallFailed("Error", f"the outbound worker {outbound.service!r} is not deployed")
-        return record, self.limits.defaults_for(record), None, outbound.params
+        return record, _within(self.limits.defaults_for(record), parent), None, outbound.params
 
     # -- calls that wait ------------------------------------------------------------
     async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
@@ -358,12 +364,38 @@ async def _iterate(source: BodySource) -> AsyncIterator[bytes]:
 
 
 def _count_subrequest(parent: Invocation) -> None:
-    """Charge one subrequest to the caller, refusing it past the limit."""
+    """Charge one subrequest to the caller, refusing it past the limit or
+    past the depth of a chain of workers calling workers."""
+    if parent.depth >= MAX_DEPTH:
+        raise CallFailed("Error", DEPTH_MESSAGE)
     parent.subrequests += 1
     limit = parent.limits.sub_requests
     if limit is not None and parent.subrequests > limit:
         raise CallFailed("exceededSubrequests",
                          f"Too many subrequests: this worker may make {limit} per request.")
+
+
+def _within(own: Limits, caller: Invocation) -> Limits:
+    """A service or outbound-worker call runs within what its caller has left.
+
+    Cloudflare: workers connected by service bindings share the resources of
+    the top-level request. The callee's budgets are its own, capped by the
+    caller's remaining CPU, wall time and subrequests at the time of the call,
+    so a tight limit cannot be escaped by calling a platform script.
+    """
+    cpu_ms, wall_ms, sub_requests = own.cpu_ms, own.wall_ms, own.sub_requests
+    if caller.cpu_budget_ns:
+        left = max(1.0, (caller.cpu_budget_ns - caller.cpu_ns) / 1e6)
+        cpu_ms = left if cpu_ms is None else min(cpu_ms, left)
+    if caller.deadline != float("inf"):
+        left = max(1.0, (caller.deadline - trio.current_time()) * 1000.0)
+        wall_ms = left if wall_ms is None else min(wall_ms, left)
+    if caller.limits.sub_requests is not None:
+        left = max(0, caller.limits.sub_requests - caller.subrequests)
+        sub_requests = left if sub_requests is None else min(sub_requests, left)
+    if (cpu_ms, wall_ms, sub_requests) == (own.cpu_ms, own.wall_ms, own.sub_requests):
+        return own
+    return Limits(cpu_ms=cpu_ms, sub_requests=sub_requests, wall_ms=wall_ms, memory_mb=own.memory_mb)
 
 
 def _header(headers: list[Header], name: bytes) -> bytes | None:

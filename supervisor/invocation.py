@@ -97,7 +97,7 @@ class Invocation:
         "params", "head_ready", "done", "status", "response_headers", "body", "error",
         "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
-        "on_done", "response_end", "linger_cut", "log_bytes",
+        "on_done", "response_end", "linger_cut", "log_bytes", "depth",
     )
 
     def __init__(self, id: int, child: "ChildProcess", record: "ScriptRecord", method: bytes,
@@ -144,8 +144,11 @@ class Invocation:
         #: after being told to (0: not told yet).
         self.linger_cut = 0.0
         self.log_bytes = 0
+        #: Workers above this one in its request chain.
+        self.depth = 0
         if parent is not None:
             parent.children.append(self)
+            self.depth = parent.depth + 1
 
     # -- from the child ------------------------------------------------------
     def respond(self, status: int, headers: list[Header], body: BodySource | None,

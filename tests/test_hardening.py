@@ -39,6 +39,27 @@ class Default(WorkerEntrypoint):
         return Response("harmless")
 '''
 
+LOOPER = r'''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        try:
+            r = await self.env.SELF.fetch(request)
+            return Response(await r.text())
+        except Exception as e:
+            return Response("depth stopped: " + str(e))
+'''
+
+BURNER = r'''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        while True:
+            pass
+'''
+
 SNEAKY = r'''
 import asyncio, json, os, sys
 from urllib.parse import parse_qs, urlsplit
@@ -74,6 +95,10 @@ class Default(WorkerEntrypoint):
             results["service-via-unknown-binding"] = await attempt(runtime.sub_request(
                 "service", Request("http://x/"), binding="NOPE", target="internal"))
             return Response.json(results)
+        if path == "/loop":
+            return Response(await (await self.env.LOOP.fetch(request)).text())
+        if path == "/burn-service":
+            return Response.json(await attempt(self.env.BURNER.fetch("http://x/")))
         if path == "/calls":
             out = [await attempt(self.env.HARMLESS.fetch("http://x/")) for _ in range(int(q["n"]))]
             return Response.json(out)
@@ -145,6 +170,11 @@ class Default(WorkerEntrypoint):
 '''
 
 
+SNEAKY_BINDINGS = [{"type": "service", "name": "HARMLESS", "service": "harmless"},
+                   {"type": "service", "name": "LOOP", "service": "looper"},
+                   {"type": "service", "name": "BURNER", "service": "burner"}]
+
+
 @pytest.fixture(scope="module")
 def upstream():
     with Upstream() as up:
@@ -161,9 +191,11 @@ def corral(tmp_path_factory):
         server.deploy("internal", SECRET_HOLDER, namespace=None,
                       bindings=[{"type": "secret_text", "name": "TOKEN", "text": "s3cr3t"}])
         server.deploy("harmless", HARMLESS, namespace=None)
+        server.deploy("looper", LOOPER, namespace=None,
+                      bindings=[{"type": "service", "name": "SELF", "service": "looper"}])
+        server.deploy("burner", BURNER, namespace=None)
         server.deploy_dispatcher(DISPATCHER)
-        server.deploy("sneaky", SNEAKY,
-                      bindings=[{"type": "service", "name": "HARMLESS", "service": "harmless"}])
+        server.deploy("sneaky", SNEAKY, bindings=SNEAKY_BINDINGS)
         yield server
     finally:
         server.stop()
@@ -221,6 +253,22 @@ def test_service_calls_count_as_subrequests(corral):
     event = wait_for_trace(corral, lambda t: t["scriptName"] == "sneaky"
                            and t["event"]["request"]["url"].endswith("/calls?n=3"))
     assert event["subrequests"] == 3, event
+
+
+def test_a_chain_of_service_calls_stops_at_the_depth_limit(corral):
+    resp = call(corral, "sneaky", "/loop")
+    assert resp.status == 200, resp
+    assert resp.text.startswith("depth stopped: Subrequest depth limit exceeded"), resp.text
+    healthy(corral)
+
+
+def test_a_service_call_runs_within_the_callers_cpu_budget(corral):
+    """A platform script called with the platform's 30 s default would let a
+    10 ms tenant burn 30 s: the callee gets what the caller has left."""
+    resp = call(corral, "sneaky", "/burn-service", {"cpuMs": 40})
+    assert resp.status == 200, resp
+    assert resp.json()["error"] == "exceededCpu", resp.json()
+    healthy(corral)
 
 
 # ---------------------------------------------------------------------------
@@ -289,11 +337,11 @@ def test_wait_until_that_refuses_to_stop_gets_its_child_killed(corral):
 
 def test_retired_child_with_endless_wait_until_dies_at_the_deadline(corral):
     corral.deploy("lingerer", SNEAKY,
-                  bindings=[{"type": "service", "name": "HARMLESS", "service": "harmless"}])
+                  bindings=SNEAKY_BINDINGS)
     pid = pid_of(corral, "lingerer")
     assert call(corral, "lingerer", "/linger-hostile").status == 200
     corral.deploy("lingerer", SNEAKY + "\n# v2\n",
-                  bindings=[{"type": "service", "name": "HARMLESS", "service": "harmless"}])
+                  bindings=SNEAKY_BINDINGS)
     assert call(corral, "lingerer", "/").text == "ok"
     assert pid_of(corral, "lingerer") != pid
     assert gone(pid, timeout=10), "the old version's child is pinned by its waitUntil"
