@@ -260,7 +260,9 @@ class Calls:
         if record is None:
             warn("outbound.missing", service=outbound.service, script=parent.record.name)
             raise CallFailed("Error", f"the outbound worker {outbound.service!r} is not deployed")
-        return record, _within(self.limits.defaults_for(record), parent), None, outbound.params
+        # The outbound worker's own fetch *is* this subrequest, already counted.
+        return (record, _within(self.limits.defaults_for(record), parent, subrequests=False),
+                None, outbound.params)
 
     # -- calls that wait ------------------------------------------------------------
     async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
@@ -375,7 +377,7 @@ def _count_subrequest(parent: Invocation) -> None:
                          f"Too many subrequests: this worker may make {limit} per request.")
 
 
-def _within(own: Limits, caller: Invocation) -> Limits:
+def _within(own: Limits, caller: Invocation, subrequests: bool = True) -> Limits:
     """A service or outbound-worker call runs within what its caller has left.
 
     Cloudflare: workers connected by service bindings share the resources of
@@ -390,7 +392,7 @@ def _within(own: Limits, caller: Invocation) -> Limits:
     if caller.deadline != float("inf"):
         left = max(1.0, (caller.deadline - trio.current_time()) * 1000.0)
         wall_ms = left if wall_ms is None else min(wall_ms, left)
-    if caller.limits.sub_requests is not None:
+    if subrequests and caller.limits.sub_requests is not None:
         left = max(0, caller.limits.sub_requests - caller.subrequests)
         sub_requests = left if sub_requests is None else min(sub_requests, left)
     if (cpu_ms, wall_ms, sub_requests) == (own.cpu_ms, own.wall_ms, own.sub_requests):
