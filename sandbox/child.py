@@ -21,6 +21,8 @@ import time
 import traceback
 from typing import Any, Callable
 
+import msgspec
+
 from protocol.messages import (
     MAX_CHUNK,
     PROTOCOL_VERSION,
@@ -77,26 +79,66 @@ def exception_info(exc: BaseException, with_stack: bool = True) -> ExceptionInfo
 # ---------------------------------------------------------------------------
 
 
-def _limits_from(options: dict | None) -> tuple[Limits | None, dict | None]:
-    """Read ``options`` of ``dispatcher.get`` (camelCase or snake_case keys)."""
-    if not options:
+#: ``options["limits"]`` keys, in each spelling tenants use, per Limits field.
+_LIMIT_KEYS: dict[str, tuple[str, ...]] = {
+    "cpu_ms": ("cpuMs", "cpu_ms"),
+    "sub_requests": ("subRequests", "sub_requests", "subrequests"),
+    "wall_ms": ("wallMs", "wall_ms", "wallTimeMs", "wall_time_ms"),
+    "memory_mb": ("memoryMb", "memory_mb", "memoryMB"),
+}
+_INTEGER_LIMITS = frozenset({"sub_requests", "memory_mb"})
+
+
+def _limit_value(field: str, key: str, value: Any) -> float | int:
+    """One limit, checked here so that a bad value is the caller's TypeError
+    (naming the field), never a frame the supervisor must refuse."""
+    where = f"dispatcher.get(): options.limits.{key}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{where} must be a number, got {type(value).__name__} {value!r}")
+    if value != value or value in (float("inf"), float("-inf")) or value <= 0:
+        raise TypeError(f"{where} must be a positive finite number, got {value!r}")
+    if field in _INTEGER_LIMITS:
+        if value != int(value):
+            raise TypeError(f"{where} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _limits_from(options: Any) -> tuple[Limits | None, dict | None]:
+    """Read and check ``options`` of ``dispatcher.get`` (camelCase or snake_case keys)."""
+    if options is None:
         return None, None
-    raw = options.get("limits") or {}
-
-    def pick(*keys: str) -> Any:
-        for key in keys:
-            if raw.get(key) is not None:
-                return raw[key]
-        return None
-
-    limits = Limits(
-        cpu_ms=pick("cpuMs", "cpu_ms"),
-        sub_requests=pick("subRequests", "sub_requests", "subrequests"),
-        wall_ms=pick("wallMs", "wall_ms", "wallTimeMs", "wall_time_ms"),
-        memory_mb=pick("memoryMb", "memory_mb", "memoryMB"),
-    ) if raw else None
+    if not isinstance(options, dict):
+        raise TypeError(f"dispatcher.get(): options must be a dict, got {type(options).__name__}")
+    raw = options.get("limits")
+    limits = None
+    if raw is not None:
+        if not isinstance(raw, dict):
+            raise TypeError(f"dispatcher.get(): options.limits must be a dict, got {type(raw).__name__}")
+        known = {key for keys in _LIMIT_KEYS.values() for key in keys}
+        unknown = sorted(str(k) for k in raw if k not in known)
+        if unknown:
+            raise TypeError(f"dispatcher.get(): unknown options.limits key {unknown[0]!r}; "
+                            "known: cpuMs, subRequests, wallMs, memoryMb")
+        values: dict[str, Any] = {}
+        for field, keys in _LIMIT_KEYS.items():
+            for key in keys:
+                if raw.get(key) is not None:
+                    values[field] = _limit_value(field, key, raw[key])
+                    break
+        limits = Limits(**values) if values else None
     outbound = options.get("outbound")
-    return limits, dict(outbound) if outbound else None
+    params = None
+    if outbound is not None:
+        if not isinstance(outbound, dict) or not all(isinstance(k, str) for k in outbound):
+            raise TypeError("dispatcher.get(): options.outbound must be a dict with string keys")
+        params = dict(outbound)
+        try:
+            msgspec.msgpack.encode(params)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"dispatcher.get(): options.outbound values must be plain data "
+                            f"(str, numbers, bool, None, lists, dicts): {exc}") from None
+    return limits, params
 
 
 class Fetcher:

@@ -249,6 +249,8 @@ class Calls:
                 names = [p.get("name") for p in config.get("params", []) if isinstance(p, dict)]
                 given = message.params or {}
                 outbound = Outbound(service, {n: given.get(n) for n in names if n})
+        if message.limits is not None:
+            _check_limits(message.limits)
         return record, self.limits.for_call(record, message.limits), outbound, None
 
     def _fetch_target(self, parent: Invocation
@@ -375,6 +377,23 @@ def _count_subrequest(parent: Invocation) -> None:
     if limit is not None and parent.subrequests > limit:
         raise CallFailed("exceededSubrequests",
                          f"Too many subrequests: this worker may make {limit} per request.")
+
+
+_LIMIT_NAMES = {"cpu_ms": "cpuMs", "sub_requests": "subRequests", "wall_ms": "wallMs",
+                "memory_mb": "memoryMb"}
+
+
+def _check_limits(limits: Limits) -> None:
+    """Limits a dispatcher sent: each absent, or a positive finite number.
+
+    The SDK checks the same before sending; a frame that skipped it is the
+    caller's error, not a reason to kill the caller's process.
+    """
+    for field, key in _LIMIT_NAMES.items():
+        value = getattr(limits, field)
+        if value is not None and not (0 < value < float("inf")):
+            raise CallFailed("TypeError", f"options.limits.{key} must be a positive finite number, "
+                                          f"got {value!r}")
 
 
 def _within(own: Limits, caller: Invocation, subrequests: bool = True) -> Limits:
