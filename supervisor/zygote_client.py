@@ -32,9 +32,10 @@ ExitedCallback = Callable[[int, int], None]
 class ZygoteClient:
     """One zygote at a time; :meth:`run` keeps it alive until cancelled."""
 
-    def __init__(self, memory_mb: int, on_spawned: SpawnedCallback, on_exited: ExitedCallback,
+    def __init__(self, address_space_mb: int, on_spawned: SpawnedCallback, on_exited: ExitedCallback,
                  on_restart: Callable[[], None], max_age_s: float = 3600.0) -> None:
-        self.memory_mb = memory_mb
+        #: Children's RLIMIT_AS above the zygote's mapping (see memory_limits).
+        self.address_space_mb = address_space_mb
         self.max_age_s = max_age_s
         self._on_spawned = on_spawned
         self._on_exited = on_exited
@@ -96,7 +97,7 @@ class ZygoteClient:
         }
         process = subprocess.Popen(
             [sys.executable, "-m", "sandbox.zygote", "--control-fd", str(theirs.fileno()),
-             "--memory-mb", str(self.memory_mb)],
+             "--address-space-mb", str(self.address_space_mb)],
             pass_fds=[theirs.fileno()],
             env=env,
             stdin=subprocess.DEVNULL,
