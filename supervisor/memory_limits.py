@@ -261,7 +261,7 @@ def prlimit_possible() -> tuple[bool, bool, str]:
 
 
 def _write(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # as a shell redirection does
     try:
         os.write(fd, value.encode())
     finally:
