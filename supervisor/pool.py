@@ -58,7 +58,8 @@ class Pool:
         self.memory: Enforcer = choose_memory_enforcement(config.pool.memory_enforcement,
                                                           config.pool.memory_mb)
         self.zygote = ZygoteClient(self.memory.jail_address_space_mb(), self._on_spawned, self._on_exited,
-                                   self._on_zygote_restart, config.pool.zygote_max_age_s)
+                                   self._on_zygote_restart, config.pool.zygote_max_age_s,
+                                   config.pool.zygote_max_children, on_ready=self._refill)
         self.children: dict[int, ChildProcess] = {}
         self.spares: deque[ChildProcess] = deque()
         self.warm: "OrderedDict[tuple[str, str], ChildProcess]" = OrderedDict()
@@ -109,14 +110,21 @@ class Pool:
             warn("child.seccomp_kill", pid=pid, status=describe_status(status))
 
     def _on_zygote_restart(self) -> None:
-        """A new zygote is coming: spares of the old one go (new tenants get
-        the new hash seed); warm children keep serving until idle."""
+        """A new zygote is coming: spares of the old one go, and so do its
+        children still starting (new tenants get the new hash seed; see
+        supervisor.zygote_client); warm children keep serving until idle."""
         self._requested = 0
         while self.spares:
             self.spares.popleft().kill("zygote replaced")
+        for child in list(self.children.values()):
+            if child.state == "starting" and child.generation != self.zygote.generation:
+                child.kill("zygote replaced")
 
     def on_ready(self, child: ChildProcess) -> None:
         """A new child finished its jail and said hello."""
+        if child.generation != self.zygote.generation:
+            child.kill("zygote replaced")  # an old seed never reaches a new tenant
+            return
         self.spares.append(child)
         self._spare_lot.unpark()
 
