@@ -36,7 +36,7 @@ import msgspec
 
 #: Bumped whenever a message changes shape; a child speaking another version
 #: is killed at its first frame.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Largest chunk of a streamed body, and largest inline body.
 MAX_CHUNK = 64 * 1024
@@ -147,10 +147,6 @@ class Invoke(_Msg, tag="invoke"):
     body: bytes | None = None
     body_stream: bool = False
     params: dict[str, Any] | None = None
-    #: New soft RLIMIT_AS in bytes before this invocation runs (0: unchanged).
-    #: Set only where the supervisor cannot prlimit() the child itself; the
-    #: hard limit, set by the jail, is never raised.
-    memory_limit: int = 0
 
 
 class Cancel(_Msg, tag="cancel"):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import socket
 import sys
 import time
@@ -341,10 +340,6 @@ class Runtime:
 
     # -- invocations ----------------------------------------------------------
     def _on_invoke(self, message: Invoke) -> None:
-        if message.memory_limit:
-            _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-            limit = message.memory_limit if hard == resource.RLIM_INFINITY else min(message.memory_limit, hard)
-            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
         state = _Invocation()
         self.invocations[message.id] = state
         state.task = self.loop.create_task(self._serve(message, state))

@@ -83,13 +83,19 @@ def compile_policy() -> bytes:
         "newfstatat",
         seccomp.Arg(3, seccomp.MASKED_EQ, _AT_EMPTY_PATH, 0),
     )
-    # Resource limits of the process itself only (pid 0): the runtime lowers
-    # its heap limit per invocation; soft may never exceed the jail's hard.
-    for name in ("prlimit64",):
-        policy.add_rule(seccomp.ALLOW, name, seccomp.Arg(0, seccomp.EQ, 0))
-        policy.add_rule(seccomp.ERRNO(errno.EPERM), name, seccomp.Arg(0, seccomp.NE, 0))
-    for name in ("getrlimit", "setrlimit"):
-        policy.add_rule(seccomp.ALLOW, name)
+    # Resource limits may be read, never written: the jail set them before
+    # this filter, and only the supervisor changes them afterwards (prlimit
+    # or the child's cgroup). glibc's getrlimit() is prlimit64(0, res, NULL,
+    # &old), so that exact form is allowed; setrlimit() and any prlimit64()
+    # with a new value or on another process fail with EPERM. A tenant's
+    # resource.setrlimit() then raises ValueError("not allowed to raise
+    # maximum limit"), which is CPython's wording for EPERM.
+    policy.add_rule(seccomp.ALLOW, "prlimit64", seccomp.Arg(0, seccomp.EQ, 0),
+                    seccomp.Arg(2, seccomp.EQ, 0))
+    policy.add_rule(seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(0, seccomp.NE, 0))
+    policy.add_rule(seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(2, seccomp.NE, 0))
+    policy.add_rule(seccomp.ALLOW, "getrlimit")
+    policy.add_rule(seccomp.ERRNO(errno.EPERM), "setrlimit")
     with tempfile.TemporaryFile() as out:
         policy.export_bpf(out)
         out.seek(0)

@@ -53,11 +53,13 @@ def _preimport() -> None:
 class Zygote:
     """Owns the control socket and the fork loop."""
 
-    def __init__(self, control: socket.socket, memory_bytes: int) -> None:
+    def __init__(self, control: socket.socket, address_space_headroom: int) -> None:
         import msgspec
 
         self.control = control
-        self.memory_bytes = memory_bytes
+        #: RLIMIT_AS of every child above the zygote's own mapping (0: none);
+        #: the supervisor chose it with its memory backend.
+        self.address_space_headroom = address_space_headroom
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = msgspec.msgpack.Decoder(ToZygote)
         self.bpf = b""
@@ -72,7 +74,7 @@ class Zygote:
         self.bpf = seccomp_policy.compile_policy()
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.address_space = (
-            jail.mapped_bytes() + 64 * 1024 * 1024 + self.memory_bytes if self.memory_bytes else 0
+            jail.mapped_bytes() + self.address_space_headroom if self.address_space_headroom else 0
         )
         report = jail.isolate_zygote()
         try:
@@ -159,10 +161,11 @@ class Zygote:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Corral zygote (started by the supervisor)")
     parser.add_argument("--control-fd", type=int, required=True)
-    parser.add_argument("--memory-mb", type=int, default=128)
+    parser.add_argument("--address-space-mb", type=int, default=0,
+                        help="children's RLIMIT_AS above the zygote's own mapping (0: none)")
     args = parser.parse_args(argv)
     control = socket.socket(fileno=args.control_fd)
-    zygote = Zygote(control, args.memory_mb * 1024 * 1024)
+    zygote = Zygote(control, args.address_space_mb * 1024 * 1024)
     report = zygote.prepare()
     zygote.send(ZygoteReady(version=PROTOCOL_VERSION, pid=os.getpid(), jail=report))
     zygote.serve()

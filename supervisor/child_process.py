@@ -14,7 +14,6 @@ of this module into the rest of the supervisor.
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import socket
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -44,6 +43,7 @@ from .bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolati
 from .cpu_account import CpuAccount
 from .invocation import OUTCOME_MESSAGE, WallLimitedBody
 from .log import error, log, warn
+from .memory_limits import ChildMemory
 
 if TYPE_CHECKING:
     from .invocation import Invocation
@@ -103,8 +103,9 @@ class ChildProcess:
         self.dead = trio.Event()
         self.kill_reason: str | None = None
         self.over_cpu = False  # died because the kernel enforced its CPU budget
-        self.base_vm = 0  # address space of the idle child: the heap limit's base
-        self.memory_mb: int | None = None  # current per-invocation heap limit
+        #: This child's memory limit, once it joined it (see memory_limits).
+        self.memory: ChildMemory | None = None
+        self.memory_mb: int | None = None  # the limit in force, in MB (cached)
         self.exit_status: int | None = None
         self.last_used = trio.current_time()
         self._encoder = FrameEncoder()
@@ -146,6 +147,8 @@ class ChildProcess:
     async def run(self) -> None:
         """Serve the channel until the child dies or breaks the rules."""
         try:
+            if not await self._join_memory_limit():
+                return
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
@@ -160,6 +163,25 @@ class ChildProcess:
                     nursery.cancel_scope.cancel()
         finally:
             self._on_dead()
+
+    async def _join_memory_limit(self) -> bool:
+        """Put the child under its memory limit before reading its first frame.
+
+        Nothing reaches the child before its Hello is read (and a script only
+        after that), so no tenant code runs outside its cgroup. The cgroup
+        work (mkdir, limit, join: a few hundred microseconds) runs in a
+        thread, off the event loop. A child that cannot be limited is killed.
+        """
+        try:
+            memory = await trio.to_thread.run_sync(self.pool.memory.attach, self.pid)
+        except OSError as exc:
+            error("child.memory_limit_failed", pid=self.pid, backend=self.pool.memory.name,
+                  reason=str(exc))
+            self.kill("its memory limit could not be set")
+            return False
+        self.memory = memory
+        self.memory_mb = memory.initial_mb
+        return True
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run a task that must not outlive this child (a body pump, a call)."""
@@ -270,34 +292,35 @@ class ChildProcess:
                 f"protocol version {message.version}, supervisor speaks {PROTOCOL_VERSION}"
             )
         self.state = "spare"
-        self.base_vm = _vm_size(self.pid)
+        if self.memory is not None:
+            self.memory.ready()
         self.hello.set()
         self.pool.on_ready(self)
 
-    def memory_limit_for(self, memory_mb: int | None) -> int:
-        """Bound the heap for the coming invocation (RLIMIT_AS soft limit).
+    def limit_memory(self, memory_mb: int | None) -> None:
+        """Bound the child's memory for the coming invocation (and until changed).
 
-        The jail's hard limit is the pool's; a dispatcher may lower it per
-        invocation. The supervisor sets it with prlimit() where it holds
-        CAP_SYS_RESOURCE; elsewhere it returns the value for the child to set
-        on itself before the invocation runs (``Invoke.memory_limit``).
+        The pool's cap bounds every limit. The backend is asked only when the
+        limit changes for this child. A child already holding more than the
+        new limit is over it: it goes, and its invocations end exceededMemory.
         """
-        if not memory_mb or memory_mb == self.memory_mb or not self.base_vm:
-            return 0
+        if not memory_mb or self.memory is None:
+            return
+        memory_mb = min(memory_mb, self.pool.memory.pool_mb or memory_mb)
+        if memory_mb == self.memory_mb:
+            return
+        try:
+            within = self.memory.set_limit(memory_mb)
+        except OSError as exc:
+            error("child.memory_limit_failed", pid=self.pid, backend=self.pool.memory.name,
+                  memory_mb=memory_mb, reason=str(exc))
+            self.pool.retire_child(self)
+            self.kill("its memory limit could not be set")
+            return
         self.memory_mb = memory_mb
-        soft = self.base_vm + memory_mb * 1024 * 1024
-        if _prlimit_allowed:
-            try:
-                _old, hard = resource.prlimit(self.pid, resource.RLIMIT_AS)
-                if hard != resource.RLIM_INFINITY:
-                    soft = min(soft, hard)
-                resource.prlimit(self.pid, resource.RLIMIT_AS, (soft, hard))
-                return 0
-            except PermissionError:
-                _no_prlimit()
-            except (OSError, ValueError):
-                pass
-        return soft
+        if not within:
+            self.pool.retire_child(self)
+            self.kill("exceededMemory")
 
     def _on_loaded(self, message: Loaded) -> None:
         if self.state != "assigned" or self.loaded.is_set():
@@ -471,6 +494,8 @@ class ChildProcess:
         was = self.state
         self.state = "dead"
         self.kill(self.kill_reason or "channel closed")
+        if self.kill_reason == "channel closed" and self.memory is not None and self.memory.oom_killed():
+            self.kill_reason = "exceededMemory"  # the kernel's OOM killer, in the child's cgroup
         over_cpu = self.kill_reason == "exceededCpu" or (
             self.cpu is not None and self.kill_reason in (None, "channel closed") and self.cpu.exceeded())
         self.over_cpu = over_cpu
@@ -509,12 +534,15 @@ class ChildProcess:
         self.dead.set()
         if was != "starting" or self.kill_reason:
             level = warn if self.kill_reason and self.kill_reason.startswith("protocol") else log
+            extra = {}
+            if outcome == "exceededMemory" and self.memory is not None:
+                peak = self.memory.peak_bytes()
+                extra = {"memory_mb": self.memory_mb, "peak_mb": round(peak / 2**20, 1) if peak else None}
             level("child.ended", pid=self.pid, script=self._script_name(), state=was,
-                  reason=outcome if over_cpu else (self.kill_reason or "exited"))
+                  reason=outcome if over_cpu else (self.kill_reason or "exited"), **extra)
         self.pool.on_dead(self)
 
 
-_prlimit_allowed = True
 _renice_allowed = True
 
 
@@ -534,19 +562,6 @@ def _renice(pid: int) -> None:
         warn("child.renice_refused", pid=pid, hint="no CAP_SYS_NICE: tenants run at nice 10")
     except OSError:
         pass
-
-
-def _no_prlimit() -> None:
-    global _prlimit_allowed
-    _prlimit_allowed = False
-
-
-def _vm_size(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[0]) * resource.getpagesize()
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def describe_status(status: int) -> str:

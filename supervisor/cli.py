@@ -265,9 +265,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         print(f"corral serve: bad configuration: {exc}", file=sys.stderr)
         return 2
+    from .memory_limits import MemoryEnforcementError
     from .server import run
 
-    code = run(config)
+    try:
+        code = run(config)
+    except MemoryEnforcementError as exc:
+        print(f"corral serve: {exc}", file=sys.stderr)
+        return 2
     return code if isinstance(code, int) else 0
 
 

@@ -28,8 +28,17 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     spares: int = 8
     max_children: int = 4000
     idle_timeout_s: float = 120.0
+    #: Memory cap of every child, and the ceiling of a per-invocation memoryMb.
     memory_mb: int = 128
+    #: How memory limits are enforced (see supervisor.memory_limits): "auto"
+    #: picks a per-child cgroup (v2, then v1) where the host delegates one,
+    #: else prlimit(); "cgroup" or "prlimit" insist on one (start fails if
+    #: this host cannot give it).
+    memory_enforcement: str = "auto"
+    #: A zygote is replaced after this long, or after forking this many
+    #: children, whichever comes first: its children share its hash seed.
     zygote_max_age_s: float = 3600.0
+    zygote_max_children: int = 1000
 
 
 class LimitDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -30,6 +30,7 @@ from .child_process import ChildProcess, describe_status
 from .config import ServeConfig
 from .invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
 from .log import warn
+from .memory_limits import Enforcer, choose as choose_memory_enforcement
 from .scripts import ScriptRecord, to_bundle
 from .zygote_client import ZygoteClient
 
@@ -58,8 +59,12 @@ class Pool:
         #: Where trace events that belong to no invocation go (None: nowhere).
         self.on_event = on_event
         self.calls: "Calls" = None  # type: ignore[assignment]  # set by the server
-        self.zygote = ZygoteClient(config.pool.memory_mb, self._on_spawned, self._on_exited,
-                                   self._on_zygote_restart, config.pool.zygote_max_age_s)
+        #: Who keeps each child's memory limit (cgroup, prlimit or nothing).
+        self.memory: Enforcer = choose_memory_enforcement(config.pool.memory_enforcement,
+                                                          config.pool.memory_mb)
+        self.zygote = ZygoteClient(self.memory.jail_address_space_mb(), self._on_spawned, self._on_exited,
+                                   self._on_zygote_restart, config.pool.zygote_max_age_s,
+                                   config.pool.zygote_max_children, on_ready=self._refill)
         self.children: dict[int, ChildProcess] = {}
         self.spares: deque[ChildProcess] = deque()
         self.warm: "OrderedDict[tuple[str, str], ChildProcess]" = OrderedDict()
@@ -105,18 +110,26 @@ class Pool:
         child = self.children.get(pid)
         if child is not None:
             child.exit_status = status
+        self.memory.reaped(pid)
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == 31:  # SIGSYS: seccomp
             warn("child.seccomp_kill", pid=pid, status=describe_status(status))
 
     def _on_zygote_restart(self) -> None:
-        """A new zygote is coming: spares of the old one go (new tenants get
-        the new hash seed); warm children keep serving until idle."""
+        """A new zygote is coming: spares of the old one go, and so do its
+        children still starting (new tenants get the new hash seed; see
+        supervisor.zygote_client); warm children keep serving until idle."""
         self._requested = 0
         while self.spares:
             self.spares.popleft().kill("zygote replaced")
+        for child in list(self.children.values()):
+            if child.state == "starting" and child.generation != self.zygote.generation:
+                child.kill("zygote replaced")
 
     def on_ready(self, child: ChildProcess) -> None:
         """A new child finished its jail and said hello."""
+        if child.generation != self.zygote.generation:
+            child.kill("zygote replaced")  # an old seed never reaches a new tenant
+            return
         self.spares.append(child)
         self._spare_lot.unpark()
 
@@ -138,6 +151,8 @@ class Pool:
 
     def on_dead(self, child: ChildProcess) -> None:
         self.children.pop(child.pid, None)
+        if child.memory is not None:
+            self.memory.forget(child.pid, child.memory)
         self.retired.discard(child)
         self.busy.discard(child)
         record = child.record
@@ -385,20 +400,18 @@ class Pool:
         child.invocations[inv.id] = inv
         child.last_used = trio.current_time()
         self.stats["invocations"] += 1
-        memory_limit = child.memory_limit_for(limits.memory_mb)
+        child.limit_memory(limits.memory_mb)
         if isinstance(body, BytesBody) and len(body._data) <= MAX_CHUNK:
             body = body._data
         if body is None or (isinstance(body, bytes) and len(body) <= MAX_CHUNK):
             child.cpu_start(inv)
-            child.send(Invoke(inv.id, method, url, headers, body or None, params=params,
-                              memory_limit=memory_limit))
+            child.send(Invoke(inv.id, method, url, headers, body or None, params=params))
             return inv
         if isinstance(body, bytes):
             body = BytesBody(body)
         child.sinks[inv.id] = ChildSink(child, inv.id, body)
         child.cpu_start(inv)
-        child.send(Invoke(inv.id, method, url, headers, None, True, params=params,
-                          memory_limit=memory_limit))
+        child.send(Invoke(inv.id, method, url, headers, None, True, params=params))
         return inv
 
     def snapshot(self) -> dict[str, Any]:

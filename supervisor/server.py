@@ -140,6 +140,8 @@ class Supervisor:
                     accepting.cancel()  # idle keep-alive connections close here
                 nursery.cancel_scope.cancel()
         finally:
+            # The pool's tasks are over: every child was killed; now their cgroups go.
+            self.pool.memory.close()
             self.store.close()
             try:
                 os.unlink(self.config.admin_socket_path)

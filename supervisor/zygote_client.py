@@ -6,6 +6,29 @@ environment and a fresh random hash seed (forked children share the
 zygote's seed, so a restart is also how the seed rotates), receives each new
 child's channel and pidfd over SCM_RIGHTS, forwards exit statuses, and
 restarts the zygote if it dies, with a back-off.
+
+Why rotation, and what it bounds
+--------------------------------
+Every child of one zygote has the zygote's hash seed (``_Py_HashSecret``),
+and a tenant can learn it: read it through ctypes, or infer it from
+``hash()`` values. Knowing it lets that tenant craft colliding keys (hash
+flooding) against a neighbour it can send requests to. A child cannot get
+a seed of its own: reseeding after fork was tried (CPython 3.11) and breaks
+the interpreter at once, because every string created before the fork
+(interned names, module and keyword dicts) caches its hash, so a lookup
+with a freshly built equal string misses; ``import json`` itself fails
+with ``KeyError``. So the seed is rotated instead: a zygote forks at most
+``pool.zygote_max_children`` children and lives at most
+``pool.zygote_max_age_s``, and when it goes, its unassigned spares go with
+it (also those still starting), so only the children it forked during its
+life share a seed, and a child forked by an old zygote never gets a new
+tenant. A tenant that learned its seed can therefore target at most the
+other ``zygote_max_children - 1`` children of its generation, i.e. tenants
+cold-started in the same window; children keep their seed while they
+serve. A zygote per dispatch namespace would separate namespaces fully,
+but costs a zygote's private memory and start-up (a second or so of CPU)
+per namespace, plus a spare pool per namespace, on hosts with thousands of
+namespaces; it is not done.
 """
 
 from __future__ import annotations
@@ -32,10 +55,16 @@ ExitedCallback = Callable[[int, int], None]
 class ZygoteClient:
     """One zygote at a time; :meth:`run` keeps it alive until cancelled."""
 
-    def __init__(self, memory_mb: int, on_spawned: SpawnedCallback, on_exited: ExitedCallback,
-                 on_restart: Callable[[], None], max_age_s: float = 3600.0) -> None:
-        self.memory_mb = memory_mb
+    def __init__(self, address_space_mb: int, on_spawned: SpawnedCallback, on_exited: ExitedCallback,
+                 on_restart: Callable[[], None], max_age_s: float = 3600.0,
+                 max_children: int = 1000, on_ready: Callable[[], None] | None = None) -> None:
+        #: Children's RLIMIT_AS above the zygote's mapping (see memory_limits).
+        self.address_space_mb = address_space_mb
         self.max_age_s = max_age_s
+        self.max_children = max(1, max_children)
+        self._on_ready = on_ready
+        self._asked = 0  # children requested of the current zygote
+        self._life: trio.CancelScope | None = None
         self._on_spawned = on_spawned
         self._on_exited = on_exited
         self._on_restart = on_restart
@@ -45,16 +74,20 @@ class ZygoteClient:
         self.ready = trio.Event()
         self.pid = 0
         self.jail: dict = {}
-        self.generation = 0
+        #: Numbers zygotes; a child carries the generation that forked it.
+        #: Bumped as a zygote ends, before the pool hears of the restart.
+        self.generation = 1
 
     def spawn(self, count: int) -> bool:
         """Ask for ``count`` more spares; False if no zygote is up right now."""
+        count = min(count, self.max_children - self._asked)
         if self._sock is None or count <= 0:
             return False
         try:
             self._sock.send(self._encoder.encode(Spawn(count)))
         except (BlockingIOError, OSError):
             return False
+        self._asked += count
         return True
 
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -66,6 +99,8 @@ class ZygoteClient:
             # seed, so a fresh zygote (fresh PYTHONHASHSEED) bounds how long
             # one seed serves new tenants.
             with trio.move_on_after(self.max_age_s) as aged:
+                self._life = aged
+                self._asked = 0
                 try:
                     await self._run_once(task_status if not started else None)
                     started = True
@@ -74,10 +109,15 @@ class ZygoteClient:
                 finally:
                     self._sock = None
                     self.ready = trio.Event()
+                    self._life = None
+            self.generation += 1
             self._on_restart()
             if aged.cancelled_caught:
                 started = True
-                log("zygote.rotated", generation=self.generation, age_s=self.max_age_s)
+                spent = self._asked >= self.max_children
+                log("zygote.rotated", generation=self.generation - 1,
+                    reason="children" if spent else "age",
+                    **({"children": self._asked} if spent else {"age_s": self.max_age_s}))
                 backoff = 0.05
                 continue
             if trio.current_time() - began > 10:
@@ -96,14 +136,14 @@ class ZygoteClient:
         }
         process = subprocess.Popen(
             [sys.executable, "-m", "sandbox.zygote", "--control-fd", str(theirs.fileno()),
-             "--memory-mb", str(self.memory_mb)],
+             "--address-space-mb", str(self.address_space_mb)],
             pass_fds=[theirs.fileno()],
             env=env,
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
         sock = trio.socket.from_stdlib_socket(ours)
-        self.generation += 1
+        forked = 0
         try:
             with sock:
                 while True:
@@ -127,6 +167,9 @@ class ZygoteClient:
                             continue
                         channel = socket.socket(fileno=fds[0])
                         self._on_spawned(message.pid, channel, fds[1])
+                        forked += 1
+                        if forked >= self.max_children and self._life is not None:
+                            self._life.cancel()  # its seed has served enough children
                     elif isinstance(message, Exited):
                         self._on_exited(message.pid, message.status)
                     elif isinstance(message, ZygoteReady):
@@ -140,6 +183,8 @@ class ZygoteClient:
                         self.ready.set()
                         log("zygote.ready", pid=message.pid, generation=self.generation,
                             **message.jail)
+                        if self._on_ready is not None:
+                            self._on_ready()
                         if task_status is not None:
                             task_status.started()
                             task_status = None

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import uuid
 from pathlib import Path
@@ -76,8 +77,14 @@ class Corral:
     """One ``corral serve`` process in ``state_dir``."""
 
     def __init__(self, state_dir: Path, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None, allow_private_egress: bool = True) -> None:
+                 env: dict[str, str] | None = None, allow_private_egress: bool = True,
+                 uid: int | None = None, python: str | None = None) -> None:
         self.state_dir = Path(state_dir)
+        #: Run ``corral serve`` under this (unprivileged) uid and gid; the state
+        #: dir must be writable by it.
+        self.uid = uid
+        #: The interpreter (another uid may not reach the virtualenv's own).
+        self.python = python or sys.executable
         self.port = free_port()
         self.socket_path = str(self.state_dir / "admin.sock")
         self.log_path = self.state_dir / "serve.log"
@@ -109,11 +116,15 @@ class Corral:
     def start(self, timeout: float = 20) -> "Corral":
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        env = {**os.environ, **self.env, "PYTHONPATH": str(REPO)}
+        path = [str(REPO)]
+        if self.python != sys.executable:  # the same packages, from another interpreter
+            path.append(sysconfig.get_paths()["purelib"])
+        env = {**os.environ, **self.env, "PYTHONPATH": os.pathsep.join(path)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "serve", "--http", f"127.0.0.1:{self.port}",
+            [self.python, "-m", "supervisor", "serve", "--http", f"127.0.0.1:{self.port}",
              "--state-dir", str(self.state_dir), *self.extra_args],
             stdout=log, stderr=log, env=env, cwd=str(REPO), start_new_session=True,
+            **({"user": self.uid, "group": self.uid, "extra_groups": []} if self.uid is not None else {}),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

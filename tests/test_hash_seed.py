@@ -1,0 +1,69 @@
+"""Hash seeds: shared by the children of one zygote, rotated by count and age.
+
+A child cannot get a seed of its own (see supervisor.zygote_client for the
+experiment and why); the pool bounds how many children share one instead.
+A real ``corral serve`` with ``zygote_max_children = 3``: tenants report
+``hash()`` of one string and their parent (the zygote that forked them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+from tests.harness import Corral
+
+TENANT = r'''
+import os
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response.json({"pid": os.getpid(), "zygote": os.getppid(),
+                              "hash": hash("corral-seed-probe")})
+'''
+
+
+def test_children_of_different_zygotes_hash_differently(tmp_path) -> None:
+    config = tmp_path / "corral.toml"
+    config.write_text("[pool]\nspares = 1\nzygote_max_children = 3\n")
+    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    try:
+        names = [f"t{i}" for i in range(6)]
+        for name in names:
+            server.deploy(name, TENANT, namespace=None)
+            server.route(f"{name}.localhost/*", name)
+        seen = []
+        for name in names:
+            resp = server.request("/", host=f"{name}.localhost")
+            assert resp.status == 200, (resp, server.log())
+            seen.append(resp.json())
+        log = [json.loads(line) for line in server.log_path.read_text().splitlines()
+               if line.startswith("{")]
+    finally:
+        server.stop()
+
+    by_zygote: dict[int, list[dict]] = defaultdict(list)
+    for out in seen:
+        # A child whose zygote was rotated away while it served is reparented
+        # (to pid 1 here): its generation is no longer visible from inside.
+        if out["zygote"] != 1:
+            by_zygote[out["zygote"]].append(out)
+    print("\n" + "\n".join(f"zygote {z}: hashes {sorted({o['hash'] for o in outs})}, "
+                           f"children {[o['pid'] for o in outs]}" for z, outs in by_zygote.items()))
+    assert len(by_zygote) >= 2, f"no two generations seen: {seen}"
+    # One seed per zygote, a different one for each zygote.
+    seeds = {z: {o["hash"] for o in outs} for z, outs in by_zygote.items()}
+    assert all(len(s) == 1 for s in seeds.values()), seeds
+    assert len({next(iter(s)) for s in seeds.values()}) == len(seeds), seeds
+    # No seed served more tenants than a zygote may fork children.
+    by_hash: dict[int, int] = defaultdict(int)
+    for out in seen:
+        by_hash[out["hash"]] += 1
+    assert len(by_hash) >= 2 and max(by_hash.values()) <= 3, by_hash
+    rotated = [e for e in log if e.get("event") == "zygote.rotated"]
+    assert rotated and all(e["reason"] == "children" and e["children"] == 3 for e in rotated), rotated
+    # Spares of a replaced zygote were killed, never handed to a tenant.
+    replaced = {e["pid"] for e in log if e.get("event") == "child.ended" and e.get("reason") == "zygote replaced"}
+    assert not replaced & {o["pid"] for o in seen}
