@@ -60,6 +60,20 @@ _METRICS_HEADERS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8
 # Room for the metadata part and multipart framing on top of the code itself.
 _UPLOAD_OVERHEAD = 1 * 2**20
 _MAX_JSON_BODY = 1 * 2**20
+#: Bounds on everything a client sends, so hostile input is a 400 naming the
+#: limit, never a RecursionError, a SQLite expression-depth error or a huge
+#: echo in an error message and a log line.
+MAX_JSON_DEPTH = 32
+_MAX_METADATA_BYTES = 1 * 2**20
+_MAX_BINDINGS = 1000
+_MAX_TAIL_CONSUMERS = 100
+_MAX_TARGET = 8 * 1024
+_MAX_SEGMENT = 1024
+_MAX_SEGMENTS = 16
+_MAX_QUERY_FIELDS = 32
+_MAX_TAG_FILTERS = 32
+_MAX_HEADERS = 128
+_MAX_MESSAGE = 2000
 
 
 class AdminHooks(Protocol):
@@ -84,6 +98,43 @@ class ApiError(StoreError):
 
 def _bad(message: str) -> ApiError:
     return ApiError(400, ErrorCode.BAD_REQUEST, message)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """``text`` shortened for an error message: hostile input is not echoed whole."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _check_depth(value: Any, what: str) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > MAX_JSON_DEPTH:
+            raise _bad(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
+def decode_json(data: bytes, what: str, limit: int) -> Any:
+    """Decode a client's JSON, bounded in size (413) and depth (400).
+
+    msgspec raises RecursionError on very deep input; it and every other
+    decoding error become a 400 that says what was wrong with ``what``.
+    """
+    if len(data) > limit:
+        raise ApiError(413, ErrorCode.TOO_LARGE, f"{what} is larger than {limit} bytes")
+    if not data.strip():
+        raise _bad(f"{what} is empty: send a JSON document")
+    try:
+        value = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise _bad(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _bad(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if isinstance(value, (dict, list)):
+        _check_depth(value, what)
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -170,7 +221,7 @@ def _check_dispatch(b: dict[str, Any], where: str) -> dict[str, Any]:
         for param in params:
             name = param.get("name") if isinstance(param, dict) else None
             if not isinstance(name, str) or not name.isidentifier():
-                raise _bad(f"{where} outbound param {param!r} needs a 'name' that is an identifier")
+                raise _bad(f"{where} outbound param {_clip(repr(param))} needs a 'name' that is an identifier")
             names.append({"name": name})
         if names:
             checked["params"] = names
@@ -202,6 +253,8 @@ def _check_bindings(raw: object, previous: ScriptRecord | None, keep: object) ->
         raw = []
     if not isinstance(raw, list):
         raise _bad("metadata 'bindings' must be a list")
+    if len(raw) > _MAX_BINDINGS:
+        raise _bad(f"a script can have at most {_MAX_BINDINGS} bindings, got {len(raw)}")
     old = {b.get("name"): b for b in previous.bindings} if previous else {}
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -211,7 +264,7 @@ def _check_bindings(raw: object, previous: ScriptRecord | None, keep: object) ->
             raise _bad(f"{where} must be an object with 'type' and 'name'")
         name = binding.get("name")
         if not isinstance(name, str) or not name.isidentifier():
-            raise _bad(f"{where} needs a 'name' that is a valid identifier (it becomes env.NAME), got {name!r}")
+            raise _bad(f"{where} needs a 'name' that is a valid identifier (it becomes env.NAME), got {_clip(repr(name))}")
         where = f"binding {name!r}"
         if name in seen:
             raise _bad(f"two bindings are named {name!r}")
@@ -224,7 +277,7 @@ def _check_bindings(raw: object, previous: ScriptRecord | None, keep: object) ->
             continue
         check = BINDING_TYPES.get(kind) if isinstance(kind, str) else None
         if check is None:
-            raise _bad(f"{where} has unknown type {kind!r}; known types: {', '.join(BINDING_TYPES)}")
+            raise _bad(f"{where} has unknown type {_clip(repr(kind))}; known types: {', '.join(BINDING_TYPES)}")
         out.append({"type": kind, "name": name, **check(binding, where)})
     if keep is not None:
         if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
@@ -241,10 +294,12 @@ def _check_tail_consumers(raw: object) -> list[dict[str, Any]]:
         return []
     if not isinstance(raw, list):
         raise _bad("metadata 'tail_consumers' must be a list like [{\"service\": \"logger\"}]")
+    if len(raw) > _MAX_TAIL_CONSUMERS:
+        raise _bad(f"a script can have at most {_MAX_TAIL_CONSUMERS} tail consumers, got {len(raw)}")
     out = []
     for item in raw:
         if not isinstance(item, dict):
-            raise _bad(f"tail consumer {item!r} must be an object with 'service'")
+            raise _bad(f"tail consumer {_clip(repr(item))} must be an object with 'service'")
         consumer: dict[str, Any] = {"service": _script_ref(item.get("service"), "tail consumer")}
         for key in ("environment", "namespace"):
             if isinstance(item.get(key), str):
@@ -262,7 +317,7 @@ def _check_date(raw: object) -> str:
             return raw
         except ValueError:
             pass
-    raise _bad(f"metadata 'compatibility_date' must be a date like 2025-06-01, got {raw!r}")
+    raise _bad(f"metadata 'compatibility_date' must be a date like 2025-06-01, got {_clip(repr(raw))}")
 
 
 def _check_module_path(path: str) -> None:
@@ -276,7 +331,7 @@ def _check_module_path(path: str) -> None:
         or any(p in ("", ".", "..") for p in parts)
     ):
         raise _bad(
-            f"invalid module name {path!r}: use a relative path like 'worker.py' or 'src/lib/util.py'"
+            f"invalid module name {_clip(path)!r}: use a relative path like 'worker.py' or 'src/lib/util.py'"
         )
 
 
@@ -352,14 +407,7 @@ class _Request(msgspec.Struct, kw_only=True):
     body: bytes
 
     def json(self) -> Any:
-        if len(self.body) > _MAX_JSON_BODY:
-            raise ApiError(413, ErrorCode.TOO_LARGE, f"request body is larger than {_MAX_JSON_BODY} bytes")
-        if not self.body.strip():
-            raise _bad("request body is empty: send a JSON document")
-        try:
-            return msgspec.json.decode(self.body)
-        except msgspec.DecodeError as exc:
-            raise _bad(f"request body is not valid JSON: {exc}") from None
+        return decode_json(self.body, "request body", _MAX_JSON_BODY)
 
 
 Handler = Callable[[_Request], Awaitable[Response]]
@@ -367,6 +415,43 @@ Handler = Callable[[_Request], Awaitable[Response]]
 # Segment templates: '*' matches anything (the account label), '{x}' captures.
 _NS = ("accounts", "*", "workers", "dispatch", "namespaces")
 _PS = ("accounts", "*", "workers", "scripts")
+
+
+def _parse_target(target: str) -> tuple[str, list[str], dict[str, str]]:
+    """``(path, decoded segments, query)`` of a request target, each bounded.
+
+    Names, tags and ids are short, so a long target, a long segment or many
+    query fields can only be hostile: refused before anything looks them up.
+    """
+    if len(target) > _MAX_TARGET:
+        raise _bad(f"the request target is {len(target)} characters long, over the {_MAX_TARGET} accepted")
+    try:
+        split = urllib.parse.urlsplit(target)
+        segments = [urllib.parse.unquote(s, errors="strict") for s in split.path.split("/")]
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(
+            split.query, keep_blank_values=True, errors="strict",
+            max_num_fields=_MAX_QUERY_FIELDS).items()}
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _bad(f"malformed request target {_clip(target, 200)!r}: {exc} "
+                   f"(percent-escapes must be UTF-8; at most {_MAX_QUERY_FIELDS} query fields)") from None
+    if segments and segments[0] == "":
+        segments = segments[1:]
+    if segments and segments[-1] == "":
+        segments.pop()  # tolerate a trailing slash
+    if len(segments) > _MAX_SEGMENTS:
+        raise _bad(f"the path has {len(segments)} segments; no admin API endpoint has more than {_MAX_SEGMENTS}")
+    for segment in segments:
+        if len(segment) > _MAX_SEGMENT:
+            raise _bad(f"path segment {_clip(segment)!r} is longer than {_MAX_SEGMENT} characters")
+    return split.path, segments, query
+
+
+def _tag_filters(request: _Request) -> list[tuple[str, bool]]:
+    """``?tags=`` parsed, at most _MAX_TAG_FILTERS of them (each one is an SQL clause)."""
+    filters = parse_tag_filters(request.query.get("tags", ""))
+    if len(filters) > _MAX_TAG_FILTERS:
+        raise _bad(f"?tags= has {len(filters)} filters, more than the {_MAX_TAG_FILTERS} accepted")
+    return filters
 
 
 def _match(template: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
@@ -418,21 +503,12 @@ class AdminAPI:
             method = method.decode("latin-1")
         if isinstance(target, bytes):
             target = target.decode("latin-1")
-        method = method.upper()
-        path = target
+        method = _clip(method.upper(), 20)
+        path = _clip(target, 200)
         try:
-            try:
-                split = urllib.parse.urlsplit(target)
-                path = split.path
-                segments = [urllib.parse.unquote(s, errors="strict") for s in path.split("/")]
-                query = {k: v[-1] for k, v in
-                         urllib.parse.parse_qs(split.query, keep_blank_values=True, errors="strict").items()}
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise _bad(f"malformed request target {target[:200]!r}: {exc}") from None
-            if segments and segments[0] == "":
-                segments = segments[1:]
-            if segments and segments[-1] == "":
-                segments.pop()  # tolerate a trailing slash
+            path, segments, query = _parse_target(target)
+            if len(headers) > _MAX_HEADERS:
+                raise _bad(f"the request has {len(headers)} headers, more than the {_MAX_HEADERS} accepted")
             header_map = {
                 k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers
             }
@@ -478,6 +554,7 @@ class AdminAPI:
             status, code = 500, ErrorCode.INTERNAL
             message = f"internal error: {type(exc).__name__}: {exc}"
             record["traceback"] = "".join(traceback.format_exception(exc))
+        message = _clip(message, _MAX_MESSAGE)  # a hostile value echoed in it stays small
         record.update(status=status, code=code, message=message)
         _log(logging.ERROR if status >= 500 else logging.WARNING, "admin.error", **record)
         return _envelope(status, None, errors=[{"code": code, "message": message}])
@@ -546,12 +623,12 @@ class AdminAPI:
 
     async def _list_scripts(self, request: _Request) -> Response:
         ns = self._namespace_of(request)
-        filters = parse_tag_filters(request.query.get("tags", ""))
+        filters = _tag_filters(request)
         raw_per_page = request.query.get("per_page", "100")
         try:
             per_page = int(raw_per_page)
         except ValueError:
-            raise _bad(f"per_page must be an integer, got {raw_per_page!r}") from None
+            raise _bad(f"per_page must be an integer, got {_clip(raw_per_page)!r}") from None
         cursor = request.query.get("cursor") or None
         records, next_cursor = await self._run(self.store.list_scripts, ns, filters, cursor, per_page)
         return _envelope(
@@ -562,7 +639,7 @@ class AdminAPI:
 
     async def _bulk_delete(self, request: _Request) -> Response:
         ns = self._namespace_of(request)
-        filters = parse_tag_filters(request.query.get("tags", ""))
+        filters = _tag_filters(request)
         if not filters:
             raise _bad("bulk delete needs ?tags=TAG:yes|no[,...]; to delete the namespace, DELETE it")
         names = await self._run(self.store.delete_scripts_by_tags, ns, filters)
@@ -615,10 +692,7 @@ class AdminAPI:
         metadata_parts = [p for p in parts if p.name == "metadata"]
         if not metadata_parts:
             raise _bad("the upload has no 'metadata' part (JSON with main_module, bindings, ...)")
-        try:
-            metadata = msgspec.json.decode(metadata_parts[0].data)
-        except msgspec.DecodeError as exc:
-            raise _bad(f"the 'metadata' part is not valid JSON: {exc}") from None
+        metadata = decode_json(metadata_parts[0].data, "the 'metadata' part", _MAX_METADATA_BYTES)
         if not isinstance(metadata, dict):
             raise _bad("the 'metadata' part must be a JSON object")
         modules: dict[str, bytes] = {}
@@ -637,10 +711,10 @@ class AdminAPI:
         if not isinstance(main_module, str) or not main_module:
             raise _bad(f"metadata needs 'main_module', one of: {', '.join(sorted(modules))}")
         if main_module not in modules:
-            raise _bad(f"main_module {main_module!r} is not among the uploaded parts: "
+            raise _bad(f"main_module {_clip(main_module)!r} is not among the uploaded parts: "
                        f"{', '.join(sorted(modules))}")
         if posixpath.splitext(main_module)[1] != ".py":
-            raise _bad(f"main_module {main_module!r} must be a .py file")
+            raise _bad(f"main_module {_clip(main_module)!r} must be a .py file")
         bindings = _check_bindings(metadata.get("bindings"), previous, metadata.get("keep_bindings"))
         # No 'tags' key keeps the deployed tags (a code update should not untag);
         # an explicit list, even empty, replaces them.

@@ -24,7 +24,7 @@ __all__ = ["MultipartError", "Part", "encode", "parse", "parse_boundary", "parse
 DEFAULT_MAX_PARTS = 1000
 DEFAULT_MAX_PART_BYTES = 10 * 2**20
 _MAX_HEADER_BYTES = 16 * 1024
-_BOUNDARY_RE = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{1,70}$")  # RFC 2046 bchars
+_BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{1,70}")  # RFC 2046 bchars (fullmatch)
 
 
 class MultipartError(ValueError):
@@ -76,7 +76,7 @@ def parse_header_params(value: str) -> tuple[str, dict[str, str]]:
                 out.append(value[i])
                 i += 1
             if i >= n:
-                raise MultipartError(f"unterminated quoted string in header value {value!r}")
+                raise MultipartError(f"unterminated quoted string in header value {value[:80]!r}")
             val = "".join(out)
             i = value.find(";", i + 1)
         else:
@@ -88,8 +88,9 @@ def parse_header_params(value: str) -> tuple[str, dict[str, str]]:
             _, _, encoded = rest.partition("'")
             try:
                 extended[key[:-1]] = urllib.parse.unquote(encoded, encoding=charset or "utf-8", errors="strict")
-            except (LookupError, UnicodeDecodeError):
-                raise MultipartError(f"cannot decode header parameter {key}={val!r}") from None
+            except (LookupError, ValueError):  # unknown charset, or bytes it cannot decode
+                raise MultipartError(f"cannot decode header parameter {key[:40]}={val[:80]!r}: "
+                                     "use UTF-8''percent-escapes (RFC 5987)") from None
         elif key:
             params[key] = val
     params.update(extended)
@@ -101,13 +102,13 @@ def parse_boundary(content_type: str) -> str:
     kind, params = parse_header_params(content_type or "")
     if kind != "multipart/form-data":
         raise MultipartError(
-            f"expected Content-Type multipart/form-data, got {content_type or 'none'!r}"
+            f"expected Content-Type multipart/form-data, got {content_type[:80] or 'none'!r}"
         )
     boundary = params.get("boundary", "")
     if not boundary:
         raise MultipartError("the multipart/form-data Content-Type has no boundary parameter")
-    if not _BOUNDARY_RE.match(boundary) or boundary.endswith(" "):
-        raise MultipartError(f"invalid multipart boundary {boundary!r} (RFC 2046: 1-70 safe characters)")
+    if not _BOUNDARY_RE.fullmatch(boundary) or boundary.endswith(" "):
+        raise MultipartError(f"invalid multipart boundary {boundary[:80]!r} (RFC 2046: 1-70 safe characters)")
     return boundary
 
 
@@ -188,9 +189,9 @@ def parse(
             raise MultipartError(f"part {len(parts) + 1} is larger than {max_part_bytes} bytes", 413)
         part = _parse_part(body[start:end], len(parts))
         if len(part.data) > max_part_bytes:
-            raise MultipartError(f"part {part.name!r} is larger than {max_part_bytes} bytes", 413)
+            raise MultipartError(f"part {part.name[:80]!r} is larger than {max_part_bytes} bytes", 413)
         if part.name in names:
-            raise MultipartError(f"the upload has two parts named {part.name!r}")
+            raise MultipartError(f"the upload has two parts named {part.name[:80]!r}")
         names.add(part.name)
         parts.append(part)
         pos = end + len(separator)

@@ -173,6 +173,8 @@ def _read_config(path: Path) -> WranglerConfig:
         return msgspec.json.decode(text, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProjectError(f"{path}: {exc}") from None
+    except RecursionError:  # msgspec and TOML parsers recurse per nesting level
+        raise ProjectError(f"{path}: nested too deeply to be a config") from None
     except UnicodeDecodeError:
         raise ProjectError(f"{path}: not UTF-8 text") from None
     except OSError as exc:

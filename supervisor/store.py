@@ -63,7 +63,7 @@ DEFAULT_NAMESPACE = "default"
 MAX_TAGS = 8  # Cloudflare's limit per script
 MAX_TAG_LENGTH = 256
 MAX_PER_PAGE = 1000
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,63}")  # fullmatch: "$" would let a trailing newline in
 _SCHEMA_VERSION = 1
 
 
@@ -131,7 +131,7 @@ def validate_name(kind: str, name: object) -> str:
     Narrow on purpose: names end up in host names (``NAME.localhost``), URL
     paths, log lines and metric labels.
     """
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise _bad(
             f"invalid {kind} name {name!r}: use 1 to 63 letters, digits, '_' or '-'"
         )
@@ -204,7 +204,7 @@ def _decode_cursor(cursor: str) -> str:
         name = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         name = ""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise _bad(f"invalid cursor {cursor!r}: pass back the cursor of a previous page unchanged")
     return name
 

@@ -1,0 +1,252 @@
+"""Request smuggling at the edge: every ambiguous framing is refused over a real socket.
+
+Each attack is one raw write of a request whose end a proxy could read
+differently than Corral, followed by a second request (``GET /smuggled``) on
+the same connection. Corral must answer the first with a 400 that names the
+problem, close the connection, log the refusal, and never answer the second.
+The controls check that unambiguous framings (pipelining included) still work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import re
+import socket
+
+import pytest
+
+from supervisor.http_server import ChunkedFraming, FramingError
+from tests.harness import Corral
+from tests.test_spine import ECHO
+
+HOST = b"Host: echo.localhost\r\n"
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: echo.localhost\r\n\r\n"
+SECOND = b"GET /second HTTP/1.1\r\nHost: echo.localhost\r\nConnection: close\r\n\r\n"
+
+
+def post(headers: bytes, body: bytes = b"", version: bytes = b"1.1") -> bytes:
+    return b"POST / HTTP/" + version + b"\r\n" + HOST + headers + b"\r\n" + body
+
+
+CHUNKED = b"Transfer-Encoding: chunked\r\n"
+
+#: name -> (request, words the 400's body must contain). Each was checked
+#: against the server before the fix: the ``smuggled`` ones had the second
+#: request answered, the others were already refused (some with a 501).
+ATTACKS: dict[str, tuple[bytes, str]] = {
+    # Smuggled before the fix: both headers, chunked won, connection kept.
+    "cl-then-te": (post(b"Content-Length: 40\r\n" + CHUNKED, b"0\r\n\r\n"),
+                   "both Content-Length and Transfer-Encoding"),
+    "te-then-cl": (post(CHUNKED + b"Content-Length: 3\r\n", b"0\r\n\r\n"),
+                   "both Content-Length and Transfer-Encoding"),
+    # Transfer codings other than one chunked (h11 answered 501 before).
+    "te-gzip-chunked": (post(b"Transfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n"),
+                        "Transfer-Encoding must be exactly one 'chunked'"),
+    "te-chunked-not-last": (post(b"Transfer-Encoding: chunked, gzip\r\n", b"0\r\n\r\n"),
+                            "Transfer-Encoding must be exactly one 'chunked'"),
+    "te-chunked-identity": (post(b"Transfer-Encoding: chunked, identity\r\n", b"0\r\n\r\n"),
+                            "Transfer-Encoding must be exactly one 'chunked'"),
+    "te-xchunked": (post(b"Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n"),
+                    "Transfer-Encoding must be exactly one 'chunked'"),
+    "te-chunked-twice": (post(b"Transfer-Encoding: chunked, chunked\r\n", b"0\r\n\r\n"),
+                         "Transfer-Encoding must be exactly one 'chunked'"),
+    "te-quoted": (post(b'Transfer-Encoding: "chunked"\r\n', b"0\r\n\r\n"),
+                  "Transfer-Encoding must be exactly one 'chunked'"),
+    "te-empty": (post(b"Transfer-Encoding: \r\nContent-Length: 0\r\n"),
+                 "Transfer-Encoding must be exactly one 'chunked'"),
+    "te-header-twice": (post(CHUNKED + CHUNKED, b"0\r\n\r\n"), "multiple Transfer-Encoding headers"),
+    "te-vertical-tab": (post(b"Transfer-Encoding: \x0bchunked\r\n", b"0\r\n\r\n"), "illegal header line"),
+    # Smuggled before the fix: HTTP/1.0 with Transfer-Encoding was read as chunked.
+    "http10-te": (post(CHUNKED + b"Connection: keep-alive\r\n", b"0\r\n\r\n", b"1.0"),
+                  "Transfer-Encoding in an HTTP/1.0 request"),
+    # Content-Length values.
+    "cl-list-differs": (post(b"Content-Length: 1, 2\r\n", b"xx"), "conflicting Content-Length"),
+    "cl-twice-differs": (post(b"Content-Length: 1\r\nContent-Length: 2\r\n", b"xx"),
+                         "conflicting Content-Length"),
+    "cl-plus": (post(b"Content-Length: +2\r\n", b"xx"), "bad Content-Length"),
+    "cl-minus": (post(b"Content-Length: -2\r\n", b"xx"), "bad Content-Length"),
+    "cl-hex": (post(b"Content-Length: 0x2\r\n", b"xx"), "bad Content-Length"),
+    "cl-junk": (post(b"Content-Length: 2a\r\n", b"xx"), "bad Content-Length"),
+    "cl-empty": (post(b"Content-Length: \r\n", b"xx"), "bad Content-Length"),
+    "cl-too-many-digits": (post(b"Content-Length: " + b"0" * 30 + b"2\r\n", b"xx"), "bad Content-Length"),
+    # Header syntax.
+    "space-before-colon": (post(b"Content-Length : 2\r\n", b"xx"), "illegal header line"),
+    "tab-before-colon": (post(b"Transfer-Encoding\t: chunked\r\nContent-Length: 5\r\n", b"0\r\n\r\n"),
+                         "illegal header line"),
+    "bare-cr-in-header": (post(b"X-A: b\rContent-Length: 2\r\n", b"xx"), "illegal header line"),
+    # Smuggled before the fix: h11 takes a bare LF as a line end.
+    "bare-lf-everywhere": (b"POST / HTTP/1.1\nHost: echo.localhost\nContent-Length: 2\n\nxx", "bare LF"),
+    "bare-lf-one-header": (post(b"X-A: b\nContent-Length: 2\r\n", b"xx"), "bare LF"),
+    "bare-lf-request-line": (b"POST / HTTP/1.1\n" + HOST + b"Content-Length: 2\r\n\r\nxx", "bare LF"),
+    # Smuggled before the fix: h11 unfolds obs-fold lines.
+    "obs-fold-hides-te": (post(b"X-A: b\r\n Transfer-Encoding: chunked\r\nContent-Length: 2\r\n", b"xx"),
+                          "obsolete line folding"),
+    "obs-fold-te-value": (post(b"Transfer-Encoding:\r\n\tchunked\r\n", b"0\r\n\r\n"), "obsolete line folding"),
+    # Chunk-size lines.
+    "chunk-size-junk": (post(CHUNKED, b"2zz\r\nxx\r\n0\r\n\r\n"), "malformed chunk-size line"),
+    "chunk-size-0x": (post(CHUNKED, b"0x2\r\nxx\r\n0\r\n\r\n"), "malformed chunk-size line"),
+    "chunk-size-leading-space": (post(CHUNKED, b" 2\r\nxx\r\n0\r\n\r\n"), "malformed chunk-size line"),
+    # Smuggled before the fix (h11 is lenient about these).
+    "chunk-size-trailing-space": (post(CHUNKED, b"2 \r\nxx\r\n0\r\n\r\n"), "malformed chunk-size line"),
+    "chunk-ext-bare-cr": (post(CHUNKED, b"2;a\rb\r\nxx\r\n0\r\n\r\n"), "malformed chunk-size line"),
+    "chunk-ext-bare-lf": (post(CHUNKED, b"2;a\nxx\r\nxx\r\n0\r\n\r\n"), "bare LF"),
+    "chunk-data-too-long": (post(CHUNKED, b"2\r\nxxxx\r\n0\r\n\r\n"), "chunk"),
+    "chunk-data-bare-lf": (post(CHUNKED, b"2\r\nxx\n0\r\n\r\n"), "bare LF"),
+    "last-chunk-bare-lf": (post(CHUNKED, b"2\r\nxx\r\n0\r\n\n"), "bare LF"),
+    "trailer-bare-lf": (post(CHUNKED, b"2\r\nxx\r\n0\r\nX: a\nY: b\r\n\r\n"), "bare LF"),
+    "trailer-obs-fold": (post(CHUNKED, b"2\r\nxx\r\n0\r\nX: a\r\n b\r\n\r\n"), "obsolete line folding"),
+}
+
+#: Framings that are unambiguous: answered, and the next request on the
+#: connection is answered too.
+CONTROLS: dict[str, tuple[bytes, int]] = {
+    "content-length": (post(b"Content-Length: 2\r\n", b"xx"), 2),
+    "chunked": (post(CHUNKED, b"2\r\nxx\r\n0\r\n\r\n"), 2),
+    "chunked-capitalised": (post(b"Transfer-Encoding: Chunked\r\n", b"2\r\nxx\r\n0\r\n\r\n"), 2),
+    "chunked-trailing-ows": (post(b"Transfer-Encoding: chunked \r\n", b"2\r\nxx\r\n0\r\n\r\n"), 2),
+    "chunk-extensions": (post(CHUNKED, b'2;a=b;c\r\nxx\r\n3;q="x y\\"z"\r\nyyy\r\n0;end\r\n\r\n'), 5),
+    "chunk-size-leading-zeros": (post(CHUNKED, b"0002\r\nxx\r\n0\r\n\r\n"), 2),
+    "trailer-fields": (post(CHUNKED, b"2\r\nxx\r\n0\r\nX-Checksum: 1\r\n\r\n"), 2),
+    "cl-repeated-equal": (post(b"Content-Length: 2\r\nContent-Length: 2\r\n", b"xx"), 2),
+    "cl-list-equal": (post(b"Content-Length: 2, 2\r\n", b"xx"), 2),
+    "cl-leading-zero": (post(b"Content-Length: 02\r\n", b"xx"), 2),
+}
+
+# A response that sets its own framing headers: the server must frame it itself.
+FRAMING_HEADERS = '''
+from workers import WorkerEntrypoint, Response
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("hello world", headers={"transfer-encoding": "chunked", "content-length": "3",
+                                                "connection": "keep-alive", "x-ok": "1"})
+'''
+
+
+@pytest.fixture(scope="module")
+def edge(corral: Corral) -> Corral:
+    corral.deploy("echo", ECHO)
+    corral.deploy("framing", FRAMING_HEADERS)
+    return corral
+
+
+def logged_reasons(server: Corral, event: str) -> list[str]:
+    """The ``reason`` of every ``event`` line in the server's recent log."""
+    reasons = []
+    for line in server.log().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # the first line may be cut
+        if entry.get("event") == event:
+            reasons.append(entry.get("reason"))
+    return reasons
+
+
+def responses(answer: bytes) -> list[bytes]:
+    """The status codes of the responses in a raw answer (no body here holds a status line)."""
+    return re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_ambiguous_framing_is_refused_and_closed(edge: Corral, name: str) -> None:
+    request, words = ATTACKS[name]
+    answer = edge.raw(request + SMUGGLED)  # returns when the server closes
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b"\r\nconnection: close" in head
+    assert words in body.decode(), body
+    assert len(responses(answer)) == 1 and b"smuggled" not in answer, "a second request was parsed"
+    reason = body.decode().removeprefix("Bad request: ").strip()
+    assert reason in logged_reasons(edge, "ingress.bad_request"), f"no log line for {reason!r}"
+    assert edge.request("/", host="echo.localhost").status == 200
+
+
+@pytest.mark.parametrize("name", list(CONTROLS))
+def test_unambiguous_framing_still_served_and_pipelined(edge: Corral, name: str) -> None:
+    request, length = CONTROLS[name]
+    answer = edge.raw(request + SECOND)
+    assert responses(answer) == [b"200", b"200"], answer[:400]
+    first, second = [json.loads(part.split(b"HTTP/1.1 ")[0]) for part in answer.split(b"\r\n\r\n")[1:]]
+    assert first["length"] == length
+    assert second["url"].endswith("/second")
+
+
+def test_chunked_framing_followed_across_reads(edge: Corral) -> None:
+    """A 2 MB chunked body arrives in many reads: the strict check keeps its place."""
+    block = b"x" * 4000
+    body = b"".join(b"%x;n=%d\r\n%s\r\n" % (len(block), i, block) for i in range(500))
+    head = b"POST / HTTP/1.1\r\nHost: echo.localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = edge.raw(head + body + b"0\r\n\r\n" + SECOND, timeout=30)
+    assert responses(answer) == [b"200", b"200"], answer[:400]
+    data = json.loads(answer.split(b"\r\n\r\n")[1].split(b"HTTP/1.1")[0])
+    assert data["length"] == len(block) * 500
+    assert data["sha256"] == hashlib.sha256(block * 500).hexdigest()
+
+    # The same body with a lax chunk line at its end: refused while streaming,
+    # and nothing after it is ever read as a request.
+    answer = edge.raw(head + body + b"5 \r\nhello\r\n0\r\n\r\n" + SMUGGLED, timeout=30)
+    assert not answer.startswith(b"HTTP/1.1 200") and b"smuggled" not in answer, answer[:300]
+    assert len(responses(answer)) <= 1
+    assert any("malformed chunk-size line b'5 '" in reason
+               for reason in logged_reasons(edge, "ingress.bad_request_body"))
+
+
+def test_oversized_head_in_one_read_is_refused(edge: Corral) -> None:
+    """h11 enforces the head limit only on a head that arrives in pieces."""
+    request = b"GET / HTTP/1.1\r\nHost: echo.localhost\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
+    answer = edge.raw(request + SMUGGLED)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert b"smuggled" not in answer
+
+
+def test_worker_framing_headers_are_not_trusted(edge: Corral) -> None:
+    """A worker's Transfer-Encoding/Content-Length/Connection never reach the wire."""
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: framing.localhost\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    assert b"content-length: 3" not in lines and b"connection: keep-alive" not in lines
+    assert b"x-ok: 1" in lines
+    framing = [line for line in lines if line.startswith((b"content-length:", b"transfer-encoding:"))]
+    assert len(framing) == 1, head
+    # Keep-alive: the client reads the whole body and the next response.
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=10)
+    for _ in range(3):
+        conn.request("GET", "/", headers={"host": "framing.localhost"})
+        resp = conn.getresponse()
+        assert resp.read() == b"hello world"
+    conn.close()
+
+
+def test_server_alive_after_attacks(edge: Corral) -> None:
+    assert edge.alive()
+    assert edge.request("/", host="echo.localhost").json()["url"] == "http://echo.localhost/"
+    assert "Traceback" not in edge.log() and "connection_error" not in edge.log()
+
+
+# -- the chunk-line check on its own, fed one byte at a time ------------------------------
+
+
+@pytest.mark.parametrize("body", [b"0\r\n\r\n", b"2\r\nxx\r\n0\r\n\r\n", b"A;x=1\r\n0123456789\r\n0\r\nT: v\r\n\r\n",
+                                  b'1;q="a;b"\r\nx\r\n0\r\n\r\n'])
+def test_chunked_framing_byte_by_byte(body: bytes) -> None:
+    check = ChunkedFraming(1024)
+    for i in range(len(body)):
+        check.feed(body[i:i + 1])
+    assert check.done
+    check.feed(b"GET / HTTP/1.1\r\n\n")  # what follows the body is not its business
+
+
+@pytest.mark.parametrize("body", [b"2 \r\nxx\r\n0\r\n\r\n", b"2\r\nxx\n", b"0\r\n\n", b"0\r\nA: b\r\n c\r\n\r\n",
+                                  b"2;\r\nxx\r\n", b"1" * 17 + b"\r\n", b"2;" + b"a" * 2000 + b"\r\n"])
+def test_chunked_framing_rejects_byte_by_byte(body: bytes) -> None:
+    check = ChunkedFraming(1024)
+    with pytest.raises(FramingError):
+        for i in range(len(body)):
+            check.feed(body[i:i + 1])
