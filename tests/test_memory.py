@@ -290,6 +290,8 @@ def test_every_child_sits_in_its_own_cgroup_at_the_pool_cap(c: Corral, cgroup: P
     assert children
     for pid in children:
         directory = cgroup / f"child-{pid}"
+        if not directory.exists() and not os.path.exists(f"/proc/{pid}"):
+            continue  # a surplus spare retired meanwhile: its cgroup went with it
         if (directory / "memory.limit_in_bytes").exists():
             assert int((directory / "memory.limit_in_bytes").read_text()) == 128 * MB
             if (directory / "memory.memsw.limit_in_bytes").exists():
