@@ -1,5 +1,5 @@
 """``python -m supervisor``: the same as the ``corral`` command."""
 
-from .cli import main
+from supervisor.cli import main
 
 raise SystemExit(main())

@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from . import multipart
+from supervisor.admin import multipart
 
 __all__ = ["AdminClient", "ApiCallError", "UnixHTTPConnection", "main"]
 
@@ -124,7 +124,7 @@ def _emit(args: argparse.Namespace, result: Any, human: str) -> None:
 
 
 def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
-    from .project import ProjectError, load_project
+    from supervisor.admin.project import ProjectError, load_project
 
     try:
         project = load_project(args.path)
@@ -256,7 +256,7 @@ def _cmd_tail(args: argparse.Namespace, client: AdminClient) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import msgspec
 
-    from . import config as config_mod
+    from supervisor import config as config_mod
 
     try:
         config = config_mod.load(args.config, http=args.http, admin_socket=args.admin_socket,
@@ -265,8 +265,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         print(f"corral serve: bad configuration: {exc}", file=sys.stderr)
         return 2
-    from .memory_limits import MemoryEnforcementError
-    from .server import run
+    from supervisor.limits.memory import MemoryEnforcementError
+    from supervisor.server import run
 
     try:
         code = run(config)

@@ -30,7 +30,7 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     idle_timeout_s: float = 120.0
     #: Memory cap of every child, and the ceiling of a per-invocation memoryMb.
     memory_mb: int = 128
-    #: How memory limits are enforced (see supervisor.memory_limits): "auto"
+    #: How memory limits are enforced (see supervisor.limits.memory): "auto"
     #: picks a per-child cgroup (v2, then v1) where the host delegates one,
     #: else prlimit(); "cgroup" or "prlimit" insist on one (start fails if
     #: this host cannot give it).
@@ -51,7 +51,7 @@ class LimitDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Per-invocation limits: platform defaults and ceilings (see supervisor.limits)."""
+    """Per-invocation limits: platform defaults and ceilings (see supervisor.limits.policy)."""
 
     cpu_ms: float = 30_000.0
     sub_requests: int = 1000
@@ -67,7 +67,7 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class OutboundConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Egress policy for tenants' fetch() (see supervisor.egress)."""
+    """Egress policy for tenants' fetch() (see supervisor.calls.egress)."""
 
     allow_private_networks: bool = False
     allow_hosts: list[str] = []

@@ -17,19 +17,20 @@ import time
 
 import trio
 
-from . import http_client, log as logmod
-from .admin_api import AdminAPI, ApiError
-from .calls import Calls
-from .config import HttpConfig, ServeConfig
-from .cpu_account import CpuAccount
-from .egress import EgressPolicy
-from .http_server import Connection, Request, Server, listen_tcp
-from .ingress import Ingress
-from .invocation import Invocation
-from .log import log, warn
-from .pool import Pool, PoolUnavailable
-from .scripts import PLATFORM, ScriptRecord
-from .store import Store
+from supervisor.calls import http_client
+from supervisor import log as logmod
+from supervisor.admin.api import AdminAPI, ApiError
+from supervisor.calls.calls import Calls
+from supervisor.config import HttpConfig, ServeConfig
+from supervisor.limits.cpu_account import CpuAccount
+from supervisor.calls.egress import EgressPolicy
+from supervisor.edge.http_server import Connection, Request, Server, listen_tcp
+from supervisor.edge.ingress import Ingress
+from supervisor.pool.invocation import Invocation
+from supervisor.log import log, warn
+from supervisor.pool.pool import Pool, PoolUnavailable
+from supervisor.model import PLATFORM, ScriptRecord
+from supervisor.store.store import Store
 
 DRAIN_S = 10.0
 #: Largest response body a tenant's fetch() accepts.
@@ -105,7 +106,7 @@ class Supervisor:
         return "\n".join(lines) + "\n"
 
     async def _admin_handle(self, request: Request, conn: Connection) -> None:
-        from .bodies import read_all
+        from supervisor.pool.bodies import read_all
 
         body = request.body if isinstance(request.body, bytes) else await read_all(
             request.body, self.admin_http.config.max_body_bytes)

@@ -6,10 +6,10 @@ import logging
 import pytest
 import trio
 
-from supervisor.admin_api import AdminAPI
-from supervisor.multipart import Part, encode
-from supervisor.scripts import PLATFORM
-from supervisor.store import Store
+from supervisor.admin.api import AdminAPI
+from supervisor.admin.multipart import Part, encode
+from supervisor.model import PLATFORM
+from supervisor.store.store import Store
 
 NS = "/accounts/local/workers/dispatch/namespaces"
 PS = "/accounts/local/workers/scripts"

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from supervisor.multipart import Part, encode
-from supervisor.project import ProjectError, load_project
+from supervisor.admin.multipart import Part, encode
+from supervisor.admin.project import ProjectError, load_project
 from tests.harness import Corral, multipart
 
 NS = "/accounts/local/workers/dispatch/namespaces"

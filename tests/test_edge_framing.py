@@ -17,7 +17,7 @@ import socket
 
 import pytest
 
-from supervisor.http_server import ChunkedFraming, FramingError
+from supervisor.edge.http_server import ChunkedFraming, FramingError
 from tests.harness import Corral
 from tests.test_spine import ECHO
 

@@ -1,6 +1,6 @@
 """Hash seeds: shared by the children of one zygote, rotated by count and age.
 
-A child cannot get a seed of its own (see supervisor.zygote_client for the
+A child cannot get a seed of its own (see supervisor.pool.zygote_client for the
 experiment and why); the pool bounds how many children share one instead.
 A real ``corral serve`` with ``zygote_max_children = 3``: tenants report
 ``hash()`` of one string and their parent (the zygote that forked them).

@@ -1,4 +1,4 @@
-"""Tests for supervisor.http_client against real local servers (127.0.0.1 only).
+"""Tests for supervisor.calls.http_client against real local servers (127.0.0.1 only).
 
 Two kinds of servers are used: a threaded stdlib ``http.server`` (an
 independent HTTP implementation, for ordinary round trips) and small raw trio
@@ -23,7 +23,7 @@ import h11
 import pytest
 import trio
 
-from supervisor.http_client import (
+from supervisor.calls.http_client import (
     FetchError,
     FetchTimeout,
     HTTPClient,

@@ -470,7 +470,7 @@ def test_forced_cgroup_without_one_refuses_to_start(tmp_path: Path) -> None:
 
 
 def test_forced_prlimit_without_the_means_refuses_to_start(tmp_path: Path) -> None:
-    from supervisor.memory_limits import prlimit_possible
+    from supervisor.limits.memory import prlimit_possible
 
     usable, _privileged, why = prlimit_possible()
     if usable:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import memory_limits as ml
+from supervisor.limits import memory as ml
 
 MB = 1 << 20
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from supervisor.multipart import MultipartError, Part, encode, parse, parse_boundary, parse_header_params
+from supervisor.admin.multipart import MultipartError, Part, encode, parse, parse_boundary, parse_header_params
 
 CT = "multipart/form-data; boundary=XyZ"
 

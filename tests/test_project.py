@@ -2,7 +2,7 @@
 
 import pytest
 
-from supervisor.project import ProjectError, load_project, strip_jsonc
+from supervisor.admin.project import ProjectError, load_project, strip_jsonc
 
 
 def write(root, files):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from supervisor.routes import RouteError, RouteTable, compile_routes, match, normalize_pattern, split_host
+from supervisor.edge.routes import RouteError, RouteTable, compile_routes, match, normalize_pattern, split_host
 
 
 def test_normalize_strips_scheme_and_lowercases_host():

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from supervisor.scripts import PLATFORM, ScriptRecord
-from supervisor.store import DEFAULT_NAMESPACE, Store, StoreError, parse_tag_filters
+from supervisor.model import PLATFORM, ScriptRecord
+from supervisor.store.store import DEFAULT_NAMESPACE, Store, StoreError, parse_tag_filters
 
 
 def rec(name, ns=DEFAULT_NAMESPACE, version="v1", tags=(), code=b"print(1)\n", **kw):

@@ -24,7 +24,7 @@ from protocol.flow import CreditExceeded, ReceiveWindow
 from protocol.messages import MAX_CHUNK, STREAM_WINDOW, Abort, BodyChunk, Credit
 
 if TYPE_CHECKING:
-    from .child_process import ChildProcess
+    from supervisor.pool.child_process import ChildProcess
 
 
 class BodyError(Exception):

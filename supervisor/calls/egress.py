@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from .config import OutboundConfig
-from .http_client import FetchError, default_resolve
+from supervisor.config import OutboundConfig
+from supervisor.calls.http_client import FetchError, default_resolve
 
 
 class EgressDenied(FetchError):

@@ -42,8 +42,8 @@ from typing import Any
 
 import msgspec
 
-from .routes import RouteError, RouteTable, normalize_pattern
-from .scripts import PLATFORM, ScriptRecord
+from supervisor.edge.routes import RouteError, RouteTable, normalize_pattern
+from supervisor.model import PLATFORM, ScriptRecord
 
 __all__ = [
     "DEFAULT_NAMESPACE",
@@ -673,7 +673,7 @@ class Store:
         return info
 
     def list_routes(self) -> list[RouteInfo]:
-        """All routes in creation order (the order :mod:`supervisor.routes` breaks ties by)."""
+        """All routes in creation order (the order :mod:`supervisor.edge.routes` breaks ties by)."""
         return [
             RouteInfo(id=r[0], pattern=r[1], script=r[2])
             for r in self._read("SELECT id, pattern, script FROM routes ORDER BY seq")

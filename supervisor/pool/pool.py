@@ -25,17 +25,17 @@ import trio
 
 from protocol.messages import MAX_CHUNK, Invoke, Limits
 
-from .bodies import BodySource, BytesBody, ChildSink
-from .child_process import ChildProcess, describe_status
-from .config import ServeConfig
-from .invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
-from .log import warn
-from .memory_limits import Enforcer, choose as choose_memory_enforcement
-from .scripts import ScriptRecord, to_bundle
-from .zygote_client import ZygoteClient
+from supervisor.pool.bodies import BodySource, BytesBody, ChildSink
+from supervisor.pool.child_process import ChildProcess, describe_status
+from supervisor.config import ServeConfig
+from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
+from supervisor.log import warn
+from supervisor.limits.memory import Enforcer, choose as choose_memory_enforcement
+from supervisor.model import ScriptRecord, to_bundle
+from supervisor.pool.zygote_client import ZygoteClient
 
 if TYPE_CHECKING:
-    from .calls import Calls
+    from supervisor.calls.calls import Calls
 
 #: How long a request waits for a spare before the pool gives up (503).
 SPARE_WAIT_S = 10.0
@@ -117,7 +117,7 @@ class Pool:
     def _on_zygote_restart(self) -> None:
         """A new zygote is coming: spares of the old one go, and so do its
         children still starting (new tenants get the new hash seed; see
-        supervisor.zygote_client); warm children keep serving until idle."""
+        supervisor.pool.zygote_client); warm children keep serving until idle."""
         self._requested = 0
         while self.spares:
             self.spares.popleft().kill("zygote replaced")

@@ -19,11 +19,11 @@ import trio
 
 from protocol.messages import Cancel, ExceptionInfo, Header, Limits
 
-from .bodies import BodyError, BodySource
+from supervisor.pool.bodies import BodyError, BodySource
 
 if TYPE_CHECKING:
-    from .child_process import ChildProcess
-    from .scripts import ScriptRecord
+    from supervisor.pool.child_process import ChildProcess
+    from supervisor.model import ScriptRecord
 
 #: HTTP status the caller answers for each failed outcome.
 OUTCOME_STATUS = {

@@ -16,14 +16,14 @@ from typing import Callable
 import trio
 
 
-from .bodies import BodyError, BodySource, BytesBody
-from .limits import LimitPolicy
-from .config import ServeConfig
-from .http_server import Connection, InvalidResponse, Request
-from .invocation import OUTCOME_MESSAGE, OUTCOME_STATUS, Invocation
-from .log import log, warn
-from .pool import Pool, PoolUnavailable
-from .scripts import ScriptRecord
+from supervisor.pool.bodies import BodyError, BodySource, BytesBody
+from supervisor.limits.policy import LimitPolicy
+from supervisor.config import ServeConfig
+from supervisor.edge.http_server import Connection, InvalidResponse, Request
+from supervisor.pool.invocation import OUTCOME_MESSAGE, OUTCOME_STATUS, Invocation
+from supervisor.log import log, warn
+from supervisor.pool.pool import Pool, PoolUnavailable
+from supervisor.model import ScriptRecord
 
 Router = Callable[[str, str], "ScriptRecord | None"]
 TraceSink = Callable[[Invocation], None]

@@ -46,7 +46,7 @@ import trio
 
 from protocol.messages import PROTOCOL_VERSION, Exited, FromZygote, Spawn, Spawned, ZygoteReady
 
-from .log import error, log, warn
+from supervisor.log import error, log, warn
 
 SpawnedCallback = Callable[[int, socket.socket, int], None]
 ExitedCallback = Callable[[int, int], None]

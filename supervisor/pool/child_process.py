@@ -38,17 +38,17 @@ from protocol.messages import (
     SubRequest,
 )
 
-from . import cpu_meter
-from .bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation
-from .cpu_account import CpuAccount
-from .invocation import OUTCOME_MESSAGE, WallLimitedBody
-from .log import error, log, warn
-from .memory_limits import ChildMemory
+from supervisor.limits import cpu_meter
+from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation
+from supervisor.limits.cpu_account import CpuAccount
+from supervisor.pool.invocation import OUTCOME_MESSAGE, WallLimitedBody
+from supervisor.log import error, log, warn
+from supervisor.limits.memory import ChildMemory
 
 if TYPE_CHECKING:
-    from .invocation import Invocation
-    from .pool import Pool
-    from .scripts import ScriptRecord
+    from supervisor.pool.invocation import Invocation
+    from supervisor.pool.pool import Pool
+    from supervisor.model import ScriptRecord
 
 RECV_SIZE = 256 * 1024
 
@@ -467,7 +467,7 @@ class ChildProcess:
         self.pool.calls.handle(self, message)
 
     # ------------------------------------------------------------------
-    # CPU (see supervisor.cpu_account)
+    # CPU (see supervisor.limits.cpu_account)
     # ------------------------------------------------------------------
     def cpu_start(self, inv: "Invocation") -> None:
         if self.cpu is not None:

@@ -21,8 +21,8 @@ from typing import Any
 
 from protocol.messages import Limits
 
-from .config import LimitsConfig
-from .scripts import ScriptRecord
+from supervisor.config import LimitsConfig
+from supervisor.model import ScriptRecord
 
 _FIELDS = ("cpu_ms", "sub_requests", "wall_ms", "memory_mb")
 

@@ -43,9 +43,9 @@ import trio
 
 from protocol.messages import MAX_CHUNK
 
-from .bodies import BodyError
-from .config import HttpConfig
-from .log import error, warn
+from supervisor.pool.bodies import BodyError
+from supervisor.config import HttpConfig
+from supervisor.log import error, warn
 
 READ_SIZE = 64 * 1024
 

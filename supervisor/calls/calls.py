@@ -31,17 +31,17 @@ import trio
 
 from protocol.messages import MAX_CHUNK, ExceptionInfo, Header, Limits, SubFailed, SubRequest, SubResponse
 
-from . import http_client
-from .bodies import BodySource, BytesBody, ChildBody, ChildSink
-from .config import LimitsConfig
-from .invocation import OUTCOME_MESSAGE, Invocation, Outbound
-from .limits import LimitPolicy
-from .log import warn
-from .scripts import PLATFORM, ScriptRecord
+from supervisor.calls import http_client
+from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink
+from supervisor.config import LimitsConfig
+from supervisor.pool.invocation import OUTCOME_MESSAGE, Invocation, Outbound
+from supervisor.limits.policy import LimitPolicy
+from supervisor.log import warn
+from supervisor.model import PLATFORM, ScriptRecord
 
 if TYPE_CHECKING:
-    from .child_process import ChildProcess
-    from .pool import Pool
+    from supervisor.pool.child_process import ChildProcess
+    from supervisor.pool.pool import Pool
 
 #: How deep workers may call workers (dispatch, service, outbound) in one
 #: request chain, and what the caller sees past it (Cloudflare's limit and words).
@@ -276,7 +276,7 @@ class Calls:
     async def _call_script(self, record: ScriptRecord, parent: Invocation, method: bytes, url: str,
                            headers: list[Header], body: BodySource | bytes | None, limits: Limits,
                            outbound: Outbound | None, params: dict | None) -> Head:
-        from .pool import PoolUnavailable
+        from supervisor.pool.pool import PoolUnavailable
 
         try:
             inv = await self.pool.invoke(record, method, url, headers, body, limits,

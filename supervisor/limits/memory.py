@@ -37,7 +37,7 @@ import signal
 import time
 from typing import Callable, Protocol
 
-from .log import log, warn
+from supervisor.log import log, warn
 
 MB = 1024 * 1024
 #: With a cgroup, RLIMIT_AS is only a backstop: this many times the pool's

@@ -8,8 +8,8 @@ bytes and keeps one place that decides what every answer looks like.
 Every answer except ``GET /metrics`` is Cloudflare's envelope
 ``{"success", "errors": [{"code", "message"}], "messages", "result"}``, with
 ``result_info`` added on paginated lists. Nothing raised by bad input escapes:
-expected failures carry their status (:class:`supervisor.store.StoreError`,
-:class:`supervisor.multipart.MultipartError`), anything else becomes a logged
+expected failures carry their status (:class:`supervisor.store.store.StoreError`,
+:class:`supervisor.admin.multipart.MultipartError`), anything else becomes a logged
 500. Store calls run in worker threads so a slow disk never stalls the
 supervisor's event loop.
 """
@@ -28,9 +28,9 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 import trio
 
-from . import multipart
-from .scripts import PLATFORM, ScriptRecord, content_version
-from .store import (
+from supervisor.admin import multipart
+from supervisor.model import PLATFORM, ScriptRecord, content_version
+from supervisor.store.store import (
     ErrorCode,
     NamespaceInfo,
     RouteInfo,

@@ -1,6 +1,6 @@
 """Attributing a child's CPU to its invocations, and having budgets enforced.
 
-The kernel counts (:mod:`supervisor.cpu_meter`); this module decides what the
+The kernel counts (:mod:`supervisor.limits.cpu_meter`); this module decides what the
 counts mean. Each meter call is a syscall, and on a child running on the other
 core an inter-processor interrupt, so the hot path makes as few as it can:
 
@@ -32,10 +32,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .cpu_meter import CpuMeter, TickCpuMeter
+from supervisor.limits.cpu_meter import CpuMeter, TickCpuMeter
 
 if TYPE_CHECKING:
-    from .invocation import Invocation
+    from supervisor.pool.invocation import Invocation
 
 #: Budgets below this are armed in the kernel; larger ones are watched.
 PRECISE_BELOW_NS = 2_000_000_000

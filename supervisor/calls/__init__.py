@@ -1,0 +1,1 @@
+"""What a child asks for: dispatch and service calls, outbound fetch (client, egress policy, redirects)."""

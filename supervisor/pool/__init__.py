@@ -1,0 +1,1 @@
+"""Children: the zygote client, spares and warm children, invocations and the bodies they stream."""
