@@ -101,13 +101,7 @@ class ServiceBinding(_Msg, tag="service"):
     service: str
 
 
-class ParamBinding(_Msg, tag="param"):
-    """An outbound worker's parameter, filled per call from the dispatcher."""
-
-    name: str
-
-
-Binding = Union[TextBinding, JsonBinding, DispatchNamespaceBinding, ServiceBinding, ParamBinding]
+Binding = Union[TextBinding, JsonBinding, DispatchNamespaceBinding, ServiceBinding]
 
 
 class ScriptBundle(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):

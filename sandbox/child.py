@@ -40,7 +40,6 @@ from protocol.messages import (
     Load,
     Loaded,
     Log,
-    ParamBinding,
     Report,
     ResponseStart,
     ScriptBundle,
@@ -231,7 +230,6 @@ class Runtime:
         self.closed = asyncio.Event()
         self.script: ScriptBundle | None = None
         self.env: Env | None = None
-        self._param_names: list[str] = []
         self._entry: type | None = None
         self._on_fetch: Callable[..., Any] | None = None
         self._on_fetch_arity = 2
@@ -309,9 +307,6 @@ class Runtime:
                 # The supervisor resolves the target from the stored binding;
                 # the child only names the binding.
                 values[binding.name] = Fetcher(self, "service", binding.name, "")
-            elif isinstance(binding, ParamBinding):
-                self._param_names.append(binding.name)
-                values[binding.name] = None
         self.env = Env(values)
         try:
             module = loader.load(
@@ -364,8 +359,6 @@ class Runtime:
         if not params:
             return self.env
         values = dict(self.env.__dict__)
-        for name in self._param_names:
-            values[name] = params.get(name)
         for name, value in params.items():
             values.setdefault(name, value)
         return Env(values)

@@ -20,7 +20,11 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
+from supervisor import model
 from supervisor.admin import multipart
+from supervisor.errors import Invalid
 
 __all__ = ["AdminClient", "ApiCallError", "UnixHTTPConnection", "main"]
 
@@ -131,21 +135,27 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     except ProjectError as exc:
         print(f"corral deploy: {exc}", file=sys.stderr)
         return 2
-    metadata = dict(project.metadata)
-    bindings = [b for b in metadata.get("bindings", [])]
+    metadata = project.metadata
+    bindings = list(metadata.bindings)
     for item in args.var or []:
         key, eq, value = item.partition("=")
         if not eq or not key:
             print(f"corral deploy: --var wants KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
-        bindings = [b for b in bindings if b.get("name") != key]
-        bindings.append({"type": "plain_text", "name": key, "text": value})
-    metadata["bindings"] = bindings
+        try:
+            var = model.PlainText(name=key, text=value)
+        except Invalid as exc:
+            print(f"corral deploy: --var {key}: {exc}", file=sys.stderr)
+            return 2
+        bindings = [b for b in bindings if b.name != key]
+        bindings.append(var)
+    tags = metadata.tags
     if args.tag:
-        metadata["tags"] = list(dict.fromkeys([*metadata.get("tags", []), *args.tag]))
+        tags = list(dict.fromkeys([*(tags or []), *args.tag]))
     # As wrangler does: secrets set through the API survive a redeploy of the code.
-    metadata.setdefault("keep_bindings", ["secret_text"])
-    parts = [multipart.Part(name="metadata", data=json.dumps(metadata).encode(),
+    metadata = msgspec.structs.replace(metadata, bindings=bindings, tags=tags,
+                                       keep_bindings=metadata.keep_bindings or ["secret_text"])
+    parts = [multipart.Part(name="metadata", data=msgspec.json.encode(metadata),
                             content_type="application/json")]
     for path, code in project.modules.items():
         parts.append(multipart.Part(name=path, filename=path.rsplit("/", 1)[-1], data=code,

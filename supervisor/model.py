@@ -1,71 +1,341 @@
-"""What a deployed script is, as the request path sees it.
+"""What a script is: typed shapes, decoded once at the edge.
 
-The store persists :class:`ScriptRecord`; the pool turns one into the
-:class:`protocol.messages.ScriptBundle` a child loads. ``version`` is a content
-hash that changes on every deploy: warm children are keyed by it, which is
-what makes a deploy atomic (the next request runs the new version while
-in-flight requests finish on the old child).
+Upload metadata (Cloudflare's multipart upload metadata), its bindings (one
+tagged union on ``type``), tail consumers and the stored :class:`ScriptRecord`
+are msgspec Structs. The admin API, project folders and the CLI decode raw
+JSON into them with :func:`decode_metadata`; everything after the edge holds
+typed values and never re-validates or reads ``.get()`` chains.
+
+A new binding type is one Struct here (added to :data:`Binding`) and the code
+that serves it. ``to_bundle`` decides what of a binding a child may see.
+
+This module imports nothing of the supervisor but its domain errors: every
+other part may use it.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
-from typing import Any
+import re
+from typing import Annotated, Any, Union
 
 import msgspec
 
 from protocol import messages
+from supervisor.errors import Invalid
 
 #: Namespace name under which platform scripts (dispatcher, outbound, tail) live.
 PLATFORM = ""
 
+#: Namespace and script names: 1-63 of ``A-Z a-z 0-9 _ -``. Narrow on purpose:
+#: names end up in host names, URL paths, log lines and metric labels.
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,63}$"
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,63}")  # fullmatch: "$" would let a trailing newline in
+MAX_TAGS = 8  # Cloudflare's limit per script
+MAX_TAG_LENGTH = 256
+MAX_BINDINGS = 1000
+MAX_TAIL_CONSUMERS = 100
+
+ScriptName = Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+def check_name(kind: str, name: object) -> str:
+    """A namespace or script name, or :class:`Invalid` saying what names may be."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise Invalid(f"invalid {kind} name {shown}: use 1 to 63 letters, digits, '_' or '-'")
+    return name
+
+
+def check_tag(tag: object) -> str:
+    """Tags are free text except for ',' (the list separator) and control characters."""
+    if not isinstance(tag, str) or not tag:
+        raise Invalid(f"invalid tag {tag!r}: tags are non-empty strings")
+    if len(tag) > MAX_TAG_LENGTH:
+        raise Invalid(f"tag {tag[:40]!r}... is longer than {MAX_TAG_LENGTH} characters")
+    if "," in tag or any(ord(c) < 0x20 or c == "\x7f" for c in tag):
+        raise Invalid(f"invalid tag {tag!r}: tags cannot contain ',' or control characters")
+    return tag
+
+
+def _identifier(what: str, name: str) -> None:
+    if not name.isidentifier():
+        raise Invalid(f"{what} {name!r} must be a valid identifier (it becomes env.{name})"
+                      if what == "binding name" else f"{what} {name!r} must be an identifier")
+
+
+# ---------------------------------------------------------------------------
+# Bindings: one tagged union on "type", Cloudflare's field names
+# ---------------------------------------------------------------------------
+
+
+class _Binding(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True, frozen=True):
+    name: str
+
+    def __post_init__(self) -> None:
+        _identifier("binding name", self.name)
+
+
+class PlainText(_Binding, tag="plain_text"):
+    """A string on ``env``."""
+
+    text: str
+
+
+class SecretText(_Binding, tag="secret_text"):
+    """A string on ``env`` that the API never shows again."""
+
+    text: str
+
+
+class Json(_Binding, tag="json"):
+    """A JSON value on ``env`` (``[vars]`` tables too)."""
+
+    json: Any
+
+
+class KvNamespace(_Binding, tag="kv_namespace"):
+    namespace_id: NonEmpty
+
+
+class D1(_Binding, tag="d1"):
+    id: NonEmpty
+
+
+class R2Bucket(_Binding, tag="r2_bucket"):
+    bucket_name: NonEmpty
+    jurisdiction: str | None = None
+
+
+class Service(_Binding, tag="service"):
+    """``env.NAME.fetch(...)`` invokes the platform script ``service``."""
+
+    service: ScriptName
+    environment: str | None = None
+    entrypoint: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_name("script", self.service)
+
+
+class OutboundWorker(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    service: ScriptName
+    environment: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name("script", self.service)
+
+
+class OutboundParam(msgspec.Struct, kw_only=True, frozen=True):
+    name: str
+
+    def __post_init__(self) -> None:
+        _identifier("outbound param", self.name)
+
+
+class Outbound(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """The platform's outbound worker for a namespace's user workers, and the
+    parameters the dispatcher passes it per call."""
+
+    worker: OutboundWorker | None = None
+    params: list[OutboundParam] = []
+
+
+class DispatchNamespace(_Binding, tag="dispatch_namespace"):
+    """``env.NAME.get(script)`` invokes user workers of ``namespace``."""
+
+    namespace: str
+    outbound: Outbound | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_name("namespace", self.namespace)
+
+
+class Inherit(_Binding, tag="inherit"):
+    """Upload only: keep the deployed binding of this name (how a redeploy
+    keeps a secret it never sees again)."""
+
+
+#: Every binding a stored script may hold.
+Binding = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service, DispatchNamespace]
+#: What upload metadata may say (``inherit`` is resolved at the edge).
+BindingSpec = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service,
+                    DispatchNamespace, Inherit]
+BINDING_TYPES = tuple(cls.__struct_config__.tag for cls in BindingSpec.__args__)  # type: ignore[attr-defined]
+
+
+class TailConsumer(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    service: ScriptName
+    environment: str | None = None
+    namespace: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name("script", self.service)
+
+
+# ---------------------------------------------------------------------------
+# Upload metadata and the stored record
+# ---------------------------------------------------------------------------
+
+
+class UploadMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Cloudflare's multipart upload metadata, as far as Corral uses it.
+
+    Keys Corral does not use yet are ignored, as the SDKs send more than
+    any one runtime reads. ``tags`` absent (None) keeps the deployed tags.
+    """
+
+    main_module: str | None = None
+    bindings: Annotated[list[BindingSpec], msgspec.Meta(max_length=MAX_BINDINGS)] = []
+    tags: list[str] | None = None
+    compatibility_date: str = ""
+    compatibility_flags: list[str] = []
+    tail_consumers: Annotated[list[TailConsumer], msgspec.Meta(max_length=MAX_TAIL_CONSUMERS)] = []
+    keep_bindings: list[str] = []
+
+    def __post_init__(self) -> None:
+        if self.compatibility_date:
+            try:
+                datetime.date.fromisoformat(self.compatibility_date)
+                valid = len(self.compatibility_date) == 10
+            except ValueError:
+                valid = False
+            if not valid:
+                raise Invalid(f"compatibility_date must be a date like 2025-06-01, "
+                              f"got {self.compatibility_date[:40]!r}")
+        names: set[str] = set()
+        for binding in self.bindings:
+            if binding.name in names:
+                raise Invalid(f"two bindings are named {binding.name!r}")
+            names.add(binding.name)
+        if self.tags is not None:
+            for tag in self.tags:
+                check_tag(tag)
+
 
 class ScriptRecord(msgspec.Struct, kw_only=True):
+    """A deployed script version, as stored and as the request path sees it."""
+
     namespace: str  # PLATFORM ("") for platform scripts
     name: str
     version: str
     main_module: str
     modules: dict[str, bytes]
-    bindings: list[dict[str, Any]] = []
+    bindings: list[Binding] = []
     tags: list[str] = []
     compatibility_date: str = ""
-    tail_consumers: list[dict[str, Any]] = []
+    compatibility_flags: list[str] = []
+    tail_consumers: list[TailConsumer] = []
     created_on: str = ""
     modified_on: str = ""
 
+    def binding(self, name: str, kind: type[_Binding]) -> Any:
+        """The binding ``name`` of type ``kind``, or None."""
+        for binding in self.bindings:
+            if binding.name == name and type(binding) is kind:
+                return binding
+        return None
 
-def content_version(main_module: str, modules: dict[str, bytes], metadata: dict[str, Any]) -> str:
+
+def _dewrangle(raw: Any) -> Any:
+    """Accept Wrangler's spellings where they differ from the API's."""
+    if isinstance(raw, dict) and isinstance(raw.get("bindings"), list):
+        bindings = []
+        for binding in raw["bindings"]:
+            if isinstance(binding, dict) and binding.get("type") == "d1" \
+                    and "id" not in binding and "database_id" in binding:
+                binding = {**binding, "id": binding["database_id"]}
+            bindings.append(binding)
+        raw = {**raw, "bindings": bindings}
+    return raw
+
+
+def decode_metadata(raw: Any) -> UploadMetadata:
+    """Raw upload metadata (already JSON-decoded) as :class:`UploadMetadata`.
+
+    Raises :class:`Invalid` with msgspec's account of what is wrong and where
+    (``... - at `$.bindings[0].text```).
+    """
+    if not isinstance(raw, dict):
+        raise Invalid("the metadata must be a JSON object")
+    try:
+        return msgspec.convert(_dewrangle(raw), UploadMetadata)
+    except msgspec.ValidationError as exc:
+        raise Invalid(f"invalid metadata: {_explain(str(exc))}") from None
+
+
+def _explain(message: str) -> str:
+    """msgspec's words, with the known types where the binding type is wrong."""
+    if message.endswith(".type`") or "required field `type`" in message:
+        return f"{message} (known binding types: {', '.join(BINDING_TYPES)})"
+    return message
+
+
+def resolve_bindings(metadata: UploadMetadata, previous: ScriptRecord | None) -> list[Binding]:
+    """The bindings to store: ``inherit`` and ``keep_bindings`` carry the
+    deployed version's bindings over, as on Cloudflare."""
+    old = {b.name: b for b in previous.bindings} if previous else {}
+    out: list[Binding] = []
+    seen: set[str] = set()
+    for binding in metadata.bindings:
+        if isinstance(binding, Inherit):
+            if binding.name not in old:
+                raise Invalid(f"binding {binding.name!r} has type 'inherit' but the deployed "
+                              "script has no binding of that name")
+            out.append(old[binding.name])
+        else:
+            out.append(binding)
+        seen.add(binding.name)
+    for name, binding in old.items():
+        if type(binding).__struct_config__.tag in metadata.keep_bindings and name not in seen:
+            out.append(binding)
+            seen.add(name)
+    return out
+
+
+def content_version(main_module: str, modules: dict[str, bytes], bindings: list[Binding],
+                    compatibility_date: str, compatibility_flags: list[str] = ()) -> str:  # type: ignore[assignment]
     """A stable hash of everything that changes behaviour (code and bindings)."""
     digest = hashlib.sha256()
     digest.update(main_module.encode())
     for path in sorted(modules):
         digest.update(b"\0" + path.encode() + b"\0")
         digest.update(modules[path])
-    digest.update(msgspec.json.encode({k: metadata.get(k) for k in ("bindings", "compatibility_date")}))
+    digest.update(msgspec.json.encode({"bindings": bindings, "compatibility_date": compatibility_date}))
+    if compatibility_flags:
+        digest.update(msgspec.json.encode(sorted(compatibility_flags)))
     return digest.hexdigest()[:32]
+
+
+def public_binding(binding: Binding) -> dict[str, Any]:
+    """A binding as the API shows it: secrets without their text."""
+    if isinstance(binding, SecretText):
+        return {"type": "secret_text", "name": binding.name}
+    return msgspec.to_builtins(binding)
 
 
 def to_bundle(record: ScriptRecord) -> messages.ScriptBundle:
     """The child's view of a script: code plus the bindings a child can hold.
 
     Secrets become text bindings only inside the script's own child; the
-    outbound configuration of a dispatch-namespace binding stays in the
-    supervisor (the child only needs the namespace to name its calls).
+    outbound configuration of a dispatch-namespace binding and a service
+    binding's target stay in the supervisor (the child only names the
+    binding in its calls, and the supervisor resolves it).
     """
     bindings: list[messages.Binding] = []
-    for raw in record.bindings:
-        kind = raw.get("type")
-        name = raw.get("name", "")
-        if kind in ("plain_text", "secret_text"):
-            bindings.append(messages.TextBinding(name, str(raw.get("text", ""))))
-        elif kind == "json":
-            bindings.append(messages.JsonBinding(name, raw.get("json")))
-        elif kind == "dispatch_namespace":
-            bindings.append(messages.DispatchNamespaceBinding(name, raw.get("namespace", "")))
-        elif kind == "service":
-            bindings.append(messages.ServiceBinding(name, raw.get("service", "")))
-        elif kind == "param":
-            bindings.append(messages.ParamBinding(name))
+    for binding in record.bindings:
+        if isinstance(binding, (PlainText, SecretText)):
+            bindings.append(messages.TextBinding(binding.name, binding.text))
+        elif isinstance(binding, Json):
+            bindings.append(messages.JsonBinding(binding.name, binding.json))
+        elif isinstance(binding, DispatchNamespace):
+            bindings.append(messages.DispatchNamespaceBinding(binding.name, binding.namespace))
+        elif isinstance(binding, Service):
+            bindings.append(messages.ServiceBinding(binding.name, ""))
     return messages.ScriptBundle(
         namespace=record.namespace,
         name=record.name,

@@ -19,7 +19,8 @@ import trio
 
 from supervisor.calls import http_client
 from supervisor import log as logmod
-from supervisor.admin.api import AdminAPI, ApiError
+from supervisor.admin.api import AdminAPI
+from supervisor.errors import Unavailable
 from supervisor.calls.calls import Calls
 from supervisor.config import HttpConfig, ServeConfig
 from supervisor.limits.cpu_account import CpuAccount
@@ -79,7 +80,7 @@ class Supervisor:
         try:
             return await self.pool.validate(record)
         except PoolUnavailable as exc:
-            raise ApiError(503, 10503, f"no sandbox is free to check the script, retry: {exc}") from None
+            raise Unavailable(f"no sandbox is free to check the script, retry: {exc}") from None
 
     def script_changed(self, namespace: str, name: str) -> None:
         self.pool.retire_script(namespace, name)

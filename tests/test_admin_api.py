@@ -3,6 +3,7 @@
 import json
 import logging
 
+import msgspec
 import pytest
 import trio
 
@@ -141,7 +142,7 @@ def test_upload_get_hides_secrets(client):
     assert client.hooks.changed == [("default", "hello")]
     [record] = client.hooks.validated
     assert record.modules == {"worker.py": CODE, "src/lib/util.py": b"X = 1\n"}
-    assert {"type": "secret_text", "name": "TOKEN", "text": "s3cret"} in record.bindings  # the sandbox needs it
+    assert {"type": "secret_text", "name": "TOKEN", "text": "s3cret"} in msgspec.to_builtins(record.bindings)  # the sandbox needs it
     got = client("GET", f"{NS}/default/scripts/hello")["result"]
     assert b"s3cret" not in json.dumps(got).encode()
     assert {"type": "secret_text", "name": "TOKEN"} in got["bindings"]
@@ -185,9 +186,9 @@ def test_keep_bindings_and_inherit_carry_secrets_over(client):
     client.upload(f"{PS}/s", SECRET_META)
     client.upload(f"{PS}/s", {"main_module": "worker.py", "keep_bindings": ["secret_text"]})
     record = client.store.get_script(PLATFORM, "s")
-    assert record.bindings == [{"type": "secret_text", "name": "TOKEN", "text": "s3cret"}]
+    assert msgspec.to_builtins(record.bindings) == [{"type": "secret_text", "name": "TOKEN", "text": "s3cret"}]
     client.upload(f"{PS}/s", {"main_module": "worker.py", "bindings": [{"type": "inherit", "name": "TOKEN"}]})
-    assert client.store.get_script(PLATFORM, "s").bindings[0]["text"] == "s3cret"
+    assert client.store.get_script(PLATFORM, "s").bindings[0].text == "s3cret"
     env = client.upload(f"{PS}/s", {"main_module": "worker.py", "bindings": [{"type": "inherit", "name": "NO"}]},
                         expect=400)
     assert "inherit" in error_message(env)
@@ -198,25 +199,25 @@ def test_keep_bindings_and_inherit_carry_secrets_over(client):
     [
         ({}, "main_module"),
         ({"main_module": "other.py"}, "not among the uploaded parts"),
-        ({"main_module": "worker.py", "bindings": {}}, "must be a list"),
-        ({"main_module": "worker.py", "bindings": [{"type": "plain_text", "name": "A"}]}, "'text'"),
-        ({"main_module": "worker.py", "bindings": [{"type": "wasm_module", "name": "A"}]}, "unknown type"),
+        ({"main_module": "worker.py", "bindings": {}}, "Expected `array`, got `object` - at `$.bindings`"),
+        ({"main_module": "worker.py", "bindings": [{"type": "plain_text", "name": "A"}]}, "missing required field `text` - at `$.bindings[0]`"),
+        ({"main_module": "worker.py", "bindings": [{"type": "wasm_module", "name": "A"}]}, "known binding types: plain_text"),
         ({"main_module": "worker.py", "bindings": [{"type": "plain_text", "name": "not-ident", "text": ""}]},
          "identifier"),
         ({"main_module": "worker.py", "bindings": [{"type": "plain_text", "name": "A", "text": ""},
                                                   {"type": "json", "name": "A", "json": 1}]}, "two bindings"),
         ({"main_module": "worker.py", "bindings": [{"type": "kv_namespace", "name": "KV"}]}, "namespace_id"),
-        ({"main_module": "worker.py", "bindings": [{"type": "d1", "name": "DB"}]}, "'id'"),
+        ({"main_module": "worker.py", "bindings": [{"type": "d1", "name": "DB"}]}, "missing required field `id`"),
         ({"main_module": "worker.py", "bindings": [{"type": "r2_bucket", "name": "B"}]}, "bucket_name"),
-        ({"main_module": "worker.py", "bindings": [{"type": "json", "name": "J"}]}, "'json'"),
+        ({"main_module": "worker.py", "bindings": [{"type": "json", "name": "J"}]}, "missing required field `json`"),
         ({"main_module": "worker.py", "bindings": [{"type": "service", "name": "S"}]}, "service"),
         ({"main_module": "worker.py", "bindings": [{"type": "dispatch_namespace", "name": "D"}]},
-         "namespace name"),
+         "missing required field `namespace`"),
         ({"main_module": "worker.py", "bindings": [{"type": "dispatch_namespace", "name": "D", "namespace": "x",
                                                     "outbound": {"params": [{"nom": 1}]}}]}, "param"),
         ({"main_module": "worker.py", "tags": "a"}, "tags"),
         ({"main_module": "worker.py", "tags": ["a,b"]}, "tag"),
-        ({"main_module": "worker.py", "tail_consumers": [{"svc": "x"}]}, "tail consumer"),
+        ({"main_module": "worker.py", "tail_consumers": [{"svc": "x"}]}, "`$.tail_consumers[0]`"),
         ({"main_module": "worker.py", "compatibility_date": "June"}, "compatibility_date"),
         ({"main_module": "worker.py", "compatibility_date": "2025-13-01"}, "compatibility_date"),
     ],

@@ -1,8 +1,14 @@
 """Reading deployable projects: single files, corral.toml, Wrangler configs."""
 
+import msgspec
 import pytest
 
 from supervisor.admin.project import ProjectError, load_project, strip_jsonc
+
+
+def meta(project):
+    """The typed upload metadata as the JSON the CLI sends."""
+    return msgspec.to_builtins(project.metadata)
 
 
 def write(root, files):
@@ -17,7 +23,7 @@ def test_single_file(tmp_path):
     project = load_project(tmp_path / "hello.py")
     assert project.main_module == "hello.py"
     assert project.modules == {"hello.py": b"X = 1\n"}
-    assert project.metadata == {"main_module": "hello.py", "bindings": []}
+    assert meta(project) == {"main_module": "hello.py"}
 
 
 def test_corral_toml_with_src_root_and_skips(tmp_path):
@@ -48,7 +54,7 @@ service = "auth"
     project = load_project(tmp_path)
     assert project.main_module == "src/entry.py"
     assert sorted(project.modules) == ["src/entry.py", "src/lib/util.py", "tests/test_x.py"]
-    assert project.metadata == {
+    assert meta(project) == {
         "main_module": "src/entry.py",
         "bindings": [
             {"type": "plain_text", "name": "GREETING", "text": "hi"},
@@ -92,14 +98,14 @@ service = "logger"
         "src/entry.py": "",
     })
     project = load_project(tmp_path)
-    assert project.metadata["bindings"] == [
+    assert meta(project)["bindings"] == [
         {"type": "d1", "name": "DB", "id": "db-1"},
         {"type": "r2_bucket", "name": "BUCKET", "bucket_name": "b-1"},
         {"type": "dispatch_namespace", "name": "dispatcher", "namespace": "customers",
          "outbound": {"worker": {"service": "egress"}, "params": [{"name": "customer_name"}]}},
     ]
-    assert project.metadata["tail_consumers"] == [{"service": "logger"}]
-    assert project.metadata["compatibility_date"] == "2025-05-01"
+    assert meta(project)["tail_consumers"] == [{"service": "logger"}]
+    assert meta(project)["compatibility_date"] == "2025-05-01"
 
 
 def test_wrangler_jsonc_with_comments_and_trailing_commas(tmp_path):
@@ -113,7 +119,7 @@ def test_wrangler_jsonc_with_comments_and_trailing_commas(tmp_path):
         "worker.py": "",
     })
     project = load_project(tmp_path)
-    assert project.metadata["bindings"] == [
+    assert meta(project)["bindings"] == [
         {"type": "plain_text", "name": "URL", "text": "https://example.com/*not a comment*/"},
         {"type": "json", "name": "N", "json": 2},
         {"type": "kv_namespace", "name": "KV", "namespace_id": "k"},

@@ -4,10 +4,14 @@ import sqlite3
 import threading
 import time
 
+import msgspec
 import pytest
 
 from supervisor.model import PLATFORM, ScriptRecord
-from supervisor.store.store import DEFAULT_NAMESPACE, Store, StoreError, parse_tag_filters
+from supervisor.errors import Conflict, CorralError as StoreError, Invalid, NotFound
+from supervisor.store.cursors import parse_tag_filters
+from supervisor.store.schema import DEFAULT_NAMESPACE
+from supervisor.store.store import Store
 
 
 def rec(name, ns=DEFAULT_NAMESPACE, version="v1", tags=(), code=b"print(1)\n", **kw):
@@ -23,7 +27,9 @@ def store(tmp_path):
 
 
 def status_of(exc_info):
-    return exc_info.value.status
+    """The kind of domain error, as the status the admin API answers for it."""
+    return next(status for kind, status in ((Invalid, 400), (NotFound, 404), (Conflict, 409))
+                if isinstance(exc_info.value, kind))
 
 
 def test_fresh_store_has_default_namespace_and_wal(tmp_path, store):
@@ -67,8 +73,9 @@ def test_put_get_keeps_created_on_and_updates_modified_on(store):
     assert first.created_on == first.modified_on
     got = store.get_script(DEFAULT_NAMESPACE, "hello")
     assert got.modules == {"worker.py": b"print(1)\n"}
-    assert got.bindings == [{"type": "plain_text", "name": "A", "text": "x"}]
-    assert got.compatibility_date == "2025-06-01" and got.tail_consumers == [{"service": "t"}]
+    assert msgspec.to_builtins(got.bindings) == [{"type": "plain_text", "name": "A", "text": "x"}]
+    assert got.compatibility_date == "2025-06-01"
+    assert msgspec.to_builtins(got.tail_consumers) == [{"service": "t"}]
     time.sleep(0.002)
     second = store.put_script(rec("hello", version="v2", code=b"print(2)\n"))
     assert second.created_on == first.created_on and second.modified_on > first.modified_on
@@ -121,7 +128,7 @@ def test_cache_is_bounded(tmp_path):
         s.put_script(rec("huge", code=b"x" * 5000))  # > a quarter of the byte budget: never cached
         assert s.get_script(DEFAULT_NAMESPACE, "huge").modules["worker.py"] == b"x" * 5000
         assert (DEFAULT_NAMESPACE, "huge") not in s._cache
-        assert s._cached_bytes <= 10_000
+        assert s._cache.bytes <= 10_000
 
 
 def test_warm_get_is_fast(store):

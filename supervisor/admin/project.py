@@ -9,8 +9,9 @@ folder is uploaded under its path relative to the folder, and the sandbox
 treats the main module's folder as the import root (``main =
 "src/entry.py"`` makes ``src/`` the root).
 
-Pure: a path in, a :class:`Project` out (the upload metadata in the admin
-API's shape), or a :class:`ProjectError` that says what to fix. No network.
+Pure: a path in, a :class:`Project` out (typed upload metadata,
+:class:`supervisor.model.UploadMetadata`), or a :class:`ProjectError` that
+says what to fix. No network.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from supervisor import model
+from supervisor.errors import Invalid
 
 __all__ = ["CONFIG_FILES", "Project", "ProjectError", "load_project", "strip_jsonc"]
 
@@ -37,7 +41,7 @@ class ProjectError(ValueError):
 class Project(msgspec.Struct, kw_only=True):
     main_module: str
     modules: dict[str, bytes]
-    metadata: dict[str, Any]  # upload metadata: main_module, bindings, compatibility_date, ...
+    metadata: model.UploadMetadata
 
 
 # -- config shapes ------------------------------------------------------------
@@ -181,34 +185,32 @@ def _read_config(path: Path) -> WranglerConfig:
         raise ProjectError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _bindings(config: WranglerConfig) -> list[dict[str, Any]]:
-    bindings: list[dict[str, Any]] = []
+def _bindings(config: WranglerConfig) -> list[model.BindingSpec]:
+    bindings: list[model.BindingSpec] = []
     for name, value in config.vars.items():
         if isinstance(value, str):
-            bindings.append({"type": "plain_text", "name": name, "text": value})
+            bindings.append(model.PlainText(name=name, text=value))
         else:
-            bindings.append({"type": "json", "name": name, "json": value})
+            bindings.append(model.Json(name=name, json=value))
     for kv in config.kv_namespaces:
-        bindings.append({"type": "kv_namespace", "name": kv.binding, "namespace_id": kv.id})
+        bindings.append(model.KvNamespace(name=kv.binding, namespace_id=kv.id))
     for d1 in config.d1_databases:
-        bindings.append({"type": "d1", "name": d1.binding, "id": d1.database_id})
+        bindings.append(model.D1(name=d1.binding, id=d1.database_id))
     for r2 in config.r2_buckets:
-        bindings.append({"type": "r2_bucket", "name": r2.binding, "bucket_name": r2.bucket_name})
+        bindings.append(model.R2Bucket(name=r2.binding, bucket_name=r2.bucket_name))
     for dn in config.dispatch_namespaces:
-        binding: dict[str, Any] = {"type": "dispatch_namespace", "name": dn.binding, "namespace": dn.namespace}
+        outbound = None
         if dn.outbound is not None:
-            worker: dict[str, Any] = {"service": dn.outbound.service}
-            if dn.outbound.environment:
-                worker["environment"] = dn.outbound.environment
-            binding["outbound"] = {"worker": worker, "params": [{"name": p} for p in dn.outbound.parameters]}
-        bindings.append(binding)
+            outbound = model.Outbound(
+                worker=model.OutboundWorker(service=dn.outbound.service,
+                                            environment=dn.outbound.environment or None),
+                params=[model.OutboundParam(name=p) for p in dn.outbound.parameters])
+        bindings.append(model.DispatchNamespace(name=dn.binding, namespace=dn.namespace,
+                                                outbound=outbound))
     for svc in config.services:
-        binding = {"type": "service", "name": svc.binding, "service": svc.service}
-        if svc.environment:
-            binding["environment"] = svc.environment
-        if svc.entrypoint:
-            binding["entrypoint"] = svc.entrypoint
-        bindings.append(binding)
+        bindings.append(model.Service(name=svc.binding, service=svc.service,
+                                      environment=svc.environment or None,
+                                      entrypoint=svc.entrypoint or None))
     return bindings
 
 
@@ -242,7 +244,7 @@ def load_project(path: str | os.PathLike[str]) -> Project:
         except OSError as exc:
             raise ProjectError(f"cannot read {target}: {exc.strerror}") from None
         return Project(main_module=target.name, modules={target.name: code},
-                       metadata={"main_module": target.name, "bindings": []})
+                       metadata=model.UploadMetadata(main_module=target.name))
     if not target.is_dir():
         raise ProjectError(f"{target} does not exist")
     config_path = next((target / name for name in CONFIG_FILES if (target / name).is_file()), None)
@@ -262,11 +264,16 @@ def load_project(path: str | os.PathLike[str]) -> Project:
     modules = _collect_modules(target)
     if main not in modules:
         raise ProjectError(f"{config_path}: main {config.main!r} not found under {target}")
-    metadata: dict[str, Any] = {"main_module": main, "bindings": _bindings(config)}
-    if config.compatibility_date:
-        metadata["compatibility_date"] = config.compatibility_date
-    if config.tail_consumers:
-        metadata["tail_consumers"] = [msgspec.to_builtins(t) for t in config.tail_consumers]
-    if isinstance(config, CorralConfig) and config.tags:
-        metadata["tags"] = list(config.tags)
+    try:
+        metadata = model.UploadMetadata(
+            main_module=main,
+            bindings=_bindings(config),
+            compatibility_date=config.compatibility_date or "",
+            tail_consumers=[model.TailConsumer(**msgspec.structs.asdict(t)) for t in config.tail_consumers],
+            tags=list(config.tags) if isinstance(config, CorralConfig) and config.tags else None,
+        )
+        # The same checks the admin API makes, so a bad config fails here, by name.
+        model.decode_metadata(msgspec.to_builtins(metadata))
+    except (Invalid, TypeError, ValueError) as exc:
+        raise ProjectError(f"{config_path}: {exc}") from None
     return Project(main_module=main, modules=modules, metadata=metadata)

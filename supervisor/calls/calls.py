@@ -23,7 +23,7 @@ Every call counts against the caller's subrequest limit. Every failure reaches t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import msgspec
@@ -37,7 +37,7 @@ from supervisor.config import LimitsConfig
 from supervisor.pool.invocation import OUTCOME_MESSAGE, Invocation, Outbound
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import warn
-from supervisor.model import PLATFORM, ScriptRecord
+from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service
 
 if TYPE_CHECKING:
     from supervisor.pool.child_process import ChildProcess
@@ -72,6 +72,7 @@ class Head(msgspec.Struct):
 
 
 ScriptLookup = Callable[[str, str], "ScriptRecord | None"]
+BindingT = TypeVar("BindingT", Service, DispatchNamespace)
 
 
 def failure_of(inv: Invocation) -> CallFailed:
@@ -204,11 +205,12 @@ class Calls:
                                redirected=head.redirected))
 
     # -- what a call targets ------------------------------------------------------
-    def _binding(self, parent: Invocation, name: str, kind: str) -> dict[str, Any]:
-        for binding in parent.record.bindings:
-            if binding.get("name") == name and binding.get("type") == kind:
-                return binding
-        raise CallFailed("TypeError", f"the script has no {kind} binding named {name!r}")
+    def _binding(self, parent: Invocation, name: str, kind: type[BindingT]) -> BindingT:
+        binding = parent.record.binding(name, kind)
+        if binding is None:
+            raise CallFailed("TypeError", f"the script has no {kind.__struct_config__.tag} binding "
+                                          f"named {name!r}")
+        return binding
 
     def _target(self, parent: Invocation, message: SubRequest, body: BodySource | bytes | None
                 ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None] | None:
@@ -221,8 +223,8 @@ class Calls:
             if message.kind == "service":
                 # The target is the one the platform stored in the binding;
                 # whatever the child wrote in ``message.target`` is ignored.
-                binding = self._binding(parent, message.binding, "service")
-                record = self._platform(str(binding.get("service") or ""))
+                service = self._binding(parent, message.binding, Service)
+                record = self._platform(service.service)
                 return record, _within(self.limits.defaults_for(record), parent), None, None
             return self._fetch_target(parent)
         except CallFailed:
@@ -237,18 +239,15 @@ class Calls:
 
     def _dispatch_target(self, parent: Invocation, message: SubRequest
                          ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None]:
-        binding = self._binding(parent, message.binding, "dispatch_namespace")
-        record = self.lookup(binding.get("namespace", ""), message.target)
+        binding = self._binding(parent, message.binding, DispatchNamespace)
+        record = self.lookup(binding.namespace, message.target)
         if record is None:
             raise CallFailed("WorkerNotFound", f"Worker not found: {message.target}")
         outbound = None
-        config = binding.get("outbound")
-        if isinstance(config, dict):
-            service = (config.get("worker") or {}).get("service")
-            if service:
-                names = [p.get("name") for p in config.get("params", []) if isinstance(p, dict)]
-                given = message.params or {}
-                outbound = Outbound(service, {n: given.get(n) for n in names if n})
+        config = binding.outbound
+        if config is not None and config.worker is not None:
+            given = message.params or {}
+            outbound = Outbound(config.worker.service, {p.name: given.get(p.name) for p in config.params})
         if message.limits is not None:
             _check_limits(message.limits)
         return record, self.limits.for_call(record, message.limits), outbound, None

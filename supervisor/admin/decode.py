@@ -1,0 +1,89 @@
+"""What enters the admin API, bounded: JSON bodies and request targets.
+
+Names, tags and ids are short and JSON bodies small, so a long target, a long
+segment, many query fields or deeply nested JSON can only be hostile: each is
+refused with a 400 (413 for size) naming the limit, never a RecursionError,
+a SQLite expression-depth error or a huge echo in a message and a log line.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+import msgspec
+
+from supervisor.errors import Invalid, TooLarge
+
+MAX_JSON_DEPTH = 32
+MAX_JSON_BODY = 1 * 2**20
+MAX_METADATA_BYTES = 1 * 2**20
+MAX_TARGET = 8 * 1024
+MAX_SEGMENT = 1024
+MAX_SEGMENTS = 16
+MAX_QUERY_FIELDS = 32
+MAX_TAG_FILTERS = 32
+MAX_HEADERS = 128
+MAX_MESSAGE = 2000
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` shortened for an error message: hostile input is not echoed whole."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _check_depth(value: Any, what: str) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > MAX_JSON_DEPTH:
+            raise Invalid(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
+def decode_json(data: bytes, what: str, limit: int = MAX_JSON_BODY) -> Any:
+    """Decode a client's JSON, bounded in size and depth.
+
+    msgspec raises RecursionError on very deep input; it and every other
+    decoding error become an :class:`Invalid` that says what was wrong.
+    """
+    if len(data) > limit:
+        raise TooLarge(f"{what} is larger than {limit} bytes")
+    if not data.strip():
+        raise Invalid(f"{what} is empty: send a JSON document")
+    try:
+        value = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise Invalid(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Invalid(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if isinstance(value, (dict, list)):
+        _check_depth(value, what)
+    return value
+
+
+def parse_target(target: str) -> tuple[str, list[str], dict[str, str]]:
+    """``(path, decoded segments, query)`` of a request target, each bounded."""
+    if len(target) > MAX_TARGET:
+        raise Invalid(f"the request target is {len(target)} characters long, over the {MAX_TARGET} accepted")
+    try:
+        split = urllib.parse.urlsplit(target)
+        segments = [urllib.parse.unquote(s, errors="strict") for s in split.path.split("/")]
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(
+            split.query, keep_blank_values=True, errors="strict",
+            max_num_fields=MAX_QUERY_FIELDS).items()}
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Invalid(f"malformed request target {clip(target, 200)!r}: {exc} "
+                      f"(percent-escapes must be UTF-8; at most {MAX_QUERY_FIELDS} query fields)") from None
+    if segments and segments[0] == "":
+        segments = segments[1:]
+    if segments and segments[-1] == "":
+        segments.pop()  # tolerate a trailing slash
+    if len(segments) > MAX_SEGMENTS:
+        raise Invalid(f"the path has {len(segments)} segments; no admin API endpoint has more than {MAX_SEGMENTS}")
+    for segment in segments:
+        if len(segment) > MAX_SEGMENT:
+            raise Invalid(f"path segment {clip(segment)!r} is longer than {MAX_SEGMENT} characters")
+    return split.path, segments, query

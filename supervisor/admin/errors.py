@@ -1,0 +1,67 @@
+"""The one place that decides what a failure looks like on the admin API.
+
+Domain errors (:mod:`supervisor.errors`) carry no HTTP; here each kind gets
+its status and a numeric code for Cloudflare's error envelope: Cloudflare's
+own number where the error has one (script not found, validation failed,
+too large), otherwise 10000 + the HTTP status, so a code is never ambiguous
+and always hints at its status.
+"""
+
+from __future__ import annotations
+
+from supervisor.admin.multipart import MultipartError
+from supervisor.errors import Conflict, CorralError, Invalid, NotFound, NotSupported, TooLarge, Unavailable
+
+
+class ErrorCode:
+    SCRIPT_NOT_FOUND = 10007
+    VALIDATION_FAILED = 10021
+    TOO_LARGE = 10027
+    BAD_REQUEST = 10400
+    NOT_FOUND = 10404
+    METHOD_NOT_ALLOWED = 10405
+    CONFLICT = 10409
+    INTERNAL = 10500
+    NOT_IMPLEMENTED = 10501
+    UNAVAILABLE = 10503
+
+
+class MethodNotAllowed(CorralError):
+    """The path exists, the method does not; ``allowed`` lists what does."""
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
+class LoadFailed(Invalid):
+    """The script was well formed but did not load in a sandbox."""
+
+    code = ErrorCode.VALIDATION_FAILED
+
+
+_BY_KIND: list[tuple[type[Exception], int, int]] = [
+    (MethodNotAllowed, 405, ErrorCode.METHOD_NOT_ALLOWED),
+    (Invalid, 400, ErrorCode.BAD_REQUEST),
+    (NotFound, 404, ErrorCode.NOT_FOUND),
+    (Conflict, 409, ErrorCode.CONFLICT),
+    (TooLarge, 413, ErrorCode.TOO_LARGE),
+    (Unavailable, 503, ErrorCode.UNAVAILABLE),
+    (NotSupported, 501, ErrorCode.NOT_IMPLEMENTED),
+]
+
+
+def status_and_code(exc: BaseException) -> tuple[int, int, str]:
+    """``(HTTP status, error code, message)`` for any exception the API meets.
+
+    Unexpected ones are a 500 whose message says so; the caller logs the
+    traceback.
+    """
+    if isinstance(exc, MultipartError):
+        code = ErrorCode.TOO_LARGE if exc.status == 413 else ErrorCode.BAD_REQUEST
+        return exc.status, code, str(exc)
+    for kind, status, code in _BY_KIND:
+        if isinstance(exc, kind):
+            assert isinstance(exc, CorralError)
+            return status, exc.code or code, exc.message
+    return 500, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

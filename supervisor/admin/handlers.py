@@ -1,0 +1,344 @@
+"""The admin API's endpoints (SPEC section 2): namespaces, scripts, tags, routes.
+
+Each handler takes a :class:`~supervisor.admin.router.Request` and answers a
+rendered envelope; failures are raised as domain errors and mapped to HTTP in
+:mod:`supervisor.admin.errors`. Store calls run in worker threads so a slow
+disk never stalls the supervisor's event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import posixpath
+import traceback
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+import trio
+
+from supervisor.admin import multipart
+from supervisor.admin.decode import MAX_METADATA_BYTES, MAX_TAG_FILTERS, clip, decode_json
+from supervisor.admin.errors import LoadFailed
+from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, route_json, script_json
+from supervisor.admin.router import Request, Router
+from supervisor.errors import Invalid, NotFound, NotSupported, TooLarge
+from supervisor.model import (
+    PLATFORM,
+    ScriptRecord,
+    UploadMetadata,
+    check_name,
+    content_version,
+    decode_metadata,
+    resolve_bindings,
+)
+from supervisor.store.cursors import TagFilter, parse_tag_filters
+from supervisor.store.store import Store, namespace_not_found, script_not_found
+
+log = logging.getLogger("corral.admin")
+_T = TypeVar("_T")
+
+#: Room for the metadata part and multipart framing on top of the code itself.
+UPLOAD_OVERHEAD = 1 * 2**20
+_NS = "accounts/*/workers/dispatch/namespaces"
+_PS = "accounts/*/workers/scripts"
+
+
+def log_event(level: int, event: str, **fields: Any) -> None:
+    """One JSON line per event: ``supervisor.log.JsonFormatter`` renders ``fields``."""
+    if log.isEnabledFor(level):
+        log.log(level, event, extra={"fields": fields})
+
+
+class AdminHooks(Protocol):
+    """What the API needs from the rest of the supervisor."""
+
+    async def validate(self, record: ScriptRecord) -> str | None:
+        """Load the script in a sandbox: None if it loads, else the error text."""
+        ...
+
+    def script_changed(self, namespace: str, name: str) -> None:
+        """Called after a script was stored, deleted, or had its tags changed."""
+        ...
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition for ``GET /metrics``."""
+        ...
+
+
+def _namespace_of(request: Request) -> str:
+    """PLATFORM for /workers/scripts/..., else the validated {ns}."""
+    ns = request.params.get("ns")
+    return PLATFORM if ns is None else check_name("namespace", ns)
+
+
+def _script_of(request: Request) -> str:
+    return check_name("script", request.params["name"])
+
+
+def _tag_filters(request: Request) -> list[TagFilter]:
+    """``?tags=`` parsed, at most MAX_TAG_FILTERS of them (each one is an SQL clause)."""
+    filters = parse_tag_filters(request.query.get("tags", ""))
+    if len(filters) > MAX_TAG_FILTERS:
+        raise Invalid(f"?tags= has {len(filters)} filters, more than the {MAX_TAG_FILTERS} accepted")
+    return filters
+
+
+def _check_module_path(path: str) -> None:
+    """Part names become import paths: relative, no '..', no surprises."""
+    parts = path.split("/")
+    if (len(path) > 512 or path.startswith("/") or "\\" in path or "\0" in path
+            or any(p in ("", ".", "..") for p in parts)):
+        raise Invalid(f"invalid module name {clip(path)!r}: use a relative path like 'worker.py' "
+                      "or 'src/lib/util.py'")
+
+
+class Handlers:
+    """Endpoints over one store; :meth:`register` puts them on a router."""
+
+    def __init__(self, store: Store, hooks: AdminHooks, max_script_bytes: int) -> None:
+        self.store = store
+        self.hooks = hooks
+        self.max_script_bytes = max_script_bytes
+
+    def register(self, router: Router) -> None:
+        router.add("metrics", GET=self.metrics)
+        router.add("tail", GET=self.tail)
+        router.add(_NS, GET=self.list_namespaces, POST=self.create_namespace)
+        router.add(f"{_NS}/{{ns}}", GET=self.get_namespace, DELETE=self.delete_namespace)
+        router.add(f"{_NS}/{{ns}}/scripts", GET=self.list_scripts, DELETE=self.bulk_delete)
+        for prefix in (f"{_NS}/{{ns}}/scripts", _PS):
+            router.add(f"{prefix}/{{name}}", PUT=self.put_script, GET=self.get_script,
+                       DELETE=self.delete_script)
+            router.add(f"{prefix}/{{name}}/tags", GET=self.get_tags, PUT=self.put_tags)
+            router.add(f"{prefix}/{{name}}/tags/{{tag}}", PUT=self.add_tag, DELETE=self.remove_tag)
+        router.add(_PS, GET=self.list_scripts)
+        router.add("accounts/*/workers/routes", GET=self.list_routes, POST=self.add_route)
+        router.add("accounts/*/workers/routes/{id}", GET=self.get_route, DELETE=self.delete_route)
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a store call in a worker thread (SQLite may touch the disk)."""
+        return await trio.to_thread.run_sync(functools.partial(fn, *args))
+
+    def _changed(self, namespace: str, name: str) -> None:
+        try:
+            self.hooks.script_changed(namespace, name)
+        except Exception:  # noqa: BLE001 - the write is done; report, don't fail it
+            log_event(logging.ERROR, "admin.script_changed_hook_failed", namespace=namespace, script=name,
+                      traceback=traceback.format_exc())
+
+    # -- metrics and tail -----------------------------------------------------
+
+    async def metrics(self, request: Request) -> Response:
+        return 200, list(METRICS_HEADERS), self.hooks.metrics_text().encode()
+
+    async def tail(self, request: Request) -> Response:
+        raise NotSupported("GET /tail is not implemented yet")
+
+    # -- namespaces -----------------------------------------------------------
+
+    async def list_namespaces(self, request: Request) -> Response:
+        infos = await self._run(self.store.list_namespaces)
+        return envelope(200, [namespace_json(i) for i in infos])
+
+    async def create_namespace(self, request: Request) -> Response:
+        body = request.json()
+        name = body.get("name") if isinstance(body, dict) else None
+        if name is None and isinstance(body, dict):
+            name = body.get("namespace_name")
+        if name is None:
+            raise Invalid('send {"name": "NAMESPACE"} to create a dispatch namespace')
+        info = await self._run(self.store.create_namespace, name)
+        log_event(logging.INFO, "admin.namespace_created", namespace=info.name)
+        return envelope(200, namespace_json(info))
+
+    async def get_namespace(self, request: Request) -> Response:
+        ns = _namespace_of(request)
+        info = await self._run(self.store.get_namespace, ns)
+        if info is None:
+            raise namespace_not_found(ns)
+        return envelope(200, namespace_json(info))
+
+    async def delete_namespace(self, request: Request) -> Response:
+        ns = _namespace_of(request)
+        names = await self._run(self.store.delete_namespace, ns)
+        for name in names:
+            self._changed(ns, name)
+        log_event(logging.INFO, "admin.namespace_deleted", namespace=ns, scripts=len(names))
+        return envelope(200, {"name": ns, "scripts_deleted": len(names)})
+
+    # -- scripts --------------------------------------------------------------
+
+    async def list_scripts(self, request: Request) -> Response:
+        ns = _namespace_of(request)
+        filters = _tag_filters(request)
+        raw_per_page = request.query.get("per_page", "100")
+        try:
+            per_page = int(raw_per_page)
+        except ValueError:
+            raise Invalid(f"per_page must be an integer, got {clip(raw_per_page)!r}") from None
+        cursor = request.query.get("cursor") or None
+        records, next_cursor = await self._run(self.store.list_scripts, ns, filters, cursor, per_page)
+        return envelope(
+            200,
+            [script_json(r, with_modules=False) for r in records],
+            result_info={"count": len(records), "per_page": per_page, "cursor": next_cursor or ""},
+        )
+
+    async def bulk_delete(self, request: Request) -> Response:
+        ns = _namespace_of(request)
+        filters = _tag_filters(request)
+        if not filters:
+            raise Invalid("bulk delete needs ?tags=TAG:yes|no[,...]; to delete the namespace, DELETE it")
+        names = await self._run(self.store.delete_scripts_by_tags, ns, filters)
+        for name in names:
+            self._changed(ns, name)
+        log_event(logging.INFO, "admin.scripts_bulk_deleted", namespace=ns, count=len(names))
+        return envelope(200, {"count": len(names)})
+
+    async def get_script(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        record = await self._run(self.store.get_script, ns, name)
+        if record is None:
+            raise script_not_found(ns, name)
+        return envelope(200, script_json(record, with_modules=True))
+
+    async def delete_script(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        if not await self._run(self.store.delete_script, ns, name):
+            raise script_not_found(ns, name)
+        self._changed(ns, name)
+        log_event(logging.INFO, "admin.script_deleted", namespace=ns, script=name)
+        return envelope(200, {"id": name})
+
+    async def put_script(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        if len(request.body) > self.max_script_bytes + UPLOAD_OVERHEAD:
+            raise TooLarge(f"upload of {len(request.body)} bytes exceeds the {self.max_script_bytes}-byte "
+                           "script size limit")
+        if ns != PLATFORM and await self._run(self.store.get_namespace, ns) is None:
+            raise namespace_not_found(ns)
+        parts = multipart.parse(request.headers.get("content-type", ""), request.body,
+                                max_part_bytes=self.max_script_bytes)
+        previous = await self._run(self.store.get_script, ns, name)
+        record = self._build_record(ns, name, parts, previous)
+        error = await self.hooks.validate(record)
+        if error is not None:
+            raise LoadFailed(f"script {name!r} failed to load: {error}")
+        stored = await self._run(self.store.put_script, record)
+        self._changed(ns, name)
+        log_event(logging.INFO, "admin.script_deployed", namespace=ns, script=name, version=stored.version)
+        return envelope(200, script_json(stored, with_modules=True))
+
+    def _build_record(self, ns: str, name: str, parts: list[multipart.Part],
+                      previous: ScriptRecord | None) -> ScriptRecord:
+        metadata_parts = [p for p in parts if p.name == "metadata"]
+        if not metadata_parts:
+            raise Invalid("the upload has no 'metadata' part (JSON with main_module, bindings, ...)")
+        raw = decode_json(metadata_parts[0].data, "the 'metadata' part", MAX_METADATA_BYTES)
+        if not isinstance(raw, dict):
+            raise Invalid("the 'metadata' part must be a JSON object")
+        metadata: UploadMetadata = decode_metadata(raw)
+        modules = self._modules(parts)
+        main_module = metadata.main_module
+        if not main_module:
+            raise Invalid(f"metadata needs 'main_module', one of: {', '.join(sorted(modules))}")
+        if main_module not in modules:
+            raise Invalid(f"main_module {clip(main_module)!r} is not among the uploaded parts: "
+                          f"{', '.join(sorted(modules))}")
+        if posixpath.splitext(main_module)[1] != ".py":
+            raise Invalid(f"main_module {clip(main_module)!r} must be a .py file")
+        bindings = resolve_bindings(metadata, previous)
+        # No 'tags' key keeps the deployed tags (a code update should not untag);
+        # an explicit list, even empty, replaces them.
+        if metadata.tags is not None:
+            tags = metadata.tags
+        else:
+            tags = list(previous.tags) if previous and "tags" not in raw else []
+        return ScriptRecord(
+            namespace=ns,
+            name=name,
+            version=content_version(main_module, modules, bindings, metadata.compatibility_date,
+                                    metadata.compatibility_flags),
+            main_module=main_module,
+            modules=modules,
+            bindings=bindings,
+            tags=tags,
+            compatibility_date=metadata.compatibility_date,
+            compatibility_flags=metadata.compatibility_flags,
+            tail_consumers=metadata.tail_consumers,
+        )
+
+    def _modules(self, parts: list[multipart.Part]) -> dict[str, bytes]:
+        """The code parts, by path. Cloudflare's SDKs name each part ``files``
+        with the path as its filename; others name the part after the file."""
+        modules: dict[str, bytes] = {}
+        for part in parts:
+            if part.name == "metadata":
+                continue
+            path = part.filename if part.name == "files" and part.filename else part.name
+            _check_module_path(path)
+            modules[path] = part.data
+        if not modules:
+            raise Invalid("the upload has no modules: add one part per file, named by its path")
+        total = sum(len(v) for v in modules.values())
+        if total > self.max_script_bytes:
+            raise TooLarge(f"script is {total} bytes, over the {self.max_script_bytes}-byte limit")
+        return modules
+
+    # -- tags -----------------------------------------------------------------
+
+    async def get_tags(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        return envelope(200, await self._run(self.store.get_tags, ns, name))
+
+    async def put_tags(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        body = request.json()
+        tags = body.get("tags") if isinstance(body, dict) else body
+        if not isinstance(tags, list):
+            raise Invalid('send the tags as a JSON list, e.g. ["plan:free", "user:42"]')
+        result = await self._run(self.store.put_tags, ns, name, tags)
+        self._changed(ns, name)
+        return envelope(200, result)
+
+    async def add_tag(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        result = await self._run(self.store.add_tag, ns, name, request.params["tag"])
+        self._changed(ns, name)
+        return envelope(200, result)
+
+    async def remove_tag(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        result = await self._run(self.store.remove_tag, ns, name, request.params["tag"])
+        self._changed(ns, name)
+        return envelope(200, result)
+
+    # -- routes ---------------------------------------------------------------
+
+    async def list_routes(self, request: Request) -> Response:
+        return envelope(200, [route_json(r) for r in await self._run(self.store.list_routes)])
+
+    async def add_route(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("pattern"), str) \
+                or not isinstance(body.get("script"), str):
+            raise Invalid('send {"pattern": "*.example.com/*", "script": "NAME"} to add a route')
+        info = await self._run(self.store.add_route, body["pattern"], body["script"])
+        log_event(logging.INFO, "admin.route_added", pattern=info.pattern, script=info.script)
+        return envelope(200, route_json(info))
+
+    async def get_route(self, request: Request) -> Response:
+        route_id = request.params["id"]
+        for route in await self._run(self.store.list_routes):
+            if route.id == route_id:
+                return envelope(200, route_json(route))
+        raise NotFound(f"route {route_id!r} does not exist")
+
+    async def delete_route(self, request: Request) -> Response:
+        route_id = request.params["id"]
+        if not await self._run(self.store.delete_route, route_id):
+            raise NotFound(f"route {route_id!r} does not exist")
+        log_event(logging.INFO, "admin.route_deleted", id=route_id)
+        return envelope(200, {"id": route_id})

@@ -1,0 +1,68 @@
+"""Which handler answers a request: path templates to methods.
+
+Templates are paths whose segments are literal, ``*`` (anything: the account
+label) or ``{name}`` (captured into ``Request.params``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from supervisor.admin.decode import decode_json
+from supervisor.admin.errors import MethodNotAllowed
+from supervisor.admin.render import Response
+from supervisor.errors import NotFound
+
+
+class Request(msgspec.Struct, kw_only=True):
+    method: str
+    path: str
+    params: dict[str, str]
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return decode_json(self.body, "request body")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Router:
+    def __init__(self) -> None:
+        self._routes: list[tuple[tuple[str, ...], dict[str, Handler]]] = []
+
+    def add(self, template: str, **methods: Handler) -> None:
+        self._routes.append((tuple(template.strip("/").split("/")), methods))
+
+    def resolve(self, method: str, path: str, segments: list[str]) -> tuple[Handler, dict[str, str]]:
+        allowed: list[str] = []
+        for template, methods in self._routes:
+            params = _match(template, segments)
+            if params is None:
+                continue
+            handler = methods.get(method)
+            if handler is not None:
+                return handler, params
+            allowed = list(methods)
+        if allowed:
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; use {', '.join(allowed)}", allowed)
+        raise NotFound(f"no admin API endpoint at {path}")
+
+
+def _match(template: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
+    if len(template) != len(segments):
+        return None
+    params: dict[str, str] = {}
+    for want, got in zip(template, segments):
+        if want == "*":
+            continue
+        if want.startswith("{"):
+            params[want[1:-1]] = got
+        elif want != got:
+            return None
+    return params
