@@ -36,6 +36,8 @@ from urllib.parse import quote, urljoin, urlsplit
 import h11
 import trio
 
+from .fetch_errors import FetchError, FetchTimeout, ResponseTooLarge
+
 __all__ = [
     "ClientResponse",
     "FetchError",
@@ -98,24 +100,6 @@ _BODYLESS_METHODS_NEEDING_LENGTH = frozenset({"POST", "PUT", "PATCH"})
 
 
 # --------------------------------------------------------------------------- errors
-
-
-class FetchError(Exception):
-    """A request could not be completed; ``str(e)`` is a message fit for users.
-
-    This is the only exception family the client raises for network, protocol
-    and policy problems, so the supervisor can map it to a tenant-visible
-    ``TypeError``-style fetch failure without leaking internals.
-    """
-
-
-class FetchTimeout(FetchError):
-    """Connecting, waiting for the response head, or an individual body read
-    (or the request's overall ``timeout``) took too long."""
-
-
-class ResponseTooLarge(FetchError):
-    """The response body exceeded ``max_response_bytes``; the connection was closed."""
 
 
 class TooManyRedirects(FetchError):
