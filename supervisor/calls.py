@@ -301,23 +301,17 @@ class Calls:
     async def _http(self, message: SubRequest, body: BodySource | bytes | None) -> Head:
         upload: bytes | AsyncIterator[bytes] | None
         upload = body if body is None or isinstance(body, bytes) else _iterate(body)
-        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in message.headers]
         try:
-            response = await self.client.request(
-                message.method.decode("latin-1"), message.url, headers, upload,
-                redirect=message.redirect if message.redirect in ("follow", "manual", "error") else "follow",
-            )
+            response = await self.client.request(message.method.decode("latin-1"), message.url,
+                                                 message.headers, upload, redirect=message.redirect)
         except http_client.FetchError as exc:
             raise CallFailed("FetchError", str(exc)) from None
+        except ValueError as exc:  # a redirect mode fetch does not know
+            raise CallFailed("TypeError", str(exc)) from None
         finally:
             _close(body)
-        return Head(
-            response.status,
-            [(n.encode("latin-1"), v.encode("latin-1")) for n, v in response.headers],
-            _ClientBody(response),
-            response.url,
-            response.redirected,
-        )
+        return Head(response.status, response.headers, _ClientBody(response), response.url,
+                    response.redirected)
 
 
 class _Canceller:
