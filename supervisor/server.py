@@ -47,7 +47,7 @@ class Supervisor:
         self.store = Store(os.path.join(config.state_dir, "corral.db"))
         self.pool = Pool(config, on_event=self._log_event if config.log_invocations else None)
         self.client = http_client.HTTPClient(
-            max_response_bytes=MAX_FETCH_RESPONSE, resolve=EgressPolicy(config.outbound).resolve,
+            max_response_bytes=MAX_FETCH_RESPONSE, policy=EgressPolicy(config.outbound),
             connect_timeout=config.outbound.connect_timeout_s,
             read_timeout=config.outbound.read_timeout_s)
         self.pool.calls = Calls(self.pool, self.store.get_script, config.limits, self.client)

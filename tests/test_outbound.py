@@ -511,12 +511,20 @@ def test_outbound_worker_sees_every_redirect_hop(corral, upstream):
     """A tenant's fetch follows redirects as fetch does; with an outbound worker
     each hop is a subrequest delivered to it (as workerd re-issues a followed
     redirect through the same fetcher)."""
-    out = probe(corral, [{"url": upstream.url("/redirect/3")}], outbound=True, customer="acme")
-    result = out["results"][0]
+    out = probe(corral, [{"url": upstream.url("/redirect/3")},
+                         {"url": upstream.url("/redirect/2"), "redirect": "manual"},
+                         {"url": upstream.url("/redirect/2"), "redirect": "error"}],
+                outbound=True, customer="acme")
+    result, manual, error = out["results"]
     assert result["status"] == 200, result
     assert result["redirected"] is True
+    assert result["url"] == upstream.url("/echo/final")
     assert result["headers"].get("x-egress") == "forwarded"
     assert json.loads(result["body"])["path"] == "/echo/final"
+    # The same redirect modes as a direct fetch (supervisor.calls.redirects).
+    assert manual["status"] == 303 and manual["redirected"] is False, manual
+    assert error.get("error") == "PlatformError", error
+    assert "redirect mode is 'error'" in error["message"], error
 
 
 def test_outbound_worker_streams_request_body(corral, upstream):

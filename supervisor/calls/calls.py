@@ -24,7 +24,6 @@ Every call counts against the caller's subrequest limit. Every failure reaches t
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, TypeVar
-from urllib.parse import urljoin, urlsplit
 
 import msgspec
 import trio
@@ -32,12 +31,13 @@ import trio
 from protocol.messages import MAX_CHUNK, ExceptionInfo, Header, Limits, SubFailed, SubRequest, SubResponse
 
 from supervisor.calls import http_client
-from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink
+from supervisor.calls.redirects import RedirectError, RedirectPolicy
 from supervisor.config import LimitsConfig
-from supervisor.pool.invocation import OUTCOME_MESSAGE, Invocation, Outbound
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import warn
 from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service
+from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink
+from supervisor.pool.invocation import OUTCOME_MESSAGE, Invocation, Outbound
 
 if TYPE_CHECKING:
     from supervisor.pool.child_process import ChildProcess
@@ -49,9 +49,6 @@ MAX_DEPTH = 32
 DEPTH_MESSAGE = ("Subrequest depth limit exceeded. This request recursed through Workers too "
                  "many times. This can happen e.g. if you have a Worker or Durable Object that "
                  "calls other Workers or objects recursively.")
-#: fetch()'s redirect limit, as in browsers and workerd.
-MAX_REDIRECTS = 20
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class CallFailed(Exception):
@@ -131,8 +128,8 @@ class Calls:
                 child.spawn(self._run, child, parent, message, self._http(message, body))
                 return
             record, limits, outbound, params = target
-            if message.kind == "fetch" and message.redirect == "follow":
-                # Through an outbound worker: follow its redirects, hop by hop.
+            if message.kind == "fetch" and message.redirect != "manual":
+                # Through an outbound worker: fetch's redirect rules, hop by hop.
                 child.spawn(self._run, child, parent, message,
                             self._follow(record, parent, message, body, limits, params))
                 return
@@ -287,51 +284,44 @@ class Calls:
 
     async def _follow(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
                       body: BodySource | bytes | None, limits: Limits, params: dict | None) -> Head:
-        """fetch()'s redirect rules, applied to an outbound worker's answers."""
-        method, url, headers = message.method, message.url, list(message.headers)
-        replayable = body is None or isinstance(body, bytes)
-        for hop in range(MAX_REDIRECTS + 1):
-            head = await self._call_script(record, parent, method, url, headers, body, limits,
-                                           None, params)
-            location = _header(head.headers, b"location")
-            if head.status not in REDIRECT_STATUSES or location is None:
-                head.url, head.redirected = url, hop > 0
+        """fetch()'s redirect rules (supervisor.calls.redirects), applied to an
+        outbound worker's answers: every hop is a call to the worker."""
+        try:
+            policy = RedirectPolicy(message.url, message.method.decode("latin-1"),
+                                    list(message.headers), mode=message.redirect,
+                                    streamed_body=not (body is None or isinstance(body, bytes)))
+        except ValueError as exc:
+            _close(body)
+            raise CallFailed("TypeError", str(exc)) from None
+        while True:
+            head = await self._call_script(record, parent, policy.method.encode("latin-1"),
+                                           policy.url, policy.headers, body, limits, None, params)
+            try:
+                hop = policy.next_hop(head.status, _header(head.headers, b"location"))
+            except RedirectError as exc:
+                _close(head.body)
+                raise CallFailed("FetchError", str(exc)) from None
+            if hop is None:
+                head.url, head.redirected = policy.url, policy.redirected
                 return head
-            if head.body is not None:
-                head.body.close()
-            if hop == MAX_REDIRECTS:
-                raise CallFailed("FetchError", f"too many redirects (more than {MAX_REDIRECTS})")
-            next_url = urljoin(url, location.decode("latin-1"))
-            if head.status == 303 or (head.status in (301, 302) and method == b"POST"):
-                method, body = b"GET", None
-                headers = [(n, v) for n, v in headers if not n.startswith(b"content-")]
-            elif not replayable:
-                raise CallFailed("FetchError", "cannot follow a redirect after streaming the request body")
-            if urlsplit(next_url)[:2] != urlsplit(url)[:2]:
-                headers = [(n, v) for n, v in headers if n not in (b"authorization", b"cookie")]
-            url = next_url
-        raise AssertionError("unreachable")
+            _close(head.body)
+            if hop.drop_body:
+                body = None
 
     async def _http(self, message: SubRequest, body: BodySource | bytes | None) -> Head:
         upload: bytes | AsyncIterator[bytes] | None
         upload = body if body is None or isinstance(body, bytes) else _iterate(body)
-        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in message.headers]
         try:
-            response = await self.client.request(
-                message.method.decode("latin-1"), message.url, headers, upload,
-                redirect=message.redirect if message.redirect in ("follow", "manual", "error") else "follow",
-            )
+            response = await self.client.request(message.method.decode("latin-1"), message.url,
+                                                 message.headers, upload, redirect=message.redirect)
         except http_client.FetchError as exc:
             raise CallFailed("FetchError", str(exc)) from None
+        except ValueError as exc:  # a redirect mode fetch does not know
+            raise CallFailed("TypeError", str(exc)) from None
         finally:
             _close(body)
-        return Head(
-            response.status,
-            [(n.encode("latin-1"), v.encode("latin-1")) for n, v in response.headers],
-            _ClientBody(response),
-            response.url,
-            response.redirected,
-        )
+        return Head(response.status, response.headers, _ClientBody(response), response.url,
+                    response.redirected)
 
 
 class _Canceller:

@@ -5,9 +5,12 @@ network. Without a policy a tenant could reach what only the host should:
 loopback services, the cloud metadata endpoint, the private network (SSRF).
 The policy is applied to the *resolved* addresses of every new connection,
 redirect hops included, so a public name that resolves to a private address
-is refused as well. Platforms that do need private upstreams allow them
-explicitly (``[outbound] allow_private_networks`` or ``allow_hosts``); an
-outbound worker remains the place for finer rules.
+is refused as well: the HTTP client's network backend
+(supervisor.calls.egress_backend) resolves each host itself, asks
+:meth:`EgressPolicy.vet` and dials only what it returns. Platforms that do
+need private upstreams allow them explicitly (``[outbound]
+allow_private_networks`` or ``allow_hosts``); an outbound worker remains the
+place for finer rules.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 
 from supervisor.config import OutboundConfig
-from supervisor.calls.http_client import FetchError, default_resolve
+from supervisor.calls.fetch_errors import FetchError
 
 
 class EgressDenied(FetchError):
@@ -34,14 +37,14 @@ class EgressPolicy:
         self.allow_private = config.allow_private_networks
         self.allow_hosts = frozenset(h.lower() for h in config.allow_hosts)
 
-    async def resolve(self, host: str, port: int) -> list[tuple[str, int]]:
-        """The HTTP client's resolver: addresses of ``host`` a tenant may use."""
-        addresses = await default_resolve(host, port)
+    def vet(self, host: str, addresses: list[str]) -> list[str]:
+        """The addresses of ``host`` (IP literals, as resolved) a tenant may
+        connect to, in order; raises :class:`EgressDenied` if there are none."""
         if self.allow_private or host.lower() in self.allow_hosts:
             return addresses
-        allowed = [(ip, p) for ip, p in addresses if _is_public(ip)]
+        allowed = [ip for ip in addresses if _is_public(ip)]
         if not allowed:
-            shown = ", ".join(ip for ip, _ in addresses[:3])
+            shown = ", ".join(addresses[:3])
             raise EgressDenied(
                 f"fetch to {host} ({shown}) is not allowed: the platform blocks loopback, "
                 "private and link-local addresses"
