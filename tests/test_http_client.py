@@ -564,10 +564,8 @@ def test_connect_timeout() -> None:
 
     async def main() -> None:
         async with HTTPClient(connect_timeout=0.3) as client:
-            start = trio.current_time()
             with pytest.raises(FetchTimeout, match=f"connecting to 127.0.0.1:{port}"):
                 await client.request("GET", f"http://127.0.0.1:{port}/")
-            assert trio.current_time() - start < 2
 
     try:
         run(main)

@@ -7,7 +7,8 @@ answers what it caught as JSON (status 502, ``x-dispatch-error: 1``).
 
 CPU figures (budget, wall time the dispatcher measured, CPU the child used as
 the kernel's schedstat saw it) are printed; run with ``pytest -s`` to see
-them. Assertions on timing are deliberately generous.
+them. Tests assert outcomes, never wall-clock figures: those are scripts/bench's
+(the machines running tests are shared and noisy).
 """
 
 from __future__ import annotations
@@ -227,7 +228,6 @@ def test_cpu_limit_stops_tight_loop(corral, budget_ms):
           f"wall, client {client_ms:7.1f} ms; child CPU (schedstat, last sample) {watch.used_ms:7.1f} ms")
     assert resp.status == 502 and resp.headers.get("x-dispatch-error") == "1", resp
     assert_platform_failure(out, "exceededCpu", "CPU")
-    assert out["elapsed_ms"] < budget_ms + 250, out
     assert watch.used_ms < budget_ms + 100
     # The next request to the same worker runs on a fresh child.
     new_pid = pid_of(corral, "spin")
@@ -238,7 +238,6 @@ def test_cpu_limit_snake_case_key(corral):
     resp = call(corral, "spin", "/spin", {"cpu_ms": 30})
     out = resp.json()
     assert_platform_failure(out, "exceededCpu", "CPU")
-    assert out["elapsed_ms"] < 30 + 250, out
 
 
 def test_cpu_limit_counts_cpu_not_wall_time(corral):
@@ -261,7 +260,6 @@ def test_dispatcher_catches_and_retries_on_new_child(corral):
     pids = [json.loads(r["body"])["pid"] for r in results[0::2]]
     for spun in results[1::2]:
         assert_platform_failure(spun, "exceededCpu", "CPU")
-        assert spun["elapsed_ms"] < 30 + 250
     assert all(r.get("status") == 200 for r in results[0::2]), results
     assert len(set(pids)) == 3, f"expected a fresh child after each kill, got pids {pids}"
 
@@ -294,7 +292,6 @@ def test_neighbour_latency_while_tenant_burns_cpu(corral):
           f"{statistics.median(during):.2f} ms while another tenant burns CPU "
           f"({len(during)} requests, max {max(during):.1f} ms)")
     assert statuses and all(s == 200 for s in statuses), statuses
-    assert statistics.median(during) < 250
     assert_platform_failure(burn["resp"].json(), "exceededCpu", "CPU")
 
 
@@ -326,7 +323,6 @@ def test_wall_time_limit(corral):
     out = resp.json()
     assert out.get("error") == "exceededWallTime", out
     assert out["platform_error"] is True
-    assert out["elapsed_ms"] < 300 + 250, out
     # The worker is still usable.
     assert call(corral, "sleeper", "/sleep?ms=1").status == 200
 
@@ -406,7 +402,6 @@ def test_platform_limits_cap_dispatcher_limits(tmp_path, upstream):
         for resp in (raised, default):
             out = resp.json()
             assert_platform_failure(out, "exceededCpu", "CPU")
-            assert out["elapsed_ms"] < 100 + 250, out
         subs = call(server, "capped", f"/fetch?n=3&target={upstream.url('/echo/capped')}",
                     {"subRequests": 50}).json()["results"]
         assert [("status" in r) for r in subs] == [True, True, False], subs
@@ -469,7 +464,6 @@ def test_defaults_per_namespace_and_per_tag(tmp_path, upstream):
         assert allowed("free", {"subRequests": 2}) == 2, "the dispatcher's limit wins"
         spun = call(server, "paid", "/spin").json()
         assert_platform_failure(spun, "exceededCpu", "CPU")
-        assert spun["elapsed_ms"] < 60 + 250, spun
         # A dispatcher that lets the limit error escape: the client gets a 503.
         server.deploy_dispatcher(name="plain", pattern="*.plain.test/*")
         uncaught = server.request("/spin", host="paid.plain.test")

@@ -309,10 +309,9 @@ class Default(WorkerEntrypoint):
         return Response("survived")
 ''')
     corral.deploy("echo", ECHO)
-    started = time.monotonic()
     resp = corral.request("/", host="framer.localhost")
+    # Killed at once: left to finish, it would have answered "survived" (200).
     assert resp.status in (500, 502), resp
-    assert time.monotonic() - started < 4, "the child was killed at once, not left to finish"
     assert "protocol violation" in corral.log() or "protocol" in corral.log()
     assert corral.request("/", host="echo.localhost").status == 200
     assert corral.alive()
@@ -406,13 +405,11 @@ def test_all_sandboxes_busy_is_503(tmp_path) -> None:
 def test_header_timeout(tmp_path) -> None:
     server = _server_with(tmp_path, "[http_limits]\nheader_timeout_s = 0.5\nidle_timeout_s = 1.0\n")
     try:
-        started = time.monotonic()
         answer = server.raw(b"GET / HTTP/1.1\r\nHost: slow", timeout=5)
         assert answer.startswith(b"HTTP/1.1 408"), answer
-        assert time.monotonic() - started < 3
-        started = time.monotonic()
-        assert server.raw(b"", timeout=5) == b"", "an idle connection closes quietly"
-        assert time.monotonic() - started < 3
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            # EOF from the server, not our own 5 s timeout (which would raise).
+            assert sock.recv(1) == b"", "an idle connection closes quietly"
     finally:
         server.stop()
 
