@@ -289,6 +289,18 @@ CREATE TABLE IF NOT EXISTS routes (
 """
 
 
+class NotCached:
+    """The type of :data:`NOT_CACHED`: deployed, but a read would touch SQLite."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_CACHED"
+
+
+NOT_CACHED = NotCached()
+
+
 class Store:
     """The SQLite-backed state; see the module docstring for the threading model."""
 
@@ -496,6 +508,21 @@ class Store:
         stored = msgspec.structs.replace(record, tags=tags, created_on=created_on, modified_on=now)
         self._forget([key], {key: record.version})
         return stored
+
+    def cached(self, namespace: str, name: str) -> ScriptRecord | None | NotCached:
+        """The record if the cache holds it, None if no such script is deployed,
+        else :data:`NOT_CACHED`: never touches SQLite, so the event loop may call
+        it on the request path (a miss is then read with :meth:`get_script` in a
+        worker thread; see supervisor.store.lookup)."""
+        key = (namespace, name)
+        with self._cache_lock:
+            if key not in self._versions:
+                return None
+            entry = self._cache.get(key)
+            if entry is None:
+                return NOT_CACHED
+            self._cache.move_to_end(key)
+            return entry[0]
 
     def get_script(self, namespace: str, name: str) -> ScriptRecord | None:
         """The full record (with code), or None. Hot path: cached; read-only result."""
