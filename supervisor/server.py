@@ -23,14 +23,15 @@ from supervisor.admin.api import AdminAPI
 from supervisor.errors import Unavailable
 from supervisor.calls.calls import Calls
 from supervisor.config import HttpConfig, ServeConfig
-from supervisor.limits.cpu_account import CpuAccount
 from supervisor.calls.egress import EgressPolicy
 from supervisor.edge.http_server import Connection, Request, Server, listen_tcp
 from supervisor.edge.ingress import Ingress
 from supervisor.pool.invocation import Invocation
 from supervisor.log import log, warn
 from supervisor.pool.pool import Pool, PoolUnavailable
-from supervisor.model import PLATFORM, ScriptRecord
+from supervisor.model import ScriptRecord
+from supervisor.pool.bodies import read_all
+from supervisor.store.lookup import ScriptLookup
 from supervisor.store.store import Store
 
 DRAIN_S = 10.0
@@ -45,17 +46,20 @@ class Supervisor:
         self.config = config
         os.makedirs(config.state_dir, exist_ok=True)
         self.store = Store(os.path.join(config.state_dir, "corral.db"))
-        self.pool = Pool(config, on_event=self._log_event if config.log_invocations else None)
+        #: Scripts for the request path: cache hits inline, misses in a thread.
+        self.scripts = ScriptLookup(self.store)
         self.client = http_client.HTTPClient(
             max_response_bytes=MAX_FETCH_RESPONSE, policy=EgressPolicy(config.outbound),
             connect_timeout=config.outbound.connect_timeout_s,
             read_timeout=config.outbound.read_timeout_s)
-        self.pool.calls = Calls(self.pool, self.store.get_script, config.limits, self.client)
-        self.ingress = Ingress(config, self.pool, self.route,
+        self.pool = Pool(
+            config,
+            calls=lambda pool: Calls(pool, self.scripts, config.limits, self.client),
+            on_event=self._log_event if config.log_invocations else None,
+            # cpuTime per invocation is exact only when someone reads traces.
+            exact_cpu=config.log_invocations)
+        self.ingress = Ingress(config, self.pool, self.route, self.scripts,
                                on_trace=self._log_trace if config.log_invocations else None)
-        # cpuTime per invocation is exact only when someone reads traces.
-        CpuAccount.exact = config.log_invocations
-        CpuAccount.background_ns = int(config.limits.background_cpu_ms * 1_000_000)
         self.admin = AdminAPI(self.store, self)
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
         # The admin socket is the operator's: its own limits (uploads may be
@@ -63,11 +67,9 @@ class Supervisor:
         self.admin_http = Server(self._admin_handle, HttpConfig(max_body_bytes=64 * 2**20), "admin")
 
     # -- routing ---------------------------------------------------------------
-    def route(self, host: str, path: str) -> ScriptRecord | None:
-        script = self.store.route_table().match(host, path)
-        if script is not None:
-            return self.store.get_script(PLATFORM, script)
-        return None
+    def route(self, host: str, path: str) -> str | None:
+        """The platform script routed for ``host`` and ``path`` (the ingress reads it)."""
+        return self.store.route_table().match(host, path)
 
     def _log_trace(self, inv: "Invocation") -> None:
         log("invocation", trace=inv.trace())
@@ -107,8 +109,6 @@ class Supervisor:
         return "\n".join(lines) + "\n"
 
     async def _admin_handle(self, request: Request, conn: Connection) -> None:
-        from supervisor.pool.bodies import read_all
-
         body = request.body if isinstance(request.body, bytes) else await read_all(
             request.body, self.admin_http.config.max_body_bytes)
         status, headers, payload = await self.admin.handle(

@@ -23,7 +23,7 @@ Every call counts against the caller's subrequest limit. Every failure reaches t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import msgspec
 import trio
@@ -33,15 +33,15 @@ from protocol.messages import MAX_CHUNK, ExceptionInfo, Header, Limits, SubFaile
 from supervisor.calls import http_client
 from supervisor.calls.redirects import RedirectError, RedirectPolicy
 from supervisor.config import LimitsConfig
+from supervisor.lifecycle import OUTCOME_MESSAGE, PLATFORM_OUTCOMES, Outcome
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import warn
 from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service
 from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink
-from supervisor.pool.invocation import OUTCOME_MESSAGE, Invocation, Outbound
-
-if TYPE_CHECKING:
-    from supervisor.pool.child_process import ChildProcess
-    from supervisor.pool.pool import Pool
+from supervisor.pool.child_process import ChildProcess
+from supervisor.pool.invocation import Invocation, Outbound
+from supervisor.pool.pool import Pool, PoolUnavailable
+from supervisor.store.lookup import NOT_CACHED, ScriptSource
 
 #: How deep workers may call workers (dispatch, service, outbound) in one
 #: request chain, and what the caller sees past it (Cloudflare's limit and words).
@@ -68,15 +68,33 @@ class Head(msgspec.Struct):
     redirected: bool = False
 
 
-ScriptLookup = Callable[[str, str], "ScriptRecord | None"]
 BindingT = TypeVar("BindingT", Service, DispatchNamespace)
+
+
+class _Target:
+    """The script a call names, before it is read: a cache hit resolves it
+    inline, a store miss in a task (the read runs in a worker thread)."""
+
+    __slots__ = ("namespace", "name", "limits", "outbound", "params", "missing")
+
+    def __init__(self, namespace: str, name: str, limits: Callable[[ScriptRecord], Limits],
+                 missing: Callable[[], CallFailed], outbound: Outbound | None = None,
+                 params: dict | None = None) -> None:
+        self.namespace = namespace
+        self.name = name
+        #: The callee's limits, once its record is known (may raise CallFailed).
+        self.limits = limits
+        #: The failure when no such script is deployed.
+        self.missing = missing
+        self.outbound = outbound
+        self.params = params
 
 
 def failure_of(inv: Invocation) -> CallFailed:
     """How a callee's failure looks to its caller."""
     error = inv.error
     assert error is not None
-    if inv.outcome.startswith("exceeded") or inv.outcome in ("canceled", "crashed"):
+    if inv.outcome in PLATFORM_OUTCOMES:
         return CallFailed(inv.outcome, OUTCOME_MESSAGE.get(inv.outcome, error.message))
     return CallFailed(error.name, error.message)
 
@@ -87,10 +105,10 @@ async def head_of(inv: Invocation) -> Head:
         with trio.move_on_at(inv.deadline):
             await inv.head_ready.wait()
     except trio.Cancelled:
-        inv.cancel("canceled")
+        inv.cancel(Outcome.CANCELED)
         raise
     if not inv.head_ready.is_set():
-        inv.cancel("exceededWallTime")
+        inv.cancel(Outcome.EXCEEDED_WALL_TIME)
     if inv.error is not None:
         raise failure_of(inv)
     return Head(inv.status, inv.response_headers, inv.body)
@@ -99,15 +117,15 @@ async def head_of(inv: Invocation) -> Head:
 class Calls:
     """Handles a child's calls; :meth:`handle` runs inside the child's reader."""
 
-    def __init__(self, pool: "Pool", lookup: ScriptLookup, defaults: LimitsConfig,
+    def __init__(self, pool: Pool, scripts: ScriptSource, defaults: LimitsConfig,
                  client: http_client.HTTPClient) -> None:
         self.pool = pool
-        self.lookup = lookup
+        self.scripts = scripts
         self.defaults = defaults
         self.client = client
         self.limits = LimitPolicy(defaults)
 
-    def handle(self, child: "ChildProcess", message: SubRequest) -> None:
+    def handle(self, child: ChildProcess, message: SubRequest) -> None:
         """Start call ``message.call``; its answer goes back to ``child`` later.
 
         A dispatch or service call to a warm script is started right here and
@@ -127,7 +145,12 @@ class Calls:
             if target is None:  # a plain outbound HTTP request
                 child.spawn(self._run, child, parent, message, self._http(message, body))
                 return
-            record, limits, outbound, params = target
+            found = self.scripts.cached(target.namespace, target.name)
+            if found is NOT_CACHED:  # a store miss: read it off the event loop, then call
+                child.spawn(self._run, child, parent, message,
+                            self._load_and_call(target, parent, message, body))
+                return
+            record, limits, outbound, params = self._resolve(target, found, body)  # type: ignore[arg-type]
             if message.kind == "fetch" and message.redirect != "manual":
                 # Through an outbound worker: fetch's redirect rules, hop by hop.
                 child.spawn(self._run, child, parent, message,
@@ -146,7 +169,7 @@ class Calls:
         child.calls[call] = _Canceller(inv)
         inv.on_head = lambda callee_inv: self._answer(child, call, callee_inv, parent)
 
-    def _answer(self, child: "ChildProcess", call: int, inv: Invocation, parent: Invocation) -> None:
+    def _answer(self, child: ChildProcess, call: int, inv: Invocation, parent: Invocation) -> None:
         """The callee's head is ready: hand it to the caller, if it still listens."""
         child.calls.pop(call, None)
         if not child.alive or parent.done.is_set():
@@ -159,7 +182,7 @@ class Calls:
             return
         self._deliver(child, call, Head(inv.status, inv.response_headers, inv.body))
 
-    async def _run(self, child: "ChildProcess", parent: Invocation, message: SubRequest,
+    async def _run(self, child: ChildProcess, parent: Invocation, message: SubRequest,
                    work: Any) -> None:
         """Run a call that must wait (cold start, HTTP) and answer it."""
         call = message.call
@@ -178,7 +201,7 @@ class Calls:
             work.close()
 
     # -- request and response bodies ------------------------------------------
-    def _request_body(self, child: "ChildProcess", message: SubRequest) -> BodySource | bytes | None:
+    def _request_body(self, child: ChildProcess, message: SubRequest) -> BodySource | bytes | None:
         if message.body_ref is not None:
             return child.take_ref(message.body_ref)
         if message.body_stream:
@@ -187,7 +210,7 @@ class Calls:
             return stream
         return message.body
 
-    def _deliver(self, child: "ChildProcess", call: int, head: Head) -> None:
+    def _deliver(self, child: ChildProcess, call: int, head: Head) -> None:
         body = head.body
         if body is None:
             child.send(SubResponse(call, head.status, head.headers, url=head.url,
@@ -210,7 +233,7 @@ class Calls:
         return binding
 
     def _target(self, parent: Invocation, message: SubRequest, body: BodySource | bytes | None
-                ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None] | None:
+                ) -> _Target | None:
         """The script a call invokes (and how), or None for a plain HTTP fetch."""
         try:
             # Every call is a subrequest of its caller, whatever it reaches.
@@ -221,48 +244,70 @@ class Calls:
                 # The target is the one the platform stored in the binding;
                 # whatever the child wrote in ``message.target`` is ignored.
                 service = self._binding(parent, message.binding, Service)
-                record = self._platform(service.service)
-                return record, _within(self.limits.defaults_for(record), parent), None, None
+                name = service.service
+                return _Target(PLATFORM, name, lambda record: _within(self.limits.defaults_for(record), parent),
+                               lambda: CallFailed("WorkerNotFound", f"Worker not found: {name}"))
             return self._fetch_target(parent)
         except CallFailed:
             _close(body)
             raise
 
-    def _platform(self, name: str) -> ScriptRecord:
-        record = self.lookup(PLATFORM, name)
-        if record is None:
-            raise CallFailed("WorkerNotFound", f"Worker not found: {name}")
-        return record
+    def _resolve(self, target: _Target, record: ScriptRecord | None, body: BodySource | bytes | None
+                 ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None]:
+        """The target's record (read), its limits, outbound and params."""
+        try:
+            if record is None:
+                raise target.missing()
+            return record, target.limits(record), target.outbound, target.params
+        except CallFailed:
+            _close(body)
+            raise
 
-    def _dispatch_target(self, parent: Invocation, message: SubRequest
-                         ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None]:
+    def _dispatch_target(self, parent: Invocation, message: SubRequest) -> _Target:
         binding = self._binding(parent, message.binding, DispatchNamespace)
-        record = self.lookup(binding.namespace, message.target)
-        if record is None:
-            raise CallFailed("WorkerNotFound", f"Worker not found: {message.target}")
         outbound = None
         config = binding.outbound
         if config is not None and config.worker is not None:
             given = message.params or {}
             outbound = Outbound(config.worker.service, {p.name: given.get(p.name) for p in config.params})
-        if message.limits is not None:
-            _check_limits(message.limits)
-        return record, self.limits.for_call(record, message.limits), outbound, None
 
-    def _fetch_target(self, parent: Invocation
-                      ) -> tuple[ScriptRecord, Limits, Outbound | None, dict | None] | None:
+        def limits(record: ScriptRecord) -> Limits:
+            if message.limits is not None:
+                _check_limits(message.limits)
+            return self.limits.for_call(record, message.limits)
+
+        return _Target(binding.namespace, message.target, limits,
+                       lambda: CallFailed("WorkerNotFound", f"Worker not found: {message.target}"),
+                       outbound)
+
+    def _fetch_target(self, parent: Invocation) -> _Target | None:
         outbound = parent.outbound
         if outbound is None:
             return None
-        record = self.lookup(PLATFORM, outbound.service)
-        if record is None:
+
+        def missing() -> CallFailed:
             warn("outbound.missing", service=outbound.service, script=parent.record.name)
-            raise CallFailed("Error", f"the outbound worker {outbound.service!r} is not deployed")
+            return CallFailed("Error", f"the outbound worker {outbound.service!r} is not deployed")
+
         # The outbound worker's own fetch *is* this subrequest, already counted.
-        return (record, _within(self.limits.defaults_for(record), parent, subrequests=False),
-                None, outbound.params)
+        return _Target(PLATFORM, outbound.service,
+                       lambda record: _within(self.limits.defaults_for(record), parent, subrequests=False),
+                       missing, None, outbound.params)
 
     # -- calls that wait ------------------------------------------------------------
+    async def _load_and_call(self, target: _Target, parent: Invocation, message: SubRequest,
+                             body: BodySource | bytes | None) -> Head:
+        """A call whose target missed the store's cache: read it in a thread, then call."""
+        try:
+            found = await self.scripts.load(target.namespace, target.name)
+        except BaseException:
+            _close(body)
+            raise
+        record, limits, outbound, params = self._resolve(target, found, body)
+        if message.kind == "fetch" and message.redirect != "manual":
+            return await self._follow(record, parent, message, body, limits, params)
+        return await self._cold(record, parent, message, body, limits, outbound, params)
+
     async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
                     body: BodySource | bytes | None, limits: Limits, outbound: Outbound | None,
                     params: dict | None) -> Head:
@@ -272,8 +317,6 @@ class Calls:
     async def _call_script(self, record: ScriptRecord, parent: Invocation, method: bytes, url: str,
                            headers: list[Header], body: BodySource | bytes | None, limits: Limits,
                            outbound: Outbound | None, params: dict | None) -> Head:
-        from supervisor.pool.pool import PoolUnavailable
-
         try:
             inv = await self.pool.invoke(record, method, url, headers, body, limits,
                                          parent=parent, outbound=outbound, params=params)
@@ -333,7 +376,7 @@ class _Canceller:
         self._inv = inv
 
     def cancel(self) -> None:
-        self._inv.cancel("canceled")
+        self._inv.cancel(Outcome.CANCELED)
 
 
 class _ClientBody:
@@ -364,7 +407,7 @@ def _count_subrequest(parent: Invocation) -> None:
     parent.subrequests += 1
     limit = parent.limits.sub_requests
     if limit is not None and parent.subrequests > limit:
-        raise CallFailed("exceededSubrequests",
+        raise CallFailed(Outcome.EXCEEDED_SUBREQUESTS,
                          f"Too many subrequests: this worker may make {limit} per request.")
 
 

@@ -2,7 +2,9 @@
 
 Routing: the route table (``corral routes``) maps host/path patterns to a
 platform script, normally the dispatch worker, which then picks a user worker
-from a dispatch namespace. Nothing matching is a 404 from Corral itself.
+from a dispatch namespace. Nothing matching is a 404 from Corral itself. The
+script comes from the store's cache inline; only a miss awaits a read in a
+worker thread (supervisor.store.lookup).
 
 The response head comes from the child; the body is streamed from wherever
 it is (inline, the child, or a body the dispatcher passed on unread) straight
@@ -20,23 +22,27 @@ from supervisor.pool.bodies import BodyError, BodySource, BytesBody
 from supervisor.limits.policy import LimitPolicy
 from supervisor.config import ServeConfig
 from supervisor.edge.http_server import Connection, InvalidResponse, Request
-from supervisor.pool.invocation import OUTCOME_MESSAGE, OUTCOME_STATUS, Invocation
+from supervisor.lifecycle import OUTCOME_MESSAGE, OUTCOME_STATUS, Outcome
+from supervisor.pool.invocation import Invocation
 from supervisor.log import log, warn
 from supervisor.pool.pool import Pool, PoolUnavailable
-from supervisor.model import ScriptRecord
+from supervisor.model import PLATFORM
+from supervisor.store.lookup import NOT_CACHED, ScriptSource
 
-Router = Callable[[str, str], "ScriptRecord | None"]
+#: host, path -> the platform script routed there (None: no route matches).
+Router = Callable[[str, str], "str | None"]
 TraceSink = Callable[[Invocation], None]
 
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
 class Ingress:
-    def __init__(self, config: ServeConfig, pool: Pool, router: Router,
+    def __init__(self, config: ServeConfig, pool: Pool, router: Router, scripts: ScriptSource,
                  on_trace: TraceSink | None = None) -> None:
         self.config = config
         self.pool = pool
         self.router = router
+        self.scripts = scripts
         self.on_trace = on_trace
         self.limits = LimitPolicy(config.limits)
 
@@ -44,7 +50,10 @@ class Ingress:
         host = request.host.decode("latin-1")
         target = request.target.decode("latin-1")
         path = target.split("?", 1)[0]
-        record = self.router(host, path)
+        script = self.router(host, path)
+        record = None if script is None else self.scripts.cached(PLATFORM, script)
+        if record is NOT_CACHED:
+            record = await self.scripts.load(PLATFORM, script)  # type: ignore[arg-type]
         head_only = request.method == b"HEAD"
         if record is None:
             await conn.respond(404, _TEXT, f"No worker is routed for {host or '(no host)'}{path}\n".encode(),
@@ -74,7 +83,7 @@ class Ingress:
         with trio.move_on_at(inv.deadline):
             await inv.head_ready.wait()
         if not inv.head_ready.is_set():
-            inv.cancel("exceededWallTime")
+            inv.cancel(Outcome.EXCEEDED_WALL_TIME)
         if inv.error is not None:
             # A callee's limit error the dispatcher let escape is still a limit: 503.
             reason = inv.error.name if inv.error.name in OUTCOME_MESSAGE else inv.outcome
@@ -107,7 +116,7 @@ class Ingress:
                 while chunk := await body.receive():
                     await conn.send_data(chunk)
             if scope.cancelled_caught:
-                inv.cancel("exceededWallTime")
+                inv.cancel(Outcome.EXCEEDED_WALL_TIME)
                 raise BodyError("wall time exceeded while streaming the response")
             await conn.end()
         except BodyError as exc:
@@ -118,5 +127,5 @@ class Ingress:
         except BaseException:
             body.close()
             if not inv.done.is_set():
-                inv.cancel("canceled")
+                inv.cancel(Outcome.CANCELED)
             raise

@@ -30,12 +30,9 @@ core an inter-processor interrupt, so the hot path makes as few as it can:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from supervisor.limits.cpu_meter import CpuMeter, TickCpuMeter
-
-if TYPE_CHECKING:
-    from supervisor.pool.invocation import Invocation
 
 #: Budgets below this are armed in the kernel; larger ones are watched.
 PRECISE_BELOW_NS = 2_000_000_000
@@ -45,24 +42,33 @@ STARTUP_CPU_NS = 1_000_000_000
 BACKGROUND_REFILL_NS = 1_000_000
 
 
+class Charged(Protocol):
+    """What the account needs of an invocation (``supervisor.pool.invocation``)."""
+
+    #: CPU charged to it so far, and its budget (0: none).
+    cpu_ns: int
+    cpu_budget_ns: int
+
+
 class CpuAccount:
     __slots__ = ("meter", "active", "_last", "_armed", "deadline", "loading", "background",
-                 "_idle_base")
+                 "_idle_base", "exact", "background_ns")
 
-    #: Read the counter whenever an invocation ends (set when traces are consumed).
-    exact = True
-    #: Capacity of the background allowance (``limits.background_cpu_ms``).
-    background_ns = 50_000_000
-
-    def __init__(self, meter: CpuMeter) -> None:
+    def __init__(self, meter: CpuMeter, *, exact: bool = True,
+                 background_ns: int = 50_000_000) -> None:
         self.meter = meter
-        self.active: list["Invocation"] = []
+        #: Read the counter whenever an invocation ends. Costs a syscall per
+        #: invocation; worth it only when someone reads traces (cpuTime).
+        self.exact = exact
+        #: Capacity of the background allowance (``limits.background_cpu_ms``).
+        self.background_ns = background_ns
+        self.active: list[Charged] = []
         self._last = 0
         self._armed = False
         self.deadline: int | None = None  # counter value at which the kernel kills
         self.loading = False
         #: What is left of the background allowance (see the module docstring).
-        self.background = CpuAccount.background_ns
+        self.background = background_ns
         #: Counter value when the child last fell idle (None: not idle).
         self._idle_base: int | None = None
 
@@ -83,7 +89,7 @@ class CpuAccount:
             self._idle()
 
     # -- invocations -------------------------------------------------------------
-    def start(self, inv: "Invocation") -> None:
+    def start(self, inv: Charged) -> None:
         if self._idle_base is not None:
             # CPU burnt while idle is the background allowance's, not this
             # invocation's.
@@ -95,7 +101,7 @@ class CpuAccount:
         if not self.loading and (self._armed or 0 < inv.cpu_budget_ns < PRECISE_BELOW_NS):
             self._rearm()
 
-    def stop(self, inv: "Invocation") -> None:
+    def stop(self, inv: Charged) -> None:
         if inv in self.active:
             # A read here attributes CPU exactly to the invocation that ends;
             # it is needed for traces (cpuTime), for armed budgets and for the
@@ -103,11 +109,11 @@ class CpuAccount:
             # them the watchdog's periodic reads are enough, and the hot path
             # saves a syscall (an IPI when the child is running).
             last = len(self.active) == 1
-            if not self.loading and (CpuAccount.exact or self._armed or last):
+            if not self.loading and (self.exact or self._armed or last):
                 self.charge()
             self.active.remove(inv)
             if last and not self.loading:
-                self.background = min(CpuAccount.background_ns,
+                self.background = min(self.background_ns,
                                       self.background + BACKGROUND_REFILL_NS)
                 self._idle()
 

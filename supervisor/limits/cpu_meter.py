@@ -165,18 +165,26 @@ class TickCpuMeter(CpuMeter):
             self._fd = -1
 
 
-_perf_works: bool | None = None
+class MeterFactory:
+    """Opens each child's meter: the precise one while the host allows it.
 
+    One per pool (not a module global): once ``perf_event_open`` failed for
+    the first child it is not tried again for the others, and a test or a
+    second pool in the same process starts with a clean slate.
+    """
 
-def open_meter(pid: int) -> CpuMeter:
-    """The precise meter when the host allows it, else the tick fallback."""
-    global _perf_works
-    if _perf_works is not False and not os.environ.get("CORRAL_NO_PERF"):
-        try:
-            meter = PerfCpuMeter(pid)
-            _perf_works = True
-            return meter
-        except OSError:
-            if _perf_works is None:
-                _perf_works = False
-    return TickCpuMeter(pid)
+    def __init__(self, allow_perf: bool = True) -> None:
+        #: None: not tried yet; False: refused (every child gets the tick meter).
+        self.perf_works: bool | None = None if allow_perf else False
+
+    def open(self, pid: int) -> CpuMeter:
+        """The precise meter when the host allows it, else the tick fallback."""
+        if self.perf_works is not False:
+            try:
+                meter = PerfCpuMeter(pid)
+                self.perf_works = True
+                return meter
+            except OSError:
+                if self.perf_works is None:
+                    self.perf_works = False
+        return TickCpuMeter(pid)

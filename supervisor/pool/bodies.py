@@ -16,15 +16,12 @@ credit window of any body (see the flow-control notes in
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
 from protocol.flow import CreditExceeded, ReceiveWindow
 from protocol.messages import MAX_CHUNK, STREAM_WINDOW, Abort, BodyChunk, Credit
-
-if TYPE_CHECKING:
-    from supervisor.pool.child_process import ChildProcess
 
 
 class BodyError(Exception):
@@ -41,6 +38,25 @@ class BodySource(Protocol):
 
     def close(self) -> None:
         """The consumer is gone; release the producer. Idempotent."""
+
+
+class ChildLink(Protocol):
+    """What a body or an invocation needs of the child it belongs to.
+
+    ``ChildProcess`` is the one implementation; naming only this much keeps
+    bodies and invocations below it (no import loop) and says what they touch.
+    """
+
+    #: Bodies the child streams to the supervisor, by stream id.
+    incoming: dict[int, "ChildBody"]
+    #: Bodies the supervisor streams to the child, by stream id.
+    sinks: dict[int, "ChildSink"]
+
+    def send(self, message: Any) -> None:
+        """Queue a frame to the child (dropped once it is dead)."""
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run a task that must not outlive the child."""
 
 
 class BytesBody:
@@ -81,7 +97,7 @@ class ChildBody:
     __slots__ = ("_child", "stream_id", "_chunks", "_window", "_ended", "_error", "_event",
                  "_closed")
 
-    def __init__(self, child: "ChildProcess", stream_id: int) -> None:
+    def __init__(self, child: ChildLink, stream_id: int) -> None:
         self._child = child
         self.stream_id = stream_id
         self._chunks: deque[bytes] = deque()
@@ -148,7 +164,7 @@ class ChildSink:
 
     __slots__ = ("_child", "stream_id", "source", "_credit", "_event", "started", "_cancel")
 
-    def __init__(self, child: "ChildProcess", stream_id: int, source: BodySource) -> None:
+    def __init__(self, child: ChildLink, stream_id: int, source: BodySource) -> None:
         self._child = child
         self.stream_id = stream_id
         self.source = source

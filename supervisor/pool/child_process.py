@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
@@ -38,28 +38,72 @@ from protocol.messages import (
     SubRequest,
 )
 
-from supervisor.limits import cpu_meter
-from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation
+from supervisor.lifecycle import (
+    OUTCOME_MESSAGE,
+    ChildEvent,
+    ChildState,
+    KillReason,
+    Outcome,
+    allows,
+    transition,
+)
 from supervisor.limits.cpu_account import CpuAccount
-from supervisor.pool.invocation import OUTCOME_MESSAGE, WallLimitedBody
+from supervisor.limits.memory import ChildMemory, Enforcer
 from supervisor.log import error, log, warn
-from supervisor.limits.memory import ChildMemory
-
-if TYPE_CHECKING:
-    from supervisor.pool.invocation import Invocation
-    from supervisor.pool.pool import Pool
-    from supervisor.model import ScriptRecord
+from supervisor.model import ScriptRecord
+from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation
+from supervisor.pool.invocation import Invocation, WallLimitedBody
 
 RECV_SIZE = 256 * 1024
 
+# Hot-path aliases (an Enum member lookup costs more than a global).
+_STARTING = ChildState.STARTING
+_DEAD = ChildState.DEAD
+_RETIRING = ChildState.RETIRING
+#: States in which a child holds a script.
+_WITH_SCRIPT = frozenset({ChildState.LOADING, ChildState.SERVING, ChildState.RETIRING})
 
-class _Batch:
+
+class ChildOwner(Protocol):
+    """What a child needs of whoever owns it (the pool), and no more.
+
+    Naming it keeps ``child_process`` from importing the pool (and, through
+    it, everything), and says which of the pool's decisions a child's frames
+    can trigger.
+    """
+
+    #: Children whose CPU budgets the pool's watchdog polls (see cpu_account).
+    busy: set["ChildProcess"]
+    #: The highest invocation id handed out (stream ids above it were never opened).
+    last_invocation_id: int
+
+    def on_ready(self, child: "ChildProcess") -> None:
+        """The child said Hello: it can be a spare."""
+
+    def on_idle(self, child: "ChildProcess") -> None:
+        """An invocation ended; the child may have nothing left in flight."""
+
+    def retire(self, child: "ChildProcess") -> None:
+        """Take the child out of service now (it is about to be killed)."""
+
+    def on_subrequest(self, child: "ChildProcess", message: SubRequest) -> None:
+        """The child asks for a call (dispatch, service, fetch)."""
+
+    def on_background_overrun(self, child: "ChildProcess") -> None:
+        """The kernel killed the child for CPU it burnt outside any invocation."""
+
+    def on_dead(self, child: "ChildProcess") -> None:
+        """The child is gone; everything it held was failed or released."""
+
+
+class SendBatch:
     """Sends made while one child's frames are handled leave together.
 
     Under load a child's read holds many frames (ten SubRequests from the
     dispatcher, say); the frames they cause for another child (ten Invokes)
     are coalesced into one write instead of ten syscalls, each waking that
-    child. Handlers are synchronous, so a batch never interleaves with another.
+    child. Handlers are synchronous, so a batch never interleaves with
+    another. One per pool: it spans all of the pool's children.
     """
 
     __slots__ = ("active", "dirty")
@@ -73,26 +117,62 @@ class _Batch:
         dirty, self.dirty = self.dirty, []
         for child in dirty:
             child._dirty = False
-            if not child._writing and child.state != "dead":
+            if not child._writing and child.state is not _DEAD:
                 child._flush()
 
 
-_batch = _Batch()
+class Renicer:
+    """Spares idle at nice 10; a child that serves a script runs at nice 0.
+
+    Needs CAP_SYS_NICE; without it, tenants simply keep running at nice 10,
+    below the supervisor, which is a safe place for them. The first refusal
+    is logged and the attempt is not repeated (per pool, not per process).
+    """
+
+    __slots__ = ("allowed",)
+
+    def __init__(self) -> None:
+        self.allowed = True
+
+    def __call__(self, pid: int) -> None:
+        if not self.allowed:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, 0)
+        except PermissionError:
+            self.allowed = False
+            warn("child.renice_refused", pid=pid, hint="no CAP_SYS_NICE: tenants run at nice 10")
+        except OSError:
+            pass
+
+
+class ChildKit:
+    """What every child of one pool shares: set up once, handed to each child."""
+
+    __slots__ = ("enforcer", "batch", "renice")
+
+    def __init__(self, enforcer: Enforcer) -> None:
+        #: Who keeps each child's memory limit (cgroup, prlimit or nothing).
+        self.enforcer = enforcer
+        self.batch = SendBatch()
+        self.renice = Renicer()
 
 
 class ChildProcess:
-    def __init__(self, pool: "Pool", pid: int, sock: socket.socket, pidfd: int,
-                 generation: int) -> None:
+    def __init__(self, owner: ChildOwner, pid: int, sock: socket.socket, pidfd: int,
+                 generation: int, kit: ChildKit, cpu: CpuAccount | None) -> None:
         sock.setblocking(False)
-        self.pool = pool
+        self.owner = owner
+        self.kit = kit
+        self._batch = kit.batch
         self.pid = pid
         self.sock = sock
         self.pidfd = pidfd
         self.generation = generation
-        self.state = "starting"  # starting -> spare -> assigned -> dead
-        self.record: "ScriptRecord | None" = None
-        self.retired = False
-        self.invocations: dict[int, "Invocation"] = {}
+        #: Where the child is in its life (see supervisor.lifecycle).
+        self.state = _STARTING
+        self.record: ScriptRecord | None = None
+        self.invocations: dict[int, Invocation] = {}
         self.incoming: dict[int, ChildBody] = {}
         self.sinks: dict[int, ChildSink] = {}
         self.calls: dict[int, Any] = {}  # calls in flight: call id -> has .cancel()
@@ -101,7 +181,8 @@ class ChildProcess:
         self.loaded = trio.Event()
         self.load_error: ExceptionInfo | None = None
         self.dead = trio.Event()
-        self.kill_reason: str | None = None
+        self.kill_reason: KillReason | None = None
+        self.kill_detail = ""  # what a PROTOCOL_VIOLATION was
         self.over_cpu = False  # died because the kernel enforced its CPU budget
         #: This child's memory limit, once it joined it (see memory_limits).
         self.memory: ChildMemory | None = None
@@ -115,10 +196,7 @@ class ChildProcess:
         self._load_log_budget = 20
         self._writer_wake = trio.Event()
         self._nursery: trio.Nursery | None = None
-        try:
-            self.cpu: CpuAccount | None = CpuAccount(cpu_meter.open_meter(pid))
-        except OSError:
-            self.cpu = None
+        self.cpu = cpu
         self._handlers: dict[type, Callable[[Any], None]] = {
             ResponseStart: self._on_response,
             BodyChunk: self._on_chunk,
@@ -138,7 +216,15 @@ class ChildProcess:
     # ------------------------------------------------------------------
     @property
     def alive(self) -> bool:
-        return self.state != "dead"
+        return self.state is not _DEAD
+
+    @property
+    def retired(self) -> bool:
+        """Out of service: drains what it has in flight, then goes."""
+        return self.state is _RETIRING
+
+    def _advance(self, event: ChildEvent) -> None:
+        self.state = transition(self.state, event, f"child {self.pid}")
 
     @property
     def idle(self) -> bool:
@@ -155,10 +241,11 @@ class ChildProcess:
                 try:
                     await self._reader()
                 except (ProtocolError, ProtocolViolation) as exc:
-                    self.kill(f"protocol violation: {exc}")
+                    self.kill(KillReason.PROTOCOL_VIOLATION, str(exc))
                 except Exception as exc:  # noqa: BLE001 - nothing a child sends may stop the supervisor
                     error("child.handler_failed", exc_info=exc, pid=self.pid)
-                    self.kill(f"protocol violation: frame could not be handled ({type(exc).__name__})")
+                    self.kill(KillReason.PROTOCOL_VIOLATION,
+                              f"frame could not be handled ({type(exc).__name__})")
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
@@ -173,11 +260,11 @@ class ChildProcess:
         thread, off the event loop. A child that cannot be limited is killed.
         """
         try:
-            memory = await trio.to_thread.run_sync(self.pool.memory.attach, self.pid)
+            memory = await trio.to_thread.run_sync(self.kit.enforcer.attach, self.pid)
         except OSError as exc:
-            error("child.memory_limit_failed", pid=self.pid, backend=self.pool.memory.name,
+            error("child.memory_limit_failed", pid=self.pid, backend=self.kit.enforcer.name,
                   reason=str(exc))
-            self.kill("its memory limit could not be set")
+            self.kill(KillReason.MEMORY_LIMIT_FAILED)
             return False
         self.memory = memory
         self.memory_mb = memory.initial_mb
@@ -188,9 +275,14 @@ class ChildProcess:
         if self._nursery is not None and self.alive:
             self._nursery.start_soon(fn, *args)
 
-    def kill(self, reason: str) -> None:
+    def kill(self, reason: KillReason, detail: str = "") -> None:
+        """SIGKILL the child; the first reason given is the one on record.
+
+        The child is DEAD only once its channel closed (:meth:`_on_dead`).
+        """
         if self.kill_reason is None:
             self.kill_reason = reason
+            self.kill_detail = detail
         try:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         except OSError:
@@ -200,10 +292,17 @@ class ChildProcess:
         except OSError:
             pass
 
-    def assign(self, record: "ScriptRecord", bundle: Any) -> None:
-        self.state = "assigned"
+    @property
+    def kill_text(self) -> str:
+        """The kill reason as logs and crash messages always worded it."""
+        if self.kill_reason is None:
+            return ""
+        return f"{self.kill_reason}: {self.kill_detail}" if self.kill_detail else str(self.kill_reason)
+
+    def assign(self, record: ScriptRecord, bundle: Any) -> None:
+        self._advance(ChildEvent.ASSIGN)
         self.record = record
-        _renice(self.pid)
+        self.kit.renice(self.pid)
         self.send(Load(bundle))
         if self.cpu is not None:
             self.cpu.start_loading()
@@ -211,17 +310,22 @@ class ChildProcess:
     # ------------------------------------------------------------------
     # channel I/O
     # ------------------------------------------------------------------
+    def retire(self) -> None:
+        """Out of service (the pool decided): it drains, then it is killed."""
+        self._advance(ChildEvent.RETIRE)
+
     def send(self, message: Any) -> None:
-        if self.state == "dead":
+        if self.state is _DEAD:
             return
         self._encoder.encode_into(message, self._out)
         if self._writing:
             return
-        if _batch.active:
+        batch = self._batch
+        if batch.active:
             # Inside a reader's batch: flushed once when the batch is done.
             if not self._dirty:
                 self._dirty = True
-                _batch.dirty.append(self)
+                batch.dirty.append(self)
             return
         self._flush()
 
@@ -232,7 +336,7 @@ class ChildProcess:
             sent = 0
         except OSError:
             self._out.clear()
-            self.kill("channel closed")
+            self.kill(KillReason.CHANNEL_CLOSED)
             return
         del self._out[:sent]
         if self._out and not self._writing:
@@ -251,7 +355,7 @@ class ChildProcess:
                     continue
                 except OSError:
                     self._out.clear()
-                    self.kill("channel closed")
+                    self.kill(KillReason.CHANNEL_CLOSED)
                     return
                 del self._out[:sent]
             self._writing = False
@@ -262,6 +366,7 @@ class ChildProcess:
         decoder = supervisor_decoder()
         sock = self.sock
         handlers = self._handlers
+        batch = self._batch
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
@@ -272,30 +377,30 @@ class ChildProcess:
                 return
             if count == 0:
                 return
-            _batch.active = True
+            batch.active = True
             try:
                 for message in decoder.feed(view[:count]):
-                    if self.state == "starting" and type(message) is not Hello:
+                    if self.state is _STARTING and type(message) is not Hello:
                         raise ProtocolViolation(f"{type(message).__name__} before Hello")
                     handlers[type(message)](message)
             finally:
-                _batch.flush()
+                batch.flush()
 
     # ------------------------------------------------------------------
     # frames from the child
     # ------------------------------------------------------------------
     def _on_hello(self, message: Hello) -> None:
-        if self.state != "starting":
+        if not allows(self.state, ChildEvent.HELLO):
             raise ProtocolViolation("Hello sent twice")
         if message.version != PROTOCOL_VERSION:
             raise ProtocolViolation(
                 f"protocol version {message.version}, supervisor speaks {PROTOCOL_VERSION}"
             )
-        self.state = "spare"
+        self._advance(ChildEvent.HELLO)
         if self.memory is not None:
             self.memory.ready()
         self.hello.set()
-        self.pool.on_ready(self)
+        self.owner.on_ready(self)
 
     def limit_memory(self, memory_mb: int | None) -> None:
         """Bound the child's memory for the coming invocation (and until changed).
@@ -306,25 +411,26 @@ class ChildProcess:
         """
         if not memory_mb or self.memory is None:
             return
-        memory_mb = min(memory_mb, self.pool.memory.pool_mb or memory_mb)
+        memory_mb = min(memory_mb, self.kit.enforcer.pool_mb or memory_mb)
         if memory_mb == self.memory_mb:
             return
         try:
             within = self.memory.set_limit(memory_mb)
         except OSError as exc:
-            error("child.memory_limit_failed", pid=self.pid, backend=self.pool.memory.name,
+            error("child.memory_limit_failed", pid=self.pid, backend=self.kit.enforcer.name,
                   memory_mb=memory_mb, reason=str(exc))
-            self.pool.retire_child(self)
-            self.kill("its memory limit could not be set")
+            self.owner.retire(self)
+            self.kill(KillReason.MEMORY_LIMIT_FAILED)
             return
         self.memory_mb = memory_mb
         if not within:
-            self.pool.retire_child(self)
-            self.kill("exceededMemory")
+            self.owner.retire(self)
+            self.kill(KillReason.EXCEEDED_MEMORY)
 
     def _on_loaded(self, message: Loaded) -> None:
-        if self.state != "assigned" or self.loaded.is_set():
+        if self.loaded.is_set() or not allows(self.state, ChildEvent.LOADED):
             raise ProtocolViolation("Loaded without a Load")
+        self._advance(ChildEvent.LOADED)
         self.load_error = message.error
         self.loaded.set()
         if message.error is not None:
@@ -333,9 +439,9 @@ class ChildProcess:
         if self.cpu is not None:
             self.cpu.finish_loading()
             if self.cpu.needs_watchdog:
-                self.pool.busy.add(self)
+                self.owner.busy.add(self)
 
-    def _invocation(self, inv_id: int) -> "Invocation":
+    def _invocation(self, inv_id: int) -> Invocation:
         inv = self.invocations.get(inv_id)
         if inv is None:
             raise ProtocolViolation(f"frame for invocation {inv_id}, which this child does not have")
@@ -377,23 +483,23 @@ class ChildProcess:
         self._invocation(message.id).fail(message.error)
         if message.error.name == "MemoryError":
             # The child exits right after this frame; no request may reach it.
-            self.pool.retire_child(self)
-            self.kill("exceededMemory")
+            self.owner.retire(self)
+            self.kill(KillReason.EXCEEDED_MEMORY)
 
     def _on_done(self, message: InvokeDone) -> None:
         inv = self._invocation(message.id)
         del self.invocations[message.id]
         self.end_invocation(inv)
-        self.pool.on_idle_maybe(self)
+        self.owner.on_idle(self)
 
-    def end_invocation(self, inv: "Invocation") -> None:
+    def end_invocation(self, inv: Invocation) -> None:
         """``inv`` (already out of :attr:`invocations`) is over: charge, release, trace."""
         self._cpu_stop(inv)
         self._release(inv)
         inv.finish()
         self.last_used = trio.current_time()
 
-    def _release(self, inv: "Invocation") -> None:
+    def _release(self, inv: Invocation) -> None:
         """Close what an ended invocation left behind (unread bodies, calls)."""
         sink = self.sinks.pop(inv.id, None)
         if sink is not None:
@@ -428,7 +534,7 @@ class ChildProcess:
     def _on_chunk(self, message: BodyChunk) -> None:
         stream = self.incoming.get(message.stream)
         if stream is None:
-            if message.stream > self.pool.last_invocation_id or message.stream < -(1 << 40):
+            if message.stream > self.owner.last_invocation_id or message.stream < -(1 << 40):
                 raise ProtocolViolation(f"chunk for stream {message.stream}, never opened")
             return  # a stream we already closed; the chunk was in flight
         stream.feed(message.data, message.end)
@@ -464,21 +570,21 @@ class ChildProcess:
         if message.call >= self._last_call:
             raise ProtocolViolation(f"call id {message.call} is not a fresh negative id")
         self._last_call = message.call
-        self.pool.calls.handle(self, message)
+        self.owner.on_subrequest(self, message)
 
     # ------------------------------------------------------------------
     # CPU (see supervisor.limits.cpu_account)
     # ------------------------------------------------------------------
-    def cpu_start(self, inv: "Invocation") -> None:
+    def cpu_start(self, inv: Invocation) -> None:
         if self.cpu is not None:
             self.cpu.start(inv)
-            self.pool.busy.add(self)
+            self.owner.busy.add(self)
 
-    def _cpu_stop(self, inv: "Invocation") -> None:
+    def _cpu_stop(self, inv: Invocation) -> None:
         if self.cpu is not None:
             self.cpu.stop(inv)
             if not self.cpu.needs_watchdog:
-                self.pool.busy.discard(self)
+                self.owner.busy.discard(self)
 
     # ------------------------------------------------------------------
     # death
@@ -489,32 +595,33 @@ class ChildProcess:
         return f"{self.record.namespace}/{self.record.name}" if self.record.namespace else self.record.name
 
     def _on_dead(self) -> None:
-        if self.state == "dead":
+        if self.state is _DEAD:
             return
         was = self.state
-        self.state = "dead"
-        self.kill(self.kill_reason or "channel closed")
-        if self.kill_reason == "channel closed" and self.memory is not None and self.memory.oom_killed():
-            self.kill_reason = "exceededMemory"  # the kernel's OOM killer, in the child's cgroup
-        over_cpu = self.kill_reason == "exceededCpu" or (
-            self.cpu is not None and self.kill_reason in (None, "channel closed") and self.cpu.exceeded())
+        self._advance(ChildEvent.DIED)
+        self.kill(KillReason.CHANNEL_CLOSED)  # a reason given earlier stays on record
+        reason = self.kill_reason
+        if reason is KillReason.CHANNEL_CLOSED and self.memory is not None and self.memory.oom_killed():
+            reason = self.kill_reason = KillReason.EXCEEDED_MEMORY  # the kernel's OOM killer, in its cgroup
+        over_cpu = reason is KillReason.EXCEEDED_CPU or (
+            self.cpu is not None and reason is KillReason.CHANNEL_CLOSED and self.cpu.exceeded())
         self.over_cpu = over_cpu
-        background = over_cpu and not self.invocations and was == "assigned" and (
+        background = over_cpu and not self.invocations and was in _WITH_SCRIPT and (
             self.cpu is not None and self.cpu.idle)
         if self.cpu is not None:
             self.cpu.close()
-            self.pool.busy.discard(self)
+            self.owner.busy.discard(self)
         if background:
-            self.pool.on_background_overrun(self)
-        outcome = "exceededCpu" if over_cpu else (
-            self.kill_reason if self.kill_reason in ("exceededMemory", "exceededWallTime") else "crashed")
-        message = OUTCOME_MESSAGE[outcome] if outcome != "crashed" else \
-            f"The worker's process ended unexpectedly ({self.kill_reason or 'exited'})."
+            self.owner.on_background_overrun(self)
+        outcome = Outcome.EXCEEDED_CPU if over_cpu else (
+            Outcome.EXCEEDED_MEMORY if reason is KillReason.EXCEEDED_MEMORY else Outcome.CRASHED)
+        message = OUTCOME_MESSAGE[outcome] if outcome is not Outcome.CRASHED else \
+            f"The worker's process ended unexpectedly ({self.kill_text})."
         for inv in list(self.invocations.values()):
             inv.response_finished()  # whatever it was still streaming is cut
-            if inv.outcome != "exceededMemory":  # already told by the child itself
-                inv.fail(ExceptionInfo(outcome if outcome != "crashed" else "WorkerCrashed", message),
-                         outcome)
+            if inv.outcome != Outcome.EXCEEDED_MEMORY:  # already told by the child itself
+                inv.fail(ExceptionInfo(outcome if outcome is not Outcome.CRASHED else "WorkerCrashed",
+                                       message), outcome)
             inv.finish()
         self.invocations.clear()
         for stream in list(self.incoming.values()):
@@ -532,36 +639,14 @@ class ChildProcess:
         except OSError:
             pass
         self.dead.set()
-        if was != "starting" or self.kill_reason:
-            level = warn if self.kill_reason and self.kill_reason.startswith("protocol") else log
-            extra = {}
-            if outcome == "exceededMemory" and self.memory is not None:
-                peak = self.memory.peak_bytes()
-                extra = {"memory_mb": self.memory_mb, "peak_mb": round(peak / 2**20, 1) if peak else None}
-            level("child.ended", pid=self.pid, script=self._script_name(), state=was,
-                  reason=outcome if over_cpu else (self.kill_reason or "exited"), **extra)
-        self.pool.on_dead(self)
-
-
-_renice_allowed = True
-
-
-def _renice(pid: int) -> None:
-    """Spares idle at nice 10; a child that serves a script runs at nice 0.
-
-    Needs CAP_SYS_NICE; without it, tenants simply keep running at nice 10,
-    below the supervisor, which is a safe place for them.
-    """
-    global _renice_allowed
-    if not _renice_allowed:
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, 0)
-    except PermissionError:
-        _renice_allowed = False
-        warn("child.renice_refused", pid=pid, hint="no CAP_SYS_NICE: tenants run at nice 10")
-    except OSError:
-        pass
+        level = warn if reason is KillReason.PROTOCOL_VIOLATION else log
+        extra = {}
+        if outcome is Outcome.EXCEEDED_MEMORY and self.memory is not None:
+            peak = self.memory.peak_bytes()
+            extra = {"memory_mb": self.memory_mb, "peak_mb": round(peak / 2**20, 1) if peak else None}
+        level("child.ended", pid=self.pid, script=self._script_name(), state=was,
+              reason=outcome if over_cpu else self.kill_text, **extra)
+        self.owner.on_dead(self)
 
 
 def describe_status(status: int) -> str:

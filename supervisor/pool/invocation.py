@@ -5,47 +5,27 @@ lives until the child says ``InvokeDone`` (or dies). It collects what the
 trace event needs (outcome, logs, exceptions, CPU and wall time, child
 invocations) and what the caller waits for: the response head, then the body.
 
-Outcomes use Cloudflare's names: ``ok``, ``exception``, ``exceededCpu``,
-``exceededMemory``, ``exceededWallTime``, ``exceededSubrequests``,
-``canceled``, ``scriptNotFound``.
+Outcomes are :class:`supervisor.lifecycle.Outcome` (Cloudflare's names).
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import trio
 
 from protocol.messages import Cancel, ExceptionInfo, Header, Limits
 
-from supervisor.pool.bodies import BodyError, BodySource
+from supervisor.lifecycle import LIMIT_OUTCOMES, OUTCOME_MESSAGE, Outcome
+from supervisor.model import ScriptRecord
+from supervisor.pool.bodies import BodyError, BodySource, ChildLink
 
-if TYPE_CHECKING:
-    from supervisor.pool.child_process import ChildProcess
-    from supervisor.model import ScriptRecord
-
-#: HTTP status the caller answers for each failed outcome.
-OUTCOME_STATUS = {
-    "exception": 500,
-    "exceededCpu": 503,
-    "exceededMemory": 503,
-    "exceededWallTime": 503,
-    "exceededSubrequests": 503,
-    "canceled": 499,
-    "scriptNotFound": 404,
-    "crashed": 502,
-}
-
-#: Messages tenants and dispatchers see for platform-imposed failures.
-OUTCOME_MESSAGE = {
-    "exceededCpu": "Worker exceeded CPU time limit.",
-    "exceededMemory": "Worker exceeded memory limit.",
-    "exceededWallTime": "Worker exceeded wall time limit.",
-    "exceededSubrequests": "Worker exceeded subrequest limit.",
-    "canceled": "The invocation was canceled.",
-    "crashed": "The worker's process ended unexpectedly.",
-}
+_OK = Outcome.OK
+_EXCEPTION = Outcome.EXCEPTION
+_CRASHED = Outcome.CRASHED
+_CANCELED = Outcome.CANCELED
+_WALL = Outcome.EXCEEDED_WALL_TIME
 
 
 #: Why a child was killed for CPU it used outside any invocation.
@@ -53,7 +33,7 @@ BACKGROUND_CPU_MESSAGE = ("Worker exceeded CPU time limit: a task left running a
                           "response used more than the background allowance.")
 
 
-def background_trace(record: "ScriptRecord", outcome: str, message: str) -> dict[str, Any]:
+def background_trace(record: ScriptRecord, outcome: Outcome, message: str) -> dict[str, Any]:
     """A trace event for what a script did outside any invocation."""
     now = time.time() * 1000.0
     return {
@@ -100,7 +80,7 @@ class Invocation:
         "on_done", "response_end", "linger_cut", "log_bytes", "depth",
     )
 
-    def __init__(self, id: int, child: "ChildProcess", record: "ScriptRecord", method: bytes,
+    def __init__(self, id: int, child: ChildLink, record: ScriptRecord, method: bytes,
                  url: str, headers: list[Header], limits: Limits,
                  parent: "Invocation | None" = None, outbound: Outbound | None = None,
                  params: dict[str, Any] | None = None) -> None:
@@ -120,7 +100,7 @@ class Invocation:
         self.response_headers: list[Header] = []
         self.body: BodySource | None = None
         self.error: ExceptionInfo | None = None
-        self.outcome = "ok"
+        self.outcome: Outcome = _OK
         self.logs: list[dict[str, Any]] = []
         self.exceptions: list[dict[str, Any]] = []
         self.cpu_ns = 0
@@ -178,14 +158,14 @@ class Invocation:
             callback, self.on_head = self.on_head, None
             callback(self)
 
-    def fail(self, error: ExceptionInfo, outcome: str | None = None) -> None:
+    def fail(self, error: ExceptionInfo, outcome: Outcome | None = None) -> None:
         """The invocation ends without (or with a broken) response."""
         if outcome is None:
-            outcome = "exceededMemory" if error.name == "MemoryError" else (
-                "canceled" if error.name == "Canceled" else "exception")
-        if self.outcome == "ok" or outcome.startswith("exceeded"):
+            outcome = Outcome.EXCEEDED_MEMORY if error.name == "MemoryError" else (
+                _CANCELED if error.name == "Canceled" else _EXCEPTION)
+        if self.outcome == _OK or outcome in LIMIT_OUTCOMES:
             self.outcome = outcome
-        if outcome == "exception" or outcome == "crashed":
+        if outcome == _EXCEPTION or outcome == _CRASHED:
             self.report(error)
         if not self.head_ready.is_set():
             self.error = error
@@ -199,7 +179,7 @@ class Invocation:
                 scope.cancel()
             for callee in self.children:
                 if not callee.head_ready.is_set():
-                    callee.cancel("canceled")
+                    callee.cancel(_CANCELED)
             self.done.set()
             self._complete()
 
@@ -238,7 +218,7 @@ class Invocation:
                                     "timestamp": time.time() * 1000.0})
 
     # -- from the caller -------------------------------------------------------
-    def cancel(self, outcome: str) -> None:
+    def cancel(self, outcome: Outcome) -> None:
         """Stop the invocation (wall time, client gone); the child is told.
 
         Also after the child is done with it, while its response body (passed
@@ -252,11 +232,11 @@ class Invocation:
 
     def cut_response(self) -> None:
         """The wall limit passed while the body streams: end it, broken."""
-        self.cancel("exceededWallTime")
+        self.cancel(_WALL)
         self.response_finished()
         stream = self.child.incoming.pop(self.id, None)
         if stream is not None:
-            stream.fail(OUTCOME_MESSAGE["exceededWallTime"])
+            stream.fail(OUTCOME_MESSAGE[_WALL])
 
     def end_lingering(self, grace_s: float) -> None:
         """The ``waitUntil`` deadline passed: the child must stop that work now."""
@@ -317,9 +297,9 @@ class WallLimitedBody:
                 self._inv.response_finished()
             return chunk
         self._source.close()
-        self._inv.cancel("exceededWallTime")
+        self._inv.cancel(_WALL)
         self._inv.response_finished()
-        raise BodyError(OUTCOME_MESSAGE["exceededWallTime"])
+        raise BodyError(OUTCOME_MESSAGE[_WALL])
 
     def close(self) -> None:
         self._source.close()

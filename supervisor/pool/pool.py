@@ -12,36 +12,50 @@
   ``pool.max_children`` the least recently used idle child makes room.
 * **Failure.** A dead child fails only its own invocations; a dead zygote is
   restarted and existing children keep serving.
+
+How many spares to fork or trim, which idle children to retire and how to
+make room at the cap is decided in one place, :meth:`Pool._converge` (the
+rules are :func:`supervisor.pool.plan.plan`). Whatever changes the counts
+only *nudges* the pool's maintain task; a request that waits for a spare
+converges at once, since it must know whether one can come at all.
+
+A child reaches the pool through :class:`ChildOwner` (the pool's callbacks)
+and the calls a child makes reach :class:`SubrequestHandler`, handed in at
+construction: ``pool/`` never imports ``calls/``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 import trio
 
-from protocol.messages import MAX_CHUNK, Invoke, Limits
+from protocol.messages import MAX_CHUNK, Invoke, Limits, SubRequest
 
-from supervisor.pool.bodies import BodySource, BytesBody, ChildSink
-from supervisor.pool.child_process import ChildProcess, describe_status
 from supervisor.config import ServeConfig
-from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
-from supervisor.log import warn
+from supervisor.lifecycle import ChildState, KillReason, Outcome
+from supervisor.limits.cpu_account import CpuAccount
+from supervisor.limits.cpu_meter import MeterFactory
 from supervisor.limits.memory import Enforcer, choose as choose_memory_enforcement
+from supervisor.log import warn
 from supervisor.model import ScriptRecord, to_bundle
+from supervisor.pool.bodies import BodySource, BytesBody, ChildSink
+from supervisor.pool.child_process import ChildKit, ChildProcess, describe_status
+from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
+from supervisor.pool.plan import Plan, PoolView, WarmChild, plan
 from supervisor.pool.zygote_client import ZygoteClient
-
-if TYPE_CHECKING:
-    from supervisor.calls.calls import Calls
 
 #: How long a request waits for a spare before the pool gives up (503).
 SPARE_WAIT_S = 10.0
 #: A spare taken by a cold start is replaced this much later (unless a
 #: request waits for one): the fork must not compete with that cold start.
 REFILL_DELAY_S = 0.005
+#: How often warm children are checked against the idle timeout.
+REAP_PERIOD_S = 1.0
 #: How often busy children's coarse CPU budgets are checked.
 WATCHDOG_PERIOD_S = 0.025
 #: How long a child has to end its ``waitUntil`` work once told to.
@@ -52,32 +66,58 @@ class PoolUnavailable(Exception):
     """No child can be had (capacity reached, sandbox not starting)."""
 
 
+class SubrequestHandler(Protocol):
+    """Where the calls a child makes go (``supervisor.calls.calls.Calls``)."""
+
+    def handle(self, child: ChildProcess, message: SubRequest) -> None:
+        """Start the call; it is answered to ``child`` later. Must not raise."""
+
+
+#: Builds the pool's call handler once the pool exists (calls need the pool
+#: to invoke their targets; the pool needs the handler for its children).
+CallsFactory = Callable[["Pool"], SubrequestHandler]
+
+
 class Pool:
-    def __init__(self, config: ServeConfig,
-                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, config: ServeConfig, calls: CallsFactory,
+                 on_event: Callable[[dict[str, Any]], None] | None = None, *,
+                 exact_cpu: bool = True) -> None:
+        """``exact_cpu``: read each child's CPU counter whenever an invocation
+        ends (exact ``cpuTime``; a syscall per invocation, so only when
+        someone reads traces)."""
         self.config = config
         #: Where trace events that belong to no invocation go (None: nowhere).
         self.on_event = on_event
-        self.calls: "Calls" = None  # type: ignore[assignment]  # set by the server
         #: Who keeps each child's memory limit (cgroup, prlimit or nothing).
         self.memory: Enforcer = choose_memory_enforcement(config.pool.memory_enforcement,
                                                           config.pool.memory_mb)
+        self._kit = ChildKit(self.memory)
+        self._meters = MeterFactory(allow_perf=not os.environ.get("CORRAL_NO_PERF"))
+        self._exact_cpu = exact_cpu
+        self._background_ns = int(config.limits.background_cpu_ms * 1_000_000)
         self.zygote = ZygoteClient(self.memory.jail_address_space_mb(), self._on_spawned, self._on_exited,
                                    self._on_zygote_restart, config.pool.zygote_max_age_s,
-                                   config.pool.zygote_max_children, on_ready=self._refill)
+                                   config.pool.zygote_max_children, on_ready=self._nudge)
         self.children: dict[int, ChildProcess] = {}
         self.spares: deque[ChildProcess] = deque()
         self.warm: "OrderedDict[tuple[str, str], ChildProcess]" = OrderedDict()
         self.retired: set[ChildProcess] = set()
-        self.busy: set[ChildProcess] = set()  # children with invocations in flight
+        #: Children whose CPU the watchdog polls (budgets the kernel is not armed for).
+        self.busy: set[ChildProcess] = set()
         self._requested = 0
         self._waiting = 0
         self._spare_lot = trio.lowlevel.ParkingLot()
-        self._refill_wanted = trio.Event()
+        self._nudged = trio.Event()
+        #: When the maintain task converges next without a nudge.
+        self._wake_at = 0.0
+        self._next_reap = 0.0
+        #: No fork before this unless a request waits (see REFILL_DELAY_S).
+        self._quiet_until = -math.inf
         self._loading: dict[tuple[str, str, str], trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self.last_invocation_id = 0
         self.stats = {"cold_starts": 0, "invocations": 0, "children_killed": 0}
+        self.calls = calls(self)
 
     # ------------------------------------------------------------------
     # lifecycle
@@ -86,9 +126,8 @@ class Pool:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.zygote.run)
-            self._refill()
-            nursery.start_soon(self._reaper)
-            nursery.start_soon(self._refiller)
+            self._next_reap = trio.current_time() + REAP_PERIOD_S
+            nursery.start_soon(self._maintain)
             nursery.start_soon(self._cpu_watchdog)
             task_status.started()
 
@@ -102,7 +141,12 @@ class Pool:
             sock.close()
             os.close(pidfd)
             return
-        child = ChildProcess(self, pid, sock, pidfd, self.zygote.generation)
+        try:
+            cpu: CpuAccount | None = CpuAccount(self._meters.open(pid), exact=self._exact_cpu,
+                                                background_ns=self._background_ns)
+        except OSError:
+            cpu = None
+        child = ChildProcess(self, pid, sock, pidfd, self.zygote.generation, self._kit, cpu)
         self.children[pid] = child
         self._nursery.start_soon(child.run)
 
@@ -120,22 +164,33 @@ class Pool:
         supervisor.pool.zygote_client); warm children keep serving until idle."""
         self._requested = 0
         while self.spares:
-            self.spares.popleft().kill("zygote replaced")
+            self.spares.popleft().kill(KillReason.ZYGOTE_REPLACED)
         for child in list(self.children.values()):
-            if child.state == "starting" and child.generation != self.zygote.generation:
-                child.kill("zygote replaced")
+            if child.state is ChildState.STARTING and child.generation != self.zygote.generation:
+                child.kill(KillReason.ZYGOTE_REPLACED)
 
+    # ------------------------------------------------------------------
+    # what children tell their owner (ChildOwner)
+    # ------------------------------------------------------------------
     def on_ready(self, child: ChildProcess) -> None:
         """A new child finished its jail and said hello."""
         if child.generation != self.zygote.generation:
-            child.kill("zygote replaced")  # an old seed never reaches a new tenant
+            child.kill(KillReason.ZYGOTE_REPLACED)  # an old seed never reaches a new tenant
             return
         self.spares.append(child)
         self._spare_lot.unpark()
 
-    def on_idle_maybe(self, child: ChildProcess) -> None:
+    def on_idle(self, child: ChildProcess) -> None:
+        """A retiring child goes once it has nothing in flight."""
         if child.retired and child.idle:
-            child.kill("retired")
+            child.kill(KillReason.RETIRED)
+
+    def retire(self, child: ChildProcess) -> None:
+        """Take a child out of service at once (it is about to die)."""
+        self._retire(child)
+
+    def on_subrequest(self, child: ChildProcess, message: SubRequest) -> None:
+        self.calls.handle(child, message)
 
     def on_background_overrun(self, child: ChildProcess) -> None:
         """A child burnt its background allowance outside any invocation (a
@@ -147,7 +202,7 @@ class Pool:
              namespace=record.namespace,
              allowance_ms=self.config.limits.background_cpu_ms)
         if self.on_event is not None:
-            self.on_event(background_trace(record, "exceededCpu", BACKGROUND_CPU_MESSAGE))
+            self.on_event(background_trace(record, Outcome.EXCEEDED_CPU, BACKGROUND_CPU_MESSAGE))
 
     def on_dead(self, child: ChildProcess) -> None:
         self.children.pop(child.pid, None)
@@ -162,43 +217,65 @@ class Pool:
             self.spares.remove(child)
         except ValueError:
             pass
-        self._refill()
+        self._nudge()
 
-    def _refill(self) -> None:
-        """Keep ``pool.spares`` spares (plus one per waiting request), no more."""
-        want = self.config.pool.spares + self._waiting
-        surplus = len(self.spares) - want
-        while surplus > 0 and self._requested == 0:
+    # ------------------------------------------------------------------
+    # converging (see supervisor.pool.plan)
+    # ------------------------------------------------------------------
+    def _nudge(self) -> None:
+        """Counts changed (a death, a spare taken, a zygote up): converge soon."""
+        self._nudged.set()
+
+    def _cold_started(self) -> None:
+        """A cold start took a spare: its replacement waits REFILL_DELAY_S."""
+        now = trio.current_time()
+        if now >= self._quiet_until:  # an open window is not extended
+            self._quiet_until = now + REFILL_DELAY_S
+        self._nudge()
+
+    async def _maintain(self) -> None:
+        """The pool's control loop (gunicorn's arbiter): converge on every
+        nudge, when a deferred fork is due, and for the periodic idle scan."""
+        while True:
+            with trio.move_on_at(self._wake_at):
+                await self._nudged.wait()
+            self._nudged = trio.Event()
+            self._converge()
+
+    def _converge(self) -> Plan:
+        """The one place the pool decides: build the view, plan, act."""
+        now = trio.current_time()
+        reap = now >= self._next_reap
+        if reap:
+            self._next_reap = now + REAP_PERIOD_S
+        decided = plan(self._view(now, reap))
+        for key in decided.retire:
+            self._retire(self.warm[key])  # type: ignore[index]
+        for _ in range(decided.trim):
             # Left over from a burst (deploy validations, waiters): each costs memory.
-            self.spares.pop().kill("surplus spare")
-            surplus -= 1
-        live = sum(1 for child in self.children.values() if child.kill_reason is None)
-        room = self.config.pool.max_children - live - self._requested
-        missing = min(want - len(self.spares) - self._requested, room)
-        if missing > 0 and self.zygote.spawn(missing):
-            self._requested += missing
+            self.spares.pop().kill(KillReason.SURPLUS_SPARE)
+        if decided.fork and self.zygote.spawn(decided.fork):
+            self._requested += decided.fork
+        # A deferred fork only happens with nobody waiting, i.e. here in the
+        # maintain task, which re-arms with this before it sleeps again.
+        self._wake_at = min(decided.wake_at, self._next_reap)
+        return decided
 
-    def _refill_soon(self) -> None:
-        """Refill after the cold start in progress had its chance at the CPU."""
-        self._refill_wanted.set()
-
-    async def _refiller(self) -> None:
-        while True:
-            await self._refill_wanted.wait()
-            self._refill_wanted = trio.Event()
-            await trio.sleep(REFILL_DELAY_S)
-            self._refill()
-
-    async def _reaper(self) -> None:
-        """Scale to zero: retire children idle longer than the idle timeout."""
-        idle_timeout = self.config.pool.idle_timeout_s
-        while True:
-            await trio.sleep(1.0)
-            now = trio.current_time()
-            for child in list(self.warm.values()):
-                if child.idle and now - child.last_used > idle_timeout:
-                    self._retire(child)
-            self._refill()
+    def _view(self, now: float, reap: bool) -> PoolView:
+        pool = self.config.pool
+        live = starting = 0
+        for child in self.children.values():
+            if child.kill_reason is None:
+                live += 1
+                if child.state is ChildState.STARTING:
+                    starting += 1
+        warm: tuple[WarmChild, ...] = ()
+        if reap or (self._waiting and live + self._requested >= pool.max_children):
+            warm = tuple(WarmChild(key, child.idle, child.last_used) for key, child in self.warm.items())
+        return PoolView(now=now, spares_target=pool.spares, max_children=pool.max_children,
+                        idle_timeout_s=pool.idle_timeout_s, spares=len(self.spares),
+                        requested=self._requested, starting=starting, live=live,
+                        waiting=self._waiting, quiet_until=self._quiet_until, warm=warm, reap=reap)
 
     async def _cpu_watchdog(self) -> None:
         """Enforce the CPU budgets the kernel is not armed for (see cpu_account),
@@ -211,7 +288,7 @@ class Pool:
             for child in list(self.busy):
                 cpu = child.cpu
                 if cpu is not None and cpu.needs_watchdog and cpu.over_budget():
-                    child.kill("exceededCpu")
+                    child.kill(KillReason.EXCEEDED_CPU)
                     continue
                 for inv in list(child.invocations.values()):
                     if inv.response_end is None:
@@ -219,7 +296,7 @@ class Pool:
                             if inv.head_ready.is_set():
                                 inv.cut_response()
                             else:
-                                inv.cancel("exceededWallTime")
+                                inv.cancel(Outcome.EXCEEDED_WALL_TIME)
                     elif inv.linger_cut:
                         if now > inv.linger_cut:
                             self._kill_lingering(child)
@@ -239,21 +316,18 @@ class Pool:
                 child.end_invocation(inv)
         warn("child.wait_until_overrun", pid=child.pid, script=child.record.name if child.record else "")
         self._retire(child)
-        child.kill("waitUntil work ignored its deadline")
+        child.kill(KillReason.WAIT_UNTIL_OVERRUN)
 
     def _retire(self, child: ChildProcess) -> None:
+        """Out of the warm set; killed now if idle, else when it falls idle."""
         record = child.record
         if record is not None and self.warm.get((record.namespace, record.name)) is child:
             del self.warm[(record.namespace, record.name)]
-        child.retired = True
+        child.retire()
         if child.idle:
-            child.kill("idle")
+            child.kill(KillReason.IDLE)
         else:
             self.retired.add(child)
-
-    def retire_child(self, child: ChildProcess) -> None:
-        """Take a child out of service at once (it is about to die)."""
-        self._retire(child)
 
     def retire_script(self, namespace: str, name: str) -> None:
         """A script was redeployed or deleted: its warm child drains and goes."""
@@ -296,7 +370,7 @@ class Pool:
             if not child.alive:
                 continue
             self._assign(child, record)
-            self._refill_soon()
+            self._cold_started()
             return child
         return None
 
@@ -319,30 +393,15 @@ class Pool:
                         child = self.spares.popleft()
                         if child.alive:
                             return child
-                    self._make_room()
-                    self._refill()
+                    decided = self._converge()  # room at the cap, a fork, or no hope
+                    if decided.stuck:
+                        raise PoolUnavailable(decided.why)
                     await self._spare_lot.park()
             assert scope.cancelled_caught
             raise PoolUnavailable("no sandbox became available in time")
         finally:
             self._waiting -= 1
-            self._refill_soon()
-
-    def _make_room(self) -> None:
-        """At the process cap, the least recently used idle warm child goes."""
-        limit = self.config.pool.max_children
-        live = sum(1 for child in self.children.values() if child.kill_reason is None)
-        if live + self._requested < limit:
-            return
-        for child in list(self.warm.values()):
-            if child.idle:
-                self._retire(child)
-                return
-        starting = any(c.state == "starting" and c.kill_reason is None for c in self.children.values())
-        if not self._requested and not starting:  # else a spare is on its way: wait for it
-            raise PoolUnavailable(
-                f"all {limit} sandboxes are busy ({live} live, {len(self.warm)} warm, "
-                f"{len(self.spares)} spare)")
+            self._cold_started()
 
     async def validate(self, record: ScriptRecord, timeout: float = 10.0) -> str | None:
         """Load ``record`` in a throw-away sandbox; the load error, or None."""
@@ -368,7 +427,7 @@ class Pool:
                 return "the script crashed its sandbox while loading"
             return f"the script did not finish loading within {timeout:g} s"
         finally:
-            child.kill("validated")
+            child.kill(KillReason.VALIDATED)
 
     # ------------------------------------------------------------------
     # invoking

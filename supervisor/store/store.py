@@ -42,7 +42,7 @@ from supervisor.store.records import (
     tags_decoder,
 )
 
-__all__ = ["MAX_PER_PAGE", "NamespaceInfo", "RouteInfo", "Store", "namespace_not_found",
+__all__ = ["MAX_PER_PAGE", "NOT_CACHED", "NamespaceInfo", "NotCached", "RouteInfo", "Store", "namespace_not_found",
            "script_not_found"]
 
 MAX_PER_PAGE = 1000
@@ -68,6 +68,18 @@ def normalize_tags(tags: Iterable[object]) -> list[str]:
     if len(seen) > MAX_TAGS:
         raise Invalid(f"a script can have at most {MAX_TAGS} tags, got {len(seen)}")
     return list(seen)
+
+
+class NotCached:
+    """The type of :data:`NOT_CACHED`: deployed, but a read would touch SQLite."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_CACHED"
+
+
+NOT_CACHED = NotCached()
 
 
 class Store:
@@ -212,6 +224,31 @@ class Store:
         stored = msgspec.structs.replace(record, tags=tags, created_on=created_on, modified_on=now)
         self._cache.forget([key], {key: record.version})
         return stored
+
+    def cached(self, namespace: str, name: str) -> ScriptRecord | None | NotCached:
+        """The record if the cache holds it, None if no such script is deployed,
+        else :data:`NOT_CACHED`: never touches SQLite, so the event loop may call
+        it on the request path (a miss is then read with :meth:`get_script` in a
+        worker thread; see supervisor.store.lookup)."""
+        key = (namespace, name)
+        with self._cache_lock:
+            if key not in self._versions:
+                return None
+            entry = self._cache.get(key)
+            if entry is None:
+                return NOT_CACHED
+            self._cache.move_to_end(key)
+            return entry[0]
+
+    def cached(self, namespace: str, name: str) -> ScriptRecord | None | NotCached:
+        """The record if the cache holds it, None if no such script is deployed,
+        else :data:`NOT_CACHED`: never touches SQLite, so the event loop may call
+        it on the request path (a miss is then read with :meth:`get_script` in a
+        worker thread; see supervisor.store.lookup)."""
+        record, known, _generation = self._cache.lookup((namespace, name))
+        if record is not None or not known:
+            return record
+        return NOT_CACHED
 
     def get_script(self, namespace: str, name: str) -> ScriptRecord | None:
         """The full record (with code), or None. Hot path: cached; read-only result."""

@@ -1,0 +1,124 @@
+"""What the pool should do next: one pure decision from a snapshot.
+
+The pool used to decide in seven places (refill after a death, after a cold
+start, on a timer, when a request waits, ...), each with its own slice of
+the rules. As in gunicorn's arbiter, it now converges in one step:
+:class:`Pool` builds a :class:`PoolView` of its counts and calls
+:func:`plan`, which says which warm children to retire, how many surplus
+spares to trim and how many to fork, and when to look again. Being pure, the
+rules are tested without a process (tests/test_pool_plan.py).
+
+The rules, in the order they apply:
+
+1. **Scale to zero.** On the periodic scan, a warm child idle for longer than
+   ``idle_timeout_s`` is retired.
+2. **Capacity.** At ``max_children`` (live children plus forks on their way),
+   a request waiting for a spare that no spare, fork or starting child will
+   serve makes room: the least recently used idle warm child goes, one per
+   such request. When nothing can be evicted and nothing is coming, the
+   waiting request has no hope (:attr:`Plan.stuck`; it answers 503).
+3. **Trim.** Spares beyond ``spares`` plus one per waiting request (left over
+   from a burst: each costs memory) are killed, unless forks are still on
+   their way.
+4. **Fork.** The spares missing from that target are asked of the zygote,
+   within the room under the cap. Just after a cold start took a spare the
+   fork waits ``quiet_until`` (the fork must not compete with that cold
+   start for the CPU), unless a request is waiting for a spare.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class WarmChild:
+    """A warm child as the plan sees it; ``key`` is whatever the pool needs to find it."""
+
+    key: Hashable
+    idle: bool
+    last_used: float
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    now: float
+    #: ``pool.spares``, ``pool.max_children``, ``pool.idle_timeout_s``.
+    spares_target: int
+    max_children: int
+    idle_timeout_s: float
+    #: Spares ready to take.
+    spares: int
+    #: Forks asked of the zygote that have not arrived yet.
+    requested: int
+    #: Children forked that have not said Hello yet (and were not killed).
+    starting: int
+    #: Children not killed (every state but dead, minus those condemned).
+    live: int
+    #: Requests waiting for a spare.
+    waiting: int
+    #: No fork before this (a cold start's CPU) unless a request waits.
+    quiet_until: float = -math.inf
+    #: Warm children, least recently used first. Needed for the idle scan and
+    #: at the cap; otherwise the pool may leave it empty.
+    warm: tuple[WarmChild, ...] = ()
+    #: Whether this step includes the idle-timeout scan (it runs once a second).
+    reap: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    #: Warm children to retire (keys of :attr:`PoolView.warm`), in that order.
+    retire: tuple[Hashable, ...] = ()
+    #: Surplus spares to kill.
+    trim: int = 0
+    #: Spares to ask the zygote for.
+    fork: int = 0
+    #: When to converge again if nothing else wakes the pool.
+    wake_at: float = math.inf
+    #: Requests are waiting, the cap is reached, nothing can be evicted and
+    #: nothing is on its way: they cannot be served.
+    stuck: bool = False
+    #: Why, when it is ``stuck`` (for the 503's log line).
+    why: str = field(default="", compare=False)
+
+
+def plan(view: PoolView) -> Plan:
+    """The actions that bring the pool back to its targets (see the module docstring)."""
+    retire: list[Hashable] = []
+    live = view.live
+    if view.reap:
+        for child in view.warm:
+            if child.idle and view.now - child.last_used > view.idle_timeout_s:
+                retire.append(child.key)
+                live -= 1  # retired while idle: killed at once
+    want = view.spares_target + view.waiting
+    stuck = False
+    if view.waiting and live + view.requested >= view.max_children:
+        unserved = view.waiting - view.spares - view.requested - view.starting
+        for child in view.warm:
+            if unserved <= 0:
+                break
+            if child.idle and child.key not in retire:
+                retire.append(child.key)
+                live -= 1
+                unserved -= 1
+        stuck = (live + view.requested >= view.max_children and unserved > 0
+                 and not view.requested and not view.starting)
+    trim = max(0, view.spares - want) if view.requested == 0 else 0
+    live -= trim  # killed at once
+    room = view.max_children - live - view.requested
+    missing = min(want - (view.spares - trim) - view.requested, room)
+    fork, wake_at = 0, math.inf
+    if missing > 0:
+        if view.waiting or view.now >= view.quiet_until:
+            fork = missing
+        else:
+            wake_at = view.quiet_until
+    why = ""
+    if stuck:
+        why = (f"all {view.max_children} sandboxes are busy ({live} live, {len(view.warm)} warm, "
+               f"{view.spares} spare)")
+    return Plan(tuple(retire), trim, fork, wake_at, stuck, why)

@@ -1,0 +1,94 @@
+"""The pool's convergence rules (supervisor.pool.plan), without a process."""
+
+from __future__ import annotations
+
+import math
+
+from supervisor.pool.plan import Plan, PoolView, WarmChild, plan
+
+
+def view(**changes: object) -> PoolView:
+    base = dict(now=100.0, spares_target=2, max_children=10, idle_timeout_s=60.0, spares=2,
+                requested=0, starting=0, live=3, waiting=0)
+    base.update(changes)
+    return PoolView(**base)  # type: ignore[arg-type]
+
+
+def test_at_target_nothing_to_do() -> None:
+    assert plan(view()) == Plan()
+
+
+def test_missing_spares_are_forked() -> None:
+    assert plan(view(spares=0, live=1)).fork == 2
+
+
+def test_forks_on_their_way_count() -> None:
+    assert plan(view(spares=0, requested=2, live=1)).fork == 0
+    assert plan(view(spares=0, requested=1, live=1)).fork == 1
+
+
+def test_one_more_spare_per_waiting_request() -> None:
+    assert plan(view(spares=0, waiting=3, live=1)).fork == 5
+
+
+def test_forks_stay_under_the_cap() -> None:
+    assert plan(view(spares=0, live=9)).fork == 1
+    assert plan(view(spares=0, live=10)).fork == 0
+
+
+def test_after_a_cold_start_the_fork_waits_its_quiet_window() -> None:
+    decided = plan(view(spares=1, live=2, quiet_until=100.004))
+    assert decided.fork == 0 and decided.wake_at == 100.004
+    assert plan(view(spares=1, live=2, quiet_until=99.0)).fork == 1
+
+
+def test_a_waiting_request_does_not_wait_for_the_quiet_window() -> None:
+    assert plan(view(spares=0, waiting=1, live=1, quiet_until=100.004)).fork == 3
+
+
+def test_surplus_spares_are_trimmed_unless_forks_are_coming() -> None:
+    decided = plan(view(spares=5, live=6))
+    assert (decided.trim, decided.fork) == (3, 0)
+    assert plan(view(spares=5, live=6, requested=1)).trim == 0
+
+
+def test_idle_children_past_the_timeout_retire_on_the_scan_only() -> None:
+    warm = (WarmChild("old-idle", True, 10.0), WarmChild("old-busy", False, 10.0),
+            WarmChild("recent", True, 90.0))
+    assert plan(view(warm=warm, reap=True)).retire == ("old-idle",)
+    assert plan(view(warm=warm, reap=False)).retire == ()
+
+
+def test_at_the_cap_the_least_recently_used_idle_child_makes_room() -> None:
+    warm = (WarmChild("busy", False, 1.0), WarmChild("lru", True, 2.0), WarmChild("mru", True, 3.0))
+    decided = plan(view(spares=0, live=10, waiting=1, warm=warm))
+    assert decided.retire == ("lru",)
+    assert decided.fork == 1 and not decided.stuck
+
+
+def test_one_eviction_per_waiting_request_without_a_spare_coming() -> None:
+    warm = tuple(WarmChild(i, True, float(i)) for i in range(5))
+    assert plan(view(spares=0, live=10, waiting=3, warm=warm)).retire == (0, 1, 2)
+    # A child still starting will serve one of them.
+    assert plan(view(spares=0, live=10, waiting=3, starting=1, warm=warm)).retire == (0, 1)
+
+
+def test_below_the_cap_nothing_is_evicted() -> None:
+    warm = (WarmChild("idle", True, 1.0),)
+    assert plan(view(spares=0, live=5, waiting=1, warm=warm)).retire == ()
+
+
+def test_at_the_cap_with_nothing_idle_and_nothing_coming_is_stuck() -> None:
+    warm = (WarmChild("busy", False, 1.0),)
+    decided = plan(view(spares=0, live=10, waiting=1, warm=warm))
+    assert decided.stuck and decided.fork == 0
+    assert "all 10 sandboxes are busy" in decided.why
+
+
+def test_not_stuck_while_a_child_is_starting_or_a_fork_is_coming() -> None:
+    assert not plan(view(spares=0, live=10, waiting=1, starting=1)).stuck
+    assert not plan(view(spares=0, live=9, requested=1, waiting=1)).stuck
+
+
+def test_no_wake_up_unless_a_fork_is_deferred() -> None:
+    assert plan(view()).wake_at == math.inf
