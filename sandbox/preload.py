@@ -1,39 +1,28 @@
-"""The standard-library modules tenant code may import.
+"""The modules the zygote imports before it forks, so children share them.
 
-The zygote imports all of them before it forks, so a tenant's ``import json``
-is a dictionary lookup that needs no file system (there is none in the jail).
-Anything else raises an ImportError that names the refused module.
-
-This list is a usability boundary, not a security one: the security boundary
-is the seccomp filter and the namespaces. A tenant that digs ``socket`` out
-of some object graph still cannot create a socket.
+Not a list of what tenants may import (they may import any standard-library
+module, lazily, from the read-only file view): only what most scripts use,
+so that their ``import json`` is a dictionary lookup instead of a few
+hundred microseconds of file reads and unmarshalling on every cold start.
+Each module costs zygote memory that every child shares copy-on-write; the
+choice was measured (see ``scripts/preload_cost``).
 """
 
 from __future__ import annotations
 
-#: Top-level names tenants may import (submodules listed where they must be
-#: pre-imported explicitly).
-TENANT_MODULES: tuple[str, ...] = (
+#: Common in tenant code: cheap enough to pay once in the zygote.
+COMMON: tuple[str, ...] = (
     "abc", "array", "ast", "asyncio", "base64", "binascii", "bisect", "calendar", "cmath",
     "collections", "collections.abc", "colorsys", "contextlib", "contextvars", "copy", "csv",
     "dataclasses", "datetime", "decimal", "difflib", "email", "email.utils", "email.message",
     "email.parser", "email.policy", "enum", "errno", "fnmatch", "fractions", "functools",
     "gzip", "hashlib", "heapq", "hmac", "html", "html.parser", "http", "http.cookies",
     "io", "ipaddress", "itertools", "json", "keyword", "logging", "math", "numbers",
-    "operator", "os", "os.path", "posixpath", "pprint", "queue", "random", "re", "secrets", "shlex", "statistics",
-    "stat", "string", "struct", "sys", "textwrap", "time", "timeit", "traceback", "types", "typing",
-    "unicodedata", "urllib", "urllib.parse", "uuid", "warnings", "weakref", "zlib",
-    "_strptime", "encodings.idna", "encodings.punycode",
-    # The tenant API and its JS-flavoured companions.
-    "workers", "js", "pyodide",
+    "operator", "os", "os.path", "posixpath", "pprint", "queue", "random", "re", "secrets", "shlex",
+    "statistics", "stat", "string", "struct", "sys", "textwrap", "time", "timeit", "traceback",
+    "types", "typing", "unicodedata", "urllib", "urllib.parse", "uuid", "warnings", "weakref",
+    "zlib", "_strptime", "encodings.idna", "encodings.punycode",
 )
 
-#: Modules the runtime needs pre-imported but tenants may not name.
-RUNTIME_ONLY: tuple[str, ...] = ("msgspec", "msgspec.msgpack", "msgspec.json", "socket", "selectors")
-
-
-def top_level(name: str) -> str:
-    return name.partition(".")[0]
-
-
-ALLOWED_TOP_LEVEL = frozenset(top_level(name) for name in TENANT_MODULES)
+#: The runtime's own (the child's loop, the protocol).
+RUNTIME: tuple[str, ...] = ("msgspec", "msgspec.msgpack", "msgspec.json", "socket", "selectors")
