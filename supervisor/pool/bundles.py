@@ -38,6 +38,8 @@ from supervisor.model import ScriptRecord
 
 #: How often unused bundles are collected when nothing asks for it sooner.
 COLLECT_PERIOD_S = 600.0
+#: Requests to collect that come within this long make one collection.
+COLLECT_DEBOUNCE_S = 0.2
 _VERSION = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TEMP_PREFIX = ".tmp-"
 
@@ -156,6 +158,7 @@ class Bundles:
         while True:
             with trio.move_on_after(COLLECT_PERIOD_S):
                 await self._wanted.wait()
+            await trio.sleep(COLLECT_DEBOUNCE_S)
             self._wanted = trio.Event()
             try:
                 removed = await self.collect(keep)

@@ -114,6 +114,8 @@ class Pool:
         child = self.children.get(pid)
         if child is not None:
             child.exit_status = status
+            if child.record is not None:
+                self.bundles.want_collection()  # its version may be unused now
         self.memory.reaped(pid)
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == 31:  # SIGSYS: seccomp
             warn("child.seccomp_kill", pid=pid, status=describe_status(status))
@@ -304,7 +306,7 @@ class Pool:
     def versions_in_use(self) -> set[str]:
         """Script versions some live child was assigned (their bundles must stay)."""
         return {child.record.version for child in self.children.values()
-                if child.record is not None and child.alive}
+                if child.record is not None and child.alive and child.kill_reason is None}
 
     def acquire_now(self, record: ScriptRecord) -> ChildProcess | None:
         """A cold start without waiting, when a spare and the bundle are ready (else None)."""
