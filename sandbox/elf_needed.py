@@ -9,6 +9,7 @@ host Python can be.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 
@@ -20,10 +21,16 @@ def needed(path: str) -> tuple[list[str], list[str]]:
     """``(DT_NEEDED names, RUNPATH/RPATH dirs)`` of ``path``; empty if not a 64-bit ELF."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
+            # Mapped, not read: libraries are megabytes and only headers matter.
+            data = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    except (OSError, ValueError):
         return [], []
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+    with data:
+        return _parse(data, path)
+
+
+def _parse(data: mmap.mmap, path: str) -> tuple[list[str], list[str]]:
+    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         return [], []
     phoff, = struct.unpack_from("<Q", data, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
@@ -54,7 +61,7 @@ def needed(path: str) -> tuple[list[str], list[str]]:
 
     def string(offset: int) -> str:
         start = strtab + offset
-        return data[start:data.index(b"\0", start)].decode("utf-8", "replace")
+        return data[start:data.find(b"\0", start)].decode("utf-8", "replace")
 
     names = [string(v) for t, v in entries if t == _DT_NEEDED]
     origin = os.path.dirname(path)
