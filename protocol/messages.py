@@ -36,7 +36,7 @@ import msgspec
 
 #: Bumped whenever a message changes shape; a child speaking another version
 #: is killed at its first frame.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: Largest chunk of a streamed body, and largest inline body.
 MAX_CHUNK = 64 * 1024
@@ -105,15 +105,22 @@ Binding = Union[TextBinding, JsonBinding, DispatchNamespaceBinding, ServiceBindi
 
 
 class ScriptBundle(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
-    """Everything a child needs to run one script, sent once at assignment."""
+    """Everything a child needs to run one script, sent once at assignment.
+
+    The code is not in the message: ``bundle`` is the absolute path of the
+    script version's directory of files (read-only in the child's view), so
+    ``__file__``, data files and ``importlib.resources`` are real.
+    """
 
     namespace: str  # "" for platform scripts
     name: str
     version: str
-    main_module: str
-    modules: dict[str, bytes]
+    main_module: str  # relative to ``bundle``
+    bundle: str
     bindings: list[Binding] = []
     compatibility_date: str = ""
+    #: Package-store directories the bundle uses, readable besides the bundle.
+    package_dirs: list[str] = []
 
 
 # --------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from protocol.messages import (
     TextBinding,
 )
 
-from . import jail, loader, logs, warmup, workers
+from . import jail, landlock, loader, logs, unavailable, warmup, workers
 from .channel import Channel
 from .streams import IncomingBody, OutgoingBody
 
@@ -224,8 +224,13 @@ class _Invocation:
 class Runtime:
     """Dispatches the supervisor's frames and runs the script's handlers."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sandboxed: bool = False,
+                 layer2: landlock.Ruleset | None = None) -> None:
         self.loop = loop
+        #: In a jailed child (not the zygote's rehearsal): confine and patch at Load.
+        self._sandboxed = sandboxed
+        #: Landlock's second layer, enforced at Load (see sandbox.jail.confine_to_bundle).
+        self._layer2 = layer2
         self.channel: Channel | None = None
         self.closed = asyncio.Event()
         self.script: ScriptBundle | None = None
@@ -309,9 +314,9 @@ class Runtime:
                 values[binding.name] = Fetcher(self, "service", binding.name, "")
         self.env = Env(values)
         try:
-            module = loader.load(
-                message.script.modules, message.script.main_module, message.script.name
-            )
+            if self._sandboxed:
+                self._confine(message.script)
+            module = loader.load(message.script.bundle, message.script.main_module)
             entry = getattr(module, "Default", None)
             if isinstance(entry, type) and callable(getattr(entry, "fetch", None)):
                 self._entry = entry
@@ -332,6 +337,17 @@ class Runtime:
         except MemoryError:
             self._out_of_memory(0)
         self.send(Loaded(self._load_error))
+
+    def _confine(self, script: ScriptBundle) -> None:
+        """Before any of the script's code: its own bundle only, and clear errors."""
+        layer2, self._layer2 = self._layer2, None
+        try:
+            jail.confine_to_bundle(layer2, script.bundle, script.package_dirs)
+        except OSError as exc:
+            # Fail closed: the script is not imported at all.
+            raise loader.ScriptLoadError(
+                f"the sandbox could not confine the script to its bundle: {exc}") from exc
+        unavailable.install()
 
     # -- invocations ----------------------------------------------------------
     def _on_invoke(self, message: Invoke) -> None:
@@ -579,15 +595,16 @@ async def _pump(body: Any, out: OutgoingBody) -> None:
     out.end()
 
 
-def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes) -> int:
+def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
+         rules: jail.FileRules) -> int:
     """Entry point of a forked child; returns its exit status."""
-    jail.jail_child(sock.fileno(), devnull, address_space)
+    layer2 = jail.jail_child(sock.fileno(), devnull, address_space, rules)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     sock.setblocking(False)
     jail.lock(bpf)
     # ---- jailed from here on; only now is the channel read ----
-    runtime = Runtime(loop)
+    runtime = Runtime(loop, sandboxed=True, layer2=layer2)
     workers._runtime = runtime
     logs.set_sink(runtime.log)
     sys.stdout = logs.LineWriter("log")

@@ -1,4 +1,4 @@
-"""Jailing: once per zygote (namespaces, chroot) and once per child (the rest).
+"""Jailing: once per zygote (namespaces, file view) and once per child (the rest).
 
 Everything here runs *before* any tenant byte exists in the process. The
 order matters and is explained step by step; the last step, loading the
@@ -13,8 +13,12 @@ What a child ends up with:
   ``no_new_privs``, not dumpable;
 * rlimits: no core files, no file writes, no new processes, a bounded
   address space and fd table;
-* the zygote's namespaces (no network interfaces, a private mount table with
-  an empty read-only root, private IPC) where the kernel allows them;
+* the zygote's namespaces (no network interfaces, a private mount table whose
+  root is the read-only file view of :mod:`sandbox.file_view`, private IPC)
+  where the kernel allows them;
+* Landlock's first layer (read the view, write nothing), enforced at birth,
+  and its second layer (the view minus every bundle but its own) prepared
+  here and enforced at ``Load`` by :func:`confine_to_bundle`;
 * the seccomp allowlist of :mod:`sandbox.seccomp_policy`.
 """
 
@@ -27,7 +31,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
-from . import seccomp_policy
+from . import file_view, landlock, seccomp_policy
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -35,10 +39,6 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_NOEXEC = 8
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
@@ -53,8 +53,25 @@ class ZygoteJail:
     """What the zygote managed to set up; reported to the supervisor's log."""
 
     namespaces: list[str] = field(default_factory=list)
-    chroot: bool = False
+    #: The read-only file view is the mount namespace's root.
+    view: bool = False
+    #: Landlock ABI in force for children (0: none, see problems).
+    landlock: int = 0
     problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FileRules:
+    """Landlock state the zygote prepares once; every child inherits the fds.
+
+    ``layer1`` is shared by all children (enforcing a ruleset does not change
+    it). Layer 2 gets a ruleset per child, since the child adds its bundle's
+    rule to it: ``static`` are O_PATH fds of the trees it is built from.
+    """
+
+    abi: int = 0
+    layer1: landlock.Ruleset | None = None
+    static: list[tuple[int, bool, str]] = field(default_factory=list)
 
 
 def _check(result: int, what: str) -> None:
@@ -63,15 +80,16 @@ def _check(result: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def isolate_zygote() -> ZygoteJail:
-    """Move the zygote (and so every future child) into empty namespaces.
+def isolate_zygote(view: file_view.FileView) -> ZygoteJail:
+    """Move the zygote (and so every future child) into namespaces of its own.
 
     Done once per zygote rather than per child: creating a network namespace
     costs milliseconds and the kernel tears them down serially, which a
     pool churning thousands of children cannot afford. Siblings share these
     namespaces, but there is nothing in them to share: no interface but a
-    down loopback, no mounts but an empty read-only tmpfs root. Each step
-    is best effort: hosts without the privilege still get the per-child jail.
+    down loopback, no mounts but the read-only file view. Each step is best
+    effort: hosts without the privilege still get the per-child jail, and
+    Landlock then keeps children to the same files on the host's tree.
     """
     report = ZygoteJail()
     for flag, name in ((CLONE_NEWNET, "net"), (CLONE_NEWIPC, "ipc"), (CLONE_NEWUTS, "uts")):
@@ -87,32 +105,45 @@ def isolate_zygote() -> ZygoteJail:
     report.namespaces.append("mnt")
     try:
         _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-        # An empty read-only tmpfs over /tmp becomes the whole filesystem.
-        _check(
-            _libc.mount(b"corral", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                        b"size=4k,nr_inodes=4,mode=0555"),
-            "mount tmpfs",
-        )
-        _check(
-            _libc.mount(b"none", b"/tmp", None,
-                        0x20 | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None),  # MS_REMOUNT
-            "remount tmpfs read-only",
-        )
-        os.chdir("/tmp")
-        os.chroot(".")
-        os.chdir("/")
-        report.chroot = True
+        file_view.build(view)
+        report.view = True
     except OSError as exc:
-        report.problems.append(str(exc))
+        report.problems.append(f"file view: {exc}")
     return report
 
 
-def jail_child(channel_fd: int, devnull_fd: int, address_space: int) -> None:
+def prepare_file_rules(view: file_view.FileView, report: ZygoteJail) -> FileRules:
+    """Layer 1 once for all children, and the fds layer 2 is built from."""
+    abi, why = landlock.abi_version()
+    rules = FileRules(abi=abi)
+    if not abi:
+        report.problems.append(why)
+        return rules
+    flags = os.O_PATH | os.O_CLOEXEC
+    try:
+        rules.layer1 = landlock.Ruleset(abi)
+        for path, is_dir in view.readable(with_bundles=True):
+            fd = os.open(path, flags)
+            rules.layer1.allow_read(fd, is_dir, path)
+            if path != view.bundles:
+                rules.static.append((fd, is_dir, path))
+            else:
+                os.close(fd)
+    except OSError as exc:
+        report.problems.append(f"landlock disabled: {exc}")
+        return FileRules()
+    report.landlock = abi
+    return rules
+
+
+def jail_child(channel_fd: int, devnull_fd: int, address_space: int,
+               rules: FileRules) -> landlock.Ruleset | None:
     """Turn a freshly forked child into a sandbox, all but the filter.
 
     ``address_space`` is the absolute RLIMIT_AS in bytes (0: none). The caller
     creates its event loop next (epoll and the loop's wake-up socketpair are
-    fds the filter would refuse) and then calls :func:`lock`.
+    fds the filter would refuse) and then calls :func:`lock`. Returns the
+    ruleset of Landlock's second layer, for :func:`confine_to_bundle` at Load.
     """
     os.setsid()
     # 1. Signals: the zygote's handlers must not run here; SIGPIPE as EPIPE.
@@ -121,10 +152,20 @@ def jail_child(channel_fd: int, devnull_fd: int, address_space: int) -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.set_wakeup_fd(-1)
 
-    # 2. File descriptors: stdio to /dev/null, then everything but the channel.
+    # 2. Landlock, layer 1: read the view, write nothing, from here on.
+    # Layer 2's static rules are added now, while the fds they need are open.
+    layer2 = None
+    if rules.abi and rules.layer1 is not None:
+        rules.layer1.enforce()
+        layer2 = landlock.Ruleset(rules.abi)
+        for fd, is_dir, path in rules.static:
+            layer2.allow_read(fd, is_dir, path)
+
+    # 3. File descriptors: stdio to /dev/null, then everything but the
+    # channel and layer 2's ruleset.
     for std in (0, 1, 2):
         os.dup2(devnull_fd, std)
-    keep = sorted({0, 1, 2, channel_fd})
+    keep = sorted({0, 1, 2, channel_fd} | ({layer2.fd} if layer2 else set()))
     low = 3
     for fd in keep[3:]:
         if fd > low:
@@ -132,20 +173,21 @@ def jail_child(channel_fd: int, devnull_fd: int, address_space: int) -> None:
         low = fd + 1
     os.closerange(low, 1 << 20)
 
-    # 3. Priority: a spare keeps the zygote's nice 10 while it sets itself
+    # 4. Priority: a spare keeps the zygote's nice 10 while it sets itself
     # up and waits, so refilling the pool never takes a core from a live
     # request; the supervisor renices it when it assigns a script.
 
-    # 4. Resource limits that need no privilege to lower.
+    # 5. Resource limits that need no privilege to lower. The fd table has
+    # room for the files a script reads (one at a time, as a rule).
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
     resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (channel_fd + 8, channel_fd + 8))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (keep[-1] + 32, keep[-1] + 32))
     if address_space > 0:
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
-    # 5. Identity: a uid/gid of its own, no groups, no way back.
+    # 6. Identity: a uid/gid of its own, no groups, no way back.
     if os.geteuid() == 0:
         uid = UID_BASE + os.getpid() % UID_SPAN
         os.setgroups([])
@@ -153,6 +195,29 @@ def jail_child(channel_fd: int, devnull_fd: int, address_space: int) -> None:
         os.setresuid(uid, uid, uid)
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     _libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+    return layer2
+
+
+def confine_to_bundle(layer2: landlock.Ruleset | None, bundle_dir: str,
+                      package_dirs: list[str]) -> None:
+    """Landlock, layer 2: from now on, of all bundles only ``bundle_dir`` is readable.
+
+    Runs under the seccomp filter, at Load, before any tenant code: an O_PATH
+    open, one rule per directory and the restriction; raises if any step
+    fails, so that the script is never imported half-confined.
+    """
+    if layer2 is None:
+        return
+    try:
+        for path in [bundle_dir, *package_dirs]:
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                layer2.allow_read(fd, True, path)
+            finally:
+                os.close(fd)
+        layer2.enforce()
+    finally:
+        layer2.close()
 
 
 def lock(bpf: bytes) -> None:
@@ -161,7 +226,7 @@ def lock(bpf: bytes) -> None:
 
 
 def mapped_bytes() -> int:
-    """Current virtual size; the zygote reads it before its chroot hides /proc."""
+    """Current virtual size; the zygote reads it before the file view hides /proc."""
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -169,7 +234,8 @@ def mapped_bytes() -> int:
 def describe(report: ZygoteJail) -> dict:
     return {
         "namespaces": report.namespaces,
-        "chroot": report.chroot,
+        "view": report.view,
+        "landlock": report.landlock,
         "problems": report.problems,
         "python": sys.version.split()[0],
     }

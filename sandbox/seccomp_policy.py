@@ -2,9 +2,14 @@
 
 The policy is an allowlist whose default **kills the process**. Between the
 two sits a list of calls that tenant code reaches through ordinary library
-use (opening a file, creating a socket, forking): those fail with ``EPERM``
-instead, so ``open('/etc/passwd')`` raises a clean ``PermissionError`` the
-tenant can read, while anything exotic ends the child at once.
+use (creating a socket, forking, making a directory): those fail with
+``EPERM`` instead, so the tenant reads a clean ``PermissionError`` while
+anything exotic ends the child at once.
+
+Files are readable (the mount view and Landlock decide which): ``openat``
+is allowed only without any flag that could write (``O_WRONLY``, ``O_RDWR``,
+``O_CREAT``, ``O_TRUNC``, ``O_APPEND``, ``O_TMPFILE``); with one it fails
+with ``EROFS``, before the read-only mounts and Landlock would refuse it too.
 
 Building the filter with libseccomp costs milliseconds; loading exported BPF
 costs tens of microseconds. The zygote therefore compiles it once
@@ -23,7 +28,13 @@ import tempfile
 #: and the event loop (asyncio needs ``getpid`` and ``epoll_ctl``).
 ALLOWED = (
     "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
-    "close", "fstat", "lseek", "fcntl",
+    "close", "fstat", "lseek", "fcntl", "pread64",
+    # Read-only file access: what exists is the mount view, what may be read Landlock's.
+    "stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2",
+    "readlink", "readlinkat", "getdents64", "getcwd",
+    # Landlock's second layer is added after this filter (see sandbox.landlock):
+    # both calls can only ever take rights away from the caller.
+    "landlock_add_rule", "landlock_restrict_self",
     "mmap", "munmap", "mremap", "brk", "madvise", "mprotect",
     "futex", "sched_yield", "getrandom",
     "getpid", "gettid", "getuid", "geteuid", "getgid", "getegid", "getppid",
@@ -38,8 +49,7 @@ ALLOWED = (
 #: Calls that fail softly with EPERM: what a tenant reaches by mistake or
 #: by curiosity through the standard library.
 REFUSED = (
-    "open", "openat", "openat2", "creat", "stat", "lstat", "statx", "access", "faccessat",
-    "faccessat2", "readlink", "readlinkat", "getdents64", "getcwd", "chdir", "fchdir",
+    "open", "openat2", "creat", "chdir", "fchdir", "landlock_create_ruleset",
     "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2",
     "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat", "chown", "fchown",
     "lchown", "fchownat", "truncate", "ftruncate", "utimensat", "mknod", "mknodat",
@@ -57,7 +67,8 @@ REFUSED = (
 #: ioctl fails as it does on a non-terminal, which is what Python expects.
 NOT_A_TTY = ("ioctl",)
 
-_AT_EMPTY_PATH = 0x1000
+#: openat flags that could write: O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND, __O_TMPFILE.
+WRITE_FLAGS = (0o1, 0o2, 0o100, 0o1000, 0o2000, 0o20000000)
 
 
 def compile_policy() -> bytes:
@@ -71,18 +82,13 @@ def compile_policy() -> bytes:
         policy.add_rule(seccomp.ERRNO(errno.EPERM), name)
     for name in NOT_A_TTY:
         policy.add_rule(seccomp.ERRNO(errno.ENOTTY), name)
-    # glibc implements fstat(fd) as newfstatat(fd, "", AT_EMPTY_PATH): allow
-    # exactly that form, refuse path lookups.
-    policy.add_rule(
-        seccomp.ALLOW,
-        "newfstatat",
-        seccomp.Arg(3, seccomp.MASKED_EQ, _AT_EMPTY_PATH, _AT_EMPTY_PATH),
-    )
-    policy.add_rule(
-        seccomp.ERRNO(errno.EPERM),
-        "newfstatat",
-        seccomp.Arg(3, seccomp.MASKED_EQ, _AT_EMPTY_PATH, 0),
-    )
+    # openat(dirfd, path, flags, mode): read-only opens only. Every flag value
+    # matches exactly one side: no write flag (allowed) or some (EROFS).
+    any_write = 0
+    for flag in WRITE_FLAGS:
+        any_write |= flag
+        policy.add_rule(seccomp.ERRNO(errno.EROFS), "openat", seccomp.Arg(2, seccomp.MASKED_EQ, flag, flag))
+    policy.add_rule(seccomp.ALLOW, "openat", seccomp.Arg(2, seccomp.MASKED_EQ, any_write, 0))
     # Resource limits may be read, never written: the jail set them before
     # this filter, and only the supervisor changes them afterwards (prlimit
     # or the child's cgroup). glibc's getrlimit() is prlimit64(0, res, NULL,

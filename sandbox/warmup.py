@@ -17,28 +17,21 @@ all removed again.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 
 from protocol.framing import FrameEncoder, supervisor_decoder
 from protocol.messages import Invoke, InvokeDone, Load, ScriptBundle, TextBinding
 
-_SCRIPT = b'''
-import json
-from workers import Response, WorkerEntrypoint
-
-class Default(WorkerEntrypoint):
-    async def fetch(self, request):
-        body = await request.text()
-        print("warm", request.method, request.url, len(body))
-        return Response.json({"ok": True, "agent": request.headers.get("user-agent")},
-                             headers={"x-warm": self.env.WARM})
-'''
+#: The rehearsal script's bundle: a directory of the runtime, inside the file view.
+REHEARSAL_BUNDLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rehearsal")
+REHEARSAL_MAIN = "worker.py"
 
 
 def rehearse() -> None:
     """Serve one request in-process; raises if the runtime is broken."""
-    from . import child, logs, workers
+    from . import child, loader, logs, workers
 
     saved = (sys.stdout, sys.stderr, list(sys.meta_path))
     ours, theirs = socket.socketpair()
@@ -52,7 +45,7 @@ def rehearse() -> None:
         channel = child.Channel(theirs, loop, runtime.on_message, runtime.on_closed)
         runtime.attach(channel)
         encoder = FrameEncoder()
-        bundle = ScriptBundle("", "warmup", "0", "worker.py", {"worker.py": _SCRIPT},
+        bundle = ScriptBundle("", "warmup", "0", REHEARSAL_MAIN, REHEARSAL_BUNDLE,
                               [TextBinding("WARM", "1")])
         ours.sendall(encoder.encode(Load(bundle)))
         ours.sendall(encoder.encode(Invoke(1, b"POST", "http://warmup.invalid/",
@@ -81,7 +74,7 @@ def rehearse() -> None:
         logs.set_sink(lambda level, message: None)
         sys.stdout, sys.stderr = saved[0], saved[1]
         sys.meta_path[:] = saved[2]
-        sys.modules.pop("worker", None)  # the rehearsal script; stdlib modules stay
+        loader.unload(REHEARSAL_BUNDLE, REHEARSAL_MAIN)  # the rehearsal script; stdlib modules stay
         asyncio.set_event_loop(None)
 
 
@@ -97,7 +90,7 @@ def prefault() -> None:
 
     saved = list(sys.meta_path)
     try:
-        loader.load({"corral_prefault.py": _SCRIPT}, "corral_prefault.py", "prefault")
+        loader.load(REHEARSAL_BUNDLE, REHEARSAL_MAIN)
     finally:
         sys.meta_path[:] = saved
-        sys.modules.pop("corral_prefault", None)
+        loader.unload(REHEARSAL_BUNDLE, REHEARSAL_MAIN)

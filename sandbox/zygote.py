@@ -37,15 +37,15 @@ from protocol.messages import (
     ZygoteReady,
 )
 
-from . import allowlist, jail, seccomp_policy, warmup
+from . import file_view, jail, preload, seccomp_policy, warmup
 
 
 def _preimport() -> None:
-    """Import everything a child could need, so children never touch files."""
+    """Import what most children need, once, to share it (see sandbox.preload)."""
     from . import tenant_modules  # registers workers / js / pyodide aliases
 
     tenant_modules.install()
-    for name in allowlist.TENANT_MODULES + allowlist.RUNTIME_ONLY:
+    for name in preload.COMMON + preload.RUNTIME:
         importlib.import_module(name)
     from . import child  # noqa: F401  (the child's main loop and runtime)
 
@@ -53,10 +53,15 @@ def _preimport() -> None:
 class Zygote:
     """Owns the control socket and the fork loop."""
 
-    def __init__(self, control: socket.socket, address_space_headroom: int) -> None:
+    def __init__(self, control: socket.socket, address_space_headroom: int,
+                 bundles_dir: str = "", packages_dir: str = "") -> None:
         import msgspec
 
         self.control = control
+        #: The state dir's trees the file view shows (see sandbox.file_view).
+        self.bundles_dir = bundles_dir
+        self.packages_dir = packages_dir
+        self.rules = jail.FileRules()
         #: RLIMIT_AS of every child above the zygote's own mapping (0: none);
         #: the supervisor chose it with its memory backend.
         self.address_space_headroom = address_space_headroom
@@ -76,7 +81,9 @@ class Zygote:
         self.address_space = (
             jail.mapped_bytes() + self.address_space_headroom if self.address_space_headroom else 0
         )
-        report = jail.isolate_zygote()
+        view = file_view.plan(self.bundles_dir, self.packages_dir)
+        report = jail.isolate_zygote(view)
+        self.rules = jail.prepare_file_rules(view, report)
         try:
             os.setpriority(os.PRIO_PROCESS, 0, 10)
         except OSError:
@@ -106,7 +113,7 @@ class Zygote:
                 self.control.close()
                 from . import child
 
-                code = child.main(child_end, self.devnull, self.address_space, self.bpf)
+                code = child.main(child_end, self.devnull, self.address_space, self.bpf, self.rules)
             except BaseException as exc:  # noqa: BLE001 - last words before _exit
                 try:
                     os.write(2, f"corral child {os.getpid()}: {exc!r}\n".encode())
@@ -163,9 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--address-space-mb", type=int, default=0,
                         help="children's RLIMIT_AS above the zygote's own mapping (0: none)")
+    parser.add_argument("--bundles-dir", default="",
+                        help="root of the script bundles, shown read-only and noexec in the jail")
+    parser.add_argument("--packages-dir", default="",
+                        help="root of the package store, shown read-only in the jail")
     args = parser.parse_args(argv)
     control = socket.socket(fileno=args.control_fd)
-    zygote = Zygote(control, args.address_space_mb * 1024 * 1024)
+    zygote = Zygote(control, args.address_space_mb * 1024 * 1024, args.bundles_dir,
+                    args.packages_dir)
     report = zygote.prepare()
     zygote.send(ZygoteReady(version=PROTOCOL_VERSION, pid=os.getpid(), jail=report))
     zygote.serve()

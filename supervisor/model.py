@@ -318,8 +318,11 @@ def public_binding(binding: Binding) -> dict[str, Any]:
     return msgspec.to_builtins(binding)
 
 
-def to_bundle(record: ScriptRecord) -> messages.ScriptBundle:
-    """The child's view of a script: code plus the bindings a child can hold.
+def to_bundle(record: ScriptRecord, bundle_dir: str,
+              package_dirs: list[str] | None = None) -> messages.ScriptBundle:
+    """The child's view of a script: where its files are, plus the bindings a child can hold.
+
+    ``bundle_dir`` holds the record's modules as files (supervisor.pool.bundles).
 
     Secrets become text bindings only inside the script's own child; the
     outbound configuration of a dispatch-namespace binding and a service
@@ -341,7 +344,8 @@ def to_bundle(record: ScriptRecord) -> messages.ScriptBundle:
         name=record.name,
         version=record.version,
         main_module=record.main_module,
-        modules=record.modules,
+        bundle=bundle_dir,
         bindings=bindings,
         compatibility_date=record.compatibility_date,
+        package_dirs=list(package_dirs or []),
     )

@@ -86,6 +86,12 @@ class Supervisor:
 
     def script_changed(self, namespace: str, name: str) -> None:
         self.pool.retire_script(namespace, name)
+        self.pool.bundles.want_collection()
+
+    def _bundles_in_use(self) -> set[str]:
+        """Versions whose bundle must stay: stored ones, and those live children run."""
+        stored = {self.store.get_version(ns, name) for ns, name in self.store.script_names()}
+        return {v for v in stored if v} | self.pool.versions_in_use()
 
     def metrics_text(self) -> str:
         snap = self.pool.snapshot()
@@ -121,6 +127,7 @@ class Supervisor:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)
+                nursery.start_soon(self.pool.bundles.run, self._bundles_in_use)
                 listener = listen_tcp(host, port)
                 admin_listener = _unix_listener(self.config.admin_socket_path)
                 with trio.CancelScope() as accepting:

@@ -44,6 +44,7 @@ from supervisor.limits.memory import Enforcer, choose as choose_memory_enforceme
 from supervisor.log import warn
 from supervisor.model import ScriptRecord, to_bundle
 from supervisor.pool.bodies import BodySource, BytesBody, ChildSink
+from supervisor.pool.bundles import BundleError, Bundles
 from supervisor.pool.child_process import ChildKit, ChildProcess, describe_status
 from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
 from supervisor.pool.plan import Plan, PoolView, WarmChild, plan
@@ -95,9 +96,12 @@ class Pool:
         self._meters = MeterFactory(allow_perf=not os.environ.get("CORRAL_NO_PERF"))
         self._exact_cpu = exact_cpu
         self._background_ns = int(config.limits.background_cpu_ms * 1_000_000)
+        #: Script versions as files, which children read (and the package store's root).
+        self.bundles = Bundles(config.state_dir)
         self.zygote = ZygoteClient(self.memory.jail_address_space_mb(), self._on_spawned, self._on_exited,
                                    self._on_zygote_restart, config.pool.zygote_max_age_s,
-                                   config.pool.zygote_max_children, on_ready=self._nudge)
+                                   config.pool.zygote_max_children, on_ready=self._nudge,
+                                   bundles_dir=self.bundles.root, packages_dir=self.bundles.packages)
         self.children: dict[int, ChildProcess] = {}
         self.spares: deque[ChildProcess] = deque()
         self.warm: "OrderedDict[tuple[str, str], ChildProcess]" = OrderedDict()
@@ -154,6 +158,8 @@ class Pool:
         child = self.children.get(pid)
         if child is not None:
             child.exit_status = status
+            if child.record is not None:
+                self.bundles.want_collection()  # its version may be unused now
         self.memory.reaped(pid)
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == 31:  # SIGSYS: seccomp
             warn("child.seccomp_kill", pid=pid, status=describe_status(status))
@@ -354,16 +360,33 @@ class Pool:
                 continue
             event = self._loading[loading_key] = trio.Event()
             try:
-                child = await self._take_spare()
+                child = await self._spare_with_bundle(record)
                 self._assign(child, record)
                 return child
             finally:
                 del self._loading[loading_key]
                 event.set()
 
+    async def _spare_with_bundle(self, record: ScriptRecord) -> ChildProcess:
+        """A spare, and ``record``'s bundle on disk: assign it before the next await."""
+        while True:
+            while not self.bundles.ready(record.version):
+                await self.bundles.ensure(record)
+            child = await self._take_spare()
+            if self.bundles.ready(record.version):
+                return child
+            self.spares.appendleft(child)  # collected while we waited: write it again
+
+    def versions_in_use(self) -> set[str]:
+        """Script versions some live child was assigned (their bundles must stay)."""
+        return {child.record.version for child in self.children.values()
+                if child.record is not None and child.alive and child.kill_reason is None}
+
     def acquire_now(self, record: ScriptRecord) -> ChildProcess | None:
-        """A cold start without waiting, when a spare is ready (else None)."""
+        """A cold start without waiting, when a spare and the bundle are ready (else None)."""
         if (record.namespace, record.name, record.version) in self._loading:
+            return None
+        if not self.bundles.ready(record.version):
             return None
         while self.spares:
             child = self.spares.popleft()
@@ -380,7 +403,7 @@ class Pool:
         old = self.warm.get(key)
         if old is not None and old is not child:
             self._retire(old)
-        child.assign(record, to_bundle(record))
+        child.assign(record, to_bundle(record, self.bundles.path(record.version)))
         self.warm[key] = child
         self.stats["cold_starts"] += 1
 
@@ -405,9 +428,12 @@ class Pool:
 
     async def validate(self, record: ScriptRecord, timeout: float = 10.0) -> str | None:
         """Load ``record`` in a throw-away sandbox; the load error, or None."""
-        child = await self._take_spare()
         try:
-            child.assign(record, to_bundle(record))
+            child = await self._spare_with_bundle(record)
+        except BundleError as exc:
+            return str(exc)
+        try:
+            child.assign(record, to_bundle(record, self.bundles.path(record.version)))
             with trio.move_on_after(timeout):
                 async with trio.open_nursery() as nursery:
 

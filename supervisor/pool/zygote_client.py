@@ -57,11 +57,15 @@ class ZygoteClient:
 
     def __init__(self, address_space_mb: int, on_spawned: SpawnedCallback, on_exited: ExitedCallback,
                  on_restart: Callable[[], None], max_age_s: float = 3600.0,
-                 max_children: int = 1000, on_ready: Callable[[], None] | None = None) -> None:
+                 max_children: int = 1000, on_ready: Callable[[], None] | None = None,
+                 bundles_dir: str = "", packages_dir: str = "") -> None:
         #: Children's RLIMIT_AS above the zygote's mapping (see memory_limits).
         self.address_space_mb = address_space_mb
         self.max_age_s = max_age_s
         self.max_children = max(1, max_children)
+        #: Trees of the state dir the zygote shows read-only in the jail's file view.
+        self.bundles_dir = bundles_dir
+        self.packages_dir = packages_dir
         self._on_ready = on_ready
         self._asked = 0  # children requested of the current zygote
         self._life: trio.CancelScope | None = None
@@ -136,7 +140,8 @@ class ZygoteClient:
         }
         process = subprocess.Popen(
             [sys.executable, "-m", "sandbox.zygote", "--control-fd", str(theirs.fileno()),
-             "--address-space-mb", str(self.address_space_mb)],
+             "--address-space-mb", str(self.address_space_mb),
+             "--bundles-dir", self.bundles_dir, "--packages-dir", self.packages_dir],
             pass_fds=[theirs.fileno()],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -183,6 +188,7 @@ class ZygoteClient:
                         self.ready.set()
                         log("zygote.ready", pid=message.pid, generation=self.generation,
                             **message.jail)
+                        _warn_weaker_jail(message.jail)
                         if self._on_ready is not None:
                             self._on_ready()
                         if task_status is not None:
@@ -194,6 +200,16 @@ class ZygoteClient:
                     process.kill()
                 await trio.to_thread.run_sync(process.wait)
             log("zygote.exited", pid=process.pid, status=process.returncode)
+
+
+def _warn_weaker_jail(jail: dict) -> None:
+    """Say it loudly when children get less than the full jail on this host."""
+    if not jail.get("view"):
+        warn("zygote.no_file_view", problems=jail.get("problems", []),
+             consequence="children see the host's file system, limited by Landlock only")
+    if not jail.get("landlock"):
+        warn("zygote.no_landlock", problems=jail.get("problems", []),
+             consequence="a child could read other scripts' bundles if it knew their names")
 
 
 def _take_fds(ancdata: list) -> list[int]:

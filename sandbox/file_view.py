@@ -1,0 +1,212 @@
+"""The jail's file system: a read-only view of what a child may read, nothing else.
+
+Built once per zygote, in its private mount namespace, so every child
+forked from it lives in it. The root is an empty tmpfs; into it go, as
+read-only bind mounts at the *same absolute paths* they have on the host
+(so ``sys.path``, ``__file__`` of every pre-imported module and the
+libraries' load paths stay valid):
+
+* the standard library, ``lib-dynload`` included;
+* the runtime's own code a child runs: ``sandbox/``, ``protocol/``, ``msgspec``;
+* the shared libraries the standard library's extension modules load
+  lazily (``libsqlite3``, ``libffi``, ...), found by reading their
+  ``DT_NEEDED`` (:mod:`sandbox.elf_needed`), with the symlinks the dynamic
+  loader follows to reach them (``/lib -> usr/lib``, sonames);
+* the package store (``<state_dir>/packages``), for wheels' native code;
+* the bundles root (``<state_dir>/bundles``), also ``noexec``: native code
+  may be mapped executable from the package store, never from a bundle.
+
+Everything else does not exist: ``open('/etc/passwd')`` is ENOENT, and so is
+``Path('/usr/share/zoneinfo').exists()`` (which CPython only answers False
+to for ENOENT). There is no ``/proc``, ``/dev`` or ``/tmp``.
+
+The view is built with ``pivot_root`` into the tmpfs, the host's tree
+detached afterwards: the host's file system is not even in the namespace,
+so no chroot escape could reach it. Which of these files a particular
+child may open is Landlock's job (:mod:`sandbox.landlock`), per child.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+import sysconfig
+from dataclasses import dataclass, field
+
+from . import elf_needed
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MNT_DETACH = 2
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+#: Where the host's root is while the view is assembled; gone afterwards.
+_OLD_ROOT = "/.host"
+
+
+@dataclass
+class FileView:
+    """What the view holds; all paths absolute and free of symlinks."""
+
+    #: Directories mounted read-only (native code may run from them).
+    trees: list[str] = field(default_factory=list)
+    #: Shared library files mounted read-only, one by one.
+    libraries: list[str] = field(default_factory=list)
+    #: The package store root (read-only, native code allowed).
+    packages: str = ""
+    #: The bundles root (read-only, noexec); Landlock's layer 2 narrows it to one bundle.
+    bundles: str = ""
+    #: Symlinks recreated so that host paths resolve the same way: path -> target.
+    symlinks: dict[str, str] = field(default_factory=dict)
+
+    def readable(self, with_bundles: bool) -> list[tuple[str, bool]]:
+        """``(path, is_dir)`` a child may read: Landlock rules of layer 1 or 2."""
+        out = [(path, True) for path in self.trees]
+        out += [(path, True) for path in sorted({os.path.dirname(p) for p in self.libraries})]
+        if self.packages:
+            out.append((self.packages, True))
+        if with_bundles and self.bundles:
+            out.append((self.bundles, True))
+        return out
+
+
+def _beneath(path: str, roots: list[str]) -> bool:
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+class _Planner:
+    def __init__(self) -> None:
+        self.view = FileView()
+
+    def mirror(self, path: str, depth: int = 0) -> str:
+        """Resolve ``path`` like the kernel, recording each symlink met on the way."""
+        if depth > 40:
+            raise OSError(f"too many symlinks resolving {path}")
+        parts = [p for p in os.path.normpath(path).split("/") if p]
+        current = "/"
+        for i, part in enumerate(parts):
+            candidate = os.path.join(current, part)
+            if os.path.islink(candidate):
+                target = os.readlink(candidate)
+                self.view.symlinks[candidate] = target
+                resolved = os.path.normpath(os.path.join(current, target))
+                return self.mirror(os.path.join(resolved, *parts[i + 1:]), depth + 1)
+            current = candidate
+        return current
+
+    def libraries_of(self, objects: list[str]) -> None:
+        """Add the DT_NEEDED closure of ``objects`` to the view's libraries."""
+        arch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+        system = [f"/lib/{arch}", f"/usr/lib/{arch}", "/lib", "/usr/lib", "/lib64", "/usr/lib64"]
+        seen: set[str] = set()
+        todo = list(objects)
+        while todo:
+            obj = todo.pop()
+            names, runpath = elf_needed.needed(obj)
+            for name in names:
+                if name in seen:
+                    continue
+                seen.add(name)
+                candidates = [name] if "/" in name else [os.path.join(d, name) for d in runpath + system]
+                found = next((c for c in candidates if os.path.isfile(c)), None)
+                if found is None:
+                    continue  # the extension module will fail to import, clearly
+                real = self.mirror(found)
+                if real not in self.view.libraries:
+                    self.view.libraries.append(real)
+                    todo.append(real)
+
+
+def _lib_dynload() -> list[str]:
+    return [p for p in sys.path if p.rstrip("/").endswith("lib-dynload") and os.path.isdir(p)]
+
+
+def plan(bundles_dir: str, packages_dir: str) -> FileView:
+    """Work out the view from the running interpreter (before any isolation)."""
+    import msgspec
+
+    import protocol
+
+    planner = _Planner()
+    roots = [os.path.dirname(os.__file__), *_lib_dynload(),
+             os.path.dirname(os.path.abspath(__file__)),
+             os.path.dirname(os.path.abspath(protocol.__file__)),
+             os.path.dirname(os.path.abspath(msgspec.__file__))]
+    trees: list[str] = []
+    for root in roots:
+        real = planner.mirror(os.path.abspath(root))
+        if real not in trees:
+            trees.append(real)
+    trees.sort(key=len)
+    view = planner.view
+    view.trees = [t for i, t in enumerate(trees) if not _beneath(t, trees[:i])]
+    objects = []
+    for folder in [*_lib_dynload(), os.path.dirname(msgspec.__file__)]:
+        objects += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if ".so" in n]
+    planner.libraries_of(objects)
+    view.libraries = [lib for lib in view.libraries if not _beneath(lib, view.trees)]
+    if packages_dir and os.path.isdir(packages_dir):
+        view.packages = planner.mirror(os.path.abspath(packages_dir))
+    if bundles_dir and os.path.isdir(bundles_dir):
+        view.bundles = planner.mirror(os.path.abspath(bundles_dir))
+    # Symlinks inside a mounted tree come with it.
+    mounted = view.trees + [p for p in (view.packages, view.bundles) if p]
+    view.symlinks = {k: v for k, v in view.symlinks.items()
+                     if not _beneath(os.path.dirname(k), mounted)}
+    return view
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _bind(source: str, target: str, flags: int) -> None:
+    _check(_libc.mount(source.encode(), target.encode(), None, MS_BIND, None), f"bind {target}")
+    _check(_libc.mount(b"none", target.encode(), None, MS_REMOUNT | MS_BIND | flags, None),
+           f"remount {target} read-only")
+
+
+def build(view: FileView) -> None:
+    """Make ``view`` the root of the calling process's (private) mount namespace.
+
+    The caller has unshared the mount namespace and made ``/`` private.
+    """
+    pivot_root = _PIVOT_ROOT.get(platform.machine())
+    if pivot_root is None:
+        raise OSError(f"no pivot_root syscall number for {platform.machine()}")
+    _check(_libc.mount(b"corral", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                       b"size=256k,nr_inodes=4096,mode=0755"), "mount tmpfs")
+    os.mkdir("/tmp" + _OLD_ROOT, 0o700)
+    os.chdir("/tmp")
+    _check(_libc.syscall(pivot_root, b".", _OLD_ROOT.lstrip("/").encode()), "pivot_root")
+    os.chdir("/")
+    read_only = MS_RDONLY | MS_NOSUID | MS_NODEV
+    for path in [*view.trees, view.packages, view.bundles]:
+        if path:
+            os.makedirs(path, 0o755, exist_ok=True)
+    for path in view.libraries:
+        os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444))
+    for link, target in view.symlinks.items():
+        os.makedirs(os.path.dirname(link), 0o755, exist_ok=True)
+        if not os.path.lexists(link):
+            os.symlink(target, link)
+    for path in [*view.trees, *view.libraries, view.packages]:
+        if path:
+            _bind(_OLD_ROOT + path, path, read_only)
+    if view.bundles:
+        _bind(_OLD_ROOT + view.bundles, view.bundles, read_only | MS_NOEXEC)
+    _check(_libc.umount2(_OLD_ROOT.encode(), MNT_DETACH), "detach the host's root")
+    os.rmdir(_OLD_ROOT)
+    _check(_libc.mount(b"none", b"/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                       None), "remount the view's root read-only")

@@ -1,0 +1,159 @@
+"""Clear errors for what a worker cannot do, raised where the tenant asks for it.
+
+Every standard-library module imports in the jail; some cannot work there:
+a worker cannot start processes or threads, and cannot open sockets (its
+network is ``fetch()``, made by the supervisor). Without help, those fail
+deep inside the library with a bare ``PermissionError`` from the seccomp
+filter or an opaque ``can't start new thread``. This module patches the
+entry points, in the child, just before the script is imported, so the
+tenant reads what is not available in Corral's sandbox and why, as on
+Cloudflare.
+
+It is a courtesy, not a boundary: code that goes around these patches
+(``_posixsubprocess``, ``_socket``, ``ctypes``) meets the seccomp filter and
+the namespaces, which refuse the same things.
+
+Modules already imported (``subprocess``, ``threading``, ``socket``: the
+runtime's asyncio imports them) are patched at once; the others
+(``multiprocessing``, ``socketserver``, ...) when first imported, by a
+meta-path hook, so that they cost nothing until a script wants them.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.abc
+import sys
+import types
+from typing import Any, Callable
+
+PROCESSES = "workers cannot start processes (each worker is one sandboxed process)"
+THREADS = "workers cannot start threads; use asyncio tasks (ctx.waitUntil for background work)"
+SOCKETS = "workers cannot open sockets; use fetch() for outbound HTTP"
+
+
+def _message(what: str, why: str) -> str:
+    return f"{what} is not available in Corral's sandbox: {why}"
+
+
+def _refuse(what: str, why: str, error: type[Exception] = RuntimeError) -> Callable[..., Any]:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        if issubclass(error, OSError):
+            raise error(errno.EPERM, _message(what, why))
+        raise error(_message(what, why))
+
+    refused.__name__ = what.rpartition(".")[2].rstrip("()") or "refused"
+    refused.__doc__ = _message(what, why)
+    return refused
+
+
+def _patch_os(os: types.ModuleType) -> None:
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
+        if hasattr(os, name):
+            setattr(os, name, _refuse(f"os.{name}()", PROCESSES))
+
+
+def _patch_subprocess(subprocess: types.ModuleType) -> None:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        self._child_created = False  # what Popen.__del__ looks at
+        raise RuntimeError(_message("subprocess", PROCESSES))
+
+    subprocess.Popen.__init__ = __init__
+
+
+def _patch_threading(threading: types.ModuleType) -> None:
+    threading.Thread.start = _refuse("threading.Thread.start()", THREADS)
+    thread = sys.modules.get("_thread")
+    if thread is not None:
+        thread.start_new_thread = _refuse("_thread.start_new_thread()", THREADS)
+        thread.start_new = thread.start_new_thread
+
+
+def _patch_socket(socket: types.ModuleType) -> None:
+    original = socket.socket.__init__
+
+    def __init__(self: Any, family: int = -1, type: int = -1, proto: int = -1,  # noqa: A002, N807
+                 fileno: int | None = None) -> None:
+        if fileno is None:  # a new socket; wrapping an existing fd is harmless
+            raise PermissionError(errno.EPERM, _message("socket.socket()", SOCKETS))
+        original(self, family, type, proto, fileno)
+
+    socket.socket.__init__ = __init__
+
+
+def _patch_socketserver(socketserver: types.ModuleType) -> None:
+    socketserver.BaseServer.__init__ = _refuse("socketserver", SOCKETS)
+
+
+def _patch_multiprocessing_process(process: types.ModuleType) -> None:
+    process.BaseProcess.start = _refuse("multiprocessing process start", PROCESSES)
+
+
+def _patch_multiprocessing_pool(pool: types.ModuleType) -> None:
+    pool.Pool.__init__ = _refuse("multiprocessing.Pool", PROCESSES)
+
+
+def _patch_process_pool(process: types.ModuleType) -> None:
+    process.ProcessPoolExecutor.__init__ = _refuse("concurrent.futures.ProcessPoolExecutor", PROCESSES)
+
+
+PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
+    "os": _patch_os,
+    "subprocess": _patch_subprocess,
+    "threading": _patch_threading,
+    "socket": _patch_socket,
+    "socketserver": _patch_socketserver,
+    "multiprocessing.process": _patch_multiprocessing_process,
+    "multiprocessing.pool": _patch_multiprocessing_pool,
+    "concurrent.futures.process": _patch_process_pool,
+}
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Runs the real loader, then the module's patch."""
+
+    def __init__(self, loader: Any, patch: Callable[[types.ModuleType], None]) -> None:
+        self._loader = loader
+        self._patch = patch
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__loader__ = self._loader
+        self._loader.exec_module(module)
+        self._patch(module)
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Patches the modules of :data:`PATCHES` that are not imported yet, as they are."""
+
+    def __init__(self, pending: dict[str, Callable[[types.ModuleType], None]]) -> None:
+        self._pending = pending
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        patch = self._pending.get(fullname)
+        if patch is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _PatchingLoader(spec.loader, patch)
+                return spec
+        return None
+
+
+def install() -> None:
+    """Patch what is imported, hook what is not; once per child, before the script runs."""
+    pending = {}
+    for name, patch in PATCHES.items():
+        module = sys.modules.get(name)
+        if module is not None:
+            patch(module)
+        else:
+            pending[name] = patch
+    if pending:
+        sys.meta_path.insert(0, _PatchOnImport(pending))

@@ -1,0 +1,169 @@
+"""Script versions as directories of files, which jailed children read.
+
+A child imports its script with Python's own import system from
+``<state_dir>/bundles/<version>/``: real files, so ``__file__``, data files
+next to modules, ``importlib.resources`` and ``importlib.metadata`` work. The
+directory is named by the version (a content hash of code and bindings), so
+it never changes once written, and two stored scripts with the same content
+share it.
+
+* **Atomic.** A bundle is written to a temporary directory beside the
+  others and renamed into place: a child never sees half a bundle, and a
+  crash leaves only a temporary directory, removed by the next collection.
+* **Off the trio thread.** Writing and deleting files is blocking I/O; both
+  run in a worker thread, serialised by one lock (so a collection never
+  deletes what is being written or is about to be used).
+* **Collected.** :meth:`Bundles.collect` removes every bundle that no stored
+  script and no live child uses.
+* **Permissions.** The root is ``0711``: a child (another uid) can reach a
+  bundle it knows the name of, never list the others; names are unguessable
+  content hashes, and Landlock keeps each child to its own bundle anyway.
+  Bundles are ``0755``/``0644``, read-only to children by the mount too.
+
+The ``packages`` directory beside it is the package store's root, shown
+read-only in the jail; the package store fills it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from typing import Callable
+
+import trio
+
+from supervisor.model import ScriptRecord
+
+#: How often unused bundles are collected when nothing asks for it sooner.
+COLLECT_PERIOD_S = 600.0
+#: Requests to collect that come within this long make one collection.
+COLLECT_DEBOUNCE_S = 0.2
+_VERSION = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_TEMP_PREFIX = ".tmp-"
+
+
+class BundleError(ValueError):
+    """A script's files cannot be laid out as a bundle (the message says why)."""
+
+
+def _check_path(path: str) -> list[str]:
+    parts = path.split("/")
+    if (not path or path.startswith("/") or "\\" in path or "\0" in path
+            or any(p in ("", ".", "..") for p in parts)):
+        raise BundleError(f"invalid file name in the script: {path[:200]!r}")
+    return parts
+
+
+def write_bundle(root: str, version: str, modules: dict[str, bytes]) -> str:
+    """Write ``modules`` to ``root/version`` unless it exists; returns its path (blocking)."""
+    if not _VERSION.fullmatch(version):
+        raise BundleError(f"invalid script version {version[:200]!r}")
+    final = os.path.join(root, version)
+    if os.path.isdir(final):
+        return final
+    temp = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root)
+    try:
+        for path, data in modules.items():
+            parts = _check_path(path)
+            target = os.path.join(temp, *parts)
+            try:
+                os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+                with open(target, "xb") as f:
+                    f.write(data)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+                raise BundleError(f"the script's files clash: {path[:200]!r} is both a file "
+                                  f"and a folder") from exc
+            os.chmod(target, 0o644)
+        for folder, _dirs, _files in os.walk(temp):
+            os.chmod(folder, 0o755)
+        try:
+            os.rename(temp, final)
+        except OSError:
+            if not os.path.isdir(final):  # else: written meanwhile, by another process
+                raise
+    finally:
+        if os.path.exists(temp):
+            shutil.rmtree(temp, ignore_errors=True)
+    return final
+
+
+def collect(root: str, keep: frozenset[str]) -> list[str]:
+    """Remove every bundle (and leftover temporary dir) not in ``keep`` (blocking)."""
+    removed = []
+    for name in os.listdir(root):
+        if name in keep:
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+class Bundles:
+    """The bundles root of one state dir, and which versions are on disk."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.root = os.path.abspath(os.path.join(state_dir, "bundles"))
+        self.packages = os.path.abspath(os.path.join(state_dir, "packages"))
+        os.makedirs(self.root, 0o711, exist_ok=True)
+        os.chmod(self.root, 0o711)
+        os.makedirs(self.packages, 0o755, exist_ok=True)
+        #: Versions known to be complete on disk: a cold start needs no thread for them.
+        self._present: set[str] = set()
+        self._lock = trio.Lock()
+        self._wanted = trio.Event()
+        self._wanted.set()  # once at start: what a previous run left behind
+
+    def path(self, version: str) -> str:
+        return os.path.join(self.root, version)
+
+    def ready(self, version: str) -> bool:
+        """Is this version on disk (so a child can be assigned it without awaiting)?"""
+        return version in self._present
+
+    async def ensure(self, record: ScriptRecord) -> str:
+        """The bundle directory of ``record``, written first if needed."""
+        if record.version not in self._present:
+            async with self._lock:
+                if record.version not in self._present:
+                    await trio.to_thread.run_sync(write_bundle, self.root, record.version,
+                                                  record.modules)
+                    self._present.add(record.version)
+        return self.path(record.version)
+
+    async def collect(self, keep: Callable[[], set[str]]) -> list[str]:
+        """Remove the bundles outside ``keep()``; returns the removed names.
+
+        ``keep()`` must return every stored version and every version a live
+        child was assigned. It is called once the lock is held, and versions
+        outside it stop being :meth:`ready` at that moment: a cold start that
+        comes later writes its bundle again (after this collection, under the
+        same lock) instead of using one being deleted. Callers check
+        :meth:`ready` right before they assign a child, with no await between.
+        """
+        async with self._lock:
+            kept = frozenset(keep())
+            self._present &= kept
+            return await trio.to_thread.run_sync(collect, self.root, kept)
+
+    def want_collection(self) -> None:
+        """A script was deployed or deleted: collect soon."""
+        self._wanted.set()
+
+    async def run(self, keep: Callable[[], set[str]]) -> None:
+        """Collect when asked, and every :data:`COLLECT_PERIOD_S` (retired children end)."""
+        from supervisor.log import log, warn
+
+        while True:
+            with trio.move_on_after(COLLECT_PERIOD_S):
+                await self._wanted.wait()
+            await trio.sleep(COLLECT_DEBOUNCE_S)
+            self._wanted = trio.Event()
+            try:
+                removed = await self.collect(keep)
+            except OSError as exc:
+                warn("bundles.collect_failed", reason=str(exc))
+                continue
+            if removed:
+                log("bundles.collected", removed=len(removed))
