@@ -19,13 +19,13 @@ stream is named by the id it belongs to, in either direction:
 
 Flow control
 ------------
-Small bodies travel inline (``body``); large or not yet complete ones are
-streamed (``body_stream=True``) as :class:`BodyChunk` frames. A stream starts
+A body is one :data:`Body`: :class:`Inline` when small and complete,
+:class:`Streamed` as :class:`BodyChunk` frames otherwise. A stream starts
 with **zero credit**: the receiver sends :class:`Credit` as its consumer wants
 data, and the sender never has more bytes in flight than it was granted. This
 makes every stream pull-based: an unread body costs nothing, and a body can
-be handed on by reference (``body_ref``) without ever crossing a process it
-does not need to.
+be handed on by reference (:class:`ByRef`) without ever crossing a process it
+does not need to. The rules themselves are :mod:`protocol.flow`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import msgspec
 
 #: Bumped whenever a message changes shape; a child speaking another version
 #: is killed at its first frame.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: Largest chunk of a streamed body, and largest inline body.
 MAX_CHUNK = 64 * 1024
@@ -54,6 +54,30 @@ class _Msg(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
 # --------------------------------------------------------------------------
 # Shapes carried inside messages
 # --------------------------------------------------------------------------
+
+
+class Inline(msgspec.Struct, array_like=True, frozen=True, tag="inline"):
+    """The whole body, in the message (at most :data:`MAX_CHUNK` bytes)."""
+
+    data: bytes
+
+
+class Streamed(msgspec.Struct, array_like=True, frozen=True, tag="stream"):
+    """The body follows as :class:`BodyChunk` frames on the message's own stream."""
+
+
+class ByRef(msgspec.Struct, array_like=True, frozen=True, tag="ref"):
+    """The unread body of stream ``stream`` (the invocation's request body or
+    a call's response), handed on: the supervisor pipes it, the child never
+    reads it. Only from a child."""
+
+    stream: int
+
+
+#: How a message's body travels (None: it has none).
+Body = Union[Inline, Streamed, ByRef]
+#: The one :class:`Streamed` value (it carries nothing).
+STREAMED = Streamed()
 
 
 class ExceptionInfo(msgspec.Struct, array_like=True, frozen=True):
@@ -145,8 +169,7 @@ class Invoke(_Msg, tag="invoke"):
     method: bytes
     url: str
     headers: list[Header]
-    body: bytes | None = None
-    body_stream: bool = False
+    body: Body | None = None
     params: dict[str, Any] | None = None
 
 
@@ -162,8 +185,7 @@ class SubResponse(_Msg, tag="subresp"):
     call: int
     status: int
     headers: list[Header]
-    body: bytes | None = None
-    body_stream: bool = False
+    body: Body | None = None
     url: str = ""
     redirected: bool = False
 
@@ -196,17 +218,14 @@ class Loaded(_Msg, tag="loaded"):
 class ResponseStart(_Msg, tag="respond"):
     """The response to invocation ``id``.
 
-    The body is inline (``body``), streamed (``body_stream``) or, when the
-    script returns a subrequest's response untouched, the body of call
-    ``body_ref``, which the supervisor pipes without the child touching it.
+    The body is inline, streamed or, when the script returns a subrequest's
+    response (or its own request body) untouched, :class:`ByRef`.
     """
 
     id: int
     status: int
     headers: list[Header]
-    body: bytes | None = None
-    body_stream: bool = False
-    body_ref: int | None = None
+    body: Body | None = None
 
 
 class InvokeFailed(_Msg, tag="failed"):
@@ -243,8 +262,8 @@ class SubRequest(_Msg, tag="subreq"):
 
     ``kind`` is ``"dispatch"`` (``target`` names a script in the binding's
     namespace), ``"service"`` (``target`` is a platform script) or
-    ``"fetch"`` (an outbound request to ``url``). ``body_ref`` forwards the
-    request body of invocation ``parent`` without the child reading it.
+    ``"fetch"`` (an outbound request to ``url``). A :class:`ByRef` body
+    forwards a body the child holds unread (its request's, a call's response).
     """
 
     call: int
@@ -255,9 +274,7 @@ class SubRequest(_Msg, tag="subreq"):
     headers: list[Header]
     binding: str = ""
     target: str = ""
-    body: bytes | None = None
-    body_stream: bool = False
-    body_ref: int | None = None
+    body: Body | None = None
     redirect: str = "follow"
     limits: Limits | None = None
     params: dict[str, Any] | None = None

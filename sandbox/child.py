@@ -25,13 +25,17 @@ import msgspec
 from protocol.messages import (
     MAX_CHUNK,
     PROTOCOL_VERSION,
+    STREAMED,
     Abort,
+    Body,
     BodyChunk,
+    ByRef,
     Cancel,
     Credit,
     DispatchNamespaceBinding,
     ExceptionInfo,
     Hello,
+    Inline,
     Invoke,
     InvokeDone,
     InvokeFailed,
@@ -362,13 +366,33 @@ class Runtime:
         request.headers = workers.Headers._from_raw(message.headers)
         request.redirect = "manual"
         request._body_used = False
-        if message.body_stream:
-            body = IncomingBody(self.channel, message.id)  # type: ignore[arg-type]
-            self.incoming[message.id] = body
-            request._body = body
-        else:
-            request._body = message.body
+        request._body = self._receive_body(message.body, message.id)
         return request
+
+    def _receive_body(self, body: Body | None, stream: int) -> bytes | IncomingBody | None:
+        """A body the supervisor sends: its bytes, or a stream to pull."""
+        if body is None:
+            return None
+        if type(body) is Inline:
+            return body.data
+        incoming = IncomingBody(self.channel, stream)  # type: ignore[arg-type]
+        self.incoming[stream] = incoming
+        return incoming
+
+    def _send_body(self, body: Any, stream: int) -> tuple[Body | None, OutgoingBody | None]:
+        """How a body the child sends travels: inline, handed on unread, or
+        streamed (then with the sender to pump it through)."""
+        if body is None:
+            return None, None
+        if isinstance(body, bytes) and len(body) <= MAX_CHUNK:
+            return Inline(body), None
+        if isinstance(body, IncomingBody) and not body.started:
+            # Handed on untouched: the supervisor pipes it; we never see it.
+            self.incoming.pop(body.stream_id, None)
+            return ByRef(body.stream_id), None
+        out = OutgoingBody(self.channel, stream)  # type: ignore[arg-type]
+        self.outgoing[stream] = out
+        return STREAMED, out
 
     def _env_for(self, params: dict[str, Any] | None) -> Env:
         assert self.env is not None
@@ -431,23 +455,10 @@ class Runtime:
     async def _respond(self, inv: int, response: workers.Response) -> None:
         if response._body_used:
             raise TypeError("the response's body was already read")
-        body = response._body
-        headers = response.headers._raw()
-        if body is None:
-            self.send(ResponseStart(inv, response.status, headers))
-            return
-        if isinstance(body, bytes) and len(body) <= MAX_CHUNK:
-            self.send(ResponseStart(inv, response.status, headers, body=body))
-            return
-        if isinstance(body, IncomingBody) and not body.started:
-            # Handed on untouched: the supervisor pipes it; we never see it.
-            self.incoming.pop(body.stream_id, None)
-            self.send(ResponseStart(inv, response.status, headers, body_ref=body.stream_id))
-            return
-        out = OutgoingBody(self.channel, inv)  # type: ignore[arg-type]
-        self.outgoing[inv] = out
-        self.send(ResponseStart(inv, response.status, headers, body_stream=True))
-        await _pump(body, out)
+        sent, out = self._send_body(response._body, inv)
+        self.send(ResponseStart(inv, response.status, response.headers._raw(), sent))
+        if out is not None:
+            await _pump(response._body, out)
 
     def _on_cancel(self, message: Cancel) -> None:
         """Stop an invocation: its handler, or its ``waitUntil`` work past the deadline."""
@@ -506,25 +517,16 @@ class Runtime:
         self.calls[call] = future
         body = request._body
         request._body_used = body is not None
-        fields: dict[str, Any] = {}
         pump: asyncio.Task | None = None
-        if body is None or (isinstance(body, bytes) and len(body) <= MAX_CHUNK):
-            fields["body"] = body
-        elif isinstance(body, IncomingBody) and not body.started:
-            self.incoming.pop(body.stream_id, None)
-            fields["body_ref"] = body.stream_id
-        else:
-            fields["body_stream"] = True
-            out = OutgoingBody(self.channel, call)  # type: ignore[arg-type]
-            self.outgoing[call] = out
+        sent, out = self._send_body(body, call)
         self.send(SubRequest(
             call=call, parent=parent, kind=kind,  # type: ignore[arg-type]
             method=request._method.encode("latin-1"), url=request.url,
             headers=request.headers._raw(), binding=binding, target=target,
-            redirect=request.redirect, limits=limits, params=params, **fields,
+            body=sent, redirect=request.redirect, limits=limits, params=params,
         ))
-        if fields.get("body_stream"):
-            pump = self.loop.create_task(_pump(body, self.outgoing[call]))
+        if out is not None:
+            pump = self.loop.create_task(_pump(body, out))
         try:
             result = await future
         except asyncio.CancelledError:
@@ -543,12 +545,7 @@ class Runtime:
         response.headers = workers.Headers._from_raw(result.headers)
         response.url = result.url or request.url
         response.redirected = result.redirected
-        if result.body_stream:
-            incoming = IncomingBody(self.channel, call)  # type: ignore[arg-type]
-            self.incoming[call] = incoming
-            response._body = incoming
-        else:
-            response._body = result.body
+        response._body = self._receive_body(result.body, call)
         return response
 
     def _on_call_result(self, message: SubResponse | SubFailed) -> None:

@@ -7,24 +7,43 @@ back. An unread body therefore never crosses the channel, which is what lets
 a dispatcher hand a body on by reference.
 
 An :class:`OutgoingBody` sends a body to the supervisor, never more than the
-supervisor has granted.
+supervisor has granted. Both are asyncio adapters over :mod:`protocol.flow`,
+which holds the rules and the state.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING, AsyncIterator
 
-from protocol.flow import ReceiveWindow
-from protocol.messages import MAX_CHUNK, Abort, BodyChunk, Credit
+from protocol.flow import Inbound, Outbound, StreamFailed
+from protocol.messages import Abort, BodyChunk, Credit
 
 if TYPE_CHECKING:
     from .channel import Channel
 
+#: Raised to tenant code when a body ends abnormally.
+StreamAborted = StreamFailed
 
-class StreamAborted(Exception):
-    """The other side ended the stream before its end."""
+
+class _Waiter:
+    """One asyncio future at a time, set when the stream may have moved on."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future | None = None
+
+    def wake(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    async def wait(self) -> None:
+        self._future = asyncio.get_running_loop().create_future()
+        try:
+            await self._future
+        finally:
+            self._future = None
 
 
 class IncomingBody:
@@ -33,49 +52,32 @@ class IncomingBody:
     def __init__(self, channel: "Channel", stream_id: int) -> None:
         self._channel = channel
         self.stream_id = stream_id
-        self._chunks: deque[bytes] = deque()
-        self._ended = False
-        self._error: str | None = None
-        self._window = ReceiveWindow()
-        self._waiter: asyncio.Future | None = None
-        self.started = False  # has anyone pulled (so it can no longer be passed on)
+        self._state = Inbound()
+        self._waiter = _Waiter()
 
-    # -- fed by the runtime ------------------------------------------------
+    @property
+    def started(self) -> bool:
+        """Has anyone pulled (so it can no longer be passed on)?"""
+        return self._state.started
+
+    # -- fed by the runtime (the supervisor is trusted: a bug raises) -------
     def feed(self, data: bytes, end: bool) -> None:
-        if data:
-            self._window.received(len(data))  # the supervisor is trusted: a bug raises
-            self._chunks.append(data)
-        if end:
-            self._ended = True
-        self._wake()
+        self._state.feed(data, end)
+        self._waiter.wake()
 
     def abort(self, reason: str) -> None:
-        self._error = reason or "stream aborted"
-        self._ended = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._state.fail(reason)
+        self._waiter.wake()
 
     # -- read by tenant code ----------------------------------------------
     async def read_chunk(self) -> bytes:
         """Next chunk, ``b""`` at the end."""
-        self.started = True
-        while not self._chunks:
-            if self._error is not None:
-                raise StreamAborted(self._error)
-            if self._ended:
-                return b""
-            grant = self._window.top_up()
+        while (chunk := self._state.next()) is None:
+            grant = self._state.credit()
             if grant:
                 self._channel.send(Credit(self.stream_id, grant))
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._chunks.popleft()
+            await self._waiter.wait()
+        return chunk
 
     async def read_all(self, limit: int | None = None) -> bytes:
         parts = []
@@ -93,8 +95,7 @@ class IncomingBody:
 
     def cancel(self) -> None:
         """We will not read further: tell the producer to stop."""
-        if not self._ended:
-            self._ended = True
+        if self._state.close():
             self._channel.send(Abort(self.stream_id, "consumer gone"))
 
 
@@ -104,42 +105,35 @@ class OutgoingBody:
     def __init__(self, channel: "Channel", stream_id: int) -> None:
         self._channel = channel
         self.stream_id = stream_id
-        self._credit = 0
-        self._waiter: asyncio.Future | None = None
-        self.aborted: str | None = None
+        self._state = Outbound()
+        self._waiter = _Waiter()
+
+    @property
+    def aborted(self) -> str | None:
+        return self._state.aborted
 
     def grant(self, nbytes: int) -> None:
-        self._credit += nbytes
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._state.grant(nbytes)
+        self._waiter.wake()
 
     def abort(self, reason: str) -> None:
-        self.aborted = reason or "stream aborted"
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._state.abort(reason)
+        self._waiter.wake()
 
     async def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            while self._credit <= 0:
-                if self.aborted is not None:
-                    raise StreamAborted(self.aborted)
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-            if self.aborted is not None:
-                raise StreamAborted(self.aborted)
-            size = min(len(view), self._credit, MAX_CHUNK)
+            size = self._state.take(len(view))
+            if not size:
+                await self._waiter.wait()
+                continue
             self._channel.send(BodyChunk(self.stream_id, bytes(view[:size])))
-            self._credit -= size
             view = view[size:]
 
     def end(self) -> None:
-        if self.aborted is None:
+        if self._state.aborted is None:
             self._channel.send(BodyChunk(self.stream_id, b"", True))
 
     def fail(self, reason: str) -> None:
-        if self.aborted is None:
+        if self._state.aborted is None:
             self._channel.send(Abort(self.stream_id, reason))

@@ -22,7 +22,7 @@ import socket
 import sys
 
 from protocol.framing import FrameEncoder, supervisor_decoder
-from protocol.messages import Invoke, InvokeDone, Load, ScriptBundle, TextBinding
+from protocol.messages import Inline, Invoke, InvokeDone, Load, ScriptBundle, TextBinding
 
 #: The rehearsal script's bundle: a directory of the runtime, inside the file view.
 REHEARSAL_BUNDLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rehearsal")
@@ -49,7 +49,7 @@ def rehearse() -> None:
                               [TextBinding("WARM", "1")])
         ours.sendall(encoder.encode(Load(bundle)))
         ours.sendall(encoder.encode(Invoke(1, b"POST", "http://warmup.invalid/",
-                                           [(b"user-agent", b"corral")], b"{}")))
+                                           [(b"user-agent", b"corral")], Inline(b"{}"))))
         decoder = supervisor_decoder()
         ours.setblocking(False)
         done = False

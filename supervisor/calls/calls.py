@@ -28,7 +28,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 import msgspec
 import trio
 
-from protocol.messages import MAX_CHUNK, ExceptionInfo, Header, Limits, SubFailed, SubRequest, SubResponse
+from protocol.messages import ExceptionInfo, Header, Limits, SubFailed, SubRequest, SubResponse
 
 from supervisor.calls import http_client
 from supervisor.calls.redirects import RedirectError, RedirectPolicy
@@ -37,7 +37,7 @@ from supervisor.lifecycle import OUTCOME_MESSAGE, PLATFORM_OUTCOMES, Outcome
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import warn
 from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service
-from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink
+from supervisor.pool.bodies import BodySource
 from supervisor.pool.child_process import ChildProcess
 from supervisor.pool.invocation import Invocation, Outbound
 from supervisor.pool.pool import Pool, PoolUnavailable
@@ -202,27 +202,11 @@ class Calls:
 
     # -- request and response bodies ------------------------------------------
     def _request_body(self, child: ChildProcess, message: SubRequest) -> BodySource | bytes | None:
-        if message.body_ref is not None:
-            return child.take_ref(message.body_ref)
-        if message.body_stream:
-            stream = ChildBody(child, message.call)
-            child.incoming[message.call] = stream
-            return stream
-        return message.body
+        return child.receive_body(message.body, message.call)
 
     def _deliver(self, child: ChildProcess, call: int, head: Head) -> None:
-        body = head.body
-        if body is None:
-            child.send(SubResponse(call, head.status, head.headers, url=head.url,
-                                   redirected=head.redirected))
-            return
-        if isinstance(body, BytesBody) and len(body._data) <= MAX_CHUNK:
-            child.send(SubResponse(call, head.status, head.headers, body=body._data or None,
-                                   url=head.url, redirected=head.redirected))
-            return
-        child.sinks[call] = ChildSink(child, call, body)
-        child.send(SubResponse(call, head.status, head.headers, body_stream=True, url=head.url,
-                               redirected=head.redirected))
+        child.send(SubResponse(call, head.status, head.headers, child.send_body(head.body, call),
+                               url=head.url, redirected=head.redirected))
 
     # -- what a call targets ------------------------------------------------------
     def _binding(self, parent: Invocation, name: str, kind: type[BindingT]) -> BindingT:

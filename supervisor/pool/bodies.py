@@ -15,13 +15,12 @@ credit window of any body (see the flow-control notes in
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
-from protocol.flow import CreditExceeded, ReceiveWindow
-from protocol.messages import MAX_CHUNK, STREAM_WINDOW, Abort, BodyChunk, Credit
+from protocol.flow import CreditExceeded, Inbound, Outbound, StreamFailed
+from protocol.messages import Abort, BodyChunk, Credit
 
 
 class BodyError(Exception):
@@ -92,37 +91,27 @@ async def read_all(source: BodySource, limit: int) -> bytes:
 
 
 class ChildBody:
-    """Bytes a child streams to the supervisor on stream ``stream_id``."""
+    """Bytes a child streams to the supervisor on stream ``stream_id``: a trio
+    adapter over :class:`protocol.flow.Inbound` (which holds the rules)."""
 
-    __slots__ = ("_child", "stream_id", "_chunks", "_window", "_ended", "_error", "_event",
-                 "_closed")
+    __slots__ = ("_child", "stream_id", "_state", "_event")
 
     def __init__(self, child: ChildLink, stream_id: int) -> None:
         self._child = child
         self.stream_id = stream_id
-        self._chunks: deque[bytes] = deque()
-        self._window = ReceiveWindow()
-        self._ended = False
-        self._error: str | None = None
+        self._state = Inbound()
         self._event: trio.Event | None = None
-        self._closed = False
 
     # -- fed by the child's reader (synchronous) --------------------------
     def feed(self, data: bytes, end: bool) -> None:
-        if data:
-            try:
-                self._window.received(len(data))
-            except CreditExceeded as exc:
-                raise ProtocolViolation(f"stream {self.stream_id}: {exc}") from None
-            if not self._closed:
-                self._chunks.append(data)
-        if end:
-            self._ended = True
+        try:
+            self._state.feed(data, end)
+        except CreditExceeded as exc:
+            raise ProtocolViolation(f"stream {self.stream_id}: {exc}") from None
         self._wake()
 
     def fail(self, reason: str) -> None:
-        self._error = reason or "the worker aborted the body"
-        self._ended = True
+        self._state.fail(reason or "the worker aborted the body")
         self._wake()
 
     def _wake(self) -> None:
@@ -132,51 +121,50 @@ class ChildBody:
 
     # -- read by whoever consumes it --------------------------------------
     async def receive(self) -> bytes:
-        while not self._chunks:
-            if self._error is not None:
-                raise BodyError(self._error)
-            if self._ended:
-                return b""
-            grant = self._window.top_up()
+        state = self._state
+        while True:
+            try:
+                chunk = state.next()
+            except StreamFailed as exc:
+                raise BodyError(str(exc)) from None
+            if chunk is not None:
+                return chunk
+            grant = state.credit()
             if grant:
                 self._child.send(Credit(self.stream_id, grant))
             self._event = event = trio.Event()
             await event.wait()
-        return self._chunks.popleft()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._chunks.clear()
-        if not self._ended:
-            self._ended = True
+        if self._state.close():
             self._child.send(Abort(self.stream_id, "consumer gone"))
         self._child.incoming.pop(self.stream_id, None)
 
 
 class ChildSink:
-    """Streams ``source`` to a child on stream ``stream_id``, within its credit.
+    """Streams ``source`` to a child on stream ``stream_id``, within its credit:
+    a trio adapter over :class:`protocol.flow.Outbound`.
 
     The pump task starts at the first credit; before that the sink can be
     taken back with :meth:`take` (the child passed the body on by reference).
     """
 
-    __slots__ = ("_child", "stream_id", "source", "_credit", "_event", "started", "_cancel")
+    __slots__ = ("_child", "stream_id", "source", "_state", "_event", "started", "_cancel")
 
     def __init__(self, child: ChildLink, stream_id: int, source: BodySource) -> None:
         self._child = child
         self.stream_id = stream_id
         self.source = source
-        self._credit = 0
+        self._state = Outbound()
         self._event: trio.Event | None = None
         self.started = False
         self._cancel: trio.CancelScope | None = None
 
     def grant(self, nbytes: int) -> None:
-        if nbytes <= 0 or nbytes > 64 * STREAM_WINDOW:
-            raise ProtocolViolation(f"stream {self.stream_id}: credit of {nbytes} bytes")
-        self._credit += nbytes
+        try:
+            self._state.grant(nbytes)
+        except CreditExceeded as exc:
+            raise ProtocolViolation(f"stream {self.stream_id}: {exc}") from None
         if not self.started:
             self.started = True
             self._child.spawn(self._pump)
@@ -200,6 +188,7 @@ class ChildSink:
 
     async def _pump(self) -> None:
         child = self._child
+        state = self._state
         with trio.CancelScope() as self._cancel:
             try:
                 while True:
@@ -209,12 +198,12 @@ class ChildSink:
                         return
                     view = memoryview(chunk)
                     while view:
-                        while self._credit <= 0:
+                        size = state.take(len(view))
+                        if not size:
                             self._event = event = trio.Event()
                             await event.wait()
-                        size = min(len(view), self._credit, MAX_CHUNK)
+                            continue
                         child.send(BodyChunk(self.stream_id, bytes(view[:size])))
-                        self._credit -= size
                         view = view[size:]
             except Exception as exc:  # noqa: BLE001 - any source failure ends only this body
                 child.send(Abort(self.stream_id, str(exc) or type(exc).__name__))

@@ -22,7 +22,12 @@ import trio
 
 from protocol.framing import FrameEncoder, ProtocolError, supervisor_decoder
 from protocol.messages import (
+    MAX_CHUNK,
     PROTOCOL_VERSION,
+    STREAMED,
+    Body,
+    ByRef,
+    Inline,
     Abort,
     BodyChunk,
     Credit,
@@ -450,19 +455,20 @@ class ChildProcess:
     def _on_response(self, message: ResponseStart) -> None:
         inv = self._invocation(message.id)
         body: BodySource | None
-        streaming = False
-        if message.body_ref is not None:
-            body = self.take_ref(message.body_ref)
+        sent = message.body
+        received = self.receive_body(sent, message.id)
+        streaming = type(sent) is not Inline and sent is not None
+        if type(sent) is ByRef:
+            assert not isinstance(received, bytes)
+            body = received
             if inv.deadline != float("inf"):
-                body = WallLimitedBody(body, inv)
-                streaming = True  # its end is the wrapper's to tell
-        elif message.body_stream:
-            stream = ChildBody(self, message.id)
-            self.incoming[message.id] = stream
-            body = stream
-            streaming = True
+                body = WallLimitedBody(received, inv)  # its end is the wrapper's to tell
+            else:
+                streaming = False
+        elif isinstance(received, bytes):
+            body = BytesBody(received)
         else:
-            body = BytesBody(message.body) if message.body else None
+            body = received
         # 1xx would read as an interim response to the client and desync its
         # connection (a response queue poisoned behind a shared proxy).
         if not 200 <= message.status <= 599:
@@ -471,6 +477,34 @@ class ChildProcess:
             inv.fail(ExceptionInfo("TypeError", f"invalid response status {message.status}"))
             return
         inv.respond(message.status, message.headers, body, streaming)
+
+    def receive_body(self, body: Body | None, stream: int) -> BodySource | bytes | None:
+        """A body this child sends (on ``stream``): bytes, a stream to pull, or
+        the unread body it hands on (:class:`ByRef`, resolved among its own)."""
+        if body is None:
+            return None
+        kind = type(body)
+        if kind is Inline:
+            return body.data or None  # type: ignore[union-attr]
+        if kind is ByRef:
+            return self.take_ref(body.stream)  # type: ignore[union-attr]
+        incoming = ChildBody(self, stream)
+        self.incoming[stream] = incoming
+        return incoming
+
+    def send_body(self, body: BodySource | bytes | None, stream: int) -> Body | None:
+        """How a body goes to this child on ``stream``: inline when small and
+        in hand, else streamed within the child's credit."""
+        if body is None:
+            return None
+        if isinstance(body, BytesBody) and len(body._data) <= MAX_CHUNK:
+            body = body._data
+        if isinstance(body, bytes):
+            if len(body) <= MAX_CHUNK:
+                return Inline(body) if body else None
+            body = BytesBody(body)
+        self.sinks[stream] = ChildSink(self, stream, body)
+        return STREAMED
 
     def take_ref(self, ref: int) -> BodySource:
         """A body the child passes on unread: its request body or a call's response."""

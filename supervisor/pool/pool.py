@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol
 
 import trio
 
-from protocol.messages import MAX_CHUNK, Invoke, Limits, SubRequest
+from protocol.messages import Invoke, Limits, SubRequest
 
 from supervisor.config import ServeConfig
 from supervisor.lifecycle import ChildState, KillReason, Outcome
@@ -43,7 +43,7 @@ from supervisor.limits.cpu_meter import MeterFactory
 from supervisor.limits.memory import Enforcer, choose as choose_memory_enforcement
 from supervisor.log import warn
 from supervisor.model import ScriptRecord, to_bundle
-from supervisor.pool.bodies import BodySource, BytesBody, ChildSink
+from supervisor.pool.bodies import BodySource
 from supervisor.pool.bundles import BundleError, Bundles
 from supervisor.pool.child_process import ChildKit, ChildProcess, describe_status
 from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
@@ -486,17 +486,9 @@ class Pool:
         child.last_used = trio.current_time()
         self.stats["invocations"] += 1
         child.limit_memory(limits.memory_mb)
-        if isinstance(body, BytesBody) and len(body._data) <= MAX_CHUNK:
-            body = body._data
-        if body is None or (isinstance(body, bytes) and len(body) <= MAX_CHUNK):
-            child.cpu_start(inv)
-            child.send(Invoke(inv.id, method, url, headers, body or None, params=params))
-            return inv
-        if isinstance(body, bytes):
-            body = BytesBody(body)
-        child.sinks[inv.id] = ChildSink(child, inv.id, body)
+        sent = child.send_body(body, inv.id)
         child.cpu_start(inv)
-        child.send(Invoke(inv.id, method, url, headers, None, True, params=params))
+        child.send(Invoke(inv.id, method, url, headers, sent, params=params))
         return inv
 
     def snapshot(self) -> dict[str, Any]:

@@ -230,21 +230,6 @@ class Store:
         else :data:`NOT_CACHED`: never touches SQLite, so the event loop may call
         it on the request path (a miss is then read with :meth:`get_script` in a
         worker thread; see supervisor.store.lookup)."""
-        key = (namespace, name)
-        with self._cache_lock:
-            if key not in self._versions:
-                return None
-            entry = self._cache.get(key)
-            if entry is None:
-                return NOT_CACHED
-            self._cache.move_to_end(key)
-            return entry[0]
-
-    def cached(self, namespace: str, name: str) -> ScriptRecord | None | NotCached:
-        """The record if the cache holds it, None if no such script is deployed,
-        else :data:`NOT_CACHED`: never touches SQLite, so the event loop may call
-        it on the request path (a miss is then read with :meth:`get_script` in a
-        worker thread; see supervisor.store.lookup)."""
         record, known, _generation = self._cache.lookup((namespace, name))
         if record is not None or not known:
             return record
