@@ -16,7 +16,9 @@ operator; the admin API decides what status that is.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import sqlite3
 import threading
 import uuid
@@ -38,6 +40,7 @@ from supervisor.store.records import (
     NamespaceInfo,
     RouteInfo,
     Split,
+    TokenInfo,
     VersionInfo,
     assets_decoder,
     encode_metadata,
@@ -55,6 +58,14 @@ MAX_PER_PAGE = 1000
 SCRIPT_NOT_FOUND_CODE = 10007
 #: Cloudflare's error code for an unknown version id.
 VERSION_NOT_FOUND_CODE = 10218
+
+
+#: What an API token may do: read (GETs), deploy (scripts in its namespaces), admin (all).
+TOKEN_SCOPES = ("read", "deploy", "admin")
+
+
+def token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def script_not_found(namespace: str, name: str) -> NotFound:
@@ -248,6 +259,16 @@ class Store:
         deployed = self.get_deployed(namespace, name)
         return pick(deployed) if deployed is not None else None
 
+    def get_primary(self, namespace: str, name: str) -> ScriptRecord | None:
+        """The deployed version with the largest share of traffic (what the API
+        shows as the script, and what a settings or secret change builds on)."""
+        deployed = self.get_deployed(namespace, name)
+        if deployed is None:
+            return None
+        records, edges = deployed
+        shares = [edge - (edges[i - 1] if i else 0.0) for i, edge in enumerate(edges)]
+        return records[shares.index(max(shares))]
+
     def get_deployed(self, namespace: str, name: str) -> Deployed | None:
         """Every record serving the script now, with cumulative percentages."""
         key = (namespace, name)
@@ -431,6 +452,17 @@ class Store:
         return [VersionInfo(id=r[0], number=r[1], content=r[2], created_on=r[3], source=r[4], message=r[5],
                             has_assets=bool(r[6])) for r in rows], total
 
+    def version_info(self, namespace: str, name: str, version_id: str) -> VersionInfo:
+        rows = self._read(
+            "SELECT id, number, content, created_on, source, message, assets != '' FROM versions "
+            "WHERE id = ? AND namespace = ? AND name = ?", (version_id, namespace, name))
+        if not rows:
+            raise NotFound(f"script {name!r} has no version {version_id[:80]!r}: list them with "
+                           f"`corral versions {name}`", code=VERSION_NOT_FOUND_CODE)
+        r = rows[0]
+        return VersionInfo(id=r[0], number=r[1], content=r[2], created_on=r[3], source=r[4], message=r[5],
+                           has_assets=bool(r[6]))
+
     def get_version_record(self, namespace: str, name: str, version_id: str) -> ScriptRecord:
         """One version as a full record (code included), deployed or not."""
         key = (namespace, name)
@@ -555,6 +587,43 @@ class Store:
         """Removing a tag the script does not have is not an error (idempotent)."""
         check_tag(tag)
         return self._update_tags(namespace, name, lambda old: [t for t in old if t != tag])
+
+    # -- API tokens (the TCP admin listener) --------------------------------
+
+    def create_token(self, name: str, scope: str, namespaces: list[str]) -> tuple[TokenInfo, str]:
+        """A new token: its info and its secret, which is shown once and stored
+        only as a SHA-256 hash."""
+        if scope not in TOKEN_SCOPES:
+            raise Invalid(f"token scope {scope!r} is not one of {', '.join(TOKEN_SCOPES)}")
+        for ns in namespaces:
+            check_name("namespace", ns)
+        if not isinstance(name, str) or not 1 <= len(name) <= 200:
+            raise Invalid("a token needs a name of 1 to 200 characters (what it is for)")
+        secret = "crl_" + secrets.token_urlsafe(32)
+        info = TokenInfo(id=uuid.uuid4().hex, name=name, scope=scope, namespaces=sorted(set(namespaces)),
+                         created_on=schema.now())
+        with self._transaction() as db:
+            db.execute("INSERT INTO tokens (id, hash, name, scope, namespaces, created_on) VALUES (?, ?, ?, ?, ?, ?)",
+                       (info.id, token_hash(secret), info.name, info.scope,
+                        msgspec.json.encode(info.namespaces).decode(), info.created_on))
+        return info, secret
+
+    def lookup_token(self, secret: str) -> TokenInfo | None:
+        rows = self._read("SELECT id, name, scope, namespaces, created_on FROM tokens WHERE hash = ?",
+                          (token_hash(secret),))
+        return self._token(rows[0]) if rows else None
+
+    @staticmethod
+    def _token(r: Sequence[Any]) -> TokenInfo:
+        return TokenInfo(id=r[0], name=r[1], scope=r[2], namespaces=tags_decoder.decode(r[3]), created_on=r[4])
+
+    def list_tokens(self) -> list[TokenInfo]:
+        return [self._token(r) for r in self._read(
+            "SELECT id, name, scope, namespaces, created_on FROM tokens ORDER BY created_on")]
+
+    def delete_token(self, token_id: str) -> bool:
+        with self._transaction() as db:
+            return bool(db.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount)
 
     # -- routes -------------------------------------------------------------
 
