@@ -341,7 +341,10 @@ class Handlers:
         for part in parts:
             if part.name == "metadata":
                 continue
-            path = part.filename if part.name == "files" and part.filename else part.name
+            # "files[]": how the SDK's content update names them
+            path = part.filename if part.name in ("files", "files[]") and part.filename else part.name
+            if path in modules:
+                raise Invalid(f"the upload has two modules named {clip(path)!r}")
             _check_module_path(path)
             modules[path] = part.data
         if not modules:
