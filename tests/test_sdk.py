@@ -261,3 +261,32 @@ def test_versions_and_deployments_of_platform_scripts(cf):
     workers.delete("platform-app", account_id=ACCOUNT)
     with pytest.raises(cloudflare.NotFoundError):
         workers.versions.list("platform-app", account_id=ACCOUNT)
+
+
+def test_gradual_deployment_and_rollback_serve_requests(server, cf, scripts):
+    """Through the dispatcher: a version uploaded without deploying does not
+    serve; a 50/50 split serves both; a rollback serves the old one again."""
+    server.deploy_dispatcher(namespace=NS, name="sdk-dispatch", pattern="*.sdk.test/*")
+    upload(scripts, "split", version="1")
+    assert server.request(host="split.sdk.test").text.startswith("v=1")
+    base = f"/accounts/{ACCOUNT}/workers/dispatch/namespaces/{NS}/scripts/split"
+    meta = {"main_module": "worker.py", "bindings": [{"type": "plain_text", "name": "VERSION", "text": "2"}]}
+    created = cf.post(f"{base}/versions", cast_to=object, body={"metadata": meta},
+                      files=[("files", ("worker.py", io.BytesIO(CODE), "text/x-python"))],
+                      options={"headers": {"Content-Type": "multipart/form-data"}, "multipart_syntax": "json"})
+    v2 = created["result"]["id"]
+    assert server.request(host="split.sdk.test").text.startswith("v=1")
+    items = cf.get(f"{base}/versions", cast_to=object)["result"]["items"]
+    v1 = items[1]["id"]
+    cf.post(f"{base}/deployments", cast_to=object, body={"strategy": "percentage", "versions": [
+        {"version_id": v1, "percentage": 50}, {"version_id": v2, "percentage": 50}]})
+    seen = set()
+    for _ in range(60):
+        seen.add(server.request(host="split.sdk.test").text[:3])
+        if len(seen) == 2:
+            break
+    assert seen == {"v=1", "v=2"}
+    cf.post(f"{base}/deployments", cast_to=object, body={"versions": [{"version_id": v1, "percentage": 100}]})
+    assert {server.request(host="split.sdk.test").text[:3] for _ in range(5)} == {"v=1"}
+    deployments = cf.get(f"{base}/deployments", cast_to=object)["result"]["deployments"]
+    assert [d["versions"][0]["version_id"] for d in deployments[:1]] == [v1] and len(deployments) == 3
