@@ -63,11 +63,14 @@ class AdminClient:
         self.socket_path = socket_path
 
     def call(
-        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         """Returns ``(result, result_info)``; raises :class:`ApiCallError`."""
         conn = UnixHTTPConnection(self.socket_path)
-        headers = {"content-type": content_type} if content_type else {}
+        headers = dict(headers or {})
+        if content_type:
+            headers["content-type"] = content_type
         try:
             conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
@@ -112,16 +115,25 @@ def _scripts_path(namespace: str | None, name: str | None = None) -> str:
 # -- output ------------------------------------------------------------------
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    return "\n".join(lines)
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    """A human table (rich, borderless); printed now, so _emit gets None."""
+    from supervisor.cli_output import table
+
+    table(rows, header)
 
 
-def _emit(args: argparse.Namespace, result: Any, human: str) -> None:
-    print(json.dumps(result, indent=2) if args.json else human)
+def _emit(args: argparse.Namespace, result: Any, human: str | None) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif human is not None:
+        print(human)
+
+
+def _emit_table(args: argparse.Namespace, result: Any, rows: list[list[str]], header: list[str]) -> None:
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _table(rows, header)
 
 
 # -- commands ----------------------------------------------------------------
@@ -155,6 +167,22 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     # As wrangler does: secrets set through the API survive a redeploy of the code.
     metadata = msgspec.structs.replace(metadata, bindings=bindings, tags=tags,
                                        keep_bindings=metadata.keep_bindings or ["secret_text"])
+    from supervisor import cli_deploy
+
+    assets_dir = os.path.join(args.path, "assets") if os.path.isdir(args.path) else None
+    if args.dry_run:
+        lines = cli_deploy.plan(client, args.namespace, args.name, project.main_module, project.modules, metadata)
+        if assets_dir and os.path.isdir(assets_dir):
+            lines.append(f"~ assets: {len(cli_deploy.asset_files(assets_dir))} file(s) from {assets_dir} "
+                         "(only those the store lacks are uploaded)")
+        _emit(args, {"changes": lines}, "\n".join(["dry run: nothing was uploaded", *lines]))
+        return 0
+    if assets_dir and os.path.isdir(assets_dir):
+        jwt, count, sent = cli_deploy.upload_assets(client, args.namespace, args.name, assets_dir,
+                                                    show_progress=not args.json)
+        metadata = msgspec.structs.replace(metadata, assets=model.AssetsUpload(jwt=jwt))
+        if not args.json:
+            print(f"assets: {count} file(s), {sent} uploaded", file=sys.stderr)
     parts = [multipart.Part(name="metadata", data=msgspec.json.encode(metadata),
                             content_type="application/json")]
     for path, code in project.modules.items():
@@ -187,7 +215,7 @@ def _cmd_ls(args: argparse.Namespace, client: AdminClient) -> int:
     scripts = _fetch_all(client, _scripts_path(args.namespace), query)
     rows = [[s["name"], s["version"][:12], ",".join(s.get("tags") or []), s.get("modified_on", "")]
             for s in scripts]
-    _emit(args, scripts, _table(rows, ["NAME", "VERSION", "TAGS", "MODIFIED"]))
+    _emit_table(args, scripts, rows, ["NAME", "VERSION", "TAGS", "MODIFIED"])
     return 0
 
 
@@ -203,7 +231,10 @@ def _cmd_rm(args: argparse.Namespace, client: AdminClient) -> int:
         print("corral rm: give a script NAME, or --namespace NS with --tag filters", file=sys.stderr)
         return 2
     query = urllib.parse.urlencode({"tags": ",".join(args.tag)})
-    result, _ = client.call("DELETE", f"{_scripts_path(args.namespace)}?{query}")
+    from supervisor.cli_output import progress
+
+    with progress(f"deleting scripts tagged {','.join(args.tag)}", None, enabled=not args.json):
+        result, _ = client.call("DELETE", f"{_scripts_path(args.namespace)}?{query}")
     _emit(args, result, f"deleted {result.get('count', 0)} script(s)")
     return 0
 
@@ -233,7 +264,7 @@ def _cmd_ns(args: argparse.Namespace, client: AdminClient) -> int:
     if args.ns_command == "ls":
         result, _ = client.call("GET", base)
         rows = [[n["name"], str(n.get("script_count", "")), n.get("created_on", "")] for n in result]
-        _emit(args, result, _table(rows, ["NAME", "SCRIPTS", "CREATED"]))
+        _emit_table(args, result, rows, ["NAME", "SCRIPTS", "CREATED"])
     elif args.ns_command == "create":
         result = client.json("POST", base, {"name": args.name})
         _emit(args, result, f"created namespace {result['name']}")
@@ -248,7 +279,7 @@ def _cmd_routes(args: argparse.Namespace, client: AdminClient) -> int:
     if args.routes_command == "ls":
         result, _ = client.call("GET", base)
         rows = [[r["id"], r["pattern"], r["script"]] for r in result]
-        _emit(args, result, _table(rows, ["ID", "PATTERN", "SCRIPT"]))
+        _emit_table(args, result, rows, ["ID", "PATTERN", "SCRIPT"])
     elif args.routes_command == "add":
         result = client.json("POST", base, {"pattern": args.pattern, "script": args.script})
         _emit(args, result, f"added route {result['pattern']} -> {result['script']} (id {result['id']})")
@@ -313,6 +344,7 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--namespace", "-n", help="dispatch namespace (default: a platform script)")
     deploy.add_argument("--tag", action="append", help="tag the script (repeatable)")
     deploy.add_argument("--var", action="append", metavar="KEY=VALUE", help="plain-text binding (repeatable)")
+    deploy.add_argument("--dry-run", action="store_true", help="show what would change; upload nothing")
     deploy.add_argument("name", metavar="NAME")
     deploy.add_argument("path", metavar="PATH", help="a .py file or a project folder")
 
@@ -349,6 +381,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("pattern", metavar="PATTERN")
     add.add_argument("script", metavar="SCRIPT")
     r_sub.add_parser("rm", parents=[common], help="delete a route").add_argument("id", metavar="ID")
+
+    from supervisor import cli_access, cli_versions
+
+    cli_versions.add_parsers(sub, common)
+    cli_access.add_parsers(sub, common)
     return parser
 
 
@@ -381,8 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _cmd_serve(args)
     socket_path = args.socket or os.environ.get("CORRAL_ADMIN_SOCKET") or DEFAULT_SOCKET
+    from supervisor import cli_access, cli_versions
+
+    commands = {**_COMMANDS, **cli_versions.COMMANDS, **cli_access.COMMANDS}
     try:
-        return _COMMANDS[args.command](args, AdminClient(socket_path))
+        return commands[args.command](args, AdminClient(socket_path))
     except ApiCallError as exc:
         print(f"corral {args.command}: {exc}", file=sys.stderr)
         return 1
