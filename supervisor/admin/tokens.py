@@ -75,7 +75,7 @@ def authorize(principal: Principal, method: str, path: str, params: dict[str, st
         raise Forbidden(f"token {token.name!r} is read-only: {method} needs a deploy or admin token")
     # deploy: script-level changes inside dispatch namespaces only
     in_scripts = segments[2:5] == ["workers", "dispatch", "namespaces"] and len(segments) >= 7 \
-        and segments[6] == "scripts" and len(segments) >= 8
+        and segments[6] == "scripts"
     if not in_scripts:
         raise Forbidden(f"token {token.name!r} has the deploy scope: it changes scripts in dispatch namespaces, "
                         f"not {clip(path)} (use an admin token)")
