@@ -1,8 +1,11 @@
 """The ``corral`` command (SPEC section 1).
 
 ``corral serve`` runs the supervisor; every other command is a thin client of
-the admin REST API over the admin unix socket, using only the stdlib so it
-works on any host with Python. Exit status: 0 success, 1 an API error (or an
+the admin REST API over the admin unix socket (http.client; rich for
+tables and progress bars, see :mod:`supervisor.cli_output`). More commands
+live beside it: :mod:`supervisor.cli_versions` (versions, rollback),
+:mod:`supervisor.cli_access` (secret, token), :mod:`supervisor.cli_deploy`
+(--dry-run, assets). Exit status: 0 success, 1 an API error (or an
 unreachable supervisor), 2 bad usage (argparse, or a project/config that
 cannot be read). ``--json`` prints the API's ``result`` as JSON; otherwise
 output is a compact table for people.
