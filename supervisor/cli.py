@@ -1,8 +1,11 @@
 """The ``corral`` command (SPEC section 1).
 
 ``corral serve`` runs the supervisor; every other command is a thin client of
-the admin REST API over the admin unix socket, using only the stdlib so it
-works on any host with Python. Exit status: 0 success, 1 an API error (or an
+the admin REST API over the admin unix socket (http.client; rich for
+tables and progress bars, see :mod:`supervisor.cli_output`). More commands
+live beside it: :mod:`supervisor.cli_versions` (versions, rollback),
+:mod:`supervisor.cli_access` (secret, token), :mod:`supervisor.cli_deploy`
+(--dry-run, assets). Exit status: 0 success, 1 an API error (or an
 unreachable supervisor), 2 bad usage (argparse, or a project/config that
 cannot be read). ``--json`` prints the API's ``result`` as JSON; otherwise
 output is a compact table for people.
@@ -11,10 +14,7 @@ output is a compact table for people.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
-import socket
 import sys
 import urllib.parse
 from collections.abc import Sequence
@@ -28,100 +28,17 @@ from supervisor.errors import Invalid
 
 __all__ = ["AdminClient", "ApiCallError", "UnixHTTPConnection", "main"]
 
-ACCOUNT = "local"
-API = f"/accounts/{ACCOUNT}/workers"
-DEFAULT_SOCKET = "./.corral/admin.sock"
-_TIMEOUT_S = 300.0  # a deploy waits for the script to load in a sandbox
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over an AF_UNIX stream socket."""
-
-    def __init__(self, socket_path: str, timeout: float = _TIMEOUT_S) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class ApiCallError(Exception):
-    """The call failed: an error envelope, or no supervisor to talk to."""
-
-
-class AdminClient:
-    """Calls the admin API and unwraps the envelope."""
-
-    def __init__(self, socket_path: str) -> None:
-        self.socket_path = socket_path
-
-    def call(
-        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
-    ) -> tuple[Any, dict[str, Any]]:
-        """Returns ``(result, result_info)``; raises :class:`ApiCallError`."""
-        conn = UnixHTTPConnection(self.socket_path)
-        headers = {"content-type": content_type} if content_type else {}
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            payload = response.read()
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ApiCallError(
-                f"cannot reach the supervisor at {self.socket_path}: {exc.strerror} "
-                "(is `corral serve` running? set --socket or CORRAL_ADMIN_SOCKET)"
-            ) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise ApiCallError(f"admin socket {self.socket_path}: {type(exc).__name__}: {exc}") from None
-        finally:
-            conn.close()
-        try:
-            envelope = json.loads(payload)
-        except ValueError:
-            raise ApiCallError(
-                f"{method} {path}: HTTP {response.status} with a non-JSON body: {payload[:200]!r}"
-            ) from None
-        if not isinstance(envelope, dict) or not envelope.get("success"):
-            errors = envelope.get("errors") if isinstance(envelope, dict) else None
-            messages = [f"{e.get('message')} (code {e.get('code')})" for e in errors or [] if isinstance(e, dict)]
-            raise ApiCallError("; ".join(messages) or f"{method} {path}: HTTP {response.status}")
-        return envelope.get("result"), envelope.get("result_info") or {}
-
-    def json(self, method: str, path: str, data: Any) -> Any:
-        return self.call(method, path, json.dumps(data).encode(), "application/json")[0]
-
-
-# -- paths -------------------------------------------------------------------
-
-
-def _q(segment: str) -> str:
-    return urllib.parse.quote(segment, safe="")
-
-
-def _scripts_path(namespace: str | None, name: str | None = None) -> str:
-    base = f"{API}/dispatch/namespaces/{_q(namespace)}/scripts" if namespace else f"{API}/scripts"
-    return f"{base}/{_q(name)}" if name is not None else base
-
-
-# -- output ------------------------------------------------------------------
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    return "\n".join(lines)
-
-
-def _emit(args: argparse.Namespace, result: Any, human: str) -> None:
-    print(json.dumps(result, indent=2) if args.json else human)
+from supervisor.cli_client import (  # noqa: E402 - re-exported for the command modules' callers
+    API,
+    DEFAULT_SOCKET,
+    AdminClient,
+    ApiCallError,
+    UnixHTTPConnection,
+    _emit,
+    _emit_table,
+    _q,
+    _scripts_path,
+)
 
 
 # -- commands ----------------------------------------------------------------
@@ -155,6 +72,22 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     # As wrangler does: secrets set through the API survive a redeploy of the code.
     metadata = msgspec.structs.replace(metadata, bindings=bindings, tags=tags,
                                        keep_bindings=metadata.keep_bindings or ["secret_text"])
+    from supervisor import cli_deploy
+
+    assets_dir = os.path.join(args.path, "assets") if os.path.isdir(args.path) else None
+    if args.dry_run:
+        lines = cli_deploy.plan(client, args.namespace, args.name, project.main_module, project.modules, metadata)
+        if assets_dir and os.path.isdir(assets_dir):
+            lines.append(f"~ assets: {len(cli_deploy.asset_files(assets_dir))} file(s) from {assets_dir} "
+                         "(only those the store lacks are uploaded)")
+        _emit(args, {"changes": lines}, "\n".join(["dry run: nothing was uploaded", *lines]))
+        return 0
+    if assets_dir and os.path.isdir(assets_dir):
+        jwt, count, sent = cli_deploy.upload_assets(client, args.namespace, args.name, assets_dir,
+                                                    show_progress=not args.json)
+        metadata = msgspec.structs.replace(metadata, assets=model.AssetsUpload(jwt=jwt))
+        if not args.json:
+            print(f"assets: {count} file(s), {sent} uploaded", file=sys.stderr)
     parts = [multipart.Part(name="metadata", data=msgspec.json.encode(metadata),
                             content_type="application/json")]
     for path, code in project.modules.items():
@@ -187,7 +120,7 @@ def _cmd_ls(args: argparse.Namespace, client: AdminClient) -> int:
     scripts = _fetch_all(client, _scripts_path(args.namespace), query)
     rows = [[s["name"], s["version"][:12], ",".join(s.get("tags") or []), s.get("modified_on", "")]
             for s in scripts]
-    _emit(args, scripts, _table(rows, ["NAME", "VERSION", "TAGS", "MODIFIED"]))
+    _emit_table(args, scripts, rows, ["NAME", "VERSION", "TAGS", "MODIFIED"])
     return 0
 
 
@@ -203,7 +136,10 @@ def _cmd_rm(args: argparse.Namespace, client: AdminClient) -> int:
         print("corral rm: give a script NAME, or --namespace NS with --tag filters", file=sys.stderr)
         return 2
     query = urllib.parse.urlencode({"tags": ",".join(args.tag)})
-    result, _ = client.call("DELETE", f"{_scripts_path(args.namespace)}?{query}")
+    from supervisor.cli_output import progress
+
+    with progress(f"deleting scripts tagged {','.join(args.tag)}", None, enabled=not args.json):
+        result, _ = client.call("DELETE", f"{_scripts_path(args.namespace)}?{query}")
     _emit(args, result, f"deleted {result.get('count', 0)} script(s)")
     return 0
 
@@ -233,7 +169,7 @@ def _cmd_ns(args: argparse.Namespace, client: AdminClient) -> int:
     if args.ns_command == "ls":
         result, _ = client.call("GET", base)
         rows = [[n["name"], str(n.get("script_count", "")), n.get("created_on", "")] for n in result]
-        _emit(args, result, _table(rows, ["NAME", "SCRIPTS", "CREATED"]))
+        _emit_table(args, result, rows, ["NAME", "SCRIPTS", "CREATED"])
     elif args.ns_command == "create":
         result = client.json("POST", base, {"name": args.name})
         _emit(args, result, f"created namespace {result['name']}")
@@ -248,7 +184,7 @@ def _cmd_routes(args: argparse.Namespace, client: AdminClient) -> int:
     if args.routes_command == "ls":
         result, _ = client.call("GET", base)
         rows = [[r["id"], r["pattern"], r["script"]] for r in result]
-        _emit(args, result, _table(rows, ["ID", "PATTERN", "SCRIPT"]))
+        _emit_table(args, result, rows, ["ID", "PATTERN", "SCRIPT"])
     elif args.routes_command == "add":
         result = client.json("POST", base, {"pattern": args.pattern, "script": args.script})
         _emit(args, result, f"added route {result['pattern']} -> {result['script']} (id {result['id']})")
@@ -313,6 +249,7 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--namespace", "-n", help="dispatch namespace (default: a platform script)")
     deploy.add_argument("--tag", action="append", help="tag the script (repeatable)")
     deploy.add_argument("--var", action="append", metavar="KEY=VALUE", help="plain-text binding (repeatable)")
+    deploy.add_argument("--dry-run", action="store_true", help="show what would change; upload nothing")
     deploy.add_argument("name", metavar="NAME")
     deploy.add_argument("path", metavar="PATH", help="a .py file or a project folder")
 
@@ -349,6 +286,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("pattern", metavar="PATTERN")
     add.add_argument("script", metavar="SCRIPT")
     r_sub.add_parser("rm", parents=[common], help="delete a route").add_argument("id", metavar="ID")
+
+    from supervisor import cli_access, cli_versions
+
+    cli_versions.add_parsers(sub, common)
+    cli_access.add_parsers(sub, common)
     return parser
 
 
@@ -381,8 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _cmd_serve(args)
     socket_path = args.socket or os.environ.get("CORRAL_ADMIN_SOCKET") or DEFAULT_SOCKET
+    from supervisor import cli_access, cli_versions
+
+    commands = {**_COMMANDS, **cli_versions.COMMANDS, **cli_access.COMMANDS}
     try:
-        return _COMMANDS[args.command](args, AdminClient(socket_path))
+        return commands[args.command](args, AdminClient(socket_path))
     except ApiCallError as exc:
         print(f"corral {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -76,6 +76,21 @@ class OutboundConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     read_timeout_s: float = 30.0
 
 
+class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Who may reach the admin API (SPEC section 2)."""
+
+    #: "owner" (0600, the default) or "group" (0660: readable and writable by
+    #: the socket's group, e.g. a deploy tool's; set ``socket_group`` to pick it).
+    socket_access: str = "owner"
+    socket_group: str | None = None
+    #: Optional TCP listener HOST:PORT for a control plane on another host;
+    #: every call needs an API token (`corral token create`).
+    tcp: str | None = None
+    #: PEM files: with both set, the TCP listener speaks TLS only.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
 class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     http: str = "127.0.0.1:8080"
     admin_socket: str | None = None
@@ -84,6 +99,7 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     outbound: OutboundConfig = msgspec.field(default_factory=OutboundConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     #: Log every request's trace event (outcome, cpuTime, wallTime, children)
     #: as a JSON line; off by default, it costs throughput.
     log_invocations: bool = False

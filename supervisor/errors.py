@@ -48,3 +48,11 @@ class Unavailable(CorralError):
 
 class NotSupported(CorralError):
     """Corral does not do this (yet)."""
+
+
+class Unauthorized(CorralError):
+    """No credentials, or credentials that match nothing."""
+
+
+class Forbidden(CorralError):
+    """Valid credentials that do not allow this (scope or namespace)."""

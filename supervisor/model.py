@@ -182,6 +182,14 @@ class TailConsumer(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True
 # ---------------------------------------------------------------------------
 
 
+class AssetsUpload(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """``metadata.assets``: the completion token of an asset upload session
+    (Cloudflare calls it ``jwt``) and the serving configuration."""
+
+    jwt: str | None = None
+    config: dict[str, Any] | None = None
+
+
 class UploadMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Cloudflare's multipart upload metadata, as far as Corral uses it.
 
@@ -196,6 +204,7 @@ class UploadMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     compatibility_flags: list[str] = []
     tail_consumers: Annotated[list[TailConsumer], msgspec.Meta(max_length=MAX_TAIL_CONSUMERS)] = []
     keep_bindings: list[str] = []
+    assets: AssetsUpload | None = None
 
     def __post_init__(self) -> None:
         if self.compatibility_date:
@@ -232,6 +241,11 @@ class ScriptRecord(msgspec.Struct, kw_only=True):
     tail_consumers: list[TailConsumer] = []
     created_on: str = ""
     modified_on: str = ""
+    #: The immutable version this record is (Cloudflare's version id); ``version``
+    #: above is the content hash of its bundle, what a warm child is keyed by.
+    version_id: str = ""
+    #: Static assets: ``{path: {"hash": ..., "size": ...}}`` (empty: none).
+    assets: dict[str, Any] = {}
 
     def binding(self, name: str, kind: type[_Binding]) -> Any:
         """The binding ``name`` of type ``kind``, or None."""

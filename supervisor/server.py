@@ -22,7 +22,8 @@ from supervisor import log as logmod
 from supervisor.admin.api import AdminAPI
 from supervisor.errors import Unavailable
 from supervisor.calls.calls import Calls
-from supervisor.config import HttpConfig, ServeConfig
+from supervisor.config import AdminConfig, HttpConfig, ServeConfig
+from supervisor.store.assets import AssetBlobs
 from supervisor.calls.egress import EgressPolicy
 from supervisor.edge.http_server import Connection, Request, Server, listen_tcp
 from supervisor.edge.ingress import Ingress
@@ -60,7 +61,8 @@ class Supervisor:
             exact_cpu=config.log_invocations)
         self.ingress = Ingress(config, self.pool, self.route, self.scripts,
                                on_trace=self._log_trace if config.log_invocations else None)
-        self.admin = AdminAPI(self.store, self)
+        self.admin = AdminAPI(self.store, self,
+                              blobs=AssetBlobs(os.path.join(config.state_dir, "assets")))
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
         # The admin socket is the operator's: its own limits (uploads may be
         # large; the API itself answers 413 past the script size limit).
@@ -121,6 +123,13 @@ class Supervisor:
             request.method.decode("latin-1"), request.target.decode("latin-1"), request.headers, body)
         await conn.respond(status, headers, payload)
 
+    def _admin_tcp(self) -> "AdminTCP":  # noqa: F821 - imported where it is needed
+        from supervisor.admin.tcp import AdminTCP, tls_context
+
+        admin = self.config.admin
+        context = tls_context(admin.tls_cert, admin.tls_key) if admin.tls_cert and admin.tls_key else None
+        return AdminTCP(self.admin, context)
+
     # -- running -------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         host, port = self.config.http_host_port
@@ -130,6 +139,9 @@ class Supervisor:
                 nursery.start_soon(self.pool.bundles.run, self._bundles_in_use)
                 listener = listen_tcp(host, port)
                 admin_listener = _unix_listener(self.config.admin_socket_path)
+                _socket_access(self.config.admin_socket_path, self.config.admin)
+                if self.config.admin.tcp:
+                    await nursery.start(self._admin_tcp().serve, *_host_port(self.config.admin.tcp))
                 with trio.CancelScope() as accepting:
                     await nursery.start(self.http.serve, listener)
                     nursery.start_soon(self.admin_http.serve, admin_listener)
@@ -190,6 +202,24 @@ def _unix_listener(path: str) -> socket.socket:
     sock.listen(128)
     os.replace(staging, path)
     return sock
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _socket_access(path: str, admin: "AdminConfig") -> None:
+    """Owner-only by default; group read/write when configured (the group
+    may then deploy code: give it only to the platform's deploy tooling)."""
+    if admin.socket_access == "group":
+        if admin.socket_group:
+            import grp
+
+            os.chown(path, -1, grp.getgrnam(admin.socket_group).gr_gid)
+        os.chmod(path, 0o660)
+    elif admin.socket_access != "owner":
+        raise ValueError(f"admin.socket_access must be 'owner' or 'group', got {admin.socket_access!r}")
 
 
 def _notify(state: str) -> None:

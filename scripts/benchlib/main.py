@@ -298,7 +298,12 @@ def _clean(o):
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--scale"]:  # the management plane at scale: see benchlib/scale.py
+        from benchlib import scale
+
+        return scale.main(argv[1:])
+    args = parse_args(argv)
     atexit.register(procs.stop_all)
 
     def on_signal(signum, frame):

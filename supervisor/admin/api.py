@@ -22,9 +22,15 @@ import trio
 
 from supervisor.admin.decode import MAX_HEADERS, MAX_MESSAGE, clip, parse_target
 from supervisor.admin.errors import MethodNotAllowed, status_and_code
+from supervisor.admin.asset_handlers import AssetHandlers
 from supervisor.admin.handlers import AdminHooks, Handlers, log_event
+from supervisor.admin.script_config import ScriptConfigHandlers
+from supervisor.admin.tokens import TokenHandlers
+from supervisor.admin.versions import VersionHandlers
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
+from supervisor.admin.tokens import OWNER, Principal, authorize
+from supervisor.store.assets import AssetBlobs
 from supervisor.errors import Invalid
 from supervisor.model import BINDING_TYPES
 from supervisor.store.store import Store
@@ -35,17 +41,28 @@ __all__ = ["AdminAPI", "AdminHooks", "BINDING_TYPES", "Response"]
 class AdminAPI:
     """Answers admin requests; one instance per supervisor."""
 
-    def __init__(self, store: Store, hooks: AdminHooks, *, max_script_bytes: int = 10 * 2**20) -> None:
+    def __init__(self, store: Store, hooks: AdminHooks, *, max_script_bytes: int = 10 * 2**20,
+                 blobs: AssetBlobs | None = None) -> None:
         self.store = store
         self.hooks = hooks
         self.max_script_bytes = max_script_bytes
         self.router = Router()
-        Handlers(store, hooks, max_script_bytes).register(self.router)
+        self.handlers = Handlers(store, hooks, max_script_bytes, blobs)
+        self.handlers.register(self.router)
+        # Each group of endpoints is one module over the core handlers.
+        for group in (VersionHandlers, ScriptConfigHandlers, AssetHandlers, TokenHandlers):
+            group(self.handlers).register(self.router)
 
     async def handle(
-        self, method: str | bytes, target: str | bytes, headers: list[tuple[bytes, bytes]], body: bytes
+        self, method: str | bytes, target: str | bytes, headers: list[tuple[bytes, bytes]], body: bytes,
+        principal: Principal = OWNER,
     ) -> Response:
-        """Answer one request. Never raises (except cancellation)."""
+        """Answer one request. Never raises (except cancellation).
+
+        ``principal``: who is calling (the owner on the unix socket; a token
+        on the TCP listener). A ``/client/v4`` prefix is accepted, so an SDK
+        whose base URL ends in Cloudflare's path layout works unchanged.
+        """
         if isinstance(method, bytes):
             method = method.decode("latin-1")
         if isinstance(target, bytes):
@@ -54,10 +71,13 @@ class AdminAPI:
         path = clip(target, 200)
         try:
             path, segments, query = parse_target(target)
+            if segments[:2] == ["client", "v4"]:
+                segments = segments[2:]
             if len(headers) > MAX_HEADERS:
                 raise Invalid(f"the request has {len(headers)} headers, more than the {MAX_HEADERS} accepted")
             header_map = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
             handler, params = self.router.resolve(method, path, segments)
+            authorize(principal, method, path, params)
             request = Request(method=method, path=path, params=params, query=query,
                               headers=header_map, body=body)
             return await handler(request)

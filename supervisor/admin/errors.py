@@ -10,7 +10,17 @@ and always hints at its status.
 from __future__ import annotations
 
 from supervisor.admin.multipart import MultipartError
-from supervisor.errors import Conflict, CorralError, Invalid, NotFound, NotSupported, TooLarge, Unavailable
+from supervisor.errors import (
+    Conflict,
+    CorralError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    NotSupported,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
 
 
 class ErrorCode:
@@ -18,6 +28,8 @@ class ErrorCode:
     VALIDATION_FAILED = 10021
     TOO_LARGE = 10027
     BAD_REQUEST = 10400
+    UNAUTHORIZED = 10401
+    FORBIDDEN = 10403
     NOT_FOUND = 10404
     METHOD_NOT_ALLOWED = 10405
     CONFLICT = 10409
@@ -43,6 +55,8 @@ class LoadFailed(Invalid):
 _BY_KIND: list[tuple[type[Exception], int, int]] = [
     (MethodNotAllowed, 405, ErrorCode.METHOD_NOT_ALLOWED),
     (Invalid, 400, ErrorCode.BAD_REQUEST),
+    (Unauthorized, 401, ErrorCode.UNAUTHORIZED),
+    (Forbidden, 403, ErrorCode.FORBIDDEN),
     (NotFound, 404, ErrorCode.NOT_FOUND),
     (Conflict, 409, ErrorCode.CONFLICT),
     (TooLarge, 413, ErrorCode.TOO_LARGE),

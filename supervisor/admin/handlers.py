@@ -19,6 +19,7 @@ import msgspec
 import trio
 
 from supervisor.admin import multipart
+from supervisor.admin.assets import AssetSessions
 from supervisor.admin.decode import MAX_METADATA_BYTES, MAX_TAG_FILTERS, clip, decode_json
 from supervisor.admin.errors import LoadFailed
 from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, route_json, script_json
@@ -34,6 +35,7 @@ from supervisor.model import (
     resolve_bindings,
 )
 from supervisor.store.cursors import TagFilter, parse_tag_filters
+from supervisor.store.assets import AssetBlobs
 from supervisor.store.store import Store, namespace_not_found, script_not_found
 
 log = logging.getLogger("corral.admin")
@@ -97,12 +99,16 @@ def _check_module_path(path: str) -> None:
 class Handlers:
     """Endpoints over one store; :meth:`register` puts them on a router."""
 
-    def __init__(self, store: Store, hooks: AdminHooks, max_script_bytes: int) -> None:
+    def __init__(self, store: Store, hooks: AdminHooks, max_script_bytes: int,
+                 blobs: AssetBlobs | None = None, sessions: AssetSessions | None = None) -> None:
         self.store = store
         self.hooks = hooks
         self.max_script_bytes = max_script_bytes
+        self.blobs = blobs
+        self.sessions = sessions if sessions is not None else AssetSessions()
 
     def register(self, router: Router) -> None:
+        """The core endpoints (the other groups are registered by admin.api)."""
         router.add("metrics", GET=self.metrics)
         router.add("tail", GET=self.tail)
         router.add(_NS, GET=self.list_namespaces, POST=self.create_namespace)
@@ -127,6 +133,13 @@ class Handlers:
         except Exception:  # noqa: BLE001 - the write is done; report, don't fail it
             log_event(logging.ERROR, "admin.script_changed_hook_failed", namespace=namespace, script=name,
                       traceback=traceback.format_exc())
+
+    async def _drop_assets(self, ns: str, names: list[str]) -> None:
+        """Blobs of deleted scripts go after the commit (a crash in between
+        leaves unreferenced files, never a manifest without its blobs)."""
+        blobs = self.blobs
+        if blobs is not None and names:
+            await self._run(lambda: [blobs.drop_script(ns, n) for n in names])
 
     # -- metrics and tail -----------------------------------------------------
 
@@ -165,6 +178,7 @@ class Handlers:
         names = await self._run(self.store.delete_namespace, ns)
         for name in names:
             self._changed(ns, name)
+        await self._drop_assets(ns, names)
         log_event(logging.INFO, "admin.namespace_deleted", namespace=ns, scripts=len(names))
         return envelope(200, {"name": ns, "scripts_deleted": len(names)})
 
@@ -194,26 +208,36 @@ class Handlers:
         names = await self._run(self.store.delete_scripts_by_tags, ns, filters)
         for name in names:
             self._changed(ns, name)
+        await self._drop_assets(ns, names)
         log_event(logging.INFO, "admin.scripts_bulk_deleted", namespace=ns, count=len(names))
         return envelope(200, {"count": len(names)})
 
     async def get_script(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
-        record = await self._run(self.store.get_script, ns, name)
+        record = await self._run(self.store.get_primary, ns, name)
         if record is None:
             raise script_not_found(ns, name)
-        return envelope(200, script_json(record, with_modules=True))
+        return envelope(200, script_json(record, with_modules=True, nested=True))
 
     async def delete_script(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
         if not await self._run(self.store.delete_script, ns, name):
             raise script_not_found(ns, name)
         self._changed(ns, name)
+        await self._drop_assets(ns, [name])
         log_event(logging.INFO, "admin.script_deleted", namespace=ns, script=name)
         return envelope(200, {"id": name})
 
     async def put_script(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
+        stored = await self.upload(request, ns, name, deploy=True)
+        return envelope(200, script_json(stored, with_modules=True))
+
+    async def upload(self, request: Request, ns: str, name: str, *, deploy: bool,
+                     code_only: bool = False) -> ScriptRecord:
+        """Decode, validate in a sandbox and store one upload as a new version
+        (deployed at 100% when ``deploy``). ``code_only``: a content update,
+        which keeps every setting of the deployed version."""
         if len(request.body) > self.max_script_bytes + UPLOAD_OVERHEAD:
             raise TooLarge(f"upload of {len(request.body)} bytes exceeds the {self.max_script_bytes}-byte "
                            "script size limit")
@@ -221,34 +245,40 @@ class Handlers:
             raise namespace_not_found(ns)
         parts = multipart.parse(request.headers.get("content-type", ""), request.body,
                                 max_part_bytes=self.max_script_bytes)
-        previous = await self._run(self.store.get_script, ns, name)
-        record = self._build_record(ns, name, parts, previous)
+        previous = await self._run(self.store.get_primary, ns, name)
+        if code_only and previous is None:
+            raise script_not_found(ns, name)
+        record = self._build_record(ns, name, parts, previous, code_only=code_only)
         error = await self.hooks.validate(record)
         if error is not None:
             raise LoadFailed(f"script {name!r} failed to load: {error}")
-        stored = await self._run(self.store.put_script, record)
-        self._changed(ns, name)
-        log_event(logging.INFO, "admin.script_deployed", namespace=ns, script=name, version=stored.version)
-        return envelope(200, script_json(stored, with_modules=True))
+        stored = await self._run(functools.partial(self.store.put_script, record, deploy=deploy))
+        if deploy:
+            self._changed(ns, name)
+        log_event(logging.INFO, "admin.script_uploaded", namespace=ns, script=name, version=stored.version,
+                  version_id=stored.version_id, deployed=deploy, assets=len(stored.assets))
+        return stored
 
     def _build_record(self, ns: str, name: str, parts: list[multipart.Part],
-                      previous: ScriptRecord | None) -> ScriptRecord:
+                      previous: ScriptRecord | None, *, code_only: bool = False) -> ScriptRecord:
         metadata_parts = [p for p in parts if p.name == "metadata"]
         if not metadata_parts:
             raise Invalid("the upload has no 'metadata' part (JSON with main_module, bindings, ...)")
         raw = decode_json(metadata_parts[0].data, "the 'metadata' part", MAX_METADATA_BYTES)
         if not isinstance(raw, dict):
             raise Invalid("the 'metadata' part must be a JSON object")
+        if not raw.get("main_module") and isinstance(raw.get("body_part"), str):
+            raw = {**raw, "main_module": raw["body_part"]}
         metadata: UploadMetadata = decode_metadata(raw)
         modules = self._modules(parts)
-        main_module = metadata.main_module
-        if not main_module:
-            raise Invalid(f"metadata needs 'main_module', one of: {', '.join(sorted(modules))}")
-        if main_module not in modules:
-            raise Invalid(f"main_module {clip(main_module)!r} is not among the uploaded parts: "
-                          f"{', '.join(sorted(modules))}")
-        if posixpath.splitext(main_module)[1] != ".py":
-            raise Invalid(f"main_module {clip(main_module)!r} must be a .py file")
+        if code_only and previous is not None:
+            return msgspec.structs.replace(
+                previous, modules=modules, main_module=self._main_module(metadata, modules),
+                version=content_version(self._main_module(metadata, modules), modules, previous.bindings,
+                                        previous.compatibility_date, previous.compatibility_flags),
+            )
+        assets = self._assets(ns, name, metadata, raw, previous)
+        main_module = self._main_module(metadata, modules)
         bindings = resolve_bindings(metadata, previous)
         # No 'tags' key keeps the deployed tags (a code update should not untag);
         # an explicit list, even empty, replaces them.
@@ -268,7 +298,32 @@ class Handlers:
             compatibility_date=metadata.compatibility_date,
             compatibility_flags=metadata.compatibility_flags,
             tail_consumers=metadata.tail_consumers,
+            assets=assets,
         )
+
+    @staticmethod
+    def _main_module(metadata: UploadMetadata, modules: dict[str, bytes]) -> str:
+        main_module = metadata.main_module
+        if not main_module:
+            raise Invalid(f"metadata needs 'main_module', one of: {', '.join(sorted(modules))}")
+        if main_module not in modules:
+            raise Invalid(f"main_module {clip(main_module)!r} is not among the uploaded parts: "
+                          f"{', '.join(sorted(modules))}")
+        if posixpath.splitext(main_module)[1] != ".py":
+            raise Invalid(f"main_module {clip(main_module)!r} must be a .py file")
+        return main_module
+
+    def _assets(self, ns: str, name: str, metadata: UploadMetadata, raw: dict[str, Any],
+                previous: ScriptRecord | None) -> dict[str, Any]:
+        """The version's asset manifest: from the completion token in
+        ``metadata.assets.jwt``, else the deployed version's when
+        ``keep_assets`` is true, else none."""
+        if metadata.assets is not None and metadata.assets.jwt:
+            manifest = self.sessions.complete(metadata.assets.jwt, ns, name)
+            return {path: {"hash": e.hash, "size": e.size} for path, e in manifest.items()}
+        if raw.get("keep_assets") is True and previous is not None:
+            return dict(previous.assets)
+        return {}
 
     def _modules(self, parts: list[multipart.Part]) -> dict[str, bytes]:
         """The code parts, by path. Cloudflare's SDKs name each part ``files``
@@ -277,7 +332,10 @@ class Handlers:
         for part in parts:
             if part.name == "metadata":
                 continue
-            path = part.filename if part.name == "files" and part.filename else part.name
+            # "files[]": how the SDK's content update names them
+            path = part.filename if part.name in ("files", "files[]") and part.filename else part.name
+            if path in modules:
+                raise Invalid(f"the upload has two modules named {clip(path)!r}")
             _check_module_path(path)
             modules[path] = part.data
         if not modules:

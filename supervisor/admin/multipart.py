@@ -190,9 +190,13 @@ def parse(
         part = _parse_part(body[start:end], len(parts))
         if len(part.data) > max_part_bytes:
             raise MultipartError(f"part {part.name[:80]!r} is larger than {max_part_bytes} bytes", 413)
-        if part.name in names:
-            raise MultipartError(f"the upload has two parts named {part.name[:80]!r}")
-        names.add(part.name)
+        # Cloudflare's SDKs name every module part "files" (the path is its
+        # filename): those are told apart by filename.
+        key = f"files:{part.filename}" if part.name in ("files", "files[]") and part.filename else part.name
+        if key in names:
+            what = f"files with the filename {part.filename[:80]!r}" if key != part.name else f"parts named {part.name[:80]!r}"
+            raise MultipartError(f"the upload has two {what}")
+        names.add(key)
         parts.append(part)
         pos = end + len(separator)
 

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from supervisor.model import PLATFORM, ScriptRecord, public_binding
-from supervisor.store.records import NamespaceInfo, RouteInfo
+from supervisor.store.records import DeploymentInfo, NamespaceInfo, RouteInfo, VersionInfo
 
 Response = tuple[int, list[tuple[bytes, bytes]], bytes]
 
@@ -15,7 +15,10 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 METRICS_HEADERS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 
 
-def script_json(record: ScriptRecord, *, with_modules: bool) -> dict[str, Any]:
+def script_json(record: ScriptRecord, *, with_modules: bool, nested: bool = False) -> dict[str, Any]:
+    """A script as Cloudflare's API shows it (``ScriptUpdateResponse``'s
+    fields), plus Corral's own (``version``, ``modules``). ``nested`` adds the
+    ``script`` object that a namespace script's GET has on Cloudflare."""
     out: dict[str, Any] = {
         "id": record.name,
         "name": record.name,
@@ -30,10 +33,65 @@ def script_json(record: ScriptRecord, *, with_modules: bool) -> dict[str, Any]:
         "compatibility_flags": list(record.compatibility_flags),
         "created_on": record.created_on,
         "modified_on": record.modified_on,
+        "version_id": record.version_id,
+        "has_assets": bool(record.assets),
+        "has_modules": True,
+        "handlers": ["fetch"],
+        "usage_model": "standard",
+        "startup_time_ms": 0,
     }
     if with_modules:
         out["modules"] = [{"name": k, "size": len(v)} for k, v in sorted(record.modules.items())]
+    if nested:
+        out["script"] = {k: v for k, v in out.items() if k not in ("modules", "bindings", "dispatch_namespace")}
     return out
+
+
+def settings_json(record: ScriptRecord) -> dict[str, Any]:
+    """``GET .../settings``: the configuration of the deployed version."""
+    return {
+        "bindings": [public_binding(b) for b in record.bindings],
+        "compatibility_date": record.compatibility_date,
+        "compatibility_flags": list(record.compatibility_flags),
+        "tags": list(record.tags),
+        "tail_consumers": msgspec.to_builtins(record.tail_consumers),
+        "usage_model": "standard",
+        "logpush": False,
+    }
+
+
+def version_json(info: VersionInfo, record: ScriptRecord | None = None) -> dict[str, Any]:
+    """A version as Cloudflare's versions API shows it."""
+    out: dict[str, Any] = {
+        "id": info.id,
+        "number": info.number,
+        "metadata": {"created_on": info.created_on, "modified_on": info.created_on, "source": info.source,
+                     "author_email": "", "has_preview": False},
+        "annotations": {"workers/message": info.message} if info.message else {},
+        "etag": info.content,
+        "has_assets": info.has_assets,
+    }
+    if record is not None:
+        out["resources"] = {
+            "bindings": [public_binding(b) for b in record.bindings],
+            "script": {"etag": record.version, "handlers": ["fetch"], "main_module": record.main_module},
+            "script_runtime": {"compatibility_date": record.compatibility_date,
+                               "compatibility_flags": list(record.compatibility_flags),
+                               "usage_model": "standard"},
+        }
+    return out
+
+
+def deployment_json(info: DeploymentInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "created_on": info.created_on,
+        "source": info.source,
+        "strategy": "percentage",
+        "versions": [{"version_id": s.version_id, "percentage": s.percentage} for s in info.versions],
+        "annotations": {"workers/message": info.message} if info.message else {},
+        "author_email": "",
+    }
 
 
 def namespace_json(info: NamespaceInfo) -> dict[str, Any]:

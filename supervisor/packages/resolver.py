@@ -51,8 +51,8 @@ def target_tags() -> tuple[str, list[str]]:
     platforms = sorted({t.platform for t in tags.sys_tags() if t.platform != "any"})
     flags = ["--python-version", version, "--implementation", "cp", "--abi", abi, "--abi", "abi3",
              "--abi", "none"]
-    for platform in platforms:
-        flags += ["--platform", platform]
+    for tag_platform in platforms:
+        flags += ["--platform", tag_platform]
     return f"cp{version}-{'+'.join(platforms)}", flags
 
 

@@ -1,19 +1,24 @@
-"""What makes the request path cheap: the version index and a record cache.
+"""What makes the request path cheap: a bounded cache of deployed scripts.
 
-* an in-memory *index* ``(namespace, name) -> version`` of every script,
-  loaded at open and updated after each commit, so a version lookup and a
-  miss for an unknown script are a dict lookup;
-* an LRU cache of full records, bounded by count and by bytes of code, so a
-  warm lookup costs microseconds.
+Each entry is what a script serves: one record, or several with their
+percentages while a gradual deployment splits its traffic. The cache is an
+LRU bounded by count and by bytes of code, so the supervisor's memory does
+not grow with the number of scripts that exist, only with the ones in use.
 
-Only the supervisor writes the database, so the index is authoritative. A
-generation counter keeps a slow cache fill (a read done in a worker thread)
-from re-inserting a record that a concurrent write just replaced.
+There is no longer an in-memory index of every script: at 100,000 scripts it
+cost tens of megabytes whether or not they ran, and a miss on an unknown
+name is one primary-key lookup in SQLite (microseconds) anyway. Unknown names
+are remembered in a small bounded set of their own, so a storm of requests
+for a name that does not exist does not reach the disk either.
+
+A generation counter keeps a slow cache fill (a read done in a worker thread)
+from re-inserting what a concurrent write just replaced.
 """
 
 from __future__ import annotations
 
 import collections
+import random
 import threading
 from collections.abc import Iterable
 
@@ -21,69 +26,80 @@ from supervisor.model import ScriptRecord
 from supervisor.store.records import record_size
 
 Key = tuple[str, str]
+#: ``(records, cumulative percentages)``: one record at 100, or a split.
+Deployed = tuple[tuple[ScriptRecord, ...], tuple[float, ...]]
+
+MAX_MISSING = 10_000
+
+
+def pick(deployed: Deployed) -> ScriptRecord:
+    """The record one request runs: by percentage when traffic is split."""
+    records, cumulative = deployed
+    if len(records) == 1:
+        return records[0]
+    point = random.random() * cumulative[-1]
+    for record, edge in zip(records, cumulative):
+        if point < edge:
+            return record
+    return records[-1]
 
 
 class RecordCache:
     """Thread-safe: the store's writes run in worker threads."""
 
-    def __init__(self, versions: dict[Key, str], *, entries: int, max_bytes: int) -> None:
+    def __init__(self, *, entries: int, max_bytes: int) -> None:
         self._lock = threading.Lock()
-        self._versions = versions
         self._entries = entries
         self._max_bytes = max_bytes
-        self._records: collections.OrderedDict[Key, tuple[ScriptRecord, int]] = collections.OrderedDict()
+        self._records: collections.OrderedDict[Key, tuple[Deployed, int]] = collections.OrderedDict()
+        self._missing: collections.OrderedDict[Key, None] = collections.OrderedDict()
         self._bytes = 0
         self._generation = 0
 
-    def lookup(self, key: Key) -> tuple[ScriptRecord | None, bool, int]:
-        """``(record, known, generation)``: the cached record if any, whether
-        the script exists at all, and the generation to fill the cache with."""
+    def lookup(self, key: Key) -> tuple[Deployed | None, bool, int]:
+        """``(deployed, known_missing, generation)``."""
         with self._lock:
-            if key not in self._versions:
-                return None, False, self._generation
             entry = self._records.get(key)
             if entry is not None:
                 self._records.move_to_end(key)
-                return entry[0], True, self._generation
-            return None, True, self._generation
+                return entry[0], False, self._generation
+            return None, key in self._missing, self._generation
 
-    def remember(self, key: Key, record: ScriptRecord, generation: int) -> None:
-        size = record_size(record)
-        if size > self._max_bytes // 4:
-            return  # one huge script must not flush the whole cache
+    def remember(self, key: Key, deployed: Deployed | None, generation: int) -> None:
+        """Fill the cache after a read; ``None`` records that the script does not exist."""
         with self._lock:
             if generation != self._generation or key in self._records:
                 return
-            self._records[key] = (record, size)
+            if deployed is None:
+                self._missing[key] = None
+                if len(self._missing) > MAX_MISSING:
+                    self._missing.popitem(last=False)
+                return
+            size = sum(record_size(r) for r in deployed[0])
+            if size > self._max_bytes // 4:
+                return  # one huge script must not flush the whole cache
+            self._records[key] = (deployed, size)
             self._bytes += size
             while len(self._records) > self._entries or self._bytes > self._max_bytes:
                 _, (_, old_size) = self._records.popitem(last=False)
                 self._bytes -= old_size
 
-    def forget(self, keys: Iterable[Key], versions: dict[Key, str | None]) -> None:
-        """After a commit: drop stale records and update the index."""
+    def forget(self, keys: Iterable[Key]) -> None:
+        """After a commit: drop what is stale (records, and names now known)."""
         with self._lock:
             self._generation += 1
             for key in keys:
                 entry = self._records.pop(key, None)
                 if entry is not None:
                     self._bytes -= entry[1]
-            for key, version in versions.items():
-                if version is None:
-                    self._versions.pop(key, None)
-                else:
-                    self._versions[key] = version
-
-    def version(self, key: Key) -> str | None:
-        return self._versions.get(key)
-
-    def names(self) -> list[Key]:
-        with self._lock:
-            return list(self._versions)
+                self._missing.pop(key, None)
 
     def clear(self) -> None:
-        """Drop every cached record (the index stays: it is the truth)."""
-        self.forget(list(self._records), {})
+        with self._lock:
+            self._generation += 1
+            self._records.clear()
+            self._missing.clear()
+            self._bytes = 0
 
     @property
     def bytes(self) -> int:

@@ -23,6 +23,43 @@ class RouteInfo(msgspec.Struct, kw_only=True):
     script: str
 
 
+class VersionInfo(msgspec.Struct, kw_only=True):
+    """One immutable version of a script."""
+
+    id: str
+    number: int
+    content: str  # ScriptRecord.version: the content hash
+    created_on: str
+    source: str = "api"
+    message: str = ""
+    has_assets: bool = False
+
+
+class Split(msgspec.Struct, kw_only=True):
+    version_id: str
+    percentage: float
+
+
+class DeploymentInfo(msgspec.Struct, kw_only=True):
+    """Which versions serve a script's traffic, and in what shares."""
+
+    id: str
+    created_on: str
+    versions: list[Split]
+    source: str = "api"
+    message: str = ""
+
+
+class TokenInfo(msgspec.Struct, kw_only=True):
+    """An API token of the TCP admin listener (its secret is never stored)."""
+
+    id: str
+    name: str
+    scope: str  # read, deploy or admin
+    namespaces: list[str]
+    created_on: str
+
+
 class _Metadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What the ``metadata`` JSON column holds."""
 
@@ -37,11 +74,13 @@ _metadata_decoder = msgspec.json.Decoder(_Metadata)
 tags_decoder = msgspec.json.Decoder(list[str])
 
 #: The columns :func:`record_from_row` reads, in order (``modules`` may follow).
-LIST_COLUMNS = "namespace, name, version, main_module, metadata, tags, created_on, modified_on"
+LIST_COLUMNS = "namespace, name, version, main_module, metadata, tags, created_on, modified_on, version_id"
+splits_decoder = msgspec.json.Decoder(list[Split])
+assets_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
-def record_from_row(row: Sequence[Any], modules: bytes | None) -> ScriptRecord:
-    namespace, name, version, main_module, metadata, tags, created_on, modified_on = row
+def record_from_row(row: Sequence[Any], modules: bytes | None, assets: str = "") -> ScriptRecord:
+    namespace, name, version, main_module, metadata, tags, created_on, modified_on, version_id = row
     meta = _metadata_decoder.decode(metadata)
     return ScriptRecord(
         namespace=namespace,
@@ -56,6 +95,8 @@ def record_from_row(row: Sequence[Any], modules: bytes | None) -> ScriptRecord:
         tail_consumers=meta.tail_consumers,
         created_on=created_on,
         modified_on=modified_on,
+        version_id=version_id,
+        assets=assets_decoder.decode(assets) if assets else {},
     )
 
 

@@ -16,7 +16,9 @@ operator; the admin API decides what status that is.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import sqlite3
 import threading
 import uuid
@@ -30,15 +32,21 @@ from supervisor.edge.routes import RouteError, RouteTable, normalize_pattern
 from supervisor.errors import Conflict, Invalid, NotFound
 from supervisor.model import MAX_TAGS, PLATFORM, ScriptRecord, check_name, check_tag
 from supervisor.store import schema
-from supervisor.store.cache import RecordCache
+from supervisor.store.cache import Deployed, RecordCache, pick
 from supervisor.store.cursors import TagFilter, coerce_filters, decode_cursor, encode_cursor
 from supervisor.store.records import (
     LIST_COLUMNS,
+    DeploymentInfo,
     NamespaceInfo,
     RouteInfo,
+    Split,
+    TokenInfo,
+    VersionInfo,
+    assets_decoder,
     encode_metadata,
     encode_modules,
     record_from_row,
+    splits_decoder,
     tags_decoder,
 )
 
@@ -48,6 +56,16 @@ __all__ = ["MAX_PER_PAGE", "NOT_CACHED", "NamespaceInfo", "NotCached", "RouteInf
 MAX_PER_PAGE = 1000
 #: Cloudflare's error code for a missing script.
 SCRIPT_NOT_FOUND_CODE = 10007
+#: Cloudflare's error code for an unknown version id.
+VERSION_NOT_FOUND_CODE = 10218
+
+
+#: What an API token may do: read (GETs), deploy (scripts in its namespaces), admin (all).
+TOKEN_SCOPES = ("read", "deploy", "admin")
+
+
+def token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def script_not_found(namespace: str, name: str) -> NotFound:
@@ -103,11 +121,7 @@ class Store:
             schema.migrate(db, self.path)
         self._reader = schema.connect(self.path)
         self._route_table: RouteTable | None = None
-        versions = {
-            (ns, name): version
-            for ns, name, version in self._reader.execute("SELECT namespace, name, version FROM scripts")
-        }
-        self._cache = RecordCache(versions, entries=cache_entries, max_bytes=cache_bytes)
+        self._cache = RecordCache(entries=cache_entries, max_bytes=cache_bytes)
 
     # -- plumbing -----------------------------------------------------------
 
@@ -186,19 +200,20 @@ class Store:
             if not self._namespace_exists(db, name):
                 raise namespace_not_found(name)
             names = [r[0] for r in db.execute("SELECT name FROM scripts WHERE namespace = ?", (name,))]
-            db.execute("DELETE FROM script_tags WHERE namespace = ?", (name,))
-            db.execute("DELETE FROM scripts WHERE namespace = ?", (name,))
+            self._purge(db, name, names)
             db.execute("DELETE FROM namespaces WHERE name = ?", (name,))
-        keys = [(name, script) for script in names]
-        self._cache.forget(keys, dict.fromkeys(keys))
+        self._cache.forget([(name, script) for script in names])
         return names
 
     # -- scripts ------------------------------------------------------------
 
-    def put_script(self, record: ScriptRecord) -> ScriptRecord:
-        """Create or replace a script; keeps ``created_on`` of an existing one.
+    def put_script(self, record: ScriptRecord, *, deploy: bool = True, source: str = "api",
+                   message: str = "") -> ScriptRecord:
+        """Store ``record`` as a new immutable version of its script, and deploy
+        it to 100% of traffic unless ``deploy`` is False (then the script must
+        exist already). Keeps ``created_on`` of an existing script.
 
-        Returns the stored record (timestamps set, tags normalised).
+        Returns the stored record (version id and timestamps set, tags normalised).
         """
         if record.namespace != PLATFORM:
             check_name("namespace", record.namespace)
@@ -206,67 +221,163 @@ class Store:
         tags = normalize_tags(record.tags)
         metadata = encode_metadata(record)
         modules = encode_modules(record)
+        bundle = schema.bundle_hash(record.main_module, modules, metadata)
+        assets = msgspec.json.encode(record.assets).decode() if record.assets else ""
         key = (record.namespace, record.name)
         now = schema.now()
+        version_id = str(uuid.uuid4())
         with self._transaction() as db:
             self._require_namespace(db, record.namespace)
             row = db.execute(
-                "SELECT created_on FROM scripts WHERE namespace = ? AND name = ?", key
+                "SELECT created_on, tags FROM scripts WHERE namespace = ? AND name = ?", key
             ).fetchone()
+            if row is None and not deploy:
+                raise script_not_found(*key)
             created_on = row[0] if row else now
+            (number,) = db.execute(
+                "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE namespace = ? AND name = ?", key
+            ).fetchone()
+            db.execute("INSERT OR IGNORE INTO bundles (hash, main_module, modules, metadata) VALUES (?, ?, ?, ?)",
+                       (bundle, record.main_module, modules, metadata))
             db.execute(
-                "INSERT OR REPLACE INTO scripts (namespace, name, version, main_module, modules, "
-                "metadata, tags, created_on, modified_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*key, record.version, record.main_module, modules, metadata,
-                 msgspec.json.encode(tags).decode(), created_on, now),
+                "INSERT INTO versions (id, namespace, name, number, content, bundle, assets, source, message, "
+                "created_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (version_id, *key, number, record.version, bundle, assets, source, message, now),
             )
-            self._write_tag_rows(db, key, tags)
-        stored = msgspec.structs.replace(record, tags=tags, created_on=created_on, modified_on=now)
-        self._cache.forget([key], {key: record.version})
-        return stored
+            if deploy:
+                db.execute(
+                    "INSERT OR REPLACE INTO scripts (namespace, name, version, main_module, modules, "
+                    "metadata, tags, created_on, modified_on, version_id, split) "
+                    "VALUES (?, ?, ?, ?, x'', ?, ?, ?, ?, ?, '')",
+                    (*key, record.version, record.main_module, metadata,
+                     msgspec.json.encode(tags).decode(), created_on, now, version_id),
+                )
+                self._write_tag_rows(db, key, tags)
+                self._insert_deployment(db, key, [Split(version_id=version_id, percentage=100.0)],
+                                        source, message, now)
+            else:
+                tags = tags_decoder.decode(row[1])
+        if deploy:
+            self._cache.forget([key])
+        return msgspec.structs.replace(record, tags=tags, created_on=created_on, modified_on=now,
+                                       version_id=version_id)
 
     def cached(self, namespace: str, name: str) -> ScriptRecord | None | NotCached:
         """The record if the cache holds it, None if no such script is deployed,
         else :data:`NOT_CACHED`: never touches SQLite, so the event loop may call
         it on the request path (a miss is then read with :meth:`get_script` in a
         worker thread; see supervisor.store.lookup)."""
-        record, known, _generation = self._cache.lookup((namespace, name))
-        if record is not None or not known:
-            return record
-        return NOT_CACHED
+        deployed, missing, _generation = self._cache.lookup((namespace, name))
+        if deployed is not None:
+            return pick(deployed)  # a gradual deployment picks per request
+        return None if missing else NOT_CACHED
 
     def get_script(self, namespace: str, name: str) -> ScriptRecord | None:
-        """The full record (with code), or None. Hot path: cached; read-only result."""
-        key = (namespace, name)
-        record, known, generation = self._cache.lookup(key)
-        if record is not None or not known:
-            return record
-        rows = self._read(
-            f"SELECT {LIST_COLUMNS}, modules FROM scripts WHERE namespace = ? AND name = ?", key
-        )
-        if not rows:
+        """The record a request runs now (with code), or None.
+
+        Hot path: cached. While a gradual deployment splits traffic, each call
+        picks a version by its percentage. Read-only result.
+        """
+        deployed = self.get_deployed(namespace, name)
+        return pick(deployed) if deployed is not None else None
+
+    def get_primary(self, namespace: str, name: str) -> ScriptRecord | None:
+        """The deployed version with the largest share of traffic (what the API
+        shows as the script, and what a settings or secret change builds on)."""
+        deployed = self.get_deployed(namespace, name)
+        if deployed is None:
             return None
-        record = record_from_row(rows[0][:-1], rows[0][-1])
-        self._cache.remember(key, record, generation)
-        return record
+        records, edges = deployed
+        shares = [edge - (edges[i - 1] if i else 0.0) for i, edge in enumerate(edges)]
+        return records[shares.index(max(shares))]
+
+    def get_deployed(self, namespace: str, name: str) -> Deployed | None:
+        """Every record serving the script now, with cumulative percentages."""
+        key = (namespace, name)
+        deployed, missing, generation = self._cache.lookup(key)
+        if deployed is not None or missing:
+            return deployed
+        with self._read_lock:
+            db = self._reader
+            db.execute("BEGIN")
+            try:
+                deployed = self._load_deployed(db, key)
+            finally:
+                db.execute("COMMIT")
+        self._cache.remember(key, deployed, generation)
+        return deployed
+
+    def _load_deployed(self, db: sqlite3.Connection, key: tuple[str, str]) -> Deployed | None:
+        row = db.execute(
+            "SELECT tags, created_on, modified_on, version_id, split FROM scripts WHERE namespace = ? AND name = ?",
+            key,
+        ).fetchone()
+        if row is None:
+            return None
+        tags, created_on, modified_on, version_id, split = row
+        splits = splits_decoder.decode(split) if split else [Split(version_id=version_id, percentage=100.0)]
+        records: list[ScriptRecord] = []
+        edges: list[float] = []
+        total = 0.0
+        for item in splits:
+            record = self._version_record(db, key, item.version_id, tags, created_on, modified_on)
+            if record is None:
+                continue
+            total += item.percentage
+            records.append(record)
+            edges.append(total)
+        return (tuple(records), tuple(edges)) if records else None
+
+    @staticmethod
+    def _version_record(db: sqlite3.Connection, key: tuple[str, str], version_id: str, tags: str,
+                        created_on: str, modified_on: str) -> ScriptRecord | None:
+        row = db.execute(
+            "SELECT v.content, b.main_module, b.metadata, b.modules, v.assets FROM versions v "
+            "JOIN bundles b ON b.hash = v.bundle WHERE v.id = ? AND v.namespace = ? AND v.name = ?",
+            (version_id, *key),
+        ).fetchone()
+        if row is None:
+            return None
+        content, main_module, metadata, modules, assets = row
+        return record_from_row((*key, content, main_module, metadata, tags, created_on, modified_on, version_id),
+                               modules, assets)
 
     def get_version(self, namespace: str, name: str) -> str | None:
-        """The deployed version (content hash), or None: a dict lookup."""
-        return self._cache.version((namespace, name))
+        """The deployed version's content hash, or None."""
+        record = self.get_script(namespace, name)
+        return record.version if record is not None else None
 
     def script_names(self) -> list[tuple[str, str]]:
-        """Every ``(namespace, name)`` deployed, from the in-memory index."""
-        return self._cache.names()
+        """Every ``(namespace, name)`` deployed (a scan: not for the request path)."""
+        return [(r[0], r[1]) for r in self._read("SELECT namespace, name FROM scripts ORDER BY namespace, name")]
 
     def delete_script(self, namespace: str, name: str) -> bool:
-        """True if the script existed."""
+        """True if the script existed. Its versions and deployments go with it."""
         key = (namespace, name)
         with self._transaction() as db:
             deleted = db.execute("DELETE FROM scripts WHERE namespace = ? AND name = ?", key).rowcount
-            db.execute("DELETE FROM script_tags WHERE namespace = ? AND name = ?", key)
+            if deleted:
+                self._purge(db, namespace, [name])
         if deleted:
-            self._cache.forget([key], {key: None})
+            self._cache.forget([key])
         return bool(deleted)
+
+    @staticmethod
+    def _purge(db: sqlite3.Connection, namespace: str, names: list[str]) -> None:
+        """Delete what hangs off deleted scripts, and bundles no version uses any more."""
+        pairs = [(namespace, name) for name in names]
+        bundles = set()
+        for pair in pairs:
+            bundles.update(r[0] for r in db.execute(
+                "SELECT DISTINCT bundle FROM versions WHERE namespace = ? AND name = ?", pair))
+        db.executemany("DELETE FROM scripts WHERE namespace = ? AND name = ?", pairs)
+        db.executemany("DELETE FROM script_tags WHERE namespace = ? AND name = ?", pairs)
+        db.executemany("DELETE FROM versions WHERE namespace = ? AND name = ?", pairs)
+        db.executemany("DELETE FROM deployments WHERE namespace = ? AND name = ?", pairs)
+        db.executemany(
+            "DELETE FROM bundles WHERE hash = ? AND NOT EXISTS (SELECT 1 FROM versions WHERE bundle = ?)",
+            [(b, b) for b in bundles],
+        )
 
     def list_scripts(
         self,
@@ -312,7 +423,7 @@ class Store:
         return " AND ".join(clauses), params
 
     def delete_scripts_by_tags(self, namespace: str, filters: Iterable[str | TagFilter]) -> list[str]:
-        """Delete every script matching all filters; returns their names.
+        """Delete every script matching all filters, in one transaction; returns their names.
 
         At least one filter is required: an empty filter list would delete the
         whole namespace, which has its own, explicit call.
@@ -324,16 +435,135 @@ class Store:
         with self._transaction() as db:
             self._require_namespace(db, namespace)
             names = [r[0] for r in db.execute(f"SELECT s.name FROM scripts s WHERE {where}", params)]
-            for name in names:
-                db.execute("DELETE FROM scripts WHERE namespace = ? AND name = ?", (namespace, name))
-                db.execute("DELETE FROM script_tags WHERE namespace = ? AND name = ?", (namespace, name))
-        keys = [(namespace, name) for name in names]
-        self._cache.forget(keys, dict.fromkeys(keys))
+            self._purge(db, namespace, names)
+        self._cache.forget([(namespace, name) for name in names])
         return names
 
     def delete_by_tags(self, namespace: str, filters: Iterable[str | TagFilter]) -> int:
         """Like :meth:`delete_scripts_by_tags`, returning only the count."""
         return len(self.delete_scripts_by_tags(namespace, filters))
+
+    # -- versions and deployments -------------------------------------------
+
+    @staticmethod
+    def _insert_deployment(db: sqlite3.Connection, key: tuple[str, str], splits: list[Split],
+                           source: str, message: str, now: str) -> DeploymentInfo:
+        info = DeploymentInfo(id=str(uuid.uuid4()), created_on=now, versions=splits, source=source,
+                              message=message)
+        db.execute(
+            "INSERT INTO deployments (id, namespace, name, versions, source, message, created_on) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (info.id, *key, msgspec.json.encode(splits).decode(), source, message, now),
+        )
+        return info
+
+    def list_versions(self, namespace: str, name: str, page: int = 1,
+                      per_page: int = 100) -> tuple[list[VersionInfo], int]:
+        """Versions newest first, one page; and how many there are."""
+        if not 1 <= per_page <= MAX_PER_PAGE or page < 1:
+            raise Invalid(f"page must be 1 or more and per_page from 1 to {MAX_PER_PAGE}")
+        key = (namespace, name)
+        rows = self._read(
+            "SELECT id, number, content, created_on, source, message, assets != '' FROM versions "
+            "WHERE namespace = ? AND name = ? ORDER BY number DESC LIMIT ? OFFSET ?",
+            (*key, per_page, (page - 1) * per_page),
+        )
+        total = self._read("SELECT COUNT(*) FROM versions WHERE namespace = ? AND name = ?", key)[0][0]
+        if not total and not self._read("SELECT 1 FROM scripts WHERE namespace = ? AND name = ?", key):
+            raise script_not_found(namespace, name)
+        return [VersionInfo(id=r[0], number=r[1], content=r[2], created_on=r[3], source=r[4], message=r[5],
+                            has_assets=bool(r[6])) for r in rows], total
+
+    def version_info(self, namespace: str, name: str, version_id: str) -> VersionInfo:
+        rows = self._read(
+            "SELECT id, number, content, created_on, source, message, assets != '' FROM versions "
+            "WHERE id = ? AND namespace = ? AND name = ?", (version_id, namespace, name))
+        if not rows:
+            raise NotFound(f"script {name!r} has no version {version_id[:80]!r}: list them with "
+                           f"`corral versions {name}`", code=VERSION_NOT_FOUND_CODE)
+        r = rows[0]
+        return VersionInfo(id=r[0], number=r[1], content=r[2], created_on=r[3], source=r[4], message=r[5],
+                           has_assets=bool(r[6]))
+
+    def get_version_record(self, namespace: str, name: str, version_id: str) -> ScriptRecord:
+        """One version as a full record (code included), deployed or not."""
+        key = (namespace, name)
+        with self._read_lock:
+            db = self._reader
+            db.execute("BEGIN")
+            try:
+                row = db.execute("SELECT tags, created_on, modified_on FROM scripts WHERE namespace = ? AND name = ?",
+                                 key).fetchone()
+                if row is None:
+                    raise script_not_found(namespace, name)
+                record = self._version_record(db, key, version_id, *row)
+                number = db.execute("SELECT number, created_on FROM versions WHERE id = ?", (version_id,)).fetchone()
+            finally:
+                db.execute("COMMIT")
+        if record is None:
+            raise NotFound(f"script {name!r} has no version {version_id[:80]!r}: list them with "
+                           f"GET .../scripts/{name}/versions", code=VERSION_NOT_FOUND_CODE)
+        return msgspec.structs.replace(record, created_on=number[1])
+
+    def deploy(self, namespace: str, name: str, splits: list[Split], *, source: str = "api",
+               message: str = "") -> DeploymentInfo:
+        """Send the script's traffic to these versions in these shares (a rollback
+        is a deployment of an older version). The largest share is the version
+        the API shows as deployed."""
+        if not 1 <= len(splits) <= 2:
+            raise Invalid("a deployment names one version (100%) or two (a gradual deployment)")
+        if len({s.version_id for s in splits}) != len(splits):
+            raise Invalid("a deployment names the same version twice")
+        if any(not 0 <= s.percentage <= 100 for s in splits) or abs(sum(s.percentage for s in splits) - 100) > 1e-6:
+            raise Invalid("the percentages of a deployment must each be 0 to 100 and add up to 100, got "
+                          + " + ".join(f"{s.percentage:g}" for s in splits))
+        key = (namespace, name)
+        now = schema.now()
+        primary = max(splits, key=lambda s: s.percentage)
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM scripts WHERE namespace = ? AND name = ?", key).fetchone() is None:
+                raise script_not_found(namespace, name)
+            for split in splits:
+                if db.execute("SELECT 1 FROM versions WHERE id = ? AND namespace = ? AND name = ?",
+                              (split.version_id, *key)).fetchone() is None:
+                    raise NotFound(f"script {name!r} has no version {split.version_id[:80]!r}: list them "
+                                   f"with `corral versions {name}`", code=VERSION_NOT_FOUND_CODE)
+            content, main_module, metadata = db.execute(
+                "SELECT v.content, b.main_module, b.metadata FROM versions v JOIN bundles b ON b.hash = v.bundle "
+                "WHERE v.id = ?", (primary.version_id,)).fetchone()
+            db.execute(
+                "UPDATE scripts SET version = ?, main_module = ?, metadata = ?, version_id = ?, split = ?, "
+                "modified_on = ? WHERE namespace = ? AND name = ?",
+                (content, main_module, metadata, primary.version_id,
+                 msgspec.json.encode(splits).decode() if len(splits) > 1 else "", now, *key),
+            )
+            info = self._insert_deployment(db, key, splits, source, message, now)
+        self._cache.forget([key])
+        return info
+
+    def list_deployments(self, namespace: str, name: str, limit: int = 100) -> list[DeploymentInfo]:
+        """Deployments newest first (the first one is what serves now)."""
+        key = (namespace, name)
+        rows = self._read(
+            "SELECT id, created_on, versions, source, message FROM deployments "
+            "WHERE namespace = ? AND name = ? ORDER BY seq DESC LIMIT ?", (*key, limit))
+        if not rows and not self._read("SELECT 1 FROM scripts WHERE namespace = ? AND name = ?", key):
+            raise script_not_found(namespace, name)
+        return [DeploymentInfo(id=r[0], created_on=r[1], versions=splits_decoder.decode(r[2]), source=r[3],
+                               message=r[4]) for r in rows]
+
+    def assets_for(self, namespace: str, name: str, version_id: str | None = None) -> dict[str, Any]:
+        """The asset manifest ``{path: {"hash", "size"}}`` of a version (default:
+        the deployed one); blobs open with :meth:`AssetBlobs.open` under the same
+        ``(namespace, name)``. Empty when the version has no assets."""
+        if version_id is None:
+            row = self._read("SELECT version_id FROM scripts WHERE namespace = ? AND name = ?", (namespace, name))
+            if not row:
+                return {}
+            version_id = row[0][0]
+        row = self._read("SELECT assets FROM versions WHERE id = ? AND namespace = ? AND name = ?",
+                         (version_id, namespace, name))
+        return assets_decoder.decode(row[0][0]) if row and row[0][0] else {}
 
     # -- tags ---------------------------------------------------------------
 
@@ -363,7 +593,7 @@ class Store:
                 (msgspec.json.encode(tags).decode(), schema.now(), *key),
             )
             self._write_tag_rows(db, key, tags)
-        self._cache.forget([key], {})
+        self._cache.forget([key])
         return tags
 
     def put_tags(self, namespace: str, name: str, tags: Iterable[str]) -> list[str]:
@@ -379,6 +609,43 @@ class Store:
         """Removing a tag the script does not have is not an error (idempotent)."""
         check_tag(tag)
         return self._update_tags(namespace, name, lambda old: [t for t in old if t != tag])
+
+    # -- API tokens (the TCP admin listener) --------------------------------
+
+    def create_token(self, name: str, scope: str, namespaces: list[str]) -> tuple[TokenInfo, str]:
+        """A new token: its info and its secret, which is shown once and stored
+        only as a SHA-256 hash."""
+        if scope not in TOKEN_SCOPES:
+            raise Invalid(f"token scope {scope!r} is not one of {', '.join(TOKEN_SCOPES)}")
+        for ns in namespaces:
+            check_name("namespace", ns)
+        if not isinstance(name, str) or not 1 <= len(name) <= 200:
+            raise Invalid("a token needs a name of 1 to 200 characters (what it is for)")
+        secret = "crl_" + secrets.token_urlsafe(32)
+        info = TokenInfo(id=uuid.uuid4().hex, name=name, scope=scope, namespaces=sorted(set(namespaces)),
+                         created_on=schema.now())
+        with self._transaction() as db:
+            db.execute("INSERT INTO tokens (id, hash, name, scope, namespaces, created_on) VALUES (?, ?, ?, ?, ?, ?)",
+                       (info.id, token_hash(secret), info.name, info.scope,
+                        msgspec.json.encode(info.namespaces).decode(), info.created_on))
+        return info, secret
+
+    def lookup_token(self, secret: str) -> TokenInfo | None:
+        rows = self._read("SELECT id, name, scope, namespaces, created_on FROM tokens WHERE hash = ?",
+                          (token_hash(secret),))
+        return self._token(rows[0]) if rows else None
+
+    @staticmethod
+    def _token(r: Sequence[Any]) -> TokenInfo:
+        return TokenInfo(id=r[0], name=r[1], scope=r[2], namespaces=tags_decoder.decode(r[3]), created_on=r[4])
+
+    def list_tokens(self) -> list[TokenInfo]:
+        return [self._token(r) for r in self._read(
+            "SELECT id, name, scope, namespaces, created_on FROM tokens ORDER BY created_on")]
+
+    def delete_token(self, token_id: str) -> bool:
+        with self._transaction() as db:
+            return bool(db.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount)
 
     # -- routes -------------------------------------------------------------
 

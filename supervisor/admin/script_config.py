@@ -1,0 +1,189 @@
+"""A script's configuration apart from its code: secrets, settings, bindings,
+and its code back (``content``), as Cloudflare's API has them.
+
+A secret or settings change makes a new version from the deployed one and
+deploys it, as on Cloudflare; a change of tags only is not a new version.
+Secret values go in and never come out: lists show names and types.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import msgspec
+
+from supervisor.admin import multipart
+from supervisor.admin.decode import MAX_METADATA_BYTES, clip, decode_json
+from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, log_event
+from supervisor.admin.render import Response, envelope, settings_json
+from supervisor.admin.router import Request, Router
+from supervisor.errors import Invalid, NotFound
+from supervisor.model import (
+    ScriptRecord,
+    SecretText,
+    UploadMetadata,
+    content_version,
+    decode_metadata,
+    resolve_bindings,
+)
+from supervisor.store.store import script_not_found
+
+
+def with_changes(record: ScriptRecord, **changes: Any) -> ScriptRecord:
+    """A new version's record: the deployed one with ``changes``, re-hashed."""
+    new = msgspec.structs.replace(record, **changes)
+    return msgspec.structs.replace(new, version=content_version(
+        new.main_module, new.modules, new.bindings, new.compatibility_date, new.compatibility_flags))
+
+
+def _secret_json(binding: SecretText) -> dict[str, str]:
+    return {"name": binding.name, "type": "secret_text"}
+
+
+class ScriptConfigHandlers:
+    def __init__(self, core: Handlers) -> None:
+        self.core = core
+        self.store = core.store
+
+    def register(self, router: Router) -> None:
+        for prefix in (f"{_NS}/{{ns}}/scripts", _PS):
+            router.add(f"{prefix}/{{name}}/secrets", GET=self.list_secrets, PUT=self.put_secret)
+            router.add(f"{prefix}/{{name}}/secrets/{{key}}", GET=self.get_secret, DELETE=self.delete_secret)
+            router.add(f"{prefix}/{{name}}/settings", GET=self.get_settings, PATCH=self.edit_settings)
+            router.add(f"{prefix}/{{name}}/bindings", GET=self.get_bindings)
+            router.add(f"{prefix}/{{name}}/content", GET=self.get_content, PUT=self.put_content)
+            router.add(f"{prefix}/{{name}}/content/v2", GET=self.get_content)
+
+    async def _deployed(self, request: Request) -> tuple[str, str, ScriptRecord]:
+        ns, name = _namespace_of(request), _script_of(request)
+        record = await self.core._run(self.store.get_primary, ns, name)
+        if record is None:
+            raise script_not_found(ns, name)
+        return ns, name, record
+
+    async def _store_version(self, record: ScriptRecord, source: str) -> ScriptRecord:
+        stored = await self.core._run(functools.partial(self.store.put_script, record, source=source))
+        self.core._changed(record.namespace, record.name)
+        return stored
+
+    # -- secrets --------------------------------------------------------------
+
+    async def list_secrets(self, request: Request) -> Response:
+        _, _, record = await self._deployed(request)
+        return envelope(200, [_secret_json(b) for b in record.bindings if isinstance(b, SecretText)])
+
+    async def get_secret(self, request: Request) -> Response:
+        _, name, record = await self._deployed(request)
+        key = request.params["key"]
+        for binding in record.bindings:
+            if isinstance(binding, SecretText) and binding.name == key:
+                return envelope(200, _secret_json(binding))
+        raise NotFound(f"script {name!r} has no secret {clip(key)!r}", code=10056)
+
+    async def put_secret(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(body.get("text"), str):
+            raise Invalid('send {"name": "KEY", "text": "VALUE", "type": "secret_text"}')
+        if body.get("type", "secret_text") != "secret_text":
+            raise Invalid(f"secret type {clip(str(body.get('type')))!r} is not supported: use 'secret_text'")
+        secret = SecretText(name=body["name"], text=body["text"])  # validates the name
+        ns, name, record = await self._deployed(request)
+        bindings = [b for b in record.bindings if b.name != secret.name]
+        clash = next((b for b in record.bindings if b.name == secret.name and not isinstance(b, SecretText)), None)
+        if clash is not None:
+            raise Invalid(f"script {name!r} already has a {type(clash).__struct_config__.tag} binding named "
+                          f"{secret.name!r}; a secret cannot replace it")
+        await self._store_version(with_changes(record, bindings=[*bindings, secret]), "secret")
+        log_event(logging.INFO, "admin.secret_put", namespace=ns, script=name, secret=secret.name)
+        return envelope(200, _secret_json(secret))
+
+    async def delete_secret(self, request: Request) -> Response:
+        ns, name, record = await self._deployed(request)
+        key = request.params["key"]
+        if not any(isinstance(b, SecretText) and b.name == key for b in record.bindings):
+            raise NotFound(f"script {name!r} has no secret {clip(key)!r}", code=10056)
+        await self._store_version(with_changes(record, bindings=[b for b in record.bindings if b.name != key]),
+                                  "secret")
+        log_event(logging.INFO, "admin.secret_deleted", namespace=ns, script=name, secret=key)
+        return envelope(200, None)
+
+    # -- settings and bindings ---------------------------------------------------
+
+    async def get_settings(self, request: Request) -> Response:
+        _, _, record = await self._deployed(request)
+        return envelope(200, settings_json(record))
+
+    async def get_bindings(self, request: Request) -> Response:
+        _, _, record = await self._deployed(request)
+        return envelope(200, settings_json(record)["bindings"])
+
+    async def edit_settings(self, request: Request) -> Response:
+        """``PATCH .../settings``: a ``settings`` part (multipart, as the SDK
+        sends it) or a JSON body. Only the fields given change."""
+        raw = self._settings_body(request)
+        ns, name, record = await self._deployed(request)
+        changes: dict[str, Any] = {}
+        known = {k: raw[k] for k in ("bindings", "compatibility_date", "compatibility_flags", "tail_consumers")
+                 if k in raw and raw[k] is not None}
+        if isinstance(known.get("bindings"), list):
+            # A secret as GET .../settings shows it (no text) means: keep it.
+            known["bindings"] = [
+                {"type": "inherit", "name": b.get("name")}
+                if isinstance(b, dict) and b.get("type") == "secret_text" and "text" not in b else b
+                for b in known["bindings"]]
+        if known:
+            metadata: UploadMetadata = decode_metadata({"main_module": record.main_module, **known})
+            if "bindings" in known:
+                changes["bindings"] = resolve_bindings(metadata, record)
+            for field in ("compatibility_date", "compatibility_flags", "tail_consumers"):
+                if field in known:
+                    changes[field] = getattr(metadata, field)
+        if "tags" in raw and raw["tags"] is not None:
+            if not isinstance(raw["tags"], list):
+                raise Invalid("settings.tags must be a list of strings")
+            tags = await self.core._run(self.store.put_tags, ns, name, raw["tags"])
+            record = msgspec.structs.replace(record, tags=tags)
+            self.core._changed(ns, name)
+        if changes:
+            record = await self._store_version(with_changes(record, **changes), "settings")
+        return envelope(200, settings_json(record))
+
+    @staticmethod
+    def _settings_body(request: Request) -> dict[str, Any]:
+        content_type = request.headers.get("content-type", "")
+        if content_type.lower().startswith("multipart/"):
+            parts = multipart.parse(content_type, request.body, max_part_bytes=MAX_METADATA_BYTES)
+            found = [p for p in parts if p.name == "settings"]
+            if not found:
+                raise Invalid("the settings upload has no 'settings' part (JSON)")
+            raw = decode_json(found[0].data, "the 'settings' part", MAX_METADATA_BYTES)
+        else:
+            raw = request.json()
+            if isinstance(raw, dict) and isinstance(raw.get("settings"), dict):
+                raw = raw["settings"]
+        if not isinstance(raw, dict):
+            raise Invalid("settings must be a JSON object, e.g. {\"compatibility_date\": \"2025-06-01\"}")
+        return raw
+
+    # -- content ------------------------------------------------------------------
+
+    async def get_content(self, request: Request) -> Response:
+        """The deployed code as multipart/form-data, one part per module, the
+        main module first (as Cloudflare answers it; not a JSON envelope)."""
+        _, _, record = await self._deployed(request)
+        order = [record.main_module, *sorted(p for p in record.modules if p != record.main_module)]
+        parts = [multipart.Part(name=path, filename=path, data=record.modules[path], content_type="text/x-python")
+                 for path in order]
+        content_type, body = multipart.encode(parts)
+        return 200, [(b"content-type", content_type.encode()),
+                     (b"cf-entrypoint", record.main_module.encode())], body
+
+    async def put_content(self, request: Request) -> Response:
+        """New code, every other setting kept: a new version, deployed."""
+        ns, name = _namespace_of(request), _script_of(request)
+        stored = await self.core.upload(request, ns, name, deploy=True, code_only=True)
+        from supervisor.admin.render import script_json
+
+        return envelope(200, script_json(stored, with_modules=True))

@@ -1,0 +1,125 @@
+"""The optional TCP admin listener, for a platform's control plane on another host.
+
+Every request needs ``Authorization: Bearer <API token>`` (see
+:mod:`supervisor.admin.tokens`), except the asset blob upload, which carries
+its upload session's token there instead. With ``tls_cert`` and ``tls_key``
+configured it speaks TLS only.
+
+Admin traffic is a few requests a second at most, so this is a small h11
+loop over trio streams, bounded like the unix socket (one request at a
+time per connection, a body limit, a header timeout), not the ingress server.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import h11
+import trio
+
+from supervisor.admin.api import AdminAPI
+from supervisor.admin.errors import status_and_code
+from supervisor.admin.render import envelope
+from supervisor.admin.tokens import ASSET_UPLOADER, Principal
+from supervisor.errors import Unauthorized
+from supervisor.log import log, warn
+
+MAX_BODY = 64 * 2**20
+HEADER_TIMEOUT_S = 10.0
+IDLE_TIMEOUT_S = 60.0
+MAX_TOKEN_LENGTH = 256
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+class AdminTCP:
+    def __init__(self, api: AdminAPI, context: ssl.SSLContext | None) -> None:
+        self.api = api
+        self.context = context
+
+    async def serve(self, host: str, port: int, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        if self.context is not None:
+            listeners = [trio.SSLListener(l, self.context, https_compatible=True) for l in listeners]
+        bound = listeners[0].socket.getsockname() if self.context is None \
+            else listeners[0].transport_listener.socket.getsockname()
+        log("admin.tcp_listening", address=f"{bound[0]}:{bound[1]}", tls=self.context is not None)
+        task_status.started(bound)
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def principal(self, target: str, headers: list[tuple[bytes, bytes]]) -> Principal:
+        path = target.split("?", 1)[0].rstrip("/")
+        if path.endswith("/workers/assets/upload"):
+            return ASSET_UPLOADER
+        auth = next((v for k, v in headers if k.lower() == b"authorization"), b"").decode("latin-1")
+        secret = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not secret or len(secret) > MAX_TOKEN_LENGTH:
+            raise Unauthorized("the TCP admin API needs 'Authorization: Bearer <token>' "
+                               "(create one on the host with `corral token create`)")
+        info = await trio.to_thread.run_sync(self.api.store.lookup_token, secret)
+        if info is None:
+            raise Unauthorized("unknown API token: it may have been deleted (see `corral token ls` on the host)")
+        return Principal(token=info)
+
+    async def _connection(self, stream: trio.abc.Stream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        try:
+            while True:
+                request = None
+                body = bytearray()
+                timeout = IDLE_TIMEOUT_S
+                with trio.move_on_after(timeout) as scope:
+                    while True:
+                        event = conn.next_event()
+                        if event is h11.NEED_DATA:
+                            data = await stream.receive_some(65536)
+                            conn.receive_data(data)
+                            if request is None and data:
+                                scope.deadline = min(scope.deadline, trio.current_time() + HEADER_TIMEOUT_S)
+                            continue
+                        if isinstance(event, h11.Request):
+                            request = event
+                        elif isinstance(event, h11.Data):
+                            body += event.data
+                            if len(body) > MAX_BODY:
+                                await self._send(stream, conn, *envelope(413, None, errors=[
+                                    {"code": 10027, "message": f"request body over {MAX_BODY} bytes"}]))
+                                return
+                        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                            break
+                if scope.cancelled_caught or request is None:
+                    return
+                target = request.target.decode("latin-1")
+                headers = list(request.headers)
+                try:
+                    principal = await self.principal(target, headers)
+                except Unauthorized as exc:
+                    status, code, message = status_and_code(exc)
+                    warn("admin.tcp_unauthorized", path=target[:200])
+                    await self._send(stream, conn, *envelope(status, None, errors=[{"code": code, "message": message}]))
+                else:
+                    status, out_headers, payload = await self.api.handle(
+                        request.method, target, headers, bytes(body), principal)
+                    await self._send(stream, conn, status, out_headers, payload)
+                if conn.our_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError,
+                h11.LocalProtocolError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    @staticmethod
+    async def _send(stream: trio.abc.Stream, conn: h11.Connection, status: int,
+                    headers: list[tuple[bytes, bytes]], payload: bytes) -> None:
+        headers = [*headers, (b"content-length", str(len(payload)).encode())]
+        data = conn.send(h11.Response(status_code=status, headers=headers))
+        data += conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage())
+        await stream.send_all(data)

@@ -1,0 +1,124 @@
+"""Versions and deployments, as Cloudflare's Workers versions API has them.
+
+Every upload is a new immutable version. ``POST .../versions`` uploads one
+without deploying it; ``POST .../deployments`` sends traffic to one version
+(100%) or splits it between two (a gradual deployment); a rollback is a
+deployment of an older version. Both exist for platform scripts (as on
+Cloudflare) and for a namespace's scripts (Corral's extension, same shapes).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from supervisor.admin.decode import clip
+from supervisor.admin.render import Response, deployment_json, envelope, script_json, version_json
+from supervisor.admin.router import Request, Router
+from supervisor.errors import Invalid, NotFound
+from supervisor.store.records import Split
+
+from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, log_event
+
+
+def _int(request: Request, field: str, default: int, high: int) -> int:
+    raw = request.query.get(field, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Invalid(f"{field} must be an integer, got {clip(raw)!r}") from None
+    if not 1 <= value <= high:
+        raise Invalid(f"{field} must be from 1 to {high}, got {value}")
+    return value
+
+
+def parse_splits(body: Any) -> tuple[list[Split], str]:
+    """``{"strategy": "percentage", "versions": [{"version_id", "percentage"}],
+    "annotations": {"workers/message": ...}}`` as splits and a message."""
+    if not isinstance(body, dict) or not isinstance(body.get("versions"), list) or not body["versions"]:
+        raise Invalid('send {"strategy": "percentage", "versions": [{"version_id": "...", "percentage": 100}]}')
+    strategy = body.get("strategy", "percentage")
+    if strategy != "percentage":
+        raise Invalid(f"deployment strategy {clip(str(strategy))!r} is not supported: use 'percentage'")
+    splits = []
+    for item in body["versions"]:
+        if not isinstance(item, dict) or not isinstance(item.get("version_id"), str) \
+                or isinstance(item.get("percentage"), bool) or not isinstance(item.get("percentage"), (int, float)):
+            raise Invalid("each deployed version needs a version_id (string) and a percentage (number)")
+        splits.append(Split(version_id=item["version_id"], percentage=float(item["percentage"])))
+    annotations = body.get("annotations") or {}
+    message = annotations.get("workers/message", "") if isinstance(annotations, dict) else ""
+    if not isinstance(message, str) or len(message) > 1000:
+        raise Invalid("annotations['workers/message'] must be a string of at most 1000 characters")
+    return splits, message
+
+
+class VersionHandlers:
+    def __init__(self, core: Handlers) -> None:
+        self.core = core
+        self.store = core.store
+
+    def register(self, router: Router) -> None:
+        for prefix in (f"{_NS}/{{ns}}/scripts", _PS):
+            router.add(f"{prefix}/{{name}}/versions", GET=self.list_versions, POST=self.create_version)
+            router.add(f"{prefix}/{{name}}/versions/{{version}}", GET=self.get_version)
+            router.add(f"{prefix}/{{name}}/deployments", GET=self.list_deployments, POST=self.create_deployment)
+            router.add(f"{prefix}/{{name}}/deployments/{{deployment}}", GET=self.get_deployment,
+                       DELETE=self.delete_deployment)
+
+    async def list_versions(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        page = _int(request, "page", 1, 1_000_000)
+        per_page = _int(request, "per_page", 100, 1000)
+        infos, total = await self.core._run(self.store.list_versions, ns, name, page, per_page)
+        return envelope(200, {"items": [version_json(i) for i in infos]},
+                        result_info={"page": page, "per_page": per_page, "count": len(infos),
+                                     "total_count": total})
+
+    async def get_version(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        version_id = request.params["version"]
+        record = await self.core._run(self.store.get_version_record, ns, name, version_id)
+        info = await self.core._run(self.store.version_info, ns, name, version_id)
+        return envelope(200, version_json(info, record))
+
+    async def create_version(self, request: Request) -> Response:
+        """Upload a version without deploying it (``versions.create``)."""
+        ns, name = _namespace_of(request), _script_of(request)
+        stored = await self.core.upload(request, ns, name, deploy=False)
+        info = await self.core._run(self.store.version_info, ns, name, stored.version_id)
+        result = version_json(info, stored)
+        result["startup_time_ms"] = 0
+        return envelope(200, result)
+
+    async def list_deployments(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        page = _int(request, "page", 1, 1_000_000)
+        infos = await self.core._run(self.store.list_deployments, ns, name) if page == 1 else []
+        shown = [deployment_json(i) for i in infos]
+        # Cloudflare answers {"deployments": [...]}; the SDK pages over "items".
+        return envelope(200, {"deployments": shown, "items": [{"deployments": shown}] if shown else []},
+                        result_info={"page": page, "per_page": len(shown), "count": len(shown)})
+
+    async def get_deployment(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        for info in await self.core._run(self.store.list_deployments, ns, name, 10_000):
+            if info.id == request.params["deployment"]:
+                return envelope(200, deployment_json(info))
+        raise NotFound(f"script {name!r} has no deployment {clip(request.params['deployment'])!r}")
+
+    async def delete_deployment(self, request: Request) -> Response:
+        raise Invalid("deployments are Corral's history and are not deleted; deploy another version instead")
+
+    async def create_deployment(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        splits, message = parse_splits(request.json())
+        info = await self.core._run(functools.partial(self.store.deploy, ns, name, splits, message=message))
+        self.core._changed(ns, name)
+        log_event(logging.INFO, "admin.deployed", namespace=ns, script=name,
+                  versions=[[s.version_id, s.percentage] for s in splits])
+        return envelope(200, deployment_json(info))
+
+
+__all__ = ["VersionHandlers", "parse_splits", "script_json"]
