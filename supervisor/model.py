@@ -165,6 +165,9 @@ Binding = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service,
 #: What upload metadata may say (``inherit`` is resolved at the edge).
 BindingSpec = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service,
                     DispatchNamespace, Inherit]
+#: Bindings the supervisor serves through ``BindingCall`` (supervisor.bindings):
+#: the child sees only their name and type. Durable Objects and queues join here.
+BROKERED: tuple[type, ...] = (KvNamespace, D1, R2Bucket)
 BINDING_TYPES = tuple(cls.__struct_config__.tag for cls in BindingSpec.__args__)  # type: ignore[attr-defined]
 
 
@@ -336,6 +339,9 @@ def to_bundle(record: ScriptRecord) -> messages.ScriptBundle:
             bindings.append(messages.DispatchNamespaceBinding(binding.name, binding.namespace))
         elif isinstance(binding, Service):
             bindings.append(messages.ServiceBinding(binding.name, ""))
+        elif isinstance(binding, BROKERED):
+            kind = type(binding).__struct_config__.tag  # type: ignore[attr-defined]
+            bindings.append(messages.BrokeredBinding(binding.name, kind))
     return messages.ScriptBundle(
         namespace=record.namespace,
         name=record.name,

@@ -19,8 +19,10 @@ import trio
 
 from supervisor.calls import http_client
 from supervisor import log as logmod
+from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
 from supervisor.errors import Unavailable
+from supervisor.bindings import Bindings
 from supervisor.calls.calls import Calls
 from supervisor.config import HttpConfig, ServeConfig
 from supervisor.limits.cpu_account import CpuAccount
@@ -51,12 +53,14 @@ class Supervisor:
             connect_timeout=config.outbound.connect_timeout_s,
             read_timeout=config.outbound.read_timeout_s)
         self.pool.calls = Calls(self.pool, self.store.get_script, config.limits, self.client)
+        self.pool.bindings = self.bindings = Bindings(config.state_dir, config.storage)
         self.ingress = Ingress(config, self.pool, self.route,
                                on_trace=self._log_trace if config.log_invocations else None)
         # cpuTime per invocation is exact only when someone reads traces.
         CpuAccount.exact = config.log_invocations
         CpuAccount.background_ns = int(config.limits.background_cpu_ms * 1_000_000)
         self.admin = AdminAPI(self.store, self)
+        storage_admin.register(self.admin.router, self.bindings)
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
         # The admin socket is the operator's: its own limits (uploads may be
         # large; the API itself answers 413 past the script size limit).
@@ -144,6 +148,7 @@ class Supervisor:
         finally:
             # The pool's tasks are over: every child was killed; now their cgroups go.
             self.pool.memory.close()
+            self.bindings.close()
             self.store.close()
             try:
                 os.unlink(self.config.admin_socket_path)

@@ -24,6 +24,7 @@ from protocol.framing import FrameEncoder, ProtocolError, supervisor_decoder
 from protocol.messages import (
     PROTOCOL_VERSION,
     Abort,
+    BindingCall,
     BodyChunk,
     Credit,
     ExceptionInfo,
@@ -127,6 +128,7 @@ class ChildProcess:
             InvokeFailed: self._on_failed,
             Log: self._on_log,
             SubRequest: self._on_subrequest,
+            BindingCall: self._on_binding_call,
             Abort: self._on_abort,
             Report: self._on_report,
             Loaded: self._on_loaded,
@@ -461,10 +463,17 @@ class ChildProcess:
             call.cancel()  # the tenant stopped waiting for this call
 
     def _on_subrequest(self, message: SubRequest) -> None:
-        if message.call >= self._last_call:
-            raise ProtocolViolation(f"call id {message.call} is not a fresh negative id")
-        self._last_call = message.call
+        self._fresh_call(message.call)
         self.pool.calls.handle(self, message)
+
+    def _on_binding_call(self, message: BindingCall) -> None:
+        self._fresh_call(message.call)
+        self.pool.bindings.handle(self, message)
+
+    def _fresh_call(self, call: int) -> None:
+        if call >= self._last_call:
+            raise ProtocolViolation(f"call id {call} is not a fresh negative id")
+        self._last_call = call
 
     # ------------------------------------------------------------------
     # CPU (see supervisor.limits.cpu_account)

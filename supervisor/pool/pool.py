@@ -35,6 +35,7 @@ from supervisor.model import ScriptRecord, to_bundle
 from supervisor.pool.zygote_client import ZygoteClient
 
 if TYPE_CHECKING:
+    from supervisor.bindings import Bindings
     from supervisor.calls.calls import Calls
 
 #: How long a request waits for a spare before the pool gives up (503).
@@ -59,6 +60,7 @@ class Pool:
         #: Where trace events that belong to no invocation go (None: nowhere).
         self.on_event = on_event
         self.calls: "Calls" = None  # type: ignore[assignment]  # set by the server
+        self.bindings: "Bindings" = None  # type: ignore[assignment]  # set by the server
         #: Who keeps each child's memory limit (cgroup, prlimit or nothing).
         self.memory: Enforcer = choose_memory_enforcement(config.pool.memory_enforcement,
                                                           config.pool.memory_mb)
