@@ -26,7 +26,9 @@ from protocol.messages import (
     MAX_CHUNK,
     PROTOCOL_VERSION,
     Abort,
+    BindingResult,
     BodyChunk,
+    BrokeredBinding,
     Cancel,
     Credit,
     DispatchNamespaceBinding,
@@ -50,6 +52,7 @@ from protocol.messages import (
     TextBinding,
 )
 
+from . import bindings as storage_bindings
 from . import jail, loader, logs, warmup, workers
 from .channel import Channel
 from .streams import IncomingBody, OutgoingBody
@@ -246,6 +249,7 @@ class Runtime:
             Cancel: self._on_cancel,
             SubResponse: self._on_call_result,
             SubFailed: self._on_call_result,
+            BindingResult: self._on_call_result,
             BodyChunk: self._on_chunk,
             Credit: self._on_credit,
             Abort: self._on_abort,
@@ -307,6 +311,9 @@ class Runtime:
                 # The supervisor resolves the target from the stored binding;
                 # the child only names the binding.
                 values[binding.name] = Fetcher(self, "service", binding.name, "")
+            elif isinstance(binding, BrokeredBinding):
+                # KV, D1, R2...: calls name the binding; the supervisor holds the rest.
+                values[binding.name] = storage_bindings.make(binding.kind, binding.name)
         self.env = Env(values)
         try:
             module = loader.load(
@@ -535,7 +542,7 @@ class Runtime:
             response._body = result.body
         return response
 
-    def _on_call_result(self, message: SubResponse | SubFailed) -> None:
+    def _on_call_result(self, message: SubResponse | SubFailed | BindingResult) -> None:
         future = self.calls.get(message.call)
         if future is not None and not future.done():
             future.set_result(message)
