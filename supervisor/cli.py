@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor import model
+from supervisor import cli_d1, model
 from supervisor.admin import multipart
 from supervisor.errors import Invalid
 
@@ -349,6 +349,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("pattern", metavar="PATTERN")
     add.add_argument("script", metavar="SCRIPT")
     r_sub.add_parser("rm", parents=[common], help="delete a route").add_argument("id", metavar="ID")
+    cli_d1.add_parser(sub, common)
     return parser
 
 
@@ -360,6 +361,7 @@ _COMMANDS = {
     "tail": _cmd_tail,
     "ns": _cmd_ns,
     "routes": _cmd_routes,
+    "d1": cli_d1.run,
 }
 
 

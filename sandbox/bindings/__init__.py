@@ -37,7 +37,13 @@ Body = "bytes | IncomingBody | None"
 
 class AttrDict(dict):
     """A dict that also answers attribute access, as a JavaScript object
-    converted by Pyodide would (``result.meta.changes``)."""
+    converted by Pyodide would (``result.meta.changes``). A field wins over
+    a dict method of the same name (``listing.keys`` is KV's list of keys)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name[:1] != "_" and dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        return super().__getattribute__(name)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -159,7 +159,7 @@ def _explain(exc: sqlite3.Error, guard: _Guard, prefix: str, index: int, total: 
              max_bytes: int | None, conn: sqlite3.Connection, page_size: int) -> BindingError:
     name = _error_name(exc)
     where = f"Error in line {index + 1}: " if prefix == "D1_EXEC_ERROR" else ""
-    if guard.refused and name == "SQLITE_AUTH":
+    if guard.refused:  # SQLITE_AUTH, or SQLITE_ERROR for a refused function
         return BindingError(f"{prefix}: {where}{guard.refused}: SQLITE_AUTH")
     if guard.timed_out and name == "SQLITE_INTERRUPT":
         return BindingError(f"{prefix}: {where}the query ran past its time limit and was "
