@@ -30,7 +30,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     ex = d1_sub.add_parser("execute", parents=[common], help="run SQL on a database")
     ex.add_argument("database", metavar="DB", help="binding name, database_name or id")
     what = ex.add_mutually_exclusive_group(required=True)
-    what.add_argument("--command", help="SQL to run")
+    what.add_argument("--command", dest="sql", help="SQL to run")
     what.add_argument("--file", help="a .sql file to run")
     mig = d1_sub.add_parser("migrations", parents=[common], help="database migrations")
     mig_sub = mig.add_subparsers(dest="migrations_command", required=True, metavar="apply")
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace, client: Any) -> int:
                 print(f"corral d1 execute: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
                 return 2
         else:
-            sql = args.command
+            sql = args.sql
         results = _query(client, args, database, sql)
         if args.json:
             print(json.dumps(results, indent=2))

@@ -190,11 +190,15 @@ class FileR2:
                                                  fn, self.dir(scope), *args)
 
     async def receive(self, ctx: Context, op: str, cap: int | None) -> _Upload:
-        """The call's body into a temporary file, within the bytes cap."""
+        """The call's body into a temporary file, within the bytes cap.
+
+        A body larger than the whole cap stops here; whether it fits next to
+        what the bucket holds (less the object it replaces) is decided at
+        commit, under the bucket's lock.
+        """
         run = self.services.offload.run
         upload = await run(_Upload, self.dir(ctx.scope, "tmp"))
         body, ctx.body = ctx.body, None
-        used = await self.db(ctx.scope, _used) if cap is not None else 0
         try:
             while body is not None:
                 chunk = body if isinstance(body, bytes) else await body.receive()
@@ -204,8 +208,8 @@ class FileR2:
                     break
                 if upload.size + len(chunk) > MAX_OBJECT_BYTES:
                     raise _err(op, f"the object is larger than {MAX_OBJECT_BYTES} bytes", 100100)
-                if cap is not None and used + upload.size + len(chunk) > cap:
-                    raise BindingError(quota_error(f"{op}: bucket full", used + upload.size
+                if cap is not None and upload.size + len(chunk) > cap:
+                    raise BindingError(quota_error(f"{op}: bucket full", upload.size
                                                    + len(chunk), cap, "r2_bytes"))
                 await run(upload.write, chunk)
             await run(upload.finish)
@@ -509,7 +513,7 @@ class R2Handler:
         upload = await self.store.receive(ctx, "uploadPart", ctx.quota.r2_bytes)
         etag = upload.hashes["md5"].hexdigest()
         await self.store.db(ctx.scope, _save_part, upload_id, key, number, upload.path,
-                            upload.size, etag)
+                            upload.size, etag, ctx.quota.r2_bytes)
         return Reply({"partNumber": number, "etag": etag})
 
     async def _abortMultipartUpload(self, ctx: Context, args: list[Any]) -> Reply:  # noqa: N802
@@ -564,12 +568,15 @@ def _upload_of(conn: sqlite3.Connection, root: str, upload_id: str, key: str, op
 
 
 def _save_part(conn: sqlite3.Connection, root: str, upload_id: str, key: str, number: int,
-               path: str, size: int, etag: str) -> None:
+               path: str, size: int, etag: str, cap: int | None) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         _upload_of(conn, root, upload_id, key, "uploadPart")
         old = conn.execute("SELECT blob, size FROM parts WHERE upload_id = ? AND number = ?",
                            (upload_id, number)).fetchone()
+        total = _used(conn, root) + size - (old[1] if old else 0)
+        if cap is not None and total > cap:
+            raise BindingError(quota_error("uploadPart: bucket full", total, cap, "r2_bytes"))
         blob = uuid.uuid4().hex
         os.makedirs(os.path.join(root, "blobs"), exist_ok=True)
         os.replace(path, os.path.join(root, "blobs", blob))
