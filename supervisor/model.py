@@ -327,7 +327,9 @@ def to_bundle(record: ScriptRecord) -> messages.ScriptBundle:
     Secrets become text bindings only inside the script's own child; the
     outbound configuration of a dispatch-namespace binding and a service
     binding's target stay in the supervisor (the child only names the
-    binding in its calls, and the supervisor resolves it).
+    binding in its calls, and the supervisor resolves it). Storage
+    bindings (``BROKERED``) reach the child as a name and a type: their
+    ids, and so the data behind them, stay here too.
     """
     bindings: list[messages.Binding] = []
     for binding in record.bindings:

@@ -13,7 +13,8 @@ are dicts that also allow attribute access (``result.results``,
 ``result.meta.changes``), and ``None`` stands for JavaScript's null.
 
 :func:`make` builds the ``env`` object of a binding type; Durable Objects
-and queues add one module and one entry in :data:`KINDS`.
+and queues add one module here whose class is decorated with :func:`kind`
+(every module of this package is imported at zygote time).
 """
 
 from __future__ import annotations
@@ -243,19 +244,38 @@ class GenericBinding:
         return f"<{self._kind} binding {self._name}>"
 
 
-def make(kind: str, name: str) -> Any:
-    """The ``env`` object of a binding of type ``kind``."""
-    factory = KINDS.get(kind)
-    return factory(name) if factory is not None else GenericBinding(name, kind)
+#: The ``env`` class of each binding type (metadata ``type``), filled by
+#: :func:`kind` as the modules of this package are imported.
+KINDS: dict[str, Callable[[str], Any]] = {}
 
 
-# Imported here, at zygote time: the jail has no file system to import from.
-from . import cache, d1, kv, r2  # noqa: E402
+def kind(name: str) -> Callable[[type], type]:
+    """Class decorator: the ``env`` object of bindings of type ``name``."""
 
-#: The ``env`` class of each binding type (metadata ``type``).
-KINDS: dict[str, Callable[[str], Any]] = {
-    "kv_namespace": kv.KVNamespace, "d1": d1.D1Database, "r2_bucket": r2.R2Bucket,
-}
+    def add(cls: type) -> type:
+        KINDS[name] = cls
+        return cls
+
+    return add
+
+
+def make(kind_: str, name: str) -> Any:
+    """The ``env`` object of a binding of type ``kind_``."""
+    factory = KINDS.get(kind_)
+    return factory(name) if factory is not None else GenericBinding(name, kind_)
+
+
+def _load() -> None:
+    # Every module of this package, imported now, at zygote time: the jail
+    # has no file system to import from later.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_load()
 
 
 __all__ = ["AttrDict", "AttrList", "JsException", "call", "make", "options", "wrap"]

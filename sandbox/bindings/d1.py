@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import AttrDict, AttrList, JsException, call, options, wrap
+from . import AttrDict, AttrList, JsException, call, kind, options, wrap
 
 _BIND_TYPES = (type(None), bool, int, float, str, bytes)
 
@@ -84,6 +84,7 @@ class D1PreparedStatement:
         return f"<D1PreparedStatement {self._sql[:40]!r}>"
 
 
+@kind("d1")
 class D1Database:
     """A D1 binding (``d1_databases`` / ``d1``)."""
 

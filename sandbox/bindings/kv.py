@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from . import AttrDict, call, iterate, options, read, stream_value, wrap
+from . import AttrDict, call, iterate, kind, options, read, stream_value, wrap
 
 TYPES = ("text", "json", "arrayBuffer", "bytes", "stream")
 
@@ -42,6 +42,7 @@ def _decode_now(data: bytes, kind: str) -> Any:
     return data.decode("utf-8", "replace")
 
 
+@kind("kv_namespace")
 class KVNamespace:
     """A KV namespace binding (``kv_namespaces`` / ``kv_namespace``)."""
 

@@ -7,7 +7,7 @@ import json as _json
 from typing import Any
 
 from .. import workers
-from . import AttrDict, AttrList, call, camel, iterate, options, read, stream_value, wrap
+from . import AttrDict, AttrList, call, camel, iterate, kind, options, read, stream_value, wrap
 
 _HTTP_HEADERS = {"content-type": "contentType", "content-language": "contentLanguage",
                  "content-disposition": "contentDisposition",
@@ -183,6 +183,7 @@ class R2MultipartUpload:
         return R2Object(value)
 
 
+@kind("r2_bucket")
 class R2Bucket:
     """An R2 bucket binding (``r2_buckets`` / ``r2_bucket``)."""
 

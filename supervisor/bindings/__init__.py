@@ -25,7 +25,9 @@ large, so no frame ever exceeds its limit.
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
@@ -86,6 +88,13 @@ def register(kind: str) -> Callable[[HandlerFactory], HandlerFactory]:
     return add
 
 
+def _load_handlers() -> None:
+    """Import every module of this package: each registers its handler."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in ("base", "io", "quota"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
 def _scope_id(binding: Any) -> str:
     """The id a binding's data is keyed by (Cloudflare's field per type)."""
     for field in ("namespace_id", "id", "bucket_name", "class_name", "queue_name"):
@@ -101,8 +110,7 @@ class Bindings:
     """Answers the binding calls of every child; one per supervisor."""
 
     def __init__(self, state_dir: str, config: StorageConfig) -> None:
-        from supervisor.bindings import cache, d1, kv, r2  # noqa: F401 - they register
-
+        _load_handlers()
         self.services = Services(os.path.join(state_dir, "storage"), config)
         self.config = config
         self.handlers: dict[str, Handler] = {kind: factory(self.services)
