@@ -445,3 +445,14 @@ try:
 except Exception as e:
     return str(e)""")
     assert got == "ok"
+
+
+def test_d1_arguments_larger_than_a_frame_travel_as_a_body(server) -> None:
+    # Three 400 kB values: their arguments (1.2 MB) exceed a child's 1 MiB frame.
+    got = ok(server, "t", """
+await env.DB.exec("CREATE TABLE IF NOT EXISTS wide (a TEXT, b TEXT, c TEXT)")
+v = "x" * 400_000
+await env.DB.prepare("INSERT INTO wide VALUES (?, ?, ?)").bind(v, v, v).run()
+row = await env.DB.prepare("SELECT length(a) + length(b) + length(c) AS n FROM wide").first()
+return row["n"]""")
+    assert got == 1_200_000
