@@ -125,7 +125,17 @@ class ServiceBinding(_Msg, tag="service"):
     service: str
 
 
-Binding = Union[TextBinding, JsonBinding, DispatchNamespaceBinding, ServiceBinding]
+class BrokeredBinding(_Msg, tag="brokered"):
+    """A binding the supervisor serves (KV, D1, R2, and later Durable Objects
+    and queues): the child knows its ``kind`` (the binding's Cloudflare type,
+    e.g. ``"kv_namespace"``) and its name, never the id or the data scope
+    behind it. Calls on it are :class:`BindingCall` frames naming the binding."""
+
+    name: str
+    kind: str
+
+
+Binding = Union[TextBinding, JsonBinding, DispatchNamespaceBinding, ServiceBinding, BrokeredBinding]
 
 
 class ScriptBundle(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
@@ -195,6 +205,16 @@ class SubFailed(_Msg, tag="subfail"):
 
     call: int
     error: ExceptionInfo
+
+
+class BindingResult(_Msg, tag="bresult"):
+    """The answer to :class:`BindingCall` ``call``: a plain-data ``value``
+    and, for calls that return bytes (a KV value, an R2 object), a body
+    (inline, or streamed on stream ``call``). A failure is :class:`SubFailed`."""
+
+    call: int
+    value: Any = None
+    body: Body | None = None
 
 
 # --------------------------------------------------------------------------
@@ -280,6 +300,34 @@ class SubRequest(_Msg, tag="subreq"):
     params: dict[str, Any] | None = None
 
 
+class BindingCall(_Msg, tag="bcall"):
+    """Call ``call`` (negative, the same id space as :class:`SubRequest`):
+    ``method`` of the script's binding named ``binding``, for invocation
+    ``parent``.
+
+    The supervisor resolves the binding (its type, backend and data scope)
+    from the script it stored, never from anything in this frame. ``args``
+    is plain data (msgpack); a value too big for a frame travels as the body
+    (inline, streamed on stream ``call``, or a body the child holds unread). When
+    ``args_in_body`` is set, the body *is* the msgpack-encoded ``args`` (a
+    call whose arguments would not fit in one frame). ``binding`` is
+    :data:`CACHE_BINDING` for the Cache API, which every script has.
+    """
+
+    call: int
+    parent: int
+    binding: str
+    method: str
+    args: list[Any] = []
+    body: Body | None = None
+    args_in_body: bool = False
+
+
+#: ``BindingCall.binding`` of Cache API calls (not an identifier, so no
+#: binding can be named so).
+CACHE_BINDING = "#caches"
+
+
 # --------------------------------------------------------------------------
 # Both directions
 # --------------------------------------------------------------------------
@@ -307,7 +355,8 @@ class Abort(_Msg, tag="abort"):
     reason: str = ""
 
 
-ToChild = Union[Load, Invoke, Cancel, SubResponse, SubFailed, BodyChunk, Credit, Abort]
+ToChild = Union[Load, Invoke, Cancel, SubResponse, SubFailed, BindingResult, BodyChunk, Credit,
+                Abort]
 ToSupervisor = Union[
     Hello,
     Loaded,
@@ -317,6 +366,7 @@ ToSupervisor = Union[
     Log,
     Report,
     SubRequest,
+    BindingCall,
     BodyChunk,
     Credit,
     Abort,

@@ -27,8 +27,10 @@ from protocol.messages import (
     PROTOCOL_VERSION,
     STREAMED,
     Abort,
+    BindingResult,
     Body,
     BodyChunk,
+    BrokeredBinding,
     ByRef,
     Cancel,
     Credit,
@@ -54,6 +56,7 @@ from protocol.messages import (
     TextBinding,
 )
 
+from . import bindings as storage_bindings
 from . import jail, landlock, loader, logs, unavailable, warmup, workers
 from .channel import Channel
 from .streams import IncomingBody, OutgoingBody
@@ -255,6 +258,7 @@ class Runtime:
             Cancel: self._on_cancel,
             SubResponse: self._on_call_result,
             SubFailed: self._on_call_result,
+            BindingResult: self._on_call_result,
             BodyChunk: self._on_chunk,
             Credit: self._on_credit,
             Abort: self._on_abort,
@@ -316,6 +320,9 @@ class Runtime:
                 # The supervisor resolves the target from the stored binding;
                 # the child only names the binding.
                 values[binding.name] = Fetcher(self, "service", binding.name, "")
+            elif isinstance(binding, BrokeredBinding):
+                # KV, D1, R2...: calls name the binding; the supervisor holds the rest.
+                values[binding.name] = storage_bindings.make(binding.kind, binding.name)
         self.env = Env(values)
         try:
             if self._sandboxed:
@@ -366,10 +373,10 @@ class Runtime:
         request.headers = workers.Headers._from_raw(message.headers)
         request.redirect = "manual"
         request._body_used = False
-        request._body = self._receive_body(message.body, message.id)
+        request._body = self.receive_body(message.body, message.id)
         return request
 
-    def _receive_body(self, body: Body | None, stream: int) -> bytes | IncomingBody | None:
+    def receive_body(self, body: Body | None, stream: int) -> bytes | IncomingBody | None:
         """A body the supervisor sends: its bytes, or a stream to pull."""
         if body is None:
             return None
@@ -379,7 +386,7 @@ class Runtime:
         self.incoming[stream] = incoming
         return incoming
 
-    def _send_body(self, body: Any, stream: int) -> tuple[Body | None, OutgoingBody | None]:
+    def send_body(self, body: Any, stream: int) -> tuple[Body | None, OutgoingBody | None]:
         """How a body the child sends travels: inline, handed on unread, or
         streamed (then with the sender to pump it through)."""
         if body is None:
@@ -455,7 +462,7 @@ class Runtime:
     async def _respond(self, inv: int, response: workers.Response) -> None:
         if response._body_used:
             raise TypeError("the response's body was already read")
-        sent, out = self._send_body(response._body, inv)
+        sent, out = self.send_body(response._body, inv)
         self.send(ResponseStart(inv, response.status, response.headers._raw(), sent))
         if out is not None:
             await _pump(response._body, out)
@@ -518,7 +525,7 @@ class Runtime:
         body = request._body
         request._body_used = body is not None
         pump: asyncio.Task | None = None
-        sent, out = self._send_body(body, call)
+        sent, out = self.send_body(body, call)
         self.send(SubRequest(
             call=call, parent=parent, kind=kind,  # type: ignore[arg-type]
             method=request._method.encode("latin-1"), url=request.url,
@@ -545,10 +552,10 @@ class Runtime:
         response.headers = workers.Headers._from_raw(result.headers)
         response.url = result.url or request.url
         response.redirected = result.redirected
-        response._body = self._receive_body(result.body, call)
+        response._body = self.receive_body(result.body, call)
         return response
 
-    def _on_call_result(self, message: SubResponse | SubFailed) -> None:
+    def _on_call_result(self, message: SubResponse | SubFailed | BindingResult) -> None:
         future = self.calls.get(message.call)
         if future is not None and not future.done():
             future.set_result(message)

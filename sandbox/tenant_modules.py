@@ -12,7 +12,8 @@ import json
 import sys
 import types
 
-from . import logs, workers
+from . import logs, pyodide_ffi, workers
+from .bindings.cache import caches
 
 
 def _make_js() -> types.ModuleType:
@@ -24,14 +25,13 @@ def _make_js() -> types.ModuleType:
     js.fetch = workers.fetch  # type: ignore[attr-defined]
     js.JSON = types.SimpleNamespace(stringify=json.dumps, parse=json.loads)  # type: ignore[attr-defined]
     js.Object = types.SimpleNamespace(fromEntries=dict)  # type: ignore[attr-defined]
+    js.caches = caches  # type: ignore[attr-defined]
     return js
 
 
 def _make_pyodide() -> types.ModuleType:
     pyodide = types.ModuleType("pyodide", "Pyodide stand-ins: values are already Python")
-    ffi = types.ModuleType("pyodide.ffi")
-    ffi.to_js = lambda value, **_: value  # type: ignore[attr-defined]
-    ffi.JsProxy = object  # type: ignore[attr-defined]
+    ffi = pyodide_ffi
     pyodide.ffi = ffi  # type: ignore[attr-defined]
     sys.modules["pyodide.ffi"] = ffi
     return pyodide

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor import model
+from supervisor import cli_d1, model
 from supervisor.admin import multipart
 from supervisor.errors import Invalid
 
@@ -291,6 +291,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_versions.add_parsers(sub, common)
     cli_access.add_parsers(sub, common)
+    cli_d1.add_parser(sub, common)
     return parser
 
 
@@ -302,6 +303,7 @@ _COMMANDS = {
     "tail": _cmd_tail,
     "ns": _cmd_ns,
     "routes": _cmd_routes,
+    "d1": cli_d1.run,
 }
 
 

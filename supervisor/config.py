@@ -91,6 +91,44 @@ class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tls_key: str | None = None
 
 
+class QuotaLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Storage caps; unset fields fall through (see supervisor.bindings.quota)."""
+
+    #: Keys in one KV namespace.
+    kv_keys: int | None = None
+    #: Bytes of one D1 database file.
+    d1_bytes: int | None = None
+    #: Bytes of objects in one R2 bucket.
+    r2_bytes: int | None = None
+    #: Messages waiting in one queue (for queues).
+    queue_messages: int | None = None
+    #: Bytes a script's Cache API caches hold.
+    cache_bytes: int | None = None
+
+
+class QuotaConfig(QuotaLimits, forbid_unknown_fields=True, kw_only=True):
+    """Platform-wide caps, then by namespace, tag and script ("NS/NAME", or
+    NAME for a platform script); the tightest that applies wins."""
+
+    namespace: dict[str, QuotaLimits] = {}
+    tag: dict[str, QuotaLimits] = {}
+    script: dict[str, QuotaLimits] = {}
+
+
+class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Storage bindings (KV, D1, R2, Cache API) under ``<state_dir>/storage``."""
+
+    #: Threads that run storage I/O, off the request loop.
+    threads: int = 8
+    #: Time one D1 query (or batch) may run before it is interrupted.
+    d1_query_ms: float = 30_000.0
+    #: Largest D1 result (the sum of its values) returned to a script.
+    d1_result_bytes: int = 32 * 1024 * 1024
+    #: Databases (KV namespaces, D1 databases, R2 indexes) kept open.
+    open_databases: int = 256
+    quota: QuotaConfig = msgspec.field(default_factory=QuotaConfig)
+
+
 class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     http: str = "127.0.0.1:8080"
     admin_socket: str | None = None
@@ -100,6 +138,7 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     outbound: OutboundConfig = msgspec.field(default_factory=OutboundConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     #: Log every request's trace event (outcome, cpuTime, wallTime, children)
     #: as a JSON line; off by default, it costs throughput.
     log_invocations: bool = False

@@ -165,6 +165,9 @@ Binding = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service,
 #: What upload metadata may say (``inherit`` is resolved at the edge).
 BindingSpec = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service,
                     DispatchNamespace, Inherit]
+#: Bindings the supervisor serves through ``BindingCall`` (supervisor.bindings):
+#: the child sees only their name and type. Durable Objects and queues join here.
+BROKERED: tuple[type, ...] = (KvNamespace, D1, R2Bucket)
 BINDING_TYPES = tuple(cls.__struct_config__.tag for cls in BindingSpec.__args__)  # type: ignore[attr-defined]
 
 
@@ -341,7 +344,9 @@ def to_bundle(record: ScriptRecord, bundle_dir: str,
     Secrets become text bindings only inside the script's own child; the
     outbound configuration of a dispatch-namespace binding and a service
     binding's target stay in the supervisor (the child only names the
-    binding in its calls, and the supervisor resolves it).
+    binding in its calls, and the supervisor resolves it). Storage
+    bindings (``BROKERED``) reach the child as a name and a type: their
+    ids, and so the data behind them, stay here too.
     """
     bindings: list[messages.Binding] = []
     for binding in record.bindings:
@@ -353,6 +358,9 @@ def to_bundle(record: ScriptRecord, bundle_dir: str,
             bindings.append(messages.DispatchNamespaceBinding(binding.name, binding.namespace))
         elif isinstance(binding, Service):
             bindings.append(messages.ServiceBinding(binding.name, ""))
+        elif isinstance(binding, BROKERED):
+            kind = type(binding).__struct_config__.tag  # type: ignore[attr-defined]
+            bindings.append(messages.BrokeredBinding(binding.name, kind))
     return messages.ScriptBundle(
         namespace=record.namespace,
         name=record.name,

@@ -19,8 +19,10 @@ import trio
 
 from supervisor.calls import http_client
 from supervisor import log as logmod
+from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
 from supervisor.errors import Unavailable
+from supervisor.bindings import Bindings
 from supervisor.calls.calls import Calls
 from supervisor.config import AdminConfig, HttpConfig, ServeConfig
 from supervisor.store.assets import AssetBlobs
@@ -53,9 +55,11 @@ class Supervisor:
             max_response_bytes=MAX_FETCH_RESPONSE, policy=EgressPolicy(config.outbound),
             connect_timeout=config.outbound.connect_timeout_s,
             read_timeout=config.outbound.read_timeout_s)
+        self.bindings = Bindings(config.state_dir, config.storage)
         self.pool = Pool(
             config,
             calls=lambda pool: Calls(pool, self.scripts, config.limits, self.client),
+            bindings=self.bindings,
             on_event=self._log_event if config.log_invocations else None,
             # cpuTime per invocation is exact only when someone reads traces.
             exact_cpu=config.log_invocations)
@@ -63,6 +67,7 @@ class Supervisor:
                                on_trace=self._log_trace if config.log_invocations else None)
         self.admin = AdminAPI(self.store, self,
                               blobs=AssetBlobs(os.path.join(config.state_dir, "assets")))
+        storage_admin.register(self.admin.router, self.bindings)
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
         # The admin socket is the operator's: its own limits (uploads may be
         # large; the API itself answers 413 past the script size limit).
@@ -163,6 +168,7 @@ class Supervisor:
         finally:
             # The pool's tasks are over: every child was killed; now their cgroups go.
             self.pool.memory.close()
+            self.bindings.close()
             self.store.close()
             try:
                 os.unlink(self.config.admin_socket_path)

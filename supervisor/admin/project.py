@@ -50,16 +50,23 @@ class Project(msgspec.Struct, kw_only=True):
 class _KV(msgspec.Struct):
     binding: str
     id: str
+    preview_id: str | None = None
 
 
 class _D1(msgspec.Struct):
     binding: str
     database_id: str
+    database_name: str = ""
+    preview_database_id: str | None = None
+    migrations_dir: str = "migrations"
+    migrations_table: str = "d1_migrations"
 
 
 class _R2(msgspec.Struct):
     binding: str
     bucket_name: str
+    preview_bucket_name: str | None = None
+    jurisdiction: str | None = None
 
 
 class _Outbound(msgspec.Struct):
@@ -197,7 +204,8 @@ def _bindings(config: WranglerConfig) -> list[model.BindingSpec]:
     for d1 in config.d1_databases:
         bindings.append(model.D1(name=d1.binding, id=d1.database_id))
     for r2 in config.r2_buckets:
-        bindings.append(model.R2Bucket(name=r2.binding, bucket_name=r2.bucket_name))
+        bindings.append(model.R2Bucket(name=r2.binding, bucket_name=r2.bucket_name,
+                                       jurisdiction=r2.jurisdiction or None))
     for dn in config.dispatch_namespaces:
         outbound = None
         if dn.outbound is not None:

@@ -29,6 +29,7 @@ from protocol.messages import (
     ByRef,
     Inline,
     Abort,
+    BindingCall,
     BodyChunk,
     Credit,
     ExceptionInfo,
@@ -93,6 +94,9 @@ class ChildOwner(Protocol):
 
     def on_subrequest(self, child: "ChildProcess", message: SubRequest) -> None:
         """The child asks for a call (dispatch, service, fetch)."""
+
+    def on_binding_call(self, child: "ChildProcess", message: BindingCall) -> None:
+        """The child calls a method of one of its storage bindings."""
 
     def on_background_overrun(self, child: "ChildProcess") -> None:
         """The kernel killed the child for CPU it burnt outside any invocation."""
@@ -210,6 +214,7 @@ class ChildProcess:
             InvokeFailed: self._on_failed,
             Log: self._on_log,
             SubRequest: self._on_subrequest,
+            BindingCall: self._on_binding_call,
             Abort: self._on_abort,
             Report: self._on_report,
             Loaded: self._on_loaded,
@@ -601,10 +606,17 @@ class ChildProcess:
             call.cancel()  # the tenant stopped waiting for this call
 
     def _on_subrequest(self, message: SubRequest) -> None:
-        if message.call >= self._last_call:
-            raise ProtocolViolation(f"call id {message.call} is not a fresh negative id")
-        self._last_call = message.call
+        self._fresh_call(message.call)
         self.owner.on_subrequest(self, message)
+
+    def _on_binding_call(self, message: BindingCall) -> None:
+        self._fresh_call(message.call)
+        self.owner.on_binding_call(self, message)
+
+    def _fresh_call(self, call: int) -> None:
+        if call >= self._last_call:
+            raise ProtocolViolation(f"call id {call} is not a fresh negative id")
+        self._last_call = call
 
     # ------------------------------------------------------------------
     # CPU (see supervisor.limits.cpu_account)

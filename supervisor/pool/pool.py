@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol
 
 import trio
 
-from protocol.messages import Invoke, Limits, SubRequest
+from protocol.messages import BindingCall, ExceptionInfo, Invoke, Limits, SubFailed, SubRequest
 
 from supervisor.config import ServeConfig
 from supervisor.lifecycle import ChildState, KillReason, Outcome
@@ -74,6 +74,13 @@ class SubrequestHandler(Protocol):
         """Start the call; it is answered to ``child`` later. Must not raise."""
 
 
+class BindingHandler(Protocol):
+    """Where a child's storage binding calls go (``supervisor.bindings.Bindings``)."""
+
+    def handle(self, child: ChildProcess, message: BindingCall) -> None:
+        """Start the operation; it is answered to ``child`` later. Must not raise."""
+
+
 #: Builds the pool's call handler once the pool exists (calls need the pool
 #: to invoke their targets; the pool needs the handler for its children).
 CallsFactory = Callable[["Pool"], SubrequestHandler]
@@ -82,13 +89,15 @@ CallsFactory = Callable[["Pool"], SubrequestHandler]
 class Pool:
     def __init__(self, config: ServeConfig, calls: CallsFactory,
                  on_event: Callable[[dict[str, Any]], None] | None = None, *,
-                 exact_cpu: bool = True) -> None:
+                 bindings: BindingHandler | None = None, exact_cpu: bool = True) -> None:
         """``exact_cpu``: read each child's CPU counter whenever an invocation
         ends (exact ``cpuTime``; a syscall per invocation, so only when
         someone reads traces)."""
         self.config = config
         #: Where trace events that belong to no invocation go (None: nowhere).
         self.on_event = on_event
+        #: Storage binding calls (None: a script's binding calls fail cleanly).
+        self.bindings = bindings
         #: Who keeps each child's memory limit (cgroup, prlimit or nothing).
         self.memory: Enforcer = choose_memory_enforcement(config.pool.memory_enforcement,
                                                           config.pool.memory_mb)
@@ -197,6 +206,13 @@ class Pool:
 
     def on_subrequest(self, child: ChildProcess, message: SubRequest) -> None:
         self.calls.handle(child, message)
+
+    def on_binding_call(self, child: ChildProcess, message: BindingCall) -> None:
+        if self.bindings is not None:
+            self.bindings.handle(child, message)
+        else:
+            child.send(SubFailed(message.call, ExceptionInfo(
+                "Error", "storage bindings are not available in this supervisor")))
 
     def on_background_overrun(self, child: ChildProcess) -> None:
         """A child burnt its background allowance outside any invocation (a

@@ -1,0 +1,271 @@
+"""Storage bindings on ``env`` (KV, D1, R2) and the Cache API, tenant side.
+
+Every method is one :func:`call`: a ``BindingCall`` frame naming the
+binding and the method, answered by the supervisor with a value (and bytes,
+for values and objects). The child holds no database, file or socket: the
+supervisor resolves the binding from the script it stored and does the
+I/O. Failures raise ``pyodide.ffi.JsException`` with Cloudflare's message,
+as tenants catch them there.
+
+Options are accepted as Cloudflare's JavaScript passes them (a dict with
+camelCase keys) and as Python keywords in camelCase or snake_case; results
+are dicts that also allow attribute access (``result.results``,
+``result.meta.changes``), and ``None`` stands for JavaScript's null.
+
+:func:`make` builds the ``env`` object of a binding type; Durable Objects
+and queues add one module here whose class is decorated with :func:`kind`
+(every module of this package is imported at zygote time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import msgspec
+
+from protocol.messages import MAX_CHUNK, Abort, BindingCall, SubFailed
+
+from .. import workers
+from ..pyodide_ffi import JsException
+from ..streams import IncomingBody, OutgoingBody
+
+#: Arguments larger than this (encoded) travel as the call's body.
+MAX_INLINE_ARGS = 512 * 1024
+
+Body = "bytes | IncomingBody | None"
+
+
+class AttrDict(dict):
+    """A dict that also answers attribute access, as a JavaScript object
+    converted by Pyodide would (``result.meta.changes``). A field wins over
+    a dict method of the same name (``listing.keys`` is KV's list of keys)."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name[:1] != "_" and dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        return super().__getattribute__(name)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def to_py(self) -> "AttrDict":
+        return self
+
+
+class AttrList(list):
+    """A list with Pyodide's ``to_py()``, for code written against JsProxy."""
+
+    def to_py(self) -> "AttrList":
+        return self
+
+
+def wrap(value: Any) -> Any:
+    """Plain data as AttrDict / AttrList, all the way down."""
+    if isinstance(value, dict):
+        return AttrDict({k: wrap(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return AttrList(wrap(v) for v in value)
+    return value
+
+
+def camel(name: str) -> str:
+    """``expiration_ttl`` -> ``expirationTtl``; camelCase stays as it is."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def options(positional: Any, keywords: dict[str, Any], where: str,
+            nested: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Merge a JavaScript-style options dict and Python keywords.
+
+    Keys become camelCase at the top level and inside the ``nested``
+    option objects (``onlyIf``, ``range``, ``httpMetadata``); user data
+    (``metadata``, ``customMetadata``) keeps its keys.
+    """
+    merged: dict[str, Any] = {}
+    if positional is not None:
+        if not isinstance(positional, dict):
+            raise TypeError(f"{where}: options must be a dict, got {type(positional).__name__}")
+        merged.update(positional)
+    merged.update(keywords)
+    out = {camel(k): v for k, v in merged.items()}
+    for key in nested:
+        if isinstance(out.get(key), dict):
+            out[key] = {camel(k): v for k, v in out[key].items()}
+    return out
+
+
+def _plain(value: Any, where: str) -> None:
+    try:
+        msgspec.msgpack.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{where}: arguments must be plain data (str, numbers, bool, None, "
+                        f"bytes, lists, dicts): {exc}") from None
+
+
+async def call(binding: str, method: str, args: list[Any], body: Any = None
+               ) -> tuple[Any, "bytes | IncomingBody | None"]:
+    """Call ``method`` of ``binding`` in the supervisor; ``(value, body)``.
+
+    ``body`` (bytes, str, or an async iterator of bytes) is sent inline
+    when small, else streamed with credit. The returned body is bytes or,
+    when large, an :class:`IncomingBody` that streams on demand.
+    """
+    runtime = workers._runtime
+    parent = workers.current_invocation.get()
+    if runtime is None or parent == 0 or parent not in runtime.invocations:
+        raise RuntimeError(f"{method}() can only be called while handling a request "
+                           "(not at import time)")
+    try:
+        packed = msgspec.msgpack.encode(args)
+    except (TypeError, ValueError, OverflowError):
+        _plain(args, f"{method}()")
+        raise
+    fields: dict[str, Any] = {"args": args}
+    if len(packed) > MAX_INLINE_ARGS:
+        if body is not None:
+            raise TypeError(f"{method}(): the arguments are too large")
+        fields = {"args_in_body": True}
+        body = packed
+    if isinstance(body, str):
+        body = body.encode()
+    elif isinstance(body, (bytearray, memoryview)):
+        body = bytes(body)
+    call_id = runtime._next_call
+    runtime._next_call -= 1
+    future = runtime.loop.create_future()
+    runtime.calls[call_id] = future
+    pump: asyncio.Task | None = None
+    fields["body"], out = runtime.send_body(body, call_id)
+    runtime.send(BindingCall(call=call_id, parent=parent, binding=binding, method=method,
+                             **fields))
+    if out is not None:
+        pump = runtime.loop.create_task(_pump(body, out))
+    try:
+        result = await future
+    except asyncio.CancelledError:
+        runtime.send(Abort(call_id, "caller cancelled"))
+        if pump is not None:
+            pump.cancel()
+        raise
+    finally:
+        runtime.calls.pop(call_id, None)
+        if pump is not None and pump.done():
+            runtime.outgoing.pop(call_id, None)
+    if isinstance(result, SubFailed):
+        if pump is not None:
+            pump.cancel()
+            runtime.outgoing.pop(call_id, None)
+        raise JsException(result.error.name, result.error.message)
+    return result.value, runtime.receive_body(result.body, call_id)
+
+
+async def _pump(body: Any, out: OutgoingBody) -> None:
+    try:
+        if isinstance(body, bytes):
+            for start in range(0, len(body), MAX_CHUNK):
+                await out.write(body[start : start + MAX_CHUNK])
+        else:
+            async for chunk in body:
+                if isinstance(chunk, str):
+                    chunk = chunk.encode()
+                await out.write(bytes(chunk))
+    except BaseException as exc:
+        out.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    out.end()
+
+
+async def read(body: "bytes | IncomingBody | None") -> bytes:
+    if body is None:
+        return b""
+    if isinstance(body, bytes):
+        return body
+    return await body.read_all()
+
+
+async def iterate(body: "bytes | IncomingBody | None"):  # type: ignore[no-untyped-def]
+    """A body as an async iterator of bytes (a ReadableStream's stand-in)."""
+    if isinstance(body, IncomingBody):
+        async for chunk in body:
+            yield chunk
+    elif body:
+        yield body
+
+
+def stream_value(value: Any, where: str) -> Any:
+    """A value to send as a body: bytes, str, or an async iterator of bytes."""
+    if isinstance(value, (bytes, bytearray, memoryview, str)):
+        return value
+    if isinstance(value, workers.Request | workers.Response):
+        return value.body
+    if hasattr(value, "__aiter__"):
+        return value
+    raise TypeError(f"{where} accepts only strings, bytes and async iterators of bytes "
+                    f"(ReadableStreams) as values, not {type(value).__name__}")
+
+
+class GenericBinding:
+    """A brokered binding this SDK has no class for yet: every attribute is
+    a method call the supervisor answers (or refuses, by name)."""
+
+    def __init__(self, name: str, kind: str) -> None:
+        self._name = name
+        self._kind = kind
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        async def invoke(*args: Any) -> Any:
+            value, _ = await call(self._name, method, list(args))
+            return wrap(value)
+
+        return invoke
+
+    def __repr__(self) -> str:
+        return f"<{self._kind} binding {self._name}>"
+
+
+#: The ``env`` class of each binding type (metadata ``type``), filled by
+#: :func:`kind` as the modules of this package are imported.
+KINDS: dict[str, Callable[[str], Any]] = {}
+
+
+def kind(name: str) -> Callable[[type], type]:
+    """Class decorator: the ``env`` object of bindings of type ``name``."""
+
+    def add(cls: type) -> type:
+        KINDS[name] = cls
+        return cls
+
+    return add
+
+
+def make(kind_: str, name: str) -> Any:
+    """The ``env`` object of a binding of type ``kind_``."""
+    factory = KINDS.get(kind_)
+    return factory(name) if factory is not None else GenericBinding(name, kind_)
+
+
+def _load() -> None:
+    # Every module of this package, imported now, at zygote time: the jail
+    # has no file system to import from later.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_load()
+
+
+__all__ = ["AttrDict", "AttrList", "JsException", "call", "make", "options", "wrap"]

@@ -1,0 +1,120 @@
+"""``env.DB``: D1 with Cloudflare's methods and result shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import AttrDict, AttrList, JsException, call, kind, options, wrap
+
+_BIND_TYPES = (type(None), bool, int, float, str, bytes)
+
+
+def _bindable(value: Any) -> Any:
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, list) and all(isinstance(v, int) and 0 <= v < 256 for v in value):
+        return bytes(value)  # an ArrayBuffer as D1 hands it back
+    if not isinstance(value, _BIND_TYPES):
+        raise JsException("Error", f"D1_TYPE_ERROR: Type '{type(value).__name__}' not supported "
+                                   f"for value '{str(value)[:60]}'")
+    return value
+
+
+def _cell(value: Any) -> Any:
+    """BLOBs come back as lists of byte values, as D1 returns them."""
+    return list(value) if isinstance(value, bytes) else value
+
+
+def _rows(raw: dict[str, Any]) -> list[AttrDict]:
+    columns = raw["columns"]
+    return AttrList(AttrDict(zip(columns, map(_cell, row))) for row in raw["rows"])
+
+
+def _result(raw: dict[str, Any]) -> AttrDict:
+    return AttrDict(results=_rows(raw), success=True, meta=wrap(raw["meta"]))
+
+
+class D1PreparedStatement:
+    """``DB.prepare(sql)``; ``bind()`` returns a new statement, as on Cloudflare."""
+
+    def __init__(self, db: "D1Database", sql: str, params: list[Any] | None = None) -> None:
+        if not isinstance(sql, str):
+            raise TypeError(f"prepare() takes SQL as a string, not {type(sql).__name__}")
+        self._db = db
+        self._sql = sql
+        self._params = params or []
+
+    def bind(self, *values: Any) -> "D1PreparedStatement":
+        return D1PreparedStatement(self._db, self._sql, [_bindable(v) for v in values])
+
+    def _wire(self) -> list[Any]:
+        return [self._sql, self._params]
+
+    async def _query(self) -> dict[str, Any]:
+        value, _ = await call(self._db._name, "query", [self._wire()])
+        return value
+
+    async def all(self) -> AttrDict:
+        return _result(await self._query())
+
+    async def run(self) -> AttrDict:
+        return _result(await self._query())
+
+    async def first(self, column: str | None = None, **keywords: Any) -> Any:
+        column = keywords.get("colName", keywords.get("col_name", column))
+        raw = await self._query()
+        rows = _rows(raw)
+        if column is not None and column not in raw["columns"]:
+            if not rows:
+                return None
+            raise JsException("Error", f"D1_COLUMN_NOTFOUND: Column not found ({column})")
+        if not rows:
+            return None
+        return rows[0] if column is None else rows[0][column]
+
+    async def raw(self, options_: Any = None, **keywords: Any) -> AttrList:
+        opts = options(options_, keywords, "raw()")
+        raw = await self._query()
+        rows = AttrList(AttrList(map(_cell, row)) for row in raw["rows"])
+        if opts.get("columnNames"):
+            rows.insert(0, AttrList(raw["columns"]))
+        return rows
+
+    def __repr__(self) -> str:
+        return f"<D1PreparedStatement {self._sql[:40]!r}>"
+
+
+@kind("d1")
+class D1Database:
+    """A D1 binding (``d1_databases`` / ``d1``)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def prepare(self, sql: str) -> D1PreparedStatement:
+        return D1PreparedStatement(self, sql)
+
+    async def batch(self, statements: Any) -> AttrList:
+        statements = list(statements)
+        if not all(isinstance(s, D1PreparedStatement) for s in statements):
+            raise TypeError("batch() takes a list of prepared statements (DB.prepare(...))")
+        value, _ = await call(self._name, "batch", [[s._wire() for s in statements]])
+        return AttrList(_result(r) for r in value)
+
+    async def exec(self, sql: str) -> AttrDict:  # noqa: A003 - D1's name
+        value, _ = await call(self._name, "exec", [sql])
+        return wrap(value)
+
+    def withSession(self, constraint: Any = None) -> "D1Database":  # noqa: N802
+        """Sessions (read replication) are one database here: the same binding."""
+        return self
+
+    with_session = withSession
+
+    def getBookmark(self) -> None:  # noqa: N802
+        return None
+
+    get_bookmark = getBookmark
+
+    def __repr__(self) -> str:
+        return f"<D1Database {self._name}>"

@@ -1,0 +1,99 @@
+"""``env.KV``: Workers KV with Cloudflare's methods and shapes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from . import AttrDict, call, iterate, kind, options, read, stream_value, wrap
+
+TYPES = ("text", "json", "arrayBuffer", "bytes", "stream")
+
+
+def _type_of(type_: Any, keywords: dict[str, Any], where: str) -> str:
+    """``get(key, "json")``, ``get(key, {"type": "json"})`` or ``get(key, type="json")``."""
+    if isinstance(type_, str) or type_ is None:
+        opts = options(None, keywords, where)
+        kind = type_ or opts.get("type") or "text"
+    else:
+        kind = options(type_, keywords, where).get("type") or "text"
+    if kind not in TYPES:
+        raise TypeError('Unknown response type. Possible types are "text", "arrayBuffer", '
+                        '"json", and "stream".')
+    return kind
+
+
+async def _decode(body: Any, kind: str) -> Any:
+    if kind == "stream":
+        return iterate(body)
+    data = await read(body)
+    if kind == "text":
+        return data.decode("utf-8", "replace")
+    if kind == "json":
+        return wrap(json.loads(data))
+    return data
+
+
+def _decode_now(data: bytes, kind: str) -> Any:
+    if kind == "json":
+        return wrap(json.loads(data))
+    return data.decode("utf-8", "replace")
+
+
+@kind("kv_namespace")
+class KVNamespace:
+    """A KV namespace binding (``kv_namespaces`` / ``kv_namespace``)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    async def _get(self, key: Any, type_: Any, keywords: dict[str, Any], with_meta: bool) -> Any:
+        where = "KV.getWithMetadata()" if with_meta else "KV.get()"
+        kind = _type_of(type_, keywords, where)
+        if isinstance(key, (list, tuple)):
+            if kind not in ("text", "json"):
+                raise TypeError(f'{where}: bulk gets take type "text" or "json"')
+            _, body = await call(self._name, "get", [list(key), {"type": kind}])
+            packed = msgspec.msgpack.decode(await read(body))
+            out: dict[str, Any] = {}
+            for name in key:
+                hit = packed.get(name)
+                value = None if hit is None else _decode_now(hit[0], kind)
+                out[name] = AttrDict(value=value, metadata=wrap(hit[1]) if hit else None) \
+                    if with_meta else value
+            return out
+        value, body = await call(self._name, "get", [key, {"type": kind}])
+        if value is None:
+            return AttrDict(value=None, metadata=None, cacheStatus=None) if with_meta else None
+        data = await _decode(body, kind)
+        if with_meta:
+            return AttrDict(value=data, metadata=wrap(value.get("metadata")), cacheStatus=None)
+        return data
+
+    async def get(self, key: Any, type: Any = None, **keywords: Any) -> Any:  # noqa: A002
+        return await self._get(key, type, keywords, False)
+
+    async def getWithMetadata(self, key: Any, type: Any = None, **keywords: Any) -> Any:  # noqa: A002,N802
+        return await self._get(key, type, keywords, True)
+
+    get_with_metadata = getWithMetadata
+
+    async def put(self, key: str, value: Any, options_: Any = None, **keywords: Any) -> None:
+        opts = options(options_, keywords, "KV.put()")
+        body = stream_value(value, "KV put()")
+        sent = {k: opts[k] for k in ("expiration", "expirationTtl", "metadata") if k in opts}
+        await call(self._name, "put", [key, sent], body)
+
+    async def delete(self, key: str) -> None:
+        await call(self._name, "delete", [key])
+
+    async def list(self, options_: Any = None, **keywords: Any) -> AttrDict:
+        opts = options(options_, keywords, "KV.list()")
+        sent = {k: opts[k] for k in ("prefix", "limit", "cursor") if opts.get(k) is not None}
+        value, _ = await call(self._name, "list", [sent])
+        return wrap(value)
+
+    def __repr__(self) -> str:
+        return f"<KVNamespace {self._name}>"

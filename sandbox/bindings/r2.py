@@ -1,0 +1,266 @@
+"""``env.BUCKET``: R2 with Cloudflare's methods, objects and options."""
+
+from __future__ import annotations
+
+import datetime
+import json as _json
+from typing import Any
+
+from .. import workers
+from . import AttrDict, AttrList, call, camel, iterate, kind, options, read, stream_value, wrap
+
+_HTTP_HEADERS = {"content-type": "contentType", "content-language": "contentLanguage",
+                 "content-disposition": "contentDisposition",
+                 "content-encoding": "contentEncoding", "cache-control": "cacheControl",
+                 "expires": "cacheExpiry"}
+
+
+def _ms(value: Any) -> Any:
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return value.timestamp() * 1000.0
+    return value
+
+
+def _http_metadata(value: Any) -> Any:
+    if isinstance(value, workers.Headers):
+        return {field: value.get(name) for name, field in _HTTP_HEADERS.items() if value.has(name)}
+    if isinstance(value, dict):
+        return {camel(k): (_ms(v) if camel(k) == "cacheExpiry" else v) for k, v in value.items()}
+    return value
+
+
+def _only_if(value: Any) -> Any:
+    if isinstance(value, workers.Headers):
+        import email.utils
+
+        out: dict[str, Any] = {}
+        if value.has("if-match"):
+            out["etagMatches"] = value.get("if-match")
+        if value.has("if-none-match"):
+            out["etagDoesNotMatch"] = value.get("if-none-match")
+        for header, key in (("if-unmodified-since", "uploadedBefore"),
+                            ("if-modified-since", "uploadedAfter")):
+            if value.has(header):
+                try:
+                    out[key] = email.utils.parsedate_to_datetime(value.get(header)).timestamp() * 1000
+                except (TypeError, ValueError):
+                    pass
+        return out
+    if isinstance(value, dict):
+        return {k: _ms(v) for k, v in value.items()}
+    return value
+
+
+def _range(value: Any) -> Any:
+    if isinstance(value, workers.Headers):
+        value = value.get("range")
+    if isinstance(value, str):  # "bytes=0-99", "bytes=100-", "bytes=-50"
+        spec = value.strip().removeprefix("bytes=")
+        start, _, end = spec.partition("-")
+        if not start:
+            return {"suffix": int(end)}
+        return {"offset": int(start), **({"length": int(end) - int(start) + 1} if end else {})}
+    return value
+
+
+class R2Object:
+    """An object's metadata (``head``, ``put``, ``list``)."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.key: str = raw["key"]
+        self.version: str = raw["version"]
+        self.size: int = raw["size"]
+        self.etag: str = raw["etag"]
+        self.httpEtag: str = raw["httpEtag"]  # noqa: N815
+        self.uploaded = datetime.datetime.fromtimestamp(raw["uploaded"] / 1000.0,
+                                                        datetime.timezone.utc)
+        self.httpMetadata = wrap(raw.get("httpMetadata") or {})  # noqa: N815
+        self.customMetadata = wrap(raw.get("customMetadata") or {})  # noqa: N815
+        self.checksums = wrap(raw.get("checksums") or {})
+        self.storageClass: str = raw.get("storageClass", "Standard")  # noqa: N815
+        self.range = wrap(raw.get("range"))
+
+    @property
+    def http_etag(self) -> str:
+        return self.httpEtag
+
+    @property
+    def http_metadata(self) -> AttrDict:
+        return self.httpMetadata
+
+    @property
+    def custom_metadata(self) -> AttrDict:
+        return self.customMetadata
+
+    @property
+    def storage_class(self) -> str:
+        return self.storageClass
+
+    def writeHttpMetadata(self, headers: Any) -> None:  # noqa: N802
+        """Set the object's HTTP metadata as headers (``workers.Headers`` or a dict)."""
+        names = {field: name for name, field in _HTTP_HEADERS.items()}
+        for field, value in self.httpMetadata.items():
+            if field in names and value is not None:
+                if field == "cacheExpiry":
+                    value = datetime.datetime.fromtimestamp(
+                        float(value) / 1000.0, datetime.timezone.utc).strftime(
+                        "%a, %d %b %Y %H:%M:%S GMT")
+                headers[names[field]] = str(value)
+
+    write_http_metadata = writeHttpMetadata
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.key!r} {self.size} bytes>"
+
+
+class R2ObjectBody(R2Object):
+    """An object with its body (``get``): read it once, as text, JSON, bytes or a stream."""
+
+    def __init__(self, raw: dict[str, Any], body: Any) -> None:
+        super().__init__(raw)
+        self._body = body
+        self._used = False
+
+    def _take(self) -> Any:
+        if self._used:
+            raise TypeError("the object's body was already used")
+        self._used = True
+        return self._body
+
+    @property
+    def body(self) -> Any:
+        return iterate(self._take())
+
+    @property
+    def bodyUsed(self) -> bool:  # noqa: N802
+        return self._used
+
+    body_used = bodyUsed
+
+    async def bytes(self) -> bytes:
+        return await read(self._take())
+
+    arrayBuffer = bytes  # noqa: N815
+    array_buffer = bytes
+
+    async def text(self) -> str:
+        return (await self.bytes()).decode("utf-8", "replace")
+
+    async def json(self) -> Any:
+        return wrap(_json.loads(await self.bytes()))
+
+
+class R2MultipartUpload:
+    """``createMultipartUpload`` / ``resumeMultipartUpload``."""
+
+    def __init__(self, bucket: "R2Bucket", key: str, upload_id: str) -> None:
+        self._bucket = bucket
+        self.key = key
+        self.uploadId = upload_id  # noqa: N815
+
+    @property
+    def upload_id(self) -> str:
+        return self.uploadId
+
+    async def uploadPart(self, partNumber: int, value: Any, options_: Any = None,  # noqa: N802,N803
+                         **keywords: Any) -> AttrDict:
+        body = stream_value(value, "uploadPart()")
+        value_, _ = await call(self._bucket._name, "uploadPart",
+                               [self.key, self.uploadId, partNumber], body)
+        return wrap(value_)
+
+    upload_part = uploadPart
+
+    async def abort(self) -> None:
+        await call(self._bucket._name, "abortMultipartUpload", [self.key, self.uploadId])
+
+    async def complete(self, uploadedParts: Any) -> R2Object:  # noqa: N803
+        parts = [{camel(k): v for k, v in dict(p).items()} for p in uploadedParts]
+        value, _ = await call(self._bucket._name, "completeMultipartUpload",
+                              [self.key, self.uploadId, parts])
+        return R2Object(value)
+
+
+@kind("r2_bucket")
+class R2Bucket:
+    """An R2 bucket binding (``r2_buckets`` / ``r2_bucket``)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    async def head(self, key: str) -> R2Object | None:
+        value, _ = await call(self._name, "head", [key])
+        return None if value is None else R2Object(value)
+
+    async def get(self, key: str, options_: Any = None, **keywords: Any
+                  ) -> R2ObjectBody | R2Object | None:
+        opts = options(options_, keywords, "R2.get()", nested=("onlyIf", "range"))
+        sent: dict[str, Any] = {}
+        if opts.get("onlyIf") is not None:
+            sent["onlyIf"] = _only_if(opts["onlyIf"])
+        if opts.get("range") is not None:
+            sent["range"] = _range(opts["range"])
+        value, body = await call(self._name, "get", [key, sent])
+        if value is None:
+            return None
+        if not value.get("body"):
+            return R2Object(value)  # a precondition failed: metadata only, as on Cloudflare
+        return R2ObjectBody(value, body)
+
+    async def put(self, key: str, value: Any, options_: Any = None, **keywords: Any
+                  ) -> R2Object | None:
+        opts = options(options_, keywords, "R2.put()", nested=("onlyIf",))
+        sent: dict[str, Any] = {}
+        if opts.get("httpMetadata") is not None:
+            sent["httpMetadata"] = _http_metadata(opts["httpMetadata"])
+        if opts.get("customMetadata") is not None:
+            sent["customMetadata"] = dict(opts["customMetadata"])
+        if opts.get("onlyIf") is not None:
+            sent["onlyIf"] = _only_if(opts["onlyIf"])
+        for name in ("md5", "sha1", "sha256", "sha384", "sha512"):
+            if opts.get(name) is not None:
+                sent[name] = opts[name]
+        body = None if value is None else stream_value(value, "R2 put()")
+        result, _ = await call(self._name, "put", [key, sent], body)
+        return None if result is None else R2Object(result)
+
+    async def delete(self, keys: Any) -> None:
+        await call(self._name, "delete", [list(keys) if isinstance(keys, (list, tuple)) else keys])
+
+    async def list(self, options_: Any = None, **keywords: Any) -> AttrDict:
+        opts = options(options_, keywords, "R2.list()")
+        sent = {k: opts[k] for k in ("limit", "prefix", "cursor", "delimiter", "startAfter",
+                                     "include") if opts.get(k) is not None}
+        if "include" in sent:
+            sent["include"] = [camel(i) for i in sent["include"]]
+        value, _ = await call(self._name, "list", [sent])
+        out = AttrDict(objects=AttrList(R2Object(o) for o in value["objects"]),
+                       truncated=value["truncated"],
+                       delimitedPrefixes=AttrList(value["delimitedPrefixes"]))
+        out["delimited_prefixes"] = out["delimitedPrefixes"]
+        if "cursor" in value:
+            out["cursor"] = value["cursor"]
+        return out
+
+    async def createMultipartUpload(self, key: str, options_: Any = None,  # noqa: N802
+                                    **keywords: Any) -> R2MultipartUpload:
+        opts = options(options_, keywords, "R2.createMultipartUpload()")
+        sent: dict[str, Any] = {}
+        if opts.get("httpMetadata") is not None:
+            sent["httpMetadata"] = _http_metadata(opts["httpMetadata"])
+        if opts.get("customMetadata") is not None:
+            sent["customMetadata"] = dict(opts["customMetadata"])
+        value, _ = await call(self._name, "createMultipartUpload", [key, sent])
+        return R2MultipartUpload(self, value["key"], value["uploadId"])
+
+    create_multipart_upload = createMultipartUpload
+
+    def resumeMultipartUpload(self, key: str, uploadId: str) -> R2MultipartUpload:  # noqa: N802,N803
+        return R2MultipartUpload(self, key, uploadId)
+
+    resume_multipart_upload = resumeMultipartUpload
+
+    def __repr__(self) -> str:
+        return f"<R2Bucket {self._name}>"

@@ -1,0 +1,153 @@
+"""The Cache API (``caches.open(name)``): a cache private to each script.
+
+Every script may call it (``CACHE_BINDING``); its scope is the script itself
+(namespace + name), so two tenants never see each other's entries, whatever
+URLs they use. ``put`` honours the response's ``Cache-Control`` as
+Cloudflare's cache does: ``no-store`` and ``private`` responses and those
+setting cookies are not stored; ``s-maxage``, ``max-age`` or ``Expires``
+say for how long; ``match`` ignores expired entries. Non-GET requests,
+``206`` responses and ``Vary: *`` are refused with Cloudflare's words.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import sqlite3
+import time
+from typing import Any
+
+import msgspec
+
+from supervisor.bindings import Services, register
+from supervisor.bindings.base import BindingError, Context, Reply, arg, integer, options, string
+from supervisor.bindings.quota import quota_error
+
+MAX_ENTRY_BYTES = 32 * 1024 * 1024
+#: How long a response without a lifetime of its own is kept (Cloudflare's
+#: default edge TTL for a 200).
+DEFAULT_TTL_S = 7200.0
+
+
+def _setup(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS entries (cache TEXT NOT NULL, url TEXT NOT NULL, "
+                 "status INTEGER NOT NULL, headers BLOB NOT NULL, body BLOB NOT NULL, "
+                 "expires REAL NOT NULL, PRIMARY KEY (cache, url))")
+
+
+def _header(headers: list[list[str]], name: str) -> str | None:
+    values = [v for k, v in headers if k.lower() == name]
+    return ", ".join(values) if values else None
+
+
+def _directives(value: str | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in (value or "").split(","):
+        name, _, arg_ = part.strip().partition("=")
+        if name:
+            out[name.lower()] = arg_.strip().strip('"')
+    return out
+
+
+def lifetime(headers: list[list[str]], now: float) -> float | None:
+    """Seconds a response may be cached, or None if it must not be."""
+    control = _directives(_header(headers, "cache-control"))
+    if "no-store" in control or "private" in control or _header(headers, "set-cookie"):
+        return None
+    for name in ("s-maxage", "max-age"):
+        if name in control:
+            try:
+                return max(0.0, float(int(control[name])))
+            except ValueError:
+                return None
+    expires = _header(headers, "expires")
+    if expires:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(expires).timestamp() - now)
+        except (TypeError, ValueError):
+            return 0.0  # an invalid Expires means already expired
+    return DEFAULT_TTL_S
+
+
+def _put(conn: sqlite3.Connection, cache: str, url: str, status: int, headers: bytes,
+         body: bytes, expires: float, cap: int | None) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("DELETE FROM entries WHERE expires <= ?", (time.time(),))
+        if cap is not None:
+            used = conn.execute("SELECT coalesce(sum(length(body) + length(headers)), 0) FROM "
+                                "entries WHERE NOT (cache = ? AND url = ?)", (cache, url)).fetchone()[0]
+            if used + len(body) + len(headers) > cap:
+                raise BindingError(quota_error("Cache.put failed: cache full",
+                                               used + len(body) + len(headers), cap, "cache_bytes"))
+        conn.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)",
+                     (cache, url, status, headers, body, expires))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _match(conn: sqlite3.Connection, cache: str, url: str) -> tuple | None:
+    return conn.execute("SELECT status, headers, body FROM entries WHERE cache = ? AND url = ? "
+                        "AND expires > ?", (cache, url, time.time())).fetchone()
+
+
+def _delete(conn: sqlite3.Connection, cache: str, url: str) -> bool:
+    cursor = conn.execute("DELETE FROM entries WHERE cache = ? AND url = ? AND expires > ?",
+                          (cache, url, time.time()))
+    return cursor.rowcount > 0
+
+
+@register("cache")
+class CacheHandler:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def close(self) -> None:
+        pass
+
+    async def _db(self, ctx: Context, fn: Any, *args: Any) -> Any:
+        path = self.services.path("cache", ctx.scope, "cache.sqlite3")
+        return await self.services.databases.run(path, _setup, fn, *args)
+
+    async def call(self, ctx: Context, method: str, args: list[Any]) -> Reply:
+        cache = string(arg(args, 0), "cache name")
+        url = string(arg(args, 1), "request url")
+        request_method = string(arg(args, 2, "GET"), "request method").upper()
+        if method == "put":
+            return await self._put(ctx, cache, url, request_method, args)
+        opts = options(args, 3)
+        if request_method != "GET" and not opts.get("ignoreMethod"):
+            return Reply(False if method == "delete" else None)
+        if method == "match":
+            row = await self._db(ctx, _match, cache, url)
+            if row is None:
+                return Reply(None)
+            return Reply({"status": row[0], "headers": msgspec.msgpack.decode(row[1])}, row[2])
+        if method == "delete":
+            return Reply(await self._db(ctx, _delete, cache, url))
+        raise BindingError(f"Cache has no method {method[:64]!r}", "TypeError")
+
+    async def _put(self, ctx: Context, cache: str, url: str, request_method: str,
+                   args: list[Any]) -> Reply:
+        status = integer(arg(args, 3), "status", 200, 599)
+        headers = arg(args, 4) or []
+        if not isinstance(headers, list) or not all(
+                isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h)
+                for h in headers):
+            raise BindingError("headers must be a list of [name, value] strings", "TypeError")
+        if request_method != "GET":
+            raise BindingError("Cannot cache response to non-GET request.", "TypeError")
+        if status == 206:
+            raise BindingError("Cannot cache response with 'Partial Content' status.", "TypeError")
+        if "*" in [v.strip() for v in (_header(headers, "vary") or "").split(",")]:
+            raise BindingError("Cannot cache response with 'Vary: *' header.", "TypeError")
+        body = await ctx.read_body(MAX_ENTRY_BYTES, "Cache.put failed: the response body")
+        now = time.time()
+        ttl = lifetime(headers, now)
+        if ttl is None or ttl <= 0:
+            return Reply()  # not cacheable: accepted and not stored, as Cloudflare does
+        await self._db(ctx, _put, cache, url, status, msgspec.msgpack.encode(headers), body,
+                       now + ttl, ctx.quota.cache_bytes)
+        return Reply()

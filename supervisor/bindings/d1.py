@@ -1,0 +1,285 @@
+"""D1 (``d1_databases``): one SQLite database per (namespace, id).
+
+Calls carry statements as ``[sql, params]`` pairs; this side runs them and
+answers, per statement, the column names, the rows (lists, so duplicate
+column names survive for ``raw()``) and Cloudflare's ``meta``. The SDK in
+the child shapes ``all()``, ``first()``, ``run()`` and ``raw()`` from that.
+
+What a tenant's SQL may do is decided by SQLite's authorizer, not by
+parsing: ``ATTACH`` (and so ``VACUUM INTO``, which attaches its target),
+``load_extension()``, pragmas outside a read-only allowlist, and
+transaction statements (``batch()`` is the transaction) are refused with a
+message that says so. Per-query time (a progress handler), result size,
+statement length, bound parameters and value size are bounded; the
+database's size cap is SQLite's ``max_page_count``, so a write past it fails
+cleanly inside its transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any, Protocol
+
+from supervisor.bindings import Services, register
+from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, string
+from supervisor.bindings.quota import quota_error
+
+MAX_SQL_BYTES = 100_000
+MAX_PARAMS = 100
+MAX_VALUE_BYTES = 2_000_000
+MAX_BATCH = 10_000
+#: Pragmas a tenant may run: they read the schema or set per-connection
+#: behaviour, and touch no file.
+ALLOWED_PRAGMAS = frozenset({
+    "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo", "index_list",
+    "foreign_key_list", "foreign_key_check", "foreign_keys", "defer_foreign_keys",
+    "integrity_check", "quick_check", "optimize", "case_sensitive_like",
+    "recursive_triggers", "reverse_unordered_selects", "ignore_check_constraints",
+    "legacy_alter_table", "function_list", "pragma_list", "collation_list", "data_version",
+    "page_count", "page_size", "freelist_count", "user_version", "schema_version",
+})
+UNLIMITED_PAGES = 1073741823
+
+Statement = tuple[str, list[Any]]
+
+
+class D1Backend(Protocol):
+    """Where D1 databases live; a fleet may put them on a shared engine."""
+
+    async def run(self, scope: Scope, statements: list[Statement], *, max_bytes: int | None,
+                  timeout_s: float, max_result: int, prefix: str = "D1_ERROR"
+                  ) -> list[dict[str, Any]]:
+        """Run ``statements`` as one transaction; all or nothing. Errors are
+        :class:`BindingError` whose message starts with ``prefix``."""
+
+    def close(self) -> None: ...
+
+
+def _setup(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA foreign_keys=ON")  # as D1 has it
+    conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_BYTES)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_PARAMS)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+
+
+class _Guard:
+    """The authorizer and progress handler of one tenant call."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.refused = ""
+        self.timed_out = False
+
+    def authorize(self, action: int, arg1: Any, arg2: Any, db: Any, trigger: Any) -> int:
+        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+            return self._refuse("ATTACH and DETACH (and VACUUM INTO) are not allowed in D1")
+        if action == sqlite3.SQLITE_PRAGMA and str(arg1).lower() not in ALLOWED_PRAGMAS:
+            return self._refuse(f"PRAGMA {arg1} is not allowed in D1")
+        if action == sqlite3.SQLITE_FUNCTION and str(arg2).lower() == "load_extension":
+            return self._refuse("load_extension() is not allowed in D1")
+        if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
+            return self._refuse("transaction statements are not allowed in D1: use batch() to run "
+                                "statements in one transaction")
+        return sqlite3.SQLITE_OK
+
+    def _refuse(self, why: str) -> int:
+        self.refused = why
+        return sqlite3.SQLITE_DENY
+
+    def progress(self) -> int:
+        if time.monotonic() > self.deadline:
+            self.timed_out = True
+            return 1
+        return 0
+
+
+def _error_name(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", "") or "SQLITE_ERROR"
+    return "_".join(name.split("_")[:2])
+
+
+def _run(conn: sqlite3.Connection, statements: list[Statement], max_bytes: int | None,
+         timeout_s: float, max_result: int, prefix: str = "D1_ERROR") -> list[dict[str, Any]]:
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = UNLIMITED_PAGES if max_bytes is None else max(1, max_bytes // page_size)
+    conn.execute(f"PRAGMA max_page_count = {int(pages)}")
+    guard = _Guard(time.monotonic() + timeout_s)
+    out: list[dict[str, Any]] = []
+    budget = max_result
+    conn.execute("BEGIN IMMEDIATE")
+    conn.set_authorizer(guard.authorize)
+    conn.set_progress_handler(guard.progress, 1000)
+    index = 0
+    try:
+        for index, (sql, params) in enumerate(statements):
+            started = time.perf_counter()
+            before = conn.total_changes
+            cursor = conn.execute(sql, params)
+            columns = [d[0] for d in cursor.description or ()]
+            rows: list[list[Any]] = []
+            while batch := cursor.fetchmany(256):
+                for row in batch:
+                    budget -= sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
+                    if budget < 0:
+                        raise BindingError(f"{prefix}: the result is larger than {max_result} "
+                                           "bytes (storage.d1_result_bytes): SQLITE_TOOBIG")
+                    rows.append(list(row))
+            written = conn.total_changes - before
+            changes = max(cursor.rowcount, 0) if not columns else written
+            out.append({"columns": columns, "rows": rows, "meta": {
+                "served_by": "corral-d1",
+                "duration": round((time.perf_counter() - started) * 1000.0, 3),
+                "changes": changes,
+                "last_row_id": cursor.lastrowid or 0,
+                "changed_db": written > 0,
+                "rows_read": len(rows) if columns else 0,
+                "rows_written": written,
+            }})
+        conn.set_authorizer(None)
+        conn.set_progress_handler(None, 0)
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        conn.set_authorizer(None)
+        conn.set_progress_handler(None, 0)
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise _explain(exc, guard, prefix, index, len(statements), max_bytes, conn,
+                           page_size) from None
+        raise
+    size = conn.execute("PRAGMA page_count").fetchone()[0] * page_size
+    for result in out:
+        result["meta"]["size_after"] = size
+    return out
+
+
+def _explain(exc: sqlite3.Error, guard: _Guard, prefix: str, index: int, total: int,
+             max_bytes: int | None, conn: sqlite3.Connection, page_size: int) -> BindingError:
+    name = _error_name(exc)
+    where = f"Error in line {index + 1}: " if prefix == "D1_EXEC_ERROR" else ""
+    if guard.refused:  # SQLITE_AUTH, or SQLITE_ERROR for a refused function
+        return BindingError(f"{prefix}: {where}{guard.refused}: SQLITE_AUTH")
+    if guard.timed_out and name == "SQLITE_INTERRUPT":
+        return BindingError(f"{prefix}: {where}the query ran past its time limit and was "
+                            "interrupted (storage.d1_query_ms): SQLITE_INTERRUPT")
+    if name == "SQLITE_FULL" and max_bytes is not None:
+        used = conn.execute("PRAGMA page_count").fetchone()[0] * page_size
+        return BindingError(quota_error(f"{prefix}: {where}database full", used, max_bytes,
+                                        "d1_bytes") + ": SQLITE_FULL")
+    return BindingError(f"{prefix}: {where}{exc}: {name}")
+
+
+class SqliteD1:
+    """Embedded D1: ``<state>/storage/d1/<scope>/db.sqlite3``."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def run(self, scope: Scope, statements: list[Statement], *, max_bytes: int | None,
+                  timeout_s: float, max_result: int, prefix: str = "D1_ERROR"
+                  ) -> list[dict[str, Any]]:
+        path = self.services.path("d1", scope, "db.sqlite3")
+        return await self.services.databases.run(path, _setup, _run, statements, max_bytes,
+                                                 timeout_s, max_result, prefix)
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Statements, as the child sends them
+# ---------------------------------------------------------------------------
+
+
+def _value(value: Any) -> Any:
+    if value is None or isinstance(value, (str, bytes, float)):
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise BindingError(f"D1_TYPE_ERROR: the integer {value} does not fit in 64 bits")
+        return value
+    raise BindingError(f"D1_TYPE_ERROR: Type '{type(value).__name__}' not supported for value "
+                       f"{str(value)[:60]!r}")
+
+
+def _statement(raw: Any) -> Statement:
+    if not isinstance(raw, list) or len(raw) != 2 or not isinstance(raw[1], list):
+        raise BindingError("a statement must be [sql, params]", "TypeError")
+    sql = string(raw[0], "sql")
+    if not sql.strip():
+        raise BindingError("D1_ERROR: Cannot prepare an empty statement")
+    if len(raw[1]) > MAX_PARAMS:
+        raise BindingError(f"D1_ERROR: too many SQL variables: {len(raw[1])} bound, at most "
+                           f"{MAX_PARAMS}: SQLITE_RANGE")
+    return sql, [_value(v) for v in raw[1]]
+
+
+def split_sql(sql: str) -> list[str]:
+    """Statements of a script (``exec``, migrations, ``corral d1 execute``),
+    split where SQLite says a statement is complete (not inside a string,
+    comment or trigger body)."""
+    statements: list[str] = []
+    current = ""
+    for piece in sql.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if _has_code(current):
+                statements.append(current.strip())
+            current = ""
+    if _has_code(current.rstrip(";")):
+        statements.append(current.rstrip(";").strip())
+    return statements
+
+
+def _has_code(sql: str) -> bool:
+    """Whether ``sql`` holds more than blanks, semicolons and comments."""
+    text = sql
+    while True:
+        text = text.strip().lstrip(";").strip()
+        if text.startswith("--"):
+            text = text.partition("\n")[2]
+        elif text.startswith("/*"):
+            text = text.partition("*/")[2]
+        else:
+            return bool(text)
+
+
+@register("d1")
+class D1Handler:
+    def __init__(self, services: Services, backend: D1Backend | None = None) -> None:
+        self.services = services
+        self.backend = backend or SqliteD1(services)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    async def run(self, scope: Scope, statements: list[Statement], max_bytes: int | None,
+                  prefix: str = "D1_ERROR") -> list[dict[str, Any]]:
+        config = self.services.config
+        return await self.backend.run(scope, statements, max_bytes=max_bytes,
+                                      timeout_s=config.d1_query_ms / 1000.0,
+                                      max_result=config.d1_result_bytes, prefix=prefix)
+
+    async def call(self, ctx: Context, method: str, args: list[Any]) -> Reply:
+        cap = ctx.quota.d1_bytes
+        if method == "query":  # one prepared statement: all(), first(), run(), raw()
+            return Reply((await self.run(ctx.scope, [_statement(arg(args, 0))], cap))[0])
+        if method == "batch":
+            raw = arg(args, 0)
+            if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_BATCH:
+                raise BindingError("batch() takes a list of 1 to "
+                                   f"{MAX_BATCH} prepared statements", "TypeError")
+            return Reply(await self.run(ctx.scope, [_statement(s) for s in raw], cap))
+        if method == "exec":
+            started = time.perf_counter()
+            statements = [(s, []) for s in split_sql(string(arg(args, 0), "sql"))]
+            if not statements:
+                raise BindingError("D1_EXEC_ERROR: Error in line 1: no SQL statement to run")
+            await self.run(ctx.scope, statements, cap, "D1_EXEC_ERROR")
+            return Reply({"count": len(statements),
+                          "duration": round((time.perf_counter() - started) * 1000.0, 3)})
+        raise BindingError(f"D1 databases have no method {method[:64]!r}", "TypeError")

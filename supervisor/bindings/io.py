@@ -1,0 +1,125 @@
+"""Storage I/O off the request loop, one writer per database.
+
+SQLite and file calls block; the supervisor's trio thread must not. Every
+storage operation runs in a worker thread drawn from one bounded
+:class:`Offload` (a ``trio.CapacityLimiter``), so storage can never take
+more threads than configured, whatever the tenants do.
+
+A :class:`Database` is one SQLite file with one connection and a FIFO
+``trio.Lock``: operations on one database are serialised (SQLite allows one
+writer anyway) in arrival order, so a busy database delays only its own
+callers, never another tenant's database, and a burst of writers is served
+in turn instead of spinning on ``SQLITE_BUSY``. The :class:`Databases`
+cache keeps a bounded number open and closes the least recently used.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+from collections import OrderedDict
+from typing import Any, Callable, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+
+class Offload:
+    """Runs blocking calls in at most ``threads`` worker threads."""
+
+    def __init__(self, threads: int) -> None:
+        self.limiter = trio.CapacityLimiter(max(1, threads))
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        # Not abandoned on cancel: a thread halfway through a transaction is
+        # let finish (or roll back) before its database is touched again.
+        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.limiter)
+
+
+Setup = Callable[[sqlite3.Connection], None]
+
+
+class Database:
+    """One SQLite file, its connection and the lock that serialises its use."""
+
+    def __init__(self, path: str, setup: Setup) -> None:
+        self.path = path
+        self._setup = setup
+        self.conn: sqlite3.Connection | None = None
+        self.lock = trio.Lock()
+        self.users = 0  # calls holding or waiting for the lock (not evictable)
+
+    def _open(self) -> sqlite3.Connection:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            # WAL with synchronous=NORMAL: a committed transaction survives a
+            # crash (kill -9) of the supervisor; only a power loss can take
+            # the last ones back.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._setup(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def run(self, offload: Offload, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` in a thread, alone on this database."""
+        self.users += 1
+        try:
+            async with self.lock:
+                return await offload.run(self._call, fn, args)
+        finally:
+            self.users -= 1
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self.conn is None:
+            self.conn = self._open()
+        return fn(self.conn, *args)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class Databases:
+    """Open databases by path, at most ``limit`` of them idle at once."""
+
+    def __init__(self, offload: Offload, limit: int) -> None:
+        self.offload = offload
+        self.limit = max(1, limit)
+        self._open: OrderedDict[str, Database] = OrderedDict()
+
+    async def run(self, path: str, setup: Setup, fn: Callable[..., T], *args: Any) -> T:
+        db = self._open.get(path)
+        if db is None:
+            db = self._open[path] = Database(path, setup)
+            for old in self._evict(keep=path):
+                # Closing checkpoints the WAL: disk work, so in a thread too.
+                await self.offload.run(old.close)
+        else:
+            self._open.move_to_end(path)
+        return await db.run(self.offload, fn, *args)
+
+    def _evict(self, keep: str) -> list[Database]:
+        gone: list[Database] = []
+        for path in list(self._open):
+            if len(self._open) <= self.limit:
+                break
+            db = self._open[path]
+            if path == keep:
+                continue
+            if db.users == 0 and not db.lock.locked():
+                del self._open[path]  # nobody holds or waits for its lock
+                gone.append(db)
+        return gone
+
+    def close(self) -> None:
+        for db in self._open.values():
+            db.close()
+        self._open.clear()

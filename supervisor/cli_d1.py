@@ -1,0 +1,115 @@
+"""``corral d1 execute`` and ``corral d1 migrations apply``, as wrangler has them.
+
+``DB`` is a binding name or ``database_name`` from the project's config
+(``--config`` or the current folder's corral.toml / wrangler config), or
+else the database id itself. Both commands go through the admin API's D1
+query endpoint (supervisor.admin.storage), so the supervisor, which owns
+the files, does the work. Migrations are the config's ``migrations_dir``
+(default ``migrations``): its ``.sql`` files in name order, each applied in
+one transaction together with its row in the ``d1_migrations`` table, so a
+migration is applied entirely or not at all, and exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+MIGRATIONS_TABLE = ("CREATE TABLE IF NOT EXISTS d1_migrations (id INTEGER PRIMARY KEY "
+                    "AUTOINCREMENT, name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT "
+                    "CURRENT_TIMESTAMP NOT NULL)")
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    d1 = sub.add_parser("d1", parents=[common], help="query D1 databases and apply migrations")
+    d1_sub = d1.add_subparsers(dest="d1_command", required=True, metavar="execute|migrations")
+    ex = d1_sub.add_parser("execute", parents=[common], help="run SQL on a database")
+    ex.add_argument("database", metavar="DB", help="binding name, database_name or id")
+    what = ex.add_mutually_exclusive_group(required=True)
+    what.add_argument("--command", dest="sql", help="SQL to run")
+    what.add_argument("--file", help="a .sql file to run")
+    mig = d1_sub.add_parser("migrations", parents=[common], help="database migrations")
+    mig_sub = mig.add_subparsers(dest="migrations_command", required=True, metavar="apply")
+    apply = mig_sub.add_parser("apply", parents=[common], help="apply unapplied migrations")
+    apply.add_argument("database", metavar="DB", help="binding name, database_name or id")
+    for parser in (ex, apply):
+        parser.add_argument("--namespace", "-n", help="dispatch namespace of the database "
+                                                      "(default: the platform's)")
+        parser.add_argument("--config", help="project folder or config file (default: .)")
+
+
+def _database(args: argparse.Namespace) -> tuple[str, Path | None]:
+    """The database id and its migrations folder, from the project config."""
+    from supervisor.admin.project import CONFIG_FILES, ProjectError, _read_config
+
+    target = Path(args.config or ".")
+    config_path = target if target.is_file() else next(
+        (target / name for name in CONFIG_FILES if (target / name).is_file()), None)
+    if config_path is not None:
+        try:
+            config = _read_config(config_path)
+        except ProjectError as exc:
+            raise SystemExit(f"corral d1: {exc}") from None
+        for db in config.d1_databases:
+            if args.database in (db.binding, db.database_name, db.database_id):
+                return db.database_id, config_path.parent / (db.migrations_dir or "migrations")
+    return args.database, None
+
+
+def _query(client: Any, args: argparse.Namespace, database: str, sql: str) -> list[dict]:
+    query = f"?namespace={urllib.parse.quote(args.namespace)}" if args.namespace else ""
+    path = f"/accounts/local/d1/database/{urllib.parse.quote(database, safe='')}/query{query}"
+    return client.json("POST", path, {"sql": sql})
+
+
+def run(args: argparse.Namespace, client: Any) -> int:
+    database, migrations = _database(args)
+    if args.d1_command == "execute":
+        if args.file:
+            try:
+                sql = Path(args.file).read_text()
+            except OSError as exc:
+                print(f"corral d1 execute: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+                return 2
+        else:
+            sql = args.sql
+        results = _query(client, args, database, sql)
+        if args.json:
+            print(json.dumps(results, indent=2))
+        else:
+            for result in results:
+                rows = result.get("results") or []
+                meta = result.get("meta") or {}
+                if rows:
+                    for row in rows:
+                        print(json.dumps(row))
+                else:
+                    print(f"ok: {meta.get('changes', 0)} change(s)")
+        return 0
+    if migrations is None:
+        print(f"corral d1 migrations apply: no d1_databases entry named {args.database!r} in "
+              "the project config (give --config PATH)", file=sys.stderr)
+        return 2
+    if not migrations.is_dir():
+        print(f"corral d1 migrations apply: no migrations folder at {migrations}", file=sys.stderr)
+        return 2
+    _query(client, args, database, MIGRATIONS_TABLE)
+    done = {row["name"] for row in _query(client, args, database,
+                                          "SELECT name FROM d1_migrations")[0]["results"]}
+    applied = []
+    for path in sorted(migrations.glob("*.sql")):
+        if path.name in done:
+            continue
+        name = path.name.replace("'", "''")
+        sql = path.read_text().rstrip().rstrip(";")
+        _query(client, args, database, f"{sql};\nINSERT INTO d1_migrations (name) VALUES ('{name}');")
+        applied.append(path.name)
+    if args.json:
+        print(json.dumps({"applied": applied}))
+    else:
+        print("\n".join(f"applied {name}" for name in applied) or "no migrations to apply")
+    return 0

@@ -1,0 +1,458 @@
+"""Storage bindings (issue 15): KV, D1, R2 and the Cache API, through real
+jailed children and a real ``corral serve``.
+
+Each test runs a few lines of tenant code in the eval tenant
+(tests.storage_helpers) and checks Cloudflare's names, shapes and errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from tests.storage_helpers import ALL, BUCKET, DB, KV, deploy, fails, ok, run, start
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    server = start(tmp_path_factory.mktemp("storage"))
+    deploy(server, "t", ALL)
+    yield server
+    server.stop()
+
+
+# -- KV ---------------------------------------------------------------------------
+
+
+def test_kv_get_put_types_and_missing(server) -> None:
+    got = ok(server, "t", """
+await env.KV.put("text", "h\\u00e9llo")
+await env.KV.put("json", '{"a": [1, 2]}')
+await env.KV.put("bytes", b"\\x00\\x01\\xff")
+stream = await env.KV.get("text", type="stream")
+chunks = [c async for c in stream]
+return {
+    "text": await env.KV.get("text"),
+    "json": await env.KV.get("json", "json"),
+    "json_dict": await env.KV.get("json", {"type": "json"}),
+    "bytes": list(await env.KV.get("bytes", type="arrayBuffer")),
+    "bytes2": list(await env.KV.get("bytes", type="bytes")),
+    "stream": b"".join(chunks).decode(),
+    "missing": await env.KV.get("nope"),
+    "missing_meta": await env.KV.getWithMetadata("nope"),
+}""")
+    assert got == {"text": "héllo", "json": {"a": [1, 2]}, "json_dict": {"a": [1, 2]},
+                   "bytes": [0, 1, 255], "bytes2": [0, 1, 255], "stream": "héllo",
+                   "missing": None,
+                   "missing_meta": {"value": None, "metadata": None, "cacheStatus": None}}
+
+
+def test_kv_metadata_expiration_spellings_and_list(server) -> None:
+    got = ok(server, "t", """
+import time
+await env.KV.put("l/a", "1", {"metadata": {"n": 1}, "expirationTtl": 600})
+await env.KV.put("l/b", "2", expirationTtl=600, metadata={"n": 2})
+await env.KV.put("l/c", "3", expiration_ttl=600)
+await env.KV.put("m/x", "4")
+meta = await env.KV.get_with_metadata("l/a", type="text")
+page1 = await env.KV.list(prefix="l/", limit=2)
+page2 = await env.KV.list({"prefix": "l/", "cursor": page1.cursor})
+now = time.time()
+return {"meta": [meta.value, meta.metadata.n],
+        "page1": [k["name"] for k in page1["keys"]], "complete1": page1.list_complete,
+        "page2": [k.name for k in page2.keys], "complete2": page2.list_complete,
+        "has_cursor2": "cursor" in page2,
+        "ttl_ok": all(590 < k["expiration"] - now < 610 for k in page1["keys"]),
+        "meta_listed": page1["keys"][1]["metadata"],
+        "bulk": await env.KV.get(["l/a", "m/x", "zz"])}""")
+    assert got["meta"] == ["1", 1]
+    assert got["page1"] == ["l/a", "l/b"] and got["complete1"] is False
+    assert got["page2"] == ["l/c"] and got["complete2"] is True and not got["has_cursor2"]
+    assert got["ttl_ok"] and got["meta_listed"] == {"n": 2}
+    assert got["bulk"] == {"l/a": "1", "m/x": "4", "zz": None}
+
+
+def test_kv_delete_and_large_values_stream(server) -> None:
+    got = ok(server, "t", """
+big = bytes(range(256)) * 12000  # ~3 MiB: streamed both ways
+await env.KV.put("big", big)
+back = await env.KV.get("big", "arrayBuffer")
+await env.KV.delete("big")
+return [back == big, await env.KV.get("big")]""")
+    assert got == [True, None]
+
+
+@pytest.mark.parametrize("code, words", [
+    ('await env.KV.put("k" * 513, "v")', "414 UTF-8 encoded length of 513 exceeds key length limit of 512"),
+    ('await env.KV.get("k" * 513)', "exceeds key length limit of 512"),
+    ('await env.KV.put("", "v")', "must not be empty"),
+    ('await env.KV.put("k", "v", expirationTtl=10)', "Invalid expiration_ttl of 10"),
+    ('await env.KV.put("k", "v", expiration=5)', "Invalid expiration of 5"),
+    ('await env.KV.put("k", "v", metadata={"x": "y" * 1100})', "Metadata length of"),
+    ('await env.KV.list(limit=1001)', "Invalid key limit"),
+    ('await env.KV.put("k", bytes(25 * 1024 * 1024 + 1))', "Value length exceeds limit of 26214400"),
+])
+def test_kv_errors_are_js_exceptions(server, code: str, words: str) -> None:
+    error = fails(server, "t", code)
+    assert error["js"] and words in error["message"], error
+
+
+def test_kv_bad_type_is_a_type_error(server) -> None:
+    error = fails(server, "t", 'await env.KV.get("k", type="blob")')
+    assert error["error"] == "TypeError" and "Unknown response type" in error["message"]
+
+
+# -- D1 ---------------------------------------------------------------------------
+
+
+def test_d1_prepare_bind_all_first_run_raw(server) -> None:
+    got = ok(server, "t", """
+await env.DB.exec("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, age INT, pic BLOB);\\n"
+                  "CREATE INDEX users_name ON users (name)")
+ins = env.DB.prepare("INSERT INTO users (name, age, pic) VALUES (?, ?, ?)")
+r1 = await ins.bind("ann", 31, b"\\x01\\x02").run()
+r2 = await ins.bind("bob", None, None).run()
+every = await env.DB.prepare("SELECT * FROM users ORDER BY id").all()
+return {
+    "run_meta": [r1.meta.changes, r1.meta.last_row_id, r1.meta.changed_db, r2.meta.last_row_id,
+                 r1.meta.rows_written, r1.success],
+    "rows": every.results, "rows_read": every.meta.rows_read,
+    "first": await env.DB.prepare("SELECT name, age FROM users WHERE id = ?").bind(1).first(),
+    "first_col": await env.DB.prepare("SELECT name FROM users WHERE id = ?").bind(2).first("name"),
+    "first_none": await env.DB.prepare("SELECT * FROM users WHERE id = 99").first(),
+    "raw": await env.DB.prepare("SELECT id, name FROM users ORDER BY id").raw(columnNames=True),
+    "raw_plain": await env.DB.prepare("SELECT id FROM users ORDER BY id").raw(),
+    "meta_keys": sorted(every.meta),
+}""")
+    assert got["run_meta"] == [1, 1, True, 2, 1, True]
+    assert got["rows"] == [{"id": 1, "name": "ann", "age": 31, "pic": [1, 2]},
+                           {"id": 2, "name": "bob", "age": None, "pic": None}]
+    assert got["rows_read"] == 2
+    assert got["first"] == {"name": "ann", "age": 31} and got["first_col"] == "bob"
+    assert got["first_none"] is None
+    assert got["raw"] == [["id", "name"], [1, "ann"], [2, "bob"]] and got["raw_plain"] == [[1], [2]]
+    for key in ("changes", "last_row_id", "rows_read", "rows_written", "duration", "changed_db"):
+        assert key in got["meta_keys"]
+
+
+def test_d1_batch_is_one_transaction(server) -> None:
+    got = ok(server, "t", """
+await env.DB.exec("CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INT NOT NULL)")
+results = await env.DB.batch([
+    env.DB.prepare("INSERT INTO acct VALUES (?, ?)").bind(1, 100),
+    env.DB.prepare("INSERT INTO acct VALUES (?, ?)").bind(2, 50),
+    env.DB.prepare("SELECT sum(bal) AS total FROM acct"),
+])
+try:
+    await env.DB.batch([
+        env.DB.prepare("UPDATE acct SET bal = bal - 70 WHERE id = 1"),
+        env.DB.prepare("INSERT INTO acct VALUES (1, 0)"),  # fails: the update must not stay
+    ])
+    failed = None
+except JsException as e:
+    failed = str(e)
+after = await env.DB.prepare("SELECT bal FROM acct WHERE id = 1").first("bal")
+return [len(results), results[2].results[0]["total"], failed, after]""")
+    assert got[:2] == [3, 150]
+    assert "D1_ERROR: UNIQUE constraint failed: acct.id: SQLITE_CONSTRAINT" in got[2]
+    assert got[3] == 100
+
+
+@pytest.mark.parametrize("sql, words", [
+    ("SELECT * FROM nowhere", "D1_ERROR: no such table: nowhere: SQLITE_ERROR"),
+    ("SELEC 1", "syntax error"),
+    ("ATTACH DATABASE '/tmp/corral-attack.db' AS x", "ATTACH and DETACH"),
+    ("VACUUM INTO '/tmp/corral-attack.db'", "VACUUM"),
+    ("SELECT load_extension('/tmp/evil.so')", "load_extension() is not allowed"),
+    ("PRAGMA journal_mode = DELETE", "PRAGMA journal_mode is not allowed"),
+    ("PRAGMA writable_schema = 1", "PRAGMA writable_schema is not allowed"),
+    ("BEGIN TRANSACTION", "use batch()"),
+])
+def test_d1_errors_and_refused_sql(server, sql: str, words: str) -> None:
+    error = fails(server, "t", f"await env.DB.prepare({sql!r}).all()")
+    assert error["js"] and error["name"] == "Error" and words in error["message"], error
+    assert not os.path.exists("/tmp/corral-attack.db")
+
+
+def test_d1_allowed_pragmas_and_bad_binds(server) -> None:
+    got = ok(server, "t", """
+await env.DB.exec("CREATE TABLE IF NOT EXISTS p (x)")
+info = await env.DB.prepare("PRAGMA table_info(p)").all()
+try:
+    env.DB.prepare("SELECT ?").bind({"a": 1})
+    bad = None
+except JsException as e:
+    bad = e.message
+return [info.results[0]["name"], bad]""")
+    assert got[0] == "x" and got[1].startswith("D1_TYPE_ERROR")
+
+
+def test_d1_exec_reports_count_and_line(server) -> None:
+    got = ok(server, "t", """
+r = await env.DB.exec("CREATE TABLE e1 (a);\\nINSERT INTO e1 VALUES (1);\\nINSERT INTO e1 VALUES (2)")
+try:
+    await env.DB.exec("INSERT INTO e1 VALUES (3);\\nINSERT INTO nope VALUES (1)")
+    err = None
+except JsException as e:
+    err = e.message
+n = await env.DB.prepare("SELECT count(*) AS n FROM e1").first("n")
+return [r.count, "duration" in r, err, n]""")
+    assert got[0] == 3 and got[1]
+    assert got[2].startswith("D1_EXEC_ERROR: Error in line 2: no such table: nope")
+    assert got[3] == 2  # exec is atomic: the first insert of the failed exec is gone
+
+
+# -- R2 ---------------------------------------------------------------------------
+
+
+def test_r2_put_get_head_metadata_checksums(server) -> None:
+    md5 = hashlib.md5(b"hello r2").hexdigest()
+    got = ok(server, "t", f"""
+obj = await env.BUCKET.put("docs/a.txt", "hello r2",
+                           httpMetadata={{"contentType": "text/plain"}},
+                           customMetadata={{"owner": "ann"}}, md5="{md5}")
+body = await env.BUCKET.get("docs/a.txt")
+head = await env.BUCKET.head("docs/a.txt")
+from workers import Headers
+h = Headers()
+head.writeHttpMetadata(h)
+await env.BUCKET.put("docs/b.json", b'{{"k": 1}}', http_metadata={{"content_type": "application/json"}})
+j = await (await env.BUCKET.get("docs/b.json")).json()
+by = await (await env.BUCKET.get("docs/a.txt")).bytes()
+return {{"put": [obj.key, obj.size, obj.etag, obj.httpEtag, obj.checksums.md5],
+        "text": await body.text(), "head": [head.size, head.httpMetadata.contentType,
+        head.customMetadata["owner"], head.uploaded.year > 2000, head.http_etag],
+        "header": h.get("content-type"), "json": j, "bytes": by.decode(),
+        "missing": [await env.BUCKET.get("nope"), await env.BUCKET.head("nope")]}}""")
+    assert got["put"] == ["docs/a.txt", 8, md5, f'"{md5}"', md5]
+    assert got["text"] == "hello r2"
+    assert got["head"] == [8, "text/plain", "ann", True, f'"{md5}"']
+    assert got["header"] == "text/plain" and got["json"] == {"k": 1} and got["bytes"] == "hello r2"
+    assert got["missing"] == [None, None]
+
+
+def test_r2_checksum_mismatch_fails_and_stores_nothing(server) -> None:
+    error = fails(server, "t", 'await env.BUCKET.put("bad", "data", md5="0" * 32)')
+    assert error["js"] and "MD5 checksum you specified did not match" in error["message"]
+    assert ok(server, "t", 'return await env.BUCKET.head("bad")') is None
+
+
+def test_r2_ranges_and_conditionals(server) -> None:
+    got = ok(server, "t", """
+obj = await env.BUCKET.put("r/digits", "0123456789")
+a = await env.BUCKET.get("r/digits", range={"offset": 2, "length": 3})
+b = await env.BUCKET.get("r/digits", {"range": {"suffix": 4}})
+from workers import Headers
+c = await env.BUCKET.get("r/digits", range=Headers({"range": "bytes=5-"}))
+miss = await env.BUCKET.get("r/digits", onlyIf={"etagMatches": "nope"})
+hit = await env.BUCKET.get("r/digits", only_if={"etag_matches": obj.etag})
+none_match = await env.BUCKET.get("r/digits", onlyIf=Headers({"if-none-match": obj.httpEtag}))
+cond_put = await env.BUCKET.put("r/digits", "x", onlyIf={"etagMatches": "other"})
+return [await a.text(), a.range, await b.text(), await c.text(),
+        type(miss).__name__, hasattr(miss, "text"), await hit.text(),
+        type(none_match).__name__, cond_put, await (await env.BUCKET.get("r/digits")).text()]""")
+    assert got == ["234", {"offset": 2, "length": 3}, "6789", "56789", "R2Object", False,
+                   "0123456789", "R2Object", None, "0123456789"]
+
+
+def test_r2_large_object_streams_both_ways(server) -> None:
+    got = ok(server, "t", """
+import hashlib
+async def parts():
+    for i in range(48):
+        yield bytes([i]) * 65536
+obj = await env.BUCKET.put("large", parts())
+body = await env.BUCKET.get("large")
+digest = hashlib.md5()
+n = 0
+async for chunk in body.body:
+    digest.update(chunk)
+    n += len(chunk)
+return [obj.size, n, digest.hexdigest() == obj.etag]""")
+    assert got == [48 * 65536, 48 * 65536, True]
+
+
+def test_r2_list_prefix_delimiter_cursor_include_and_delete(server) -> None:
+    got = ok(server, "t", """
+for key in ["ls/a", "ls/b", "ls/d1/x", "ls/d1/y", "ls/d2/z", "ls/e"]:
+    await env.BUCKET.put(key, key, customMetadata={"k": key})
+flat = await env.BUCKET.list(prefix="ls/", limit=4)
+rest = await env.BUCKET.list(prefix="ls/", cursor=flat.cursor)
+tree = await env.BUCKET.list({"prefix": "ls/", "delimiter": "/"})
+paged = []
+cursor = None
+while True:
+    page = await env.BUCKET.list(prefix="ls/", delimiter="/", limit=2, cursor=cursor)
+    paged += [o.key for o in page.objects] + list(page.delimitedPrefixes)
+    if not page.truncated:
+        break
+    cursor = page.cursor
+meta = await env.BUCKET.list(prefix="ls/a", include=["customMetadata"])
+plain = await env.BUCKET.list(prefix="ls/a")
+await env.BUCKET.delete("ls/a")
+await env.BUCKET.delete(["ls/b", "ls/e", "ls/none"])
+left = await env.BUCKET.list(prefix="ls/")
+return {"flat": [o.key for o in flat.objects], "truncated": flat.truncated,
+        "rest": [o.key for o in rest.objects], "rest_truncated": rest.truncated,
+        "tree": [[o.key for o in tree.objects], tree.delimitedPrefixes],
+        "paged": sorted(paged), "meta": meta.objects[0].customMetadata,
+        "plain": plain.objects[0].customMetadata, "left": [o.key for o in left.objects]}""")
+    assert got["flat"] == ["ls/a", "ls/b", "ls/d1/x", "ls/d1/y"] and got["truncated"]
+    assert got["rest"] == ["ls/d2/z", "ls/e"] and not got["rest_truncated"]
+    assert got["tree"] == [["ls/a", "ls/b", "ls/e"], ["ls/d1/", "ls/d2/"]]
+    assert got["paged"] == ["ls/a", "ls/b", "ls/d1/", "ls/d2/", "ls/e"]
+    assert got["meta"] == {"k": "ls/a"} and got["plain"] == {}
+    assert got["left"] == ["ls/d1/x", "ls/d1/y", "ls/d2/z"]
+
+
+def test_r2_multipart_upload(server) -> None:
+    got = ok(server, "t", """
+import hashlib
+up = await env.BUCKET.createMultipartUpload("mp/file", httpMetadata={"contentType": "x/y"})
+p1 = await up.uploadPart(1, b"a" * 100000)
+p2 = await up.upload_part(2, "tail")
+same = env.BUCKET.resumeMultipartUpload("mp/file", up.uploadId)
+obj = await same.complete([p1, {"part_number": 2, "etag": p2.etag}])
+body = await (await env.BUCKET.get("mp/file")).bytes()
+want = hashlib.md5(bytes.fromhex(p1.etag) + bytes.fromhex(p2.etag)).hexdigest() + "-2"
+gone = await env.BUCKET.createMultipartUpload("mp/gone")
+await gone.uploadPart(1, "x")
+await gone.abort()
+try:
+    await gone.uploadPart(2, "y")
+    err = None
+except JsException as e:
+    err = e.message
+return [obj.size, body == b"a" * 100000 + b"tail", obj.etag == want,
+        obj.httpMetadata.contentType, err, await env.BUCKET.head("mp/gone")]""")
+    assert got[:4] == [100004, True, True, "x/y"]
+    assert "multipart upload does not exist" in got[4] and got[5] is None
+
+
+def test_r2_keys_never_escape_the_bucket(server) -> None:
+    keys = ["../../escape", "/etc/passwd", "a/../../../b", "..", "."]
+    got = ok(server, "t", f"""
+out = []
+for key in {keys!r}:
+    await env.BUCKET.put(key, "inside:" + key)
+    out.append(await (await env.BUCKET.get(key)).text())
+return out""")
+    assert got == [f"inside:{k}" for k in keys]
+    state = server.state_dir
+    assert not (state / "escape").exists() and not (state.parent / "escape").exists()
+    r2 = state / "storage" / "r2"
+    for path in r2.rglob("*"):  # only hashed names, never a key
+        assert path.name in ("index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm", "blobs",
+                             "tmp") or len(path.name) in (32, 40), path
+    error = fails(server, "t", 'await env.BUCKET.put("nul\\x00key", "x")')
+    assert error["js"] and "object name is not valid" in error["message"]
+
+
+# -- Cache API ----------------------------------------------------------------------
+
+
+def test_cache_open_put_match_delete(server) -> None:
+    got = ok(server, "t", """
+from workers import Request
+cache = await caches.open("pages")
+await cache.put("https://example.com/a", Response("A", headers={"cache-control": "max-age=600",
+                                                                 "x-t": "1"}))
+await cache.put(Request("https://example.com/nostore"),
+                Response("N", headers={"cache-control": "no-store"}))
+await cache.put("https://example.com/stale", Response("S", headers={"cache-control": "max-age=0"}))
+hit = await cache.match("https://example.com/a")
+other = await (await caches.open("other")).match("https://example.com/a")
+post = await cache.match(Request("https://example.com/a", method="POST", body="x"))
+try:
+    await cache.put(Request("https://example.com/p", method="POST", body="x"), Response("P"))
+    err = None
+except JsException as e:
+    err = [e.name, e.message]
+deleted = await cache.delete("https://example.com/a")
+return [hit.status, await hit.text(), hit.headers.get("x-t"), hit.headers.get("cf-cache-status"),
+        await cache.match("https://example.com/nostore"), await cache.match("https://example.com/stale"),
+        other, post, err, deleted, await cache.match("https://example.com/a"),
+        await cache.delete("https://example.com/a")]""")
+    assert got == [200, "A", "1", "HIT", None, None, None, None,
+                   ["TypeError", "Cannot cache response to non-GET request."], True, None, False]
+
+
+def test_cache_default_refused_in_namespaced_scripts(server) -> None:
+    error = fails(server, "t", "return caches.default")
+    assert error["error"] == "TypeError" and "caches.default is not available" in error["message"]
+
+
+def test_cache_is_private_to_the_script(server) -> None:
+    deploy(server, "cache2", [])
+    ok(server, "t", """
+c = await caches.open("shared-name")
+await c.put("https://x/y", Response("mine", headers={"cache-control": "max-age=600"}))""")
+    assert ok(server, "cache2", 'return await (await caches.open("shared-name")).match("https://x/y")') is None
+
+
+# -- isolation ------------------------------------------------------------------------
+
+
+def test_same_id_is_shared_within_a_namespace_not_across(server) -> None:
+    shared = {"type": "kv_namespace", "name": "KV", "namespace_id": "shared-id"}
+    db = {"type": "d1", "name": "DB", "id": "shared-db"}
+    deploy(server, "alice", [shared, db])
+    deploy(server, "alice2", [shared, db])
+    deploy(server, "mallory", [shared, db], namespace="other")
+    ok(server, "alice", """
+await env.KV.put("secret", "alice's")
+await env.DB.exec("CREATE TABLE s (v); INSERT INTO s VALUES ('alice')")""")
+    assert ok(server, "alice2", 'return await env.KV.get("secret")') == "alice's"
+    assert ok(server, "mallory", 'return await env.KV.get("secret")', namespace="other") is None
+    assert ok(server, "mallory", 'return (await env.KV.list())["keys"]', namespace="other") == []
+    error = fails(server, "mallory", 'await env.DB.prepare("SELECT * FROM s").all()', namespace="other")
+    assert "no such table: s" in error["message"]
+
+
+def test_a_script_cannot_use_a_binding_it_does_not_have(server) -> None:
+    deploy(server, "nobind", [])
+    # Straight to the SDK's call, naming another script's binding: the
+    # supervisor resolves names from this script's own record.
+    error = fails(server, "nobind", """
+import sys
+call = sys.modules["sandbox.bindings"].call
+await call("KV", "get", ["text", {"type": "text"}])""")
+    assert error["js"] and "has no storage binding named 'KV'" in error["message"]
+    assert fails(server, "nobind", "return env.KV")["error"] == "AttributeError"
+
+
+def test_binding_calls_count_as_subrequests(server) -> None:
+    got = run(server, "t", """
+n = 0
+try:
+    for i in range(10):
+        await env.KV.get("x")
+        n += 1
+except JsException as e:
+    return [n, e.message]""", limits={"subRequests": 4})
+    assert got["ok"] == [4, "Too many API requests by single Worker invocation."]
+
+
+def test_binding_use_outside_a_request_is_refused(server) -> None:
+    got = ok(server, "t", """
+import asyncio
+try:
+    from workers import env as global_env
+    global_env.KV  # fine: the object exists
+    return "ok"
+except Exception as e:
+    return str(e)""")
+    assert got == "ok"
+
+
+def test_d1_arguments_larger_than_a_frame_travel_as_a_body(server) -> None:
+    # Three 400 kB values: their arguments (1.2 MB) exceed a child's 1 MiB frame.
+    got = ok(server, "t", """
+await env.DB.exec("CREATE TABLE IF NOT EXISTS wide (a TEXT, b TEXT, c TEXT)")
+v = "x" * 400_000
+await env.DB.prepare("INSERT INTO wide VALUES (?, ?, ?)").bind(v, v, v).run()
+row = await env.DB.prepare("SELECT length(a) + length(b) + length(c) AS n FROM wide").first()
+return row["n"]""")
+    assert got == 1_200_000
