@@ -107,6 +107,7 @@ class ChildProcess:
         self.memory: ChildMemory | None = None
         self.memory_mb: int | None = None  # the limit in force, in MB (cached)
         self.exit_status: int | None = None
+        self.assigned_at = 0.0
         self.last_used = trio.current_time()
         self._encoder = FrameEncoder()
         self._out = bytearray()
@@ -203,6 +204,7 @@ class ChildProcess:
     def assign(self, record: "ScriptRecord", bundle: Any) -> None:
         self.state = "assigned"
         self.record = record
+        self.assigned_at = trio.current_time()
         _renice(self.pid)
         self.send(Load(bundle))
         if self.cpu is not None:
@@ -327,6 +329,8 @@ class ChildProcess:
             raise ProtocolViolation("Loaded without a Load")
         self.load_error = message.error
         self.loaded.set()
+        if self.pool.observer is not None:
+            self.pool.observer.cold_start(trio.current_time() - self.assigned_at, message.error is not None)
         if message.error is not None:
             warn("script.load_failed", pid=self.pid, script=self._script_name(),
                  error=message.error.message)
@@ -540,6 +544,8 @@ class ChildProcess:
                 extra = {"memory_mb": self.memory_mb, "peak_mb": round(peak / 2**20, 1) if peak else None}
             level("child.ended", pid=self.pid, script=self._script_name(), state=was,
                   reason=outcome if over_cpu else (self.kill_reason or "exited"), **extra)
+        if self.pool.observer is not None:
+            self.pool.observer.child_ended(outcome if over_cpu else (self.kill_reason or "exited"))
         self.pool.on_dead(self)
 
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 import socket
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import trio
 
-from protocol.messages import MAX_CHUNK, Invoke, Limits
+from protocol.messages import MAX_CHUNK, Event, Invoke, Limits
 
 from supervisor.pool.bodies import BodySource, BytesBody, ChildSink
 from supervisor.pool.child_process import ChildProcess, describe_status
@@ -46,6 +46,14 @@ REFILL_DELAY_S = 0.005
 WATCHDOG_PERIOD_S = 0.025
 #: How long a child has to end its ``waitUntil`` work once told to.
 LINGER_GRACE_S = 1.0
+
+
+class PoolObserver(Protocol):
+    """What the pool reports to metrics, without knowing about them."""
+
+    def cold_start(self, seconds: float, failed: bool) -> None: ...
+
+    def child_ended(self, reason: str) -> None: ...
 
 
 class PoolUnavailable(Exception):
@@ -78,6 +86,9 @@ class Pool:
         self._nursery: trio.Nursery | None = None
         self.last_invocation_id = 0
         self.stats = {"cold_starts": 0, "invocations": 0, "children_killed": 0}
+        #: Told of cold starts (with their latency) and of children's ends
+        #: (supervisor.observability.metrics); None: nobody listens.
+        self.observer: PoolObserver | None = None
 
     # ------------------------------------------------------------------
     # lifecycle
@@ -384,19 +395,25 @@ class Pool:
     async def invoke(self, record: ScriptRecord, method: bytes, url: str, headers: list,
                      body: BodySource | bytes | None, limits: Limits,
                      parent: Invocation | None = None, outbound: Outbound | None = None,
-                     params: dict[str, Any] | None = None) -> Invocation:
-        """Start an invocation, cold-starting the script if needed (await ``head_ready``)."""
+                     params: dict[str, Any] | None = None, event: Event | None = None) -> Invocation:
+        """Start an invocation, cold-starting the script if needed (await ``head_ready``).
+
+        ``event`` is what it delivers when it is not an HTTP request (a tail
+        worker's batch, ...); the script's handler of that kind gets it.
+        """
         child = self.warm_child(record) or await self.acquire(record)
-        return self.start(child, record, method, url, headers, body, limits, parent, outbound, params)
+        return self.start(child, record, method, url, headers, body, limits, parent, outbound, params,
+                          event)
 
     def start(self, child: ChildProcess, record: ScriptRecord, method: bytes, url: str,
               headers: list, body: BodySource | bytes | None, limits: Limits,
               parent: Invocation | None = None, outbound: Outbound | None = None,
-              params: dict[str, Any] | None = None) -> Invocation:
+              params: dict[str, Any] | None = None, event: Event | None = None) -> Invocation:
         """Send an invocation to a child that already runs ``record`` (synchronous)."""
         self.warm.move_to_end((record.namespace, record.name))
         inv = Invocation(self.next_id(), child, record, method, url, headers, limits,
                          parent=parent, outbound=outbound, params=params)
+        inv.event = event
         child.invocations[inv.id] = inv
         child.last_used = trio.current_time()
         self.stats["invocations"] += 1
@@ -405,13 +422,13 @@ class Pool:
             body = body._data
         if body is None or (isinstance(body, bytes) and len(body) <= MAX_CHUNK):
             child.cpu_start(inv)
-            child.send(Invoke(inv.id, method, url, headers, body or None, params=params))
+            child.send(Invoke(inv.id, method, url, headers, body or None, params=params, event=event))
             return inv
         if isinstance(body, bytes):
             body = BytesBody(body)
         child.sinks[inv.id] = ChildSink(child, inv.id, body)
         child.cpu_start(inv)
-        child.send(Invoke(inv.id, method, url, headers, None, True, params=params))
+        child.send(Invoke(inv.id, method, url, headers, None, True, params=params, event=event))
         return inv
 
     def snapshot(self) -> dict[str, Any]:
