@@ -68,8 +68,19 @@ class _Handled(Exception):
     """A non-request event's handler returned: skip the response path."""
 
 
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _tenant_stack(exc: BaseException) -> str:
+    """The traceback without the runtime's own frames (the tenant's code is what matters)."""
+    summary = traceback.TracebackException.from_exception(exc)
+    frames = [f for f in summary.stack if not f.filename.startswith(_RUNTIME_DIR)]
+    summary.stack = traceback.StackSummary.from_list(frames)
+    return "".join(summary.format())
+
+
 def exception_info(exc: BaseException, with_stack: bool = True) -> ExceptionInfo:
-    stack = "".join(traceback.format_exception(exc)) if with_stack else ""
+    stack = _tenant_stack(exc) if with_stack else ""
     # A platform error keeps its platform name (exceededCpu, WorkerNotFound, ...)
     # so the supervisor can tell the outcome when tenant code lets it escape.
     name = exc.name if isinstance(exc, workers.PlatformError) else type(exc).__name__

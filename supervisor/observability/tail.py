@@ -250,7 +250,9 @@ class TailFilter(msgspec.Struct, kw_only=True):
             if needle in str(exc.get("message", "")) or needle in str(exc.get("name", "")):
                 return True
         request = ((event.get("event") or {}).get("request") or {})
-        return needle in str(request.get("url", ""))
+        if needle in str(request.get("url", "")):
+            return True
+        return any(self._found(child) for child in event.get("children") or ())
 
 
 class Subscriber:

@@ -36,7 +36,14 @@ _OUTCOMES = {"crashed": "exception"}
 
 
 def outcome_of(inv: "Invocation") -> str:
-    return _OUTCOMES.get(inv.outcome, inv.outcome)
+    """Cloudflare's outcome. An invocation that failed with the error of its own
+    subrequest limit (not a callee's, passed on) exceeded it."""
+    outcome = inv.outcome
+    if outcome == "exception" and inv.error is not None and inv.error.name == "exceededSubrequests":
+        limit = inv.limits.sub_requests
+        if limit is not None and inv.subrequests > limit:
+            return "exceededSubrequests"
+    return _OUTCOMES.get(outcome, outcome)
 
 
 def _looks_secret(value: str) -> bool:
