@@ -745,3 +745,15 @@ def test_untrusted_peers_get_a_fresh_request_id():
             assert RequestIds([]).assign(headers, conn) != "spoofed"
             assert RequestIds(["127.0.0.0/8"]).assign(headers, conn) == "spoofed"
             assert RequestIds(["127.0.0.1"]).assign([(b"x-corral-request-id", b"bad id\n")], conn) != "bad id\n"
+
+
+def test_redaction_changes_only_secrets():
+    from supervisor.observability.traces import redact_headers, redact_url
+
+    untouched = "http://a/proxy?url=http%3A%2F%2F127.0.0.1%2Fx%3Fn%3D4&b=+c"
+    assert redact_url(untouched) == untouched
+    assert redact_url("http://a/p?api_key=k&page=2&flag") == "http://a/p?api_key=REDACTED&page=2&flag"
+    assert redact_url("http://a/u/0123456789abcdef0123456789abcdef/x") == "http://a/u/REDACTED/x"
+    assert redact_url("http://a/?id=AbCdEf0123456789XyZabcd") == "http://a/?id=REDACTED"
+    assert redact_headers([(b"cookie", b"a=1"), (b"Set-Cookie", b"b"), (b"accept", b"x"), (b"accept", b"y")]) \
+        == {"cookie": "REDACTED", "set-cookie": "REDACTED", "accept": "x, y"}

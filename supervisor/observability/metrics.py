@@ -100,21 +100,35 @@ class Metrics:
                                        ["namespace", "script", "outcome"], registry=r) \
             if script_labels else None
         r.register(_PoolCollector(pool_snapshot, http_stats))
+        self._requests: dict[str, Any] = {}
+        self._invocations: dict[tuple[str, str, str], Any] = {}
+        self._per_namespace: dict[str, tuple[Any, Any, Any]] = {}
 
     def observe(self, inv: "Invocation", top_level: bool = True) -> None:
-        """A finished invocation tree."""
+        """A finished invocation tree (labelled children cached: this runs per request)."""
         if top_level:
             outcome = traces.outcome_of(inv)
-            self.requests.labels(outcome).inc()
+            requests = self._requests.get(outcome)
+            if requests is None:
+                requests = self._requests[outcome] = self.requests.labels(outcome)
+            requests.inc()
             self.latency.observe(inv.wall_ms / 1000.0)
         for node in traces.walk(inv):
             ns = _namespace(node)
             outcome = traces.outcome_of(node)
-            self.invocations.labels(ns, outcome, _kind(node)).inc()
-            self.wall.labels(ns).observe(node.wall_ms / 1000.0)
-            self.cpu.labels(ns).observe(node.cpu_ns / 1e9)
+            key = (ns, outcome, _kind(node))
+            counter = self._invocations.get(key)
+            if counter is None:
+                counter = self._invocations[key] = self.invocations.labels(*key)
+            counter.inc()
+            per_ns = self._per_namespace.get(ns)
+            if per_ns is None:
+                per_ns = self._per_namespace[ns] = (self.wall.labels(ns), self.cpu.labels(ns),
+                                                    self.subrequests.labels(ns))
+            per_ns[0].observe(node.wall_ms / 1000.0)
+            per_ns[1].observe(node.cpu_ns / 1e9)
             if node.subrequests:
-                self.subrequests.labels(ns).inc(node.subrequests)
+                per_ns[2].inc(node.subrequests)
             if self.script_requests is not None:
                 self.script_requests.labels(ns, node.record.name, outcome).inc()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from typing import TYPE_CHECKING, Any, Iterator
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from protocol.messages import TailEvent
 
@@ -65,10 +65,13 @@ def redact_url(url: str) -> str:
     path = "/".join(REDACTED if s and _looks_secret(s) else s for s in segments)
     query = parts.query
     if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = "&".join(
-            f"{quote(k, safe='')}={REDACTED if (_SECRET_PARAM.search(k) or _looks_secret(v)) else quote(v, safe='')}"
-            for k, v in pairs)
+        kept = []
+        for item in query.split("&"):
+            raw_key, eq, raw_value = item.partition("=")
+            key, value = unquote_plus(raw_key), unquote_plus(raw_value)
+            secret = eq and (_SECRET_PARAM.search(key) or _looks_secret(value))
+            kept.append(f"{raw_key}={REDACTED}" if secret else item)  # others as they came
+        query = "&".join(kept)
     if path == parts.path and query == parts.query:
         return url
     return urlunsplit((parts.scheme, parts.netloc, path, query, parts.fragment))
