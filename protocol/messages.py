@@ -36,7 +36,7 @@ import msgspec
 
 #: Bumped whenever a message changes shape; a child speaking another version
 #: is killed at its first frame.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 #: Largest chunk of a streamed body, and largest inline body.
 MAX_CHUNK = 64 * 1024
@@ -158,6 +158,28 @@ class ScriptBundle(msgspec.Struct, array_like=True, omit_defaults=True, frozen=T
 
 
 # --------------------------------------------------------------------------
+# Events: what an invocation delivers (one member per handler type)
+# --------------------------------------------------------------------------
+
+
+class RequestEvent(_Msg, tag="request"):
+    """An HTTP request for ``fetch``; the request itself is :class:`Invoke`'s
+    method, url, headers and body. The default when ``Invoke.event`` is None."""
+
+
+class TailEvent(_Msg, tag="tail"):
+    """Trace events for a tail worker's ``tail(events)``: JSON-able dicts
+    with Cloudflare's TraceItem field names (SPEC section 4)."""
+
+    events: list[Any]
+
+
+#: The event an :class:`Invoke` delivers. Scheduled (cron) and queue events
+#: are one more member each; the child dispatches on the member's type.
+Event = Union[RequestEvent, TailEvent]
+
+
+# --------------------------------------------------------------------------
 # Supervisor -> child
 # --------------------------------------------------------------------------
 
@@ -169,10 +191,13 @@ class Load(_Msg, tag="load"):
 
 
 class Invoke(_Msg, tag="invoke"):
-    """Deliver one HTTP event to the script's ``fetch`` handler.
+    """Deliver one event to the script: an HTTP request to its ``fetch``
+    handler, or (``event``) another kind to the handler of that kind.
 
     ``params`` carries outbound-worker parameters set by the dispatcher for the
-    subrequest this invocation represents; they appear on ``env``.
+    subrequest this invocation represents; they appear on ``env``. For events
+    other than requests, method, url and headers are placeholders and the
+    child answers with an empty :class:`ResponseStart` once the handler returns.
     """
 
     id: int
@@ -181,6 +206,7 @@ class Invoke(_Msg, tag="invoke"):
     headers: list[Header]
     body: Body | None = None
     params: dict[str, Any] | None = None
+    event: Event | None = None
 
 
 class Cancel(_Msg, tag="cancel"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import sys
 import time
@@ -57,7 +58,7 @@ from protocol.messages import (
 )
 
 from . import bindings as storage_bindings
-from . import jail, landlock, loader, logs, unavailable, warmup, workers
+from . import events, jail, landlock, loader, logs, unavailable, warmup, workers
 from .channel import Channel
 from .streams import IncomingBody, OutgoingBody
 
@@ -71,8 +72,31 @@ MAX_LOG_BACKLOG = 1024 * 1024
 EXIT_OUT_OF_MEMORY = 3
 
 
+class _Handled(Exception):
+    """A non-request event's handler returned: skip the response path."""
+
+
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+#: Where a script version's files are (supervisor.pool.bundles): .../bundles/<version>/
+_BUNDLE_PREFIX = re.compile(r"^.*/bundles/[0-9a-f]+/")
+
+
+def _tenant_stack(exc: BaseException) -> str:
+    """The traceback without the runtime's own frames (the tenant's code is what matters)."""
+    summary = traceback.TracebackException.from_exception(exc)
+    frames = [f for f in summary.stack if not f.filename.startswith(_RUNTIME_DIR)]
+    for frame in frames:
+        # The tenant's own files by their path in its project, as on
+        # Cloudflare (and without the host's state directory in them).
+        frame.filename = _BUNDLE_PREFIX.sub("", frame.filename)
+    summary.stack = traceback.StackSummary.from_list(frames)
+    return "".join(summary.format())
+
+
 def exception_info(exc: BaseException, with_stack: bool = True) -> ExceptionInfo:
-    stack = "".join(traceback.format_exception(exc)) if with_stack else ""
+    stack = _tenant_stack(exc) if with_stack else ""
     # A platform error keeps its platform name (exceededCpu, WorkerNotFound, ...)
     # so the supervisor can tell the outcome when tenant code lets it escape.
     name = exc.name if isinstance(exc, workers.PlatformError) else type(exc).__name__
@@ -242,9 +266,7 @@ class Runtime:
         self.closed = asyncio.Event()
         self.script: ScriptBundle | None = None
         self.env: Env | None = None
-        self._entry: type | None = None
-        self._on_fetch: Callable[..., Any] | None = None
-        self._on_fetch_arity = 2
+        self._script: events.Handlers | None = None
         self._load_error: ExceptionInfo | None = None
         self.invocations: dict[int, _Invocation] = {}
         self.incoming: dict[int, IncomingBody] = {}
@@ -297,6 +319,12 @@ class Runtime:
         budget[1] -= len(message)
         self.send(Log(inv, level, message, time.time() * 1000.0))
 
+    def report_logged(self, exc: BaseException) -> None:
+        """An exception the tenant logged: listed in its invocation's trace."""
+        inv = workers.current_invocation.get()
+        if inv in self.invocations:
+            self.send(Report(inv, exception_info(exc)))
+
     def _end_logs(self, inv: int) -> None:
         budget = self._log_budgets.pop(inv, None)
         if budget is not None and budget[2]:
@@ -328,17 +356,12 @@ class Runtime:
             if self._sandboxed:
                 self._confine(message.script)
             module = loader.load(message.script.bundle, message.script.main_module)
-            entry = getattr(module, "Default", None)
-            if isinstance(entry, type) and callable(getattr(entry, "fetch", None)):
-                self._entry = entry
-            elif callable(getattr(module, "on_fetch", None)):
-                self._on_fetch = module.on_fetch
-                code = getattr(module.on_fetch, "__code__", None)
-                self._on_fetch_arity = code.co_argcount if code else 2
-            else:
+            self._script = events.Handlers(module)
+            if not self._script:
                 raise loader.ScriptLoadError(
                     "the script has no fetch handler: define `class Default(WorkerEntrypoint)` "
-                    "with `async def fetch(self, request)`, or `async def on_fetch(request, env)`"
+                    "with `async def fetch(self, request)`, or `async def on_fetch(request, env)` "
+                    "(a tail worker: `async def tail(self, events)`)"
                 )
         except loader.ScriptLoadError as exc:
             cause = exc.__cause__ or exc
@@ -417,20 +440,26 @@ class Runtime:
             if self._load_error is not None:
                 self.send(InvokeFailed(inv, self._load_error))
                 return
-            request = self._request_for(message)
+            assert self._script is not None
             env = self._env_for(message.params)
-            if self._entry is not None:
-                response = await self._entry(workers.Context(inv), env).fetch(request)
-            else:
-                assert self._on_fetch is not None
-                args: tuple = (request, env, workers.Context(inv))[: max(1, self._on_fetch_arity)]
-                response = await self._on_fetch(*args)
+            kind, args = events.kind_and_args(message.event)
+            if kind != "fetch":
+                # Not a request: the handler's return is not a response; an
+                # empty head says it returned (an exception fails it as usual).
+                await self._script.call(kind, workers.Context(inv), env, *args)
+                state.responded = True
+                self.send(ResponseStart(inv, 200, []))
+                raise _Handled
+            request = self._request_for(message)
+            response = await self._script.call("fetch", workers.Context(inv), env, request)
             if not isinstance(response, workers.Response):
                 raise TypeError(
                     f"the fetch handler returned {type(response).__name__}, not a Response"
                 )
             state.responded = True
             await self._respond(inv, response)
+        except _Handled:
+            pass
         except asyncio.CancelledError:
             if not state.responded:
                 self.send(InvokeFailed(inv, ExceptionInfo("Canceled", "the client went away")))
@@ -611,6 +640,7 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
     runtime = Runtime(loop, sandboxed=True, layer2=layer2)
     workers._runtime = runtime
     logs.set_sink(runtime.log)
+    logs.set_report_sink(runtime.report_logged)
     sys.stdout = logs.LineWriter("log")
     sys.stderr = logs.LineWriter("error")
     logs.install_logging()

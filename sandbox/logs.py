@@ -17,12 +17,25 @@ from typing import Any, Callable
 MAX_LINE = 16 * 1024
 
 _sink: Callable[[str, str], None] | None = None
+_report: Callable[[BaseException], None] | None = None
 
 
 def set_sink(sink: Callable[[str, str], None]) -> None:
     """``sink(level, message)`` receives every completed line."""
     global _sink
     _sink = sink
+
+
+def set_report_sink(report: Callable[[BaseException], None]) -> None:
+    """``report(exc)`` receives exceptions the tenant logged (``logging.exception``,
+    ``console.error(exc)``): the trace lists them with the uncaught ones."""
+    global _report
+    _report = report
+
+
+def report(exc: BaseException) -> None:
+    if _report is not None:
+        _report(exc)
 
 
 def emit(level: str, message: str) -> None:
@@ -69,6 +82,8 @@ class _TraceHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - a broken format string is the tenant's
             message = str(record.msg)
         emit(_LEVELS.get(record.levelno, "log"), message)
+        if record.exc_info and isinstance(record.exc_info[1], BaseException):
+            report(record.exc_info[1])
 
 
 def install_logging() -> None:
@@ -98,6 +113,9 @@ class _Console:
 
     def error(self, *args: Any) -> None:
         emit("error", _join(args))
+        for arg in args:
+            if isinstance(arg, BaseException):
+                report(arg)
 
 
 console = _Console()

@@ -25,6 +25,7 @@ import msgspec
 from supervisor import cli_d1, model
 from supervisor.admin import multipart
 from supervisor.errors import Invalid
+from supervisor.observability import cli_tail as observability_cli
 
 __all__ = ["AdminClient", "ApiCallError", "UnixHTTPConnection", "main"]
 
@@ -194,11 +195,6 @@ def _cmd_routes(args: argparse.Namespace, client: AdminClient) -> int:
     return 0
 
 
-def _cmd_tail(args: argparse.Namespace, client: AdminClient) -> int:
-    print("corral tail: not implemented yet", file=sys.stderr)
-    return 1
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     import msgspec
 
@@ -268,9 +264,7 @@ def _parser() -> argparse.ArgumentParser:
     tags.add_argument("action", nargs="?", choices=["set", "add", "rm"])
     tags.add_argument("values", nargs="*", metavar="TAG")
 
-    tail = sub.add_parser("tail", parents=[common], help="stream trace events (not implemented yet)")
-    tail.add_argument("--namespace", "-n")
-    tail.add_argument("name", metavar="NAME", nargs="?")
+    observability_cli.add_parsers(sub, common)  # tail, usage
 
     ns = sub.add_parser("ns", parents=[common], help="manage dispatch namespaces")
     ns_sub = ns.add_subparsers(dest="ns_command", required=True, metavar="ls|create|rm")
@@ -300,7 +294,7 @@ _COMMANDS = {
     "ls": _cmd_ls,
     "rm": _cmd_rm,
     "tags": _cmd_tags,
-    "tail": _cmd_tail,
+    **observability_cli.COMMANDS,
     "ns": _cmd_ns,
     "routes": _cmd_routes,
     "d1": cli_d1.run,

@@ -129,6 +129,44 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     quota: QuotaConfig = msgspec.field(default_factory=QuotaConfig)
 
 
+class OtlpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """OpenTelemetry export (supervisor.observability.otel). No endpoint here and
+    none in ``OTEL_EXPORTER_OTLP_*``: no exporter at all."""
+
+    #: Base URL of an OTLP/HTTP collector (``/v1/traces`` and ``/v1/logs`` are added).
+    endpoint: str = ""
+    headers: dict[str, str] = {}
+    service_name: str = "corral"
+    #: Events (and spans, and log records) queued at most; past it they are dropped.
+    max_queue: int = 2048
+    schedule_delay_ms: float = 1000.0
+    export_timeout_s: float = 5.0
+
+
+class ObservabilityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Trace consumers: tail workers, live tails, usage, metrics, OTLP."""
+
+    #: Per-minute usage rollups in ``STATE/usage.db`` (billing; needs exact cpuTime).
+    usage: bool = True
+    usage_retention_days: float = 35.0
+    usage_flush_s: float = 10.0
+    #: Trace events queued per tail consumer at most; past it they are dropped (counted).
+    tail_queue_events: int = 1000
+    tail_batch_events: int = 100
+    #: How long a batch gathers before it is sent.
+    tail_batch_wait_ms: float = 50.0
+    #: How long a tail worker's handler may take (its wall limit, at most).
+    tail_timeout_s: float = 10.0
+    #: Events a live tail may be behind before it is disconnected.
+    live_tail_buffer: int = 1000
+    max_live_tails: int = 32
+    #: Addresses or networks of proxies whose ``x-corral-request-id`` is kept.
+    trusted_proxies: list[str] = []
+    #: A per-script label on metrics: cardinality grows with tenants; off by default.
+    metrics_script_labels: bool = False
+    otlp: OtlpConfig = msgspec.field(default_factory=OtlpConfig)
+
+
 class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     http: str = "127.0.0.1:8080"
     admin_socket: str | None = None
@@ -139,6 +177,7 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     outbound: OutboundConfig = msgspec.field(default_factory=OutboundConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    observability: ObservabilityConfig = msgspec.field(default_factory=ObservabilityConfig)
     #: Log every request's trace event (outcome, cpuTime, wallTime, children)
     #: as a JSON line; off by default, it costs throughput.
     log_invocations: bool = False

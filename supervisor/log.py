@@ -8,6 +8,7 @@ way by :class:`JsonFormatter`.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
@@ -16,6 +17,10 @@ from typing import Any
 import msgspec
 
 _encoder = msgspec.json.Encoder()
+
+#: The client request the running task serves (set by the edge); every log
+#: line written meanwhile carries it as ``request_id``.
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 _logger = logging.getLogger("corral")
 
 
@@ -48,6 +53,9 @@ def setup(level: int = logging.INFO) -> None:
 def log(event: str, level: int = logging.INFO, exc_info: Any = None, **fields: Any) -> None:
     """Log ``event`` with structured ``fields`` (one JSON line)."""
     if _logger.isEnabledFor(level):
+        rid = request_id.get()
+        if rid and "request_id" not in fields:
+            fields["request_id"] = rid
         _logger.log(level, event, extra={"fields": fields or {"_": None}}, exc_info=exc_info)
 
 

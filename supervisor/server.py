@@ -21,7 +21,7 @@ from supervisor.calls import http_client
 from supervisor import log as logmod
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
-from supervisor.errors import Unavailable
+from supervisor.errors import NotSupported, Unavailable
 from supervisor.bindings import Bindings
 from supervisor.calls.calls import Calls
 from supervisor.config import AdminConfig, HttpConfig, ServeConfig
@@ -29,7 +29,8 @@ from supervisor.store.assets import AssetBlobs
 from supervisor.calls.egress import EgressPolicy
 from supervisor.edge.http_server import Connection, Request, Server, listen_tcp
 from supervisor.edge.ingress import Ingress
-from supervisor.pool.invocation import Invocation
+from supervisor.observability.pipeline import Observability
+from supervisor.observability.live import serve_live_tail
 from supervisor.log import log, warn
 from supervisor.pool.pool import Pool, PoolUnavailable
 from supervisor.model import ScriptRecord
@@ -60,11 +61,15 @@ class Supervisor:
             config,
             calls=lambda pool: Calls(pool, self.scripts, config.limits, self.client),
             bindings=self.bindings,
-            on_event=self._log_event if config.log_invocations else None,
-            # cpuTime per invocation is exact only when someone reads traces.
-            exact_cpu=config.log_invocations)
+            on_event=self._on_event,
+            exact_cpu=True)  # set again below, once observability knows who reads traces
+        self.observability = Observability(
+            config, self.pool, self.store.get_script, self.pool.calls.limits.defaults_for,
+            lambda: {"requests": self.http.requests, "connections": self.http.connections,
+                     "in_flight": self.http.in_flight})
         self.ingress = Ingress(config, self.pool, self.route, self.scripts,
-                               on_trace=self._log_trace if config.log_invocations else None)
+                               on_trace=self.observability.finished, on_missing=self._not_found,
+                               request_ids=self.observability.request_ids.assign)
         self.admin = AdminAPI(self.store, self,
                               blobs=AssetBlobs(os.path.join(config.state_dir, "assets")))
         storage_admin.register(self.admin.router, self.bindings)
@@ -78,11 +83,16 @@ class Supervisor:
         """The platform script routed for ``host`` and ``path`` (the ingress reads it)."""
         return self.store.route_table().match(host, path)
 
-    def _log_trace(self, inv: "Invocation") -> None:
-        log("invocation", trace=inv.trace())
+    def _on_event(self, trace: dict) -> None:
+        self.observability.event(trace)
 
-    def _log_event(self, trace: dict) -> None:
-        log("invocation", trace=trace)
+    def _not_found(self, request: Request, url: str, request_id: str) -> None:
+        """A request no script answered: a scriptNotFound event if a route
+        names a script that no longer exists."""
+        host = request.host.decode("latin-1")
+        script = self.store.route_table().match(host, request.target.decode("latin-1").split("?", 1)[0])
+        if script is not None:
+            self.observability.script_not_found(script, url, request.method, request.headers, request_id)
 
     # -- admin hooks -------------------------------------------------------------
     async def validate(self, record: ScriptRecord) -> str | None:
@@ -101,31 +111,27 @@ class Supervisor:
         return {v for v in stored if v} | self.pool.versions_in_use()
 
     def metrics_text(self) -> str:
-        snap = self.pool.snapshot()
-        lines = [
-            "# HELP corral_children Sandboxed child processes alive.",
-            "# TYPE corral_children gauge",
-            f"corral_children {snap['children']}",
-            "# TYPE corral_spare_children gauge",
-            f"corral_spare_children {snap['spares']}",
-            "# TYPE corral_warm_scripts gauge",
-            f"corral_warm_scripts {snap['warm']}",
-            "# TYPE corral_cold_starts_total counter",
-            f"corral_cold_starts_total {snap['cold_starts']}",
-            "# TYPE corral_invocations_total counter",
-            f"corral_invocations_total {snap['invocations']}",
-            "# TYPE corral_http_requests_total counter",
-            f"corral_http_requests_total {self.http.requests}",
-            "# TYPE corral_http_connections gauge",
-            f"corral_http_connections {self.http.connections}",
-        ]
-        return "\n".join(lines) + "\n"
+        return self.observability.metrics.text().decode()
+
+    async def usage(self, namespace: str | None, script: str | None, tag: str | None,
+                    since: int, until: int) -> list[dict]:
+        usage = self.observability.usage
+        if usage is None:
+            raise NotSupported("usage is off: set observability.usage = true")
+        return await usage.query(namespace, script, tag, since, until)
 
     async def _admin_handle(self, request: Request, conn: Connection) -> None:
         body = request.body if isinstance(request.body, bytes) else await read_all(
             request.body, self.admin_http.config.max_body_bytes)
+        target = request.target.decode("latin-1")
+        if request.method == b"GET" and target.split("?", 1)[0].rstrip("/") == "/tail":
+            # Streamed, so not through the sans-I/O API (supervisor.observability.tail).
+            self.observability.metrics.admin_call("GET", 200)
+            await serve_live_tail(self.observability.live, target, conn)
+            return
         status, headers, payload = await self.admin.handle(
-            request.method.decode("latin-1"), request.target.decode("latin-1"), request.headers, body)
+            request.method.decode("latin-1"), target, request.headers, body)
+        self.observability.metrics.admin_call(request.method.decode("latin-1"), status)
         await conn.respond(status, headers, payload)
 
     def _admin_tcp(self) -> "AdminTCP":  # noqa: F821 - imported where it is needed
@@ -140,6 +146,7 @@ class Supervisor:
         host, port = self.config.http_host_port
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.observability.run)
                 await nursery.start(self.pool.run)
                 nursery.start_soon(self.pool.bundles.run, self._bundles_in_use)
                 listener = listen_tcp(host, port)

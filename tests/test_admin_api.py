@@ -421,9 +421,9 @@ def test_metrics_is_prometheus_text(client):
     assert dict(headers)[b"content-type"].startswith(b"text/plain")
 
 
-def test_tail_is_501(client):
+def test_tail_is_a_stream_the_sans_io_api_does_not_serve(client):
     env = client("GET", "/tail?namespace=default&script=x", expect=501)
-    assert "not implemented" in error_message(env)
+    assert "stream" in error_message(env)
 
 
 @pytest.mark.parametrize("target", ["/", "/nope", "/accounts/local/workers", f"{NS}/default/scripts/s/x",

@@ -224,6 +224,6 @@ def test_bad_usage_is_exit_2(tmp_path):
     assert result.returncode == 2
 
 
-def test_tail_is_not_implemented_yet(tmp_path):
+def test_tail_without_a_supervisor_is_an_api_error(tmp_path):
     result = corral("tail", "x", "--socket", tmp_path / "s")
-    assert result.returncode == 1 and "not implemented yet" in result.stderr
+    assert result.returncode == 1 and "cannot reach the supervisor" in result.stderr

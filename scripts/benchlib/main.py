@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from . import corral_extras, httpclient, loadgen, procs, report
+from . import corral_extras, corral_observability, httpclient, loadgen, procs, report
 from .systems import SYSTEMS, Unavailable
 
 
@@ -65,6 +65,11 @@ def parse_args(argv):
                          "precision) on a Corral of their own: no workerd/bare, no tenants")
     ap.add_argument("--no-extras", action="store_true",
                     help="skip the Corral extras after the main Corral run")
+    ap.add_argument("--only-observability", action="store_true",
+                    help="run only the observability overhead figure: req/s with a tail worker "
+                         "and OTLP export on, as a ratio to both off")
+    ap.add_argument("--no-observability", action="store_true",
+                    help="skip the observability overhead figure after the main Corral run")
     ap.add_argument("--extras-requests", type=int, default=1000,
                     help="brokered fetch: sequential requests of each kind (direct, worker, "
                          "worker+fetch, and both through the outbound worker) (default: "
@@ -100,7 +105,7 @@ def parse_args(argv):
     if a.extras_requests < 1 or a.cpu_runs < 0 or any(b <= 0 for b in a.cpu_budget_list):
         ap.error("--extras-requests, --cpu-runs and --cpu-budgets must be positive")
     a.systems = [s.strip() for s in a.only.split(",") if s.strip()]
-    if a.only_extras:
+    if a.only_extras or a.only_observability:
         a.systems = ["corral"]
     for s in a.systems:
         if s not in SYSTEMS:
@@ -115,7 +120,7 @@ class Runner:
         self.args = args
         self.wrk = None
         self.loadgen_note = ""
-        if args.only_extras:
+        if args.only_extras and not args.only_observability:
             self.loadgen_note = "no throughput runs (--only-extras)"
         elif args.loadgen in ("auto", "wrk"):
             self.wrk = loadgen.ensure_wrk(log)
@@ -237,11 +242,23 @@ class Runner:
             log(f"corral extras: failed ({type(e).__name__}: {e})")
             return {"unavailable": f"{type(e).__name__}: {e}"}
 
+    def observability(self) -> dict:
+        log("== corral observability overhead")
+        try:
+            return corral_observability.run(self, log)
+        except (OSError, httpclient.HTTPError) as e:
+            log(f"corral observability: failed ({type(e).__name__}: {e})")
+            return {"unavailable": f"{type(e).__name__}: {e}"}
+
     def run(self) -> dict:
         a = self.args
         out = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": {
             k: v for k, v in vars(a).items() if k not in ("systems",)},
             "loadgen": self.loadgen_note, "cores": os.cpu_count(), "systems": {}}
+        if a.only_observability:
+            out["systems"]["corral"] = {"label": "corral", "main_skipped": True, "notes": [],
+                                        "observability": self.observability()}
+            return out
         if a.only_extras:
             log(f"bench: corral extras only; {a.extras_requests} rounds of brokered fetch, "
                 f"CPU budgets {a.cpu_budgets} ms x {a.cpu_runs} run(s)")
@@ -278,6 +295,8 @@ class Runner:
                 entry["deploy_ms"] = getattr(sysm, "deploy_stats", {})
                 if not a.no_extras:
                     entry["extras"] = self.extras()
+                if not a.no_observability:
+                    entry["observability"] = self.observability()
             out["systems"][key] = entry
         return out
 

@@ -84,6 +84,9 @@ def render(results: dict) -> str:
     corral = systems.get("corral", {})
     if "extras" in corral:
         out += _render_extras(corral["extras"], results["args"])
+    if "observability" in corral:
+        from .corral_observability import render as render_observability
+        out += render_observability(corral["observability"])
     return "\n".join(out)
 
 

@@ -8,9 +8,11 @@ disk never stalls the supervisor's event loop.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import posixpath
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -68,6 +70,11 @@ class AdminHooks(Protocol):
         """Prometheus text exposition for ``GET /metrics``."""
         ...
 
+    async def usage(self, namespace: str | None, script: str | None, tag: str | None,
+                    since: int, until: int) -> list[dict[str, Any]]:
+        """Per-minute usage rows (supervisor.observability.usage)."""
+        ...
+
 
 def _namespace_of(request: Request) -> str:
     """PLATFORM for /workers/scripts/..., else the validated {ns}."""
@@ -85,6 +92,29 @@ def _tag_filters(request: Request) -> list[TagFilter]:
     if len(filters) > MAX_TAG_FILTERS:
         raise Invalid(f"?tags= has {len(filters)} filters, more than the {MAX_TAG_FILTERS} accepted")
     return filters
+
+
+def parse_time(value: str | None, what: str, default: int) -> int:
+    """Epoch seconds from ``?since=``/``?until=``: epoch seconds or milliseconds,
+    an ISO 8601 time (UTC unless it says otherwise), or relative (``-1h``, ``30m``
+    ago: a number and s, m, h or d)."""
+    if not value:
+        return default
+    text = value.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units and text[:-1].lstrip("-").replace(".", "", 1).isdigit():
+            return int(time.time() - abs(float(text[:-1])) * units[text[-1]])
+        if text.replace(".", "", 1).isdigit():
+            number = float(text)
+            return int(number / 1000 if number > 1e11 else number)
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        return int(moment.timestamp())
+    except (ValueError, OverflowError):
+        raise Invalid(f"{what} must be epoch seconds, an ISO 8601 time or like -1h, "
+                      f"got {clip(value)!r}") from None
 
 
 def _check_module_path(path: str) -> None:
@@ -111,6 +141,7 @@ class Handlers:
         """The core endpoints (the other groups are registered by admin.api)."""
         router.add("metrics", GET=self.metrics)
         router.add("tail", GET=self.tail)
+        router.add("accounts/*/workers/usage", GET=self.usage)
         router.add(_NS, GET=self.list_namespaces, POST=self.create_namespace)
         router.add(f"{_NS}/{{ns}}", GET=self.get_namespace, DELETE=self.delete_namespace)
         router.add(f"{_NS}/{{ns}}/scripts", GET=self.list_scripts, DELETE=self.bulk_delete)
@@ -147,7 +178,27 @@ class Handlers:
         return 200, list(METRICS_HEADERS), self.hooks.metrics_text().encode()
 
     async def tail(self, request: Request) -> Response:
-        raise NotSupported("GET /tail is not implemented yet")
+        # The server streams GET /tail itself (supervisor.observability.live);
+        # this sans-I/O API answers whole responses only.
+        raise NotSupported("GET /tail is a stream: it is served on the supervisor's admin socket")
+
+    async def usage(self, request: Request) -> Response:
+        hook = getattr(self.hooks, "usage", None)
+        if hook is None:
+            raise NotSupported("usage is not available")
+        q = request.query
+        now = int(time.time())
+        until = parse_time(q.get("until"), "until", now)
+        since = parse_time(q.get("since"), "since", now - 86400)
+        if since > until:
+            raise Invalid("since must not be after until")
+        namespace = check_name("namespace", q["namespace"]) if q.get("namespace") else None
+        script = check_name("script", q["script"]) if q.get("script") else None
+        tag = q.get("tag") or None
+        if tag is not None and script is not None:
+            raise Invalid("give script= or tag=, not both: rows are per script or per tag")
+        rows = await hook(namespace, script, tag, since // 60 * 60, until)
+        return envelope(200, rows, result_info={"count": len(rows), "since": since, "until": until})
 
     # -- namespaces -----------------------------------------------------------
 

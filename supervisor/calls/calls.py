@@ -23,6 +23,7 @@ Every call counts against the caller's subrequest limit. Every failure reaches t
 
 from __future__ import annotations
 
+import time
 from typing import Any, AsyncIterator, Callable, TypeVar
 
 import msgspec
@@ -143,7 +144,7 @@ class Calls:
             body = self._request_body(child, message)
             target = self._target(parent, message, body)
             if target is None:  # a plain outbound HTTP request
-                child.spawn(self._run, child, parent, message, self._http(message, body))
+                child.spawn(self._run, child, parent, message, self._http(message, body, parent))
                 return
             found = self.scripts.cached(target.namespace, target.name)
             if found is NOT_CACHED:  # a store miss: read it off the event loop, then call
@@ -335,17 +336,23 @@ class Calls:
             if hop.drop_body:
                 body = None
 
-    async def _http(self, message: SubRequest, body: BodySource | bytes | None) -> Head:
+    async def _http(self, message: SubRequest, body: BodySource | bytes | None,
+                    parent: Invocation | None = None) -> Head:
         upload: bytes | AsyncIterator[bytes] | None
         upload = body if body is None or isinstance(body, bytes) else _iterate(body)
+        span = _fetch_span(parent, message)
         try:
             response = await self.client.request(message.method.decode("latin-1"), message.url,
                                                  message.headers, upload, redirect=message.redirect)
+            span["status"] = response.status
         except http_client.FetchError as exc:
+            span["error"] = str(exc)[:500]
             raise CallFailed("FetchError", str(exc)) from None
         except ValueError as exc:  # a redirect mode fetch does not know
+            span["error"] = str(exc)[:500]
             raise CallFailed("TypeError", str(exc)) from None
         finally:
+            span["end_ns"] = time.time_ns()
             _close(body)
         return Head(response.status, response.headers, _ClientBody(response), response.url,
                     response.redirected)
@@ -381,6 +388,23 @@ class _ClientBody:
 async def _iterate(source: BodySource) -> AsyncIterator[bytes]:
     while chunk := await source.receive():
         yield chunk
+
+
+#: Outbound fetches recorded per invocation for its trace spans.
+MAX_FETCH_SPANS = 100
+
+
+def _fetch_span(parent: Invocation | None, message: SubRequest) -> dict[str, Any]:
+    """A record of one outbound fetch (kept on ``parent`` for OpenTelemetry
+    spans, up to :data:`MAX_FETCH_SPANS`); filled in as the fetch goes."""
+    span: dict[str, Any] = {"method": message.method.decode("latin-1"), "url": message.url,
+                            "start_ns": time.time_ns()}
+    if parent is not None:
+        if parent.fetches is None:
+            parent.fetches = []
+        if len(parent.fetches) < MAX_FETCH_SPANS:
+            parent.fetches.append(span)
+    return span
 
 
 def _count_subrequest(parent: Invocation) -> None:

@@ -13,6 +13,7 @@ to the client socket, one chunk at a time.
 
 from __future__ import annotations
 
+import socket
 from typing import Callable
 
 import trio
@@ -24,7 +25,7 @@ from supervisor.config import ServeConfig
 from supervisor.edge.http_server import Connection, InvalidResponse, Request
 from supervisor.lifecycle import OUTCOME_MESSAGE, OUTCOME_STATUS, Outcome
 from supervisor.pool.invocation import Invocation
-from supervisor.log import log, warn
+from supervisor.log import log, request_id as log_request_id, warn
 from supervisor.pool.pool import Pool, PoolUnavailable
 from supervisor.model import PLATFORM
 from supervisor.store.lookup import NOT_CACHED, ScriptSource
@@ -32,21 +33,45 @@ from supervisor.store.lookup import NOT_CACHED, ScriptSource
 #: host, path -> the platform script routed there (None: no route matches).
 Router = Callable[[str, str], "str | None"]
 TraceSink = Callable[[Invocation], None]
+#: ``(request, url, request_id)``: a request no script answered (the route's
+#: script may be gone: a scriptNotFound trace event).
+MissingSink = Callable[[Request, str, str], None]
+#: ``(headers, socket) -> request id`` (supervisor.observability.request_id).
+RequestIdSource = Callable[[list[tuple[bytes, bytes]], socket.socket], str]
+
+REQUEST_ID_HEADER = b"x-corral-request-id"
+#: How long a request waits for its response head before it also watches
+#: for the client going away (fast answers never pay for the watch).
+WATCH_CLIENT_AFTER_S = 0.05
 
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
 class Ingress:
     def __init__(self, config: ServeConfig, pool: Pool, router: Router, scripts: ScriptSource,
-                 on_trace: TraceSink | None = None) -> None:
+                 on_trace: TraceSink | None = None, on_missing: MissingSink | None = None,
+                 request_ids: RequestIdSource | None = None) -> None:
         self.config = config
         self.pool = pool
         self.router = router
         self.scripts = scripts
         self.on_trace = on_trace
+        self.on_missing = on_missing
+        self.request_ids = request_ids
         self.limits = LimitPolicy(config.limits)
 
     async def handle(self, request: Request, conn: Connection) -> None:
+        if self.request_ids is None:
+            await self._handle(request, conn, "")
+            return
+        rid = self.request_ids(request.headers, conn.sock)
+        token = log_request_id.set(rid)
+        try:
+            await self._handle(request, _Tagged(conn, rid), rid)
+        finally:
+            log_request_id.reset(token)
+
+    async def _handle(self, request: Request, conn: Connection, rid: str) -> None:
         host = request.host.decode("latin-1")
         target = request.target.decode("latin-1")
         path = target.split("?", 1)[0]
@@ -56,6 +81,9 @@ class Ingress:
             record = await self.scripts.load(PLATFORM, script)  # type: ignore[arg-type]
         head_only = request.method == b"HEAD"
         if record is None:
+            if self.on_missing is not None:
+                url = f"http://{host}{target}" if target.startswith("/") else target
+                self.on_missing(request, url, rid)
             await conn.respond(404, _TEXT, f"No worker is routed for {host or '(no host)'}{path}\n".encode(),
                                head_only)
             return
@@ -68,10 +96,11 @@ class Ingress:
             await conn.respond(503, _TEXT + [(b"retry-after", b"1")],
                                b"Service unavailable: no sandbox free, retry shortly\n", head_only)
             return
+        inv.request_id = rid
         if self.on_trace is not None:
             inv.on_done = self.on_trace  # once waitUntil work is over too
         try:
-            await self._answer(inv, conn, head_only)
+            await self._answer(inv, conn, head_only, isinstance(request.body, bytes))
         except InvalidResponse as exc:
             warn("ingress.invalid_response", script=record.name, reason=str(exc))
             if inv.body is not None:
@@ -79,9 +108,22 @@ class Ingress:
             if not conn.response_started:
                 await conn.respond(500, _TEXT, b"Worker returned an invalid response\n", head_only)
 
-    async def _answer(self, inv: Invocation, conn: Connection, head_only: bool) -> None:
-        with trio.move_on_at(inv.deadline):
+    async def _answer(self, inv: Invocation, conn: Connection, head_only: bool,
+                      body_read: bool = False) -> None:
+        with trio.move_on_at(min(inv.deadline, trio.current_time() + WATCH_CLIENT_AFTER_S)):
             await inv.head_ready.wait()
+        if not inv.head_ready.is_set() and body_read and trio.current_time() < inv.deadline:
+            # A slow answer: also watch the client, whose leaving cancels it.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_when_gone, conn.sock, inv, nursery.cancel_scope)
+                with trio.move_on_at(inv.deadline):
+                    await inv.head_ready.wait()
+                nursery.cancel_scope.cancel()
+            if inv.outcome == "canceled":
+                return
+        elif not inv.head_ready.is_set():
+            with trio.move_on_at(inv.deadline):
+                await inv.head_ready.wait()
         if not inv.head_ready.is_set():
             inv.cancel(Outcome.EXCEEDED_WALL_TIME)
         if inv.error is not None:
@@ -126,6 +168,50 @@ class Ingress:
             raise
         except BaseException:
             body.close()
-            if not inv.done.is_set():
-                inv.cancel(Outcome.CANCELED)
+            inv.cancel(Outcome.CANCELED)  # also after the child is done: the body did not arrive
             raise
+
+
+async def _cancel_when_gone(sock: socket.socket, inv: Invocation, scope: trio.CancelScope) -> None:
+    """Cancel ``inv`` if the client closes its connection before the answer.
+
+    Only while the request body is fully read: the socket then carries
+    nothing but a pipelined request (which is no sign of leaving) or EOF.
+    """
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data = sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if data:
+            await trio.sleep_forever()  # a pipelined request: nothing more to learn
+        inv.cancel("canceled")
+        scope.cancel()
+        return
+
+
+class _Tagged:
+    """The connection, with the request id added to every response head."""
+
+    __slots__ = ("_conn", "_header")
+
+    def __init__(self, conn: Connection, rid: str) -> None:
+        self._conn = conn
+        self._header = (REQUEST_ID_HEADER, rid.encode("ascii"))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+    def _headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return [h for h in headers if h[0].lower() != REQUEST_ID_HEADER] + [self._header]
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+                      head_only: bool = False) -> None:
+        await self._conn.respond(status, self._headers(headers), body, head_only)
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]],
+                    head_only: bool = False) -> None:
+        await self._conn.start(status, self._headers(headers), head_only)

@@ -98,6 +98,9 @@ class ChildOwner(Protocol):
     def on_binding_call(self, child: "ChildProcess", message: BindingCall) -> None:
         """The child calls a method of one of its storage bindings."""
 
+    def on_loaded(self, child: "ChildProcess", seconds: float, failed: bool) -> None:
+        """The child loaded its script (a cold start), ``seconds`` after assignment."""
+
     def on_background_overrun(self, child: "ChildProcess") -> None:
         """The kernel killed the child for CPU it burnt outside any invocation."""
 
@@ -197,6 +200,9 @@ class ChildProcess:
         self.memory: ChildMemory | None = None
         self.memory_mb: int | None = None  # the limit in force, in MB (cached)
         self.exit_status: int | None = None
+        self.assigned_at = 0.0
+        #: Why the process ended, in the words of its ``child.ended`` log line.
+        self.end_reason = ""
         self.last_used = trio.current_time()
         self._encoder = FrameEncoder()
         self._out = bytearray()
@@ -312,6 +318,7 @@ class ChildProcess:
     def assign(self, record: ScriptRecord, bundle: Any) -> None:
         self._advance(ChildEvent.ASSIGN)
         self.record = record
+        self.assigned_at = trio.current_time()
         self.kit.renice(self.pid)
         self.send(Load(bundle))
         if self.cpu is not None:
@@ -443,6 +450,7 @@ class ChildProcess:
         self._advance(ChildEvent.LOADED)
         self.load_error = message.error
         self.loaded.set()
+        self.owner.on_loaded(self, trio.current_time() - self.assigned_at, message.error is not None)
         if message.error is not None:
             warn("script.load_failed", pid=self.pid, script=self._script_name(),
                  error=message.error.message)
@@ -690,8 +698,9 @@ class ChildProcess:
         if outcome is Outcome.EXCEEDED_MEMORY and self.memory is not None:
             peak = self.memory.peak_bytes()
             extra = {"memory_mb": self.memory_mb, "peak_mb": round(peak / 2**20, 1) if peak else None}
+        self.end_reason = str(outcome if over_cpu else self.kill_text)
         level("child.ended", pid=self.pid, script=self._script_name(), state=was,
-              reason=outcome if over_cpu else self.kill_text, **extra)
+              reason=self.end_reason, **extra)
         self.owner.on_dead(self)
 
 

@@ -77,7 +77,8 @@ class Invocation:
         "params", "head_ready", "done", "status", "response_headers", "body", "error",
         "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
-        "on_done", "response_end", "linger_cut", "log_bytes", "depth",
+        "on_done", "response_end", "linger_cut", "log_bytes", "depth", "request_id", "event",
+        "fetches",
     )
 
     def __init__(self, id: int, child: ChildLink, record: ScriptRecord, method: bytes,
@@ -126,9 +127,16 @@ class Invocation:
         self.log_bytes = 0
         #: Workers above this one in its request chain.
         self.depth = 0
+        #: The request id of the client request this belongs to (edge-assigned).
+        self.request_id = ""
+        #: What it delivers when not an HTTP request (protocol.messages.Event).
+        self.event: Any = None
+        #: Outbound HTTP fetches it made, for spans: dicts of the calls module.
+        self.fetches: list[dict[str, Any]] | None = None
         if parent is not None:
             parent.children.append(self)
             self.depth = parent.depth + 1
+            self.request_id = parent.request_id
 
     # -- from the child ------------------------------------------------------
     def respond(self, status: int, headers: list[Header], body: BodySource | None,
@@ -215,7 +223,8 @@ class Invocation:
     def report(self, error: ExceptionInfo) -> None:
         if len(self.exceptions) < MAX_EXCEPTIONS:
             self.exceptions.append({"name": str(error.name)[:200], "message": str(error.message)[:4096],
-                                    "timestamp": time.time() * 1000.0})
+                                    "timestamp": time.time() * 1000.0,
+                                    "stack": str(error.stack)[:8192]})
 
     # -- from the caller -------------------------------------------------------
     def cancel(self, outcome: Outcome) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol
 
 import trio
 
-from protocol.messages import BindingCall, ExceptionInfo, Invoke, Limits, SubFailed, SubRequest
+from protocol.messages import BindingCall, Event, ExceptionInfo, Invoke, Limits, SubFailed, SubRequest
 
 from supervisor.config import ServeConfig
 from supervisor.lifecycle import ChildState, KillReason, Outcome
@@ -61,6 +61,14 @@ REAP_PERIOD_S = 1.0
 WATCHDOG_PERIOD_S = 0.025
 #: How long a child has to end its ``waitUntil`` work once told to.
 LINGER_GRACE_S = 1.0
+
+
+class PoolObserver(Protocol):
+    """What the pool reports to metrics, without knowing about them."""
+
+    def cold_start(self, seconds: float, failed: bool) -> None: ...
+
+    def child_ended(self, reason: str) -> None: ...
 
 
 class PoolUnavailable(Exception):
@@ -131,6 +139,9 @@ class Pool:
         self.last_invocation_id = 0
         self.stats = {"cold_starts": 0, "invocations": 0, "children_killed": 0}
         self.calls = calls(self)
+        #: Told of cold starts (with their latency) and of children's ends
+        #: (supervisor.observability.metrics); None: nobody listens.
+        self.observer: PoolObserver | None = None
 
     # ------------------------------------------------------------------
     # lifecycle
@@ -204,6 +215,16 @@ class Pool:
         """Take a child out of service at once (it is about to die)."""
         self._retire(child)
 
+    def set_exact_cpu(self, exact: bool) -> None:
+        """Read each child's CPU counter whenever an invocation ends (exact
+        ``cpuTime``), now and for children to come: on once anything reads traces."""
+        if exact == self._exact_cpu:
+            return
+        self._exact_cpu = exact
+        for child in self.children.values():
+            if child.cpu is not None:
+                child.cpu.exact = exact
+
     def on_subrequest(self, child: ChildProcess, message: SubRequest) -> None:
         self.calls.handle(child, message)
 
@@ -226,7 +247,13 @@ class Pool:
         if self.on_event is not None:
             self.on_event(background_trace(record, Outcome.EXCEEDED_CPU, BACKGROUND_CPU_MESSAGE))
 
+    def on_loaded(self, child: ChildProcess, seconds: float, failed: bool) -> None:
+        if self.observer is not None:
+            self.observer.cold_start(seconds, failed)
+
     def on_dead(self, child: ChildProcess) -> None:
+        if self.observer is not None and child.end_reason:
+            self.observer.child_ended(child.end_reason)
         self.children.pop(child.pid, None)
         if child.memory is not None:
             self.memory.forget(child.pid, child.memory)
@@ -485,26 +512,32 @@ class Pool:
     async def invoke(self, record: ScriptRecord, method: bytes, url: str, headers: list,
                      body: BodySource | bytes | None, limits: Limits,
                      parent: Invocation | None = None, outbound: Outbound | None = None,
-                     params: dict[str, Any] | None = None) -> Invocation:
-        """Start an invocation, cold-starting the script if needed (await ``head_ready``)."""
+                     params: dict[str, Any] | None = None, event: Event | None = None) -> Invocation:
+        """Start an invocation, cold-starting the script if needed (await ``head_ready``).
+
+        ``event`` is what it delivers when it is not an HTTP request (a tail
+        worker's batch, ...); the script's handler of that kind gets it.
+        """
         child = self.warm_child(record) or await self.acquire(record)
-        return self.start(child, record, method, url, headers, body, limits, parent, outbound, params)
+        return self.start(child, record, method, url, headers, body, limits, parent, outbound, params,
+                          event)
 
     def start(self, child: ChildProcess, record: ScriptRecord, method: bytes, url: str,
               headers: list, body: BodySource | bytes | None, limits: Limits,
               parent: Invocation | None = None, outbound: Outbound | None = None,
-              params: dict[str, Any] | None = None) -> Invocation:
+              params: dict[str, Any] | None = None, event: Event | None = None) -> Invocation:
         """Send an invocation to a child that already runs ``record`` (synchronous)."""
         self.warm.move_to_end((record.namespace, record.name))
         inv = Invocation(self.next_id(), child, record, method, url, headers, limits,
                          parent=parent, outbound=outbound, params=params)
+        inv.event = event
         child.invocations[inv.id] = inv
         child.last_used = trio.current_time()
         self.stats["invocations"] += 1
         child.limit_memory(limits.memory_mb)
         sent = child.send_body(body, inv.id)
         child.cpu_start(inv)
-        child.send(Invoke(inv.id, method, url, headers, sent, params=params))
+        child.send(Invoke(inv.id, method, url, headers, sent, params=params, event=event))
         return inv
 
     def snapshot(self) -> dict[str, Any]:

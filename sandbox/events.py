@@ -1,0 +1,98 @@
+"""Which handler an event goes to, and how it is called.
+
+A script's handlers are the methods of ``class Default(WorkerEntrypoint)``
+(``fetch``, ``tail``, and later ``scheduled`` and ``queue``) or the older
+module-level functions (``on_fetch``, ``on_tail``, ...). Cloudflare calls a
+handler with ``(event, env, ctx)`` and a handler that declares fewer
+parameters gets fewer, so ``async def tail(self, events)`` and
+``async def tail(self, events, env, ctx)`` both work.
+
+Tail workers receive trace events as dicts that also answer attribute access
+(``event.scriptName``, ``event.logs[0].message``), as the TraceItem proxies
+of Python Workers on Cloudflare do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from protocol.messages import RequestEvent, TailEvent
+
+#: Handler kinds a script may define, in the order the load error names them.
+KINDS = ("fetch", "tail")
+
+_CO_VARARGS = 0x04
+
+
+class TraceItem(dict):
+    """A trace event: a dict, with attribute access to its keys (recursively)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def trace_items(value: Any) -> Any:
+    """JSON-able data with every dict made a :class:`TraceItem`."""
+    if isinstance(value, dict):
+        return TraceItem((k, trace_items(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return [trace_items(v) for v in value]
+    return value
+
+
+def _arity(handler: Callable[..., Any]) -> int | None:
+    """Positional parameters ``handler`` declares (self not counted); None: any."""
+    func = getattr(handler, "__func__", handler)
+    code = getattr(func, "__code__", None)
+    if code is None or code.co_flags & _CO_VARARGS:
+        return None
+    return code.co_argcount - (1 if func is not handler else 0)
+
+
+class Handlers:
+    """The handlers one loaded module defines."""
+
+    def __init__(self, module: Any) -> None:
+        entry = getattr(module, "Default", None)
+        self.entry: type | None = None
+        self.kinds: set[str] = set()
+        if isinstance(entry, type) and any(callable(getattr(entry, k, None)) for k in KINDS):
+            self.entry = entry
+            self.kinds = {k for k in KINDS if callable(getattr(entry, k, None))}
+            self.functions: dict[str, Callable[..., Any]] = {}
+        else:
+            self.functions = {k: getattr(module, f"on_{k}") for k in KINDS
+                              if callable(getattr(module, f"on_{k}", None))}
+            self.kinds = set(self.functions)
+
+    def __bool__(self) -> bool:
+        return bool(self.kinds)
+
+    async def call(self, kind: str, ctx: Any, env: Any, *args: Any) -> Any:
+        """Run the ``kind`` handler with ``(*args, env, ctx)``, cut to what it declares."""
+        if kind not in self.kinds:
+            raise TypeError(f"the script has no {kind} handler: define `async def {kind}(self, ...)` "
+                            "on its Default class")
+        if self.entry is not None:
+            handler = getattr(self.entry(ctx, env), kind)
+        else:
+            handler = self.functions[kind]
+        full = (*args, env, ctx)
+        count = _arity(handler)
+        if count is not None:
+            full = full[:count]
+        return await handler(*full)
+
+
+def kind_and_args(event: Any) -> tuple[str, tuple[Any, ...]]:
+    """The handler an event goes to and the arguments before ``env, ctx``."""
+    if isinstance(event, TailEvent):
+        return "tail", (trace_items(event.events),)
+    if event is None or isinstance(event, RequestEvent):
+        return "fetch", ()
+    raise TypeError(f"an event of an unknown kind: {type(event).__name__}")

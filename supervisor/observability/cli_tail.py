@@ -1,0 +1,180 @@
+"""``corral tail`` and ``corral usage``: the command-line side of observability.
+
+``corral tail [NAME]`` streams ``GET /tail`` and prints each event as
+``wrangler tail`` does: a line per event (``GET https://... - Ok @ time``),
+its logs and exceptions indented under it, coloured on a terminal; or, with
+``--format json``, the events themselves, one JSON document per line. It
+runs until interrupted (Ctrl-C exits 0) or the supervisor goes away.
+
+``corral usage`` prints the per-minute usage table (or ``--json`` rows for
+billing pipelines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import urllib.parse
+from typing import Any, Callable, TextIO
+
+_OUTCOMES = {
+    "ok": "Ok",
+    "exception": "Exception Thrown",
+    "exceededCpu": "Exceeded CPU Limit",
+    "exceededMemory": "Exceeded Memory",
+    "exceededWallTime": "Exceeded Wall Time",
+    "exceededSubrequests": "Exceeded Subrequests",
+    "canceled": "Canceled",
+    "scriptNotFound": "Script Not Found",
+}
+_RESET, _DIM, _RED, _YELLOW, _GREEN, _BOLD = "\033[0m", "\033[2m", "\033[31m", "\033[33m", "\033[32m", "\033[1m"
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    tail = sub.add_parser("tail", parents=[common], help="stream trace events as they happen")
+    tail.add_argument("name", metavar="NAME", nargs="?", help="only this script's events")
+    tail.add_argument("--namespace", "-n", help="only scripts of this dispatch namespace")
+    tail.add_argument("--format", choices=("pretty", "json"), default=None,
+                      help="pretty (default on a terminal) or json (one event per line)")
+    tail.add_argument("--tag", action="append", help="only scripts with this tag (repeatable)")
+    tail.add_argument("--status", action="append",
+                      help="ok, error, canceled, a status code or a class like 5xx (repeatable)")
+    tail.add_argument("--outcome", action="append", help="an outcome such as exceededCpu (repeatable)")
+    tail.add_argument("--method", action="append", help="HTTP method (repeatable)")
+    tail.add_argument("--search", help="only events whose logs, exceptions or URL contain this text")
+    tail.add_argument("--sampling-rate", type=float, default=None, help="share of events to show, 0..1")
+
+    usage = sub.add_parser("usage", parents=[common], help="requests, errors, CPU and wall time per minute")
+    usage.add_argument("name", metavar="NAME", nargs="?", help="only this script")
+    usage.add_argument("--namespace", "-n", help="only this dispatch namespace")
+    usage.add_argument("--tag", help="rows per this tag instead of per script")
+    usage.add_argument("--since", help="start: ISO time, epoch seconds, or relative like 1h (default 1h)")
+    usage.add_argument("--until", help="end (default now)")
+
+
+def _query(params: dict[str, Any]) -> str:
+    kept = {k: v for k, v in params.items() if v not in (None, "", [])}
+    return urllib.parse.urlencode({k: ",".join(v) if isinstance(v, list) else v for k, v in kept.items()})
+
+
+# -- tail --------------------------------------------------------------------
+
+
+def _colour(enabled: bool) -> Callable[[str, str], str]:
+    return (lambda code, text: f"{code}{text}{_RESET}") if enabled else (lambda code, text: text)
+
+
+def format_pretty(event: dict[str, Any], colour: bool = False, indent: str = "") -> str:
+    """One event as ``wrangler tail`` prints it (children nested, indented)."""
+    paint = _colour(colour)
+    outcome = event.get("outcome") or "unknown"
+    shown = _OUTCOMES.get(outcome, outcome)
+    when = datetime.datetime.fromtimestamp((event.get("eventTimestamp") or 0) / 1000.0)
+    stamp = when.strftime("%-m/%-d/%Y, %-I:%M:%S %p")
+    info = event.get("event") or {}
+    request = info.get("request") if isinstance(info, dict) else None
+    name = event.get("scriptName") or "?"
+    if event.get("dispatchNamespace"):
+        name = f"{event['dispatchNamespace']}/{name}"
+    if request:
+        head = f"{request.get('method', '')} {request.get('url', '')}"
+    elif isinstance(info, dict) and info.get("consumedEvents") is not None:
+        head = f"Tail ({len(info['consumedEvents'])} events)"
+    elif event.get("event") is None:
+        head = "(no event)"
+    else:
+        head = next(iter(info), "event").capitalize() if isinstance(info, dict) else "Event"
+    status = paint(_GREEN if outcome == "ok" else _RED, shown)
+    lines = [f"{indent}{paint(_BOLD, head)} - {status} @ {stamp} {paint(_DIM, '[' + name + ']')}"]
+    for line in event.get("logs") or ():
+        level = line.get("level", "log")
+        message = " ".join(str(m) for m in line.get("message") or ())
+        code = _RED if level == "error" else _YELLOW if level == "warn" else ""
+        text = f"{indent}  ({level}) {message}"
+        lines.append(paint(code, text) if code else text)
+    for exc in event.get("exceptions") or ():
+        lines.append(paint(_RED, f"{indent}  ✘ {exc.get('name')}: {exc.get('message')}"))
+    for child in event.get("children") or ():
+        lines.append(format_pretty(child, colour, indent + "  "))
+    return "\n".join(lines)
+
+
+def cmd_tail(args: argparse.Namespace, client: Any) -> int:
+    from supervisor.cli_client import ApiCallError, UnixHTTPConnection
+
+    query = _query({"namespace": args.namespace, "script": args.name, "tag": args.tag,
+                    "status": args.status, "outcome": args.outcome, "method": args.method,
+                    "search": args.search, "sampling_rate": args.sampling_rate})
+    fmt = args.format or ("json" if getattr(args, "json", False) or not sys.stdout.isatty() else "pretty")
+    colour = fmt == "pretty" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    conn = UnixHTTPConnection(client.socket_path, timeout=None)  # type: ignore[arg-type]
+    try:
+        conn.request("GET", "/tail" + (f"?{query}" if query else ""))
+        response = conn.getresponse()
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise ApiCallError(f"cannot reach the supervisor at {client.socket_path}: {exc.strerror} "
+                           "(is `corral serve` running? set --socket or CORRAL_ADMIN_SOCKET)") from None
+    except OSError as exc:
+        raise ApiCallError(f"admin socket {client.socket_path}: {exc}") from None
+    if response.status != 200:
+        try:
+            errors = json.loads(response.read()).get("errors") or []
+            message = "; ".join(str(e.get("message")) for e in errors)
+        except ValueError:
+            message = ""
+        raise ApiCallError(message or f"GET /tail: HTTP {response.status}")
+    if fmt == "pretty":
+        print(f"Connected to {args.name or 'all scripts'}, waiting for logs...", file=sys.stderr)
+    try:
+        _stream(response, fmt, colour, sys.stdout)
+    except KeyboardInterrupt:
+        return 0
+    except OSError:
+        pass
+    finally:
+        conn.close()
+    print("corral tail: the supervisor closed the stream", file=sys.stderr)
+    return 1
+
+
+def _stream(response: Any, fmt: str, colour: bool, out: TextIO) -> None:
+    while True:
+        line = response.readline()
+        if not line:
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if fmt == "json":
+            out.write(line.decode() + "\n")
+        else:
+            out.write(format_pretty(json.loads(line), colour) + "\n")
+        out.flush()
+
+
+# -- usage -------------------------------------------------------------------
+
+
+def cmd_usage(args: argparse.Namespace, client: Any) -> int:
+    from supervisor.cli_client import API, _table
+
+    query = _query({"namespace": args.namespace, "script": args.name, "tag": args.tag,
+                    "since": args.since or "-1h", "until": args.until})
+    rows, _ = client.call("GET", f"{API}/usage?{query}")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    kind = "tag" if args.tag else "script"
+    table = [[r["minute"], r.get("namespace") or "-", r.get(kind, ""), str(r["requests"]), str(r["errors"]),
+              f"{r['cpuTimeMs']['sum']:.1f}", f"{r['cpuTimeMs']['p50']:.2f}", f"{r['cpuTimeMs']['p99']:.2f}",
+              f"{r['wallTimeMs']['sum']:.1f}", f"{r['wallTimeMs']['p99']:.1f}", str(r["subrequests"])]
+             for r in rows]
+    print(_table(table, ["MINUTE", "NAMESPACE", kind.upper(), "REQUESTS", "ERRORS", "CPU_MS",
+                         "CPU_P50", "CPU_P99", "WALL_MS", "WALL_P99", "SUBREQ"]))
+    return 0
+
+
+COMMANDS = {"tail": cmd_tail, "usage": cmd_usage}

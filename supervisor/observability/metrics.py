@@ -1,0 +1,186 @@
+"""``GET /metrics``: Prometheus text exposition from prometheus-client.
+
+prometheus-client fits trio as it is: updating a metric is a few dict and
+lock operations with no I/O, and exposition (``generate_latest``) is a pure
+function of the registry, run on the admin request's task. What only the
+pool knows (children by state) is read at scrape time by a custom collector,
+so the request path pays nothing for gauges.
+
+Cardinality is bounded: labels are namespaces (operator-created), outcomes,
+handler types and fixed reason sets. Per-script labels, which grow with
+tenants, are off unless ``observability.metrics_script_labels`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from supervisor.observability import traces
+
+if TYPE_CHECKING:
+    from supervisor.pool.invocation import Invocation
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Seconds: sub-millisecond hello-worlds up to the 60 s wall limit.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0, 30.0, 60.0)
+CPU_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+               0.5, 1.0, 5.0, 30.0)
+COLD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+#: Why children end, as a fixed set (kill reasons are free text).
+KILL_REASONS = ("idle", "retired", "exceededCpu", "exceededMemory", "exceededWallTime",
+                "protocol violation", "zygote replaced", "surplus spare", "validated",
+                "channel closed", "exited", "waitUntil work ignored its deadline")
+
+
+def kill_reason(reason: str) -> str:
+    for known in KILL_REASONS:
+        if reason.startswith(known):
+            return known
+    return "other"
+
+
+def _namespace(inv: "Invocation") -> str:
+    return inv.record.namespace or ""
+
+
+def _kind(inv: "Invocation") -> str:
+    event = inv.event
+    return "fetch" if event is None else type(event).__struct_config__.tag
+
+
+class Metrics:
+    """The registry, and the calls that move it."""
+
+    def __init__(self, pool_snapshot: Callable[[], dict[str, Any]],
+                 http_stats: Callable[[], dict[str, int]], script_labels: bool = False) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.invocations = Counter("corral_invocations", "Invocations finished, by dispatch "
+                                   "namespace ('' for platform scripts), outcome and handler type.",
+                                   ["namespace", "outcome", "handler"], registry=r)
+        self.requests = Counter("corral_requests", "Client requests answered by a worker, by outcome "
+                                "of the top-level invocation.", ["outcome"], registry=r)
+        self.latency = Histogram("corral_request_duration_seconds", "Wall time of client requests "
+                                 "(the top-level invocation, waitUntil work included).",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.wall = Histogram("corral_invocation_wall_seconds", "Wall time of each invocation.",
+                              ["namespace"], buckets=LATENCY_BUCKETS, registry=r)
+        self.cpu = Histogram("corral_invocation_cpu_seconds", "CPU time of each invocation.",
+                             ["namespace"], buckets=CPU_BUCKETS, registry=r)
+        self.subrequests = Counter("corral_subrequests", "Subrequests (fetch, service and dispatch "
+                                   "calls) made by invocations.", ["namespace"], registry=r)
+        self.cold_starts = Histogram("corral_cold_start_seconds", "Time from assigning a spare to a "
+                                     "script to the script being loaded.", ["result"],
+                                     buckets=COLD_BUCKETS, registry=r)
+        self.children_ended = Counter("corral_children_ended", "Sandboxed children that ended, by "
+                                      "reason.", ["reason"], registry=r)
+        self.tail_events = Counter("corral_tail_events", "Trace events for tail workers, by fate.",
+                                   ["result"], registry=r)
+        self.tail_batches = Counter("corral_tail_batches", "Tail worker invocations, by outcome.",
+                                    ["outcome"], registry=r)
+        self.live_tails_dropped = Counter("corral_live_tails_dropped", "Live tails disconnected "
+                                          "because they fell too far behind.", registry=r)
+        self.live_events_dropped = Counter("corral_live_tail_events_dropped", "Events not sent to "
+                                           "live tails that fell behind.", registry=r)
+        self.admin_calls = Counter("corral_admin_requests", "Admin API requests, by method and "
+                                   "status class.", ["method", "status"], registry=r)
+        self.otel_dropped = Counter("corral_otel_events_dropped", "Trace events not exported over "
+                                    "OTLP because the export queue was full.", registry=r)
+        self.usage_dropped = Counter("corral_usage_rows_dropped", "Usage rows that could not be "
+                                     "written to the store.", registry=r)
+        self.script_requests = Counter("corral_script_invocations", "Invocations per script "
+                                       "(observability.metrics_script_labels).",
+                                       ["namespace", "script", "outcome"], registry=r) \
+            if script_labels else None
+        r.register(_PoolCollector(pool_snapshot, http_stats))
+        self._requests: dict[str, Any] = {}
+        self._invocations: dict[tuple[str, str, str], Any] = {}
+        self._per_namespace: dict[str, tuple[Any, Any, Any]] = {}
+
+    def observe(self, inv: "Invocation", top_level: bool = True) -> None:
+        """A finished invocation tree (labelled children cached: this runs per request)."""
+        if top_level:
+            outcome = traces.outcome_of(inv)
+            requests = self._requests.get(outcome)
+            if requests is None:
+                requests = self._requests[outcome] = self.requests.labels(outcome)
+            requests.inc()
+            self.latency.observe(inv.wall_ms / 1000.0)
+        for node in traces.walk(inv):
+            ns = _namespace(node)
+            outcome = traces.outcome_of(node)
+            key = (ns, outcome, _kind(node))
+            counter = self._invocations.get(key)
+            if counter is None:
+                counter = self._invocations[key] = self.invocations.labels(*key)
+            counter.inc()
+            per_ns = self._per_namespace.get(ns)
+            if per_ns is None:
+                per_ns = self._per_namespace[ns] = (self.wall.labels(ns), self.cpu.labels(ns),
+                                                    self.subrequests.labels(ns))
+            per_ns[0].observe(node.wall_ms / 1000.0)
+            per_ns[1].observe(node.cpu_ns / 1e9)
+            if node.subrequests:
+                per_ns[2].inc(node.subrequests)
+            if self.script_requests is not None:
+                self.script_requests.labels(ns, node.record.name, outcome).inc()
+
+    def observe_event(self, event: dict[str, Any]) -> None:
+        """An event with no invocation behind it (a background kill, scriptNotFound)."""
+        ns = event.get("dispatchNamespace") or ""
+        self.invocations.labels(ns, event.get("outcome") or "unknown",
+                                "fetch" if event.get("event") else "background").inc()
+
+    # -- the pool's observer (supervisor.pool.pool.PoolObserver) -----------------
+    def cold_start(self, seconds: float, failed: bool) -> None:
+        self.cold_starts.labels("failed" if failed else "ok").observe(seconds)
+
+    def child_ended(self, reason: str) -> None:
+        self.children_ended.labels(kill_reason(reason)).inc()
+
+    def admin_call(self, method: str, status: int) -> None:
+        method = method if method in ("GET", "PUT", "POST", "DELETE", "PATCH", "HEAD") else "other"
+        self.admin_calls.labels(method, f"{status // 100}xx").inc()
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _PoolCollector(Collector):
+    """Gauges read from the pool (and the HTTP server) when scraped."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]],
+                 http_stats: Callable[[], dict[str, int]]) -> None:
+        self._snapshot = snapshot
+        self._http = http_stats
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        snap = self._snapshot()
+        children = GaugeMetricFamily("corral_pool_children", "Sandboxed children by state.",
+                                     labels=["state"])
+        for state in ("spare", "warm", "busy", "retired"):
+            children.add_metric([state], snap.get(state, snap.get(f"{state}s", 0)))
+        yield children
+        yield GaugeMetricFamily("corral_children", "Sandboxed child processes alive.",
+                                value=snap.get("children", 0))
+        yield GaugeMetricFamily("corral_package_zygotes", "Zygotes holding a package set "
+                                "preloaded (0 until packages land).", value=snap.get("package_zygotes", 0))
+        yield CounterMetricFamily("corral_cold_starts", "Scripts loaded into a spare.",
+                                  value=snap.get("cold_starts", 0))
+        http = self._http()
+        yield CounterMetricFamily("corral_http_requests", "HTTP requests received at the edge.",
+                                  value=http.get("requests", 0))
+        yield GaugeMetricFamily("corral_http_connections", "Open client connections.",
+                                value=http.get("connections", 0))
+        yield GaugeMetricFamily("corral_http_in_flight", "Client requests being handled.",
+                                value=http.get("in_flight", 0))

@@ -1,0 +1,192 @@
+"""OpenTelemetry export over OTLP/HTTP, with the official SDK and exporter.
+
+Imported only when an endpoint is configured (see :mod:`.otel_config`: ``[observability.otlp]``
+``endpoint``, or the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` /
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT``
+variables, which the SDK's exporters read themselves together with
+``OTEL_EXPORTER_OTLP_HEADERS``, ``..._TIMEOUT``, ``OTEL_SERVICE_NAME`` and
+``OTEL_RESOURCE_ATTRIBUTES``). Without one, this module is never imported.
+
+Each finished trace event becomes a span (the dispatcher's, with a child
+span per user worker it called, per outbound fetch, and per binding call
+once bindings record theirs), with the script name and namespace as
+attributes; its logs and exceptions become log records tied to that span.
+Conversion runs on a thread of its own, fed by a bounded queue the trio
+thread never waits on (a full queue drops, counted); the SDK's batch
+processors then export in batches from their own threads, with bounded
+queues and timeouts, so a collector that is down costs dropped telemetry,
+never a stalled request.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from opentelemetry import trace
+from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from supervisor.log import warn
+from supervisor.observability.traces import redact_url
+
+if TYPE_CHECKING:
+    from supervisor.config import OtlpConfig
+
+_SEVERITY = {"debug": SeverityNumber.DEBUG, "info": SeverityNumber.INFO, "log": SeverityNumber.INFO,
+             "warn": SeverityNumber.WARN, "error": SeverityNumber.ERROR}
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+class _Ids(RandomIdGenerator):
+    """Root spans take the request id as their trace id when it is one (32 hex
+    digits), so the id in logs, headers and the trace backend is the same."""
+
+    def __init__(self) -> None:
+        self.next_trace_id: int | None = None
+
+    def generate_trace_id(self) -> int:
+        wanted, self.next_trace_id = self.next_trace_id, None
+        return wanted if wanted else super().generate_trace_id()
+
+
+class OtelExport:
+    """The SDK providers and the conversion thread."""
+
+    def __init__(self, config: "OtlpConfig", on_drop: Callable[[int], None]) -> None:
+        self.on_drop = on_drop
+        resource = Resource.create({"service.name": config.service_name}) \
+            if not os.environ.get("OTEL_SERVICE_NAME") else Resource.create()
+        base = config.endpoint.rstrip("/")
+        kwargs: dict[str, Any] = {"timeout": config.export_timeout_s}
+        if config.headers:
+            kwargs["headers"] = dict(config.headers)
+        span_exporter = OTLPSpanExporter(endpoint=f"{base}/v1/traces" if base else None, **kwargs)
+        log_exporter = OTLPLogExporter(endpoint=f"{base}/v1/logs" if base else None, **kwargs)
+        self._ids = _Ids()
+        self.tracer_provider = TracerProvider(resource=resource, id_generator=self._ids)
+        batch = {"max_queue_size": config.max_queue, "schedule_delay_millis": config.schedule_delay_ms,
+                 "export_timeout_millis": config.export_timeout_s * 1000.0}
+        self.tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter, **batch))
+        self.logger_provider = LoggerProvider(resource=resource)
+        self.logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter, **batch))
+        self.tracer = self.tracer_provider.get_tracer("corral")
+        self.logger = self.logger_provider.get_logger("corral")
+        self.queue: queue.Queue[tuple[dict[str, Any], dict[str, Any]] | None] = queue.Queue(config.max_queue)
+        self.thread = threading.Thread(target=self._work, name="corral-otel", daemon=True)
+        self.thread.start()
+
+    # -- from the trio thread ---------------------------------------------------------
+    def submit(self, event: dict[str, Any], fetches: dict[str, Any]) -> None:
+        """Hand a finished event over; never waits (a full queue drops it)."""
+        try:
+            self.queue.put_nowait((event, fetches))
+        except queue.Full:
+            self.on_drop(1)
+
+    def shutdown(self) -> None:
+        """Flush what is queued (bounded by the exporters' timeouts), then stop."""
+        try:
+            self.queue.put(None, timeout=1.0)
+        except queue.Full:
+            pass
+        self.thread.join(timeout=5.0)
+        self.tracer_provider.shutdown()
+        self.logger_provider.shutdown()
+
+    # -- the conversion thread ------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            try:
+                self._span(item[0], item[1], None)
+            except Exception as exc:  # noqa: BLE001 - telemetry must never take the supervisor down
+                warn("otel.convert_failed", reason=f"{type(exc).__name__}: {exc}")
+
+    def _span(self, event: dict[str, Any], fetches: dict[str, Any], parent: Any) -> None:
+        start_ns = int(event.get("eventTimestamp") or 0) * 1_000_000
+        end_ns = start_ns + int(float(event.get("wallTime") or 0) * 1_000_000)
+        info = event.get("event") or {}
+        request = info.get("request") if isinstance(info, dict) else None
+        kind = "fetch" if request else (next(iter(info), "event") if isinstance(info, dict) else "event")
+        script = event.get("scriptName") or ""
+        attributes: dict[str, Any] = {
+            "faas.name": script,
+            "corral.script": script,
+            "corral.namespace": event.get("dispatchNamespace") or "",
+            "corral.outcome": event.get("outcome") or "",
+            "corral.handler": kind,
+            "corral.cpu_time_ms": float(event.get("cpuTime") or 0),
+            "corral.wall_time_ms": float(event.get("wallTime") or 0),
+            "corral.subrequests": int(event.get("subrequests") or 0),
+        }
+        tags = event.get("scriptTags")
+        if tags:
+            attributes["corral.tags"] = list(tags)
+        request_id = event.get("requestId")
+        if request_id:
+            attributes["corral.request_id"] = request_id
+        if request:
+            attributes["http.request.method"] = request.get("method", "")
+            attributes["url.full"] = request.get("url", "")
+        response = info.get("response") if isinstance(info, dict) else None
+        if isinstance(response, dict) and response.get("status"):
+            attributes["http.response.status_code"] = int(response["status"])
+        if parent is None and request_id and _HEX32.fullmatch(request_id):
+            self._ids.next_trace_id = int(request_id, 16)
+        span = self.tracer.start_span(f"{kind} {script}", context=parent, start_time=start_ns,
+                                      kind=SpanKind.SERVER if parent is None else SpanKind.INTERNAL,
+                                      attributes=attributes)
+        self._ids.next_trace_id = None
+        context = trace.set_span_in_context(span)
+        if event.get("outcome") != "ok":
+            span.set_status(Status(StatusCode.ERROR, str(event.get("outcome"))))
+        for fetch in fetches.get("fetches") or ():
+            self._fetch_span(fetch, context)
+        for child, child_fetches in zip(event.get("children") or (), fetches.get("children") or ()):
+            self._span(child, child_fetches, context)
+        log_attributes = {"corral.script": script, "corral.namespace": attributes["corral.namespace"]}
+        if request_id:
+            log_attributes["corral.request_id"] = request_id
+        for line in event.get("logs") or ():
+            level = str(line.get("level", "log"))
+            self.logger.emit(LogRecord(
+                timestamp=int(float(line.get("timestamp") or 0) * 1_000_000), context=context,
+                severity_text=level.upper(), severity_number=_SEVERITY.get(level, SeverityNumber.INFO),
+                body=" ".join(str(part) for part in line.get("message") or ()),
+                attributes=log_attributes))
+        for exc in event.get("exceptions") or ():
+            ts = int(float(exc.get("timestamp") or 0) * 1_000_000)
+            exc_attributes = {"exception.type": str(exc.get("name", "")),
+                              "exception.message": str(exc.get("message", "")),
+                              "exception.stacktrace": str(exc.get("stack", ""))}
+            span.add_event("exception", exc_attributes, timestamp=ts)
+            self.logger.emit(LogRecord(
+                timestamp=ts, context=context, severity_text="ERROR", severity_number=SeverityNumber.ERROR,
+                body=f"{exc.get('name')}: {exc.get('message')}", attributes={**log_attributes, **exc_attributes}))
+        span.end(end_time=max(end_ns, start_ns))
+
+    def _fetch_span(self, fetch: dict[str, Any], context: Any) -> None:
+        start = int(fetch.get("start_ns") or 0)
+        attributes: dict[str, Any] = {"http.request.method": fetch.get("method", ""),
+                                      "url.full": redact_url(str(fetch.get("url", "")))}
+        if fetch.get("status"):
+            attributes["http.response.status_code"] = int(fetch["status"])
+        span = self.tracer.start_span(f"fetch {fetch.get('method', '')}", context=context,
+                                      start_time=start, kind=SpanKind.CLIENT, attributes=attributes)
+        if fetch.get("error"):
+            span.set_status(Status(StatusCode.ERROR, str(fetch["error"])))
+        span.end(end_time=max(int(fetch.get("end_ns") or start), start))

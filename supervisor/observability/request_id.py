@@ -1,0 +1,44 @@
+"""Request ids: one per client request, in the logs, the trace and the response.
+
+Fresh ids are 32 hex digits (also the OpenTelemetry trace id of the request).
+An ``x-corral-request-id`` sent by a trusted proxy (``observability.
+trusted_proxies``, a list of addresses or CIDR networks) is kept so that one id
+follows the request through the proxy too; from anyone else it is replaced.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+
+HEADER = b"x-corral-request-id"
+_VALID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+class RequestIds:
+    def __init__(self, trusted_proxies: list[str]) -> None:
+        self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in trusted_proxies]
+
+    def assign(self, headers: list[tuple[bytes, bytes]], sock: socket.socket | None) -> str:
+        if self.networks and sock is not None:
+            incoming = next((v for k, v in headers if k == HEADER), None)
+            if incoming is not None and _VALID.fullmatch(incoming) and self._trusted(sock):
+                return incoming.decode("ascii")
+        return os.urandom(16).hex()
+
+    def _trusted(self, sock: socket.socket) -> bool:
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            return False
+        if not isinstance(peer, tuple):
+            return False  # a unix socket peer is no proxy address
+        try:
+            address = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)

@@ -1,0 +1,354 @@
+"""Where trace events go besides the log: tail workers and live tails.
+
+**Tail workers.** A script's ``tail_consumers`` name platform scripts whose
+``tail(self, events)`` handler receives its trace events in batches. Each
+consumer has a bounded queue and one delivery task in the supervisor's
+nursery: it takes what accumulated (up to a batch), invokes the consumer
+with a :class:`~protocol.messages.TailEvent`, waits for its handler to
+return (at most ``tail_timeout_s``, also the invocation's wall limit), then
+the next batch. A slow, failing or hanging tail worker only fills its own
+queue; past the bound, events are dropped and counted. Nothing here is
+awaited by a request.
+
+**Live tails.** ``GET /tail`` on the admin socket subscribes with filters;
+each subscriber has a bounded buffer, filled without waiting. One that falls
+behind (stops reading) is disconnected, so a stalled reader costs at most
+its buffer.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+import msgspec
+import trio
+
+from protocol.messages import Limits, TailEvent
+from supervisor.errors import Invalid, Unavailable
+from supervisor.log import log, warn
+from supervisor.model import PLATFORM, ScriptRecord
+
+if TYPE_CHECKING:
+    from supervisor.config import ObservabilityConfig
+    from supervisor.edge.http_server import Connection
+    from supervisor.observability.metrics import Metrics
+    from supervisor.pool.invocation import Invocation
+    from supervisor.pool.pool import Pool
+
+#: Distinct tail consumers with a queue at once (each is a platform script).
+MAX_CONSUMERS = 256
+#: Drop warnings are logged at most this often per consumer.
+DROP_WARN_EVERY_S = 10.0
+
+
+class _Consumer:
+    __slots__ = ("name", "queue", "wake", "dropped", "warned_at")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queue: deque[dict[str, Any]] = deque()
+        self.wake = trio.Event()
+        self.dropped = 0
+        self.warned_at = -DROP_WARN_EVERY_S
+
+
+class TailDelivery:
+    """Batches of trace events to tail workers, off the request path."""
+
+    def __init__(self, pool: "Pool", lookup: Callable[[str, str], ScriptRecord | None],
+                 limits_for: Callable[[ScriptRecord], Limits], config: "ObservabilityConfig",
+                 metrics: "Metrics", on_invocation: Callable[["Invocation"], None]) -> None:
+        self.pool = pool
+        self.lookup = lookup
+        self.limits_for = limits_for
+        self.config = config
+        self.metrics = metrics
+        self.on_invocation = on_invocation
+        self.consumers: dict[str, _Consumer] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def submit(self, consumers: list[str], event: dict[str, Any]) -> None:
+        """Queue ``event`` for each consumer; never waits."""
+        for name in consumers:
+            consumer = self.consumers.get(name)
+            if consumer is None:
+                if self._nursery is None or len(self.consumers) >= MAX_CONSUMERS:
+                    self._drop(None, "no_room")
+                    continue
+                consumer = self.consumers[name] = _Consumer(name)
+                self._nursery.start_soon(self._deliver, consumer)
+            if len(consumer.queue) >= self.config.tail_queue_events:
+                self._drop(consumer, "queue_full")
+                continue
+            consumer.queue.append(event)
+            consumer.wake.set()
+
+    def _drop(self, consumer: _Consumer | None, reason: str, count: int = 1) -> None:
+        self.metrics.tail_events.labels(f"dropped_{reason}").inc(count)
+        if consumer is None:
+            return
+        consumer.dropped += count
+        now = trio.current_time()
+        if now - consumer.warned_at >= DROP_WARN_EVERY_S:
+            consumer.warned_at = now
+            warn("tail.dropped", consumer=consumer.name, reason=reason, dropped_total=consumer.dropped,
+                 queued=len(consumer.queue))
+
+    async def _deliver(self, consumer: _Consumer) -> None:
+        linger = self.config.tail_batch_wait_ms / 1000.0
+        while True:
+            await consumer.wake.wait()
+            consumer.wake = trio.Event()
+            if linger > 0:
+                await trio.sleep(linger)  # let a batch gather
+            while consumer.queue:
+                count = min(len(consumer.queue), self.config.tail_batch_events)
+                batch = [consumer.queue.popleft() for _ in range(count)]
+                await self._invoke(consumer, batch)
+
+    async def _invoke(self, consumer: _Consumer, batch: list[dict[str, Any]]) -> None:
+        from supervisor.pool.pool import PoolUnavailable
+
+        record = self.lookup(PLATFORM, consumer.name)
+        if record is None:
+            self._drop(consumer, "no_consumer", len(batch))
+            return
+        timeout = self.config.tail_timeout_s
+        limits = self.limits_for(record)
+        wall = timeout * 1000.0 if limits.wall_ms is None else min(limits.wall_ms, timeout * 1000.0)
+        limits = msgspec.structs.replace(limits, wall_ms=wall)
+        inv = None
+        with trio.move_on_after(timeout + 1.0):
+            try:
+                inv = await self.pool.invoke(record, b"POST", f"http://{record.name}/", [], None, limits,
+                                             event=TailEvent(batch))
+            except PoolUnavailable:
+                self._drop(consumer, "unavailable", len(batch))
+                return
+            inv.on_done = self.on_invocation
+            await inv.head_ready.wait()
+        if inv is None:
+            self._drop(consumer, "unavailable", len(batch))
+            return
+        if not inv.head_ready.is_set():
+            inv.cancel("exceededWallTime")
+        if inv.body is not None:
+            inv.body.close()
+        self.metrics.tail_batches.labels(inv.outcome).inc()
+        self.metrics.tail_events.labels("delivered" if inv.outcome == "ok" else "failed").inc(len(batch))
+
+
+# ---------------------------------------------------------------------------
+# live tails
+# ---------------------------------------------------------------------------
+
+
+def _split(value: str | None) -> frozenset[str] | None:
+    if not value:
+        return None
+    return frozenset(v.strip() for v in value.split(",") if v.strip()) or None
+
+
+class TailFilter(msgspec.Struct, kw_only=True):
+    """What a live tail wants (``wrangler tail``'s filters, and Corral's scope)."""
+
+    namespace: str | None = None
+    script: str | None = None
+    tags: frozenset[str] | None = None
+    outcomes: frozenset[str] | None = None
+    statuses: frozenset[str] | None = None
+    methods: frozenset[str] | None = None
+    search: str | None = None
+    sampling_rate: float = 1.0
+
+    @classmethod
+    def parse(cls, query: dict[str, str]) -> "TailFilter":
+        rate_text = query.get("sampling_rate") or query.get("samplingRate") or "1"
+        try:
+            rate = float(rate_text)
+        except ValueError:
+            raise Invalid(f"sampling_rate must be a number between 0 and 1, got {rate_text[:40]!r}") from None
+        if not 0.0 <= rate <= 1.0:
+            raise Invalid(f"sampling_rate must be between 0 and 1, got {rate}")
+        search = query.get("search") or None
+        if search is not None and len(search) > 1000:
+            raise Invalid("search is longer than 1000 characters")
+        methods = _split(query.get("method"))
+        return cls(namespace=query.get("namespace") or None, script=query.get("script") or None,
+                   tags=_split(query.get("tag") or query.get("tags")),
+                   outcomes=_split(query.get("outcome")), statuses=_split(query.get("status")),
+                   methods=frozenset(m.upper() for m in methods) if methods else None,
+                   search=search, sampling_rate=rate)
+
+    def _in_scope(self, event: dict[str, Any]) -> bool:
+        if self.namespace is not None and event.get("dispatchNamespace") != self.namespace:
+            return False
+        if self.script is not None and event.get("scriptName") != self.script:
+            return False
+        if self.tags is not None and not self.tags.intersection(event.get("scriptTags") or ()):
+            return False
+        return True
+
+    def select(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events of a tree this tail receives: the top-most ones in scope
+        (a user worker's own, or a dispatcher's with its user workers nested)
+        that pass the other filters."""
+        found: list[dict[str, Any]] = []
+        pending = [event]
+        while pending:
+            node = pending.pop()
+            if self._in_scope(node):
+                found.append(node)
+            else:
+                pending.extend(node.get("children") or ())
+        return [e for e in found if self._passes(e)]
+
+    def _passes(self, event: dict[str, Any]) -> bool:
+        if self.outcomes is not None and event.get("outcome") not in self.outcomes:
+            return False
+        info = event.get("event") or {}
+        request = info.get("request") if isinstance(info, dict) else None
+        if self.methods is not None and (not request or request.get("method", "").upper() not in self.methods):
+            return False
+        if self.statuses is not None and not self._status_ok(event, info):
+            return False
+        if self.search is not None and not self._found(event):
+            return False
+        return self.sampling_rate >= 1.0 or random.random() < self.sampling_rate
+
+    def _status_ok(self, event: dict[str, Any], info: Any) -> bool:
+        response = info.get("response") if isinstance(info, dict) else None
+        status = response.get("status") if isinstance(response, dict) else None
+        outcome = event.get("outcome")
+        for want in self.statuses or ():
+            if want == "ok" and outcome == "ok":
+                return True
+            if want == "canceled" and outcome == "canceled":
+                return True
+            if want == "error" and outcome not in ("ok", "canceled"):
+                return True
+            if status is not None and (want == str(status) or (
+                    len(want) == 3 and want.endswith("xx") and want[0] == str(status)[0])):
+                return True
+        return False
+
+    def _found(self, event: dict[str, Any]) -> bool:
+        needle = self.search or ""
+        for line in event.get("logs") or ():
+            if any(needle in str(part) for part in line.get("message") or ()):
+                return True
+        for exc in event.get("exceptions") or ():
+            if needle in str(exc.get("message", "")) or needle in str(exc.get("name", "")):
+                return True
+        request = ((event.get("event") or {}).get("request") or {})
+        if needle in str(request.get("url", "")):
+            return True
+        return any(self._found(child) for child in event.get("children") or ())
+
+
+class Subscriber:
+    __slots__ = ("filter", "send", "receive", "scope", "dropped")
+
+    def __init__(self, filter: TailFilter, buffer: int) -> None:
+        self.filter = filter
+        self.send, self.receive = trio.open_memory_channel[bytes](buffer)
+        self.scope = trio.CancelScope()
+        self.dropped = False
+
+
+_encoder = msgspec.json.Encoder()
+
+
+class LiveTail:
+    """The live tails connected now; :meth:`publish` never waits."""
+
+    def __init__(self, config: "ObservabilityConfig", metrics: "Metrics") -> None:
+        self.config = config
+        self.metrics = metrics
+        self.subscribers: set[Subscriber] = set()
+        #: Called when the first subscriber arrives (exact CPU accounting).
+        self.on_first: Callable[[], None] | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.subscribers)
+
+    def subscribe(self, filter: TailFilter) -> Subscriber:
+        if len(self.subscribers) >= self.config.max_live_tails:
+            raise Unavailable(f"{len(self.subscribers)} live tails are connected, the most allowed "
+                              "(observability.max_live_tails)")
+        sub = Subscriber(filter, self.config.live_tail_buffer)
+        self.subscribers.add(sub)
+        if self.on_first is not None:
+            self.on_first()
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        sub.send.close()
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for sub in list(self.subscribers):
+            for selected in sub.filter.select(event):
+                try:
+                    sub.send.send_nowait(_encoder.encode(selected) + b"\n")
+                except trio.WouldBlock:
+                    self._drop(sub)
+                    break
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+
+    def _drop(self, sub: Subscriber) -> None:
+        """A subscriber that stopped reading: disconnected, its buffer freed."""
+        sub.dropped = True
+        self.subscribers.discard(sub)
+        self.metrics.live_tails_dropped.inc()
+        self.metrics.live_events_dropped.inc(sub.send.statistics().current_buffer_used + 1)
+        sub.scope.cancel()
+        warn("tail.live_dropped", reason="the reader fell behind", buffer=self.config.live_tail_buffer)
+
+    async def serve(self, query: dict[str, str], conn: "Connection") -> None:
+        """Stream events to one ``GET /tail`` until the client leaves or lags."""
+        from supervisor.edge.http_server import ClientGone
+
+        sub = self.subscribe(TailFilter.parse(query))
+        log("tail.live_connected", filters=msgspec.to_builtins(sub.filter), tails=len(self.subscribers))
+        try:
+            await conn.start(200, [(b"content-type", b"application/x-ndjson"),
+                                   (b"cache-control", b"no-store")])
+            with sub.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_watch_close, conn.sock, nursery.cancel_scope)
+                    async for line in sub.receive:
+                        await conn.send_data(line)
+        finally:
+            self.unsubscribe(sub)
+            log("tail.live_disconnected", dropped=sub.dropped, tails=len(self.subscribers))
+        # Dropped, gone, or the server stopping: no clean end; the connection closes.
+        raise ClientGone("live tail ended")
+
+
+async def _watch_close(sock: socket.socket, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` when the client closes its end (it sends nothing else)."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data = sock.recv(4096, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            scope.cancel()
+            return
+        # A pipelined request behind the tail: nothing to learn from the socket.
+        await trio.sleep_forever()

@@ -1,0 +1,182 @@
+"""Trace events with Cloudflare's field names (SPEC section 4), built once.
+
+An :class:`~supervisor.pool.invocation.Invocation` collects what happened;
+:func:`build` turns a finished one, and everything it called, into the JSON-
+able dict that tail workers, ``/tail``, ``corral tail``, the log and OTLP all
+read. Secrets never leave in it: credential headers and secret-looking parts
+of the URL are replaced by ``REDACTED``, as Cloudflare's trace events do.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING, Any, Iterator
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+from protocol.messages import TailEvent
+
+if TYPE_CHECKING:
+    from supervisor.model import ScriptRecord
+    from supervisor.pool.invocation import Invocation
+
+REDACTED = "REDACTED"
+#: Request headers whose values are credentials.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie",
+                            "x-api-key", "x-auth-token", "cf-access-jwt-assertion"})
+#: Query parameters whose values are credentials, whatever they look like.
+_SECRET_PARAM = re.compile(r"(?i)(^|[_-])(token|secret|password|passwd|pwd|api[_-]?key|key|auth|"
+                           r"sig|signature|session|sessionid|jwt|credential|access[_-]?key)$")
+_HEX_ID = re.compile(r"[0-9a-fA-F]{32,}")
+_BASE64ISH = re.compile(r"[A-Za-z0-9+/_=-]{21,}")
+
+#: Outcomes the platform reports that are not Cloudflare's are mapped to one
+#: that is (the exception's name still says what happened).
+_OUTCOMES = {"crashed": "exception"}
+
+
+def outcome_of(inv: "Invocation") -> str:
+    """Cloudflare's outcome. An invocation that failed with the error of its own
+    subrequest limit (not a callee's, passed on) exceeded it."""
+    outcome = inv.outcome
+    if outcome == "exception" and inv.error is not None and inv.error.name == "exceededSubrequests":
+        limit = inv.limits.sub_requests
+        if limit is not None and inv.subrequests > limit:
+            return "exceededSubrequests"
+    return _OUTCOMES.get(outcome, outcome)
+
+
+def _looks_secret(value: str) -> bool:
+    """An id or key, as Cloudflare judges URL parts: long hex, or long base64
+    with upper case, lower case and digits mixed."""
+    if _HEX_ID.fullmatch(value):
+        return True
+    return bool(_BASE64ISH.fullmatch(value)) and any(c.isdigit() for c in value) \
+        and any(c.islower() for c in value) and any(c.isupper() for c in value)
+
+
+def redact_url(url: str) -> str:
+    """The URL with secret-looking path segments and query values replaced."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    segments = parts.path.split("/")
+    path = "/".join(REDACTED if s and _looks_secret(s) else s for s in segments)
+    query = parts.query
+    if query:
+        kept = []
+        for item in query.split("&"):
+            raw_key, eq, raw_value = item.partition("=")
+            key, value = unquote_plus(raw_key), unquote_plus(raw_value)
+            secret = eq and (_SECRET_PARAM.search(key) or _looks_secret(value))
+            kept.append(f"{raw_key}={REDACTED}" if secret else item)  # others as they came
+        query = "&".join(kept)
+    if path == parts.path and query == parts.query:
+        return url
+    return urlunsplit((parts.scheme, parts.netloc, path, query, parts.fragment))
+
+
+def redact_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Headers as a dict (repeated ones joined by ", "), credentials redacted."""
+    out: dict[str, str] = {}
+    for raw_name, raw_value in headers:
+        name = raw_name.decode("latin-1").lower()
+        value = REDACTED if name in SECRET_HEADERS else raw_value.decode("latin-1")
+        out[name] = f"{out[name]}, {value}" if name in out and value != REDACTED else value
+    return out
+
+
+def event_info(inv: "Invocation") -> dict[str, Any]:
+    """``event``: what the invocation handled, per handler type."""
+    event = inv.event
+    if event is None:
+        return {
+            "request": {
+                "url": redact_url(inv.url),
+                "method": inv.method.decode("latin-1"),
+                "headers": redact_headers(inv.headers),
+            },
+            "response": {"status": inv.status} if inv.status else None,
+        }
+    if isinstance(event, TailEvent):
+        return {"consumedEvents": [{"scriptName": e.get("scriptName")} for e in event.events
+                                   if isinstance(e, dict)]}
+    # Scheduled and queue events add their own shape here.
+    return {type(event).__struct_config__.tag: {}}
+
+
+def build(inv: "Invocation") -> dict[str, Any]:
+    """The trace event of a finished invocation, with its callees' under ``children``."""
+    record = inv.record
+    return {
+        "scriptName": record.name,
+        "dispatchNamespace": record.namespace or None,
+        "scriptTags": list(record.tags),
+        "scriptVersion": {"id": record.version},
+        "entrypoint": None,
+        "executionModel": "stateless",
+        "outcome": outcome_of(inv),
+        "eventTimestamp": int(inv.event_ts),
+        "event": event_info(inv),
+        "logs": inv.logs,
+        "exceptions": inv.exceptions,
+        "diagnosticsChannelEvents": [],
+        "cpuTime": round(inv.cpu_ns / 1e6, 3),
+        "wallTime": round(inv.wall_ms, 3),
+        "subrequests": inv.subrequests,
+        "truncated": False,
+        "requestId": inv.request_id or None,
+        "children": [build(child) for child in inv.children],
+    }
+
+
+def pairs(inv: "Invocation", event: dict[str, Any]) -> Iterator[tuple["Invocation", dict[str, Any]]]:
+    """Every invocation of a tree with its event (built by :func:`build`)."""
+    yield inv, event
+    for child, child_event in zip(inv.children, event["children"]):
+        yield from pairs(child, child_event)
+
+
+def walk(inv: "Invocation") -> Iterator["Invocation"]:
+    yield inv
+    for child in inv.children:
+        yield from walk(child)
+
+
+def fetch_tree(inv: "Invocation") -> dict[str, Any]:
+    """The outbound fetches of each invocation of a tree, shaped like its events."""
+    return {"fetches": list(inv.fetches or ()), "children": [fetch_tree(c) for c in inv.children]}
+
+
+def script_not_found(script: str, url: str, method: bytes, headers: list[tuple[bytes, bytes]],
+                     request_id: str) -> dict[str, Any]:
+    """A routed request whose script does not exist (deleted since the route was made)."""
+    now = time.time() * 1000.0
+    return {
+        "scriptName": script,
+        "dispatchNamespace": None,
+        "scriptTags": [],
+        "scriptVersion": None,
+        "entrypoint": None,
+        "executionModel": "stateless",
+        "outcome": "scriptNotFound",
+        "eventTimestamp": int(now),
+        "event": {"request": {"url": redact_url(url), "method": method.decode("latin-1"),
+                              "headers": redact_headers(headers)},
+                  "response": {"status": 404}},
+        "logs": [],
+        "exceptions": [],
+        "diagnosticsChannelEvents": [],
+        "cpuTime": 0,
+        "wallTime": 0,
+        "subrequests": 0,
+        "truncated": False,
+        "requestId": request_id or None,
+        "children": [],
+    }
+
+
+def consumers_of(record: "ScriptRecord") -> list[str]:
+    """The platform scripts a record's tail consumers name."""
+    return [c.service for c in record.tail_consumers]

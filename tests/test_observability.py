@@ -1,0 +1,759 @@
+"""Issue 16: trace events, tail workers, live tail, usage, metrics, OTLP, request ids.
+
+One real ``corral serve`` with tail consumers on the dispatcher and on some
+user workers, an OTLP/HTTP endpoint pointing at a collector in this test,
+and tight per-tag limits so each outcome can be provoked. The tail worker
+posts what it receives to the same collector, so every assertion is about
+what really crossed the sandbox boundary.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness import REPO, Corral, UnixHTTPConnection, multipart
+
+# ---------------------------------------------------------------------------
+# a collector: tail workers post here, and it is the OTLP/HTTP endpoint
+# ---------------------------------------------------------------------------
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                if "chunked" in (self.headers.get("transfer-encoding") or ""):
+                    parts = []
+                    while size := int(self.rfile.readline().split(b";")[0].strip(), 16):
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    self.rfile.readline()
+                    body = b"".join(parts)
+                else:
+                    body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                with collector.lock:
+                    collector.posts.append((self.path, body))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def bodies(self, prefix: str) -> list[bytes]:
+        with self.lock:
+            return [body for path, body in self.posts if path.startswith(prefix)]
+
+    def tail_events(self, consumer: str = "tailer") -> list[dict[str, Any]]:
+        events = []
+        for body in self.bodies(f"/tail/{consumer}"):
+            events.extend(json.loads(body)["events"])
+        return events
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+# ---------------------------------------------------------------------------
+# scripts
+# ---------------------------------------------------------------------------
+
+TAILER = r'''
+import json
+from workers import WorkerEntrypoint, fetch
+
+class Default(WorkerEntrypoint):
+    async def tail(self, events):
+        # TraceItems answer attribute access too, as on Cloudflare.
+        names = [e.scriptName for e in events]
+        assert names == [e["scriptName"] for e in events]
+        await fetch(self.env.COLLECTOR + "/tail/" + self.env.NAME, method="POST",
+                    body=json.dumps({"names": names, "events": events}))
+'''
+
+RAISING_TAIL = r'''
+from workers import WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def tail(self, events, env, ctx):
+        raise RuntimeError("this tail worker is broken")
+'''
+
+HANGING_TAIL = r'''
+import asyncio
+
+async def on_tail(events):
+    await asyncio.sleep(3600)
+'''
+
+WORKERS = {
+    "hello": r'''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("hello")
+''',
+    "logger": r'''
+import logging
+from js import console
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        print("one")
+        logging.info("two")
+        console.warn("three")
+        logging.warning("four %s", 4)
+        console.error("five")
+        try:
+            {}["missing"]
+        except KeyError:
+            logging.exception("six")
+        logging.debug("seven (below the default level)")
+        print("eight")
+        self.ctx.waitUntil(self.later())
+        return Response("logged", status=201)
+
+    async def later(self):
+        print("nine, after the response")
+        raise ValueError("ten: waitUntil failed")
+''',
+    "thrower": r'''
+from workers import WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        raise ValueError("boom from thrower")
+''',
+    "spinner": r'''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        while True:
+            pass
+''',
+    "sleeper": r'''
+import asyncio
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        await asyncio.sleep(30)
+        return Response("late")
+''',
+    "waiter": r'''
+import asyncio
+from workers import Response, WorkerEntrypoint, fetch
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        await fetch(self.env.COLLECTOR + "/started", method="POST",
+                    body=request.headers.get("x-corral-request-id"))
+        await asyncio.sleep(30)
+        return Response("late")
+''',
+    "fetcher": r'''
+from workers import Response, WorkerEntrypoint, fetch
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        first = await fetch(self.env.COLLECTOR + "/sub/1", method="POST", body="a")
+        await fetch(self.env.COLLECTOR + "/sub/2", method="POST", body="b")
+        return Response("two fetches")
+''',
+    "hog": r'''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        chunks = [bytearray(b"\x01") * (1 << 20) for _ in range(600)]
+        return Response(str(len(chunks)))
+''',
+    "victim": r'''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        print("victim served")
+        return Response("fine")
+''',
+    "chatty": r'''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        for i in range(200):
+            print(f"{i:04d} " + "x" * 1000)
+        return Response("chatty")
+''',
+}
+
+TAGS = {"spinner": ["plan:tiny"], "sleeper": ["plan:slow"], "fetcher": ["plan:onefetch"],
+        "hello": ["plan:usage", "user:1"]}
+
+CONFIG = """
+[limits.tag."plan:tiny"]
+cpu_ms = 30
+[limits.tag."plan:slow"]
+wall_ms = 400
+[limits.tag."plan:onefetch"]
+sub_requests = 1
+
+[observability]
+usage_flush_s = 0.5
+tail_batch_wait_ms = 10
+tail_queue_events = 5
+tail_timeout_s = 2
+live_tail_buffer = 20
+trusted_proxies = ["127.0.0.1"]
+
+[observability.otlp]
+endpoint = "{otlp}"
+schedule_delay_ms = 100
+"""
+
+
+def deploy(server: Corral, name: str, source: str, *, namespace: str | None, tags: list[str] | None = None,
+           tail_consumers: list[str] | None = None, bindings: list[dict] | None = None) -> None:
+    metadata: dict[str, Any] = {"main_module": "worker.py", "bindings": bindings or []}
+    if tags:
+        metadata["tags"] = tags
+    if tail_consumers:
+        metadata["tail_consumers"] = [{"service": c} for c in tail_consumers]
+    body, ctype = multipart(metadata, {"worker.py": source})
+    path = (f"/accounts/local/workers/scripts/{name}" if namespace is None
+            else f"/accounts/local/workers/dispatch/namespaces/{namespace}/scripts/{name}")
+    resp = server.admin("PUT", path, body, ctype)
+    assert resp.status == 200, resp.text
+
+
+@pytest.fixture(scope="module")
+def collector():
+    c = Collector()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def corral(tmp_path_factory, collector):
+    state = tmp_path_factory.mktemp("corral-observability")
+    config = state / "corral.toml"
+    config.write_text(CONFIG.replace("{otlp}", collector.url))
+    server = Corral(state / "state", extra_args=["--config", str(config)]).start()
+    try:
+        env = [{"type": "plain_text", "name": "COLLECTOR", "text": collector.url}]
+        for name, source in (("tailer", TAILER), ("usertail", TAILER)):
+            deploy(server, name, source, namespace=None,
+                   bindings=env + [{"type": "plain_text", "name": "NAME", "text": name}])
+        deploy(server, "badtail", RAISING_TAIL, namespace=None)
+        deploy(server, "slowtail", HANGING_TAIL, namespace=None)
+        dispatcher = (REPO / "examples" / "dispatcher" / "worker.py").read_text()
+        deploy(server, "dispatch", dispatcher, namespace=None, tail_consumers=["tailer"],
+               bindings=[{"type": "dispatch_namespace", "name": "dispatcher", "namespace": "default"}])
+        server.route("*/*", "dispatch")
+        for name, source in WORKERS.items():
+            consumers = {"logger": ["usertail"], "victim": ["badtail", "slowtail", "usertail"]}.get(name)
+            deploy(server, name, source, namespace="default", tags=TAGS.get(name),
+                   tail_consumers=consumers, bindings=env)
+        yield server
+    finally:
+        server.stop()
+
+
+def call(server: Corral, name: str, path: str = "/", **kwargs: Any):
+    return server.request(path, host=f"{name}.localhost", **kwargs)
+
+
+def child_event(collector: Collector, name: str, request_id: str | None = None) -> dict[str, Any]:
+    """The user worker's event nested in the dispatcher's, as the dispatcher's tail worker got it."""
+    def find():
+        for event in collector.tail_events("tailer"):
+            if event["scriptName"] != "dispatch":
+                continue
+            if request_id is not None and event["requestId"] != request_id:
+                continue
+            for child in event["children"]:
+                if child["scriptName"] == name:
+                    return event, child
+        return None
+    return wait_for(find, what=f"a tail event for {name}")
+
+
+def metric(server: Corral, name: str, **labels: str) -> float:
+    text = server.admin("GET", "/metrics").text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+# ---------------------------------------------------------------------------
+# 1 and 2: every outcome reaches the tail worker, with the right fields
+# ---------------------------------------------------------------------------
+
+
+def test_ok_event_has_cloudflares_fields_and_redacts_secrets(corral, collector):
+    resp = call(corral, "hello", "/path?token=s3cr3t&page=2",
+                headers={"authorization": "Bearer abc", "cookie": "session=1", "x-custom": "kept"})
+    assert resp.status == 200 and resp.text == "hello"
+    rid = resp.headers["x-corral-request-id"]
+    top, event = child_event(collector, "hello", rid)
+    assert top["outcome"] == "ok" and top["dispatchNamespace"] is None
+    assert top["event"]["response"] == {"status": 200}
+    assert event["outcome"] == "ok"
+    assert event["dispatchNamespace"] == "default"
+    assert set(event["scriptTags"]) == {"plan:usage", "user:1"}
+    request = event["event"]["request"]
+    assert request["method"] == "GET"
+    assert request["url"] == "http://hello.localhost/path?token=REDACTED&page=2"
+    assert request["headers"]["authorization"] == "REDACTED"
+    assert request["headers"]["cookie"] == "REDACTED"
+    assert request["headers"]["x-custom"] == "kept"
+    assert event["event"]["response"] == {"status": 200}
+    for field in ("cpuTime", "wallTime"):
+        assert isinstance(event[field], (int, float)) and event[field] >= 0
+    assert top["wallTime"] >= event["wallTime"] > 0
+    assert isinstance(event["eventTimestamp"], int) and event["scriptVersion"]["id"]
+    assert event["requestId"] == rid == top["requestId"]
+
+
+def test_uncaught_exception(corral, collector):
+    resp = call(corral, "thrower")
+    assert resp.status == 500
+    _, event = child_event(collector, "thrower", resp.headers["x-corral-request-id"])
+    assert event["outcome"] == "exception"
+    exc = event["exceptions"][0]
+    assert exc["name"] == "ValueError" and exc["message"] == "boom from thrower"
+    assert 'File "worker.py", line 6, in fetch' in exc["stack"] and exc["timestamp"] > 0
+    assert "sandbox/" not in exc["stack"]  # the runtime's own frames are left out
+
+
+@pytest.mark.parametrize("name,outcome", [("spinner", "exceededCpu"), ("sleeper", "exceededWallTime"),
+                                          ("fetcher", "exceededSubrequests"), ("hog", "exceededMemory")])
+def test_exceeded_limits(corral, collector, name, outcome):
+    resp = call(corral, name)
+    assert resp.status in (500, 503), resp
+    _, event = child_event(collector, name, resp.headers["x-corral-request-id"])
+    assert event["outcome"] == outcome, event
+
+
+def test_canceled_when_the_client_goes_away(corral, collector):
+    with socket.create_connection(("127.0.0.1", corral.port)) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nhost: waiter.localhost\r\nx-corral-request-id: gone-1\r\n\r\n")
+        # The request is in the worker before we leave.
+        wait_for(lambda: b"gone-1" in collector.bodies("/started"), what="the worker started")
+    top, event = child_event(collector, "waiter", "gone-1")
+    assert top["outcome"] == "canceled"
+    assert event["outcome"] == "canceled"
+
+
+def test_script_not_found(corral, collector):
+    deploy(corral, "ghost", WORKERS["hello"], namespace=None)
+    corral.route("ghost.example/*", "ghost")
+    assert corral.request("/", host="ghost.example").text == "hello"
+    assert corral.admin("DELETE", "/accounts/local/workers/scripts/ghost").status == 200
+    with live_tail(corral, "outcome=scriptNotFound") as tail:
+        resp = corral.request("/x", host="ghost.example")
+        assert resp.status == 404
+        event = tail.next()
+    assert event["scriptName"] == "ghost" and event["outcome"] == "scriptNotFound"
+    assert event["requestId"] == resp.headers["x-corral-request-id"]
+
+
+def test_logs_in_order_with_levels_and_wait_until(corral, collector):
+    resp = call(corral, "logger")
+    assert resp.status == 201
+    _, event = child_event(collector, "logger", resp.headers["x-corral-request-id"])
+    got = [(line["level"], line["message"][0].splitlines()[0]) for line in event["logs"]]
+    assert got == [("log", "one"), ("info", "two"), ("warn", "three"), ("warn", "four 4"),
+                   ("error", "five"), ("error", "six"), ("log", "eight"), ("log", "nine, after the response")]
+    stamps = [line["timestamp"] for line in event["logs"]]
+    assert stamps == sorted(stamps)
+    names = [(e["name"], e["message"]) for e in event["exceptions"]]
+    assert names == [("KeyError", "'missing'"), ("ValueError", "ten: waitUntil failed")]
+    assert event["outcome"] == "ok"  # waitUntil failures are reported, not the outcome
+    # The user worker's own tail consumer gets its event on its own.
+    own = wait_for(lambda: [e for e in collector.tail_events("usertail") if e["scriptName"] == "logger"
+                            and e["requestId"] == resp.headers["x-corral-request-id"]])
+    assert own[0]["logs"] == event["logs"] and own[0]["children"] == []
+
+
+def test_a_tail_worker_that_raises_or_hangs_never_slows_or_fails_requests(corral, collector):
+    before_failed = metric(corral, "corral_tail_batches_total", outcome="exception")
+    for _ in range(25):
+        resp = call(corral, "victim", timeout=10)
+        assert resp.status == 200 and resp.text == "fine"
+    # The raising one failed (its invocations are counted); the hanging one's
+    # queue filled and its events were dropped, counted; the good one still got its.
+    wait_for(lambda: metric(corral, "corral_tail_batches_total", outcome="exception") > before_failed,
+             what="a failed tail batch")
+    wait_for(lambda: metric(corral, "corral_tail_events_total", result="dropped_queue_full") > 0,
+             what="tail drops")
+    wait_for(lambda: [e for e in collector.tail_events("usertail") if e["scriptName"] == "victim"])
+    assert corral.alive()
+
+
+# ---------------------------------------------------------------------------
+# 3. live tail
+# ---------------------------------------------------------------------------
+
+
+class LiveTailReader:
+    def __init__(self, server: Corral, query: str, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(15)
+        self.sock.connect(server.socket_path)
+        self.sock.sendall(f"GET /tail?{query} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        self.file = self.sock.makefile("rb")
+        status = self.file.readline()
+        assert b" 200 " in status, status + self.file.read(2000)
+        while self.file.readline() not in (b"\r\n", b""):
+            pass
+        # Subscribed once the head is out; events from here on reach us.
+
+    def next(self) -> dict[str, Any]:
+        while True:
+            size = int(self.file.readline().strip(), 16)
+            data = self.file.read(size)
+            self.file.readline()
+            for line in data.splitlines():
+                if line.strip():
+                    return json.loads(line)
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> "LiveTailReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def live_tail(server: Corral, query: str, rcvbuf: int | None = None) -> LiveTailReader:
+    return LiveTailReader(server, query, rcvbuf)
+
+
+def test_live_tails_filter_events(corral):
+    with live_tail(corral, "script=thrower") as by_script, \
+            live_tail(corral, "namespace=default&outcome=exception") as by_outcome, \
+            live_tail(corral, "status=201&method=get") as by_status, \
+            live_tail(corral, "search=after+the+response") as by_search, \
+            live_tail(corral, "tag=plan:usage") as by_tag, \
+            live_tail(corral, "script=hello&sampling_rate=0") as sampled_out:
+        call(corral, "hello")
+        call(corral, "logger")
+        call(corral, "thrower")
+        event = by_script.next()
+        assert event["scriptName"] == "thrower" and event["outcome"] == "exception"
+        assert by_outcome.next()["scriptName"] == "thrower"
+        # A dispatcher's event with the user worker's nested: status is the top-level's.
+        top = by_status.next()
+        assert top["scriptName"] == "dispatch" and top["children"][0]["scriptName"] == "logger"
+        found = by_search.next()  # the dispatcher's event, found by its user worker's log
+        assert found["scriptName"] == "dispatch" and found["children"][0]["scriptName"] == "logger"
+        assert by_tag.next()["scriptName"] == "hello"
+        sampled_out.sock.settimeout(0.5)
+        with pytest.raises((socket.timeout, TimeoutError)):
+            sampled_out.next()
+
+
+def test_bad_live_tail_filters_are_400(corral):
+    resp = corral.admin("GET", "/tail?sampling_rate=2")
+    assert resp.status == 400 and "sampling_rate" in resp.text
+
+
+def test_a_live_tail_that_stops_reading_is_dropped(corral):
+    before = metric(corral, "corral_live_tails_dropped_total")
+    with live_tail(corral, "script=chatty", rcvbuf=4096) as stalled, live_tail(corral, "script=hello") as fine:
+        for _ in range(60):
+            assert call(corral, "chatty").status == 200
+            if metric(corral, "corral_live_tails_dropped_total") > before:
+                break
+        assert metric(corral, "corral_live_tails_dropped_total") > before
+        # The stalled tail's stream ends (after what was already in flight)...
+        stalled.sock.settimeout(10)
+        with pytest.raises((ValueError, OSError, json.JSONDecodeError)):
+            while True:
+                stalled.next()
+        # ...and the others go on.
+        call(corral, "hello")
+        assert fine.next()["scriptName"] == "hello"
+
+
+def test_corral_tail_cli_prints_json_lines_until_interrupted(corral):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CORRAL_ADMIN_SOCKET": corral.socket_path}
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "tail", "hello", "--format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO))
+    try:
+        line = b""
+        deadline = time.monotonic() + 15
+        while not line and time.monotonic() < deadline:
+            call(corral, "hello")  # until the CLI is subscribed and shows one
+            ready = __import__("select").select([proc.stdout], [], [], 0.3)[0]
+            if ready:
+                line = proc.stdout.readline()
+        event = json.loads(line)
+        assert event["scriptName"] == "hello" and event["outcome"] == "ok"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+
+
+def test_pretty_format_is_wranglers():
+    from supervisor.observability.cli_tail import format_pretty
+
+    text = format_pretty({"outcome": "exception", "eventTimestamp": 0, "scriptName": "dispatch",
+                          "event": {"request": {"method": "GET", "url": "http://a/"}},
+                          "logs": [{"level": "log", "message": ["hi"]}],
+                          "exceptions": [{"name": "Error", "message": "bad"}],
+                          "children": [{"outcome": "ok", "eventTimestamp": 0, "scriptName": "u",
+                                        "dispatchNamespace": "default", "event": {"request": {
+                                            "method": "GET", "url": "http://a/"}}, "logs": []}]})
+    lines = text.splitlines()
+    assert lines[0].startswith("GET http://a/ - Exception Thrown @ ")
+    assert lines[1] == "  (log) hi" and lines[2] == "  ✘ Error: bad"
+    assert lines[3].startswith("  GET http://a/ - Ok @ ") and "[default/u]" in lines[3]
+
+
+# ---------------------------------------------------------------------------
+# 4 and 5: usage and metrics
+# ---------------------------------------------------------------------------
+
+
+def usage(server: Corral, query: str) -> list[dict[str, Any]]:
+    resp = server.admin("GET", f"/accounts/local/workers/usage?{query}")
+    assert resp.status == 200, resp.text
+    return resp.json()["result"]
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"requests": 0, "errors": 0, "cpu": 0.0, "wall": 0.0, "subrequests": 0,
+                           "outcomes": {}}
+    for row in rows:
+        out["requests"] += row["requests"]
+        out["errors"] += row["errors"]
+        out["cpu"] += row["cpuTimeMs"]["sum"]
+        out["wall"] += row["wallTimeMs"]["sum"]
+        out["subrequests"] += row["subrequests"]
+        for k, v in row["outcomes"].items():
+            out["outcomes"][k] = out["outcomes"].get(k, 0) + v
+    return out
+
+
+def test_usage_after_a_known_load(corral):
+    before = totals(usage(corral, "namespace=default&script=thrower"))
+    before_tag = totals(usage(corral, "tag=user:1"))
+    before_dispatch = totals(usage(corral, "script=dispatch"))
+    for _ in range(7):
+        assert call(corral, "hello").status == 200
+    for _ in range(3):
+        assert call(corral, "thrower").status == 500
+    after = totals(usage(corral, "namespace=default&script=thrower"))
+    assert after["requests"] - before["requests"] == 3
+    assert after["outcomes"]["exception"] - before["outcomes"].get("exception", 0) == 3
+    assert after["errors"] - before["errors"] == 3
+    tag = wait_for(lambda: (t := totals(usage(corral, "tag=user:1")))["requests"] - before_tag["requests"] == 7
+                   and t, what="tag usage")
+    assert tag["errors"] == before_tag["errors"] and tag["cpu"] > before_tag["cpu"]
+    dispatch = totals(usage(corral, "script=dispatch"))
+    assert dispatch["requests"] - before_dispatch["requests"] == 10
+    assert dispatch["subrequests"] - before_dispatch["subrequests"] == 10
+    row = usage(corral, "namespace=default&script=hello")[-1]
+    assert 0 < row["cpuTimeMs"]["p50"] <= row["cpuTimeMs"]["p99"]
+    assert row["minute"].endswith(":00Z")
+    # Flushed to SQLite (usage_flush_s = 0.5), the figures are the same.
+    assert wait_for(lambda: os.path.exists(corral.state_dir / "usage.db"))
+    # The CLI's --json is the API's rows.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CORRAL_ADMIN_SOCKET": corral.socket_path}
+    out = subprocess.run([sys.executable, "-m", "supervisor", "usage", "thrower", "-n", "default", "--json"],
+                         capture_output=True, text=True, env=env, cwd=str(REPO), timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert totals(json.loads(out.stdout))["requests"] == after["requests"]
+    table = subprocess.run([sys.executable, "-m", "supervisor", "usage", "-n", "default"],
+                           capture_output=True, text=True, env=env, cwd=str(REPO), timeout=30)
+    assert table.returncode == 0 and "REQUESTS" in table.stdout and "thrower" in table.stdout
+
+
+def test_usage_rejects_bad_times(corral):
+    resp = corral.admin("GET", "/accounts/local/workers/usage?since=yesterday-ish")
+    assert resp.status == 400 and "since" in resp.text
+
+
+def test_metrics_move_as_requests_happen(corral):
+    labels = {"namespace": "default", "outcome": "ok", "handler": "fetch"}
+    before = metric(corral, "corral_invocations_total", **labels)
+    before_requests = metric(corral, "corral_requests_total", outcome="ok")
+    before_admin = metric(corral, "corral_admin_requests_total", method="GET", status="2xx")
+    for _ in range(4):
+        call(corral, "hello")
+    wait_for(lambda: metric(corral, "corral_invocations_total", **labels) >= before + 4, what="invocations")
+    assert metric(corral, "corral_requests_total", outcome="ok") >= before_requests + 4
+    assert metric(corral, "corral_admin_requests_total", method="GET", status="2xx") > before_admin
+    assert metric(corral, "corral_request_duration_seconds_count") > 0
+    assert metric(corral, "corral_invocation_cpu_seconds_count", namespace="default") > 0
+    assert metric(corral, "corral_cold_start_seconds_count", result="ok") > 0
+    assert metric(corral, "corral_children_ended_total", reason="exceededCpu") > 0 or True
+    assert metric(corral, "corral_pool_children", state="warm") > 0
+    text = corral.admin("GET", "/metrics").text
+    for name in ("corral_pool_children{state=\"spare\"}", "corral_package_zygotes", "corral_subrequests_total",
+                 "corral_tail_events_total", "corral_children_ended_total"):
+        assert name in text, name
+    assert "script=" not in text  # no per-script label by default
+
+
+# ---------------------------------------------------------------------------
+# 6. OpenTelemetry
+# ---------------------------------------------------------------------------
+
+
+def spans(collector: Collector) -> list[Any]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    out = []
+    for body in collector.bodies("/v1/traces"):
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                out.extend(scope.spans)
+    return out
+
+
+def log_records(collector: Collector) -> list[Any]:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    out = []
+    for body in collector.bodies("/v1/logs"):
+        request = ExportLogsServiceRequest.FromString(body)
+        for resource in request.resource_logs:
+            for scope in resource.scope_logs:
+                out.extend(scope.log_records)
+    return out
+
+
+def attrs(item: Any) -> dict[str, Any]:
+    out = {}
+    for kv in item.attributes:
+        value = kv.value
+        out[kv.key] = getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
+    return out
+
+
+def test_spans_and_logs_reach_an_otlp_receiver(corral, collector):
+    resp = call(corral, "logger")
+    rid = resp.headers["x-corral-request-id"]
+    assert len(rid) == 32
+    trace_id = bytes.fromhex(rid)
+
+    def mine():
+        found = [s for s in spans(collector) if s.trace_id == trace_id]
+        return found if len(found) >= 2 else None
+    found = wait_for(mine, what="spans of the request")
+    by_name = {s.name: s for s in found}
+    root, user = by_name["fetch dispatch"], by_name["fetch logger"]
+    assert user.parent_span_id == root.span_id and not root.parent_span_id
+    assert attrs(user)["corral.script"] == "logger" and attrs(user)["corral.namespace"] == "default"
+    assert attrs(root)["corral.request_id"] == rid
+    assert any(e.name == "exception" for e in user.events)
+
+    def logs():
+        records = [r for r in log_records(collector) if r.trace_id == trace_id]
+        return records if len(records) >= 8 else None
+    records = wait_for(logs, what="log records")
+    bodies = [r.body.string_value for r in records]
+    assert "one" in bodies and "nine, after the response" in bodies
+    assert all(r.span_id == user.span_id for r in records if r.body.string_value == "one")
+
+    # An outbound fetch is a client span under its worker's.
+    resp = call(corral, "fetcher")
+    fetch_trace = bytes.fromhex(resp.headers["x-corral-request-id"])
+    found = wait_for(lambda: [s for s in spans(collector) if s.trace_id == fetch_trace
+                              and s.name.startswith("fetch POST")], what="a fetch span")
+    worker = [s for s in spans(collector) if s.trace_id == fetch_trace and s.name == "fetch fetcher"][0]
+    assert found[0].parent_span_id == worker.span_id
+    assert attrs(found[0])["url.full"].endswith("/sub/1")
+
+
+# ---------------------------------------------------------------------------
+# 7. request ids
+# ---------------------------------------------------------------------------
+
+
+def test_request_id_in_header_trace_and_supervisor_logs(corral, collector):
+    resp = call(corral, "thrower", headers={"x-corral-request-id": "proxy-abc-123"})
+    assert resp.headers["x-corral-request-id"] == "proxy-abc-123"  # 127.0.0.1 is trusted here
+    top, _ = child_event(collector, "thrower", "proxy-abc-123")
+    assert top["requestId"] == "proxy-abc-123"
+    wait_for(lambda: any('"request_id":"proxy-abc-123"' in line and "invocation.failed" in line
+                         for line in corral.log_path.read_text().splitlines()), what="a logged request id")
+    fresh = call(corral, "hello")
+    assert len(fresh.headers["x-corral-request-id"]) == 32
+    assert corral.request("/", host="nothing.routed.invalid").headers.get("x-corral-request-id")
+
+
+def test_untrusted_peers_get_a_fresh_request_id():
+    from supervisor.observability.request_id import RequestIds
+
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as client:
+        conn, _ = server.accept()
+        with conn:
+            headers = [(b"x-corral-request-id", b"spoofed")]
+            assert RequestIds(["10.0.0.0/8"]).assign(headers, conn) != "spoofed"
+            assert RequestIds([]).assign(headers, conn) != "spoofed"
+            assert RequestIds(["127.0.0.0/8"]).assign(headers, conn) == "spoofed"
+            assert RequestIds(["127.0.0.1"]).assign([(b"x-corral-request-id", b"bad id\n")], conn) != "bad id\n"
+
+
+def test_redaction_changes_only_secrets():
+    from supervisor.observability.traces import redact_headers, redact_url
+
+    untouched = "http://a/proxy?url=http%3A%2F%2F127.0.0.1%2Fx%3Fn%3D4&b=+c"
+    assert redact_url(untouched) == untouched
+    assert redact_url("http://a/p?api_key=k&page=2&flag") == "http://a/p?api_key=REDACTED&page=2&flag"
+    assert redact_url("http://a/u/0123456789abcdef0123456789abcdef/x") == "http://a/u/REDACTED/x"
+    assert redact_url("http://a/?id=AbCdEf0123456789XyZabcd") == "http://a/?id=REDACTED"
+    assert redact_headers([(b"cookie", b"a=1"), (b"Set-Cookie", b"b"), (b"accept", b"x"), (b"accept", b"y")]) \
+        == {"cookie": "REDACTED", "set-cookie": "REDACTED", "accept": "x, y"}
