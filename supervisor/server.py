@@ -31,6 +31,8 @@ from supervisor.log import log, warn
 from supervisor.pool.pool import Pool, PoolUnavailable
 from supervisor.model import ScriptRecord
 from supervisor.pool.bodies import read_all
+from supervisor.packages.resolver import Resolver
+from supervisor.packages.store import Lock
 from supervisor.store.lookup import ScriptLookup
 from supervisor.store.store import Store
 
@@ -58,6 +60,8 @@ class Supervisor:
             on_event=self._log_event if config.log_invocations else None,
             # cpuTime per invocation is exact only when someone reads traces.
             exact_cpu=config.log_invocations)
+        #: pip in an unprivileged process, into the pool's package store.
+        self.resolver = Resolver(self.pool.bundles.package_store)
         self.ingress = Ingress(config, self.pool, self.route, self.scripts,
                                on_trace=self._log_trace if config.log_invocations else None)
         self.admin = AdminAPI(self.store, self)
@@ -83,6 +87,9 @@ class Supervisor:
             return await self.pool.validate(record)
         except PoolUnavailable as exc:
             raise Unavailable(f"no sandbox is free to check the script, retry: {exc}") from None
+
+    async def resolve_requirements(self, requirements: list[str]) -> Lock:
+        return await self.resolver.resolve(requirements)
 
     def script_changed(self, namespace: str, name: str) -> None:
         self.pool.retire_script(namespace, name)
@@ -127,7 +134,7 @@ class Supervisor:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)
-                nursery.start_soon(self.pool.bundles.run, self._bundles_in_use)
+                nursery.start_soon(self.pool.bundles.run, self._bundles_in_use, self.store.package_locks)
                 listener = listen_tcp(host, port)
                 admin_listener = _unix_listener(self.config.admin_socket_path)
                 with trio.CancelScope() as accepting:

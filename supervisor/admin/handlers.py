@@ -24,6 +24,7 @@ from supervisor.admin.errors import LoadFailed
 from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, route_json, script_json
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Invalid, NotFound, NotSupported, TooLarge
+from supervisor.packages import upload as packages_upload
 from supervisor.model import (
     PLATFORM,
     ScriptRecord,
@@ -66,6 +67,10 @@ class AdminHooks(Protocol):
         """Prometheus text exposition for ``GET /metrics``."""
         ...
 
+    async def resolve_requirements(self, requirements: list[str]) -> Any:
+        """The package store's lock for ``requirements`` (resolving with pip if new)."""
+        ...
+
 
 def _namespace_of(request: Request) -> str:
     """PLATFORM for /workers/scripts/..., else the validated {ns}."""
@@ -92,6 +97,16 @@ def _check_module_path(path: str) -> None:
             or any(p in ("", ".", "..") for p in parts)):
         raise Invalid(f"invalid module name {clip(path)!r}: use a relative path like 'worker.py' "
                       "or 'src/lib/util.py'")
+
+
+class _LockResolver:
+    """The hooks' resolver, as supervisor.packages.upload wants it."""
+
+    def __init__(self, hooks: AdminHooks) -> None:
+        self.hooks = hooks
+
+    async def resolve(self, requirements: list[str]) -> Any:
+        return await self.hooks.resolve_requirements(requirements)
 
 
 class Handlers:
@@ -222,17 +237,23 @@ class Handlers:
         parts = multipart.parse(request.headers.get("content-type", ""), request.body,
                                 max_part_bytes=self.max_script_bytes)
         previous = await self._run(self.store.get_script, ns, name)
-        record = self._build_record(ns, name, parts, previous)
+        # Packages first: validating the script imports it, with them.
+        packages = await packages_upload.resolve_parts(parts, _LockResolver(self.hooks))
+        record = self._build_record(ns, name, parts, previous, packages)
         error = await self.hooks.validate(record)
         if error is not None:
             raise LoadFailed(f"script {name!r} failed to load: {error}")
         stored = await self._run(self.store.put_script, record)
         self._changed(ns, name)
         log_event(logging.INFO, "admin.script_deployed", namespace=ns, script=name, version=stored.version)
-        return envelope(200, script_json(stored, with_modules=True))
+        result = script_json(stored, with_modules=True)
+        if packages.warnings:
+            result["warnings"] = packages.warnings
+        return envelope(200, result)
 
     def _build_record(self, ns: str, name: str, parts: list[multipart.Part],
-                      previous: ScriptRecord | None) -> ScriptRecord:
+                      previous: ScriptRecord | None,
+                      packages: packages_upload.Resolved | None = None) -> ScriptRecord:
         metadata_parts = [p for p in parts if p.name == "metadata"]
         if not metadata_parts:
             raise Invalid("the upload has no 'metadata' part (JSON with main_module, bindings, ...)")
@@ -256,11 +277,13 @@ class Handlers:
             tags = metadata.tags
         else:
             tags = list(previous.tags) if previous and "tags" not in raw else []
+        lock = packages.lock if packages is not None else None
+        packages_upload.check_bundle_size(modules, lock)
         return ScriptRecord(
             namespace=ns,
             name=name,
             version=content_version(main_module, modules, bindings, metadata.compatibility_date,
-                                    metadata.compatibility_flags),
+                                    metadata.compatibility_flags, lock.id if lock else ""),
             main_module=main_module,
             modules=modules,
             bindings=bindings,
@@ -268,6 +291,8 @@ class Handlers:
             compatibility_date=metadata.compatibility_date,
             compatibility_flags=metadata.compatibility_flags,
             tail_consumers=metadata.tail_consumers,
+            requirements=packages.requirements if packages is not None else [],
+            packages_lock=lock.id if lock else "",
         )
 
     def _modules(self, parts: list[multipart.Part]) -> dict[str, bytes]:
@@ -275,7 +300,7 @@ class Handlers:
         with the path as its filename; others name the part after the file."""
         modules: dict[str, bytes] = {}
         for part in parts:
-            if part.name == "metadata":
+            if part.name == "metadata" or packages_upload.is_requirement(part):
                 continue
             path = part.filename if part.name == "files" and part.filename else part.name
             _check_module_path(path)

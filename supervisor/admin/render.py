@@ -31,6 +31,8 @@ def script_json(record: ScriptRecord, *, with_modules: bool) -> dict[str, Any]:
         "created_on": record.created_on,
         "modified_on": record.modified_on,
     }
+    if record.requirements:
+        out["requirements"] = list(record.requirements)
     if with_modules:
         out["modules"] = [{"name": k, "size": len(v)} for k, v in sorted(record.modules.items())]
     return out

@@ -33,6 +33,7 @@ from supervisor.store import schema
 from supervisor.store.cache import RecordCache
 from supervisor.store.cursors import TagFilter, coerce_filters, decode_cursor, encode_cursor
 from supervisor.store.records import (
+    packages_lock_of,
     LIST_COLUMNS,
     NamespaceInfo,
     RouteInfo,
@@ -272,6 +273,12 @@ class Store:
     def script_names(self) -> list[tuple[str, str]]:
         """Every ``(namespace, name)`` deployed, from the in-memory index."""
         return self._cache.names()
+
+    def package_locks(self) -> set[str]:
+        """Package-store locks some stored script uses (for the package store's GC). Blocking."""
+        with self._transaction() as db:
+            rows = db.execute("SELECT metadata FROM scripts WHERE metadata LIKE '%packages_lock%'").fetchall()
+        return {lock for (metadata,) in rows if (lock := packages_lock_of(metadata))}
 
     def delete_script(self, namespace: str, name: str) -> bool:
         """True if the script existed."""
