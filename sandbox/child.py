@@ -316,7 +316,8 @@ class Runtime:
         try:
             if self._sandboxed:
                 self._confine(message.script)
-            module = loader.load(message.script.bundle, message.script.main_module)
+            module = loader.load(message.script.bundle, message.script.main_module,
+                                 message.script.package_dirs)
             entry = getattr(module, "Default", None)
             if isinstance(entry, type) and callable(getattr(entry, "fetch", None)):
                 self._entry = entry

@@ -397,13 +397,17 @@ class Pool:
             return child
         return None
 
+    def _bundle_of(self, record: ScriptRecord) -> Any:
+        """What a child is sent for ``record`` (its bundle is :meth:`Bundles.ready`)."""
+        return to_bundle(record, self.bundles.path(record.version), self.bundles.package_dirs(record.version))
+
     def _assign(self, child: ChildProcess, record: ScriptRecord) -> None:
         """A spare becomes the warm child of ``record`` (an older version drains)."""
         key = (record.namespace, record.name)
         old = self.warm.get(key)
         if old is not None and old is not child:
             self._retire(old)
-        child.assign(record, to_bundle(record, self.bundles.path(record.version)))
+        child.assign(record, self._bundle_of(record))
         self.warm[key] = child
         self.stats["cold_starts"] += 1
 
@@ -433,7 +437,7 @@ class Pool:
         except BundleError as exc:
             return str(exc)
         try:
-            child.assign(record, to_bundle(record, self.bundles.path(record.version)))
+            child.assign(record, self._bundle_of(record))
             with trio.move_on_after(timeout):
                 async with trio.open_nursery() as nursery:
 
