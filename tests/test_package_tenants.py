@@ -260,3 +260,27 @@ def test_an_unchanged_set_resolves_once_and_a_changed_set_changes_the_script(c: 
     code_only = deploy(c, "changing", source, []).json()["result"]
     assert "requirements" not in code_only
     assert wait_for(lambda: call(c, "changing") == {"jinja2": False, "itsdangerous": False})
+
+
+def test_corral_deploy_sends_a_folders_dependencies(c: Corral, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.harness import REPO
+
+    (tmp_path / "wrangler.toml").write_text('main = "src/entry.py"\n')
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "entry.py").write_text(
+        "import jinja2\nfrom workers import Response, WorkerEntrypoint\n\n"
+        "class Default(WorkerEntrypoint):\n"
+        "    async def fetch(self, request):\n"
+        "        return Response(jinja2.Template('{{ a }}+{{ b }}').render(a='cli', b='pyproject'))\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "w"\nrequires-python = ">=3.99"\ndependencies = ["jinja2", "workers-py"]\n')
+    done = subprocess.run([sys.executable, "-m", "supervisor", "deploy", "--socket", c.socket_path,
+                           "--namespace", "default", "clideps", str(tmp_path)],
+                          capture_output=True, text=True, cwd=str(REPO), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "1 requirement(s)" in done.stdout
+    assert "requires-python" in done.stderr and "workers-py" in done.stderr
+    assert c.request("/", host="clideps.localhost").text == "cli+pyproject"
