@@ -284,3 +284,30 @@ def test_corral_deploy_sends_a_folders_dependencies(c: Corral, tmp_path) -> None
     assert "1 requirement(s)" in done.stdout
     assert "requires-python" in done.stderr and "workers-py" in done.stderr
     assert c.request("/", host="clideps.localhost").text == "cli+pyproject"
+
+
+def test_cold_starts_come_from_the_sets_package_zygote(c: Corral) -> None:
+    """After a deploy the set's package zygote is up (validation started it);
+    cold starts are its children, with the set imported before the script ran."""
+    from tests.harness import _children_of
+
+    source = worker('''
+        import sys
+        preloaded = "itsdangerous" in sys.modules
+
+        class Default(WorkerEntrypoint):
+            async def fetch(self, request):
+                import itsdangerous
+                return Response.json({"ppid": os.getppid(), "preloaded": preloaded, "v": %d})
+    ''')
+    ready = lambda: c.log_path.read_text().count('"package_zygote.ready"')  # noqa: E731
+    before = ready()
+    deploy(c, "viazygote", source % 1, ["itsdangerous==2.2.0"])
+    assert wait_for(lambda: ready() > before, timeout=30), c.log()
+    base = c.zygote()
+    first = call(c, "viazygote")
+    assert first["preloaded"] is True, first
+    assert first["ppid"] != base and first["ppid"] in _children_of(base), "forked by a package zygote"
+    deploy(c, "viazygote", source % 2, ["itsdangerous==2.2.0"])  # new code, the same set
+    second = wait_for(lambda: call(c, "viazygote")["v"] == 2) and call(c, "viazygote")
+    assert second["ppid"] == first["ppid"] and second["preloaded"], "one package zygote per set"
