@@ -406,9 +406,32 @@ ToSupervisor = Union[
 
 
 class Spawn(_Msg, tag="spawn"):
-    """Fork ``count`` more jailed spare children."""
+    """Fork ``count`` more jailed spare children.
+
+    ``address_space``: the children's RLIMIT_AS in bytes, when the supervisor
+    knows it better than the zygote (a package zygote, which cannot read its
+    own mapping once in the file view); 0 keeps the zygote's own figure.
+    """
 
     count: int
+    address_space: int = 0
+
+
+class StartPackageZygote(_Msg, tag="pkgzygote"):
+    """Base zygote: fork a *package zygote* that imports the wheels in
+    ``package_dirs`` (one dependency set, named ``key``), freezes the GC and
+    then forks spares of its own on a control socket of its own."""
+
+    key: str
+    package_dirs: list[str]
+
+
+class PackageZygoteStarted(_Msg, tag="pkgstarted"):
+    """A package zygote exists; its control socket and pidfd arrive as SCM_RIGHTS.
+    It says :class:`ZygoteReady` on that socket once its imports are done."""
+
+    key: str
+    pid: int
 
 
 class ZygoteReady(_Msg, tag="zready"):
@@ -432,5 +455,5 @@ class Exited(_Msg, tag="exited"):
     status: int
 
 
-ToZygote = Spawn
-FromZygote = Union[ZygoteReady, Spawned, Exited]
+ToZygote = Union[Spawn, StartPackageZygote]
+FromZygote = Union[ZygoteReady, Spawned, Exited, PackageZygoteStarted]

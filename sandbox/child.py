@@ -355,7 +355,8 @@ class Runtime:
         try:
             if self._sandboxed:
                 self._confine(message.script)
-            module = loader.load(message.script.bundle, message.script.main_module)
+            module = loader.load(message.script.bundle, message.script.main_module,
+                                 message.script.package_dirs)
             self._script = events.Handlers(module)
             if not self._script:
                 raise loader.ScriptLoadError(

@@ -11,7 +11,8 @@ libraries' load paths stay valid):
 * the shared libraries the standard library's extension modules load
   lazily (``libsqlite3``, ``libffi``, ...), found by reading their
   ``DT_NEEDED`` (:mod:`sandbox.elf_needed`), with the symlinks the dynamic
-  loader follows to reach them (``/lib -> usr/lib``, sonames);
+  loader follows to reach them (``/lib -> usr/lib``, sonames), and the
+  system libraries manylinux wheels may link (:data:`MANYLINUX_LIBRARIES`);
 * the package store (``<state_dir>/packages``), for wheels' native code;
 * the bundles root (``<state_dir>/bundles``), also ``noexec``: native code
   may be mapped executable from the package store, never from a bundle.
@@ -78,6 +79,11 @@ class FileView:
         return out
 
 
+def _system_dirs() -> list[str]:
+    arch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+    return [f"/lib/{arch}", f"/usr/lib/{arch}", "/lib", "/usr/lib", "/lib64", "/usr/lib64"]
+
+
 def _beneath(path: str, roots: list[str]) -> bool:
     return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
 
@@ -102,10 +108,22 @@ class _Planner:
             current = candidate
         return current
 
+    def libraries_named(self, names: tuple[str, ...]) -> None:
+        """Add the system libraries ``names`` (those this host has) and their closure."""
+        found = []
+        for name in names:
+            path = next((c for c in (os.path.join(d, name) for d in _system_dirs()) if os.path.isfile(c)),
+                        None)
+            if path is not None:
+                real = self.mirror(path)
+                if real not in self.view.libraries:
+                    self.view.libraries.append(real)
+                found.append(real)
+        self.libraries_of(found)
+
     def libraries_of(self, objects: list[str]) -> None:
         """Add the DT_NEEDED closure of ``objects`` to the view's libraries."""
-        arch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
-        system = [f"/lib/{arch}", f"/usr/lib/{arch}", "/lib", "/usr/lib", "/lib64", "/usr/lib64"]
+        system = _system_dirs()
         seen: set[str] = set()
         todo = list(objects)
         while todo:
@@ -123,6 +141,16 @@ class _Planner:
                 if real not in self.view.libraries:
                     self.view.libraries.append(real)
                     todo.append(real)
+
+
+#: The system libraries a manylinux wheel may link without vendoring them
+#: (PEP 600's policy, minus the X11/GL ones no worker uses). Whatever else a
+#: wheel's extensions need is vendored in its ``<name>.libs/`` folder, inside
+#: its package-store entry. The view is built once per zygote, before any
+#: wheel is known, so the policy's set is shown up front.
+MANYLINUX_LIBRARIES = ("libgcc_s.so.1", "libstdc++.so.6", "libm.so.6", "libdl.so.2", "librt.so.1",
+                       "libc.so.6", "libnsl.so.1", "libutil.so.1", "libpthread.so.0", "libresolv.so.2",
+                       "libz.so.1", "libexpat.so.1", "libcrypt.so.1")
 
 
 def _lib_dynload() -> list[str]:
@@ -152,6 +180,7 @@ def plan(bundles_dir: str, packages_dir: str) -> FileView:
     for folder in [*_lib_dynload(), os.path.dirname(msgspec.__file__)]:
         objects += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if ".so" in n]
     planner.libraries_of(objects)
+    planner.libraries_named(MANYLINUX_LIBRARIES)
     view.libraries = [lib for lib in view.libraries if not _beneath(lib, view.trees)]
     if packages_dir and os.path.isdir(packages_dir):
         view.packages = planner.mirror(os.path.abspath(packages_dir))

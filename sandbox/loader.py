@@ -41,8 +41,13 @@ def _main_name(main_module: str) -> tuple[str, str]:
     return root, name
 
 
-def load(bundle_dir: str, main_module: str) -> types.ModuleType:
-    """Import the script's main module from ``bundle_dir``; returns it or raises ScriptLoadError."""
+def load(bundle_dir: str, main_module: str, package_dirs: list[str] | tuple[str, ...] = ()) -> types.ModuleType:
+    """Import the script's main module from ``bundle_dir``; returns it or raises ScriptLoadError.
+
+    ``package_dirs`` (one package-store entry per wheel of the script's set)
+    go on ``sys.path`` after the standard library, as site-packages would;
+    a package zygote's children have them already.
+    """
     root, name = _main_name(main_module)
     import_root = os.path.join(bundle_dir, root) if root else bundle_dir
     try:
@@ -55,6 +60,9 @@ def load(bundle_dir: str, main_module: str) -> types.ModuleType:
     if clashes:
         raise ScriptLoadError(f"module name {clashes[0]!r} is reserved by the runtime")
     sys.path.insert(0, import_root)
+    for directory in package_dirs:
+        if directory not in sys.path:
+            sys.path.append(directory)
     try:
         return importlib.import_module(name)
     except BaseException as exc:  # noqa: BLE001 - any failure is the script's

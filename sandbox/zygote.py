@@ -32,7 +32,10 @@ from protocol.messages import (
     PROTOCOL_VERSION,
     Exited,
     FromZygote,
+    PackageZygoteStarted,
+    Spawn,
     Spawned,
+    StartPackageZygote,
     ToZygote,
     ZygoteReady,
 )
@@ -129,6 +132,38 @@ class Zygote:
             os.close(pidfd)
             parent_end.close()
 
+    def start_package_zygote(self, command: StartPackageZygote) -> None:
+        """Fork the zygote of one dependency set (see :mod:`sandbox.package_zygote`)."""
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the package zygote
+            code = 70
+            try:
+                parent_end.close()
+                self.control.close()
+                self.control = child_end
+                from . import package_zygote
+
+                report = package_zygote.become(self.rules, command.package_dirs)
+                self.send(ZygoteReady(version=PROTOCOL_VERSION, pid=os.getpid(),
+                                      jail={"package_set": command.key, **report}))
+                self.serve()
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - last words before _exit
+                try:
+                    os.write(2, f"corral package zygote {os.getpid()}: {exc!r}\n".encode())
+                except OSError:
+                    pass
+            finally:
+                os._exit(code)
+        child_end.close()
+        pidfd = os.pidfd_open(pid)
+        try:
+            self.send(PackageZygoteStarted(key=command.key, pid=pid), [parent_end.fileno(), pidfd])
+        finally:
+            os.close(pidfd)
+            parent_end.close()
+
     def reap(self) -> None:
         while True:
             try:
@@ -160,8 +195,13 @@ class Zygote:
                 if not packet:
                     return  # the supervisor is gone; so are we
                 command = self.decoder.decode(packet)
-                for _ in range(max(0, min(command.count, 64))):
-                    self.spawn()
+                if isinstance(command, StartPackageZygote):
+                    self.start_package_zygote(command)
+                elif isinstance(command, Spawn):
+                    if command.address_space > 0:
+                        self.address_space = command.address_space
+                    for _ in range(max(0, min(command.count, 64))):
+                        self.spawn()
                 self.reap()
 
 

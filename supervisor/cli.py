@@ -94,11 +94,20 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     for path, code in project.modules.items():
         parts.append(multipart.Part(name=path, filename=path.rsplit("/", 1)[-1], data=code,
                                     content_type="text/x-python"))
+    # Cloudflare's shape: one part per requirement, named by it, empty.
+    parts += [multipart.Part(name=r, filename=r, data=b"", content_type="text/x-python-requirement")
+              for r in project.requirements]
+    for warning in project.warnings:
+        print(f"corral deploy: warning: {warning}", file=sys.stderr)
     content_type, body = multipart.encode(parts)
     result, _ = client.call("PUT", _scripts_path(args.namespace, args.name), body, content_type)
+    for warning in (result.get("warnings") or []) if isinstance(result, dict) else []:
+        if warning not in project.warnings:
+            print(f"corral deploy: warning: {warning}", file=sys.stderr)
     where = f"namespace {args.namespace}" if args.namespace else "platform scripts"
     _emit(args, result, f"deployed {args.name} to {where}: version {result.get('version', '?')[:12]}, "
-                        f"{len(project.modules)} module(s), main {project.main_module}")
+                        f"{len(project.modules)} module(s), main {project.main_module}"
+                        + (f", {len(project.requirements)} requirement(s)" if project.requirements else ""))
     return 0
 
 

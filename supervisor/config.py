@@ -39,6 +39,11 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: children, whichever comes first: its children share its hash seed.
     zygote_max_age_s: float = 3600.0
     zygote_max_children: int = 1000
+    #: Package zygotes (one per dependency set in use, with the set imported):
+    #: spares each keeps, how many may live, and their own memory together.
+    package_spares: int = 1
+    package_zygotes: int = 8
+    package_zygotes_memory_mb: int = 1024
 
 
 class LimitDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

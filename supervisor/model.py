@@ -249,6 +249,10 @@ class ScriptRecord(msgspec.Struct, kw_only=True):
     version_id: str = ""
     #: Static assets: ``{path: {"hash": ..., "size": ...}}`` (empty: none).
     assets: dict[str, Any] = {}
+    #: Normalised requirement strings (``text/x-python-requirement`` parts) and
+    #: the package store's lock they resolved to ("" when there are none).
+    requirements: list[str] = []
+    packages_lock: str = ""
 
     def binding(self, name: str, kind: type[_Binding]) -> Any:
         """The binding ``name`` of type ``kind``, or None."""
@@ -315,8 +319,9 @@ def resolve_bindings(metadata: UploadMetadata, previous: ScriptRecord | None) ->
 
 
 def content_version(main_module: str, modules: dict[str, bytes], bindings: list[Binding],
-                    compatibility_date: str, compatibility_flags: list[str] = ()) -> str:  # type: ignore[assignment]
-    """A stable hash of everything that changes behaviour (code and bindings)."""
+                    compatibility_date: str, compatibility_flags: list[str] = (),  # type: ignore[assignment]
+                    packages_lock: str = "") -> str:
+    """A stable hash of everything that changes behaviour (code, bindings, packages)."""
     digest = hashlib.sha256()
     digest.update(main_module.encode())
     for path in sorted(modules):
@@ -325,6 +330,8 @@ def content_version(main_module: str, modules: dict[str, bytes], bindings: list[
     digest.update(msgspec.json.encode({"bindings": bindings, "compatibility_date": compatibility_date}))
     if compatibility_flags:
         digest.update(msgspec.json.encode(sorted(compatibility_flags)))
+    if packages_lock:  # absent for scripts without packages: their versions stay as they were
+        digest.update(b"\0packages\0" + packages_lock.encode())
     return digest.hexdigest()[:32]
 
 

@@ -35,6 +35,8 @@ from supervisor.log import log, warn
 from supervisor.pool.pool import Pool, PoolUnavailable
 from supervisor.model import ScriptRecord
 from supervisor.pool.bodies import read_all
+from supervisor.packages.resolver import Resolver
+from supervisor.packages.store import Lock
 from supervisor.store.lookup import ScriptLookup
 from supervisor.store.store import Store
 
@@ -67,6 +69,8 @@ class Supervisor:
             config, self.pool, self.store.get_script, self.pool.calls.limits.defaults_for,
             lambda: {"requests": self.http.requests, "connections": self.http.connections,
                      "in_flight": self.http.in_flight})
+        #: pip in an unprivileged process, into the pool's package store.
+        self.resolver = Resolver(self.pool.bundles.package_store)
         self.ingress = Ingress(config, self.pool, self.route, self.scripts,
                                on_trace=self.observability.finished, on_missing=self._not_found,
                                request_ids=self.observability.request_ids.assign)
@@ -100,6 +104,9 @@ class Supervisor:
             return await self.pool.validate(record)
         except PoolUnavailable as exc:
             raise Unavailable(f"no sandbox is free to check the script, retry: {exc}") from None
+
+    async def resolve_requirements(self, requirements: list[str]) -> Lock:
+        return await self.resolver.resolve(requirements)
 
     def script_changed(self, namespace: str, name: str) -> None:
         self.pool.retire_script(namespace, name)
@@ -148,7 +155,7 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.observability.run)
                 await nursery.start(self.pool.run)
-                nursery.start_soon(self.pool.bundles.run, self._bundles_in_use)
+                nursery.start_soon(self.pool.bundles.run, self._bundles_in_use, self.store.package_locks)
                 listener = listen_tcp(host, port)
                 admin_listener = _unix_listener(self.config.admin_socket_path)
                 _socket_access(self.config.admin_socket_path, self.config.admin)

@@ -92,3 +92,33 @@ def test_not_stuck_while_a_child_is_starting_or_a_fork_is_coming() -> None:
 
 def test_no_wake_up_unless_a_fork_is_deferred() -> None:
     assert plan(view()).wake_at == math.inf
+
+
+# -- package zygotes ---------------------------------------------------------------
+
+from supervisor.pool.plan import PackageSet, PackagesView, plan_packages  # noqa: E402
+
+
+def pset(key, *, ready=True, spares=0, requested=0, waiting=0, in_use=0, last_used=0.0, memory=0):
+    return PackageSet(key, ready, spares, requested, waiting, in_use, last_used, memory)
+
+
+def pview(*sets, now=100.0, target=1, max_zygotes=4, cap=10**9, idle=60.0, room=100):
+    return PackagesView(now, tuple(sets), target, max_zygotes, cap, idle, room)
+
+
+def test_package_sets_keep_their_spares_and_idle_ones_go_to_zero():
+    decided = plan_packages(pview(pset("a", last_used=99), pset("b", last_used=10),
+                                  pset("c", ready=False, last_used=99), pset("d", spares=1, last_used=99)))
+    assert decided.evict == ("b",)
+    assert decided.fork == (("a", 1),)
+    waiting = plan_packages(pview(pset("a", waiting=2, requested=1, last_used=0)))
+    assert waiting.evict == () and waiting.fork == (("a", 2),)
+
+
+def test_package_zygotes_are_bounded_by_count_and_memory_sparing_those_in_use():
+    sets = [pset("old", last_used=50, memory=400), pset("busy", last_used=40, in_use=1, memory=400),
+            pset("new", last_used=90, memory=400)]
+    assert plan_packages(pview(*sets, max_zygotes=2)).evict == ("old",)
+    assert plan_packages(pview(*sets, cap=500)).evict == ("old", "new")
+    assert plan_packages(pview(*sets, room=0)).fork == ()

@@ -166,3 +166,21 @@ def test_missing_path_and_non_python_file(tmp_path):
 def test_strip_jsonc_keeps_strings_intact():
     assert strip_jsonc('{"a": "//x", "b": "/*y*/", "c": "q\\\\"} // tail') == '{"a": "//x", "b": "/*y*/", "c": "q\\\\"} '
     assert strip_jsonc('{"a": "x\\",", }') == '{"a": "x\\",", }'.replace(", }", " }")
+
+
+def test_a_folders_pyproject_dependencies_travel_with_it(tmp_path):
+    (tmp_path / "wrangler.toml").write_text('main = "src/entry.py"\n')
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "entry.py").write_text("x = 1\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "w"\nrequires-python = ">=3.99"\n'
+        'dependencies = ["Jinja2>=3", "workers-py", "webtypy"]\n')
+    (tmp_path / "requirements.txt").write_text("ignored-when-pyproject-lists-them\n")
+    project = load_project(tmp_path)
+    assert project.requirements == ["jinja2>=3"]
+    assert any("requires-python" in w for w in project.warnings)
+    (tmp_path / "pyproject.toml").write_text('[tool.ruff]\nline-length = 100\n')
+    assert load_project(tmp_path).requirements == ["ignored-when-pyproject-lists-them"]
+    (tmp_path / "requirements.txt").write_text("--index-url https://evil.example/simple\n")
+    with pytest.raises(ProjectError, match="requirements.txt.*not supported"):
+        load_project(tmp_path)

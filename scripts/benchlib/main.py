@@ -63,6 +63,12 @@ def parse_args(argv):
     ap.add_argument("--only-extras", action="store_true",
                     help="run only the Corral extras (brokered fetch overhead, CPU-limit "
                          "precision) on a Corral of their own: no workerd/bare, no tenants")
+    ap.add_argument("--only-packages", action="store_true",
+                    help="run only the package figures: cold starts of FastAPI and Django tenants "
+                         "(first ever and with their package zygote warm) and PSS per warm tenant, "
+                         "next to a bare hello (see benchlib/corral_packages.py)")
+    ap.add_argument("--package-tenants", type=int, default=15,
+                    help="--only-packages: fresh tenants per set (default: %(default)s)")
     ap.add_argument("--no-extras", action="store_true",
                     help="skip the Corral extras after the main Corral run")
     ap.add_argument("--only-observability", action="store_true",
@@ -324,6 +330,11 @@ def main(argv=None) -> int:
         return scale.main(argv[1:])
     args = parse_args(argv)
     atexit.register(procs.stop_all)
+    if args.only_packages:
+        from . import corral_packages
+
+        print(json.dumps(corral_packages.run(log, tenants=args.package_tenants), indent=2))
+        return 0
 
     def on_signal(signum, frame):
         log(f"signal {signum}: stopping servers")

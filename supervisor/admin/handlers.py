@@ -27,6 +27,7 @@ from supervisor.admin.errors import LoadFailed
 from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, route_json, script_json
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Invalid, NotFound, NotSupported, TooLarge
+from supervisor.packages import upload as packages_upload
 from supervisor.model import (
     PLATFORM,
     ScriptRecord,
@@ -73,6 +74,10 @@ class AdminHooks(Protocol):
     async def usage(self, namespace: str | None, script: str | None, tag: str | None,
                     since: int, until: int) -> list[dict[str, Any]]:
         """Per-minute usage rows (supervisor.observability.usage)."""
+        ...
+
+    async def resolve_requirements(self, requirements: list[str]) -> Any:
+        """The package store's lock for ``requirements`` (resolving with pip if new)."""
         ...
 
 
@@ -124,6 +129,16 @@ def _check_module_path(path: str) -> None:
             or any(p in ("", ".", "..") for p in parts)):
         raise Invalid(f"invalid module name {clip(path)!r}: use a relative path like 'worker.py' "
                       "or 'src/lib/util.py'")
+
+
+class _LockResolver:
+    """The hooks' resolver, as supervisor.packages.upload wants it."""
+
+    def __init__(self, hooks: AdminHooks) -> None:
+        self.hooks = hooks
+
+    async def resolve(self, requirements: list[str]) -> Any:
+        return await self.hooks.resolve_requirements(requirements)
 
 
 class Handlers:
@@ -281,14 +296,19 @@ class Handlers:
 
     async def put_script(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
-        stored = await self.upload(request, ns, name, deploy=True)
-        return envelope(200, script_json(stored, with_modules=True))
+        warnings: list[str] = []
+        stored = await self.upload(request, ns, name, deploy=True, warnings=warnings)
+        result = script_json(stored, with_modules=True)
+        if warnings:
+            result["warnings"] = warnings
+        return envelope(200, result)
 
     async def upload(self, request: Request, ns: str, name: str, *, deploy: bool,
-                     code_only: bool = False) -> ScriptRecord:
+                     code_only: bool = False, warnings: list[str] | None = None) -> ScriptRecord:
         """Decode, validate in a sandbox and store one upload as a new version
         (deployed at 100% when ``deploy``). ``code_only``: a content update,
-        which keeps every setting of the deployed version."""
+        which keeps every setting of the deployed version. What the operator
+        should know (e.g. an unmet requires-python) is added to ``warnings``."""
         if len(request.body) > self.max_script_bytes + UPLOAD_OVERHEAD:
             raise TooLarge(f"upload of {len(request.body)} bytes exceeds the {self.max_script_bytes}-byte "
                            "script size limit")
@@ -299,7 +319,11 @@ class Handlers:
         previous = await self._run(self.store.get_primary, ns, name)
         if code_only and previous is None:
             raise script_not_found(ns, name)
-        record = self._build_record(ns, name, parts, previous, code_only=code_only)
+        # Packages first: validating the script imports it, with them.
+        packages = await packages_upload.resolve_parts(parts, _LockResolver(self.hooks))
+        if warnings is not None:
+            warnings.extend(packages.warnings)
+        record = self._build_record(ns, name, parts, previous, packages, code_only=code_only)
         error = await self.hooks.validate(record)
         if error is not None:
             raise LoadFailed(f"script {name!r} failed to load: {error}")
@@ -311,7 +335,9 @@ class Handlers:
         return stored
 
     def _build_record(self, ns: str, name: str, parts: list[multipart.Part],
-                      previous: ScriptRecord | None, *, code_only: bool = False) -> ScriptRecord:
+                      previous: ScriptRecord | None,
+                      packages: packages_upload.Resolved | None = None, *,
+                      code_only: bool = False) -> ScriptRecord:
         metadata_parts = [p for p in parts if p.name == "metadata"]
         if not metadata_parts:
             raise Invalid("the upload has no 'metadata' part (JSON with main_module, bindings, ...)")
@@ -337,11 +363,13 @@ class Handlers:
             tags = metadata.tags
         else:
             tags = list(previous.tags) if previous and "tags" not in raw else []
+        lock = packages.lock if packages is not None else None
+        packages_upload.check_bundle_size(modules, lock)
         return ScriptRecord(
             namespace=ns,
             name=name,
             version=content_version(main_module, modules, bindings, metadata.compatibility_date,
-                                    metadata.compatibility_flags),
+                                    metadata.compatibility_flags, lock.id if lock else ""),
             main_module=main_module,
             modules=modules,
             bindings=bindings,
@@ -350,6 +378,8 @@ class Handlers:
             compatibility_flags=metadata.compatibility_flags,
             tail_consumers=metadata.tail_consumers,
             assets=assets,
+            requirements=packages.requirements if packages is not None else [],
+            packages_lock=lock.id if lock else "",
         )
 
     @staticmethod
@@ -381,7 +411,7 @@ class Handlers:
         with the path as its filename; others name the part after the file."""
         modules: dict[str, bytes] = {}
         for part in parts:
-            if part.name == "metadata":
+            if part.name == "metadata" or packages_upload.is_requirement(part):
                 continue
             # "files[]": how the SDK's content update names them
             path = part.filename if part.name in ("files", "files[]") and part.filename else part.name

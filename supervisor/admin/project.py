@@ -42,6 +42,11 @@ class Project(msgspec.Struct, kw_only=True):
     main_module: str
     modules: dict[str, bytes]
     metadata: model.UploadMetadata
+    #: ``pyproject.toml``'s ``[project] dependencies`` (or ``requirements.txt``),
+    #: normalised; sent as ``text/x-python-requirement`` parts.
+    requirements: list[str] = []
+    #: What was said about them (the SDK dropped, requires-python ignored).
+    warnings: list[str] = []
 
 
 # -- config shapes ------------------------------------------------------------
@@ -284,4 +289,29 @@ def load_project(path: str | os.PathLike[str]) -> Project:
         model.decode_metadata(msgspec.to_builtins(metadata))
     except (Invalid, TypeError, ValueError) as exc:
         raise ProjectError(f"{config_path}: {exc}") from None
-    return Project(main_module=main, modules=modules, metadata=metadata)
+    requirements, warnings = _requirements(target)
+    return Project(main_module=main, modules=modules, metadata=metadata, requirements=requirements,
+                   warnings=warnings)
+
+
+def _requirements(root: Path) -> tuple[list[str], list[str]]:
+    """The folder's dependencies: ``pyproject.toml`` first (as Cloudflare's
+    Python Workers projects declare them), else ``requirements.txt``."""
+    from supervisor.packages.requirements import from_pyproject, from_requirements_txt
+
+    for name, parse in (("pyproject.toml", from_pyproject), ("requirements.txt", from_requirements_txt)):
+        path = root / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProjectError(f"cannot read {path}: {exc}") from None
+        if name == "pyproject.toml" and "dependencies" not in text:
+            continue  # a pyproject.toml for tools only; requirements.txt may still list them
+        try:
+            parsed = parse(text)
+        except Invalid as exc:
+            raise ProjectError(f"{path}: {exc}") from None
+        return parsed.requirements, parsed.warnings
+    return [], []

@@ -40,6 +40,8 @@ def script_json(record: ScriptRecord, *, with_modules: bool, nested: bool = Fals
         "usage_model": "standard",
         "startup_time_ms": 0,
     }
+    if record.requirements:
+        out["requirements"] = list(record.requirements)
     if with_modules:
         out["modules"] = [{"name": k, "size": len(v)} for k, v in sorted(record.modules.items())]
     if nested:

@@ -23,9 +23,11 @@ Blocking file I/O: call these methods from a worker thread.
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import json
 import os
+import py_compile
 import shutil
 import stat
 import tempfile
@@ -120,6 +122,9 @@ class PackageStore:
             staging = Path(tempfile.mkdtemp(dir=self.tmp, prefix="unpack-"))
             try:
                 _unpack(wheel, staging)
+                # Children cannot write __pycache__: compile once, here (no package code runs).
+                compileall.compile_dir(str(staging), ddir=str(target), quiet=2, workers=1,
+                                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
                 _make_read_only(staging)
                 try:
                     os.rename(staging, target)

@@ -21,12 +21,22 @@ share it.
   Bundles are ``0755``/``0644``, read-only to children by the mount too.
 
 The ``packages`` directory beside it is the package store's root, shown
-read-only in the jail; the package store fills it.
+read-only in the jail; the package store fills it. A version with packages
+knows its lock's entry directories once :meth:`Bundles.ensure` has read the
+lock (in the same worker thread as the bundle write), so a cold start needs
+neither a thread nor a disk read for them.
+
+* **Precompiled.** A child cannot write ``__pycache__``, so without help it
+  would compile every module of its script on every cold start. The bundle
+  is compiled when it is written (``UNCHECKED_HASH`` pycs: the files never
+  change, so there is nothing to check).
 """
 
 from __future__ import annotations
 
+import compileall
 import os
+import py_compile
 import re
 import shutil
 import tempfile
@@ -35,6 +45,7 @@ from typing import Callable
 import trio
 
 from supervisor.model import ScriptRecord
+from supervisor.packages.store import PackageStore
 
 #: How often unused bundles are collected when nothing asks for it sooner.
 COLLECT_PERIOD_S = 600.0
@@ -76,8 +87,12 @@ def write_bundle(root: str, version: str, modules: dict[str, bytes]) -> str:
                 raise BundleError(f"the script's files clash: {path[:200]!r} is both a file "
                                   f"and a folder") from exc
             os.chmod(target, 0o644)
-        for folder, _dirs, _files in os.walk(temp):
+        compile_tree(temp, final)
+        for folder, _dirs, files in os.walk(temp):
             os.chmod(folder, 0o755)
+            for name in files:
+                if name.endswith(".pyc"):
+                    os.chmod(os.path.join(folder, name), 0o644)
         try:
             os.rename(temp, final)
         except OSError:
@@ -87,6 +102,14 @@ def write_bundle(root: str, version: str, modules: dict[str, bytes]) -> str:
         if os.path.exists(temp):
             shutil.rmtree(temp, ignore_errors=True)
     return final
+
+
+def compile_tree(root: str, ddir: str) -> None:
+    """Precompile every ``.py`` under ``root`` (blocking), as if it were at
+    ``ddir``. A file that does not compile is left alone: importing it
+    reports the error, as it should."""
+    compileall.compile_dir(root, ddir=ddir, quiet=2, workers=1, legacy=False,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
 
 
 def collect(root: str, keep: frozenset[str]) -> list[str]:
@@ -109,6 +132,12 @@ class Bundles:
         os.makedirs(self.root, 0o711, exist_ok=True)
         os.chmod(self.root, 0o711)
         os.makedirs(self.packages, 0o755, exist_ok=True)
+        #: The content-addressed package store (supervisor.packages.store).
+        self.package_store = PackageStore(self.packages)
+        #: Entry directories of each present version's packages (a version names one lock).
+        self._package_dirs: dict[str, list[str]] = {}
+        #: The lock of each present version that has packages.
+        self._locks: dict[str, str] = {}
         #: Versions known to be complete on disk: a cold start needs no thread for them.
         self._present: set[str] = set()
         self._lock = trio.Lock()
@@ -122,15 +151,33 @@ class Bundles:
         """Is this version on disk (so a child can be assigned it without awaiting)?"""
         return version in self._present
 
+    def package_dirs(self, version: str) -> list[str]:
+        """The package entry directories of a :meth:`ready` version ([] for none)."""
+        return self._package_dirs.get(version, [])
+
     async def ensure(self, record: ScriptRecord) -> str:
         """The bundle directory of ``record``, written first if needed."""
         if record.version not in self._present:
             async with self._lock:
                 if record.version not in self._present:
-                    await trio.to_thread.run_sync(write_bundle, self.root, record.version,
-                                                  record.modules)
+                    dirs = await trio.to_thread.run_sync(self._write, record)
+                    self._package_dirs[record.version] = dirs
+                    if record.packages_lock:
+                        self._locks[record.version] = record.packages_lock
                     self._present.add(record.version)
         return self.path(record.version)
+
+    def _write(self, record: ScriptRecord) -> list[str]:
+        """Blocking: the bundle's files, and its lock's entry directories."""
+        dirs: list[str] = []
+        if record.packages_lock:
+            lock = self.package_store.read_lock(record.packages_lock)
+            if lock is None:
+                raise BundleError(f"the packages of script {record.name!r} ({', '.join(record.requirements)}) "
+                                  "are no longer in the package store: deploy it again")
+            dirs = self.package_store.paths(lock)
+        write_bundle(self.root, record.version, record.modules)
+        return dirs
 
     async def collect(self, keep: Callable[[], set[str]]) -> list[str]:
         """Remove the bundles outside ``keep()``; returns the removed names.
@@ -145,14 +192,24 @@ class Bundles:
         async with self._lock:
             kept = frozenset(keep())
             self._present &= kept
+            for version in list(self._package_dirs):
+                if version not in kept:
+                    self._package_dirs.pop(version, None)
+                    self._locks.pop(version, None)
             return await trio.to_thread.run_sync(collect, self.root, kept)
 
     def want_collection(self) -> None:
         """A script was deployed or deleted: collect soon."""
         self._wanted.set()
 
-    async def run(self, keep: Callable[[], set[str]]) -> None:
-        """Collect when asked, and every :data:`COLLECT_PERIOD_S` (retired children end)."""
+    async def run(self, keep: Callable[[], set[str]],
+                  stored_locks: Callable[[], set[str]] | None = None) -> None:
+        """Collect when asked, and every :data:`COLLECT_PERIOD_S` (retired children end).
+
+        ``stored_locks`` (blocking: it reads the store) names the package
+        locks stored scripts use; with it, the package store is collected
+        too, after the bundles, keeping those and the locks of live versions.
+        """
         from supervisor.log import log, warn
 
         while True:
@@ -167,3 +224,15 @@ class Bundles:
                 continue
             if removed:
                 log("bundles.collected", removed=len(removed))
+            if stored_locks is not None:
+                live = set(self._locks.values())
+                try:
+                    locks, entries = await trio.to_thread.run_sync(self._collect_packages, stored_locks, live)
+                except OSError as exc:
+                    warn("packages.collect_failed", reason=str(exc))
+                    continue
+                if locks or entries:
+                    log("packages.collected", locks=locks, entries=entries)
+
+    def _collect_packages(self, stored_locks: Callable[[], set[str]], live: set[str]) -> tuple[int, int]:
+        return self.package_store.gc(stored_locks() | live)

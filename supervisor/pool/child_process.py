@@ -181,6 +181,8 @@ class ChildProcess:
         self.sock = sock
         self.pidfd = pidfd
         self.generation = generation
+        #: The package zygote that forked it (supervisor.pool.package_zygotes), or None.
+        self.package: Any = None
         #: Where the child is in its life (see supervisor.lifecycle).
         self.state = _STARTING
         self.record: ScriptRecord | None = None

@@ -122,3 +122,88 @@ def plan(view: PoolView) -> Plan:
         why = (f"all {view.max_children} sandboxes are busy ({live} live, {len(view.warm)} warm, "
                f"{view.spares} spare)")
     return Plan(tuple(retire), trim, fork, wake_at, stuck, why)
+
+
+# ---------------------------------------------------------------------------
+# package zygotes (see supervisor.pool.package_zygotes)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PackageSet:
+    """One package zygote as the plan sees it."""
+
+    key: str
+    #: Its imports are done and it can fork.
+    ready: bool
+    spares: int
+    requested: int
+    #: Requests waiting for one of its spares.
+    waiting: int
+    #: Live children it forked that run a script (not spares).
+    in_use: int
+    last_used: float
+    #: Its own memory (PSS, bytes; 0 until measured).
+    memory: int
+
+
+@dataclass(frozen=True, slots=True)
+class PackagesView:
+    now: float
+    sets: tuple[PackageSet, ...]
+    #: Spares each ready package zygote keeps (``pool.package_spares``).
+    spares_target: int
+    max_zygotes: int
+    memory_cap: int
+    idle_timeout_s: float
+    #: Children that may still be forked under ``max_children``.
+    room: int
+
+
+@dataclass(frozen=True, slots=True)
+class PackagesPlan:
+    #: Package zygotes to end (their spares with them), in that order.
+    evict: tuple[str, ...] = ()
+    #: ``(key, count)`` spares to ask each package zygote for.
+    fork: tuple[tuple[str, int], ...] = ()
+
+
+def plan_packages(view: PackagesView) -> PackagesPlan:
+    """Spares per dependency set, and which package zygotes go.
+
+    1. **Idle.** A package zygote none of whose children runs a script, with
+       nobody waiting, unused for ``idle_timeout_s``, goes (to zero).
+    2. **Bounds.** Past ``max_zygotes`` or ``memory_cap`` (their own memory
+       together), the least recently used of those with no script running
+       go until both hold. One whose children serve scripts stays (killing
+       it would orphan them), so the bounds are met as soon as they can be.
+    3. **Spares.** Each remaining ready one keeps ``spares_target`` spares
+       plus one per waiting request, within the room under the cap.
+    """
+    evict: list[str] = []
+
+    def evictable(s: PackageSet) -> bool:
+        return s.in_use == 0 and s.waiting == 0 and s.key not in evict
+
+    for s in view.sets:
+        if evictable(s) and view.now - s.last_used > view.idle_timeout_s:
+            evict.append(s.key)
+    kept = [s for s in view.sets if s.key not in evict]
+    for s in sorted(kept, key=lambda s: s.last_used):
+        count = len(kept)
+        memory = sum(k.memory for k in kept)
+        if count <= view.max_zygotes and memory <= view.memory_cap:
+            break
+        if evictable(s):
+            evict.append(s.key)
+            kept.remove(s)
+    room = view.room
+    fork: list[tuple[str, int]] = []
+    for s in kept:
+        if not s.ready:
+            continue
+        missing = min(view.spares_target + s.waiting - s.spares - s.requested, room)
+        if missing > 0:
+            fork.append((s.key, missing))
+            room -= missing
+    return PackagesPlan(tuple(evict), tuple(fork))

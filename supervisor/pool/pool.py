@@ -41,13 +41,14 @@ from supervisor.lifecycle import ChildState, KillReason, Outcome
 from supervisor.limits.cpu_account import CpuAccount
 from supervisor.limits.cpu_meter import MeterFactory
 from supervisor.limits.memory import Enforcer, choose as choose_memory_enforcement
-from supervisor.log import warn
+from supervisor.log import log, warn
 from supervisor.model import ScriptRecord, to_bundle
 from supervisor.pool.bodies import BodySource
 from supervisor.pool.bundles import BundleError, Bundles
 from supervisor.pool.child_process import ChildKit, ChildProcess, describe_status
 from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
-from supervisor.pool.plan import Plan, PoolView, WarmChild, plan
+from supervisor.pool.package_zygotes import PackageZygote, PackageZygotes
+from supervisor.pool.plan import PackagesView, Plan, PoolView, WarmChild, plan, plan_packages
 from supervisor.pool.zygote_client import ZygoteClient
 
 #: How long a request waits for a spare before the pool gives up (503).
@@ -118,7 +119,11 @@ class Pool:
         self.zygote = ZygoteClient(self.memory.jail_address_space_mb(), self._on_spawned, self._on_exited,
                                    self._on_zygote_restart, config.pool.zygote_max_age_s,
                                    config.pool.zygote_max_children, on_ready=self._nudge,
-                                   bundles_dir=self.bundles.root, packages_dir=self.bundles.packages)
+                                   bundles_dir=self.bundles.root, packages_dir=self.bundles.packages,
+                                   on_package_zygote=self._on_package_zygote)
+        #: A zygote per dependency set in use, with the set imported (cold starts without imports).
+        self.packages = PackageZygotes(self, self.zygote.start_package_zygote,
+                                       self.memory.jail_address_space_mb())
         self.children: dict[int, ChildProcess] = {}
         self.spares: deque[ChildProcess] = deque()
         self.warm: "OrderedDict[tuple[str, str], ChildProcess]" = OrderedDict()
@@ -149,6 +154,7 @@ class Pool:
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.packages.attach(nursery)
             await nursery.start(self.zygote.run)
             self._next_reap = trio.current_time() + REAP_PERIOD_S
             nursery.start_soon(self._maintain)
@@ -161,18 +167,38 @@ class Pool:
 
     def _on_spawned(self, pid: int, sock: socket.socket, pidfd: int) -> None:
         self._requested = max(0, self._requested - 1)
+        self._adopt(pid, sock, pidfd, self.zygote.generation)
+
+    def _on_package_zygote(self, key: str, pid: int, sock: socket.socket, pidfd: int, generation: int) -> None:
+        self.packages.started(key, pid, sock, pidfd, generation)
+
+    # what package zygotes report (supervisor.pool.package_zygotes.PackageOwner)
+    def on_package_spawned(self, zygote: PackageZygote, pid: int, sock: socket.socket, pidfd: int) -> None:
+        child = self._adopt(pid, sock, pidfd, zygote.generation)
+        if child is not None:
+            child.package = zygote
+        self.zygote.forked()  # the same hash seed as the base zygote's children
+
+    def on_package_exited(self, pid: int, status: int) -> None:
+        self._on_exited(pid, status)
+
+    def on_package_zygote_change(self) -> None:
+        self._nudge()
+
+    def _adopt(self, pid: int, sock: socket.socket, pidfd: int, generation: int) -> ChildProcess | None:
         if self._nursery is None:
             sock.close()
             os.close(pidfd)
-            return
+            return None
         try:
             cpu: CpuAccount | None = CpuAccount(self._meters.open(pid), exact=self._exact_cpu,
                                                 background_ns=self._background_ns)
         except OSError:
             cpu = None
-        child = ChildProcess(self, pid, sock, pidfd, self.zygote.generation, self._kit, cpu)
+        child = ChildProcess(self, pid, sock, pidfd, generation, self._kit, cpu)
         self.children[pid] = child
         self._nursery.start_soon(child.run)
+        return child
 
     def _on_exited(self, pid: int, status: int) -> None:
         child = self.children.get(pid)
@@ -191,6 +217,10 @@ class Pool:
         self._requested = 0
         while self.spares:
             self.spares.popleft().kill(KillReason.ZYGOTE_REPLACED)
+        for package in list(self.packages.zygotes.values()):
+            while package.spares:
+                package.spares.popleft().kill(KillReason.ZYGOTE_REPLACED)
+        self.packages.end_all()
         for child in list(self.children.values()):
             if child.state is ChildState.STARTING and child.generation != self.zygote.generation:
                 child.kill(KillReason.ZYGOTE_REPLACED)
@@ -202,6 +232,14 @@ class Pool:
         """A new child finished its jail and said hello."""
         if child.generation != self.zygote.generation:
             child.kill(KillReason.ZYGOTE_REPLACED)  # an old seed never reaches a new tenant
+            return
+        package = child.package
+        if package is not None:
+            if not package.alive:
+                child.kill(KillReason.SURPLUS_SPARE)
+                return
+            package.spares.append(child)
+            package.lot.unpark()
             return
         self.spares.append(child)
         self._spare_lot.unpark()
@@ -263,7 +301,7 @@ class Pool:
         if record is not None and self.warm.get((record.namespace, record.name)) is child:
             del self.warm[(record.namespace, record.name)]
         try:
-            self.spares.remove(child)
+            (child.package.spares if child.package is not None else self.spares).remove(child)
         except ValueError:
             pass
         self._nudge()
@@ -305,10 +343,40 @@ class Pool:
             self.spares.pop().kill(KillReason.SURPLUS_SPARE)
         if decided.fork and self.zygote.spawn(decided.fork):
             self._requested += decided.fork
+        if self.packages.zygotes:
+            self._converge_packages(now, decided.fork)
         # A deferred fork only happens with nobody waiting, i.e. here in the
         # maintain task, which re-arms with this before it sleeps again.
         self._wake_at = min(decided.wake_at, self._next_reap)
         return decided
+
+    def _converge_packages(self, now: float, base_forks: int) -> None:
+        """Package zygotes' spares and bounds (supervisor.pool.plan.plan_packages)."""
+        pool = self.config.pool
+        in_use: dict[str, int] = {}
+        live = 0
+        for child in self.children.values():
+            if child.kill_reason is None:
+                live += 1
+                if child.package is not None and child.record is not None:
+                    in_use[child.package.key] = in_use.get(child.package.key, 0) + 1
+        sets = []
+        for zygote in self.packages.zygotes.values():
+            zygote.in_use = in_use.get(zygote.key, 0)
+            sets.append(zygote.view())
+        decided = plan_packages(PackagesView(
+            now=now, sets=tuple(sets), spares_target=pool.package_spares,
+            max_zygotes=pool.package_zygotes, memory_cap=pool.package_zygotes_memory_mb * 2**20,
+            idle_timeout_s=pool.idle_timeout_s,
+            room=pool.max_children - live - self._requested - base_forks))
+        for key in decided.evict:
+            zygote = self.packages.zygotes[key]
+            while zygote.spares:
+                zygote.spares.popleft().kill(KillReason.IDLE)
+            log("package_zygote.evicted", set=key, memory_kb=zygote.memory // 1024)
+            zygote.end()
+        for key, count in decided.fork:
+            self.packages.zygotes[key].spawn(count)
 
     def _view(self, now: float, reap: bool) -> PoolView:
         pool = self.config.pool
@@ -411,11 +479,23 @@ class Pool:
                 event.set()
 
     async def _spare_with_bundle(self, record: ScriptRecord) -> ChildProcess:
-        """A spare, and ``record``'s bundle on disk: assign it before the next await."""
+        """A spare, and ``record``'s bundle on disk: assign it before the next await.
+
+        A script with packages takes a spare of its set's package zygote when
+        that one is ready (and starts it when there is none); until then, a
+        base spare, which imports the packages itself.
+        """
         while True:
             while not self.bundles.ready(record.version):
                 await self.bundles.ensure(record)
-            child = await self._take_spare()
+            package = None
+            if record.packages_lock:
+                package = self.packages.want(record.packages_lock, self.bundles.package_dirs(record.version),
+                                             self.zygote.generation)
+            if package is not None and package.ready.is_set() and package.alive:
+                child = await self._take_package_spare(package)
+            else:
+                child = await self._take_spare()
             if self.bundles.ready(record.version):
                 return child
             self.spares.appendleft(child)  # collected while we waited: write it again
@@ -431,8 +511,15 @@ class Pool:
             return None
         if not self.bundles.ready(record.version):
             return None
-        while self.spares:
-            child = self.spares.popleft()
+        spares = self.spares
+        if record.packages_lock:
+            package = self.packages.get(record.packages_lock)
+            if package is None or not package.spares:
+                return None  # the awaiting path starts it, or falls back to a base spare
+            package.last_used = trio.current_time()
+            spares = package.spares
+        while spares:
+            child = spares.popleft()
             if not child.alive:
                 continue
             self._assign(child, record)
@@ -440,13 +527,17 @@ class Pool:
             return child
         return None
 
+    def _bundle_of(self, record: ScriptRecord) -> Any:
+        """What a child is sent for ``record`` (its bundle is :meth:`Bundles.ready`)."""
+        return to_bundle(record, self.bundles.path(record.version), self.bundles.package_dirs(record.version))
+
     def _assign(self, child: ChildProcess, record: ScriptRecord) -> None:
         """A spare becomes the warm child of ``record`` (an older version drains)."""
         key = (record.namespace, record.name)
         old = self.warm.get(key)
         if old is not None and old is not child:
             self._retire(old)
-        child.assign(record, to_bundle(record, self.bundles.path(record.version)))
+        child.assign(record, self._bundle_of(record))
         self.warm[key] = child
         self.stats["cold_starts"] += 1
 
@@ -469,6 +560,24 @@ class Pool:
             self._waiting -= 1
             self._cold_started()
 
+    async def _take_package_spare(self, package: PackageZygote) -> ChildProcess:
+        """A spare of ``package``'s zygote (forked on demand); a base spare if it dies."""
+        package.waiting += 1
+        try:
+            with trio.move_on_after(SPARE_WAIT_S):
+                while package.alive:
+                    while package.spares:
+                        child = package.spares.popleft()
+                        if child.alive:
+                            package.last_used = trio.current_time()
+                            return child
+                    self._converge()
+                    await package.lot.park()
+        finally:
+            package.waiting -= 1
+            self._cold_started()
+        return await self._take_spare()
+
     async def validate(self, record: ScriptRecord, timeout: float = 10.0) -> str | None:
         """Load ``record`` in a throw-away sandbox; the load error, or None."""
         try:
@@ -476,7 +585,7 @@ class Pool:
         except BundleError as exc:
             return str(exc)
         try:
-            child.assign(record, to_bundle(record, self.bundles.path(record.version)))
+            child.assign(record, self._bundle_of(record))
             with trio.move_on_after(timeout):
                 async with trio.open_nursery() as nursery:
 

@@ -44,11 +44,14 @@ from typing import Callable
 import msgspec
 import trio
 
-from protocol.messages import PROTOCOL_VERSION, Exited, FromZygote, Spawn, Spawned, ZygoteReady
+from protocol.messages import (PROTOCOL_VERSION, Exited, FromZygote, PackageZygoteStarted, Spawn, Spawned,
+                               StartPackageZygote, ZygoteReady)
 
 from supervisor.log import error, log, warn
 
 SpawnedCallback = Callable[[int, socket.socket, int], None]
+#: ``(key, pid, control socket, pidfd, generation)`` of a new package zygote.
+PackageZygoteCallback = Callable[[str, int, socket.socket, int, int], None]
 ExitedCallback = Callable[[int, int], None]
 
 
@@ -58,7 +61,8 @@ class ZygoteClient:
     def __init__(self, address_space_mb: int, on_spawned: SpawnedCallback, on_exited: ExitedCallback,
                  on_restart: Callable[[], None], max_age_s: float = 3600.0,
                  max_children: int = 1000, on_ready: Callable[[], None] | None = None,
-                 bundles_dir: str = "", packages_dir: str = "") -> None:
+                 bundles_dir: str = "", packages_dir: str = "",
+                 on_package_zygote: PackageZygoteCallback | None = None) -> None:
         #: Children's RLIMIT_AS above the zygote's mapping (see memory_limits).
         self.address_space_mb = address_space_mb
         self.max_age_s = max_age_s
@@ -67,6 +71,8 @@ class ZygoteClient:
         self.bundles_dir = bundles_dir
         self.packages_dir = packages_dir
         self._on_ready = on_ready
+        self._on_package_zygote = on_package_zygote
+        self._forked = 0  # children of this generation, package zygotes' included
         self._asked = 0  # children requested of the current zygote
         self._life: trio.CancelScope | None = None
         self._on_spawned = on_spawned
@@ -94,6 +100,23 @@ class ZygoteClient:
         self._asked += count
         return True
 
+    def start_package_zygote(self, key: str, package_dirs: list[str]) -> bool:
+        """Ask the zygote to fork the zygote of one dependency set; False if none is up."""
+        if self._sock is None:
+            return False
+        try:
+            self._sock.send(self._encoder.encode(StartPackageZygote(key, package_dirs)))
+        except (BlockingIOError, OSError):
+            return False
+        return True
+
+    def forked(self) -> None:
+        """A child of this generation exists (forked by the zygote or one of its
+        package zygotes, which share its hash seed): rotate when enough have."""
+        self._forked += 1
+        if self._forked >= self.max_children and self._life is not None:
+            self._life.cancel()  # its seed has served enough children
+
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         backoff = 0.05
         started = False
@@ -105,6 +128,7 @@ class ZygoteClient:
             with trio.move_on_after(self.max_age_s) as aged:
                 self._life = aged
                 self._asked = 0
+                self._forked = 0
                 try:
                     await self._run_once(task_status if not started else None)
                     started = True
@@ -148,7 +172,6 @@ class ZygoteClient:
         )
         theirs.close()
         sock = trio.socket.from_stdlib_socket(ours)
-        forked = 0
         try:
             with sock:
                 while True:
@@ -172,9 +195,15 @@ class ZygoteClient:
                             continue
                         channel = socket.socket(fileno=fds[0])
                         self._on_spawned(message.pid, channel, fds[1])
-                        forked += 1
-                        if forked >= self.max_children and self._life is not None:
-                            self._life.cancel()  # its seed has served enough children
+                        self.forked()
+                    elif isinstance(message, PackageZygoteStarted):
+                        if len(fds) != 2 or self._on_package_zygote is None:
+                            for fd in fds:
+                                os.close(fd)
+                            error("zygote.bad_package_zygote", pid=message.pid, fds=len(fds))
+                            continue
+                        control = socket.socket(fileno=fds[0])
+                        self._on_package_zygote(message.key, message.pid, control, fds[1], self.generation)
                     elif isinstance(message, Exited):
                         self._on_exited(message.pid, message.status)
                     elif isinstance(message, ZygoteReady):

@@ -67,6 +67,8 @@ class _Metadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     compatibility_date: str = ""
     compatibility_flags: list[str] = []
     tail_consumers: list[TailConsumer] = []
+    requirements: list[str] = []
+    packages_lock: str = ""
 
 
 _modules_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
@@ -93,11 +95,18 @@ def record_from_row(row: Sequence[Any], modules: bytes | None, assets: str = "")
         compatibility_date=meta.compatibility_date,
         compatibility_flags=meta.compatibility_flags,
         tail_consumers=meta.tail_consumers,
+        requirements=meta.requirements,
+        packages_lock=meta.packages_lock,
         created_on=created_on,
         modified_on=modified_on,
         version_id=version_id,
         assets=assets_decoder.decode(assets) if assets else {},
     )
+
+
+def packages_lock_of(metadata: str | bytes) -> str:
+    """The package lock a stored ``metadata`` column names ("" for none)."""
+    return _metadata_decoder.decode(metadata).packages_lock
 
 
 def encode_metadata(record: ScriptRecord) -> str:
@@ -106,6 +115,8 @@ def encode_metadata(record: ScriptRecord) -> str:
         compatibility_date=record.compatibility_date,
         compatibility_flags=record.compatibility_flags,
         tail_consumers=record.tail_consumers,
+        requirements=record.requirements,
+        packages_lock=record.packages_lock,
     )).decode()
 
 

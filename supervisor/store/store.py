@@ -35,6 +35,7 @@ from supervisor.store import schema
 from supervisor.store.cache import Deployed, RecordCache, pick
 from supervisor.store.cursors import TagFilter, coerce_filters, decode_cursor, encode_cursor
 from supervisor.store.records import (
+    packages_lock_of,
     LIST_COLUMNS,
     DeploymentInfo,
     NamespaceInfo,
@@ -350,6 +351,12 @@ class Store:
     def script_names(self) -> list[tuple[str, str]]:
         """Every ``(namespace, name)`` deployed (a scan: not for the request path)."""
         return [(r[0], r[1]) for r in self._read("SELECT namespace, name FROM scripts ORDER BY namespace, name")]
+
+    def package_locks(self) -> set[str]:
+        """Package-store locks some stored script uses (for the package store's GC). Blocking."""
+        with self._transaction() as db:
+            rows = db.execute("SELECT metadata FROM scripts WHERE metadata LIKE '%packages_lock%'").fetchall()
+        return {lock for (metadata,) in rows if (lock := packages_lock_of(metadata))}
 
     def delete_script(self, namespace: str, name: str) -> bool:
         """True if the script existed. Its versions and deployments go with it."""

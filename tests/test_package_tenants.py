@@ -1,0 +1,313 @@
+"""Real Python in the jail: tenants that depend on packages from the index.
+
+Each test deploys through the admin API with ``text/x-python-requirement``
+parts (as Cloudflare's API carries them), so the supervisor resolves the set
+with the real pip, keeps it in its package store, and the tenant imports it
+in a real jailed child (native code included: pydantic-core, markupsafe).
+The attacks on the file view (another tenant's bundle, writes, dlopen from
+a bundle, /etc/passwd) are in tests/test_file_view.py.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from typing import Any
+
+import pytest
+
+from supervisor.admin import multipart
+from tests.harness import Corral, Response
+from tests.test_jail import CONTROL, _wait_admin, call, wait_for, worker
+
+
+def deploy(c: Corral, name: str, source: str, requirements: list[str], *, as_list: bool = False,
+           check: bool = True) -> Response:
+    """Upload with one requirement part per requirement, named by it (wrangler's
+    shape), or one part listing them (``as_list``)."""
+    parts = [multipart.Part(name="metadata", content_type="application/json",
+                            data=json.dumps({"main_module": "worker.py"}).encode()),
+             multipart.Part(name="files", filename="worker.py", content_type="text/x-python",
+                            data=source.encode())]
+    if as_list:
+        parts.append(multipart.Part(name="requirements.txt", filename="requirements.txt",
+                                    content_type="text/x-python-requirement",
+                                    data="\n".join(requirements).encode()))
+    else:
+        parts += [multipart.Part(name=r, filename=r, content_type="text/x-python-requirement", data=b"")
+                  for r in requirements]
+    ctype, body = multipart.encode(parts)
+    resp = c.admin("PUT", f"/accounts/local/workers/dispatch/namespaces/default/scripts/{name}", body, ctype)
+    if check and resp.status != 200:
+        raise AssertionError(f"deploy {name} failed: {resp.status} {resp.text}\n{c.log()}")
+    return resp
+
+
+@pytest.fixture(scope="module")
+def c(tmp_path_factory: pytest.TempPathFactory):
+    server = Corral(tmp_path_factory.mktemp("packages")).start()
+    try:
+        _wait_admin(server)
+        server.deploy_dispatcher()
+        server.deploy("control", CONTROL)
+        yield server
+    finally:
+        server.stop()
+
+
+def resolved_count(c: Corral) -> int:
+    return c.log_path.read_text().count('"packages.resolved"')
+
+
+# ---------------------------------------------------------------------------
+# frameworks
+# ---------------------------------------------------------------------------
+
+ASGI_CALL = '''
+async def asgi_call(app, method, path, body=b""):
+    """One HTTP request through an ASGI app, in-process."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "server": ("tenant", 80), "client": ("127.0.0.1", 1),
+             "headers": [(b"host", b"tenant"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]}
+    sent, delivered = [], False
+
+    async def receive():
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+'''
+
+FASTAPI = worker(textwrap.indent(ASGI_CALL, "    ") + '''
+    import importlib.metadata
+
+    import pydantic
+    import pydantic_core
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    class Item(pydantic.BaseModel):
+        name: str
+        price: float
+
+    @app.post("/items")
+    async def create(item: Item):
+        return {"name": item.name, "total": item.price * 2}
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            ok = await asgi_call(app, "POST", "/items", b'{"name": "tea", "price": 1.5}')
+            bad = await asgi_call(app, "POST", "/items", b'{"name": "tea"}')
+            return Response.json({
+                "ok": [ok[0], json.loads(ok[1])], "bad": bad[0],
+                "native": pydantic_core._pydantic_core.__file__,
+                "fastapi": importlib.metadata.version("fastapi"),
+                "pydantic_core": importlib.metadata.version("pydantic-core"),
+            })
+''')
+
+
+def test_a_fastapi_tenant_with_pydantic_core(c: Corral) -> None:
+    resp = deploy(c, "fastapi", FASTAPI, ["fastapi"])
+    assert "fastapi" in resp.json()["result"]["requirements"]
+    out = call(c, "fastapi")
+    assert out["ok"] == [200, {"name": "tea", "total": 3.0}], out
+    assert out["bad"] == 422
+    assert out["native"].startswith(str(c.state_dir.resolve() / "packages" / "entries")), out
+    assert out["native"].endswith(".so")
+    assert out["fastapi"] and out["pydantic_core"]
+
+
+DJANGO = worker('''
+    import io
+
+    import django
+    from django.conf import settings
+
+    settings.configure(DEBUG=False, ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="x" * 50,
+                       MIDDLEWARE=[], INSTALLED_APPS=[], USE_TZ=True)
+    django.setup()
+
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.http import JsonResponse
+    from django.template import Context, Engine
+    from django.urls import path
+
+    def hello(request):
+        page = Engine().from_string("<b>{{ name }}</b>").render(Context({"name": "<django>"}))
+        return JsonResponse({"hello": request.GET.get("name"), "page": page,
+                             "version": django.get_version()})
+
+    urlpatterns = [path("hello", hello)]
+    handler = WSGIHandler()
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            status = []
+            environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/hello", "QUERY_STRING": "name=ada",
+                       "SERVER_NAME": "tenant", "SERVER_PORT": "80", "HTTP_HOST": "tenant",
+                       "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr}
+            body = b"".join(handler(environ, lambda s, h: status.append(s)))
+            return Response.json({"status": status[0], "body": json.loads(body)})
+''')
+
+
+def test_a_django_tenant(c: Corral) -> None:
+    deploy(c, "django", DJANGO, ["django>=4"])
+    out = call(c, "django")
+    assert out["status"] == "200 OK", out
+    assert out["body"]["hello"] == "ada"
+    assert out["body"]["page"] == "<b>&lt;django&gt;</b>"
+    assert out["body"]["version"].split(".")[0] >= "4"
+
+
+FLASK = worker('''
+    import markupsafe
+    from flask import Flask, render_template_string
+
+    app = Flask(__name__)
+
+    @app.get("/hi/<name>")
+    def hi(name):
+        return render_template_string("Hi {{ name }}!", name=name)
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            got = app.test_client().get("/hi/<b>")
+            return Response.json({"status": got.status_code, "body": got.get_data(as_text=True),
+                                  "speedups": markupsafe._speedups.__file__})
+''')
+
+
+def test_a_flask_tenant_with_jinja2_and_native_markupsafe(c: Corral) -> None:
+    deploy(c, "flask", FLASK, ["flask"], as_list=True)
+    out = call(c, "flask")
+    assert out == {"status": 200, "body": "Hi &lt;b&gt;!", "speedups": out["speedups"]}, out
+    assert out["speedups"].endswith(".so"), "markupsafe's C speedups load from the package store"
+
+
+DATA_FILES = worker('''
+    import importlib.metadata
+    import importlib.resources
+
+    import certifi
+    import jinja2
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            bundle = open(certifi.where()).read()
+            return Response.json({
+                "where": certifi.where(),
+                "certificates": bundle.count("BEGIN CERTIFICATE"),
+                "resource": len(importlib.resources.files("certifi").joinpath("cacert.pem").read_bytes()),
+                "versions": {d: importlib.metadata.version(d) for d in ("certifi", "jinja2", "markupsafe")},
+                "template": jinja2.Template("{{ n }} certificates").render(n=3),
+                "write": attempt(lambda: open(certifi.where(), "a").write("x")),
+            })
+''')
+
+
+def test_a_package_with_data_files_and_its_metadata(c: Corral) -> None:
+    deploy(c, "data", DATA_FILES, ["certifi", "jinja2"])
+    out = call(c, "data")
+    assert out["certificates"] > 50, out
+    assert out["resource"] == len(open(out["where"], "rb").read())
+    assert all(out["versions"].values()) and out["template"] == "3 certificates"
+    assert out["write"]["ok"] is False, "package files are read-only to tenants"
+
+
+# ---------------------------------------------------------------------------
+# refusals and changes
+# ---------------------------------------------------------------------------
+
+def test_a_package_without_a_wheel_is_refused_by_name(c: Corral) -> None:
+    resp = deploy(c, "nowheel", worker("class Default(WorkerEntrypoint):\n    pass\n"),
+                  ["pycrypto==2.6.1"], check=False)
+    assert resp.status == 400, resp
+    assert "no wheel of pycrypto" in resp.json()["errors"][0]["message"]
+
+
+def test_an_unchanged_set_resolves_once_and_a_changed_set_changes_the_script(c: Corral) -> None:
+    source = worker('''
+        import importlib.util
+
+        class Default(WorkerEntrypoint):
+            async def fetch(self, request):
+                return Response.json({m: importlib.util.find_spec(m) is not None
+                                      for m in ("jinja2", "itsdangerous")})
+    ''')
+    first = deploy(c, "changing", source, ["Jinja2>=3", "workers-py"]).json()["result"]
+    assert first["warnings"] and "workers-py" in first["warnings"][0]
+    assert call(c, "changing") == {"jinja2": True, "itsdangerous": False}
+    before = resolved_count(c)
+    again = deploy(c, "changing", source, ["jinja2>=3"]).json()["result"]
+    assert again["version"] == first["version"], "the same code and set is the same version"
+    assert resolved_count(c) == before, "an unchanged set is not resolved again"
+    changed = deploy(c, "changing", source, ["itsdangerous"]).json()["result"]
+    assert changed["version"] != first["version"]
+    assert wait_for(lambda: call(c, "changing") == {"jinja2": False, "itsdangerous": True})
+    code_only = deploy(c, "changing", source, []).json()["result"]
+    assert "requirements" not in code_only
+    assert wait_for(lambda: call(c, "changing") == {"jinja2": False, "itsdangerous": False})
+
+
+def test_corral_deploy_sends_a_folders_dependencies(c: Corral, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.harness import REPO
+
+    (tmp_path / "wrangler.toml").write_text('main = "src/entry.py"\n')
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "entry.py").write_text(
+        "import jinja2\nfrom workers import Response, WorkerEntrypoint\n\n"
+        "class Default(WorkerEntrypoint):\n"
+        "    async def fetch(self, request):\n"
+        "        return Response(jinja2.Template('{{ a }}+{{ b }}').render(a='cli', b='pyproject'))\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "w"\nrequires-python = ">=3.99"\ndependencies = ["jinja2", "workers-py"]\n')
+    done = subprocess.run([sys.executable, "-m", "supervisor", "deploy", "--socket", c.socket_path,
+                           "--namespace", "default", "clideps", str(tmp_path)],
+                          capture_output=True, text=True, cwd=str(REPO), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "1 requirement(s)" in done.stdout
+    assert "requires-python" in done.stderr and "workers-py" in done.stderr
+    assert c.request("/", host="clideps.localhost").text == "cli+pyproject"
+
+
+def test_cold_starts_come_from_the_sets_package_zygote(c: Corral) -> None:
+    """After a deploy the set's package zygote is up (validation started it);
+    cold starts are its children, with the set imported before the script ran."""
+    from tests.harness import _children_of
+
+    source = worker('''
+        import sys
+        preloaded = "itsdangerous" in sys.modules
+
+        class Default(WorkerEntrypoint):
+            async def fetch(self, request):
+                import itsdangerous
+                return Response.json({"ppid": os.getppid(), "preloaded": preloaded, "v": %d})
+    ''')
+    ready = lambda: c.log_path.read_text().count('"package_zygote.ready"')  # noqa: E731
+    before = ready()
+    deploy(c, "viazygote", source % 1, ["itsdangerous==2.2.0"])
+    assert wait_for(lambda: ready() > before, timeout=30), c.log()
+    base = c.zygote()
+    first = call(c, "viazygote")
+    assert first["preloaded"] is True, first
+    assert first["ppid"] != base and first["ppid"] in _children_of(base), "forked by a package zygote"
+    deploy(c, "viazygote", source % 2, ["itsdangerous==2.2.0"])  # new code, the same set
+    second = wait_for(lambda: call(c, "viazygote")["v"] == 2) and call(c, "viazygote")
+    assert second["ppid"] == first["ppid"] and second["preloaded"], "one package zygote per set"
