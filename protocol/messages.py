@@ -36,7 +36,7 @@ import msgspec
 
 #: Bumped whenever a message changes shape; a child speaking another version
 #: is killed at its first frame.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: Largest chunk of a streamed body, and largest inline body.
 MAX_CHUNK = 64 * 1024
@@ -134,11 +134,29 @@ class Load(_Msg, tag="load"):
     script: ScriptBundle
 
 
+class ScheduledEvent(_Msg, tag="scheduled"):
+    """A cron trigger: the script's ``scheduled(controller, env, ctx)`` runs.
+
+    ``scheduled_time`` is in ms since the epoch (``controller.scheduledTime``).
+    The child answers with an empty 200 ``ResponseStart`` when the handler
+    returns, or ``InvokeFailed``; limits, outcomes and traces are a request's.
+    """
+
+    cron: str
+    scheduled_time: float
+
+
+#: What an invocation delivers besides an HTTP request (None: a request).
+Event = ScheduledEvent
+
+
 class Invoke(_Msg, tag="invoke"):
     """Deliver one HTTP event to the script's ``fetch`` handler.
 
     ``params`` carries outbound-worker parameters set by the dispatcher for the
-    subrequest this invocation represents; they appear on ``env``.
+    subrequest this invocation represents; they appear on ``env``. ``event``
+    set means another handler runs (``scheduled``); the HTTP fields are then
+    only what the trace shows.
     """
 
     id: int
@@ -148,6 +166,7 @@ class Invoke(_Msg, tag="invoke"):
     body: bytes | None = None
     body_stream: bool = False
     params: dict[str, Any] | None = None
+    event: Event | None = None
 
 
 class Cancel(_Msg, tag="cancel"):

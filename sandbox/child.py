@@ -42,6 +42,7 @@ from protocol.messages import (
     Log,
     Report,
     ResponseStart,
+    ScheduledEvent,
     ScriptBundle,
     ServiceBinding,
     SubFailed,
@@ -51,6 +52,8 @@ from protocol.messages import (
 )
 
 from . import jail, landlock, loader, logs, unavailable, warmup, workers
+from .entry import Entry, ScheduledController
+from .run_sync import run_in_portal
 from .channel import Channel
 from .streams import IncomingBody, OutgoingBody
 
@@ -210,6 +213,10 @@ WAIT_UNTIL_CANCELED = ("waitUntil() tasks did not complete within the allowed ti
                        "invocation end and have been cancelled.")
 
 
+class _Handled(Exception):
+    """An event other than a request was answered; nothing more to send."""
+
+
 class _Invocation:
     __slots__ = ("task", "background", "responded", "lingering")
 
@@ -235,9 +242,7 @@ class Runtime:
         self.closed = asyncio.Event()
         self.script: ScriptBundle | None = None
         self.env: Env | None = None
-        self._entry: type | None = None
-        self._on_fetch: Callable[..., Any] | None = None
-        self._on_fetch_arity = 2
+        self._entry: Entry | None = None
         self._load_error: ExceptionInfo | None = None
         self.invocations: dict[int, _Invocation] = {}
         self.incoming: dict[int, IncomingBody] = {}
@@ -317,18 +322,10 @@ class Runtime:
             if self._sandboxed:
                 self._confine(message.script)
             module = loader.load(message.script.bundle, message.script.main_module)
-            entry = getattr(module, "Default", None)
-            if isinstance(entry, type) and callable(getattr(entry, "fetch", None)):
-                self._entry = entry
-            elif callable(getattr(module, "on_fetch", None)):
-                self._on_fetch = module.on_fetch
-                code = getattr(module.on_fetch, "__code__", None)
-                self._on_fetch_arity = code.co_argcount if code else 2
-            else:
-                raise loader.ScriptLoadError(
-                    "the script has no fetch handler: define `class Default(WorkerEntrypoint)` "
-                    "with `async def fetch(self, request)`, or `async def on_fetch(request, env)`"
-                )
+            try:
+                self._entry = Entry(module)
+            except LookupError as exc:
+                raise loader.ScriptLoadError(str(exc)) from None
         except loader.ScriptLoadError as exc:
             cause = exc.__cause__ or exc
             self._load_error = ExceptionInfo(
@@ -386,20 +383,26 @@ class Runtime:
             if self._load_error is not None:
                 self.send(InvokeFailed(inv, self._load_error))
                 return
-            request = self._request_for(message)
             env = self._env_for(message.params)
-            if self._entry is not None:
-                response = await self._entry(workers.Context(inv), env).fetch(request)
-            else:
-                assert self._on_fetch is not None
-                args: tuple = (request, env, workers.Context(inv))[: max(1, self._on_fetch_arity)]
-                response = await self._on_fetch(*args)
+            assert self._entry is not None
+            if isinstance(message.event, ScheduledEvent):
+                controller = ScheduledController(message.event.cron, message.event.scheduled_time)
+                await run_in_portal(self._entry.call("scheduled", controller, env,
+                                                     workers.Context(inv)))
+                state.responded = True
+                self.send(ResponseStart(inv, 200, []))
+                raise _Handled
+            request = self._request_for(message)
+            response = await run_in_portal(self._entry.call("fetch", request, env,
+                                                            workers.Context(inv)))
             if not isinstance(response, workers.Response):
                 raise TypeError(
                     f"the fetch handler returned {type(response).__name__}, not a Response"
                 )
             state.responded = True
             await self._respond(inv, response)
+        except _Handled:
+            pass
         except asyncio.CancelledError:
             if not state.responded:
                 self.send(InvokeFailed(inv, ExceptionInfo("Canceled", "the client went away")))
@@ -470,6 +473,9 @@ class Runtime:
 
     def wait_until(self, inv: int, awaitable: Any) -> None:
         state = self.invocations.get(inv)
+
+        if asyncio.iscoroutine(awaitable):
+            awaitable = run_in_portal(awaitable)  # run_sync works in waitUntil work too
 
         async def guarded() -> None:
             workers.current_invocation.set(inv)

@@ -55,6 +55,9 @@ def load(bundle_dir: str, main_module: str) -> types.ModuleType:
     if clashes:
         raise ScriptLoadError(f"module name {clashes[0]!r} is reserved by the runtime")
     sys.path.insert(0, import_root)
+    if "asgi.py" in entries or "asgi" in entries:
+        # The runtime's top-level ``asgi`` alias yields to a module of the bundle's own.
+        sys.modules.pop("asgi", None)
     try:
         return importlib.import_module(name)
     except BaseException as exc:  # noqa: BLE001 - any failure is the script's
