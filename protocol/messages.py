@@ -101,7 +101,13 @@ class ServiceBinding(_Msg, tag="service"):
     service: str
 
 
-Binding = Union[TextBinding, JsonBinding, DispatchNamespaceBinding, ServiceBinding]
+class AssetsBinding(_Msg, tag="assets"):
+    """``env.<name>.fetch(request)`` serves the script's own static assets."""
+
+    name: str
+
+
+Binding = Union[TextBinding, JsonBinding, DispatchNamespaceBinding, ServiceBinding, AssetsBinding]
 
 
 class ScriptBundle(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
@@ -262,13 +268,14 @@ class SubRequest(_Msg, tag="subreq"):
 
     ``kind`` is ``"dispatch"`` (``target`` names a script in the binding's
     namespace), ``"service"`` (``target`` is a platform script) or
-    ``"fetch"`` (an outbound request to ``url``). ``body_ref`` forwards the
+    ``"fetch"`` (an outbound request to ``url``) or ``"assets"`` (the script's
+    own static assets, ``env.ASSETS.fetch``). ``body_ref`` forwards the
     request body of invocation ``parent`` without the child reading it.
     """
 
     call: int
     parent: int
-    kind: Literal["dispatch", "service", "fetch"]
+    kind: Literal["dispatch", "service", "fetch", "assets"]
     method: bytes
     url: str
     headers: list[Header]

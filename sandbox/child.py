@@ -26,6 +26,7 @@ from protocol.messages import (
     MAX_CHUNK,
     PROTOCOL_VERSION,
     Abort,
+    AssetsBinding,
     BodyChunk,
     Cancel,
     Credit,
@@ -313,6 +314,8 @@ class Runtime:
                 values[binding.name] = binding.value
             elif isinstance(binding, DispatchNamespaceBinding):
                 values[binding.name] = DispatchNamespace(self, binding.name)
+            elif isinstance(binding, AssetsBinding):
+                values[binding.name] = Fetcher(self, "assets", binding.name, "")
             elif isinstance(binding, ServiceBinding):
                 # The supervisor resolves the target from the stored binding;
                 # the child only names the binding.

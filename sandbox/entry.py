@@ -48,7 +48,8 @@ class Entry:
                     self.functions[kind] = fn
         if self.cls is None and not self.functions:
             raise LookupError(
-                "the script has no handler: define `class Default(WorkerEntrypoint)` with "
+                "the script has no fetch handler (or other handler): define "
+                "`class Default(WorkerEntrypoint)` with "
                 "`async def fetch(self, request)` (or scheduled/queue), or a module-level "
                 "`async def on_fetch(request, env)`")
 

@@ -160,6 +160,11 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     for path, code in project.modules.items():
         parts.append(multipart.Part(name=path, filename=path.rsplit("/", 1)[-1], data=code,
                                     content_type="text/x-python"))
+    for asset_path, data in project.assets.items():
+        parts.append(multipart.Part(name="__asset__", filename=asset_path.lstrip("/"), data=data,
+                                    content_type="application/octet-stream"))
+    for warning in project.warnings:
+        print(f"corral deploy: warning: {warning}", file=sys.stderr)
     content_type, body = multipart.encode(parts)
     result, _ = client.call("PUT", _scripts_path(args.namespace, args.name), body, content_type)
     where = f"namespace {args.namespace}" if args.namespace else "platform scripts"
@@ -258,6 +263,17 @@ def _cmd_routes(args: argparse.Namespace, client: AdminClient) -> int:
     return 0
 
 
+def _cmd_trigger(args: argparse.Namespace, client: AdminClient) -> int:
+    """Run a script's scheduled() once, as its cron trigger would."""
+    trace = client.json("POST", _scripts_path(args.namespace, args.name) + "/schedules/trigger",
+                        {"cron": args.cron})
+    logs = "\n".join(" ".join(str(m) for m in entry.get("message", [])) for entry in trace.get("logs", []))
+    errors = "\n".join(f"{e.get('name')}: {e.get('message')}" for e in trace.get("exceptions", []))
+    _emit(args, trace, "\n".join(x for x in (f"scheduled {args.name} ({args.cron}): "
+                                               f"{trace.get('outcome')}", logs, errors) if x))
+    return 0 if trace.get("outcome") == "ok" else 1
+
+
 def _cmd_tail(args: argparse.Namespace, client: AdminClient) -> int:
     print("corral tail: not implemented yet", file=sys.stderr)
     return 1
@@ -331,6 +347,11 @@ def _parser() -> argparse.ArgumentParser:
     tags.add_argument("action", nargs="?", choices=["set", "add", "rm"])
     tags.add_argument("values", nargs="*", metavar="TAG")
 
+    trigger = sub.add_parser("trigger", parents=[common], help="run a script's scheduled() handler once")
+    trigger.add_argument("--namespace", "-n", help="dispatch namespace (default: a platform script)")
+    trigger.add_argument("--cron", required=True, help="the cron expression the handler sees")
+    trigger.add_argument("name", metavar="NAME")
+
     tail = sub.add_parser("tail", parents=[common], help="stream trace events (not implemented yet)")
     tail.add_argument("--namespace", "-n")
     tail.add_argument("name", metavar="NAME", nargs="?")
@@ -358,6 +379,7 @@ _COMMANDS = {
     "rm": _cmd_rm,
     "tags": _cmd_tags,
     "tail": _cmd_tail,
+    "trigger": _cmd_trigger,
     "ns": _cmd_ns,
     "routes": _cmd_routes,
 }

@@ -20,7 +20,7 @@ import trio
 from supervisor.calls import http_client
 from supervisor import log as logmod
 from supervisor.admin.api import AdminAPI
-from supervisor.errors import Unavailable
+from supervisor.errors import NotFound, Unavailable
 from supervisor.calls.calls import Calls
 from supervisor.config import HttpConfig, ServeConfig
 from supervisor.calls.egress import EgressPolicy
@@ -33,6 +33,10 @@ from supervisor.model import ScriptRecord
 from supervisor.pool.bodies import read_all
 from supervisor.store.lookup import ScriptLookup
 from supervisor.store.store import Store
+from supervisor.assets.store import AssetStore
+from supervisor.cron import Scheduler, run_scheduled
+from supervisor.edge.assets import AssetServer
+from supervisor.limits.policy import LimitPolicy
 
 DRAIN_S = 10.0
 #: Largest response body a tenant's fetch() accepts.
@@ -52,14 +56,20 @@ class Supervisor:
             max_response_bytes=MAX_FETCH_RESPONSE, policy=EgressPolicy(config.outbound),
             connect_timeout=config.outbound.connect_timeout_s,
             read_timeout=config.outbound.read_timeout_s)
+        self.asset_store = AssetStore(os.path.join(config.state_dir, "assets"))
+        self.asset_server = AssetServer(self.asset_store)
+        self.limit_policy = LimitPolicy(config.limits)
+        self.scheduler = Scheduler(self._schedules, self._run_cron)
         self.pool = Pool(
             config,
-            calls=lambda pool: Calls(pool, self.scripts, config.limits, self.client),
+            calls=lambda pool: Calls(pool, self.scripts, config.limits, self.client, self.asset_server),
             on_event=self._log_event if config.log_invocations else None,
             # cpuTime per invocation is exact only when someone reads traces.
             exact_cpu=config.log_invocations)
         self.ingress = Ingress(config, self.pool, self.route, self.scripts,
-                               on_trace=self._log_trace if config.log_invocations else None)
+                               on_trace=self._log_trace if config.log_invocations else None,
+                               assets=self.asset_server,
+                               scheduled=self._scheduled_now if config.scheduled_test_endpoint else None)
         self.admin = AdminAPI(self.store, self)
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
         # The admin socket is the operator's: its own limits (uploads may be
@@ -85,8 +95,50 @@ class Supervisor:
             raise Unavailable(f"no sandbox is free to check the script, retry: {exc}") from None
 
     def script_changed(self, namespace: str, name: str) -> None:
+        self.scheduler.scripts_changed()
         self.pool.retire_script(namespace, name)
         self.pool.bundles.want_collection()
+
+    def store_assets(self, namespace: str, name: str, files: dict[str, bytes]) -> dict:
+        """Admin hook: content-addressed asset blobs (in a worker thread); the manifest."""
+        from supervisor.model import AssetEntry
+        return {path: AssetEntry(self.asset_store.put(namespace, name, data), len(data))
+                for path, data in files.items()}
+
+    # -- cron triggers -------------------------------------------------------------
+    def _schedules(self) -> list[tuple[str, str, list[str]]]:
+        """Every script with cron triggers (runs in a worker thread)."""
+        out = []
+        for namespace, name in self.store.script_names():
+            record = self.store.get_script(namespace, name)
+            if record is not None and record.crons:
+                out.append((namespace, name, list(record.crons)))
+        return out
+
+    async def _scheduled_now(self, record: ScriptRecord, cron: str, when: float | None = None) -> dict:
+        on_trace = self._log_trace if self.config.log_invocations else None
+        return await run_scheduled(self.pool, self.limit_policy, record, cron, when, on_trace)
+
+    async def _run_cron(self, namespace: str, name: str, cron: str, when: float) -> None:
+        record = await self.scripts.load(namespace, name)
+        if record is None or cron not in record.crons:
+            return
+        try:
+            trace = await self._scheduled_now(record, cron, when)
+        except PoolUnavailable as exc:
+            warn("cron.unavailable", script=name, namespace=namespace, cron=cron, reason=str(exc))
+            return
+        log("cron.ran", script=name, namespace=namespace, cron=cron, outcome=trace.get("outcome"))
+
+    async def run_scheduled(self, namespace: str, name: str, cron: str) -> dict:
+        """Admin hook (``corral trigger``): one run of ``scheduled()``; its trace event."""
+        record = await self.scripts.load(namespace, name)
+        if record is None:
+            raise NotFound(f"script {name!r} does not exist")
+        try:
+            return await self._scheduled_now(record, cron)
+        except PoolUnavailable as exc:
+            raise Unavailable(f"no sandbox is free to run the trigger, retry: {exc}") from None
 
     def _bundles_in_use(self) -> set[str]:
         """Versions whose bundle must stay: stored ones, and those live children run."""
@@ -128,6 +180,7 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)
                 nursery.start_soon(self.pool.bundles.run, self._bundles_in_use)
+                nursery.start_soon(self.scheduler.run)
                 listener = listen_tcp(host, port)
                 admin_listener = _unix_listener(self.config.admin_socket_path)
                 with trio.CancelScope() as accepting:

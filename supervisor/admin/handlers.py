@@ -24,8 +24,12 @@ from supervisor.admin.errors import LoadFailed
 from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, route_json, script_json
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Invalid, NotFound, NotSupported, TooLarge
+from supervisor.cron import CronError, parse_cron
 from supervisor.model import (
     PLATFORM,
+    AssetConfig,
+    AssetEntry,
+    AssetSet,
     ScriptRecord,
     UploadMetadata,
     check_name,
@@ -41,6 +45,10 @@ _T = TypeVar("_T")
 
 #: Room for the metadata part and multipart framing on top of the code itself.
 UPLOAD_OVERHEAD = 1 * 2**20
+#: Static assets travel as ``__asset__`` parts (filename: the asset's path), on top of the code.
+ASSET_PART = "__asset__"
+MAX_ASSETS_BYTES = 48 * 2**20
+MAX_ASSET_FILES = 20_000
 _NS = "accounts/*/workers/dispatch/namespaces"
 _PS = "accounts/*/workers/scripts"
 
@@ -64,6 +72,14 @@ class AdminHooks(Protocol):
 
     def metrics_text(self) -> str:
         """Prometheus text exposition for ``GET /metrics``."""
+        ...
+
+    def store_assets(self, namespace: str, name: str, files: dict[str, bytes]) -> dict[str, AssetEntry]:
+        """Store asset files (content-addressed; called in a thread); their manifest."""
+        ...
+
+    async def run_scheduled(self, namespace: str, name: str, cron: str) -> dict:
+        """Run the script's ``scheduled()`` once; its trace event."""
         ...
 
 
@@ -113,6 +129,7 @@ class Handlers:
                        DELETE=self.delete_script)
             router.add(f"{prefix}/{{name}}/tags", GET=self.get_tags, PUT=self.put_tags)
             router.add(f"{prefix}/{{name}}/tags/{{tag}}", PUT=self.add_tag, DELETE=self.remove_tag)
+            router.add(f"{prefix}/{{name}}/schedules/trigger", POST=self.trigger_scheduled)
         router.add(_PS, GET=self.list_scripts)
         router.add("accounts/*/workers/routes", GET=self.list_routes, POST=self.add_route)
         router.add("accounts/*/workers/routes/{id}", GET=self.get_route, DELETE=self.delete_route)
@@ -214,7 +231,7 @@ class Handlers:
 
     async def put_script(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
-        if len(request.body) > self.max_script_bytes + UPLOAD_OVERHEAD:
+        if len(request.body) > self.max_script_bytes + UPLOAD_OVERHEAD + MAX_ASSETS_BYTES:
             raise TooLarge(f"upload of {len(request.body)} bytes exceeds the {self.max_script_bytes}-byte "
                            "script size limit")
         if ns != PLATFORM and await self._run(self.store.get_namespace, ns) is None:
@@ -223,6 +240,7 @@ class Handlers:
                                 max_part_bytes=self.max_script_bytes)
         previous = await self._run(self.store.get_script, ns, name)
         record = self._build_record(ns, name, parts, previous)
+        record = await self._with_assets(record, parts)
         error = await self.hooks.validate(record)
         if error is not None:
             raise LoadFailed(f"script {name!r} failed to load: {error}")
@@ -256,11 +274,18 @@ class Handlers:
             tags = metadata.tags
         else:
             tags = list(previous.tags) if previous and "tags" not in raw else []
+        for cron in metadata.crons:
+            try:
+                parse_cron(cron)
+            except CronError as exc:
+                raise Invalid(str(exc)) from None
         return ScriptRecord(
             namespace=ns,
             name=name,
+            crons=list(metadata.crons),
+            assets=AssetSet(config=metadata.assets.config) if metadata.assets else None,
             version=content_version(main_module, modules, bindings, metadata.compatibility_date,
-                                    metadata.compatibility_flags),
+                                    metadata.compatibility_flags, extra={"crons": metadata.crons}),
             main_module=main_module,
             modules=modules,
             bindings=bindings,
@@ -275,7 +300,7 @@ class Handlers:
         with the path as its filename; others name the part after the file."""
         modules: dict[str, bytes] = {}
         for part in parts:
-            if part.name == "metadata":
+            if part.name in ("metadata", ASSET_PART):
                 continue
             path = part.filename if part.name == "files" and part.filename else part.name
             _check_module_path(path)
@@ -286,6 +311,44 @@ class Handlers:
         if total > self.max_script_bytes:
             raise TooLarge(f"script is {total} bytes, over the {self.max_script_bytes}-byte limit")
         return modules
+
+    async def _with_assets(self, record: ScriptRecord, parts: list[multipart.Part]) -> ScriptRecord:
+        """Store the upload's asset parts and put their manifest in the record."""
+        files: dict[str, bytes] = {}
+        for part in parts:
+            if part.name != ASSET_PART:
+                continue
+            path = "/" + (part.filename or "").lstrip("/")
+            _check_module_path(path[1:])
+            files[path] = part.data
+        if not files:
+            if record.assets is not None:
+                raise Invalid("metadata.assets is set but the upload has no asset files "
+                              f"(send each as a part named {ASSET_PART!r} with its path as filename)")
+            return record
+        if len(files) > MAX_ASSET_FILES or sum(len(v) for v in files.values()) > MAX_ASSETS_BYTES:
+            raise TooLarge(f"assets exceed {MAX_ASSET_FILES} files or {MAX_ASSETS_BYTES} bytes")
+        manifest = await self._run(self.hooks.store_assets, record.namespace, record.name, files)
+        assets = AssetSet(config=record.assets.config if record.assets else AssetConfig(),
+                          manifest=manifest)
+        return msgspec.structs.replace(record, assets=assets, version=content_version(
+            record.main_module, record.modules, record.bindings, record.compatibility_date,
+            record.compatibility_flags, extra={"crons": record.crons, "assets": assets}))
+
+    async def trigger_scheduled(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        body = request.json() if request.body else {}
+        cron = body.get("cron") if isinstance(body, dict) else None
+        if not isinstance(cron, str) or not cron.strip():
+            raise Invalid('send {"cron": "*/5 * * * *"} to run the script\'s scheduled() handler')
+        try:
+            parse_cron(cron)
+        except CronError as exc:
+            raise Invalid(str(exc)) from None
+        trace = await self.hooks.run_scheduled(ns, name, cron)
+        log_event(logging.INFO, "admin.scheduled_triggered", namespace=ns, script=name, cron=cron,
+                  outcome=trace.get("outcome"))
+        return envelope(200, trace)
 
     # -- tags -----------------------------------------------------------------
 

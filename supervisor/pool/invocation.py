@@ -77,7 +77,7 @@ class Invocation:
         "params", "head_ready", "done", "status", "response_headers", "body", "error",
         "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
-        "on_done", "response_end", "linger_cut", "log_bytes", "depth",
+        "on_done", "response_end", "linger_cut", "log_bytes", "depth", "event",
     )
 
     def __init__(self, id: int, child: ChildLink, record: ScriptRecord, method: bytes,
@@ -126,6 +126,8 @@ class Invocation:
         self.log_bytes = 0
         #: Workers above this one in its request chain.
         self.depth = 0
+        #: What was delivered besides a request (a cron trigger), or None.
+        self.event: Any = None
         if parent is not None:
             parent.children.append(self)
             self.depth = parent.depth + 1
@@ -258,7 +260,8 @@ class Invocation:
             "scriptVersion": {"id": record.version},
             "outcome": self.outcome,
             "eventTimestamp": int(self.event_ts),
-            "event": {
+            "event": {"cron": self.event.cron, "scheduledTime": self.event.scheduled_time}
+            if self.event is not None else {
                 "request": {
                     "url": self.url,
                     "method": self.method.decode("latin-1"),

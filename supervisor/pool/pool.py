@@ -34,7 +34,7 @@ from typing import Any, Callable, Protocol
 
 import trio
 
-from protocol.messages import MAX_CHUNK, Invoke, Limits, SubRequest
+from protocol.messages import MAX_CHUNK, Event, Invoke, Limits, SubRequest
 
 from supervisor.config import ServeConfig
 from supervisor.lifecycle import ChildState, KillReason, Outcome
@@ -469,19 +469,23 @@ class Pool:
     async def invoke(self, record: ScriptRecord, method: bytes, url: str, headers: list,
                      body: BodySource | bytes | None, limits: Limits,
                      parent: Invocation | None = None, outbound: Outbound | None = None,
-                     params: dict[str, Any] | None = None) -> Invocation:
-        """Start an invocation, cold-starting the script if needed (await ``head_ready``)."""
+                     params: dict[str, Any] | None = None, event: Event | None = None) -> Invocation:
+        """Start an invocation, cold-starting the script if needed (await ``head_ready``).
+
+        ``event`` set delivers another event than a request (a cron trigger)."""
         child = self.warm_child(record) or await self.acquire(record)
-        return self.start(child, record, method, url, headers, body, limits, parent, outbound, params)
+        return self.start(child, record, method, url, headers, body, limits, parent, outbound, params,
+                          event=event)
 
     def start(self, child: ChildProcess, record: ScriptRecord, method: bytes, url: str,
               headers: list, body: BodySource | bytes | None, limits: Limits,
               parent: Invocation | None = None, outbound: Outbound | None = None,
-              params: dict[str, Any] | None = None) -> Invocation:
+              params: dict[str, Any] | None = None, event: Event | None = None) -> Invocation:
         """Send an invocation to a child that already runs ``record`` (synchronous)."""
         self.warm.move_to_end((record.namespace, record.name))
         inv = Invocation(self.next_id(), child, record, method, url, headers, limits,
                          parent=parent, outbound=outbound, params=params)
+        inv.event = event
         child.invocations[inv.id] = inv
         child.last_used = trio.current_time()
         self.stats["invocations"] += 1
@@ -490,7 +494,7 @@ class Pool:
             body = body._data
         if body is None or (isinstance(body, bytes) and len(body) <= MAX_CHUNK):
             child.cpu_start(inv)
-            child.send(Invoke(inv.id, method, url, headers, body or None, params=params))
+            child.send(Invoke(inv.id, method, url, headers, body or None, params=params, event=event))
             return inv
         if isinstance(body, bytes):
             body = BytesBody(body)

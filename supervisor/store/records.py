@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.model import Binding, ScriptRecord, TailConsumer
+from supervisor.model import AssetSet, Binding, ScriptRecord, TailConsumer
 
 
 class NamespaceInfo(msgspec.Struct, kw_only=True):
@@ -30,6 +30,8 @@ class _Metadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     compatibility_date: str = ""
     compatibility_flags: list[str] = []
     tail_consumers: list[TailConsumer] = []
+    crons: list[str] = []
+    assets: AssetSet | None = None
 
 
 _modules_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
@@ -54,6 +56,8 @@ def record_from_row(row: Sequence[Any], modules: bytes | None) -> ScriptRecord:
         compatibility_date=meta.compatibility_date,
         compatibility_flags=meta.compatibility_flags,
         tail_consumers=meta.tail_consumers,
+        crons=meta.crons,
+        assets=meta.assets,
         created_on=created_on,
         modified_on=modified_on,
     )
@@ -65,6 +69,8 @@ def encode_metadata(record: ScriptRecord) -> str:
         compatibility_date=record.compatibility_date,
         compatibility_flags=record.compatibility_flags,
         tail_consumers=record.tail_consumers,
+        crons=record.crons,
+        assets=record.assets,
     )).decode()
 
 

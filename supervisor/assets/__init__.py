@@ -1,0 +1,1 @@
+"""Static assets: content-addressed storage (store.py); serving is supervisor.edge.assets."""
