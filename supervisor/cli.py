@@ -161,7 +161,7 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
         parts.append(multipart.Part(name=path, filename=path.rsplit("/", 1)[-1], data=code,
                                     content_type="text/x-python"))
     for asset_path, data in project.assets.items():
-        parts.append(multipart.Part(name="__asset__", filename=asset_path.lstrip("/"), data=data,
+        parts.append(multipart.Part(name=f"__asset__{asset_path}", filename=asset_path.rsplit("/", 1)[-1], data=data,
                                     content_type="application/octet-stream"))
     for warning in project.warnings:
         print(f"corral deploy: warning: {warning}", file=sys.stderr)

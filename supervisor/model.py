@@ -216,7 +216,7 @@ class AssetSet(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
 
 
 class UploadAssets(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """``metadata.assets``: the serving config (the files come as ``__asset__`` parts)."""
+    """``metadata.assets``: the serving config (the files come as ``__asset__/PATH`` parts)."""
 
     config: AssetConfig = AssetConfig()
 

@@ -45,7 +45,7 @@ _T = TypeVar("_T")
 
 #: Room for the metadata part and multipart framing on top of the code itself.
 UPLOAD_OVERHEAD = 1 * 2**20
-#: Static assets travel as ``__asset__`` parts (filename: the asset's path), on top of the code.
+#: Static assets travel as parts named ``__asset__/<path>``, on top of the code.
 ASSET_PART = "__asset__"
 MAX_ASSETS_BYTES = 48 * 2**20
 MAX_ASSET_FILES = 20_000
@@ -300,7 +300,7 @@ class Handlers:
         with the path as its filename; others name the part after the file."""
         modules: dict[str, bytes] = {}
         for part in parts:
-            if part.name in ("metadata", ASSET_PART):
+            if part.name == "metadata" or part.name.startswith(ASSET_PART + "/"):
                 continue
             path = part.filename if part.name == "files" and part.filename else part.name
             _check_module_path(path)
@@ -316,15 +316,15 @@ class Handlers:
         """Store the upload's asset parts and put their manifest in the record."""
         files: dict[str, bytes] = {}
         for part in parts:
-            if part.name != ASSET_PART:
+            if not part.name.startswith(ASSET_PART + "/"):
                 continue
-            path = "/" + (part.filename or "").lstrip("/")
+            path = part.name[len(ASSET_PART):]
             _check_module_path(path[1:])
             files[path] = part.data
         if not files:
             if record.assets is not None:
                 raise Invalid("metadata.assets is set but the upload has no asset files "
-                              f"(send each as a part named {ASSET_PART!r} with its path as filename)")
+                              f"(send each as a part named '{ASSET_PART}/PATH')")
             return record
         if len(files) > MAX_ASSET_FILES or sum(len(v) for v in files.values()) > MAX_ASSETS_BYTES:
             raise TooLarge(f"assets exceed {MAX_ASSET_FILES} files or {MAX_ASSETS_BYTES} bytes")
