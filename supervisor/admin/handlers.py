@@ -117,6 +117,8 @@ class Handlers:
         self.store = store
         self.hooks = hooks
         self.max_script_bytes = max_script_bytes
+        #: Assets may be several times the code, within what the admin socket takes.
+        self.max_assets_bytes = min(MAX_ASSETS_BYTES, 4 * max_script_bytes)
 
     def register(self, router: Router) -> None:
         router.add("metrics", GET=self.metrics)
@@ -231,7 +233,7 @@ class Handlers:
 
     async def put_script(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
-        if len(request.body) > self.max_script_bytes + UPLOAD_OVERHEAD + MAX_ASSETS_BYTES:
+        if len(request.body) > self.max_script_bytes + UPLOAD_OVERHEAD + self.max_assets_bytes:
             raise TooLarge(f"upload of {len(request.body)} bytes exceeds the {self.max_script_bytes}-byte "
                            "script size limit")
         if ns != PLATFORM and await self._run(self.store.get_namespace, ns) is None:
@@ -326,8 +328,8 @@ class Handlers:
                 raise Invalid("metadata.assets is set but the upload has no asset files "
                               f"(send each as a part named '{ASSET_PART}/PATH')")
             return record
-        if len(files) > MAX_ASSET_FILES or sum(len(v) for v in files.values()) > MAX_ASSETS_BYTES:
-            raise TooLarge(f"assets exceed {MAX_ASSET_FILES} files or {MAX_ASSETS_BYTES} bytes")
+        if len(files) > MAX_ASSET_FILES or sum(len(v) for v in files.values()) > self.max_assets_bytes:
+            raise TooLarge(f"assets exceed {MAX_ASSET_FILES} files or {self.max_assets_bytes} bytes")
         manifest = await self._run(self.hooks.store_assets, record.namespace, record.name, files)
         assets = AssetSet(config=record.assets.config if record.assets else AssetConfig(),
                           manifest=manifest)
