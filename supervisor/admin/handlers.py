@@ -117,8 +117,8 @@ class Handlers:
         self.store = store
         self.hooks = hooks
         self.max_script_bytes = max_script_bytes
-        #: Assets may be several times the code, within what the admin socket takes.
-        self.max_assets_bytes = min(MAX_ASSETS_BYTES, 4 * max_script_bytes)
+        #: Assets ride in the same upload until upload sessions land: up to half the code limit more.
+        self.max_assets_bytes = min(MAX_ASSETS_BYTES, max_script_bytes // 2)
 
     def register(self, router: Router) -> None:
         router.add("metrics", GET=self.metrics)
