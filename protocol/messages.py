@@ -36,7 +36,7 @@ import msgspec
 
 #: Bumped whenever a message changes shape; a child speaking another version
 #: is killed at its first frame.
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 #: Largest chunk of a streamed body, and largest inline body.
 MAX_CHUNK = 64 * 1024
@@ -135,7 +135,14 @@ class BrokeredBinding(_Msg, tag="brokered"):
     kind: str
 
 
-Binding = Union[TextBinding, JsonBinding, DispatchNamespaceBinding, ServiceBinding, BrokeredBinding]
+class AssetsBinding(_Msg, tag="assets"):
+    """``env.<name>.fetch(request)`` serves the script's own static assets."""
+
+    name: str
+
+
+Binding = Union[TextBinding, JsonBinding, DispatchNamespaceBinding, ServiceBinding, BrokeredBinding,
+                AssetsBinding]
 
 
 class ScriptBundle(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
@@ -174,9 +181,21 @@ class TailEvent(_Msg, tag="tail"):
     events: list[Any]
 
 
-#: The event an :class:`Invoke` delivers. Scheduled (cron) and queue events
-#: are one more member each; the child dispatches on the member's type.
-Event = Union[RequestEvent, TailEvent]
+class ScheduledEvent(_Msg, tag="scheduled"):
+    """A cron trigger: the script's ``scheduled(controller, env, ctx)`` runs.
+
+    ``scheduled_time`` is in ms since the epoch (``controller.scheduledTime``).
+    The child answers with an empty 200 ``ResponseStart`` when the handler
+    returns, or ``InvokeFailed``; limits, outcomes and traces are a request's.
+    """
+
+    cron: str
+    scheduled_time: float
+
+
+#: The event an :class:`Invoke` delivers. A queue batch is one more member;
+#: the child dispatches on the member's type (sandbox.events).
+Event = Union[RequestEvent, TailEvent, ScheduledEvent]
 
 
 # --------------------------------------------------------------------------
@@ -195,9 +214,10 @@ class Invoke(_Msg, tag="invoke"):
     handler, or (``event``) another kind to the handler of that kind.
 
     ``params`` carries outbound-worker parameters set by the dispatcher for the
-    subrequest this invocation represents; they appear on ``env``. For events
-    other than requests, method, url and headers are placeholders and the
-    child answers with an empty :class:`ResponseStart` once the handler returns.
+    subrequest this invocation represents; they appear on ``env``. ``event``
+    set means another handler runs (a tail, ``scheduled``...): the HTTP fields
+    are then only what the trace shows, and the child answers with an empty
+    :class:`ResponseStart` once the handler returns.
     """
 
     id: int
@@ -308,13 +328,14 @@ class SubRequest(_Msg, tag="subreq"):
 
     ``kind`` is ``"dispatch"`` (``target`` names a script in the binding's
     namespace), ``"service"`` (``target`` is a platform script) or
-    ``"fetch"`` (an outbound request to ``url``). A :class:`ByRef` body
-    forwards a body the child holds unread (its request's, a call's response).
+    ``"fetch"`` (an outbound request to ``url``) or ``"assets"`` (the script's
+    own static assets, ``env.ASSETS.fetch``). A :class:`ByRef` body forwards a
+    body the child holds unread (its request's, a call's response).
     """
 
     call: int
     parent: int
-    kind: Literal["dispatch", "service", "fetch"]
+    kind: Literal["dispatch", "service", "fetch", "assets"]
     method: bytes
     url: str
     headers: list[Header]

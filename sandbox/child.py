@@ -30,6 +30,7 @@ from protocol.messages import (
     Abort,
     BindingResult,
     Body,
+    AssetsBinding,
     BodyChunk,
     BrokeredBinding,
     ByRef,
@@ -59,6 +60,7 @@ from protocol.messages import (
 
 from . import bindings as storage_bindings
 from . import events, jail, landlock, loader, logs, unavailable, warmup, workers
+from .run_sync import run_in_portal
 from .channel import Channel
 from .streams import IncomingBody, OutgoingBody
 
@@ -241,6 +243,10 @@ WAIT_UNTIL_CANCELED = ("waitUntil() tasks did not complete within the allowed ti
                        "invocation end and have been cancelled.")
 
 
+class _Handled(Exception):
+    """An event other than a request was answered; nothing more to send."""
+
+
 class _Invocation:
     __slots__ = ("task", "background", "responded", "lingering")
 
@@ -344,6 +350,8 @@ class Runtime:
                 values[binding.name] = binding.value
             elif isinstance(binding, DispatchNamespaceBinding):
                 values[binding.name] = DispatchNamespace(self, binding.name)
+            elif isinstance(binding, AssetsBinding):
+                values[binding.name] = Fetcher(self, "assets", binding.name, "")
             elif isinstance(binding, ServiceBinding):
                 # The supervisor resolves the target from the stored binding;
                 # the child only names the binding.
@@ -447,12 +455,13 @@ class Runtime:
             if kind != "fetch":
                 # Not a request: the handler's return is not a response; an
                 # empty head says it returned (an exception fails it as usual).
-                await self._script.call(kind, workers.Context(inv), env, *args)
+                await run_in_portal(self._script.call(kind, workers.Context(inv), env, *args))
                 state.responded = True
                 self.send(ResponseStart(inv, 200, []))
                 raise _Handled
             request = self._request_for(message)
-            response = await self._script.call("fetch", workers.Context(inv), env, request)
+            response = await run_in_portal(self._script.call("fetch", workers.Context(inv), env,
+                                                             request))
             if not isinstance(response, workers.Response):
                 raise TypeError(
                     f"the fetch handler returned {type(response).__name__}, not a Response"
@@ -518,6 +527,9 @@ class Runtime:
 
     def wait_until(self, inv: int, awaitable: Any) -> None:
         state = self.invocations.get(inv)
+
+        if asyncio.iscoroutine(awaitable):
+            awaitable = run_in_portal(awaitable)  # run_sync works in waitUntil work too
 
         async def guarded() -> None:
             workers.current_invocation.set(inv)

@@ -1,8 +1,8 @@
 """Which handler an event goes to, and how it is called.
 
 A script's handlers are the methods of ``class Default(WorkerEntrypoint)``
-(``fetch``, ``tail``, and later ``scheduled`` and ``queue``) or the older
-module-level functions (``on_fetch``, ``on_tail``, ...). Cloudflare calls a
+(``fetch``, ``scheduled``, ``queue``, ``tail``) or the older module-level
+functions (``on_fetch``, ``on_scheduled``, ...). Cloudflare calls a
 handler with ``(event, env, ctx)`` and a handler that declares fewer
 parameters gets fewer, so ``async def tail(self, events)`` and
 ``async def tail(self, events, env, ctx)`` both work.
@@ -14,14 +14,13 @@ of Python Workers on Cloudflare do.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
-from protocol.messages import RequestEvent, TailEvent
+from protocol.messages import RequestEvent, ScheduledEvent, TailEvent
 
 #: Handler kinds a script may define, in the order the load error names them.
-KINDS = ("fetch", "tail")
-
-_CO_VARARGS = 0x04
+KINDS = ("fetch", "scheduled", "queue", "tail")
 
 
 class TraceItem(dict):
@@ -46,12 +45,39 @@ def trace_items(value: Any) -> Any:
 
 
 def _arity(handler: Callable[..., Any]) -> int | None:
-    """Positional parameters ``handler`` declares (self not counted); None: any."""
-    func = getattr(handler, "__func__", handler)
-    code = getattr(func, "__code__", None)
-    if code is None or code.co_flags & _CO_VARARGS:
+    """Positional parameters ``handler`` declares (a bound method's self not
+    counted; decorators that keep the signature are seen through); None: any."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
         return None
-    return code.co_argcount - (1 if func is not handler else 0)
+    count = 0
+    for param in params:
+        if param.kind == param.VAR_POSITIONAL:
+            return None
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
+class ScheduledController:
+    """What ``scheduled(self, controller, env, ctx)`` receives (Cloudflare's names and ours)."""
+
+    type = "scheduled"
+
+    def __init__(self, cron: str, scheduled_time: float) -> None:
+        self.cron = cron
+        self.scheduledTime = scheduled_time  # noqa: N815 - Workers API name
+        self.scheduled_time = scheduled_time
+        self._retry = True
+
+    def noRetry(self) -> None:  # noqa: N802 - Workers API name
+        self._retry = False
+
+    no_retry = noRetry
+
+    def __repr__(self) -> str:
+        return f"<ScheduledController cron={self.cron!r} scheduledTime={self.scheduledTime}>"
 
 
 class Handlers:
@@ -86,13 +112,18 @@ class Handlers:
         count = _arity(handler)
         if count is not None:
             full = full[:count]
-        return await handler(*full)
+        result = handler(*full)
+        if inspect.isawaitable(result):  # a synchronous handler is fine too
+            result = await result
+        return result
 
 
 def kind_and_args(event: Any) -> tuple[str, tuple[Any, ...]]:
     """The handler an event goes to and the arguments before ``env, ctx``."""
     if isinstance(event, TailEvent):
         return "tail", (trace_items(event.events),)
+    if isinstance(event, ScheduledEvent):
+        return "scheduled", (ScheduledController(event.cron, event.scheduled_time),)
     if event is None or isinstance(event, RequestEvent):
         return "fetch", ()
     raise TypeError(f"an event of an unknown kind: {type(event).__name__}")

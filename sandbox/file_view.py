@@ -7,7 +7,8 @@ read-only bind mounts at the *same absolute paths* they have on the host
 libraries' load paths stay valid):
 
 * the standard library, ``lib-dynload`` included;
-* the runtime's own code a child runs: ``sandbox/``, ``protocol/``, ``msgspec``;
+* the runtime's own code a child runs: ``sandbox/``, ``protocol/``, ``msgspec``,
+  ``greenlet`` (``pyodide.ffi.run_sync``, see :mod:`sandbox.run_sync`);
 * the shared libraries the standard library's extension modules load
   lazily (``libsqlite3``, ``libffi``, ...), found by reading their
   ``DT_NEEDED`` (:mod:`sandbox.elf_needed`), with the symlinks the dynamic
@@ -159,6 +160,7 @@ def _lib_dynload() -> list[str]:
 
 def plan(bundles_dir: str, packages_dir: str) -> FileView:
     """Work out the view from the running interpreter (before any isolation)."""
+    import greenlet
     import msgspec
 
     import protocol
@@ -167,7 +169,8 @@ def plan(bundles_dir: str, packages_dir: str) -> FileView:
     roots = [os.path.dirname(os.__file__), *_lib_dynload(),
              os.path.dirname(os.path.abspath(__file__)),
              os.path.dirname(os.path.abspath(protocol.__file__)),
-             os.path.dirname(os.path.abspath(msgspec.__file__))]
+             os.path.dirname(os.path.abspath(msgspec.__file__)),
+             os.path.dirname(os.path.abspath(greenlet.__file__))]
     trees: list[str] = []
     for root in roots:
         real = planner.mirror(os.path.abspath(root))
@@ -177,7 +180,8 @@ def plan(bundles_dir: str, packages_dir: str) -> FileView:
     view = planner.view
     view.trees = [t for i, t in enumerate(trees) if not _beneath(t, trees[:i])]
     objects = []
-    for folder in [*_lib_dynload(), os.path.dirname(msgspec.__file__)]:
+    for folder in [*_lib_dynload(), os.path.dirname(msgspec.__file__),
+                   os.path.dirname(greenlet.__file__)]:
         objects += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if ".so" in n]
     planner.libraries_of(objects)
     planner.libraries_named(MANYLINUX_LIBRARIES)

@@ -63,6 +63,9 @@ def load(bundle_dir: str, main_module: str, package_dirs: list[str] | tuple[str,
     for directory in package_dirs:
         if directory not in sys.path:
             sys.path.append(directory)
+    if "asgi.py" in entries or "asgi" in entries:
+        # The runtime's top-level ``asgi`` alias yields to a module of the bundle's own.
+        sys.modules.pop("asgi", None)
     try:
         return importlib.import_module(name)
     except BaseException as exc:  # noqa: BLE001 - any failure is the script's

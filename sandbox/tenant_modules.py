@@ -1,43 +1,30 @@
 """Installs the module names tenant code imports from the runtime.
 
-``workers`` is the SDK (:mod:`sandbox.workers`); ``js`` and ``pyodide`` are
-thin stand-ins for the names Cloudflare's Python Workers reach through
-Pyodide (``from js import console``, ``Response``, ``fetch``), so that code
-written for Cloudflare imports here too.
+``workers`` is the SDK (:mod:`sandbox.workers`) with ``workers.asgi`` and
+``workers.wsgi``, plus the top-level ``asgi`` some projects import; ``js``
+and ``pyodide`` are the JavaScript-flavoured companions Cloudflare's Python
+Workers reach through Pyodide (:mod:`sandbox.js_shim`,
+:mod:`sandbox.pyodide_shim`), so that code written for Cloudflare imports
+here unchanged. ``requests``, ``urllib3``, ``httpx`` and ``anyio`` get
+patched when a tenant imports them (:mod:`sandbox.http_shims`).
 """
 
 from __future__ import annotations
 
-import json
 import sys
-import types
 
-from . import logs, pyodide_ffi, workers
+from . import http_shims, js_shim, pyodide_shim, workers, workers_asgi, workers_wsgi
 from .bindings.cache import caches
 
 
-def _make_js() -> types.ModuleType:
-    js = types.ModuleType("js", "JavaScript globals, as far as Corral provides them")
-    js.console = logs.console  # type: ignore[attr-defined]
-    js.Response = workers.Response  # type: ignore[attr-defined]
-    js.Request = workers.Request  # type: ignore[attr-defined]
-    js.Headers = workers.Headers  # type: ignore[attr-defined]
-    js.fetch = workers.fetch  # type: ignore[attr-defined]
-    js.JSON = types.SimpleNamespace(stringify=json.dumps, parse=json.loads)  # type: ignore[attr-defined]
-    js.Object = types.SimpleNamespace(fromEntries=dict)  # type: ignore[attr-defined]
-    js.caches = caches  # type: ignore[attr-defined]
-    return js
-
-
-def _make_pyodide() -> types.ModuleType:
-    pyodide = types.ModuleType("pyodide", "Pyodide stand-ins: values are already Python")
-    ffi = pyodide_ffi
-    pyodide.ffi = ffi  # type: ignore[attr-defined]
-    sys.modules["pyodide.ffi"] = ffi
-    return pyodide
-
-
 def install() -> None:
+    pyodide_shim.install()
     sys.modules["workers"] = workers
-    sys.modules["js"] = _make_js()
-    sys.modules["pyodide"] = _make_pyodide()
+    workers.asgi = workers_asgi  # type: ignore[attr-defined]
+    workers.wsgi = workers_wsgi  # type: ignore[attr-defined]
+    sys.modules["workers.asgi"] = workers_asgi
+    sys.modules["workers.wsgi"] = workers_wsgi
+    sys.modules["asgi"] = workers_asgi
+    js_shim.install()
+    sys.modules["js"].caches = caches  # type: ignore[attr-defined]  # the Cache API's global
+    http_shims.install()

@@ -17,6 +17,8 @@ import http
 import json as _json
 from typing import Any, AsyncIterator, Iterator, Mapping
 
+from .pyodide_shim import JsException
+from .sdk_types import Blob, File, FormData, encode_form, parse_form
 from .streams import IncomingBody
 
 #: The child's runtime (a ``sandbox.child.Runtime``); None only in the zygote.
@@ -28,11 +30,13 @@ current_invocation: contextvars.ContextVar[int] = contextvars.ContextVar(
 
 __all__ = [
     "WorkerEntrypoint", "Request", "Response", "Headers", "fetch", "env", "Context",
-    "PlatformError", "DurableObject", "WorkflowEntrypoint",
+    "PlatformError", "DurableObject", "WorkflowEntrypoint", "FetchResponse", "Blob", "File",
+    "FormData", "handler", "import_from_javascript", "patch_env", "python_from_rpc",
+    "python_to_rpc", "waitUntil", "wait_until",
 ]
 
 
-class PlatformError(Exception):
+class PlatformError(JsException):
     """An error the platform raised into tenant code (``Worker not found``,
     a limit exceeded by a callee, an outbound fetch that failed).
 
@@ -41,8 +45,7 @@ class PlatformError(Exception):
     """
 
     def __init__(self, name: str, message: str) -> None:
-        super().__init__(message)
-        self.name = name
+        super().__init__(name, message)
 
 
 # ---------------------------------------------------------------------------
@@ -168,6 +171,15 @@ def _encode_body(body: Any, headers: Headers) -> Any:
         return body.encode()
     if isinstance(body, (bytearray, memoryview)):
         return bytes(body)
+    if isinstance(body, FormData):
+        data, content_type = encode_form(body)
+        if not headers.has("content-type"):
+            headers.set("content-type", content_type)
+        return data
+    if isinstance(body, Blob):
+        if body.type and not headers.has("content-type"):
+            headers.set("content-type", body.type)
+        return body._data
     if hasattr(body, "__aiter__"):
         return body
     if hasattr(body, "__iter__") and not isinstance(body, (dict, list)):
@@ -218,6 +230,17 @@ class _Body:
 
     async def json(self) -> Any:
         return _json.loads(await self.bytes())
+
+    async def form_data(self) -> FormData:
+        """The body as FormData (multipart or urlencoded), as ``formData()`` in JS."""
+        content_type = self.headers.get("content-type") or ""  # type: ignore[attr-defined]
+        return parse_form(await self.bytes(), content_type)
+
+    formData = form_data  # noqa: N815 - fetch API name
+
+    async def blob(self) -> Blob:
+        content_type = self.headers.get("content-type") or ""  # type: ignore[attr-defined]
+        return Blob([await self.bytes()], type=content_type)
 
     @property
     def body(self) -> AsyncIterator[bytes] | None:
@@ -357,6 +380,8 @@ class Response(_Body):
         if not 200 <= self.status <= 599:
             raise ValueError(f"status must be in 200..599, not {self.status}")
         self.status_text = statusText if statusText is not None else status_text
+        if not self.status_text:
+            self.status_text = _STATUS_TEXT.get(self.status, "")
         self.headers = Headers(headers)
         self._body = _encode_body(body, self.headers)
         self._body_used = False
@@ -379,7 +404,13 @@ class Response(_Body):
         return cls(_json.dumps(data).encode(), status=status, headers=merged, status_text=status_text)
 
     @classmethod
+    def from_json(cls, data: Any, status: int = 200, status_text: str = "",
+                  headers: Any = None) -> "Response":
+        return cls._make_json(data, status=status, headers=headers, status_text=status_text)
+
+    @classmethod
     def redirect(cls, url: str, status: int = 302) -> "Response":
+        status = int(status)
         if status not in (301, 302, 303, 307, 308):
             raise ValueError(f"redirect status must be 301, 302, 303, 307 or 308, not {status}")
         return cls(None, status=status, headers={"location": str(url)})
@@ -397,6 +428,13 @@ class Response(_Body):
 
     def __repr__(self) -> str:
         return f"<Response {self.status}>"
+
+
+#: Status texts fetch gives a Response without one (``Response("x", status=404).status_text``).
+_STATUS_TEXT = {status.value: status.phrase for status in http.HTTPStatus}
+
+#: The SDK's name for a response ``fetch`` returned; one class here.
+FetchResponse = Response
 
 
 class _JsonDescriptor:
@@ -490,3 +528,7 @@ class _EnvProxy:
 
 
 env = _EnvProxy()
+
+
+from .sdk_api import handler, import_from_javascript, patch_env, waitUntil, wait_until  # noqa: E402
+from .sdk_types import python_from_rpc, python_to_rpc  # noqa: E402

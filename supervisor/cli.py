@@ -75,18 +75,20 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
                                        keep_bindings=metadata.keep_bindings or ["secret_text"])
     from supervisor import cli_deploy
 
-    assets_dir = os.path.join(args.path, "assets") if os.path.isdir(args.path) else None
     if args.dry_run:
         lines = cli_deploy.plan(client, args.namespace, args.name, project.main_module, project.modules, metadata)
-        if assets_dir and os.path.isdir(assets_dir):
-            lines.append(f"~ assets: {len(cli_deploy.asset_files(assets_dir))} file(s) from {assets_dir} "
+        if project.assets:
+            lines.append(f"~ assets: {len(project.assets)} file(s) "
                          "(only those the store lacks are uploaded)")
         _emit(args, {"changes": lines}, "\n".join(["dry run: nothing was uploaded", *lines]))
         return 0
-    if assets_dir and os.path.isdir(assets_dir):
-        jwt, count, sent = cli_deploy.upload_assets(client, args.namespace, args.name, assets_dir,
+    if project.assets:
+        # As Cloudflare's API takes them: an upload session, only the missing
+        # files, and the completion token in the script's metadata.
+        jwt, count, sent = cli_deploy.upload_assets(client, args.namespace, args.name, project.assets,
                                                     show_progress=not args.json)
-        metadata = msgspec.structs.replace(metadata, assets=model.AssetsUpload(jwt=jwt))
+        uploads = metadata.assets or model.UploadAssets()
+        metadata = msgspec.structs.replace(metadata, assets=msgspec.structs.replace(uploads, jwt=jwt))
         if not args.json:
             print(f"assets: {count} file(s), {sent} uploaded", file=sys.stderr)
     parts = [multipart.Part(name="metadata", data=msgspec.json.encode(metadata),
@@ -204,6 +206,17 @@ def _cmd_routes(args: argparse.Namespace, client: AdminClient) -> int:
     return 0
 
 
+def _cmd_trigger(args: argparse.Namespace, client: AdminClient) -> int:
+    """Run a script's scheduled() once, as its cron trigger would."""
+    trace = client.json("POST", _scripts_path(args.namespace, args.name) + "/schedules/trigger",
+                        {"cron": args.cron})
+    logs = "\n".join(" ".join(str(m) for m in entry.get("message", [])) for entry in trace.get("logs", []))
+    errors = "\n".join(f"{e.get('name')}: {e.get('message')}" for e in trace.get("exceptions", []))
+    _emit(args, trace, "\n".join(x for x in (f"scheduled {args.name} ({args.cron}): "
+                                               f"{trace.get('outcome')}", logs, errors) if x))
+    return 0 if trace.get("outcome") == "ok" else 1
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import msgspec
 
@@ -274,6 +287,10 @@ def _parser() -> argparse.ArgumentParser:
     tags.add_argument("values", nargs="*", metavar="TAG")
 
     observability_cli.add_parsers(sub, common)  # tail, usage
+    trigger = sub.add_parser("trigger", parents=[common], help="run a script's scheduled() handler once")
+    trigger.add_argument("--namespace", "-n", help="dispatch namespace (default: a platform script)")
+    trigger.add_argument("--cron", required=True, help="the cron expression the handler sees")
+    trigger.add_argument("name", metavar="NAME")
 
     ns = sub.add_parser("ns", parents=[common], help="manage dispatch namespaces")
     ns_sub = ns.add_subparsers(dest="ns_command", required=True, metavar="ls|create|rm")
@@ -304,6 +321,7 @@ _COMMANDS = {
     "rm": _cmd_rm,
     "tags": _cmd_tags,
     **observability_cli.COMMANDS,
+    "trigger": _cmd_trigger,
     "ns": _cmd_ns,
     "routes": _cmd_routes,
     "d1": cli_d1.run,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from typing import Any
 
 from supervisor import model
@@ -82,28 +81,16 @@ def plan(client: AdminClient, namespace: str | None, name: str, main_module: str
     return lines or ["no changes: the deployed version has this code and configuration"]
 
 
-def asset_files(folder: str) -> dict[str, bytes]:
-    """``{"/path": bytes}`` of every file under ``folder``."""
-    files: dict[str, bytes] = {}
-    for root, _dirs, names in os.walk(folder):
-        for filename in sorted(names):
-            full = os.path.join(root, filename)
-            rel = "/" + os.path.relpath(full, folder).replace(os.sep, "/")
-            with open(full, "rb") as f:
-                files[rel] = f.read()
-    return files
-
-
 def asset_hash(path: str, data: bytes) -> str:
     """Wrangler's manifest hash: sha256 of the base64 content and the extension, 32 hex digits."""
     extension = path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else ""
     return hashlib.sha256(base64.b64encode(data) + extension.encode()).hexdigest()[:32]
 
 
-def upload_assets(client: AdminClient, namespace: str | None, name: str, folder: str,
+def upload_assets(client: AdminClient, namespace: str | None, name: str, files: dict[str, bytes],
                   show_progress: bool) -> tuple[str, int, int]:
-    """Upload what the store lacks; ``(completion token, files, uploaded)``."""
-    files = asset_files(folder)
+    """Upload what the store lacks of ``files`` (``{"/path": bytes}``);
+    ``(completion token, files, uploaded)``."""
     manifest = {path: {"hash": asset_hash(path, data), "size": len(data)} for path, data in files.items()}
     session = client.json("POST", f"{_scripts_path(namespace, name)}/assets-upload-session", {"manifest": manifest})
     buckets = session.get("buckets") or []

@@ -186,6 +186,9 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Log every request's trace event (outcome, cpuTime, wallTime, children)
     #: as a JSON line; off by default, it costs throughput.
     log_invocations: bool = False
+    #: Answer ``/cdn-cgi/handler/scheduled?cron=...`` by running the routed
+    #: script's ``scheduled()``, as ``wrangler dev`` does (off: it is public).
+    scheduled_test_endpoint: bool = False
 
     @property
     def admin_socket_path(self) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
@@ -36,6 +36,7 @@ MAX_TAGS = 8  # Cloudflare's limit per script
 MAX_TAG_LENGTH = 256
 MAX_BINDINGS = 1000
 MAX_TAIL_CONSUMERS = 100
+MAX_CRONS = 5  # Cloudflare allows up to 5 cron triggers per Worker (paid)
 
 ScriptName = Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
@@ -121,6 +122,10 @@ class Service(_Binding, tag="service"):
         check_name("script", self.service)
 
 
+class Assets(_Binding, tag="assets"):
+    """``env.NAME.fetch(request)`` serves the script's own static assets."""
+
+
 class OutboundWorker(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     service: ScriptName
     environment: str | None = None
@@ -161,10 +166,11 @@ class Inherit(_Binding, tag="inherit"):
 
 
 #: Every binding a stored script may hold.
-Binding = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service, DispatchNamespace]
+Binding = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service, DispatchNamespace,
+                Assets]
 #: What upload metadata may say (``inherit`` is resolved at the edge).
 BindingSpec = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service,
-                    DispatchNamespace, Inherit]
+                    DispatchNamespace, Assets, Inherit]
 #: Bindings the supervisor serves through ``BindingCall`` (supervisor.bindings):
 #: the child sees only their name and type. Durable Objects and queues join here.
 BROKERED: tuple[type, ...] = (KvNamespace, D1, R2Bucket)
@@ -185,12 +191,39 @@ class TailConsumer(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True
 # ---------------------------------------------------------------------------
 
 
-class AssetsUpload(msgspec.Struct, kw_only=True, omit_defaults=True):
+HtmlHandling = Literal["auto-trailing-slash", "force-trailing-slash", "drop-trailing-slash", "none"]
+NotFoundHandling = Literal["none", "404-page", "single-page-application"]
+
+
+class AssetConfig(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """How a script's static assets are served (Wrangler's ``assets`` keys)."""
+
+    html_handling: HtmlHandling = "auto-trailing-slash"
+    not_found_handling: NotFoundHandling = "none"
+    #: True, False, or patterns (``"/api/*"``, ``"!/api/docs/*"``) that reach the worker first.
+    run_worker_first: bool | list[str] = False
+
+
+class AssetEntry(msgspec.Struct, array_like=True, frozen=True):
+    """One asset of a script version: its content hash and size."""
+
+    hash: str
+    size: int
+
+
+class AssetSet(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """A script version's assets: ``/path`` -> content, and how they are served."""
+
+    config: AssetConfig = AssetConfig()
+    manifest: dict[str, AssetEntry] = {}
+
+
+class UploadAssets(msgspec.Struct, kw_only=True, omit_defaults=True):
     """``metadata.assets``: the completion token of an asset upload session
-    (Cloudflare calls it ``jwt``) and the serving configuration."""
+    (Cloudflare calls it ``jwt``) and how the assets are served."""
 
     jwt: str | None = None
-    config: dict[str, Any] | None = None
+    config: AssetConfig = AssetConfig()
 
 
 class UploadMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -207,7 +240,9 @@ class UploadMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     compatibility_flags: list[str] = []
     tail_consumers: Annotated[list[TailConsumer], msgspec.Meta(max_length=MAX_TAIL_CONSUMERS)] = []
     keep_bindings: list[str] = []
-    assets: AssetsUpload | None = None
+    #: Cron triggers (Wrangler's ``triggers.crons``): ``scheduled()`` runs on each.
+    crons: Annotated[list[str], msgspec.Meta(max_length=MAX_CRONS)] = []
+    assets: UploadAssets | None = None
 
     def __post_init__(self) -> None:
         if self.compatibility_date:
@@ -242,13 +277,13 @@ class ScriptRecord(msgspec.Struct, kw_only=True):
     compatibility_date: str = ""
     compatibility_flags: list[str] = []
     tail_consumers: list[TailConsumer] = []
+    crons: list[str] = []
+    assets: AssetSet | None = None
     created_on: str = ""
     modified_on: str = ""
     #: The immutable version this record is (Cloudflare's version id); ``version``
     #: above is the content hash of its bundle, what a warm child is keyed by.
     version_id: str = ""
-    #: Static assets: ``{path: {"hash": ..., "size": ...}}`` (empty: none).
-    assets: dict[str, Any] = {}
     #: Normalised requirement strings (``text/x-python-requirement`` parts) and
     #: the package store's lock they resolved to ("" when there are none).
     requirements: list[str] = []
@@ -320,8 +355,9 @@ def resolve_bindings(metadata: UploadMetadata, previous: ScriptRecord | None) ->
 
 def content_version(main_module: str, modules: dict[str, bytes], bindings: list[Binding],
                     compatibility_date: str, compatibility_flags: list[str] = (),  # type: ignore[assignment]
-                    packages_lock: str = "") -> str:
-    """A stable hash of everything that changes behaviour (code, bindings, packages)."""
+                    packages_lock: str = "", extra: Any = None) -> str:
+    """A stable hash of everything that changes behaviour (code, bindings,
+    packages, crons and assets)."""
     digest = hashlib.sha256()
     digest.update(main_module.encode())
     for path in sorted(modules):
@@ -332,6 +368,8 @@ def content_version(main_module: str, modules: dict[str, bytes], bindings: list[
         digest.update(msgspec.json.encode(sorted(compatibility_flags)))
     if packages_lock:  # absent for scripts without packages: their versions stay as they were
         digest.update(b"\0packages\0" + packages_lock.encode())
+    if extra:  # crons, asset manifest and config
+        digest.update(msgspec.json.encode(extra))
     return digest.hexdigest()[:32]
 
 
@@ -368,6 +406,8 @@ def to_bundle(record: ScriptRecord, bundle_dir: str,
         elif isinstance(binding, BROKERED):
             kind = type(binding).__struct_config__.tag  # type: ignore[attr-defined]
             bindings.append(messages.BrokeredBinding(binding.name, kind))
+        elif isinstance(binding, Assets):
+            bindings.append(messages.AssetsBinding(binding.name))
     return messages.ScriptBundle(
         namespace=record.namespace,
         name=record.name,

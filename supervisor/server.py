@@ -21,7 +21,7 @@ from supervisor.calls import http_client
 from supervisor import log as logmod
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
-from supervisor.errors import NotSupported, Unavailable
+from supervisor.errors import NotFound, NotSupported, Unavailable
 from supervisor.bindings import Bindings
 from supervisor.calls.calls import Calls
 from supervisor.config import AdminConfig, HttpConfig, ServeConfig
@@ -39,6 +39,9 @@ from supervisor.packages.resolver import Resolver
 from supervisor.packages.store import Lock
 from supervisor.store.lookup import ScriptLookup
 from supervisor.store.store import Store
+from supervisor.cron import Scheduler, run_scheduled
+from supervisor.edge.assets import AssetServer
+from supervisor.limits.policy import LimitPolicy
 
 DRAIN_S = 10.0
 #: Largest response body a tenant's fetch() accepts.
@@ -59,9 +62,13 @@ class Supervisor:
             connect_timeout=config.outbound.connect_timeout_s,
             read_timeout=config.outbound.read_timeout_s)
         self.bindings = Bindings(config.state_dir, config.storage)
+        self.asset_blobs = AssetBlobs(os.path.join(config.state_dir, "assets"))
+        self.asset_server = AssetServer(self.asset_blobs)
+        self.limit_policy = LimitPolicy(config.limits)
+        self.scheduler = Scheduler(self._schedules, self._run_cron)
         self.pool = Pool(
             config,
-            calls=lambda pool: Calls(pool, self.scripts, config.limits, self.client),
+            calls=lambda pool: Calls(pool, self.scripts, config.limits, self.client, self.asset_server),
             bindings=self.bindings,
             on_event=self._on_event,
             exact_cpu=True)  # set again below, once observability knows who reads traces
@@ -73,9 +80,10 @@ class Supervisor:
         self.resolver = Resolver(self.pool.bundles.package_store)
         self.ingress = Ingress(config, self.pool, self.route, self.scripts,
                                on_trace=self.observability.finished, on_missing=self._not_found,
-                               request_ids=self.observability.request_ids.assign)
-        self.admin = AdminAPI(self.store, self,
-                              blobs=AssetBlobs(os.path.join(config.state_dir, "assets")))
+                               request_ids=self.observability.request_ids.assign,
+                               assets=self.asset_server,
+                               scheduled=self._scheduled_now if config.scheduled_test_endpoint else None)
+        self.admin = AdminAPI(self.store, self, blobs=self.asset_blobs)
         storage_admin.register(self.admin.router, self.bindings)
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
         # The admin socket is the operator's: its own limits (uploads may be
@@ -109,8 +117,44 @@ class Supervisor:
         return await self.resolver.resolve(requirements)
 
     def script_changed(self, namespace: str, name: str) -> None:
+        self.scheduler.scripts_changed()
         self.pool.retire_script(namespace, name)
         self.pool.bundles.want_collection()
+
+    # -- cron triggers -------------------------------------------------------------
+    def _schedules(self) -> list[tuple[str, str, list[str]]]:
+        """Every script with cron triggers (runs in a worker thread)."""
+        out = []
+        for namespace, name in self.store.script_names():
+            record = self.store.get_script(namespace, name)
+            if record is not None and record.crons:
+                out.append((namespace, name, list(record.crons)))
+        return out
+
+    async def _scheduled_now(self, record: ScriptRecord, cron: str, when: float | None = None) -> dict:
+        return await run_scheduled(self.pool, self.limit_policy, record, cron, when,
+                                   self.observability.finished)
+
+    async def _run_cron(self, namespace: str, name: str, cron: str, when: float) -> None:
+        record = await self.scripts.load(namespace, name)
+        if record is None or cron not in record.crons:
+            return
+        try:
+            trace = await self._scheduled_now(record, cron, when)
+        except PoolUnavailable as exc:
+            warn("cron.unavailable", script=name, namespace=namespace, cron=cron, reason=str(exc))
+            return
+        log("cron.ran", script=name, namespace=namespace, cron=cron, outcome=trace.get("outcome"))
+
+    async def run_scheduled(self, namespace: str, name: str, cron: str) -> dict:
+        """Admin hook (``corral trigger``): one run of ``scheduled()``; its trace event."""
+        record = await self.scripts.load(namespace, name)
+        if record is None:
+            raise NotFound(f"script {name!r} does not exist")
+        try:
+            return await self._scheduled_now(record, cron)
+        except PoolUnavailable as exc:
+            raise Unavailable(f"no sandbox is free to run the trigger, retry: {exc}") from None
 
     def _bundles_in_use(self) -> set[str]:
         """Versions whose bundle must stay: stored ones, and those live children run."""
@@ -156,6 +200,7 @@ class Supervisor:
                 await nursery.start(self.observability.run)
                 await nursery.start(self.pool.run)
                 nursery.start_soon(self.pool.bundles.run, self._bundles_in_use, self.store.package_locks)
+                nursery.start_soon(self.scheduler.run)
                 listener = listen_tcp(host, port)
                 admin_listener = _unix_listener(self.config.admin_socket_path)
                 _socket_access(self.config.admin_socket_path, self.config.admin)

@@ -89,7 +89,7 @@ def test_deploy_with_assets_uploads_only_missing(server, tmp_path):
     project = tmp_path / "site"
     (project / "assets" / "css").mkdir(parents=True)
     (project / "worker.py").write_text(CODE.format(text="site"))
-    (project / "corral.toml").write_text('main = "worker.py"\n')
+    (project / "corral.toml").write_text('main = "worker.py"\n[assets]\ndirectory = "assets"\n')
     (project / "assets" / "index.html").write_text("<h1>hi</h1>")
     (project / "assets" / "css" / "a.css").write_text("h1{}")
     first = cli(server, "deploy", "-n", "default", "site", project)

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from supervisor.errors import Invalid, NotFound
-from supervisor.model import ScriptRecord, content_version
+from supervisor.model import AssetEntry, AssetSet, ScriptRecord, content_version
 from supervisor.store.assets import AssetBlobs
 from supervisor.store.records import Split
 from supervisor.store.schema import SCHEMA_VERSION
@@ -156,10 +156,10 @@ def test_cache_is_bounded_and_keeps_no_index(tmp_path):
 def test_asset_manifest_per_version_and_blobs_per_script(store, tmp_path):
     blobs = AssetBlobs(tmp_path / "assets")
     blobs.put("default", "site", "ab" * 16, b"<h1>hi</h1>")
-    one = store.put_script(rec("site", assets={"/index.html": {"hash": "ab" * 16, "size": 11}}))
+    one = store.put_script(rec("site", assets=AssetSet(manifest={"/index.html": AssetEntry("ab" * 16, 11)})))
     store.put_script(rec("site", b"two"))
-    assert store.assets_for("default", "site") == {}
-    assert store.assets_for("default", "site", one.version_id)["/index.html"]["hash"] == "ab" * 16
+    assert store.assets_for("default", "site") is None
+    assert store.assets_for("default", "site", one.version_id).manifest["/index.html"].hash == "ab" * 16
     with blobs.open("default", "site", "ab" * 16) as f:
         assert f.read() == b"<h1>hi</h1>"
     with pytest.raises(FileNotFoundError):  # never across scripts

@@ -27,7 +27,7 @@ import msgspec
 from protocol.messages import MAX_CHUNK, Abort, BindingCall, SubFailed
 
 from .. import workers
-from ..pyodide_ffi import JsException
+from ..pyodide_shim import JsException
 from ..streams import IncomingBody, OutgoingBody
 
 #: Arguments larger than this (encoded) travel as the call's body.

@@ -27,9 +27,13 @@ from supervisor.admin.errors import LoadFailed
 from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, route_json, script_json
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Invalid, NotFound, NotSupported, TooLarge
+from supervisor.cron import CronError, parse_cron
 from supervisor.packages import upload as packages_upload
 from supervisor.model import (
     PLATFORM,
+    AssetConfig,
+    AssetEntry,
+    AssetSet,
     ScriptRecord,
     UploadMetadata,
     check_name,
@@ -46,6 +50,7 @@ _T = TypeVar("_T")
 
 #: Room for the metadata part and multipart framing on top of the code itself.
 UPLOAD_OVERHEAD = 1 * 2**20
+#: Static assets travel as parts named ``__asset__/<path>``, on top of the code.
 _NS = "accounts/*/workers/dispatch/namespaces"
 _PS = "accounts/*/workers/scripts"
 
@@ -78,6 +83,10 @@ class AdminHooks(Protocol):
 
     async def resolve_requirements(self, requirements: list[str]) -> Any:
         """The package store's lock for ``requirements`` (resolving with pip if new)."""
+        ...
+
+    async def run_scheduled(self, namespace: str, name: str, cron: str) -> dict:
+        """Run the script's ``scheduled()`` once; its trace event."""
         ...
 
 
@@ -165,6 +174,7 @@ class Handlers:
                        DELETE=self.delete_script)
             router.add(f"{prefix}/{{name}}/tags", GET=self.get_tags, PUT=self.put_tags)
             router.add(f"{prefix}/{{name}}/tags/{{tag}}", PUT=self.add_tag, DELETE=self.remove_tag)
+            router.add(f"{prefix}/{{name}}/schedules/trigger", POST=self.trigger_scheduled)
         router.add(_PS, GET=self.list_scripts)
         router.add("accounts/*/workers/routes", GET=self.list_routes, POST=self.add_route)
         router.add("accounts/*/workers/routes/{id}", GET=self.get_route, DELETE=self.delete_route)
@@ -331,7 +341,8 @@ class Handlers:
         if deploy:
             self._changed(ns, name)
         log_event(logging.INFO, "admin.script_uploaded", namespace=ns, script=name, version=stored.version,
-                  version_id=stored.version_id, deployed=deploy, assets=len(stored.assets))
+                  version_id=stored.version_id, deployed=deploy,
+                  assets=len(stored.assets.manifest) if stored.assets else 0)
         return stored
 
     def _build_record(self, ns: str, name: str, parts: list[multipart.Part],
@@ -363,13 +374,21 @@ class Handlers:
             tags = metadata.tags
         else:
             tags = list(previous.tags) if previous and "tags" not in raw else []
+        for cron in metadata.crons:
+            try:
+                parse_cron(cron)
+            except CronError as exc:
+                raise Invalid(str(exc)) from None
         lock = packages.lock if packages is not None else None
         packages_upload.check_bundle_size(modules, lock)
         return ScriptRecord(
             namespace=ns,
             name=name,
             version=content_version(main_module, modules, bindings, metadata.compatibility_date,
-                                    metadata.compatibility_flags, lock.id if lock else ""),
+                                    metadata.compatibility_flags, lock.id if lock else "",
+                                    extra={"crons": metadata.crons, "assets": assets}
+                                    if metadata.crons or assets else None),
+            crons=list(metadata.crons),
             main_module=main_module,
             modules=modules,
             bindings=bindings,
@@ -395,16 +414,18 @@ class Handlers:
         return main_module
 
     def _assets(self, ns: str, name: str, metadata: UploadMetadata, raw: dict[str, Any],
-                previous: ScriptRecord | None) -> dict[str, Any]:
-        """The version's asset manifest: from the completion token in
+                previous: ScriptRecord | None) -> AssetSet | None:
+        """The version's assets: the manifest of the upload session named by
         ``metadata.assets.jwt``, else the deployed version's when
-        ``keep_assets`` is true, else none."""
+        ``keep_assets`` is true, else none; served as ``metadata.assets.config`` says."""
+        config = metadata.assets.config if metadata.assets is not None else None
         if metadata.assets is not None and metadata.assets.jwt:
             manifest = self.sessions.complete(metadata.assets.jwt, ns, name)
-            return {path: {"hash": e.hash, "size": e.size} for path, e in manifest.items()}
-        if raw.get("keep_assets") is True and previous is not None:
-            return dict(previous.assets)
-        return {}
+            return AssetSet(config=config or AssetConfig(),
+                            manifest={path: AssetEntry(e.hash, e.size) for path, e in manifest.items()})
+        if raw.get("keep_assets") is True and previous is not None and previous.assets is not None:
+            return AssetSet(config=config or previous.assets.config, manifest=previous.assets.manifest)
+        return None
 
     def _modules(self, parts: list[multipart.Part]) -> dict[str, bytes]:
         """The code parts, by path. Cloudflare's SDKs name each part ``files``
@@ -425,6 +446,21 @@ class Handlers:
         if total > self.max_script_bytes:
             raise TooLarge(f"script is {total} bytes, over the {self.max_script_bytes}-byte limit")
         return modules
+
+    async def trigger_scheduled(self, request: Request) -> Response:
+        ns, name = _namespace_of(request), _script_of(request)
+        body = request.json() if request.body else {}
+        cron = body.get("cron") if isinstance(body, dict) else None
+        if not isinstance(cron, str) or not cron.strip():
+            raise Invalid('send {"cron": "*/5 * * * *"} to run the script\'s scheduled() handler')
+        try:
+            parse_cron(cron)
+        except CronError as exc:
+            raise Invalid(str(exc)) from None
+        trace = await self.hooks.run_scheduled(ns, name, cron)
+        log_event(logging.INFO, "admin.scheduled_triggered", namespace=ns, script=name, cron=cron,
+                  outcome=trace.get("outcome"))
+        return envelope(200, trace)
 
     # -- tags -----------------------------------------------------------------
 

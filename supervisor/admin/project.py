@@ -45,7 +45,10 @@ class Project(msgspec.Struct, kw_only=True):
     #: ``pyproject.toml``'s ``[project] dependencies`` (or ``requirements.txt``),
     #: normalised; sent as ``text/x-python-requirement`` parts.
     requirements: list[str] = []
-    #: What was said about them (the SDK dropped, requires-python ignored).
+    #: Static assets by URL path (``/index.html``), from the config's ``assets.directory``.
+    assets: dict[str, bytes] = {}
+    #: Things worth saying that do not stop the deploy (unknown flags or keys,
+    #: the SDK dropped from the requirements, requires-python ignored).
     warnings: list[str] = []
 
 
@@ -98,11 +101,26 @@ class _TailConsumer(msgspec.Struct, omit_defaults=True):
     environment: str | None = None
 
 
+class _Triggers(msgspec.Struct):
+    crons: list[str] = []
+
+
+class _Assets(msgspec.Struct, forbid_unknown_fields=True):
+    directory: str | None = None
+    binding: str | None = None
+    run_worker_first: bool | list[str] = False
+    html_handling: model.HtmlHandling = "auto-trailing-slash"
+    not_found_handling: model.NotFoundHandling = "none"
+
+
 class WranglerConfig(msgspec.Struct):
-    """The subset of a Wrangler config Corral uses; other keys are ignored."""
+    """The subset of a Wrangler config Corral uses; see :data:`UNSUPPORTED_KEYS`."""
 
     main: str | None = None
     compatibility_date: str | None = None
+    compatibility_flags: list[str] = []
+    triggers: _Triggers | None = None
+    assets: _Assets | None = None
     vars: dict[str, Any] = {}
     kv_namespaces: list[_KV] = []
     d1_databases: list[_D1] = []
@@ -117,7 +135,36 @@ class CorralConfig(WranglerConfig, forbid_unknown_fields=True):
 
     name: str | None = None
     tags: list[str] = []
-    compatibility_flags: list[str] = []
+
+
+#: Wrangler keys that change what a worker is or does, which Corral cannot honour
+#: yet: deploying without them would run a different worker, so it is an error.
+UNSUPPORTED_KEYS = frozenset({
+    "durable_objects", "migrations", "queues", "workflows", "ai", "vectorize", "hyperdrive",
+    "analytics_engine_datasets", "browser", "mtls_certificates", "send_email", "unsafe",
+    "containers", "version_metadata", "images", "secrets_store_secrets", "ratelimits",
+    "pipelines", "wasm_modules", "text_blobs", "data_blobs", "rules", "site", "env",
+    "unsafe_hello_world", "dispatch_namespaces_outbound", "logfwdr", "tail_consumers_streaming",
+})
+#: Keys about deployment to Cloudflare itself (accounts, routes, dev server,
+#: build): meaningless for Corral, silently ignored.
+IGNORED_KEYS = frozenset({
+    "$schema", "name", "account_id", "workers_dev", "preview_urls", "routes", "route",
+    "observability", "dev", "build", "minify", "keep_vars", "send_metrics", "upload_source_maps",
+    "placement", "limits", "logpush", "no_bundle", "find_additional_modules", "base_dir",
+    "preserve_file_names", "node_compat", "python_modules", "usage_model", "keep_names",
+    "legacy_env", "compliance_region", "tsconfig", "jsx_factory", "jsx_fragment",
+})
+#: Compatibility flags Corral knows (stored with every script; others are warned about).
+KNOWN_FLAGS = frozenset({
+    "python_workers", "python_workers_20250116", "python_no_global_handlers",
+    "disable_python_no_global_handlers", "python_workflows", "python_dedicated_snapshot",
+    "python_workers_durable_objects", "python_external_packages", "nodejs_compat",
+    "nodejs_compat_v2", "nodejs_als", "global_fetch_strictly_public", "streams_enable_constructors",
+    "transformstream_enable_standard_constructor", "python_workflows_implicit_dependencies",
+    "enable_python_external_sdk", "rpc", "fetch_refuses_unknown_protocols",
+})
+_KNOWN_KEYS = frozenset(WranglerConfig.__struct_fields__) | IGNORED_KEYS | {"tags"}
 
 
 # -- JSONC ----------------------------------------------------------------------
@@ -177,16 +224,20 @@ def strip_jsonc(text: str) -> str:
 # -- loading --------------------------------------------------------------------
 
 
-def _read_config(path: Path) -> WranglerConfig:
+def _read_config(path: Path, warnings: list[str] | None = None) -> WranglerConfig:
     kind = CorralConfig if path.name == "corral.toml" else WranglerConfig
     try:
         raw = path.read_bytes()
         if path.suffix == ".toml":
-            return msgspec.toml.decode(raw, type=kind)
-        text = raw.decode("utf-8")
-        if path.suffix == ".jsonc":
-            text = strip_jsonc(text)
-        return msgspec.json.decode(text, type=kind)
+            data = msgspec.toml.decode(raw)
+        else:
+            text = raw.decode("utf-8")
+            if path.suffix == ".jsonc":
+                text = strip_jsonc(text)
+            data = msgspec.json.decode(text)
+        if isinstance(data, dict):
+            _check_keys(path, data, warnings)
+        return msgspec.convert(data, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProjectError(f"{path}: {exc}") from None
     except RecursionError:  # msgspec and TOML parsers recurse per nesting level
@@ -195,6 +246,51 @@ def _read_config(path: Path) -> WranglerConfig:
         raise ProjectError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise ProjectError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _check_keys(path: Path, data: dict[str, Any], warnings: list[str] | None) -> None:
+    """An unsupported key is an error naming it; an unknown one a warning."""
+    for key in data:
+        if key in UNSUPPORTED_KEYS:
+            raise ProjectError(f"{path}: {key!r} is not supported by Corral yet; remove it or "
+                               "deploy this worker elsewhere until it is")
+        if key not in _KNOWN_KEYS and warnings is not None and path.name != "corral.toml":
+            warnings.append(f"{path.name}: ignoring unknown key {key!r}")
+    flags = data.get("compatibility_flags")
+    if isinstance(flags, list) and warnings is not None:
+        for flag in flags:
+            if isinstance(flag, str) and flag not in KNOWN_FLAGS:
+                warnings.append(f"{path.name}: unknown compatibility flag {flag!r} "
+                                "(stored with the script, no effect in Corral)")
+
+
+def _collect_assets(root: Path, config_path: Path, directory: str) -> dict[str, bytes]:
+    """Every file under the assets directory, by URL path; ``.assetsignore`` patterns skipped."""
+    import fnmatch
+
+    folder = (root / directory).resolve()
+    if not folder.is_dir():
+        raise ProjectError(f"{config_path}: assets.directory {directory!r} is not a folder under {root}")
+    ignore = [".assetsignore"]
+    ignore_file = folder / ".assetsignore"
+    if ignore_file.is_file():
+        ignore += [line.strip() for line in ignore_file.read_text().splitlines()
+                   if line.strip() and not line.startswith("#")]
+    files: dict[str, bytes] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            full = Path(dirpath, filename)
+            rel = full.relative_to(folder).as_posix()
+            if any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(filename, p) for p in ignore):
+                continue
+            if len(files) >= 20_000:
+                raise ProjectError(f"{folder} has more than 20000 asset files")
+            try:
+                files["/" + rel] = full.read_bytes()
+            except OSError as exc:
+                raise ProjectError(f"cannot read {full}: {exc.strerror}") from None
+    return files
 
 
 def _bindings(config: WranglerConfig) -> list[model.BindingSpec]:
@@ -220,6 +316,8 @@ def _bindings(config: WranglerConfig) -> list[model.BindingSpec]:
                 params=[model.OutboundParam(name=p) for p in dn.outbound.parameters])
         bindings.append(model.DispatchNamespace(name=dn.binding, namespace=dn.namespace,
                                                 outbound=outbound))
+    if config.assets is not None and config.assets.binding:
+        bindings.append(model.Assets(name=config.assets.binding))
     for svc in config.services:
         bindings.append(model.Service(name=svc.binding, service=svc.service,
                                       environment=svc.environment or None,
@@ -266,7 +364,8 @@ def load_project(path: str | os.PathLike[str]) -> Project:
             f"{target} has no {', '.join(CONFIG_FILES)}; add one naming main "
             "(e.g. main = \"src/entry.py\") or pass the main .py file itself"
         )
-    config = _read_config(config_path)
+    warnings: list[str] = []
+    config = _read_config(config_path, warnings)
     if not config.main:
         raise ProjectError(f"{config_path} does not name the main module: add main = \"src/entry.py\"")
     main = posixpath.normpath(config.main.replace("\\", "/"))
@@ -277,9 +376,21 @@ def load_project(path: str | os.PathLike[str]) -> Project:
     modules = _collect_modules(target)
     if main not in modules:
         raise ProjectError(f"{config_path}: main {config.main!r} not found under {target}")
+    assets: dict[str, bytes] = {}
+    upload_assets = None
+    if config.assets is not None:
+        if config.assets.directory:
+            assets = _collect_assets(target, config_path, config.assets.directory)
+        upload_assets = model.UploadAssets(config=model.AssetConfig(
+            html_handling=config.assets.html_handling,
+            not_found_handling=config.assets.not_found_handling,
+            run_worker_first=config.assets.run_worker_first))
     try:
         metadata = model.UploadMetadata(
             main_module=main,
+            compatibility_flags=list(config.compatibility_flags),
+            crons=list(config.triggers.crons) if config.triggers else [],
+            assets=upload_assets if assets else None,
             bindings=_bindings(config),
             compatibility_date=config.compatibility_date or "",
             tail_consumers=[model.TailConsumer(**msgspec.structs.asdict(t)) for t in config.tail_consumers],
@@ -289,9 +400,15 @@ def load_project(path: str | os.PathLike[str]) -> Project:
         model.decode_metadata(msgspec.to_builtins(metadata))
     except (Invalid, TypeError, ValueError) as exc:
         raise ProjectError(f"{config_path}: {exc}") from None
-    requirements, warnings = _requirements(target)
-    return Project(main_module=main, modules=modules, metadata=metadata, requirements=requirements,
-                   warnings=warnings)
+    from supervisor.cron import CronError, parse_cron
+    for cron in metadata.crons:
+        try:
+            parse_cron(cron)
+        except CronError as exc:
+            raise ProjectError(f"{config_path}: triggers.crons: {exc}") from None
+    requirements, req_warnings = _requirements(target)
+    return Project(main_module=main, modules=modules, metadata=metadata, assets=assets,
+                   requirements=requirements, warnings=[*warnings, *req_warnings])
 
 
 def _requirements(root: Path) -> tuple[list[str], list[str]]:

@@ -24,7 +24,7 @@ Every call counts against the caller's subrequest limit. Every failure reaches t
 from __future__ import annotations
 
 import time
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, Protocol, TypeVar
 
 import msgspec
 import trio
@@ -119,8 +119,11 @@ class Calls:
     """Handles a child's calls; :meth:`handle` runs inside the child's reader."""
 
     def __init__(self, pool: Pool, scripts: ScriptSource, defaults: LimitsConfig,
-                 client: http_client.HTTPClient) -> None:
+                 client: http_client.HTTPClient, assets: "AssetAnswerer | None" = None) -> None:
         self.pool = pool
+        #: Static assets (supervisor.edge.assets): answer dispatches before the
+        #: user worker, and ``env.ASSETS.fetch``.
+        self.assets = assets
         self.scripts = scripts
         self.defaults = defaults
         self.client = client
@@ -142,6 +145,10 @@ class Calls:
                 raise CallFailed("Error", "the request that made this call has already ended")
             parent.calls.add(call)
             body = self._request_body(child, message)
+            if message.kind == "assets":  # the caller's own assets, never another script's
+                child.spawn(self._run, child, parent, message,
+                            self._serve_assets(parent.record, message, body))
+                return
             target = self._target(parent, message, body)
             if target is None:  # a plain outbound HTTP request
                 child.spawn(self._run, child, parent, message, self._http(message, body, parent))
@@ -152,6 +159,9 @@ class Calls:
                             self._load_and_call(target, parent, message, body))
                 return
             record, limits, outbound, params = self._resolve(target, found, body)  # type: ignore[arg-type]
+            if self._assets_first(record, message):
+                child.spawn(self._run, child, parent, message, self._serve_assets(record, message, body))
+                return
             if message.kind == "fetch" and message.redirect != "manual":
                 # Through an outbound worker: fetch's redirect rules, hop by hop.
                 child.spawn(self._run, child, parent, message,
@@ -289,9 +299,24 @@ class Calls:
             _close(body)
             raise
         record, limits, outbound, params = self._resolve(target, found, body)
+        if self._assets_first(record, message):
+            return await self._serve_assets(record, message, body)
         if message.kind == "fetch" and message.redirect != "manual":
             return await self._follow(record, parent, message, body, limits, params)
         return await self._cold(record, parent, message, body, limits, outbound, params)
+
+    def _assets_first(self, record: ScriptRecord, message: SubRequest) -> bool:
+        """A dispatch to a user worker whose assets answer this request first."""
+        return (message.kind == "dispatch" and self.assets is not None
+                and self.assets.wants(record, message.method, message.url, from_worker=False))
+
+    async def _serve_assets(self, record: ScriptRecord, message: SubRequest,
+                            body: BodySource | bytes | None) -> Head:
+        _close(body)
+        if self.assets is None or record.assets is None:
+            raise CallFailed("TypeError", "the script has no static assets")
+        answer = await self.assets.answer(record, message.method, message.url, message.headers)
+        return Head(answer.status, answer.headers, answer.body)
 
     async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
                     body: BodySource | bytes | None, limits: Limits, outbound: Outbound | None,
@@ -356,6 +381,15 @@ class Calls:
             _close(body)
         return Head(response.status, response.headers, _ClientBody(response), response.url,
                     response.redirected)
+
+
+class AssetAnswerer(Protocol):
+    """What calls need of the asset server (supervisor.edge.assets.AssetServer)."""
+
+    def wants(self, record: ScriptRecord, method: bytes, url: str, *, from_worker: bool) -> bool: ...
+
+    async def answer(self, record: ScriptRecord, method: bytes, url: str,
+                     headers: list[Header]) -> Any: ...
 
 
 class _Canceller:

@@ -14,7 +14,8 @@ to the client socket, one chunk at a time.
 from __future__ import annotations
 
 import socket
-from typing import Callable
+from typing import Awaitable, Callable
+from urllib.parse import parse_qs
 
 import trio
 
@@ -29,6 +30,11 @@ from supervisor.log import log, request_id as log_request_id, warn
 from supervisor.pool.pool import Pool, PoolUnavailable
 from supervisor.model import PLATFORM
 from supervisor.store.lookup import NOT_CACHED, ScriptSource
+from supervisor.edge.assets import AssetServer, send_answer
+
+#: Runs the routed script's ``scheduled()`` for a cron (``/cdn-cgi/handler/scheduled``).
+ScheduledRunner = Callable[..., Awaitable[dict]]
+SCHEDULED_PATH = "/cdn-cgi/handler/scheduled"
 
 #: host, path -> the platform script routed there (None: no route matches).
 Router = Callable[[str, str], "str | None"]
@@ -50,8 +56,12 @@ _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 class Ingress:
     def __init__(self, config: ServeConfig, pool: Pool, router: Router, scripts: ScriptSource,
                  on_trace: TraceSink | None = None, on_missing: MissingSink | None = None,
-                 request_ids: RequestIdSource | None = None) -> None:
+                 request_ids: RequestIdSource | None = None, assets: AssetServer | None = None,
+                 scheduled: ScheduledRunner | None = None) -> None:
         self.config = config
+        self.assets = assets
+        #: Set where the platform enables the scheduled test endpoint.
+        self.scheduled = scheduled
         self.pool = pool
         self.router = router
         self.scripts = scripts
@@ -88,6 +98,13 @@ class Ingress:
                                head_only)
             return
         url = f"http://{host}{target}" if target.startswith("/") else target
+        if path == SCHEDULED_PATH and self.scheduled is not None:
+            await self._scheduled(record, target, conn, head_only)
+            return
+        if self.assets is not None and self.assets.wants(record, request.method, url, from_worker=False):
+            await send_answer(conn, await self.assets.answer(record, request.method, url, request.headers),
+                              head_only)
+            return
         try:
             inv = await self.pool.invoke(record, request.method, url, request.headers, request.body,
                                          self.limits.defaults_for(record))
@@ -107,6 +124,19 @@ class Ingress:
                 inv.body.close()
             if not conn.response_started:
                 await conn.respond(500, _TEXT, b"Worker returned an invalid response\n", head_only)
+
+    async def _scheduled(self, record: object, target: str, conn: Connection, head_only: bool) -> None:
+        """``wrangler dev``'s test endpoint: run ``scheduled()`` once, answer its outcome."""
+        query = parse_qs(target.partition("?")[2])
+        cron = (query.get("cron") or ["* * * * *"])[0]
+        assert self.scheduled is not None
+        try:
+            trace = await self.scheduled(record, cron)
+        except PoolUnavailable:
+            await conn.respond(503, _TEXT, b"Service unavailable: no sandbox free, retry shortly\n", head_only)
+            return
+        ok = trace.get("outcome") == Outcome.OK
+        await conn.respond(200 if ok else 500, _TEXT, f"{trace.get('outcome')}\n".encode(), head_only)
 
     async def _answer(self, inv: Invocation, conn: Connection, head_only: bool,
                       body_read: bool = False) -> None:

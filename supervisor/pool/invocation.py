@@ -267,7 +267,8 @@ class Invocation:
             "scriptVersion": {"id": record.version},
             "outcome": self.outcome,
             "eventTimestamp": int(self.event_ts),
-            "event": {
+            "event": {"cron": self.event.cron, "scheduledTime": self.event.scheduled_time}
+            if self.event is not None else {
                 "request": {
                     "url": self.url,
                     "method": self.method.decode("latin-1"),

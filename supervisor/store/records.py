@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.model import Binding, ScriptRecord, TailConsumer
+from supervisor.model import AssetSet, Binding, ScriptRecord, TailConsumer
 
 
 class NamespaceInfo(msgspec.Struct, kw_only=True):
@@ -69,6 +69,7 @@ class _Metadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     tail_consumers: list[TailConsumer] = []
     requirements: list[str] = []
     packages_lock: str = ""
+    crons: list[str] = []
 
 
 _modules_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
@@ -78,7 +79,8 @@ tags_decoder = msgspec.json.Decoder(list[str])
 #: The columns :func:`record_from_row` reads, in order (``modules`` may follow).
 LIST_COLUMNS = "namespace, name, version, main_module, metadata, tags, created_on, modified_on, version_id"
 splits_decoder = msgspec.json.Decoder(list[Split])
-assets_decoder = msgspec.json.Decoder(dict[str, Any])
+#: The versions table's ``assets`` column: a version's manifest and serving config.
+assets_decoder = msgspec.json.Decoder(AssetSet)
 
 
 def record_from_row(row: Sequence[Any], modules: bytes | None, assets: str = "") -> ScriptRecord:
@@ -97,10 +99,11 @@ def record_from_row(row: Sequence[Any], modules: bytes | None, assets: str = "")
         tail_consumers=meta.tail_consumers,
         requirements=meta.requirements,
         packages_lock=meta.packages_lock,
+        crons=meta.crons,
         created_on=created_on,
         modified_on=modified_on,
         version_id=version_id,
-        assets=assets_decoder.decode(assets) if assets else {},
+        assets=assets_decoder.decode(assets) if assets else None,
     )
 
 
@@ -117,6 +120,7 @@ def encode_metadata(record: ScriptRecord) -> str:
         tail_consumers=record.tail_consumers,
         requirements=record.requirements,
         packages_lock=record.packages_lock,
+        crons=record.crons,
     )).decode()
 
 

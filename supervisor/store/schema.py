@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS versions (
     number INTEGER NOT NULL,          -- 1, 2, ... per script
     content TEXT NOT NULL,            -- ScriptRecord.version: what a warm child runs
     bundle TEXT NOT NULL REFERENCES bundles (hash),
-    assets TEXT NOT NULL DEFAULT '',  -- JSON manifest {path: {hash, size}}
+    assets TEXT NOT NULL DEFAULT '',  -- JSON: the version's asset manifest and serving config
     source TEXT NOT NULL DEFAULT 'api',
     message TEXT NOT NULL DEFAULT '',
     created_on TEXT NOT NULL,

@@ -1,0 +1,195 @@
+"""``requests``, ``urllib3``, ``httpx`` and ``anyio.to_thread`` inside the jail.
+
+A child has no sockets: every outbound request is a call brokered by the
+supervisor (its outbound worker, egress policy and subrequest limit apply).
+When a tenant imports one of these libraries, an import hook patches it
+right after it loads so that its requests go through ``workers.fetch``:
+
+* ``urllib3``: ``HTTPConnectionPool.urlopen`` (which ``requests`` uses);
+* ``httpx``: the default transport of ``Client`` (synchronous, through
+  :func:`sandbox.run_sync.run_sync`) and of ``AsyncClient``;
+* ``anyio.to_thread.run_sync``: threads cannot start in the jail, so the
+  function runs inline in the calling invocation (what Starlette and FastAPI
+  use for ``def`` endpoints), where ``run_sync`` still works.
+
+Nothing here imports those libraries: a script that does not use them pays
+nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import io
+import sys
+import types
+from typing import Any, Callable
+
+from .run_sync import run_sync
+
+
+def _workers() -> Any:
+    from . import workers
+    return workers
+
+
+async def _brokered(method: str, url: str, headers: list[tuple[str, str]], body: bytes | None,
+                    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    """One request through the supervisor; redirects are the library's business."""
+    workers = _workers()
+    request = workers.Request(url, method=method, headers=headers,
+                              body=body if body and method.upper() not in ("GET", "HEAD") else None,
+                              redirect="manual")
+    response = await workers.fetch(request)
+    data = await response.bytes()
+    return response.status, response.status_text, response.headers.items(), data
+
+
+def _body_bytes(body: Any) -> bytes | None:
+    if body is None:
+        return None
+    if isinstance(body, str):
+        return body.encode()
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    if hasattr(body, "read"):
+        data = body.read()
+        return data.encode() if isinstance(data, str) else bytes(data)
+    return b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in body)
+
+
+# -- urllib3 (and requests) -----------------------------------------------------
+
+
+def patch_urllib3(module: types.ModuleType) -> None:
+    pool_cls = module.HTTPConnectionPool
+    response_cls = module.HTTPResponse
+
+    def urlopen(self: Any, method: str, url: str, body: Any = None, headers: Any = None,
+                retries: Any = None, redirect: bool = True, assert_same_host: bool = True,
+                timeout: Any = None, pool_timeout: Any = None, release_conn: Any = None,
+                chunked: bool = False, body_pos: Any = None, preload_content: bool = True,
+                decode_content: bool = True, **kw: Any) -> Any:
+        if url.startswith("/"):
+            port = f":{self.port}" if self.port else ""
+            url = f"{self.scheme}://{self.host}{port}{url}"
+        pairs = list((headers or self.headers or {}).items())
+        status, reason, out_headers, data = run_sync(
+            _brokered(method, url, pairs, _body_bytes(body)))
+        # The supervisor's client already decoded the body: do not decode again.
+        out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-encoding"]
+        response = response_cls(body=io.BytesIO(data), headers=out_headers, status=status,
+                                reason=reason, preload_content=preload_content,
+                                decode_content=decode_content, request_method=method,
+                                request_url=url, enforce_content_length=False)
+        if redirect and response.get_redirect_location():
+            location = response.get_redirect_location()
+            import urllib.parse
+            follow = "GET" if status == 303 else method
+            return self.urlopen(follow, urllib.parse.urljoin(url, location),
+                                None if follow == "GET" else body, headers, retries, redirect,
+                                False, timeout, pool_timeout, release_conn, chunked, body_pos,
+                                preload_content, decode_content)
+        return response
+
+    pool_cls.urlopen = urlopen
+
+
+# -- httpx ---------------------------------------------------------------------------
+
+
+def patch_httpx(module: types.ModuleType) -> None:
+    httpx = module
+
+    class BrokeredTransport(httpx.BaseTransport):
+        """``httpx.Client``'s transport: the brokered fetch, awaited with run_sync."""
+
+        def handle_request(self, request: Any) -> Any:
+            status, _, headers, data = run_sync(_brokered(
+                request.method, str(request.url), list(request.headers.items()), request.read()))
+            return _httpx_response(httpx, status, headers, data)
+
+    class AsyncBrokeredTransport(httpx.AsyncBaseTransport):
+        """``httpx.AsyncClient``'s transport: the brokered fetch."""
+
+        async def handle_async_request(self, request: Any) -> Any:
+            status, _, headers, data = await _brokered(
+                request.method, str(request.url), list(request.headers.items()), await request.aread())
+            return _httpx_response(httpx, status, headers, data)
+
+    def sync_transport(self: Any, *args: Any, transport: Any = None, **kwargs: Any) -> Any:
+        return transport if transport is not None else BrokeredTransport()
+
+    def async_transport(self: Any, *args: Any, transport: Any = None, **kwargs: Any) -> Any:
+        return transport if transport is not None else AsyncBrokeredTransport()
+
+    httpx.Client._init_transport = sync_transport
+    httpx.Client._init_proxy_transport = lambda self, proxy, *a, **k: BrokeredTransport()
+    httpx.AsyncClient._init_transport = async_transport
+    httpx.AsyncClient._init_proxy_transport = lambda self, proxy, *a, **k: AsyncBrokeredTransport()
+    httpx.BrokeredTransport = BrokeredTransport
+    httpx.AsyncBrokeredTransport = AsyncBrokeredTransport
+
+
+def _httpx_response(httpx: Any, status: int, headers: list[tuple[str, str]], data: bytes) -> Any:
+    headers = [(k, v) for k, v in headers
+               if k.lower() not in ("content-encoding", "transfer-encoding")]
+    return httpx.Response(status, headers=headers, content=data)
+
+
+# -- anyio ---------------------------------------------------------------------------
+
+
+def patch_anyio_to_thread(module: types.ModuleType) -> None:
+    async def run_sync_inline(func: Callable[..., Any], *args: Any, abandon_on_cancel: bool = False,
+                              cancellable: Any = None, limiter: Any = None) -> Any:
+        """No threads in the jail: run ``func`` in the calling invocation."""
+        return func(*args)
+
+    module.run_sync = run_sync_inline
+
+
+#: Module name -> what patches it once it has loaded.
+PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
+    "urllib3": patch_urllib3,
+    "httpx": patch_httpx,
+    "anyio.to_thread": patch_anyio_to_thread,
+}
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    def __init__(self, inner: Any, patch: Callable[[types.ModuleType], None]) -> None:
+        self.inner = inner
+        self.patch = patch
+
+    def create_module(self, spec: Any) -> Any:
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self.inner.exec_module(module)
+        self.patch(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class PatchFinder(importlib.abc.MetaPathFinder):
+    """Finds the patched modules with the other finders, then patches them after loading."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        patch = PATCHES.get(fullname)
+        if patch is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _PatchingLoader(spec.loader, patch)
+                return spec
+        return None
+
+
+def install() -> None:
+    if not any(isinstance(f, PatchFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, PatchFinder())

@@ -1,0 +1,166 @@
+"""``js``: the JavaScript globals Cloudflare's Python Workers reach for.
+
+``from js import Response, console, fetch, JSON, Object`` works as there,
+each answering with Corral's Python objects (``Response.new(...)`` is a
+:class:`sandbox.workers.Response`). Globals that only mean something inside
+a JavaScript engine raise an error that says so, by name.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import sys
+import time
+import types
+import urllib.parse
+from typing import Any
+
+from . import logs, workers
+from .pyodide_shim import _unavailable, jsnull, to_py
+from .sdk_types import JsDict, python_from_rpc
+
+
+def _options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """JS-style options: a positional dict (``to_js({...})``) and/or keywords."""
+    options: dict[str, Any] = {}
+    for arg in args:
+        if isinstance(arg, dict):
+            options.update(arg)
+    options.update(kwargs)
+    return options
+
+
+class _ResponseClass:
+    """``js.Response``: ``new(body, init)``, ``json(data, init)``, ``redirect(url, status)``."""
+
+    @staticmethod
+    def new(body: Any = None, *args: Any, **kwargs: Any) -> workers.Response:
+        init = _options(args, kwargs)
+        return workers.Response(body if body is not jsnull else None, status=init.get("status"),
+                                status_text=init.get("statusText", ""), headers=init.get("headers"))
+
+    @staticmethod
+    def json(data: Any, *args: Any, **kwargs: Any) -> workers.Response:
+        init = _options(args, kwargs)
+        return workers.Response.json(to_py(data), status=init.get("status", 200),
+                                     headers=init.get("headers"))
+
+    @staticmethod
+    def redirect(url: str, status: int = 302) -> workers.Response:
+        return workers.Response.redirect(url, status)
+
+
+class _RequestClass:
+    @staticmethod
+    def new(url: Any, *args: Any, **kwargs: Any) -> workers.Request:
+        init = _options(args, kwargs)
+        return workers.Request(url, method=init.get("method"), headers=init.get("headers"),
+                               body=init.get("body"), redirect=init.get("redirect"))
+
+
+class _HeadersClass:
+    @staticmethod
+    def new(init: Any = None) -> workers.Headers:
+        return workers.Headers(to_py(init) if init is not None else None)
+
+
+class _Object:
+    @staticmethod
+    def fromEntries(entries: Any) -> JsDict:  # noqa: N802 - JS name
+        pairs = entries.items() if hasattr(entries, "items") else entries
+        return JsDict((k, v) for k, v in pairs)
+
+    @staticmethod
+    def new() -> JsDict:
+        return JsDict()
+
+    @staticmethod
+    def keys(obj: dict) -> list:
+        return list(obj.keys())
+
+    @staticmethod
+    def values(obj: dict) -> list:
+        return list(obj.values())
+
+    @staticmethod
+    def entries(obj: dict) -> list:
+        return [[k, v] for k, v in obj.items()]
+
+    @staticmethod
+    def assign(target: dict, *sources: dict) -> dict:
+        for source in sources:
+            target.update(source)
+        return target
+
+
+class _JSON:
+    @staticmethod
+    def stringify(value: Any, replacer: Any = None, space: Any = None) -> str:
+        indent = space if isinstance(space, (int, str)) and space else None
+        separators = None if indent else (",", ":")
+        return _json.dumps(to_py(value), indent=indent, separators=separators, ensure_ascii=False)
+
+    @staticmethod
+    def parse(text: str) -> Any:
+        return python_from_rpc(_json.loads(text))
+
+
+class _URL:
+    """``js.URL.new(url)``: the parts WHATWG URLs expose."""
+
+    def __init__(self, url: str, base: str | None = None) -> None:
+        full = urllib.parse.urljoin(base, url) if base else url
+        parts = urllib.parse.urlsplit(full)
+        if not parts.scheme:
+            raise TypeError(f"Invalid URL: {url!r}")
+        self.href = full
+        self.protocol = parts.scheme + ":"
+        self.host = parts.netloc.rsplit("@", 1)[-1]
+        self.hostname = parts.hostname or ""
+        self.port = str(parts.port or "")
+        self.pathname = parts.path or "/"
+        self.search = f"?{parts.query}" if parts.query else ""
+        self.hash = f"#{parts.fragment}" if parts.fragment else ""
+        self.origin = f"{parts.scheme}://{self.host}"
+        self.searchParams = JsDict(urllib.parse.parse_qsl(parts.query))
+
+    @classmethod
+    def new(cls, url: str, base: str | None = None) -> "_URL":
+        return cls(url, base)
+
+    def toString(self) -> str:  # noqa: N802 - JS name
+        return self.href
+
+    def __str__(self) -> str:
+        return self.href
+
+
+class _Date:
+    @staticmethod
+    def now() -> float:
+        return time.time() * 1000.0
+
+
+async def _fetch(resource: Any, *args: Any, **kwargs: Any) -> workers.Response:
+    init = _options(args, kwargs)
+    return await workers.fetch(resource, method=init.get("method"), headers=init.get("headers"),
+                               body=init.get("body"), redirect=init.get("redirect"))
+
+
+def make_js() -> types.ModuleType:
+    js = types.ModuleType("js", __doc__)
+    js.console = logs.console  # type: ignore[attr-defined]
+    js.Response = _ResponseClass()  # type: ignore[attr-defined]
+    js.Request = _RequestClass()  # type: ignore[attr-defined]
+    js.Headers = _HeadersClass()  # type: ignore[attr-defined]
+    js.Object = _Object()  # type: ignore[attr-defined]
+    js.JSON = _JSON()  # type: ignore[attr-defined]
+    js.URL = _URL  # type: ignore[attr-defined]
+    js.Date = _Date()  # type: ignore[attr-defined]
+    js.fetch = _fetch  # type: ignore[attr-defined]
+    js.__getattr__ = _unavailable("js")  # type: ignore[attr-defined]
+    return js
+
+
+def install() -> None:
+    sys.modules["js"] = make_js()

@@ -1,0 +1,199 @@
+"""``pyodide`` and ``pyodide.ffi`` as Cloudflare's Python Workers use them.
+
+In Pyodide, these convert between Python and JavaScript values and let
+synchronous code wait for a promise. Corral runs CPython, so values are
+already Python: ``to_js``/``to_py`` convert between plain dicts and the
+SDK's attribute dicts, proxies are the objects themselves (with the
+``destroy()`` tenants call), ``jsnull`` is a falsy singleton, and
+``run_sync`` is real (:mod:`sandbox.run_sync`). ``JsException`` is the class
+platform and binding errors raise, so ``except JsException`` works as there.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any, Callable
+
+from .run_sync import run_sync
+
+__all__ = ["JsException", "JsProxy", "jsnull", "to_js", "to_py", "create_proxy",
+           "create_once_callable", "run_sync", "install"]
+
+
+class JsException(Exception):
+    """An error from the host: a binding, a subrequest, the platform (``.name``, ``.message``)."""
+
+    def __init__(self, name: str = "Error", message: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+        self.message = message
+
+
+class JsProxy:
+    """What Pyodide gives for a JavaScript object. Corral has none: nothing is a JsProxy."""
+
+
+class JsArray(JsProxy):
+    """Pyodide's JS array proxy type, for ``isinstance`` checks that are never true here."""
+
+
+class JsBuffer(JsProxy):
+    """Pyodide's typed-array proxy type, for ``isinstance`` checks that are never true here."""
+
+
+class JsNull:
+    """JavaScript's ``null``: falsy, distinct from ``None`` (undefined) as in Pyodide."""
+
+    _instance: "JsNull | None" = None
+
+    def __new__(cls) -> "JsNull":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "jsnull"
+
+
+jsnull = JsNull()
+
+
+def to_js(value: Any, *, dict_converter: Callable[[Any], Any] | None = None, depth: int = -1,
+          create_pyproxies: bool = True, **_: Any) -> Any:
+    """A value for a JavaScript API: here it stays Python (``dict_converter`` still applies)."""
+    if depth == 0:
+        return value
+    if isinstance(value, dict):
+        items = [(k, to_js(v, dict_converter=dict_converter, depth=depth - 1)) for k, v in value.items()]
+        return dict_converter(items) if dict_converter is not None else dict(items)
+    if isinstance(value, (list, tuple)):
+        return [to_js(v, dict_converter=dict_converter, depth=depth - 1) for v in value]
+    if value is None:
+        return None
+    return value
+
+
+def to_py(value: Any, *, depth: int = -1, default_converter: Any = None, **_: Any) -> Any:
+    """A host value as plain Python: attribute dicts become dicts, ``jsnull`` None."""
+    if value is jsnull:
+        return None
+    if depth == 0:
+        return value
+    if isinstance(value, dict):
+        return {k: to_py(v, depth=depth - 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_py(v, depth=depth - 1) for v in value]
+    if hasattr(value, "to_py") and callable(value.to_py):
+        return value.to_py()
+    return value
+
+
+class _Proxy:
+    """``create_proxy(obj)``: calls and attributes go to ``obj``; ``destroy()`` is accepted."""
+
+    def __init__(self, obj: Any, once: bool = False) -> None:
+        self._obj = obj
+        self._once = once
+        self._destroyed = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._destroyed:
+            raise JsException("Error", "This borrowed proxy was automatically destroyed")
+        if self._once:
+            self._destroyed = True
+        return self._obj(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._obj, name)
+
+    def destroy(self) -> None:
+        self._destroyed = True
+
+
+def create_proxy(obj: Any, *, capture_this: bool = False, roundtrip: bool = True) -> Any:
+    return _Proxy(obj)
+
+
+def create_once_callable(obj: Callable[..., Any], *, _may_syncify: bool = False) -> Any:
+    return _Proxy(obj, once=True)
+
+
+def destroy_proxies(proxies: Any) -> None:
+    for proxy in proxies:
+        getattr(proxy, "destroy", lambda: None)()
+
+
+def _unavailable(module: str) -> Callable[[str], Any]:
+    def missing(name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"{module}.{name} is not available in Corral: it needs Pyodide's JavaScript host, "
+            f"and Corral runs Python natively (values are already Python objects)")
+    return missing
+
+
+def _make_http() -> types.ModuleType:
+    """``pyodide.http.pyfetch``: the brokered fetch with Pyodide's response names."""
+    http = types.ModuleType("pyodide.http", "pyfetch over Corral's brokered fetch")
+
+    class FetchResponse:
+        def __init__(self, response: Any) -> None:
+            self.js_response = response
+            self.status = response.status
+            self.status_text = response.status_text
+            self.ok = response.ok
+            self.url = response.url
+            self.redirected = response.redirected
+            self.headers = dict(response.headers.items())
+            self.body_used = False
+
+        async def bytes(self) -> bytes:
+            self.body_used = True
+            return await self.js_response.bytes()
+
+        async def text(self) -> str:
+            self.body_used = True
+            return await self.js_response.text()
+
+        async def json(self, **kwargs: Any) -> Any:
+            import json
+            return json.loads(await self.text(), **kwargs)
+
+        async def memoryview(self) -> memoryview:
+            return memoryview(await self.bytes())
+
+        def raise_for_status(self) -> None:
+            if not self.ok:
+                raise OSError(f"{self.status} {self.status_text} for url: {self.url}")
+
+    async def pyfetch(url: str, **kwargs: Any) -> FetchResponse:
+        from . import workers
+        return FetchResponse(await workers.fetch(url, **kwargs))
+
+    http.FetchResponse = FetchResponse  # type: ignore[attr-defined]
+    http.pyfetch = pyfetch  # type: ignore[attr-defined]
+    http.__getattr__ = _unavailable("pyodide.http")  # type: ignore[attr-defined]
+    return http
+
+
+def install() -> None:
+    """Register ``pyodide``, ``pyodide.ffi`` and ``pyodide.http`` for tenant imports."""
+    pyodide = types.ModuleType("pyodide", "Pyodide's Python side, as Corral provides it")
+    ffi = types.ModuleType("pyodide.ffi", __doc__)
+    for name in ("JsException", "JsProxy", "JsArray", "JsBuffer", "JsNull", "jsnull", "to_js",
+                 "to_py", "create_proxy", "create_once_callable", "destroy_proxies", "run_sync"):
+        setattr(ffi, name, globals()[name])
+    ffi.__getattr__ = _unavailable("pyodide.ffi")  # type: ignore[attr-defined]
+    http = _make_http()
+    pyodide.ffi = ffi  # type: ignore[attr-defined]
+    pyodide.http = http  # type: ignore[attr-defined]
+    pyodide.__version__ = "0.0-corral"  # type: ignore[attr-defined]
+    pyodide.__getattr__ = _unavailable("pyodide")  # type: ignore[attr-defined]
+    sys.modules["pyodide"] = pyodide
+    sys.modules["pyodide.ffi"] = ffi
+    sys.modules["pyodide.http"] = http

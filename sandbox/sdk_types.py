@@ -1,0 +1,242 @@
+"""The parts of Cloudflare's Python SDK that are plain data: Blob, File,
+FormData, the attribute-dict shape of binding results, RPC conversions.
+
+On Cloudflare these wrap JavaScript objects; here values are already Python,
+so each keeps the SDK's names and shapes (``JsDict`` results that allow
+``result.key`` as well as ``result["key"]``, ``None`` for JavaScript's null)
+without a JavaScript host behind them.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import time
+import urllib.parse
+import uuid
+from typing import Any, Iterator
+
+__all__ = ["JsDict", "Blob", "File", "FormData", "python_to_rpc", "python_from_rpc",
+           "encode_form", "parse_form"]
+
+
+class JsDict(dict):
+    """A dict that also answers attribute access, as binding results do on Cloudflare."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+
+def python_from_rpc(value: Any) -> Any:
+    """A value received from a binding or an RPC call, in the SDK's Python shape."""
+    if isinstance(value, dict):
+        return JsDict((k, python_from_rpc(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [python_from_rpc(v) for v in value]
+    from .pyodide_shim import jsnull
+    return None if value is jsnull else value
+
+
+def python_to_rpc(value: Any) -> Any:
+    """A value to hand to a binding or an RPC call: plain data, checked here.
+
+    Cloudflare refuses what structured clone cannot carry; so does this, by name.
+    """
+    if value is None or isinstance(value, (str, int, float, bool, bytes)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): python_to_rpc(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [python_to_rpc(v) for v in value]
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, (Blob, FormData)):
+        return value
+    raise TypeError(f"{type(value).__name__} cannot be sent over RPC: use plain data "
+                    "(str, numbers, bool, None, bytes, lists, dicts)")
+
+
+class Blob:
+    """Immutable bytes with a MIME type (``Blob(["a", b"b"], type="text/plain")``)."""
+
+    def __init__(self, parts: Any = None, type: str = "", endings: str = "transparent") -> None:  # noqa: A002
+        if parts is None:
+            data = b""
+        elif isinstance(parts, (bytes, bytearray, memoryview, str, Blob)):
+            data = _part_bytes(parts)
+        else:
+            data = b"".join(_part_bytes(p) for p in parts)
+        self._data = data
+        self.type = type.lower()
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    async def bytes(self) -> bytes:
+        return self._data
+
+    arrayBuffer = bytes  # noqa: N815 - Web API name
+    array_buffer = bytes
+
+    async def text(self) -> str:
+        return self._data.decode("utf-8", errors="replace")
+
+    def slice(self, start: int = 0, end: int | None = None, content_type: str = "") -> "Blob":
+        return Blob([self._data[start:end]], type=content_type)
+
+    def __repr__(self) -> str:
+        return f"<Blob {self.size} bytes {self.type!r}>"
+
+
+class File(Blob):
+    """A Blob with a name and a modification time."""
+
+    def __init__(self, parts: Any, filename: str, type: str = "",  # noqa: A002
+                 last_modified: float | None = None, **kwargs: Any) -> None:
+        super().__init__(parts, type=type)
+        self.name = filename
+        self.last_modified = kwargs.get("lastModified", last_modified) or time.time() * 1000
+
+    lastModified = property(lambda self: self.last_modified)  # noqa: N815
+
+    def __repr__(self) -> str:
+        return f"<File {self.name!r} {self.size} bytes {self.type!r}>"
+
+
+def _part_bytes(part: Any) -> bytes:
+    if isinstance(part, Blob):
+        return part._data
+    if isinstance(part, str):
+        return part.encode()
+    if isinstance(part, (bytes, bytearray, memoryview)):
+        return bytes(part)
+    raise TypeError(f"a Blob part must be str, bytes or a Blob, not {type(part).__name__}")
+
+
+FormValue = "str | Blob"
+
+
+class FormData:
+    """Ordered, multi-valued form fields (``append``, ``get``, ``get_all``, ``set``, ``delete``)."""
+
+    def __init__(self, init: Any = None) -> None:
+        self._items: list[tuple[str, Any]] = []
+        if init is None:
+            return
+        pairs = init.items() if hasattr(init, "items") else init
+        for name, value in pairs:
+            self.append(name, value)
+
+    def append(self, name: str, value: Any, filename: str | None = None) -> None:
+        self._items.append((str(name), _form_value(value, filename)))
+
+    def set(self, name: str, value: Any, filename: str | None = None) -> None:
+        self.delete(name)
+        self.append(name, value, filename)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return next((v for n, v in self._items if n == name), default)
+
+    def get_all(self, name: str) -> list[Any]:
+        return [v for n, v in self._items if n == name]
+
+    getAll = get_all  # noqa: N815
+
+    def has(self, name: str) -> bool:
+        return any(n == name for n, _ in self._items)
+
+    def delete(self, name: str) -> None:
+        self._items = [(n, v) for n, v in self._items if n != name]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return list(self._items)
+
+    entries = items
+
+    def keys(self) -> Iterator[str]:
+        return iter(dict.fromkeys(n for n, _ in self._items))
+
+    def values(self) -> list[Any]:
+        return [v for _, v in self._items]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.has(name)
+
+    def __getitem__(self, name: str) -> Any:
+        value = self.get(name)
+        if value is None and not self.has(name):
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"FormData({self._items!r})"
+
+
+def _form_value(value: Any, filename: str | None) -> Any:
+    if isinstance(value, Blob):
+        if filename is not None or not isinstance(value, File):
+            return File([value], filename or "blob", type=value.type)
+        return value
+    return str(value)
+
+
+def encode_form(form: FormData) -> tuple[bytes, str]:
+    """``multipart/form-data`` bytes and content type, as fetch sends a FormData body."""
+    boundary = "----corral" + uuid.uuid4().hex
+    out = bytearray()
+    for name, value in form.items():
+        quoted = name.replace('"', "%22")
+        out += f"--{boundary}\r\n".encode()
+        if isinstance(value, File):
+            out += (f'Content-Disposition: form-data; name="{quoted}"; '
+                    f'filename="{value.name.replace(chr(34), "%22")}"\r\n').encode()
+            out += f"Content-Type: {value.type or 'application/octet-stream'}\r\n\r\n".encode()
+            out += value._data
+        else:
+            out += f'Content-Disposition: form-data; name="{quoted}"\r\n\r\n'.encode()
+            out += value.encode()
+        out += b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
+
+
+def parse_form(body: bytes, content_type: str) -> FormData:
+    """A request body as FormData: urlencoded or multipart (``request.form_data()``)."""
+    form = FormData()
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        for name, value in urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+            form.append(name, value)
+        return form
+    if kind != "multipart/form-data":
+        raise TypeError(f"cannot parse a {kind or 'body without content-type'} body as form data: "
+                        "expected multipart/form-data or application/x-www-form-urlencoded")
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise TypeError("the multipart/form-data body could not be parsed (bad boundary?)")
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name is None:
+            continue
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            form.append(name, File([payload], filename, type=part.get_content_type()))
+        else:
+            form.append(name, payload.decode(part.get_content_charset() or "utf-8", "replace"))
+    return form
+

@@ -1,0 +1,217 @@
+"""``workers.asgi`` (and the top-level ``asgi``): serve an ASGI app from a handler.
+
+``return await asgi.fetch(app, request, self.env)`` as on Cloudflare: the
+app sees ``scope["env"]``, the request body streams in through ``receive``,
+and the response is returned as soon as its head and first body chunk are
+known (a streamed body keeps coming through an async iterator). The lifespan
+runs as Cloudflare runs it: a startup before each request and a shutdown
+after it, for apps that support it; apps without a lifespan are served as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator
+from urllib.parse import unquote, urlsplit
+
+from . import workers
+from .run_sync import run_in_portal
+
+ASGI = {"spec_version": "2.0", "version": "3.0"}
+NULL_BODY_STATUSES = frozenset({101, 103, 204, 205, 304})
+logger = logging.getLogger("asgi")
+_END = object()
+
+
+def request_to_scope(request: workers.Request, env: Any, state: dict | None = None) -> dict[str, Any]:
+    """The ASGI ``http`` scope of ``request``; ``path`` is percent-decoded as ASGI requires."""
+    parts = urlsplit(request.url)
+    headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+               for name, value in request.headers.items()]
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": ASGI,
+        "http_version": "1.1",
+        "method": str(request._method),
+        "scheme": parts.scheme or "http",
+        "path": unquote(parts.path or "/"),
+        "raw_path": (parts.path or "/").encode("latin-1"),
+        "query_string": parts.query.encode("latin-1"),
+        "root_path": "",
+        "headers": headers,
+        "server": (host, port),
+        "client": None,
+        "env": env,
+    }
+    if state is not None:
+        scope["state"] = dict(state)  # a shallow copy per request, as ASGI asks
+    return scope
+
+
+class _Lifespan:
+    """One startup/shutdown cycle of an app's lifespan protocol."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.started: asyncio.Future = loop.create_future()
+        self.stopped: asyncio.Future = loop.create_future()
+        self.task: asyncio.Task | None = None
+
+    async def startup(self) -> bool:
+        """True if the app ran its startup; False if it has no lifespan."""
+        await self.inbox.put({"type": "lifespan.startup"})
+        self.task = asyncio.ensure_future(run_in_portal(self._run()))
+        return await self.started
+
+    async def shutdown(self) -> None:
+        await self.inbox.put({"type": "lifespan.shutdown"})
+        await self.stopped
+
+    async def _run(self) -> None:
+        try:
+            await self.app({"type": "lifespan", "asgi": ASGI, "state": self.state},
+                           self.inbox.get, self._send)
+        except Exception as exc:  # noqa: BLE001
+            if not self.started.done():
+                self.started.set_result(False)  # no lifespan support: serve anyway
+                return
+            logger.exception("Exception in ASGI lifespan application", exc_info=exc)
+        if not self.started.done():
+            self.started.set_result(False)
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "lifespan.startup.complete":
+            _settle(self.started, True)
+        elif kind == "lifespan.startup.failed":
+            _fail(self.started, RuntimeError(message.get("message") or "ASGI lifespan startup failed"))
+        elif kind == "lifespan.shutdown.complete":
+            _settle(self.stopped, None)
+        elif kind == "lifespan.shutdown.failed":
+            _fail(self.stopped, RuntimeError(message.get("message") or "ASGI lifespan shutdown failed"))
+        else:
+            raise RuntimeError(f"unexpected lifespan message {kind!r}")
+
+
+def _settle(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+async def process_request(app: Any, request: workers.Request, env: Any,
+                          state: dict[str, Any] | None = None) -> workers.Response:
+    """Run ``app`` for one request; returns once the response head and first chunk are known."""
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future = loop.create_future()
+    finished = asyncio.Event()
+    chunks: asyncio.Queue = asyncio.Queue(maxsize=16)
+    head: dict[str, Any] = {}
+    streaming = False
+    source = request.body  # consumed lazily by receive()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal source
+        if source is not None:
+            try:
+                chunk = await source.__anext__()
+                return {"type": "http.request", "body": bytes(chunk), "more_body": True}
+            except StopAsyncIteration:
+                source = None
+            return {"type": "http.request", "body": b"", "more_body": False}
+        if not head.get("sent_empty"):
+            head["sent_empty"] = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def stream() -> AsyncIterator[bytes]:
+        while (chunk := await chunks.get()) is not _END:
+            if isinstance(chunk, BaseException):
+                raise chunk
+            yield chunk
+
+    def respond(body: Any) -> None:
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.get("headers", [])]
+        status = head["status"]
+        if status in NULL_BODY_STATUSES:
+            body = None
+        response = workers.Response(body, status=status, headers=headers)
+        if not result.done():
+            result.set_result(response)
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal streaming
+        kind = message["type"]
+        if kind == "http.response.start":
+            head["status"] = int(message["status"])
+            head["headers"] = list(message.get("headers", []))
+        elif kind == "http.response.body":
+            if "status" not in head:
+                raise RuntimeError("http.response.body sent before http.response.start")
+            body = bytes(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+            if streaming:
+                if body:
+                    await chunks.put(body)
+                if not more:
+                    await chunks.put(_END)
+                    finished.set()
+            elif more:
+                streaming = True
+                respond(stream())
+                if body:
+                    await chunks.put(body)
+            else:
+                respond(body)
+                finished.set()
+
+    async def run_app() -> None:
+        try:
+            await app(request_to_scope(request, env, state), receive, send)
+            if not result.done():
+                raise RuntimeError("The application did not generate a response")
+            if streaming and not finished.is_set():
+                await chunks.put(_END)
+        except Exception as exc:  # noqa: BLE001
+            if not result.done():
+                result.set_exception(exc)
+            else:
+                logger.exception("Exception in ASGI application after the response started")
+                if streaming and not finished.is_set():
+                    await chunks.put(exc)
+        finally:
+            finished.set()
+
+    # In a portal of its own: sync code the app runs inline may use run_sync.
+    task = asyncio.ensure_future(run_in_portal(run_app()))
+    if workers.current_invocation.get():
+        workers.wait_until(task)  # a streamed body outlives this call
+    return await result
+
+
+async def fetch(app: Any, request: workers.Request, env: Any, ctx: Any = None) -> workers.Response:
+    """Serve ``request`` with the ASGI ``app`` (Cloudflare's ``workers.asgi.fetch``)."""
+    lifespan = _Lifespan(app)
+    supported = await lifespan.startup()
+    try:
+        return await process_request(app, request, env, lifespan.state if supported else None)
+    finally:
+        if supported:
+            await lifespan.shutdown()
+
+
+async def websocket(app: Any, request: workers.Request, env: Any = None) -> workers.Response:
+    raise NotImplementedError("WebSockets are not supported by Corral yet")

@@ -1,0 +1,270 @@
+"""Serving a script's static assets as Cloudflare's asset server does.
+
+Used in three places: the ingress (a platform script with assets), a
+dispatch to a user worker (assets answer before the worker, as in Workers
+for Platforms) and ``env.ASSETS.fetch(request)`` (the worker asks). The
+decision is :func:`resolve`, pure: path matching with ``html_handling``
+(``auto-trailing-slash`` by default: ``/about`` serves ``about.html`` or
+redirects to ``/about/`` for ``about/index.html``), ``not_found_handling``
+(``single-page-application``, ``404-page``, or the worker),
+``run_worker_first`` (a bool or patterns with ``!`` negations). Serving adds
+content types as Cloudflare sets them (``text/*; charset=utf-8``,
+``text/javascript`` for .js, ``image/vnd.microsoft.icon`` for .ico), a strong
+ETag with ``If-None-Match``, HEAD, and single byte ranges.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import mimetypes
+import posixpath
+from dataclasses import dataclass
+from typing import BinaryIO
+from urllib.parse import unquote, urlsplit
+
+import trio
+
+from supervisor.store.assets import AssetBlobs
+from supervisor.edge.http_server import Connection
+from supervisor.model import AssetEntry, AssetSet, ScriptRecord
+from supervisor.pool.bodies import BytesBody
+
+#: Bodies up to this size are read at once; larger ones stream in chunks.
+INLINE_BYTES = 256 * 1024
+CHUNK = 64 * 1024
+
+_TYPES = {
+    ".js": "text/javascript", ".mjs": "text/javascript", ".ico": "image/vnd.microsoft.icon",
+    ".json": "application/json", ".wasm": "application/wasm", ".svg": "image/svg+xml",
+    ".webp": "image/webp", ".woff2": "font/woff2", ".woff": "font/woff", ".txt": "text/plain",
+    ".map": "application/json", ".webmanifest": "application/manifest+json",
+}
+
+
+def content_type(path: str) -> str:
+    ext = posixpath.splitext(path)[1].lower()
+    kind = _TYPES.get(ext) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+    if kind.startswith("text/") or kind in ("application/javascript",):
+        kind += "; charset=utf-8"
+    return kind
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the asset server does with a path: serve, redirect, or not found."""
+
+    kind: str  # "serve" | "redirect" | "not_found"
+    path: str = ""
+    status: int = 200
+    location: str = ""
+
+
+def _html_lookup(manifest: dict[str, AssetEntry], path: str, mode: str) -> Decision | None:
+    has = manifest.__contains__
+    if mode == "none":
+        return Decision("serve", path) if has(path) else None
+    if path.endswith("/index.html") and has(path):
+        target = path[: -len("index.html")]
+        return Decision("serve", path) if mode == "none" else Decision(
+            "redirect", location=target.rstrip("/") or "/" if mode == "drop-trailing-slash" else target)
+    if path.endswith(".html") and has(path):
+        bare = path[:-5]
+        return Decision("redirect", location=bare + "/" if mode == "force-trailing-slash" else bare)
+    if has(path) and not path.endswith("/"):
+        return Decision("serve", path)
+    if path.endswith("/"):
+        base = path.rstrip("/")
+        if has(path + "index.html"):
+            if mode == "drop-trailing-slash" and base:
+                return Decision("redirect", location=base)
+            return Decision("serve", path + "index.html")
+        if base and has(base + ".html"):
+            if mode == "force-trailing-slash":
+                return Decision("serve", base + ".html")
+            return Decision("redirect", location=base)
+        return None
+    if has(path + ".html"):
+        if mode == "force-trailing-slash":
+            return Decision("redirect", location=path + "/")
+        return Decision("serve", path + ".html")
+    if has(path + "/index.html"):
+        if mode == "drop-trailing-slash":
+            return Decision("serve", path + "/index.html")
+        return Decision("redirect", location=path + "/")
+    return None
+
+
+def resolve(assets: AssetSet, path: str) -> Decision:
+    """Where ``path`` (decoded, absolute) leads among the assets."""
+    path = posixpath.normpath(path) + ("/" if path.endswith("/") and path != "/" else "")
+    if not path.startswith("/"):
+        path = "/" + path
+    found = _html_lookup(assets.manifest, path, assets.config.html_handling)
+    if found is not None:
+        return found
+    handling = assets.config.not_found_handling
+    if handling == "single-page-application" and "/index.html" in assets.manifest:
+        return Decision("serve", "/index.html")
+    if handling == "404-page":
+        folder = path if path.endswith("/") else posixpath.dirname(path) + "/"
+        while True:
+            candidate = folder.rstrip("/") + "/404.html"
+            if candidate in assets.manifest:
+                return Decision("serve", candidate, status=404)
+            if folder in ("/", ""):
+                break
+            folder = posixpath.dirname(folder.rstrip("/")) + "/"
+    return Decision("not_found")
+
+
+def worker_first(assets: AssetSet, path: str) -> bool:
+    """``run_worker_first``: True, False, or patterns (``!`` excludes) matching the path."""
+    rule = assets.config.run_worker_first
+    if isinstance(rule, bool):
+        return rule
+    include = [p for p in rule if not p.startswith("!")]
+    exclude = [p[1:] for p in rule if p.startswith("!")]
+    if any(fnmatch.fnmatchcase(path, p) for p in exclude):
+        return False
+    return any(fnmatch.fnmatchcase(path, p) for p in include)
+
+
+class FileBody:
+    """A large asset streamed from its blob in chunks (reads in a worker thread)."""
+
+    def __init__(self, file: BinaryIO, start: int, length: int) -> None:
+        self._file = file
+        self._left = length
+        file.seek(start)
+
+    async def receive(self) -> bytes:
+        if self._left <= 0 or self._file.closed:
+            self.close()
+            return b""
+        chunk = await trio.to_thread.run_sync(self._file.read, min(CHUNK, self._left))
+        self._left -= len(chunk)
+        if not chunk:
+            self.close()
+        return chunk
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Answer:
+    """An asset response: status, headers, body (None for HEAD and 304)."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: object) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _range(spec: str, size: int) -> tuple[int, int] | None | bool:
+    """``(start, end)`` of a single ``bytes=`` range; None: ignore; False: unsatisfiable."""
+    if not spec.startswith("bytes=") or "," in spec:
+        return None
+    first, _, last = spec[6:].strip().partition("-")
+    try:
+        if first == "":
+            length = int(last)
+            if length <= 0:
+                return False
+            return max(0, size - length), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start >= size or end < start:
+        return False
+    return start, min(end, size - 1)
+
+
+class AssetServer:
+    def __init__(self, store: AssetBlobs) -> None:
+        self.store = store
+
+    def wants(self, record: ScriptRecord, method: bytes, url: str, *, from_worker: bool) -> bool:
+        """Whether assets answer this request before (or instead of) the worker."""
+        assets = record.assets
+        if assets is None or not assets.manifest:
+            return False
+        path = unquote(urlsplit(url).path or "/")
+        if not from_worker and worker_first(assets, path):
+            return False
+        if method not in (b"GET", b"HEAD"):
+            return from_worker
+        if from_worker:
+            return True
+        return resolve(assets, path).kind != "not_found"
+
+    async def answer(self, record: ScriptRecord, method: bytes, url: str,
+                     headers: list[tuple[bytes, bytes]]) -> Answer:
+        assets = record.assets or AssetSet()
+        if method not in (b"GET", b"HEAD"):
+            return Answer(405, [(b"allow", b"GET, HEAD")], None)
+        parts = urlsplit(url)
+        decision = resolve(assets, unquote(parts.path or "/"))
+        if decision.kind == "redirect":
+            location = decision.location + (f"?{parts.query}" if parts.query else "")
+            return Answer(307, [(b"location", location.encode("latin-1"))], None)
+        if decision.kind == "not_found":
+            return Answer(404, [], None)
+        entry = assets.manifest[decision.path]
+        etag = f'"{entry.hash}"'
+        base = [(b"content-type", content_type(decision.path).encode()),
+                (b"etag", etag.encode()),
+                (b"cache-control", b"public, max-age=0, must-revalidate"),
+                (b"accept-ranges", b"bytes")]
+        match = _header(headers, b"if-none-match")
+        if decision.status == 200 and match and (match.strip() == "*" or etag in
+                                                 [m.strip().removeprefix("W/") for m in match.split(",")]):
+            return Answer(304, base[1:], None)
+        status, start, length = decision.status, 0, entry.size
+        wanted = _header(headers, b"range") if decision.status == 200 else ""
+        if wanted:
+            span = _range(wanted, entry.size)
+            if span is False:
+                return Answer(416, [(b"content-range", f"bytes */{entry.size}".encode())], None)
+            if span is not None:
+                start, end = span  # type: ignore[misc]
+                length = end - start + 1
+                status = 206
+                base.append((b"content-range", f"bytes {start}-{end}/{entry.size}".encode()))
+        if method == b"HEAD":
+            return Answer(status, base, None)
+        file = await trio.to_thread.run_sync(self.store.open, record.namespace, record.name, entry.hash)
+        if length <= INLINE_BYTES:
+            try:
+                file.seek(start)
+                data = await trio.to_thread.run_sync(file.read, length)
+            finally:
+                file.close()
+            return Answer(status, base, BytesBody(data))
+        return Answer(status, base, FileBody(file, start, length))
+
+
+async def send_answer(conn: Connection, answer: Answer, head_only: bool) -> None:
+    """Write an asset answer to an ingress connection (streams large files)."""
+    body = answer.body
+    if body is None or isinstance(body, BytesBody):
+        data = await body.receive() if body is not None else b""
+        await conn.respond(answer.status, answer.headers, data, head_only)
+        return
+    try:
+        await conn.start(answer.status, answer.headers, head_only)
+        if not head_only:
+            while chunk := await body.receive():  # type: ignore[attr-defined]
+                await conn.send_data(chunk)
+        await conn.end()
+    finally:
+        body.close()  # type: ignore[attr-defined]

@@ -1,0 +1,32 @@
+from js import JSON, Object, Response, console
+from pyodide.ffi import JsException, JsProxy, create_proxy, jsnull, to_js, to_py
+from workers import WorkerEntrypoint
+
+
+async def on_fetch(request, env):
+    console.log("from console.log")
+    path = request.url.split("/", 3)[-1]
+    if path == "notfound":
+        try:
+            await env.dispatcher_missing.fetch(request)
+        except AttributeError:
+            pass
+        try:
+            import js
+            js.WebAssembly
+        except AttributeError as exc:
+            return Response.new(str(exc), status=501)
+    data = to_js({"a": 1, "b": [1, 2]}, dict_converter=Object.fromEntries)
+    parsed = JSON.parse('{"x": {"y": null}}')
+    proxy = create_proxy(lambda: "called")
+    out = {
+        "a": data.a,
+        "y_is_none": parsed.x.y is None,
+        "roundtrip": to_py(data),
+        "proxy": proxy(),
+        "jsnull": bool(jsnull),
+        "isproxy": isinstance(data, JsProxy),
+        "jsexc": issubclass(JsException, Exception),
+    }
+    proxy.destroy()
+    return Response.new(JSON.stringify(out), headers=to_js({"content-type": "application/json"}))

@@ -1,0 +1,44 @@
+import json
+
+from workers import (Blob, FormData, Response, WorkerEntrypoint, handler, import_from_javascript,
+                     python_from_rpc, python_to_rpc, wait_until)
+import workers
+
+from helpers import shout
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        path = request.url.split("/", 3)[-1]
+        if path.startswith("form"):
+            form = await request.form_data()
+            upload = form.get("file")
+            return Response.json({"name": form.get("name"), "file": upload.name,
+                                  "size": upload.size, "text": await upload.text()})
+        if path == "status":
+            return Response("gone", status=410)
+        if path == "redirect":
+            return Response.redirect("https://example.com/next", 301)
+        if path == "blob":
+            return Response(Blob(["<b>", b"bold</b>"], type="text/html"))
+        if path == "sendform":
+            form = FormData({"a": "1"})
+            return Response(form)
+        limits = python_from_rpc({"max": 3, "nested": {"x": None}})
+        cf = import_from_javascript("cloudflare:workers")
+        ran = []
+
+        async def later():
+            ran.append(1)
+        wait_until(later())
+        self.ctx.waitUntil(later())
+        return Response.json({
+            "greeting": shout(self.env.GREETING),
+            "limits_max": self.env.LIMITS["max"],
+            "attr": limits.max, "nested": limits.nested.x,
+            "rpc": python_to_rpc({"a": [1, 2]}),
+            "env_same": cf.env.GREETING == workers.env.GREETING,
+            "method": request.method == "GET",
+            "status_text": Response("x", status=404).status_text,
+            "handler": handler(len)([1]),
+        }, headers={"x-sdk": "1"})

@@ -1,0 +1,1 @@
+ROOT = "src is the import root"

@@ -1,0 +1,129 @@
+"""Pure parts of Cloudflare compatibility, in-process: cron planning, asset
+resolution, the HTTP-library shims over a fake brokered fetch, run_sync."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import importlib
+import sys
+
+import pytest
+
+from supervisor.cron import CronError, Scheduler, parse_cron
+from supervisor.edge.assets import content_type, resolve, worker_first
+from supervisor.model import AssetConfig, AssetEntry, AssetSet
+
+UTC = datetime.timezone.utc
+
+
+def test_cron_next_times_and_errors():
+    saturday = datetime.datetime(2025, 6, 7, 10, 0, tzinfo=UTC)
+    assert parse_cron("*/15 2 * * MON-FRI").next_after(saturday) == datetime.datetime(2025, 6, 9, 2, 0, tzinfo=UTC)
+    assert parse_cron("0 0 1 JAN *").next_after(saturday).year == 2026
+    assert parse_cron("59 23 * * 7").next_after(saturday).day == 8  # 7 is Sunday
+    for bad, words in [("* * * *", "five fields"), ("61 * * * *", "outside 0-59"),
+                       ("*/0 * * * *", "step"), ("5-1 * * * *", "backwards")]:
+        with pytest.raises(CronError, match=words):
+            parse_cron(bad)
+
+
+def test_missed_runs_are_not_replayed_in_a_burst():
+    scheduler = Scheduler(lambda: [], None)  # type: ignore[arg-type]
+    # Corral was down for three hours: only the next run from now is planned.
+    now = datetime.datetime(2025, 6, 7, 13, 2, 30, tzinfo=UTC).timestamp()
+    plan = scheduler.plan([("", "w", ["*/5 * * * *", "0 * * * *"])], now)
+    assert [datetime.datetime.fromtimestamp(w, UTC).strftime("%H:%M") for w, *_ in plan] == ["13:05", "14:00"]
+
+
+def _assets(**config):
+    names = ["/index.html", "/about.html", "/docs/index.html", "/404.html", "/app.js", "/docs/404.html"]
+    return AssetSet(config=AssetConfig(**config), manifest={n: AssetEntry("0" * 32, 1) for n in names})
+
+
+def test_asset_resolution():
+    auto = _assets()
+    assert resolve(auto, "/").path == "/index.html"
+    assert resolve(auto, "/about").path == "/about.html"
+    assert resolve(auto, "/about/").location == "/about"
+    assert resolve(auto, "/index.html").location == "/"
+    assert resolve(auto, "/docs").location == "/docs/"
+    assert resolve(auto, "/nope").kind == "not_found"
+    force = _assets(html_handling="force-trailing-slash")
+    assert resolve(force, "/about").location == "/about/"
+    assert resolve(force, "/about/").path == "/about.html"
+    drop = _assets(html_handling="drop-trailing-slash")
+    assert resolve(drop, "/docs/").location == "/docs"
+    assert resolve(drop, "/docs").path == "/docs/index.html"
+    spa = _assets(not_found_handling="single-page-application")
+    assert resolve(spa, "/app/route").path == "/index.html"
+    page = _assets(not_found_handling="404-page")
+    assert (resolve(page, "/docs/x/y").path, resolve(page, "/docs/x/y").status) == ("/docs/404.html", 404)
+    assert resolve(page, "/other").path == "/404.html"
+    patterns = _assets(run_worker_first=["/api/*", "!/api/docs/*"])
+    assert worker_first(patterns, "/api/x") and not worker_first(patterns, "/api/docs/y")
+    assert not worker_first(patterns, "/index.html") and worker_first(_assets(run_worker_first=True), "/")
+
+
+def test_content_types():
+    assert content_type("/a.html") == "text/html; charset=utf-8"
+    assert content_type("/a.js") == "text/javascript; charset=utf-8"
+    assert content_type("/favicon.ico") == "image/vnd.microsoft.icon"
+    assert content_type("/x.unknownext") == "application/octet-stream"
+
+
+@pytest.fixture
+def fake_fetch(monkeypatch):
+    """The sandbox's modules with a runtime whose fetch answers in-process."""
+    from sandbox import http_shims, tenant_modules, workers
+
+    calls = []
+
+    class Runtime:
+        env = None
+
+        async def sub_request(self, kind, request):
+            await asyncio.sleep(0)
+            calls.append((kind, request._method, request.url))
+            response = workers.Response('{"path": "%s"}' % request.url.split("/", 3)[-1], status=200,
+                                        headers={"content-type": "application/json"})
+            return response
+
+    monkeypatch.setattr(workers, "_runtime", Runtime())
+    saved = dict(sys.modules)
+    tenant_modules.install()
+    for name in [n for n in sys.modules if n == "httpx" or n.startswith(("httpx.", "anyio.to_thread"))]:
+        del sys.modules[name]
+    yield calls
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, http_shims.PatchFinder)]
+    sys.modules.clear()
+    sys.modules.update(saved)
+
+
+def test_httpx_and_anyio_are_patched_on_import(fake_fetch):
+    from sandbox.run_sync import run_in_portal
+
+    httpx = importlib.import_module("httpx")
+    anyio_to_thread = importlib.import_module("anyio.to_thread")
+
+    async def handler():
+        with httpx.Client() as client:  # synchronous: through run_sync
+            sync = client.get("http://upstream.test/sync").json()
+        async with httpx.AsyncClient() as client:
+            asynchronous = (await client.post("http://upstream.test/async", content=b"x")).json()
+        inline = await anyio_to_thread.run_sync(lambda: "inline")
+        return sync, asynchronous, inline
+
+    result = asyncio.run(run_in_portal(handler()))
+    assert result == ({"path": "sync"}, {"path": "async"}, "inline")
+    assert [c[1] for c in fake_fetch] == ["GET", "POST"]
+
+
+def test_run_sync_outside_a_handler_says_why():
+    from sandbox.run_sync import run_sync
+
+    async def nothing():
+        return 1
+
+    with pytest.raises(RuntimeError, match="only be used while a handler runs"):
+        run_sync(nothing())
