@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from protocol.framing import FrameDecoder, FrameEncoder, child_decoder
 from protocol.messages import ToChild

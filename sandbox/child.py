@@ -19,7 +19,8 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -28,9 +29,9 @@ from protocol.messages import (
     PROTOCOL_VERSION,
     STREAMED,
     Abort,
+    AssetsBinding,
     BindingResult,
     Body,
-    AssetsBinding,
     BodyChunk,
     BrokeredBinding,
     ByRef,
@@ -60,8 +61,8 @@ from protocol.messages import (
 
 from . import bindings as storage_bindings
 from . import events, jail, landlock, loader, logs, unavailable, warmup, workers
-from .run_sync import run_in_portal
 from .channel import Channel
+from .run_sync import run_in_portal
 from .streams import IncomingBody, OutgoingBody
 
 #: Log budget per invocation, and the channel backlog past which logs are dropped.
@@ -175,7 +176,7 @@ def _limits_from(options: Any) -> tuple[Limits | None, dict | None]:
 class Fetcher:
     """A stub whose ``fetch`` invokes another worker through the supervisor."""
 
-    def __init__(self, runtime: "Runtime", kind: str, binding: str, target: str,
+    def __init__(self, runtime: Runtime, kind: str, binding: str, target: str,
                  options: dict | None = None) -> None:
         self._runtime = runtime
         self._kind = kind
@@ -203,7 +204,7 @@ class Fetcher:
 class DispatchNamespace:
     """``env.dispatcher``: ``get(name, args=None, options=None)`` gives a stub."""
 
-    def __init__(self, runtime: "Runtime", binding: str) -> None:
+    def __init__(self, runtime: Runtime, binding: str) -> None:
         self._runtime = runtime
         self._binding = binding
 

@@ -15,7 +15,8 @@ of Python Workers on Cloudflare do.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from protocol.messages import RequestEvent, ScheduledEvent, TailEvent
 

@@ -22,7 +22,8 @@ import importlib.abc
 import io
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .run_sync import run_sync
 

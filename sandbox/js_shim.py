@@ -125,7 +125,7 @@ class _URL:
         self.searchParams = JsDict(urllib.parse.parse_qsl(parts.query))
 
     @classmethod
-    def new(cls, url: str, base: str | None = None) -> "_URL":
+    def new(cls, url: str, base: str | None = None) -> _URL:
         return cls(url, base)
 
     def toString(self) -> str:  # noqa: N802 - JS name

@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: Longest message kept; the rest is cut with a marker.
 MAX_LINE = 16 * 1024

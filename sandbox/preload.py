@@ -33,4 +33,5 @@ COMMON: tuple[str, ...] = (
 )
 
 #: The runtime's own (the child's loop, the protocol).
-RUNTIME: tuple[str, ...] = ("greenlet", "sandbox.run_sync", "msgspec", "msgspec.msgpack", "msgspec.json", "socket", "selectors")
+RUNTIME: tuple[str, ...] = ("greenlet", "sandbox.run_sync", "msgspec", "msgspec.msgpack", "msgspec.json",
+                           "socket", "selectors")

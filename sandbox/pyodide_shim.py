@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .run_sync import run_sync
 
@@ -45,9 +46,9 @@ class JsBuffer(JsProxy):
 class JsNull:
     """JavaScript's ``null``: falsy, distinct from ``None`` (undefined) as in Pyodide."""
 
-    _instance: "JsNull | None" = None
+    _instance: JsNull | None = None
 
-    def __new__(cls) -> "JsNull":
+    def __new__(cls) -> JsNull:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance

@@ -13,7 +13,8 @@ request the child serves; this does not.
 from __future__ import annotations
 
 import contextvars
-from typing import Any, Awaitable, Coroutine, TypeVar
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 import greenlet
 

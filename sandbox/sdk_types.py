@@ -14,7 +14,8 @@ import email.policy
 import time
 import urllib.parse
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["JsDict", "Blob", "File", "FormData", "python_to_rpc", "python_from_rpc",
            "encode_form", "parse_form"]
@@ -88,7 +89,7 @@ class Blob:
     async def text(self) -> str:
         return self._data.decode("utf-8", errors="replace")
 
-    def slice(self, start: int = 0, end: int | None = None, content_type: str = "") -> "Blob":
+    def slice(self, start: int = 0, end: int | None = None, content_type: str = "") -> Blob:
         return Blob([self._data[start:end]], type=content_type)
 
     def __repr__(self) -> str:

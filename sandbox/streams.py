@@ -14,7 +14,8 @@ which holds the rules and the state.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from protocol.flow import Inbound, Outbound, StreamFailed
 from protocol.messages import Abort, BodyChunk, Credit
@@ -49,7 +50,7 @@ class _Waiter:
 class IncomingBody:
     """A pull-based body arriving in chunks on stream ``stream_id``."""
 
-    def __init__(self, channel: "Channel", stream_id: int) -> None:
+    def __init__(self, channel: Channel, stream_id: int) -> None:
         self._channel = channel
         self.stream_id = stream_id
         self._state = Inbound()
@@ -102,7 +103,7 @@ class IncomingBody:
 class OutgoingBody:
     """Credit-limited sending of one body on stream ``stream_id``."""
 
-    def __init__(self, channel: "Channel", stream_id: int) -> None:
+    def __init__(self, channel: Channel, stream_id: int) -> None:
         self._channel = channel
         self.stream_id = stream_id
         self._state = Outbound()

@@ -25,7 +25,8 @@ import errno
 import importlib.abc
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 PROCESSES = "workers cannot start processes (each worker is one sandboxed process)"
 THREADS = "workers cannot start threads; use asyncio tasks (ctx.waitUntil for background work)"

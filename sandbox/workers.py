@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextvars
 import http
 import json as _json
-from typing import Any, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
 
 from .pyodide_shim import JsException
 from .sdk_types import Blob, File, FormData, encode_form, parse_form
@@ -79,7 +80,7 @@ class Headers:
             self._items.append((_text(name).lower(), _text(value)))
 
     @classmethod
-    def _from_raw(cls, raw: list[tuple[bytes, bytes]]) -> "Headers":
+    def _from_raw(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
         headers = cls()
         headers._items = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
         return headers
@@ -300,7 +301,7 @@ class Request(_Body):
 
     def __init__(
         self,
-        input: "str | Request",  # noqa: A002 - fetch API name
+        input: str | Request,  # noqa: A002 - fetch API name
         method: str | None = None,
         headers: Any = None,
         body: Any = None,
@@ -341,7 +342,7 @@ class Request(_Body):
         except ValueError:
             return self._method
 
-    def clone(self) -> "Request":
+    def clone(self) -> Request:
         copy = Request.__new__(Request)
         copy.url = self.url
         copy._method = self._method
@@ -352,7 +353,7 @@ class Request(_Body):
         return copy
 
     @property
-    def js_object(self) -> "Request":
+    def js_object(self) -> Request:
         return self
 
     def __repr__(self) -> str:
@@ -397,7 +398,7 @@ class Response(_Body):
     @classmethod
     def json(  # type: ignore[override]  # classmethod on the class, .json() on instances
         cls, data: Any, status: int = 200, headers: Any = None, status_text: str = ""
-    ) -> "Response":
+    ) -> Response:
         merged = Headers(headers)
         if not merged.has("content-type"):
             merged.set("content-type", "application/json")
@@ -405,17 +406,17 @@ class Response(_Body):
 
     @classmethod
     def from_json(cls, data: Any, status: int = 200, status_text: str = "",
-                  headers: Any = None) -> "Response":
+                  headers: Any = None) -> Response:
         return cls._make_json(data, status=status, headers=headers, status_text=status_text)
 
     @classmethod
-    def redirect(cls, url: str, status: int = 302) -> "Response":
+    def redirect(cls, url: str, status: int = 302) -> Response:
         status = int(status)
         if status not in (301, 302, 303, 307, 308):
             raise ValueError(f"redirect status must be 301, 302, 303, 307 or 308, not {status}")
         return cls(None, status=status, headers={"location": str(url)})
 
-    def clone(self) -> "Response":
+    def clone(self) -> Response:
         copy = Response.__new__(Response)
         copy.status = self.status
         copy.status_text = self.status_text
@@ -457,7 +458,7 @@ Response.json = _JsonDescriptor()  # type: ignore[assignment]
 
 
 async def fetch(
-    resource: "str | Request",
+    resource: str | Request,
     method: str | None = None,
     headers: Any = None,
     body: Any = None,
@@ -530,5 +531,5 @@ class _EnvProxy:
 env = _EnvProxy()
 
 
-from .sdk_api import handler, import_from_javascript, patch_env, waitUntil, wait_until  # noqa: E402
+from .sdk_api import handler, import_from_javascript, patch_env, wait_until, waitUntil  # noqa: E402
 from .sdk_types import python_from_rpc, python_to_rpc  # noqa: E402

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import io
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import workers

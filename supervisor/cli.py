@@ -41,7 +41,6 @@ from supervisor.cli_client import (  # noqa: E402 - re-exported for the command 
     _scripts_path,
 )
 
-
 # -- commands ----------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import getpass
 import sys
 from typing import Any
 
-from supervisor.cli_client import AdminClient, _emit, _emit_table, _q, _scripts_path, ACCOUNT
+from supervisor.cli_client import ACCOUNT, AdminClient, _emit, _emit_table, _q, _scripts_path
 
 
 def _read_secret(key: str) -> str | None:

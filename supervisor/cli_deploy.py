@@ -74,7 +74,8 @@ def plan(client: AdminClient, namespace: str | None, name: str, main_module: str
                 json.dumps(new_bindings[key], sort_keys=True):
             lines.append(f"~ binding {key} ({new_bindings[key]['type']})")
     if metadata.tags is not None and list(metadata.tags) != list(settings.get("tags") or []):
-        lines.append(f"~ tags {','.join(settings.get('tags') or []) or '(none)'} -> {','.join(metadata.tags) or '(none)'}")
+        old_tags = ','.join(settings.get('tags') or []) or '(none)'
+        lines.append(f"~ tags {old_tags} -> {','.join(metadata.tags) or '(none)'}")
     if metadata.compatibility_date and metadata.compatibility_date != settings.get("compatibility_date"):
         lines.append(f"~ compatibility_date {settings.get('compatibility_date') or '(none)'} -> "
                      f"{metadata.compatibility_date}")

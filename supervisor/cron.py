@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import datetime
 import time
-from typing import Any, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import trio
 
@@ -23,7 +24,7 @@ from protocol.messages import ScheduledEvent
 
 __all__ = ["CronError", "Cron", "parse_cron", "Scheduler"]
 
-_UTC = datetime.timezone.utc
+_UTC = datetime.UTC
 _MONTHS = {m: i for i, m in enumerate(
     "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), 1)}
 _DAYS = {d: i for i, d in enumerate("SUN MON TUE WED THU FRI SAT".split())}
@@ -123,7 +124,7 @@ def parse_cron(text: str) -> Cron:
         raise CronError(f"cron {text!r} must have five fields (minute hour day-of-month month "
                         f"day-of-week), it has {len(parts)}")
     fields: list[frozenset[int]] = []
-    for spec, (field, low, high, names) in zip(parts, _FIELDS):
+    for spec, (field, low, high, names) in zip(parts, _FIELDS, strict=False):
         spec = "*" if spec == "?" else spec
         if field == "day of week" and spec.upper().endswith(("L", "#")) or "#" in spec or spec.upper() == "L":
             raise CronError(f"cron {text!r}: 'L' and '#' in the {field} are not supported by Corral yet")

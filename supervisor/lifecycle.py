@@ -44,13 +44,13 @@ the logs and the tenants' exception names always carried, byte for byte.
 from __future__ import annotations
 
 import enum
-from typing import Mapping
+from collections.abc import Mapping
 
 
 class LifecycleError(RuntimeError):
     """An event arrived in a state whose table has no entry for it: a bug."""
 
-    def __init__(self, state: "ChildState", event: "ChildEvent", allowed: "frozenset[ChildEvent]",
+    def __init__(self, state: ChildState, event: ChildEvent, allowed: frozenset[ChildEvent],
                  who: str = "") -> None:
         self.state = state
         self.event = event

@@ -17,31 +17,31 @@ import time
 
 import trio
 
-from supervisor.calls import http_client
 from supervisor import log as logmod
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
-from supervisor.errors import NotFound, NotSupported, Unavailable
 from supervisor.bindings import Bindings
+from supervisor.calls import http_client
 from supervisor.calls.calls import Calls
-from supervisor.config import AdminConfig, HttpConfig, ServeConfig
-from supervisor.store.assets import AssetBlobs
 from supervisor.calls.egress import EgressPolicy
-from supervisor.edge.http_server import Connection, Request, Server, listen_tcp
-from supervisor.edge.ingress import Ingress
-from supervisor.observability.pipeline import Observability
-from supervisor.observability.live import serve_live_tail
-from supervisor.log import log, warn
-from supervisor.pool.pool import Pool, PoolUnavailable
-from supervisor.model import ScriptRecord
-from supervisor.pool.bodies import read_all
-from supervisor.packages.resolver import Resolver
-from supervisor.packages.store import Lock
-from supervisor.store.lookup import ScriptLookup
-from supervisor.store.store import Store
+from supervisor.config import AdminConfig, HttpConfig, ServeConfig
 from supervisor.cron import Scheduler, run_scheduled
 from supervisor.edge.assets import AssetServer
+from supervisor.edge.http_server import Connection, Request, Server, listen_tcp
+from supervisor.edge.ingress import Ingress
+from supervisor.errors import NotFound, NotSupported, Unavailable
 from supervisor.limits.policy import LimitPolicy
+from supervisor.log import log, warn
+from supervisor.model import ScriptRecord
+from supervisor.observability.live import serve_live_tail
+from supervisor.observability.pipeline import Observability
+from supervisor.packages.resolver import Resolver
+from supervisor.packages.store import Lock
+from supervisor.pool.bodies import read_all
+from supervisor.pool.pool import Pool, PoolUnavailable
+from supervisor.store.assets import AssetBlobs
+from supervisor.store.lookup import ScriptLookup
+from supervisor.store.store import Store
 
 DRAIN_S = 10.0
 #: Largest response body a tenant's fetch() accepts.
@@ -185,7 +185,7 @@ class Supervisor:
         self.observability.metrics.admin_call(request.method.decode("latin-1"), status)
         await conn.respond(status, headers, payload)
 
-    def _admin_tcp(self) -> "AdminTCP":  # noqa: F821 - imported where it is needed
+    def _admin_tcp(self) -> AdminTCP:  # noqa: F821 - imported where it is needed
         from supervisor.admin.tcp import AdminTCP, tls_context
 
         admin = self.config.admin
@@ -274,7 +274,7 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _socket_access(path: str, admin: "AdminConfig") -> None:
+def _socket_access(path: str, admin: AdminConfig) -> None:
     """Owner-only by default; group read/write when configured (the group
     may then deploy code: give it only to the platform's deploy tooling)."""
     if admin.socket_access == "group":

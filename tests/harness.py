@@ -113,7 +113,7 @@ class Corral:
         self.extra_args += ["--config", str(config)]
 
     # -- process -----------------------------------------------------------------
-    def start(self, timeout: float = 20) -> "Corral":
+    def start(self, timeout: float = 20) -> Corral:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         path = [str(REPO)]
@@ -245,7 +245,7 @@ class Corral:
             try:
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)
-            except socket.timeout:
+            except TimeoutError:
                 pass
             return b"".join(chunks)
 

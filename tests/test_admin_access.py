@@ -108,7 +108,8 @@ def test_read_token_reads_only(server, tls_files):
                        http_client=httpx.Client(transport=httpx.HTTPTransport(uds=server.socket_path))),
             "tenant-a", "app")
     cf = _sdk(server, tls_files, _token(server, "read"))
-    assert "tenant-a" in [n.namespace_name for n in cf.workers_for_platforms.dispatch.namespaces.list(account_id="local")]
+    listed = cf.workers_for_platforms.dispatch.namespaces.list(account_id="local")
+    assert "tenant-a" in [n.namespace_name for n in listed]
     assert cf.workers_for_platforms.dispatch.namespaces.scripts.get(
         "app", account_id="local", dispatch_namespace="tenant-a").script.id == "app"
     with pytest.raises(cloudflare.PermissionDeniedError, match="read-only"):
@@ -130,7 +131,8 @@ def test_deploy_token_bound_to_a_namespace(server, tls_files):
 
 def test_admin_token_but_no_token_management(server, tls_files):
     cf = _sdk(server, tls_files, _token(server, "admin"))
-    assert cf.workers_for_platforms.dispatch.namespaces.create(account_id="local", name="by-admin").namespace_name == "by-admin"
+    created = cf.workers_for_platforms.dispatch.namespaces.create(account_id="local", name="by-admin")
+    assert created.namespace_name == "by-admin"
     with pytest.raises(cloudflare.PermissionDeniedError, match="admin unix socket"):
         cf.post("/accounts/local/corral/tokens", cast_to=object, body={"name": "x", "scope": "admin"})
 

@@ -142,7 +142,8 @@ def test_upload_get_hides_secrets(client):
     assert client.hooks.changed == [("default", "hello")]
     [record] = client.hooks.validated
     assert record.modules == {"worker.py": CODE, "src/lib/util.py": b"X = 1\n"}
-    assert {"type": "secret_text", "name": "TOKEN", "text": "s3cret"} in msgspec.to_builtins(record.bindings)  # the sandbox needs it
+    # the sandbox needs it
+    assert {"type": "secret_text", "name": "TOKEN", "text": "s3cret"} in msgspec.to_builtins(record.bindings)
     got = client("GET", f"{NS}/default/scripts/hello")["result"]
     assert b"s3cret" not in json.dumps(got).encode()
     assert {"type": "secret_text", "name": "TOKEN"} in got["bindings"]
@@ -200,8 +201,10 @@ def test_keep_bindings_and_inherit_carry_secrets_over(client):
         ({}, "main_module"),
         ({"main_module": "other.py"}, "not among the uploaded parts"),
         ({"main_module": "worker.py", "bindings": {}}, "Expected `array`, got `object` - at `$.bindings`"),
-        ({"main_module": "worker.py", "bindings": [{"type": "plain_text", "name": "A"}]}, "missing required field `text` - at `$.bindings[0]`"),
-        ({"main_module": "worker.py", "bindings": [{"type": "wasm_module", "name": "A"}]}, "known binding types: plain_text"),
+        ({"main_module": "worker.py", "bindings": [{"type": "plain_text", "name": "A"}]},
+         "missing required field `text` - at `$.bindings[0]`"),
+        ({"main_module": "worker.py", "bindings": [{"type": "wasm_module", "name": "A"}]},
+         "known binding types: plain_text"),
         ({"main_module": "worker.py", "bindings": [{"type": "plain_text", "name": "not-ident", "text": ""}]},
          "identifier"),
         ({"main_module": "worker.py", "bindings": [{"type": "plain_text", "name": "A", "text": ""},

@@ -14,7 +14,7 @@ from supervisor.cron import CronError, Scheduler, parse_cron
 from supervisor.edge.assets import content_type, resolve, worker_first
 from supervisor.model import AssetConfig, AssetEntry, AssetSet
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 def test_cron_next_times_and_errors():
@@ -85,7 +85,7 @@ def fake_fetch(monkeypatch):
         async def sub_request(self, kind, request):
             await asyncio.sleep(0)
             calls.append((kind, request._method, request.url))
-            response = workers.Response('{"path": "%s"}' % request.url.split("/", 3)[-1], status=200,
+            response = workers.Response('{{"path": "{}"}}'.format(request.url.split("/", 3)[-1]), status=200,
                                         headers={"content-type": "application/json"})
             return response
 

@@ -106,7 +106,9 @@ def test_kill_9_at_any_point_keeps_every_acknowledged_change(tmp_path):
             worker = threading.Thread(target=_worker, args=(server, model, rng, stop, round_no), daemon=True)
             worker.start()
             with model.changed:
-                model.changed.wait_for(lambda: model.count >= target or not worker.is_alive(), timeout=120)
+                model.changed.wait_for(lambda target=target, worker=worker: (model.count >= target
+                                                                        or not worker.is_alive()),
+                                     timeout=120)
             # Kill mid-operation: the worker is sending or waiting on the next one.
             os.killpg(server.proc.pid, signal.SIGKILL)
             server.proc.wait()

@@ -19,8 +19,19 @@ import pytest
 
 from supervisor.pool import bundles as bundles_mod
 from tests.harness import REPO, Corral
-from tests.test_jail import (CONTROL, EACCES, ENOENT, EPERM, EROFS, _wait_admin, assert_healthy,
-                             call, denied, wait_for, worker)
+from tests.test_jail import (
+    CONTROL,
+    EACCES,
+    ENOENT,
+    EPERM,
+    EROFS,
+    _wait_admin,
+    assert_healthy,
+    call,
+    denied,
+    wait_for,
+    worker,
+)
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the mount view needs root")
 

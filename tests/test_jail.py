@@ -35,8 +35,9 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -235,14 +236,14 @@ ABSENT = ["supervisor", "supervisor.server", "tests", "trio", "h11", "pytest"]
 
 
 def test_imports_are_no_boundary_but_the_supervisor_is_absent(c: Corral) -> None:
-    c.deploy("imports", worker('''
+    c.deploy("imports", worker(f'''
         class Default(WorkerEntrypoint):
             async def fetch(self, request):
-                out = {}
-                for name in %r + %r:
+                out = {{}}
+                for name in {ONCE_REFUSED!r} + {ABSENT!r}:
                     out[name] = attempt(__import__, name)
                 return Response.json(out)
-    ''' % (ONCE_REFUSED, ABSENT)))
+    '''))
     out = call(c, "imports")
     for name in ONCE_REFUSED:
         assert out[name]["ok"] is True, out[name]
@@ -662,7 +663,7 @@ def test_every_sandbox_is_locked_down_seen_from_outside(c: Corral) -> None:
         try:
             # A sandbox the zygote forked a moment ago may still be jailing
             # itself (it gets no tenant code before its Hello): let it finish.
-            wait_for(lambda: proc_status(pid).get("Seccomp") == "2", timeout=3)
+            wait_for(lambda pid=pid: proc_status(pid).get("Seccomp") == "2", timeout=3)
             status = proc_status(pid)
             fds = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
             limits = Path(f"/proc/{pid}/limits").read_text()

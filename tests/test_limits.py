@@ -177,7 +177,7 @@ class CpuWatch:
             self.last = value
             time.sleep(0.0002)
 
-    def __enter__(self) -> "CpuWatch":
+    def __enter__(self) -> CpuWatch:
         self._thread.start()
         return self
 

@@ -18,13 +18,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import REPO, Corral, UnixHTTPConnection, multipart
+from tests.harness import REPO, Corral, multipart
 
 # ---------------------------------------------------------------------------
 # a collector: tail workers post here, and it is the OTLP/HTTP endpoint
@@ -465,7 +466,7 @@ class LiveTailReader:
         self.file.close()
         self.sock.close()
 
-    def __enter__(self) -> "LiveTailReader":
+    def __enter__(self) -> LiveTailReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -737,7 +738,7 @@ def test_untrusted_peers_get_a_fresh_request_id():
     from supervisor.observability.request_id import RequestIds
 
     with socket.create_server(("127.0.0.1", 0)) as server, \
-            socket.create_connection(server.getsockname()) as client:
+            socket.create_connection(server.getsockname()):
         conn, _ = server.accept()
         with conn:
             headers = [(b"x-corral-request-id", b"spoofed")]

@@ -6,7 +6,6 @@ host's pip configuration names it), as an unprivileged user.
 
 from __future__ import annotations
 
-import io
 import os
 import zipfile
 from pathlib import Path
@@ -19,7 +18,6 @@ from supervisor.packages import store as store_mod
 from supervisor.packages.requirements import from_pyproject, from_requirements_txt, normalize
 from supervisor.packages.resolver import Resolver
 from supervisor.packages.store import Lock, PackageStore
-
 
 # -- requirement lists ----------------------------------------------------------
 

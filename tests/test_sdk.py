@@ -54,7 +54,8 @@ def upload(scripts, name, version="1", **metadata):
             **metadata}
     return scripts.update(
         name, account_id=ACCOUNT, dispatch_namespace=NS, metadata=meta,
-        files=[("worker.py", io.BytesIO(CODE), "text/x-python"), ("lib/helper.py", io.BytesIO(HELPER), "text/x-python")],
+        files=[("worker.py", io.BytesIO(CODE), "text/x-python"),
+               ("lib/helper.py", io.BytesIO(HELPER), "text/x-python")],
     )
 
 
@@ -100,7 +101,8 @@ def test_upload_errors(scripts):
         upload(scripts, "bad", bindings=[{"type": "warp_drive", "name": "X"}])
     with pytest.raises(cloudflare.BadRequestError, match="failed to load"):
         scripts.update("bad", account_id=ACCOUNT, dispatch_namespace=NS, metadata={"main_module": "worker.py"},
-                       files=[("worker.py", io.BytesIO(b"raise SystemExit('no')\nimport nope_nope\n"), "text/x-python")])
+                       files=[("worker.py", io.BytesIO(b"raise SystemExit('no')\nimport nope_nope\n"),
+                               "text/x-python")])
     with pytest.raises(cloudflare.NotFoundError):
         scripts.update("x", account_id=ACCOUNT, dispatch_namespace="no-such-ns", metadata={"main_module": "worker.py"},
                        files=[("worker.py", io.BytesIO(CODE), "text/x-python")])
@@ -143,7 +145,8 @@ def test_secrets_are_never_returned(server, scripts):
     assert put.name == "TOKEN" and put.type == "secret_text"
     listed = list(scripts.secrets.list("secretive", account_id=ACCOUNT, dispatch_namespace=NS))
     assert [(s.name, s.type) for s in listed] == [("TOKEN", "secret_text")]
-    assert scripts.secrets.get("TOKEN", account_id=ACCOUNT, dispatch_namespace=NS, script_name="secretive").name == "TOKEN"
+    got = scripts.secrets.get("TOKEN", account_id=ACCOUNT, dispatch_namespace=NS, script_name="secretive")
+    assert got.name == "TOKEN"
     # a code upload keeps the secret (keep_bindings), and nothing shows its text
     upload(scripts, "secretive", version="2", keep_bindings=["secret_text"])
     for text in (scripts.get("secretive", account_id=ACCOUNT, dispatch_namespace=NS).to_json(),

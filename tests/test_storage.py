@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tests.storage_helpers import ALL, BUCKET, DB, KV, deploy, fails, ok, run, start
+from tests.storage_helpers import ALL, deploy, fails, ok, run, start
 
 
 @pytest.fixture(scope="module")

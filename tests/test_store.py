@@ -7,8 +7,9 @@ import time
 import msgspec
 import pytest
 
+from supervisor.errors import Conflict, Invalid, NotFound
+from supervisor.errors import CorralError as StoreError
 from supervisor.model import PLATFORM, ScriptRecord
-from supervisor.errors import Conflict, CorralError as StoreError, Invalid, NotFound
 from supervisor.store.cursors import parse_tag_filters
 from supervisor.store.schema import DEFAULT_NAMESPACE
 from supervisor.store.store import Store

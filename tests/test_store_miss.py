@@ -14,13 +14,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
 from supervisor.config import OutboundConfig, PoolConfig, ServeConfig
-import msgspec
-
-from supervisor.model import Binding, PLATFORM, ScriptRecord, content_version
+from supervisor.model import PLATFORM, Binding, ScriptRecord, content_version
 from supervisor.server import Supervisor
 
 HELLO = '''

@@ -50,7 +50,7 @@ def pattern_sha256(n: int) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass
@@ -230,7 +230,7 @@ class Upstream:
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
 
-    def start(self) -> "Upstream":
+    def start(self) -> Upstream:
         self.thread.start()
         return self
 
@@ -238,7 +238,7 @@ class Upstream:
         self.server.shutdown()
         self.server.server_close()
 
-    def __enter__(self) -> "Upstream":
+    def __enter__(self) -> Upstream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -20,7 +20,8 @@ and queues add one module here whose class is decorated with :func:`kind`
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -55,14 +56,14 @@ class AttrDict(dict):
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
 
-    def to_py(self) -> "AttrDict":
+    def to_py(self) -> AttrDict:
         return self
 
 
 class AttrList(list):
     """A list with Pyodide's ``to_py()``, for code written against JsProxy."""
 
-    def to_py(self) -> "AttrList":
+    def to_py(self) -> AttrList:
         return self
 
 
@@ -111,7 +112,7 @@ def _plain(value: Any, where: str) -> None:
 
 
 async def call(binding: str, method: str, args: list[Any], body: Any = None
-               ) -> tuple[Any, "bytes | IncomingBody | None"]:
+               ) -> tuple[Any, bytes | IncomingBody | None]:
     """Call ``method`` of ``binding`` in the supervisor; ``(value, body)``.
 
     ``body`` (bytes, str, or an async iterator of bytes) is sent inline
@@ -183,7 +184,7 @@ async def _pump(body: Any, out: OutgoingBody) -> None:
     out.end()
 
 
-async def read(body: "bytes | IncomingBody | None") -> bytes:
+async def read(body: bytes | IncomingBody | None) -> bytes:
     if body is None:
         return b""
     if isinstance(body, bytes):
@@ -191,7 +192,7 @@ async def read(body: "bytes | IncomingBody | None") -> bytes:
     return await body.read_all()
 
 
-async def iterate(body: "bytes | IncomingBody | None"):  # type: ignore[no-untyped-def]
+async def iterate(body: bytes | IncomingBody | None):  # type: ignore[no-untyped-def]
     """A body as an async iterator of bytes (a ReadableStream's stand-in)."""
     if isinstance(body, IncomingBody):
         async for chunk in body:

@@ -27,7 +27,7 @@ def _cell(value: Any) -> Any:
 
 def _rows(raw: dict[str, Any]) -> list[AttrDict]:
     columns = raw["columns"]
-    return AttrList(AttrDict(zip(columns, map(_cell, row))) for row in raw["rows"])
+    return AttrList(AttrDict(zip(columns, map(_cell, row), strict=False)) for row in raw["rows"])
 
 
 def _result(raw: dict[str, Any]) -> AttrDict:
@@ -37,14 +37,14 @@ def _result(raw: dict[str, Any]) -> AttrDict:
 class D1PreparedStatement:
     """``DB.prepare(sql)``; ``bind()`` returns a new statement, as on Cloudflare."""
 
-    def __init__(self, db: "D1Database", sql: str, params: list[Any] | None = None) -> None:
+    def __init__(self, db: D1Database, sql: str, params: list[Any] | None = None) -> None:
         if not isinstance(sql, str):
             raise TypeError(f"prepare() takes SQL as a string, not {type(sql).__name__}")
         self._db = db
         self._sql = sql
         self._params = params or []
 
-    def bind(self, *values: Any) -> "D1PreparedStatement":
+    def bind(self, *values: Any) -> D1PreparedStatement:
         return D1PreparedStatement(self._db, self._sql, [_bindable(v) for v in values])
 
     def _wire(self) -> list[Any]:
@@ -105,7 +105,7 @@ class D1Database:
         value, _ = await call(self._name, "exec", [sql])
         return wrap(value)
 
-    def withSession(self, constraint: Any = None) -> "D1Database":  # noqa: N802
+    def withSession(self, constraint: Any = None) -> D1Database:  # noqa: N802
         """Sessions (read replication) are one database here: the same binding."""
         return self
 

@@ -18,7 +18,7 @@ _HTTP_HEADERS = {"content-type": "contentType", "content-language": "contentLang
 def _ms(value: Any) -> Any:
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=datetime.timezone.utc)
+            value = value.replace(tzinfo=datetime.UTC)
         return value.timestamp() * 1000.0
     return value
 
@@ -75,7 +75,7 @@ class R2Object:
         self.etag: str = raw["etag"]
         self.httpEtag: str = raw["httpEtag"]  # noqa: N815
         self.uploaded = datetime.datetime.fromtimestamp(raw["uploaded"] / 1000.0,
-                                                        datetime.timezone.utc)
+                                                        datetime.UTC)
         self.httpMetadata = wrap(raw.get("httpMetadata") or {})  # noqa: N815
         self.customMetadata = wrap(raw.get("customMetadata") or {})  # noqa: N815
         self.checksums = wrap(raw.get("checksums") or {})
@@ -105,7 +105,7 @@ class R2Object:
             if field in names and value is not None:
                 if field == "cacheExpiry":
                     value = datetime.datetime.fromtimestamp(
-                        float(value) / 1000.0, datetime.timezone.utc).strftime(
+                        float(value) / 1000.0, datetime.UTC).strftime(
                         "%a, %d %b %Y %H:%M:%S GMT")
                 headers[names[field]] = str(value)
 
@@ -155,7 +155,7 @@ class R2ObjectBody(R2Object):
 class R2MultipartUpload:
     """``createMultipartUpload`` / ``resumeMultipartUpload``."""
 
-    def __init__(self, bucket: "R2Bucket", key: str, upload_id: str) -> None:
+    def __init__(self, bucket: R2Bucket, key: str, upload_id: str) -> None:
         self._bucket = bucket
         self.key = key
         self.uploadId = upload_id  # noqa: N815

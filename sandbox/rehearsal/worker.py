@@ -1,6 +1,7 @@
 # The script the runtime rehearses with (sandbox.warmup): a bundle of the
 # runtime's own, read from the file view like a tenant's.
 import json
+
 from workers import Response, WorkerEntrypoint
 
 

@@ -94,7 +94,7 @@ class CpuWatch:
             self.samples += 1
             time.sleep(0.0002)
 
-    def start(self) -> "CpuWatch":
+    def start(self) -> CpuWatch:
         self._thread.start()
         return self
 
@@ -210,7 +210,7 @@ def measure_fetch(port: int, up_port: int, n: int, log) -> dict:
         out[tag] = {"p50": out[with_fetch]["p50"] - out[without]["p50"],
                     "p99": out[with_fetch]["p99"] - out[without]["p99"]}
         # the same, robust to drift: median of the per-round differences
-        pairs = [(a - b) / 1e6 for a, b in zip(times[with_fetch], times[without])]
+        pairs = [(a - b) / 1e6 for a, b in zip(times[with_fetch], times[without], strict=False)]
         out[tag]["paired_median"] = statistics.median(pairs) if pairs else float("nan")
     d = out["direct"]
     log(f"  brokered fetch adds {out['adds']['p50']:.3f} ms p50 ({out['adds']['p99']:.3f} ms p99) "

@@ -39,7 +39,7 @@ def _lua_for(hosts: list[str]) -> Path:
     d = BENCH_DIR / "wrk"
     d.mkdir(parents=True, exist_ok=True)
     body = (TEMPLATES / "rotate_hosts.lua").read_text()
-    quoted = ", ".join('"%s"' % h for h in hosts)
+    quoted = ", ".join(f'"{h}"' for h in hosts)
     path = d / f"rotate_{len(hosts)}.lua"
     path.write_text(body.replace("@HOSTS@", quoted))
     return path

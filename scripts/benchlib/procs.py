@@ -118,7 +118,7 @@ class Server:
             lines = self.log_path.read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return " | ".join(l.strip() for l in lines[-n:])[-600:]
+        return " | ".join(line.strip() for line in lines[-n:])[-600:]
 
     def wait_port(self, port: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout

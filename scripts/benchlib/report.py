@@ -117,13 +117,13 @@ def _render_main(results: dict) -> list[str]:
             if a is None or b is None or kind == "n":
                 line.append("-")
             else:
-                line.append(" / ".join(_ratio(x, y) for x, y in zip(a, b)))
+                line.append(" / ".join(_ratio(x, y) for x, y in zip(a, b, strict=False)))
         table.append(line)
     width0 = max(len(r[0]) for r in table + [[""]]) + 2
     widths = [max(len(h), *(len(r[i + 1]) for r in table)) + 3 for i, h in enumerate(headers)]
-    out = ["", " " * width0 + "".join(h.rjust(w) for h, w in zip(headers, widths))]
+    out = ["", " " * width0 + "".join(h.rjust(w) for h, w in zip(headers, widths, strict=False))]
     for r in table:
-        out.append(r[0].ljust(width0) + "".join(c.rjust(w) for c, w in zip(r[1:], widths)))
+        out.append(r[0].ljust(width0) + "".join(c.rjust(w) for c, w in zip(r[1:], widths, strict=False)))
 
     a = results["args"]
     out.append("")
@@ -240,7 +240,7 @@ def _render_extras(x: dict, args: dict) -> list[str]:
                    f"direct request of {_ms(d['p50'])} ms (p99 {_ms(d['p99'])} ms)")
         out.append(f"  through the outbound worker, fetch adds {_ms(ao['p50'])} ms p50 "
                    f"({_ms(ao['p99'])} ms p99) over a direct request of {_ms(d['p50'])} ms")
-        w = max(len(l) for _, l in FETCH_LABELS) + 4
+        w = max(len(label) for _, label in FETCH_LABELS) + 4
         out.append("    " + "".ljust(w) + "p50 ms".rjust(9) + "p99 ms".rjust(9)
                    + "mean ms".rjust(9) + "errors".rjust(8))
         for k, label in FETCH_LABELS:
@@ -281,9 +281,9 @@ def _render_extras(x: dict, args: dict) -> list[str]:
             else:
                 rows.append((b, "-", "-", "-", "-", f"0/{c['runs']}"))
         widths = [max(len(h), *(len(row[i]) for row in rows)) + 3 for i, h in enumerate(hdr)]
-        out.append("    " + "".join(h.rjust(wd) for h, wd in zip(hdr, widths)))
+        out.append("    " + "".join(h.rjust(wd) for h, wd in zip(hdr, widths, strict=False)))
         for row in rows:
-            out.append("    " + "".join(v.rjust(wd) for v, wd in zip(row, widths)))
+            out.append("    " + "".join(v.rjust(wd) for v, wd in zip(row, widths, strict=False)))
         oks = [r for r in c["budgets"].values() if r.get("n_ok")]
         gap = max((r["exit_gap_max"] for r in oks), default=float("nan"))
         rt = all(r["poller_realtime"] for r in oks)

@@ -18,7 +18,6 @@ real `corral serve` on it and measures over its admin socket and HTTP port:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -113,16 +112,17 @@ def measure(state: Path, args: argparse.Namespace) -> dict[str, object]:
             names = [f"s{rng.randrange(min(count, 10)) if ns == SMALL else rng.randrange(args.tagged, count):06d}"
                      for _ in range(args.samples)]
             it = iter(names)
-            get = _time(lambda: server.admin("GET", f"/accounts/local/workers/dispatch/namespaces/{ns}/scripts/{next(it)}"),
-                        args.samples)
+            base = f"/accounts/local/workers/dispatch/namespaces/{ns}/scripts"
+            get = _time(lambda base=base, it=it: server.admin("GET", f"{base}/{next(it)}"), args.samples)
             results[f"get_script[{ns}]"] = _ms(get)
             warm = names[0]
             server.request(host=f"{warm}.{ns}.test")
-            results[f"route+dispatch_warm[{ns}]"] = _ms(_time(lambda: server.request(host=f"{warm}.{ns}.test"),
-                                                             args.samples))
+            results[f"route+dispatch_warm[{ns}]"] = _ms(_time(
+                lambda warm=warm, ns=ns: server.request(host=f"{warm}.{ns}.test"), args.samples))
             cold_names = iter(names[1:])
             results[f"route+dispatch_cold[{ns}]"] = _ms(_time(
-                lambda: server.request(host=f"{next(cold_names)}.{ns}.test"), min(50, args.samples - 1)))
+                lambda names=cold_names, ns=ns: server.request(host=f"{next(names)}.{ns}.test"),
+                min(50, args.samples - 1)))
         # list: the first page, and a page deep in, by cursor
         page = server.admin("GET", f"/accounts/local/workers/dispatch/namespaces/{BIG}/scripts?per_page=100").json()
         cursor = page["result_info"]["cursor"]
@@ -143,8 +143,9 @@ def measure(state: Path, args: argparse.Namespace) -> dict[str, object]:
         t = time.perf_counter()
         resp = server.admin("DELETE", f"/accounts/local/workers/dispatch/namespaces/{BIG}/scripts?tags=bulk:yes")
         results["bulk_delete"] = f"{resp.json()['result']['count']} scripts in {time.perf_counter() - t:.2f} s"
-        results["warm_workers_before_after_bulk_delete"] = f"{warm_before:g} -> {_metric(server, 'corral_warm_scripts'):g} " \
-                                                           f"(retired ones drain, then exit)"
+        warm_after = _metric(server, "corral_warm_scripts")
+        results["warm_workers_before_after_bulk_delete"] = (f"{warm_before:g} -> {warm_after:g} "
+                                                            "(retired ones drain, then exit)")
         results["supervisor_rss_mb_end"] = _rss_kb(server.proc.pid) / 1024
     finally:
         server.stop()

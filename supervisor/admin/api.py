@@ -20,19 +20,18 @@ from typing import Any
 
 import trio
 
+from supervisor.admin.asset_handlers import AssetHandlers
 from supervisor.admin.decode import MAX_HEADERS, MAX_MESSAGE, clip, parse_target
 from supervisor.admin.errors import MethodNotAllowed, status_and_code
-from supervisor.admin.asset_handlers import AssetHandlers
 from supervisor.admin.handlers import AdminHooks, Handlers, log_event
-from supervisor.admin.script_config import ScriptConfigHandlers
-from supervisor.admin.tokens import TokenHandlers
-from supervisor.admin.versions import VersionHandlers
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
-from supervisor.admin.tokens import OWNER, Principal, authorize
-from supervisor.store.assets import AssetBlobs
+from supervisor.admin.script_config import ScriptConfigHandlers
+from supervisor.admin.tokens import OWNER, Principal, TokenHandlers, authorize
+from supervisor.admin.versions import VersionHandlers
 from supervisor.errors import Invalid
 from supervisor.model import BINDING_TYPES
+from supervisor.store.assets import AssetBlobs
 from supervisor.store.store import Store
 
 __all__ = ["AdminAPI", "AdminHooks", "BINDING_TYPES", "Response"]

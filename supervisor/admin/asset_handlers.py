@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from supervisor.admin import multipart
 from supervisor.admin.assets import MAX_ASSET_BYTES, decode_blobs, parse_manifest
 from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, log_event
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Invalid, NotSupported, TooLarge, Unauthorized
-from supervisor.store.store import namespace_not_found
 from supervisor.model import PLATFORM
-
-import logging
+from supervisor.store.store import namespace_not_found
 
 
 class AssetHandlers:

@@ -77,7 +77,8 @@ def decode_blobs(content_type: str, body: bytes, parts: list[Any] | None, is_bas
         try:
             obj = msgspec.json.decode(body)
         except msgspec.DecodeError as exc:
-            raise Invalid(f"the asset upload is neither multipart nor a JSON object of hash -> content: {exc}") from None
+            raise Invalid("the asset upload is neither multipart nor a JSON object of hash -> content: "
+                          f"{exc}") from None
         if not isinstance(obj, dict):
             raise Invalid("send the assets as a JSON object {hash: base64 content}")
         raw = {k: v.encode() if isinstance(v, str) else b"" for k, v in obj.items()}
@@ -107,7 +108,8 @@ class AssetSessions:
             for token in [t for t, s in table.items() if s.expires < now]:
                 del table[token]
 
-    def open(self, namespace: str, script: str, manifest: dict[str, Entry], missing: set[str]) -> tuple[str, list[list[str]]]:
+    def open(self, namespace: str, script: str, manifest: dict[str, Entry],
+             missing: set[str]) -> tuple[str, list[list[str]]]:
         """``(token, buckets)``: an upload token and the missing hashes; with
         nothing missing, a completion token and no buckets."""
         now = time.monotonic()

@@ -26,9 +26,8 @@ from supervisor.admin.decode import MAX_METADATA_BYTES, MAX_TAG_FILTERS, clip, d
 from supervisor.admin.errors import LoadFailed
 from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, route_json, script_json
 from supervisor.admin.router import Request, Router
-from supervisor.errors import Invalid, NotFound, NotSupported, TooLarge
 from supervisor.cron import CronError, parse_cron
-from supervisor.packages import upload as packages_upload
+from supervisor.errors import Invalid, NotFound, NotSupported, TooLarge
 from supervisor.model import (
     PLATFORM,
     AssetConfig,
@@ -41,8 +40,9 @@ from supervisor.model import (
     decode_metadata,
     resolve_bindings,
 )
-from supervisor.store.cursors import TagFilter, parse_tag_filters
+from supervisor.packages import upload as packages_upload
 from supervisor.store.assets import AssetBlobs
+from supervisor.store.cursors import TagFilter, parse_tag_filters
 from supervisor.store.store import Store, namespace_not_found, script_not_found
 
 log = logging.getLogger("corral.admin")
@@ -124,7 +124,7 @@ def parse_time(value: str | None, what: str, default: int) -> int:
             return int(number / 1000 if number > 1e11 else number)
         moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=datetime.timezone.utc)
+            moment = moment.replace(tzinfo=datetime.UTC)
         return int(moment.timestamp())
     except (ValueError, OverflowError):
         raise Invalid(f"{what} must be epoch seconds, an ISO 8601 time or like -1h, "

@@ -194,7 +194,8 @@ def parse(
         # filename): those are told apart by filename.
         key = f"files:{part.filename}" if part.name in ("files", "files[]") and part.filename else part.name
         if key in names:
-            what = f"files with the filename {part.filename[:80]!r}" if key != part.name else f"parts named {part.name[:80]!r}"
+            what = (f"files with the filename {part.filename[:80]!r}" if key != part.name
+                    else f"parts named {part.name[:80]!r}")
             raise MultipartError(f"the upload has two {what}")
         names.add(key)
         parts.append(part)

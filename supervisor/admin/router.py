@@ -58,7 +58,7 @@ def _match(template: tuple[str, ...], segments: list[str]) -> dict[str, str] | N
     if len(template) != len(segments):
         return None
     params: dict[str, str] = {}
-    for want, got in zip(template, segments):
+    for want, got in zip(template, segments, strict=False):
         if want == "*":
             continue
         if want.startswith("{"):

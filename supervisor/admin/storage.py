@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from supervisor.bindings import Bindings
 
 
-def register(router: Router, bindings: "Bindings") -> None:
+def register(router: Router, bindings: Bindings) -> None:
     async def query(request: Request) -> Response:
         from supervisor.bindings.d1 import D1Handler, split_sql
 
@@ -54,6 +54,6 @@ def register(router: Router, bindings: "Bindings") -> None:
 
 def _result(raw: dict[str, Any]) -> dict[str, Any]:
     columns = raw["columns"]
-    rows = [dict(zip(columns, [list(v) if isinstance(v, bytes) else v for v in row]))
+    rows = [dict(zip(columns, [list(v) if isinstance(v, bytes) else v for v in row], strict=False))
             for row in raw["rows"]]
     return {"results": rows, "success": True, "meta": raw["meta"]}

@@ -46,7 +46,7 @@ class AdminTCP:
     async def serve(self, host: str, port: int, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
         if self.context is not None:
-            listeners = [trio.SSLListener(l, self.context, https_compatible=True) for l in listeners]
+            listeners = [trio.SSLListener(tcp, self.context, https_compatible=True) for tcp in listeners]
         bound = listeners[0].socket.getsockname() if self.context is None \
             else listeners[0].transport_listener.socket.getsockname()
         log("admin.tcp_listening", address=f"{bound[0]}:{bound[1]}", tls=self.context is not None)

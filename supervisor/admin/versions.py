@@ -14,12 +14,11 @@ import logging
 from typing import Any
 
 from supervisor.admin.decode import clip
+from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, log_event
 from supervisor.admin.render import Response, deployment_json, envelope, script_json, version_json
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Invalid, NotFound
 from supervisor.store.records import Split
-
-from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, log_event
 
 
 def _int(request: Request, field: str, default: int, high: int) -> int:

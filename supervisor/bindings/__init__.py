@@ -28,7 +28,8 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -40,7 +41,6 @@ from protocol.messages import (
     ExceptionInfo,
     SubFailed,
 )
-
 from supervisor.bindings.base import BindingError, Context, Handler, Reply, Scope
 from supervisor.bindings.io import Databases, Offload
 from supervisor.bindings.quota import quota_for
@@ -121,7 +121,7 @@ class Bindings:
         self.services.databases.close()
 
     # -- from the child's reader (synchronous) ----------------------------------
-    def handle(self, child: "ChildProcess", message: BindingCall) -> None:
+    def handle(self, child: ChildProcess, message: BindingCall) -> None:
         """Start call ``message.call``; the answer goes back when it is done."""
         call = message.call
         body = self._request_body(child, message)
@@ -138,10 +138,10 @@ class Bindings:
             return
         child.spawn(self._run, child, parent, message, handler, ctx)
 
-    def _request_body(self, child: "ChildProcess", message: BindingCall) -> BodySource | bytes | None:
+    def _request_body(self, child: ChildProcess, message: BindingCall) -> BodySource | bytes | None:
         return child.receive_body(message.body, message.call)
 
-    def _resolve(self, parent: "Invocation", name: str, body: BodySource | bytes | None
+    def _resolve(self, parent: Invocation, name: str, body: BodySource | bytes | None
                  ) -> tuple[Handler, Context]:
         record = parent.record
         if name == CACHE_BINDING:
@@ -159,7 +159,7 @@ class Bindings:
         return handler, Context(record, binding, scope, quota_for(self.config.quota, record), body)
 
     # -- the call's task ------------------------------------------------------------
-    async def _run(self, child: "ChildProcess", parent: "Invocation", message: BindingCall,
+    async def _run(self, child: ChildProcess, parent: Invocation, message: BindingCall,
                    handler: Handler, ctx: Context) -> None:
         call = message.call
         with trio.CancelScope() as scope:
@@ -183,7 +183,7 @@ class Bindings:
                 parent.call_scopes.discard(scope)
                 _close(ctx.body)
 
-    def _deliver(self, child: "ChildProcess", call: int, reply: Reply) -> None:
+    def _deliver(self, child: ChildProcess, call: int, reply: Reply) -> None:
         child.send(BindingResult(call, reply.value, child.send_body(reply.body, call)))
 
 
@@ -201,7 +201,7 @@ async def _unpack_args(ctx: Context) -> list[Any]:
     return args
 
 
-def _count(parent: "Invocation") -> None:
+def _count(parent: Invocation) -> None:
     """One binding operation is one subrequest of the invocation."""
     parent.subrequests += 1
     limit = parent.limits.sub_requests

@@ -113,7 +113,7 @@ def _run(conn: sqlite3.Connection, statements: list[Statement], max_bytes: int |
     conn.set_progress_handler(guard.progress, 1000)
     index = 0
     try:
-        for index, (sql, params) in enumerate(statements):
+        for index, (sql, params) in enumerate(statements):  # noqa: B007 - read after the loop
             started = time.perf_counter()
             before = conn.total_changes
             cursor = conn.execute(sql, params)

@@ -19,7 +19,8 @@ import functools
 import os
 import sqlite3
 from collections import OrderedDict
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import trio
 

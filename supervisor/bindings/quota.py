@@ -9,7 +9,6 @@ own cap.
 
 from __future__ import annotations
 
-
 from supervisor.config import QuotaConfig, QuotaLimits
 from supervisor.model import ScriptRecord
 

@@ -17,20 +17,21 @@ stop too):
   through the platform's outbound worker when the dispatcher configured one,
   else made by the supervisor's own HTTP client.
 
-Every call counts against the caller's subrequest limit. Every failure reaches the tenant as an exception from its ``fetch``
+Every call counts against the caller's subrequest limit. Every failure reaches the tenant as
+an exception from its ``fetch``
 (``SubFailed``), with Cloudflare's messages; none reaches the supervisor.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, AsyncIterator, Callable, Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import trio
 
 from protocol.messages import ExceptionInfo, Header, Limits, SubFailed, SubRequest, SubResponse
-
 from supervisor.calls import http_client
 from supervisor.calls.redirects import RedirectError, RedirectPolicy
 from supervisor.config import LimitsConfig
@@ -119,7 +120,7 @@ class Calls:
     """Handles a child's calls; :meth:`handle` runs inside the child's reader."""
 
     def __init__(self, pool: Pool, scripts: ScriptSource, defaults: LimitsConfig,
-                 client: http_client.HTTPClient, assets: "AssetAnswerer | None" = None) -> None:
+                 client: http_client.HTTPClient, assets: AssetAnswerer | None = None) -> None:
         self.pool = pool
         #: Static assets (supervisor.edge.assets): answer dispatches before the
         #: user worker, and ``env.ASSETS.fetch``.

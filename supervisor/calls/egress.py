@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from supervisor.config import OutboundConfig
 from supervisor.calls.fetch_errors import FetchError
+from supervisor.config import OutboundConfig
 
 
 class EgressDenied(FetchError):

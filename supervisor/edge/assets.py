@@ -24,10 +24,10 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 
-from supervisor.store.assets import AssetBlobs
 from supervisor.edge.http_server import Connection
 from supervisor.model import AssetEntry, AssetSet, ScriptRecord
 from supervisor.pool.bodies import BytesBody
+from supervisor.store.assets import AssetBlobs
 
 #: Bodies up to this size are read at once; larger ones stream in chunks.
 INLINE_BYTES = 256 * 1024

@@ -36,16 +36,15 @@ from __future__ import annotations
 import http
 import re
 import socket
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import h11
 import trio
 
 from protocol.messages import MAX_CHUNK
-
-from supervisor.pool.bodies import BodyError
 from supervisor.config import HttpConfig
 from supervisor.log import error, warn
+from supervisor.pool.bodies import BodyError
 
 READ_SIZE = 64 * 1024
 
@@ -247,7 +246,7 @@ class ChunkedFraming:
 class Request:
     __slots__ = ("method", "target", "headers", "http_version", "body", "host")
 
-    def __init__(self, event: h11.Request, body: "RequestBody | bytes") -> None:
+    def __init__(self, event: h11.Request, body: RequestBody | bytes) -> None:
         self.method: bytes = event.method
         self.target: bytes = event.target
         self.headers: list[tuple[bytes, bytes]] = list(event.headers)

@@ -14,23 +14,23 @@ to the client socket, one chunk at a time.
 from __future__ import annotations
 
 import socket
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 import trio
 
-
-from supervisor.pool.bodies import BodyError, BodySource, BytesBody
-from supervisor.limits.policy import LimitPolicy
 from supervisor.config import ServeConfig
+from supervisor.edge.assets import AssetServer, send_answer
 from supervisor.edge.http_server import Connection, InvalidResponse, Request
 from supervisor.lifecycle import OUTCOME_MESSAGE, OUTCOME_STATUS, Outcome
-from supervisor.pool.invocation import Invocation
-from supervisor.log import log, request_id as log_request_id, warn
-from supervisor.pool.pool import Pool, PoolUnavailable
+from supervisor.limits.policy import LimitPolicy
+from supervisor.log import log, warn
+from supervisor.log import request_id as log_request_id
 from supervisor.model import PLATFORM
+from supervisor.pool.bodies import BodyError, BodySource, BytesBody
+from supervisor.pool.invocation import Invocation
+from supervisor.pool.pool import Pool, PoolUnavailable
 from supervisor.store.lookup import NOT_CACHED, ScriptSource
-from supervisor.edge.assets import AssetServer, send_answer
 
 #: Runs the routed script's ``scheduled()`` for a cron (``/cdn-cgi/handler/scheduled``).
 ScheduledRunner = Callable[..., Awaitable[dict]]

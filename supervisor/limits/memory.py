@@ -35,7 +35,8 @@ import os
 import resource
 import signal
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from supervisor.log import log, warn
 
@@ -334,7 +335,7 @@ class CgroupEnforcer(Enforcer):
         super().__init__(pool_mb)
         #: This supervisor's directory: children's cgroups live below it.
         self.parent = parent
-        self.live: dict[int, "_CgroupChild"] = {}
+        self.live: dict[int, _CgroupChild] = {}
 
     def jail_address_space_mb(self) -> int:
         if not self.pool_mb:
@@ -358,7 +359,7 @@ class CgroupEnforcer(Enforcer):
         self.live[pid] = child
         return child
 
-    def _child(self, pid: int, path: str) -> "_CgroupChild":
+    def _child(self, pid: int, path: str) -> _CgroupChild:
         raise NotImplementedError
 
     def forget(self, pid: int, child: ChildMemory) -> None:
@@ -452,7 +453,7 @@ class Cgroup1Enforcer(CgroupEnforcer):
         super().__init__(pool_mb, parent)
         self.memsw = os.path.exists(os.path.join(parent, "memory.memsw.limit_in_bytes"))
 
-    def _child(self, pid: int, path: str) -> "_CgroupChild":
+    def _child(self, pid: int, path: str) -> _CgroupChild:
         return _Cgroup1Child(pid, path, self.memsw)
 
     def describe(self) -> dict:
@@ -477,7 +478,8 @@ class _Cgroup1Child(_CgroupChild):
         new = mb * MB
         order = ["memory.limit_in_bytes"]
         if self.memsw:
-            order = ["memory.memsw.limit_in_bytes", *order] if new > self.limit else [*order, "memory.memsw.limit_in_bytes"]
+            memsw = "memory.memsw.limit_in_bytes"
+            order = [memsw, *order] if new > self.limit else [*order, memsw]
         try:
             for name in order:
                 _write(self._file(name), str(new))
@@ -525,7 +527,7 @@ class Cgroup2Enforcer(CgroupEnforcer):
     def __init__(self, pool_mb: int, parent: str) -> None:
         super().__init__(pool_mb, parent)
 
-    def _child(self, pid: int, path: str) -> "_CgroupChild":
+    def _child(self, pid: int, path: str) -> _CgroupChild:
         return _Cgroup2Child(pid, path)
 
     def _remove_parent(self) -> None:

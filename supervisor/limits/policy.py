@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 from protocol.messages import Limits
-
 from supervisor.config import LimitsConfig
 from supervisor.model import ScriptRecord
 

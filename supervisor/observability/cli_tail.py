@@ -18,7 +18,8 @@ import json
 import os
 import sys
 import urllib.parse
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 _OUTCOMES = {
     "ok": "Ok",

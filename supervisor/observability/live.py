@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from supervisor.observability.tail import LiveTail
 
 
-async def serve_live_tail(live: "LiveTail", target: str, conn: "Connection") -> None:
+async def serve_live_tail(live: LiveTail, target: str, conn: Connection) -> None:
     try:
         _path, _segments, query = parse_target(target)
         await live.serve(query, conn)

@@ -13,10 +13,11 @@ tenants, are off unless ``observability.metrics_script_labels`` is set.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from supervisor.observability import traces
@@ -46,11 +47,11 @@ def kill_reason(reason: str) -> str:
     return "other"
 
 
-def _namespace(inv: "Invocation") -> str:
+def _namespace(inv: Invocation) -> str:
     return inv.record.namespace or ""
 
 
-def _kind(inv: "Invocation") -> str:
+def _kind(inv: Invocation) -> str:
     event = inv.event
     return "fetch" if event is None else type(event).__struct_config__.tag
 
@@ -104,7 +105,7 @@ class Metrics:
         self._invocations: dict[tuple[str, str, str], Any] = {}
         self._per_namespace: dict[str, tuple[Any, Any, Any]] = {}
 
-    def observe(self, inv: "Invocation", top_level: bool = True) -> None:
+    def observe(self, inv: Invocation, top_level: bool = True) -> None:
         """A finished invocation tree (labelled children cached: this runs per request)."""
         if top_level:
             outcome = traces.outcome_of(inv)

@@ -24,7 +24,8 @@ import os
 import queue
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord, SeverityNumber
@@ -64,7 +65,7 @@ class _Ids(RandomIdGenerator):
 class OtelExport:
     """The SDK providers and the conversion thread."""
 
-    def __init__(self, config: "OtlpConfig", on_drop: Callable[[int], None]) -> None:
+    def __init__(self, config: OtlpConfig, on_drop: Callable[[int], None]) -> None:
         self.on_drop = on_drop
         resource = Resource.create({"service.name": config.service_name}) \
             if not os.environ.get("OTEL_SERVICE_NAME") else Resource.create()
@@ -156,7 +157,7 @@ class OtelExport:
             span.set_status(Status(StatusCode.ERROR, str(event.get("outcome"))))
         for fetch in fetches.get("fetches") or ():
             self._fetch_span(fetch, context)
-        for child, child_fetches in zip(event.get("children") or (), fetches.get("children") or ()):
+        for child, child_fetches in zip(event.get("children") or (), fetches.get("children") or (), strict=False):
             self._span(child, child_fetches, context)
         log_attributes = {"corral.script": script, "corral.namespace": attributes["corral.namespace"]}
         if request_id:

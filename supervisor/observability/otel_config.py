@@ -12,7 +12,7 @@ ENV_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPO
                  "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
 
 
-def configured(config: "OtlpConfig", environ: dict[str, str] | None = None) -> bool:
+def configured(config: OtlpConfig, environ: dict[str, str] | None = None) -> bool:
     """An endpoint in the config file or in the standard environment variables
     (and the SDK not disabled with ``OTEL_SDK_DISABLED=true``)."""
     env = os.environ if environ is None else environ

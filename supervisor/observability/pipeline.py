@@ -9,7 +9,8 @@ the tree, or the OTLP exporter.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -29,9 +30,9 @@ if TYPE_CHECKING:
 
 
 class Observability:
-    def __init__(self, config: "ServeConfig", pool: "Pool",
+    def __init__(self, config: ServeConfig, pool: Pool,
                  lookup: Callable[[str, str], ScriptRecord | None],
-                 limits_for: Callable[[ScriptRecord], "Limits"],
+                 limits_for: Callable[[ScriptRecord], Limits],
                  http_stats: Callable[[], dict[str, int]]) -> None:
         cfg = config.observability
         self.config = cfg
@@ -78,21 +79,21 @@ class Observability:
                     await trio.to_thread.run_sync(otel.shutdown, abandon_on_cancel=True)
 
     # -- finished invocations ----------------------------------------------------------
-    def finished(self, inv: "Invocation") -> None:
+    def finished(self, inv: Invocation) -> None:
         """A client request's invocation tree is over (response and waitUntil work)."""
         try:
             self._finished(inv, top_level=True)
         except Exception as exc:  # noqa: BLE001 - a consumer's bug must not fail requests
             warn("observability.failed", reason=f"{type(exc).__name__}: {exc}")
 
-    def tail_finished(self, inv: "Invocation") -> None:
+    def tail_finished(self, inv: Invocation) -> None:
         """A tail worker's invocation: counted and billed, never tailed (no loops)."""
         try:
             self._finished(inv, top_level=False, tails=False)
         except Exception as exc:  # noqa: BLE001
             warn("observability.failed", reason=f"{type(exc).__name__}: {exc}")
 
-    def _finished(self, inv: "Invocation", top_level: bool, tails: bool = True) -> None:
+    def _finished(self, inv: Invocation, top_level: bool, tails: bool = True) -> None:
         self.metrics.observe(inv, top_level=top_level)
         if self.usage is not None:
             self.usage.record(inv)
@@ -134,7 +135,7 @@ class Observability:
         self.event(traces.script_not_found(script, url, method, headers, request_id))
 
 
-def _pool_snapshot(pool: "Pool") -> dict[str, Any]:
+def _pool_snapshot(pool: Pool) -> dict[str, Any]:
     snap = dict(pool.snapshot())
     snap["busy"] = sum(1 for child in list(pool.children.values()) if child.invocations)
     return snap

@@ -21,7 +21,8 @@ from __future__ import annotations
 import random
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -58,9 +59,9 @@ class _Consumer:
 class TailDelivery:
     """Batches of trace events to tail workers, off the request path."""
 
-    def __init__(self, pool: "Pool", lookup: Callable[[str, str], ScriptRecord | None],
-                 limits_for: Callable[[ScriptRecord], Limits], config: "ObservabilityConfig",
-                 metrics: "Metrics", on_invocation: Callable[["Invocation"], None]) -> None:
+    def __init__(self, pool: Pool, lookup: Callable[[str, str], ScriptRecord | None],
+                 limits_for: Callable[[ScriptRecord], Limits], config: ObservabilityConfig,
+                 metrics: Metrics, on_invocation: Callable[[Invocation], None]) -> None:
         self.pool = pool
         self.lookup = lookup
         self.limits_for = limits_for
@@ -171,7 +172,7 @@ class TailFilter(msgspec.Struct, kw_only=True):
     sampling_rate: float = 1.0
 
     @classmethod
-    def parse(cls, query: dict[str, str]) -> "TailFilter":
+    def parse(cls, query: dict[str, str]) -> TailFilter:
         rate_text = query.get("sampling_rate") or query.get("samplingRate") or "1"
         try:
             rate = float(rate_text)
@@ -271,7 +272,7 @@ _encoder = msgspec.json.Encoder()
 class LiveTail:
     """The live tails connected now; :meth:`publish` never waits."""
 
-    def __init__(self, config: "ObservabilityConfig", metrics: "Metrics") -> None:
+    def __init__(self, config: ObservabilityConfig, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics
         self.subscribers: set[Subscriber] = set()
@@ -316,7 +317,7 @@ class LiveTail:
         sub.scope.cancel()
         warn("tail.live_dropped", reason="the reader fell behind", buffer=self.config.live_tail_buffer)
 
-    async def serve(self, query: dict[str, str], conn: "Connection") -> None:
+    async def serve(self, query: dict[str, str], conn: Connection) -> None:
         """Stream events to one ``GET /tail`` until the client leaves or lags."""
         from supervisor.edge.http_server import ClientGone
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from protocol.messages import TailEvent
@@ -35,7 +36,7 @@ _BASE64ISH = re.compile(r"[A-Za-z0-9+/_=-]{21,}")
 _OUTCOMES = {"crashed": "exception"}
 
 
-def outcome_of(inv: "Invocation") -> str:
+def outcome_of(inv: Invocation) -> str:
     """Cloudflare's outcome. An invocation that failed with the error of its own
     subrequest limit (not a callee's, passed on) exceeded it."""
     outcome = inv.outcome
@@ -87,7 +88,7 @@ def redact_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
-def event_info(inv: "Invocation") -> dict[str, Any]:
+def event_info(inv: Invocation) -> dict[str, Any]:
     """``event``: what the invocation handled, per handler type."""
     event = inv.event
     if event is None:
@@ -106,7 +107,7 @@ def event_info(inv: "Invocation") -> dict[str, Any]:
     return {type(event).__struct_config__.tag: {}}
 
 
-def build(inv: "Invocation") -> dict[str, Any]:
+def build(inv: Invocation) -> dict[str, Any]:
     """The trace event of a finished invocation, with its callees' under ``children``."""
     record = inv.record
     return {
@@ -131,20 +132,20 @@ def build(inv: "Invocation") -> dict[str, Any]:
     }
 
 
-def pairs(inv: "Invocation", event: dict[str, Any]) -> Iterator[tuple["Invocation", dict[str, Any]]]:
+def pairs(inv: Invocation, event: dict[str, Any]) -> Iterator[tuple[Invocation, dict[str, Any]]]:
     """Every invocation of a tree with its event (built by :func:`build`)."""
     yield inv, event
-    for child, child_event in zip(inv.children, event["children"]):
+    for child, child_event in zip(inv.children, event["children"], strict=False):
         yield from pairs(child, child_event)
 
 
-def walk(inv: "Invocation") -> Iterator["Invocation"]:
+def walk(inv: Invocation) -> Iterator[Invocation]:
     yield inv
     for child in inv.children:
         yield from walk(child)
 
 
-def fetch_tree(inv: "Invocation") -> dict[str, Any]:
+def fetch_tree(inv: Invocation) -> dict[str, Any]:
     """The outbound fetches of each invocation of a tree, shaped like its events."""
     return {"fetches": list(inv.fetches or ()), "children": [fetch_tree(c) for c in inv.children]}
 
@@ -177,6 +178,6 @@ def script_not_found(script: str, url: str, method: bytes, headers: list[tuple[b
     }
 
 
-def consumers_of(record: "ScriptRecord") -> list[str]:
+def consumers_of(record: ScriptRecord) -> list[str]:
     """The platform scripts a record's tail consumers name."""
     return [c.service for c in record.tail_consumers]

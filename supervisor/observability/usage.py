@@ -20,7 +20,8 @@ import os
 import sqlite3
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -91,7 +92,7 @@ class Rollup:
         self.wall_sketch[b] = self.wall_sketch.get(b, 0) + 1
         self.subrequests += subrequests
 
-    def merge(self, other: "Rollup") -> None:
+    def merge(self, other: Rollup) -> None:
         self.requests += other.requests
         for k, v in other.outcomes.items():
             self.outcomes[k] = self.outcomes.get(k, 0) + v
@@ -103,7 +104,7 @@ class Rollup:
             self.wall_sketch[k] = self.wall_sketch.get(k, 0) + v
         self.subrequests += other.subrequests
 
-    def copy(self) -> "Rollup":
+    def copy(self) -> Rollup:
         out = Rollup()
         out.merge(self)
         return out
@@ -114,7 +115,7 @@ class Rollup:
                 self.wall_ms, json.dumps(self.wall_sketch), self.subrequests)
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> "Rollup":
+    def from_row(cls, row: tuple[Any, ...]) -> Rollup:
         out = cls()
         out.requests, outcomes, out.cpu_ms, cpu, out.wall_ms, wall, out.subrequests = row
         out.outcomes = json.loads(outcomes)
@@ -125,7 +126,7 @@ class Rollup:
     def to_json(self, kind: str, minute: int, namespace: str, name: str) -> dict[str, Any]:
         errors = sum(n for outcome, n in self.outcomes.items() if outcome != "ok")
         return {
-            "minute": datetime.datetime.fromtimestamp(minute, datetime.timezone.utc)
+            "minute": datetime.datetime.fromtimestamp(minute, datetime.UTC)
             .strftime("%Y-%m-%dT%H:%M:00Z"),
             "timestamp": minute * 1000,
             "namespace": namespace or None,
@@ -227,7 +228,7 @@ class Usage:
         self.on_drop = on_drop
         self._write_lock = trio.Lock()
 
-    def record(self, inv: "Invocation") -> None:
+    def record(self, inv: Invocation) -> None:
         """A finished invocation tree: every invocation in it is billed to its script."""
         minute = int(time.time()) // 60 * 60
         for node in traces.walk(inv):

@@ -132,7 +132,7 @@ class Resolver:
             (work / "home" / ".config" / "pip").mkdir(parents=True)
             shutil.copy(user_config, work / "home" / ".config" / "pip" / "pip.conf")
         if uid is not None:
-            for dirpath, dirnames, filenames in os.walk(work):
+            for dirpath, _dirnames, filenames in os.walk(work):
                 os.chown(dirpath, uid, gid or -1)
                 for name in filenames:
                     os.chown(os.path.join(dirpath, name), uid, gid or -1)

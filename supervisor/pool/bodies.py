@@ -15,7 +15,8 @@ credit window of any body (see the flow-control notes in
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import trio
 
@@ -47,9 +48,9 @@ class ChildLink(Protocol):
     """
 
     #: Bodies the child streams to the supervisor, by stream id.
-    incoming: dict[int, "ChildBody"]
+    incoming: dict[int, ChildBody]
     #: Bodies the supervisor streams to the child, by stream id.
-    sinks: dict[int, "ChildSink"]
+    sinks: dict[int, ChildSink]
 
     def send(self, message: Any) -> None:
         """Queue a frame to the child (dropped once it is dead)."""

@@ -40,7 +40,7 @@ import py_compile
 import re
 import shutil
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import trio
 
@@ -25,15 +26,15 @@ from protocol.messages import (
     MAX_CHUNK,
     PROTOCOL_VERSION,
     STREAMED,
-    Body,
-    ByRef,
-    Inline,
     Abort,
     BindingCall,
+    Body,
     BodyChunk,
+    ByRef,
     Credit,
     ExceptionInfo,
     Hello,
+    Inline,
     InvokeDone,
     InvokeFailed,
     Load,
@@ -43,7 +44,6 @@ from protocol.messages import (
     ResponseStart,
     SubRequest,
 )
-
 from supervisor.lifecycle import (
     OUTCOME_MESSAGE,
     ChildEvent,
@@ -79,32 +79,32 @@ class ChildOwner(Protocol):
     """
 
     #: Children whose CPU budgets the pool's watchdog polls (see cpu_account).
-    busy: set["ChildProcess"]
+    busy: set[ChildProcess]
     #: The highest invocation id handed out (stream ids above it were never opened).
     last_invocation_id: int
 
-    def on_ready(self, child: "ChildProcess") -> None:
+    def on_ready(self, child: ChildProcess) -> None:
         """The child said Hello: it can be a spare."""
 
-    def on_idle(self, child: "ChildProcess") -> None:
+    def on_idle(self, child: ChildProcess) -> None:
         """An invocation ended; the child may have nothing left in flight."""
 
-    def retire(self, child: "ChildProcess") -> None:
+    def retire(self, child: ChildProcess) -> None:
         """Take the child out of service now (it is about to be killed)."""
 
-    def on_subrequest(self, child: "ChildProcess", message: SubRequest) -> None:
+    def on_subrequest(self, child: ChildProcess, message: SubRequest) -> None:
         """The child asks for a call (dispatch, service, fetch)."""
 
-    def on_binding_call(self, child: "ChildProcess", message: BindingCall) -> None:
+    def on_binding_call(self, child: ChildProcess, message: BindingCall) -> None:
         """The child calls a method of one of its storage bindings."""
 
-    def on_loaded(self, child: "ChildProcess", seconds: float, failed: bool) -> None:
+    def on_loaded(self, child: ChildProcess, seconds: float, failed: bool) -> None:
         """The child loaded its script (a cold start), ``seconds`` after assignment."""
 
-    def on_background_overrun(self, child: "ChildProcess") -> None:
+    def on_background_overrun(self, child: ChildProcess) -> None:
         """The kernel killed the child for CPU it burnt outside any invocation."""
 
-    def on_dead(self, child: "ChildProcess") -> None:
+    def on_dead(self, child: ChildProcess) -> None:
         """The child is gone; everything it held was failed or released."""
 
 

@@ -11,12 +11,12 @@ Outcomes are :class:`supervisor.lifecycle.Outcome` (Cloudflare's names).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import trio
 
 from protocol.messages import Cancel, ExceptionInfo, Header, Limits
-
 from supervisor.lifecycle import LIMIT_OUTCOMES, OUTCOME_MESSAGE, Outcome
 from supervisor.model import ScriptRecord
 from supervisor.pool.bodies import BodyError, BodySource, ChildLink
@@ -83,7 +83,7 @@ class Invocation:
 
     def __init__(self, id: int, child: ChildLink, record: ScriptRecord, method: bytes,
                  url: str, headers: list[Header], limits: Limits,
-                 parent: "Invocation | None" = None, outbound: Outbound | None = None,
+                 parent: Invocation | None = None, outbound: Outbound | None = None,
                  params: dict[str, Any] | None = None) -> None:
         self.id = id
         self.child = child
@@ -115,9 +115,9 @@ class Invocation:
         self.call_scopes: set[trio.CancelScope] = set()
         self.deadline = trio.current_time() + (limits.wall_ms or 0) / 1000.0 if limits.wall_ms else float("inf")
         #: Called once the head is ready (a call answers its caller without a task).
-        self.on_head: Callable[["Invocation"], None] | None = None
+        self.on_head: Callable[[Invocation], None] | None = None
         #: Called once the invocation is over (the trace event is complete).
-        self.on_done: Callable[["Invocation"], None] | None = None
+        self.on_done: Callable[[Invocation], None] | None = None
         #: trio time the response was complete (head and body, or a failure);
         #: the ``waitUntil`` deadline counts from here. None while it is not.
         self.response_end: float | None = None

@@ -20,13 +20,13 @@ import os
 import signal
 import socket
 from collections import OrderedDict, deque
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import msgspec
 import trio
 
 from protocol.messages import Exited, FromZygote, Spawn, Spawned, ZygoteReady
-
 from supervisor.log import error, log, warn
 from supervisor.pool.plan import PackageSet
 from supervisor.pool.zygote_client import _take_fds
@@ -35,7 +35,7 @@ from supervisor.pool.zygote_client import _take_fds
 class PackageOwner(Protocol):
     """What package zygotes report to (the pool)."""
 
-    def on_package_spawned(self, zygote: "PackageZygote", pid: int, sock: socket.socket, pidfd: int) -> None: ...
+    def on_package_spawned(self, zygote: PackageZygote, pid: int, sock: socket.socket, pidfd: int) -> None: ...
 
     def on_package_exited(self, pid: int, status: int) -> None: ...
 
@@ -99,7 +99,7 @@ class PackageZygotes:
         self.owner = owner
         self._start = start
         self.address_space_mb = address_space_mb
-        self.zygotes: "OrderedDict[str, PackageZygote]" = OrderedDict()
+        self.zygotes: OrderedDict[str, PackageZygote] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self._decoder = msgspec.msgpack.Decoder(FromZygote)
 

@@ -29,8 +29,8 @@ The rules, in the order they apply:
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Hashable
 
 
 @dataclass(frozen=True, slots=True)

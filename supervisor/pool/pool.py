@@ -30,17 +30,18 @@ import math
 import os
 import socket
 from collections import OrderedDict, deque
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import trio
 
 from protocol.messages import BindingCall, Event, ExceptionInfo, Invoke, Limits, SubFailed, SubRequest
-
 from supervisor.config import ServeConfig
 from supervisor.lifecycle import ChildState, KillReason, Outcome
 from supervisor.limits.cpu_account import CpuAccount
 from supervisor.limits.cpu_meter import MeterFactory
-from supervisor.limits.memory import Enforcer, choose as choose_memory_enforcement
+from supervisor.limits.memory import Enforcer
+from supervisor.limits.memory import choose as choose_memory_enforcement
 from supervisor.log import log, warn
 from supervisor.model import ScriptRecord, to_bundle
 from supervisor.pool.bodies import BodySource
@@ -126,7 +127,7 @@ class Pool:
                                        self.memory.jail_address_space_mb())
         self.children: dict[int, ChildProcess] = {}
         self.spares: deque[ChildProcess] = deque()
-        self.warm: "OrderedDict[tuple[str, str], ChildProcess]" = OrderedDict()
+        self.warm: OrderedDict[tuple[str, str], ChildProcess] = OrderedDict()
         self.retired: set[ChildProcess] = set()
         #: Children whose CPU the watchdog polls (budgets the kernel is not armed for).
         self.busy: set[ChildProcess] = set()

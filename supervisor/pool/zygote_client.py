@@ -39,14 +39,21 @@ import secrets
 import socket
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import msgspec
 import trio
 
-from protocol.messages import (PROTOCOL_VERSION, Exited, FromZygote, PackageZygoteStarted, Spawn, Spawned,
-                               StartPackageZygote, ZygoteReady)
-
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Exited,
+    FromZygote,
+    PackageZygoteStarted,
+    Spawn,
+    Spawned,
+    StartPackageZygote,
+    ZygoteReady,
+)
 from supervisor.log import error, log, warn
 
 SpawnedCallback = Callable[[int, socket.socket, int], None]

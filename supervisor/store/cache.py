@@ -38,7 +38,7 @@ def pick(deployed: Deployed) -> ScriptRecord:
     if len(records) == 1:
         return records[0]
     point = random.random() * cumulative[-1]
-    for record, edge in zip(records, cumulative):
+    for record, edge in zip(records, cumulative, strict=False):
         if point < edge:
             return record
     return records[-1]

@@ -30,12 +30,11 @@ import msgspec
 
 from supervisor.edge.routes import RouteError, RouteTable, normalize_pattern
 from supervisor.errors import Conflict, Invalid, NotFound
-from supervisor.model import AssetSet, MAX_TAGS, PLATFORM, ScriptRecord, check_name, check_tag
+from supervisor.model import MAX_TAGS, PLATFORM, AssetSet, ScriptRecord, check_name, check_tag
 from supervisor.store import schema
 from supervisor.store.cache import Deployed, RecordCache, pick
 from supervisor.store.cursors import TagFilter, coerce_filters, decode_cursor, encode_cursor
 from supervisor.store.records import (
-    packages_lock_of,
     LIST_COLUMNS,
     DeploymentInfo,
     NamespaceInfo,
@@ -46,6 +45,7 @@ from supervisor.store.records import (
     assets_decoder,
     encode_metadata,
     encode_modules,
+    packages_lock_of,
     record_from_row,
     splits_decoder,
     tags_decoder,
