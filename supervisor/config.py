@@ -8,6 +8,7 @@ file. Unknown keys are an error, so a typo never silently does nothing.
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import msgspec
 
@@ -34,7 +35,7 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: picks a per-child cgroup (v2, then v1) where the host delegates one,
     #: else prlimit(); "cgroup" or "prlimit" insist on one (start fails if
     #: this host cannot give it).
-    memory_enforcement: str = "auto"
+    memory_enforcement: Literal["auto", "cgroup", "prlimit"] = "auto"
     #: A zygote is replaced after this long, or after forking this many
     #: children, whichever comes first: its children share its hash seed.
     zygote_max_age_s: float = 3600.0
@@ -86,7 +87,7 @@ class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     #: "owner" (0600, the default) or "group" (0660: readable and writable by
     #: the socket's group, e.g. a deploy tool's; set ``socket_group`` to pick it).
-    socket_access: str = "owner"
+    socket_access: Literal["owner", "group"] = "owner"
     socket_group: str | None = None
     #: Optional TCP listener HOST:PORT for a control plane on another host;
     #: every call needs an API token (`corral token create`).
