@@ -208,6 +208,7 @@ async def run_scheduled(pool: Any, limits: Any, record: Any, cron: str, when: fl
     limits (``limits.defaults_for``), its outcome, its trace (``on_trace``).
     """
     from supervisor.lifecycle import Outcome
+    from supervisor.observability import traces
 
     inv = await pool.invoke(record, b"GET", "", [], None, limits.defaults_for(record),
                             event=scheduled_event(cron, when))
@@ -219,4 +220,4 @@ async def run_scheduled(pool: Any, limits: Any, record: Any, cron: str, when: fl
         inv.cancel(Outcome.EXCEEDED_WALL_TIME)
     with trio.move_on_after(linger_s):  # waitUntil work; the pool ends it at its deadline
         await inv.done.wait()
-    return inv.trace()
+    return traces.build(inv)

@@ -30,7 +30,6 @@ PLATFORM = ""
 
 #: Namespace and script names: 1-63 of ``A-Z a-z 0-9 _ -``. Narrow on purpose:
 #: names end up in host names, URL paths, log lines and metric labels.
-NAME_PATTERN = r"^[A-Za-z0-9_-]{1,63}$"
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,63}")  # fullmatch: "$" would let a trailing newline in
 MAX_TAGS = 8  # Cloudflare's limit per script
 MAX_TAG_LENGTH = 256

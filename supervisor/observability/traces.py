@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from protocol.messages import TailEvent
+from protocol.messages import ScheduledEvent, TailEvent
 
 if TYPE_CHECKING:
     from supervisor.model import ScriptRecord
@@ -103,7 +103,9 @@ def event_info(inv: Invocation) -> dict[str, Any]:
     if isinstance(event, TailEvent):
         return {"consumedEvents": [{"scriptName": e.get("scriptName")} for e in event.events
                                    if isinstance(e, dict)]}
-    # Scheduled and queue events add their own shape here.
+    if isinstance(event, ScheduledEvent):  # Cloudflare's shape for a cron trigger
+        return {"cron": event.cron, "scheduledTime": event.scheduled_time}
+    # Queue events add their own shape here.
     return {type(event).__struct_config__.tag: {}}
 
 

@@ -75,7 +75,6 @@ class BytesBody:
         self._data = b""
 
 
-EMPTY = b""
 
 
 async def read_all(source: BodySource, limit: int) -> bytes:

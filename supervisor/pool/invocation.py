@@ -257,34 +257,6 @@ class Invocation:
         end = self.ended or time.monotonic()
         return (end - self.started) * 1000.0
 
-    def trace(self) -> dict[str, Any]:
-        """The trace event of SPEC.md section 4 (tail workers come later)."""
-        record = self.record
-        return {
-            "scriptName": record.name,
-            "dispatchNamespace": record.namespace or None,
-            "scriptTags": list(record.tags),
-            "scriptVersion": {"id": record.version},
-            "outcome": self.outcome,
-            "eventTimestamp": int(self.event_ts),
-            "event": {"cron": self.event.cron, "scheduledTime": self.event.scheduled_time}
-            if self.event is not None else {
-                "request": {
-                    "url": self.url,
-                    "method": self.method.decode("latin-1"),
-                    "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers
-                                if k not in (b"authorization", b"cookie")},
-                },
-                "response": {"status": self.status} if self.status else None,
-            },
-            "logs": self.logs,
-            "exceptions": self.exceptions,
-            "cpuTime": round(self.cpu_ns / 1e6, 3),
-            "wallTime": round(self.wall_ms, 3),
-            "subrequests": self.subrequests,
-            "children": [child.trace() for child in self.children],
-        }
-
 
 class WallLimitedBody:
     """A body an invocation passes on by reference, read within its wall limit.
