@@ -63,7 +63,7 @@ from . import bindings as storage_bindings
 from . import events, jail, landlock, loader, logs, unavailable, warmup, workers
 from .channel import Channel
 from .run_sync import run_in_portal
-from .streams import IncomingBody, OutgoingBody
+from .streams import IncomingBody, OutgoingBody, pump
 
 #: Log budget per invocation, and the channel backlog past which logs are dropped.
 MAX_LOG_LINES = 1000
@@ -505,7 +505,7 @@ class Runtime:
         sent, out = self.send_body(response._body, inv)
         self.send(ResponseStart(inv, response.status, response.headers._raw(), sent))
         if out is not None:
-            await _pump(response._body, out)
+            await pump(response._body, out)
 
     def _on_cancel(self, message: Cancel) -> None:
         """Stop an invocation: its handler, or its ``waitUntil`` work past the deadline."""
@@ -567,7 +567,7 @@ class Runtime:
         self.calls[call] = future
         body = request._body
         request._body_used = body is not None
-        pump: asyncio.Task | None = None
+        sending: asyncio.Task | None = None
         sent, out = self.send_body(body, call)
         self.send(SubRequest(
             call=call, parent=parent, kind=kind,  # type: ignore[arg-type]
@@ -576,7 +576,7 @@ class Runtime:
             body=sent, redirect=request.redirect, limits=limits, params=params,
         ))
         if out is not None:
-            pump = self.loop.create_task(_pump(body, out))
+            sending = self.loop.create_task(pump(body, out))
         try:
             result = await future
         except asyncio.CancelledError:
@@ -584,11 +584,11 @@ class Runtime:
             raise
         finally:
             self.calls.pop(call, None)
-            if pump is not None and pump.done():
+            if sending is not None and sending.done():
                 self.outgoing.pop(call, None)
         if isinstance(result, SubFailed):
-            if pump is not None:
-                pump.cancel()
+            if sending is not None:
+                sending.cancel()
                 self.outgoing.pop(call, None)
             raise workers.PlatformError(result.error.name, result.error.message)
         response = workers.Response(status=result.status, headers=None)
@@ -623,23 +623,6 @@ class Runtime:
         out = self.outgoing.pop(message.stream, None)
         if out is not None:
             out.abort(message.reason)
-
-
-async def _pump(body: Any, out: OutgoingBody) -> None:
-    """Send ``body`` (bytes, an IncomingBody or an async iterator) on ``out``."""
-    try:
-        if isinstance(body, bytes):
-            for start in range(0, len(body), MAX_CHUNK):
-                await out.write(body[start : start + MAX_CHUNK])
-        else:
-            async for chunk in body:
-                if isinstance(chunk, str):
-                    chunk = chunk.encode()
-                await out.write(bytes(chunk))
-    except BaseException as exc:
-        out.fail(f"{type(exc).__name__}: {exc}")
-        raise
-    out.end()
 
 
 def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,

@@ -20,20 +20,14 @@ from typing import Any
 
 from protocol.messages import RequestEvent, ScheduledEvent, TailEvent
 
+from .sdk_types import JsDict
+
 #: Handler kinds a script may define, in the order the load error names them.
 KINDS = ("fetch", "scheduled", "queue", "tail")
 
 
-class TraceItem(dict):
-    """A trace event: a dict, with attribute access to its keys (recursively)."""
-
-    __slots__ = ()
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+#: A trace event as tail workers see it: a dict with attribute access.
+TraceItem = JsDict
 
 
 def trace_items(value: Any) -> Any:

@@ -22,7 +22,16 @@ __all__ = ["JsDict", "Blob", "File", "FormData", "python_to_rpc", "python_from_r
 
 
 class JsDict(dict):
-    """A dict that also answers attribute access, as binding results do on Cloudflare."""
+    """A dict that also answers attribute access, as a JavaScript object
+    converted by Pyodide would (``result.meta.changes``, ``event.scriptName``).
+    A field wins over a dict method of the same name (``listing.keys`` is KV's
+    list of keys). The one such class of the SDK: binding results, RPC values
+    and tail workers' trace events all are one."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name[:1] != "_" and dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        return super().__getattribute__(name)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -32,6 +41,9 @@ class JsDict(dict):
 
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
+
+    def to_py(self) -> JsDict:
+        return self
 
 
 def python_from_rpc(value: Any) -> Any:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protocol.flow import Inbound, Outbound, StreamFailed
-from protocol.messages import Abort, BodyChunk, Credit
+from protocol.messages import MAX_CHUNK, Abort, BodyChunk, Credit
 
 if TYPE_CHECKING:
     from .channel import Channel
@@ -138,3 +138,21 @@ class OutgoingBody:
     def fail(self, reason: str) -> None:
         if self._state.aborted is None:
             self._channel.send(Abort(self.stream_id, reason))
+
+
+async def pump(body: Any, out: OutgoingBody) -> None:
+    """Send ``body`` (bytes, an IncomingBody or an async iterator) on ``out``,
+    then end the stream (or fail it with what went wrong)."""
+    try:
+        if isinstance(body, bytes):
+            for start in range(0, len(body), MAX_CHUNK):
+                await out.write(body[start : start + MAX_CHUNK])
+        else:
+            async for chunk in body:
+                if isinstance(chunk, str):
+                    chunk = chunk.encode()
+                await out.write(bytes(chunk))
+    except BaseException as exc:
+        out.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    out.end()

@@ -25,39 +25,17 @@ from typing import Any
 
 import msgspec
 
-from protocol.messages import MAX_CHUNK, Abort, BindingCall, SubFailed
+from protocol.messages import Abort, BindingCall, SubFailed
 
 from .. import workers
 from ..pyodide_shim import JsException
-from ..streams import IncomingBody, OutgoingBody
+from ..sdk_types import JsDict as AttrDict
+from ..streams import IncomingBody, pump
 
 #: Arguments larger than this (encoded) travel as the call's body.
 MAX_INLINE_ARGS = 512 * 1024
 
 Body = "bytes | IncomingBody | None"
-
-
-class AttrDict(dict):
-    """A dict that also answers attribute access, as a JavaScript object
-    converted by Pyodide would (``result.meta.changes``). A field wins over
-    a dict method of the same name (``listing.keys`` is KV's list of keys)."""
-
-    def __getattribute__(self, name: str) -> Any:
-        if name[:1] != "_" and dict.__contains__(self, name):
-            return dict.__getitem__(self, name)
-        return super().__getattribute__(name)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
-
-    def to_py(self) -> AttrDict:
-        return self
 
 
 class AttrList(list):
@@ -143,45 +121,29 @@ async def call(binding: str, method: str, args: list[Any], body: Any = None
     runtime._next_call -= 1
     future = runtime.loop.create_future()
     runtime.calls[call_id] = future
-    pump: asyncio.Task | None = None
+    sending: asyncio.Task | None = None
     fields["body"], out = runtime.send_body(body, call_id)
     runtime.send(BindingCall(call=call_id, parent=parent, binding=binding, method=method,
                              **fields))
     if out is not None:
-        pump = runtime.loop.create_task(_pump(body, out))
+        sending = runtime.loop.create_task(pump(body, out))
     try:
         result = await future
     except asyncio.CancelledError:
         runtime.send(Abort(call_id, "caller cancelled"))
-        if pump is not None:
-            pump.cancel()
+        if sending is not None:
+            sending.cancel()
         raise
     finally:
         runtime.calls.pop(call_id, None)
-        if pump is not None and pump.done():
+        if sending is not None and sending.done():
             runtime.outgoing.pop(call_id, None)
     if isinstance(result, SubFailed):
-        if pump is not None:
-            pump.cancel()
+        if sending is not None:
+            sending.cancel()
             runtime.outgoing.pop(call_id, None)
         raise JsException(result.error.name, result.error.message)
     return result.value, runtime.receive_body(result.body, call_id)
-
-
-async def _pump(body: Any, out: OutgoingBody) -> None:
-    try:
-        if isinstance(body, bytes):
-            for start in range(0, len(body), MAX_CHUNK):
-                await out.write(body[start : start + MAX_CHUNK])
-        else:
-            async for chunk in body:
-                if isinstance(chunk, str):
-                    chunk = chunk.encode()
-                await out.write(bytes(chunk))
-    except BaseException as exc:
-        out.fail(f"{type(exc).__name__}: {exc}")
-        raise
-    out.end()
 
 
 async def read(body: bytes | IncomingBody | None) -> bytes:
