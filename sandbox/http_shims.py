@@ -18,13 +18,12 @@ nothing.
 
 from __future__ import annotations
 
-import importlib.abc
 import io
-import sys
 import types
 from collections.abc import Callable
 from typing import Any
 
+from . import import_patches
 from .run_sync import run_sync
 
 
@@ -157,40 +156,5 @@ PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
 }
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, inner: Any, patch: Callable[[types.ModuleType], None]) -> None:
-        self.inner = inner
-        self.patch = patch
-
-    def create_module(self, spec: Any) -> Any:
-        return self.inner.create_module(spec)
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        self.inner.exec_module(module)
-        self.patch(module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-class PatchFinder(importlib.abc.MetaPathFinder):
-    """Finds the patched modules with the other finders, then patches them after loading."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        patch = PATCHES.get(fullname)
-        if patch is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _PatchingLoader(spec.loader, patch)
-                return spec
-        return None
-
-
 def install() -> None:
-    if not any(isinstance(f, PatchFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, PatchFinder())
+    import_patches.install(PATCHES)

@@ -22,11 +22,12 @@ meta-path hook, so that they cost nothing until a script wants them.
 from __future__ import annotations
 
 import errno
-import importlib.abc
 import sys
 import types
 from collections.abc import Callable
 from typing import Any
+
+from . import import_patches
 
 PROCESSES = "workers cannot start processes (each worker is one sandboxed process)"
 THREADS = "workers cannot start threads; use asyncio tasks (ctx.waitUntil for background work)"
@@ -110,51 +111,6 @@ PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
 }
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    """Runs the real loader, then the module's patch."""
-
-    def __init__(self, loader: Any, patch: Callable[[types.ModuleType], None]) -> None:
-        self._loader = loader
-        self._patch = patch
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        module.__loader__ = self._loader
-        self._loader.exec_module(module)
-        self._patch(module)
-
-
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patches the modules of :data:`PATCHES` that are not imported yet, as they are."""
-
-    def __init__(self, pending: dict[str, Callable[[types.ModuleType], None]]) -> None:
-        self._pending = pending
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        patch = self._pending.get(fullname)
-        if patch is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _PatchingLoader(spec.loader, patch)
-                return spec
-        return None
-
-
 def install() -> None:
     """Patch what is imported, hook what is not; once per child, before the script runs."""
-    pending = {}
-    for name, patch in PATCHES.items():
-        module = sys.modules.get(name)
-        if module is not None:
-            patch(module)
-        else:
-            pending[name] = patch
-    if pending:
-        sys.meta_path.insert(0, _PatchOnImport(pending))
+    import_patches.install(PATCHES)

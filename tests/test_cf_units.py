@@ -75,7 +75,7 @@ def test_content_types():
 @pytest.fixture
 def fake_fetch(monkeypatch):
     """The sandbox's modules with a runtime whose fetch answers in-process."""
-    from sandbox import http_shims, tenant_modules, workers
+    from sandbox import import_patches, tenant_modules, workers
 
     calls = []
 
@@ -95,7 +95,7 @@ def fake_fetch(monkeypatch):
     for name in [n for n in sys.modules if n == "httpx" or n.startswith(("httpx.", "anyio.to_thread"))]:
         del sys.modules[name]
     yield calls
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, http_shims.PatchFinder)]
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, import_patches._PatchOnImport)]
     sys.modules.clear()
     sys.modules.update(saved)
 
