@@ -161,6 +161,13 @@ FRAMEWORKS: dict[str, tuple[Callable[[], Any], str]] = {
 }
 
 
+#: The rehearsal apps, alive as long as the process: frameworks keep caches
+#: keyed by ``id()`` of an endpoint (FastAPI's endpoint context), and a
+#: freed rehearsal function's id could otherwise be a tenant function's.
+#: Spares replay them (:func:`replay`) to take their page faults early.
+_KEPT: list[tuple[Any, str]] = []
+
+
 async def _requests(app: Any, kind: str) -> list[int]:
     from . import workers, workers_asgi, workers_wsgi
 
@@ -186,9 +193,11 @@ def rehearse(modules: list[str]) -> dict:
         started = time.perf_counter()
         loop = asyncio.new_event_loop()
         try:
+            app = factory()
+            _KEPT.append((app, kind))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                statuses = loop.run_until_complete(asyncio.wait_for(_requests(factory(), kind), 5))
+                statuses = loop.run_until_complete(asyncio.wait_for(_requests(app, kind), 5))
             done[name] = {"ms": round((time.perf_counter() - started) * 1000, 1), "statuses": statuses}
         except BaseException as exc:  # noqa: BLE001 - a rehearsal is an optimisation only
             done[name] = f"{type(exc).__name__}: {exc}"[:200]
@@ -196,6 +205,30 @@ def rehearse(modules: list[str]) -> dict:
             loop.close()
             asyncio.set_event_loop(None)
     return done
+
+
+def replay() -> None:
+    """In a spare, before any Load: the rehearsal requests again, through the
+    zygote's own apps, so the pages a framework writes on a request (reference
+    counts, caches) are copied now, at the spare's low priority, not during a
+    tenant's cold start. Scheduled on the child's running loop."""
+    if _KEPT:
+        _replays.add(asyncio.get_event_loop().create_task(_replay()))
+
+
+_replays: set[asyncio.Task] = set()
+
+
+async def _replay() -> None:
+    restore = _snapshot()
+    try:
+        for app, kind in _KEPT:
+            await _requests(app, kind)
+    except BaseException:  # noqa: BLE001 - an optimisation only
+        pass
+    finally:
+        restore()
+        _replays.clear()
 
 
 # ---------------------------------------------------------------------------
