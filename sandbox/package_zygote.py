@@ -17,6 +17,11 @@ drops every capability but the two its children need to take their own uid
 (``CAP_SETUID``, ``CAP_SETGID``). What it imports is the platform's index's
 code, never a tenant's.
 
+Past the top-level imports, :mod:`sandbox.package_warmup` imports the
+set's submodules and serves one request through a synthetic app of the
+runtime's own per framework, so lazy imports and first-use caches are
+shared too.
+
 Tenant code is not run here: a script's top level (building its app) still
 runs per child, since a zygote per *script* would cost a process per tenant.
 """
@@ -31,7 +36,7 @@ import signal
 import sys
 import time
 
-from . import jail
+from . import jail, package_warmup
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
@@ -127,6 +132,8 @@ def become(rules: jail.FileRules, package_dirs: list[str]) -> dict:
         except BaseException as exc:  # noqa: BLE001 - a module that cannot load here is the tenant's to import
             failed[name] = f"{type(exc).__name__}: {exc}"[:200]
     seconds = time.perf_counter() - started
+    warmed = package_warmup.warm(imported, package_dirs)
     gc.collect()
     gc.freeze()
-    return {"imported": imported, "failed": failed, "import_s": round(seconds, 3), "problems": problems}
+    return {"imported": imported, "failed": failed, "import_s": round(seconds, 3), "warm": warmed,
+            "problems": problems}

@@ -85,6 +85,8 @@ def prefault() -> None:
     writes; loading a script touches hundreds. Doing it here, at the spare's
     low priority before any tenant exists, takes that cost off the cold start.
     Only spares pay it in memory; a tenant would touch these pages anyway.
+    A package zygote's spare also replays its framework rehearsals
+    (:func:`sandbox.package_warmup.replay`), imported only by package zygotes.
     """
     from . import loader
 
@@ -94,3 +96,6 @@ def prefault() -> None:
     finally:
         sys.meta_path[:] = saved
         loader.unload(REHEARSAL_BUNDLE, REHEARSAL_MAIN)
+    package_warmup = sys.modules.get(f"{__package__}.package_warmup")
+    if package_warmup is not None:
+        package_warmup.replay()

@@ -128,6 +128,18 @@ def test_a_fastapi_tenant_with_pydantic_core(c: Corral) -> None:
     assert out["fastapi"] and out["pydantic_core"]
 
 
+def test_the_fastapi_set_zygote_rehearsed_a_synthetic_app(c: Corral) -> None:
+    """Its zygote served Corral's own FastAPI app (never a tenant's) before
+    freezing, so a tenant's first request finds FastAPI's lazy imports done."""
+    call(c, "fastapi")  # the set's zygote exists by now
+    ready = [json.loads(line) for line in c.log_path.read_text().splitlines()
+             if '"package_zygote.ready"' in line and '"fastapi"' in line]
+    assert ready, c.log()
+    warm = ready[-1]["warm"]
+    assert warm["rehearsed"]["fastapi"]["statuses"] == [200, 422, 200], warm
+    assert warm["walk"]["imported"] > 0 and "error" not in warm, warm
+
+
 DJANGO = worker('''
     import io
 
