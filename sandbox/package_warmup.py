@@ -37,7 +37,8 @@ import signal
 import sys
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: Package path parts never imported by the walk: tests, docs, other tools'
 #: plugins, and optional integrations a typical app does not touch.
