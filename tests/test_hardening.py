@@ -115,7 +115,7 @@ class Default(WorkerEntrypoint):
             # A little CPU after every response: must not add up to unbounded.
             import time as _t
             async def nibble():
-                await asyncio.sleep(0)
+                await asyncio.sleep(float(q.get("delay", "0.02")))  # after the response is out
                 end = _t.process_time() + float(q["ms"]) / 1000.0
                 while _t.process_time() < end:
                     pass
@@ -291,14 +291,26 @@ def test_task_left_burning_after_the_response_is_killed(corral):
 
 
 def test_a_little_cpu_after_every_response_does_not_add_up(corral):
-    """The allowance is not reset by each request: nibbling 5 ms a time runs out."""
+    """Idle between requests (the allowance is guarded), the allowance is not
+    reset by each request: nibbling 5 ms a time runs out."""
     pid = pid_of(corral, "sneaky")
     for _ in range(200):
         assert call(corral, "sneaky", "/nibble?ms=5").status == 200
-        if gone(pid, timeout=0.05):
+        if gone(pid, timeout=0.2):  # idle long enough for the watchdog to guard it
             break
     assert gone(pid, timeout=5), "background CPU after each response was never bounded"
     healthy(corral)
+
+
+def test_cpu_after_a_response_is_charged_to_the_tenants_requests(corral):
+    """Back to back, a task left burning after a response is not free: its CPU
+    is on the tenant's invocations (the one that started it, or the next)."""
+    assert call(corral, "sneaky", "/nibble?ms=40&delay=0").status == 200
+    assert call(corral, "sneaky", "/?after-nibble").status == 200
+    events = [wait_for_trace(corral, lambda t, end=end: t["scriptName"] == "sneaky" and t["event"]
+                             and t["event"]["request"]["url"].endswith(end))
+              for end in ("/nibble?ms=40&delay=0", "/?after-nibble")]
+    assert sum(e["cpuTime"] for e in events) >= 30, [e["cpuTime"] for e in events]
 
 
 def test_wait_until_cpu_is_charged_to_its_invocation(corral):

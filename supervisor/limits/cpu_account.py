@@ -18,18 +18,20 @@ core an inter-processor interrupt, so the hot path makes as few as it can:
   watchdog reads busy children every few tens of milliseconds. No syscall on
   the request path at all.
 * **Outside invocations.** A task the tenant left running after its response
-  (``loop.create_task``, not ``waitUntil``) belongs to no invocation, so no
-  budget would stop it. Whenever a child falls idle, the counter is armed
-  with the child's *background allowance*: a small bucket
-  (``limits.background_cpu_ms``) that idle CPU drains and each ended
-  invocation refills by :data:`BACKGROUND_REFILL_NS`. Spent, the kernel kills
-  the child. The refill is what a real runtime needs between requests (tens
-  of microseconds) with a wide margin, and bounds what a hostile tenant can
-  take per request; the bucket bounds what it can take at once.
+  (``loop.create_task``, not ``waitUntil``) belongs to no invocation. Over a
+  short gap between invocations its CPU stays in the counter's delta and is
+  charged to the next invocation (the tenant's budget and bill, with no
+  syscall on the hot path). Once a child has been idle for
+  :data:`IDLE_GUARD_AFTER_S`, the pool's watchdog arms the counter with the
+  child's *background allowance*: a small bucket (``limits.background_cpu_ms``)
+  that idle CPU drains and each ended invocation refills by
+  :data:`BACKGROUND_REFILL_NS`. Spent, the kernel kills the child. So arming
+  costs one syscall per long idle period, never one per request.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 from supervisor.limits.cpu_meter import CpuMeter, TickCpuMeter
@@ -40,6 +42,8 @@ PRECISE_BELOW_NS = 2_000_000_000
 STARTUP_CPU_NS = 1_000_000_000
 #: Background allowance given back by each invocation that ends.
 BACKGROUND_REFILL_NS = 1_000_000
+#: How long a child stays idle before the kernel guards its background allowance.
+IDLE_GUARD_AFTER_S = 0.05
 
 
 class Charged(Protocol):
@@ -52,7 +56,7 @@ class Charged(Protocol):
 
 class CpuAccount:
     __slots__ = ("meter", "active", "_last", "_armed", "deadline", "loading", "background",
-                 "_idle_base", "exact", "background_ns")
+                 "_idle_base", "idle_since", "exact", "background_ns")
 
     def __init__(self, meter: CpuMeter, *, exact: bool = True,
                  background_ns: int = 50_000_000) -> None:
@@ -69,8 +73,10 @@ class CpuAccount:
         self.loading = False
         #: What is left of the background allowance (see the module docstring).
         self.background = background_ns
-        #: Counter value when the child last fell idle (None: not idle).
+        #: Counter value when the kernel started guarding the allowance (None: not guarded).
         self._idle_base: int | None = None
+        #: time.monotonic() when the child fell idle, until the allowance is guarded.
+        self.idle_since: float | None = None
 
     # -- loading ---------------------------------------------------------------
     def start_loading(self) -> None:
@@ -86,17 +92,23 @@ class CpuAccount:
         if self.active:
             self._rearm()
         else:
-            self._idle()
+            self.idle_since = time.monotonic()
 
     # -- invocations -------------------------------------------------------------
     def start(self, inv: Charged) -> None:
+        self.idle_since = None
         if self._idle_base is not None:
-            # CPU burnt while idle is the background allowance's, not this
+            # CPU burnt while guarded is the background allowance's, not this
             # invocation's.
             now = self._read()
             self.background -= max(0, now - self._idle_base)
             self._last = now
             self._idle_base = None
+            if self.background <= 0:
+                # Spent while idle and not yet stopped by the kernel: stop now.
+                self.active.append(inv)
+                self._arm_for(0)
+                return
         self.active.append(inv)
         if not self.loading and (self._armed or 0 < inv.cpu_budget_ns < PRECISE_BELOW_NS):
             self._rearm()
@@ -104,23 +116,31 @@ class CpuAccount:
     def stop(self, inv: Charged) -> None:
         if inv in self.active:
             # A read here attributes CPU exactly to the invocation that ends;
-            # it is needed for traces (cpuTime), for armed budgets and for the
-            # background allowance's base when the child falls idle. Without
+            # it is needed for traces (cpuTime) and for armed budgets. Without
             # them the watchdog's periodic reads are enough, and the hot path
             # saves a syscall (an IPI when the child is running).
-            last = len(self.active) == 1
-            if not self.loading and (self.exact or self._armed or last):
+            if not self.loading and (self.exact or self._armed):
                 self.charge()
             self.active.remove(inv)
-            if last and not self.loading:
-                self.background = min(self.background_ns,
-                                      self.background + BACKGROUND_REFILL_NS)
-                self._idle()
+            if not self.active and not self.loading:
+                self.background = min(self.background_ns, self.background + BACKGROUND_REFILL_NS)
+                self.idle_since = time.monotonic()
 
-    def _idle(self) -> None:
-        """No invocation runs: the kernel guards the background allowance."""
-        self._idle_base = self._last
-        self._arm_for(max(0, self.background))
+    def guard_idle(self) -> bool:
+        """Idle for a while: what ran since the last read is the allowance's,
+        and the kernel kills the child once the rest of it is spent. False if
+        it is spent already (the caller kills the child)."""
+        self.idle_since = None
+        if self.active or self.loading or self._idle_base is not None:
+            return True
+        now = self._read()
+        self.background -= max(0, now - self._last)
+        self._last = now
+        if self.background <= 0:
+            return False
+        self._idle_base = now
+        self._arm_for(self.background)
+        return True
 
     def charge(self) -> None:
         """Split the CPU used since the last read among running invocations."""
@@ -190,12 +210,12 @@ class CpuAccount:
 
     @property
     def idle(self) -> bool:
-        """No invocation runs; the background allowance is what is armed."""
-        return self._idle_base is not None
+        """No invocation runs (and no script is loading)."""
+        return not self.active and not self.loading
 
     @property
     def needs_watchdog(self) -> bool:
         """Busy with budgets the kernel is not enforcing (or no kernel help at all)."""
         if isinstance(self.meter, TickCpuMeter):
-            return bool(self.active) or self._idle_base is not None
+            return bool(self.active) or self._idle_base is not None or self.idle_since is not None
         return bool(self.active) and not self._armed

@@ -80,6 +80,8 @@ class ChildOwner(Protocol):
 
     #: Children whose CPU budgets the pool's watchdog polls (see cpu_account).
     busy: set[ChildProcess]
+    #: Idle children whose background allowance the watchdog will soon guard.
+    cooling: set[ChildProcess]
     #: The highest invocation id handed out (stream ids above it were never opened).
     last_invocation_id: int
 
@@ -460,6 +462,8 @@ class ChildProcess:
             self.cpu.finish_loading()
             if self.cpu.needs_watchdog:
                 self.owner.busy.add(self)
+            if self.cpu.idle_since is not None:
+                self.owner.cooling.add(self)
 
     def _invocation(self, inv_id: int) -> Invocation:
         inv = self.invocations.get(inv_id)
@@ -641,6 +645,8 @@ class ChildProcess:
             self.cpu.stop(inv)
             if not self.cpu.needs_watchdog:
                 self.owner.busy.discard(self)
+            if self.cpu.idle_since is not None:
+                self.owner.cooling.add(self)
 
     # ------------------------------------------------------------------
     # death

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -38,7 +39,7 @@ import trio
 from protocol.messages import BindingCall, Event, ExceptionInfo, Invoke, Limits, SubFailed, SubRequest
 from supervisor.config import ServeConfig
 from supervisor.lifecycle import ChildState, KillReason, Outcome
-from supervisor.limits.cpu_account import CpuAccount
+from supervisor.limits.cpu_account import IDLE_GUARD_AFTER_S, CpuAccount
 from supervisor.limits.cpu_meter import MeterFactory
 from supervisor.limits.memory import Enforcer
 from supervisor.limits.memory import choose as choose_memory_enforcement
@@ -131,6 +132,8 @@ class Pool:
         self.retired: set[ChildProcess] = set()
         #: Children whose CPU the watchdog polls (budgets the kernel is not armed for).
         self.busy: set[ChildProcess] = set()
+        #: Children fallen idle whose background allowance is not guarded yet.
+        self.cooling: set[ChildProcess] = set()
         self._requested = 0
         self._waiting = 0
         self._spare_lot = trio.lowlevel.ParkingLot()
@@ -298,6 +301,7 @@ class Pool:
             self.memory.forget(child.pid, child.memory)
         self.retired.discard(child)
         self.busy.discard(child)
+        self.cooling.discard(child)
         record = child.record
         if record is not None and self.warm.get((record.namespace, record.name)) is child:
             del self.warm[(record.namespace, record.name)]
@@ -403,6 +407,7 @@ class Pool:
         while True:
             await trio.sleep(WATCHDOG_PERIOD_S)
             now = trio.current_time()
+            self._guard_idle_children()
             for child in list(self.busy):
                 cpu = child.cpu
                 if cpu is not None and cpu.needs_watchdog and cpu.over_budget():
@@ -421,6 +426,21 @@ class Pool:
                             break
                     elif now > inv.response_end + linger_s:
                         inv.end_lingering(LINGER_GRACE_S)
+
+    def _guard_idle_children(self) -> None:
+        """Children idle for a while get their background allowance armed in
+        the kernel (one syscall per idle period, none per request)."""
+        if not self.cooling:
+            return
+        guard_after = time.monotonic() - IDLE_GUARD_AFTER_S
+        for child in list(self.cooling):
+            cpu = child.cpu
+            if cpu is None or cpu.idle_since is None or not child.alive:
+                self.cooling.discard(child)
+            elif cpu.idle_since <= guard_after:
+                self.cooling.discard(child)
+                if not cpu.guard_idle():
+                    child.kill(KillReason.EXCEEDED_CPU)
 
     def _kill_lingering(self, child: ChildProcess) -> None:
         """A child ignored the end of its ``waitUntil`` deadline: it goes.
