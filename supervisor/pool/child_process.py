@@ -29,6 +29,7 @@ from protocol.messages import (
     ByRef,
     Inline,
     Abort,
+    QueueSettled,
     BindingCall,
     BodyChunk,
     Credit,
@@ -220,6 +221,7 @@ class ChildProcess:
             Credit: self._on_credit,
             InvokeDone: self._on_done,
             InvokeFailed: self._on_failed,
+            QueueSettled: self._on_settled,
             Log: self._on_log,
             SubRequest: self._on_subrequest,
             BindingCall: self._on_binding_call,
@@ -534,6 +536,10 @@ class ChildProcess:
             # The child exits right after this frame; no request may reach it.
             self.owner.retire(self)
             self.kill(KillReason.EXCEEDED_MEMORY)
+
+    def _on_settled(self, message: QueueSettled) -> None:
+        """A queue consumer's explicit ack/retry decisions (supervisor.queues reads them)."""
+        self._invocation(message.id).settled = message
 
     def _on_done(self, message: InvokeDone) -> None:
         inv = self._invocation(message.id)
