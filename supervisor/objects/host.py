@@ -25,7 +25,7 @@ import trio
 from protocol.messages import DurableObjectEvent, ExceptionInfo
 
 from supervisor.bindings.base import BindingError
-from supervisor.log import warn
+from supervisor.log import log, warn
 
 #: Largest RPC result an object may return (msgpack-encoded).
 MAX_RESULT_BYTES = 32 * 1024 * 1024
@@ -146,6 +146,8 @@ class ObjectHost:
                     continue
                 del self.live[key]
                 self._evict(key, obj)
+                log("dobject.evicted", namespace=key.namespace, script=key.script,
+                    class_name=key.class_name, object_id=key.object_id)
 
     def _evict(self, key: ObjectKey, obj: LiveObject) -> None:
         """Drop the instance in its child (if that child still runs and is the
