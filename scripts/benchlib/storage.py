@@ -171,7 +171,7 @@ await env.DB.exec("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM 
 def render(result: dict) -> str:
     lines = [f"storage: {result['ops']} sequential operations each, one tenant, "
              f"{os.cpu_count()} cores",
-             f"{"operation":<14} {'channel p50':>12} {'p99':>9} {'direct p50':>12} {'p99':>9}  (ms)"]
+             f"{'operation':<14} {'channel p50':>12} {'p99':>9} {'direct p50':>12} {'p99':>9}  (ms)"]
     for op in ("kv_get", "kv_put", "d1_point"):
         c, d = result["channel"][op], result["direct"][op]
         lines.append(f"{op:<14} {c['p50_ms']:>12.3f} {c['p99_ms']:>9.3f} {d['p50_ms']:>12.3f} "
