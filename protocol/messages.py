@@ -36,7 +36,7 @@ import msgspec
 
 #: Bumped whenever a message changes shape; a child speaking another version
 #: is killed at its first frame.
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 
 #: Largest chunk of a streamed body, and largest inline body.
 MAX_CHUNK = 64 * 1024
@@ -193,9 +193,48 @@ class ScheduledEvent(_Msg, tag="scheduled"):
     scheduled_time: float
 
 
-#: The event an :class:`Invoke` delivers. A queue batch is one more member;
-#: the child dispatches on the member's type (sandbox.events).
-Event = Union[RequestEvent, TailEvent, ScheduledEvent]
+class DurableObjectEvent(_Msg, tag="dobject"):
+    """A call on the Durable Object ``object_id`` of class ``class_name``.
+
+    ``method`` is ``"fetch"`` (the Invoke's HTTP fields are the request and
+    the response is the object's), ``"alarm"`` (its alarm handler), an RPC
+    method name (the Invoke's body is the msgpack-encoded argument list;
+    the response body the msgpack-encoded result), or ``"#evict"`` (drop
+    the live instance; its storage stays). The supervisor sends one at a
+    time per object (its input gate), and resolves the object's
+    ``ctx.storage`` calls (:data:`DO_STORAGE`) from this event, never from
+    the child.
+    """
+
+    class_name: str
+    object_id: str
+    method: str
+    name: str | None = None
+    retry_count: int = 0
+
+
+class QueueMessage(msgspec.Struct, array_like=True, frozen=True):
+    """One message of a queue batch; ``body`` encoded as ``content_type`` says
+    (``v8``: msgpack of plain data, ``json``, ``text``, ``bytes``)."""
+
+    id: str
+    timestamp: float  # ms since the epoch
+    body: bytes
+    content_type: str
+    attempts: int
+
+
+class QueueEvent(_Msg, tag="queue"):
+    """A batch for the consumer's ``queue(batch, env, ctx)``. Before its
+    ResponseStart or InvokeFailed the child sends :class:`QueueSettled`."""
+
+    queue: str
+    messages: list[QueueMessage]
+
+
+#: The event an :class:`Invoke` delivers; the child dispatches on the
+#: member's type (sandbox.events).
+Event = Union[RequestEvent, TailEvent, ScheduledEvent, DurableObjectEvent, QueueEvent]
 
 
 # --------------------------------------------------------------------------
@@ -307,6 +346,19 @@ class InvokeDone(_Msg, tag="done"):
     id: int
 
 
+class QueueSettled(_Msg, tag="qsettled"):
+    """What a queue consumer decided explicitly, before its invocation ends:
+    message ids acked and retried (with a delay in seconds, or None), and
+    ``ackAll`` / ``retryAll`` (``all``: "ack", "retry" or ""). Messages it
+    left undecided are acked if the handler returned, retried if it raised."""
+
+    id: int
+    acked: list[str] = []
+    retried: list[tuple[str, float | None]] = []
+    all: str = ""
+    all_delay: float | None = None
+
+
 class Log(_Msg, tag="log"):
     """A line the script printed or logged during invocation ``id`` (0: at load)."""
 
@@ -373,6 +425,9 @@ class BindingCall(_Msg, tag="bcall"):
 #: ``BindingCall.binding`` of Cache API calls (not an identifier, so no
 #: binding can be named so).
 CACHE_BINDING = "#caches"
+#: ``BindingCall.binding`` of a Durable Object's ``ctx.storage`` calls: the
+#: object is the one the parent invocation's :class:`DurableObjectEvent` names.
+DO_STORAGE = "#storage"
 
 
 # --------------------------------------------------------------------------
@@ -410,6 +465,7 @@ ToSupervisor = Union[
     ResponseStart,
     InvokeFailed,
     InvokeDone,
+    QueueSettled,
     Log,
     Report,
     SubRequest,

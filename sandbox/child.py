@@ -60,7 +60,7 @@ from protocol.messages import (
 )
 
 from . import bindings as storage_bindings
-from . import events, jail, landlock, loader, logs, unavailable, warmup, workers
+from . import durable_objects, events, jail, landlock, loader, logs, unavailable, warmup, workers
 from .channel import Channel
 from .run_sync import run_in_portal
 from .streams import IncomingBody, OutgoingBody, pump
@@ -275,6 +275,8 @@ class Runtime:
         self.env: Env | None = None
         self._script: events.Handlers | None = None
         self._load_error: ExceptionInfo | None = None
+        #: Live Durable Object instances (sandbox.durable_objects).
+        self.objects = durable_objects.Objects()
         self.invocations: dict[int, _Invocation] = {}
         self.incoming: dict[int, IncomingBody] = {}
         self.outgoing: dict[int, OutgoingBody] = {}
@@ -453,10 +455,22 @@ class Runtime:
             assert self._script is not None
             env = self._env_for(message.params)
             kind, args = events.kind_and_args(message.event)
+            if kind == "durable_object":
+                request = self._request_for(message)
+                response = await run_in_portal(self.objects.serve(
+                    self._script.module, message.event, inv, env, request))
+                state.responded = True
+                await self._respond(inv, response)
+                raise _Handled
             if kind != "fetch":
                 # Not a request: the handler's return is not a response; an
                 # empty head says it returned (an exception fails it as usual).
-                await run_in_portal(self._script.call(kind, workers.Context(inv), env, *args))
+                try:
+                    await run_in_portal(self._script.call(kind, workers.Context(inv), env, *args))
+                finally:
+                    owed = events.settlement(inv, args)
+                    if owed is not None:
+                        self.send(owed)
                 state.responded = True
                 self.send(ResponseStart(inv, 200, []))
                 raise _Handled

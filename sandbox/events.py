@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from protocol.messages import RequestEvent, ScheduledEvent, TailEvent
+from protocol.messages import DurableObjectEvent, QueueEvent, RequestEvent, ScheduledEvent, TailEvent
 
 from .sdk_types import JsDict
 
@@ -99,6 +99,8 @@ class Handlers:
     """The handlers one loaded module defines."""
 
     def __init__(self, module: Any) -> None:
+        #: The module itself: Durable Object classes are looked up in it by name.
+        self.module = module
         entry = getattr(module, "Default", None)
         self.entry: type | None = None
         self.kinds: set[str] = set()
@@ -133,12 +135,26 @@ class Handlers:
         return result
 
 
+def settlement(inv: int, args: tuple[Any, ...]) -> Any:
+    """The message a handler's event owes the supervisor before its result
+    (a queue batch's ack/retry decisions), or None."""
+    batch = args[0] if args else None
+    settled = getattr(batch, "settled", None)
+    return settled(inv) if callable(settled) else None
+
+
 def kind_and_args(event: Any) -> tuple[str, tuple[Any, ...]]:
     """The handler an event goes to and the arguments before ``env, ctx``."""
     if isinstance(event, TailEvent):
         return "tail", (trace_items(event.events),)
     if isinstance(event, ScheduledEvent):
         return "scheduled", (ScheduledController(event.cron, event.scheduled_time),)
+    if isinstance(event, QueueEvent):
+        from .queue_batch import MessageBatch
+
+        return "queue", (MessageBatch(event),)
     if event is None or isinstance(event, RequestEvent):
         return "fetch", ()
+    if isinstance(event, DurableObjectEvent):
+        return "durable_object", ()
     raise TypeError(f"an event of an unknown kind: {type(event).__name__}")

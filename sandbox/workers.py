@@ -505,7 +505,11 @@ class WorkerEntrypoint:
 
 
 class DurableObject:
-    """Placeholder so that imports of the SDK's other entry points succeed."""
+    """Base class of a Durable Object: ``class Counter(DurableObject)``, built
+    once per live object with ``self.ctx`` (``id``, ``storage``,
+    ``waitUntil``, ``blockConcurrencyWhile``) and ``self.env``; its public
+    methods are callable over RPC from stubs, ``fetch`` and ``alarm`` are its
+    handlers (sandbox.durable_objects)."""
 
     def __init__(self, ctx: Any, env: Any) -> None:
         self.ctx = ctx

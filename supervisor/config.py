@@ -132,6 +132,8 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     d1_result_bytes: int = 32 * 1024 * 1024
     #: Databases (KV namespaces, D1 databases, R2 indexes) kept open.
     open_databases: int = 256
+    #: A Durable Object idle this long is evicted (its storage stays).
+    durable_object_idle_s: float = 70.0
     quota: QuotaConfig = msgspec.field(default_factory=QuotaConfig)
 
 

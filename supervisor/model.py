@@ -159,6 +159,45 @@ class DispatchNamespace(_Binding, tag="dispatch_namespace"):
         check_name("namespace", self.namespace)
 
 
+class DurableObjectNamespace(_Binding, tag="durable_object_namespace"):
+    """``env.NAME.get(id)``: objects of ``class_name``, defined in ``script_name``
+    (default: the binding's own script) of the same dispatch namespace."""
+
+    class_name: NonEmpty
+    script_name: ScriptName | None = None
+    environment: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _identifier("class_name", self.class_name)
+        if self.script_name is not None:
+            check_name("script", self.script_name)
+
+
+class Queue(_Binding, tag="queue"):
+    """``env.NAME.send(body)``: a producer of the queue ``queue_name`` (scoped
+    to the script's dispatch namespace)."""
+
+    queue_name: NonEmpty
+    delivery_delay: int | None = None
+
+
+class QueueConsumer(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """The script consumes ``queue`` (Wrangler's ``queues.consumers`` entry).
+
+    Corral's own metadata key (``queue_consumers``): Cloudflare configures
+    consumers through its queues API, which Corral does not have.
+    """
+
+    queue: NonEmpty
+    max_batch_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    max_batch_timeout: Annotated[float, msgspec.Meta(ge=0, le=60)] = 5.0
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
+    dead_letter_queue: str | None = None
+    retry_delay: Annotated[int, msgspec.Meta(ge=0, le=43200)] = 0
+    max_concurrency: int | None = None
+
+
 class Inherit(_Binding, tag="inherit"):
     """Upload only: keep the deployed binding of this name (how a redeploy
     keeps a secret it never sees again)."""
@@ -166,13 +205,13 @@ class Inherit(_Binding, tag="inherit"):
 
 #: Every binding a stored script may hold.
 Binding = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service, DispatchNamespace,
-                Assets]
+                Assets, DurableObjectNamespace, Queue]
 #: What upload metadata may say (``inherit`` is resolved at the edge).
 BindingSpec = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service,
-                    DispatchNamespace, Assets, Inherit]
+                    DispatchNamespace, Assets, DurableObjectNamespace, Queue, Inherit]
 #: Bindings the supervisor serves through ``BindingCall`` (supervisor.bindings):
 #: the child sees only their name and type. Durable Objects and queues join here.
-BROKERED: tuple[type, ...] = (KvNamespace, D1, R2Bucket)
+BROKERED: tuple[type, ...] = (KvNamespace, D1, R2Bucket, DurableObjectNamespace, Queue)
 BINDING_TYPES = tuple(cls.__struct_config__.tag for cls in BindingSpec.__args__)  # type: ignore[attr-defined]
 
 
@@ -242,6 +281,11 @@ class UploadMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: Cron triggers (Wrangler's ``triggers.crons``): ``scheduled()`` runs on each.
     crons: Annotated[list[str], msgspec.Meta(max_length=MAX_CRONS)] = []
     assets: UploadAssets | None = None
+    #: Durable Object class migrations (Cloudflare's ``migrations``): accepted
+    #: and stored; an object's storage is created on first use.
+    migrations: Any = None
+    #: Queues this script consumes (Corral's key; see :class:`QueueConsumer`).
+    queue_consumers: list[QueueConsumer] = []
 
     def __post_init__(self) -> None:
         if self.compatibility_date:
@@ -287,6 +331,7 @@ class ScriptRecord(msgspec.Struct, kw_only=True):
     #: the package store's lock they resolved to ("" when there are none).
     requirements: list[str] = []
     packages_lock: str = ""
+    queue_consumers: list[QueueConsumer] = []
 
     def binding(self, name: str, kind: type[_Binding]) -> Any:
         """The binding ``name`` of type ``kind``, or None."""

@@ -72,6 +72,7 @@ class Supervisor:
             bindings=self.bindings,
             on_event=self._on_event,
             exact_cpu=True)  # set again below, once observability knows who reads traces
+        self._wire_objects_and_queues()
         self.observability = Observability(
             config, self.pool, self.store.get_script, self.pool.calls.limits.defaults_for,
             lambda: {"requests": self.http.requests, "connections": self.http.connections,
@@ -89,6 +90,32 @@ class Supervisor:
         # The admin socket is the operator's: its own limits (uploads may be
         # large; the API itself answers 413 past the script size limit).
         self.admin_http = Server(self._admin_handle, HttpConfig(max_body_bytes=64 * 2**20), "admin")
+
+    def _wire_objects_and_queues(self) -> None:
+        """Durable Objects and queues invoke scripts: hand them the pool, the
+        script lookup, the limits and (late-bound) the trace pipeline."""
+        from supervisor.bindings.durable_objects import alarms_of, host_of, run_alarm
+        from supervisor.bindings.queues import hub_of
+        from supervisor.objects.host import Runtime
+
+        services = self.bindings.services
+        runtime = Runtime(self.pool, self.scripts, self.limit_policy,
+                          lambda inv: self.observability.finished(inv))
+        self.objects = host_of(services)
+        self.objects.attach(runtime)
+        self.alarms = alarms_of(services)
+        self.alarms.runner = lambda key, when, retries: run_alarm(services, key, when, retries)
+        self.queues = hub_of(services)
+        self.queues.attach(runtime, self._queue_consumers)
+
+    def _queue_consumers(self) -> list[tuple[str, str, object]]:
+        """(namespace, script, consumer) of every stored script (runs in a thread)."""
+        out = []
+        for namespace, name in self.store.script_names():
+            record = self.store.get_script(namespace, name)
+            if record is not None:
+                out.extend((namespace, name, consumer) for consumer in record.queue_consumers)
+        return out
 
     # -- routing ---------------------------------------------------------------
     def route(self, host: str, path: str) -> str | None:
@@ -118,6 +145,7 @@ class Supervisor:
 
     def script_changed(self, namespace: str, name: str) -> None:
         self.scheduler.scripts_changed()
+        self.queues.consumers_changed()
         self.pool.retire_script(namespace, name)
         self.pool.bundles.want_collection()
 
@@ -201,6 +229,9 @@ class Supervisor:
                 await nursery.start(self.pool.run)
                 nursery.start_soon(self.pool.bundles.run, self._bundles_in_use, self.store.package_locks)
                 nursery.start_soon(self.scheduler.run)
+                nursery.start_soon(self.objects.run)
+                nursery.start_soon(self.alarms.run)
+                nursery.start_soon(self.queues.run)
                 listener = listen_tcp(host, port)
                 admin_listener = _unix_listener(self.config.admin_socket_path)
                 _socket_access(self.config.admin_socket_path, self.config.admin)

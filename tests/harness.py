@@ -185,11 +185,12 @@ class Corral:
     def deploy(self, name: str, source: str | None = None, *, namespace: str | None = "default",
                modules: dict[str, str | bytes] | None = None, main_module: str = "worker.py",
                bindings: list[dict] | None = None, tags: list[str] | None = None,
-               check: bool = True) -> Response:
+               check: bool = True, extra_metadata: dict[str, Any] | None = None) -> Response:
         modules = dict(modules or {})
         if source is not None:
             modules[main_module] = source
-        metadata: dict[str, Any] = {"main_module": main_module, "bindings": bindings or []}
+        metadata: dict[str, Any] = {"main_module": main_module, "bindings": bindings or [],
+                                    **(extra_metadata or {})}
         if tags:
             metadata["tags"] = tags
         body, ctype = multipart(metadata, modules)

@@ -267,10 +267,10 @@ def test_wrangler_keys(corral, tmp_path):
     (project / "src").mkdir(parents=True)
     (project / "src/entry.py").write_text("")
     (project / "wrangler.jsonc").write_text(
-        '{"main": "src/entry.py", "durable_objects": {"bindings": []}}')
+        '{"main": "src/entry.py", "workflows": [{"name": "w", "binding": "W", "class_name": "W"}]}')
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     refused = subprocess.run([sys.executable, "-m", "supervisor", "deploy", "--socket",
                               corral.socket_path, "-n", NS, "durable", str(project)],
                              capture_output=True, text=True, env=env, timeout=60)
     assert refused.returncode == 2
-    assert "'durable_objects' is not supported by Corral yet" in refused.stderr
+    assert "'workflows' is not supported by Corral yet" in refused.stderr

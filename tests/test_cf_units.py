@@ -91,9 +91,11 @@ def fake_fetch(monkeypatch):
 
     monkeypatch.setattr(workers, "_runtime", Runtime())
     saved = dict(sys.modules)
-    tenant_modules.install()
+    # Imported afresh after the shims are installed (as in a child whose
+    # tenant imports httpx); one imported before would be patched at install.
     for name in [n for n in sys.modules if n == "httpx" or n.startswith(("httpx.", "anyio.to_thread"))]:
         del sys.modules[name]
+    tenant_modules.install()
     yield calls
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, import_patches._PatchOnImport)]
     sys.modules.clear()

@@ -6,7 +6,10 @@ A real ``corral serve`` (tests/harness.py) with a tenant that times, with
 row table); next to it, the same statements done directly on SQLite (WAL,
 synchronous=NORMAL, as the embedded backends use) in this process. The gap
 is the price of brokering: a frame to the supervisor, a trio task, a worker
-thread, a frame back.
+thread, a frame back. Durable Object RPC (``do_rpc``: a stub call that
+returns its argument; ``do_rpc_storage``: one that reads and writes its
+storage) is a call from the tenant's child to the supervisor, through the
+object's input gate, an invocation of the object's child, and back.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.storage_helpers import ALL, deploy, ok, start  # noqa: E402
+from tests.storage_helpers import ALL, EVAL_TENANT, deploy, ok, start  # noqa: E402
 
 ROWS = 10_000
 
@@ -44,6 +47,40 @@ for op in ["kv_get", "kv_put", "d1_point"]:
             await env.KV.put("bench", value)
         else:
             await stmt.bind(random.randint(1, {rows})).first()
+        times.append((time.perf_counter() - t) * 1000.0)
+    out[op] = times
+return out
+"""
+
+
+#: A Durable Object whose RPC methods the bench calls: ``ping`` (no storage)
+#: and ``bump`` (one storage read and one write).
+DO_TENANT = EVAL_TENANT + """
+from workers import DurableObject
+
+class Bench(DurableObject):
+    async def ping(self, x):
+        return x
+
+    async def bump(self):
+        n = (await self.ctx.storage.get("n")) or 0
+        await self.ctx.storage.put("n", n + 1)
+        return n + 1
+"""
+
+DO_CODE = """
+import time
+ops = {ops}
+out = {{}}
+stub = env.BENCH.getByName("bench")
+for op in ["do_rpc", "do_rpc_storage"]:
+    times = []
+    for i in range(ops):
+        t = time.perf_counter()
+        if op == "do_rpc":
+            await stub.ping(i)
+        else:
+            await stub.bump()
         times.append((time.perf_counter() - t) * 1000.0)
     out[op] = times
 return out
@@ -116,6 +153,15 @@ await env.DB.exec("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM 
             for op, times in ok(server, "bench", TENANT_CODE.format(ops=batch, rows=ROWS)).items():
                 channel.setdefault(op, []).extend(times)
             left -= batch
+        server.deploy("bench-do", DO_TENANT, bindings=[
+            {"type": "durable_object_namespace", "name": "BENCH", "class_name": "Bench"}])
+        ok(server, "bench-do", DO_CODE.format(ops=50))  # warm-up
+        left = ops
+        while left > 0:
+            batch = min(left, 300)
+            for op, times in ok(server, "bench-do", DO_CODE.format(ops=batch)).items():
+                channel.setdefault(op, []).extend(times)
+            left -= batch
     finally:
         server.stop()
     local = direct(ops, folder)
@@ -125,11 +171,14 @@ await env.DB.exec("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM 
 def render(result: dict) -> str:
     lines = [f"storage: {result['ops']} sequential operations each, one tenant, "
              f"{os.cpu_count()} cores",
-             f"{'operation':<10} {'channel p50':>12} {'p99':>9} {'direct p50':>12} {'p99':>9}  (ms)"]
+             f"{'operation':<14} {'channel p50':>12} {'p99':>9} {'direct p50':>12} {'p99':>9}  (ms)"]
     for op in ("kv_get", "kv_put", "d1_point"):
         c, d = result["channel"][op], result["direct"][op]
-        lines.append(f"{op:<10} {c['p50_ms']:>12.3f} {c['p99_ms']:>9.3f} {d['p50_ms']:>12.3f} "
+        lines.append(f"{op:<14} {c['p50_ms']:>12.3f} {c['p99_ms']:>9.3f} {d['p50_ms']:>12.3f} "
                      f"{d['p99_ms']:>9.3f}")
+    for op in ("do_rpc", "do_rpc_storage"):
+        c = result["channel"][op]
+        lines.append(f"{op:<14} {c['p50_ms']:>12.3f} {c['p99_ms']:>9.3f} {'-':>12} {'-':>9}")
     return "\n".join(lines)
 
 

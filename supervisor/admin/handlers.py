@@ -386,9 +386,13 @@ class Handlers:
             name=name,
             version=content_version(main_module, modules, bindings, metadata.compatibility_date,
                                     metadata.compatibility_flags, lock.id if lock else "",
-                                    extra={"crons": metadata.crons, "assets": assets}
-                                    if metadata.crons or assets else None),
+                                    extra={"crons": metadata.crons, "assets": assets,
+                                           **({"queue_consumers": metadata.queue_consumers}
+                                              if metadata.queue_consumers else {})}
+                                    if metadata.crons or assets or metadata.queue_consumers
+                                    else None),
             crons=list(metadata.crons),
+            queue_consumers=list(metadata.queue_consumers),
             main_module=main_module,
             modules=modules,
             bindings=bindings,

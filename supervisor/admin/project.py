@@ -101,6 +101,38 @@ class _TailConsumer(msgspec.Struct, omit_defaults=True):
     environment: str | None = None
 
 
+class _DurableObjectBinding(msgspec.Struct):
+    name: str
+    class_name: str
+    script_name: str | None = None
+    environment: str | None = None
+
+
+class _DurableObjects(msgspec.Struct):
+    bindings: list[_DurableObjectBinding] = []
+
+
+class _QueueProducer(msgspec.Struct):
+    binding: str
+    queue: str
+    delivery_delay: int | None = None
+
+
+class _QueueConsumer(msgspec.Struct):
+    queue: str
+    max_batch_size: int = 10
+    max_batch_timeout: float = 5.0
+    max_retries: int = 3
+    dead_letter_queue: str | None = None
+    retry_delay: int = 0
+    max_concurrency: int | None = None
+
+
+class _Queues(msgspec.Struct):
+    producers: list[_QueueProducer] = []
+    consumers: list[_QueueConsumer] = []
+
+
 class _Triggers(msgspec.Struct):
     crons: list[str] = []
 
@@ -128,6 +160,9 @@ class WranglerConfig(msgspec.Struct):
     dispatch_namespaces: list[_Dispatch] = []
     services: list[_Service] = []
     tail_consumers: list[_TailConsumer] = []
+    durable_objects: _DurableObjects | None = None
+    migrations: list[Any] = []
+    queues: _Queues | None = None
 
 
 class CorralConfig(WranglerConfig, forbid_unknown_fields=True):
@@ -140,7 +175,7 @@ class CorralConfig(WranglerConfig, forbid_unknown_fields=True):
 #: Wrangler keys that change what a worker is or does, which Corral cannot honour
 #: yet: deploying without them would run a different worker, so it is an error.
 UNSUPPORTED_KEYS = frozenset({
-    "durable_objects", "migrations", "queues", "workflows", "ai", "vectorize", "hyperdrive",
+    "workflows", "ai", "vectorize", "hyperdrive",
     "analytics_engine_datasets", "browser", "mtls_certificates", "send_email", "unsafe",
     "containers", "version_metadata", "images", "secrets_store_secrets", "ratelimits",
     "pipelines", "wasm_modules", "text_blobs", "data_blobs", "rules", "site", "env",
@@ -322,6 +357,13 @@ def _bindings(config: WranglerConfig) -> list[model.BindingSpec]:
         bindings.append(model.Service(name=svc.binding, service=svc.service,
                                       environment=svc.environment or None,
                                       entrypoint=svc.entrypoint or None))
+    for do in config.durable_objects.bindings if config.durable_objects else []:
+        bindings.append(model.DurableObjectNamespace(name=do.name, class_name=do.class_name,
+                                                     script_name=do.script_name or None,
+                                                     environment=do.environment or None))
+    for producer in config.queues.producers if config.queues else []:
+        bindings.append(model.Queue(name=producer.binding, queue_name=producer.queue,
+                                    delivery_delay=producer.delivery_delay))
     return bindings
 
 
@@ -395,6 +437,9 @@ def load_project(path: str | os.PathLike[str]) -> Project:
             compatibility_date=config.compatibility_date or "",
             tail_consumers=[model.TailConsumer(**msgspec.structs.asdict(t)) for t in config.tail_consumers],
             tags=list(config.tags) if isinstance(config, CorralConfig) and config.tags else None,
+            migrations=list(config.migrations) or None,
+            queue_consumers=[model.QueueConsumer(**msgspec.structs.asdict(c))
+                             for c in (config.queues.consumers if config.queues else [])],
         )
         # The same checks the admin API makes, so a bad config fails here, by name.
         model.decode_metadata(msgspec.to_builtins(metadata))

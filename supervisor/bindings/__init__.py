@@ -36,12 +36,14 @@ import trio
 
 from protocol.messages import (
     CACHE_BINDING,
+    DO_STORAGE,
     BindingCall,
     BindingResult,
+    DurableObjectEvent,
     ExceptionInfo,
     SubFailed,
 )
-from supervisor.bindings.base import BindingError, Context, Handler, Reply, Scope
+from supervisor.bindings.base import BindingError, Context, Handler, Reply, Scope, object_scope
 from supervisor.bindings.io import Databases, Offload
 from supervisor.bindings.quota import quota_for
 from supervisor.config import StorageConfig
@@ -147,6 +149,14 @@ class Bindings:
         if name == CACHE_BINDING:
             kind, binding = "cache", None
             scope = Scope(record.namespace, record.name)  # private to the script
+        elif name == DO_STORAGE:
+            # A Durable Object's own storage: the object is the one the
+            # supervisor invoked, named by the invocation's event.
+            event = parent.event
+            if not isinstance(event, DurableObjectEvent):
+                raise BindingError("ctx.storage is only available inside a Durable Object")
+            kind, binding = "durable_object_storage", event
+            scope = object_scope(record.namespace, record.name, event.class_name, event.object_id)
         else:
             binding = next((b for b in record.bindings if b.name == name), None)
             if binding is None or not isinstance(binding, BROKERED):
@@ -156,7 +166,8 @@ class Bindings:
         handler = self.handlers.get(kind)
         if handler is None:
             raise BindingError(f"{kind} bindings are not served by this Corral yet")
-        return handler, Context(record, binding, scope, quota_for(self.config.quota, record), body)
+        return handler, Context(record, binding, scope, quota_for(self.config.quota, record), body,
+                                parent)
 
     # -- the call's task ------------------------------------------------------------
     async def _run(self, child: ChildProcess, parent: Invocation, message: BindingCall,

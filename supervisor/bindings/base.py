@@ -50,13 +50,22 @@ class Scope:
         return f"Scope({self.namespace!r}, {self.id!r})"
 
 
+def object_scope(namespace: str, script: str, class_name: str, object_id: str) -> Scope:
+    """The data scope of one Durable Object: its dispatch namespace, the script
+    that defines its class, the class and the id (objects of one namespace are
+    never visible from another)."""
+    return Scope(namespace, f"{script}\0{class_name}\0{object_id}")
+
+
 class Context:
     """One call: who calls, on what data, with which caps, and its body."""
 
-    __slots__ = ("record", "binding", "scope", "quota", "body")
+    __slots__ = ("record", "binding", "scope", "quota", "body", "invocation")
 
     def __init__(self, record: ScriptRecord, binding: Any, scope: Scope, quota: QuotaLimits,
-                 body: BodySource | bytes | None) -> None:
+                 body: BodySource | bytes | None, invocation: Any = None) -> None:
+        #: The calling invocation (Durable Object calls are its children in traces).
+        self.invocation = invocation
         self.record = record
         self.binding = binding
         self.scope = scope

@@ -40,6 +40,7 @@ from protocol.messages import (
     Load,
     Loaded,
     Log,
+    QueueSettled,
     Report,
     ResponseStart,
     SubRequest,
@@ -222,6 +223,7 @@ class ChildProcess:
             Credit: self._on_credit,
             InvokeDone: self._on_done,
             InvokeFailed: self._on_failed,
+            QueueSettled: self._on_settled,
             Log: self._on_log,
             SubRequest: self._on_subrequest,
             BindingCall: self._on_binding_call,
@@ -538,6 +540,10 @@ class ChildProcess:
             # The child exits right after this frame; no request may reach it.
             self.owner.retire(self)
             self.kill(KillReason.EXCEEDED_MEMORY)
+
+    def _on_settled(self, message: QueueSettled) -> None:
+        """A queue consumer's explicit ack/retry decisions (supervisor.queues reads them)."""
+        self._invocation(message.id).settled = message
 
     def _on_done(self, message: InvokeDone) -> None:
         inv = self._invocation(message.id)

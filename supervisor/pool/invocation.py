@@ -78,7 +78,7 @@ class Invocation:
         "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
         "on_done", "response_end", "linger_cut", "log_bytes", "depth", "request_id", "event",
-        "fetches",
+        "fetches", "settled",
     )
 
     def __init__(self, id: int, child: ChildLink, record: ScriptRecord, method: bytes,
@@ -133,6 +133,8 @@ class Invocation:
         self.event: Any = None
         #: Outbound HTTP fetches it made, for spans: dicts of the calls module.
         self.fetches: list[dict[str, Any]] | None = None
+        #: A queue consumer's ack/retry decisions (protocol.messages.QueueSettled).
+        self.settled: Any = None
         if parent is not None:
             parent.children.append(self)
             self.depth = parent.depth + 1

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.model import AssetSet, Binding, ScriptRecord, TailConsumer
+from supervisor.model import AssetSet, Binding, QueueConsumer, ScriptRecord, TailConsumer
 
 
 class NamespaceInfo(msgspec.Struct, kw_only=True):
@@ -70,6 +70,7 @@ class _Metadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     requirements: list[str] = []
     packages_lock: str = ""
     crons: list[str] = []
+    queue_consumers: list[QueueConsumer] = []
 
 
 _modules_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
@@ -100,6 +101,7 @@ def record_from_row(row: Sequence[Any], modules: bytes | None, assets: str = "")
         requirements=meta.requirements,
         packages_lock=meta.packages_lock,
         crons=meta.crons,
+        queue_consumers=meta.queue_consumers,
         created_on=created_on,
         modified_on=modified_on,
         version_id=version_id,
@@ -121,6 +123,7 @@ def encode_metadata(record: ScriptRecord) -> str:
         requirements=record.requirements,
         packages_lock=record.packages_lock,
         crons=record.crons,
+        queue_consumers=record.queue_consumers,
     )).decode()
 
 

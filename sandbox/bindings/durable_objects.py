@@ -1,0 +1,146 @@
+"""``env.COUNTER``: a Durable Object namespace, its ids and stubs.
+
+Ids are 64 hex digits, as Cloudflare's: ``idFromName`` derives one from the
+name (the same name always gives the same object of this binding),
+``newUniqueId`` draws a random one, ``idFromString`` checks one. The child
+never sees which class, script or namespace the binding reaches: a stub's
+calls name the binding and the id, and the supervisor resolves the rest.
+
+RPC arguments and results travel as plain data (str, numbers, bool, None,
+bytes, lists, dicts, datetimes), as Cloudflare's Python RPC converts them;
+dicts come back with attribute access. An exception in the object reaches
+the caller as ``pyodide.ffi.JsException`` with its name and message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from typing import Any
+
+import msgspec
+
+from .. import workers
+from . import JsException, call, kind, read, wrap
+
+_ID = re.compile(r"[0-9a-f]{64}")
+
+
+class DurableObjectId:
+    """An object's id: ``str(id)`` / ``id.toString()`` is its 64 hex digits."""
+
+    __slots__ = ("_hex", "name")
+
+    def __init__(self, hex_: str, name: str | None = None) -> None:
+        self._hex = hex_
+        self.name = name
+
+    def toString(self) -> str:  # noqa: N802 - Workers API name
+        return self._hex
+
+    to_string = toString
+
+    def equals(self, other: Any) -> bool:
+        return isinstance(other, DurableObjectId) and other._hex == self._hex
+
+    def __eq__(self, other: object) -> bool:
+        return self.equals(other)
+
+    def __hash__(self) -> int:
+        return hash(self._hex)
+
+    def __str__(self) -> str:
+        return self._hex
+
+    def __repr__(self) -> str:
+        return f"DurableObjectId({self._hex!r})"
+
+
+def encode(value: Any, where: str) -> bytes:
+    try:
+        return msgspec.msgpack.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{where}: only plain data can be sent (str, numbers, bool, None, bytes, "
+                        f"lists, dicts, datetimes): {exc}") from None
+
+
+def decode(data: bytes) -> Any:
+    return wrap(msgspec.msgpack.decode(data)) if data else None
+
+
+class DurableObjectStub:
+    """``namespace.get(id)``: call the object's methods, or ``fetch`` it."""
+
+    def __init__(self, binding: str, id_: DurableObjectId) -> None:
+        self._binding = binding
+        self.id = id_
+        self.name = id_.name
+
+    async def fetch(self, resource: Any, method: str | None = None, headers: Any = None,
+                    body: Any = None, **init: Any) -> workers.Response:
+        request = resource
+        if not isinstance(resource, workers.Request) or any(v is not None for v in (method, headers, body)):
+            request = workers.Request(resource, method=method, headers=headers, body=body)
+        value, out = await call(self._binding, "fetch",
+                                [self.id._hex, self.name, request.method, request.url,
+                                 list(request.headers.items())], request._body)
+        response = workers.Response(status=value["status"])
+        response.headers = workers.Headers(value["headers"])
+        response._body = out
+        return response
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        async def rpc(*args: Any, **kwargs: Any) -> Any:
+            if kwargs:
+                raise TypeError(f"{method}(): RPC methods take positional arguments only, "
+                                f"as JavaScript calls them")
+            _, body = await call(self._binding, "call",
+                                 [self.id._hex, self.name, method, encode(list(args), f"{method}()")])
+            return decode(await read(body))
+
+        rpc.__name__ = method
+        return rpc
+
+    def __repr__(self) -> str:
+        return f"<DurableObjectStub {self.id._hex[:12]}...>"
+
+
+@kind("durable_object_namespace")
+class DurableObjectNamespace:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def idFromName(self, name: str) -> DurableObjectId:  # noqa: N802 - Workers API name
+        if not isinstance(name, str):
+            raise TypeError("idFromName() takes a string")
+        return DurableObjectId(hashlib.sha256(b"corral-do\0" + name.encode()).hexdigest(), name)
+
+    def newUniqueId(self, options: Any = None, **keywords: Any) -> DurableObjectId:  # noqa: N802
+        return DurableObjectId(secrets.token_hex(32))
+
+    def idFromString(self, hex_id: str) -> DurableObjectId:  # noqa: N802 - Workers API name
+        if not isinstance(hex_id, str) or not _ID.fullmatch(hex_id):
+            raise JsException("TypeError",
+                              "Invalid Durable Object ID. Durable Object IDs must be 64 hex digits.")
+        return DurableObjectId(hex_id)
+
+    def get(self, id_: Any, options: Any = None, **keywords: Any) -> DurableObjectStub:
+        if not isinstance(id_, DurableObjectId):
+            raise TypeError("get() takes a DurableObjectId (from idFromName, newUniqueId or "
+                            "idFromString)")
+        return DurableObjectStub(self._name, id_)
+
+    def getByName(self, name: str, options: Any = None, **keywords: Any) -> DurableObjectStub:  # noqa: N802
+        return self.get(self.idFromName(name))
+
+    id_from_name = idFromName
+    new_unique_id = newUniqueId
+    id_from_string = idFromString
+    get_by_name = getByName
+
+    def __repr__(self) -> str:
+        return f"<DurableObjectNamespace {self._name}>"

@@ -1,0 +1,78 @@
+"""``env.QUEUE``: a queue producer (``send``, ``sendBatch``), Cloudflare's shapes.
+
+Bodies are encoded here by ``contentType``: ``"v8"`` (the default: any plain
+data, as structured clone carries it), ``"json"``, ``"text"`` (a str) or
+``"bytes"``; the consumer's batch decodes them the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from . import call, kind, options
+
+CONTENT_TYPES = ("text", "bytes", "json", "v8")
+
+
+def encode_body(body: Any, content_type: str) -> bytes:
+    if content_type not in CONTENT_TYPES:
+        raise TypeError(f"Unknown content type {content_type!r}: use one of {', '.join(CONTENT_TYPES)}")
+    if content_type == "text":
+        if not isinstance(body, str):
+            raise TypeError(f'contentType "text" needs a str body, got {type(body).__name__}')
+        return body.encode()
+    if content_type == "bytes":
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise TypeError(f'contentType "bytes" needs a bytes body, got {type(body).__name__}')
+        return bytes(body)
+    if content_type == "json":
+        return json.dumps(body).encode()
+    try:
+        return msgspec.msgpack.encode(body)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"the message body cannot be serialized: {exc}") from None
+
+
+def decode_body(data: bytes, content_type: str) -> Any:
+    from . import wrap
+
+    if content_type == "text":
+        return data.decode("utf-8", "replace")
+    if content_type == "bytes":
+        return data
+    if content_type == "json":
+        return wrap(json.loads(data))
+    return wrap(msgspec.msgpack.decode(data))
+
+
+def _one(body: Any, opts: dict[str, Any]) -> list[Any]:
+    ctype = opts.get("contentType") or "v8"
+    return [encode_body(body, ctype), ctype, opts.get("delaySeconds")]
+
+
+@kind("queue")
+class Queue:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    async def send(self, body: Any, options_: Any = None, **keywords: Any) -> None:
+        opts = options(options_, keywords, "Queue.send()")
+        await call(self._name, "send", _one(body, opts))
+
+    async def sendBatch(self, messages: Any, options_: Any = None, **keywords: Any) -> None:  # noqa: N802
+        opts = options(options_, keywords, "Queue.sendBatch()")
+        items = []
+        for message in messages:
+            if not isinstance(message, dict) or "body" not in message:
+                raise TypeError('sendBatch() takes a list of {"body": ..., "contentType": ..., '
+                                '"delaySeconds": ...} dicts')
+            items.append(_one(message["body"], options(message, {}, "Queue.sendBatch()")))
+        await call(self._name, "sendBatch", [items, opts.get("delaySeconds")])
+
+    send_batch = sendBatch
+
+    def __repr__(self) -> str:
+        return f"<Queue {self._name}>"

@@ -1,0 +1,253 @@
+"""Durable Objects inside a child: the live instances and their ``ctx``.
+
+The supervisor sends a :class:`protocol.messages.DurableObjectEvent` per call,
+one at a time per object (its input gate lives there). The first event for an
+id constructs ``cls(ctx, env)`` (the class named by the binding, from the
+script's main module); later events reuse the instance until ``#evict`` (idle)
+or the child goes. ``ctx.storage`` calls name :data:`DO_STORAGE`: the
+supervisor knows which object's storage from the invocation that makes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import inspect
+from typing import Any
+
+import msgspec
+
+from protocol.messages import DO_STORAGE, DurableObjectEvent
+
+from . import workers
+from .bindings import AttrDict, AttrList, call, options, wrap
+from .bindings.durable_objects import DurableObjectId, decode, encode
+from .pyodide_shim import JsException
+
+
+def _values(pairs: list[list[Any]]) -> dict[str, Any]:
+    return {k: decode(v) for k, v in pairs}
+
+
+class SqlCursor:
+    """``ctx.storage.sql.exec(...)``'s result: rows, column names, counts."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.columnNames = AttrList(raw["columns"])  # noqa: N815 - Workers API name
+        self._rows = raw["rows"]
+        self.rowsRead = raw["rowsRead"]  # noqa: N815
+        self.rowsWritten = raw["rowsWritten"]  # noqa: N815
+        self._next = 0
+        self.column_names, self.rows_read, self.rows_written = (self.columnNames, self.rowsRead,
+                                                                self.rowsWritten)
+
+    def _row(self, row: list[Any]) -> AttrDict:
+        return AttrDict(zip(self.columnNames, row, strict=True))
+
+    def toArray(self) -> AttrList:  # noqa: N802 - Workers API name
+        rows, self._next = self._rows[self._next:], len(self._rows)
+        return AttrList(self._row(r) for r in rows)
+
+    to_array = toArray
+
+    def one(self) -> AttrDict:
+        rest = self._rows[self._next:]
+        if not rest:
+            raise JsException("Error", "Expected exactly one result from SQL query, but got no results.")
+        if len(rest) > 1:
+            raise JsException("Error", "Expected exactly one result from SQL query, but got multiple results.")
+        self._next = len(self._rows)
+        return self._row(rest[0])
+
+    def raw(self) -> Any:
+        while self._next < len(self._rows):
+            self._next += 1
+            yield AttrList(self._rows[self._next - 1])
+
+    def next(self) -> AttrDict:
+        if self._next >= len(self._rows):
+            return AttrDict(done=True, value=None)
+        self._next += 1
+        return AttrDict(done=False, value=self._row(self._rows[self._next - 1]))
+
+    def __iter__(self) -> Any:
+        while self._next < len(self._rows):
+            self._next += 1
+            yield self._row(self._rows[self._next - 1])
+
+
+class SqlStorage:
+    """``ctx.storage.sql``: SQLite on the object's own database."""
+
+    async def exec(self, query: str, *bindings: Any) -> SqlCursor:
+        if not isinstance(query, str):
+            raise TypeError("sql.exec() takes the SQL text first")
+        binds = [bytes(b) if isinstance(b, (bytearray, memoryview)) else b for b in bindings]
+        value, _ = await call(DO_STORAGE, "sql", [query, binds])
+        return SqlCursor(value)
+
+    def __repr__(self) -> str:
+        return "<SqlStorage>"
+
+
+def _ms(when: Any) -> float:
+    if isinstance(when, datetime.datetime):
+        return when.timestamp() * 1000
+    if isinstance(when, bool) or not isinstance(when, (int, float)):
+        raise TypeError("setAlarm() takes ms since the epoch or a datetime")
+    return float(when)
+
+
+class DurableObjectStorage:
+    """``ctx.storage``: Cloudflare's key-value API, SQL and alarms."""
+
+    def __init__(self) -> None:
+        self.sql = SqlStorage()
+
+    async def get(self, keys: Any, options_: Any = None, **keywords: Any) -> Any:
+        if isinstance(keys, (list, tuple)):
+            value, _ = await call(DO_STORAGE, "get", [list(keys)])
+            return _values(value)
+        value, _ = await call(DO_STORAGE, "get", [keys])
+        return decode(value[0][1]) if value else None
+
+    async def put(self, key: Any, value: Any = None, options_: Any = None, **keywords: Any) -> None:
+        if isinstance(key, dict):
+            entries = [[k, encode(v, "put()")] for k, v in key.items()]
+        else:
+            entries = [[key, encode(value, "put()")]]
+        await call(DO_STORAGE, "put", [entries])
+
+    async def delete(self, keys: Any, options_: Any = None, **keywords: Any) -> Any:
+        value, _ = await call(DO_STORAGE, "delete", [list(keys) if isinstance(keys, (list, tuple)) else keys])
+        return value
+
+    async def deleteAll(self, options_: Any = None, **keywords: Any) -> None:  # noqa: N802
+        await call(DO_STORAGE, "deleteAll", [])
+
+    delete_all = deleteAll
+
+    async def list(self, options_: Any = None, **keywords: Any) -> dict[str, Any]:
+        opts = options(options_, keywords, "storage.list()")
+        sent = {k: opts[k] for k in ("prefix", "start", "startAfter", "end", "limit", "reverse")
+                if opts.get(k) is not None}
+        value, _ = await call(DO_STORAGE, "list", [sent])
+        return _values(value)
+
+    async def getAlarm(self, options_: Any = None, **keywords: Any) -> float | None:  # noqa: N802
+        value, _ = await call(DO_STORAGE, "getAlarm", [])
+        return value
+
+    async def setAlarm(self, scheduled_time: Any, options_: Any = None, **keywords: Any) -> None:  # noqa: N802
+        await call(DO_STORAGE, "setAlarm", [_ms(scheduled_time)])
+
+    async def deleteAlarm(self, options_: Any = None, **keywords: Any) -> None:  # noqa: N802
+        await call(DO_STORAGE, "deleteAlarm", [])
+
+    get_alarm, set_alarm, delete_alarm = getAlarm, setAlarm, deleteAlarm
+
+    async def transaction(self, closure: Any) -> Any:
+        """Runs ``closure(txn)``; the object's input gate already keeps others out."""
+        result = closure(self)
+        return await result if inspect.isawaitable(result) else result
+
+    async def sync(self) -> None:
+        """Every write is durable when its call returns."""
+
+    def __repr__(self) -> str:
+        return "<DurableObjectStorage>"
+
+
+class DurableObjectState(workers.Context):
+    """``self.ctx`` of a Durable Object: ``id``, ``storage``, ``waitUntil``,
+    ``blockConcurrencyWhile``."""
+
+    def __init__(self, invocation: int, object_id: str, name: str | None) -> None:
+        super().__init__(invocation)
+        self.id = DurableObjectId(object_id, name)
+        self.storage = DurableObjectStorage()
+        self._blocking: list[Any] = []
+
+    def waitUntil(self, awaitable: Any) -> None:  # noqa: N802 - Workers API name
+        workers._runtime.wait_until(workers.current_invocation.get(), awaitable)
+
+    wait_until = waitUntil
+
+    def blockConcurrencyWhile(self, callback: Any) -> Any:  # noqa: N802 - Workers API name
+        """Run ``callback()``; no event reaches the object until it is done (in the
+        constructor: before the first one)."""
+        result = callback()
+        future = asyncio.ensure_future(result) if inspect.isawaitable(result) else None
+        if future is not None:
+            self._blocking.append(future)
+            return future
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(result)
+        return done
+
+    block_concurrency_while = blockConcurrencyWhile
+
+
+class Objects:
+    """The live Durable Object instances of this child."""
+
+    def __init__(self) -> None:
+        self.instances: dict[tuple[str, str], Any] = {}
+
+    async def serve(self, module: Any, event: DurableObjectEvent, inv: int, env: Any,
+                    request: workers.Request) -> workers.Response:
+        key = (event.class_name, event.object_id)
+        if event.method == "#evict":
+            self.instances.pop(key, None)
+            return workers.Response(status=204)
+        instance = self.instances.get(key)
+        if instance is None:
+            cls = getattr(module, event.class_name, None)
+            if not isinstance(cls, type):
+                raise TypeError(f"the script defines no Durable Object class {event.class_name!r} "
+                                f"(the binding's class_name): define `class {event.class_name}"
+                                "(DurableObject)` in its main module")
+            state = DurableObjectState(inv, event.object_id, event.name)
+            instance = cls(state, env)
+            for pending in state._blocking:
+                await pending
+            state._blocking.clear()
+            self.instances[key] = instance
+        if event.method == "fetch":
+            handler = getattr(instance, "fetch", None)
+            if not callable(handler):
+                raise TypeError(f"Durable Object class {event.class_name} has no fetch handler")
+            response = await _call(handler, request)
+            if not isinstance(response, workers.Response):
+                raise TypeError(f"the Durable Object's fetch returned {type(response).__name__}, "
+                                "not a Response")
+            return response
+        if event.method == "alarm":
+            handler = getattr(instance, "alarm", None)
+            if not callable(handler):
+                raise TypeError(f"Durable Object class {event.class_name} has no alarm handler")
+            info = AttrDict(retryCount=event.retry_count, isRetry=event.retry_count > 0)
+            await _call(handler, info)
+            return workers.Response(status=204)
+        method = getattr(type(instance), event.method, None)
+        if event.method.startswith("_") or not callable(method):
+            raise JsException("TypeError", f'The RPC receiver does not implement the method '
+                                           f'"{event.method}".')
+        data = await request.bytes()
+        args = msgspec.msgpack.decode(data) if data else []
+        result = await _call(getattr(instance, event.method), *[wrap(a) for a in args])
+        return workers.Response(encode(result, f"{event.method}() result"))
+
+
+async def _call(fn: Any, *args: Any) -> Any:
+    try:
+        count = len([p for p in inspect.signature(fn).parameters.values()
+                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
+        if not any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values()):
+            args = args[:count] if fn.__name__ == "alarm" else args
+    except (TypeError, ValueError):
+        pass
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result

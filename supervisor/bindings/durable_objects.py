@@ -1,0 +1,213 @@
+"""Durable Objects: the namespace binding (stubs) and an object's ``ctx.storage``.
+
+``durable_object_namespace``: ``call`` (an RPC method) and ``fetch`` on the
+object whose id the child names; the class and the script that defines it
+come from the stored binding (``class_name``, ``script_name``, default the
+calling script) and the object lives in the caller's dispatch namespace, so
+two namespaces never reach each other's objects whatever ids they forge.
+
+``durable_object_storage`` (binding :data:`protocol.messages.DO_STORAGE`):
+the storage of the object the supervisor invoked, in a SQLite file per
+object (supervisor.objects.storage). Alarms are indexed for the scheduler
+(supervisor.objects.alarms) as they are set.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from protocol.messages import DurableObjectEvent
+from supervisor.bindings import Services, register
+from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, integer, object_scope, string
+from supervisor.objects import storage as st
+from supervisor.objects.alarms import Alarms
+from supervisor.objects.host import ObjectHost, ObjectKey
+
+ID_RE = re.compile(r"[0-9a-f]{64}")
+#: Reserved method names an RPC call may not use (they are not the object's methods).
+NOT_RPC = frozenset({"fetch", "alarm", "constructor", "webSocketMessage", "webSocketClose",
+                     "webSocketError"})
+
+
+def host_of(services: Services) -> ObjectHost:
+    """The one object host of this supervisor (made with the first handler)."""
+    host = getattr(services, "objects", None)
+    if host is None:
+        host = services.objects = ObjectHost(services.config.durable_object_idle_s)  # type: ignore[attr-defined]
+    return host
+
+
+def alarms_of(services: Services) -> Alarms:
+    alarms = getattr(services, "alarms", None)
+    if alarms is None:
+        alarms = services.alarms = Alarms(services.databases, services.root)  # type: ignore[attr-defined]
+    return alarms
+
+
+def object_path(services: Services, scope: Scope) -> str:
+    return services.path("do", scope, "object.sqlite3")
+
+
+def _object_id(value: Any) -> str:
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+        raise BindingError("Invalid Durable Object ID. Durable Object IDs must be 64 hex digits.",
+                           "TypeError")
+    return value
+
+
+@register("durable_object_namespace")
+class DurableObjectNamespaceHandler:
+    """Calls on stubs: ``call(id, name, method, args)`` and ``fetch(id, name, method, url, headers)``."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.host = host_of(services)
+
+    def _key(self, ctx: Context, object_id: str) -> ObjectKey:
+        binding = ctx.binding
+        script = binding.script_name or ctx.record.name
+        return ObjectKey(ctx.record.namespace, script, binding.class_name, object_id)
+
+    async def call(self, ctx: Context, method: str, args: list[Any]) -> Reply:
+        object_id = _object_id(arg(args, 0))
+        name = arg(args, 1)
+        if name is not None:
+            name = string(name, "the object's name")
+        key = self._key(ctx, object_id)
+        if method == "call":
+            rpc = string(arg(args, 2), "the method name")
+            if rpc in NOT_RPC or rpc.startswith("_"):
+                raise BindingError(f"{rpc!r} cannot be called over RPC", "TypeError")
+            packed = arg(args, 3, b"")
+            if not isinstance(packed, bytes):
+                raise BindingError("RPC arguments must arrive encoded", "TypeError")
+            event = DurableObjectEvent(key.class_name, object_id, rpc, name)
+            result = await self.host.invoke(key, event, ctx.invocation, args=packed)
+            return Reply(None, result)
+        if method == "fetch":
+            verb = string(arg(args, 2, "GET"), "the request method").encode()
+            url = string(arg(args, 3, ""), "the request url")
+            headers = [(bytes(k, "latin-1"), bytes(v, "latin-1")) for k, v in arg(args, 4, [])]
+            body, ctx.body = ctx.body, None
+            event = DurableObjectEvent(key.class_name, object_id, "fetch", name)
+            inv = await self.host.invoke(key, event, ctx.invocation, http=(verb, url, headers, body))
+            return Reply({"status": inv.status,
+                          "headers": [[k.decode("latin-1"), v.decode("latin-1")]
+                                      for k, v in inv.response_headers]}, inv.body)
+        raise BindingError(f"DurableObjectNamespace has no method {method!r}", "TypeError")
+
+    def close(self) -> None:
+        pass
+
+
+@register("durable_object_storage")
+class DurableObjectStorageHandler:
+    """``ctx.storage`` of the invoked object (``ctx.binding`` is its event)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.alarms = alarms_of(services)
+
+    async def _run(self, ctx: Context, fn: Any, *args: Any) -> Any:
+        return await self.services.databases.run(object_path(self.services, ctx.scope), st.setup,
+                                                 fn, *args)
+
+    async def call(self, ctx: Context, method: str, args: list[Any]) -> Reply:
+        if method == "get":
+            keys = arg(args, 0)
+            many = isinstance(keys, list)
+            found = await self._run(ctx, st.get, st.check_keys(keys) if many else [st.check_key(keys)])
+            return Reply([[k, v] for k, v in found])
+        if method == "put":
+            entries = arg(args, 0)
+            if not isinstance(entries, list) or not entries:
+                raise BindingError("put() needs a key and a value, or a dict of them", "TypeError")
+            if len(entries) > st.MAX_KEYS_PER_CALL:
+                raise BindingError(f"Maximum number of pairs exceeded: {st.MAX_KEYS_PER_CALL} per call.",
+                                   "RangeError")
+            checked = []
+            for entry in entries:
+                if not isinstance(entry, list) or len(entry) != 2:
+                    raise BindingError("put() entries are [key, value] pairs", "TypeError")
+                checked.append((st.check_key(entry[0]), st.check_value(entry[1])))
+            await self._run(ctx, st.put, checked)
+            return Reply(None)
+        if method == "delete":
+            keys = arg(args, 0)
+            many = isinstance(keys, list)
+            count = await self._run(ctx, st.delete, st.check_keys(keys) if many else [st.check_key(keys)])
+            return Reply(count if many else count > 0)
+        if method == "deleteAll":
+            await self._run(ctx, st.delete_all)
+            await self.alarms.set(_key(ctx), None)
+            return Reply(None)
+        if method == "list":
+            opts = arg(args, 0) or {}
+            if not isinstance(opts, dict):
+                raise BindingError("list() options must be a dict", "TypeError")
+            limit = opts.get("limit")
+            if limit is not None:
+                limit = integer(limit, "limit", 1, 2**31)
+            found = await self._run(ctx, st.list_, _opt_str(opts, "prefix"), _opt_str(opts, "start"),
+                                    _opt_str(opts, "startAfter"), _opt_str(opts, "end"), limit,
+                                    bool(opts.get("reverse")))
+            return Reply([[k, v] for k, v in found])
+        if method == "sql":
+            query = string(arg(args, 0), "the SQL query")
+            binds = arg(args, 1, [])
+            if not isinstance(binds, list):
+                raise BindingError("SQL bindings must be a list", "TypeError")
+            return Reply(await self._run(ctx, st.sql_exec, query, binds))
+        if method == "getAlarm":
+            return Reply(await self._run(ctx, st.get_alarm))
+        if method == "setAlarm":
+            when = arg(args, 0)
+            if isinstance(when, bool) or not isinstance(when, (int, float)):
+                raise BindingError("setAlarm() needs a time: ms since the epoch or a datetime",
+                                   "TypeError")
+            when = float(when)
+            await self._run(ctx, st.set_alarm, when)
+            await self.alarms.set(_key(ctx), when)
+            return Reply(None)
+        if method == "deleteAlarm":
+            await self._run(ctx, st.set_alarm, None)
+            await self.alarms.set(_key(ctx), None)
+            return Reply(None)
+        raise BindingError(f"DurableObjectStorage has no method {method!r}", "TypeError")
+
+    def close(self) -> None:
+        pass
+
+
+def _key(ctx: Context) -> tuple[str, str, str, str]:
+    event: DurableObjectEvent = ctx.binding
+    return (ctx.record.namespace, ctx.record.name, event.class_name, event.object_id)
+
+
+def _opt_str(opts: dict[str, Any], name: str) -> str | None:
+    value = opts.get(name)
+    return None if value is None else string(value, name)
+
+
+async def run_alarm(services: Services, key: tuple[str, str, str, str], when: float,
+                    retries: int) -> bool:
+    """Fire one object's alarm (the scheduler's runner): True once it ran."""
+    host = host_of(services)
+    scope = object_scope(*key)
+    path = object_path(services, scope)
+    current = await services.databases.run(path, st.setup, st.get_alarm)
+    if current is None:
+        return True  # deleted meanwhile (deleteAlarm, deleteAll)
+    event = DurableObjectEvent(key[2], key[3], "alarm", None, retries)
+    try:
+        await host.invoke(ObjectKey(*key), event, None, trace=True)
+    except BindingError:
+        return False
+    await services.databases.run(path, st.setup, st.clear_alarm_if, current)
+    return True
+
+
+def now_ms() -> float:
+    return time.time() * 1000

@@ -1,0 +1,175 @@
+"""Live Durable Objects: one instance per id on this host, one call at a time.
+
+An object lives in the child that runs its class's script version (the
+pool keeps one warm child per script, so the child holds at most one
+instance per id; a deploy or a dead child starts the object afresh from its
+storage). Every event for an object (an RPC call, a ``fetch``, its alarm)
+passes its **input gate**, a FIFO lock here in the supervisor: calls are
+delivered one at a time, in arrival order, so an object never sees two
+events interleave (stricter than Cloudflare, which also lets events in while
+an object awaits I/O other than storage). An object calling itself would
+wait on its own gate; its wall-time limit ends that.
+
+An object idle for ``idle_s`` is **evicted**: its instance is dropped in the
+child (``#evict``); its storage stays, and the next call constructs it again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import msgspec
+import trio
+
+from protocol.messages import DurableObjectEvent, ExceptionInfo
+from supervisor.bindings.base import BindingError
+from supervisor.log import log, warn
+
+#: Largest RPC result an object may return (msgpack-encoded).
+MAX_RESULT_BYTES = 32 * 1024 * 1024
+
+
+class ObjectKey(NamedTuple):
+    namespace: str
+    script: str
+    class_name: str
+    object_id: str
+
+
+class LiveObject:
+    """What the supervisor knows of one live object."""
+
+    __slots__ = ("gate", "last_used", "child", "waiting")
+
+    def __init__(self) -> None:
+        self.gate = trio.Lock()  # trio's Lock is fair: FIFO
+        self.last_used = trio.current_time()
+        self.child: Any = None
+        self.waiting = 0
+
+
+class Runtime:
+    """What the host needs of the supervisor, handed in once it exists."""
+
+    def __init__(self, pool: Any, scripts: Any, limits: Any, on_trace: Callable[[Any], None]) -> None:
+        self.pool = pool
+        self.scripts = scripts
+        self.limits = limits
+        self.on_trace = on_trace
+
+
+class ObjectHost:
+    """The live objects of this supervisor."""
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.runtime: Runtime | None = None
+        self.live: dict[ObjectKey, LiveObject] = {}
+
+    def attach(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def record_of(self, namespace: str, script: str) -> Any:
+        assert self.runtime is not None, "ObjectHost used before attach()"
+        record = await self.runtime.scripts.load(namespace, script)
+        if record is None:
+            raise BindingError(f"Durable Object class script {script!r} does not exist "
+                               f"(the binding's script_name)")
+        return record
+
+    async def invoke(self, key: ObjectKey, event: DurableObjectEvent, parent: Any,
+                     http: tuple[bytes, str, list, Any] | None = None, args: bytes = b"",
+                     trace: bool = False) -> Any:
+        """Deliver ``event`` to the object through its input gate.
+
+        Returns the finished-head invocation (a ``fetch``: the response; its
+        body streams after the gate opens) or, for an RPC call, the decoded
+        result bytes as ``bytes``. The object's failure is a BindingError
+        with the tenant's exception name and message.
+        """
+        assert self.runtime is not None
+        record = await self.record_of(key.namespace, key.script)
+        obj = self.live.get(key)
+        if obj is None:
+            obj = self.live[key] = LiveObject()
+        obj.waiting += 1  # not evictable while anyone waits at its gate
+        try:
+            async with obj.gate:
+                return await self._deliver(key, obj, record, event, parent, http, args, trace)
+        finally:
+            obj.waiting -= 1
+            obj.last_used = trio.current_time()
+
+    async def _deliver(self, key: ObjectKey, obj: LiveObject, record: Any, event: DurableObjectEvent,
+                       parent: Any, http: tuple[bytes, str, list, Any] | None, args: bytes,
+                       trace: bool) -> Any:
+        from supervisor.lifecycle import Outcome
+
+        rt = self.runtime
+        assert rt is not None
+        method, url, headers, body = http or (b"POST", f"https://{key.object_id}.do/{event.method}",
+                                              [], args or None)
+        inv = await rt.pool.invoke(record, method, url, headers, body, rt.limits.defaults_for(record),
+                                   parent=parent, event=event)
+        obj.child = inv.child
+        if trace:
+            inv.on_done = rt.on_trace
+        with trio.move_on_at(inv.deadline):
+            await inv.head_ready.wait()
+        if not inv.head_ready.is_set():
+            inv.cancel(Outcome.EXCEEDED_WALL_TIME)
+            await inv.head_ready.wait()
+        if inv.error is not None:
+            raise _failure(inv.error)
+        if http is not None:
+            return inv
+        from supervisor.pool.bodies import BodyError, read_all
+        if inv.body is None:
+            return b""
+        try:
+            return await read_all(inv.body, MAX_RESULT_BYTES)
+        except BodyError as exc:
+            raise BindingError(f"the Durable Object's result could not be read: {exc}") from None
+
+    # -- eviction ---------------------------------------------------------------------
+    async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Evict idle objects, forever."""
+        task_status.started()
+        period = max(0.05, min(self.idle_s / 2, 5.0)) if math.isfinite(self.idle_s) else 5.0
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            for key, obj in list(self.live.items()):
+                if obj.gate.locked() or obj.waiting or now - obj.last_used < self.idle_s:
+                    continue
+                del self.live[key]
+                self._evict(key, obj)
+                log("dobject.evicted", namespace=key.namespace, script=key.script,
+                    class_name=key.class_name, object_id=key.object_id)
+
+    def _evict(self, key: ObjectKey, obj: LiveObject) -> None:
+        """Drop the instance in its child (if that child still runs and is the
+        script's current one); a child already gone took the instance with it."""
+        rt = self.runtime
+        child = obj.child
+        if rt is None or child is None or not child.alive or child.retired:
+            return
+        record = child.record if hasattr(child, "record") else None
+        if record is None:
+            return
+        try:
+            rt.pool.start(child, record, b"POST", f"https://{key.object_id}.do/", [], None,
+                          rt.limits.defaults_for(record),
+                          event=DurableObjectEvent(key.class_name, key.object_id, "#evict"))
+        except Exception as exc:  # noqa: BLE001 - eviction is best effort
+            warn("dobject.evict_failed", reason=str(exc))
+
+
+def _failure(error: ExceptionInfo) -> BindingError:
+    return BindingError(error.message, error.name or "Error")
+
+
+def encode_args(args: Any) -> bytes:
+    return msgspec.msgpack.encode(args)

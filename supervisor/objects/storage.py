@@ -1,0 +1,217 @@
+"""One Durable Object's storage: a SQLite file with Cloudflare's two APIs.
+
+The key-value API (``ctx.storage.get/put/delete/deleteAll/list``) lives in
+the table ``_cf_KV`` and the SQL API (``ctx.storage.sql.exec``) in the same
+file, as on Cloudflare's SQLite-backed objects; tenant SQL may not touch
+``_cf_`` tables. The alarm time is kept here too (``_cf_alarm``), so it is
+part of the object's state and survives a restart with it. Values are
+opaque bytes here (the child encodes them), so this side never evaluates
+tenant data.
+
+Every function takes the connection first and runs in a storage thread
+(supervisor.bindings.io), one at a time per object.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from supervisor.bindings.base import BindingError
+
+MAX_KEY_BYTES = 2048
+MAX_VALUE_BYTES = 2 * 1024 * 1024
+MAX_KEYS_PER_CALL = 128
+#: Largest SQL result returned to the object (the sum of its values).
+MAX_SQL_RESULT = 32 * 1024 * 1024
+
+
+def setup(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS _cf_KV (key TEXT PRIMARY KEY, value BLOB NOT NULL) "
+                 "WITHOUT ROWID")
+    conn.execute("CREATE TABLE IF NOT EXISTS _cf_alarm (id INTEGER PRIMARY KEY CHECK (id = 0), "
+                 "time REAL NOT NULL)")
+    conn.set_authorizer(None)
+
+
+def check_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise BindingError(f"Durable Object storage keys must be strings, got {type(key).__name__}",
+                           "TypeError")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise BindingError(f"Keys cannot be larger than {MAX_KEY_BYTES} bytes.", "RangeError")
+    return key
+
+
+def check_keys(keys: Any) -> list[str]:
+    if not isinstance(keys, list):
+        raise BindingError("keys must be a string or an array of strings", "TypeError")
+    if len(keys) > MAX_KEYS_PER_CALL:
+        raise BindingError(f"Maximum number of keys exceeded: {MAX_KEYS_PER_CALL} per call.",
+                           "RangeError")
+    return [check_key(k) for k in keys]
+
+
+def check_value(value: Any) -> bytes:
+    if not isinstance(value, bytes):
+        raise BindingError("a storage value must arrive encoded", "TypeError")
+    if len(value) > MAX_VALUE_BYTES:
+        raise BindingError(f"Values cannot be larger than {MAX_VALUE_BYTES} bytes.", "RangeError")
+    return value
+
+
+def _tx(conn: sqlite3.Connection, fn: Any, *args: Any) -> Any:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        out = fn(conn, *args)
+        conn.execute("COMMIT")
+        return out
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def get(conn: sqlite3.Connection, keys: list[str]) -> list[tuple[str, bytes]]:
+    out = []
+    for key in keys:
+        row = conn.execute("SELECT value FROM _cf_KV WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            out.append((key, row[0]))
+    return out
+
+
+def put(conn: sqlite3.Connection, entries: list[tuple[str, bytes]]) -> None:
+    _tx(conn, lambda c: c.executemany(
+        "INSERT OR REPLACE INTO _cf_KV (key, value) VALUES (?, ?)", entries))
+
+
+def delete(conn: sqlite3.Connection, keys: list[str]) -> int:
+    def run(c: sqlite3.Connection) -> int:
+        return sum(c.execute("DELETE FROM _cf_KV WHERE key = ?", (k,)).rowcount for k in keys)
+    return _tx(conn, run)
+
+
+def delete_all(conn: sqlite3.Connection) -> None:
+    """Everything goes: keys, tables the object made, its alarm (as on Cloudflare)."""
+    def run(c: sqlite3.Connection) -> None:
+        c.execute("DELETE FROM _cf_KV")
+        c.execute("DELETE FROM _cf_alarm")
+        tables = [r[0] for r in c.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '_cf_%' "
+            "AND name NOT LIKE 'sqlite_%'")]
+        for table in tables:
+            c.execute(f'DROP TABLE IF EXISTS "{table}"')
+    _tx(conn, run)
+
+
+def list_(conn: sqlite3.Connection, prefix: str | None, start: str | None, start_after: str | None,
+          end: str | None, limit: int | None, reverse: bool) -> list[tuple[str, bytes]]:
+    where, params = [], []
+    if prefix:
+        where.append("key >= ? AND substr(key, 1, ?) = ?")
+        params += [prefix, len(prefix), prefix]
+    if start is not None:
+        where.append("key >= ?")
+        params.append(start)
+    if start_after is not None:
+        where.append("key > ?")
+        params.append(start_after)
+    if end is not None:
+        where.append("key < ?")
+        params.append(end)
+    sql = "SELECT key, value FROM _cf_KV"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY key " + ("DESC" if reverse else "ASC")
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [(k, v) for k, v in conn.execute(sql, params)]
+
+
+# -- SQL ---------------------------------------------------------------------------
+
+def _authorizer(action: int, a: str | None, b: str | None, db: str | None, src: str | None) -> int:
+    """Tenant SQL may not reach Corral's tables, attach files or change pragmas."""
+    for name in (a, b):
+        if name and name.lower().startswith("_cf_") and action not in (sqlite3.SQLITE_FUNCTION,):
+            return sqlite3.SQLITE_DENY
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH, sqlite3.SQLITE_PRAGMA,
+                  sqlite3.SQLITE_TRANSACTION):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def split_statements(sql: str) -> list[str]:
+    """``a; b; c`` as statements (semicolons inside strings kept), empty ones dropped."""
+    out, current = [], ""
+    for piece in sql.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \t\r\n;"):
+                out.append(current)
+            current = ""
+    if current.strip(" \t\r\n;"):
+        out.append(current)
+    return out
+
+
+def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any]) -> dict[str, Any]:
+    """Run ``query`` (one or more statements; binds go to the last) and return
+    the last statement's columns and rows, with rows read and written."""
+    statements = split_statements(query)
+    if not statements:
+        raise BindingError("SQL query must not be empty", "Error")
+    rows_before = conn.total_changes
+    conn.execute("BEGIN IMMEDIATE")
+    conn.set_authorizer(_authorizer)
+    try:
+        columns: list[str] = []
+        rows: list[list[Any]] = []
+        for i, statement in enumerate(statements):
+            last = i == len(statements) - 1
+            cursor = conn.execute(statement, binds if last else [])
+            if last:
+                columns = [d[0] for d in cursor.description or ()]
+                size = 0
+                for row in cursor:
+                    size += sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
+                    if size > MAX_SQL_RESULT:
+                        raise BindingError(f"SQL result is larger than {MAX_SQL_RESULT} bytes")
+                    rows.append(list(row))
+        conn.set_authorizer(None)
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        conn.set_authorizer(None)
+        conn.execute("ROLLBACK")
+        text = str(exc)
+        if "not authorized" in text:
+            text = ("not authorized: SQL may not use _cf_ tables, ATTACH, PRAGMA or "
+                    "transaction statements (use ctx.storage.transactionSync)")
+        raise BindingError(f"{text}: SQLITE_ERROR") from None
+    except BaseException:
+        conn.set_authorizer(None)
+        conn.execute("ROLLBACK")
+        raise
+    written = conn.total_changes - rows_before
+    return {"columns": columns, "rows": rows, "rowsRead": max(len(rows), 0),
+            "rowsWritten": written}
+
+
+# -- alarm ---------------------------------------------------------------------------
+
+def get_alarm(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute("SELECT time FROM _cf_alarm WHERE id = 0").fetchone()
+    return None if row is None else row[0]
+
+
+def set_alarm(conn: sqlite3.Connection, when: float | None) -> None:
+    if when is None:
+        conn.execute("DELETE FROM _cf_alarm")
+    else:
+        conn.execute("INSERT OR REPLACE INTO _cf_alarm (id, time) VALUES (0, ?)", (when,))
+
+
+def clear_alarm_if(conn: sqlite3.Connection, when: float) -> bool:
+    """Clear the alarm if it is still ``when`` (the handler may have set a new one)."""
+    return conn.execute("DELETE FROM _cf_alarm WHERE time = ?", (when,)).rowcount > 0

@@ -1,0 +1,188 @@
+"""Queues of every namespace: producers' sends, and one consumer loop per queue.
+
+A consumer loop waits until its queue has visible messages, then gathers a
+batch: ``max_batch_size`` messages, or what is there after
+``max_batch_timeout`` seconds, whichever comes first. It invokes the
+consumer script's ``queue(batch, env, ctx)`` with the limits, outcome and
+trace of a request, and settles the batch from what the handler decided
+(protocol.messages.QueueSettled): explicit ``ack``/``retry`` per message
+first, then ``ackAll``/``retryAll``, then the handler's fate (returned: ack;
+raised: retry). A retried message past ``max_retries`` goes to the
+consumer's dead-letter queue, or is dropped without one.
+
+The loops are tasks in the hub's nursery (owned by the server); a deploy
+that changes consumers restarts them from the stored scripts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import trio
+
+from protocol.messages import QueueEvent, QueueMessage
+from supervisor.bindings.base import BindingError, Scope
+from supervisor.log import log, warn
+from supervisor.queues import store
+
+QueueKey = tuple[str, str]  # (dispatch namespace, queue name)
+#: Lists (namespace, script, consumer) of every stored script (runs in a thread).
+ConsumerSource = Callable[[], Iterable[tuple[str, str, Any]]]
+
+
+class QueueHub:
+    def __init__(self, services: Any) -> None:
+        self.services = services
+        self._wake: dict[QueueKey, trio.Event] = {}
+        self._changed = trio.Event()
+        self.runtime: Any = None
+        self.source: ConsumerSource | None = None
+
+    def attach(self, runtime: Any, source: ConsumerSource) -> None:
+        self.runtime = runtime
+        self.source = source
+
+    def consumers_changed(self) -> None:
+        self._changed.set()
+
+    # -- storage -----------------------------------------------------------------------
+    async def _db(self, key: QueueKey, fn: Any, *args: Any) -> Any:
+        path = self.services.path("queues", Scope(*key), "queue.sqlite3")
+        return await self.services.databases.run(path, store.setup, fn, *args)
+
+    async def send(self, key: QueueKey, messages: list[store.Outgoing], cap: int | None) -> None:
+        await self._db(key, store.send, messages, cap)
+        self._signal(key)
+
+    def _signal(self, key: QueueKey) -> None:
+        event = self._wake.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def _waiter(self, key: QueueKey) -> trio.Event:
+        event = self._wake.get(key)
+        if event is None:
+            event = self._wake[key] = trio.Event()
+        return event
+
+    # -- consumers -------------------------------------------------------------------
+    async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            self._changed = trio.Event()
+            assert self.source is not None
+            source = self.source
+            entries = await trio.to_thread.run_sync(lambda source=source: list(source()))
+            consumers: dict[QueueKey, tuple[str, Any]] = {}
+            for namespace, script, consumer in entries:
+                key = (namespace, consumer.queue)
+                if key in consumers:
+                    warn("queue.two_consumers", namespace=namespace, queue=consumer.queue,
+                         kept=consumers[key][0], ignored=script)
+                    continue
+                consumers[key] = (script, consumer)
+            async with trio.open_nursery() as nursery:
+                for key, (script, consumer) in consumers.items():
+                    nursery.start_soon(self._consume, key, script, consumer)
+                await self._changed.wait()
+                nursery.cancel_scope.cancel()
+
+    async def _consume(self, key: QueueKey, script: str, cfg: Any) -> None:
+        while True:
+            waiter = self._waiter(key)
+            count, hidden_until = await self._db(key, store.visible)
+            if count == 0:
+                timeout = math.inf if hidden_until is None else max(0.0, hidden_until - time.time())
+                with trio.move_on_after(timeout):
+                    await waiter.wait()
+                continue
+            deadline = trio.current_time() + cfg.max_batch_timeout
+            while count < cfg.max_batch_size and trio.current_time() < deadline:
+                waiter = self._waiter(key)
+                with trio.move_on_at(deadline):
+                    await waiter.wait()
+                count, _ = await self._db(key, store.visible)
+            messages = await self._db(key, store.lease, min(cfg.max_batch_size, store.MAX_BATCH_MESSAGES))
+            if messages:
+                await self._deliver(key, script, cfg, messages)
+
+    async def _deliver(self, key: QueueKey, script: str, cfg: Any, messages: list[QueueMessage]) -> None:
+        from supervisor.lifecycle import Outcome
+
+        rt = self.runtime
+        ok, settled = False, None
+        try:
+            record = await rt.scripts.load(key[0], script)
+            if record is None:
+                raise LookupError(f"consumer script {script!r} is gone")
+            inv = await rt.pool.invoke(record, b"POST", f"https://queue/{key[1]}", [], None,
+                                       rt.limits.defaults_for(record), event=QueueEvent(key[1], messages))
+            inv.on_done = rt.on_trace
+            with trio.move_on_at(inv.deadline):
+                await inv.head_ready.wait()
+            if not inv.head_ready.is_set():
+                inv.cancel(Outcome.EXCEEDED_WALL_TIME)
+                await inv.head_ready.wait()
+            ok, settled = inv.error is None, inv.settled
+        except Exception as exc:  # noqa: BLE001 - the batch is retried, the loop goes on
+            warn("queue.delivery_failed", namespace=key[0], queue=key[1], reason=str(exc)[:200])
+        acked, retried, dead = decide(messages, ok, settled, cfg)
+        with trio.CancelScope(shield=True):  # a settled batch is recorded even at shutdown
+            rows = await self._db(key, store.settle, acked, retried, dead)
+            if rows and cfg.dead_letter_queue:
+                dlq = (key[0], cfg.dead_letter_queue)
+                await self.send(dlq, [store.Outgoing(body, ctype, 0, 0, ts, id_)
+                                      for id_, body, ctype, ts in rows], None)
+        if dead:
+            log("queue.dead_lettered", namespace=key[0], queue=key[1], count=len(dead),
+                to=cfg.dead_letter_queue or "(dropped)")
+
+
+def decide(messages: list[QueueMessage], ok: bool, settled: Any, cfg: Any
+           ) -> tuple[list[str], list[tuple[str, float]], list[str]]:
+    """(acked ids, retried (id, delay s), dead ids) of one delivered batch."""
+    explicit_ack = set(settled.acked) if settled else set()
+    explicit_retry = {i: d for i, d in settled.retried} if settled else {}
+    everything = settled.all if settled else ""
+    acked: list[str] = []
+    retried: list[tuple[str, float]] = []
+    dead: list[str] = []
+    for message in messages:
+        delay: float | None = None
+        if message.id in explicit_ack:
+            retry = False
+        elif message.id in explicit_retry:
+            retry, delay = True, explicit_retry[message.id]
+        elif everything:
+            retry = everything == "retry"
+            delay = settled.all_delay if retry else None
+        else:
+            retry = not ok
+        if not retry:
+            acked.append(message.id)
+        elif message.attempts > cfg.max_retries:
+            dead.append(message.id)
+        else:
+            retried.append((message.id, float(delay if delay is not None else cfg.retry_delay)))
+    return acked, retried, dead
+
+
+def check_message(body: Any, content_type: Any, delay: Any, default_delay: int | None) -> store.Outgoing:
+    """A producer's message, checked as Cloudflare checks it."""
+    if not isinstance(body, bytes):
+        raise BindingError("a message body must arrive encoded", "TypeError")
+    if content_type not in store.CONTENT_TYPES:
+        raise BindingError(f"Unknown content type {content_type!r}: use one of "
+                           f"{', '.join(store.CONTENT_TYPES)}", "TypeError")
+    if len(body) > store.MAX_MESSAGE_BYTES:
+        raise BindingError(f"Queue send failed: message too large ({len(body)} bytes; the limit "
+                           f"is {store.MAX_MESSAGE_BYTES})")
+    if delay is None:
+        delay = default_delay or 0
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= store.MAX_DELAY_S:
+        raise BindingError(f"delaySeconds must be a number between 0 and {store.MAX_DELAY_S}, "
+                           f"got {delay!r}", "RangeError")
+    return store.Outgoing(body, content_type, float(delay))

@@ -1,0 +1,128 @@
+"""One queue's messages, durable in ``<storage>/queues/<scope>/queue.sqlite3``.
+
+A message is *visible* from ``visible_at`` (its send delay, or a retry's
+delay) until a consumer *leases* it in a batch. A lease ends when the batch
+settles: acked messages go, retried ones become visible again later, and a
+message past its consumer's ``max_retries`` moves to the dead-letter queue
+(or is dropped without one), as on Cloudflare. Leases are not durable: at
+start every message is visible again, so a batch interrupted by a crash is
+redelivered (at-least-once, as on Cloudflare).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from typing import Any
+
+from protocol.messages import QueueMessage
+from supervisor.bindings.base import BindingError
+from supervisor.bindings.quota import quota_error
+
+#: Cloudflare's limits.
+MAX_MESSAGE_BYTES = 128 * 1024
+MAX_BATCH_MESSAGES = 100
+MAX_BATCH_BYTES = 256 * 1024
+MAX_DELAY_S = 43200
+CONTENT_TYPES = ("text", "bytes", "json", "v8")
+
+
+def setup(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                 "id TEXT UNIQUE NOT NULL, body BLOB NOT NULL, content_type TEXT NOT NULL, "
+                 "timestamp REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
+                 "visible_at REAL NOT NULL, leased INTEGER NOT NULL DEFAULT 0)")
+    conn.execute("CREATE INDEX IF NOT EXISTS messages_visible ON messages (leased, visible_at)")
+    # A fresh open is a (re)start: nothing is in flight any more.
+    conn.execute("UPDATE messages SET leased = 0 WHERE leased = 1")
+
+
+class Outgoing:
+    """A message to enqueue (checked by the producer handler)."""
+
+    __slots__ = ("body", "content_type", "delay_s", "attempts", "timestamp", "id")
+
+    def __init__(self, body: bytes, content_type: str, delay_s: float, attempts: int = 0,
+                 timestamp: float | None = None, id: str | None = None) -> None:
+        self.body = body
+        self.content_type = content_type
+        self.delay_s = delay_s
+        self.attempts = attempts
+        self.timestamp = timestamp if timestamp is not None else time.time() * 1000
+        self.id = id or uuid.uuid4().hex
+
+
+def send(conn: sqlite3.Connection, messages: list[Outgoing], cap: int | None) -> None:
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if cap is not None:
+            count = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+            if count + len(messages) > cap:
+                raise BindingError(quota_error("Queue send failed", count, cap, "queue_messages"))
+        conn.executemany(
+            "INSERT OR IGNORE INTO messages (id, body, content_type, timestamp, attempts, visible_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(m.id, m.body, m.content_type, m.timestamp, m.attempts, now + m.delay_s)
+             for m in messages])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def visible(conn: sqlite3.Connection) -> tuple[int, float | None]:
+    """How many messages are visible now, and when the next hidden one shows."""
+    now = time.time()
+    count = conn.execute("SELECT count(*) FROM messages WHERE leased = 0 AND visible_at <= ?",
+                         (now,)).fetchone()[0]
+    nxt = conn.execute("SELECT min(visible_at) FROM messages WHERE leased = 0 AND visible_at > ?",
+                       (now,)).fetchone()[0]
+    return count, nxt
+
+
+def lease(conn: sqlite3.Connection, limit: int) -> list[QueueMessage]:
+    """Up to ``limit`` visible messages (oldest first, within the batch byte
+    limit), leased, their attempts counted."""
+    now = time.time()
+    rows = conn.execute("SELECT seq, id, body, content_type, timestamp, attempts FROM messages "
+                        "WHERE leased = 0 AND visible_at <= ? ORDER BY seq LIMIT ?",
+                        (now, limit)).fetchall()
+    out: list[QueueMessage] = []
+    size = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for seq, id_, body, ctype, ts, attempts in rows:
+            size += len(body)
+            if out and size > MAX_BATCH_BYTES:
+                break
+            conn.execute("UPDATE messages SET leased = 1, attempts = attempts + 1 WHERE seq = ?", (seq,))
+            out.append(QueueMessage(id_, ts, body, ctype, attempts + 1))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return out
+
+
+def settle(conn: sqlite3.Connection, acked: list[str], retried: list[tuple[str, float]],
+           dead: list[str]) -> list[tuple[Any, ...]]:
+    """Apply a batch's outcome; return the dead messages' rows (for the DLQ)."""
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = []
+        for id_ in dead:
+            row = conn.execute("SELECT id, body, content_type, timestamp FROM messages WHERE id = ?",
+                               (id_,)).fetchone()
+            if row is not None:
+                rows.append(row)
+        conn.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in [*acked, *dead]])
+        conn.executemany("UPDATE messages SET leased = 0, visible_at = ? WHERE id = ?",
+                         [(now + delay, i) for i, delay in retried])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return rows

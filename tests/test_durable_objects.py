@@ -1,0 +1,284 @@
+"""Durable Objects through real jailed children: ids, stubs over RPC and
+fetch, one instance per id under concurrent calls, ctx.storage (key-value,
+SQL, alarms), namespace isolation, eviction and kill -9 of the supervisor."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+
+import pytest
+
+from tests import storage_helpers as h
+
+DO_TENANT = h.EVAL_TENANT + r'''
+from workers import DurableObject
+
+INSTANCES = {"count": 0}
+
+
+class Counter(DurableObject):
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        INSTANCES["count"] += 1
+        self.calls = 0
+        self.active = 0
+
+    async def increment(self, by=1):
+        # A read-modify-write with an await in between: only safe because
+        # calls to one object are serialised.
+        self.active += 1
+        assert self.active == 1, "two calls inside one object at once"
+        value = (await self.ctx.storage.get("n")) or 0
+        await self.ctx.storage.put("n", value + by)
+        self.calls += 1
+        self.active -= 1
+        return value + by
+
+    async def info(self):
+        return {"id": str(self.ctx.id), "name": self.ctx.id.name, "calls": self.calls,
+                "instances": INSTANCES["count"], "n": await self.ctx.storage.get("n")}
+
+    async def echo(self, *args):
+        return list(args)
+
+    async def boom(self):
+        raise ValueError("the object failed on purpose")
+
+    async def kv(self):
+        s = self.ctx.storage
+        await s.put({"a": 1, "b": [1, 2], "c": {"x": "y"}, "d": b"\x00\x01"})
+        got = await s.get(["a", "b", "zz"])
+        one = await s.get("c")
+        listed = await s.list(prefix="", start="b", end="d")
+        rev = await s.list(reverse=True, limit=2)
+        deleted = await s.delete("a")
+        missing = await s.delete("a")
+        count = await s.delete(["b", "c", "nope"])
+        rest = await s.list()
+        await s.deleteAll()
+        return {"got": got, "one": one, "c_attr": one.x, "listed": list(listed), "rev": list(rev),
+                "deleted": deleted, "missing": missing, "count": count,
+                "rest": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in rest.items()},
+                "after": dict(await s.list())}
+
+    async def sql(self):
+        s = self.ctx.storage.sql
+        await s.exec("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)")
+        w = await s.exec("INSERT INTO t (v) VALUES (?), (?)", "x", "y")
+        cur = await s.exec("SELECT id, v FROM t ORDER BY id")
+        rows = cur.toArray()
+        one = (await s.exec("SELECT count(*) AS n FROM t")).one()
+        errors = []
+        for q in ("SELECT * FROM _cf_KV", "SELEC nonsense", "SELECT * FROM t"):
+            try:
+                c = await s.exec(q)
+                if q.endswith(" t"):
+                    c.one()
+            except Exception as e:
+                errors.append(str(e))
+        return {"written": w.rowsWritten, "columns": list(cur.columnNames), "rows": rows,
+                "read": cur.rowsRead, "one": one.n, "errors": errors}
+
+    async def arm(self, ms_from_now):
+        import time
+        await self.ctx.storage.setAlarm(time.time() * 1000 + ms_from_now)
+        return await self.ctx.storage.getAlarm() is not None
+
+    async def alarm(self, info=None):
+        await self.ctx.storage.put("alarmed", (await self.ctx.storage.get("alarmed") or 0) + 1)
+
+    async def peek(self, key):
+        return await self.ctx.storage.get(key)
+
+    async def sqlset(self):
+        await self.ctx.storage.sql.exec("CREATE TABLE k (v TEXT)")
+        await self.ctx.storage.sql.exec("INSERT INTO k VALUES (?)", "kept")
+
+    async def sqlget(self):
+        return [r.v for r in (await self.ctx.storage.sql.exec("SELECT v FROM k")).toArray()]
+
+    async def disarm(self):
+        await self.ctx.storage.deleteAlarm()
+        return await self.ctx.storage.getAlarm()
+
+    async def fetch(self, request):
+        from workers import Response
+        return Response.json({"method": request.method, "url": request.url,
+                              "body": await request.text(), "id": str(self.ctx.id)}, status=201)
+'''
+
+DO = {"type": "durable_object_namespace", "name": "COUNTER", "class_name": "Counter"}
+CONFIG = "[storage]\ndurable_object_idle_s = 0.5\n"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = h.start(tmp_path_factory.mktemp("dobjects"), CONFIG)
+    srv.deploy("counter", DO_TENANT, bindings=[DO])
+    srv.deploy("counter", DO_TENANT, namespace="other", bindings=[DO])
+    yield srv
+    srv.stop()
+
+
+def test_ids(server):
+    result = h.ok(server, "counter", """
+a = env.COUNTER.idFromName("alice")
+b = env.COUNTER.idFromName("alice")
+u = env.COUNTER.newUniqueId()
+s = env.COUNTER.idFromString(str(u))
+try:
+    env.COUNTER.idFromString("not-hex")
+    bad = None
+except JsException as e:
+    bad = e.message
+return [a.equals(b), len(str(a)), a.name, s.equals(u), str(a) == str(u), bad]
+""")
+    assert result[:5] == [True, 64, "alice", True, False]
+    assert "64 hex digits" in result[5]
+
+
+def test_rpc_and_fetch(server):
+    result = h.ok(server, "counter", """
+stub = env.COUNTER.getByName("rpc")
+try:
+    env.COUNTER.get("not an id")
+    wrong = None
+except TypeError as e:
+    wrong = str(e)
+first = await stub.increment(5)
+second = await env.COUNTER.get(env.COUNTER.idFromName("rpc")).increment()
+echoed = await stub.echo(1, "two", [3], {"four": 4}, None, True, b"\\x05")
+echoed = echoed[:6] + [echoed[6] == b"\\x05", echoed[3].four]
+info = await stub.info()
+resp = await stub.fetch("https://do.example/path?q=1", method="POST", body="hello")
+fetched = await resp.json()
+try:
+    await stub.boom()
+    err = None
+except JsException as e:
+    err = [e.name, e.message]
+try:
+    await stub.nope()
+    missing = None
+except JsException as e:
+    missing = e.message
+return {"first": first, "second": second, "echoed": echoed, "info_name": info.name,
+        "info_n": info["n"], "wrong": wrong, "status": resp.status, "fetched": fetched, "err": err, "missing": missing}
+""")
+    assert result["first"] == 5 and result["second"] == 6
+    assert "DurableObjectId" in result["wrong"]
+    assert result["echoed"] == [1, "two", [3], {"four": 4}, None, True, True, 4]
+    assert result["info_name"] == "rpc" and result["info_n"] == 6
+    assert result["status"] == 201
+    assert result["fetched"]["method"] == "POST" and result["fetched"]["body"] == "hello"
+    assert result["fetched"]["url"] == "https://do.example/path?q=1"
+    assert "the object failed on purpose" in result["err"][1]
+    assert 'does not implement the method "nope"' in result["missing"]
+
+
+def test_one_instance_and_serialised_under_concurrency(server):
+    code = 'return await env.COUNTER.getByName("busy").increment()'
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: h.run(server, "counter", code), range(24)))
+    assert all("ok" in r for r in results), results
+    values = sorted(r["ok"] for r in results)
+    assert values == list(range(1, 25))  # no lost update, no two calls inside at once
+    info = h.ok(server, "counter", 'return await env.COUNTER.getByName("busy").info()')
+    assert info["n"] == 24
+
+
+def test_storage_key_value(server):
+    result = h.ok(server, "counter", 'return await env.COUNTER.getByName("kv").kv()')
+    assert result["got"] == {"a": 1, "b": [1, 2]}
+    assert result["one"] == {"x": "y"} and result["c_attr"] == "y"
+    assert result["listed"] == ["b", "c"]
+    assert result["rev"] == ["d", "c"]
+    assert result["deleted"] is True and result["missing"] is False and result["count"] == 2
+    assert result["rest"] == {"d": "0001"}
+    assert result["after"] == {}
+
+
+def test_storage_sql(server):
+    result = h.ok(server, "counter", 'return await env.COUNTER.getByName("sql").sql()')
+    assert result["written"] == 2
+    assert result["columns"] == ["id", "v"]
+    assert result["rows"] == [{"id": 1, "v": "x"}, {"id": 2, "v": "y"}]
+    assert result["read"] == 2 and result["one"] == 2
+    assert "access to _cf_KV.key is prohibited" in result["errors"][0]
+    assert "syntax error" in result["errors"][1]
+    assert "multiple results" in result["errors"][2]
+
+
+def test_rpc_errors(server):
+    big = h.run(server, "counter", """
+class Big:
+    pass
+try:
+    await env.COUNTER.getByName("x").echo(Big())
+except TypeError as e:
+    return str(e)
+""")
+    assert "only plain data" in big["ok"]
+
+
+def test_namespaces_are_isolated(server):
+    h.ok(server, "counter", 'return await env.COUNTER.getByName("shared").increment(10)')
+    other = h.ok(server, "counter", 'return await env.COUNTER.getByName("shared").increment(1)',
+                 namespace="other")
+    assert other == 1
+    # Even with the same id string, the other namespace sees its own object.
+    again = h.ok(server, "counter", 'return (await env.COUNTER.getByName("shared").info())["n"]')
+    assert again == 10
+
+
+def test_idle_object_is_evicted_and_comes_back_with_its_state(server):
+    first = h.ok(server, "counter", """
+stub = env.COUNTER.getByName("evict")
+await stub.increment(3)
+return await stub.info()
+""")
+    object_id = first["id"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and f'"object_id": "{object_id}"' not in server.log():
+        time.sleep(0.05)  # waiting for the supervisor's eviction event (after 0.5 s idle)
+    info = h.ok(server, "counter", 'return await env.COUNTER.getByName("evict").info()')
+    assert info["calls"] == 0 and info["n"] == 3  # a fresh instance, the same state
+    assert info["instances"] > first["instances"]
+
+
+def test_alarm_runs_and_can_be_deleted(server):
+    assert h.ok(server, "counter", 'return await env.COUNTER.getByName("alarm").arm(50)') is True
+    peek = 'return await env.COUNTER.getByName("alarm").peek("alarmed")'
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not h.ok(server, "counter", peek):
+        time.sleep(0.1)
+    assert h.ok(server, "counter", peek) == 1
+    assert h.ok(server, "counter", """
+stub = env.COUNTER.getByName("alarm2")
+await stub.arm(3600 * 1000)
+return await stub.disarm()
+""") is None
+
+
+def test_state_survives_kill_9_of_the_supervisor(tmp_path):
+    server = h.start(tmp_path / "state", CONFIG)
+    try:
+        server.deploy("counter", DO_TENANT, bindings=[DO])
+        assert h.ok(server, "counter", 'return await env.COUNTER.getByName("k9").increment(7)') == 7
+        h.ok(server, "counter", """
+await env.COUNTER.getByName("k9").sqlset()
+return 1
+""")
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+        server.start()
+        result = h.ok(server, "counter", """
+stub = env.COUNTER.getByName("k9")
+return [await stub.increment(1), await stub.sqlget()]
+""")
+        assert result == [8, ["kept"]]
+    finally:
+        server.stop()

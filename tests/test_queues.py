@@ -1,0 +1,137 @@
+"""Queues through real jailed children: send/sendBatch and their errors,
+batches to the consumer's queue(batch, env, ctx), ack/retry, retries into a
+dead-letter queue, and messages durable across a kill -9 of the supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tests import storage_helpers as h
+
+CONSUMER = r'''
+import json
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        got = await self.env.SEEN.list()
+        return Response.json([k.name for k in got.keys])
+
+    async def queue(self, batch, env, ctx):
+        for m in batch.messages:
+            body = m.body
+            key = f"{batch.queue}:{json.dumps(body, sort_keys=True, default=str)}:{m.attempts}"
+            await env.SEEN.put(key, str(len(batch.messages)))
+            if isinstance(body, dict) and body.get("fail") == "retry":
+                m.retry()
+            elif isinstance(body, dict) and body.get("fail") == "raise":
+                raise RuntimeError("consumer failed")
+            else:
+                m.ack()
+'''
+
+Q = {"type": "queue", "name": "Q", "queue_name": "jobs"}
+SEEN = {"type": "kv_namespace", "name": "SEEN", "namespace_id": "seen"}
+CONSUMERS = {"queue_consumers": [
+    {"queue": "jobs", "max_batch_size": 3, "max_batch_timeout": 0.2, "max_retries": 2,
+     "dead_letter_queue": "jobs-dlq"},
+    {"queue": "jobs-dlq", "max_batch_size": 10, "max_batch_timeout": 0.1}]}
+
+
+def _start(tmp_path):
+    server = h.start(tmp_path)
+    h.deploy(server, "producer", [Q])
+    server.deploy("consumer", CONSUMER, bindings=[SEEN], extra_metadata=CONSUMERS)
+    return server
+
+
+def _seen(server) -> list[str]:
+    response = server.request("/", host="consumer.localhost")
+    assert response.status == 200, response.body
+    return response.json()
+
+
+def _wait_for(server, predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    seen = _seen(server)
+    while not predicate(seen) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the consumer's own record of deliveries
+        seen = _seen(server)
+    assert predicate(seen), (seen, server.log()[-3000:])
+    return seen
+
+
+def test_send_batch_ack_retry_and_dead_letter(tmp_path):
+    server = _start(tmp_path)
+    try:
+        assert h.ok(server, "producer", """
+await env.Q.send({"n": 1})
+await env.Q.send("plain", contentType="text")
+await env.Q.sendBatch([{"body": {"n": 2}}, {"body": [3], "contentType": "json"}])
+await env.Q.send({"fail": "retry"})
+return True
+""") is True
+        seen = _wait_for(server, lambda s: any(k.startswith("jobs-dlq:") for k in s))
+        assert 'jobs:{"n": 1}:1' in seen and 'jobs:"plain":1' in seen
+        assert 'jobs:{"n": 2}:1' in seen and "jobs:[3]:1" in seen
+        retried = sorted(k for k in seen if k.startswith('jobs:{"fail": "retry"}'))
+        assert [k.rsplit(":", 1)[1] for k in retried] == ["1", "2", "3"]  # max_retries 2
+        assert 'jobs-dlq:{"fail": "retry"}:1' in seen
+    finally:
+        server.stop()
+
+
+def test_a_raising_consumer_retries_the_batch(tmp_path):
+    server = _start(tmp_path)
+    try:
+        h.ok(server, "producer", 'await env.Q.send({"fail": "raise"})\nreturn 1')
+        seen = _wait_for(server, lambda s: any(k.startswith('jobs-dlq:{"fail": "raise"}') for k in s))
+        attempts = sorted(k.rsplit(":", 1)[1] for k in seen if k.startswith('jobs:{"fail": "raise"}'))
+        assert attempts == ["1", "2", "3"]
+    finally:
+        server.stop()
+
+
+def test_send_errors(tmp_path):
+    server = h.start(tmp_path)
+    try:
+        h.deploy(server, "producer", [Q])
+        result = h.ok(server, "producer", """
+out = []
+for call in (lambda: env.Q.send("x" * 200000, contentType="text"),
+             lambda: env.Q.send("x", contentType="nope"),
+             lambda: env.Q.send({"a": 1}, delaySeconds=-1),
+             lambda: env.Q.sendBatch([]),
+             lambda: env.Q.send(object())):
+    try:
+        await call()
+        out.append(None)
+    except (JsException, TypeError) as e:
+        out.append(str(e))
+return out
+""")
+        assert "too large" in result[0]
+        assert "Unknown content type" in result[1]
+        assert "delaySeconds" in result[2]
+        assert "non-empty" in result[3]
+        assert "cannot be serialized" in result[4]
+    finally:
+        server.stop()
+
+
+def test_messages_survive_kill_9(tmp_path):
+    server = h.start(tmp_path)
+    try:
+        h.deploy(server, "producer", [Q])
+        h.ok(server, "producer", 'await env.Q.send({"n": "durable"})\nreturn 1')
+        # No consumer yet: the message waits on disk. Kill -9 the supervisor.
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait()
+        server.start()
+        server.deploy("consumer", CONSUMER, bindings=[SEEN], extra_metadata=CONSUMERS)
+        _wait_for(server, lambda s: 'jobs:{"n": "durable"}:1' in s)
+    finally:
+        server.stop()
