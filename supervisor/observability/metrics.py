@@ -56,6 +56,10 @@ def _kind(inv: Invocation) -> str:
     return "fetch" if event is None else type(event).__struct_config__.tag
 
 
+#: Noted figures applied to the metrics at a scrape, or once this many wait.
+FLUSH_AT = 4096
+
+
 class Metrics:
     """The registry, and the calls that move it."""
 
@@ -104,20 +108,33 @@ class Metrics:
         self._requests: dict[str, Any] = {}
         self._invocations: dict[tuple[str, str, str], Any] = {}
         self._per_namespace: dict[str, tuple[Any, Any, Any]] = {}
+        #: Figures noted since the last flush (see :meth:`observe`).
+        self._pending: list[tuple[Any, ...]] = []
 
     def observe(self, inv: Invocation, top_level: bool = True) -> None:
-        """A finished invocation tree (labelled children cached: this runs per request)."""
+        """A finished invocation tree. Runs per request, so it only notes the
+        figures (a tuple per invocation); they reach the Prometheus metrics,
+        whose every update takes a lock, in batches (:meth:`_flush`)."""
+        pending = self._pending
         if top_level:
-            outcome = traces.outcome_of(inv)
-            requests = self._requests.get(outcome)
-            if requests is None:
-                requests = self._requests[outcome] = self.requests.labels(outcome)
-            requests.inc()
-            self.latency.observe(inv.wall_ms / 1000.0)
+            pending.append((None, traces.outcome_of(inv), None, inv.wall_ms, 0, 0, ""))
         for node in traces.walk(inv):
-            ns = _namespace(node)
-            outcome = traces.outcome_of(node)
-            key = (ns, outcome, _kind(node))
+            pending.append((_namespace(node), traces.outcome_of(node), _kind(node), node.wall_ms,
+                            node.cpu_ns, node.subrequests, node.record.name))
+        if len(pending) >= FLUSH_AT:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for ns, outcome, kind, wall_ms, cpu_ns, subrequests, script in pending:
+            if ns is None:  # the request as the client saw it
+                requests = self._requests.get(outcome)
+                if requests is None:
+                    requests = self._requests[outcome] = self.requests.labels(outcome)
+                requests.inc()
+                self.latency.observe(wall_ms / 1000.0)
+                continue
+            key = (ns, outcome, kind)
             counter = self._invocations.get(key)
             if counter is None:
                 counter = self._invocations[key] = self.invocations.labels(*key)
@@ -126,12 +143,12 @@ class Metrics:
             if per_ns is None:
                 per_ns = self._per_namespace[ns] = (self.wall.labels(ns), self.cpu.labels(ns),
                                                     self.subrequests.labels(ns))
-            per_ns[0].observe(node.wall_ms / 1000.0)
-            per_ns[1].observe(node.cpu_ns / 1e9)
-            if node.subrequests:
-                per_ns[2].inc(node.subrequests)
+            per_ns[0].observe(wall_ms / 1000.0)
+            per_ns[1].observe(cpu_ns / 1e9)
+            if subrequests:
+                per_ns[2].inc(subrequests)
             if self.script_requests is not None:
-                self.script_requests.labels(ns, node.record.name, outcome).inc()
+                self.script_requests.labels(ns, script, outcome).inc()
 
     def observe_event(self, event: dict[str, Any]) -> None:
         """An event with no invocation behind it (a background kill, scriptNotFound)."""
@@ -151,6 +168,7 @@ class Metrics:
         self.admin_calls.labels(method, f"{status // 100}xx").inc()
 
     def text(self) -> bytes:
+        self._flush()
         return generate_latest(self.registry)
 
 
