@@ -27,6 +27,7 @@ import select
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 from protocol.messages import (
     PROTOCOL_VERSION,
@@ -107,51 +108,53 @@ class Zygote:
             self.control.send(payload)
 
     def spawn(self) -> None:
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 70
-            try:
-                parent_end.close()
-                self.control.close()
-                from . import child
+        def run_child(channel: socket.socket) -> int:
+            from . import child
 
-                code = child.main(child_end, self.devnull, self.address_space, self.bpf, self.rules)
-            except BaseException as exc:  # noqa: BLE001 - last words before _exit
-                try:
-                    os.write(2, f"corral child {os.getpid()}: {exc!r}\n".encode())
-                except OSError:
-                    pass
-            finally:
-                os._exit(code)
-        child_end.close()
-        pidfd = os.pidfd_open(pid)
-        try:
-            self.send(Spawned(pid=pid), [parent_end.fileno(), pidfd])
-        finally:
-            os.close(pidfd)
-            parent_end.close()
+            return child.main(channel, self.devnull, self.address_space, self.bpf, self.rules)
+
+        self._fork_announced(socket.SOCK_STREAM, "child", run_child, lambda pid: Spawned(pid=pid))
 
     def start_package_zygote(self, command: StartPackageZygote) -> None:
         """Fork the zygote of one dependency set (see :mod:`sandbox.package_zygote`)."""
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+        def run_package_zygote(control: socket.socket) -> int:
+            self.control = control
+            from . import package_zygote
+
+            report = package_zygote.become(self.rules, command.package_dirs)
+            self.send(ZygoteReady(version=PROTOCOL_VERSION, pid=os.getpid(),
+                                  jail={"package_set": command.key, **report}))
+            self.serve()
+            return 0
+
+        self._fork_announced(socket.SOCK_SEQPACKET, "package zygote", run_package_zygote,
+                             lambda pid: PackageZygoteStarted(key=command.key, pid=pid))
+
+    def _fork_announced(
+        self,
+        sock_type: int,
+        what: str,
+        body: Callable[[socket.socket], int],
+        announce: Callable[[int], FromZygote],
+    ) -> None:
+        """Fork a process running ``body`` and hand its socket and pidfd to the supervisor.
+
+        The forked side never returns into this zygote's loop: whatever
+        ``body`` does, it ends in ``os._exit`` with its last words on stderr,
+        so a failure in a child can never run zygote code twice.
+        """
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, sock_type)
         pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the package zygote
+        if pid == 0:  # pragma: no cover - runs in the forked process
             code = 70
             try:
                 parent_end.close()
                 self.control.close()
-                self.control = child_end
-                from . import package_zygote
-
-                report = package_zygote.become(self.rules, command.package_dirs)
-                self.send(ZygoteReady(version=PROTOCOL_VERSION, pid=os.getpid(),
-                                      jail={"package_set": command.key, **report}))
-                self.serve()
-                code = 0
+                code = body(child_end)
             except BaseException as exc:  # noqa: BLE001 - last words before _exit
                 try:
-                    os.write(2, f"corral package zygote {os.getpid()}: {exc!r}\n".encode())
+                    os.write(2, f"corral {what} {os.getpid()}: {exc!r}\n".encode())
                 except OSError:
                     pass
             finally:
@@ -159,7 +162,7 @@ class Zygote:
         child_end.close()
         pidfd = os.pidfd_open(pid)
         try:
-            self.send(PackageZygoteStarted(key=command.key, pid=pid), [parent_end.fileno(), pidfd])
+            self.send(announce(pid), [parent_end.fileno(), pidfd])
         finally:
             os.close(pidfd)
             parent_end.close()

@@ -292,6 +292,26 @@ class Connection:
     def _parser(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
 
+    async def wait_peer_closed(self) -> None:
+        """Return once the client has closed its end; never, if it sends more.
+
+        Only meaningful while the client owes nothing (the request body is
+        read, or the response is a stream it only listens to): bytes then
+        are a pipelined request, which is no sign of leaving, so the wait
+        goes on forever and the caller's scope ends it.
+        """
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                data = self.sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                await trio.sleep_forever()
+            return
+
     def next_cycle(self) -> None:
         """A fresh parser for the next request, fed what is already buffered."""
         leftover, closed = self.h11.trailing_data

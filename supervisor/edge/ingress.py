@@ -145,7 +145,7 @@ class Ingress:
         if not inv.head_ready.is_set() and body_read and trio.current_time() < inv.deadline:
             # A slow answer: also watch the client, whose leaving cancels it.
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_when_gone, conn.sock, inv, nursery.cancel_scope)
+                nursery.start_soon(_cancel_when_gone, conn, inv, nursery.cancel_scope)
                 with trio.move_on_at(inv.deadline):
                     await inv.head_ready.wait()
                 nursery.cancel_scope.cancel()
@@ -202,25 +202,11 @@ class Ingress:
             raise
 
 
-async def _cancel_when_gone(sock: socket.socket, inv: Invocation, scope: trio.CancelScope) -> None:
-    """Cancel ``inv`` if the client closes its connection before the answer.
-
-    Only while the request body is fully read: the socket then carries
-    nothing but a pipelined request (which is no sign of leaving) or EOF.
-    """
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            data = sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            continue
-        except OSError:
-            data = b""
-        if data:
-            await trio.sleep_forever()  # a pipelined request: nothing more to learn
-        inv.cancel("canceled")
-        scope.cancel()
-        return
+async def _cancel_when_gone(conn: Connection, inv: Invocation, scope: trio.CancelScope) -> None:
+    """Cancel ``inv`` if the client closes its connection before the answer."""
+    await conn.wait_peer_closed()
+    inv.cancel(Outcome.CANCELED)
+    scope.cancel()
 
 
 class _Tagged:

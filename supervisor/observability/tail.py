@@ -19,7 +19,6 @@ its buffer.
 from __future__ import annotations
 
 import random
-import socket
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -328,7 +327,7 @@ class LiveTail:
                                    (b"cache-control", b"no-store")])
             with sub.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_watch_close, conn.sock, nursery.cancel_scope)
+                    nursery.start_soon(_watch_close, conn, nursery.cancel_scope)
                     async for line in sub.receive:
                         await conn.send_data(line)
         finally:
@@ -338,18 +337,7 @@ class LiveTail:
         raise ClientGone("live tail ended")
 
 
-async def _watch_close(sock: socket.socket, scope: trio.CancelScope) -> None:
+async def _watch_close(conn: Connection, scope: trio.CancelScope) -> None:
     """Cancel ``scope`` when the client closes its end (it sends nothing else)."""
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            data = sock.recv(4096, socket.MSG_PEEK)
-        except BlockingIOError:
-            continue
-        except OSError:
-            data = b""
-        if not data:
-            scope.cancel()
-            return
-        # A pipelined request behind the tail: nothing to learn from the socket.
-        await trio.sleep_forever()
+    await conn.wait_peer_closed()
+    scope.cancel()

@@ -29,7 +29,7 @@ import trio
 from protocol.messages import Exited, FromZygote, Spawn, Spawned, ZygoteReady
 from supervisor.log import error, log, warn
 from supervisor.pool.plan import PackageSet
-from supervisor.pool.zygote_client import _take_fds
+from supervisor.pool.zygote_client import receive_frame
 
 
 class PackageOwner(Protocol):
@@ -150,15 +150,10 @@ class PackageZygotes:
         try:
             with sock:
                 while True:
-                    try:
-                        data, ancdata, _flags, _addr = await sock.recvmsg(65536, socket.CMSG_SPACE(2 * 4))
-                    except OSError:
-                        data, ancdata = b"", []
-                    fds = _take_fds(ancdata)
-                    if not data:
-                        for fd in fds:
-                            os.close(fd)
+                    frame = await receive_frame(sock)
+                    if frame is None:
                         return
+                    data, fds = frame
                     message = self._decoder.decode(data)
                     if isinstance(message, Spawned) and len(fds) == 2:
                         zygote.requested = max(0, zygote.requested - 1)

@@ -182,17 +182,10 @@ class ZygoteClient:
         try:
             with sock:
                 while True:
-                    try:
-                        data, ancdata, _flags, _addr = await sock.recvmsg(
-                            65536, socket.CMSG_SPACE(2 * 4)
-                        )
-                    except OSError:
-                        data, ancdata = b"", []
-                    fds = _take_fds(ancdata)
-                    if not data:
-                        for fd in fds:
-                            os.close(fd)
+                    frame = await receive_frame(sock)
+                    if frame is None:
                         return
+                    data, fds = frame
                     message = self._decoder.decode(data)
                     if isinstance(message, Spawned):
                         if len(fds) != 2:
@@ -248,9 +241,23 @@ def _warn_weaker_jail(jail: dict) -> None:
              consequence="a child could read other scripts' bundles if it knew their names")
 
 
-def _take_fds(ancdata: list) -> list[int]:
+async def receive_frame(sock: trio.socket.SocketType) -> tuple[bytes, list[int]] | None:
+    """One datagram from a zygote and the descriptors passed with it; None at end of stream.
+
+    A read error counts as the end: the zygote is gone either way, and any
+    descriptors that arrived with the last empty read are closed here so
+    they never leak into the supervisor.
+    """
+    try:
+        data, ancdata, _flags, _addr = await sock.recvmsg(65536, socket.CMSG_SPACE(2 * 4))
+    except OSError:
+        data, ancdata = b"", []
     fds = array.array("i")
-    for level, kind, data in ancdata:
+    for level, kind, blob in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    return list(fds)
+            fds.frombytes(blob[: len(blob) - (len(blob) % fds.itemsize)])
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return data, list(fds)
