@@ -61,7 +61,11 @@ class TokenInfo(msgspec.Struct, kw_only=True):
 
 
 class _Metadata(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What the ``metadata`` JSON column holds."""
+    """What the ``metadata`` JSON column holds.
+
+    Each field has the name of the :class:`ScriptRecord` field it stores,
+    so reading and writing the column copy fields by name.
+    """
 
     bindings: list[Binding] = []
     compatibility_date: str = ""
@@ -93,15 +97,8 @@ def record_from_row(row: Sequence[Any], modules: bytes | None, assets: str = "")
         version=version,
         main_module=main_module,
         modules=_modules_decoder.decode(modules) if modules is not None else {},
-        bindings=meta.bindings,
         tags=tags_decoder.decode(tags),
-        compatibility_date=meta.compatibility_date,
-        compatibility_flags=meta.compatibility_flags,
-        tail_consumers=meta.tail_consumers,
-        requirements=meta.requirements,
-        packages_lock=meta.packages_lock,
-        crons=meta.crons,
-        queue_consumers=meta.queue_consumers,
+        **msgspec.structs.asdict(meta),
         created_on=created_on,
         modified_on=modified_on,
         version_id=version_id,
@@ -115,16 +112,8 @@ def packages_lock_of(metadata: str | bytes) -> str:
 
 
 def encode_metadata(record: ScriptRecord) -> str:
-    return msgspec.json.encode(_Metadata(
-        bindings=record.bindings,
-        compatibility_date=record.compatibility_date,
-        compatibility_flags=record.compatibility_flags,
-        tail_consumers=record.tail_consumers,
-        requirements=record.requirements,
-        packages_lock=record.packages_lock,
-        crons=record.crons,
-        queue_consumers=record.queue_consumers,
-    )).decode()
+    fields = {name: getattr(record, name) for name in _Metadata.__struct_fields__}
+    return msgspec.json.encode(_Metadata(**fields)).decode()
 
 
 def encode_modules(record: ScriptRecord) -> bytes:
