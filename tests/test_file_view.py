@@ -20,7 +20,6 @@ import pytest
 from supervisor.pool import bundles as bundles_mod
 from tests.harness import REPO, Corral
 from tests.test_jail import (
-    CONTROL,
     EACCES,
     ENOENT,
     EPERM,
@@ -28,6 +27,7 @@ from tests.test_jail import (
     _wait_admin,
     assert_healthy,
     call,
+    corral_with_control,
     denied,
     wait_for,
     worker,
@@ -38,14 +38,8 @@ ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the mount view needs r
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory: pytest.TempPathFactory):
-    server = Corral(tmp_path_factory.mktemp("fileview")).start()
-    try:
-        _wait_admin(server)
-        server.deploy_dispatcher()
-        server.deploy("control", CONTROL)
+    with corral_with_control(tmp_path_factory.mktemp("fileview")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _view_ready(c: Corral) -> dict:

@@ -117,15 +117,9 @@ class Default(WorkerEntrypoint):
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory: pytest.TempPathFactory):
-    server = Corral(tmp_path_factory.mktemp("jail"), env={SECRET_ENV: SECRET_VALUE}).start()
-    try:
-        _wait_admin(server)
-        server.deploy_dispatcher()
-        server.deploy("control", CONTROL)
+    with corral_with_control(tmp_path_factory.mktemp("jail"), env={SECRET_ENV: SECRET_VALUE}) as server:
         assert_healthy(server)
         yield server
-    finally:
-        server.stop()
 
 
 def _wait_admin(server: Corral, timeout: float = 5.0) -> None:
@@ -146,12 +140,19 @@ def _wait_admin(server: Corral, timeout: float = 5.0) -> None:
 @contextlib.contextmanager
 def own_corral(tmp_path: Path) -> Iterator[Corral]:
     """A server of its own, for attacks that may take the supervisor down."""
-    server = Corral(tmp_path / "state", env={SECRET_ENV: SECRET_VALUE}).start()
+    with corral_with_control(tmp_path / "state", env={SECRET_ENV: SECRET_VALUE}) as server:
+        assert_healthy(server)
+        yield server
+
+
+@contextlib.contextmanager
+def corral_with_control(state: Path, **options: Any) -> Iterator[Corral]:
+    """A started server with the dispatch worker and the control worker deployed."""
+    server = Corral(state, **options).start()
     try:
         _wait_admin(server)
         server.deploy_dispatcher()
         server.deploy("control", CONTROL)
-        assert_healthy(server)
         yield server
     finally:
         server.stop()

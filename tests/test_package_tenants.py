@@ -17,7 +17,7 @@ import pytest
 
 from supervisor.admin import multipart
 from tests.harness import Corral, Response
-from tests.test_jail import CONTROL, _wait_admin, call, wait_for, worker
+from tests.test_jail import call, corral_with_control, wait_for, worker
 
 
 def deploy(c: Corral, name: str, source: str, requirements: list[str], *, as_list: bool = False,
@@ -44,14 +44,8 @@ def deploy(c: Corral, name: str, source: str, requirements: list[str], *, as_lis
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory: pytest.TempPathFactory):
-    server = Corral(tmp_path_factory.mktemp("packages")).start()
-    try:
-        _wait_admin(server)
-        server.deploy_dispatcher()
-        server.deploy("control", CONTROL)
+    with corral_with_control(tmp_path_factory.mktemp("packages")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def resolved_count(c: Corral) -> int:
