@@ -202,18 +202,22 @@ def test_delete_while_requests_arrive(platform: Corral) -> None:
     platform.deploy("ephemeral", SHOP.replace("NAME", "ephemeral"))
     statuses: list[int] = []
     stop = threading.Event()
+    seen = {200: threading.Event(), 404: threading.Event()}
 
     def hammer() -> None:
         while not stop.is_set():
-            statuses.append(platform.request("/", host="ephemeral.localhost").status)
+            status = platform.request("/", host="ephemeral.localhost").status
+            statuses.append(status)
+            if status in seen:
+                seen[status].set()
 
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
+    assert seen[200].wait(10), "the script never answered before the delete"
     resp = platform.admin("DELETE", "/accounts/local/workers/dispatch/namespaces/default/scripts/ephemeral")
     assert resp.status == 200
-    time.sleep(0.5)
+    seen[404].wait(10)
     stop.set()
     for t in threads:
         t.join()

@@ -190,9 +190,18 @@ class Default(WorkerEntrypoint):
     def slow() -> None:
         results["slow"] = corral.request("/slow", host="atomic.localhost").text
 
+    def in_flight() -> float:
+        for line in corral.admin("GET", "/metrics").text.splitlines():
+            if line.startswith("corral_http_in_flight "):
+                return float(line.split()[1])
+        raise AssertionError("no corral_http_in_flight gauge")
+
     thread = threading.Thread(target=slow)
     thread.start()
-    time.sleep(0.3)
+    # In flight means the ingress has taken its record (no await lies between).
+    deadline = time.monotonic() + 5
+    while in_flight() < 1:
+        assert time.monotonic() < deadline, "the slow request never arrived"
     corral.deploy("atomic", source.replace("VERSION", "v2"))
     assert corral.request("/", host="atomic.localhost").text == "v2"
     thread.join()
