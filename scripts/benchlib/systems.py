@@ -366,7 +366,7 @@ class Corral(System):
         admin = self.admin()
         try:
             m = admin.metrics()
-            info.update(spares_ready=m.get("corral_spare_children"),
+            info.update(spares_ready=m.get('corral_pool_children{state="spare"}'),
                         children=m.get("corral_children"),
                         cold_starts_total=m.get("corral_cold_starts_total"))
         except (AdminError, OSError) as e:
