@@ -207,17 +207,13 @@ async def run_scheduled(pool: Any, limits: Any, record: Any, cron: str, when: fl
     The invocation is a request's in every way but its event: the script's
     limits (``limits.defaults_for``), its outcome, its trace (``on_trace``).
     """
-    from supervisor.lifecycle import Outcome
     from supervisor.observability import traces
 
     inv = await pool.invoke(record, b"GET", "", [], None, limits.defaults_for(record),
                             event=scheduled_event(cron, when))
     if on_trace is not None:
         inv.on_done = on_trace
-    with trio.move_on_at(inv.deadline):
-        await inv.head_ready.wait()
-    if not inv.head_ready.is_set():
-        inv.cancel(Outcome.EXCEEDED_WALL_TIME)
+    await inv.wait_head()
     with trio.move_on_after(linger_s):  # waitUntil work; the pool ends it at its deadline
         await inv.done.wait()
     return traces.build(inv)

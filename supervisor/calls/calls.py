@@ -104,13 +104,10 @@ def failure_of(inv: Invocation) -> CallFailed:
 async def head_of(inv: Invocation) -> Head:
     """Wait for a callee's response head, within its wall-time limit."""
     try:
-        with trio.move_on_at(inv.deadline):
-            await inv.head_ready.wait()
+        await inv.wait_head()
     except trio.Cancelled:
         inv.cancel(Outcome.CANCELED)
         raise
-    if not inv.head_ready.is_set():
-        inv.cancel(Outcome.EXCEEDED_WALL_TIME)
     if inv.error is not None:
         raise failure_of(inv)
     return Head(inv.status, inv.response_headers, inv.body)

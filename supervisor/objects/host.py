@@ -105,7 +105,6 @@ class ObjectHost:
     async def _deliver(self, key: ObjectKey, obj: LiveObject, record: Any, event: DurableObjectEvent,
                        parent: Any, http: tuple[bytes, str, list, Any] | None, args: bytes,
                        trace: bool) -> Any:
-        from supervisor.lifecycle import Outcome
 
         rt = self.runtime
         assert rt is not None
@@ -116,11 +115,7 @@ class ObjectHost:
         obj.child = inv.child
         if trace:
             inv.on_done = rt.on_trace
-        with trio.move_on_at(inv.deadline):
-            await inv.head_ready.wait()
-        if not inv.head_ready.is_set():
-            inv.cancel(Outcome.EXCEEDED_WALL_TIME)
-            await inv.head_ready.wait()
+        await inv.wait_head()
         if inv.error is not None:
             raise _failure(inv.error)
         if http is not None:

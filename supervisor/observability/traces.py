@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from protocol.messages import ScheduledEvent, TailEvent
+from protocol.messages import DurableObjectEvent, QueueEvent, ScheduledEvent, TailEvent
 
 if TYPE_CHECKING:
     from supervisor.model import ScriptRecord
@@ -91,7 +91,9 @@ def redact_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
 def event_info(inv: Invocation) -> dict[str, Any]:
     """``event``: what the invocation handled, per handler type."""
     event = inv.event
-    if event is None:
+    if isinstance(event, DurableObjectEvent) and event.method not in ("fetch", "alarm", "#evict"):
+        return {"rpcMethod": event.method}  # Cloudflare's TraceItemJsRpcEventInfo
+    if event is None or isinstance(event, DurableObjectEvent) and event.method == "fetch":
         return {
             "request": {
                 "url": redact_url(inv.url),
@@ -105,20 +107,22 @@ def event_info(inv: Invocation) -> dict[str, Any]:
                                    if isinstance(e, dict)]}
     if isinstance(event, ScheduledEvent):  # Cloudflare's shape for a cron trigger
         return {"cron": event.cron, "scheduledTime": event.scheduled_time}
-    # Queue events add their own shape here.
+    if isinstance(event, QueueEvent):  # Cloudflare's TraceItemQueueEventInfo
+        return {"queue": event.queue, "batchSize": len(event.messages)}
     return {type(event).__struct_config__.tag: {}}
 
 
 def build(inv: Invocation) -> dict[str, Any]:
     """The trace event of a finished invocation, with its callees' under ``children``."""
     record = inv.record
+    durable = isinstance(inv.event, DurableObjectEvent)
     return {
         "scriptName": record.name,
         "dispatchNamespace": record.namespace or None,
         "scriptTags": list(record.tags),
         "scriptVersion": {"id": record.version},
-        "entrypoint": None,
-        "executionModel": "stateless",
+        "entrypoint": inv.event.class_name if durable else None,  # type: ignore[union-attr]
+        "executionModel": "durableObject" if durable else "stateless",
         "outcome": outcome_of(inv),
         "eventTimestamp": int(inv.event_ts),
         "event": event_info(inv),

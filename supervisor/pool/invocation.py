@@ -229,6 +229,17 @@ class Invocation:
                                     "stack": str(error.stack)[:8192]})
 
     # -- from the caller -------------------------------------------------------
+    async def wait_head(self) -> None:
+        """Wait for the response head; at the wall-time limit, end the invocation.
+
+        Afterwards the head is always there: the child's answer, or the
+        limit's error in :attr:`error`.
+        """
+        with trio.move_on_at(self.deadline):
+            await self.head_ready.wait()
+        if not self.head_ready.is_set():
+            self.cancel(_WALL)
+
     def cancel(self, outcome: Outcome) -> None:
         """Stop the invocation (wall time, client gone); the child is told.
 

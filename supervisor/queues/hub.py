@@ -110,7 +110,6 @@ class QueueHub:
                 await self._deliver(key, script, cfg, messages)
 
     async def _deliver(self, key: QueueKey, script: str, cfg: Any, messages: list[QueueMessage]) -> None:
-        from supervisor.lifecycle import Outcome
 
         rt = self.runtime
         ok, settled = False, None
@@ -121,11 +120,7 @@ class QueueHub:
             inv = await rt.pool.invoke(record, b"POST", f"https://queue/{key[1]}", [], None,
                                        rt.limits.defaults_for(record), event=QueueEvent(key[1], messages))
             inv.on_done = rt.on_trace
-            with trio.move_on_at(inv.deadline):
-                await inv.head_ready.wait()
-            if not inv.head_ready.is_set():
-                inv.cancel(Outcome.EXCEEDED_WALL_TIME)
-                await inv.head_ready.wait()
+            await inv.wait_head()
             ok, settled = inv.error is None, inv.settled
         except Exception as exc:  # noqa: BLE001 - the batch is retried, the loop goes on
             warn("queue.delivery_failed", namespace=key[0], queue=key[1], reason=str(exc)[:200])
