@@ -14,6 +14,7 @@ output is a compact table for people.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import urllib.parse
@@ -101,7 +102,15 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     for warning in project.warnings:
         print(f"corral deploy: warning: {warning}", file=sys.stderr)
     content_type, body = multipart.encode(parts)
-    result, _ = client.call("PUT", _scripts_path(args.namespace, args.name), body, content_type)
+    # The server resolves requirements inside this one call: a spinner says so.
+    waiting: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if project.requirements:
+        from supervisor.cli_output import progress
+
+        waiting = progress(f"resolving {len(project.requirements)} requirement(s) and uploading", None,
+                           enabled=not args.json)
+    with waiting:
+        result, _ = client.call("PUT", _scripts_path(args.namespace, args.name), body, content_type)
     for warning in (result.get("warnings") or []) if isinstance(result, dict) else []:
         if warning not in project.warnings:
             print(f"corral deploy: warning: {warning}", file=sys.stderr)

@@ -149,3 +149,28 @@ def test_bulk_delete_by_tag_plain_through_a_pipe(server, tmp_path):
     assert result.stdout == "deleted 3 script(s)\n", result.stdout
     assert result.stderr == "", result.stderr
     assert "bulkpipe-" not in cli_piped(server, "ls", "-n", "default").stdout
+
+
+def _project_with_dependency(root: Path) -> Path:
+    project = root / "deps"
+    (project / "src").mkdir(parents=True)
+    (project / "wrangler.toml").write_text('main = "src/entry.py"\n')
+    (project / "src" / "entry.py").write_text(
+        "import jinja2\nfrom workers import Response, WorkerEntrypoint\n\n"
+        "class Default(WorkerEntrypoint):\n"
+        "    async def fetch(self, request):\n"
+        "        return Response(jinja2.Template('{{ x }}').render(x='resolved'))\n")
+    (project / "pyproject.toml").write_text('[project]\nname = "w"\ndependencies = ["jinja2"]\n')
+    return project
+
+
+def test_dependency_resolution_spinner_on_a_terminal_only(server, tmp_path):
+    project = _project_with_dependency(tmp_path)
+    out = cli_tty(server, "deploy", "-n", "default", "deps-tty", project)
+    assert f"{ESC}?25l" in out and "resolving 1 requirement(s) and uploading" in out, out
+    assert "deployed deps-tty to namespace default" in out and "1 requirement(s)" in out, out
+    got = server.admin("GET", "/accounts/local/workers/dispatch/namespaces/default/scripts/deps-tty").json()
+    assert "jinja2" in got["result"]["requirements"], got
+    piped = cli_piped(server, "deploy", "-n", "default", "deps-pipe", project)
+    assert "resolving" not in piped.stdout + piped.stderr and ESC not in piped.stdout + piped.stderr
+    assert "1 requirement(s)" in piped.stdout
