@@ -1,4 +1,4 @@
-"""``requests``, ``urllib3``, ``httpx`` and ``anyio.to_thread`` inside the jail.
+"""``requests``, ``urllib3``, ``urllib.request``, ``httpx`` and ``anyio.to_thread`` inside the jail.
 
 A child has no sockets: every outbound request is a call brokered by the
 supervisor (its outbound worker, egress policy and subrequest limit apply).
@@ -6,6 +6,7 @@ When a tenant imports one of these libraries, an import hook patches it
 right after it loads so that its requests go through ``workers.fetch``:
 
 * ``urllib3``: ``HTTPConnectionPool.urlopen`` (which ``requests`` uses);
+* ``urllib.request``: the HTTP and HTTPS handlers of ``urlopen``;
 * ``httpx``: the default transport of ``Client`` (synchronous, through
   :func:`sandbox.run_sync.run_sync`) and of ``AsyncClient``;
 * ``anyio.to_thread.run_sync``: threads cannot start in the jail, so the
@@ -94,6 +95,30 @@ def patch_urllib3(module: types.ModuleType) -> None:
     pool_cls.urlopen = urlopen
 
 
+# -- urllib.request ------------------------------------------------------------------
+
+
+def patch_urllib_request(module: types.ModuleType) -> None:
+    """``urlopen``'s HTTP and HTTPS handlers: the brokered fetch. Redirects and
+    ``HTTPError`` stay urllib's own (its processors see the 3xx/4xx response)."""
+    import http.client
+
+    def open_brokered(self: Any, req: Any) -> Any:
+        headers = [(k, v) for k, v in req.header_items() if k.lower() not in ("host", "connection")]
+        status, reason, out_headers, data = run_sync(
+            _brokered(req.get_method(), req.full_url, headers, _body_bytes(req.data)))
+        message = http.client.HTTPMessage()
+        for name, value in out_headers:
+            if name.lower() != "content-encoding":  # already decoded by the supervisor's client
+                message[name] = value
+        response = module.addinfourl(io.BytesIO(data), message, req.full_url, status)
+        response.msg = reason
+        return response
+
+    module.HTTPHandler.http_open = open_brokered
+    module.HTTPSHandler.https_open = open_brokered
+
+
 # -- httpx ---------------------------------------------------------------------------
 
 
@@ -151,6 +176,7 @@ def patch_anyio_to_thread(module: types.ModuleType) -> None:
 #: Module name -> what patches it once it has loaded.
 PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
     "urllib3": patch_urllib3,
+    "urllib.request": patch_urllib_request,
     "httpx": patch_httpx,
     "anyio.to_thread": patch_anyio_to_thread,
 }

@@ -1,0 +1,279 @@
+"""Cloudflare Python Workers compatibility points that had no test of their own.
+
+One real ``corral serve`` for the module (tests/harness.py), a local upstream
+(tests/upstream.py), the dispatcher and the outbound worker of
+tests/test_outbound.py: ``*.out.localhost`` dispatches with the platform
+script ``egress`` as outbound worker and per-request limits from
+``x-limits``. Tenants that need packages (Django, requests, httpx) carry them
+as ``text/x-python-requirement`` parts, as wrangler uploads them.
+
+* ``from workers import WorkflowEntrypoint`` (the SDK's shape: a class built
+  with ``(ctx, env)``);
+* a Django app served by ``workers.wsgi``;
+* ``requests``, ``httpx.Client``, ``urllib3`` and ``urllib.request`` go
+  through the outbound worker and count against the subrequest limit;
+* ``js.fetch`` reaches a real upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from supervisor.admin import multipart
+from tests.harness import Corral, Response
+from tests.test_outbound import DISPATCHER, EGRESS
+from tests.upstream import Upstream
+
+NS = "default"
+
+
+def deploy(c: Corral, name: str, source: str, requirements: tuple[str, ...] = (),
+           bindings: tuple[dict, ...] = ()) -> Response:
+    """Upload one tenant, with one requirement part per requirement (wrangler's shape)."""
+    metadata = {"main_module": "worker.py", "bindings": list(bindings)}
+    parts = [multipart.Part(name="metadata", content_type="application/json",
+                            data=json.dumps(metadata).encode()),
+             multipart.Part(name="worker.py", filename="worker.py", content_type="text/x-python",
+                            data=textwrap.dedent(source).encode())]
+    parts += [multipart.Part(name=r, filename=r, content_type="text/x-python-requirement", data=b"")
+              for r in requirements]
+    ctype, body = multipart.encode(parts)
+    resp = c.admin("PUT", f"/accounts/local/workers/dispatch/namespaces/{NS}/scripts/{name}", body, ctype)
+    assert resp.status == 200, f"deploy {name} failed: {resp.status} {resp.text}\n{c.log()}"
+    return resp
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with Upstream() as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def corral(tmp_path_factory, upstream):
+    server = Corral(tmp_path_factory.mktemp("cf-gaps")).start()
+    try:
+        server.deploy("egress", EGRESS, namespace=None, bindings=[
+            {"type": "plain_text", "name": "UPSTREAM", "text": upstream.url("")},
+            {"type": "secret_text", "name": "API_TOKEN", "text": "unused"},
+        ])
+        server.deploy_dispatcher(DISPATCHER, namespace=NS)
+        server.deploy_dispatcher(
+            DISPATCHER, namespace=NS, name="dispatch_out", pattern="*.out.localhost/*",
+            outbound={"worker": {"service": "egress"}, "params": [{"name": "customer_name"}]})
+        yield server
+    finally:
+        server.stop()
+
+
+# -- 1. WorkflowEntrypoint ------------------------------------------------------------------
+
+WORKFLOW = '''
+from workers import Response, WorkerEntrypoint, WorkflowEntrypoint, import_from_javascript
+
+
+class Echo(WorkflowEntrypoint):
+    async def run(self, event, step):
+        return {"echo": event["payload"], "env_same": self.env is ENV[0]}
+
+
+ENV = []
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        ENV.append(self.env)
+        flow = Echo(self.ctx, self.env)
+        js_side = import_from_javascript("cloudflare:workers").WorkflowEntrypoint
+        return Response.json({
+            "is_class": isinstance(WorkflowEntrypoint, type),
+            "subclass": issubclass(Echo, WorkflowEntrypoint),
+            "ctx_same": flow.ctx is self.ctx,
+            "same_from_js": js_side is WorkflowEntrypoint,
+            "run": await flow.run({"payload": {"n": 1}}, None),
+        })
+'''
+
+
+def test_workflow_entrypoint_imports_from_workers(corral):
+    deploy(corral, "workflow", WORKFLOW)
+    resp = corral.request("/", host="workflow.localhost")
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json() == {"is_class": True, "subclass": True, "ctx_same": True, "same_from_js": True,
+                           "run": {"echo": {"n": 1}, "env_same": True}}
+
+
+# -- 2. Django through workers.wsgi ---------------------------------------------------------
+
+DJANGO = '''
+import django
+from django.conf import settings
+
+settings.configure(DEBUG=False, ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="x" * 50,
+                   MIDDLEWARE=[], INSTALLED_APPS=[], USE_TZ=True)
+django.setup()
+
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+from django.http import HttpResponse, JsonResponse  # noqa: E402
+from django.template import Context, Engine  # noqa: E402
+from django.urls import path  # noqa: E402
+from workers import WorkerEntrypoint, wsgi  # noqa: E402
+
+
+def hello(request):
+    page = Engine().from_string("<b>{{ name }}</b>").render(Context({"name": request.GET.get("name")}))
+    return JsonResponse({"method": request.method, "path": request.path, "name": request.GET.get("name"),
+                         "body": request.body.decode(), "page": page,
+                         "who": request.environ["workers.env"].WHO})
+
+
+def teapot(request):
+    response = HttpResponse("short and stout", status=418, content_type="text/plain")
+    response["x-django"] = django.get_version()
+    return response
+
+
+urlpatterns = [path("hello/", hello), path("teapot", teapot)]
+application = get_wsgi_application()
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return await wsgi.fetch(application, request, self.env)
+'''
+
+
+def test_django_app_through_workers_wsgi(corral):
+    deploy(corral, "django", DJANGO, ("django>=4",),
+           ({"type": "plain_text", "name": "WHO", "text": "django-tenant"},))
+    resp = corral.request("/hello/?name=%3Cada%3E", host="django.localhost", method="POST",
+                          body="posted", headers={"content-type": "text/plain"})
+    assert resp.status == 200, (resp, corral.log())
+    out = resp.json()
+    assert out["method"] == "POST" and out["path"] == "/hello/" and out["name"] == "<ada>", out
+    assert out["body"] == "posted" and out["page"] == "<b>&lt;ada&gt;</b>", out
+    teapot = corral.request("/teapot", host="django.localhost")
+    assert (teapot.status, teapot.text) == (418, "short and stout"), teapot
+    assert teapot.headers["x-django"].split(".")[0] >= "4"
+    assert corral.request("/nope", host="django.localhost").status == 404
+    assert out["who"] == "django-tenant", out
+
+
+# -- 3. synchronous HTTP clients through the outbound worker, under the subrequest limit --------
+
+CLIENTS = '''
+import urllib.request
+
+import httpx
+import requests
+import urllib3
+from workers import Response, WorkerEntrypoint
+
+
+def call(client, url):
+    if client == "requests":
+        r = requests.get(url)
+        return r.status_code, r.headers.get("x-egress"), r.json()["path"]
+    if client == "httpx":
+        with httpx.Client() as session:
+            r = session.get(url)
+        return r.status_code, r.headers.get("x-egress"), r.json()["path"]
+    if client == "urllib3":
+        r = urllib3.PoolManager().request("GET", url)
+        return r.status, r.headers.get("x-egress"), r.json()["path"]
+    with urllib.request.urlopen(url) as r:
+        import json
+        return r.status, r.headers.get("x-egress"), json.loads(r.read())["path"]
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        client = request.url.split("?")[0].rsplit("/", 1)[-1]
+        target = request.headers.get("x-target")
+        results = []
+        for i in range(int(request.headers.get("x-count"))):
+            try:
+                results.append(list(call(client, f"{target}/echo/gap-{client}-{i}")))
+            except Exception as e:
+                results.append({"error": type(e).__name__, "message": str(e)})
+        return Response.json(results)
+'''
+
+
+@pytest.fixture(scope="module")
+def clients(corral):
+    deploy(corral, "clients", CLIENTS, ("requests", "httpx", "urllib3"))
+    return corral
+
+
+@pytest.mark.parametrize("client", ["requests", "httpx", "urllib3", "urllib.request"])
+def test_sync_http_clients_use_the_outbound_worker_and_the_subrequest_limit(clients, upstream, client):
+    resp = clients.request(f"/{client}", host="clients.out.localhost", headers={
+        "x-customer": "acme", "x-limits": json.dumps({"subRequests": 2}), "x-count": "3",
+        "x-target": upstream.url("").rstrip("/")})
+    assert resp.status == 200, (resp, clients.log())
+    first, second, third = resp.json()
+    assert first == [200, "forwarded", f"/echo/gap-{client}-0"], first
+    assert second == [200, "forwarded", f"/echo/gap-{client}-1"], second
+    assert isinstance(third, dict) and "subrequest" in third["message"].lower(), third
+    assert len(upstream.seen(f"/echo/gap-{client}-")) == 2
+
+
+# -- 4. js.fetch -------------------------------------------------------------------------------
+
+JS_FETCH = '''
+from js import JSON, Response, fetch
+from pyodide.ffi import to_js
+
+
+async def on_fetch(request, env):
+    target = request.headers.get("x-target")
+    init = to_js({"method": "POST", "body": "from js.fetch", "headers": {"x-js": "1"}})
+    upstream = await fetch(target + "/echo/js-fetch?q=1", init)
+    echo = JSON.parse(await upstream.text())
+    return Response.new(JSON.stringify({"status": upstream.status, "method": echo.method,
+                                        "path": echo.path, "body": echo.body,
+                                        "x_js": echo.headers["x-js"]}),
+                        headers=to_js({"content-type": "application/json"}))
+'''
+
+
+def test_js_fetch_reaches_a_real_upstream(corral, upstream):
+    deploy(corral, "jsfetch", JS_FETCH)
+    resp = corral.request("/", host="jsfetch.localhost", headers={"x-target": upstream.url("").rstrip("/")})
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json() == {"status": 200, "method": "POST", "path": "/echo/js-fetch?q=1",
+                           "body": "from js.fetch", "x_js": "1"}
+    assert upstream.seen("/echo/js-fetch"), "the upstream never saw js.fetch's request"
+
+
+URLLIB = '''
+import json
+import urllib.request
+
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        target = request.headers.get("x-target")
+        with urllib.request.urlopen(target + "/redirect/2") as r:
+            followed = {"url": r.url, "path": json.loads(r.read())["path"]}
+        put = urllib.request.Request(target + "/echo/urllib-put", data=b"abc", method="PUT",
+                                     headers={"x-urllib": "1"})
+        with urllib.request.urlopen(put) as r:
+            echo = json.loads(r.read())
+        return Response.json({"followed": followed, "method": echo["method"], "body": echo["body"],
+                              "x_urllib": echo["headers"].get("x-urllib")})
+'''
+
+
+def test_urllib_request_follows_redirects_and_sends_bodies(clients, upstream):
+    deploy(clients, "urllib", URLLIB)
+    resp = clients.request("/", host="urllib.localhost", headers={"x-target": upstream.url("").rstrip("/")})
+    assert resp.status == 200, (resp, clients.log())
+    assert resp.json() == {"followed": {"url": upstream.url("/echo/final"), "path": "/echo/final"},
+                           "method": "PUT", "body": "abc", "x_urllib": "1"}
