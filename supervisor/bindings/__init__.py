@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -133,18 +134,20 @@ class Bindings:
                 raise BindingError("the request that made this call has already ended")
             parent.calls.add(call)
             _count(parent)
-            handler, ctx = self._resolve(parent, message.binding, body)
+            handler, ctx, kind = self._resolve(parent, message.binding, body)
         except BindingError as exc:
             _close(body)
             child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
             return
-        child.spawn(self._run, child, parent, message, handler, ctx)
+        span = parent.add_span({"binding": message.binding, "type": kind, "method": message.method[:64],
+                                "start_ns": time.time_ns()})
+        child.spawn(self._run, child, parent, message, handler, ctx, span)
 
     def _request_body(self, child: ChildProcess, message: BindingCall) -> BodySource | bytes | None:
         return child.receive_body(message.body, message.call)
 
     def _resolve(self, parent: Invocation, name: str, body: BodySource | bytes | None
-                 ) -> tuple[Handler, Context]:
+                 ) -> tuple[Handler, Context, str]:
         record = parent.record
         if name == CACHE_BINDING:
             kind, binding = "cache", None
@@ -167,11 +170,11 @@ class Bindings:
         if handler is None:
             raise BindingError(f"{kind} bindings are not served by this Corral yet")
         return handler, Context(record, binding, scope, quota_for(self.config.quota, record), body,
-                                parent)
+                                parent), kind
 
     # -- the call's task ------------------------------------------------------------
     async def _run(self, child: ChildProcess, parent: Invocation, message: BindingCall,
-                   handler: Handler, ctx: Context) -> None:
+                   handler: Handler, ctx: Context, span: dict[str, Any]) -> None:
         call = message.call
         with trio.CancelScope() as scope:
             child.calls[call] = scope
@@ -183,13 +186,16 @@ class Bindings:
                 reply = await handler.call(ctx, message.method, args)
                 self._deliver(child, call, reply)
             except BindingError as exc:
+                span["error"] = exc.message
                 child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
             except Exception as exc:  # noqa: BLE001 - a handler bug fails one call, not the child
+                span["error"] = "internal error"
                 error("binding.failed", exc_info=exc, script=parent.record.name,
                       binding=message.binding, method=message.method[:64])
                 child.send(SubFailed(call, ExceptionInfo(
                     "Error", f"internal error in {message.method[:64]}(); the platform logged it")))
             finally:
+                span["end_ns"] = time.time_ns()
                 child.calls.pop(call, None)
                 parent.call_scopes.discard(scope)
                 _close(ctx.body)

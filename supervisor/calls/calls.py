@@ -422,21 +422,12 @@ async def _iterate(source: BodySource) -> AsyncIterator[bytes]:
         yield chunk
 
 
-#: Outbound fetches recorded per invocation for its trace spans.
-MAX_FETCH_SPANS = 100
-
-
 def _fetch_span(parent: Invocation | None, message: SubRequest) -> dict[str, Any]:
-    """A record of one outbound fetch (kept on ``parent`` for OpenTelemetry
-    spans, up to :data:`MAX_FETCH_SPANS`); filled in as the fetch goes."""
+    """A record of one outbound fetch, kept on ``parent`` for its
+    OpenTelemetry span; filled in as the fetch goes."""
     span: dict[str, Any] = {"method": message.method.decode("latin-1"), "url": message.url,
                             "start_ns": time.time_ns()}
-    if parent is not None:
-        if parent.fetches is None:
-            parent.fetches = []
-        if len(parent.fetches) < MAX_FETCH_SPANS:
-            parent.fetches.append(span)
-    return span
+    return parent.add_span(span) if parent is not None else span
 
 
 def _count_subrequest(parent: Invocation) -> None:

@@ -149,7 +149,7 @@ class Ingress:
                 with trio.move_on_at(inv.deadline):
                     await inv.head_ready.wait()
                 nursery.cancel_scope.cancel()
-            if inv.outcome == "canceled":
+            if inv.outcome == Outcome.CANCELED:
                 return
         elif not inv.head_ready.is_set():
             with trio.move_on_at(inv.deadline):

@@ -181,13 +181,21 @@ class OtelExport:
         span.end(end_time=max(end_ns, start_ns))
 
     def _fetch_span(self, fetch: dict[str, Any], context: Any) -> None:
+        """A client span for one outbound fetch or one binding call."""
         start = int(fetch.get("start_ns") or 0)
-        attributes: dict[str, Any] = {"http.request.method": fetch.get("method", ""),
-                                      "url.full": redact_url(str(fetch.get("url", "")))}
-        if fetch.get("status"):
-            attributes["http.response.status_code"] = int(fetch["status"])
-        span = self.tracer.start_span(f"fetch {fetch.get('method', '')}", context=context,
-                                      start_time=start, kind=SpanKind.CLIENT, attributes=attributes)
+        if "binding" in fetch:
+            name = f"{fetch.get('type', 'binding')} {fetch.get('method', '')}"
+            attributes: dict[str, Any] = {"cloudflare.binding.name": str(fetch["binding"]),
+                                          "cloudflare.binding.type": str(fetch.get("type", "")),
+                                          "cloudflare.binding.method": str(fetch.get("method", ""))}
+        else:
+            name = f"fetch {fetch.get('method', '')}"
+            attributes = {"http.request.method": fetch.get("method", ""),
+                          "url.full": redact_url(str(fetch.get("url", "")))}
+            if fetch.get("status"):
+                attributes["http.response.status_code"] = int(fetch["status"])
+        span = self.tracer.start_span(name, context=context, start_time=start, kind=SpanKind.CLIENT,
+                                      attributes=attributes)
         if fetch.get("error"):
             span.set_status(Status(StatusCode.ERROR, str(fetch["error"])))
         span.end(end_time=max(int(fetch.get("end_ns") or start), start))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from protocol.messages import DurableObjectEvent, QueueEvent, ScheduledEvent, TailEvent
+from supervisor.lifecycle import Outcome
 
 if TYPE_CHECKING:
     from supervisor.model import ScriptRecord
@@ -167,7 +168,7 @@ def script_not_found(script: str, url: str, method: bytes, headers: list[tuple[b
         "scriptVersion": None,
         "entrypoint": None,
         "executionModel": "stateless",
-        "outcome": "scriptNotFound",
+        "outcome": Outcome.SCRIPT_NOT_FOUND,
         "eventTimestamp": int(now),
         "event": {"request": {"url": redact_url(url), "method": method.decode("latin-1"),
                               "headers": redact_headers(headers)},

@@ -26,6 +26,8 @@ _EXCEPTION = Outcome.EXCEPTION
 _CRASHED = Outcome.CRASHED
 _CANCELED = Outcome.CANCELED
 _WALL = Outcome.EXCEEDED_WALL_TIME
+#: Fetch and binding-call records kept per invocation for its spans.
+MAX_SPANS = 100
 
 
 #: Why a child was killed for CPU it used outside any invocation.
@@ -131,7 +133,8 @@ class Invocation:
         self.request_id = ""
         #: What it delivers when not an HTTP request (protocol.messages.Event).
         self.event: Any = None
-        #: Outbound HTTP fetches it made, for spans: dicts of the calls module.
+        #: Outbound fetches and binding calls it made, for OpenTelemetry
+        #: spans (see :meth:`add_span`); None until the first.
         self.fetches: list[dict[str, Any]] | None = None
         #: A queue consumer's ack/retry decisions (protocol.messages.QueueSettled).
         self.settled: Any = None
@@ -229,6 +232,15 @@ class Invocation:
                                     "stack": str(error.stack)[:8192]})
 
     # -- from the caller -------------------------------------------------------
+    def add_span(self, span: dict[str, Any]) -> dict[str, Any]:
+        """Keep ``span`` (a fetch's or a binding call's record, filled in as
+        it goes) for this invocation's trace, up to :data:`MAX_SPANS`."""
+        if self.fetches is None:
+            self.fetches = []
+        if len(self.fetches) < MAX_SPANS:
+            self.fetches.append(span)
+        return span
+
     async def wait_head(self) -> None:
         """Wait for the response head; at the wall-time limit, end the invocation.
 

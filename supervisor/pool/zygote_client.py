@@ -169,6 +169,8 @@ class ZygoteClient:
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
             "PYTHONDONTWRITEBYTECODE": "1",
         }
+        if os.environ.get("CORRAL_LANDLOCK"):  # see sandbox.landlock: "off" to do without
+            env["CORRAL_LANDLOCK"] = os.environ["CORRAL_LANDLOCK"]
         process = subprocess.Popen(
             [sys.executable, "-m", "sandbox.zygote", "--control-fd", str(theirs.fileno()),
              "--address-space-mb", str(self.address_space_mb),
