@@ -66,6 +66,10 @@ _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
 #: Set in this process already (Landlock requires it of an unprivileged caller).
 _no_new_privs = False
+#: ``CORRAL_LANDLOCK=off`` (read at import: the zygote clears its environment
+#: before it asks) makes :func:`abi_version` report Landlock as unavailable,
+#: as on a kernel without it: for tests of that fallback, or to rule Landlock out.
+_TURNED_OFF = os.environ.get("CORRAL_LANDLOCK", "").lower() == "off"
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -93,6 +97,8 @@ def _fail(what: str) -> LandlockError:
 
 def abi_version() -> tuple[int, str]:
     """The kernel's Landlock ABI (0 if unusable) and, if 0, why."""
+    if _TURNED_OFF:
+        return 0, "Landlock unavailable: turned off by CORRAL_LANDLOCK=off"
     numbers = _numbers()
     if numbers is None:
         return 0, f"no Landlock syscall numbers for {platform.machine()}"
