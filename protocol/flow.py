@@ -24,7 +24,8 @@ MAX_GRANT = 64 * STREAM_WINDOW
 
 
 class CreditExceeded(Exception):
-    """The sender sent more bytes than it was granted (or granted absurdly)."""
+    """The sender sent more bytes than it was granted (or granted absurdly, or
+    sent after the stream's end)."""
 
 
 class StreamFailed(Exception):
@@ -97,6 +98,9 @@ class Inbound:
         self.started = False  # a consumer pulled: the body can no longer be passed on
 
     def feed(self, data: bytes, end: bool) -> None:
+        if self.ended and not self.closed and self.error is None:
+            # (After close() or fail(), frames already in flight still arrive.)
+            raise CreditExceeded("a frame after the end of the stream")
         if data:
             self.window.received(len(data))
             if not self.closed:

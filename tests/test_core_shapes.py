@@ -189,10 +189,6 @@ def test_closing_an_ended_inbound_needs_no_abort() -> None:
     assert inbound.close() is False
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "protocol.flow.Inbound accepts data after the end of a stream; the adapters "
-    "(supervisor ChildProcess._on_chunk, sandbox Child._on_chunk) drop the stream on "
-    "its end frame so a late chunk never reaches it, but the core does not refuse it"))
 def test_data_after_the_end_is_a_violation() -> None:
     inbound = Inbound()
     inbound.credit()
