@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 
 import pytest
 
 from supervisor.bindings.base import Scope
 from tests.storage_helpers import ALL, deploy, fails, ok, start
+from tests.test_queues import _wait_for
 
 CONFIG = """
 [storage]
@@ -154,20 +154,6 @@ return [len(small.results), await env.DB.prepare("SELECT count(*) AS n FROM rows
 # -- Queues -------------------------------------------------------------------------
 
 
-def _seen(server) -> dict[str, float]:
-    response = server.request("/", host="consumer.localhost")
-    assert response.status == 200, response.body
-    return response.json()
-
-
-def _wait_for(server, predicate, timeout: float = 30.0) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    seen = _seen(server)
-    while not predicate(seen) and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling the consumer's own record of deliveries
-        seen = _seen(server)
-    assert predicate(seen), (seen, server.log()[-3000:])
-    return seen
 
 
 def _send(server, *bodies: dict, delay: int | None = None) -> None:
