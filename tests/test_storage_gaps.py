@@ -154,8 +154,6 @@ return [len(small.results), await env.DB.prepare("SELECT count(*) AS n FROM rows
 # -- Queues -------------------------------------------------------------------------
 
 
-
-
 def _send(server, *bodies: dict, delay: int | None = None) -> None:
     opts = "" if delay is None else f", delaySeconds={delay}"
     code = "\n".join(f"await env.Q.send({json.dumps(b)}{opts})" for b in bodies)
