@@ -134,6 +134,38 @@ def test_the_fastapi_set_zygote_rehearsed_a_synthetic_app(c: Corral) -> None:
     assert warm["walk"]["imported"] > 0 and "error" not in warm, warm
 
 
+
+def test_a_spare_of_the_set_builds_its_own_rehearsal_app_and_metadata_is_parsed_once(c: Corral) -> None:
+    """A cold start is mostly copy-on-write faults: the set's spare builds a
+    rehearsal app of its own (page faults taken before any tenant), and
+    ``importlib.metadata`` answers from messages the zygote parsed."""
+    source = worker('''
+        import asyncio
+        import importlib.metadata
+
+        class Default(WorkerEntrypoint):
+            async def fetch(self, request):
+                warmup = next(m for n, m in sys.modules.items() if n.endswith(".package_warmup"))
+                while warmup._replays:  # the spare's replay, if a Load came first
+                    await asyncio.sleep(0.001)
+                dist = importlib.metadata.distribution("fastapi")
+                return Response.json({
+                    "kept": len(warmup._KEPT), "rehearsed": warmup._REHEARSED,
+                    "memo": getattr(importlib.metadata.PathDistribution, "_corral_memo", False),
+                    "same": dist.metadata is importlib.metadata.distribution("fastapi").metadata,
+                    "version": importlib.metadata.version("fastapi"),
+                    "path": str(dist._path),
+                })
+    ''')
+    deploy(c, "sparewarm", source, ["fastapi"])
+    assert wait_for(lambda: '"package_zygote.ready"' in c.log_path.read_text(), timeout=60), c.log()
+    out = call(c, "sparewarm")
+    assert "fastapi" in out["rehearsed"], out
+    assert out["kept"] == 2 * len(out["rehearsed"]), out  # the zygote's apps and the spare's own
+    assert out["memo"] is True and out["same"] is True, out
+    assert out["path"].endswith(f"fastapi-{out['version']}.dist-info"), out
+
+
 DJANGO = worker('''
     import io
 
