@@ -26,6 +26,7 @@ import msgspec
 from supervisor import cli_d1, model
 from supervisor.admin import multipart
 from supervisor.errors import Invalid
+from supervisor.lifecycle import Outcome
 from supervisor.observability import cli_tail as observability_cli
 
 __all__ = ["AdminClient", "ApiCallError", "UnixHTTPConnection", "main"]
@@ -222,7 +223,7 @@ def _cmd_trigger(args: argparse.Namespace, client: AdminClient) -> int:
     errors = "\n".join(f"{e.get('name')}: {e.get('message')}" for e in trace.get("exceptions", []))
     _emit(args, trace, "\n".join(x for x in (f"scheduled {args.name} ({args.cron}): "
                                                f"{trace.get('outcome')}", logs, errors) if x))
-    return 0 if trace.get("outcome") == "ok" else 1
+    return 0 if trace.get("outcome") == Outcome.OK else 1
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

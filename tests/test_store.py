@@ -232,16 +232,16 @@ def test_delete_by_tags(store):
     store.put_script(rec("b", tags=["free"]))
     store.put_script(rec("c", tags=["pro"]))
     store.put_script(rec("a", ns="other", tags=["free", "old"]))
-    assert store.delete_by_tags(DEFAULT_NAMESPACE, [("free", True), ("old", False)]) == 1
+    assert store.delete_scripts_by_tags(DEFAULT_NAMESPACE, [("free", True), ("old", False)]) == ["b"]
     assert store.get_version(DEFAULT_NAMESPACE, "b") is None
     assert store.delete_scripts_by_tags(DEFAULT_NAMESPACE, ["free"]) == ["a"]
     assert store.get_version("other", "a") == "v1"  # other namespaces untouched
     assert [r.name for r in store.list_scripts(DEFAULT_NAMESPACE)[0]] == ["c"]
     with pytest.raises(StoreError) as e:
-        store.delete_by_tags(DEFAULT_NAMESPACE, [])
+        store.delete_scripts_by_tags(DEFAULT_NAMESPACE, [])
     assert status_of(e) == 400
     with pytest.raises(StoreError) as e:
-        store.delete_by_tags("nope", ["x"])
+        store.delete_scripts_by_tags("nope", ["x"])
     assert status_of(e) == 404
 
 

@@ -158,8 +158,8 @@ def test_asset_manifest_per_version_and_blobs_per_script(store, tmp_path):
     blobs.put("default", "site", "ab" * 16, b"<h1>hi</h1>")
     one = store.put_script(rec("site", assets=AssetSet(manifest={"/index.html": AssetEntry("ab" * 16, 11)})))
     store.put_script(rec("site", b"two"))
-    assert store.assets_for("default", "site") is None
-    assert store.assets_for("default", "site", one.version_id).manifest["/index.html"].hash == "ab" * 16
+    assert store.get_script("default", "site").assets is None
+    assert store.get_version_record("default", "site", one.version_id).assets.manifest["/index.html"].hash == "ab" * 16
     with blobs.open("default", "site", "ab" * 16) as f:
         assert f.read() == b"<h1>hi</h1>"
     with pytest.raises(FileNotFoundError):  # never across scripts

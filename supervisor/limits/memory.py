@@ -56,7 +56,6 @@ RLIMIT_SLACK_MB = 64
 #: How long shutdown waits for a killed child to leave its cgroup.
 DRAIN_S = 2.0
 
-CG_ROOT = "/sys/fs/cgroup"
 _CAP_SYS_RESOURCE = 24
 
 
@@ -396,8 +395,6 @@ class CgroupEnforcer(Enforcer):
 
 
 class _CgroupChild:
-    limit_file = ""
-
     def __init__(self, pid: int, path: str) -> None:
         self.pid = pid
         self.path = path

@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import msgspec
 import trio
 
 from protocol.messages import DurableObjectEvent, ExceptionInfo
@@ -164,7 +163,3 @@ class ObjectHost:
 
 def _failure(error: ExceptionInfo) -> BindingError:
     return BindingError(error.message, error.name or "Error")
-
-
-def encode_args(args: Any) -> bytes:
-    return msgspec.msgpack.encode(args)

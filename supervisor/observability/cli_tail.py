@@ -21,15 +21,19 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, TextIO
 
-_OUTCOMES = {
-    "ok": "Ok",
-    "exception": "Exception Thrown",
-    "exceededCpu": "Exceeded CPU Limit",
-    "exceededMemory": "Exceeded Memory",
-    "exceededWallTime": "Exceeded Wall Time",
-    "exceededSubrequests": "Exceeded Subrequests",
-    "canceled": "Canceled",
-    "scriptNotFound": "Script Not Found",
+from supervisor.lifecycle import Outcome
+
+#: How ``wrangler tail`` shows each outcome (``crashed`` never reaches an
+#: event: :func:`supervisor.observability.traces.outcome_of` maps it).
+_OUTCOMES: dict[str, str] = {
+    Outcome.OK: "Ok",
+    Outcome.EXCEPTION: "Exception Thrown",
+    Outcome.EXCEEDED_CPU: "Exceeded CPU Limit",
+    Outcome.EXCEEDED_MEMORY: "Exceeded Memory",
+    Outcome.EXCEEDED_WALL_TIME: "Exceeded Wall Time",
+    Outcome.EXCEEDED_SUBREQUESTS: "Exceeded Subrequests",
+    Outcome.CANCELED: "Canceled",
+    Outcome.SCRIPT_NOT_FOUND: "Script Not Found",
 }
 _RESET, _DIM, _RED, _YELLOW, _GREEN, _BOLD = "\033[0m", "\033[2m", "\033[31m", "\033[33m", "\033[32m", "\033[1m"
 
@@ -88,7 +92,7 @@ def format_pretty(event: dict[str, Any], colour: bool = False, indent: str = "")
         head = "(no event)"
     else:
         head = next(iter(info), "event").capitalize() if isinstance(info, dict) else "Event"
-    status = paint(_GREEN if outcome == "ok" else _RED, shown)
+    status = paint(_GREEN if outcome == Outcome.OK else _RED, shown)
     lines = [f"{indent}{paint(_BOLD, head)} - {status} @ {stamp} {paint(_DIM, '[' + name + ']')}"]
     for line in event.get("logs") or ():
         level = line.get("level", "log")

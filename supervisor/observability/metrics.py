@@ -20,12 +20,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from supervisor.lifecycle import KillReason
 from supervisor.observability import traces
 
 if TYPE_CHECKING:
     from supervisor.pool.invocation import Invocation
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Seconds: sub-millisecond hello-worlds up to the 60 s wall limit.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -34,13 +33,20 @@ CPU_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                0.5, 1.0, 5.0, 30.0)
 COLD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
-#: Why children end, as a fixed set (kill reasons are free text).
-KILL_REASONS = ("idle", "retired", "exceededCpu", "exceededMemory", "exceededWallTime",
-                "protocol violation", "zygote replaced", "surplus spare", "validated",
-                "channel closed", "exited", "waitUntil work ignored its deadline")
+#: Why children end, as a fixed set of labels: every :class:`KillReason`
+#: (a child's end reason is one, possibly followed by ``": detail"``), longest
+#: first so that a reason another one begins with never shadows it.
+KILL_REASONS: tuple[str, ...] = tuple(sorted((reason.value for reason in KillReason), key=len, reverse=True))
+
+#: The ``corral_pool_children`` gauge's state labels. Each is read from the
+#: pool snapshot's key of that name or its plural (``spares``); :data:`BUSY`
+#: is added to the snapshot by the pipeline (children with invocations in flight).
+BUSY = "busy"
+POOL_STATES = ("spare", "warm", BUSY, "retired")
 
 
 def kill_reason(reason: str) -> str:
+    """The ``corral_children_ended`` label for a child's end reason."""
     for known in KILL_REASONS:
         if reason.startswith(known):
             return known
@@ -187,7 +193,7 @@ class _PoolCollector(Collector):
         snap = self._snapshot()
         children = GaugeMetricFamily("corral_pool_children", "Sandboxed children by state.",
                                      labels=["state"])
-        for state in ("spare", "warm", "busy", "retired"):
+        for state in POOL_STATES:
             children.add_metric([state], snap.get(state, snap.get(f"{state}s", 0)))
         yield children
         yield GaugeMetricFamily("corral_children", "Sandboxed child processes alive.",

@@ -39,6 +39,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from supervisor.lifecycle import Outcome
 from supervisor.log import warn
 from supervisor.observability.traces import redact_url
 
@@ -153,7 +154,7 @@ class OtelExport:
                                       attributes=attributes)
         self._ids.next_trace_id = None
         context = trace.set_span_in_context(span)
-        if event.get("outcome") != "ok":
+        if event.get("outcome") != Outcome.OK:
             span.set_status(Status(StatusCode.ERROR, str(event.get("outcome"))))
         for fetch in fetches.get("fetches") or ():
             self._fetch_span(fetch, context)

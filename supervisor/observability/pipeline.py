@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from supervisor.lifecycle import Outcome
 from supervisor.log import log, warn
 from supervisor.model import PLATFORM, ScriptRecord
 from supervisor.observability import traces
-from supervisor.observability.metrics import Metrics
+from supervisor.observability.metrics import BUSY, Metrics
 from supervisor.observability.request_id import RequestIds
 from supervisor.observability.tail import LiveTail, TailDelivery
 from supervisor.observability.usage import Usage
@@ -123,7 +124,7 @@ class Observability:
         if self.live.active:
             self.live.publish(event)
         name = event.get("scriptName")
-        if name and event.get("outcome") != "scriptNotFound":
+        if name and event.get("outcome") != Outcome.SCRIPT_NOT_FOUND:
             record = self.lookup(event.get("dispatchNamespace") or PLATFORM, name)
             if record is not None and record.tail_consumers:
                 self.tails.submit(traces.consumers_of(record), event)
@@ -137,5 +138,5 @@ class Observability:
 
 def _pool_snapshot(pool: Pool) -> dict[str, Any]:
     snap = dict(pool.snapshot())
-    snap["busy"] = sum(1 for child in list(pool.children.values()) if child.invocations)
+    snap[BUSY] = sum(1 for child in list(pool.children.values()) if child.invocations)
     return snap

@@ -28,6 +28,7 @@ import trio
 
 from protocol.messages import Limits, TailEvent
 from supervisor.errors import Invalid, Unavailable
+from supervisor.lifecycle import Outcome
 from supervisor.log import log, warn
 from supervisor.model import PLATFORM, ScriptRecord
 
@@ -140,11 +141,11 @@ class TailDelivery:
             self._drop(consumer, "unavailable", len(batch))
             return
         if not inv.head_ready.is_set():
-            inv.cancel("exceededWallTime")
+            inv.cancel(Outcome.EXCEEDED_WALL_TIME)
         if inv.body is not None:
             inv.body.close()
         self.metrics.tail_batches.labels(inv.outcome).inc()
-        self.metrics.tail_events.labels("delivered" if inv.outcome == "ok" else "failed").inc(len(batch))
+        self.metrics.tail_events.labels("delivered" if inv.outcome == Outcome.OK else "failed").inc(len(batch))
 
 
 # ---------------------------------------------------------------------------
@@ -230,11 +231,10 @@ class TailFilter(msgspec.Struct, kw_only=True):
         status = response.get("status") if isinstance(response, dict) else None
         outcome = event.get("outcome")
         for want in self.statuses or ():
-            if want == "ok" and outcome == "ok":
+            # The status words "ok" and "canceled" are the outcomes' own names.
+            if want in (Outcome.OK, Outcome.CANCELED) and outcome == want:
                 return True
-            if want == "canceled" and outcome == "canceled":
-                return True
-            if want == "error" and outcome not in ("ok", "canceled"):
+            if want == "error" and outcome not in (Outcome.OK, Outcome.CANCELED):
                 return True
             if status is not None and (want == str(status) or (
                     len(want) == 3 and want.endswith("xx") and want[0] == str(status)[0])):

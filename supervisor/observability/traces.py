@@ -34,17 +34,17 @@ _BASE64ISH = re.compile(r"[A-Za-z0-9+/_=-]{21,}")
 
 #: Outcomes the platform reports that are not Cloudflare's are mapped to one
 #: that is (the exception's name still says what happened).
-_OUTCOMES = {"crashed": "exception"}
+_OUTCOMES: dict[str, str] = {Outcome.CRASHED: Outcome.EXCEPTION}
 
 
 def outcome_of(inv: Invocation) -> str:
     """Cloudflare's outcome. An invocation that failed with the error of its own
     subrequest limit (not a callee's, passed on) exceeded it."""
     outcome = inv.outcome
-    if outcome == "exception" and inv.error is not None and inv.error.name == "exceededSubrequests":
+    if outcome == Outcome.EXCEPTION and inv.error is not None and inv.error.name == Outcome.EXCEEDED_SUBREQUESTS:
         limit = inv.limits.sub_requests
         if limit is not None and inv.subrequests > limit:
-            return "exceededSubrequests"
+            return Outcome.EXCEEDED_SUBREQUESTS
     return _OUTCOMES.get(outcome, outcome)
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from supervisor.lifecycle import Outcome
 from supervisor.log import warn
 from supervisor.observability import traces
 
@@ -124,7 +125,7 @@ class Rollup:
         return out
 
     def to_json(self, kind: str, minute: int, namespace: str, name: str) -> dict[str, Any]:
-        errors = sum(n for outcome, n in self.outcomes.items() if outcome != "ok")
+        errors = sum(n for outcome, n in self.outcomes.items() if outcome != Outcome.OK)
         return {
             "minute": datetime.datetime.fromtimestamp(minute, datetime.UTC)
             .strftime("%Y-%m-%dT%H:%M:00Z"),

@@ -9,7 +9,7 @@ uploaded for that same script, so nothing is served across tenants.
 A blob is written to a temporary file and renamed into place, so a crash
 leaves either the whole blob or none; the manifest that names it is
 committed to SQLite only afterwards. Reading is for the edge (issue 14):
-:meth:`AssetBlobs.open` with the hash from ``Store.assets_for``.
+:meth:`AssetBlobs.open` with the hash from the version's ``ScriptRecord.assets``.
 """
 
 from __future__ import annotations

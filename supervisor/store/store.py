@@ -30,7 +30,7 @@ import msgspec
 
 from supervisor.edge.routes import RouteError, RouteTable, normalize_pattern
 from supervisor.errors import Conflict, Invalid, NotFound
-from supervisor.model import MAX_TAGS, PLATFORM, AssetSet, ScriptRecord, check_name, check_tag
+from supervisor.model import MAX_TAGS, PLATFORM, ScriptRecord, check_name, check_tag
 from supervisor.store import schema
 from supervisor.store.cache import Deployed, RecordCache, pick
 from supervisor.store.cursors import TagFilter, coerce_filters, decode_cursor, encode_cursor
@@ -42,7 +42,6 @@ from supervisor.store.records import (
     Split,
     TokenInfo,
     VersionInfo,
-    assets_decoder,
     encode_metadata,
     encode_modules,
     packages_lock_of,
@@ -446,10 +445,6 @@ class Store:
         self._cache.forget([(namespace, name) for name in names])
         return names
 
-    def delete_by_tags(self, namespace: str, filters: Iterable[str | TagFilter]) -> int:
-        """Like :meth:`delete_scripts_by_tags`, returning only the count."""
-        return len(self.delete_scripts_by_tags(namespace, filters))
-
     # -- versions and deployments -------------------------------------------
 
     @staticmethod
@@ -558,20 +553,6 @@ class Store:
             raise script_not_found(namespace, name)
         return [DeploymentInfo(id=r[0], created_on=r[1], versions=splits_decoder.decode(r[2]), source=r[3],
                                message=r[4]) for r in rows]
-
-    def assets_for(self, namespace: str, name: str, version_id: str | None = None) -> AssetSet | None:
-        """The assets of a version (default: the deployed one): the manifest
-        ``{path: (hash, size)}`` and serving config; blobs open with
-        :meth:`AssetBlobs.open` under the same ``(namespace, name)``. None when
-        the version has no assets."""
-        if version_id is None:
-            row = self._read("SELECT version_id FROM scripts WHERE namespace = ? AND name = ?", (namespace, name))
-            if not row:
-                return None
-            version_id = row[0][0]
-        row = self._read("SELECT assets FROM versions WHERE id = ? AND namespace = ? AND name = ?",
-                         (version_id, namespace, name))
-        return assets_decoder.decode(row[0][0]) if row and row[0][0] else None
 
     # -- tags ---------------------------------------------------------------
 
