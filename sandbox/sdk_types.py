@@ -133,9 +133,6 @@ def _part_bytes(part: Any) -> bytes:
     raise TypeError(f"a Blob part must be str, bytes or a Blob, not {type(part).__name__}")
 
 
-FormValue = "str | Blob"
-
-
 class FormData:
     """Ordered, multi-valued form fields (``append``, ``get``, ``get_all``, ``set``, ``delete``)."""
 

@@ -17,14 +17,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from protocol.flow import Inbound, Outbound, StreamFailed
+from protocol.flow import Inbound, Outbound
 from protocol.messages import MAX_CHUNK, Abort, BodyChunk, Credit
 
 if TYPE_CHECKING:
     from .channel import Channel
-
-#: Raised to tenant code when a body ends abnormally.
-StreamAborted = StreamFailed
 
 
 class _Waiter:

@@ -204,7 +204,6 @@ class ChildProcess:
         #: This child's memory limit, once it joined it (see memory_limits).
         self.memory: ChildMemory | None = None
         self.memory_mb: int | None = None  # the limit in force, in MB (cached)
-        self.exit_status: int | None = None
         self.assigned_at = 0.0
         #: Why the process ended, in the words of its ``child.ended`` log line.
         self.end_reason = ""

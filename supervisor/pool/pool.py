@@ -207,7 +207,6 @@ class Pool:
     def _on_exited(self, pid: int, status: int) -> None:
         child = self.children.get(pid)
         if child is not None:
-            child.exit_status = status
             if child.record is not None:
                 self.bundles.want_collection()  # its version may be unused now
         self.memory.reaped(pid)
