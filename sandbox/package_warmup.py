@@ -28,6 +28,7 @@ that must.
 """
 
 import asyncio
+import gc
 import importlib
 import importlib.metadata
 import logging
@@ -248,6 +249,7 @@ async def _replay() -> None:
         pass
     finally:
         restore()
+        gc.freeze()  # what it built is never walked by the tenant's collections
         _replays.clear()
 
 

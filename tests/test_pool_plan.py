@@ -103,8 +103,8 @@ def pset(key, *, ready=True, spares=0, requested=0, waiting=0, in_use=0, last_us
     return PackageSet(key, ready, spares, requested, waiting, in_use, last_used, memory)
 
 
-def pview(*sets, now=100.0, target=1, max_zygotes=4, cap=10**9, idle=60.0, room=100):
-    return PackagesView(now, tuple(sets), target, max_zygotes, cap, idle, room)
+def pview(*sets, now=100.0, target=1, max_zygotes=4, cap=10**9, idle=60.0, room=100, quiet_until=-1.0):
+    return PackagesView(now, tuple(sets), target, max_zygotes, cap, idle, room, quiet_until)
 
 
 def test_package_sets_keep_their_spares_and_idle_ones_go_to_zero():
@@ -114,6 +114,16 @@ def test_package_sets_keep_their_spares_and_idle_ones_go_to_zero():
     assert decided.fork == (("a", 1),)
     waiting = plan_packages(pview(pset("a", waiting=2, requested=1, last_used=0)))
     assert waiting.evict == () and waiting.fork == (("a", 2),)
+
+
+def test_a_package_refill_waits_for_the_quiet_window_unless_a_request_waits():
+    """A package zygote's fork (its page tables, then the spare's warm-up)
+    must not compete with the cold start that just took its spare."""
+    quiet = plan_packages(pview(pset("a", last_used=99), quiet_until=100.03))
+    assert quiet.fork == () and quiet.wake_at == 100.03
+    assert plan_packages(pview(pset("a", last_used=99), quiet_until=99.0)).fork == (("a", 1),)
+    waiting = plan_packages(pview(pset("a", waiting=1, last_used=99), quiet_until=100.03))
+    assert waiting.fork == (("a", 2),)
 
 
 def test_package_zygotes_are_bounded_by_count_and_memory_sparing_those_in_use():

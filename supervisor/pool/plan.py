@@ -158,6 +158,10 @@ class PackagesView:
     idle_timeout_s: float
     #: Children that may still be forked under ``max_children``.
     room: int
+    #: As :attr:`PoolView.quiet_until`: a cold start is running, and a
+    #: package zygote's fork (page tables of a large process, then the spare's
+    #: warm-up) would compete with it for the CPU.
+    quiet_until: float = -math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +170,8 @@ class PackagesPlan:
     evict: tuple[str, ...] = ()
     #: ``(key, count)`` spares to ask each package zygote for.
     fork: tuple[tuple[str, int], ...] = ()
+    #: When to plan again for a fork deferred by the quiet window.
+    wake_at: float = math.inf
 
 
 def plan_packages(view: PackagesView) -> PackagesPlan:
@@ -178,7 +184,8 @@ def plan_packages(view: PackagesView) -> PackagesPlan:
        go until both hold. One whose children serve scripts stays (killing
        it would orphan them), so the bounds are met as soon as they can be.
     3. **Spares.** Each remaining ready one keeps ``spares_target`` spares
-       plus one per waiting request, within the room under the cap.
+       plus one per waiting request, within the room under the cap; with
+       nobody waiting on a set, its forks wait for ``quiet_until``.
     """
     evict: list[str] = []
 
@@ -199,11 +206,16 @@ def plan_packages(view: PackagesView) -> PackagesPlan:
             kept.remove(s)
     room = view.room
     fork: list[tuple[str, int]] = []
+    wake_at = math.inf
     for s in kept:
         if not s.ready:
             continue
         missing = min(view.spares_target + s.waiting - s.spares - s.requested, room)
-        if missing > 0:
+        if missing <= 0:
+            continue
+        if s.waiting or view.now >= view.quiet_until:
             fork.append((s.key, missing))
             room -= missing
-    return PackagesPlan(tuple(evict), tuple(fork))
+        else:
+            wake_at = view.quiet_until
+    return PackagesPlan(tuple(evict), tuple(fork), wake_at)

@@ -57,7 +57,7 @@ from supervisor.pool.zygote_client import ZygoteClient
 SPARE_WAIT_S = 10.0
 #: A spare taken by a cold start is replaced this much later (unless a
 #: request waits for one): the fork must not compete with that cold start.
-REFILL_DELAY_S = 0.005
+REFILL_DELAY_S = 0.03
 #: How often warm children are checked against the idle timeout.
 REAP_PERIOD_S = 1.0
 #: How often busy children's coarse CPU budgets are checked.
@@ -347,15 +347,17 @@ class Pool:
             self.spares.pop().kill(KillReason.SURPLUS_SPARE)
         if decided.fork and self.zygote.spawn(decided.fork):
             self._requested += decided.fork
+        wake_at = decided.wake_at
         if self.packages.zygotes:
-            self._converge_packages(now, decided.fork)
+            wake_at = min(wake_at, self._converge_packages(now, decided.fork))
         # A deferred fork only happens with nobody waiting, i.e. here in the
         # maintain task, which re-arms with this before it sleeps again.
-        self._wake_at = min(decided.wake_at, self._next_reap)
+        self._wake_at = min(wake_at, self._next_reap)
         return decided
 
-    def _converge_packages(self, now: float, base_forks: int) -> None:
-        """Package zygotes' spares and bounds (supervisor.pool.plan.plan_packages)."""
+    def _converge_packages(self, now: float, base_forks: int) -> float:
+        """Package zygotes' spares and bounds (supervisor.pool.plan.plan_packages);
+        returns when to plan again for a deferred fork."""
         pool = self.config.pool
         in_use: dict[str, int] = {}
         live = 0
@@ -372,7 +374,8 @@ class Pool:
             now=now, sets=tuple(sets), spares_target=pool.package_spares,
             max_zygotes=pool.package_zygotes, memory_cap=pool.package_zygotes_memory_mb * 2**20,
             idle_timeout_s=pool.idle_timeout_s,
-            room=pool.max_children - live - self._requested - base_forks))
+            room=pool.max_children - live - self._requested - base_forks,
+            quiet_until=self._quiet_until))
         for key in decided.evict:
             zygote = self.packages.zygotes[key]
             while zygote.spares:
@@ -381,6 +384,7 @@ class Pool:
             zygote.end()
         for key, count in decided.fork:
             self.packages.zygotes[key].spawn(count)
+        return decided.wake_at
 
     def _view(self, now: float, reap: bool) -> PoolView:
         pool = self.config.pool
