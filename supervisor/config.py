@@ -26,7 +26,10 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The warm pool of jailed children."""
 
+    #: Spares kept at least; while cold starts come faster than one a second,
+    #: as many as arrive while a replacement is forked, up to ``max_spares``.
     spares: int = 8
+    max_spares: int = 64
     max_children: int = 4000
     idle_timeout_s: float = 120.0
     #: Memory cap of every child, and the ceiling of a per-invocation memoryMb.
@@ -43,6 +46,7 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Package zygotes (one per dependency set in use, with the set imported):
     #: spares each keeps, how many may live, and their own memory together.
     package_spares: int = 1
+    package_max_spares: int = 4
     package_zygotes: int = 8
     package_zygotes_memory_mb: int = 1024
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from supervisor.pool.plan import Plan, PoolView, WarmChild, plan
 
 
@@ -99,12 +101,15 @@ def test_no_wake_up_unless_a_fork_is_deferred() -> None:
 from supervisor.pool.plan import PackageSet, PackagesView, plan_packages  # noqa: E402
 
 
-def pset(key, *, ready=True, spares=0, requested=0, waiting=0, in_use=0, last_used=0.0, memory=0):
-    return PackageSet(key, ready, spares, requested, waiting, in_use, last_used, memory)
+def pset(key, *, ready=True, spares=0, requested=0, waiting=0, in_use=0, last_used=0.0, memory=0,
+         cold_rate=0.0):
+    return PackageSet(key, ready, spares, requested, waiting, in_use, last_used, memory, cold_rate)
 
 
-def pview(*sets, now=100.0, target=1, max_zygotes=4, cap=10**9, idle=60.0, room=100, quiet_until=-1.0):
-    return PackagesView(now, tuple(sets), target, max_zygotes, cap, idle, room, quiet_until)
+def pview(*sets, now=100.0, target=1, max_zygotes=4, cap=10**9, idle=60.0, room=100, quiet_until=-1.0,
+          ceiling=4):
+    return PackagesView(now, tuple(sets), target, max_zygotes, cap, idle, room, spares_ceiling=ceiling,
+                        quiet_until=quiet_until)
 
 
 def test_package_sets_keep_their_spares_and_idle_ones_go_to_zero():
@@ -132,3 +137,44 @@ def test_package_zygotes_are_bounded_by_count_and_memory_sparing_those_in_use():
     assert plan_packages(pview(*sets, max_zygotes=2)).evict == ("old",)
     assert plan_packages(pview(*sets, cap=500)).evict == ("old", "new")
     assert plan_packages(pview(*sets, room=0)).fork == ()
+
+
+# ---------------------------------------------------------------------------
+# spares sized to the recent cold-start rate
+# ---------------------------------------------------------------------------
+
+from supervisor.pool.plan import REFILL_S, spares_for  # noqa: E402
+from supervisor.pool.rate import EventRate  # noqa: E402
+
+
+def test_a_decayed_rate_settles_at_the_event_rate_and_falls_back_when_quiet() -> None:
+    rate = EventRate(half_life_s=1.0)
+    assert rate.per_second(0.0) == 0.0
+    for i in range(200):  # 50 a second for 4 s
+        rate.record(i * 0.02)
+    assert 45 < rate.per_second(4.0) < 52
+    assert 20 < rate.per_second(5.0) < 26  # one half-life later, half
+    assert rate.per_second(30.0) < 0.001
+    with pytest.raises(ValueError, match="half_life_s"):
+        EventRate(0)
+
+
+def test_spares_cover_the_cold_starts_during_a_refill_within_floor_and_ceiling() -> None:
+    assert spares_for(8, 64, 0.0) == 8
+    assert spares_for(8, 64, 0.9) == 8  # under one a second: the floor
+    assert spares_for(8, 64, 50.0) == 8  # 50/s x REFILL_S + 1 = 6: the floor covers it
+    assert spares_for(8, 64, 200.0) == 21
+    storm = 1000.0
+    assert spares_for(8, 64, storm) == min(64, int(storm * REFILL_S) + 1)
+    assert spares_for(8, 16, storm) == 16
+    assert spares_for(1, 4, 20.0) == 3
+
+
+def test_the_plan_forks_more_spares_while_cold_starts_come_fast() -> None:
+    fast = dict(spares=2, cold_rate=500.0, spares_ceiling=64, max_children=100)
+    assert plan(view(**{**fast, "cold_rate": 0.0})).fork == 0
+    assert plan(view(**fast)).fork == 49  # 500/s x 0.1 s + 1 = 51 spares
+    assert plan(view(**{**fast, "max_children": 20})).fork == 17  # the room under the cap
+    burst = plan_packages(pview(pset("a", spares=1, cold_rate=20.0, last_used=99)))
+    assert burst.fork == (("a", 2),)
+    assert plan_packages(pview(pset("a", spares=1, cold_rate=20.0, last_used=99), ceiling=1)).fork == ()

@@ -29,6 +29,7 @@ import trio
 from protocol.messages import Exited, FromZygote, Spawn, Spawned, ZygoteReady
 from supervisor.log import error, log, warn
 from supervisor.pool.plan import PackageSet
+from supervisor.pool.rate import EventRate
 from supervisor.pool.zygote_client import receive_frame
 
 
@@ -60,15 +61,23 @@ class PackageZygote:
         self.waiting = 0
         self.in_use = 0
         self.last_used = trio.current_time()
+        #: Cold starts that took one of its spares (sizes its spares).
+        self.cold_rate = EventRate()
         self.memory = 0
         #: The children's RLIMIT_AS (0: none), known once its mapping was read.
         self.address_space = 0
         self.lot = trio.lowlevel.ParkingLot()
         self._encoder = msgspec.msgpack.Encoder()
 
-    def view(self) -> PackageSet:
+    def view(self, now: float) -> PackageSet:
         return PackageSet(self.key, self.ready.is_set() and self.alive, len(self.spares), self.requested,
-                          self.waiting, self.in_use, self.last_used, self.memory)
+                          self.waiting, self.in_use, self.last_used, self.memory,
+                          self.cold_rate.per_second(now))
+
+    def taken(self, now: float) -> None:
+        """One of its spares became a script's child."""
+        self.last_used = now
+        self.cold_rate.record(now)
 
     def spawn(self, count: int) -> bool:
         if self._send_sock is None or not self.alive:

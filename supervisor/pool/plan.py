@@ -17,9 +17,11 @@ The rules, in the order they apply:
    serve makes room: the least recently used idle warm child goes, one per
    such request. When nothing can be evicted and nothing is coming, the
    waiting request has no hope (:attr:`Plan.stuck`; it answers 503).
-3. **Trim.** Spares beyond ``spares`` plus one per waiting request (left over
-   from a burst: each costs memory) are killed, unless forks are still on
-   their way.
+3. **Trim.** Spares beyond the target plus one per waiting request (left
+   over from a burst: each costs memory) are killed, unless forks are still
+   on their way. The target is ``spares``, or more while cold starts come
+   fast: enough to cover those that arrive while a replacement is forked
+   (:func:`spares_for`, from the decayed rate of :mod:`supervisor.pool.rate`).
 4. **Fork.** The spares missing from that target are asked of the zygote,
    within the room under the cap. Just after a cold start took a spare the
    fork waits ``quiet_until`` (the fork must not compete with that cold
@@ -31,6 +33,11 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+
+#: From a spare being taken to its replacement being ready to take: the
+#: quiet window (``supervisor.pool.pool.REFILL_DELAY_S``), the fork and the
+#: spare's own set-up and warm-up, measured here at ~60-100 ms.
+REFILL_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,10 @@ class PoolView:
     waiting: int
     #: No fork before this (a cold start's CPU) unless a request waits.
     quiet_until: float = -math.inf
+    #: Cold starts per second lately (:class:`supervisor.pool.rate.EventRate`),
+    #: and the most spares that rate may ask for (``pool.max_spares``).
+    cold_rate: float = 0.0
+    spares_ceiling: int = 0
     #: Warm children, least recently used first. Needed for the idle scan and
     #: at the cap; otherwise the pool may leave it empty.
     warm: tuple[WarmChild, ...] = ()
@@ -94,7 +105,7 @@ def plan(view: PoolView) -> Plan:
             if child.idle and view.now - child.last_used > view.idle_timeout_s:
                 retire.append(child.key)
                 live -= 1  # retired while idle: killed at once
-    want = view.spares_target + view.waiting
+    want = spares_for(view.spares_target, view.spares_ceiling, view.cold_rate) + view.waiting
     stuck = False
     if view.waiting and live + view.requested >= view.max_children:
         unserved = view.waiting - view.spares - view.requested - view.starting
@@ -145,6 +156,8 @@ class PackageSet:
     last_used: float
     #: Its own memory (PSS, bytes; 0 until measured).
     memory: int
+    #: Cold starts per second lately that took one of its spares.
+    cold_rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +171,8 @@ class PackagesView:
     idle_timeout_s: float
     #: Children that may still be forked under ``max_children``.
     room: int
+    #: The most spares a set's cold-start rate may ask for (``pool.package_max_spares``).
+    spares_ceiling: int = 0
     #: As :attr:`PoolView.quiet_until`: a cold start is running, and a
     #: package zygote's fork (page tables of a large process, then the spare's
     #: warm-up) would compete with it for the CPU.
@@ -172,6 +187,16 @@ class PackagesPlan:
     fork: tuple[tuple[str, int], ...] = ()
     #: When to plan again for a fork deferred by the quiet window.
     wake_at: float = math.inf
+
+
+def spares_for(floor: int, ceiling: int, cold_rate: float) -> int:
+    """Spares to keep: the cold starts expected while a taken spare's
+    replacement is on its way (``cold_rate * REFILL_S``) plus the one being
+    taken, never fewer than ``floor`` nor (above the floor) more than
+    ``ceiling``. Below one cold start a second the floor is enough."""
+    if cold_rate < 1.0:
+        return floor
+    return max(floor, min(ceiling, math.ceil(cold_rate * REFILL_S) + 1))
 
 
 def plan_packages(view: PackagesView) -> PackagesPlan:
@@ -210,7 +235,8 @@ def plan_packages(view: PackagesView) -> PackagesPlan:
     for s in kept:
         if not s.ready:
             continue
-        missing = min(view.spares_target + s.waiting - s.spares - s.requested, room)
+        want = spares_for(view.spares_target, view.spares_ceiling, s.cold_rate)
+        missing = min(want + s.waiting - s.spares - s.requested, room)
         if missing <= 0:
             continue
         if s.waiting or view.now >= view.quiet_until:

@@ -51,6 +51,7 @@ from supervisor.pool.child_process import ChildKit, ChildProcess, describe_statu
 from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
 from supervisor.pool.package_zygotes import PackageZygote, PackageZygotes
 from supervisor.pool.plan import PackagesView, Plan, PoolView, WarmChild, plan, plan_packages
+from supervisor.pool.rate import EventRate
 from supervisor.pool.zygote_client import ZygoteClient
 
 #: How long a request waits for a spare before the pool gives up (503).
@@ -143,6 +144,8 @@ class Pool:
         self._next_reap = 0.0
         #: No fork before this unless a request waits (see REFILL_DELAY_S).
         self._quiet_until = -math.inf
+        #: Cold starts that took a base spare lately (sizes the spares).
+        self._cold_rate = EventRate()
         self._loading: dict[tuple[str, str, str], trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self.last_invocation_id = 0
@@ -369,11 +372,11 @@ class Pool:
         sets = []
         for zygote in self.packages.zygotes.values():
             zygote.in_use = in_use.get(zygote.key, 0)
-            sets.append(zygote.view())
+            sets.append(zygote.view(now))
         decided = plan_packages(PackagesView(
             now=now, sets=tuple(sets), spares_target=pool.package_spares,
             max_zygotes=pool.package_zygotes, memory_cap=pool.package_zygotes_memory_mb * 2**20,
-            idle_timeout_s=pool.idle_timeout_s,
+            idle_timeout_s=pool.idle_timeout_s, spares_ceiling=pool.package_max_spares,
             room=pool.max_children - live - self._requested - base_forks,
             quiet_until=self._quiet_until))
         for key in decided.evict:
@@ -400,7 +403,9 @@ class Pool:
         return PoolView(now=now, spares_target=pool.spares, max_children=pool.max_children,
                         idle_timeout_s=pool.idle_timeout_s, spares=len(self.spares),
                         requested=self._requested, starting=starting, live=live,
-                        waiting=self._waiting, quiet_until=self._quiet_until, warm=warm, reap=reap)
+                        waiting=self._waiting, quiet_until=self._quiet_until,
+                        cold_rate=self._cold_rate.per_second(now), spares_ceiling=pool.max_spares,
+                        warm=warm, reap=reap)
 
     async def _cpu_watchdog(self) -> None:
         """Enforce the CPU budgets the kernel is not armed for (see cpu_account),
@@ -535,17 +540,17 @@ class Pool:
             return None
         if not self.bundles.ready(record.version):
             return None
-        spares = self.spares
+        spares, taken = self.spares, self._cold_rate.record
         if record.packages_lock:
             package = self.packages.get(record.packages_lock)
             if package is None or not package.spares:
                 return None  # the awaiting path starts it, or falls back to a base spare
-            package.last_used = trio.current_time()
-            spares = package.spares
+            spares, taken = package.spares, package.taken
         while spares:
             child = spares.popleft()
             if not child.alive:
                 continue
+            taken(trio.current_time())
             self._assign(child, record)
             self._cold_started()
             return child
@@ -573,6 +578,7 @@ class Pool:
                     while self.spares:
                         child = self.spares.popleft()
                         if child.alive:
+                            self._cold_rate.record(trio.current_time())
                             return child
                     decided = self._converge()  # room at the cap, a fork, or no hope
                     if decided.stuck:
@@ -593,7 +599,7 @@ class Pool:
                     while package.spares:
                         child = package.spares.popleft()
                         if child.alive:
-                            package.last_used = trio.current_time()
+                            package.taken(trio.current_time())
                             return child
                     self._converge()
                     await package.lot.park()
