@@ -436,8 +436,9 @@ class Pool:
                         inv.end_lingering(LINGER_GRACE_S)
 
     def _guard_idle_children(self) -> None:
-        """Children idle for a while get their background allowance armed in
-        the kernel (one syscall per idle period, none per request)."""
+        """Freshly idle children are read every tick against their background
+        allowance (cheap: they sleep); idle for a while, it is armed in the
+        kernel (one costlier syscall per long idle period, none per request)."""
         if not self.cooling:
             return
         guard_after = time.monotonic() - IDLE_GUARD_AFTER_S
@@ -449,6 +450,9 @@ class Pool:
                 self.cooling.discard(child)
                 if not cpu.guard_idle():
                     child.kill(KillReason.EXCEEDED_CPU)
+            elif not cpu.check_idle():
+                self.cooling.discard(child)
+                child.kill(KillReason.EXCEEDED_CPU)
 
     def _kill_lingering(self, child: ChildProcess) -> None:
         """A child ignored the end of its ``waitUntil`` deadline: it goes.

@@ -1,0 +1,87 @@
+"""CPU accounting against the kernel's counter, on real processes.
+
+A freshly idle child is checked by reading its counter (cheap while it
+sleeps) rather than arming it (an ioctl per idle period); these tests pin the
+arithmetic of that check against a child that really sleeps and one that
+really burns CPU after its last invocation.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from supervisor.limits.cpu_account import CpuAccount
+from supervisor.limits.cpu_meter import PerfCpuMeter, TickCpuMeter
+
+
+class _Inv:
+    cpu_ns = 0
+    cpu_budget_ns = 0
+
+
+@contextmanager
+def _child(spin: bool) -> Iterator[int]:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            if spin:
+                while True:
+                    pass
+            signal.pause()
+        finally:
+            os._exit(0)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def _meter(pid: int):
+    try:
+        return PerfCpuMeter(pid)
+    except OSError:
+        return TickCpuMeter(pid)
+
+
+def _served_one(account: CpuAccount) -> None:
+    inv = _Inv()
+    account.start(inv)
+    account.stop(inv)
+    assert account.idle and account.idle_since is not None
+
+
+def test_a_sleeping_idle_child_keeps_its_background_allowance() -> None:
+    with _child(spin=False) as pid:
+        account = CpuAccount(_meter(pid), background_ns=20_000_000)
+        _served_one(account)
+        for _ in range(5):
+            time.sleep(0.01)
+            assert account.check_idle()
+        assert account.background > 15_000_000
+
+
+def test_a_child_burning_cpu_while_idle_spends_its_allowance() -> None:
+    with _child(spin=True) as pid:
+        account = CpuAccount(_meter(pid), background_ns=20_000_000)
+        _served_one(account)
+        deadline = time.monotonic() + 10
+        while account.check_idle():
+            assert time.monotonic() < deadline, "the allowance never ran out"
+            time.sleep(0.005)
+        assert account.background <= 0
+
+
+def test_cpu_inside_an_invocation_is_not_the_allowances() -> None:
+    with _child(spin=True) as pid:
+        account = CpuAccount(_meter(pid), background_ns=1_000_000)
+        inv = _Inv()
+        account.start(inv)
+        time.sleep(0.02)
+        assert account.check_idle() and account.background == 1_000_000
+        account.stop(inv)
+        assert inv.cpu_ns > 5_000_000, "the invocation was charged what ran during it"
