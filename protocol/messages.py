@@ -47,8 +47,13 @@ STREAM_WINDOW = 4 * MAX_CHUNK
 Header = tuple[bytes, bytes]
 
 
-class _Msg(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
-    """Base of all messages: positional msgpack arrays, defaults left out."""
+class _Msg(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True, gc=False):
+    """Base of all messages: positional msgpack arrays, defaults left out.
+
+    ``gc=False`` (here and on every shape below): messages are frozen trees
+    of decoded data that can never be part of a reference cycle, and a busy
+    supervisor makes several per request; tracked, they filled the
+    collector's young generations and made each collection walk them."""
 
 
 # --------------------------------------------------------------------------
@@ -56,17 +61,17 @@ class _Msg(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
 # --------------------------------------------------------------------------
 
 
-class Inline(msgspec.Struct, array_like=True, frozen=True, tag="inline"):
+class Inline(msgspec.Struct, array_like=True, frozen=True, gc=False, tag="inline"):
     """The whole body, in the message (at most :data:`MAX_CHUNK` bytes)."""
 
     data: bytes
 
 
-class Streamed(msgspec.Struct, array_like=True, frozen=True, tag="stream"):
+class Streamed(msgspec.Struct, array_like=True, frozen=True, gc=False, tag="stream"):
     """The body follows as :class:`BodyChunk` frames on the message's own stream."""
 
 
-class ByRef(msgspec.Struct, array_like=True, frozen=True, tag="ref"):
+class ByRef(msgspec.Struct, array_like=True, frozen=True, gc=False, tag="ref"):
     """The unread body of stream ``stream`` (the invocation's request body or
     a call's response), handed on: the supervisor pipes it, the child never
     reads it. Only from a child."""
@@ -80,7 +85,7 @@ Body = Union[Inline, Streamed, ByRef]
 STREAMED = Streamed()
 
 
-class ExceptionInfo(msgspec.Struct, array_like=True, frozen=True):
+class ExceptionInfo(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """An exception raised by tenant code or by the platform on its behalf."""
 
     name: str
@@ -88,7 +93,7 @@ class ExceptionInfo(msgspec.Struct, array_like=True, frozen=True):
     stack: str = ""
 
 
-class Limits(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
+class Limits(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True, gc=False):
     """Per-invocation limits; ``None`` means "the platform default"."""
 
     cpu_ms: float | None = None
@@ -145,7 +150,7 @@ Binding = Union[TextBinding, JsonBinding, DispatchNamespaceBinding, ServiceBindi
                 AssetsBinding]
 
 
-class ScriptBundle(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True):
+class ScriptBundle(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True, gc=False):
     """Everything a child needs to run one script, sent once at assignment.
 
     The code is not in the message: ``bundle`` is the absolute path of the
@@ -213,7 +218,7 @@ class DurableObjectEvent(_Msg, tag="dobject"):
     retry_count: int = 0
 
 
-class QueueMessage(msgspec.Struct, array_like=True, frozen=True):
+class QueueMessage(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One message of a queue batch; ``body`` encoded as ``content_type`` says
     (``v8``: msgpack of plain data, ``json``, ``text``, ``bytes``)."""
 

@@ -200,11 +200,19 @@ class Invocation:
         """Hand the trace on once this invocation, its response body and all
         it called are over (a callee's ``waitUntil`` or body may outlast its
         caller)."""
-        if self.on_done is not None and self.complete:
+        complete = self.complete
+        if self.on_done is not None and complete:
             callback, self.on_done = self.on_done, None
             callback(self)
-        if self.parent is not None and self.done.is_set() and self.response_end is not None:
-            self.parent._complete()
+        parent = self.parent
+        if parent is not None and self.done.is_set() and self.response_end is not None:
+            if complete:
+                # Nothing of ours can change the caller any more: dropping the
+                # link breaks the caller <-> callee cycle, so both are freed by
+                # reference counting, not left to the cycle collector (which,
+                # at a few thousand requests a second, was ~10% of the CPU).
+                self.parent = None
+            parent._complete()
 
     @property
     def complete(self) -> bool:
