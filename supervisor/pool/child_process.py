@@ -104,6 +104,9 @@ class ChildOwner(Protocol):
     def on_loaded(self, child: ChildProcess, seconds: float, failed: bool) -> None:
         """The child loaded its script (a cold start), ``seconds`` after assignment."""
 
+    def on_cold_start_over(self, child: ChildProcess) -> None:
+        """The first invocation after the load is done: the cold start is over."""
+
     def on_background_overrun(self, child: ChildProcess) -> None:
         """The kernel killed the child for CPU it burnt outside any invocation."""
 
@@ -205,6 +208,8 @@ class ChildProcess:
         self.memory: ChildMemory | None = None
         self.memory_mb: int | None = None  # the limit in force, in MB (cached)
         self.assigned_at = 0.0
+        #: Assigned a script, and its first invocation not done yet.
+        self.cold = False
         #: Why the process ended, in the words of its ``child.ended`` log line.
         self.end_reason = ""
         self.last_used = trio.current_time()
@@ -324,6 +329,7 @@ class ChildProcess:
         self._advance(ChildEvent.ASSIGN)
         self.record = record
         self.assigned_at = trio.current_time()
+        self.cold = True
         self.kit.renice(self.pid)
         self.send(Load(bundle))
         if self.cpu is not None:
@@ -548,6 +554,9 @@ class ChildProcess:
         inv = self._invocation(message.id)
         del self.invocations[message.id]
         self.end_invocation(inv)
+        if self.cold:
+            self.cold = False
+            self.owner.on_cold_start_over(self)
         self.owner.on_idle(self)
 
     def end_invocation(self, inv: Invocation) -> None:

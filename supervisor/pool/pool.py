@@ -56,8 +56,10 @@ from supervisor.pool.zygote_client import ZygoteClient
 
 #: How long a request waits for a spare before the pool gives up (503).
 SPARE_WAIT_S = 10.0
-#: A spare taken by a cold start is replaced this much later (unless a
-#: request waits for one): the fork must not compete with that cold start.
+#: A spare taken by a cold start is replaced once that cold start's first
+#: invocation is done, or this much later at the most (unless a request waits for one): the fork
+#: (page tables of a large zygote, then the spare's warm-up) must not compete
+#: with the cold start for the CPU.
 REFILL_DELAY_S = 0.03
 #: How often warm children are checked against the idle timeout.
 REAP_PERIOD_S = 1.0
@@ -152,6 +154,9 @@ class Pool:
         self._quiet_until = -math.inf
         #: Cold starts that took a base spare lately (sizes the spares).
         self._cold_rate = EventRate()
+        #: Children in a cold start, until their first invocation is done
+        #: (they hold the quiet window).
+        self._cold_loading: set[ChildProcess] = set()
         self._loading: dict[tuple[str, str, str], trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self.last_invocation_id = 0
@@ -301,6 +306,15 @@ class Pool:
         if self.observer is not None:
             self.observer.cold_start(seconds, failed)
 
+    def on_cold_start_over(self, child: ChildProcess) -> None:
+        """A cold start's first invocation is done (or its child died): when
+        none is left, the quiet window closes early and the refill may fork."""
+        if child in self._cold_loading:
+            self._cold_loading.discard(child)
+            if not self._cold_loading and self._quiet_until > trio.current_time():
+                self._quiet_until = trio.current_time()
+                self._nudge()
+
     def on_dead(self, child: ChildProcess) -> None:
         if self.observer is not None and child.end_reason:
             self.observer.child_ended(child.end_reason)
@@ -310,6 +324,7 @@ class Pool:
         self.retired.discard(child)
         self.busy.discard(child)
         self.cooling.discard(child)
+        self.on_cold_start_over(child)
         record = child.record
         if record is not None and self.warm.get((record.namespace, record.name)) is child:
             del self.warm[(record.namespace, record.name)]
@@ -581,6 +596,7 @@ class Pool:
             self._retire(old)
         child.assign(record, self._bundle_of(record))
         self.warm[key] = child
+        self._cold_loading.add(child)
         self.stats["cold_starts"] += 1
 
     async def _take_spare(self) -> ChildProcess:
