@@ -185,14 +185,14 @@ class Pool:
 
     def _on_spawned(self, pid: int, sock: socket.socket, pidfd: int) -> None:
         self._requested = max(0, self._requested - 1)
-        self._adopt(pid, sock, pidfd, self.zygote.generation)
+        self._adopt(pid, sock, pidfd, self.zygote.generation, urgent=self._waiting > 0)
 
     def _on_package_zygote(self, key: str, pid: int, sock: socket.socket, pidfd: int, generation: int) -> None:
         self.packages.started(key, pid, sock, pidfd, generation)
 
     # what package zygotes report (supervisor.pool.package_zygotes.PackageOwner)
     def on_package_spawned(self, zygote: PackageZygote, pid: int, sock: socket.socket, pidfd: int) -> None:
-        child = self._adopt(pid, sock, pidfd, zygote.generation)
+        child = self._adopt(pid, sock, pidfd, zygote.generation, urgent=zygote.waiting > 0)
         if child is not None:
             child.package = zygote
         self.zygote.forked()  # the same hash seed as the base zygote's children
@@ -203,7 +203,12 @@ class Pool:
     def on_package_zygote_change(self) -> None:
         self._nudge()
 
-    def _adopt(self, pid: int, sock: socket.socket, pidfd: int, generation: int) -> ChildProcess | None:
+    def _adopt(self, pid: int, sock: socket.socket, pidfd: int, generation: int,
+               urgent: bool) -> ChildProcess | None:
+        """A freshly forked child. ``urgent``: a request waits for a spare, so
+        its set-up runs at the tenants' priority, not the refill's nice 10
+        (in a storm of cold starts, a niced spare starved behind the very
+        requests waiting for it: p99 of seconds)."""
         if self._nursery is None:
             sock.close()
             os.close(pidfd)
@@ -214,6 +219,8 @@ class Pool:
         except OSError:
             cpu = None
         child = ChildProcess(self, pid, sock, pidfd, generation, self._kit, cpu)
+        if urgent:
+            self._kit.renice(pid)
         self.children[pid] = child
         self._nursery.start_soon(child.run)
         return child
