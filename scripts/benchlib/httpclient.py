@@ -228,3 +228,53 @@ def cold_starts(port: int, hosts: list[tuple[str, bytes | None]], pause_s: float
     out.update(errors=len(errors), first_error=errors[0] if errors else None,
                reconnects=c.reconnects)
     return out
+
+
+def storm(port: int, hosts: list[tuple[str, bytes | None]], connections: int) -> dict:
+    """A cold-start storm: the first-ever request to each host, back to back
+    with no pause, from ``connections`` keep-alive connections at once (each
+    takes the next host as soon as its previous answer is in). Latencies are
+    per request; ``seconds`` is the whole storm."""
+    import threading
+
+    todo = iter(hosts)
+    lock = threading.Lock()
+    times: list[int] = []
+    errors: list[str] = []
+
+    def worker() -> None:
+        c = Conn(port)
+        try:
+            while True:
+                with lock:
+                    item = next(todo, None)
+                if item is None:
+                    return
+                host, expect = item
+                try:
+                    status, body, ns = c.request(host)
+                except (HTTPError, OSError) as e:
+                    with lock:
+                        errors.append(f"{host}: {e}")
+                    c.close()
+                    continue
+                err = check(status, body, expect)
+                with lock:
+                    if err:
+                        errors.append(f"{host}: {err}")
+                    else:
+                        times.append(ns)
+        finally:
+            c.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(max(1, connections))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out = summarize_ms(times)
+    v = sorted(x / 1e6 for x in times)
+    out.update(p999=percentile(v, 99.9), seconds=time.perf_counter() - started, connections=connections,
+               errors=len(errors), first_error=errors[0] if errors else None)
+    return out

@@ -41,6 +41,11 @@ def parse_args(argv):
                     help="fresh tenants for the cold-start figure (default: %(default)s)")
     ap.add_argument("--cold-pause-ms", type=float, default=20.0,
                     help="pause before each cold request (default: %(default)s)")
+    ap.add_argument("--storm", type=int, default=300,
+                    help="fresh tenants for the cold-start storm: their first requests back to "
+                         "back, no pause (default: %(default)s; 0: none)")
+    ap.add_argument("--storm-connections", type=int, default=8,
+                    help="connections the storm is sent from at once (default: %(default)s)")
     ap.add_argument("--latency-requests", type=int, default=2000,
                     help="sequential requests for the warm latency figure (default: %(default)s)")
     ap.add_argument("--warmup", type=float, default=2.0,
@@ -92,6 +97,7 @@ def parse_args(argv):
         a.duration = min(a.duration, 2.0)
         a.tenants = "30" if a.tenants == "300" else a.tenants
         a.cold = min(a.cold, 20)
+        a.storm = min(a.storm, 30)
         a.latency_requests = min(a.latency_requests, 300)
         a.warmup = min(a.warmup, 1.0)
         a.extras_requests = min(a.extras_requests, 150)
@@ -116,6 +122,8 @@ def parse_args(argv):
     for s in a.systems:
         if s not in SYSTEMS:
             ap.error(f"--only: unknown system {s!r} (known: {', '.join(SYSTEMS)})")
+    if a.storm < 0 or a.storm_connections < 1:
+        ap.error("--storm must be >= 0 and --storm-connections >= 1")
     if a.connections < 1 or a.duration <= 0 or a.cold < 0 or a.latency_requests < 1:
         ap.error("--connections, --duration and --latency-requests must be positive")
     return a
@@ -169,9 +177,10 @@ class Runner:
         kmax = a.tenant_counts[-1]
         warm_names = [f"t{i}" for i in range(kmax)]
         cold_names = [f"t{kmax + i}" for i in range(a.cold)]
+        storm_names = [f"t{kmax + a.cold + i}" for i in range(a.storm)]
         res: dict = {"label": sysm.label}
         t = time.monotonic()
-        sysm.start(warm_names + cold_names)
+        sysm.start(warm_names + cold_names + storm_names)
         res["startup_s"] = time.monotonic() - t
         port = sysm.port
         h = sysm.host
@@ -235,6 +244,15 @@ class Runner:
             c = res["cold"]
             log(f"  cold start p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms over {c['n']} tenants"
                 + (f", {c['errors']} errors (first: {c['first_error']})" if c["errors"] else ""))
+        if storm_names:
+            time.sleep(1.0)  # the pool settles after the paced cold run
+            res["storm"] = httpclient.storm(port, [(h(n), sysm.expect(n)) for n in storm_names],
+                                            a.storm_connections)
+            s = res["storm"]
+            log(f"  cold-start storm: {s['n']} tenants from {s['connections']} connections in "
+                f"{s['seconds']:.2f} s, p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, "
+                f"p99.9 {s['p999']:.2f} ms"
+                + (f", {s['errors']} errors (first: {s['first_error']})" if s["errors"] else ""))
         res["pss"]["end"] = self.pss(sysm)
         if not sysm.server.alive():
             res["died"] = f"exited with status {sysm.server.proc.returncode}"

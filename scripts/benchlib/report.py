@@ -56,6 +56,8 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
                  get(lambda r: (r["warm_latency"]["p50"], r["warm_latency"]["p99"])), "ms"))
     if results["args"]["cold"]:
         rows.append(("cold p50 / p99 ms", get(lambda r: (r["cold"]["p50"], r["cold"]["p99"])), "ms"))
+    if results["args"].get("storm"):
+        rows.append(("storm p50 / p99 ms", get(lambda r: (r["storm"]["p50"], r["storm"]["p99"])), "ms"))
     for k in ks:
         rows.append((f"PSS MB / tenant ({k})",
                      get(lambda r, k=k: (r["pss_per_tenant_mb"][str(k)],)), "mb"))
@@ -137,6 +139,10 @@ def _render_main(results: dict) -> list[str]:
         out.append(f"  cold start: first-ever request to each of {a['cold']} fresh tenants, "
                    f"sequential, on one keep-alive connection, {a['cold_pause_ms']:g} ms pause "
                    f"before each.")
+    if a.get("storm"):
+        out.append(f"  storm: first-ever requests to {a['storm']} more fresh tenants back to back, "
+                   f"no pause, from {a['storm_connections']} keep-alive connections at once (each "
+                   f"sends its next as soon as its answer is in); p99.9 and the total in the log.")
     out.append("  PSS MB / tenant (K): (PSS with K tenants warm - PSS with 1 warm) / (K-1), "
                "summed over the server's process tree (/proc/PID/smaps_rollup); 'warm' = one "
                "request each, taken before any multi-tenant load (the 1-tenant baseline is "
