@@ -57,9 +57,9 @@ from supervisor.pool.zygote_client import ZygoteClient
 #: How long a request waits for a spare before the pool gives up (503).
 SPARE_WAIT_S = 10.0
 #: A spare taken by a cold start is replaced once that cold start's first
-#: invocation is done, or this much later at the most (unless a request waits for one): the fork
-#: (page tables of a large zygote, then the spare's warm-up) must not compete
-#: with the cold start for the CPU.
+#: invocation is done, or this much later at the most (unless a request
+#: waits for one): the fork (page tables of a large zygote, then the spare's
+#: warm-up) must not compete with the cold start for the CPU.
 REFILL_DELAY_S = 0.03
 #: How often warm children are checked against the idle timeout.
 REAP_PERIOD_S = 1.0
@@ -156,7 +156,7 @@ class Pool:
         self._cold_rate = EventRate()
         #: Children in a cold start, until their first invocation is done
         #: (they hold the quiet window).
-        self._cold_loading: set[ChildProcess] = set()
+        self._cold_in_progress: set[ChildProcess] = set()
         self._loading: dict[tuple[str, str, str], trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self.last_invocation_id = 0
@@ -316,9 +316,9 @@ class Pool:
     def on_cold_start_over(self, child: ChildProcess) -> None:
         """A cold start's first invocation is done (or its child died): when
         none is left, the quiet window closes early and the refill may fork."""
-        if child in self._cold_loading:
-            self._cold_loading.discard(child)
-            if not self._cold_loading and self._quiet_until > trio.current_time():
+        if child in self._cold_in_progress:
+            self._cold_in_progress.discard(child)
+            if not self._cold_in_progress and self._quiet_until > trio.current_time():
                 self._quiet_until = trio.current_time()
                 self._nudge()
 
@@ -467,9 +467,10 @@ class Pool:
                         inv.end_lingering(LINGER_GRACE_S)
 
     def _guard_idle_children(self) -> None:
-        """Freshly idle children are read every tick against their background
-        allowance (cheap: they sleep); idle for a while, it is armed in the
-        kernel (one costlier syscall per long idle period, none per request)."""
+        """Freshly idle children are read against their background allowance
+        (every IDLE_CHECK_PERIOD_S; cheap, they sleep); idle for a while, it
+        is armed in the kernel (one costlier syscall per long idle period,
+        none per request)."""
         if not self.cooling:
             return
         guard_after = time.monotonic() - IDLE_GUARD_AFTER_S
@@ -603,7 +604,7 @@ class Pool:
             self._retire(old)
         child.assign(record, self._bundle_of(record))
         self.warm[key] = child
-        self._cold_loading.add(child)
+        self._cold_in_progress.add(child)
         self.stats["cold_starts"] += 1
 
     async def _take_spare(self) -> ChildProcess:
