@@ -344,6 +344,7 @@ class Runtime:
     def _on_load(self, message: Load) -> None:
         if self.script is not None:
             raise RuntimeError("Load received twice")
+        warmup.give_way()
         self.script = message.script
         values: dict[str, Any] = {}
         for binding in message.script.bindings:

@@ -233,6 +233,19 @@ def replay() -> None:
 
 
 _replays: set[asyncio.Task] = set()
+#: A Load arrived: from then on the process's global state is the tenant's.
+_loading = False
+
+
+def give_way() -> None:
+    """A script is being loaded into this spare: a replay still running is
+    cancelled (it must not take CPU from the cold start) and will not put
+    back the global state it saved (sys.path, sys.meta_path, logging...),
+    which from now on is the tenant's."""
+    global _loading
+    _loading = True
+    for task in _replays:
+        task.cancel()
 
 
 async def _replay() -> None:
@@ -248,8 +261,9 @@ async def _replay() -> None:
     except BaseException:  # noqa: BLE001 - an optimisation only
         pass
     finally:
-        restore()
-        gc.freeze()  # what it built is never walked by the tenant's collections
+        if not _loading:
+            restore()
+            gc.freeze()  # what it built is never walked by the tenant's collections
         _replays.clear()
 
 

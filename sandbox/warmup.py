@@ -99,3 +99,11 @@ def prefault() -> None:
     package_warmup = sys.modules.get(f"{__package__}.package_warmup")
     if package_warmup is not None:
         package_warmup.replay()
+
+
+def give_way() -> None:
+    """A Load arrived: warm-up still running in this spare stops (see
+    :func:`sandbox.package_warmup.give_way`)."""
+    package_warmup = sys.modules.get(f"{__package__}.package_warmup")
+    if package_warmup is not None:
+        package_warmup.give_way()
