@@ -169,7 +169,10 @@ class Runner:
 
     def pss(self, sysm) -> dict:
         time.sleep(0.5)  # let freed memory settle
-        mb, n = procs.tree_pss_mb(sysm.pid)
+        # Corral's children leave its process tree when their zygote is
+        # replaced (and set up sessions of their own): found by state dir.
+        members = getattr(sysm, "member_pids", None)
+        mb, n = procs.tree_pss_mb(sysm.pid, members() if members else frozenset())
         return {"mb": mb, "procs": n}
 
     def measure(self, sysm) -> dict:

@@ -78,11 +78,27 @@ def pss_kb(pid: int) -> int | None:
     return None
 
 
-def tree_pss_mb(root: int) -> tuple[float, int]:
-    """Summed PSS in MB over root's process tree, and how many processes."""
+def pids_with_arg(text: str) -> set[int]:
+    """Processes whose command line contains ``text`` (e.g. a server's state
+    directory): they belong to it even once reparented to init."""
+    found = set()
+    needle = text.encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if needle in f.read():
+                        found.add(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def tree_pss_mb(root: int, also: set[int] | frozenset[int] = frozenset()) -> tuple[float, int]:
+    """Summed PSS in MB over root's process tree (and ``also``), and how many processes."""
     total = 0
     n = 0
-    for pid in process_tree(root):
+    for pid in set(process_tree(root)) | set(also):
         kb = pss_kb(pid)
         if kb is not None:
             total += kb

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import httpclient
 from .corral_admin import Admin, AdminError
-from .procs import BENCH_DIR, REPO, Server, free_port
+from .procs import BENCH_DIR, REPO, Server, free_port, pids_with_arg
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 COMPAT_DATE = "2025-06-01"
@@ -227,6 +227,11 @@ class Corral(System):
 
     def admin(self) -> Admin:
         return Admin(self.sock_path)
+
+    def member_pids(self) -> set[int]:
+        """Its zygotes and children, including those of a replaced zygote
+        (reparented to init): their command line names the state dir."""
+        return pids_with_arg(str(self.state_dir)) if getattr(self, "state_dir", None) else set()
 
     def start(self, names: list[str]) -> None:
         self.launch()
