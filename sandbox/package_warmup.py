@@ -227,7 +227,8 @@ def replay() -> None:
     low priority, copies those pages before a tenant needs them, so its own
     app construction and first request fault ~30 times instead of ~1,500.
     The apps built here stay alive (see ``_KEPT``). Scheduled on the child's
-    running loop; a Load that arrives first simply runs alongside."""
+    running loop; a Load that arrives before it is done cancels it
+    (:func:`give_way`)."""
     if _REHEARSED:
         _replays.add(asyncio.get_event_loop().create_task(_replay()))
 

@@ -22,7 +22,7 @@ core an inter-processor interrupt, so the hot path makes as few as it can:
   drains the child's *background allowance*: a small bucket
   (``limits.background_cpu_ms``) that each ended invocation refills by
   :data:`BACKGROUND_REFILL_NS`. While a child is freshly idle the pool's
-  watchdog reads its counter every tick (:meth:`CpuAccount.check_idle`: a
+  watchdog reads its counter every 100 ms (:meth:`CpuAccount.check_idle`: a
   read of a sleeping task's counter is ~1 us, with no inter-processor
   interrupt) and kills it once the allowance is spent. Idle for
   :data:`IDLE_GUARD_AFTER_S`, the counter is armed with what is left, and
