@@ -132,7 +132,17 @@ def _render_main(results: dict) -> list[str]:
     out.append("notes:")
     out.append(f"  {results['cores']} cores; systems run one at a time on 127.0.0.1; "
                f"{results['loadgen']}; each throughput run after a warm-up pass touching every "
-               f"tenant once and {a['warmup']:g}s of unrecorded load.")
+               f"tenant once and {a['warmup']:g}s of unrecorded load"
+               + (f"; req/s is the median of {a['repeat']} runs, each listed in the log"
+                  if a.get("repeat", 1) > 1 else "") + ".")
+    spreads = []
+    for r in results.get("systems", {}).values():
+        for k, fig in sorted((r.get("rps") or {}).items(), key=lambda kv: int(kv[0])):
+            runs = fig.get("runs_rps") if isinstance(fig, dict) else None
+            if runs and len(runs) > 1:
+                spreads.append(f"{r.get('label', '?')} {k}: {min(runs):,.0f}-{max(runs):,.0f}")
+    if spreads:
+        out.append("  req/s spread (min-max of the runs): " + "; ".join(spreads))
     out.append(f"  warm latency: {a['latency_requests']} sequential GETs to t0 on one keep-alive "
                f"connection (raw socket, perf_counter_ns).")
     if a["cold"]:
