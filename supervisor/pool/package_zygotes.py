@@ -30,7 +30,7 @@ from protocol.messages import Exited, FromZygote, Spawn, Spawned, ZygoteReady
 from supervisor.log import error, log, warn
 from supervisor.pool.plan import PackageSet
 from supervisor.pool.rate import EventRate
-from supervisor.pool.zygote_client import receive_frame
+from supervisor.pool.zygote_client import receive_messages
 
 
 class PackageOwner(Protocol):
@@ -158,12 +158,7 @@ class PackageZygotes:
         sock = zygote.sock
         try:
             with sock:
-                while True:
-                    frame = await receive_frame(sock)
-                    if frame is None:
-                        return
-                    data, fds = frame
-                    message = self._decoder.decode(data)
+                async for message, fds in receive_messages(sock, self._decoder):
                     if isinstance(message, Spawned) and len(fds) == 2:
                         zygote.requested = max(0, zygote.requested - 1)
                         self.owner.on_package_spawned(zygote, message.pid, socket.socket(fileno=fds[0]), fds[1])

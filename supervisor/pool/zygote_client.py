@@ -39,7 +39,8 @@ import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 import trio
@@ -183,12 +184,7 @@ class ZygoteClient:
         sock = trio.socket.from_stdlib_socket(ours)
         try:
             with sock:
-                while True:
-                    frame = await receive_frame(sock)
-                    if frame is None:
-                        return
-                    data, fds = frame
-                    message = self._decoder.decode(data)
+                async for message, fds in receive_messages(sock, self._decoder):
                     if isinstance(message, Spawned):
                         if len(fds) != 2:
                             for fd in fds:
@@ -263,3 +259,15 @@ async def receive_frame(sock: trio.socket.SocketType) -> tuple[bytes, list[int]]
             os.close(fd)
         return None
     return data, list(fds)
+
+
+async def receive_messages(sock: trio.socket.SocketType, decoder: msgspec.msgpack.Decoder
+                           ) -> AsyncIterator[tuple[Any, list[int]]]:
+    """Each frame from a zygote's control socket, decoded, with the
+    descriptors it carried, until the end of the stream."""
+    while True:
+        frame = await receive_frame(sock)
+        if frame is None:
+            return
+        data, fds = frame
+        yield decoder.decode(data), fds
