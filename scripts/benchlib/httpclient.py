@@ -196,6 +196,18 @@ def warm_latency(port: int, host: str, expect: bytes | None, n: int) -> dict:
     return out
 
 
+def _timed_request(c: Conn, host: str, expect: bytes | None) -> tuple[int, str | None]:
+    """One request on ``c``: its time in ns, or the error that names the host
+    (the connection is closed after a transport error, to reopen on the next)."""
+    try:
+        status, body, ns = c.request(host)
+    except (HTTPError, OSError) as e:
+        c.close()
+        return 0, f"{host}: {e}"
+    err = check(status, body, expect)
+    return ns, (f"{host}: {err}" if err else None)
+
+
 def cold_starts(port: int, hosts: list[tuple[str, bytes | None]], pause_s: float,
                 warm_host: str) -> dict:
     """First-ever request to each host, sequentially on one keep-alive
@@ -211,17 +223,11 @@ def cold_starts(port: int, hosts: list[tuple[str, bytes | None]], pause_s: float
     try:
         for host, expect in hosts:
             time.sleep(pause_s)
-            try:
-                status, body, ns = c.request(host)
-            except (HTTPError, OSError) as e:
-                errors.append(f"{host}: {e}")
-                c.close()
-                continue
-            err = check(status, body, expect)
+            ns, err = _timed_request(c, host, expect)
             if err:
-                errors.append(f"{host}: {err}")
-                continue
-            times.append(ns)
+                errors.append(err)
+            else:
+                times.append(ns)
     finally:
         c.close()
     out = summarize_ms(times)
@@ -250,18 +256,10 @@ def storm(port: int, hosts: list[tuple[str, bytes | None]], connections: int) ->
                     item = next(todo, None)
                 if item is None:
                     return
-                host, expect = item
-                try:
-                    status, body, ns = c.request(host)
-                except (HTTPError, OSError) as e:
-                    with lock:
-                        errors.append(f"{host}: {e}")
-                    c.close()
-                    continue
-                err = check(status, body, expect)
+                ns, err = _timed_request(c, *item)
                 with lock:
                     if err:
-                        errors.append(f"{host}: {err}")
+                        errors.append(err)
                     else:
                         times.append(ns)
         finally:
