@@ -636,7 +636,6 @@ def test_metrics_move_as_requests_happen(corral):
     assert metric(corral, "corral_request_duration_seconds_count") > 0
     assert metric(corral, "corral_invocation_cpu_seconds_count", namespace="default") > 0
     assert metric(corral, "corral_cold_start_seconds_count", result="ok") > 0
-    assert metric(corral, "corral_children_ended_total", reason="exceededCpu") > 0 or True
     assert metric(corral, "corral_pool_children", state="warm") > 0
     text = corral.admin("GET", "/metrics").text
     for name in ("corral_pool_children{state=\"spare\"}", "corral_package_zygotes", "corral_subrequests_total",

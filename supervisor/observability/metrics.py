@@ -2,9 +2,11 @@
 
 prometheus-client fits trio as it is: updating a metric is a few dict and
 lock operations with no I/O, and exposition (``generate_latest``) is a pure
-function of the registry, run on the admin request's task. What only the
-pool knows (children by state) is read at scrape time by a custom collector,
-so the request path pays nothing for gauges.
+function of the registry, run on the admin request's task. Two things are
+read at scrape time by custom collectors instead: what only the pool knows
+(children by state), and the figures every invocation moves, which are kept
+as plain counts by :mod:`supervisor.observability.tally` because the request
+path could not afford a lock and a handful of calls per figure.
 
 Cardinality is bounded: labels are namespaces (operator-created), outcomes,
 handler types and fixed reason sets. Per-script labels, which grow with
@@ -22,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from supervisor.lifecycle import KillReason
 from supervisor.observability import traces
+from supervisor.observability.tally import InvocationTally
 
 if TYPE_CHECKING:
     from supervisor.pool.invocation import Invocation
@@ -53,17 +56,9 @@ def kill_reason(reason: str) -> str:
     return "other"
 
 
-def _namespace(inv: Invocation) -> str:
-    return inv.record.namespace or ""
-
-
 def _kind(inv: Invocation) -> str:
     event = inv.event
     return "fetch" if event is None else type(event).__struct_config__.tag
-
-
-#: Noted figures applied to the metrics at a scrape, or once this many wait.
-FLUSH_AT = 4096
 
 
 class Metrics:
@@ -73,20 +68,6 @@ class Metrics:
                  http_stats: Callable[[], dict[str, int]], script_labels: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.invocations = Counter("corral_invocations", "Invocations finished, by dispatch "
-                                   "namespace ('' for platform scripts), outcome and handler type.",
-                                   ["namespace", "outcome", "handler"], registry=r)
-        self.requests = Counter("corral_requests", "Client requests answered by a worker, by outcome "
-                                "of the top-level invocation.", ["outcome"], registry=r)
-        self.latency = Histogram("corral_request_duration_seconds", "Wall time of client requests "
-                                 "(the top-level invocation, waitUntil work included).",
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.wall = Histogram("corral_invocation_wall_seconds", "Wall time of each invocation.",
-                              ["namespace"], buckets=LATENCY_BUCKETS, registry=r)
-        self.cpu = Histogram("corral_invocation_cpu_seconds", "CPU time of each invocation.",
-                             ["namespace"], buckets=CPU_BUCKETS, registry=r)
-        self.subrequests = Counter("corral_subrequests", "Subrequests (fetch, service and dispatch "
-                                   "calls) made by invocations.", ["namespace"], registry=r)
         self.cold_starts = Histogram("corral_cold_start_seconds", "Time from assigning a spare to a "
                                      "script to the script being loaded.", ["result"],
                                      buckets=COLD_BUCKETS, registry=r)
@@ -106,61 +87,26 @@ class Metrics:
                                     "OTLP because the export queue was full.", registry=r)
         self.usage_dropped = Counter("corral_usage_rows_dropped", "Usage rows that could not be "
                                      "written to the store.", registry=r)
-        self.script_requests = Counter("corral_script_invocations", "Invocations per script "
-                                       "(observability.metrics_script_labels).",
-                                       ["namespace", "script", "outcome"], registry=r) \
-            if script_labels else None
+        #: The figures every invocation moves, kept cheaply (see tally.py).
+        self.tally = InvocationTally(LATENCY_BUCKETS, CPU_BUCKETS, script_labels)
+        r.register(self.tally)
         r.register(_PoolCollector(pool_snapshot, http_stats))
-        self._requests: dict[str, Any] = {}
-        self._invocations: dict[tuple[str, str, str], Any] = {}
-        self._per_namespace: dict[str, tuple[Any, Any, Any]] = {}
-        #: Figures noted since the last flush (see :meth:`observe`).
-        self._pending: list[tuple[Any, ...]] = []
 
-    def observe(self, inv: Invocation, top_level: bool = True) -> None:
-        """A finished invocation tree. Runs per request, so it only notes the
-        figures (a tuple per invocation); they reach the Prometheus metrics,
-        whose every update takes a lock, in batches (:meth:`_flush`)."""
-        pending = self._pending
+    def observe(self, inv: Invocation, nodes: list[Invocation], top_level: bool = True) -> None:
+        """A finished invocation tree (``nodes``: its invocations, from :func:`traces.nodes`)."""
+        tally = self.tally
         if top_level:
-            pending.append((None, traces.outcome_of(inv), None, inv.wall_ms, 0, 0, ""))
-        for node in traces.walk(inv):
-            pending.append((_namespace(node), traces.outcome_of(node), _kind(node), node.wall_ms,
-                            node.cpu_ns, node.subrequests, node.record.name))
-        if len(pending) >= FLUSH_AT:
-            self._flush()
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        for ns, outcome, kind, wall_ms, cpu_ns, subrequests, script in pending:
-            if ns is None:  # the request as the client saw it
-                requests = self._requests.get(outcome)
-                if requests is None:
-                    requests = self._requests[outcome] = self.requests.labels(outcome)
-                requests.inc()
-                self.latency.observe(wall_ms / 1000.0)
-                continue
-            key = (ns, outcome, kind)
-            counter = self._invocations.get(key)
-            if counter is None:
-                counter = self._invocations[key] = self.invocations.labels(*key)
-            counter.inc()
-            per_ns = self._per_namespace.get(ns)
-            if per_ns is None:
-                per_ns = self._per_namespace[ns] = (self.wall.labels(ns), self.cpu.labels(ns),
-                                                    self.subrequests.labels(ns))
-            per_ns[0].observe(wall_ms / 1000.0)
-            per_ns[1].observe(cpu_ns / 1e9)
-            if subrequests:
-                per_ns[2].inc(subrequests)
-            if self.script_requests is not None:
-                self.script_requests.labels(ns, script, outcome).inc()
+            tally.request(traces.outcome_of(inv), inv.wall_ms)
+        for node in nodes:
+            tally.invocation(node.record.namespace or "", traces.outcome_of(node), _kind(node),
+                             node.wall_ms, node.cpu_ns, node.subrequests, node.record.name)
 
     def observe_event(self, event: dict[str, Any]) -> None:
         """An event with no invocation behind it (a background kill, scriptNotFound)."""
-        ns = event.get("dispatchNamespace") or ""
-        self.invocations.labels(ns, event.get("outcome") or "unknown",
-                                "fetch" if event.get("event") else "background").inc()
+        key = (event.get("dispatchNamespace") or "", event.get("outcome") or "unknown",
+               "fetch" if event.get("event") else "background")
+        series = self.tally.invocations.series
+        series[key] = series.get(key, 0) + 1
 
     # -- the pool's observer (supervisor.pool.pool.PoolObserver) -----------------
     def cold_start(self, seconds: float, failed: bool) -> None:
@@ -174,7 +120,6 @@ class Metrics:
         self.admin_calls.labels(method, f"{status // 100}xx").inc()
 
     def text(self) -> bytes:
-        self._flush()
         return generate_latest(self.registry)
 
 

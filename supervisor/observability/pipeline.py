@@ -95,10 +95,11 @@ class Observability:
             warn("observability.failed", reason=f"{type(exc).__name__}: {exc}")
 
     def _finished(self, inv: Invocation, top_level: bool, tails: bool = True) -> None:
-        self.metrics.observe(inv, top_level=top_level)
+        nodes = traces.nodes(inv)
+        self.metrics.observe(inv, nodes, top_level=top_level)
         if self.usage is not None:
-            self.usage.record(inv)
-        consumers = [(node, traces.consumers_of(node.record)) for node in traces.walk(inv)
+            self.usage.record(nodes)
+        consumers = [(node, traces.consumers_of(node.record)) for node in nodes
                      if node.record.tail_consumers] if tails else []
         if not (self.log_invocations or self.live.active or consumers or self.otel is not None):
             return

@@ -146,10 +146,14 @@ def pairs(inv: Invocation, event: dict[str, Any]) -> Iterator[tuple[Invocation, 
         yield from pairs(child, child_event)
 
 
-def walk(inv: Invocation) -> Iterator[Invocation]:
-    yield inv
-    for child in inv.children:
-        yield from walk(child)
+def nodes(inv: Invocation) -> list[Invocation]:
+    """Every invocation of a tree, caller first. A list, built once per
+    finished request for all its consumers (a generator per consumer and
+    level cost more than the figures they fed)."""
+    out = [inv]
+    for node in out:
+        out.extend(node.children)
+    return out
 
 
 def fetch_tree(inv: Invocation) -> dict[str, Any]:

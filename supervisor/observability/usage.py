@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from math import ceil, log
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -41,12 +42,6 @@ MAX_PENDING_KEYS = 200_000
 MAX_ROWS = 50_000
 
 Key = tuple[str, int, str, str]  # kind ("script" | "tag"), minute (epoch s), namespace, name
-
-
-def _bucket(ms: float) -> int:
-    """Sketch bucket of a duration in ms (microsecond floor: bucket 0)."""
-    micros = ms * 1000.0
-    return 0 if micros <= 1.0 else math.ceil(math.log(micros) / _LOG_GAMMA)
 
 
 def _bucket_value(index: int) -> float:
@@ -85,11 +80,14 @@ class Rollup:
     def add(self, outcome: str, cpu_ms: float, wall_ms: float, subrequests: int) -> None:
         self.requests += 1
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        # A duration's sketch bucket: ceil(log_gamma(microseconds)), 0 at or under 1 us.
         self.cpu_ms += cpu_ms
-        b = _bucket(cpu_ms)
+        micros = cpu_ms * 1000.0
+        b = 0 if micros <= 1.0 else ceil(log(micros) / _LOG_GAMMA)
         self.cpu_sketch[b] = self.cpu_sketch.get(b, 0) + 1
         self.wall_ms += wall_ms
-        b = _bucket(wall_ms)
+        micros = wall_ms * 1000.0
+        b = 0 if micros <= 1.0 else ceil(log(micros) / _LOG_GAMMA)
         self.wall_sketch[b] = self.wall_sketch.get(b, 0) + 1
         self.subrequests += subrequests
 
@@ -229,10 +227,11 @@ class Usage:
         self.on_drop = on_drop
         self._write_lock = trio.Lock()
 
-    def record(self, inv: Invocation) -> None:
-        """A finished invocation tree: every invocation in it is billed to its script."""
+    def record(self, nodes: list[Invocation]) -> None:
+        """A finished invocation tree (its invocations, from :func:`traces.nodes`):
+        every invocation in it is billed to its script."""
         minute = int(time.time()) // 60 * 60
-        for node in traces.walk(inv):
+        for node in nodes:
             record = node.record
             args = (traces.outcome_of(node), node.cpu_ns / 1e6, node.wall_ms, node.subrequests)
             self._add(("script", minute, record.namespace, record.name), args)
