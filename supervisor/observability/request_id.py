@@ -1,6 +1,9 @@
 """Request ids: one per client request, in the logs, the trace and the response.
 
-Fresh ids are 32 hex digits (also the OpenTelemetry trace id of the request).
+Fresh ids are 32 hex digits (also the OpenTelemetry trace id of the request):
+a counter that starts at a random value, then 64 random bits drawn once per
+process. Unique, as trace ids must be, without a ``getrandom`` syscall per
+request; they are labels, not secrets.
 An ``x-corral-request-id`` sent by a trusted proxy (``observability.
 trusted_proxies``, a list of addresses or CIDR networks) is kept so that one id
 follows the request through the proxy too; from anyone else it is replaced.
@@ -9,24 +12,28 @@ follows the request through the proxy too; from anyone else it is replaced.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import re
 import socket
 
 HEADER = b"x-corral-request-id"
+_MASK64 = (1 << 64) - 1
 _VALID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 class RequestIds:
     def __init__(self, trusted_proxies: list[str]) -> None:
         self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in trusted_proxies]
+        self._suffix = os.urandom(8).hex()
+        self._counter = itertools.count(int.from_bytes(os.urandom(8), "big") >> 1)
 
     def assign(self, headers: list[tuple[bytes, bytes]], sock: socket.socket | None) -> str:
         if self.networks and sock is not None:
             incoming = next((v for k, v in headers if k == HEADER), None)
             if incoming is not None and _VALID.fullmatch(incoming) and self._trusted(sock):
                 return incoming.decode("ascii")
-        return os.urandom(16).hex()
+        return f"{next(self._counter) & _MASK64:016x}{self._suffix}"
 
     def _trusted(self, sock: socket.socket) -> bool:
         try:
