@@ -85,3 +85,29 @@ def test_cpu_inside_an_invocation_is_not_the_allowances() -> None:
         assert account.check_idle() and account.background == 1_000_000
         account.stop(inv)
         assert inv.cpu_ns > 5_000_000, "the invocation was charged what ran during it"
+
+
+def test_a_kill_for_cpu_is_told_from_a_crash_after_the_death() -> None:
+    """The kernel kills at the perf counter's overflow; the account reads the
+    scheduler's count, which can run behind it (interrupt and steal time).
+    After the death, a CPU kill must still be recognised as one."""
+    if not isinstance(_meter(os.getpid()), PerfCpuMeter):
+        import pytest
+
+        pytest.skip("perf events are not allowed here")
+    for killed_by_us in (False, True):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            while True:
+                pass
+        meter = PerfCpuMeter(pid)
+        account = CpuAccount(meter)
+        inv = _Inv()
+        inv.cpu_budget_ns = 30_000_000
+        account.start(inv)  # armed: a precise budget
+        if killed_by_us:
+            os.kill(pid, signal.SIGKILL)  # a crash, long before the budget
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        assert account.exceeded() is (not killed_by_us)
+        account.close()

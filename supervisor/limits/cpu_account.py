@@ -58,7 +58,7 @@ class Charged(Protocol):
 
 
 class CpuAccount:
-    __slots__ = ("meter", "active", "_last", "_armed", "deadline", "loading", "background",
+    __slots__ = ("meter", "active", "_last", "_armed", "loading", "background",
                  "_idle_base", "idle_since", "exact", "background_ns")
 
     def __init__(self, meter: CpuMeter, *, exact: bool = True,
@@ -72,7 +72,6 @@ class CpuAccount:
         self.active: list[Charged] = []
         self._last = 0
         self._armed = False
-        self.deadline: int | None = None  # counter value at which the kernel kills
         self.loading = False
         #: What is left of the background allowance (see the module docstring).
         self.background = background_ns
@@ -176,10 +175,10 @@ class CpuAccount:
 
     def exceeded(self) -> bool:
         """Did the kernel stop the child for CPU? (Its counter passed the deadline.)"""
-        if self.deadline is None:
+        if not self._armed:
             return False
         try:
-            return self.meter.read_ns() >= self.deadline - 200_000
+            return self.meter.spent()
         except OSError:
             return False
 
@@ -205,7 +204,6 @@ class CpuAccount:
         except OSError:
             return
         self._armed = True
-        self.deadline = self._last + budget_ns
 
     def _disarm(self) -> None:
         try:
@@ -213,7 +211,6 @@ class CpuAccount:
         except OSError:
             pass
         self._armed = False
-        self.deadline = None
 
     def _read(self) -> int:
         try:

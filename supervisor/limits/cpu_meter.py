@@ -40,6 +40,9 @@ _F_OWNER_PID = 1
 _ATTR_SIZE = 128
 #: An overflow that never comes: ~292 years of CPU.
 _NEVER = (1 << 63) - 1
+#: How far short of its armed budget a dead child may be and still have been
+#: killed for it (the overflow timer's own granularity).
+SPENT_SLACK_NS = 200_000
 
 
 class _PerfEventAttr(ctypes.Structure):
@@ -88,6 +91,12 @@ class CpuMeter:
     def disarm(self) -> None:
         """No enforcement until the next :meth:`arm`."""
 
+    def spent(self) -> bool:
+        """Did the child use up what it was last armed with (within
+        :data:`SPENT_SLACK_NS`)? Asked once it is dead, to tell a CPU kill
+        from a crash."""
+        return False
+
     def close(self) -> None:
         """Release kernel resources."""
 
@@ -119,6 +128,8 @@ class PerfCpuMeter(CpuMeter):
             os.close(self.fd)
             raise
         self._period = ctypes.c_uint64(_NEVER)
+        #: The counter value at which the kernel kills, while armed.
+        self._kill_at: int | None = None
         # Reading the perf counter of a task that is running on another CPU
         # costs an inter-processor interrupt (~10 us here, for the supervisor
         # and the child both), and the hot path reads as an invocation ends,
@@ -155,10 +166,18 @@ class PerfCpuMeter(CpuMeter):
         # The kernel's minimum hrtimer period for software events is 10 us.
         self._period.value = max(10_000, int(budget_ns))
         fcntl.ioctl(self.fd, _PERF_EVENT_IOC_PERIOD, self._period)
+        # The new period counts from now, on the perf counter's own clock.
+        # The scheduler's count (read_ns) may run behind it by interrupt and
+        # steal time, so the kill point is kept in the perf counter's terms.
+        self._kill_at = self._perf_ns() + self._period.value
 
     def disarm(self) -> None:
         self._period.value = _NEVER
         fcntl.ioctl(self.fd, _PERF_EVENT_IOC_PERIOD, self._period)
+        self._kill_at = None
+
+    def spent(self) -> bool:
+        return self._kill_at is not None and self._perf_ns() >= self._kill_at - SPENT_SLACK_NS
 
     def close(self) -> None:
         self._close_schedstat()
@@ -189,6 +208,9 @@ class TickCpuMeter(CpuMeter):
 
     def over_budget(self) -> bool:
         return self.deadline_ns is not None and self.read_ns() >= self.deadline_ns
+
+    def spent(self) -> bool:
+        return self.deadline_ns is not None and self.read_ns() >= self.deadline_ns - SPENT_SLACK_NS
 
     def close(self) -> None:
         if self._fd >= 0:
