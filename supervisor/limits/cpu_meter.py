@@ -3,10 +3,8 @@
 The child is never asked how much CPU it used. The supervisor opens a
 ``perf_event`` task-clock counter on the child's pid and
 
-* reads the child's CPU time as invocations end, which gives ``cpuTime``
-  exact to the microsecond (through ``/proc/PID/schedstat``, the scheduler's
-  count of the same time, which needs no inter-processor interrupt; see
-  :meth:`PerfCpuMeter.read_ns`);
+* reads it (8 bytes, nanoseconds of CPU the child ran) as invocations end,
+  which gives ``cpuTime`` exact to the microsecond;
 * arms it: ``PERF_EVENT_IOC_PERIOD`` sets the next overflow N nanoseconds of
   child CPU time from now, and the fd is set up (``O_ASYNC`` + ``F_SETOWN``
   the child + ``F_SETSIG SIGKILL``) so that the kernel delivers the overflow
@@ -91,6 +89,10 @@ class CpuMeter:
     def disarm(self) -> None:
         """No enforcement until the next :meth:`arm`."""
 
+    def budget_left_ns(self) -> int | None:
+        """CPU left of what it was last armed with (None: not armed)."""
+        return None
+
     def spent(self) -> bool:
         """Did the child use up what it was last armed with (within
         :data:`SPENT_SLACK_NS`)? Asked once it is dead, to tell a CPU kill
@@ -130,57 +132,37 @@ class PerfCpuMeter(CpuMeter):
         self._period = ctypes.c_uint64(_NEVER)
         #: The counter value at which the kernel kills, while armed.
         self._kill_at: int | None = None
-        # Reading the perf counter of a task that is running on another CPU
-        # costs an inter-processor interrupt (~10 us here, for the supervisor
-        # and the child both), and the hot path reads as an invocation ends,
-        # when the child is usually still running. The scheduler's own count
-        # in /proc/PID/schedstat is the same CPU time, brought up to date
-        # under the runqueue lock without an interrupt (~1.3 us); it is read
-        # instead, shifted onto the perf counter's zero. Once the child is
-        # reaped it is gone, and the perf counter (still readable) answers.
-        self._schedstat = -1
-        self._offset = 0
-        try:
-            self._schedstat = os.open(f"/proc/{pid}/schedstat", os.O_RDONLY | os.O_CLOEXEC)
-            self._offset = _schedstat_ns(self._schedstat) - self._perf_ns()
-        except (OSError, IndexError, ValueError):
-            self._close_schedstat()
 
     def read_ns(self) -> int:
-        if self._schedstat >= 0:
-            try:
-                return _schedstat_ns(self._schedstat) - self._offset
-            except (OSError, IndexError, ValueError):
-                self._close_schedstat()
-        return self._perf_ns()
-
-    def _perf_ns(self) -> int:
+        # Reading a running child's counter costs an inter-processor
+        # interrupt (~10 us here), yet /proc/PID/schedstat (~1.3 us) will not
+        # do: the scheduler's count of a running task is brought up to date
+        # only at ticks and context switches (up to 4 ms behind here), and CPU
+        # read late at an invocation's end would be billed to whoever reads
+        # next, such as the background allowance. The process CPU clock
+        # (clock_gettime on the pid) reads that same stale count.
         return int.from_bytes(os.read(self.fd, 8), "little")
-
-    def _close_schedstat(self) -> None:
-        if self._schedstat >= 0:
-            os.close(self._schedstat)
-            self._schedstat = -1
 
     def arm(self, budget_ns: int) -> None:
         # The kernel's minimum hrtimer period for software events is 10 us.
         self._period.value = max(10_000, int(budget_ns))
         fcntl.ioctl(self.fd, _PERF_EVENT_IOC_PERIOD, self._period)
-        # The new period counts from now, on the perf counter's own clock.
-        # The scheduler's count (read_ns) may run behind it by interrupt and
-        # steal time, so the kill point is kept in the perf counter's terms.
-        self._kill_at = self._perf_ns() + self._period.value
+        # The new period counts from now: the kill point, for spent() and
+        # budget_left_ns() once the child is gone or may be.
+        self._kill_at = self.read_ns() + self._period.value
 
     def disarm(self) -> None:
         self._period.value = _NEVER
         fcntl.ioctl(self.fd, _PERF_EVENT_IOC_PERIOD, self._period)
         self._kill_at = None
 
+    def budget_left_ns(self) -> int | None:
+        return None if self._kill_at is None else self._kill_at - self.read_ns()
+
     def spent(self) -> bool:
-        return self._kill_at is not None and self._perf_ns() >= self._kill_at - SPENT_SLACK_NS
+        return self._kill_at is not None and self.read_ns() >= self._kill_at - SPENT_SLACK_NS
 
     def close(self) -> None:
-        self._close_schedstat()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -196,7 +178,7 @@ class TickCpuMeter(CpuMeter):
 
     def read_ns(self) -> int:
         try:
-            return _schedstat_ns(self._fd)
+            return int(os.pread(self._fd, 128, 0).split()[0])
         except (OSError, IndexError, ValueError):
             return 0
 
@@ -209,6 +191,9 @@ class TickCpuMeter(CpuMeter):
     def over_budget(self) -> bool:
         return self.deadline_ns is not None and self.read_ns() >= self.deadline_ns
 
+    def budget_left_ns(self) -> int | None:
+        return None if self.deadline_ns is None else self.deadline_ns - self.read_ns()
+
     def spent(self) -> bool:
         return self.deadline_ns is not None and self.read_ns() >= self.deadline_ns - SPENT_SLACK_NS
 
@@ -216,11 +201,6 @@ class TickCpuMeter(CpuMeter):
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def _schedstat_ns(fd: int) -> int:
-    """The task's CPU time so far, from an open ``/proc/PID/schedstat``."""
-    return int(os.pread(fd, 128, 0).split()[0])
 
 
 class MeterFactory:
