@@ -97,7 +97,9 @@ class CpuAccount:
             self.idle_since = time.monotonic()
 
     # -- invocations -------------------------------------------------------------
-    def start(self, inv: Charged) -> None:
+    def start(self, inv: Charged) -> int | None:
+        """``inv`` runs from now. Returns the CPU budget armed in the kernel
+        for what is in flight, if it was armed now (for :mod:`budget_watch`)."""
         self.idle_since = None
         if self._idle_base is not None:
             # CPU burnt while guarded is the background allowance's, not this
@@ -109,11 +111,11 @@ class CpuAccount:
             if self.background <= 0:
                 # Spent while idle and not yet stopped by the kernel: stop now.
                 self.active.append(inv)
-                self._arm_for(0)
-                return
+                return self._arm_for(0)
         self.active.append(inv)
         if not self.loading and (self._armed or 0 < inv.cpu_budget_ns < PRECISE_BELOW_NS):
-            self._rearm()
+            return self._rearm()
+        return None
 
     def stop(self, inv: Charged) -> None:
         if inv in self.active:
@@ -173,6 +175,13 @@ class CpuAccount:
         self.charge()
         return any(inv.cpu_budget_ns and inv.cpu_ns >= inv.cpu_budget_ns for inv in self.active)
 
+    def budget_left_ns(self) -> int | None:
+        """CPU left before what is in flight spends its armed budget (None:
+        nothing armed is in flight). Asked by :mod:`budget_watch`."""
+        if not self._armed or not self.active:
+            return None
+        return self.meter.budget_left_ns()
+
     def exceeded(self) -> bool:
         """Did the kernel stop the child for CPU? (Its counter passed the deadline.)"""
         if not self._armed:
@@ -188,22 +197,23 @@ class CpuAccount:
         self.meter.close()
 
     # -- arming -------------------------------------------------------------------
-    def _rearm(self) -> None:
+    def _rearm(self) -> int | None:
         precise = [inv for inv in self.active if 0 < inv.cpu_budget_ns < PRECISE_BELOW_NS]
         if not precise or len(precise) < len(self.active):
             # Something unlimited-or-coarse is running: the watchdog's job.
             if self._armed:
                 self._disarm()
-            return
+            return None
         remaining = sum(max(0, inv.cpu_budget_ns - inv.cpu_ns) for inv in precise)
-        self._arm_for(remaining)
+        return self._arm_for(remaining)
 
-    def _arm_for(self, budget_ns: int) -> None:
+    def _arm_for(self, budget_ns: int) -> int | None:
         try:
             self.meter.arm(budget_ns)
         except OSError:
-            return
+            return None
         self._armed = True
+        return budget_ns
 
     def _disarm(self) -> None:
         try:

@@ -54,6 +54,7 @@ from supervisor.lifecycle import (
     allows,
     transition,
 )
+from supervisor.limits.budget_watch import BudgetWatch
 from supervisor.limits.cpu_account import CpuAccount
 from supervisor.limits.memory import ChildMemory, Enforcer
 from supervisor.log import error, log, warn
@@ -83,6 +84,8 @@ class ChildOwner(Protocol):
     busy: set[ChildProcess]
     #: Idle children whose background allowance the watchdog will soon guard.
     cooling: set[ChildProcess]
+    #: Children with a kernel-armed budget in flight, looked at as it can run out.
+    budgets: BudgetWatch[ChildProcess]
     #: The highest invocation id handed out (stream ids above it were never opened).
     last_invocation_id: int
 
@@ -651,12 +654,16 @@ class ChildProcess:
     # ------------------------------------------------------------------
     def cpu_start(self, inv: Invocation) -> None:
         if self.cpu is not None:
-            self.cpu.start(inv)
+            armed = self.cpu.start(inv)
             self.owner.busy.add(self)
+            if armed is not None:
+                self.owner.budgets.arm(self, armed)
 
     def _cpu_stop(self, inv: Invocation) -> None:
         if self.cpu is not None:
             self.cpu.stop(inv)
+            if not self.cpu.active:
+                self.owner.budgets.disarm(self)
             if not self.cpu.needs_watchdog:
                 self.owner.busy.discard(self)
             if self.cpu.idle_since is not None:
@@ -687,6 +694,7 @@ class ChildProcess:
         if self.cpu is not None:
             self.cpu.close()
             self.owner.busy.discard(self)
+            self.owner.budgets.disarm(self)
         if background:
             self.owner.on_background_overrun(self)
         outcome = Outcome.EXCEEDED_CPU if over_cpu else (
@@ -721,6 +729,11 @@ class ChildProcess:
             peak = self.memory.peak_bytes()
             extra = {"memory_mb": self.memory_mb, "peak_mb": round(peak / 2**20, 1) if peak else None}
         self.end_reason = str(outcome if over_cpu else self.kill_text)
+        if over_cpu:
+            # Who saw the budget run out first: the supervisor (its budget
+            # watch or watchdog, which ends the invocations at once) or only
+            # the kernel (seen at the channel's close, after the exit).
+            extra["cpu_kill_seen_by"] = "kernel" if reason is KillReason.CHANNEL_CLOSED else "supervisor"
         level("child.ended", pid=self.pid, script=self._script_name(), state=was,
               reason=self.end_reason, **extra)
         self.owner.on_dead(self)

@@ -39,6 +39,7 @@ import trio
 from protocol.messages import BindingCall, Event, ExceptionInfo, Invoke, Limits, SubFailed, SubRequest
 from supervisor.config import ServeConfig
 from supervisor.lifecycle import ChildState, KillReason, Outcome
+from supervisor.limits.budget_watch import BudgetWatch
 from supervisor.limits.cpu_account import IDLE_GUARD_AFTER_S, CpuAccount
 from supervisor.limits.cpu_meter import MeterFactory
 from supervisor.limits.memory import Enforcer
@@ -143,6 +144,9 @@ class Pool:
         self.busy: set[ChildProcess] = set()
         #: Children fallen idle whose background allowance is not guarded yet.
         self.cooling: set[ChildProcess] = set()
+        #: Kernel-armed budgets in flight, looked at as soon as they can run out.
+        self.budgets: BudgetWatch[ChildProcess] = BudgetWatch(
+            lambda child: child.cpu, lambda child: child.kill(KillReason.EXCEEDED_CPU))
         self._requested = 0
         self._waiting = 0
         self._spare_lot = trio.lowlevel.ParkingLot()
@@ -181,6 +185,7 @@ class Pool:
             self._next_reap = trio.current_time() + REAP_PERIOD_S
             nursery.start_soon(self._maintain)
             nursery.start_soon(self._cpu_watchdog)
+            await nursery.start(self.budgets.run)
             task_status.started()
 
     def next_id(self) -> int:
