@@ -37,6 +37,18 @@ FETCH_KINDS = (
 )
 
 
+def _perf_meter(pid: int):
+    """Corral's own perf task-clock meter on ``pid``, or None (perf refused)."""
+    try:
+        if str(procs.REPO) not in sys.path:
+            sys.path.insert(0, str(procs.REPO))
+        from supervisor.limits.cpu_meter import PerfCpuMeter
+
+        return PerfCpuMeter(pid)
+    except (ImportError, OSError):
+        return None
+
+
 def schedstat_ns(pid: int) -> int | None:
     """CPU time the kernel has charged to pid (first field of schedstat, ns)."""
     try:
@@ -57,8 +69,16 @@ class CpuWatch:
     `exit_gap_ms` is the time between the last good read and the first failed
     one: the most CPU the child can have used unseen."""
 
-    def __init__(self, pid: int, max_s: float = 15.0):
+    def __init__(self, pid: int, max_s: float = 15.0, budget_ms: float | None = None):
         self.pid = pid
+        # The kernel's perf counter on the child, read with every sample: exact
+        # (schedstat of a running task lags by up to a tick), so it tells when
+        # the child's CPU crossed the budget, on CLOCK_MONOTONIC, which the
+        # jailed dispatcher's time.monotonic() shares.
+        self.perf = _perf_meter(pid)
+        self.budget_ns = None if budget_ms is None else int(budget_ms * 1e6)
+        self.crossed_at: float | None = None
+        self.perf_used_ns: int | None = None
         self.baseline = schedstat_ns(pid)
         self.last = self.baseline
         self.samples = 0
@@ -82,6 +102,15 @@ class CpuWatch:
         while not self._stop.is_set() and time.monotonic() < end:
             v = schedstat_ns(self.pid)
             now = time.perf_counter()
+            if self.perf is not None:
+                try:
+                    used = self.perf.read_ns()
+                except OSError:
+                    used = None
+                if used is not None:
+                    self.perf_used_ns = used
+                    if self.crossed_at is None and self.budget_ns is not None and used >= self.budget_ns:
+                        self.crossed_at = time.monotonic()
             if v is None:
                 self.exit_gap_ms = (now - prev) * 1000.0
                 self.gone.set()
@@ -103,6 +132,12 @@ class CpuWatch:
         gone = self.gone.wait(wait_s)
         self._stop.set()
         self._thread.join(2)
+        if self.perf is not None:
+            try:
+                self.perf_used_ns = self.perf.read_ns()  # the final count, readable after the reap
+            except OSError:
+                pass
+            self.perf.close()
         return gone
 
     @property
@@ -250,6 +285,12 @@ def measure_cpu(sysm: Corral, budgets: list[float], runs: int, log) -> dict:
                                               if r.get("step_ms") is not None)
                     if any(r.get("step_ms") is not None for r in ok) else None,
                     poller_realtime=all(r["poller_realtime"] for r in ok))
+                exact = [r["perf_consumed_ms"] - b for r in ok if r.get("perf_consumed_ms") is not None]
+                report = [r["report_ms"] for r in ok if r.get("report_ms") is not None]
+                if exact:
+                    summ.update(perf_overshoot_mean=statistics.fmean(exact), perf_overshoot_max=max(exact))
+                if report:
+                    summ.update(report_mean=statistics.fmean(report), report_max=max(report))
                 log(f"  cpuMs {b:g}: consumed mean {summ['consumed_mean']:.1f} ms, max "
                     f"{summ['consumed_max']:.1f} ms; dispatcher saw "
                     f"{summ['dispatcher_mean']:.1f} ms wall ({len(ok)}/{runs} runs killed)")
@@ -275,7 +316,7 @@ def _cpu_run(sysm: Corral, conn: httpclient.Conn, budget: float) -> dict:
         if pid not in procs.process_tree(sysm.pid):
             row["problem"] = f"pid {pid} from /pid is not in the server's process tree"
             return row
-        watch = CpuWatch(pid)
+        watch = CpuWatch(pid, budget_ms=budget)
         if watch.baseline is None:
             row["problem"] = f"cannot read /proc/{pid}/schedstat"
             return row
@@ -303,6 +344,12 @@ def _cpu_run(sysm: Corral, conn: httpclient.Conn, budget: float) -> dict:
             info = {}
         row["error"] = info.get("error")
         row["dispatcher_ms"] = info.get("elapsed_ms")
+        row["perf_consumed_ms"] = None if watch.perf_used_ns is None else watch.perf_used_ns / 1e6
+        # From the budget running out (the perf count crossing it) to the
+        # dispatcher holding its exceededCpu: kill, reap and report.
+        caught = info.get("caught_at")
+        row["report_ms"] = (caught - watch.crossed_at) * 1000.0 \
+            if caught is not None and watch.crossed_at is not None else None
         if st != 503 or row["error"] != "exceededCpu":
             row["problem"] = f"/spin answered {st} {body[:200]!r}"
         elif not gone:

@@ -286,16 +286,21 @@ def _render_extras(x: dict, args: dict) -> list[str]:
                    f"each; CPU the killed child used (/proc/PID/schedstat, sampled every ~0.2 ms "
                    f"until the process is gone) and the wall time the dispatcher saw")
         hdr = ("budget ms", "consumed mean / max", "overshoot mean / max",
+               "perf overshoot mean / max", "reported after mean / max",
                "dispatcher wall mean / max", "client ms", "killed")
         rows = []
         for b, r in c["budgets"].items():
             if r.get("n_ok"):
+                perf = (f"{_ms(r['perf_overshoot_mean'])} / {_ms(r['perf_overshoot_max'])}"
+                        if "perf_overshoot_mean" in r else "-")
+                report = (f"{_ms(r['report_mean'])} / {_ms(r['report_max'])}"
+                          if "report_mean" in r else "-")
                 rows.append((b, f"{_ms1(r['consumed_mean'])} / {_ms1(r['consumed_max'])}",
-                             f"{_ms1(r['overshoot_mean'])} / {_ms1(r['overshoot_max'])}",
+                             f"{_ms1(r['overshoot_mean'])} / {_ms1(r['overshoot_max'])}", perf, report,
                              f"{_ms1(r['dispatcher_mean'])} / {_ms1(r['dispatcher_max'])}",
                              _ms1(r["client_mean"]), f"{r['n_ok']}/{c['runs']}"))
             else:
-                rows.append((b, "-", "-", "-", "-", f"0/{c['runs']}"))
+                rows.append((b, "-", "-", "-", "-", "-", "-", f"0/{c['runs']}"))
         widths = [max(len(h), *(len(row[i]) for row in rows)) + 3 for i, h in enumerate(hdr)]
         out.append("    " + "".join(h.rjust(wd) for h, wd in zip(hdr, widths, strict=False)))
         for row in rows:
@@ -308,6 +313,10 @@ def _render_extras(x: dict, args: dict) -> list[str]:
                    "includes the child's handling of the request before the loop. The dispatcher "
                    "catches e.name == 'exceededCpu' and answers 503 with its perf_counter timing; "
                    "client ms is the bench's own round trip.")
+        out.append("    perf overshoot = the child's perf task-clock count at its end - budget (exact, "
+                   "exit included). reported after = from that count crossing the budget (sampled "
+                   "every ~0.2 ms) to the dispatcher holding exceededCpu (both CLOCK_MONOTONIC): "
+                   "kill, reap and report.")
         out.append(f"    sampler: {'SCHED_FIFO' if rt else 'normal-priority (SCHED_FIFO refused)'} "
                    f"thread; at most {_ms(gap)} ms between the last sample and the process being "
                    f"gone (the most CPU that can have gone unseen).")

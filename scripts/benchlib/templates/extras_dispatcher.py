@@ -21,8 +21,10 @@ class Default(WorkerEntrypoint):
         try:
             return await self.env.dispatcher.get(name, options=options or None).fetch(request)
         except Exception as e:
+            caught_at = time.monotonic()  # CLOCK_MONOTONIC, shared with the bench outside the jail
             elapsed_ms = (time.perf_counter() - started) * 1000.0
             error = getattr(e, "name", None) or type(e).__name__
             return Response.json(
-                {"error": error, "message": str(e)[:300], "elapsed_ms": elapsed_ms},
+                {"error": error, "message": str(e)[:300], "elapsed_ms": elapsed_ms,
+                 "caught_at": caught_at},
                 status=503 if error == "exceededCpu" else 502)
