@@ -155,11 +155,11 @@ class Renicer:
     def __init__(self) -> None:
         self.allowed = True
 
-    def __call__(self, pid: int) -> None:
-        if not self.allowed:
+    def __call__(self, pid: int, nice: int = 0) -> None:
+        if not self.allowed or pid <= 0:
             return
         try:
-            os.setpriority(os.PRIO_PROCESS, pid, 0)
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
         except PermissionError:
             self.allowed = False
             warn("child.renice_refused", pid=pid, hint="no CAP_SYS_NICE: tenants run at nice 10")

@@ -1,0 +1,63 @@
+"""The zygote forks at nice 10, except while a request waits for a spare.
+
+At nice 10 it got a tenth of a core against the very requests it was forking
+for, and a storm of first requests queued behind it. A real ``corral serve``
+with no spares kept: every cold start waits for a fork. The test stops the
+zygote (SIGSTOP) so that the wait lasts until it looks, then lets it go.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from tests.harness import Corral
+
+HELLO = r'''
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("hello")
+'''
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def _wait_for(check, what: str, timeout: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_the_zygote_leaves_nice_10_only_while_a_request_waits_for_a_fork(tmp_path) -> None:
+    config = tmp_path / "corral.toml"
+    config.write_text("[pool]\nspares = 0\nmax_spares = 0\n")
+    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    try:
+        server.deploy("hello", HELLO, namespace=None)
+        server.route("hello.localhost/*", "hello")
+        zygote = server.zygote()
+        assert zygote
+        _wait_for(lambda: _nice(zygote) == 10, "the zygote at nice 10 with nobody waiting")
+        answer: dict[str, int] = {}
+        os.kill(zygote, signal.SIGSTOP)  # no fork until it is let go: the request waits
+        try:
+            waiting = threading.Thread(
+                target=lambda: answer.update(status=server.request("/", host="hello.localhost").status))
+            waiting.start()
+            _wait_for(lambda: _nice(zygote) == 0, "the zygote at nice 0 while a request waits")
+        finally:
+            os.kill(zygote, signal.SIGCONT)
+        waiting.join(15)
+        assert answer == {"status": 200}, (answer, server.log())
+        _wait_for(lambda: _nice(zygote) == 10, "the zygote back at nice 10")
+    finally:
+        server.stop()
