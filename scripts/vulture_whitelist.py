@@ -125,6 +125,8 @@ src  # sqlite3 authorizer callback signature (supervisor/objects/storage.py)
 
 _.sample_period  # perf_event_attr (supervisor/limits/cpu_meter.py)
 _.wakeup_events  # perf_event_attr (supervisor/limits/cpu_meter.py)
+_.tv_sec  # struct timespec of the timerfd (supervisor/limits/budget_watch.py)
+_.tv_nsec  # struct timespec of the timerfd (supervisor/limits/budget_watch.py)
 _.handled_access_net  # landlock_ruleset_attr (sandbox/landlock.py)
 _.scoped  # landlock_ruleset_attr (sandbox/landlock.py)
 # The kernel's LANDLOCK_ACCESS_FS_* bits (sandbox/landlock.py), kept as the full ABI table.
