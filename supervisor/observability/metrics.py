@@ -103,10 +103,8 @@ class Metrics:
 
     def observe_event(self, event: dict[str, Any]) -> None:
         """An event with no invocation behind it (a background kill, scriptNotFound)."""
-        key = (event.get("dispatchNamespace") or "", event.get("outcome") or "unknown",
-               "fetch" if event.get("event") else "background")
-        series = self.tally.invocations.series
-        series[key] = series.get(key, 0) + 1
+        self.tally.count(event.get("dispatchNamespace") or "", event.get("outcome") or "unknown",
+                         "fetch" if event.get("event") else "background")
 
     # -- the pool's observer (supervisor.pool.pool.PoolObserver) -----------------
     def cold_start(self, seconds: float, failed: bool) -> None:
