@@ -281,8 +281,16 @@ def test_every_child_sits_in_its_own_cgroup_at_the_pool_cap(c: Corral, cgroup: P
     (one forked a moment ago may not have yet: wait until the pool settles)."""
     ok(c, "clean", "/")
 
+    def jailed(pid: int) -> bool:
+        """The child finished its own jail (its seccomp filter is the last step,
+        after its rlimits): the supervisor may join a child to its cgroup before."""
+        try:
+            return "\nSeccomp:\t2" in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return True  # gone: the loop below skips it
+
     def all_joined() -> bool:
-        return all((cgroup_of(pid) or "").endswith(f"/{cgroup.name}/child-{pid}")
+        return all((cgroup_of(pid) or "").endswith(f"/{cgroup.name}/child-{pid}") and jailed(pid)
                    for pid in c.children())
 
     assert wait_for(all_joined), [(pid, cgroup_of(pid)) for pid in c.children()]
