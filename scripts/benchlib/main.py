@@ -264,13 +264,22 @@ class Runner:
                 + (f", {c['errors']} errors (first: {c['first_error']})" if c["errors"] else ""))
         if storm_names:
             time.sleep(1.0)  # the pool settles after the paced cold run
+            members = getattr(sysm, "member_pids", None)
+            cpu_before = procs.cpu_by_role(sysm.pid, members() if members else frozenset())
             res["storm"] = httpclient.storm(port, [(h(n), sysm.expect(n)) for n in storm_names],
                                             a.storm_connections)
+            cpu_after = procs.cpu_by_role(sysm.pid, members() if members else frozenset())
             s = res["storm"]
+            s["cpu_ms_per_cold_start"] = {role: (cpu_after[role] - cpu_before[role]) * 1000.0 / max(1, a.storm)
+                                          for role in cpu_after}
             log(f"  cold-start storm: {s['n']} tenants from {s['connections']} connections in "
                 f"{s['seconds']:.2f} s, p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, "
                 f"p99.9 {s['p999']:.2f} ms"
                 + (f", {s['errors']} errors (first: {s['first_error']})" if s["errors"] else ""))
+            log("  storm CPU per cold start (schedstat): " + ", ".join(
+                f"{role} {ms:.2f} ms" for role, ms in s["cpu_ms_per_cold_start"].items())
+                + " (server = the server process, direct = its children such as Corral's zygote, "
+                  "others = the rest of its processes such as Corral's sandboxed children)")
         res["pss"]["end"] = self.pss(sysm)
         if not sysm.server.alive():
             res["died"] = f"exited with status {sysm.server.proc.returncode}"

@@ -67,6 +67,29 @@ def process_tree(root: int) -> list[int]:
     return sorted(seen)
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU the kernel has charged to pid so far, in seconds (schedstat: exact
+    once the task is not running; /proc/PID/stat's ticks miss short bursts)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def cpu_by_role(root: int, also: set[int] | frozenset[int] = frozenset()) -> dict[str, float]:
+    """CPU seconds so far of ``root`` ("server"), its direct children
+    ("direct": Corral's zygotes) and every other process of its tree or
+    ``also`` ("others": Corral's sandboxed children). Processes that already
+    exited are not counted."""
+    out = {"server": 0.0, "direct": 0.0, "others": 0.0}
+    for pid in set(process_tree(root)) | set(also):
+        st = _read_stat(pid)
+        role = "server" if pid == root else "direct" if st and st[0] == root else "others"
+        out[role] += _cpu_s(pid)
+    return out
+
+
 def pss_kb(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
