@@ -28,6 +28,7 @@ import trio
 
 from protocol.messages import Exited, FromZygote, Spawn, Spawned, ZygoteReady
 from supervisor.log import error, log, warn
+from supervisor.pool.fork_priority import ForkPriority
 from supervisor.pool.plan import PackageSet
 from supervisor.pool.rate import EventRate
 from supervisor.pool.zygote_client import receive_messages
@@ -67,6 +68,8 @@ class PackageZygote:
         #: The children's RLIMIT_AS (0: none), known once its mapping was read.
         self.address_space = 0
         self.lot = trio.lowlevel.ParkingLot()
+        #: Nice 0 while a request waits for its fork (see fork_priority).
+        self.priority = ForkPriority()
         self._encoder = msgspec.msgpack.Encoder()
 
     def view(self, now: float) -> PackageSet:

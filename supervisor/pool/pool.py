@@ -49,6 +49,7 @@ from supervisor.model import ScriptRecord, to_bundle
 from supervisor.pool.bodies import BodySource
 from supervisor.pool.bundles import BundleError, Bundles
 from supervisor.pool.child_process import ChildKit, ChildProcess, describe_status
+from supervisor.pool.fork_priority import ForkPriority
 from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
 from supervisor.pool.package_zygotes import PackageZygote, PackageZygotes
 from supervisor.pool.plan import PackagesView, Plan, PoolView, WarmChild, plan, plan_packages
@@ -66,10 +67,8 @@ REFILL_DELAY_S = 0.03
 REAP_PERIOD_S = 1.0
 #: How often busy children's coarse CPU budgets are checked.
 WATCHDOG_PERIOD_S = 0.025
-#: The zygote's nice while no request waits for a spare (it sets it itself:
-#: refilling the pool must not take a core from warm traffic).
-ZYGOTE_NICE = 10
-#: How long the zygote stays at nice 0 after the last request waited for a fork.
+#: How long the base zygote stays at nice 0 after the last request waited for
+#: a fork (see fork_priority): not back to nice 10 between two requests of a storm.
 RUSH_LINGER_S = 0.1
 #: How often freshly idle children are read against their background
 #: allowance. Every warm tenant is one between requests (300 of them at a
@@ -154,10 +153,8 @@ class Pool:
             lambda child: child.cpu, lambda child: child.kill(KillReason.EXCEEDED_CPU))
         self._requested = 0
         self._waiting = 0
-        #: The zygote runs at nice 0 for a request waiting on a fork (_zygote_urgent),
-        #: until this trio time with nobody waiting.
-        self._zygote_rushed = False
-        self._rush_until = 0.0
+        #: The base zygote's nice: 0 while a request waits for its fork (fork_priority).
+        self._fork_priority = ForkPriority()
         self._spare_lot = trio.lowlevel.ParkingLot()
         self._nudged = trio.Event()
         #: When the maintain task converges next without a nudge.
@@ -464,8 +461,9 @@ class Pool:
         while True:
             await trio.sleep(WATCHDOG_PERIOD_S)
             now = trio.current_time()
-            if self._zygote_rushed and not self._waiting and now >= self._rush_until:
-                self._zygote_urgent(False)
+            priority = self._fork_priority
+            if priority.rushed and not self._waiting and now >= priority.until:
+                priority.calm(self._kit.renice, self.zygote.pid)
             if now >= next_idle_check:
                 next_idle_check = now + IDLE_CHECK_PERIOD_S
                 self._guard_idle_children()
@@ -642,30 +640,15 @@ class Pool:
                     decided = self._converge()  # room at the cap, a fork, or no hope
                     if decided.stuck:
                         raise PoolUnavailable(decided.why)
-                    self._zygote_urgent(True)
+                    self._fork_priority.rush(self._kit.renice, self.zygote.pid)
                     await self._spare_lot.park()
             assert scope.cancelled_caught
             raise PoolUnavailable("no sandbox became available in time")
         finally:
             self._waiting -= 1
             if self._waiting == 0:
-                self._rush_until = trio.current_time() + RUSH_LINGER_S
+                self._fork_priority.until = trio.current_time() + RUSH_LINGER_S
             self._cold_started()
-
-    def _zygote_urgent(self, urgent: bool) -> None:
-        """While a request waits for a fork, the zygote leaves nice 10.
-
-        At nice 10 it got a tenth of a core against the very requests it was
-        forking for: a storm of 300 first requests had a p50 of 44-48 ms,
-        30-37 ms with this. The zygote sets nice 10 itself at start, so that
-        refilling the pool never takes a core from warm traffic; it goes back
-        there once nobody has waited for :data:`RUSH_LINGER_S` (the watchdog
-        looks), not between two requests of a storm.
-        """
-        if urgent is self._zygote_rushed:
-            return
-        self._zygote_rushed = urgent
-        self._kit.renice(self.zygote.pid, 0 if urgent else ZYGOTE_NICE)
 
     async def _take_package_spare(self, package: PackageZygote) -> ChildProcess:
         """A spare of ``package``'s zygote (forked on demand); a base spare if it dies."""
@@ -679,12 +662,12 @@ class Pool:
                             package.taken(trio.current_time())
                             return child
                     self._converge()
-                    self._kit.renice(package.pid, 0)  # as the base zygote's (_zygote_urgent)
+                    package.priority.rush(self._kit.renice, package.pid)
                     await package.lot.park()
         finally:
             package.waiting -= 1
             if package.waiting == 0 and package.alive:
-                self._kit.renice(package.pid, ZYGOTE_NICE)
+                package.priority.calm(self._kit.renice, package.pid)
             self._cold_started()
         return await self._take_spare()
 
