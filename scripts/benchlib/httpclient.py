@@ -208,14 +208,33 @@ def _timed_request(c: Conn, host: str, expect: bytes | None) -> tuple[int, str |
     return ns, (f"{host}: {err}" if err else None)
 
 
+class _Timings:
+    """Timed first requests: each one's ns, or the error that names its host."""
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.errors: list[str] = []
+
+    def request(self, c: Conn, host: str, expect: bytes | None) -> None:
+        ns, err = _timed_request(c, host, expect)
+        if err:
+            self.errors.append(err)
+        else:
+            self.times.append(ns)
+
+    def summary(self) -> dict:
+        out = summarize_ms(self.times)
+        out.update(errors=len(self.errors), first_error=self.errors[0] if self.errors else None)
+        return out
+
+
 def cold_starts(port: int, hosts: list[tuple[str, bytes | None]], pause_s: float,
                 warm_host: str) -> dict:
     """First-ever request to each host, sequentially on one keep-alive
     connection, sleeping pause_s between requests (lets a pool refill).
     The connection is opened beforehand with a request to warm_host."""
     c = Conn(port)
-    times: list[int] = []
-    errors: list[str] = []
+    timings = _Timings()
     try:
         c.request(warm_host)
     except (HTTPError, OSError):
@@ -223,16 +242,11 @@ def cold_starts(port: int, hosts: list[tuple[str, bytes | None]], pause_s: float
     try:
         for host, expect in hosts:
             time.sleep(pause_s)
-            ns, err = _timed_request(c, host, expect)
-            if err:
-                errors.append(err)
-            else:
-                times.append(ns)
+            timings.request(c, host, expect)
     finally:
         c.close()
-    out = summarize_ms(times)
-    out.update(errors=len(errors), first_error=errors[0] if errors else None,
-               reconnects=c.reconnects)
+    out = timings.summary()
+    out["reconnects"] = c.reconnects
     return out
 
 
@@ -245,8 +259,7 @@ def storm(port: int, hosts: list[tuple[str, bytes | None]], connections: int) ->
 
     todo = iter(hosts)
     lock = threading.Lock()
-    times: list[int] = []
-    errors: list[str] = []
+    timings = _Timings()
 
     def worker() -> None:
         c = Conn(port)
@@ -256,12 +269,7 @@ def storm(port: int, hosts: list[tuple[str, bytes | None]], connections: int) ->
                     item = next(todo, None)
                 if item is None:
                     return
-                ns, err = _timed_request(c, *item)
-                with lock:
-                    if err:
-                        errors.append(err)
-                    else:
-                        times.append(ns)
+                timings.request(c, *item)  # list.append is atomic: no lock needed
         finally:
             c.close()
 
@@ -271,8 +279,7 @@ def storm(port: int, hosts: list[tuple[str, bytes | None]], connections: int) ->
         t.start()
     for t in threads:
         t.join()
-    out = summarize_ms(times)
-    v = sorted(x / 1e6 for x in times)
-    out.update(p999=percentile(v, 99.9), seconds=time.perf_counter() - started, connections=connections,
-               errors=len(errors), first_error=errors[0] if errors else None)
+    out = timings.summary()
+    v = sorted(x / 1e6 for x in timings.times)
+    out.update(p999=percentile(v, 99.9), seconds=time.perf_counter() - started, connections=connections)
     return out
