@@ -205,6 +205,7 @@ class Supervisor:
         return {v for v in stored if v} | self.pool.versions_in_use()
 
     def metrics_text(self) -> str:
+        self.pool.settle_cpu()  # invocations that ended before the scrape are in it
         return self.observability.metrics.text().decode()
 
     async def usage(self, namespace: str | None, script: str | None, tag: str | None,
@@ -212,6 +213,7 @@ class Supervisor:
         usage = self.observability.usage
         if usage is None:
             raise NotSupported("usage is off: set observability.usage = true")
+        self.pool.settle_cpu()  # invocations that ended before the query are in it
         return await usage.query(namespace, script, tag, since, until)
 
     async def _admin_handle(self, request: Request, conn: Connection) -> None:

@@ -21,6 +21,12 @@ from supervisor.limits.cpu_meter import PerfCpuMeter, TickCpuMeter
 class _Inv:
     cpu_ns = 0
     cpu_budget_ns = 0
+    cpu_settled = True
+    finals = 0
+
+    def cpu_final(self) -> None:
+        self.cpu_settled = True
+        self.finals += 1
 
 
 @contextmanager
@@ -84,7 +90,40 @@ def test_cpu_inside_an_invocation_is_not_the_allowances() -> None:
         time.sleep(0.02)
         assert account.check_idle() and account.background == 1_000_000
         account.stop(inv)
+        account.settle()
         assert inv.cpu_ns > 5_000_000, "the invocation was charged what ran during it"
+
+
+def test_an_ended_invocation_is_charged_at_the_next_read_once() -> None:
+    """The read at an invocation's end is deferred (a running child's counter
+    costs an IPI to read): the next start charges it, before the new
+    invocation joins, and says so exactly once."""
+    with _child(spin=True) as pid:
+        account = CpuAccount(_meter(pid))
+        first, second = _Inv(), _Inv()
+        account.start(first)
+        time.sleep(0.02)
+        account.stop(first)
+        assert not first.cpu_settled and first.finals == 0
+        assert account.needs_watchdog, "the watchdog must come back for the read"
+        account.start(second)
+        assert first.cpu_settled and first.finals == 1
+        assert first.cpu_ns > 5_000_000 and second.cpu_ns == 0
+        time.sleep(0.01)
+        account.stop(second)
+        account.close()
+        assert second.finals == 1 and second.cpu_ns > 2_000_000
+        account.settle()
+        assert first.finals == 1 and second.finals == 1
+
+
+def test_nothing_waits_for_a_read_when_no_one_needs_exact_cpu() -> None:
+    with _child(spin=False) as pid:
+        account = CpuAccount(_meter(pid), exact=False)
+        inv = _Inv()
+        account.start(inv)
+        account.stop(inv)
+        assert inv.cpu_settled and not account.settling
 
 
 def test_a_kill_for_cpu_is_told_from_a_crash_after_the_death() -> None:

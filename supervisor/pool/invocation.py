@@ -80,7 +80,7 @@ class Invocation:
         "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
         "on_done", "response_end", "linger_cut", "log_bytes", "depth", "request_id", "event",
-        "fetches", "settled",
+        "fetches", "settled", "cpu_settled",
     )
 
     def __init__(self, id: int, child: ChildLink, record: ScriptRecord, method: bytes,
@@ -107,6 +107,9 @@ class Invocation:
         self.logs: list[dict[str, Any]] = []
         self.exceptions: list[dict[str, Any]] = []
         self.cpu_ns = 0
+        #: False from its end until the CPU account has read its last share
+        #: (see supervisor.limits.cpu_account): its trace waits for that.
+        self.cpu_settled = True
         self.cpu_budget_ns = int((limits.cpu_ms or 0) * 1_000_000)
         self.started = time.monotonic()
         self.ended = 0.0
@@ -214,10 +217,15 @@ class Invocation:
                 self.parent = None
             parent._complete()
 
+    def cpu_final(self) -> None:
+        """The CPU account has charged its last share: the trace may go."""
+        self.cpu_settled = True
+        self._complete()
+
     @property
     def complete(self) -> bool:
-        """Over, response body included, and so is everything it called."""
-        if not self.done.is_set() or self.response_end is None:
+        """Over, response body included, CPU charged, and so is everything it called."""
+        if not self.done.is_set() or self.response_end is None or not self.cpu_settled:
             return False
         for callee in self.children:  # a loop: a generator per check cost more than the check
             if not callee.complete:

@@ -292,9 +292,17 @@ class Pool:
         """Take a child out of service at once (it is about to die)."""
         self._retire(child)
 
+    def settle_cpu(self) -> None:
+        """Charge every ended invocation still waiting for its last CPU read
+        (the watchdog would within 25 ms), so that their traces are complete:
+        a usage or metrics read then shows every invocation that ended before it."""
+        for child in list(self.busy):
+            if child.cpu is not None:
+                child.cpu.settle()
+
     def set_exact_cpu(self, exact: bool) -> None:
-        """Read each child's CPU counter whenever an invocation ends (exact
-        ``cpuTime``), now and for children to come: on once anything reads traces."""
+        """Charge each invocation its exact CPU (``cpuTime``; a counter read per
+        invocation), now and for children to come: on once anything reads traces."""
         if exact == self._exact_cpu:
             return
         self._exact_cpu = exact
@@ -469,8 +477,13 @@ class Pool:
                 self._guard_idle_children()
             for child in list(self.busy):
                 cpu = child.cpu
-                if cpu is not None and cpu.needs_watchdog and cpu.over_budget():
-                    child.kill(KillReason.EXCEEDED_CPU)
+                if cpu is not None:
+                    cpu.settle()
+                    if cpu.needs_watchdog and cpu.over_budget():
+                        child.kill(KillReason.EXCEEDED_CPU)
+                        continue
+                if not child.invocations and (cpu is None or not cpu.needs_watchdog):
+                    self.busy.discard(child)  # it was here for its ended invocations' last read
                     continue
                 for inv in list(child.invocations.values()):
                     if inv.response_end is None:
