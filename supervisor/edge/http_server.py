@@ -138,7 +138,14 @@ def _check_head(raw: bytes, limit: int) -> int:
     return end
 
 
-def _body_framing(event: h11.Request) -> tuple[int | None, bool]:
+def _header_list(event: h11.Request) -> list[tuple[bytes, bytes]]:
+    """The request's headers, names lowercased, as h11 iterates them, made
+    once per request: iterating ``event.headers`` itself costs a Python call
+    per header (it is a ``Sequence``), and three readers need the list."""
+    return [(name.lower(), value) for name, value in event.headers.raw_items()]
+
+
+def _body_framing(event: h11.Request, headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
     """``(content_length, chunked)`` of a request whose framing is unambiguous.
 
     h11 has already refused a Transfer-Encoding other than one ``chunked``,
@@ -148,7 +155,7 @@ def _body_framing(event: h11.Request) -> tuple[int | None, bool]:
     """
     length: int | None = None
     chunked = False
-    for name, value in event.headers:
+    for name, value in headers:
         if name == b"content-length":
             length = int(value)  # h11 checked: digits only, one value
         elif name == b"transfer-encoding":
@@ -246,10 +253,11 @@ class ChunkedFraming:
 class Request:
     __slots__ = ("method", "target", "headers", "http_version", "body", "host")
 
-    def __init__(self, event: h11.Request, body: RequestBody | bytes) -> None:
+    def __init__(self, event: h11.Request, body: RequestBody | bytes,
+                 headers: list[tuple[bytes, bytes]]) -> None:
         self.method: bytes = event.method
         self.target: bytes = event.target
-        self.headers: list[tuple[bytes, bytes]] = list(event.headers)
+        self.headers = headers
         self.http_version: bytes = event.http_version
         self.body = body
         self.host = b""
@@ -259,10 +267,10 @@ class Request:
                 break
 
 
-def _wants_close(event: h11.Request) -> bool:
+def _wants_close(event: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
     if event.http_version != b"1.1":
         return True  # HTTP/1.0: one request per connection
-    for name, value in event.headers:
+    for name, value in headers:
         if name == b"connection" and b"close" in value.lower():
             return True
     return False
@@ -332,7 +340,7 @@ class Connection:
             self._head_bytes.append(data)
         self.h11.receive_data(data)
 
-    def check_framing(self, event: h11.Request) -> int | None:
+    def check_framing(self, event: h11.Request, headers: list[tuple[bytes, bytes]]) -> int | None:
         """Refuse an ambiguously framed request (:class:`FramingError`); its Content-Length.
 
         Called once h11 has parsed the head, before any body event is taken.
@@ -341,7 +349,7 @@ class Connection:
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._head_bytes = []
         end = _check_head(raw, self.config.max_header_bytes)
-        length, chunked = _body_framing(event)
+        length, chunked = _body_framing(event, headers)
         if chunked:
             self._chunk_check = ChunkedFraming(self.config.max_header_bytes)
             self._chunk_check.feed(raw, end)
@@ -581,10 +589,12 @@ class Server:
             h = conn.h11
             # 1. The request head: idle timeout before its first byte, header timeout after.
             length: int | None = None
+            headers: list[tuple[bytes, bytes]] = []
             try:
                 event = await self._read_head(conn)
                 if isinstance(event, h11.Request):
-                    length = conn.check_framing(event)
+                    headers = _header_list(event)
+                    length = conn.check_framing(event, headers)
             except h11.RemoteProtocolError as exc:
                 await self._bad_request(conn, exc)
                 return
@@ -592,7 +602,7 @@ class Server:
                 return
             assert isinstance(event, h11.Request)
             self.requests += 1
-            conn.keep_alive = not _wants_close(event)
+            conn.keep_alive = not _wants_close(event, headers)
             conn.http11 = event.http_version == b"1.1"
 
             # 2. The body: declared too large -> 413 straight away.
@@ -624,7 +634,7 @@ class Server:
                 return
             body: RequestBody | bytes
             body = b"".join(first) if complete else RequestBody(conn, first, config.max_body_bytes)
-            request = Request(event, body)
+            request = Request(event, body, headers)
 
             # 3. The handler.
             self.in_flight += 1
