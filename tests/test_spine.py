@@ -423,6 +423,33 @@ def test_header_timeout(tmp_path) -> None:
         server.stop()
 
 
+def test_idle_keep_alive_connections_close_after_a_request_and_a_partial_next_head_is_408(tmp_path) -> None:
+    """The idle timeout is kept by a sweeper, not a cancel scope per request:
+    it must still end the wait between requests on a keep-alive connection
+    and close quietly when nothing came; a partial head that came pipelined
+    behind a request is under the header timeout (408), not the idle one."""
+    server = _server_with(tmp_path, "[http_limits]\nheader_timeout_s = 0.5\nidle_timeout_s = 1.0\n")
+    try:
+        server.deploy("echo", ECHO)
+        request = b"GET / HTTP/1.1\r\nHost: echo.localhost\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as quiet, \
+                socket.create_connection(("127.0.0.1", server.port), timeout=10) as partial:
+            quiet.sendall(request)
+            partial.sendall(request + b"GET / HTTP/1.1\r\nHost: echo")
+            for sock in (quiet, partial):
+                first = sock.recv(65536)
+                assert first.startswith(b"HTTP/1.1 200"), first
+            # EOF from the server (not our own 10 s timeout, which would raise).
+            assert quiet.recv(65536) == b"", "an idle keep-alive connection closes quietly"
+            rest = b""
+            while chunk := partial.recv(65536):
+                rest += chunk
+            assert rest.startswith(b"HTTP/1.1 408"), rest
+        assert server.request("/", host="echo.localhost").status == 200
+    finally:
+        server.stop()
+
+
 def test_zygote_rotates_and_new_tenants_get_a_new_hash_seed(tmp_path) -> None:
     server = _server_with(tmp_path, "[pool]\nzygote_max_age_s = 2.0\nspares = 1\n")
     try:
