@@ -181,7 +181,7 @@ class Calls:
     def _answer(self, child: ChildProcess, call: int, inv: Invocation, parent: Invocation) -> None:
         """The callee's head is ready: hand it to the caller, if it still listens."""
         child.calls.pop(call, None)
-        if not child.alive or parent.done.is_set():
+        if not child.alive or parent.is_done:
             if inv.body is not None:
                 inv.body.close()  # nobody will read it: release the callee's stream
             return

@@ -142,7 +142,7 @@ class Ingress:
                       body_read: bool = False) -> None:
         with trio.move_on_at(min(inv.deadline, trio.current_time() + WATCH_CLIENT_AFTER_S)):
             await inv.head_ready.wait()
-        if not inv.head_ready.is_set() and body_read and trio.current_time() < inv.deadline:
+        if not inv.has_head and body_read and trio.current_time() < inv.deadline:
             # A slow answer: also watch the client, whose leaving cancels it.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_when_gone, conn, inv, nursery.cancel_scope)
@@ -151,10 +151,10 @@ class Ingress:
                 nursery.cancel_scope.cancel()
             if inv.outcome == Outcome.CANCELED:
                 return
-        elif not inv.head_ready.is_set():
+        elif not inv.has_head:
             with trio.move_on_at(inv.deadline):
                 await inv.head_ready.wait()
-        if not inv.head_ready.is_set():
+        if not inv.has_head:
             inv.cancel(Outcome.EXCEEDED_WALL_TIME)
         if inv.error is not None:
             # A callee's limit error the dispatcher let escape is still a limit: 503.

@@ -140,7 +140,7 @@ class TailDelivery:
         if inv is None:
             self._drop(consumer, "unavailable", len(batch))
             return
-        if not inv.head_ready.is_set():
+        if not inv.has_head:
             inv.cancel(Outcome.EXCEEDED_WALL_TIME)
         if inv.body is not None:
             inv.body.close()

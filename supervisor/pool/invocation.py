@@ -80,7 +80,7 @@ class Invocation:
         "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
         "on_done", "response_end", "linger_cut", "log_bytes", "depth", "request_id", "event",
-        "fetches", "settled", "cpu_settled",
+        "fetches", "settled", "cpu_settled", "has_head", "is_done",
     )
 
     def __init__(self, id: int, child: ChildLink, record: ScriptRecord, method: bytes,
@@ -99,6 +99,11 @@ class Invocation:
         self.params = params
         self.head_ready = trio.Event()
         self.done = trio.Event()
+        #: ``head_ready.is_set()`` and ``done.is_set()`` as plain attributes:
+        #: the request path asks a dozen times per request, and each
+        #: ``is_set()`` is a Python call (the events are for waiting).
+        self.has_head = False
+        self.is_done = False
         self.status = 0
         self.response_headers: list[Header] = []
         self.body: BodySource | None = None
@@ -150,7 +155,7 @@ class Invocation:
     def respond(self, status: int, headers: list[Header], body: BodySource | None,
                 streaming: bool = False) -> bool:
         """The head is here; ``streaming`` if the child still sends the body."""
-        if self.head_ready.is_set():
+        if self.has_head:
             if body is not None:
                 body.close()
             return False
@@ -169,6 +174,7 @@ class Invocation:
             self._complete()
 
     def _head(self) -> None:
+        self.has_head = True
         self.head_ready.set()
         if self.on_head is not None:
             callback, self.on_head = self.on_head, None
@@ -183,19 +189,20 @@ class Invocation:
             self.outcome = outcome
         if outcome == _EXCEPTION or outcome == _CRASHED:
             self.report(error)
-        if not self.head_ready.is_set():
+        if not self.has_head:
             self.error = error
             self.response_end = trio.current_time()
             self._head()
 
     def finish(self) -> None:
-        if not self.done.is_set():
+        if not self.is_done:
             self.ended = time.monotonic()
             for scope in self.call_scopes:
                 scope.cancel()
             for callee in self.children:
-                if not callee.head_ready.is_set():
+                if not callee.has_head:
                     callee.cancel(_CANCELED)
+            self.is_done = True
             self.done.set()
             self._complete()
 
@@ -208,7 +215,7 @@ class Invocation:
             callback, self.on_done = self.on_done, None
             callback(self)
         parent = self.parent
-        if parent is not None and self.done.is_set() and self.response_end is not None:
+        if parent is not None and self.is_done and self.response_end is not None:
             if complete:
                 # Nothing of ours can change the caller any more: dropping the
                 # link breaks the caller <-> callee cycle, so both are freed by
@@ -225,7 +232,7 @@ class Invocation:
     @property
     def complete(self) -> bool:
         """Over, response body included, CPU charged, and so is everything it called."""
-        if not self.done.is_set() or self.response_end is None or not self.cpu_settled:
+        if not self.is_done or self.response_end is None or not self.cpu_settled:
             return False
         for callee in self.children:  # a loop: a generator per check cost more than the check
             if not callee.complete:
@@ -269,7 +276,7 @@ class Invocation:
         """
         with trio.move_on_at(self.deadline):
             await self.head_ready.wait()
-        if not self.head_ready.is_set():
+        if not self.has_head:
             self.cancel(_WALL)
 
     def cancel(self, outcome: Outcome) -> None:
@@ -278,10 +285,10 @@ class Invocation:
         Also after the child is done with it, while its response body (passed
         on by reference) still streams: the outcome is still this one's.
         """
-        if self.done.is_set() and self.response_end is not None:
+        if self.is_done and self.response_end is not None:
             return
         self.fail(ExceptionInfo(outcome, OUTCOME_MESSAGE.get(outcome, outcome)), outcome)
-        if not self.done.is_set():
+        if not self.is_done:
             self.child.send(Cancel(self.id))
 
     def cut_response(self) -> None:

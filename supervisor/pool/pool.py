@@ -488,7 +488,7 @@ class Pool:
                 for inv in list(child.invocations.values()):
                     if inv.response_end is None:
                         if now > inv.deadline:
-                            if inv.head_ready.is_set():
+                            if inv.has_head:
                                 inv.cut_response()
                             else:
                                 inv.cancel(Outcome.EXCEEDED_WALL_TIME)
