@@ -255,6 +255,7 @@ class Supervisor:
                 if self.config.admin.tcp:
                     await nursery.start(self._admin_tcp().serve, *_host_port(self.config.admin.tcp))
                 freeze_startup_heap()
+                await nursery.start(self.ingress.run)
                 with trio.CancelScope() as accepting:
                     await nursery.start(self.http.serve, listener)
                     nursery.start_soon(self.admin_http.serve, admin_listener)

@@ -13,6 +13,8 @@ to the client socket, one chunk at a time.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
@@ -49,6 +51,8 @@ REQUEST_ID_HEADER = b"x-corral-request-id"
 #: How long a request waits for its response head before it also watches
 #: for the client going away (fast answers never pay for the watch).
 WATCH_CLIENT_AFTER_S = 0.05
+#: How often :meth:`Ingress.run` wakes the requests whose head is late.
+SWEEP_S = 0.01
 
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 
@@ -69,6 +73,62 @@ class Ingress:
         self.on_missing = on_missing
         self.request_ids = request_ids
         self.limits = LimitPolicy(config.limits)
+        #: Request tasks parked for their response head (see _wait_head),
+        #: and when each must wake anyway: a heap of (time, seq, invocation).
+        self._parked: dict[Invocation, trio.lowlevel.Task] = {}
+        self._wakes: list[tuple[float, int, Invocation]] = []
+        self._seq = itertools.count()
+        self._sweeping = False
+
+    async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Wake the requests whose response head is late (every SWEEP_S).
+
+        Why not a cancel scope per request: entering and leaving one with a
+        deadline cost ~5% of the supervisor's CPU per request (measured with
+        scripts/bench_revisions), and nearly every head comes long before the
+        scope's deadline. A parked task is woken by its head (``on_head``) or
+        by this sweeper, whichever comes first; the rare late one then waits
+        on with scopes, as before, watching its client."""
+        self._sweeping = True
+        task_status.started()
+        wakes = self._wakes
+        try:
+            while True:
+                await trio.sleep(SWEEP_S)
+                now = trio.current_time()
+                while wakes and wakes[0][0] <= now:
+                    self._unpark(heapq.heappop(wakes)[2])
+        finally:
+            self._sweeping = False
+            for inv in list(self._parked):
+                self._unpark(inv)
+            wakes.clear()
+
+    def _unpark(self, inv: Invocation) -> None:
+        task = self._parked.pop(inv, None)
+        if task is not None:
+            inv.on_head = None
+            trio.lowlevel.reschedule(task)
+
+    async def _wait_head(self, inv: Invocation, until: float) -> None:
+        """Wait for ``inv``'s head, or until ``until`` (trio's clock)."""
+        if inv.has_head:
+            return
+        if not self._sweeping:  # no sweeper (not served by Supervisor.run): a scope
+            with trio.move_on_at(until):
+                await inv.head_ready.wait()
+            return
+        parked = self._parked
+        parked[inv] = trio.lowlevel.current_task()
+        inv.on_head = self._unpark
+        heapq.heappush(self._wakes, (until, next(self._seq), inv))
+
+        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+            parked.pop(inv, None)
+            inv.on_head = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def handle(self, request: Request, conn: Connection) -> None:
         if self.request_ids is None:
@@ -140,8 +200,7 @@ class Ingress:
 
     async def _answer(self, inv: Invocation, conn: Connection, head_only: bool,
                       body_read: bool = False) -> None:
-        with trio.move_on_at(min(inv.deadline, trio.current_time() + WATCH_CLIENT_AFTER_S)):
-            await inv.head_ready.wait()
+        await self._wait_head(inv, min(inv.deadline, trio.current_time() + WATCH_CLIENT_AFTER_S))
         if not inv.has_head and body_read and trio.current_time() < inv.deadline:
             # A slow answer: also watch the client, whose leaving cancels it.
             async with trio.open_nursery() as nursery:
