@@ -79,6 +79,9 @@ class Ingress:
         self._wakes: list[tuple[float, int, Invocation]] = []
         self._seq = itertools.count()
         self._sweeping = False
+        #: Set when the first wake goes into an empty heap (an idle server's
+        #: sweeper sleeps on it rather than waking every SWEEP_S).
+        self._pushed = trio.Event()
 
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         """Wake the requests whose response head is late (every SWEEP_S).
@@ -94,6 +97,9 @@ class Ingress:
         wakes = self._wakes
         try:
             while True:
+                if not wakes:
+                    self._pushed = trio.Event()
+                    await self._pushed.wait()
                 await trio.sleep(SWEEP_S)
                 now = trio.current_time()
                 while wakes and wakes[0][0] <= now:
@@ -121,7 +127,10 @@ class Ingress:
         parked = self._parked
         parked[inv] = trio.lowlevel.current_task()
         inv.on_head = self._unpark
-        heapq.heappush(self._wakes, (until, next(self._seq), inv))
+        wakes = self._wakes
+        if not wakes:
+            self._pushed.set()
+        heapq.heappush(wakes, (until, next(self._seq), inv))
 
         def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
             parked.pop(inv, None)
