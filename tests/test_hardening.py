@@ -349,6 +349,33 @@ def test_wait_until_that_refuses_to_stop_gets_its_child_killed(corral):
     healthy(corral)
 
 
+def test_a_stubborn_wait_until_beside_a_finished_request_still_meets_its_deadline(tmp_path):
+    """The end of one invocation must not stop the watchdog keeping the
+    deadlines of another on the same child. Found in stop 22 (it fails at
+    4f46232): with budgets armed in the kernel (limits from the dispatcher),
+    the child left the watchdog's set when a request beside a lingering one
+    ended, and the lingering ``waitUntil`` pinned its process."""
+    config = tmp_path / "corral.toml"
+    config.write_text(f"[limits]\nwait_until_ms = {WAIT_UNTIL_MS}\n[observability]\nusage = false\n")
+    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    try:
+        for name, source in (("harmless", HARMLESS), ("looper", LOOPER), ("burner", BURNER)):
+            server.deploy(name, source, namespace=None,
+                          bindings=[{"type": "service", "name": "SELF", "service": "looper"}]
+                          if name == "looper" else None)
+        server.deploy_dispatcher(DISPATCHER)
+        server.deploy("sneaky", SNEAKY, bindings=SNEAKY_BINDINGS)
+        armed = {"cpuMs": 500}  # under PRECISE_BELOW_NS: the kernel keeps it
+        pid = pid_of(server, "sneaky")
+        assert call(server, "sneaky", "/linger-hostile", armed).status == 200
+        assert call(server, "sneaky", "/", armed).text == "ok"  # same child, ends while the other lingers
+        assert gone(pid, timeout=10), "a waitUntil beside a finished request pinned its process"
+        assert "child.wait_until_overrun" in server.log_path.read_text()
+        assert call(server, "sneaky", "/").text == "ok"
+    finally:
+        server.stop()
+
+
 def test_retired_child_with_endless_wait_until_dies_at_the_deadline(corral):
     corral.deploy("lingerer", SNEAKY,
                   bindings=SNEAKY_BINDINGS)

@@ -664,7 +664,9 @@ class ChildProcess:
             self.cpu.stop(inv)
             if not self.cpu.active:
                 self.owner.budgets.disarm(self)
-            if not self.cpu.needs_watchdog:
+            if not self.cpu.needs_watchdog and not self.invocations:
+                # (Others still running keep it there: the watchdog keeps
+                # their wall and waitUntil deadlines, armed budgets or not.)
                 self.owner.busy.discard(self)
             if self.cpu.idle_since is not None:
                 self.owner.cooling.add(self)
