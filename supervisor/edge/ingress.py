@@ -87,8 +87,8 @@ class Ingress:
         """Wake the requests whose response head is late (every SWEEP_S).
 
         Why not a cancel scope per request: entering and leaving one with a
-        deadline cost ~5% of the supervisor's CPU per request (measured with
-        scripts/bench_revisions), and nearly every head comes long before the
+        deadline cost up to ~4% of the throughput (scripts/bench_revisions,
+        with and without it), and nearly every head comes long before the
         scope's deadline. A parked task is woken by its head (``on_head``) or
         by this sweeper, whichever comes first; the rare late one then waits
         on with scopes, as before, watching its client."""
