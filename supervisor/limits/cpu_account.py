@@ -172,10 +172,12 @@ class CpuAccount:
         if self.active or self.loading or self._idle_base is not None:
             return True
         if self.settling:
-            self.charge()
-        now = self._read()
-        self.background -= max(0, now - self._last)
-        self._last = now
+            self.charge()  # that read is the ended invocations'; nothing since is the allowance's
+            now = self._last
+        else:
+            now = self._read()
+            self.background -= max(0, now - self._last)
+            self._last = now
         if self.background <= 0:
             return False
         self._idle_base = now
