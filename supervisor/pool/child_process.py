@@ -64,6 +64,13 @@ from supervisor.pool.invocation import Invocation, WallLimitedBody
 
 RECV_SIZE = 256 * 1024
 
+#: The one receive buffer of every child's reader. A reader never awaits
+#: between ``recv_into`` and the end of handling what it read (the decoder
+#: copies a partial frame into its own buffer), so sharing is safe. One per
+#: child cost a zeroed 256 KiB, resident, per warm tenant.
+_RECEIVED = bytearray(RECV_SIZE)
+_RECEIVED_VIEW = memoryview(_RECEIVED)
+
 # Hot-path aliases (an Enum member lookup costs more than a global).
 _STARTING = ChildState.STARTING
 _DEAD = ChildState.DEAD
@@ -392,8 +399,8 @@ class ChildProcess:
             self._writing = False
 
     async def _reader(self) -> None:
-        buffer = bytearray(RECV_SIZE)
-        view = memoryview(buffer)
+        buffer = _RECEIVED
+        view = _RECEIVED_VIEW
         decoder = supervisor_decoder()
         sock = self.sock
         handlers = self._handlers
