@@ -36,7 +36,7 @@ import signal
 import sys
 import time
 
-from . import jail, package_warmup
+from . import heap_fill, jail, package_warmup
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
@@ -135,5 +135,6 @@ def become(rules: jail.FileRules, package_dirs: list[str]) -> dict:
     warmed = package_warmup.warm(imported, package_dirs)
     gc.collect()
     gc.freeze()
+    heap_fill.fill_partial_pools()  # as in the base zygote (see sandbox.heap_fill)
     return {"imported": imported, "failed": failed, "import_s": round(seconds, 3), "warm": warmed,
             "problems": problems}

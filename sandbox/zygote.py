@@ -41,7 +41,7 @@ from protocol.messages import (
     ZygoteReady,
 )
 
-from . import file_view, jail, preload, seccomp_policy, warmup
+from . import file_view, heap_fill, jail, preload, seccomp_policy, warmup
 
 
 def _preimport() -> None:
@@ -79,7 +79,8 @@ class Zygote:
         _preimport()
         # Tenants may import os: nothing of the host's environment reaches them.
         os.environ.clear()
-        warmup.rehearse()
+        for _ in range(warmup.REHEARSALS):
+            warmup.rehearse()
         self.bpf = seccomp_policy.compile_policy()
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.address_space = (
@@ -96,6 +97,9 @@ class Zygote:
         # keeps the collector from writing to (and so copying) those pages.
         gc.collect()
         gc.freeze()
+        # ... and children put their first objects in pools of their own,
+        # not one block into each of hundreds of the zygote's pages.
+        heap_fill.fill_partial_pools()
         return jail.describe(report)
 
     def send(self, message: FromZygote, fds: list[int] | None = None) -> None:
