@@ -448,6 +448,14 @@ class BodyChunk(_Msg, tag="chunk"):
     end: bool = False
 
 
+class Trim(_Msg, tag="trim"):
+    """The child is idle: give back the listed pages still equal to the zygote's
+    (see :mod:`sandbox.reshare`). ``pages`` are ascending page addresses, native
+    u64s, that the supervisor saw in the child's page map as its alone."""
+
+    pages: bytes
+
+
 class Credit(_Msg, tag="credit"):
     """The receiver of stream ``stream`` will take ``nbytes`` more."""
 
@@ -463,7 +471,7 @@ class Abort(_Msg, tag="abort"):
 
 
 ToChild = Union[Load, Invoke, Cancel, SubResponse, SubFailed, BindingResult, BodyChunk, Credit,
-                Abort]
+                Abort, Trim]
 ToSupervisor = Union[
     Hello,
     Loaded,

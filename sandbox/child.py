@@ -57,10 +57,22 @@ from protocol.messages import (
     SubRequest,
     SubResponse,
     TextBinding,
+    Trim,
 )
 
 from . import bindings as storage_bindings
-from . import durable_objects, events, jail, landlock, loader, logs, unavailable, warmup, workers
+from . import (
+    durable_objects,
+    events,
+    jail,
+    landlock,
+    loader,
+    logs,
+    reshare,
+    unavailable,
+    warmup,
+    workers,
+)
 from .channel import Channel
 from .run_sync import run_in_portal
 from .streams import IncomingBody, OutgoingBody, pump
@@ -293,6 +305,7 @@ class Runtime:
             BodyChunk: self._on_chunk,
             Credit: self._on_credit,
             Abort: self._on_abort,
+            Trim: self._on_trim,
         }
 
     # -- channel ------------------------------------------------------------
@@ -567,6 +580,18 @@ class Runtime:
         self.channel.flush_now()
         os._exit(EXIT_OUT_OF_MEMORY)
 
+    def _on_trim(self, message: Trim) -> None:
+        """Idle (the supervisor's word): give unchanged copied pages back.
+
+        An invocation that started since the supervisor looked would only
+        copy again what it touches, so it is not worth the work then.
+        """
+        if not self.invocations:
+            try:
+                reshare.give_back(message.pages)
+            except OSError:
+                pass  # each page is mapped whole or not at all: nothing is left half done
+
     # -- calls (subrequests) ------------------------------------------------
     async def sub_request(self, kind: str, request: workers.Request, *, binding: str = "",
                           target: str = "", limits: Limits | None = None,
@@ -641,9 +666,9 @@ class Runtime:
 
 
 def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
-         rules: jail.FileRules) -> int:
+         rules: jail.FileRules, snapshot_fd: int | None = None) -> int:
     """Entry point of a forked child; returns its exit status."""
-    layer2 = jail.jail_child(sock.fileno(), devnull, address_space, rules)
+    layer2 = jail.jail_child(sock.fileno(), devnull, address_space, rules, snapshot_fd)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     sock.setblocking(False)

@@ -137,7 +137,7 @@ def prepare_file_rules(view: file_view.FileView, report: ZygoteJail) -> FileRule
 
 
 def jail_child(channel_fd: int, devnull_fd: int, address_space: int,
-               rules: FileRules) -> landlock.Ruleset | None:
+               rules: FileRules, snapshot_fd: int | None = None) -> landlock.Ruleset | None:
     """Turn a freshly forked child into a sandbox, all but the filter.
 
     ``address_space`` is the absolute RLIMIT_AS in bytes (0: none). The caller
@@ -162,10 +162,12 @@ def jail_child(channel_fd: int, devnull_fd: int, address_space: int,
             layer2.allow_read(fd, is_dir, path)
 
     # 3. File descriptors: stdio to /dev/null, then everything but the
-    # channel and layer 2's ruleset.
+    # channel, layer 2's ruleset and the zygote's sealed snapshot (see
+    # sandbox.reshare: read-only to the child by its seals).
     for std in (0, 1, 2):
         os.dup2(devnull_fd, std)
-    keep = sorted({0, 1, 2, channel_fd} | ({layer2.fd} if layer2 else set()))
+    keep = sorted({0, 1, 2, channel_fd} | ({layer2.fd} if layer2 else set())
+                  | ({snapshot_fd} if snapshot_fd is not None else set()))
     low = 3
     for fd in keep[3:]:
         if fd > low:

@@ -41,7 +41,7 @@ from protocol.messages import (
     ZygoteReady,
 )
 
-from . import file_view, heap_fill, jail, preload, seccomp_policy, warmup
+from . import file_view, heap_fill, jail, preload, reshare, seccomp_policy, warmup
 
 
 def _preimport() -> None:
@@ -83,6 +83,8 @@ class Zygote:
             warmup.rehearse()
         self.bpf = seccomp_policy.compile_policy()
         self.devnull = os.open(os.devnull, os.O_RDWR)
+        reshare_problem = reshare.load_library()
+        proc = reshare.open_proc() if reshare_problem is None else None
         self.address_space = (
             jail.mapped_bytes() + self.address_space_headroom if self.address_space_headroom else 0
         )
@@ -100,7 +102,18 @@ class Zygote:
         # ... and children put their first objects in pools of their own,
         # not one block into each of hundreds of the zygote's pages.
         heap_fill.fill_partial_pools()
-        return jail.describe(report)
+        snapshot = {"problem": reshare_problem}
+        if proc is not None:
+            try:
+                snapshot = reshare.take(*proc)
+            except Exception as exc:  # noqa: BLE001 - optional: children keep their copies
+                snapshot = {"problem": f"snapshot: {exc!r}"}
+            finally:
+                for fd in proc:
+                    os.close(fd)
+        if self.address_space and snapshot.get("pages"):
+            self.address_space += snapshot["pages"] * reshare.PAGE  # every child maps it too
+        return {**jail.describe(report), "reshare": snapshot}
 
     def send(self, message: FromZygote, fds: list[int] | None = None) -> None:
         payload = self.encoder.encode(message)
@@ -115,7 +128,8 @@ class Zygote:
         def run_child(channel: socket.socket) -> int:
             from . import child
 
-            return child.main(channel, self.devnull, self.address_space, self.bpf, self.rules)
+            return child.main(channel, self.devnull, self.address_space, self.bpf, self.rules,
+                              reshare.snapshot_fd())
 
         self._fork_announced(socket.SOCK_STREAM, "child", run_child, lambda pid: Spawned(pid=pid))
 

@@ -61,6 +61,19 @@ def test_idle_children_past_the_timeout_retire_on_the_scan_only() -> None:
     assert plan(view(warm=warm, reap=False)).retire == ()
 
 
+def test_children_idle_past_reshare_after_s_are_asked_once_per_idle_period() -> None:
+    warm = (WarmChild("idle", True, 90.0, reshared=False),
+            WarmChild("asked", True, 90.0, reshared=True),
+            WarmChild("busy", False, 90.0, reshared=False),
+            WarmChild("recent", True, 98.0, reshared=False),
+            WarmChild("expired", True, 10.0, reshared=False))
+    decided = plan(view(warm=warm, reap=True, reshare_after_s=5.0))
+    assert decided.reshare == ("idle",)
+    assert decided.retire == ("expired",)       # retired, not asked
+    assert plan(view(warm=warm, reap=False, reshare_after_s=5.0)).reshare == ()
+    assert plan(view(warm=warm, reap=True, reshare_after_s=0.0)).reshare == ()  # 0: never
+
+
 def test_at_the_cap_the_least_recently_used_idle_child_makes_room() -> None:
     warm = (WarmChild("busy", False, 1.0), WarmChild("lru", True, 2.0), WarmChild("mru", True, 3.0))
     decided = plan(view(spares=0, live=10, waiting=1, warm=warm))

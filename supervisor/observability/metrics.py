@@ -145,6 +145,9 @@ class _PoolCollector(Collector):
                                 "preloaded (0 until packages land).", value=snap.get("package_zygotes", 0))
         yield CounterMetricFamily("corral_cold_starts", "Scripts loaded into a spare.",
                                   value=snap.get("cold_starts", 0))
+        yield CounterMetricFamily("corral_idle_reshares", "Idle children asked to give the "
+                                  "zygote's pages they copied but left unchanged back.",
+                                  value=snap.get("reshare_asked", 0))
         http = self._http()
         yield CounterMetricFamily("corral_http_requests", "HTTP requests received at the edge.",
                                   value=http.get("requests", 0))

@@ -223,6 +223,8 @@ class ChildProcess:
         #: Why the process ended, in the words of its ``child.ended`` log line.
         self.end_reason = ""
         self.last_used = trio.current_time()
+        #: ``last_used`` when it last gave copied pages back (supervisor.pool.idle_trim).
+        self.reshared_at = -1.0
         self._encoder = FrameEncoder()
         self._out = bytearray()
         self._writing = False

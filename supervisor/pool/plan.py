@@ -47,6 +47,8 @@ class WarmChild:
     key: Hashable
     idle: bool
     last_used: float
+    #: Gave its copied pages back since it was last used (supervisor.pool.idle_trim).
+    reshared: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +79,16 @@ class PoolView:
     warm: tuple[WarmChild, ...] = ()
     #: Whether this step includes the idle-timeout scan (it runs once a second).
     reap: bool = False
+    #: ``pool.reshare_after_s`` (0: never).
+    reshare_after_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     #: Warm children to retire (keys of :attr:`PoolView.warm`), in that order.
     retire: tuple[Hashable, ...] = ()
+    #: Warm children idle past ``reshare_after_s`` to ask for their copied pages.
+    reshare: tuple[Hashable, ...] = ()
     #: Surplus spares to kill.
     trim: int = 0
     #: Spares to ask the zygote for.
@@ -99,12 +105,16 @@ class Plan:
 def plan(view: PoolView) -> Plan:
     """The actions that bring the pool back to its targets (see the module docstring)."""
     retire: list[Hashable] = []
+    reshare: list[Hashable] = []
     live = view.live
     if view.reap:
         for child in view.warm:
             if child.idle and view.now - child.last_used > view.idle_timeout_s:
                 retire.append(child.key)
                 live -= 1  # retired while idle: killed at once
+            elif (view.reshare_after_s and child.idle and not child.reshared
+                  and view.now - child.last_used > view.reshare_after_s):
+                reshare.append(child.key)
     want = spares_for(view.spares_target, view.spares_ceiling, view.cold_rate) + view.waiting
     stuck = False
     if view.waiting and live + view.requested >= view.max_children:
@@ -132,7 +142,7 @@ def plan(view: PoolView) -> Plan:
     if stuck:
         why = (f"all {view.max_children} sandboxes are busy ({live} live, {len(view.warm)} warm, "
                f"{view.spares} spare)")
-    return Plan(tuple(retire), trim, fork, wake_at, stuck, why)
+    return Plan(tuple(retire), tuple(reshare), trim, fork, wake_at, stuck, why)
 
 
 # ---------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from supervisor.pool.bodies import BodySource
 from supervisor.pool.bundles import BundleError, Bundles
 from supervisor.pool.child_process import ChildKit, ChildProcess, describe_status
 from supervisor.pool.fork_priority import ForkPriority
+from supervisor.pool.idle_trim import IdleTrimmer
 from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
 from supervisor.pool.package_zygotes import PackageZygote, PackageZygotes
 from supervisor.pool.plan import PackagesView, Plan, PoolView, WarmChild, plan, plan_packages
@@ -148,6 +149,8 @@ class Pool:
         self.busy: set[ChildProcess] = set()
         #: Children fallen idle whose background allowance is not guarded yet.
         self.cooling: set[ChildProcess] = set()
+        #: Idle children give unchanged copied pages back (supervisor.pool.idle_trim).
+        self.trimmer = IdleTrimmer()
         #: Kernel-armed budgets in flight, looked at as soon as they can run out.
         self.budgets: BudgetWatch[ChildProcess] = BudgetWatch(
             lambda child: child.cpu, lambda child: child.kill(KillReason.EXCEEDED_CPU))
@@ -191,6 +194,7 @@ class Pool:
             self._next_reap = trio.current_time() + REAP_PERIOD_S
             nursery.start_soon(self._maintain)
             nursery.start_soon(self._cpu_watchdog)
+            nursery.start_soon(self.trimmer.run)
             await nursery.start(self.budgets.run)
             task_status.started()
 
@@ -398,6 +402,8 @@ class Pool:
         decided = plan(self._view(now, reap))
         for key in decided.retire:
             self._retire(self.warm[key])  # type: ignore[index]
+        for key in decided.reshare:
+            self.trimmer.ask(self.warm[key])  # type: ignore[index]
         for _ in range(decided.trim):
             # Left over from a burst (deploy validations, waiters): each costs memory.
             self.spares.pop().kill(KillReason.SURPLUS_SPARE)
@@ -452,13 +458,14 @@ class Pool:
                     starting += 1
         warm: tuple[WarmChild, ...] = ()
         if reap or (self._waiting and live + self._requested >= pool.max_children):
-            warm = tuple(WarmChild(key, child.idle, child.last_used) for key, child in self.warm.items())
+            warm = tuple(WarmChild(key, child.idle, child.last_used, child.reshared_at == child.last_used)
+                         for key, child in self.warm.items())
         return PoolView(now=now, spares_target=pool.spares, max_children=pool.max_children,
                         idle_timeout_s=pool.idle_timeout_s, spares=len(self.spares),
                         requested=self._requested, starting=starting, live=live,
                         waiting=self._waiting, quiet_until=self._quiet_until,
                         cold_rate=self._cold_rate.per_second(now), spares_ceiling=pool.max_spares,
-                        warm=warm, reap=reap)
+                        warm=warm, reap=reap, reshare_after_s=pool.reshare_after_s)
 
     async def _cpu_watchdog(self) -> None:
         """Enforce the CPU budgets the kernel is not armed for (see cpu_account),
@@ -762,6 +769,7 @@ class Pool:
             "warm": len(self.warm),
             "retired": len(self.retired),
             "zygote_pid": self.zygote.pid,
+            "reshare_asked": self.trimmer.sent,
             **self.stats,
         }
 

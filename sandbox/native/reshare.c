@@ -1,0 +1,71 @@
+/*
+ * Give a child's copied pages back to the zygote's snapshot (see sandbox/reshare.py).
+ *
+ * A page a child wrote and then put back as it was (a reference count up
+ * and down again, the usual case under CPython 3.11) stays a private copy
+ * for the child's life. This compares each candidate page with the sealed
+ * snapshot of the zygote's memory and, where they are equal, maps the
+ * snapshot's page over it: same bytes, now shared with every other child.
+ *
+ * Why C: the comparison and the mapping must happen with nothing running in
+ * between. Any Python between them (a reference count, an allocation for a
+ * call's arguments) could write to the very page being replaced, and the
+ * mapping would silently undo that write. Called through ctypes.PyDLL, this
+ * runs with the GIL held and calls nothing that runs Python.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+
+/* runs: (start, end, offset) triples sorted by start, page aligned: the
+ * snapshot holds [start, end) at offset in its file. */
+static long find_run(const uint64_t *runs, long nruns, uint64_t addr)
+{
+    long lo = 0, hi = nruns - 1;
+    while (lo <= hi) {
+        long mid = lo + (hi - lo) / 2;
+        if (addr < runs[3 * mid])
+            hi = mid - 1;
+        else if (addr >= runs[3 * mid + 1])
+            lo = mid + 1;
+        else
+            return mid;
+    }
+    return -1;
+}
+
+/* pages: ascending page addresses. Returns the pages given back, or -errno. */
+long corral_reshare(const uint64_t *pages, long npages, const uint64_t *runs, long nruns,
+                    int fd, const unsigned char *view, uint64_t view_size, long page_size)
+{
+    long shared = 0;
+    long i = 0;
+    while (i < npages) {
+        long r = find_run(runs, nruns, pages[i]);
+        if (r < 0) {
+            i++;
+            continue;
+        }
+        uint64_t start = pages[i], run_end = runs[3 * r + 1];
+        uint64_t offset = runs[3 * r + 2] + (start - runs[3 * r]);
+        if (memcmp((const void *)(uintptr_t)start, view + offset, page_size) != 0) {
+            i++;
+            continue;
+        }
+        long j = i + 1;
+        while (j < npages && pages[j] == pages[j - 1] + page_size && pages[j] < run_end
+               && memcmp((const void *)(uintptr_t)pages[j], view + offset + (pages[j] - start),
+                         page_size) == 0)
+            j++;
+        if (mmap((void *)(uintptr_t)start, (size_t)(j - i) * page_size, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_FIXED, fd, (off_t)offset) == MAP_FAILED)
+            return -errno;
+        shared += j - i;
+        i = j;
+    }
+    /* The comparisons mapped snapshot pages into this process's view: drop
+     * those page table entries again (the pages stay in the snapshot). */
+    madvise((void *)view, view_size, MADV_DONTNEED);
+    return shared;
+}

@@ -1,0 +1,186 @@
+"""Idle children give the pages they copied, but did not change, back.
+
+Under CPython 3.11 every object a child so much as looks at has its
+reference count written, so the first request copies a few hundred of the
+zygote's pages into the child, and most of those copies end up byte for byte
+what they were: the count went up and came down again. They stay private to
+the child for its life, ~1 MB of every warm tenant.
+
+The zygote therefore keeps a *snapshot*: its writable memory as it stands
+after its preparation, in a sealed memfd. When a child has been idle for a
+while, the supervisor (which can read the child's page map) sends it the
+addresses of the pages only it holds (:class:`protocol.messages.Trim`), and
+the child maps the snapshot's page over each one that is still equal to it
+(``sandbox/native/reshare.c``): the same bytes, now one page cache page
+shared by every child. A page the child wrote since the snapshot differs
+and is left alone, so this is correct whatever the child did. The next
+request copies again what it touches, once: this is for tenants that sit
+idle, which on a multi-tenant host is most of them.
+
+The snapshot is sealed against writes, shrinking and growing, so a tenant
+holding its descriptor can read it (the same bytes it already has) but can
+change nothing another child maps. It is charged to the zygote: ~20 MB once
+per host, mapped read-only so that it shows in the zygote's PSS.
+
+Everything here is optional: without the compiled helper (``scripts/setup``
+builds it; it needs a C compiler) the zygote reports why and children keep
+their copies.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import fcntl
+import mmap
+import os
+import struct
+import time
+from dataclasses import dataclass
+
+LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "_reshare.so")
+PAGE = mmap.PAGESIZE
+
+_F_ADD_SEALS = 1033
+_F_SEAL_SEAL, _F_SEAL_SHRINK, _F_SEAL_GROW, _F_SEAL_WRITE = 1, 2, 4, 8
+
+#: Mappings never snapshotted: the stack moves with every call, the rest are the kernel's.
+_SKIPPED = ("[stack]", "[vvar]", "[vdso]", "[vsyscall]", "[vvar_vclock]")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The zygote's writable memory, sealed, and where each part came from."""
+
+    fd: int
+    view: int  # address of a read-only shared mapping of the whole file
+    size: int
+    runs: array.array  # (start, end, offset) triples, ascending
+
+
+_library: ctypes.CDLL | None = None
+_snapshot: Snapshot | None = None
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    return libc
+
+
+def load_library() -> str | None:
+    """Load the helper now (before the file view hides it); returns a problem, or None."""
+    global _library
+    if not os.path.exists(LIBRARY):
+        return f"{LIBRARY} is not built (scripts/setup builds it; it needs a C compiler)"
+    try:
+        library = ctypes.PyDLL(LIBRARY)  # PyDLL: the call keeps the GIL (see reshare.c)
+    except OSError as exc:
+        return f"cannot load {LIBRARY}: {exc}"
+    library.corral_reshare.restype = ctypes.c_long
+    library.corral_reshare.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p,
+                                       ctypes.c_long, ctypes.c_int, ctypes.c_void_p,
+                                       ctypes.c_uint64, ctypes.c_long]
+    _library = library
+    return None
+
+
+def open_proc() -> tuple[int, int]:
+    """This process's maps and pagemap, opened while /proc is still visible."""
+    return os.open("/proc/self/maps", os.O_RDONLY), os.open("/proc/self/pagemap", os.O_RDONLY)
+
+
+def _writable_regions(maps: str) -> list[tuple[int, int]]:
+    regions = []
+    for line in maps.splitlines():
+        fields = line.split()
+        name = fields[5] if len(fields) > 5 else ""
+        if fields[1] != "rw-p" or name in _SKIPPED:
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        regions.append((start, end))
+    return regions
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _present_runs(pagemap_fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """[start, end) split into runs of pages present in memory."""
+    count = (end - start) // PAGE
+    data = os.pread(pagemap_fd, count * 8, start // PAGE * 8)
+    runs: list[tuple[int, int]] = []
+    run_start = -1
+    for index, (entry,) in enumerate(struct.iter_unpack("<Q", data)):
+        if entry >> 63:
+            if run_start < 0:
+                run_start = index
+        elif run_start >= 0:
+            runs.append((start + run_start * PAGE, start + index * PAGE))
+            run_start = -1
+    if run_start >= 0:
+        runs.append((start + run_start * PAGE, start + len(data) // 8 * PAGE))
+    return runs
+
+
+def take(maps_fd: int, pagemap_fd: int) -> dict:
+    """In the zygote, last thing before it forks: snapshot and seal its writable memory.
+
+    The bytes are copied while this code runs, so a page it is changing may
+    be caught mid-change; that costs nothing but a page no child can give
+    back, because children compare before they map.
+    """
+    global _snapshot
+    if _library is None:
+        return {}
+    started = time.perf_counter()
+    os.lseek(maps_fd, 0, os.SEEK_SET)
+    regions = _writable_regions(_read_all(maps_fd).decode())
+    fd = os.memfd_create("corral-zygote-snapshot", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    runs = array.array("Q")
+    offset = 0
+    for start, end in regions:
+        for run_start, run_end in _present_runs(pagemap_fd, start, end):
+            length = run_end - run_start
+            os.pwrite(fd, memoryview((ctypes.c_char * length).from_address(run_start)).cast("B"),
+                      offset)
+            runs.extend((run_start, run_end, offset))
+            offset += length
+    fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_SHRINK | _F_SEAL_GROW | _F_SEAL_WRITE | _F_SEAL_SEAL)
+    view = _libc().mmap(None, offset, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if view in (None, ctypes.c_void_p(-1).value):
+        os.close(fd)
+        return {"problem": f"cannot map the snapshot: errno {ctypes.get_errno()}"}
+    _snapshot = Snapshot(fd, view, offset, runs)
+    return {"pages": offset // PAGE, "runs": len(runs) // 3,
+            "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def snapshot_fd() -> int | None:
+    """The descriptor children keep through the jail's closing of fds."""
+    return _snapshot.fd if _snapshot is not None else None
+
+
+def give_back(pages: bytes) -> int:
+    """In an idle child: map the snapshot over each listed page still equal to it.
+
+    ``pages`` are ascending page addresses (native u64), the pages
+    the supervisor saw this child alone holding. Returns how many were given
+    back; 0 without a snapshot.
+    """
+    if _snapshot is None or _library is None or not pages:
+        return 0
+    addresses = array.array("Q", pages)
+    snap = _snapshot
+    result = _library.corral_reshare(addresses.buffer_info()[0], len(addresses),
+                                     snap.runs.buffer_info()[0], len(snap.runs) // 3,
+                                     snap.fd, snap.view, snap.size, PAGE)
+    if result < 0:
+        raise OSError(-result, f"giving pages back: {os.strerror(-result)}")
+    return result
