@@ -18,6 +18,10 @@ import time
 from . import corral_extras, corral_observability, httpclient, loadgen, procs, report
 from .systems import SYSTEMS, Unavailable
 
+#: How long the memory figure waits with every tenant idle: past Corral's
+#: pool.reshare_after_s (5 s) and its once-a-second scan, with a margin.
+IDLE_WAIT_S = 8.0
+
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -239,6 +243,15 @@ class Runner:
             res["pss_per_tenant_mb"][str(k)] = per
             log(f"  PSS with {k} tenants warm: {p['mb']:.1f} MB ({p['procs']} processes) "
                 f"-> {per:.3f} MB/tenant")
+
+        # the same K tenants left idle: Corral's children give their unchanged
+        # copied pages back after pool.reshare_after_s (5 s; see sandbox/reshare.py)
+        time.sleep(IDLE_WAIT_S)
+        p = self.pss(sysm)
+        res["pss"][f"{kmax}-idle"] = p
+        res["pss_idle_per_tenant_mb"] = (p["mb"] - res["pss"]["1"]["mb"]) / (kmax - 1)
+        log(f"  PSS with {kmax} tenants idle {IDLE_WAIT_S:g}s: {p['mb']:.1f} MB "
+            f"-> {res['pss_idle_per_tenant_mb']:.3f} MB/tenant")
 
         # throughput, round robin over K tenants, each after a pass touching all K
         for k in a.tenant_counts:

@@ -62,6 +62,8 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
         rows.append((f"PSS MB / tenant ({k})",
                      get(lambda r, k=k: (r["pss_per_tenant_mb"][str(k)],)), "mb"))
     kmax = ks[-1]
+    rows.append((f"PSS MB / idle tenant ({kmax})",
+                 get(lambda r: (r["pss_idle_per_tenant_mb"],)), "mb"))
     rows.append((f"PSS MB 1 / {kmax} warm",
                  get(lambda r: (r["pss"]["1"]["mb"], r["pss"][str(kmax)]["mb"])), "mb"))
     rows.append(("PSS MB after all load", get(lambda r: (r["pss"]["end"]["mb"],)), "mb"))
@@ -156,7 +158,9 @@ def _render_main(results: dict) -> list[str]:
     out.append("  PSS MB / tenant (K): (PSS with K tenants warm - PSS with 1 warm) / (K-1), "
                "summed over the server's process tree (/proc/PID/smaps_rollup); 'warm' = one "
                "request each, taken before any multi-tenant load (the 1-tenant baseline is "
-               "taken after the 1-tenant load); 'after all load' is at the very end.")
+               "taken after the 1-tenant load); 'after all load' is at the very end. 'idle "
+               "tenant': the same, once the K tenants sat idle 8 s (Corral's children give "
+               "unchanged copied pages back after pool.reshare_after_s, 5 s).")
     if flagged:
         out.append("  ! = that run had errors or non-2xx answers (see PROBLEM lines): "
                    "its req/s is not a valid figure.")
