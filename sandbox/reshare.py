@@ -38,14 +38,12 @@ import struct
 import time
 from dataclasses import dataclass
 
+from protocol.pages import PAGE, private_writable_regions
+
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "_reshare.so")
-PAGE = mmap.PAGESIZE
 
 _F_ADD_SEALS = 1033
 _F_SEAL_SEAL, _F_SEAL_SHRINK, _F_SEAL_GROW, _F_SEAL_WRITE = 1, 2, 4, 8
-
-#: Mappings never snapshotted: the stack moves with every call, the rest are the kernel's.
-_SKIPPED = ("[stack]", "[vvar]", "[vdso]", "[vsyscall]", "[vvar_vclock]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,18 +90,6 @@ def open_proc() -> tuple[int, int]:
     return os.open("/proc/self/maps", os.O_RDONLY), os.open("/proc/self/pagemap", os.O_RDONLY)
 
 
-def _writable_regions(maps: str) -> list[tuple[int, int]]:
-    regions = []
-    for line in maps.splitlines():
-        fields = line.split()
-        name = fields[5] if len(fields) > 5 else ""
-        if fields[1] != "rw-p" or name in _SKIPPED:
-            continue
-        start, end = (int(x, 16) for x in fields[0].split("-"))
-        regions.append((start, end))
-    return regions
-
-
 def _read_all(fd: int) -> bytes:
     chunks = []
     while chunk := os.read(fd, 1 << 16):
@@ -141,7 +127,7 @@ def take(maps_fd: int, pagemap_fd: int) -> dict:
         return {}
     started = time.perf_counter()
     os.lseek(maps_fd, 0, os.SEEK_SET)
-    regions = _writable_regions(_read_all(maps_fd).decode())
+    regions = private_writable_regions(_read_all(maps_fd).decode())
     fd = os.memfd_create("corral-zygote-snapshot", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     runs = array.array("Q")
     offset = 0

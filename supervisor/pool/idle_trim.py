@@ -15,7 +15,6 @@ never stalls the event loop.
 from __future__ import annotations
 
 import array
-import mmap
 import os
 from collections.abc import Callable
 from typing import Protocol
@@ -23,12 +22,10 @@ from typing import Protocol
 import trio
 
 from protocol.messages import Trim
+from protocol.pages import PAGE, private_writable_regions
 
-PAGE = mmap.PAGESIZE
 #: Present (bit 63) and mapped by this process alone (bit 56).
 _OWN = (1 << 63) | (1 << 56)
-#: Mappings the child's snapshot never covers (sandbox.reshare skips them too).
-_SKIPPED = ("[stack]", "[vvar]", "[vdso]", "[vsyscall]", "[vvar_vclock]")
 #: Pending trims beyond this are dropped: the next idle period asks again.
 QUEUE = 4096
 
@@ -58,11 +55,7 @@ def own_pages(pid: int) -> bytes:
         return b""
     pages = array.array("Q")
     try:
-        for line in maps.splitlines():
-            fields = line.split()
-            if fields[1] != "rw-p" or (len(fields) > 5 and fields[5] in _SKIPPED):
-                continue
-            start, end = (int(x, 16) for x in fields[0].split("-"))
+        for start, end in private_writable_regions(maps):
             entries = memoryview(os.pread(pagemap, (end - start) // PAGE * 8,
                                           start // PAGE * 8)).cast("Q")
             pages.extend(start + i * PAGE for i, entry in enumerate(entries)
