@@ -24,6 +24,7 @@ What a child ends up with:
 
 from __future__ import annotations
 
+import _signal
 import ctypes
 import os
 import resource
@@ -137,7 +138,7 @@ def prepare_file_rules(view: file_view.FileView, report: ZygoteJail) -> FileRule
 
 
 def jail_child(channel_fd: int, devnull_fd: int, address_space: int,
-               rules: FileRules, snapshot_fd: int | None = None) -> landlock.Ruleset | None:
+               rules: FileRules, keep_fds: set[int] | None = None) -> landlock.Ruleset | None:
     """Turn a freshly forked child into a sandbox, all but the filter.
 
     ``address_space`` is the absolute RLIMIT_AS in bytes (0: none). The caller
@@ -147,10 +148,12 @@ def jail_child(channel_fd: int, devnull_fd: int, address_space: int,
     """
     os.setsid()
     # 1. Signals: the zygote's handlers must not run here; SIGPIPE as EPIPE.
+    # (_signal, not signal: the module's Enum conversions alone copy ~25 of
+    # the zygote's pages into every child.)
     for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.set_wakeup_fd(-1)
+        _signal.signal(signum, _signal.SIG_DFL)
+    _signal.signal(signal.SIGPIPE, _signal.SIG_IGN)
+    _signal.set_wakeup_fd(-1)
 
     # 2. Landlock, layer 1: read the view, write nothing, from here on.
     # Layer 2's static rules are added now, while the fds they need are open.
@@ -162,12 +165,12 @@ def jail_child(channel_fd: int, devnull_fd: int, address_space: int,
             layer2.allow_read(fd, is_dir, path)
 
     # 3. File descriptors: stdio to /dev/null, then everything but the
-    # channel, layer 2's ruleset and the zygote's sealed snapshot (see
-    # sandbox.reshare: read-only to the child by its seals).
+    # channel, layer 2's ruleset and ``keep_fds``: the zygote's sealed
+    # snapshot (sandbox.reshare: read-only to the child by its seals) and the
+    # prebuilt loop's, which the child closes itself (sandbox.child.ChildLoop).
     for std in (0, 1, 2):
         os.dup2(devnull_fd, std)
-    keep = sorted({0, 1, 2, channel_fd} | ({layer2.fd} if layer2 else set())
-                  | ({snapshot_fd} if snapshot_fd is not None else set()))
+    keep = sorted({0, 1, 2, channel_fd} | ({layer2.fd} if layer2 else set()) | (keep_fds or set()))
     low = 3
     for fd in keep[3:]:
         if fd > low:

@@ -88,7 +88,18 @@ class _TraceHandler(logging.Handler):
 
 
 def install_logging() -> None:
+    """Route the root logger to the trace; nothing to do when it already is.
+
+    The zygote installs it once before it forks, because installing writes
+    to every logger the imports created (``setLevel`` clears their caches):
+    ~45 of the zygote's pages that each child copied. A child calls this
+    again, cheaply, in case a package zygote's framework rehearsal
+    configured logging its own way.
+    """
     root = logging.getLogger()
+    handlers = root.handlers
+    if len(handlers) == 1 and type(handlers[0]) is _TraceHandler and root.level == logging.INFO:
+        return
     root.handlers[:] = [_TraceHandler()]
     root.setLevel(logging.INFO)
 

@@ -41,7 +41,7 @@ from protocol.messages import (
     ZygoteReady,
 )
 
-from . import file_view, heap_fill, jail, preload, reshare, seccomp_policy, warmup
+from . import file_view, heap_fill, jail, logs, preload, reshare, seccomp_policy, warmup
 
 
 def _preimport() -> None:
@@ -73,6 +73,8 @@ class Zygote:
         self.decoder = msgspec.msgpack.Decoder(ToZygote)
         self.bpf = b""
         self.devnull = -1
+        #: Every child's event loop and runtime, built before the fork (sandbox.child.prebuild).
+        self.prebuilt: tuple | None = None
         self.address_space = 0
 
     def prepare(self) -> dict:
@@ -81,6 +83,10 @@ class Zygote:
         os.environ.clear()
         for _ in range(warmup.REHEARSALS):
             warmup.rehearse()
+        logs.install_logging()  # once here, not in every child (see there)
+        from . import child
+
+        self.prebuilt = child.prebuild()
         self.bpf = seccomp_policy.compile_policy()
         self.devnull = os.open(os.devnull, os.O_RDWR)
         reshare_problem = reshare.load_library()
@@ -129,7 +135,7 @@ class Zygote:
             from . import child
 
             return child.main(channel, self.devnull, self.address_space, self.bpf, self.rules,
-                              reshare.snapshot_fd())
+                              reshare.snapshot_fd(), self.prebuilt)
 
         self._fork_announced(socket.SOCK_STREAM, "child", run_child, lambda pid: Spawned(pid=pid))
 

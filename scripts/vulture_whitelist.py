@@ -165,6 +165,8 @@ _._uploadPart
 _._abortMultipartUpload
 _._completeMultipartUpload
 
+_._internal_fds  # asyncio's own count, kept right by ChildLoop.after_fork (sandbox/child.py)
+
 # -- Called only from tests ----------------------------------------------------------
 
 _.drain  # Channel.drain: tests/test_hardening.py's hostile worker floods the channel with it
