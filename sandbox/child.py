@@ -438,7 +438,7 @@ class Runtime:
             # Fail closed: the script is not imported at all.
             raise loader.ScriptLoadError(
                 f"the sandbox could not confine the script to its bundle: {exc}") from exc
-        unavailable.install()
+        unavailable.activate()
 
     # -- invocations ----------------------------------------------------------
     def _on_invoke(self, message: Invoke) -> None:

@@ -17,6 +17,14 @@ Modules already imported (``subprocess``, ``threading``, ``socket``: the
 runtime's asyncio imports them) are patched at once; the others
 (``multiprocessing``, ``socketserver``, ...) when first imported, by a
 meta-path hook, so that they cost nothing until a script wants them.
+
+The zygote installs the patches (:func:`install`) and a child switches them
+on (:func:`activate`) just before its script is imported: until then each
+patched entry point does what it always did, which the zygote itself needs
+(it forks; a package zygote's framework rehearsal may start threads).
+Patching a class in every child instead cost each one ~120 of the zygote's
+pages (the type's caches and the specialised bytecode that depended on it),
+measured: more than any other step of a cold start.
 """
 
 from __future__ import annotations
@@ -38,8 +46,16 @@ def _message(what: str, why: str) -> str:
     return f"{what} is not available in Corral's sandbox: {why}"
 
 
-def _refuse(what: str, why: str, error: type[Exception] = RuntimeError) -> Callable[..., Any]:
+#: Switched on in a child by :func:`activate`; the zygote never is.
+_active = False
+
+
+def _refuse(original: Callable[..., Any], what: str, why: str,
+            error: type[Exception] = RuntimeError) -> Callable[..., Any]:
+    """``original`` until :func:`activate`, then a clear error."""
     def refused(*args: Any, **kwargs: Any) -> Any:
+        if not _active:
+            return original(*args, **kwargs)
         if issubclass(error, OSError):
             raise error(errno.EPERM, _message(what, why))
         raise error(_message(what, why))
@@ -52,11 +68,15 @@ def _refuse(what: str, why: str, error: type[Exception] = RuntimeError) -> Calla
 def _patch_os(os: types.ModuleType) -> None:
     for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
         if hasattr(os, name):
-            setattr(os, name, _refuse(f"os.{name}()", PROCESSES))
+            setattr(os, name, _refuse(getattr(os, name), f"os.{name}()", PROCESSES))
 
 
 def _patch_subprocess(subprocess: types.ModuleType) -> None:
+    original = subprocess.Popen.__init__
+
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        if not _active:
+            return original(self, *args, **kwargs)
         self._child_created = False  # what Popen.__del__ looks at
         raise RuntimeError(_message("subprocess", PROCESSES))
 
@@ -64,10 +84,11 @@ def _patch_subprocess(subprocess: types.ModuleType) -> None:
 
 
 def _patch_threading(threading: types.ModuleType) -> None:
-    threading.Thread.start = _refuse("threading.Thread.start()", THREADS)
+    threading.Thread.start = _refuse(threading.Thread.start, "threading.Thread.start()", THREADS)
     thread = sys.modules.get("_thread")
     if thread is not None:
-        thread.start_new_thread = _refuse("_thread.start_new_thread()", THREADS)
+        thread.start_new_thread = _refuse(thread.start_new_thread, "_thread.start_new_thread()",
+                                          THREADS)
         thread.start_new = thread.start_new_thread
 
 
@@ -76,7 +97,7 @@ def _patch_socket(socket: types.ModuleType) -> None:
 
     def __init__(self: Any, family: int = -1, type: int = -1, proto: int = -1,  # noqa: A002, N807
                  fileno: int | None = None) -> None:
-        if fileno is None:  # a new socket; wrapping an existing fd is harmless
+        if fileno is None and _active:  # a new socket; wrapping an existing fd is harmless
             raise PermissionError(errno.EPERM, _message("socket.socket()", SOCKETS))
         original(self, family, type, proto, fileno)
 
@@ -84,19 +105,23 @@ def _patch_socket(socket: types.ModuleType) -> None:
 
 
 def _patch_socketserver(socketserver: types.ModuleType) -> None:
-    socketserver.BaseServer.__init__ = _refuse("socketserver", SOCKETS)
+    server = socketserver.BaseServer
+    server.__init__ = _refuse(server.__init__, "socketserver", SOCKETS)
 
 
 def _patch_multiprocessing_process(process: types.ModuleType) -> None:
-    process.BaseProcess.start = _refuse("multiprocessing process start", PROCESSES)
+    base = process.BaseProcess
+    base.start = _refuse(base.start, "multiprocessing process start", PROCESSES)
 
 
 def _patch_multiprocessing_pool(pool: types.ModuleType) -> None:
-    pool.Pool.__init__ = _refuse("multiprocessing.Pool", PROCESSES)
+    pool.Pool.__init__ = _refuse(pool.Pool.__init__, "multiprocessing.Pool", PROCESSES)
 
 
 def _patch_process_pool(process: types.ModuleType) -> None:
-    process.ProcessPoolExecutor.__init__ = _refuse("concurrent.futures.ProcessPoolExecutor", PROCESSES)
+    executor = process.ProcessPoolExecutor
+    executor.__init__ = _refuse(executor.__init__, "concurrent.futures.ProcessPoolExecutor",
+                                PROCESSES)
 
 
 PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
@@ -112,5 +137,11 @@ PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
 
 
 def install() -> None:
-    """Patch what is imported, hook what is not; once per child, before the script runs."""
+    """In the zygote: patch what is imported, hook what is not (all inactive)."""
     import_patches.install(PATCHES)
+
+
+def activate() -> None:
+    """In a child, before its script runs: the patched entry points refuse from now on."""
+    global _active
+    _active = True
