@@ -35,6 +35,17 @@ static long find_run(const uint64_t *runs, long nruns, uint64_t addr)
     return -1;
 }
 
+/* Gaps (in pages) a mapping may bridge between two candidates. */
+#define MAX_GAP_PAGES 16
+
+static int equal_span(uint64_t from, uint64_t to, const unsigned char *snapshot, long page_size)
+{
+    for (uint64_t at = from; at < to; at += page_size, snapshot += page_size)
+        if (memcmp((const void *)(uintptr_t)at, snapshot, page_size) != 0)
+            return 0;
+    return 1;
+}
+
 /* pages: ascending page addresses. Returns the pages given back, or -errno. */
 long corral_reshare(const uint64_t *pages, long npages, const uint64_t *runs, long nruns,
                     int fd, const unsigned char *view, uint64_t view_size, long page_size)
@@ -53,12 +64,17 @@ long corral_reshare(const uint64_t *pages, long npages, const uint64_t *runs, lo
             i++;
             continue;
         }
+        /* Extend the mapping over the next candidates, and over short gaps of
+         * pages that are not candidates (still the zygote's) but equal too:
+         * one mmap and one VMA instead of one per candidate. */
+        uint64_t end = start + page_size;
         long j = i + 1;
-        while (j < npages && pages[j] == pages[j - 1] + page_size && pages[j] < run_end
-               && memcmp((const void *)(uintptr_t)pages[j], view + offset + (pages[j] - start),
-                         page_size) == 0)
+        while (j < npages && pages[j] < run_end && pages[j] - end <= MAX_GAP_PAGES * page_size
+               && equal_span(end, pages[j] + page_size, view + offset + (end - start), page_size)) {
+            end = pages[j] + page_size;
             j++;
-        if (mmap((void *)(uintptr_t)start, (size_t)(j - i) * page_size, PROT_READ | PROT_WRITE,
+        }
+        if (mmap((void *)(uintptr_t)start, (size_t)(end - start), PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_FIXED, fd, (off_t)offset) == MAP_FAILED)
             return -errno;
         shared += j - i;

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import os
+import re
 from collections.abc import Callable
 from typing import Protocol
 
@@ -24,8 +25,12 @@ import trio
 from protocol.messages import Trim
 from protocol.pages import PAGE, private_writable_regions
 
-#: Present (bit 63) and mapped by this process alone (bit 56).
-_OWN = (1 << 63) | (1 << 56)
+#: A page map entry's top byte (bits 56-63) maps to b"1" when the page is
+#: present (bit 63) and mapped by this process alone (bit 56), else b"0", so
+#: that the scan runs at C speed: a child's map has some 20,000 entries,
+#: and this runs in a thread that must not hold the GIL for long.
+_OWN_BYTE = bytes(b"1"[0] if top & 0x81 == 0x81 else b"0"[0] for top in range(256))
+_RUN = re.compile(b"1+")
 #: Pending trims beyond this are dropped: the next idle period asks again.
 QUEUE = 4096
 
@@ -56,10 +61,11 @@ def own_pages(pid: int) -> bytes:
     pages = array.array("Q")
     try:
         for start, end in private_writable_regions(maps):
-            entries = memoryview(os.pread(pagemap, (end - start) // PAGE * 8,
-                                          start // PAGE * 8)).cast("Q")
-            pages.extend(start + i * PAGE for i, entry in enumerate(entries)
-                         if entry & _OWN == _OWN)
+            entries = os.pread(pagemap, (end - start) // PAGE * 8, start // PAGE * 8)
+            own = entries[7::8].translate(_OWN_BYTE)  # little-endian: byte 7 is the top one
+            for run in _RUN.finditer(own):
+                first = start + run.start() * PAGE
+                pages.extend(range(first, start + run.end() * PAGE, PAGE))
     except OSError:
         return b""
     finally:
