@@ -27,6 +27,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 
 from protocol.messages import (
@@ -41,7 +42,7 @@ from protocol.messages import (
     ZygoteReady,
 )
 
-from . import file_view, heap_fill, jail, logs, preload, reshare, seccomp_policy, warmup
+from . import file_view, fork, heap_fill, jail, logs, preload, reshare, seccomp_policy, warmup
 
 
 def _preimport() -> None:
@@ -75,6 +76,9 @@ class Zygote:
         self.devnull = -1
         #: Every child's event loop and runtime, built before the fork (sandbox.child.prebuild).
         self.prebuilt: tuple | None = None
+        #: Only this thread runs here: children are forked without Python's
+        #: at-fork work (sandbox.fork). Checked at the end of prepare().
+        self.single_threaded = False
         self.address_space = 0
 
     def prepare(self) -> dict:
@@ -117,6 +121,7 @@ class Zygote:
             finally:
                 for fd in proc:
                     os.close(fd)
+        self.single_threaded = threading.active_count() == 1
         if self.address_space and snapshot.get("pages"):
             self.address_space += snapshot["pages"] * reshare.PAGE  # every child maps it too
         return {**jail.describe(report), "reshare": snapshot}
@@ -144,6 +149,7 @@ class Zygote:
 
         def run_package_zygote(control: socket.socket) -> int:
             self.control = control
+            self.single_threaded = False  # its packages may start threads (see sandbox.fork)
             from . import package_zygote
 
             report = package_zygote.become(self.rules, command.package_dirs)
@@ -169,7 +175,7 @@ class Zygote:
         so a failure in a child can never run zygote code twice.
         """
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, sock_type)
-        pid = os.fork()
+        pid = fork.fork() if self.single_threaded else os.fork()
         if pid == 0:  # pragma: no cover - runs in the forked process
             code = 70
             try:

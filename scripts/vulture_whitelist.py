@@ -165,6 +165,7 @@ _._uploadPart
 _._abortMultipartUpload
 _._completeMultipartUpload
 
+_.gauss_next  # random.Random's own state, reset with the seed (sandbox/fork.py)
 _._internal_fds  # asyncio's own count, kept right by ChildLoop.after_fork (sandbox/child.py)
 
 # -- Called only from tests ----------------------------------------------------------

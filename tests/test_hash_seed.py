@@ -67,3 +67,37 @@ def test_children_of_different_zygotes_hash_differently(tmp_path) -> None:
     # Spares of a replaced zygote were killed, never handed to a tenant.
     replaced = {e["pid"] for e in log if e.get("event") == "child.ended" and e.get("reason") == "zygote replaced"}
     assert not replaced & {o["pid"] for o in seen}
+
+
+RANDOM_TENANT = r'''
+import os
+import random
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response.json({"pid": os.getpid(), "zygote": os.getppid(),
+                              "random": [random.random() for _ in range(4)],
+                              "bits": random.getrandbits(64)})
+'''
+
+
+def test_children_of_one_zygote_have_random_states_of_their_own(tmp_path) -> None:
+    """The zygote forks without Python's at-fork hooks (sandbox.fork): each child
+    must still reseed ``random``, or every tenant would draw the same numbers."""
+    server = Corral(tmp_path / "state").start()
+    try:
+        draws = []
+        for i in range(4):
+            server.deploy(f"r{i}", RANDOM_TENANT, namespace=None)
+            server.route(f"r{i}.localhost/*", f"r{i}")
+            resp = server.request("/", host=f"r{i}.localhost")
+            assert resp.status == 200, (resp, server.log())
+            draws.append(resp.json())
+        assert len({d["zygote"] for d in draws}) == 1, draws  # one zygote forked them all
+        assert len({d["pid"] for d in draws}) == 4, draws
+        assert len({tuple(d["random"]) for d in draws}) == 4, draws
+        assert len({d["bits"] for d in draws}) == 4, draws
+    finally:
+        server.stop()
