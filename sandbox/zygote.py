@@ -18,6 +18,7 @@ live request on a small machine.
 
 from __future__ import annotations
 
+import _socket
 import argparse
 import array
 import gc
@@ -136,13 +137,13 @@ class Zygote:
             self.control.send(payload)
 
     def spawn(self) -> None:
-        def run_child(channel: socket.socket) -> int:
-            from . import child
+        self._fork_announced(socket.SOCK_STREAM, "child", self._run_child, Spawned)
 
-            return child.main(channel, self.devnull, self.address_space, self.bpf, self.rules,
-                              reshare.snapshot_fd(), self.prebuilt)
+    def _run_child(self, channel: socket.socket) -> int:
+        from . import child
 
-        self._fork_announced(socket.SOCK_STREAM, "child", run_child, lambda pid: Spawned(pid=pid))
+        return child.main(channel, self.devnull, self.address_space, self.bpf, self.rules,
+                          reshare.snapshot_fd(), self.prebuilt)
 
     def start_package_zygote(self, command: StartPackageZygote) -> None:
         """Fork the zygote of one dependency set (see :mod:`sandbox.package_zygote`)."""
@@ -165,7 +166,7 @@ class Zygote:
         self,
         sock_type: int,
         what: str,
-        body: Callable[[socket.socket], int],
+        body: Callable[[_socket.socket], int],
         announce: Callable[[int], FromZygote],
     ) -> None:
         """Fork a process running ``body`` and hand its socket and pidfd to the supervisor.
@@ -174,7 +175,10 @@ class Zygote:
         ``body`` does, it ends in ``os._exit`` with its last words on stderr,
         so a failure in a child can never run zygote code twice.
         """
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, sock_type)
+        # _socket's own pair: socket.socketpair() wraps each end in Python
+        # code, and every object the zygote touches between two forks is a
+        # page the child forked before it keeps as its own copy.
+        parent_end, child_end = _socket.socketpair(socket.AF_UNIX, sock_type)
         pid = fork.fork() if self.single_threaded else os.fork()
         if pid == 0:  # pragma: no cover - runs in the forked process
             code = 70
