@@ -17,6 +17,7 @@ import pytest
 
 from supervisor.admin import multipart
 from tests.harness import Corral, Response
+from tests.test_idle_trim import anonymous_kb
 from tests.test_jail import call, corral_with_control, wait_for, worker
 
 
@@ -44,7 +45,12 @@ def deploy(c: Corral, name: str, source: str, requirements: list[str], *, as_lis
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory: pytest.TempPathFactory):
-    with corral_with_control(tmp_path_factory.mktemp("packages")) as server:
+    state = tmp_path_factory.mktemp("packages")
+    config = state / "corral.toml"
+    # Idle tenants give pages back after a second here, so that every test
+    # below also runs against children that did (see test_idle_trim).
+    config.write_text("[pool]\nreshare_after_s = 1\n")
+    with corral_with_control(state, extra_args=["--config", str(config)]) as server:
         yield server
 
 
@@ -120,6 +126,22 @@ def test_a_fastapi_tenant_with_pydantic_core(c: Corral) -> None:
     assert out["native"].startswith(str(c.state_dir.resolve() / "packages" / "entries")), out
     assert out["native"].endswith(".so")
     assert out["fastapi"] and out["pydantic_core"]
+
+
+def test_a_fastapi_tenant_serves_on_after_giving_pages_back(c: Corral) -> None:
+    """Its child comes from the set's zygote, which inherited the base
+    zygote's snapshot: what still equals it goes back, and the app is intact."""
+    source = FASTAPI.replace('"fastapi": importlib.metadata.version("fastapi"),',
+                             '"fastapi": importlib.metadata.version("fastapi"), '
+                             '"pid": __import__("os").getpid(),')
+    assert source != FASTAPI
+    deploy(c, "fastapi-idle", source, ["fastapi"])
+    first = call(c, "fastapi-idle")
+    pid = first["pid"]
+    busy_kb = anonymous_kb(pid)
+    assert wait_for(lambda: anonymous_kb(pid) < busy_kb - 400, timeout=15, interval=0.1), (
+        busy_kb, anonymous_kb(pid))
+    assert call(c, "fastapi-idle") == first
 
 
 def test_the_fastapi_set_zygote_rehearsed_a_synthetic_app(c: Corral) -> None:
