@@ -16,6 +16,7 @@ the boundary is the jail (namespaces, Landlock, seccomp), not the import system.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import posixpath
 import sys
@@ -66,10 +67,23 @@ def load(bundle_dir: str, main_module: str, package_dirs: list[str] | tuple[str,
     if "asgi.py" in entries or "asgi" in entries:
         # The runtime's top-level ``asgi`` alias yields to a module of the bundle's own.
         sys.modules.pop("asgi", None)
+    if name in sys.modules:
+        raise ScriptLoadError(f"main module {main_module!r} has the name of a module the runtime "
+                              f"already imported ({name!r}): rename it")
+    # The main module's spec straight from its file, not by asking every
+    # finder on sys.meta_path and sys.path: the same module, and ~40 fewer
+    # of the zygote's pages copied into the child (measured). Its siblings
+    # are imported the usual way, from the import root first on sys.path.
+    spec = importlib.util.spec_from_file_location(name, os.path.join(import_root, f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     try:
-        return importlib.import_module(name)
+        spec.loader.exec_module(module)
     except BaseException as exc:  # noqa: BLE001 - any failure is the script's
+        sys.modules.pop(name, None)
         raise ScriptLoadError(f"{type(exc).__name__}: {exc}") from exc
+    return module
 
 
 def unload(bundle_dir: str, main_module: str) -> None:

@@ -159,6 +159,15 @@ def test_broken_script_is_refused_at_deploy(corral: Corral) -> None:
     assert corral.alive()
 
 
+def test_a_main_module_named_like_one_the_runtime_imported_is_refused_by_name(corral: Corral) -> None:
+    """The main module is loaded from its file: one called ``json.py`` would
+    otherwise replace the standard library's json for the runtime too."""
+    resp = corral.deploy("shadow", ECHO, main_module="json.py", check=False)
+    assert resp.status == 400, resp
+    assert "main module 'json.py'" in resp.text and "rename it" in resp.text, resp.text
+    assert corral.alive()
+
+
 def test_on_fetch_and_module_imports(corral: Corral) -> None:
     corral.deploy("multi", modules={
         "src/entry.py": "from helpers.text import shout\n"
