@@ -13,10 +13,12 @@ What must hold (see sandbox.reshare and supervisor.pool.idle_trim):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from errno import EACCES, EFBIG, EPERM
 from pathlib import Path
 
@@ -180,12 +182,20 @@ class Default(WorkerEntrypoint):
 ''')
 
 
-@pytest.fixture(scope="module")
-def c(tmp_path_factory: pytest.TempPathFactory):
-    state = tmp_path_factory.mktemp("trim")
+@contextlib.contextmanager
+def corral_resharing_after_a_second(state: Path) -> Iterator[Corral]:
+    """A server (with test_jail's control worker) whose idle tenants give
+    pages back after one second instead of five."""
+    state.mkdir(parents=True, exist_ok=True)
     config = state / "corral.toml"
     config.write_text("[pool]\nreshare_after_s = 1\n")
     with corral_with_control(state, extra_args=["--config", str(config)]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def c(tmp_path_factory: pytest.TempPathFactory):
+    with corral_resharing_after_a_second(tmp_path_factory.mktemp("trim")) as server:
         yield server
 
 

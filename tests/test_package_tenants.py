@@ -17,8 +17,8 @@ import pytest
 
 from supervisor.admin import multipart
 from tests.harness import Corral, Response
-from tests.test_idle_trim import anonymous_kb
-from tests.test_jail import call, corral_with_control, wait_for, worker
+from tests.test_idle_trim import anonymous_kb, corral_resharing_after_a_second
+from tests.test_jail import call, wait_for, worker
 
 
 def deploy(c: Corral, name: str, source: str, requirements: list[str], *, as_list: bool = False,
@@ -45,12 +45,9 @@ def deploy(c: Corral, name: str, source: str, requirements: list[str], *, as_lis
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory: pytest.TempPathFactory):
-    state = tmp_path_factory.mktemp("packages")
-    config = state / "corral.toml"
     # Idle tenants give pages back after a second here, so that every test
     # below also runs against children that did (see test_idle_trim).
-    config.write_text("[pool]\nreshare_after_s = 1\n")
-    with corral_with_control(state, extra_args=["--config", str(config)]) as server:
+    with corral_resharing_after_a_second(tmp_path_factory.mktemp("packages")) as server:
         yield server
 
 
