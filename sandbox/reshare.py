@@ -29,6 +29,7 @@ their copies.
 
 from __future__ import annotations
 
+import _signal
 import array
 import ctypes
 import fcntl
@@ -164,9 +165,16 @@ def give_back(pages: bytes) -> int:
         return 0
     addresses = array.array("Q", pages)
     snap = _snapshot
-    result = _library.corral_reshare(addresses.buffer_info()[0], len(addresses),
-                                     snap.runs.buffer_info()[0], len(snap.runs) // 3,
-                                     snap.fd, snap.view, snap.size, PAGE)
+    # No signal handler may write to a page between its comparison and its
+    # mapping (the write would be undone): none runs until this is done.
+    # (_signal: the signal module's Enum wrappers would copy pages themselves.)
+    blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
+    try:
+        result = _library.corral_reshare(addresses.buffer_info()[0], len(addresses),
+                                         snap.runs.buffer_info()[0], len(snap.runs) // 3,
+                                         snap.fd, snap.view, snap.size, PAGE)
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
     if result < 0:
         raise OSError(-result, f"giving pages back: {os.strerror(-result)}")
     return result
