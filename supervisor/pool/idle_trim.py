@@ -7,9 +7,10 @@ reads that list and sends it in a :class:`~protocol.messages.Trim`; the
 child compares each page with the zygote's snapshot and maps back those
 still equal.
 
-The read is ~1 ms of page-map parsing per child, done in a worker thread one
-child at a time, so that a round of hundreds of tenants falling idle at once
-never stalls the event loop.
+The read takes ~2 ms per child, nearly all of it the kernel walking the
+page tables inside ``pread`` (which releases the GIL); it is done in a
+worker thread, one child at a time, so that a round of hundreds of tenants
+falling idle at once never stalls the event loop.
 """
 
 from __future__ import annotations
