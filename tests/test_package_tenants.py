@@ -11,10 +11,12 @@ a bundle, /etc/passwd) are in tests/test_file_view.py.
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import pytest
 
+from sandbox import reshare
 from supervisor.admin import multipart
 from tests.harness import Corral, Response
 from tests.test_idle_trim import anonymous_kb, corral_resharing_after_a_second
@@ -125,6 +127,8 @@ def test_a_fastapi_tenant_with_pydantic_core(c: Corral) -> None:
     assert out["fastapi"] and out["pydantic_core"]
 
 
+@pytest.mark.skipif(not os.path.exists(reshare.LIBRARY),
+                    reason="sandbox/native/_reshare.so is not built (scripts/setup)")
 def test_a_fastapi_tenant_serves_on_after_giving_pages_back(c: Corral) -> None:
     """Its child comes from the set's zygote, which inherited the base
     zygote's snapshot: what still equals it goes back, and the app is intact."""
