@@ -35,11 +35,10 @@ import ctypes
 import fcntl
 import mmap
 import os
-import struct
 import time
 from dataclasses import dataclass
 
-from protocol.pages import PAGE, private_writable_regions
+from protocol.pages import PAGE, PRESENT, flagged_runs, private_writable_regions
 
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "_reshare.so")
 
@@ -98,24 +97,6 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _present_runs(pagemap_fd: int, start: int, end: int) -> list[tuple[int, int]]:
-    """[start, end) split into runs of pages present in memory."""
-    count = (end - start) // PAGE
-    data = os.pread(pagemap_fd, count * 8, start // PAGE * 8)
-    runs: list[tuple[int, int]] = []
-    run_start = -1
-    for index, (entry,) in enumerate(struct.iter_unpack("<Q", data)):
-        if entry >> 63:
-            if run_start < 0:
-                run_start = index
-        elif run_start >= 0:
-            runs.append((start + run_start * PAGE, start + index * PAGE))
-            run_start = -1
-    if run_start >= 0:
-        runs.append((start + run_start * PAGE, start + len(data) // 8 * PAGE))
-    return runs
-
-
 def take(maps_fd: int, pagemap_fd: int) -> dict:
     """In the zygote, last thing before it forks: snapshot and seal its writable memory.
 
@@ -133,7 +114,8 @@ def take(maps_fd: int, pagemap_fd: int) -> dict:
     runs = array.array("Q")
     offset = 0
     for start, end in regions:
-        for run_start, run_end in _present_runs(pagemap_fd, start, end):
+        entries = os.pread(pagemap_fd, (end - start) // PAGE * 8, start // PAGE * 8)
+        for run_start, run_end in flagged_runs(entries, start, PRESENT):
             length = run_end - run_start
             os.pwrite(fd, memoryview((ctypes.c_char * length).from_address(run_start)).cast("B"),
                       offset)

@@ -17,21 +17,14 @@ from __future__ import annotations
 
 import array
 import os
-import re
 from collections.abc import Callable
 from typing import Protocol
 
 import trio
 
 from protocol.messages import Trim
-from protocol.pages import PAGE, private_writable_regions
+from protocol.pages import EXCLUSIVE, PAGE, PRESENT, flagged_runs, private_writable_regions
 
-#: A page map entry's top byte (bits 56-63) maps to b"1" when the page is
-#: present (bit 63) and mapped by this process alone (bit 56), else b"0", so
-#: that the scan runs at C speed: a child's map has some 20,000 entries,
-#: and this runs in a thread that must not hold the GIL for long.
-_OWN_BYTE = bytes(b"1"[0] if top & 0x81 == 0x81 else b"0"[0] for top in range(256))
-_RUN = re.compile(b"1+")
 #: Pending trims beyond this are dropped: the next idle period asks again.
 QUEUE = 4096
 
@@ -63,10 +56,8 @@ def own_pages(pid: int) -> bytes:
     try:
         for start, end in private_writable_regions(maps):
             entries = os.pread(pagemap, (end - start) // PAGE * 8, start // PAGE * 8)
-            own = entries[7::8].translate(_OWN_BYTE)  # little-endian: byte 7 is the top one
-            for run in _RUN.finditer(own):
-                first = start + run.start() * PAGE
-                pages.extend(range(first, start + run.end() * PAGE, PAGE))
+            for first, last in flagged_runs(entries, start, PRESENT | EXCLUSIVE):
+                pages.extend(range(first, last, PAGE))
     except OSError:
         return b""
     finally:
