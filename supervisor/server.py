@@ -50,17 +50,31 @@ MAX_FETCH_RESPONSE = 128 * 1024 * 1024
 
 
 
+#: Net container allocations between two young-generation collections
+#: (CPython's default is 700).
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
 def freeze_startup_heap() -> None:
     """Move everything alive at start-up (modules, config, the store's
-    caches, the pool) out of the collector's reach.
+    caches, the pool) out of the collector's reach, and collect less often.
 
     A full collection walks every tracked object; at start-up that is ~40,000
     objects that live as long as the process, and walking them was most of a
     full collection's ~30 ms pause under load (a p99 figure). Frozen, they
     are never walked again; garbage made later is collected as usual.
+
+    The request path makes almost no reference cycles: under wrk at 300
+    tenants, 401 young and 36 middle collections in 16,000 requests found
+    nothing at all, and the 4 full ones 264 objects, for ~4% of the
+    supervisor's CPU (perf). A young collection every 10,000 net allocations
+    instead of 700 makes them ~14 times rarer; what cycles there are wait
+    a little longer. ``python_gc_*`` on /metrics shows the counts.
     """
     gc.collect()
     gc.freeze()
+    _, middle, full = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, full)
 
 
 class Supervisor:

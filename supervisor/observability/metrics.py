@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram, PlatformCollector,
+                               ProcessCollector, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -91,6 +92,11 @@ class Metrics:
         self.tally = InvocationTally(LATENCY_BUCKETS, CPU_BUCKETS, script_labels)
         r.register(self.tally)
         r.register(_PoolCollector(pool_snapshot, http_stats))
+        # The supervisor process itself, as any Python service exports it:
+        # python_gc_*, process_cpu_seconds_total, process_resident_memory_bytes...
+        GCCollector(registry=r)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     def observe(self, inv: Invocation, nodes: list[Invocation], top_level: bool = True) -> None:
         """A finished invocation tree (``nodes``: its invocations, from :func:`traces.nodes`)."""
