@@ -76,7 +76,7 @@ class Outbound:
 class Invocation:
     __slots__ = (
         "id", "child", "record", "method", "url", "headers", "limits", "parent", "outbound",
-        "params", "head_ready", "done", "status", "response_headers", "body", "error",
+        "params", "_head_event", "_done_event", "status", "response_headers", "body", "error",
         "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
         "on_done", "response_end", "linger_cut", "log_bytes", "depth", "request_id", "event",
@@ -97,8 +97,11 @@ class Invocation:
         self.parent = parent
         self.outbound = outbound
         self.params = params
-        self.head_ready = trio.Event()
-        self.done = trio.Event()
+        #: The events behind :attr:`head_ready` and :attr:`done`, made only
+        #: when someone waits: most invocations are answered through
+        #: ``on_head`` and never waited on this way.
+        self._head_event: trio.Event | None = None
+        self._done_event: trio.Event | None = None
         #: ``head_ready.is_set()`` and ``done.is_set()`` as plain attributes:
         #: the request path asks a dozen times per request, and each
         #: ``is_set()`` is a Python call (the events are for waiting).
@@ -151,6 +154,26 @@ class Invocation:
             self.depth = parent.depth + 1
             self.request_id = parent.request_id
 
+    @property
+    def head_ready(self) -> trio.Event:
+        """Set once the response head is here (or the invocation failed)."""
+        event = self._head_event
+        if event is None:
+            event = self._head_event = trio.Event()
+            if self.has_head:
+                event.set()
+        return event
+
+    @property
+    def done(self) -> trio.Event:
+        """Set once the child is done with the invocation."""
+        event = self._done_event
+        if event is None:
+            event = self._done_event = trio.Event()
+            if self.is_done:
+                event.set()
+        return event
+
     # -- from the child ------------------------------------------------------
     def respond(self, status: int, headers: list[Header], body: BodySource | None,
                 streaming: bool = False) -> bool:
@@ -175,7 +198,8 @@ class Invocation:
 
     def _head(self) -> None:
         self.has_head = True
-        self.head_ready.set()
+        if self._head_event is not None:
+            self._head_event.set()
         if self.on_head is not None:
             callback, self.on_head = self.on_head, None
             callback(self)
@@ -203,7 +227,8 @@ class Invocation:
                 if not callee.has_head:
                     callee.cancel(_CANCELED)
             self.is_done = True
-            self.done.set()
+            if self._done_event is not None:
+                self._done_event.set()
             self._complete()
 
     def _complete(self) -> None:
