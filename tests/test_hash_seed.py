@@ -9,6 +9,7 @@ A real ``corral serve`` with ``zygote_max_children = 3``: tenants report
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 
 from tests.harness import Corral
@@ -67,6 +68,51 @@ def test_children_of_different_zygotes_hash_differently(tmp_path) -> None:
     # Spares of a replaced zygote were killed, never handed to a tenant.
     replaced = {e["pid"] for e in log if e.get("event") == "child.ended" and e.get("reason") == "zygote replaced"}
     assert not replaced & {o["pid"] for o in seen}
+    # Forks come three at a time here: the successor is started, not always up, before.
+    assert_rotations_swap_to_a_prepared_zygote(log, standing_by=False)
+
+
+def assert_rotations_swap_to_a_prepared_zygote(log: list[dict], standing_by: bool) -> None:
+    """Every rotation's successor was started before the rotation, and it is
+    the zygote that becomes ready for the next generation: forking pauses for
+    the swap, not for a start. ``standing_by``: it was also up before then."""
+    events = [e for e in log if str(e.get("event", "")).startswith("zygote.")]
+    rotations = [i for i, e in enumerate(events) if e["event"] == "zygote.rotated"]
+    assert rotations, events
+    for i in rotations:
+        generation = events[i]["generation"]
+        earlier = {e["event"]: e for e in events[:i] if e.get("generation") == generation + 1}
+        ready = [e for e in events[i:] if e["event"] == "zygote.ready" and e.get("generation") == generation + 1]
+        assert "zygote.preparing" in earlier and ready, (generation, events)
+        assert ready[0]["pid"] == earlier["zygote.preparing"]["pid"], (generation, events)
+        if standing_by:
+            assert "zygote.standby" in earlier, (generation, events)
+    assert not [e for e in events if e["event"] in ("zygote.restarting", "zygote.failed")], events
+
+
+def test_a_zygote_rotated_for_age_hands_over_to_one_standing_by(tmp_path) -> None:
+    config = tmp_path / "corral.toml"
+    config.write_text("[pool]\nspares = 1\nzygote_max_age_s = 4.0\n")
+    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    try:
+        server.deploy("aged", TENANT, namespace=None)
+        server.route("aged.localhost/*", "aged")
+
+        def log() -> list[dict]:
+            return [json.loads(line) for line in server.log_path.read_text().splitlines()
+                    if line.startswith("{")]
+
+        deadline = time.monotonic() + 30
+        while not any(e.get("event") == "zygote.rotated" for e in log()):
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)  # polling the log for the second rotation
+        resp = server.request("/", host="aged.localhost")
+        assert resp.status == 200, (resp, server.log())
+        events = log()
+    finally:
+        server.stop()
+    assert all(e["reason"] == "age" for e in events if e.get("event") == "zygote.rotated")
+    assert_rotations_swap_to_a_prepared_zygote(events, standing_by=True)
 
 
 RANDOM_TENANT = r'''

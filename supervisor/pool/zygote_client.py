@@ -5,7 +5,9 @@ children. This module owns its life: it starts it with a scrubbed
 environment and a fresh random hash seed (forked children share the
 zygote's seed, so a restart is also how the seed rotates), receives each new
 child's channel and pidfd over SCM_RIGHTS, forwards exit statuses, and
-restarts the zygote if it dies, with a back-off.
+restarts the zygote if it dies, with a back-off. The next generation's
+zygote is started shortly before a rotation is due and stands by, so a
+rotation is a swap rather than a pause in forking.
 
 Why rotation, and what it bounds
 --------------------------------
@@ -57,6 +59,13 @@ from protocol.messages import (
 )
 from supervisor.log import error, log, warn
 
+#: The next zygote is started this many forks before the current one's last
+#: (at most a fifth of them) or this long before its age is up, so that it is
+#: ready when rotation comes: a storm forks ~150 children a second here, and
+#: a zygote takes ~0.3 s to start.
+SUCCESSOR_LEAD_CHILDREN = 200
+SUCCESSOR_LEAD_S = 30.0
+
 SpawnedCallback = Callable[[int, socket.socket, int], None]
 #: ``(key, pid, control socket, pidfd, generation)`` of a new package zygote.
 PackageZygoteCallback = Callable[[str, int, socket.socket, int, int], None]
@@ -83,6 +92,12 @@ class ZygoteClient:
         self._forked = 0  # children of this generation, package zygotes' included
         self._asked = 0  # children requested of the current zygote
         self._life: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        #: The next generation's zygote, started in advance (see
+        #: :meth:`_prepare_successor`), and the event set once its start is
+        #: over (None: no successor is coming).
+        self._successor: _Launched | None = None
+        self._successor_done: trio.Event | None = None
         self._on_spawned = on_spawned
         self._on_exited = on_exited
         self._on_restart = on_restart
@@ -120,36 +135,61 @@ class ZygoteClient:
 
     def forked(self) -> None:
         """A child of this generation exists (forked by the zygote or one of its
-        package zygotes, which share its hash seed): rotate when enough have."""
+        package zygotes, which share its hash seed): rotate when enough have,
+        and have the successor started a little before."""
         self._forked += 1
-        if self._forked >= self.max_children and self._life is not None:
+        if self._life is None:
+            return
+        if self._forked >= self.max_children - _lead_children(self.max_children):
+            self._prepare_successor()
+        if self._forked >= self.max_children:
             self._life.cancel()  # its seed has served enough children
 
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        status: trio.TaskStatus | None = task_status
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._generations(nursery, status)
+            finally:
+                if self._successor is not None:  # shutting down with one standing by
+                    self._bury_later(self._successor)
+                    self._successor = None
+
+    async def _generations(self, nursery: trio.Nursery, status: trio.TaskStatus | None) -> None:
+        """One zygote per generation, for as long as the client runs."""
         backoff = 0.05
-        started = False
         while True:
             began = trio.current_time()
             # A zygote lives at most max_age: forked children share its hash
             # seed, so a fresh zygote (fresh PYTHONHASHSEED) bounds how long
             # one seed serves new tenants.
+            age_watch = trio.CancelScope()  # the successor-by-age task's; ends with the generation
             with trio.move_on_after(self.max_age_s) as aged:
                 self._life = aged
                 self._asked = 0
                 self._forked = 0
                 try:
-                    await self._run_once(task_status if not started else None)
-                    started = True
+                    zygote = await self._take_successor() or await self._start()
+                    if zygote is not None:
+                        self._become_current(zygote)
+                        if status is not None:
+                            status.started()
+                            status = None
+                        lead = min(SUCCESSOR_LEAD_S, self.max_age_s / 2)
+                        nursery.start_soon(self._successor_by_age, began + self.max_age_s - lead,
+                                           age_watch)
+                        await self._serve(zygote)
                 except OSError as exc:
                     error("zygote.failed", reason=str(exc))
                 finally:
+                    age_watch.cancel()
                     self._sock = None
                     self.ready = trio.Event()
                     self._life = None
             self.generation += 1
             self._on_restart()
             if aged.cancelled_caught:
-                started = True
                 spent = self._asked >= self.max_children
                 log("zygote.rotated", generation=self.generation - 1,
                     reason="children" if spent else "age",
@@ -158,11 +198,59 @@ class ZygoteClient:
                 continue
             if trio.current_time() - began > 10:
                 backoff = 0.05
+            if self._successor is not None:
+                continue  # a fresh zygote already stands by: no need to wait
             warn("zygote.restarting", after_s=backoff)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    async def _run_once(self, task_status: trio.TaskStatus | None) -> None:
+    # -- the successor: started before it is needed ------------------------------
+    def _prepare_successor(self) -> None:
+        """Start the next generation's zygote now, in the background, unless
+        one is on its way already. Rotation then swaps zygotes: forks stop for
+        no longer than the swap, not for a zygote's start (~0.3 s here, far
+        more on a loaded host), which in a storm of cold starts is what
+        every request waiting for a spare would wait."""
+        if self._successor_done is not None or self._nursery is None:
+            return
+        self._successor_done = trio.Event()
+        self._nursery.start_soon(self._start_successor, self.generation + 1)
+
+    async def _start_successor(self, generation: int) -> None:
+        done = self._successor_done
+        try:
+            self._successor = await self._start(successor=generation)
+        except OSError as exc:
+            error("zygote.failed", reason=str(exc), generation=generation)
+        finally:
+            if done is not None:
+                done.set()
+        if self._successor is not None and self.generation < generation:
+            # Up before the generation it follows ended: it waits for the swap.
+            log("zygote.standby", pid=self._successor.pid, generation=generation)
+
+    async def _successor_by_age(self, at: float, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep_until(at)
+            self._prepare_successor()
+
+    async def _take_successor(self) -> _Launched | None:
+        """The zygote started in advance, once it is up (None: there is none)."""
+        done = self._successor_done
+        if done is None:
+            return None
+        await done.wait()
+        zygote, self._successor, self._successor_done = self._successor, None, None
+        if zygote is not None and zygote.process.poll() is not None:
+            self._bury_later(zygote)  # it died while it stood by
+            return None
+        return zygote
+
+    # -- one zygote's life -----------------------------------------------------------
+    async def _start(self, successor: int = 0) -> _Launched | None:
+        """Start a zygote and wait for its ZygoteReady (None: it ended or spoke
+        another protocol version before that). ``successor``: the generation
+        it is started in advance for (0: it is needed now)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -172,61 +260,118 @@ class ZygoteClient:
         }
         if os.environ.get("CORRAL_LANDLOCK"):  # see sandbox.landlock: "off" to do without
             env["CORRAL_LANDLOCK"] = os.environ["CORRAL_LANDLOCK"]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sandbox.zygote", "--control-fd", str(theirs.fileno()),
-             "--address-space-mb", str(self.address_space_mb),
-             "--bundles-dir", self.bundles_dir, "--packages-dir", self.packages_dir],
-            pass_fds=[theirs.fileno()],
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
-        sock = trio.socket.from_stdlib_socket(ours)
         try:
-            with sock:
-                async for message, fds in receive_messages(sock, self._decoder):
-                    if isinstance(message, Spawned):
-                        if len(fds) != 2:
-                            for fd in fds:
-                                os.close(fd)
-                            error("zygote.bad_spawn", pid=message.pid, fds=len(fds))
-                            continue
-                        channel = socket.socket(fileno=fds[0])
-                        self._on_spawned(message.pid, channel, fds[1])
-                        self.forked()
-                    elif isinstance(message, PackageZygoteStarted):
-                        if len(fds) != 2 or self._on_package_zygote is None:
-                            for fd in fds:
-                                os.close(fd)
-                            error("zygote.bad_package_zygote", pid=message.pid, fds=len(fds))
-                            continue
-                        control = socket.socket(fileno=fds[0])
-                        self._on_package_zygote(message.key, message.pid, control, fds[1], self.generation)
-                    elif isinstance(message, Exited):
-                        self._on_exited(message.pid, message.status)
-                    elif isinstance(message, ZygoteReady):
-                        if message.version != PROTOCOL_VERSION:
-                            error("zygote.version_mismatch", got=message.version,
-                                  want=PROTOCOL_VERSION)
-                            return
-                        self.pid = message.pid
-                        self.jail = message.jail
-                        self._sock = ours
-                        self.ready.set()
-                        log("zygote.ready", pid=message.pid, generation=self.generation,
-                            **message.jail)
-                        _warn_weaker_jail(message.jail)
-                        if self._on_ready is not None:
-                            self._on_ready()
-                        if task_status is not None:
-                            task_status.started()
-                            task_status = None
+            process = subprocess.Popen(
+                [sys.executable, "-m", "sandbox.zygote", "--control-fd", str(theirs.fileno()),
+                 "--address-space-mb", str(self.address_space_mb),
+                 "--bundles-dir", self.bundles_dir, "--packages-dir", self.packages_dir],
+                pass_fds=[theirs.fileno()],
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
         finally:
-            with trio.CancelScope(shield=True):
-                if process.poll() is None:
-                    process.kill()
-                await trio.to_thread.run_sync(process.wait)
-            log("zygote.exited", pid=process.pid, status=process.returncode)
+            theirs.close()
+        zygote = _Launched(process, ours)
+        if successor:
+            log("zygote.preparing", pid=process.pid, generation=successor)
+        try:
+            while True:
+                frame = await receive_frame(zygote.sock)
+                if frame is None:
+                    break
+                data, fds = frame
+                for fd in fds:  # nothing is passed before it is ready
+                    os.close(fd)
+                message = self._decoder.decode(data)
+                if isinstance(message, ZygoteReady):
+                    if message.version != PROTOCOL_VERSION:
+                        error("zygote.version_mismatch", got=message.version,
+                              want=PROTOCOL_VERSION)
+                        break
+                    zygote.pid = message.pid
+                    zygote.jail = message.jail
+                    return zygote
+        except BaseException:
+            self._bury_later(zygote)
+            raise
+        self._bury_later(zygote)
+        return None
+
+    def _become_current(self, zygote: _Launched) -> None:
+        self.pid = zygote.pid
+        self.jail = zygote.jail
+        self._sock = zygote.ours
+        self.ready.set()
+        log("zygote.ready", pid=zygote.pid, generation=self.generation, **zygote.jail)
+        _warn_weaker_jail(zygote.jail)
+        if self._on_ready is not None:
+            self._on_ready()
+
+    async def _serve(self, zygote: _Launched) -> None:
+        """The current zygote's messages, until it ends or its life does."""
+        try:
+            async for message, fds in receive_messages(zygote.sock, self._decoder):
+                if isinstance(message, Spawned):
+                    if len(fds) != 2:
+                        for fd in fds:
+                            os.close(fd)
+                        error("zygote.bad_spawn", pid=message.pid, fds=len(fds))
+                        continue
+                    channel = socket.socket(fileno=fds[0])
+                    self._on_spawned(message.pid, channel, fds[1])
+                    self.forked()
+                elif isinstance(message, PackageZygoteStarted):
+                    if len(fds) != 2 or self._on_package_zygote is None:
+                        for fd in fds:
+                            os.close(fd)
+                        error("zygote.bad_package_zygote", pid=message.pid, fds=len(fds))
+                        continue
+                    control = socket.socket(fileno=fds[0])
+                    self._on_package_zygote(message.key, message.pid, control, fds[1], self.generation)
+                elif isinstance(message, Exited):
+                    self._on_exited(message.pid, message.status)
+                else:
+                    for fd in fds:
+                        os.close(fd)
+        finally:
+            self._bury_later(zygote)
+
+    def _bury_later(self, zygote: _Launched) -> None:
+        """Close its socket now; kill and reap it off the caller's path (a
+        rotation swaps zygotes without waiting for the old one's exit)."""
+        zygote.sock.close()
+        if self._nursery is not None:
+            self._nursery.start_soon(_bury, zygote)
+
+
+class _Launched:
+    """A zygote process this client started, and its control socket."""
+
+    __slots__ = ("process", "ours", "sock", "pid", "jail")
+
+    def __init__(self, process: subprocess.Popen, ours: socket.socket) -> None:
+        self.process = process
+        #: For sends (short, non-blocking), as ``ZygoteClient._sock``.
+        self.ours = ours
+        self.sock = trio.socket.from_stdlib_socket(ours)
+        self.pid = 0
+        self.jail: dict = {}
+
+
+async def _bury(zygote: _Launched) -> None:
+    with trio.CancelScope(shield=True):
+        if zygote.process.poll() is None:
+            zygote.process.kill()
+        await trio.to_thread.run_sync(zygote.process.wait)
+    log("zygote.exited", pid=zygote.process.pid, status=zygote.process.returncode)
+
+
+def _lead_children(max_children: int) -> int:
+    """How many forks before the last one the successor is started."""
+    return min(SUCCESSOR_LEAD_CHILDREN, max(1, max_children // 5))
 
 
 def _warn_weaker_jail(jail: dict) -> None:
