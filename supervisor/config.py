@@ -8,7 +8,7 @@ file. Unknown keys are an error, so a typo never silently does nothing.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -200,6 +200,10 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Answer ``/cdn-cgi/handler/scheduled?cron=...`` by running the routed
     #: script's ``scheduled()``, as ``wrangler dev`` does (off: it is public).
     scheduled_test_endpoint: bool = False
+    #: Microseconds the supervisor polls for more work before its event loop
+    #: sleeps (see supervisor.busy_poll): fewer wake-ups on the request path
+    #: for at most this much of its CPU per sleep. 0: off.
+    busy_poll_us: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 100
 
     @property
     def admin_socket_path(self) -> str:

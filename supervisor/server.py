@@ -22,6 +22,7 @@ from supervisor import log as logmod
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
 from supervisor.bindings import Bindings
+from supervisor.busy_poll import BusyPoll
 from supervisor.calls import http_client
 from supervisor.calls.calls import Calls
 from supervisor.calls.egress import EgressPolicy
@@ -370,5 +371,5 @@ def run(config: ServeConfig) -> int:
     """Entry point of ``corral serve``."""
     logmod.setup()
     supervisor = Supervisor(config)
-    trio.run(supervisor.run)
+    trio.run(supervisor.run, instruments=[BusyPoll(config.busy_poll_us)] if config.busy_poll_us else [])
     return 0

@@ -1,0 +1,83 @@
+"""The supervisor polls before it sleeps (supervisor.busy_poll).
+
+Seen from the kernel: one request at a time on a keep-alive connection, a
+supervisor that sleeps waits in ``epoll_wait`` for the child's reply and for
+the client's next request, each a voluntary context switch. Polling for up
+to 5 ms before sleeping catches both, so it hardly ever sleeps; with
+``busy_poll_us = 0`` it sleeps at every wait. No timing is asserted: the
+count of sleeps is the kernel's.
+"""
+
+from __future__ import annotations
+
+import http.client
+from pathlib import Path
+
+from tests.harness import Corral
+
+HELLO = '''
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("hi")
+'''
+
+REQUESTS = 200
+
+
+def sleeps_per_request(tmp_path: Path, busy_poll_us: int) -> float:
+    config = tmp_path / f"poll{busy_poll_us}.toml"
+    config.write_text(f"busy_poll_us = {busy_poll_us}\n")
+    server = Corral(tmp_path / f"state{busy_poll_us}", extra_args=["--config", str(config)]).start()
+    try:
+        server.deploy("hi", HELLO, namespace=None)
+        server.route("hi.localhost/*", "hi")
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+        def get() -> None:
+            conn.request("GET", "/", headers={"host": "hi.localhost"})
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read() == b"hi"
+
+        for _ in range(20):  # warm: the child is loaded and the connection kept
+            get()
+        before = voluntary_switches(server.proc.pid)
+        for _ in range(REQUESTS):
+            get()
+        after = voluntary_switches(server.proc.pid)
+        conn.close()
+        assert "busy_poll.unavailable" not in server.log()
+    finally:
+        server.stop()
+    return (after - before) / REQUESTS
+
+
+def voluntary_switches(pid: int) -> int:
+    """Times the supervisor's event-loop thread went to sleep (its main thread)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc status")
+
+
+def test_the_supervisor_polls_instead_of_sleeping_between_the_hops_of_a_request(tmp_path: Path) -> None:
+    sleeping = sleeps_per_request(tmp_path, 0)
+    polling = sleeps_per_request(tmp_path, 5000)
+    print(f"\nsleeps per request: {sleeping:.2f} without polling, {polling:.2f} polling 5 ms")
+    assert sleeping >= 1.0, sleeping  # the child's reply and (mostly) the next request
+    assert polling <= 0.5, polling
+
+
+def test_a_bad_busy_poll_setting_is_refused_by_name(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("busy_poll_us = -5\n")
+    server = Corral(tmp_path / "state", extra_args=["--config", str(config)])
+    try:
+        server.start(timeout=10)
+    except RuntimeError as exc:
+        assert "busy_poll_us" in str(exc)
+    else:
+        server.stop()
+        raise AssertionError("a negative busy_poll_us was accepted")
