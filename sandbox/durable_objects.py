@@ -19,7 +19,7 @@ import msgspec
 
 from protocol.messages import DO_STORAGE, DurableObjectEvent
 
-from . import workers
+from . import events, workers
 from .bindings import AttrDict, AttrList, call, options, wrap
 from .bindings.durable_objects import DurableObjectId, decode, encode
 from .pyodide_shim import JsException
@@ -240,13 +240,10 @@ class Objects:
 
 
 async def _call(fn: Any, *args: Any) -> Any:
-    try:
-        count = len([p for p in inspect.signature(fn).parameters.values()
-                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
-        if not any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(fn).parameters.values()):
-            args = args[:count] if fn.__name__ == "alarm" else args
-    except (TypeError, ValueError):
-        pass
+    if getattr(fn, "__name__", "") == "alarm":
+        count = events.positional_arity(fn)  # alarm() may or may not take alarmInfo
+        if count is not None:
+            args = args[:count]
     result = fn(*args)
     if inspect.isawaitable(result):
         result = await result

@@ -129,3 +129,41 @@ def test_run_sync_outside_a_handler_says_why():
 
     with pytest.raises(RuntimeError, match="only be used while a handler runs"):
         run_sync(nothing())
+
+
+def test_handlers_get_as_many_positional_arguments_as_they_declare():
+    """A handler may declare fewer of ``(request, env, ctx)`` than it is given
+    (Cloudflare's module and class styles); the count comes from the code
+    object for plain functions and methods, from inspect.signature otherwise."""
+    import functools
+
+    from sandbox.events import positional_arity
+
+    def plain(request, env, ctx=None): ...
+    def star(request, *rest): ...
+    def keyword_only(request, *, env): ...
+
+    class Entry:
+        def fetch(self, request): ...
+        @staticmethod
+        def static(request, env): ...
+        @classmethod
+        def klass(cls, request): ...
+        def __call__(self, a, b): ...
+
+    def keeps_signature(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            return fn(*args, **kwargs)
+        return wrapper
+
+    entry = Entry()
+    assert positional_arity(plain) == 3
+    assert positional_arity(star) is None
+    assert positional_arity(keyword_only) == 1
+    assert positional_arity(entry.fetch) == 1
+    assert positional_arity(entry.static) == 2
+    assert positional_arity(entry.klass) == 1
+    assert positional_arity(entry) == 2  # a callable object: inspect.signature
+    assert positional_arity(keeps_signature(plain)) == 3  # seen through functools.wraps
+    assert positional_arity(functools.partial(plain, 1)) == 2
