@@ -120,6 +120,7 @@ _.extract_cookies  # http.cookiejar.CookieJar (supervisor/calls/http_client.py)
 _.set_cookie  # http.cookiejar.CookieJar (supervisor/calls/http_client.py)
 cookie  # CookieJar.set_cookie(cookie) (supervisor/calls/http_client.py)
 src  # sqlite3 authorizer callback signature (supervisor/objects/storage.py)
+_.before_io_wait  # trio.abc.Instrument hook (supervisor/busy_poll.py)
 
 # -- ctypes structures the kernel reads ---------------------------------------------
 
