@@ -233,3 +233,50 @@ def test_a_tenant_cannot_change_the_zygote_snapshot(c: Corral) -> None:
     busy_kb = anonymous_kb(pid)
     assert wait_for(lambda: anonymous_kb(pid) < busy_kb - 400, timeout=15, interval=0.1)
     assert call(c, "stateful2")["intact"]
+
+
+class _IdleChild:
+    """What the trimmer needs of a child (supervisor.pool.idle_trim.Trimmable)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.last_used = 1.0
+        self.reshared_at = -1.0
+        self.idle = True
+        self.alive = True
+        self.sent: list[object] = []
+
+    def send(self, message: object) -> None:
+        self.sent.append(message)
+
+
+def test_asks_queued_before_cold_starts_got_busy_are_dropped_not_sent() -> None:
+    """The trimmer re-checks that cold starts are calm before each child: a
+    queue filled before a storm must not spend the storm's CPU. A dropped ask
+    leaves the child not reshared, so the next idle scan asks again."""
+    import trio
+    import trio.testing
+
+    from supervisor.pool.idle_trim import IdleTrimmer
+
+    state = {"calm": False}
+    children = [_IdleChild(pid) for pid in (101, 102)]
+
+    async def main() -> None:
+        trimmer = IdleTrimmer(read_pages=lambda pid: b"\0" * 8, calm=lambda: state["calm"])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trimmer.run)
+            trimmer.ask(children[0])
+            await trio.testing.wait_all_tasks_blocked()
+            assert children[0].sent == [] and children[0].reshared_at == -1.0
+            state["calm"] = True
+            trimmer.ask(children[1])
+            with trio.fail_after(10):  # the page list is read in a worker thread
+                while not children[1].sent:
+                    await trio.sleep(0.01)
+            assert len(children[1].sent) == 1 and children[1].reshared_at == 1.0
+            # Asks are handled in order: the first one was dropped, not late.
+            assert children[0].sent == [] and children[0].reshared_at == -1.0
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

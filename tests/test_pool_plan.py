@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from supervisor.pool.plan import Plan, PoolView, WarmChild, plan
+from supervisor.pool.plan import BUSY_COLD_RATE, Plan, PoolView, WarmChild, plan
 
 
 def view(**changes: object) -> PoolView:
@@ -72,6 +72,17 @@ def test_children_idle_past_reshare_after_s_are_asked_once_per_idle_period() -> 
     assert decided.retire == ("expired",)       # retired, not asked
     assert plan(view(warm=warm, reap=False, reshare_after_s=5.0)).reshare == ()
     assert plan(view(warm=warm, reap=True, reshare_after_s=0.0)).reshare == ()  # 0: never
+
+
+def test_give_backs_wait_while_cold_starts_are_busy() -> None:
+    """A give-back costs CPU that a storm of cold starts needs: none is asked
+    while a request waits for a spare or cold starts come faster than
+    BUSY_COLD_RATE; they are asked on the first scan after."""
+    warm = (WarmChild("idle", True, 90.0, reshared=False),)
+    busy = plan(view(warm=warm, reap=True, reshare_after_s=5.0, cold_rate=BUSY_COLD_RATE * 4))
+    assert busy.reshare == ()
+    assert plan(view(spares=0, waiting=1, warm=warm, reap=True, reshare_after_s=5.0)).reshare == ()
+    assert plan(view(warm=warm, reap=True, reshare_after_s=5.0, cold_rate=BUSY_COLD_RATE / 2)).reshare == ("idle",)
 
 
 def test_at_the_cap_the_least_recently_used_idle_child_makes_room() -> None:

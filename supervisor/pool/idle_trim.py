@@ -74,9 +74,13 @@ class IdleTrimmer:
     it has served and fallen idle again).
     """
 
-    def __init__(self, read_pages: Callable[[int], bytes] = own_pages) -> None:
+    def __init__(self, read_pages: Callable[[int], bytes] = own_pages,
+                 calm: Callable[[], bool] = lambda: True) -> None:
         self._send, self._receive = trio.open_memory_channel[Trimmable](QUEUE)
         self._read_pages = read_pages
+        #: False while cold starts are busy (supervisor.pool.plan.calm): the
+        #: queued asks are dropped then, and the next idle scan asks again.
+        self._calm = calm
         self._pending: set[int] = set()
         #: Trims sent so far (the pool's snapshot shows it).
         self.sent = 0
@@ -94,7 +98,7 @@ class IdleTrimmer:
         async for child in self._receive:
             self._pending.discard(child.pid)
             used = child.last_used
-            if not (child.alive and child.idle):
+            if not (child.alive and child.idle and self._calm()):
                 continue
             pages = await trio.to_thread.run_sync(self._read_pages, child.pid)
             if not (child.alive and child.idle and child.last_used == used):

@@ -26,6 +26,11 @@ The rules, in the order they apply:
    within the room under the cap. Just after a cold start took a spare the
    fork waits ``quiet_until`` (the fork must not compete with that cold
    start for the CPU), unless a request is waiting for a spare.
+5. **Give back.** On the periodic scan, a warm child idle for longer than
+   ``reshare_after_s`` is asked for its copied pages (once per idle
+   period), unless cold starts are busy (:func:`calm`): a give-back costs
+   ~6 ms of CPU, and in a storm of first requests ~100 of them fell due
+   within two seconds, a third of the CPU the storm's cold starts needed.
 """
 
 from __future__ import annotations
@@ -38,6 +43,15 @@ from dataclasses import dataclass, field
 #: quiet window (``supervisor.pool.pool.REFILL_DELAY_S``), the fork and the
 #: spare's own set-up and warm-up, measured here at ~60-100 ms.
 REFILL_S = 0.1
+#: Cold starts per second (decayed, half-life 1 s) above which idle
+#: children's give-backs wait: the CPU goes to the cold starts first.
+BUSY_COLD_RATE = 5.0
+
+
+def calm(waiting: int, cold_rate: float) -> bool:
+    """Nothing waits for a spare and cold starts are not coming fast: the
+    time for maintenance that costs CPU (give-backs)."""
+    return not waiting and cold_rate < BUSY_COLD_RATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +122,12 @@ def plan(view: PoolView) -> Plan:
     reshare: list[Hashable] = []
     live = view.live
     if view.reap:
+        give_back = bool(view.reshare_after_s) and calm(view.waiting, view.cold_rate)
         for child in view.warm:
             if child.idle and view.now - child.last_used > view.idle_timeout_s:
                 retire.append(child.key)
                 live -= 1  # retired while idle: killed at once
-            elif (view.reshare_after_s and child.idle and not child.reshared
+            elif (give_back and child.idle and not child.reshared
                   and view.now - child.last_used > view.reshare_after_s):
                 reshare.append(child.key)
     want = spares_for(view.spares_target, view.spares_ceiling, view.cold_rate) + view.waiting

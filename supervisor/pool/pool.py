@@ -53,7 +53,7 @@ from supervisor.pool.fork_priority import ForkPriority
 from supervisor.pool.idle_trim import IdleTrimmer
 from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
 from supervisor.pool.package_zygotes import PackageZygote, PackageZygotes
-from supervisor.pool.plan import PackagesView, Plan, PoolView, WarmChild, plan, plan_packages
+from supervisor.pool.plan import PackagesView, Plan, PoolView, WarmChild, calm, plan, plan_packages
 from supervisor.pool.rate import EventRate
 from supervisor.pool.zygote_client import ZygoteClient
 
@@ -150,7 +150,8 @@ class Pool:
         #: Children fallen idle whose background allowance is not guarded yet.
         self.cooling: set[ChildProcess] = set()
         #: Idle children give unchanged copied pages back (supervisor.pool.idle_trim).
-        self.trimmer = IdleTrimmer()
+        self.trimmer = IdleTrimmer(calm=lambda: calm(self._waiting,
+                                                     self._cold_rate.per_second(trio.current_time())))
         #: Kernel-armed budgets in flight, looked at as soon as they can run out.
         self.budgets: BudgetWatch[ChildProcess] = BudgetWatch(
             lambda child: child.cpu, lambda child: child.kill(KillReason.EXCEEDED_CPU))
