@@ -159,7 +159,12 @@ class Pool:
         self._waiting = 0
         #: The base zygote's nice: 0 while a request waits for its fork (fork_priority).
         self._fork_priority = ForkPriority()
-        self._spare_lot = trio.lowlevel.ParkingLot()
+        #: Requests waiting for a base spare, first come first served: a spare
+        #: that becomes ready is handed to the first of them. (With a parking
+        #: lot, a request arriving between the spare's arrival and the woken
+        #: waiter's turn took it, and the waiter queued again at the back: a
+        #: storm's slowest first requests.)
+        self._spare_waiters: deque[_SpareWaiter] = deque()
         self._nudged = trio.Event()
         #: When the maintain task converges next without a nudge.
         self._wake_at = 0.0
@@ -285,8 +290,20 @@ class Pool:
             package.spares.append(child)
             package.lot.unpark()
             return
-        self.spares.append(child)
-        self._spare_lot.unpark()
+        self._offer_spare(child)
+
+    def _offer_spare(self, child: ChildProcess, first: bool = False) -> None:
+        """A base spare is ready: the longest-waiting request gets it, else the pool."""
+        while self._spare_waiters:
+            waiter = self._spare_waiters.popleft()
+            if not waiter.event.is_set():
+                waiter.child = child
+                waiter.event.set()
+                return
+        if first:
+            self.spares.appendleft(child)
+        else:
+            self.spares.append(child)
 
     def on_idle(self, child: ChildProcess) -> None:
         """A retiring child goes once it has nothing in flight."""
@@ -604,7 +621,11 @@ class Pool:
                 child = await self._take_spare()
             if self.bundles.ready(record.version):
                 return child
-            self.spares.appendleft(child)  # collected while we waited: write it again
+            # Collected while we waited: write it again, with the spare back in line.
+            if child.package is None:
+                self._offer_spare(child, first=True)
+            else:
+                child.package.spares.appendleft(child)
 
     def versions_in_use(self) -> set[str]:
         """Script versions some live child was assigned (their bundles must stay)."""
@@ -618,6 +639,8 @@ class Pool:
         if not self.bundles.ready(record.version):
             return None
         spares, taken = self.spares, self._cold_rate.record
+        if self._spare_waiters and not record.packages_lock:
+            return None  # requests wait for base spares already: after them
         if record.packages_lock:
             package = self.packages.get(record.packages_lock)
             if package is None or not package.spares:
@@ -650,10 +673,11 @@ class Pool:
 
     async def _take_spare(self) -> ChildProcess:
         self._waiting += 1
+        waiter: _SpareWaiter | None = None
         try:
             with trio.move_on_after(SPARE_WAIT_S) as scope:
                 while True:
-                    while self.spares:
+                    while self.spares and not self._spare_waiters:
                         child = self.spares.popleft()
                         if child.alive:
                             self._cold_rate.record(trio.current_time())
@@ -662,10 +686,21 @@ class Pool:
                     if decided.stuck:
                         raise PoolUnavailable(decided.why)
                     self._fork_priority.rush(self._kit.renice, self.zygote.pid)
-                    await self._spare_lot.park()
+                    waiter = _SpareWaiter()
+                    self._spare_waiters.append(waiter)
+                    await waiter.event.wait()
+                    child, waiter = waiter.child, None
+                    if child is not None and child.alive:
+                        self._cold_rate.record(trio.current_time())
+                        return child
             assert scope.cancelled_caught
             raise PoolUnavailable("no sandbox became available in time")
         finally:
+            if waiter is not None:  # it gave up (a timeout, its client left)
+                if waiter.child is not None:
+                    self._offer_spare(waiter.child, first=True)  # handed over too late: pass it on
+                else:
+                    waiter.event.set()  # out of line (_offer_spare skips it)
             self._waiting -= 1
             if self._waiting == 0:
                 self._fork_priority.until = trio.current_time() + RUSH_LINGER_S
@@ -774,3 +809,12 @@ class Pool:
             **self.stats,
         }
 
+
+class _SpareWaiter:
+    """A request in line for a base spare (see ``Pool._spare_waiters``)."""
+
+    __slots__ = ("event", "child")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.child: ChildProcess | None = None
