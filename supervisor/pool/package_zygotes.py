@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ from supervisor.log import error, log, warn
 from supervisor.pool.fork_priority import ForkPriority
 from supervisor.pool.plan import PackageSet
 from supervisor.pool.rate import EventRate
+from supervisor.pool.spare_line import SpareLine
 from supervisor.pool.zygote_client import receive_messages
 
 
@@ -57,7 +58,9 @@ class PackageZygote:
         self._send_sock: socket.socket | None = None  # the same socket, non-blocking sends
         self.ready = trio.Event()
         self.alive = True
-        self.spares: deque[Any] = deque()
+        #: Its spares ready to take, and the requests in line for one.
+        self.line: SpareLine[Any] = SpareLine()
+        self.spares = self.line.spares
         self.requested = 0
         self.waiting = 0
         self.in_use = 0
@@ -67,7 +70,6 @@ class PackageZygote:
         self.memory = 0
         #: The children's RLIMIT_AS (0: none), known once its mapping was read.
         self.address_space = 0
-        self.lot = trio.lowlevel.ParkingLot()
         #: Nice 0 while a request waits for its fork (see fork_priority).
         self.priority = ForkPriority()
         self._encoder = msgspec.msgpack.Encoder()
@@ -100,7 +102,7 @@ class PackageZygote:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             except OSError:
                 pass
-        self.lot.unpark_all()
+        self.line.release()
 
 
 class PackageZygotes:
@@ -183,7 +185,7 @@ class PackageZygotes:
             zygote.alive = False
             zygote._send_sock = None
             zygote.ready.set()
-            zygote.lot.unpark_all()
+            zygote.line.release()
             if self.zygotes.get(zygote.key) is zygote:
                 del self.zygotes[zygote.key]
             with trio.CancelScope(shield=True):

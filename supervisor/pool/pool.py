@@ -30,7 +30,7 @@ import math
 import os
 import socket
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -55,6 +55,7 @@ from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbo
 from supervisor.pool.package_zygotes import PackageZygote, PackageZygotes
 from supervisor.pool.plan import PackagesView, Plan, PoolView, WarmChild, calm, plan, plan_packages
 from supervisor.pool.rate import EventRate
+from supervisor.pool.spare_line import SpareLine
 from supervisor.pool.zygote_client import ZygoteClient
 
 #: How long a request waits for a spare before the pool gives up (503).
@@ -142,7 +143,9 @@ class Pool:
         self.packages = PackageZygotes(self, self.zygote.start_package_zygote,
                                        self.memory.jail_address_space_mb())
         self.children: dict[int, ChildProcess] = {}
-        self.spares: deque[ChildProcess] = deque()
+        #: Base spares ready to take, and the requests in line for one.
+        self.spare_line: SpareLine[ChildProcess] = SpareLine()
+        self.spares = self.spare_line.spares
         self.warm: OrderedDict[tuple[str, str], ChildProcess] = OrderedDict()
         self.retired: set[ChildProcess] = set()
         #: Children whose CPU the watchdog polls (budgets the kernel is not armed for).
@@ -159,12 +162,6 @@ class Pool:
         self._waiting = 0
         #: The base zygote's nice: 0 while a request waits for its fork (fork_priority).
         self._fork_priority = ForkPriority()
-        #: Requests waiting for a base spare, first come first served: a spare
-        #: that becomes ready is handed to the first of them. (With a parking
-        #: lot, a request arriving between the spare's arrival and the woken
-        #: waiter's turn took it, and the waiter queued again at the back: a
-        #: storm's slowest first requests.)
-        self._spare_waiters: deque[_SpareWaiter] = deque()
         self._nudged = trio.Event()
         #: When the maintain task converges next without a nudge.
         self._wake_at = 0.0
@@ -287,23 +284,9 @@ class Pool:
             if not package.alive:
                 child.kill(KillReason.SURPLUS_SPARE)
                 return
-            package.spares.append(child)
-            package.lot.unpark()
+            package.line.offer(child)
             return
-        self._offer_spare(child)
-
-    def _offer_spare(self, child: ChildProcess, first: bool = False) -> None:
-        """A base spare is ready: the longest-waiting request gets it, else the pool."""
-        while self._spare_waiters:
-            waiter = self._spare_waiters.popleft()
-            if not waiter.event.is_set():
-                waiter.child = child
-                waiter.event.set()
-                return
-        if first:
-            self.spares.appendleft(child)
-        else:
-            self.spares.append(child)
+        self.spare_line.offer(child)
 
     def on_idle(self, child: ChildProcess) -> None:
         """A retiring child goes once it has nothing in flight."""
@@ -622,10 +605,7 @@ class Pool:
             if self.bundles.ready(record.version):
                 return child
             # Collected while we waited: write it again, with the spare back in line.
-            if child.package is None:
-                self._offer_spare(child, first=True)
-            else:
-                child.package.spares.appendleft(child)
+            (child.package.line if child.package is not None else self.spare_line).offer(child, first=True)
 
     def versions_in_use(self) -> set[str]:
         """Script versions some live child was assigned (their bundles must stay)."""
@@ -638,23 +618,19 @@ class Pool:
             return None
         if not self.bundles.ready(record.version):
             return None
-        spares, taken = self.spares, self._cold_rate.record
-        if self._spare_waiters and not record.packages_lock:
-            return None  # requests wait for base spares already: after them
+        line, taken = self.spare_line, self._cold_rate.record
         if record.packages_lock:
             package = self.packages.get(record.packages_lock)
             if package is None or not package.spares:
                 return None  # the awaiting path starts it, or falls back to a base spare
-            spares, taken = package.spares, package.taken
-        while spares:
-            child = spares.popleft()
-            if not child.alive:
-                continue
-            taken(trio.current_time())
-            self._assign(child, record)
-            self._cold_started()
-            return child
-        return None
+            line, taken = package.line, package.taken
+        child = line.take_now()  # None too while requests are in line for one
+        if child is None:
+            return None
+        taken(trio.current_time())
+        self._assign(child, record)
+        self._cold_started()
+        return child
 
     def _bundle_of(self, record: ScriptRecord) -> Any:
         """What a child is sent for ``record`` (its bundle is :meth:`Bundles.ready`)."""
@@ -673,34 +649,22 @@ class Pool:
 
     async def _take_spare(self) -> ChildProcess:
         self._waiting += 1
-        waiter: _SpareWaiter | None = None
         try:
             with trio.move_on_after(SPARE_WAIT_S) as scope:
                 while True:
-                    while self.spares and not self._spare_waiters:
-                        child = self.spares.popleft()
-                        if child.alive:
-                            self._cold_rate.record(trio.current_time())
-                            return child
-                    decided = self._converge()  # room at the cap, a fork, or no hope
-                    if decided.stuck:
-                        raise PoolUnavailable(decided.why)
-                    self._fork_priority.rush(self._kit.renice, self.zygote.pid)
-                    waiter = _SpareWaiter()
-                    self._spare_waiters.append(waiter)
-                    await waiter.event.wait()
-                    child, waiter = waiter.child, None
+                    child = self.spare_line.take_now()
+                    if child is None:
+                        decided = self._converge()  # room at the cap, a fork, or no hope
+                        if decided.stuck:
+                            raise PoolUnavailable(decided.why)
+                        self._fork_priority.rush(self._kit.renice, self.zygote.pid)
+                        child = await self.spare_line.take()
                     if child is not None and child.alive:
                         self._cold_rate.record(trio.current_time())
                         return child
             assert scope.cancelled_caught
             raise PoolUnavailable("no sandbox became available in time")
         finally:
-            if waiter is not None:  # it gave up (a timeout, its client left)
-                if waiter.child is not None:
-                    self._offer_spare(waiter.child, first=True)  # handed over too late: pass it on
-                else:
-                    waiter.event.set()  # out of line (_offer_spare skips it)
             self._waiting -= 1
             if self._waiting == 0:
                 self._fork_priority.until = trio.current_time() + RUSH_LINGER_S
@@ -712,14 +676,14 @@ class Pool:
         try:
             with trio.move_on_after(SPARE_WAIT_S):
                 while package.alive:
-                    while package.spares:
-                        child = package.spares.popleft()
-                        if child.alive:
-                            package.taken(trio.current_time())
-                            return child
-                    self._converge()
-                    package.priority.rush(self._kit.renice, package.pid)
-                    await package.lot.park()
+                    child = package.line.take_now()
+                    if child is None:
+                        self._converge()
+                        package.priority.rush(self._kit.renice, package.pid)
+                        child = await package.line.take()  # None: the zygote ended
+                    if child is not None and child.alive:
+                        package.taken(trio.current_time())
+                        return child
         finally:
             package.waiting -= 1
             if package.waiting == 0 and package.alive:
@@ -809,12 +773,3 @@ class Pool:
             **self.stats,
         }
 
-
-class _SpareWaiter:
-    """A request in line for a base spare (see ``Pool._spare_waiters``)."""
-
-    __slots__ = ("event", "child")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.child: ChildProcess | None = None
