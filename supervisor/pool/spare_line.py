@@ -28,12 +28,12 @@ S = TypeVar("S", bound=Spare)
 
 
 class _Waiter(Generic[S]):
-    __slots__ = ("event", "spare")
+    __slots__ = ("event", "given")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         #: What it was handed (None: woken without one, see SpareLine.release).
-        self.spare: S | None = None
+        self.given: S | None = None
 
 
 class SpareLine(Generic[S]):
@@ -53,7 +53,7 @@ class SpareLine(Generic[S]):
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.event.is_set():
-                waiter.spare = spare
+                waiter.given = spare
                 waiter.event.set()
                 return
         if first:
@@ -80,12 +80,12 @@ class SpareLine(Generic[S]):
         try:
             await waiter.event.wait()
         except BaseException:
-            if waiter.spare is not None:
-                self.offer(waiter.spare, first=True)
+            if waiter.given is not None:
+                self.offer(waiter.given, first=True)
             else:
                 waiter.event.set()  # out of line: offer() skips it
             raise
-        return waiter.spare
+        return waiter.given
 
     def release(self) -> None:
         """Wake everyone in line without a spare (their zygote is gone)."""
