@@ -79,12 +79,14 @@ def assert_rotations_swap_to_a_prepared_zygote(log: list[dict], standing_by: boo
     events = [e for e in log if str(e.get("event", "")).startswith("zygote.")]
     rotations = [i for i, e in enumerate(events) if e["event"] == "zygote.rotated"]
     assert rotations, events
-    for i in rotations:
+    for n, i in enumerate(rotations):
         generation = events[i]["generation"]
         earlier = {e["event"]: e for e in events[:i] if e.get("generation") == generation + 1}
         ready = [e for e in events[i:] if e["event"] == "zygote.ready" and e.get("generation") == generation + 1]
-        assert "zygote.preparing" in earlier and ready, (generation, events)
-        assert ready[0]["pid"] == earlier["zygote.preparing"]["pid"], (generation, events)
+        assert "zygote.preparing" in earlier, (generation, events)
+        if not ready and n == len(rotations) - 1:
+            continue  # the server stopped during the last swap
+        assert ready and ready[0]["pid"] == earlier["zygote.preparing"]["pid"], (generation, events)
         if standing_by:
             assert "zygote.standby" in earlier, (generation, events)
     assert not [e for e in events if e["event"] in ("zygote.restarting", "zygote.failed")], events
