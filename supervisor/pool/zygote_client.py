@@ -58,6 +58,7 @@ from protocol.messages import (
     ZygoteReady,
 )
 from supervisor.log import error, log, warn
+from supervisor.pool.fork_priority import ZYGOTE_NICE
 
 #: The next zygote is started this many forks before the current one's last
 #: (at most a fifth of them) or this long before its age is up, so that it is
@@ -98,6 +99,8 @@ class ZygoteClient:
         #: over (None: no successor is coming).
         self._successor: _Launched | None = None
         self._successor_done: trio.Event | None = None
+        #: The successor's pid while it starts (0: none starting).
+        self._successor_pid = 0
         self._on_spawned = on_spawned
         self._on_exited = on_exited
         self._on_restart = on_restart
@@ -239,6 +242,8 @@ class ZygoteClient:
         done = self._successor_done
         if done is None:
             return None
+        if not done.is_set() and self._successor_pid:
+            _renice(self._successor_pid, 0)  # the rotation waits for it now
         await done.wait()
         zygote, self._successor, self._successor_done = self._successor, None, None
         if zygote is not None and zygote.process.poll() is not None:
@@ -276,6 +281,10 @@ class ZygoteClient:
             theirs.close()
         zygote = _Launched(process, ours)
         if successor:
+            # Not needed yet: its start (imports, rehearsals: ~0.3 s of CPU)
+            # must not take a core from the cold starts in flight.
+            self._successor_pid = process.pid
+            _renice(process.pid, ZYGOTE_NICE)
             log("zygote.preparing", pid=process.pid, generation=successor)
         try:
             while True:
@@ -297,6 +306,9 @@ class ZygoteClient:
         except BaseException:
             self._bury_later(zygote)
             raise
+        finally:
+            if successor:
+                self._successor_pid = 0
         self._bury_later(zygote)
         return None
 
@@ -367,6 +379,14 @@ async def _bury(zygote: _Launched) -> None:
             zygote.process.kill()
         await trio.to_thread.run_sync(zygote.process.wait)
     log("zygote.exited", pid=zygote.process.pid, status=zygote.process.returncode)
+
+
+def _renice(pid: int, nice: int) -> None:
+    """Best effort: raising a priority needs CAP_SYS_NICE."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except OSError:
+        pass
 
 
 def _lead_children(max_children: int) -> int:
