@@ -375,3 +375,35 @@ def test_cold_starts_come_from_the_sets_package_zygote(c: Corral) -> None:
     deploy(c, "viazygote", source % 2, ["itsdangerous==2.2.0"])  # new code, the same set
     second = wait_for(lambda: call(c, "viazygote")["v"] == 2) and call(c, "viazygote")
     assert second["ppid"] == first["ppid"] and second["preloaded"], "one package zygote per set"
+
+
+def test_a_rotation_starts_the_package_zygotes_in_use_again_at_once(tmp_path) -> None:
+    """A rotation ends the old generation's package zygotes; the sets tenants
+    used lately are started again from the new zygote right away, not at
+    their next cold start (which would otherwise pay the set's imports)."""
+    from tests.test_jail import corral_with_control
+
+    config = tmp_path / "corral.toml"
+    config.write_text("[pool]\nzygote_max_age_s = 8.0\n")
+    with corral_with_control(tmp_path / "state", extra_args=["--config", str(config)]) as server:
+        deploy(server, "pkgrot", worker('''
+            class Default(WorkerEntrypoint):
+                async def fetch(self, request):
+                    import itsdangerous
+                    return Response.json({"ok": True})
+        '''), ["itsdangerous==2.2.0"])
+        assert call(server, "pkgrot")["ok"]
+
+        def events() -> list[dict]:
+            return [json.loads(line) for line in server.log_path.read_text().splitlines()
+                    if line.startswith("{")]
+
+        def restarted_after_rotation() -> bool:
+            seen = events()
+            rotated = [i for i, e in enumerate(seen) if e.get("event") == "zygote.rotated"]
+            return bool(rotated) and any(e.get("event") == "package_zygote.ready"
+                                         for e in seen[rotated[0] + 1:])
+
+        assert wait_for(restarted_after_rotation, timeout=40), server.log()
+        # No request reached the tenant in between: the restart came from the rotation.
+        assert call(server, "pkgrot")["ok"]
