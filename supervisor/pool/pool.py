@@ -138,17 +138,17 @@ class Pool:
                                    self._on_zygote_restart, config.pool.zygote_max_age_s,
                                    config.pool.zygote_max_children, on_ready=self._on_zygote_ready,
                                    bundles_dir=self.bundles.root, packages_dir=self.bundles.packages,
-                                   on_package_zygote=self._on_package_zygote)
+                                   on_package_zygote=self._on_package_zygote, renice=self._kit.renice)
         #: A zygote per dependency set in use, with the set imported (cold starts without imports).
         self.packages = PackageZygotes(self, self.zygote.start_package_zygote,
                                        self.memory.jail_address_space_mb())
         self.children: dict[int, ChildProcess] = {}
         #: Base spares ready to take, and the requests in line for one.
         self.spare_line: SpareLine[ChildProcess] = SpareLine()
+        self.spares = self.spare_line.spares
         #: Dependency sets whose package zygotes a rotation ended while in use
         #: (started again by :meth:`_on_zygote_ready`).
         self._sets_to_restart: list[tuple[str, list[str]]] = []
-        self.spares = self.spare_line.spares
         self.warm: OrderedDict[tuple[str, str], ChildProcess] = OrderedDict()
         self.retired: set[ChildProcess] = set()
         #: Children whose CPU the watchdog polls (budgets the kernel is not armed for).
@@ -274,6 +274,9 @@ class Pool:
             while package.spares:
                 package.spares.popleft().kill(KillReason.ZYGOTE_REPLACED)
         self.packages.end_all()
+        for child in list(self.children.values()):
+            if child.state is ChildState.STARTING and child.generation != self.zygote.generation:
+                child.kill(KillReason.ZYGOTE_REPLACED)
 
     def _on_zygote_ready(self) -> None:
         """A zygote became the one that forks (its first start, a restart, a rotation).
@@ -287,9 +290,6 @@ class Pool:
         for key, dirs in sets:
             self.packages.want(key, dirs, self.zygote.generation)
         self._nudge()
-        for child in list(self.children.values()):
-            if child.state is ChildState.STARTING and child.generation != self.zygote.generation:
-                child.kill(KillReason.ZYGOTE_REPLACED)
 
     # ------------------------------------------------------------------
     # what children tell their owner (ChildOwner)

@@ -80,7 +80,8 @@ class ZygoteClient:
                  on_restart: Callable[[], None], max_age_s: float = 3600.0,
                  max_children: int = 1000, on_ready: Callable[[], None] | None = None,
                  bundles_dir: str = "", packages_dir: str = "",
-                 on_package_zygote: PackageZygoteCallback | None = None) -> None:
+                 on_package_zygote: PackageZygoteCallback | None = None,
+                 renice: Callable[[int, int], None] = lambda pid, nice: None) -> None:
         #: Children's RLIMIT_AS above the zygote's mapping (see memory_limits).
         self.address_space_mb = address_space_mb
         self.max_age_s = max_age_s
@@ -90,6 +91,8 @@ class ZygoteClient:
         self.packages_dir = packages_dir
         self._on_ready = on_ready
         self._on_package_zygote = on_package_zygote
+        #: Sets a process's nice (the pool's Renicer: CAP_SYS_NICE may be missing).
+        self._renice = renice
         self._forked = 0  # children of this generation, package zygotes' included
         self._asked = 0  # children requested of the current zygote
         self._life: trio.CancelScope | None = None
@@ -243,7 +246,7 @@ class ZygoteClient:
         if done is None:
             return None
         if not done.is_set() and self._successor_pid:
-            _renice(self._successor_pid, 0)  # the rotation waits for it now
+            self._renice(self._successor_pid, 0)  # the rotation waits for it now
         await done.wait()
         zygote, self._successor, self._successor_done = self._successor, None, None
         if zygote is not None and zygote.process.poll() is not None:
@@ -284,7 +287,7 @@ class ZygoteClient:
             # Not needed yet: its start (imports, rehearsals: ~0.3 s of CPU)
             # must not take a core from the cold starts in flight.
             self._successor_pid = process.pid
-            _renice(process.pid, ZYGOTE_NICE)
+            self._renice(process.pid, ZYGOTE_NICE)
             log("zygote.preparing", pid=process.pid, generation=successor)
         try:
             while True:
@@ -379,14 +382,6 @@ async def _bury(zygote: _Launched) -> None:
             zygote.process.kill()
         await trio.to_thread.run_sync(zygote.process.wait)
     log("zygote.exited", pid=zygote.process.pid, status=zygote.process.returncode)
-
-
-def _renice(pid: int, nice: int) -> None:
-    """Best effort: raising a priority needs CAP_SYS_NICE."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, pid, nice)
-    except OSError:
-        pass
 
 
 def _lead_children(max_children: int) -> int:
