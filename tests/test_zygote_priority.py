@@ -1,9 +1,10 @@
 """The zygote forks at nice 10, except while a request waits for a spare.
 
 At nice 10 it got a tenth of a core against the very requests it was forking
-for, and a storm of first requests queued behind it. A real ``corral serve``
-with no spares kept: every cold start waits for a fork. The test stops the
-zygote (SIGSTOP) so that the wait lasts until it looks, then lets it go.
+for, and a storm of first requests queued behind it; it is raised above the
+tenants (RUSH_NICE) while a request waits. A real ``corral serve`` with no
+spares kept: every cold start waits for a fork. The test stops the zygote
+(SIGSTOP) so that the wait lasts until it looks, then lets it go.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from supervisor.pool.fork_priority import RUSH_NICE
 from tests.harness import Corral
 
 HELLO = r'''
@@ -38,6 +40,7 @@ def _wait_for(check, what: str, timeout: float = 8.0) -> None:
 
 
 def test_the_zygote_leaves_nice_10_only_while_a_request_waits_for_a_fork(tmp_path) -> None:
+    """And the spare forked for that request serves at the tenants' nice 0."""
     config = tmp_path / "corral.toml"
     config.write_text("[pool]\nspares = 0\nmax_spares = 0\n")
     server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
@@ -53,11 +56,14 @@ def test_the_zygote_leaves_nice_10_only_while_a_request_waits_for_a_fork(tmp_pat
             waiting = threading.Thread(
                 target=lambda: answer.update(status=server.request("/", host="hello.localhost").status))
             waiting.start()
-            _wait_for(lambda: _nice(zygote) == 0, "the zygote at nice 0 while a request waits")
+            _wait_for(lambda: _nice(zygote) == RUSH_NICE, f"the zygote at nice {RUSH_NICE} while a request waits")
         finally:
             os.kill(zygote, signal.SIGCONT)
         waiting.join(15)
         assert answer == {"status": 200}, (answer, server.log())
         _wait_for(lambda: _nice(zygote) == 10, "the zygote back at nice 10")
+        served = server.children()
+        assert len(served) == 1, served  # no spares kept: only the child that answered
+        assert _nice(served[0]) == 0, "the spare forked in a rush serves at nice 0, not above the tenants"
     finally:
         server.stop()

@@ -49,7 +49,7 @@ from supervisor.model import ScriptRecord, to_bundle
 from supervisor.pool.bodies import BodySource
 from supervisor.pool.bundles import BundleError, Bundles
 from supervisor.pool.child_process import ChildKit, ChildProcess, describe_status
-from supervisor.pool.fork_priority import ForkPriority
+from supervisor.pool.fork_priority import RUSH_NICE, ForkPriority
 from supervisor.pool.idle_trim import IdleTrimmer
 from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
 from supervisor.pool.package_zygotes import PackageZygote, PackageZygotes
@@ -231,9 +231,10 @@ class Pool:
     def _adopt(self, pid: int, sock: socket.socket, pidfd: int, generation: int,
                urgent: bool) -> ChildProcess | None:
         """A freshly forked child. ``urgent``: a request waits for a spare, so
-        its set-up runs at the tenants' priority, not the refill's nice 10
-        (in a storm of cold starts, a niced spare starved behind the very
-        requests waiting for it: p99 of seconds)."""
+        its set-up runs at the rushed zygote's :data:`RUSH_NICE`, not the
+        refill's nice 10 (in a storm of cold starts, a niced spare starved
+        behind the very requests waiting for it: p99 of seconds). Assigned a
+        script, it runs at the tenants' nice 0 (``ChildProcess.assign``)."""
         if self._nursery is None:
             sock.close()
             os.close(pidfd)
@@ -245,7 +246,7 @@ class Pool:
             cpu = None
         child = ChildProcess(self, pid, sock, pidfd, generation, self._kit, cpu)
         if urgent:
-            self._kit.renice(pid)
+            self._kit.renice(pid, RUSH_NICE)
         self.children[pid] = child
         self._nursery.start_soon(child.run)
         return child
