@@ -30,7 +30,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from supervisor.lifecycle import KillReason
+from supervisor.lifecycle import ChildState, KillReason
 from supervisor.observability import traces
 from supervisor.observability.tally import InvocationTally
 
@@ -49,11 +49,11 @@ COLD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 #: first so that a reason another one begins with never shadows it.
 KILL_REASONS: tuple[str, ...] = tuple(sorted((reason.value for reason in KillReason), key=len, reverse=True))
 
-#: The ``corral_pool_children`` gauge's state labels. Each is read from the
+#: The ``corral_pool_children`` gauge's state labels (``starting``: forked, no Hello yet). Each is read from the
 #: pool snapshot's key of that name or its plural (``spares``); :data:`BUSY`
 #: is added to the snapshot by the pipeline (children with invocations in flight).
 BUSY = "busy"
-POOL_STATES = ("spare", "warm", BUSY, "retired")
+POOL_STATES = (ChildState.STARTING.value, "spare", "warm", BUSY, "retired")
 
 
 def kill_reason(reason: str) -> str:

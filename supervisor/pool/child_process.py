@@ -120,6 +120,9 @@ class ChildOwner(Protocol):
     def on_background_overrun(self, child: ChildProcess) -> None:
         """The kernel killed the child for CPU it burnt outside any invocation."""
 
+    def on_condemned(self, child: ChildProcess) -> None:
+        """The child was given its kill reason: it no longer counts as live."""
+
     def on_dead(self, child: ChildProcess) -> None:
         """The child is gone; everything it held was failed or released."""
 
@@ -321,6 +324,7 @@ class ChildProcess:
         if self.kill_reason is None:
             self.kill_reason = reason
             self.kill_detail = detail
+            self.owner.on_condemned(self)
         try:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         except OSError:

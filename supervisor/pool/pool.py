@@ -48,6 +48,7 @@ from supervisor.log import log, warn
 from supervisor.model import ScriptRecord, to_bundle
 from supervisor.pool.bodies import BodySource
 from supervisor.pool.bundles import BundleError, Bundles
+from supervisor.pool.census import ChildCensus
 from supervisor.pool.child_process import ChildKit, ChildProcess, describe_status
 from supervisor.pool.fork_priority import RUSH_NICE, ForkPriority
 from supervisor.pool.idle_trim import IdleTrimmer
@@ -143,6 +144,8 @@ class Pool:
         self.packages = PackageZygotes(self, self.zygote.start_package_zygote,
                                        self.memory.jail_address_space_mb())
         self.children: dict[int, ChildProcess] = {}
+        #: Live and starting children, counted as they change (not by a walk per convergence).
+        self.census = ChildCensus()
         #: Base spares ready to take, and the requests in line for one.
         self.spare_line: SpareLine[ChildProcess] = SpareLine()
         self.spares = self.spare_line.spares
@@ -248,6 +251,7 @@ class Pool:
         if urgent:
             self._kit.renice(pid, RUSH_NICE)
         self.children[pid] = child
+        self.census.adopted(child)
         self._nursery.start_soon(child.run)
         return child
 
@@ -297,6 +301,7 @@ class Pool:
     # ------------------------------------------------------------------
     def on_ready(self, child: ChildProcess) -> None:
         """A new child finished its jail and said hello."""
+        self.census.ready(child)
         if child.generation != self.zygote.generation:
             child.kill(KillReason.ZYGOTE_REPLACED)  # an old seed never reaches a new tenant
             return
@@ -371,10 +376,14 @@ class Pool:
                 self._quiet_until = trio.current_time()
                 self._nudge()
 
+    def on_condemned(self, child: ChildProcess) -> None:
+        self.census.condemned(child)
+
     def on_dead(self, child: ChildProcess) -> None:
         if self.observer is not None and child.end_reason:
             self.observer.child_ended(child.end_reason)
         self.children.pop(child.pid, None)
+        self.census.gone(child)
         if child.memory is not None:
             self.memory.forget(child.pid, child.memory)
         self.retired.discard(child)
@@ -444,12 +453,10 @@ class Pool:
         returns when to plan again for a deferred fork."""
         pool = self.config.pool
         in_use: dict[str, int] = {}
-        live = 0
+        live = self.census.live
         for child in self.children.values():
-            if child.kill_reason is None:
-                live += 1
-                if child.package is not None and child.record is not None:
-                    in_use[child.package.key] = in_use.get(child.package.key, 0) + 1
+            if child.kill_reason is None and child.package is not None and child.record is not None:
+                in_use[child.package.key] = in_use.get(child.package.key, 0) + 1
         sets = []
         for zygote in self.packages.zygotes.values():
             zygote.in_use = in_use.get(zygote.key, 0)
@@ -472,12 +479,7 @@ class Pool:
 
     def _view(self, now: float, reap: bool) -> PoolView:
         pool = self.config.pool
-        live = starting = 0
-        for child in self.children.values():
-            if child.kill_reason is None:
-                live += 1
-                if child.state is ChildState.STARTING:
-                    starting += 1
+        live, starting = self.census.live, self.census.starting
         warm: tuple[WarmChild, ...] = ()
         if reap or (self._waiting and live + self._requested >= pool.max_children):
             warm = tuple(WarmChild(key, child.idle, child.last_used, child.reshared_at == child.last_used)
@@ -786,6 +788,7 @@ class Pool:
     def snapshot(self) -> dict[str, Any]:
         return {
             "children": len(self.children),
+            ChildState.STARTING.value: self.census.starting,
             "spares": len(self.spares),
             "warm": len(self.warm),
             "retired": len(self.retired),
