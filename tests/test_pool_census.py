@@ -1,4 +1,4 @@
-"""The pool's live and starting counts, kept as children change (supervisor.pool.census).
+"""The pool's live, starting and in-use counts, kept as children change (supervisor.pool.census).
 
 The pool plans from these counts (at ``max_children`` it evicts or answers
 503), so a count that drifted would refuse requests or overshoot the cap.
@@ -59,11 +59,33 @@ def test_every_order_of_a_childs_events_ends_at_zero(events: list[str]) -> None:
     assert (census.live, census.starting) == (0, 0)
 
 
+def test_a_package_set_is_in_use_while_a_live_child_of_its_zygote_has_a_script() -> None:
+    census = ChildCensus()
+    for child in ("a", "b", "c", "base"):
+        census.adopted(child)
+        census.ready(child)
+    census.assigned("a", "fastapi")
+    census.assigned("a", "fastapi")  # told twice: counted once
+    census.assigned("b", "fastapi")
+    census.assigned("c", "django")
+    census.assigned("base", None)  # a base zygote's child is no set's
+    assert (census.in_use("fastapi"), census.in_use("django"), census.in_use("numpy")) == (2, 1, 0)
+    census.condemned("a")
+    assert census.in_use("fastapi") == 1
+    census.gone("a")
+    census.gone("b")  # died without being condemned first
+    census.condemned("c")
+    census.assigned("c", "django")  # condemned already: never counts again
+    assert (census.in_use("fastapi"), census.in_use("django")) == (0, 0)
+    assert census.live == 1
+
+
 def test_a_child_the_pool_never_registered_is_not_counted() -> None:
     census = ChildCensus()
     census.condemned("stranger")
     census.ready("stranger")
-    assert (census.live, census.starting) == (0, 0)
+    census.assigned("stranger", "fastapi")
+    assert (census.live, census.starting, census.in_use("fastapi")) == (0, 0, 0)
     census.gone("stranger")
     assert (census.live, census.starting) == (0, 0)
 

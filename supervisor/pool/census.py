@@ -1,4 +1,4 @@
-"""How many of the pool's children are live and how many are still starting, kept as they change.
+"""How many of the pool's children are live, starting, and serving each package set, kept as they change.
 
 The pool plans from these two counts on every convergence (supervisor.pool.plan),
 and a storm of first requests converges a few times per cold start. Counting
@@ -10,6 +10,8 @@ The events, in the order a child lives them:
 
 - ``adopted``: forked and registered; it is starting (and live).
 - ``ready``: it said Hello; it no longer starts.
+- ``assigned``: it was given a script; a child of a package zygote now
+  counts as that set's in use (a package zygote is not evicted while any is).
 - ``condemned``: it was given its kill reason; it is no longer live, though
   its process and channel may last a little longer.
 - ``gone``: its channel closed and the pool forgot it.
@@ -24,14 +26,17 @@ from collections.abc import Hashable
 
 
 class ChildCensus:
-    """``live`` and ``starting`` among the children the pool registered."""
+    """``live``, ``starting`` and :meth:`in_use` among the children the pool registered."""
 
-    __slots__ = ("_registered", "_condemned", "_starting")
+    __slots__ = ("_registered", "_condemned", "_starting", "_sets", "_in_use")
 
     def __init__(self) -> None:
         self._registered: set[Hashable] = set()
         self._condemned: set[Hashable] = set()
         self._starting: set[Hashable] = set()
+        #: The package set of each live child assigned a script, and how many each set has.
+        self._sets: dict[Hashable, Hashable] = {}
+        self._in_use: dict[Hashable, int] = {}
 
     def adopted(self, child: Hashable) -> None:
         self._registered.add(child)
@@ -40,15 +45,38 @@ class ChildCensus:
     def ready(self, child: Hashable) -> None:
         self._starting.discard(child)
 
+    def assigned(self, child: Hashable, package_set: Hashable | None) -> None:
+        """``package_set``: the key of the package zygote that forked it (None: the base zygote)."""
+        if package_set is None or child in self._sets or child in self._condemned \
+                or child not in self._registered:
+            return
+        self._sets[child] = package_set
+        self._in_use[package_set] = self._in_use.get(package_set, 0) + 1
+
     def condemned(self, child: Hashable) -> None:
         self._starting.discard(child)
         if child in self._registered:
             self._condemned.add(child)
+        self._unassign(child)
 
     def gone(self, child: Hashable) -> None:
         self._registered.discard(child)
         self._condemned.discard(child)
         self._starting.discard(child)
+        self._unassign(child)
+
+    def _unassign(self, child: Hashable) -> None:
+        package_set = self._sets.pop(child, None)
+        if package_set is not None:
+            left = self._in_use[package_set] - 1
+            if left:
+                self._in_use[package_set] = left
+            else:
+                del self._in_use[package_set]
+
+    def in_use(self, package_set: Hashable) -> int:
+        """Live children of that package set's zygote that were given a script."""
+        return self._in_use.get(package_set, 0)
 
     @property
     def live(self) -> int:

@@ -452,14 +452,10 @@ class Pool:
         """Package zygotes' spares and bounds (supervisor.pool.plan.plan_packages);
         returns when to plan again for a deferred fork."""
         pool = self.config.pool
-        in_use: dict[str, int] = {}
         live = self.census.live
-        for child in self.children.values():
-            if child.kill_reason is None and child.package is not None and child.record is not None:
-                in_use[child.package.key] = in_use.get(child.package.key, 0) + 1
         sets = []
         for zygote in self.packages.zygotes.values():
-            zygote.in_use = in_use.get(zygote.key, 0)
+            zygote.in_use = self.census.in_use(zygote.key)
             sets.append(zygote.view(now))
         decided = plan_packages(PackagesView(
             now=now, sets=tuple(sets), spares_target=pool.package_spares,
@@ -665,10 +661,15 @@ class Pool:
         old = self.warm.get(key)
         if old is not None and old is not child:
             self._retire(old)
-        child.assign(record, self._bundle_of(record))
+        self._give_script(child, record)
         self.warm[key] = child
         self._cold_in_progress.add(child)
         self.stats["cold_starts"] += 1
+
+    def _give_script(self, child: ChildProcess, record: ScriptRecord) -> None:
+        """Send ``record`` to a spare (its bundle is :meth:`Bundles.ready`)."""
+        child.assign(record, self._bundle_of(record))
+        self.census.assigned(child, child.package.key if child.package is not None else None)
 
     async def _take_spare(self) -> ChildProcess:
         self._waiting += 1
@@ -721,7 +722,7 @@ class Pool:
         except BundleError as exc:
             return str(exc)
         try:
-            child.assign(record, self._bundle_of(record))
+            self._give_script(child, record)
             with trio.move_on_after(timeout):
                 async with trio.open_nursery() as nursery:
 
