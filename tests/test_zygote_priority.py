@@ -67,3 +67,44 @@ def test_the_zygote_leaves_nice_10_only_while_a_request_waits_for_a_fork(tmp_pat
         assert _nice(served[0]) == 0, "the spare forked in a rush serves at nice 0, not above the tenants"
     finally:
         server.stop()
+
+
+def test_a_zygote_that_replaces_a_rushed_one_is_rushed_for_the_requests_still_waiting(tmp_path) -> None:
+    """The zygote crashes while a request waits for its fork; its replacement,
+    which starts at nice 10, is raised for that request too (and calmed after)."""
+    config = tmp_path / "corral.toml"
+    config.write_text("[pool]\nspares = 0\nmax_spares = 0\n")
+    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    try:
+        server.deploy("hello", HELLO, namespace=None)
+        server.route("hello.localhost/*", "hello")
+        first = server.zygote()
+        assert first
+        _wait_for(lambda: _nice(first) == 10, "the zygote at nice 10 with nobody waiting")
+        answer: dict[str, int] = {}
+        os.kill(first, signal.SIGSTOP)  # no fork: the request waits
+        waiting = threading.Thread(
+            target=lambda: answer.update(status=server.request("/", host="hello.localhost").status))
+        waiting.start()
+        _wait_for(lambda: _nice(first) == RUSH_NICE, "the first zygote rushed")
+        os.kill(first, signal.SIGKILL)  # a crash while rushed: a new zygote takes over
+        seen: set[int] = set()
+
+        def replacement_rushed() -> bool:
+            pid = server.zygote()
+            if pid and pid != first:
+                try:
+                    seen.add(_nice(pid))
+                except (OSError, IndexError):
+                    return False
+            return RUSH_NICE in seen or "status" in answer
+
+        _wait_for(replacement_rushed, "the replacement zygote rushed", timeout=20)
+        waiting.join(20)
+        assert answer == {"status": 200}, (answer, server.log()[-2000:])
+        assert RUSH_NICE in seen, f"the replacement never left nice {sorted(seen)} while the request waited"
+        second = server.zygote()
+        assert second and second != first
+        _wait_for(lambda: _nice(second) == 10, "the replacement back at nice 10")
+    finally:
+        server.stop()

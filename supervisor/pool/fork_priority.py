@@ -34,24 +34,35 @@ RUSH_NICE = -10
 
 
 class ForkPriority:
-    """Renices one zygote only when its urgency changes (one syscall per change)."""
+    """Renices a zygote only when its urgency changes (one syscall per change).
 
-    __slots__ = ("rushed", "until")
+    It remembers which process it rushed: a zygote that replaced the rushed
+    one (a rotation, a restart) starts at :data:`ZYGOTE_NICE` of its own, and
+    is rushed in turn the first time a request waits for it.
+    """
+
+    __slots__ = ("rushed_pid", "until")
 
     def __init__(self) -> None:
-        #: At :data:`RUSH_NICE` now.
-        self.rushed = False
+        #: The zygote at :data:`RUSH_NICE` now, if any.
+        self.rushed_pid: int | None = None
         #: trio time before which the base zygote stays rushed (set as the last waiter leaves).
         self.until = 0.0
 
+    @property
+    def rushed(self) -> bool:
+        return self.rushed_pid is not None
+
     def rush(self, renice: Callable[[int, int], None], pid: int) -> None:
         """A request waits for this zygote's fork: :data:`RUSH_NICE`."""
-        if not self.rushed:
-            self.rushed = True
+        if self.rushed_pid != pid:
+            self.rushed_pid = pid
             renice(pid, RUSH_NICE)
 
     def calm(self, renice: Callable[[int, int], None], pid: int) -> None:
-        """Nobody waits any more: back to :data:`ZYGOTE_NICE`."""
-        if self.rushed:
-            self.rushed = False
-            renice(pid, ZYGOTE_NICE)
+        """Nobody waits any more: back to :data:`ZYGOTE_NICE` (a zygote since
+        replaced is not touched: it is gone, and its pid may be another's)."""
+        if self.rushed_pid is not None:
+            if self.rushed_pid == pid:
+                renice(pid, ZYGOTE_NICE)
+            self.rushed_pid = None

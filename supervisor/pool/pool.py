@@ -289,11 +289,15 @@ class Pool:
         The dependency sets tenants used lately get their package zygotes
         again at once, from this zygote, instead of at their next cold start:
         a set's start (its imports and rehearsals) no longer lands on the
-        first request after every rotation.
+        first request after every rotation. Requests already waiting for a
+        spare rush it: it started at nice 10 of its own, whatever the zygote
+        it replaced was at.
         """
         sets, self._sets_to_restart = self._sets_to_restart, []
         for key, dirs in sets:
             self.packages.want(key, dirs, self.zygote.generation)
+        if self._waiting:  # requests wait for this zygote's first forks (fork_priority)
+            self._fork_priority.rush(self._kit.renice, self.zygote.pid)
         self._nudge()
 
     # ------------------------------------------------------------------
