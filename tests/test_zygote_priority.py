@@ -13,6 +13,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from supervisor.pool.fork_priority import RUSH_NICE
@@ -39,8 +41,10 @@ def _wait_for(check, what: str, timeout: float = 8.0) -> None:
         time.sleep(0.005)
 
 
-def test_the_zygote_leaves_nice_10_only_while_a_request_waits_for_a_fork(tmp_path) -> None:
-    """And the spare forked for that request serves at the tenants' nice 0."""
+@contextmanager
+def _rushed(tmp_path: Path) -> Iterator[tuple[Corral, int, dict[str, int], threading.Thread]]:
+    """A server keeping no spares, its zygote stopped (SIGSTOP) and rushed
+    for the request waiting on it in a thread (its status lands in the dict)."""
     config = tmp_path / "corral.toml"
     config.write_text("[pool]\nspares = 0\nmax_spares = 0\n")
     server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
@@ -52,41 +56,31 @@ def test_the_zygote_leaves_nice_10_only_while_a_request_waits_for_a_fork(tmp_pat
         _wait_for(lambda: _nice(zygote) == 10, "the zygote at nice 10 with nobody waiting")
         answer: dict[str, int] = {}
         os.kill(zygote, signal.SIGSTOP)  # no fork until it is let go: the request waits
-        try:
-            waiting = threading.Thread(
-                target=lambda: answer.update(status=server.request("/", host="hello.localhost").status))
-            waiting.start()
-            _wait_for(lambda: _nice(zygote) == RUSH_NICE, f"the zygote at nice {RUSH_NICE} while a request waits")
-        finally:
-            os.kill(zygote, signal.SIGCONT)
+        waiting = threading.Thread(
+            target=lambda: answer.update(status=server.request("/", host="hello.localhost").status))
+        waiting.start()
+        _wait_for(lambda: _nice(zygote) == RUSH_NICE, f"the zygote at nice {RUSH_NICE} while a request waits")
+        yield server, zygote, answer, waiting
+    finally:
+        server.stop()
+
+
+def test_the_zygote_leaves_nice_10_only_while_a_request_waits_for_a_fork(tmp_path) -> None:
+    """And the spare forked for that request serves at the tenants' nice 0."""
+    with _rushed(tmp_path) as (server, zygote, answer, waiting):
+        os.kill(zygote, signal.SIGCONT)
         waiting.join(15)
         assert answer == {"status": 200}, (answer, server.log())
         _wait_for(lambda: _nice(zygote) == 10, "the zygote back at nice 10")
         served = server.children()
         assert len(served) == 1, served  # no spares kept: only the child that answered
         assert _nice(served[0]) == 0, "the spare forked in a rush serves at nice 0, not above the tenants"
-    finally:
-        server.stop()
 
 
 def test_a_zygote_that_replaces_a_rushed_one_is_rushed_for_the_requests_still_waiting(tmp_path) -> None:
     """The zygote crashes while a request waits for its fork; its replacement,
     which starts at nice 10, is raised for that request too (and calmed after)."""
-    config = tmp_path / "corral.toml"
-    config.write_text("[pool]\nspares = 0\nmax_spares = 0\n")
-    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
-    try:
-        server.deploy("hello", HELLO, namespace=None)
-        server.route("hello.localhost/*", "hello")
-        first = server.zygote()
-        assert first
-        _wait_for(lambda: _nice(first) == 10, "the zygote at nice 10 with nobody waiting")
-        answer: dict[str, int] = {}
-        os.kill(first, signal.SIGSTOP)  # no fork: the request waits
-        waiting = threading.Thread(
-            target=lambda: answer.update(status=server.request("/", host="hello.localhost").status))
-        waiting.start()
-        _wait_for(lambda: _nice(first) == RUSH_NICE, "the first zygote rushed")
+    with _rushed(tmp_path) as (server, first, answer, waiting):
         os.kill(first, signal.SIGKILL)  # a crash while rushed: a new zygote takes over
         seen: set[int] = set()
 
@@ -106,5 +100,3 @@ def test_a_zygote_that_replaces_a_rushed_one_is_rushed_for_the_requests_still_wa
         second = server.zygote()
         assert second and second != first
         _wait_for(lambda: _nice(second) == 10, "the replacement back at nice 10")
-    finally:
-        server.stop()
