@@ -67,7 +67,7 @@ class FrameDecoder(Generic[T]):
     __slots__ = ("_decoder", "_buffer", "_max_frame")
 
     def __init__(self, message_type: Any, max_frame: int) -> None:
-        self._decoder = msgspec.msgpack.Decoder(message_type)
+        self._decoder = _msgpack_decoder(message_type)
         self._buffer = bytearray()
         self._max_frame = max_frame
 
@@ -103,6 +103,25 @@ class FrameDecoder(Generic[T]):
         if offset:
             del buffer[:offset]
         return messages
+
+
+_DECODERS: dict[Any, msgspec.msgpack.Decoder] = {}
+
+
+def _msgpack_decoder(message_type: Any) -> msgspec.msgpack.Decoder:
+    """One msgpack decoder per message type, built once per process and shared.
+
+    A decoder is stateless between calls. Building one for a tagged union
+    walks every member's type and touches each Struct class: in a child, a
+    dozen or so of the zygote's pages copied for a decoder the zygote had
+    built already (its rehearsals). Shared, a spare's private memory went
+    from 2.29-2.34 to 2.22-2.28 MB, measured; the supervisor also stops
+    building one per child it adopts.
+    """
+    decoder = _DECODERS.get(message_type)
+    if decoder is None:
+        decoder = _DECODERS[message_type] = msgspec.msgpack.Decoder(message_type)
+    return decoder
 
 
 def child_decoder() -> FrameDecoder[ToChild]:
