@@ -1,10 +1,11 @@
 """How many of the pool's children are live, starting, and serving each package set, kept as they change.
 
-The pool plans from these two counts on every convergence (supervisor.pool.plan),
+The pool plans from these counts on every convergence (supervisor.pool.plan),
 and a storm of first requests converges a few times per cold start. Counting
 them by walking every child cost ~0.4 ms per convergence with 1,100 children,
 about a third of the supervisor's CPU per cold start in a storm. Here each
-child's life moves it between two sets instead, so a count is a ``len``.
+child's life moves it in and out of a few sets instead, so a count is a
+``len`` or a dict lookup.
 
 The events, in the order a child lives them:
 

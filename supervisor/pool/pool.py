@@ -144,7 +144,7 @@ class Pool:
         self.packages = PackageZygotes(self, self.zygote.start_package_zygote,
                                        self.memory.jail_address_space_mb())
         self.children: dict[int, ChildProcess] = {}
-        #: Live and starting children, counted as they change (not by a walk per convergence).
+        #: Live, starting and in-use children, counted as they change (not by a walk per convergence).
         self.census = ChildCensus()
         #: Base spares ready to take, and the requests in line for one.
         self.spare_line: SpareLine[ChildProcess] = SpareLine()
