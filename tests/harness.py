@@ -78,7 +78,9 @@ class Corral:
 
     def __init__(self, state_dir: Path, extra_args: list[str] | None = None,
                  env: dict[str, str] | None = None, allow_private_egress: bool = True,
-                 uid: int | None = None, python: str | None = None) -> None:
+                 uid: int | None = None, python: str | None = None, config: str = "") -> None:
+        """``config``: TOML the server gets with ``--config`` (merged with a
+        ``--config`` file in ``extra_args``, if there is one)."""
         self.state_dir = Path(state_dir)
         #: Run ``corral serve`` under this (unprivileged) uid and gid; the state
         #: dir must be writable by it.
@@ -89,21 +91,20 @@ class Corral:
         self.socket_path = str(self.state_dir / "admin.sock")
         self.log_path = self.state_dir / "serve.log"
         self.extra_args = list(extra_args or [])
-        if allow_private_egress:
+        if allow_private_egress or config:
             # Tests talk to upstreams on 127.0.0.1, which production blocks.
-            self._allow_private_egress()
+            self._write_config(config, allow_private_egress)
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
 
-    def _allow_private_egress(self) -> None:
+    def _write_config(self, text: str, allow_private_egress: bool) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        text = ""
         if "--config" in self.extra_args:
             index = self.extra_args.index("--config") + 1
-            text = Path(self.extra_args[index]).read_text()
+            text = f"{text}\n{Path(self.extra_args[index]).read_text()}"
             del self.extra_args[index - 1 : index + 1]
         config = self.state_dir / "test-corral.toml"
-        if "allow_private_networks" in text:
+        if "allow_private_networks" in text or not allow_private_egress:
             pass  # the test decides
         elif "[outbound]" in text:
             text = text.replace("[outbound]", "[outbound]\nallow_private_networks = true", 1)

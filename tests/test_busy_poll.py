@@ -28,9 +28,7 @@ REQUESTS = 200
 
 
 def sleeps_per_request(tmp_path: Path, busy_poll_us: int) -> float:
-    config = tmp_path / f"poll{busy_poll_us}.toml"
-    config.write_text(f"busy_poll_us = {busy_poll_us}\n")
-    server = Corral(tmp_path / f"state{busy_poll_us}", extra_args=["--config", str(config)]).start()
+    server = Corral(tmp_path / f"state{busy_poll_us}", config=f"busy_poll_us = {busy_poll_us}\n").start()
     try:
         server.deploy("hi", HELLO, namespace=None)
         server.route("hi.localhost/*", "hi")
@@ -72,9 +70,7 @@ def test_the_supervisor_polls_instead_of_sleeping_between_the_hops_of_a_request(
 
 
 def test_a_bad_busy_poll_setting_is_refused_by_name(tmp_path: Path) -> None:
-    config = tmp_path / "bad.toml"
-    config.write_text("busy_poll_us = -5\n")
-    server = Corral(tmp_path / "state", extra_args=["--config", str(config)])
+    server = Corral(tmp_path / "state", config="busy_poll_us = -5\n")
     try:
         server.start(timeout=10)
     except RuntimeError as exc:

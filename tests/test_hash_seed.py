@@ -27,9 +27,7 @@ class Default(WorkerEntrypoint):
 
 
 def test_children_of_different_zygotes_hash_differently(tmp_path) -> None:
-    config = tmp_path / "corral.toml"
-    config.write_text("[pool]\nspares = 1\nzygote_max_children = 3\n")
-    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    server = Corral(tmp_path / "state", config="[pool]\nspares = 1\nzygote_max_children = 3\n").start()
     try:
         names = [f"t{i}" for i in range(6)]
         for name in names:
@@ -93,9 +91,7 @@ def assert_rotations_swap_to_a_prepared_zygote(log: list[dict], standing_by: boo
 
 
 def test_a_zygote_rotated_for_age_hands_over_to_one_standing_by(tmp_path) -> None:
-    config = tmp_path / "corral.toml"
-    config.write_text("[pool]\nspares = 1\nzygote_max_age_s = 4.0\n")
-    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    server = Corral(tmp_path / "state", config="[pool]\nspares = 1\nzygote_max_age_s = 4.0\n").start()
     try:
         server.deploy("aged", TENANT, namespace=None)
         server.route("aged.localhost/*", "aged")

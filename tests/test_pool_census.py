@@ -107,9 +107,7 @@ def _wait_for(check, what: str, timeout: float = 15.0) -> None:
 
 
 def test_a_pool_capped_at_six_children_still_serves_after_many_times_that_many_deaths(tmp_path) -> None:
-    config = tmp_path / "corral.toml"
-    config.write_text("[pool]\nspares = 2\nmax_spares = 2\nmax_children = 6\n")
-    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    server = Corral(tmp_path / "state", config="[pool]\nspares = 2\nmax_spares = 2\nmax_children = 6\n").start()
     names = ["one", "two", "three"]
     try:
         for name in names:

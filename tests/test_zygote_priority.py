@@ -45,9 +45,7 @@ def _wait_for(check, what: str, timeout: float = 8.0) -> None:
 def _rushed(tmp_path: Path) -> Iterator[tuple[Corral, int, dict[str, int], threading.Thread]]:
     """A server keeping no spares, its zygote stopped (SIGSTOP) and rushed
     for the request waiting on it in a thread (its status lands in the dict)."""
-    config = tmp_path / "corral.toml"
-    config.write_text("[pool]\nspares = 0\nmax_spares = 0\n")
-    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    server = Corral(tmp_path / "state", config="[pool]\nspares = 0\nmax_spares = 0\n").start()
     try:
         server.deploy("hello", HELLO, namespace=None)
         server.route("hello.localhost/*", "hello")
