@@ -197,7 +197,9 @@ def setup(sysm: Corral, upstream_url: str) -> dict:
 def _invocations(sysm: Corral) -> float | None:
     admin = sysm.admin()
     try:
-        return admin.metrics().get("corral_invocations_total")
+        series = [v for k, v in admin.metrics().items()
+                  if k == "corral_invocations_total" or k.startswith("corral_invocations_total{")]
+        return sum(series) if series else None  # labelled by namespace, outcome and handler
     except (AdminError, OSError):
         return None
     finally:

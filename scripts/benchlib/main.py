@@ -169,11 +169,14 @@ class Runner:
         if self.args.warmup > 0:
             self.load(sysm.port, hosts, self.args.warmup)
         runs = []
+        cpu_before = self.cpu(sysm)
         for _ in range(self.args.repeat):
             one = self.load(sysm.port, hosts, self.args.duration)
             if "error" not in one:
                 one.pop("raw", None)
             runs.append(one)
+        cpu_us = self.cpu_per_request(cpu_before, self.cpu(sysm),
+                                      sum(x.get("requests", 0) for x in runs))
         rates = sorted(x["rps"] for x in runs)
         r = dict(sorted(runs, key=lambda x: x["rps"])[(len(runs) - 1) // 2])  # the median run
         r["runs_rps"] = [x["rps"] for x in runs]
@@ -184,7 +187,28 @@ class Runner:
             + (f", {r['non2xx']} non-2xx" if r.get("non2xx") else "")
             + (f", {r['socket_errors']} socket errors" if r.get("socket_errors") else "")
             + (f" [{r['error']}]" if r.get("error") else ""))
+        if cpu_us:
+            r["cpu_us_per_request"] = cpu_us
+            log("    CPU per request: " + ", ".join(f"{k} {v:.0f} us" for k, v in cpu_us.items()))
         return r
+
+    def cpu(self, sysm) -> dict[str, float]:
+        """CPU seconds so far by process role (schedstat), plus, where the
+        system reports it, the CPU its invocations used by namespace."""
+        members = getattr(sysm, "member_pids", None)
+        out = procs.cpu_by_role(sysm.pid, members() if members else frozenset())
+        by_namespace = getattr(sysm, "invocation_cpu_s", None)
+        if by_namespace:
+            out.update(by_namespace())
+        return out
+
+    @staticmethod
+    def cpu_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
+        """Microseconds per request of each role over the recorded runs."""
+        if requests <= 0:
+            return {}
+        return {k: (after[k] - before.get(k, 0.0)) * 1e6 / requests
+                for k in after if after[k] - before.get(k, 0.0) > 0}
 
     def pss(self, sysm) -> dict:
         time.sleep(0.5)  # let freed memory settle
@@ -214,7 +238,8 @@ class Runner:
         res["warm_latency"] = httpclient.warm_latency(port, h(t0), sysm.expect(t0),
                                                       a.latency_requests)
         wl = res["warm_latency"]
-        log(f"  warm latency p50 {wl['p50']:.3f} ms, p99 {wl['p99']:.3f} ms")
+        log(f"  warm latency p50 {wl['p50']:.3f} ms, p99 {wl['p99']:.3f} ms, "
+            f"p99.9 {wl['p999']:.3f} ms, max {wl['max']:.3f} ms")
         res["rps"] = {"1": self.throughput(sysm, [h(t0)])}
         res["pss"] = {"1": self.pss(sysm)}
         log(f"  PSS with 1 tenant warm: {res['pss']['1']['mb']:.1f} MB "

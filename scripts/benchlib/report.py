@@ -52,8 +52,11 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
     rows.append(("req/s 1 tenant", get(lambda r: (r["rps"]["1"]["rps"],)), "rps"))
     for k in ks:
         rows.append((f"req/s {k} tenants", get(lambda r, k=k: (r["rps"][str(k)]["rps"],)), "rps"))
-    rows.append(("warm p50 / p99 ms",
-                 get(lambda r: (r["warm_latency"]["p50"], r["warm_latency"]["p99"])), "ms"))
+    for k in dict.fromkeys(["1", *map(str, ks)]):
+        rows.append((f"CPU us/req {k} (server / all)", get(lambda r, k=k: _cpu_row(r, k)), "us"))
+    rows.append(("warm p50 / p99 / p99.9 ms",
+                 get(lambda r: (r["warm_latency"]["p50"], r["warm_latency"]["p99"],
+                                r["warm_latency"]["p999"])), "ms"))
     if results["args"]["cold"]:
         rows.append(("cold p50 / p99 ms", get(lambda r: (r["cold"]["p50"], r["cold"]["p99"])), "ms"))
     if results["args"].get("storm"):
@@ -70,6 +73,13 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
     rows.append((f"processes 1 / {kmax} warm",
                  get(lambda r: (r["pss"]["1"]["procs"], r["pss"][str(kmax)]["procs"])), "n"))
     return rows
+
+
+def _cpu_row(r: dict, k: str) -> tuple[float, float]:
+    """The server process's CPU per request and the whole tree's (server,
+    zygotes, children) over a throughput figure's runs."""
+    cpu = r["rps"][k]["cpu_us_per_request"]
+    return cpu["server"], cpu["server"] + cpu.get("direct", 0.0) + cpu.get("others", 0.0)
 
 
 def _bad_run(r: dict, label: str) -> bool:
@@ -145,6 +155,10 @@ def _render_main(results: dict) -> list[str]:
                 spreads.append(f"{r.get('label', '?')} {k}: {min(runs):,.0f}-{max(runs):,.0f}")
     if spreads:
         out.append("  req/s spread (min-max of the runs): " + "; ".join(spreads))
+    out.append("  CPU us/req K: CPU the kernel charged (schedstat) over the K-tenant throughput "
+               "runs / their requests; server = the server process, all = its whole tree (Corral: "
+               "supervisor + zygotes + sandboxed children); the log splits it by role and gives "
+               "Corral's dispatcher and user invocations' own CPU.")
     out.append(f"  warm latency: {a['latency_requests']} sequential GETs to t0 on one keep-alive "
                f"connection (raw socket, perf_counter_ns).")
     if a["cold"]:

@@ -364,6 +364,25 @@ class Corral(System):
                 return default, f"default (could not read {config_path}: {e})"
         return default, "default"
 
+    def invocation_cpu_s(self) -> dict[str, float]:
+        """CPU seconds Corral's invocations used so far, by namespace (from
+        corral_invocation_cpu_seconds_sum): the dispatcher's ("" ->
+        "dispatcher invocations") and the user workers' ("user invocations")."""
+        admin = self.admin()
+        try:
+            m = admin.metrics()
+        except (AdminError, OSError):
+            return {}
+        finally:
+            admin.close()
+        out = {"dispatcher invocations": 0.0, "user invocations": 0.0}
+        for name, value in m.items():
+            if name.startswith("corral_invocation_cpu_seconds_sum{"):
+                key = ("dispatcher invocations" if 'namespace=""' in name
+                       else "user invocations")
+                out[key] += value
+        return out
+
     def pool_info(self) -> dict:
         """Spare setting in effect plus the live gauges from GET /metrics."""
         spares, source = self.configured_spares()
