@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import inspect
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import msgspec
@@ -23,10 +24,24 @@ from . import events, workers
 from .bindings import AttrDict, AttrList, call, options, wrap
 from .bindings.durable_objects import DurableObjectId, decode, encode
 from .pyodide_shim import JsException
+from .run_sync import in_portal, run_in_portal, run_sync
 
 
 def _values(pairs: list[list[Any]]) -> dict[str, Any]:
     return {k: decode(v) for k, v in pairs}
+
+
+def _now(awaitable: Any, what: str) -> Any:
+    """Wait for a storage call from synchronous code, as Cloudflare's SQLite-backed
+    storage answers ``sql.exec()`` and ``storage.kv`` calls at once: the
+    invocation's greenlet waits (:func:`run_sync`), the child's other work goes on."""
+    if not in_portal():
+        awaitable.close()
+        raise RuntimeError(
+            f"{what} is synchronous and works in the object's own handlers (its constructor, "
+            "fetch, alarm, RPC methods, blockConcurrencyWhile and waitUntil work), not in a "
+            "task started with asyncio.create_task")
+    return run_sync(awaitable)
 
 
 class SqlCursor:
@@ -75,15 +90,20 @@ class SqlCursor:
             self._next += 1
             yield self._row(self._rows[self._next - 1])
 
+    def __await__(self) -> Generator[Any, None, SqlCursor]:
+        """``await sql.exec(...)`` (code written for an asynchronous exec) gets the cursor too."""
+        return self
+        yield  # pragma: no cover - makes this a generator
+
 
 class SqlStorage:
-    """``ctx.storage.sql``: SQLite on the object's own database."""
+    """``ctx.storage.sql``: SQLite on the object's own database, synchronous as on Cloudflare."""
 
-    async def exec(self, query: str, *bindings: Any) -> SqlCursor:
+    def exec(self, query: str, *bindings: Any) -> SqlCursor:
         if not isinstance(query, str):
             raise TypeError("sql.exec() takes the SQL text first")
         binds = [bytes(b) if isinstance(b, (bytearray, memoryview)) else b for b in bindings]
-        value, _ = await call(DO_STORAGE, "sql", [query, binds])
+        value, _ = _now(call(DO_STORAGE, "sql", [query, binds]), "sql.exec()")
         return SqlCursor(value)
 
     def __repr__(self) -> str:
@@ -98,11 +118,46 @@ def _ms(when: Any) -> float:
     return float(when)
 
 
+class SyncKv:
+    """``ctx.storage.kv``: the synchronous key-value API of SQLite-backed objects.
+
+    The same keys and values as ``ctx.storage.get/put`` (Cloudflare keeps both
+    in the object's hidden ``__cf_kv`` table)."""
+
+    def get(self, key: str) -> Any:
+        value, _ = _now(call(DO_STORAGE, "get", [key]), "storage.kv.get()")
+        return decode(value[0][1]) if value else None
+
+    def put(self, key: str, value: Any) -> None:
+        _now(call(DO_STORAGE, "put", [[[key, encode(value, "kv.put()")]]]), "storage.kv.put()")
+
+    def delete(self, key: str) -> bool:
+        value, _ = _now(call(DO_STORAGE, "delete", [key]), "storage.kv.delete()")
+        return bool(value)
+
+    def list(self, options_: Any = None, **keywords: Any) -> Iterator[AttrList]:
+        """``[key, value]`` pairs in key order (``prefix``, ``start``, ``end``, ``limit``, ``reverse``)."""
+        value, _ = _now(call(DO_STORAGE, "list", [_list_options(options_, keywords, "kv.list()")]),
+                        "storage.kv.list()")
+        return iter([AttrList([k, decode(v)]) for k, v in value])
+
+    def __repr__(self) -> str:
+        return "<SyncKvStorage>"
+
+
+def _list_options(options_: Any, keywords: dict[str, Any], where: str) -> dict[str, Any]:
+    opts = options(options_, keywords, where)
+    return {k: opts[k] for k in ("prefix", "start", "startAfter", "end", "limit", "reverse")
+            if opts.get(k) is not None}
+
+
 class DurableObjectStorage:
-    """``ctx.storage``: Cloudflare's key-value API, SQL and alarms."""
+    """``ctx.storage``: Cloudflare's key-value API (asynchronous, and synchronous
+    as ``kv``), SQL and alarms."""
 
     def __init__(self) -> None:
         self.sql = SqlStorage()
+        self.kv = SyncKv()
 
     async def get(self, keys: Any, options_: Any = None, **keywords: Any) -> Any:
         if isinstance(keys, (list, tuple)):
@@ -128,10 +183,7 @@ class DurableObjectStorage:
     delete_all = deleteAll
 
     async def list(self, options_: Any = None, **keywords: Any) -> dict[str, Any]:
-        opts = options(options_, keywords, "storage.list()")
-        sent = {k: opts[k] for k in ("prefix", "start", "startAfter", "end", "limit", "reverse")
-                if opts.get(k) is not None}
-        value, _ = await call(DO_STORAGE, "list", [sent])
+        value, _ = await call(DO_STORAGE, "list", [_list_options(options_, keywords, "storage.list()")])
         return _values(value)
 
     async def getAlarm(self, options_: Any = None, **keywords: Any) -> float | None:  # noqa: N802
@@ -177,6 +229,8 @@ class DurableObjectState(workers.Context):
         """Run ``callback()``; no event reaches the object until it is done (in the
         constructor: before the first one)."""
         result = callback()
+        if asyncio.iscoroutine(result):
+            result = run_in_portal(result)  # synchronous storage works in it too
         future = asyncio.ensure_future(result) if inspect.isawaitable(result) else None
         if future is not None:
             self._blocking.append(future)
