@@ -47,7 +47,7 @@ from supervisor.cli_client import (  # noqa: E402 - re-exported for the command 
 
 
 def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
-    from supervisor.admin.project import ProjectError, load_project
+    from supervisor.admin.project import ProjectError, load_project, module_content_type
 
     try:
         project = load_project(args.path)
@@ -96,7 +96,7 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
                             content_type="application/json")]
     for path, code in project.modules.items():
         parts.append(multipart.Part(name=path, filename=path.rsplit("/", 1)[-1], data=code,
-                                    content_type="text/x-python"))
+                                    content_type=module_content_type(path)))
     # Cloudflare's shape: one part per requirement, named by it, empty.
     parts += [multipart.Part(name=r, filename=r, data=b"", content_type="text/x-python-requirement")
               for r in project.requirements]

@@ -260,8 +260,15 @@ def test_wrangler_keys(corral, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "unknown compatibility flag 'made_up_flag'" in result.stderr
     resp = get(corral, "wrangler-keys")
-    assert resp.json() == {"host": "example.com", "retries": 3, "root": "src is the import root"}
+    assert resp.json() == {"host": "example.com", "retries": 3, "root": "src is the import root",
+                           "page": "<p>a template beside the code</p>\n", "query": "SELECT 1;\n"}
     script = corral.admin("GET", f"/accounts/local/workers/dispatch/namespaces/{NS}/scripts/wrangler-keys")
+    # Only what the main module's folder holds goes up beside the Python modules.
+    assert [m["name"] for m in script.json()["result"]["modules"]] == [
+        "src/entry.py", "src/lib/__init__.py", "src/lib/util.py", "src/page.html", "src/queries/one.sql"]
+    content = corral.admin("GET", f"/accounts/local/workers/dispatch/namespaces/{NS}/scripts/"
+                                  "wrangler-keys/content")
+    assert b'filename="src/page.html"\r\nContent-Type: text/plain' in content.body
     assert script.json()["result"]["compatibility_flags"] == ["python_workers", "made_up_flag"]
     project = tmp_path / "durable"
     (project / "src").mkdir(parents=True)

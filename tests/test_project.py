@@ -185,3 +185,27 @@ def test_a_folders_pyproject_dependencies_travel_with_it(tmp_path):
     (tmp_path / "requirements.txt").write_text("--index-url https://evil.example/simple\n")
     with pytest.raises(ProjectError, match="requirements.txt.*not supported"):
         load_project(tmp_path)
+
+
+def test_text_and_data_modules_beside_the_main_module(tmp_path):
+    """Wrangler's default module rules: .txt/.html/.sql (Text), .bin (Data) and
+    .wasm under the main module's folder go up with the code; nothing outside
+    it, not the assets directory, not requirements.txt."""
+    write(tmp_path, {
+        "wrangler.toml": 'main = "entry.py"\n[assets]\ndirectory = "static"\n',
+        "entry.py": "",
+        "page.html": "<p>",
+        "sql/q.sql": "SELECT 1",
+        "notes.txt": "n",
+        "blob.bin": "b",
+        "static/index.html": "<p>an asset</p>",
+        "requirements.txt": "",
+        "README.md": "docs",
+        "image.png": "not a module type",
+    })
+    project = load_project(tmp_path)
+    assert sorted(project.modules) == ["blob.bin", "entry.py", "notes.txt", "page.html", "sql/q.sql"]
+    assert project.assets == {"/index.html": b"<p>an asset</p>"}
+    write(tmp_path / "two", {"wrangler.jsonc": '{"main": "src/entry.py"}', "src/entry.py": "",
+                             "src/t.html": "", "top.html": ""})
+    assert sorted(load_project(tmp_path / "two").modules) == ["src/entry.py", "src/t.html"]

@@ -5,7 +5,9 @@ A project is either a single ``.py`` file (the main module) or a folder with
 ``wrangler.jsonc``) as Cloudflare's Python Workers projects have it, so an
 existing project deploys unchanged. The config names ``main``, the
 compatibility date, ``[vars]`` and bindings; every ``.py`` file under the
-folder is uploaded under its path relative to the folder, and the sandbox
+folder is uploaded under its path relative to the folder (with the text and
+data files Wrangler's default module rules take beside the main module:
+:data:`MODULE_TYPES`), and the sandbox
 treats the main module's folder as the import root (``main =
 "src/entry.py"`` makes ``src/`` the root).
 
@@ -26,12 +28,26 @@ import msgspec
 from supervisor import model
 from supervisor.errors import Invalid
 
-__all__ = ["CONFIG_FILES", "Project", "ProjectError", "load_project", "strip_jsonc"]
+__all__ = ["CONFIG_FILES", "Project", "ProjectError", "load_project", "module_content_type",
+           "strip_jsonc"]
 
 #: Config files looked for in a project folder, first found wins.
 CONFIG_FILES = ("corral.toml", "wrangler.toml", "wrangler.json", "wrangler.jsonc")
 _SKIP_DIRS = {"__pycache__", "node_modules", ".venv", "venv"}
 MAX_FILES = 1000
+#: What a project uploads besides its ``.py`` files: Wrangler's default module
+#: rules (Text: ``**/*.txt``, ``**/*.html``, ``**/*.sql``; Data: ``**/*.bin``;
+#: CompiledWasm: ``**/*.wasm``) under the main module's folder, so code can
+#: open a template or a query file beside it, as on Cloudflare. (A config's own
+#: ``rules`` are not supported yet.)
+MODULE_TYPES = {
+    ".py": "text/x-python",
+    ".txt": "text/plain", ".html": "text/plain", ".sql": "text/plain",
+    ".bin": "application/octet-stream",
+    ".wasm": "application/wasm",
+}
+#: Files at a project's top that are its set-up, not modules.
+_NOT_MODULES = {"requirements.txt"}
 
 
 class ProjectError(ValueError):
@@ -367,18 +383,34 @@ def _bindings(config: WranglerConfig) -> list[model.BindingSpec]:
     return bindings
 
 
-def _collect_modules(root: Path) -> dict[str, bytes]:
-    """Every ``.py`` under ``root`` by relative POSIX path; skips caches, venvs, hidden dirs."""
+def module_content_type(path: str) -> str:
+    """The multipart Content-Type a module of the bundle is uploaded with, by its extension
+    (Cloudflare's: Python modules, Text modules, Data modules, WebAssembly)."""
+    return MODULE_TYPES.get(posixpath.splitext(path)[1].lower(), "application/octet-stream")
+
+
+def _collect_modules(root: Path, base: str, skip: Path | None) -> dict[str, bytes]:
+    """Every ``.py`` under ``root``, and the files Wrangler's default module
+    rules take (:data:`MODULE_TYPES`) under ``base``, the main module's folder,
+    by relative POSIX path; skips caches, venvs, hidden dirs and ``skip`` (the
+    assets directory)."""
     modules: dict[str, bytes] = {}
+    base_dir = (root / base).resolve()
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        here = Path(dirpath).resolve()
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith(".")
+                             and (skip is None or (here / d) != skip))
+        in_base = here == base_dir or base_dir in here.parents
         for filename in sorted(filenames):
-            if not filename.endswith(".py") or filename.startswith("."):
+            kind = posixpath.splitext(filename)[1].lower()
+            if filename.startswith(".") or kind not in MODULE_TYPES:
+                continue
+            if kind != ".py" and (not in_base or (here == root.resolve() and filename in _NOT_MODULES)):
                 continue
             full = Path(dirpath, filename)
             rel = full.relative_to(root).as_posix()
             if len(modules) >= MAX_FILES:
-                raise ProjectError(f"{root} has more than {MAX_FILES} .py files; is it the right folder?")
+                raise ProjectError(f"{root} has more than {MAX_FILES} module files; is it the right folder?")
             try:
                 modules[rel] = full.read_bytes()
             except OSError as exc:
@@ -415,7 +447,8 @@ def load_project(path: str | os.PathLike[str]) -> Project:
         raise ProjectError(f"{config_path}: main {config.main!r} must be a path inside {target}")
     if not main.endswith(".py"):
         raise ProjectError(f"{config_path}: main {config.main!r} must be a .py file")
-    modules = _collect_modules(target)
+    assets_dir = (target / config.assets.directory).resolve() if config.assets and config.assets.directory else None
+    modules = _collect_modules(target, posixpath.dirname(main), assets_dir)
     if main not in modules:
         raise ProjectError(f"{config_path}: main {config.main!r} not found under {target}")
     assets: dict[str, bytes] = {}
