@@ -16,7 +16,7 @@ import urllib.parse
 from typing import Any
 
 from . import logs, workers
-from .pyodide_shim import _unavailable, jsnull, to_py
+from .pyodide_shim import ArrayBuffer, Uint8Array, _unavailable, jsnull, to_py
 from .sdk_types import JsDict, python_from_rpc
 
 
@@ -158,6 +158,8 @@ def make_js() -> types.ModuleType:
     js.URL = _URL  # type: ignore[attr-defined]
     js.Date = _Date()  # type: ignore[attr-defined]
     js.fetch = _fetch  # type: ignore[attr-defined]
+    js.Uint8Array = Uint8Array  # type: ignore[attr-defined]
+    js.ArrayBuffer = ArrayBuffer  # type: ignore[attr-defined]
     js.__getattr__ = _unavailable("js")  # type: ignore[attr-defined]
     return js
 

@@ -3,7 +3,8 @@
 In Pyodide, these convert between Python and JavaScript values and let
 synchronous code wait for a promise. Corral runs CPython, so values are
 already Python: ``to_js``/``to_py`` convert between plain dicts and the
-SDK's attribute dicts, proxies are the objects themselves (with the
+SDK's attribute dicts, bytes become a ``Uint8Array`` (bytes with ``.buffer``
+and the other names Pyodide code uses), proxies are the objects themselves (with the
 ``destroy()`` tenants call), ``jsnull`` is a falsy singleton, and
 ``run_sync`` is real (:mod:`sandbox.run_sync`). ``JsException`` is the class
 platform and binding errors raise, so ``except JsException`` works as there.
@@ -18,8 +19,8 @@ from typing import Any
 
 from .run_sync import run_sync
 
-__all__ = ["JsException", "JsProxy", "jsnull", "to_js", "to_py", "create_proxy",
-           "create_once_callable", "run_sync", "install"]
+__all__ = ["ArrayBuffer", "JsException", "JsProxy", "Uint8Array", "jsnull", "to_js", "to_py",
+           "create_proxy", "create_once_callable", "run_sync", "install"]
 
 
 class JsException(Exception):
@@ -41,6 +42,47 @@ class JsArray(JsProxy):
 
 class JsBuffer(JsProxy):
     """Pyodide's typed-array proxy type, for ``isinstance`` checks that are never true here."""
+
+
+class ArrayBuffer(bytes):
+    """A JavaScript ``ArrayBuffer``, as ``to_js(data).buffer`` gives it: here the
+    bytes themselves (a Response, ``fetch`` or a binding takes it as bytes),
+    with the names code written for Pyodide reaches for."""
+
+    __slots__ = ()
+
+    @property
+    def byteLength(self) -> int:  # noqa: N802 - JS name
+        return len(self)
+
+    def to_bytes(self) -> bytes:
+        return bytes(self)
+
+    def to_py(self, **_: Any) -> memoryview:
+        return memoryview(self)
+
+    to_memoryview = to_py
+
+
+class Uint8Array(ArrayBuffer):
+    """What ``to_js(bytes)`` gives in Pyodide: a typed array over the bytes
+    (``.buffer`` is its ``ArrayBuffer``; ``Response(to_js(png).buffer)`` is
+    how Cloudflare's image example answers)."""
+
+    __slots__ = ()
+
+    @property
+    def buffer(self) -> ArrayBuffer:
+        return ArrayBuffer(self)
+
+    @property
+    def length(self) -> int:
+        return len(self)
+
+    @classmethod
+    def new(cls, data: Any = 0) -> Uint8Array:
+        """``Uint8Array.new(length | bytes | list of ints)``, as from ``js``."""
+        return cls(data if isinstance(data, int) else bytes(data))
 
 
 class JsNull:
@@ -75,6 +117,8 @@ def to_js(value: Any, *, dict_converter: Callable[[Any], Any] | None = None, dep
         return [to_js(v, dict_converter=dict_converter, depth=depth - 1) for v in value]
     if value is None:
         return None
+    if isinstance(value, (bytes, bytearray, memoryview)) and not isinstance(value, ArrayBuffer):
+        return Uint8Array(value)
     return value
 
 

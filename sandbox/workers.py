@@ -164,13 +164,13 @@ class Headers:
 
 def _encode_body(body: Any, headers: Headers) -> Any:
     """Normalise a body given by tenant code; sets a content-type for str."""
-    if body is None or isinstance(body, (bytes, IncomingBody)):
+    if body is None or type(body) is bytes or isinstance(body, IncomingBody):
         return body
     if isinstance(body, str):
         if not headers.has("content-type"):
             headers.set("content-type", "text/plain;charset=UTF-8")
         return body.encode()
-    if isinstance(body, (bytearray, memoryview)):
+    if isinstance(body, (bytes, bytearray, memoryview)):  # bytes subclasses too (to_js(...).buffer)
         return bytes(body)
     if isinstance(body, FormData):
         data, content_type = encode_form(body)

@@ -169,6 +169,9 @@ def test_pyodide_and_js(corral):
     assert resp.headers["content-type"] == "application/json"
     assert resp.json() == {"a": 1, "y_is_none": True, "roundtrip": {"a": 1, "b": [1, 2]},
                            "proxy": "called", "jsnull": False, "isproxy": False, "jsexc": True}
+    png = get(corral, "pyodide-js", "/bytes")
+    assert png.status == 200 and png.body == b"\x89PNG\r\n\x1a\n\x01\x02\x03"
+    assert png.headers["content-type"] == "image/png" and png.headers["x-lengths"] == "11 11"
     missing = get(corral, "pyodide-js", "/notfound")
     assert missing.status == 501 and "js.WebAssembly is not available in Corral" in missing.text
 

@@ -31,6 +31,8 @@ def test_kv_get_put_types_and_missing(server) -> None:
 await env.KV.put("text", "h\\u00e9llo")
 await env.KV.put("json", '{"a": [1, 2]}')
 await env.KV.put("bytes", b"\\x00\\x01\\xff")
+from pyodide.ffi import to_js
+await env.KV.put("typed", to_js(b"\\x02\\x03").buffer)  # Pyodide code passes typed arrays
 stream = await env.KV.get("text", type="stream")
 chunks = [c async for c in stream]
 return {
@@ -39,12 +41,13 @@ return {
     "json_dict": await env.KV.get("json", {"type": "json"}),
     "bytes": list(await env.KV.get("bytes", type="arrayBuffer")),
     "bytes2": list(await env.KV.get("bytes", type="bytes")),
+    "typed": list(await env.KV.get("typed", type="arrayBuffer")),
     "stream": b"".join(chunks).decode(),
     "missing": await env.KV.get("nope"),
     "missing_meta": await env.KV.getWithMetadata("nope"),
 }""")
     assert got == {"text": "héllo", "json": {"a": [1, 2]}, "json_dict": {"a": [1, 2]},
-                   "bytes": [0, 1, 255], "bytes2": [0, 1, 255], "stream": "héllo",
+                   "bytes": [0, 1, 255], "bytes2": [0, 1, 255], "typed": [2, 3], "stream": "héllo",
                    "missing": None,
                    "missing_meta": {"value": None, "metadata": None, "cacheStatus": None}}
 

@@ -81,6 +81,18 @@ def options(positional: Any, keywords: dict[str, Any], where: str,
     return out
 
 
+def _builtin_bytes(value: Any) -> Any:
+    """``value`` with every bytes subclass (``Uint8Array``, ``ArrayBuffer``) made
+    plain bytes, which is all msgpack encodes."""
+    if isinstance(value, bytes):
+        return bytes(value)
+    if isinstance(value, (list, tuple)):
+        return [_builtin_bytes(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _builtin_bytes(v) for k, v in value.items()}
+    return value
+
+
 def _plain(value: Any, where: str) -> None:
     try:
         msgspec.msgpack.encode(value)
@@ -104,7 +116,11 @@ async def call(binding: str, method: str, args: list[Any], body: Any = None
                            "(not at import time)")
     try:
         packed = msgspec.msgpack.encode(args)
-    except (TypeError, ValueError, OverflowError):
+    except TypeError:
+        args = _builtin_bytes(args)  # to_js(...) gives bytes subclasses
+        _plain(args, f"{method}()")
+        packed = msgspec.msgpack.encode(args)
+    except (ValueError, OverflowError):
         _plain(args, f"{method}()")
         raise
     fields: dict[str, Any] = {"args": args}
@@ -115,7 +131,7 @@ async def call(binding: str, method: str, args: list[Any], body: Any = None
         body = packed
     if isinstance(body, str):
         body = body.encode()
-    elif isinstance(body, (bytearray, memoryview)):
+    elif isinstance(body, (bytes, bytearray, memoryview)) and type(body) is not bytes:
         body = bytes(body)
     call_id = runtime._next_call
     runtime._next_call -= 1

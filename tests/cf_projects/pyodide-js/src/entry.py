@@ -1,5 +1,6 @@
-from js import JSON, Object, Response, console
+from js import JSON, Object, Response, Uint8Array, console
 from pyodide.ffi import JsException, JsProxy, create_proxy, jsnull, to_js, to_py
+from workers import Response as PyResponse
 from workers import WorkerEntrypoint
 
 
@@ -16,6 +17,11 @@ async def on_fetch(request, env):
             js.WebAssembly
         except AttributeError as exc:
             return Response.new(str(exc), status=501)
+    if path == "bytes":
+        # Cloudflare's image example answers Response(to_js(png_bytes).buffer).
+        typed = to_js(b"\x89PNG\r\n\x1a\n" + bytes(Uint8Array.new([1, 2, 3])))
+        return PyResponse(typed.buffer, headers={"content-type": "image/png",
+                                                 "x-lengths": f"{typed.length} {typed.buffer.byteLength}"})
     data = to_js({"a": 1, "b": [1, 2]}, dict_converter=Object.fromEntries)
     parsed = JSON.parse('{"x": {"y": null}}')
     proxy = create_proxy(lambda: "called")
