@@ -147,6 +147,10 @@ def test_corral_toml_wins_over_wrangler(tmp_path):
         ({"corral.toml": "main = "}, "corral.toml"),
         ({"wrangler.json": "{nope"}, "wrangler.json"),
         ({"wrangler.toml": 'main = "w.py"\n[[kv_namespaces]]\nbinding = "KV"\n', "w.py": ""}, "id"),
+        # A binding Corral does not have stops the deploy by name (a worker
+        # without it would fail at its first request instead).
+        ({"wrangler.jsonc": '{"main": "w.py", "worker_loaders": [{"binding": "LOADER"}]}', "w.py": ""},
+         "'worker_loaders' is not supported by Corral yet"),
     ],
 )
 def test_errors_say_what_to_fix(tmp_path, files, fragment):

@@ -196,6 +196,7 @@ UNSUPPORTED_KEYS = frozenset({
     "containers", "version_metadata", "images", "secrets_store_secrets", "ratelimits",
     "pipelines", "wasm_modules", "text_blobs", "data_blobs", "rules", "site", "env",
     "unsafe_hello_world", "dispatch_namespaces_outbound", "logfwdr", "tail_consumers_streaming",
+    "worker_loaders",
 })
 #: Keys about deployment to Cloudflare itself (accounts, routes, dev server,
 #: build): meaningless for Corral, silently ignored.
