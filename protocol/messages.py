@@ -385,14 +385,15 @@ class SubRequest(_Msg, tag="subreq"):
 
     ``kind`` is ``"dispatch"`` (``target`` names a script in the binding's
     namespace), ``"service"`` (``target`` is a platform script) or
-    ``"fetch"`` (an outbound request to ``url``) or ``"assets"`` (the script's
-    own static assets, ``env.ASSETS.fetch``). A :class:`ByRef` body forwards a
-    body the child holds unread (its request's, a call's response).
+    ``"fetch"`` (an outbound request to ``url``), ``"assets"`` (the script's
+    own static assets, ``env.ASSETS.fetch``) or ``"loader"`` (``target`` is the
+    id of a dynamic worker of the Worker Loader ``binding``). A :class:`ByRef`
+    body forwards a body the child holds unread (its request's, a call's response).
     """
 
     call: int
     parent: int
-    kind: Literal["dispatch", "service", "fetch", "assets"]
+    kind: Literal["dispatch", "service", "fetch", "assets", "loader"]
     method: bytes
     url: str
     headers: list[Header]

@@ -356,6 +356,9 @@ class Request(_Body):
     def js_object(self) -> Request:
         return self
 
+    #: What Pyodide code hands on to a JavaScript API (``entrypoint.fetch(request._js_request)``).
+    _js_request = js_object
+
     def __repr__(self) -> str:
         return f"<Request {self._method} {self.url}>"
 

@@ -198,6 +198,12 @@ class QueueConsumer(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=Tru
     max_concurrency: int | None = None
 
 
+class WorkerLoader(_Binding, tag="worker_loader"):
+    """``env.NAME.get(id, callback)`` / ``env.NAME.load(code)``: Dynamic Workers,
+    Python workers whose code the script hands over at run time
+    (supervisor.calls.dynamic_workers)."""
+
+
 class Inherit(_Binding, tag="inherit"):
     """Upload only: keep the deployed binding of this name (how a redeploy
     keeps a secret it never sees again)."""
@@ -205,13 +211,13 @@ class Inherit(_Binding, tag="inherit"):
 
 #: Every binding a stored script may hold.
 Binding = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service, DispatchNamespace,
-                Assets, DurableObjectNamespace, Queue]
+                Assets, DurableObjectNamespace, Queue, WorkerLoader]
 #: What upload metadata may say (``inherit`` is resolved at the edge).
 BindingSpec = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service,
-                    DispatchNamespace, Assets, DurableObjectNamespace, Queue, Inherit]
+                    DispatchNamespace, Assets, DurableObjectNamespace, Queue, WorkerLoader, Inherit]
 #: Bindings the supervisor serves through ``BindingCall`` (supervisor.bindings):
 #: the child sees only their name and type. Durable Objects and queues join here.
-BROKERED: tuple[type, ...] = (KvNamespace, D1, R2Bucket, DurableObjectNamespace, Queue)
+BROKERED: tuple[type, ...] = (KvNamespace, D1, R2Bucket, DurableObjectNamespace, Queue, WorkerLoader)
 BINDING_TYPES = tuple(cls.__struct_config__.tag for cls in BindingSpec.__args__)  # type: ignore[attr-defined]
 
 

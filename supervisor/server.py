@@ -22,6 +22,7 @@ from supervisor import log as logmod
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
 from supervisor.bindings import Bindings
+from supervisor.bindings.worker_loader import dynamic_workers_of
 from supervisor.busy_poll import BusyPoll
 from supervisor.calls import http_client
 from supervisor.calls.calls import Calls
@@ -98,7 +99,8 @@ class Supervisor:
         self.scheduler = Scheduler(self._schedules, self._run_cron)
         self.pool = Pool(
             config,
-            calls=lambda pool: Calls(pool, self.scripts, config.limits, self.client, self.asset_server),
+            calls=lambda pool: Calls(pool, self.scripts, config.limits, self.client, self.asset_server,
+                                     dynamic_workers_of(self.bindings.services)),
             bindings=self.bindings,
             on_event=self._on_event,
             exact_cpu=True)  # set again below, once observability knows who reads traces

@@ -203,6 +203,20 @@ def test_cron_trigger_by_hand_and_test_endpoint(corral):
     assert corral.request("/", host="cron.test").text == "cron worker"
 
 
+# -- 5b. Dynamic Workers ------------------------------------------------------------------------
+
+
+def test_dynamic_workers_project(corral):
+    """A worker_loaders binding from wrangler.jsonc, the code from a create_proxy'd
+    callback as to_js(..., dict_converter=Object.fromEntries), and the request
+    handed on as request._js_request: as the official example has it."""
+    deployed(corral, "dynamic", "dynamic-workers")
+    for _ in range(2):  # the second call reuses the loaded worker
+        resp = get(corral, "dynamic", "/path?q=1")
+        assert (resp.status, resp.text) == (
+            200, "Hello from a dynamically-loaded Python Worker! http://dynamic.localhost/path?q=1")
+
+
 # -- 6. static assets ----------------------------------------------------------------------------
 
 

@@ -115,6 +115,7 @@ def test_wrangler_jsonc_with_comments_and_trailing_commas(tmp_path):
   "main": "worker.py", /* inline */
   "vars": {"URL": "https://example.com/*not a comment*/", "N": 2,},
   "kv_namespaces": [{"binding": "KV", "id": "k"},],
+  "worker_loaders": [{"binding": "LOADER"}],
 }""",
         "worker.py": "",
     })
@@ -123,6 +124,7 @@ def test_wrangler_jsonc_with_comments_and_trailing_commas(tmp_path):
         {"type": "plain_text", "name": "URL", "text": "https://example.com/*not a comment*/"},
         {"type": "json", "name": "N", "json": 2},
         {"type": "kv_namespace", "name": "KV", "namespace_id": "k"},
+        {"type": "worker_loader", "name": "LOADER"},
     ]
 
 
@@ -149,8 +151,8 @@ def test_corral_toml_wins_over_wrangler(tmp_path):
         ({"wrangler.toml": 'main = "w.py"\n[[kv_namespaces]]\nbinding = "KV"\n', "w.py": ""}, "id"),
         # A binding Corral does not have stops the deploy by name (a worker
         # without it would fail at its first request instead).
-        ({"wrangler.jsonc": '{"main": "w.py", "worker_loaders": [{"binding": "LOADER"}]}', "w.py": ""},
-         "'worker_loaders' is not supported by Corral yet"),
+        ({"wrangler.jsonc": '{"main": "w.py", "ai": {"binding": "AI"}}', "w.py": ""},
+         "'ai' is not supported by Corral yet"),
     ],
 )
 def test_errors_say_what_to_fix(tmp_path, files, fragment):

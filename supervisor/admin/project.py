@@ -149,6 +149,10 @@ class _Queues(msgspec.Struct):
     consumers: list[_QueueConsumer] = []
 
 
+class _WorkerLoader(msgspec.Struct):
+    binding: str
+
+
 class _Triggers(msgspec.Struct):
     crons: list[str] = []
 
@@ -179,6 +183,7 @@ class WranglerConfig(msgspec.Struct):
     durable_objects: _DurableObjects | None = None
     migrations: list[Any] = []
     queues: _Queues | None = None
+    worker_loaders: list[_WorkerLoader] = []
 
 
 class CorralConfig(WranglerConfig, forbid_unknown_fields=True):
@@ -196,7 +201,6 @@ UNSUPPORTED_KEYS = frozenset({
     "containers", "version_metadata", "images", "secrets_store_secrets", "ratelimits",
     "pipelines", "wasm_modules", "text_blobs", "data_blobs", "rules", "site", "env",
     "unsafe_hello_world", "dispatch_namespaces_outbound", "logfwdr", "tail_consumers_streaming",
-    "worker_loaders",
 })
 #: Keys about deployment to Cloudflare itself (accounts, routes, dev server,
 #: build): meaningless for Corral, silently ignored.
@@ -378,6 +382,8 @@ def _bindings(config: WranglerConfig) -> list[model.BindingSpec]:
         bindings.append(model.DurableObjectNamespace(name=do.name, class_name=do.class_name,
                                                      script_name=do.script_name or None,
                                                      environment=do.environment or None))
+    for loader in config.worker_loaders:
+        bindings.append(model.WorkerLoader(name=loader.binding))
     for producer in config.queues.producers if config.queues else []:
         bindings.append(model.Queue(name=producer.binding, queue_name=producer.queue,
                                     delivery_delay=producer.delivery_delay))

@@ -165,7 +165,8 @@ class Bindings:
             if binding is None or not isinstance(binding, BROKERED):
                 raise BindingError(f"the script has no storage binding named {name!r}", "TypeError")
             kind = type(binding).__struct_config__.tag  # type: ignore[attr-defined]
-            scope = Scope(record.namespace, _scope_id(binding))
+            # A Worker Loader keeps no data: its scope is the script itself.
+            scope = Scope(record.namespace, record.name if kind == "worker_loader" else _scope_id(binding))
         handler = self.handlers.get(kind)
         if handler is None:
             raise BindingError(f"{kind} bindings are not served by this Corral yet")

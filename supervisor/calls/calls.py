@@ -33,12 +33,13 @@ import trio
 
 from protocol.messages import ExceptionInfo, Header, Limits, SubFailed, SubRequest, SubResponse
 from supervisor.calls import http_client
+from supervisor.calls.dynamic_workers import DynamicWorkers
 from supervisor.calls.redirects import RedirectError, RedirectPolicy
 from supervisor.config import LimitsConfig
 from supervisor.lifecycle import OUTCOME_MESSAGE, PLATFORM_OUTCOMES, Outcome
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import warn
-from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service
+from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service, WorkerLoader
 from supervisor.pool.bodies import BodySource
 from supervisor.pool.child_process import ChildProcess
 from supervisor.pool.invocation import Invocation, Outbound
@@ -77,13 +78,15 @@ class _Target:
     """The script a call names, before it is read: a cache hit resolves it
     inline, a store miss in a task (the read runs in a worker thread)."""
 
-    __slots__ = ("namespace", "name", "limits", "outbound", "params", "missing")
+    __slots__ = ("namespace", "name", "limits", "outbound", "params", "missing", "record")
 
     def __init__(self, namespace: str, name: str, limits: Callable[[ScriptRecord], Limits],
                  missing: Callable[[], CallFailed], outbound: Outbound | None = None,
-                 params: dict | None = None) -> None:
+                 params: dict | None = None, record: ScriptRecord | None = None) -> None:
         self.namespace = namespace
         self.name = name
+        #: Already known (a dynamic worker, held in memory): no store lookup.
+        self.record = record
         #: The callee's limits, once its record is known (may raise CallFailed).
         self.limits = limits
         #: The failure when no such script is deployed.
@@ -117,8 +120,11 @@ class Calls:
     """Handles a child's calls; :meth:`handle` runs inside the child's reader."""
 
     def __init__(self, pool: Pool, scripts: ScriptSource, defaults: LimitsConfig,
-                 client: http_client.HTTPClient, assets: AssetAnswerer | None = None) -> None:
+                 client: http_client.HTTPClient, assets: AssetAnswerer | None = None,
+                 dynamic: DynamicWorkers | None = None) -> None:
         self.pool = pool
+        #: Workers scripts load at run time (Worker Loader bindings).
+        self.dynamic = dynamic if dynamic is not None else DynamicWorkers()
         #: Static assets (supervisor.edge.assets): answer dispatches before the
         #: user worker, and ``env.ASSETS.fetch``.
         self.assets = assets
@@ -151,7 +157,7 @@ class Calls:
             if target is None:  # a plain outbound HTTP request
                 child.spawn(self._run, child, parent, message, self._http(message, body, parent))
                 return
-            found = self.scripts.cached(target.namespace, target.name)
+            found = target.record or self.scripts.cached(target.namespace, target.name)
             if found is NOT_CACHED:  # a store miss: read it off the event loop, then call
                 child.spawn(self._run, child, parent, message,
                             self._load_and_call(target, parent, message, body))
@@ -233,6 +239,8 @@ class Calls:
             _count_subrequest(parent)
             if message.kind == "dispatch":
                 return self._dispatch_target(parent, message)
+            if message.kind == "loader":
+                return self._loader_target(parent, message)
             if message.kind == "service":
                 # The target is the one the platform stored in the binding;
                 # whatever the child wrote in ``message.target`` is ignored.
@@ -272,6 +280,24 @@ class Calls:
         return _Target(binding.namespace, message.target, limits,
                        lambda: CallFailed("WorkerNotFound", f"Worker not found: {message.target}"),
                        outbound)
+
+    def _loader_target(self, parent: Invocation, message: SubRequest) -> _Target:
+        """A dynamic worker of the caller's Worker Loader binding; ``CodeNeeded``
+        when its code is not held (the stub then hands it over and calls again)."""
+        self._binding(parent, message.binding, WorkerLoader)
+        record = self.dynamic.get(parent.record, message.binding, message.target)
+        if record is None:
+            raise CallFailed("CodeNeeded", f"no code is loaded for the dynamic worker "
+                                           f"{message.target!r}")
+        offline = self.dynamic.offline(record)
+
+        def limits(callee: ScriptRecord) -> Limits:
+            within = _within(self.limits.defaults_for(callee), parent)
+            return msgspec.structs.replace(within, sub_requests=0) if offline else within
+
+        return _Target(record.namespace, record.name, limits,
+                       lambda: CallFailed("WorkerNotFound", f"Worker not found: {message.target}"),
+                       record=record)
 
     def _fetch_target(self, parent: Invocation) -> _Target | None:
         outbound = parent.outbound
