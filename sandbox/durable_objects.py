@@ -92,8 +92,11 @@ class SqlCursor:
 
     def __await__(self) -> Generator[Any, None, SqlCursor]:
         """``await sql.exec(...)`` (code written for an asynchronous exec) gets the cursor too."""
-        return self
-        yield  # pragma: no cover - makes this a generator
+        return _itself(self).__await__()
+
+
+async def _itself(cursor: SqlCursor) -> SqlCursor:
+    return cursor
 
 
 class SqlStorage:

@@ -38,6 +38,11 @@ array_buffer
 upload_part
 create_multipart_upload
 resume_multipart_upload
+# sandbox/bindings/worker_loader.py
+get_entrypoint
+# sandbox/pyodide_shim.py (ArrayBuffer, Uint8Array as to_js gives them)
+byteLength
+to_memoryview
 # sandbox/durable_objects.py (SqlStorageCursor, DurableObjectStorage, DurableObjectState)
 _.column_names
 _.rows_read
@@ -160,6 +165,7 @@ DurableObjectStorageHandler  # @register (supervisor/bindings/durable_objects.py
 KVHandler  # @register (supervisor/bindings/kv.py)
 QueueHandler  # @register (supervisor/bindings/queues.py)
 R2Handler  # @register (supervisor/bindings/r2.py)
+WorkerLoaderHandler  # @register (supervisor/bindings/worker_loader.py)
 # R2Handler.call looks up getattr(self, "_" + method) (supervisor/bindings/r2.py)
 _._createMultipartUpload
 _._uploadPart
