@@ -109,6 +109,14 @@ class SqlStorage:
         value, _ = _now(call(DO_STORAGE, "sql", [query, binds]), "sql.exec()")
         return SqlCursor(value)
 
+    @property
+    def databaseSize(self) -> int:  # noqa: N802 - Workers API name
+        """Bytes the object's SQLite database takes."""
+        value, _ = _now(call(DO_STORAGE, "databaseSize", []), "sql.databaseSize")
+        return value
+
+    database_size = databaseSize
+
     def __repr__(self) -> str:
         return "<SqlStorage>"
 

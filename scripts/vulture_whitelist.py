@@ -21,8 +21,8 @@ id_from_name
 new_unique_id
 id_from_string
 get_by_name
-# sandbox/bindings/kv.py (KVNamespace is registered with @kind("kv_namespace"))
-KVNamespace
+# sandbox/bindings/kv.py (KvNamespace, workerd's class name, is registered with @kind("kv_namespace"))
+KvNamespace
 get_with_metadata
 # sandbox/bindings/queues.py
 send_batch

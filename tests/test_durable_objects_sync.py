@@ -36,6 +36,9 @@ class Notes(DurableObject):
     def bodies(self):
         return [r.body for r in self.ctx.storage.sql.exec("SELECT body FROM notes ORDER BY id")]
 
+    def size(self):
+        return self.ctx.storage.sql.databaseSize
+
     async def awaited(self):
         # Code written for an awaitable exec() keeps working.
         return (await self.ctx.storage.sql.exec("SELECT count(*) AS n FROM notes")).one().n
@@ -95,6 +98,8 @@ return {"written": written, "bodies": await stub.bodies(), "count": await stub.a
 """)
     # The table exists because the constructor's blockConcurrencyWhile made it.
     assert result == {"written": [1, 1], "bodies": ["first", "second"], "count": 2}
+    size = h.ok(server, "notes", "return await env.NOTES.getByName('notes').size()")
+    assert isinstance(size, int) and size >= 4096  # at least a page: the table is in it
 
 
 def test_synchronous_kv_api(server):

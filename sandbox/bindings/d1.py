@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from typing import Any
 
 from . import AttrDict, AttrList, JsException, call, kind, options, wrap
@@ -37,7 +39,8 @@ def _result(raw: dict[str, Any]) -> AttrDict:
 class D1PreparedStatement:
     """``DB.prepare(sql)``; ``bind()`` returns a new statement, as on Cloudflare."""
 
-    def __init__(self, db: D1Database, sql: str, params: list[Any] | None = None) -> None:
+    def __init__(self, db: D1Database | D1DatabaseSession, sql: str,
+                 params: list[Any] | None = None) -> None:
         if not isinstance(sql, str):
             raise TypeError(f"prepare() takes SQL as a string, not {type(sql).__name__}")
         self._db = db
@@ -52,6 +55,7 @@ class D1PreparedStatement:
 
     async def _query(self) -> dict[str, Any]:
         value, _ = await call(self._db._name, "query", [self._wire()])
+        self._db._advance()
         return value
 
     async def all(self) -> AttrDict:
@@ -105,16 +109,51 @@ class D1Database:
         value, _ = await call(self._name, "exec", [sql])
         return wrap(value)
 
-    def withSession(self, constraint: Any = None) -> D1Database:  # noqa: N802
-        """Sessions (read replication) are one database here: the same binding."""
-        return self
+    def withSession(self, constraint: Any = None) -> D1DatabaseSession:  # noqa: N802
+        """A session (Cloudflare's read replication). Corral's database has one
+        copy, so every read already sees every write; the session keeps the
+        bookmark API: none until its first query, then the latest one's."""
+        if constraint is not None and not isinstance(constraint, str):
+            raise TypeError("withSession() takes a bookmark, 'first-primary' or 'first-unconstrained'")
+        bookmark = None if constraint in (None, "first-primary", "first-unconstrained") else constraint
+        return D1DatabaseSession(self, bookmark)
 
     with_session = withSession
 
-    def getBookmark(self) -> None:  # noqa: N802
-        return None
-
-    get_bookmark = getBookmark
+    def _advance(self) -> None:
+        """A query ran (sessions keep a bookmark; the database itself does not)."""
 
     def __repr__(self) -> str:
         return f"<D1Database {self._name}>"
+
+
+class D1DatabaseSession:
+    """``DB.withSession()``: ``prepare``, ``batch`` and ``getBookmark``."""
+
+    def __init__(self, db: D1Database, bookmark: str | None) -> None:
+        self._db = db
+        self._name = db._name
+        self._bookmark = bookmark
+
+    def prepare(self, sql: str) -> D1PreparedStatement:
+        return D1PreparedStatement(self, sql)
+
+    async def batch(self, statements: Any) -> AttrList:
+        result = await self._db.batch(statements)
+        self._advance()
+        return result
+
+    def getBookmark(self) -> str | None:  # noqa: N802
+        return self._bookmark
+
+    get_bookmark = getBookmark
+
+    def _advance(self) -> None:
+        """A query ran: the session's bookmark is now past it (opaque, ordered)."""
+        self._bookmark = f"{time.time_ns():016x}-{next(_SEQUENCE):08x}"
+
+    def __repr__(self) -> str:
+        return f"<D1DatabaseSession {self._db._name}>"
+
+
+_SEQUENCE = itertools.count(1)

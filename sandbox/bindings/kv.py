@@ -33,7 +33,8 @@ async def _decode(body: Any, kind: str) -> Any:
         return data.decode("utf-8", "replace")
     if kind == "json":
         return wrap(json.loads(data))
-    return data
+    # Pyodide gives an ArrayBuffer as a memoryview; "bytes" is Corral's own bytes.
+    return memoryview(data) if kind == "arrayBuffer" else data
 
 
 def _decode_now(data: bytes, kind: str) -> Any:
@@ -43,7 +44,7 @@ def _decode_now(data: bytes, kind: str) -> Any:
 
 
 @kind("kv_namespace")
-class KVNamespace:
+class KvNamespace:
     """A KV namespace binding (``kv_namespaces`` / ``kv_namespace``)."""
 
     def __init__(self, name: str) -> None:
@@ -96,4 +97,4 @@ class KVNamespace:
         return wrap(value)
 
     def __repr__(self) -> str:
-        return f"<KVNamespace {self._name}>"
+        return f"<KvNamespace {self._name}>"

@@ -65,7 +65,20 @@ def _range(value: Any) -> Any:
     return value
 
 
-class R2Object:
+class _Fields:
+    """``obj["key"]`` as well as ``obj.key``: the SDK reaches a JavaScript
+    object's fields both ways, and code written for it does too."""
+
+    def __getitem__(self, name: str) -> Any:
+        if not isinstance(name, str) or name.startswith("_"):
+            raise KeyError(name)
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+
+class R2Object(_Fields):
     """An object's metadata (``head``, ``put``, ``list``)."""
 
     def __init__(self, raw: dict[str, Any]) -> None:
@@ -152,7 +165,7 @@ class R2ObjectBody(R2Object):
         return wrap(_json.loads(await self.bytes()))
 
 
-class R2MultipartUpload:
+class R2MultipartUpload(_Fields):
     """``createMultipartUpload`` / ``resumeMultipartUpload``."""
 
     def __init__(self, bucket: R2Bucket, key: str, upload_id: str) -> None:

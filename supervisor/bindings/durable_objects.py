@@ -160,6 +160,8 @@ class DurableObjectStorageHandler:
             if not isinstance(binds, list):
                 raise BindingError("SQL bindings must be a list", "TypeError")
             return Reply(await self._run(ctx, st.sql_exec, query, binds))
+        if method == "databaseSize":
+            return Reply(await self._run(ctx, st.database_size))
         if method == "getAlarm":
             return Reply(await self._run(ctx, st.get_alarm))
         if method == "setAlarm":

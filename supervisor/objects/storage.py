@@ -200,6 +200,12 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any]) -> dict[str
 
 # -- alarm ---------------------------------------------------------------------------
 
+def database_size(conn: sqlite3.Connection) -> int:
+    """Bytes the object's database takes (``ctx.storage.sql.databaseSize``)."""
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    return int(pages) * int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+
 def get_alarm(conn: sqlite3.Connection) -> float | None:
     row = conn.execute("SELECT time FROM _cf_alarm WHERE id = 0").fetchone()
     return None if row is None else row[0]
