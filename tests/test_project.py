@@ -215,3 +215,22 @@ def test_text_and_data_modules_beside_the_main_module(tmp_path):
     write(tmp_path / "two", {"wrangler.jsonc": '{"main": "src/entry.py"}', "src/entry.py": "",
                              "src/t.html": "", "top.html": ""})
     assert sorted(load_project(tmp_path / "two").modules) == ["src/entry.py", "src/t.html"]
+
+
+def test_module_rules_of_the_config(tmp_path):
+    """A config's ``rules`` come first; fallthrough keeps Wrangler's defaults of
+    the same type, and without it they stop; other types keep theirs."""
+    files = {"src/entry.py": "", "src/static/app.css": "a{}", "src/static/deep/x.css": "",
+             "src/page.html": "<p>", "src/notes.md": "#", "src/blob.bin": "b"}
+    write(tmp_path / "fall", {**files, "wrangler.jsonc": '{"main": "src/entry.py", "rules": ['
+                              '{"type": "Text", "globs": ["static/*.css"], "fallthrough": true}]}'})
+    assert sorted(load_project(tmp_path / "fall").modules) == [
+        "src/blob.bin", "src/entry.py", "src/page.html", "src/static/app.css"]
+    write(tmp_path / "stop", {**files, "wrangler.toml": 'main = "src/entry.py"\n[[rules]]\n'
+                              'type = "Text"\nglobs = ["**/*.md", "**/*.css"]\n'})
+    assert sorted(load_project(tmp_path / "stop").modules) == [
+        "src/blob.bin", "src/entry.py", "src/notes.md", "src/static/app.css", "src/static/deep/x.css"]
+    write(tmp_path / "js", {**files, "wrangler.jsonc": '{"main": "src/entry.py", "rules": ['
+                            '{"type": "ESModule", "globs": ["**/*.mjs"]}]}'})
+    with pytest.raises(ProjectError, match="type 'ESModule' is not supported by Corral"):
+        load_project(tmp_path / "js")

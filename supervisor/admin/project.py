@@ -7,7 +7,7 @@ existing project deploys unchanged. The config names ``main``, the
 compatibility date, ``[vars]`` and bindings; every ``.py`` file under the
 folder is uploaded under its path relative to the folder (with the text and
 data files Wrangler's default module rules take beside the main module:
-:data:`MODULE_TYPES`), and the sandbox
+:data:`DEFAULT_RULES`, and those of the config's ``rules``), and the sandbox
 treats the main module's folder as the import root (``main =
 "src/entry.py"`` makes ``src/`` the root).
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,20 @@ __all__ = ["CONFIG_FILES", "Project", "ProjectError", "load_project", "module_co
 CONFIG_FILES = ("corral.toml", "wrangler.toml", "wrangler.json", "wrangler.jsonc")
 _SKIP_DIRS = {"__pycache__", "node_modules", ".venv", "venv"}
 MAX_FILES = 1000
-#: What a project uploads besides its ``.py`` files: Wrangler's default module
-#: rules (Text: ``**/*.txt``, ``**/*.html``, ``**/*.sql``; Data: ``**/*.bin``;
-#: CompiledWasm: ``**/*.wasm``) under the main module's folder, so code can
-#: open a template or a query file beside it, as on Cloudflare. (A config's own
-#: ``rules`` are not supported yet.)
+#: What a project uploads besides its ``.py`` files: files under the main
+#: module's folder that its config's ``rules`` take, then Wrangler's default
+#: module rules (those of a type no rule of the config ends with
+#: ``fallthrough: false``), so code can open a template or a query file beside
+#: it, as on Cloudflare.
+DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Text", ("**/*.txt", "**/*.html", "**/*.sql")),
+    ("Data", ("**/*.bin",)),
+    ("CompiledWasm", ("**/*.wasm", "**/*.wasm?module")),
+)
+#: Module rule types a Python worker can use, and their upload Content-Type.
+RULE_TYPES = {"PythonModule": "text/x-python", "Text": "text/plain",
+              "Data": "application/octet-stream", "CompiledWasm": "application/wasm"}
+#: The Content-Type a module goes up with, by extension (others: Data).
 MODULE_TYPES = {
     ".py": "text/x-python",
     ".txt": "text/plain", ".html": "text/plain", ".sql": "text/plain",
@@ -149,6 +159,12 @@ class _Queues(msgspec.Struct):
     consumers: list[_QueueConsumer] = []
 
 
+class _Rule(msgspec.Struct, forbid_unknown_fields=True):
+    type: str
+    globs: list[str]
+    fallthrough: bool = False
+
+
 class _WorkerLoader(msgspec.Struct):
     binding: str
 
@@ -184,6 +200,7 @@ class WranglerConfig(msgspec.Struct):
     migrations: list[Any] = []
     queues: _Queues | None = None
     worker_loaders: list[_WorkerLoader] = []
+    rules: list[_Rule] = []
 
 
 class CorralConfig(WranglerConfig, forbid_unknown_fields=True):
@@ -199,7 +216,7 @@ UNSUPPORTED_KEYS = frozenset({
     "workflows", "ai", "vectorize", "hyperdrive",
     "analytics_engine_datasets", "browser", "mtls_certificates", "send_email", "unsafe",
     "containers", "version_metadata", "images", "secrets_store_secrets", "ratelimits",
-    "pipelines", "wasm_modules", "text_blobs", "data_blobs", "rules", "site", "env",
+    "pipelines", "wasm_modules", "text_blobs", "data_blobs", "site", "env",
     "unsafe_hello_world", "dispatch_namespaces_outbound", "logfwdr", "tail_consumers_streaming",
 })
 #: Keys about deployment to Cloudflare itself (accounts, routes, dev server,
@@ -396,12 +413,49 @@ def module_content_type(path: str) -> str:
     return MODULE_TYPES.get(posixpath.splitext(path)[1].lower(), "application/octet-stream")
 
 
-def _collect_modules(root: Path, base: str, skip: Path | None) -> dict[str, bytes]:
-    """Every ``.py`` under ``root``, and the files Wrangler's default module
-    rules take (:data:`MODULE_TYPES`) under ``base``, the main module's folder,
-    by relative POSIX path; skips caches, venvs, hidden dirs and ``skip`` (the
-    assets directory)."""
+def _glob(pattern: str) -> re.Pattern[str]:
+    """A module rule's glob, relative to the main module's folder: ``**/`` is
+    any folders (none included), ``*`` and ``?`` stay within one name."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        else:
+            c = pattern[i]
+            out.append("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c))
+            i += 1
+    return re.compile("".join(out))
+
+
+def _effective_rules(rules: list[_Rule], config_path: Path) -> list[re.Pattern[str]]:
+    """The globs that take a file, the config's rules first, as Wrangler
+    applies them: after a rule with ``fallthrough: false``, no later rule of
+    its type counts, the default ones included."""
+    globs: list[re.Pattern[str]] = []
+    closed: set[str] = set()
+    for rule in [*rules, *(_Rule(type=t, globs=list(g), fallthrough=True) for t, g in DEFAULT_RULES)]:
+        if rule.type not in RULE_TYPES:
+            raise ProjectError(f"{config_path}: rules: type {rule.type!r} is not supported by Corral "
+                               f"(a Python worker takes {', '.join(RULE_TYPES)})")
+        if rule.type in closed:
+            continue
+        globs += [_glob(g.removesuffix("?module")) for g in rule.globs]
+        if not rule.fallthrough:
+            closed.add(rule.type)
+    return globs
+
+
+def _collect_modules(root: Path, base: str, skip: Path | None,
+                     globs: list[re.Pattern[str]]) -> dict[str, bytes]:
+    """Every ``.py`` under ``root``, and the files under ``base`` (the main
+    module's folder) that a module rule's glob takes, by relative POSIX path;
+    skips caches, venvs, hidden dirs and ``skip`` (the assets directory)."""
     modules: dict[str, bytes] = {}
+    top = root.resolve()
     base_dir = (root / base).resolve()
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath).resolve()
@@ -409,11 +463,14 @@ def _collect_modules(root: Path, base: str, skip: Path | None) -> dict[str, byte
                              and (skip is None or (here / d) != skip))
         in_base = here == base_dir or base_dir in here.parents
         for filename in sorted(filenames):
-            kind = posixpath.splitext(filename)[1].lower()
-            if filename.startswith(".") or kind not in MODULE_TYPES:
+            if filename.startswith("."):
                 continue
-            if kind != ".py" and (not in_base or (here == root.resolve() and filename in _NOT_MODULES)):
-                continue
+            if not filename.endswith(".py"):
+                if not in_base or (here == top and filename in _NOT_MODULES):
+                    continue
+                inside = (here / filename).relative_to(base_dir).as_posix()
+                if not any(g.fullmatch(inside) for g in globs):
+                    continue
             full = Path(dirpath, filename)
             rel = full.relative_to(root).as_posix()
             if len(modules) >= MAX_FILES:
@@ -455,7 +512,8 @@ def load_project(path: str | os.PathLike[str]) -> Project:
     if not main.endswith(".py"):
         raise ProjectError(f"{config_path}: main {config.main!r} must be a .py file")
     assets_dir = (target / config.assets.directory).resolve() if config.assets and config.assets.directory else None
-    modules = _collect_modules(target, posixpath.dirname(main), assets_dir)
+    modules = _collect_modules(target, posixpath.dirname(main), assets_dir,
+                               _effective_rules(config.rules, config_path))
     if main not in modules:
         raise ProjectError(f"{config_path}: main {config.main!r} not found under {target}")
     assets: dict[str, bytes] = {}
