@@ -254,6 +254,13 @@ def test_static_assets_through_the_dispatcher(corral):
     own = get(corral, "site", "/api/asset")
     assert own.text == 'console.log("app");\n' and own.headers["x-from"] == "env.ASSETS"
     assert own.headers["x-type"] == "text/javascript; charset=utf-8"
+    # env.ASSETS.fetch follows the 307 of /about.html as fetch() would ...
+    about = get(corral, "site", "/api/about")
+    assert (about.status, about.text) == (200, "<h1>About</h1>\n")
+    assert (about.headers["x-url"], about.headers["x-redirected"]) == ("https://assets.local/about", "True")
+    # ... unless told not to.
+    manual = get(corral, "site", "/api/about-manual")
+    assert (manual.status, manual.headers["x-location"]) == (307, "/about")
 
 
 def test_assets_are_per_script_and_deduplicated(corral):

@@ -339,8 +339,29 @@ class Calls:
         _close(body)
         if self.assets is None or record.assets is None:
             raise CallFailed("TypeError", "the script has no static assets")
-        answer = await self.assets.answer(record, message.method, message.url, message.headers)
-        return Head(answer.status, answer.headers, answer.body)
+        if message.kind != "assets" or message.redirect == "manual":
+            answer = await self.assets.answer(record, message.method, message.url, message.headers)
+            return Head(answer.status, answer.headers, answer.body)
+        # env.ASSETS.fetch(url) follows redirects as fetch() does (the request's
+        # redirect mode): "/index.html" answers what "/" serves.
+        try:
+            policy = RedirectPolicy(message.url, message.method.decode("latin-1"),
+                                    list(message.headers), mode=message.redirect)
+        except ValueError as exc:
+            raise CallFailed("TypeError", str(exc)) from None
+        while True:
+            answer = await self.assets.answer(record, policy.method.encode("latin-1"), policy.url,
+                                              policy.headers)
+            try:
+                hop = policy.next_hop(answer.status, _header(answer.headers, b"location"))
+            except RedirectError as exc:
+                _close(answer.body)
+                raise CallFailed("FetchError", str(exc)) from None
+            if hop is None:
+                head = Head(answer.status, answer.headers, answer.body)
+                head.url, head.redirected = policy.url, policy.redirected
+                return head
+            _close(answer.body)
 
     async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
                     body: BodySource | bytes | None, limits: Limits, outbound: Outbound | None,
