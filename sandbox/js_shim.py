@@ -135,6 +135,38 @@ class _URL:
         return self.href
 
 
+class _TextDecoder:
+    """``js.TextDecoder.new(label="utf-8")``: ``decode(bytes, {"stream": True})``
+    keeps a character split across chunks for the next call."""
+
+    def __init__(self, label: str = "utf-8", options: Any = None) -> None:
+        import codecs
+
+        self.encoding = codecs.lookup(label).name
+        self._decoder = codecs.getincrementaldecoder(self.encoding)("replace")
+
+    @classmethod
+    def new(cls, label: str = "utf-8", options: Any = None) -> _TextDecoder:
+        return cls(label, options)
+
+    def decode(self, data: Any = b"", options: Any = None) -> str:
+        stream = bool((options or {}).get("stream")) if isinstance(options, dict) else False
+        return self._decoder.decode(bytes(data) if data is not None else b"", final=not stream)
+
+
+class _TextEncoder:
+    """``js.TextEncoder.new().encode(text)``: UTF-8 bytes, as a ``Uint8Array``."""
+
+    encoding = "utf-8"
+
+    @classmethod
+    def new(cls) -> _TextEncoder:
+        return cls()
+
+    def encode(self, text: str = "") -> Uint8Array:
+        return Uint8Array(str(text).encode())
+
+
 class _Date:
     @staticmethod
     def now() -> float:
@@ -159,6 +191,8 @@ def make_js() -> types.ModuleType:
     js.Date = _Date()  # type: ignore[attr-defined]
     js.fetch = _fetch  # type: ignore[attr-defined]
     js.Uint8Array = Uint8Array  # type: ignore[attr-defined]
+    js.TextDecoder = _TextDecoder  # type: ignore[attr-defined]
+    js.TextEncoder = _TextEncoder  # type: ignore[attr-defined]
     js.ArrayBuffer = ArrayBuffer  # type: ignore[attr-defined]
     js.__getattr__ = _unavailable("js")  # type: ignore[attr-defined]
     return js

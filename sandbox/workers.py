@@ -21,6 +21,7 @@ from typing import Any
 from .pyodide_shim import JsException
 from .sdk_types import Blob, File, FormData, encode_form, parse_form
 from .streams import IncomingBody
+from .web_streams import ReadableStream
 
 #: The child's runtime (a ``sandbox.child.Runtime``); None only in the zygote.
 _runtime: Any = None
@@ -244,8 +245,9 @@ class _Body:
         return Blob([await self.bytes()], type=content_type)
 
     @property
-    def body(self) -> AsyncIterator[bytes] | None:
-        """The body as an async iterator of bytes (consumes it)."""
+    def body(self) -> ReadableStream | None:
+        """The body as an async iterator of bytes that is also a JavaScript-style
+        ``ReadableStream`` (``getReader()``); consumes it."""
         if self._body is None:
             return None
         if self._body_used:
@@ -257,8 +259,8 @@ class _Body:
             async def once() -> AsyncIterator[bytes]:
                 yield body
 
-            return once()
-        return body.__aiter__()
+            return ReadableStream(once())
+        return ReadableStream(body.__aiter__())
 
     def _tee(self) -> Any:
         """Duplicate the body for ``clone()``: buffers a stream once."""

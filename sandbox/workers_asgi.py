@@ -188,11 +188,15 @@ async def process_request(app: Any, request: workers.Request, env: Any,
                 await chunks.put(_END)
         except Exception as exc:  # noqa: BLE001
             if not result.done():
+                logger.exception("ASGI request failed")
                 result.set_exception(exc)
             else:
+                # As Cloudflare's adapter does: log it, and end the body where
+                # it stopped (a truncated response), not with an error the
+                # reader would have to expect.
                 logger.exception("Exception in ASGI application after the response started")
                 if streaming and not finished.is_set():
-                    await chunks.put(exc)
+                    await chunks.put(_END)
         finally:
             finished.set()
 
@@ -201,6 +205,29 @@ async def process_request(app: Any, request: workers.Request, env: Any,
     if workers.current_invocation.get():
         workers.wait_until(task)  # a streamed body outlives this call
     return await result
+
+
+def run_in_background(coro: Any) -> asyncio.Future:
+    """Run ``coro`` alongside the request (past its response, within the
+    invocation's ``waitUntil`` time); an exception it raises is logged on the
+    ``asgi`` logger, as Cloudflare's ``asgi.run_in_background`` does."""
+    task = asyncio.ensure_future(run_in_portal(coro) if asyncio.iscoroutine(coro) else coro)
+    _background.add(task)
+
+    def done(finished: asyncio.Future) -> None:
+        _background.discard(finished)
+        if not finished.cancelled() and finished.exception() is not None:
+            logger.error("Unhandled exception in an ASGI background task",
+                         exc_info=finished.exception())
+
+    task.add_done_callback(done)
+    if workers.current_invocation.get():
+        workers.wait_until(task)
+    return task
+
+
+#: Background tasks still running (the loop keeps only weak references).
+_background: set[asyncio.Future] = set()
 
 
 async def fetch(app: Any, request: workers.Request, env: Any, ctx: Any = None) -> workers.Response:

@@ -40,6 +40,14 @@ create_multipart_upload
 resume_multipart_upload
 # sandbox/bindings/worker_loader.py
 get_entrypoint
+# sandbox/js_shim.py (attributes of the js module)
+_.TextDecoder
+_.TextEncoder
+# sandbox/web_streams.py (ReadableStream, its reader)
+get_reader
+release_lock
+# sandbox/workers_asgi.py (asgi.run_in_background)
+run_in_background
 # sandbox/pyodide_shim.py (ArrayBuffer, Uint8Array as to_js gives them)
 byteLength
 to_memoryview

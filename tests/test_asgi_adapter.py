@@ -1,0 +1,111 @@
+"""The ASGI adapter and response bodies as Cloudflare's SDK code reads them,
+through real jailed children: ``response.body.getReader()`` with
+``js.TextDecoder``, a streamed response whose app fails midway (a truncated
+body, not an error), the ``asgi`` logger's records for a failed request and a
+failed ``run_in_background`` task."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import storage_helpers as h
+
+APPS = r'''
+import asyncio, logging
+import asgi
+from workers import Request
+from js import TextDecoder
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+    def emit(self, record):
+        self.records.append(record)
+
+records = Records()
+logging.getLogger("asgi").addHandler(records)
+
+async def streaming(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1")]})
+    for part in (b"caf", "\u00e9 ".encode()[:1], "\u00e9 ".encode()[1:], b"au lait"):
+        await send({"type": "http.response.body", "body": part, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+async def fails_midway(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"chunk-1", "more_body": True})
+    raise RuntimeError("failed mid-stream on purpose")
+
+async def fails_first(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    raise RuntimeError("failed before responding on purpose")
+'''
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = h.start(tmp_path_factory.mktemp("asgi"))
+    srv.deploy("apps", h.EVAL_TENANT)
+    yield srv
+    srv.stop()
+
+
+def test_a_body_read_with_a_reader_and_a_text_decoder(server):
+    result = h.ok(server, "apps", APPS + """
+resp = await asgi.fetch(streaming, Request("http://x/"), {})
+stream = resp.body
+reader = stream.getReader()
+decoder = TextDecoder.new()
+text, kinds = "", set()
+while True:
+    part = await reader.read()
+    if part.done:
+        break
+    kinds.add(type(part.value).__name__)
+    text += decoder.decode(part.value, {"stream": True})
+text += decoder.decode()
+again = await asgi.fetch(streaming, Request("http://x/"), {})
+chunks = [bytes(c) async for c in again.body]  # and Python's way still works
+return [text, sorted(kinds), stream.locked, b"".join(chunks).decode()]
+""")
+    # The split "\u00e9" came out whole: the decoder kept its first byte.
+    assert result == ["café au lait", ["Uint8Array"], True, "café au lait"]
+
+
+def test_an_app_failing_midway_truncates_its_body(server):
+    result = h.ok(server, "apps", APPS + """
+resp = await asgi.fetch(fails_midway, Request("http://x/"), {})
+body = await asyncio.wait_for(resp.text(), 5)
+await asyncio.sleep(0)
+logged = [r.getMessage() for r in records.records if r.levelno >= logging.ERROR]
+return [resp.status, body, logged]
+""")
+    assert result[:2] == [200, "chunk-1"]
+    assert any("after the response started" in m for m in result[2])
+
+
+def test_a_failed_request_and_a_failed_background_task_are_logged(server):
+    result = h.ok(server, "apps", APPS + """
+try:
+    await asgi.fetch(fails_first, Request("http://x/"), {})
+    raised = None
+except RuntimeError as e:
+    raised = str(e)
+async def boom():
+    raise ValueError("background failure on purpose")
+task = asgi.run_in_background(boom())
+await asyncio.wait([task])
+await asyncio.sleep(0)
+errors = [r for r in records.records if r.levelno >= logging.ERROR]
+return [raised, [r.getMessage() for r in errors],
+        [str(r.exc_info[1]) for r in errors if r.exc_info]]
+""")
+    assert result[0] == "failed before responding on purpose"
+    assert any("ASGI request failed" in m for m in result[1])
+    assert "background failure on purpose" in result[2]
