@@ -640,10 +640,17 @@ class Runtime:
         request._body_used = body is not None
         sending: asyncio.Task | None = None
         sent, out = self.send_body(body, call)
+        headers = request.headers._raw()
+        if (kind != "fetch" and type(sent) is Inline and sent.data
+                and not request.headers.has("content-length")):
+            # What an HTTP client says of a body of known length (a WSGI app
+            # reads exactly CONTENT_LENGTH bytes of it); outbound HTTP gets it
+            # from the supervisor's client.
+            headers.append((b"content-length", str(len(sent.data)).encode()))
         self.send(SubRequest(
             call=call, parent=parent, kind=kind,  # type: ignore[arg-type]
             method=request._method.encode("latin-1"), url=request.url,
-            headers=request.headers._raw(), binding=binding, target=target,
+            headers=headers, binding=binding, target=target,
             body=sent, redirect=request.redirect, limits=limits, params=params,
         ))
         if out is not None:

@@ -48,12 +48,37 @@ async def fails_first(scope, receive, send):
 '''
 
 
+#: A WSGI app reads exactly CONTENT_LENGTH bytes of its input.
+WSGI_ECHO = """
+from workers import WorkerEntrypoint, wsgi
+
+def echo(environ, start_response):
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    start_response("200 OK", [("content-type", "text/plain")])
+    return [environ["wsgi.input"].read(length)]
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return await wsgi.fetch(echo, request, self.env)
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = h.start(tmp_path_factory.mktemp("asgi"))
-    srv.deploy("apps", h.EVAL_TENANT)
+    srv.deploy("wsgi-echo", WSGI_ECHO, namespace=None)
+    srv.deploy("apps", h.EVAL_TENANT, bindings=[{"type": "service", "name": "ECHO",
+                                                 "service": "wsgi-echo"}])
     yield srv
     srv.stop()
+
+
+def test_a_body_sent_to_another_worker_says_its_length(server):
+    result = h.ok(server, "apps", """
+resp = await env.ECHO.fetch("http://echo/", method="POST", body="hello body")
+return [resp.status, await resp.text()]
+""")
+    assert result == [200, "hello body"]
 
 
 def test_a_body_read_with_a_reader_and_a_text_decoder(server):
