@@ -604,6 +604,15 @@ class Runtime:
         if state is not None:
             state.background.add(task)
 
+    def hold(self, task: asyncio.Future) -> None:
+        """The current invocation ends only after ``task``: a storage call its
+        code started and did not await (see ``sandbox.durable_objects.eager``).
+        Unlike ``waitUntil`` work, its failure is the caller's to see, if it
+        awaits it; nothing is reported for it here."""
+        state = self.invocations.get(workers.current_invocation.get())
+        if state is not None:
+            state.background.add(task)  # type: ignore[arg-type]
+
     def _out_of_memory(self, inv: int) -> None:
         """A MemoryError leaves the heap in an unknown state: report and end."""
         self.send(InvokeFailed(inv, ExceptionInfo("MemoryError", "the worker exceeded its memory limit")))

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import inspect
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from typing import Any
 
 import msgspec
@@ -29,6 +30,24 @@ from .run_sync import in_portal, run_in_portal, run_sync
 
 def _values(pairs: list[list[Any]]) -> dict[str, Any]:
     return {k: decode(v) for k, v in pairs}
+
+
+def eager(method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., asyncio.Future]:
+    """A storage call starts when it is made, as a JavaScript promise does, so
+    one nobody awaits still happens (``ctx.storage.setAlarm(t)`` without
+    ``await``, as workerd's own Python Durable Object test arms its alarm), and
+    the invocation that made it waits for it before it ends. Awaiting it gives
+    its result as before."""
+
+    @functools.wraps(method)
+    def start(*args: Any, **keywords: Any) -> asyncio.Future:
+        task = asyncio.ensure_future(method(*args, **keywords))
+        if workers._runtime is not None:
+            # Made before the invocation ends, so it is made as part of it.
+            workers._runtime.hold(task)
+        return task
+
+    return start
 
 
 def _now(awaitable: Any, what: str) -> Any:
@@ -170,6 +189,7 @@ class DurableObjectStorage:
         self.sql = SqlStorage()
         self.kv = SyncKv()
 
+    @eager
     async def get(self, keys: Any, options_: Any = None, **keywords: Any) -> Any:
         if isinstance(keys, (list, tuple)):
             value, _ = await call(DO_STORAGE, "get", [list(keys)])
@@ -177,6 +197,7 @@ class DurableObjectStorage:
         value, _ = await call(DO_STORAGE, "get", [keys])
         return decode(value[0][1]) if value else None
 
+    @eager
     async def put(self, key: Any, value: Any = None, options_: Any = None, **keywords: Any) -> None:
         if isinstance(key, dict):
             entries = [[k, encode(v, "put()")] for k, v in key.items()]
@@ -184,26 +205,32 @@ class DurableObjectStorage:
             entries = [[key, encode(value, "put()")]]
         await call(DO_STORAGE, "put", [entries])
 
+    @eager
     async def delete(self, keys: Any, options_: Any = None, **keywords: Any) -> Any:
         value, _ = await call(DO_STORAGE, "delete", [list(keys) if isinstance(keys, (list, tuple)) else keys])
         return value
 
+    @eager
     async def deleteAll(self, options_: Any = None, **keywords: Any) -> None:  # noqa: N802
         await call(DO_STORAGE, "deleteAll", [])
 
     delete_all = deleteAll
 
+    @eager
     async def list(self, options_: Any = None, **keywords: Any) -> dict[str, Any]:
         value, _ = await call(DO_STORAGE, "list", [_list_options(options_, keywords, "storage.list()")])
         return _values(value)
 
+    @eager
     async def getAlarm(self, options_: Any = None, **keywords: Any) -> float | None:  # noqa: N802
         value, _ = await call(DO_STORAGE, "getAlarm", [])
         return value
 
+    @eager
     async def setAlarm(self, scheduled_time: Any, options_: Any = None, **keywords: Any) -> None:  # noqa: N802
         await call(DO_STORAGE, "setAlarm", [_ms(scheduled_time)])
 
+    @eager
     async def deleteAlarm(self, options_: Any = None, **keywords: Any) -> None:  # noqa: N802
         await call(DO_STORAGE, "deleteAlarm", [])
 

@@ -7,6 +7,8 @@ constructor. Real jailed children; the object's invocation waits, not the loop."
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests import storage_helpers as h
@@ -35,6 +37,19 @@ class Notes(DurableObject):
 
     def bodies(self):
         return [r.body for r in self.ctx.storage.sql.exec("SELECT body FROM notes ORDER BY id")]
+
+    def fire_and_forget(self):
+        # Not awaited, as JavaScript code leaves a promise: both still happen.
+        import time
+        self.ctx.storage.put("unawaited", 7)
+        self.ctx.storage.setAlarm(time.time() * 1000 + 50)
+        return "returned"
+
+    async def alarm(self, info=None):
+        await self.ctx.storage.put("alarmed", True)
+
+    async def peek(self, key):
+        return await self.ctx.storage.get(key)
 
     def size(self):
         return self.ctx.storage.sql.databaseSize
@@ -115,3 +130,11 @@ def test_kv_and_the_asynchronous_api_share_their_keys(server):
 def test_synchronous_storage_outside_the_objects_handlers_says_why(server):
     message = h.ok(server, "notes", "return await env.NOTES.getByName('task').from_a_task()")
     assert "sql.exec() is synchronous" in message and "asyncio.create_task" in message
+
+
+def test_storage_calls_nobody_awaits_still_happen(server):
+    assert h.ok(server, "notes", "return await env.NOTES.getByName('forget').fire_and_forget()") == "returned"
+    assert h.ok(server, "notes", "return await env.NOTES.getByName('forget').peek('unawaited')") == 7
+    deadline = time.monotonic() + 30
+    while not h.ok(server, "notes", "return await env.NOTES.getByName('forget').peek('alarmed')"):
+        assert time.monotonic() < deadline, "the alarm set without await never ran"
