@@ -70,6 +70,7 @@ from . import (
     loader,
     logs,
     reshare,
+    thread_shims,
     unavailable,
     warmup,
     workers,
@@ -286,6 +287,12 @@ class ChildLoop(asyncio.SelectorEventLoop):
 
     def kernel_fds(self) -> set[int]:
         return {self._selector.fileno(), self._ssock.fileno(), self._csock.fileno()}
+
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """No threads in the jail: ``func`` runs now, as Pyodide's loop runs it
+        (``asyncio.to_thread``, ``asgiref``'s ``sync_to_async``; see
+        :mod:`sandbox.thread_shims`)."""
+        return thread_shims.run_inline(func, *args)
 
     def after_fork(self) -> None:
         """In the child: close this process's descriptors of the zygote's epoll

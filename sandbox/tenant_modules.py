@@ -13,7 +13,16 @@ from __future__ import annotations
 
 import sys
 
-from . import http_shims, js_shim, pyodide_shim, unavailable, workers, workers_asgi, workers_wsgi
+from . import (
+    http_shims,
+    js_shim,
+    pyodide_shim,
+    thread_shims,
+    unavailable,
+    workers,
+    workers_asgi,
+    workers_wsgi,
+)
 from .bindings.cache import caches
 
 
@@ -28,4 +37,5 @@ def install() -> None:
     js_shim.install()
     sys.modules["js"].caches = caches  # type: ignore[attr-defined]  # the Cache API's global
     http_shims.install()
+    thread_shims.install()
     unavailable.install()  # inactive until a child's Load (see there)

@@ -180,6 +180,7 @@ _._uploadPart
 _._abortMultipartUpload
 _._completeMultipartUpload
 
+_.run_in_executor  # ChildLoop overrides asyncio's (sandbox/child.py; sandbox/thread_shims.py)
 _.gauss_next  # random.Random's own state, reset with the seed (sandbox/fork.py)
 _._internal_fds  # asyncio's own count, kept right by ChildLoop.after_fork (sandbox/child.py)
 

@@ -162,6 +162,70 @@ def test_django_app_through_workers_wsgi(corral):
     assert out["who"] == "django-tenant", out
 
 
+DJANGO_ASGI = '''
+import asyncio
+
+import django
+from django.conf import settings
+
+settings.configure(DEBUG=False, ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="x" * 50,
+                   INSTALLED_APPS=["django.contrib.sessions"], USE_TZ=True,
+                   SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
+                   MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware",
+                               "django.middleware.common.CommonMiddleware"])
+django.setup()
+
+from asgiref.sync import sync_to_async  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.http import JsonResponse  # noqa: E402
+from django.urls import path  # noqa: E402
+
+import asgi  # noqa: E402
+from workers import WorkerEntrypoint  # noqa: E402
+
+
+def sync_view(request):
+    # A sync view under the async handler: asgiref runs it "in a thread".
+    request.session["visits"] = request.session.get("visits", 0) + 1
+    return JsonResponse({"kind": "sync", "visits": request.session["visits"]})
+
+
+def blocking(n):
+    return n * 2
+
+
+async def async_view(request):
+    loop = asyncio.get_running_loop()
+    return JsonResponse({"kind": "async",
+                         "to_thread": await asyncio.to_thread(blocking, 1),
+                         "executor": await loop.run_in_executor(None, blocking, 2),
+                         "sync_to_async": await sync_to_async(blocking)(3)})
+
+
+urlpatterns = [path("sync", sync_view), path("async", async_view)]
+application = ASGIHandler()
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return await asgi.fetch(application, request, self.env)
+'''
+
+
+def test_async_django_through_workers_asgi(corral):
+    """Django's ASGI handler runs sync views, middleware and sessions through
+    asgiref's sync_to_async; with no threads in the jail (nor in Pyodide) the
+    loop runs executor work inline, as Cloudflare's does."""
+    deploy(corral, "django-asgi", DJANGO_ASGI, ("django>=4",), ())
+    first = corral.request("/sync", host="django-asgi.localhost")
+    assert (first.status, first.json()) == (200, {"kind": "sync", "visits": 1}), (first, corral.log())
+    cookie = first.headers["set-cookie"].split(";")[0]
+    again = corral.request("/sync", host="django-asgi.localhost", headers={"cookie": cookie})
+    assert again.json() == {"kind": "sync", "visits": 2}
+    done = corral.request("/async", host="django-asgi.localhost")
+    assert done.json() == {"kind": "async", "to_thread": 2, "executor": 4, "sync_to_async": 6}, done
+
+
 # -- 3. synchronous HTTP clients through the outbound worker, under the subrequest limit --------
 
 CLIENTS = '''
