@@ -63,6 +63,10 @@ REFUSED = (
     "sched_setaffinity", "setpriority", "getpriority", "mount", "umount2", "chroot",
     "pivot_root", "unshare", "setns", "setuid", "setgid", "setresuid", "setresgid",
     "setgroups", "personality", "sendfile", "splice", "tee", "copy_file_range",
+    # NUMA memory policy: OpenBLAS (numpy's) asks for it as it starts and
+    # carries on without it.
+    "mbind", "set_mempolicy", "get_mempolicy", "set_mempolicy_home_node", "migrate_pages",
+    "move_pages",
 )
 #: ioctl fails as it does on a non-terminal, which is what Python expects.
 NOT_A_TTY = ("ioctl",)

@@ -21,6 +21,19 @@ from typing import Any
 
 from . import import_patches
 
+#: The environment a tenant's native libraries start with (the zygote clears
+#: the host's): keep to the calling thread. A child can start none (its
+#: RLIMIT_NPROC is 0 and its filter refuses clone), and OpenBLAS (numpy's)
+#: starting its pool fails and ends the process at import; OpenMP, MKL and
+#: rayon would fail at first use. Cloudflare's Pyodide builds of the same
+#: packages are single-threaded too.
+NATIVE_SINGLE_THREADED = {
+    **{name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                              "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS",
+                              "POLARS_MAX_THREADS")},
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
 
 def run_inline(func: Callable[..., Any], *args: Any) -> asyncio.Future:
     """``loop.run_in_executor(executor, func, *args)`` without a thread: ``func``

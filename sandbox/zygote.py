@@ -43,7 +43,18 @@ from protocol.messages import (
     ZygoteReady,
 )
 
-from . import file_view, fork, heap_fill, jail, logs, preload, reshare, seccomp_policy, warmup
+from . import (
+    file_view,
+    fork,
+    heap_fill,
+    jail,
+    logs,
+    preload,
+    reshare,
+    seccomp_policy,
+    thread_shims,
+    warmup,
+)
 
 
 def _preimport() -> None:
@@ -84,8 +95,10 @@ class Zygote:
 
     def prepare(self) -> dict:
         _preimport()
-        # Tenants may import os: nothing of the host's environment reaches them.
+        # Tenants may import os: nothing of the host's environment reaches
+        # them, only what keeps native libraries to one thread.
         os.environ.clear()
+        os.environ.update(thread_shims.NATIVE_SINGLE_THREADED)
         for _ in range(warmup.REHEARSALS):
             warmup.rehearse()
         logs.install_logging()  # once here, not in every child (see there)

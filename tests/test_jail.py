@@ -363,6 +363,10 @@ def test_raw_syscalls_through_ctypes_get_eperm(c: Corral) -> None:
                 out["mount"] = raw(165, b"none", b"/", b"tmpfs", 0, 0)
                 out["prctl_dumpable"] = raw(157, 4, 1, 0, 0, 0)                  # PR_SET_DUMPABLE 1
                 out["clone"] = raw(56, 17, 0, 0, 0, 0)                           # fork-like clone
+                # NUMA memory policy (OpenBLAS asks at start): refused, not a kill.
+                out["mbind"] = raw(237, 0, 4096, 1, 0, 0, 0)                     # mbind MPOL_PREFERRED
+                out["set_mempolicy"] = raw(238, 0, 0, 0)
+                out["move_pages"] = raw(279, 1, 0, 0, 0, 0, 0)                   # another process's
                 c_ = ct.c_char(b"x")
                 ct.set_errno(0)
                 out["ioctl_tiocsti"] = [libc.ioctl(0, 0x5412, ct.byref(c_)), ct.get_errno()]
@@ -374,7 +378,7 @@ def test_raw_syscalls_through_ctypes_get_eperm(c: Corral) -> None:
     for key in ("openat_write", "openat_rdwr", "openat_trunc", "openat_tmpfile"):
         assert out[key] == [-1, EROFS], (key, out[key])
     for key in ("open", "creat", "landlock_create_ruleset", "socket", "kill", "ptrace", "setuid", "unshare", "mount",
-                "prctl_dumpable", "clone"):
+                "prctl_dumpable", "clone", "mbind", "set_mempolicy", "move_pages"):
         assert out[key] == [-1, EPERM], (key, out[key])
     assert out["ioctl_tiocsti"] == [-1, ENOTTY]
     assert_healthy(c)

@@ -282,6 +282,30 @@ DATA_FILES = worker('''
 ''')
 
 
+NUMPY = worker('''
+    import os
+
+    import numpy
+
+    from workers import Response, WorkerEntrypoint
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            a = numpy.ones((200, 200))
+            return Response.json({"matmul": float((a @ a)[0, 0]),
+                                  "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")})
+''')
+
+
+def test_a_numpy_tenant_multiplies_matrices(c: Corral) -> None:
+    """OpenBLAS starts a thread pool as numpy loads: in a jailed child (no
+    threads) it ended the process at import, and a pool started in the set's
+    zygote was gone in its children at the first matrix product."""
+    deploy(c, "numpy", NUMPY, ["numpy"])
+    for _ in range(2):
+        assert call(c, "numpy") == {"matmul": 200.0, "blas_threads": "1"}
+
+
 def test_a_package_with_data_files_and_its_metadata(c: Corral) -> None:
     deploy(c, "data", DATA_FILES, ["certifi", "jinja2"])
     out = call(c, "data")
