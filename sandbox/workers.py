@@ -34,7 +34,8 @@ __all__ = [
     "WorkerEntrypoint", "Request", "Response", "Headers", "fetch", "env", "Context",
     "PlatformError", "DurableObject", "WorkflowEntrypoint", "FetchResponse", "Blob", "File",
     "FormData", "handler", "import_from_javascript", "patch_env", "python_from_rpc",
-    "python_to_rpc", "waitUntil", "wait_until",
+    "python_to_rpc", "waitUntil", "wait_until", "BlobEnding", "BlobValue", "Body", "FetchKwargs",
+    "FormDataValue", "JSBody", "RequestInitCfProperties",
 ]
 
 
@@ -541,4 +542,13 @@ env = _EnvProxy()
 
 
 from .sdk_api import handler, import_from_javascript, patch_env, wait_until, waitUntil  # noqa: E402
+from .sdk_hints import (  # noqa: E402, F401 - the SDK's names for type hints
+    BlobEnding,
+    BlobValue,
+    Body,
+    FetchKwargs,
+    FormDataValue,
+    JSBody,
+    RequestInitCfProperties,
+)
 from .sdk_types import python_from_rpc, python_to_rpc  # noqa: E402

@@ -91,6 +91,7 @@ def test_sdk_project(corral):
     assert (redirect.status, redirect.headers["location"]) == (301, "https://example.com/next")
     blob = get(corral, "sdk", "/blob")
     assert blob.text == "<b>bold</b>" and blob.headers["content-type"] == "text/html"
+    assert blob.headers["x-hints"] == "True"
     assert get(corral, "sdk", "/sendform").headers["content-type"].startswith("multipart/form-data")
     boundary = "XyZ"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nann\r\n"

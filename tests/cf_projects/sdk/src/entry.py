@@ -1,6 +1,7 @@
 import json
 
-from workers import (Blob, FormData, Response, WorkerEntrypoint, handler, import_from_javascript,
+from workers import (Blob, BlobEnding, BlobValue, Body, FetchKwargs, FormData, FormDataValue, JSBody,
+                     RequestInitCfProperties, Response, WorkerEntrypoint, handler, import_from_javascript,
                      python_from_rpc, python_to_rpc, wait_until)
 import workers
 
@@ -20,7 +21,12 @@ class Default(WorkerEntrypoint):
         if path == "redirect":
             return Response.redirect("https://example.com/next", 301)
         if path == "blob":
-            return Response(Blob(["<b>", b"bold</b>"], type="text/html"))
+            # The SDK's type-hint names import, and annotate, as there.
+            parts: list[BlobValue] = ["<b>", b"bold</b>"]
+            kwargs: FetchKwargs = {"method": "GET", "cf": RequestInitCfProperties(cacheTtl=5)}
+            hints = (Body, JSBody, FormDataValue, kwargs["cf"]["cacheTtl"] == 5)
+            return Response(Blob(parts, type="text/html", endings=BlobEnding.TRANSPARENT),
+                            headers={"x-hints": str(all(hints))})
         if path == "sendform":
             form = FormData({"a": "1"})
             return Response(form)
