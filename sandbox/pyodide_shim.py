@@ -44,6 +44,13 @@ class JsBuffer(JsProxy):
     """Pyodide's typed-array proxy type, for ``isinstance`` checks that are never true here."""
 
 
+#: Pyodide's other proxy types: code checks ``isinstance(x, JsPromise)`` and
+#: the like; here nothing is one.
+_PROXY_TYPES = ("JsDoubleProxy", "JsPromise", "JsFetchResponse", "JsCallable", "JsMap",
+                "JsIterable", "JsIterator", "JsGenerator", "JsAsyncIterator", "JsAsyncGenerator",
+                "JsTypedArray", "JsDomElement")
+
+
 class ArrayBuffer(bytes):
     """A JavaScript ``ArrayBuffer``, as ``to_js(data).buffer`` gives it: here the
     bytes themselves (a Response, ``fetch`` or a binding takes it as bytes),
@@ -220,8 +227,21 @@ def _make_http() -> types.ModuleType:
         from . import workers
         return FetchResponse(await workers.fetch(url, **kwargs))
 
+    def open_url(url: str) -> Any:
+        """``pyodide.http.open_url``: a URL's text, synchronously (the
+        invocation waits, as :func:`run_sync` makes it)."""
+        import io
+
+        from . import workers
+
+        async def text() -> str:
+            return await (await workers.fetch(url)).text()
+
+        return io.StringIO(run_sync(text()))
+
     http.FetchResponse = FetchResponse  # type: ignore[attr-defined]
     http.pyfetch = pyfetch  # type: ignore[attr-defined]
+    http.open_url = open_url  # type: ignore[attr-defined]
     http.__getattr__ = _unavailable("pyodide.http")  # type: ignore[attr-defined]
     return http
 
@@ -233,12 +253,22 @@ def install() -> None:
     for name in ("JsException", "JsProxy", "JsArray", "JsBuffer", "JsNull", "jsnull", "to_js",
                  "to_py", "create_proxy", "create_once_callable", "destroy_proxies", "run_sync"):
         setattr(ffi, name, globals()[name])
+    for name in _PROXY_TYPES:
+        setattr(ffi, name, type(name, (JsProxy,), {"__module__": "pyodide.ffi"}))
+    ffi.IN_BROWSER = False  # type: ignore[attr-defined]
     ffi.__getattr__ = _unavailable("pyodide.ffi")  # type: ignore[attr-defined]
     http = _make_http()
+    webloop = types.ModuleType("pyodide.webloop", "Pyodide's event loop: here asyncio's own")
+    # Code written for Pyodide patches methods of WebLoop (as workers-py's own
+    # test workers do); a class of its own takes them and changes nothing else.
+    webloop.WebLoop = type("WebLoop", (), {"__module__": "pyodide.webloop"})  # type: ignore[attr-defined]
     pyodide.ffi = ffi  # type: ignore[attr-defined]
     pyodide.http = http  # type: ignore[attr-defined]
+    pyodide.webloop = webloop  # type: ignore[attr-defined]
     pyodide.__version__ = "0.0-corral"  # type: ignore[attr-defined]
+    pyodide.__path__ = []  # type: ignore[attr-defined]  # a package: its submodules import
     pyodide.__getattr__ = _unavailable("pyodide")  # type: ignore[attr-defined]
     sys.modules["pyodide"] = pyodide
     sys.modules["pyodide.ffi"] = ffi
     sys.modules["pyodide.http"] = http
+    sys.modules["pyodide.webloop"] = webloop

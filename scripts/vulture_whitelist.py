@@ -40,6 +40,9 @@ create_multipart_upload
 resume_multipart_upload
 # sandbox/bindings/worker_loader.py
 get_entrypoint
+# sandbox/pyodide_shim.py (attributes of the pyodide modules)
+_.IN_BROWSER
+_.WebLoop
 # sandbox/js_shim.py (attributes of the js module)
 _.TextDecoder
 _.TextEncoder

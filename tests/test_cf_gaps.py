@@ -314,6 +314,27 @@ def test_js_fetch_reaches_a_real_upstream(corral, upstream):
     assert upstream.seen("/echo/js-fetch"), "the upstream never saw js.fetch's request"
 
 
+OPEN_URL = '''
+import json
+
+from pyodide.http import open_url
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    def fetch(self, request):
+        # Synchronous, in a synchronous handler: the invocation waits, not the child.
+        return Response.json(json.load(open_url(request.headers.get("x-target") + "/echo/open-url")))
+'''
+
+
+def test_pyodide_open_url_reads_a_real_upstream(corral, upstream):
+    deploy(corral, "openurl", OPEN_URL)
+    resp = corral.request("/", host="openurl.localhost", headers={"x-target": upstream.url("").rstrip("/")})
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json()["path"] == "/echo/open-url"
+
+
 URLLIB = '''
 import json
 import urllib.request

@@ -169,7 +169,8 @@ def test_pyodide_and_js(corral):
     resp = get(corral, "pyodide-js")
     assert resp.headers["content-type"] == "application/json"
     assert resp.json() == {"a": 1, "y_is_none": True, "roundtrip": {"a": 1, "b": [1, 2]},
-                           "proxy": "called", "jsnull": False, "isproxy": False, "jsexc": True}
+                           "proxy": "called", "jsnull": False, "isproxy": False, "jsexc": True,
+                           "ffi_types": [False, False, True]}
     png = get(corral, "pyodide-js", "/bytes")
     assert png.status == 200 and png.body == b"\x89PNG\r\n\x1a\n\x01\x02\x03"
     assert png.headers["content-type"] == "image/png" and png.headers["x-lengths"] == "11 11"

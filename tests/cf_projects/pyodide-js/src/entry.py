@@ -1,5 +1,9 @@
 from js import JSON, Object, Response, Uint8Array, console
-from pyodide.ffi import JsException, JsProxy, create_proxy, jsnull, to_js, to_py
+from pyodide.ffi import IN_BROWSER, JsException, JsPromise, JsProxy, create_proxy, jsnull, to_js, to_py
+from pyodide.webloop import WebLoop
+
+# As workers-py's own test workers patch Pyodide's loop: accepted, changes nothing.
+WebLoop.shutdown_asyncgens = lambda *args: None
 from workers import Response as PyResponse
 from workers import WorkerEntrypoint
 
@@ -33,6 +37,7 @@ async def on_fetch(request, env):
         "jsnull": bool(jsnull),
         "isproxy": isinstance(data, JsProxy),
         "jsexc": issubclass(JsException, Exception),
+        "ffi_types": [IN_BROWSER, isinstance(data, JsPromise), issubclass(JsPromise, JsProxy)],
     }
     proxy.destroy()
     return Response.new(JSON.stringify(out), headers=to_js({"content-type": "application/json"}))
