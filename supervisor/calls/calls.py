@@ -25,7 +25,7 @@ an exception from its ``fetch``
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -349,19 +349,13 @@ class Calls:
                                     list(message.headers), mode=message.redirect)
         except ValueError as exc:
             raise CallFailed("TypeError", str(exc)) from None
-        while True:
+
+        async def one_hop() -> Head:
             answer = await self.assets.answer(record, policy.method.encode("latin-1"), policy.url,
                                               policy.headers)
-            try:
-                hop = policy.next_hop(answer.status, _header(answer.headers, b"location"))
-            except RedirectError as exc:
-                _close(answer.body)
-                raise CallFailed("FetchError", str(exc)) from None
-            if hop is None:
-                head = Head(answer.status, answer.headers, answer.body)
-                head.url, head.redirected = policy.url, policy.redirected
-                return head
-            _close(answer.body)
+            return Head(answer.status, answer.headers, answer.body)
+
+        return await _following(policy, one_hop)
 
     async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
                     body: BodySource | bytes | None, limits: Limits, outbound: Outbound | None,
@@ -391,20 +385,13 @@ class Calls:
         except ValueError as exc:
             _close(body)
             raise CallFailed("TypeError", str(exc)) from None
-        while True:
-            head = await self._call_script(record, parent, policy.method.encode("latin-1"),
-                                           policy.url, policy.headers, body, limits, None, params)
-            try:
-                hop = policy.next_hop(head.status, _header(head.headers, b"location"))
-            except RedirectError as exc:
-                _close(head.body)
-                raise CallFailed("FetchError", str(exc)) from None
-            if hop is None:
-                head.url, head.redirected = policy.url, policy.redirected
-                return head
-            _close(head.body)
-            if hop.drop_body:
-                body = None
+        sent = [body]  # a 301/302 POST or a 303 goes on without it
+
+        async def one_hop() -> Head:
+            return await self._call_script(record, parent, policy.method.encode("latin-1"),
+                                           policy.url, policy.headers, sent[0], limits, None, params)
+
+        return await _following(policy, one_hop, lambda: sent.__setitem__(0, None))
 
     async def _http(self, message: SubRequest, body: BodySource | bytes | None,
                     parent: Invocation | None = None) -> Head:
@@ -467,6 +454,26 @@ class _ClientBody:
 async def _iterate(source: BodySource) -> AsyncIterator[bytes]:
     while chunk := await source.receive():
         yield chunk
+
+
+async def _following(policy: RedirectPolicy, one_hop: Callable[[], Awaitable[Head]],
+                     drop_body: Callable[[], None] = lambda: None) -> Head:
+    """fetch()'s redirect loop (supervisor.calls.redirects): ``one_hop()``
+    answers the policy's current request; ``drop_body()`` when the next hop
+    goes without the body."""
+    while True:
+        head = await one_hop()
+        try:
+            hop = policy.next_hop(head.status, _header(head.headers, b"location"))
+        except RedirectError as exc:
+            _close(head.body)
+            raise CallFailed("FetchError", str(exc)) from None
+        if hop is None:
+            head.url, head.redirected = policy.url, policy.redirected
+            return head
+        _close(head.body)
+        if hop.drop_body:
+            drop_body()
 
 
 def _fetch_span(parent: Invocation | None, message: SubRequest) -> dict[str, Any]:
