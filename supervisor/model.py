@@ -49,6 +49,14 @@ def check_name(kind: str, name: object) -> str:
     return name
 
 
+def module_path_ok(path: str) -> bool:
+    """A module's name in a bundle becomes a file path and an import path:
+    relative, no '..', no empty parts, nothing a filesystem reads otherwise."""
+    parts = path.split("/")
+    return (0 < len(path) <= 512 and not path.startswith("/") and "\\" not in path
+            and "\0" not in path and not any(p in ("", ".", "..") for p in parts))
+
+
 def check_tag(tag: object) -> str:
     """Tags are free text except for ',' (the list separator) and control characters."""
     if not isinstance(tag, str) or not tag:

@@ -38,6 +38,7 @@ from supervisor.model import (
     check_name,
     content_version,
     decode_metadata,
+    module_path_ok,
     resolve_bindings,
 )
 from supervisor.packages import upload as packages_upload
@@ -133,9 +134,7 @@ def parse_time(value: str | None, what: str, default: int) -> int:
 
 def _check_module_path(path: str) -> None:
     """Part names become import paths: relative, no '..', no surprises."""
-    parts = path.split("/")
-    if (len(path) > 512 or path.startswith("/") or "\\" in path or "\0" in path
-            or any(p in ("", ".", "..") for p in parts)):
+    if not module_path_ok(path):
         raise Invalid(f"invalid module name {clip(path)!r}: use a relative path like 'worker.py' "
                       "or 'src/lib/util.py'")
 

@@ -28,7 +28,7 @@ import posixpath
 from collections import OrderedDict
 from typing import Any
 
-from supervisor.model import Binding, Json, PlainText, ScriptRecord, content_version
+from supervisor.model import Binding, Json, PlainText, ScriptRecord, content_version, module_path_ok
 
 #: Dynamic workers kept at once on a host, and their code in bytes.
 MAX_WORKERS = 1024
@@ -146,19 +146,13 @@ def _modules(raw: Any) -> dict[str, bytes]:
         raise CodeError(f"a dynamic worker has at most {MAX_MODULES} modules")
     out: dict[str, bytes] = {}
     for name, value in raw.items():
-        if not isinstance(name, str) or not _good_path(name):
+        if not isinstance(name, str) or not module_path_ok(name):
             raise CodeError(f"invalid module name {name!r}: use a relative path like 'entry.py'")
         out[name] = _content(name, value)
     total = sum(len(v) for v in out.values())
     if total > MAX_CODE_BYTES:
         raise CodeError(f"the worker's code is {total} bytes, over the {MAX_CODE_BYTES}-byte limit")
     return out
-
-
-def _good_path(path: str) -> bool:
-    parts = path.split("/")
-    return (0 < len(path) <= 512 and not path.startswith("/") and "\\" not in path and "\0" not in path
-            and not any(p in ("", ".", "..") for p in parts))
 
 
 def _content(name: str, value: Any) -> bytes:
