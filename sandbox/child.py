@@ -77,6 +77,7 @@ from . import (
 )
 from .channel import Channel
 from .run_sync import run_in_portal
+from .sdk_types import CfProperties
 from .streams import IncomingBody, OutgoingBody, pump
 
 #: Log budget per invocation, and the channel backlog past which logs are dropped.
@@ -461,6 +462,8 @@ class Runtime:
         request.redirect = "manual"
         request._body_used = False
         request._body = self.receive_body(message.body, message.id)
+        request._cf = CfProperties(httpProtocol="HTTP/1.1",
+                                   clientAcceptEncoding=request.headers.get("accept-encoding"))
         return request
 
     def receive_body(self, body: Body | None, stream: int) -> bytes | IncomingBody | None:

@@ -46,6 +46,18 @@ class JsDict(dict):
         return self
 
 
+class CfProperties(JsDict):
+    """``request.cf`` of an incoming request. Cloudflare's edge fills in where
+    the client is (``country``, ``colo``, ``asn``, ...); a self-hosted Corral
+    knows only what the request itself says, and a field it does not know is
+    None rather than an error."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.get(name)
+
+
 def python_from_rpc(value: Any) -> Any:
     """A value received from a binding or an RPC call, in the SDK's Python shape."""
     if isinstance(value, dict):

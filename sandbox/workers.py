@@ -318,6 +318,7 @@ class Request(_Body):
             self.headers = Headers(base.headers)
             self._body = base._body if body is None else None
             self.redirect = base.redirect
+            self._cf = base._cf
             if body is None and base._body is not None:
                 base._body_used = True  # ownership moves to the copy
         else:
@@ -326,6 +327,9 @@ class Request(_Body):
             self.headers = Headers()
             self._body = None
             self.redirect = "follow"
+            self._cf = None
+        if init.get("cf") is not None:
+            self._cf = init["cf"]  # cache and image options: accepted, no edge to apply them
         if method is not None:
             self._method = method.upper()
         if headers is not None:
@@ -337,6 +341,12 @@ class Request(_Body):
         self._body_used = False
         if self._method in ("GET", "HEAD") and self._body not in (None, b""):
             raise TypeError(f"a {self._method} request cannot have a body")
+
+    @property
+    def cf(self) -> Any:
+        """``request.cf``: for an incoming request, what is known of the client
+        (:class:`CfProperties`); for one built here, the ``cf`` it was given."""
+        return self._cf
 
     @property
     def method(self) -> http.HTTPMethod | str:
@@ -351,6 +361,7 @@ class Request(_Body):
         copy._method = self._method
         copy.headers = Headers(self.headers)
         copy.redirect = self.redirect
+        copy._cf = self._cf
         copy._body_used = False
         copy._body = self._tee()
         return copy

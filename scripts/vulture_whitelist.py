@@ -40,6 +40,8 @@ create_multipart_upload
 resume_multipart_upload
 # sandbox/bindings/worker_loader.py
 get_entrypoint
+# sandbox/workers.py (Request)
+_.cf
 # sandbox/pyodide_shim.py (attributes of the pyodide modules)
 _.IN_BROWSER
 _.WebLoop

@@ -87,6 +87,9 @@ def test_sdk_project(corral):
                            "rpc": {"a": [1, 2]}, "env_same": True, "method": True,
                            "status_text": "Not Found", "handler": 1}
     assert get(corral, "sdk", "/status").status == 410
+    cf = get(corral, "sdk", "/cf", headers={"accept-encoding": "gzip"}).json()
+    assert cf == {"protocol": "HTTP/1.1", "country": None, "encoding": "gzip", "clone": "HTTP/1.1",
+                  "built": {"cacheTtl": 5}, "plain": None}
     redirect = get(corral, "sdk", "/redirect")
     assert (redirect.status, redirect.headers["location"]) == (301, "https://example.com/next")
     blob = get(corral, "sdk", "/blob")

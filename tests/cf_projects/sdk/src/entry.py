@@ -16,6 +16,14 @@ class Default(WorkerEntrypoint):
             upload = form.get("file")
             return Response.json({"name": form.get("name"), "file": upload.name,
                                   "size": upload.size, "text": await upload.text()})
+        if path == "cf":
+            # What a self-hosted edge knows: the request's own; the rest is None, not an error.
+            from workers import Request
+            built = Request("https://example.com/", cf={"cacheTtl": 5})
+            return Response.json({"protocol": request.cf.httpProtocol, "country": request.cf.country,
+                                  "encoding": request.cf.get("clientAcceptEncoding"),
+                                  "clone": request.clone().cf.httpProtocol, "built": built.cf,
+                                  "plain": Request("https://example.com/").cf})
         if path == "status":
             return Response("gone", status=410)
         if path == "redirect":
