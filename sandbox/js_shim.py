@@ -17,7 +17,7 @@ from typing import Any
 
 from . import logs, workers
 from .pyodide_shim import ArrayBuffer, Uint8Array, _unavailable, jsnull, to_py
-from .sdk_types import JsDict, python_from_rpc
+from .sdk_types import Blob, FormData, JsDict, python_from_rpc
 
 
 def _options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +135,23 @@ class _URL:
         return self.href
 
 
+class _FormDataClass:
+    """``js.FormData.new()``: the SDK's FormData (``FormData(js_form)`` takes it as is)."""
+
+    @staticmethod
+    def new(init: Any = None) -> FormData:
+        return FormData(init)
+
+
+class _BlobClass:
+    """``js.Blob.new(parts, {"type": ...})``: the SDK's Blob."""
+
+    @staticmethod
+    def new(parts: Any = None, options: Any = None) -> Blob:
+        kind = (options or {}).get("type", "") if isinstance(options, dict) else ""
+        return Blob(parts, type=kind)
+
+
 class _TextDecoder:
     """``js.TextDecoder.new(label="utf-8")``: ``decode(bytes, {"stream": True})``
     keeps a character split across chunks for the next call."""
@@ -192,6 +209,8 @@ def make_js() -> types.ModuleType:
     js.fetch = _fetch  # type: ignore[attr-defined]
     js.Uint8Array = Uint8Array  # type: ignore[attr-defined]
     js.TextDecoder = _TextDecoder  # type: ignore[attr-defined]
+    js.FormData = _FormDataClass()  # type: ignore[attr-defined]
+    js.Blob = _BlobClass()  # type: ignore[attr-defined]
     js.TextEncoder = _TextEncoder  # type: ignore[attr-defined]
     js.ArrayBuffer = ArrayBuffer  # type: ignore[attr-defined]
     js.__getattr__ = _unavailable("js")  # type: ignore[attr-defined]

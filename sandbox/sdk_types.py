@@ -90,7 +90,12 @@ def python_to_rpc(value: Any) -> Any:
 class Blob:
     """Immutable bytes with a MIME type (``Blob(["a", b"b"], type="text/plain")``)."""
 
-    def __init__(self, parts: Any = None, type: str = "", endings: str = "transparent") -> None:  # noqa: A002
+    def __init__(self, parts: Any = None, type: str = "", endings: str = "transparent",  # noqa: A002
+                 content_type: str | None = None) -> None:
+        if content_type is not None:  # the SDK's spelling
+            type = content_type  # noqa: A001
+        elif isinstance(parts, Blob) and not type:
+            type = parts.type  # noqa: A001 - Blob(blob) keeps its type, Blob([blob]) does not
         if parts is None:
             data = b""
         elif isinstance(parts, (bytes, bytearray, memoryview, str, Blob)):
@@ -99,6 +104,15 @@ class Blob:
             data = b"".join(_part_bytes(p) for p in parts)
         self._data = data
         self.type = type.lower()
+
+    @property
+    def content_type(self) -> str:
+        return self.type
+
+    @property
+    def js_object(self) -> Blob:
+        """What the SDK's Blob wraps (``blob.js_object.type``): here the Blob itself."""
+        return self
 
     @property
     def size(self) -> int:
@@ -124,8 +138,9 @@ class File(Blob):
     """A Blob with a name and a modification time."""
 
     def __init__(self, parts: Any, filename: str, type: str = "",  # noqa: A002
-                 last_modified: float | None = None, **kwargs: Any) -> None:
-        super().__init__(parts, type=type)
+                 last_modified: float | None = None, content_type: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(parts, type=type, content_type=content_type)
         self.name = filename
         self.last_modified = kwargs.get("lastModified", last_modified) or time.time() * 1000
 
@@ -196,6 +211,9 @@ class FormData:
         if value is None and not self.has(name):
             raise KeyError(name)
         return value
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.set(name, value)
 
     def __iter__(self) -> Iterator[tuple[str, Any]]:
         return iter(self._items)

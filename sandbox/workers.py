@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import http
 import json as _json
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -55,7 +56,22 @@ class PlatformError(JsException):
 # Headers
 # ---------------------------------------------------------------------------
 
+def _unsupported(value: Any) -> Any:
+    """``Response.json`` of something JSON cannot say (the SDK's wording)."""
+    raise TypeError(f"Unsupported type in Response: {type(value).__name__}")
+
+
+def _normalized_url(url: str) -> str:
+    """As JavaScript's URL gives it back: an http(s) URL without a path gets "/"."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc and not parts.path:
+        return urllib.parse.urlunsplit(parts._replace(path="/"))
+    return url
+
+
 def _text(value: str | bytes) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as JavaScript's String(true)
     return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
@@ -98,9 +114,13 @@ class Headers:
         return ", ".join(values)
 
     def get_all(self, name: str, default: Any = None) -> Any:
+        """As the SDK answers it over JavaScript's Headers: ``Set-Cookie`` values
+        one by one, any other header's values joined into one (a list of one)."""
         name = name.lower()
         values = [v for n, v in self._items if n == name]
-        return values or default
+        if not values:
+            return default
+        return values if name == "set-cookie" else [", ".join(values)]
 
     getAll = get_all
 
@@ -322,7 +342,7 @@ class Request(_Body):
             if body is None and base._body is not None:
                 base._body_used = True  # ownership moves to the copy
         else:
-            self.url = str(input)
+            self.url = _normalized_url(str(input))
             self._method = "GET"
             self.headers = Headers()
             self._body = None
@@ -374,7 +394,7 @@ class Request(_Body):
     _js_request = js_object
 
     def __repr__(self) -> str:
-        return f"<Request {self._method} {self.url}>"
+        return f"Request(method={self._method!r}, url={self.url!r})"
 
 
 # ---------------------------------------------------------------------------
@@ -419,7 +439,8 @@ class Response(_Body):
         merged = Headers(headers)
         if not merged.has("content-type"):
             merged.set("content-type", "application/json")
-        return cls(_json.dumps(data).encode(), status=status, headers=merged, status_text=status_text)
+        return cls(_json.dumps(data, default=_unsupported).encode(), status=status, headers=merged,
+                   status_text=status_text)
 
     @classmethod
     def from_json(cls, data: Any, status: int = 200, status_text: str = "",
@@ -444,8 +465,16 @@ class Response(_Body):
         copy._body = self._tee()
         return copy
 
+    def replace_body(self, body: Any) -> Response:
+        """A new response: this one's status and headers, ``body`` as its body."""
+        copy = Response(body, status=self.status, status_text=self.status_text,
+                        headers=Headers(self.headers))
+        copy.url, copy.redirected = self.url, self.redirected
+        return copy
+
     def __repr__(self) -> str:
-        return f"<Response {self.status}>"
+        return (f"Response(status={self.status}, status_text={self.status_text!r}, "
+                f"content_type={self.headers.get('content-type')!r})")
 
 
 #: Status texts fetch gives a Response without one (``Response("x", status=404).status_text``).
@@ -476,6 +505,7 @@ Response.json = _JsonDescriptor()  # type: ignore[assignment]
 
 async def fetch(
     resource: str | Request,
+    *,
     method: str | None = None,
     headers: Any = None,
     body: Any = None,

@@ -40,8 +40,9 @@ create_multipart_upload
 resume_multipart_upload
 # sandbox/bindings/worker_loader.py
 get_entrypoint
-# sandbox/workers.py (Request)
+# sandbox/workers.py (Request, Response)
 _.cf
+replace_body
 # sandbox/pyodide_shim.py (attributes of the pyodide modules)
 _.IN_BROWSER
 _.WebLoop

@@ -87,6 +87,17 @@ def test_sdk_project(corral):
                            "rpc": {"a": [1, 2]}, "env_same": True, "method": True,
                            "status_text": "Not Found", "handler": 1}
     assert get(corral, "sdk", "/status").status == 410
+    api = get(corral, "sdk", "/sdkapi").json()
+    assert api == {
+        "headers": ["true", "7", ["a, b"], ["a=1", "b=2"]],
+        "repr": ["Request(method='POST', url='https://test.com/')",
+                 "Response(status=200, status_text='OK', content_type='application/json')"],
+        "replaced": [201, "other", "true"],
+        "blob": ["application/json", "application/json", "application/json", "", "j"],
+        "form": "v",
+        "jsism": "fetch() takes 1 positional argument but 2 were given",
+        "unsupported": "Unsupported type in Response: Odd",
+    }, api
     cf = get(corral, "sdk", "/cf", headers={"accept-encoding": "gzip"}).json()
     assert cf == {"protocol": "HTTP/1.1", "country": None, "encoding": "gzip", "clone": "HTTP/1.1",
                   "built": {"cacheTtl": 5}, "plain": None}

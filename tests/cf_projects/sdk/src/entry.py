@@ -16,6 +16,39 @@ class Default(WorkerEntrypoint):
             upload = form.get("file")
             return Response.json({"name": form.get("name"), "file": upload.name,
                                   "size": upload.size, "text": await upload.text()})
+        if path == "sdkapi":
+            # Details of the SDK's own classes, as workers-py's tests check them.
+            import js
+            from workers import Request, fetch
+            out = {}
+            r = Response("x", status=201, headers={"flag": True, "n": 7})
+            r.headers.append("x-dup", "a")
+            r.headers.append("x-dup", "b")
+            r.headers.append("set-cookie", "a=1")
+            r.headers.append("set-cookie", "b=2")
+            out["headers"] = [r.headers.get("flag"), r.headers.get("n"), r.headers.get_all("x-dup"),
+                              r.headers.get_all("set-cookie")]
+            out["repr"] = [repr(Request("https://test.com", method="POST")), repr(Response.json([1]))]
+            replaced = r.replace_body("other")
+            out["replaced"] = [replaced.status, await replaced.text(), replaced.headers.get("flag")]
+            typed = Blob(["test"], content_type="application/json")
+            out["blob"] = [typed.content_type, typed.js_object.type, Blob(typed).content_type,
+                           Blob([typed]).content_type, (await js.Blob.new(["j"], {"type": "t/x"}).text())]
+            form = FormData(js.FormData.new())
+            form["k"] = Blob(["v"])
+            out["form"] = await form["k"].text()
+            try:
+                await fetch("https://example.com/", {"headers": {}})
+            except TypeError as e:
+                out["jsism"] = str(e)
+
+            class Odd:
+                pass
+            try:
+                Response.json(Odd())
+            except TypeError as e:
+                out["unsupported"] = str(e)
+            return Response.json(out)
         if path == "cf":
             # What a self-hosted edge knows: the request's own; the rest is None, not an error.
             from workers import Request
