@@ -198,7 +198,8 @@ class FormData:
     entries = items
 
     def keys(self) -> Iterator[str]:
-        return iter(dict.fromkeys(n for n, _ in self._items))
+        """Every entry's name, repeats included, as JavaScript's FormData.keys()."""
+        return iter([n for n, _ in self._items])
 
     def values(self) -> list[Any]:
         return [v for _, v in self._items]

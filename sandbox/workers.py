@@ -56,11 +56,6 @@ class PlatformError(JsException):
 # Headers
 # ---------------------------------------------------------------------------
 
-def _unsupported(value: Any) -> Any:
-    """``Response.json`` of something JSON cannot say (the SDK's wording)."""
-    raise TypeError(f"Unsupported type in Response: {type(value).__name__}")
-
-
 def _normalized_url(url: str) -> str:
     """As JavaScript's URL gives it back: an http(s) URL without a path gets "/"."""
     parts = urllib.parse.urlsplit(url)
@@ -184,7 +179,7 @@ class Headers:
 # ---------------------------------------------------------------------------
 
 
-def _encode_body(body: Any, headers: Headers) -> Any:
+def _encode_body(body: Any, headers: Headers, owner: str = "Response") -> Any:
     """Normalise a body given by tenant code; sets a content-type for str."""
     if body is None or type(body) is bytes or isinstance(body, IncomingBody):
         return body
@@ -213,9 +208,8 @@ def _encode_body(body: Any, headers: Headers) -> Any:
                 yield chunk.encode() if isinstance(chunk, str) else bytes(chunk)
 
         return from_iterable()
-    raise TypeError(
-        f"a body must be str, bytes or an async iterator of bytes, not {type(body).__name__}"
-    )
+    # The SDK's wording (a body is str, bytes, a Blob, FormData or an async iterator of bytes).
+    raise TypeError(f"Unsupported type in {owner}: {type(body).__name__}")
 
 
 class _Body:
@@ -355,7 +349,7 @@ class Request(_Body):
         if headers is not None:
             self.headers = Headers(headers)
         if body is not None:
-            self._body = _encode_body(body, self.headers)
+            self._body = _encode_body(body, self.headers, "Request")
         if redirect is not None:
             self.redirect = redirect
         self._body_used = False
@@ -439,8 +433,7 @@ class Response(_Body):
         merged = Headers(headers)
         if not merged.has("content-type"):
             merged.set("content-type", "application/json")
-        return cls(_json.dumps(data, default=_unsupported).encode(), status=status, headers=merged,
-                   status_text=status_text)
+        return cls(_json.dumps(data).encode(), status=status, headers=merged, status_text=status_text)
 
     @classmethod
     def from_json(cls, data: Any, status: int = 200, status_text: str = "",

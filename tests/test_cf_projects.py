@@ -97,6 +97,7 @@ def test_sdk_project(corral):
         "form": "v",
         "jsism": "fetch() takes 1 positional argument but 2 were given",
         "unsupported": "Unsupported type in Response: Odd",
+        "form_keys": ["k", "k"],
     }, api
     cf = get(corral, "sdk", "/cf", headers={"accept-encoding": "gzip"}).json()
     assert cf == {"protocol": "HTTP/1.1", "country": None, "encoding": "gzip", "clone": "HTTP/1.1",

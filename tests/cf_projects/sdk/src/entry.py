@@ -45,9 +45,11 @@ class Default(WorkerEntrypoint):
             class Odd:
                 pass
             try:
-                Response.json(Odd())
+                Response(Odd())
             except TypeError as e:
                 out["unsupported"] = str(e)
+            form.append("k", "again")
+            out["form_keys"] = list(form.keys())
             return Response.json(out)
         if path == "cf":
             # What a self-hosted edge knows: the request's own; the rest is None, not an error.
