@@ -77,7 +77,6 @@ from . import (
 )
 from .channel import Channel
 from .run_sync import run_in_portal
-from .sdk_types import CfProperties
 from .streams import IncomingBody, OutgoingBody, pump
 
 #: Log budget per invocation, and the channel backlog past which logs are dropped.
@@ -201,12 +200,7 @@ class Fetcher:
 
     async def fetch(self, resource: Any, method: str | None = None, headers: Any = None,
                     body: Any = None, redirect: str | None = None, **init: Any) -> workers.Response:
-        request = resource
-        if not isinstance(resource, workers.Request) or any(
-            v is not None for v in (method, headers, body, redirect)
-        ):
-            request = workers.Request(resource, method=method, headers=headers, body=body,
-                                      redirect=redirect)
+        request = workers.as_request(resource, method, headers, body, redirect)
         return await self._runtime.sub_request(
             self._kind, request, binding=self._binding, target=self._target,
             limits=self._limits, params=self._params,
@@ -293,7 +287,7 @@ class ChildLoop(asyncio.SelectorEventLoop):
         """No threads in the jail: ``func`` runs now, as Pyodide's loop runs it
         (``asyncio.to_thread``, ``asgiref``'s ``sync_to_async``; see
         :mod:`sandbox.thread_shims`)."""
-        return thread_shims.run_inline(func, *args)
+        return thread_shims.run_inline(self, func, *args)
 
     def after_fork(self) -> None:
         """In the child: close this process's descriptors of the zygote's epoll
@@ -462,8 +456,7 @@ class Runtime:
         request.redirect = "manual"
         request._body_used = False
         request._body = self.receive_body(message.body, message.id)
-        request._cf = CfProperties(httpProtocol="HTTP/1.1",
-                                   clientAcceptEncoding=request.headers.get("accept-encoding"))
+        request._cf = workers.INCOMING
         return request
 
     def receive_body(self, body: Body | None, stream: int) -> bytes | IncomingBody | None:

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from .pyodide_shim import JsException
-from .sdk_types import Blob, File, FormData, encode_form, parse_form
+from .sdk_types import Blob, CfProperties, File, FormData, encode_form, parse_form
 from .streams import IncomingBody
 from .web_streams import ReadableStream
 
@@ -55,6 +55,10 @@ class PlatformError(JsException):
 # ---------------------------------------------------------------------------
 # Headers
 # ---------------------------------------------------------------------------
+
+#: ``Request._cf`` of a request from a client, until ``request.cf`` is read.
+INCOMING = object()
+
 
 def _normalized_url(url: str) -> str:
     """As JavaScript's URL gives it back: an http(s) URL without a path gets "/"."""
@@ -359,7 +363,11 @@ class Request(_Body):
     @property
     def cf(self) -> Any:
         """``request.cf``: for an incoming request, what is known of the client
-        (:class:`CfProperties`); for one built here, the ``cf`` it was given."""
+        (:class:`CfProperties`, built on first use: most handlers never ask);
+        for one built here, the ``cf`` it was given."""
+        if self._cf is INCOMING:
+            self._cf = CfProperties(httpProtocol="HTTP/1.1",
+                                    clientAcceptEncoding=self.headers.get("accept-encoding"))
         return self._cf
 
     @property
@@ -494,6 +502,16 @@ Response.json = _JsonDescriptor()  # type: ignore[assignment]
 # ---------------------------------------------------------------------------
 # fetch and the entry point
 # ---------------------------------------------------------------------------
+
+
+def as_request(resource: Any, method: str | None = None, headers: Any = None, body: Any = None,
+               redirect: str | None = None) -> Request:
+    """What a stub's ``fetch(resource, ...)`` sends: ``resource`` itself when it
+    is a Request given no overrides, else a new one (the fetch API's rule)."""
+    if isinstance(resource, Request) and method is None and headers is None and body is None \
+            and redirect is None:
+        return resource
+    return Request(resource, method=method, headers=headers, body=body, redirect=redirect)
 
 
 async def fetch(
