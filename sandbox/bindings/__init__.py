@@ -28,7 +28,7 @@ import msgspec
 from protocol.messages import Abort, BindingCall, SubFailed
 
 from .. import workers
-from ..pyodide_shim import JsException
+from ..pyodide_shim import JsException, JsNull
 from ..sdk_types import JsDict as AttrDict
 from ..streams import IncomingBody, pump
 
@@ -81,15 +81,18 @@ def options(positional: Any, keywords: dict[str, Any], where: str,
     return out
 
 
-def _builtin_bytes(value: Any) -> Any:
-    """``value`` with every bytes subclass (``Uint8Array``, ``ArrayBuffer``) made
-    plain bytes, which is all msgpack encodes."""
-    if isinstance(value, bytes):
+def plain(value: Any) -> Any:
+    """``value`` as msgpack takes it: JavaScript-side values from ``to_js``
+    made Python's own (typed arrays and buffers as bytes, ``jsnull`` as None,
+    attribute dicts as dicts)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, (list, tuple)):
-        return [_builtin_bytes(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: _builtin_bytes(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, JsNull):
+        return None
     return value
 
 
@@ -117,7 +120,7 @@ async def call(binding: str, method: str, args: list[Any], body: Any = None
     try:
         packed = msgspec.msgpack.encode(args)
     except TypeError:
-        args = _builtin_bytes(args)  # to_js(...) gives bytes subclasses
+        args = plain(args)  # to_js(...) gives bytes subclasses
         _plain(args, f"{method}()")
         packed = msgspec.msgpack.encode(args)
     except (ValueError, OverflowError):
@@ -247,4 +250,4 @@ def _load() -> None:
 _load()
 
 
-__all__ = ["AttrDict", "AttrList", "JsException", "call", "make", "options", "wrap"]
+__all__ = ["AttrDict", "AttrList", "JsException", "call", "make", "options", "plain", "wrap"]

@@ -17,8 +17,7 @@ import secrets
 from typing import Any
 
 from .. import workers
-from ..pyodide_shim import JsNull
-from . import call, kind
+from . import call, kind, plain
 
 #: (binding, id) whose code this child has handed over.
 _handed_over: set[tuple[str, str]] = set()
@@ -67,7 +66,7 @@ class WorkerStub:
         code = self._callback()
         if inspect.isawaitable(code):
             code = await code
-        await call(self._binding, "put", [self._id, _plain(code)])
+        await call(self._binding, "put", [self._id, plain(code)])
         _handed_over.add((self._binding, self._id))
 
     def __repr__(self) -> str:
@@ -82,11 +81,7 @@ class Entrypoint:
 
     async def fetch(self, resource: Any, method: str | None = None, headers: Any = None,
                     body: Any = None, redirect: str | None = None, **init: Any) -> workers.Response:
-        request = resource
-        if not isinstance(resource, workers.Request) or any(
-                v is not None for v in (method, headers, body, redirect)):
-            request = workers.Request(resource, method=method, headers=headers, body=body,
-                                      redirect=redirect)
+        request = workers.as_request(resource, method, headers, body, redirect)
         stub = self._stub
         if (stub._binding, stub._id) not in _handed_over:
             await stub._hand_over()
@@ -108,15 +103,3 @@ class Entrypoint:
     def __repr__(self) -> str:
         return f"<Entrypoint of {self._stub._id!r}>"
 
-
-def _plain(value: Any) -> Any:
-    """The code as plain data (JS-style dicts from ``to_js``, typed arrays, ``jsnull``)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, JsNull):
-        return None
-    return value
