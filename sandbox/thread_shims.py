@@ -35,11 +35,11 @@ NATIVE_SINGLE_THREADED = {
 }
 
 
-def run_inline(func: Callable[..., Any], *args: Any) -> asyncio.Future:
+def run_inline(loop: asyncio.AbstractEventLoop, func: Callable[..., Any], *args: Any) -> asyncio.Future:
     """``loop.run_in_executor(executor, func, *args)`` without a thread: ``func``
     runs now, in the calling invocation (where ``run_sync`` works), and the
     future it returns is already done."""
-    future = asyncio.get_event_loop().create_future()
+    future = loop.create_future()
     try:
         future.set_result(func(*args))
     except BaseException as exc:  # noqa: BLE001 - delivered to whoever awaits it
