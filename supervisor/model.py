@@ -49,6 +49,12 @@ def check_name(kind: str, name: object) -> str:
     return name
 
 
+def var_binding(name: str, value: Any) -> PlainText | Json:
+    """A variable as a binding, as Wrangler's ``vars`` make them: text stays
+    text, anything else is JSON."""
+    return PlainText(name=name, text=value) if isinstance(value, str) else Json(name=name, json=value)
+
+
 def module_path_ok(path: str) -> bool:
     """A module's name in a bundle becomes a file path and an import path:
     relative, no '..', no empty parts, nothing a filesystem reads otherwise."""

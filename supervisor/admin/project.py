@@ -46,9 +46,8 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Data", ("**/*.bin",)),
     ("CompiledWasm", ("**/*.wasm", "**/*.wasm?module")),
 )
-#: Module rule types a Python worker can use, and their upload Content-Type.
-RULE_TYPES = {"PythonModule": "text/x-python", "Text": "text/plain",
-              "Data": "application/octet-stream", "CompiledWasm": "application/wasm"}
+#: Module rule types a Python worker can use.
+RULE_TYPES = ("PythonModule", "Text", "Data", "CompiledWasm")
 #: The Content-Type a module goes up with, by extension (others: Data).
 MODULE_TYPES = {
     ".py": "text/x-python",
@@ -368,11 +367,7 @@ def _collect_assets(root: Path, config_path: Path, directory: str) -> dict[str, 
 
 def _bindings(config: WranglerConfig) -> list[model.BindingSpec]:
     bindings: list[model.BindingSpec] = []
-    for name, value in config.vars.items():
-        if isinstance(value, str):
-            bindings.append(model.PlainText(name=name, text=value))
-        else:
-            bindings.append(model.Json(name=name, json=value))
+    bindings += [model.var_binding(name, value) for name, value in config.vars.items()]
     for kv in config.kv_namespaces:
         bindings.append(model.KvNamespace(name=kv.binding, namespace_id=kv.id))
     for d1 in config.d1_databases:

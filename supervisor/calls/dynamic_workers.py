@@ -28,7 +28,7 @@ import posixpath
 from collections import OrderedDict
 from typing import Any
 
-from supervisor.model import Binding, Json, PlainText, ScriptRecord, content_version, module_path_ok
+from supervisor.model import Binding, ScriptRecord, content_version, module_path_ok, var_binding
 
 #: Dynamic workers kept at once on a host, and their code in bytes.
 MAX_WORKERS = 1024
@@ -184,13 +184,10 @@ def _env(raw: Any) -> list[Binding]:
     for name, value in raw.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise CodeError(f"env name {name!r} must be an identifier")
-        if isinstance(value, str):
-            bindings.append(PlainText(name=name, text=value))
-            continue
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError):
             raise CodeError(f"env value {name!r} must be plain data (text, numbers, lists, dicts); "
                             "binding stubs are not supported by Corral yet") from None
-        bindings.append(Json(name=name, json=value))
+        bindings.append(var_binding(name, value))
     return bindings
