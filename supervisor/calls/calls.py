@@ -339,7 +339,7 @@ class Calls:
         _close(body)
         if self.assets is None or record.assets is None:
             raise CallFailed("TypeError", "the script has no static assets")
-        if message.kind != "assets" or message.redirect == "manual":
+        if message.kind != "assets":  # a dispatch the assets answer first: no redirect is followed
             answer = await self.assets.answer(record, message.method, message.url, message.headers)
             return Head(answer.status, answer.headers, answer.body)
         # env.ASSETS.fetch(url) follows redirects as fetch() does (the request's
@@ -350,12 +350,12 @@ class Calls:
         except ValueError as exc:
             raise CallFailed("TypeError", str(exc)) from None
 
-        async def one_hop() -> Head:
+        async def one_hop(_body: BodySource | bytes | None) -> Head:
             answer = await self.assets.answer(record, policy.method.encode("latin-1"), policy.url,
                                               policy.headers)
             return Head(answer.status, answer.headers, answer.body)
 
-        return await _following(policy, one_hop)
+        return await _following(policy, one_hop, None)
 
     async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
                     body: BodySource | bytes | None, limits: Limits, outbound: Outbound | None,
@@ -385,13 +385,11 @@ class Calls:
         except ValueError as exc:
             _close(body)
             raise CallFailed("TypeError", str(exc)) from None
-        sent = [body]  # a 301/302 POST or a 303 goes on without it
-
-        async def one_hop() -> Head:
+        async def one_hop(sent: BodySource | bytes | None) -> Head:
             return await self._call_script(record, parent, policy.method.encode("latin-1"),
-                                           policy.url, policy.headers, sent[0], limits, None, params)
+                                           policy.url, policy.headers, sent, limits, None, params)
 
-        return await _following(policy, one_hop, lambda: sent.__setitem__(0, None))
+        return await _following(policy, one_hop, body)
 
     async def _http(self, message: SubRequest, body: BodySource | bytes | None,
                     parent: Invocation | None = None) -> Head:
@@ -456,13 +454,14 @@ async def _iterate(source: BodySource) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _following(policy: RedirectPolicy, one_hop: Callable[[], Awaitable[Head]],
-                     drop_body: Callable[[], None] = lambda: None) -> Head:
-    """fetch()'s redirect loop (supervisor.calls.redirects): ``one_hop()``
-    answers the policy's current request; ``drop_body()`` when the next hop
-    goes without the body."""
+async def _following(policy: RedirectPolicy,
+                     one_hop: Callable[[BodySource | bytes | None], Awaitable[Head]],
+                     body: BodySource | bytes | None) -> Head:
+    """fetch()'s redirect loop (supervisor.calls.redirects): ``one_hop(body)``
+    answers the policy's current request; a 301/302 POST or a 303 goes on
+    without the body."""
     while True:
-        head = await one_hop()
+        head = await one_hop(body)
         try:
             hop = policy.next_hop(head.status, _header(head.headers, b"location"))
         except RedirectError as exc:
@@ -473,7 +472,7 @@ async def _following(policy: RedirectPolicy, one_hop: Callable[[], Awaitable[Hea
             return head
         _close(head.body)
         if hop.drop_body:
-            drop_body()
+            body = None
 
 
 def _fetch_span(parent: Invocation | None, message: SubRequest) -> dict[str, Any]:
