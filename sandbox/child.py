@@ -563,7 +563,7 @@ class Runtime:
 
     async def _respond(self, inv: int, response: workers.Response) -> None:
         if response._body_used:
-            raise TypeError("the response's body was already read")
+            raise workers.BodyUsedError("the response's body was already read")
         sent, out = self.send_body(response._body, inv)
         self.send(ResponseStart(inv, response.status, response.headers._raw(), sent))
         if out is not None:
@@ -643,7 +643,7 @@ class Runtime:
         if parent == 0 or parent not in self.invocations:
             raise RuntimeError("fetch() can only be used while handling a request")
         if request._body_used:
-            raise TypeError("the request's body was already read")
+            raise workers.BodyUsedError("the request's body was already read")
         call = self._next_call
         self._next_call -= 1
         future = self.loop.create_future()

@@ -193,7 +193,11 @@ def _make_http() -> types.ModuleType:
     """``pyodide.http.pyfetch``: the brokered fetch with Pyodide's response names."""
     http = types.ModuleType("pyodide.http", "pyfetch over Corral's brokered fetch")
 
+    from .workers import BodyUsedError, HttpStatusError
+
     class FetchResponse:
+        """What ``pyfetch`` answers: Pyodide's names over a brokered response."""
+
         def __init__(self, response: Any) -> None:
             self.js_response = response
             self.status = response.status
@@ -201,27 +205,35 @@ def _make_http() -> types.ModuleType:
             self.ok = response.ok
             self.url = response.url
             self.redirected = response.redirected
+            self.type = response.type
             self.headers = dict(response.headers.items())
-            self.body_used = False
+
+        @property
+        def body_used(self) -> bool:
+            return self.js_response.body_used
 
         async def bytes(self) -> bytes:
-            self.body_used = True
             return await self.js_response.bytes()
 
+        async def buffer(self) -> ArrayBuffer:
+            return await self.js_response.buffer()
+
         async def text(self) -> str:
-            self.body_used = True
             return await self.js_response.text()
 
+        string = text
+
         async def json(self, **kwargs: Any) -> Any:
-            import json
-            return json.loads(await self.text(), **kwargs)
+            return await self.js_response.json(**kwargs)
 
         async def memoryview(self) -> memoryview:
             return memoryview(await self.bytes())
 
+        def clone(self) -> FetchResponse:
+            return FetchResponse(self.js_response.clone())
+
         def raise_for_status(self) -> None:
-            if not self.ok:
-                raise OSError(f"{self.status} {self.status_text} for url: {self.url}")
+            self.js_response.raise_for_status()
 
     async def pyfetch(url: str, **kwargs: Any) -> FetchResponse:
         from . import workers
@@ -240,6 +252,8 @@ def _make_http() -> types.ModuleType:
         return io.StringIO(run_sync(text()))
 
     http.FetchResponse = FetchResponse  # type: ignore[attr-defined]
+    http.HttpStatusError = HttpStatusError  # type: ignore[attr-defined]
+    http.BodyUsedError = BodyUsedError  # type: ignore[attr-defined]
     http.pyfetch = pyfetch  # type: ignore[attr-defined]
     http.open_url = open_url  # type: ignore[attr-defined]
     http.__getattr__ = _unavailable("pyodide.http")  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
-from .pyodide_shim import JsException
+from .pyodide_shim import ArrayBuffer, JsException
 from .sdk_types import Blob, CfProperties, File, FormData, encode_form, parse_form
 from .streams import IncomingBody
 from .web_streams import ReadableStream
@@ -216,6 +216,22 @@ def _encode_body(body: Any, headers: Headers, owner: str = "Response") -> Any:
     raise TypeError(f"Unsupported type in {owner}: {type(body).__name__}")
 
 
+class BodyUsedError(OSError, TypeError):
+    """A body read a second time. Pyodide's responses (and so the SDK's) raise
+    an ``OSError`` for it and JavaScript a ``TypeError``: code written for
+    either catches this one."""
+
+
+class HttpStatusError(OSError):
+    """What ``raise_for_status()`` raises for a 4xx or 5xx response, as
+    ``pyodide.http.HttpStatusError``: the status, its text and the URL."""
+
+    def __init__(self, status: int, status_text: str, url: str) -> None:
+        self.status, self.status_text, self.url = status, status_text, url
+        kind = "Client" if status < 500 else "Server"
+        super().__init__(f"{status} {kind} Error: {status_text} for url: {url}")
+
+
 class _Body:
     """Lazy body access for Request and Response."""
 
@@ -230,7 +246,7 @@ class _Body:
 
     async def bytes(self) -> bytes:
         if self._body_used:
-            raise TypeError("body already used")
+            raise BodyUsedError("body already used")
         self._body_used = True
         body = self._body
         if body is None:
@@ -244,13 +260,24 @@ class _Body:
             parts.append(chunk.encode() if isinstance(chunk, str) else bytes(chunk))
         return b"".join(parts)
 
-    arrayBuffer = bytes  # noqa: N815 - fetch API name
+    async def buffer(self) -> ArrayBuffer:
+        """The body as an ``ArrayBuffer`` (bytes with Pyodide's ``to_bytes()``,
+        ``to_py()`` and ``byteLength``), as the SDK's ``buffer()`` gives it."""
+        return ArrayBuffer(await self.bytes())
+
+    arrayBuffer = buffer  # noqa: N815 - fetch API name
+
+    async def memoryview(self) -> memoryview:
+        return memoryview(await self.bytes())
 
     async def text(self) -> str:
         return (await self.bytes()).decode("utf-8", errors="replace")
 
-    async def json(self) -> Any:
-        return _json.loads(await self.bytes())
+    string = text  # Pyodide's older name
+
+    async def json(self, **kwargs: Any) -> Any:
+        """The body parsed as JSON; ``kwargs`` go to :func:`json.loads` (as in the SDK)."""
+        return _json.loads(await self.bytes(), **kwargs)
 
     async def form_data(self) -> FormData:
         """The body as FormData (multipart or urlencoded), as ``formData()`` in JS."""
@@ -270,7 +297,7 @@ class _Body:
         if self._body is None:
             return None
         if self._body_used:
-            raise TypeError("body already used")
+            raise BodyUsedError("body already used")
         self._body_used = True
         body = self._body
         if isinstance(body, bytes):
@@ -287,7 +314,7 @@ class _Body:
         if body is None or isinstance(body, bytes):
             return body
         if self._body_used:
-            raise TypeError("cannot clone: body already used")
+            raise BodyUsedError("cannot clone: body already used")
         source = body
         buffered: list[bytes] = []
         done = False
@@ -311,6 +338,14 @@ class _Body:
 # ---------------------------------------------------------------------------
 # Request
 # ---------------------------------------------------------------------------
+
+
+def _cache_mode(mode: Any) -> str:
+    """Workers honour ``cache: "no-store"`` and ``"no-cache"`` on a request;
+    any other mode is refused with Cloudflare's own wording."""
+    if mode not in ("no-store", "no-cache"):
+        raise TypeError(f"Unsupported cache mode: {mode}")
+    return str(mode)
 
 
 class Request(_Body):
@@ -348,6 +383,10 @@ class Request(_Body):
             self._cf = None
         if init.get("cf") is not None:
             self._cf = init["cf"]  # cache and image options: accepted, no edge to apply them
+        if init.get("cache") is not None:
+            self.cache = _cache_mode(init["cache"])
+        elif isinstance(input, Request):
+            self.cache = input.cache
         if method is not None:
             self._method = method.upper()
         if headers is not None:
@@ -359,6 +398,14 @@ class Request(_Body):
         self._body_used = False
         if self._method in ("GET", "HEAD") and self._body not in (None, b""):
             raise TypeError(f"a {self._method} request cannot have a body")
+
+    #: What workerd's Request has beyond the above (the Fetch standard's
+    #: browser-only fields, ``mode``, ``credentials``, ``referrer`` and the
+    #: like, it has not, nor has the SDK's request over it): ``cache`` is
+    #: undefined (``None``) unless set, ``integrity`` empty, no ``keepalive``.
+    cache: str | None = None
+    integrity = ""
+    keepalive = False
 
     @property
     def cf(self) -> Any:
@@ -384,6 +431,7 @@ class Request(_Body):
         copy.headers = Headers(self.headers)
         copy.redirect = self.redirect
         copy._cf = self._cf
+        copy.cache = self.cache
         copy._body_used = False
         copy._body = self._tee()
         return copy
@@ -428,11 +476,24 @@ class Response(_Body):
         self.url = ""
         self.redirected = False
 
+    #: The Fetch standard's response type; every response a worker sees is "default".
+    type = "default"
+
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
     statusText = property(lambda self: self.status_text)  # noqa: N815
+
+    def raise_for_status(self) -> None:
+        """Raise :class:`HttpStatusError` for a 4xx or 5xx status (Pyodide's FetchResponse API)."""
+        if 400 <= self.status < 600:
+            raise HttpStatusError(self.status, self.status_text, self.url)
+
+    @property
+    def js_object(self) -> Response:
+        """The response as JavaScript sees it: here, itself."""
+        return self
 
     @classmethod
     def json(  # type: ignore[override]  # classmethod on the class, .json() on instances
@@ -529,7 +590,7 @@ async def fetch(
     the platform's outbound worker if the dispatcher set one, and is counted
     against the invocation's subrequest limit.
     """
-    request = Request(resource, method=method, headers=headers, body=body, redirect=redirect)
+    request = Request(resource, method=method, headers=headers, body=body, redirect=redirect, **init)
     return await _runtime.sub_request("fetch", request)
 
 

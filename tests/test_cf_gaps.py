@@ -362,3 +362,78 @@ def test_urllib_request_follows_redirects_and_sends_bodies(clients, upstream):
     assert resp.status == 200, (resp, clients.log())
     assert resp.json() == {"followed": {"url": upstream.url("/echo/final"), "path": "/echo/final"},
                            "method": "PUT", "body": "abc", "x_urllib": "1"}
+
+
+SDK_BODIES = '''
+import decimal
+import json
+
+from pyodide.http import BodyUsedError, HttpStatusError, pyfetch
+from workers import Request, Response, WorkerEntrypoint, fetch
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        target = request.headers.get("x-target")
+        out = {}
+        price = (await request.json(parse_float=decimal.Decimal))["price"]
+        out["json_kwargs"] = f"{type(price).__name__}:{price}"
+        try:
+            await request.text()
+        except OSError as e:  # Pyodide's (and the SDK's) class; JavaScript's is a TypeError
+            out["reread"] = [type(e).__name__, isinstance(e, TypeError), isinstance(e, BodyUsedError)]
+        out["request_fields"] = [request.cache, request.integrity, request.keepalive]
+        try:
+            Request("https://x.example/", cache="default")
+        except TypeError as e:
+            out["bad_cache"] = str(e)
+        out["no_store"] = Request("https://x.example/", cache="no-store").clone().cache
+        r = await fetch(target + "/echo/sdk", method="POST", body="abc", cache="no-store")
+        buf = await r.clone().buffer()
+        out["buffer"] = [buf.byteLength == len(buf.to_bytes()), json.loads(buf.to_bytes())["body"]]
+        out["string"] = json.loads(await r.clone().string())["path"]
+        out["memoryview"] = bytes(await r.clone().memoryview())[:1].decode()
+        out["type"], out["js_object"] = r.type, r.js_object is r
+        r.raise_for_status()
+        try:
+            Response("gone", status=404).raise_for_status()
+        except HttpStatusError as e:
+            out["status_error"] = [e.status, e.status_text, str(e), isinstance(e, OSError)]
+        p = await pyfetch(target + "/echo/pyfetch")
+        p.raise_for_status()
+        out["pyfetch"] = [(await p.clone().json())["path"], (await p.buffer()).to_bytes()[:1].decode(),
+                          p.type, p.body_used]
+        try:
+            await p.text()
+        except BodyUsedError:
+            out["pyfetch_reread"] = True
+        return Response.json(out)
+'''
+
+
+def test_sdk_body_and_response_helpers(corral, upstream):
+    """What the SDK's Request/Response (over Pyodide's FetchResponse) offer
+    beyond the fetch API: ``json(**kwargs)``, ``buffer()``, ``string()``,
+    ``memoryview()``, ``raise_for_status()`` with ``HttpStatusError``, a body
+    read twice as an ``OSError`` that is also JavaScript's ``TypeError``,
+    ``cache``/``integrity``/``keepalive`` and ``cache: "no-store"``."""
+    deploy(corral, "sdkbodies", SDK_BODIES)
+    resp = corral.request("/", host="sdkbodies.localhost", method="POST", body=b'{"price": 1.10}',
+                          headers={"x-target": upstream.url("").rstrip("/"),
+                                   "content-type": "application/json"})
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json() == {
+        "json_kwargs": "Decimal:1.10",
+        "reread": ["BodyUsedError", True, True],
+        "request_fields": [None, "", False],
+        "bad_cache": "Unsupported cache mode: default",
+        "no_store": "no-store",
+        "buffer": [True, "abc"],
+        "string": "/echo/sdk",
+        "memoryview": "{",
+        "type": "default",
+        "js_object": True,
+        "status_error": [404, "Not Found", "404 Client Error: Not Found for url: ", True],
+        "pyfetch": ["/echo/pyfetch", "{", "default", True],
+        "pyfetch_reread": True,
+    }
