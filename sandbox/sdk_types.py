@@ -90,18 +90,18 @@ def python_to_rpc(value: Any) -> Any:
 class Blob:
     """Immutable bytes with a MIME type (``Blob(["a", b"b"], type="text/plain")``)."""
 
-    def __init__(self, parts: Any = None, type: str = "", endings: str = "transparent",  # noqa: A002
-                 content_type: str | None = None) -> None:
+    def __init__(self, blob_parts: Any = None, type: str = "",  # noqa: A002
+                 endings: str = "transparent", content_type: str | None = None) -> None:
         if content_type is not None:  # the SDK's spelling
             type = content_type  # noqa: A001
-        elif isinstance(parts, Blob) and not type:
-            type = parts.type  # noqa: A001 - Blob(blob) keeps its type, Blob([blob]) does not
-        if parts is None:
+        elif isinstance(blob_parts, Blob) and not type:
+            type = blob_parts.type  # noqa: A001 - Blob(blob) keeps its type, Blob([blob]) does not
+        if blob_parts is None:
             data = b""
-        elif isinstance(parts, (bytes, bytearray, memoryview, str, Blob)):
-            data = _part_bytes(parts)
+        elif isinstance(blob_parts, (bytes, bytearray, memoryview, str, Blob)):
+            data = _part_bytes(blob_parts)
         else:
-            data = b"".join(_part_bytes(p) for p in parts)
+            data = b"".join(_part_bytes(p) for p in blob_parts)
         self._data = data
         self.type = type.lower()
 
@@ -137,12 +137,16 @@ class Blob:
 class File(Blob):
     """A Blob with a name and a modification time."""
 
-    def __init__(self, parts: Any, filename: str, type: str = "",  # noqa: A002
-                 last_modified: float | None = None, content_type: str | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(parts, type=type, content_type=content_type)
+    def __init__(self, blob_parts: Any, filename: str, type: str = "",  # noqa: A002
+                 endings: str = "transparent", last_modified: int | None = None,
+                 content_type: str | None = None, **kwargs: Any) -> None:
+        # The SDK's order (parts, name, content type, endings, last modified).
+        super().__init__(blob_parts, type=type, endings=endings, content_type=content_type)
+        if isinstance(blob_parts, File) and last_modified is None:
+            last_modified = blob_parts.last_modified  # File(file) keeps its time, as in the SDK
         self.name = filename
-        self.last_modified = kwargs.get("lastModified", last_modified) or time.time() * 1000
+        #: Milliseconds since the epoch, an integer as JavaScript's ``lastModified``.
+        self.last_modified = int(kwargs.get("lastModified", last_modified) or time.time() * 1000)
 
     lastModified = property(lambda self: self.last_modified)  # noqa: N815
 
@@ -173,6 +177,11 @@ class FormData:
 
     def append(self, name: str, value: Any, filename: str | None = None) -> None:
         self._items.append((str(name), _form_value(value, filename)))
+
+    @property
+    def js_object(self) -> FormData:
+        """What the SDK's FormData wraps: here the FormData itself."""
+        return self
 
     def set(self, name: str, value: Any, filename: str | None = None) -> None:
         self.delete(name)

@@ -369,13 +369,18 @@ import decimal
 import json
 
 from pyodide.http import BodyUsedError, HttpStatusError, pyfetch
-from workers import Request, Response, WorkerEntrypoint, fetch
+from workers import Blob, File, FormData, Request, Response, WorkerEntrypoint, fetch
 
 
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
         target = request.headers.get("x-target")
         out = {}
+        f = File([b"ab"], "a.txt", "text/plain", "transparent", 1234)  # the SDK's argument order
+        out["file"] = [f.name, f.content_type, f.last_modified, File(f, "b.txt").last_modified,
+                       type(File([b""], "c").last_modified).__name__]
+        form = FormData({"k": "v"})
+        out["blob"] = [Blob(blob_parts=["x", b"y"]).size, form.js_object is form]
         price = (await request.json(parse_float=decimal.Decimal))["price"]
         out["json_kwargs"] = f"{type(price).__name__}:{price}"
         try:
@@ -416,13 +421,16 @@ def test_sdk_body_and_response_helpers(corral, upstream):
     beyond the fetch API: ``json(**kwargs)``, ``buffer()``, ``string()``,
     ``memoryview()``, ``raise_for_status()`` with ``HttpStatusError``, a body
     read twice as an ``OSError`` that is also JavaScript's ``TypeError``,
-    ``cache``/``integrity``/``keepalive`` and ``cache: "no-store"``."""
+    ``cache``/``integrity``/``keepalive`` and ``cache: "no-store"``; ``File``
+    and ``Blob`` take the SDK's argument order and names."""
     deploy(corral, "sdkbodies", SDK_BODIES)
     resp = corral.request("/", host="sdkbodies.localhost", method="POST", body=b'{"price": 1.10}',
                           headers={"x-target": upstream.url("").rstrip("/"),
                                    "content-type": "application/json"})
     assert resp.status == 200, (resp, corral.log())
     assert resp.json() == {
+        "file": ["a.txt", "text/plain", 1234, 1234, "int"],
+        "blob": [2, True],
         "json_kwargs": "Decimal:1.10",
         "reread": ["BodyUsedError", True, True],
         "request_fields": [None, "", False],
