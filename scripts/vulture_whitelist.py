@@ -82,6 +82,8 @@ getAll
 formData
 _.clone
 _.js_object
+_.integrity  # Request.integrity, tenant API (sandbox/workers.py)
+_.keepalive  # Request.keepalive, tenant API (sandbox/workers.py)
 _.from_json
 pass_through_on_exception
 # sandbox/workers_asgi.py (Cloudflare's asgi module has websocket(); Corral refuses it)
@@ -180,6 +182,7 @@ KVHandler  # @register (supervisor/bindings/kv.py)
 QueueHandler  # @register (supervisor/bindings/queues.py)
 R2Handler  # @register (supervisor/bindings/r2.py)
 WorkerLoaderHandler  # @register (supervisor/bindings/worker_loader.py)
+RateLimitHandler  # @register (supervisor/bindings/rate_limit.py)
 # R2Handler.call looks up getattr(self, "_" + method) (supervisor/bindings/r2.py)
 _._createMultipartUpload
 _._uploadPart

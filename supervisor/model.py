@@ -218,6 +218,32 @@ class WorkerLoader(_Binding, tag="worker_loader"):
     (supervisor.calls.dynamic_workers)."""
 
 
+class RateLimitSimple(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """A rate limit's ``simple`` rule: ``limit`` calls per key every ``period``
+    seconds (Cloudflare allows 10 or 60); once over it, a key stays refused for
+    ``mitigation_timeout`` seconds when that is set (0, 10, or whole minutes up
+    to a day, and at least the period)."""
+
+    limit: Annotated[float, msgspec.Meta(gt=0)]
+    period: Literal[10, 60]
+    mitigation_timeout: Annotated[int, msgspec.Meta(ge=0, le=86400)] = 0
+
+    def __post_init__(self) -> None:
+        timeout = self.mitigation_timeout
+        if timeout and (timeout < self.period or (timeout != 10 and timeout % 60)):
+            raise Invalid(f"mitigation_timeout must be 0, 10 or a multiple of 60 up to 86400, and "
+                             f"at least the period ({self.period}), not {timeout}")
+
+
+class RateLimit(_Binding, tag="ratelimit"):
+    """``await env.NAME.limit(key=...)`` -> ``{"success": bool}``: Cloudflare's
+    Rate Limiting binding; its counters are keyed by ``namespace_id`` within the
+    script's dispatch namespace (supervisor.bindings.rate_limit)."""
+
+    namespace_id: NonEmpty
+    simple: RateLimitSimple
+
+
 class Inherit(_Binding, tag="inherit"):
     """Upload only: keep the deployed binding of this name (how a redeploy
     keeps a secret it never sees again)."""
@@ -225,13 +251,15 @@ class Inherit(_Binding, tag="inherit"):
 
 #: Every binding a stored script may hold.
 Binding = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service, DispatchNamespace,
-                Assets, DurableObjectNamespace, Queue, WorkerLoader]
+                Assets, DurableObjectNamespace, Queue, WorkerLoader, RateLimit]
 #: What upload metadata may say (``inherit`` is resolved at the edge).
 BindingSpec = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service,
-                    DispatchNamespace, Assets, DurableObjectNamespace, Queue, WorkerLoader, Inherit]
+                    DispatchNamespace, Assets, DurableObjectNamespace, Queue, WorkerLoader, RateLimit,
+                    Inherit]
 #: Bindings the supervisor serves through ``BindingCall`` (supervisor.bindings):
 #: the child sees only their name and type. Durable Objects and queues join here.
-BROKERED: tuple[type, ...] = (KvNamespace, D1, R2Bucket, DurableObjectNamespace, Queue, WorkerLoader)
+BROKERED: tuple[type, ...] = (KvNamespace, D1, R2Bucket, DurableObjectNamespace, Queue, WorkerLoader,
+                              RateLimit)
 BINDING_TYPES = tuple(cls.__struct_config__.tag for cls in BindingSpec.__args__)  # type: ignore[attr-defined]
 
 

@@ -168,6 +168,18 @@ class _WorkerLoader(msgspec.Struct):
     binding: str
 
 
+class _RateLimitSimple(msgspec.Struct):
+    limit: float
+    period: int
+    mitigation_timeout: int = 0
+
+
+class _RateLimit(msgspec.Struct):
+    name: str
+    namespace_id: str | int
+    simple: _RateLimitSimple
+
+
 class _Triggers(msgspec.Struct):
     crons: list[str] = []
 
@@ -199,6 +211,7 @@ class WranglerConfig(msgspec.Struct):
     migrations: list[Any] = []
     queues: _Queues | None = None
     worker_loaders: list[_WorkerLoader] = []
+    ratelimits: list[_RateLimit] = []
     rules: list[_Rule] = []
 
 
@@ -214,7 +227,7 @@ class CorralConfig(WranglerConfig, forbid_unknown_fields=True):
 UNSUPPORTED_KEYS = frozenset({
     "workflows", "ai", "vectorize", "hyperdrive",
     "analytics_engine_datasets", "browser", "mtls_certificates", "send_email", "unsafe",
-    "containers", "version_metadata", "images", "secrets_store_secrets", "ratelimits",
+    "containers", "version_metadata", "images", "secrets_store_secrets",
     "pipelines", "wasm_modules", "text_blobs", "data_blobs", "site", "env",
     "unsafe_hello_world", "dispatch_namespaces_outbound", "logfwdr", "tail_consumers_streaming",
 })
@@ -399,6 +412,11 @@ def _bindings(config: WranglerConfig) -> list[model.BindingSpec]:
     for producer in config.queues.producers if config.queues else []:
         bindings.append(model.Queue(name=producer.binding, queue_name=producer.queue,
                                     delivery_delay=producer.delivery_delay))
+    for rate in config.ratelimits:
+        bindings.append(model.RateLimit(
+            name=rate.name, namespace_id=str(rate.namespace_id),
+            simple=model.RateLimitSimple(limit=rate.simple.limit, period=rate.simple.period,  # type: ignore[arg-type]
+                                         mitigation_timeout=rate.simple.mitigation_timeout)))
     return bindings
 
 
