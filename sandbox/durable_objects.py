@@ -15,7 +15,7 @@ import datetime
 import functools
 import inspect
 from collections.abc import Callable, Coroutine, Generator, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -248,15 +248,31 @@ class DurableObjectStorage:
         return "<DurableObjectStorage>"
 
 
+class DurableObjectAborted(BaseException):
+    """``ctx.abort(reason)``: the object is reset and the call that aborted it
+    fails. As on Cloudflare, where abort unwinds the isolate, the handler's
+    own ``except Exception`` cannot catch it."""
+
+
 class DurableObjectState(workers.Context):
     """``self.ctx`` of a Durable Object: ``id``, ``storage``, ``waitUntil``,
-    ``blockConcurrencyWhile``."""
+    ``blockConcurrencyWhile``, ``abort``."""
 
     def __init__(self, invocation: int, object_id: str, name: str | None) -> None:
         super().__init__(invocation)
         self.id = DurableObjectId(object_id, name)
         self.storage = DurableObjectStorage()
         self._blocking: list[Any] = []
+        #: Drops this object's instance (set once it exists; see Objects.serve).
+        self._evict: Callable[[], None] | None = None
+
+    def abort(self, reason: str | None = None) -> NoReturn:
+        """Reset the object: its instance (and every value it holds in memory)
+        is dropped, the next event builds a new one over the same storage, and
+        the current call fails with ``reason``."""
+        if self._evict is not None:
+            self._evict()
+        raise DurableObjectAborted(reason or "the Durable Object was aborted")
 
     def waitUntil(self, awaitable: Any) -> None:  # noqa: N802 - Workers API name
         workers._runtime.wait_until(workers.current_invocation.get(), awaitable)
@@ -286,6 +302,11 @@ class Objects:
     def __init__(self) -> None:
         self.instances: dict[tuple[str, str], Any] = {}
 
+    def _drop(self, key: tuple[str, str], instance: Any) -> None:
+        """Forget ``instance`` (an aborted object), unless a newer one took its place."""
+        if self.instances.get(key) is instance:
+            del self.instances[key]
+
     async def serve(self, module: Any, event: DurableObjectEvent, inv: int, env: Any,
                     request: workers.Request) -> workers.Response:
         key = (event.class_name, event.object_id)
@@ -301,6 +322,7 @@ class Objects:
                                 "(DurableObject)` in its main module")
             state = DurableObjectState(inv, event.object_id, event.name)
             instance = cls(state, env)
+            state._evict = functools.partial(self._drop, key, instance)
             for pending in state._blocking:
                 await pending
             state._blocking.clear()

@@ -100,6 +100,14 @@ class Counter(DurableObject):
     async def sqlget(self):
         return [r.v for r in (await self.ctx.storage.sql.exec("SELECT v FROM k")).toArray()]
 
+    async def abort_me(self, reason, catch=False):
+        if not catch:
+            self.ctx.abort(reason)
+        try:
+            self.ctx.abort(reason)
+        except Exception:
+            return "the handler caught the abort"
+
     async def disarm(self):
         await self.ctx.storage.deleteAlarm()
         return await self.ctx.storage.getAlarm()
@@ -232,6 +240,30 @@ def test_namespaces_are_isolated(server):
     # Even with the same id string, the other namespace sees its own object.
     again = h.ok(server, "counter", 'return (await env.COUNTER.getByName("shared").info())["n"]')
     assert again == 10
+
+
+def test_abort_resets_the_object_and_fails_the_call(server):
+    result = h.ok(server, "counter", """
+stub = env.COUNTER.getByName("aborted")
+await stub.increment(2)
+before = await stub.info()
+failures = []
+for catch in (False, True):
+    try:
+        await stub.abort_me("reset on purpose", catch)
+    except Exception as e:
+        failures.append(str(e))
+after = await stub.info()
+return {"before": before["calls"], "failures": failures, "after": after["calls"], "n": after["n"],
+        "new_instances": after["instances"] - before["instances"]}
+""")
+    # Each abort failed its call (an ``except Exception`` in the handler does
+    # not stop it) and dropped the instance: the next call built a new one,
+    # with no calls counted in memory, over the same storage.
+    assert len(result["failures"]) == 2, result
+    assert all("reset on purpose" in f for f in result["failures"]), result
+    assert result["before"] == 1 and result["after"] == 0 and result["n"] == 2, result
+    assert result["new_instances"] == 2, result
 
 
 def test_idle_object_is_evicted_and_comes_back_with_its_state(server):
