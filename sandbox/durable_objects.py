@@ -11,6 +11,7 @@ supervisor knows which object's storage from the invocation that makes them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import functools
 import inspect
@@ -237,15 +238,58 @@ class DurableObjectStorage:
     get_alarm, set_alarm, delete_alarm = getAlarm, setAlarm, deleteAlarm
 
     async def transaction(self, closure: Any) -> Any:
-        """Runs ``closure(txn)``; the object's input gate already keeps others out."""
-        result = closure(self)
-        return await result if inspect.isawaitable(result) else result
+        """``closure(txn)`` all or nothing: what it writes is kept only if it
+        returns without raising and without ``txn.rollback()``. Nests."""
+        await call(DO_STORAGE, "txBegin", [])
+        txn = Transaction(self)
+        try:
+            result = closure(txn)
+            if inspect.isawaitable(result):
+                result = await result
+        except BaseException:
+            # If the supervisor cannot hear it (the invocation is over), it
+            # abandons the transaction itself at the object's next call.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(call(DO_STORAGE, "txRollback", []))
+            raise
+        await call(DO_STORAGE, "txRollback" if txn.rolled_back else "txCommit", [])
+        return result
+
+    def transactionSync(self, callback: Any) -> Any:  # noqa: N802 - Workers API name
+        """``callback()`` all or nothing, synchronously (its storage calls are
+        the synchronous ones: ``sql.exec``, ``kv``)."""
+        run_sync(call(DO_STORAGE, "txBegin", []))
+        try:
+            result = callback()
+        except BaseException:
+            run_sync(call(DO_STORAGE, "txRollback", []))
+            raise
+        run_sync(call(DO_STORAGE, "txCommit", []))
+        return result
+
+    transaction_sync = transactionSync
 
     async def sync(self) -> None:
         """Every write is durable when its call returns."""
 
     def __repr__(self) -> str:
         return "<DurableObjectStorage>"
+
+
+class Transaction:
+    """``txn`` of ``storage.transaction(closure)``: the storage's own methods
+    (they run inside the transaction), plus ``rollback()``."""
+
+    def __init__(self, storage: DurableObjectStorage) -> None:
+        self._storage = storage
+        self.rolled_back = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    def rollback(self) -> None:
+        """Nothing the transaction wrote is kept, whatever the closure does next."""
+        self.rolled_back = True
 
 
 class DurableObjectAborted(BaseException):

@@ -67,6 +67,7 @@ _.transaction
 _.sync
 delete_alarm
 block_concurrency_while
+transaction_sync  # storage.transaction_sync, tenant API (sandbox/durable_objects.py)
 # sandbox/events.py
 no_retry
 # sandbox/queue_batch.py

@@ -108,6 +108,54 @@ class Counter(DurableObject):
         except Exception:
             return "the handler caught the abort"
 
+    async def tx(self, mode):
+        s = self.ctx.storage
+
+        async def writes(txn):
+            await txn.put("tx", mode)
+            await txn.sql.exec("CREATE TABLE IF NOT EXISTS txt (v TEXT)")
+            await txn.sql.exec("INSERT INTO txt VALUES (?)", mode)
+            if mode == "throw":
+                raise ValueError("undo it all")
+            if mode == "rollback":
+                txn.rollback()
+            if mode == "nested":
+                async def inner(txn2):
+                    await txn2.put("inner", 1)
+                    raise KeyError("inner only")
+                try:
+                    await s.transaction(inner)
+                except KeyError:
+                    pass
+            return "closure result"
+
+        def sync_writes():
+            s.kv.put("tx", mode)
+            s.sql.exec("CREATE TABLE IF NOT EXISTS txt (v TEXT)")
+            s.sql.exec("INSERT INTO txt VALUES (?)", mode)
+            if mode == "sync-throw":
+                raise ValueError("undo it all")
+            if mode == "die":
+                import os
+                os._exit(3)  # the child dies inside the transaction
+            return "callback result"
+
+        await s.deleteAll()
+        try:
+            if mode.startswith("sync") or mode == "die":
+                result = s.transactionSync(sync_writes)
+            else:
+                result = await s.transaction(writes)
+        except Exception as e:
+            result = f"{type(e).__name__}: {e}"
+        return {"result": result, **(await self.tx_state())}
+
+    async def tx_state(self):
+        s = self.ctx.storage
+        tables = (await s.sql.exec("SELECT count(*) AS n FROM sqlite_master WHERE name = 'txt'")).one().n
+        rows = [r.v for r in (await s.sql.exec("SELECT v FROM txt")).toArray()] if tables else []
+        return {"tx": await s.get("tx"), "inner": await s.get("inner"), "rows": rows}
+
     async def disarm(self):
         await self.ctx.storage.deleteAlarm()
         return await self.ctx.storage.getAlarm()
@@ -264,6 +312,35 @@ return {"before": before["calls"], "failures": failures, "after": after["calls"]
     assert all("reset on purpose" in f for f in result["failures"]), result
     assert result["before"] == 1 and result["after"] == 0 and result["n"] == 2, result
     assert result["new_instances"] == 2, result
+
+
+@pytest.mark.parametrize("mode, result, kept", [
+    ("commit", "closure result", True),
+    ("throw", "ValueError: undo it all", False),
+    ("rollback", "closure result", False),
+    ("nested", "closure result", True),
+    ("sync", "callback result", True),
+    ("sync-throw", "ValueError: undo it all", False),
+])
+def test_transactions_keep_all_or_nothing(server, mode, result, kept):
+    out = h.ok(server, "counter", f'return await env.COUNTER.getByName("tx-{mode}").tx("{mode}")')
+    assert out["result"] == result, out
+    assert out["tx"] == (mode if kept else None), out
+    assert out["rows"] == ([mode] if kept else []), out
+    assert out["inner"] is None, out  # a nested transaction that raised keeps nothing
+
+
+def test_a_transaction_whose_child_died_is_not_kept(server):
+    # The object runs in the caller's child here: the request fails with it.
+    died = server.request("/", host="counter.localhost", method="POST", headers={"x-ns": "default"},
+                          body='return await env.COUNTER.getByName("tx-die").tx("die")')
+    assert died.status == 502 and b"ended unexpectedly" in died.body, died
+    # The object's next call (in a new child) finds nothing of it, and its own
+    # writes are kept: the abandoned transaction did not swallow them.
+    after = h.ok(server, "counter", 'return await env.COUNTER.getByName("tx-die").tx_state()')
+    assert after == {"tx": None, "inner": None, "rows": []}, after
+    h.ok(server, "counter", 'return await env.COUNTER.getByName("tx-die").increment(5)')
+    assert h.ok(server, "counter", 'return await env.COUNTER.getByName("tx-die").peek("n")') == 5
 
 
 def test_idle_object_is_evicted_and_comes_back_with_its_state(server):

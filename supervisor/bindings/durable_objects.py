@@ -109,12 +109,41 @@ class DurableObjectStorageHandler:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.alarms = alarms_of(services)
+        #: Open transactions by object database: the invocation that opened
+        #: them and how deep they are nested.
+        self.transactions: dict[str, tuple[int, int]] = {}
 
     async def _run(self, ctx: Context, fn: Any, *args: Any) -> Any:
-        return await self.services.databases.run(object_path(self.services, ctx.scope), st.setup,
-                                                 fn, *args)
+        path = object_path(self.services, ctx.scope)
+        open_ = self.transactions.get(path)
+        if open_ is not None and open_[0] != _caller(ctx):
+            # Only one event runs in an object at a time: a transaction left
+            # open by another invocation belongs to one that ended (or whose
+            # child died) before closing it. Nothing of it is kept.
+            del self.transactions[path]
+            await self.services.databases.run(path, st.setup, st.txn_abandon)
+        return await self.services.databases.run(path, st.setup, fn, *args)
+
+    async def _transaction(self, ctx: Context, method: str) -> Reply:
+        """``txBegin`` opens a (nested) transaction; ``txCommit`` / ``txRollback`` close the innermost."""
+        path = object_path(self.services, ctx.scope)
+        depth = self.transactions.get(path, (0, 0))[1]
+        if method == "txBegin":
+            await self._run(ctx, st.txn_begin, depth + 1)
+            self.transactions[path] = (_caller(ctx), depth + 1)
+            return Reply(depth + 1)
+        if depth == 0 or self.transactions[path][0] != _caller(ctx):
+            raise BindingError("no transaction is open in this call")
+        if depth == 1:
+            del self.transactions[path]
+        else:
+            self.transactions[path] = (_caller(ctx), depth - 1)
+        await self.services.databases.run(path, st.setup, st.txn_end, depth, method == "txCommit")
+        return Reply(None)
 
     async def call(self, ctx: Context, method: str, args: list[Any]) -> Reply:
+        if method in ("txBegin", "txCommit", "txRollback"):
+            return await self._transaction(ctx, method)
         if method == "get":
             keys = arg(args, 0)
             many = isinstance(keys, list)
@@ -181,6 +210,11 @@ class DurableObjectStorageHandler:
 
     def close(self) -> None:
         pass
+
+
+def _caller(ctx: Context) -> int:
+    """The invocation that makes a call (a transaction belongs to it)."""
+    return ctx.invocation.id if ctx.invocation is not None else 0
 
 
 def _key(ctx: Context) -> tuple[str, str, str, str]:

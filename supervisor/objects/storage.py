@@ -61,14 +61,42 @@ def check_value(value: Any) -> bytes:
 
 
 def _tx(conn: sqlite3.Connection, fn: Any, *args: Any) -> Any:
-    conn.execute("BEGIN IMMEDIATE")
+    """``fn`` all or nothing: a savepoint, so that inside an open transaction
+    (``transaction()``) it nests, and outside one it is its own transaction."""
+    conn.execute("SAVEPOINT corral_op")
     try:
         out = fn(conn, *args)
-        conn.execute("COMMIT")
-        return out
     except BaseException:
-        conn.execute("ROLLBACK")
+        conn.execute("ROLLBACK TO corral_op")
+        conn.execute("RELEASE corral_op")
         raise
+    conn.execute("RELEASE corral_op")
+    return out
+
+
+# -- transactions (``ctx.storage.transaction`` / ``transactionSync``) ---------------
+# One savepoint per level, open across the calls the closure makes; the
+# handler (supervisor.bindings.durable_objects) keeps who opened them.
+
+def txn_begin(conn: sqlite3.Connection, depth: int) -> None:
+    conn.execute(f"SAVEPOINT corral_txn_{depth}")
+
+
+def txn_end(conn: sqlite3.Connection, depth: int, commit: bool) -> None:
+    """Commit (release) or roll back level ``depth``; a level the database no
+    longer has (it was closed, which rolled it back) is an error saying so."""
+    try:
+        if not commit:
+            conn.execute(f"ROLLBACK TO corral_txn_{depth}")
+        conn.execute(f"RELEASE corral_txn_{depth}")
+    except sqlite3.OperationalError as exc:
+        raise BindingError(f"the transaction was lost and nothing of it was written ({exc})") from None
+
+
+def txn_abandon(conn: sqlite3.Connection) -> None:
+    """Roll back whatever transaction is open (its caller is gone)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 def get(conn: sqlite3.Connection, keys: list[str]) -> list[tuple[str, bytes]]:
@@ -163,7 +191,7 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any]) -> dict[str
     if not statements:
         raise BindingError("SQL query must not be empty", "Error")
     rows_before = conn.total_changes
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("SAVEPOINT corral_op")
     conn.set_authorizer(_authorizer)
     try:
         columns: list[str] = []
@@ -180,10 +208,11 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any]) -> dict[str
                         raise BindingError(f"SQL result is larger than {MAX_SQL_RESULT} bytes")
                     rows.append(list(row))
         conn.set_authorizer(None)
-        conn.execute("COMMIT")
+        conn.execute("RELEASE corral_op")
     except sqlite3.Error as exc:
         conn.set_authorizer(None)
-        conn.execute("ROLLBACK")
+        conn.execute("ROLLBACK TO corral_op")
+        conn.execute("RELEASE corral_op")
         text = str(exc)
         if "not authorized" in text:
             text = ("not authorized: SQL may not use _cf_ tables, ATTACH, PRAGMA or "
@@ -191,7 +220,8 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any]) -> dict[str
         raise BindingError(f"{text}: SQLITE_ERROR") from None
     except BaseException:
         conn.set_authorizer(None)
-        conn.execute("ROLLBACK")
+        conn.execute("ROLLBACK TO corral_op")
+        conn.execute("RELEASE corral_op")
         raise
     written = conn.total_changes - rows_before
     return {"columns": columns, "rows": rows, "rowsRead": max(len(rows), 0),
