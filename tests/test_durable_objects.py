@@ -190,10 +190,23 @@ try:
     bad = None
 except JsException as e:
     bad = e.message
-return [a.equals(b), len(str(a)), a.name, s.equals(u), str(a) == str(u), bad]
+eu = env.COUNTER.jurisdiction("eu")
+try:
+    env.COUNTER.jurisdiction("mars")
+    bad_place = None
+except JsException as e:
+    bad_place = e.message
+await eu.getByName("alice").increment(7)
+return [a.equals(b), len(str(a)), a.name, s.equals(u), str(a) == str(u), bad,
+        eu.idFromName("alice").equals(a), eu.idFromName("alice").equals(eu.idFromName("alice")),
+        bad_place, await eu.getByName("alice").peek("n"), await env.COUNTER.getByName("alice").peek("n")]
 """)
     assert result[:5] == [True, 64, "alice", True, False]
     assert "64 hex digits" in result[5]
+    # A jurisdiction's ids are its own: "alice" there is another object.
+    assert result[6:8] == [False, True]
+    assert "Invalid jurisdiction 'mars'" in result[8]
+    assert result[9:] == [7, None]
 
 
 def test_rpc_and_fetch(server):

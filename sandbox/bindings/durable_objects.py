@@ -109,15 +109,30 @@ class DurableObjectStub:
         return f"<DurableObjectStub {self.id._hex[:12]}...>"
 
 
+#: Cloudflare's jurisdictions for Durable Objects.
+JURISDICTIONS = ("eu", "fedramp", "fedramp-high")
+
+
 @kind("durable_object_namespace")
 class DurableObjectNamespace:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, jurisdiction: str = "") -> None:
         self._name = name
+        self._jurisdiction = jurisdiction
+
+    def jurisdiction(self, name: str) -> DurableObjectNamespace:
+        """The subnamespace whose objects live in jurisdiction ``name``. One host
+        is one place, but as on Cloudflare its ids are its own: a name gives
+        another object there than in the namespace itself."""
+        if name not in JURISDICTIONS:
+            raise JsException("TypeError", f"Invalid jurisdiction {name!r}: use one of "
+                                           f"{', '.join(JURISDICTIONS)}")
+        return DurableObjectNamespace(self._name, name)
 
     def idFromName(self, name: str) -> DurableObjectId:  # noqa: N802 - Workers API name
         if not isinstance(name, str):
             raise TypeError("idFromName() takes a string")
-        return DurableObjectId(hashlib.sha256(b"corral-do\0" + name.encode()).hexdigest(), name)
+        salt = b"corral-do\0" + (self._jurisdiction.encode() + b"\0" if self._jurisdiction else b"")
+        return DurableObjectId(hashlib.sha256(salt + name.encode()).hexdigest(), name)
 
     def newUniqueId(self, options: Any = None, **keywords: Any) -> DurableObjectId:  # noqa: N802
         return DurableObjectId(secrets.token_hex(32))
