@@ -12,6 +12,7 @@ patched when a tenant imports them (:mod:`sandbox.http_shims`).
 from __future__ import annotations
 
 import sys
+import types
 
 from . import (
     http_shims,
@@ -26,9 +27,41 @@ from . import (
 from .bindings.cache import caches
 
 
+class NonRetryableError(Exception):
+    """``workers.workflows.NonRetryableError``: a Workflow step that must not be
+    retried raises it. Corral has no Workflows binding; the name is here so
+    that a module defining a workflow imports (and its other handlers run)."""
+
+
+#: The SDK's submodules (``from workers.workflows import NonRetryableError``,
+#: ``from workers.types import FetchKwargs``, ...) and the names each holds.
+SUBMODULES = {
+    "workflows": {"NonRetryableError": NonRetryableError},
+    "types": ("Context", "FetchKwargs", "RequestInitCfProperties"),
+    "utils": ("import_from_javascript", "patch_env"),
+    "blob": ("Blob", "File", "BlobEnding", "BlobValue"),
+    "formdata": ("FormData", "FormDataValue"),
+    "request": ("Request",),
+    "response": ("Response", "FetchResponse"),
+    "fetch": ("fetch",),
+    "entrypoints": ("WorkerEntrypoint", "DurableObject", "WorkflowEntrypoint"),
+    "rpc": ("python_from_rpc", "python_to_rpc"),
+}
+
+
+def _submodule(name: str, names: dict[str, object] | tuple[str, ...]) -> types.ModuleType:
+    module = types.ModuleType(f"workers.{name}", f"The SDK's workers.{name}, over Corral's workers")
+    values = names if isinstance(names, dict) else {n: getattr(workers, n) for n in names}
+    module.__dict__.update(values)
+    return module
+
+
 def install() -> None:
     pyodide_shim.install()
     sys.modules["workers"] = workers
+    for name, names in SUBMODULES.items():
+        sys.modules[f"workers.{name}"] = _submodule(name, names)
+    workers.workflows = sys.modules["workers.workflows"]  # type: ignore[attr-defined]
     workers.asgi = workers_asgi  # type: ignore[attr-defined]
     workers.wsgi = workers_wsgi  # type: ignore[attr-defined]
     sys.modules["workers.asgi"] = workers_asgi

@@ -445,3 +445,35 @@ def test_sdk_body_and_response_helpers(corral, upstream):
         "pyfetch": ["/echo/pyfetch", "{", "default", True],
         "pyfetch_reread": True,
     }
+
+
+SDK_SUBMODULES = '''
+from workers import Response, WorkerEntrypoint, WorkflowEntrypoint
+from workers.blob import Blob
+from workers.entrypoints import WorkerEntrypoint as Entrypoint
+from workers.fetch import fetch
+from workers.types import FetchKwargs
+from workers.workflows import NonRetryableError
+
+
+class Checkout(WorkflowEntrypoint):  # a workflow beside the fetch handler, as projects have them
+    async def run(self, event, step):
+        raise NonRetryableError("card declined")
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response.json({"same": Entrypoint is WorkerEntrypoint, "fetch": fetch.__name__,
+                              "blob": Blob(["ab"]).size, "kwargs": FetchKwargs.__name__,
+                              "error": issubclass(NonRetryableError, Exception)})
+'''
+
+
+def test_the_sdks_submodules_import(corral):
+    """``from workers.workflows import NonRetryableError`` and the SDK's other
+    submodules (``types``, ``blob``, ``fetch``, ``entrypoints``, ...) import."""
+    deploy(corral, "submodules", SDK_SUBMODULES)
+    resp = corral.request("/", host="submodules.localhost")
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json() == {"same": True, "fetch": "fetch", "blob": 2, "kwargs": "FetchKwargs",
+                           "error": True}
