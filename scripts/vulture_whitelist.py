@@ -119,6 +119,7 @@ _.__getattr__  # js, pyodide, pyodide.ffi modules (sandbox/js_shim.py, sandbox/p
 _.__loader__  # sandbox/import_patches.py: the patched module's loader
 _.asgi  # sandbox/tenant_modules.py: ``workers.asgi``
 _.wsgi  # sandbox/tenant_modules.py: ``workers.wsgi``
+_.workflows  # sandbox/tenant_modules.py: ``workers.workflows``
 _._child_created  # sandbox/unavailable.py: what subprocess.Popen.__del__ reads
 _.start_new  # sandbox/unavailable.py: _thread.start_new, the alias of start_new_thread
 
