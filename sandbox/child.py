@@ -397,7 +397,8 @@ class Runtime:
             if isinstance(binding, TextBinding):
                 values[binding.name] = binding.text
             elif isinstance(binding, JsonBinding):
-                values[binding.name] = binding.value
+                # A JavaScript object in Cloudflare's env: attribute access as well.
+                values[binding.name] = storage_bindings.wrap(binding.value)
             elif isinstance(binding, DispatchNamespaceBinding):
                 values[binding.name] = DispatchNamespace(self, binding.name)
             elif isinstance(binding, AssetsBinding):

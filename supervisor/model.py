@@ -244,6 +244,11 @@ class RateLimit(_Binding, tag="ratelimit"):
     simple: RateLimitSimple
 
 
+class VersionMetadata(_Binding, tag="version_metadata"):
+    """``env.NAME.id`` / ``.tag`` / ``.timestamp``: the running version's id,
+    its tag (Corral's versions have none: "") and when it was uploaded."""
+
+
 class Inherit(_Binding, tag="inherit"):
     """Upload only: keep the deployed binding of this name (how a redeploy
     keeps a secret it never sees again)."""
@@ -251,11 +256,11 @@ class Inherit(_Binding, tag="inherit"):
 
 #: Every binding a stored script may hold.
 Binding = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service, DispatchNamespace,
-                Assets, DurableObjectNamespace, Queue, WorkerLoader, RateLimit]
+                Assets, DurableObjectNamespace, Queue, WorkerLoader, RateLimit, VersionMetadata]
 #: What upload metadata may say (``inherit`` is resolved at the edge).
 BindingSpec = Union[PlainText, SecretText, Json, KvNamespace, D1, R2Bucket, Service,
                     DispatchNamespace, Assets, DurableObjectNamespace, Queue, WorkerLoader, RateLimit,
-                    Inherit]
+                    VersionMetadata, Inherit]
 #: Bindings the supervisor serves through ``BindingCall`` (supervisor.bindings):
 #: the child sees only their name and type. Durable Objects and queues join here.
 BROKERED: tuple[type, ...] = (KvNamespace, D1, R2Bucket, DurableObjectNamespace, Queue, WorkerLoader,
@@ -375,6 +380,8 @@ class ScriptRecord(msgspec.Struct, kw_only=True):
     #: The immutable version this record is (Cloudflare's version id); ``version``
     #: above is the content hash of its bundle, what a warm child is keyed by.
     version_id: str = ""
+    #: When that version was uploaded (ISO 8601, UTC).
+    version_created_on: str = ""
     #: Normalised requirement strings (``text/x-python-requirement`` parts) and
     #: the package store's lock they resolved to ("" when there are none).
     requirements: list[str] = []
@@ -491,6 +498,9 @@ def to_bundle(record: ScriptRecord, bundle_dir: str,
             bindings.append(messages.TextBinding(binding.name, binding.text))
         elif isinstance(binding, Json):
             bindings.append(messages.JsonBinding(binding.name, binding.json))
+        elif isinstance(binding, VersionMetadata):
+            bindings.append(messages.JsonBinding(binding.name, {
+                "id": record.version_id, "tag": "", "timestamp": record.version_created_on}))
         elif isinstance(binding, DispatchNamespace):
             bindings.append(messages.DispatchNamespaceBinding(binding.name, binding.namespace))
         elif isinstance(binding, Service):

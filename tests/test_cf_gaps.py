@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+import msgspec
 import pytest
 
 from supervisor.admin import multipart
@@ -317,6 +318,8 @@ def test_js_fetch_reaches_a_real_upstream(corral, upstream):
 OPEN_URL = '''
 import json
 
+import msgspec
+
 from pyodide.http import open_url
 from workers import Response, WorkerEntrypoint
 
@@ -337,6 +340,8 @@ def test_pyodide_open_url_reads_a_real_upstream(corral, upstream):
 
 URLLIB = '''
 import json
+
+import msgspec
 import urllib.request
 
 from workers import Response, WorkerEntrypoint
@@ -367,6 +372,8 @@ def test_urllib_request_follows_redirects_and_sends_bodies(clients, upstream):
 SDK_BODIES = '''
 import decimal
 import json
+
+import msgspec
 
 from pyodide.http import BodyUsedError, HttpStatusError, pyfetch
 from workers import Blob, File, FormData, Request, Response, WorkerEntrypoint, fetch
@@ -477,3 +484,45 @@ def test_the_sdks_submodules_import(corral):
     assert resp.status == 200, (resp, corral.log())
     assert resp.json() == {"same": True, "fetch": "fetch", "blob": 2, "kwargs": "FetchKwargs",
                            "error": True}
+
+
+VERSIONED = '''
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        meta = self.env.CF_VERSION_METADATA
+        return Response.json({"id": meta.id, "tag": meta.tag, "timestamp": meta.timestamp,
+                              "limits": self.env.CONFIG.limits.daily, "raw": self.env.CONFIG["name"]})
+'''
+
+
+def test_version_metadata_names_the_running_version(corral, tmp_path):
+    """``version_metadata`` (and Wrangler's ``version_metadata.binding``): the
+    running version's id and upload time, which change with each upload and
+    follow a rollback; JSON variables read by attribute as JavaScript objects do."""
+    from supervisor.admin.project import load_project
+
+    bindings = ({"type": "version_metadata", "name": "CF_VERSION_METADATA"},
+                {"type": "json", "name": "CONFIG", "json": {"name": "n", "limits": {"daily": 5}}})
+    first = deploy(corral, "versioned", VERSIONED, bindings=bindings).json()["result"]
+    one = corral.request("/", host="versioned.localhost").json()
+    second = deploy(corral, "versioned", VERSIONED + "\n# v2\n", bindings=bindings).json()["result"]
+    two = corral.request("/", host="versioned.localhost").json()
+    assert one["id"] == first["version_id"] and two["id"] == second["version_id"] != one["id"]
+    assert one["tag"] == "" and one["timestamp"] < two["timestamp"], (one, two)
+    assert one["timestamp"].endswith("Z") and one["timestamp"][:4].isdigit()
+    assert (one["limits"], one["raw"]) == (5, "n")
+    # A rollback runs the first version again, and says so.
+    resp = corral.admin("POST", f"/accounts/local/workers/dispatch/namespaces/{NS}/scripts/versioned/deployments",
+                        {"strategy": "percentage",
+                         "versions": [{"version_id": first["version_id"], "percentage": 100}]})
+    assert resp.status == 200, resp.text
+    again = corral.request("/", host="versioned.localhost").json()
+    assert (again["id"], again["timestamp"]) == (one["id"], one["timestamp"])
+
+    (tmp_path / "wrangler.toml").write_text('main = "w.py"\n[version_metadata]\nbinding = "CF_VERSION_METADATA"\n')
+    (tmp_path / "w.py").write_text("")
+    assert msgspec.to_builtins(load_project(tmp_path).metadata)["bindings"] == [
+        {"type": "version_metadata", "name": "CF_VERSION_METADATA"}]

@@ -168,6 +168,10 @@ class _WorkerLoader(msgspec.Struct):
     binding: str
 
 
+class _VersionMetadata(msgspec.Struct):
+    binding: str
+
+
 class _RateLimitSimple(msgspec.Struct):
     limit: float
     period: int
@@ -212,6 +216,7 @@ class WranglerConfig(msgspec.Struct):
     queues: _Queues | None = None
     worker_loaders: list[_WorkerLoader] = []
     ratelimits: list[_RateLimit] = []
+    version_metadata: _VersionMetadata | None = None
     rules: list[_Rule] = []
 
 
@@ -227,7 +232,7 @@ class CorralConfig(WranglerConfig, forbid_unknown_fields=True):
 UNSUPPORTED_KEYS = frozenset({
     "workflows", "ai", "vectorize", "hyperdrive",
     "analytics_engine_datasets", "browser", "mtls_certificates", "send_email", "unsafe",
-    "containers", "version_metadata", "images", "secrets_store_secrets",
+    "containers", "images", "secrets_store_secrets",
     "pipelines", "wasm_modules", "text_blobs", "data_blobs", "site", "env",
     "unsafe_hello_world", "dispatch_namespaces_outbound", "logfwdr", "tail_consumers_streaming",
 })
@@ -412,6 +417,8 @@ def _bindings(config: WranglerConfig) -> list[model.BindingSpec]:
     for producer in config.queues.producers if config.queues else []:
         bindings.append(model.Queue(name=producer.binding, queue_name=producer.queue,
                                     delivery_delay=producer.delivery_delay))
+    if config.version_metadata is not None:
+        bindings.append(model.VersionMetadata(name=config.version_metadata.binding))
     for rate in config.ratelimits:
         bindings.append(model.RateLimit(
             name=rate.name, namespace_id=str(rate.namespace_id),

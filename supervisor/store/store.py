@@ -332,15 +332,17 @@ class Store:
     def _version_record(db: sqlite3.Connection, key: tuple[str, str], version_id: str, tags: str,
                         created_on: str, modified_on: str) -> ScriptRecord | None:
         row = db.execute(
-            "SELECT v.content, b.main_module, b.metadata, b.modules, v.assets FROM versions v "
+            "SELECT v.content, b.main_module, b.metadata, b.modules, v.assets, v.created_on FROM versions v "
             "JOIN bundles b ON b.hash = v.bundle WHERE v.id = ? AND v.namespace = ? AND v.name = ?",
             (version_id, *key),
         ).fetchone()
         if row is None:
             return None
-        content, main_module, metadata, modules, assets = row
-        return record_from_row((*key, content, main_module, metadata, tags, created_on, modified_on, version_id),
-                               modules, assets)
+        content, main_module, metadata, modules, assets, version_created_on = row
+        record = record_from_row((*key, content, main_module, metadata, tags, created_on, modified_on,
+                                  version_id), modules, assets)
+        record.version_created_on = version_created_on
+        return record
 
     def get_version(self, namespace: str, name: str) -> str | None:
         """The deployed version's content hash, or None."""
