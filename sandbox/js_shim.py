@@ -16,6 +16,7 @@ import urllib.parse
 from typing import Any
 
 from . import logs, workers
+from .html_rewriter import HTMLRewriter
 from .pyodide_shim import ArrayBuffer, Uint8Array, _unavailable, jsnull, to_py
 from .sdk_types import Blob, FormData, JsDict, python_from_rpc
 
@@ -213,6 +214,7 @@ def make_js() -> types.ModuleType:
     js.Blob = _BlobClass()  # type: ignore[attr-defined]
     js.TextEncoder = _TextEncoder  # type: ignore[attr-defined]
     js.ArrayBuffer = ArrayBuffer  # type: ignore[attr-defined]
+    js.HTMLRewriter = HTMLRewriter  # type: ignore[attr-defined]
     js.__getattr__ = _unavailable("js")  # type: ignore[attr-defined]
     return js
 

@@ -120,6 +120,33 @@ _.__loader__  # sandbox/import_patches.py: the patched module's loader
 _.asgi  # sandbox/tenant_modules.py: ``workers.asgi``
 _.wsgi  # sandbox/tenant_modules.py: ``workers.wsgi``
 _.workflows  # sandbox/tenant_modules.py: ``workers.workflows``
+# HTMLRewriter's API, and html.parser.HTMLParser's callbacks it overrides (sandbox/html_rewriter.py)
+_.namespaceURI
+_.selfClosing
+_.canHaveContent
+_.lastInTextNode
+_.publicId
+_.systemId
+_.on
+_.onDocument
+_.transform
+_.getAttribute
+_.hasAttribute
+_.setAttribute
+_.removeAttribute
+_.setInnerContent
+_.removeAndKeepContent
+_.onEndTag
+_.handle_starttag
+_.handle_startendtag
+_.handle_endtag
+_.handle_data
+_.handle_entityref
+_.handle_charref
+_.handle_comment
+_.handle_decl
+_.handle_pi
+_.unknown_decl
 _._child_created  # sandbox/unavailable.py: what subprocess.Popen.__del__ reads
 _.start_new  # sandbox/unavailable.py: _thread.start_new, the alias of start_new_thread
 
