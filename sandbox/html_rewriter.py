@@ -654,30 +654,29 @@ class _Rewrite(HTMLParser):
         self._write(append + end._wrap(closing) + after)
 
     async def _on_text(self, text: str) -> None:
-        if self._suppressed:
-            return
         chunk = TextChunk(text)
-        for selector, handlers in self.rewriter._elements:
-            handler = _handler(handlers, "text")
-            if handler is not None and any(selector.matches(self.stack[:i + 1])
-                                           for i in range(1, len(self.stack))):
-                await _call(handler, chunk)
-        for handlers in self.rewriter._documents:
-            await _call(_handler(handlers, "text"), chunk)
-        self._write(chunk._wrap(chunk.text))
+        if await self._content(chunk, "text"):
+            self._write(chunk._wrap(chunk.text))
 
     async def _on_comment(self, text: str) -> None:
-        if self._suppressed:
-            return
         comment = Comment(text)
+        if await self._content(comment, "comments"):
+            self._write(comment._wrap(f"<!--{comment.text}-->"))
+
+    async def _content(self, item: _Mutable, kind: str) -> bool:
+        """Give a text chunk or comment to the ``kind`` handlers of the selectors
+        that match an element it is inside, then to the document's; False when
+        it is inside content that is not written."""
+        if self._suppressed:
+            return False
         for selector, handlers in self.rewriter._elements:
-            handler = _handler(handlers, "comments")
+            handler = _handler(handlers, kind)
             if handler is not None and any(selector.matches(self.stack[:i + 1])
                                            for i in range(1, len(self.stack))):
-                await _call(handler, comment)
+                await _call(handler, item)
         for handlers in self.rewriter._documents:
-            await _call(_handler(handlers, "comments"), comment)
-        self._write(comment._wrap(f"<!--{comment.text}-->"))
+            await _call(_handler(handlers, kind), item)
+        return True
 
     async def _on_doctype(self, raw: str) -> None:
         doctype = Doctype(raw[2:-1])

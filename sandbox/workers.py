@@ -341,9 +341,10 @@ class _Body:
 
 
 def _cache_mode(mode: Any) -> str:
-    """Workers honour ``cache: "no-store"`` and ``"no-cache"`` on a request;
-    any other mode is refused with Cloudflare's own wording."""
-    if mode not in ("no-store", "no-cache"):
+    """Workers honour ``cache: "no-store"`` on a request (there is no cache
+    between a worker and its origin here to bypass); any other mode is
+    refused with Cloudflare's own wording."""
+    if mode != "no-store":
         raise TypeError(f"Unsupported cache mode: {mode}")
     return str(mode)
 
