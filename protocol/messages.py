@@ -36,7 +36,7 @@ import msgspec
 
 #: Bumped whenever a message changes shape; a child speaking another version
 #: is killed at its first frame.
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 
 #: Largest chunk of a streamed body, and largest inline body.
 MAX_CHUNK = 64 * 1024
@@ -79,8 +79,22 @@ class ByRef(msgspec.Struct, array_like=True, frozen=True, gc=False, tag="ref"):
     stream: int
 
 
+class Socket(msgspec.Struct, array_like=True, frozen=True, gc=False, tag="ws"):
+    """A WebSocket instead of a body (a 101 response's ``webSocket``).
+
+    From a child: its own socket ``ws`` (> 0), whose server end it accepted,
+    with ``hibernate`` when a Durable Object accepted it through
+    ``ctx.acceptWebSocket`` (its events then go to the object, not to
+    listeners); or (< 0) one the supervisor handed it in a response, handed
+    on. To a child: such a handle, always < 0.
+    """
+
+    ws: int
+    hibernate: bool = False
+
+
 #: How a message's body travels (None: it has none).
-Body = Union[Inline, Streamed, ByRef]
+Body = Union[Inline, Streamed, ByRef, Socket]
 #: The one :class:`Streamed` value (it carries nothing).
 STREAMED = Streamed()
 
@@ -237,9 +251,25 @@ class QueueEvent(_Msg, tag="queue"):
     messages: list[QueueMessage]
 
 
+class WebSocketEvent(_Msg, tag="wsevent"):
+    """Something happened on the child's accepted socket ``ws``: a ``message``
+    from the client (``data``, ``text``), or its ``close`` (``code``,
+    ``reason``, ``clean``). For a socket a Durable Object accepted to
+    hibernate, the same fields travel as the ``#webSocket`` call's arguments
+    instead (sandbox.durable_objects)."""
+
+    ws: int
+    kind: str
+    data: bytes = b""
+    text: bool = False
+    code: int = 0
+    reason: str = ""
+    clean: bool = False
+
+
 #: The event an :class:`Invoke` delivers; the child dispatches on the
 #: member's type (sandbox.events).
-Event = Union[RequestEvent, TailEvent, ScheduledEvent, DurableObjectEvent, QueueEvent]
+Event = Union[RequestEvent, TailEvent, ScheduledEvent, DurableObjectEvent, QueueEvent, WebSocketEvent]
 
 
 # --------------------------------------------------------------------------
@@ -405,6 +435,22 @@ class SubRequest(_Msg, tag="subreq"):
     params: dict[str, Any] | None = None
 
 
+class WsSend(_Msg, tag="wssend"):
+    """The child's socket ``ws`` sends a message to its client."""
+
+    ws: int
+    data: bytes
+    text: bool = False
+
+
+class WsClose(_Msg, tag="wsclose"):
+    """The child's socket ``ws`` closes (``code``, ``reason`` to the client)."""
+
+    ws: int
+    code: int = 1000
+    reason: str = ""
+
+
 class BindingCall(_Msg, tag="bcall"):
     """Call ``call`` (negative, the same id space as :class:`SubRequest`):
     ``method`` of the script's binding named ``binding``, for invocation
@@ -487,6 +533,8 @@ ToSupervisor = Union[
     BodyChunk,
     Credit,
     Abort,
+    WsSend,
+    WsClose,
 ]
 
 

@@ -54,6 +54,7 @@ from protocol.messages import (
     ResponseStart,
     ScriptBundle,
     ServiceBinding,
+    Socket,
     SubFailed,
     SubRequest,
     SubResponse,
@@ -73,6 +74,7 @@ from . import (
     thread_shims,
     unavailable,
     warmup,
+    websockets,
     workers,
 )
 from .channel import Channel
@@ -318,6 +320,8 @@ class Runtime:
         self._load_error: ExceptionInfo | None = None
         #: Live Durable Object instances (sandbox.durable_objects).
         self.objects = durable_objects.Objects()
+        #: The WebSockets this child serves (sandbox.websockets).
+        self.sockets = websockets.Sockets(self)
         self.invocations: dict[int, _Invocation] = {}
         self.incoming: dict[int, IncomingBody] = {}
         self.outgoing: dict[int, OutgoingBody] = {}
@@ -460,12 +464,15 @@ class Runtime:
         request._cf = workers.INCOMING
         return request
 
-    def receive_body(self, body: Body | None, stream: int) -> bytes | IncomingBody | None:
-        """A body the supervisor sends: its bytes, or a stream to pull."""
+    def receive_body(self, body: Body | None, stream: int) -> bytes | IncomingBody | Any:
+        """A body the supervisor sends: its bytes, a stream to pull, or (a 101
+        response's) a WebSocket that can only be handed on."""
         if body is None:
             return None
         if type(body) is Inline:
             return body.data
+        if type(body) is Socket:
+            return websockets.HandedOn(body.ws)
         incoming = IncomingBody(self.channel, stream)  # type: ignore[arg-type]
         self.incoming[stream] = incoming
         return incoming
@@ -504,12 +511,16 @@ class Runtime:
             assert self._script is not None
             env = self._env_for(message.params)
             kind, args = events.kind_and_args(message.event)
+            if kind == "websocket":
+                await run_in_portal(self.sockets.deliver(message.event))  # type: ignore[arg-type]
+                state.responded = True
+                self.send(ResponseStart(inv, 200, []))
+                raise _Handled
             if kind == "durable_object":
                 request = self._request_for(message)
                 response = await run_in_portal(self.objects.serve(
                     self._script.module, message.event, inv, env, request))
-                state.responded = True
-                await self._respond(inv, response)
+                await self._respond(inv, response, state)
                 raise _Handled
             if kind != "fetch":
                 # Not a request: the handler's return is not a response; an
@@ -530,8 +541,7 @@ class Runtime:
                 raise TypeError(
                     f"the fetch handler returned {type(response).__name__}, not a Response"
                 )
-            state.responded = True
-            await self._respond(inv, response)
+            await self._respond(inv, response, state)
         except _Handled:
             pass
         except asyncio.CancelledError:
@@ -562,10 +572,18 @@ class Runtime:
         self._end_logs(inv)
         self.send(InvokeDone(inv))
 
-    async def _respond(self, inv: int, response: workers.Response) -> None:
+    async def _respond(self, inv: int, response: workers.Response, state: _Invocation) -> None:
+        """Send the response; until its head is sent, a failure here is the
+        invocation's (``InvokeFailed``), not a report on a response under way."""
+        if response.web_socket is not None:
+            socket = self.sockets.body_of(response)
+            state.responded = True
+            self.send(ResponseStart(inv, 101, response.headers._raw(), socket))
+            return
         if response._body_used:
             raise workers.BodyUsedError("the response's body was already read")
         sent, out = self.send_body(response._body, inv)
+        state.responded = True
         self.send(ResponseStart(inv, response.status, response.headers._raw(), sent))
         if out is not None:
             await pump(response._body, out)
@@ -682,11 +700,10 @@ class Runtime:
                 sending.cancel()
                 self.outgoing.pop(call, None)
             raise workers.PlatformError(result.error.name, result.error.message)
-        response = workers.Response(status=result.status, headers=None)
+        response = workers.response_with(result.status, self.receive_body(result.body, call))
         response.headers = workers.Headers._from_raw(result.headers)
         response.url = result.url or request.url
         response.redirected = result.redirected
-        response._body = self.receive_body(result.body, call)
         return response
 
     def _on_call_result(self, message: SubResponse | SubFailed | BindingResult) -> None:

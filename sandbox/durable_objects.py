@@ -22,7 +22,7 @@ import msgspec
 
 from protocol.messages import DO_STORAGE, DurableObjectEvent
 
-from . import events, workers
+from . import events, websockets, workers
 from .bindings import AttrDict, AttrList, call, options, wrap
 from .bindings.durable_objects import DurableObjectId, decode, encode
 from .pyodide_shim import JsException
@@ -309,6 +309,30 @@ class DurableObjectState(workers.Context):
         self._blocking: list[Any] = []
         #: Drops this object's instance (set once it exists; see Objects.serve).
         self._evict: Callable[[], None] | None = None
+        #: This object's hibernatable WebSockets: id -> (socket, tags) (see Objects).
+        self._websockets: dict[int, tuple[Any, list[str]]] = {}
+
+    # -- WebSockets (the hibernation API) ------------------------------------------------
+    def acceptWebSocket(self, ws: Any, tags: Any = None) -> None:  # noqa: N802 - Workers API name
+        """Accept ``ws`` (a WebSocketPair's server end) for this object: the
+        client's messages come to ``webSocketMessage(ws, message)`` and its
+        close to ``webSocketClose(ws, code, reason, wasClean)``, even after
+        the instance was evicted and built again."""
+        tags = list(tags or [])
+        if len(tags) > 10 or any(not isinstance(t, str) or len(t) > 256 for t in tags):
+            raise TypeError("a WebSocket takes at most 10 tags, each a string of at most 256 characters")
+        workers._runtime.sockets.accept(ws, hibernate=True)
+        self._websockets[ws.id] = (ws, tags)
+
+    def getWebSockets(self, tag: str | None = None) -> list[Any]:  # noqa: N802 - Workers API name
+        return [ws for ws, tags in self._websockets.values()
+                if ws.readyState == websockets.OPEN and (tag is None or tag in tags)]
+
+    def getTags(self, ws: Any) -> list[str]:  # noqa: N802 - Workers API name
+        entry = self._websockets.get(getattr(ws, "id", 0))
+        if entry is None:
+            raise TypeError("getTags() takes a WebSocket this object accepted")
+        return list(entry[1])
 
     def abort(self, reason: str | None = None) -> NoReturn:
         """Reset the object: its instance (and every value it holds in memory)
@@ -345,6 +369,8 @@ class Objects:
 
     def __init__(self) -> None:
         self.instances: dict[tuple[str, str], Any] = {}
+        #: Each object's accepted WebSockets, kept across its instances (hibernation).
+        self.websockets: dict[tuple[str, str], dict[int, tuple[Any, list[str]]]] = {}
 
     def _drop(self, key: tuple[str, str], instance: Any) -> None:
         """Forget ``instance`` (an aborted object), unless a newer one took its place."""
@@ -365,6 +391,7 @@ class Objects:
                                 f"(the binding's class_name): define `class {event.class_name}"
                                 "(DurableObject)` in its main module")
             state = DurableObjectState(inv, event.object_id, event.name)
+            state._websockets = self.websockets.setdefault(key, {})
             instance = cls(state, env)
             state._evict = functools.partial(self._drop, key, instance)
             for pending in state._blocking:
@@ -380,6 +407,9 @@ class Objects:
                 raise TypeError(f"the Durable Object's fetch returned {type(response).__name__}, "
                                 "not a Response")
             return response
+        if event.method == "#webSocket":
+            await self._websocket_event(key, instance, msgspec.msgpack.decode(await request.bytes()))
+            return workers.Response(status=204)
         if event.method == "alarm":
             handler = getattr(instance, "alarm", None)
             if not callable(handler):
@@ -395,6 +425,26 @@ class Objects:
         args = msgspec.msgpack.decode(data) if data else []
         result = await _call(getattr(instance, event.method), *[wrap(a) for a in args])
         return workers.Response(encode(result, f"{event.method}() result"))
+
+
+    async def _websocket_event(self, key: tuple[str, str], instance: Any, args: list[Any]) -> None:
+        """A hibernatable socket's message or close, to the object's handler of it."""
+        ws_id, kind, data, text, code, reason, clean = args
+        sockets = self.websockets.get(key, {})
+        entry = sockets.get(ws_id)
+        if entry is None:
+            return
+        ws = entry[0]
+        if kind == "message":
+            handler = getattr(instance, "webSocketMessage", None)
+            if callable(handler):
+                await _call(handler, ws, websockets.message_of(data, text))
+        elif kind == "close":
+            del sockets[ws_id]
+            ws.readyState = websockets.CLOSED
+            handler = getattr(instance, "webSocketClose", None)
+            if callable(handler):
+                await _call(handler, ws, code, reason, clean)
 
 
 async def _call(fn: Any, *args: Any) -> Any:

@@ -19,7 +19,14 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from protocol.messages import DurableObjectEvent, QueueEvent, RequestEvent, ScheduledEvent, TailEvent
+from protocol.messages import (
+    DurableObjectEvent,
+    QueueEvent,
+    RequestEvent,
+    ScheduledEvent,
+    TailEvent,
+    WebSocketEvent,
+)
 
 from .sdk_types import JsDict
 
@@ -169,4 +176,6 @@ def kind_and_args(event: Any) -> tuple[str, tuple[Any, ...]]:
         return "fetch", ()
     if isinstance(event, DurableObjectEvent):
         return "durable_object", ()
+    if isinstance(event, WebSocketEvent):
+        return "websocket", ()
     raise TypeError(f"an event of an unknown kind: {type(event).__name__}")

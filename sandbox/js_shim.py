@@ -38,7 +38,8 @@ class _ResponseClass:
     def new(body: Any = None, *args: Any, **kwargs: Any) -> workers.Response:
         init = _options(args, kwargs)
         return workers.Response(body if body is not jsnull else None, status=init.get("status"),
-                                status_text=init.get("statusText", ""), headers=init.get("headers"))
+                                status_text=init.get("statusText", ""), headers=init.get("headers"),
+                                web_socket=init.get("webSocket"))
 
     @staticmethod
     def json(data: Any, *args: Any, **kwargs: Any) -> workers.Response:
@@ -49,6 +50,17 @@ class _ResponseClass:
     @staticmethod
     def redirect(url: str, status: int = 302) -> workers.Response:
         return workers.Response.redirect(url, status)
+
+
+class _WebSocketPairClass:
+    """``js.WebSocketPair``: ``WebSocketPair.new().object_values()`` is (client, server)."""
+
+    @staticmethod
+    def new() -> Any:
+        runtime = workers._runtime
+        if runtime is None:
+            raise RuntimeError("WebSocketPair can only be made while handling a request")
+        return runtime.sockets.pair()
 
 
 class _RequestClass:
@@ -215,6 +227,7 @@ def make_js() -> types.ModuleType:
     js.TextEncoder = _TextEncoder  # type: ignore[attr-defined]
     js.ArrayBuffer = ArrayBuffer  # type: ignore[attr-defined]
     js.HTMLRewriter = HTMLRewriter  # type: ignore[attr-defined]
+    js.WebSocketPair = _WebSocketPairClass()  # type: ignore[attr-defined]
     js.__getattr__ = _unavailable("js")  # type: ignore[attr-defined]
     return js
 

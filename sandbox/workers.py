@@ -464,9 +464,15 @@ class Response(_Body):
         headers: Any = None,
         *,
         statusText: str | None = None,  # noqa: N803 - fetch API name
+        web_socket: Any = None,
     ) -> None:
         self.status = 200 if status is None else int(status)
-        if not 200 <= self.status <= 599:
+        #: The client end of a WebSocketPair this 101 response hands to its client.
+        self.web_socket = web_socket
+        if web_socket is not None:
+            if self.status != 101:
+                raise ValueError("Responses with a webSocket must have status 101")
+        elif not 200 <= self.status <= 599:
             raise ValueError(f"status must be in 200..599, not {self.status}")
         self.status_text = statusText if statusText is not None else status_text
         if not self.status_text:
@@ -479,6 +485,7 @@ class Response(_Body):
 
     #: The Fetch standard's response type; every response a worker sees is "default".
     type = "default"
+    web_socket: Any = None
 
     @property
     def ok(self) -> bool:
@@ -495,6 +502,8 @@ class Response(_Body):
     def js_object(self) -> Response:
         """The response as JavaScript sees it: here, itself."""
         return self
+
+    webSocket = property(lambda self: self.web_socket)  # noqa: N815 - fetch API name
 
     @classmethod
     def json(  # type: ignore[override]  # classmethod on the class, .json() on instances
@@ -538,6 +547,18 @@ class Response(_Body):
     def __repr__(self) -> str:
         return (f"Response(status={self.status}, status_text={self.status_text!r}, "
                 f"content_type={self.headers.get('content-type')!r})")
+
+
+def response_with(status: int, body: Any) -> Response:
+    """A response the supervisor delivered (a call's, a Durable Object's):
+    ``body`` as it arrived, or the WebSocket of a 101."""
+    from .websockets import HandedOn
+
+    if isinstance(body, HandedOn):
+        return Response(status=101, web_socket=body)
+    response = Response(status=status)
+    response._body = body
+    return response
 
 
 #: Status texts fetch gives a Response without one (``Response("x", status=404).status_text``).

@@ -137,6 +137,21 @@ _.removeAttribute
 _.setInnerContent
 _.removeAndKeepContent
 _.onEndTag
+# WebSockets' API (sandbox/websockets.py, sandbox/workers.py)
+_.READY_STATE_CONNECTING
+_.READY_STATE_OPEN
+_.READY_STATE_CLOSING
+_.READY_STATE_CLOSED
+_.extensions
+_.addEventListener
+_.removeEventListener
+_.serializeAttachment
+_.deserializeAttachment
+_.object_values
+_.webSocket
+_.acceptWebSocket
+_.getWebSockets
+_.getTags
 _.handle_starttag
 _.handle_startendtag
 _.handle_endtag

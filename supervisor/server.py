@@ -32,6 +32,7 @@ from supervisor.cron import Scheduler, run_scheduled
 from supervisor.edge.assets import AssetServer
 from supervisor.edge.http_server import Connection, Request, Server, listen_tcp
 from supervisor.edge.ingress import Ingress
+from supervisor.edge.websockets import Deliverer
 from supervisor.errors import NotFound, NotSupported, Unavailable
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import log, warn
@@ -116,6 +117,8 @@ class Supervisor:
                                request_ids=self.observability.request_ids.assign,
                                assets=self.asset_server,
                                scheduled=self._scheduled_now if config.scheduled_test_endpoint else None)
+        self.ingress.websockets = Deliverer(self.pool, self.objects, self.limit_policy,
+                                            lambda inv: self.observability.finished(inv))
         self.admin = AdminAPI(self.store, self, blobs=self.asset_blobs)
         storage_admin.register(self.admin.router, self.bindings)
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")

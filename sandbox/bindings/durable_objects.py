@@ -85,9 +85,8 @@ class DurableObjectStub:
         value, out = await call(self._binding, "fetch",
                                 [self.id._hex, self.name, request.method, request.url,
                                  list(request.headers.items())], request._body)
-        response = workers.Response(status=value["status"])
+        response = workers.response_with(value["status"], out)
         response.headers = workers.Headers(value["headers"])
-        response._body = out
         return response
 
     def __getattr__(self, method: str) -> Any:

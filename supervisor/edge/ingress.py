@@ -24,6 +24,7 @@ import trio
 from supervisor.config import ServeConfig
 from supervisor.edge.assets import AssetServer, send_answer
 from supervisor.edge.http_server import Connection, InvalidResponse, Request
+from supervisor.edge.websockets import Deliverer, Session, SocketSource, handshake_problem
 from supervisor.lifecycle import OUTCOME_MESSAGE, OUTCOME_STATUS, Outcome
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import log, warn
@@ -82,6 +83,8 @@ class Ingress:
         #: Set when the first wake goes into an empty heap (an idle server's
         #: sweeper sleeps on it rather than waking every SWEEP_S).
         self._pushed = trio.Event()
+        #: Hands clients' WebSocket messages to workers (set by the server).
+        self.websockets: Deliverer | None = None
 
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         """Wake the requests whose response head is late (every SWEEP_S).
@@ -186,7 +189,7 @@ class Ingress:
         if self.on_trace is not None:
             inv.on_done = self.on_trace  # once waitUntil work is over too
         try:
-            await self._answer(inv, conn, head_only, isinstance(request.body, bytes))
+            await self._answer(inv, conn, head_only, isinstance(request.body, bytes), request)
         except InvalidResponse as exc:
             warn("ingress.invalid_response", script=record.name, reason=str(exc))
             if inv.body is not None:
@@ -208,7 +211,7 @@ class Ingress:
         await conn.respond(200 if ok else 500, _TEXT, f"{trace.get('outcome')}\n".encode(), head_only)
 
     async def _answer(self, inv: Invocation, conn: Connection, head_only: bool,
-                      body_read: bool = False) -> None:
+                      body_read: bool = False, request: Request | None = None) -> None:
         await self._wait_head(inv, min(inv.deadline, trio.current_time() + WATCH_CLIENT_AFTER_S))
         if not inv.has_head and body_read and trio.current_time() < inv.deadline:
             # A slow answer: also watch the client, whose leaving cancels it.
@@ -236,6 +239,9 @@ class Ingress:
             await conn.respond(status, _TEXT, f"{message}\n".encode(), head_only)
             return
         body = inv.body
+        if isinstance(body, SocketSource):
+            await self._websocket(inv, body, conn, request)
+            return
         if body is None:
             await conn.respond(inv.status, inv.response_headers, b"", head_only)
             return
@@ -243,6 +249,21 @@ class Ingress:
             await conn.respond(inv.status, inv.response_headers, await body.receive(), head_only)
             return
         await self._stream(inv, body, conn, head_only)
+
+    async def _websocket(self, inv: Invocation, source: SocketSource, conn: Connection,
+                         request: Request | None) -> None:
+        """The worker answered with a WebSocket: the handshake, then the relay
+        (supervisor.edge.websockets) for as long as the connection lasts."""
+        problem = "WebSockets are not served here" if self.websockets is None or request is None \
+            else handshake_problem(request.method, request.headers)
+        if problem is not None:
+            source.close()
+            warn("ingress.websocket_refused", script=inv.record.name, reason=problem)
+            await conn.respond(500, _TEXT, f"Worker threw exception: {problem}\n".encode())
+            return
+        assert self.websockets is not None and request is not None
+        source.taken = True
+        await Session(conn, source, self.websockets).run(request.headers, inv.response_headers)
 
     async def _stream(self, inv: Invocation, body: BodySource, conn: Connection,
                       head_only: bool) -> None:

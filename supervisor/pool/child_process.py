@@ -32,6 +32,7 @@ from protocol.messages import (
     BodyChunk,
     ByRef,
     Credit,
+    DurableObjectEvent,
     ExceptionInfo,
     Hello,
     Inline,
@@ -43,8 +44,13 @@ from protocol.messages import (
     QueueSettled,
     Report,
     ResponseStart,
+    Socket,
     SubRequest,
+    WsClose,
+    WsSend,
 )
+from supervisor.edge.websockets import MAX_MESSAGE as WS_MAX_MESSAGE
+from supervisor.edge.websockets import MAX_SOCKETS, SocketSource, SocketState
 from supervisor.lifecycle import (
     OUTCOME_MESSAGE,
     ChildEvent,
@@ -208,6 +214,11 @@ class ChildProcess:
         self.invocations: dict[int, Invocation] = {}
         self.incoming: dict[int, ChildBody] = {}
         self.sinks: dict[int, ChildSink] = {}
+        #: Its WebSockets' supervisor side, by the child's number (supervisor.edge.websockets).
+        self.sockets: dict[int, SocketState] = {}
+        #: Other children's WebSockets handed to it in responses, by (positive) handle.
+        self.handed: dict[int, SocketSource] = {}
+        self._last_handle = 0
         self.calls: dict[int, Any] = {}  # calls in flight: call id -> has .cancel()
         self._last_call = 0
         self.hello = trio.Event()
@@ -250,6 +261,8 @@ class ChildProcess:
             Report: self._on_report,
             Loaded: self._on_loaded,
             Hello: self._on_hello,
+            WsSend: self._on_ws_send,
+            WsClose: self._on_ws_close,
         }
 
     # ------------------------------------------------------------------
@@ -269,7 +282,7 @@ class ChildProcess:
 
     @property
     def idle(self) -> bool:
-        return not self.invocations and not self.sinks and not self.incoming
+        return not self.invocations and not self.sinks and not self.incoming and not self.sockets
 
     async def run(self) -> None:
         """Serve the channel until the child dies or breaks the rules."""
@@ -355,8 +368,16 @@ class ChildProcess:
     # channel I/O
     # ------------------------------------------------------------------
     def retire(self) -> None:
-        """Out of service (the pool decided): it drains, then it is killed."""
+        """Out of service (the pool decided): it drains, then it is killed.
+        Its WebSockets' clients are told to reconnect (1012, as Cloudflare
+        does on a deploy), or it would never drain."""
         self._advance(ChildEvent.RETIRE)
+        for ws, state in list(self.sockets.items()):
+            if state.session is not None:
+                state.session.close_from_worker(1012, "the worker was redeployed")
+            else:
+                state.abandon()
+                del self.sockets[ws]
 
     def send(self, message: Any) -> None:
         if self.state is _DEAD:
@@ -511,6 +532,19 @@ class ChildProcess:
             body = BytesBody(received)
         else:
             body = received
+        if isinstance(body, SocketSource):
+            if message.status != 101:
+                body.close()
+                inv.fail(ExceptionInfo("TypeError", "a WebSocket response must have status 101"))
+                return
+            if body.ws > 0:  # this child's own socket: where its events go
+                body.url = inv.url
+                event = inv.event
+                if body.hibernate and isinstance(event, DurableObjectEvent):
+                    record = inv.record
+                    body.object = (record.namespace, record.name, event.class_name, event.object_id)
+            inv.respond(101, message.headers, body, False)
+            return
         # 1xx would read as an interim response to the client and desync its
         # connection (a response queue poisoned behind a shared proxy).
         if not 200 <= message.status <= 599:
@@ -530,6 +564,8 @@ class ChildProcess:
             return body.data or None  # type: ignore[union-attr]
         if kind is ByRef:
             return self.take_ref(body.stream)  # type: ignore[union-attr]
+        if kind is Socket:
+            return self._socket_body(body)  # type: ignore[arg-type]
         incoming = ChildBody(self, stream)
         self.incoming[stream] = incoming
         return incoming
@@ -539,6 +575,10 @@ class ChildProcess:
         in hand, else streamed within the child's credit."""
         if body is None:
             return None
+        if isinstance(body, SocketSource):
+            self._last_handle += 1
+            self.handed[self._last_handle] = body
+            return Socket(-self._last_handle)
         if isinstance(body, BytesBody) and len(body._data) <= MAX_CHUNK:
             body = body._data
         if isinstance(body, bytes):
@@ -547,6 +587,40 @@ class ChildProcess:
             body = BytesBody(body)
         self.sinks[stream] = ChildSink(self, stream, body)
         return STREAMED
+
+    # -- WebSockets (supervisor.edge.websockets) ------------------------------------------
+    def _socket_body(self, body: Socket) -> SocketSource:
+        if body.ws < 0:  # one handed to it, handed on
+            source = self.handed.pop(-body.ws, None)
+            if source is None:
+                raise ProtocolViolation(f"WebSocket handle {body.ws} names none handed to this child")
+            return source
+        state = self.socket_state(body.ws)
+        if state.source is not None:
+            raise ProtocolViolation(f"WebSocket {body.ws} was already answered with")
+        state.source = SocketSource(self, body.ws, body.hibernate, "", None)
+        return state.source
+
+    def socket_state(self, ws: int) -> SocketState:
+        state = self.sockets.get(ws)
+        if state is None:
+            if ws <= 0 or len(self.sockets) >= MAX_SOCKETS:
+                raise ProtocolViolation(f"WebSocket number {ws} is not valid or too many are open")
+            state = self.sockets[ws] = SocketState()
+        return state
+
+    def forget_socket(self, ws: int) -> None:
+        """The socket's connection is over (its close went to the worker)."""
+        if self.sockets.pop(ws, None) is not None and not self.sockets:
+            self.owner.on_idle(self)
+
+    def _on_ws_send(self, message: WsSend) -> None:
+        if len(message.data) > WS_MAX_MESSAGE:
+            raise ProtocolViolation(f"a WebSocket message of {len(message.data)} bytes")
+        self.socket_state(message.ws).send(message.data, message.text)
+
+    def _on_ws_close(self, message: WsClose) -> None:
+        self.socket_state(message.ws).close(message.code, message.reason[:123])
 
     def take_ref(self, ref: int) -> BodySource:
         """A body the child passes on unread: its request body or a call's response."""
@@ -729,6 +803,14 @@ class ChildProcess:
         for sink in list(self.sinks.values()):
             sink.abort()
         self.sinks.clear()
+        for state in list(self.sockets.values()):
+            if state.session is not None:
+                state.session.worker_gone()
+            else:
+                state.abandon()
+        for source in self.handed.values():
+            source.close()
+        self.handed.clear()
         try:
             self.sock.close()
         except OSError:

@@ -1,0 +1,216 @@
+"""WebSockets a worker serves: ``WebSocketPair``, ``accept``, ``send``, events.
+
+``client, server = WebSocketPair.new().object_values()``; the worker accepts
+the server end (``server.accept()``, or in a Durable Object
+``ctx.acceptWebSocket(server)`` to hibernate) and answers
+``Response(None, status=101, web_socket=client)``. The supervisor completes
+the handshake with the client and keeps the connection; this child keeps
+only the server end, by number:
+
+* what the server end sends (``send``, ``close``) goes out as ``WsSend`` and
+  ``WsClose`` frames, and may start before the 101 leaves (a welcome
+  message): the supervisor holds it until the client is connected;
+* what the client sends arrives as an invocation of its own, so that each
+  message has its own CPU budget and trace, as on Cloudflare: a
+  :class:`~protocol.messages.WebSocketEvent` for a socket a worker accepted
+  (its ``message`` and ``close`` listeners run), and for one a Durable
+  Object accepted to hibernate, a call of the object's ``webSocketMessage``,
+  ``webSocketClose`` (through its input gate, on a new instance if the old
+  one was evicted: the socket outlives it here).
+
+A socket lives as long as this child; if the child ends, the supervisor
+closes its clients' connections (1011).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from protocol.messages import WebSocketEvent, WsClose, WsSend
+
+from . import workers
+from .sdk_types import JsDict
+
+CONNECTING, OPEN, CLOSING, CLOSED = 0, 1, 2, 3
+#: Largest message a worker may send (Cloudflare's limit is 1 MiB per message).
+MAX_MESSAGE = 1024 * 1024
+
+
+def _message_bytes(data: Any) -> tuple[bytes, bool]:
+    if isinstance(data, str):
+        payload, text = data.encode(), True
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        payload, text = bytes(data), False
+    else:
+        raise TypeError(f"WebSocket.send() takes str or bytes, not {type(data).__name__}")
+    if len(payload) > MAX_MESSAGE:
+        raise ValueError(f"a WebSocket message is limited to {MAX_MESSAGE} bytes")
+    return payload, text
+
+
+class WebSocket:
+    """One end of a :class:`WebSocketPair`. The server end is the one used;
+    the client end is what the 101 response carries."""
+
+    READY_STATE_CONNECTING, READY_STATE_OPEN, READY_STATE_CLOSING, READY_STATE_CLOSED = (
+        CONNECTING, OPEN, CLOSING, CLOSED)
+
+    def __init__(self, sockets: Sockets | None, peer: WebSocket | None = None) -> None:
+        self._sockets = sockets
+        self._peer = peer
+        self.id = 0
+        self.readyState = CONNECTING  # noqa: N815 - Workers API name
+        self._listeners: dict[str, list[Any]] = {}
+        self._hibernate = False
+        self._attachment: Any = None
+        self.url: str | None = None
+        self.protocol = ""
+        self.extensions = ""
+
+    # -- the server end ---------------------------------------------------------------
+    def accept(self) -> None:
+        """Take this end: its events go to the listeners added here."""
+        self._sockets_or_raise().accept(self, hibernate=False)
+
+    def send(self, data: Any) -> None:
+        if self.readyState == CONNECTING:
+            raise RuntimeError("You must call accept() on this WebSocket before sending messages.")
+        if self.readyState != OPEN:
+            raise RuntimeError("Can't call WebSocket send() after close().")
+        payload, text = _message_bytes(data)
+        self._sockets_or_raise().runtime.send(WsSend(self.id, payload, text))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.readyState in (CLOSING, CLOSED) or not self.id:
+            return
+        if not (code == 1000 or 3000 <= code <= 4999):
+            raise TypeError(f"Invalid WebSocket close code: {code}.")
+        if len(reason.encode()) > 123:
+            raise TypeError("The WebSocket close reason is longer than 123 bytes.")
+        self.readyState = CLOSING
+        self._sockets_or_raise().runtime.send(WsClose(self.id, code, reason))
+
+    def addEventListener(self, kind: str, listener: Any) -> None:  # noqa: N802 - Workers API name
+        self._listeners.setdefault(kind, []).append(listener)
+
+    def removeEventListener(self, kind: str, listener: Any) -> None:  # noqa: N802 - Workers API name
+        listeners = self._listeners.get(kind, [])
+        if listener in listeners:
+            listeners.remove(listener)
+
+    def serializeAttachment(self, value: Any) -> None:  # noqa: N802 - Workers API name
+        """Data kept with the socket across hibernation (the object's instance may be evicted)."""
+        self._attachment = value
+
+    def deserializeAttachment(self) -> Any:  # noqa: N802 - Workers API name
+        return self._attachment
+
+    def _sockets_or_raise(self) -> Sockets:
+        if self._sockets is None:
+            raise TypeError("this WebSocket came from another worker's response: return it in a "
+                            "Response(status=101, web_socket=...) to hand it on")
+        return self._sockets
+
+    def __repr__(self) -> str:
+        return f"<WebSocket {self.id or 'unaccepted'} state={self.readyState}>"
+
+
+class WebSocketPair:
+    """``WebSocketPair.new()``: ``pair[0]`` the client end, ``pair[1]`` the server end."""
+
+    def __init__(self, sockets: Sockets) -> None:
+        server = WebSocket(sockets)
+        client = WebSocket(None, peer=server)
+        server._peer = client
+        self._ends = (client, server)
+
+    def object_values(self) -> tuple[WebSocket, WebSocket]:
+        """``Object.values(pair)``: (client, server), as Python Workers unpack it."""
+        return self._ends
+
+    def __getitem__(self, index: int) -> WebSocket:
+        return self._ends[index]
+
+    def __iter__(self) -> Any:
+        return iter(self._ends)
+
+
+class HandedOn(WebSocket):
+    """A WebSocket this child received in a response (a Durable Object's, a
+    service's): it can only be returned in a 101 response in turn."""
+
+    def __init__(self, handle: int) -> None:
+        super().__init__(None)
+        self.id = handle
+        self.readyState = OPEN
+
+
+class Sockets:
+    """The server ends this child accepted, by number."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self.open: dict[int, WebSocket] = {}
+        self._next = 1
+
+    def pair(self) -> WebSocketPair:
+        return WebSocketPair(self)
+
+    def accept(self, ws: WebSocket, hibernate: bool) -> None:
+        if ws._peer is None or ws._sockets is not self:
+            raise TypeError("accept() is called on the server end of a WebSocketPair (pair[1])")
+        if ws.readyState != CONNECTING:
+            raise RuntimeError("this WebSocket was already accepted")
+        ws.id = self._next
+        self._next += 1
+        ws._hibernate = hibernate
+        ws.readyState = OPEN
+        self.open[ws.id] = ws
+
+    def body_of(self, response: workers.Response) -> Any:
+        """The ``Socket`` a 101 response carries (the client end's server end)."""
+        from protocol.messages import Socket
+
+        client = response.web_socket
+        if isinstance(client, HandedOn):
+            return Socket(client.id)
+        server = getattr(client, "_peer", None)
+        if not isinstance(client, WebSocket) or server is None or server._sockets is not self:
+            raise TypeError("web_socket must be the client end of a WebSocketPair (pair[0])")
+        if server.readyState == CONNECTING:
+            raise TypeError("the server end of the WebSocketPair was not accepted: call "
+                            "server.accept() (or ctx.acceptWebSocket(server) in a Durable Object) "
+                            "before returning the response")
+        return Socket(server.id, hibernate=server._hibernate)
+
+    def closed(self, ws: WebSocket, code: int, reason: str, clean: bool) -> None:
+        ws.readyState = CLOSED
+        self.open.pop(ws.id, None)
+
+    async def deliver(self, event: WebSocketEvent) -> None:
+        """A client's message or close, to the listeners of a worker's socket."""
+        ws = self.open.get(event.ws)
+        if ws is None:
+            return  # closed here already; nothing listens
+        if event.kind == "message":
+            data: Any = event.data.decode("utf-8", "replace") if event.text else event.data
+            await _dispatch(ws, "message", JsDict(data=data, type="message"))
+        elif event.kind == "close":
+            self.closed(ws, event.code, event.reason, event.clean)
+            await _dispatch(ws, "close", JsDict(code=event.code, reason=event.reason,
+                                                wasClean=event.clean, type="close"))
+
+
+async def _dispatch(ws: WebSocket, kind: str, event: JsDict) -> None:
+    for listener in list(ws._listeners.get(kind, ())):
+        handler = getattr(listener, "handleEvent", listener)
+        result = handler(event)
+        if inspect.isawaitable(result):
+            await result
+
+
+def message_of(data: bytes, text: bool) -> Any:
+    """A message as handlers get it: ``str`` for a text frame, ``bytes`` else."""
+    return data.decode("utf-8", "replace") if text else data
+

@@ -1,0 +1,332 @@
+"""WebSockets a worker answers with: the handshake, then a relay.
+
+A worker that answers ``Response(status=101, web_socket=client)`` keeps the
+server end of its socket in its child (sandbox.websockets); the response's
+body is a :class:`SocketSource` naming it, which may pass through callers
+(a worker returning its Durable Object's response) as any body does. When
+it reaches the client's connection, :class:`Session` completes the
+handshake (RFC 6455: ``Sec-WebSocket-Accept``) and relays:
+
+* frames from the client are parsed by wsproto (the sans-IO WebSocket
+  library of h11's authors; pings answered, fragments joined, messages over
+  :data:`MAX_MESSAGE` refused with 1009) and each message, and the close,
+  becomes an invocation of its own (:class:`Deliverer`): a
+  ``WebSocketEvent`` in the socket's child, or for a socket a Durable Object
+  accepted to hibernate, its ``#webSocket`` call through the object's gate;
+* what the worker sends (``WsSend``, ``WsClose`` frames, which may come
+  before the client is even connected: the child's :class:`SocketState`
+  holds them) is framed and written in order by one writer task.
+
+A client that disconnects is a close with 1006; a child that dies closes
+its clients with 1011; a worker that never reads its outbox fast enough is
+cut at :data:`MAX_OUTBOX` bytes queued (1011). Nothing here limits how long
+a connection lives: each message's invocation has the limits.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import trio
+from wsproto.connection import Connection as WsConnection
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from protocol.messages import DurableObjectEvent, WebSocketEvent
+from supervisor.log import log, warn
+
+if TYPE_CHECKING:
+    from supervisor.edge.http_server import Connection
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: Largest message either side may send (Cloudflare's limit per message).
+MAX_MESSAGE = 1024 * 1024
+#: Bytes a socket may have queued toward its client (before it connects, or
+#: while the client reads slowly) before it is closed.
+MAX_OUTBOX = 8 * 1024 * 1024
+#: Sockets one child may have open (a chat room's Durable Object holds many).
+MAX_SOCKETS = 10_000
+#: How long a close waits for the other side's close frame.
+CLOSE_TIMEOUT_S = 5.0
+#: Response headers of the worker's 101 that are the handshake's own.
+HANDSHAKE_HEADERS = frozenset({b"upgrade", b"connection", b"sec-websocket-accept",
+                               b"sec-websocket-extensions", b"content-length", b"transfer-encoding"})
+
+
+class SocketSource:
+    """A 101 response's WebSocket: the server end ``ws`` in ``child``.
+
+    ``object`` is ``(namespace, script, class_name, object_id)`` when a
+    Durable Object accepted it to hibernate. ``close()`` is what any body
+    gets when nobody will read it: the socket is closed as if its client
+    left."""
+
+    def __init__(self, child: Any, ws: int, hibernate: bool, url: str,
+                 object_: tuple[str, str, str, str] | None) -> None:
+        self.child = child
+        self.ws = ws
+        self.hibernate = hibernate
+        self.url = url
+        self.object = object_
+        self.taken = False
+
+    def close(self) -> None:
+        if not self.taken:
+            self.taken = True
+            self.child.socket_state(self.ws).abandon()
+
+
+class SocketState:
+    """The supervisor's side of one socket of a child: what the worker sent
+    before its client connected, and the session once it did."""
+
+    __slots__ = ("source", "session", "pending", "pending_bytes", "closed_by_worker", "abandoned")
+
+    def __init__(self) -> None:
+        self.source: SocketSource | None = None
+        self.session: Session | None = None
+        self.pending: list[tuple[bytes, bool]] = []
+        self.pending_bytes = 0
+        self.closed_by_worker: tuple[int, str] | None = None
+        self.abandoned = False
+
+    def send(self, data: bytes, text: bool) -> None:
+        if self.session is not None:
+            self.session.from_worker(data, text)
+        elif not self.abandoned and self.closed_by_worker is None:
+            self.pending_bytes += len(data)
+            if self.pending_bytes > MAX_OUTBOX:
+                self.closed_by_worker = (1011, "too much data queued before the client connected")
+                self.pending = []
+                return
+            self.pending.append((data, text))
+
+    def close(self, code: int, reason: str) -> None:
+        if self.session is not None:
+            self.session.close_from_worker(code, reason)
+        elif self.closed_by_worker is None:
+            self.closed_by_worker = (code, reason)
+
+    def abandon(self) -> None:
+        """No client will connect (the response went nowhere, or its child died)."""
+        self.abandoned = True
+        self.pending = []
+
+
+class Deliverer:
+    """Hands a client's messages and close to the worker, each as an invocation."""
+
+    def __init__(self, pool: Any, host: Any, limits: Any, on_trace: Any) -> None:
+        self.pool = pool
+        self.host = host
+        self.limits = limits
+        self.on_trace = on_trace
+
+    async def deliver(self, source: SocketSource, kind: str, data: bytes = b"", text: bool = False,
+                      code: int = 0, reason: str = "", clean: bool = False) -> bool:
+        """False when the socket's worker is gone (its child ended or was replaced)."""
+        child = source.child
+        if not child.alive or child.retired or child.record is None:
+            return False
+        if source.hibernate and source.object is not None:
+            from supervisor.objects.host import ObjectKey
+
+            key = ObjectKey(*source.object)
+            args = msgspec.msgpack.encode([source.ws, kind, data, text, code, reason, clean])
+            try:
+                await self.host.invoke(key, DurableObjectEvent(key.class_name, key.object_id, "#webSocket"),
+                                       None, args=args, trace=True)
+            except Exception as exc:  # noqa: BLE001 - a handler's failure is in its trace; the socket stays
+                log("websocket.handler_failed", script=key.script, reason=str(exc)[:300])
+            return True
+        record = child.record
+        inv = self.pool.start(child, record, b"GET", source.url, [], None, self.limits.defaults_for(record),
+                              event=WebSocketEvent(source.ws, kind, data, text, code, reason, clean))
+        inv.on_done = self.on_trace
+        await inv.wait_head()
+        return True
+
+
+def accept_key(key: bytes) -> bytes:
+    """RFC 6455's ``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key``."""
+    return base64.b64encode(hashlib.sha1(key + GUID).digest())
+
+
+def handshake_problem(method: bytes, headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why this request cannot become a WebSocket (None: it can)."""
+    values = {name: value for name, value in headers}
+    if b"websocket" not in values.get(b"upgrade", b"").lower():
+        return ("the worker answered with a WebSocket (status 101) a request that did not ask for "
+                "one (no 'Upgrade: websocket' header)")
+    if method != b"GET":
+        return "a WebSocket handshake must be a GET request"
+    if b"upgrade" not in values.get(b"connection", b"").lower():
+        return "a WebSocket handshake needs 'Connection: Upgrade'"
+    if values.get(b"sec-websocket-version", b"").strip() != b"13":
+        return "only WebSocket version 13 is supported (Sec-WebSocket-Version)"
+    key = values.get(b"sec-websocket-key", b"").strip()
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except ValueError:
+        return "the Sec-WebSocket-Key header is missing or not 16 bytes in base64"
+    return None
+
+
+class Session:
+    """One upgraded client connection, relayed to its worker's socket."""
+
+    def __init__(self, conn: Connection, source: SocketSource, deliverer: Deliverer) -> None:
+        self.conn: Connection = getattr(conn, "_conn", conn)  # under ingress' request-id wrapper
+        self.source = source
+        self.deliverer = deliverer
+        self.ws = WsConnection(ConnectionType.SERVER)
+        send, self._outbox = trio.open_memory_channel[bytes](float("inf"))
+        self._send = send
+        self._queued = 0
+        self._closing = False
+        self._drained: trio.Event | None = None
+        self._cancel: trio.CancelScope | None = None
+        self.state = source.child.socket_state(source.ws)
+
+    # -- from the worker (its child's reader: synchronous) ----------------------------
+    def from_worker(self, data: bytes, text: bool) -> None:
+        if self._closing:
+            return
+        self._emit(self.ws.send(Message(data.decode("utf-8", "replace") if text else data)))
+
+    def close_from_worker(self, code: int, reason: str) -> None:
+        self._start_close(code, reason)
+
+    def worker_gone(self) -> None:
+        """The socket's child ended: its client hears 1011."""
+        self._start_close(1011, "the worker's process ended")
+
+    def _start_close(self, code: int, reason: str) -> None:
+        if self._closing or self.ws.state is not ConnectionState.OPEN:
+            return
+        self._closing = True
+        self._emit(self.ws.send(CloseConnection(code, reason)))
+
+    def _emit(self, data: bytes) -> None:
+        self._queued += len(data)
+        if self._queued > MAX_OUTBOX and not self._closing:
+            warn("websocket.outbox_full", script=self._script(), queued=self._queued)
+            self._closing = True
+            if self._cancel is not None:
+                self._cancel.cancel()
+            return
+        self._send.send_nowait(data)
+
+    def _script(self) -> str:
+        record = self.source.child.record
+        return f"{record.namespace}/{record.name}" if record is not None else "?"
+
+    # -- the connection ----------------------------------------------------------------
+    async def run(self, request_headers: list[tuple[bytes, bytes]],
+                  response_headers: list[tuple[bytes, bytes]]) -> None:
+        """Answer the handshake, relay until either side closes, tell the worker."""
+        key = dict(request_headers)[b"sec-websocket-key"].strip()
+        head = [b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
+                b"sec-websocket-accept: " + accept_key(key) + b"\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in response_headers
+                 if name.lower() not in HANDSHAKE_HEADERS]
+        state = self.state
+        close = (1006, "", False)
+        try:
+            self.conn.response_started = True
+            self.conn.keep_alive = False  # the connection is the socket's from here on
+            await self.conn._send(b"".join(head) + b"\r\n")
+            leftover, _ = self.conn.h11.trailing_data
+            state.session = self
+            for data, text in state.pending:
+                self.from_worker(data, text)
+            state.pending = []
+            if state.closed_by_worker is not None:
+                self._start_close(*state.closed_by_worker)
+            log("websocket.open", script=self._script(), ws=self.source.ws, hibernate=self.source.hibernate)
+            with trio.CancelScope() as self._cancel:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    close = await self._reader(bytes(leftover))
+                    nursery.cancel_scope.cancel()
+        finally:
+            state.session = None
+            self.source.child.forget_socket(self.source.ws)
+            # The worker hears of the close in any case: its socket is closed now.
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self.deliverer.deliver(self.source, "close", code=close[0], reason=close[1],
+                                             clean=close[2])
+            log("websocket.closed", script=self._script(), ws=self.source.ws, code=close[0])
+
+    async def _writer(self) -> None:
+        async for data in self._outbox:
+            self._queued -= len(data)
+            await self.conn._send(data)
+            if not self._queued and self._drained is not None:
+                self._drained.set()
+            if self._closing and self.ws.state is not ConnectionState.OPEN and not self._queued:
+                # Our close went out: the client has this long to answer it.
+                await trio.sleep(CLOSE_TIMEOUT_S)
+                if self._cancel is not None:
+                    self._cancel.cancel()
+                return
+
+    async def _reader(self, leftover: bytes) -> tuple[int, str, bool]:
+        """Client frames to the worker, until a close; the close's (code, reason, clean)."""
+        parts: list[bytes | str] = []
+        size = 0
+        data = leftover
+        while True:
+            if data:
+                try:
+                    self.ws.receive_data(data)
+                except (RemoteProtocolError, LocalProtocolError) as exc:
+                    warn("websocket.protocol_error", script=self._script(), reason=str(exc)[:200])
+                    return (1002, "protocol error", False)
+            for event in self.ws.events():
+                if isinstance(event, Ping):
+                    self._emit(self.ws.send(event.response()))
+                elif isinstance(event, (TextMessage, BytesMessage)):
+                    parts.append(event.data)
+                    size += len(event.data)
+                    if size > MAX_MESSAGE:
+                        self._start_close(1009, f"messages are limited to {MAX_MESSAGE} bytes")
+                        parts, size = [], 0
+                        continue
+                    if event.message_finished:
+                        text = isinstance(event, TextMessage)
+                        payload = "".join(parts).encode() if text else b"".join(parts)  # type: ignore[arg-type]
+                        parts, size = [], 0
+                        if not self._closing and not await self.deliverer.deliver(
+                                self.source, "message", payload, text):
+                            self._start_close(1012, "the worker was replaced or ended")
+                elif isinstance(event, CloseConnection):
+                    if self.ws.state is ConnectionState.REMOTE_CLOSING:
+                        self._emit(self.ws.send(event.response()))
+                    await self._flushed()
+                    return (event.code, event.reason or "", True)
+            data = await self._receive()
+            if data is None:
+                return (1006, "", False)
+
+    async def _receive(self) -> bytes | None:
+        try:
+            data = await self.conn.receive_some()
+        except Exception:  # noqa: BLE001 - a reset connection is a client that left
+            return None
+        if not data:
+            self.ws.receive_data(None)
+            return None
+        return data
+
+    async def _flushed(self) -> None:
+        """Let the writer send what is queued (the close's answer) before the end."""
+        if self._queued:
+            self._drained = trio.Event()
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self._drained.wait()

@@ -1,0 +1,269 @@
+"""WebSockets a worker serves, over a real server, real jailed children and a
+real client speaking RFC 6455 on a TCP socket (wsproto on the client side too).
+
+* a worker accepts its end (``server.accept()``), sends before the 101 has
+  left, echoes text and binary messages through its listeners and closes;
+* a Durable Object accepts sockets to hibernate (the chat room of
+  Cloudflare's Python examples): messages reach ``webSocketMessage`` and are
+  broadcast to ``getWebSockets()``, survive the instance's eviction with their
+  attachments, and a client leaving reaches ``webSocketClose``;
+* a client hears why its socket ends: 1009 for a message over 1 MiB, 1011
+  when its worker's process dies, 1012 when its worker is redeployed;
+* what cannot be a WebSocket is refused by name, at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import time
+
+import pytest
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Message, TextMessage
+
+from supervisor.edge.websockets import accept_key
+from tests import storage_helpers as h
+
+
+class Client:
+    """A WebSocket client on a plain socket: the handshake by hand, frames by wsproto."""
+
+    def __init__(self, port: int, host: str, path: str = "/") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        key = base64.b64encode(os.urandom(16))
+        self.sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode() +
+                          b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                          b"Sec-WebSocket-Key: " + key + b"\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            assert chunk, f"connection closed during the handshake: {head!r}"
+            head += chunk
+        head, _, rest = head.partition(b"\r\n\r\n")
+        self.head = head.decode("latin-1")
+        assert self.head.startswith("HTTP/1.1 101"), self.head
+        fields = dict(line.split(": ", 1) for line in self.head.split("\r\n")[1:])
+        headers = {name.lower(): value for name, value in fields.items()}
+        assert headers["sec-websocket-accept"] == accept_key(key).decode(), self.head
+        assert headers["upgrade"].lower() == "websocket", self.head
+        self.ws = Connection(ConnectionType.CLIENT, trailing_data=rest)
+        self.events: list = []
+
+    def send(self, data: str | bytes) -> None:
+        self.sock.sendall(self.ws.send(Message(data)))
+
+    def next(self):
+        """The next message (str or bytes) or CloseConnection, waiting for it."""
+        parts: list = []
+        while True:
+            for event in self.ws.events():
+                if isinstance(event, (TextMessage, BytesMessage)):
+                    parts.append(event.data)
+                    if event.message_finished:
+                        return "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)
+                elif isinstance(event, CloseConnection):
+                    if self.ws.state is ConnectionState.REMOTE_CLOSING:  # theirs: answer it
+                        self.sock.sendall(self.ws.send(event.response()))
+                    return event
+            data = self.sock.recv(65536)
+            self.ws.receive_data(data or None)
+            if not data:
+                return None
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        from wsproto.events import CloseConnection as Close
+
+        self.sock.sendall(self.ws.send(Close(code, reason)))
+
+    def drop(self) -> None:
+        self.sock.close()
+
+
+ECHO = '''
+from js import WebSocketPair
+from pyodide.ffi import create_proxy
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.headers.get("upgrade") != "websocket":
+            if request.url.endswith("/unasked"):
+                client, server = WebSocketPair.new().object_values()
+                server.accept()
+                return Response(None, status=101, web_socket=client)
+            if request.url.endswith("/unaccepted"):
+                client, server = WebSocketPair.new().object_values()
+                return Response(None, status=101, web_socket=client)
+            if request.url.endswith("/used"):  # not a WebSocket: a response that cannot be sent
+                response = Response("read already")
+                await response.text()
+                return response
+            try:
+                Response(None, status=200, web_socket=WebSocketPair.new()[0])
+            except ValueError as e:
+                return Response(str(e))
+        client, server = WebSocketPair.new().object_values()
+        server.accept()
+        server.send("welcome")  # before the client has the 101
+
+        def on_message(event):
+            if event.data == "die":
+                import os
+                os._exit(3)
+            if event.data == "bye":
+                server.close(1000, "bye to you")
+            elif isinstance(event.data, str):
+                server.send("echo:" + event.data)
+            else:
+                server.send(bytes(reversed(event.data)))
+
+        server.addEventListener("message", create_proxy(on_message))
+        return Response(None, status=101, web_socket=client)
+'''
+
+CHAT = r'''
+import json
+from js import WebSocketPair
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Room(DurableObject):
+    async def fetch(self, request):
+        client, server = WebSocketPair.new().object_values()
+        name = request.url.rsplit("/", 1)[-1]
+        self.ctx.acceptWebSocket(server, [name])
+        server.serializeAttachment({"name": name})
+        for ws in self.ctx.getWebSockets():
+            ws.send(json.dumps({"joined": name, "count": len(self.ctx.getWebSockets())}))
+        return Response(None, status=101, web_socket=client)
+
+    async def webSocketMessage(self, ws, message):
+        who = ws.deserializeAttachment()["name"]
+        for other in self.ctx.getWebSockets():
+            other.send(json.dumps({"from": who, "text": message, "tags": self.ctx.getTags(ws)}))
+
+    async def webSocketClose(self, ws, code, reason, wasClean):
+        await self.ctx.storage.put("closed", [ws.deserializeAttachment()["name"], code, wasClean])
+
+    async def count(self):
+        return {"open": len(self.ctx.getWebSockets()), "closed": await self.ctx.storage.get("closed")}
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        _, _, _, action, room, *rest = request.url.split("/")
+        stub = self.env.ROOMS.getByName(room)
+        if action == "count":
+            return Response.json(await stub.count())
+        return await stub.fetch(request)  # its 101, handed on through this worker
+'''
+ROOM = {"type": "durable_object_namespace", "name": "ROOMS", "class_name": "Room"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = h.start(tmp_path_factory.mktemp("websockets"), "[storage]\ndurable_object_idle_s = 0.3\n")
+    srv.deploy("echo", ECHO)
+    srv.deploy("chat", CHAT, bindings=[ROOM])
+    yield srv
+    srv.stop()
+
+
+def test_a_worker_accepts_echoes_and_closes(server):
+    c = Client(server.port, "echo.localhost")
+    assert c.next() == "welcome"
+    c.send("hi")
+    assert c.next() == "echo:hi"
+    c.send(b"\x01\x02\x03")
+    assert c.next() == b"\x03\x02\x01"
+    c.send("x" * 200_000)  # fragmented by nobody, but large
+    assert c.next() == "echo:" + "x" * 200_000
+    c.send("bye")
+    close = c.next()
+    assert isinstance(close, CloseConnection) and (close.code, close.reason) == (1000, "bye to you")
+    assert c.next() is None  # and the connection ends
+    c.drop()
+
+
+def test_the_client_hears_why_its_socket_ends(server):
+    # A message over 1 MiB: refused with 1009.
+    big = Client(server.port, "echo.localhost")
+    assert big.next() == "welcome"
+    big.send(b"x" * (1024 * 1024 + 1))
+    close = big.next()
+    assert isinstance(close, CloseConnection) and close.code == 1009, close
+    big.drop()
+    # Its worker's process dies: 1011.
+    dying = Client(server.port, "echo.localhost")
+    assert dying.next() == "welcome"
+    dying.send("die")
+    close = dying.next()
+    assert isinstance(close, CloseConnection) and close.code == 1011, close
+    dying.drop()
+    # Its worker is redeployed: 1012, come back (to the new version).
+    kept = Client(server.port, "echo.localhost")
+    assert kept.next() == "welcome"
+    server.deploy("echo", ECHO + "\n# v2\n")
+    close = kept.next()
+    assert isinstance(close, CloseConnection) and close.code == 1012, close
+    kept.drop()
+    again = Client(server.port, "echo.localhost")
+    assert again.next() == "welcome"
+    again.send("still")
+    assert again.next() == "echo:still"
+    again.drop()
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
+def test_a_durable_object_chat_room_hibernates_its_sockets(server):
+    alice = Client(server.port, "chat.localhost", "/join/lobby/alice")
+    assert alice.next() == '{"joined": "alice", "count": 1}'
+    bob = Client(server.port, "chat.localhost", "/join/lobby/bob")
+    assert bob.next() == '{"joined": "bob", "count": 2}'
+    assert alice.next() == '{"joined": "bob", "count": 2}'
+    alice.send("hello")
+    expected = '{"from": "alice", "text": "hello", "tags": ["alice"]}'
+    assert alice.next() == expected and bob.next() == expected
+    # The object is evicted when idle (0.3 s here); the sockets stay open and
+    # the next message builds a new instance that still has them, attachments too.
+    assert wait_for(lambda: "dobject.evicted" in server.log()), server.log()[-2000:]
+    bob.send("still here")
+    expected = '{"from": "bob", "text": "still here", "tags": ["bob"]}'
+    assert alice.next() == expected and bob.next() == expected
+    # A client that leaves reaches webSocketClose; the room counts one socket.
+    bob.close(1001, "going away")
+    assert isinstance(bob.next(), CloseConnection)
+    bob.drop()
+    def count():
+        return server.request("/count/lobby", host="chat.localhost").json()
+
+    result = wait_for(lambda: (r := count())["closed"] and r)
+    assert result == {"open": 1, "closed": ["bob", 1001, True]}, result
+    # One that just drops its connection: a close with 1006, not clean.
+    alice.drop()
+    result = wait_for(lambda: (r := count())["open"] == 0 and r)
+    assert result == {"open": 0, "closed": ["alice", 1006, False]}, result
+
+
+def test_what_cannot_be_a_websocket_is_refused_by_name(server):
+    plain = server.request("/", host="echo.localhost")
+    assert plain.text == "Responses with a webSocket must have status 101"
+    unasked = server.request("/unasked", host="echo.localhost")
+    assert unasked.status == 500 and b"did not ask for one" in unasked.body, unasked
+    # A response that fails as it is sent fails its invocation at once (the
+    # dispatcher here turns that into a 502 naming it), not at its wall limit.
+    unaccepted = server.request("/unaccepted", host="echo.localhost")
+    assert unaccepted.status == 502 and b"was not accepted: call server.accept()" in unaccepted.body
+    used = server.request("/used", host="echo.localhost")
+    assert used.status == 502 and b"body was already read" in used.body, used
