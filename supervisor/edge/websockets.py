@@ -77,7 +77,10 @@ class SocketSource:
     def close(self) -> None:
         if not self.taken:
             self.taken = True
-            self.child.socket_state(self.ws).abandon()
+            state = self.child.sockets.get(self.ws)
+            if state is not None:
+                state.abandon()
+            self.child.forget_socket(self.ws)
 
 
 class SocketState:
