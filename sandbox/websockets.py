@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from protocol.messages import WebSocketEvent, WsClose, WsSend
+from protocol.messages import Socket, WebSocketEvent, WsClose, WsSend
 
 from . import workers
 from .sdk_types import JsDict
@@ -170,8 +170,6 @@ class Sockets:
 
     def body_of(self, response: workers.Response) -> Any:
         """The ``Socket`` a 101 response carries (the client end's server end)."""
-        from protocol.messages import Socket
-
         client = response.web_socket
         if isinstance(client, HandedOn):
             return Socket(client.id)

@@ -551,10 +551,9 @@ class Response(_Body):
 
 def response_with(status: int, body: Any) -> Response:
     """A response the supervisor delivered (a call's, a Durable Object's):
-    ``body`` as it arrived, or the WebSocket of a 101."""
-    from .websockets import HandedOn
-
-    if isinstance(body, HandedOn):
+    ``body`` as it arrived, or the WebSocket of a 101 (a
+    :class:`sandbox.websockets.HandedOn`, the one body with a ``readyState``)."""
+    if status == 101 and hasattr(body, "readyState"):
         return Response(status=101, web_socket=body)
     response = Response(status=status)
     response._body = body
