@@ -188,28 +188,22 @@ def test_a_worker_accepts_echoes_and_closes(server):
     c.drop()
 
 
+def _closed_by(server, trigger) -> int:
+    """Connect to the echo worker, do ``trigger(client)``, return the close code it hears."""
+    client = Client(server.port, "echo.localhost")
+    assert client.next() == "welcome"
+    trigger(client)
+    close = client.next()
+    client.drop()
+    assert isinstance(close, CloseConnection), close
+    return close.code
+
+
 def test_the_client_hears_why_its_socket_ends(server):
-    # A message over 1 MiB: refused with 1009.
-    big = Client(server.port, "echo.localhost")
-    assert big.next() == "welcome"
-    big.send(b"x" * (1024 * 1024 + 1))
-    close = big.next()
-    assert isinstance(close, CloseConnection) and close.code == 1009, close
-    big.drop()
-    # Its worker's process dies: 1011.
-    dying = Client(server.port, "echo.localhost")
-    assert dying.next() == "welcome"
-    dying.send("die")
-    close = dying.next()
-    assert isinstance(close, CloseConnection) and close.code == 1011, close
-    dying.drop()
+    assert _closed_by(server, lambda c: c.send(b"x" * (1024 * 1024 + 1))) == 1009  # too big
+    assert _closed_by(server, lambda c: c.send("die")) == 1011  # its worker's process died
     # Its worker is redeployed: 1012, come back (to the new version).
-    kept = Client(server.port, "echo.localhost")
-    assert kept.next() == "welcome"
-    server.deploy("echo", ECHO + "\n# v2\n")
-    close = kept.next()
-    assert isinstance(close, CloseConnection) and close.code == 1012, close
-    kept.drop()
+    assert _closed_by(server, lambda c: server.deploy("echo", ECHO + "\n# v2\n")) == 1012
     again = Client(server.port, "echo.localhost")
     assert again.next() == "welcome"
     again.send("still")
