@@ -537,7 +537,7 @@ class ChildProcess:
                 body.close()
                 inv.fail(ExceptionInfo("TypeError", "a WebSocket response must have status 101"))
                 return
-            if body.ws > 0:  # this child's own socket: where its events go
+            if body.child is self and not body.url:  # its own socket, answered with: where events go
                 body.url = inv.url
                 event = inv.event
                 if body.hibernate and isinstance(event, DurableObjectEvent):
