@@ -216,8 +216,9 @@ class ChildProcess:
         self.sinks: dict[int, ChildSink] = {}
         #: Its WebSockets' supervisor side, by the child's number (supervisor.edge.websockets).
         self.sockets: dict[int, SocketState] = {}
-        #: Other children's WebSockets handed to it in responses, by (positive) handle.
-        self.handed: dict[int, SocketSource] = {}
+        #: Other children's WebSockets handed to it in responses, by (positive)
+        #: handle: the socket and the call whose response carried it.
+        self.handed: dict[int, tuple[SocketSource, int]] = {}
         self._last_handle = 0
         self.calls: dict[int, Any] = {}  # calls in flight: call id -> has .cancel()
         self._last_call = 0
@@ -577,7 +578,7 @@ class ChildProcess:
             return None
         if isinstance(body, SocketSource):
             self._last_handle += 1
-            self.handed[self._last_handle] = body
+            self.handed[self._last_handle] = (body, stream)
             return Socket(-self._last_handle)
         if isinstance(body, BytesBody) and len(body._data) <= MAX_CHUNK:
             body = body._data
@@ -591,10 +592,10 @@ class ChildProcess:
     # -- WebSockets (supervisor.edge.websockets) ------------------------------------------
     def _socket_body(self, body: Socket) -> SocketSource:
         if body.ws < 0:  # one handed to it, handed on
-            source = self.handed.pop(-body.ws, None)
-            if source is None:
+            handed = self.handed.pop(-body.ws, None)
+            if handed is None:
                 raise ProtocolViolation(f"WebSocket handle {body.ws} names none handed to this child")
-            return source
+            return handed[0]
         state = self.socket_state(body.ws)
         if state.source is not None:
             raise ProtocolViolation(f"WebSocket {body.ws} was already answered with")
@@ -671,6 +672,11 @@ class ChildProcess:
             stream = self.incoming.pop(call, None)
             if stream is not None:
                 stream.fail("the invocation ended")
+        if self.handed:  # WebSockets its calls got and it did not hand on: closed
+            for handle, (source, call) in list(self.handed.items()):
+                if call in inv.calls:
+                    del self.handed[handle]
+                    source.close()
 
     def _on_log(self, message: Log) -> None:
         inv = self.invocations.get(message.id)
@@ -808,7 +814,7 @@ class ChildProcess:
                 state.session.worker_gone()
             else:
                 state.abandon()
-        for source in self.handed.values():
+        for source, _ in self.handed.values():
             source.close()
         self.handed.clear()
         try:
