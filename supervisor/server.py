@@ -117,8 +117,8 @@ class Supervisor:
                                request_ids=self.observability.request_ids.assign,
                                assets=self.asset_server,
                                scheduled=self._scheduled_now if config.scheduled_test_endpoint else None)
-        self.ingress.websockets = Deliverer(self.pool, self.objects, self.limit_policy,
-                                            lambda inv: self.observability.finished(inv))
+        self.ingress.websockets = self.pool.websockets = Deliverer(
+            self.pool, self.objects, self.limit_policy, lambda inv: self.observability.finished(inv))
         self.admin = AdminAPI(self.store, self, blobs=self.asset_blobs)
         storage_admin.register(self.admin.router, self.bindings)
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")

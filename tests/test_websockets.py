@@ -158,6 +158,9 @@ class Default(WorkerEntrypoint):
         stub = self.env.ROOMS.getByName(room)
         if action == "count":
             return Response.json(await stub.count())
+        if action == "drop":  # takes the room's 101 and does not hand it on
+            response = await stub.fetch(request)
+            return Response(f"dropped a {response.status}")
         return await stub.fetch(request)  # its 101, handed on through this worker
 '''
 ROOM = {"type": "durable_object_namespace", "name": "ROOMS", "class_name": "Room"}
@@ -248,6 +251,21 @@ def test_a_durable_object_chat_room_hibernates_its_sockets(server):
     alice.drop()
     result = wait_for(lambda: (r := count())["open"] == 0 and r)
     assert result == {"open": 0, "closed": ["alice", 1006, False]}, result
+
+
+def test_a_websocket_no_client_gets_is_closed_for_its_worker(server):
+    """A worker that takes a Durable Object's 101 and answers something else:
+    the object's socket is closed (1006, not clean), and the object hears it."""
+    upgrade = {"upgrade": "websocket", "connection": "Upgrade", "sec-websocket-version": "13",
+               "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    resp = server.request("/drop/attic/carol", host="chat.localhost", headers=upgrade)
+    assert (resp.status, resp.text) == (200, "dropped a 101"), resp
+
+    def count():
+        return server.request("/count/attic", host="chat.localhost").json()
+
+    result = wait_for(lambda: (r := count())["closed"] and r)
+    assert result == {"open": 0, "closed": ["carol", 1006, False]}, result
 
 
 def test_what_cannot_be_a_websocket_is_refused_by_name(server):

@@ -260,8 +260,6 @@ class Ingress:
             source.close()
             warn("ingress.websocket_refused", script=inv.record.name, reason=problem)
             await conn.respond(500, _TEXT, f"Worker threw exception: {problem}\n".encode())
-            if self.websockets is not None:  # the worker's socket is closed: it hears so
-                await self.websockets.deliver(source, "close", code=1006)
             return
         assert self.websockets is not None and request is not None
         source.taken = True

@@ -81,6 +81,9 @@ class SocketSource:
             if state is not None:
                 state.abandon()
             self.child.forget_socket(self.ws)
+            deliverer = getattr(self.child.owner, "websockets", None)
+            if deliverer is not None:  # its worker hears that it is closed (1006: no client came)
+                self.child.spawn(deliverer.deliver, self, "close", b"", False, 1006, "", False)
 
 
 class SocketState:

@@ -187,6 +187,9 @@ class Pool:
         self._nursery: trio.Nursery | None = None
         self.last_invocation_id = 0
         self.stats = {"cold_starts": 0, "invocations": 0, "children_killed": 0}
+        #: Hands WebSocket events to workers (supervisor.edge.websockets.Deliverer;
+        #: set by the server): a socket closed here is one its worker hears of.
+        self.websockets: Any = None
         self.calls = calls(self)
         #: Told of cold starts (with their latency) and of children's ends
         #: (supervisor.observability.metrics); None: nobody listens.
