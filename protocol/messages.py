@@ -436,11 +436,13 @@ class SubRequest(_Msg, tag="subreq"):
 
 
 class WsSend(_Msg, tag="wssend"):
-    """The child's socket ``ws`` sends a message to its client."""
+    """The child's socket ``ws`` sends a message to its client, or (``fin``
+    false) a part of one: a message may be larger than a frame may be."""
 
     ws: int
     data: bytes
     text: bool = False
+    fin: bool = True
 
 
 class WsClose(_Msg, tag="wsclose"):

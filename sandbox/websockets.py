@@ -35,6 +35,9 @@ from .sdk_types import JsDict
 CONNECTING, OPEN, CLOSING, CLOSED = 0, 1, 2, 3
 #: Largest message a worker may send (Cloudflare's limit is 1 MiB per message).
 MAX_MESSAGE = 1024 * 1024
+#: A message goes to the supervisor in parts of at most this many bytes (a
+#: frame from a child is at most 1 MiB, its envelope included).
+PART = 256 * 1024
 
 
 def _message_bytes(data: Any) -> tuple[bytes, bool]:
@@ -79,7 +82,15 @@ class WebSocket:
         if self.readyState != OPEN:
             raise RuntimeError("Can't call WebSocket send() after close().")
         payload, text = _message_bytes(data)
-        self._sockets_or_raise().runtime.send(WsSend(self.id, payload, text))
+        runtime = self._sockets_or_raise().runtime
+        if len(payload) <= PART:
+            runtime.send(WsSend(self.id, payload, text))
+            return
+        # In parts; a text message is cut between characters, never inside one.
+        parts = [data[i:i + PART // 4].encode() for i in range(0, len(data), PART // 4)] if text \
+            else [payload[i:i + PART] for i in range(0, len(payload), PART)]
+        for i, part in enumerate(parts):
+            runtime.send(WsSend(self.id, part, text, fin=i == len(parts) - 1))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         if self.readyState in (CLOSING, CLOSED) or not self.id:

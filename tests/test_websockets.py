@@ -107,6 +107,10 @@ class Default(WorkerEntrypoint):
                 return Response(str(e))
         client, server = WebSocketPair.new().object_values()
         server.accept()
+        if request.url.endswith("/flood"):  # more than a socket may queue before its client comes
+            for _ in range(9):
+                server.send(b"x" * (1024 * 1024))
+            return Response(None, status=101, web_socket=client)
         server.send("welcome")  # before the client has the 101
 
         def on_message(event):
@@ -182,8 +186,12 @@ def test_a_worker_accepts_echoes_and_closes(server):
     assert c.next() == "echo:hi"
     c.send(b"\x01\x02\x03")
     assert c.next() == b"\x03\x02\x01"
-    c.send("x" * 200_000)  # fragmented by nobody, but large
-    assert c.next() == "echo:" + "x" * 200_000
+    text = "é" * 400_000 + "x" * 200_000  # ~1 MB: it leaves the child in parts, one message
+    c.send(text)
+    assert c.next() == "echo:" + text
+    most = bytes(range(256)) * 4096  # exactly the 1 MiB a message may be
+    c.send(most)
+    assert c.next() == most[::-1]
     c.send("bye")
     close = c.next()
     assert isinstance(close, CloseConnection) and (close.code, close.reason) == (1000, "bye to you")
@@ -200,6 +208,14 @@ def _closed_by(server, trigger) -> int:
     client.drop()
     assert isinstance(close, CloseConnection), close
     return close.code
+
+
+def test_a_socket_may_queue_only_so_much_for_its_client(server):
+    flooded = Client(server.port, "echo.localhost", "/flood")
+    close = flooded.next()
+    flooded.drop()
+    assert isinstance(close, CloseConnection) and close.code == 1011, close
+    assert "too much data queued" in close.reason, close
 
 
 def test_the_client_hears_why_its_socket_ends(server):

@@ -19,7 +19,9 @@ handshake (RFC 6455: ``Sec-WebSocket-Accept``) and relays:
 
 A client that disconnects is a close with 1006; a child that dies closes
 its clients with 1011; a worker that never reads its outbox fast enough is
-cut at :data:`MAX_OUTBOX` bytes queued (1011). Nothing here limits how long
+cut at :data:`MAX_OUTBOX` bytes queued (1011), and all sockets of the host
+together hold at most :data:`HOST_BUFFER` bytes (a tenant that floods slow
+readers cannot take the supervisor's memory). Nothing here limits how long
 a connection lives: each message's invocation has the limits.
 """
 
@@ -48,6 +50,27 @@ MAX_MESSAGE = 1024 * 1024
 #: Bytes a socket may have queued toward its client (before it connects, or
 #: while the client reads slowly) before it is closed.
 MAX_OUTBOX = 8 * 1024 * 1024
+#: Bytes queued toward clients by every socket of this supervisor together.
+HOST_BUFFER = 256 * 1024 * 1024
+
+
+class _Buffered:
+    """The host's account of bytes queued toward WebSocket clients."""
+
+    total = 0
+
+    @classmethod
+    def take(cls, n: int) -> bool:
+        if cls.total + n > HOST_BUFFER:
+            return False
+        cls.total += n
+        return True
+
+    @classmethod
+    def give(cls, n: int) -> None:
+        cls.total -= n
+
+
 #: Sockets one child may have open (a chat room's Durable Object holds many).
 MAX_SOCKETS = 10_000
 #: How long a close waits for the other side's close frame.
@@ -95,21 +118,31 @@ class SocketState:
     def __init__(self) -> None:
         self.source: SocketSource | None = None
         self.session: Session | None = None
-        self.pending: list[tuple[bytes, bool]] = []
+        self.pending: list[tuple[bytes, bool, bool]] = []
         self.pending_bytes = 0
         self.closed_by_worker: tuple[int, str] | None = None
         self.abandoned = False
 
-    def send(self, data: bytes, text: bool) -> None:
+    def send(self, data: bytes, text: bool, fin: bool = True) -> None:
         if self.session is not None:
-            self.session.from_worker(data, text)
+            self.session.from_worker(data, text, fin)
         elif not self.abandoned and self.closed_by_worker is None:
-            self.pending_bytes += len(data)
-            if self.pending_bytes > MAX_OUTBOX:
+            if self.pending_bytes + len(data) > MAX_OUTBOX or not _Buffered.take(len(data)):
+                self._drop_pending()
                 self.closed_by_worker = (1011, "too much data queued before the client connected")
-                self.pending = []
                 return
-            self.pending.append((data, text))
+            self.pending_bytes += len(data)
+            self.pending.append((data, text, fin))
+
+    def take_pending(self) -> list[tuple[bytes, bool, bool]]:
+        """What waited for the client (it now goes through the session's queue)."""
+        pending = self.pending
+        self._drop_pending()
+        return pending
+
+    def _drop_pending(self) -> None:
+        _Buffered.give(self.pending_bytes)
+        self.pending, self.pending_bytes = [], 0
 
     def close(self, code: int, reason: str) -> None:
         if self.session is not None:
@@ -120,7 +153,7 @@ class SocketState:
     def abandon(self) -> None:
         """No client will connect (the response went nowhere, or its child died)."""
         self.abandoned = True
-        self.pending = []
+        self._drop_pending()
 
 
 class Deliverer:
@@ -200,10 +233,12 @@ class Session:
         self.state = source.child.socket_state(source.ws)
 
     # -- from the worker (its child's reader: synchronous) ----------------------------
-    def from_worker(self, data: bytes, text: bool) -> None:
+    def from_worker(self, data: bytes, text: bool, fin: bool = True) -> None:
+        """A message, or a part of one (``fin`` false), from the worker."""
         if self._closing:
             return
-        self._emit(self.ws.send(Message(data.decode("utf-8", "replace") if text else data)))
+        self._emit(self.ws.send(Message(data.decode("utf-8", "replace") if text else data,
+                                        message_finished=fin)))
 
     def close_from_worker(self, code: int, reason: str) -> None:
         self._start_close(code, reason)
@@ -219,13 +254,15 @@ class Session:
         self._emit(self.ws.send(CloseConnection(code, reason)))
 
     def _emit(self, data: bytes) -> None:
-        self._queued += len(data)
-        if self._queued > MAX_OUTBOX and not self._closing:
-            warn("websocket.outbox_full", script=self._script(), queued=self._queued)
-            self._closing = True
-            if self._cancel is not None:
-                self._cancel.cancel()
+        if self._queued + len(data) > MAX_OUTBOX or not _Buffered.take(len(data)):
+            if not self._closing:
+                warn("websocket.outbox_full", script=self._script(), queued=self._queued,
+                     host_queued=_Buffered.total)
+                self._closing = True
+                if self._cancel is not None:
+                    self._cancel.cancel()
             return
+        self._queued += len(data)
         self._send.send_nowait(data)
 
     def _script(self) -> str:
@@ -249,9 +286,8 @@ class Session:
             await self.conn._send(b"".join(head) + b"\r\n")
             leftover, _ = self.conn.h11.trailing_data
             state.session = self
-            for data, text in state.pending:
-                self.from_worker(data, text)
-            state.pending = []
+            for data, text, fin in state.take_pending():
+                self.from_worker(data, text, fin)
             if state.closed_by_worker is not None:
                 self._start_close(*state.closed_by_worker)
             log("websocket.open", script=self._script(), ws=self.source.ws, hibernate=self.source.hibernate)
@@ -262,6 +298,8 @@ class Session:
                     nursery.cancel_scope.cancel()
         finally:
             state.session = None
+            _Buffered.give(self._queued)  # what the writer never sent
+            self._queued = 0
             self.source.child.forget_socket(self.source.ws)
             # The worker hears of the close in any case: its socket is closed now.
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
@@ -271,8 +309,9 @@ class Session:
 
     async def _writer(self) -> None:
         async for data in self._outbox:
-            self._queued -= len(data)
             await self.conn._send(data)
+            self._queued -= len(data)
+            _Buffered.give(len(data))
             if not self._queued and self._drained is not None:
                 self._drained.set()
             if self._closing and self.ws.state is not ConnectionState.OPEN and not self._queued:

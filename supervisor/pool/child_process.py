@@ -618,7 +618,7 @@ class ChildProcess:
     def _on_ws_send(self, message: WsSend) -> None:
         if len(message.data) > WS_MAX_MESSAGE:
             raise ProtocolViolation(f"a WebSocket message of {len(message.data)} bytes")
-        self.socket_state(message.ws).send(message.data, message.text)
+        self.socket_state(message.ws).send(message.data, message.text, message.fin)
 
     def _on_ws_close(self, message: WsClose) -> None:
         self.socket_state(message.ws).close(message.code, message.reason[:123])
