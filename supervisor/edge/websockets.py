@@ -19,9 +19,10 @@ handshake (RFC 6455: ``Sec-WebSocket-Accept``) and relays:
 
 A client that disconnects is a close with 1006; a child that dies closes
 its clients with 1011; a worker that never reads its outbox fast enough is
-cut at :data:`MAX_OUTBOX` bytes queued (1011), and all sockets of the host
-together hold at most :data:`HOST_BUFFER` bytes (a tenant that floods slow
-readers cannot take the supervisor's memory). Nothing here limits how long
+cut at :data:`MAX_OUTBOX` bytes queued (1011); the sockets of one child hold
+at most :data:`CHILD_BUFFER` bytes together and those of the host
+:data:`HOST_BUFFER` (a tenant that floods slow readers can take neither the
+supervisor's memory nor the other tenants' share of it). Nothing here limits how long
 a connection lives: each message's invocation has the limits.
 """
 
@@ -50,25 +51,32 @@ MAX_MESSAGE = 1024 * 1024
 #: Bytes a socket may have queued toward its client (before it connects, or
 #: while the client reads slowly) before it is closed.
 MAX_OUTBOX = 8 * 1024 * 1024
-#: Bytes queued toward clients by every socket of this supervisor together.
+#: Bytes queued toward clients by every socket of this supervisor together,
+#: and by the sockets of one child.
 HOST_BUFFER = 256 * 1024 * 1024
+CHILD_BUFFER = 32 * 1024 * 1024
 
 
-class _Buffered:
-    """The host's account of bytes queued toward WebSocket clients."""
+class Buffered:
+    """Bytes queued toward WebSocket clients: the host's total, and one
+    child's (so that one tenant's flood does not use up what others need)."""
 
-    total = 0
+    host_total = 0
 
-    @classmethod
-    def take(cls, n: int) -> bool:
-        if cls.total + n > HOST_BUFFER:
+    def __init__(self, limit: int = CHILD_BUFFER) -> None:
+        self.limit = limit
+        self.total = 0
+
+    def take(self, n: int) -> bool:
+        if self.total + n > self.limit or Buffered.host_total + n > HOST_BUFFER:
             return False
-        cls.total += n
+        self.total += n
+        Buffered.host_total += n
         return True
 
-    @classmethod
-    def give(cls, n: int) -> None:
-        cls.total -= n
+    def give(self, n: int) -> None:
+        self.total -= n
+        Buffered.host_total -= n
 
 
 #: Sockets one child may have open (a chat room's Durable Object holds many).
@@ -113,9 +121,12 @@ class SocketState:
     """The supervisor's side of one socket of a child: what the worker sent
     before its client connected, and the session once it did."""
 
-    __slots__ = ("source", "session", "pending", "pending_bytes", "closed_by_worker", "abandoned")
+    __slots__ = ("buffered", "source", "session", "pending", "pending_bytes", "closed_by_worker",
+                 "abandoned")
 
-    def __init__(self) -> None:
+    def __init__(self, buffered: Buffered) -> None:
+        #: Its child's account of bytes queued toward clients.
+        self.buffered = buffered
         self.source: SocketSource | None = None
         self.session: Session | None = None
         self.pending: list[tuple[bytes, bool, bool]] = []
@@ -127,7 +138,7 @@ class SocketState:
         if self.session is not None:
             self.session.from_worker(data, text, fin)
         elif not self.abandoned and self.closed_by_worker is None:
-            if self.pending_bytes + len(data) > MAX_OUTBOX or not _Buffered.take(len(data)):
+            if self.pending_bytes + len(data) > MAX_OUTBOX or not self.buffered.take(len(data)):
                 self._drop_pending()
                 self.closed_by_worker = (1011, "too much data queued before the client connected")
                 return
@@ -141,7 +152,7 @@ class SocketState:
         return pending
 
     def _drop_pending(self) -> None:
-        _Buffered.give(self.pending_bytes)
+        self.buffered.give(self.pending_bytes)
         self.pending, self.pending_bytes = [], 0
 
     def close(self, code: int, reason: str) -> None:
@@ -254,10 +265,10 @@ class Session:
         self._emit(self.ws.send(CloseConnection(code, reason)))
 
     def _emit(self, data: bytes) -> None:
-        if self._queued + len(data) > MAX_OUTBOX or not _Buffered.take(len(data)):
+        if self._queued + len(data) > MAX_OUTBOX or not self.state.buffered.take(len(data)):
             if not self._closing:
                 warn("websocket.outbox_full", script=self._script(), queued=self._queued,
-                     host_queued=_Buffered.total)
+                     child_queued=self.state.buffered.total, host_queued=Buffered.host_total)
                 self._closing = True
                 if self._cancel is not None:
                     self._cancel.cancel()
@@ -298,7 +309,7 @@ class Session:
                     nursery.cancel_scope.cancel()
         finally:
             state.session = None
-            _Buffered.give(self._queued)  # what the writer never sent
+            state.buffered.give(self._queued)  # what the writer never sent
             self._queued = 0
             self.source.child.forget_socket(self.source.ws)
             # The worker hears of the close in any case: its socket is closed now.
@@ -311,7 +322,7 @@ class Session:
         async for data in self._outbox:
             await self.conn._send(data)
             self._queued -= len(data)
-            _Buffered.give(len(data))
+            self.state.buffered.give(len(data))
             if not self._queued and self._drained is not None:
                 self._drained.set()
             if self._closing and self.ws.state is not ConnectionState.OPEN and not self._queued:

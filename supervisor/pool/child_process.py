@@ -50,7 +50,7 @@ from protocol.messages import (
     WsSend,
 )
 from supervisor.edge.websockets import MAX_MESSAGE as WS_MAX_MESSAGE
-from supervisor.edge.websockets import MAX_SOCKETS, SocketSource, SocketState
+from supervisor.edge.websockets import MAX_SOCKETS, Buffered, SocketSource, SocketState
 from supervisor.lifecycle import (
     OUTCOME_MESSAGE,
     ChildEvent,
@@ -219,6 +219,8 @@ class ChildProcess:
         #: Other children's WebSockets handed to it in responses, by (positive)
         #: handle: the socket and the call whose response carried it.
         self.handed: dict[int, tuple[SocketSource, int]] = {}
+        #: Bytes its sockets have queued toward their clients.
+        self.socket_buffer = Buffered()
         self._last_handle = 0
         self.calls: dict[int, Any] = {}  # calls in flight: call id -> has .cancel()
         self._last_call = 0
@@ -607,7 +609,7 @@ class ChildProcess:
         if state is None:
             if ws <= 0 or len(self.sockets) >= MAX_SOCKETS:
                 raise ProtocolViolation(f"WebSocket number {ws} is not valid or too many are open")
-            state = self.sockets[ws] = SocketState()
+            state = self.sockets[ws] = SocketState(self.socket_buffer)
         return state
 
     def forget_socket(self, ws: int) -> None:
