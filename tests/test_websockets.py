@@ -218,6 +218,24 @@ def test_a_socket_may_queue_only_so_much_for_its_client(server):
     assert "too much data queued" in close.reason, close
 
 
+def test_a_client_that_breaks_the_protocol_is_cut_off_alone(server):
+    """Frames no client may send (unmasked, a reserved opcode): its connection
+    ends, the worker hears a close, and the next client is served as before."""
+    rogue = Client(server.port, "echo.localhost")
+    assert rogue.next() == "welcome"
+    rogue.sock.sendall(b"\x83\x05hello")  # unmasked, opcode 3 (reserved)
+    ending = rogue.next()
+    assert ending is None or isinstance(ending, CloseConnection), ending
+    rogue.drop()
+    # wsproto answers the broken frame with a close 1002 (protocol error).
+    assert wait_for(lambda: '"code":1002' in server.log()), server.log()[-2000:]
+    fine = Client(server.port, "echo.localhost")
+    assert fine.next() == "welcome"
+    fine.send("ok?")
+    assert fine.next() == "echo:ok?"
+    fine.drop()
+
+
 def test_the_client_hears_why_its_socket_ends(server):
     assert _closed_by(server, lambda c: c.send(b"x" * (1024 * 1024 + 1))) == 1009  # too big
     assert _closed_by(server, lambda c: c.send("die")) == 1011  # its worker's process died
