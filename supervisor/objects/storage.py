@@ -191,38 +191,35 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any]) -> dict[str
     if not statements:
         raise BindingError("SQL query must not be empty", "Error")
     rows_before = conn.total_changes
-    conn.execute("SAVEPOINT corral_op")
-    conn.set_authorizer(_authorizer)
+
+    def run(c: sqlite3.Connection) -> tuple[list[str], list[list[Any]]]:
+        c.set_authorizer(_authorizer)
+        try:
+            columns: list[str] = []
+            rows: list[list[Any]] = []
+            for i, statement in enumerate(statements):
+                last = i == len(statements) - 1
+                cursor = c.execute(statement, binds if last else [])
+                if last:
+                    columns = [d[0] for d in cursor.description or ()]
+                    size = 0
+                    for row in cursor:
+                        size += sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
+                        if size > MAX_SQL_RESULT:
+                            raise BindingError(f"SQL result is larger than {MAX_SQL_RESULT} bytes")
+                        rows.append(list(row))
+            return columns, rows
+        finally:
+            c.set_authorizer(None)
+
     try:
-        columns: list[str] = []
-        rows: list[list[Any]] = []
-        for i, statement in enumerate(statements):
-            last = i == len(statements) - 1
-            cursor = conn.execute(statement, binds if last else [])
-            if last:
-                columns = [d[0] for d in cursor.description or ()]
-                size = 0
-                for row in cursor:
-                    size += sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
-                    if size > MAX_SQL_RESULT:
-                        raise BindingError(f"SQL result is larger than {MAX_SQL_RESULT} bytes")
-                    rows.append(list(row))
-        conn.set_authorizer(None)
-        conn.execute("RELEASE corral_op")
+        columns, rows = _tx(conn, run)
     except sqlite3.Error as exc:
-        conn.set_authorizer(None)
-        conn.execute("ROLLBACK TO corral_op")
-        conn.execute("RELEASE corral_op")
         text = str(exc)
         if "not authorized" in text:
             text = ("not authorized: SQL may not use _cf_ tables, ATTACH, PRAGMA or "
                     "transaction statements (use ctx.storage.transactionSync)")
         raise BindingError(f"{text}: SQLITE_ERROR") from None
-    except BaseException:
-        conn.set_authorizer(None)
-        conn.execute("ROLLBACK TO corral_op")
-        conn.execute("RELEASE corral_op")
-        raise
     written = conn.total_changes - rows_before
     return {"columns": columns, "rows": rows, "rowsRead": max(len(rows), 0),
             "rowsWritten": written}
