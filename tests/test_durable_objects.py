@@ -150,6 +150,26 @@ class Counter(DurableObject):
             result = f"{type(e).__name__}: {e}"
         return {"result": result, **(await self.tx_state())}
 
+    async def sqlrelease(self):
+        s = self.ctx.storage
+        refused = 0
+
+        async def writes(txn):
+            nonlocal refused
+            await txn.put("kept", 1)
+            for q in ("RELEASE corral_txn_1", "RELEASE corral_op", "SAVEPOINT mine"):
+                try:
+                    await txn.sql.exec(q)
+                except Exception as e:
+                    refused += "not authorized" in str(e)
+            raise ValueError("undo")
+
+        try:
+            await s.transaction(writes)
+        except ValueError:
+            pass
+        return {"refused": refused, "kept": await s.get("kept")}
+
     async def tx_state(self):
         s = self.ctx.storage
         tables = (await s.sql.exec("SELECT count(*) AS n FROM sqlite_master WHERE name = 'txt'")).one().n
@@ -341,6 +361,15 @@ def test_transactions_keep_all_or_nothing(server, mode, result, kept):
     assert out["tx"] == (mode if kept else None), out
     assert out["rows"] == ([mode] if kept else []), out
     assert out["inner"] is None, out  # a nested transaction that raised keeps nothing
+
+
+def test_sql_cannot_reach_the_transactions_savepoints(server):
+    result = h.ok(server, "counter", """
+s = env.COUNTER.getByName("tx-savepoints")
+return await s.sqlrelease()
+""")
+    assert result["refused"] == 3, result
+    assert result["kept"] is None, result  # the closure raised: nothing of it stays
 
 
 def test_a_transaction_whose_child_died_is_not_kept(server):

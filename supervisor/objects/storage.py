@@ -165,7 +165,9 @@ def _authorizer(action: int, a: str | None, b: str | None, db: str | None, src: 
         if name and name.lower().startswith("_cf_") and action not in (sqlite3.SQLITE_FUNCTION,):
             return sqlite3.SQLITE_DENY
     if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH, sqlite3.SQLITE_PRAGMA,
-                  sqlite3.SQLITE_TRANSACTION):
+                  sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
+        # Savepoints too: one named like Corral's own (corral_op, corral_txn_N)
+        # would let tenant SQL commit or undo what ctx.storage.transaction holds.
         return sqlite3.SQLITE_DENY
     return sqlite3.SQLITE_OK
 
