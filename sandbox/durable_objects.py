@@ -441,7 +441,7 @@ class Objects:
                 await _call(handler, ws, websockets.message_of(data, text))
         elif kind == "close":
             del sockets[ws_id]
-            ws.readyState = websockets.CLOSED
+            workers._runtime.sockets.closed(ws)
             handler = getattr(instance, "webSocketClose", None)
             if callable(handler):
                 await _call(handler, ws, code, reason, clean)

@@ -193,7 +193,8 @@ class Sockets:
                             "before returning the response")
         return Socket(server.id, hibernate=server._hibernate)
 
-    def closed(self, ws: WebSocket, code: int, reason: str, clean: bool) -> None:
+    def closed(self, ws: WebSocket) -> None:
+        """Its client's connection is over (the worker hears of it now)."""
         ws.readyState = CLOSED
         self.open.pop(ws.id, None)
 
@@ -203,10 +204,9 @@ class Sockets:
         if ws is None:
             return  # closed here already; nothing listens
         if event.kind == "message":
-            data: Any = event.data.decode("utf-8", "replace") if event.text else event.data
-            await _dispatch(ws, "message", JsDict(data=data, type="message"))
+            await _dispatch(ws, "message", JsDict(data=message_of(event.data, event.text), type="message"))
         elif event.kind == "close":
-            self.closed(ws, event.code, event.reason, event.clean)
+            self.closed(ws)
             await _dispatch(ws, "close", JsDict(code=event.code, reason=event.reason,
                                                 wasClean=event.clean, type="close"))
 

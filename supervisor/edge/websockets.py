@@ -41,6 +41,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from protocol.messages import DurableObjectEvent, WebSocketEvent
 from supervisor.log import log, warn
+from supervisor.objects.host import ObjectKey
 
 if TYPE_CHECKING:
     from supervisor.edge.http_server import Connection
@@ -183,8 +184,6 @@ class Deliverer:
         if not child.alive or child.retired or child.record is None:
             return False
         if source.hibernate and source.object is not None:
-            from supervisor.objects.host import ObjectKey
-
             key = ObjectKey(*source.object)
             args = msgspec.msgpack.encode([source.ws, kind, data, text, code, reason, clean])
             try:
@@ -253,10 +252,6 @@ class Session:
 
     def close_from_worker(self, code: int, reason: str) -> None:
         self._start_close(code, reason)
-
-    def worker_gone(self) -> None:
-        """The socket's child ended: its client hears 1011."""
-        self._start_close(1011, "the worker's process ended")
 
     def _start_close(self, code: int, reason: str) -> None:
         if self._closing or self.ws.state is not ConnectionState.OPEN:

@@ -375,9 +375,13 @@ class ChildProcess:
         Its WebSockets' clients are told to reconnect (1012, as Cloudflare
         does on a deploy), or it would never drain."""
         self._advance(ChildEvent.RETIRE)
+        self._close_sockets(1012, "the worker was redeployed")
+
+    def _close_sockets(self, code: int, reason: str) -> None:
+        """Close its clients' connections with ``code``; sockets no client has yet go."""
         for ws, state in list(self.sockets.items()):
             if state.session is not None:
-                state.session.close_from_worker(1012, "the worker was redeployed")
+                state.session.close_from_worker(code, reason)
             else:
                 state.abandon()
                 del self.sockets[ws]
@@ -811,11 +815,7 @@ class ChildProcess:
         for sink in list(self.sinks.values()):
             sink.abort()
         self.sinks.clear()
-        for state in list(self.sockets.values()):
-            if state.session is not None:
-                state.session.worker_gone()
-            else:
-                state.abandon()
+        self._close_sockets(1011, "the worker's process ended")
         for source, _ in self.handed.values():
             source.close()
         self.handed.clear()
