@@ -232,7 +232,7 @@ class RateLimitSimple(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=T
         timeout = self.mitigation_timeout
         if timeout and (timeout < self.period or (timeout != 10 and timeout % 60)):
             raise Invalid(f"mitigation_timeout must be 0, 10 or a multiple of 60 up to 86400, and "
-                             f"at least the period ({self.period}), not {timeout}")
+                          f"at least the period ({self.period}), not {timeout}")
 
 
 class RateLimit(_Binding, tag="ratelimit"):
