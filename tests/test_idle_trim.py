@@ -235,6 +235,49 @@ def test_a_tenant_cannot_change_the_zygote_snapshot(c: Corral) -> None:
     assert call(c, "stateful2")["intact"]
 
 
+def _spares(c: Corral) -> list[int]:
+    """The base zygote's children waiting for a script (spares idle at nice 10)."""
+    assert c.proc is not None
+    spares = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            parent = int(fields[1])
+            grandparent = int(Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if grandparent == c.proc.pid and int(fields[16]) == 10:
+            spares.append(int(entry))
+    return spares
+
+
+def _given_back_runs(pid: int) -> int:
+    """Private mappings of the zygote's snapshot: each is a run of pages given back."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return 0
+    return sum(1 for line in maps.splitlines()
+               if " rw-p " in line and "corral-zygote-snapshot" in line)
+
+
+def test_a_waiting_spare_gives_back_what_its_own_set_up_copied(c: Corral) -> None:
+    """A spare's jail, loop and channel copied hundreds of the zygote's pages,
+    a third of them left as they were: given back while it waits (when cold
+    starts are calm), they stay shared once it serves."""
+    assert wait_for(lambda: len(_spares(c)) >= 2, timeout=15), c.log()
+    spares = _spares(c)
+    assert wait_for(lambda: all(_given_back_runs(pid) or not Path(f"/proc/{pid}").exists()
+                                for pid in spares), timeout=15, interval=0.1), (
+        f"spares {spares} kept every copy: {[_given_back_runs(pid) for pid in spares]}\n{c.log()}")
+    # ... and one of them, taken by a tenant, serves with intact state.
+    c.deploy("stateful3", STATEFUL)
+    out = call(c, "stateful3")
+    assert out["intact"] and out["count"] == 1, out
+
+
 class _IdleChild:
     """What the trimmer needs of a child (supervisor.pool.idle_trim.Trimmable)."""
 

@@ -360,7 +360,8 @@ class ChildProcess:
     def assign(self, record: ScriptRecord, bundle: Any) -> None:
         self._advance(ChildEvent.ASSIGN)
         self.record = record
-        self.assigned_at = trio.current_time()
+        # Used from now on: a give-back asked of it as a spare is void.
+        self.assigned_at = self.last_used = trio.current_time()
         self.cold = True
         self.kit.renice(self.pid)
         self.send(Load(bundle))
