@@ -324,10 +324,11 @@ class Pool:
             # Its own set-up (jail, loop, channel) copied ~570 of the
             # zygote's pages; ~190 of them are byte for byte what they were
             # (counts that went up and down). Given back while it waits,
-            # they stay shared when it serves: ~0.5 MB off every tenant
-            # started from it. Asked only while cold starts are calm (the
-            # trimmer drops it otherwise), and only of base spares: a
-            # package spare's prefault copies pages on purpose.
+            # they stay shared when it serves: ~0.5 MB off every spare,
+            # ~0.3 MB (PSS) off every tenant started from one. Asked only
+            # while cold starts are calm (the trimmer drops it otherwise),
+            # and only of base spares: a package spare's prefault copies
+            # pages on purpose.
             self.trimmer.ask(child)
 
     def on_idle(self, child: ChildProcess) -> None:
