@@ -35,7 +35,7 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: A warm child idle this long gives back the pages it copied from its
     #: zygote but left as they were (see sandbox.reshare); its next request
     #: copies what it touches again (~1 ms, measured). A new spare gives
-    #: back what its own set-up copied as soon as it is ready. 0: never.
+    #: back what its own set-up copied once it is ready. 0: never.
     reshare_after_s: float = 5.0
     #: Memory cap of every child, and the ceiling of a per-invocation memoryMb.
     memory_mb: int = 128

@@ -83,6 +83,11 @@ def test_give_backs_wait_while_cold_starts_are_busy() -> None:
     assert busy.reshare == ()
     assert plan(view(spares=0, waiting=1, warm=warm, reap=True, reshare_after_s=5.0)).reshare == ()
     assert plan(view(warm=warm, reap=True, reshare_after_s=5.0, cold_rate=BUSY_COLD_RATE / 2)).reshare == ("idle",)
+    # Spares not asked yet are asked on the same calm scans only.
+    assert not busy.give_back
+    assert plan(view(warm=warm, reap=True, reshare_after_s=5.0)).give_back
+    assert not plan(view(warm=warm, reap=False, reshare_after_s=5.0)).give_back
+    assert not plan(view(warm=warm, reap=True, reshare_after_s=0.0)).give_back  # 0: never
 
 
 def test_at_the_cap_the_least_recently_used_idle_child_makes_room() -> None:

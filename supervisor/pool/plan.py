@@ -28,7 +28,8 @@ The rules, in the order they apply:
    start for the CPU), unless a request is waiting for a spare.
 5. **Give back.** On the periodic scan, a warm child idle for longer than
    ``reshare_after_s`` is asked for its copied pages (once per idle
-   period), unless cold starts are busy (:func:`calm`): a give-back costs
+   period), and so is every base spare not asked yet (what its own set-up
+   copied), unless cold starts are busy (:func:`calm`): a give-back costs
    ~6 ms of CPU, and in a storm of first requests ~100 of them fell due
    within two seconds, a third of the CPU the storm's cold starts needed.
 """
@@ -114,6 +115,10 @@ class Plan:
     stuck: bool = False
     #: Why, when it is ``stuck`` (for the 503's log line).
     why: str = field(default="", compare=False)
+    #: The idle scan ran while cold starts are calm: children (idle warm
+    #: ones in :attr:`reshare`, and spares not asked yet) may be asked for
+    #: their copied pages.
+    give_back: bool = False
 
 
 def plan(view: PoolView) -> Plan:
@@ -121,6 +126,7 @@ def plan(view: PoolView) -> Plan:
     retire: list[Hashable] = []
     reshare: list[Hashable] = []
     live = view.live
+    give_back = False
     if view.reap:
         give_back = bool(view.reshare_after_s) and calm(view.waiting, view.cold_rate)
         for child in view.warm:
@@ -157,7 +163,7 @@ def plan(view: PoolView) -> Plan:
     if stuck:
         why = (f"all {view.max_children} sandboxes are busy ({live} live, {len(view.warm)} warm, "
                f"{view.spares} spare)")
-    return Plan(tuple(retire), tuple(reshare), trim, fork, wake_at, stuck, why)
+    return Plan(tuple(retire), tuple(reshare), trim, fork, wake_at, stuck, why, give_back)
 
 
 # ---------------------------------------------------------------------------

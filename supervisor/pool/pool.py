@@ -320,16 +320,6 @@ class Pool:
             package.line.offer(child)
             return
         self.spare_line.offer(child)
-        if self.config.pool.reshare_after_s:
-            # Its own set-up (jail, loop, channel) copied ~570 of the
-            # zygote's pages; ~190 of them are byte for byte what they were
-            # (counts that went up and down). Given back while it waits,
-            # they stay shared when it serves: ~0.5 MB off every spare,
-            # ~0.3 MB (PSS) off every tenant started from one. Asked only
-            # while cold starts are calm (the trimmer drops it otherwise),
-            # and only of base spares: a package spare's prefault copies
-            # pages on purpose.
-            self.trimmer.ask(child)
 
     def on_idle(self, child: ChildProcess) -> None:
         """A retiring child goes once it has nothing in flight."""
@@ -452,6 +442,17 @@ class Pool:
             self._retire(self.warm[key])  # type: ignore[index]
         for key in decided.reshare:
             self.trimmer.ask(self.warm[key])  # type: ignore[index]
+        if reap and decided.give_back:
+            # A base spare's own set-up (jail, loop, channel) copied ~570 of
+            # the zygote's pages; ~190 of them are byte for byte what they
+            # were (counts that went up and down). Given back while it
+            # waits, they stay shared when it serves: ~0.5 MB off every
+            # spare, ~0.3 MB (PSS) off every tenant started from one. Each
+            # is asked once, on the first calm scan after it is ready. Not
+            # package spares: their prefault copies pages on purpose.
+            for spare in self.spares:
+                if spare.reshared_at != spare.last_used:
+                    self.trimmer.ask(spare)
         for _ in range(decided.trim):
             # Left over from a burst (deploy validations, waiters): each costs memory.
             self.spares.pop().kill(KillReason.SURPLUS_SPARE)
