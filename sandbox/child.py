@@ -277,9 +277,12 @@ class ChildLoop(asyncio.SelectorEventLoop):
     of the zygote into the child (reference counts): ~100 pages per child,
     measured. Built before the fork, the loop object is shared instead.
     What cannot be shared is its kernel side, the epoll instance and the
-    wake-up socket pair: a child keeps their descriptors open through the
-    jail's closing of fds (:meth:`kernel_fds`) and then swaps in its own
-    (:meth:`after_fork`). The zygote never runs this loop.
+    wake-up socket pair: the zygote makes a fresh one just before each fork
+    (:meth:`renew_kernel_side`), which only that child inherits, and the
+    child keeps their descriptors open through the jail's closing of fds
+    (:meth:`kernel_fds`). Making them in the child instead copied another
+    ~70 pages into every child (selectors' and socket's Python code).
+    The zygote never runs this loop.
     """
 
     def kernel_fds(self) -> set[int]:
@@ -291,13 +294,12 @@ class ChildLoop(asyncio.SelectorEventLoop):
         :mod:`sandbox.thread_shims`)."""
         return thread_shims.run_inline(self, func, *args)
 
-    def after_fork(self) -> None:
-        """In the child: close this process's descriptors of the zygote's epoll
-        instance and wake-up pair, and make its own."""
+    def renew_kernel_side(self) -> None:
+        """In the zygote, just before a fork: a new epoll instance and wake-up
+        pair for the next child. The last child's (it has its own copies of
+        the descriptors) are closed here; the zygote never waits on them."""
+        self._close_self_pipe()
         self._selector.close()
-        self._ssock.close()
-        self._csock.close()
-        self._internal_fds -= 1
         self._selector = selectors.EpollSelector()
         self._make_self_pipe()
 
@@ -748,8 +750,7 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
         keep |= prebuilt[0].kernel_fds()
     layer2 = jail.jail_child(sock.fileno(), devnull, address_space, rules, keep)
     if prebuilt is not None:
-        loop, runtime = prebuilt
-        loop.after_fork()
+        loop, runtime = prebuilt  # its epoll and wake-up pair are this child's (renew_kernel_side)
         runtime.adopt_layer2(layer2)
     else:
         loop = ChildLoop()

@@ -152,6 +152,8 @@ class Zygote:
             self.control.send(payload)
 
     def spawn(self) -> None:
+        if self.prebuilt is not None:
+            self.prebuilt[0].renew_kernel_side()
         self._fork_announced(socket.SOCK_STREAM, "child", self._run_child, Spawned)
 
     def _run_child(self, channel: socket.socket) -> int:

@@ -714,6 +714,40 @@ def test_every_sandbox_is_locked_down_seen_from_outside(c: Corral) -> None:
     assert checked > 0
 
 
+def _epoll_watches(pid: int) -> list[tuple[int, str]]:
+    """(fd number, target inode) of everything the epoll instances of ``pid`` watch."""
+    watched = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
+            continue
+        for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
+            if line.startswith("tfd:"):  # "tfd: 8 events: 19 data: 8 pos:0 ino:2a7e sdev:9"
+                watched.append((int(line.split()[1]), line.split("ino:")[1].split()[0]))
+    return watched
+
+
+def test_every_sandbox_waits_on_an_epoll_instance_of_its_own(c: Corral) -> None:
+    """The zygote makes each child's epoll instance and wake-up pair before
+    its fork (sandbox.child.ChildLoop.renew_kernel_side). One inherited from
+    the zygote or a sibling would let a child's registrations mix with
+    another's: every descriptor a child's epoll watches must be that child's
+    own open file, the same inode."""
+    children = c.children()
+    checked = 0
+    for pid in children:
+        try:
+            wait_for(lambda pid=pid: proc_status(pid).get("Seccomp") == "2", timeout=3)
+            watched = _epoll_watches(pid)
+            own = {fd: format(os.stat(f"/proc/{pid}/fd/{fd}").st_ino, "x") for fd, _ in watched}
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended while we looked
+        assert watched, f"child {pid} watches nothing (its channel?)"
+        for fd, inode in watched:
+            assert own[fd] == inode, (pid, fd, inode, own)
+        checked += 1
+    assert checked >= 2, children
+
+
 def test_file_descriptors_hold_nothing_but_the_channel(c: Corral) -> None:
     c.deploy("fds", worker('''
         class Default(WorkerEntrypoint):
