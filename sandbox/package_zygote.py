@@ -136,5 +136,6 @@ def become(rules: jail.FileRules, package_dirs: list[str]) -> dict:
     gc.collect()
     gc.freeze()
     heap_fill.fill_partial_pools()  # as in the base zygote (see sandbox.heap_fill)
+    heap_fill.fill_malloc_bins()
     return {"imported": imported, "failed": failed, "import_s": round(seconds, 3), "warm": warmed,
             "problems": problems}

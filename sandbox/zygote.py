@@ -128,6 +128,7 @@ class Zygote:
         # ... and children put their first objects in pools of their own,
         # not one block into each of hundreds of the zygote's pages.
         heap_fill.fill_partial_pools()
+        malloc_fill = heap_fill.fill_malloc_bins()
         snapshot = {"problem": reshare_problem}
         if proc is not None:
             try:
@@ -140,7 +141,7 @@ class Zygote:
         self.single_threaded = threading.active_count() == 1
         if self.address_space and snapshot.get("pages"):
             self.address_space += snapshot["pages"] * reshare.PAGE  # every child maps it too
-        return {**jail.describe(report), "reshare": snapshot}
+        return {**jail.describe(report), "reshare": snapshot, "malloc_fill": malloc_fill}
 
     def send(self, message: FromZygote, fds: list[int] | None = None) -> None:
         payload = self.encoder.encode(message)

@@ -748,6 +748,17 @@ def test_every_sandbox_waits_on_an_epoll_instance_of_its_own(c: Corral) -> None:
     assert checked >= 2, children
 
 
+def test_the_zygote_takes_its_free_malloc_chunks_before_it_forks(c: Corral) -> None:
+    """Children's allocations land in pages of their own, not in the holes
+    the zygote's imports left in its heap (sandbox.heap_fill; the mechanism
+    is tested in test_heap_fill)."""
+    ready = [e for e in log_events(c) if e.get("event") == "zygote.ready"]
+    assert ready, c.log()
+    fill = ready[0]["malloc_fill"]
+    assert "problem" not in fill, fill
+    assert fill["chunks"] > 0 and fill["free_after"] <= fill["free_before"] // 4, fill
+
+
 def test_file_descriptors_hold_nothing_but_the_channel(c: Corral) -> None:
     c.deploy("fds", worker('''
         class Default(WorkerEntrypoint):
