@@ -320,6 +320,8 @@ class Pool:
             package.line.offer(child)
             return
         self.spare_line.offer(child)
+        if self.config.pool.reshare_after_s:
+            self.trimmer.ask(child)  # what its set-up copied (see _converge); dropped unless calm
 
     def on_idle(self, child: ChildProcess) -> None:
         """A retiring child goes once it has nothing in flight."""
@@ -448,8 +450,9 @@ class Pool:
             # were (counts that went up and down). Given back while it
             # waits, they stay shared when it serves: ~0.5 MB off every
             # spare, ~0.3 MB (PSS) off every tenant started from one. Each
-            # is asked once, on the first calm scan after it is ready. Not
-            # package spares: their prefault copies pages on purpose.
+            # is asked when it is ready (on_ready), and again on calm scans
+            # until an ask was sent. Not package spares: their prefault
+            # copies pages on purpose.
             for spare in self.spares:
                 if spare.reshared_at != spare.last_used:
                     self.trimmer.ask(spare)
