@@ -284,3 +284,11 @@ def _children_of(parent: int) -> list[int]:
         if ppid == parent:
             found.append(int(entry))
     return found
+
+
+def default_sigint() -> None:
+    """In the CLI's process before it starts: Ctrl-C interrupts it. (A test
+    run started in the background by a non-interactive shell ignores SIGINT,
+    and an ignored signal stays ignored across exec: Python then never
+    raises KeyboardInterrupt, as it should not for a command run that way.)"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

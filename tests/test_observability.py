@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import REPO, Corral, multipart
+from tests.harness import REPO, Corral, default_sigint, multipart
 
 # ---------------------------------------------------------------------------
 # a collector: tail workers post here, and it is the OTLP/HTTP endpoint
@@ -527,7 +527,8 @@ def test_a_live_tail_that_stops_reading_is_dropped(corral):
 def test_corral_tail_cli_prints_json_lines_until_interrupted(corral):
     env = {**os.environ, "PYTHONPATH": str(REPO), "CORRAL_ADMIN_SOCKET": corral.socket_path}
     proc = subprocess.Popen([sys.executable, "-m", "supervisor", "tail", "hello", "--format", "json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
+                            preexec_fn=default_sigint)
     try:
         line = b""
         deadline = time.monotonic() + 15

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests import storage_helpers as h
-from tests.harness import REPO, Corral
+from tests.harness import REPO, Corral, default_sigint
 from tests.test_durable_objects import DO, DO_TENANT
 from tests.test_observability import Collector, LiveTailReader, attrs, spans, wait_for
 from tests.test_queues import CONSUMER, CONSUMERS, SEEN, Q
@@ -186,7 +186,8 @@ def stop_cli(proc: subprocess.Popen) -> None:
 def test_corral_tail_is_coloured_on_a_terminal(corral):
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "supervisor", "tail", "hello"], stdin=subprocess.DEVNULL,
-                            stdout=slave, stderr=subprocess.DEVNULL, env=tail_env(corral), cwd=str(REPO))
+                            stdout=slave, stderr=subprocess.DEVNULL, env=tail_env(corral), cwd=str(REPO),
+                            preexec_fn=default_sigint)
     os.close(slave)
     try:
         out = read_until(corral, master, lambda b: b"hello was called" in b, "pretty event")
@@ -203,7 +204,7 @@ def test_corral_tail_is_coloured_on_a_terminal(corral):
 def test_corral_tail_prints_plain_json_lines_off_a_terminal(corral):
     proc = subprocess.Popen([sys.executable, "-m", "supervisor", "tail", "hello"], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tail_env(corral),
-                            cwd=str(REPO))
+                            cwd=str(REPO), preexec_fn=default_sigint)
     try:
         out = read_until(corral, proc.stdout.fileno(), lambda b: b"\n" in b, "JSON line")
     finally:
