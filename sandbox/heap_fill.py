@@ -19,8 +19,8 @@ The same holds one level down, for C's ``malloc`` (everything over 512
 bytes: dict tables, long lists, buffers, and C libraries' own memory): the
 zygote's imports leave ~1 MB of freed chunks scattered through glibc's heap,
 and a child's ``malloc`` would reuse them first. :func:`fill_malloc_bins`
-takes them too; it cut a spare's private memory by ~130 KB, measured with
-smaps. glibc's ``mallinfo2`` says how much sits in its bins.
+takes them too; it cut a spare's private memory by 70-130 KB, measured
+with smaps. glibc's ``mallinfo2`` says how much sits in its bins.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ which only the supervisor can read, says so page by page (``pagemap`` bit
 56, "exclusively mapped"). When a warm child has been idle for a while, this
 reads that list and sends it in a :class:`~protocol.messages.Trim`; the
 child compares each page with the zygote's snapshot and maps back those
-still equal. A new base spare is asked once too, on the pool's first calm
-scan after it is ready (its own set-up copied pages; see ``Pool._converge``).
+still equal. A new base spare is asked too (its own set-up copied pages):
+when it is ready, and on the pool's calm scans until an ask was sent (see
+``Pool.on_ready`` and ``Pool._converge``).
 
 The read takes ~2 ms per child, nearly all of it the kernel walking the
 page tables inside ``pread`` (which releases the GIL); it is done in a
