@@ -342,11 +342,23 @@ class BindingResult(_Msg, tag="bresult"):
 # --------------------------------------------------------------------------
 
 
+#: The steps of a new child's own set-up, in order, as :class:`Hello` reports
+#: them: from the fork to its first Python line, the jail (session, signals,
+#: Landlock, descriptors, limits, identity), the event loop it was handed,
+#: the seccomp filter, the runtime's sinks and logging, and the channel.
+SETUP_STEPS = ("fork", "jail", "loop", "filter", "runtime", "channel")
+
+
 class Hello(_Msg, tag="hello"):
-    """First frame of every child, sent only after its jail is complete."""
+    """First frame of every child, sent only after its jail is complete.
+
+    ``setup_us`` is the CPU the child spent on each of :data:`SETUP_STEPS`
+    (microseconds, in that order), so that the cost of a spare is measured
+    where it is paid, step by step, in every child."""
 
     version: int
     pid: int
+    setup_us: tuple[int, ...] = ()
 
 
 class Loaded(_Msg, tag="loaded"):

@@ -13,6 +13,7 @@ supervisor.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import selectors
@@ -745,10 +746,13 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
          rules: jail.FileRules, snapshot_fd: int | None = None,
          prebuilt: tuple[ChildLoop, Runtime] | None = None) -> int:
     """Entry point of a forked child; returns its exit status."""
+    # The CPU clock of a new process starts at zero at its fork.
+    marks = [time.thread_time_ns()]
     keep = {snapshot_fd} if snapshot_fd is not None else set()
     if prebuilt is not None:
         keep |= prebuilt[0].kernel_fds()
     layer2 = jail.jail_child(sock.fileno(), devnull, address_space, rules, keep)
+    marks.append(time.thread_time_ns())
     if prebuilt is not None:
         loop, runtime = prebuilt  # its epoll and wake-up pair are this child's (renew_kernel_side)
         runtime.adopt_layer2(layer2)
@@ -757,7 +761,9 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
         runtime = Runtime(loop, sandboxed=True, layer2=layer2)
     asyncio.set_event_loop(loop)
     sock.setblocking(False)
+    marks.append(time.thread_time_ns())
     jail.lock(bpf)
+    marks.append(time.thread_time_ns())
     # ---- jailed from here on; only now is the channel read ----
     workers._runtime = runtime
     logs.set_sink(runtime.log)
@@ -765,9 +771,12 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
     sys.stdout = logs.LineWriter("log")
     sys.stderr = logs.LineWriter("error")
     logs.install_logging()
+    marks.append(time.thread_time_ns())
     channel = Channel(sock, loop, runtime.on_message, runtime.on_closed)
     runtime.attach(channel)
-    channel.send(Hello(PROTOCOL_VERSION, os.getpid()))
+    marks.append(time.thread_time_ns())
+    setup_us = (marks[0] // 1000,) + tuple((b - a) // 1000 for a, b in itertools.pairwise(marks))
+    channel.send(Hello(PROTOCOL_VERSION, os.getpid(), setup_us))
     loop.call_soon(warmup.prefault)  # before any Load is read: frames wait in the socket
     loop.run_until_complete(runtime.closed.wait())
     return 0

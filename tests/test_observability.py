@@ -645,6 +645,27 @@ def test_metrics_move_as_requests_happen(corral):
     assert "script=" not in text  # no per-script label by default
 
 
+def test_every_child_reports_what_its_own_set_up_cost_step_by_step(corral):
+    """Each child's Hello carries the CPU of each step of its set-up (from its
+    fork to its channel); /metrics sums them per step, so a spare's cost is
+    seen where it is paid (the bench prints the mean per step)."""
+    from protocol.messages import SETUP_STEPS
+
+    children = metric(corral, "corral_children_set_up_total")
+    assert children >= 1
+    total = 0.0
+    for step in SETUP_STEPS:
+        seconds = metric(corral, "corral_child_setup_cpu_seconds_total", step=step)
+        assert seconds >= 0, step
+        total += seconds
+    # Every child spends CPU on its jail, and a whole set-up takes milliseconds, not seconds.
+    assert metric(corral, "corral_child_setup_cpu_seconds_total", step="jail") > 0
+    assert 0 < total / children < 0.5, (total, children)
+    # An upload is validated in a spare; its replacement says Hello and is counted too.
+    deploy(corral, "setup-probe", WORKERS["hello"], namespace="default")
+    wait_for(lambda: metric(corral, "corral_children_set_up_total") > children, what="a new child")
+
+
 def test_the_supervisor_exports_its_process_figures_and_rarely_collects(corral):
     """/metrics carries the supervisor's own process and collector figures,
     and its request path does not keep the cycle collector busy (a young

@@ -318,6 +318,13 @@ class Runner:
                 f"{role} {ms:.2f} ms" for role, ms in s["cpu_ms_per_cold_start"].items())
                 + " (server = the server process, direct = its children such as Corral's zygote, "
                   "others = the rest of its processes such as Corral's sandboxed children)")
+        if hasattr(sysm, "pool_info"):
+            setup = sysm.pool_info().get("setup_us_mean")
+            if setup:
+                res["child_setup_us"] = setup
+                log("  child set-up CPU per step (mean of every child's own report): " + ", ".join(
+                    f"{step} {us:.0f} us" for step, us in setup.items())
+                    + f"; {sum(setup.values()) / 1000:.2f} ms in all")
         res["pss"]["end"] = self.pss(sysm)
         if not sysm.server.alive():
             res["died"] = f"exited with status {sysm.server.proc.returncode}"

@@ -393,6 +393,12 @@ class Corral(System):
             info.update(spares_ready=m.get('corral_pool_children{state="spare"}'),
                         children=m.get("corral_children"),
                         cold_starts_total=m.get("corral_cold_starts_total"))
+            setups = m.get("corral_children_set_up_total") or 0
+            prefix = 'corral_child_setup_cpu_seconds_total{step="'
+            if setups:
+                info["setups"] = setups
+                info["setup_us_mean"] = {key[len(prefix):-2]: value * 1e6 / setups
+                                         for key, value in m.items() if key.startswith(prefix)}
         except (AdminError, OSError) as e:
             info["metrics_error"] = str(e)
         finally:

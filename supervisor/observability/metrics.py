@@ -161,6 +161,15 @@ class _PoolCollector(Collector):
         yield CounterMetricFamily("corral_idle_reshares", "Idle children asked to give the "
                                   "zygote's pages they copied but left unchanged back.",
                                   value=snap.get("reshare_asked", 0))
+        yield CounterMetricFamily("corral_children_set_up", "Children that finished their "
+                                  "own set-up (jail, loop, filter, channel) and said Hello.",
+                                  value=snap.get("setups", 0))
+        setup = CounterMetricFamily("corral_child_setup_cpu_seconds", "CPU new children spent "
+                                    "setting themselves up, by step (as each child reports it).",
+                                    labels=["step"])
+        for step, us in snap.get("setup_us", {}).items():
+            setup.add_metric([step], us / 1e6)
+        yield setup
         http = self._http()
         yield CounterMetricFamily("corral_http_requests", "HTTP requests received at the edge.",
                                   value=http.get("requests", 0))

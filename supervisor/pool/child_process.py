@@ -228,6 +228,8 @@ class ChildProcess:
         self.loaded = trio.Event()
         self.load_error: ExceptionInfo | None = None
         self.dead = trio.Event()
+        #: CPU its own set-up took, per step (protocol.messages.SETUP_STEPS), from its Hello.
+        self.setup_us: tuple[int, ...] = ()
         self.kill_reason: KillReason | None = None
         self.kill_detail = ""  # what a PROTOCOL_VIOLATION was
         self.over_cpu = False  # died because the kernel enforced its CPU budget
@@ -470,6 +472,7 @@ class ChildProcess:
                 f"protocol version {message.version}, supervisor speaks {PROTOCOL_VERSION}"
             )
         self._advance(ChildEvent.HELLO)
+        self.setup_us = message.setup_us
         if self.memory is not None:
             self.memory.ready()
         self.hello.set()

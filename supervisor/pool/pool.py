@@ -36,7 +36,16 @@ from typing import Any, Protocol
 
 import trio
 
-from protocol.messages import BindingCall, Event, ExceptionInfo, Invoke, Limits, SubFailed, SubRequest
+from protocol.messages import (
+    SETUP_STEPS,
+    BindingCall,
+    Event,
+    ExceptionInfo,
+    Invoke,
+    Limits,
+    SubFailed,
+    SubRequest,
+)
 from supervisor.config import ServeConfig
 from supervisor.lifecycle import ChildState, KillReason, Outcome
 from supervisor.limits.budget_watch import BudgetWatch
@@ -187,6 +196,10 @@ class Pool:
         self._nursery: trio.Nursery | None = None
         self.last_invocation_id = 0
         self.stats = {"cold_starts": 0, "invocations": 0, "children_killed": 0}
+        #: Children that said Hello, and the CPU their set-up took per step
+        #: (protocol.messages.SETUP_STEPS), in microseconds.
+        self.setups = 0
+        self.setup_us_total = [0] * len(SETUP_STEPS)
         #: Hands WebSocket events to workers (supervisor.edge.websockets.Deliverer;
         #: set by the server): a socket closed here is one its worker hears of.
         self.websockets: Any = None
@@ -309,6 +322,7 @@ class Pool:
     def on_ready(self, child: ChildProcess) -> None:
         """A new child finished its jail and said hello."""
         self.census.ready(child)
+        self._count_setup(child.setup_us)
         if child.generation != self.zygote.generation:
             child.kill(KillReason.ZYGOTE_REPLACED)  # an old seed never reaches a new tenant
             return
@@ -322,6 +336,14 @@ class Pool:
         self.spare_line.offer(child)
         if self.config.pool.reshare_after_s:
             self.trimmer.ask(child)  # what its set-up copied (see _converge); dropped unless calm
+
+    def _count_setup(self, setup_us: tuple[int, ...]) -> None:
+        """Add a child's set-up CPU per step to the totals /metrics shows."""
+        if len(setup_us) != len(SETUP_STEPS) or any(us < 0 for us in setup_us):
+            return  # another runtime's report: not comparable
+        self.setups += 1
+        for index, us in enumerate(setup_us):
+            self.setup_us_total[index] += us
 
     def on_idle(self, child: ChildProcess) -> None:
         """A retiring child goes once it has nothing in flight."""
@@ -816,6 +838,8 @@ class Pool:
             "retired": len(self.retired),
             "zygote_pid": self.zygote.pid,
             "reshare_asked": self.trimmer.sent,
+            "setups": self.setups,
+            "setup_us": dict(zip(SETUP_STEPS, self.setup_us_total, strict=True)),
             **self.stats,
         }
 
