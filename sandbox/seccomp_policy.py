@@ -80,6 +80,16 @@ def compile_policy() -> bytes:
     import pyseccomp as seccomp
 
     policy = seccomp.SyscallFilter(seccomp.KILL_PROCESS)
+    # A binary tree of syscall numbers instead of libseccomp's default list:
+    # the same rules, but the kernel prepares it faster when each child loads
+    # it (~500 us instead of ~650, measured by timing load_bpf in forked
+    # processes here: the kernel runs the filter once per syscall number to
+    # build its cache of always-allowed calls). libseccomp before 2.5 has no
+    # such option; the list it builds then is as correct.
+    try:
+        policy.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)
+    except (OSError, ValueError, RuntimeError, AttributeError):
+        pass
     for name in ALLOWED:
         policy.add_rule(seccomp.ALLOW, name)
     for name in REFUSED:
