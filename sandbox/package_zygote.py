@@ -11,8 +11,9 @@ already in ``sys.modules``.
 
 Package code runs here, outside any tenant, so the package zygote confines
 itself before it imports anything: it dies with the base zygote
-(``PR_SET_PDEATHSIG``), takes Landlock's first layer (read the view, write
-nothing, and no mount, which Landlock refuses to a confined process), and
+(``PR_SET_PDEATHSIG``), is under Landlock's first layer (read the view, write
+nothing, and no mount, which Landlock refuses to a confined process: the
+base zygote's own, inherited, or taken here where the base could not), and
 drops every capability but the two its children need to take their own uid
 (``CAP_SETUID``, ``CAP_SETGID``). What it imports is the platform's index's
 code, never a tenant's.
@@ -112,7 +113,9 @@ def become(rules: jail.FileRules, package_dirs: list[str]) -> dict:
     if os.getppid() == 1:  # the base zygote died before the line above
         os._exit(0)
     problems: list[str] = []
-    if rules.layer1 is not None:
+    if rules.inherited:
+        pass  # the base zygote's own layer 1 (jail.confine_zygote), and so ours
+    elif rules.layer1 is not None:
         rules.layer1.enforce()  # children enforce it again: the same layer twice is the same
     else:
         problems.append("no landlock: the package zygote imports unconfined by it")

@@ -115,6 +115,7 @@ class Zygote:
         view = file_view.plan(self.bundles_dir, self.packages_dir)
         report = jail.isolate_zygote(view)
         self.rules = jail.prepare_file_rules(view, report)
+        jail.confine_zygote(self.rules, report)
         try:
             os.setpriority(os.PRIO_PROCESS, 0, 10)
         except OSError:

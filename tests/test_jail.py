@@ -759,6 +759,26 @@ def test_the_zygote_takes_its_free_malloc_chunks_before_it_forks(c: Corral) -> N
     assert fill["chunks"] > 0 and fill["free_after"] <= fill["free_before"] // 4, fill
 
 
+def test_the_zygote_takes_landlocks_first_layer_itself(c: Corral) -> None:
+    """The zygote confines itself to the view (jail.confine_zygote), so every
+    child is born in that domain instead of building it again; taking it
+    set the zygote's no_new_privs, which /proc shows."""
+    children = c.children()
+    assert children
+    zygotes = set()
+    for pid in children:
+        try:
+            zygotes.add(int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]))
+        except (OSError, IndexError, ValueError):
+            continue
+    assert zygotes
+    for zygote in zygotes:
+        assert proc_status(zygote)["NoNewPrivs"] == "1", zygote
+    ready = [e for e in log_events(c) if e.get("event") == "zygote.ready"]
+    assert ready and ready[0]["landlock"] > 0, ready
+    assert not any("Landlock" in p for p in ready[0]["problems"]), ready[0]["problems"]
+
+
 def test_file_descriptors_hold_nothing_but_the_channel(c: Corral) -> None:
     c.deploy("fds", worker('''
         class Default(WorkerEntrypoint):
