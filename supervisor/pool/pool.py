@@ -466,7 +466,7 @@ class Pool:
             self._retire(self.warm[key])  # type: ignore[index]
         for key in decided.reshare:
             self.trimmer.ask(self.warm[key])  # type: ignore[index]
-        if reap and decided.give_back:
+        if decided.give_back:  # only ever set by the periodic scan
             # A base spare's own set-up (jail, loop, channel) copied ~570 of
             # the zygote's pages; ~190 of them are byte for byte what they
             # were (counts that went up and down). Given back while it
