@@ -150,3 +150,42 @@ def test_a_kill_for_cpu_is_told_from_a_crash_after_the_death() -> None:
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         assert account.exceeded() is (not killed_by_us)
         account.close()
+
+
+def test_a_cpu_kill_is_recognised_when_the_supervisor_was_late_after_arming(monkeypatch) -> None:
+    """The period counts from the arming ``ioctl``: if the supervisor is
+    descheduled right after it (a busy two-core box) while the child spins on,
+    the child may be killed before the supervisor reads the counter again.
+    The kill point must come from a reading taken before the ``ioctl``, or
+    the death is taken for a crash."""
+    if not isinstance(_meter(os.getpid()), PerfCpuMeter):
+        import pytest
+
+        pytest.skip("perf events are not allowed here")
+    import fcntl
+
+    from supervisor.limits import cpu_meter
+
+    real_ioctl = fcntl.ioctl
+    killed: list[int] = []
+
+    def ioctl_then_descheduled(fd, request, arg):
+        result = real_ioctl(fd, request, arg)
+        if request == cpu_meter._PERF_EVENT_IOC_PERIOD and arg.value != cpu_meter._NEVER:
+            _, status = os.waitpid(pid, 0)  # the supervisor runs again only after the kill
+            killed.append(status)
+        return result
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        while True:
+            pass
+    meter = PerfCpuMeter(pid)
+    monkeypatch.setattr(cpu_meter.fcntl, "ioctl", ioctl_then_descheduled)
+    try:
+        meter.arm(20_000_000)
+    finally:
+        monkeypatch.setattr(cpu_meter.fcntl, "ioctl", real_ioctl)
+    assert killed and os.WIFSIGNALED(killed[0]) and os.WTERMSIG(killed[0]) == signal.SIGKILL
+    assert meter.spent()
+    meter.close()

@@ -146,10 +146,14 @@ class PerfCpuMeter(CpuMeter):
     def arm(self, budget_ns: int) -> None:
         # The kernel's minimum hrtimer period for software events is 10 us.
         self._period.value = max(10_000, int(budget_ns))
+        # The new period counts from the ioctl, so the kill point (for spent()
+        # and budget_left_ns()) is taken from a reading *before* it: one taken
+        # after could land past the kill itself if the supervisor is
+        # descheduled in between while the child spins on, and the CPU kill
+        # would then be taken for a crash.
+        before = self.read_ns()
         fcntl.ioctl(self.fd, _PERF_EVENT_IOC_PERIOD, self._period)
-        # The new period counts from now: the kill point, for spent() and
-        # budget_left_ns() once the child is gone or may be.
-        self._kill_at = self.read_ns() + self._period.value
+        self._kill_at = before + self._period.value
 
     def disarm(self) -> None:
         self._period.value = _NEVER
