@@ -5,6 +5,7 @@ Raw sockets keep client-side overhead small and identical for every system.
 from __future__ import annotations
 
 import socket
+import statistics
 import time
 
 
@@ -137,6 +138,33 @@ def summarize_ms(ns: list[int]) -> dict:
     return {"n": len(v), "p50": percentile(v, 50), "p99": percentile(v, 99),
             "p999": percentile(v, 99.9), "min": v[0] if v else float("nan"), "max": v[-1] if v else float("nan"),
             "mean": sum(v) / len(v) if v else float("nan")}
+
+
+#: The latency figures a run has and :func:`repeated` takes the median of.
+LATENCY_FIGURES = ("p50", "p99", "p999", "mean")
+
+
+def repeated(runs: list[dict]) -> dict:
+    """Several runs of one latency measurement as one figure: each percentile
+    is the median of the runs' (this box moves by tens of percent between
+    runs), ``spread`` its min and max, ``runs`` every run's own figures."""
+    if len(runs) == 1:
+        return dict(runs[0], runs=[{k: runs[0][k] for k in LATENCY_FIGURES}])
+    out: dict = {}
+    for key in LATENCY_FIGURES:
+        values = sorted(r[key] for r in runs)
+        out[key] = statistics.median(values)
+        out.setdefault("spread", {})[key] = [values[0], values[-1]]
+    out["n"] = sum(r["n"] for r in runs)
+    out["min"] = min(r["min"] for r in runs)
+    out["max"] = max(r["max"] for r in runs)
+    out["errors"] = sum(r.get("errors", 0) for r in runs)
+    out["first_error"] = next((r["first_error"] for r in runs if r.get("first_error")), None)
+    out["runs"] = [{k: r[k] for k in LATENCY_FIGURES} for r in runs]
+    for key in ("seconds", "connections", "reconnects"):
+        if key in runs[0]:
+            out[key] = statistics.median(r[key] for r in runs)
+    return out
 
 
 def check(status: int, body: bytes, expect: bytes | None) -> str | None:

@@ -222,8 +222,10 @@ class Runner:
         a = self.args
         kmax = a.tenant_counts[-1]
         warm_names = [f"t{i}" for i in range(kmax)]
-        cold_names = [f"t{kmax + i}" for i in range(a.cold)]
-        storm_names = [f"t{kmax + a.cold + i}" for i in range(a.storm)]
+        # Each repetition of a cold or storm run needs tenants never started.
+        runs = a.repeat
+        cold_names = [f"t{kmax + i}" for i in range(a.cold * runs)]
+        storm_names = [f"t{kmax + a.cold * runs + i}" for i in range(a.storm * runs)]
         res: dict = {"label": sysm.label}
         t = time.monotonic()
         sysm.start(warm_names + cold_names + storm_names)
@@ -235,11 +237,13 @@ class Runner:
 
         # 1 tenant warm: latency, throughput, baseline memory
         httpclient.touch_all(port, [(h(t0), sysm.expect(t0))] * 20)
-        res["warm_latency"] = httpclient.warm_latency(port, h(t0), sysm.expect(t0),
-                                                      a.latency_requests)
-        wl = res["warm_latency"]
-        log(f"  warm latency p50 {wl['p50']:.3f} ms, p99 {wl['p99']:.3f} ms, "
-            f"p99.9 {wl['p999']:.3f} ms, max {wl['max']:.3f} ms")
+        warm_runs = []
+        for _ in range(runs):
+            wl = httpclient.warm_latency(port, h(t0), sysm.expect(t0), a.latency_requests)
+            warm_runs.append(wl)
+            log(f"  warm latency p50 {wl['p50']:.3f} ms, p99 {wl['p99']:.3f} ms, "
+                f"p99.9 {wl['p999']:.3f} ms, max {wl['max']:.3f} ms")
+        res["warm_latency"] = httpclient.repeated(warm_runs)
         res["rps"] = {"1": self.throughput(sysm, [h(t0)])}
         res["pss"] = {"1": self.pss(sysm)}
         log(f"  PSS with 1 tenant warm: {res['pss']['1']['mb']:.1f} MB "
@@ -294,26 +298,38 @@ class Runner:
             log(f"  pool: spares setting {p.get('spares_setting')} ({p.get('spares_source')}), "
                 f"{_n(p.get('spares_ready'))} spare children ready before the cold run")
         if cold_names:
-            res["cold"] = httpclient.cold_starts(
-                port, [(h(n), sysm.expect(n)) for n in cold_names],
-                a.cold_pause_ms / 1000.0, warm_host=h(t0))
-            c = res["cold"]
-            log(f"  cold start p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms over {c['n']} tenants"
-                + (f", {c['errors']} errors (first: {c['first_error']})" if c["errors"] else ""))
+            cold_runs = []
+            for i in range(runs):
+                c = httpclient.cold_starts(
+                    port, [(h(n), sysm.expect(n)) for n in cold_names[i * a.cold:(i + 1) * a.cold]],
+                    a.cold_pause_ms / 1000.0, warm_host=h(t0))
+                cold_runs.append(c)
+                log(f"  cold start p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms over {c['n']} tenants"
+                    + (f", {c['errors']} errors (first: {c['first_error']})" if c["errors"] else ""))
+            res["cold"] = httpclient.repeated(cold_runs)
         if storm_names:
             time.sleep(1.0)  # the pool settles after the paced cold run
             members = getattr(sysm, "member_pids", None)
-            cpu_before = procs.cpu_by_role(sysm.pid, members() if members else frozenset())
-            res["storm"] = httpclient.storm(port, [(h(n), sysm.expect(n)) for n in storm_names],
-                                            a.storm_connections)
-            cpu_after = procs.cpu_by_role(sysm.pid, members() if members else frozenset())
-            s = res["storm"]
-            s["cpu_ms_per_cold_start"] = {role: (cpu_after[role] - cpu_before[role]) * 1000.0 / max(1, a.storm)
-                                          for role in cpu_after}
-            log(f"  cold-start storm: {s['n']} tenants from {s['connections']} connections in "
-                f"{s['seconds']:.2f} s, p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, "
-                f"p99.9 {s['p999']:.2f} ms"
-                + (f", {s['errors']} errors (first: {s['first_error']})" if s["errors"] else ""))
+            spent: dict[str, float] = {}
+            storm_runs = []
+            for i in range(runs):
+                if i:
+                    time.sleep(1.0)  # the pool refills its spares between storms
+                cpu_before = procs.cpu_by_role(sysm.pid, members() if members else frozenset())
+                s = httpclient.storm(port, [(h(n), sysm.expect(n))
+                                            for n in storm_names[i * a.storm:(i + 1) * a.storm]],
+                                     a.storm_connections)
+                cpu_after = procs.cpu_by_role(sysm.pid, members() if members else frozenset())
+                for role in cpu_after:
+                    spent[role] = spent.get(role, 0.0) + cpu_after[role] - cpu_before.get(role, 0.0)
+                storm_runs.append(s)
+                log(f"  cold-start storm: {s['n']} tenants from {s['connections']} connections in "
+                    f"{s['seconds']:.2f} s, p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, "
+                    f"p99.9 {s['p999']:.2f} ms"
+                    + (f", {s['errors']} errors (first: {s['first_error']})" if s["errors"] else ""))
+            s = res["storm"] = httpclient.repeated(storm_runs)
+            s["cpu_ms_per_cold_start"] = {role: seconds * 1000.0 / max(1, a.storm * runs)
+                                          for role, seconds in spent.items()}
             log("  storm CPU per cold start (schedstat): " + ", ".join(
                 f"{role} {ms:.2f} ms" for role, ms in s["cpu_ms_per_cold_start"].items())
                 + " (server = the server process, direct = its children such as Corral's zygote, "

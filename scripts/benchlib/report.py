@@ -155,20 +155,32 @@ def _render_main(results: dict) -> list[str]:
                 spreads.append(f"{r.get('label', '?')} {k}: {min(runs):,.0f}-{max(runs):,.0f}")
     if spreads:
         out.append("  req/s spread (min-max of the runs): " + "; ".join(spreads))
+    for figure, label in (("warm_latency", "warm"), ("cold", "cold"), ("storm", "storm")):
+        spreads = [f"{r.get('label', '?')} p50 {_fmt(sp['p50'][0])}-{_fmt(sp['p50'][1])}, "
+                   f"p99 {_fmt(sp['p99'][0])}-{_fmt(sp['p99'][1])}"
+                   for r in results.get("systems", {}).values()
+                   if (sp := (r.get(figure) or {}).get("spread"))]
+        if spreads:
+            out.append(f"  {label} latency ms, median of {a.get('repeat', 1)} runs; spread (min-max "
+                       f"of the runs): " + "; ".join(spreads))
     out.append("  CPU us/req K: CPU the kernel charged (schedstat) over the K-tenant throughput "
                "runs / their requests; server = the server process, all = its whole tree (Corral: "
                "supervisor + zygotes + sandboxed children); the log splits it by role and gives "
                "Corral's dispatcher and user invocations' own CPU.")
     out.append(f"  warm latency: {a['latency_requests']} sequential GETs to t0 on one keep-alive "
-               f"connection (raw socket, perf_counter_ns).")
+               f"connection (raw socket, perf_counter_ns)"
+               + (f", {a['repeat']} times." if a.get("repeat", 1) > 1 else "."))
     if a["cold"]:
         out.append(f"  cold start: first-ever request to each of {a['cold']} fresh tenants, "
                    f"sequential, on one keep-alive connection, {a['cold_pause_ms']:g} ms pause "
-                   f"before each.")
+                   f"before each" + (f"; {a['repeat']} runs, each with tenants of its own."
+                                     if a.get("repeat", 1) > 1 else "."))
     if a.get("storm"):
         out.append(f"  storm: first-ever requests to {a['storm']} more fresh tenants back to back, "
                    f"no pause, from {a['storm_connections']} keep-alive connections at once (each "
-                   f"sends its next as soon as its answer is in); p99.9 and the total in the log.")
+                   f"sends its next as soon as its answer is in); p99.9 and the total in the log"
+                   + (f"; {a['repeat']} storms, 1 s apart, each with tenants of its own."
+                      if a.get("repeat", 1) > 1 else "."))
     out.append("  PSS MB / tenant (K): (PSS with K tenants warm - PSS with 1 warm) / (K-1), "
                "summed over the server's process tree (/proc/PID/smaps_rollup); 'warm' = one "
                "request each, taken before any multi-tenant load (the 1-tenant baseline is "
