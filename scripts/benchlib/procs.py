@@ -68,13 +68,24 @@ def process_tree(root: int) -> list[int]:
 
 
 def _cpu_s(pid: int) -> float:
-    """CPU the kernel has charged to pid so far, in seconds (schedstat: exact
-    once the task is not running; /proc/PID/stat's ticks miss short bursts)."""
+    """CPU the kernel has charged to pid's threads so far, in seconds
+    (schedstat: exact once a task is not running; /proc/PID/stat's ticks miss
+    short bursts). /proc/PID/schedstat is the main thread's alone: the other
+    threads (Corral's supervisor hands cgroup work to trio's worker threads,
+    workerd runs several) are each summed from /proc/PID/task/TID; a thread
+    that already exited is not counted."""
+    total = 0
     try:
-        with open(f"/proc/{pid}/schedstat") as f:
-            return int(f.read().split()[0]) / 1e9
-    except (OSError, ValueError, IndexError):
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
         return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
 
 
 def cpu_by_role(root: int, also: set[int] | frozenset[int] = frozenset()) -> dict[str, float]:
