@@ -62,6 +62,7 @@ from supervisor.lifecycle import (
 )
 from supervisor.limits.budget_watch import BudgetWatch
 from supervisor.limits.cpu_account import CpuAccount
+from supervisor.limits.cpu_meter import CpuMeter, MeterFactory
 from supervisor.limits.memory import ChildMemory, Enforcer
 from supervisor.log import error, log, warn
 from supervisor.model import ScriptRecord
@@ -101,6 +102,9 @@ class ChildOwner(Protocol):
     budgets: BudgetWatch[ChildProcess]
     #: The highest invocation id handed out (stream ids above it were never opened).
     last_invocation_id: int
+
+    def cpu_account(self, meter: CpuMeter) -> CpuAccount:
+        """The account of a child's CPU, kept with ``meter`` (opened on its pid)."""
 
     def on_ready(self, child: ChildProcess) -> None:
         """The child said Hello: it can be a spare."""
@@ -186,18 +190,20 @@ class Renicer:
 class ChildKit:
     """What every child of one pool shares: set up once, handed to each child."""
 
-    __slots__ = ("enforcer", "batch", "renice")
+    __slots__ = ("enforcer", "meters", "batch", "renice")
 
-    def __init__(self, enforcer: Enforcer) -> None:
+    def __init__(self, enforcer: Enforcer, meters: MeterFactory) -> None:
         #: Who keeps each child's memory limit (cgroup, prlimit or nothing).
         self.enforcer = enforcer
+        #: Who opens each child's CPU meter (perf counter, or the tick fallback).
+        self.meters = meters
         self.batch = SendBatch()
         self.renice = Renicer()
 
 
 class ChildProcess:
     def __init__(self, owner: ChildOwner, pid: int, sock: socket.socket, pidfd: int,
-                 generation: int, kit: ChildKit, cpu: CpuAccount | None) -> None:
+                 generation: int, kit: ChildKit) -> None:
         sock.setblocking(False)
         self.owner = owner
         self.kit = kit
@@ -251,7 +257,8 @@ class ChildProcess:
         self._load_log_budget = 20
         self._writer_wake = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self.cpu = cpu
+        #: Its CPU account, from the Hello on (None: no meter could be opened).
+        self.cpu: CpuAccount | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             ResponseStart: self._on_response,
             BodyChunk: self._on_chunk,
@@ -292,7 +299,7 @@ class ChildProcess:
     async def run(self) -> None:
         """Serve the channel until the child dies or breaks the rules."""
         try:
-            if not await self._join_memory_limit():
+            if not await self._join_limits():
                 return
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -310,16 +317,21 @@ class ChildProcess:
         finally:
             self._on_dead()
 
-    async def _join_memory_limit(self) -> bool:
-        """Put the child under its memory limit before reading its first frame.
+    async def _join_limits(self) -> bool:
+        """Put the child under its memory limit and open its CPU meter before
+        reading its first frame.
 
         Nothing reaches the child before its Hello is read (and a script only
-        after that), so no tenant code runs outside its cgroup. The cgroup
-        work (mkdir, limit, join: a few hundred microseconds) runs in a
-        thread, off the event loop. A child that cannot be limited is killed.
+        after that), so no tenant code runs outside its cgroup or unmetered.
+        The kernel work runs in a thread, off the event loop every request
+        goes through: the cgroup (mkdir, limit, join: ~120 us here) and the
+        perf counter, whose opening waits for an interrupt on the CPU the
+        child last ran on (80 us here, 230 us in a storm of cold starts).
+        A child that cannot be limited is killed; one whose meter cannot be
+        opened runs without CPU accounting, as ``MeterFactory`` decides.
         """
         try:
-            memory = await trio.to_thread.run_sync(self.kit.enforcer.attach, self.pid)
+            memory, meter = await trio.to_thread.run_sync(self._open_limits)
         except OSError as exc:
             error("child.memory_limit_failed", pid=self.pid, backend=self.kit.enforcer.name,
                   reason=str(exc))
@@ -327,7 +339,17 @@ class ChildProcess:
             return False
         self.memory = memory
         self.memory_mb = memory.initial_mb
+        if meter is not None:
+            self.cpu = self.owner.cpu_account(meter)
         return True
+
+    def _open_limits(self) -> tuple[ChildMemory, CpuMeter | None]:
+        """In a worker thread: the child's cgroup, then its meter (see _join_limits)."""
+        memory = self.kit.enforcer.attach(self.pid)
+        try:
+            return memory, self.kit.meters.open(self.pid)
+        except OSError:
+            return memory, None
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run a task that must not outlive this child (a body pump, a call)."""

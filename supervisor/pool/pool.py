@@ -50,7 +50,7 @@ from supervisor.config import ServeConfig
 from supervisor.lifecycle import ChildState, KillReason, Outcome
 from supervisor.limits.budget_watch import BudgetWatch
 from supervisor.limits.cpu_account import IDLE_GUARD_AFTER_S, CpuAccount
-from supervisor.limits.cpu_meter import MeterFactory
+from supervisor.limits.cpu_meter import CpuMeter, MeterFactory
 from supervisor.limits.memory import Enforcer
 from supervisor.limits.memory import choose as choose_memory_enforcement
 from supervisor.log import log, warn
@@ -138,8 +138,7 @@ class Pool:
         #: Who keeps each child's memory limit (cgroup, prlimit or nothing).
         self.memory: Enforcer = choose_memory_enforcement(config.pool.memory_enforcement,
                                                           config.pool.memory_mb)
-        self._kit = ChildKit(self.memory)
-        self._meters = MeterFactory(allow_perf=not os.environ.get("CORRAL_NO_PERF"))
+        self._kit = ChildKit(self.memory, MeterFactory(allow_perf=not os.environ.get("CORRAL_NO_PERF")))
         self._exact_cpu = exact_cpu
         self._background_ns = int(config.limits.background_cpu_ms * 1_000_000)
         #: Script versions as files, which children read (and the package store's root).
@@ -258,12 +257,7 @@ class Pool:
             sock.close()
             os.close(pidfd)
             return None
-        try:
-            cpu: CpuAccount | None = CpuAccount(self._meters.open(pid), exact=self._exact_cpu,
-                                                background_ns=self._background_ns)
-        except OSError:
-            cpu = None
-        child = ChildProcess(self, pid, sock, pidfd, generation, self._kit, cpu)
+        child = ChildProcess(self, pid, sock, pidfd, generation, self._kit)
         if urgent:
             self._kit.renice(pid, RUSH_NICE)
         self.children[pid] = child
@@ -319,6 +313,9 @@ class Pool:
     # ------------------------------------------------------------------
     # what children tell their owner (ChildOwner)
     # ------------------------------------------------------------------
+    def cpu_account(self, meter: CpuMeter) -> CpuAccount:
+        return CpuAccount(meter, exact=self._exact_cpu, background_ns=self._background_ns)
+
     def on_ready(self, child: ChildProcess) -> None:
         """A new child finished its jail and said hello."""
         self.census.ready(child)
