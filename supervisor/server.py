@@ -264,6 +264,10 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.observability.run)
                 await nursery.start(self.pool.run)
+                if self.config.busy_poll_us:
+                    # After the pool's send batch: the frames of a turn leave
+                    # before the poll waits for their answers.
+                    trio.lowlevel.add_instrument(BusyPoll(self.config.busy_poll_us))
                 nursery.start_soon(self.pool.bundles.run, self._bundles_in_use, self.store.package_locks)
                 nursery.start_soon(self.scheduler.run)
                 nursery.start_soon(self.objects.run)
@@ -376,5 +380,5 @@ def run(config: ServeConfig) -> int:
     """Entry point of ``corral serve``."""
     logmod.setup()
     supervisor = Supervisor(config)
-    trio.run(supervisor.run, instruments=[BusyPoll(config.busy_poll_us)] if config.busy_poll_us else [])
+    trio.run(supervisor.run)
     return 0

@@ -170,6 +170,11 @@ class _PoolCollector(Collector):
         for step, us in snap.get("setup_us", {}).items():
             setup.add_metric([step], us / 1e6)
         yield setup
+        yield CounterMetricFamily("corral_child_frames_batched", "Frames to children that left "
+                                  "with their loop turn's others (see SendBatch).",
+                                  value=snap.get("frames_batched", 0))
+        yield CounterMetricFamily("corral_child_batch_writes", "Socket writes that carried "
+                                  "them: one per child per loop turn.", value=snap.get("batch_writes", 0))
         http = self._http()
         yield CounterMetricFamily("corral_http_requests", "HTTP requests received at the edge.",
                                   value=http.get("requests", 0))

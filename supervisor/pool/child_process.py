@@ -137,29 +137,72 @@ class ChildOwner(Protocol):
         """The child is gone; everything it held was failed or released."""
 
 
-class SendBatch:
-    """Sends made while one child's frames are handled leave together.
+class SendBatch(trio.abc.Instrument):
+    """Frames to children leave once per turn of the event loop.
 
-    Under load a child's read holds many frames (ten SubRequests from the
-    dispatcher, say); the frames they cause for another child (ten Invokes)
-    are coalesced into one write instead of ten syscalls, each waking that
-    child. Handlers are synchronous, so a batch never interleaves with
-    another. One per pool: it spans all of the pool's children.
+    Under load one turn of trio's loop handles many requests: the client
+    requests read in a turn each make an Invoke for the dispatcher, and the
+    answers of as many tenants each make a SubResponse for it. A frame is
+    appended to its child's buffer and the child put on this batch, and at
+    the end of the turn, as trio is about to wait for I/O (an instrument's
+    ``before_io_wait``, before the busy poll), each child's frames leave with
+    one send: one syscall and one wake-up of that child instead of one per
+    frame. Frames keep their order (one buffer per child). While the batch
+    is not installed (before the pool runs, after it stopped) a frame is
+    written at once.
+
+    The hook runs inside trio's scheduler, after it decided how long to
+    sleep: a task woken there would wait out that sleep. So a child whose
+    frames did not all fit in its socket (its writer task takes the rest),
+    or whose socket failed (it is killed), is handed to :meth:`_follow_up`
+    through ``run_sync_soon``, which makes the coming wait return at once.
     """
 
-    __slots__ = ("active", "dirty")
+    __slots__ = ("dirty", "running", "frames", "writes", "_token")
 
     def __init__(self) -> None:
-        self.active = False
         self.dirty: list[ChildProcess] = []
+        self.running = False
+        #: Frames queued here, and the sends that carried them (/metrics).
+        self.frames = 0
+        self.writes = 0
+        self._token: trio.lowlevel.TrioToken | None = None
 
-    def flush(self) -> None:
-        self.active = False
+    def install(self) -> None:
+        """Start batching (in the pool's task, before any child runs)."""
+        self._token = trio.lowlevel.current_trio_token()
+        trio.lowlevel.add_instrument(self)
+        self.running = True
+
+    def uninstall(self) -> None:
+        self.running = False
+        try:
+            trio.lowlevel.remove_instrument(self)
+        except KeyError:
+            pass
+        self.before_io_wait(0)
+
+    def add(self, child: ChildProcess) -> None:
+        """``child`` has frames to write: they leave with this turn's others."""
+        self.dirty.append(child)
+
+    def before_io_wait(self, timeout: float) -> None:
+        if not self.dirty:
+            return
         dirty, self.dirty = self.dirty, []
+        self.writes += len(dirty)
+        unfinished = []
         for child in dirty:
             child._dirty = False
-            if not child._writing and child.state is not _DEAD:
-                child._flush()
+            if not child._writing and child.state is not _DEAD and not child._send_now():
+                unfinished.append(child)
+        if unfinished and self._token is not None:
+            self._token.run_sync_soon(self._follow_up, unfinished)
+
+    @staticmethod
+    def _follow_up(children: list[ChildProcess]) -> None:
+        for child in children:
+            child._after_send()
 
 
 class Renicer:
@@ -254,6 +297,7 @@ class ChildProcess:
         self._out = bytearray()
         self._writing = False
         self._dirty = False
+        self._send_failed = False
         self._load_log_budget = 20
         self._writer_wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -416,27 +460,34 @@ class ChildProcess:
             return
         self._encoder.encode_into(message, self._out)
         if self._writing:
-            return
+            return  # the writer takes it with the rest
         batch = self._batch
-        if batch.active:
-            # Inside a reader's batch: flushed once when the batch is done.
+        if batch.running:
+            batch.frames += 1
             if not self._dirty:
                 self._dirty = True
-                batch.dirty.append(self)
-            return
-        self._flush()
+                batch.add(self)
+        elif not self._send_now():
+            self._after_send()
 
-    def _flush(self) -> None:
+    def _send_now(self) -> bool:
+        """One send of what is buffered: did it all leave? (Calls nothing in trio.)"""
         try:
             sent = self.sock.send(self._out)
         except BlockingIOError:
-            sent = 0
+            return False
         except OSError:
+            self._send_failed = True
+            return False
+        del self._out[:sent]
+        return not self._out
+
+    def _after_send(self) -> None:
+        """What a send that did not take everything leaves to do."""
+        if self._send_failed:
             self._out.clear()
             self.kill(KillReason.CHANNEL_CLOSED)
-            return
-        del self._out[:sent]
-        if self._out and not self._writing:
+        elif self._out and not self._writing and self.state is not _DEAD:
             self._writing = True
             self._writer_wake.set()
 
@@ -463,7 +514,6 @@ class ChildProcess:
         decoder = supervisor_decoder()
         sock = self.sock
         handlers = self._handlers
-        batch = self._batch
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
@@ -474,14 +524,10 @@ class ChildProcess:
                 return
             if count == 0:
                 return
-            batch.active = True
-            try:
-                for message in decoder.feed(view[:count]):
-                    if self.state is _STARTING and type(message) is not Hello:
-                        raise ProtocolViolation(f"{type(message).__name__} before Hello")
-                    handlers[type(message)](message)
-            finally:
-                batch.flush()
+            for message in decoder.feed(view[:count]):
+                if self.state is _STARTING and type(message) is not Hello:
+                    raise ProtocolViolation(f"{type(message).__name__} before Hello")
+                handlers[type(message)](message)
 
     # ------------------------------------------------------------------
     # frames from the child

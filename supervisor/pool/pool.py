@@ -211,16 +211,20 @@ class Pool:
     # lifecycle
     # ------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self.packages.attach(nursery)
-            await nursery.start(self.zygote.run)
-            self._next_reap = trio.current_time() + REAP_PERIOD_S
-            nursery.start_soon(self._maintain)
-            nursery.start_soon(self._cpu_watchdog)
-            nursery.start_soon(self.trimmer.run)
-            await nursery.start(self.budgets.run)
-            task_status.started()
+        self._kit.batch.install()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.packages.attach(nursery)
+                await nursery.start(self.zygote.run)
+                self._next_reap = trio.current_time() + REAP_PERIOD_S
+                nursery.start_soon(self._maintain)
+                nursery.start_soon(self._cpu_watchdog)
+                nursery.start_soon(self.trimmer.run)
+                await nursery.start(self.budgets.run)
+                task_status.started()
+        finally:
+            self._kit.batch.uninstall()
 
     def next_id(self) -> int:
         self.last_invocation_id += 1
@@ -837,6 +841,8 @@ class Pool:
             "reshare_asked": self.trimmer.sent,
             "setups": self.setups,
             "setup_us": dict(zip(SETUP_STEPS, self.setup_us_total, strict=True)),
+            "frames_batched": self._kit.batch.frames,
+            "batch_writes": self._kit.batch.writes,
             **self.stats,
         }
 
