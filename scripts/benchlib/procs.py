@@ -68,12 +68,11 @@ def process_tree(root: int) -> list[int]:
 
 
 def _cpu_s(pid: int) -> float:
-    """CPU the kernel has charged to pid's threads so far, in seconds
-    (schedstat: exact once a task is not running; /proc/PID/stat's ticks miss
-    short bursts). /proc/PID/schedstat is the main thread's alone: the other
-    threads (Corral's supervisor hands cgroup work to trio's worker threads,
-    workerd runs several) are each summed from /proc/PID/task/TID; a thread
-    that already exited is not counted."""
+    """CPU the kernel has charged to pid so far, in seconds: its threads'
+    schedstat, exact once a task is not running (/proc/PID/stat's clock ticks
+    are 10 ms apart, too coarse to sum over hundreds of children). A thread
+    that already exited is not counted: see :func:`_process_cpu_s` for a
+    process whose threads come and go."""
     total = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -88,6 +87,23 @@ def _cpu_s(pid: int) -> float:
     return total / 1e9
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_s(pid: int) -> float:
+    """CPU of the whole process pid, its exited threads included (utime +
+    stime of /proc/PID/stat: the kernel's exact total, in 10 ms ticks). For
+    the server, whose worker threads (Corral's trio threads, workerd's) come
+    and go: summed per thread, one that exited mid-run took its CPU with it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0.0
+    rest = data[data.rindex(b")") + 2:].split()
+    return (int(rest[11]) + int(rest[12])) / _CLK_TCK
+
+
 def cpu_by_role(root: int, also: set[int] | frozenset[int] = frozenset()) -> dict[str, float]:
     """CPU seconds so far of ``root`` ("server"), its direct children
     ("direct": Corral's zygotes) and every other process of its tree or
@@ -97,7 +113,7 @@ def cpu_by_role(root: int, also: set[int] | frozenset[int] = frozenset()) -> dic
     for pid in set(process_tree(root)) | set(also):
         st = _read_stat(pid)
         role = "server" if pid == root else "direct" if st and st[0] == root else "others"
-        out[role] += _cpu_s(pid)
+        out[role] += _process_cpu_s(pid) if role == "server" else _cpu_s(pid)
     return out
 
 
