@@ -192,11 +192,12 @@ class Runner:
             log("    CPU per request: " + ", ".join(f"{k} {v:.0f} us" for k, v in cpu_us.items()))
         return r
 
-    def cpu(self, sysm) -> dict[str, float]:
-        """CPU seconds so far by process role (schedstat), plus, where the
-        system reports it, the CPU its invocations used by namespace."""
+    def cpu(self, sysm) -> dict:
+        """CPU seconds so far of each process with its role (``pids``, see
+        procs.cpu_by_pid), plus, where the system reports it, the CPU its
+        invocations used by namespace."""
         members = getattr(sysm, "member_pids", None)
-        out = procs.cpu_by_role(sysm.pid, members() if members else frozenset())
+        out: dict = {"pids": procs.cpu_by_pid(sysm.pid, members() if members else frozenset())}
         by_namespace = getattr(sysm, "invocation_cpu_s", None)
         if by_namespace:
             out.update(by_namespace())
@@ -207,8 +208,9 @@ class Runner:
         """Microseconds per request of each role over the recorded runs."""
         if requests <= 0:
             return {}
-        return {k: (after[k] - before.get(k, 0.0)) * 1e6 / requests
-                for k in after if after[k] - before.get(k, 0.0) > 0}
+        used = procs.role_delta(before["pids"], after["pids"])
+        used.update({k: after[k] - before.get(k, 0.0) for k in after if k != "pids"})
+        return {k: seconds * 1e6 / requests for k, seconds in used.items() if seconds > 0}
 
     def pss(self, sysm) -> dict:
         time.sleep(0.5)  # let freed memory settle
@@ -315,13 +317,13 @@ class Runner:
             for i in range(runs):
                 if i:
                     time.sleep(1.0)  # the pool refills its spares between storms
-                cpu_before = procs.cpu_by_role(sysm.pid, members() if members else frozenset())
+                cpu_before = procs.cpu_by_pid(sysm.pid, members() if members else frozenset())
                 s = httpclient.storm(port, [(h(n), sysm.expect(n))
                                             for n in storm_names[i * a.storm:(i + 1) * a.storm]],
                                      a.storm_connections)
-                cpu_after = procs.cpu_by_role(sysm.pid, members() if members else frozenset())
-                for role in cpu_after:
-                    spent[role] = spent.get(role, 0.0) + cpu_after[role] - cpu_before.get(role, 0.0)
+                cpu_after = procs.cpu_by_pid(sysm.pid, members() if members else frozenset())
+                for role, seconds in procs.role_delta(cpu_before, cpu_after).items():
+                    spent[role] = spent.get(role, 0.0) + seconds
                 storm_runs.append(s)
                 log(f"  cold-start storm: {s['n']} tenants from {s['connections']} connections in "
                     f"{s['seconds']:.2f} s, p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, "

@@ -104,16 +104,32 @@ def _process_cpu_s(pid: int) -> float:
     return (int(rest[11]) + int(rest[12])) / _CLK_TCK
 
 
-def cpu_by_role(root: int, also: set[int] | frozenset[int] = frozenset()) -> dict[str, float]:
-    """CPU seconds so far of ``root`` ("server"), its direct children
-    ("direct": Corral's zygotes) and every other process of its tree or
-    ``also`` ("others": Corral's sandboxed children). Processes that already
-    exited are not counted."""
-    out = {"server": 0.0, "direct": 0.0, "others": 0.0}
+#: The roles of a server's processes, as :func:`cpu_by_pid` names them.
+ROLES = ("server", "direct", "others")
+
+
+def cpu_by_pid(root: int, also: set[int] | frozenset[int] = frozenset()) -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of each process of ``root``'s tree or ``also``, with
+    its role: ``root`` itself ("server"), its direct children ("direct":
+    Corral's zygotes) or any other ("others": Corral's sandboxed children)."""
+    out = {}
     for pid in set(process_tree(root)) | set(also):
         st = _read_stat(pid)
         role = "server" if pid == root else "direct" if st and st[0] == root else "others"
-        out[role] += _process_cpu_s(pid) if role == "server" else _cpu_s(pid)
+        out[pid] = (role, _process_cpu_s(pid) if role == "server" else _cpu_s(pid))
+    return out
+
+
+def role_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each role used between two :func:`cpu_by_pid` snapshots:
+    for every process alive at the second, what it used since the first (all
+    of it, if it started in between). One that exited in between is left out,
+    its CPU of the interval lost with it; a difference of the two totals would
+    instead subtract all it ever used (a zygote rotated out mid-storm made the
+    zygotes' figure negative)."""
+    out = dict.fromkeys(ROLES, 0.0)
+    for pid, (role, seconds) in after.items():
+        out[role] += seconds - before.get(pid, (role, 0.0))[1]
     return out
 
 

@@ -46,13 +46,13 @@ def main(argv: list[str]) -> int:
         hosts = [corral.host(n) for n in names]
         pid = corral.server.proc.pid
         run_wrk(wrk, corral.port, hosts, int(connections), 3, 1)  # every tenant warm
-        before = procs.cpu_by_role(pid)
+        before = procs.cpu_by_pid(pid)
         res = run_wrk(wrk, corral.port, hosts, int(connections), float(duration), 1)
-        after = procs.cpu_by_role(pid)
+        after = procs.cpu_by_pid(pid)
     finally:
         corral.stop()
     n = max(1, res["requests"])
-    per_req = {role: round(1e6 * (after[role] - before[role]) / n, 1) for role in after}
+    per_req = {role: round(1e6 * seconds / n, 1) for role, seconds in procs.role_delta(before, after).items()}
     print(json.dumps({"rps": res["rps"], "p99_ms": res.get("lat_p99_ms"), "requests": res["requests"],
                       "non2xx": res.get("non2xx", 0), "error": res.get("error"),
                       "cpu_us_per_request": per_req}))
