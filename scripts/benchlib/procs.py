@@ -27,16 +27,22 @@ def port_open(port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-def _read_stat(pid: int):
-    """(ppid, session id) of pid, or None if it is gone."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (the first is the
+    state), or None if pid is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
     # comm may contain spaces and parens: split after the last ')'
-    rest = data[data.rindex(b")") + 2:].split()
-    return int(rest[1]), int(rest[3])
+    return data[data.rindex(b")") + 2:].split()
+
+
+def _read_stat(pid: int):
+    """(ppid, session id) of pid, or None if it is gone."""
+    rest = _stat_fields(pid)
+    return None if rest is None else (int(rest[1]), int(rest[3]))
 
 
 def process_tree(root: int) -> list[int]:
@@ -95,13 +101,8 @@ def _process_cpu_s(pid: int) -> float:
     stime of /proc/PID/stat: the kernel's exact total, in 10 ms ticks). For
     the server, whose worker threads (Corral's trio threads, workerd's) come
     and go: summed per thread, one that exited mid-run took its CPU with it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return 0.0
-    rest = data[data.rindex(b")") + 2:].split()
-    return (int(rest[11]) + int(rest[12])) / _CLK_TCK
+    rest = _stat_fields(pid)
+    return 0.0 if rest is None else (int(rest[11]) + int(rest[12])) / _CLK_TCK
 
 
 #: The roles of a server's processes, as :func:`cpu_by_pid` names them.

@@ -163,8 +163,9 @@ def _render_main(results: dict) -> list[str]:
         if spreads:
             out.append(f"  {label} latency ms, median of {a.get('repeat', 1)} runs; spread (min-max "
                        f"of the runs): " + "; ".join(spreads))
-    out.append("  CPU us/req K: CPU the kernel charged (schedstat) over the K-tenant throughput "
-               "runs / their requests; server = the server process, all = its whole tree (Corral: "
+    out.append("  CPU us/req K: CPU the kernel charged (each thread's schedstat; the server's "
+               "whole process from /proc/PID/stat) over the K-tenant throughput runs / their "
+               "requests; server = the server process, all = its whole tree (Corral: "
                "supervisor + zygotes + sandboxed children); the log splits it by role and gives "
                "Corral's dispatcher and user invocations' own CPU.")
     out.append(f"  warm latency: {a['latency_requests']} sequential GETs to t0 on one keep-alive "
