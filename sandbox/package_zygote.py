@@ -113,12 +113,10 @@ def become(rules: jail.FileRules, package_dirs: list[str]) -> dict:
     if os.getppid() == 1:  # the base zygote died before the line above
         os._exit(0)
     problems: list[str] = []
-    if rules.inherited:
-        pass  # the base zygote's own layer 1 (jail.confine_zygote), and so ours
-    elif rules.layer1 is not None:
-        rules.layer1.enforce()  # children enforce it again: the same layer twice is the same
-    else:
+    if rules.layer1 is None:
         problems.append("no landlock: the package zygote imports unconfined by it")
+    elif not rules.inherited:  # else the base zygote's own (jail.confine_zygote), and so ours
+        rules.layer1.enforce()  # children enforce it again: the same layer twice is the same
     try:
         _drop_capabilities()
     except OSError as exc:
