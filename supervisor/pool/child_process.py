@@ -190,11 +190,13 @@ class SendBatch(trio.abc.Instrument):
         if not self.dirty:
             return
         dirty, self.dirty = self.dirty, []
-        self.writes += len(dirty)
         unfinished = []
         for child in dirty:
             child._dirty = False
-            if not child._writing and child.state is not _DEAD and not child._send_now():
+            if child._writing or child.state is _DEAD:
+                continue  # its writer takes the frames, or nobody
+            self.writes += 1
+            if not child._send_now():
                 unfinished.append(child)
         if unfinished and self._token is not None:
             self._token.run_sync_soon(self._follow_up, unfinished)
