@@ -47,6 +47,7 @@ import trio
 
 from protocol.messages import MAX_CHUNK
 from supervisor.config import HttpConfig
+from supervisor.edge.simple_head import SimpleHead, read_simple_head
 from supervisor.log import error, warn
 from supervisor.pool.bodies import BodyError
 
@@ -257,7 +258,7 @@ class ChunkedFraming:
 class Request:
     __slots__ = ("method", "target", "headers", "http_version", "body", "host")
 
-    def __init__(self, event: h11.Request, body: RequestBody | bytes,
+    def __init__(self, event: h11.Request | SimpleHead, body: RequestBody | bytes,
                  headers: list[tuple[bytes, bytes]]) -> None:
         self.method: bytes = event.method
         self.target: bytes = event.target
@@ -271,7 +272,7 @@ class Request:
                 break
 
 
-def _wants_close(event: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
+def _wants_close(event: h11.Request | SimpleHead, headers: list[tuple[bytes, bytes]]) -> bool:
     if event.http_version != b"1.1":
         return True  # HTTP/1.0: one request per connection
     for name, value in headers:
@@ -304,6 +305,10 @@ class Connection:
         self._head_bytes: list[bytes] = []
         #: The strict check of the current request's chunked body, if any.
         self._chunk_check: ChunkedFraming | None = None
+        #: Bytes received after the last request, not yet read as the next
+        #: head; and whether the client had closed after them.
+        self.pending = b""
+        self.peer_closed = False
 
     def _parser(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)
@@ -328,16 +333,18 @@ class Connection:
                 await trio.sleep_forever()
             return
 
-    def next_cycle(self) -> None:
-        """A fresh parser for the next request, fed what is already buffered."""
-        leftover, closed = self.h11.trailing_data
-        self.h11 = self._parser()
-        self._head_bytes = []
-        self._chunk_check = None
-        if leftover:
-            self.feed(bytes(leftover))
-        if closed:
-            self.h11.receive_data(b"")
+    def next_cycle(self, rest: bytes | None = None) -> None:
+        """A fresh parser for the next request; what is already buffered
+        (``rest`` after a :class:`SimpleHead`, else h11's trailing data)
+        waits in :attr:`pending` for the next head to be read from."""
+        if rest is None:
+            leftover, self.peer_closed = self.h11.trailing_data
+            rest = bytes(leftover)
+            self.h11 = self._parser()
+            self._head_bytes = []
+            self._chunk_check = None
+        # else h11 was never fed this cycle: it is as fresh as a new one.
+        self.pending = rest
         self.response_started = False
 
     def feed(self, data: bytes) -> None:
@@ -603,7 +610,9 @@ class Server:
             headers: list[tuple[bytes, bytes]] = []
             try:
                 event = await self._read_head(conn)
-                if isinstance(event, h11.Request):
+                if type(event) is SimpleHead:
+                    headers = event.headers
+                elif isinstance(event, h11.Request):
                     headers = _header_list(event)
                     length = conn.check_framing(event, headers)
             except h11.RemoteProtocolError as exc:
@@ -611,7 +620,7 @@ class Server:
                 return
             if event is None or isinstance(event, h11.ConnectionClosed):
                 return
-            assert isinstance(event, h11.Request)
+            assert isinstance(event, (h11.Request, SimpleHead))
             self.requests += 1
             conn.keep_alive = not _wants_close(event, headers)
             conn.http11 = event.http_version == b"1.1"
@@ -623,9 +632,9 @@ class Server:
                 return
             first: list[bytes] = []
             size = 0
-            complete = False
+            complete = type(event) is SimpleHead  # it has no body
             try:
-                while True:  # take what is already buffered, without I/O
+                while not complete:  # take what is already buffered, without I/O
                     nxt = h.next_event()
                     if isinstance(nxt, h11.Data):
                         first.append(bytes(nxt.data))
@@ -669,6 +678,9 @@ class Server:
             # 4. Keep-alive: finish the request body, then the next cycle.
             if not conn.keep_alive or self.draining:
                 return
+            if type(event) is SimpleHead:
+                conn.next_cycle(event.rest)
+                continue
             if h.their_state is h11.SEND_BODY and not await self._drain(conn, body):
                 return
             if h.their_state is not h11.DONE:
@@ -707,11 +719,16 @@ class Server:
                 trio.lowlevel.notify_closing(conn.sock)
 
     async def _read_head(self, conn: Connection) -> object:
+        """The next request head: a :class:`SimpleHead` when it is one, else
+        h11's event (None once the connection is to close quietly)."""
         h = conn.h11
-        event = h.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        if not conn._head_bytes:  # what came of the next head (pipelined), kept for check_framing
+        data = conn.pending
+        if data:  # what came of the next head (pipelined)
+            conn.pending = b""
+        elif conn.peer_closed:
+            h.receive_data(b"")
+            return h.next_event()
+        else:
             # Nothing buffered: wait for the first byte under the idle timeout
             # (kept by _sweep_idle).
             conn.idle_until = time.monotonic() + self.config.idle_timeout_s
@@ -726,10 +743,15 @@ class Server:
                 return None  # idle connection: close quietly
             finally:
                 idle.discard(conn)
-            conn.feed(data)
-            event = h.next_event()
-            if event is not h11.NEED_DATA:
-                return event
+        head = read_simple_head(data, self.config.max_header_bytes)
+        if head is not None:
+            return head
+        conn.feed(data)
+        if conn.peer_closed:
+            h.receive_data(b"")
+        event = h.next_event()
+        if event is not h11.NEED_DATA:
+            return event
         # A head has started (a partial one may have come pipelined behind the
         # last request): all of it must arrive within the header timeout.
         with trio.move_on_after(self.config.header_timeout_s):
