@@ -271,6 +271,10 @@ class _Invocation:
         self.lingering = False
 
 
+#: A child loop's kernel side: its epoll instance and wake-up socket pair.
+KernelSide = tuple[selectors.EpollSelector, socket.socket, socket.socket]
+
+
 class ChildLoop(asyncio.SelectorEventLoop):
     """The children's event loop, built once in the zygote (see :func:`prebuild`).
 
@@ -278,8 +282,8 @@ class ChildLoop(asyncio.SelectorEventLoop):
     of the zygote into the child (reference counts): ~100 pages per child,
     measured. Built before the fork, the loop object is shared instead.
     What cannot be shared is its kernel side, the epoll instance and the
-    wake-up socket pair: the zygote makes a fresh one just before each fork
-    (:meth:`renew_kernel_side`), which only that child inherits, and the
+    wake-up socket pair: the zygote makes a fresh one for each fork
+    (:meth:`renew_kernel_sides`), which only that child keeps, and the
     child keeps their descriptors open through the jail's closing of fds
     (:meth:`kernel_fds`). Making them in the child instead copied another
     ~70 pages into every child (selectors' and socket's Python code).
@@ -295,14 +299,33 @@ class ChildLoop(asyncio.SelectorEventLoop):
         :mod:`sandbox.thread_shims`)."""
         return thread_shims.run_inline(self, func, *args)
 
-    def renew_kernel_side(self) -> None:
-        """In the zygote, just before a fork: a new epoll instance and wake-up
-        pair for the next child. The last child's (it has its own copies of
-        the descriptors) are closed here; the zygote never waits on them."""
+    def renew_kernel_sides(self, count: int) -> list[KernelSide]:
+        """In the zygote, before a batch of ``count`` forks: a new epoll
+        instance and wake-up pair for each child to come (each fork takes
+        its own with :meth:`take_kernel_side`). The zygote's copies of the
+        last batch's are closed first: their children have their own, and
+        the zygote never waits on them."""
         self._close_self_pipe()
         self._selector.close()
-        self._selector = selectors.EpollSelector()
-        self._make_self_pipe()
+        sides = []
+        for _ in range(count):
+            self._selector = selectors.EpollSelector()
+            self._make_self_pipe()
+            sides.append((self._selector, self._ssock, self._csock))
+        self._internal_fds = 1  # one self-pipe in use at a time, as asyncio counts them
+        return sides
+
+    def take_kernel_side(self, side: KernelSide) -> None:
+        """Just before a fork: the next child's epoll instance and wake-up pair."""
+        self._selector, self._ssock, self._csock = side
+
+    @staticmethod
+    def close_kernel_sides(sides: list[KernelSide]) -> None:
+        """After a batch: the zygote's copies of its children's kernel sides."""
+        for selector, ssock, csock in sides:
+            ssock.close()
+            csock.close()
+            selector.close()
 
 
 class Runtime:
@@ -754,7 +777,7 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
     layer2 = jail.jail_child(sock.fileno(), devnull, address_space, rules, keep)
     marks.append(time.thread_time_ns())
     if prebuilt is not None:
-        loop, runtime = prebuilt  # its epoll and wake-up pair are this child's (renew_kernel_side)
+        loop, runtime = prebuilt  # its epoll and wake-up pair are this child's (renew_kernel_sides)
         runtime.adopt_layer2(layer2)
     else:
         loop = ChildLoop()

@@ -705,6 +705,7 @@ def test_every_sandbox_is_locked_down_seen_from_outside(c: Corral) -> None:
                 target in ("anon_inode:[eventpoll]", "anon_inode:[landlock-ruleset]",
                            SNAPSHOT_FD_TARGET), (pid, fd, target)
         assert sum(t.startswith("socket:[") for t in fds.values()) <= 3, fds
+        assert sum(t == "anon_inode:[eventpoll]" for t in fds.values()) <= 1, fds  # a batch's siblings'
         assert sum(t == SNAPSHOT_FD_TARGET for t in fds.values()) <= 1, fds
         rows = {line[:26].strip(): line[26:].split() for line in limits.splitlines()[1:]}
         assert rows["Max processes"][:2] == ["0", "0"], rows["Max processes"]
@@ -728,10 +729,10 @@ def _epoll_watches(pid: int) -> list[tuple[int, str]]:
 
 def test_every_sandbox_waits_on_an_epoll_instance_of_its_own(c: Corral) -> None:
     """The zygote makes each child's epoll instance and wake-up pair before
-    its fork (sandbox.child.ChildLoop.renew_kernel_side). One inherited from
-    the zygote or a sibling would let a child's registrations mix with
-    another's: every descriptor a child's epoll watches must be that child's
-    own open file, the same inode."""
+    its fork (sandbox.child.ChildLoop.renew_kernel_sides: one per fork of a
+    batch). One inherited from the zygote or a sibling would let a child's
+    registrations mix with another's: every descriptor a child's epoll
+    watches must be that child's own open file, the same inode."""
     children = c.children()
     checked = 0
     for pid in children:
