@@ -61,12 +61,21 @@ def voluntary_switches(pid: int) -> int:
 
 
 def test_the_supervisor_polls_instead_of_sleeping_between_the_hops_of_a_request(tmp_path: Path) -> None:
-    sleeping = sleeps_per_request(tmp_path, 0)
-    polling = sleeps_per_request(tmp_path, 5000)
-    print(f"\nsleeps per request: {sleeping:.2f} without polling, {polling:.2f} polling 5 ms")
-    assert polling <= 0.5, polling
-    # Sleeping, it waits for the child's reply and mostly for the next request.
-    assert sleeping - polling >= 0.5, (sleeping, polling)
+    """Sleeping, it waits for the child's reply and mostly for the next
+    request; polling, it hardly ever sleeps. On a box busy with other work
+    the reply is often in before the supervisor would wait, so it sleeps
+    little either way and the pair shows nothing: up to three pairs are
+    taken, and one must show the difference. Without polling (the feature
+    broken) no pair can."""
+    pairs = []
+    for attempt in range(3):
+        sleeping = sleeps_per_request(tmp_path / str(attempt), 0)
+        polling = sleeps_per_request(tmp_path / str(attempt), 5000)
+        print(f"\nsleeps per request: {sleeping:.2f} without polling, {polling:.2f} polling 5 ms")
+        pairs.append((sleeping, polling))
+        if polling <= 0.5 and sleeping - polling >= 0.5:
+            return
+    raise AssertionError(f"polling did not spare the supervisor its sleeps: (without, with) {pairs}")
 
 
 def test_a_bad_busy_poll_setting_is_refused_by_name(tmp_path: Path) -> None:
