@@ -91,6 +91,8 @@ class Zygote:
         self.devnull = -1
         #: Every child's event loop and runtime, built before the fork (sandbox.child.prebuild).
         self.prebuilt: tuple | None = None
+        #: sandbox.child.main, bound by prepare() (see there).
+        self._child_main: Callable[..., int] | None = None
         #: Only this thread runs here: children are forked without Python's
         #: at-fork work (sandbox.fork). Checked at the end of prepare().
         self.single_threaded = False
@@ -108,6 +110,10 @@ class Zygote:
         from . import child
 
         self.prebuilt = child.prebuild()
+        # Bound once: a function-level ``from . import child`` in every fork
+        # ran the import system's Python (~20 of the zygote's pages copied
+        # into each child, measured).
+        self._child_main = child.main
         self.bpf = seccomp_policy.compile_policy()
         self.devnull = os.open(os.devnull, os.O_RDWR)
         reshare_problem = reshare.load_library()
@@ -194,10 +200,9 @@ class Zygote:
                     parent_end.close()
 
     def _run_child(self, channel: _socket.socket) -> int:
-        from . import child
-
-        return child.main(channel, self.devnull, self.address_space, self.bpf, self.rules,
-                          reshare.snapshot_fd(), self.prebuilt)
+        assert self._child_main is not None, "prepare() binds it before any fork"
+        return self._child_main(channel, self.devnull, self.address_space, self.bpf, self.rules,
+                                reshare.snapshot_fd(), self.prebuilt)
 
     def start_package_zygote(self, command: StartPackageZygote) -> None:
         """Fork the zygote of one dependency set (see :mod:`sandbox.package_zygote`)."""
