@@ -27,10 +27,12 @@ around the protocol:
   accept loop, so one bad request cannot stop the server.
 
 Division of labour, for speed on the request path (the supervisor is the
-bottleneck of the whole platform): **h11 parses** every request, with a
-fresh parser per request cycle; **responses are serialized here**, directly
-into one buffer, with header names and values validated against response
-splitting; sockets are plain non-blocking sockets driven by trio's
+bottleneck of the whole platform): **h11 parses** every request but the
+plain case, with a fresh parser per request cycle; the plain case (a
+complete, bodyless HTTP/1.1 head in one read) is read with h11's own grammar
+without its state machine (:mod:`supervisor.edge.simple_head`); **responses
+are serialized here**, directly into one buffer, with header names and
+values validated against response splitting; sockets are plain non-blocking sockets driven by trio's
 ``wait_readable``/``wait_writable``, one syscall per read or write.
 """
 
