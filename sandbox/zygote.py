@@ -32,7 +32,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from protocol.messages import (
     PROTOCOL_VERSION,
@@ -91,8 +91,9 @@ class Zygote:
         self.devnull = -1
         #: Every child's event loop and runtime, built before the fork (sandbox.child.prebuild).
         self.prebuilt: tuple | None = None
-        #: sandbox.child.main, bound by prepare() (see there).
+        #: sandbox.child.main and .prebuild_channel, bound by prepare() (see there).
         self._child_main: Callable[..., int] | None = None
+        self._child_channel: Callable[..., Any] | None = None
         #: Only this thread runs here: children are forked without Python's
         #: at-fork work (sandbox.fork). Checked at the end of prepare().
         self.single_threaded = False
@@ -114,6 +115,7 @@ class Zygote:
         # ran the import system's Python (~20 of the zygote's pages copied
         # into each child, measured).
         self._child_main = child.main
+        self._child_channel = child.prebuild_channel
         self.bpf = seccomp_policy.compile_policy()
         self.devnull = os.open(os.devnull, os.O_RDWR)
         reshare_problem = reshare.load_library()
@@ -170,27 +172,35 @@ class Zygote:
         per fork one at a time, ~40% of the zygote's CPU in a storm of cold
         starts (measured, with ~3.4 forks per Spawn). Between two forks of a
         batch only the loop below runs; the socket pairs, the children's
-        kernel sides (sandbox.child.ChildLoop) and the announcements are
-        made once per batch.
+        kernel sides and channels (sandbox.child.ChildLoop, prebuild_channel)
+        and the announcements are made once per batch.
         """
         if count <= 0:
             return
-        loop = self.prebuilt[0] if self.prebuilt is not None else None
-        sides = loop.renew_kernel_sides(count) if loop is not None else []
         # _socket's own pairs: socket.socketpair() wraps each end in Python code.
         pairs = [_socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(count)]
+        channels: list[Any] = [None] * count
+        sides = []
+        if self.prebuilt is not None and self._child_channel is not None:
+            loop, runtime = self.prebuilt
+            sides = loop.renew_kernel_sides(count)
+            for index, side in enumerate(sides):
+                # Each child's channel too, registered in its own epoll instance.
+                loop.take_kernel_side(side)
+                channels[index] = self._child_channel(pairs[index][1], loop, runtime)
         pids: list[int] = []
         try:
             for index in range(count):
-                if loop is not None:
+                if sides:
                     loop.take_kernel_side(sides[index])
                 pid = fork.fork() if self.single_threaded else os.fork()
                 if pid == 0:  # pragma: no cover - runs in the forked process
-                    self._run_forked("child", functools.partial(self._run_child, pairs[index][1]))
+                    self._run_forked("child", functools.partial(
+                        self._run_child, pairs[index][1], channels[index]))
                 pids.append(pid)
         finally:
             # The zygote's copies; the last side stays the loop's until the next batch.
-            if loop is not None:
+            if sides:
                 loop.close_kernel_sides(sides[:-1])
             for index, (parent_end, child_end) in enumerate(pairs):
                 child_end.close()
@@ -199,10 +209,10 @@ class Zygote:
                 else:  # a fork failed: the rest were never forked
                     parent_end.close()
 
-    def _run_child(self, channel: _socket.socket) -> int:
+    def _run_child(self, sock: _socket.socket, channel: Any) -> int:
         assert self._child_main is not None, "prepare() binds it before any fork"
-        return self._child_main(channel, self.devnull, self.address_space, self.bpf, self.rules,
-                                reshare.snapshot_fd(), self.prebuilt)
+        return self._child_main(sock, self.devnull, self.address_space, self.bpf, self.rules,
+                                reshare.snapshot_fd(), self.prebuilt, channel)
 
     def start_package_zygote(self, command: StartPackageZygote) -> None:
         """Fork the zygote of one dependency set (see :mod:`sandbox.package_zygote`)."""
