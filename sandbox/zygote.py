@@ -9,9 +9,9 @@ script is assigned to it.
 
 Per child, the zygote creates a socketpair, forks (a Spawn's children back
 to back), and sends the supervisor the parent end plus a pidfd of the child
-(SCM_RIGHTS). It reaps its children
-and reports their wait status, which is how the supervisor learns that a
-child died by SIGKILL (CPU limit) or SIGSYS (seccomp).
+(SCM_RIGHTS). It reaps its children and reports their wait status, which is
+how the supervisor learns that a child died by SIGKILL (CPU limit) or
+SIGSYS (seccomp).
 
 The zygote runs at nice 10: refilling the pool must never take a core from a
 live request on a small machine.

@@ -32,8 +32,9 @@ plain case, with a fresh parser per request cycle; the plain case (a
 complete, bodyless HTTP/1.1 head in one read) is read with h11's own grammar
 without its state machine (:mod:`supervisor.edge.simple_head`); **responses
 are serialized here**, directly into one buffer, with header names and
-values validated against response splitting; sockets are plain non-blocking sockets driven by trio's
-``wait_readable``/``wait_writable``, one syscall per read or write.
+values validated against response splitting; sockets are plain
+non-blocking sockets driven by trio's ``wait_readable``/``wait_writable``,
+one syscall per read or write.
 """
 
 from __future__ import annotations
