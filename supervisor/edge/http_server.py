@@ -384,6 +384,24 @@ class Connection:
             except OSError as exc:
                 raise ClientGone(str(exc)) from None
 
+    async def receive_next(self) -> bytes:
+        """The first bytes of the next request on an idle keep-alive connection.
+
+        Waits before reading: the client sends its next request only after
+        it has this response, so an immediate ``recv`` would nearly always
+        fail with EAGAIN (a syscall and a Python exception per request).
+        Bytes already here (a pipelined request) are in :attr:`pending`.
+        """
+        sock = self.sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise ClientGone(str(exc)) from None
+
     async def _send(self, data: bytes | bytearray) -> None:
         sock = self.sock
         view = memoryview(data)
@@ -739,7 +757,7 @@ class Server:
             idle = self._idle
             idle.add(conn)
             try:
-                data = await conn.receive_some()
+                data = await conn.receive_next()
             except trio.ClosedResourceError:
                 if not conn.idle_expired:
                     raise
