@@ -778,14 +778,14 @@ def prebuild_channel(sock: socket.socket, loop: ChildLoop, runtime: Runtime) -> 
 def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
          rules: jail.FileRules, snapshot_fd: int | None = None,
          prebuilt: tuple[ChildLoop, Runtime] | None = None,
-         channel: Channel | None = None) -> int:
+         channel: Channel | None = None, layer2: landlock.Ruleset | None = None) -> int:
     """Entry point of a forked child; returns its exit status."""
     # The CPU clock of a new process starts at zero at its fork.
     marks = [time.thread_time_ns()]
     keep = {snapshot_fd} if snapshot_fd is not None else set()
     if prebuilt is not None:
         keep |= prebuilt[0].kernel_fds()
-    layer2 = jail.jail_child(sock.fileno(), devnull, address_space, rules, keep)
+    layer2 = jail.jail_child(sock.fileno(), devnull, address_space, rules, keep, layer2)
     marks.append(time.thread_time_ns())
     if prebuilt is not None:
         loop, runtime = prebuilt  # its epoll and wake-up pair are this child's (renew_kernel_sides)

@@ -172,14 +172,17 @@ class Zygote:
         per fork one at a time, ~40% of the zygote's CPU in a storm of cold
         starts (measured, with ~3.4 forks per Spawn). Between two forks of a
         batch only the loop below runs; the socket pairs, the children's
-        kernel sides and channels (sandbox.child.ChildLoop, prebuild_channel)
-        and the announcements are made once per batch.
+        kernel sides and channels (sandbox.child.ChildLoop, prebuild_channel),
+        their Landlock rulesets (jail.second_layer) and the announcements are
+        made once per batch.
         """
         if count <= 0:
             return
         # _socket's own pairs: socket.socketpair() wraps each end in Python code.
         pairs = [_socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(count)]
         channels: list[Any] = [None] * count
+        # Landlock's second layer, one ruleset per child (see jail.second_layer).
+        layers = [jail.second_layer(self.rules) for _ in range(count)]
         sides = []
         if self.prebuilt is not None and self._child_channel is not None:
             loop, runtime = self.prebuilt
@@ -196,12 +199,16 @@ class Zygote:
                 pid = fork.fork() if self.single_threaded else os.fork()
                 if pid == 0:  # pragma: no cover - runs in the forked process
                     self._run_forked("child", functools.partial(
-                        self._run_child, pairs[index][1], channels[index]))
+                        self._run_child, pairs[index][1], channels[index],
+                        layers[index]))
                 pids.append(pid)
         finally:
             # The zygote's copies; the last side stays the loop's until the next batch.
             if sides:
                 loop.close_kernel_sides(sides[:-1])
+            for layer in layers:
+                if layer is not None:
+                    layer.close()
             for index, (parent_end, child_end) in enumerate(pairs):
                 child_end.close()
                 if index < len(pids):
@@ -209,10 +216,10 @@ class Zygote:
                 else:  # a fork failed: the rest were never forked
                     parent_end.close()
 
-    def _run_child(self, sock: _socket.socket, channel: Any) -> int:
+    def _run_child(self, sock: _socket.socket, channel: Any, layer2: Any) -> int:
         assert self._child_main is not None, "prepare() binds it before any fork"
         return self._child_main(sock, self.devnull, self.address_space, self.bpf, self.rules,
-                                reshare.snapshot_fd(), self.prebuilt, channel)
+                                reshare.snapshot_fd(), self.prebuilt, channel, layer2)
 
     def start_package_zygote(self, command: StartPackageZygote) -> None:
         """Fork the zygote of one dependency set (see :mod:`sandbox.package_zygote`)."""
