@@ -374,31 +374,23 @@ class Connection:
         return length
 
     # -- socket ------------------------------------------------------------------
-    async def receive_some(self) -> bytes:
+    async def receive_some(self, wait_first: bool = False) -> bytes:
+        """The next bytes from the client; ``b""`` once it has closed.
+
+        ``wait_first`` for the first bytes of the next request on an idle
+        keep-alive connection: the client sends it only after it has this
+        response, so an immediate ``recv`` would nearly always fail with
+        EAGAIN (a syscall and a Python exception per request). Bytes already
+        here (a pipelined request) are in :attr:`pending`.
+        """
         sock = self.sock
+        if wait_first:
+            await trio.lowlevel.wait_readable(sock)
         while True:
             try:
                 return sock.recv(READ_SIZE)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
-            except OSError as exc:
-                raise ClientGone(str(exc)) from None
-
-    async def receive_next(self) -> bytes:
-        """The first bytes of the next request on an idle keep-alive connection.
-
-        Waits before reading: the client sends its next request only after
-        it has this response, so an immediate ``recv`` would nearly always
-        fail with EAGAIN (a syscall and a Python exception per request).
-        Bytes already here (a pipelined request) are in :attr:`pending`.
-        """
-        sock = self.sock
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                return sock.recv(READ_SIZE)
-            except BlockingIOError:
-                continue
             except OSError as exc:
                 raise ClientGone(str(exc)) from None
 
@@ -757,7 +749,7 @@ class Server:
             idle = self._idle
             idle.add(conn)
             try:
-                data = await conn.receive_next()
+                data = await conn.receive_some(wait_first=True)
             except trio.ClosedResourceError:
                 if not conn.idle_expired:
                     raise
