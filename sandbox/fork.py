@@ -10,8 +10,8 @@ per child, measured, most of them put back exactly as they were.
 The base zygote has one thread and holds no lock while it forks, so none
 of that applies; only the random state must differ per child (else every
 tenant's ``random`` would produce the same sequence). :func:`fork` calls
-libc's ``fork`` with the GIL held (``ctypes.PyDLL``: no other thread exists
-to run meanwhile), then reseeds ``random`` in the child from the kernel,
+libc's ``fork`` with the GIL held (:mod:`sandbox.jailcalls`: no other
+thread exists to run meanwhile), then reseeds ``random`` in the child from the kernel,
 and otherwise is ``os.fork()`` itself. Where another thread may exist (a
 package zygote: native extensions start threads of their own), callers use
 ``os.fork()``.
@@ -20,19 +20,14 @@ package zygote: native extensions start threads of their own), callers use
 from __future__ import annotations
 
 import _random
-import ctypes
-import os
 import random
 
-_libc = ctypes.PyDLL(None, use_errno=True)
+from . import jailcalls
 
 
 def fork() -> int:
     """``os.fork()`` for a process that has only this thread; see the module docstring."""
-    pid = _libc.fork()
-    if pid < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"fork: {os.strerror(err)}")
+    pid = jailcalls.fork()
     if pid == 0:
         # What random's own at-fork hook does, without its Python frames.
         _random.Random.seed(random._inst, None)

@@ -32,7 +32,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
-from . import file_view, landlock, seccomp_policy
+from . import file_view, jailcalls, landlock, seccomp_policy
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -239,7 +239,7 @@ def jail_child(channel_fd: int, devnull_fd: int, address_space: int,
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-    _libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+    jailcalls.not_dumpable()
     return layer2
 
 

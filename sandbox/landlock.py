@@ -1,4 +1,4 @@
-"""Landlock, through ctypes: which files a child may read, enforced by the kernel.
+"""Landlock: which files a child may read, enforced by the kernel.
 
 The mount namespace (:mod:`sandbox.file_view`) decides what *exists* in the
 jail; Landlock decides what a child may *open* within it, per child. Two
@@ -26,16 +26,9 @@ says why and the caller reports it; the mount view and seccomp remain.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-#: Syscall numbers: landlock_create_ruleset, landlock_add_rule, landlock_restrict_self
-#: (the same on x86-64 and aarch64, which share the generic table from 5.13 on).
-_NR = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}
+from . import jailcalls
 
 ACCESS_FS_EXECUTE = 1 << 0
 ACCESS_FS_WRITE_FILE = 1 << 1
@@ -61,9 +54,6 @@ SCOPE_SIGNAL = 1 << 1  # ABI 6
 READ_DIR = ACCESS_FS_READ_FILE | ACCESS_FS_READ_DIR
 READ_FILE = ACCESS_FS_READ_FILE
 
-_CREATE_RULESET_VERSION = 1 << 0
-_RULE_PATH_BENEATH = 1
-_PR_SET_NO_NEW_PRIVS = 38
 #: Set in this process already (Landlock requires it of an unprivileged caller).
 _no_new_privs = False
 #: ``CORRAL_LANDLOCK=off`` (read at import: the zygote clears its environment
@@ -72,40 +62,14 @@ _no_new_privs = False
 _TURNED_OFF = os.environ.get("CORRAL_LANDLOCK", "").lower() == "off"
 
 
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
-
-
-class _PathBeneathAttr(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-class LandlockError(OSError):
-    """A Landlock call failed; the message names the call and the path."""
-
-
-def _numbers() -> tuple[int, int, int] | None:
-    return _NR.get(platform.machine())
-
-
-def _fail(what: str) -> LandlockError:
-    err = ctypes.get_errno()
-    return LandlockError(err, f"landlock {what}: {os.strerror(err)}")
-
-
 def abi_version() -> tuple[int, str]:
     """The kernel's Landlock ABI (0 if unusable) and, if 0, why."""
     if _TURNED_OFF:
         return 0, "Landlock unavailable: turned off by CORRAL_LANDLOCK=off"
-    numbers = _numbers()
-    if numbers is None:
-        return 0, f"no Landlock syscall numbers for {platform.machine()}"
-    abi = _libc.syscall(numbers[0], None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
-    if abi < 0:
-        return 0, f"Landlock unavailable: {os.strerror(ctypes.get_errno())}"
-    return int(abi), ""
+    try:
+        return jailcalls.landlock_abi(), ""
+    except OSError as exc:
+        return 0, f"Landlock unavailable: {exc.strerror}"
 
 
 def _handled_fs(abi: int) -> int:
@@ -123,38 +87,31 @@ class Ruleset:
     """One Landlock ruleset: read-only rules, then :meth:`enforce`."""
 
     def __init__(self, abi: int) -> None:
-        numbers = _numbers()
-        assert numbers is not None and abi > 0
-        self._add_nr, self._restrict_nr = numbers[1], numbers[2]
-        attr = _RulesetAttr(_handled_fs(abi), 0, 0)
-        size = 8
+        assert abi > 0
+        net = scoped = 0
+        size = 8  # the attribute as ABI 1 knows it: the kernel refuses fields it does not
         if abi >= 4:
-            attr.handled_access_net = ACCESS_NET_BIND_TCP | ACCESS_NET_CONNECT_TCP
+            net = ACCESS_NET_BIND_TCP | ACCESS_NET_CONNECT_TCP
             size = 16
         if abi >= 6:
-            attr.scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+            scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
             size = 24
-        fd = _libc.syscall(numbers[0], ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
-        if fd < 0:
-            raise _fail("create_ruleset")
-        self.fd = int(fd)
+        self.fd: int = jailcalls.landlock_create(_handled_fs(abi), net, scoped, size)
 
     def allow_read(self, path_fd: int, is_dir: bool, name: str = "") -> None:
         """Allow reading beneath ``path_fd`` (an O_PATH fd of a directory or file)."""
-        attr = _PathBeneathAttr(READ_DIR if is_dir else READ_FILE, path_fd)
-        if _libc.syscall(self._add_nr, ctypes.c_int(self.fd), ctypes.c_int(_RULE_PATH_BENEATH),
-                         ctypes.byref(attr), ctypes.c_uint32(0)) != 0:
-            raise _fail(f"add_rule {name or path_fd}")
+        try:
+            jailcalls.landlock_add_path(self.fd, READ_DIR if is_dir else READ_FILE, path_fd)
+        except OSError as exc:
+            raise OSError(exc.errno, f"landlock_add_rule {name or path_fd}: {os.strerror(exc.errno)}") from None
 
     def enforce(self) -> None:
         """Add this ruleset as a layer on the calling thread's domain; irreversible."""
         global _no_new_privs
         if not _no_new_privs:  # once: prctl is refused under the seccomp filter
-            if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-                raise _fail("PR_SET_NO_NEW_PRIVS")
+            jailcalls.no_new_privs()
             _no_new_privs = True
-        if _libc.syscall(self._restrict_nr, ctypes.c_int(self.fd), ctypes.c_uint32(0)) != 0:
-            raise _fail("restrict_self")
+        jailcalls.landlock_restrict(self.fd)
 
     def close(self) -> None:
         if self.fd >= 0:

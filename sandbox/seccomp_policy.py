@@ -19,10 +19,10 @@ costs tens of microseconds. The zygote therefore compiles it once
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import os
 import tempfile
+
+from . import jailcalls
 
 #: Calls a running child needs: I/O on its channel, memory, time, signals
 #: and the event loop (asyncio needs ``getpid`` and ``epoll_ctl``).
@@ -122,33 +122,10 @@ def compile_policy() -> bytes:
         return out.read()
 
 
-_PR_SET_NO_NEW_PRIVS = 38
-_PR_SET_SECCOMP = 22
-_SECCOMP_MODE_FILTER = 2
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_prctl = _libc.prctl
-_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-
-
 def load_bpf(program: bytes) -> None:
     """Install ``program`` on the calling process; irreversible.
 
     Sets ``no_new_privs`` first, which the kernel requires of an unprivileged
     caller and which also makes setuid binaries inert.
     """
-    if len(program) % 8:
-        raise ValueError("BPF program length is not a multiple of 8")
-    buffer = ctypes.create_string_buffer(program, len(program))
-    prog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    if _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"PR_SET_NO_NEW_PRIVS: {os.strerror(err)}")
-    if _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"PR_SET_SECCOMP: {os.strerror(err)}")
+    jailcalls.seccomp_load(program)
