@@ -33,14 +33,19 @@ import _signal
 import array
 import ctypes
 import fcntl
+import importlib.machinery
 import mmap
 import os
 import time
+import types
 from dataclasses import dataclass
 
 from protocol.pages import PAGE, PRESENT, flagged_runs, private_writable_regions
 
-LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "_reshare.so")
+#: The compiled helper (``sandbox/native/reshare.c``), a CPython extension
+#: built by ``scripts/setup``.
+LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                       "_reshare" + importlib.machinery.EXTENSION_SUFFIXES[0])
 
 _F_ADD_SEALS = 1033
 _F_SEAL_SEAL, _F_SEAL_SHRINK, _F_SEAL_GROW, _F_SEAL_WRITE = 1, 2, 4, 8
@@ -56,7 +61,7 @@ class Snapshot:
     runs: array.array  # (start, end, offset) triples, ascending
 
 
-_library: ctypes.CDLL | None = None
+_library: types.ModuleType | None = None
 _snapshot: Snapshot | None = None
 
 
@@ -74,14 +79,10 @@ def load_library() -> str | None:
     if not os.path.exists(LIBRARY):
         return f"{LIBRARY} is not built (scripts/setup builds it; it needs a C compiler)"
     try:
-        library = ctypes.PyDLL(LIBRARY)  # PyDLL: the call keeps the GIL (see reshare.c)
-    except OSError as exc:
+        from . import _reshare  # type: ignore[attr-defined]
+    except ImportError as exc:
         return f"cannot load {LIBRARY}: {exc}"
-    library.corral_reshare.restype = ctypes.c_long
-    library.corral_reshare.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p,
-                                       ctypes.c_long, ctypes.c_int, ctypes.c_void_p,
-                                       ctypes.c_uint64, ctypes.c_long]
-    _library = library
+    _library = _reshare
     return None
 
 
@@ -145,18 +146,14 @@ def give_back(pages: bytes) -> int:
     """
     if _snapshot is None or _library is None or not pages:
         return 0
-    addresses = array.array("Q", pages)
     snap = _snapshot
     # No signal handler may write to a page between its comparison and its
     # mapping (the write would be undone): none runs until this is done.
     # (_signal: the signal module's Enum wrappers would copy pages themselves.)
     blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
     try:
-        result = _library.corral_reshare(addresses.buffer_info()[0], len(addresses),
-                                         snap.runs.buffer_info()[0], len(snap.runs) // 3,
-                                         snap.fd, snap.view, snap.size, PAGE)
+        return _library.reshare(pages, snap.runs, snap.fd, snap.view, snap.size, PAGE)
+    except OSError as exc:
+        raise OSError(exc.errno, f"giving pages back: {os.strerror(exc.errno or 0)}") from None
     finally:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
-    if result < 0:
-        raise OSError(-result, f"giving pages back: {os.strerror(-result)}")
-    return result

@@ -29,7 +29,7 @@ from tests.harness import Corral
 from tests.test_jail import call, corral_with_control, wait_for, worker
 
 pytestmark = pytest.mark.skipif(not os.path.exists(reshare.LIBRARY),
-                                reason="sandbox/native/_reshare.so is not built (scripts/setup)")
+                                reason="sandbox/_reshare is not built (scripts/setup)")
 
 
 def anonymous_kb(pid: int) -> int:

@@ -128,7 +128,7 @@ def test_a_fastapi_tenant_with_pydantic_core(c: Corral) -> None:
 
 
 @pytest.mark.skipif(not os.path.exists(reshare.LIBRARY),
-                    reason="sandbox/native/_reshare.so is not built (scripts/setup)")
+                    reason="sandbox/_reshare is not built (scripts/setup)")
 def test_a_fastapi_tenant_serves_on_after_giving_pages_back(c: Corral) -> None:
     """Its child comes from the set's zygote, which inherited the base
     zygote's snapshot: what still equals it goes back, and the app is intact."""

@@ -10,9 +10,14 @@
  * Why C: the comparison and the mapping must happen with nothing running in
  * between. Any Python between them (a reference count, an allocation for a
  * call's arguments) could write to the very page being replaced, and the
- * mapping would silently undo that write. Called through ctypes.PyDLL, this
- * runs with the GIL held and calls nothing that runs Python.
+ * mapping would silently undo that write. A builtin runs with the GIL held,
+ * and between its arguments' parsing and its return this calls nothing that
+ * runs Python. (Through ctypes, as it was first called, the call itself
+ * copied ~70 pages of ctypes' objects into every child it trimmed.)
  */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
@@ -47,7 +52,7 @@ static int equal_span(uint64_t from, uint64_t to, const unsigned char *snapshot,
 }
 
 /* pages: ascending page addresses. Returns the pages given back, or -errno. */
-long corral_reshare(const uint64_t *pages, long npages, const uint64_t *runs, long nruns,
+static long corral_reshare(const uint64_t *pages, long npages, const uint64_t *runs, long nruns,
                     int fd, const unsigned char *view, uint64_t view_size, long page_size)
 {
     long shared = 0;
@@ -84,4 +89,49 @@ long corral_reshare(const uint64_t *pages, long npages, const uint64_t *runs, lo
      * those page table entries again (the pages stay in the snapshot). */
     madvise((void *)view, view_size, MADV_DONTNEED);
     return shared;
+}
+
+PyDoc_STRVAR(reshare_doc,
+             "reshare(pages, runs, fd, view, view_size, page_size) -> int\n\n"
+             "Map the snapshot over each page of ``pages`` (ascending page addresses,\n"
+             "native u64) still equal to it; ``runs`` are the snapshot's (start, end,\n"
+             "offset) u64 triples, ``view`` the address of its read-only mapping.\n"
+             "Returns how many pages were given back.");
+
+static PyObject *py_reshare(PyObject *self, PyObject *args)
+{
+    Py_buffer pages, runs;
+    int fd;
+    unsigned long long view, view_size;
+    long page_size;
+    if (!PyArg_ParseTuple(args, "y*y*iKKl", &pages, &runs, &fd, &view, &view_size, &page_size))
+        return NULL;
+    long result = -EINVAL;
+    if (pages.len % 8 == 0 && runs.len % 24 == 0 && page_size > 0)
+        result = corral_reshare((const uint64_t *)pages.buf, (long)(pages.len / 8),
+                                (const uint64_t *)runs.buf, (long)(runs.len / 24), fd,
+                                (const unsigned char *)(uintptr_t)view, view_size, page_size);
+    PyBuffer_Release(&pages);
+    PyBuffer_Release(&runs);
+    if (result < 0) {
+        errno = (int)-result;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(result);
+}
+
+static PyMethodDef methods[] = {
+    {"reshare", py_reshare, METH_VARARGS, reshare_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_reshare",
+    "Give a child's copied pages back to the zygote's snapshot (see sandbox/native/reshare.c).",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__reshare(void)
+{
+    return PyModule_Create(&module);
 }
