@@ -289,6 +289,11 @@ class Zygote:
             parent_end.close()
 
     def reap(self) -> None:
+        """Report every child that has ended. Called when SIGCHLD's wake-up
+        byte arrives, and only then: each ``waitpid`` scans all of the
+        zygote's children, and with a thousand of them, reaping after every
+        command was ~1% of the host's CPU in a storm of cold starts
+        (measured with perf)."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -325,7 +330,6 @@ class Zygote:
                     if command.address_space > 0:
                         self.address_space = command.address_space
                     self.spawn(max(0, min(command.count, 64)))
-                self.reap()
 
 
 #: Net container allocations between two young-generation collections in
