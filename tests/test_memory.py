@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.limits import memory as ml
 from tests.harness import REPO, Corral
 from tests.test_limits import DISPATCHER
 
@@ -393,6 +394,44 @@ def test_no_cgroup_outlives_its_child_or_the_server(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert not parent.exists(), f"{parent} left behind: {list(parent.iterdir())}"
+
+
+def test_a_cgroup_still_busy_when_its_child_ended_goes_without_a_zygote_reap(tmp_path: Path) -> None:
+    """A child's cgroup is removed when its channel closes; if its process has
+    not left the cgroup yet, the removal waits for the zygote's report that
+    it reaped it. A child that outlived its zygote (rotated away with spares
+    alive, or dead) is reaped by init, and no report comes: the pool's
+    periodic scan retries (Enforcer.retry_pending). Seen before it did: about
+    half the spares a rotation killed left their cgroups for the server's life.
+
+    Real v1 memory cgroups: a process of ours in a child cgroup, forgotten
+    while it still runs, then killed and reaped here, as init would."""
+    own = cgroup_of(os.getpid())
+    root = Path("/sys/fs/cgroup/memory")
+    if own is None or not (root / "memory.limit_in_bytes").exists():
+        pytest.skip("no cgroup v1 memory hierarchy on this host")
+    parent = root / own.lstrip("/") / f"corral-test-{os.getpid()}"
+    parent.mkdir()
+    enforcer = ml.Cgroup1Enforcer(64, str(parent))
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        child = enforcer.attach(sleeper.pid)
+        leaf = parent / f"child-{sleeper.pid}"
+        assert (leaf / "cgroup.procs").read_text().split() == [str(sleeper.pid)]
+        enforcer.forget(sleeper.pid, child)  # its channel closed; the process is still in there
+        assert leaf.is_dir()
+        enforcer.retry_pending()
+        assert leaf.is_dir(), "removed while its process still ran"
+        sleeper.kill()
+        sleeper.wait()  # reaped, and enforcer.reaped() never called
+        enforcer.retry_pending()
+        assert not leaf.exists(), "left behind once its process was gone"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for leftover in parent.glob("child-*"):
+            leftover.rmdir()
+        parent.rmdir()
 
 
 # ---------------------------------------------------------------------------

@@ -122,6 +122,20 @@ class Enforcer:
             if pid in self._pending:
                 warn("memory.release_pending", pid=pid, reason="cgroup still populated after reap")
 
+    def retry_pending(self) -> None:
+        """Release what still waits for a reap no zygote will report (the pool's
+        periodic scan calls this). A child that outlives its zygote (rotated
+        away with spares alive, or dead) is reaped by init, and nothing tells
+        :meth:`reaped`: about half the spares a rotation killed left their
+        cgroups behind for the server's life before this (seen in cgroupfs)."""
+        for pid, child in list(self._pending.items()):
+            try:
+                done = child.release()
+            except OSError:
+                continue  # forget() said why when it first failed
+            if done:
+                del self._pending[pid]
+
     def close(self) -> None:
         """At shutdown, after every child was killed."""
 

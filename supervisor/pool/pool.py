@@ -462,6 +462,7 @@ class Pool:
         reap = now >= self._next_reap
         if reap:
             self._next_reap = now + REAP_PERIOD_S
+            self.memory.retry_pending()
         decided = plan(self._view(now, reap))
         for key in decided.retire:
             self._retire(self.warm[key])  # type: ignore[index]
