@@ -77,14 +77,20 @@ static PyObject *jc_fork(PyObject *self, PyObject *unused)
     return PyLong_FromLong((long)pid);
 }
 
+/* prctl(option, value): None, or OSError naming the option. */
+static PyObject *set_prctl(int option, unsigned long value, const char *what)
+{
+    if (prctl(option, value, 0, 0, 0) != 0)
+        return fail(what);
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(no_new_privs_doc, "no_new_privs()\n\nprctl(PR_SET_NO_NEW_PRIVS, 1): required of an "
                                "unprivileged Landlock or seccomp caller.");
 
 static PyObject *jc_no_new_privs(PyObject *self, PyObject *unused)
 {
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-        return fail("PR_SET_NO_NEW_PRIVS");
-    Py_RETURN_NONE;
+    return set_prctl(PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS");
 }
 
 PyDoc_STRVAR(not_dumpable_doc, "not_dumpable()\n\nprctl(PR_SET_DUMPABLE, 0): no core dumps, no "
@@ -92,9 +98,7 @@ PyDoc_STRVAR(not_dumpable_doc, "not_dumpable()\n\nprctl(PR_SET_DUMPABLE, 0): no 
 
 static PyObject *jc_not_dumpable(PyObject *self, PyObject *unused)
 {
-    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
-        return fail("PR_SET_DUMPABLE");
-    Py_RETURN_NONE;
+    return set_prctl(PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE");
 }
 
 PyDoc_STRVAR(landlock_abi_doc, "landlock_abi() -> int\n\nThe kernel's Landlock ABI version; OSError if "
