@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import os
 import re
+import resource
 import selectors
 import socket
 import sys
@@ -775,18 +776,25 @@ def prebuild_channel(sock: socket.socket, loop: ChildLoop, runtime: Runtime) -> 
     return Channel(sock, loop, runtime.on_message, runtime.on_closed)
 
 
+def _mark(marks: list[tuple[int, int]]) -> None:
+    """The end of a set-up step: this thread's CPU time and the process's
+    minor faults so far (copies of the zygote's pages, nearly all)."""
+    marks.append((time.thread_time_ns(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt))
+
+
 def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
          rules: jail.FileRules, snapshot_fd: int | None = None,
          prebuilt: tuple[ChildLoop, Runtime] | None = None,
          channel: Channel | None = None, layer2: landlock.Ruleset | None = None) -> int:
     """Entry point of a forked child; returns its exit status."""
-    # The CPU clock of a new process starts at zero at its fork.
-    marks = [time.thread_time_ns()]
+    # The CPU clock and the fault count of a new process start at zero at its fork.
+    marks: list[tuple[int, int]] = []
+    _mark(marks)
     keep = {snapshot_fd} if snapshot_fd is not None else set()
     if prebuilt is not None:
         keep |= prebuilt[0].kernel_fds()
     layer2 = jail.jail_child(sock.fileno(), devnull, address_space, rules, keep, layer2)
-    marks.append(time.thread_time_ns())
+    _mark(marks)
     if prebuilt is not None:
         loop, runtime = prebuilt  # its epoll and wake-up pair are this child's (renew_kernel_sides)
         runtime.adopt_layer2(layer2)
@@ -796,9 +804,9 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
     asyncio.set_event_loop(loop)
     if channel is None:
         sock.setblocking(False)
-    marks.append(time.thread_time_ns())
+    _mark(marks)
     jail.lock(bpf)
-    marks.append(time.thread_time_ns())
+    _mark(marks)
     # ---- jailed from here on; only now is the channel read ----
     workers._runtime = runtime
     logs.set_sink(runtime.log)
@@ -806,13 +814,14 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
     sys.stdout = logs.LineWriter("log")
     sys.stderr = logs.LineWriter("error")
     logs.install_logging()
-    marks.append(time.thread_time_ns())
+    _mark(marks)
     if channel is None:
         channel = Channel(sock, loop, runtime.on_message, runtime.on_closed)
     runtime.attach(channel)
-    marks.append(time.thread_time_ns())
-    setup_us = (marks[0] // 1000,) + tuple((b - a) // 1000 for a, b in itertools.pairwise(marks))
-    channel.send(Hello(PROTOCOL_VERSION, os.getpid(), setup_us))
+    _mark(marks)
+    steps = [marks[0], *((b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(marks))]
+    channel.send(Hello(PROTOCOL_VERSION, os.getpid(), tuple(ns // 1000 for ns, _ in steps),
+                       tuple(faults for _, faults in steps)))
     loop.call_soon(warmup.prefault)  # before any Load is read: frames wait in the socket
     loop.run_until_complete(runtime.closed.wait())
     return 0

@@ -646,21 +646,32 @@ def test_metrics_move_as_requests_happen(corral):
 
 
 def test_every_child_reports_what_its_own_set_up_cost_step_by_step(corral):
-    """Each child's Hello carries the CPU of each step of its set-up (from its
-    fork to its channel); /metrics sums them per step, so a spare's cost is
-    seen where it is paid (the bench prints the mean per step)."""
+    """Each child's Hello carries the CPU and the page faults of each step of
+    its set-up (from its fork to its channel); /metrics sums them per step,
+    so a spare's cost is seen where it is paid (the bench prints the mean per
+    step)."""
     from protocol.messages import SETUP_STEPS
 
     children = metric(corral, "corral_children_set_up_total")
     assert children >= 1
     total = 0.0
+    faults = 0.0
     for step in SETUP_STEPS:
         seconds = metric(corral, "corral_child_setup_cpu_seconds_total", step=step)
         assert seconds >= 0, step
         total += seconds
+        count = metric(corral, "corral_child_setup_page_faults_total", step=step)
+        assert count >= 0, step
+        faults += count
     # Every child spends CPU on its jail, and a whole set-up takes milliseconds, not seconds.
     assert metric(corral, "corral_child_setup_cpu_seconds_total", step="jail") > 0
     assert 0 < total / children < 0.5, (total, children)
+    # A forked child writes to pages it shares with the zygote from its first
+    # step on (its stack, at least): each step's copies are counted, and a
+    # set-up copies some pages, far from all of a 512 MB address space.
+    assert metric(corral, "corral_child_setup_page_faults_total", step="fork") > 0
+    assert metric(corral, "corral_child_setup_page_faults_total", step="jail") > 0
+    assert 0 < faults / children < 512 * 256, (faults, children)
     # An upload is validated in a spare; its replacement says Hello and is counted too.
     deploy(corral, "setup-probe", WORKERS["hello"], namespace="default")
     wait_for(lambda: metric(corral, "corral_children_set_up_total") > children, what="a new child")

@@ -337,12 +337,20 @@ class Runner:
                 + " (server = the server process, direct = its children such as Corral's zygote, "
                   "others = the rest of its processes such as Corral's sandboxed children)")
         if hasattr(sysm, "pool_info"):
-            setup = sysm.pool_info().get("setup_us_mean")
+            info = sysm.pool_info()
+            setup = info.get("setup_us_mean")
             if setup:
                 res["child_setup_us"] = setup
                 log("  child set-up CPU per step (mean of every child's own report): " + ", ".join(
                     f"{step} {us:.0f} us" for step, us in setup.items())
                     + f"; {sum(setup.values()) / 1000:.2f} ms in all")
+            faults = info.get("setup_faults_mean")
+            if faults:
+                res["child_setup_faults"] = faults
+                log("  child set-up page faults per step (mean; nearly all copies of the zygote's "
+                    "4 KiB pages, i.e. what each step costs in private memory): " + ", ".join(
+                        f"{step} {count:.0f}" for step, count in faults.items())
+                    + f"; {sum(faults.values()):.0f} in all ({sum(faults.values()) * 4 / 1024:.2f} MB)")
         res["pss"]["end"] = self.pss(sysm)
         if not sysm.server.alive():
             res["died"] = f"exited with status {sysm.server.proc.returncode}"

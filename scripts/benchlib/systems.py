@@ -395,10 +395,13 @@ class Corral(System):
                         cold_starts_total=m.get("corral_cold_starts_total"))
             setups = m.get("corral_children_set_up_total") or 0
             prefix = 'corral_child_setup_cpu_seconds_total{step="'
+            faults = 'corral_child_setup_page_faults_total{step="'
             if setups:
                 info["setups"] = setups
                 info["setup_us_mean"] = {key[len(prefix):-2]: value * 1e6 / setups
                                          for key, value in m.items() if key.startswith(prefix)}
+                info["setup_faults_mean"] = {key[len(faults):-2]: value / setups
+                                             for key, value in m.items() if key.startswith(faults)}
         except (AdminError, OSError) as e:
             info["metrics_error"] = str(e)
         finally:

@@ -170,6 +170,13 @@ class _PoolCollector(Collector):
         for step, us in snap.get("setup_us", {}).items():
             setup.add_metric([step], us / 1e6)
         yield setup
+        faults = CounterMetricFamily("corral_child_setup_page_faults", "Minor page faults of new "
+                                     "children's set-up, by step: nearly all copies of the "
+                                     "zygote's pages, i.e. the private memory each step costs.",
+                                     labels=["step"])
+        for step, count in snap.get("setup_faults", {}).items():
+            faults.add_metric([step], count)
+        yield faults
         yield CounterMetricFamily("corral_child_frames_batched", "Frames to children that left "
                                   "with their loop turn's others (see SendBatch).",
                                   value=snap.get("frames_batched", 0))

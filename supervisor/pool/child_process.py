@@ -281,6 +281,7 @@ class ChildProcess:
         self.dead = trio.Event()
         #: CPU its own set-up took, per step (protocol.messages.SETUP_STEPS), from its Hello.
         self.setup_us: tuple[int, ...] = ()
+        self.setup_faults: tuple[int, ...] = ()
         self.kill_reason: KillReason | None = None
         self.kill_detail = ""  # what a PROTOCOL_VIOLATION was
         self.over_cpu = False  # died because the kernel enforced its CPU budget
@@ -543,6 +544,7 @@ class ChildProcess:
             )
         self._advance(ChildEvent.HELLO)
         self.setup_us = message.setup_us
+        self.setup_faults = message.setup_faults
         if self.memory is not None:
             self.memory.ready()
         self.hello.set()

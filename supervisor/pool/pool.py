@@ -199,6 +199,7 @@ class Pool:
         #: (protocol.messages.SETUP_STEPS), in microseconds.
         self.setups = 0
         self.setup_us_total = [0] * len(SETUP_STEPS)
+        self.setup_faults_total = [0] * len(SETUP_STEPS)
         #: Hands WebSocket events to workers (supervisor.edge.websockets.Deliverer;
         #: set by the server): a socket closed here is one its worker hears of.
         self.websockets: Any = None
@@ -323,7 +324,7 @@ class Pool:
     def on_ready(self, child: ChildProcess) -> None:
         """A new child finished its jail and said hello."""
         self.census.ready(child)
-        self._count_setup(child.setup_us)
+        self._count_setup(child.setup_us, child.setup_faults)
         if child.generation != self.zygote.generation:
             child.kill(KillReason.ZYGOTE_REPLACED)  # an old seed never reaches a new tenant
             return
@@ -338,13 +339,15 @@ class Pool:
         if self.config.pool.reshare_after_s:
             self.trimmer.ask(child)  # what its set-up copied (see _converge); dropped unless calm
 
-    def _count_setup(self, setup_us: tuple[int, ...]) -> None:
-        """Add a child's set-up CPU per step to the totals /metrics shows."""
-        if len(setup_us) != len(SETUP_STEPS) or any(us < 0 for us in setup_us):
+    def _count_setup(self, setup_us: tuple[int, ...], setup_faults: tuple[int, ...]) -> None:
+        """Add a child's set-up CPU and page faults per step to the totals /metrics shows."""
+        steps = len(SETUP_STEPS)
+        if len(setup_us) != steps or len(setup_faults) != steps or min(setup_us + setup_faults) < 0:
             return  # another runtime's report: not comparable
         self.setups += 1
-        for index, us in enumerate(setup_us):
-            self.setup_us_total[index] += us
+        for index in range(steps):
+            self.setup_us_total[index] += setup_us[index]
+            self.setup_faults_total[index] += setup_faults[index]
 
     def on_idle(self, child: ChildProcess) -> None:
         """A retiring child goes once it has nothing in flight."""
@@ -842,6 +845,7 @@ class Pool:
             "reshare_asked": self.trimmer.sent,
             "setups": self.setups,
             "setup_us": dict(zip(SETUP_STEPS, self.setup_us_total, strict=True)),
+            "setup_faults": dict(zip(SETUP_STEPS, self.setup_faults_total, strict=True)),
             "frames_batched": self._kit.batch.frames,
             "batch_writes": self._kit.batch.writes,
             **self.stats,
