@@ -281,6 +281,7 @@ class ChildProcess:
         self.dead = trio.Event()
         #: CPU its own set-up took, per step (protocol.messages.SETUP_STEPS), from its Hello.
         self.setup_us: tuple[int, ...] = ()
+        #: ... and the page faults (copies of the zygote's pages) of each step.
         self.setup_faults: tuple[int, ...] = ()
         self.kill_reason: KillReason | None = None
         self.kill_detail = ""  # what a PROTOCOL_VIOLATION was

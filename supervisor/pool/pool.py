@@ -195,8 +195,8 @@ class Pool:
         self._nursery: trio.Nursery | None = None
         self.last_invocation_id = 0
         self.stats = {"cold_starts": 0, "invocations": 0, "children_killed": 0}
-        #: Children that said Hello, and the CPU their set-up took per step
-        #: (protocol.messages.SETUP_STEPS), in microseconds.
+        #: Children that said Hello, and the CPU (microseconds) and page faults
+        #: their set-up took per step (protocol.messages.SETUP_STEPS).
         self.setups = 0
         self.setup_us_total = [0] * len(SETUP_STEPS)
         self.setup_faults_total = [0] * len(SETUP_STEPS)
