@@ -164,9 +164,10 @@ def confine_zygote(rules: FileRules, report: ZygoteJail) -> None:
 def second_layer(rules: FileRules) -> landlock.Ruleset | None:
     """Landlock's second layer with its static rules, for one child (None
     without Landlock). The zygote makes one per fork of a batch: made in
-    the child, the ruleset and its rules' ctypes calls copied ~40 of the
-    zygote's pages into every child (measured). A ruleset is a descriptor
-    only that child keeps; its bundle's rule is added at Load."""
+    the child, the ruleset and its rules copied ~40 of the zygote's pages
+    into every child (measured when these calls still went through ctypes).
+    A ruleset is a descriptor only that child keeps; its bundle's rule is
+    added at Load."""
     if not (rules.abi and rules.layer1 is not None):
         return None
     layer2 = landlock.Ruleset(rules.abi)
