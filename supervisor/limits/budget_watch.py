@@ -10,8 +10,9 @@ A single-threaded child cannot spend CPU faster than the clock runs, so a
 budget of N ms armed now cannot be spent before N ms of wall time. This
 watch keeps, per armed child, that earliest moment, sleeps until the first
 of them, and then asks the meter what is left: nothing, and the child is
-killed on the supervisor's side too (which closes its channel at once, so
-the invocations end ``exceededCpu`` straight away); something (the child
+killed on the supervisor's side too, and its callers are answered
+``exceededCpu`` at that moment (``ChildProcess.kill``), before its death is
+seen; something (the child
 slept or waited for a CPU), and it looks again when that much more wall
 time has passed. With the tick meter (no perf events) this is also what
 enforces precise budgets on time, instead of the watchdog's 25 ms poll.

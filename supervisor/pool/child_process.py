@@ -409,7 +409,8 @@ class ChildProcess:
 
         The child is DEAD only once its channel closed (:meth:`_on_dead`).
         """
-        if self.kill_reason is None:
+        first = self.kill_reason is None
+        if first:
             self.kill_reason = reason
             self.kill_detail = detail
             self.owner.on_condemned(self)
@@ -421,6 +422,23 @@ class ChildProcess:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        if first and reason is KillReason.EXCEEDED_CPU:
+            self._answer_over_cpu()
+
+    def _answer_over_cpu(self) -> None:
+        """Its callers hear ``exceededCpu`` now, when the budget was seen spent.
+
+        Its channel's EOF comes only once the kernel has torn the process's
+        memory down (1.3 ms for a 25 MB child here) and its reader's nursery
+        has unwound (two more turns of the loop): up to ~1 ms added to the
+        time a dispatcher waits for its answer, against a goal of 2. The
+        outcome is the one :meth:`_on_dead` gives them anyway (their reason
+        is on record as EXCEEDED_CPU); the end of their bodies, their traces
+        and every other release still wait for the death.
+        """
+        info = ExceptionInfo(Outcome.EXCEEDED_CPU, OUTCOME_MESSAGE[Outcome.EXCEEDED_CPU])
+        for inv in list(self.invocations.values()):
+            inv.fail(info, Outcome.EXCEEDED_CPU)
 
     @property
     def kill_text(self) -> str:

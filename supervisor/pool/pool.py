@@ -412,7 +412,13 @@ class Pool:
                 self._nudge()
 
     def on_condemned(self, child: ChildProcess) -> None:
+        """Killed: no new request may reach it, though its death is still to
+        be seen (a CPU kill's callers are answered at once, and may call the
+        same script straight away: that call starts a new child)."""
         self.census.condemned(child)
+        record = child.record
+        if record is not None and self.warm.get((record.namespace, record.name)) is child:
+            del self.warm[(record.namespace, record.name)]
 
     def on_dead(self, child: ChildProcess) -> None:
         if self.observer is not None and child.end_reason:
