@@ -665,7 +665,7 @@ class Pool:
         base spare, which imports the packages itself.
         """
         while True:
-            while not self.bundles.ready(record.version):
+            while not self.bundles.ready(record):
                 await self.bundles.ensure(record)
             package = None
             if record.packages_lock:
@@ -675,7 +675,7 @@ class Pool:
                 child = await self._take_package_spare(package)
             else:
                 child = await self._take_spare()
-            if self.bundles.ready(record.version):
+            if self.bundles.ready(record):
                 return child
             # Collected while we waited: write it again, with the spare back in line.
             (child.package.line if child.package is not None else self.spare_line).offer(child, first=True)
@@ -689,7 +689,7 @@ class Pool:
         """A cold start without waiting, when a spare and the bundle are ready (else None)."""
         if (record.namespace, record.name, record.version) in self._loading:
             return None
-        if not self.bundles.ready(record.version):
+        if not self.bundles.ready(record):
             return None
         line, taken = self.spare_line, self._cold_rate.record
         if record.packages_lock:
