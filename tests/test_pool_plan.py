@@ -29,6 +29,14 @@ def test_forks_on_their_way_count() -> None:
     assert plan(view(spares=0, requested=1, live=1)).fork == 1
 
 
+def test_children_still_starting_count_as_spares_to_come() -> None:
+    """Forked but not ready yet: each will be a spare. Counted as missing,
+    every look at the pool during their set-up forked them again."""
+    assert plan(view(spares=0, starting=2, live=3)).fork == 0
+    assert plan(view(spares=0, starting=1, requested=1, live=2)).fork == 0
+    assert plan(view(spares=0, starting=1, live=2, waiting=2)).fork == 3
+
+
 def test_one_more_spare_per_waiting_request() -> None:
     assert plan(view(spares=0, waiting=3, live=1)).fork == 5
 
@@ -46,6 +54,13 @@ def test_after_a_cold_start_the_fork_waits_its_quiet_window() -> None:
 
 def test_a_waiting_request_does_not_wait_for_the_quiet_window() -> None:
     assert plan(view(spares=0, waiting=1, live=1, quiet_until=100.004)).fork == 3
+
+
+def test_surplus_spares_stay_while_cold_starts_come_fast() -> None:
+    """Trimmed in the midst of a storm, they were forked again moments later."""
+    assert plan(view(spares=5, live=6, cold_rate=BUSY_COLD_RATE * 2)).trim == 0
+    assert plan(view(spares=5, live=6, starting=1)).trim == 0
+    assert plan(view(spares=5, live=6, cold_rate=BUSY_COLD_RATE / 2)).trim == 3
 
 
 def test_surplus_spares_are_trimmed_unless_forks_are_coming() -> None:
