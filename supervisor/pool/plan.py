@@ -28,9 +28,9 @@ The rules, in the order they apply:
 4. **Fork.** The spares missing from that target, less the forks on their
    way and the children still starting (each will be a spare), are asked
    of the zygote, within the room under the cap. Just after a cold start
-   took a spare the
-   fork waits ``quiet_until`` (the fork must not compete with that cold
-   start for the CPU), unless a request is waiting for a spare.
+   took a spare the fork waits ``quiet_until`` (the fork must not compete
+   with that cold start for the CPU), unless a request is waiting for a
+   spare.
 5. **Give back.** On the periodic scan, a warm child idle for longer than
    ``reshare_after_s`` is asked for its copied pages (once per idle
    period), and so is every base spare not asked yet (what its own set-up
