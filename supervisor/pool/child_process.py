@@ -347,7 +347,7 @@ class ChildProcess:
     async def run(self) -> None:
         """Serve the channel until the child dies or breaks the rules."""
         try:
-            if not self._join_limits():
+            if not await self._join_limits():
                 return
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -365,30 +365,21 @@ class ChildProcess:
         finally:
             self._on_dead()
 
-    def _join_limits(self) -> bool:
+    async def _join_limits(self) -> bool:
         """Put the child under its memory limit and open its CPU meter before
         reading its first frame.
 
         Nothing reaches the child before its Hello is read (and a script only
         after that), so no tenant code runs outside its cgroup or unmetered.
+        The kernel work runs in a thread, off the event loop every request
+        goes through: the cgroup (mkdir, limit, join: ~120 us here) and the
+        perf counter, whose opening waits for an interrupt on the CPU the
+        child last ran on (80 us here, 230 us in a storm of cold starts).
         A child that cannot be limited is killed; one whose meter cannot be
         opened runs without CPU accounting, as ``MeterFactory`` decides.
-
-        The kernel work (the cgroup's mkdir, limit and join, and the perf
-        counter, whose opening waits for an interrupt on the CPU the child
-        last ran on) runs right here on the event loop: 0.25 ms of CPU on
-        average, 2 ms at most, in a storm of 1,200 cold starts. It ran in a
-        worker thread, and there its six system calls each gave up the GIL
-        and waited to get it back, behind the loop and the very children
-        being set up: 6.5 ms from its start to its end and 12.7 ms from the
-        child's adoption to its limits, on average, so that every spare was
-        ready that much later for the requests waiting for it. Inline, in six
-        interleaved trials of four storms of 300 first requests from a fresh
-        server, the median storm p99 fell from 80 to 68 ms and the median
-        storm from 1.0 to 0.88 s.
         """
         try:
-            memory, meter = self._open_limits()
+            memory, meter = await trio.to_thread.run_sync(self._open_limits)
         except OSError as exc:
             error("child.memory_limit_failed", pid=self.pid, backend=self.kit.enforcer.name,
                   reason=str(exc))
@@ -401,7 +392,7 @@ class ChildProcess:
         return True
 
     def _open_limits(self) -> tuple[ChildMemory, CpuMeter | None]:
-        """The child's cgroup, then its meter (see _join_limits)."""
+        """In a worker thread: the child's cgroup, then its meter (see _join_limits)."""
         memory = self.kit.enforcer.attach(self.pid)
         try:
             return memory, self.kit.meters.open(self.pid)
