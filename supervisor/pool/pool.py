@@ -414,8 +414,15 @@ class Pool:
     def on_condemned(self, child: ChildProcess) -> None:
         """Killed: no new request may reach it, though its death is still to
         be seen (a CPU kill's callers are answered at once, and may call the
-        same script straight away: that call starts a new child)."""
+        same script straight away: that call starts a new child). Every
+        child is condemned before its death (``ChildProcess._on_dead`` kills
+        it first), so :meth:`on_dead` need not look at the warm set again."""
         self.census.condemned(child)
+        self._leave_warm(child)
+
+    def _leave_warm(self, child: ChildProcess) -> None:
+        """``child`` no longer serves its script's new requests (a newer
+        child may already hold its place)."""
         record = child.record
         if record is not None and self.warm.get((record.namespace, record.name)) is child:
             del self.warm[(record.namespace, record.name)]
@@ -431,9 +438,6 @@ class Pool:
         self.busy.discard(child)
         self.cooling.discard(child)
         self.on_cold_start_over(child)
-        record = child.record
-        if record is not None and self.warm.get((record.namespace, record.name)) is child:
-            del self.warm[(record.namespace, record.name)]
         try:
             (child.package.spares if child.package is not None else self.spares).remove(child)
         except ValueError:
@@ -616,9 +620,7 @@ class Pool:
 
     def _retire(self, child: ChildProcess) -> None:
         """Out of the warm set; killed now if idle, else when it falls idle."""
-        record = child.record
-        if record is not None and self.warm.get((record.namespace, record.name)) is child:
-            del self.warm[(record.namespace, record.name)]
+        self._leave_warm(child)
         child.retire()
         if child.idle:
             child.kill(KillReason.IDLE)
