@@ -149,7 +149,9 @@ class Handlers:
         if count is not None:
             full = full[:count]
         result = handler(*full)
-        if inspect.isawaitable(result):  # a synchronous handler is fine too
+        # A synchronous handler is fine too; an ``async def`` one (nearly all)
+        # is told apart without a call into ``inspect`` on every request.
+        if type(result) is types.CoroutineType or inspect.isawaitable(result):
             result = await result
         return result
 

@@ -98,7 +98,7 @@ class Headers:
 
     @classmethod
     def _from_raw(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
-        headers = cls()
+        headers = cls.__new__(cls)  # every request's headers: no __init__ to run
         headers._items = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
         return headers
 
@@ -134,6 +134,15 @@ class Headers:
 
     def append(self, name: str, value: str) -> None:
         self._items.append((name.lower(), _text(value)))
+
+    def _set_default(self, name: str, value: str) -> None:
+        """``name`` (lower case) is ``value`` unless already there: the type a
+        body implies. One pass and no new list: a ``Response("...")`` does
+        this on every request."""
+        for present, _ in self._items:
+            if present == name:
+                return
+        self._items.append((name, value))
 
     def delete(self, name: str) -> None:
         name = name.lower()
@@ -188,19 +197,17 @@ def _encode_body(body: Any, headers: Headers, owner: str = "Response") -> Any:
     if body is None or type(body) is bytes or isinstance(body, IncomingBody):
         return body
     if isinstance(body, str):
-        if not headers.has("content-type"):
-            headers.set("content-type", "text/plain;charset=UTF-8")
+        headers._set_default("content-type", "text/plain;charset=UTF-8")
         return body.encode()
     if isinstance(body, (bytes, bytearray, memoryview)):  # bytes subclasses too (to_js(...).buffer)
         return bytes(body)
     if isinstance(body, FormData):
         data, content_type = encode_form(body)
-        if not headers.has("content-type"):
-            headers.set("content-type", content_type)
+        headers._set_default("content-type", content_type)
         return data
     if isinstance(body, Blob):
-        if body.type and not headers.has("content-type"):
-            headers.set("content-type", body.type)
+        if body.type:
+            headers._set_default("content-type", body.type)
         return body._data
     if hasattr(body, "__aiter__"):
         return body
@@ -549,14 +556,27 @@ class Response(_Body):
                 f"content_type={self.headers.get('content-type')!r})")
 
 
-def response_with(status: int, body: Any) -> Response:
+def response_with(status: int, body: Any, headers: Headers | None = None) -> Response:
     """A response the supervisor delivered (a call's, a Durable Object's):
     ``body`` as it arrived, or the WebSocket of a 101 (a
-    :class:`sandbox.websockets.HandedOn`, the one body with a ``readyState``)."""
+    :class:`sandbox.websockets.HandedOn`, the one body with a ``readyState``).
+
+    The supervisor already checked the status, so the usual case skips
+    ``__init__``: a dispatcher makes one of these for every request it
+    forwards."""
     if status == 101 and hasattr(body, "readyState"):
-        return Response(status=101, web_socket=body)
-    response = Response(status=status)
+        response = Response(status=101, web_socket=body)
+        if headers is not None:
+            response.headers = headers
+        return response
+    response = Response.__new__(Response)
+    response.status = status
+    response.status_text = _STATUS_TEXT.get(status, "")
+    response.headers = Headers() if headers is None else headers
     response._body = body
+    response._body_used = False
+    response.url = ""
+    response.redirected = False
     return response
 
 
