@@ -17,6 +17,7 @@ import itertools
 import os
 import re
 import resource
+import select
 import selectors
 import socket
 import sys
@@ -272,6 +273,8 @@ class _Invocation:
         self.lingering = False
 
 
+_EVENT_READ, _EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
 #: A child loop's kernel side: its epoll instance and wake-up socket pair.
 KernelSide = tuple[selectors.EpollSelector, socket.socket, socket.socket]
 
@@ -309,6 +312,44 @@ class ChildLoop(asyncio.SelectorEventLoop):
         handle = asyncio.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
+
+    def _run_once(self) -> None:
+        """One turn of the loop, as asyncio's, in one Python function when no
+        timer is pending (a child between requests has none): asyncio's turn
+        runs the selector's ``select``, ``_process_events`` and one
+        ``_add_callback`` per ready descriptor besides. Anything else (timers,
+        debug mode, a selector without the attributes read here) takes
+        asyncio's own turn."""
+        selector = self._selector
+        fd_to_key = getattr(selector, "_fd_to_key", None)
+        epoll = getattr(selector, "_selector", None)
+        if self._scheduled or self._debug or fd_to_key is None or type(epoll) is not select.epoll:
+            super()._run_once()
+            return
+        ready = self._ready
+        try:
+            polled = epoll.poll(0 if (ready or self._stopping) else -1, max(len(fd_to_key), 1))
+        except InterruptedError:
+            polled = []
+        for fd, flags in polled:
+            key = fd_to_key.get(fd)
+            if key is None:
+                continue
+            reader, writer = key.data
+            if flags & ~select.EPOLLOUT and reader is not None and key.events & _EVENT_READ:
+                if reader._cancelled:
+                    self._remove_reader(key.fileobj)
+                else:
+                    ready.append(reader)
+            if flags & ~select.EPOLLIN and writer is not None and key.events & _EVENT_WRITE:
+                if writer._cancelled:
+                    self._remove_writer(key.fileobj)
+                else:
+                    ready.append(writer)
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
 
     def create_task(self, coro: Any, *, name: str | None = None,
                     context: Any = None) -> asyncio.Task:

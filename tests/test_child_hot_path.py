@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import signal
+import socket
 
 import pytest
 
@@ -82,3 +84,48 @@ def test_the_child_loop_schedules_as_asyncio_does():
     with pytest.raises(RuntimeError, match="closed"):
         loop.create_task(coro)
     coro.close()
+
+
+def _give_up(signum: int, frame: object) -> None:
+    raise TimeoutError("the loop never delivered what was ready")
+
+
+def test_the_child_loop_turn_delivers_readers_writers_and_timers():
+    # A turn that drops a ready handle waits for ever: give up after 10 s.
+    previous = signal.signal(signal.SIGALRM, _give_up)
+    signal.alarm(10)
+    loop = ChildLoop()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    try:
+        seen: list[object] = []
+        done = loop.create_future()
+
+        def readable() -> None:
+            seen.append(theirs.recv(16))
+            loop.remove_reader(theirs.fileno())
+            loop.add_writer(theirs.fileno(), writable)
+
+        def writable() -> None:
+            loop.remove_writer(theirs.fileno())
+            theirs.send(b"pong")
+            loop.call_later(0.01, lambda: done.set_result(ours.recv(16)))
+
+        loop.add_reader(theirs.fileno(), readable)
+        ours.send(b"ping")
+        # A reader, then a writer, then a timer (asyncio's own turn) in turn.
+        assert loop.run_until_complete(done) == b"pong"
+        assert seen == [b"ping"]
+        # A reader removed while its descriptor is ready is not called.
+        loop.add_reader(theirs.fileno(), lambda: seen.append("late"))
+        ours.send(b"again")
+        loop.remove_reader(theirs.fileno())
+        loop.run_until_complete(asyncio.sleep(0))
+        assert seen == [b"ping"]
+    finally:
+        ours.close()
+        theirs.close()
+        loop.close()
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
