@@ -15,8 +15,11 @@ the boundary is the jail (namespaces, Landlock, seccomp), not the import system.
 
 from __future__ import annotations
 
+import _imp
 import importlib
+import importlib.machinery
 import importlib.util
+import marshal
 import os
 import posixpath
 import sys
@@ -79,11 +82,43 @@ def load(bundle_dir: str, main_module: str, package_dirs: list[str] | tuple[str,
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        if not _exec_precompiled(spec, module):
+            spec.loader.exec_module(module)
     except BaseException as exc:  # noqa: BLE001 - any failure is the script's
         sys.modules.pop(name, None)
         raise ScriptLoadError(f"{type(exc).__name__}: {exc}") from exc
     return module
+
+
+#: The header of a pyc the supervisor wrote (supervisor.pool.bundles.compile_tree):
+#: this Python's magic number, then flags 0b01, hash-based and not checked
+#: against the source (a bundle's files never change).
+_UNCHECKED_HASH_PYC = importlib.util.MAGIC_NUMBER + (0b01).to_bytes(4, "little")
+
+
+def _exec_precompiled(spec: importlib.machinery.ModuleSpec, module: types.ModuleType) -> bool:
+    """Run the main module's precompiled code, if its bundle has it; False: it
+    has not (or not as the supervisor writes it), and the import system runs
+    the module instead.
+
+    What ``exec_module`` does for such a pyc, without the import system's
+    Python around it (path stats, header checks, frames removed): a cold
+    start's load 490 -> 435 us and ~15 fewer of the zygote's pages copied
+    (medians over forked children, measured).
+    """
+    if spec.cached is None or spec.origin is None:
+        return False
+    try:
+        with open(spec.cached, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    if len(data) < 16 or data[:8] != _UNCHECKED_HASH_PYC:
+        return False
+    code = marshal.loads(memoryview(data)[16:])
+    _imp._fix_co_filename(code, spec.origin)  # as importlib does: tracebacks name the file
+    exec(code, module.__dict__)  # noqa: S102 - the tenant's own module, in its jail
+    return True
 
 
 def unload(bundle_dir: str, main_module: str) -> None:

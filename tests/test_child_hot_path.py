@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import py_compile
 import signal
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 
-from sandbox import workers
+from sandbox import loader, workers
 from sandbox.child import ChildLoop
 from sandbox.sdk_types import Blob
 from sandbox.websockets import HandedOn
+from supervisor.pool.bundles import compile_tree
 
 
 def test_a_str_body_gets_a_text_type_unless_the_response_names_one():
@@ -129,3 +133,43 @@ def test_the_child_loop_turn_delivers_readers_writers_and_timers():
         loop.close()
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _bundle(tmp_path: Path, source: str, mode: py_compile.PycInvalidationMode | None) -> Path:
+    (tmp_path / "worker.py").write_text(source)
+    if mode is not None:
+        compile_tree(str(tmp_path), "/compiled/elsewhere")  # tracebacks still name the file
+        if mode is not py_compile.PycInvalidationMode.UNCHECKED_HASH:
+            py_compile.compile(str(tmp_path / "worker.py"), invalidation_mode=mode)
+    return tmp_path
+
+
+@pytest.mark.parametrize("mode", [py_compile.PycInvalidationMode.UNCHECKED_HASH,
+                                  py_compile.PycInvalidationMode.TIMESTAMP, None])
+def test_a_main_module_loads_from_its_bundles_pyc_or_else_the_import_system(tmp_path, mode):
+    source = "import sys\nVALUE = 41 + 1\ndef fail():\n    raise ValueError('from the bundle')\n"
+    bundle = _bundle(tmp_path, source, mode)
+    used: list[bool] = []
+    real = loader._exec_precompiled
+    try:
+        loader._exec_precompiled = lambda spec, module: used.append(real(spec, module)) or used[-1]
+        module = loader.load(str(bundle), "worker.py")
+    finally:
+        loader._exec_precompiled = real
+        loader.unload(str(bundle), "worker.py")
+    # Only a pyc as the supervisor writes them is run directly.
+    assert used == [mode is py_compile.PycInvalidationMode.UNCHECKED_HASH]
+    assert module.VALUE == 42 and module.__file__ == str(bundle / "worker.py")
+    assert module.__spec__.name == "worker"
+    with pytest.raises(ValueError) as caught:
+        module.fail()
+    assert caught.traceback[-1].path == bundle / "worker.py"
+
+
+def test_a_failing_main_module_is_a_load_error_either_way(tmp_path):
+    bundle = _bundle(tmp_path, "raise RuntimeError('at import')\n",
+                     py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    with pytest.raises(loader.ScriptLoadError, match="RuntimeError: at import"):
+        loader.load(str(bundle), "worker.py")
+    assert "worker" not in sys.modules
+    loader.unload(str(bundle), "worker.py")
