@@ -19,6 +19,7 @@ import time
 import trio
 
 from supervisor import log as logmod
+from supervisor import loop_clock
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
 from supervisor.bindings import Bindings
@@ -259,6 +260,10 @@ class Supervisor:
 
     # -- running -------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        with loop_clock.installed():
+            await self._serve_all(task_status)
+
+    async def _serve_all(self, task_status: trio.TaskStatus) -> None:
         host, port = self.config.http_host_port
         try:
             async with trio.open_nursery() as nursery:
@@ -380,5 +385,5 @@ def run(config: ServeConfig) -> int:
     """Entry point of ``corral serve``."""
     logmod.setup()
     supervisor = Supervisor(config)
-    trio.run(supervisor.run)
+    trio.run(supervisor.run, clock=loop_clock.PerfCounterClock())
     return 0

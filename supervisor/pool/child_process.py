@@ -49,6 +49,7 @@ from protocol.messages import (
     WsClose,
     WsSend,
 )
+from supervisor import loop_clock
 from supervisor.edge.websockets import MAX_MESSAGE as WS_MAX_MESSAGE
 from supervisor.edge.websockets import MAX_SOCKETS, Buffered, SocketSource, SocketState
 from supervisor.lifecycle import (
@@ -294,7 +295,7 @@ class ChildProcess:
         self.cold = False
         #: Why the process ended, in the words of its ``child.ended`` log line.
         self.end_reason = ""
-        self.last_used = trio.current_time()
+        self.last_used = loop_clock.now()
         #: ``last_used`` when it last gave copied pages back (supervisor.pool.idle_trim).
         self.reshared_at = -1.0
         self._encoder = FrameEncoder()
@@ -759,7 +760,7 @@ class ChildProcess:
         self._cpu_stop(inv)
         self._release(inv)
         inv.finish()
-        self.last_used = trio.current_time()
+        self.last_used = loop_clock.now()
 
     def _release(self, inv: Invocation) -> None:
         """Close what an ended invocation left behind (unread bodies, calls)."""

@@ -46,6 +46,7 @@ from protocol.messages import (
     SubFailed,
     SubRequest,
 )
+from supervisor import loop_clock
 from supervisor.config import ServeConfig
 from supervisor.lifecycle import ChildState, KillReason, Outcome
 from supervisor.limits.budget_watch import BudgetWatch
@@ -834,7 +835,7 @@ class Pool:
                          parent=parent, outbound=outbound, params=params)
         inv.event = event
         child.invocations[inv.id] = inv
-        child.last_used = trio.current_time()
+        child.last_used = loop_clock.now()
         self.stats["invocations"] += 1
         child.limit_memory(limits.memory_mb)
         sent = child.send_body(body, inv.id)
