@@ -18,8 +18,8 @@ import time
 
 import trio
 
+from supervisor import instrument_checks, loop_clock
 from supervisor import log as logmod
-from supervisor import loop_clock
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
 from supervisor.bindings import Bindings
@@ -260,6 +260,7 @@ class Supervisor:
 
     # -- running -------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        instrument_checks.install()
         with loop_clock.installed():
             await self._serve_all(task_status)
 
