@@ -31,7 +31,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from supervisor.lifecycle import ChildState, KillReason
-from supervisor.observability import traces
 from supervisor.observability.tally import InvocationTally
 
 if TYPE_CHECKING:
@@ -105,14 +104,16 @@ class Metrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
 
-    def observe(self, inv: Invocation, nodes: list[Invocation], top_level: bool = True) -> None:
-        """A finished invocation tree (``nodes``: its invocations, from :func:`traces.nodes`)."""
+    def observe(self, figures: list[tuple[Invocation, str, float]], top_level: bool = True) -> None:
+        """A finished invocation tree: each invocation (from :func:`traces.nodes`,
+        caller first) with its outcome (:func:`traces.outcome_of`) and wall time."""
         tally = self.tally
         if top_level:
-            tally.request(traces.outcome_of(inv), inv.wall_ms)
-        for node in nodes:
-            tally.invocation(node.record.namespace or "", traces.outcome_of(node), _kind(node),
-                             node.wall_ms, node.cpu_ns, node.subrequests, node.record.name)
+            _, outcome, wall_ms = figures[0]
+            tally.request(outcome, wall_ms)
+        for node, outcome, wall_ms in figures:
+            tally.invocation(node.record.namespace or "", outcome, _kind(node),
+                             wall_ms, node.cpu_ns, node.subrequests, node.record.name)
 
     def observe_event(self, event: dict[str, Any]) -> None:
         """An event with no invocation behind it (a background kill, scriptNotFound)."""

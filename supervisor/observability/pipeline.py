@@ -96,9 +96,12 @@ class Observability:
 
     def _finished(self, inv: Invocation, top_level: bool, tails: bool = True) -> None:
         nodes = traces.nodes(inv)
-        self.metrics.observe(inv, nodes, top_level=top_level)
+        # Each node's outcome and wall time once, for both consumers (they
+        # are read for every invocation of every request).
+        figures = [(node, traces.outcome_of(node), node.wall_ms) for node in nodes]
+        self.metrics.observe(figures, top_level=top_level)
         if self.usage is not None:
-            self.usage.record(nodes)
+            self.usage.record(figures)
         consumers = [(node, traces.consumers_of(node.record)) for node in nodes
                      if node.record.tail_consumers] if tails else []
         if not (self.log_invocations or self.live.active or consumers or self.otel is not None):

@@ -28,7 +28,6 @@ import trio
 
 from supervisor.lifecycle import Outcome
 from supervisor.log import warn
-from supervisor.observability import traces
 
 if TYPE_CHECKING:
     from supervisor.pool.invocation import Invocation
@@ -227,13 +226,13 @@ class Usage:
         self.on_drop = on_drop
         self._write_lock = trio.Lock()
 
-    def record(self, nodes: list[Invocation]) -> None:
-        """A finished invocation tree (its invocations, from :func:`traces.nodes`):
-        every invocation in it is billed to its script."""
+    def record(self, figures: list[tuple[Invocation, str, float]]) -> None:
+        """A finished invocation tree, each invocation with its outcome and wall
+        time (see ``Metrics.observe``): every one is billed to its script."""
         minute = int(time.time()) // 60 * 60
-        for node in nodes:
+        for node, outcome, wall_ms in figures:
             record = node.record
-            args = (traces.outcome_of(node), node.cpu_ns / 1e6, node.wall_ms, node.subrequests)
+            args = (outcome, node.cpu_ns / 1e6, wall_ms, node.subrequests)
             self._add(("script", minute, record.namespace, record.name), args)
             for tag in record.tags:
                 self._add(("tag", minute, record.namespace, tag), args)
