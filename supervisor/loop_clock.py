@@ -6,12 +6,15 @@ dispatcher read it nine times in the supervisor: 27 of its ~250 Python
 calls per request (cProfile, 2 tenants). The supervisor therefore runs trio
 on :class:`PerfCounterClock`, whose ``current_time`` *is* ``time.perf_counter``
 (a C function; trio's default clock adds a random offset in Python), and the
-hot paths read :func:`now`, which inside :func:`installed` is that clock's
-``current_time`` itself.
+hot paths read the clock through :data:`CLOCK` (``loop_clock.CLOCK.get()()``,
+two C calls), which inside :func:`installed` is that clock's ``current_time``
+itself.
 
-``now`` is always trio's clock of the run in progress: outside
-:func:`installed` (a component run under another ``trio.run``, as tests do)
-it is ``trio.current_time``, so deadlines handed to trio stay right.
+``CLOCK`` is a context variable, set by the supervisor's main task for
+everything it runs (trio's tasks inherit their spawner's context): it always
+gives trio's clock of the run in progress. Outside :func:`installed` (a
+component run under another ``trio.run``, as tests do) it is
+``trio.current_time``, so deadlines handed to trio stay right.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import trio
 
-#: trio's current time (see the module docstring). Read it as ``loop_clock.now()``:
-#: a name imported from here would keep the value of import time.
-now: Callable[[], float] = trio.current_time
+#: A reader of trio's current time (see the module docstring).
+CLOCK: ContextVar[Callable[[], float]] = ContextVar("loop_clock", default=trio.current_time)
 
 
 class PerfCounterClock(trio.abc.Clock):
@@ -41,10 +44,10 @@ class PerfCounterClock(trio.abc.Clock):
 
 @contextmanager
 def installed() -> Iterator[None]:
-    """Inside a trio run: :func:`now` reads this run's clock directly."""
-    global now
-    now = trio.lowlevel.current_clock().current_time
+    """In a trio task: :data:`CLOCK` reads this run's clock directly, in this
+    task and every task it starts from here on."""
+    token = CLOCK.set(trio.lowlevel.current_clock().current_time)
     try:
         yield
     finally:
-        now = trio.current_time
+        CLOCK.reset(token)

@@ -105,7 +105,7 @@ class Ingress:
                     self._pushed = trio.Event()
                     await self._pushed.wait()
                 await trio.sleep(SWEEP_S)
-                now = loop_clock.now()
+                now = loop_clock.CLOCK.get()()
                 while wakes and wakes[0][0] <= now:
                     self._unpark(heapq.heappop(wakes)[2])
         finally:
@@ -213,8 +213,8 @@ class Ingress:
 
     async def _answer(self, inv: Invocation, conn: Connection, head_only: bool,
                       body_read: bool = False, request: Request | None = None) -> None:
-        await self._wait_head(inv, min(inv.deadline, loop_clock.now() + WATCH_CLIENT_AFTER_S))
-        if not inv.has_head and body_read and loop_clock.now() < inv.deadline:
+        await self._wait_head(inv, min(inv.deadline, loop_clock.CLOCK.get()() + WATCH_CLIENT_AFTER_S))
+        if not inv.has_head and body_read and loop_clock.CLOCK.get()() < inv.deadline:
             # A slow answer: also watch the client, whose leaving cancels it.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_when_gone, conn, inv, nursery.cancel_scope)

@@ -295,7 +295,7 @@ class ChildProcess:
         self.cold = False
         #: Why the process ended, in the words of its ``child.ended`` log line.
         self.end_reason = ""
-        self.last_used = loop_clock.now()
+        self.last_used = loop_clock.CLOCK.get()()
         #: ``last_used`` when it last gave copied pages back (supervisor.pool.idle_trim).
         self.reshared_at = -1.0
         self._encoder = FrameEncoder()
@@ -760,7 +760,7 @@ class ChildProcess:
         self._cpu_stop(inv)
         self._release(inv)
         inv.finish()
-        self.last_used = loop_clock.now()
+        self.last_used = loop_clock.CLOCK.get()()
 
     def _release(self, inv: Invocation) -> None:
         """Close what an ended invocation left behind (unread bodies, calls)."""

@@ -127,7 +127,7 @@ class Invocation:
         self.children: list[Invocation] = []
         self.calls: set[int] = set()
         self.call_scopes: set[trio.CancelScope] = set()
-        self.deadline = loop_clock.now() + (limits.wall_ms or 0) / 1000.0 if limits.wall_ms else float("inf")
+        self.deadline = loop_clock.CLOCK.get()() + (limits.wall_ms or 0) / 1000.0 if limits.wall_ms else float("inf")
         #: Called once the head is ready (a call answers its caller without a task).
         self.on_head: Callable[[Invocation], None] | None = None
         #: Called once the invocation is over (the trace event is complete).
@@ -187,14 +187,14 @@ class Invocation:
         self.response_headers = headers
         self.body = body
         if not streaming:
-            self.response_end = loop_clock.now()
+            self.response_end = loop_clock.CLOCK.get()()
         self._head()
         return True
 
     def response_finished(self) -> None:
         """The response body ended (completely or not)."""
         if self.response_end is None:
-            self.response_end = loop_clock.now()
+            self.response_end = loop_clock.CLOCK.get()()
             self._complete()
 
     def _head(self) -> None:
@@ -216,7 +216,7 @@ class Invocation:
             self.report(error)
         if not self.has_head:
             self.error = error
-            self.response_end = loop_clock.now()
+            self.response_end = loop_clock.CLOCK.get()()
             self._head()
 
     def finish(self) -> None:

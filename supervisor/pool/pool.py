@@ -835,7 +835,7 @@ class Pool:
                          parent=parent, outbound=outbound, params=params)
         inv.event = event
         child.invocations[inv.id] = inv
-        child.last_used = loop_clock.now()
+        child.last_used = loop_clock.CLOCK.get()()
         self.stats["invocations"] += 1
         child.limit_memory(limits.memory_mb)
         sent = child.send_body(body, inv.id)
