@@ -447,6 +447,7 @@ class Runtime:
 
     def on_closed(self) -> None:
         self.closed.set()
+        self.loop.stop()  # the child's main() returns (see there)
 
     def send(self, message: Any) -> None:
         assert self.channel is not None
@@ -898,5 +899,7 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
     channel.send(Hello(PROTOCOL_VERSION, os.getpid(), tuple(ns // 1000 for ns, _ in steps),
                        tuple(faults for _, faults in steps)))
     loop.call_soon(warmup.prefault)  # before any Load is read: frames wait in the socket
-    loop.run_until_complete(runtime.closed.wait())
+    # Until the channel closes (Runtime.on_closed stops the loop): no task
+    # and future to wait on, as run_until_complete would make, in every spare.
+    loop.run_forever()
     return 0

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from sandbox import loader, workers
-from sandbox.child import ChildLoop
+from sandbox.channel import Channel
+from sandbox.child import ChildLoop, Runtime
 from sandbox.sdk_types import Blob
 from sandbox.websockets import HandedOn
 from supervisor.pool.bundles import compile_tree
@@ -173,3 +174,23 @@ def test_a_failing_main_module_is_a_load_error_either_way(tmp_path):
         loader.load(str(bundle), "worker.py")
     assert "worker" not in sys.modules
     loader.unload(str(bundle), "worker.py")
+
+
+def test_a_childs_loop_ends_when_its_channel_closes():
+    # main() runs the loop until then, with no task to wait on (see there).
+    previous = signal.signal(signal.SIGALRM, _give_up)
+    signal.alarm(10)
+    loop = ChildLoop()
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.setblocking(False)
+        runtime = Runtime(loop)
+        runtime.attach(Channel(theirs, loop, runtime.on_message, runtime.on_closed))
+        ours.close()
+        loop.run_forever()
+        assert runtime.closed.is_set()
+    finally:
+        theirs.close()
+        loop.close()
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
