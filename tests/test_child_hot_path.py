@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib.util
 import py_compile
 import signal
 import socket
@@ -194,3 +195,18 @@ def test_a_childs_loop_ends_when_its_channel_closes():
         loop.close()
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_the_main_modules_spec_is_the_import_systems(tmp_path):
+    path = str(_bundle(tmp_path, "X = 1\n", None) / "worker.py")
+    spec, module = loader._main_module("worker", path)
+    expected = importlib.util.spec_from_file_location("worker", path)
+    made = importlib.util.module_from_spec(expected)
+    for field in ("name", "origin", "cached", "has_location", "parent",
+                  "submodule_search_locations", "loader_state"):
+        assert getattr(spec, field) == getattr(expected, field), field
+    assert type(spec.loader) is type(expected.loader) and spec.loader.path == path
+    assert sorted(vars(module)) == sorted(vars(made))
+    for name in ("__name__", "__package__", "__file__", "__cached__"):
+        assert getattr(module, name) == getattr(made, name), name
+    assert module.__spec__ is spec and module.__loader__ is spec.loader
