@@ -83,14 +83,20 @@ class Headers:
     ``get`` of a repeated header joins the values with ", " as fetch does.
     """
 
-    __slots__ = ("_items",)
+    #: ``_raw_items``: the frame's own list while the headers are as they
+    #: arrived (None once changed), so that headers a worker passes on (a
+    #: dispatcher forwarding its request and the response it got back) are
+    #: not encoded again: two passes over every header of every request.
+    __slots__ = ("_items", "_raw_items")
 
     def __init__(self, init: Any = None) -> None:
         self._items: list[tuple[str, str]] = []
+        self._raw_items: list[tuple[bytes, bytes]] | None = None
         if init is None:
             return
         if isinstance(init, Headers):
             self._items = list(init._items)
+            self._raw_items = init._raw_items
             return
         pairs = init.items() if isinstance(init, Mapping) else init
         for name, value in pairs:
@@ -100,9 +106,12 @@ class Headers:
     def _from_raw(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
         headers = cls.__new__(cls)  # every request's headers: no __init__ to run
         headers._items = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
+        headers._raw_items = raw
         return headers
 
     def _raw(self) -> list[tuple[bytes, bytes]]:
+        if self._raw_items is not None:
+            return list(self._raw_items)  # a copy: callers may add to theirs
         return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self._items]
 
     def get(self, name: str, default: Any = None) -> Any:
@@ -129,10 +138,12 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         name = name.lower()
+        self._raw_items = None
         self._items = [(n, v) for n, v in self._items if n != name]
         self._items.append((name, _text(value)))
 
     def append(self, name: str, value: str) -> None:
+        self._raw_items = None
         self._items.append((name.lower(), _text(value)))
 
     def _set_default(self, name: str, value: str) -> None:
@@ -142,10 +153,12 @@ class Headers:
         for present, _ in self._items:
             if present == name:
                 return
+        self._raw_items = None
         self._items.append((name, value))
 
     def delete(self, name: str) -> None:
         name = name.lower()
+        self._raw_items = None
         self._items = [(n, v) for n, v in self._items if n != name]
 
     def items(self) -> list[tuple[str, str]]:

@@ -210,3 +210,24 @@ def test_the_main_modules_spec_is_the_import_systems(tmp_path):
     for name in ("__name__", "__package__", "__file__", "__cached__"):
         assert getattr(module, name) == getattr(made, name), name
     assert module.__spec__ is spec and module.__loader__ is spec.loader
+
+
+def test_headers_passed_on_unchanged_are_not_encoded_again_and_changes_always_show():
+    raw = [(b"host", b"t0.localhost"), (b"x-caf\xe9", b"cr\xe8me")]
+    headers = workers.Headers._from_raw(raw)
+    assert headers._raw() == raw and headers._raw() is not raw  # a copy callers may extend
+    extended = headers._raw()
+    extended.append((b"content-length", b"3"))
+    assert headers._raw() == raw
+    copy = workers.Headers(headers)
+    assert copy._raw() == raw
+    for change in (lambda h: h.set("X-New", "1"), lambda h: h.append("x-more", "2"),
+                   lambda h: h.delete("host"), lambda h: h._set_default("content-type", "a/b")):
+        changed = workers.Headers(headers)
+        change(changed)
+        assert changed._raw() == [(n.encode("latin-1"), v.encode("latin-1"))
+                                  for n, v in changed._items]
+        assert changed._raw() != raw and headers._raw() == raw
+    kept = workers.Headers(headers)
+    kept._set_default("host", "other")  # already there: nothing changes
+    assert kept._raw() == raw
