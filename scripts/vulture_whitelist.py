@@ -236,6 +236,9 @@ _._completeMultipartUpload
 _.run_in_executor  # ChildLoop overrides asyncio's (sandbox/child.py; sandbox/thread_shims.py)
 _.gauss_next  # random.Random's own state, reset with the seed (sandbox/fork.py)
 _._internal_fds  # asyncio's own count, kept right by ChildLoop.after_fork (sandbox/child.py)
+_.__spec__  # a module's import attributes, set as the import system sets them (sandbox/loader.py)
+_.__cached__
+_.has_location
 _.start_clock  # trio.abc.Clock's interface: trio calls them (supervisor/loop_clock.py)
 _.deadline_to_sleep_time
 
