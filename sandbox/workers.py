@@ -503,6 +503,21 @@ class Response(_Body):
         self.url = ""
         self.redirected = False
 
+    @classmethod
+    def _delivered(cls, status: int, headers: Headers, body: Any) -> Response:
+        """What ``__init__`` sets, for a response the supervisor delivered
+        and already checked (see :func:`response_with`): no validation and no
+        body encoding. Kept beside ``__init__`` so that both set the same."""
+        response = cls.__new__(cls)
+        response.status = status
+        response.status_text = _STATUS_TEXT.get(status, "")
+        response.headers = headers
+        response._body = body
+        response._body_used = False
+        response.url = ""
+        response.redirected = False
+        return response
+
     #: The Fetch standard's response type; every response a worker sees is "default".
     type = "default"
     web_socket: Any = None
@@ -582,15 +597,7 @@ def response_with(status: int, body: Any, headers: Headers | None = None) -> Res
         if headers is not None:
             response.headers = headers
         return response
-    response = Response.__new__(Response)
-    response.status = status
-    response.status_text = _STATUS_TEXT.get(status, "")
-    response.headers = Headers() if headers is None else headers
-    response._body = body
-    response._body_used = False
-    response.url = ""
-    response.redirected = False
-    return response
+    return Response._delivered(status, Headers() if headers is None else headers, body)
 
 
 #: Status texts fetch gives a Response without one (``Response("x", status=404).status_text``).
