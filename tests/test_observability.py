@@ -677,6 +677,20 @@ def test_every_child_reports_what_its_own_set_up_cost_step_by_step(corral):
     wait_for(lambda: metric(corral, "corral_children_set_up_total") > children, what="a new child")
 
 
+def test_how_fast_spares_get_ready_is_exported(corral):
+    """Every child that says Hello is timed from its fork's announcement to
+    that Hello, and the supervisor's own part of it (its memory cgroup and
+    CPU meter) is timed apart: the refill rate a storm of first requests
+    waits on, and the part of it the kernel's cgroup locks decide."""
+    ready = metric(corral, "corral_spare_ready_seconds_count")
+    assert ready >= 1
+    assert metric(corral, "corral_child_limits_seconds_count") == ready
+    # The supervisor's part happens before the Hello is read: it is within it.
+    assert 0 < metric(corral, "corral_child_limits_seconds_sum") <= metric(corral, "corral_spare_ready_seconds_sum")
+    deploy(corral, "ready-probe", WORKERS["hello"], namespace="default")
+    wait_for(lambda: metric(corral, "corral_spare_ready_seconds_count") > ready, what="a new child timed")
+
+
 def test_the_supervisor_exports_its_process_figures_and_rarely_collects(corral):
     """/metrics carries the supervisor's own process and collector figures,
     and its request path does not keep the cycle collector busy (a young

@@ -78,6 +78,18 @@ class Metrics:
         self.cold_starts = Histogram("corral_cold_start_seconds", "Time from assigning a spare to a "
                                      "script to the script being loaded.", ["result"],
                                      buckets=COLD_BUCKETS, registry=r)
+        # How fast the pool refills: in a storm of first requests, requests
+        # wait for spares, and a spare is ready only once both its own set-up
+        # and the supervisor's part are done. The supervisor's part is kernel
+        # work (a memory cgroup made and joined, a perf counter opened) that
+        # the kernel serialises; under cgroup v1 a join can wait for an RCU
+        # grace period while it holds the lock every other one needs.
+        self.spares_ready = Histogram("corral_spare_ready_seconds", "Time from a new child reaching "
+                                      "the supervisor (its fork announced) to its Hello being read.",
+                                      buckets=COLD_BUCKETS, registry=r)
+        self.child_limits = Histogram("corral_child_limits_seconds", "Of that, the time putting "
+                                      "the child under its memory cgroup and CPU meter took.",
+                                      buckets=COLD_BUCKETS, registry=r)
         self.children_ended = Counter("corral_children_ended", "Sandboxed children that ended, by "
                                       "reason.", ["reason"], registry=r)
         self.tail_events = Counter("corral_tail_events", "Trace events for tail workers, by fate.",
@@ -123,6 +135,10 @@ class Metrics:
     # -- the pool's observer (supervisor.pool.pool.PoolObserver) -----------------
     def cold_start(self, seconds: float, failed: bool) -> None:
         self.cold_starts.labels("failed" if failed else "ok").observe(seconds)
+
+    def spare_ready(self, seconds: float, limits_seconds: float) -> None:
+        self.spares_ready.observe(seconds)
+        self.child_limits.observe(limits_seconds)
 
     def child_ended(self, reason: str) -> None:
         self.children_ended.labels(kill_reason(reason)).inc()

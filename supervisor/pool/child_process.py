@@ -308,6 +308,10 @@ class ChildProcess:
         self._nursery: trio.Nursery | None = None
         #: Its CPU account, from the Hello on (None: no meter could be opened).
         self.cpu: CpuAccount | None = None
+        #: When the supervisor took it in, and how long putting it under its
+        #: memory cgroup and CPU meter took (wall seconds; see _join_limits).
+        self.adopted_at = loop_clock.CLOCK.get()()
+        self.limits_s = 0.0
         self._handlers: dict[type, Callable[[Any], None]] = {
             ResponseStart: self._on_response,
             BodyChunk: self._on_chunk,
@@ -382,6 +386,8 @@ class ChildProcess:
         that cannot be limited is killed; one whose meter cannot be opened
         runs without CPU accounting, as ``MeterFactory`` decides.
         """
+        clock = loop_clock.CLOCK.get()
+        began = clock()
         try:
             memory, meter = await trio.to_thread.run_sync(self._open_limits)
         except OSError as exc:
@@ -389,6 +395,7 @@ class ChildProcess:
                   reason=str(exc))
             self.kill(KillReason.MEMORY_LIMIT_FAILED)
             return False
+        self.limits_s = clock() - began
         self.memory = memory
         self.memory_mb = memory.initial_mb
         if meter is not None:

@@ -98,6 +98,8 @@ class PoolObserver(Protocol):
 
     def cold_start(self, seconds: float, failed: bool) -> None: ...
 
+    def spare_ready(self, seconds: float, limits_seconds: float) -> None: ...
+
     def child_ended(self, reason: str) -> None: ...
 
 
@@ -326,6 +328,8 @@ class Pool:
         """A new child finished its jail and said hello."""
         self.census.ready(child)
         self._count_setup(child.setup_us, child.setup_faults)
+        if self.observer is not None:
+            self.observer.spare_ready(loop_clock.CLOCK.get()() - child.adopted_at, child.limits_s)
         if child.generation != self.zygote.generation:
             child.kill(KillReason.ZYGOTE_REPLACED)  # an old seed never reaches a new tenant
             return
