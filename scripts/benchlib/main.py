@@ -313,6 +313,8 @@ class Runner:
             time.sleep(1.0)  # the pool settles after the paced cold run
             members = getattr(sysm, "member_pids", None)
             spent: dict[str, float] = {}
+            timing = getattr(sysm, "spare_timing", None)
+            spares_before = timing() if timing else {}
             storm_runs = []
             for i in range(runs):
                 if i:
@@ -332,6 +334,14 @@ class Runner:
             s = res["storm"] = httpclient.repeated(storm_runs)
             s["cpu_ms_per_cold_start"] = {role: seconds * 1000.0 / max(1, a.storm * runs)
                                           for role, seconds in spent.items()}
+            spares_after = timing() if timing else {}
+            ready = spares_after.get("n", 0.0) - spares_before.get("n", 0.0)
+            if ready > 0:
+                s["spare_ready_ms"] = (spares_after["ready_s"] - spares_before["ready_s"]) * 1000 / ready
+                s["spare_limits_ms"] = (spares_after["limits_s"] - spares_before["limits_s"]) * 1000 / ready
+                log(f"  storm spares: {ready:.0f} children said Hello, {s['spare_ready_ms']:.2f} ms on average "
+                    f"from their fork's announcement, {s['spare_limits_ms']:.2f} ms of it the supervisor "
+                    "putting each under its memory cgroup and CPU meter")
             log("  storm CPU per cold start (schedstat): " + ", ".join(
                 f"{role} {ms:.2f} ms" for role, ms in s["cpu_ms_per_cold_start"].items())
                 + " (server = the server process, direct = its children such as Corral's zygote, "

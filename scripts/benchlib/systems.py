@@ -383,6 +383,21 @@ class Corral(System):
                 out[key] += value
         return out
 
+    def spare_timing(self) -> dict[str, float]:
+        """Cumulative spare readiness from GET /metrics: how many children said
+        Hello, their seconds from fork announcement to Hello, and the
+        supervisor's cgroup + CPU meter part of it (empty if unreadable)."""
+        admin = self.admin()
+        try:
+            m = admin.metrics()
+        except (AdminError, OSError):
+            return {}
+        finally:
+            admin.close()
+        return {"n": m.get("corral_spare_ready_seconds_count") or 0.0,
+                "ready_s": m.get("corral_spare_ready_seconds_sum") or 0.0,
+                "limits_s": m.get("corral_child_limits_seconds_sum") or 0.0}
+
     def pool_info(self) -> dict:
         """Spare setting in effect plus the live gauges from GET /metrics."""
         spares, source = self.configured_spares()
