@@ -364,17 +364,23 @@ class Corral(System):
                 return default, f"default (could not read {config_path}: {e})"
         return default, "default"
 
-    def invocation_cpu_s(self) -> dict[str, float]:
-        """CPU seconds Corral's invocations used so far, by namespace (from
-        corral_invocation_cpu_seconds_sum): the dispatcher's ("" ->
-        "dispatcher invocations") and the user workers' ("user invocations")."""
+    def _metrics(self) -> dict[str, float]:
+        """GET /metrics as {sample: value}; empty if it cannot be read."""
         admin = self.admin()
         try:
-            m = admin.metrics()
+            return admin.metrics()
         except (AdminError, OSError):
             return {}
         finally:
             admin.close()
+
+    def invocation_cpu_s(self) -> dict[str, float]:
+        """CPU seconds Corral's invocations used so far, by namespace (from
+        corral_invocation_cpu_seconds_sum): the dispatcher's ("" ->
+        "dispatcher invocations") and the user workers' ("user invocations")."""
+        m = self._metrics()
+        if not m:
+            return {}
         out = {"dispatcher invocations": 0.0, "user invocations": 0.0}
         for name, value in m.items():
             if name.startswith("corral_invocation_cpu_seconds_sum{"):
@@ -387,13 +393,9 @@ class Corral(System):
         """Cumulative spare readiness from GET /metrics: how many children said
         Hello, their seconds from fork announcement to Hello, and the
         supervisor's cgroup + CPU meter part of it (empty if unreadable)."""
-        admin = self.admin()
-        try:
-            m = admin.metrics()
-        except (AdminError, OSError):
+        m = self._metrics()
+        if not m:
             return {}
-        finally:
-            admin.close()
         return {"n": m.get("corral_spare_ready_seconds_count") or 0.0,
                 "ready_s": m.get("corral_spare_ready_seconds_sum") or 0.0,
                 "limits_s": m.get("corral_child_limits_seconds_sum") or 0.0}
