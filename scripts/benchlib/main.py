@@ -337,8 +337,8 @@ class Runner:
             spares_after = timing() if timing else {}
             ready = spares_after.get("n", 0.0) - spares_before.get("n", 0.0)
             if ready > 0:
-                s["spare_ready_ms"] = (spares_after["ready_s"] - spares_before["ready_s"]) * 1000 / ready
-                s["spare_limits_ms"] = (spares_after["limits_s"] - spares_before["limits_s"]) * 1000 / ready
+                s["spare_ready_ms"] = (spares_after["ready_s"] - spares_before.get("ready_s", 0.0)) * 1000 / ready
+                s["spare_limits_ms"] = (spares_after["limits_s"] - spares_before.get("limits_s", 0.0)) * 1000 / ready
                 log(f"  storm spares: {ready:.0f} children said Hello, {s['spare_ready_ms']:.2f} ms on average "
                     f"from their fork's announcement, {s['spare_limits_ms']:.2f} ms of it the supervisor "
                     "putting each under its memory cgroup and CPU meter")
