@@ -308,9 +308,10 @@ class ChildProcess:
         self._nursery: trio.Nursery | None = None
         #: Its CPU account, from the Hello on (None: no meter could be opened).
         self.cpu: CpuAccount | None = None
-        #: When the supervisor took it in, and how long putting it under its
-        #: memory cgroup and CPU meter took (wall seconds; see _join_limits).
-        self.adopted_at = loop_clock.CLOCK.get()()
+        #: When the supervisor took it in (its first ``last_used``), and how
+        #: long putting it under its memory cgroup and CPU meter took (wall
+        #: seconds; see _join_limits).
+        self.adopted_at = self.last_used
         self.limits_s = 0.0
         self._handlers: dict[type, Callable[[Any], None]] = {
             ResponseStart: self._on_response,
