@@ -567,10 +567,17 @@ class Spawn(_Msg, tag="spawn"):
     ``address_space``: the children's RLIMIT_AS in bytes, when the supervisor
     knows it better than the zygote (a package zygote, which cannot read its
     own mapping once in the file view); 0 keeps the zygote's own figure.
+
+    ``slots``: memory cgroups the supervisor made ahead for the first
+    ``len(slots)`` of these children, by number; the file each child writes
+    ``0`` to, to join its slot itself, rides as SCM_RIGHTS in the same order
+    (see supervisor.limits.cgroup_slots). Children past them are joined by
+    the supervisor, as before slots.
     """
 
     count: int
     address_space: int = 0
+    slots: tuple[int, ...] = ()
 
 
 class StartPackageZygote(_Msg, tag="pkgzygote"):
@@ -599,9 +606,11 @@ class ZygoteReady(_Msg, tag="zready"):
 
 
 class Spawned(_Msg, tag="spawned"):
-    """A child exists; its channel socket and pidfd arrive as SCM_RIGHTS."""
+    """A child exists; its channel socket and pidfd arrive as SCM_RIGHTS.
+    ``slot``: the cgroup slot it was given to join itself (-1: none)."""
 
     pid: int
+    slot: int = -1
 
 
 class Exited(_Msg, tag="exited"):

@@ -164,8 +164,13 @@ class Zygote:
         else:
             self.control.send(payload)
 
-    def spawn(self, count: int) -> None:
+    def spawn(self, count: int, slots: list[tuple[int, int]] | None = None) -> None:
         """Fork ``count`` spare children back to back, then announce them.
+
+        ``slots``: (number, join file) of the cgroups the supervisor made for
+        the first of them; each child joins its own first thing
+        (jail.join_cgroup_slot), and its Spawned names it. The zygote's
+        copies are closed once the batch is forked.
 
         Why a batch: a fork write-protects every page of the zygote, so each
         page its own Python touches after one is copied again: ~170 pages
@@ -176,7 +181,9 @@ class Zygote:
         their Landlock rulesets (jail.second_layer) and the announcements are
         made once per batch.
         """
+        slots = slots or []
         if count <= 0:
+            _close_slots(slots)
             return
         # _socket's own pairs: socket.socketpair() wraps each end in Python code.
         pairs = [_socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(count)]
@@ -200,9 +207,10 @@ class Zygote:
                 if pid == 0:  # pragma: no cover - runs in the forked process
                     self._run_forked("child", functools.partial(
                         self._run_child, pairs[index][1], channels[index],
-                        layers[index]))
+                        layers[index], slots[index][1] if index < len(slots) else -1))
                 pids.append(pid)
         finally:
+            _close_slots(slots)
             # The zygote's copies; the last side stays the loop's until the next batch.
             if sides:
                 loop.close_kernel_sides(sides[:-1])
@@ -212,14 +220,15 @@ class Zygote:
             for index, (parent_end, child_end) in enumerate(pairs):
                 child_end.close()
                 if index < len(pids):
-                    self._announce(Spawned(pid=pids[index]), pids[index], parent_end)
+                    slot = slots[index][0] if index < len(slots) else -1
+                    self._announce(Spawned(pids[index], slot), pids[index], parent_end)
                 else:  # a fork failed: the rest were never forked
                     parent_end.close()
 
-    def _run_child(self, sock: _socket.socket, channel: Any, layer2: Any) -> int:
+    def _run_child(self, sock: _socket.socket, channel: Any, layer2: Any, cgroup_fd: int) -> int:
         assert self._child_main is not None, "prepare() binds it before any fork"
         return self._child_main(sock, self.devnull, self.address_space, self.bpf, self.rules,
-                                reshare.snapshot_fd(), self.prebuilt, channel, layer2)
+                                reshare.snapshot_fd(), self.prebuilt, channel, layer2, cgroup_fd)
 
     def start_package_zygote(self, command: StartPackageZygote) -> None:
         """Fork the zygote of one dependency set (see :mod:`sandbox.package_zygote`)."""
@@ -320,24 +329,38 @@ class Zygote:
                         pass
                     self.reap()
                     continue
-                packet = self.control.recv(65536)
+                packet, fds = self._receive(0)
                 if not packet:
                     return  # the supervisor is gone; so are we
                 command = self.decoder.decode(packet)
                 if isinstance(command, Spawn):
-                    count, command = self._queued_spawns(command)
+                    count, slots, command = self._queued_spawns(command, fds)
                     while count > 0:
-                        self.spawn(min(count, MAX_BATCH))
+                        self.spawn(min(count, MAX_BATCH), slots[:MAX_BATCH])
                         count -= MAX_BATCH
+                        slots = slots[MAX_BATCH:]
+                    _close_slots(slots)
                     if command is _GONE:
                         return
+                else:
+                    _close_slots([(0, fd) for fd in fds])
                 if isinstance(command, StartPackageZygote):
                     self.start_package_zygote(command)
 
-    def _queued_spawns(self, first: Spawn) -> tuple[int, Any]:
+    def _receive(self, flags: int) -> tuple[bytes, list[int]]:
+        """One packet from the supervisor and the descriptors it carried."""
+        packet, ancillary, _flags, _address = self.control.recvmsg(65536, _FDS_SPACE, flags)
+        fds: list[int] = []
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array.array("i", data[: len(data) - len(data) % 4]))
+        return packet, fds
+
+    def _queued_spawns(self, first: Spawn, fds: list[int]) -> tuple[int, list[tuple[int, int]], Any]:
         """How many children ``first`` and the Spawns already queued behind
-        it ask for, forked then as one batch; and the first other command
-        read meanwhile (None: none; ``_GONE``: the supervisor closed).
+        it ask for, forked then as one batch, with the cgroup slots they
+        carried (``fds``: ``first``'s); and the first other command read
+        meanwhile (None: none; ``_GONE``: the supervisor closed).
 
         Why: in a storm of cold starts the supervisor asks for a spare or two
         at a time (1.8 on average), and each batch's own Python runs after
@@ -346,23 +369,43 @@ class Zygote:
         forked are one batch here, and their announcements leave together.
         """
         count = max(0, first.count)
+        slots = _pair_slots(first, fds)
         if first.address_space > 0:
             self.address_space = first.address_space
         while True:
             try:
-                packet = self.control.recv(65536, socket.MSG_DONTWAIT)
+                packet, fds = self._receive(socket.MSG_DONTWAIT)
             except BlockingIOError:
-                return count, None
+                return count, slots, None
             if not packet:
-                return count, _GONE
+                return count, slots, _GONE
             command = self.decoder.decode(packet)
             if not isinstance(command, Spawn):
-                return count, command
+                _close_slots([(0, fd) for fd in fds])
+                return count, slots, command
             if command.address_space > 0:
                 self.address_space = command.address_space
+            slots += _pair_slots(command, fds)
             count += max(0, command.count)
 
 
+def _pair_slots(spawn: Spawn, fds: list[int]) -> list[tuple[int, int]]:
+    """A Spawn's slot numbers with the fds that came with it; any extra closed."""
+    paired = list(zip(spawn.slots, fds, strict=False))[: max(0, spawn.count)]
+    _close_slots([(0, fd) for fd in fds[len(paired):]])
+    return paired
+
+
+def _close_slots(slots: list[tuple[int, int]]) -> None:
+    for _number, fd in slots:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+#: Room for the descriptors one packet from the supervisor may carry (the kernel's SCM_MAX_FD).
+_FDS_SPACE = socket.CMSG_SPACE(253 * 4)
 #: The most children one batch forks (see Zygote.spawn): a larger ask is forked in several.
 MAX_BATCH = 64
 #: What :meth:`Zygote._queued_spawns` returns when the supervisor closed the control socket.

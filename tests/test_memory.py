@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.limits import cgroup_slots
 from supervisor.limits import memory as ml
 from tests.harness import REPO, Corral
 from tests.test_limits import DISPATCHER
@@ -320,6 +321,21 @@ def test_every_child_sits_in_its_own_cgroup_at_the_pool_cap(c: Corral, cgroup: P
     assert checked, "no child could be checked"
 
 
+def test_children_join_their_cgroups_themselves_under_cgroup_v1(c: Corral, cgroup: Path) -> None:
+    """Each new child joins a cgroup slot made ahead, first thing after its
+    fork (the fast path: no global kernel lock; see cgroup_slots), and the
+    supervisor moves none itself."""
+    if backend(c)["backend"] != "cgroup1":
+        pytest.skip("children join themselves under cgroup v1 only")
+    assert backend(c)["children_join_themselves"] is True
+    ok(c, "clean", "/")
+    metrics = c.admin("GET", "/metrics").text
+    itself = re.search(r'^corral_children_cgroup_joins_total\{by="itself"\} (\S+)$', metrics, re.M)
+    assert itself and float(itself.group(1)) >= 1, metrics
+    assert 'corral_children_cgroup_joins_total{by="supervisor"}' not in metrics
+    assert not events(c, "memory.slots_stopped")
+
+
 def test_tenant_cannot_raise_its_limits_then_overflows(c: Corral) -> None:
     attack_then_overflow(c, "raiser")
 
@@ -387,8 +403,12 @@ def test_no_cgroup_outlives_its_child_or_the_server(tmp_path: Path) -> None:
         exceeded(server, "a", "/alloc?mb=64", memory_mb=32)
 
         def only_live_children() -> bool:
+            """Child cgroups for live children only; besides them, the slots
+            made ahead for the next children (supervisor.limits.cgroup_slots)."""
             dirs = {p.name for p in parent.iterdir() if p.is_dir()}
-            return dirs == {f"child-{pid}" for pid in server.children()}
+            slots = {name for name in dirs if re.fullmatch(r"slot-\d+", name)}
+            return dirs - slots == {f"child-{pid}" for pid in server.children()} \
+                and len(slots) <= cgroup_slots.RESERVE
 
         assert wait_for(only_live_children), (sorted(parent.iterdir()), server.children())
     finally:
@@ -432,6 +452,56 @@ def test_a_cgroup_still_busy_when_its_child_ended_goes_without_a_zygote_reap(tmp
         for leftover in parent.glob("child-*"):
             leftover.rmdir()
         parent.rmdir()
+
+
+def test_a_process_that_skips_its_slot_is_caught_and_slots_stop(tmp_path: Path) -> None:
+    """Real v1 cgroups, real processes: one writes ``0`` to the join file it
+    was handed and sits in its slot, renamed child-PID, at the slot's limit;
+    one that was handed a slot and did not join is found out at its Hello
+    (ready() is False: it must go), slots stop for good, the reserve goes,
+    and at close no slot is left."""
+    own = cgroup_of(os.getpid())
+    root = Path("/sys/fs/cgroup/memory")
+    if own is None or not (root / "memory.limit_in_bytes").exists():
+        pytest.skip("no cgroup v1 memory hierarchy on this host")
+    parent = root / own.lstrip("/") / f"corral-test-{os.getpid()}"
+    parent.mkdir()
+    enforcer = ml.Cgroup1Enforcer(64, str(parent))
+    assert enforcer.slots is not None
+    processes = []
+    try:
+        assert enforcer.slots.fill() == ""
+        assert len(list(parent.glob("slot-*"))) == cgroup_slots.RESERVE
+        joiner_slot = enforcer.take_slots(1)
+        [fd] = joiner_slot.fds
+        joiner = subprocess.Popen([sys.executable, "-c", f"import os, time; os.write({fd}, b'0'); "
+                                   f"os.close({fd}); time.sleep(60)"], pass_fds=[fd],
+                                  stdout=subprocess.PIPE)
+        processes.append(joiner)
+        joiner_slot.sent()
+        leaf = parent / f"child-{joiner.pid}"
+        assert wait_for(lambda: (parent / f"slot-{joiner_slot.numbers[0]}" / "tasks").read_text().split()
+                        == [str(joiner.pid)])
+        child = enforcer.claim(joiner.pid, joiner_slot.numbers[0])
+        assert child is not None and child.joined_by == "itself" and leaf.is_dir()
+        assert (leaf / "cgroup.procs").read_text().split() == [str(joiner.pid)]
+        assert int((leaf / "memory.limit_in_bytes").read_text()) == 64 * MB
+        assert child.ready()
+
+        skipper_slot = enforcer.take_slots(1)
+        skipper = subprocess.Popen(["sleep", "60"])
+        processes.append(skipper)
+        skipper_slot.sent()
+        skipped = enforcer.claim(skipper.pid, skipper_slot.numbers[0])
+        assert skipped is not None and not skipped.ready(), "a child outside its cgroup passed the check"
+        assert enforcer.slots.stopped and enforcer.take_slots(1) is cgroup_slots.NO_SLOTS
+        assert not list(parent.glob("slot-*")), "the reserve outlived the stop"
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+        enforcer.close()
+    assert not parent.exists(), list(parent.iterdir())
 
 
 # ---------------------------------------------------------------------------

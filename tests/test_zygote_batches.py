@@ -9,6 +9,7 @@ exercised by every test that starts a server).
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import socket
@@ -29,14 +30,73 @@ def test_queued_spawns_are_summed_up_to_the_first_other_command() -> None:
     encode = msgspec.msgpack.Encoder().encode
     for message in (Spawn(2), Spawn(3, address_space=5 << 20), StartPackageZygote("k", ["/p"]), Spawn(4)):
         supervisor.send(encode(message))
-    count, other = zygote._queued_spawns(Spawn(1))
-    assert count == 6
+    count, slots, other = zygote._queued_spawns(Spawn(1), [])
+    assert count == 6 and slots == []
     assert other == StartPackageZygote("k", ["/p"])
     assert zygote.address_space == 5 << 20, "the last address space asked for holds"
-    count, other = zygote._queued_spawns(msgspec.msgpack.decode(control.recv(65536), type=Spawn))
+    count, slots, other = zygote._queued_spawns(msgspec.msgpack.decode(control.recv(65536), type=Spawn), [])
     assert (count, other) == (4, None), "what follows the other command is the next batch"
     supervisor.close()
-    assert zygote._queued_spawns(Spawn(1)) == (1, _GONE)
+    assert zygote._queued_spawns(Spawn(1), []) == (1, [], _GONE)
+    control.close()
+
+
+def _file_fds(count: int) -> list[int]:
+    """Stand-ins for cgroup join files, each a file of its own (a pipe's
+    write end; its read end is closed), told apart by fstat."""
+    ends = []
+    for _ in range(count):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        ends.append(write_end)
+    return ends
+
+
+def _same_file(a: int, b: int) -> bool:
+    return os.path.sameopenfile(a, b)
+
+
+def _copies_open(fd: int) -> int:
+    """Descriptors of this process on the same file as ``fd``, ``fd`` aside."""
+    return sum(1 for other in map(int, os.listdir("/proc/self/fd"))
+               if other != fd and _is_open(other) and _same_file(other, fd))
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_cgroup_slots_ride_with_their_spawns_and_stray_ones_are_closed() -> None:
+    """A Spawn's slot numbers pair with the fds its packet carried, in order,
+    across the Spawns summed into one batch; fds beyond a Spawn's count and
+    any that came with another command are closed, not leaked."""
+    supervisor, control = _pair()
+    zygote = Zygote(control, 0)
+    encode = msgspec.msgpack.Encoder().encode
+    ours = _file_fds(4)
+
+    def send(message: object, fds: list[int]) -> None:
+        supervisor.sendmsg([encode(message)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+
+    send(Spawn(1, slots=(7, 8)), ours[:2])  # one child: slot 8 is one too many
+    send(Spawn(2, slots=(9,)), ours[2:3])
+    send(StartPackageZygote("k", ["/p"]), ours[3:])
+    packet, fds = zygote._receive(0)
+    count, slots, other = zygote._queued_spawns(msgspec.msgpack.decode(packet, type=Spawn), fds)
+    assert count == 3 and other == StartPackageZygote("k", ["/p"])
+    assert [number for number, _ in slots] == [7, 9]
+    assert _same_file(slots[0][1], ours[0]) and _same_file(slots[1][1], ours[2])
+    assert _copies_open(ours[1]) == 0, "the slot beyond the Spawn's count was left open"
+    assert _copies_open(ours[3]) == 0, "a slot sent with another command was left open"
+    for _, fd in slots:
+        os.close(fd)
+    for fd in ours:
+        os.close(fd)
+    supervisor.close()
     control.close()
 
 
@@ -52,7 +112,7 @@ def test_serve_forks_one_batch_then_handles_the_next_command_in_order() -> None:
         os.close(report_r)
         calls: list = []
         zygote = Zygote(control, 0)
-        zygote.spawn = lambda count: calls.append(["spawn", count])  # type: ignore[method-assign]
+        zygote.spawn = lambda count, slots: calls.append(["spawn", count, [n for n, _ in slots]])  # type: ignore[method-assign]
         zygote.start_package_zygote = lambda command: calls.append(["package", command.key])  # type: ignore[method-assign]
         zygote.serve()
         os.write(report_w, json.dumps(calls).encode())
@@ -60,8 +120,13 @@ def test_serve_forks_one_batch_then_handles_the_next_command_in_order() -> None:
     control.close()
     os.close(report_w)
     encode = msgspec.msgpack.Encoder().encode
-    for message in (Spawn(40), Spawn(30), StartPackageZygote("k", ["/p"]), Spawn(1)):
-        supervisor.send(encode(message))
+    slot_fds = _file_fds(3)
+    for message in (Spawn(40), Spawn(30, slots=(1, 2, 3)), StartPackageZygote("k", ["/p"]), Spawn(1)):
+        fds = slot_fds if message == Spawn(30, slots=(1, 2, 3)) else []
+        supervisor.sendmsg([encode(message)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                           if fds else [])
+    for fd in slot_fds:
+        os.close(fd)
     supervisor.close()  # serve() returns at EOF
     _, status = os.waitpid(pid, 0)
     report = b""
@@ -74,4 +139,7 @@ def test_serve_forks_one_batch_then_handles_the_next_command_in_order() -> None:
     # are smaller, but the order and the total are the same.
     spawned_before = [c[1] for c in calls[: calls.index(["package", "k"])]]
     assert sum(spawned_before) == 70 and all(0 < n <= MAX_BATCH for n in spawned_before)
-    assert calls[calls.index(["package", "k"]) + 1:] == [["spawn", 1]]
+    slots_before = [n for c in calls[: calls.index(["package", "k"])] for n in c[2]]
+    assert slots_before == [1, 2, 3], "every slot reaches a batch, once"
+    assert all(len(c[2]) <= c[1] for c in calls if c[0] == "spawn"), "no batch gets more slots than children"
+    assert calls[calls.index(["package", "k"]) + 1:] == [["spawn", 1, []]]

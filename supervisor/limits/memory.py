@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from supervisor.limits.cgroup_slots import NO_SLOTS, CgroupSlots, SlotBatch
 from supervisor.log import log, warn
 
 MB = 1024 * 1024
@@ -68,9 +69,12 @@ class ChildMemory(Protocol):
 
     #: The limit (MB) already in force once attached, if the backend knows it.
     initial_mb: int | None
+    #: Who put the child into its cgroup: "itself" (a slot), "supervisor", "" (no cgroup).
+    joined_by: str
 
-    def ready(self) -> None:
-        """The child finished its jail and is idle: its baseline, if any."""
+    def ready(self) -> bool:
+        """The child finished its jail and is idle: its baseline, if any.
+        False: it is not under its limit (it must go)."""
 
     def set_limit(self, mb: int) -> bool:
         """Bound the child to ``mb``; False if it already holds more (it must go)."""
@@ -103,6 +107,19 @@ class Enforcer:
     def attach(self, pid: int) -> ChildMemory:
         """Put a freshly forked child under its limit (before any tenant code)."""
         return _Unlimited()
+
+    def claim(self, pid: int, slot: int) -> ChildMemory | None:
+        """The limit of a child that joined cgroup slot ``slot`` itself (checked
+        at its Hello: see ChildMemory.ready); None if there is no such slot,
+        and the child must be attached."""
+        return None
+
+    def take_slots(self, count: int) -> SlotBatch:
+        """Cgroup slots for the next ``count`` children (see supervisor.limits.cgroup_slots)."""
+        return NO_SLOTS
+
+    async def keep_slots(self) -> None:
+        """Keep the slots' reserve filled (a task of the pool's; nothing here)."""
 
     def forget(self, pid: int, child: ChildMemory) -> None:
         """The child is gone: release its limit now, or once it is reaped."""
@@ -146,9 +163,10 @@ class Enforcer:
 
 class _Unlimited:
     initial_mb: int | None = None
+    joined_by = ""
 
-    def ready(self) -> None:
-        pass
+    def ready(self) -> bool:
+        return True
 
     def set_limit(self, mb: int) -> bool:
         return True
@@ -196,6 +214,7 @@ class PrlimitEnforcer(Enforcer):
 
 class _PrlimitChild:
     initial_mb: int | None = None
+    joined_by = ""
 
     def __init__(self, owner: PrlimitEnforcer, pid: int) -> None:
         self.owner = owner
@@ -203,8 +222,9 @@ class _PrlimitChild:
         self.base = 0
         self.cap = 0  # the jail's hard limit: never exceeded
 
-    def ready(self) -> None:
+    def ready(self) -> bool:
         self.base = vm_size(self.pid)
+        return True
 
     def set_limit(self, mb: int) -> bool:
         if self.owner.failed or not self.base:
@@ -349,11 +369,22 @@ class CgroupEnforcer(Enforcer):
         #: This supervisor's directory: children's cgroups live below it.
         self.parent = parent
         self.live: dict[int, _CgroupChild] = {}
+        #: Cgroups made ahead for children to join themselves (None: they never do).
+        self.slots: CgroupSlots | None = None
 
     def jail_address_space_mb(self) -> int:
         if not self.pool_mb:
             return 0
         return max(BACKSTOP_MULTIPLE * self.pool_mb, MIN_BACKSTOP_MB)
+
+    def claim(self, pid: int, slot: int) -> ChildMemory | None:
+        claimed = self.slots.claim(slot, pid) if self.slots is not None else None
+        if not isinstance(claimed, _CgroupChild):
+            return None
+        claimed.slots = self.slots  # checked at its Hello
+        claimed.joined_by = "itself"
+        self.live[pid] = claimed
+        return claimed
 
     def attach(self, pid: int) -> ChildMemory:
         path = os.path.join(self.parent, f"child-{pid}")
@@ -375,12 +406,26 @@ class CgroupEnforcer(Enforcer):
     def _child(self, pid: int, path: str) -> _CgroupChild:
         raise NotImplementedError
 
+    def take_slots(self, count: int) -> SlotBatch:
+        return self.slots.take(count) if self.slots is not None and not self.slots.stopped else NO_SLOTS
+
+    async def keep_slots(self) -> None:
+        if self.slots is not None:
+            await self.slots.keep_filled()
+
+    def retry_pending(self) -> None:
+        super().retry_pending()
+        if self.slots is not None:
+            self.slots.sweep()
+
     def forget(self, pid: int, child: ChildMemory) -> None:
         self.live.pop(pid, None)
         super().forget(pid, child)
 
     def close(self) -> None:
         """Kill whatever is left in our cgroups, wait for them to empty, remove them."""
+        if self.slots is not None:
+            self.slots.close()
         leftovers = {**self._pending, **self.live}
         self._pending.clear()
         self.live.clear()
@@ -414,6 +459,9 @@ class _CgroupChild:
         self.path = path
         self.initial_mb: int | None = None
         self.limit = 0  # bytes now in force
+        #: Where it came from if it joined a slot itself (checked at its Hello).
+        self.slots: CgroupSlots | None = None
+        self.joined_by = "supervisor"
 
     def _file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -421,8 +469,14 @@ class _CgroupChild:
     def setup(self, mb: int) -> None:
         raise NotImplementedError
 
-    def ready(self) -> None:
-        pass
+    def ready(self) -> bool:
+        """A child that was to join its slot itself must be in it now; if it is
+        not (and still runs), slots stop: the supervisor joins children again."""
+        if self.slots is None or self.slots.joined(self.pid, self.path):
+            return True
+        if _running(self.pid):
+            self.slots.stop(f"child {self.pid} said hello outside its cgroup {self.path}")
+        return False
 
     def release(self) -> bool:
         try:
@@ -447,6 +501,16 @@ class _CgroupChild:
                 pass
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has left its cgroup already)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
 def _rmdir_quietly(path: str) -> None:
     try:
         os.rmdir(path)
@@ -460,15 +524,19 @@ class Cgroup1Enforcer(CgroupEnforcer):
     name = "cgroup1"
     version = 1
 
-    def __init__(self, pool_mb: int, parent: str) -> None:
+    def __init__(self, pool_mb: int, parent: str, self_join: bool = True) -> None:
         super().__init__(pool_mb, parent)
         self.memsw = os.path.exists(os.path.join(parent, "memory.memsw.limit_in_bytes"))
+        if self_join:  # a thread moves itself through v1's ``tasks`` (see cgroup_slots)
+            self.slots = CgroupSlots(parent, "tasks", lambda path: _Cgroup1Child(0, path, self.memsw),
+                                     pool_mb)
 
     def _child(self, pid: int, path: str) -> _CgroupChild:
         return _Cgroup1Child(pid, path, self.memsw)
 
     def describe(self) -> dict:
-        return {**super().describe(), "swap_limited": self.memsw}
+        return {**super().describe(), "swap_limited": self.memsw,
+                "children_join_themselves": self.slots is not None}
 
 
 class _Cgroup1Child(_CgroupChild):

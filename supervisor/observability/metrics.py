@@ -90,6 +90,10 @@ class Metrics:
         self.child_limits = Histogram("corral_child_limits_seconds", "Of that, the time putting "
                                       "the child under its memory cgroup and CPU meter took.",
                                       buckets=COLD_BUCKETS, registry=r)
+        self.cgroup_joins = Counter("corral_children_cgroup_joins", "New children put into their "
+                                    "memory cgroup, by who moved them: 'itself' (a slot made ahead, "
+                                    "joined first thing: the fast path) or 'supervisor'.", ["by"],
+                                    registry=r)
         self.children_ended = Counter("corral_children_ended", "Sandboxed children that ended, by "
                                       "reason.", ["reason"], registry=r)
         self.tail_events = Counter("corral_tail_events", "Trace events for tail workers, by fate.",
@@ -136,9 +140,11 @@ class Metrics:
     def cold_start(self, seconds: float, failed: bool) -> None:
         self.cold_starts.labels("failed" if failed else "ok").observe(seconds)
 
-    def spare_ready(self, seconds: float, limits_seconds: float) -> None:
+    def spare_ready(self, seconds: float, limits_seconds: float, joined_by: str) -> None:
         self.spares_ready.observe(seconds)
         self.child_limits.observe(limits_seconds)
+        if joined_by:
+            self.cgroup_joins.labels(joined_by).inc()
 
     def child_ended(self, reason: str) -> None:
         self.children_ended.labels(kill_reason(reason)).inc()

@@ -249,7 +249,7 @@ class ChildKit:
 
 class ChildProcess:
     def __init__(self, owner: ChildOwner, pid: int, sock: socket.socket, pidfd: int,
-                 generation: int, kit: ChildKit) -> None:
+                 generation: int, kit: ChildKit, slot: int = -1) -> None:
         sock.setblocking(False)
         self.owner = owner
         self.kit = kit
@@ -313,6 +313,8 @@ class ChildProcess:
         #: seconds; see _join_limits).
         self.adopted_at = self.last_used
         self.limits_s = 0.0
+        #: The cgroup slot it joined itself (-1: none; see supervisor.limits.cgroup_slots).
+        self.slot = slot
         self._handlers: dict[type, Callable[[Any], None]] = {
             ResponseStart: self._on_response,
             BodyChunk: self._on_chunk,
@@ -377,20 +379,31 @@ class ChildProcess:
 
         Nothing reaches the child before its Hello is read (and a script only
         after that), so no tenant code runs outside its cgroup or unmetered.
-        The kernel work runs in a thread, off the event loop every request
-        goes through: the cgroup (mkdir and limit, ~120 us here, then the
-        join, which blocks ~8 ms when no other join came just before: the
-        kernel waits out a grace period) and the perf counter, whose opening
-        waits for an interrupt on the CPU the child last ran on (80 us here,
-        230 us in a storm of cold starts). Done on the loop, it stalled every
-        request for those 8 ms at each cold start of a calm period. A child
+        A child that joined a cgroup slot itself (supervisor.limits.
+        cgroup_slots; its Hello is checked for it) is taken in here, on the
+        loop: its slot renamed, its perf counter opened (whose opening waits
+        for an interrupt on the CPU the child last ran on: 80 us here, and
+        the server's very first one ~9 ms, as the kernel turns its context
+        switch hooks on). Any other goes through a worker thread, off the
+        loop every request goes through: its cgroup made and limited (~120
+        us), then joined, which blocks ~8 ms when no other join came just
+        before (the kernel waits out a grace period); done on the loop, that
+        stalled every request at each cold start of a calm period. A child
         that cannot be limited is killed; one whose meter cannot be opened
         runs without CPU accounting, as ``MeterFactory`` decides.
         """
         clock = loop_clock.CLOCK.get()
         began = clock()
         try:
-            memory, meter = await trio.to_thread.run_sync(self._open_limits)
+            memory = self.kit.enforcer.claim(self.pid, self.slot) if self.slot >= 0 else None
+            if memory is not None:
+                # Nothing left waits on the kernel's cgroup locks, and a hop
+                # to a thread and back cost more (a storm's GIL hand-offs:
+                # 8 ms on average, measured) than the rename and the meter
+                # here (p50 0.1 ms, p90 0.2 ms in a storm).
+                meter = self._open_meter()
+            else:
+                memory, meter = await trio.to_thread.run_sync(self._open_limits)
         except OSError as exc:
             error("child.memory_limit_failed", pid=self.pid, backend=self.kit.enforcer.name,
                   reason=str(exc))
@@ -405,11 +418,13 @@ class ChildProcess:
 
     def _open_limits(self) -> tuple[ChildMemory, CpuMeter | None]:
         """In a worker thread: the child's cgroup, then its meter (see _join_limits)."""
-        memory = self.kit.enforcer.attach(self.pid)
+        return self.kit.enforcer.attach(self.pid), self._open_meter()
+
+    def _open_meter(self) -> CpuMeter | None:
         try:
-            return memory, self.kit.meters.open(self.pid)
+            return self.kit.meters.open(self.pid)
         except OSError:
-            return memory, None
+            return None
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run a task that must not outlive this child (a body pump, a call)."""
@@ -573,11 +588,14 @@ class ChildProcess:
             raise ProtocolViolation(
                 f"protocol version {message.version}, supervisor speaks {PROTOCOL_VERSION}"
             )
+        if self.memory is not None and not self.memory.ready():
+            error("child.memory_limit_failed", pid=self.pid, backend=self.kit.enforcer.name,
+                  reason="not in its cgroup when it said hello")
+            self.kill(KillReason.MEMORY_LIMIT_FAILED)
+            return
         self._advance(ChildEvent.HELLO)
         self.setup_us = message.setup_us
         self.setup_faults = message.setup_faults
-        if self.memory is not None:
-            self.memory.ready()
         self.hello.set()
         self.owner.on_ready(self)
 

@@ -26,19 +26,20 @@ from typing import Any, Protocol
 import msgspec
 import trio
 
-from protocol.messages import Exited, FromZygote, Spawn, Spawned, ZygoteReady
+from protocol.messages import Exited, FromZygote, Spawned, ZygoteReady
 from supervisor.log import error, log, warn
 from supervisor.pool.fork_priority import ForkPriority
 from supervisor.pool.plan import PackageSet
 from supervisor.pool.rate import EventRate
 from supervisor.pool.spare_line import SpareLine
-from supervisor.pool.zygote_client import receive_messages
+from supervisor.pool.zygote_client import TakeSlots, receive_messages, send_spawn
 
 
 class PackageOwner(Protocol):
     """What package zygotes report to (the pool)."""
 
-    def on_package_spawned(self, zygote: PackageZygote, pid: int, sock: socket.socket, pidfd: int) -> None: ...
+    def on_package_spawned(self, zygote: PackageZygote, pid: int, sock: socket.socket, pidfd: int,
+                           slot: int) -> None: ...
 
     def on_package_exited(self, pid: int, status: int) -> None: ...
 
@@ -84,12 +85,10 @@ class PackageZygote:
         self.last_used = now
         self.cold_rate.record(now)
 
-    def spawn(self, count: int) -> bool:
+    def spawn(self, count: int, take_slots: TakeSlots) -> bool:
         if self._send_sock is None or not self.alive:
             return False
-        try:
-            self._send_sock.send(self._encoder.encode(Spawn(count, self.address_space)))
-        except OSError:
+        if not send_spawn(self._send_sock, self._encoder, count, self.address_space, take_slots):
             return False
         self.requested += count
         return True
@@ -166,7 +165,8 @@ class PackageZygotes:
                 async for message, fds in receive_messages(sock, self._decoder):
                     if isinstance(message, Spawned) and len(fds) == 2:
                         zygote.requested = max(0, zygote.requested - 1)
-                        self.owner.on_package_spawned(zygote, message.pid, socket.socket(fileno=fds[0]), fds[1])
+                        self.owner.on_package_spawned(zygote, message.pid, socket.socket(fileno=fds[0]), fds[1],
+                                                      message.slot)
                     elif isinstance(message, Exited):
                         self.owner.on_package_exited(message.pid, message.status)
                     elif isinstance(message, ZygoteReady):

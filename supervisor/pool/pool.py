@@ -98,7 +98,7 @@ class PoolObserver(Protocol):
 
     def cold_start(self, seconds: float, failed: bool) -> None: ...
 
-    def spare_ready(self, seconds: float, limits_seconds: float) -> None: ...
+    def spare_ready(self, seconds: float, limits_seconds: float, joined_by: str) -> None: ...
 
     def child_ended(self, reason: str) -> None: ...
 
@@ -150,7 +150,8 @@ class Pool:
                                    self._on_zygote_restart, config.pool.zygote_max_age_s,
                                    config.pool.zygote_max_children, on_ready=self._on_zygote_ready,
                                    bundles_dir=self.bundles.root, packages_dir=self.bundles.packages,
-                                   on_package_zygote=self._on_package_zygote, renice=self._kit.renice)
+                                   on_package_zygote=self._on_package_zygote, renice=self._kit.renice,
+                                   take_slots=self.memory.take_slots)
         #: A zygote per dependency set in use, with the set imported (cold starts without imports).
         self.packages = PackageZygotes(self, self.zygote.start_package_zygote,
                                        self.memory.jail_address_space_mb())
@@ -220,6 +221,7 @@ class Pool:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.packages.attach(nursery)
+                nursery.start_soon(self.memory.keep_slots)
                 await nursery.start(self.zygote.run)
                 self._next_reap = trio.current_time() + REAP_PERIOD_S
                 nursery.start_soon(self._maintain)
@@ -234,16 +236,17 @@ class Pool:
         self.last_invocation_id += 1
         return self.last_invocation_id
 
-    def _on_spawned(self, pid: int, sock: socket.socket, pidfd: int) -> None:
+    def _on_spawned(self, pid: int, sock: socket.socket, pidfd: int, slot: int) -> None:
         self._requested = max(0, self._requested - 1)
-        self._adopt(pid, sock, pidfd, self.zygote.generation, urgent=self._waiting > 0)
+        self._adopt(pid, sock, pidfd, self.zygote.generation, urgent=self._waiting > 0, slot=slot)
 
     def _on_package_zygote(self, key: str, pid: int, sock: socket.socket, pidfd: int, generation: int) -> None:
         self.packages.started(key, pid, sock, pidfd, generation)
 
     # what package zygotes report (supervisor.pool.package_zygotes.PackageOwner)
-    def on_package_spawned(self, zygote: PackageZygote, pid: int, sock: socket.socket, pidfd: int) -> None:
-        child = self._adopt(pid, sock, pidfd, zygote.generation, urgent=zygote.waiting > 0)
+    def on_package_spawned(self, zygote: PackageZygote, pid: int, sock: socket.socket, pidfd: int,
+                           slot: int) -> None:
+        child = self._adopt(pid, sock, pidfd, zygote.generation, urgent=zygote.waiting > 0, slot=slot)
         if child is not None:
             child.package = zygote
         self.zygote.forked()  # the same hash seed as the base zygote's children
@@ -255,7 +258,7 @@ class Pool:
         self._nudge()
 
     def _adopt(self, pid: int, sock: socket.socket, pidfd: int, generation: int,
-               urgent: bool) -> ChildProcess | None:
+               urgent: bool, slot: int = -1) -> ChildProcess | None:
         """A freshly forked child. ``urgent``: a request waits for a spare, so
         its set-up runs at the rushed zygote's :data:`RUSH_NICE`, not the
         refill's nice 10 (in a storm of cold starts, a niced spare starved
@@ -265,7 +268,7 @@ class Pool:
             sock.close()
             os.close(pidfd)
             return None
-        child = ChildProcess(self, pid, sock, pidfd, generation, self._kit)
+        child = ChildProcess(self, pid, sock, pidfd, generation, self._kit, slot)
         if urgent:
             self._kit.renice(pid, RUSH_NICE)
         self.children[pid] = child
@@ -329,7 +332,8 @@ class Pool:
         self.census.ready(child)
         self._count_setup(child.setup_us, child.setup_faults)
         if self.observer is not None:
-            self.observer.spare_ready(loop_clock.CLOCK.get()() - child.adopted_at, child.limits_s)
+            self.observer.spare_ready(loop_clock.CLOCK.get()() - child.adopted_at, child.limits_s,
+                                      child.memory.joined_by if child.memory is not None else "")
         if child.generation != self.zygote.generation:
             child.kill(KillReason.ZYGOTE_REPLACED)  # an old seed never reaches a new tenant
             return
@@ -533,7 +537,7 @@ class Pool:
             log("package_zygote.evicted", set=key, memory_kb=zygote.memory // 1024)
             zygote.end()
         for key, count in decided.fork:
-            self.packages.zygotes[key].spawn(count)
+            self.packages.zygotes[key].spawn(count, self.memory.take_slots)
         return decided.wake_at
 
     def _view(self, now: float, reap: bool) -> PoolView:

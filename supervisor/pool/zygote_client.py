@@ -57,6 +57,7 @@ from protocol.messages import (
     StartPackageZygote,
     ZygoteReady,
 )
+from supervisor.limits.cgroup_slots import NO_SLOTS, SlotBatch
 from supervisor.log import error, log, warn
 from supervisor.pool.fork_priority import ZYGOTE_NICE
 
@@ -67,7 +68,10 @@ from supervisor.pool.fork_priority import ZYGOTE_NICE
 SUCCESSOR_LEAD_CHILDREN = 200
 SUCCESSOR_LEAD_S = 30.0
 
-SpawnedCallback = Callable[[int, socket.socket, int], None]
+#: ``(pid, channel, pidfd, cgroup slot or -1)`` of a new child.
+SpawnedCallback = Callable[[int, socket.socket, int, int], None]
+#: Cgroup slots for a Spawn's ``count`` children (Enforcer.take_slots).
+TakeSlots = Callable[[int], SlotBatch]
 #: ``(key, pid, control socket, pidfd, generation)`` of a new package zygote.
 PackageZygoteCallback = Callable[[str, int, socket.socket, int, int], None]
 ExitedCallback = Callable[[int, int], None]
@@ -81,7 +85,8 @@ class ZygoteClient:
                  max_children: int = 1000, on_ready: Callable[[], None] | None = None,
                  bundles_dir: str = "", packages_dir: str = "",
                  on_package_zygote: PackageZygoteCallback | None = None,
-                 renice: Callable[[int, int], None] = lambda pid, nice: None) -> None:
+                 renice: Callable[[int, int], None] = lambda pid, nice: None,
+                 take_slots: TakeSlots = lambda count: NO_SLOTS) -> None:
         #: Children's RLIMIT_AS above the zygote's mapping (see memory_limits).
         self.address_space_mb = address_space_mb
         self.max_age_s = max_age_s
@@ -93,6 +98,8 @@ class ZygoteClient:
         self._on_package_zygote = on_package_zygote
         #: Sets a process's nice (the pool's Renicer: CAP_SYS_NICE may be missing).
         self._renice = renice
+        #: Cgroup slots for the children a Spawn asks for (the memory backend's).
+        self._take_slots = take_slots
         self._forked = 0  # children of this generation, package zygotes' included
         self._asked = 0  # children requested of the current zygote
         self._life: trio.CancelScope | None = None
@@ -122,9 +129,7 @@ class ZygoteClient:
         count = min(count, self.max_children - self._asked)
         if self._sock is None or count <= 0:
             return False
-        try:
-            self._sock.send(self._encoder.encode(Spawn(count)))
-        except (BlockingIOError, OSError):
+        if not send_spawn(self._sock, self._encoder, count, 0, self._take_slots):
             return False
         self._asked += count
         return True
@@ -336,7 +341,7 @@ class ZygoteClient:
                         error("zygote.bad_spawn", pid=message.pid, fds=len(fds))
                         continue
                     channel = socket.socket(fileno=fds[0])
-                    self._on_spawned(message.pid, channel, fds[1])
+                    self._on_spawned(message.pid, channel, fds[1], message.slot)
                     self.forked()
                 elif isinstance(message, PackageZygoteStarted):
                     if len(fds) != 2 or self._on_package_zygote is None:
@@ -419,6 +424,24 @@ async def receive_frame(sock: trio.socket.SocketType) -> tuple[bytes, list[int]]
             os.close(fd)
         return None
     return data, list(fds)
+
+
+def send_spawn(sock: socket.socket, encoder: msgspec.msgpack.Encoder, count: int,
+               address_space: int, take_slots: TakeSlots) -> bool:
+    """Ask a zygote for ``count`` children, with the cgroup slots there are
+    for them (their join files as SCM_RIGHTS); False if it could not be sent."""
+    slots = take_slots(count)
+    payload = encoder.encode(Spawn(count, address_space, slots.numbers))
+    try:
+        if slots.fds:
+            sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", slots.fds))])
+        else:
+            sock.send(payload)
+    except OSError:
+        slots.unsent()
+        return False
+    slots.sent()
+    return True
 
 
 async def receive_messages(sock: trio.socket.SocketType, decoder: msgspec.msgpack.Decoder
