@@ -343,7 +343,7 @@ class Zygote:
                     if command is _GONE:
                         return
                 else:
-                    _close_slots([(0, fd) for fd in fds])
+                    _close_fds(fds)
                 if isinstance(command, StartPackageZygote):
                     self.start_package_zygote(command)
 
@@ -381,7 +381,7 @@ class Zygote:
                 return count, slots, _GONE
             command = self.decoder.decode(packet)
             if not isinstance(command, Spawn):
-                _close_slots([(0, fd) for fd in fds])
+                _close_fds(fds)
                 return count, slots, command
             if command.address_space > 0:
                 self.address_space = command.address_space
@@ -392,12 +392,16 @@ class Zygote:
 def _pair_slots(spawn: Spawn, fds: list[int]) -> list[tuple[int, int]]:
     """A Spawn's slot numbers with the fds that came with it; any extra closed."""
     paired = list(zip(spawn.slots, fds, strict=False))[: max(0, spawn.count)]
-    _close_slots([(0, fd) for fd in fds[len(paired):]])
+    _close_fds(fds[len(paired):])
     return paired
 
 
 def _close_slots(slots: list[tuple[int, int]]) -> None:
-    for _number, fd in slots:
+    _close_fds([fd for _number, fd in slots])
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
         try:
             os.close(fd)
         except OSError:
