@@ -524,12 +524,11 @@ class Cgroup1Enforcer(CgroupEnforcer):
     name = "cgroup1"
     version = 1
 
-    def __init__(self, pool_mb: int, parent: str, self_join: bool = True) -> None:
+    def __init__(self, pool_mb: int, parent: str) -> None:
         super().__init__(pool_mb, parent)
         self.memsw = os.path.exists(os.path.join(parent, "memory.memsw.limit_in_bytes"))
-        if self_join:  # a thread moves itself through v1's ``tasks`` (see cgroup_slots)
-            self.slots = CgroupSlots(parent, "tasks", lambda path: _Cgroup1Child(0, path, self.memsw),
-                                     pool_mb)
+        # A thread moves itself through v1's ``tasks`` (see cgroup_slots).
+        self.slots = CgroupSlots(parent, "tasks", lambda path: _Cgroup1Child(0, path, self.memsw), pool_mb)
 
     def _child(self, pid: int, path: str) -> _CgroupChild:
         return _Cgroup1Child(pid, path, self.memsw)
