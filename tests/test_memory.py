@@ -416,7 +416,23 @@ def test_no_cgroup_outlives_its_child_or_the_server(tmp_path: Path) -> None:
     assert not parent.exists(), f"{parent} left behind: {list(parent.iterdir())}"
 
 
-def test_a_cgroup_still_busy_when_its_child_ended_goes_without_a_zygote_reap(tmp_path: Path) -> None:
+@pytest.fixture
+def v1_parent():
+    """A fresh directory in our own v1 memory cgroup, as a supervisor's ``corral-PID``."""
+    own = cgroup_of(os.getpid())
+    root = Path("/sys/fs/cgroup/memory")
+    if own is None or not (root / "memory.limit_in_bytes").exists():
+        pytest.skip("no cgroup v1 memory hierarchy on this host")
+    parent = root / own.lstrip("/") / f"corral-test-{os.getpid()}"
+    parent.mkdir()
+    yield parent
+    if parent.exists():
+        for leftover in [*parent.glob("child-*"), *parent.glob("slot-*")]:
+            leftover.rmdir()
+        parent.rmdir()
+
+
+def test_a_cgroup_still_busy_when_its_child_ended_goes_without_a_zygote_reap(v1_parent: Path) -> None:
     """A child's cgroup is removed when its channel closes; if its process has
     not left the cgroup yet, the removal waits for the zygote's report that
     it reaped it. A child that outlived its zygote (rotated away with spares
@@ -426,12 +442,7 @@ def test_a_cgroup_still_busy_when_its_child_ended_goes_without_a_zygote_reap(tmp
 
     Real v1 memory cgroups: a process of ours in a child cgroup, forgotten
     while it still runs, then killed and reaped here, as init would."""
-    own = cgroup_of(os.getpid())
-    root = Path("/sys/fs/cgroup/memory")
-    if own is None or not (root / "memory.limit_in_bytes").exists():
-        pytest.skip("no cgroup v1 memory hierarchy on this host")
-    parent = root / own.lstrip("/") / f"corral-test-{os.getpid()}"
-    parent.mkdir()
+    parent = v1_parent
     enforcer = ml.Cgroup1Enforcer(64, str(parent))
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
@@ -449,23 +460,15 @@ def test_a_cgroup_still_busy_when_its_child_ended_goes_without_a_zygote_reap(tmp
     finally:
         sleeper.kill()
         sleeper.wait()
-        for leftover in parent.glob("child-*"):
-            leftover.rmdir()
-        parent.rmdir()
 
 
-def test_a_process_that_skips_its_slot_is_caught_and_slots_stop(tmp_path: Path) -> None:
+def test_a_process_that_skips_its_slot_is_caught_and_slots_stop(v1_parent: Path) -> None:
     """Real v1 cgroups, real processes: one writes ``0`` to the join file it
     was handed and sits in its slot, renamed child-PID, at the slot's limit;
     one that was handed a slot and did not join is found out at its Hello
     (ready() is False: it must go), slots stop for good, the reserve goes,
     and at close no slot is left."""
-    own = cgroup_of(os.getpid())
-    root = Path("/sys/fs/cgroup/memory")
-    if own is None or not (root / "memory.limit_in_bytes").exists():
-        pytest.skip("no cgroup v1 memory hierarchy on this host")
-    parent = root / own.lstrip("/") / f"corral-test-{os.getpid()}"
-    parent.mkdir()
+    parent = v1_parent
     enforcer = ml.Cgroup1Enforcer(64, str(parent))
     assert enforcer.slots is not None
     processes = []
