@@ -104,9 +104,8 @@ NO_SLOTS = SlotBatch(None, [])
 class CgroupSlots:
     """The reserve, and the slots handed out whose child did not come yet.
 
-    :meth:`fill` runs in a worker thread, :meth:`take` and :meth:`claim` on
-    the event loop or in the threads children's limits are opened in: the
-    lock keeps the two tables consistent between them.
+    :meth:`fill` runs in a worker thread, everything else on the event loop:
+    the lock keeps the reserve consistent between them.
     """
 
     def __init__(self, parent: str, join_file: str, make: Callable[[str], SlotChild],
