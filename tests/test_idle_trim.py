@@ -293,6 +293,39 @@ class _IdleChild:
         self.sent.append(message)
 
 
+def test_a_give_back_that_fails_is_logged_and_the_next_child_still_asked(caplog) -> None:
+    """The trimmer is a task of the pool's nursery: an exception escaping it
+    would end the supervisor. A failing page read (here: a bug, not an
+    OSError) is logged with the child's pid, and the next ask is served."""
+    import trio
+
+    from supervisor.pool.idle_trim import IdleTrimmer
+
+    def read_pages(pid: int) -> bytes:
+        if pid == 101:
+            raise ValueError("a broken page map")
+        return b"\0" * 8
+
+    children = [_IdleChild(pid) for pid in (101, 102)]
+
+    async def main() -> None:
+        trimmer = IdleTrimmer(read_pages=read_pages)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trimmer.run)
+            for child in children:
+                trimmer.ask(child)
+            with trio.fail_after(10):  # page lists are read in a worker thread
+                while not children[1].sent:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert children[0].sent == [] and len(children[1].sent) == 1
+    [failed] = [r for r in caplog.records if r.getMessage() == "idle_trim.failed"]
+    assert failed.levelname == "ERROR" and failed.fields["pid"] == 101  # type: ignore[attr-defined]
+    assert "a broken page map" in str(failed.exc_info[1])
+
+
 def test_asks_queued_before_cold_starts_got_busy_are_dropped_not_sent() -> None:
     """The trimmer re-checks that cold starts are calm before each child: a
     queue filled before a storm must not spend the storm's CPU. A dropped ask

@@ -26,6 +26,7 @@ import trio
 
 from protocol.messages import Trim
 from protocol.pages import EXCLUSIVE, PAGE, PRESENT, flagged_runs, private_writable_regions
+from supervisor.log import error
 
 #: Pending trims beyond this are dropped: the next idle period asks again.
 QUEUE = 4096
@@ -97,15 +98,25 @@ class IdleTrimmer:
         self._pending.add(child.pid)
 
     async def run(self) -> None:
+        """Ask each child handed in, one at a time, for as long as the pool runs.
+        A give-back is an optimisation: one that fails is logged and skipped,
+        and the task, which lives in the pool's nursery, goes on (an exception
+        escaping it would end the supervisor)."""
         async for child in self._receive:
             self._pending.discard(child.pid)
-            used = child.last_used
-            if not (child.alive and child.idle and self._calm()):
-                continue
-            pages = await trio.to_thread.run_sync(self._read_pages, child.pid)
-            if not (child.alive and child.idle and child.last_used == used):
-                continue  # it served meanwhile: the next idle period asks again
-            child.reshared_at = used
-            if pages:
-                child.send(Trim(pages))
-                self.sent += 1
+            try:
+                await self._trim(child)
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                error("idle_trim.failed", exc_info=exc, pid=child.pid)
+
+    async def _trim(self, child: Trimmable) -> None:
+        used = child.last_used
+        if not (child.alive and child.idle and self._calm()):
+            return
+        pages = await trio.to_thread.run_sync(self._read_pages, child.pid)
+        if not (child.alive and child.idle and child.last_used == used):
+            return  # it served meanwhile: the next idle period asks again
+        child.reshared_at = used
+        if pages:
+            child.send(Trim(pages))
+            self.sent += 1
