@@ -376,7 +376,8 @@ def test_corral_deploy_sends_a_folders_dependencies(c: Corral, tmp_path) -> None
 
 def test_cold_starts_come_from_the_sets_package_zygote(c: Corral) -> None:
     """After a deploy the set's package zygote is up (validation started it);
-    cold starts are its children, with the set imported before the script ran."""
+    cold starts are its children, with the set imported before the script ran,
+    and they joined their memory cgroups themselves (cgroup v1)."""
     from tests.harness import _children_of
 
     source = worker('''
@@ -386,7 +387,8 @@ def test_cold_starts_come_from_the_sets_package_zygote(c: Corral) -> None:
         class Default(WorkerEntrypoint):
             async def fetch(self, request):
                 import itsdangerous
-                return Response.json({"ppid": os.getppid(), "preloaded": preloaded, "v": %d})
+                return Response.json({"ppid": os.getppid(), "pid": os.getpid(), "preloaded": preloaded,
+                                      "v": %d})
     ''')
     ready = lambda: c.log_path.read_text().count('"package_zygote.ready"')  # noqa: E731
     before = ready()
@@ -399,6 +401,14 @@ def test_cold_starts_come_from_the_sets_package_zygote(c: Corral) -> None:
     deploy(c, "viazygote", source % 2, ["itsdangerous==2.2.0"])  # new code, the same set
     second = wait_for(lambda: call(c, "viazygote")["v"] == 2) and call(c, "viazygote")
     assert second["ppid"] == first["ppid"] and second["preloaded"], "one package zygote per set"
+    # Its children join their memory cgroups themselves, as the base zygote's do.
+    from tests.test_memory import backend, cgroup_of
+
+    if backend(c)["backend"] == "cgroup1":
+        assert (cgroup_of(second["pid"]) or "").endswith(f"/child-{second['pid']}"), cgroup_of(second["pid"])
+        metrics = c.admin("GET", "/metrics").text
+        assert 'corral_children_cgroup_joins_total{by="itself"}' in metrics
+        assert 'corral_children_cgroup_joins_total{by="supervisor"}' not in metrics, "a child was joined the slow way"
 
 
 def test_a_rotation_starts_the_package_zygotes_in_use_again_at_once(tmp_path) -> None:
