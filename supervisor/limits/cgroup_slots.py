@@ -47,8 +47,6 @@ RESERVE = 32
 #: A slot handed to a zygote whose child never came (the zygote died or was
 #: rotated away first) is removed after this long.
 LOST_AFTER_S = 60.0
-#: How long shutdown waits for a killed, unannounced child to leave its slot.
-DRAIN_S = 1.0
 
 
 class SlotChild(Protocol):
@@ -243,18 +241,14 @@ class CgroupSlots:
             slot.fd = -1
             _removed(slot)
 
-    def close(self) -> None:
-        """At shutdown, after every child was killed: every slot goes."""
+    def close(self) -> list[SlotChild]:
+        """At shutdown: the reserve goes; the slots still handed out are the
+        caller's to empty and remove, with its children's cgroups."""
         self.close_ready()
         with self._lock:
-            handed = list(self._handed.values())
+            handed = [slot.child for slot in self._handed.values()]
             self._handed.clear()
-        for slot in handed:
-            if not _removed(slot):
-                slot.child.kill_all()
-                deadline = time.monotonic() + DRAIN_S
-                while not _removed(slot) and time.monotonic() < deadline:
-                    time.sleep(0.01)
+        return handed
 
 
 def _removed(slot: _Slot) -> bool:

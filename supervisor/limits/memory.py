@@ -424,15 +424,15 @@ class CgroupEnforcer(Enforcer):
 
     def close(self) -> None:
         """Kill whatever is left in our cgroups, wait for them to empty, remove them."""
-        if self.slots is not None:
-            self.slots.close()
-        leftovers = {**self._pending, **self.live}
+        # Slots handed out whose child never came drain with the children's cgroups (pid 0: none known).
+        lost = self.slots.close() if self.slots is not None else []
+        leftovers = [*self._pending.items(), *self.live.items(), *((0, slot) for slot in lost)]
         self._pending.clear()
         self.live.clear()
-        for child in leftovers.values():
+        for _pid, child in leftovers:
             child.kill_all()  # type: ignore[attr-defined]
         deadline = time.monotonic() + DRAIN_S
-        for pid, child in leftovers.items():
+        for pid, child in leftovers:
             while True:
                 try:
                     if child.release():

@@ -31,8 +31,8 @@ successor was late (a zygote's start took 1.8 s in a storm of cold starts
 here, not 0.6 s, i.e. ~450 forks): forking then goes on until it is up,
 rather than every waiting request stalling for it (storm p99 250-360 ms
 against ~80, measured with a late successor). Children keep their seed
-while they serve. A zygote per dispatch namespace would separate namespaces fully,
-but costs a zygote's private memory and start-up (a second or so of CPU)
+while they serve. A zygote per dispatch namespace would separate
+namespaces fully, but costs a zygote's private memory and start-up (a second or so of CPU)
 per namespace, plus a spare pool per namespace, on hosts with thousands of
 namespaces; it is not done.
 """
