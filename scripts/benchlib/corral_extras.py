@@ -60,7 +60,9 @@ def schedstat_ns(pid: int) -> int | None:
 
 class CpuWatch:
     """Polls /proc/PID/schedstat every ~0.2 ms from a thread until the process
-    is gone (reaped), keeping the last value read.
+    is gone (reaped), keeping the last value read. With a budget, polling
+    starts 2 ms before the budget can have been spent: it would otherwise
+    stretch the wall time it measures.
 
     The polling thread asks for SCHED_FIFO (it sleeps 0.2 ms between reads, so
     it cannot hog a core): on 2 busy cores a normal thread can be kept off the
@@ -98,6 +100,13 @@ class CpuWatch:
         except (OSError, AttributeError):
             pass
         end = time.monotonic() + self._max_s
+        if self.budget_ns is not None:
+            # A single-threaded child cannot spend its budget in less wall time
+            # than the budget itself: sleep through most of it. Sampling all
+            # along preempted the spinning child every ~0.25 ms (this thread is
+            # SCHED_FIFO, and a perf read of a running task interrupts its CPU),
+            # which stretched the very wall time measured by ~20-50%.
+            time.sleep(max(0.0, self.budget_ns / 1e9 - 0.002))
         prev = time.perf_counter()
         while not self._stop.is_set() and time.monotonic() < end:
             v = schedstat_ns(self.pid)

@@ -346,8 +346,8 @@ def _render_extras(x: dict, args: dict) -> list[str]:
                    "client ms is the bench's own round trip.")
         out.append("    perf overshoot = the child's perf task-clock count at its end - budget (exact, "
                    "exit included). reported after = from that count crossing the budget (sampled "
-                   "every ~0.2 ms) to the dispatcher holding exceededCpu (both CLOCK_MONOTONIC): "
-                   "kill, reap and report.")
+                   "every ~0.2 ms from 2 ms before the budget) to the dispatcher holding "
+                   "exceededCpu (both CLOCK_MONOTONIC): kill, reap and report.")
         out.append(f"    sampler: {'SCHED_FIFO' if rt else 'normal-priority (SCHED_FIFO refused)'} "
                    f"thread; at most {_ms(gap)} ms between the last sample and the process being "
                    f"gone (the most CPU that can have gone unseen).")
