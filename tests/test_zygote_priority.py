@@ -5,19 +5,24 @@ for, and a storm of first requests queued behind it; it is raised above the
 tenants (RUSH_NICE) while a request waits. A real ``corral serve`` with no
 spares kept: every cold start waits for a fork. The test stops the zygote
 (SIGSTOP) so that the wait lasts until it looks, then lets it go.
+
+A zygote started ahead of its rotation starts on idle CPU only (SCHED_IDLE),
+and forks under the normal policy once it is the one that forks.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from supervisor.pool.fork_priority import RUSH_NICE
+from supervisor.pool.child_process import Renicer
+from supervisor.pool.fork_priority import IDLE_ONLY, RUSH_NICE
 from tests.harness import Corral
 
 HELLO = r'''
@@ -98,3 +103,77 @@ def test_a_zygote_that_replaces_a_rushed_one_is_rushed_for_the_requests_still_wa
         second = server.zygote()
         assert second and second != first
         _wait_for(lambda: _nice(second) == 10, "the replacement back at nice 10")
+
+
+def test_idle_only_puts_a_process_under_sched_idle_and_a_nice_ends_it() -> None:
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        renice = Renicer()
+        renice(proc.pid, IDLE_ONLY)
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
+        renice(proc.pid, 10)
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_OTHER, "a nice must end SCHED_IDLE"
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 10
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_successor_starts_on_idle_cpu_and_forks_under_the_normal_policy(tmp_path) -> None:
+    """Zygotes rotate every 4 children; every zygote the server starts is
+    watched as it comes: the ones started ahead ran under SCHED_IDLE, and
+    the zygote that forks, and what it forked, do not."""
+    server = Corral(tmp_path / "state", config="[pool]\nspares = 1\nzygote_max_children = 4\n").start()
+    policies: dict[int, set[int]] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for pid in _children_of_server(server):
+                try:
+                    policies.setdefault(pid, set()).add(os.sched_getscheduler(pid))
+                except OSError:
+                    pass
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for i in range(10):
+            server.deploy(f"t{i}", HELLO, namespace=None)
+            server.route(f"t{i}.localhost/*", f"t{i}")
+            resp = server.request("/", host=f"t{i}.localhost")
+            assert resp.status == 200, (resp, server.log()[-2000:])
+        _wait_for(lambda: any(os.SCHED_IDLE in seen for seen in policies.values()),
+                  "a zygote started ahead of its rotation, under SCHED_IDLE")
+        current = server.zygote()
+        assert current
+        assert os.SCHED_IDLE in policies.get(current, set()), "the forking zygote was not started ahead"
+        _wait_for(lambda: os.sched_getscheduler(current) == os.SCHED_OTHER,
+                  "the forking zygote under the normal policy")
+        _wait_for(lambda: bool(server.children()), "a child of the forking zygote")
+        children = server.children()
+        assert all(os.sched_getscheduler(pid) == os.SCHED_OTHER for pid in children), \
+            "children inherited SCHED_IDLE from their zygote"
+        assert "zygote.rotated" in server.log()
+    finally:
+        stop.set()
+        watcher.join()
+        server.stop()
+
+
+def _children_of_server(server: Corral) -> list[int]:
+    """The server's zygotes: its direct children running sandbox.zygote."""
+    parent = server.proc.pid  # type: ignore[union-attr]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"sandbox.zygote" in cmdline:
+            found.append(int(entry.name))
+    return found

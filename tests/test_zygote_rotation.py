@@ -9,10 +9,14 @@ real rotation, over real zygotes, is tests/test_hash_seed.py's.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+
 import trio
 import trio.testing
 
-from supervisor.pool.zygote_client import ZygoteClient
+from supervisor.pool.fork_priority import ZYGOTE_NICE
+from supervisor.pool.zygote_client import ZygoteClient, _Launched
 
 
 def _client(max_children: int) -> ZygoteClient:
@@ -94,3 +98,33 @@ def test_spawns_are_capped_at_the_limit_in_force() -> None:
     client._successor_done.set()
     assert not client.spawn(1), "successor up: nothing past the count"
     assert len(sent) == 1
+
+
+def test_a_successor_taken_over_leaves_idle_cpu_before_it_forks() -> None:
+    """Started under SCHED_IDLE (fork_priority.IDLE_ONLY), a successor is given
+    the zygotes' nice as it becomes the one that forks: its children would
+    inherit the idle policy otherwise. Here with a real process standing in."""
+    calls: list[tuple[int, int]] = []
+    client = ZygoteClient(0, lambda *a: None, lambda *a: None, lambda: None, max_children=10,
+                          renice=lambda pid, nice: calls.append((pid, nice)))
+    stand_in = subprocess.Popen(["sleep", "60"])
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    async def main() -> None:
+        async def start(successor: int = 0) -> _Launched:
+            return _Launched(stand_in, ours)
+
+        client._start = start  # type: ignore[method-assign]
+        client._successor_done = trio.Event()
+        await client._start_successor(client.generation + 1)
+        taken = await client._take_successor()
+        assert taken is not None and taken.process is stand_in
+        assert calls == [(stand_in.pid, ZYGOTE_NICE)], calls
+
+    try:
+        trio.run(main)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        ours.close()
+        theirs.close()

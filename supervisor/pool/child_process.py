@@ -68,6 +68,7 @@ from supervisor.limits.memory import ChildMemory, Enforcer
 from supervisor.log import error, log, warn
 from supervisor.model import ScriptRecord
 from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation
+from supervisor.pool.fork_priority import IDLE_ONLY
 from supervisor.pool.invocation import Invocation, WallLimitedBody
 
 RECV_SIZE = 256 * 1024
@@ -216,15 +217,25 @@ class Renicer:
     is logged and the attempt is not repeated (per pool, not per process).
     """
 
-    __slots__ = ("allowed",)
+    __slots__ = ("allowed", "_idle")
 
     def __init__(self) -> None:
         self.allowed = True
+        #: Processes put under SCHED_IDLE (``IDLE_ONLY``), until their next nice.
+        self._idle: set[int] = set()
 
     def __call__(self, pid: int, nice: int = 0) -> None:
         if not self.allowed or pid <= 0:
             return
         try:
+            if nice == IDLE_ONLY:
+                os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+                self._idle.add(pid)
+                return
+            if pid in self._idle:
+                # A nice does not end SCHED_IDLE: the policy must change back.
+                self._idle.discard(pid)
+                os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
             os.setpriority(os.PRIO_PROCESS, pid, nice)
         except PermissionError:
             self.allowed = False

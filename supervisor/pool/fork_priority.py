@@ -27,6 +27,11 @@ from collections.abc import Callable
 
 #: The nice a zygote sets itself, and returns to once nobody waits for it.
 ZYGOTE_NICE = 10
+#: Not a nice: the process runs under ``SCHED_IDLE``, on CPU nobody else
+#: wants (``child_process.Renicer``; any nice given later ends it). A zygote
+#: started ahead of its rotation starts so (``zygote_client``): at nice 10 it
+#: still took ~13% of the CPU of a storm of cold starts it fell into.
+IDLE_ONLY = 20
 #: The nice of a zygote while a request waits for its fork, and of the spares
 #: it forks meanwhile until they are assigned a script (needs CAP_SYS_NICE;
 #: without it they stay where they are, see ``child_process.Renicer``).

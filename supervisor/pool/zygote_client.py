@@ -63,7 +63,7 @@ from protocol.messages import (
 )
 from supervisor.limits.cgroup_slots import NO_SLOTS, SlotBatch
 from supervisor.log import error, log, warn
-from supervisor.pool.fork_priority import ZYGOTE_NICE
+from supervisor.pool.fork_priority import IDLE_ONLY, ZYGOTE_NICE
 
 #: The next zygote is started this many forks before the current one's last
 #: (at most a fifth of them) or this long before its age is up, so that it is
@@ -71,6 +71,9 @@ from supervisor.pool.fork_priority import ZYGOTE_NICE
 #: a zygote takes ~0.3 s to start.
 SUCCESSOR_LEAD_CHILDREN = 200
 SUCCESSOR_LEAD_S = 30.0
+#: A successor starts on idle CPU only (``IDLE_ONLY``); still starting after
+#: this long (a host busy for that long), it gets the zygotes' nice 10 share.
+SUCCESSOR_IDLE_S = 3.0
 
 #: ``(pid, channel, pidfd, cgroup slot or -1)`` of a new child.
 SpawnedCallback = Callable[[int, socket.socket, int, int], None]
@@ -240,11 +243,15 @@ class ZygoteClient:
 
     async def _start_successor(self, generation: int) -> None:
         done = self._successor_done
+        share_cpu = trio.CancelScope()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._share_cpu_after, SUCCESSOR_IDLE_S, share_cpu)
         try:
             self._successor = await self._start(successor=generation)
         except OSError as exc:
             error("zygote.failed", reason=str(exc), generation=generation)
         finally:
+            share_cpu.cancel()
             if done is not None:
                 done.set()
         if self._forked >= self.max_children and self._life is not None and self.generation < generation:
@@ -252,6 +259,14 @@ class ZygoteClient:
         if self._successor is not None and self.generation < generation:
             # Up before the generation it follows ended: it waits for the swap.
             log("zygote.standby", pid=self._successor.pid, generation=generation)
+
+    async def _share_cpu_after(self, seconds: float, scope: trio.CancelScope) -> None:
+        """A successor that idle CPU did not bring up in ``seconds`` gets nice
+        10 (the forking zygote meanwhile forks on, up to twice its count)."""
+        with scope:
+            await trio.sleep(seconds)
+            if self._successor_pid:
+                self._renice(self._successor_pid, ZYGOTE_NICE)
 
     async def _successor_by_age(self, at: float, scope: trio.CancelScope) -> None:
         with scope:
@@ -270,6 +285,9 @@ class ZygoteClient:
         if zygote is not None and zygote.process.poll() is not None:
             self._bury_later(zygote)  # it died while it stood by
             return None
+        if zygote is not None:
+            # It may still be idle-only: its children would inherit that.
+            self._renice(zygote.process.pid, ZYGOTE_NICE)
         return zygote
 
     # -- one zygote's life -----------------------------------------------------------
@@ -303,9 +321,10 @@ class ZygoteClient:
         zygote = _Launched(process, ours)
         if successor:
             # Not needed yet: its start (imports, rehearsals: ~0.3 s of CPU)
-            # must not take a core from the cold starts in flight.
+            # must not take a core from the cold starts in flight, not even
+            # nice 10's share (see fork_priority.IDLE_ONLY).
             self._successor_pid = process.pid
-            self._renice(process.pid, ZYGOTE_NICE)
+            self._renice(process.pid, IDLE_ONLY)
             log("zygote.preparing", pid=process.pid, generation=successor)
         try:
             while True:
