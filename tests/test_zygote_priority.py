@@ -13,17 +13,21 @@ and forks under the normal policy once it is the one that forks.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from supervisor.pool.child_process import Renicer
 from supervisor.pool.fork_priority import IDLE_ONLY, RUSH_NICE
-from tests.harness import Corral
+from tests.harness import REPO, Corral
 
 HELLO = r'''
 from workers import Response, WorkerEntrypoint
@@ -177,3 +181,37 @@ def _children_of_server(server: Corral) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"sandbox.zygote" in cmdline:
             found.append(int(entry.name))
     return found
+
+
+_WITHOUT_CAP = r"""
+import os, subprocess
+from supervisor.pool.child_process import Renicer
+from supervisor.pool.fork_priority import IDLE_ONLY
+
+def trial(renice):
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        renice(proc.pid, IDLE_ONLY)
+        renice(proc.pid, 0)
+        return os.sched_getscheduler(proc.pid), os.getpriority(os.PRIO_PROCESS, proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+print(*trial(Renicer()), *trial(Renicer(can_idle=True)))
+"""
+
+
+def test_without_cap_sys_nice_idle_only_is_nice_10_not_a_policy_it_could_not_leave() -> None:
+    """Without CAP_SYS_NICE the kernel lets a process into SCHED_IDLE but not
+    out of it: the Renicer must then not use it at all (a successor zygote
+    stuck there would hand it to every tenant it forks)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop CAP_SYS_NICE")
+    out = subprocess.run(["setpriv", "--bounding-set", "-sys_nice", sys.executable, "-c", _WITHOUT_CAP],
+                         capture_output=True, text=True, cwd=str(REPO), timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    policy, nice, forced_policy, _ = (int(x) for x in out.stdout.split())
+    assert forced_policy == os.SCHED_IDLE, "premise: without the capability SCHED_IDLE cannot be left"
+    assert (policy, nice) == (os.SCHED_OTHER, 10), "IDLE_ONLY must fall back to nice 10 without CAP_SYS_NICE"

@@ -262,7 +262,8 @@ def vm_size(pid: int) -> int:
         return 0
 
 
-def _has_cap(bit: int) -> bool:
+def has_cap(bit: int) -> bool:
+    """Whether this process holds capability ``bit`` (its effective set)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -281,7 +282,7 @@ def prlimit_possible() -> tuple[bool, bool, str]:
     supervisor's children run under uids of their own, so it needs the
     capability; a non-root supervisor's children keep its uid.
     """
-    if _has_cap(_CAP_SYS_RESOURCE):
+    if has_cap(_CAP_SYS_RESOURCE):
         return True, True, "CAP_SYS_RESOURCE held"
     if os.geteuid() != 0:
         return True, False, "children share the supervisor's uid (no CAP_SYS_RESOURCE)"

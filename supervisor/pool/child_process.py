@@ -64,14 +64,15 @@ from supervisor.lifecycle import (
 from supervisor.limits.budget_watch import BudgetWatch
 from supervisor.limits.cpu_account import CpuAccount
 from supervisor.limits.cpu_meter import CpuMeter, MeterFactory
-from supervisor.limits.memory import ChildMemory, Enforcer
+from supervisor.limits.memory import ChildMemory, Enforcer, has_cap
 from supervisor.log import error, log, warn
 from supervisor.model import ScriptRecord
 from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation
-from supervisor.pool.fork_priority import IDLE_ONLY
+from supervisor.pool.fork_priority import IDLE_ONLY, ZYGOTE_NICE
 from supervisor.pool.invocation import Invocation, WallLimitedBody
 
 RECV_SIZE = 256 * 1024
+_CAP_SYS_NICE = 23
 
 #: The one receive buffer of every child's reader. A reader never awaits
 #: between ``recv_into`` and the end of handling what it read (the decoder
@@ -215,18 +216,24 @@ class Renicer:
     Needs CAP_SYS_NICE; without it, tenants simply keep running at nice 10,
     below the supervisor, which is a safe place for them. The first refusal
     is logged and the attempt is not repeated (per pool, not per process).
+    ``IDLE_ONLY`` is taken for nice 10 without it too: the kernel lets a
+    process leave SCHED_IDLE only with the capability (or RLIMIT_NICE), and
+    a zygote stuck there would hand the policy to every tenant it forks.
     """
 
-    __slots__ = ("allowed", "_idle")
+    __slots__ = ("allowed", "_idle", "_can_idle")
 
-    def __init__(self) -> None:
+    def __init__(self, can_idle: bool | None = None) -> None:
         self.allowed = True
         #: Processes put under SCHED_IDLE (``IDLE_ONLY``), until their next nice.
         self._idle: set[int] = set()
+        self._can_idle = has_cap(_CAP_SYS_NICE) if can_idle is None else can_idle
 
     def __call__(self, pid: int, nice: int = 0) -> None:
         if not self.allowed or pid <= 0:
             return
+        if nice == IDLE_ONLY and not self._can_idle:
+            nice = ZYGOTE_NICE
         try:
             if nice == IDLE_ONLY:
                 os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
