@@ -204,7 +204,8 @@ class _PoolCollector(Collector):
                                   "with their loop turn's others (see SendBatch).",
                                   value=snap.get("frames_batched", 0))
         yield CounterMetricFamily("corral_child_batch_writes", "Socket writes that carried "
-                                  "them: one per child per loop turn.", value=snap.get("batch_writes", 0))
+                                  "them: one per child per loop turn, or per 4 frames.",
+                                  value=snap.get("batch_writes", 0))
         http = self._http()
         yield CounterMetricFamily("corral_http_requests", "HTTP requests received at the edge.",
                                   value=http.get("requests", 0))
