@@ -77,8 +77,11 @@ RECV_SIZE = 256 * 1024
 #: for a few milliseconds; the dispatcher then got 20-27 frames per write at
 #: the end of the turn, and sat idle until it came, while the supervisor sat
 #: idle as the dispatcher worked through them: with 32 connections on one
-#: tenant, req/s rose 14-46% with this bound (interleaved on one server; 2
-#: tenants +3-4%, 300 tenants -9% to -1%, within noise). 8 gained less.
+#: tenant, req/s rose 14-46% with this bound (toggled on one server between
+#: interleaved runs; 2 tenants +3-4%). At 300 tenants, where the box is
+#: CPU-bound, the children's CPU per request can rise with the extra
+#: wake-ups; req/s moved -9% to +1% with 4 and +1% to +5% with 8, within
+#: this box's noise; 8 gained less at 1 tenant in one of two runs.
 BATCH_MAX_FRAMES = 4
 _CAP_SYS_NICE = 23
 
