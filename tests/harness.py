@@ -253,10 +253,13 @@ class Corral:
 
     def zygote(self) -> int | None:
         """Pid of this server's zygote (its direct child running sandbox.zygote)."""
-        for pid in _children_of(self.proc.pid):  # type: ignore[union-attr]
-            if b"sandbox.zygote" in _cmdline(pid):
-                return pid
-        return None
+        found = self.zygotes()
+        return found[0] if found else None
+
+    def zygotes(self) -> list[int]:
+        """Pids of every base zygote this server runs now (two while a successor stands by)."""
+        return [pid for pid in _children_of(self.proc.pid)  # type: ignore[union-attr]
+                if b"sandbox.zygote" in _cmdline(pid)]
 
     def children(self) -> list[int]:
         """Pids of the sandboxed children (the zygote's children)."""

@@ -133,7 +133,7 @@ def test_a_successor_starts_on_idle_cpu_and_forks_under_the_normal_policy(tmp_pa
 
     def watch() -> None:
         while not stop.is_set():
-            for pid in _children_of_server(server):
+            for pid in server.zygotes():
                 try:
                     policies.setdefault(pid, set()).add(os.sched_getscheduler(pid))
                 except OSError:
@@ -164,23 +164,6 @@ def test_a_successor_starts_on_idle_cpu_and_forks_under_the_normal_policy(tmp_pa
         stop.set()
         watcher.join()
         server.stop()
-
-
-def _children_of_server(server: Corral) -> list[int]:
-    """The server's zygotes: its direct children running sandbox.zygote."""
-    parent = server.proc.pid  # type: ignore[union-attr]
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"sandbox.zygote" in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 _WITHOUT_CAP = r"""
