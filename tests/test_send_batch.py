@@ -73,45 +73,97 @@ def test_concurrent_requests_reach_a_child_in_fewer_writes_than_frames(tmp_path)
         server.stop()
 
 
-def test_a_long_turn_sends_a_child_its_frames_every_few_not_only_at_its_end() -> None:
-    """Tens of frames for one child in one turn (a loaded dispatcher) leave
-    BATCH_MAX_FRAMES at a time as they are queued, so the child starts on
-    them while the turn goes on; the rest leave at the end of the turn. A
-    real socket pair; the child process is this one (nothing is run in it)."""
-    seen: list[list[int]] = []
+class _Children:
+    """Child processes made of real socket pairs, sharing one batch; the
+    process behind each is this one (nothing runs in it)."""
 
-    async def main() -> None:
-        ours, theirs = socket.socketpair()
-        theirs.setblocking(False)
-        kit = ChildKit(enforcer=None, meters=MeterFactory(allow_perf=False))  # type: ignore[arg-type]
-        child = ChildProcess(None, os.getpid(), ours, os.pidfd_open(os.getpid()), 0, kit)  # type: ignore[arg-type]
-        kit.batch.install()
-        decoder = child_decoder()
+    def __init__(self, count: int) -> None:
+        self.kit = ChildKit(enforcer=None, meters=MeterFactory(allow_perf=False))  # type: ignore[arg-type]
+        self.pairs = [socket.socketpair() for _ in range(count)]
+        self.children = []
+        for ours, theirs in self.pairs:
+            theirs.setblocking(False)
+            pidfd = os.pidfd_open(os.getpid())
+            self.children.append(ChildProcess(None, os.getpid(), ours, pidfd, 0, self.kit))  # type: ignore[arg-type]
+        self.decoders = [child_decoder() for _ in range(count)]
 
-        def arrived() -> list[int]:
-            ids = []
-            while True:
-                try:
-                    data = theirs.recv(65536)
-                except BlockingIOError:
-                    return ids
-                ids += [m.id for m in decoder.feed(data)]
+    def arrived(self, index: int = 0) -> list[int]:
+        """The ids of the frames that reached child ``index`` since last asked."""
+        ids = []
+        while True:
+            try:
+                data = self.pairs[index][1].recv(65536)
+            except BlockingIOError:
+                return ids
+            ids += [m.id for m in self.decoders[index].feed(data)]
 
-        try:
-            sent = 0
-            for _ in range(2 * BATCH_MAX_FRAMES + 1):  # all in one task step: one turn
-                child.send(Cancel(sent))
-                sent += 1
-                seen.append(arrived())
-            await trio.sleep(0)  # the turn ends
-            seen.append(arrived())
-        finally:
-            kit.batch.uninstall()
+    def close(self) -> None:
+        self.kit.batch.uninstall()
+        for (ours, theirs), child in zip(self.pairs, self.children, strict=True):
             ours.close()
             theirs.close()
             os.close(child.pidfd)
+
+
+def _one_turn_to_the_first(kids: _Children, first_id: int) -> list[list[int]]:
+    """2 * BATCH_MAX_FRAMES + 1 frames for the first child in one task step
+    (one turn of the loop): what reached it after each."""
+    seen = []
+    for sent in range(first_id, first_id + 2 * BATCH_MAX_FRAMES + 1):
+        kids.children[0].send(Cancel(sent))
+        seen.append(kids.arrived())
+    return seen
+
+
+def test_a_long_turn_sends_a_child_its_frames_every_few_not_only_at_its_end() -> None:
+    """Tens of frames for one child in one turn (a loaded dispatcher) leave
+    BATCH_MAX_FRAMES at a time as they are queued, so the child starts on
+    them while the turn goes on; the rest leave at the end of the turn."""
+    seen: list[list[int]] = []
+
+    async def main() -> None:
+        kids = _Children(1)
+        kids.kit.batch.install()
+        try:
+            seen.extend(_one_turn_to_the_first(kids, 0))
+            await trio.sleep(0)  # the turn ends
+            seen.append(kids.arrived())
+        finally:
+            kids.close()
 
     trio.run(main)
     first, second = list(range(BATCH_MAX_FRAMES)), list(range(BATCH_MAX_FRAMES, 2 * BATCH_MAX_FRAMES))
     assert [ids for ids in seen if ids] == [first, second, [2 * BATCH_MAX_FRAMES]], seen
     assert seen[BATCH_MAX_FRAMES - 1] == first, "the first frames waited for the end of the turn"
+
+
+def test_after_a_turn_that_kept_more_children_than_cores_busy_frames_wait_for_the_turn_end() -> None:
+    """At 300 tenants one turn gives frames to tens of children, which keep
+    every core busy: sending the dispatcher its frames early then only adds
+    wake-ups. After such a turn a long run of frames for one child leaves in
+    one send at the turn's end; after a turn that fed that child alone, the
+    early sends come back."""
+    busy = len(os.sched_getaffinity(0)) + 2  # the cores, the dispatcher, one more
+    turns: list[list[list[int]]] = []
+
+    async def main() -> None:
+        kids = _Children(busy)
+        kids.kit.batch.install()
+        try:
+            for index, child in enumerate(kids.children):
+                child.send(Cancel(1000 + index))
+            await trio.sleep(0)  # the wide turn ends
+            assert all(kids.arrived(i) == [1000 + i] for i in range(busy))
+            for first_id in (0, 100):  # a turn after the wide one, then one after a narrow one
+                seen = _one_turn_to_the_first(kids, first_id)
+                await trio.sleep(0)
+                seen.append(kids.arrived())
+                turns.append(seen)
+        finally:
+            kids.close()
+
+    trio.run(main)
+    after_wide, after_narrow = turns
+    frames = 2 * BATCH_MAX_FRAMES + 1
+    assert [ids for ids in after_wide if ids] == [list(range(frames))], after_wide
+    assert [len(ids) for ids in after_narrow if ids] == [BATCH_MAX_FRAMES, BATCH_MAX_FRAMES, 1], after_narrow

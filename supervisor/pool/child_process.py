@@ -79,9 +79,9 @@ RECV_SIZE = 256 * 1024
 #: idle as the dispatcher worked through them: with 32 connections on one
 #: tenant, req/s rose 14-46% with this bound (toggled on one server between
 #: interleaved runs; 2 tenants +3-4%). At 300 tenants, where the box is
-#: CPU-bound, the children's CPU per request can rise with the extra
-#: wake-ups; req/s moved -9% to +1% with 4 and +1% to +5% with 8, within
-#: this box's noise; 8 gained less at 1 tenant in one of two runs.
+#: CPU-bound, the extra wake-ups cost: 11% of req/s in one A/B (the
+#: supervisor's and the children's CPU per request +18% and +32%), so the
+#: bound holds only after a turn that kept few children busy (SendBatch).
 BATCH_MAX_FRAMES = 4
 _CAP_SYS_NICE = 23
 
@@ -162,7 +162,11 @@ class SendBatch(trio.abc.Instrument):
     ``before_io_wait``, before the busy poll), each child's frames leave with
     one send: one syscall and one wake-up of that child instead of one per
     frame. A child whose buffer takes :data:`BATCH_MAX_FRAMES` in the turn
-    is sent them then, so that it works while the turn goes on. Frames keep
+    is sent them then, so that it works while the turn goes on, but only if
+    the last turn that sent frames gave them to no more children than there
+    are CPUs plus one (the dispatcher): when it gave work to more, those keep every
+    core busy, and an early send only adds a wake-up and a syscall to each
+    (at 300 tenants; at one or two the pipeline waited on the turn). Frames keep
     their order (one buffer per child). While the batch is not installed
     (before the pool runs, after it stopped) a frame is written at once.
 
@@ -173,11 +177,15 @@ class SendBatch(trio.abc.Instrument):
     through ``run_sync_soon``, which makes the coming wait return at once.
     """
 
-    __slots__ = ("dirty", "running", "frames", "writes", "_token")
+    __slots__ = ("dirty", "running", "early", "frames", "writes", "_token", "_busy_above")
 
     def __init__(self) -> None:
         self.dirty: list[ChildProcess] = []
         self.running = False
+        #: Whether a child may be sent its frames before the turn ends.
+        self.early = True
+        #: Children given frames in a turn beyond which the cores are busy.
+        self._busy_above = len(os.sched_getaffinity(0)) + 1
         #: Frames queued here, and the sends that carried them (/metrics).
         self.frames = 0
         self.writes = 0
@@ -205,6 +213,7 @@ class SendBatch(trio.abc.Instrument):
         if not self.dirty:
             return
         dirty, self.dirty = self.dirty, []
+        self.early = len(dirty) <= self._busy_above
         unfinished = []
         for child in dirty:
             child._dirty = False
@@ -550,7 +559,7 @@ class ChildProcess:
                 batch.add(self)
             else:
                 self._batched += 1
-                if self._batched >= BATCH_MAX_FRAMES:
+                if self._batched >= BATCH_MAX_FRAMES and batch.early:
                     self._batched = 0
                     batch.writes += 1
                     if not self._send_now():
