@@ -7,7 +7,9 @@ spares kept: every cold start waits for a fork. The test stops the zygote
 (SIGSTOP) so that the wait lasts until it looks, then lets it go.
 
 A zygote started ahead of its rotation starts on idle CPU only (SCHED_IDLE),
-and forks under the normal policy once it is the one that forks.
+and forks under the normal policy once it is the one that forks. Every
+child runs under SCHED_BATCH, so that the supervisor's sends never hand
+its core to the child they wake (sandbox.jail.take_batch_policy).
 """
 
 from __future__ import annotations
@@ -157,12 +159,34 @@ def test_a_successor_starts_on_idle_cpu_and_forks_under_the_normal_policy(tmp_pa
                   "the forking zygote under the normal policy")
         _wait_for(lambda: bool(server.children()), "a child of the forking zygote")
         children = server.children()
-        assert all(os.sched_getscheduler(pid) == os.SCHED_OTHER for pid in children), \
+        assert all(os.sched_getscheduler(pid) == os.SCHED_BATCH for pid in children), \
             "children inherited SCHED_IDLE from their zygote"
         assert "zygote.rotated" in server.log()
     finally:
         stop.set()
         watcher.join()
+        server.stop()
+
+
+def test_every_child_runs_under_sched_batch_at_the_nice_it_is_given(tmp_path) -> None:
+    """Spares and the children serving scripts are under SCHED_BATCH (their
+    wake-ups do not preempt the supervisor), and a renice keeps it: a spare
+    waits at nice 10, a child serving a script runs at nice 0. The zygote
+    itself keeps the normal policy."""
+    server = Corral(tmp_path / "state", config="[pool]\nspares = 2\n").start()
+    try:
+        server.deploy("hello", HELLO, namespace=None)
+        server.route("hello.localhost/*", "hello")
+        resp = server.request("/", host="hello.localhost")
+        assert resp.status == 200, (resp, server.log()[-2000:])
+        _wait_for(lambda: len(server.children()) >= 3, "a serving child and two spares")
+        children = server.children()
+        policies = {pid: os.sched_getscheduler(pid) for pid in children}
+        assert set(policies.values()) == {os.SCHED_BATCH}, policies
+        assert 0 in {_nice(pid) for pid in children}, "no child was reniced to serve"
+        zygote = server.zygote()
+        assert zygote and os.sched_getscheduler(zygote) == os.SCHED_OTHER
+    finally:
         server.stop()
 
 
