@@ -214,9 +214,11 @@ def take_batch_policy() -> None:
     waited on it: at 300 tenants a profile put 145 us per request inside the
     supervisor's ``send`` calls, 34 us at one tenant. Under SCHED_BATCH the
     child runs on an idle core at once, or when the supervisor's turn ends.
-    Measured on one server, toggled between interleaved runs: req/s +31% at
-    one tenant, +29% at two, +13% at 300, the supervisor's CPU per request
-    -13% to -24%; one request at a time (an idle core) the same.
+    Measured on one server, the policy toggled between interleaved runs
+    (three A/Bs): req/s +8% to +31% at one tenant, +8% to +29% at two, and
+    +13%, +0% and +0.5% at 300 (bound there by the children's own memory
+    stalls); one request at a time (an idle core), and storms of first
+    requests, the same within noise.
 
     Leaving SCHED_OTHER for SCHED_BATCH needs no privilege. A child of a
     zygote under SCHED_IDLE (a successor, before it forks: it never does)
