@@ -54,6 +54,11 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     package_max_spares: int = 4
     package_zygotes: int = 8
     package_zygotes_memory_mb: int = 1024
+    #: A core to the supervisor's event loop alone while it is the busy hub
+    #: of warm traffic (see supervisor.pool.hub_core): "auto" takes it while
+    #: the loop is busy and no cold starts come, "on" whenever there are two
+    #: cores or more, "off" never.
+    hub_core: Literal["auto", "on", "off"] = "auto"
 
 
 class LimitDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

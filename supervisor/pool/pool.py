@@ -61,6 +61,8 @@ from supervisor.pool.bundles import BundleError, Bundles
 from supervisor.pool.census import ChildCensus
 from supervisor.pool.child_process import ChildKit, ChildProcess, describe_status
 from supervisor.pool.fork_priority import RUSH_NICE, ForkPriority
+from supervisor.pool.hub_core import CHECK_S as HUB_CHECK_S
+from supervisor.pool.hub_core import HubCore
 from supervisor.pool.idle_trim import IdleTrimmer
 from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
 from supervisor.pool.package_zygotes import PackageZygote, PackageZygotes
@@ -146,12 +148,14 @@ class Pool:
         self._background_ns = int(config.limits.background_cpu_ms * 1_000_000)
         #: Script versions as files, which children read (and the package store's root).
         self.bundles = Bundles(config.state_dir)
+        #: The CPUs split between the supervisor's loop and warm children, while it is busy.
+        self.hub_core = HubCore(config.pool.hub_core)
         self.zygote = ZygoteClient(self.memory.jail_address_space_mb(), self._on_spawned, self._on_exited,
                                    self._on_zygote_restart, config.pool.zygote_max_age_s,
                                    config.pool.zygote_max_children, on_ready=self._on_zygote_ready,
                                    bundles_dir=self.bundles.root, packages_dir=self.bundles.packages,
                                    on_package_zygote=self._on_package_zygote, renice=self._kit.renice,
-                                   take_slots=self.memory.take_slots)
+                                   take_slots=self.memory.take_slots, placed=self.hub_core.place_anywhere)
         #: A zygote per dependency set in use, with the set imported (cold starts without imports).
         self.packages = PackageZygotes(self, self.zygote.start_package_zygote,
                                        self.memory.jail_address_space_mb())
@@ -227,6 +231,7 @@ class Pool:
                 nursery.start_soon(self._maintain)
                 nursery.start_soon(self._cpu_watchdog)
                 nursery.start_soon(self.trimmer.run)
+                nursery.start_soon(self._keep_hub_core)
                 await nursery.start(self.budgets.run)
                 task_status.started()
         finally:
@@ -413,7 +418,10 @@ class Pool:
 
     def on_cold_start_over(self, child: ChildProcess) -> None:
         """A cold start's first invocation is done (or its child died): when
-        none is left, the quiet window closes early and the refill may fork."""
+        none is left, the quiet window closes early and the refill may fork.
+        A child that served is warm: off the supervisor's core while it has one."""
+        if child.alive:
+            self.hub_core.place_warm(child.pid)
         if child in self._cold_in_progress:
             self._cold_in_progress.discard(child)
             if not self._cold_in_progress and self._quiet_until > trio.current_time():
@@ -553,6 +561,15 @@ class Pool:
                         waiting=self._waiting, quiet_until=self._quiet_until,
                         cold_rate=self._cold_rate.per_second(now), spares_ceiling=pool.max_spares,
                         warm=warm, reap=reap, reshare_after_s=pool.reshare_after_s)
+
+    async def _keep_hub_core(self) -> None:
+        """Give the supervisor's loop a core of its own while it is the busy hub (hub_core)."""
+        hub = self.hub_core
+        while hub.possible:
+            await trio.sleep(HUB_CHECK_S)
+            quiet = calm(self._waiting, self._cold_rate.per_second(trio.current_time()))
+            hub.check(quiet, (child.pid for child in self.children.values()
+                             if child.alive and child.record is not None and not child.cold))
 
     async def _cpu_watchdog(self) -> None:
         """Enforce the CPU budgets the kernel is not armed for (see cpu_account),

@@ -93,7 +93,8 @@ class ZygoteClient:
                  bundles_dir: str = "", packages_dir: str = "",
                  on_package_zygote: PackageZygoteCallback | None = None,
                  renice: Callable[[int, int], None] = lambda pid, nice: None,
-                 take_slots: TakeSlots = lambda count: NO_SLOTS) -> None:
+                 take_slots: TakeSlots = lambda count: NO_SLOTS,
+                 placed: Callable[[int], None] = lambda pid: None) -> None:
         #: Children's RLIMIT_AS above the zygote's mapping (see memory_limits).
         self.address_space_mb = address_space_mb
         self.max_age_s = max_age_s
@@ -107,6 +108,8 @@ class ZygoteClient:
         self._renice = renice
         #: Cgroup slots for the children a Spawn asks for (the memory backend's).
         self._take_slots = take_slots
+        #: Gives a new zygote every CPU (the pool's HubCore: it inherited the loop thread's).
+        self._placed = placed
         self._forked = 0  # children of this generation, package zygotes' included
         self._asked = 0  # children requested of the current zygote
         self._life: trio.CancelScope | None = None
@@ -319,6 +322,7 @@ class ZygoteClient:
         finally:
             theirs.close()
         zygote = _Launched(process, ours)
+        self._placed(process.pid)
         if successor:
             # Not needed yet: its start (imports, rehearsals: ~0.3 s of CPU)
             # must not take a core from the cold starts in flight, not even
