@@ -220,9 +220,9 @@ def take_batch_policy() -> None:
     stalls); one request at a time (an idle core), and storms of first
     requests, the same within noise.
 
-    Leaving SCHED_OTHER for SCHED_BATCH needs no privilege. A child of a
-    zygote under SCHED_IDLE (a successor, before it forks: it never does)
-    would be refused without CAP_SYS_NICE and keeps the policy it has.
+    Leaving SCHED_OTHER for SCHED_BATCH needs no privilege. (A zygote under
+    SCHED_IDLE, a successor starting ahead, is given the normal policy back
+    before it forks; a child of one would be refused and keep SCHED_IDLE.)
     """
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))

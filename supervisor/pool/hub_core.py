@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from supervisor.log import log
+from supervisor.log import log, warn
 
 #: How often the supervisor's load is looked at.
 CHECK_S = 1.0
@@ -142,7 +142,12 @@ class HubCore:
             return
         if not held and load.tenants_idle < TENANTS_SATURATED_IDLE:
             self._backoff_until = now + BACKOFF_S
-        self.set(held, warm_pids)
+        try:
+            self.set(held, warm_pids)
+        except OSError as exc:  # the CPUs it may use changed under it (a cpuset)
+            self.possible = False
+            warn("hub_core.unavailable", reason=f"cannot set the event loop's CPUs: {exc}")
+            return
         log("hub_core.held" if held else "hub_core.released", core=self.hub, reason=why,
             loop_cpu=round(load.hub_busy, 2), tenants_idle=round(load.tenants_idle, 2))
 
