@@ -24,6 +24,7 @@ from supervisor.pool.hub_core import (
     decide,
 )
 from tests.harness import Corral
+from tests.test_observability import metric
 
 HELLO = r'''
 from workers import Response, WorkerEntrypoint
@@ -100,6 +101,7 @@ def test_while_held_the_loop_is_alone_on_its_core_and_warm_children_on_the_other
         _wait_for(lambda: server.zygote() not in (None, zygote), "the next zygote")
         assert _affinity(server.zygote()) == CPUS, "a zygote started while held inherited the hub core"  # type: ignore[arg-type]
         assert _affinity(supervisor) == {hub}
+        assert metric(server, "corral_hub_core_held") == 1
     finally:
         server.stop()
 
@@ -113,5 +115,6 @@ def test_off_moves_nothing(tmp_path: Path) -> None:
         pids = [server.proc.pid, *server.zygotes(), *server.children()]  # type: ignore[union-attr]
         assert {pid: _affinity(pid) for pid in pids} == dict.fromkeys(pids, CPUS)
         assert "hub_core" not in server.log()
+        assert metric(server, "corral_hub_core_held") == 0
     finally:
         server.stop()

@@ -190,6 +190,11 @@ class Runner:
         if cpu_us:
             r["cpu_us_per_request"] = cpu_us
             log("    CPU per request: " + ", ".join(f"{k} {v:.0f} us" for k, v in cpu_us.items()))
+        hub_core = getattr(sysm, "hub_core_held", None)
+        if hub_core is not None:
+            r["hub_core_held"] = held = hub_core()
+            log(f"    supervisor's own core (pool.hub_core): {'held' if held else 'not held'} "
+                "as the runs ended")
         return r
 
     def cpu(self, sysm) -> dict:

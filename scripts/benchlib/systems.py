@@ -400,6 +400,17 @@ class Corral(System):
                 "ready_s": m.get("corral_spare_ready_seconds_sum") or 0.0,
                 "limits_s": m.get("corral_child_limits_seconds_sum") or 0.0}
 
+    def hub_core_held(self) -> bool | None:
+        """Whether the supervisor's loop has a core to itself now (None: unknown)."""
+        admin = self.admin()
+        try:
+            value = admin.metrics().get("corral_hub_core_held")
+        except (AdminError, OSError):
+            return None
+        finally:
+            admin.close()
+        return None if value is None else bool(value)
+
     def pool_info(self) -> dict:
         """Spare setting in effect plus the live gauges from GET /metrics."""
         spares, source = self.configured_spares()

@@ -179,6 +179,9 @@ class _PoolCollector(Collector):
                                 value=snap.get("children", 0))
         yield GaugeMetricFamily("corral_package_zygotes", "Zygotes holding a package set "
                                 "preloaded (0 until packages land).", value=snap.get("package_zygotes", 0))
+        yield GaugeMetricFamily("corral_hub_core_held", "1 while the supervisor's event loop "
+                                "has a core to itself and warm children run on the others "
+                                "(pool.hub_core).", value=snap.get("hub_core_held", 0))
         yield CounterMetricFamily("corral_cold_starts", "Scripts loaded into a spare.",
                                   value=snap.get("cold_starts", 0))
         yield CounterMetricFamily("corral_idle_reshares", "Idle children asked to give the "

@@ -882,6 +882,7 @@ class Pool:
             "setup_faults": dict(zip(SETUP_STEPS, self.setup_faults_total, strict=True)),
             "frames_batched": self._kit.batch.frames,
             "batch_writes": self._kit.batch.writes,
+            "hub_core_held": int(self.hub_core.held),
             **self.stats,
         }
 
