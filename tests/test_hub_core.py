@@ -19,6 +19,7 @@ from supervisor.pool.hub_core import (
     HUB_IDLE_WASTED,
     RELEASE_BELOW,
     RESERVE_ABOVE,
+    SATURATED,
     TENANTS_SATURATED_IDLE,
     Load,
     decide,
@@ -51,13 +52,15 @@ def test_the_hub_takes_its_core_only_while_busy_and_calm_and_gives_it_back_when_
         (True, half_busy, True, 0.5, True),  # ... but enough to keep it (hysteresis)
         (True, idle_loop, True, 0.5, False),
         (True, busy, False, 0.5, False),
-        (True, half_busy, True, saturated, False),  # CPU-heavy tenants: the core goes back
+        (True, half_busy, True, saturated, False),  # CPU-heavy tenants: the core goes back (SATURATED)
         (True, 0.95, True, saturated, True),  # the loop fills its core: it keeps it
     ]
     for held, loop, calm, tenants_idle, expected in cases:
         after, why = decide(held, Load(hub_busy=loop, calm=calm, tenants_idle=tenants_idle))
         assert after is expected, (held, loop, calm, tenants_idle)
         assert bool(why) == (after != held), "a change says why, and only a change"
+        assert (why == SATURATED) == (held and not after and tenants_idle == saturated and calm
+                                      and loop >= RELEASE_BELOW), "only saturated tenants back it off"
 
 
 def _wait_for(check, what: str, timeout: float = 10.0) -> None:

@@ -59,6 +59,9 @@ BACKOFF_S = 30.0
 
 Mode = Literal["auto", "on", "off"]
 
+#: Why the core goes back when tenants need it (and is not taken again for BACKOFF_S).
+SATURATED = "the tenants' cores are saturated while the supervisor's is not"
+
 
 @dataclass(frozen=True, slots=True)
 class Load:
@@ -83,7 +86,7 @@ def decide(held: bool, load: Load) -> tuple[bool, str]:
     if load.hub_busy < RELEASE_BELOW:
         return False, f"the supervisor's loop used only {load.hub_busy:.2f} of a core"
     if load.tenants_idle < TENANTS_SATURATED_IDLE and load.hub_busy < 1.0 - HUB_IDLE_WASTED:
-        return False, "the tenants' cores are saturated while the supervisor's is not"
+        return False, SATURATED
     return True, ""
 
 
@@ -140,7 +143,7 @@ class HubCore:
             if held:
                 self._spread_threads()  # any made since the last look inherited the hub's core
             return
-        if not held and load.tenants_idle < TENANTS_SATURATED_IDLE:
+        if why == SATURATED:
             self._backoff_until = now + BACKOFF_S
         try:
             self.set(held, warm_pids)
@@ -153,8 +156,8 @@ class HubCore:
 
     def set(self, held: bool, warm_pids: Iterable[int]) -> None:
         """Take (or give back) the hub's core: the loop's thread, its other threads, the warm children."""
-        self.held = held
         os.sched_setaffinity(0, {self.hub} if held else self.cpus)
+        self.held = held
         self._spread_threads()
         for pid in warm_pids:
             _set(pid, self.tenants if held else self.cpus)
