@@ -636,6 +636,11 @@ class ChildProcess:
             raise ProtocolViolation(
                 f"protocol version {message.version}, supervisor speaks {PROTOCOL_VERSION}"
             )
+        if self.kill_reason is not None:
+            # Condemned before its Hello was read (a spare of a zygote just
+            # replaced): it is not to serve, and, dead, it is in no cgroup,
+            # which must not read as a memory limit that failed.
+            return
         if self.memory is not None and not self.memory.ready():
             error("child.memory_limit_failed", pid=self.pid, backend=self.kit.enforcer.name,
                   reason="not in its cgroup when it said hello")
