@@ -16,8 +16,11 @@ import sys
 import sysconfig
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -265,6 +268,18 @@ class Corral:
         """Pids of the sandboxed children (the zygote's children)."""
         zygote = self.zygote()
         return _children_of(zygote) if zygote else []
+
+
+def read_each(pids: Iterable[int], read: Callable[[int], T]) -> dict[int, T]:
+    """``read(pid)`` of each pid, leaving out those that ended meanwhile
+    (a surplus spare, a replaced zygote): what a test reads of live children."""
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = read(pid)
+        except OSError:
+            pass
+    return found
 
 
 def _cmdline(pid: int) -> bytes:

@@ -24,7 +24,7 @@ from supervisor.pool.hub_core import (
     Load,
     decide,
 )
-from tests.harness import Corral
+from tests.harness import Corral, read_each
 from tests.test_observability import metric
 
 HELLO = r'''
@@ -74,17 +74,6 @@ def _affinity(pid: int) -> frozenset[int]:
     return frozenset(os.sched_getaffinity(pid))
 
 
-def _affinities(pids: list[int]) -> dict[int, frozenset[int]]:
-    """Each pid's CPUs, leaving out any that ended meanwhile (a surplus spare)."""
-    found = {}
-    for pid in pids:
-        try:
-            found[pid] = _affinity(pid)
-        except OSError:
-            pass
-    return found
-
-
 def _serve(server: Corral, name: str) -> None:
     server.deploy(name, HELLO, namespace=None)
     server.route(f"{name}.localhost/*", name)
@@ -99,14 +88,16 @@ def test_while_held_the_loop_is_alone_on_its_core_and_warm_children_on_the_other
     hub = min(CPUS)
     try:
         supervisor = server.proc.pid  # type: ignore[union-attr]
-        _wait_for(lambda: _affinity(supervisor) == {hub}, "the loop's thread on the hub core")
+        # The log line follows the affinity change: wait for both.
+        _wait_for(lambda: _affinity(supervisor) == {hub} and "hub_core.held" in server.log(),
+                  "the loop's thread on the hub core")
         assert "hub_core.held" in server.log()
         _serve(server, "first")
         zygote = server.zygote()
         assert zygote and _affinity(zygote) == CPUS, "the zygote forks for every core"
-        _wait_for(lambda: CPUS - {hub} in _affinities(server.children()).values(),
+        _wait_for(lambda: CPUS - {hub} in read_each(server.children(), _affinity).values(),
                   "the child that served off the hub core")
-        spread = _affinities(server.children())
+        spread = read_each(server.children(), _affinity)
         assert list(spread.values()).count(CPUS - {hub}) == 1, spread  # one served; spares anywhere
         assert all(cpus in (CPUS, CPUS - {hub}) for cpus in spread.values()), spread
         for i in range(6):  # past zygote_max_children: a zygote started while the core is held
@@ -127,7 +118,7 @@ def test_off_moves_nothing(tmp_path: Path) -> None:
         _serve(server, "first")
         time.sleep(1.5)  # past the first check the pool would make: nothing may have moved
         pids = [server.proc.pid, *server.zygotes(), *server.children()]  # type: ignore[union-attr]
-        assert set(_affinities(pids).values()) == {CPUS}
+        assert set(read_each(pids, _affinity).values()) == {CPUS}
         assert "hub_core" not in server.log()
         assert metric(server, "corral_hub_core_held") == 0
     finally:

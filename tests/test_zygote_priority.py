@@ -29,7 +29,7 @@ import pytest
 
 from supervisor.pool.child_process import Renicer
 from supervisor.pool.fork_priority import IDLE_ONLY, RUSH_NICE
-from tests.harness import REPO, Corral
+from tests.harness import REPO, Corral, read_each
 
 HELLO = r'''
 from workers import Response, WorkerEntrypoint
@@ -182,22 +182,11 @@ def test_every_child_runs_under_sched_batch_at_the_nice_it_is_given(tmp_path) ->
         _wait_for(lambda: len(server.children()) >= 3, "a serving child and two spares")
 
         def policies() -> dict[int, int]:
-            found = {}
-            for pid in server.children():
-                try:
-                    found[pid] = os.sched_getscheduler(pid)
-                except OSError:
-                    pass  # gone meanwhile
-            return found
+            return read_each(server.children(), os.sched_getscheduler)
 
         # A child takes the policy itself, early in its set-up: one just forked may not yet have.
         _wait_for(lambda: set(policies().values()) == {os.SCHED_BATCH}, "every child under SCHED_BATCH")
-        nices = set()
-        for pid in policies():
-            try:
-                nices.add(_nice(pid))
-            except OSError:
-                pass  # gone meanwhile
+        nices = set(read_each(policies(), _nice).values())
         assert 0 in nices, "no child was reniced to serve"
         zygote = server.zygote()
         assert zygote and os.sched_getscheduler(zygote) == os.SCHED_OTHER
