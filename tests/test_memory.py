@@ -291,12 +291,16 @@ def test_every_child_sits_in_its_own_cgroup_at_the_pool_cap(c: Corral, cgroup: P
         except OSError:
             return True  # gone: the loop below skips it
 
-    def all_joined() -> bool:
-        return all((cgroup_of(pid) or "").endswith(f"/{cgroup.name}/child-{pid}") and jailed(pid)
-                   for pid in c.children())
+    children: list[int] = []
 
-    assert wait_for(all_joined), [(pid, cgroup_of(pid)) for pid in c.children()]
-    children = c.children()
+    def all_joined() -> bool:
+        # The children checked below are exactly those seen jailed here: a spare
+        # forked after this wait may not have set its rlimits yet.
+        children[:] = c.children()
+        return all((cgroup_of(pid) or "").endswith(f"/{cgroup.name}/child-{pid}") and jailed(pid)
+                   for pid in children)
+
+    assert wait_for(all_joined), [(pid, cgroup_of(pid)) for pid in children]
     assert children
     checked = 0
     for pid in children:
