@@ -356,3 +356,39 @@ def test_asks_queued_before_cold_starts_got_busy_are_dropped_not_sent() -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_the_next_child_is_asked_only_once_the_last_give_back_had_time_to_end() -> None:
+    """Asked back to back, children gave back faster than one could finish,
+    piled up on a core and kept serving tenants off it. After a Trim of N
+    pages the trimmer waits N x PACE_S_PER_PAGE before it reads the next
+    child's page map (trio's sleep never ends early: a lower bound, not a
+    timing figure of this box)."""
+    import trio
+
+    from supervisor.pool import idle_trim
+    from supervisor.pool.idle_trim import IdleTrimmer
+
+    pages = 2500
+    asked: dict[int, float] = {}
+
+    class Timed(_IdleChild):
+        def send(self, message: object) -> None:
+            asked[self.pid] = trio.current_time()
+            super().send(message)
+
+    children = [Timed(pid) for pid in (101, 102)]
+
+    async def main() -> None:
+        trimmer = IdleTrimmer(read_pages=lambda pid: b"\0" * 8 * pages)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trimmer.run)
+            for child in children:
+                trimmer.ask(child)
+            with trio.fail_after(10):  # page lists are read in a worker thread
+                while not children[1].sent:
+                    await trio.sleep(0.005)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert asked[102] - asked[101] >= pages * idle_trim.PACE_S_PER_PAGE

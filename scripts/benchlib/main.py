@@ -19,8 +19,10 @@ from . import corral_extras, corral_observability, httpclient, loadgen, procs, r
 from .systems import SYSTEMS, Unavailable
 
 #: How long the memory figure waits with every tenant idle: past Corral's
-#: pool.reshare_after_s (5 s) and its once-a-second scan, with a margin.
-IDLE_WAIT_S = 8.0
+#: pool.reshare_after_s (5 s) and its once-a-second scan, and through the
+#: round that follows (paced: ~4 s for 300 tenants here, see
+#: supervisor/pool/idle_trim.py), with a margin.
+IDLE_WAIT_S = 12.0
 
 
 def log(msg: str) -> None:

@@ -186,7 +186,7 @@ def _render_main(results: dict) -> list[str]:
                "summed over the server's process tree (/proc/PID/smaps_rollup); 'warm' = one "
                "request each, taken before any multi-tenant load (the 1-tenant baseline is "
                "taken after the 1-tenant load); 'after all load' is at the very end. 'idle "
-               "tenant': the same, once the K tenants sat idle 8 s (Corral's children give "
+               "tenant': the same, once the K tenants sat idle 12 s (Corral's children give "
                "unchanged copied pages back after pool.reshare_after_s, 5 s).")
     if flagged:
         out.append("  ! = that run had errors or non-2xx answers (see PROBLEM lines): "

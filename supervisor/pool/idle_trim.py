@@ -13,6 +13,17 @@ The read takes ~2 ms per child, nearly all of it the kernel walking the
 page tables inside ``pread`` (which releases the GIL); it is done in a
 worker thread, one child at a time, so that a round of hundreds of tenants
 falling idle at once never stalls the event loop.
+
+A round must not slow the tenants still serving either. Asked back to back,
+children gave back faster than one could finish (~10 us a page, ~2.5 ms a
+child): a scheduler trace showed seven of them at once on one core and the
+dispatcher waiting 3-8 ms behind them, runnable; over 300 tenants' round, a
+request every 2 ms had a p99 of 9-11 ms against ~2 ms with trimming off.
+So the trimmer waits after each ask for about twice what that child's
+give-back takes (:data:`PACE_S_PER_PAGE`), and both sides do their work in
+pieces with a yield of the core between them (``sandbox/native/reshare.c``
+every 16 pages, the page-map read every :data:`ENTRIES_PER_READ` entries):
+p99 3-4.5 ms over the same round (6.5-8 ms with the yields alone).
 """
 
 from __future__ import annotations
@@ -30,6 +41,14 @@ from supervisor.log import error
 
 #: Pending trims beyond this are dropped: the next idle period asks again.
 QUEUE = 4096
+
+#: Seconds the trimmer waits per page it asked a child to give back: about
+#: twice the child's own work per page here, so give-backs do not overlap.
+PACE_S_PER_PAGE = 20e-6
+
+#: Page-map entries read between two yields of the core (~0.25 ms of the
+#: kernel's walk).
+ENTRIES_PER_READ = 512
 
 
 class Trimmable(Protocol):
@@ -58,9 +77,12 @@ def own_pages(pid: int) -> bytes:
     pages = array.array("Q")
     try:
         for start, end in private_writable_regions(maps):
-            entries = os.pread(pagemap, (end - start) // PAGE * 8, start // PAGE * 8)
-            for first, last in flagged_runs(entries, start, PRESENT | EXCLUSIVE):
-                pages.extend(range(first, last, PAGE))
+            for at in range(start, end, ENTRIES_PER_READ * PAGE):
+                upto = min(end, at + ENTRIES_PER_READ * PAGE)
+                entries = os.pread(pagemap, (upto - at) // PAGE * 8, at // PAGE * 8)
+                for first, last in flagged_runs(entries, at, PRESENT | EXCLUSIVE):
+                    pages.extend(range(first, last, PAGE))
+                os.sched_yield()
     except OSError:
         return b""
     finally:
@@ -71,7 +93,8 @@ def own_pages(pid: int) -> bytes:
 class IdleTrimmer:
     """One task that asks the children handed to :meth:`ask`, one at a time.
 
-    A child is asked once per idle period: the page map is read, and if the
+    A child is asked once per idle period, and the next one only once its
+    give-back has had time to end: the page map is read, and if the
     child was not used meanwhile it gets its :class:`Trim` and counts as
     ``reshared_at`` its ``last_used`` (so the plan does not ask again until
     it has served and fallen idle again).
@@ -120,3 +143,4 @@ class IdleTrimmer:
         if pages:
             child.send(Trim(pages))
             self.sent += 1
+            await trio.sleep(len(pages) // 8 * PACE_S_PER_PAGE)  # see the module docstring
