@@ -18,12 +18,13 @@ A round must not slow the tenants still serving either. Asked back to back,
 children gave back faster than one could finish (~10 us a page, ~2.5 ms a
 child): a scheduler trace showed seven of them at once on one core and the
 dispatcher waiting 3-8 ms behind them, runnable; over 300 tenants' round, a
-request every 2 ms had a p99 of 9-11 ms against ~2 ms with trimming off.
+request every 2 ms had a p99 of 9-13.5 ms against ~2 ms with trimming off.
 So the trimmer waits after each ask for about twice what that child's
-give-back takes (:data:`PACE_S_PER_PAGE`), and both sides do their work in
-pieces with a yield of the core between them (``sandbox/native/reshare.c``
-every 16 pages, the page-map read every :data:`ENTRIES_PER_READ` entries):
-p99 3-4.5 ms over the same round (6.5-8 ms with the yields alone).
+give-back takes (:data:`PACE_S_PER_PAGE`), and the child gives back in
+pieces with a yield of its core between them (``sandbox/native/reshare.c``,
+every 16 pages): p99 4.6-6.1 ms over the same round. (Reading the page map
+in pieces too, with yields, gained nothing measurable, and every piece was
+a handoff of the GIL that the event loop could wait on.)
 """
 
 from __future__ import annotations
@@ -45,10 +46,6 @@ QUEUE = 4096
 #: Seconds the trimmer waits per page it asked a child to give back: about
 #: twice the child's own work per page here, so give-backs do not overlap.
 PACE_S_PER_PAGE = 20e-6
-
-#: Page-map entries read between two yields of the core (~0.25 ms of the
-#: kernel's walk).
-ENTRIES_PER_READ = 512
 
 
 class Trimmable(Protocol):
@@ -77,12 +74,9 @@ def own_pages(pid: int) -> bytes:
     pages = array.array("Q")
     try:
         for start, end in private_writable_regions(maps):
-            for at in range(start, end, ENTRIES_PER_READ * PAGE):
-                upto = min(end, at + ENTRIES_PER_READ * PAGE)
-                entries = os.pread(pagemap, (upto - at) // PAGE * 8, at // PAGE * 8)
-                for first, last in flagged_runs(entries, at, PRESENT | EXCLUSIVE):
-                    pages.extend(range(first, last, PAGE))
-                os.sched_yield()
+            entries = os.pread(pagemap, (end - start) // PAGE * 8, start // PAGE * 8)
+            for first, last in flagged_runs(entries, start, PRESENT | EXCLUSIVE):
+                pages.extend(range(first, last, PAGE))
     except OSError:
         return b""
     finally:
