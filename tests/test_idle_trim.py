@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterator
 from errno import EACCES, EFBIG, EPERM
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -293,11 +294,28 @@ class _IdleChild:
         self.sent.append(message)
 
 
+def ask_until_the_last_is_sent(trimmer: Any, children: list[_IdleChild]) -> None:
+    """Run ``trimmer``, ask each of ``children`` in order, and stop once the
+    last one was sent its Trim."""
+    import trio
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trimmer.run)
+            for child in children:
+                trimmer.ask(child)
+            with trio.fail_after(10):  # page lists are read in a worker thread
+                while not children[-1].sent:
+                    await trio.sleep(0.005)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 def test_a_give_back_that_fails_is_logged_and_the_next_child_still_asked(caplog) -> None:
     """The trimmer is a task of the pool's nursery: an exception escaping it
     would end the supervisor. A failing page read (here: a bug, not an
     OSError) is logged with the child's pid, and the next ask is served."""
-    import trio
 
     from supervisor.pool.idle_trim import IdleTrimmer
 
@@ -307,19 +325,7 @@ def test_a_give_back_that_fails_is_logged_and_the_next_child_still_asked(caplog)
         return b"\0" * 8
 
     children = [_IdleChild(pid) for pid in (101, 102)]
-
-    async def main() -> None:
-        trimmer = IdleTrimmer(read_pages=read_pages)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trimmer.run)
-            for child in children:
-                trimmer.ask(child)
-            with trio.fail_after(10):  # page lists are read in a worker thread
-                while not children[1].sent:
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
+    ask_until_the_last_is_sent(IdleTrimmer(read_pages=read_pages), children)
     assert children[0].sent == [] and len(children[1].sent) == 1
     [failed] = [r for r in caplog.records if r.getMessage() == "idle_trim.failed"]
     assert failed.levelname == "ERROR" and failed.fields["pid"] == 101  # type: ignore[attr-defined]
@@ -378,17 +384,5 @@ def test_the_next_child_is_asked_only_once_the_last_give_back_had_time_to_end() 
             super().send(message)
 
     children = [Timed(pid) for pid in (101, 102)]
-
-    async def main() -> None:
-        trimmer = IdleTrimmer(read_pages=lambda pid: b"\0" * 8 * pages)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trimmer.run)
-            for child in children:
-                trimmer.ask(child)
-            with trio.fail_after(10):  # page lists are read in a worker thread
-                while not children[1].sent:
-                    await trio.sleep(0.005)
-            nursery.cancel_scope.cancel()
-
-    trio.run(main)
+    ask_until_the_last_is_sent(IdleTrimmer(read_pages=lambda pid: b"\0" * 8 * pages), children)
     assert asked[102] - asked[101] >= pages * idle_trim.PACE_S_PER_PAGE
