@@ -202,7 +202,9 @@ def touch_all(port: int, hosts: list[tuple[str, bytes | None]], budget_s: float 
     return {"times_ns": times, "errors": errors, "ok": len(times) - len(errors)}
 
 
-def warm_latency(port: int, host: str, expect: bytes | None, n: int) -> dict:
+def warm_latency(port: int, host: str, expect: bytes | None, n: int, gap_s: float = 0.0) -> dict:
+    """``n`` sequential requests to ``host`` on one keep-alive connection;
+    ``gap_s``: a pause after each answer (not part of any request's time)."""
     c = Conn(port)
     times: list[int] = []
     errors = 0
@@ -217,6 +219,8 @@ def warm_latency(port: int, host: str, expect: bytes | None, n: int) -> dict:
                 errors += 1
                 first_err = first_err or err
             times.append(ns)
+            if gap_s:
+                time.sleep(gap_s)
     finally:
         c.close()
     out = summarize_ms(times)

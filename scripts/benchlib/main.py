@@ -57,6 +57,10 @@ def parse_args(argv):
                     help="connections the storm is sent from at once (default: %(default)s)")
     ap.add_argument("--latency-requests", type=int, default=2000,
                     help="sequential requests for the warm latency figure (default: %(default)s)")
+    ap.add_argument("--paced-gap-ms", type=float, default=2.0,
+                    help="pause after each request of the paced latency figure, which sends half "
+                         "of --latency-requests so: one tenant lightly used (0: no such figure; "
+                         "default: %(default)s)")
     ap.add_argument("--warmup", type=float, default=2.0,
                     help="unrecorded load seconds before each throughput run (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=1,
@@ -134,6 +138,8 @@ def parse_args(argv):
             ap.error(f"--only: unknown system {s!r} (known: {', '.join(SYSTEMS)})")
     if a.storm < 0 or a.storm_connections < 1 or a.repeat < 1:
         ap.error("--storm must be >= 0, --storm-connections and --repeat >= 1")
+    if a.paced_gap_ms < 0:
+        ap.error("--paced-gap-ms must be >= 0")
     if a.connections < 1 or a.duration <= 0 or a.cold < 0 or a.latency_requests < 1:
         ap.error("--connections, --duration and --latency-requests must be positive")
     return a
@@ -253,6 +259,18 @@ class Runner:
             log(f"  warm latency p50 {wl['p50']:.3f} ms, p99 {wl['p99']:.3f} ms, "
                 f"p99.9 {wl['p999']:.3f} ms, max {wl['max']:.3f} ms")
         res["warm_latency"] = httpclient.repeated(warm_runs)
+        if a.paced_gap_ms:
+            # The same, with a pause after each answer: what a lightly used
+            # tenant sees, every process on the path woken from sleep.
+            paced_runs = []
+            for _ in range(runs):
+                pl = httpclient.warm_latency(port, h(t0), sysm.expect(t0),
+                                             max(1, a.latency_requests // 2),
+                                             gap_s=a.paced_gap_ms / 1000.0)
+                paced_runs.append(pl)
+                log(f"  paced latency ({a.paced_gap_ms:g} ms gaps) p50 {pl['p50']:.3f} ms, "
+                    f"p99 {pl['p99']:.3f} ms, max {pl['max']:.3f} ms")
+            res["paced_latency"] = httpclient.repeated(paced_runs)
         res["rps"] = {"1": self.throughput(sysm, [h(t0)])}
         res["pss"] = {"1": self.pss(sysm)}
         log(f"  PSS with 1 tenant warm: {res['pss']['1']['mb']:.1f} MB "

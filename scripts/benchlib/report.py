@@ -57,6 +57,9 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
     rows.append(("warm p50 / p99 / p99.9 ms",
                  get(lambda r: (r["warm_latency"]["p50"], r["warm_latency"]["p99"],
                                 r["warm_latency"]["p999"])), "ms"))
+    if results["args"].get("paced_gap_ms"):
+        rows.append(("paced p50 / p99 ms",
+                     get(lambda r: (r["paced_latency"]["p50"], r["paced_latency"]["p99"])), "ms"))
     if results["args"]["cold"]:
         rows.append(("cold p50 / p99 ms", get(lambda r: (r["cold"]["p50"], r["cold"]["p99"])), "ms"))
     if results["args"].get("storm"):
@@ -155,7 +158,8 @@ def _render_main(results: dict) -> list[str]:
                 spreads.append(f"{r.get('label', '?')} {k}: {min(runs):,.0f}-{max(runs):,.0f}")
     if spreads:
         out.append("  req/s spread (min-max of the runs): " + "; ".join(spreads))
-    for figure, label in (("warm_latency", "warm"), ("cold", "cold"), ("storm", "storm")):
+    for figure, label in (("warm_latency", "warm"), ("paced_latency", "paced"), ("cold", "cold"),
+                          ("storm", "storm")):
         spreads = [f"{r.get('label', '?')} p50 {_fmt(sp['p50'][0])}-{_fmt(sp['p50'][1])}, "
                    f"p99 {_fmt(sp['p99'][0])}-{_fmt(sp['p99'][1])}"
                    for r in results.get("systems", {}).values()
@@ -171,6 +175,10 @@ def _render_main(results: dict) -> list[str]:
     out.append(f"  warm latency: {a['latency_requests']} sequential GETs to t0 on one keep-alive "
                f"connection (raw socket, perf_counter_ns)"
                + (f", {a['repeat']} times." if a.get("repeat", 1) > 1 else "."))
+    if a.get("paced_gap_ms"):
+        out.append(f"  paced latency: the same with {a['latency_requests'] // 2} GETs and a "
+                   f"{a['paced_gap_ms']:g} ms pause after each answer: a lightly used tenant, "
+                   f"every process on the path woken from sleep.")
     if a["cold"]:
         out.append(f"  cold start: first-ever request to each of {a['cold']} fresh tenants, "
                    f"sequential, on one keep-alive connection, {a['cold_pause_ms']:g} ms pause "
