@@ -63,19 +63,23 @@ def voluntary_switches(pid: int) -> int:
 
 
 def test_the_supervisor_polls_instead_of_sleeping_between_the_hops_of_a_request(tmp_path: Path) -> None:
-    """Sleeping, it waits for the child's reply and mostly for the next
-    request; polling, it hardly ever sleeps. On a box busy with other work
-    the reply is often in before the supervisor would wait, so it sleeps
-    little either way and the pair shows nothing: up to three pairs are
-    taken, and one must show the difference. Without polling (the feature
-    broken) no pair can."""
+    """Sleeping, it waits for the child's reply and for the next request,
+    ~2 times per request; polling, at most half as often. The count is the
+    main thread's voluntary context switches, so a wait for the GIL while a
+    worker thread holds it counts too (a new server's worker threads are
+    busy for a while: spares' page maps, cgroup slots): polling measured
+    0.07-1.2 per request here, sleeping 1.7-2.4. On a box busy with other
+    work the reply is often in before the supervisor would wait, so it
+    sleeps little either way and the pair shows nothing: up to three pairs
+    are taken, and one must show the difference. Without polling (the
+    feature broken) no pair can."""
     pairs = []
     for attempt in range(3):
         sleeping = sleeps_per_request(tmp_path / str(attempt), 0)
         polling = sleeps_per_request(tmp_path / str(attempt), 5000)
         print(f"\nsleeps per request: {sleeping:.2f} without polling, {polling:.2f} polling 5 ms")
         pairs.append((sleeping, polling))
-        if polling <= 0.5 and sleeping - polling >= 0.5:
+        if polling <= sleeping / 2 and sleeping >= 1:
             return
     raise AssertionError(f"polling did not spare the supervisor its sleeps: (without, with) {pairs}")
 
