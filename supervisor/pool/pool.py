@@ -175,8 +175,7 @@ class Pool:
         #: Children fallen idle whose background allowance is not guarded yet.
         self.cooling: set[ChildProcess] = set()
         #: Idle children give unchanged copied pages back (supervisor.pool.idle_trim).
-        self.trimmer = IdleTrimmer(calm=lambda: calm(self._waiting,
-                                                     self._cold_rate.per_second(trio.current_time())))
+        self.trimmer = IdleTrimmer(calm=self._calm)
         #: Kernel-armed budgets in flight, looked at as soon as they can run out.
         self.budgets: BudgetWatch[ChildProcess] = BudgetWatch(
             lambda child: child.cpu, lambda child: child.kill(KillReason.EXCEEDED_CPU))
@@ -562,14 +561,18 @@ class Pool:
                         cold_rate=self._cold_rate.per_second(now), spares_ceiling=pool.max_spares,
                         warm=warm, reap=reap, reshare_after_s=pool.reshare_after_s)
 
+    def _calm(self) -> bool:
+        """No request waits for a spare and cold starts are not coming fast
+        (plan.calm): background work (give-backs, the hub's core) may go on."""
+        return calm(self._waiting, self._cold_rate.per_second(trio.current_time()))
+
     async def _keep_hub_core(self) -> None:
         """Give the supervisor's loop a core of its own while it is the busy hub (hub_core)."""
         hub = self.hub_core
         while hub.possible:
             await trio.sleep(HUB_CHECK_S)
-            quiet = calm(self._waiting, self._cold_rate.per_second(trio.current_time()))
-            hub.check(quiet, (child.pid for child in self.children.values()
-                             if child.alive and child.record is not None and not child.cold))
+            hub.check(self._calm(), (child.pid for child in self.children.values()
+                                     if child.alive and child.record is not None and not child.cold))
 
     async def _cpu_watchdog(self) -> None:
         """Enforce the CPU budgets the kernel is not armed for (see cpu_account),
