@@ -10,9 +10,12 @@ Everything is on 127.0.0.1: the upstream is `upstream.py` in a subprocess.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import signal
 import statistics
+import struct
 import sys
 import threading
 import time
@@ -49,6 +52,15 @@ def _perf_meter(pid: int):
         return None
 
 
+#: What the bench's perf counter on a spinning child sends the watching
+#: thread when the child's CPU crosses its budget (blocked there, so it is
+#: only ever taken by sigtimedwait).
+CROSSING_SIGNAL = signal.SIGRTMIN + 3
+_F_SETSIG = 10
+_F_SETOWN_EX = 15
+_F_OWNER_TID = 0
+
+
 def schedstat_ns(pid: int) -> int | None:
     """CPU time the kernel has charged to pid (first field of schedstat, ns)."""
     try:
@@ -61,8 +73,12 @@ def schedstat_ns(pid: int) -> int | None:
 class CpuWatch:
     """Polls /proc/PID/schedstat every ~0.2 ms from a thread until the process
     is gone (reaped), keeping the last value read. With a budget, polling
-    starts 2 ms before the budget can have been spent: it would otherwise
-    stretch the wall time it measures.
+    starts only once the child's CPU crossed it: a perf counter of the bench's
+    own on the child overflows there and the kernel signals this thread
+    (without perf, it starts 2 ms before the budget can have been spent).
+    Sampling while the child spins preempted it every ~0.25 ms for ~35 us
+    (this thread is SCHED_FIFO, and a perf read of a running task interrupts
+    its CPU): it stretched the very wall time measured.
 
     The polling thread asks for SCHED_FIFO (it sleeps 0.2 ms between reads, so
     it cannot hog a core): on 2 busy cores a normal thread can be kept off the
@@ -89,6 +105,7 @@ class CpuWatch:
         self.max_interval_ms = 0.0
         self.steps_ns: list[int] = []  # increments between distinct readings
         self.gone = threading.Event()
+        self._ready = threading.Event()
         self._stop = threading.Event()
         self._max_s = max_s
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -101,12 +118,16 @@ class CpuWatch:
             pass
         end = time.monotonic() + self._max_s
         if self.budget_ns is not None:
-            # A single-threaded child cannot spend its budget in less wall time
-            # than the budget itself: sleep through most of it. Sampling all
-            # along preempted the spinning child every ~0.25 ms (this thread is
-            # SCHED_FIFO, and a perf read of a running task interrupts its CPU),
-            # which stretched the very wall time measured by ~20-50%.
-            time.sleep(max(0.0, self.budget_ns / 1e9 - 0.002))
+            signalled = self._arm_crossing_signal()
+            self._ready.set()
+            if signalled:
+                if signal.sigtimedwait([CROSSING_SIGNAL], self._max_s) is not None:
+                    self.crossed_at = time.monotonic()
+            else:
+                # A single-threaded child cannot spend its budget in less wall
+                # time than the budget itself: sleep through most of it.
+                time.sleep(max(0.0, self.budget_ns / 1e9 - 0.002))
+        self._ready.set()
         prev = time.perf_counter()
         while not self._stop.is_set() and time.monotonic() < end:
             v = schedstat_ns(self.pid)
@@ -132,8 +153,29 @@ class CpuWatch:
             self.samples += 1
             time.sleep(0.0002)
 
+    def _arm_crossing_signal(self) -> bool:
+        """Point the perf counter's overflow at this thread, due when the child
+        has used ``budget_ns`` since the watch began (as the sampled
+        crossing was). False: no perf counter, or the kernel refused."""
+        if self.perf is None or self.budget_ns is None:
+            return False
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [CROSSING_SIGNAL])
+            fcntl.fcntl(self.perf.fd, _F_SETSIG, CROSSING_SIGNAL)
+            fcntl.fcntl(self.perf.fd, _F_SETOWN_EX,
+                        struct.pack("ii", _F_OWNER_TID, threading.get_native_id()))
+            left = self.budget_ns - self.perf.read_ns()
+            if left <= 0:
+                self.crossed_at = time.monotonic()
+                return False
+            self.perf.arm(left)
+            return True
+        except OSError:
+            return False
+
     def start(self) -> CpuWatch:
         self._thread.start()
+        self._ready.wait(5.0)
         return self
 
     def finish(self, wait_s: float) -> bool:
