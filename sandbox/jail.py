@@ -243,7 +243,14 @@ def jail_child(channel_fd: int, devnull_fd: int, address_space: int,
     :func:`confine_to_bundle` at Load. ``cgroup_fd``: see :func:`join_cgroup_slot`.
     """
     join_cgroup_slot(cgroup_fd)
-    os.setsid()
+    # A process group of its own keeps a terminal's job-control signals (a
+    # Ctrl-C to a Corral run in the foreground) away from it, as a session of
+    # its own did. Not a session: the kernel gives each session a scheduling
+    # autogroup, and the scheduler then weighs every child against the others
+    # as a group, where the policies the supervisor sets (SCHED_IDLE for a
+    # dying child's teardown) do not count: the dispatcher told of a CPU kill
+    # waited for the killed child's whole teardown on their shared core.
+    os.setpgid(0, 0)
     # 1. Signals: the zygote's handlers must not run here; SIGPIPE as EPIPE.
     # (_signal, not signal: the module's Enum conversions alone copy ~25 of
     # the zygote's pages into every child.)

@@ -43,7 +43,7 @@ import pytest
 
 from sandbox import jail
 from sandbox.thread_shims import NATIVE_SINGLE_THREADED
-from tests.harness import Corral
+from tests.harness import Corral, read_each
 
 SECRET_ENV = "CORRAL_TEST_SECRET"
 SECRET_VALUE = "hunter2"
@@ -715,6 +715,48 @@ def test_every_sandbox_is_locked_down_seen_from_outside(c: Corral) -> None:
         assert rows["Max core file size"][:2] == ["0", "0"], rows["Max core file size"]
         assert rows["Max address space"][0] != "unlimited", rows["Max address space"]
     assert checked > 0
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat from field 3 (state) on: [2] is the process group, [3] the session."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def test_every_sandbox_leads_a_process_group_in_the_zygotes_session(c: Corral) -> None:
+    """A process group of its own keeps a terminal's job-control signals away;
+    the zygote's session (not one of its own) keeps it in the zygote's
+    scheduling autogroup, where the policies the supervisor sets count
+    (a killed child's teardown under SCHED_IDLE yields to the dispatcher)."""
+    zygote = c.zygote()
+    assert zygote is not None
+    zygote_session = _stat_fields(zygote)[3]
+    zygote_group = Path(f"/proc/{zygote}/autogroup").read_text().split()[0]
+    seen = read_each(c.children(), lambda pid: (_stat_fields(pid), Path(f"/proc/{pid}/autogroup").read_text()))
+    assert seen, "no sandboxes to inspect"
+    for pid, (fields, autogroup) in seen.items():
+        assert fields[2] == str(pid), (pid, "process group", fields[2])
+        assert fields[3] == zygote_session, (pid, "session", fields[3], zygote_session)
+        assert autogroup.split()[0] == zygote_group, (pid, autogroup, zygote_group)
+
+
+def test_a_tenant_cannot_reach_a_terminal(c: Corral) -> None:
+    """Sandboxes share the zygote's session, which may have a controlling
+    terminal (Corral run in a shell): a tenant must not type into it."""
+    c.deploy("tty", worker('''
+        import fcntl, termios
+        class Default(WorkerEntrypoint):
+            async def fetch(self, request):
+                out = {f"sti_{fd}": attempt(fcntl.ioctl, fd, termios.TIOCSTI, b"x") for fd in (0, 1, 2)}
+                out["open_tty"] = attempt(os.open, "/dev/tty", os.O_RDWR)
+                out["kill_group"] = attempt(os.killpg, 0, 9)
+                return Response.json(out)
+    '''))
+    out = call(c, "tty")
+    for fd in (0, 1, 2):
+        assert out[f"sti_{fd}"]["ok"] is False, out
+    assert out["open_tty"]["ok"] is False, out
+    denied(out["kill_group"])
+    assert_healthy(c)
 
 
 def _epoll_watches(pid: int) -> list[tuple[int, str]]:

@@ -271,6 +271,19 @@ class Renicer:
         except OSError:
             pass
 
+    def dying(self, pid: int) -> None:
+        """A child being killed tears its memory down in its own context
+        (1-2 ms for a 25 MB child here) under ``SCHED_BATCH``, which nobody
+        woken on its core preempts: the very dispatcher told of the kill
+        waited that long. Under ``SCHED_IDLE`` the teardown runs on CPU
+        nobody else wants. Not recorded: the process never runs Python again."""
+        if not self.allowed or not self._can_idle or pid <= 0:
+            return
+        try:
+            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass  # already reaped: nothing left to tear down
+
 
 class ChildKit:
     """What every child of one pool shares: set up once, handed to each child."""
@@ -481,6 +494,7 @@ class ChildProcess:
             self.kill_reason = reason
             self.kill_detail = detail
             self.owner.on_condemned(self)
+            self.kit.renice.dying(self.pid)
         try:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         except OSError:
