@@ -243,9 +243,13 @@ def _timed_request(c: Conn, host: str, expect: bytes | None) -> tuple[int, str |
 class _Timings:
     """Timed first requests: each one's ns, or the error that names its host."""
 
+    #: The slowest requests kept, with when they ended (to find them in the server's log).
+    SLOWEST = 3
+
     def __init__(self) -> None:
         self.times: list[int] = []
         self.errors: list[str] = []
+        self.ended: list[tuple[int, float, str]] = []  # (ns, time.time() at the end, host)
 
     def request(self, c: Conn, host: str, expect: bytes | None) -> None:
         ns, err = _timed_request(c, host, expect)
@@ -253,10 +257,13 @@ class _Timings:
             self.errors.append(err)
         else:
             self.times.append(ns)
+            self.ended.append((ns, time.time(), host))
 
     def summary(self) -> dict:
         out = summarize_ms(self.times)
         out.update(errors=len(self.errors), first_error=self.errors[0] if self.errors else None)
+        out["slowest"] = [{"ms": ns / 1e6, "ended_at": at, "host": host}
+                          for ns, at, host in sorted(self.ended, reverse=True)[:self.SLOWEST]]
         return out
 
 

@@ -332,7 +332,9 @@ class Runner:
                     a.cold_pause_ms / 1000.0, warm_host=h(t0))
                 cold_runs.append(c)
                 log(f"  cold start p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms over {c['n']} tenants"
-                    + (f", {c['errors']} errors (first: {c['first_error']})" if c["errors"] else ""))
+                    + (f", {c['errors']} errors (first: {c['first_error']})" if c["errors"] else "")
+                    + "; slowest " + ", ".join(f"{s['ms']:.1f} ms ({s['host']}, ended at {s['ended_at']:.3f})"
+                                               for s in c["slowest"]))
             res["cold"] = httpclient.repeated(cold_runs)
         if storm_names:
             time.sleep(1.0)  # the pool settles after the paced cold run
@@ -355,7 +357,9 @@ class Runner:
                 log(f"  cold-start storm: {s['n']} tenants from {s['connections']} connections in "
                     f"{s['seconds']:.2f} s, p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, "
                     f"p99.9 {s['p999']:.2f} ms"
-                    + (f", {s['errors']} errors (first: {s['first_error']})" if s["errors"] else ""))
+                    + (f", {s['errors']} errors (first: {s['first_error']})" if s["errors"] else "")
+                    + "; slowest " + ", ".join(f"{x['ms']:.1f} ms (ended at {x['ended_at']:.3f})"
+                                               for x in s["slowest"]))
             s = res["storm"] = httpclient.repeated(storm_runs)
             s["cpu_ms_per_cold_start"] = {role: seconds * 1000.0 / max(1, a.storm * runs)
                                           for role, seconds in spent.items()}
