@@ -134,7 +134,9 @@ class Corral:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"corral serve exited: {self.log()}")
-            if os.path.exists(self.socket_path) and self._http_up():
+            # The admin socket accepting, not its file existing: a server
+            # killed with -9 leaves its file behind for the next one to replace.
+            if self._admin_up() and self._http_up():
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"corral serve did not start: {self.log()}")
@@ -142,6 +144,15 @@ class Corral:
     def _http_up(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def _admin_up(self) -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(0.2)
+                sock.connect(str(self.socket_path))
                 return True
         except OSError:
             return False
