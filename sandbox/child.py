@@ -13,6 +13,7 @@ supervisor.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import os
 import re
@@ -26,6 +27,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import greenlet
 import msgspec
 
 from protocol.messages import (
@@ -81,7 +83,7 @@ from . import (
     workers,
 )
 from .channel import Channel
-from .run_sync import run_in_portal
+from .run_sync import cancel_waits
 from .streams import IncomingBody, OutgoingBody, pump
 
 #: Log budget per invocation, and the channel backlog past which logs are dropped.
@@ -274,6 +276,10 @@ class _Invocation:
 
 
 _EVENT_READ, _EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+# asyncio's own bounds for its turn (asyncio.base_events), kept by ChildLoop's.
+_MAX_SELECT_TIMEOUT_S = 24 * 3600
+_MIN_SCHEDULED_TIMER_HANDLES = 100
+_MIN_CANCELLED_TIMER_HANDLES_FRACTION = 0.5
 
 #: A child loop's kernel side: its epoll instance and wake-up socket pair.
 KernelSide = tuple[selectors.EpollSelector, socket.socket, socket.socket]
@@ -314,21 +320,32 @@ class ChildLoop(asyncio.SelectorEventLoop):
         return handle
 
     def _run_once(self) -> None:
-        """One turn of the loop, as asyncio's, in one Python function when no
-        timer is pending (a child between requests has none): asyncio's turn
-        runs the selector's ``select``, ``_process_events`` and one
-        ``_add_callback`` per ready descriptor besides. Anything else (timers,
-        debug mode, a selector without the attributes read here) takes
-        asyncio's own turn."""
+        """One turn of the loop, as asyncio's, in one Python function:
+        asyncio's turn runs the selector's ``select``, ``_process_events``
+        and one ``_add_callback`` per ready descriptor besides. Its own turn
+        also could not serve :mod:`sandbox.run_sync`: after each callback,
+        this one stops if the greenlet running it no longer drives the loop
+        (a task step that hopped has ended; see :meth:`hop`). Debug mode, or
+        a selector without the attributes read here, take asyncio's turn
+        (and cannot hop)."""
         selector = self._selector
         fd_to_key = getattr(selector, "_fd_to_key", None)
         epoll = getattr(selector, "_selector", None)
-        if self._scheduled or self._debug or fd_to_key is None or type(epoll) is not select.epoll:
+        if self._debug or fd_to_key is None or type(epoll) is not select.epoll:
             super()._run_once()
             return
         ready = self._ready
+        scheduled = self._scheduled
+        if scheduled:
+            self._drop_cancelled_timers()
+        if ready or self._stopping:
+            timeout: float = 0
+        elif scheduled:
+            timeout = min(max(0.0, scheduled[0]._when - self.time()), _MAX_SELECT_TIMEOUT_S)
+        else:
+            timeout = -1
         try:
-            polled = epoll.poll(0 if (ready or self._stopping) else -1, max(len(fd_to_key), 1))
+            polled = epoll.poll(timeout, max(len(fd_to_key), 1))
         except InterruptedError:
             polled = []
         for fd, flags in polled:
@@ -346,10 +363,102 @@ class ChildLoop(asyncio.SelectorEventLoop):
                     self._remove_writer(key.fileobj)
                 else:
                     ready.append(writer)
-        for _ in range(len(ready)):
+        if scheduled:
+            end_time = self.time() + self._clock_resolution
+            while scheduled and scheduled[0]._when < end_time:
+                handle = heapq.heappop(scheduled)
+                handle._scheduled = False
+                ready.append(handle)
+        # Counted down, and the deque checked: a hop's other greenlet may
+        # have run some of this turn's callbacks meanwhile.
+        todo = len(ready)
+        while todo and ready:
+            todo -= 1
             handle = ready.popleft()
             if not handle._cancelled:
                 handle._run()
+                if self._hopped and self._driver is not greenlet.getcurrent():
+                    self._hand_back()
+                    return
+
+    def _drop_cancelled_timers(self) -> None:
+        """As asyncio's turn: cancelled timers leave the heap, all at once
+        when they are many, else from its head."""
+        scheduled = self._scheduled
+        count = len(scheduled)
+        if count > _MIN_SCHEDULED_TIMER_HANDLES and \
+                self._timer_cancelled_count / count > _MIN_CANCELLED_TIMER_HANDLES_FRACTION:
+            kept = []
+            for handle in scheduled:
+                if handle._cancelled:
+                    handle._scheduled = False
+                else:
+                    kept.append(handle)
+            heapq.heapify(kept)
+            self._scheduled = kept
+            self._timer_cancelled_count = 0
+            return
+        while scheduled and scheduled[0]._cancelled:
+            self._timer_cancelled_count -= 1
+            handle = heapq.heappop(scheduled)
+            handle._scheduled = False
+
+    # -- hops (sandbox.run_sync) ----------------------------------------------
+    #: Set at the first hop: from then on the loop is driven by ``_driver``,
+    #: a greenlet of its own, and ``_root`` (the one that called
+    #: ``run_forever``) waits for the loop to stop.
+    _hopped = False
+    _driver: greenlet.greenlet | None = None
+    _root: greenlet.greenlet | None = None
+
+    @property
+    def driver(self) -> greenlet.greenlet:
+        """The greenlet that drives the loop (runs its turns) now."""
+        return self._driver if self._hopped and self._driver is not None else greenlet.getcurrent()
+
+    def hop(self) -> None:
+        """Called by the driving greenlet from deep in a task step: a new
+        greenlet drives the loop from here; this one waits where it is until
+        :meth:`resume` switches back to it."""
+        if not self._hopped:
+            self._hopped = True
+            self._root = greenlet.getcurrent()
+        self._driver = greenlet.greenlet(self._drive, parent=self._root)
+        self._driver.switch()
+
+    def yield_driving(self) -> None:
+        """A resumed greenlet waits again: control goes back to the driver."""
+        assert self._driver is not None
+        self._driver.switch()
+
+    def resume(self, waiting: greenlet.greenlet) -> None:
+        """In the driving greenlet (a callback): run ``waiting`` on from its
+        wait until it waits again or its task step ends; then go on driving."""
+        if waiting is not self._root and waiting.parent is not None:
+            waiting.parent = greenlet.getcurrent()  # where it goes when it ends
+        waiting.switch()
+
+    def _hand_back(self) -> None:
+        """This greenlet's task step, which hopped, has ended: the loop is the
+        driver's. A greenlet made by :meth:`hop` ends (its ``_drive`` returns,
+        back to the driver that resumed it); the root waits for the stop."""
+        if greenlet.getcurrent() is self._root:
+            assert self._driver is not None
+            self._driver.switch()
+
+    def _drive(self) -> None:
+        """A driver greenlet's life: turns of the loop until another drives
+        it, or until it stops (then the root returns from ``run_forever``)."""
+        me = greenlet.getcurrent()
+        while True:
+            self._run_once()
+            if self._driver is not me:
+                return
+            if self._stopping:
+                break
+        self._hopped, self._driver = False, None
+        assert self._root is not None
+        self._root.switch()
 
     def create_task(self, coro: Any, *, name: str | None = None,
                     context: Any = None) -> asyncio.Task:
@@ -609,21 +718,21 @@ class Runtime:
             kind, args = ("fetch", ()) if message.event is None \
                 else events.kind_and_args(message.event)
             if kind == "websocket":
-                await run_in_portal(self.sockets.deliver(message.event))  # type: ignore[arg-type]
+                await self.sockets.deliver(message.event)  # type: ignore[arg-type]
                 state.responded = True
                 self.send(ResponseStart(inv, 200, []))
                 raise _Handled
             if kind == "durable_object":
                 request = self._request_for(message)
-                response = await run_in_portal(self.objects.serve(
-                    self._script.module, message.event, inv, env, request))
+                response = await self.objects.serve(
+                    self._script.module, message.event, inv, env, request)
                 await self._respond(inv, response, state)
                 raise _Handled
             if kind != "fetch":
                 # Not a request: the handler's return is not a response; an
                 # empty head says it returned (an exception fails it as usual).
                 try:
-                    await run_in_portal(self._script.call(kind, workers.Context(inv), env, *args))
+                    await self._script.call(kind, workers.Context(inv), env, *args)
                 finally:
                     owed = events.settlement(inv, args)
                     if owed is not None:
@@ -632,8 +741,7 @@ class Runtime:
                 self.send(ResponseStart(inv, 200, []))
                 raise _Handled
             request = self._request_for(message)
-            response = await run_in_portal(self._script.call("fetch", workers.Context(inv), env,
-                                                             request))
+            response = await self._script.call("fetch", workers.Context(inv), env, request)
             if not isinstance(response, workers.Response):
                 raise TypeError(
                     f"the fetch handler returned {type(response).__name__}, not a Response"
@@ -698,6 +806,7 @@ class Runtime:
         if not state.lingering:
             if state.task is not None:
                 state.task.cancel()
+                cancel_waits(state.task)  # its synchronous code may be waiting in run_sync
             return
         pending = [task for task in state.background if not task.done()]
         if pending:
@@ -708,12 +817,10 @@ class Runtime:
                 workers.current_invocation.reset(token)
         for task in pending:
             task.cancel()
+            cancel_waits(task)
 
     def wait_until(self, inv: int, awaitable: Any) -> None:
         state = self.invocations.get(inv)
-
-        if asyncio.iscoroutine(awaitable):
-            awaitable = run_in_portal(awaitable)  # run_sync works in waitUntil work too
 
         async def guarded() -> None:
             workers.current_invocation.set(inv)

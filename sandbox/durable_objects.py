@@ -26,7 +26,7 @@ from . import events, websockets, workers
 from .bindings import AttrDict, AttrList, call, options, wrap
 from .bindings.durable_objects import DurableObjectId, decode, encode
 from .pyodide_shim import JsException
-from .run_sync import in_portal, run_in_portal, run_sync
+from .run_sync import can_suspend, run_sync
 
 
 def _values(pairs: list[list[Any]]) -> dict[str, Any]:
@@ -55,12 +55,12 @@ def _now(awaitable: Any, what: str) -> Any:
     """Wait for a storage call from synchronous code, as Cloudflare's SQLite-backed
     storage answers ``sql.exec()`` and ``storage.kv`` calls at once: the
     invocation's greenlet waits (:func:`run_sync`), the child's other work goes on."""
-    if not in_portal():
+    if not can_suspend():
         awaitable.close()
         raise RuntimeError(
-            f"{what} is synchronous and works in the object's own handlers (its constructor, "
-            "fetch, alarm, RPC methods, blockConcurrencyWhile and waitUntil work), not in a "
-            "task started with asyncio.create_task")
+            f"{what} is synchronous and works while the object runs (its constructor, "
+            "fetch, alarm, RPC methods, blockConcurrencyWhile, waitUntil work and the tasks "
+            "they start), not at import time")
     return run_sync(awaitable)
 
 
@@ -351,8 +351,6 @@ class DurableObjectState(workers.Context):
         """Run ``callback()``; no event reaches the object until it is done (in the
         constructor: before the first one)."""
         result = callback()
-        if asyncio.iscoroutine(result):
-            result = run_in_portal(result)  # synchronous storage works in it too
         future = asyncio.ensure_future(result) if inspect.isawaitable(result) else None
         if future is not None:
             self._blocking.append(future)

@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import workers
-from .run_sync import run_in_portal
 
 ASGI = {"spec_version": "2.0", "version": "3.0"}
 NULL_BODY_STATUSES = frozenset({101, 103, 204, 205, 304})
@@ -67,7 +66,7 @@ class _Lifespan:
     async def startup(self) -> bool:
         """True if the app ran its startup; False if it has no lifespan."""
         await self.inbox.put({"type": "lifespan.startup"})
-        self.task = asyncio.ensure_future(run_in_portal(self._run()))
+        self.task = asyncio.ensure_future(self._run())
         return await self.started
 
     async def shutdown(self) -> None:
@@ -200,8 +199,8 @@ async def process_request(app: Any, request: workers.Request, env: Any,
         finally:
             finished.set()
 
-    # In a portal of its own: sync code the app runs inline may use run_sync.
-    task = asyncio.ensure_future(run_in_portal(run_app()))
+    # A task of its own (sync code the app runs inline may use run_sync in it).
+    task = asyncio.ensure_future(run_app())
     if workers.current_invocation.get():
         workers.wait_until(task)  # a streamed body outlives this call
     return await result
@@ -211,7 +210,7 @@ def run_in_background(coro: Any) -> asyncio.Future:
     """Run ``coro`` alongside the request (past its response, within the
     invocation's ``waitUntil`` time); an exception it raises is logged on the
     ``asgi`` logger, as Cloudflare's ``asgi.run_in_background`` does."""
-    task = asyncio.ensure_future(run_in_portal(coro) if asyncio.iscoroutine(coro) else coro)
+    task = asyncio.ensure_future(coro)
     _background.add(task)
 
     def done(finished: asyncio.Future) -> None:

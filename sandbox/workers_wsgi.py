@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import workers
-from .run_sync import in_portal, run_sync
+from .run_sync import can_suspend, run_sync
 
 NULL_BODY_STATUSES = frozenset({101, 103, 204, 205, 304})
 
@@ -110,7 +110,7 @@ def _call_app(app: Callable[..., Any], environ: dict[str, Any]) -> workers.Respo
 
 async def fetch(app: Any, request: workers.Request, env: Any, ctx: Any = None) -> workers.Response:
     """Serve ``request`` with the WSGI ``app`` (Cloudflare's ``workers.wsgi.fetch``)."""
-    if in_portal():
+    if can_suspend():
         body: io.IOBase = io.BufferedReader(_BodyInput(request.body))
     else:  # outside a handler's invocation: no lazy reads, buffer the body first
         body = io.BytesIO(await request.bytes())

@@ -103,7 +103,7 @@ def fake_fetch(monkeypatch):
 
 
 def test_httpx_and_anyio_are_patched_on_import(fake_fetch):
-    from sandbox.run_sync import run_in_portal
+    from sandbox.child import ChildLoop
 
     httpx = importlib.import_module("httpx")
     anyio_to_thread = importlib.import_module("anyio.to_thread")
@@ -116,7 +116,11 @@ def test_httpx_and_anyio_are_patched_on_import(fake_fetch):
         inline = await anyio_to_thread.run_sync(lambda: "inline")
         return sync, asynchronous, inline
 
-    result = asyncio.run(run_in_portal(handler()))
+    loop = ChildLoop()
+    try:
+        result = loop.run_until_complete(handler())
+    finally:
+        loop.close()
     assert result == ({"path": "sync"}, {"path": "async"}, "inline")
     assert [c[1] for c in fake_fetch] == ["GET", "POST"]
 
