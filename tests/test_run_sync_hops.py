@@ -97,6 +97,23 @@ def test_a_wait_inside_a_wait_and_many_in_a_row() -> None:
     assert run(main()) == ["inner+190"] * 5
 
 
+def test_greenlets_that_waited_end_once_their_step_does() -> None:
+    """A hop's greenlet hands the loop back when its task step ends: live
+    greenlets stay the loop's own and its driver, however many waits ran."""
+    import gc
+
+    def live() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead)
+
+    async def main() -> int:
+        for _ in range(3):
+            await asyncio.gather(*(asyncio.create_task(_handler(str(i))) for i in range(20)))
+        return live()
+
+    before = live()
+    assert run(main()) <= before + 2
+
+
 def test_timers_fire_while_handlers_wait() -> None:
     async def main() -> float:
         started = time.monotonic()
