@@ -323,7 +323,8 @@ def _render_extras(x: dict, args: dict) -> list[str]:
     elif c.get("budgets"):
         out.append(f"  CPU-limit precision: tight loop under limits.cpuMs = B, {c['runs']} runs "
                    f"each; CPU the killed child used (/proc/PID/schedstat, sampled every ~0.2 ms "
-                   f"until the process is gone) and the wall time the dispatcher saw")
+                   f"from the budget's crossing until the process is gone) and the wall time "
+                   f"the dispatcher saw")
         hdr = ("budget ms", "consumed mean / max", "overshoot mean / max",
                "perf overshoot mean / max", "reported after mean / max",
                "dispatcher wall mean / max", "client ms", "killed")
@@ -353,9 +354,10 @@ def _render_extras(x: dict, args: dict) -> list[str]:
                    "catches e.name == 'exceededCpu' and answers 503 with its perf_counter timing; "
                    "client ms is the bench's own round trip.")
         out.append("    perf overshoot = the child's perf task-clock count at its end - budget (exact, "
-                   "exit included). reported after = from that count crossing the budget (sampled "
-                   "every ~0.2 ms from 2 ms before the budget) to the dispatcher holding "
-                   "exceededCpu (both CLOCK_MONOTONIC): kill, reap and report.")
+                   "exit included). reported after = from that count crossing the budget (a perf "
+                   "counter of the bench's own overflows there and signals a waiting thread: "
+                   "nothing samples the child before) to the dispatcher holding exceededCpu "
+                   "(both CLOCK_MONOTONIC): kill, reap and report.")
         out.append(f"    sampler: {'SCHED_FIFO' if rt else 'normal-priority (SCHED_FIFO refused)'} "
                    f"thread; at most {_ms(gap)} ms between the last sample and the process being "
                    f"gone (the most CPU that can have gone unseen).")
