@@ -24,6 +24,7 @@ import socket
 import sys
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -406,23 +407,35 @@ class ChildLoop(asyncio.SelectorEventLoop):
     # -- hops (sandbox.run_sync) ----------------------------------------------
     #: Set at the first hop: from then on the loop is driven by ``_driver``,
     #: a greenlet of its own, and ``_root`` (the one that called
-    #: ``run_forever``) waits for the loop to stop.
+    #: ``run_forever``, which drove it until then) waits for the loop to stop.
     _hopped = False
     _driver: greenlet.greenlet | None = None
     _root: greenlet.greenlet | None = None
+    #: Greenlets that hopped (those :meth:`resume` may switch back into).
+    _waiters: weakref.WeakSet[greenlet.greenlet] | None = None
+
+    def waited_before(self, g: greenlet.greenlet) -> bool:
+        """Did ``g`` hop (and so may wait again, from where it was resumed)?"""
+        return self._waiters is not None and g in self._waiters
+
+    def run_forever(self) -> None:
+        self._root = greenlet.getcurrent()  # it drives the loop until a hop
+        super().run_forever()
 
     @property
-    def driver(self) -> greenlet.greenlet:
+    def driver(self) -> greenlet.greenlet | None:
         """The greenlet that drives the loop (runs its turns) now."""
-        return self._driver if self._hopped and self._driver is not None else greenlet.getcurrent()
+        return self._driver if self._hopped else self._root
 
     def hop(self) -> None:
         """Called by the driving greenlet from deep in a task step: a new
         greenlet drives the loop from here; this one waits where it is until
         :meth:`resume` switches back to it."""
-        if not self._hopped:
-            self._hopped = True
-            self._root = greenlet.getcurrent()
+        me = greenlet.getcurrent()
+        self._hopped = True
+        if self._waiters is None:
+            self._waiters = weakref.WeakSet()
+        self._waiters.add(me)
         self._driver = greenlet.greenlet(self._drive, parent=self._root)
         self._driver.switch()
 

@@ -18,6 +18,13 @@ two switches per invocation and four per await: measured over 300 tenants
 round robin (every child's memory cold in the caches), ~35 us of a user
 invocation's ~170 us and ~15 us of a dispatcher's ~60 us.
 
+A task's steps run in whichever greenlet drives the loop at the time, so a
+greenlet the worker's own code made (SQLAlchemy's ``greenlet_spawn``, say)
+has, after another invocation's ``run_sync``, a parent that no longer drives;
+``run_sync`` called from inside such a greenlet says so rather than switch
+into it. Every handler in a portal of its own kept parents fixed, at the cost
+above; no worker written for Cloudflare (no greenlet there) relies on it.
+
 What the caller waits for is its own task: cancelling the invocation
 (:func:`cancel_waits`, on the supervisor's ``Cancel``) cancels it, so the
 synchronous code sees ``CancelledError`` at once. Only a loop that hops
@@ -66,9 +73,16 @@ def run_sync(awaitable: Awaitable[_T]) -> _T:
     loop: Any = asyncio.get_running_loop()  # a ChildLoop: hop, yield_driving, resume, driver
     task = asyncio.current_task(loop)
     assert task is not None
+    me = greenlet.getcurrent()
+    if me is not loop.driver and not loop.waited_before(me):
+        close = getattr(awaitable, "close", None)
+        if close is not None:
+            close()
+        raise RuntimeError(
+            "run_sync() was called from a greenlet the worker's code started itself: it can "
+            "only wait in the invocation's own code (outside greenlet.switch hand-offs)")
     # Its own task, in a copy of the caller's context (the invocation's variables).
     inner = asyncio.ensure_future(awaitable, loop=loop)
-    me = greenlet.getcurrent()
     waiting = [True]  # False once back (the loop's stop can bring it back first)
     inner.add_done_callback(lambda _: waiting[0] and loop.resume(me), context=contextvars.Context())
     _waits[task] = inner

@@ -208,3 +208,17 @@ def test_run_sync_outside_a_handler_says_where_it_may_be_used() -> None:
 
     with pytest.raises(RuntimeError, match="only be used while a handler runs"):
         asyncio.run(on_another_loop())
+
+
+def test_run_sync_from_a_greenlet_the_worker_made_says_so() -> None:
+    async def handler() -> str:
+        def inside() -> str:
+            try:
+                run_sync(asyncio.sleep(0))
+            except RuntimeError as exc:
+                return str(exc)
+            return "waited"
+
+        return greenlet.greenlet(inside).switch()
+
+    assert "a greenlet the worker's code started itself" in run(handler())
