@@ -456,8 +456,7 @@ class ChildLoop(asyncio.SelectorEventLoop):
         driver's. A greenlet made by :meth:`hop` ends (its ``_drive`` returns,
         back to the driver that resumed it); the root waits for the stop."""
         if greenlet.getcurrent() is self._root:
-            assert self._driver is not None
-            self._driver.switch()
+            self.yield_driving()
 
     def _drive(self) -> None:
         """A driver greenlet's life: turns of the loop until another drives

@@ -300,17 +300,23 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat from field 3 (the state) on, split: [1] is the parent,
+    [2] the process group, [3] the session, [38] the scheduling policy.
+    Raises OSError once the process is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _children_of(parent: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat_fields(int(entry))
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent:
+        if int(fields[1]) == parent:
             found.append(int(entry))
     return found
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from pathlib import Path
 
 import pytest
 import trio
@@ -26,6 +25,7 @@ from supervisor.limits.memory import has_cap
 from supervisor.model import ScriptRecord
 from supervisor.pool.child_process import ChildKit, ChildProcess
 from supervisor.pool.invocation import Invocation
+from tests.harness import stat_fields
 
 CAP_SYS_NICE = 23
 
@@ -64,7 +64,7 @@ def _killed_by(reason: KillReason) -> tuple[list[tuple[str, str, ChildState]], i
         inv.on_head = lambda i: heard.append((i.error.name, i.outcome, child.state))
         child.kill(reason)
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: /proc still has it
-        policy = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[38])
+        policy = int(stat_fields(pid)[38])
         _, status = os.waitpid(pid, 0)
         ours.close()
         os.close(child.pidfd)

@@ -43,7 +43,7 @@ import pytest
 
 from sandbox import jail
 from sandbox.thread_shims import NATIVE_SINGLE_THREADED
-from tests.harness import Corral, read_each
+from tests.harness import Corral, read_each, stat_fields
 
 SECRET_ENV = "CORRAL_TEST_SECRET"
 SECRET_VALUE = "hunter2"
@@ -717,11 +717,6 @@ def test_every_sandbox_is_locked_down_seen_from_outside(c: Corral) -> None:
     assert checked > 0
 
 
-def _stat_fields(pid: int) -> list[str]:
-    """/proc/PID/stat from field 3 (state) on: [2] is the process group, [3] the session."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def test_every_sandbox_leads_a_process_group_in_the_zygotes_session(c: Corral) -> None:
     """A process group of its own keeps a terminal's job-control signals away;
     the zygote's session (not one of its own) keeps it in the zygote's
@@ -729,9 +724,9 @@ def test_every_sandbox_leads_a_process_group_in_the_zygotes_session(c: Corral) -
     (a killed child's teardown under SCHED_IDLE yields to the dispatcher)."""
     zygote = c.zygote()
     assert zygote is not None
-    zygote_session = _stat_fields(zygote)[3]
+    zygote_session = stat_fields(zygote)[3]
     zygote_group = Path(f"/proc/{zygote}/autogroup").read_text().split()[0]
-    seen = read_each(c.children(), lambda pid: (_stat_fields(pid), Path(f"/proc/{pid}/autogroup").read_text()))
+    seen = read_each(c.children(), lambda pid: (stat_fields(pid), Path(f"/proc/{pid}/autogroup").read_text()))
     assert seen, "no sandboxes to inspect"
     for pid, (fields, autogroup) in seen.items():
         assert fields[2] == str(pid), (pid, "process group", fields[2])
@@ -813,7 +808,7 @@ def test_the_zygote_takes_landlocks_first_layer_itself(c: Corral) -> None:
     zygotes = set()
     for pid in children:
         try:
-            zygotes.add(int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]))
+            zygotes.add(int(stat_fields(pid)[1]))
         except (OSError, IndexError, ValueError):
             continue
     assert zygotes
