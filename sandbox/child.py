@@ -633,8 +633,8 @@ class Runtime:
         try:
             if self._sandboxed:
                 self._confine(message.script)
-            module = loader.load(message.script.bundle, message.script.main_module,
-                                 message.script.package_dirs)
+            script = message.script
+            module = loader.load(script.bundle, script.main_module, script.package_dirs, script.main_code)
             self._script = events.Handlers(module)
             if not self._script:
                 raise loader.ScriptLoadError(

@@ -6,7 +6,10 @@ The main module's folder is the import root (``main = "src/entry.py"`` makes
 ``src/`` the root, as in Cloudflare's Python Workers) and goes first on
 ``sys.path``; from there on, imports are CPython's: modules have a real
 ``__file__``, data files next to them can be opened, ``importlib.resources``
-and ``importlib.metadata`` (a ``*.dist-info`` in the bundle) work.
+and ``importlib.metadata`` (a ``*.dist-info`` in the bundle) work. When the
+supervisor sends the main module's compiled code and its folder's names
+(:class:`~protocol.messages.MainCode`), those are used instead of reading
+the same bytes from disk, where a cold page cache made cold starts wait.
 
 There is no import guard: any standard-library module may be imported. What
 cannot work in the jail fails when used (:mod:`sandbox.unavailable`), and
@@ -24,6 +27,8 @@ import os
 import posixpath
 import sys
 import types
+
+from protocol.messages import PYC_HEADER, MainCode
 
 #: Names the runtime provides; a bundle may not shadow them.
 RESERVED = ("workers", "js", "pyodide")
@@ -45,19 +50,24 @@ def _main_name(main_module: str) -> tuple[str, str]:
     return root, name
 
 
-def load(bundle_dir: str, main_module: str, package_dirs: list[str] | tuple[str, ...] = ()) -> types.ModuleType:
+def load(bundle_dir: str, main_module: str, package_dirs: list[str] | tuple[str, ...] = (),
+         main_code: MainCode | None = None) -> types.ModuleType:
     """Import the script's main module from ``bundle_dir``; returns it or raises ScriptLoadError.
 
     ``package_dirs`` (one package-store entry per wheel of the script's set)
     go on ``sys.path`` after the standard library, as site-packages would;
-    a package zygote's children have them already.
+    a package zygote's children have them already. ``main_code``: what the
+    bundle holds for the main module, already read by the supervisor.
     """
     root, name = _main_name(main_module)
     import_root = os.path.join(bundle_dir, root) if root else bundle_dir
-    try:
-        entries = os.listdir(import_root)
-    except OSError as exc:
-        raise ScriptLoadError(f"the script's bundle cannot be read: {exc}") from exc
+    if main_code is not None:
+        entries = main_code.root_entries
+    else:
+        try:
+            entries = os.listdir(import_root)
+        except OSError as exc:
+            raise ScriptLoadError(f"the script's bundle cannot be read: {exc}") from exc
     if f"{name}.py" not in entries:
         raise ScriptLoadError(f"main module {main_module!r} is not in the script's bundle")
     clashes = sorted(r for r in RESERVED if r in entries or f"{r}.py" in entries)
@@ -80,7 +90,7 @@ def load(bundle_dir: str, main_module: str, package_dirs: list[str] | tuple[str,
     spec, module = _main_module(name, os.path.join(import_root, f"{name}.py"))
     sys.modules[name] = module
     try:
-        if not _exec_precompiled(spec, module):
+        if not _exec_precompiled(spec, module, main_code.pyc if main_code is not None else None):
             spec.loader.exec_module(module)
     except BaseException as exc:  # noqa: BLE001 - any failure is the script's
         sys.modules.pop(name, None)
@@ -111,16 +121,11 @@ def _main_module(name: str, path: str) -> tuple[importlib.machinery.ModuleSpec, 
     return spec, module
 
 
-#: The header of a pyc the supervisor wrote (supervisor.pool.bundles.compile_tree):
-#: this Python's magic number, then flags 0b01, hash-based and not checked
-#: against the source (a bundle's files never change).
-_UNCHECKED_HASH_PYC = importlib.util.MAGIC_NUMBER + (0b01).to_bytes(4, "little")
-
-
-def _exec_precompiled(spec: importlib.machinery.ModuleSpec, module: types.ModuleType) -> bool:
-    """Run the main module's precompiled code, if its bundle has it; False: it
-    has not (or not as the supervisor writes it), and the import system runs
-    the module instead.
+def _exec_precompiled(spec: importlib.machinery.ModuleSpec, module: types.ModuleType,
+                      data: bytes | None) -> bool:
+    """Run the main module's precompiled code (``data``, else its bundle's
+    file), if there is one; False: there is not (or not as the supervisor
+    writes it), and the import system runs the module instead.
 
     What ``exec_module`` does for such a pyc, without the import system's
     Python around it (path stats, header checks, frames removed): a cold
@@ -129,12 +134,13 @@ def _exec_precompiled(spec: importlib.machinery.ModuleSpec, module: types.Module
     """
     if spec.cached is None or spec.origin is None:
         return False
-    try:
-        with open(spec.cached, "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    if len(data) < 16 or data[:8] != _UNCHECKED_HASH_PYC:
+    if data is None:
+        try:
+            with open(spec.cached, "rb") as f:
+                data = f.read()
+        except OSError:
+            return False
+    if len(data) < 16 or data[:8] != PYC_HEADER:
         return False
     code = marshal.loads(memoryview(data)[16:])
     _imp._fix_co_filename(code, spec.origin)  # as importlib does: tracebacks name the file

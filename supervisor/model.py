@@ -479,11 +479,12 @@ def public_binding(binding: Binding) -> dict[str, Any]:
     return msgspec.to_builtins(binding)
 
 
-def to_bundle(record: ScriptRecord, bundle_dir: str,
-              package_dirs: list[str] | None = None) -> messages.ScriptBundle:
+def to_bundle(record: ScriptRecord, bundle_dir: str, package_dirs: list[str] | None = None,
+              main_code: messages.MainCode | None = None) -> messages.ScriptBundle:
     """The child's view of a script: where its files are, plus the bindings a child can hold.
 
-    ``bundle_dir`` holds the record's modules as files (supervisor.pool.bundles).
+    ``bundle_dir`` holds the record's modules as files (supervisor.pool.bundles);
+    ``main_code``, if the supervisor holds it, is its main module's, read from there.
 
     Secrets become text bindings only inside the script's own child; the
     outbound configuration of a dispatch-namespace binding and a service
@@ -519,4 +520,5 @@ def to_bundle(record: ScriptRecord, bundle_dir: str,
         bindings=bindings,
         compatibility_date=record.compatibility_date,
         package_dirs=list(package_dirs or []),
+        main_code=main_code,
     )

@@ -274,7 +274,8 @@ class Supervisor:
                     # After the pool's send batch: the frames of a turn leave
                     # before the poll waits for their answers.
                     trio.lowlevel.add_instrument(BusyPoll(self.config.busy_poll_us))
-                nursery.start_soon(self.pool.bundles.run, self._bundles_in_use, self.store.package_locks)
+                nursery.start_soon(self.pool.bundles.run, self._bundles_in_use, self.store.package_locks,
+                                   self.store.deployed_mains)
                 nursery.start_soon(self.scheduler.run)
                 nursery.start_soon(self.objects.run)
                 nursery.start_soon(self.alarms.run)

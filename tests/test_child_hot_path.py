@@ -154,7 +154,7 @@ def test_a_main_module_loads_from_its_bundles_pyc_or_else_the_import_system(tmp_
     used: list[bool] = []
     real = loader._exec_precompiled
     try:
-        loader._exec_precompiled = lambda spec, module: used.append(real(spec, module)) or used[-1]
+        loader._exec_precompiled = lambda spec, module, data: used.append(real(spec, module, data)) or used[-1]
         module = loader.load(str(bundle), "worker.py")
     finally:
         loader._exec_precompiled = real

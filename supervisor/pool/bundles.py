@@ -30,6 +30,10 @@ neither a thread nor a disk read for them.
   would compile every module of its script on every cold start. The bundle
   is compiled when it is written (``UNCHECKED_HASH`` pycs: the files never
   change, so there is nothing to check).
+* **In memory too.** The main module's compiled code and its folder's
+  names are kept (:mod:`.main_code`) for versions written here and, read
+  at start, for the deployed versions an earlier run wrote: a cold start
+  sends them with ``Load`` and reads nothing from disk.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ from collections.abc import Callable
 
 import trio
 
+from protocol.messages import MainCode
 from supervisor.model import ScriptRecord
 from supervisor.packages.store import PackageStore
+from supervisor.pool.main_code import MainCodeCache, read_main_code
 
 #: How often unused bundles are collected when nothing asks for it sooner.
 COLLECT_PERIOD_S = 600.0
@@ -140,6 +146,8 @@ class Bundles:
         self._locks: dict[str, str] = {}
         #: Versions known to be complete on disk: a cold start needs no thread for them.
         self._present: set[str] = set()
+        #: Main modules' code, sent with Load instead of read from disk by the child.
+        self.code = MainCodeCache()
         self._lock = trio.Lock()
         self._wanted = trio.Event()
         self._wanted.set()  # once at start: what a previous run left behind
@@ -179,15 +187,17 @@ class Bundles:
         if record.version not in self._present:
             async with self._lock:
                 if record.version not in self._present:
-                    dirs = await trio.to_thread.run_sync(self._write, record)
+                    dirs, code = await trio.to_thread.run_sync(self._write, record)
                     self._package_dirs[record.version] = dirs
+                    if code is not None:
+                        self.code.put(record.version, code)
                     if record.packages_lock:
                         self._locks[record.version] = record.packages_lock
                     self._present.add(record.version)
         return self.path(record.version)
 
-    def _write(self, record: ScriptRecord) -> list[str]:
-        """Blocking: the bundle's files, and its lock's entry directories."""
+    def _write(self, record: ScriptRecord) -> tuple[list[str], MainCode | None]:
+        """Blocking: the bundle's files; its lock's entry directories and its main code."""
         dirs: list[str] = []
         if record.packages_lock:
             lock = self.package_store.read_lock(record.packages_lock)
@@ -195,8 +205,8 @@ class Bundles:
                 raise BundleError(f"the packages of script {record.name!r} ({', '.join(record.requirements)}) "
                                   "are no longer in the package store: deploy it again")
             dirs = self.package_store.paths(lock)
-        write_bundle(self.root, record.version, record.modules)
-        return dirs
+        path = write_bundle(self.root, record.version, record.modules)
+        return dirs, read_main_code(path, record.main_module)  # just written: from the page cache
 
     async def collect(self, keep: Callable[[], set[str]]) -> list[str]:
         """Remove the bundles outside ``keep()``; returns the removed names.
@@ -211,6 +221,7 @@ class Bundles:
         async with self._lock:
             kept = frozenset(keep())
             self._present &= kept
+            self.code.keep_only(kept)
             for version in list(self._package_dirs):
                 if version not in kept:
                     self._package_dirs.pop(version, None)
@@ -222,15 +233,20 @@ class Bundles:
         self._wanted.set()
 
     async def run(self, keep: Callable[[], set[str]],
-                  stored_locks: Callable[[], set[str]] | None = None) -> None:
+                  stored_locks: Callable[[], set[str]] | None = None,
+                  deployed_mains: Callable[[], list[tuple[str, str]]] | None = None) -> None:
         """Collect when asked, and every :data:`COLLECT_PERIOD_S` (retired children end).
 
         ``stored_locks`` (blocking: it reads the store) names the package
         locks stored scripts use; with it, the package store is collected
         too, after the bundles, keeping those and the locks of live versions.
+        ``deployed_mains`` (blocking) names each deployed ``(version,
+        main_module)``: after the first collection, their main code already
+        on disk is read into memory (:meth:`load_code`).
         """
         from supervisor.log import log, warn
 
+        first = True
         while True:
             with trio.move_on_after(COLLECT_PERIOD_S):
                 await self._wanted.wait()
@@ -252,6 +268,46 @@ class Bundles:
                     continue
                 if locks or entries:
                     log("packages.collected", locks=locks, entries=entries)
+            if first and deployed_mains is not None:
+                first = False
+                try:
+                    held = await self.load_code(deployed_mains)
+                except OSError as exc:
+                    warn("bundles.code_not_loaded", reason=str(exc))
+                else:
+                    log("bundles.code_loaded", versions=held, bytes=self.code.bytes)
+
+    async def load_code(self, deployed_mains: Callable[[], list[tuple[str, str]]]) -> int:
+        """Read the main code of deployed versions already on disk into memory,
+        in one worker thread, up to the cache's budget; returns how many are held.
+
+        After a restart, every tenant's first request is a cold start. Their
+        bundles were written by an earlier run, and reading them then, one
+        disk read after another in a storm, is what this avoids. Only
+        :meth:`run` calls it, between collections, so what it read is still
+        on disk (a later collection forgets what it removes).
+        """
+        found = await trio.to_thread.run_sync(self._read_code, deployed_mains, self.code.budget_bytes)
+        for version, code in found:
+            if version not in self.code:  # else: written by this run meanwhile
+                self.code.put(version, code)
+        return len(found)
+
+    def _read_code(self, deployed_mains: Callable[[], list[tuple[str, str]]],
+                   budget: int) -> list[tuple[str, MainCode]]:
+        """Blocking: the main code of deployed versions on disk, ``budget`` bytes at most."""
+        found, total = [], 0
+        for version, main_module in deployed_mains():
+            if not _VERSION.fullmatch(version):
+                continue
+            code = read_main_code(self.path(version), main_module)
+            if code is None:
+                continue
+            total += len(code.pyc)
+            if total > budget:
+                break
+            found.append((version, code))
+        return found
 
     def _collect_packages(self, stored_locks: Callable[[], set[str]], live: set[str]) -> tuple[int, int]:
         return self.package_store.gc(stored_locks() | live)

@@ -738,7 +738,9 @@ class Pool:
 
     def _bundle_of(self, record: ScriptRecord) -> Any:
         """What a child is sent for ``record`` (its bundle is :meth:`Bundles.ready`)."""
-        return to_bundle(record, self.bundles.path(record.version), self.bundles.package_dirs(record.version))
+        version = record.version
+        return to_bundle(record, self.bundles.path(version), self.bundles.package_dirs(version),
+                         self.bundles.code.get(version))
 
     def _assign(self, child: ChildProcess, record: ScriptRecord) -> None:
         """A spare becomes the warm child of ``record`` (an older version drains)."""

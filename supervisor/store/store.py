@@ -353,6 +353,11 @@ class Store:
         """Every ``(namespace, name)`` deployed (a scan: not for the request path)."""
         return [(r[0], r[1]) for r in self._read("SELECT namespace, name FROM scripts ORDER BY namespace, name")]
 
+    def deployed_mains(self) -> list[tuple[str, str]]:
+        """Each deployed ``(version, main_module)``, most recently changed first (a scan). Blocking."""
+        return [(r[0], r[1]) for r in self._read(
+            "SELECT DISTINCT version, main_module FROM scripts ORDER BY modified_on DESC")]
+
     def package_locks(self) -> set[str]:
         """Package-store locks some stored script uses (for the package store's GC). Blocking."""
         with self._transaction() as db:
