@@ -21,7 +21,7 @@ import trio
 from protocol.messages import PYC_HEADER, MainCode
 from supervisor.model import ScriptRecord
 from supervisor.pool.bundles import Bundles, write_bundle
-from supervisor.pool.main_code import MainCodeCache, read_main_code
+from supervisor.pool.main_code import MAX_ENTRY_BYTES, MainCodeCache, read_main_code
 from tests.harness import Corral
 
 SOURCE = """\
@@ -107,6 +107,8 @@ def test_the_cache_keeps_to_its_budget_least_recently_used_first_out() -> None:
     assert cache.bytes <= 3000
     assert not cache.put("huge", _code(4000)), "one entry over the budget is not held"
     assert "huge" not in cache and len(cache) == 3
+    roomy = MainCodeCache(budget_bytes=1 << 30)
+    assert not roomy.put("huge", _code(MAX_ENTRY_BYTES)), "a Load must stay well within a frame"
     cache.keep_only({"a"})
     assert len(cache) == 1 and "a" in cache and 700 < cache.bytes < 1400
 

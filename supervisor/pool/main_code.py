@@ -29,10 +29,14 @@ import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from protocol.framing import MAX_FRAME_TO_CHILD
 from protocol.messages import PYC_HEADER, MainCode
 
 #: What the cache may hold, in bytes of code and names (~2 KB for a small worker).
 BUDGET_BYTES = 64 << 20
+#: The most one version may hold: its ``Load`` must stay far within a frame
+#: to the child (protocol.framing); a bigger main module is read from disk.
+MAX_ENTRY_BYTES = MAX_FRAME_TO_CHILD // 8
 #: Bookkeeping per entry beyond its bytes (key, tuple, list), roughly.
 _ENTRY_OVERHEAD = 256
 
@@ -79,9 +83,9 @@ class MainCodeCache:
         return code
 
     def put(self, version: str, code: MainCode) -> bool:
-        """Hold ``code`` for ``version``; False if it alone is over the budget."""
+        """Hold ``code`` for ``version``; False if it alone is over the budget or :data:`MAX_ENTRY_BYTES`."""
         cost = _cost(code)
-        if cost > self.budget_bytes:
+        if cost > min(self.budget_bytes, MAX_ENTRY_BYTES):
             return False
         self._drop(version)
         self._entries[version] = code
