@@ -138,8 +138,9 @@ class ChildOwner(Protocol):
     def on_loaded(self, child: ChildProcess, seconds: float, failed: bool) -> None:
         """The child loaded its script (a cold start), ``seconds`` after assignment."""
 
-    def on_cold_start_over(self, child: ChildProcess) -> None:
-        """The first invocation after the load is done: the cold start is over."""
+    def on_cold_start_over(self, child: ChildProcess, caller: Invocation | None = None) -> None:
+        """The first invocation after the load is done: the cold start is over.
+        ``caller``: the request it served, if another worker called it."""
 
     def on_background_overrun(self, child: ChildProcess) -> None:
         """The kernel killed the child for CPU it burnt outside any invocation."""
@@ -841,11 +842,12 @@ class ChildProcess:
 
     def _on_done(self, message: InvokeDone) -> None:
         inv = self._invocation(message.id)
+        caller = inv.parent  # ending it may drop the link
         del self.invocations[message.id]
         self.end_invocation(inv)
         if self.cold:
             self.cold = False
-            self.owner.on_cold_start_over(self)
+            self.owner.on_cold_start_over(self, caller)
         self.owner.on_idle(self)
 
     def end_invocation(self, inv: Invocation) -> None:

@@ -67,6 +67,7 @@ from supervisor.pool.idle_trim import IdleTrimmer
 from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
 from supervisor.pool.package_zygotes import PackageZygote, PackageZygotes
 from supervisor.pool.plan import PackagesView, Plan, PoolView, WarmChild, calm, plan, plan_packages
+from supervisor.pool.quiet_window import QuietWindow
 from supervisor.pool.rate import EventRate
 from supervisor.pool.spare_line import SpareLine
 from supervisor.pool.zygote_client import ZygoteClient
@@ -74,9 +75,10 @@ from supervisor.pool.zygote_client import ZygoteClient
 #: How long a request waits for a spare before the pool gives up (503).
 SPARE_WAIT_S = 10.0
 #: A spare taken by a cold start is replaced once that cold start's first
-#: invocation is done, or this much later at the most (unless a request
-#: waits for one): the fork (page tables of a large zygote, then the spare's
-#: warm-up) must not compete with the cold start for the CPU.
+#: invocation and the client request that called it are done, or this much
+#: later at the most (unless a request waits for one): the fork (page tables
+#: of a large zygote, then the spare's warm-up) must not compete with the
+#: cold start for the CPU (supervisor.pool.quiet_window).
 REFILL_DELAY_S = 0.03
 #: How often warm children are checked against the idle timeout.
 REAP_PERIOD_S = 1.0
@@ -187,17 +189,14 @@ class Pool:
         #: When the maintain task converges next without a nudge.
         self._wake_at = 0.0
         self._next_reap = 0.0
-        #: No fork before this unless a request waits (see REFILL_DELAY_S).
-        self._quiet_until = -math.inf
+        #: No base fork while it is open unless a request waits (see REFILL_DELAY_S).
+        self._quiet = QuietWindow(REFILL_DELAY_S)
         #: Cold starts that took a base spare lately (sizes the spares).
         self._cold_rate = EventRate()
         #: The package zygotes' window always lasts REFILL_DELAY_S: their fork
         #: copies the page tables of a process ~10x the base zygote's, and
         #: the new spare then rebuilds its rehearsal apps (~20 ms of CPU).
         self._package_quiet_until = -math.inf
-        #: Children in a cold start, until their first invocation is done
-        #: (they hold the base quiet window).
-        self._cold_in_progress: set[ChildProcess] = set()
         self._loading: dict[tuple[str, str, str], trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self.last_invocation_id = 0
@@ -364,6 +363,8 @@ class Pool:
 
     def on_idle(self, child: ChildProcess) -> None:
         """A retiring child goes once it has nothing in flight."""
+        if self._quiet.awaits_callers and self._quiet.check(trio.current_time()):
+            self._nudge()
         if child.retired and child.idle:
             child.kill(KillReason.RETIRED)
 
@@ -415,17 +416,15 @@ class Pool:
         if self.observer is not None:
             self.observer.cold_start(seconds, failed)
 
-    def on_cold_start_over(self, child: ChildProcess) -> None:
-        """A cold start's first invocation is done (or its child died): when
-        none is left, the quiet window closes early and the refill may fork.
-        A child that served is warm: off the supervisor's core while it has one."""
+    def on_cold_start_over(self, child: ChildProcess, caller: Invocation | None = None) -> None:
+        """A cold start's first invocation is done (or its child died): the
+        quiet window may close, once the client request that called it is
+        done too (supervisor.pool.quiet_window). A child that served is
+        warm: off the supervisor's core while it has one."""
         if child.alive:
             self.hub_core.place_warm(child.pid)
-        if child in self._cold_in_progress:
-            self._cold_in_progress.discard(child)
-            if not self._cold_in_progress and self._quiet_until > trio.current_time():
-                self._quiet_until = trio.current_time()
-                self._nudge()
+        if self._quiet.over(trio.current_time(), child, caller):
+            self._nudge()
 
     def on_condemned(self, child: ChildProcess) -> None:
         """Killed: no new request may reach it, though its death is still to
@@ -470,8 +469,7 @@ class Pool:
     def _cold_started(self) -> None:
         """A cold start took a spare: its replacement waits (see REFILL_DELAY_S)."""
         now = trio.current_time()
-        if now >= self._quiet_until:  # an open window is not extended
-            self._quiet_until = now + REFILL_DELAY_S
+        self._quiet.opened(now)
         if now >= self._package_quiet_until:
             self._package_quiet_until = now + REFILL_DELAY_S
         self._nudge()
@@ -557,7 +555,7 @@ class Pool:
         return PoolView(now=now, spares_target=pool.spares, max_children=pool.max_children,
                         idle_timeout_s=pool.idle_timeout_s, spares=len(self.spares),
                         requested=self._requested, starting=starting, live=live,
-                        waiting=self._waiting, quiet_until=self._quiet_until,
+                        waiting=self._waiting, quiet_until=self._quiet.until,
                         cold_rate=self._cold_rate.per_second(now), spares_ceiling=pool.max_spares,
                         warm=warm, reap=reap, reshare_after_s=pool.reshare_after_s)
 
@@ -750,7 +748,7 @@ class Pool:
             self._retire(old)
         self._give_script(child, record)
         self.warm[key] = child
-        self._cold_in_progress.add(child)
+        self._quiet.started(child)
         self.stats["cold_starts"] += 1
 
     def _give_script(self, child: ChildProcess, record: ScriptRecord) -> None:
