@@ -222,8 +222,7 @@ class Supervisor:
 
     def _bundles_in_use(self) -> set[str]:
         """Versions whose bundle must stay: stored ones, and those live children run."""
-        stored = {self.store.get_version(ns, name) for ns, name in self.store.script_names()}
-        return {v for v in stored if v} | self.pool.versions_in_use()
+        return self.store.stored_versions() | self.pool.versions_in_use()
 
     def metrics_text(self) -> str:
         self.pool.settle_cpu()  # invocations that ended before the scrape are in it

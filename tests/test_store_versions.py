@@ -65,6 +65,18 @@ def test_gradual_deployment_splits_by_percentage(store):
     assert store.get_primary("default", "a").version_id == a.version_id
 
 
+def test_stored_versions_are_every_deployed_content_version_read_without_the_records(store):
+    a = store.put_script(rec("a", b"one"))
+    b = store.put_script(rec("a", b"two"), deploy=False)
+    store.put_script(rec("a", b"three"), deploy=False)  # stored, never deployed
+    c = store.put_script(rec("c", b"four"))
+    store.deploy("default", "a", [Split(version_id=a.version_id, percentage=80),
+                                  Split(version_id=b.version_id, percentage=20)])
+    store._cache.clear()
+    assert store.stored_versions() == {a.version, b.version, c.version}
+    assert len(store._cache) == 0, "no record was read into the cache"
+
+
 @pytest.mark.parametrize("splits, fragment", [
     ([], "one version"),
     ([("x", 50), ("y", 30)], "add up to 100"),

@@ -353,6 +353,31 @@ class Store:
         """Every ``(namespace, name)`` deployed (a scan: not for the request path)."""
         return [(r[0], r[1]) for r in self._read("SELECT namespace, name FROM scripts ORDER BY namespace, name")]
 
+    def stored_versions(self) -> set[str]:
+        """The content version of every record serving traffic, both of a
+        gradual deployment's included (what bundle collection keeps). Blocking.
+
+        Two queries and no code read: this runs at every bundle collection,
+        and reading each script's record instead (as it once did) read every
+        script's code and churned the record cache, for 100,000 scripts
+        every time a script was deployed.
+        """
+        with self._read_lock:
+            db = self._reader
+            db.execute("BEGIN")
+            try:
+                rows = db.execute("SELECT version, split FROM scripts").fetchall()
+                versions = {version for version, _split in rows}
+                ids = [item.version_id for _version, split in rows if split
+                       for item in splits_decoder.decode(split)]
+                for first in range(0, len(ids), 500):
+                    chunk = ids[first:first + 500]
+                    versions.update(content for (content,) in db.execute(
+                        f"SELECT content FROM versions WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+            finally:
+                db.execute("COMMIT")
+        return versions
+
     def deployed_mains(self) -> list[tuple[str, str]]:
         """Each deployed ``(version, main_module)``, most recently changed first (a scan). Blocking."""
         return [(r[0], r[1]) for r in self._read(
