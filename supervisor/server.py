@@ -13,6 +13,7 @@ import gc
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import time
 
@@ -220,6 +221,17 @@ class Supervisor:
         except PoolUnavailable as exc:
             raise Unavailable(f"no sandbox is free to run the trigger, retry: {exc}") from None
 
+    async def _warm_store(self) -> None:
+        """Fill the record cache in a worker thread (Store.warm_cache), while
+        the server already answers: a request it has not reached yet reads
+        its script as any cache miss does."""
+        try:
+            held = await trio.to_thread.run_sync(self.store.warm_cache)
+        except sqlite3.Error as exc:
+            warn("store.warm_failed", reason=str(exc))
+            return
+        log("store.cache_warmed", scripts=held)
+
     def _bundles_in_use(self) -> set[str]:
         """Versions whose bundle must stay: stored ones, and those live children run."""
         return self.store.stored_versions() | self.pool.versions_in_use()
@@ -273,6 +285,7 @@ class Supervisor:
                     # After the pool's send batch: the frames of a turn leave
                     # before the poll waits for their answers.
                     trio.lowlevel.add_instrument(BusyPoll(self.config.busy_poll_us))
+                nursery.start_soon(self._warm_store)
                 nursery.start_soon(self.pool.bundles.run, self._bundles_in_use, self.store.package_locks,
                                    self.store.deployed_mains)
                 nursery.start_soon(self.scheduler.run)

@@ -65,6 +65,36 @@ def test_gradual_deployment_splits_by_percentage(store):
     assert store.get_primary("default", "a").version_id == a.version_id
 
 
+def test_a_deploy_leaves_what_it_deployed_in_the_cache_for_the_first_request(store):
+    from supervisor.store.store import NOT_CACHED
+
+    first = store.put_script(rec("a", b"one"))
+    cached = store.cached("default", "a")
+    assert cached is not NOT_CACHED and cached.version_id == first.version_id
+    assert cached.modules["worker.py"] == b"one"
+    draft = store.put_script(rec("a", b"two"), deploy=False)
+    assert store.cached("default", "a").version_id == first.version_id, "an upload alone changes nothing"
+    store.deploy("default", "a", [Split(version_id=draft.version_id, percentage=100)])
+    assert store.cached("default", "a").modules["worker.py"] == b"two"
+    store.deploy("default", "a", [Split(version_id=first.version_id, percentage=100)])
+    assert store.cached("default", "a").version_id == first.version_id
+    assert store.cached("default", "a") == store.get_version_record("default", "a", first.version_id)
+
+
+def test_after_a_restart_the_cache_is_warmed_with_the_most_recently_changed_scripts(tmp_path):
+    from supervisor.store.store import NOT_CACHED
+
+    with Store(tmp_path / "w.db") as store:
+        for name in ("old", "mid", "new", "newest"):
+            store.put_script(rec(name, name.encode()))
+    with Store(tmp_path / "w.db", cache_entries=3) as restarted:
+        assert restarted.cached("default", "newest") is NOT_CACHED
+        assert restarted.warm_cache() == 3
+        assert restarted.cached("default", "old") is NOT_CACHED, "the least recently changed did not fit"
+        assert [restarted.cached("default", n).modules["worker.py"] for n in ("mid", "new", "newest")] == [
+            b"mid", b"new", b"newest"]
+
+
 def test_stored_versions_are_every_deployed_content_version_read_without_the_records(store):
     a = store.put_script(rec("a", b"one"))
     b = store.put_script(rec("a", b"two"), deploy=False)

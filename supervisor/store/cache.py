@@ -84,6 +84,14 @@ class RecordCache:
                 _, (_, old_size) = self._records.popitem(last=False)
                 self._bytes -= old_size
 
+    def replace(self, key: Key, deployed: Deployed | None) -> None:
+        """After a commit that changed ``key``: what it serves now, read in
+        that commit's transaction (reads begun before it are not remembered)."""
+        self.forget([key])
+        with self._lock:
+            generation = self._generation
+        self.remember(key, deployed, generation)
+
     def forget(self, keys: Iterable[Key]) -> None:
         """After a commit: drop what is stale (records, and names now known)."""
         with self._lock:
@@ -104,6 +112,11 @@ class RecordCache:
     @property
     def bytes(self) -> int:
         return self._bytes
+
+    @property
+    def capacity(self) -> int:
+        """How many scripts' records it may hold (fewer if their code fills ``max_bytes``)."""
+        return self._entries
 
     def __len__(self) -> int:
         return len(self._records)

@@ -107,7 +107,7 @@ class Store:
         self,
         path: str | os.PathLike[str],
         *,
-        cache_entries: int = 1000,
+        cache_entries: int = 10_000,
         cache_bytes: int = 256 * 2**20,
     ) -> None:
         self.path = os.fspath(path)
@@ -128,15 +128,22 @@ class Store:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, serialised with every other writer."""
-        with self._write_lock:
-            db = self._writer
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._write_lock, self._begin() as db:
+            yield db
+
+    @contextmanager
+    def _begin(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; the caller holds ``_write_lock`` (and may do
+        more under it once this commits: a deploy caches its record there, so
+        that two deploys of one script cache in the order they committed)."""
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._read_lock:
@@ -226,39 +233,42 @@ class Store:
         key = (record.namespace, record.name)
         now = schema.now()
         version_id = str(uuid.uuid4())
-        with self._transaction() as db:
-            self._require_namespace(db, record.namespace)
-            row = db.execute(
-                "SELECT created_on, tags FROM scripts WHERE namespace = ? AND name = ?", key
-            ).fetchone()
-            if row is None and not deploy:
-                raise script_not_found(*key)
-            created_on = row[0] if row else now
-            (number,) = db.execute(
-                "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE namespace = ? AND name = ?", key
-            ).fetchone()
-            db.execute("INSERT OR IGNORE INTO bundles (hash, main_module, modules, metadata) VALUES (?, ?, ?, ?)",
-                       (bundle, record.main_module, modules, metadata))
-            db.execute(
-                "INSERT INTO versions (id, namespace, name, number, content, bundle, assets, source, message, "
-                "created_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (version_id, *key, number, record.version, bundle, assets, source, message, now),
-            )
-            if deploy:
+        deployed: Deployed | None = None
+        with self._write_lock:
+            with self._begin() as db:
+                self._require_namespace(db, record.namespace)
+                row = db.execute(
+                    "SELECT created_on, tags FROM scripts WHERE namespace = ? AND name = ?", key
+                ).fetchone()
+                if row is None and not deploy:
+                    raise script_not_found(*key)
+                created_on = row[0] if row else now
+                (number,) = db.execute(
+                    "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE namespace = ? AND name = ?", key
+                ).fetchone()
+                db.execute("INSERT OR IGNORE INTO bundles (hash, main_module, modules, metadata) VALUES (?, ?, ?, ?)",
+                           (bundle, record.main_module, modules, metadata))
                 db.execute(
-                    "INSERT OR REPLACE INTO scripts (namespace, name, version, main_module, modules, "
-                    "metadata, tags, created_on, modified_on, version_id, split) "
-                    "VALUES (?, ?, ?, ?, x'', ?, ?, ?, ?, ?, '')",
-                    (*key, record.version, record.main_module, metadata,
-                     msgspec.json.encode(tags).decode(), created_on, now, version_id),
+                    "INSERT INTO versions (id, namespace, name, number, content, bundle, assets, source, message, "
+                    "created_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (version_id, *key, number, record.version, bundle, assets, source, message, now),
                 )
-                self._write_tag_rows(db, key, tags)
-                self._insert_deployment(db, key, [Split(version_id=version_id, percentage=100.0)],
-                                        source, message, now)
-            else:
-                tags = tags_decoder.decode(row[1])
-        if deploy:
-            self._cache.forget([key])
+                if deploy:
+                    db.execute(
+                        "INSERT OR REPLACE INTO scripts (namespace, name, version, main_module, modules, "
+                        "metadata, tags, created_on, modified_on, version_id, split) "
+                        "VALUES (?, ?, ?, ?, x'', ?, ?, ?, ?, ?, '')",
+                        (*key, record.version, record.main_module, metadata,
+                         msgspec.json.encode(tags).decode(), created_on, now, version_id),
+                    )
+                    self._write_tag_rows(db, key, tags)
+                    self._insert_deployment(db, key, [Split(version_id=version_id, percentage=100.0)],
+                                            source, message, now)
+                    deployed = self._load_deployed(db, key)
+                else:
+                    tags = tags_decoder.decode(row[1])
+            if deploy:
+                self._cache.replace(key, deployed)  # its first request needs no read
         return msgspec.structs.replace(record, tags=tags, created_on=created_on, modified_on=now,
                                        version_id=version_id)
 
@@ -352,6 +362,21 @@ class Store:
     def script_names(self) -> list[tuple[str, str]]:
         """Every ``(namespace, name)`` deployed (a scan: not for the request path)."""
         return [(r[0], r[1]) for r in self._read("SELECT namespace, name FROM scripts ORDER BY namespace, name")]
+
+    def warm_cache(self) -> int:
+        """Read the most recently changed deployed scripts into the record
+        cache, as many as it holds; returns how many it holds. Blocking.
+
+        After a restart every tenant's first request would miss the cache and
+        wait for a worker thread's read, one at a time behind the store's read
+        lock: in a storm of first requests that was ~40% of the median
+        (6 storms of 300 with 1,000 against 10,000 records cached, 3 pairs).
+        """
+        keys = self._read("SELECT namespace, name FROM scripts ORDER BY modified_on DESC LIMIT ?",
+                          (self._cache.capacity,))
+        for namespace, name in reversed(keys):  # the most recent end up most recently used
+            self.get_deployed(namespace, name)
+        return len(self._cache)
 
     def stored_versions(self) -> set[str]:
         """The content version of every record serving traffic, both of a
@@ -554,25 +579,27 @@ class Store:
         key = (namespace, name)
         now = schema.now()
         primary = max(splits, key=lambda s: s.percentage)
-        with self._transaction() as db:
-            if db.execute("SELECT 1 FROM scripts WHERE namespace = ? AND name = ?", key).fetchone() is None:
-                raise script_not_found(namespace, name)
-            for split in splits:
-                if db.execute("SELECT 1 FROM versions WHERE id = ? AND namespace = ? AND name = ?",
-                              (split.version_id, *key)).fetchone() is None:
-                    raise NotFound(f"script {name!r} has no version {split.version_id[:80]!r}: list them "
-                                   f"with `corral versions {name}`", code=VERSION_NOT_FOUND_CODE)
-            content, main_module, metadata = db.execute(
-                "SELECT v.content, b.main_module, b.metadata FROM versions v JOIN bundles b ON b.hash = v.bundle "
-                "WHERE v.id = ?", (primary.version_id,)).fetchone()
-            db.execute(
-                "UPDATE scripts SET version = ?, main_module = ?, metadata = ?, version_id = ?, split = ?, "
-                "modified_on = ? WHERE namespace = ? AND name = ?",
-                (content, main_module, metadata, primary.version_id,
-                 msgspec.json.encode(splits).decode() if len(splits) > 1 else "", now, *key),
-            )
-            info = self._insert_deployment(db, key, splits, source, message, now)
-        self._cache.forget([key])
+        with self._write_lock:
+            with self._begin() as db:
+                if db.execute("SELECT 1 FROM scripts WHERE namespace = ? AND name = ?", key).fetchone() is None:
+                    raise script_not_found(namespace, name)
+                for split in splits:
+                    if db.execute("SELECT 1 FROM versions WHERE id = ? AND namespace = ? AND name = ?",
+                                  (split.version_id, *key)).fetchone() is None:
+                        raise NotFound(f"script {name!r} has no version {split.version_id[:80]!r}: list them "
+                                       f"with `corral versions {name}`", code=VERSION_NOT_FOUND_CODE)
+                content, main_module, metadata = db.execute(
+                    "SELECT v.content, b.main_module, b.metadata FROM versions v JOIN bundles b ON b.hash = v.bundle "
+                    "WHERE v.id = ?", (primary.version_id,)).fetchone()
+                db.execute(
+                    "UPDATE scripts SET version = ?, main_module = ?, metadata = ?, version_id = ?, split = ?, "
+                    "modified_on = ? WHERE namespace = ? AND name = ?",
+                    (content, main_module, metadata, primary.version_id,
+                     msgspec.json.encode(splits).decode() if len(splits) > 1 else "", now, *key),
+                )
+                info = self._insert_deployment(db, key, splits, source, message, now)
+                deployed = self._load_deployed(db, key)
+            self._cache.replace(key, deployed)
         return info
 
     def list_deployments(self, namespace: str, name: str, limit: int = 100) -> list[DeploymentInfo]:
