@@ -126,6 +126,24 @@ def test_main_code_is_the_bundles_own_pyc_and_folder(tmp_path: Path) -> None:
     assert read_main_code(str(tmp_path / "absent"), "worker.py") is None
 
 
+def test_a_version_whose_code_was_read_at_start_is_ready_without_a_stat(tmp_path: Path) -> None:
+    record = ScriptRecord(namespace="ns", name="tenant", version="v1", main_module="worker.py",
+                          modules={"worker.py": b"x = 1\n"})
+    trio.run(Bundles(str(tmp_path)).ensure, record)  # an earlier run wrote it
+
+    async def restarted() -> None:
+        bundles = Bundles(str(tmp_path))
+        assert await bundles.load_code(lambda: [("v1", "worker.py")]) == 1
+        hidden = Path(bundles.root) / "v1"
+        hidden.rename(Path(bundles.root) / "v1-moved")  # a stat would now say it is absent
+        try:
+            assert bundles.ready(record), "the code read at start vouches for the bundle"
+        finally:
+            (Path(bundles.root) / "v1-moved").rename(hidden)
+
+    trio.run(restarted)
+
+
 def test_a_written_bundle_has_its_code_held_until_it_is_collected(tmp_path: Path) -> None:
     record = ScriptRecord(namespace="ns", name="tenant", version="v1", main_module="worker.py",
                           modules={"worker.py": b"x = 1\n"})

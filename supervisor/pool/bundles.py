@@ -171,7 +171,15 @@ class Bundles:
         version = record.version
         if version in self._present:
             return True
-        if record.packages_lock or self._lock.locked() or not _VERSION.fullmatch(version):
+        if record.packages_lock:
+            return False
+        if version in self.code:
+            # Read from disk by this run and not collected since (a collection
+            # forgets the code of what it removes before removing it): no stat,
+            # which would block the event loop on a cold inode.
+            self._present.add(version)
+            return True
+        if self._lock.locked() or not _VERSION.fullmatch(version):
             return False
         if not os.path.isdir(self.path(version)):
             return False
