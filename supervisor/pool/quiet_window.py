@@ -13,8 +13,8 @@ finished on a 2-core host, and the dispatcher waited for a core (2.5 ms in
 a traced cold request). So the window holds until each cold child's first
 invocation is done *and* the client request that called it (the root of
 its chain of callers) is done. Sequential cold starts through a dispatcher,
-150 per run, interleaved A/B, 6 pairs: p50 4.6 -> 3.8 ms (medians of the
-runs), p90 7.6 -> 5.8 ms.
+150 per run, 20 ms apart, interleaved A/B, 12-13 runs a side: p50 4.6 ->
+3.8 ms and p90 7.6 -> 5.8 ms (medians of the runs).
 """
 
 from __future__ import annotations
