@@ -18,10 +18,14 @@ TENANT = r'''
 import os
 from workers import Response, WorkerEntrypoint
 
+# Read at load, when the zygote that forked this child is still up: spares of a
+# replaced zygote are killed, never loaded. By the request it may have rotated.
+ZYGOTE = os.getppid()
+
 
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
-        return Response.json({"pid": os.getpid(), "zygote": os.getppid(),
+        return Response.json({"pid": os.getpid(), "zygote": ZYGOTE,
                               "hash": hash("corral-seed-probe")})
 '''
 
@@ -45,7 +49,7 @@ def test_children_of_different_zygotes_hash_differently(tmp_path) -> None:
 
     by_zygote: dict[int, list[dict]] = defaultdict(list)
     for out in seen:
-        # A child whose zygote was rotated away while it served is reparented
+        # A child whose zygote was rotated away while it loaded is reparented
         # (to pid 1 here): its generation is no longer visible from inside.
         if out["zygote"] != 1:
             by_zygote[out["zygote"]].append(out)
