@@ -105,6 +105,33 @@ def _process_cpu_s(pid: int) -> float:
     return 0.0 if rest is None else (int(rest[11]) + int(rest[12])) / _CLK_TCK
 
 
+def box_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of every CPU so far (/proc/stat): how
+    saturated the machine was between two readings, whoever used it."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def run_delay_s(pid: int) -> float:
+    """Seconds pid's live threads have spent runnable but waiting for a CPU
+    (second field of schedstat): what a process lost to others on a saturated
+    machine, as opposed to what it used itself."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 #: The roles of a server's processes, as :func:`cpu_by_pid` names them.
 ROLES = ("server", "direct", "others")
 

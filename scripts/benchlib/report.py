@@ -64,6 +64,11 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
         rows.append(("cold p50 / p99 ms", get(lambda r: (r["cold"]["p50"], r["cold"]["p99"])), "ms"))
     if results["args"].get("storm"):
         rows.append(("storm p50 / p99 ms", get(lambda r: (r["storm"]["p50"], r["storm"]["p99"])), "ms"))
+        # How saturated the storm left the machine, and what the server lost
+        # waiting for a CPU: a storm bound by CPU is cut by less work per cold
+        # start, not by ordering it differently.
+        rows.append(("storm CPUs busy % / server waited ms",
+                     get(lambda r: (r["storm"]["box_busy_pct"], r["storm"]["server_waited_ms"])), "n"))
     for k in ks:
         rows.append((f"PSS MB / tenant ({k})",
                      get(lambda r, k=k: (r["pss_per_tenant_mb"][str(k)],)), "mb"))
@@ -190,6 +195,10 @@ def _render_main(results: dict) -> list[str]:
                    f"sends its next as soon as its answer is in); p99.9 and the total in the log"
                    + (f"; {a['repeat']} storms, 1 s apart, each with tenants of its own."
                       if a.get("repeat", 1) > 1 else "."))
+        out.append("  storm CPUs busy: share of all CPUs' time not idle during a storm (/proc/stat, "
+                   "whoever used it); server waited: the time the server process's threads were "
+                   "runnable but waited for a CPU (schedstat run delay) during a storm; medians "
+                   "of the storms.")
     out.append("  PSS MB / tenant (K): (PSS with K tenants warm - PSS with 1 warm) / (K-1), "
                "summed over the server's process tree (/proc/PID/smaps_rollup); 'warm' = one "
                "request each, taken before any multi-tenant load (the 1-tenant baseline is "
