@@ -79,6 +79,12 @@ def _cpu_s(pid: int) -> float:
     are 10 ms apart, too coarse to sum over hundreds of children). A thread
     that already exited is not counted: see :func:`_process_cpu_s` for a
     process whose threads come and go."""
+    return _schedstat_s(pid, 0)
+
+
+def _schedstat_s(pid: int, field: int) -> float:
+    """One field of schedstat (0: time on a CPU, 1: time runnable but waiting
+    for one), summed over pid's live threads, in seconds."""
     total = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -87,7 +93,7 @@ def _cpu_s(pid: int) -> float:
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
+                total += int(f.read().split()[field])
         except (OSError, ValueError, IndexError):
             continue
     return total / 1e9
@@ -118,18 +124,7 @@ def run_delay_s(pid: int) -> float:
     """Seconds pid's live threads have spent runnable but waiting for a CPU
     (second field of schedstat): what a process lost to others on a saturated
     machine, as opposed to what it used itself."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 1e9
+    return _schedstat_s(pid, 1)
 
 
 #: The roles of a server's processes, as :func:`cpu_by_pid` names them.
