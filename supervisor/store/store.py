@@ -145,6 +145,17 @@ class Store:
             raise
         db.execute("COMMIT")
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: the queries inside see one committed state."""
+        with self._read_lock:
+            db = self._reader
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
+
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._read_lock:
             return self._reader.execute(sql, params).fetchall()
@@ -307,13 +318,8 @@ class Store:
         deployed, missing, generation = self._cache.lookup(key)
         if deployed is not None or missing:
             return deployed
-        with self._read_lock:
-            db = self._reader
-            db.execute("BEGIN")
-            try:
-                deployed = self._load_deployed(db, key)
-            finally:
-                db.execute("COMMIT")
+        with self._snapshot() as db:
+            deployed = self._load_deployed(db, key)
         self._cache.remember(key, deployed, generation)
         return deployed
 
@@ -387,20 +393,15 @@ class Store:
         script's code and churned the record cache, for 100,000 scripts
         every time a script was deployed.
         """
-        with self._read_lock:
-            db = self._reader
-            db.execute("BEGIN")
-            try:
-                rows = db.execute("SELECT version, split FROM scripts").fetchall()
-                versions = {version for version, _split in rows}
-                ids = [item.version_id for _version, split in rows if split
-                       for item in splits_decoder.decode(split)]
-                for first in range(0, len(ids), 500):
-                    chunk = ids[first:first + 500]
-                    versions.update(content for (content,) in db.execute(
-                        f"SELECT content FROM versions WHERE id IN ({','.join('?' * len(chunk))})", chunk))
-            finally:
-                db.execute("COMMIT")
+        with self._snapshot() as db:
+            rows = db.execute("SELECT version, split FROM scripts").fetchall()
+            versions = {version for version, _split in rows}
+            ids = [item.version_id for _version, split in rows if split
+                   for item in splits_decoder.decode(split)]
+            for first in range(0, len(ids), 500):
+                chunk = ids[first:first + 500]
+                versions.update(content for (content,) in db.execute(
+                    f"SELECT content FROM versions WHERE id IN ({','.join('?' * len(chunk))})", chunk))
         return versions
 
     def deployed_mains(self) -> list[tuple[str, str]]:
@@ -547,18 +548,13 @@ class Store:
     def get_version_record(self, namespace: str, name: str, version_id: str) -> ScriptRecord:
         """One version as a full record (code included), deployed or not."""
         key = (namespace, name)
-        with self._read_lock:
-            db = self._reader
-            db.execute("BEGIN")
-            try:
-                row = db.execute("SELECT tags, created_on, modified_on FROM scripts WHERE namespace = ? AND name = ?",
-                                 key).fetchone()
-                if row is None:
-                    raise script_not_found(namespace, name)
-                record = self._version_record(db, key, version_id, *row)
-                number = db.execute("SELECT number, created_on FROM versions WHERE id = ?", (version_id,)).fetchone()
-            finally:
-                db.execute("COMMIT")
+        with self._snapshot() as db:
+            row = db.execute("SELECT tags, created_on, modified_on FROM scripts WHERE namespace = ? AND name = ?",
+                             key).fetchone()
+            if row is None:
+                raise script_not_found(namespace, name)
+            record = self._version_record(db, key, version_id, *row)
+            number = db.execute("SELECT number, created_on FROM versions WHERE id = ?", (version_id,)).fetchone()
         if record is None:
             raise NotFound(f"script {name!r} has no version {version_id[:80]!r}: list them with "
                            f"GET .../scripts/{name}/versions", code=VERSION_NOT_FOUND_CODE)
