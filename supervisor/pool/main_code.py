@@ -23,9 +23,9 @@ bundle's entry goes with it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import posixpath
-import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -49,10 +49,14 @@ def read_main_code(bundle_dir: str, main_module: str) -> MainCode | None:
     of another Python or kind.
     """
     root, base = posixpath.split(main_module.strip("/"))
-    if not base.endswith(".py") or not sys.implementation.cache_tag:
+    if not base.endswith(".py"):
         return None
     import_root = os.path.join(bundle_dir, root) if root else bundle_dir
-    pyc_path = os.path.join(import_root, "__pycache__", f"{base[:-3]}.{sys.implementation.cache_tag}.pyc")
+    try:
+        # Where compile_tree wrote it, and where the child's import looks.
+        pyc_path = importlib.util.cache_from_source(os.path.join(import_root, base))
+    except NotImplementedError:  # an implementation without a pyc cache
+        return None
     try:
         entries = sorted(os.listdir(import_root))
         with open(pyc_path, "rb") as f:
