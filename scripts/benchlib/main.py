@@ -348,22 +348,28 @@ class Runner:
                     time.sleep(1.0)  # the pool refills its spares between storms
                 cpu_before = procs.cpu_by_pid(sysm.pid, members() if members else frozenset())
                 box_before, waited_before = procs.box_cpu_ticks(), procs.run_delay_s(sysm.pid)
+                available_before = procs.mem_available_kb()
                 s = httpclient.storm(port, [(h(n), sysm.expect(n))
                                             for n in storm_names[i * a.storm:(i + 1) * a.storm]],
                                      a.storm_connections)
                 cpu_after = procs.cpu_by_pid(sysm.pid, members() if members else frozenset())
                 box_after, waited_after = procs.box_cpu_ticks(), procs.run_delay_s(sysm.pid)
+                taken_kb = available_before - procs.mem_available_kb()
                 for role, seconds in procs.role_delta(cpu_before, cpu_after).items():
                     spent[role] = spent.get(role, 0.0) + seconds
                 busy = box_after[0] - box_before[0]
                 s["box_busy_pct"] = 100.0 * busy / max(1, box_after[1] - box_before[1])
                 s["server_waited_ms"] = (waited_after - waited_before) * 1000.0
+                s["mb_per_cold_start"] = taken_kb / 1024.0 / max(1, s["n"])
+                s["new_page_us"] = procs.new_page_us()
                 storm_runs.append(s)
                 log(f"  cold-start storm: {s['n']} tenants from {s['connections']} connections in "
                     f"{s['seconds']:.2f} s, p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, "
                     f"p99.9 {s['p999']:.2f} ms"
                     + f"; the machine's CPUs {s['box_busy_pct']:.0f}% busy, the server process "
-                    f"runnable but waiting for a CPU {s['server_waited_ms']:.0f} ms in all"
+                    f"runnable but waiting for a CPU {s['server_waited_ms']:.0f} ms in all; "
+                    f"the machine's memory {s['mb_per_cold_start']:.2f} MB less per cold start, "
+                    f"a new page {s['new_page_us']:.1f} us to fault in after it"
                     + (f", {s['errors']} errors (first: {s['first_error']})" if s["errors"] else "")
                     + "; slowest " + ", ".join(f"{x['ms']:.1f} ms (ended at {x['ended_at']:.3f})"
                                                for x in s["slowest"]))

@@ -69,6 +69,11 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
         # start, not by ordering it differently.
         rows.append(("storm CPUs busy % / server waited ms",
                      get(lambda r: (r["storm"]["box_busy_pct"], r["storm"]["server_waited_ms"])), "n"))
+        # What each cold start took from the machine's memory, and what a new
+        # page cost just after: in a VM the second can be ~8x once earlier
+        # load used up the memory the host keeps backed (procs.new_page_us).
+        rows.append(("storm MB taken / cold start; us per new page",
+                     get(lambda r: (r["storm"]["mb_per_cold_start"], r["storm"]["new_page_us"])), "mb"))
     for k in ks:
         rows.append((f"PSS MB / tenant ({k})",
                      get(lambda r, k=k: (r["pss_per_tenant_mb"][str(k)],)), "mb"))
@@ -199,6 +204,12 @@ def _render_main(results: dict) -> list[str]:
                    "whoever used it); server waited: the time the server process's threads were "
                    "runnable but waited for a CPU (schedstat run delay) during a storm; medians "
                    "of the storms.")
+        out.append("  storm MB taken: the drop of the machine's MemAvailable over a storm per cold "
+                   "start (the kernel's memory too); us per new page: a 16 MB anonymous mapping "
+                   "written a page at a time right after each storm. In a VM whose host backs only "
+                   "the memory the guest used lately (here the first ~2 GB: ~1.3 us a page, past "
+                   "them ~10 us), a storm after earlier load pays the second price for every page "
+                   "it takes, so its CPU per cold start follows its MB per cold start.")
     out.append("  PSS MB / tenant (K): (PSS with K tenants warm - PSS with 1 warm) / (K-1), "
                "summed over the server's process tree (/proc/PID/smaps_rollup); 'warm' = one "
                "request each, taken before any multi-tenant load (the 1-tenant baseline is "
