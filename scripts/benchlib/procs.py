@@ -1,6 +1,7 @@
 """Starting, watching, measuring and stopping the servers under test."""
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import socket
@@ -148,8 +149,6 @@ def new_page_us(mb: int = 16) -> float:
     cold starts that runs once earlier load has used that up pays ~8x per
     page it takes, and its CPU per cold start rises with its memory per cold
     start. Read after a storm, this says which of the two prices it paid."""
-    import mmap
-
     size = mb << 20
     area = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
