@@ -72,6 +72,8 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
         # What each cold start took from the machine's memory, and what a new
         # page cost just after: in a VM the second can be ~8x once earlier
         # load used up the memory the host keeps backed (procs.new_page_us).
+        rows.append(("storm CPU ms / cold start (all)",
+                     get(lambda r: (sum(r["storm"]["cpu_ms_per_cold_start"].values()),)), "ms"))
         rows.append(("storm MB taken / cold start; us per new page",
                      get(lambda r: (r["storm"]["mb_per_cold_start"], r["storm"]["new_page_us"])), "mb"))
     for k in ks:
@@ -204,6 +206,8 @@ def _render_main(results: dict) -> list[str]:
                    "whoever used it); server waited: the time the server process's threads were "
                    "runnable but waited for a CPU (schedstat run delay) during a storm; medians "
                    "of the storms.")
+        out.append("  storm CPU / cold start: every process of the server's (schedstat) over the "
+                   "storms / their cold starts; the log splits it by role.")
         out.append("  storm MB taken: the drop of the machine's MemAvailable over a storm per cold "
                    "start (the kernel's memory too); us per new page: a 16 MB anonymous mapping "
                    "written a page at a time right after each storm. In a VM whose host backs only "
