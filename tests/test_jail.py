@@ -799,6 +799,18 @@ def test_the_zygote_takes_its_free_malloc_chunks_before_it_forks(c: Corral) -> N
     assert fill["chunks"] > 0 and fill["free_after"] <= fill["free_before"] // 4, fill
 
 
+def test_the_zygote_binds_its_libraries_eagerly(c: Corral) -> None:
+    """The zygote starts with LD_BIND_NOW, so no child resolves a lazy
+    symbol (and copies the GOT page it writes) on a function's first call.
+    /proc shows a process's environment as it started, before the zygote
+    cleared its own."""
+    zygotes = {int(stat_fields(pid)[1]) for pid in c.children()}
+    assert zygotes
+    for zygote in zygotes:
+        environ = Path(f"/proc/{zygote}/environ").read_bytes().split(b"\0")
+        assert b"LD_BIND_NOW=1" in environ, (zygote, environ)
+
+
 def test_the_zygote_takes_landlocks_first_layer_itself(c: Corral) -> None:
     """The zygote confines itself to the view (jail.confine_zygote), so every
     child is born in that domain instead of building it again; taking it

@@ -304,6 +304,15 @@ class ZygoteClient:
             "PYTHONHASHSEED": str(secrets.randbelow(2**32 - 1) + 1),
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
             "PYTHONDONTWRITEBYTECODE": "1",
+            # The loader resolves every symbol of the interpreter and the
+            # libraries it starts with now, in the zygote, instead of on each
+            # function's first call: a call first made in a child wrote its
+            # slot in a GOT page and so copied that page into the child
+            # (extension modules are bound at import already: Python
+            # dlopens them RTLD_NOW). Measured with perf's page-fault
+            # samples, 60 cold starts each: ~648 -> ~641 pages copied per
+            # served child, ~438 -> ~426 per spare, -2% in the zygote.
+            "LD_BIND_NOW": "1",
         }
         if os.environ.get("CORRAL_LANDLOCK"):  # see sandbox.landlock: "off" to do without
             env["CORRAL_LANDLOCK"] = os.environ["CORRAL_LANDLOCK"]
