@@ -799,23 +799,30 @@ def test_the_zygote_takes_its_free_malloc_chunks_before_it_forks(c: Corral) -> N
     assert fill["chunks"] > 0 and fill["free_after"] <= fill["free_before"] // 4, fill
 
 
+def _zygotes_of(children: list[int]) -> set[int]:
+    """The live zygotes that forked ``children``; a child whose zygote was
+    rotated out (reparented) or that ended meanwhile names none."""
+    zygotes = set()
+    for pid in children:
+        try:
+            zygote = int(stat_fields(pid)[1])
+            if b"sandbox.zygote" in Path(f"/proc/{zygote}/cmdline").read_bytes():
+                zygotes.add(zygote)
+        except (OSError, IndexError, ValueError):
+            continue
+    return zygotes
+
+
 def test_the_zygote_binds_its_libraries_eagerly(c: Corral) -> None:
     """The zygote starts with LD_BIND_NOW, so no child resolves a lazy
     symbol (and copies the GOT page it writes) on a function's first call.
     /proc shows a process's environment as it started, before the zygote
     cleared its own."""
-    checked = 0
-    for pid in c.children():
-        try:
-            zygote = int(stat_fields(pid)[1])
-            if b"sandbox.zygote" not in Path(f"/proc/{zygote}/cmdline").read_bytes():
-                continue  # reparented: its zygote was rotated out
-            environ = Path(f"/proc/{zygote}/environ").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
+    zygotes = _zygotes_of(c.children())
+    assert zygotes, c.children()
+    for zygote in zygotes:
+        environ = Path(f"/proc/{zygote}/environ").read_bytes().split(b"\0")
         assert b"LD_BIND_NOW=1" in environ, (zygote, environ)
-        checked += 1
-    assert checked, c.children()
 
 
 def test_the_zygote_takes_landlocks_first_layer_itself(c: Corral) -> None:
@@ -824,12 +831,7 @@ def test_the_zygote_takes_landlocks_first_layer_itself(c: Corral) -> None:
     set the zygote's no_new_privs, which /proc shows."""
     children = c.children()
     assert children
-    zygotes = set()
-    for pid in children:
-        try:
-            zygotes.add(int(stat_fields(pid)[1]))
-        except (OSError, IndexError, ValueError):
-            continue
+    zygotes = _zygotes_of(children)
     assert zygotes
     for zygote in zygotes:
         assert proc_status(zygote)["NoNewPrivs"] == "1", zygote

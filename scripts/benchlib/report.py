@@ -69,11 +69,11 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
         # start, not by ordering it differently.
         rows.append(("storm CPUs busy % / server waited ms",
                      get(lambda r: (r["storm"]["box_busy_pct"], r["storm"]["server_waited_ms"])), "n"))
+        rows.append(("storm CPU ms / cold start (all)",
+                     get(lambda r: (sum(r["storm"]["cpu_ms_per_cold_start"].values()),)), "ms"))
         # What each cold start took from the machine's memory, and what a new
         # page cost just after: in a VM the second can be ~8x once earlier
         # load used up the memory the host keeps backed (procs.new_page_us).
-        rows.append(("storm CPU ms / cold start (all)",
-                     get(lambda r: (sum(r["storm"]["cpu_ms_per_cold_start"].values()),)), "ms"))
         rows.append(("storm MB taken / cold start; us per new page",
                      get(lambda r: (r["storm"]["mb_per_cold_start"], r["storm"]["new_page_us"])), "mb"))
     for k in ks:
