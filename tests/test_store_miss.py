@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -21,6 +22,7 @@ import trio
 from supervisor.config import OutboundConfig, PoolConfig, ServeConfig
 from supervisor.model import PLATFORM, Binding, ScriptRecord, content_version
 from supervisor.server import Supervisor
+from supervisor.store.store import NOT_CACHED
 
 HELLO = '''
 from workers import Response
@@ -90,12 +92,33 @@ def test_a_store_miss_does_not_block_the_event_loop(tmp_path: Path, path: str) -
 
     store.get_script = held_read  # type: ignore[method-assign]
 
+    # Startup reads every script in the background (the record cache's
+    # warm-up, cron schedules, queue consumers): "cold" may be cached before
+    # its request comes, or one of those reads may be the one held. So the
+    # request path is made to miss "cold" until the read is let go, and the
+    # test waits for that request's own load before it checks anything.
+    lookup = supervisor.scripts
+    cached, load = lookup.cached, lookup.load
+    loading: list[trio.Event] = []
+
+    def missing_cold(namespace: str, name: str) -> Any:
+        return NOT_CACHED if name == "cold" and not release.is_set() else cached(namespace, name)
+
+    async def noted_load(namespace: str, name: str) -> ScriptRecord | None:
+        if name == "cold":
+            loading[0].set()
+        return await load(namespace, name)
+
+    lookup.cached = missing_cold  # type: ignore[method-assign]
+    lookup.load = noted_load  # type: ignore[method-assign]
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             _, port = await nursery.start(supervisor.run)
             assert await _get(port, "warm.test") == (200, b"warm")  # now warm (and cached)
 
             cold_answered = trio.Event()
+            loading.append(trio.Event())
             answers: dict[str, tuple[int, bytes]] = {}
 
             async def cold() -> None:
@@ -103,7 +126,9 @@ def test_a_store_miss_does_not_block_the_event_loop(tmp_path: Path, path: str) -
                 cold_answered.set()
 
             nursery.start_soon(cold)
-            # The cold script's read is now held in a worker thread ...
+            # The cold request misses and loads its script; that read is
+            # now held in a worker thread ...
+            await loading[0].wait()
             assert await trio.to_thread.run_sync(entered.wait, HOLD_S)
             # ... and a warm tenant is served all the same.
             assert await _get(port, "warm.test") == (200, b"warm")
