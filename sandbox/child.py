@@ -281,6 +281,12 @@ _EVENT_READ, _EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _MAX_SELECT_TIMEOUT_S = 24 * 3600
 _MIN_SCHEDULED_TIMER_HANDLES = 100
 _MIN_CANCELLED_TIMER_HANDLES_FRACTION = 0.5
+#: Generations of callbacks one turn of ChildLoop runs before it polls for
+#: I/O again (asyncio's turn: one). Three carry a request from its frame to
+#: the write of its answer; a tenant's callbacks that keep making more (a
+#: loop of ``await asyncio.sleep(0)``) still let the channel be read every
+#: third generation.
+_PASSES = 3
 
 #: A child loop's kernel side: its epoll instance and wake-up socket pair.
 KernelSide = tuple[selectors.EpollSelector, socket.socket, socket.socket]
@@ -371,16 +377,25 @@ class ChildLoop(asyncio.SelectorEventLoop):
                 handle._scheduled = False
                 ready.append(handle)
         # Counted down, and the deque checked: a hop's other greenlet may
-        # have run some of this turn's callbacks meanwhile.
-        todo = len(ready)
-        while todo and ready:
-            todo -= 1
-            handle = ready.popleft()
-            if not handle._cancelled:
-                handle._run()
-                if self._hopped and self._driver is not greenlet.getcurrent():
-                    self._hand_back()
-                    return
+        # have run some of this turn's callbacks meanwhile. What those
+        # callbacks make ready runs in this turn too, up to _PASSES times:
+        # an invocation's frame makes its task's first step ready, and that
+        # step the channel's flush, and asyncio's turn polled the epoll
+        # instance again (a syscall with no timeout) before each of them.
+        for _ in range(_PASSES):
+            todo = len(ready)
+            if not todo:
+                return
+            while todo and ready:
+                todo -= 1
+                handle = ready.popleft()
+                if not handle._cancelled:
+                    handle._run()
+                    if self._hopped and self._driver is not greenlet.getcurrent():
+                        self._hand_back()
+                        return
+            if self._stopping:
+                return
 
     def _drop_cancelled_timers(self) -> None:
         """As asyncio's turn: cancelled timers leave the heap, all at once

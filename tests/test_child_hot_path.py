@@ -231,3 +231,104 @@ def test_headers_passed_on_unchanged_are_not_encoded_again_and_changes_always_sh
     kept = workers.Headers(headers)
     kept._set_default("host", "other")  # already there: nothing changes
     assert kept._raw() == raw
+
+
+def test_an_invocation_is_answered_in_the_turn_that_read_its_frame(tmp_path):
+    # A frame makes a task ready, its step the channel's flush: asyncio's
+    # turn polled the epoll instance again before each (ChildLoop._run_once).
+    from protocol.framing import FrameEncoder, supervisor_decoder
+    from protocol.messages import (Inline, Invoke, InvokeDone, InvokeFailed, Load, Loaded,
+                                   ResponseStart, ScriptBundle)
+
+    previous = signal.signal(signal.SIGALRM, _give_up)
+    signal.alarm(10)
+    (tmp_path / "worker.py").write_text(
+        "from sandbox.workers import Response\n"
+        "async def on_fetch(request, env):\n"
+        "    return Response('hi ' + request.method)\n")
+    loop = ChildLoop()
+    ours, theirs = socket.socketpair()
+    saved_runtime = workers._runtime
+    try:
+        theirs.setblocking(False)
+        runtime = Runtime(loop)
+        workers._runtime = runtime
+        channel = Channel(theirs, loop, runtime.on_message, runtime.on_closed)
+        runtime.attach(channel)
+        turns: list[int] = [0]
+        read_in: list[int] = []
+        flushed_in: list[int] = []
+        turn, readable, flush = loop._run_once, channel._readable, channel._flush
+
+        def counted_turn() -> None:
+            turns[0] += 1
+            turn()
+
+        def counted_readable() -> None:
+            read_in.append(turns[0])
+            readable()
+
+        def counted_flush() -> None:
+            flushed_in.append(turns[0])
+            flush()
+
+        loop._run_once = counted_turn
+        channel._flush = counted_flush
+        loop.remove_reader(theirs.fileno())
+        loop.add_reader(theirs.fileno(), counted_readable)
+        encoder, decoder = FrameEncoder(), supervisor_decoder()
+        ours.sendall(encoder.encode(Load(ScriptBundle("", "hot", "1", "worker.py", str(tmp_path), []))))
+        ours.sendall(encoder.encode(Invoke(1, b"GET", "http://hot.invalid/", [], None)))
+        got: list[object] = []
+        done = loop.create_future()
+
+        def answers() -> None:
+            got.extend(decoder.feed(ours.recv(65536)))
+            if any(isinstance(m, (InvokeDone, InvokeFailed)) for m in got) and not done.done():
+                done.set_result(None)
+
+        ours.setblocking(False)
+        loop.add_reader(ours.fileno(), answers)
+        loop.run_until_complete(done)
+        assert [type(m) for m in got] == [Loaded, ResponseStart, InvokeDone]
+        assert got[1].body == Inline(b"hi GET")
+        # Load and Invoke came in one read; both answers left in that same turn.
+        assert len(read_in) == 1 and flushed_in and set(flushed_in) == {read_in[0]}
+    finally:
+        workers._runtime = saved_runtime
+        loader.unload(str(tmp_path), "worker.py")
+        ours.close()
+        theirs.close()
+        loop.close()
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_callbacks_that_keep_making_more_still_let_the_loop_read():
+    # The turn runs what its callbacks make ready, but only so many times
+    # over: a tenant's endless chain must not keep the channel unread.
+    previous = signal.signal(signal.SIGALRM, _give_up)
+    signal.alarm(10)
+    loop = ChildLoop()
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.setblocking(False)
+        spins = [0]
+
+        def spin() -> None:
+            spins[0] += 1
+            if spins[0] == 5:
+                ours.send(b"cancel")  # arrives while the chain runs
+            loop.call_soon(spin)
+
+        heard = loop.create_future()
+        loop.add_reader(theirs.fileno(), lambda: heard.done() or heard.set_result(theirs.recv(8)))
+        loop.call_soon(spin)
+        assert loop.run_until_complete(heard) == b"cancel"
+        assert 5 <= spins[0] < 100
+    finally:
+        ours.close()
+        theirs.close()
+        loop.close()
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
