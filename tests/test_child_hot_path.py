@@ -237,8 +237,7 @@ def test_an_invocation_is_answered_in_the_turn_that_read_its_frame(tmp_path):
     # A frame makes a task ready, its step the channel's flush: asyncio's
     # turn polled the epoll instance again before each (ChildLoop._run_once).
     from protocol.framing import FrameEncoder, supervisor_decoder
-    from protocol.messages import (Inline, Invoke, InvokeDone, InvokeFailed, Load, Loaded,
-                                   ResponseStart, ScriptBundle)
+    from protocol.messages import Inline, Invoke, InvokeDone, InvokeFailed, Load, Loaded, ResponseStart, ScriptBundle
 
     previous = signal.signal(signal.SIGALRM, _give_up)
     signal.alarm(10)
