@@ -105,6 +105,15 @@ class Zygote:
         # them, only what keeps native libraries to one thread.
         os.environ.clear()
         os.environ.update(thread_shims.NATIVE_SINGLE_THREADED)
+        # CPython's method cache (4096 entries) holds what the imports
+        # looked up. A child's miss puts its own name in an entry and drops
+        # the name it held: a write to that old name's reference count, so
+        # one more of the zygote's pages copied into the child. Emptied
+        # here, before the rehearsals fill in what a request looks up, the
+        # entries a child's misses land in mostly hold None, whose page every
+        # child writes anyway: ~20 pages fewer per child (654 -> 633 served,
+        # 429 -> 416 spare; ru_minflt medians, 62 cold starts, two runs each).
+        sys._clear_type_cache()
         for _ in range(warmup.REHEARSALS):
             warmup.rehearse()
         logs.install_logging()  # once here, not in every child (see there)
