@@ -96,45 +96,52 @@ def _give_up(signum: int, frame: object) -> None:
     raise TimeoutError("the loop never delivered what was ready")
 
 
-def test_the_child_loop_turn_delivers_readers_writers_and_timers():
-    # A turn that drops a ready handle waits for ever: give up after 10 s.
+@pytest.fixture
+def looped():
+    """A child loop and a socket pair (ours, theirs), and an alarm: a turn
+    that drops a ready handle waits for ever, so the test gives up after 10 s."""
     previous = signal.signal(signal.SIGALRM, _give_up)
     signal.alarm(10)
     loop = ChildLoop()
     ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    theirs.setblocking(False)
     try:
-        seen: list[object] = []
-        done = loop.create_future()
-
-        def readable() -> None:
-            seen.append(theirs.recv(16))
-            loop.remove_reader(theirs.fileno())
-            loop.add_writer(theirs.fileno(), writable)
-
-        def writable() -> None:
-            loop.remove_writer(theirs.fileno())
-            theirs.send(b"pong")
-            loop.call_later(0.01, lambda: done.set_result(ours.recv(16)))
-
-        loop.add_reader(theirs.fileno(), readable)
-        ours.send(b"ping")
-        # A reader, then a writer, then a timer (asyncio's own turn) in turn.
-        assert loop.run_until_complete(done) == b"pong"
-        assert seen == [b"ping"]
-        # A reader removed while its descriptor is ready is not called.
-        loop.add_reader(theirs.fileno(), lambda: seen.append("late"))
-        ours.send(b"again")
-        loop.remove_reader(theirs.fileno())
-        loop.run_until_complete(asyncio.sleep(0))
-        assert seen == [b"ping"]
+        yield loop, ours, theirs
     finally:
         ours.close()
         theirs.close()
         loop.close()
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_the_child_loop_turn_delivers_readers_writers_and_timers(looped):
+    loop, ours, theirs = looped
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    seen: list[object] = []
+    done = loop.create_future()
+
+    def readable() -> None:
+        seen.append(theirs.recv(16))
+        loop.remove_reader(theirs.fileno())
+        loop.add_writer(theirs.fileno(), writable)
+
+    def writable() -> None:
+        loop.remove_writer(theirs.fileno())
+        theirs.send(b"pong")
+        loop.call_later(0.01, lambda: done.set_result(ours.recv(16)))
+
+    loop.add_reader(theirs.fileno(), readable)
+    ours.send(b"ping")
+    # A reader, then a writer, then a timer (asyncio's own turn) in turn.
+    assert loop.run_until_complete(done) == b"pong"
+    assert seen == [b"ping"]
+    # A reader removed while its descriptor is ready is not called.
+    loop.add_reader(theirs.fileno(), lambda: seen.append("late"))
+    ours.send(b"again")
+    loop.remove_reader(theirs.fileno())
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == [b"ping"]
 
 
 def _bundle(tmp_path: Path, source: str, mode: py_compile.PycInvalidationMode | None) -> Path:
@@ -177,24 +184,15 @@ def test_a_failing_main_module_is_a_load_error_either_way(tmp_path):
     loader.unload(str(bundle), "worker.py")
 
 
-def test_a_childs_loop_ends_when_its_channel_closes():
+def test_a_childs_loop_ends_when_its_channel_closes(looped):
+    loop, ours, theirs = looped
     # main() runs the loop until then, with no task to wait on (see there).
-    previous = signal.signal(signal.SIGALRM, _give_up)
-    signal.alarm(10)
-    loop = ChildLoop()
-    ours, theirs = socket.socketpair()
-    try:
-        theirs.setblocking(False)
-        runtime = Runtime(loop)
-        runtime.attach(Channel(theirs, loop, runtime.on_message, runtime.on_closed))
-        ours.close()
-        loop.run_forever()
-        assert runtime.closed.is_set()
-    finally:
-        theirs.close()
-        loop.close()
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    theirs.setblocking(False)
+    runtime = Runtime(loop)
+    runtime.attach(Channel(theirs, loop, runtime.on_message, runtime.on_closed))
+    ours.close()
+    loop.run_forever()
+    assert runtime.closed.is_set()
 
 
 def test_the_main_modules_spec_is_the_import_systems(tmp_path):
@@ -233,20 +231,17 @@ def test_headers_passed_on_unchanged_are_not_encoded_again_and_changes_always_sh
     assert kept._raw() == raw
 
 
-def test_an_invocation_is_answered_in_the_turn_that_read_its_frame(tmp_path):
+def test_an_invocation_is_answered_in_the_turn_that_read_its_frame(tmp_path, looped):
+    loop, ours, theirs = looped
     # A frame makes a task ready, its step the channel's flush: asyncio's
     # turn polled the epoll instance again before each (ChildLoop._run_once).
     from protocol.framing import FrameEncoder, supervisor_decoder
     from protocol.messages import Inline, Invoke, InvokeDone, InvokeFailed, Load, Loaded, ResponseStart, ScriptBundle
 
-    previous = signal.signal(signal.SIGALRM, _give_up)
-    signal.alarm(10)
     (tmp_path / "worker.py").write_text(
         "from sandbox.workers import Response\n"
         "async def on_fetch(request, env):\n"
         "    return Response('hi ' + request.method)\n")
-    loop = ChildLoop()
-    ours, theirs = socket.socketpair()
     saved_runtime = workers._runtime
     try:
         theirs.setblocking(False)
@@ -296,38 +291,23 @@ def test_an_invocation_is_answered_in_the_turn_that_read_its_frame(tmp_path):
     finally:
         workers._runtime = saved_runtime
         loader.unload(str(tmp_path), "worker.py")
-        ours.close()
-        theirs.close()
-        loop.close()
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
-def test_callbacks_that_keep_making_more_still_let_the_loop_read():
+def test_callbacks_that_keep_making_more_still_let_the_loop_read(looped):
+    loop, ours, theirs = looped
     # The turn runs what its callbacks make ready, but only so many times
     # over: a tenant's endless chain must not keep the channel unread.
-    previous = signal.signal(signal.SIGALRM, _give_up)
-    signal.alarm(10)
-    loop = ChildLoop()
-    ours, theirs = socket.socketpair()
-    try:
-        theirs.setblocking(False)
-        spins = [0]
+    theirs.setblocking(False)
+    spins = [0]
 
-        def spin() -> None:
-            spins[0] += 1
-            if spins[0] == 5:
-                ours.send(b"cancel")  # arrives while the chain runs
-            loop.call_soon(spin)
-
-        heard = loop.create_future()
-        loop.add_reader(theirs.fileno(), lambda: heard.done() or heard.set_result(theirs.recv(8)))
+    def spin() -> None:
+        spins[0] += 1
+        if spins[0] == 5:
+            ours.send(b"cancel")  # arrives while the chain runs
         loop.call_soon(spin)
-        assert loop.run_until_complete(heard) == b"cancel"
-        assert 5 <= spins[0] < 100
-    finally:
-        ours.close()
-        theirs.close()
-        loop.close()
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+
+    heard = loop.create_future()
+    loop.add_reader(theirs.fileno(), lambda: heard.done() or heard.set_result(theirs.recv(8)))
+    loop.call_soon(spin)
+    assert loop.run_until_complete(heard) == b"cancel"
+    assert 5 <= spins[0] < 100
