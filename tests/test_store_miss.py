@@ -99,14 +99,14 @@ def test_a_store_miss_does_not_block_the_event_loop(tmp_path: Path, path: str) -
     # test waits for that request's own load before it checks anything.
     lookup = supervisor.scripts
     cached, load = lookup.cached, lookup.load
-    loading: list[trio.Event] = []
+    cold_loading = trio.Event()
 
     def missing_cold(namespace: str, name: str) -> Any:
         return NOT_CACHED if name == "cold" and not release.is_set() else cached(namespace, name)
 
     async def noted_load(namespace: str, name: str) -> ScriptRecord | None:
         if name == "cold":
-            loading[0].set()
+            cold_loading.set()
         return await load(namespace, name)
 
     lookup.cached = missing_cold  # type: ignore[method-assign]
@@ -118,7 +118,6 @@ def test_a_store_miss_does_not_block_the_event_loop(tmp_path: Path, path: str) -
             assert await _get(port, "warm.test") == (200, b"warm")  # now warm (and cached)
 
             cold_answered = trio.Event()
-            loading.append(trio.Event())
             answers: dict[str, tuple[int, bytes]] = {}
 
             async def cold() -> None:
@@ -128,7 +127,7 @@ def test_a_store_miss_does_not_block_the_event_loop(tmp_path: Path, path: str) -
             nursery.start_soon(cold)
             # The cold request misses and loads its script; that read is
             # now held in a worker thread ...
-            await loading[0].wait()
+            await cold_loading.wait()
             assert await trio.to_thread.run_sync(entered.wait, HOLD_S)
             # ... and a warm tenant is served all the same.
             assert await _get(port, "warm.test") == (200, b"warm")
