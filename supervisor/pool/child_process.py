@@ -1,9 +1,10 @@
 """The supervisor's handle on one sandboxed child.
 
-Owns the channel (a non-blocking unix socket used directly: one reader task
-per child, frames handled synchronously as they are decoded, sends written
-straight to the socket and only buffered on a short write), the child's
-pidfd (kill without pid-reuse races) and its CPU meter.
+Owns the channel (a non-blocking unix socket used directly: read when the
+pool's :class:`~supervisor.pool.channel_hub.ChannelHub` finds it readable,
+frames handled synchronously as they are decoded, sends written straight to
+the socket and only buffered on a short write), the child's pidfd (kill
+without pid-reuse races) and its CPU meter.
 
 A child that breaks the protocol (bad frame, wrong version, a response to an
 invocation it was never given, bytes beyond its credit) is killed and
@@ -68,6 +69,7 @@ from supervisor.limits.memory import ChildMemory, Enforcer, has_cap
 from supervisor.log import error, log, warn
 from supervisor.model import ScriptRecord
 from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation
+from supervisor.pool.channel_hub import ChannelHub
 from supervisor.pool.fork_priority import IDLE_ONLY, ZYGOTE_NICE
 from supervisor.pool.invocation import Invocation, WallLimitedBody
 
@@ -85,9 +87,9 @@ RECV_SIZE = 256 * 1024
 BATCH_MAX_FRAMES = 4
 _CAP_SYS_NICE = 23
 
-#: The one receive buffer of every child's reader. A reader never awaits
-#: between ``recv_into`` and the end of handling what it read (the decoder
-#: copies a partial frame into its own buffer), so sharing is safe. One per
+#: The one receive buffer of every child's channel. A read is handled to its
+#: end before the next read (the decoder copies a partial frame into its own
+#: buffer), so sharing is safe. One per
 #: child cost a zeroed 256 KiB, resident, per warm tenant.
 _RECEIVED = bytearray(RECV_SIZE)
 _RECEIVED_VIEW = memoryview(_RECEIVED)
@@ -289,7 +291,7 @@ class Renicer:
 class ChildKit:
     """What every child of one pool shares: set up once, handed to each child."""
 
-    __slots__ = ("enforcer", "meters", "batch", "renice")
+    __slots__ = ("enforcer", "meters", "batch", "renice", "channels")
 
     def __init__(self, enforcer: Enforcer, meters: MeterFactory) -> None:
         #: Who keeps each child's memory limit (cgroup, prlimit or nothing).
@@ -298,6 +300,8 @@ class ChildKit:
         self.meters = meters
         self.batch = SendBatch()
         self.renice = Renicer()
+        #: Reads every child's channel (its task runs in the pool's nursery).
+        self.channels = ChannelHub()
 
 
 class ChildProcess:
@@ -359,6 +363,9 @@ class ChildProcess:
         self._send_failed = False
         self._load_log_budget = 20
         self._writer_wake = trio.Event()
+        self._decoder = supervisor_decoder()
+        #: Set at the end of its channel (EOF, a failed read, a frame it was killed for).
+        self._channel_ended = trio.Event()
         self._nursery: trio.Nursery | None = None
         #: Its CPU account, from the Hello on (None: no meter could be opened).
         self.cpu: CpuAccount | None = None
@@ -411,18 +418,15 @@ class ChildProcess:
         try:
             if not await self._join_limits():
                 return
+            channels, fd, reader = self.kit.channels, self.sock.fileno(), self._on_readable
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
+                channels.add(fd, reader)
                 try:
-                    await self._reader()
-                except (ProtocolError, ProtocolViolation) as exc:
-                    self.kill(KillReason.PROTOCOL_VIOLATION, str(exc))
-                except Exception as exc:  # noqa: BLE001 - nothing a child sends may stop the supervisor
-                    error("child.handler_failed", exc_info=exc, pid=self.pid)
-                    self.kill(KillReason.PROTOCOL_VIOLATION,
-                              f"frame could not be handled ({type(exc).__name__})")
+                    await self._channel_ended.wait()
                 finally:
+                    channels.remove(fd, reader)
                     nursery.cancel_scope.cancel()
         finally:
             self._on_dead()
@@ -620,26 +624,37 @@ class ChildProcess:
                 del self._out[:sent]
             self._writing = False
 
-    async def _reader(self) -> None:
-        buffer = _RECEIVED
-        view = _RECEIVED_VIEW
-        decoder = supervisor_decoder()
-        sock = self.sock
+    def _on_readable(self) -> None:
+        """Its channel has bytes (or its end): handle every whole frame read
+        (called by the hub; nothing a child sends raises out of here)."""
+        try:
+            count = self.sock.recv_into(_RECEIVED)
+        except BlockingIOError:
+            return
+        except OSError:
+            count = 0
+        if count == 0:
+            self._end_channel()
+            return
         handlers = self._handlers
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                count = sock.recv_into(buffer)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            if count == 0:
-                return
-            for message in decoder.feed(view[:count]):
+        try:
+            for message in self._decoder.feed(_RECEIVED_VIEW[:count]):
                 if self.state is _STARTING and type(message) is not Hello:
                     raise ProtocolViolation(f"{type(message).__name__} before Hello")
                 handlers[type(message)](message)
+        except (ProtocolError, ProtocolViolation) as exc:
+            self.kill(KillReason.PROTOCOL_VIOLATION, str(exc))
+            self._end_channel()
+        except Exception as exc:  # noqa: BLE001 - nothing a child sends may stop the supervisor
+            error("child.handler_failed", exc_info=exc, pid=self.pid)
+            self.kill(KillReason.PROTOCOL_VIOLATION,
+                      f"frame could not be handled ({type(exc).__name__})")
+            self._end_channel()
+
+    def _end_channel(self) -> None:
+        """No more reads: :meth:`run` wakes and the child's end follows."""
+        self.kit.channels.remove(self.sock.fileno(), self._on_readable)
+        self._channel_ended.set()
 
     # ------------------------------------------------------------------
     # frames from the child

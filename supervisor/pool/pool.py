@@ -223,6 +223,7 @@ class Pool:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.packages.attach(nursery)
+                nursery.start_soon(self._kit.channels.run)
                 nursery.start_soon(self.memory.keep_slots)
                 await nursery.start(self.zygote.run)
                 self._next_reap = trio.current_time() + REAP_PERIOD_S
