@@ -31,17 +31,22 @@ MAX_READS = 64
 class ChannelHub:
     """Reads for every registered socket; run :meth:`run` in the owner's nursery."""
 
-    __slots__ = ("_epoll", "_readers")
+    __slots__ = ("_epoll", "_readers", "_stopped")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._readers: dict[int, Callable[[], None]] = {}
+        self._stopped = False
 
     def __len__(self) -> int:
         return len(self._readers)
 
     def add(self, fd: int, reader: Callable[[], None]) -> None:
-        """Call ``reader`` whenever ``fd`` is readable (until :meth:`remove`)."""
+        """Call ``reader`` whenever ``fd`` is readable (until :meth:`remove`).
+        Once :meth:`run` has ended (the pool is stopping) nothing is read: the
+        caller's own task is being cancelled too."""
+        if self._stopped:
+            return
         self._epoll.register(fd, select.EPOLLIN)
         self._readers[fd] = reader
 
@@ -68,5 +73,6 @@ class ChannelHub:
                     if reader is not None:
                         reader()
         finally:
+            self._stopped = True
             self._readers.clear()
             epoll.close()
