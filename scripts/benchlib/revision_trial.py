@@ -2,7 +2,11 @@
 
 Run as a script inside the measured tree's own worktree::
 
-    python revision_trial.py TREE TENANTS DURATION CONNECTIONS WRK [CONFIG]
+    python revision_trial.py [--serve] TREE TENANTS DURATION CONNECTIONS WRK [CONFIG]
+
+``--serve`` (``bench_revisions --together``): start and warm the server, print
+``{"ready": PID}``, then run one measured trial per line read on stdin, each
+printed as it ends, and stop the server at the end of stdin.
 
 Why a separate process per trial: each revision must be started and deployed
 the way its own ``scripts/benchlib`` did at that commit (an old tree knows
@@ -30,6 +34,9 @@ def _current_procs():
 
 
 def main(argv: list[str]) -> int:
+    serve = bool(argv) and argv[0] == "--serve"
+    if serve:
+        argv = argv[1:]
     tree, tenants, duration, connections, wrk, *config = argv
     procs = _current_procs()
     sys.path[:0] = [str(Path(tree) / "scripts"), tree]
@@ -41,21 +48,31 @@ def main(argv: list[str]) -> int:
         launch = corral.launch
         corral.launch = lambda extra_args=None: launch([*(extra_args or []), "--config", config[0]])
     names = [f"t{i}" for i in range(int(tenants))]
+
+    def measured() -> dict:
+        before = procs.cpu_by_pid(pid)
+        res = run_wrk(wrk, corral.port, hosts, int(connections), float(duration), 1)
+        after = procs.cpu_by_pid(pid)
+        n = max(1, res["requests"])
+        per_req = {role: round(1e6 * seconds / n, 1)
+                   for role, seconds in procs.role_delta(before, after).items()}
+        return {"rps": res["rps"], "p99_ms": res.get("lat_p99_ms"), "requests": res["requests"],
+                "non2xx": res.get("non2xx", 0), "error": res.get("error"),
+                "cpu_us_per_request": per_req}
+
     try:
         corral.start(names)
         hosts = [corral.host(n) for n in names]
         pid = corral.server.proc.pid
         run_wrk(wrk, corral.port, hosts, int(connections), 3, 1)  # every tenant warm
-        before = procs.cpu_by_pid(pid)
-        res = run_wrk(wrk, corral.port, hosts, int(connections), float(duration), 1)
-        after = procs.cpu_by_pid(pid)
+        if not serve:
+            print(json.dumps(measured()))
+            return 0
+        print(json.dumps({"ready": pid}), flush=True)
+        for _ in sys.stdin:
+            print(json.dumps(measured()), flush=True)
     finally:
         corral.stop()
-    n = max(1, res["requests"])
-    per_req = {role: round(1e6 * seconds / n, 1) for role, seconds in procs.role_delta(before, after).items()}
-    print(json.dumps({"rps": res["rps"], "p99_ms": res.get("lat_p99_ms"), "requests": res["requests"],
-                      "non2xx": res.get("non2xx", 0), "error": res.get("error"),
-                      "cpu_us_per_request": per_req}))
     return 0
 
 
