@@ -644,15 +644,18 @@ class ChildProcess:
                 handlers[type(message)](message)
         except (ProtocolError, ProtocolViolation) as exc:
             self.kill(KillReason.PROTOCOL_VIOLATION, str(exc))
-            self._end_channel()
         except Exception as exc:  # noqa: BLE001 - nothing a child sends may stop the supervisor
             error("child.handler_failed", exc_info=exc, pid=self.pid)
             self.kill(KillReason.PROTOCOL_VIOLATION,
                       f"frame could not be handled ({type(exc).__name__})")
-            self._end_channel()
+        else:
+            return
+        self._end_channel()
 
     def _end_channel(self) -> None:
-        """No more reads: :meth:`run` wakes and the child's end follows."""
+        """No more reads: :meth:`run` wakes and the child's end follows. Removed
+        from the hub here, not only when :meth:`run` wakes: a socket at EOF
+        stays readable, and the hub would call it again meanwhile."""
         self.kit.channels.remove(self.sock.fileno(), self._on_readable)
         self._channel_ended.set()
 
