@@ -1008,12 +1008,14 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
     layer2 = jail.jail_child(sock.fileno(), devnull, address_space, rules, keep, layer2, cgroup_fd)
     _mark(marks)
     if prebuilt is not None:
-        loop, runtime = prebuilt  # its epoll and wake-up pair are this child's (renew_kernel_sides)
+        # Its epoll and wake-up pair are this child's (renew_kernel_sides);
+        # the zygote made the loop current before the fork (Zygote.spawn).
+        loop, runtime = prebuilt
         runtime.adopt_layer2(layer2)
     else:
         loop = ChildLoop()
         runtime = Runtime(loop, sandboxed=True, layer2=layer2)
-    asyncio.set_event_loop(loop)
+        asyncio.set_event_loop(loop)
     if channel is None:
         sock.setblocking(False)
     _mark(marks)

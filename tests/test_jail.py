@@ -788,6 +788,26 @@ def test_every_sandbox_waits_on_an_epoll_instance_of_its_own(c: Corral) -> None:
     assert checked >= 2, children
 
 
+def test_a_tenant_finds_its_running_loop_as_asyncios_current_loop(c: Corral) -> None:
+    """The zygote makes the children's prebuilt loop asyncio's current loop
+    before it forks them (sandbox.zygote.Zygote.spawn), not each child after:
+    code that asks the policy rather than the running loop (older libraries
+    do) still gets the loop it runs on, at import and in a handler."""
+    c.deploy("current-loop", worker('''
+        AT_IMPORT = asyncio.get_event_loop_policy().get_event_loop()
+
+        class Default(WorkerEntrypoint):
+            async def fetch(self, request):
+                running = asyncio.get_running_loop()
+                return Response.json({
+                    "at_import": AT_IMPORT is running,
+                    "policy": asyncio.get_event_loop_policy().get_event_loop() is running,
+                    "get_event_loop": asyncio.get_event_loop() is running,
+                })
+    '''))
+    assert call(c, "current-loop") == {"at_import": True, "policy": True, "get_event_loop": True}
+
+
 def test_the_zygote_takes_its_free_malloc_chunks_before_it_forks(c: Corral) -> None:
     """Children's allocations land in pages of their own, not in the holes
     the zygote's imports left in its heap (sandbox.heap_fill; the mechanism

@@ -112,6 +112,10 @@ FASTAPI = worker(textwrap.indent(ASGI_CALL, "    ") + '''
                 "native": pydantic_core._pydantic_core.__file__,
                 "fastapi": importlib.metadata.version("fastapi"),
                 "pydantic_core": importlib.metadata.version("pydantic-core"),
+                # The set's zygote rehearsed FastAPI on a loop of its own and
+                # unset it; the children's loop is current again (Zygote.spawn).
+                "current_loop": asyncio.get_event_loop_policy().get_event_loop()
+                is asyncio.get_running_loop(),
             })
 ''')
 
@@ -125,6 +129,7 @@ def test_a_fastapi_tenant_with_pydantic_core(c: Corral) -> None:
     assert out["native"].startswith(str(c.state_dir.resolve() / "packages" / "entries")), out
     assert out["native"].endswith(".so")
     assert out["fastapi"] and out["pydantic_core"]
+    assert out["current_loop"] is True
 
 
 @pytest.mark.skipif(not os.path.exists(reshare.LIBRARY),
