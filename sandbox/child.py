@@ -1005,16 +1005,20 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
          rules: jail.FileRules, snapshot_fd: int | None = None,
          prebuilt: tuple[ChildLoop, Runtime] | None = None,
          channel: Channel | None = None, layer2: landlock.Ruleset | None = None,
-         cgroup_fd: int = -1) -> int:
+         cgroup_fd: int = -1, keep: tuple[int, ...] | None = None) -> int:
     """Entry point of a forked child; returns its exit status. ``cgroup_fd``:
-    its memory cgroup's join file, or -1 (see jail.join_cgroup_slot)."""
+    its memory cgroup's join file, or -1 (see jail.join_cgroup_slot).
+    ``keep``: the descriptors its jail leaves open (jail.fds_to_keep), if
+    the zygote worked them out before the fork."""
     # The CPU clock and the fault count of a new process start at zero at its fork.
     marks: list[tuple[int, int]] = []
     _mark(marks)
-    keep = {snapshot_fd} if snapshot_fd is not None else set()
-    if prebuilt is not None:
-        keep |= prebuilt[0].kernel_fds()
-    layer2 = jail.jail_child(sock.fileno(), devnull, address_space, rules, keep, layer2, cgroup_fd)
+    if keep is None:
+        extra = {snapshot_fd} if snapshot_fd is not None else set()
+        if prebuilt is not None:
+            extra |= prebuilt[0].kernel_fds()
+        keep = jail.fds_to_keep(sock.fileno(), layer2, extra)
+    layer2 = jail.jail_child(devnull, address_space, rules, keep, layer2, cgroup_fd)
     _mark(marks)
     if prebuilt is not None:
         # Its epoll and wake-up pair are this child's (renew_kernel_sides);

@@ -221,6 +221,7 @@ class Zygote:
         # Landlock's second layer, one ruleset per child (see jail.second_layer).
         layers = [jail.second_layer(self.rules) for _ in range(count)]
         sides = []
+        keeps: list[tuple[int, ...] | None] = [None] * count
         if self.prebuilt is not None and self._child_channel is not None:
             loop, runtime = self.prebuilt
             # The children's current loop, made so here once per batch (a
@@ -230,10 +231,16 @@ class Zygote:
             # faulted ~293 times before, ~279 after (means of 6 and 7 runs).
             asyncio.set_event_loop(loop)
             sides = loop.renew_kernel_sides(count)
+            snapshot = reshare.snapshot_fd()
             for index, side in enumerate(sides):
                 # Each child's channel too, registered in its own epoll instance.
                 loop.take_kernel_side(side)
                 channels[index] = self._child_channel(pairs[index][1], loop, runtime)
+                # And what its jail leaves open: its channel, ruleset, kernel side and the snapshot.
+                selector, ssock, csock = side
+                extra = [selector.fileno(), ssock.fileno(), csock.fileno()]
+                keeps[index] = jail.fds_to_keep(pairs[index][1].fileno(), layers[index],
+                                                extra if snapshot is None else [*extra, snapshot])
         # turns[k]: child k + lanes waits for its read end to read EOF, that
         # is for child k to close the write end (the zygote closes its own
         # once k is forked; children forked before k close their copies in
@@ -249,7 +256,7 @@ class Zygote:
                     self._run_forked("child", functools.partial(
                         self._run_child, pairs[index][1], channels[index],
                         layers[index], slots[index][1] if index < len(slots) else -1,
-                        turns[index - self.lanes][0] if index >= self.lanes else -1))
+                        turns[index - self.lanes][0] if index >= self.lanes else -1, keeps[index]))
                 pids.append(pid)
                 if index < len(turns):
                     os.close(turns[index][1])  # child ``index`` holds it now
@@ -274,13 +281,13 @@ class Zygote:
                     parent_end.close()
 
     def _run_child(self, sock: _socket.socket, channel: Any, layer2: Any, cgroup_fd: int,
-                   wait_fd: int) -> int:
+                   wait_fd: int, keep: tuple[int, ...] | None) -> int:
         """A forked spare: its turn (see :meth:`spawn`), then its set-up and loop."""
         assert self._child_main is not None, "prepare() binds it before any fork"
         if wait_fd >= 0:
             os.read(wait_fd, 1)  # EOF: the spare whose turn came before closed its copy
         return self._child_main(sock, self.devnull, self.address_space, self.bpf, self.rules,
-                                reshare.snapshot_fd(), self.prebuilt, channel, layer2, cgroup_fd)
+                                reshare.snapshot_fd(), self.prebuilt, channel, layer2, cgroup_fd, keep)
 
     def start_package_zygote(self, command: StartPackageZygote) -> None:
         """Fork the zygote of one dependency set (see :mod:`sandbox.package_zygote`)."""
