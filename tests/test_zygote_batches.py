@@ -17,7 +17,6 @@ import json
 import os
 import select
 import socket
-from collections.abc import Callable
 
 import msgspec
 
@@ -105,10 +104,10 @@ def test_cgroup_slots_ride_with_their_spawns_and_stray_ones_are_closed() -> None
     control.close()
 
 
-def _recorded_serve(send: Callable[[socket.socket], None]) -> list:
-    """``serve`` in a forked process (it installs signal handlers), its
-    forks and package zygotes recorded instead of made: ``send`` writes the
-    supervisor's side, which is closed after it (``serve`` returns at EOF)."""
+def test_serve_forks_one_batch_then_handles_the_next_command_in_order() -> None:
+    """In a forked process (``serve`` installs signal handlers): every child
+    asked for is forked, in batches of at most MAX_BATCH, before the command
+    that followed the Spawns."""
     supervisor, control = _pair()
     report_r, report_w = os.pipe()
     pid = os.fork()
@@ -124,32 +123,22 @@ def _recorded_serve(send: Callable[[socket.socket], None]) -> list:
         os._exit(0)
     control.close()
     os.close(report_w)
-    send(supervisor)
-    supervisor.close()
+    encode = msgspec.msgpack.Encoder().encode
+    slot_fds = _file_fds(3)
+    for message in (Spawn(40), Spawn(30, slots=(1, 2, 3)), StartPackageZygote("k", ["/p"]), Spawn(1)):
+        fds = slot_fds if message == Spawn(30, slots=(1, 2, 3)) else []
+        supervisor.sendmsg([encode(message)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                           if fds else [])
+    for fd in slot_fds:
+        os.close(fd)
+    supervisor.close()  # serve() returns at EOF
     _, status = os.waitpid(pid, 0)
     report = b""
     while chunk := os.read(report_r, 65536):
         report += chunk
     os.close(report_r)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    return json.loads(report)
-
-
-def test_serve_forks_one_batch_then_handles_the_next_command_in_order() -> None:
-    """Every child asked for is forked, in batches of at most MAX_BATCH,
-    before the command that followed the Spawns."""
-    encode = msgspec.msgpack.Encoder().encode
-
-    def send(supervisor: socket.socket) -> None:
-        slot_fds = _file_fds(3)
-        for message in (Spawn(40), Spawn(30, slots=(1, 2, 3)), StartPackageZygote("k", ["/p"]), Spawn(1)):
-            fds = slot_fds if message == Spawn(30, slots=(1, 2, 3)) else []
-            supervisor.sendmsg([encode(message)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-                               if fds else [])
-        for fd in slot_fds:
-            os.close(fd)
-
-    calls = _recorded_serve(send)
+    calls = json.loads(report)
     # The first recv may come before the others are queued: then the batches
     # are smaller, but the order and the total are the same.
     spawned_before = [c[1] for c in calls[: calls.index(["package", "k"])]]
@@ -163,8 +152,27 @@ def test_serve_forks_one_batch_then_handles_the_next_command_in_order() -> None:
 def test_serve_forks_a_run_of_spawns_in_batches_that_double_from_one() -> None:
     """The first child asked for is announced after one fork, not after the
     whole run: in a storm, requests wait for it while a dozen more fork."""
-    calls = _recorded_serve(lambda supervisor: supervisor.send(msgspec.msgpack.Encoder().encode(Spawn(20))))
-    assert [c[1] for c in calls] == [1, 2, 4, 8, 5]
+    supervisor, control = _pair()
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked process
+        supervisor.close()
+        os.close(report_r)
+        sizes: list[int] = []
+        zygote = Zygote(control, 0)
+        zygote.spawn = lambda count, slots: sizes.append(count)  # type: ignore[method-assign]
+        zygote.serve()
+        os.write(report_w, json.dumps(sizes).encode())
+        os._exit(0)
+    control.close()
+    os.close(report_w)
+    supervisor.send(msgspec.msgpack.Encoder().encode(Spawn(20)))
+    supervisor.close()
+    _, status = os.waitpid(pid, 0)
+    sizes = json.loads(os.read(report_r, 65536))
+    os.close(report_r)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert sizes == [1, 2, 4, 8, 5]
 
 
 def _silent_for(fd: int, seconds: float) -> bool:
