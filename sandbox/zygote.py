@@ -108,8 +108,6 @@ class Zygote:
         #: at-fork work (sandbox.fork). Checked at the end of prepare().
         self.single_threaded = False
         self.address_space = 0
-        #: Children of a batch that set themselves up at once (see :meth:`spawn`): one per CPU.
-        self.lanes = max(1, len(os.sched_getaffinity(0)))
 
     def prepare(self) -> dict:
         _preimport()
@@ -201,15 +199,6 @@ class Zygote:
         kernel sides and channels (sandbox.child.ChildLoop, prebuild_channel),
         their Landlock rulesets (jail.second_layer) and the announcements are
         made once per batch.
-
-        Why in turns: the children of a batch set themselves up
-        :attr:`lanes` at a time, each starting when the one ``lanes`` before
-        it closed what it inherited (its jail's step 3) or died, so that the
-        first spares are ready after one set-up rather than all of them
-        together after ``count``. In a storm of cold starts a batch of ~18
-        spares shared the CPU and the first said Hello ~60 ms after the
-        fork, while every request waited for one (traced: the storm's
-        slowest requests, 8 at a time).
         """
         slots = slots or []
         if count <= 0:
@@ -241,11 +230,6 @@ class Zygote:
                 extra = [selector.fileno(), ssock.fileno(), csock.fileno()]
                 keeps[index] = jail.fds_to_keep(pairs[index][1].fileno(), layers[index],
                                                 extra if snapshot is None else [*extra, snapshot])
-        # turns[k]: child k + lanes waits for its read end to read EOF, that
-        # is for child k to close the write end (the zygote closes its own
-        # once k is forked; children forked before k close their copies in
-        # their own jails), or to die.
-        turns = [os.pipe() for _ in range(count - self.lanes)]
         pids: list[int] = []
         try:
             for index in range(count):
@@ -255,16 +239,9 @@ class Zygote:
                 if pid == 0:  # pragma: no cover - runs in the forked process
                     self._run_forked("child", functools.partial(
                         self._run_child, pairs[index][1], channels[index],
-                        layers[index], slots[index][1] if index < len(slots) else -1,
-                        turns[index - self.lanes][0] if index >= self.lanes else -1, keeps[index]))
+                        layers[index], slots[index][1] if index < len(slots) else -1, keeps[index]))
                 pids.append(pid)
-                if index < len(turns):
-                    os.close(turns[index][1])  # child ``index`` holds it now
         finally:
-            for index, (wait_end, turn_end) in enumerate(turns):
-                os.close(wait_end)
-                if index >= len(pids):  # a fork failed: its turn never came
-                    os.close(turn_end)
             _close_slots(slots)
             # The zygote's copies; the last side stays the loop's until the next batch.
             if sides:
@@ -281,11 +258,8 @@ class Zygote:
                     parent_end.close()
 
     def _run_child(self, sock: _socket.socket, channel: Any, layer2: Any, cgroup_fd: int,
-                   wait_fd: int, keep: tuple[int, ...] | None) -> int:
-        """A forked spare: its turn (see :meth:`spawn`), then its set-up and loop."""
+                   keep: tuple[int, ...] | None) -> int:
         assert self._child_main is not None, "prepare() binds it before any fork"
-        if wait_fd >= 0:
-            os.read(wait_fd, 1)  # EOF: the spare whose turn came before closed its copy
         return self._child_main(sock, self.devnull, self.address_space, self.bpf, self.rules,
                                 reshare.snapshot_fd(), self.prebuilt, channel, layer2, cgroup_fd, keep)
 
@@ -394,16 +368,10 @@ class Zygote:
                 command = self.decoder.decode(packet)
                 if isinstance(command, Spawn):
                     count, slots, command = self._queued_spawns(command, fds)
-                    # Batches of 1, 2, 4, ...: a batch is announced once all
-                    # of it is forked (see spawn), and in a storm requests
-                    # wait for its first child while a dozen more fork.
-                    size = 1
                     while count > 0:
-                        size = min(count, size)
-                        self.spawn(size, slots[:size])
-                        count -= size
-                        slots = slots[size:]
-                        size = min(2 * size, MAX_BATCH)
+                        self.spawn(min(count, MAX_BATCH), slots[:MAX_BATCH])
+                        count -= MAX_BATCH
+                        slots = slots[MAX_BATCH:]
                     _close_slots(slots)
                     if command is _GONE:
                         return

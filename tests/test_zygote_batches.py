@@ -2,11 +2,8 @@
 
 In a storm the supervisor asks for a spare or two at a time; each batch's
 own Python runs after its forks, when every page it touches is a copy, so
-fewer, larger batches copy fewer pages. But a batch is announced once all
-of it is forked, so a run of Spawns is forked in batches of 1, 2, 4, ...,
-and a batch's children set themselves up a few at a time, in fork order.
-The zygote's control socket is real here; the forks are recorded, or made
-with the children's main replaced (``Zygote.spawn`` with the real one is
+fewer, larger batches copy fewer pages. The zygote's control socket is real
+here; the forks are recorded instead of made (``Zygote.spawn`` itself is
 exercised by every test that starts a server).
 """
 
@@ -15,12 +12,11 @@ from __future__ import annotations
 import array
 import json
 import os
-import select
 import socket
 
 import msgspec
 
-from protocol.messages import Spawn, Spawned, StartPackageZygote
+from protocol.messages import Spawn, StartPackageZygote
 from sandbox.zygote import _GONE, MAX_BATCH, Zygote
 
 
@@ -147,103 +143,3 @@ def test_serve_forks_one_batch_then_handles_the_next_command_in_order() -> None:
     assert slots_before == [1, 2, 3], "every slot reaches a batch, once"
     assert all(len(c[2]) <= c[1] for c in calls if c[0] == "spawn"), "no batch gets more slots than children"
     assert calls[calls.index(["package", "k"]) + 1:] == [["spawn", 1, []]]
-
-
-def test_serve_forks_a_run_of_spawns_in_batches_that_double_from_one() -> None:
-    """The first child asked for is announced after one fork, not after the
-    whole run: in a storm, requests wait for it while a dozen more fork."""
-    supervisor, control = _pair()
-    report_r, report_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the forked process
-        supervisor.close()
-        os.close(report_r)
-        sizes: list[int] = []
-        zygote = Zygote(control, 0)
-        zygote.spawn = lambda count, slots: sizes.append(count)  # type: ignore[method-assign]
-        zygote.serve()
-        os.write(report_w, json.dumps(sizes).encode())
-        os._exit(0)
-    control.close()
-    os.close(report_w)
-    supervisor.send(msgspec.msgpack.Encoder().encode(Spawn(20)))
-    supervisor.close()
-    _, status = os.waitpid(pid, 0)
-    sizes = json.loads(os.read(report_r, 65536))
-    os.close(report_r)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    assert sizes == [1, 2, 4, 8, 5]
-
-
-def _silent_for(fd: int, seconds: float) -> bool:
-    """Nothing to read on ``fd`` for ``seconds`` (a bounded wait on the descriptor, not a sleep)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return not poller.poll(seconds * 1000)
-
-
-def _batch_of_stand_ins(lanes: int, count: int) -> tuple[list[int], int, int, list[int]]:
-    """``Zygote.spawn`` for real, with the children's main replaced by a
-    stand-in that says it started and exits (closing what it inherited, as
-    a spare's jail does) when it reads a byte from the gate. Returns
-    the pids announced, the read end of the starts, the gate's write end and
-    the descriptors to close."""
-    supervisor, control = _pair()
-    started_r, started_w = os.pipe()
-    gate_r, gate_w = os.pipe()
-
-    def stand_in(*_args: object) -> int:
-        os.write(started_w, f"{os.getpid():>10}".encode())
-        os.read(gate_r, 1)
-        return 0
-
-    zygote = Zygote(control, 0)
-    zygote.lanes = lanes
-    zygote._child_main = stand_in
-    zygote.spawn(count)
-    announced = []
-    for _ in range(count):
-        packet, ancillary, _, _ = supervisor.recvmsg(4096, socket.CMSG_SPACE(8))
-        announced.append(msgspec.msgpack.decode(packet, type=Spawned).pid)
-        for _level, _kind, data in ancillary:
-            for fd in array.array("i", data):  # its channel's end and a pidfd
-                os.close(fd)
-    supervisor.close()
-    control.close()
-    return announced, started_r, gate_w, [started_r, started_w, gate_r, gate_w]
-
-
-def _next_start(started_r: int) -> int:
-    return int(os.read(started_r, 10).decode())
-
-
-def _end(children: list[int], gate_w: int, fds: list[int]) -> None:
-    os.write(gate_w, b"x")  # the last one
-    for child in children:
-        assert os.waitpid(child, 0)[1] == 0
-    for fd in fds:
-        os.close(fd)
-
-
-def test_the_children_of_a_batch_set_themselves_up_in_turn_in_fork_order() -> None:
-    """One lane: each child starts once the one forked before it closed what
-    it inherited (or died), so the first spare of a batch is ready after one
-    set-up, not after all of them."""
-    announced, started_r, gate_w, fds = _batch_of_stand_ins(lanes=1, count=3)
-    started = [_next_start(started_r)]
-    for turn in (1, 2):
-        assert _silent_for(started_r, 0.3), f"child {turn} started while child {turn - 1} held its turn"
-        os.write(gate_w, b"x")  # the running one exits
-        started.append(_next_start(started_r))
-    assert started == announced, "the children start in the order they were forked"
-    _end(announced, gate_w, fds)
-
-
-def test_a_batch_sets_up_as_many_children_at_once_as_it_has_lanes() -> None:
-    announced, started_r, gate_w, fds = _batch_of_stand_ins(lanes=2, count=3)
-    first_two = {_next_start(started_r), _next_start(started_r)}
-    assert first_two == set(announced[:2])
-    assert _silent_for(started_r, 0.3), "the third child started while two held their turns"
-    os.write(gate_w, b"xx")  # both exit
-    assert _next_start(started_r) == announced[2]
-    _end(announced, gate_w, fds)
