@@ -56,17 +56,6 @@ def test_a_waiting_request_does_not_wait_for_the_quiet_window() -> None:
     assert plan(view(spares=0, waiting=1, live=1, quiet_until=100.004)).fork == 3
 
 
-def test_a_line_under_half_its_target_refills_without_waiting_for_the_quiet_window() -> None:
-    """In a storm a quiet window opens at every cold start: waiting for
-    them, the line ran dry and every request waited for a batch of forks."""
-    storm = dict(cold_rate=300.0, spares_ceiling=64, max_children=100, live=40, quiet_until=100.004)
-    held = plan(view(**storm, spares=16))  # 300/s x 0.1 s + 1 = 31 wanted; 16 is over half
-    assert held.fork == 0 and held.wake_at == 100.004
-    assert plan(view(**storm, spares=15)).fork == 16
-    assert plan(view(**storm, spares=5, requested=5, starting=5)).fork == 16, "forks on their way count"
-    assert plan(view(**storm, spares=8, requested=4, starting=4)).fork == 0
-
-
 def test_surplus_spares_stay_while_cold_starts_come_fast() -> None:
     """Trimmed in the midst of a storm, they were forked again moments later."""
     assert plan(view(spares=5, live=6, cold_rate=BUSY_COLD_RATE * 2)).trim == 0

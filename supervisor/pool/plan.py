@@ -30,8 +30,7 @@ The rules, in the order they apply:
    of the zygote, within the room under the cap. Just after a cold start
    took a spare the fork waits ``quiet_until`` (the fork must not compete
    with that cold start for the CPU), unless a request is waiting for a
-   spare or the line (with what is on its way) is under half its target
-   (:func:`low`: a storm).
+   spare.
 5. **Give back.** On the periodic scan, a warm child idle for longer than
    ``reshare_after_s`` is asked for its copied pages (once per idle
    period), and so is every base spare not asked yet (what its own set-up
@@ -53,17 +52,6 @@ REFILL_S = 0.1
 #: Cold starts per second (decayed, half-life 1 s) above which idle
 #: children's give-backs wait: the CPU goes to the cold starts first.
 BUSY_COLD_RATE = 5.0
-
-
-def low(spares: int, want: int) -> bool:
-    """The spares (with those on their way) are under half of what is
-    wanted: cold starts come faster than quiet windows let the line refill.
-
-    A quiet window defers a refill so that it does not compete with one cold
-    start. In a storm of them a window opens at each, the line ran dry, and
-    every request then waited for a whole batch of forks (~20 ms for a
-    dozen) and their set-ups: the storm's p99 was those waits."""
-    return 2 * spares < want
 
 
 def calm(waiting: int, cold_rate: float) -> bool:
@@ -173,7 +161,7 @@ def plan(view: PoolView) -> Plan:
     missing = min(want - (view.spares - trim) - coming, room)
     fork, wake_at = 0, math.inf
     if missing > 0:
-        if view.waiting or view.now >= view.quiet_until or low(view.spares - trim + coming, want):
+        if view.waiting or view.now >= view.quiet_until:
             fork = missing
         else:
             wake_at = view.quiet_until
