@@ -1002,22 +1002,17 @@ def _mark(marks: list[tuple[int, int]]) -> None:
 
 
 def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
-         rules: jail.FileRules, snapshot_fd: int | None = None,
+         rules: jail.FileRules, keep: tuple[int, ...],
          prebuilt: tuple[ChildLoop, Runtime] | None = None,
          channel: Channel | None = None, layer2: landlock.Ruleset | None = None,
-         cgroup_fd: int = -1, keep: tuple[int, ...] | None = None) -> int:
-    """Entry point of a forked child; returns its exit status. ``cgroup_fd``:
-    its memory cgroup's join file, or -1 (see jail.join_cgroup_slot).
-    ``keep``: the descriptors its jail leaves open (jail.fds_to_keep), if
-    the zygote worked them out before the fork."""
+         cgroup_fd: int = -1) -> int:
+    """Entry point of a forked child; returns its exit status. ``keep``: the
+    descriptors its jail leaves open, worked out by the zygote before the
+    fork (jail.fds_to_keep). ``cgroup_fd``: its memory cgroup's join file,
+    or -1 (see jail.join_cgroup_slot)."""
     # The CPU clock and the fault count of a new process start at zero at its fork.
     marks: list[tuple[int, int]] = []
     _mark(marks)
-    if keep is None:
-        extra = {snapshot_fd} if snapshot_fd is not None else set()
-        if prebuilt is not None:
-            extra |= prebuilt[0].kernel_fds()
-        keep = jail.fds_to_keep(sock.fileno(), layer2, extra)
     layer2 = jail.jail_child(devnull, address_space, rules, keep, layer2, cgroup_fd)
     _mark(marks)
     if prebuilt is not None:

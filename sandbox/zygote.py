@@ -210,7 +210,10 @@ class Zygote:
         # Landlock's second layer, one ruleset per child (see jail.second_layer).
         layers = [jail.second_layer(self.rules) for _ in range(count)]
         sides = []
-        keeps: list[tuple[int, ...] | None] = [None] * count
+        # What each child's jail leaves open (jail.fds_to_keep): its channel,
+        # its ruleset, the snapshot and (below) its loop's kernel side.
+        snapshot = reshare.snapshot_fd()
+        kept: list[list[int]] = [[] if snapshot is None else [snapshot] for _ in range(count)]
         if self.prebuilt is not None and self._child_channel is not None:
             loop, runtime = self.prebuilt
             # The children's current loop, made so here once per batch (a
@@ -220,16 +223,13 @@ class Zygote:
             # faulted ~293 times before, ~279 after (means of 6 and 7 runs).
             asyncio.set_event_loop(loop)
             sides = loop.renew_kernel_sides(count)
-            snapshot = reshare.snapshot_fd()
             for index, side in enumerate(sides):
                 # Each child's channel too, registered in its own epoll instance.
                 loop.take_kernel_side(side)
                 channels[index] = self._child_channel(pairs[index][1], loop, runtime)
-                # And what its jail leaves open: its channel, ruleset, kernel side and the snapshot.
-                selector, ssock, csock = side
-                extra = [selector.fileno(), ssock.fileno(), csock.fileno()]
-                keeps[index] = jail.fds_to_keep(pairs[index][1].fileno(), layers[index],
-                                                extra if snapshot is None else [*extra, snapshot])
+                kept[index] += loop.kernel_fds()
+        keeps = [jail.fds_to_keep(pair[1].fileno(), layer, extra)
+                 for pair, layer, extra in zip(pairs, layers, kept, strict=True)]
         pids: list[int] = []
         try:
             for index in range(count):
@@ -258,10 +258,10 @@ class Zygote:
                     parent_end.close()
 
     def _run_child(self, sock: _socket.socket, channel: Any, layer2: Any, cgroup_fd: int,
-                   keep: tuple[int, ...] | None) -> int:
+                   keep: tuple[int, ...]) -> int:
         assert self._child_main is not None, "prepare() binds it before any fork"
         return self._child_main(sock, self.devnull, self.address_space, self.bpf, self.rules,
-                                reshare.snapshot_fd(), self.prebuilt, channel, layer2, cgroup_fd, keep)
+                                keep, self.prebuilt, channel, layer2, cgroup_fd)
 
     def start_package_zygote(self, command: StartPackageZygote) -> None:
         """Fork the zygote of one dependency set (see :mod:`sandbox.package_zygote`)."""
