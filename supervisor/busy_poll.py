@@ -45,6 +45,7 @@ from __future__ import annotations
 import os
 import select
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -54,8 +55,11 @@ from supervisor.log import warn
 class BusyPoll(trio.abc.Instrument):
     """The instrument: install with ``trio.run(..., instruments=[BusyPoll(us)])``."""
 
-    def __init__(self, busy_poll_us: int) -> None:
+    def __init__(self, busy_poll_us: int, poke: Callable[[], None] | None = None) -> None:
         self.window_s = max(0, busy_poll_us) / 1e6
+        #: Called each time the loop is about to wait: keeps the tenants'
+        #: cores awake for the answer (supervisor.core_keeper).
+        self._poke = poke
         self._poll: select.poll | None = None
         self._ready = False
 
@@ -73,7 +77,11 @@ class BusyPoll(trio.abc.Instrument):
         self._poll = poll
 
     def before_io_wait(self, timeout: float) -> None:
-        if timeout <= 0 or self.window_s <= 0:
+        if timeout <= 0:
+            return
+        if self._poke is not None:
+            self._poke()
+        if self.window_s <= 0:
             return
         if not self._ready:
             self._setup()

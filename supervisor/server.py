@@ -275,16 +275,25 @@ class Supervisor:
         with loop_clock.installed():
             await self._serve_all(task_status)
 
+    def _keep_cores_awake(self) -> None:
+        """The loop is about to wait: while requests are in flight, the answer
+        it waits for is imminent, so no core may halt (supervisor.core_keeper).
+        An idle server's timers never poke the keepers."""
+        if self.http.in_flight:
+            self.pool.core_keeper.poke()
+
     async def _serve_all(self, task_status: trio.TaskStatus) -> None:
         host, port = self.config.http_host_port
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.observability.run)
                 await nursery.start(self.pool.run)
-                if self.config.busy_poll_us:
+                if self.config.busy_poll_us or self.pool.core_keeper.running:
                     # After the pool's send batch: the frames of a turn leave
                     # before the poll waits for their answers.
-                    trio.lowlevel.add_instrument(BusyPoll(self.config.busy_poll_us))
+                    trio.lowlevel.add_instrument(BusyPoll(
+                        self.config.busy_poll_us,
+                        self._keep_cores_awake if self.pool.core_keeper.running else None))
                 nursery.start_soon(self._warm_store)
                 nursery.start_soon(self.pool.bundles.run, self._bundles_in_use, self.store.package_locks,
                                    self.store.deployed_mains)

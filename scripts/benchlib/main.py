@@ -387,7 +387,8 @@ class Runner:
             log("  storm CPU per cold start (schedstat): " + ", ".join(
                 f"{role} {ms:.2f} ms" for role, ms in s["cpu_ms_per_cold_start"].items())
                 + " (server = the server process, direct = its children such as Corral's zygote, "
-                  "others = the rest of its processes such as Corral's sandboxed children)")
+                  "others = the rest of its processes such as Corral's sandboxed children, "
+                  "keepers = Corral's idle-priority core keepers)")
         if hasattr(sysm, "pool_info"):
             info = sysm.pool_info()
             setup = info.get("setup_us_mean")

@@ -83,9 +83,11 @@ def _cpu_s(pid: int) -> float:
     return _schedstat_s(pid, 0)
 
 
-def _schedstat_s(pid: int, field: int) -> float:
+def _schedstat_s(pid: int, field: int, name: str | None = None) -> float:
     """One field of schedstat (0: time on a CPU, 1: time runnable but waiting
-    for one), summed over pid's live threads, in seconds."""
+    for one), summed over pid's live threads, in seconds: those named
+    ``name`` only, or (None) all but Corral's core keepers, idle-priority
+    threads that wait for a CPU by design."""
     total = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -93,8 +95,11 @@ def _schedstat_s(pid: int, field: int) -> float:
         return 0.0
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[field])
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            if (comm == name) if name is not None else (comm != KEEPER_THREAD):
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[field])
         except (OSError, ValueError, IndexError):
             continue
     return total / 1e9
@@ -161,19 +166,30 @@ def new_page_us(mb: int = 16) -> float:
 
 
 #: The roles of a server's processes, as :func:`cpu_by_pid` names them.
-ROLES = ("server", "direct", "others")
+ROLES = ("server", "direct", "others", "keepers")
+#: The thread name of Corral's core keepers (supervisor/core_keeper.py).
+KEEPER_THREAD = "corral-keeper"
 
 
 def cpu_by_pid(root: int, also: set[int] | frozenset[int] = frozenset()) -> dict[int, tuple[str, float]]:
     """CPU seconds so far of each process of ``root``'s tree or ``also``, with
     its role: ``root`` itself ("server"), its direct children ("direct":
-    Corral's zygotes) or any other ("others": Corral's sandboxed children)."""
+    Corral's zygotes) or any other ("others": Corral's sandboxed children).
+    The server's core keepers, idle-priority threads that spin only in time
+    its cores would otherwise be idle, are "keepers" (key ``-root``), not
+    "server"."""
     out = {}
     for pid in set(process_tree(root)) | set(also):
         st = _read_stat(pid)
         role = "server" if pid == root else "direct" if st and st[0] == root else "others"
         out[pid] = (role, _process_cpu_s(pid) if role == "server" else _cpu_s(pid))
+    if root in out:
+        keepers = _schedstat_s(root, 0, KEEPER_THREAD)
+        out[root] = ("server", max(0.0, out[root][1] - keepers))
+        out[-root] = ("keepers", keepers)
     return out
+
+
 
 
 def role_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:

@@ -70,7 +70,8 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
         rows.append(("storm CPUs busy % / server waited ms",
                      get(lambda r: (r["storm"]["box_busy_pct"], r["storm"]["server_waited_ms"])), "n"))
         rows.append(("storm CPU ms / cold start (all)",
-                     get(lambda r: (sum(r["storm"]["cpu_ms_per_cold_start"].values()),)), "ms"))
+                     get(lambda r: (sum(ms for role, ms in r["storm"]["cpu_ms_per_cold_start"].items()
+                                       if role != "keepers"),)), "ms"))
         # What each cold start took from the machine's memory, and what a new
         # page cost just after: in a VM the second can be ~8x once earlier
         # load used up the memory the host keeps backed (procs.new_page_us).
@@ -183,7 +184,10 @@ def _render_main(results: dict) -> list[str]:
                "whole process from /proc/PID/stat) over the K-tenant throughput runs / their "
                "requests; server = the server process, all = its whole tree (Corral: "
                "supervisor + zygotes + sandboxed children); the log splits it by role and gives "
-               "Corral's dispatcher and user invocations' own CPU.")
+               "Corral's dispatcher and user invocations' own CPU. Corral's core keepers "
+               "(keep_cores_awake_us: idle-priority threads of the supervisor that spin, while "
+               "requests are in flight, in time its cores would otherwise halt) are in the log "
+               "as 'keepers', in neither figure: any task woken on their core preempts them.")
     out.append(f"  warm latency: {a['latency_requests']} sequential GETs to t0 on one keep-alive "
                f"connection (raw socket, perf_counter_ns)"
                + (f", {a['repeat']} times." if a.get("repeat", 1) > 1 else "."))

@@ -40,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from supervisor.core_keeper import CoreKeeper
 from supervisor.log import log, warn
 
 #: How often the supervisor's load is looked at.
@@ -96,8 +97,10 @@ class HubCore:
     Created on the event loop's thread (the one it pins).
     """
 
-    def __init__(self, mode: Mode) -> None:
+    def __init__(self, mode: Mode, keeper: CoreKeeper | None = None) -> None:
         self.mode = mode
+        #: Its threads stay on their cores, and what they spin counts as idle.
+        self._keeper = keeper
         #: The CPUs the supervisor was started with: everything runs within them.
         self.cpus = frozenset(os.sched_getaffinity(0))
         ordered = sorted(self.cpus)
@@ -108,7 +111,7 @@ class HubCore:
         self._backoff_until = 0.0
         self._thread_cpu = time.thread_time()
         self._at = time.monotonic()
-        self._idle = _idle_times(self.tenants)
+        self._idle = self._idle_times()
 
     # -- placing processes -----------------------------------------------------------
     def place_warm(self, pid: int) -> None:
@@ -128,7 +131,7 @@ class HubCore:
             return
         now = time.monotonic()
         thread_cpu = time.thread_time()
-        idle = _idle_times(self.tenants)
+        idle = self._idle_times()
         elapsed = max(now - self._at, 1e-3)
         load = Load(hub_busy=(thread_cpu - self._thread_cpu) / elapsed, calm=calm,
                     tenants_idle=_idle_fraction(self._idle, idle))
@@ -166,13 +169,22 @@ class HubCore:
         """The supervisor's worker threads run anywhere (they inherit the
         mask of the loop's thread, which made them)."""
         loop_thread = threading.get_native_id()
+        keepers = self._keeper.thread_ids if self._keeper is not None else set()
         try:
             tids = [int(tid) for tid in os.listdir("/proc/self/task")]
         except OSError:
             return
         for tid in tids:
-            if tid != loop_thread:
+            if tid != loop_thread and tid not in keepers:
                 _set(tid, self.cpus)
+
+    def _idle_times(self) -> dict[int, tuple[float, int]]:
+        """The tenants' cores' idle and total ticks; a core keeper's spinning is idle time."""
+        found = _idle_times(self.tenants)
+        if self._keeper is None:
+            return found
+        return {cpu: (idle + self._keeper.spun_ticks(cpu), total)
+                for cpu, (idle, total) in found.items()}
 
 
 def _set(pid: int, cpus: frozenset[int]) -> None:
@@ -200,8 +212,9 @@ def _idle_times(cpus: frozenset[int]) -> dict[int, tuple[int, int]]:
     return found
 
 
-def _idle_fraction(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
-    idle = total = 0
+def _idle_fraction(before: dict[int, tuple[float, int]], after: dict[int, tuple[float, int]]) -> float:
+    idle: float = 0
+    total = 0
     for cpu, (idle_after, total_after) in after.items():
         idle_before, total_before = before.get(cpu, (idle_after, total_after))
         idle += idle_after - idle_before

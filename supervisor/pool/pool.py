@@ -48,6 +48,7 @@ from protocol.messages import (
 )
 from supervisor import loop_clock
 from supervisor.config import ServeConfig
+from supervisor.core_keeper import CoreKeeper, all_cores
 from supervisor.lifecycle import ChildState, KillReason, Outcome
 from supervisor.limits.budget_watch import BudgetWatch
 from supervisor.limits.cpu_account import IDLE_GUARD_AFTER_S, CpuAccount
@@ -151,7 +152,9 @@ class Pool:
         #: Script versions as files, which children read (and the package store's root).
         self.bundles = Bundles(config.state_dir)
         #: The CPUs split between the supervisor's loop and warm children, while it is busy.
-        self.hub_core = HubCore(config.pool.hub_core)
+        #: Threads that keep the other cores awake while the loop waits (core_keeper).
+        self.core_keeper = CoreKeeper(config.keep_cores_awake_us, all_cores())
+        self.hub_core = HubCore(config.pool.hub_core, self.core_keeper)
         self.zygote = ZygoteClient(self.memory.jail_address_space_mb(), self._on_spawned, self._on_exited,
                                    self._on_zygote_restart, config.pool.zygote_max_age_s,
                                    config.pool.zygote_max_children, on_ready=self._on_zygote_ready,
@@ -231,6 +234,7 @@ class Pool:
                 nursery.start_soon(self._cpu_watchdog)
                 nursery.start_soon(self.trimmer.run)
                 nursery.start_soon(self._keep_hub_core)
+                await nursery.start(self.core_keeper.run)
                 await nursery.start(self.budgets.run)
                 task_status.started()
         finally:

@@ -1,0 +1,186 @@
+/* Keeping the tenants' cores awake while the supervisor waits for an answer.
+ *
+ * See supervisor/core_keeper.py for why. This is the part no Python may run
+ * in: a keeper thread spins without the GIL (a Python loop would take the
+ * GIL from the supervisor's event loop every few microseconds), and the
+ * event loop's poke is one clock read and an atomic store.
+ *
+ * Each keeper has a slot: whether it sleeps, the eventfd that wakes it, and
+ * the nanoseconds it spent spinning (which the supervisor counts as idle
+ * time of its core, as it is: any task woken there preempts the keeper).
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+#include <errno.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_SLOTS 1024
+
+static _Atomic int64_t deadline_ns;   /* CLOCK_MONOTONIC; spin until then */
+static _Atomic int stopping;
+static _Atomic int asleep[MAX_SLOTS];
+static _Atomic int wake_fd[MAX_SLOTS];
+static _Atomic int64_t spun_ns[MAX_SLOTS];
+static _Atomic int slots_used;
+
+static inline int64_t clock_ns(clockid_t clock)
+{
+    struct timespec t;
+    clock_gettime(clock, &t);
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static inline int64_t now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
+
+static int slot_arg(int slot)
+{
+    if (slot < 0 || slot >= MAX_SLOTS) {
+        PyErr_Format(PyExc_ValueError, "keeper slot %d is out of range 0..%d", slot, MAX_SLOTS - 1);
+        return -1;
+    }
+    return 0;
+}
+
+/* run(slot, fd): the keeper's life, in the calling thread, until stop(). */
+static PyObject *keeper_run(PyObject *self, PyObject *args)
+{
+    int slot, fd;
+    if (!PyArg_ParseTuple(args, "ii", &slot, &fd) || slot_arg(slot) < 0)
+        return NULL;
+    /* Its name in /proc (and top, perf) while it keeps: not one of the
+     * supervisor's workers; the worker thread gets its own back after. */
+    char name[17] = {0};
+    prctl(PR_GET_NAME, name, 0, 0, 0);
+    prctl(PR_SET_NAME, "corral-keeper", 0, 0, 0);
+    atomic_store(&wake_fd[slot], fd);
+    atomic_store(&asleep[slot], 0);
+    int used = atomic_load(&slots_used);
+    while (used <= slot && !atomic_compare_exchange_weak(&slots_used, &used, slot + 1))
+        ;
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (!atomic_load(&stopping)) {
+        int64_t now = now_ns();
+        int64_t until = atomic_load(&deadline_ns);
+        if (now < until) {
+            /* This thread's own CPU time: what the kernel counts as busy
+             * that was idle (not the time tasks that preempted it ran). */
+            int64_t counted = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+            for (unsigned turn = 1; now < until && !atomic_load(&stopping); turn++) {
+                sched_yield();  /* anything runnable here runs first */
+                now = now_ns();
+                until = atomic_load(&deadline_ns);
+                if (turn % 64 == 0) {  /* counted as it goes: a stretch can be long */
+                    int64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+                    atomic_fetch_add(&spun_ns[slot], cpu - counted);
+                    counted = cpu;
+                }
+            }
+            atomic_fetch_add(&spun_ns[slot], clock_ns(CLOCK_THREAD_CPUTIME_ID) - counted);
+            continue;
+        }
+        /* Say so before the last look: a poke after it sees the flag and writes. */
+        atomic_store(&asleep[slot], 1);
+        if (now_ns() < atomic_load(&deadline_ns) || atomic_load(&stopping)) {
+            atomic_store(&asleep[slot], 0);
+            continue;
+        }
+        uint64_t count;
+        if (read(fd, &count, sizeof count) < 0 && errno != EINTR && errno != EAGAIN) {
+            failed = errno;
+            break;
+        }
+        atomic_store(&asleep[slot], 0);
+    }
+    Py_END_ALLOW_THREADS
+    atomic_store(&wake_fd[slot], -1);
+    prctl(PR_SET_NAME, name, 0, 0, 0);
+    if (failed) {
+        errno = failed;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+static void wake(int slot)
+{
+    int fd = atomic_load(&wake_fd[slot]);
+    uint64_t one = 1;
+    if (fd >= 0 && write(fd, &one, sizeof one) < 0) {
+        /* an eventfd at its limit is awake anyway */
+    }
+}
+
+/* poke(window_ns): keep every keeper spinning until window_ns from now. */
+static PyObject *keeper_poke(PyObject *self, PyObject *arg)
+{
+    long long window = PyLong_AsLongLong(arg);
+    if (window == -1 && PyErr_Occurred())
+        return NULL;
+    int64_t until = now_ns() + window;
+    int64_t old = atomic_load(&deadline_ns);
+    while (old < until && !atomic_compare_exchange_weak(&deadline_ns, &old, until))
+        ;
+    int used = atomic_load(&slots_used);
+    for (int slot = 0; slot < used; slot++) {
+        if (atomic_exchange(&asleep[slot], 0))
+            wake(slot);
+    }
+    Py_RETURN_NONE;
+}
+
+/* stop(): every keeper returns from run(); start(): they may run again. */
+static PyObject *keeper_stop(PyObject *self, PyObject *unused)
+{
+    atomic_store(&stopping, 1);
+    int used = atomic_load(&slots_used);
+    for (int slot = 0; slot < used; slot++)
+        wake(slot);
+    Py_RETURN_NONE;
+}
+
+static PyObject *keeper_start(PyObject *self, PyObject *unused)
+{
+    atomic_store(&stopping, 0);
+    atomic_store(&deadline_ns, 0);
+    Py_RETURN_NONE;
+}
+
+/* spun_ns(slot): CPU nanoseconds that keeper has spun in all. */
+static PyObject *keeper_spun_ns(PyObject *self, PyObject *arg)
+{
+    int slot = (int)PyLong_AsLong(arg);
+    if (slot == -1 && PyErr_Occurred())
+        return NULL;
+    if (slot_arg(slot) < 0)
+        return NULL;
+    return PyLong_FromLongLong(atomic_load(&spun_ns[slot]));
+}
+
+static PyMethodDef methods[] = {
+    {"run", keeper_run, METH_VARARGS, "run(slot, eventfd): keep this thread's core awake until stop()."},
+    {"poke", keeper_poke, METH_O, "poke(window_ns): keepers spin until window_ns from now."},
+    {"stop", keeper_stop, METH_NOARGS, "stop(): every keeper's run() returns."},
+    {"start", keeper_start, METH_NOARGS, "start(): keepers may run (after a stop())."},
+    {"spun_ns", keeper_spun_ns, METH_O, "spun_ns(slot): nanoseconds that keeper spun in all."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_corekeep",
+    "Core keepers: spinning threads that keep idle cores out of their halt (supervisor/core_keeper.py).",
+    -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__corekeep(void)
+{
+    for (int slot = 0; slot < MAX_SLOTS; slot++)
+        atomic_store(&wake_fd[slot], -1);
+    return PyModule_Create(&module);
+}
