@@ -210,11 +210,11 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: sleeps (see supervisor.busy_poll): fewer wake-ups on the request path
     #: for at most this much of its CPU per sleep. 0: off.
     busy_poll_us: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 100
-    #: Microseconds the supervisor's other cores are kept from halting after
-    #: its event loop last began to wait (see supervisor.core_keeper): an
-    #: idle-priority thread spins there, so a child woken on them runs at
-    #: once. 0: off.
-    keep_cores_awake_us: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 500
+    #: Microseconds the supervisor's cores are kept from halting, while
+    #: requests are in flight or one has just ended, after its event loop
+    #: last began to wait (see supervisor.core_keeper): an idle-priority
+    #: thread spins on each, so a process woken there runs at once. 0: off.
+    keep_cores_awake_us: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 2000
 
     @property
     def admin_socket_path(self) -> str:

@@ -13,18 +13,33 @@ So a *keeper* thread sits on each of the supervisor's cores: a thread of the
 supervisor's, pinned there, under ``SCHED_IDLE`` (any task woken on that core
 preempts it at once), calling ``sched_yield`` between looks at the clock.
 The event loop *pokes* the keepers each time it is about to wait while
-requests are in flight: they spin until ``keep_cores_awake_us`` after the
-last poke, then sleep on an eventfd until the next. A long wait (a tenant
+requests are in flight, and once more after one ends (a keep-alive client's
+next request is imminent too): they spin until ``keep_cores_awake_us`` after
+the last poke, then sleep on an eventfd until the next. A long wait (a tenant
 that sleeps) keeps them spinning only for that long after it began; an idle
 server, whose loop wakes for timers only, never pokes them.
 
-Measured here, one request at a time to a warm tenant (p50 / p99, three
-rounds of 2,000 requests each, servers started in turn): 0.47-0.60 / 0.85-1.05
-ms without keepers, 0.38-0.47 / 0.66-0.78 with 500 us, 0.37-0.39 /
-0.71-0.76 with 2,000 us (workerd: 0.32-0.33 / 0.45-0.50). Keepers on the
-other cores only (not the supervisor's) gave 0.53-0.60. Throughput is
-unchanged at 300 tenants (median ratio 1.01x over five interleaved rounds)
-and +7% at one: under load the cores have little idle time to spin in.
+Why every core, and why 2,000 us by default: measured here, one request at
+a time to a warm tenant with 1,800 scripts deployed (p50 ms, servers started
+in turn, two to three rounds each; "paced": 2 ms between requests, a lightly
+used tenant):
+
+    keepers                      warm p50     paced p50
+    none                         0.47-0.73    0.65-0.79
+    every core, 500 us           0.37-0.49    0.80-0.97
+    every core, 2,000 us         0.36-0.39    0.54-0.57
+    all but the loop's, 500 us   0.37-0.48    0.73-0.88
+    all but the loop's, 2,000 us 0.41-0.49    0.85-0.95
+    (workerd: 0.33-0.37 warm, 0.44-0.49 paced)
+
+A window shorter than the gap between requests costs the next request
+the keepers' own wake-ups (the poke's eventfd writes, on the request's
+path) and gains little. Throughput is unchanged at 300 tenants (median
+ratio 1.01x over five interleaved rounds) and +7% at one: under load the
+cores have little idle time to spin in. The price is the spinning itself:
+with sparse traffic every core spins up to the window after each request
+(at idle priority, so no work waits for it, but the host's CPU is not idle:
+on a burstable VM or where power counts, set ``keep_cores_awake_us = 0``).
 
 The spinning is C (``supervisor/native/corekeep.c``), without the GIL: a
 Python loop would take the GIL from the event loop every few microseconds.

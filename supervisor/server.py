@@ -124,6 +124,8 @@ class Supervisor:
         self.admin = AdminAPI(self.store, self, blobs=self.asset_blobs)
         storage_admin.register(self.admin.router, self.bindings)
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
+        #: Requests ended (http.requests - in_flight) when the core keepers were last poked.
+        self._ended_at_poke = 0
         # The admin socket is the operator's: its own limits (uploads may be
         # large; the API itself answers 413 past the script size limit).
         self.admin_http = Server(self._admin_handle, HttpConfig(max_body_bytes=64 * 2**20), "admin")
@@ -277,9 +279,13 @@ class Supervisor:
 
     def _keep_cores_awake(self) -> None:
         """The loop is about to wait: while requests are in flight, the answer
-        it waits for is imminent, so no core may halt (supervisor.core_keeper).
+        it waits for is imminent, and once one has ended, a keep-alive
+        client's next request is; so no core may halt (supervisor.core_keeper).
         An idle server's timers never poke the keepers."""
-        if self.http.in_flight:
+        http = self.http
+        ended = http.requests - http.in_flight
+        if http.in_flight or ended != self._ended_at_poke:
+            self._ended_at_poke = ended
             self.pool.core_keeper.poke()
 
     async def _serve_all(self, task_status: trio.TaskStatus) -> None:
