@@ -87,6 +87,12 @@ class CoreKeeper:
         if self.running:
             _corekeep.poke(self.window_ns)
 
+    def spun_s(self) -> float:
+        """CPU seconds every keeper spent spinning since the server started (/metrics)."""
+        if not self.running:
+            return 0.0
+        return sum(_corekeep.spun_ns(slot) for slot in range(len(self.cores))) / 1e9
+
     def spun_ticks(self, core: int) -> float:
         """Clock ticks (as /proc/stat counts) the keeper of ``core`` spent spinning."""
         if not self.running or core not in self.cores:

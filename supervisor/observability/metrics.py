@@ -182,6 +182,10 @@ class _PoolCollector(Collector):
         yield GaugeMetricFamily("corral_hub_core_held", "1 while the supervisor's event loop "
                                 "has a core to itself and warm children run on the others "
                                 "(pool.hub_core).", value=snap.get("hub_core_held", 0))
+        yield CounterMetricFamily("corral_core_keeper_spin_seconds", "CPU the core keepers "
+                                  "spent spinning, at idle priority, in time the supervisor's "
+                                  "cores would have halted (keep_cores_awake_us).",
+                                  value=snap.get("core_keeper_spun_s", 0.0))
         yield CounterMetricFamily("corral_cold_starts", "Scripts loaded into a spare.",
                                   value=snap.get("cold_starts", 0))
         yield CounterMetricFamily("corral_idle_reshares", "Idle children asked to give the "

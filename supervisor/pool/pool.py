@@ -891,6 +891,7 @@ class Pool:
             "frames_batched": self._kit.batch.frames,
             "batch_writes": self._kit.batch.writes,
             "hub_core_held": int(self.hub_core.held),
+            "core_keeper_spun_s": self.core_keeper.spun_s(),
             **self.stats,
         }
 
