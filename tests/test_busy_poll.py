@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.harness import Corral
 
 HELLO = '''
@@ -84,15 +86,17 @@ def test_the_supervisor_polls_instead_of_sleeping_between_the_hops_of_a_request(
     raise AssertionError(f"polling did not spare the supervisor its sleeps: (without, with) {pairs}")
 
 
-def test_a_bad_busy_poll_setting_is_refused_by_name(tmp_path: Path) -> None:
-    server = Corral(tmp_path / "state", config="busy_poll_us = -5\n")
+@pytest.mark.parametrize("setting", ["busy_poll_us", "keep_cores_awake_us"])
+def test_a_bad_polling_setting_is_refused_by_name(tmp_path: Path, setting: str) -> None:
+    """Both the supervisor's poll and its core keepers (supervisor.core_keeper)."""
+    server = Corral(tmp_path / "state", config=f"{setting} = -5\n")
     try:
         server.start(timeout=10)
     except RuntimeError as exc:
-        assert "busy_poll_us" in str(exc)
+        assert setting in str(exc)
     else:
         server.stop()
-        raise AssertionError("a negative busy_poll_us was accepted")
+        raise AssertionError(f"a negative {setting} was accepted")
 
 
 #: Pinned to one core with a batch-policy peer that sleeps 1 ms at a time on

@@ -162,13 +162,3 @@ def test_the_hub_leaves_each_keeper_on_its_core() -> None:
         if thread.native_id is not None and thread is not threading.main_thread():
             assert os.sched_getscheduler(thread.native_id) != os.SCHED_IDLE
 
-
-def test_a_bad_keep_cores_awake_setting_is_refused_by_name(tmp_path: Path) -> None:
-    server = Corral(tmp_path / "state", config="keep_cores_awake_us = -1\n")
-    try:
-        server.start(timeout=10)
-    except RuntimeError as exc:
-        assert "keep_cores_awake_us" in str(exc)
-    else:
-        server.stop()
-        raise AssertionError("a negative keep_cores_awake_us was accepted")
