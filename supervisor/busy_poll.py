@@ -57,7 +57,7 @@ class BusyPoll(trio.abc.Instrument):
 
     def __init__(self, busy_poll_us: int, poke: Callable[[], None] | None = None) -> None:
         self.window_s = max(0, busy_poll_us) / 1e6
-        #: Called each time the loop is about to wait: keeps the tenants'
+        #: Called each time the loop is about to wait: keeps the supervisor's
         #: cores awake for the answer (supervisor.core_keeper).
         self._poke = poke
         self._poll: select.poll | None = None

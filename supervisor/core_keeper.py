@@ -34,9 +34,10 @@ used tenant):
 
 A window shorter than the gap between requests costs the next request
 the keepers' own wake-ups (the poke's eventfd writes, on the request's
-path) and gains little. Throughput is unchanged at 300 tenants (median
-ratio 1.01x over five interleaved rounds) and +7% at one: under load the
-cores have little idle time to spin in. The price is the spinning itself:
+path) and gains little. Throughput with 2,000 us against none (five
+interleaved rounds each, both servers up): 300 tenants median 1.11x
+(0.71-1.44), one tenant 0.99x (0.95-1.06): under load the cores have
+little idle time to spin in. The price is the spinning itself:
 with sparse traffic every core spins up to the window after each request
 (at idle priority, so no work waits for it, but the host's CPU is not idle:
 on a burstable VM or where power counts, set ``keep_cores_awake_us = 0``).

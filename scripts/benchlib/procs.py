@@ -190,8 +190,6 @@ def cpu_by_pid(root: int, also: set[int] | frozenset[int] = frozenset()) -> dict
     return out
 
 
-
-
 def role_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
     """CPU seconds each role used between two :func:`cpu_by_pid` snapshots:
     for every process alive at the second, what it used since the first (all

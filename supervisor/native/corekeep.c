@@ -1,4 +1,4 @@
-/* Keeping the tenants' cores awake while the supervisor waits for an answer.
+/* Keeping the supervisor's cores awake while it waits for an answer.
  *
  * See supervisor/core_keeper.py for why. This is the part no Python may run
  * in: a keeper thread spins without the GIL (a Python loop would take the
@@ -6,8 +6,10 @@
  * event loop's poke is one clock read and an atomic store.
  *
  * Each keeper has a slot: whether it sleeps, the eventfd that wakes it, and
- * the nanoseconds it spent spinning (which the supervisor counts as idle
+ * the CPU nanoseconds it spent spinning (which the supervisor counts as idle
  * time of its core, as it is: any task woken there preempts the keeper).
+ * A keeper's eventfd is closed (by its thread, after run() returns) only
+ * once no poke can still be writing to it: see ``poking``.
  */
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
@@ -28,6 +30,8 @@ static _Atomic int asleep[MAX_SLOTS];
 static _Atomic int wake_fd[MAX_SLOTS];
 static _Atomic int64_t spun_ns[MAX_SLOTS];
 static _Atomic int slots_used;
+/* Pokes and stops under way (on the event loop's thread, or a stopping one). */
+static _Atomic int poking;
 
 static inline int64_t clock_ns(clockid_t clock)
 {
@@ -98,8 +102,12 @@ static PyObject *keeper_run(PyObject *self, PyObject *args)
         }
         atomic_store(&asleep[slot], 0);
     }
-    Py_END_ALLOW_THREADS
     atomic_store(&wake_fd[slot], -1);
+    /* A poke that read the descriptor before the store above may be about
+     * to write to it: wait it out, so the caller can close it safely. */
+    while (atomic_load(&poking))
+        sched_yield();
+    Py_END_ALLOW_THREADS
     prctl(PR_SET_NAME, name, 0, 0, 0);
     if (failed) {
         errno = failed;
@@ -127,11 +135,13 @@ static PyObject *keeper_poke(PyObject *self, PyObject *arg)
     int64_t old = atomic_load(&deadline_ns);
     while (old < until && !atomic_compare_exchange_weak(&deadline_ns, &old, until))
         ;
+    atomic_fetch_add(&poking, 1);
     int used = atomic_load(&slots_used);
     for (int slot = 0; slot < used; slot++) {
         if (atomic_exchange(&asleep[slot], 0))
             wake(slot);
     }
+    atomic_fetch_sub(&poking, 1);
     Py_RETURN_NONE;
 }
 
@@ -139,9 +149,11 @@ static PyObject *keeper_poke(PyObject *self, PyObject *arg)
 static PyObject *keeper_stop(PyObject *self, PyObject *unused)
 {
     atomic_store(&stopping, 1);
+    atomic_fetch_add(&poking, 1);
     int used = atomic_load(&slots_used);
     for (int slot = 0; slot < used; slot++)
         wake(slot);
+    atomic_fetch_sub(&poking, 1);
     Py_RETURN_NONE;
 }
 

@@ -152,7 +152,7 @@ class Pool:
         #: Script versions as files, which children read (and the package store's root).
         self.bundles = Bundles(config.state_dir)
         #: The CPUs split between the supervisor's loop and warm children, while it is busy.
-        #: Threads that keep the other cores awake while the loop waits (core_keeper).
+        #: Threads that keep the supervisor's cores awake while the loop waits (core_keeper).
         self.core_keeper = CoreKeeper(config.keep_cores_awake_us, all_cores())
         self.hub_core = HubCore(config.pool.hub_core, self.core_keeper)
         self.zygote = ZygoteClient(self.memory.jail_address_space_mb(), self._on_spawned, self._on_exited,
