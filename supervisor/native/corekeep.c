@@ -125,6 +125,19 @@ static void wake(int slot)
     }
 }
 
+/* Wake the keepers that sleep (``asleep_only``), or every keeper, counted
+ * in ``poking`` so that run() closes no descriptor still being written. */
+static void wake_keepers(int asleep_only)
+{
+    atomic_fetch_add(&poking, 1);
+    int used = atomic_load(&slots_used);
+    for (int slot = 0; slot < used; slot++) {
+        if (!asleep_only || atomic_exchange(&asleep[slot], 0))
+            wake(slot);
+    }
+    atomic_fetch_sub(&poking, 1);
+}
+
 /* poke(window_ns): keep every keeper spinning until window_ns from now. */
 static PyObject *keeper_poke(PyObject *self, PyObject *arg)
 {
@@ -135,13 +148,7 @@ static PyObject *keeper_poke(PyObject *self, PyObject *arg)
     int64_t old = atomic_load(&deadline_ns);
     while (old < until && !atomic_compare_exchange_weak(&deadline_ns, &old, until))
         ;
-    atomic_fetch_add(&poking, 1);
-    int used = atomic_load(&slots_used);
-    for (int slot = 0; slot < used; slot++) {
-        if (atomic_exchange(&asleep[slot], 0))
-            wake(slot);
-    }
-    atomic_fetch_sub(&poking, 1);
+    wake_keepers(1);
     Py_RETURN_NONE;
 }
 
@@ -149,11 +156,7 @@ static PyObject *keeper_poke(PyObject *self, PyObject *arg)
 static PyObject *keeper_stop(PyObject *self, PyObject *unused)
 {
     atomic_store(&stopping, 1);
-    atomic_fetch_add(&poking, 1);
-    int used = atomic_load(&slots_used);
-    for (int slot = 0; slot < used; slot++)
-        wake(slot);
-    atomic_fetch_sub(&poking, 1);
+    wake_keepers(0);
     Py_RETURN_NONE;
 }
 
