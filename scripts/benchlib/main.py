@@ -1,8 +1,14 @@
 """scripts/bench: Corral vs workerd (Dynamic Worker Loader) vs a bare trio+h11 server.
 
-Runs the systems one after another (never two at once), each with the same
-load generator and clients, then prints each system's figures and the
-Corral/workerd and Corral/bare ratios.
+Two passes, each system with the same load generator and clients:
+
+* latency and throughput: every system's server up at once, each repetition
+  of a figure run on one system at a time, turn about (``Runner.speed``);
+* memory, cold starts and storms: one system after another, alone on the
+  machine, each on a fresh server with every tenant deployed.
+
+Then it prints each system's figures and the Corral/workerd and Corral/bare
+ratios, and the ratio of each side-by-side pair of runs.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 
 from . import corral_extras, corral_observability, httpclient, loadgen, procs, report
 from .systems import SYSTEMS, Unavailable
@@ -33,7 +40,8 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(
         prog="scripts/bench",
         description="Benchmark Corral against workerd (Dynamic Worker Loader) and a bare "
-                    "trio+h11 server on 127.0.0.1. Systems run one at a time.")
+                    "trio+h11 server on 127.0.0.1. Runs go to one system at a time: the latency "
+                    "and throughput runs turn about, the rest one system after another.")
     ap.add_argument("--only", default="workerd,bare,corral",
                     help="comma list of systems to run, in this order (default: %(default)s)")
     ap.add_argument("--duration", type=float, default=10.0,
@@ -172,26 +180,44 @@ class Runner:
         return loadgen.run_python(port, hosts, a.connections, duration)
 
     def throughput(self, sysm, hosts: list[str]) -> dict:
-        """``--repeat`` runs after one warm-up; the figure is their median and
-        the log shows every run (a shared machine moves by tens of percent)."""
-        if self.args.warmup > 0:
-            self.load(sysm.port, hosts, self.args.warmup)
+        """``--repeat`` runs, as :meth:`throughput_steps`, one after another."""
+        out: dict = {}
+        for _ in self.throughput_steps(sysm, hosts, out):
+            pass
+        return out["rps"]
+
+    def throughput_steps(self, sysm, hosts: list[str], out: dict,
+                         before_each: Callable[[], None] | None = None) -> Iterator[str]:
+        """``--repeat`` runs, each after unrecorded load; the figure (``out["rps"]``)
+        is their median and the log shows every run (a shared machine moves by
+        tens of percent). A step ends just before each run: :meth:`speed_steps`
+        takes the systems' runs turn about. ``before_each`` runs before each
+        run's warm-up (a pass touching every tenant)."""
         runs = []
-        cpu_before = self.cpu(sysm)
-        for _ in range(self.args.repeat):
+        used: dict[str, float] = {}
+        for i in range(self.args.repeat):
+            yield f"{len(hosts)} tenant(s) req/s"
+            if before_each is not None:
+                before_each()
+            if self.args.warmup > 0:
+                self.load(sysm.port, hosts, self.args.warmup)
+            cpu_before = self.cpu(sysm)
             one = self.load(sysm.port, hosts, self.args.duration)
+            for role, seconds in self.cpu_used(cpu_before, self.cpu(sysm)).items():
+                used[role] = used.get(role, 0.0) + seconds
             if "error" not in one:
                 one.pop("raw", None)
             runs.append(one)
-        cpu_us = self.cpu_per_request(cpu_before, self.cpu(sysm),
-                                      sum(x.get("requests", 0) for x in runs))
+        requests = sum(x.get("requests", 0) for x in runs)
+        cpu_us = {k: seconds * 1e6 / requests for k, seconds in used.items()
+                  if seconds > 0} if requests > 0 else {}
         rates = sorted(x["rps"] for x in runs)
         r = dict(sorted(runs, key=lambda x: x["rps"])[(len(runs) - 1) // 2])  # the median run
-        r["runs_rps"] = [x["rps"] for x in runs]
+        r["runs_rps"] = [x["rps"] for x in runs]  # in the order they ran
         r["spread_rps"] = [rates[0], rates[-1]]
         spread = (f" (median of {len(runs)}: {' / '.join(f'{x:.0f}' for x in r['runs_rps'])})"
                   if len(runs) > 1 else "")
-        log(f"  {len(hosts)} tenant(s): {r['rps']:.0f} req/s{spread}"
+        log(f"  {sysm.label}, {len(hosts)} tenant(s): {r['rps']:.0f} req/s{spread}"
             + (f", {r['non2xx']} non-2xx" if r.get("non2xx") else "")
             + (f", {r['socket_errors']} socket errors" if r.get("socket_errors") else "")
             + (f" [{r['error']}]" if r.get("error") else ""))
@@ -203,7 +229,7 @@ class Runner:
             r["hub_core_held"] = held = hub_core()
             log(f"    supervisor's own core (pool.hub_core): {'held' if held else 'not held'} "
                 "as the runs ended")
-        return r
+        out["rps"] = r
 
     def cpu(self, sysm) -> dict:
         """CPU seconds so far of each process with its role (``pids``, see
@@ -217,13 +243,11 @@ class Runner:
         return out
 
     @staticmethod
-    def cpu_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
-        """Microseconds per request of each role over the recorded runs."""
-        if requests <= 0:
-            return {}
+    def cpu_used(before: dict, after: dict) -> dict[str, float]:
+        """CPU seconds of each role between two :meth:`cpu` readings."""
         used = procs.role_delta(before["pids"], after["pids"])
         used.update({k: after[k] - before.get(k, 0.0) for k in after if k != "pids"})
-        return {k: seconds * 1e6 / requests for k, seconds in used.items() if seconds > 0}
+        return used
 
     def pss(self, sysm) -> dict:
         time.sleep(0.5)  # let freed memory settle
@@ -233,7 +257,118 @@ class Runner:
         mb, n = procs.tree_pss_mb(sysm.pid, members() if members else frozenset())
         return {"mb": mb, "procs": n}
 
+    def speed_steps(self, sysm, res: dict) -> Iterator[str]:
+        """The latency and throughput figures, on a server of their own with
+        the round-robin tenants, as steps that each end just before one timed
+        run (see :meth:`speed`)."""
+        a = self.args
+        names = [f"t{i}" for i in range(a.tenant_counts[-1])]
+        t = time.monotonic()
+        sysm.start(names)
+        log(f"  {sysm.label} up on 127.0.0.1:{sysm.port} in {time.monotonic() - t:.1f}s "
+            f"(pid {sysm.pid}) for the latency and throughput figures")
+        port, h, t0 = sysm.port, sysm.host, "t0"
+        httpclient.touch_all(port, [(h(t0), sysm.expect(t0))] * 20)
+        warm_runs = []
+        for _ in range(a.repeat):
+            yield "warm latency"
+            wl = httpclient.warm_latency(port, h(t0), sysm.expect(t0), a.latency_requests)
+            warm_runs.append(wl)
+            log(f"  {sysm.label} warm latency p50 {wl['p50']:.3f} ms, p99 {wl['p99']:.3f} ms, "
+                f"p99.9 {wl['p999']:.3f} ms, max {wl['max']:.3f} ms")
+        res["warm_latency"] = httpclient.repeated(warm_runs)
+        if a.paced_gap_ms:
+            # The same, with a pause after each answer: what a lightly used
+            # tenant sees, every process on the path woken from sleep.
+            paced_runs = []
+            for _ in range(a.repeat):
+                yield "paced latency"
+                pl = httpclient.warm_latency(port, h(t0), sysm.expect(t0),
+                                             max(1, a.latency_requests // 2),
+                                             gap_s=a.paced_gap_ms / 1000.0)
+                paced_runs.append(pl)
+                log(f"  {sysm.label} paced latency ({a.paced_gap_ms:g} ms gaps) p50 "
+                    f"{pl['p50']:.3f} ms, p99 {pl['p99']:.3f} ms, max {pl['max']:.3f} ms")
+            res["paced_latency"] = httpclient.repeated(paced_runs)
+        res["rps"] = {}
+        out: dict = {}
+        yield from self.throughput_steps(sysm, [h(t0)], out)
+        res["rps"]["1"] = out["rps"]
+        for k in a.tenant_counts:
+            hosts = [(h(n), sysm.expect(n)) for n in names[:k]]
+
+            def touch(hosts=hosts, k=k) -> None:
+                # Round robin over K tenants, each run after a pass touching all K.
+                touch = httpclient.touch_all(port, hosts)
+                if touch["errors"]:
+                    res.setdefault("touch", {})[f"{k}-before-load"] = {
+                        "nerrors": len(touch["errors"]), "errors": touch["errors"][:5]}
+
+            yield from self.throughput_steps(sysm, [host for host, _ in hosts], out, touch)
+            res["rps"][str(k)] = out["rps"]
+            res.setdefault("pss", {})[f"{k}-after-load"] = self.pss(sysm)
+        if not sysm.server.alive():
+            res["died"] = f"exited with status {sysm.server.proc.returncode}"
+
+    def speed(self, keys: list[str]) -> dict[str, dict]:
+        """Every system's latency and throughput figures, taken turn about.
+
+        The systems' servers are up together (an idle one costs the other
+        nothing measurable) and each repetition of a figure runs on each
+        system in turn, in the opposite order the next time (A B, B A, ...).
+        Run one system after the other instead, minutes apart, and a shared
+        host's drift (tens of percent over minutes here) lands in the ratios
+        as if it were the systems'. The per-repetition ratios are then pairs
+        taken side by side (see report.py)."""
+        steps: dict[str, tuple] = {}
+        results: dict[str, dict] = {}
+        for key in keys:
+            sysm = self.system(key)
+            results[key] = {"label": sysm.label}
+            steps[key] = (sysm, self.speed_steps(sysm, results[key]))
+        log(f"== latency and throughput, turn about: {', '.join(keys)}")
+        live, turn = list(keys), 0
+        try:
+            while live:
+                for key in (live if turn % 2 == 0 else live[::-1]):
+                    sysm, gen = steps[key]
+                    try:
+                        next(gen)
+                        continue
+                    except StopIteration:
+                        pass
+                    except Unavailable as e:
+                        results[key] = {"label": sysm.label, "unavailable": str(e)}
+                        log(f"{sysm.label}: not available ({e})")
+                    except (OSError, httpclient.HTTPError) as e:
+                        results[key] = {"label": sysm.label, "unavailable": self._why(sysm, e)}
+                        log(f"{sysm.label}: failed ({results[key]['unavailable']})")
+                    live.remove(key)
+                    sysm.stop()
+                turn += 1
+        finally:
+            for sysm, _ in steps.values():
+                sysm.stop()
+        return results
+
+    def system(self, key: str):
+        sysm = SYSTEMS[key](log)
+        if key == "corral":
+            sysm.deploy_threads = max(1, self.args.deploy_threads)
+            if self.args.corral_cmd:
+                sysm.cmd_template = self.args.corral_cmd
+        return sysm
+
+    @staticmethod
+    def _why(sysm, e: Exception) -> str:
+        why = f"{type(e).__name__}: {e}"
+        if sysm.server is not None and not sysm.server.alive():
+            why += f"; server exited: {sysm.server.log_tail()}"
+        return why
+
     def measure(self, sysm) -> dict:
+        """Memory, cold starts and storms, on a fresh server with every tenant
+        deployed (the latency and throughput figures come from :meth:`speed`)."""
         a = self.args
         kmax = a.tenant_counts[-1]
         warm_names = [f"t{i}" for i in range(kmax)]
@@ -250,28 +385,8 @@ class Runner:
         t0 = "t0"
         log(f"  up on 127.0.0.1:{port} in {res['startup_s']:.1f}s (pid {sysm.pid})")
 
-        # 1 tenant warm: latency, throughput, baseline memory
+        # the memory baseline: one tenant warm
         httpclient.touch_all(port, [(h(t0), sysm.expect(t0))] * 20)
-        warm_runs = []
-        for _ in range(runs):
-            wl = httpclient.warm_latency(port, h(t0), sysm.expect(t0), a.latency_requests)
-            warm_runs.append(wl)
-            log(f"  warm latency p50 {wl['p50']:.3f} ms, p99 {wl['p99']:.3f} ms, "
-                f"p99.9 {wl['p999']:.3f} ms, max {wl['max']:.3f} ms")
-        res["warm_latency"] = httpclient.repeated(warm_runs)
-        if a.paced_gap_ms:
-            # The same, with a pause after each answer: what a lightly used
-            # tenant sees, every process on the path woken from sleep.
-            paced_runs = []
-            for _ in range(runs):
-                pl = httpclient.warm_latency(port, h(t0), sysm.expect(t0),
-                                             max(1, a.latency_requests // 2),
-                                             gap_s=a.paced_gap_ms / 1000.0)
-                paced_runs.append(pl)
-                log(f"  paced latency ({a.paced_gap_ms:g} ms gaps) p50 {pl['p50']:.3f} ms, "
-                    f"p99 {pl['p99']:.3f} ms, max {pl['max']:.3f} ms")
-            res["paced_latency"] = httpclient.repeated(paced_runs)
-        res["rps"] = {"1": self.throughput(sysm, [h(t0)])}
         res["pss"] = {"1": self.pss(sysm)}
         log(f"  PSS with 1 tenant warm: {res['pss']['1']['mb']:.1f} MB "
             f"({res['pss']['1']['procs']} processes)")
@@ -308,16 +423,6 @@ class Runner:
         res["pss_idle_per_tenant_mb"] = (p["mb"] - res["pss"]["1"]["mb"]) / (kmax - 1)
         log(f"  PSS with {kmax} tenants idle {IDLE_WAIT_S:g}s: {p['mb']:.1f} MB "
             f"-> {res['pss_idle_per_tenant_mb']:.3f} MB/tenant")
-
-        # throughput, round robin over K tenants, each after a pass touching all K
-        for k in a.tenant_counts:
-            names = warm_names[:k]
-            touch = httpclient.touch_all(port, [(h(n), sysm.expect(n)) for n in names])
-            if touch["errors"]:
-                res["touch"][f"{k}-before-load"] = {"nerrors": len(touch["errors"]),
-                                                    "errors": touch["errors"][:5]}
-            res["rps"][str(k)] = self.throughput(sysm, [h(n) for n in names])
-            res["pss"][f"{k}-after-load"] = self.pss(sysm)
 
         if cold_names and hasattr(sysm, "pool_info"):
             res["pool"] = sysm.pool_info()
@@ -442,26 +547,24 @@ class Runner:
             return out
         log(f"bench: {', '.join(a.systems)}; tenants {a.tenants}, {a.connections} connections, "
             f"{a.duration:g}s runs; {self.loadgen_note}")
+        speed = self.speed(a.systems)
         for key in a.systems:
-            sysm = SYSTEMS[key](log)
-            if key == "corral":
-                sysm.deploy_threads = max(1, a.deploy_threads)
-                if a.corral_cmd:
-                    sysm.cmd_template = a.corral_cmd
-            log(f"== {sysm.label}")
-            entry: dict
+            entry = speed[key]
+            if "unavailable" in entry:
+                out["systems"][key] = {**entry, "notes": []}
+                continue
+            sysm = self.system(key)
+            log(f"== {sysm.label}: memory, cold starts, storms")
             try:
-                entry = self.measure(sysm)
+                rest = self.measure(sysm)
+                entry = {**entry, **rest, "pss": {**entry.get("pss", {}), **rest["pss"]},
+                         "touch": {**entry.get("touch", {}), **rest["touch"]}}
             except Unavailable as e:
                 entry = {"label": sysm.label, "unavailable": str(e)}
                 log(f"{sysm.label}: not available ({e})")
             except (OSError, httpclient.HTTPError) as e:
-                alive = sysm.server is not None and sysm.server.alive()
-                why = f"{type(e).__name__}: {e}"
-                if sysm.server is not None and not alive:
-                    why += f"; server exited: {sysm.server.log_tail()}"
-                entry = {"label": sysm.label, "unavailable": why}
-                log(f"{sysm.label}: failed ({why})")
+                entry = {"label": sysm.label, "unavailable": self._why(sysm, e)}
+                log(f"{sysm.label}: failed ({entry['unavailable']})")
             finally:
                 sysm.stop()
             entry["notes"] = sysm.notes

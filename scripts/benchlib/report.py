@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 ORDER = ("workerd", "bare", "corral")
 
@@ -120,6 +121,43 @@ def render(results: dict) -> str:
     return "\n".join(out)
 
 
+#: The figures taken turn about: (label, how to read a system's per-run values).
+_PAIRED = (
+    ("req/s {k}", lambda r, k: r["rps"][k]["runs_rps"]),
+    ("warm p50", lambda r, k: [run["p50"] for run in r["warm_latency"]["runs"]]),
+    ("warm p99", lambda r, k: [run["p99"] for run in r["warm_latency"]["runs"]]),
+    ("paced p50", lambda r, k: [run["p50"] for run in r["paced_latency"]["runs"]]),
+    ("paced p99", lambda r, k: [run["p99"] for run in r["paced_latency"]["runs"]]),
+)
+
+
+def _pair_lines(results: dict) -> list[str]:
+    """Corral / workerd for each pair of runs taken side by side (the n-th
+    run of each system, one right after the other), and their median: the
+    ratio the host's drift over the whole bench moves least."""
+    systems = results["systems"]
+    corral, workerd = systems.get("corral", {}), systems.get("workerd", {})
+    if not corral or not workerd or "unavailable" in corral or "unavailable" in workerd:
+        return []
+    cells = []
+    ks = ["1", *(str(k) for k in results["args"]["tenant_counts"])]
+    for label, values in _PAIRED:
+        for k in (ks if "{k}" in label else ks[:1]):
+            try:
+                ratios = [c / w for c, w in zip(values(corral, k), values(workerd, k), strict=True)
+                          if w > 0]
+            except (KeyError, TypeError, ValueError):
+                continue
+            if len(ratios) > 1:
+                cells.append(f"{label.format(k=k)} {statistics.median(ratios):.2f}x ("
+                             + " ".join(f"{x:.2f}" for x in ratios) + ")")
+    if not cells:
+        return []
+    return ["  pairs, corral / workerd: the median of the ratios of runs taken side by side "
+            "(each repetition, one system right after the other, the order switched each time), "
+            "each pair's in brackets: " + "; ".join(cells)]
+
+
 def _render_main(results: dict) -> list[str]:
     systems = results["systems"]
     keys = [k for k in ORDER if k in systems]
@@ -158,8 +196,10 @@ def _render_main(results: dict) -> list[str]:
     a = results["args"]
     out.append("")
     out.append("notes:")
-    out.append(f"  {results['cores']} cores; systems run one at a time on 127.0.0.1; "
-               f"{results['loadgen']}; each throughput run after a warm-up pass touching every "
+    out.append(f"  {results['cores']} cores; one system measured at a time on 127.0.0.1 (the "
+               f"latency and throughput runs turn about, every server up: see 'pairs' below; "
+               f"the rest one system after another, each alone on a fresh server); "
+               f"{results['loadgen']}; each throughput run after a pass touching every "
                f"tenant once and {a['warmup']:g}s of unrecorded load"
                + (f"; req/s is the median of {a['repeat']} runs, each listed in the log"
                   if a.get("repeat", 1) > 1 else "") + ".")
@@ -180,6 +220,7 @@ def _render_main(results: dict) -> list[str]:
         if spreads:
             out.append(f"  {label} latency ms, median of {a.get('repeat', 1)} runs; spread (min-max "
                        f"of the runs): " + "; ".join(spreads))
+    out += _pair_lines(results)
     out.append("  CPU us/req K: CPU the kernel charged (each thread's schedstat; the server's "
                "whole process from /proc/PID/stat) over the K-tenant throughput runs / their "
                "requests; server = the server process, all = its whole tree (Corral: "
@@ -220,8 +261,8 @@ def _render_main(results: dict) -> list[str]:
                    "it takes, so its CPU per cold start follows its MB per cold start.")
     out.append("  PSS MB / tenant (K): (PSS with K tenants warm - PSS with 1 warm) / (K-1), "
                "summed over the server's process tree (/proc/PID/smaps_rollup); 'warm' = one "
-               "request each, taken before any multi-tenant load (the 1-tenant baseline is "
-               "taken after the 1-tenant load); 'after all load' is at the very end. 'idle "
+               "request each, on a server that has had no load yet (the 1-tenant baseline: "
+               "20 requests to t0); 'after all load' is after the cold starts and storms. 'idle "
                "tenant': the same, once the K tenants sat idle 12 s (Corral's children give "
                "unchanged copied pages back after pool.reshare_after_s, 5 s).")
     if flagged:
