@@ -87,6 +87,13 @@ class Metrics:
         self.spares_ready = Histogram("corral_spare_ready_seconds", "Time from a new child reaching "
                                       "the supervisor (its fork announced) to its Hello being read.",
                                       buckets=COLD_BUCKETS, registry=r)
+        # The cold starts that found no spare ready: a burst of first
+        # requests that outran the refill shows here, as the wait before its
+        # load began (corral_cold_start_seconds is the load).
+        self.spare_waits = Histogram("corral_spare_wait_seconds", "Time a cold start (or an "
+                                     "upload's validation) waited for a spare sandbox, by the "
+                                     "zygote it came from (base or package): 0 when one was ready.",
+                                     ["zygote"], buckets=(0.0, *COLD_BUCKETS), registry=r)
         self.child_limits = Histogram("corral_child_limits_seconds", "Of that, the time putting "
                                       "the child under its memory cgroup and CPU meter took.",
                                       buckets=COLD_BUCKETS, registry=r)
@@ -145,6 +152,9 @@ class Metrics:
         self.child_limits.observe(limits_seconds)
         if joined_by:
             self.cgroup_joins.labels(joined_by).inc()
+
+    def spare_wait(self, seconds: float, zygote: str) -> None:
+        self.spare_waits.labels(zygote).observe(seconds)
 
     def child_ended(self, reason: str) -> None:
         self.children_ended.labels(kill_reason(reason)).inc()

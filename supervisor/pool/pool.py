@@ -105,6 +105,10 @@ class PoolObserver(Protocol):
 
     def spare_ready(self, seconds: float, limits_seconds: float, joined_by: str) -> None: ...
 
+    def spare_wait(self, seconds: float, zygote: str) -> None:
+        """A sandbox was taken for a script after ``seconds`` of waiting for a
+        spare (0: one was ready), from the ``"base"`` or a ``"package"`` zygote."""
+
     def child_ended(self, reason: str) -> None: ...
 
 
@@ -735,6 +739,7 @@ class Pool:
         if child is None:
             return None
         taken(trio.current_time())
+        self._waited(0.0, line is not self.spare_line)
         self._assign(child, record)
         self._cold_started()
         return child
@@ -761,7 +766,14 @@ class Pool:
         child.assign(record, self._bundle_of(record))
         self.census.assigned(child, child.package.key if child.package is not None else None)
 
-    async def _take_spare(self) -> ChildProcess:
+    def _waited(self, seconds: float, package: bool) -> None:
+        if self.observer is not None:
+            self.observer.spare_wait(seconds, "package" if package else "base")
+
+    async def _take_spare(self, since: float | None = None) -> ChildProcess:
+        """A base spare, waiting in line for one if need be (``since``: when
+        the wait began, if it began for another zygote's spare)."""
+        began = trio.current_time() if since is None else since
         self._waiting += 1
         try:
             with trio.move_on_after(SPARE_WAIT_S) as scope:
@@ -774,7 +786,9 @@ class Pool:
                         self._fork_priority.rush(self._kit.renice, self.zygote.pid)
                         child = await self.spare_line.take()
                     if child is not None and child.alive:
-                        self._cold_rate.record(trio.current_time())
+                        now = trio.current_time()
+                        self._cold_rate.record(now)
+                        self._waited(now - began, False)
                         return child
             assert scope.cancelled_caught
             raise PoolUnavailable("no sandbox became available in time")
@@ -786,6 +800,7 @@ class Pool:
 
     async def _take_package_spare(self, package: PackageZygote) -> ChildProcess:
         """A spare of ``package``'s zygote (forked on demand); a base spare if it dies."""
+        began = trio.current_time()
         package.waiting += 1
         try:
             with trio.move_on_after(SPARE_WAIT_S):
@@ -796,14 +811,16 @@ class Pool:
                         package.priority.rush(self._kit.renice, package.pid)
                         child = await package.line.take()  # None: the zygote ended
                     if child is not None and child.alive:
-                        package.taken(trio.current_time())
+                        now = trio.current_time()
+                        package.taken(now)
+                        self._waited(now - began, True)
                         return child
         finally:
             package.waiting -= 1
             if package.waiting == 0 and package.alive:
                 package.priority.calm(self._kit.renice, package.pid)
             self._cold_started()
-        return await self._take_spare()
+        return await self._take_spare(since=began)
 
     async def validate(self, record: ScriptRecord, timeout: float = 10.0) -> str | None:
         """Load ``record`` in a throw-away sandbox; the load error, or None."""
