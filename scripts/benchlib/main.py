@@ -447,6 +447,7 @@ class Runner:
             spent: dict[str, float] = {}
             timing = getattr(sysm, "spare_timing", None)
             spares_before = timing() if timing else {}
+            spare_waits = getattr(sysm, "spare_waits", None)
             storm_runs = []
             for i in range(runs):
                 if i:
@@ -454,6 +455,7 @@ class Runner:
                 cpu_before = procs.cpu_by_pid(sysm.pid, members() if members else frozenset())
                 box_before, waited_before = procs.box_cpu_ticks(), procs.run_delay_s(sysm.pid)
                 available_before = procs.mem_available_kb()
+                waits_before = spare_waits() if spare_waits else None
                 s = httpclient.storm(port, [(h(n), sysm.expect(n))
                                             for n in storm_names[i * a.storm:(i + 1) * a.storm]],
                                      a.storm_connections)
@@ -467,6 +469,8 @@ class Runner:
                 s["server_waited_ms"] = (waited_after - waited_before) * 1000.0
                 s["mb_per_cold_start"] = taken_kb / 1024.0 / max(1, s["n"])
                 s["new_page_us"] = procs.new_page_us()
+                if waits_before is not None:
+                    s.update(_spare_wait_figures(waits_before, spare_waits()))
                 storm_runs.append(s)
                 log(f"  cold-start storm: {s['n']} tenants from {s['connections']} connections in "
                     f"{s['seconds']:.2f} s, p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms, "
@@ -478,6 +482,11 @@ class Runner:
                     + (f", {s['errors']} errors (first: {s['first_error']})" if s["errors"] else "")
                     + "; slowest " + ", ".join(f"{x['ms']:.1f} ms (ended at {x['ended_at']:.3f})"
                                                for x in s["slowest"]))
+                if "spare_waited" in s:
+                    log(f"    of its cold starts, {s['spare_waited']:.0f} waited for a spare "
+                        f"(corral_spare_wait_seconds): {s['spare_wait_mean_ms']:.1f} ms on average, "
+                        f"half of them {s['spare_wait_p50_le_ms']:g} ms or less, 99% "
+                        f"{s['spare_wait_p99_le_ms']:g} ms or less (histogram bounds)")
             s = res["storm"] = httpclient.repeated(storm_runs)
             s["cpu_ms_per_cold_start"] = {role: seconds * 1000.0 / max(1, a.storm * runs)
                                           for role, seconds in spent.items()}
@@ -577,6 +586,30 @@ class Runner:
                     entry["observability"] = self.observability()
             out["systems"][key] = entry
         return out
+
+
+def _spare_wait_figures(before: dict, after: dict) -> dict:
+    """Of the cold starts between two readings of ``Corral.spare_waits``: how
+    many waited for a spare, their mean wait, and the bucket bounds (ms) under
+    which half and 99% of those waits fell."""
+    buckets = sorted((bound, count - before["buckets"].get(bound, 0.0))
+                     for bound, count in after["buckets"].items())
+    ready = next((count for bound, count in buckets if bound <= 0.0), 0.0)
+    total = after["count"] - before["count"]
+    waited = total - ready
+    if waited <= 0:
+        return {"spare_waited": 0.0, "spare_wait_mean_ms": 0.0, "spare_wait_p50_le_ms": 0.0,
+                "spare_wait_p99_le_ms": 0.0}
+
+    def bound_for(share: float) -> float:
+        for bound, count in buckets:
+            if bound > 0.0 and count - ready >= share * waited:
+                return bound * 1000.0
+        return math.inf
+
+    return {"spare_waited": waited,
+            "spare_wait_mean_ms": (after["sum"] - before["sum"]) / waited * 1000.0,
+            "spare_wait_p50_le_ms": bound_for(0.5), "spare_wait_p99_le_ms": bound_for(0.99)}
 
 
 def _n(x) -> str:

@@ -73,6 +73,12 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
         rows.append(("storm CPU ms / cold start (all)",
                      get(lambda r: (sum(ms for role, ms in r["storm"]["cpu_ms_per_cold_start"].items()
                                        if role != "keepers"),)), "ms"))
+        # The storm's cold starts that found no spare ready, and how long they
+        # waited for one (Corral's corral_spare_wait_seconds): the wait before
+        # any load began, where a storm's slowest requests spend their time.
+        rows.append(("storm cold starts that waited for a spare / mean wait ms",
+                     get(lambda r: (r["storm"]["spare_waited"], r["storm"]["spare_wait_mean_ms"])),
+                     "ms"))
         # What each cold start took from the machine's memory, and what a new
         # page cost just after: in a VM the second can be ~8x once earlier
         # load used up the memory the host keeps backed (procs.new_page_us).
@@ -251,6 +257,10 @@ def _render_main(results: dict) -> list[str]:
                    "whoever used it); server waited: the time the server process's threads were "
                    "runnable but waited for a CPU (schedstat run delay) during a storm; medians "
                    "of the storms.")
+        out.append("  storm cold starts that waited for a spare: Corral's corral_spare_wait_seconds "
+                   "over each storm (the rest found one ready); the mean is of those that waited, "
+                   "before their load began; medians of the storms, the log has bounds for half "
+                   "and 99% of the waits.")
         out.append("  storm CPU / cold start: every process of the server's (schedstat) over the "
                    "storms / their cold starts; the log splits it by role.")
         out.append("  storm MB taken: the drop of the machine's MemAvailable over a storm per cold "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -399,6 +400,29 @@ class Corral(System):
         return {"n": m.get("corral_spare_ready_seconds_count") or 0.0,
                 "ready_s": m.get("corral_spare_ready_seconds_sum") or 0.0,
                 "limits_s": m.get("corral_child_limits_seconds_sum") or 0.0}
+
+    def spare_waits(self) -> dict:
+        """How long cold starts waited for a base spare so far (/metrics'
+        ``corral_spare_wait_seconds``): ``count``, ``sum`` (s) and ``buckets``
+        ({upper bound in s: cumulative count})."""
+        out: dict = {"count": 0.0, "sum": 0.0, "buckets": {}}
+        admin = self.admin()
+        try:
+            metrics = admin.metrics()
+        except (AdminError, OSError):
+            return out
+        finally:
+            admin.close()
+        for key, value in metrics.items():
+            if not key.startswith("corral_spare_wait_seconds") or 'zygote="base"' not in key:
+                continue
+            if key.startswith("corral_spare_wait_seconds_count"):
+                out["count"] = value
+            elif key.startswith("corral_spare_wait_seconds_sum"):
+                out["sum"] = value
+            elif (le := re.search(r'le="([^"]+)"', key)) is not None:
+                out["buckets"][float(le.group(1))] = value
+        return out
 
     def hub_core_held(self) -> bool | None:
         """Whether the supervisor's loop has a core to itself now (None: unknown)."""
