@@ -195,7 +195,7 @@ class Runner:
         run's warm-up (a pass touching every tenant)."""
         runs = []
         used: dict[str, float] = {}
-        for i in range(self.args.repeat):
+        for _ in range(self.args.repeat):
             yield f"{len(hosts)} tenant(s) req/s"
             if before_each is not None:
                 before_each()
