@@ -5,8 +5,9 @@ Run as a script inside the measured tree's own worktree::
     python revision_trial.py [--serve] TREE TENANTS DURATION CONNECTIONS WRK [CONFIG]
 
 ``--serve`` (``bench_revisions --together``): start and warm the server, print
-``{"ready": PID}``, then run one measured trial per line read on stdin, each
-printed as it ends, and stop the server at the end of stdin.
+``{"ready": PID}``, then run one measured trial per line read on stdin (each
+after unrecorded load), each printed as it ends, and stop the server at the
+end of stdin.
 
 Why a separate process per trial: each revision must be started and deployed
 the way its own ``scripts/benchlib`` did at that commit (an old tree knows
@@ -21,6 +22,9 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+
+#: Unrecorded load before each ``--serve`` trial (see :func:`main`).
+WARMUP_S = 2
 
 
 def _current_procs():
@@ -70,6 +74,13 @@ def main(argv: list[str]) -> int:
             return 0
         print(json.dumps({"ready": pid}), flush=True)
         for _ in sys.stdin:
+            # The other servers ran meanwhile: this one's children sat idle
+            # for a trial or more, and past pool.reshare_after_s (5 s) they
+            # gave their copied pages back. Unrecorded load first, as
+            # scripts/bench does before each run, so the trial does not pay
+            # for copying them again (a round's order decided its ratio by up
+            # to +-30%: 0.70-1.47 in one run of ten pairs without it).
+            run_wrk(wrk, corral.port, hosts, int(connections), WARMUP_S, 1)
             print(json.dumps(measured()), flush=True)
     finally:
         corral.stop()
