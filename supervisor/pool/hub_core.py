@@ -29,6 +29,16 @@ hub core (the first of the CPUs it was started with), its worker threads
 and every zygote and spare on all of them (a cold start loads on any core),
 and a child that has served its first request on the others. Each change
 is one ``sched_setaffinity`` per warm child, at most once a second.
+
+Dispatch workers (a script with a dispatch namespace binding: every request
+passes through one, twice) are the exception once the tenants' cores are
+saturated: then they may run on every CPU, the hub's too, whose loop leaves
+gaps a dispatcher fills while the warm tenants queue on the others. At 300
+tenants that gave +10% and +8% req/s (``bench_revisions --together``, 8
+pairs each, 15 of 16 rounds ahead), the supervisor's CPU per request -7% to
+-13%; with one or two tenants, where the loop's core is the bottleneck and
+the tenants' cores have room, a dispatcher on the hub's core cost 7%, so
+it stays with the tenants until their cores fill (:func:`share_hub`).
 """
 
 from __future__ import annotations
@@ -57,6 +67,11 @@ TENANTS_SATURATED_IDLE = 0.03
 HUB_IDLE_WASTED = 0.4
 #: After giving the core back to saturated tenants, it is not taken again for this long.
 BACKOFF_S = 30.0
+#: While it holds, dispatch workers may run on the hub's core too once the
+#: tenants' cores are idle less than this fraction ...
+SHARE_BELOW_IDLE = 0.05
+#: ... and go back to the tenants' cores once they are idle more than this.
+UNSHARE_ABOVE_IDLE = 0.2
 
 Mode = Literal["auto", "on", "off"]
 
@@ -91,6 +106,13 @@ def decide(held: bool, load: Load) -> tuple[bool, str]:
     return True, ""
 
 
+def share_hub(shared: bool, tenants_idle: float) -> bool:
+    """Whether dispatch workers may run on the held hub core for the next period."""
+    if shared:
+        return tenants_idle <= UNSHARE_ABOVE_IDLE
+    return tenants_idle < SHARE_BELOW_IDLE
+
+
 class HubCore:
     """The split of the CPUs between the supervisor's loop and warm children.
 
@@ -108,16 +130,19 @@ class HubCore:
         self.tenants = frozenset(ordered[1:])
         self.possible = mode != "off" and len(ordered) >= 2
         self.held = False
+        #: Dispatch workers may run on the hub's core too (see :func:`share_hub`).
+        self.shared = False
         self._backoff_until = 0.0
         self._thread_cpu = time.thread_time()
         self._at = time.monotonic()
         self._idle = self._idle_times()
 
     # -- placing processes -----------------------------------------------------------
-    def place_warm(self, pid: int) -> None:
-        """A child that has served its first request: off the hub's core while it holds."""
+    def place_warm(self, pid: int, dispatcher: bool = False) -> None:
+        """A child that has served its first request: off the hub's core while
+        it holds (a dispatch worker: unless it shares the hub's core)."""
         if self.held:
-            _set(pid, self.tenants)
+            _set(pid, self.cpus if dispatcher and self.shared else self.tenants)
 
     def place_anywhere(self, pid: int) -> None:
         """A zygote started by the loop's thread (whose mask it inherited): all the CPUs."""
@@ -125,8 +150,9 @@ class HubCore:
             _set(pid, self.cpus)
 
     # -- deciding --------------------------------------------------------------------
-    def check(self, calm: bool, warm_pids: Iterable[int]) -> None:
-        """Read the last period's load and take or give back the core (on the loop's thread)."""
+    def check(self, calm: bool, warm_pids: Iterable[int], dispatcher_pids: Iterable[int] = ()) -> None:
+        """Read the last period's load and take or give back the core (on the
+        loop's thread); ``dispatcher_pids``: the warm dispatch workers among ``warm_pids``."""
         if not self.possible:
             return
         now = time.monotonic()
@@ -145,6 +171,7 @@ class HubCore:
         if held == self.held:
             if held:
                 self._spread_threads()  # any made since the last look inherited the hub's core
+                self._share(share_hub(self.shared, load.tenants_idle), dispatcher_pids)
             return
         if why == SATURATED:
             self._backoff_until = now + BACKOFF_S
@@ -161,9 +188,20 @@ class HubCore:
         """Take (or give back) the hub's core: the loop's thread, its other threads, the warm children."""
         os.sched_setaffinity(0, {self.hub} if held else self.cpus)
         self.held = held
+        self.shared = False
         self._spread_threads()
         for pid in warm_pids:
             _set(pid, self.tenants if held else self.cpus)
+
+    def _share(self, shared: bool, dispatcher_pids: Iterable[int]) -> None:
+        """Let dispatch workers onto the held hub core, or back off it."""
+        if shared == self.shared:
+            return
+        self.shared = shared
+        for pid in dispatcher_pids:
+            _set(pid, self.cpus if shared else self.tenants)
+        log("hub_core.dispatchers_shared" if shared else "hub_core.dispatchers_unshared",
+            core=self.hub)
 
     def _spread_threads(self) -> None:
         """The supervisor's worker threads run anywhere (they inherit the

@@ -56,7 +56,7 @@ from supervisor.limits.cpu_meter import CpuMeter, MeterFactory
 from supervisor.limits.memory import Enforcer
 from supervisor.limits.memory import choose as choose_memory_enforcement
 from supervisor.log import log, warn
-from supervisor.model import ScriptRecord, to_bundle
+from supervisor.model import DispatchNamespace, ScriptRecord, to_bundle
 from supervisor.pool.bodies import BodySource
 from supervisor.pool.bundles import BundleError, Bundles
 from supervisor.pool.census import ChildCensus
@@ -96,6 +96,13 @@ RUSH_LINGER_S = 0.1
 IDLE_CHECK_PERIOD_S = 0.1
 #: How long a child has to end its ``waitUntil`` work once told to.
 LINGER_GRACE_S = 1.0
+
+
+def _dispatches(child: ChildProcess) -> bool:
+    """Is ``child`` a dispatch worker (a script with a dispatch namespace
+    binding), through which requests pass on their way to tenants?"""
+    record = child.record
+    return record is not None and any(type(b) is DispatchNamespace for b in record.bindings)
 
 
 class PoolObserver(Protocol):
@@ -431,7 +438,7 @@ class Pool:
         done too (supervisor.pool.quiet_window). A child that served is
         warm: off the supervisor's core while it has one."""
         if child.alive:
-            self.hub_core.place_warm(child.pid)
+            self.hub_core.place_warm(child.pid, _dispatches(child))
         if self._quiet.over(trio.current_time(), child, caller):
             self._nudge()
 
@@ -578,8 +585,10 @@ class Pool:
         hub = self.hub_core
         while hub.possible:
             await trio.sleep(HUB_CHECK_S)
-            hub.check(self._calm(), (child.pid for child in self.children.values()
-                                     if child.alive and child.record is not None and not child.cold))
+            warm = [child for child in self.children.values()
+                    if child.alive and child.record is not None and not child.cold]
+            hub.check(self._calm(), [child.pid for child in warm],
+                      [child.pid for child in warm if _dispatches(child)])
 
     async def _cpu_watchdog(self) -> None:
         """Enforce the CPU budgets the kernel is not armed for (see cpu_account),
