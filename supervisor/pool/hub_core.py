@@ -31,14 +31,17 @@ and a child that has served its first request on the others. Each change
 is one ``sched_setaffinity`` per warm child, at most once a second.
 
 Dispatch workers (a script with a dispatch namespace binding: every request
-passes through one, twice) are the exception once the tenants' cores are
-saturated: then they may run on every CPU, the hub's too, whose loop leaves
-gaps a dispatcher fills while the warm tenants queue on the others. At 300
-tenants that gave +10% and +8% req/s (``bench_revisions --together``, 8
-pairs each, 15 of 16 rounds ahead), the supervisor's CPU per request -7% to
--13%; with one or two tenants, where the loop's core is the bottleneck and
-the tenants' cores have room, a dispatcher on the hub's core cost 7%, so
-it stays with the tenants until their cores fill (:func:`share_hub`).
+passes through one, twice) are the exception while many tenants take turns:
+then they may run on every CPU, the hub's too, whose loop leaves gaps a
+dispatcher fills, instead of queueing with hundreds of tenant children on
+the others. At 300 tenants that gave +10% and +8% req/s
+(``bench_revisions --together``, 8 pairs each, 15 of 16 rounds ahead), the
+supervisor's CPU per request -7% to -13%. With one or two tenants, where
+the loop's core is the bottleneck and the tenants' cores have room, a
+dispatcher on the hub's core cost 7%, so there it stays with the tenants
+(:func:`share_hub`). The tenants' cores' idle time does not tell the two
+apart here (0.23-0.29 at 300 tenants, 0.45-0.51 at two, with the keepers'
+spinning counted idle); how many tenants served in the last period does.
 """
 
 from __future__ import annotations
@@ -67,11 +70,11 @@ TENANTS_SATURATED_IDLE = 0.03
 HUB_IDLE_WASTED = 0.4
 #: After giving the core back to saturated tenants, it is not taken again for this long.
 BACKOFF_S = 30.0
-#: While it holds, dispatch workers may run on the hub's core too once the
-#: tenants' cores are idle less than this fraction ...
-SHARE_BELOW_IDLE = 0.05
-#: ... and go back to the tenants' cores once they are idle more than this.
-UNSHARE_ABOVE_IDLE = 0.2
+#: While it holds, dispatch workers may run on the hub's core too once this
+#: many tenant children served in the last period ...
+SHARE_FROM_ACTIVE = 32
+#: ... and go back to the tenants' cores once fewer than this did.
+UNSHARE_BELOW_ACTIVE = 16
 
 Mode = Literal["auto", "on", "off"]
 
@@ -106,11 +109,12 @@ def decide(held: bool, load: Load) -> tuple[bool, str]:
     return True, ""
 
 
-def share_hub(shared: bool, tenants_idle: float) -> bool:
-    """Whether dispatch workers may run on the held hub core for the next period."""
+def share_hub(shared: bool, active: int) -> bool:
+    """Whether dispatch workers may run on the held hub core for the next
+    period, ``active`` tenant children having served in the last one."""
     if shared:
-        return tenants_idle <= UNSHARE_ABOVE_IDLE
-    return tenants_idle < SHARE_BELOW_IDLE
+        return active >= UNSHARE_BELOW_ACTIVE
+    return active >= SHARE_FROM_ACTIVE
 
 
 class HubCore:
@@ -150,9 +154,11 @@ class HubCore:
             _set(pid, self.cpus)
 
     # -- deciding --------------------------------------------------------------------
-    def check(self, calm: bool, warm_pids: Iterable[int], dispatcher_pids: Iterable[int] = ()) -> None:
+    def check(self, calm: bool, warm_pids: Iterable[int], dispatcher_pids: Iterable[int] = (),
+              active: int = 0) -> None:
         """Read the last period's load and take or give back the core (on the
-        loop's thread); ``dispatcher_pids``: the warm dispatch workers among ``warm_pids``."""
+        loop's thread); ``dispatcher_pids``: the warm dispatch workers among
+        ``warm_pids``; ``active``: the other warm children that served since the last check."""
         if not self.possible:
             return
         now = time.monotonic()
@@ -171,7 +177,7 @@ class HubCore:
         if held == self.held:
             if held:
                 self._spread_threads()  # any made since the last look inherited the hub's core
-                self._share(share_hub(self.shared, load.tenants_idle), dispatcher_pids)
+                self._share(share_hub(self.shared, active), dispatcher_pids)
             return
         if why == SATURATED:
             self._backoff_until = now + BACKOFF_S

@@ -587,8 +587,11 @@ class Pool:
             await trio.sleep(HUB_CHECK_S)
             warm = [child for child in self.children.values()
                     if child.alive and child.record is not None and not child.cold]
+            dispatchers = [child for child in warm if _dispatches(child)]
+            since = loop_clock.CLOCK.get()() - HUB_CHECK_S
+            active = sum(1 for child in warm if child.last_used >= since) - len(dispatchers)
             hub.check(self._calm(), [child.pid for child in warm],
-                      [child.pid for child in warm if _dispatches(child)])
+                      [child.pid for child in dispatchers], active)
 
     async def _cpu_watchdog(self) -> None:
         """Enforce the CPU budgets the kernel is not armed for (see cpu_account),
