@@ -20,9 +20,12 @@ from supervisor.pool.hub_core import (
     RELEASE_BELOW,
     RESERVE_ABOVE,
     SATURATED,
+    SHARE_FROM_ACTIVE,
     TENANTS_SATURATED_IDLE,
+    UNSHARE_BELOW_ACTIVE,
     Load,
     decide,
+    share_hub,
 )
 from tests.harness import Corral, read_each
 from tests.test_observability import metric
@@ -61,6 +64,20 @@ def test_the_hub_takes_its_core_only_while_busy_and_calm_and_gives_it_back_when_
         assert bool(why) == (after != held), "a change says why, and only a change"
         assert (why == SATURATED) == (held and not after and tenants_idle == saturated and calm
                                       and loop >= RELEASE_BELOW), "only saturated tenants back it off"
+
+
+def test_dispatchers_share_the_hub_core_only_while_many_tenants_take_turns() -> None:
+    between = (SHARE_FROM_ACTIVE + UNSHARE_BELOW_ACTIVE) // 2
+    cases = [
+        # shared before, tenant children that served last period -> shared after
+        (False, 2, False),  # one or two tenants: the loop's core is theirs to fill, not the dispatcher's
+        (False, between, False),
+        (False, SHARE_FROM_ACTIVE, True),
+        (True, between, True),  # hysteresis: it does not flap at the edge
+        (True, UNSHARE_BELOW_ACTIVE - 1, False),
+    ]
+    for shared, active, expected in cases:
+        assert share_hub(shared, active) is expected, (shared, active)
 
 
 def _wait_for(check, what: str, timeout: float = 10.0) -> None:
@@ -121,5 +138,73 @@ def test_off_moves_nothing(tmp_path: Path) -> None:
         assert set(read_each(pids, _affinity).values()) == {CPUS}
         assert "hub_core" not in server.log()
         assert metric(server, "corral_hub_core_held") == 0
+    finally:
+        server.stop()
+
+
+DISPATCHER = r'''
+import os
+
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        name = request.headers.get("host", "").split(".")[0]
+        answer = await self.env.dispatcher.get(name).fetch(request)
+        return Response(await answer.text(), headers={"x-dispatcher-pid": str(os.getpid())})
+'''
+
+
+@needs_two_cores
+def test_a_dispatcher_shares_the_held_hub_core_while_many_tenants_take_turns(tmp_path: Path) -> None:
+    """With ``hub_core = "on"`` a dispatch worker that has served runs off the
+    hub core, with the tenants; once more than SHARE_FROM_ACTIVE tenant
+    children served within a check, it may run on every CPU (the tenants stay
+    off the hub core), and back with the tenants once traffic stops."""
+    import threading
+
+    server = Corral(tmp_path / "state", config='[pool]\nhub_core = "on"\nspares = 4\n').start()
+    hub = min(CPUS)
+    names = [f"t{i}" for i in range(SHARE_FROM_ACTIVE + 8)]
+    log = server.log_path
+    try:
+        for name in names:
+            server.deploy(name, HELLO, namespace="default")
+        server.deploy_dispatcher(DISPATCHER)
+        first = server.request("/", host="t0.localhost")
+        assert first.status == 200, (first, server.log())
+        dispatcher = int(first.headers["x-dispatcher-pid"])
+        _wait_for(lambda: _affinity(dispatcher) == CPUS - {hub}, "the dispatcher off the hub core")
+        assert "hub_core.dispatchers_shared" not in log.read_text()
+
+        stop = threading.Event()
+        errors: list[str] = []
+
+        def traffic(part: list[str]) -> None:
+            while not stop.is_set():
+                for name in part:
+                    resp = server.request("/", host=f"{name}.localhost")
+                    if resp.status != 200:
+                        errors.append(f"{name}: {resp.status}")
+
+        threads = [threading.Thread(target=traffic, args=(names[i::4],)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            _wait_for(lambda: "hub_core.dispatchers_shared" in log.read_text(),
+                      "the dispatchers sharing the hub core", timeout=30)
+            _wait_for(lambda: _affinity(dispatcher) == CPUS, "the dispatcher on every CPU")
+            tenants = [pid for pid in server.children() if pid != dispatcher]
+            off_hub = [cpus for cpus in read_each(tenants, _affinity).values() if cpus == CPUS - {hub}]
+            assert len(off_hub) >= SHARE_FROM_ACTIVE, "tenant children stay off the hub core"
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        assert not errors, errors[:5]
+        _wait_for(lambda: "hub_core.dispatchers_unshared" in log.read_text(),
+                  "the dispatchers back off the hub core once traffic stopped")
+        _wait_for(lambda: _affinity(dispatcher) == CPUS - {hub}, "the dispatcher back with the tenants")
     finally:
         server.stop()
