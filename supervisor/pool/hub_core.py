@@ -34,14 +34,15 @@ Dispatch workers (a script with a dispatch namespace binding: every request
 passes through one, twice) are the exception while many tenants take turns:
 then they may run on every CPU, the hub's too, whose loop leaves gaps a
 dispatcher fills, instead of queueing with hundreds of tenant children on
-the others. At 300 tenants that gave +10% and +8% req/s
-(``bench_revisions --together``, 8 pairs each, 15 of 16 rounds ahead), the
-supervisor's CPU per request -7% to -13%. With one or two tenants, where
-the loop's core is the bottleneck and the tenants' cores have room, a
-dispatcher on the hub's core cost 7%, so there it stays with the tenants
-(:func:`share_hub`). The tenants' cores' idle time does not tell the two
-apart here (0.23-0.29 at 300 tenants, 0.45-0.51 at two, with the keepers'
-spinning counted idle); how many tenants served in the last period does.
+the others. At 300 tenants that gave +8% to +12% req/s
+(``bench_revisions --together``, three A/Bs of 8 rounds, 22 of 24 rounds
+ahead), the supervisor's CPU per request -7% to -13%. With one or two
+tenants, where the loop's core is the bottleneck and the tenants' cores
+have room, a dispatcher always on the hub's core cost 7%, so there it stays
+with the tenants (:func:`share_hub`; 1.04x against no sharing, noise).
+The tenants' cores' idle time does not tell the two apart here (0.23-0.29
+at 300 tenants, 0.45-0.51 at two, with the keepers' spinning counted idle);
+how many tenants served in the last period does.
 """
 
 from __future__ import annotations

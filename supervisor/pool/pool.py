@@ -589,7 +589,8 @@ class Pool:
                     if child.alive and child.record is not None and not child.cold]
             dispatchers = [child for child in warm if _dispatches(child)]
             since = loop_clock.CLOCK.get()() - HUB_CHECK_S
-            active = sum(1 for child in warm if child.last_used >= since) - len(dispatchers)
+            active = sum(1 for child in warm if child.last_used >= since) - \
+                sum(1 for child in dispatchers if child.last_used >= since)
             hub.check(self._calm(), [child.pid for child in warm],
                       [child.pid for child in dispatchers], active)
 
