@@ -585,14 +585,19 @@ class Pool:
         hub = self.hub_core
         while hub.possible:
             await trio.sleep(HUB_CHECK_S)
-            warm = [child for child in self.children.values()
-                    if child.alive and child.record is not None and not child.cold]
-            dispatchers = [child for child in warm if _dispatches(child)]
             since = loop_clock.CLOCK.get()() - HUB_CHECK_S
-            active = sum(1 for child in warm if child.last_used >= since) - \
-                sum(1 for child in dispatchers if child.last_used >= since)
-            hub.check(self._calm(), [child.pid for child in warm],
-                      [child.pid for child in dispatchers], active)
+            warm: list[int] = []
+            dispatchers: list[int] = []
+            active = 0  # tenant children that served since the last check
+            for child in self.children.values():
+                if not child.alive or child.record is None or child.cold:
+                    continue
+                warm.append(child.pid)
+                if _dispatches(child):
+                    dispatchers.append(child.pid)
+                elif child.last_used >= since:
+                    active += 1
+            hub.check(self._calm(), warm, dispatchers, active)
 
     async def _cpu_watchdog(self) -> None:
         """Enforce the CPU budgets the kernel is not armed for (see cpu_account),
