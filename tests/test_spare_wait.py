@@ -13,9 +13,8 @@ from __future__ import annotations
 import threading
 import time
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.harness import Corral
+from tests.test_observability import metric
 
 TENANT = '''
 from workers import Response, WorkerEntrypoint
@@ -32,26 +31,13 @@ BURST = 12
 
 def waits(server: Corral) -> dict[str, float]:
     """The base zygote's spare waits: count, sum, and those counted in the 0 bucket."""
-    out = {"count": 0.0, "sum": 0.0, "ready": 0.0}
-    for family in text_string_to_metric_families(server.admin("GET", "/metrics").text):
-        for sample in family.samples:
-            if sample.labels.get("zygote") != "base":
-                continue
-            if sample.name == f"{FAMILY}_count":
-                out["count"] = sample.value
-            elif sample.name == f"{FAMILY}_sum":
-                out["sum"] = sample.value
-            elif sample.name == f"{FAMILY}_bucket" and float(sample.labels["le"]) == 0.0:
-                out["ready"] = sample.value
-    return out
+    return {"count": metric(server, f"{FAMILY}_count", zygote="base"),
+            "sum": metric(server, f"{FAMILY}_sum", zygote="base"),
+            "ready": metric(server, f"{FAMILY}_bucket", zygote="base", le="0.0")}
 
 
 def spares(server: Corral) -> float:
-    for family in text_string_to_metric_families(server.admin("GET", "/metrics").text):
-        for sample in family.samples:
-            if sample.name == "corral_pool_children" and sample.labels.get("state") == "spare":
-                return sample.value
-    return 0.0
+    return metric(server, "corral_pool_children", state="spare")
 
 
 def test_cold_starts_that_found_no_spare_ready_are_counted_with_their_wait(tmp_path) -> None:
