@@ -215,6 +215,11 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: last began to wait (see supervisor.core_keeper): an idle-priority
     #: thread spins on each, so a process woken there runs at once. 0: off.
     keep_cores_awake_us: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 2000
+    #: How: ``"latency_qos"`` holds a 0 us CPU latency request (every core of
+    #: the host polls in the kernel's idle loop; spinning keepers where
+    #: ``/dev/cpu_dma_latency`` cannot be opened), ``"spin"`` spins an
+    #: idle-priority thread on each of the supervisor's cores only.
+    keep_cores_awake_by: Literal["latency_qos", "spin"] = "latency_qos"
 
     @property
     def admin_socket_path(self) -> str:

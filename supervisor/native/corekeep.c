@@ -10,6 +10,12 @@
  * time of its core, as it is: any task woken there preempts the keeper).
  * A keeper's eventfd is closed (by its thread, after run() returns) only
  * once no poke can still be writing to it: see ``poking``.
+ *
+ * A keeper given a CPU latency QoS descriptor (/dev/cpu_dma_latency) does
+ * not spin: for the window it holds a 0 us request there, so that the
+ * kernel's own idle loop polls on every core instead of halting, and it
+ * sleeps until the window ends. The request is the process's: the kernel
+ * drops it when the descriptor is closed, whatever becomes of the process.
  */
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
@@ -21,6 +27,11 @@
 #include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
+
+/* Values written to /dev/cpu_dma_latency: poll, or no constraint (the
+ * kernel's PM_QOS_CPU_LATENCY_DEFAULT_VALUE). */
+static const int32_t QOS_POLL_US = 0;
+static const int32_t QOS_ANY_US = 2000000000;
 
 #define MAX_SLOTS 1024
 
@@ -51,11 +62,17 @@ static int slot_arg(int slot)
     return 0;
 }
 
-/* run(slot, fd): the keeper's life, in the calling thread, until stop(). */
+/* Hold (or drop) the CPU latency request; 0 or the errno of a failed write. */
+static int hold_qos(int qos_fd, int32_t us)
+{
+    return write(qos_fd, &us, sizeof us) == (ssize_t)sizeof us ? 0 : errno;
+}
+
+/* run(slot, fd, qos_fd=-1): the keeper's life, in the calling thread, until stop(). */
 static PyObject *keeper_run(PyObject *self, PyObject *args)
 {
-    int slot, fd;
-    if (!PyArg_ParseTuple(args, "ii", &slot, &fd) || slot_arg(slot) < 0)
+    int slot, fd, qos_fd = -1;
+    if (!PyArg_ParseTuple(args, "ii|i", &slot, &fd, &qos_fd) || slot_arg(slot) < 0)
         return NULL;
     /* Its name in /proc (and top, perf) while it keeps: not one of the
      * supervisor's workers; the worker thread gets its own back after. */
@@ -67,11 +84,25 @@ static PyObject *keeper_run(PyObject *self, PyObject *args)
     int used = atomic_load(&slots_used);
     while (used <= slot && !atomic_compare_exchange_weak(&slots_used, &used, slot + 1))
         ;
-    int failed = 0;
+    int failed = 0, held = 0;
     Py_BEGIN_ALLOW_THREADS
     while (!atomic_load(&stopping)) {
         int64_t now = now_ns();
         int64_t until = atomic_load(&deadline_ns);
+        if (now < until && qos_fd >= 0) {
+            /* The kernel polls for us: sleep out the window (pokes move it on). */
+            if (!held && (failed = hold_qos(qos_fd, QOS_POLL_US)) != 0)
+                break;
+            held = 1;
+            struct timespec end = {until / 1000000000LL, until % 1000000000LL};
+            clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &end, NULL);
+            continue;
+        }
+        if (held) {
+            if ((failed = hold_qos(qos_fd, QOS_ANY_US)) != 0)
+                break;
+            held = 0;
+        }
         if (now < until) {
             /* This thread's own CPU time: what the kernel counts as busy
              * that was idle (not the time tasks that preempted it ran). */
@@ -102,6 +133,8 @@ static PyObject *keeper_run(PyObject *self, PyObject *args)
         }
         atomic_store(&asleep[slot], 0);
     }
+    if (held)
+        hold_qos(qos_fd, QOS_ANY_US);  /* closing the descriptor would drop it too */
     atomic_store(&wake_fd[slot], -1);
     /* A poke that read the descriptor before the store above may be about
      * to write to it: wait it out, so the caller can close it safely. */
@@ -179,7 +212,8 @@ static PyObject *keeper_spun_ns(PyObject *self, PyObject *arg)
 }
 
 static PyMethodDef methods[] = {
-    {"run", keeper_run, METH_VARARGS, "run(slot, eventfd): keep this thread's core awake until stop()."},
+    {"run", keeper_run, METH_VARARGS,
+     "run(slot, eventfd, qos_fd=-1): keep this thread's core (with qos_fd: every core) awake until stop()."},
     {"poke", keeper_poke, METH_O, "poke(window_ns): keepers spin until window_ns from now."},
     {"stop", keeper_stop, METH_NOARGS, "stop(): every keeper's run() returns."},
     {"start", keeper_start, METH_NOARGS, "start(): keepers may run (after a stop())."},

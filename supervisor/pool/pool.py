@@ -164,7 +164,8 @@ class Pool:
         self.bundles = Bundles(config.state_dir)
         #: The CPUs split between the supervisor's loop and warm children, while it is busy.
         #: Threads that keep the supervisor's cores awake while the loop waits (core_keeper).
-        self.core_keeper = CoreKeeper(config.keep_cores_awake_us, all_cores())
+        self.core_keeper = CoreKeeper(config.keep_cores_awake_us, all_cores(),
+                                      config.keep_cores_awake_by)
         self.hub_core = HubCore(config.pool.hub_core, self.core_keeper)
         self.zygote = ZygoteClient(self.memory.jail_address_space_mb(), self._on_spawned, self._on_exited,
                                    self._on_zygote_restart, config.pool.zygote_max_age_s,
