@@ -50,8 +50,9 @@ on a burstable VM or where power counts, set ``keep_cores_awake_us = 0``).
   no interrupt at all: the waker sets a flag the poll is watching. One
   thread holds and drops the request and sleeps meanwhile; the kernel drops
   it too when the descriptor closes, so a killed supervisor leaves nothing
-  behind. Where the device cannot be opened, the keepers spin instead (a
-  log line says so).
+  behind. Where the device cannot be opened, or the cores have no polling
+  idle state for a request to choose (no cpuidle driver, or not x86's
+  ``POLL``), the keepers spin instead (a log line says why).
 - ``"spin"``: a *keeper* thread on each of the supervisor's cores, pinned
   there, under ``SCHED_IDLE``, spinning between looks at the clock. Only
   the supervisor's own cores spin, which matters on a host Corral shares;
@@ -96,6 +97,9 @@ from supervisor.log import log, warn
 #: The kernel's CPU latency QoS device: a request held there is every core's.
 QOS_DEVICE = "/dev/cpu_dma_latency"
 
+#: Where each core's idle states are listed (``cpuN/cpuidle/stateK/name``).
+CPU_SYSFS = "/sys/devices/system/cpu"
+
 #: How the cores are kept awake (``keep_cores_awake_by``): see the module docstring.
 KeepBy = Literal["latency_qos", "spin"]
 
@@ -113,11 +117,12 @@ class CoreKeeper:
     request held by one thread, or a spinning keeper thread on each core."""
 
     def __init__(self, keep_awake_us: int, cores: frozenset[int], by: KeepBy = "latency_qos",
-                 qos_device: str = QOS_DEVICE) -> None:
+                 qos_device: str = QOS_DEVICE, cpu_sysfs: str = CPU_SYSFS) -> None:
         self.window_ns = max(0, keep_awake_us) * 1000
         self.cores = tuple(sorted(cores))
         self.by = by
         self.qos_device = qos_device
+        self.cpu_sysfs = cpu_sysfs
         #: Native ids of the keeper threads (the hub leaves their CPUs alone).
         self.thread_ids: set[int] = set()
         self.running = False
@@ -175,12 +180,28 @@ class CoreKeeper:
         """The latency request's descriptor, if asked for and allowed; else None (spin)."""
         if self.by != "latency_qos":
             return None
-        try:
-            return os.open(self.qos_device, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            warn("core_keeper.no_latency_qos", device=self.qos_device, reason=exc.strerror or str(exc),
-                 fallback="spinning keepers on the supervisor's cores")
-            return None
+        reason = self._why_no_polling()
+        if reason is None:
+            try:
+                return os.open(self.qos_device, os.O_WRONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                reason = f"{self.qos_device}: {exc.strerror or exc}"
+        warn("core_keeper.no_latency_qos", reason=reason,
+             fallback="spinning keepers on the supervisor's cores")
+        return None
+
+    def _why_no_polling(self) -> str | None:
+        """Why a 0 us request would not make the cores poll (their shallowest
+        idle state is not a poll), or None if it would."""
+        for core in self.cores:
+            try:
+                with open(f"{self.cpu_sysfs}/cpu{core}/cpuidle/state0/name") as f:
+                    name = f.read().strip()
+            except OSError:
+                return f"cpu{core} lists no idle states (no cpuidle driver): its idle loop halts"
+            if name != "POLL":
+                return f"cpu{core}'s shallowest idle state is {name!r}, not a poll"
+        return None
 
     async def _keep(self, slot: int, core: int | None, qos: int,
                     limiter: trio.CapacityLimiter) -> None:

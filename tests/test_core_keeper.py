@@ -1,26 +1,33 @@
 """The supervisor keeps its cores from halting while requests are in flight
 (supervisor.core_keeper).
 
-Seen from the kernel: the keepers are threads of the supervisor named
-``corral-keeper``, one pinned to each of its CPUs, under ``SCHED_IDLE``.
-What they spin is their CPU time in schedstat: about nothing while the
+Seen from the kernel, by default: the CPU latency QoS limit
+(``/dev/cpu_dma_latency``, which reads back the host's strictest request)
+is 0 us while requests flow and back to what it was once they stop, or
+the supervisor dies. With ``keep_cores_awake_by = "spin"``: threads of the
+supervisor named ``corral-keeper``, one pinned to each of its CPUs, under
+``SCHED_IDLE``, whose CPU time in schedstat is about nothing while the
 server is idle, and the time a request is in flight while one is. No
-latency is asserted; the CPU counts are the kernel's.
+latency is asserted; the limits and CPU counts are the kernel's.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
+import signal
+import struct
 import threading
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
-from supervisor.core_keeper import CoreKeeper, all_cores
+from supervisor.core_keeper import QOS_DEVICE, CoreKeeper, all_cores
 from supervisor.pool.hub_core import HubCore
 from tests.harness import Corral
+from tests.test_observability import metric
 
 SLOW = '''
 import asyncio
@@ -71,6 +78,74 @@ def get(conn: http.client.HTTPConnection, sleep_s: float) -> None:
     assert resp.status == 200 and resp.read() == b"done"
 
 
+def latency_limit_us() -> int:
+    """The host's CPU latency limit now: the strictest request anyone holds."""
+    with open(QOS_DEVICE, "rb") as device:
+        return struct.unpack("i", device.read(4))[0]
+
+
+def flowing(port: int, stop: threading.Event) -> threading.Thread:
+    """Requests one after another to the slow tenant (answering at once) until ``stop``."""
+    def run() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            while not stop.is_set():
+                get(conn, 0)
+        finally:
+            conn.close()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_zero_latency_request_is_held_while_requests_flow_and_dropped_when_they_stop(
+        tmp_path: Path) -> None:
+    """While requests flow, the host's CPU latency limit is 0 us (its idle
+    loop polls); once they stop it is back to what it was, also during one
+    request whose tenant sleeps 1 s (only its wait's start is kept), and
+    once a supervisor holding it is killed. One keeper thread holds it,
+    at normal priority (it must wake at once), not one per core."""
+    if not os.access(QOS_DEVICE, os.W_OK):
+        pytest.skip(f"{QOS_DEVICE} cannot be opened here (the keepers spin: the next test)")
+    before = latency_limit_us()
+    if before == 0:
+        pytest.skip("another process holds a 0 us CPU latency request on this host")
+    server = Corral(tmp_path / "state").start()
+    stop = threading.Event()
+    try:
+        server.deploy("slow", SLOW, namespace=None)
+        server.route("slow.localhost/*", "slow")
+        assert '"by":"latency_qos"' in server.log().replace(" ", ""), server.log()[-2000:]
+        holders = keeper_threads(server.proc.pid)  # one, sleeping between pokes: no spinning
+        assert len(holders) == 1 and os.sched_getscheduler(holders[0]) != os.SCHED_IDLE, holders
+        wait_for(lambda: latency_limit_us() == before, "the limit to be as before, idle")
+
+        traffic = flowing(server.port, stop)
+        wait_for(lambda: latency_limit_us() == 0, "a 0 us limit while requests flow")
+        stop.set()
+        traffic.join(30)
+        wait_for(lambda: latency_limit_us() == before, "the limit dropped once requests stopped")
+
+        long_one = threading.Thread(target=lambda: get(
+            http.client.HTTPConnection("127.0.0.1", server.port, timeout=30), 1.0))
+        long_one.start()
+        wait_for(lambda: metric(server, "corral_http_in_flight") >= 1, "the long request in flight")
+        # Held near the wait's start, dropped within the window (2 ms) after it.
+        wait_for(lambda: latency_limit_us() == before, "the limit dropped during a long wait")
+        assert long_one.is_alive(), "the request ended before its wait was seen"
+        long_one.join(30)
+
+        stop.clear()
+        traffic = flowing(server.port, stop)
+        wait_for(lambda: latency_limit_us() == 0, "a 0 us limit while requests flow again")
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(10)
+        wait_for(lambda: latency_limit_us() == before, "the limit dropped with its killed holder")
+    finally:
+        stop.set()
+        server.stop()
+
+
 def test_keepers_sit_on_every_core_at_idle_priority_and_spin_only_near_an_answer(
         tmp_path: Path) -> None:
     """Idle for a second, the keepers spin (measured) ~0 ms. Through 300
@@ -81,7 +156,7 @@ def test_keepers_sit_on_every_core_at_idle_priority_and_spin_only_near_an_answer
     keepers' cores (they are idle priority), so up to three tries are taken
     and one must show it; keepers that never spin, that spin while idle or
     through a long wait, cannot."""
-    server = Corral(tmp_path / "state").start()
+    server = Corral(tmp_path / "state", config='keep_cores_awake_by = "spin"\n').start()
     try:
         server.deploy("slow", SLOW, namespace=None)
         server.route("slow.localhost/*", "slow")
@@ -93,7 +168,7 @@ def test_keepers_sit_on_every_core_at_idle_priority_and_spin_only_near_an_answer
                         f"{len(cores)} keeper threads")
         assert {frozenset(os.sched_getaffinity(tid)) for tid in tids} == {frozenset({c}) for c in cores}
         assert all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in tids)
-        assert "core_keeper.started" in server.log()
+        assert '"by":"spin"' in server.log().replace(" ", "")
 
         tries = []
         for _ in range(3):
@@ -126,12 +201,22 @@ def test_keepers_sit_on_every_core_at_idle_priority_and_spin_only_near_an_answer
         server.stop()
 
 
-def test_the_hub_leaves_each_keeper_on_its_core() -> None:
-    """HubCore re-spreads the supervisor's other threads over every CPU when
+@pytest.mark.parametrize("why", ["no device", "no polling idle state"])
+def test_the_hub_leaves_each_keeper_on_its_core(tmp_path: Path, why: str) -> None:
+    """Asked for a latency request it cannot open, or that would not make
+    the cores poll, the keeper spins instead.
+    HubCore re-spreads the supervisor's other threads over every CPU when
     it takes its core; a keeper stays where it is. Poked, keepers spin (and
     count it); cancelled, their worker threads go back as they came."""
     main_affinity = os.sched_getaffinity(0)
-    keeper = CoreKeeper(20_000, all_cores())
+    if why == "no device":
+        keeper = CoreKeeper(20_000, all_cores(), "latency_qos", qos_device=str(tmp_path / "no-device"))
+    else:  # as on arm64, whose shallowest state halts (WFI)
+        for core in all_cores():
+            state = tmp_path / f"cpu{core}" / "cpuidle" / "state0"
+            state.mkdir(parents=True)
+            (state / "name").write_text("WFI\n")
+        keeper = CoreKeeper(20_000, all_cores(), "latency_qos", cpu_sysfs=str(tmp_path))
     found: dict[str, object] = {}
 
     async def main() -> None:
@@ -139,6 +224,7 @@ def test_the_hub_leaves_each_keeper_on_its_core() -> None:
             await nursery.start(keeper.run)
             while len(keeper.thread_ids) < len(keeper.cores):
                 await trio.sleep(0.01)
+            found["by"] = keeper.kept_by
             hub = HubCore("on", keeper)
             for _ in range(20):  # 20 ms windows, poked for ~0.2 s
                 keeper.poke()
@@ -153,6 +239,7 @@ def test_the_hub_leaves_each_keeper_on_its_core() -> None:
         trio.run(main)
     finally:
         os.sched_setaffinity(0, main_affinity)
+    assert found["by"] == "spin"
     assert sorted(len(cpus) for cpus in found["keepers"].values()) == [1] * len(keeper.cores)
     assert sorted(next(iter(c)) for c in found["keepers"].values()) == list(keeper.cores)
     assert any(ticks > 0 for ticks in found["spun"].values()), found["spun"]
