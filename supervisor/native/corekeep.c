@@ -7,7 +7,8 @@
  *
  * Each keeper has a slot: whether it sleeps, the eventfd that wakes it, and
  * the CPU nanoseconds it spent spinning (which the supervisor counts as idle
- * time of its core, as it is: any task woken there preempts the keeper).
+ * time of its core, as it is: any task woken there runs at the keeper's next
+ * sched_yield(), which it must call: see core_keeper.py).
  * A keeper's eventfd is closed (by its thread, after run() returns) only
  * once no poke can still be writing to it: see ``poking``.
  *
