@@ -32,7 +32,12 @@ REQUESTS = 200
 
 
 def sleeps_per_request(tmp_path: Path, busy_poll_us: int) -> float:
-    server = Corral(tmp_path / f"state{busy_poll_us}", config=f"busy_poll_us = {busy_poll_us}\n").start()
+    # No idle trims, nor the trims of new spares: reading a page map holds
+    # the GIL in a worker thread for milliseconds, and each wait for it is a
+    # sleep of the loop's thread too (with them, polling left 0.35-1.9
+    # sleeps per request here; without, 0.005-0.015).
+    config = f"busy_poll_us = {busy_poll_us}\n[pool]\nreshare_after_s = 0\n"
+    server = Corral(tmp_path / f"state{busy_poll_us}", config=config).start()
     try:
         server.deploy("hi", HELLO, namespace=None)
         server.route("hi.localhost/*", "hi")
@@ -68,12 +73,12 @@ def test_the_supervisor_polls_instead_of_sleeping_between_the_hops_of_a_request(
     """Sleeping, it waits for the child's reply and for the next request,
     ~2 times per request; polling, at most half as often. The count is the
     main thread's voluntary context switches, so a wait for the GIL while a
-    worker thread holds it counts too (a new server's worker threads are
-    busy for a while: spares' page maps, cgroup slots): polling measured
-    0.07-1.2 per request here, sleeping 1.7-2.4. On a box busy with other
-    work the reply is often in before the supervisor would wait, so it
-    sleeps little either way and the pair shows nothing: up to three pairs
-    are taken, and one must show the difference. Without polling (the
+    worker thread holds it counts too (hence no idle trims here; a new
+    server's cgroup slots are set up by worker threads too): polling
+    measured 0.005-0.015 per request here, sleeping 1.99. On a box busy
+    with other work the reply is often in before the supervisor would wait,
+    so it sleeps little either way and the pair shows nothing: up to three
+    pairs are taken, and one must show the difference. Without polling (the
     feature broken) no pair can."""
     pairs = []
     for attempt in range(3):
