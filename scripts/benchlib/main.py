@@ -502,7 +502,8 @@ class Runner:
                 f"{role} {ms:.2f} ms" for role, ms in s["cpu_ms_per_cold_start"].items())
                 + " (server = the server process, direct = its children such as Corral's zygote, "
                   "others = the rest of its processes such as Corral's sandboxed children, "
-                  "keepers = Corral's idle-priority core keepers)")
+                  "keepers = Corral's core keepers: the thread holding its CPU latency "
+                  "request, or the idle-priority spinning ones)")
         if hasattr(sysm, "pool_info"):
             info = sysm.pool_info()
             setup = info.get("setup_us_mean")

@@ -231,10 +231,13 @@ def _render_main(results: dict) -> list[str]:
                "whole process from /proc/PID/stat) over the K-tenant throughput runs / their "
                "requests; server = the server process, all = its whole tree (Corral: "
                "supervisor + zygotes + sandboxed children); the log splits it by role and gives "
-               "Corral's dispatcher and user invocations' own CPU. Corral's core keepers "
-               "(keep_cores_awake_us: idle-priority threads of the supervisor that spin, while "
-               "requests are in flight, in time its cores would otherwise halt) are in the log "
-               "as 'keepers', in neither figure: any task woken on their core preempts them.")
+               "Corral's dispatcher and user invocations' own CPU. While requests are in "
+               "flight Corral keeps the host's cores from halting (keep_cores_awake_us): by "
+               "default with a 0 us CPU latency request on /dev/cpu_dma_latency, so every core "
+               "polls in the kernel's idle loop (idle time, in no figure; it speeds every "
+               "process's wake-ups, the load generator's too, and is dropped 2 ms after Corral's "
+               "last request, before the other system's run), else with spinning keeper threads, "
+               "in the log as 'keepers' and in neither figure.")
     out.append(f"  warm latency: {a['latency_requests']} sequential GETs to t0 on one keep-alive "
                f"connection (raw socket, perf_counter_ns)"
                + (f", {a['repeat']} times." if a.get("repeat", 1) > 1 else "."))
