@@ -218,8 +218,9 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: How: ``"latency_qos"`` holds a 0 us CPU latency request (every core of
     #: the host polls in the kernel's idle loop; spinning keepers where
     #: ``/dev/cpu_dma_latency`` cannot be opened), ``"spin"`` spins an
-    #: idle-priority thread on each of the supervisor's cores only.
-    keep_cores_awake_by: Literal["latency_qos", "spin"] = "latency_qos"
+    #: idle-priority thread on each of the supervisor's cores only, ``"auto"``
+    #: the first if the supervisor may use every CPU of the host, else the second.
+    keep_cores_awake_by: Literal["auto", "latency_qos", "spin"] = "auto"
 
     @property
     def admin_socket_path(self) -> str:

@@ -43,7 +43,11 @@ on a burstable VM or where power counts, set ``keep_cores_awake_us = 0``).
 
 **How the cores are kept awake** (``keep_cores_awake_by``):
 
-- ``"latency_qos"`` (the default): for the window, the supervisor holds a
+- ``"auto"`` (the default): ``"latency_qos"`` when the supervisor may run
+  on every CPU of the host, else ``"spin"``: a request makes every core of
+  the host poll, which is the price of its speed on a host Corral has to
+  itself, but not one to make a host's other CPUs pay.
+- ``"latency_qos"``: for the window, the supervisor holds a
   0 us CPU latency request on ``/dev/cpu_dma_latency`` (the kernel's PM QoS
   interface, root only), and the kernel's idle loop polls instead of
   halting, on every core of the host. A task woken on a polling core needs
@@ -101,7 +105,7 @@ QOS_DEVICE = "/dev/cpu_dma_latency"
 CPU_SYSFS = "/sys/devices/system/cpu"
 
 #: How the cores are kept awake (``keep_cores_awake_by``): see the module docstring.
-KeepBy = Literal["latency_qos", "spin"]
+KeepBy = Literal["auto", "latency_qos", "spin"]
 
 try:
     from supervisor import _corekeep  # type: ignore[attr-defined]
@@ -116,7 +120,7 @@ class CoreKeeper:
     """What keeps ``cores`` awake for a window after each poke: a CPU latency
     request held by one thread, or a spinning keeper thread on each core."""
 
-    def __init__(self, keep_awake_us: int, cores: frozenset[int], by: KeepBy = "latency_qos",
+    def __init__(self, keep_awake_us: int, cores: frozenset[int], by: KeepBy = "auto",
                  qos_device: str = QOS_DEVICE, cpu_sysfs: str = CPU_SYSFS) -> None:
         self.window_ns = max(0, keep_awake_us) * 1000
         self.cores = tuple(sorted(cores))
@@ -127,7 +131,7 @@ class CoreKeeper:
         self.thread_ids: set[int] = set()
         self.running = False
         #: How the cores are being kept awake, once running.
-        self.kept_by: KeepBy | None = None
+        self.kept_by: Literal["latency_qos", "spin"] | None = None
 
     @property
     def possible(self) -> bool:
@@ -178,16 +182,34 @@ class CoreKeeper:
 
     def _open_qos(self) -> int | None:
         """The latency request's descriptor, if asked for and allowed; else None (spin)."""
-        if self.by != "latency_qos":
+        if self.by == "spin":
             return None
         reason = self._why_no_polling()
+        if reason is None and self.by == "auto":
+            reason = self._why_not_whole_host()
         if reason is None:
             try:
                 return os.open(self.qos_device, os.O_WRONLY | os.O_CLOEXEC)
             except OSError as exc:
                 reason = f"{self.qos_device}: {exc.strerror or exc}"
-        warn("core_keeper.no_latency_qos", reason=reason,
-             fallback="spinning keepers on the supervisor's cores")
+        # Asked for by name, its absence is worth a warning; "auto" just chose.
+        (warn if self.by == "latency_qos" else log)(
+            "core_keeper.no_latency_qos", reason=reason, fallback="spinning keepers on the supervisor's cores")
+        return None
+
+    def _why_not_whole_host(self) -> str | None:
+        """Why a host-wide request would be out of place (the supervisor may
+        not run on every CPU the host has online), or None."""
+        try:
+            with open(f"{self.cpu_sysfs}/online") as f:
+                online = _cpu_list(f.read())
+        except (OSError, ValueError):
+            return None  # as if the host were ours: the kernel would say otherwise
+        others = online - set(self.cores)
+        if others:
+            return (f"the supervisor may use {len(self.cores)} of the host's {len(online)} CPUs; "
+                    f"a latency request would make the other {len(others)} poll too "
+                    f"(keep_cores_awake_by = \"latency_qos\" asks for it anyway)")
         return None
 
     def _why_no_polling(self) -> str | None:
@@ -237,6 +259,15 @@ class CoreKeeper:
             os.close(wake)
             if qos >= 0:
                 os.close(qos)  # drops the request, if the loop had not
+
+
+def _cpu_list(text: str) -> set[int]:
+    """The CPUs of a kernel CPU list such as ``0-3,8,10-11``."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 def _restore(policy: int, affinity: set[int]) -> None:

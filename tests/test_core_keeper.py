@@ -249,3 +249,30 @@ def test_the_hub_leaves_each_keeper_on_its_core(tmp_path: Path, why: str) -> Non
         if thread.native_id is not None and thread is not threading.main_thread():
             assert os.sched_getscheduler(thread.native_id) != os.SCHED_IDLE
 
+
+def test_auto_spins_on_the_supervisors_cores_when_it_has_part_of_the_host(tmp_path: Path) -> None:
+    """A latency request makes every core of the host poll: "auto" holds one
+    only where the supervisor may use every online CPU, and spins on its own
+    cores otherwise (a fake sysfs listing one CPU more than it has, then
+    exactly its own; /dev/null stands for the device)."""
+    cores = all_cores()
+    (tmp_path / "online").write_text(f"0-{max(cores) + 1}\n")
+    for core in cores:
+        state = tmp_path / f"cpu{core}" / "cpuidle" / "state0"
+        state.mkdir(parents=True)
+        (state / "name").write_text("POLL\n")
+    kept: list[str | None] = []
+
+    async def main(keeper: CoreKeeper) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(keeper.run)
+            kept.append(keeper.kept_by)
+            nursery.cancel_scope.cancel()
+
+    def auto() -> CoreKeeper:
+        return CoreKeeper(20_000, cores, "auto", qos_device=os.devnull, cpu_sysfs=str(tmp_path))
+
+    trio.run(main, auto())
+    (tmp_path / "online").write_text(",".join(str(c) for c in sorted(cores)) + "\n")
+    trio.run(main, auto())
+    assert kept == ["spin", "latency_qos"], kept
