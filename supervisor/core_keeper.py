@@ -148,6 +148,13 @@ class CoreKeeper:
             return 0.0
         return sum(_corekeep.spun_ns(slot) for slot in range(len(self.cores))) / 1e9
 
+    def held_s(self) -> float:
+        """Seconds the latency request was held since the server started
+        (/metrics): the time every core of the host polled for Corral."""
+        if not self.running or self.kept_by != "latency_qos":
+            return 0.0
+        return _corekeep.held_ns() / 1e9
+
     def spun_ticks(self, core: int) -> float:
         """Clock ticks (as /proc/stat counts) the keeper of ``core`` spent spinning
         (none under a latency request: the kernel counts its polling as idle)."""

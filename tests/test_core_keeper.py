@@ -104,7 +104,8 @@ def test_a_zero_latency_request_is_held_while_requests_flow_and_dropped_when_the
     loop polls); once they stop it is back to what it was, also during one
     request whose tenant sleeps 1 s (only its wait's start is kept), and
     once a supervisor holding it is killed. One keeper thread holds it,
-    at normal priority (it must wake at once), not one per core."""
+    at normal priority (it must wake at once), not one per core; /metrics
+    counts the time it was held."""
     if not os.access(QOS_DEVICE, os.W_OK):
         pytest.skip(f"{QOS_DEVICE} cannot be opened here (the keepers spin: the next test)")
     before = latency_limit_us()
@@ -125,6 +126,10 @@ def test_a_zero_latency_request_is_held_while_requests_flow_and_dropped_when_the
         stop.set()
         traffic.join(30)
         wait_for(lambda: latency_limit_us() == before, "the limit dropped once requests stopped")
+        # Operators see how long every core polled for Corral; not while it is dropped.
+        held = metric(server, "corral_core_keeper_latency_request_seconds_total")
+        assert held > 0, held
+        assert metric(server, "corral_core_keeper_latency_request_seconds_total") == held
 
         long_one = threading.Thread(target=lambda: get(
             http.client.HTTPConnection("127.0.0.1", server.port, timeout=30), 1.0))

@@ -44,6 +44,9 @@ static _Atomic int64_t spun_ns[MAX_SLOTS];
 static _Atomic int slots_used;
 /* Pokes and stops under way (on the event loop's thread, or a stopping one). */
 static _Atomic int poking;
+/* Time the latency request was held: ended stretches, and since when (0: not held). */
+static _Atomic int64_t held_total_ns;
+static _Atomic int64_t held_since_ns;
 
 static inline int64_t clock_ns(clockid_t clock)
 {
@@ -63,10 +66,15 @@ static int slot_arg(int slot)
     return 0;
 }
 
-/* Hold (or drop) the CPU latency request; 0 or the errno of a failed write. */
+/* Hold (or drop) the CPU latency request, timing it; 0 or the errno of a failed write. */
 static int hold_qos(int qos_fd, int32_t us)
 {
-    return write(qos_fd, &us, sizeof us) == (ssize_t)sizeof us ? 0 : errno;
+    if (write(qos_fd, &us, sizeof us) != (ssize_t)sizeof us)
+        return errno;
+    int64_t since = atomic_exchange(&held_since_ns, us == QOS_POLL_US ? now_ns() : 0);
+    if (us != QOS_POLL_US && since)
+        atomic_fetch_add(&held_total_ns, now_ns() - since);
+    return 0;
 }
 
 /* run(slot, fd, qos_fd=-1): the keeper's life, in the calling thread, until stop(). */
@@ -212,6 +220,14 @@ static PyObject *keeper_spun_ns(PyObject *self, PyObject *arg)
     return PyLong_FromLongLong(atomic_load(&spun_ns[slot]));
 }
 
+/* held_ns(): nanoseconds the latency request has been held in all, so far. */
+static PyObject *keeper_held_ns(PyObject *self, PyObject *unused)
+{
+    int64_t since = atomic_load(&held_since_ns);
+    int64_t total = atomic_load(&held_total_ns);
+    return PyLong_FromLongLong(total + (since ? now_ns() - since : 0));
+}
+
 static PyMethodDef methods[] = {
     {"run", keeper_run, METH_VARARGS,
      "run(slot, eventfd, qos_fd=-1): keep this thread's core (with qos_fd: every core) awake until stop()."},
@@ -219,6 +235,7 @@ static PyMethodDef methods[] = {
     {"stop", keeper_stop, METH_NOARGS, "stop(): every keeper's run() returns."},
     {"start", keeper_start, METH_NOARGS, "start(): keepers may run (after a stop())."},
     {"spun_ns", keeper_spun_ns, METH_O, "spun_ns(slot): nanoseconds that keeper spun in all."},
+    {"held_ns", keeper_held_ns, METH_NOARGS, "held_ns(): nanoseconds the latency request was held in all."},
     {NULL, NULL, 0, NULL},
 };
 

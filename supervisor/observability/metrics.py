@@ -196,6 +196,10 @@ class _PoolCollector(Collector):
                                   "spent spinning, at idle priority, in time the supervisor's "
                                   "cores would have halted (keep_cores_awake_us).",
                                   value=snap.get("core_keeper_spun_s", 0.0))
+        yield CounterMetricFamily("corral_core_keeper_latency_request_seconds", "Time the "
+                                  "supervisor held a 0 us CPU latency request, so that every "
+                                  "core of the host polled instead of halting "
+                                  "(keep_cores_awake_by).", value=snap.get("core_keeper_held_s", 0.0))
         yield CounterMetricFamily("corral_cold_starts", "Scripts loaded into a spare.",
                                   value=snap.get("cold_starts", 0))
         yield CounterMetricFamily("corral_idle_reshares", "Idle children asked to give the "

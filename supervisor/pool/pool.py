@@ -928,6 +928,7 @@ class Pool:
             "batch_writes": self._kit.batch.writes,
             "hub_core_held": int(self.hub_core.held),
             "core_keeper_spun_s": self.core_keeper.spun_s(),
+            "core_keeper_held_s": self.core_keeper.held_s(),
             **self.stats,
         }
 
