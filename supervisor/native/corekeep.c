@@ -44,9 +44,13 @@ static _Atomic int64_t spun_ns[MAX_SLOTS];
 static _Atomic int slots_used;
 /* Pokes and stops under way (on the event loop's thread, or a stopping one). */
 static _Atomic int poking;
-/* Time the latency request was held: ended stretches, and since when (0: not held). */
+/* Time the latency request was held: ended stretches, and since when (0: not
+ * held). The keeper alone writes them, with ``held_seq`` odd meanwhile, so a
+ * reader never sees a stretch counted twice or not at all (a counter that
+ * went back would read as a reset). */
 static _Atomic int64_t held_total_ns;
 static _Atomic int64_t held_since_ns;
+static _Atomic unsigned held_seq;
 
 static inline int64_t clock_ns(clockid_t clock)
 {
@@ -71,9 +75,12 @@ static int hold_qos(int qos_fd, int32_t us)
 {
     if (write(qos_fd, &us, sizeof us) != (ssize_t)sizeof us)
         return errno;
-    int64_t since = atomic_exchange(&held_since_ns, us == QOS_POLL_US ? now_ns() : 0);
+    int64_t now = now_ns();
+    atomic_fetch_add(&held_seq, 1);
+    int64_t since = atomic_exchange(&held_since_ns, us == QOS_POLL_US ? now : 0);
     if (us != QOS_POLL_US && since)
-        atomic_fetch_add(&held_total_ns, now_ns() - since);
+        atomic_fetch_add(&held_total_ns, now - since);
+    atomic_fetch_add(&held_seq, 1);
     return 0;
 }
 
@@ -223,8 +230,14 @@ static PyObject *keeper_spun_ns(PyObject *self, PyObject *arg)
 /* held_ns(): nanoseconds the latency request has been held in all, so far. */
 static PyObject *keeper_held_ns(PyObject *self, PyObject *unused)
 {
-    int64_t since = atomic_load(&held_since_ns);
-    int64_t total = atomic_load(&held_total_ns);
+    int64_t since, total;
+    unsigned seq;
+    do {
+        while ((seq = atomic_load(&held_seq)) & 1)
+            sched_yield();  /* the keeper is between two stores: let it finish */
+        since = atomic_load(&held_since_ns);
+        total = atomic_load(&held_total_ns);
+    } while (atomic_load(&held_seq) != seq);
     return PyLong_FromLongLong(total + (since ? now_ns() - since : 0));
 }
 
