@@ -16,7 +16,7 @@ import socket
 
 import msgspec
 
-from protocol.messages import Spawn, StartPackageZygote
+from protocol.messages import Spawn, Spawned, StartPackageZygote
 from sandbox.zygote import _GONE, MAX_BATCH, Zygote
 
 
@@ -143,3 +143,50 @@ def test_serve_forks_one_batch_then_handles_the_next_command_in_order() -> None:
     assert slots_before == [1, 2, 3], "every slot reaches a batch, once"
     assert all(len(c[2]) <= c[1] for c in calls if c[0] == "spawn"), "no batch gets more slots than children"
     assert calls[calls.index(["package", "k"]) + 1:] == [["spawn", 1, []]]
+
+
+def test_a_batch_announces_its_children_in_doubling_chunks_as_it_forks() -> None:
+    """Real forks, a real control socket: a batch of 9 hands the supervisor
+    its children after the 1st, 2nd, 4th and 8th fork and at its end, so a
+    request waiting for a spare is not kept for the whole batch. Each child
+    reports how many announcements its zygote had sent when it was forked
+    (the count is in the memory it inherited)."""
+    supervisor, control = _pair()
+    report_r, report_w = os.pipe()
+    zygote = Zygote(control, 0)
+    sent = [0]
+    announce = zygote._announce
+
+    def counting(message, pid, parent_end) -> None:  # type: ignore[no-untyped-def]
+        announce(message, pid, parent_end)
+        sent[0] += 1
+
+    def child(sock, channel, layer2, cgroup_fd, keep) -> int:  # type: ignore[no-untyped-def]
+        os.write(report_w, f"{sent[0]}\n".encode())
+        return 0
+
+    zygote._announce = counting  # type: ignore[method-assign]
+    zygote._run_child = child  # type: ignore[method-assign]
+    zygote.spawn(9)
+    os.close(report_w)
+    pids = []
+    for _ in range(9):
+        packet, ancillary, _flags, _address = supervisor.recvmsg(65536, socket.CMSG_SPACE(2 * 4))
+        spawned = msgspec.msgpack.decode(packet, type=Spawned)
+        for _level, _kind, data in ancillary:
+            for fd in array.array("i", data):
+                os.close(fd)
+        pids.append(spawned.pid)
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    seen = b""
+    while chunk := os.read(report_r, 4096):
+        seen += chunk
+    os.close(report_r)
+    assert len(set(pids)) == 9, "every child announced once"
+    assert sorted(int(n) for n in seen.split()) == [0, 1, 2, 2, 4, 4, 4, 4, 8], (
+        "announced after the 1st, 2nd, 4th and 8th fork")
+    assert sent[0] == 9
+    supervisor.close()
+    control.close()
