@@ -195,6 +195,7 @@ class Runner:
         run's warm-up (a pass touching every tenant)."""
         runs = []
         used: dict[str, float] = {}
+        kernel: dict[str, float] = {}
         for _ in range(self.args.repeat):
             yield f"{len(hosts)} tenant(s) req/s"
             if before_each is not None:
@@ -203,8 +204,11 @@ class Runner:
                 self.load(sysm.port, hosts, self.args.warmup)
             cpu_before = self.cpu(sysm)
             one = self.load(sysm.port, hosts, self.args.duration)
-            for role, seconds in self.cpu_used(cpu_before, self.cpu(sysm)).items():
+            cpu_after = self.cpu(sysm)
+            for role, seconds in self.cpu_used(cpu_before, cpu_after).items():
                 used[role] = used.get(role, 0.0) + seconds
+            for name, seconds in procs.kernel_delta(cpu_before["kernel"], cpu_after["kernel"]).items():
+                kernel[name] = kernel.get(name, 0.0) + seconds
             if "error" not in one:
                 one.pop("raw", None)
             runs.append(one)
@@ -224,6 +228,11 @@ class Runner:
         if cpu_us:
             r["cpu_us_per_request"] = cpu_us
             log("    CPU per request: " + ", ".join(f"{k} {v:.0f} us" for k, v in cpu_us.items()))
+        if requests > 0 and kernel:
+            r["kernel_us_per_request"] = kernel_us = {
+                name: seconds * 1e6 / requests for name, seconds in kernel.items()}
+            log("    the host kernel's own threads meanwhile, per request: " + ", ".join(
+                f"{name} {us:.1f} us" for name, us in list(kernel_us.items())[:4]))
         hub_core = getattr(sysm, "hub_core_held", None)
         if hub_core is not None:
             r["hub_core_held"] = held = hub_core()
@@ -236,7 +245,8 @@ class Runner:
         procs.cpu_by_pid), plus, where the system reports it, the CPU its
         invocations used by namespace."""
         members = getattr(sysm, "member_pids", None)
-        out: dict = {"pids": procs.cpu_by_pid(sysm.pid, members() if members else frozenset())}
+        out: dict = {"pids": procs.cpu_by_pid(sysm.pid, members() if members else frozenset()),
+                     "kernel": procs.kernel_threads_cpu_s()}
         by_namespace = getattr(sysm, "invocation_cpu_s", None)
         if by_namespace:
             out.update(by_namespace())
@@ -246,7 +256,7 @@ class Runner:
     def cpu_used(before: dict, after: dict) -> dict[str, float]:
         """CPU seconds of each role between two :meth:`cpu` readings."""
         used = procs.role_delta(before["pids"], after["pids"])
-        used.update({k: after[k] - before.get(k, 0.0) for k in after if k != "pids"})
+        used.update({k: after[k] - before.get(k, 0.0) for k in after if k not in ("pids", "kernel")})
         return used
 
     def pss(self, sysm) -> dict:
@@ -445,6 +455,7 @@ class Runner:
             time.sleep(1.0)  # the pool settles after the paced cold run
             members = getattr(sysm, "member_pids", None)
             spent: dict[str, float] = {}
+            kernel: dict[str, float] = {}
             timing = getattr(sysm, "spare_timing", None)
             spares_before = timing() if timing else {}
             spare_waits = getattr(sysm, "spare_waits", None)
@@ -453,6 +464,7 @@ class Runner:
                 if i:
                     time.sleep(1.0)  # the pool refills its spares between storms
                 cpu_before = procs.cpu_by_pid(sysm.pid, members() if members else frozenset())
+                kernel_before = procs.kernel_threads_cpu_s()
                 box_before, waited_before = procs.box_cpu_ticks(), procs.run_delay_s(sysm.pid)
                 available_before = procs.mem_available_kb()
                 waits_before = spare_waits() if spare_waits else None
@@ -460,6 +472,8 @@ class Runner:
                                             for n in storm_names[i * a.storm:(i + 1) * a.storm]],
                                      a.storm_connections)
                 cpu_after = procs.cpu_by_pid(sysm.pid, members() if members else frozenset())
+                for name, seconds in procs.kernel_delta(kernel_before, procs.kernel_threads_cpu_s()).items():
+                    kernel[name] = kernel.get(name, 0.0) + seconds
                 box_after, waited_after = procs.box_cpu_ticks(), procs.run_delay_s(sysm.pid)
                 taken_kb = available_before - procs.mem_available_kb()
                 for role, seconds in procs.role_delta(cpu_before, cpu_after).items():
@@ -490,6 +504,8 @@ class Runner:
             s = res["storm"] = httpclient.repeated(storm_runs)
             s["cpu_ms_per_cold_start"] = {role: seconds * 1000.0 / max(1, a.storm * runs)
                                           for role, seconds in spent.items()}
+            s["kernel_ms_per_cold_start"] = {name: seconds * 1000.0 / max(1, a.storm * runs)
+                                             for name, seconds in kernel.items()}
             spares_after = timing() if timing else {}
             ready = spares_after.get("n", 0.0) - spares_before.get("n", 0.0)
             if ready > 0:
@@ -504,6 +520,9 @@ class Runner:
                   "others = the rest of its processes such as Corral's sandboxed children, "
                   "keepers = Corral's core keepers: the thread holding its CPU latency "
                   "request, or the idle-priority spinning ones)")
+            if kernel:
+                log("  storm: the host kernel's own threads meanwhile, per cold start: " + ", ".join(
+                    f"{name} {ms:.2f} ms" for name, ms in list(s["kernel_ms_per_cold_start"].items())[:4]))
         if hasattr(sysm, "pool_info"):
             info = sysm.pool_info()
             setup = info.get("setup_us_mean")

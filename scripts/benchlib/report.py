@@ -55,6 +55,10 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
         rows.append((f"req/s {k} tenants", get(lambda r, k=k: (r["rps"][str(k)]["rps"],)), "rps"))
     for k in dict.fromkeys(["1", *map(str, ks)]):
         rows.append((f"CPU us/req {k} (server / all)", get(lambda r, k=k: _cpu_row(r, k)), "us"))
+    # The host kernel's own threads (kdamond's page sampling above all), in no
+    # figure of the server's: their work grows with how many processes map a page.
+    rows.append((f"host kernel threads' CPU us/req {ks[-1]}",
+                 get(lambda r: (sum(r["rps"][str(ks[-1])]["kernel_us_per_request"].values()),)), "us"))
     rows.append(("warm p50 / p99 / p99.9 ms",
                  get(lambda r: (r["warm_latency"]["p50"], r["warm_latency"]["p99"],
                                 r["warm_latency"]["p999"])), "ms"))
@@ -73,6 +77,8 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
         rows.append(("storm CPU ms / cold start (all)",
                      get(lambda r: (sum(ms for role, ms in r["storm"]["cpu_ms_per_cold_start"].items()
                                        if role != "keepers"),)), "ms"))
+        rows.append(("storm host kernel threads' CPU ms / cold start",
+                     get(lambda r: (sum(r["storm"]["kernel_ms_per_cold_start"].values()),)), "ms"))
         # The storm's cold starts that found no spare ready, and how long they
         # waited for one (Corral's corral_spare_wait_seconds): the wait before
         # any load began, where a storm's slowest requests spend their time.
@@ -266,6 +272,13 @@ def _render_main(results: dict) -> list[str]:
                    "and 99% of the waits.")
         out.append("  storm CPU / cold start: every process of the server's (schedstat) over the "
                    "storms / their cold starts; the log splits it by role.")
+        out.append("  host kernel threads' CPU (per request at the most tenants, per storm cold "
+                   "start): the schedstat of the kernel's own threads (children of kthreadd) over "
+                   "the same runs, in no other figure; the log names the largest. On a host that "
+                   "runs DAMON's physical-address monitoring (kdamond, for proactive reclaim), "
+                   "each page it samples costs one page-table walk per process mapping it: a "
+                   "zygote's page shared by hundreds of children costs hundreds, the same page "
+                   "of a one-process server one.")
         out.append("  storm MB taken: the drop of the machine's MemAvailable over a storm per cold "
                    "start (the kernel's memory too); us per new page: a 16 MB anonymous mapping "
                    "written a page at a time right after each storm. In a VM whose host backs only "
