@@ -274,7 +274,10 @@ def _render_main(results: dict) -> list[str]:
                    "storms / their cold starts; the log splits it by role.")
         out.append("  host kernel threads' CPU (per request at the most tenants, per storm cold "
                    "start): the schedstat of the kernel's own threads (children of kthreadd) over "
-                   "the same runs, in no other figure; the log names the largest. On a host that "
+                   "the same runs, in no other figure; the log names the largest. The throughput "
+                   "runs take turns with every server up, so their figure is the host's while that "
+                   "system ran, the other's idle processes included; the storms run one system "
+                   "alone. On a host that "
                    "runs DAMON's physical-address monitoring (kdamond, for proactive reclaim), "
                    "each page it samples costs one page-table walk per process mapping it: a "
                    "zygote's page shared by hundreds of children costs hundreds, the same page "
