@@ -4,9 +4,8 @@ Two passes, each system with the same load generator and clients:
 
 * latency and throughput: every system's server up at once, each repetition
   of a figure run on one system at a time, turn about (``Runner.speed``);
-* memory and cold starts: one system after another, each on a fresh server
-  with every tenant deployed (``Runner.rest``); then the storms, turn about,
-  with every server up.
+* memory, cold starts and storms: one system after another, alone on the
+  machine, each on a fresh server with every tenant deployed.
 
 Then it prints each system's figures and the Corral/workerd and Corral/bare
 ratios, and the ratio of each side-by-side pair of runs.
@@ -42,8 +41,7 @@ def parse_args(argv):
         prog="scripts/bench",
         description="Benchmark Corral against workerd (Dynamic Worker Loader) and a bare "
                     "trio+h11 server on 127.0.0.1. Runs go to one system at a time: the latency "
-                    "and throughput runs and the storms turn about, memory and cold starts one "
-                    "system after another.")
+                    "and throughput runs turn about, the rest one system after another.")
     ap.add_argument("--only", default="workerd,bare,corral",
                     help="comma list of systems to run, in this order (default: %(default)s)")
     ap.add_argument("--duration", type=float, default=10.0,
@@ -378,11 +376,9 @@ class Runner:
             why += f"; server exited: {sysm.server.log_tail()}"
         return why
 
-    def measure_steps(self, sysm, res: dict) -> Iterator[str]:
+    def measure(self, sysm) -> dict:
         """Memory, cold starts and storms, on a fresh server with every tenant
-        deployed, filling ``res`` (the latency and throughput figures come
-        from :meth:`speed`). A step ends just before each storm: :meth:`rest`
-        takes the systems' storms turn about."""
+        deployed (the latency and throughput figures come from :meth:`speed`)."""
         a = self.args
         kmax = a.tenant_counts[-1]
         warm_names = [f"t{i}" for i in range(kmax)]
@@ -390,7 +386,7 @@ class Runner:
         runs = a.repeat
         cold_names = [f"t{kmax + i}" for i in range(a.cold * runs)]
         storm_names = [f"t{kmax + a.cold * runs + i}" for i in range(a.storm * runs)]
-        res["label"] = sysm.label
+        res: dict = {"label": sysm.label}
         t = time.monotonic()
         sysm.start(warm_names + cold_names + storm_names)
         res["startup_s"] = time.monotonic() - t
@@ -465,7 +461,6 @@ class Runner:
             spare_waits = getattr(sysm, "spare_waits", None)
             storm_runs = []
             for i in range(runs):
-                yield f"storm {i + 1}"
                 if i:
                     time.sleep(1.0)  # the pool refills its spares between storms
                 cpu_before = procs.cpu_by_pid(sysm.pid, members() if members else frozenset())
@@ -546,60 +541,7 @@ class Runner:
         res["pss"]["end"] = self.pss(sysm)
         if not sysm.server.alive():
             res["died"] = f"exited with status {sysm.server.proc.returncode}"
-
-    def rest(self, keys: list[str]) -> dict[str, dict]:
-        """Every system's memory, cold-start and storm figures.
-
-        Each system's memory and cold starts run alone (the other servers
-        not started yet, or idle), one system after another; then the
-        storms run turn about, every server up, as :meth:`speed` takes its
-        runs. Run one system's storms after the other's instead and the
-        host's state moves between them: this VM backs only the memory a
-        guest used lately, and the second system's storms faulted in pages
-        at 15-48 us where the first's had cost 2-5 us (three runs). The
-        per-storm ratios are then pairs taken side by side (report.py)."""
-        results: dict[str, dict] = {}
-        steps: dict[str, tuple] = {}
-        live: list[str] = []
-
-        def advance(key: str) -> None:
-            sysm, gen = steps[key]
-            try:
-                next(gen)
-                return
-            except StopIteration:
-                pass
-            except Unavailable as e:
-                results[key] = {"label": sysm.label, "unavailable": str(e)}
-                log(f"{sysm.label}: not available ({e})")
-            except (OSError, httpclient.HTTPError) as e:
-                results[key] = {"label": sysm.label, "unavailable": self._why(sysm, e)}
-                log(f"{sysm.label}: failed ({results[key]['unavailable']})")
-            live.remove(key)
-            sysm.stop()
-
-        try:
-            for key in keys:
-                sysm = self.system(key)
-                results[key] = {}
-                steps[key] = (sysm, self.measure_steps(sysm, results[key]))
-                live.append(key)
-                log(f"== {sysm.label}: memory, cold starts" + (" (its storms below)" if self.args.storm else ""))
-                advance(key)
-            if len(live) > 1 and self.args.storm:
-                log(f"== storms, turn about: {', '.join(live)}")
-            turn = 0
-            while live:
-                for key in (list(live) if turn % 2 == 0 else live[::-1]):
-                    advance(key)
-                turn += 1
-        finally:
-            for sysm, _ in steps.values():
-                sysm.stop()
-        for key, (sysm, _) in steps.items():
-            results[key].update(notes=sysm.notes, mode=getattr(sysm, "mode", None),
-                                deploy_ms=getattr(sysm, "deploy_stats", {}))
-        return results
+        return res
 
     def extras(self) -> dict:
         log("== corral extras")
@@ -635,22 +577,29 @@ class Runner:
         log(f"bench: {', '.join(a.systems)}; tenants {a.tenants}, {a.connections} connections, "
             f"{a.duration:g}s runs; {self.loadgen_note}")
         speed = self.speed(a.systems)
-        for key, entry in speed.items():
+        for key in a.systems:
+            entry = speed[key]
             if "unavailable" in entry:
                 out["systems"][key] = {**entry, "notes": []}
-        rests = self.rest([key for key in a.systems if "unavailable" not in speed[key]])
-        for key, rest in rests.items():
-            entry = speed[key]
-            if "unavailable" in rest:
-                entry = {"label": rest["label"], "unavailable": rest["unavailable"]}
-            else:
-                rest = {k: v for k, v in rest.items() if k not in ("mode", "deploy_ms")}
-                entry = {**entry, **rest, "pss": {**entry.get("pss", {}), **rest.get("pss", {})},
-                         "touch": {**entry.get("touch", {}), **rest.get("touch", {})}}
-            entry["notes"] = rest.get("notes", [])
+                continue
+            sysm = self.system(key)
+            log(f"== {sysm.label}: memory, cold starts, storms")
+            try:
+                rest = self.measure(sysm)
+                entry = {**entry, **rest, "pss": {**entry.get("pss", {}), **rest["pss"]},
+                         "touch": {**entry.get("touch", {}), **rest["touch"]}}
+            except Unavailable as e:
+                entry = {"label": sysm.label, "unavailable": str(e)}
+                log(f"{sysm.label}: not available ({e})")
+            except (OSError, httpclient.HTTPError) as e:
+                entry = {"label": sysm.label, "unavailable": self._why(sysm, e)}
+                log(f"{sysm.label}: failed ({entry['unavailable']})")
+            finally:
+                sysm.stop()
+            entry["notes"] = sysm.notes
             if key == "corral":
-                entry["mode"] = rest.get("mode")
-                entry["deploy_ms"] = rest.get("deploy_ms", {})
+                entry["mode"] = getattr(sysm, "mode", None)
+                entry["deploy_ms"] = getattr(sysm, "deploy_stats", {})
                 if not a.no_extras:
                     entry["extras"] = self.extras()
                 if not a.no_observability:

@@ -140,8 +140,6 @@ _PAIRED = (
     ("warm p99", lambda r, k: [run["p99"] for run in r["warm_latency"]["runs"]]),
     ("paced p50", lambda r, k: [run["p50"] for run in r["paced_latency"]["runs"]]),
     ("paced p99", lambda r, k: [run["p99"] for run in r["paced_latency"]["runs"]]),
-    ("storm p50", lambda r, k: [run["p50"] for run in r["storm"]["runs"]]),
-    ("storm p99", lambda r, k: [run["p99"] for run in r["storm"]["runs"]]),
 )
 
 
@@ -212,8 +210,7 @@ def _render_main(results: dict) -> list[str]:
     out.append("notes:")
     out.append(f"  {results['cores']} cores; one system measured at a time on 127.0.0.1 (the "
                f"latency and throughput runs turn about, every server up: see 'pairs' below; "
-               f"memory and cold starts one system after another, each on a fresh server, then "
-               f"the storms turn about, every server up); "
+               f"the rest one system after another, each alone on a fresh server); "
                f"{results['loadgen']}; each throughput run after a pass touching every "
                f"tenant once and {a['warmup']:g}s of unrecorded load"
                + (f"; req/s is the median of {a['repeat']} runs, each listed in the log"
@@ -263,8 +260,7 @@ def _render_main(results: dict) -> list[str]:
         out.append(f"  storm: first-ever requests to {a['storm']} more fresh tenants back to back, "
                    f"no pause, from {a['storm_connections']} keep-alive connections at once (each "
                    f"sends its next as soon as its answer is in); p99.9 and the total in the log"
-                   + (f"; {a['repeat']} storms, each with tenants of its own, taken turn "
-                      f"about with the other systems' (see 'pairs')."
+                   + (f"; {a['repeat']} storms, 1 s apart, each with tenants of its own."
                       if a.get("repeat", 1) > 1 else "."))
         out.append("  storm CPUs busy: share of all CPUs' time not idle during a storm (/proc/stat, "
                    "whoever used it); server waited: the time the server process's threads were "
@@ -279,8 +275,9 @@ def _render_main(results: dict) -> list[str]:
         out.append("  host kernel threads' CPU (per request at the most tenants, per storm cold "
                    "start): the schedstat of the kernel's own threads (children of kthreadd) over "
                    "the same runs, in no other figure; the log names the largest. The throughput "
-                   "runs and the storms take turns with every server up, so the figure is the "
-                   "host's while that system ran, the other's idle processes included. On a host that "
+                   "runs take turns with every server up, so their figure is the host's while that "
+                   "system ran, the other's idle processes included; the storms run one system "
+                   "alone. On a host that "
                    "runs DAMON's physical-address monitoring (kdamond, for proactive reclaim), "
                    "each page it samples costs one page-table walk per process mapping it: a "
                    "zygote's page shared by hundreds of children costs hundreds, the same page "
