@@ -410,7 +410,8 @@ class Zygote:
         at a time (1.8 on average), and each batch's own Python runs after
         its forks, when every page it touches is a copy: ~130 page copies in
         the zygote per fork. Spawns that queued while the last batch was
-        forked are one batch here, and their announcements leave together.
+        forked are one batch here, announced in its doubling chunks
+        (:func:`_announce_after`).
         """
         count = max(0, first.count)
         slots = _pair_slots(first, fds)
