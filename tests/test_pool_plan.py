@@ -222,3 +222,66 @@ def test_the_plan_forks_more_spares_while_cold_starts_come_fast() -> None:
     burst = plan_packages(pview(pset("a", spares=1, cold_rate=20.0, last_used=99)))
     assert burst.fork == (("a", 2),)
     assert plan_packages(pview(pset("a", spares=1, cold_rate=20.0, last_used=99), ceiling=1)).fork == ()
+
+
+# ---------------------------------------------------------------------------
+# standby spares after a burst (plan rule 5)
+# ---------------------------------------------------------------------------
+
+from supervisor.pool.plan import STANDBY_BATCH, standby_for  # noqa: E402
+from supervisor.pool.rate import DecayingPeak  # noqa: E402
+
+
+def test_a_peak_is_taken_at_once_and_halves_every_half_life() -> None:
+    peak = DecayingPeak(half_life_s=30.0)
+    assert peak.value(0.0) == 0.0
+    peak.offer(100.0, 10.0)
+    peak.offer(40.0, 11.0)  # lower than the peak: no change
+    assert 97 < peak.value(11.0) < 98  # the peak, decayed for a second
+    assert 49 < peak.value(40.0) < 51  # one half-life after the peak
+    peak.offer(80.0, 40.0)  # above the decayed peak: the new one
+    assert peak.value(40.0) == 80.0
+    with pytest.raises(ValueError, match="half_life_s"):
+        DecayingPeak(0)
+
+
+def test_standby_covers_seconds_of_the_peak_within_floor_and_ceiling() -> None:
+    assert standby_for(8, 64, 0.0, 0.5) == 8
+    assert standby_for(8, 64, 0.9, 0.5) == 8  # under one a second: the floor
+    assert standby_for(8, 64, 100.0, 0.5) == 50
+    assert standby_for(8, 64, 1000.0, 0.5) == 64
+    assert standby_for(8, 64, 100.0, 0.0) == 8  # standby_s = 0: off
+
+
+BURST_OVER = dict(spares=8, spares_target=8, spares_ceiling=64, max_children=1000, live=20,
+                  cold_rate=2.0, peak_cold_rate=100.0, standby_s=0.5)
+
+
+def test_after_a_burst_standby_spares_are_forked_a_batch_at_a_time() -> None:
+    assert plan(view(**BURST_OVER)).fork == STANDBY_BATCH
+    # One batch on its way at a time: forks asked or children starting.
+    assert plan(view(**{**BURST_OVER, "requested": STANDBY_BATCH})).fork == 0
+    assert plan(view(**{**BURST_OVER, "starting": 1})).fork == 0
+    # The last batch only fills what is missing, within the room under the cap.
+    assert plan(view(**{**BURST_OVER, "spares": 48})).fork == 2
+    assert plan(view(**{**BURST_OVER, "spares": 50})).fork == 0
+    assert plan(view(**{**BURST_OVER, "max_children": 21})).fork == 1
+    # Nothing beyond the target without a peak, or with standby_s = 0.
+    assert plan(view(**{**BURST_OVER, "peak_cold_rate": 0.5})).fork == 0
+    assert plan(view(**{**BURST_OVER, "standby_s": 0.0})).fork == 0
+
+
+def test_standby_forks_wait_for_the_quiet_window_and_for_nobody_waiting() -> None:
+    deferred = plan(view(**{**BURST_OVER, "quiet_until": 100.004}))
+    assert deferred.fork == 0 and deferred.wake_at == 100.004
+    # A waiting request gets what the target says, at once, not a standby batch more.
+    waited = plan(view(**{**BURST_OVER, "spares": 0, "waiting": 2}))
+    assert waited.fork == 8 + 2
+
+
+def test_standby_spares_are_kept_and_only_those_beyond_it_trimmed() -> None:
+    calm_now = {**BURST_OVER, "cold_rate": 0.0}
+    assert plan(view(**{**calm_now, "spares": 50})).trim == 0
+    assert plan(view(**{**calm_now, "spares": 60})).trim == 10
+    # The peak decayed away: back to the floor.
+    assert plan(view(**{**calm_now, "spares": 50, "peak_cold_rate": 0.0})).trim == 42
