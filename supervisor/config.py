@@ -30,12 +30,6 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: as many as arrive while a replacement is forked, up to ``max_spares``.
     spares: int = 8
     max_spares: int = 64
-    #: After a burst of cold starts, spares kept ready for the next one:
-    #: this many seconds of the burst's peak rate (decaying by half every
-    #: ``standby_half_life_s``), up to ``max_spares``, forked a few at a
-    #: time and only while no request waits for one. 0: none beyond the above.
-    standby_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.5
-    standby_half_life_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     max_children: int = 4000
     idle_timeout_s: float = 120.0
     #: A warm child idle this long gives back the pages it copied from its

@@ -41,8 +41,7 @@ def spares(server: Corral) -> float:
 
 
 def test_cold_starts_that_found_no_spare_ready_are_counted_with_their_wait(tmp_path) -> None:
-    # No standby spares (plan rule 5): the uploads' burst would leave some ready.
-    server = Corral(tmp_path / "state", config="[pool]\nspares = 1\nstandby_s = 0\n").start()
+    server = Corral(tmp_path / "state", config="[pool]\nspares = 1\n").start()
     try:
         names = [f"w{i}" for i in range(BURST)]
         for name in names:

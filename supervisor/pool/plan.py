@@ -31,20 +31,7 @@ The rules, in the order they apply:
    took a spare the fork waits ``quiet_until`` (the fork must not compete
    with that cold start for the CPU), unless a request is waiting for a
    spare.
-5. **Standby.** After a burst, the pool keeps spares for the next one:
-   ``standby_s`` seconds of the burst's peak cold-start rate
-   (:func:`standby_for`; the peak decays slowly, see
-   :class:`supervisor.pool.rate.DecayingPeak`). They are forked
-   :data:`STANDBY_BATCH` at a time, when no request waits, nothing is on
-   its way and the quiet window is over: made while the CPU has nothing
-   more urgent to do, they are the set-ups the next storm does not pay
-   during the storm. Storms of 300 first requests from 8 connections, one
-   a second, after 600 sequential cold starts (three paired runs of three
-   storms each): p99 76-121 ms with standby spares, 68-367 ms without.
-   Kept by a higher target instead (``REFILL_S`` 0.5 s, or a floor of 48),
-   they were forked in the storm too, in big batches whose children set
-   up together, each with a share of a saturated CPU: p99 ~520-590 ms.
-6. **Give back.** On the periodic scan, a warm child idle for longer than
+5. **Give back.** On the periodic scan, a warm child idle for longer than
    ``reshare_after_s`` is asked for its copied pages (once per idle
    period), and so is every base spare not asked yet (what its own set-up
    copied), unless cold starts are busy (:func:`calm`): a give-back costs
@@ -62,10 +49,6 @@ from dataclasses import dataclass, field
 #: quiet window (``supervisor.pool.pool.REFILL_DELAY_S``), the fork and the
 #: spare's own set-up and warm-up, measured here at ~60-100 ms.
 REFILL_S = 0.1
-#: Standby spares asked of the zygote at a time (rule 5 of the module
-#: docstring): a request that arrives while a batch is set up shares the
-#: CPU with four set-ups at most (~2 ms of CPU each, quiet).
-STANDBY_BATCH = 4
 #: Cold starts per second (decayed, half-life 1 s) above which idle
 #: children's give-backs wait: the CPU goes to the cold starts first.
 BUSY_COLD_RATE = 5.0
@@ -111,10 +94,6 @@ class PoolView:
     #: and the most spares that rate may ask for (``pool.max_spares``).
     cold_rate: float = 0.0
     spares_ceiling: int = 0
-    #: The peak of ``cold_rate`` lately (:class:`supervisor.pool.rate.DecayingPeak`)
-    #: and how many seconds of it standby spares cover (``pool.standby_s``).
-    peak_cold_rate: float = 0.0
-    standby_s: float = 0.0
     #: Warm children, least recently used first. Needed for the idle scan and
     #: at the cap; otherwise the pool may leave it empty.
     warm: tuple[WarmChild, ...] = ()
@@ -175,16 +154,11 @@ def plan(view: PoolView) -> Plan:
                 unserved -= 1
         stuck = (live + view.requested >= view.max_children and unserved > 0
                  and not view.requested and not view.starting)
-    standby = standby_for(view.spares_target, view.spares_ceiling, view.peak_cold_rate,
-                          view.standby_s)
     coming = view.requested + view.starting
-    keep = max(want, standby)
-    trim = max(0, view.spares - keep) if not coming and calm(view.waiting, view.cold_rate) else 0
+    trim = max(0, view.spares - want) if not coming and calm(view.waiting, view.cold_rate) else 0
     live -= trim  # killed at once
     room = view.max_children - live - view.requested
     missing = min(want - (view.spares - trim) - coming, room)
-    if missing <= 0 and not view.waiting and not coming:
-        missing = min(standby - view.spares, STANDBY_BATCH, room)
     fork, wake_at = 0, math.inf
     if missing > 0:
         if view.waiting or view.now >= view.quiet_until:
@@ -260,15 +234,6 @@ def spares_for(floor: int, ceiling: int, cold_rate: float) -> int:
     if cold_rate < 1.0:
         return floor
     return max(floor, min(ceiling, math.ceil(cold_rate * REFILL_S) + 1))
-
-
-def standby_for(floor: int, ceiling: int, peak_rate: float, standby_s: float) -> int:
-    """Spares to keep ready after a burst: ``standby_s`` seconds of its
-    peak cold-start rate, never fewer than ``floor`` nor (above the floor)
-    more than ``ceiling``. Below one cold start a second the floor is enough."""
-    if standby_s <= 0 or peak_rate < 1.0:
-        return floor
-    return max(floor, min(ceiling, math.ceil(peak_rate * standby_s)))
 
 
 def plan_packages(view: PackagesView) -> PackagesPlan:

@@ -69,7 +69,7 @@ from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbo
 from supervisor.pool.package_zygotes import PackageZygote, PackageZygotes
 from supervisor.pool.plan import PackagesView, Plan, PoolView, WarmChild, calm, plan, plan_packages
 from supervisor.pool.quiet_window import QuietWindow
-from supervisor.pool.rate import DecayingPeak, EventRate
+from supervisor.pool.rate import EventRate
 from supervisor.pool.spare_line import SpareLine
 from supervisor.pool.zygote_client import ZygoteClient
 
@@ -208,8 +208,6 @@ class Pool:
         self._quiet = QuietWindow(REFILL_DELAY_S)
         #: Cold starts that took a base spare lately (sizes the spares).
         self._cold_rate = EventRate()
-        #: Its peak lately: the standby spares kept after a burst (plan rule 5).
-        self._cold_peak = DecayingPeak(config.pool.standby_half_life_s)
         #: The package zygotes' window always lasts REFILL_DELAY_S: their fork
         #: copies the page tables of a process ~10x the base zygote's, and
         #: the new spare then rebuilds its rehearsal apps (~20 ms of CPU).
@@ -369,8 +367,6 @@ class Pool:
         self.spare_line.offer(child)
         if self.config.pool.reshare_after_s:
             self.trimmer.ask(child)  # what its set-up copied (see _converge); dropped unless calm
-        if self._cold_peak.value(trio.current_time()) >= 1.0:
-            self._nudge()  # standby spares come a batch at a time (plan rule 5): the next one
 
     def _count_setup(self, setup_us: tuple[int, ...], setup_faults: tuple[int, ...]) -> None:
         """Add a child's set-up CPU and page faults per step to the totals /metrics shows."""
@@ -578,13 +574,7 @@ class Pool:
                         requested=self._requested, starting=starting, live=live,
                         waiting=self._waiting, quiet_until=self._quiet.until,
                         cold_rate=self._cold_rate.per_second(now), spares_ceiling=pool.max_spares,
-                        peak_cold_rate=self._cold_peak.value(now), standby_s=pool.standby_s,
                         warm=warm, reap=reap, reshare_after_s=pool.reshare_after_s)
-
-    def _count_cold_start(self, now: float) -> None:
-        """A base spare was taken: the rate that sizes the spares, and its peak."""
-        self._cold_rate.record(now)
-        self._cold_peak.offer(self._cold_rate.per_second(now), now)
 
     def _calm(self) -> bool:
         """No request waits for a spare and cold starts are not coming fast
@@ -758,7 +748,7 @@ class Pool:
             return None
         if not self.bundles.ready(record):
             return None
-        line, taken = self.spare_line, self._count_cold_start
+        line, taken = self.spare_line, self._cold_rate.record
         if record.packages_lock:
             package = self.packages.get(record.packages_lock)
             if package is None or not package.spares:
@@ -816,7 +806,7 @@ class Pool:
                         child = await self.spare_line.take()
                     if child is not None and child.alive:
                         now = trio.current_time()
-                        self._count_cold_start(now)
+                        self._cold_rate.record(now)
                         self._waited(now - began, False)
                         return child
             assert scope.cancelled_caught

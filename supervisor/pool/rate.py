@@ -39,34 +39,3 @@ class EventRate:
         if self._level == 0.0:
             return 0.0
         return self._level * math.exp(-max(0.0, now - self._at) / self._tau)
-
-
-class DecayingPeak:
-    """The highest value offered lately: a new high is taken at once, and
-    the level decays by half every ``half_life_s`` seconds after it.
-
-    The pool keeps its standby spares (:func:`supervisor.pool.plan.standby_for`)
-    from the peak of its cold-start rate: a burst's rate falls by half within
-    a second of the burst's end, its peak stays for the next one. Like
-    :class:`EventRate`, one float and a timestamp, O(1), no timers.
-    """
-
-    __slots__ = ("_level", "_at", "_tau")
-
-    def __init__(self, half_life_s: float) -> None:
-        if half_life_s <= 0:
-            raise ValueError(f"half_life_s must be positive, not {half_life_s!r}")
-        self._tau = half_life_s / math.log(2)
-        self._level = 0.0
-        self._at = 0.0
-
-    def offer(self, value: float, now: float) -> None:
-        """``value`` at ``now``: the new peak if it is above the decayed one."""
-        if value >= self.value(now):
-            self._level, self._at = value, now
-
-    def value(self, now: float) -> float:
-        """The peak, decayed to ``now``."""
-        if self._level == 0.0:
-            return 0.0
-        return self._level * math.exp(-max(0.0, now - self._at) / self._tau)
