@@ -169,44 +169,6 @@ def new_page_us(mb: int = 16) -> float:
 ROLES = ("server", "direct", "others", "keepers")
 
 
-def kernel_threads_cpu_s() -> dict[str, float]:
-    """CPU seconds so far of the host kernel's own threads (the children of
-    kthreadd, pid 2), summed by name with any ``/N`` or ``.N`` suffix cut
-    (``kworker/u8:0`` is ``kworker``, ``kdamond.0`` is ``kdamond``).
-
-    Why a benchmark reads them: some of their work grows with the server's
-    shape, not its requests. DAMON's physical-address monitoring (kdamond,
-    on hosts that run it for proactive reclaim) samples pages and, for
-    each, clears and tests the accessed bit in every mapping of that page:
-    a page of a zygote shared by N children costs N page-table walks, where
-    the same page of a one-process server costs one. That CPU is charged to
-    no process of the server, so the server's own figures never show it."""
-    out: dict[str, float] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        rest = _stat_fields(pid)
-        if rest is None or (int(rest[1]) != 2 and pid != 2):
-            continue
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                comm = f.read().strip()
-            with open(f"/proc/{pid}/schedstat") as f:
-                seconds = int(f.read().split()[0]) / 1e9
-        except (OSError, ValueError, IndexError):
-            continue
-        base = comm.split("/", 1)[0].split(".", 1)[0].split(":", 1)[0]
-        out[base] = out.get(base, 0.0) + seconds
-    return out
-
-
-def kernel_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """CPU seconds each kind of kernel thread used between two
-    :func:`kernel_threads_cpu_s` readings, largest first (a thread that
-    exited in between is left out)."""
-    used = {k: v - before.get(k, 0.0) for k, v in after.items()}
-    return dict(sorted(((k, v) for k, v in used.items() if v > 0), key=lambda kv: -kv[1]))
 #: The thread name of Corral's core keepers (supervisor/core_keeper.py).
 KEEPER_THREAD = "corral-keeper"
 
@@ -241,6 +203,44 @@ def role_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str,
     for pid, (role, seconds) in after.items():
         out[role] += seconds - before.get(pid, (role, 0.0))[1]
     return out
+
+
+def kernel_threads_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of the host kernel's own threads (the children of
+    kthreadd, pid 2), summed by name with any ``/N`` or ``.N`` suffix cut
+    (``kworker/u8:0`` is ``kworker``, ``kdamond.0`` is ``kdamond``).
+
+    Why a benchmark reads them: some of their work grows with the server's
+    shape, not its requests. DAMON's physical-address monitoring (kdamond,
+    on hosts that run it for proactive reclaim) samples pages and, for
+    each, clears and tests the accessed bit in every mapping of that page:
+    a page of a zygote shared by N children costs N page-table walks, where
+    the same page of a one-process server costs one. That CPU is charged to
+    no process of the server, so the server's own figures never show it."""
+    out: dict[str, float] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        rest = _stat_fields(pid)
+        if rest is None or (int(rest[1]) != 2 and pid != 2):
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        base = comm.split("/", 1)[0].split(".", 1)[0].split(":", 1)[0]
+        out[base] = out.get(base, 0.0) + _cpu_s(pid)
+    return out
+
+
+def kernel_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each kind of kernel thread used between two
+    :func:`kernel_threads_cpu_s` readings, largest first (a thread that
+    exited in between is left out)."""
+    used = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    return dict(sorted(((k, v) for k, v in used.items() if v > 0), key=lambda kv: -kv[1]))
 
 
 def pss_kb(pid: int) -> int | None:
