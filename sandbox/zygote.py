@@ -357,6 +357,20 @@ class Zygote:
             self.send(Exited(pid=pid, status=status))
 
     def serve(self) -> None:
+        """Carry out the supervisor's commands until it closes its end.
+
+        It closes it to retire this zygote (a rotation), maybe while
+        announcements this zygote sent are unread or while it sends more:
+        that reads, or sends, as a reset or a broken pipe rather than an end
+        of file, and means the same. The zygote then ends quietly, without
+        a traceback in the server's log for every rotation.
+        """
+        try:
+            self._obey()
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+    def _obey(self) -> None:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, _wake_only)
