@@ -162,7 +162,8 @@ def repeated(runs: list[dict]) -> dict:
     out["first_error"] = next((r["first_error"] for r in runs if r.get("first_error")), None)
     out["runs"] = [{k: r[k] for k in LATENCY_FIGURES} for r in runs]
     for key in ("seconds", "connections", "reconnects", "box_busy_pct", "server_waited_ms",
-                "mb_per_cold_start", "new_page_us", "spare_waited", "spare_wait_mean_ms"):
+                "mb_per_cold_start", "new_page_us", "mem_in_use_gb", "spare_waited",
+                "spare_wait_mean_ms"):
         if key in runs[0]:
             out[key] = statistics.median(r[key] for r in runs)
     return out

@@ -467,6 +467,7 @@ class Runner:
                 kernel_before = procs.kernel_threads_cpu_s()
                 box_before, waited_before = procs.box_cpu_ticks(), procs.run_delay_s(sysm.pid)
                 available_before = procs.mem_available_kb()
+                in_use_gb = procs.mem_in_use_kb() / 1048576
                 waits_before = spare_waits() if spare_waits else None
                 s = httpclient.storm(port, [(h(n), sysm.expect(n))
                                             for n in storm_names[i * a.storm:(i + 1) * a.storm]],
@@ -483,6 +484,7 @@ class Runner:
                 s["server_waited_ms"] = (waited_after - waited_before) * 1000.0
                 s["mb_per_cold_start"] = taken_kb / 1024.0 / max(1, s["n"])
                 s["new_page_us"] = procs.new_page_us()
+                s["mem_in_use_gb"] = in_use_gb
                 if waits_before is not None:
                     s.update(_spare_wait_figures(waits_before, spare_waits()))
                 storm_runs.append(s)
@@ -491,7 +493,8 @@ class Runner:
                     f"p99.9 {s['p999']:.2f} ms"
                     + f"; the machine's CPUs {s['box_busy_pct']:.0f}% busy, the server process "
                     f"runnable but waiting for a CPU {s['server_waited_ms']:.0f} ms in all; "
-                    f"the machine's memory {s['mb_per_cold_start']:.2f} MB less per cold start, "
+                    f"the machine's memory {s['mb_per_cold_start']:.2f} MB less per cold start "
+                    f"({s['mem_in_use_gb']:.2f} GB in use before it), "
                     f"a new page {s['new_page_us']:.1f} us to fault in after it"
                     + (f", {s['errors']} errors (first: {s['first_error']})" if s["errors"] else "")
                     + "; slowest " + ", ".join(f"{x['ms']:.1f} ms (ended at {x['ended_at']:.3f})"

@@ -133,27 +133,41 @@ def run_delay_s(pid: int) -> float:
     return _schedstat_s(pid, 1)
 
 
+def _meminfo_kb(field: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
 def mem_available_kb() -> int:
     """The machine's MemAvailable (/proc/meminfo): its drop over a storm is
     all the memory the cold starts took, the kernel's (page tables, stacks,
     cgroups) as well as the processes' own, whichever system made them."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1])
-    return 0
+    return _meminfo_kb("MemAvailable")
+
+
+def mem_in_use_kb() -> int:
+    """The machine's memory not free (MemTotal - MemFree: page cache
+    included), the guest memory a VM's host must back. Read before a storm,
+    it says how close the storm starts to the point where the host's price
+    for a new page jumps (see :func:`new_page_us`)."""
+    return _meminfo_kb("MemTotal") - _meminfo_kb("MemFree")
 
 
 def new_page_us(mb: int = 16) -> float:
     """Microseconds to fault in one new 4 KiB page of anonymous memory now
     (the mean over ``mb`` MB, each page written once, then given back).
 
-    Why: in a VM the host may back only the guest memory used lately. Here
-    (Firecracker) the first ~2 GB the guest allocates cost ~1.3 us per page
-    and every page past them ~10 us (measured with 512 MB steps): a storm of
-    cold starts that runs once earlier load has used that up pays ~8x per
-    page it takes, and its CPU per cold start rises with its memory per cold
-    start. Read after a storm, this says which of the two prices it paid."""
+    Why: in a VM the host may back only so much guest memory cheaply. Here
+    a new page cost ~3 us until the guest had ~2.4-4.4 GB in use
+    (:func:`mem_in_use_kb`), and 25-40 us past that (measured with 256 and
+    512 MB steps on 2026-12-03; where the step lies moved over the day, with
+    the host's own load): a storm of cold starts that runs once earlier load
+    has used that up pays ~10x per page it takes, and its CPU per cold start
+    rises with its memory per cold start. Read after a storm, this says which
+    of the two prices it paid."""
     size = mb << 20
     area = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:

@@ -90,6 +90,10 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
         # load used up the memory the host keeps backed (procs.new_page_us).
         rows.append(("storm MB taken / cold start; us per new page",
                      get(lambda r: (r["storm"]["mb_per_cold_start"], r["storm"]["new_page_us"])), "mb"))
+        # How much memory the machine had in use as each storm began: where a
+        # VM's host starts charging ~10x for a new page (procs.new_page_us).
+        rows.append(("storm GB in use before it",
+                     get(lambda r: (r["storm"]["mem_in_use_gb"],)), "mb"))
     for k in ks:
         rows.append((f"PSS MB / tenant ({k})",
                      get(lambda r, k=k: (r["pss_per_tenant_mb"][str(k)],)), "mb"))
@@ -284,10 +288,12 @@ def _render_main(results: dict) -> list[str]:
                    "of a one-process server one.")
         out.append("  storm MB taken: the drop of the machine's MemAvailable over a storm per cold "
                    "start (the kernel's memory too); us per new page: a 16 MB anonymous mapping "
-                   "written a page at a time right after each storm. In a VM whose host backs only "
-                   "the memory the guest used lately (here the first ~2 GB: ~1.3 us a page, past "
-                   "them ~10 us), a storm after earlier load pays the second price for every page "
-                   "it takes, so its CPU per cold start follows its MB per cold start.")
+                   "written a page at a time right after each storm; GB in use: MemTotal - "
+                   "MemFree as the storm began (page cache included). In a VM whose host backs only "
+                   "so much guest memory cheaply (here ~3 us a page until ~2.4-4.4 GB were in use, "
+                   "the step moving with the host's own load, then 25-40 us), a storm that starts "
+                   "or ends past the step pays the second price for every page it takes, so its "
+                   "CPU per cold start follows its MB per cold start.")
     out.append("  PSS MB / tenant (K): (PSS with K tenants warm - PSS with 1 warm) / (K-1), "
                "summed over the server's process tree (/proc/PID/smaps_rollup); 'warm' = one "
                "request each, on a server that has had no load yet (the 1-tenant baseline: "
