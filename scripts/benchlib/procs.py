@@ -161,11 +161,11 @@ def new_page_us(mb: int = 16) -> float:
     (the mean over ``mb`` MB, each page written once, then given back).
 
     Why: in a VM the host may back only so much guest memory cheaply. Here
-    a new page cost ~3 us until the guest had ~2.4-4.4 GB in use
-    (:func:`mem_in_use_kb`), and 25-40 us past that (measured with 256 and
+    a new page cost ~3 us until the guest had ~2.4-4 GB in use
+    (:func:`mem_in_use_kb`), and 15-40 us past that (measured with 256 and
     512 MB steps on 2026-12-03; where the step lies moved over the day, with
     the host's own load): a storm of cold starts that runs once earlier load
-    has used that up pays ~10x per page it takes, and its CPU per cold start
+    has used that up pays 5-10x per page it takes, and its CPU per cold start
     rises with its memory per cold start. Read after a storm, this says which
     of the two prices it paid."""
     size = mb << 20

@@ -91,7 +91,7 @@ def _rows(results: dict) -> list[tuple[str, dict, str]]:
         rows.append(("storm MB taken / cold start; us per new page",
                      get(lambda r: (r["storm"]["mb_per_cold_start"], r["storm"]["new_page_us"])), "mb"))
         # How much memory the machine had in use as each storm began: where a
-        # VM's host starts charging ~10x for a new page (procs.new_page_us).
+        # VM's host starts charging 5-10x for a new page (procs.new_page_us).
         rows.append(("storm GB in use before it",
                      get(lambda r: (r["storm"]["mem_in_use_gb"],)), "mb"))
     for k in ks:
@@ -290,8 +290,8 @@ def _render_main(results: dict) -> list[str]:
                    "start (the kernel's memory too); us per new page: a 16 MB anonymous mapping "
                    "written a page at a time right after each storm; GB in use: MemTotal - "
                    "MemFree as the storm began (page cache included). In a VM whose host backs only "
-                   "so much guest memory cheaply (here ~3 us a page until ~2.4-4.4 GB were in use, "
-                   "the step moving with the host's own load, then 25-40 us), a storm that starts "
+                   "so much guest memory cheaply (here ~3 us a page until ~2.4-4 GB were in use, "
+                   "the step moving with the host's own load, then 15-40 us), a storm that starts "
                    "or ends past the step pays the second price for every page it takes, so its "
                    "CPU per cold start follows its MB per cold start.")
     out.append("  PSS MB / tenant (K): (PSS with K tenants warm - PSS with 1 warm) / (K-1), "
