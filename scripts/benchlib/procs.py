@@ -133,19 +133,23 @@ def run_delay_s(pid: int) -> float:
     return _schedstat_s(pid, 1)
 
 
-def _meminfo_kb(field: str) -> int:
+def _meminfo_kb() -> dict[str, int]:
+    """/proc/meminfo's fields in kB, read once."""
+    out: dict[str, int] = {}
     with open("/proc/meminfo") as f:
         for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+            name, _, value = line.partition(":")
+            fields = value.split()
+            if fields and fields[0].isdigit():
+                out[name] = int(fields[0])
+    return out
 
 
 def mem_available_kb() -> int:
     """The machine's MemAvailable (/proc/meminfo): its drop over a storm is
     all the memory the cold starts took, the kernel's (page tables, stacks,
     cgroups) as well as the processes' own, whichever system made them."""
-    return _meminfo_kb("MemAvailable")
+    return _meminfo_kb().get("MemAvailable", 0)
 
 
 def mem_in_use_kb() -> int:
@@ -153,7 +157,8 @@ def mem_in_use_kb() -> int:
     included), the guest memory a VM's host must back. Read before a storm,
     it says how close the storm starts to the point where the host's price
     for a new page jumps (see :func:`new_page_us`)."""
-    return _meminfo_kb("MemTotal") - _meminfo_kb("MemFree")
+    info = _meminfo_kb()
+    return info.get("MemTotal", 0) - info.get("MemFree", 0)
 
 
 def new_page_us(mb: int = 16) -> float:
