@@ -224,6 +224,27 @@ def test_worker_framing_headers_are_not_trusted(edge: Corral) -> None:
     conn.close()
 
 
+@pytest.mark.parametrize("version", [b"2.0", b"3.0", b"0.9"])
+def test_another_major_version_is_refused_with_505(edge: Corral, version: bytes) -> None:
+    """h11 parses any ``HTTP/d.d``: a request line naming another protocol
+    gets 505 and a closed connection, not an HTTP/1.1 answer it would misread."""
+    answer = edge.raw(b"GET / HTTP/" + version + b"\r\n" + HOST + b"\r\n" + SMUGGLED)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 505 "), answer[:300]
+    assert b"\r\nconnection: close" in head
+    assert f"HTTP/{version.decode()} is not supported" in body.decode(), body
+    assert len(responses(answer)) == 1 and b"smuggled" not in answer
+    assert body.decode().strip() in logged_reasons(edge, "ingress.bad_request")
+
+
+@pytest.mark.parametrize("version", [b"1.0", b"1.2"])
+def test_other_minor_versions_of_http1_are_served(edge: Corral, version: bytes) -> None:
+    """RFC 9112 section 2.3: a higher minor version is read as the highest one known."""
+    answer = edge.raw(b"GET /v HTTP/" + version + b"\r\n" + HOST + b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["url"].endswith("/v")
+
+
 def test_server_alive_after_attacks(edge: Corral) -> None:
     assert edge.alive()
     assert edge.request("/", host="echo.localhost").json()["url"] == "http://echo.localhost/"

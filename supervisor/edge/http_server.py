@@ -362,7 +362,14 @@ class Connection:
         """Refuse an ambiguously framed request (:class:`FramingError`); its Content-Length.
 
         Called once h11 has parsed the head, before any body event is taken.
+        A major version other than 1 is refused with 505 here: h11 parses any
+        ``HTTP/d.d``, and answering an ``HTTP/2.0`` line as HTTP/1.1 would
+        misread a client that means another protocol (RFC 9110 section 15.6.6).
         """
+        if not event.http_version.startswith(b"1."):
+            raise h11.RemoteProtocolError(
+                f"HTTP/{event.http_version.decode()} is not supported; this server speaks "
+                "HTTP/1.1 (and 1.0)", error_status_hint=505)
         chunks = self._head_bytes
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._head_bytes = []
@@ -715,7 +722,7 @@ class Server:
                       "values must agree (RFC 9112 section 6.3)")
         warn(f"{self.name}.bad_request", reason=reason, status=status)
         await _simple(conn, status, "Request header fields too large" if status == 431
-                      else f"Bad request: {reason}")
+                      else reason if status == 505 else f"Bad request: {reason}")
 
     async def _sweep_idle(self) -> None:
         """End the idle waits that ran past ``idle_timeout_s``: wake the
