@@ -12,15 +12,24 @@ from typing import Annotated, Literal
 
 import msgspec
 
+# Constraints checked once, as the file is read: a negative size, count or
+# duration is never meant, and msgspec's error names the field ("Expected
+# `int` >= 0 - at `$.pool.spares`"), where the value would otherwise fail
+# far from the file, or quietly do something odd.
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+Duration = Annotated[float, msgspec.Meta(ge=0)]
+PositiveDuration = Annotated[float, msgspec.Meta(gt=0)]
+
 
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Ingress HTTP limits and timeouts."""
 
-    max_header_bytes: int = 32 * 1024
-    max_body_bytes: int = 100 * 1024 * 1024
-    header_timeout_s: float = 10.0
-    idle_timeout_s: float = 60.0
-    max_connections: int = 10_000
+    max_header_bytes: Positive = 32 * 1024
+    max_body_bytes: Count = 100 * 1024 * 1024
+    header_timeout_s: PositiveDuration = 10.0
+    idle_timeout_s: PositiveDuration = 60.0
+    max_connections: Positive = 10_000
 
 
 class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -28,17 +37,17 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     #: Spares kept at least; while cold starts come faster than one a second,
     #: as many as arrive while a replacement is forked, up to ``max_spares``.
-    spares: int = 8
-    max_spares: int = 64
-    max_children: int = 4000
-    idle_timeout_s: float = 120.0
+    spares: Count = 8
+    max_spares: Count = 64
+    max_children: Positive = 4000
+    idle_timeout_s: PositiveDuration = 120.0
     #: A warm child idle this long gives back the pages it copied from its
     #: zygote but left as they were (see sandbox.reshare); its next request
     #: copies what it touches again (~1 ms, measured). A new spare gives
     #: back what its own set-up copied once it is ready. 0: never.
-    reshare_after_s: float = 5.0
+    reshare_after_s: Duration = 5.0
     #: Memory cap of every child, and the ceiling of a per-invocation memoryMb.
-    memory_mb: int = 128
+    memory_mb: Positive = 128
     #: How memory limits are enforced (see supervisor.limits.memory): "auto"
     #: picks a per-child cgroup (v2, then v1) where the host delegates one,
     #: else prlimit(); "cgroup" or "prlimit" insist on one (start fails if
@@ -46,14 +55,14 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     memory_enforcement: Literal["auto", "cgroup", "prlimit"] = "auto"
     #: A zygote is replaced after this long, or after forking this many
     #: children, whichever comes first: its children share its hash seed.
-    zygote_max_age_s: float = 3600.0
-    zygote_max_children: int = 1000
+    zygote_max_age_s: PositiveDuration = 3600.0
+    zygote_max_children: Positive = 1000
     #: Package zygotes (one per dependency set in use, with the set imported):
     #: spares each keeps, how many may live, and their own memory together.
-    package_spares: int = 1
-    package_max_spares: int = 4
-    package_zygotes: int = 8
-    package_zygotes_memory_mb: int = 1024
+    package_spares: Count = 1
+    package_max_spares: Count = 4
+    package_zygotes: Count = 8
+    package_zygotes_memory_mb: Count = 1024
     #: A core to the supervisor's event loop alone while it is the busy hub
     #: of warm traffic (see supervisor.pool.hub_core): "auto" takes it while
     #: the loop is busy and no cold starts come, "on" whenever there are two
@@ -64,24 +73,24 @@ class PoolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class LimitDefaults(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Defaults for one namespace or tag; unset fields fall through."""
 
-    cpu_ms: float | None = None
-    sub_requests: int | None = None
-    wall_ms: float | None = None
-    memory_mb: int | None = None
+    cpu_ms: PositiveDuration | None = None
+    sub_requests: Count | None = None
+    wall_ms: PositiveDuration | None = None
+    memory_mb: Positive | None = None
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Per-invocation limits: platform defaults and ceilings (see supervisor.limits.policy)."""
 
-    cpu_ms: float = 30_000.0
-    sub_requests: int = 1000
-    wall_ms: float = 60_000.0
-    memory_mb: int = 128
+    cpu_ms: PositiveDuration = 30_000.0
+    sub_requests: Count = 1000
+    wall_ms: PositiveDuration = 60_000.0
+    memory_mb: Positive = 128
     #: How long ``waitUntil`` work may run after the response (Cloudflare: 30 s).
-    wait_until_ms: float = 30_000.0
+    wait_until_ms: Duration = 30_000.0
     #: CPU a child may burn outside any invocation (tasks left running after
     #: a response) before it is killed; refilled a little by each invocation.
-    background_cpu_ms: float = 50.0
+    background_cpu_ms: Duration = 50.0
     namespace: dict[str, LimitDefaults] = {}
     tag: dict[str, LimitDefaults] = {}
 
@@ -91,9 +100,9 @@ class OutboundConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     allow_private_networks: bool = False
     allow_hosts: list[str] = []
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: PositiveDuration = 10.0
     #: For the response head and for each read of its body.
-    read_timeout_s: float = 30.0
+    read_timeout_s: PositiveDuration = 30.0
 
 
 class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -115,15 +124,15 @@ class QuotaLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Storage caps; unset fields fall through (see supervisor.bindings.quota)."""
 
     #: Keys in one KV namespace.
-    kv_keys: int | None = None
+    kv_keys: Count | None = None
     #: Bytes of one D1 database file.
-    d1_bytes: int | None = None
+    d1_bytes: Count | None = None
     #: Bytes of objects in one R2 bucket.
-    r2_bytes: int | None = None
+    r2_bytes: Count | None = None
     #: Messages waiting in one queue (for queues).
-    queue_messages: int | None = None
+    queue_messages: Count | None = None
     #: Bytes a script's Cache API caches hold.
-    cache_bytes: int | None = None
+    cache_bytes: Count | None = None
 
 
 class QuotaConfig(QuotaLimits, forbid_unknown_fields=True, kw_only=True):
@@ -139,15 +148,15 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Storage bindings (KV, D1, R2, Cache API) under ``<state_dir>/storage``."""
 
     #: Threads that run storage I/O, off the request loop.
-    threads: int = 8
+    threads: Positive = 8
     #: Time one D1 query (or batch) may run before it is interrupted.
-    d1_query_ms: float = 30_000.0
+    d1_query_ms: PositiveDuration = 30_000.0
     #: Largest D1 result (the sum of its values) returned to a script.
-    d1_result_bytes: int = 32 * 1024 * 1024
+    d1_result_bytes: Positive = 32 * 1024 * 1024
     #: Databases (KV namespaces, D1 databases, R2 indexes) kept open.
-    open_databases: int = 256
+    open_databases: Positive = 256
     #: A Durable Object idle this long is evicted (its storage stays).
-    durable_object_idle_s: float = 70.0
+    durable_object_idle_s: PositiveDuration = 70.0
     quota: QuotaConfig = msgspec.field(default_factory=QuotaConfig)
 
 
@@ -160,9 +169,9 @@ class OtlpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     headers: dict[str, str] = {}
     service_name: str = "corral"
     #: Events (and spans, and log records) queued at most; past it they are dropped.
-    max_queue: int = 2048
-    schedule_delay_ms: float = 1000.0
-    export_timeout_s: float = 5.0
+    max_queue: Positive = 2048
+    schedule_delay_ms: Duration = 1000.0
+    export_timeout_s: PositiveDuration = 5.0
 
 
 class ObservabilityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -170,18 +179,18 @@ class ObservabilityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
 
     #: Per-minute usage rollups in ``STATE/usage.db`` (billing; needs exact cpuTime).
     usage: bool = True
-    usage_retention_days: float = 35.0
-    usage_flush_s: float = 10.0
+    usage_retention_days: PositiveDuration = 35.0
+    usage_flush_s: PositiveDuration = 10.0
     #: Trace events queued per tail consumer at most; past it they are dropped (counted).
-    tail_queue_events: int = 1000
-    tail_batch_events: int = 100
+    tail_queue_events: Positive = 1000
+    tail_batch_events: Positive = 100
     #: How long a batch gathers before it is sent.
-    tail_batch_wait_ms: float = 50.0
+    tail_batch_wait_ms: Duration = 50.0
     #: How long a tail worker's handler may take (its wall limit, at most).
-    tail_timeout_s: float = 10.0
+    tail_timeout_s: PositiveDuration = 10.0
     #: Events a live tail may be behind before it is disconnected.
-    live_tail_buffer: int = 1000
-    max_live_tails: int = 32
+    live_tail_buffer: Positive = 1000
+    max_live_tails: Count = 32
     #: Addresses or networks of proxies whose ``x-corral-request-id`` is kept.
     trusted_proxies: list[str] = []
     #: A per-script label on metrics: cardinality grows with tenants; off by default.
@@ -228,8 +237,16 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     @property
     def http_host_port(self) -> tuple[str, int]:
-        host, _, port = self.http.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return host_port(self.http, "http (--http)")
+
+
+def host_port(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6; an empty host is 127.0.0.1), or
+    a ValueError that names the setting and the value."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{what} must be HOST:PORT with a port from 0 to 65535, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def load(path: str | None, **overrides: object) -> ServeConfig:
