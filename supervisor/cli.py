@@ -25,7 +25,7 @@ import msgspec
 
 from supervisor import cli_d1, model
 from supervisor.admin import multipart
-from supervisor.errors import Invalid
+from supervisor.errors import Invalid, StartupError
 from supervisor.lifecycle import Outcome
 from supervisor.observability import cli_tail as observability_cli
 
@@ -235,10 +235,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config = config_mod.load(args.config, http=args.http, admin_socket=args.admin_socket,
                                  state_dir=args.state_dir)
         config.http_host_port  # noqa: B018 - fail here, as usage, not deep in startup
+        if config.admin.tcp:
+            config_mod.host_port(config.admin.tcp, "admin.tcp")
     except (OSError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         print(f"corral serve: bad configuration: {exc}", file=sys.stderr)
         return 2
     from supervisor.limits.memory import MemoryEnforcementError
+    from supervisor.log import error
     from supervisor.server import run
 
     try:
@@ -246,6 +249,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except MemoryEnforcementError as exc:
         print(f"corral serve: {exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        error("serve.cannot_start", reason=exc.message)
+        print(f"corral serve: {exc.message}", file=sys.stderr)
+        return 1
     return code if isinstance(code, int) else 0
 
 

@@ -56,3 +56,7 @@ class Unauthorized(CorralError):
 
 class Forbidden(CorralError):
     """Valid credentials that do not allow this (scope or namespace)."""
+
+
+class StartupError(CorralError):
+    """``corral serve`` cannot start (the state directory or an address is in use)."""

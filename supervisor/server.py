@@ -19,7 +19,7 @@ import time
 
 import trio
 
-from supervisor import instrument_checks, loop_clock
+from supervisor import instrument_checks, loop_clock, state_lock
 from supervisor import log as logmod
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
@@ -29,13 +29,13 @@ from supervisor.busy_poll import BusyPoll
 from supervisor.calls import http_client
 from supervisor.calls.calls import Calls
 from supervisor.calls.egress import EgressPolicy
-from supervisor.config import AdminConfig, HttpConfig, ServeConfig
+from supervisor.config import AdminConfig, HttpConfig, ServeConfig, host_port
 from supervisor.cron import Scheduler, run_scheduled
 from supervisor.edge.assets import AssetServer
-from supervisor.edge.http_server import Connection, Request, Server, listen_tcp
+from supervisor.edge.http_server import Connection, Request, Server, bind_tcp
 from supervisor.edge.ingress import Ingress
 from supervisor.edge.websockets import Deliverer
-from supervisor.errors import NotFound, NotSupported, Unavailable
+from supervisor.errors import NotFound, NotSupported, StartupError, Unavailable
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import log, warn
 from supervisor.model import ScriptRecord
@@ -50,6 +50,8 @@ from supervisor.store.lookup import ScriptLookup
 from supervisor.store.store import Store
 
 DRAIN_S = 10.0
+#: Connections the kernel queues for the HTTP listener before it accepts them.
+HTTP_BACKLOG = 1024
 #: Largest response body a tenant's fetch() accepts.
 MAX_FETCH_RESPONSE = 128 * 1024 * 1024
 
@@ -291,6 +293,11 @@ class Supervisor:
     async def _serve_all(self, task_status: trio.TaskStatus) -> None:
         host, port = self.config.http_host_port
         try:
+            listener = bind_tcp(host, port)  # listens once it can serve
+        except OSError as exc:
+            raise StartupError(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
+        _refuse_live_socket(self.config.admin_socket_path)
+        try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.observability.run)
                 await nursery.start(self.pool.run)
@@ -307,11 +314,11 @@ class Supervisor:
                 nursery.start_soon(self.objects.run)
                 nursery.start_soon(self.alarms.run)
                 nursery.start_soon(self.queues.run)
-                listener = listen_tcp(host, port)
+                listener.listen(HTTP_BACKLOG)
                 admin_listener = _unix_listener(self.config.admin_socket_path)
                 _socket_access(self.config.admin_socket_path, self.config.admin)
                 if self.config.admin.tcp:
-                    await nursery.start(self._admin_tcp().serve, *_host_port(self.config.admin.tcp))
+                    await nursery.start(self._admin_tcp().serve, *host_port(self.config.admin.tcp, "admin.tcp"))
                 freeze_startup_heap()
                 await nursery.start(self.ingress.run)
                 with trio.CancelScope() as accepting:
@@ -333,6 +340,7 @@ class Supervisor:
                     accepting.cancel()  # idle keep-alive connections close here
                 nursery.cancel_scope.cancel()
         finally:
+            listener.close()
             # The pool's tasks are over: every child was killed; now their cgroups go.
             self.pool.memory.close()
             self.bindings.close()
@@ -356,6 +364,25 @@ async def _wait_for_stop() -> None:
             _notify("READY=1")
 
 
+def _refuse_live_socket(path: str) -> None:
+    """:class:`StartupError` if a server answers on the admin socket's path:
+    replacing it (as a stale one is, see :func:`_unix_listener`) would leave
+    that server running with no way to manage it."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return
+    except OSError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return  # stale: nothing listens there
+    raise StartupError(f"the admin socket {path} is in use by a running server; stop it first, "
+                       "or give this one another --admin-socket")
+
+
 def _unix_listener(path: str) -> socket.socket:
     """The admin socket: created fresh, owner-only (it can deploy code)."""
     try:
@@ -375,11 +402,6 @@ def _unix_listener(path: str) -> socket.socket:
     sock.listen(128)
     os.replace(staging, path)
     return sock
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _socket_access(path: str, admin: AdminConfig) -> None:
@@ -411,8 +433,13 @@ def _notify(state: str) -> None:
 
 
 def run(config: ServeConfig) -> int:
-    """Entry point of ``corral serve``."""
+    """Entry point of ``corral serve``. :class:`StartupError` when it cannot
+    start: the state directory or an address is another server's."""
     logmod.setup()
-    supervisor = Supervisor(config)
-    trio.run(supervisor.run, clock=loop_clock.PerfCounterClock())
+    lock = state_lock.hold(config.state_dir)
+    try:
+        supervisor = Supervisor(config)
+        trio.run(supervisor.run, clock=loop_clock.PerfCounterClock())
+    finally:
+        os.close(lock)
     return 0

@@ -221,7 +221,44 @@ def test_bad_usage_is_exit_2(tmp_path):
     result = corral("serve", "--config", tmp_path / "c.toml")
     assert result.returncode == 2 and "htttp" in result.stderr
     result = corral("serve", "--http", "nonsense")
-    assert result.returncode == 2
+    assert result.returncode == 2 and "HOST:PORT" in result.stderr and "'nonsense'" in result.stderr
+    result = corral("serve", "--http", "127.0.0.1:70000")
+    assert result.returncode == 2 and "a port from 0 to 65535" in result.stderr
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[limits]\ncpu_ms = -5\n", "`float` > 0.0 - at `$.limits.cpu_ms`"),
+    ("[pool]\nspares = -1\n", "`int` >= 0 - at `$.pool.spares`"),
+    ("[pool]\nmax_children = 0\n", "`int` >= 1 - at `$.pool.max_children`"),
+    ("[limits.namespace.free]\nwall_ms = 0\n", "`float` > 0.0 - at `$.limits.namespace[...].wall_ms`"),
+    ("[storage.quota]\nkv_keys = -3\n", "at `$.storage.quota.kv_keys`"),
+])
+def test_a_negative_or_zero_setting_is_refused_naming_it(tmp_path, text, words):
+    """Checked as the file is read, not found out later as odd behaviour."""
+    (tmp_path / "c.toml").write_text(text)
+    result = corral("serve", "--config", tmp_path / "c.toml", "--state-dir", tmp_path / "state")
+    assert result.returncode == 2 and words in result.stderr, result.stderr
+
+
+def test_a_second_server_on_a_state_dir_in_use_stops_and_harms_nothing(server, tmp_path):
+    """Same state dir: refused at once (exit 1, a log line, a message with the
+    holder's pid); the running server keeps its admin socket and its data."""
+    server.cli("ns", "create", "still-here")
+    result = corral("serve", "--http", f"127.0.0.1:{free_port()}", "--state-dir", server.state, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert f"the state directory {server.state} is in use by another corral serve (pid " in result.stderr
+    assert '"event":"serve.cannot_start"' in result.stderr
+    # Its own state dir but the running server's admin socket: refused too.
+    result = corral("serve", "--http", f"127.0.0.1:{free_port()}", "--state-dir", tmp_path / "other",
+                    "--admin-socket", server.socket, timeout=30)
+    assert result.returncode == 1 and f"the admin socket {server.socket} is in use" in result.stderr
+    # The HTTP port in use: refused before anything starts.
+    result = corral("serve", "--http", f"127.0.0.1:{server.port}", "--state-dir", tmp_path / "third",
+                    timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen for HTTP on 127.0.0.1:{server.port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "still-here" in server.cli("ns", "ls").stdout
 
 
 def test_tail_without_a_supervisor_is_an_api_error(tmp_path):

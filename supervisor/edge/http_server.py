@@ -557,9 +557,22 @@ async def _linger(sock: socket.socket) -> None:
             pass
 
 
-def listen_tcp(host: str, port: int, backlog: int = 1024) -> socket.socket:
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` but not listening yet.
+
+    ``serve`` binds at start-up, so an address in use fails at once with an
+    error that says so, before any zygote is forked; it listens only once
+    it can serve, so until then clients find the port closed, as before.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=backlog, reuse_port=False)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class Server:
