@@ -944,7 +944,7 @@ class Runtime:
             if sending is not None:
                 sending.cancel()
                 self.outgoing.pop(call, None)
-            raise workers.PlatformError(result.error.name, result.error.message)
+            raise workers.platform_error(result.error.name, result.error.message)
         response = workers.response_with(
             result.status, None if result.body is None else self.receive_body(result.body, call),
             workers.Headers._from_raw(result.headers))

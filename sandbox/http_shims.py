@@ -74,8 +74,11 @@ def patch_urllib3(module: types.ModuleType) -> None:
             port = f":{self.port}" if self.port else ""
             url = f"{self.scheme}://{self.host}{port}{url}"
         pairs = list((headers or self.headers or {}).items())
-        status, reason, out_headers, data = run_sync(
-            _brokered(method, url, pairs, _body_bytes(body)))
+        try:
+            status, reason, out_headers, data = run_sync(
+                _brokered(method, url, pairs, _body_bytes(body)))
+        except _workers().NetworkError as exc:
+            raise _urllib3_error(module, self, url, retries, exc) from None
         # The supervisor's client already decoded the body: do not decode again.
         out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-encoding"]
         response = response_cls(body=io.BytesIO(data), headers=out_headers, status=status,
@@ -95,6 +98,22 @@ def patch_urllib3(module: types.ModuleType) -> None:
     pool_cls.urlopen = urlopen
 
 
+def _urllib3_error(urllib3: Any, pool: Any, url: str, retries: Any, exc: Any) -> Exception:
+    """What urllib3 raises itself when no response came: ``ReadTimeoutError``
+    or ``ConnectTimeoutError`` for a timeout, else ``NewConnectionError``;
+    wrapped in ``MaxRetryError`` unless retries are off. ``requests`` turns
+    these into its ``ConnectionError``, ``ConnectTimeout`` and ``ReadTimeout``."""
+    errors = urllib3.exceptions
+    reason: Exception
+    if not exc.timeout:
+        reason = errors.NewConnectionError(pool, exc.message)
+    elif "connecting" in exc.message:
+        reason = errors.ConnectTimeoutError(pool, exc.message)
+    else:
+        reason = errors.ReadTimeoutError(pool, url, exc.message)
+    return reason if retries is False else errors.MaxRetryError(pool, url, reason)
+
+
 # -- urllib.request ------------------------------------------------------------------
 
 
@@ -105,8 +124,11 @@ def patch_urllib_request(module: types.ModuleType) -> None:
 
     def open_brokered(self: Any, req: Any) -> Any:
         headers = [(k, v) for k, v in req.header_items() if k.lower() not in ("host", "connection")]
-        status, reason, out_headers, data = run_sync(
-            _brokered(req.get_method(), req.full_url, headers, _body_bytes(req.data)))
+        try:
+            status, reason, out_headers, data = run_sync(
+                _brokered(req.get_method(), req.full_url, headers, _body_bytes(req.data)))
+        except _workers().NetworkError as exc:
+            raise module.URLError(exc) from None  # as urllib's own handlers wrap an OSError
         message = http.client.HTTPMessage()
         for name, value in out_headers:
             if name.lower() != "content-encoding":  # already decoded by the supervisor's client
@@ -129,16 +151,22 @@ def patch_httpx(module: types.ModuleType) -> None:
         """``httpx.Client``'s transport: the brokered fetch, awaited with run_sync."""
 
         def handle_request(self, request: Any) -> Any:
-            status, _, headers, data = run_sync(_brokered(
-                request.method, str(request.url), list(request.headers.items()), request.read()))
+            try:
+                status, _, headers, data = run_sync(_brokered(
+                    request.method, str(request.url), list(request.headers.items()), request.read()))
+            except _workers().NetworkError as exc:
+                raise _httpx_error(httpx, exc, request) from None
             return _httpx_response(httpx, status, headers, data)
 
     class AsyncBrokeredTransport(httpx.AsyncBaseTransport):
         """``httpx.AsyncClient``'s transport: the brokered fetch."""
 
         async def handle_async_request(self, request: Any) -> Any:
-            status, _, headers, data = await _brokered(
-                request.method, str(request.url), list(request.headers.items()), await request.aread())
+            try:
+                status, _, headers, data = await _brokered(
+                    request.method, str(request.url), list(request.headers.items()), await request.aread())
+            except _workers().NetworkError as exc:
+                raise _httpx_error(httpx, exc, request) from None
             return _httpx_response(httpx, status, headers, data)
 
     def sync_transport(self: Any, *args: Any, transport: Any = None, **kwargs: Any) -> Any:
@@ -153,6 +181,14 @@ def patch_httpx(module: types.ModuleType) -> None:
     httpx.AsyncClient._init_proxy_transport = lambda self, proxy, *a, **k: AsyncBrokeredTransport()
     httpx.BrokeredTransport = BrokeredTransport
     httpx.AsyncBrokeredTransport = AsyncBrokeredTransport
+
+
+def _httpx_error(httpx: Any, exc: Any, request: Any) -> Exception:
+    """httpx's own exception for a request that got no response."""
+    if not exc.timeout:
+        return httpx.ConnectError(exc.message, request=request)
+    cls = httpx.ConnectTimeout if "connecting" in exc.message else httpx.ReadTimeout
+    return cls(exc.message, request=request)
 
 
 def _httpx_response(httpx: Any, status: int, headers: list[tuple[str, str]], data: bytes) -> Any:

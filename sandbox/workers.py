@@ -13,7 +13,9 @@ Everything that talks to the supervisor goes through :data:`_runtime`, set by
 from __future__ import annotations
 
 import contextvars
+import email.message
 import http
+import http.client
 import json as _json
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -33,7 +35,7 @@ current_invocation: contextvars.ContextVar[int] = contextvars.ContextVar(
 
 __all__ = [
     "WorkerEntrypoint", "Request", "Response", "Headers", "fetch", "env", "Context",
-    "PlatformError", "DurableObject", "WorkflowEntrypoint", "FetchResponse", "Blob", "File",
+    "PlatformError", "NetworkError", "DurableObject", "WorkflowEntrypoint", "FetchResponse", "Blob", "File",
     "FormData", "handler", "import_from_javascript", "patch_env", "python_from_rpc",
     "python_to_rpc", "waitUntil", "wait_until", "BlobEnding", "BlobValue", "Body", "FetchKwargs",
     "FormDataValue", "JSBody", "RequestInitCfProperties",
@@ -50,6 +52,35 @@ class PlatformError(JsException):
 
     def __init__(self, name: str, message: str) -> None:
         super().__init__(name, message)
+
+
+class NetworkError(PlatformError, OSError):
+    """An outbound ``fetch`` that got no response: the connection failed or
+    timed out, or a redirect was refused.
+
+    Pyodide's ``pyfetch``, which Cloudflare's SDK wraps, raises ``OSError``
+    for these, so tenants' ``except OSError:`` fallbacks must catch it; it
+    stays a ``JsException`` too (``name`` is ``"FetchError"``, or
+    ``"FetchTimeout"`` for a timeout). ``requests``, ``urllib3``, ``httpx``
+    and ``urllib`` raise their own exception types for it
+    (:mod:`sandbox.http_shims`).
+    """
+
+    #: SubFailed names that mean this.
+    NAMES = frozenset({"FetchError", "FetchTimeout"})
+
+    @property
+    def timeout(self) -> bool:
+        return self.name == "FetchTimeout"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def platform_error(name: str, message: str) -> PlatformError:
+    """The exception a failed call raises in tenant code."""
+    cls = NetworkError if name in NetworkError.NAMES else PlatformError
+    return cls(name, message)
 
 
 # ---------------------------------------------------------------------------
@@ -74,13 +105,17 @@ def _text(value: str | bytes) -> str:
     return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
-class Headers:
+class Headers(http.client.HTTPMessage):
     """Case-insensitive, ordered, multi-valued HTTP headers.
 
     Answers both the JS ``Headers`` API (``get``, ``set``, ``append``,
-    ``has``, ``delete``) and the read side of ``http.client.HTTPMessage``
-    (``headers["Content-Type"]``, ``get_all``, ``items()``, ``in``).
-    ``get`` of a repeated header joins the values with ", " as fetch does.
+    ``has``, ``delete``) and ``http.client.HTTPMessage``, which is what
+    Cloudflare's SDK hands Python code as ``request.headers``: it *is* one
+    (``isinstance`` holds), so ``headers["X"]`` of a missing header is None
+    and ``get_content_type()``, ``get_param()``, ``get_content_charset()``
+    and ``as_string()`` work. ``get`` of a repeated header joins the values
+    with ", " as fetch does. Setting a header replaces it, as JS's ``set``
+    does (``HTTPMessage`` would add a second one).
     """
 
     #: ``_raw_items``: the frame's own list while the headers are as they
@@ -88,6 +123,28 @@ class Headers:
     #: dispatcher forwarding its request and the response it got back) are
     #: not encoded again: two passes over every header of every request.
     __slots__ = ("_items", "_raw_items")
+
+    # What email.message.Message.__init__ would set, as class attributes:
+    # every request's headers are made without running any __init__.
+    policy = email.message.compat32
+    _payload = None
+    _charset = None
+    _unixfrom = None
+    _default_type = "text/plain"
+    preamble = epilogue = None
+    defects: list[Any] = []  # noqa: RUF012 - read only, as Message's own
+
+    @property
+    def _headers(self) -> list[tuple[str, str]]:
+        """Message's own name for the list its methods read and edit in place
+        (``set_param``, ``replace_header``): the frame's bytes are stale then."""
+        self._raw_items = None
+        return self._items
+
+    @_headers.setter
+    def _headers(self, items: list[tuple[str, str]]) -> None:
+        self._raw_items = None
+        self._items = [(name.lower(), value) for name, value in items]
 
     def __init__(self, init: Any = None) -> None:
         self._items: list[tuple[str, str]] = []
@@ -98,7 +155,9 @@ class Headers:
             self._items = list(init._items)
             self._raw_items = init._raw_items
             return
-        pairs = init.items() if isinstance(init, Mapping) else init
+        # An HTTPMessage (a urllib or http.client response's headers, say)
+        # iterates over its names alone, as a Mapping does.
+        pairs = init.items() if isinstance(init, (Mapping, email.message.Message)) else init
         for name, value in pairs:
             self._items.append((_text(name).lower(), _text(value)))
 
@@ -175,11 +234,8 @@ class Headers:
 
     entries = items
 
-    def __getitem__(self, name: str) -> str:
-        value = self.get(name)
-        if value is None:
-            raise KeyError(name)
-        return value
+    def __getitem__(self, name: str) -> str | None:  # type: ignore[override]
+        return self.get(name)  # None when missing, as HTTPMessage answers
 
     def __setitem__(self, name: str, value: str) -> None:
         self.set(name, value)

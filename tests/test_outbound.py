@@ -200,6 +200,7 @@ class Default(WorkerEntrypoint):
             if not isinstance(e, Exception):
                 raise
             return Response.json({"error": type(e).__name__, "message": str(e),
+                                  "name": getattr(e, "name", None),
                                   "elapsed_ms": (time.perf_counter() - started) * 1000.0})
 '''
 
@@ -301,7 +302,7 @@ def test_redirect_chain_is_followed(corral, upstream):
     assert manual["status"] == 303  # REDIRECT_CODES[2 % 5]
     assert manual["headers"]["location"] == "/redirect/1"
     assert manual["redirected"] is False
-    assert error.get("error") == "PlatformError", error
+    assert error.get("error") == "NetworkError", error  # a PlatformError that is an OSError
     assert "redirect" in error["message"], error
 
 
@@ -406,7 +407,8 @@ def test_slow_upstream_hits_the_platform_timeout(tmp_path, upstream):
         resp = server.request("/", host="slow.localhost",
                               headers={"x-target": upstream.url("/hang?max=10"), "x-timeout": "30"})
         out = resp.json()
-        assert out.get("error") == "PlatformError", out
+        assert out.get("error") == "NetworkError", out  # a PlatformError that is an OSError
+        assert out.get("name") == "FetchTimeout", out
         assert "timed out" in out["message"], out
     finally:
         server.stop()
@@ -520,7 +522,7 @@ def test_outbound_worker_sees_every_redirect_hop(corral, upstream):
     assert json.loads(result["body"])["path"] == "/echo/final"
     # The same redirect modes as a direct fetch (supervisor.calls.redirects).
     assert manual["status"] == 303 and manual["redirected"] is False, manual
-    assert error.get("error") == "PlatformError", error
+    assert error.get("error") == "NetworkError", error  # a PlatformError that is an OSError
     assert "redirect mode is 'error'" in error["message"], error
 
 

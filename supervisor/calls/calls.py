@@ -402,7 +402,10 @@ class Calls:
             span["status"] = response.status
         except http_client.FetchError as exc:
             span["error"] = str(exc)[:500]
-            raise CallFailed("FetchError", str(exc)) from None
+            # The child raises both as OSError (workers.NetworkError); the
+            # HTTP libraries' shims tell a timeout from a failed connection.
+            name = "FetchTimeout" if isinstance(exc, http_client.FetchTimeout) else "FetchError"
+            raise CallFailed(name, str(exc)) from None
         except ValueError as exc:  # a redirect mode fetch does not know
             span["error"] = str(exc)[:500]
             raise CallFailed("TypeError", str(exc)) from None

@@ -1,0 +1,113 @@
+"""Cloudflare Python Workers code that reads headers and handles network errors as the SDK allows.
+
+Found by an audit with tenant code written against Cloudflare's SDK, each
+point failed before its fix (a 500 where the tenant's own branch should run):
+
+* ``request.headers`` is an ``http.client.HTTPMessage`` in the SDK: a missing
+  header reads as None, and ``get_content_type()``/``get_param()`` work;
+* a fetch that gets no response raises ``OSError`` (Pyodide's ``pyfetch``
+  does), still a ``JsException``;
+* ``requests``, ``httpx``, ``urllib3`` and ``urllib.request`` raise their own
+  exception types for it, which is what their callers catch.
+
+One real ``corral serve`` (tests/harness.py); port 1 of 127.0.0.1 refuses
+every connection (the harness allows private networks).
+"""
+
+from __future__ import annotations
+
+from tests.test_cf_gaps import deploy
+
+HEADERS = '''
+import http.client
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        auth = request.headers["Authorization"]
+        made = Response("x", headers={"content-type": "text/html; charset=latin-1"})
+        return Response.json({
+            "missing": auth,
+            "is_message": isinstance(request.headers, http.client.HTTPMessage),
+            "type": request.headers.get_content_type(),
+            "charset": request.headers.get_param("charset"),
+            "x_a": request.headers["X-A"],
+            "response_missing": made.headers["x-none"],
+            "response_charset": made.headers.get_content_charset(),
+            "text": "x-a: 1" in request.headers.as_string(),
+        })
+'''
+
+
+def test_headers_are_an_http_message_as_the_sdk_gives_them(corral):
+    deploy(corral, "hdrs", HEADERS)
+    resp = corral.request("/", host="hdrs.localhost", method="POST", body=b"{}",
+                          headers={"content-type": "application/json; charset=utf-8", "x-a": "1"})
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json() == {"missing": None, "is_message": True, "type": "application/json",
+                           "charset": "utf-8", "x_a": "1", "response_missing": None,
+                           "response_charset": "latin-1", "text": True}
+
+
+DOWN = '''
+import urllib.error
+import urllib.request
+
+import httpx
+import requests
+import urllib3
+from workers import JsException, Response, WorkerEntrypoint, fetch
+
+URL = "http://127.0.0.1:1/"
+
+
+def caught(call, *kinds):
+    try:
+        call()
+    except kinds as e:
+        return type(e).__name__
+    except Exception as e:
+        return f"uncaught {type(e).__module__}.{type(e).__name__}: {e}"
+    return "no error"
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        try:
+            await fetch(URL)
+            fetched = "no error"
+        except OSError as e:
+            fetched = [type(e).__name__, isinstance(e, JsException), "refused" in str(e)]
+        async with httpx.AsyncClient() as client:
+            try:
+                await client.get(URL)
+                async_httpx = "no error"
+            except httpx.ConnectError as e:
+                async_httpx = type(e).__name__
+        return Response.json({
+            "fetch": fetched,
+            "async_httpx": async_httpx,
+            "requests": caught(lambda: requests.get(URL), requests.ConnectionError),
+            "httpx": caught(lambda: httpx.get(URL), httpx.ConnectError),
+            "urllib3": caught(lambda: urllib3.request("GET", URL), urllib3.exceptions.MaxRetryError),
+            "urllib3_no_retries": caught(lambda: urllib3.request("GET", URL, retries=False),
+                                         urllib3.exceptions.NewConnectionError),
+            "urllib": caught(lambda: urllib.request.urlopen(URL), urllib.error.URLError),
+        })
+'''
+
+
+def test_a_failed_connection_raises_what_each_client_documents(corral):
+    deploy(corral, "down", DOWN, ("requests", "httpx", "urllib3"))
+    resp = corral.request("/", host="down.localhost")
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json() == {
+        "fetch": ["NetworkError", True, True],
+        "async_httpx": "ConnectError",
+        "requests": "ConnectionError",
+        "httpx": "ConnectError",
+        "urllib3": "MaxRetryError",
+        "urllib3_no_retries": "NewConnectionError",
+        "urllib": "URLError",
+    }
