@@ -50,6 +50,7 @@ import trio
 
 from protocol.messages import MAX_CHUNK
 from supervisor.config import HttpConfig
+from supervisor.edge.client_ip import parse_address
 from supervisor.edge.simple_head import SimpleHead, read_simple_head
 from supervisor.log import error, warn
 from supervisor.pool.bodies import BodyError
@@ -312,6 +313,20 @@ class Connection:
         #: head; and whether the client had closed after them.
         self.pending = b""
         self.peer_closed = False
+        self._peer_address: str | None = None
+
+    @property
+    def peer_address(self) -> str:
+        """The client's IP address as text (IPv4-mapped IPv6 as IPv4; "" for
+        a unix socket), read once per connection."""
+        if self._peer_address is None:
+            try:
+                peer = self.sock.getpeername()
+            except OSError:
+                peer = None
+            address = parse_address(peer[0]) if isinstance(peer, tuple) else None
+            self._peer_address = "" if address is None else str(address)
+        return self._peer_address
 
     def _parser(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_header_bytes)

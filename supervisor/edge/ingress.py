@@ -24,6 +24,7 @@ import trio
 from supervisor import loop_clock
 from supervisor.config import ServeConfig
 from supervisor.edge.assets import AssetServer, send_answer
+from supervisor.edge.client_ip import ClientAddress, TrustedProxies
 from supervisor.edge.http_server import Connection, InvalidResponse, Request
 from supervisor.edge.websockets import Deliverer, Session, SocketSource, handshake_problem
 from supervisor.lifecycle import OUTCOME_MESSAGE, OUTCOME_STATUS, Outcome
@@ -74,6 +75,8 @@ class Ingress:
         self.on_trace = on_trace
         self.on_missing = on_missing
         self.request_ids = request_ids
+        #: CF-Connecting-IP and X-Forwarded-For, as Cloudflare's edge sets them.
+        self.client_address = ClientAddress(TrustedProxies(config.observability.trusted_proxies))
         self.limits = LimitPolicy(config.limits)
         #: Request tasks parked for their response head (see _wait_head),
         #: and when each must wake anyway: a heap of (time, seq, invocation).
@@ -144,6 +147,7 @@ class Ingress:
         await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def handle(self, request: Request, conn: Connection) -> None:
+        request.headers = self.client_address.stamp(request.headers, conn.peer_address)
         if self.request_ids is None:
             await self._handle(request, conn, "")
             return

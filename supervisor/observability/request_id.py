@@ -11,11 +11,12 @@ follows the request through the proxy too; from anyone else it is replaced.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import os
 import re
 import socket
+
+from supervisor.edge.client_ip import TrustedProxies, parse_address
 
 HEADER = b"x-corral-request-id"
 _MASK64 = (1 << 64) - 1
@@ -24,12 +25,12 @@ _VALID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 
 class RequestIds:
     def __init__(self, trusted_proxies: list[str]) -> None:
-        self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in trusted_proxies]
+        self.trusted = TrustedProxies(trusted_proxies)
         self._suffix = os.urandom(8).hex()
         self._counter = itertools.count(int.from_bytes(os.urandom(8), "big") >> 1)
 
     def assign(self, headers: list[tuple[bytes, bytes]], sock: socket.socket | None) -> str:
-        if self.networks and sock is not None:
+        if self.trusted and sock is not None:
             incoming = next((v for k, v in headers if k == HEADER), None)
             if incoming is not None and _VALID.fullmatch(incoming) and self._trusted(sock):
                 return incoming.decode("ascii")
@@ -42,10 +43,4 @@ class RequestIds:
             return False
         if not isinstance(peer, tuple):
             return False  # a unix socket peer is no proxy address
-        try:
-            address = ipaddress.ip_address(peer[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
+        return parse_address(peer[0]) in self.trusted
