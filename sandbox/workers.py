@@ -385,12 +385,13 @@ class _Body:
         return ReadableStream(body.__aiter__())
 
     def _tee(self) -> Any:
-        """Duplicate the body for ``clone()``: buffers a stream once."""
+        """Duplicate the body for ``clone()``: buffers a stream once. A body
+        already read cannot be cloned, whatever holds it (JS and the SDK refuse)."""
+        if self._body_used:
+            raise BodyUsedError("cannot clone: body already used")
         body = self._body
         if body is None or isinstance(body, bytes):
             return body
-        if self._body_used:
-            raise BodyUsedError("cannot clone: body already used")
         source = body
         buffered: list[bytes] = []
         done = False

@@ -268,6 +268,16 @@ return {"first": first, "second": second, "echoed": echoed, "info_name": info.na
     assert 'does not implement the method "nope"' in result["missing"]
 
 
+def test_rpc_keywords_arrive_as_a_trailing_object(server):
+    """As Cloudflare's SDK passes Python keywords to JavaScript: one object, last."""
+    result = h.ok(server, "counter", """
+stub = env.COUNTER.getByName("kw")
+echoed = await stub.echo(1, y=[2, 3], z="four")
+return {"args": echoed[:1], "last": [echoed[1].y, echoed[1].z], "length": len(echoed)}
+""")
+    assert result == {"args": [1], "last": [[2, 3], "four"], "length": 2}
+
+
 def test_one_instance_and_serialised_under_concurrency(server):
     code = 'return await env.COUNTER.getByName("busy").increment()'
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -8,7 +8,9 @@ point failed before its fix (a 500 where the tenant's own branch should run):
 * a fetch that gets no response raises ``OSError`` (Pyodide's ``pyfetch``
   does), still a ``JsException``;
 * ``requests``, ``httpx``, ``urllib3`` and ``urllib.request`` raise their own
-  exception types for it, which is what their callers catch.
+  exception types for it, which is what their callers catch;
+* ``clone()`` of a request or response whose body was read raises, as JS and
+  the SDK do (it returned a second copy of the body).
 
 One real ``corral serve`` (tests/harness.py); port 1 of 127.0.0.1 refuses
 every connection (the harness allows private networks).
@@ -111,3 +113,33 @@ def test_a_failed_connection_raises_what_each_client_documents(corral):
         "urllib3_no_retries": "NewConnectionError",
         "urllib": "URLError",
     }
+
+
+CLONE = '''
+from workers import Response, WorkerEntrypoint
+
+
+def refused(message):
+    try:
+        message.clone()
+    except OSError as e:
+        return type(e).__name__
+    return "cloned"
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        fresh = Response("abc").clone()
+        made = Response("abc")
+        await made.text()
+        await request.text()
+        return Response.json({"fresh": await fresh.text(), "response": refused(made),
+                              "request": refused(request)})
+'''
+
+
+def test_a_read_body_cannot_be_cloned(corral):
+    deploy(corral, "clones", CLONE)
+    resp = corral.request("/", host="clones.localhost", method="POST", body=b"payload")
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json() == {"fresh": "abc", "response": "BodyUsedError", "request": "BodyUsedError"}

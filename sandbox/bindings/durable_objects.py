@@ -94,11 +94,11 @@ class DurableObjectStub:
             raise AttributeError(method)
 
         async def rpc(*args: Any, **kwargs: Any) -> Any:
-            if kwargs:
-                raise TypeError(f"{method}(): RPC methods take positional arguments only, "
-                                f"as JavaScript calls them")
+            # Keywords travel as one trailing object, as Pyodide passes them
+            # to JavaScript in Cloudflare's SDK: the method gets a dict last.
+            values = [*args, kwargs] if kwargs else list(args)
             _, body = await call(self._binding, "call",
-                                 [self.id._hex, self.name, method, encode(list(args), f"{method}()")])
+                                 [self.id._hex, self.name, method, encode(values, f"{method}()")])
             return decode(await read(body))
 
         rpc.__name__ = method
