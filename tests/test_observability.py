@@ -480,6 +480,7 @@ def live_tail(server: Corral, query: str, rcvbuf: int | None = None) -> LiveTail
 def test_live_tails_filter_events(corral):
     with live_tail(corral, "script=thrower") as by_script, \
             live_tail(corral, "namespace=default&outcome=exception") as by_outcome, \
+            live_tail(corral, "outcome=exception") as any_exception, \
             live_tail(corral, "status=201&method=get") as by_status, \
             live_tail(corral, "search=after+the+response") as by_search, \
             live_tail(corral, "tag=plan:usage") as by_tag, \
@@ -490,6 +491,11 @@ def test_live_tails_filter_events(corral):
         event = by_script.next()
         assert event["scriptName"] == "thrower" and event["outcome"] == "exception"
         assert by_outcome.next()["scriptName"] == "thrower"
+        # Unscoped: the dispatcher's event, with its user worker's under children.
+        dispatched = any_exception.next()
+        assert dispatched["scriptName"] == "dispatch", dispatched
+        assert dispatched["children"][0]["scriptName"] == "thrower"
+        assert dispatched["children"][0]["outcome"] == "exception"
         # A dispatcher's event with the user worker's nested: status is the top-level's.
         top = by_status.next()
         assert top["scriptName"] == "dispatch" and top["children"][0]["scriptName"] == "logger"
@@ -501,9 +507,24 @@ def test_live_tails_filter_events(corral):
             sampled_out.next()
 
 
+def test_an_outcome_filter_looks_into_children():
+    """A dispatcher that caught its user worker's exception and answered is
+    "ok" itself; "all exceptions" must still show that tenant's failure."""
+    from supervisor.observability.tail import TailFilter
+
+    tree = {"scriptName": "dispatch", "outcome": "ok",
+            "children": [{"scriptName": "boom", "dispatchNamespace": "t1", "outcome": "exception"}]}
+    assert TailFilter.parse({"outcome": "exception"}).select(tree) == [tree]
+    assert TailFilter.parse({"outcome": "exceededCpu"}).select(tree) == []
+    scoped = TailFilter.parse({"outcome": "exception", "script": "boom"}).select(tree)
+    assert scoped == [tree["children"][0]]
+
+
 def test_bad_live_tail_filters_are_400(corral):
     resp = corral.admin("GET", "/tail?sampling_rate=2")
     assert resp.status == 400 and "sampling_rate" in resp.text
+    resp = corral.admin("GET", "/tail?outcome=ok,exceededCPU")
+    assert resp.status == 400 and "outcome 'exceededCPU' is not one of" in resp.json()["errors"][0]["message"]
 
 
 def test_a_live_tail_that_stops_reading_is_dropped(corral):
@@ -617,6 +638,7 @@ def test_usage_after_a_known_load(corral):
     table = subprocess.run([sys.executable, "-m", "supervisor", "usage", "-n", "default"],
                            capture_output=True, text=True, env=env, cwd=str(REPO), timeout=30)
     assert table.returncode == 0 and "REQUESTS" in table.stdout and "thrower" in table.stdout
+    assert "None" not in table.stdout  # the table is all it prints
 
 
 def test_usage_rejects_bad_times(corral):

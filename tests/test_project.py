@@ -133,6 +133,13 @@ def test_wrangler_json(tmp_path):
     assert load_project(tmp_path).main_module == "w.py"
 
 
+def test_wrangler_json_may_have_comments_as_wrangler_reads_it(tmp_path):
+    write(tmp_path, {"wrangler.json": '// made by hand\n{"main": "w.py", "vars": {"A": "1",},}', "w.py": ""})
+    project = load_project(tmp_path)
+    assert project.main_module == "w.py"
+    assert meta(project)["bindings"] == [{"type": "plain_text", "name": "A", "text": "1"}]
+
+
 def test_corral_toml_wins_over_wrangler(tmp_path):
     write(tmp_path, {"corral.toml": 'main = "a.py"', "wrangler.toml": 'main = "b.py"', "a.py": "", "b.py": ""})
     assert load_project(tmp_path).main_module == "a.py"

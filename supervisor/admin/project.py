@@ -321,10 +321,8 @@ def _read_config(path: Path, warnings: list[str] | None = None) -> WranglerConfi
         if path.suffix == ".toml":
             data = msgspec.toml.decode(raw)
         else:
-            text = raw.decode("utf-8")
-            if path.suffix == ".jsonc":
-                text = strip_jsonc(text)
-            data = msgspec.json.decode(text)
+            # Wrangler reads comments and trailing commas in wrangler.json too.
+            data = msgspec.json.decode(strip_jsonc(raw.decode("utf-8")))
         if isinstance(data, dict):
             _check_keys(path, data, warnings)
         return msgspec.convert(data, type=kind)

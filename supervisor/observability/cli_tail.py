@@ -177,8 +177,8 @@ def cmd_usage(args: argparse.Namespace, client: Any) -> int:
               f"{r['cpuTimeMs']['sum']:.1f}", f"{r['cpuTimeMs']['p50']:.2f}", f"{r['cpuTimeMs']['p99']:.2f}",
               f"{r['wallTimeMs']['sum']:.1f}", f"{r['wallTimeMs']['p99']:.1f}", str(r["subrequests"])]
              for r in rows]
-    print(_table(table, ["MINUTE", "NAMESPACE", kind.upper(), "REQUESTS", "ERRORS", "CPU_MS",
-                         "CPU_P50", "CPU_P99", "WALL_MS", "WALL_P99", "SUBREQ"]))
+    _table(table, ["MINUTE", "NAMESPACE", kind.upper(), "REQUESTS", "ERRORS", "CPU_MS",
+                   "CPU_P50", "CPU_P99", "WALL_MS", "WALL_P99", "SUBREQ"])  # prints it
     return 0
 
 

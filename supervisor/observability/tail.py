@@ -153,6 +153,10 @@ class TailDelivery:
 # ---------------------------------------------------------------------------
 
 
+#: What ``outcome=`` may name.
+_OUTCOMES = frozenset(outcome.value for outcome in Outcome)
+
+
 def _split(value: str | None) -> frozenset[str] | None:
     if not value:
         return None
@@ -184,9 +188,13 @@ class TailFilter(msgspec.Struct, kw_only=True):
         if search is not None and len(search) > 1000:
             raise Invalid("search is longer than 1000 characters")
         methods = _split(query.get("method"))
+        outcomes = _split(query.get("outcome"))
+        unknown = sorted((outcomes or frozenset()) - _OUTCOMES)
+        if unknown:
+            raise Invalid(f"outcome {unknown[0][:40]!r} is not one of {', '.join(sorted(_OUTCOMES))}")
         return cls(namespace=query.get("namespace") or None, script=query.get("script") or None,
                    tags=_split(query.get("tag") or query.get("tags")),
-                   outcomes=_split(query.get("outcome")), statuses=_split(query.get("status")),
+                   outcomes=outcomes, statuses=_split(query.get("status")),
                    methods=frozenset(m.upper() for m in methods) if methods else None,
                    search=search, sampling_rate=rate)
 
@@ -214,7 +222,7 @@ class TailFilter(msgspec.Struct, kw_only=True):
         return [e for e in found if self._passes(e)]
 
     def _passes(self, event: dict[str, Any]) -> bool:
-        if self.outcomes is not None and event.get("outcome") not in self.outcomes:
+        if self.outcomes is not None and not self._has_outcome(event):
             return False
         info = event.get("event") or {}
         request = info.get("request") if isinstance(info, dict) else None
@@ -225,6 +233,13 @@ class TailFilter(msgspec.Struct, kw_only=True):
         if self.search is not None and not self._found(event):
             return False
         return self.sampling_rate >= 1.0 or random.random() < self.sampling_rate
+
+    def _has_outcome(self, event: dict[str, Any]) -> bool:
+        """The event's outcome, or one of its children's, is wanted: a user
+        worker's exception shows in a dispatcher's tail though the
+        dispatcher caught it and answered (as ``search`` looks into children)."""
+        return event.get("outcome") in (self.outcomes or ()) or any(
+            self._has_outcome(child) for child in event.get("children") or ())
 
     def _status_ok(self, event: dict[str, Any], info: Any) -> bool:
         response = info.get("response") if isinstance(info, dict) else None
