@@ -21,6 +21,7 @@ import trio
 
 from supervisor import instrument_checks, loop_clock, state_lock
 from supervisor import log as logmod
+from supervisor.admin import render
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
 from supervisor.bindings import Bindings
@@ -130,7 +131,8 @@ class Supervisor:
         self._ended_at_poke = 0
         # The admin socket is the operator's: its own limits (uploads may be
         # large; the API itself answers 413 past the script size limit).
-        self.admin_http = Server(self._admin_handle, HttpConfig(max_body_bytes=64 * 2**20), "admin")
+        self.admin_http = Server(self._admin_handle, HttpConfig(max_body_bytes=64 * 2**20), "admin",
+                                 error_body=render.transport_error)
 
     def _wire_objects_and_queues(self) -> None:
         """Durable Objects and queues invoke scripts: hand them the pool, the

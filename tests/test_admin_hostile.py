@@ -294,6 +294,20 @@ def test_malformed_http_on_the_admin_socket(server: Corral) -> None:
     got, body = admin_raw(server, b"POST " + NS.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n"
                           b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n")
     assert got == 400 and b"both Content-Length and Transfer-Encoding" in body and b"corral_" not in body
+    # Refused by the HTTP layer, before the API: still the API's envelope (SPEC section 2).
+    envelope = json.loads(body)
+    assert envelope["success"] is False and envelope["result"] is None
+    assert envelope["errors"][0]["code"] == 10400
+    got, body = admin_raw(server, b"GARBAGE\r\n\r\n")
+    assert got == 400 and json.loads(body)["errors"][0]["message"].startswith("Bad request: ")
+
+
+def test_a_body_past_the_admin_sockets_limit_is_a_json_413(server: Corral) -> None:
+    got, body = admin_raw(server, b"POST " + NS.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                          b"Content-Type: application/json\r\nContent-Length: 70000000\r\n\r\n")
+    envelope = json.loads(body)
+    assert got == 413 and envelope["success"] is False
+    assert envelope["errors"] == [{"code": 10027, "message": "Request body larger than 67108864 bytes"}]
 
 
 # -- a bounded, deterministic fuzz over every body-reading endpoint ------------------------------

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from supervisor.admin.errors import ErrorCode
 from supervisor.model import PLATFORM, ScriptRecord, public_binding
 from supervisor.store.records import DeploymentInfo, NamespaceInfo, RouteInfo, VersionInfo
 
@@ -121,3 +122,12 @@ def envelope(status: int, result: Any = None, *, errors: list[dict[str, Any]] | 
     if result_info is not None:
         body["result_info"] = result_info
     return status, list(JSON_HEADERS), msgspec.json.encode(body)
+
+
+def transport_error(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The envelope of an error the HTTP layer answers before the API sees the
+    request (a malformed request, a body past the socket's limit): SPEC
+    section 2 has every answer of the admin API in it."""
+    code = ErrorCode.TOO_LARGE if status == 413 else 10000 + status  # as admin.errors numbers them
+    _, headers, body = envelope(status, errors=[{"code": code, "message": message}])
+    return headers, body

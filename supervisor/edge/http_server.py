@@ -314,6 +314,8 @@ class Connection:
         self.pending = b""
         self.peer_closed = False
         self._peer_address: str | None = None
+        #: How the server's own error answers look (see :data:`ErrorBody`).
+        self.error_body: ErrorBody = plain_error
 
     @property
     def peer_address(self) -> str:
@@ -544,12 +546,22 @@ class RequestBody:
 Handler = Callable[[Request, Connection], Awaitable[None]]
 
 
+#: ``(status, message) -> (headers, body)`` of an answer the server itself
+#: makes (a malformed request, a body too large): text by default, the admin
+#: API's JSON envelope on its socket.
+ErrorBody = Callable[[int, str], tuple[list[tuple[bytes, bytes]], bytes]]
+
+
+def plain_error(status: int, message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    return [(b"content-type", b"text/plain; charset=utf-8")], (message + "\n").encode()
+
+
 async def _simple(conn: Connection, status: int, message: str) -> None:
     """An error answer after which the connection closes (lingering)."""
     conn.linger = True
     conn.keep_alive = False
-    await conn.respond(status, [(b"content-type", b"text/plain; charset=utf-8")],
-                       (message + "\n").encode())
+    headers, body = conn.error_body(status, message)
+    await conn.respond(status, headers, body)
 
 
 async def _linger(sock: socket.socket) -> None:
@@ -593,10 +605,12 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 class Server:
     """Accepts connections and runs ``handler`` for every request on them."""
 
-    def __init__(self, handler: Handler, config: HttpConfig, name: str = "http") -> None:
+    def __init__(self, handler: Handler, config: HttpConfig, name: str = "http",
+                 error_body: ErrorBody = plain_error) -> None:
         self.handler = handler
         self.config = config
         self.name = name
+        self.error_body = error_body
         self.connections = 0
         self.requests = 0
         self.in_flight = 0
@@ -630,6 +644,7 @@ class Server:
     async def serve_socket(self, sock: socket.socket) -> None:
         """One connection; never raises, whatever the client does."""
         conn = Connection(sock, self.config, self.name)
+        conn.error_body = self.error_body
         try:
             if self.connections >= self.config.max_connections:
                 await _simple(conn, 503, "Server busy: too many connections")
