@@ -390,9 +390,11 @@ class Hello(_Msg, tag="hello"):
 
 
 class Loaded(_Msg, tag="loaded"):
-    """Answer to :class:`Load`: the script imported, or why not."""
+    """Answer to :class:`Load`: the script imported, or why not, and the
+    handlers it defines (``fetch``, ``scheduled``, ``queue``, ``tail``, ...)."""
 
     error: ExceptionInfo | None = None
+    handlers: tuple[str, ...] = ()
 
 
 class ResponseStart(_Msg, tag="respond"):

@@ -673,7 +673,8 @@ class Runtime:
             )
         except MemoryError:
             self._out_of_memory(0)
-        self.send(Loaded(self._load_error))
+        kinds = () if self._script is None or self._load_error else tuple(sorted(self._script.kinds))
+        self.send(Loaded(self._load_error, kinds))
 
     def _confine(self, script: ScriptBundle) -> None:
         """Before any of the script's code: its own bundle only, and clear errors."""

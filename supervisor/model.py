@@ -360,6 +360,14 @@ class UploadMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
                 check_tag(tag)
 
 
+class LoadCheck(msgspec.Struct, frozen=True):
+    """What loading a script in a throw-away sandbox found (``Pool.validate``)."""
+
+    #: Why it did not load; None if it did.
+    error: str | None = None
+    handlers: tuple[str, ...] = ()
+
+
 class ScriptRecord(msgspec.Struct, kw_only=True):
     """A deployed script version, as stored and as the request path sees it."""
 
@@ -387,6 +395,9 @@ class ScriptRecord(msgspec.Struct, kw_only=True):
     requirements: list[str] = []
     packages_lock: str = ""
     queue_consumers: list[QueueConsumer] = []
+    #: The handlers its code defines (``fetch``, ``scheduled``, ...), as its
+    #: validation found them; empty for a record stored before they were kept.
+    handlers: list[str] = []
 
     def binding(self, name: str, kind: type[_Binding]) -> Any:
         """The binding ``name`` of type ``kind``, or None."""

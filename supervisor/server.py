@@ -39,7 +39,7 @@ from supervisor.edge.websockets import Deliverer
 from supervisor.errors import NotFound, NotSupported, StartupError, Unavailable
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import log, warn
-from supervisor.model import ScriptRecord
+from supervisor.model import LoadCheck, ScriptRecord
 from supervisor.observability.live import serve_live_tail
 from supervisor.observability.pipeline import Observability
 from supervisor.packages.resolver import Resolver
@@ -177,7 +177,7 @@ class Supervisor:
             self.observability.script_not_found(script, url, request.method, request.headers, request_id)
 
     # -- admin hooks -------------------------------------------------------------
-    async def validate(self, record: ScriptRecord) -> str | None:
+    async def validate(self, record: ScriptRecord) -> LoadCheck:
         try:
             return await self.pool.validate(record)
         except PoolUnavailable as exc:

@@ -9,7 +9,7 @@ import trio
 
 from supervisor.admin.api import AdminAPI
 from supervisor.admin.multipart import Part, encode
-from supervisor.model import PLATFORM
+from supervisor.model import PLATFORM, LoadCheck
 from supervisor.store.store import Store
 
 NS = "/accounts/local/workers/dispatch/namespaces"
@@ -28,7 +28,7 @@ class Hooks:
 
     async def validate(self, record):
         self.validated.append(record)
-        return self.fail
+        return LoadCheck(self.fail, ("fetch",))
 
     def script_changed(self, namespace, name):
         self.changed.append((namespace, name))

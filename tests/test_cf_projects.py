@@ -199,6 +199,9 @@ def test_pyodide_and_js(corral):
 def test_cron_trigger_by_hand_and_test_endpoint(corral):
     deployed(corral, "cron-worker", "cron", namespace=None)
     corral.route("cron.test/*", "cron-worker")
+    # Cloudflare's script metadata names the handlers the code defines.
+    meta = corral.admin("GET", "/accounts/local/workers/scripts/cron-worker").json()["result"]
+    assert meta["handlers"] == ["fetch", "scheduled"], meta
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     base = [sys.executable, "-m", "supervisor", "trigger", "--socket", corral.socket_path]
     ok = subprocess.run([*base, "--json", "--cron", "*/5 * * * *", "cron-worker"],

@@ -33,6 +33,7 @@ from supervisor.model import (
     AssetConfig,
     AssetEntry,
     AssetSet,
+    LoadCheck,
     ScriptRecord,
     UploadMetadata,
     check_name,
@@ -65,8 +66,8 @@ def log_event(level: int, event: str, **fields: Any) -> None:
 class AdminHooks(Protocol):
     """What the API needs from the rest of the supervisor."""
 
-    async def validate(self, record: ScriptRecord) -> str | None:
-        """Load the script in a sandbox: None if it loads, else the error text."""
+    async def validate(self, record: ScriptRecord) -> LoadCheck:
+        """Load the script in a sandbox: the error text, or the handlers it defines."""
         ...
 
     def script_changed(self, namespace: str, name: str) -> None:
@@ -333,9 +334,10 @@ class Handlers:
         if warnings is not None:
             warnings.extend(packages.warnings)
         record = self._build_record(ns, name, parts, previous, packages, code_only=code_only)
-        error = await self.hooks.validate(record)
-        if error is not None:
-            raise LoadFailed(f"script {name!r} failed to load: {error}")
+        check = await self.hooks.validate(record)
+        if check.error is not None:
+            raise LoadFailed(f"script {name!r} failed to load: {check.error}")
+        record = msgspec.structs.replace(record, handlers=list(check.handlers))
         stored = await self._run(functools.partial(self.store.put_script, record, deploy=deploy))
         if deploy:
             self._changed(ns, name)

@@ -37,7 +37,7 @@ def script_json(record: ScriptRecord, *, with_modules: bool, nested: bool = Fals
         "version_id": record.version_id,
         "has_assets": bool(record.assets),
         "has_modules": True,
-        "handlers": ["fetch"],
+        "handlers": handlers_of(record),
         "usage_model": "standard",
         "startup_time_ms": 0,
     }
@@ -48,6 +48,12 @@ def script_json(record: ScriptRecord, *, with_modules: bool, nested: bool = Fals
     if nested:
         out["script"] = {k: v for k, v in out.items() if k not in ("modules", "bindings", "dispatch_namespace")}
     return out
+
+
+def handlers_of(record: ScriptRecord) -> list[str]:
+    """Cloudflare's ``handlers``: the handlers the script's code defines
+    (``["fetch"]`` for a record stored before Corral kept them)."""
+    return list(record.handlers) or ["fetch"]
 
 
 def settings_json(record: ScriptRecord) -> dict[str, Any]:
@@ -77,7 +83,8 @@ def version_json(info: VersionInfo, record: ScriptRecord | None = None) -> dict[
     if record is not None:
         out["resources"] = {
             "bindings": [public_binding(b) for b in record.bindings],
-            "script": {"etag": record.version, "handlers": ["fetch"], "main_module": record.main_module},
+            "script": {"etag": record.version, "handlers": handlers_of(record),
+                       "main_module": record.main_module},
             "script_runtime": {"compatibility_date": record.compatibility_date,
                                "compatibility_flags": list(record.compatibility_flags),
                                "usage_model": "standard"},

@@ -336,6 +336,8 @@ class ChildProcess:
         self.hello = trio.Event()
         self.loaded = trio.Event()
         self.load_error: ExceptionInfo | None = None
+        #: The handlers the loaded script defines (Loaded.handlers).
+        self.load_handlers: tuple[str, ...] = ()
         self.dead = trio.Event()
         #: CPU its own set-up took, per step (protocol.messages.SETUP_STEPS), from its Hello.
         self.setup_us: tuple[int, ...] = ()
@@ -715,6 +717,7 @@ class ChildProcess:
             raise ProtocolViolation("Loaded without a Load")
         self._advance(ChildEvent.LOADED)
         self.load_error = message.error
+        self.load_handlers = message.handlers
         self.loaded.set()
         self.owner.on_loaded(self, trio.current_time() - self.assigned_at, message.error is not None)
         if message.error is not None:

@@ -56,7 +56,7 @@ from supervisor.limits.cpu_meter import CpuMeter, MeterFactory
 from supervisor.limits.memory import Enforcer
 from supervisor.limits.memory import choose as choose_memory_enforcement
 from supervisor.log import log, warn
-from supervisor.model import DispatchNamespace, ScriptRecord, to_bundle
+from supervisor.model import DispatchNamespace, LoadCheck, ScriptRecord, to_bundle
 from supervisor.pool.bodies import BodySource
 from supervisor.pool.bundles import BundleError, Bundles
 from supervisor.pool.census import ChildCensus
@@ -841,12 +841,12 @@ class Pool:
             self._cold_started()
         return await self._take_spare(since=began)
 
-    async def validate(self, record: ScriptRecord, timeout: float = 10.0) -> str | None:
-        """Load ``record`` in a throw-away sandbox; the load error, or None."""
+    async def validate(self, record: ScriptRecord, timeout: float = 10.0) -> LoadCheck:
+        """Load ``record`` in a throw-away sandbox: the load error, or the handlers it defines."""
         try:
             child = await self._spare_with_bundle(record)
         except BundleError as exc:
-            return str(exc)
+            return LoadCheck(str(exc))
         try:
             self._give_script(child, record)
             with trio.move_on_after(timeout):
@@ -861,12 +861,12 @@ class Pool:
                     nursery.cancel_scope.cancel()
             if child.loaded.is_set():
                 error = child.load_error
-                return None if error is None else error.message
+                return LoadCheck(handlers=child.load_handlers) if error is None else LoadCheck(error.message)
             if not child.alive and child.over_cpu:
-                return "the script's top-level code exceeded its startup CPU time"
+                return LoadCheck("the script's top-level code exceeded its startup CPU time")
             if not child.alive:
-                return "the script crashed its sandbox while loading"
-            return f"the script did not finish loading within {timeout:g} s"
+                return LoadCheck("the script crashed its sandbox while loading")
+            return LoadCheck(f"the script did not finish loading within {timeout:g} s")
         finally:
             child.kill(KillReason.VALIDATED)
 

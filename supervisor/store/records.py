@@ -75,6 +75,7 @@ class _Metadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     packages_lock: str = ""
     crons: list[str] = []
     queue_consumers: list[QueueConsumer] = []
+    handlers: list[str] = []
 
 
 _modules_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
