@@ -121,7 +121,7 @@ def build(inv: Invocation) -> dict[str, Any]:
         "scriptName": record.name,
         "dispatchNamespace": record.namespace or None,
         "scriptTags": list(record.tags),
-        "scriptVersion": {"id": record.version},
+        "scriptVersion": {"id": record.version_id or record.version},  # the versions API's id
         "entrypoint": inv.event.class_name if durable else None,  # type: ignore[union-attr]
         "executionModel": "durableObject" if durable else "stateless",
         "outcome": outcome_of(inv),

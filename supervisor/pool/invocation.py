@@ -43,7 +43,7 @@ def background_trace(record: ScriptRecord, outcome: Outcome, message: str) -> di
         "scriptName": record.name,
         "dispatchNamespace": record.namespace or None,
         "scriptTags": list(record.tags),
-        "scriptVersion": {"id": record.version},
+        "scriptVersion": {"id": record.version_id or record.version},  # the versions API's id
         "outcome": outcome,
         "eventTimestamp": int(now),
         "event": None,
