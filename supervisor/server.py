@@ -263,10 +263,13 @@ class Supervisor:
             self.observability.metrics.admin_call("GET", 200)
             await serve_live_tail(self.observability.live, target, conn)
             return
+        method = request.method.decode("latin-1")
+        # HEAD is GET without the body (RFC 9110 section 9.3.2), for health checks.
+        head_only = method == "HEAD"
         status, headers, payload = await self.admin.handle(
-            request.method.decode("latin-1"), target, request.headers, body)
-        self.observability.metrics.admin_call(request.method.decode("latin-1"), status)
-        await conn.respond(status, headers, payload)
+            "GET" if head_only else method, target, request.headers, body)
+        self.observability.metrics.admin_call(method, status)
+        await conn.respond(status, headers, payload, head_only)
 
     def _admin_tcp(self) -> AdminTCP:  # noqa: F821 - imported where it is needed
         from supervisor.admin.tcp import AdminTCP, tls_context

@@ -302,6 +302,25 @@ def test_malformed_http_on_the_admin_socket(server: Corral) -> None:
     assert got == 400 and json.loads(body)["errors"][0]["message"].startswith("Bad request: ")
 
 
+def test_head_is_get_without_its_body(server: Corral) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(server.socket_path)
+        sock.sendall(b"HEAD " + NS.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET " + NS.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), answer[:200]
+    length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+                 .split(b":")[1])
+    # No body after the HEAD's head: the GET's answer follows at once, as long as it said.
+    second_head, _, second_body = rest.partition(b"\r\n\r\n")
+    assert second_head.startswith(b"HTTP/1.1 200 ") and len(second_body) == length
+    assert json.loads(second_body)["success"] is True
+
+
 def test_a_body_past_the_admin_sockets_limit_is_a_json_413(server: Corral) -> None:
     got, body = admin_raw(server, b"POST " + NS.encode() + b" HTTP/1.1\r\nHost: x\r\n"
                           b"Content-Type: application/json\r\nContent-Length: 70000000\r\n\r\n")
