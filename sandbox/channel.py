@@ -75,6 +75,14 @@ class Channel:
             self._flush_scheduled = True
             self._loop.call_soon(self._scheduled_flush)
 
+    def push(self) -> None:
+        """Write what is queued now, without blocking, not at the end of the
+        loop turn: for a log line, which must reach the supervisor even if
+        the code that printed it then spins until the kernel kills it for
+        CPU (the turn never ends, and a SIGKILL loses the queue)."""
+        if not self._writing and not self.closed:
+            self._flush()
+
     def flush_now(self) -> None:
         """Write everything queued, blocking if need be (last words before exit)."""
         if self.closed:

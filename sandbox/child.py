@@ -616,6 +616,7 @@ class Runtime:
         budget[0] -= 1
         budget[1] -= len(message)
         self.send(Log(inv, level, message, time.time() * 1000.0))
+        self.channel.push()  # one write per line, at most MAX_LOG_LINES per invocation
 
     def report_logged(self, exc: BaseException) -> None:
         """An exception the tenant logged: listed in its invocation's trace."""

@@ -84,6 +84,12 @@ class Default(WorkerEntrypoint):
             except BaseException:
                 while True:
                     pass
+        if path == "/printspin":
+            print("before the await")
+            await asyncio.sleep(0)
+            print("spinning now")  # the trace keeps it, though nothing after it ever returns
+            while True:
+                pass
         if path == "/sleep":
             started = time.process_time()
             await asyncio.sleep(float(q.get("ms", "100")) / 1000.0)
@@ -436,6 +442,16 @@ def test_trace_records_cpu_wall_and_subrequests(tmp_path, upstream):
         assert spun["outcome"] == "exceededCpu"
         assert 25 <= spun["cpuTime"] <= 80, spun["cpuTime"]
         print(f"\ntrace: budget 30 ms, cpuTime {spun['cpuTime']} ms, wallTime {spun['wallTime']} ms")
+        # What a killed invocation printed last is in its trace: the line an operator needs most.
+        call(server, "tracer", "/printspin", {"cpuMs": 30})
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(traces) < 3:
+            traces = [json.loads(line)["trace"] for line in server.log().splitlines()
+                      if '"event":"invocation"' in line]
+            time.sleep(0.05)
+        [printed] = traces[-1]["children"]
+        assert printed["outcome"] == "exceededCpu"
+        assert [line["message"] for line in printed["logs"]] == [["before the await"], ["spinning now"]]
     finally:
         server.stop()
 
