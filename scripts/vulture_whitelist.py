@@ -87,6 +87,10 @@ _.integrity  # Request.integrity, tenant API (sandbox/workers.py)
 _.keepalive  # Request.keepalive, tenant API (sandbox/workers.py)
 _.from_json
 pass_through_on_exception
+# sandbox/workers.py: what email.message.Message's methods read on Headers (as_string() and co.)
+_.preamble
+_.epilogue
+_.defects
 # sandbox/workers_asgi.py (Cloudflare's asgi module has websocket(); Corral refuses it)
 websocket
 # sandbox/logs.py (console.debug)
