@@ -11,15 +11,19 @@ from tests.harness import Corral
 def corral(tmp_path_factory: pytest.TempPathFactory):
     """One server per test module, with the bundled dispatcher routed on */*."""
     server = Corral(tmp_path_factory.mktemp("corral")).start()
-    server.deploy_dispatcher()
-    yield server
-    server.stop()
+    try:  # a set-up that fails must not leave the server running
+        server.deploy_dispatcher()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
 def fresh_corral(tmp_path):
     """A server of its own, for tests that kill or restart things."""
     server = Corral(tmp_path / "state").start()
-    server.deploy_dispatcher()
-    yield server
-    server.stop()
+    try:
+        server.deploy_dispatcher()
+        yield server
+    finally:
+        server.stop()

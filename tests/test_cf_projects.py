@@ -40,9 +40,9 @@ def corral(tmp_path_factory):
     config = state / "serve.toml"
     config.write_text("scheduled_test_endpoint = true\n")
     server = Corral(state, extra_args=["--config", str(config)]).start()
-    server.namespace(NS)
-    server.deploy_dispatcher(namespace=NS)
-    try:
+    try:  # a set-up that fails must not leave the server running
+        server.namespace(NS)
+        server.deploy_dispatcher(namespace=NS)
         yield server
     finally:
         server.stop()
