@@ -286,6 +286,10 @@ HtmlHandling = Literal["auto-trailing-slash", "force-trailing-slash", "drop-trai
 NotFoundHandling = Literal["none", "404-page", "single-page-application"]
 
 
+#: Longest ``_redirects`` or ``_headers`` text: 2,100 rules of 2,000 characters fit in 4 MiB.
+MAX_RULES_TEXT = 4 * 1024 * 1024
+
+
 class AssetConfig(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """How a script's static assets are served (Wrangler's ``assets`` keys)."""
 
@@ -293,6 +297,12 @@ class AssetConfig(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True)
     not_found_handling: NotFoundHandling = "none"
     #: True, False, or patterns (``"/api/*"``, ``"!/api/docs/*"``) that reach the worker first.
     run_worker_first: bool | list[str] = False
+    #: The text of the site's ``_redirects`` and ``_headers`` files (Wrangler
+    #: sends them so, not as assets; see supervisor.edge.asset_rules).
+    redirects: Annotated[str, msgspec.Meta(max_length=MAX_RULES_TEXT)] = msgspec.field(
+        default="", name="_redirects")
+    headers: Annotated[str, msgspec.Meta(max_length=MAX_RULES_TEXT)] = msgspec.field(
+        default="", name="_headers")
 
 
 class AssetEntry(msgspec.Struct, array_like=True, frozen=True):

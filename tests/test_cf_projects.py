@@ -283,6 +283,31 @@ def test_static_assets_through_the_dispatcher(corral):
     assert (manual.status, manual.headers["x-location"]) == (307, "/about")
 
 
+def test_the_sites_redirects_and_headers_files(corral):
+    """public/_redirects and public/_headers: sent with the config as Wrangler
+    sends them (never served), and applied as Cloudflare's asset server does."""
+    result = deploy(corral, "site", "assets")
+    assert result.returncode == 0, result.stderr
+    assert "_redirects line 6: expected 2 or 3 whitespace-separated tokens, got 6" in result.stderr
+    moved = get(corral, "site", "/old-about?ref=mail")
+    assert (moved.status, moved.headers["location"]) == (301, "/about?ref=mail")
+    splat = get(corral, "site", "/go/intro")
+    assert (splat.status, splat.headers["location"]) == (302, "/docs/intro")
+    away = get(corral, "site", "/external")
+    assert (away.status, away.headers["location"]) == (308, "https://example.com/elsewhere")
+    # 200: another asset served at the same URL, with headers whose :name it fills.
+    person = get(corral, "site", "/people/ada")
+    assert (person.status, person.text) == (200, "<h1>About</h1>\n")
+    assert (person.headers["x-person"], person.headers["x-site"]) == ("ada", "corral-test")
+    assert get(corral, "site", "/app.js").headers["x-site"] == "corral-test"
+    docs = get(corral, "site", "/docs/")
+    assert docs.headers["cache-control"] == "no-store" and "x-site" not in docs.headers
+    assert moved.headers["x-site"] == "corral-test"  # on the asset server's redirects too
+    # The files themselves are no assets.
+    for name in ("/_redirects", "/_headers"):
+        assert get(corral, "site", name).text == "<h1>Not here</h1>\n"
+
+
 def test_assets_are_per_script_and_deduplicated(corral):
     deployed(corral, "site", "assets")  # the same files again: a new version, the same blobs
     deployed(corral, "site-copy", "assets")

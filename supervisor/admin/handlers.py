@@ -27,6 +27,7 @@ from supervisor.admin.errors import LoadFailed
 from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, route_json, script_json
 from supervisor.admin.router import Request, Router
 from supervisor.cron import CronError, parse_cron
+from supervisor.edge import asset_rules
 from supervisor.errors import Invalid, NotFound, NotSupported, TooLarge
 from supervisor.model import (
     PLATFORM,
@@ -334,6 +335,9 @@ class Handlers:
         if warnings is not None:
             warnings.extend(packages.warnings)
         record = self._build_record(ns, name, parts, previous, packages, code_only=code_only)
+        if warnings is not None and record.assets is not None:
+            config = record.assets.config  # lines Cloudflare would ignore, as Wrangler warns of them
+            warnings.extend(asset_rules.parse(config.redirects, config.headers, config.html_handling).problems)
         check = await self.hooks.validate(record)
         if check.error is not None:
             raise LoadFailed(f"script {name!r} failed to load: {check.error}")

@@ -352,6 +352,13 @@ def _check_keys(path: Path, data: dict[str, Any], warnings: list[str] | None) ->
                                 "(stored with the script, no effect in Corral)")
 
 
+def _rules_text(config_path: Path, name: str, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProjectError(f"{config_path}: the assets directory's {name} is not UTF-8 text") from None
+
+
 def _collect_assets(root: Path, config_path: Path, directory: str) -> dict[str, bytes]:
     """Every file under the assets directory, by URL path; ``.assetsignore`` patterns skipped."""
     import fnmatch
@@ -537,12 +544,18 @@ def load_project(path: str | os.PathLike[str]) -> Project:
     assets: dict[str, bytes] = {}
     upload_assets = None
     if config.assets is not None:
+        rules = {"_redirects": "", "_headers": ""}
         if config.assets.directory:
             assets = _collect_assets(target, config_path, config.assets.directory)
+            for name in rules:  # the site's rules, sent in the config as Wrangler sends them
+                data = assets.pop("/" + name, None)
+                if data is not None:
+                    rules[name] = _rules_text(config_path, name, data)
         upload_assets = model.UploadAssets(config=model.AssetConfig(
             html_handling=config.assets.html_handling,
             not_found_handling=config.assets.not_found_handling,
-            run_worker_first=config.assets.run_worker_first))
+            run_worker_first=config.assets.run_worker_first,
+            redirects=rules["_redirects"], headers=rules["_headers"]))
     try:
         metadata = model.UploadMetadata(
             main_module=main,

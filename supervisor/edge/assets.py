@@ -7,7 +7,9 @@ decision is :func:`resolve`, pure: path matching with ``html_handling``
 (``auto-trailing-slash`` by default: ``/about`` serves ``about.html`` or
 redirects to ``/about/`` for ``about/index.html``), ``not_found_handling``
 (``single-page-application``, ``404-page``, or the worker),
-``run_worker_first`` (a bool or patterns with ``!`` negations). Serving adds
+``run_worker_first`` (a bool or patterns with ``!`` negations), and the
+site's own ``_redirects`` and ``_headers`` (:mod:`supervisor.edge.asset_rules`:
+redirects first, headers on every answer). Serving adds
 content types as Cloudflare sets them (``text/*; charset=utf-8``,
 ``text/javascript`` for .js, ``image/vnd.microsoft.icon`` for .ico), a strong
 ETag with ``If-None-Match``, HEAD, and single byte ranges.
@@ -24,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 
+from supervisor.edge import asset_rules
 from supervisor.edge.http_server import Connection
 from supervisor.model import AssetEntry, AssetSet, ScriptRecord
 from supervisor.pool.bodies import BytesBody
@@ -117,6 +120,11 @@ def resolve(assets: AssetSet, path: str) -> Decision:
     return Decision("not_found")
 
 
+def _rules(assets: AssetSet) -> asset_rules.Rules:
+    config = assets.config
+    return asset_rules.parse(config.redirects, config.headers, config.html_handling)
+
+
 def worker_first(assets: AssetSet, path: str) -> bool:
     """``run_worker_first``: True, False, or patterns (``!`` excludes) matching the path."""
     rule = assets.config.run_worker_first
@@ -194,13 +202,17 @@ class AssetServer:
         self.store = store
 
     def wants(self, record: ScriptRecord, method: bytes, url: str, *, from_worker: bool) -> bool:
-        """Whether assets answer this request before (or instead of) the worker."""
+        """Whether assets answer this request before (or instead of) the worker:
+        a ``_redirects`` rule for its path is always followed."""
         assets = record.assets
         if assets is None or not assets.manifest:
             return False
-        path = unquote(urlsplit(url).path or "/")
+        parts = urlsplit(url)
+        path = unquote(parts.path or "/")
         if not from_worker and worker_first(assets, path):
             return False
+        if _rules(assets).redirect(parts.netloc, parts.path or "/") is not None:
+            return True
         if method not in (b"GET", b"HEAD"):
             return from_worker
         if from_worker:
@@ -209,12 +221,30 @@ class AssetServer:
 
     async def answer(self, record: ScriptRecord, method: bytes, url: str,
                      headers: list[tuple[bytes, bytes]]) -> Answer:
+        """The asset server's response, with the site's ``_headers`` rules
+        applied (on every answer, as Cloudflare's asset server applies them)."""
         assets = record.assets or AssetSet()
+        parts = urlsplit(url)
+        rules = _rules(assets)
+        answer = await self._answer(record, assets, rules, method, url, headers)
+        if rules.headers:
+            rules.apply_headers(parts.netloc, parts.path or "/", answer.headers)
+        return answer
+
+    async def _answer(self, record: ScriptRecord, assets: AssetSet, rules: asset_rules.Rules,
+                      method: bytes, url: str, headers: list[tuple[bytes, bytes]]) -> Answer:
+        parts = urlsplit(url)
+        path = parts.path or "/"
+        rule = rules.redirect(parts.netloc, path)
+        if rule is not None:
+            if rule.status != 200:
+                target = asset_rules.location(rule, url)
+                return Answer(rule.status, [(b"location", target.encode("latin-1", "replace"))], None)
+            path = asset_rules.rewritten_path(rule, url)  # served in place of the one asked for
         if method not in (b"GET", b"HEAD"):
             return Answer(405, [(b"allow", b"GET, HEAD")], None)
-        parts = urlsplit(url)
-        decision = resolve(assets, unquote(parts.path or "/"))
-        if decision.kind == "redirect":
+        decision = resolve(assets, unquote(path))
+        if decision.kind == "redirect":  # html_handling's, after a 200 rule too (as Cloudflare's)
             location = decision.location + (f"?{parts.query}" if parts.query else "")
             return Answer(307, [(b"location", location.encode("latin-1"))], None)
         if decision.kind == "not_found":
