@@ -50,7 +50,7 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     from supervisor.admin.project import ProjectError, load_project, module_content_type
 
     try:
-        project = load_project(args.path)
+        project = load_project(args.path, env=args.env)
     except ProjectError as exc:
         print(f"corral deploy: {exc}", file=sys.stderr)
         return 2
@@ -284,6 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--tag", action="append", help="tag the script (repeatable)")
     deploy.add_argument("--var", action="append", metavar="KEY=VALUE", help="plain-text binding (repeatable)")
     deploy.add_argument("--dry-run", action="store_true", help="show what would change; upload nothing")
+    deploy.add_argument("--env", "-e", help="the Wrangler environment of the config to deploy ([env.NAME])")
     deploy.add_argument("name", metavar="NAME")
     deploy.add_argument("path", metavar="PATH", help="a .py file or a project folder")
 

@@ -215,6 +215,11 @@ def test_bad_usage_is_exit_2(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
     result = corral("deploy", "x", EXAMPLES / "hello.py", "--var", "NOEQUALS", "--socket", tmp_path / "s")
     assert result.returncode == 2 and "KEY=VALUE" in result.stderr
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "wrangler.toml").write_text('main = "w.py"\n[env.staging]\n')
+    (tmp_path / "proj" / "w.py").write_text("")
+    result = corral("deploy", "--env", "qa", "x", tmp_path / "proj", "--socket", tmp_path / "s")
+    assert result.returncode == 2 and "no environment 'qa'" in result.stderr and "staging" in result.stderr
     result = corral("serve", "--config", tmp_path / "missing.toml")
     assert result.returncode == 2 and "bad configuration" in result.stderr
     (tmp_path / "c.toml").write_text("htttp = 1\n")

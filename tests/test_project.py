@@ -241,3 +241,46 @@ def test_module_rules_of_the_config(tmp_path):
                             '{"type": "ESModule", "globs": ["**/*.mjs"]}]}'})
     with pytest.raises(ProjectError, match="type 'ESModule' is not supported by Corral"):
         load_project(tmp_path / "js")
+
+
+ENVIRONMENTS = """
+main = "src/entry.py"
+compatibility_date = "2025-06-01"
+[vars]
+STAGE = "top"
+[[kv_namespaces]]
+binding = "KV"
+id = "kv-top"
+
+[env.staging]
+compatibility_date = "2025-07-01"
+[env.staging.vars]
+STAGE = "staging"
+
+[env.production]
+[[env.production.kv_namespaces]]
+binding = "KV"
+id = "kv-prod"
+"""
+
+
+def test_wrangler_environments_as_wrangler_reads_them(tmp_path):
+    """Without --env the top level is deployed and [env.*] ignored; with it, the
+    environment's own vars and bindings over the top level's other keys."""
+    write(tmp_path, {"wrangler.toml": ENVIRONMENTS, "src/entry.py": ""})
+    top = meta(load_project(tmp_path))
+    assert top["compatibility_date"] == "2025-06-01"
+    assert top["bindings"] == [{"type": "plain_text", "name": "STAGE", "text": "top"},
+                               {"type": "kv_namespace", "name": "KV", "namespace_id": "kv-top"}]
+    staging = load_project(tmp_path, env="staging")
+    assert meta(staging)["compatibility_date"] == "2025-07-01"
+    assert meta(staging)["bindings"] == [{"type": "plain_text", "name": "STAGE", "text": "staging"}]
+    assert staging.main_module == "src/entry.py"  # inherited
+    assert any("'kv_namespaces' is set at the top level but not in [env.staging]" in w
+               for w in staging.warnings)
+    production = load_project(tmp_path, env="production")
+    assert meta(production)["compatibility_date"] == "2025-06-01"
+    assert meta(production)["bindings"] == [{"type": "kv_namespace", "name": "KV", "namespace_id": "kv-prod"}]
+    with pytest.raises(ProjectError, match=r"no environment 'qa' \(\[env.qa\]\); environments there: "
+                                           "production, staging"):
+        load_project(tmp_path, env="qa")

@@ -233,7 +233,7 @@ UNSUPPORTED_KEYS = frozenset({
     "workflows", "ai", "vectorize", "hyperdrive",
     "analytics_engine_datasets", "browser", "mtls_certificates", "send_email", "unsafe",
     "containers", "images", "secrets_store_secrets",
-    "pipelines", "wasm_modules", "text_blobs", "data_blobs", "site", "env",
+    "pipelines", "wasm_modules", "text_blobs", "data_blobs", "site",
     "unsafe_hello_world", "dispatch_namespaces_outbound", "logfwdr", "tail_consumers_streaming",
 })
 #: Keys about deployment to Cloudflare itself (accounts, routes, dev server,
@@ -244,6 +244,18 @@ IGNORED_KEYS = frozenset({
     "placement", "limits", "logpush", "no_bundle", "find_additional_modules", "base_dir",
     "preserve_file_names", "node_compat", "python_modules", "usage_model", "keep_names",
     "legacy_env", "compliance_region", "tsconfig", "jsx_factory", "jsx_fragment",
+})
+#: What a Wrangler environment (``[env.NAME]``, ``corral deploy --env NAME``)
+#: does not take from the top level, as in Wrangler: vars and bindings must
+#: be given again in the environment; everything else is inherited.
+NON_INHERITABLE_KEYS = frozenset({
+    "define", "vars", "secrets", "durable_objects", "workflows", "cloudchamber", "containers",
+    "kv_namespaces", "send_email", "queues", "connect", "r2_buckets", "d1_databases", "vectorize",
+    "ai_search_namespaces", "ai_search", "agent_memory", "websearch", "hyperdrive", "services",
+    "analytics_engine_datasets", "browser", "ai", "images", "media", "stream", "unsafe",
+    "mtls_certificates", "tail_consumers", "streaming_tail_consumers", "dispatch_namespaces",
+    "pipelines", "secrets_store_secrets", "artifacts", "unsafe_hello_world", "flagship",
+    "ratelimits", "worker_loaders", "vpc_services", "vpc_networks", "version_metadata", "logfwdr",
 })
 #: Compatibility flags Corral knows (stored with every script; others are warned about).
 KNOWN_FLAGS = frozenset({
@@ -314,7 +326,28 @@ def strip_jsonc(text: str) -> str:
 # -- loading --------------------------------------------------------------------
 
 
-def _read_config(path: Path, warnings: list[str] | None = None) -> WranglerConfig:
+def _environment(path: Path, data: dict[str, Any], env: str | None,
+                 warnings: list[str] | None) -> dict[str, Any]:
+    """The config as Wrangler reads it for ``--env``: the top level without
+    its ``env`` table, or the named environment over the top level's
+    inheritable keys (:data:`NON_INHERITABLE_KEYS` are the environment's own)."""
+    envs = data.pop("env", None)
+    if env is None:
+        return data
+    if not isinstance(envs, dict) or not isinstance(envs.get(env), dict):
+        known = ", ".join(sorted(envs)) if isinstance(envs, dict) and envs else "none"
+        raise ProjectError(f"{path}: no environment {env!r} ([env.{env}]); environments there: {known}")
+    section = envs[env]
+    merged = {k: v for k, v in data.items() if k not in NON_INHERITABLE_KEYS}
+    if path.name != "corral.toml" and warnings is not None:
+        for key in sorted(NON_INHERITABLE_KEYS & set(data) - set(section)):
+            warnings.append(f"{path.name}: {key!r} is set at the top level but not in [env.{env}]; "
+                            "environments do not inherit it (as in Wrangler), so it is left out")
+    merged.update(section)
+    return merged
+
+
+def _read_config(path: Path, warnings: list[str] | None = None, env: str | None = None) -> WranglerConfig:
     kind = CorralConfig if path.name == "corral.toml" else WranglerConfig
     try:
         raw = path.read_bytes()
@@ -324,6 +357,7 @@ def _read_config(path: Path, warnings: list[str] | None = None) -> WranglerConfi
             # Wrangler reads comments and trailing commas in wrangler.json too.
             data = msgspec.json.decode(strip_jsonc(raw.decode("utf-8")))
         if isinstance(data, dict):
+            data = _environment(path, data, env, warnings)
             _check_keys(path, data, warnings)
         return msgspec.convert(data, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -507,8 +541,9 @@ def _collect_modules(root: Path, base: str, skip: Path | None,
     return modules
 
 
-def load_project(path: str | os.PathLike[str]) -> Project:
-    """Read a ``.py`` file or a project folder into upload-ready modules and metadata."""
+def load_project(path: str | os.PathLike[str], env: str | None = None) -> Project:
+    """Read a ``.py`` file or a project folder into upload-ready modules and
+    metadata; ``env`` picks a Wrangler environment of its config."""
     target = Path(path)
     if target.is_file():
         if target.suffix != ".py":
@@ -528,7 +563,7 @@ def load_project(path: str | os.PathLike[str]) -> Project:
             "(e.g. main = \"src/entry.py\") or pass the main .py file itself"
         )
     warnings: list[str] = []
-    config = _read_config(config_path, warnings)
+    config = _read_config(config_path, warnings, env)
     if not config.main:
         raise ProjectError(f"{config_path} does not name the main module: add main = \"src/entry.py\"")
     main = posixpath.normpath(config.main.replace("\\", "/"))
