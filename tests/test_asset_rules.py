@@ -113,3 +113,20 @@ def test_header_file_problems():
         "_headers line 1", "_headers line 3", "_headers line 4", "_headers line 7"]
     assert "only one * per rule" in rules.problems[2]
     assert rules.headers == ()  # /a and /b were left with no header at all
+
+
+@pytest.mark.parametrize("source", ["/:a-:b", "/files/:name.html", "/*/x/*", "/:a:b"])
+def test_placeholders_must_be_whole_segments(source):
+    """The supervisor matches these on its event loop for every request to the
+    site: `/:a-:b` against a crafted URL would backtrack for seconds."""
+    rules = parse(f"{source} /target", "", "none")
+    assert rules.redirect("h", "/x-y") is None and rules.dynamic == ()
+    assert "a :name must be a whole path segment" in rules.problems[0], rules.problems
+
+
+def test_a_long_crafted_path_meets_only_linear_rules():
+    rules = parse("/:a/:b/x /t\n/*/:id/end /u\n/docs/*.html /v", "", "none")
+    path = "/" + "a-" * 4000 + "/" + "b/" * 2000
+    assert rules.redirect("h", path) is None  # each placeholder stops at a /
+    assert rules.redirect("h", "/p/q/x") == Redirect(302, "/t")
+    assert rules.redirect("h", "/docs/a/b.html") == Redirect(302, "/v")

@@ -9,7 +9,8 @@ Corral's (:mod:`supervisor.edge.assets`), with the same grammar and order:
 comments; status 301, 302 (the default), 303, 307, 308, or 200 to serve
 another asset at the same URL). Sources are paths; ``*`` (a splat) and
 ``:name`` (one path segment) capture what the destination names as
-``:splat`` and ``:name``. Rules without either are matched first, by exact
+``:splat`` and ``:name`` (a whole segment here: see :func:`_whole_segments`).
+Rules without either are matched first, by exact
 path, among those above the first rule with one; then the others, in order;
 the first match wins. Destinations may be paths or ``https://`` URLs. They
 are followed before any asset is looked up, whether an asset exists there
@@ -47,6 +48,8 @@ _PORT = re.compile(r".*:\d+$")
 _PATH_LINE = re.compile(r"^([^\s]+://|/)")
 _INLINE_COMMENT = re.compile(r"\s+#.*$")
 _SAFE = "/:*%@!$&'()+,;=-._~"
+_UNMATCHABLE = ("a :name must be a whole path segment (/users/:id/...) and a name, or *, "
+                "may appear once")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +129,31 @@ def _fill(template: str, groups: dict[str, str]) -> str:
     return template
 
 
+def _whole_segments(source: str) -> bool:
+    """Each ``:name`` of the path is a whole segment (``/users/:id/...``), and
+    each of the host a whole label. The supervisor matches these rules for
+    every request to the site, on its event loop: with placeholders bounded
+    by ``/`` (or ``.``) and one splat, a backtracking match stays linear in
+    the path, where ``/:a-:b`` against a crafted URL would take quadratic
+    time (Cloudflare's asset server, a JavaScript regex per site, takes any)."""
+    host_end = 0  # where the host ends: a relative source has none
+    if source.startswith("https://"):
+        host_end = source.find("/", len("https://"))
+        host_end = len(source) if host_end < 0 else host_end
+    for found in _PLACEHOLDER.finditer(source):
+        start, end = found.span()
+        bounds = "./" if start < host_end else "/"
+        before = source[start - 1] if start else ""
+        after = source[end] if end < len(source) else ""
+        if before not in bounds or (after and after not in bounds):
+            return False
+    return True
+
+
 def _pattern(source: str) -> _Pattern | None:
     """``*`` -> ``(?P<splat>.*)``, ``:name`` -> one segment (one label in a host)."""
+    if not _whole_segments(source):
+        return None
     text = "(?P<splat>.*)".join(re.escape(part) for part in source.split("*"))
     cross_host = source.startswith("https://")
     if cross_host:
@@ -138,7 +164,7 @@ def _pattern(source: str) -> _Pattern | None:
     text = _PLACEHOLDER.sub(r"(?P<\1>[^/]+)", text)
     try:
         return _Pattern(re.compile(text), cross_host)
-    except re.error:  # a name used twice: Cloudflare drops such a rule too
+    except re.error:  # a name used twice (two splats): Cloudflare drops such a rule too
         return None
 
 
@@ -236,7 +262,7 @@ def _parse_redirects(text: str, html_handling: str, problems: list[str]
             continue
         pattern = _pattern(source)
         if pattern is None:
-            problems.append(f"{where}: a placeholder appears twice in {source}; ignored")
+            problems.append(f"{where}: {_UNMATCHABLE} in {source}; ignored")
             continue
         dynamic.append((pattern, Redirect(status, to)))
     return static, dynamic
@@ -272,7 +298,7 @@ def _parse_headers(text: str, problems: list[str]) -> list[_HeaderRule]:
                 continue
             pattern = _pattern(path)
             if pattern is None:
-                problems.append(f"{where}: a placeholder appears twice in {path}")
+                problems.append(f"{where}: {_UNMATCHABLE} in {path}")
                 skipping = True
                 continue
             current = (pattern, {}, [])
