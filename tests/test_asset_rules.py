@@ -130,3 +130,9 @@ def test_a_long_crafted_path_meets_only_linear_rules():
     assert rules.redirect("h", path) is None  # each placeholder stops at a /
     assert rules.redirect("h", "/p/q/x") == Redirect(302, "/t")
     assert rules.redirect("h", "/docs/a/b.html") == Redirect(302, "/v")
+
+
+def test_a_header_that_could_split_the_response_is_refused():
+    rules = parse("", "/*\n  X-Evil: a\rSet-Cookie: b\n  X-Ok: fine\n  Bad(Name): x\n")
+    assert rules.headers[0].set == (("x-ok", "fine"),)
+    assert len(rules.problems) == 2 and all("control characters" in p for p in rules.problems)

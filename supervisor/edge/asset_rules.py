@@ -48,6 +48,8 @@ _PORT = re.compile(r".*:\d+$")
 _PATH_LINE = re.compile(r"^([^\s]+://|/)")
 _INLINE_COMMENT = re.compile(r"\s+#.*$")
 _SAFE = "/:*%@!$&'()+,;=-._~"
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _UNMATCHABLE = ("a :name must be a whole path segment (/users/:id/...) and a name, or *, "
                 "may appear once")
 
@@ -316,8 +318,9 @@ def _parse_headers(text: str, problems: list[str]) -> list[_HeaderRule]:
             continue
         name, _, value = line.partition(":")
         name, value = name.strip().lower(), value.strip()
-        if not name or " " in name or not value:
-            problems.append(f"{where}: expected 'Name: value' (a name without spaces, and a value)")
+        if not _TOKEN.fullmatch(name) or not value or _CONTROL.search(value):
+            problems.append(f"{where}: expected 'Name: value' (a name of letters, digits and "
+                            "-_.!#$%&'*+^`|~, and a value without control characters)")
             continue
         values = current[1]
         values[name] = f"{values[name]}, {value}" if name in values else value
