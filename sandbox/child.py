@@ -214,6 +214,14 @@ class Fetcher:
             limits=self._limits, params=self._params,
         )
 
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        # Workers RPC (env.SERVICE.method(...)) needs the callee's entrypoint
+        # class run per call; Corral invokes fetch() only, and says so.
+        raise AttributeError(f"{self._binding}.{name}: calling a service's methods over its binding "
+                             "(Workers RPC) is not supported by Corral yet; call its fetch()")
+
     def __repr__(self) -> str:
         return f"<Fetcher {self._kind} {self._target!r}>"
 

@@ -101,8 +101,9 @@ class ScheduledController:
 
     def __init__(self, cron: str, scheduled_time: float) -> None:
         self.cron = cron
-        self.scheduledTime = scheduled_time  # noqa: N815 - Workers API name
-        self.scheduled_time = scheduled_time
+        # Whole milliseconds, as JavaScript's number for it converts to Python.
+        self.scheduledTime = int(scheduled_time)  # noqa: N815 - Workers API name
+        self.scheduled_time = self.scheduledTime
         self._retry = True
 
     def noRetry(self) -> None:  # noqa: N802 - Workers API name

@@ -32,6 +32,12 @@ from protocol.messages import Socket, WebSocketEvent, WsClose, WsSend
 from . import workers
 from .sdk_types import JsDict
 
+#: Close codes a worker may not send (RFC 6455: reserved for the endpoints'
+#: own reports); Cloudflare's runtime takes the rest of 1000-4999.
+RESERVED_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
+#: Cloudflare's limit on a hibernatable WebSocket's attachment.
+MAX_ATTACHMENT_BYTES = 2048
+
 CONNECTING, OPEN, CLOSING, CLOSED = 0, 1, 2, 3
 #: Largest message a worker may send (Cloudflare's limit is 1 MiB per message).
 MAX_MESSAGE = 1024 * 1024
@@ -95,7 +101,7 @@ class WebSocket:
     def close(self, code: int = 1000, reason: str = "") -> None:
         if self.readyState in (CLOSING, CLOSED) or not self.id:
             return
-        if not (code == 1000 or 3000 <= code <= 4999):
+        if not 1000 <= code <= 4999 or code in RESERVED_CLOSE_CODES:
             raise TypeError(f"Invalid WebSocket close code: {code}.")
         if len(reason.encode()) > 123:
             raise TypeError("The WebSocket close reason is longer than 123 bytes.")
@@ -111,11 +117,21 @@ class WebSocket:
             listeners.remove(listener)
 
     def serializeAttachment(self, value: Any) -> None:  # noqa: N802 - Workers API name
-        """Data kept with the socket across hibernation (the object's instance may be evicted)."""
-        self._attachment = value
+        """Data kept with the socket across hibernation (the object's instance
+        may be evicted): a copy, as structured clone makes one, of at most
+        :data:`MAX_ATTACHMENT_BYTES` serialised."""
+        from .bindings.durable_objects import encode
+
+        data = encode(value, "serializeAttachment()")
+        if len(data) > MAX_ATTACHMENT_BYTES:
+            raise TypeError(f"serializeAttachment(): the attachment is {len(data)} bytes serialised; "
+                            f"the limit is {MAX_ATTACHMENT_BYTES}")
+        self._attachment = data
 
     def deserializeAttachment(self) -> Any:  # noqa: N802 - Workers API name
-        return self._attachment
+        from .bindings.durable_objects import decode
+
+        return None if self._attachment is None else decode(self._attachment)
 
     def _sockets_or_raise(self) -> Sockets:
         if self._sockets is None:

@@ -133,6 +133,11 @@ class Service(_Binding, tag="service"):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_name("script", self.service)
+        if self.entrypoint not in (None, "", "Default"):
+            # Refused rather than quietly served by Default: the caller meant another class.
+            raise Invalid(f"binding {self.name!r}: a service binding to the named entrypoint "
+                          f"{self.entrypoint!r} is not supported by Corral yet (only the "
+                          "service's Default entrypoint, through fetch())")
 
 
 class Assets(_Binding, tag="assets"):

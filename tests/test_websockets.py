@@ -119,6 +119,23 @@ class Default(WorkerEntrypoint):
                 os._exit(3)
             if event.data == "bye":
                 server.close(1000, "bye to you")
+            elif event.data == "attach":  # a copy, as structured clone makes, within 2,048 bytes
+                kept = {"n": 1}
+                server.serializeAttachment(kept)
+                kept["n"] = 2
+                try:
+                    server.serializeAttachment("x" * 3000)
+                    big = "accepted"
+                except TypeError as e:
+                    big = str(e)
+                server.send(f"attached:{server.deserializeAttachment()['n']}:{big}")
+            elif event.data == "reserved":
+                try:
+                    server.close(1005)
+                except TypeError as e:
+                    server.send(f"refused:{e}")
+            elif event.data == "bye1011":  # Cloudflare's chat example closes so on an error
+                server.close(1011, "internal error")
             elif isinstance(event.data, str):
                 server.send("echo:" + event.data)
             else:
@@ -196,6 +213,19 @@ def test_a_worker_accepts_echoes_and_closes(server):
     close = c.next()
     assert isinstance(close, CloseConnection) and (close.code, close.reason) == (1000, "bye to you")
     assert c.next() is None  # and the connection ends
+    c.drop()
+
+
+def test_close_codes_and_attachments_as_cloudflare_takes_them(server):
+    c = Client(server.port, "echo.localhost")
+    assert c.next() == "welcome"
+    c.send("attach")
+    assert c.next() == "attached:1:serializeAttachment(): the attachment is 3003 bytes serialised; the limit is 2048"
+    c.send("reserved")
+    assert c.next() == "refused:Invalid WebSocket close code: 1005."
+    c.send("bye1011")
+    close = c.next()
+    assert isinstance(close, CloseConnection) and (close.code, close.reason) == (1011, "internal error")
     c.drop()
 
 

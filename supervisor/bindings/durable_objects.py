@@ -192,7 +192,15 @@ class DurableObjectStorageHandler:
         if method == "databaseSize":
             return Reply(await self._run(ctx, st.database_size))
         if method == "getAlarm":
-            return Reply(await self._run(ctx, st.get_alarm))
+            when = await self._run(ctx, st.get_alarm)
+            event = ctx.binding
+            if (when is not None and isinstance(event, DurableObjectEvent) and event.method == "alarm"
+                    and when <= now_ms()):
+                # The alarm firing now: Cloudflare's getAlarm() inside alarm() is null
+                # unless the handler set another (the usual "re-arm if unset" check).
+                when = None
+            # Milliseconds since the epoch, a whole number as JavaScript's Date holds them.
+            return Reply(None if when is None else int(when))
         if method == "setAlarm":
             when = arg(args, 0)
             if isinstance(when, bool) or not isinstance(when, (int, float)):
