@@ -294,7 +294,16 @@ class WebSocketEvent(_Msg, tag="wsevent"):
 
 #: The event an :class:`Invoke` delivers; the child dispatches on the
 #: member's type (sandbox.events).
-Event = Union[RequestEvent, TailEvent, ScheduledEvent, DurableObjectEvent, QueueEvent, WebSocketEvent]
+class RpcEvent(_Msg, tag="rpc"):
+    """A Workers RPC call of ``method`` on the script's ``Default`` entrypoint
+    (``env.SERVICE.method(...)`` from another worker). The Invoke's body is
+    the msgpack-encoded argument list, the response body the encoded result."""
+
+    method: str
+
+
+Event = Union[RequestEvent, TailEvent, ScheduledEvent, DurableObjectEvent, QueueEvent, WebSocketEvent,
+              RpcEvent]
 
 
 # --------------------------------------------------------------------------
@@ -475,6 +484,9 @@ class SubRequest(_Msg, tag="subreq"):
     redirect: str = "follow"
     limits: Limits | None = None
     params: dict[str, Any] | None = None
+    #: Set for a Workers RPC call (``env.SERVICE.method(...)``): the method's
+    #: name; the body is the msgpack-encoded argument list (see :class:`RpcEvent`).
+    rpc: str = ""
 
 
 class WsSend(_Msg, tag="wssend"):

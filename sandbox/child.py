@@ -84,6 +84,7 @@ from . import (
     workers,
 )
 from .channel import Channel
+from .pyodide_shim import JsException
 from .run_sync import cancel_waits
 from .streams import IncomingBody, OutgoingBody, pump
 
@@ -123,8 +124,9 @@ def _tenant_stack(exc: BaseException) -> str:
 def exception_info(exc: BaseException, with_stack: bool = True) -> ExceptionInfo:
     stack = _tenant_stack(exc) if with_stack else ""
     # A platform error keeps its platform name (exceededCpu, WorkerNotFound, ...)
-    # so the supervisor can tell the outcome when tenant code lets it escape.
-    name = exc.name if isinstance(exc, workers.PlatformError) else type(exc).__name__
+    # so the supervisor can tell the outcome when tenant code lets it escape;
+    # any JsException its JavaScript name (TypeError, ...), as Cloudflare reports it.
+    name = exc.name if isinstance(exc, JsException) else type(exc).__name__
     return ExceptionInfo(name, str(exc), stack[-8192:])
 
 
@@ -215,12 +217,25 @@ class Fetcher:
         )
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
+        """Workers RPC: ``await env.SERVICE.method(*args)`` calls ``method`` on
+        the service's ``Default`` entrypoint (a dispatch stub's user worker
+        too). Arguments and result are plain data (keywords travel as one
+        trailing object, as Cloudflare's SDK passes them to JavaScript)."""
+        if name.startswith("_") or self._kind == "assets":
             raise AttributeError(name)
-        # Workers RPC (env.SERVICE.method(...)) needs the callee's entrypoint
-        # class run per call; Corral invokes fetch() only, and says so.
-        raise AttributeError(f"{self._binding}.{name}: calling a service's methods over its binding "
-                             "(Workers RPC) is not supported by Corral yet; call its fetch()")
+
+        async def rpc(*args: Any, **kwargs: Any) -> Any:
+            from .bindings.durable_objects import decode, encode
+
+            body = encode([*args, kwargs] if kwargs else list(args), f"{name}()")
+            request = workers.Request(f"https://rpc.invalid/{name}", method="POST", body=body)
+            response = await self._runtime.sub_request(
+                self._kind, request, binding=self._binding, target=self._target,
+                limits=self._limits, params=self._params, rpc=name)
+            return decode(await response.bytes())
+
+        rpc.__name__ = name
+        return rpc
 
     def __repr__(self) -> str:
         return f"<Fetcher {self._kind} {self._target!r}>"
@@ -774,6 +789,12 @@ class Runtime:
                     self._script.module, message.event, inv, env, request)
                 await self._respond(inv, response, state)
                 raise _Handled
+            if kind == "rpc":
+                response = await self._script.rpc(
+                    message.event.method, workers.Context(inv), env,  # type: ignore[union-attr]
+                    await self._request_for(message).bytes())
+                await self._respond(inv, response, state)
+                raise _Handled
             if kind != "fetch":
                 # Not a request: the handler's return is not a response; an
                 # empty head says it returned (an exception fails it as usual).
@@ -912,7 +933,7 @@ class Runtime:
     # -- calls (subrequests) ------------------------------------------------
     async def sub_request(self, kind: str, request: workers.Request, *, binding: str = "",
                           target: str = "", limits: Limits | None = None,
-                          params: dict | None = None) -> workers.Response:
+                          params: dict | None = None, rpc: str = "") -> workers.Response:
         parent = workers.current_invocation.get()
         if parent == 0 or parent not in self.invocations:
             raise RuntimeError("fetch() can only be used while handling a request")
@@ -937,7 +958,7 @@ class Runtime:
             call=call, parent=parent, kind=kind,  # type: ignore[arg-type]
             method=request._method.encode("latin-1"), url=request.url,
             headers=headers, binding=binding, target=target,
-            body=sent, redirect=request.redirect, limits=limits, params=params,
+            body=sent, redirect=request.redirect, limits=limits, params=params, rpc=rpc,
         ))
         if out is not None:
             sending = self.loop.create_task(pump(body, out))

@@ -23,8 +23,8 @@ import msgspec
 from protocol.messages import DO_STORAGE, DurableObjectEvent
 
 from . import events, websockets, workers
-from .bindings import AttrDict, AttrList, call, options, wrap
-from .bindings.durable_objects import DurableObjectId, decode, encode
+from .bindings import AttrDict, AttrList, call, options
+from .bindings.durable_objects import DurableObjectId, decode, decode_args, encode
 from .pyodide_shim import JsException
 from .run_sync import can_suspend, run_sync
 
@@ -419,9 +419,7 @@ class Objects:
         if event.method.startswith("_") or not callable(method):
             raise JsException("TypeError", f'The RPC receiver does not implement the method '
                                            f'"{event.method}".')
-        data = await request.bytes()
-        args = msgspec.msgpack.decode(data) if data else []
-        result = await _call(getattr(instance, event.method), *[wrap(a) for a in args])
+        result = await _call(getattr(instance, event.method), *decode_args(await request.bytes()))
         return workers.Response(encode(result, f"{event.method}() result"))
 
 

@@ -23,15 +23,20 @@ from protocol.messages import (
     DurableObjectEvent,
     QueueEvent,
     RequestEvent,
+    RpcEvent,
     ScheduledEvent,
     TailEvent,
     WebSocketEvent,
 )
 
+from .pyodide_shim import JsException
 from .sdk_types import JsDict
 
 #: Handler kinds a script may define, in the order the load error names them.
 KINDS = ("fetch", "scheduled", "queue", "tail")
+#: Methods of an entrypoint that are handlers or the runtime's, not RPC methods.
+RPC_RESERVED = frozenset({*KINDS, "email", "alarm", "constructor", "webSocketMessage",
+                          "webSocketClose", "webSocketError"})
 
 
 #: A trace event as tail workers see it: a dict with attribute access.
@@ -136,6 +141,20 @@ class Handlers:
     def __bool__(self) -> bool:
         return bool(self.kinds)
 
+    async def rpc(self, method: str, ctx: Any, env: Any, data: bytes) -> Any:
+        """A Workers RPC call on the Default entrypoint: its result, encoded, as a response."""
+        from . import workers
+        from .bindings.durable_objects import decode_args, encode
+
+        entry = self.entry
+        if entry is None or method.startswith("_") or method in RPC_RESERVED \
+                or not callable(getattr(entry, method, None)):
+            raise JsException("TypeError", f'The RPC receiver does not implement the method "{method}".')
+        result = getattr(entry(ctx, env), method)(*decode_args(data))
+        if type(result) is types.CoroutineType or inspect.isawaitable(result):
+            result = await result
+        return workers.Response(encode(result, f"{method}() result"))
+
     async def call(self, kind: str, ctx: Any, env: Any, *args: Any) -> Any:
         """Run the ``kind`` handler with ``(*args, env, ctx)``, cut to what it declares."""
         if kind not in self.kinds:
@@ -181,4 +200,6 @@ def kind_and_args(event: Any) -> tuple[str, tuple[Any, ...]]:
         return "durable_object", ()
     if isinstance(event, WebSocketEvent):
         return "websocket", ()
+    if isinstance(event, RpcEvent):
+        return "rpc", ()
     raise TypeError(f"an event of an unknown kind: {type(event).__name__}")

@@ -124,7 +124,8 @@ class R2Bucket(_Binding, tag="r2_bucket"):
 
 
 class Service(_Binding, tag="service"):
-    """``env.NAME.fetch(...)`` invokes the platform script ``service``."""
+    """``env.NAME.fetch(...)`` invokes the platform script ``service``;
+    ``env.NAME.method(...)`` calls a method of its Default entrypoint (Workers RPC)."""
 
     service: ScriptName
     environment: str | None = None

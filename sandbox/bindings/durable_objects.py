@@ -69,6 +69,14 @@ def decode(data: bytes) -> Any:
     return wrap(msgspec.msgpack.decode(data)) if data else None
 
 
+def decode_args(data: bytes) -> list[Any]:
+    """An RPC call's argument list, as :func:`encode` sent it."""
+    args = msgspec.msgpack.decode(data) if data else []
+    if not isinstance(args, list):
+        raise TypeError("an RPC call's arguments must be a list")
+    return [wrap(a) for a in args]
+
+
 class DurableObjectStub:
     """``namespace.get(id)``: call the object's methods, or ``fetch`` it."""
 

@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 import trio
 
-from protocol.messages import ExceptionInfo, Header, Limits, SubFailed, SubRequest, SubResponse
+from protocol.messages import ExceptionInfo, Header, Limits, RpcEvent, SubFailed, SubRequest, SubResponse
 from supervisor.calls import http_client
 from supervisor.calls.dynamic_workers import DynamicWorkers
 from supervisor.calls.redirects import RedirectError, RedirectPolicy
@@ -177,7 +177,8 @@ class Calls:
                             self._cold(record, parent, message, body, limits, outbound, params))
                 return
             inv = self.pool.start(callee, record, message.method, message.url, message.headers,
-                                  body, limits, parent=parent, outbound=outbound, params=params)
+                                  body, limits, parent=parent, outbound=outbound, params=params,
+                                  event=_rpc_event(message))
         except CallFailed as exc:
             child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
             return
@@ -331,7 +332,7 @@ class Calls:
 
     def _assets_first(self, record: ScriptRecord, message: SubRequest) -> bool:
         """A dispatch to a user worker whose assets answer this request first."""
-        return (message.kind == "dispatch" and self.assets is not None
+        return (message.kind == "dispatch" and not message.rpc and self.assets is not None
                 and self.assets.wants(record, message.method, message.url, from_worker=False))
 
     async def _serve_assets(self, record: ScriptRecord, message: SubRequest,
@@ -361,14 +362,16 @@ class Calls:
                     body: BodySource | bytes | None, limits: Limits, outbound: Outbound | None,
                     params: dict | None) -> Head:
         return await self._call_script(record, parent, message.method, message.url,
-                                       message.headers, body, limits, outbound, params)
+                                       message.headers, body, limits, outbound, params,
+                                       _rpc_event(message))
 
     async def _call_script(self, record: ScriptRecord, parent: Invocation, method: bytes, url: str,
                            headers: list[Header], body: BodySource | bytes | None, limits: Limits,
-                           outbound: Outbound | None, params: dict | None) -> Head:
+                           outbound: Outbound | None, params: dict | None,
+                           event: RpcEvent | None = None) -> Head:
         try:
             inv = await self.pool.invoke(record, method, url, headers, body, limits,
-                                         parent=parent, outbound=outbound, params=params)
+                                         parent=parent, outbound=outbound, params=params, event=event)
         except PoolUnavailable as exc:
             _close(body)
             raise CallFailed("Error", f"the worker could not be started: {exc}") from None
@@ -548,3 +551,8 @@ def _header(headers: list[Header], name: bytes) -> bytes | None:
 def _close(body: BodySource | bytes | None) -> None:
     if body is not None and not isinstance(body, bytes):
         body.close()
+
+
+def _rpc_event(message: SubRequest) -> RpcEvent | None:
+    """A Workers RPC call is delivered as such; anything else as an HTTP request."""
+    return RpcEvent(message.rpc) if message.rpc else None

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from protocol.messages import DurableObjectEvent, QueueEvent, ScheduledEvent, TailEvent
+from protocol.messages import DurableObjectEvent, QueueEvent, RpcEvent, ScheduledEvent, TailEvent
 from supervisor.lifecycle import Outcome
 
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ def event_info(inv: Invocation) -> dict[str, Any]:
     event = inv.event
     if isinstance(event, DurableObjectEvent) and event.method not in ("fetch", "alarm", "#evict"):
         return {"rpcMethod": event.method}  # Cloudflare's TraceItemJsRpcEventInfo
+    if isinstance(event, RpcEvent):
+        return {"rpcMethod": event.method}
     if event is None or isinstance(event, DurableObjectEvent) and event.method == "fetch":
         return {
             "request": {
