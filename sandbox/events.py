@@ -137,9 +137,11 @@ class Handlers:
             self.functions = {k: getattr(module, f"on_{k}") for k in KINDS
                               if callable(getattr(module, f"on_{k}", None))}
             self.kinds = set(self.functions)
+            if not self.kinds and isinstance(entry, type):
+                self.entry = entry  # RPC methods only: a service called as env.SVC.method()
 
     def __bool__(self) -> bool:
-        return bool(self.kinds)
+        return bool(self.kinds) or self.entry is not None
 
     async def rpc(self, method: str, ctx: Any, env: Any, data: bytes) -> Any:
         """A Workers RPC call on the Default entrypoint: its result, encoded, as a response."""

@@ -160,7 +160,8 @@ class Default(WorkerEntrypoint):
         shape = await svc.shape()
         shape["bytes"] = [type(shape["bytes"]).__name__, bytes(shape["bytes"]).hex()]
         out = {"add": await svc.add(1, 2), "greet": await svc.greet("ada", punctuation="!"),
-               "shape": shape, "sync": await svc.double(21)}
+               "shape": shape, "sync": await svc.double(21),
+               "rpc_only": await self.env.CALC.mul(6, 7)}
         for method in ("nope", "fetch_like", "_private", "scheduled"):
             try:
                 await getattr(svc, method)()
@@ -202,17 +203,30 @@ class Default(WorkerEntrypoint):
 """
 
 
+CALC = """
+from workers import WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):  # no fetch at all: a service for RPC only
+    async def mul(self, a, b):
+        return a * b
+"""
+
+
 def test_workers_rpc_over_a_service_binding(corral):
     """env.SVC.method(...) runs the method on the service's Default entrypoint,
     with plain data both ways; keywords arrive as one trailing object (as the
     SDK passes them); handlers and private names are no RPC methods."""
     corral.deploy("svc", SVC, namespace=None, bindings=[{"type": "plain_text", "name": "WHO", "text": "svc"}])
+    corral.deploy("calc", CALC, namespace=None)
     binding = {"type": "service", "name": "SVC", "service": "svc"}
-    deploy(corral, "rpccaller", RPC_CALLER, bindings=(binding,))
+    deploy(corral, "rpccaller", RPC_CALLER,
+           bindings=(binding, {"type": "service", "name": "CALC", "service": "calc"}))
     resp = corral.request("/", host="rpccaller.localhost")
     assert resp.status == 200, (resp, corral.log())
     out = resp.json()
     assert out["add"] == 3 and out["greet"] == "hello ada! (svc)" and out["sync"] == 42
+    assert out["rpc_only"] == 42
     assert out["shape"] == {"list": [1, "two", None], "bytes": ["bytes", "01"], "nested": {"ok": True}}
     not_there = 'The RPC receiver does not implement the method'
     for method in ("nope", "fetch_like", "scheduled"):
