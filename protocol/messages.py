@@ -215,7 +215,11 @@ class ScriptBundle(msgspec.Struct, array_like=True, omit_defaults=True, frozen=T
 
 class RequestEvent(_Msg, tag="request"):
     """An HTTP request for ``fetch``; the request itself is :class:`Invoke`'s
-    method, url, headers and body. The default when ``Invoke.event`` is None."""
+    method, url, headers and body. The default when ``Invoke.event`` is None,
+    which is ``Default``'s ``fetch``; sent only for another ``entrypoint``
+    class (a service binding's named entrypoint)."""
+
+    entrypoint: str = ""
 
 
 class TailEvent(_Msg, tag="tail"):
@@ -295,11 +299,13 @@ class WebSocketEvent(_Msg, tag="wsevent"):
 #: The event an :class:`Invoke` delivers; the child dispatches on the
 #: member's type (sandbox.events).
 class RpcEvent(_Msg, tag="rpc"):
-    """A Workers RPC call of ``method`` on the script's ``Default`` entrypoint
-    (``env.SERVICE.method(...)`` from another worker). The Invoke's body is
-    the msgpack-encoded argument list, the response body the encoded result."""
+    """A Workers RPC call of ``method`` on the script's entrypoint class
+    ``entrypoint`` ("": ``Default``), as ``env.SERVICE.method(...)`` makes it
+    from another worker. The Invoke's body is the msgpack-encoded argument
+    list, the response body the encoded result."""
 
     method: str
+    entrypoint: str = ""
 
 
 Event = Union[RequestEvent, TailEvent, ScheduledEvent, DurableObjectEvent, QueueEvent, WebSocketEvent,

@@ -790,9 +790,10 @@ class Runtime:
                 await self._respond(inv, response, state)
                 raise _Handled
             if kind == "rpc":
+                event = message.event
                 response = await self._script.rpc(
-                    message.event.method, workers.Context(inv), env,  # type: ignore[union-attr]
-                    await self._request_for(message).bytes())
+                    event.method, workers.Context(inv), env,  # type: ignore[union-attr]
+                    await self._request_for(message).bytes(), event.entrypoint)  # type: ignore[union-attr]
                 await self._respond(inv, response, state)
                 raise _Handled
             if kind != "fetch":
@@ -808,7 +809,9 @@ class Runtime:
                 self.send(ResponseStart(inv, 200, []))
                 raise _Handled
             request = self._request_for(message)
-            response = await self._script.call("fetch", workers.Context(inv), env, request)
+            response = await self._script.call(
+                "fetch", workers.Context(inv), env, request,
+                entrypoint=message.event.entrypoint if message.event is not None else "")  # type: ignore[union-attr]
             if not isinstance(response, workers.Response):
                 raise TypeError(
                     f"the fetch handler returned {type(response).__name__}, not a Response"

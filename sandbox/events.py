@@ -143,12 +143,23 @@ class Handlers:
     def __bool__(self) -> bool:
         return bool(self.kinds) or self.entry is not None
 
-    async def rpc(self, method: str, ctx: Any, env: Any, data: bytes) -> Any:
-        """A Workers RPC call on the Default entrypoint: its result, encoded, as a response."""
+    def entrypoint(self, name: str) -> type | None:
+        """The entrypoint class ``name`` ("" or "Default": the default one):
+        a service binding may name another class of the script's module."""
+        if not name or name == "Default":
+            return self.entry
+        cls = getattr(self.module, name, None)
+        if not isinstance(cls, type):
+            raise JsException("TypeError", f"the script has no entrypoint {name!r}: define "
+                                           f"`class {name}(WorkerEntrypoint)` in its main module")
+        return cls
+
+    async def rpc(self, method: str, ctx: Any, env: Any, data: bytes, entrypoint: str = "") -> Any:
+        """A Workers RPC call on an entrypoint: its result, encoded, as a response."""
         from . import workers
         from .bindings.durable_objects import decode_args, encode
 
-        entry = self.entry
+        entry = self.entrypoint(entrypoint)
         if entry is None or method.startswith("_") or method in RPC_RESERVED \
                 or not callable(getattr(entry, method, None)):
             raise JsException("TypeError", f'The RPC receiver does not implement the method "{method}".')
@@ -157,12 +168,17 @@ class Handlers:
             result = await result
         return workers.Response(encode(result, f"{method}() result"))
 
-    async def call(self, kind: str, ctx: Any, env: Any, *args: Any) -> Any:
-        """Run the ``kind`` handler with ``(*args, env, ctx)``, cut to what it declares."""
-        if kind not in self.kinds:
+    async def call(self, kind: str, ctx: Any, env: Any, *args: Any, entrypoint: str = "") -> Any:
+        """Run the ``kind`` handler with ``(*args, env, ctx)``, cut to what it
+        declares; on the ``entrypoint`` class a service binding names, if any."""
+        if entrypoint and entrypoint != "Default":
+            handler = getattr(self.entrypoint(entrypoint)(ctx, env), kind, None)  # type: ignore[misc]
+            if not callable(handler):
+                raise TypeError(f"the entrypoint {entrypoint} has no {kind} handler")
+        elif kind not in self.kinds:
             raise TypeError(f"the script has no {kind} handler: define `async def {kind}(self, ...)` "
                             "on its Default class")
-        if self.entry is not None:
+        elif self.entry is not None:
             handler = getattr(self.entry(ctx, env), kind)
         else:
             handler = self.functions[kind]

@@ -125,7 +125,8 @@ class R2Bucket(_Binding, tag="r2_bucket"):
 
 class Service(_Binding, tag="service"):
     """``env.NAME.fetch(...)`` invokes the platform script ``service``;
-    ``env.NAME.method(...)`` calls a method of its Default entrypoint (Workers RPC)."""
+    ``env.NAME.method(...)`` calls a method of its entrypoint (Workers RPC):
+    ``Default``, or the class ``entrypoint`` names."""
 
     service: ScriptName
     environment: str | None = None
@@ -134,11 +135,9 @@ class Service(_Binding, tag="service"):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_name("script", self.service)
-        if self.entrypoint not in (None, "", "Default"):
-            # Refused rather than quietly served by Default: the caller meant another class.
-            raise Invalid(f"binding {self.name!r}: a service binding to the named entrypoint "
-                          f"{self.entrypoint!r} is not supported by Corral yet (only the "
-                          "service's Default entrypoint, through fetch())")
+        if self.entrypoint and not self.entrypoint.isidentifier():
+            raise Invalid(f"binding {self.name!r}: entrypoint {self.entrypoint[:80]!r} is not a "
+                          "class name (a WorkerEntrypoint class of the service's main module)")
 
 
 class Assets(_Binding, tag="assets"):

@@ -200,6 +200,30 @@ class Default(WorkerEntrypoint):
 
     async def scheduled(self, controller, env, ctx):
         pass
+
+
+class Admin(WorkerEntrypoint):  # a named entrypoint of the same service
+    async def fetch(self, request):
+        return Response("admin fetch")
+
+    async def whoami(self):
+        return type(self).__name__
+"""
+
+ADMIN_CALLER = """
+from workers import JsException, Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        admin = self.env.ADMIN
+        try:
+            await admin.add(1, 2)  # Default's, not Admin's
+            only = "called"
+        except JsException as e:
+            only = e.name
+        return Response.json({"fetch": await (await admin.fetch(request)).text(),
+                              "whoami": await admin.whoami(), "default_only": only})
 """
 
 
@@ -233,17 +257,19 @@ def test_workers_rpc_over_a_service_binding(corral):
         assert out[method][1] == "TypeError" and out[method][2].startswith(not_there), out[method]
     assert out["_private"][0] == "AttributeError"
     assert out["boom"] == ["boom inside the service", "ValueError"]  # the callee's own, as thrown
-    # A named entrypoint is not there yet: refused at deploy, not served by Default.
-    metadata = {"main_module": "worker.py", "bindings": [{**binding, "entrypoint": "Admin"}]}
+    # A named entrypoint: fetch and RPC go to that class, not to Default.
+    deploy(corral, "admincaller", ADMIN_CALLER, bindings=({**binding, "name": "ADMIN", "entrypoint": "Admin"},))
+    named = corral.request("/", host="admincaller.localhost")
+    assert named.status == 200, (named, corral.log())
+    assert named.json() == {"fetch": "admin fetch", "whoami": "Admin", "default_only": "TypeError"}
+    metadata = {"main_module": "worker.py", "bindings": [{**binding, "entrypoint": "not a class"}]}
     ctype, body = multipart.encode([
         multipart.Part(name="metadata", content_type="application/json", data=json.dumps(metadata).encode()),
         multipart.Part(name="worker.py", filename="worker.py", content_type="text/x-python",
                        data=RPC_CALLER.encode())])
     refused = corral.admin("PUT", "/accounts/local/workers/dispatch/namespaces/default/scripts/named",
                            body, ctype)
-    assert refused.status == 400, refused
-    assert "the named entrypoint 'Admin' is not supported by Corral yet" in refused.text
-
+    assert refused.status == 400 and "is not a class name" in refused.text, refused
 
 def test_cron_times_are_whole_milliseconds():
     """JavaScript's number for them is whole, and so is what Python code gets."""

@@ -31,7 +31,16 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 import trio
 
-from protocol.messages import ExceptionInfo, Header, Limits, RpcEvent, SubFailed, SubRequest, SubResponse
+from protocol.messages import (
+    ExceptionInfo,
+    Header,
+    Limits,
+    RequestEvent,
+    RpcEvent,
+    SubFailed,
+    SubRequest,
+    SubResponse,
+)
 from supervisor.calls import http_client
 from supervisor.calls.dynamic_workers import DynamicWorkers
 from supervisor.calls.redirects import RedirectError, RedirectPolicy
@@ -78,13 +87,16 @@ class _Target:
     """The script a call names, before it is read: a cache hit resolves it
     inline, a store miss in a task (the read runs in a worker thread)."""
 
-    __slots__ = ("namespace", "name", "limits", "outbound", "params", "missing", "record")
+    __slots__ = ("namespace", "name", "limits", "outbound", "params", "missing", "record", "entrypoint")
 
     def __init__(self, namespace: str, name: str, limits: Callable[[ScriptRecord], Limits],
                  missing: Callable[[], CallFailed], outbound: Outbound | None = None,
-                 params: dict | None = None, record: ScriptRecord | None = None) -> None:
+                 params: dict | None = None, record: ScriptRecord | None = None,
+                 entrypoint: str = "") -> None:
         self.namespace = namespace
         self.name = name
+        #: The callee's entrypoint class a service binding names ("": Default).
+        self.entrypoint = entrypoint
         #: Already known (a dynamic worker, held in memory): no store lookup.
         self.record = record
         #: The callee's limits, once its record is known (may raise CallFailed).
@@ -171,14 +183,15 @@ class Calls:
                 child.spawn(self._run, child, parent, message,
                             self._follow(record, parent, message, body, limits, params))
                 return
+            event = _event_for(message, target.entrypoint)
             callee = self.pool.warm_child(record) or self.pool.acquire_now(record)
             if callee is None:
                 child.spawn(self._run, child, parent, message,
-                            self._cold(record, parent, message, body, limits, outbound, params))
+                            self._cold(record, parent, message, body, limits, outbound, params, event))
                 return
             inv = self.pool.start(callee, record, message.method, message.url, message.headers,
                                   body, limits, parent=parent, outbound=outbound, params=params,
-                                  event=_rpc_event(message))
+                                  event=event)
         except CallFailed as exc:
             child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
             return
@@ -248,7 +261,8 @@ class Calls:
                 service = self._binding(parent, message.binding, Service)
                 name = service.service
                 return _Target(PLATFORM, name, lambda record: _within(self.limits.defaults_for(record), parent),
-                               lambda: CallFailed("WorkerNotFound", f"Worker not found: {name}"))
+                               lambda: CallFailed("WorkerNotFound", f"Worker not found: {name}"),
+                               entrypoint=service.entrypoint or "")
             return self._fetch_target(parent)
         except CallFailed:
             _close(body)
@@ -328,7 +342,8 @@ class Calls:
             return await self._serve_assets(record, message, body)
         if message.kind == "fetch" and message.redirect != "manual":
             return await self._follow(record, parent, message, body, limits, params)
-        return await self._cold(record, parent, message, body, limits, outbound, params)
+        return await self._cold(record, parent, message, body, limits, outbound, params,
+                                _event_for(message, target.entrypoint))
 
     def _assets_first(self, record: ScriptRecord, message: SubRequest) -> bool:
         """A dispatch to a user worker whose assets answer this request first."""
@@ -360,15 +375,14 @@ class Calls:
 
     async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
                     body: BodySource | bytes | None, limits: Limits, outbound: Outbound | None,
-                    params: dict | None) -> Head:
+                    params: dict | None, event: RpcEvent | RequestEvent | None) -> Head:
         return await self._call_script(record, parent, message.method, message.url,
-                                       message.headers, body, limits, outbound, params,
-                                       _rpc_event(message))
+                                       message.headers, body, limits, outbound, params, event)
 
     async def _call_script(self, record: ScriptRecord, parent: Invocation, method: bytes, url: str,
                            headers: list[Header], body: BodySource | bytes | None, limits: Limits,
                            outbound: Outbound | None, params: dict | None,
-                           event: RpcEvent | None = None) -> Head:
+                           event: RpcEvent | RequestEvent | None = None) -> Head:
         try:
             inv = await self.pool.invoke(record, method, url, headers, body, limits,
                                          parent=parent, outbound=outbound, params=params, event=event)
@@ -553,6 +567,10 @@ def _close(body: BodySource | bytes | None) -> None:
         body.close()
 
 
-def _rpc_event(message: SubRequest) -> RpcEvent | None:
-    """A Workers RPC call is delivered as such; anything else as an HTTP request."""
-    return RpcEvent(message.rpc) if message.rpc else None
+def _event_for(message: SubRequest, entrypoint: str) -> RpcEvent | RequestEvent | None:
+    """A Workers RPC call is delivered as such, anything else as an HTTP
+    request: to ``Default`` (no event at all, the common case) or to the
+    entrypoint class a service binding names."""
+    if message.rpc:
+        return RpcEvent(message.rpc, entrypoint)
+    return RequestEvent(entrypoint) if entrypoint else None
