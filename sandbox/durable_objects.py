@@ -298,6 +298,16 @@ class DurableObjectAborted(BaseException):
     own ``except Exception`` cannot catch it."""
 
 
+class AutoResponse:
+    """An object's ``setWebSocketAutoResponse`` pair, and when each socket was last answered by it."""
+
+    __slots__ = ("pair", "answered")
+
+    def __init__(self) -> None:
+        self.pair: Any = None
+        self.answered: dict[int, datetime.datetime] = {}
+
+
 class DurableObjectState(workers.Context):
     """``self.ctx`` of a Durable Object: ``id``, ``storage``, ``waitUntil``,
     ``blockConcurrencyWhile``, ``abort``."""
@@ -311,6 +321,8 @@ class DurableObjectState(workers.Context):
         self._evict: Callable[[], None] | None = None
         #: This object's hibernatable WebSockets: id -> (socket, tags) (see Objects).
         self._websockets: dict[int, tuple[Any, list[str]]] = {}
+        #: Its auto-response, kept across its instances as the sockets are (see Objects).
+        self._auto: AutoResponse = AutoResponse()
 
     # -- WebSockets (the hibernation API) ------------------------------------------------
     def acceptWebSocket(self, ws: Any, tags: Any = None) -> None:  # noqa: N802 - Workers API name
@@ -323,6 +335,20 @@ class DurableObjectState(workers.Context):
             raise TypeError("a WebSocket takes at most 10 tags, each a string of at most 256 characters")
         workers._runtime.sockets.accept(ws, hibernate=True)
         self._websockets[ws.id] = (ws, tags)
+
+    def setWebSocketAutoResponse(self, pair: Any = None) -> None:  # noqa: N802 - Workers API name
+        """Answer a hibernatable socket's text message equal to ``pair.request``
+        with ``pair.response``, without ``webSocketMessage`` running; None stops it."""
+        if pair is not None and not isinstance(pair, websockets.WebSocketRequestResponsePair):
+            raise TypeError("setWebSocketAutoResponse() takes a WebSocketRequestResponsePair or None")
+        self._auto.pair = pair
+
+    def getWebSocketAutoResponse(self) -> Any:  # noqa: N802 - Workers API name
+        return self._auto.pair
+
+    def getWebSocketAutoResponseTimestamp(self, ws: Any) -> datetime.datetime | None:  # noqa: N802
+        """When ``ws`` was last answered by the auto-response (None: never)."""
+        return self._auto.answered.get(getattr(ws, "id", 0))
 
     def getWebSockets(self, tag: str | None = None) -> list[Any]:  # noqa: N802 - Workers API name
         return [ws for ws, tags in self._websockets.values()
@@ -369,6 +395,8 @@ class Objects:
         self.instances: dict[tuple[str, str], Any] = {}
         #: Each object's accepted WebSockets, kept across its instances (hibernation).
         self.websockets: dict[tuple[str, str], dict[int, tuple[Any, list[str]]]] = {}
+        #: Each object's auto-response, kept across its instances as its sockets are.
+        self.auto_responses: dict[tuple[str, str], AutoResponse] = {}
 
     def _drop(self, key: tuple[str, str], instance: Any) -> None:
         """Forget ``instance`` (an aborted object), unless a newer one took its place."""
@@ -390,6 +418,7 @@ class Objects:
                                 "(DurableObject)` in its main module")
             state = DurableObjectState(inv, event.object_id, event.name)
             state._websockets = self.websockets.setdefault(key, {})
+            state._auto = self.auto_responses.setdefault(key, AutoResponse())
             instance = cls(state, env)
             state._evict = functools.partial(self._drop, key, instance)
             for pending in state._blocking:
@@ -431,6 +460,12 @@ class Objects:
         if entry is None:
             return
         ws = entry[0]
+        auto = self.auto_responses.get(key)
+        if kind == "message" and text and auto is not None and auto.pair is not None \
+                and websockets.message_of(data, text) == auto.pair.request:
+            ws.send(auto.pair.response)  # as Cloudflare answers it, without the handler
+            auto.answered[ws_id] = datetime.datetime.now(datetime.UTC)
+            return
         if kind == "message":
             handler = getattr(instance, "webSocketMessage", None)
             if callable(handler):

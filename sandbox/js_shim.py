@@ -15,7 +15,7 @@ import types
 import urllib.parse
 from typing import Any
 
-from . import logs, workers
+from . import logs, websockets, workers
 from .html_rewriter import HTMLRewriter
 from .pyodide_shim import ArrayBuffer, Uint8Array, _unavailable, jsnull, to_py
 from .sdk_types import Blob, FormData, JsDict, python_from_rpc
@@ -228,6 +228,7 @@ def make_js() -> types.ModuleType:
     js.ArrayBuffer = ArrayBuffer  # type: ignore[attr-defined]
     js.HTMLRewriter = HTMLRewriter  # type: ignore[attr-defined]
     js.WebSocketPair = _WebSocketPairClass()  # type: ignore[attr-defined]
+    js.WebSocketRequestResponsePair = websockets.WebSocketRequestResponsePair  # type: ignore[attr-defined]
     js.__getattr__ = _unavailable("js")  # type: ignore[attr-defined]
     return js
 

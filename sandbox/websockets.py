@@ -37,6 +37,8 @@ from .sdk_types import JsDict
 RESERVED_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
 #: Cloudflare's limit on a hibernatable WebSocket's attachment.
 MAX_ATTACHMENT_BYTES = 2048
+#: Cloudflare's limit on each side of an auto-response pair.
+MAX_AUTO_RESPONSE_BYTES = 2048
 
 CONNECTING, OPEN, CLOSING, CLOSED = 0, 1, 2, 3
 #: Largest message a worker may send (Cloudflare's limit is 1 MiB per message).
@@ -239,3 +241,24 @@ def message_of(data: bytes, text: bool) -> Any:
     """A message as handlers get it: ``str`` for a text frame, ``bytes`` else."""
     return data.decode("utf-8", "replace") if text else data
 
+
+class WebSocketRequestResponsePair:
+    """``js.WebSocketRequestResponsePair``: a text message and the answer a
+    Durable Object gives it without its handler running
+    (``ctx.setWebSocketAutoResponse``), e.g. a ping and its pong."""
+
+    def __init__(self, request: str, response: str) -> None:
+        for what, value in (("request", request), ("response", response)):
+            if not isinstance(value, str) or len(value.encode()) > MAX_AUTO_RESPONSE_BYTES:
+                raise TypeError(f"WebSocketRequestResponsePair: the {what} must be a string of at "
+                                f"most {MAX_AUTO_RESPONSE_BYTES} bytes")
+        self.request = request
+        self.response = response
+
+    @classmethod
+    def new(cls, request: str, response: str) -> WebSocketRequestResponsePair:
+        """As Python code makes JavaScript objects: ``WebSocketRequestResponsePair.new(...)``."""
+        return cls(request, response)
+
+    def __repr__(self) -> str:
+        return f"WebSocketRequestResponsePair({self.request!r}, {self.response!r})"

@@ -156,6 +156,9 @@ _.webSocket
 _.acceptWebSocket
 _.getWebSockets
 _.getTags
+_.setWebSocketAutoResponse
+_.getWebSocketAutoResponse
+_.getWebSocketAutoResponseTimestamp
 _.handle_starttag
 _.handle_startendtag
 _.handle_endtag

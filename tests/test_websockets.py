@@ -147,7 +147,7 @@ class Default(WorkerEntrypoint):
 
 CHAT = r'''
 import json
-from js import WebSocketPair
+from js import WebSocketPair, WebSocketRequestResponsePair
 from workers import DurableObject, Response, WorkerEntrypoint
 
 
@@ -155,6 +155,8 @@ class Room(DurableObject):
     async def fetch(self, request):
         client, server = WebSocketPair.new().object_values()
         name = request.url.rsplit("/", 1)[-1]
+        # A ping is answered without webSocketMessage running (and so without waking the object).
+        self.ctx.setWebSocketAutoResponse(WebSocketRequestResponsePair.new("ping", "pong"))
         self.ctx.acceptWebSocket(server, [name])
         server.serializeAttachment({"name": name})
         for ws in self.ctx.getWebSockets():
@@ -172,6 +174,10 @@ class Room(DurableObject):
     async def count(self):
         return {"open": len(self.ctx.getWebSockets()), "closed": await self.ctx.storage.get("closed")}
 
+    async def pinged(self):
+        return [self.ctx.getWebSocketAutoResponseTimestamp(ws) is not None
+                for ws in self.ctx.getWebSockets()]
+
 
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
@@ -179,6 +185,8 @@ class Default(WorkerEntrypoint):
         stub = self.env.ROOMS.getByName(room)
         if action == "count":
             return Response.json(await stub.count())
+        if action == "pinged":
+            return Response.json(await stub.pinged())
         if action == "drop":  # takes the room's 101 and does not hand it on
             response = await stub.fetch(request)
             return Response(f"dropped a {response.status}")
@@ -299,6 +307,11 @@ def test_a_durable_object_chat_room_hibernates_its_sockets(server):
     # The object is evicted when idle (0.3 s here); the sockets stay open and
     # the next message builds a new instance that still has them, attachments too.
     assert wait_for(lambda: "dobject.evicted" in server.log()), server.log()[-2000:]
+    # Its auto-response outlives the instance too: a ping gets its pong, and
+    # nobody else hears of it (webSocketMessage did not run).
+    alice.send("ping")
+    assert alice.next() == "pong"
+    assert server.request("/pinged/lobby", host="chat.localhost").json() == [True, False]
     bob.send("still here")
     expected = '{"from": "bob", "text": "still here", "tags": ["bob"]}'
     assert alice.next() == expected and bob.next() == expected
