@@ -259,6 +259,8 @@ class DurableObjectEvent(_Msg, tag="dobject"):
     method: str
     name: str | None = None
     retry_count: int = 0
+    #: For ``"alarm"``: when it was set to fire (ms since the epoch), for the trace.
+    scheduled_time: float = 0.0
 
 
 class QueueMessage(msgspec.Struct, array_like=True, frozen=True, gc=False):

@@ -143,6 +143,16 @@ return resp.status
     assert fetch["event"]["response"] == {"status": 201}
 
 
+def test_a_durable_object_alarm_has_cloudflares_alarm_event(corral):
+    with LiveTailReader(corral, "script=counter") as tail:
+        before = time.time() * 1000
+        run(corral, "counter", 'return await env.COUNTER.getByName("traced-alarm").arm(50)')
+        event = next_matching(tail, lambda e: "scheduledTime" in (e.get("event") or {}), "an alarm event")
+    # Cloudflare's TraceItemAlarmEventInfo: when the alarm was set to fire.
+    assert event["executionModel"] == "durableObject" and event["outcome"] == "ok"
+    assert before <= event["event"]["scheduledTime"] <= time.time() * 1000
+
+
 # ---------------------------------------------------------------------------
 # 2. corral tail: colour on a terminal, JSON lines elsewhere
 # ---------------------------------------------------------------------------

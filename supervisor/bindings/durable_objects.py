@@ -244,7 +244,7 @@ async def run_alarm(services: Services, key: tuple[str, str, str, str], when: fl
     current = await services.databases.run(path, st.setup, st.get_alarm)
     if current is None:
         return True  # deleted meanwhile (deleteAlarm, deleteAll)
-    event = DurableObjectEvent(key[2], key[3], "alarm", None, retries)
+    event = DurableObjectEvent(key[2], key[3], "alarm", None, retries, current)
     try:
         await host.invoke(ObjectKey(*key), event, None, trace=True)
     except BindingError:

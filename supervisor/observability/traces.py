@@ -92,7 +92,9 @@ def redact_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
 def event_info(inv: Invocation) -> dict[str, Any]:
     """``event``: what the invocation handled, per handler type."""
     event = inv.event
-    if isinstance(event, DurableObjectEvent) and event.method not in ("fetch", "alarm", "#evict"):
+    if isinstance(event, DurableObjectEvent) and event.method == "alarm":
+        return {"scheduledTime": int(event.scheduled_time)}  # Cloudflare's TraceItemAlarmEventInfo
+    if isinstance(event, DurableObjectEvent) and event.method not in ("fetch", "#evict"):
         return {"rpcMethod": event.method}  # Cloudflare's TraceItemJsRpcEventInfo
     if isinstance(event, RpcEvent):
         return {"rpcMethod": event.method}
