@@ -261,6 +261,10 @@ class DurableObjectEvent(_Msg, tag="dobject"):
     retry_count: int = 0
     #: For ``"alarm"``: when it was set to fire (ms since the epoch), for the trace.
     scheduled_time: float = 0.0
+    #: For ``"#webSocket"``, for the trace: ``message`` or ``close``, and a close's code and cleanness.
+    socket_event: str = ""
+    socket_code: int = 0
+    socket_clean: bool = False
 
 
 class QueueMessage(msgspec.Struct, array_like=True, frozen=True, gc=False):

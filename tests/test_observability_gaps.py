@@ -335,3 +335,31 @@ def test_requests_succeed_while_the_collector_hangs(tmp_path):
     finally:
         server.stop()
         blackhole.close()
+
+
+@pytest.mark.parametrize("event, info", [
+    ({"kind": "dobject", "method": "#webSocket", "socket_event": "message"},
+     {"getWebSocketEvent": {"webSocketEventType": "message"}}),
+    ({"kind": "dobject", "method": "#webSocket", "socket_event": "close", "socket_code": 1001,
+      "socket_clean": True},
+     {"getWebSocketEvent": {"webSocketEventType": "close", "code": 1001, "wasClean": True}}),
+    ({"kind": "ws", "ws_kind": "close", "code": 1006},
+     {"getWebSocketEvent": {"webSocketEventType": "close", "code": 1006, "wasClean": False}}),
+    ({"kind": "rpc", "method": "add"}, {"rpcMethod": "add"}),
+])
+def test_socket_and_rpc_events_have_cloudflares_trace_shapes(event, info):
+    """Cloudflare's TraceItemHibernatableWebSocketEventInfo and JsRpcEventInfo
+    (a hibernated socket's event showed as the internal rpcMethod "#webSocket")."""
+    from types import SimpleNamespace
+
+    from protocol.messages import DurableObjectEvent, RpcEvent, WebSocketEvent
+    from supervisor.observability.traces import event_info
+
+    fields = {k: v for k, v in event.items() if k != "kind"}
+    if event["kind"] == "dobject":
+        message = DurableObjectEvent("Room", "ab" * 32, **fields)
+    elif event["kind"] == "ws":
+        message = WebSocketEvent(1, event["ws_kind"], code=event["code"])
+    else:
+        message = RpcEvent(event["method"])
+    assert event_info(SimpleNamespace(event=message)) == info

@@ -187,8 +187,9 @@ class Deliverer:
             key = ObjectKey(*source.object)
             args = msgspec.msgpack.encode([source.ws, kind, data, text, code, reason, clean])
             try:
-                await self.host.invoke(key, DurableObjectEvent(key.class_name, key.object_id, "#webSocket"),
-                                       None, args=args, trace=True)
+                event = DurableObjectEvent(key.class_name, key.object_id, "#webSocket", socket_event=kind,
+                                           socket_code=code, socket_clean=clean)
+                await self.host.invoke(key, event, None, args=args, trace=True)
             except Exception as exc:  # noqa: BLE001 - a handler's failure is in its trace; the socket stays
                 log("websocket.handler_failed", script=key.script, reason=str(exc)[:300])
             return True

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from protocol.messages import DurableObjectEvent, QueueEvent, RpcEvent, ScheduledEvent, TailEvent
+from protocol.messages import (
+    DurableObjectEvent,
+    QueueEvent,
+    RpcEvent,
+    ScheduledEvent,
+    TailEvent,
+    WebSocketEvent,
+)
 from supervisor.lifecycle import Outcome
 
 if TYPE_CHECKING:
@@ -94,6 +101,10 @@ def event_info(inv: Invocation) -> dict[str, Any]:
     event = inv.event
     if isinstance(event, DurableObjectEvent) and event.method == "alarm":
         return {"scheduledTime": int(event.scheduled_time)}  # Cloudflare's TraceItemAlarmEventInfo
+    if isinstance(event, DurableObjectEvent) and event.method == "#webSocket":
+        return _socket_event(event.socket_event, event.socket_code, event.socket_clean)
+    if isinstance(event, WebSocketEvent):
+        return _socket_event(event.kind, event.code, event.clean)
     if isinstance(event, DurableObjectEvent) and event.method not in ("fetch", "#evict"):
         return {"rpcMethod": event.method}  # Cloudflare's TraceItemJsRpcEventInfo
     if isinstance(event, RpcEvent):
@@ -115,6 +126,14 @@ def event_info(inv: Invocation) -> dict[str, Any]:
     if isinstance(event, QueueEvent):  # Cloudflare's TraceItemQueueEventInfo
         return {"queue": event.queue, "batchSize": len(event.messages)}
     return {type(event).__struct_config__.tag: {}}
+
+
+def _socket_event(kind: str, code: int, clean: bool) -> dict[str, Any]:
+    """Cloudflare's TraceItemHibernatableWebSocketEventInfo."""
+    info: dict[str, Any] = {"webSocketEventType": kind}
+    if kind == "close":
+        info.update(code=code, wasClean=clean)
+    return {"getWebSocketEvent": info}
 
 
 def build(inv: Invocation) -> dict[str, Any]:
