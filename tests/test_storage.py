@@ -35,6 +35,11 @@ from pyodide.ffi import to_js
 await env.KV.put("typed", to_js(b"\\x02\\x03").buffer)  # Pyodide code passes typed arrays
 stream = await env.KV.get("text", type="stream")
 chunks = [c async for c in stream]
+async def not_json():  # JavaScript parses it on Cloudflare: its SyntaxError, a JsException
+    try:
+        await env.KV.get("text", "json")
+    except JsException as e:
+        return e.name
 return {
     "text": await env.KV.get("text"),
     "json": await env.KV.get("json", "json"),
@@ -48,6 +53,7 @@ return {
     "stream": b"".join(chunks).decode(),
     "missing": await env.KV.get("nope"),
     "missing_meta": await env.KV.getWithMetadata("nope"),
+    "not_json": await not_json(),
 }""")
     assert got == {"text": "héllo", "json": {"a": [1, 2]}, "json_dict": {"a": [1, 2]},
                    "bytes": [0, 1, 255], "bytes2": [0, 1, 255], "typed": [2, 3], "stream": "héllo",
@@ -55,7 +61,8 @@ return {
                    # class name is what errors about the binding say.
                    "ab_type": "memoryview", "bytes_type": "bytes", "class": "KvNamespace",
                    "missing": None,
-                   "missing_meta": {"value": None, "metadata": None, "cacheStatus": None}}
+                   "missing_meta": {"value": None, "metadata": None, "cacheStatus": None},
+                   "not_json": "SyntaxError"}
 
 
 def test_kv_metadata_expiration_spellings_and_list(server) -> None:
@@ -134,6 +141,7 @@ return {
     "raw": await env.DB.prepare("SELECT id, name FROM users ORDER BY id").raw(columnNames=True),
     "raw_plain": await env.DB.prepare("SELECT id FROM users ORDER BY id").raw(),
     "meta_keys": sorted(every.meta),
+    "timings": [every.meta.timings.sql_duration_ms >= 0, every.meta.served_by_primary],
 }""")
     assert got["run_meta"] == [1, 1, True, 2, 1, True]
     assert got["rows"] == [{"id": 1, "name": "ann", "age": 31, "pic": [1, 2]},
@@ -142,8 +150,10 @@ return {
     assert got["first"] == {"name": "ann", "age": 31} and got["first_col"] == "bob"
     assert got["first_none"] is None
     assert got["raw"] == [["id", "name"], [1, "ann"], [2, "bob"]] and got["raw_plain"] == [[1], [2]]
-    for key in ("changes", "last_row_id", "rows_read", "rows_written", "duration", "changed_db"):
+    for key in ("changes", "last_row_id", "rows_read", "rows_written", "duration", "changed_db",
+                "served_by_region", "served_by_primary", "timings"):  # Cloudflare's D1 meta
         assert key in got["meta_keys"]
+    assert got["timings"] == [True, True]
 
 
 def test_d1_batch_is_one_transaction(server) -> None:

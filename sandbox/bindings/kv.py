@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from . import AttrDict, call, iterate, kind, options, read, stream_value, wrap
+from . import AttrDict, JsException, call, iterate, kind, options, read, stream_value, wrap
 
 TYPES = ("text", "json", "arrayBuffer", "bytes", "stream")
 
@@ -32,15 +32,24 @@ async def _decode(body: Any, kind: str) -> Any:
     if kind == "text":
         return data.decode("utf-8", "replace")
     if kind == "json":
-        return wrap(json.loads(data))
+        return _json(data)
     # Pyodide gives an ArrayBuffer as a memoryview; "bytes" is Corral's own bytes.
     return memoryview(data) if kind == "arrayBuffer" else data
 
 
 def _decode_now(data: bytes, kind: str) -> Any:
     if kind == "json":
-        return wrap(json.loads(data))
+        return _json(data)
     return data.decode("utf-8", "replace")
+
+
+def _json(data: bytes) -> Any:
+    """A value read as JSON. On Cloudflare, JavaScript parses it, and a value
+    that is not JSON is its SyntaxError, a JsException in Python."""
+    try:
+        return wrap(json.loads(data))
+    except ValueError as exc:  # JSONDecodeError, and bytes that are not UTF-8
+        raise JsException("SyntaxError", f"Unexpected token in JSON: {exc}") from None
 
 
 @kind("kv_namespace")

@@ -128,9 +128,14 @@ def _run(conn: sqlite3.Connection, statements: list[Statement], max_bytes: int |
                     rows.append(list(row))
             written = conn.total_changes - before
             changes = max(cursor.rowcount, 0) if not columns else written
+            duration = round((time.perf_counter() - started) * 1000.0, 3)
             out.append({"columns": columns, "rows": rows, "meta": {
                 "served_by": "corral-d1",
-                "duration": round((time.perf_counter() - started) * 1000.0, 3),
+                # Cloudflare's D1 has regions and read replicas; here one local primary answers.
+                "served_by_region": "local",
+                "served_by_primary": True,
+                "timings": {"sql_duration_ms": duration},
+                "duration": duration,
                 "changes": changes,
                 "last_row_id": cursor.lastrowid or 0,
                 "changed_db": written > 0,
