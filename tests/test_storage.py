@@ -424,13 +424,20 @@ try:
     err = None
 except JsException as e:
     err = [e.name, e.message]
+await cache.put("https://example.com/tagged", Response("T", headers={
+    "cache-control": "max-age=600", "etag": '"v1"', "last-modified": "Wed, 02 Dec 2026 10:00:00 GMT"}))
+conditional = [(await cache.match(Request("https://example.com/tagged", headers=h))).status for h in (
+    {"if-none-match": 'W/"v1"'}, {"if-none-match": '"v0", "v2"'},
+    {"if-modified-since": "Thu, 03 Dec 2026 10:00:00 GMT"}, {"if-modified-since": "Tue, 01 Dec 2026 10:00:00 GMT"})]
 deleted = await cache.delete("https://example.com/a")
 return [hit.status, await hit.text(), hit.headers.get("x-t"), hit.headers.get("cf-cache-status"),
         await cache.match("https://example.com/nostore"), await cache.match("https://example.com/stale"),
         other, post, err, deleted, await cache.match("https://example.com/a"),
-        await cache.delete("https://example.com/a")]""")
+        await cache.delete("https://example.com/a"), conditional]""")
     assert got == [200, "A", "1", "HIT", None, None, None, None,
-                   ["TypeError", "Cannot cache response to non-GET request."], True, None, False]
+                   ["TypeError", "Cannot cache response to non-GET request."], True, None, False,
+                   # If-None-Match against the stored ETag, If-Modified-Since against Last-Modified.
+                   [304, 200, 304, 200]]
 
 
 def test_cache_default_refused_in_namespaced_scripts(server) -> None:

@@ -8,6 +8,7 @@ must not read or poison a cache shared with others.
 
 from __future__ import annotations
 
+import email.utils
 from typing import Any
 
 from protocol.messages import CACHE_BINDING
@@ -28,6 +29,24 @@ def _request(request: Any) -> tuple[str, str]:
     raise TypeError(f"a cache key is a URL or a Request, not {type(request).__name__}")
 
 
+def _not_modified(asked: workers.Headers, stored: workers.Headers) -> bool:
+    """Cloudflare's ``match`` evaluates ``If-None-Match`` against the stored
+    ``ETag`` (weakly) and, without it, ``If-Modified-Since`` against
+    ``Last-Modified``: a match is a 304."""
+    tags = asked.get("if-none-match")
+    if tags is not None:
+        etag = stored.get("etag")
+        wanted = {tag.strip().removeprefix("W/") for tag in tags.split(",")}
+        return etag is not None and ("*" in wanted or etag.strip().removeprefix("W/") in wanted)
+    since, modified = asked.get("if-modified-since"), stored.get("last-modified")
+    if not since or not modified:
+        return False
+    try:
+        return email.utils.parsedate_to_datetime(modified) <= email.utils.parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False  # a date that is none: no condition
+
+
 class Cache:
     def __init__(self, name: str) -> None:
         self._name = name
@@ -41,7 +60,10 @@ class Cache:
             return None
         headers = workers.Headers(value["headers"])
         headers.set("cf-cache-status", "HIT")
-        return workers.Response(await read(body), status=value["status"], headers=headers)
+        data = await read(body)
+        if isinstance(request, workers.Request) and _not_modified(request.headers, headers):
+            return workers.Response(None, status=304, headers=headers)
+        return workers.Response(data, status=value["status"], headers=headers)
 
     async def put(self, request: Any, response: workers.Response) -> None:
         url, method = _request(request)
