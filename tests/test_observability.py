@@ -827,8 +827,9 @@ def test_untrusted_peers_get_a_fresh_request_id():
 
     with socket.create_server(("127.0.0.1", 0)) as server, \
             socket.create_connection(server.getsockname()):
-        conn, _ = server.accept()
-        with conn:
+        sock, _ = server.accept()
+        with sock:
+            conn = sock.getpeername()[0]  # the peer's address, as the connection reads it
             headers = [(b"x-corral-request-id", b"spoofed")]
             assert RequestIds(["10.0.0.0/8"]).assign(headers, conn) != "spoofed"
             assert RequestIds([]).assign(headers, conn) != "spoofed"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
@@ -47,8 +46,8 @@ TraceSink = Callable[[Invocation], None]
 #: ``(request, url, request_id)``: a request no script answered (the route's
 #: script may be gone: a scriptNotFound trace event).
 MissingSink = Callable[[Request, str, str], None]
-#: ``(headers, socket) -> request id`` (supervisor.observability.request_id).
-RequestIdSource = Callable[[list[tuple[bytes, bytes]], socket.socket], str]
+#: ``(headers, peer address) -> request id`` (supervisor.observability.request_id).
+RequestIdSource = Callable[[list[tuple[bytes, bytes]], str], str]
 
 REQUEST_ID_HEADER = b"x-corral-request-id"
 #: How long a request waits for its response head before it also watches
@@ -151,7 +150,7 @@ class Ingress:
         if self.request_ids is None:
             await self._handle(request, conn, "")
             return
-        rid = self.request_ids(request.headers, conn.sock)
+        rid = self.request_ids(request.headers, conn.peer_address)
         token = log_request_id.set(rid)
         try:
             await self._handle(request, _Tagged(conn, rid), rid)

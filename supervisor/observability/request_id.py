@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import socket
 
 from supervisor.edge.client_ip import TrustedProxies, parse_address
 
@@ -29,18 +28,11 @@ class RequestIds:
         self._suffix = os.urandom(8).hex()
         self._counter = itertools.count(int.from_bytes(os.urandom(8), "big") >> 1)
 
-    def assign(self, headers: list[tuple[bytes, bytes]], sock: socket.socket | None) -> str:
-        if self.trusted and sock is not None:
+    def assign(self, headers: list[tuple[bytes, bytes]], peer: str) -> str:
+        """``peer``: the connection's IP address as text ("" for none: a unix
+        socket is no proxy), as the connection read it once."""
+        if self.trusted and peer:
             incoming = next((v for k, v in headers if k == HEADER), None)
-            if incoming is not None and _VALID.fullmatch(incoming) and self._trusted(sock):
+            if incoming is not None and _VALID.fullmatch(incoming) and parse_address(peer) in self.trusted:
                 return incoming.decode("ascii")
         return f"{next(self._counter) & _MASK64:016x}{self._suffix}"
-
-    def _trusted(self, sock: socket.socket) -> bool:
-        try:
-            peer = sock.getpeername()
-        except OSError:
-            return False
-        if not isinstance(peer, tuple):
-            return False  # a unix socket peer is no proxy address
-        return parse_address(peer[0]) in self.trusted
