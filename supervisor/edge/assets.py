@@ -22,7 +22,7 @@ import mimetypes
 import posixpath
 from dataclasses import dataclass
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import trio
 
@@ -226,14 +226,14 @@ class AssetServer:
         assets = record.assets or AssetSet()
         parts = urlsplit(url)
         rules = _rules(assets)
-        answer = await self._answer(record, assets, rules, method, url, headers)
+        answer = await self._answer(record, assets, rules, method, url, parts, headers)
         if rules.headers:
             rules.apply_headers(parts.netloc, parts.path or "/", answer.headers)
         return answer
 
     async def _answer(self, record: ScriptRecord, assets: AssetSet, rules: asset_rules.Rules,
-                      method: bytes, url: str, headers: list[tuple[bytes, bytes]]) -> Answer:
-        parts = urlsplit(url)
+                      method: bytes, url: str, parts: SplitResult,
+                      headers: list[tuple[bytes, bytes]]) -> Answer:
         path = parts.path or "/"
         rule = rules.redirect(parts.netloc, path)
         if rule is not None:
