@@ -809,9 +809,11 @@ class Runtime:
                 self.send(ResponseStart(inv, 200, []))
                 raise _Handled
             request = self._request_for(message)
-            response = await self._script.call(
-                "fetch", workers.Context(inv), env, request,
-                entrypoint=message.event.entrypoint if message.event is not None else "")  # type: ignore[union-attr]
+            if message.event is None:  # Default's fetch: the hot path, nothing more to look at
+                response = await self._script.call("fetch", workers.Context(inv), env, request)
+            else:  # a service binding's named entrypoint
+                response = await self._script.call("fetch", workers.Context(inv), env, request,
+                                                   entrypoint=message.event.entrypoint)  # type: ignore[union-attr]
             if not isinstance(response, workers.Response):
                 raise TypeError(
                     f"the fetch handler returned {type(response).__name__}, not a Response"
