@@ -364,7 +364,7 @@ def test_r2_multipart_upload(server) -> None:
     got = ok(server, "t", """
 import hashlib
 up = await env.BUCKET.createMultipartUpload("mp/file", httpMetadata={"contentType": "x/y"})
-p1 = await up.uploadPart(1, b"a" * 100000)
+p1 = await up.uploadPart(1, b"a" * 5242880)  # R2's smallest part but the last: 5 MiB
 p2 = await up.upload_part(2, "tail")
 same = env.BUCKET.resumeMultipartUpload("mp/file", up.uploadId)
 obj = await same.complete([p1, {"part_number": 2, "etag": p2.etag}])
@@ -378,11 +378,38 @@ try:
     err = None
 except JsException as e:
     err = e.message
-return [obj.size, body == b"a" * 100000 + b"tail", obj.etag == want,
+return [obj.size, body == b"a" * 5242880 + b"tail", obj.etag == want,
         obj.httpMetadata.contentType, err, await env.BUCKET.head("mp/gone"),
         [up["key"], up["uploadId"] == up.uploadId]]""")
-    assert got[:4] == [100004, True, True, "x/y"] and got[6] == ["mp/file", True]
+    assert got[:4] == [5242884, True, True, "x/y"] and got[6] == ["mp/file", True]
     assert "multipart upload does not exist" in got[4] and got[5] is None
+
+
+def test_r2_multipart_parts_keep_r2s_sizes(server) -> None:
+    # Every part but the last is at least 5 MiB and all of one size; the last
+    # is no larger. A refused completion leaves the upload to complete again.
+    got = ok(server, "t", """
+async def complete(upload, parts):
+    try:
+        return (await upload.complete(parts)).size
+    except JsException as e:
+        return e.message
+small = await env.BUCKET.createMultipartUpload("mp/small")
+s1 = await small.uploadPart(1, b"a" * 100000)
+s2 = await small.uploadPart(2, "tail")
+mib5 = 5 * 1024 * 1024
+up = await env.BUCKET.createMultipartUpload("mp/sizes")
+p1 = await up.uploadPart(1, b"a" * mib5)
+p2 = await up.uploadPart(2, b"b" * (mib5 + 1))
+p3 = await up.uploadPart(3, "c")
+return [await complete(small, [s1, s2]), await complete(up, [p1, p2, p3]),
+        await complete(up, [p1, p2]), await complete(up, [p1, p3]),
+        await env.BUCKET.head("mp/small")]""")
+    assert got[0].startswith("completeMultipartUpload: ") and got[0].endswith("(10011)"), got[0]
+    assert "part 1 is 100000 bytes" in got[0] and "at least 5242880 bytes" in got[0]
+    assert got[1].endswith("(10048)") and "part 2 is 5242881 bytes" in got[1], got[1]
+    assert got[2].endswith("(10048)") and "last part" in got[2], got[2]
+    assert got[3] == 5242881 and got[4] is None
 
 
 def test_r2_keys_never_escape_the_bucket(server) -> None:

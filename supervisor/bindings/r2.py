@@ -11,6 +11,9 @@ Keys never become paths: objects are stored under random names and found
 through the index, so ``../x``, ``/etc/passwd`` or any other key stays a
 name inside its bucket. Keys holding NUL are refused.
 
+Multipart uploads keep R2's part rules: completing one whose parts but the
+last are under 5 MiB, or not all of one size, is refused with R2's codes.
+
 Storage is behind :class:`R2Store` so a fleet can use an S3-compatible
 store; :class:`FileR2` is the embedded one.
 """
@@ -37,6 +40,8 @@ MAX_KEY_BYTES = 1024
 MAX_LIST = 1000
 MAX_DELETE = 1000
 MAX_PARTS = 10_000
+#: R2's smallest part, except the last one of an upload (5 MiB).
+MIN_PART_BYTES = 5 * 1024**2
 MAX_OBJECT_BYTES = 5 * 1024**3 - 5 * 1024**2
 READ_CHUNK = 64 * 1024
 HASHES = ("md5", "sha1", "sha256", "sha384", "sha512")
@@ -599,14 +604,46 @@ def _parts_of(conn: sqlite3.Connection, root: str, upload_id: str, key: str,
               wanted: list[tuple[int, str]]) -> tuple[str, str, list[str]]:
     http, custom = _upload_of(conn, root, upload_id, key, "completeMultipartUpload")
     blobs = []
+    sizes = []
     for number, etag in wanted:
-        row = conn.execute("SELECT blob, etag FROM parts WHERE upload_id = ? AND number = ?",
+        row = conn.execute("SELECT blob, etag, size FROM parts WHERE upload_id = ? AND number = ?",
                            (upload_id, number)).fetchone()
         if row is None or row[1] != etag:
             raise _err("completeMultipartUpload", f"part {number} was not uploaded with etag "
                                                   f"{etag!r}", 10025)
         blobs.append(row[0])
+        sizes.append((number, row[2]))
+    _check_part_sizes(sizes)
     return http, custom, blobs
+
+
+def _check_part_sizes(sizes: list[tuple[int, int]]) -> None:
+    """R2's rules for the parts of an object, ``(number, size)`` in the order
+    they are joined: every part but the last is at least 5 MiB and all of
+    those are the same size; the last may be smaller, never larger.
+
+    R2 checks this when the upload is completed, not as parts arrive (a
+    part's size is only known to be wrong once it is known not to be the
+    last), and so does this; a refused completion leaves the upload and its
+    parts in place, to be completed with the right parts or aborted.
+    """
+    op = "completeMultipartUpload"
+    *leading, (last, last_size) = sizes
+    for number, size in leading:
+        if size < MIN_PART_BYTES:
+            raise _err(op, f"Your proposed upload is smaller than the minimum allowed object "
+                           f"size: part {number} is {size} bytes, and every part but the last "
+                           f"must be at least {MIN_PART_BYTES} bytes (5 MiB)", 10011)
+    if not leading:
+        return
+    first, part_size = leading[0]
+    for number, size in leading[1:]:
+        if size != part_size:
+            raise _err(op, f"All non-trailing parts must have the same size: part {number} is "
+                           f"{size} bytes, part {first} {part_size} bytes", 10048)
+    if last_size > part_size:
+        raise _err(op, f"The last part must not be larger than the others: part {last} is "
+                       f"{last_size} bytes, the other parts {part_size} bytes", 10048)
 
 
 def _concatenate(upload: _Upload, paths: list[str]) -> None:
