@@ -104,8 +104,12 @@ return [back == big, await env.KV.get("big")]""")
     ('await env.KV.put("k" * 513, "v")', "414 UTF-8 encoded length of 513 exceeds key length limit of 512"),
     ('await env.KV.get("k" * 513)', "exceeds key length limit of 512"),
     ('await env.KV.put("", "v")', "must not be empty"),
-    ('await env.KV.put("k", "v", expirationTtl=10)', "Invalid expiration_ttl of 10"),
-    ('await env.KV.put("k", "v", expiration=5)', "Invalid expiration of 5"),
+    ('await env.KV.put("k", "v", expirationTtl=10)',
+     "KV PUT failed: 400 Invalid expiration_ttl of 10. Expiration TTL must be at least 60."),
+    ('await env.KV.put("k", "v", expirationTtl=0)', "Invalid expiration_ttl of 0. Please specify "
+                                                    "integer greater than 0."),
+    ('await env.KV.put("k", "v", expiration=5)', "Invalid expiration of 5. Please specify integer "
+                                                 "greater than the current number of seconds"),
     ('await env.KV.put("k", "v", metadata={"x": "y" * 1100})', "Metadata length of"),
     ('await env.KV.list(limit=1001)', "Invalid key limit"),
     ('await env.KV.put("k", bytes(25 * 1024 * 1024 + 1))', "Value length exceeds limit of 26214400"),
@@ -113,6 +117,29 @@ return [back == big, await env.KV.get("big")]""")
 def test_kv_errors_are_js_exceptions(server, code: str, words: str) -> None:
     error = fails(server, "t", code)
     assert error["js"] and words in error["message"], error
+
+
+def test_kv_cache_ttl_below_the_minimum_is_refused(server) -> None:
+    # KV's minimum cacheTtl is 30 s (60 s until Cloudflare lowered it on
+    # 2026-01-30), however the options are spelled.
+    got = ok(server, "t", """
+await env.KV.put("cached", "v")
+async def attempt(read):
+    try:
+        return await read
+    except JsException as e:
+        return e.message
+return [await attempt(env.KV.get("cached", cacheTtl=10)),
+        await attempt(env.KV.get("cached", {"type": "text", "cacheTtl": 29})),
+        await attempt(env.KV.get_with_metadata("cached", cache_ttl=5)),
+        await attempt(env.KV.get(["cached"], cacheTtl=1)),
+        await env.KV.get("cached", cacheTtl=30),
+        await env.KV.get("cached", {"cacheTtl": 3600, "type": "text"})]""")
+    assert got == ["KV GET failed: 400 Invalid cache_ttl of 10. Cache TTL must be at least 30.",
+                   "KV GET failed: 400 Invalid cache_ttl of 29. Cache TTL must be at least 30.",
+                   "KV GET failed: 400 Invalid cache_ttl of 5. Cache TTL must be at least 30.",
+                   "KV GET_BULK failed: 400 Invalid cache_ttl of 1. Cache TTL must be at least 30.",
+                   "v", "v"]
 
 
 def test_kv_bad_type_is_a_type_error(server) -> None:

@@ -12,17 +12,24 @@ from . import AttrDict, JsException, call, iterate, kind, options, read, stream_
 TYPES = ("text", "json", "arrayBuffer", "bytes", "stream")
 
 
-def _type_of(type_: Any, keywords: dict[str, Any], where: str) -> str:
-    """``get(key, "json")``, ``get(key, {"type": "json"})`` or ``get(key, type="json")``."""
+def _get_options(type_: Any, keywords: dict[str, Any], where: str) -> dict[str, Any]:
+    """What a ``get`` sends: its type and, when given, its ``cacheTtl``, from
+    ``get(key, "json")``, ``get(key, {"type": "json", "cacheTtl": 60})`` or
+    keywords (``type=``, ``cacheTtl=`` or ``cache_ttl=``). The supervisor
+    checks ``cacheTtl`` as Cloudflare's KV does, so it is sent, not dropped."""
     if isinstance(type_, str) or type_ is None:
         opts = options(None, keywords, where)
         kind = type_ or opts.get("type") or "text"
     else:
-        kind = options(type_, keywords, where).get("type") or "text"
+        opts = options(type_, keywords, where)
+        kind = opts.get("type") or "text"
     if kind not in TYPES:
         raise TypeError('Unknown response type. Possible types are "text", "arrayBuffer", '
                         '"json", and "stream".')
-    return kind
+    sent: dict[str, Any] = {"type": kind}
+    if opts.get("cacheTtl") is not None:
+        sent["cacheTtl"] = opts["cacheTtl"]
+    return sent
 
 
 async def _decode(body: Any, kind: str) -> Any:
@@ -61,11 +68,12 @@ class KvNamespace:
 
     async def _get(self, key: Any, type_: Any, keywords: dict[str, Any], with_meta: bool) -> Any:
         where = "KV.getWithMetadata()" if with_meta else "KV.get()"
-        kind = _type_of(type_, keywords, where)
+        sent = _get_options(type_, keywords, where)
+        kind = sent["type"]
         if isinstance(key, (list, tuple)):
             if kind not in ("text", "json"):
                 raise TypeError(f'{where}: bulk gets take type "text" or "json"')
-            _, body = await call(self._name, "get", [list(key), {"type": kind}])
+            _, body = await call(self._name, "get", [list(key), sent])
             packed = msgspec.msgpack.decode(await read(body))
             out: dict[str, Any] = {}
             for name in key:
@@ -74,7 +82,7 @@ class KvNamespace:
                 out[name] = AttrDict(value=value, metadata=wrap(hit[1]) if hit else None) \
                     if with_meta else value
             return out
-        value, body = await call(self._name, "get", [key, {"type": kind}])
+        value, body = await call(self._name, "get", [key, sent])
         if value is None:
             return AttrDict(value=None, metadata=None, cacheStatus=None) if with_meta else None
         data = await _decode(body, kind)

@@ -1,6 +1,7 @@
 """Workers KV (``kv_namespaces``): Cloudflare's methods, limits and words.
 
-``get`` (one key, or up to 100), ``getWithMetadata``, ``put`` (value as the
+``get`` (one key, or up to 100; ``cacheTtl`` is checked, and then moot: one
+location has no edge cache), ``getWithMetadata``, ``put`` (value as the
 call's body; ``expiration``, ``expirationTtl``, ``metadata``), ``delete``
 and ``list`` (``prefix``, ``limit``, ``cursor``). The SDK in the child turns
 bytes into text, JSON or a stream; this side stores and checks.
@@ -26,6 +27,9 @@ MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 25 * 1024 * 1024
 MAX_METADATA_BYTES = 1024
 MIN_TTL_S = 60
+#: The smallest ``cacheTtl`` of a read: 30 seconds since Cloudflare lowered it
+#: from 60 (KV changelog, 2026-01-30).
+MIN_CACHE_TTL_S = 30
 MAX_LIST = 1000
 MAX_BULK = 100
 
@@ -182,6 +186,50 @@ def _encode_cursor(key: str) -> str:
     return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 
+def _check_cache_ttl(opts: dict[str, Any], op: str) -> None:
+    """Refuse a ``cacheTtl`` under KV's minimum, in Cloudflare's words.
+
+    Corral has no edge cache for the value to live in, so a valid one
+    changes nothing; an invalid one must still fail here, or code that
+    works on Corral throws on Cloudflare.
+    """
+    ttl = opts.get("cacheTtl")
+    if ttl is None:
+        return
+    ttl = integer(ttl, "cacheTtl")
+    if ttl < MIN_CACHE_TTL_S:
+        raise BindingError(f"KV {op} failed: 400 Invalid cache_ttl of {ttl}. Cache TTL must be at "
+                           f"least {MIN_CACHE_TTL_S}.")
+
+
+def _expiration(opts: dict[str, Any], now: int) -> int | None:
+    """The absolute expiration ``put``'s options ask for, in Cloudflare's
+    checks and words: ``expirationTtl`` wins over ``expiration``, and either
+    must land at least a minute from now."""
+    ttl = opts.get("expirationTtl")
+    if ttl is not None:
+        ttl = integer(ttl, "expirationTtl")
+        if ttl <= 0:
+            raise BindingError(f"KV PUT failed: 400 Invalid expiration_ttl of {ttl}. Please "
+                               "specify integer greater than 0.")
+        if ttl < MIN_TTL_S:
+            raise BindingError(f"KV PUT failed: 400 Invalid expiration_ttl of {ttl}. Expiration "
+                               f"TTL must be at least {MIN_TTL_S}.")
+        return now + ttl
+    expiration = opts.get("expiration")
+    if expiration is None:
+        return None
+    expiration = integer(expiration, "expiration")
+    if expiration <= now:
+        raise BindingError(f"KV PUT failed: 400 Invalid expiration of {expiration}. Please specify "
+                           "integer greater than the current number of seconds since the UNIX "
+                           "epoch.")
+    if expiration < now + MIN_TTL_S:
+        raise BindingError(f"KV PUT failed: 400 Invalid expiration of {expiration}. Expiration "
+                           f"times must be at least {MIN_TTL_S} seconds in the future.")
+    return expiration
+
+
 def _key_json(entry: Entry) -> dict[str, Any]:
     out: dict[str, Any] = {"name": entry.key}
     if entry.expiration is not None:
@@ -214,15 +262,18 @@ class KVHandler:
 
     async def _get(self, ctx: Context, args: list[Any], now: int) -> Reply:
         target = arg(args, 0)
+        opts = options(args, 1)
         if isinstance(target, list):
             if not 1 <= len(target) <= MAX_BULK:
                 raise BindingError(f"KV GET_BULK failed: 400 You can request a maximum of "
                                    f"{MAX_BULK} keys", "RangeError")
+            _check_cache_ttl(opts, "GET_BULK")
             keys = [_key(k, "GET_BULK") for k in target]
             found = await self.backend.get(ctx.scope, keys, now)
             packed = {k: [found[k].value, found[k].metadata] if k in found else None for k in keys}
             return Reply({"bulk": True}, msgspec.msgpack.encode(packed))
         key = _key(target, "GET")
+        _check_cache_ttl(opts, "GET")
         entry = (await self.backend.get(ctx.scope, [key], now)).get(key)
         if entry is None:
             return Reply(None)
@@ -231,20 +282,7 @@ class KVHandler:
     async def _put(self, ctx: Context, args: list[Any], now: int) -> Reply:
         key = _key(arg(args, 0), "PUT")
         opts = options(args, 1)
-        expiration = opts.get("expiration")
-        ttl = opts.get("expirationTtl")
-        if ttl is not None:
-            ttl = integer(ttl, "expirationTtl")
-            if ttl < MIN_TTL_S:
-                raise BindingError(f"KV PUT failed: 400 Invalid expiration_ttl of {ttl}. Please "
-                                   f"specify integer greater than or equal to {MIN_TTL_S}.")
-            expiration = now + ttl
-        elif expiration is not None:
-            expiration = integer(expiration, "expiration")
-            if expiration < now + MIN_TTL_S:
-                raise BindingError(f"KV PUT failed: 400 Invalid expiration of {expiration}. Please "
-                                   f"specify integer greater than the current number of seconds "
-                                   f"since the UNIX epoch plus {MIN_TTL_S}.")
+        expiration = _expiration(opts, now)
         metadata = opts.get("metadata")
         if metadata is not None:
             size = len(msgspec.json.encode(metadata))
