@@ -235,6 +235,28 @@ return [info.results[0]["name"], bad]""")
     assert got[0] == "x" and got[1].startswith("D1_TYPE_ERROR")
 
 
+def test_d1_bind_of_an_int_past_2_53_is_d1s_type_error(server) -> None:
+    # On Cloudflare the int reaches D1 through Pyodide, which makes one past
+    # +-2**53 a BigInt; D1's bind() refuses a BigInt with D1_TYPE_ERROR.
+    got = ok(server, "t", """
+def attempt(value):
+    try:
+        env.DB.prepare("SELECT ? AS v").bind(value)
+        return None
+    except JsException as e:
+        return [e.name, e.message]
+edge = await env.DB.prepare("SELECT ? AS v, ? AS w").bind(2**53, -(2**53)).first()
+return [attempt(2**64), attempt(2**53 + 1), attempt(-(2**53) - 1), attempt(2**63 - 1),
+        attempt(10**2000), [edge["v"], edge["w"]]]""")
+    assert got[0] == ["Error", "D1_TYPE_ERROR: Type 'bigint' not supported for value "
+                               "'18446744073709551616'"]
+    assert got[1] == ["Error", "D1_TYPE_ERROR: Type 'bigint' not supported for value "
+                               "'9007199254740993'"]
+    assert got[2][1].endswith("'-9007199254740993'") and got[3][1].endswith("'9223372036854775807'")
+    assert got[4][1].startswith("D1_TYPE_ERROR: Type 'bigint'"), got[4]
+    assert got[5] == [2**53, -(2**53)]
+
+
 def test_d1_exec_reports_count_and_line(server) -> None:
     got = ok(server, "t", """
 r = await env.DB.exec("CREATE TABLE e1 (a);\\nINSERT INTO e1 VALUES (1);\\nINSERT INTO e1 VALUES (2)")

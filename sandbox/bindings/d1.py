@@ -9,6 +9,9 @@ from typing import Any
 from . import AttrDict, AttrList, JsException, call, kind, options, wrap
 
 _BIND_TYPES = (type(None), bool, int, float, str, bytes)
+#: Pyodide hands a Python int to JavaScript as a Number from -2**53 to 2**53
+#: and as a BigInt past that; D1's bind() refuses BigInts.
+MAX_NUMBER_INT = 2**53
 
 
 def _bindable(value: Any) -> Any:
@@ -19,7 +22,19 @@ def _bindable(value: Any) -> Any:
     if not isinstance(value, _BIND_TYPES):
         raise JsException("Error", f"D1_TYPE_ERROR: Type '{type(value).__name__}' not supported "
                                    f"for value '{str(value)[:60]}'")
+    if isinstance(value, int) and not -MAX_NUMBER_INT <= value <= MAX_NUMBER_INT:
+        raise JsException("Error", f"D1_TYPE_ERROR: Type 'bigint' not supported for value "
+                                   f"'{_bigint_text(value)}'")
     return value
+
+
+def _bigint_text(value: int) -> str:
+    """An int as JavaScript prints the BigInt it would be (its digits), or
+    its size when the digits would be many (Python refuses to print an int
+    of more than 4,300 digits, and the message should stay short)."""
+    if value.bit_length() <= 256:
+        return str(value)
+    return f"{'-' if value < 0 else ''}<{value.bit_length()}-bit integer>"
 
 
 def _cell(value: Any) -> Any:
