@@ -516,6 +516,24 @@ return [hit.status, await hit.text(), hit.headers.get("x-t"), hit.headers.get("c
                    [304, 200, 304, 200]]
 
 
+def test_cache_match_answers_a_range_with_206(server) -> None:
+    # One range of a stored 200 is a 206 with Content-Range; a range past the
+    # end a 416 with "bytes */size"; several ranges, or another unit, the 200.
+    got = ok(server, "t", """
+from workers import Request
+cache = await caches.open("ranges")
+await cache.put("https://example.com/r", Response("0123456789", headers={"cache-control": "max-age=600"}))
+async def ask(value):
+    r = await cache.match(Request("https://example.com/r", headers={"range": value}))
+    return [r.status, await r.text(), r.headers.get("content-range")]
+return [await ask(v) for v in ("bytes=2-4", "bytes=7-", "bytes=-3", "bytes=8-100", "bytes=-20",
+                               "bytes=10-", "bytes=0-1,4-5", "items=0-1", "bytes=4-2")]""")
+    assert got == [[206, "234", "bytes 2-4/10"], [206, "789", "bytes 7-9/10"],
+                   [206, "789", "bytes 7-9/10"], [206, "89", "bytes 8-9/10"],
+                   [206, "0123456789", "bytes 0-9/10"], [416, "", "bytes */10"],
+                   [200, "0123456789", None], [200, "0123456789", None], [200, "0123456789", None]]
+
+
 def test_cache_default_refused_in_namespaced_scripts(server) -> None:
     error = fails(server, "t", "return caches.default")
     assert error["error"] == "TypeError" and "caches.default is not available" in error["message"]

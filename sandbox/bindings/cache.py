@@ -1,9 +1,12 @@
 """``caches``: the Cache API, a cache private to the script.
 
 ``await caches.open(name)`` gives a :class:`Cache` with ``match``, ``put``
-and ``delete``. In a dispatch namespace's script ``caches.default`` is
-refused, as Workers for Platforms refuses it to user workers: a tenant
-must not read or poison a cache shared with others.
+and ``delete``. ``match`` answers conditional requests (304) and ranges
+(206, or 416) from the stored response, as Cloudflare's cache does.
+
+In a dispatch namespace's script ``caches.default`` is refused, as Workers
+for Platforms refuses it to user workers: a tenant must not read or poison
+a cache shared with others.
 """
 
 from __future__ import annotations
@@ -47,6 +50,57 @@ def _not_modified(asked: workers.Headers, stored: workers.Headers) -> bool:
         return False  # a date that is none: no condition
 
 
+class _Unsatisfiable(Exception):
+    """A ``Range`` none of whose bytes the stored body has: a 416."""
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """The one byte range ``(first, last)``, inclusive, that a ``Range``
+    header asks of a body of ``size`` bytes: ``bytes=a-b``, ``bytes=a-`` or
+    ``bytes=-n`` (the last n). None when the header is to be ignored and the
+    whole response sent, as RFC 9110 has it for one that is malformed or of
+    another unit, and as Corral does for several ranges (a multipart answer
+    is allowed, not required). Raises :class:`_Unsatisfiable` for a range
+    that starts past the end (or asks for the last 0 bytes)."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = (part.strip() for part in spec.partition("-"))
+    if not dash or not all(p == "" or (p.isascii() and p.isdigit()) for p in (first, last)):
+        return None
+    if not first:
+        if not last:
+            return None
+        if int(last) == 0:
+            raise _Unsatisfiable
+        return max(0, size - int(last)), size - 1
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise _Unsatisfiable
+    return start, size - 1 if not last else min(int(last), size - 1)
+
+
+def _partial(header: str, data: bytes, headers: workers.Headers) -> workers.Response | None:
+    """Cloudflare's ``match`` answers a ``Range`` request for a stored 200
+    with a ``206`` of that range (``Content-Range: bytes a-b/size``), or a
+    ``416`` with ``Content-Range: bytes */size`` when the body has none of
+    it; None when the whole response is the answer."""
+    try:
+        span = _byte_range(header, len(data))
+    except _Unsatisfiable:
+        headers.set("content-range", f"bytes */{len(data)}")
+        headers.delete("content-length")
+        return workers.Response(None, status=416, headers=headers)
+    if span is None:
+        return None
+    first, last = span
+    headers.set("content-range", f"bytes {first}-{last}/{len(data)}")
+    headers.set("content-length", str(last - first + 1))
+    return workers.Response(data[first:last + 1], status=206, headers=headers)
+
+
 class Cache:
     def __init__(self, name: str) -> None:
         self._name = name
@@ -61,8 +115,14 @@ class Cache:
         headers = workers.Headers(value["headers"])
         headers.set("cf-cache-status", "HIT")
         data = await read(body)
-        if isinstance(request, workers.Request) and _not_modified(request.headers, headers):
-            return workers.Response(None, status=304, headers=headers)
+        if isinstance(request, workers.Request):
+            if _not_modified(request.headers, headers):
+                return workers.Response(None, status=304, headers=headers)
+            asked = request.headers.get("range")
+            if asked is not None and value["status"] == 200 and data:
+                partial = _partial(asked, data, headers)
+                if partial is not None:
+                    return partial
         return workers.Response(data, status=value["status"], headers=headers)
 
     async def put(self, request: Any, response: workers.Response) -> None:
