@@ -227,7 +227,7 @@ class Fetcher:
         async def rpc(*args: Any, **kwargs: Any) -> Any:
             from .bindings.durable_objects import decode, encode
 
-            body = encode([*args, kwargs] if kwargs else list(args), f"{name}()")
+            body = encode([*args, kwargs] if kwargs else list(args), f"{name}()", rpc=True)
             request = workers.Request(f"https://rpc.invalid/{name}", method="POST", body=body)
             response = await self._runtime.sub_request(
                 self._kind, request, binding=self._binding, target=self._target,

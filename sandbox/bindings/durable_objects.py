@@ -8,7 +8,8 @@ calls name the binding and the id, and the supervisor resolves the rest.
 
 RPC arguments and results travel as plain data (str, numbers, bool, None,
 bytes, lists, dicts, datetimes), as Cloudflare's Python RPC converts them;
-dicts come back with attribute access. An exception in the object reaches
+dicts come back with attribute access. What structured clone cannot copy
+is a ``DataCloneError``. An exception in the object reaches
 the caller as ``pyodide.ffi.JsException`` with its name and message.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 import msgspec
 
 from .. import workers
-from . import JsException, call, kind, read, wrap
+from . import JsException, call, clone_encode, data_clone_error, kind, read, wrap
 
 _ID = re.compile(r"[0-9a-f]{64}")
 
@@ -57,9 +58,22 @@ class DurableObjectId:
         return f"DurableObjectId({self._hex!r})"
 
 
-def encode(value: Any, where: str) -> bytes:
+def _refuse_over_rpc(value: Any) -> Exception:
+    """Over RPC, Cloudflare passes a function as a stub the other side calls
+    back; Corral does not, so that is refused as the gap it is. Anything
+    else that cannot be cloned is the DataCloneError it is everywhere."""
+    if callable(value):
+        return TypeError(f"a function ({type(value).__name__}) cannot be sent over RPC here: "
+                         "Cloudflare passes one as a stub to call back, Corral does not")
+    return data_clone_error(value)
+
+
+def encode(value: Any, where: str, *, rpc: bool = False) -> bytes:
+    """``value`` as structured clone carries it for storage, attachments and
+    (``rpc``) RPC arguments and results: what it cannot carry is Cloudflare's
+    DataCloneError (see :func:`clone_encode`)."""
     try:
-        return msgspec.msgpack.encode(value)
+        return clone_encode(value, _refuse_over_rpc if rpc else data_clone_error)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{where}: only plain data can be sent (str, numbers, bool, None, bytes, "
                         f"lists, dicts, datetimes): {exc}") from None
@@ -106,7 +120,8 @@ class DurableObjectStub:
             # to JavaScript in Cloudflare's SDK: the method gets a dict last.
             values = [*args, kwargs] if kwargs else list(args)
             _, body = await call(self._binding, "call",
-                                 [self.id._hex, self.name, method, encode(values, f"{method}()")])
+                                 [self.id._hex, self.name, method,
+                                  encode(values, f"{method}()", rpc=True)])
             return decode(await read(body))
 
         rpc.__name__ = method
