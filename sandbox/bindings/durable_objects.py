@@ -8,8 +8,9 @@ calls name the binding and the id, and the supervisor resolves the rest.
 
 RPC arguments and results travel as plain data (str, numbers, bool, None,
 bytes, lists, dicts, datetimes), as Cloudflare's Python RPC converts them;
-dicts come back with attribute access. What structured clone cannot copy
-is a ``DataCloneError``. An exception in the object reaches
+dicts come back with attribute access, bytes as ``memoryview`` (Pyodide's
+conversion of a Uint8Array). What structured clone cannot copy is a
+``DataCloneError``. An exception in the object reaches
 the caller as ``pyodide.ffi.JsException`` with its name and message.
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 import msgspec
 
 from .. import workers
-from . import JsException, call, clone_encode, data_clone_error, kind, read, wrap
+from . import AttrDict, AttrList, JsException, call, clone_encode, data_clone_error, kind, read, wrap
 
 _ID = re.compile(r"[0-9a-f]{64}")
 
@@ -83,12 +84,32 @@ def decode(data: bytes) -> Any:
     return wrap(msgspec.msgpack.decode(data)) if data else None
 
 
+def rpc_value(value: Any) -> Any:
+    """Plain data as Python code receives it over Workers RPC on Cloudflare:
+    workers-py's ``python_from_rpc`` converts with Pyodide's ``to_py``, which
+    makes every ArrayBuffer and typed array a ``memoryview``, at any depth
+    (workers-py's own RPC test asserts it). Code written for Cloudflare calls
+    ``.tobytes()`` on it; dicts and lists are as :func:`wrap` makes them."""
+    if isinstance(value, bytes):
+        return memoryview(value)
+    if isinstance(value, dict):
+        return AttrDict({k: rpc_value(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return AttrList(rpc_value(v) for v in value)
+    return value
+
+
+def decode_result(data: bytes) -> Any:
+    """An RPC call's result, as :func:`encode` sent it (see :func:`rpc_value`)."""
+    return rpc_value(msgspec.msgpack.decode(data)) if data else None
+
+
 def decode_args(data: bytes) -> list[Any]:
-    """An RPC call's argument list, as :func:`encode` sent it."""
+    """An RPC call's argument list, as :func:`encode` sent it (see :func:`rpc_value`)."""
     args = msgspec.msgpack.decode(data) if data else []
     if not isinstance(args, list):
         raise TypeError("an RPC call's arguments must be a list")
-    return [wrap(a) for a in args]
+    return [rpc_value(a) for a in args]
 
 
 class DurableObjectStub:
@@ -122,7 +143,7 @@ class DurableObjectStub:
             _, body = await call(self._binding, "call",
                                  [self.id._hex, self.name, method,
                                   encode(values, f"{method}()", rpc=True)])
-            return decode(await read(body))
+            return decode_result(await read(body))
 
         rpc.__name__ = method
         return rpc
