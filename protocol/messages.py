@@ -512,7 +512,9 @@ class WsSend(_Msg, tag="wssend"):
 
 
 class WsClose(_Msg, tag="wsclose"):
-    """The child's socket ``ws`` closes (``code``, ``reason`` to the client)."""
+    """The child's socket ``ws`` closes (``code``, ``reason`` to the client).
+    ``code`` 1005 ("no status received") is a close frame with no code and no
+    reason, what ``close()`` without a code sends."""
 
     ws: int
     code: int = 1000

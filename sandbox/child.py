@@ -225,14 +225,14 @@ class Fetcher:
             raise AttributeError(name)
 
         async def rpc(*args: Any, **kwargs: Any) -> Any:
-            from .bindings.durable_objects import decode, encode
+            from .bindings.durable_objects import decode_result, encode
 
-            body = encode([*args, kwargs] if kwargs else list(args), f"{name}()")
+            body = encode([*args, kwargs] if kwargs else list(args), f"{name}()", rpc=True)
             request = workers.Request(f"https://rpc.invalid/{name}", method="POST", body=body)
             response = await self._runtime.sub_request(
                 self._kind, request, binding=self._binding, target=self._target,
                 limits=self._limits, params=self._params, rpc=name)
-            return decode(await response.bytes())
+            return decode_result(await response.bytes())
 
         rpc.__name__ = name
         return rpc

@@ -449,7 +449,7 @@ class Objects:
             raise JsException("TypeError", f'The RPC receiver does not implement the method '
                                            f'"{event.method}".')
         result = await _call(getattr(instance, event.method), *decode_args(await request.bytes()))
-        return workers.Response(encode(result, f"{event.method}() result"))
+        return workers.Response(encode(result, f"{event.method}() result", rpc=True))
 
 
     async def _websocket_event(self, key: tuple[str, str], instance: Any, args: list[Any]) -> None:

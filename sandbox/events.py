@@ -166,7 +166,7 @@ class Handlers:
         result = getattr(entry(ctx, env), method)(*decode_args(data))
         if type(result) is types.CoroutineType or inspect.isawaitable(result):
             result = await result
-        return workers.Response(encode(result, f"{method}() result"))
+        return workers.Response(encode(result, f"{method}() result", rpc=True))
 
     async def call(self, kind: str, ctx: Any, env: Any, *args: Any, entrypoint: str = "") -> Any:
         """Run the ``kind`` handler with ``(*args, env, ctx)``, cut to what it

@@ -30,11 +30,15 @@ from typing import Any
 from protocol.messages import Socket, WebSocketEvent, WsClose, WsSend
 
 from . import workers
+from .pyodide_shim import JsException
 from .sdk_types import JsDict
 
 #: Close codes a worker may not send (RFC 6455: reserved for the endpoints'
 #: own reports); Cloudflare's runtime takes the rest of 1000-4999.
 RESERVED_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
+#: The code a close without one reads as (RFC 6455 7.1.5); in a ``WsClose``
+#: it asks for a close frame with no status code at all.
+NO_STATUS = 1005
 #: Cloudflare's limit on a hibernatable WebSocket's attachment.
 MAX_ATTACHMENT_BYTES = 2048
 #: Cloudflare's limit on each side of an auto-response pair.
@@ -100,15 +104,23 @@ class WebSocket:
         for i, part in enumerate(parts):
             runtime.send(WsSend(self.id, part, text, fin=i == len(parts) - 1))
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Start the closing handshake. Without a code the close frame carries
+        none, and the peer reads 1005 ("no status received"), as the WebSocket
+        standard and Cloudflare's runtime have it; a reason needs a code."""
+        if code is not None and (not 1000 <= code <= 4999 or code in RESERVED_CLOSE_CODES):
+            raise TypeError(f"Invalid WebSocket close code: {code}.")
+        if reason is not None and len(reason.encode()) > 123:
+            raise TypeError("The WebSocket close reason is longer than 123 bytes.")
+        if reason is not None and code is None:
+            # workerd's DOMException (InvalidAccessError): 1005 cannot carry a reason.
+            raise JsException("InvalidAccessError",
+                              "If you specify a WebSocket close reason, you must also specify a code.")
         if self.readyState in (CLOSING, CLOSED) or not self.id:
             return
-        if not 1000 <= code <= 4999 or code in RESERVED_CLOSE_CODES:
-            raise TypeError(f"Invalid WebSocket close code: {code}.")
-        if len(reason.encode()) > 123:
-            raise TypeError("The WebSocket close reason is longer than 123 bytes.")
         self.readyState = CLOSING
-        self._sockets_or_raise().runtime.send(WsClose(self.id, code, reason))
+        self._sockets_or_raise().runtime.send(
+            WsClose(self.id, NO_STATUS if code is None else code, reason or ""))
 
     def addEventListener(self, kind: str, listener: Any) -> None:  # noqa: N802 - Workers API name
         self._listeners.setdefault(kind, []).append(listener)

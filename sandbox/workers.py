@@ -292,6 +292,30 @@ def _encode_body(body: Any, headers: Headers, owner: str = "Response") -> Any:
     raise TypeError(f"Unsupported type in {owner}: {type(body).__name__}")
 
 
+#: The Fetch standard's null body statuses: a response with one has no body.
+NULL_BODY_STATUSES = frozenset({101, 204, 205, 304})
+
+
+class NullBodyStatusError(JsException, TypeError):
+    """JavaScript's ``TypeError`` for a body given with a null body status.
+    The SDK surfaces the one ``Response(...)`` throws as a ``JsException``
+    named TypeError, and ``Response.json``'s as Python's ``TypeError``: this
+    is both, so code written against either catches it."""
+
+    def __init__(self) -> None:
+        super().__init__("TypeError", "Response with null body status (101, 204, 205, or 304) "
+                                      "cannot have a body.")
+
+
+def _check_null_body(body: Any) -> None:
+    """A response with a null body status takes a body as workerd does: a
+    zero-length buffer counts as none (Cloudflare still allows it, from the
+    Workers beta), anything else throws; a stream does even when empty, its
+    length being unknown."""
+    if body is not None and not (isinstance(body, bytes) and not body):
+        raise NullBodyStatusError
+
+
 class BodyUsedError(OSError, TypeError):
     """A body read a second time. Pyodide's responses (and so the SDK's) raise
     an ``OSError`` for it and JavaScript a ``TypeError``: code written for
@@ -556,6 +580,9 @@ class Response(_Body):
             self.status_text = _STATUS_TEXT.get(self.status, "")
         self.headers = Headers(headers)
         self._body = _encode_body(body, self.headers)
+        if self.status in NULL_BODY_STATUSES:
+            _check_null_body(self._body)
+            self._body = None
         self._body_used = False
         self.url = ""
         self.redirected = False
@@ -654,6 +681,10 @@ def response_with(status: int, body: Any, headers: Headers | None = None) -> Res
         if headers is not None:
             response.headers = headers
         return response
+    if status in NULL_BODY_STATUSES:
+        # As fetch() makes it in workerd: no body at all, so that handing it
+        # on (``Response(r.body, status=r.status)``) passes the check above.
+        body = None
     return Response._delivered(status, Headers() if headers is None else headers, body)
 
 

@@ -53,6 +53,9 @@ WSGI_ECHO = """
 from workers import WorkerEntrypoint, wsgi
 
 def echo(environ, start_response):
+    if environ["PATH_INFO"] == "/none":  # a body with a 204: the adapter drops it
+        start_response("204 No Content", [("x-a", "1")])
+        return [b"dropped"]
     length = int(environ.get("CONTENT_LENGTH") or 0)
     start_response("200 OK", [("content-type", "text/plain")])
     return [environ["wsgi.input"].read(length)]
@@ -134,3 +137,44 @@ return [raised, [r.getMessage() for r in errors],
     assert result[0] == "failed before responding on purpose"
     assert any("ASGI request failed" in m for m in result[1])
     assert "background failure on purpose" in result[2]
+
+
+def test_a_null_body_status_takes_no_body(server):
+    """JavaScript's Response refuses a body with status 101, 204, 205 or 304:
+    a TypeError, which the SDK's Response(...) surfaces as a JsException and
+    its Response.json as Python's TypeError; an empty body is no body (workerd
+    still allows it). The adapters drop an app's body for such a status, as
+    Cloudflare's do: the answer is a 204, not a 500. A 204 from elsewhere has
+    no body, so handing it on passes the check."""
+    result = h.ok(server, "apps", APPS + """
+from workers import wsgi
+out = []
+for status in (204, 205, 304):
+    try:
+        Response("body", status=status)
+        out.append(None)
+    except JsException as e:
+        out.append([e.name, str(e), isinstance(e, TypeError)])
+try:
+    Response.json({"a": 1}, status=204)
+    out.append(None)
+except TypeError as e:
+    out.append("json refused")
+out.append([Response(empty, status=204).body for empty in ("", b"", None)])
+async def no_content(scope, receive, send):  # as FastAPI has answered a 204: "null" for a body
+    await send({"type": "http.response.start", "status": 204, "headers": [(b"x-a", b"1")]})
+    await send({"type": "http.response.body", "body": b"null"})
+def wsgi_no_content(environ, start_response):
+    start_response("204 No Content", [])
+    return [b"dropped"]
+for resp in (await asgi.fetch(no_content, Request("http://x/"), {}),
+             await wsgi.fetch(wsgi_no_content, Request("http://x/"), {}),
+             await env.ECHO.fetch("http://echo/none")):
+    again = Response(resp.body, status=resp.status, headers=resp.headers)
+    out.append([resp.status, await resp.text(), again.status, again.body])
+return out
+""")
+    refused = ["TypeError", "Response with null body status (101, 204, 205, or 304) cannot have a body.", True]
+    assert result[:3] == [refused] * 3, result
+    assert result[3:5] == ["json refused", [None, None, None]], result
+    assert result[5:] == [[204, "", 204, None]] * 3, result

@@ -104,20 +104,28 @@ out = []
 for call in (lambda: env.Q.send("x" * 200000, contentType="text"),
              lambda: env.Q.send("x", contentType="nope"),
              lambda: env.Q.send({"a": 1}, delaySeconds=-1),
-             lambda: env.Q.sendBatch([]),
-             lambda: env.Q.send(object())):
+             lambda: env.Q.sendBatch([])):
     try:
         await call()
         out.append(None)
     except (JsException, TypeError) as e:
         out.append(str(e))
+# What structured clone cannot copy is JavaScript's DataCloneError, as on Cloudflare.
+for body in (object(), [1, lambda: 2]):
+    for call in (lambda: env.Q.send(body), lambda: env.Q.sendBatch([{"body": body}])):
+        try:
+            await call()
+            out.append(None)
+        except JsException as e:
+            out.append(f"{e.name}: {e}")
 return out
 """)
         assert "too large" in result[0]
         assert "Unknown content type" in result[1]
         assert "delaySeconds" in result[2]
         assert "non-empty" in result[3]
-        assert "cannot be serialized" in result[4]
+        refused = 'DataCloneError: Could not serialize object of type "{}". This type does not support serialization.'
+        assert result[4:] == [refused.format("object")] * 2 + [refused.format("function")] * 2, result
     finally:
         server.stop()
 

@@ -161,7 +161,7 @@ class Default(WorkerEntrypoint):
         shape["bytes"] = [type(shape["bytes"]).__name__, bytes(shape["bytes"]).hex()]
         out = {"add": await svc.add(1, 2), "greet": await svc.greet("ada", punctuation="!"),
                "shape": shape, "sync": await svc.double(21),
-               "rpc_only": await self.env.CALC.mul(6, 7)}
+               "rpc_only": await self.env.CALC.mul(6, 7), "bytes_arg": await svc.sniff(b"\\x02")}
         for method in ("nope", "fetch_like", "_private", "scheduled"):
             try:
                 await getattr(svc, method)()
@@ -191,6 +191,9 @@ class Default(WorkerEntrypoint):
 
     async def shape(self):
         return {"list": [1, "two", None], "bytes": b"\\x01", "nested": {"ok": True}}
+
+    async def sniff(self, data):  # bytes arrive as Pyodide's to_py() makes them: a memoryview
+        return [type(data).__name__, data.tobytes().hex()]
 
     def double(self, n):  # a plain def is a method too
         return n * 2
@@ -239,8 +242,9 @@ class Default(WorkerEntrypoint):  # no fetch at all: a service for RPC only
 
 def test_workers_rpc_over_a_service_binding(corral):
     """env.SVC.method(...) runs the method on the service's Default entrypoint,
-    with plain data both ways; keywords arrive as one trailing object (as the
-    SDK passes them); handlers and private names are no RPC methods."""
+    with plain data both ways (bytes as memoryview); keywords arrive as one
+    trailing object (as the SDK passes them); handlers and private names are
+    no RPC methods."""
     corral.deploy("svc", SVC, namespace=None, bindings=[{"type": "plain_text", "name": "WHO", "text": "svc"}])
     corral.deploy("calc", CALC, namespace=None)
     binding = {"type": "service", "name": "SVC", "service": "svc"}
@@ -251,7 +255,9 @@ def test_workers_rpc_over_a_service_binding(corral):
     out = resp.json()
     assert out["add"] == 3 and out["greet"] == "hello ada! (svc)" and out["sync"] == 42
     assert out["rpc_only"] == 42
-    assert out["shape"] == {"list": [1, "two", None], "bytes": ["bytes", "01"], "nested": {"ok": True}}
+    # Bytes cross as memoryview both ways, as on Cloudflare (workers-py's python_from_rpc).
+    assert out["shape"] == {"list": [1, "two", None], "bytes": ["memoryview", "01"], "nested": {"ok": True}}
+    assert out["bytes_arg"] == ["memoryview", "02"]
     not_there = 'The RPC receiver does not implement the method'
     for method in ("nope", "fetch_like", "scheduled"):
         assert out[method][1] == "TypeError" and out[method][2].startswith(not_there), out[method]

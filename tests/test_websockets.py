@@ -136,6 +136,13 @@ class Default(WorkerEntrypoint):
                     server.send(f"refused:{e}")
             elif event.data == "bye1011":  # Cloudflare's chat example closes so on an error
                 server.close(1011, "internal error")
+            elif event.data == "bye-nocode":  # a reason needs a code; no code is no status at all
+                from pyodide.ffi import JsException
+                try:
+                    server.close(None, "why")
+                except JsException as e:
+                    server.send(f"refused:{e.name}:{e}")
+                server.close()
             elif isinstance(event.data, str):
                 server.send("echo:" + event.data)
             else:
@@ -164,6 +171,9 @@ class Room(DurableObject):
         return Response(None, status=101, web_socket=client)
 
     async def webSocketMessage(self, ws, message):
+        if message == "leave":
+            ws.close()
+            return
         who = ws.deserializeAttachment()["name"]
         for other in self.ctx.getWebSockets():
             other.send(json.dumps({"from": who, "text": message, "tags": self.ctx.getTags(ws)}))
@@ -328,6 +338,32 @@ def test_a_durable_object_chat_room_hibernates_its_sockets(server):
     alice.drop()
     result = wait_for(lambda: (r := count())["open"] == 0 and r)
     assert result == {"open": 0, "closed": ["alice", 1006, False]}, result
+
+
+def test_a_close_without_a_code_has_no_status(server):
+    """``close()`` sends a close frame without a status code: the client reads
+    1005, and the worker's close listener (the client's answer, empty too)
+    1005 and clean, for a worker's socket and a Durable Object's alike."""
+    c = Client(server.port, "echo.localhost")
+    assert c.next() == "welcome"
+    c.send("bye-nocode")
+    assert c.next() == ("refused:InvalidAccessError:If you specify a WebSocket close reason, "
+                        "you must also specify a code.")
+    close = c.next()
+    assert isinstance(close, CloseConnection) and (close.code, close.reason) == (1005, ""), close
+    c.drop()
+    # The worker's close listener hears the client's answer: 1005 too.
+    assert wait_for(lambda: any("websocket.closed" in line and '"code":1005' in line
+                                for line in server.log().splitlines())), server.log()[-2000:]
+
+    dana = Client(server.port, "chat.localhost", "/join/den/dana")
+    assert dana.next() == '{"joined": "dana", "count": 1}'
+    dana.send("leave")
+    close = dana.next()
+    assert isinstance(close, CloseConnection) and (close.code, close.reason) == (1005, ""), close
+    dana.drop()
+    result = wait_for(lambda: (r := server.request("/count/den", host="chat.localhost").json())["closed"] and r)
+    assert result == {"open": 0, "closed": ["dana", 1005, True]}, result
 
 
 def test_a_websocket_no_client_gets_is_closed_for_its_worker(server):

@@ -96,6 +96,42 @@ def plain(value: Any) -> Any:
     return value
 
 
+class _Unclonable(Exception):
+    """Raised by the encoder's hook: ``value`` is no plain data."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(type(value).__name__)
+        self.value = value
+
+
+def _refuse(value: Any) -> Any:
+    raise _Unclonable(value)
+
+
+_CLONE_ENCODER = msgspec.msgpack.Encoder(enc_hook=_refuse)
+
+
+def data_clone_error(value: Any) -> JsException:
+    """JavaScript's ``DataCloneError`` for a value structured clone cannot
+    copy, in workerd's words, naming the Python type: what Cloudflare raises
+    when such a value (a PyProxy there) is serialised for a queue, storage or
+    RPC."""
+    return JsException("DataCloneError", f'Could not serialize object of type '
+                                         f'"{type(value).__name__}". This type does not support '
+                                         f'serialization.')
+
+
+def clone_encode(value: Any, refuse: Callable[[Any], Exception] = data_clone_error) -> bytes:
+    """``value`` as msgpack, the stand-in for V8's structured clone. A value it
+    cannot carry raises ``refuse(that value)``: by default
+    :func:`data_clone_error`, as Cloudflare's queues and storage do (other
+    failures, such as an int beyond 64 bits, raise as msgspec does)."""
+    try:
+        return _CLONE_ENCODER.encode(value)
+    except _Unclonable as exc:
+        raise refuse(exc.value) from None
+
+
 def _plain(value: Any, where: str) -> None:
     try:
         msgspec.msgpack.encode(value)
@@ -250,4 +286,5 @@ def _load() -> None:
 _load()
 
 
-__all__ = ["AttrDict", "AttrList", "JsException", "call", "make", "options", "plain", "wrap"]
+__all__ = ["AttrDict", "AttrList", "JsException", "call", "clone_encode", "data_clone_error", "make",
+           "options", "plain", "wrap"]

@@ -8,7 +8,9 @@ calls name the binding and the id, and the supervisor resolves the rest.
 
 RPC arguments and results travel as plain data (str, numbers, bool, None,
 bytes, lists, dicts, datetimes), as Cloudflare's Python RPC converts them;
-dicts come back with attribute access. An exception in the object reaches
+dicts come back with attribute access, bytes as ``memoryview`` (Pyodide's
+conversion of a Uint8Array). What structured clone cannot copy is a
+``DataCloneError``. An exception in the object reaches
 the caller as ``pyodide.ffi.JsException`` with its name and message.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 import msgspec
 
 from .. import workers
-from . import JsException, call, kind, read, wrap
+from . import AttrDict, AttrList, JsException, call, clone_encode, data_clone_error, kind, read, wrap
 
 _ID = re.compile(r"[0-9a-f]{64}")
 
@@ -57,9 +59,22 @@ class DurableObjectId:
         return f"DurableObjectId({self._hex!r})"
 
 
-def encode(value: Any, where: str) -> bytes:
+def _refuse_over_rpc(value: Any) -> Exception:
+    """Over RPC, Cloudflare passes a function as a stub the other side calls
+    back; Corral does not, so that is refused as the gap it is. Anything
+    else that cannot be cloned is the DataCloneError it is everywhere."""
+    if callable(value):
+        return TypeError(f"a function ({type(value).__name__}) cannot be sent over RPC here: "
+                         "Cloudflare passes one as a stub to call back, Corral does not")
+    return data_clone_error(value)
+
+
+def encode(value: Any, where: str, *, rpc: bool = False) -> bytes:
+    """``value`` as structured clone carries it for storage, attachments and
+    (``rpc``) RPC arguments and results: what it cannot carry is Cloudflare's
+    DataCloneError (see :func:`clone_encode`)."""
     try:
-        return msgspec.msgpack.encode(value)
+        return clone_encode(value, _refuse_over_rpc if rpc else data_clone_error)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{where}: only plain data can be sent (str, numbers, bool, None, bytes, "
                         f"lists, dicts, datetimes): {exc}") from None
@@ -69,12 +84,32 @@ def decode(data: bytes) -> Any:
     return wrap(msgspec.msgpack.decode(data)) if data else None
 
 
+def rpc_value(value: Any) -> Any:
+    """Plain data as Python code receives it over Workers RPC on Cloudflare:
+    workers-py's ``python_from_rpc`` converts with Pyodide's ``to_py``, which
+    makes every ArrayBuffer and typed array a ``memoryview``, at any depth
+    (workers-py's own RPC test asserts it). Code written for Cloudflare calls
+    ``.tobytes()`` on it; dicts and lists are as :func:`wrap` makes them."""
+    if isinstance(value, bytes):
+        return memoryview(value)
+    if isinstance(value, dict):
+        return AttrDict({k: rpc_value(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return AttrList(rpc_value(v) for v in value)
+    return value
+
+
+def decode_result(data: bytes) -> Any:
+    """An RPC call's result, as :func:`encode` sent it (see :func:`rpc_value`)."""
+    return rpc_value(msgspec.msgpack.decode(data)) if data else None
+
+
 def decode_args(data: bytes) -> list[Any]:
-    """An RPC call's argument list, as :func:`encode` sent it."""
+    """An RPC call's argument list, as :func:`encode` sent it (see :func:`rpc_value`)."""
     args = msgspec.msgpack.decode(data) if data else []
     if not isinstance(args, list):
         raise TypeError("an RPC call's arguments must be a list")
-    return [wrap(a) for a in args]
+    return [rpc_value(a) for a in args]
 
 
 class DurableObjectStub:
@@ -106,8 +141,9 @@ class DurableObjectStub:
             # to JavaScript in Cloudflare's SDK: the method gets a dict last.
             values = [*args, kwargs] if kwargs else list(args)
             _, body = await call(self._binding, "call",
-                                 [self.id._hex, self.name, method, encode(values, f"{method}()")])
-            return decode(await read(body))
+                                 [self.id._hex, self.name, method,
+                                  encode(values, f"{method}()", rpc=True)])
+            return decode_result(await read(body))
 
         rpc.__name__ = method
         return rpc

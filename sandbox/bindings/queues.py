@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from . import call, kind, options
+from . import call, clone_encode, kind, options
 
 CONTENT_TYPES = ("text", "bytes", "json", "v8")
 
@@ -31,7 +31,7 @@ def encode_body(body: Any, content_type: str) -> bytes:
     if content_type == "json":
         return json.dumps(body).encode()
     try:
-        return msgspec.msgpack.encode(body)
+        return clone_encode(body)  # a value structured clone refuses: DataCloneError, as Cloudflare's
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"the message body cannot be serialized: {exc}") from None
 

@@ -37,6 +37,7 @@ import trio
 from wsproto.connection import Connection as WsConnection
 from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from protocol.messages import DurableObjectEvent, WebSocketEvent
@@ -206,6 +207,15 @@ def accept_key(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + GUID).digest())
 
 
+def close_frame(code: int, reason: str) -> CloseConnection:
+    """The close a worker asked for. 1005 is a frame with no status code (a
+    ``close()`` without one; the client reads 1005): wsproto sends that only
+    for its own enum member, and turns a plain 1005 into 1000."""
+    if code == CloseReason.NO_STATUS_RCVD:
+        return CloseConnection(CloseReason.NO_STATUS_RCVD)
+    return CloseConnection(code, reason)
+
+
 def handshake_problem(method: bytes, headers: list[tuple[bytes, bytes]]) -> str | None:
     """Why this request cannot become a WebSocket (None: it can)."""
     values = {name: value for name, value in headers}
@@ -258,7 +268,7 @@ class Session:
         if self._closing or self.ws.state is not ConnectionState.OPEN:
             return
         self._closing = True
-        self._emit(self.ws.send(CloseConnection(code, reason)))
+        self._emit(self.ws.send(close_frame(code, reason)))
 
     def _emit(self, data: bytes) -> None:
         if self._queued + len(data) > MAX_OUTBOX or not self.state.buffered.take(len(data)):
