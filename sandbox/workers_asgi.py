@@ -3,7 +3,9 @@
 ``return await asgi.fetch(app, request, self.env)`` as on Cloudflare: the
 app sees ``scope["env"]``, the request body streams in through ``receive``,
 and the response is returned as soon as its head and first body chunk are
-known (a streamed body keeps coming through an async iterator). The lifespan
+known (a streamed body keeps coming through an async iterator). A status
+that takes no body (101, 103, 204, 205, 304) is answered with none at the
+app's first body message, and whatever it sends after is dropped. The lifespan
 runs as Cloudflare runs it: a startup before each request and a shutdown
 after it, for apps that support it; apps without a lifespan are served as is.
 """
@@ -146,8 +148,6 @@ async def process_request(app: Any, request: workers.Request, env: Any,
     def respond(body: Any) -> None:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.get("headers", [])]
         status = head["status"]
-        if status in NULL_BODY_STATUSES:
-            body = None
         response = workers.Response(body, status=status, headers=headers)
         if not result.done():
             result.set_result(response)
@@ -163,7 +163,15 @@ async def process_request(app: Any, request: workers.Request, env: Any,
                 raise RuntimeError("http.response.body sent before http.response.start")
             body = bytes(message.get("body", b""))
             more = bool(message.get("more_body", False))
-            if streaming:
+            if head["status"] in NULL_BODY_STATUSES:
+                # No body goes with 101/103/204/205/304: answer with none at
+                # the first body message and drop every chunk after it, so
+                # nothing waits on a stream that no one will read.
+                if not result.done():
+                    respond(None)
+                if not more:
+                    finished.set()
+            elif streaming:
                 if body:
                     await chunks.put(body)
                 if not more:

@@ -178,3 +178,28 @@ return out
     assert result[:3] == [refused] * 3, result
     assert result[3:5] == ["json refused", [None, None, None]], result
     assert result[5:] == [[204, "", 204, None]] * 3, result
+
+
+def test_a_null_body_status_streamed_in_many_chunks_does_not_block_the_app(server):
+    """An app answering 204, 205 or 304 that streams more chunks than the
+    adapter buffers gets its answer at once and runs to its end: the chunks
+    are dropped, not queued to a body nobody reads (Cloudflare's SDK drops a
+    null-body status's body too)."""
+    result = h.ok(server, "apps", APPS + """
+out = []
+for status in (204, 205, 304):
+    done = asyncio.Event()
+    async def chatty(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": status, "headers": [(b"x-a", b"1")]})
+        for i in range(64):
+            await send({"type": "http.response.body", "body": b"chunk %d" % i, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        done.set()
+    resp = await asyncio.wait_for(asgi.fetch(chatty, Request("http://x/"), {}), 5)
+    await asyncio.wait_for(done.wait(), 5)
+    out.append([resp.status, resp.headers.get("x-a"), resp.body, await resp.text()])
+return out
+""")
+    assert result == [[s, "1", None, ""] for s in (204, 205, 304)], result
