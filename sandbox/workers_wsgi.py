@@ -5,7 +5,9 @@ is synchronous; it runs in the handler's own invocation, and ``wsgi.input``
 reads the request body lazily through :func:`sandbox.run_sync.run_sync`, so
 a large upload is never buffered before the app asks for it and other
 requests keep running while it waits. ``environ["workers.env"]`` holds the
-bindings.
+bindings. A status that takes no body (101, 103, 204, 205, 304) is answered
+with none, and the app's body iterable is closed at its first non-empty chunk
+rather than drained.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ def build_environ(request: workers.Request, env: Any, body: io.IOBase) -> dict[s
     return environ
 
 
+def _status_code(head: dict[str, Any]) -> int | None:
+    return int(head["status"].partition(" ")[0]) if "status" in head else None
+
+
 def _call_app(app: Callable[..., Any], environ: dict[str, Any]) -> workers.Response:
     head: dict[str, Any] = {}
     written: list[bytes] = []
@@ -96,14 +102,16 @@ def _call_app(app: Callable[..., Any], environ: dict[str, Any]) -> workers.Respo
             if chunk:
                 head["sent"] = True
                 written.append(bytes(chunk))
+                if _status_code(head) in NULL_BODY_STATUSES:
+                    break  # no body goes with it: stop pulling, as Cloudflare's adapter does
     finally:
         close = getattr(result, "close", None)
         if close is not None:
             close()
     if "status" not in head:
         raise RuntimeError("the WSGI application did not call start_response()")
-    code, _, text = head["status"].partition(" ")
-    status = int(code)
+    status = _status_code(head)
+    text = head["status"].partition(" ")[2]
     body = None if status in NULL_BODY_STATUSES else b"".join(written)
     return workers.Response(body, status=status, status_text=text, headers=head["headers"])
 

@@ -203,3 +203,23 @@ for status in (204, 205, 304):
 return out
 """)
     assert result == [[s, "1", None, ""] for s in (204, 205, 304)], result
+
+
+def test_a_null_body_status_stops_pulling_a_wsgi_body(server):
+    """A WSGI app answering 204 with a generator body is not drained: as
+    Cloudflare's adapter does, the answer is made once the first chunk is
+    known, and the generator is closed there (its ``finally`` runs)."""
+    result = h.ok(server, "apps", """
+from workers import wsgi, Request
+closed = []
+def endless(environ, start_response):
+    start_response("204 No Content", [("x-a", "1")])
+    try:
+        yield b"first"
+        raise RuntimeError("pulled past the first chunk")
+    finally:
+        closed.append(True)
+resp = await wsgi.fetch(endless, Request("http://x/"), {})
+return [resp.status, resp.headers.get("x-a"), resp.body, closed]
+""")
+    assert result == [204, "1", None, [True]], result
