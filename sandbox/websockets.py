@@ -52,6 +52,13 @@ MAX_MESSAGE = 1024 * 1024
 PART = 256 * 1024
 
 
+class WebSocketError(JsException, TypeError):
+    """What workerd's ``WebSocket.close()`` throws (a DOMException named
+    InvalidAccessError or SyntaxError, or a TypeError): the SDK surfaces it
+    as a ``JsException`` with that name. It is Python's ``TypeError`` too,
+    as Corral has raised these, so code written either way catches it."""
+
+
 def _message_bytes(data: Any) -> tuple[bytes, bool]:
     if isinstance(data, str):
         payload, text = data.encode(), True
@@ -107,17 +114,28 @@ class WebSocket:
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         """Start the closing handshake. Without a code the close frame carries
         none, and the peer reads 1005 ("no status received"), as the WebSocket
-        standard and Cloudflare's runtime have it; a reason needs a code."""
+        standard and Cloudflare's runtime have it; a reason needs a code.
+
+        As workerd checks them, in its order: a code outside 1000-4999 or
+        reserved (1004, 1005, 1006, 1015) throws InvalidAccessError, a reason
+        over 123 bytes in UTF-8 SyntaxError, a reason without a code
+        InvalidAccessError (each a :class:`WebSocketError`, a ``JsException``
+        named so); a socket closing or closed already ignores it, and one not
+        accepted yet throws a TypeError."""
         if code is not None and (not 1000 <= code <= 4999 or code in RESERVED_CLOSE_CODES):
-            raise TypeError(f"Invalid WebSocket close code: {code}.")
+            raise WebSocketError("InvalidAccessError", f"Invalid WebSocket close code: {code}.")
         if reason is not None and len(reason.encode()) > 123:
-            raise TypeError("The WebSocket close reason is longer than 123 bytes.")
+            raise WebSocketError("SyntaxError", "WebSocket close reason must not be longer than "
+                                                "123 bytes when UTF-8 encoded.")
         if reason is not None and code is None:
-            # workerd's DOMException (InvalidAccessError): 1005 cannot carry a reason.
+            # 1005 (no status) cannot carry a reason.
             raise JsException("InvalidAccessError",
                               "If you specify a WebSocket close reason, you must also specify a code.")
-        if self.readyState in (CLOSING, CLOSED) or not self.id:
+        if self.readyState in (CLOSING, CLOSED):
             return
+        if self.readyState == CONNECTING or not self.id:
+            raise WebSocketError("TypeError", "You must call one of accept() or "
+                                 "state.acceptWebSocket() on this WebSocket before sending messages.")
         self.readyState = CLOSING
         self._sockets_or_raise().runtime.send(
             WsClose(self.id, NO_STATUS if code is None else code, reason or ""))

@@ -15,6 +15,7 @@ real client speaking RFC 6455 on a TCP socket (wsproto on the client side too).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import time
@@ -134,6 +135,21 @@ class Default(WorkerEntrypoint):
                     server.close(1005)
                 except TypeError as e:
                     server.send(f"refused:{e}")
+            elif event.data == "close-errors":  # workerd's DOMExceptions, the socket left open
+                import json
+                from pyodide.ffi import JsException
+                out = []
+                unaccepted = WebSocketPair.new().object_values()[1]
+                for ws, args in ((server, (999,)), (server, (1005,)), (server, (5000,)),
+                                 (server, (1000, "x" * 124)), (server, (1000, "\u00e9" * 62)),
+                                 (unaccepted, (1000,)), (unaccepted, ())):
+                    try:
+                        ws.close(*args)
+                        out.append(None)
+                    except JsException as e:
+                        out.append([e.name, str(e), isinstance(e, TypeError)])
+                server.send(json.dumps([out, server.readyState]))
+                server.close(1000, "\u00e9" * 61 + "x")  # 123 bytes: the most a reason may be
             elif event.data == "bye1011":  # Cloudflare's chat example closes so on an error
                 server.close(1011, "internal error")
             elif event.data == "bye-nocode":  # a reason needs a code; no code is no status at all
@@ -244,6 +260,27 @@ def test_close_codes_and_attachments_as_cloudflare_takes_them(server):
     c.send("bye1011")
     close = c.next()
     assert isinstance(close, CloseConnection) and (close.code, close.reason) == (1011, "internal error")
+    c.drop()
+
+
+def test_close_refuses_a_bad_code_or_reason_as_workerd_does(server):
+    """``close()`` throws what workerd throws: a DOMException named
+    InvalidAccessError for a code it may not send, SyntaxError for a reason
+    over 123 bytes in UTF-8, and a TypeError on a socket not accepted yet;
+    each a ``JsException`` (and Python's ``TypeError`` too, as Corral has
+    raised them). The socket stays open, and a 123-byte reason goes out."""
+    c = Client(server.port, "echo.localhost")
+    assert c.next() == "welcome"
+    c.send("close-errors")
+    errors, state = json.loads(c.next())
+    code = [["InvalidAccessError", f"Invalid WebSocket close code: {n}.", True] for n in (999, 1005, 5000)]
+    reason = ["SyntaxError", "WebSocket close reason must not be longer than 123 bytes when UTF-8 encoded.", True]
+    unaccepted = ["TypeError", "You must call one of accept() or state.acceptWebSocket() on this "
+                               "WebSocket before sending messages.", True]
+    assert errors == code + [reason, reason, unaccepted, unaccepted], errors
+    assert state == 1
+    close = c.next()
+    assert isinstance(close, CloseConnection) and (close.code, close.reason) == (1000, "é" * 61 + "x")
     c.drop()
 
 
