@@ -307,6 +307,17 @@ class NullBodyStatusError(JsException, TypeError):
                                       "cannot have a body.")
 
 
+class StatusRangeError(JsException, ValueError):
+    """JavaScript's ``RangeError`` for a status a Response may not have:
+    outside 200-599, or other than 101 with a WebSocket. The SDK surfaces the
+    one ``Response(...)`` throws as a ``JsException`` named RangeError, and
+    ``Response.json``'s as Python's ``ValueError`` (as Corral raised it so
+    far): this is both."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("RangeError", message)
+
+
 def _check_null_body(body: Any) -> None:
     """A response with a null body status takes a body as workerd does: a
     zero-length buffer counts as none (Cloudflare still allows it, from the
@@ -555,7 +566,12 @@ class Request(_Body):
 
 
 class Response(_Body):
-    """An HTTP response; ``body`` may be str, bytes or an async iterator."""
+    """An HTTP response; ``body`` may be str, bytes or an async iterator.
+
+    As JavaScript's constructor: a status outside 200-599 (101 is for a
+    ``web_socket`` only, and needs one) is a :class:`StatusRangeError`, a
+    JsException named RangeError; a body with a null body status (101, 204,
+    205, 304) a :class:`NullBodyStatusError`."""
 
     def __init__(
         self,
@@ -572,9 +588,10 @@ class Response(_Body):
         self.web_socket = web_socket
         if web_socket is not None:
             if self.status != 101:
-                raise ValueError("Responses with a webSocket must have status 101")
+                raise StatusRangeError("Responses with a WebSocket must have status code 101.")
         elif not 200 <= self.status <= 599:
-            raise ValueError(f"status must be in 200..599, not {self.status}")
+            raise StatusRangeError("Responses may only be constructed with status codes in the "
+                                   "range 200 to 599, inclusive.")
         self.status_text = statusText if statusText is not None else status_text
         if not self.status_text:
             self.status_text = _STATUS_TEXT.get(self.status, "")

@@ -223,3 +223,34 @@ resp = await wsgi.fetch(endless, Request("http://x/"), {})
 return [resp.status, resp.headers.get("x-a"), resp.body, closed]
 """)
     assert result == [204, "1", None, [True]], result
+
+
+def test_a_status_out_of_range_is_a_range_error(server):
+    """JavaScript's Response takes statuses 200 to 599 (101 only with a
+    WebSocket): any other is a RangeError, which the SDK's ``Response(...)``
+    surfaces as a JsException so named, and its ``Response.json`` as Python's
+    ValueError. Corral's is both, before any check of the body."""
+    result = h.ok(server, "apps", """
+from js import WebSocketPair
+out = []
+for status in (0, 101, 103, 199, 600, 999):
+    try:
+        Response("body", status=status)
+        out.append(status)
+    except JsException as e:
+        out.append([e.name, str(e), isinstance(e, ValueError)])
+try:
+    Response.json({"a": 1}, status=600)
+except ValueError as e:
+    out.append(str(e))
+try:
+    Response(None, status=200, web_socket=WebSocketPair.new()[0])
+except JsException as e:
+    out.append([e.name, str(e), isinstance(e, ValueError)])
+out.append([Response(None, status=s).status for s in (200, 599)])
+return out
+""")
+    message = "Responses may only be constructed with status codes in the range 200 to 599, inclusive."
+    assert result[:7] == [["RangeError", message, True]] * 6 + [message], result
+    assert result[7:] == [["RangeError", "Responses with a WebSocket must have status code 101.", True],
+                          [200, 599]], result

@@ -420,7 +420,7 @@ def test_a_websocket_no_client_gets_is_closed_for_its_worker(server):
 
 def test_what_cannot_be_a_websocket_is_refused_by_name(server):
     plain = server.request("/", host="echo.localhost")
-    assert plain.text == "Responses with a webSocket must have status 101"
+    assert plain.text == "Responses with a WebSocket must have status code 101."  # workerd's RangeError
     unasked = server.request("/unasked", host="echo.localhost")
     assert unasked.status == 500 and b"did not ask for one" in unasked.body, unasked
     # A response that fails as it is sent fails its invocation at once (the
