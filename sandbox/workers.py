@@ -583,7 +583,8 @@ class Response(_Body):
         statusText: str | None = None,  # noqa: N803 - fetch API name
         web_socket: Any = None,
     ) -> None:
-        self.status = 200 if status is None else int(status)
+        # The SDK passes a status on only when it is truthy: 0 is a 200 there too.
+        self.status = int(status) if status else 200
         #: The client end of a WebSocketPair this 101 response hands to its client.
         self.web_socket = web_socket
         if web_socket is not None:
