@@ -52,8 +52,13 @@ MAX_MESSAGE = 1024 * 1024
 PART = 256 * 1024
 
 
+#: workerd's words for a socket used before it is accepted (``send``, ``close``).
+NOT_ACCEPTED = ("You must call one of accept() or state.acceptWebSocket() on this WebSocket before "
+                "sending messages.")
+
+
 class WebSocketError(JsException, TypeError):
-    """What workerd's ``WebSocket.close()`` throws (a DOMException named
+    """What workerd's ``WebSocket.close()`` and ``send()`` throw (a DOMException named
     InvalidAccessError or SyntaxError, or a TypeError): the SDK surfaces it
     as a ``JsException`` with that name. It is Python's ``TypeError`` too,
     as Corral has raised these, so code written either way catches it."""
@@ -97,9 +102,9 @@ class WebSocket:
 
     def send(self, data: Any) -> None:
         if self.readyState == CONNECTING:
-            raise RuntimeError("You must call accept() on this WebSocket before sending messages.")
+            raise WebSocketError("TypeError", NOT_ACCEPTED)
         if self.readyState != OPEN:
-            raise RuntimeError("Can't call WebSocket send() after close().")
+            raise WebSocketError("TypeError", "Can't call WebSocket send() after close().")
         payload, text = _message_bytes(data)
         runtime = self._sockets_or_raise().runtime
         if len(payload) <= PART:
@@ -134,8 +139,7 @@ class WebSocket:
         if self.readyState in (CLOSING, CLOSED):
             return
         if self.readyState == CONNECTING or not self.id:
-            raise WebSocketError("TypeError", "You must call one of accept() or "
-                                 "state.acceptWebSocket() on this WebSocket before sending messages.")
+            raise WebSocketError("TypeError", NOT_ACCEPTED)
         self.readyState = CLOSING
         self._sockets_or_raise().runtime.send(
             WsClose(self.id, NO_STATUS if code is None else code, reason or ""))

@@ -148,6 +148,10 @@ class Default(WorkerEntrypoint):
                         out.append(None)
                     except JsException as e:
                         out.append([e.name, str(e), isinstance(e, TypeError)])
+                try:
+                    unaccepted.send("x")
+                except JsException as e:
+                    out.append([e.name, str(e), isinstance(e, TypeError)])
                 server.send(json.dumps([out, server.readyState]))
                 server.close(1000, "\u00e9" * 61 + "x")  # 123 bytes: the most a reason may be
             elif event.data == "bye1011":  # Cloudflare's chat example closes so on an error
@@ -268,7 +272,8 @@ def test_close_refuses_a_bad_code_or_reason_as_workerd_does(server):
     InvalidAccessError for a code it may not send, SyntaxError for a reason
     over 123 bytes in UTF-8, and a TypeError on a socket not accepted yet;
     each a ``JsException`` (and Python's ``TypeError`` too, as Corral has
-    raised them). The socket stays open, and a 123-byte reason goes out."""
+    raised them); ``send()`` on a socket not accepted is that TypeError too.
+    The socket stays open, and a 123-byte reason goes out."""
     c = Client(server.port, "echo.localhost")
     assert c.next() == "welcome"
     c.send("close-errors")
@@ -277,7 +282,7 @@ def test_close_refuses_a_bad_code_or_reason_as_workerd_does(server):
     reason = ["SyntaxError", "WebSocket close reason must not be longer than 123 bytes when UTF-8 encoded.", True]
     unaccepted = ["TypeError", "You must call one of accept() or state.acceptWebSocket() on this "
                                "WebSocket before sending messages.", True]
-    assert errors == code + [reason, reason, unaccepted, unaccepted], errors
+    assert errors == code + [reason, reason, unaccepted, unaccepted, unaccepted], errors
     assert state == 1
     close = c.next()
     assert isinstance(close, CloseConnection) and (close.code, close.reason) == (1000, "é" * 61 + "x")
