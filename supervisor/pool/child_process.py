@@ -65,6 +65,7 @@ from supervisor.lifecycle import (
 from supervisor.limits.budget_watch import BudgetWatch
 from supervisor.limits.cpu_account import CpuAccount
 from supervisor.limits.cpu_meter import CpuMeter, MeterFactory
+from supervisor.limits.frame_allowance import FrameAllowance
 from supervisor.limits.memory import ChildMemory, Enforcer, has_cap
 from supervisor.log import error, log, warn
 from supervisor.model import ScriptRecord
@@ -355,6 +356,12 @@ class ChildProcess:
         #: Why the process ended, in the words of its ``child.ended`` log line.
         self.end_reason = ""
         self.last_used = loop_clock.CLOCK.get()()
+        #: The frames it may make the supervisor read (supervisor.limits.frame_allowance).
+        self.frames = FrameAllowance(self.last_used)
+        #: Not read until its allowance is paid back (the scope of that wait), if so.
+        self._paused: trio.CancelScope | None = None
+        #: Times it was not read for that.
+        self.throttled = 0
         #: ``last_used`` when it last gave copied pages back (supervisor.pool.idle_trim).
         self.reshared_at = -1.0
         self._encoder = FrameEncoder()
@@ -510,6 +517,8 @@ class ChildProcess:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        if self._paused is not None:
+            self._paused.cancel()  # read again: its channel's end is what ends it
         if first and reason is KillReason.EXCEEDED_CPU:
             self._answer_over_cpu()
 
@@ -569,6 +578,7 @@ class ChildProcess:
         if self.state is _DEAD:
             return
         self._encoder.encode_into(message, self._out)
+        self.frames.sent += 1
         if self._writing:
             return  # the writer takes it with the rest
         batch = self._batch
@@ -640,10 +650,13 @@ class ChildProcess:
             return
         handlers = self._handlers
         try:
-            for message in self._decoder.feed(_RECEIVED_VIEW[:count]):
+            messages = self._decoder.feed(_RECEIVED_VIEW[:count])
+            for message in messages:
                 if self.state is _STARTING and type(message) is not Hello:
                     raise ProtocolViolation(f"{type(message).__name__} before Hello")
                 handlers[type(message)](message)
+            if not self.frames.spend(len(messages)):
+                self._check_allowance()
         except (ProtocolError, ProtocolViolation) as exc:
             self.kill(KillReason.PROTOCOL_VIOLATION, str(exc))
         except Exception as exc:  # noqa: BLE001 - nothing a child sends may stop the supervisor
@@ -653,6 +666,32 @@ class ChildProcess:
         else:
             return
         self._end_channel()
+
+    def _check_allowance(self) -> None:
+        """Its frames overdrew its allowance: unless answers and time have
+        earned it back already, it is not read until they have (see
+        supervisor.limits.frame_allowance; its writes block meanwhile)."""
+        pause = self.frames.overdrawn(loop_clock.CLOCK.get()())
+        if not pause or self._paused is not None or self.state is _DEAD:
+            return
+        if self._nursery is None or self._channel_ended.is_set():
+            return
+        if not self.throttled:  # once per child: a flood would fill the log too
+            warn("child.frames_throttled", pid=self.pid, script=self._script_name(),
+                 pause_ms=round(pause * 1000, 1),
+                 reason="it sent more frames than its answers and time allow; not read until paid back")
+        self.throttled += 1
+        self.kit.channels.remove(self.sock.fileno(), self._on_readable)
+        self._paused = trio.CancelScope()
+        self._nursery.start_soon(self._read_again, pause, self._paused)
+
+    async def _read_again(self, pause: float, scope: trio.CancelScope) -> None:
+        """After ``pause`` (or at once when it is killed: its end must be read)."""
+        with scope:
+            await trio.sleep(pause)
+        self._paused = None
+        if not self._channel_ended.is_set():
+            self.kit.channels.add(self.sock.fileno(), self._on_readable)
 
     def _end_channel(self) -> None:
         """No more reads: :meth:`run` wakes and the child's end follows. Removed
