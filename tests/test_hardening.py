@@ -61,6 +61,20 @@ class Default(WorkerEntrypoint):
             pass
 '''
 
+NIBBLER = r'''
+import time
+from urllib.parse import parse_qs, urlsplit
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        ms = float(parse_qs(urlsplit(request.url).query)["ms"][0])
+        began = time.thread_time()
+        while time.thread_time() - began < ms / 1000:
+            pass
+        return Response("nibbled")
+'''
+
 SNEAKY = r'''
 import asyncio, json, os, sys
 from urllib.parse import parse_qs, urlsplit
@@ -100,6 +114,10 @@ class Default(WorkerEntrypoint):
             return Response(await (await self.env.LOOP.fetch(request)).text())
         if path == "/burn-service":
             return Response.json(await attempt(self.env.BURNER.fetch("http://x/")))
+        if path == "/nibble-services":
+            out = [await attempt(self.env.NIBBLER.fetch(f"http://x/?ms={q['ms']}"))
+                   for _ in range(int(q["n"]))]
+            return Response.json(out)
         if path == "/calls":
             out = [await attempt(self.env.HARMLESS.fetch("http://x/")) for _ in range(int(q["n"]))]
             return Response.json(out)
@@ -173,7 +191,8 @@ class Default(WorkerEntrypoint):
 
 SNEAKY_BINDINGS = [{"type": "service", "name": "HARMLESS", "service": "harmless"},
                    {"type": "service", "name": "LOOP", "service": "looper"},
-                   {"type": "service", "name": "BURNER", "service": "burner"}]
+                   {"type": "service", "name": "BURNER", "service": "burner"},
+                   {"type": "service", "name": "NIBBLER", "service": "nibbler"}]
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +214,7 @@ def corral(tmp_path_factory):
         server.deploy("looper", LOOPER, namespace=None,
                       bindings=[{"type": "service", "name": "SELF", "service": "looper"}])
         server.deploy("burner", BURNER, namespace=None)
+        server.deploy("nibbler", NIBBLER, namespace=None)
         server.deploy_dispatcher(DISPATCHER)
         server.deploy("sneaky", SNEAKY, bindings=SNEAKY_BINDINGS)
         yield server
@@ -269,6 +289,23 @@ def test_a_service_call_runs_within_the_callers_cpu_budget(corral):
     resp = call(corral, "sneaky", "/burn-service", {"cpuMs": 40})
     assert resp.status == 200, resp
     assert resp.json()["error"] == "exceededCpu", resp.json()
+    healthy(corral)
+
+
+def test_calls_one_after_another_share_the_callers_cpu_budget(corral):
+    """Cloudflare: workers connected by service bindings share the CPU of
+    the top-level request. Six calls of 20 ms each under a 50 ms budget:
+    each used to get the caller's whole remainder, and all six ran (120 ms of
+    CPU for a 50 ms budget, audit F3); now what each call used comes off the
+    caller's budget, and the calls (or the caller) stop as over it."""
+    resp = call(corral, "sneaky", "/nibble-services?n=6&ms=20", {"cpuMs": 50})
+    body = resp.json()
+    if resp.status != 200:  # the caller itself was stopped
+        assert body["error"] == "exceededCpu", body
+    else:
+        served = [r for r in body if r.get("status") == 200]
+        assert len(served) <= 3, body
+        assert any(r.get("error") == "exceededCpu" for r in body), body
     healthy(corral)
 
 

@@ -151,6 +151,14 @@ class CpuAccount:
                 self.background = min(self.background_ns, self.background + BACKGROUND_REFILL_NS)
                 self.idle_since = time.monotonic()
 
+    def rearm(self, inv: Charged) -> int | None:
+        """``inv``'s budget changed while it runs: arm what is left of
+        everything in flight (as :meth:`start` does). Returns the budget armed,
+        if it was."""
+        if inv not in self.active or self.loading:
+            return None
+        return self._rearm()
+
     def check_idle(self) -> bool:
         """Freshly idle: the CPU used since the last read is the allowance's.
         False if it is spent (the caller kills the child)."""

@@ -58,6 +58,9 @@ class ChildLink(Protocol):
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run a task that must not outlive the child."""
 
+    def cpu_budget_shrank(self, inv: Any) -> None:
+        """``inv``'s CPU budget was cut (its callees spent some): enforce what is left."""
+
 
 class BytesBody:
     """A body already in memory."""

@@ -63,7 +63,7 @@ from supervisor.lifecycle import (
     transition,
 )
 from supervisor.limits.budget_watch import BudgetWatch
-from supervisor.limits.cpu_account import CpuAccount
+from supervisor.limits.cpu_account import PRECISE_BELOW_NS, CpuAccount
 from supervisor.limits.cpu_meter import CpuMeter, MeterFactory
 from supervisor.limits.frame_allowance import FrameAllowance
 from supervisor.limits.memory import ChildMemory, Enforcer, has_cap
@@ -1012,9 +1012,23 @@ class ChildProcess:
             if armed is not None:
                 self.owner.budgets.arm(self, armed)
 
+    def cpu_budget_shrank(self, inv: Invocation) -> None:
+        """Its callees spent some of ``inv``'s budget (Invocation.callee_spent):
+        the kernel is armed with what is left."""
+        if self.cpu is not None:
+            armed = self.cpu.rearm(inv)
+            if armed is not None:
+                self.owner.budgets.arm(self, armed)
+
     def _cpu_stop(self, inv: Invocation) -> None:
         if self.cpu is not None:
             self.cpu.stop(inv)
+            if (not inv.cpu_settled and inv.parent is not None
+                    and 0 < inv.cpu_budget_ns < PRECISE_BELOW_NS):
+                # A call within its caller's budget: its CPU is read now, not
+                # at the next read, so that the caller's next call gets only
+                # what is left (Invocation.callee_spent).
+                self.cpu.charge()
             if not self.cpu.active:
                 self.owner.budgets.disarm(self)
             if not self.cpu.needs_watchdog and not self.invocations:

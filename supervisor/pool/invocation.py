@@ -19,6 +19,7 @@ import trio
 from protocol.messages import Cancel, ExceptionInfo, Header, Limits
 from supervisor import loop_clock
 from supervisor.lifecycle import LIMIT_OUTCOMES, OUTCOME_MESSAGE, Outcome
+from supervisor.limits.cpu_account import PRECISE_BELOW_NS
 from supervisor.model import ScriptRecord
 from supervisor.pool.bodies import BodyError, BodySource, ChildLink
 
@@ -251,9 +252,33 @@ class Invocation:
             parent._complete()
 
     def cpu_final(self) -> None:
-        """The CPU account has charged its last share: the trace may go."""
+        """The CPU account has charged its last share: the trace may go, and
+        its callers' budgets pay for it (:meth:`callee_spent`)."""
         self.cpu_settled = True
+        parent = self.parent
+        if parent is not None and self.cpu_ns:
+            parent.callee_spent(self.cpu_ns)
         self._complete()
+
+    def callee_spent(self, cpu_ns: int) -> None:
+        """Something it called used ``cpu_ns`` of CPU.
+
+        Cloudflare: workers connected by service bindings share the CPU of
+        the top-level request. A call gets what its caller has left
+        (``calls._within``), and what it used comes off the caller's budget,
+        and off every budget above: ten calls one after another can no
+        longer each spend a whole ``cpuMs`` (audit F3). A caller whose budget
+        its callees spent is stopped as over it. Calls running at once each
+        start with what was left when they began; their CPU is charged as
+        each ends.
+        """
+        inv: Invocation | None = self
+        while inv is not None:
+            if inv.cpu_budget_ns:
+                inv.cpu_budget_ns = max(1, inv.cpu_budget_ns - cpu_ns)
+                if inv.cpu_budget_ns < PRECISE_BELOW_NS and not inv.is_done:
+                    inv.child.cpu_budget_shrank(inv)
+            inv = inv.parent
 
     @property
     def complete(self) -> bool:
