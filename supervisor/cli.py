@@ -28,6 +28,7 @@ from supervisor.admin import multipart
 from supervisor.errors import Invalid, StartupError
 from supervisor.lifecycle import Outcome
 from supervisor.observability import cli_tail as observability_cli
+from supervisor.terminal_text import printable, printable_lines
 
 __all__ = ["AdminClient", "ApiCallError", "UnixHTTPConnection", "main"]
 
@@ -181,7 +182,7 @@ def _cmd_tags(args: argparse.Namespace, client: AdminClient) -> int:
             return 2
         method = "PUT" if args.action == "add" else "DELETE"
         tags, _ = client.call(method, f"{base}/{_q(values[0])}")
-    _emit(args, tags, "\n".join(tags) if tags else "(no tags)")
+    _emit(args, tags, "\n".join(printable(t) for t in tags) if tags else "(no tags)")
     return 0
 
 
@@ -219,10 +220,14 @@ def _cmd_trigger(args: argparse.Namespace, client: AdminClient) -> int:
     """Run a script's scheduled() once, as its cron trigger would."""
     trace = client.json("POST", _scripts_path(args.namespace, args.name) + "/schedules/trigger",
                         {"cron": args.cron})
-    logs = "\n".join(" ".join(str(m) for m in entry.get("message", [])) for entry in trace.get("logs", []))
-    errors = "\n".join(f"{e.get('name')}: {e.get('message')}" for e in trace.get("exceptions", []))
+    # Tenant text: control characters escaped, continuation lines marked
+    # (see supervisor.terminal_text); --json output stays exact.
+    logs = "\n".join(printable_lines(" ".join(str(m) for m in entry.get("message", [])), "| ")
+                     for entry in trace.get("logs", []))
+    errors = "\n".join(printable_lines(f"{e.get('name')}: {e.get('message')}", "| ")
+                       for e in trace.get("exceptions", []))
     _emit(args, trace, "\n".join(x for x in (f"scheduled {args.name} ({args.cron}): "
-                                               f"{trace.get('outcome')}", logs, errors) if x))
+                                               f"{printable(trace.get('outcome'))}", logs, errors) if x))
     return 0 if trace.get("outcome") == Outcome.OK else 1
 
 
@@ -369,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](args, AdminClient(socket_path))
     except ApiCallError as exc:
-        print(f"corral {args.command}: {exc}", file=sys.stderr)
+        print(f"corral {args.command}: {printable(exc, keep=chr(9) + chr(10))}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 1
