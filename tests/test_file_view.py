@@ -342,6 +342,39 @@ def test_unused_bundles_are_collected(c: Corral) -> None:
     assert not [p for p in (c.state_dir / "bundles").iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_versions_cannot_collide_and_a_squatted_bundle_is_not_reused(tmp_path: Path) -> None:
+    """F7: the version hash joined path and data with NULs and no lengths, so
+    a squatter's files could share a victim's version, and the victim was
+    served the squatter's folder, reused because it existed."""
+    from supervisor.model import content_version, module_path_ok
+
+    worker = b"from workers import Response\n"
+    squatter = {"worker.py": worker, "x.txt": b"hello\0y.txt\0world"}
+    victim = {"worker.py": worker, "x.txt": b"hello", "y.txt": b"world"}
+    version = content_version("worker.py", victim, [], "2024-01-01")
+    assert content_version("worker.py", squatter, [], "2024-01-01") != version
+    assert content_version("a", {"b": b""}, [], "") != content_version("", {"ab": b""}, [], "")
+
+    # A folder of that name that was not written with these files (an old
+    # state dir's, squatted before the fix) is replaced, not reused.
+    root = tmp_path / "bundles"
+    (root / version).mkdir(parents=True)
+    (root / version / "x.txt").write_bytes(squatter["x.txt"])
+    path = bundles_mod.write_bundle(str(root), version, victim)
+    assert sorted(p.name for p in Path(path).iterdir()) == [".corral-bundle", "__pycache__", "worker.py",
+                                                            "x.txt", "y.txt"]
+    assert Path(path, "x.txt").read_bytes() == b"hello"
+    # Written with these files: reused as it is.
+    inode = Path(path).stat().st_ino
+    assert bundles_mod.write_bundle(str(root), version, victim) == path and Path(path).stat().st_ino == inode
+    # Another file set under the same name is not served the folder either.
+    again = bundles_mod.write_bundle(str(root), version, squatter)
+    assert sorted(p.name for p in Path(again).iterdir()) == [".corral-bundle", "__pycache__", "worker.py",
+                                                             "x.txt"]
+    assert [p.name for p in root.iterdir()] == [version]  # nothing left behind
+    assert not module_path_ok(".corral-bundle")  # the marker is never a module
+
+
 def test_write_bundle_is_atomic_and_refuses_bad_paths(tmp_path: Path) -> None:
     root = tmp_path / "bundles"
     root.mkdir()
