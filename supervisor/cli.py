@@ -51,7 +51,7 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     from supervisor.admin.project import ProjectError, load_project, module_content_type
 
     try:
-        project = load_project(args.path, env=args.env)
+        project = load_project(args.path, env=args.env, allow_outside=args.allow_outside)
     except ProjectError as exc:
         print(f"corral deploy: {exc}", file=sys.stderr)
         return 2
@@ -290,6 +290,10 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--var", action="append", metavar="KEY=VALUE", help="plain-text binding (repeatable)")
     deploy.add_argument("--dry-run", action="store_true", help="show what would change; upload nothing")
     deploy.add_argument("--env", "-e", help="the Wrangler environment of the config to deploy ([env.NAME])")
+    deploy.add_argument("--allow-outside", action="store_true",
+                        help="take files from outside the project folder (symlinks out of it, an "
+                             "assets.directory elsewhere); refused by default, as a tenant's project "
+                             "could read the operator's files")
     deploy.add_argument("name", metavar="NAME")
     deploy.add_argument("path", metavar="PATH", help="a .py file or a project folder")
 
