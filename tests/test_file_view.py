@@ -321,6 +321,50 @@ def test_the_standard_library_imports_and_what_cannot_work_says_so(c: Corral) ->
     assert out["popen"]["type"] == out["thread"]["type"] == "RuntimeError"
 
 
+def _base_only_package() -> tuple[str, str] | None:
+    """(the base interpreter's site-packages, a package only it has)."""
+    import sys
+    import sysconfig
+
+    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})["purelib"]
+    ours = {p for p in sys.path if p.endswith("-packages") and not p.startswith(base)}
+    for name in ("colorama", "six", "blinker", "boto3", "numpy", "yaml", "click"):
+        if os.path.isfile(os.path.join(base, name, "__init__.py")) or os.path.isfile(os.path.join(base, name + ".py")):
+            if not any(os.path.exists(os.path.join(p, name)) or os.path.exists(os.path.join(p, name + ".py"))
+                       for p in ours):
+                return base, name
+    return None
+
+
+def test_the_base_interpreters_site_packages_are_not_in_the_view(c: Corral) -> None:
+    """F9: the standard library's folder holds the base interpreter's
+    site-packages; tenants could import whatever the host installed there
+    without declaring it. It is hidden; the standard library and the
+    runtime's own packages (msgspec, greenlet) still import."""
+    found = _base_only_package()
+    if found is None:
+        pytest.skip("the base interpreter has no package the virtualenv lacks")
+    base, name = found
+    c.deploy("basepkgs", worker(f'''
+        import sys
+
+        class Default(WorkerEntrypoint):
+            async def fetch(self, request):
+                sys.path.append({base!r})
+                out = {{"listing": attempt(lambda: os.listdir({base!r})),
+                        "import": attempt(lambda: __import__({name!r}).__name__)}}
+                for mod in ("json", "sqlite3", "decimal", "email.parser", "zoneinfo", "msgspec", "greenlet"):
+                    out[mod] = attempt(lambda: __import__(mod).__name__)
+                return Response.json(out)
+    '''))
+    out = call(c, "basepkgs")
+    assert out["import"]["ok"] is False and out["import"]["type"] == "ModuleNotFoundError", out["import"]
+    assert out["listing"] in ({"ok": True, "value": "[]"},) or out["listing"]["ok"] is False, out["listing"]
+    for mod in ("json", "sqlite3", "decimal", "email.parser", "zoneinfo", "msgspec", "greenlet"):
+        assert out[mod]["ok"] is True, (mod, out[mod])
+    assert_healthy(c)
+
+
 # ---------------------------------------------------------------------------
 # the bundles on disk
 # ---------------------------------------------------------------------------
@@ -424,3 +468,19 @@ def test_bundles_survive_a_restart_and_are_rewritten_if_lost(tmp_path: Path) -> 
         assert server.request("/", host="keep.localhost").text == "from"
     finally:
         server.stop()
+
+
+def test_without_the_mount_view_landlock_leaves_the_base_site_packages_out() -> None:
+    """Where the view cannot be built (no mount namespace), the Landlock rules
+    name the standard library's entries one by one, the masked folder left out."""
+    from sandbox import file_view
+
+    view = file_view.plan("", "")
+    if not view.masked:
+        pytest.skip("the standard library's folder holds no site-packages here")
+    split = [path for path, _ in view.readable(with_bundles=False, split_masked=True)]
+    assert not [p for p in split if view.hidden(p)], [p for p in split if view.hidden(p)][:5]
+    stdlib = os.path.dirname(os.__file__)
+    assert os.path.join(stdlib, "json") in split and os.path.join(stdlib, "os.py") in split
+    assert all(t in split for t in view.trees if t != stdlib)  # msgspec, greenlet, the runtime
+    assert stdlib in [p for p, _ in view.readable(with_bundles=False)]  # the view hides it instead
