@@ -52,8 +52,8 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
 
     try:
         project = load_project(args.path, env=args.env, allow_outside=args.allow_outside)
-    except ProjectError as exc:
-        print(f"corral deploy: {exc}", file=sys.stderr)
+    except ProjectError as exc:  # (it may name the project's files: tenant text)
+        print(f"corral deploy: {printable(exc, keep=chr(9) + chr(10))}", file=sys.stderr)
         return 2
     metadata = project.metadata
     bindings = list(metadata.bindings)
@@ -82,7 +82,7 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
         if project.assets:
             lines.append(f"~ assets: {len(project.assets)} file(s) "
                          "(only those the store lacks are uploaded)")
-        _emit(args, {"changes": lines}, "\n".join(["dry run: nothing was uploaded", *lines]))
+        _emit(args, {"changes": lines}, "\n".join(["dry run: nothing was uploaded", *map(printable, lines)]))
         return 0
     if project.assets:
         # As Cloudflare's API takes them: an upload session, only the missing
@@ -101,8 +101,8 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     # Cloudflare's shape: one part per requirement, named by it, empty.
     parts += [multipart.Part(name=r, filename=r, data=b"", content_type="text/x-python-requirement")
               for r in project.requirements]
-    for warning in project.warnings:
-        print(f"corral deploy: warning: {warning}", file=sys.stderr)
+    for warning in project.warnings:  # (project text: file and key names)
+        print(f"corral deploy: warning: {printable(warning)}", file=sys.stderr)
     content_type, body = multipart.encode(parts)
     # The server resolves requirements inside this one call: a spinner says so.
     waiting: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -115,10 +115,10 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
         result, _ = client.call("PUT", _scripts_path(args.namespace, args.name), body, content_type)
     for warning in (result.get("warnings") or []) if isinstance(result, dict) else []:
         if warning not in project.warnings:
-            print(f"corral deploy: warning: {warning}", file=sys.stderr)
+            print(f"corral deploy: warning: {printable(warning)}", file=sys.stderr)
     where = f"namespace {args.namespace}" if args.namespace else "platform scripts"
     _emit(args, result, f"deployed {args.name} to {where}: version {result.get('version', '?')[:12]}, "
-                        f"{len(project.modules)} module(s), main {project.main_module}"
+                        f"{len(project.modules)} module(s), main {printable(project.main_module)}"
                         + (f", {len(project.requirements)} requirement(s)" if project.requirements else ""))
     return 0
 

@@ -342,3 +342,8 @@ def test_corral_deploy_refuses_a_symlink_out_of_the_project(tmp_path):
                           capture_output=True, text=True, env=env, cwd=str(repo), timeout=60)
     assert done.returncode == 2, done
     assert "leak.txt is outside the project" in done.stderr and "--allow-outside" in done.stderr
+    # A file name is the project's text: its control characters are shown escaped (F11).
+    (tmp_path / "proj" / "leak.txt").rename(tmp_path / "proj" / "x\x1b]0;t\x07.txt")
+    done = subprocess.run([sys.executable, "-m", "supervisor", "deploy", "x", str(tmp_path / "proj")],
+                          capture_output=True, text=True, env=env, cwd=str(repo), timeout=60)
+    assert done.returncode == 2 and "\x1b" not in done.stderr and "x\\x1b]0;t\\x07.txt" in done.stderr, done
