@@ -6,7 +6,12 @@ read-only bind mounts at the *same absolute paths* they have on the host
 (so ``sys.path``, ``__file__`` of every pre-imported module and the
 libraries' load paths stay valid):
 
-* the standard library, ``lib-dynload`` included;
+* the standard library, ``lib-dynload`` included, but not the base
+  interpreter's ``site-packages`` (or ``dist-packages``) inside it: whatever
+  the host has installed there (boto3, numpy...) is no tenant's package, and
+  would bypass the package store. An empty read-only tmpfs is mounted over
+  it (:attr:`FileView.masked`); the runtime's own packages below, if the
+  interpreter has them there, are mounted back into it;
 * the runtime's own code a child runs: ``sandbox/``, ``protocol/``, ``msgspec``,
   ``greenlet`` (``pyodide.ffi.run_sync``, see :mod:`sandbox.run_sync`);
 * the shared libraries the standard library's extension modules load
@@ -68,15 +73,45 @@ class FileView:
     bundles: str = ""
     #: Symlinks recreated so that host paths resolve the same way: path -> target.
     symlinks: dict[str, str] = field(default_factory=dict)
+    #: Directories inside a tree that the view hides (an empty read-only
+    #: tmpfs over each): the base interpreter's site-packages. Trees and
+    #: libraries beneath one are mounted back into it.
+    masked: list[str] = field(default_factory=list)
 
-    def readable(self, with_bundles: bool) -> list[tuple[str, bool]]:
-        """``(path, is_dir)`` a child may read: Landlock rules of layer 1 or 2."""
-        out = [(path, True) for path in self.trees]
+    def hidden(self, path: str) -> bool:
+        """Is ``path`` in a masked directory and not in a tree mounted back into it?"""
+        masks = [m for m in self.masked if _beneath(path, [m])]
+        return any(not any(_beneath(t, [m]) and _beneath(path, [t]) for t in self.trees) for m in masks)
+
+    def readable(self, with_bundles: bool, split_masked: bool = False) -> list[tuple[str, bool]]:
+        """``(path, is_dir)`` a child may read: Landlock rules of layer 1 or 2.
+
+        ``split_masked``: the view could not be built (no mount namespace),
+        so a masked directory is really there; a tree holding one is then
+        given as its entries, the masked directory left out, so Landlock
+        keeps it out instead."""
+        out: list[tuple[str, bool]] = []
+        for path in self.trees:
+            out += self._unmasked(path) if split_masked else [(path, True)]
         out += [(path, True) for path in sorted({os.path.dirname(p) for p in self.libraries})]
         if self.packages:
             out.append((self.packages, True))
         if with_bundles and self.bundles:
             out.append((self.bundles, True))
+        return out
+
+    def _unmasked(self, path: str) -> list[tuple[str, bool]]:
+        if path in self.masked:
+            return []
+        if not any(_beneath(m, [path]) for m in self.masked):
+            return [(path, os.path.isdir(path))]
+        try:
+            names = sorted(os.listdir(path))
+        except OSError:
+            return []
+        out: list[tuple[str, bool]] = []
+        for name in names:
+            out += self._unmasked(os.path.join(path, name))
         return out
 
 
@@ -158,6 +193,18 @@ def _lib_dynload() -> list[str]:
     return [p for p in sys.path if p.rstrip("/").endswith("lib-dynload") and os.path.isdir(p)]
 
 
+def _base_site_packages() -> list[str]:
+    """Where the base interpreter (not a virtualenv) installs packages, and
+    the ``site-packages``/``dist-packages`` folders beside the standard library."""
+    import site
+
+    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
+    stdlib = os.path.dirname(os.__file__)
+    found = [base["purelib"], base["platlib"], *site.getsitepackages([sys.base_prefix, sys.base_exec_prefix]),
+             os.path.join(stdlib, "site-packages"), os.path.join(stdlib, "dist-packages")]
+    return [p for i, p in enumerate(found) if p not in found[:i] and os.path.isdir(p)]
+
+
 def plan(bundles_dir: str, packages_dir: str) -> FileView:
     """Work out the view from the running interpreter (before any isolation)."""
     import greenlet
@@ -178,14 +225,19 @@ def plan(bundles_dir: str, packages_dir: str) -> FileView:
             trees.append(real)
     trees.sort(key=len)
     view = planner.view
-    view.trees = [t for i, t in enumerate(trees) if not _beneath(t, trees[:i])]
+    masked = sorted({planner.mirror(os.path.abspath(p)) for p in _base_site_packages()}, key=len)
+    # A masked folder counts only inside a tree (elsewhere it is not shown anyway).
+    view.masked = [m for m in masked if _beneath(m, trees) and m not in trees]
+    # A tree beneath another is part of it, unless a mask lies between them.
+    view.trees = [t for i, t in enumerate(trees)
+                  if not _beneath(t, trees[:i]) or any(_beneath(t, [m]) for m in view.masked)]
     objects = []
     for folder in [*_lib_dynload(), os.path.dirname(msgspec.__file__),
                    os.path.dirname(greenlet.__file__)]:
         objects += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if ".so" in n]
     planner.libraries_of(objects)
     planner.libraries_named(MANYLINUX_LIBRARIES)
-    view.libraries = [lib for lib in view.libraries if not _beneath(lib, view.trees)]
+    view.libraries = [lib for lib in view.libraries if not _beneath(lib, view.trees) or view.hidden(lib)]
     if packages_dir and os.path.isdir(packages_dir):
         view.packages = planner.mirror(os.path.abspath(packages_dir))
     if bundles_dir and os.path.isdir(bundles_dir):
@@ -224,18 +276,39 @@ def build(view: FileView) -> None:
     _check(_libc.syscall(pivot_root, b".", _OLD_ROOT.lstrip("/").encode()), "pivot_root")
     os.chdir("/")
     read_only = MS_RDONLY | MS_NOSUID | MS_NODEV
+
+    def under_mask(path: str) -> bool:
+        return _beneath(path, view.masked)
+
     for path in [*view.trees, view.packages, view.bundles]:
-        if path:
+        if path and not under_mask(path):
             os.makedirs(path, 0o755, exist_ok=True)
     for path in view.libraries:
-        os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444))
+        if not under_mask(path):
+            os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444))
     for link, target in view.symlinks.items():
         os.makedirs(os.path.dirname(link), 0o755, exist_ok=True)
         if not os.path.lexists(link):
             os.symlink(target, link)
     for path in [*view.trees, *view.libraries, view.packages]:
-        if path:
+        if path and not under_mask(path):
+            _bind(_OLD_ROOT + path, path, read_only)
+    for mask in view.masked:
+        # An empty tmpfs over it, with mount points for what is shown again
+        # inside (the runtime's own packages), then read-only.
+        _check(_libc.mount(b"corral-masked", mask.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                           b"size=16k,nr_inodes=256,mode=0755"), f"mask {mask}")
+        inside = [p for p in view.trees if _beneath(p, [mask]) and p != mask]
+        files = [p for p in view.libraries if _beneath(p, [mask])]
+        for path in inside:
+            os.makedirs(path, 0o755, exist_ok=True)
+        for path in files:
+            os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444))
+        _check(_libc.mount(b"none", mask.encode(), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                           None), f"remount {mask} read-only")
+        for path in [*inside, *files]:
             _bind(_OLD_ROOT + path, path, read_only)
     if view.bundles:
         _bind(_OLD_ROOT + view.bundles, view.bundles, read_only | MS_NOEXEC)

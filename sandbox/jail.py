@@ -127,7 +127,8 @@ def prepare_file_rules(view: file_view.FileView, report: ZygoteJail) -> FileRule
     flags = os.O_PATH | os.O_CLOEXEC
     try:
         rules.layer1 = landlock.Ruleset(abi)
-        for path, is_dir in view.readable(with_bundles=True):
+        # Without the view, a masked folder is on the host's tree: Landlock leaves it out.
+        for path, is_dir in view.readable(with_bundles=True, split_masked=not report.view):
             fd = os.open(path, flags)
             rules.layer1.allow_read(fd, is_dir, path)
             if path != view.bundles:

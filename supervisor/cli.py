@@ -28,6 +28,7 @@ from supervisor.admin import multipart
 from supervisor.errors import Invalid, StartupError
 from supervisor.lifecycle import Outcome
 from supervisor.observability import cli_tail as observability_cli
+from supervisor.terminal_text import printable, printable_lines
 
 __all__ = ["AdminClient", "ApiCallError", "UnixHTTPConnection", "main"]
 
@@ -50,9 +51,9 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     from supervisor.admin.project import ProjectError, load_project, module_content_type
 
     try:
-        project = load_project(args.path, env=args.env)
-    except ProjectError as exc:
-        print(f"corral deploy: {exc}", file=sys.stderr)
+        project = load_project(args.path, env=args.env, allow_outside=args.allow_outside)
+    except ProjectError as exc:  # (it may name the project's files: tenant text)
+        print(f"corral deploy: {printable(exc, keep=chr(9) + chr(10))}", file=sys.stderr)
         return 2
     metadata = project.metadata
     bindings = list(metadata.bindings)
@@ -81,7 +82,7 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
         if project.assets:
             lines.append(f"~ assets: {len(project.assets)} file(s) "
                          "(only those the store lacks are uploaded)")
-        _emit(args, {"changes": lines}, "\n".join(["dry run: nothing was uploaded", *lines]))
+        _emit(args, {"changes": lines}, "\n".join(["dry run: nothing was uploaded", *map(printable, lines)]))
         return 0
     if project.assets:
         # As Cloudflare's API takes them: an upload session, only the missing
@@ -100,8 +101,8 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     # Cloudflare's shape: one part per requirement, named by it, empty.
     parts += [multipart.Part(name=r, filename=r, data=b"", content_type="text/x-python-requirement")
               for r in project.requirements]
-    for warning in project.warnings:
-        print(f"corral deploy: warning: {warning}", file=sys.stderr)
+    for warning in project.warnings:  # (project text: file and key names)
+        print(f"corral deploy: warning: {printable(warning)}", file=sys.stderr)
     content_type, body = multipart.encode(parts)
     # The server resolves requirements inside this one call: a spinner says so.
     waiting: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
@@ -114,10 +115,10 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
         result, _ = client.call("PUT", _scripts_path(args.namespace, args.name), body, content_type)
     for warning in (result.get("warnings") or []) if isinstance(result, dict) else []:
         if warning not in project.warnings:
-            print(f"corral deploy: warning: {warning}", file=sys.stderr)
+            print(f"corral deploy: warning: {printable(warning)}", file=sys.stderr)
     where = f"namespace {args.namespace}" if args.namespace else "platform scripts"
     _emit(args, result, f"deployed {args.name} to {where}: version {result.get('version', '?')[:12]}, "
-                        f"{len(project.modules)} module(s), main {project.main_module}"
+                        f"{len(project.modules)} module(s), main {printable(project.main_module)}"
                         + (f", {len(project.requirements)} requirement(s)" if project.requirements else ""))
     return 0
 
@@ -181,7 +182,7 @@ def _cmd_tags(args: argparse.Namespace, client: AdminClient) -> int:
             return 2
         method = "PUT" if args.action == "add" else "DELETE"
         tags, _ = client.call(method, f"{base}/{_q(values[0])}")
-    _emit(args, tags, "\n".join(tags) if tags else "(no tags)")
+    _emit(args, tags, "\n".join(printable(t) for t in tags) if tags else "(no tags)")
     return 0
 
 
@@ -219,10 +220,14 @@ def _cmd_trigger(args: argparse.Namespace, client: AdminClient) -> int:
     """Run a script's scheduled() once, as its cron trigger would."""
     trace = client.json("POST", _scripts_path(args.namespace, args.name) + "/schedules/trigger",
                         {"cron": args.cron})
-    logs = "\n".join(" ".join(str(m) for m in entry.get("message", [])) for entry in trace.get("logs", []))
-    errors = "\n".join(f"{e.get('name')}: {e.get('message')}" for e in trace.get("exceptions", []))
+    # Tenant text: control characters escaped, continuation lines marked
+    # (see supervisor.terminal_text); --json output stays exact.
+    logs = "\n".join(printable_lines(" ".join(str(m) for m in entry.get("message", [])), "| ")
+                     for entry in trace.get("logs", []))
+    errors = "\n".join(printable_lines(f"{e.get('name')}: {e.get('message')}", "| ")
+                       for e in trace.get("exceptions", []))
     _emit(args, trace, "\n".join(x for x in (f"scheduled {args.name} ({args.cron}): "
-                                               f"{trace.get('outcome')}", logs, errors) if x))
+                                               f"{printable(trace.get('outcome'))}", logs, errors) if x))
     return 0 if trace.get("outcome") == Outcome.OK else 1
 
 
@@ -285,6 +290,10 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--var", action="append", metavar="KEY=VALUE", help="plain-text binding (repeatable)")
     deploy.add_argument("--dry-run", action="store_true", help="show what would change; upload nothing")
     deploy.add_argument("--env", "-e", help="the Wrangler environment of the config to deploy ([env.NAME])")
+    deploy.add_argument("--allow-outside", action="store_true",
+                        help="take files from outside the project folder (symlinks out of it, an "
+                             "assets.directory elsewhere); refused by default, as a tenant's project "
+                             "could read the operator's files")
     deploy.add_argument("name", metavar="NAME")
     deploy.add_argument("path", metavar="PATH", help="a .py file or a project folder")
 
@@ -369,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](args, AdminClient(socket_path))
     except ApiCallError as exc:
-        print(f"corral {args.command}: {exc}", file=sys.stderr)
+        print(f"corral {args.command}: {printable(exc, keep=chr(9) + chr(10))}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 1

@@ -17,6 +17,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+
+from supervisor.terminal_text import printable
 
 
 def _console(stream: Any) -> Console:
@@ -36,7 +39,9 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
     for name in header:
         grid.add_column(name, no_wrap=True, overflow="fold")
     for row in rows:
-        grid.add_row(*("" if c is None else str(c) for c in row))
+        # Cells hold tenant text (tags, names): control characters escaped,
+        # and Text, not a str, so "[link=...]" is not rich markup.
+        grid.add_row(*(Text("" if c is None else printable(c)) for c in row))
     console.print(grid)
 
 

@@ -55,12 +55,18 @@ def var_binding(name: str, value: Any) -> PlainText | Json:
     return PlainText(name=name, text=value) if isinstance(value, str) else Json(name=name, json=value)
 
 
+#: A file in every bundle folder (supervisor.pool.bundles), never a module.
+BUNDLE_MARKER = ".corral-bundle"
+
+
 def module_path_ok(path: str) -> bool:
     """A module's name in a bundle becomes a file path and an import path:
-    relative, no '..', no empty parts, nothing a filesystem reads otherwise."""
+    relative, no '..', no empty parts, nothing a filesystem reads otherwise,
+    and not the bundle's own marker file (supervisor.pool.bundles.MARKER)."""
     parts = path.split("/")
     return (0 < len(path) <= 512 and not path.startswith("/") and "\\" not in path
-            and "\0" not in path and not any(p in ("", ".", "..") for p in parts))
+            and "\0" not in path and not any(p in ("", ".", "..") for p in parts)
+            and path != BUNDLE_MARKER)
 
 
 def check_tag(tag: object) -> str:
@@ -478,23 +484,40 @@ def resolve_bindings(metadata: UploadMetadata, previous: ScriptRecord | None) ->
     return out
 
 
+#: The first field of every content hash: a new encoding gets a new tag, so
+#: its versions can never equal an older encoding's.
+_CONTENT_TAG = b"corral.content_version.v2"
+
+
 def content_version(main_module: str, modules: dict[str, bytes], bindings: list[Binding],
                     compatibility_date: str, compatibility_flags: list[str] = (),  # type: ignore[assignment]
                     packages_lock: str = "", extra: Any = None) -> str:
     """A stable hash of everything that changes behaviour (code, bindings,
-    packages, crons and assets)."""
+    packages, crons and assets).
+
+    Injective: every field is length-prefixed, after a tag naming the
+    encoding, so two different scripts cannot share a version (the version
+    names the bundle folder, shared by every script with that content). The
+    first encoding joined ``"\\0" + path + "\\0" + data`` without lengths, and
+    data may hold NULs: ``{"x": b"a\\0y\\0b"}`` and ``{"x": b"a", "y": b"b"}``
+    collided. Versions stored under it keep their ids (a record's version is
+    stored, never recomputed); only new uploads get the new hash.
+    """
     digest = hashlib.sha256()
-    digest.update(main_module.encode())
+
+    def field(data: bytes) -> None:
+        digest.update(len(data).to_bytes(8, "big") + data)
+
+    field(_CONTENT_TAG)
+    field(main_module.encode())
+    field(str(len(modules)).encode())
     for path in sorted(modules):
-        digest.update(b"\0" + path.encode() + b"\0")
-        digest.update(modules[path])
-    digest.update(msgspec.json.encode({"bindings": bindings, "compatibility_date": compatibility_date}))
-    if compatibility_flags:
-        digest.update(msgspec.json.encode(sorted(compatibility_flags)))
-    if packages_lock:  # absent for scripts without packages: their versions stay as they were
-        digest.update(b"\0packages\0" + packages_lock.encode())
-    if extra:  # crons, asset manifest and config
-        digest.update(msgspec.json.encode(extra))
+        field(path.encode())
+        field(modules[path])
+    field(msgspec.json.encode({"bindings": bindings, "compatibility_date": compatibility_date}))
+    field(msgspec.json.encode(sorted(compatibility_flags)))
+    field(packages_lock.encode())
+    field(msgspec.json.encode(extra or None))
     return digest.hexdigest()[:32]
 
 

@@ -321,6 +321,50 @@ def test_the_standard_library_imports_and_what_cannot_work_says_so(c: Corral) ->
     assert out["popen"]["type"] == out["thread"]["type"] == "RuntimeError"
 
 
+def _base_only_package() -> tuple[str, str] | None:
+    """(the base interpreter's site-packages, a package only it has)."""
+    import sys
+    import sysconfig
+
+    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})["purelib"]
+    ours = {p for p in sys.path if p.endswith("-packages") and not p.startswith(base)}
+    for name in ("colorama", "six", "blinker", "boto3", "numpy", "yaml", "click"):
+        if os.path.isfile(os.path.join(base, name, "__init__.py")) or os.path.isfile(os.path.join(base, name + ".py")):
+            if not any(os.path.exists(os.path.join(p, name)) or os.path.exists(os.path.join(p, name + ".py"))
+                       for p in ours):
+                return base, name
+    return None
+
+
+def test_the_base_interpreters_site_packages_are_not_in_the_view(c: Corral) -> None:
+    """F9: the standard library's folder holds the base interpreter's
+    site-packages; tenants could import whatever the host installed there
+    without declaring it. It is hidden; the standard library and the
+    runtime's own packages (msgspec, greenlet) still import."""
+    found = _base_only_package()
+    if found is None:
+        pytest.skip("the base interpreter has no package the virtualenv lacks")
+    base, name = found
+    c.deploy("basepkgs", worker(f'''
+        import sys
+
+        class Default(WorkerEntrypoint):
+            async def fetch(self, request):
+                sys.path.append({base!r})
+                out = {{"listing": attempt(lambda: os.listdir({base!r})),
+                        "import": attempt(lambda: __import__({name!r}).__name__)}}
+                for mod in ("json", "sqlite3", "decimal", "email.parser", "zoneinfo", "msgspec", "greenlet"):
+                    out[mod] = attempt(lambda: __import__(mod).__name__)
+                return Response.json(out)
+    '''))
+    out = call(c, "basepkgs")
+    assert out["import"]["ok"] is False and out["import"]["type"] == "ModuleNotFoundError", out["import"]
+    assert out["listing"] in ({"ok": True, "value": "[]"},) or out["listing"]["ok"] is False, out["listing"]
+    for mod in ("json", "sqlite3", "decimal", "email.parser", "zoneinfo", "msgspec", "greenlet"):
+        assert out[mod]["ok"] is True, (mod, out[mod])
+    assert_healthy(c)
+
+
 # ---------------------------------------------------------------------------
 # the bundles on disk
 # ---------------------------------------------------------------------------
@@ -340,6 +384,39 @@ def test_unused_bundles_are_collected(c: Corral) -> None:
     assert r.status == 200, r
     assert wait_for(lambda: not Path(second).exists()), "a deleted script's bundle stayed"
     assert not [p for p in (c.state_dir / "bundles").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_versions_cannot_collide_and_a_squatted_bundle_is_not_reused(tmp_path: Path) -> None:
+    """F7: the version hash joined path and data with NULs and no lengths, so
+    a squatter's files could share a victim's version, and the victim was
+    served the squatter's folder, reused because it existed."""
+    from supervisor.model import content_version, module_path_ok
+
+    worker = b"from workers import Response\n"
+    squatter = {"worker.py": worker, "x.txt": b"hello\0y.txt\0world"}
+    victim = {"worker.py": worker, "x.txt": b"hello", "y.txt": b"world"}
+    version = content_version("worker.py", victim, [], "2024-01-01")
+    assert content_version("worker.py", squatter, [], "2024-01-01") != version
+    assert content_version("a", {"b": b""}, [], "") != content_version("", {"ab": b""}, [], "")
+
+    # A folder of that name that was not written with these files (an old
+    # state dir's, squatted before the fix) is replaced, not reused.
+    root = tmp_path / "bundles"
+    (root / version).mkdir(parents=True)
+    (root / version / "x.txt").write_bytes(squatter["x.txt"])
+    path = bundles_mod.write_bundle(str(root), version, victim)
+    assert sorted(p.name for p in Path(path).iterdir()) == [".corral-bundle", "__pycache__", "worker.py",
+                                                            "x.txt", "y.txt"]
+    assert Path(path, "x.txt").read_bytes() == b"hello"
+    # Written with these files: reused as it is.
+    inode = Path(path).stat().st_ino
+    assert bundles_mod.write_bundle(str(root), version, victim) == path and Path(path).stat().st_ino == inode
+    # Another file set under the same name is not served the folder either.
+    again = bundles_mod.write_bundle(str(root), version, squatter)
+    assert sorted(p.name for p in Path(again).iterdir()) == [".corral-bundle", "__pycache__", "worker.py",
+                                                             "x.txt"]
+    assert [p.name for p in root.iterdir()] == [version]  # nothing left behind
+    assert not module_path_ok(".corral-bundle")  # the marker is never a module
 
 
 def test_write_bundle_is_atomic_and_refuses_bad_paths(tmp_path: Path) -> None:
@@ -391,3 +468,19 @@ def test_bundles_survive_a_restart_and_are_rewritten_if_lost(tmp_path: Path) -> 
         assert server.request("/", host="keep.localhost").text == "from"
     finally:
         server.stop()
+
+
+def test_without_the_mount_view_landlock_leaves_the_base_site_packages_out() -> None:
+    """Where the view cannot be built (no mount namespace), the Landlock rules
+    name the standard library's entries one by one, the masked folder left out."""
+    from sandbox import file_view
+
+    view = file_view.plan("", "")
+    if not view.masked:
+        pytest.skip("the standard library's folder holds no site-packages here")
+    split = [path for path, _ in view.readable(with_bundles=False, split_masked=True)]
+    assert not [p for p in split if view.hidden(p)], [p for p in split if view.hidden(p)][:5]
+    stdlib = os.path.dirname(os.__file__)
+    assert os.path.join(stdlib, "json") in split and os.path.join(stdlib, "os.py") in split
+    assert all(t in split for t in view.trees if t != stdlib)  # msgspec, greenlet, the runtime
+    assert stdlib in [p for p, _ in view.readable(with_bundles=False)]  # the view hides it instead

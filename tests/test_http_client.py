@@ -898,7 +898,8 @@ def test_https_round_trip(tls_files: tuple[str, str]) -> None:
 def _egress_client(**kwargs: object) -> HTTPClient:
     """Private networks blocked, ``allowed.test`` allowed by name; test names are
     pinned by a resolver (``rebind.test`` resolves to private addresses)."""
-    names = {"allowed.test": ["127.0.0.1"], "rebind.test": ["10.1.2.3", "127.0.0.1"]}
+    names = {"allowed.test": ["127.0.0.1"], "rebind.test": ["10.1.2.3", "127.0.0.1"],
+             "nat64.test": ["64:ff9b::7f00:1", "::7f00:1"]}
 
     async def resolve(host: str, port: int) -> list[str]:
         return names.get(host, [host])
@@ -921,6 +922,9 @@ def test_egress_policy_vets_every_connection(server: LocalServer) -> None:
             # So is a literal loopback address.
             with pytest.raises(EgressDenied, match="127.0.0.1"):
                 await client.request("GET", server.url("/echo"))
+            # And loopback spelt as IPv6 (NAT64, IPv4-compatible): refused, not dialled.
+            with pytest.raises(EgressDenied, match=r"fetch to nat64.test \(64:ff9b::7f00:1"):
+                await client.request("GET", f"http://nat64.test:{server.port}/echo")
             assert server.connections == 1
 
             # A redirect from the allowed host to loopback: the hop's new
@@ -949,6 +953,19 @@ def test_egress_policy_rules() -> None:
                     "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1"):
         with pytest.raises(EgressDenied, match="not allowed"):
             blocked.vet("x.test", [private])
+    # F10: IPv6 spellings of private IPv4 addresses are judged by the IPv4
+    # address inside them: IPv4-compatible, -mapped, -translated, NAT64 (the
+    # well-known prefix; the local-use one cannot be judged), 6to4, Teredo
+    # (client 127.0.0.1), ISATAP; and site-local.
+    for spelt in ("::7f00:1", "::a9fe:a9fe", "::ffff:7f00:1", "::ffff:0:7f00:1", "::ffff:0:a00:1",
+                  "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::808:808", "2002:7f00:1::",
+                  "2002:a9fe:a9fe::1", "2002:c0a8:101::", "2001:0:4136:e378:8000:63bf:80ff:fffe",
+                  "2001:4860::5efe:7f00:1", "2001:4860::200:5efe:a9fe:a9fe", "fec0::1"):
+        with pytest.raises(EgressDenied, match="not allowed"):
+            blocked.vet("x.test", [spelt])
+    # The same forms around a public IPv4 address stay reachable.
+    public_v4 = ["::ffff:808:808", "64:ff9b::808:808", "2002:808:808::1", "2001:4860::5efe:808:808"]
+    assert blocked.vet("y.test", public_v4) == public_v4
     assert EgressPolicy(OutboundConfig(allow_hosts=["Internal.Test"])).vet(
         "internal.test", ["10.0.0.1"]) == ["10.0.0.1"]
     assert EgressPolicy(OutboundConfig(allow_private_networks=True)).vet(

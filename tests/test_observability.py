@@ -10,6 +10,7 @@ what really crossed the sandbox boundary.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import signal
@@ -585,6 +586,43 @@ def test_pretty_format_is_wranglers():
     assert lines[0].startswith("GET http://a/ - Exception Thrown @ ")
     assert lines[1] == "  (log) hi" and lines[2] == "  ✘ Error: bad"
     assert lines[3].startswith("  GET http://a/ - Ok @ ") and "[default/u]" in lines[3]
+
+
+HOSTILE = ("hello\x1b]0;OWNED-TITLE\x07\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2K\r\nGET https://victim.example/admin"
+           " - Ok @ 1/1/2026, 1:00:00 PM [other/victim-shop]\x9b31m\u202e")
+
+
+def test_pretty_format_escapes_tenant_control_characters():
+    """F11: tenant text (logs, exceptions, URL) never writes an escape
+    sequence or a CR to the operator's terminal; its line breaks stay, marked."""
+    from supervisor.observability.cli_tail import _stream, format_pretty
+
+    event = {"outcome": "ok", "eventTimestamp": 0, "scriptName": "ansi", "dispatchNamespace": "default",
+             "event": {"request": {"method": "GET", "url": "http://a/\x1b[2J"}},
+             "logs": [{"level": "log", "message": [HOSTILE]}],
+             "exceptions": [{"name": "Error\x1b[1m", "message": "bad\nline2\x07"}]}
+    text = format_pretty(event)
+    assert not [c for c in text if (ord(c) < 0x20 and c != "\n") or 0x7f <= ord(c) < 0xa0 or c == "\u202e"]
+    lines = text.splitlines()
+    assert lines[0].startswith("GET http://a/\\x1b[2J - Ok @ ")
+    assert lines[1] == "  (log) hello\\x1b]0;OWNED-TITLE\\x07\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2K\\r"
+    assert lines[2].startswith("      | GET https://victim.example/admin") and lines[2].endswith("\\x9b31m\\u202e")
+    assert lines[3] == "  ✘ Error\\x1b[1m: bad" and lines[4] == "  | line2\\x07"
+
+    # --format json stays the exact bytes the supervisor sent.
+    raw = json.dumps(event).encode() + b"\n"
+    out = io.StringIO()
+    _stream(io.BytesIO(raw), "json", False, out)
+    assert out.getvalue().encode() == raw
+
+
+def test_cli_tables_escape_control_characters(capsys):
+    from supervisor.cli_output import table
+
+    table([["t\x1b]0;x\x07", "[link=http://evil/]y[/link]"]], ["TAG", "OTHER"])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "t\\x1b]0;x\\x07" in out and "[link=http://evil/]y[/link]" in out
 
 
 # ---------------------------------------------------------------------------

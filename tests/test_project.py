@@ -284,3 +284,66 @@ def test_wrangler_environments_as_wrangler_reads_them(tmp_path):
     with pytest.raises(ProjectError, match=r"no environment 'qa' \(\[env.qa\]\); environments there: "
                                            "production, staging"):
         load_project(tmp_path, env="qa")
+
+
+def test_files_from_outside_the_project_are_refused_by_name(tmp_path):
+    """F4: a tenant's project could upload any file the operator can read: a
+    symlink out of the folder was read through, and an assets.directory
+    outside it was the static site. Both are refused, naming the path, unless
+    the operator allows it; symlinks that stay in the project are fine."""
+    secret = tmp_path / "opsecret" / "secret.txt"
+    write(tmp_path, {"opsecret/secret.txt": "OPERATOR_DB_PASSWORD=s3cr3t"})
+    project = tmp_path / "proj"
+    write(project, {"wrangler.toml": 'main = "worker.py"\n', "worker.py": "", "lib/real.py": "X = 1"})
+    (project / "alias.py").symlink_to(project / "lib" / "real.py")  # inside: allowed
+    assert load_project(project).modules["alias.py"] == b"X = 1"
+
+    (project / "leak.txt").symlink_to(secret)  # a Text module by Wrangler's rules
+    with pytest.raises(ProjectError, match=r"module file .*leak\.txt is outside the project"):
+        load_project(project)
+    (project / "leak.txt").unlink()
+    (project / "leak.py").symlink_to(secret)
+    with pytest.raises(ProjectError, match=r"leak\.py is outside the project .* resolves to .*secret\.txt"):
+        load_project(project)
+    assert load_project(project, allow_outside=True).modules["leak.py"] == b"OPERATOR_DB_PASSWORD=s3cr3t"
+    (project / "leak.py").unlink()
+
+    for directory in ("../opsecret", str(tmp_path / "opsecret")):
+        (project / "wrangler.toml").write_text(f'main = "worker.py"\n[assets]\ndirectory = "{directory}"\n')
+        with pytest.raises(ProjectError, match=r"assets.directory .*opsecret is outside the project"):
+            load_project(project)
+    assert load_project(project, allow_outside=True).assets == {"/secret.txt": b"OPERATOR_DB_PASSWORD=s3cr3t"}
+
+    (project / "wrangler.toml").write_text('main = "worker.py"\n[assets]\ndirectory = "public"\n')
+    write(project, {"public/index.html": "<p>"})
+    (project / "public" / "secret.txt").symlink_to(secret)
+    with pytest.raises(ProjectError, match=r"asset file .*public/secret\.txt is outside the project"):
+        load_project(project)
+    (project / "public" / "secret.txt").unlink()
+    (project / "requirements.txt").symlink_to(secret)
+    with pytest.raises(ProjectError, match=r"requirements file .*requirements\.txt is outside"):
+        load_project(project)
+    (project / "requirements.txt").unlink()
+    assert load_project(project).assets == {"/index.html": b"<p>"}
+
+
+def test_corral_deploy_refuses_a_symlink_out_of_the_project(tmp_path):
+    """The CLI says which file, and exits 2 before it contacts the supervisor."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write(tmp_path, {"secret.txt": "s3cr3t", "proj/wrangler.toml": 'main = "worker.py"\n', "proj/worker.py": ""})
+    (tmp_path / "proj" / "leak.txt").symlink_to(tmp_path / "secret.txt")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "CORRAL_ADMIN_SOCKET": str(tmp_path / "no.sock")}
+    done = subprocess.run([sys.executable, "-m", "supervisor", "deploy", "x", str(tmp_path / "proj")],
+                          capture_output=True, text=True, env=env, cwd=str(repo), timeout=60)
+    assert done.returncode == 2, done
+    assert "leak.txt is outside the project" in done.stderr and "--allow-outside" in done.stderr
+    # A file name is the project's text: its control characters are shown escaped (F11).
+    (tmp_path / "proj" / "leak.txt").rename(tmp_path / "proj" / "x\x1b]0;t\x07.txt")
+    done = subprocess.run([sys.executable, "-m", "supervisor", "deploy", "x", str(tmp_path / "proj")],
+                          capture_output=True, text=True, env=env, cwd=str(repo), timeout=60)
+    assert done.returncode == 2 and "\x1b" not in done.stderr and "x\\x1b]0;t\\x07.txt" in done.stderr, done

@@ -386,6 +386,18 @@ def _check_keys(path: Path, data: dict[str, Any], warnings: list[str] | None) ->
                                 "(stored with the script, no effect in Corral)")
 
 
+def _contained(path: Path, root: Path | None, what: str) -> Path:
+    """``path``'s real path, which must be under ``root`` (the project's real
+    path; None: anywhere, as ``--allow-outside`` asks). A project is what lies
+    under its folder: a symlink or an assets directory leading out of it
+    would upload whatever the operator running the deploy can read."""
+    real = Path(os.path.realpath(path))
+    if root is not None and real != root and root not in real.parents:
+        raise ProjectError(f"{what} {path} is outside the project {root} (it resolves to {real}); "
+                           "pass --allow-outside to deploy files from outside the project")
+    return real
+
+
 def _rules_text(config_path: Path, name: str, data: bytes) -> str:
     try:
         return data.decode("utf-8")
@@ -393,16 +405,20 @@ def _rules_text(config_path: Path, name: str, data: bytes) -> str:
         raise ProjectError(f"{config_path}: the assets directory's {name} is not UTF-8 text") from None
 
 
-def _collect_assets(root: Path, config_path: Path, directory: str) -> dict[str, bytes]:
-    """Every file under the assets directory, by URL path; ``.assetsignore`` patterns skipped."""
+def _collect_assets(root: Path, config_path: Path, directory: str,
+                    within: Path | None) -> dict[str, bytes]:
+    """Every file under the assets directory, by URL path; ``.assetsignore`` patterns skipped.
+    ``within``: the project's real path, which every file must be under (None: anywhere)."""
     import fnmatch
 
     folder = (root / directory).resolve()
     if not folder.is_dir():
         raise ProjectError(f"{config_path}: assets.directory {directory!r} is not a folder under {root}")
+    _contained(folder, within, f"{config_path}: assets.directory")
     ignore = [".assetsignore"]
     ignore_file = folder / ".assetsignore"
     if ignore_file.is_file():
+        _contained(ignore_file, within, "the assets ignore file")
         ignore += [line.strip() for line in ignore_file.read_text().splitlines()
                    if line.strip() and not line.startswith("#")]
     files: dict[str, bytes] = {}
@@ -415,6 +431,7 @@ def _collect_assets(root: Path, config_path: Path, directory: str) -> dict[str, 
                 continue
             if len(files) >= 20_000:
                 raise ProjectError(f"{folder} has more than 20000 asset files")
+            _contained(full, within, "asset file")
             try:
                 files["/" + rel] = full.read_bytes()
             except OSError as exc:
@@ -509,10 +526,12 @@ def _effective_rules(rules: list[_Rule], config_path: Path) -> list[re.Pattern[s
 
 
 def _collect_modules(root: Path, base: str, skip: Path | None,
-                     globs: list[re.Pattern[str]]) -> dict[str, bytes]:
+                     globs: list[re.Pattern[str]], within: Path | None) -> dict[str, bytes]:
     """Every ``.py`` under ``root``, and the files under ``base`` (the main
     module's folder) that a module rule's glob takes, by relative POSIX path;
-    skips caches, venvs, hidden dirs and ``skip`` (the assets directory)."""
+    skips caches, venvs, hidden dirs and ``skip`` (the assets directory).
+    ``within``: the project's real path, which every file's real path must be
+    under (None: anywhere). Symlinked folders are not followed (os.walk)."""
     modules: dict[str, bytes] = {}
     top = root.resolve()
     base_dir = (root / base).resolve()
@@ -534,6 +553,7 @@ def _collect_modules(root: Path, base: str, skip: Path | None,
             rel = full.relative_to(root).as_posix()
             if len(modules) >= MAX_FILES:
                 raise ProjectError(f"{root} has more than {MAX_FILES} module files; is it the right folder?")
+            _contained(full, within, "module file")
             try:
                 modules[rel] = full.read_bytes()
             except OSError as exc:
@@ -541,9 +561,20 @@ def _collect_modules(root: Path, base: str, skip: Path | None,
     return modules
 
 
-def load_project(path: str | os.PathLike[str], env: str | None = None) -> Project:
+def load_project(path: str | os.PathLike[str], env: str | None = None,
+                 allow_outside: bool = False) -> Project:
     """Read a ``.py`` file or a project folder into upload-ready modules and
-    metadata; ``env`` picks a Wrangler environment of its config."""
+    metadata; ``env`` picks a Wrangler environment of its config.
+
+    A folder's files must really be in it: a module, asset, config or
+    requirements file whose real path (symlinks followed) is outside the
+    folder, or an ``assets.directory`` outside it, is refused by name, unless
+    ``allow_outside`` (``corral deploy --allow-outside``, for an operator's
+    own projects). Wrangler allows both (it resolves ``assets.directory``
+    from the config's folder without a check and follows symlinks), but a
+    platform deploys projects its tenants wrote: a symlink to an operator's
+    file would be uploaded and served. Symlinks that stay in the folder are
+    fine."""
     target = Path(path)
     if target.is_file():
         if target.suffix != ".py":
@@ -562,6 +593,8 @@ def load_project(path: str | os.PathLike[str], env: str | None = None) -> Projec
             f"{target} has no {', '.join(CONFIG_FILES)}; add one naming main "
             "(e.g. main = \"src/entry.py\") or pass the main .py file itself"
         )
+    within = None if allow_outside else target.resolve()
+    _contained(config_path, within, "config file")
     warnings: list[str] = []
     config = _read_config(config_path, warnings, env)
     if not config.main:
@@ -573,7 +606,7 @@ def load_project(path: str | os.PathLike[str], env: str | None = None) -> Projec
         raise ProjectError(f"{config_path}: main {config.main!r} must be a .py file")
     assets_dir = (target / config.assets.directory).resolve() if config.assets and config.assets.directory else None
     modules = _collect_modules(target, posixpath.dirname(main), assets_dir,
-                               _effective_rules(config.rules, config_path))
+                               _effective_rules(config.rules, config_path), within)
     if main not in modules:
         raise ProjectError(f"{config_path}: main {config.main!r} not found under {target}")
     assets: dict[str, bytes] = {}
@@ -581,7 +614,7 @@ def load_project(path: str | os.PathLike[str], env: str | None = None) -> Projec
     if config.assets is not None:
         rules = {"_redirects": "", "_headers": ""}
         if config.assets.directory:
-            assets = _collect_assets(target, config_path, config.assets.directory)
+            assets = _collect_assets(target, config_path, config.assets.directory, within)
             for name in rules:  # the site's rules, sent in the config as Wrangler sends them
                 data = assets.pop("/" + name, None)
                 if data is not None:
@@ -615,12 +648,12 @@ def load_project(path: str | os.PathLike[str], env: str | None = None) -> Projec
             parse_cron(cron)
         except CronError as exc:
             raise ProjectError(f"{config_path}: triggers.crons: {exc}") from None
-    requirements, req_warnings = _requirements(target)
+    requirements, req_warnings = _requirements(target, within)
     return Project(main_module=main, modules=modules, metadata=metadata, assets=assets,
                    requirements=requirements, warnings=[*warnings, *req_warnings])
 
 
-def _requirements(root: Path) -> tuple[list[str], list[str]]:
+def _requirements(root: Path, within: Path | None = None) -> tuple[list[str], list[str]]:
     """The folder's dependencies: ``pyproject.toml`` first (as Cloudflare's
     Python Workers projects declare them), else ``requirements.txt``."""
     from supervisor.packages.requirements import from_pyproject, from_requirements_txt
@@ -629,6 +662,7 @@ def _requirements(root: Path) -> tuple[list[str], list[str]]:
         path = root / name
         if not path.is_file():
             continue
+        _contained(path, within, "requirements file")
         try:
             text = path.read_text("utf-8")
         except (OSError, UnicodeDecodeError) as exc:

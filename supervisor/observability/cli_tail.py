@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from supervisor.lifecycle import Outcome
+from supervisor.terminal_text import printable, printable_lines
 
 #: How ``wrangler tail`` shows each outcome (``crashed`` never reaches an
 #: event: :func:`supervisor.observability.traces.outcome_of` maps it).
@@ -73,35 +74,48 @@ def _colour(enabled: bool) -> Callable[[str, str], str]:
 
 
 def format_pretty(event: dict[str, Any], colour: bool = False, indent: str = "") -> str:
-    """One event as ``wrangler tail`` prints it (children nested, indented)."""
+    """One event as ``wrangler tail`` prints it (children nested, indented).
+
+    Every text that comes from a tenant (URL, names, logs, exceptions) is
+    made :func:`~supervisor.terminal_text.printable`: control characters (ESC,
+    CR, C1...) show as ``\\x1b`` and the like, never reach the terminal. A
+    log or exception message keeps its line breaks: its continuation lines are
+    indented under the message and start with ``| ``, which no line the CLI
+    writes itself starts with, so tenant text cannot forge an event line.
+    """
     paint = _colour(colour)
     outcome = event.get("outcome") or "unknown"
-    shown = _OUTCOMES.get(outcome, outcome)
+    shown = printable(_OUTCOMES.get(outcome, outcome))
     when = datetime.datetime.fromtimestamp((event.get("eventTimestamp") or 0) / 1000.0)
     stamp = when.strftime("%-m/%-d/%Y, %-I:%M:%S %p")
     info = event.get("event") or {}
     request = info.get("request") if isinstance(info, dict) else None
-    name = event.get("scriptName") or "?"
+    name = printable(event.get("scriptName") or "?")
     if event.get("dispatchNamespace"):
-        name = f"{event['dispatchNamespace']}/{name}"
+        name = f"{printable(event['dispatchNamespace'])}/{name}"
     if request:
-        head = f"{request.get('method', '')} {request.get('url', '')}"
+        head = printable(f"{request.get('method', '')} {request.get('url', '')}")
     elif isinstance(info, dict) and info.get("consumedEvents") is not None:
         head = f"Tail ({len(info['consumedEvents'])} events)"
     elif event.get("event") is None:
         head = "(no event)"
     else:
-        head = next(iter(info), "event").capitalize() if isinstance(info, dict) else "Event"
+        head = printable(next(iter(info), "event").capitalize() if isinstance(info, dict) else "Event")
     status = paint(_GREEN if outcome == Outcome.OK else _RED, shown)
     lines = [f"{indent}{paint(_BOLD, head)} - {status} @ {stamp} {paint(_DIM, '[' + name + ']')}"]
     for line in event.get("logs") or ():
-        level = line.get("level", "log")
-        message = " ".join(str(m) for m in line.get("message") or ())
+        level = printable(line.get("level", "log"))
+        prefix = f"{indent}  ({level}) "
+        message = printable_lines(" ".join(str(m) for m in line.get("message") or ()),
+                                  " " * (len(prefix) - 2) + "| ")
         code = _RED if level == "error" else _YELLOW if level == "warn" else ""
-        text = f"{indent}  ({level}) {message}"
+        text = prefix + message
         lines.append(paint(code, text) if code else text)
     for exc in event.get("exceptions") or ():
-        lines.append(paint(_RED, f"{indent}  ✘ {exc.get('name')}: {exc.get('message')}"))
+        prefix = f"{indent}  ✘ "
+        message = printable_lines(f"{printable(exc.get('name'))}: {exc.get('message')}",
+                                  " " * (len(prefix) - 2) + "| ")
+        lines.append(paint(_RED, prefix + message))
     for child in event.get("children") or ():
         lines.append(format_pretty(child, colour, indent + "  "))
     return "\n".join(lines)

@@ -39,6 +39,7 @@ neither a thread nor a disk read for them.
 from __future__ import annotations
 
 import compileall
+import hashlib
 import os
 import py_compile
 import re
@@ -49,7 +50,7 @@ from collections.abc import Callable
 import trio
 
 from protocol.messages import MainCode
-from supervisor.model import ScriptRecord
+from supervisor.model import BUNDLE_MARKER, ScriptRecord
 from supervisor.packages.store import PackageStore
 from supervisor.pool.main_code import MainCodeCache, read_main_code
 
@@ -73,17 +74,50 @@ def _check_path(path: str) -> list[str]:
     return parts
 
 
+#: In every bundle written since versions are injective: the hash of the
+#: files it was written with (:func:`files_digest`).
+MARKER = BUNDLE_MARKER
+
+
+def files_digest(modules: dict[str, bytes]) -> str:
+    """An injective hash of a bundle's files (length-prefixed names and data)."""
+    digest = hashlib.sha256(b"corral.bundle.v1")
+    for path in sorted(modules):
+        for item in (path.encode(), modules[path]):
+            digest.update(len(item).to_bytes(8, "big") + item)
+    return digest.hexdigest()
+
+
+def _marker_matches(folder: str, expected: str) -> bool:
+    try:
+        with open(os.path.join(folder, MARKER), "rb") as f:
+            return f.read(100) == expected.encode()
+    except OSError:
+        return False
+
+
 def write_bundle(root: str, version: str, modules: dict[str, bytes]) -> str:
-    """Write ``modules`` to ``root/version`` unless it exists; returns its path (blocking)."""
+    """Write ``modules`` to ``root/version`` unless it holds them; returns its path (blocking).
+
+    A folder already there is used only if its :data:`MARKER` says it was
+    written with these very files. Otherwise (a folder of an earlier run,
+    from before versions were injective, possibly pre-squatted by another
+    tenant whose files had the same old version) it is written again and
+    swapped in.
+    """
     if not _VERSION.fullmatch(version):
         raise BundleError(f"invalid script version {version[:200]!r}")
     final = os.path.join(root, version)
-    if os.path.isdir(final):
+    expected = files_digest(modules)
+    if _marker_matches(final, expected):
         return final
     temp = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root)
+    stale = None
     try:
         for path, data in modules.items():
             parts = _check_path(path)
+            if path == MARKER:
+                raise BundleError(f"invalid file name in the script: {path!r} is the platform's")
             target = os.path.join(temp, *parts)
             try:
                 os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
@@ -94,19 +128,28 @@ def write_bundle(root: str, version: str, modules: dict[str, bytes]) -> str:
                                   f"and a folder") from exc
             os.chmod(target, 0o644)
         compile_tree(temp, final)
+        with open(os.path.join(temp, MARKER), "x") as f:
+            f.write(expected)
+        os.chmod(os.path.join(temp, MARKER), 0o644)
         for folder, _dirs, files in os.walk(temp):
             os.chmod(folder, 0o755)
             for name in files:
                 if name.endswith(".pyc"):
                     os.chmod(os.path.join(folder, name), 0o644)
+        if os.path.lexists(final) and not _marker_matches(final, expected):
+            # Not these files: move it aside (a temp name, so a collection
+            # removes it if this fails half-way) and put ours in its place.
+            stale = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root)
+            os.rename(final, os.path.join(stale, "old"))
         try:
             os.rename(temp, final)
         except OSError:
-            if not os.path.isdir(final):  # else: written meanwhile, by another process
+            if not _marker_matches(final, expected):  # else: written meanwhile, by another process
                 raise
     finally:
-        if os.path.exists(temp):
-            shutil.rmtree(temp, ignore_errors=True)
+        for leftover in (temp, stale):
+            if leftover is not None and os.path.exists(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
     return final
 
 
@@ -181,7 +224,9 @@ class Bundles:
             return True
         if self._lock.locked() or not _VERSION.fullmatch(version):
             return False
-        if not os.path.isdir(self.path(version)):
+        # The marker, not the folder: a folder without it (from before
+        # versions were injective) is checked by ensure() before use.
+        if not os.path.isfile(os.path.join(self.path(version), MARKER)):
             return False
         self._present.add(version)
         return True
@@ -306,8 +351,8 @@ class Bundles:
         """Blocking: the main code of deployed versions on disk, ``budget`` bytes at most."""
         found, total = [], 0
         for version, main_module in deployed_mains():
-            if not _VERSION.fullmatch(version):
-                continue
+            if not _VERSION.fullmatch(version) or not os.path.isfile(os.path.join(self.path(version), MARKER)):
+                continue  # (an unmarked folder is checked by ensure() first)
             code = read_main_code(self.path(version), main_module)
             if code is None:
                 continue

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 
 from protocol.framing import MAX_FRAME_TO_CHILD
 from protocol.messages import PYC_HEADER, MainCode
+from supervisor.model import BUNDLE_MARKER
 
 #: What the cache may hold, in bytes of code and names (~2 KB for a small worker).
 BUDGET_BYTES = 64 << 20
@@ -58,7 +59,7 @@ def read_main_code(bundle_dir: str, main_module: str) -> MainCode | None:
     except NotImplementedError:  # an implementation without a pyc cache
         return None
     try:
-        entries = sorted(os.listdir(import_root))
+        entries = sorted(e for e in os.listdir(import_root) if e != BUNDLE_MARKER)  # platform's
         with open(pyc_path, "rb") as f:
             pyc = f.read()
     except OSError:
