@@ -89,6 +89,12 @@ class DynamicWorkers:
             self._drop(next(iter(self._records)))
         return record
 
+    def drop_owner(self, namespace: str, script: str) -> None:
+        """Forget every dynamic worker of a deleted script: a script given
+        its name later must not find the old one's code (or its env)."""
+        for key in [k for k in self._records if k[0] == namespace and k[1] == script]:
+            self._drop(key)
+
     def _drop(self, key: _Key) -> None:
         old = self._records.pop(key, None)
         if old is not None:
