@@ -186,6 +186,20 @@ class Supervisor:
     async def resolve_requirements(self, requirements: list[str]) -> Lock:
         return await self.resolver.resolve(requirements)
 
+    async def purge_script_data(self, namespace: str, name: str) -> None:
+        """Delete what is private to a deleted script, so that a script given
+        its name later (another tenant, perhaps) starts with none of it: its
+        dynamic workers' code, its Cache API entries, its Durable Objects'
+        storage and alarms. Called once the script is deleted and retired.
+        Account-level data bound by id (KV, D1, R2, queues) is not the
+        script's and stays. Raises on a failure, having deleted part at most."""
+        from supervisor.bindings import cache, durable_objects
+
+        services = self.bindings.services
+        dynamic_workers_of(services).drop_owner(namespace, name)
+        await cache.purge_script(services, namespace, name)
+        await durable_objects.purge_script(services, namespace, name)
+
     def script_changed(self, namespace: str, name: str) -> None:
         self.scheduler.scripts_changed()
         self.queues.consumers_changed()

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.calls.dynamic_workers import CodeError, DynamicWorkers
+from supervisor.calls.dynamic_workers import MAX_WORKERS_PER_OWNER, CodeError, DynamicWorkers
 from supervisor.model import ScriptRecord
 from tests import storage_helpers as h
+from tests.test_observability import metric
 
 LOADER = {"type": "worker_loader", "name": "LOADER"}
 
@@ -182,3 +183,46 @@ def test_registry_bounds_the_code_it_holds():
     assert registry.get(owner, "L", "small") is None and registry.get(owner, "L", "also") is not None
     with pytest.raises(CodeError, match="id"):
         registry.put(owner, "L", "", {"mainModule": "w.py", "modules": {"w.py": ""}})
+
+
+def test_registry_caps_each_owner_and_evicts_only_its_own():
+    registry = DynamicWorkers(max_per_owner=2)
+    dropped = []
+    registry.on_drop = lambda record: dropped.append(record.name)
+    mine, theirs = _owner("a"), _owner("b")
+    code = {"mainModule": "w.py", "modules": {"w.py": "X = 1"}}
+    registry.put(theirs, "L", "kept", code)
+    registry.put(mine, "L", "one", code)
+    registry.put(mine, "L", "two", code)
+    assert registry.get(mine, "L", "one") is not None  # now the most recent of mine
+    registry.put(mine, "L", "three", code)
+    assert registry.get(mine, "L", "two") is None and dropped == ["a:L:two"]
+    assert registry.owned("ns", "a") == 2 and registry.get(theirs, "L", "kept") is not None
+    registry.drop_owner("ns", "a")
+    assert registry.owned("ns", "a") == 0 and len(registry) == 1
+
+
+def test_one_script_keeps_at_most_its_cap_of_dynamic_workers(server):
+    """Each dynamic worker is a child with its own memory limit: one script
+    loading many of them held that many children (audit F2: 20 x 100 MB from
+    one request). Past MAX_WORKERS_PER_OWNER, a load evicts the script's own
+    least recently used worker and retires its child; another script's
+    workers stay."""
+    theirs = """
+resp = await env.LOADER.get("keep", code).getEntrypoint().fetch("https://x/")
+return len(calls)
+"""
+    assert run(server, "other", theirs) == 1
+    before = metric(server, "corral_pool_children", state="warm")
+    loaded = run(server, "parent", f"""
+out = []
+for i in range({MAX_WORKERS_PER_OWNER + 3}):
+    resp = await env.LOADER.get(f"many-{{i}}", code).getEntrypoint().fetch("https://x/")
+    out.append(resp.status)
+return out
+""")
+    assert loaded == [200] * (MAX_WORKERS_PER_OWNER + 3)
+    grown = metric(server, "corral_pool_children", state="warm") - before
+    assert grown <= MAX_WORKERS_PER_OWNER, f"{grown} warm children for one script's dynamic workers"
+    # The other script's worker kept its code: no callback asked for it again.
+    assert run(server, "other", theirs) == 0

@@ -92,6 +92,11 @@ class AdminHooks(Protocol):
         """Run the script's ``scheduled()`` once; its trace event."""
         ...
 
+    async def purge_script_data(self, namespace: str, name: str) -> None:
+        """Delete the data private to a deleted script (its Cache API entries,
+        its Durable Objects); raises if some of it could not be deleted."""
+        ...
+
 
 def _namespace_of(request: Request) -> str:
     """PLATFORM for /workers/scripts/..., else the validated {ns}."""
@@ -198,6 +203,23 @@ class Handlers:
         if blobs is not None and names:
             await self._run(lambda: [blobs.drop_script(ns, n) for n in names])
 
+    async def _purge_data(self, ns: str, names: list[str]) -> None:
+        """The data private to deleted scripts goes after the delete was
+        committed and the scripts retired, never before: a failure halfway
+        leaves data of a script that no longer exists (logged, for the
+        operator to delete), never a served script without its data."""
+        purge = getattr(self.hooks, "purge_script_data", None)
+        if purge is None:
+            return
+        for name in names:
+            try:
+                await purge(ns, name)
+            except Exception:  # noqa: BLE001 - the delete is done; report, don't fail it
+                log_event(logging.ERROR, "admin.script_data_purge_failed", namespace=ns, script=name,
+                          hint="the script is deleted but some of its cache or Durable Object "
+                               "storage is left on disk; a script given this name could read it",
+                          traceback=traceback.format_exc())
+
     # -- metrics and tail -----------------------------------------------------
 
     async def metrics(self, request: Request) -> Response:
@@ -256,6 +278,7 @@ class Handlers:
         for name in names:
             self._changed(ns, name)
         await self._drop_assets(ns, names)
+        await self._purge_data(ns, names)
         log_event(logging.INFO, "admin.namespace_deleted", namespace=ns, scripts=len(names))
         return envelope(200, {"name": ns, "scripts_deleted": len(names)})
 
@@ -286,6 +309,7 @@ class Handlers:
         for name in names:
             self._changed(ns, name)
         await self._drop_assets(ns, names)
+        await self._purge_data(ns, names)
         log_event(logging.INFO, "admin.scripts_bulk_deleted", namespace=ns, count=len(names))
         return envelope(200, {"count": len(names)})
 
@@ -302,6 +326,7 @@ class Handlers:
             raise script_not_found(ns, name)
         self._changed(ns, name)
         await self._drop_assets(ns, [name])
+        await self._purge_data(ns, [name])
         log_event(logging.INFO, "admin.script_deleted", namespace=ns, script=name)
         return envelope(200, {"id": name})
 

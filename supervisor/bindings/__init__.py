@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import shutil
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -217,6 +218,14 @@ async def _unpack_args(ctx: Context) -> list[Any]:
     if not isinstance(args, list):
         raise BindingError("the call's arguments must be a list", "TypeError")
     return args
+
+
+def remove_tree(path: str) -> None:
+    """Delete a directory and what it holds; one that is not there is fine."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
 
 
 def _count(parent: Invocation) -> None:

@@ -12,14 +12,15 @@ say for how long; ``match`` ignores expired entries. Non-GET requests,
 from __future__ import annotations
 
 import email.utils
+import os
 import sqlite3
 import time
 from typing import Any
 
 import msgspec
 
-from supervisor.bindings import Services, register
-from supervisor.bindings.base import BindingError, Context, Reply, arg, integer, options, string
+from supervisor.bindings import Services, register, remove_tree
+from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, integer, options, string
 from supervisor.bindings.quota import quota_error
 
 MAX_ENTRY_BYTES = 32 * 1024 * 1024
@@ -97,6 +98,13 @@ def _delete(conn: sqlite3.Connection, cache: str, url: str) -> bool:
     cursor = conn.execute("DELETE FROM entries WHERE cache = ? AND url = ? AND expires > ?",
                           (cache, url, time.time()))
     return cursor.rowcount > 0
+
+
+async def purge_script(services: Services, namespace: str, name: str) -> None:
+    """Delete a deleted script's cache (see ``Supervisor.purge_script_data``)."""
+    path = services.path("cache", Scope(namespace, name), "cache.sqlite3")
+    await services.databases.forget(path)  # no connection left on the deleted file
+    await services.offload.run(remove_tree, os.path.dirname(path))
 
 
 @register("cache")

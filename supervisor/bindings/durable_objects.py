@@ -14,12 +14,14 @@ object (supervisor.objects.storage). Alarms are indexed for the scheduler
 
 from __future__ import annotations
 
+import os
 import re
+import sqlite3
 import time
 from typing import Any
 
 from protocol.messages import DurableObjectEvent
-from supervisor.bindings import Services, register
+from supervisor.bindings import Services, register, remove_tree
 from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, integer, object_scope, string
 from supervisor.objects import storage as st
 from supervisor.objects.alarms import Alarms
@@ -48,6 +50,54 @@ def alarms_of(services: Services) -> Alarms:
 
 def object_path(services: Services, scope: Scope) -> str:
     return services.path("do", scope, "object.sqlite3")
+
+
+def index_path(services: Services) -> str:
+    """The index of every object that has storage, by the script that
+    defines its class: object files are named by a hash, and deleting a
+    script must find its objects (``purge_script``)."""
+    return os.path.join(services.root, "do", "objects.sqlite3")
+
+
+def _index_setup(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS objects (namespace TEXT, script TEXT, class_name TEXT, "
+                 "object_id TEXT, PRIMARY KEY (namespace, script, class_name, object_id)) WITHOUT ROWID")
+
+
+def _index_add(conn: sqlite3.Connection, key: tuple[str, str, str, str]) -> None:
+    conn.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?)", key)
+
+
+def _index_of_script(conn: sqlite3.Connection, namespace: str, script: str) -> list[tuple[str, ...]]:
+    return conn.execute("SELECT namespace, script, class_name, object_id FROM objects "
+                        "WHERE namespace = ? AND script = ?", (namespace, script)).fetchall()
+
+
+def _index_drop(conn: sqlite3.Connection, keys: list[tuple[str, ...]]) -> None:
+    conn.executemany("DELETE FROM objects WHERE namespace = ? AND script = ? AND class_name = ? "
+                     "AND object_id = ?", keys)
+
+
+async def purge_script(services: Services, namespace: str, script: str) -> int:
+    """Delete the storage (and alarms) of every object whose class ``script``
+    defines, after the script itself was deleted: a new script given that
+    name later starts with no objects, as on Cloudflare, where deleting a
+    Worker deletes its Durable Objects with it. The live instances are
+    forgotten too. Raises on the first failure, leaving the index rows of
+    what is not deleted yet, so a later purge finds them again. The number
+    of objects deleted."""
+    host_of(services).forget_script(namespace, script)
+    alarms = alarms_of(services)
+    keys = set(await services.databases.run(index_path(services), _index_setup, _index_of_script,
+                                            namespace, script))
+    keys.update(await alarms.of_script(namespace, script))  # objects older than the index
+    for key in sorted(keys):
+        path = object_path(services, object_scope(*key))
+        await services.databases.forget(path)
+        await services.offload.run(remove_tree, os.path.dirname(path))
+        await alarms.set(key, None)
+        await services.databases.run(index_path(services), _index_setup, _index_drop, [key])
+    return len(keys)
 
 
 def _object_id(value: Any) -> str:
@@ -115,6 +165,11 @@ class DurableObjectStorageHandler:
 
     async def _run(self, ctx: Context, fn: Any, *args: Any) -> Any:
         path = object_path(self.services, ctx.scope)
+        if not self.services.databases.is_open(path):
+            # Indexed before its file exists, so no object file is ever
+            # missing from the index (once per opening of the file).
+            await self.services.databases.run(index_path(self.services), _index_setup, _index_add,
+                                              _key(ctx))
         open_ = self.transactions.get(path)
         if open_ is not None and open_[0] != _caller(ctx):
             # Only one event runs in an object at a time: a transaction left

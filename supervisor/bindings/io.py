@@ -107,6 +107,21 @@ class Databases:
             self._open.move_to_end(path)
         return await db.run(self.offload, fn, *args)
 
+    def is_open(self, path: str) -> bool:
+        return path in self._open
+
+    async def forget(self, path: str) -> None:
+        """Close ``path``'s connection once the calls on it are done, and stop
+        caching it: the file is about to be deleted, and a connection kept
+        open would go on reading and writing the deleted file."""
+        db = self._open.get(path)
+        if db is None:
+            return
+        async with db.lock:  # calls already waiting run first, on the old file
+            if self._open.get(path) is db:
+                del self._open[path]
+            await self.offload.run(db.close)
+
     def _evict(self, keep: str) -> list[Database]:
         gone: list[Database] = []
         for path in list(self._open):

@@ -137,6 +137,9 @@ class Calls:
         self.pool = pool
         #: Workers scripts load at run time (Worker Loader bindings).
         self.dynamic = dynamic if dynamic is not None else DynamicWorkers()
+        # A dynamic worker dropped (its owner's cap, the host's, its owner
+        # deleted) lets go of its child too: the child holds its memory.
+        self.dynamic.on_drop = lambda record: pool.retire_script(record.namespace, record.name)
         #: Static assets (supervisor.edge.assets): answer dispatches before the
         #: user worker, and ``env.ASSETS.fetch``.
         self.assets = assets

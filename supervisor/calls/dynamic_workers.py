@@ -26,12 +26,18 @@ from __future__ import annotations
 import json
 import posixpath
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from supervisor.model import Binding, ScriptRecord, content_version, module_path_ok, var_binding
 
 #: Dynamic workers kept at once on a host, and their code in bytes.
 MAX_WORKERS = 1024
+#: Dynamic workers one script (its namespace and name) keeps at once. Each
+#: one runs in a child of its own with the tenant's memory limit, so this
+#: bounds what one tenant holds (16 x 128 MB by default); a load beyond it
+#: evicts that script's own least recently used worker, never another's.
+MAX_WORKERS_PER_OWNER = 16
 MAX_TOTAL_BYTES = 256 * 2**20
 #: One worker's code, as a script's upload (the admin API's default).
 MAX_CODE_BYTES = 10 * 2**20
@@ -48,10 +54,17 @@ class CodeError(ValueError):
 class DynamicWorkers:
     """The host's dynamic workers, by (namespace, script, binding, id)."""
 
-    def __init__(self, max_workers: int = MAX_WORKERS, max_bytes: int = MAX_TOTAL_BYTES) -> None:
+    def __init__(self, max_workers: int = MAX_WORKERS, max_bytes: int = MAX_TOTAL_BYTES,
+                 max_per_owner: int = MAX_WORKERS_PER_OWNER) -> None:
         self.max_workers = max_workers
         self.max_bytes = max_bytes
+        self.max_per_owner = max_per_owner
         self._records: OrderedDict[_Key, ScriptRecord] = OrderedDict()
+        #: Each owner's (namespace, script) workers, least recently used first.
+        self._owners: dict[tuple[str, str], OrderedDict[_Key, None]] = {}
+        #: Told of every worker dropped (evicted, replaced or its owner
+        #: deleted): the pool retires its child, which holds its memory.
+        self.on_drop: Callable[[ScriptRecord], None] | None = None
         #: Versions of the workers whose network is cut (``globalOutbound: None``).
         self._offline: set[str] = set()
         self._bytes = 0
@@ -66,6 +79,7 @@ class DynamicWorkers:
         record = self._records.get(key)
         if record is not None:
             self._records.move_to_end(key)
+            self._owners[key[:2]].move_to_end(key)
         return record
 
     def offline(self, record: ScriptRecord) -> bool:
@@ -80,20 +94,42 @@ class DynamicWorkers:
                             f"{MAX_ID_LENGTH} characters")
         record, offline = _record(owner, binding, worker_id, code)
         key = self.key(owner, binding, worker_id)
-        self._drop(key)
+        old = self._records.get(key)
+        self._drop(key, notify=old is not None and old.version != record.version)
         self._records[key] = record
+        owned = self._owners.setdefault(key[:2], OrderedDict())
+        owned[key] = None
         self._bytes += _size(record)
         if offline:
             self._offline.add(record.version)
+        while len(owned) > self.max_per_owner:
+            self._drop(next(iter(owned)))
         while len(self._records) > self.max_workers or self._bytes > self.max_bytes:
             self._drop(next(iter(self._records)))
         return record
 
-    def _drop(self, key: _Key) -> None:
+    def drop_owner(self, namespace: str, script: str) -> None:
+        """Forget every dynamic worker of a deleted script: a script given
+        its name later must not find the old one's code (or its env)."""
+        for key in list(self._owners.get((namespace, script), ())):
+            self._drop(key)
+
+    def owned(self, namespace: str, script: str) -> int:
+        """How many dynamic workers the script keeps."""
+        return len(self._owners.get((namespace, script), ()))
+
+    def _drop(self, key: _Key, notify: bool = True) -> None:
         old = self._records.pop(key, None)
         if old is not None:
             self._bytes -= _size(old)
             self._offline.discard(old.version)
+            owned = self._owners.get(key[:2])
+            if owned is not None:
+                owned.pop(key, None)
+                if not owned:
+                    del self._owners[key[:2]]
+            if notify and self.on_drop is not None:
+                self.on_drop(old)
 
     def __len__(self) -> int:
         return len(self._records)

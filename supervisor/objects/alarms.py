@@ -52,6 +52,11 @@ class Alarms:
         await self.databases.run(self.path, _setup, _set, tuple(key), when)
         self._changed.set()
 
+    async def of_script(self, namespace: str, script: str) -> list[tuple[str, str, str, str]]:
+        """The keys of ``script``'s objects that have an alarm."""
+        rows = await self.databases.run(self.path, _setup, _of_script, namespace, script)
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
     async def _due(self) -> list[tuple[Any, ...]]:
         return await self.databases.run(self.path, _setup, _all)
 
@@ -108,6 +113,11 @@ def _set(conn: sqlite3.Connection, key: tuple[str, ...], when: float | None) -> 
 def _all(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     return conn.execute("SELECT namespace, script, class_name, object_id, time, retries "
                         "FROM alarms").fetchall()
+
+
+def _of_script(conn: sqlite3.Connection, namespace: str, script: str) -> list[tuple[Any, ...]]:
+    return conn.execute("SELECT namespace, script, class_name, object_id FROM alarms "
+                        "WHERE namespace = ? AND script = ?", (namespace, script)).fetchall()
 
 
 def _done(conn: sqlite3.Connection, key: tuple[str, ...], when: float) -> None:

@@ -127,6 +127,12 @@ class ObjectHost:
         except BodyError as exc:
             raise BindingError(f"the Durable Object's result could not be read: {exc}") from None
 
+    def forget_script(self, namespace: str, script: str) -> None:
+        """``script`` was deleted: its objects' instances are not kept (its
+        children are retired; a call under way finishes on its own)."""
+        for key in [k for k in self.live if k.namespace == namespace and k.script == script]:
+            del self.live[key]
+
     # -- eviction ---------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         """Evict idle objects, forever."""

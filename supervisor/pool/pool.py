@@ -61,6 +61,7 @@ from supervisor.pool.bodies import BodySource
 from supervisor.pool.bundles import BundleError, Bundles
 from supervisor.pool.census import ChildCensus
 from supervisor.pool.child_process import ChildKit, ChildProcess, describe_status
+from supervisor.pool.crash_loop import CrashLoops
 from supervisor.pool.fork_priority import RUSH_NICE, ForkPriority
 from supervisor.pool.hub_core import CHECK_S as HUB_CHECK_S
 from supervisor.pool.hub_core import HubCore
@@ -96,6 +97,44 @@ RUSH_LINGER_S = 0.1
 IDLE_CHECK_PERIOD_S = 0.1
 #: How long a child has to end its ``waitUntil`` work once told to.
 LINGER_GRACE_S = 1.0
+
+
+#: Deaths that are the script's doing (its process ended on its own, or it
+#: broke the protocol): they count towards a crash loop.
+_CRASHES = frozenset({KillReason.CHANNEL_CLOSED, KillReason.PROTOCOL_VIOLATION})
+#: What a request to a version backed off for crashing is told.
+CRASH_LOOP_MESSAGE = ("The worker's process ended unexpectedly (it keeps crashing: not started "
+                      "again for a while).")
+
+
+def _version_key(record: ScriptRecord) -> tuple[str, str, str]:
+    return (record.namespace, record.name, record.version)
+
+
+class _NoChild:
+    """The child link of an invocation answered without a child."""
+
+    pid = 0
+    alive = False
+    retired = True
+    record = None
+
+    def __init__(self) -> None:
+        self.incoming: dict[int, Any] = {}
+        self.sinks: dict[int, Any] = {}
+
+    def send(self, message: Any) -> None:
+        pass
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        pass
+
+
+_NO_CHILD = _NoChild()
+
+
+async def _finish_later(inv: Invocation) -> None:
+    inv.finish()
 
 
 def _dispatches(child: ChildProcess) -> bool:
@@ -213,6 +252,8 @@ class Pool:
         #: the new spare then rebuilds its rehearsal apps (~20 ms of CPU).
         self._package_quiet_until = -math.inf
         self._loading: dict[tuple[str, str, str], trio.Event] = {}
+        #: Versions whose children keep dying: answered without a fork for a while.
+        self.crash_loops = CrashLoops()
         self._nursery: trio.Nursery | None = None
         self.last_invocation_id = 0
         self.stats = {"cold_starts": 0, "invocations": 0, "children_killed": 0}
@@ -440,6 +481,8 @@ class Pool:
         warm: off the supervisor's core while it has one."""
         if child.alive:
             self.hub_core.place_warm(child.pid, _dispatches(child))
+            if child.record is not None:
+                self.crash_loops.succeeded(_version_key(child.record))
         if self._quiet.over(trio.current_time(), child, caller):
             self._nudge()
 
@@ -470,11 +513,24 @@ class Pool:
         self.busy.discard(child)
         self.cooling.discard(child)
         self.on_cold_start_over(child)
+        self._count_crash(child)
         try:
             (child.package.spares if child.package is not None else self.spares).remove(child)
         except ValueError:
             pass
         self._nudge()
+
+    def _count_crash(self, child: ChildProcess) -> None:
+        """A child that ran a script died of the script's doing: one more in
+        its version's streak (supervisor.pool.crash_loop)."""
+        record = child.record
+        if record is None or child.over_cpu or child.kill_reason not in _CRASHES:
+            return
+        backoff = self.crash_loops.died(_version_key(record), trio.current_time())
+        if backoff is not None:
+            warn("script.crash_loop", script=record.name, namespace=record.namespace,
+                 version=record.version_id or record.version, backoff_s=round(backoff, 3),
+                 reason=child.kill_text)
 
     # ------------------------------------------------------------------
     # converging (see supervisor.pool.plan)
@@ -687,6 +743,7 @@ class Pool:
         child = self.warm.get((namespace, name))
         if child is not None:
             self._retire(child)
+        self.crash_loops.forget(namespace, name)
 
     # ------------------------------------------------------------------
     # acquiring a child for a script
@@ -746,6 +803,8 @@ class Pool:
         """A cold start without waiting, when a spare and the bundle are ready (else None)."""
         if (record.namespace, record.name, record.version) in self._loading:
             return None
+        if self.crash_loops.backing_off(_version_key(record), trio.current_time()):
+            return None  # pool.invoke answers it
         if not self.bundles.ready(record):
             return None
         line, taken = self.spare_line, self._cold_rate.record
@@ -890,9 +949,34 @@ class Pool:
         ``event`` is what it delivers when it is not an HTTP request (a tail
         worker's batch, ...); the script's handler of that kind gets it.
         """
-        child = self.warm_child(record) or await self.acquire(record)
+        child = self.warm_child(record)
+        if child is None:
+            if self.crash_loops.backing_off(_version_key(record), trio.current_time()):
+                return self._crash_looping(record, method, url, headers, body, limits, parent,
+                                           outbound, params, event)
+            child = await self.acquire(record)
         return self.start(child, record, method, url, headers, body, limits, parent, outbound, params,
                           event)
+
+    def _crash_looping(self, record: ScriptRecord, method: bytes, url: str, headers: list,
+                       body: BodySource | bytes | None, limits: Limits, parent: Invocation | None,
+                       outbound: Outbound | None, params: dict[str, Any] | None,
+                       event: Event | None) -> Invocation:
+        """The answer of a version backed off for crashing: the failure a
+        crashed worker's invocation gets, at once, with no child."""
+        inv = Invocation(self.next_id(), _NO_CHILD, record, method, url, headers, limits,
+                         parent=parent, outbound=outbound, params=params)
+        inv.event = event
+        if body is not None and not isinstance(body, bytes):
+            body.close()
+        inv.fail(ExceptionInfo("WorkerCrashed", CRASH_LOOP_MESSAGE), Outcome.CRASHED)
+        if self._nursery is None:
+            inv.finish()
+        else:
+            # Finished once the caller has set its callbacks (they follow
+            # invoke() without an await): its trace goes where others go.
+            self._nursery.start_soon(_finish_later, inv)
+        return inv
 
     def start(self, child: ChildProcess, record: ScriptRecord, method: bytes, url: str,
               headers: list, body: BodySource | bytes | None, limits: Limits,
