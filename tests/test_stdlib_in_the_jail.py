@@ -1,0 +1,114 @@
+"""The standard library in the jail: a call the jail cannot grant raises a
+Python exception in the tenant, never ends its child (audit "real Python in
+the jail").
+
+Real server, real jailed children; each tenant calls the standard library
+itself and reports what it got.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import Corral
+from tests.test_jail import (
+    EPERM,
+    assert_healthy,
+    call,
+    corral_with_control,
+    denied,
+    pid_of,
+    worker,
+    x86_64_only,
+)
+
+ENOSYS = 38
+EOPNOTSUPP = 95
+
+
+@pytest.fixture(scope="module")
+def c(tmp_path_factory: pytest.TempPathFactory):
+    with corral_with_control(tmp_path_factory.mktemp("stdlib")) as server:
+        yield server
+
+
+# ---------------------------------------------------------------------------
+# 1. calls outside the seccomp allowlist: an OSError, the child lives on
+# ---------------------------------------------------------------------------
+
+SYSCALLS = worker('''
+    import fcntl, mmap, shutil, signal, uuid
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            if query(request).get("mode") == "pid":
+                return Response.json({"pid": os.getpid()})
+            ct = sys.modules["ctypes"]
+            libc = ct.CDLL(None, use_errno=True)
+
+            def raw(nr, *args):
+                ct.set_errno(0)
+                return [libc.syscall(nr, *args), ct.get_errno()]
+
+            def flush():
+                with mmap.mmap(-1, 4096) as m:
+                    m[:1] = b"x"
+                    m.flush()
+
+            def fsync():
+                with open(__file__, "rb") as f:
+                    os.fsync(f.fileno())
+                    os.fdatasync(f.fileno())
+
+            def flock():
+                with open(__file__, "rb") as f:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+            out = {
+                "uuid1": attempt(lambda: uuid.uuid1().version),
+                "getnode": attempt(uuid.getnode),
+                "umask": attempt(os.umask, 0o22),
+                "fsync": attempt(fsync),
+                "msync": attempt(flush),
+                "disk_usage": attempt(shutil.disk_usage, "/"),
+                "statvfs": attempt(os.statvfs, os.__file__),
+                "flock": attempt(flock),
+                "getxattr": attempt(os.getxattr, os.__file__, "user.x"),
+                "listxattr": attempt(os.listxattr, os.__file__),
+                "setsid": attempt(os.setsid),
+                "setpgid": attempt(os.setpgid, 0, 0),
+                "alarm": attempt(signal.alarm, 1),
+                "setitimer": attempt(signal.setitimer, signal.ITIMER_REAL, 1.0),
+                # Outside every list: "not implemented", as a kernel without it says.
+                "mincore": raw(27, 0, 4096, 0),
+                "pid": os.getpid(),
+            }
+            return Response.json(out)
+''')
+
+
+@x86_64_only
+def test_unsupported_syscalls_raise_in_the_tenant_and_the_child_lives(c: Corral) -> None:
+    c.deploy("syscalls", SYSCALLS)
+    before = pid_of(c, "syscalls")
+    out = call(c, "syscalls")
+    assert out["pid"] == before, "the child was replaced"
+    # Harmless in the jail: allowed.
+    assert out["uuid1"] == {"ok": True, "value": "1"}, out["uuid1"]
+    assert out["getnode"]["ok"] is True, out["getnode"]
+    assert out["umask"]["ok"] is True, out["umask"]
+    assert out["fsync"]["ok"] is True, out["fsync"]
+    assert out["msync"]["ok"] is True, out["msync"]
+    # Refused, with an errno the standard library understands.
+    for key in ("disk_usage", "statvfs", "flock", "setsid", "setpgid"):
+        denied(out[key], errno=EPERM)
+    denied(out["setitimer"], "itimer_error", errno=EPERM)  # signal.ItimerError, an OSError
+    # CPython's signal.alarm() does not check for errors: alarm()'s -1, unsigned,
+    # is all the refusal shows (and no SIGALRM comes).
+    assert out["alarm"] == {"ok": True, "value": str(2**32 - 1)}, out["alarm"]
+    for key in ("getxattr", "listxattr"):
+        denied(out[key], "OSError", errno=EOPNOTSUPP)
+    assert out["mincore"] == [-1, ENOSYS], out["mincore"]
+    # Still the same child.
+    assert pid_of(c, "syscalls") == before
+    assert_healthy(c)
