@@ -112,3 +112,37 @@ def test_unsupported_syscalls_raise_in_the_tenant_and_the_child_lives(c: Corral)
     # Still the same child.
     assert pid_of(c, "syscalls") == before
     assert_healthy(c)
+
+
+# ---------------------------------------------------------------------------
+# 2. a refused process is an OSError, so the standard library's fallbacks run
+# ---------------------------------------------------------------------------
+
+FALLBACKS = worker('''
+    import ctypes.util, platform, subprocess
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            return Response.json({
+                "platform": attempt(platform.platform),
+                "uname": attempt(lambda: tuple(platform.uname())[0]),
+                "processor": attempt(platform.processor),
+                "find_library": attempt(ctypes.util.find_library, "c"),
+                "subprocess": attempt(subprocess.run, ["true"]),
+                "fork": attempt(os.fork),
+            })
+''')
+
+
+def test_a_refused_process_is_an_oserror_and_the_stdlib_falls_back(c: Corral) -> None:
+    c.deploy("fallbacks", FALLBACKS)
+    out = call(c, "fallbacks")
+    assert out["platform"]["ok"] is True and "Linux" in out["platform"]["value"], out["platform"]
+    assert out["uname"] == {"ok": True, "value": "'Linux'"}, out["uname"]
+    assert out["processor"]["ok"] is True, out["processor"]
+    assert out["find_library"]["ok"] is True, out["find_library"]  # a name, or None
+    for key in ("subprocess", "fork"):
+        denied(out[key], errno=EPERM)
+        assert "not available in Corral's sandbox" in out[key]["error"], out[key]
+        assert "cannot start processes" in out[key]["error"], out[key]
+    assert_healthy(c)
