@@ -8,11 +8,15 @@ itself and reports what it got.
 
 from __future__ import annotations
 
+import os
+import ssl
+
 import pytest
 
 from tests.harness import Corral
 from tests.test_jail import (
     EPERM,
+    EROFS,
     assert_healthy,
     call,
     corral_with_control,
@@ -145,4 +149,45 @@ def test_a_refused_process_is_an_oserror_and_the_stdlib_falls_back(c: Corral) ->
         denied(out[key], errno=EPERM)
         assert "not available in Corral's sandbox" in out[key]["error"], out[key]
         assert "cannot start processes" in out[key]["error"], out[key]
+    assert_healthy(c)
+
+
+# ---------------------------------------------------------------------------
+# 3. the system's time zones, MIME types and CA certificates, read-only
+# ---------------------------------------------------------------------------
+
+SYSTEM_DATA = worker('''
+    import datetime, mimetypes, ssl, zoneinfo
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            def paris():
+                when = datetime.datetime(2026, 7, 1, 12, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
+                return when.utcoffset().total_seconds()
+
+            def write_tz():
+                with open(zoneinfo.TZPATH[0] + "/Corral", "w") as f:
+                    f.write("x")
+
+            return Response.json({
+                "paris": attempt(paris),
+                "utc": attempt(lambda: str(zoneinfo.ZoneInfo("UTC"))),
+                "webp": attempt(lambda: mimetypes.guess_type("a.webp")[0]),
+                "cas": attempt(lambda: ssl.create_default_context().cert_store_stats()["x509_ca"] > 0),
+                "write_tz": attempt(write_tz),
+            })
+''')
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/zoneinfo/Europe"), reason="no system tz database")
+def test_the_system_time_zones_mime_types_and_cas_are_readable(c: Corral) -> None:
+    c.deploy("systemdata", SYSTEM_DATA)
+    out = call(c, "systemdata")
+    assert out["paris"] == {"ok": True, "value": "7200.0"}, out["paris"]
+    assert out["utc"] == {"ok": True, "value": "'UTC'"}, out["utc"]
+    if os.path.isfile("/etc/mime.types"):
+        assert out["webp"] == {"ok": True, "value": "'image/webp'"}, out["webp"]
+    if os.path.isfile(ssl.get_default_verify_paths().openssl_cafile):
+        assert out["cas"] == {"ok": True, "value": "True"}, out["cas"]
+    denied(out["write_tz"], "OSError", errno=EROFS)
     assert_healthy(c)
