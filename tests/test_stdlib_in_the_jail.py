@@ -15,6 +15,7 @@ import pytest
 
 from tests.harness import Corral
 from tests.test_jail import (
+    EACCES,
     EPERM,
     EROFS,
     assert_healthy,
@@ -22,9 +23,11 @@ from tests.test_jail import (
     corral_with_control,
     denied,
     pid_of,
+    wait_for,
     worker,
     x86_64_only,
 )
+from tests.test_package_tenants import deploy as deploy_with_requirements
 
 ENOSYS = 38
 EOPNOTSUPP = 95
@@ -190,4 +193,80 @@ def test_the_system_time_zones_mime_types_and_cas_are_readable(c: Corral) -> Non
     if os.path.isfile(ssl.get_default_verify_paths().openssl_cafile):
         assert out["cas"] == {"ok": True, "value": "True"}, out["cas"]
     denied(out["write_tz"], "OSError", errno=EROFS)
+    assert_healthy(c)
+
+
+# ---------------------------------------------------------------------------
+# 4. of the package store, a tenant sees its own set's entries only
+# ---------------------------------------------------------------------------
+
+OTHER = worker('''
+    import certifi
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            return Response.json({"entry": os.path.dirname(os.path.dirname(certifi.__file__))})
+''')
+
+NOSY = worker('''
+    preloaded = "itsdangerous" in sys.modules
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            q = query(request)
+            store, other = q["store"], q["other"]
+            import itsdangerous
+
+            def borrow():
+                sys.path.append(other)
+                try:
+                    import certifi
+                    return certifi.where()
+                finally:
+                    sys.path.remove(other)
+
+            return Response.json({
+                "preloaded": preloaded,
+                "own": attempt(lambda: len(open(itsdangerous.__file__).read()) > 0),
+                "own_entry": attempt(os.listdir, os.path.dirname(os.path.dirname(itsdangerous.__file__))),
+                "store": attempt(os.listdir, store),
+                "entries": attempt(os.listdir, store + "/entries"),
+                "locks": attempt(os.listdir, store + "/locks"),
+                "other_entry": attempt(os.listdir, other),
+                "other_file": attempt(lambda: open(other + "/certifi/__init__.py").read()),
+                "borrow": attempt(borrow),
+            })
+''')
+
+
+PLAIN = worker('''
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            q = query(request)
+            return Response.json({"store": attempt(os.listdir, q["store"]),
+                                  "other_entry": attempt(os.listdir, q["other"])})
+''')
+
+
+def test_a_tenant_sees_only_its_own_packages_in_the_store(c: Corral) -> None:
+    deploy_with_requirements(c, "other", OTHER, ["certifi"])
+    other = call(c, "other")["entry"]
+    store = str(c.state_dir.resolve() / "packages")
+    assert other.startswith(store + "/entries/"), other
+    deploy_with_requirements(c, "nosy", NOSY, ["itsdangerous==2.2.0"])
+    assert wait_for(lambda: '"imported":["itsdangerous"]' in c.log_path.read_text(), timeout=30), c.log()
+    out = call(c, "nosy", f"/?store={store}&other={other}")
+    assert out["preloaded"] is True, "a child of the set's package zygote"
+    # Its own set: readable, after Load too.
+    assert out["own"] == {"ok": True, "value": "True"}, out["own"]
+    assert out["own_entry"]["ok"] is True, out["own_entry"]
+    # The rest of the store: not even listable.
+    for key in ("store", "entries", "locks", "other_entry", "other_file"):
+        denied(out[key], errno=EACCES)
+    denied(out["borrow"], "ModuleNotFoundError", errno=None)
+    # A tenant without packages sees none.
+    c.deploy("plain", PLAIN)
+    out = call(c, "plain", f"/?store={store}&other={other}")
+    for key in ("store", "other_entry"):
+        denied(out[key], errno=EACCES)
     assert_healthy(c)
