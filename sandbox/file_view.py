@@ -21,10 +21,14 @@ libraries' load paths stay valid):
   system libraries manylinux wheels may link (:data:`MANYLINUX_LIBRARIES`);
 * the package store (``<state_dir>/packages``), for wheels' native code;
 * the bundles root (``<state_dir>/bundles``), also ``noexec``: native code
-  may be mapped executable from the package store, never from a bundle.
+  may be mapped executable from the package store, never from a bundle;
+* the system's public data the standard library reads, where the host has
+  it (:func:`_system_data`), ``noexec``: the time zone database
+  (``zoneinfo``), ``/etc/mime.types`` (``mimetypes``) and OpenSSL's CA
+  bundle (``ssl.create_default_context()``).
 
 Everything else does not exist: ``open('/etc/passwd')`` is ENOENT, and so is
-``Path('/usr/share/zoneinfo').exists()`` (which CPython only answers False
+``Path('/usr/share/locale').exists()`` (which CPython only answers False
 to for ENOENT). There is no ``/proc``, ``/dev`` or ``/tmp``.
 
 The view is built with ``pivot_root`` into the tmpfs, the host's tree
@@ -77,6 +81,8 @@ class FileView:
     #: tmpfs over each): the base interpreter's site-packages. Trees and
     #: libraries beneath one are mounted back into it.
     masked: list[str] = field(default_factory=list)
+    #: The system's public data (directories and files), read-only and noexec.
+    data: list[str] = field(default_factory=list)
 
     def hidden(self, path: str) -> bool:
         """Is ``path`` in a masked directory and not in a tree mounted back into it?"""
@@ -94,6 +100,7 @@ class FileView:
         for path in self.trees:
             out += self._unmasked(path) if split_masked else [(path, True)]
         out += [(path, True) for path in sorted({os.path.dirname(p) for p in self.libraries})]
+        out += [(path, os.path.isdir(path)) for path in self.data]
         if self.packages:
             out.append((self.packages, True))
         if with_bundles and self.bundles:
@@ -205,6 +212,25 @@ def _base_site_packages() -> list[str]:
     return [p for i, p in enumerate(found) if p not in found[:i] and os.path.isdir(p)]
 
 
+def _system_data(planner: _Planner) -> None:
+    """The host's time zone database, MIME types and CA bundle, those it has.
+
+    Public data, and what the standard library falls back without: every
+    ``ZoneInfo`` key unknown unless a tenant shipped ``tzdata``, ``.webp``
+    or ``.woff2`` served as ``None``, no CA in a default SSL context.
+    """
+    import ssl
+    import zoneinfo
+
+    wanted = [next((p for p in zoneinfo.TZPATH if os.path.isdir(p)), ""), "/etc/mime.types",
+              ssl.get_default_verify_paths().openssl_cafile or ""]
+    for path in wanted:
+        if path and os.path.exists(path):
+            real = planner.mirror(os.path.abspath(path))
+            if real not in planner.view.data:
+                planner.view.data.append(real)
+
+
 def plan(bundles_dir: str, packages_dir: str) -> FileView:
     """Work out the view from the running interpreter (before any isolation)."""
     import greenlet
@@ -242,8 +268,9 @@ def plan(bundles_dir: str, packages_dir: str) -> FileView:
         view.packages = planner.mirror(os.path.abspath(packages_dir))
     if bundles_dir and os.path.isdir(bundles_dir):
         view.bundles = planner.mirror(os.path.abspath(bundles_dir))
+    _system_data(planner)
     # Symlinks inside a mounted tree come with it.
-    mounted = view.trees + [p for p in (view.packages, view.bundles) if p]
+    mounted = view.trees + [p for p in (view.packages, view.bundles, *view.data) if p]
     view.symlinks = {k: v for k, v in view.symlinks.items()
                      if not _beneath(os.path.dirname(k), mounted)}
     return view
@@ -283,7 +310,10 @@ def build(view: FileView) -> None:
     for path in [*view.trees, view.packages, view.bundles]:
         if path and not under_mask(path):
             os.makedirs(path, 0o755, exist_ok=True)
-    for path in view.libraries:
+    files = [p for p in view.data if not os.path.isdir(_OLD_ROOT + p)]
+    for path in [p for p in view.data if p not in files]:
+        os.makedirs(path, 0o755, exist_ok=True)
+    for path in [*view.libraries, *files]:
         if not under_mask(path):
             os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444))
@@ -310,8 +340,9 @@ def build(view: FileView) -> None:
                            None), f"remount {mask} read-only")
         for path in [*inside, *files]:
             _bind(_OLD_ROOT + path, path, read_only)
-    if view.bundles:
-        _bind(_OLD_ROOT + view.bundles, view.bundles, read_only | MS_NOEXEC)
+    for path in [view.bundles, *view.data]:
+        if path:
+            _bind(_OLD_ROOT + path, path, read_only | MS_NOEXEC)
     _check(_libc.umount2(_OLD_ROOT.encode(), MNT_DETACH), "detach the host's root")
     os.rmdir(_OLD_ROOT)
     _check(_libc.mount(b"none", b"/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,

@@ -17,8 +17,9 @@ What a child ends up with:
   root is the read-only file view of :mod:`sandbox.file_view`, private IPC)
   where the kernel allows them;
 * Landlock's first layer (read the view, write nothing), enforced at birth,
-  and its second layer (the view minus every bundle but its own) prepared
-  here and enforced at ``Load`` by :func:`confine_to_bundle`;
+  and its second layer (the view minus every bundle but its own and every
+  package-store entry but its set's) prepared here and enforced at ``Load``
+  by :func:`confine_to_bundle`;
 * the seccomp allowlist of :mod:`sandbox.seccomp_policy`.
 """
 
@@ -131,7 +132,11 @@ def prepare_file_rules(view: file_view.FileView, report: ZygoteJail) -> FileRule
         for path, is_dir in view.readable(with_bundles=True, split_masked=not report.view):
             fd = os.open(path, flags)
             rules.layer1.allow_read(fd, is_dir, path)
-            if path != view.bundles:
+            # Layer 2 leaves out the roots a child sees only a part of: its
+            # own bundle and its own set's package entries, added at Load
+            # (confine_to_bundle). The store's root would show every other
+            # tenant's wheels and lock files, and let a tenant import them.
+            if path not in (view.bundles, view.packages):
                 rules.static.append((fd, is_dir, path))
             else:
                 os.close(fd)
@@ -325,7 +330,8 @@ def jail_child(devnull_fd: int, address_space: int, rules: FileRules, keep: tupl
 
 def confine_to_bundle(layer2: landlock.Ruleset | None, bundle_dir: str,
                       package_dirs: list[str]) -> None:
-    """Landlock, layer 2: from now on, of all bundles only ``bundle_dir`` is readable.
+    """Landlock, layer 2: from now on, of all bundles only ``bundle_dir`` is
+    readable, and of the package store only ``package_dirs`` (its set's entries).
 
     Runs under the seccomp filter, at Load, before any tenant code: an O_PATH
     open, one rule per directory and the restriction; raises if any step

@@ -8,7 +8,8 @@ layers, stacked (a layer can only take rights away):
    view (standard library, runtime, libraries, package store, bundles root).
    The zygote builds this ruleset once; a child enforces it with one call.
 2. At ``Load``: read-only access to the same trees *except* the bundles
-   root, plus the child's own bundle directory. The static rules are added
+   root and the package store, plus the child's own bundle directory and
+   its own dependency set's package entries. The static rules are added
    at spare birth (before the filter) to a ruleset of the child's own; only
    the bundle's rule and the final ``landlock_restrict_self`` happen after
    the filter is locked, which is why that filter allows

@@ -9,6 +9,13 @@ entry points, in the child, just before the script is imported, so the
 tenant reads what is not available in Corral's sandbox and why, as on
 Cloudflare.
 
+A refused process or socket is a ``PermissionError`` (EPERM, what the
+seccomp filter itself answers), so that the standard library's fallbacks for
+a missing program run: ``platform.platform()`` and ``uname()`` (``uname
+-p``), ``ctypes.util.find_library()`` (``ldconfig``), ``uuid``'s ``ip``
+catch ``OSError``, and a ``RuntimeError`` went through them. A refused
+thread stays a ``RuntimeError``, as CPython's own "can't start new thread".
+
 It is a courtesy, not a boundary: code that goes around these patches
 (``_posixsubprocess``, ``_socket``, ``ctypes``) meets the seccomp filter and
 the namespaces, which refuse the same things.
@@ -68,7 +75,7 @@ def _refuse(original: Callable[..., Any], what: str, why: str,
 def _patch_os(os: types.ModuleType) -> None:
     for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
         if hasattr(os, name):
-            setattr(os, name, _refuse(getattr(os, name), f"os.{name}()", PROCESSES))
+            setattr(os, name, _refuse(getattr(os, name), f"os.{name}()", PROCESSES, PermissionError))
 
 
 def _patch_subprocess(subprocess: types.ModuleType) -> None:
@@ -78,7 +85,7 @@ def _patch_subprocess(subprocess: types.ModuleType) -> None:
         if not _active:
             return original(self, *args, **kwargs)
         self._child_created = False  # what Popen.__del__ looks at
-        raise RuntimeError(_message("subprocess", PROCESSES))
+        raise PermissionError(errno.EPERM, _message("subprocess", PROCESSES))
 
     subprocess.Popen.__init__ = __init__
 
@@ -106,22 +113,23 @@ def _patch_socket(socket: types.ModuleType) -> None:
 
 def _patch_socketserver(socketserver: types.ModuleType) -> None:
     server = socketserver.BaseServer
-    server.__init__ = _refuse(server.__init__, "socketserver", SOCKETS)
+    server.__init__ = _refuse(server.__init__, "socketserver", SOCKETS, PermissionError)
 
 
 def _patch_multiprocessing_process(process: types.ModuleType) -> None:
     base = process.BaseProcess
-    base.start = _refuse(base.start, "multiprocessing process start", PROCESSES)
+    base.start = _refuse(base.start, "multiprocessing process start", PROCESSES, PermissionError)
 
 
 def _patch_multiprocessing_pool(pool: types.ModuleType) -> None:
-    pool.Pool.__init__ = _refuse(pool.Pool.__init__, "multiprocessing.Pool", PROCESSES)
+    pool.Pool.__init__ = _refuse(pool.Pool.__init__, "multiprocessing.Pool", PROCESSES,
+                                 PermissionError)
 
 
 def _patch_process_pool(process: types.ModuleType) -> None:
     executor = process.ProcessPoolExecutor
     executor.__init__ = _refuse(executor.__init__, "concurrent.futures.ProcessPoolExecutor",
-                                PROCESSES)
+                                PROCESSES, PermissionError)
 
 
 PATCHES: dict[str, Callable[[types.ModuleType], None]] = {

@@ -56,7 +56,7 @@ READER = worker('''
         async def fetch(self, request):
             return Response.json({
                 "passwd": attempt(lambda: open("/etc/passwd").read()),
-                "etc": attempt(os.listdir, "/etc"),
+                "var": attempt(os.listdir, "/var"),
                 "own": attempt(lambda: len(open(__file__).read())),
             })
 ''')
@@ -77,9 +77,10 @@ def test_without_landlock_the_zygote_warns_and_the_mount_view_still_hides_the_ho
 
         server.deploy("reader", READER)
         out = call(server, "reader")
-        # Nothing of the host's /etc exists in the view: ENOENT, not EACCES (no Landlock here).
+        # Nothing of the host's /etc (but its public data) or /var exists in
+        # the view: ENOENT, not EACCES (no Landlock here).
         denied(out["passwd"], "FileNotFoundError", errno=ENOENT)
-        denied(out["etc"], "FileNotFoundError", errno=ENOENT)
+        denied(out["var"], "FileNotFoundError", errno=ENOENT)
         assert out["own"]["ok"] is True, out
         assert_healthy(server)
 
