@@ -57,6 +57,24 @@ def resolved_count(c: Corral) -> int:
     return c.log_path.read_text().count('"packages.resolved"')
 
 
+def events(c: Corral, name: str | None = None) -> list[dict]:
+    """The server's log events (those named ``name``)."""
+    seen = [json.loads(line) for line in c.log_path.read_text().splitlines() if line.startswith("{")]
+    return [e for e in seen if name is None or e.get("event") == name]
+
+
+def set_of(c: Corral, requirements: list[str]) -> str:
+    """The package set (lock) the server resolved ``requirements`` to."""
+    locks = [e["lock"] for e in events(c, "packages.resolved") if e["requirements"] == requirements]
+    assert locks, c.log()
+    return locks[-1]
+
+
+def zygote_ready(c: Corral, package_set: str) -> bool:
+    """The server reported that set's package zygote ready (its imports done)."""
+    return any(e.get("set") == package_set for e in events(c, "package_zygote.ready"))
+
+
 # ---------------------------------------------------------------------------
 # frameworks
 # ---------------------------------------------------------------------------
@@ -446,3 +464,39 @@ def test_a_rotation_starts_the_package_zygotes_in_use_again_at_once(tmp_path) ->
         assert wait_for(restarted_after_rotation, timeout=40), server.log()
         # No request reached the tenant in between: the restart came from the rotation.
         assert call(server, "pkgrot")["ok"]
+
+
+PRELOADED = worker('''
+    import sys
+    preloaded = %r in sys.modules
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            return Response.json({"ppid": os.getppid(), "preloaded": preloaded, "v": %d})
+''')
+
+
+def test_a_set_past_the_zygote_bound_starts_none_instead_of_thrashing(tmp_path) -> None:
+    """With ``package_zygotes`` sets serving scripts, a further set's zygote
+    was started and evicted at once at each of its cold starts, and its
+    dead entry was "evicted" again every second. It now starts none: its
+    tenants start from base spares (and import), the busy set keeps its own."""
+    from tests.test_jail import corral_with_control
+
+    config = tmp_path / "corral.toml"
+    config.write_text("[pool]\npackage_zygotes = 1\n")
+    with corral_with_control(tmp_path / "state", extra_args=["--config", str(config)]) as server:
+        deploy(server, "busyset", PRELOADED % ("itsdangerous", 1), ["itsdangerous==2.2.0"])
+        busy = set_of(server, ["itsdangerous==2.2.0"])
+        assert wait_for(lambda: zygote_ready(server, busy), timeout=30), server.log()
+        first = call(server, "busyset")
+        assert first["preloaded"] is True, first  # its child serves: the set is in use
+        for version in (1, 2, 3):  # a deploy's validation and a request: two cold starts each
+            deploy(server, "overflow", PRELOADED % ("markupsafe", version), ["markupsafe"])
+            out = call(server, "overflow")
+            assert out == {"ppid": server.zygote(), "preloaded": False, "v": version}, out
+        overflow = set_of(server, ["markupsafe"])
+        assert not [e for e in events(server, "package_zygote.starting") if e["set"] == overflow], server.log()
+        assert not events(server, "package_zygote.evicted"), server.log()
+        assert len([e for e in events(server, "package_zygote.refused") if e["set"] == overflow]) == 1
+        assert call(server, "busyset") == first, "the busy set's zygote and child are untouched"
