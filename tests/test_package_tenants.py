@@ -500,3 +500,17 @@ def test_a_set_past_the_zygote_bound_starts_none_instead_of_thrashing(tmp_path) 
         assert not events(server, "package_zygote.evicted"), server.log()
         assert len([e for e in events(server, "package_zygote.refused") if e["set"] == overflow]) == 1
         assert call(server, "busyset") == first, "the busy set's zygote and child are untouched"
+
+
+def test_the_first_request_after_deploying_a_new_set_comes_from_its_zygote(tmp_path) -> None:
+    """The deploy's validation waits for the set's zygote (it started it)
+    and loads the script in one of its spares: the deploy returns with the
+    zygote ready, and the very first request pays no import. It used to
+    return first, and that request imported the set in a base spare."""
+    from tests.test_jail import corral_with_control
+
+    with corral_with_control(tmp_path / "state") as server:
+        deploy(server, "firstreq", PRELOADED % ("markupsafe", 1), ["markupsafe"])
+        assert zygote_ready(server, set_of(server, ["markupsafe"])), "the deploy returned before it"
+        out = call(server, "firstreq")
+        assert out["preloaded"] is True and out["ppid"] != server.zygote(), out
