@@ -514,3 +514,24 @@ def test_the_first_request_after_deploying_a_new_set_comes_from_its_zygote(tmp_p
         assert zygote_ready(server, set_of(server, ["markupsafe"])), "the deploy returned before it"
         out = call(server, "firstreq")
         assert out["preloaded"] is True and out["ppid"] != server.zygote(), out
+
+
+def package_zygotes_metric(c: Corral) -> float:
+    """``corral_package_zygotes`` as GET /metrics on the admin API reports it."""
+    for line in c.admin("GET", "/metrics").text.splitlines():
+        if line.startswith("corral_package_zygotes "):
+            return float(line.split()[1])
+    raise AssertionError("no corral_package_zygotes in /metrics")
+
+
+def test_the_package_zygotes_metric_counts_the_ready_ones(tmp_path) -> None:
+    """It read 0 whatever ran (the pool's snapshot had no such count)."""
+    from tests.test_jail import corral_with_control
+
+    with corral_with_control(tmp_path / "state") as server:
+        assert package_zygotes_metric(server) == 0
+        deploy(server, "metric1", PRELOADED % ("markupsafe", 1), ["markupsafe"])
+        assert package_zygotes_metric(server) == 1  # the deploy returns with it ready
+        deploy(server, "metric2", PRELOADED % ("itsdangerous", 1), ["itsdangerous==2.2.0"])
+        deploy(server, "metric3", PRELOADED % ("itsdangerous", 2), ["itsdangerous==2.2.0"])  # the same set
+        assert package_zygotes_metric(server) == 2

@@ -961,6 +961,8 @@ class Pool:
             "warm": len(self.warm),
             "retired": len(self.retired),
             "zygote_pid": self.zygote.pid,
+            # Those that can fork (imports done), not those starting or ended.
+            "package_zygotes": sum(z.alive and z.ready.is_set() for z in self.packages.zygotes.values()),
             "reshare_asked": self.trimmer.sent,
             "setups": self.setups,
             "setup_us": dict(zip(SETUP_STEPS, self.setup_us_total, strict=True)),
