@@ -57,6 +57,24 @@ def resolved_count(c: Corral) -> int:
     return c.log_path.read_text().count('"packages.resolved"')
 
 
+def events(c: Corral, name: str | None = None) -> list[dict]:
+    """The server's log events (those named ``name``)."""
+    seen = [json.loads(line) for line in c.log_path.read_text().splitlines() if line.startswith("{")]
+    return [e for e in seen if name is None or e.get("event") == name]
+
+
+def set_of(c: Corral, requirements: list[str]) -> str:
+    """The package set (lock) the server resolved ``requirements`` to."""
+    locks = [e["lock"] for e in events(c, "packages.resolved") if e["requirements"] == requirements]
+    assert locks, c.log()
+    return locks[-1]
+
+
+def zygote_ready(c: Corral, package_set: str) -> bool:
+    """The server reported that set's package zygote ready (its imports done)."""
+    return any(e.get("set") == package_set for e in events(c, "package_zygote.ready"))
+
+
 # ---------------------------------------------------------------------------
 # frameworks
 # ---------------------------------------------------------------------------
@@ -380,9 +398,10 @@ def test_corral_deploy_sends_a_folders_dependencies(c: Corral, tmp_path) -> None
 
 
 def test_cold_starts_come_from_the_sets_package_zygote(c: Corral) -> None:
-    """After a deploy the set's package zygote is up (validation started it);
-    cold starts are its children, with the set imported before the script ran,
-    and they joined their memory cgroups themselves (cgroup v1)."""
+    """After a deploy the set's package zygote is up (validation started it
+    and waited for it); cold starts are its children, with the set imported
+    before the script ran, and they joined their memory cgroups themselves
+    (cgroup v1)."""
     from tests.harness import _children_of
 
     source = worker('''
@@ -395,10 +414,13 @@ def test_cold_starts_come_from_the_sets_package_zygote(c: Corral) -> None:
                 return Response.json({"ppid": os.getppid(), "pid": os.getpid(), "preloaded": preloaded,
                                       "v": %d})
     ''')
-    ready = lambda: c.log_path.read_text().count('"package_zygote.ready"')  # noqa: E731
-    before = ready()
     deploy(c, "viazygote", source % 1, ["itsdangerous==2.2.0"])
-    assert wait_for(lambda: ready() > before, timeout=30), c.log()
+    # Its own set's zygote, as the server reports it (the deploy waited for
+    # it). Any "ready" line after the deploy was not enough: under load, the
+    # zygote of a set an earlier test deployed was the one that got ready,
+    # and this cold start came from a base spare.
+    package_set = set_of(c, ["itsdangerous==2.2.0"])
+    assert wait_for(lambda: zygote_ready(c, package_set), timeout=30), c.log()
     base = c.zygote()
     first = call(c, "viazygote")
     assert first["preloaded"] is True, first
@@ -446,3 +468,74 @@ def test_a_rotation_starts_the_package_zygotes_in_use_again_at_once(tmp_path) ->
         assert wait_for(restarted_after_rotation, timeout=40), server.log()
         # No request reached the tenant in between: the restart came from the rotation.
         assert call(server, "pkgrot")["ok"]
+
+
+PRELOADED = worker('''
+    import sys
+    preloaded = %r in sys.modules
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            return Response.json({"ppid": os.getppid(), "preloaded": preloaded, "v": %d})
+''')
+
+
+def test_a_set_past_the_zygote_bound_starts_none_instead_of_thrashing(tmp_path) -> None:
+    """With ``package_zygotes`` sets serving scripts, a further set's zygote
+    was started and evicted at once at each of its cold starts, and its
+    dead entry was "evicted" again every second. It now starts none: its
+    tenants start from base spares (and import), the busy set keeps its own."""
+    from tests.test_jail import corral_with_control
+
+    config = tmp_path / "corral.toml"
+    config.write_text("[pool]\npackage_zygotes = 1\n")
+    with corral_with_control(tmp_path / "state", extra_args=["--config", str(config)]) as server:
+        deploy(server, "busyset", PRELOADED % ("itsdangerous", 1), ["itsdangerous==2.2.0"])
+        busy = set_of(server, ["itsdangerous==2.2.0"])
+        assert wait_for(lambda: zygote_ready(server, busy), timeout=30), server.log()
+        first = call(server, "busyset")
+        assert first["preloaded"] is True, first  # its child serves: the set is in use
+        for version in (1, 2, 3):  # a deploy's validation and a request: two cold starts each
+            deploy(server, "overflow", PRELOADED % ("markupsafe", version), ["markupsafe"])
+            out = call(server, "overflow")
+            assert out == {"ppid": server.zygote(), "preloaded": False, "v": version}, out
+        overflow = set_of(server, ["markupsafe"])
+        assert not [e for e in events(server, "package_zygote.starting") if e["set"] == overflow], server.log()
+        assert not events(server, "package_zygote.evicted"), server.log()
+        assert len([e for e in events(server, "package_zygote.refused") if e["set"] == overflow]) == 1
+        assert call(server, "busyset") == first, "the busy set's zygote and child are untouched"
+
+
+def test_the_first_request_after_deploying_a_new_set_comes_from_its_zygote(tmp_path) -> None:
+    """The deploy's validation waits for the set's zygote (it started it)
+    and loads the script in one of its spares: the deploy returns with the
+    zygote ready, and the very first request pays no import. It used to
+    return first, and that request imported the set in a base spare."""
+    from tests.test_jail import corral_with_control
+
+    with corral_with_control(tmp_path / "state") as server:
+        deploy(server, "firstreq", PRELOADED % ("markupsafe", 1), ["markupsafe"])
+        assert zygote_ready(server, set_of(server, ["markupsafe"])), "the deploy returned before it"
+        out = call(server, "firstreq")
+        assert out["preloaded"] is True and out["ppid"] != server.zygote(), out
+
+
+def package_zygotes_metric(c: Corral) -> float:
+    """``corral_package_zygotes`` as GET /metrics on the admin API reports it."""
+    for line in c.admin("GET", "/metrics").text.splitlines():
+        if line.startswith("corral_package_zygotes "):
+            return float(line.split()[1])
+    raise AssertionError("no corral_package_zygotes in /metrics")
+
+
+def test_the_package_zygotes_metric_counts_the_ready_ones(tmp_path) -> None:
+    """It read 0 whatever ran (the pool's snapshot had no such count)."""
+    from tests.test_jail import corral_with_control
+
+    with corral_with_control(tmp_path / "state") as server:
+        assert package_zygotes_metric(server) == 0
+        deploy(server, "metric1", PRELOADED % ("markupsafe", 1), ["markupsafe"])
+        assert package_zygotes_metric(server) == 1  # the deploy returns with it ready
+        deploy(server, "metric2", PRELOADED % ("itsdangerous", 1), ["itsdangerous==2.2.0"])
+        deploy(server, "metric3", PRELOADED % ("itsdangerous", 2), ["itsdangerous==2.2.0"])  # the same set
+        assert package_zygotes_metric(server) == 2

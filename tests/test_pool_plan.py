@@ -146,14 +146,14 @@ from supervisor.pool.plan import PackageSet, PackagesView, plan_packages  # noqa
 
 
 def pset(key, *, ready=True, spares=0, requested=0, waiting=0, in_use=0, last_used=0.0, memory=0,
-         cold_rate=0.0):
-    return PackageSet(key, ready, spares, requested, waiting, in_use, last_used, memory, cold_rate)
+         cold_rate=0.0, served=True):
+    return PackageSet(key, ready, spares, requested, waiting, in_use, last_used, memory, cold_rate, served)
 
 
 def pview(*sets, now=100.0, target=1, max_zygotes=4, cap=10**9, idle=60.0, room=100, quiet_until=-1.0,
-          ceiling=4):
+          ceiling=4, wanted=""):
     return PackagesView(now, tuple(sets), target, max_zygotes, cap, idle, room, spares_ceiling=ceiling,
-                        quiet_until=quiet_until)
+                        quiet_until=quiet_until, wanted=wanted)
 
 
 def test_package_sets_keep_their_spares_and_idle_ones_go_to_zero():
@@ -181,6 +181,41 @@ def test_package_zygotes_are_bounded_by_count_and_memory_sparing_those_in_use():
     assert plan_packages(pview(*sets, max_zygotes=2)).evict == ("old",)
     assert plan_packages(pview(*sets, cap=500)).evict == ("old", "new")
     assert plan_packages(pview(*sets, room=0)).fork == ()
+
+
+def test_a_set_that_cannot_get_a_zygote_under_the_bounds_starts_none():
+    """At the bound with every set serving scripts, a new set's zygote used
+    to start and be evicted at once, at each of its cold starts (thrash):
+    it now starts none, and its tenants start from base spares."""
+    busy = [pset("a", in_use=1, last_used=10), pset("b", in_use=2, last_used=20)]
+    refused = plan_packages(pview(*busy, max_zygotes=2, wanted="c"))
+    assert refused.start == () and refused.evict == ()
+    assert plan_packages(pview(*busy, max_zygotes=3, wanted="c")).start == ("c",)
+    assert plan_packages(pview(max_zygotes=0, wanted="c")).start == ()
+    # Protected memory past the cap leaves no room either.
+    assert plan_packages(pview(pset("a", in_use=1, memory=600), cap=500, wanted="c")).start == ()
+    # One that already has a zygote is not started again.
+    assert plan_packages(pview(*busy, pset("c", ready=False, last_used=90), wanted="c")).start == ()
+
+
+def test_an_admitted_set_makes_room_by_evicting_the_least_recently_used_set_without_children():
+    sets = [pset("busy", in_use=1, last_used=5), pset("old", last_used=10), pset("recent", last_used=90)]
+    decided = plan_packages(pview(*sets, max_zygotes=3, wanted="new"))
+    assert decided.start == ("new",) and decided.evict == ("old",)
+    # A request waiting for a set's spare protects it as children do.
+    waited = [pset("busy", in_use=1), pset("old", waiting=1, last_used=10), pset("recent", last_used=90)]
+    assert plan_packages(pview(*waited, max_zygotes=3, wanted="new")).evict == ("recent",)
+
+
+def test_a_zygote_is_not_evicted_by_the_bounds_before_it_served():
+    """Still starting, or ready without a cold start taken from it yet: it
+    stays until it did (or idles out), and the bounds wait."""
+    busy = [pset("a", in_use=1, last_used=10), pset("b", in_use=1, last_used=20)]
+    assert plan_packages(pview(*busy, pset("c", ready=False, last_used=90), max_zygotes=2)).evict == ()
+    assert plan_packages(pview(*busy, pset("c", served=False, last_used=90), max_zygotes=2)).evict == ()
+    assert plan_packages(pview(*busy, pset("c", last_used=90), max_zygotes=2)).evict == ("c",)
+    # The idle rule still ends one that never served.
+    assert plan_packages(pview(pset("c", served=False, last_used=10))).evict == ("c",)
 
 
 # ---------------------------------------------------------------------------

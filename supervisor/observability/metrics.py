@@ -187,8 +187,9 @@ class _PoolCollector(Collector):
         yield children
         yield GaugeMetricFamily("corral_children", "Sandboxed child processes alive.",
                                 value=snap.get("children", 0))
-        yield GaugeMetricFamily("corral_package_zygotes", "Zygotes holding a package set "
-                                "preloaded (0 until packages land).", value=snap.get("package_zygotes", 0))
+        yield GaugeMetricFamily("corral_package_zygotes", "Package zygotes ready to fork: "
+                                "each holds a dependency set imported (0 until packages land).",
+                                value=snap.get("package_zygotes", 0))
         yield GaugeMetricFamily("corral_hub_core_held", "1 while the supervisor's event loop "
                                 "has a core to itself and warm children run on the others "
                                 "(pool.hub_core).", value=snap.get("hub_core_held", 0))

@@ -66,6 +66,8 @@ class PackageZygote:
         self.waiting = 0
         self.in_use = 0
         self.last_used = trio.current_time()
+        #: One of its spares became a script's child at least once.
+        self.served = False
         #: Cold starts that took one of its spares (sizes its spares).
         self.cold_rate = EventRate()
         self.memory = 0
@@ -78,11 +80,12 @@ class PackageZygote:
     def view(self, now: float) -> PackageSet:
         return PackageSet(self.key, self.ready.is_set() and self.alive, len(self.spares), self.requested,
                           self.waiting, self.in_use, self.last_used, self.memory,
-                          self.cold_rate.per_second(now))
+                          self.cold_rate.per_second(now), self.served)
 
     def taken(self, now: float) -> None:
         """One of its spares became a script's child."""
         self.last_used = now
+        self.served = True
         self.cold_rate.record(now)
 
     def spawn(self, count: int, take_slots: TakeSlots) -> bool:
@@ -94,8 +97,10 @@ class PackageZygote:
         return True
 
     def end(self) -> None:
-        """Kill it; its control socket's EOF does the rest."""
+        """Kill it; its control socket's EOF does the rest. Whoever waits
+        for it to be ready wakes (and finds it gone)."""
         self.alive = False
+        self.ready.set()
         if self.pidfd >= 0:
             try:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
@@ -123,19 +128,42 @@ class PackageZygotes:
         zygote = self.zygotes.get(key)
         return zygote if zygote is not None and zygote.alive else None
 
-    def want(self, key: str, dirs: list[str], generation: int) -> PackageZygote | None:
-        """The zygote of set ``key``, asked of the base zygote if there is none."""
+    def current(self, key: str, generation: int) -> PackageZygote | None:
+        """The live zygote of set ``key`` from base zygote ``generation`` (an
+        older generation's is ended)."""
         zygote = self.get(key)
-        if zygote is None or zygote.generation != generation:
-            if zygote is not None:
-                zygote.end()
+        if zygote is not None and zygote.generation != generation:
+            self.end(zygote)
+            return None
+        return zygote
+
+    def touch(self, zygote: PackageZygote) -> None:
+        """A cold start of one of its tenants (recently used: evicted last)."""
+        zygote.last_used = trio.current_time()
+        self.zygotes.move_to_end(zygote.key)
+
+    def live(self) -> list[PackageZygote]:
+        """The zygotes not ended (ended ones may wait for their socket's EOF)."""
+        return [zygote for zygote in self.zygotes.values() if zygote.alive]
+
+    def end(self, zygote: PackageZygote) -> None:
+        """End it; one the base zygote has not forked yet leaves at once
+        (:meth:`started` then kills the fork), so it counts toward nothing."""
+        zygote.end()
+        if not zygote.pid and self.zygotes.get(zygote.key) is zygote:
+            del self.zygotes[zygote.key]
+
+    def want(self, key: str, dirs: list[str], generation: int) -> PackageZygote | None:
+        """The zygote of set ``key``, asked of the base zygote if there is none
+        (whether it may start is the pool's plan's call: plan_packages)."""
+        zygote = self.current(key, generation)
+        if zygote is None:
             zygote = PackageZygote(key, dirs, generation)
             if not self._start(key, dirs):
                 return None
             self.zygotes[key] = zygote
             log("package_zygote.starting", set=key)
-        zygote.last_used = trio.current_time()
-        self.zygotes.move_to_end(key)
+        self.touch(zygote)
         return zygote
 
     def started(self, key: str, pid: int, sock: socket.socket, pidfd: int, generation: int) -> None:
@@ -143,6 +171,8 @@ class PackageZygotes:
         zygote = self.zygotes.get(key)
         if zygote is None or not zygote.alive or zygote.pid or self._nursery is None \
                 or zygote.generation != generation:
+            if zygote is not None and not zygote.alive and not zygote.pid:
+                del self.zygotes[key]  # ended before its fork came: no stale entry
             sock.close()
             try:
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -155,8 +185,8 @@ class PackageZygotes:
         self._nursery.start_soon(self._serve, zygote)
 
     def end_all(self) -> None:
-        for zygote in self.zygotes.values():
-            zygote.end()
+        for zygote in list(self.zygotes.values()):
+            self.end(zygote)
 
     async def _serve(self, zygote: PackageZygote) -> None:
         sock = zygote.sock

@@ -195,6 +195,9 @@ class PackageSet:
     memory: int
     #: Cold starts per second lately that took one of its spares.
     cold_rate: float = 0.0
+    #: One of its spares became a script's child at least once (a deploy's
+    #: validation included): until then it has not paid for its start.
+    served: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +217,9 @@ class PackagesView:
     #: package zygote's fork (page tables of a large process, then the spare's
     #: warm-up) would compete with it for the CPU.
     quiet_until: float = -math.inf
+    #: A set that has no package zygote and asks for one (a cold start or a
+    #: deploy of one of its tenants, a rotation restarting it); "": none.
+    wanted: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +230,8 @@ class PackagesPlan:
     fork: tuple[tuple[str, int], ...] = ()
     #: When to plan again for a fork deferred by the quiet window.
     wake_at: float = math.inf
+    #: The :attr:`PackagesView.wanted` set, when it may start its zygote.
+    start: tuple[str, ...] = ()
 
 
 def spares_for(floor: int, ceiling: int, cold_rate: float) -> int:
@@ -237,35 +245,60 @@ def spares_for(floor: int, ceiling: int, cold_rate: float) -> int:
 
 
 def plan_packages(view: PackagesView) -> PackagesPlan:
-    """Spares per dependency set, and which package zygotes go.
+    """Spares per dependency set, which package zygotes go, and whether a
+    wanted set may start one.
+
+    A set whose zygote goes is not harmed beyond its next cold starts: its
+    tenants then start from a base spare, which imports the set (the
+    overflow path). A zygote that is started only to be ended at once is
+    all cost and no benefit (its fork and imports, an eviction per
+    convergence), so the rules never do that.
 
     1. **Idle.** A package zygote none of whose children runs a script, with
        nobody waiting, unused for ``idle_timeout_s``, goes (to zero).
-    2. **Bounds.** Past ``max_zygotes`` or ``memory_cap`` (their own memory
-       together), the least recently used of those with no script running
-       go until both hold. One whose children serve scripts stays (killing
-       it would orphan them), so the bounds are met as soon as they can be.
-    3. **Spares.** Each remaining ready one keeps ``spares_target`` spares
+    2. **Protected.** One whose children serve scripts stays (killing it
+       would orphan them), and so does one a request waits for, one still
+       starting (its imports are under way) and one that has not served a
+       cold start yet: each has to be worth its start before the bounds may
+       end it. Only the idle rule ends those.
+    3. **Admission.** A :attr:`PackagesView.wanted` set starts its zygote
+       only if the bounds can hold with it, counting it as protected:
+       fewer than ``max_zygotes`` others are protected and their memory is
+       within ``memory_cap``. Otherwise it starts none (no start to evict,
+       no entry counting toward the bounds); its tenants cold-start from
+       base spares until another set's zygote can go.
+    4. **Bounds.** Past ``max_zygotes`` or ``memory_cap`` (their own memory
+       together), the least recently used of the unprotected ones go until
+       both hold (an admitted set makes room this way). When only protected
+       ones are left the bounds are met as soon as they can be.
+    5. **Spares.** Each remaining ready one keeps ``spares_target`` spares
        plus one per waiting request, within the room under the cap; with
        nobody waiting on a set, its forks wait for ``quiet_until``.
     """
     evict: list[str] = []
 
-    def evictable(s: PackageSet) -> bool:
-        return s.in_use == 0 and s.waiting == 0 and s.key not in evict
+    def protected(s: PackageSet) -> bool:
+        return bool(s.in_use or s.waiting) or not s.ready or not s.served
 
     for s in view.sets:
-        if evictable(s) and view.now - s.last_used > view.idle_timeout_s:
+        if s.in_use == 0 and s.waiting == 0 and view.now - s.last_used > view.idle_timeout_s:
             evict.append(s.key)
     kept = [s for s in view.sets if s.key not in evict]
+    start: tuple[str, ...] = ()
+    if view.wanted and all(s.key != view.wanted for s in kept):
+        guarded = [s for s in kept if protected(s)]
+        if len(guarded) < view.max_zygotes and sum(s.memory for s in guarded) <= view.memory_cap:
+            start = (view.wanted,)
+    count = len(kept) + len(start)
+    memory = sum(s.memory for s in kept)
     for s in sorted(kept, key=lambda s: s.last_used):
-        count = len(kept)
-        memory = sum(k.memory for k in kept)
         if count <= view.max_zygotes and memory <= view.memory_cap:
             break
-        if evictable(s):
+        if not protected(s):
             evict.append(s.key)
             kept.remove(s)
+            count -= 1
+            memory -= s.memory
     room = view.room
     fork: list[tuple[str, int]] = []
     wake_at = math.inf
@@ -281,4 +314,4 @@ def plan_packages(view: PackagesView) -> PackagesPlan:
             room -= missing
         else:
             wake_at = view.quiet_until
-    return PackagesPlan(tuple(evict), tuple(fork), wake_at)
+    return PackagesPlan(evict=tuple(evict), fork=tuple(fork), wake_at=wake_at, start=start)

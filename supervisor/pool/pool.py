@@ -76,6 +76,10 @@ from supervisor.pool.zygote_client import ZygoteClient
 
 #: How long a request waits for a spare before the pool gives up (503).
 SPARE_WAIT_S = 10.0
+#: How long a deploy's validation waits for its set's package zygote to be
+#: ready (its imports and rehearsals) before it loads the script in a base
+#: spare, which imports the set itself.
+PACKAGE_READY_WAIT_S = 10.0
 #: A spare taken by a cold start is replaced once that cold start's first
 #: invocation and the client request that called it are done, or this much
 #: later at the most (unless a request waits for one): the fork (page tables
@@ -224,6 +228,8 @@ class Pool:
         #: Dependency sets whose package zygotes a rotation ended while in use
         #: (started again by :meth:`_on_zygote_ready`).
         self._sets_to_restart: list[tuple[str, list[str]]] = []
+        #: Sets the bounds refused a package zygote (logged once until admitted).
+        self._refused_sets: set[str] = set()
         self.warm: OrderedDict[tuple[str, str], ChildProcess] = OrderedDict()
         self.retired: set[ChildProcess] = set()
         #: Children whose CPU the watchdog polls (budgets the kernel is not armed for).
@@ -377,7 +383,7 @@ class Pool:
         """
         sets, self._sets_to_restart = self._sets_to_restart, []
         for key, dirs in sets:
-            self.packages.want(key, dirs, self.zygote.generation)
+            self._want_package(key, dirs)
         if self._waiting:  # requests wait for this zygote's first forks (fork_priority)
             self._fork_priority.rush(self._kit.renice, self.zygote.pid)
         self._nudge()
@@ -593,13 +599,16 @@ class Pool:
         self._wake_at = min(wake_at, self._next_reap)
         return decided
 
-    def _converge_packages(self, now: float, base_forks: int) -> float:
-        """Package zygotes' spares and bounds (supervisor.pool.plan.plan_packages);
-        returns when to plan again for a deferred fork."""
+    def _converge_packages(self, now: float, base_forks: int,
+                           wanted: tuple[str, list[str]] | None = None) -> float:
+        """Package zygotes' spares and bounds, and whether the ``wanted`` set
+        (key, package dirs), which has none, may start its zygote
+        (supervisor.pool.plan.plan_packages); returns when to plan again
+        for a deferred fork."""
         pool = self.config.pool
         live = self.census.live
         sets = []
-        for zygote in self.packages.zygotes.values():
+        for zygote in self.packages.live():  # an ended one counts toward nothing
             zygote.in_use = self.census.in_use(zygote.key)
             sets.append(zygote.view(now))
         decided = plan_packages(PackagesView(
@@ -607,16 +616,38 @@ class Pool:
             max_zygotes=pool.package_zygotes, memory_cap=pool.package_zygotes_memory_mb * 2**20,
             idle_timeout_s=pool.idle_timeout_s, spares_ceiling=pool.package_max_spares,
             room=pool.max_children - live - self._requested - base_forks,
-            quiet_until=self._package_quiet_until))
+            quiet_until=self._package_quiet_until, wanted=wanted[0] if wanted else ""))
         for key in decided.evict:
             zygote = self.packages.zygotes[key]
             while zygote.spares:
                 zygote.spares.popleft().kill(KillReason.IDLE)
             log("package_zygote.evicted", set=key, memory_kb=zygote.memory // 1024)
-            zygote.end()
+            self.packages.end(zygote)
+        if wanted is not None:
+            if decided.start:
+                self._refused_sets.discard(wanted[0])
+                self.packages.want(wanted[0], wanted[1], self.zygote.generation)
+            elif wanted[0] not in self._refused_sets:
+                self._refused_sets.add(wanted[0])
+                log("package_zygote.refused", set=wanted[0], zygotes=len(sets), max=pool.package_zygotes,
+                    reason="the other sets' zygotes serve scripts, start or were not used yet; "
+                           "its tenants start from base spares")
         for key, count in decided.fork:
             self.packages.zygotes[key].spawn(count, self.memory.take_slots)
         return decided.wake_at
+
+    def _want_package(self, key: str, dirs: list[str]) -> PackageZygote | None:
+        """Set ``key``'s package zygote, started if it has none and the bounds
+        admit it (plan_packages); None while it may not have one."""
+        zygote = self.packages.current(key, self.zygote.generation)
+        if zygote is None:
+            self._converge_packages(trio.current_time(), 0, wanted=(key, dirs))
+            self._nudge()  # a fork it deferred is planned again by the maintain task
+            zygote = self.packages.get(key)
+            if zygote is None:
+                return None
+        self.packages.touch(zygote)
+        return zygote
 
     def _view(self, now: float, reap: bool) -> PoolView:
         pool = self.config.pool
@@ -771,20 +802,30 @@ class Pool:
                 del self._loading[loading_key]
                 event.set()
 
-    async def _spare_with_bundle(self, record: ScriptRecord) -> ChildProcess:
+    async def _spare_with_bundle(self, record: ScriptRecord, wait_for_package: bool = False) -> ChildProcess:
         """A spare, and ``record``'s bundle on disk: assign it before the next await.
 
         A script with packages takes a spare of its set's package zygote when
-        that one is ready (and starts it when there is none); until then, a
-        base spare, which imports the packages itself.
+        that one is ready (and starts it when there is none and the bounds
+        admit it); until then, a base spare, which imports the packages
+        itself. ``wait_for_package`` (a deploy's validation): wait for a
+        zygote that is starting, up to :data:`PACKAGE_READY_WAIT_S`, and
+        validate in one of its spares. The deploy then returns with the
+        set's zygote ready, so the first request's cold start is one of its
+        spares, with nothing to import (it was a base spare, importing the
+        set: numpy's first request took 60-85 ms instead of ~10). A deploy
+        costs about what it did: the validation's base spare imported the
+        set too, and now no second process imports it beside the zygote.
         """
         while True:
             while not self.bundles.ready(record):
                 await self.bundles.ensure(record)
             package = None
             if record.packages_lock:
-                package = self.packages.want(record.packages_lock, self.bundles.package_dirs(record.version),
-                                             self.zygote.generation)
+                package = self._want_package(record.packages_lock, self.bundles.package_dirs(record.version))
+            if package is not None and wait_for_package and not package.ready.is_set():
+                with trio.move_on_after(PACKAGE_READY_WAIT_S):
+                    await package.ready.wait()  # set when it ends, too
             if package is not None and package.ready.is_set() and package.alive:
                 child = await self._take_package_spare(package)
             else:
@@ -903,7 +944,7 @@ class Pool:
     async def validate(self, record: ScriptRecord, timeout: float = 10.0) -> LoadCheck:
         """Load ``record`` in a throw-away sandbox: the load error, or the handlers it defines."""
         try:
-            child = await self._spare_with_bundle(record)
+            child = await self._spare_with_bundle(record, wait_for_package=True)
         except BundleError as exc:
             return LoadCheck(str(exc))
         try:
@@ -1004,6 +1045,8 @@ class Pool:
             "warm": len(self.warm),
             "retired": len(self.retired),
             "zygote_pid": self.zygote.pid,
+            # Those that can fork (imports done), not those starting or ended.
+            "package_zygotes": sum(z.alive and z.ready.is_set() for z in self.packages.zygotes.values()),
             "reshare_asked": self.trimmer.sent,
             "setups": self.setups,
             "setup_us": dict(zip(SETUP_STEPS, self.setup_us_total, strict=True)),
