@@ -133,6 +133,9 @@ class _NoChild:
     def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         pass
 
+    def cpu_budget_shrank(self, inv: Any) -> None:
+        pass
+
 
 _NO_CHILD = _NoChild()
 
