@@ -49,10 +49,19 @@ class FrameEncoder:
         return frame
 
     def encode_into(self, message: Any, buffer: bytearray) -> None:
-        """Append a frame to ``buffer`` (coalesces many frames into one send)."""
+        """Append a frame to ``buffer`` (coalesces many frames into one send).
+
+        A message that cannot be encoded (a lone surrogate in a string, an
+        int past 64 bits) raises, and leaves ``buffer`` as it was: a header
+        left behind without its body broke the framing of every frame
+        after it, and the peer had to drop the whole channel."""
         start = len(buffer)
         buffer.extend(b"\0\0\0\0")
-        self._encoder.encode_into(message, buffer, start + HEADER_SIZE)
+        try:
+            self._encoder.encode_into(message, buffer, start + HEADER_SIZE)
+        except BaseException:
+            del buffer[start:]
+            raise
         _HEADER.pack_into(buffer, start, len(buffer) - start - HEADER_SIZE)
 
 

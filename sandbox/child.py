@@ -127,7 +127,7 @@ def exception_info(exc: BaseException, with_stack: bool = True) -> ExceptionInfo
     # so the supervisor can tell the outcome when tenant code lets it escape;
     # any JsException its JavaScript name (TypeError, ...), as Cloudflare reports it.
     name = exc.name if isinstance(exc, JsException) else type(exc).__name__
-    return ExceptionInfo(name, str(exc), stack[-8192:])
+    return ExceptionInfo(logs.wire_text(str(name)), logs.wire_text(str(exc)), logs.wire_text(stack[-8192:]))
 
 
 # ---------------------------------------------------------------------------

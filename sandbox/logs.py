@@ -39,7 +39,21 @@ def report(exc: BaseException) -> None:
         _report(exc)
 
 
+def wire_text(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (``print("\\ud800")``,
+    text decoded with ``surrogateescape``) is written as its escape, ``\\ud800``.
+    Sent as it was, it could not be encoded, and took the worker down."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def emit(level: str, message: str) -> None:
+    message = wire_text(message)
     if len(message) > MAX_LINE:
         message = message[:MAX_LINE] + f"... [{len(message) - MAX_LINE} characters cut]"
     if _sink is not None:
