@@ -66,6 +66,9 @@ class LineWriter(io.TextIOBase):
     def __init__(self, level: str) -> None:
         self._level = level
         self._partial = ""
+        #: The partial line was emitted, cut, for its length: the newline
+        #: that ends it ends nothing more.
+        self._cut = False
 
     def writable(self) -> bool:
         return True
@@ -73,11 +76,16 @@ class LineWriter(io.TextIOBase):
     def write(self, text: str) -> int:
         data = self._partial + text
         *lines, self._partial = data.split("\n")
+        if lines and self._cut:
+            self._cut = False
+            if lines[0] == "":
+                del lines[0]  # the end of the line emitted (cut) already
         for line in lines:
             emit(self._level, line)
         if len(self._partial) > MAX_LINE:
             emit(self._level, self._partial)
             self._partial = ""
+            self._cut = True
         return len(text)
 
     def flush(self) -> None:

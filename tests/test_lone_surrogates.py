@@ -68,3 +68,23 @@ def test_a_frame_that_cannot_be_encoded_leaves_the_buffer_as_it_was():
         encoder.encode_into(Log(1, "log", "\ud800", 0.0), buffer)
     encoder.encode_into(InvokeDone(2), buffer)
     assert supervisor_decoder().feed(buffer) == [InvokeDone(1), InvokeDone(2)]
+
+
+def test_a_line_cut_for_its_length_is_one_log_line():
+    """``print`` of a line longer than a log line may be: the cut line, and
+    not an empty one after it for the newline that ended it."""
+    from sandbox import logs
+
+    lines: list[str] = []
+    logs.set_sink(lambda level, message: lines.append(message))
+    try:
+        writer = logs.LineWriter("log")
+        print("x" * (logs.MAX_LINE + 10), file=writer)
+        print("next", file=writer)
+        writer.write("y" * (logs.MAX_LINE + 1))  # emitted, cut, before its end comes
+        writer.write("z\n")
+    finally:
+        logs.set_sink(None)
+    assert len(lines) == 4, [line[:20] for line in lines]
+    assert lines[0].startswith("x" * 100) and lines[0].endswith("[10 characters cut]")
+    assert lines[1] == "next" and lines[2].endswith("[1 characters cut]") and lines[3] == "z", lines[3:]

@@ -527,9 +527,29 @@ def test_an_outcome_filter_looks_into_children():
     assert scoped == [tree["children"][0]]
 
 
+def test_a_status_filter_finds_a_handler_that_threw():
+    """A handler that threw has no response in its event; its client got a
+    500, so ``status=5xx`` (and ``500``) find it, as ``error`` does."""
+    from supervisor.observability.tail import TailFilter
+
+    threw = {"scriptName": "boom", "outcome": "exception",
+             "event": {"request": {"url": "http://x/", "method": "GET", "headers": {}}}}
+    answered = {"scriptName": "ok", "outcome": "ok",
+                "event": {"request": {"url": "http://x/", "method": "GET", "headers": {}},
+                          "response": {"status": 200}}}
+    for status in ("5xx", "500", "error"):
+        assert TailFilter.parse({"status": status}).select(threw) == [threw], status
+        assert TailFilter.parse({"status": status}).select(answered) == [], status
+    assert TailFilter.parse({"status": "2xx"}).select(answered) == [answered]
+
+
 def test_bad_live_tail_filters_are_400(corral):
     resp = corral.admin("GET", "/tail?sampling_rate=2")
     assert resp.status == 400 and "sampling_rate" in resp.text
+    # A filter the server does not know is refused, not ignored (which
+    # streamed every event to a client that asked for a few).
+    resp = corral.admin("GET", "/tail?header=x-foo:bar")
+    assert resp.status == 400 and "'header' is not a live tail filter" in resp.json()["errors"][0]["message"]
     resp = corral.admin("GET", "/tail?outcome=ok,exceededCPU")
     assert resp.status == 400 and "outcome 'exceededCPU' is not one of" in resp.json()["errors"][0]["message"]
 

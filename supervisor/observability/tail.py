@@ -163,6 +163,12 @@ def _split(value: str | None) -> frozenset[str] | None:
     return frozenset(v.strip() for v in value.split(",") if v.strip()) or None
 
 
+#: The query keys ``GET /tail`` takes; any other is refused, not ignored: a
+#: filter the server does not know would otherwise stream every event.
+FILTER_KEYS = frozenset({"namespace", "script", "tag", "tags", "outcome", "status", "method",
+                         "search", "sampling_rate", "samplingRate"})
+
+
 class TailFilter(msgspec.Struct, kw_only=True):
     """What a live tail wants (``wrangler tail``'s filters, and Corral's scope)."""
 
@@ -177,6 +183,10 @@ class TailFilter(msgspec.Struct, kw_only=True):
 
     @classmethod
     def parse(cls, query: dict[str, str]) -> TailFilter:
+        unknown_keys = sorted(set(query) - FILTER_KEYS)
+        if unknown_keys:
+            raise Invalid(f"{unknown_keys[0][:40]!r} is not a live tail filter (they are: "
+                          f"{', '.join(sorted(FILTER_KEYS))})")
         rate_text = query.get("sampling_rate") or query.get("samplingRate") or "1"
         try:
             rate = float(rate_text)
@@ -245,6 +255,11 @@ class TailFilter(msgspec.Struct, kw_only=True):
         response = info.get("response") if isinstance(info, dict) else None
         status = response.get("status") if isinstance(response, dict) else None
         outcome = event.get("outcome")
+        if status is None and isinstance(info, dict) and "request" in info \
+                and outcome not in (Outcome.OK, Outcome.CANCELED):
+            # A handler that threw has no response in its event; its client
+            # was answered 500 (``status=5xx`` finds it, as ``error`` does).
+            status = 500
         for want in self.statuses or ():
             # The status words "ok" and "canceled" are the outcomes' own names.
             if want in (Outcome.OK, Outcome.CANCELED) and outcome == want:
