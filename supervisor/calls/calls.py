@@ -47,7 +47,7 @@ from supervisor.calls.redirects import RedirectError, RedirectPolicy
 from supervisor.config import LimitsConfig
 from supervisor.lifecycle import OUTCOME_MESSAGE, PLATFORM_OUTCOMES, Outcome
 from supervisor.limits.policy import LimitPolicy
-from supervisor.log import warn
+from supervisor.log import error, warn
 from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service, WorkerLoader
 from supervisor.pool.bodies import BodySource
 from supervisor.pool.child_process import ChildProcess
@@ -226,6 +226,15 @@ class Calls:
                 self._deliver(child, call, head)
             except CallFailed as exc:
                 child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
+            except Exception as exc:  # noqa: BLE001 - one call's failure, never the server's
+                # A fault of the platform's (an asset file gone from the
+                # state dir, a disk error) fails this call, as a request's
+                # handler failing answers 500; escaping, it stopped the
+                # supervisor, every tenant with it (durability audit F1).
+                error("call.failed", exc_info=exc, kind=message.kind, target=message.target,
+                      script=parent.record.name, namespace=parent.record.namespace)
+                child.send(SubFailed(call, ExceptionInfo("Error", "internal error in the platform while "
+                                                                  "serving this call; it is logged")))
             finally:
                 child.calls.pop(call, None)
                 parent.call_scopes.discard(scope)
