@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Corral
+from tests.test_jail import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,3 +62,53 @@ def test_an_asset_file_gone_from_the_state_dir_fails_its_request_only(server, tm
         assert server.request(host="hello.localhost").text == "from the worker"
     assert server.alive(), server.log()[-3000:]
     assert "call.failed" in server.log()
+
+
+CONSUMER = '''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        await self.env.Q.send("job")
+        return Response("sent")
+
+    async def queue(self, batch, env, ctx):
+        pass
+'''
+
+
+def test_a_corrupt_queue_or_alarm_index_stops_only_itself(tmp_path):
+    """One tenant's corrupt ``queue.sqlite3`` (or the Durable Objects' alarm
+    index) used to end the supervisor a second after start, with a traceback
+    naming no file: every tenant offline. Now that queue (or the alarms) waits,
+    logged with its file, and the rest serves."""
+    corral = Corral(tmp_path / "state").start()
+    try:
+        corral.deploy("hello", CODE, namespace=None)
+        corral.route("hello.localhost/*", "hello")
+        corral.deploy("producer", CONSUMER, namespace=None,
+                      bindings=[{"type": "queue", "name": "Q", "queue_name": "jobs"}],
+                      extra_metadata={"queue_consumers": [{"queue": "jobs", "max_batch_timeout": 0.1}]})
+        corral.route("producer.localhost/*", "producer")
+        assert corral.request(host="producer.localhost").text == "sent"
+    finally:
+        corral.stop()
+    queues = [p for p in (corral.state_dir / "storage").rglob("queue.sqlite3")]
+    assert queues, "the queue's store was not where the test looks"
+    alarms = corral.state_dir / "storage" / "do" / "alarms.sqlite3"
+    alarms.parent.mkdir(parents=True, exist_ok=True)
+    for path in [*queues, alarms]:
+        path.write_bytes(b"not a database at all " * 200)
+        for sidecar in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            sidecar.unlink(missing_ok=True)
+    corral.start()
+    try:
+        assert wait_for(lambda: "queue.storage_failed" in corral.log()
+                        and "dobject.alarms_unreadable" in corral.log(), timeout=30), corral.log()[-3000:]
+        for _ in range(3):
+            assert corral.request(host="hello.localhost").text == "from the worker"
+        assert corral.alive()
+        log = corral.log()
+        assert str(queues[0]) in log and str(alarms) in log
+    finally:
+        corral.stop()

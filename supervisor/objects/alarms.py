@@ -27,6 +27,10 @@ from supervisor.log import warn
 
 MAX_RETRIES = 6
 FIRST_BACKOFF_S = 2.0
+#: After the index fails to be read or written, the scheduler waits this
+#: long before it tries again (doubling up to the most, for reads).
+STORAGE_RETRY_S = 1.0
+MAX_STORAGE_RETRY_S = 30.0
 
 #: Runs one alarm: (key, scheduled time ms, retry count) -> handler succeeded.
 AlarmRunner = Callable[[tuple[str, str, str, str], float, int], Awaitable[bool]]
@@ -64,9 +68,21 @@ class Alarms:
         task_status.started()
         async with trio.open_nursery() as nursery:
             running: set[tuple[str, str, str, str]] = set()
+            pause = STORAGE_RETRY_S
             while True:
                 self._changed = trio.Event()
-                rows = await self._due()
+                try:
+                    rows = await self._due()
+                    pause = STORAGE_RETRY_S
+                except Exception as exc:  # noqa: BLE001 - the alarms stop a while, not the server
+                    # A corrupt or unreadable index (a full disk, a truncated
+                    # file) used to end the supervisor, at start-up too,
+                    # every tenant with it (durability audit).
+                    warn("dobject.alarms_unreadable", file=self.path, retry_s=pause,
+                         reason=f"{type(exc).__name__}: {exc}"[:300])
+                    await trio.sleep(pause)
+                    pause = min(pause * 2, MAX_STORAGE_RETRY_S)
+                    continue
                 now_ms = time.time() * 1000
                 next_ms = None
                 for ns, script, cls, oid, when, retries in rows:
@@ -91,12 +107,19 @@ class Alarms:
             except Exception as exc:  # noqa: BLE001 - one object's alarm, not the scheduler
                 warn("dobject.alarm_failed", object_id=key[3][:16], reason=str(exc)[:200])
                 ok = False
-            if ok or retries >= MAX_RETRIES:
-                await self.databases.run(self.path, _setup, _done, key, when)
-            else:
-                backoff = FIRST_BACKOFF_S * (2 ** retries)
-                await self.databases.run(self.path, _setup, _retry, key, when,
-                                         time.time() * 1000 + backoff * 1000)
+            try:
+                if ok or retries >= MAX_RETRIES:
+                    await self.databases.run(self.path, _setup, _done, key, when)
+                else:
+                    backoff = FIRST_BACKOFF_S * (2 ** retries)
+                    await self.databases.run(self.path, _setup, _retry, key, when,
+                                             time.time() * 1000 + backoff * 1000)
+            except Exception as exc:  # noqa: BLE001 - one alarm's record, not the server
+                # Not recorded (a full disk): it stays due, and is not run
+                # again before this wait is over (it stays in ``running``).
+                warn("dobject.alarm_not_recorded", object_id=key[3][:16], file=self.path,
+                     retry_s=STORAGE_RETRY_S, reason=f"{type(exc).__name__}: {exc}"[:300])
+                await trio.sleep(STORAGE_RETRY_S)
         finally:
             running.discard(key)
             self._changed.set()

@@ -29,6 +29,9 @@ from supervisor.log import log, warn
 from supervisor.queues import store
 
 QueueKey = tuple[str, str]  # (dispatch namespace, queue name)
+#: After a queue's store fails, its consumer waits this long, doubling up to the most.
+STORAGE_RETRY_S = 1.0
+MAX_STORAGE_RETRY_S = 30.0
 #: Lists (namespace, script, consumer) of every stored script (runs in a thread).
 ConsumerSource = Callable[[], Iterable[tuple[str, str, Any]]]
 
@@ -91,23 +94,43 @@ class QueueHub:
                 nursery.cancel_scope.cancel()
 
     async def _consume(self, key: QueueKey, script: str, cfg: Any) -> None:
+        """Deliver ``key``'s messages in batches, for as long as it has a consumer.
+
+        A storage failure (a full disk, a corrupt ``queue.sqlite3``) stops this
+        queue for a while, logged, never the supervisor: it used to escape and
+        end the server, every tenant with it (durability audit). The messages
+        stay stored; delivery resumes once the store works again.
+        """
+        pause = STORAGE_RETRY_S
         while True:
+            try:
+                await self._consume_once(key, script, cfg)
+                pause = STORAGE_RETRY_S
+            except Exception as exc:  # noqa: BLE001 - this queue's store, not the server
+                warn("queue.storage_failed", namespace=key[0], queue=key[1], retry_s=pause,
+                     file=self.services.path("queues", Scope(*key), "queue.sqlite3"),
+                     reason=f"{type(exc).__name__}: {exc}"[:300])
+                await trio.sleep(pause)
+                pause = min(pause * 2, MAX_STORAGE_RETRY_S)
+
+    async def _consume_once(self, key: QueueKey, script: str, cfg: Any) -> None:
+        """Wait for messages, gather a batch and deliver it (one turn of :meth:`_consume`)."""
+        waiter = self._waiter(key)
+        count, hidden_until = await self._db(key, store.visible)
+        if count == 0:
+            timeout = math.inf if hidden_until is None else max(0.0, hidden_until - time.time())
+            with trio.move_on_after(timeout):
+                await waiter.wait()
+            return
+        deadline = trio.current_time() + cfg.max_batch_timeout
+        while count < cfg.max_batch_size and trio.current_time() < deadline:
             waiter = self._waiter(key)
-            count, hidden_until = await self._db(key, store.visible)
-            if count == 0:
-                timeout = math.inf if hidden_until is None else max(0.0, hidden_until - time.time())
-                with trio.move_on_after(timeout):
-                    await waiter.wait()
-                continue
-            deadline = trio.current_time() + cfg.max_batch_timeout
-            while count < cfg.max_batch_size and trio.current_time() < deadline:
-                waiter = self._waiter(key)
-                with trio.move_on_at(deadline):
-                    await waiter.wait()
-                count, _ = await self._db(key, store.visible)
-            messages = await self._db(key, store.lease, min(cfg.max_batch_size, store.MAX_BATCH_MESSAGES))
-            if messages:
-                await self._deliver(key, script, cfg, messages)
+            with trio.move_on_at(deadline):
+                await waiter.wait()
+            count, _ = await self._db(key, store.visible)
+        messages = await self._db(key, store.lease, min(cfg.max_batch_size, store.MAX_BATCH_MESSAGES))
+        if messages:
+            await self._deliver(key, script, cfg, messages)
 
     async def _deliver(self, key: QueueKey, script: str, cfg: Any, messages: list[QueueMessage]) -> None:
 

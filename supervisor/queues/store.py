@@ -68,7 +68,8 @@ def send(conn: sqlite3.Connection, messages: list[Outgoing], cap: int | None) ->
              for m in messages])
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # else the real error would read "cannot rollback"
+            conn.execute("ROLLBACK")
         raise
 
 
@@ -101,7 +102,8 @@ def lease(conn: sqlite3.Connection, limit: int) -> list[QueueMessage]:
             out.append(QueueMessage(id_, ts, body, ctype, attempts + 1))
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # else the real error would read "cannot rollback"
+            conn.execute("ROLLBACK")
         raise
     return out
 
@@ -123,6 +125,7 @@ def settle(conn: sqlite3.Connection, acked: list[str], retried: list[tuple[str, 
                          [(now + delay, i) for i, delay in retried])
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # else the real error would read "cannot rollback"
+            conn.execute("ROLLBACK")
         raise
     return rows
