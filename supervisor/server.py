@@ -85,13 +85,24 @@ def freeze_startup_heap() -> None:
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, full)
 
 
+def _open_store(path: str) -> Store:
+    """The state dir's database, or a :class:`StartupError` that names it: a
+    truncated or corrupt ``corral.db`` was a bare traceback (durability
+    audit). It is never rewritten here: the operator restores it."""
+    try:
+        return Store(path)
+    except sqlite3.DatabaseError as exc:
+        raise StartupError(f"{path} cannot be read as Corral's database ({exc}); it is left as it is: "
+                           "restore it from a backup, or move it aside to start empty") from None
+
+
 class Supervisor:
     """Holds the parts; also the admin API's hooks."""
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         os.makedirs(config.state_dir, exist_ok=True)
-        self.store = Store(os.path.join(config.state_dir, "corral.db"))
+        self.store = _open_store(os.path.join(config.state_dir, "corral.db"))
         #: Scripts for the request path: cache hits inline, misses in a thread.
         self.scripts = ScriptLookup(self.store)
         self.client = http_client.HTTPClient(

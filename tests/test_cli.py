@@ -269,3 +269,17 @@ def test_a_second_server_on_a_state_dir_in_use_stops_and_harms_nothing(server, t
 def test_tail_without_a_supervisor_is_an_api_error(tmp_path):
     result = corral("tail", "x", "--socket", tmp_path / "s")
     assert result.returncode == 1 and "cannot reach the supervisor" in result.stderr
+
+
+def test_a_corrupt_state_database_is_a_startup_error_naming_it(tmp_path):
+    """A truncated or corrupt corral.db: exit 1, a log line and a message
+    naming the file, never a bare traceback, and the file left as it was."""
+    state = tmp_path / "state"
+    state.mkdir()
+    garbage = b"this is no SQLite database " * 400
+    (state / "corral.db").write_bytes(garbage)
+    result = corral("serve", "--http", f"127.0.0.1:{free_port()}", "--state-dir", state, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert f"{state / 'corral.db'} cannot be read as Corral's database" in result.stderr
+    assert '"event":"serve.cannot_start"' in result.stderr and "Traceback" not in result.stderr
+    assert (state / "corral.db").read_bytes() == garbage
