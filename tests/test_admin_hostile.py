@@ -444,3 +444,24 @@ def test_deeply_nested_project_config(tmp_path: Path, name: str, text: bytes) ->
     (tmp_path / "w.py").write_text("x = 1\n")
     with pytest.raises(ProjectError, match="nested too deeply"):
         load_project(tmp_path)
+
+
+def test_a_full_state_directory_is_a_507_not_an_internal_error():
+    """ENOSPC from a write, or SQLITE_FULL from the database: the operator's
+    disk is full, said as such, not "internal error" (durability audit F6)."""
+    import errno
+    import sqlite3
+
+    from supervisor.admin.errors import ErrorCode, status_and_code
+
+    status, code, message = status_and_code(OSError(errno.ENOSPC, "No space left on device"))
+    assert (status, code) == (507, ErrorCode.STORAGE_FULL) and message.startswith("the state directory is full")
+    conn = sqlite3.connect(":memory:")
+    conn.execute("PRAGMA max_page_count = 1")
+    try:
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (randomblob(100000))")
+    except sqlite3.Error as exc:
+        full = exc
+    assert status_and_code(full)[:2] == (507, ErrorCode.STORAGE_FULL), full
+    assert status_and_code(OSError(errno.EACCES, "Permission denied"))[0] == 500
