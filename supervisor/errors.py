@@ -5,10 +5,14 @@ them to an HTTP status and a Cloudflare-style error code in one place
 (:mod:`supervisor.admin.errors`). ``code`` is set where Cloudflare has a
 specific number for the case (script not found, validation failed...).
 
-This module imports nothing: every other part may use it.
+This module imports nothing of Corral's (only the standard library): every other
+part may use it.
 """
 
 from __future__ import annotations
+
+import errno
+import sqlite3
 
 
 class CorralError(Exception):
@@ -60,3 +64,11 @@ class Forbidden(CorralError):
 
 class StartupError(CorralError):
     """``corral serve`` cannot start (the state directory or an address is in use)."""
+
+
+def storage_full(exc: BaseException) -> bool:
+    """A full disk or quota under the state dir, as the OS or SQLite
+    (SQLITE_FULL) reports it: the operator's to fix, and to be said as such."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL

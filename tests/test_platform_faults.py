@@ -112,3 +112,43 @@ def test_a_corrupt_queue_or_alarm_index_stops_only_itself(tmp_path):
         assert str(queues[0]) in log and str(alarms) in log
     finally:
         corral.stop()
+
+
+KV_WORKER = '''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        try:
+            await self.env.KV.put("k", "v")
+            return Response(await self.env.KV.get("k"))
+        except Exception as e:
+            return Response(str(e), status=500)
+'''
+
+
+def test_a_binding_whose_store_is_damaged_says_so(tmp_path):
+    """A KV store that cannot be read: the tenant hears which kind of failure
+    it is (not a bare "internal error"), the log line names its namespace."""
+    corral = Corral(tmp_path / "state").start()
+    try:
+        corral.deploy("kv", KV_WORKER, namespace=None,
+                      bindings=[{"type": "kv_namespace", "name": "KV", "namespace_id": "shop"}])
+        corral.route("kv.localhost/*", "kv")
+        assert corral.request(host="kv.localhost").text == "v"
+    finally:
+        corral.stop()
+    stores = [p for p in (corral.state_dir / "storage").rglob("*.sqlite3") if "kv" in str(p)]
+    assert stores
+    for path in stores:
+        path.write_bytes(b"not a database at all " * 200)
+        for sidecar in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            sidecar.unlink(missing_ok=True)
+    corral.start()
+    try:
+        response = corral.request(host="kv.localhost")
+        assert response.status == 500
+        assert "put() failed: the platform's storage for this binding cannot be read" in response.text, response
+        assert '"binding.failed"' in corral.log() and "DatabaseError" in corral.log()
+    finally:
+        corral.stop()

@@ -9,9 +9,6 @@ and always hints at its status.
 
 from __future__ import annotations
 
-import errno
-import sqlite3
-
 from supervisor.admin.multipart import MultipartError
 from supervisor.errors import (
     Conflict,
@@ -23,6 +20,7 @@ from supervisor.errors import (
     TooLarge,
     Unauthorized,
     Unavailable,
+    storage_full,
 )
 
 
@@ -69,13 +67,6 @@ _BY_KIND: list[tuple[type[Exception], int, int]] = [
 ]
 
 
-def _storage_full(exc: BaseException) -> bool:
-    """A full disk or quota, as the OS or SQLite (SQLITE_FULL) reports it."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-
-
 def status_and_code(exc: BaseException) -> tuple[int, int, str]:
     """``(HTTP status, error code, message)`` for any exception the API meets.
 
@@ -89,7 +80,7 @@ def status_and_code(exc: BaseException) -> tuple[int, int, str]:
         if isinstance(exc, kind):
             assert isinstance(exc, CorralError)
             return status, exc.code or code, exc.message
-    if _storage_full(exc):
+    if storage_full(exc):
         # Not an internal error: the operator's disk, said as such (507).
         return 507, ErrorCode.STORAGE_FULL, (f"the state directory is full ({exc}): the call did not "
                                              "complete; free space and try again")

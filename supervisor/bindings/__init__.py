@@ -29,6 +29,7 @@ import importlib
 import os
 import pkgutil
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ from supervisor.bindings.base import BindingError, Context, Handler, Reply, Scop
 from supervisor.bindings.io import Databases, Offload
 from supervisor.bindings.quota import quota_for
 from supervisor.config import StorageConfig
+from supervisor.errors import storage_full
 from supervisor.log import error
 from supervisor.model import BROKERED, PLATFORM
 from supervisor.pool.bodies import BodyError, BodySource, read_all
@@ -193,9 +195,15 @@ class Bindings:
             except Exception as exc:  # noqa: BLE001 - a handler bug fails one call, not the child
                 span["error"] = "internal error"
                 error("binding.failed", exc_info=exc, script=parent.record.name,
-                      binding=message.binding, method=message.method[:64])
+                      namespace=parent.record.namespace, binding=message.binding,
+                      method=message.method[:64], reason=f"{type(exc).__name__}: {exc}"[:300])
+                # The platform's storage failing is said as such (the tenant
+                # can tell "try later" from a bug); anything else stays vague.
+                what = ("the platform's storage is full" if storage_full(exc) else
+                        "the platform's storage for this binding cannot be read"
+                        if isinstance(exc, sqlite3.DatabaseError) else "internal error")
                 child.send(SubFailed(call, ExceptionInfo(
-                    "Error", f"internal error in {message.method[:64]}(); the platform logged it")))
+                    "Error", f"{message.method[:64]}() failed: {what}; the platform logged it")))
             finally:
                 span["end_ns"] = time.time_ns()
                 child.calls.pop(call, None)
