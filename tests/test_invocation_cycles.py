@@ -33,6 +33,9 @@ class _Link:
     def spawn(self, fn, *args) -> None:  # pragma: no cover - not reached
         raise AssertionError("no task expected")
 
+    def later(self, fn, arg) -> None:
+        fn(arg)  # no loop turn here: at once, as a batch not installed does
+
 
 def _record(name: str) -> ScriptRecord:
     return ScriptRecord(namespace="", name=name, version="v1", main_module="worker.py",

@@ -167,3 +167,54 @@ def test_after_a_turn_that_kept_more_children_than_cores_busy_frames_wait_for_th
     frames = 2 * BATCH_MAX_FRAMES + 1
     assert [ids for ids in after_wide if ids] == [list(range(frames))], after_wide
     assert [len(ids) for ids in after_narrow if ids] == [BATCH_MAX_FRAMES, BATCH_MAX_FRAMES, 1], after_narrow
+
+
+def test_work_handed_to_later_runs_after_the_turns_frames_have_left() -> None:
+    """An invocation's trace (handed to ``later``) no answer waits for: it
+    runs once the frames queued in the same turn are in the child's socket,
+    not before them, and what it sends itself leaves in the same turn."""
+    order: list[str] = []
+
+    async def main() -> None:
+        kids = _Children(2)
+        kids.kit.batch.install()
+        try:
+
+            def trace(arg: str) -> None:
+                order.append(f"{arg} after {kids.arrived(0)}")
+                kids.children[1].send(Cancel(7))  # e.g. a tail worker's Invoke
+
+            kids.children[0].later(trace, "trace")
+            kids.children[0].send(Cancel(1))
+            assert order == [], "it ran before the end of the turn"
+            await trio.sleep(0)  # the turn ends
+            order.append(f"then {kids.arrived(1)}")
+        finally:
+            kids.close()
+
+    trio.run(main)
+    assert order == ["trace after [1]", "then [7]"], order
+
+
+def test_a_task_woken_by_later_work_runs_at_once_not_after_the_loops_sleep() -> None:
+    """trio chose how long to sleep before the hook ran: a task the work
+    woke must not wait out that sleep (here 30 s, with nothing else due)."""
+
+    async def main() -> None:
+        kids = _Children(1)
+        kids.kit.batch.install()
+        woken = trio.Event()
+        try:
+            async def waiter() -> None:
+                await woken.wait()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiter)
+                await trio.sleep(0.01)  # the waiter sleeps; the next turn would sleep long
+                kids.children[0].later(lambda _: woken.set(), None)
+                with trio.fail_after(20):  # TooSlowError: it waited out the sleep
+                    await woken.wait()
+        finally:
+            kids.close()
+
+    trio.run(main)

@@ -61,6 +61,9 @@ class ChildLink(Protocol):
     def cpu_budget_shrank(self, inv: Any) -> None:
         """``inv``'s CPU budget was cut (its callees spent some): enforce what is left."""
 
+    def later(self, fn: Callable[[Any], None], arg: Any) -> None:
+        """Call ``fn(arg)`` once the frames of this turn of the loop have left."""
+
 
 class BytesBody:
     """A body already in memory."""

@@ -179,9 +179,18 @@ class SendBatch(trio.abc.Instrument):
     frames did not all fit in its socket (its writer task takes the rest),
     or whose socket failed (it is killed), is handed to :meth:`_follow_up`
     through ``run_sync_soon``, which makes the coming wait return at once.
+
+    Work that no answer waits for (an invocation's trace, usage and metrics,
+    ~10 us a request) is handed to :meth:`later` and runs after the turn's
+    frames left, while the children they woke work on them, instead of
+    before, on the path of the next request: the CPU account settles an
+    invocation when its child's next invocation starts (see
+    supervisor.limits.cpu_account), so one request at a time, each request
+    carried the previous one's trace between reading it and handing it on.
     """
 
-    __slots__ = ("dirty", "running", "early", "frames", "writes", "_token", "_busy_above")
+    __slots__ = ("dirty", "running", "early", "frames", "writes", "_token", "_busy_above",
+                 "_later", "_runq")
 
     def __init__(self) -> None:
         self.dirty: list[ChildProcess] = []
@@ -194,10 +203,15 @@ class SendBatch(trio.abc.Instrument):
         self.frames = 0
         self.writes = 0
         self._token: trio.lowlevel.TrioToken | None = None
+        #: Calls waiting for the end of the turn (:meth:`later`).
+        self._later: list[tuple[Callable[[Any], None], Any]] = []
+        #: trio's queue of runnable tasks, when reachable (see :meth:`_run_later`).
+        self._runq: Any = None
 
     def install(self) -> None:
         """Start batching (in the pool's task, before any child runs)."""
         self._token = trio.lowlevel.current_trio_token()
+        self._runq = _trio_runq()
         trio.lowlevel.add_instrument(self)
         self.running = True
 
@@ -213,9 +227,38 @@ class SendBatch(trio.abc.Instrument):
         """``child`` has frames to write: they leave with this turn's others."""
         self.dirty.append(child)
 
+    def later(self, fn: Callable[[Any], None], arg: Any) -> None:
+        """``fn(arg)`` once this turn's frames have left (at once while the
+        batch is not installed). For work no answer waits for; it must not
+        block, and what it raises is logged, not raised."""
+        if self.running:
+            self._later.append((fn, arg))
+        else:
+            fn(arg)
+
     def before_io_wait(self, timeout: float) -> None:
-        if not self.dirty:
-            return
+        if self.dirty:
+            self._flush()
+        if self._later:
+            self._run_later()
+
+    def _run_later(self) -> None:
+        """The turn's :meth:`later` calls, after its frames. What they send
+        leaves now too; a task they woke would wait out the sleep trio chose
+        before this hook, so then the wait is made to return at once."""
+        while self._later:
+            calls, self._later = self._later, []
+            for fn, arg in calls:
+                try:
+                    fn(arg)
+                except Exception as exc:  # noqa: BLE001 - a trace's failure is never the loop's
+                    error("pool.after_turn_failed", exc_info=exc, call=getattr(fn, "__qualname__", "?"))
+            if self.dirty:
+                self._flush()
+        if self._token is not None and (self._runq is None or self._runq):
+            self._token.run_sync_soon(_nothing)
+
+    def _flush(self) -> None:
         dirty, self.dirty = self.dirty, []
         self.early = len(dirty) <= self._busy_above
         unfinished = []
@@ -233,6 +276,19 @@ class SendBatch(trio.abc.Instrument):
     def _follow_up(children: list[ChildProcess]) -> None:
         for child in children:
             child._after_send()
+
+
+def _nothing() -> None:
+    """Queued only to end trio's wait for I/O (see SendBatch._run_later)."""
+
+
+def _trio_runq() -> Any:
+    """trio's queue of runnable tasks (a deque), or None if this trio keeps it
+    elsewhere: then every turn that ran :meth:`SendBatch.later` calls ends
+    its wait at once, which costs a wake-up but never a stall."""
+    runner = getattr(getattr(trio._core._run, "GLOBAL_RUN_CONTEXT", None), "runner", None)  # noqa: SLF001
+    runq = getattr(runner, "runq", None)
+    return runq if runq is not None and hasattr(runq, "__len__") else None
 
 
 class Renicer:
@@ -492,6 +548,10 @@ class ChildProcess:
             return self.kit.meters.open(self.pid)
         except OSError:
             return None
+
+    def later(self, fn: Callable[[Any], None], arg: Any) -> None:
+        """``fn(arg)`` after this turn's frames have left (SendBatch.later)."""
+        self._batch.later(fn, arg)
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run a task that must not outlive this child (a body pump, a call)."""

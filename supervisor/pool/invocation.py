@@ -240,7 +240,7 @@ class Invocation:
         complete = self.complete
         if self.on_done is not None and complete:
             callback, self.on_done = self.on_done, None
-            callback(self)
+            self.child.later(callback, self)  # no answer waits for a trace
         parent = self.parent
         if parent is not None and self.is_done and self.response_end is not None:
             if complete:
