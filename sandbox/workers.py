@@ -635,13 +635,13 @@ class Response(_Body):
         self.redirected = False
 
     @classmethod
-    def _delivered(cls, status: int, headers: Headers, body: Any) -> Response:
+    def _delivered(cls, status: int, headers: Headers, body: Any, status_text: str = "") -> Response:
         """What ``__init__`` sets, for a response the supervisor delivered
         and already checked (see :func:`response_with`): no validation and no
         body encoding. Kept beside ``__init__`` so that both set the same."""
         response = cls.__new__(cls)
         response.status = status
-        response.status_text = _STATUS_TEXT.get(status, "")
+        response.status_text = status_text or _STATUS_TEXT.get(status, "")
         response.headers = headers
         response._body = body
         response._body_used = False
@@ -715,10 +715,12 @@ class Response(_Body):
                 f"content_type={self.headers.get('content-type')!r})")
 
 
-def response_with(status: int, body: Any, headers: Headers | None = None) -> Response:
+def response_with(status: int, body: Any, headers: Headers | None = None,
+                  status_text: str = "") -> Response:
     """A response the supervisor delivered (a call's, a Durable Object's):
     ``body`` as it arrived, or the WebSocket of a 101 (a
-    :class:`sandbox.websockets.HandedOn`, the one body with a ``readyState``).
+    :class:`sandbox.websockets.HandedOn`, the one body with a ``readyState``);
+    ``status_text`` its reason phrase when not the standard one.
 
     The supervisor already checked the status, so the usual case skips
     ``__init__``: a dispatcher makes one of these for every request it
@@ -732,7 +734,7 @@ def response_with(status: int, body: Any, headers: Headers | None = None) -> Res
         # As fetch() makes it in workerd: no body at all, so that handing it
         # on (``Response(r.body, status=r.status)``) passes the check above.
         body = None
-    return Response._delivered(status, Headers() if headers is None else headers, body)
+    return Response._delivered(status, Headers() if headers is None else headers, body, status_text)
 
 
 #: Status texts fetch gives a Response without one (``Response("x", status=404).status_text``).
