@@ -78,8 +78,8 @@ class Head(msgspec.Struct):
     body: BodySource | None
     url: str = ""
     redirected: bool = False
-    #: The reason phrase, when not the status's standard one (the callee's
-    #: ``status_text``).
+    #: The reason phrase, when not the status's standard one: the callee's
+    #: ``status_text``, an upstream's own phrase.
     status_text: str = ""
 
 
@@ -446,7 +446,7 @@ class Calls:
             span["end_ns"] = time.time_ns()
             _close(body)
         return Head(response.status, response.headers, _ClientBody(response), response.url,
-                    response.redirected)
+                    response.redirected, response.status_text)
 
 
 class AssetAnswerer(Protocol):
