@@ -364,6 +364,9 @@ class SubResponse(_Msg, tag="subresp"):
     body: Body | None = None
     url: str = ""
     redirected: bool = False
+    #: The response's statusText when it is not the status's standard phrase
+    #: ("" otherwise, and then not sent); last, so older frames still decode.
+    status_text: str = ""
 
 
 class SubFailed(_Msg, tag="subfail"):
@@ -429,6 +432,9 @@ class ResponseStart(_Msg, tag="respond"):
     status: int
     headers: list[Header]
     body: Body | None = None
+    #: The reason phrase when it is not the status's standard one ("" then,
+    #: and not sent); last, so older frames still decode.
+    status_text: str = ""
 
 
 class InvokeFailed(_Msg, tag="failed"):

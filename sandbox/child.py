@@ -860,13 +860,21 @@ class Runtime:
             return
         if response._body_used:
             raise workers.BodyUsedError("the response's body was already read")
+        # Only a phrase of the worker's own is sent: the standard one is the
+        # supervisor's cached status line. Checked again, as code may have set
+        # the attribute after the constructor checked it.
+        text = response.status_text
+        if text == workers._STATUS_TEXT.get(response.status, ""):
+            text = ""
+        else:
+            text = workers._checked_status_text(text)
         body = response._body
         if type(body) is bytes and len(body) <= MAX_CHUNK:  # most responses: inline
             sent, out = Inline(body), None
         else:
             sent, out = self.send_body(body, inv)
         state.responded = True
-        self.send(ResponseStart(inv, response.status, response.headers._raw(), sent))
+        self.send(ResponseStart(inv, response.status, response.headers._raw(), sent, text))
         if out is not None:
             await pump(response._body, out)
 
@@ -983,7 +991,7 @@ class Runtime:
             raise workers.platform_error(result.error.name, result.error.message)
         response = workers.response_with(
             result.status, None if result.body is None else self.receive_body(result.body, call),
-            workers.Headers._from_raw(result.headers))
+            workers.Headers._from_raw(result.headers), result.status_text)
         response.url = result.url or request.url
         response.redirected = result.redirected
         return response

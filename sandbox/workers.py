@@ -17,6 +17,7 @@ import email.message
 import http
 import http.client
 import json as _json
+import re
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -318,6 +319,35 @@ class StatusRangeError(JsException, ValueError):
         super().__init__("RangeError", message)
 
 
+class StatusTextError(JsException, TypeError):
+    """JavaScript's ``TypeError`` for a statusText that cannot be a reason
+    phrase: workerd refuses any control character (CR and LF would let it
+    write headers of its own), and RFC 9110 DEL too. Both a ``JsException``
+    named TypeError and Python's ``TypeError``, as :class:`NullBodyStatusError`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__("TypeError", f"Invalid statusText {text!r}: a reason phrase may not contain "
+                                      f"control characters (CR, LF, NUL, tab) or DEL")
+
+
+#: What a statusText may not hold (workerd: any byte below 0x20; RFC 9110's
+#: reason-phrase has no DEL either).
+_BAD_STATUS_TEXT = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _checked_status_text(text: str) -> str:
+    """``text`` as a reason phrase, or :class:`StatusTextError`. A lone
+    surrogate becomes U+FFFD, as a JavaScript string does on its way to
+    workerd's UTF-8 (it could not cross to the supervisor otherwise)."""
+    if type(text) is not str:
+        raise TypeError(f"statusText must be a str, not {type(text).__name__}")
+    if _BAD_STATUS_TEXT.search(text):
+        raise StatusTextError(text)
+    if not text.isascii():
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def _check_null_body(body: Any) -> None:
     """A response with a null body status takes a body as workerd does: a
     zero-length buffer counts as none (Cloudflare still allows it, from the
@@ -593,9 +623,8 @@ class Response(_Body):
         elif not 200 <= self.status <= 599:
             raise StatusRangeError("Responses may only be constructed with status codes in the "
                                    "range 200 to 599, inclusive.")
-        self.status_text = statusText if statusText is not None else status_text
-        if not self.status_text:
-            self.status_text = _STATUS_TEXT.get(self.status, "")
+        text = statusText if statusText is not None else status_text
+        self.status_text = _checked_status_text(text) if text else _STATUS_TEXT.get(self.status, "")
         self.headers = Headers(headers)
         self._body = _encode_body(body, self.headers)
         if self.status in NULL_BODY_STATUSES:
@@ -606,13 +635,13 @@ class Response(_Body):
         self.redirected = False
 
     @classmethod
-    def _delivered(cls, status: int, headers: Headers, body: Any) -> Response:
+    def _delivered(cls, status: int, headers: Headers, body: Any, status_text: str = "") -> Response:
         """What ``__init__`` sets, for a response the supervisor delivered
         and already checked (see :func:`response_with`): no validation and no
         body encoding. Kept beside ``__init__`` so that both set the same."""
         response = cls.__new__(cls)
         response.status = status
-        response.status_text = _STATUS_TEXT.get(status, "")
+        response.status_text = status_text or _STATUS_TEXT.get(status, "")
         response.headers = headers
         response._body = body
         response._body_used = False
@@ -686,10 +715,12 @@ class Response(_Body):
                 f"content_type={self.headers.get('content-type')!r})")
 
 
-def response_with(status: int, body: Any, headers: Headers | None = None) -> Response:
+def response_with(status: int, body: Any, headers: Headers | None = None,
+                  status_text: str = "") -> Response:
     """A response the supervisor delivered (a call's, a Durable Object's):
     ``body`` as it arrived, or the WebSocket of a 101 (a
-    :class:`sandbox.websockets.HandedOn`, the one body with a ``readyState``).
+    :class:`sandbox.websockets.HandedOn`, the one body with a ``readyState``);
+    ``status_text`` its reason phrase when not the standard one.
 
     The supervisor already checked the status, so the usual case skips
     ``__init__``: a dispatcher makes one of these for every request it
@@ -703,7 +734,7 @@ def response_with(status: int, body: Any, headers: Headers | None = None) -> Res
         # As fetch() makes it in workerd: no body at all, so that handing it
         # on (``Response(r.body, status=r.status)``) passes the check above.
         body = None
-    return Response._delivered(status, Headers() if headers is None else headers, body)
+    return Response._delivered(status, Headers() if headers is None else headers, body, status_text)
 
 
 #: Status texts fetch gives a Response without one (``Response("x", status=404).status_text``).

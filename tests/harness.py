@@ -60,10 +60,12 @@ def multipart(metadata: dict[str, Any], modules: dict[str, bytes | str]) -> tupl
 
 
 class Response:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes, reason: str = "") -> None:
         self.status = status
         self.headers = headers
         self.body = body
+        #: The status line's reason phrase (http.client reads it as Latin-1).
+        self.reason = reason
 
     @property
     def text(self) -> str:
@@ -249,7 +251,8 @@ class Corral:
         all_headers = {"host": host, **(headers or {})}
         conn.request(method, path, body=body, headers=all_headers)
         resp = conn.getresponse()
-        result = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        result = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read(),
+                          resp.reason)
         conn.close()
         return result
 

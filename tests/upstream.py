@@ -14,6 +14,7 @@ so a test can check what really left Corral. Endpoints:
 * ``/hang?max=S``: sends nothing until the client goes away (or ``S``
   seconds pass); records when the client disconnected.
 * ``/slow?delay=S``: answers after ``S`` seconds.
+* ``/reason?code=N&text=T``: status ``N`` with the reason phrase ``T`` (UTF-8).
 """
 
 from __future__ import annotations
@@ -186,6 +187,15 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             self.close_connection = True
+            return
+        if path == "/reason":  # a status line with the reason phrase ?text= (UTF-8)
+            self._record(body_len=size, sha256=sha)
+            text = query.get("text")  # http.server writes the status line as Latin-1
+            self.send_response_only(int(query.get("code", "200")),
+                                    None if text is None else text.encode().decode("latin-1"))
+            self.send_header("content-length", "7")
+            self.end_headers()
+            self.wfile.write(b"reason\n")
             return
         if path == "/slow":
             self._record(body_len=size, sha256=sha)

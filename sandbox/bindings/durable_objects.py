@@ -128,7 +128,7 @@ class DurableObjectStub:
         value, out = await call(self._binding, "fetch",
                                 [self.id._hex, self.name, request.method, request.url,
                                  list(request.headers.items())], request._body)
-        response = workers.response_with(value["status"], out)
+        response = workers.response_with(value["status"], out, None, value.get("status_text", ""))
         response.headers = workers.Headers(value["headers"])
         return response
 

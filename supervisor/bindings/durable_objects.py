@@ -143,9 +143,11 @@ class DurableObjectNamespaceHandler:
             body, ctx.body = ctx.body, None
             event = DurableObjectEvent(key.class_name, object_id, "fetch", name)
             inv = await self.host.invoke(key, event, ctx.invocation, http=(verb, url, headers, body))
-            return Reply({"status": inv.status,
-                          "headers": [[k.decode("latin-1"), v.decode("latin-1")]
-                                      for k, v in inv.response_headers]}, inv.body)
+            head = {"status": inv.status,
+                    "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in inv.response_headers]}
+            if inv.status_text:  # the object's own reason phrase, its stub's statusText
+                head["status_text"] = inv.status_text
+            return Reply(head, inv.body)
         raise BindingError(f"DurableObjectNamespace has no method {method!r}", "TypeError")
 
     def close(self) -> None:

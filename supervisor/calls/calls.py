@@ -78,6 +78,9 @@ class Head(msgspec.Struct):
     body: BodySource | None
     url: str = ""
     redirected: bool = False
+    #: The reason phrase, when not the status's standard one: the callee's
+    #: ``status_text``, an upstream's own phrase.
+    status_text: str = ""
 
 
 BindingT = TypeVar("BindingT", Service, DispatchNamespace)
@@ -125,7 +128,7 @@ async def head_of(inv: Invocation) -> Head:
         raise
     if inv.error is not None:
         raise failure_of(inv)
-    return Head(inv.status, inv.response_headers, inv.body)
+    return Head(inv.status, inv.response_headers, inv.body, status_text=inv.status_text)
 
 
 class Calls:
@@ -212,7 +215,8 @@ class Calls:
             failure = failure_of(inv)
             child.send(SubFailed(call, ExceptionInfo(failure.name, failure.message)))
             return
-        self._deliver(child, call, Head(inv.status, inv.response_headers, inv.body))
+        self._deliver(child, call, Head(inv.status, inv.response_headers, inv.body,
+                                        status_text=inv.status_text))
 
     async def _run(self, child: ChildProcess, parent: Invocation, message: SubRequest,
                    work: Any) -> None:
@@ -247,7 +251,7 @@ class Calls:
 
     def _deliver(self, child: ChildProcess, call: int, head: Head) -> None:
         child.send(SubResponse(call, head.status, head.headers, child.send_body(head.body, call),
-                               url=head.url, redirected=head.redirected))
+                               url=head.url, redirected=head.redirected, status_text=head.status_text))
 
     # -- what a call targets ------------------------------------------------------
     def _binding(self, parent: Invocation, name: str, kind: type[BindingT]) -> BindingT:
@@ -442,7 +446,7 @@ class Calls:
             span["end_ns"] = time.time_ns()
             _close(body)
         return Head(response.status, response.headers, _ClientBody(response), response.url,
-                    response.redirected)
+                    response.redirected, response.status_text)
 
 
 class AssetAnswerer(Protocol):

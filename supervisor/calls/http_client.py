@@ -119,6 +119,16 @@ class _Transport(httpx.AsyncHTTPTransport):
 # --------------------------------------------------------------------------- response
 
 
+def _own_phrase(status: int, phrase: bytes | None) -> str:
+    """The reason phrase httpcore read, as workerd hands it to JavaScript
+    (UTF-8; obs-text that is not UTF-8 becomes U+FFFD), or "" when it is
+    the standard one. httpx's own ``reason_phrase`` drops non-ASCII."""
+    if not phrase:
+        return ""
+    text = phrase.decode("utf-8", "replace")
+    return "" if text == httpx.codes.get_reason_phrase(status) else text
+
+
 class ClientResponse:
     """Response head plus a streaming body.
 
@@ -131,6 +141,9 @@ class ClientResponse:
 
     status: int
     reason: str
+    #: fetch's ``statusText``: the upstream's own reason phrase, "" when it
+    #: is the status's standard one (the child then gives that).
+    status_text: str
     url: str
     #: ``(name, value)`` as received, names lower-cased.
     headers: list[Header]
@@ -140,6 +153,7 @@ class ClientResponse:
                  redirected: bool) -> None:
         self.status = response.status_code
         self.reason = response.reason_phrase
+        self.status_text = _own_phrase(self.status, response.extensions.get("reason_phrase"))
         self.url = url
         self.headers = [(name.lower(), value) for name, value in response.headers.raw]
         self.redirected = redirected

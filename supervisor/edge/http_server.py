@@ -65,6 +65,9 @@ HOP_BY_HOP = frozenset({
 })
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
+#: Not in a reason phrase (RFC 9110: HTAB / SP / VCHAR / obs-text; workerd
+#: refuses HTAB too, as the sandbox does).
+_BAD_REASON = re.compile(rb"[\x00-\x1f\x7f]")
 _STATUS_LINES = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
     for status in http.HTTPStatus
@@ -103,9 +106,22 @@ def _status_line(status: int) -> bytes:
     return line
 
 
-def serialize_head(status: int, headers: list[tuple[bytes, bytes]], framing: bytes) -> bytearray:
-    """Status line and headers; ``framing`` holds the server's own headers."""
-    out = bytearray(_status_line(status))
+def _own_status_line(status: int, status_text: str) -> bytes:
+    """The status line with a worker's own reason phrase, as UTF-8 (as
+    workerd sends it). Checked here, though the sandbox checks it too: the
+    child is not trusted, and a CR or LF would write headers of its own."""
+    reason = status_text.encode("utf-8", "replace")
+    if _BAD_REASON.search(reason):
+        raise InvalidResponse(f"invalid status text {status_text[:100]!r}")
+    line = _status_line(status)  # checks the status
+    return line[:13] + reason + b"\r\n"  # b"HTTP/1.1 200 "
+
+
+def serialize_head(status: int, headers: list[tuple[bytes, bytes]], framing: bytes,
+                   status_text: str = "") -> bytearray:
+    """Status line and headers; ``framing`` holds the server's own headers.
+    ``status_text``: a reason phrase other than the status's standard one."""
+    out = bytearray(_own_status_line(status, status_text) if status_text else _status_line(status))
     for name, value in headers:
         if name.lower() in HOP_BY_HOP:
             continue
@@ -463,21 +479,21 @@ class Connection:
         return extra if self.keep_alive else extra + b"connection: close\r\n"
 
     async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
-                      head_only: bool = False) -> None:
-        """A complete response in one write."""
+                      head_only: bool = False, status_text: str = "") -> None:
+        """A complete response in one write; ``status_text`` as in :func:`serialize_head`."""
         if _no_body(status):
             body = b""
             framing = self._framing(b"")
         else:
             framing = self._framing(b"content-length: %d\r\n" % len(body))
-        out = serialize_head(status, headers, framing)
+        out = serialize_head(status, headers, framing, status_text)
         self.response_started = True
         if body and not head_only:
             out += body
         await self._send(out)
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]],
-                    head_only: bool = False) -> None:
+                    head_only: bool = False, status_text: str = "") -> None:
         """Begin a streamed response: chunked, or close-delimited for HTTP/1.0."""
         self._head_only = head_only or _no_body(status)
         if self._head_only:
@@ -490,7 +506,7 @@ class Connection:
             self._chunked = False
             self.keep_alive = False
             framing = b"connection: close\r\n"
-        out = serialize_head(status, headers, framing)
+        out = serialize_head(status, headers, framing, status_text)
         self.response_started = True
         await self._send(out)
 

@@ -247,10 +247,11 @@ class Ingress:
             await self._websocket(inv, body, conn, request)
             return
         if body is None:
-            await conn.respond(inv.status, inv.response_headers, b"", head_only)
+            await conn.respond(inv.status, inv.response_headers, b"", head_only, inv.status_text)
             return
         if isinstance(body, BytesBody):
-            await conn.respond(inv.status, inv.response_headers, await body.receive(), head_only)
+            await conn.respond(inv.status, inv.response_headers, await body.receive(), head_only,
+                               inv.status_text)
             return
         await self._stream(inv, body, conn, head_only)
 
@@ -272,7 +273,7 @@ class Ingress:
     async def _stream(self, inv: Invocation, body: BodySource, conn: Connection,
                       head_only: bool) -> None:
         try:
-            await conn.start(inv.status, inv.response_headers, head_only)
+            await conn.start(inv.status, inv.response_headers, head_only, inv.status_text)
             if head_only:
                 body.close()
                 await conn.end()
@@ -318,9 +319,9 @@ class _Tagged:
         return [h for h in headers if h[0].lower() != REQUEST_ID_HEADER] + [self._header]
 
     async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
-                      head_only: bool = False) -> None:
-        await self._conn.respond(status, self._headers(headers), body, head_only)
+                      head_only: bool = False, status_text: str = "") -> None:
+        await self._conn.respond(status, self._headers(headers), body, head_only, status_text)
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]],
-                    head_only: bool = False) -> None:
-        await self._conn.start(status, self._headers(headers), head_only)
+                    head_only: bool = False, status_text: str = "") -> None:
+        await self._conn.start(status, self._headers(headers), head_only, status_text)

@@ -872,7 +872,7 @@ class ChildProcess:
                 body.close()
             inv.fail(ExceptionInfo("TypeError", f"invalid response status {message.status}"))
             return
-        inv.respond(message.status, message.headers, body, streaming)
+        inv.respond(message.status, message.headers, body, streaming, message.status_text)
 
     def receive_body(self, body: Body | None, stream: int) -> BodySource | bytes | None:
         """A body this child sends (on ``stream``): bytes, a stream to pull, or

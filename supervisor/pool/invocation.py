@@ -78,8 +78,8 @@ class Outbound:
 class Invocation:
     __slots__ = (
         "id", "child", "record", "method", "url", "headers", "limits", "parent", "outbound",
-        "params", "_head_event", "_done_event", "status", "response_headers", "body", "error",
-        "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
+        "params", "_head_event", "_done_event", "status", "status_text", "response_headers", "body",
+        "error", "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
         "on_done", "response_end", "linger_cut", "log_bytes", "depth", "request_id", "event",
         "fetches", "settled", "cpu_settled", "has_head", "is_done",
@@ -110,6 +110,8 @@ class Invocation:
         self.has_head = False
         self.is_done = False
         self.status = 0
+        #: The worker's own reason phrase; "" for the status's standard one.
+        self.status_text = ""
         self.response_headers: list[Header] = []
         self.body: BodySource | None = None
         self.error: ExceptionInfo | None = None
@@ -178,13 +180,14 @@ class Invocation:
 
     # -- from the child ------------------------------------------------------
     def respond(self, status: int, headers: list[Header], body: BodySource | None,
-                streaming: bool = False) -> bool:
+                streaming: bool = False, status_text: str = "") -> bool:
         """The head is here; ``streaming`` if the child still sends the body."""
         if self.has_head:
             if body is not None:
                 body.close()
             return False
         self.status = status
+        self.status_text = status_text
         self.response_headers = headers
         self.body = body
         if not streaming:
