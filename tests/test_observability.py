@@ -514,6 +514,66 @@ def test_live_tails_filter_events(corral):
             sampled_out.next()
 
 
+def test_live_tails_filter_by_header_and_client_ip(corral):
+    """wrangler's ``--header NAME[:VALUE]`` and ``--ip ADDR``, each repeatable
+    (any of them), over a real server: the client IP is the one the edge
+    recorded in ``cf-connecting-ip`` (here named by the trusted proxy, 127.0.0.1)."""
+    with live_tail(corral, "script=hello&header=X-Tenant:blue&header=x-tenant:green") as by_value, \
+            live_tail(corral, "script=hello&header=x-flag") as by_name, \
+            live_tail(corral, "script=hello&ip=203.0.113.7&ip=198.51.100.1") as by_ip, \
+            live_tail(corral, "script=hello&header=x-tenant:blue&ip=198.51.100.1") as both:
+        for headers in ({"x-tenant": "red", "x-forwarded-for": "192.0.2.1"},
+                        {"x-tenant": "green:and:more", "x-flag": "", "x-forwarded-for": "192.0.2.1"},
+                        {"x-tenant": "blue", "x-forwarded-for": "203.0.113.7"},
+                        {"x-tenant": "green", "x-flag": "1", "x-forwarded-for": "198.51.100.1"}):
+            assert call(corral, "hello", headers=headers).status == 200
+        tenants = lambda reader, n: [reader.next()["event"]["request"]["headers"]["x-tenant"]  # noqa: E731
+                                     for _ in range(n)]
+        assert tenants(by_value, 2) == ["blue", "green"]
+        assert tenants(by_name, 2) == ["green:and:more", "green"]
+        assert tenants(by_ip, 2) == ["blue", "green"]
+        # Different kinds must all pass: nothing is both blue and from 198.51.100.1.
+        both.sock.settimeout(0.5)
+        with pytest.raises((socket.timeout, TimeoutError)):
+            both.next()
+
+
+def test_corral_tail_cli_takes_wranglers_filter_flags(corral):
+    """``corral tail --status ok --method GET --header NAME:VALUE --ip ADDR``
+    shows the matching events only; a status wrangler does not know is bad usage."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CORRAL_ADMIN_SOCKET": corral.socket_path}
+    bad = subprocess.run([sys.executable, "-m", "supervisor", "tail", "--status", "okay"],
+                         capture_output=True, env=env, cwd=str(REPO), timeout=30)
+    assert bad.returncode == 2 and b"okay" in bad.stderr
+    selfish = subprocess.run([sys.executable, "-m", "supervisor", "tail", "--ip", "self"],
+                             capture_output=True, env=env, cwd=str(REPO), timeout=30)
+    assert selfish.returncode == 1 and b"unix socket" in selfish.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "tail", "hello", "--format", "json",
+                             "--status", "ok", "--method", "POST", "--method", "GET",
+                             "--header", "x-tenant:a,b", "--header", "x-other", "--ip", "203.0.113.9",
+                             "--sampling-rate", "1", "--search", "hello"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
+                            preexec_fn=default_sigint)
+    try:
+        line = b""
+        deadline = time.monotonic() + 15
+        while not line and time.monotonic() < deadline:
+            # Until the CLI is subscribed: the misses first, then the one match.
+            call(corral, "hello", headers={"x-tenant": "a", "x-forwarded-for": "203.0.113.9"})
+            call(corral, "hello", headers={"x-tenant": "a,b", "x-forwarded-for": "203.0.113.8"})
+            call(corral, "hello", "/hello", headers={"x-tenant": "a,b", "x-forwarded-for": "203.0.113.9"})
+            ready = __import__("select").select([proc.stdout], [], [], 0.3)[0]
+            if ready:
+                line = proc.stdout.readline()
+        event = json.loads(line)
+        request = event["event"]["request"]
+        assert request["headers"]["x-tenant"] == "a,b" and request["url"].endswith("/hello")
+        assert request["headers"]["cf-connecting-ip"] == "203.0.113.9"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+
+
 def test_an_outcome_filter_looks_into_children():
     """A dispatcher that caught its user worker's exception and answered is
     "ok" itself; "all exceptions" must still show that tenant's failure."""
@@ -523,6 +583,9 @@ def test_an_outcome_filter_looks_into_children():
             "children": [{"scriptName": "boom", "dispatchNamespace": "t1", "outcome": "exception"}]}
     assert TailFilter.parse({"outcome": "exception"}).select(tree) == [tree]
     assert TailFilter.parse({"outcome": "exceededCpu"}).select(tree) == []
+    # wrangler's --status error is an outcome filter (every failing outcome): the same holds.
+    assert TailFilter.parse({"status": "error"}).select(tree) == [tree]
+    assert TailFilter.parse({"status": ["canceled"]}).select(tree) == []
     scoped = TailFilter.parse({"outcome": "exception", "script": "boom"}).select(tree)
     assert scoped == [tree["children"][0]]
 
@@ -548,8 +611,17 @@ def test_bad_live_tail_filters_are_400(corral):
     assert resp.status == 400 and "sampling_rate" in resp.text
     # A filter the server does not know is refused, not ignored (which
     # streamed every event to a client that asked for a few).
-    resp = corral.admin("GET", "/tail?header=x-foo:bar")
-    assert resp.status == 400 and "'header' is not a live tail filter" in resp.json()["errors"][0]["message"]
+    resp = corral.admin("GET", "/tail?colour=red")
+    assert resp.status == 400 and "'colour' is not a live tail filter" in resp.json()["errors"][0]["message"]
+    # wrangler's "self" is the tail client's address; over the admin unix socket there is none.
+    resp = corral.admin("GET", "/tail?ip=self")
+    assert resp.status == 400 and "unix socket" in resp.json()["errors"][0]["message"]
+    resp = corral.admin("GET", "/tail?ip=not-an-ip")
+    assert resp.status == 400 and "is not an IP address" in resp.json()["errors"][0]["message"]
+    resp = corral.admin("GET", "/tail?status=okay")
+    assert resp.status == 400 and "status 'okay' is not ok, error or canceled" in resp.text
+    resp = corral.admin("GET", "/tail?header=authorization:Bearer+x")
+    assert resp.status == 400 and "REDACTED" in resp.text
     resp = corral.admin("GET", "/tail?outcome=ok,exceededCPU")
     assert resp.status == 400 and "outcome 'exceededCPU' is not one of" in resp.json()["errors"][0]["message"]
 
