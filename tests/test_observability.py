@@ -225,6 +225,20 @@ class Default(WorkerEntrypoint):
             print(f"{i:04d} " + "x" * 1000)
         return Response("chatty")
 ''',
+    "flood": r'''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/long"):
+            print("y" * 20000)  # over the 16 KiB a line keeps
+        elif request.url.endswith("/many"):
+            for i in range(1100):  # over the 1000 lines an invocation keeps
+                print(f"line {i}")
+        else:
+            print("within the limits")
+        return Response("flooded")
+''',
 }
 
 TAGS = {"spinner": ["plan:tiny"], "sleeper": ["plan:slow"], "fetcher": ["plan:onefetch"],
@@ -624,6 +638,19 @@ def test_bad_live_tail_filters_are_400(corral):
     assert resp.status == 400 and "REDACTED" in resp.text
     resp = corral.admin("GET", "/tail?outcome=ok,exceededCPU")
     assert resp.status == 400 and "outcome 'exceededCPU' is not one of" in resp.json()["errors"][0]["message"]
+
+
+def test_truncated_says_when_logs_were_cut_at_the_limits(corral):
+    """Cloudflare's ``truncated``: false when every log line is there; true
+    when a line was cut or lines were dropped at Corral's limits."""
+    with live_tail(corral, "script=flood") as tail:
+        for path in ("/", "/long", "/many"):
+            assert call(corral, "flood", path).text == "flooded"
+        fine, long, many = tail.next(), tail.next(), tail.next()
+    assert fine["truncated"] is False and [line["message"] for line in fine["logs"]] == [["within the limits"]]
+    assert long["truncated"] is True and "characters cut]" in long["logs"][0]["message"][0]
+    assert many["truncated"] is True and len(many["logs"]) == 1000
+    assert many["logs"][-1]["message"] == ["line 999"]
 
 
 def test_a_live_tail_that_stops_reading_is_dropped(corral):
