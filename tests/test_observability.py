@@ -830,6 +830,22 @@ def test_metrics_move_as_requests_happen(corral):
     assert "script=" not in text  # no per-script label by default
 
 
+def test_a_deploys_validation_is_no_cold_start(tmp_path):
+    """A deploy loads the upload once to validate it; that load serves no
+    invocation, so the cold start figures stay at 0 until a request comes."""
+    server = Corral(tmp_path / "state").start()
+    try:
+        deploy(server, "solo", WORKERS["hello"], namespace=None)
+        server.route("*/*", "solo")
+        assert metric(server, "corral_cold_start_seconds_count") == 0
+        assert metric(server, "corral_cold_starts_total") == 0
+        assert server.request("/", host="solo.localhost").status == 200
+        assert metric(server, "corral_cold_start_seconds_count", result="ok") == 1
+        assert metric(server, "corral_cold_starts_total") == 1
+    finally:
+        server.stop()
+
+
 def test_every_child_reports_what_its_own_set_up_cost_step_by_step(corral):
     """Each child's Hello carries the CPU and the page faults of each step of
     its set-up (from its fork to its channel); /metrics sums them per step,
