@@ -225,6 +225,13 @@ class Default(WorkerEntrypoint):
             print(f"{i:04d} " + "x" * 1000)
         return Response("chatty")
 ''',
+    "ticker": r'''
+from workers import WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def scheduled(self, controller, env, ctx):
+        print("tick", controller.cron)
+''',
     "flood": r'''
 from workers import Response, WorkerEntrypoint
 
@@ -976,6 +983,49 @@ def test_spans_and_logs_reach_an_otlp_receiver(corral, collector):
     worker = [s for s in spans(collector) if s.trace_id == fetch_trace and s.name == "fetch fetcher"][0]
     assert found[0].parent_span_id == worker.span_id
     assert attrs(found[0])["url.full"].endswith("/sub/1")
+
+
+def test_otlp_spans_continue_the_callers_w3c_trace(corral, collector):
+    """A valid ``traceparent`` makes the request's server span the caller's
+    child (its trace id, its span as parent), as W3C propagation does; an
+    invalid one is ignored (the request id is the trace id, as without one).
+    Every invocation span says what triggered it (``faas.trigger``)."""
+    trace_hex, parent_hex = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    resp = call(corral, "logger", headers={"traceparent": f"00-{trace_hex}-{parent_hex}-01"})
+    rid = resp.headers["x-corral-request-id"]
+    found = wait_for(lambda: (lambda s: s if len(s) >= 2 else None)(
+        [s for s in spans(collector) if s.trace_id == bytes.fromhex(trace_hex)]), what="spans of the caller's trace")
+    by_name = {s.name: s for s in found}
+    root, user = by_name["fetch dispatch"], by_name["fetch logger"]
+    assert root.parent_span_id == bytes.fromhex(parent_hex) and user.parent_span_id == root.span_id
+    assert root.kind == root.SPAN_KIND_SERVER and attrs(root)["corral.request_id"] == rid
+    assert attrs(root)["faas.trigger"] == "http" and attrs(user)["faas.trigger"] == "http"
+
+    for bad in (f"00-{'0' * 32}-{parent_hex}-01", f"00-{trace_hex}-{'0' * 16}-01",
+                f"ff-{trace_hex}-{parent_hex}-01", "00-not-hex-01"):
+        resp = call(corral, "hello", headers={"traceparent": bad})
+        own = bytes.fromhex(resp.headers["x-corral-request-id"])
+        mine = wait_for(lambda: [s for s in spans(collector) if s.trace_id == own  # noqa: B023
+                                 and s.name == "fetch dispatch"], what="the span of a request")
+        assert not mine[0].parent_span_id, bad
+
+    resp = corral.admin("POST", "/accounts/local/workers/dispatch/namespaces/default/scripts/ticker"
+                        "/schedules/trigger", {"cron": "*/5 * * * *"})
+    assert resp.status == 200, resp.text
+    tick = wait_for(lambda: [s for s in spans(collector) if attrs(s).get("corral.script") == "ticker"],
+                    what="the scheduled invocation's span")
+    assert attrs(tick[0])["faas.trigger"] == "timer" and not tick[0].parent_span_id
+
+
+def test_faas_trigger_per_event_shape():
+    """OTel's values for the other handlers' events (supervisor.observability.traces.event_info)."""
+    from supervisor.observability.otel import faas_trigger
+
+    assert faas_trigger({"queue": "jobs", "batchSize": 3}) == "pubsub"
+    assert faas_trigger({"cron": "* * * * *", "scheduledTime": 0}) == "timer"
+    assert faas_trigger({"request": {"url": "http://x/"}, "response": None}) == "http"
+    for other in ({"consumedEvents": []}, {"rpcMethod": "m"}, {"scheduledTime": 0}, None):
+        assert faas_trigger(other) == "other", other
 
 
 # ---------------------------------------------------------------------------
