@@ -37,7 +37,7 @@ import msgspec
 
 #: Bumped whenever a message changes shape; a child speaking another version
 #: is killed at its first frame.
-PROTOCOL_VERSION = 9
+PROTOCOL_VERSION = 10
 
 #: Largest chunk of a streamed body, and largest inline body.
 MAX_CHUNK = 64 * 1024
@@ -464,12 +464,16 @@ class QueueSettled(_Msg, tag="qsettled"):
 
 
 class Log(_Msg, tag="log"):
-    """A line the script printed or logged during invocation ``id`` (0: at load)."""
+    """A line the script printed or logged during invocation ``id`` (0: at load).
+
+    ``cut``: the child cut this line, or dropped lines before it, at its
+    log limits; the trace event says it is ``truncated``."""
 
     id: int
     level: str
     message: str
     ts: float
+    cut: bool = False
 
 
 class Report(_Msg, tag="report"):

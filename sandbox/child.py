@@ -582,7 +582,7 @@ class Runtime:
         #: a prebuilt one. Made in each child, they were allocations from size
         #: classes its fresh pools had no page for yet: a spare's set-up
         #: faulted ~281 times with them, ~269 without (means of 3 runs each).
-        self.log_sink: Callable[[str, str], None] = self.log
+        self.log_sink: Callable[[str, str, bool], None] = self.log
         self.report_sink: Callable[[BaseException], None] = self.report_logged
         self.stdout = logs.LineWriter("log")
         self.stderr = logs.LineWriter("error")
@@ -621,7 +621,7 @@ class Runtime:
         assert self.channel is not None
         self.channel.send(message)
 
-    def log(self, level: str, message: str) -> None:
+    def log(self, level: str, message: str, cut: bool = False) -> None:
         """One log line for the current invocation, within its budget.
 
         Past :data:`MAX_LOG_LINES` lines or :data:`MAX_LOG_BYTES` bytes per
@@ -638,7 +638,7 @@ class Runtime:
             return
         budget[0] -= 1
         budget[1] -= len(message)
-        self.send(Log(inv, level, message, time.time() * 1000.0))
+        self.send(Log(inv, level, message, time.time() * 1000.0, cut))
         self.channel.push()  # one write per line, at most MAX_LOG_LINES per invocation
 
     def report_logged(self, exc: BaseException) -> None:
@@ -651,7 +651,7 @@ class Runtime:
         budget = self._log_budgets.pop(inv, None)
         if budget is not None and budget[2]:
             self.send(Log(inv, "warn", f"[{budget[2]} log lines dropped: over the log limit]",
-                          time.time() * 1000.0))
+                          time.time() * 1000.0, True))
 
     # -- load ---------------------------------------------------------------
     def _on_load(self, message: Load) -> None:

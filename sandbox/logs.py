@@ -17,12 +17,13 @@ from typing import Any
 #: Longest message kept; the rest is cut with a marker.
 MAX_LINE = 16 * 1024
 
-_sink: Callable[[str, str], None] | None = None
+_sink: Callable[[str, str, bool], None] | None = None
 _report: Callable[[BaseException], None] | None = None
 
 
-def set_sink(sink: Callable[[str, str], None]) -> None:
-    """``sink(level, message)`` receives every completed line."""
+def set_sink(sink: Callable[[str, str, bool], None]) -> None:
+    """``sink(level, message, cut)`` receives every completed line (``cut``:
+    it was longer than :data:`MAX_LINE`)."""
     global _sink
     _sink = sink
 
@@ -54,10 +55,11 @@ def wire_text(text: str) -> str:
 
 def emit(level: str, message: str) -> None:
     message = wire_text(message)
-    if len(message) > MAX_LINE:
+    cut = len(message) > MAX_LINE
+    if cut:
         message = message[:MAX_LINE] + f"... [{len(message) - MAX_LINE} characters cut]"
     if _sink is not None:
-        _sink(level, message)
+        _sink(level, message, cut)
 
 
 class LineWriter(io.TextIOBase):

@@ -76,7 +76,7 @@ def test_a_line_cut_for_its_length_is_one_log_line():
     from sandbox import logs
 
     lines: list[str] = []
-    logs.set_sink(lambda level, message: lines.append(message))
+    logs.set_sink(lambda level, message, cut: lines.append(message))
     try:
         writer = logs.LineWriter("log")
         print("x" * (logs.MAX_LINE + 10), file=writer)

@@ -225,6 +225,27 @@ class Default(WorkerEntrypoint):
             print(f"{i:04d} " + "x" * 1000)
         return Response("chatty")
 ''',
+    "ticker": r'''
+from workers import WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def scheduled(self, controller, env, ctx):
+        print("tick", controller.cron)
+''',
+    "flood": r'''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/long"):
+            print("y" * 20000)  # over the 16 KiB a line keeps
+        elif request.url.endswith("/many"):
+            for i in range(1100):  # over the 1000 lines an invocation keeps
+                print(f"line {i}")
+        else:
+            print("within the limits")
+        return Response("flooded")
+''',
 }
 
 TAGS = {"spinner": ["plan:tiny"], "sleeper": ["plan:slow"], "fetcher": ["plan:onefetch"],
@@ -514,6 +535,66 @@ def test_live_tails_filter_events(corral):
             sampled_out.next()
 
 
+def test_live_tails_filter_by_header_and_client_ip(corral):
+    """wrangler's ``--header NAME[:VALUE]`` and ``--ip ADDR``, each repeatable
+    (any of them), over a real server: the client IP is the one the edge
+    recorded in ``cf-connecting-ip`` (here named by the trusted proxy, 127.0.0.1)."""
+    with live_tail(corral, "script=hello&header=X-Tenant:blue&header=x-tenant:green") as by_value, \
+            live_tail(corral, "script=hello&header=x-flag") as by_name, \
+            live_tail(corral, "script=hello&ip=203.0.113.7&ip=198.51.100.1") as by_ip, \
+            live_tail(corral, "script=hello&header=x-tenant:blue&ip=198.51.100.1") as both:
+        for headers in ({"x-tenant": "red", "x-forwarded-for": "192.0.2.1"},
+                        {"x-tenant": "green:and:more", "x-flag": "", "x-forwarded-for": "192.0.2.1"},
+                        {"x-tenant": "blue", "x-forwarded-for": "203.0.113.7"},
+                        {"x-tenant": "green", "x-flag": "1", "x-forwarded-for": "198.51.100.1"}):
+            assert call(corral, "hello", headers=headers).status == 200
+        tenants = lambda reader, n: [reader.next()["event"]["request"]["headers"]["x-tenant"]  # noqa: E731
+                                     for _ in range(n)]
+        assert tenants(by_value, 2) == ["blue", "green"]
+        assert tenants(by_name, 2) == ["green:and:more", "green"]
+        assert tenants(by_ip, 2) == ["blue", "green"]
+        # Different kinds must all pass: nothing is both blue and from 198.51.100.1.
+        both.sock.settimeout(0.5)
+        with pytest.raises((socket.timeout, TimeoutError)):
+            both.next()
+
+
+def test_corral_tail_cli_takes_wranglers_filter_flags(corral):
+    """``corral tail --status ok --method GET --header NAME:VALUE --ip ADDR``
+    shows the matching events only; a status wrangler does not know is bad usage."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CORRAL_ADMIN_SOCKET": corral.socket_path}
+    bad = subprocess.run([sys.executable, "-m", "supervisor", "tail", "--status", "okay"],
+                         capture_output=True, env=env, cwd=str(REPO), timeout=30)
+    assert bad.returncode == 2 and b"okay" in bad.stderr
+    selfish = subprocess.run([sys.executable, "-m", "supervisor", "tail", "--ip", "self"],
+                             capture_output=True, env=env, cwd=str(REPO), timeout=30)
+    assert selfish.returncode == 1 and b"unix socket" in selfish.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "tail", "hello", "--format", "json",
+                             "--status", "ok", "--method", "POST", "--method", "GET",
+                             "--header", "x-tenant:a,b", "--header", "x-other", "--ip", "203.0.113.9",
+                             "--sampling-rate", "1", "--search", "hello"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
+                            preexec_fn=default_sigint)
+    try:
+        line = b""
+        deadline = time.monotonic() + 15
+        while not line and time.monotonic() < deadline:
+            # Until the CLI is subscribed: the misses first, then the one match.
+            call(corral, "hello", headers={"x-tenant": "a", "x-forwarded-for": "203.0.113.9"})
+            call(corral, "hello", headers={"x-tenant": "a,b", "x-forwarded-for": "203.0.113.8"})
+            call(corral, "hello", "/hello", headers={"x-tenant": "a,b", "x-forwarded-for": "203.0.113.9"})
+            ready = __import__("select").select([proc.stdout], [], [], 0.3)[0]
+            if ready:
+                line = proc.stdout.readline()
+        event = json.loads(line)
+        request = event["event"]["request"]
+        assert request["headers"]["x-tenant"] == "a,b" and request["url"].endswith("/hello")
+        assert request["headers"]["cf-connecting-ip"] == "203.0.113.9"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+
+
 def test_an_outcome_filter_looks_into_children():
     """A dispatcher that caught its user worker's exception and answered is
     "ok" itself; "all exceptions" must still show that tenant's failure."""
@@ -523,6 +604,9 @@ def test_an_outcome_filter_looks_into_children():
             "children": [{"scriptName": "boom", "dispatchNamespace": "t1", "outcome": "exception"}]}
     assert TailFilter.parse({"outcome": "exception"}).select(tree) == [tree]
     assert TailFilter.parse({"outcome": "exceededCpu"}).select(tree) == []
+    # wrangler's --status error is an outcome filter (every failing outcome): the same holds.
+    assert TailFilter.parse({"status": "error"}).select(tree) == [tree]
+    assert TailFilter.parse({"status": ["canceled"]}).select(tree) == []
     scoped = TailFilter.parse({"outcome": "exception", "script": "boom"}).select(tree)
     assert scoped == [tree["children"][0]]
 
@@ -548,10 +632,32 @@ def test_bad_live_tail_filters_are_400(corral):
     assert resp.status == 400 and "sampling_rate" in resp.text
     # A filter the server does not know is refused, not ignored (which
     # streamed every event to a client that asked for a few).
-    resp = corral.admin("GET", "/tail?header=x-foo:bar")
-    assert resp.status == 400 and "'header' is not a live tail filter" in resp.json()["errors"][0]["message"]
+    resp = corral.admin("GET", "/tail?colour=red")
+    assert resp.status == 400 and "'colour' is not a live tail filter" in resp.json()["errors"][0]["message"]
+    # wrangler's "self" is the tail client's address; over the admin unix socket there is none.
+    resp = corral.admin("GET", "/tail?ip=self")
+    assert resp.status == 400 and "unix socket" in resp.json()["errors"][0]["message"]
+    resp = corral.admin("GET", "/tail?ip=not-an-ip")
+    assert resp.status == 400 and "is not an IP address" in resp.json()["errors"][0]["message"]
+    resp = corral.admin("GET", "/tail?status=okay")
+    assert resp.status == 400 and "status 'okay' is not ok, error or canceled" in resp.text
+    resp = corral.admin("GET", "/tail?header=authorization:Bearer+x")
+    assert resp.status == 400 and "REDACTED" in resp.text
     resp = corral.admin("GET", "/tail?outcome=ok,exceededCPU")
     assert resp.status == 400 and "outcome 'exceededCPU' is not one of" in resp.json()["errors"][0]["message"]
+
+
+def test_truncated_says_when_logs_were_cut_at_the_limits(corral):
+    """Cloudflare's ``truncated``: false when every log line is there; true
+    when a line was cut or lines were dropped at Corral's limits."""
+    with live_tail(corral, "script=flood") as tail:
+        for path in ("/", "/long", "/many"):
+            assert call(corral, "flood", path).text == "flooded"
+        fine, long, many = tail.next(), tail.next(), tail.next()
+    assert fine["truncated"] is False and [line["message"] for line in fine["logs"]] == [["within the limits"]]
+    assert long["truncated"] is True and "characters cut]" in long["logs"][0]["message"][0]
+    assert many["truncated"] is True and len(many["logs"]) == 1000
+    assert many["logs"][-1]["message"] == ["line 999"]
 
 
 def test_a_live_tail_that_stops_reading_is_dropped(corral):
@@ -731,6 +837,22 @@ def test_metrics_move_as_requests_happen(corral):
     assert "script=" not in text  # no per-script label by default
 
 
+def test_a_deploys_validation_is_no_cold_start(tmp_path):
+    """A deploy loads the upload once to validate it; that load serves no
+    invocation, so the cold start figures stay at 0 until a request comes."""
+    server = Corral(tmp_path / "state").start()
+    try:
+        deploy(server, "solo", WORKERS["hello"], namespace=None)
+        server.route("*/*", "solo")
+        assert metric(server, "corral_cold_start_seconds_count") == 0
+        assert metric(server, "corral_cold_starts_total") == 0
+        assert server.request("/", host="solo.localhost").status == 200
+        assert metric(server, "corral_cold_start_seconds_count", result="ok") == 1
+        assert metric(server, "corral_cold_starts_total") == 1
+    finally:
+        server.stop()
+
+
 def test_every_child_reports_what_its_own_set_up_cost_step_by_step(corral):
     """Each child's Hello carries the CPU and the page faults of each step of
     its set-up (from its fork to its channel); /metrics sums them per step,
@@ -861,6 +983,49 @@ def test_spans_and_logs_reach_an_otlp_receiver(corral, collector):
     worker = [s for s in spans(collector) if s.trace_id == fetch_trace and s.name == "fetch fetcher"][0]
     assert found[0].parent_span_id == worker.span_id
     assert attrs(found[0])["url.full"].endswith("/sub/1")
+
+
+def test_otlp_spans_continue_the_callers_w3c_trace(corral, collector):
+    """A valid ``traceparent`` makes the request's server span the caller's
+    child (its trace id, its span as parent), as W3C propagation does; an
+    invalid one is ignored (the request id is the trace id, as without one).
+    Every invocation span says what triggered it (``faas.trigger``)."""
+    trace_hex, parent_hex = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    resp = call(corral, "logger", headers={"traceparent": f"00-{trace_hex}-{parent_hex}-01"})
+    rid = resp.headers["x-corral-request-id"]
+    found = wait_for(lambda: (lambda s: s if len(s) >= 2 else None)(
+        [s for s in spans(collector) if s.trace_id == bytes.fromhex(trace_hex)]), what="spans of the caller's trace")
+    by_name = {s.name: s for s in found}
+    root, user = by_name["fetch dispatch"], by_name["fetch logger"]
+    assert root.parent_span_id == bytes.fromhex(parent_hex) and user.parent_span_id == root.span_id
+    assert root.kind == root.SPAN_KIND_SERVER and attrs(root)["corral.request_id"] == rid
+    assert attrs(root)["faas.trigger"] == "http" and attrs(user)["faas.trigger"] == "http"
+
+    for bad in (f"00-{'0' * 32}-{parent_hex}-01", f"00-{trace_hex}-{'0' * 16}-01",
+                f"ff-{trace_hex}-{parent_hex}-01", "00-not-hex-01"):
+        resp = call(corral, "hello", headers={"traceparent": bad})
+        own = bytes.fromhex(resp.headers["x-corral-request-id"])
+        mine = wait_for(lambda: [s for s in spans(collector) if s.trace_id == own  # noqa: B023
+                                 and s.name == "fetch dispatch"], what="the span of a request")
+        assert not mine[0].parent_span_id, bad
+
+    resp = corral.admin("POST", "/accounts/local/workers/dispatch/namespaces/default/scripts/ticker"
+                        "/schedules/trigger", {"cron": "*/5 * * * *"})
+    assert resp.status == 200, resp.text
+    tick = wait_for(lambda: [s for s in spans(collector) if attrs(s).get("corral.script") == "ticker"],
+                    what="the scheduled invocation's span")
+    assert attrs(tick[0])["faas.trigger"] == "timer" and not tick[0].parent_span_id
+
+
+def test_faas_trigger_per_event_shape():
+    """OTel's values for the other handlers' events (supervisor.observability.traces.event_info)."""
+    from supervisor.observability.otel import faas_trigger
+
+    assert faas_trigger({"queue": "jobs", "batchSize": 3}) == "pubsub"
+    assert faas_trigger({"cron": "* * * * *", "scheduledTime": 0}) == "timer"
+    assert faas_trigger({"request": {"url": "http://x/"}, "response": None}) == "http"
+    for other in ({"consumedEvents": []}, {"rpcMethod": "m"}, {"scheduledTime": 0}, None):
+        assert faas_trigger(other) == "other", other
 
 
 # ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import sys
 import urllib.parse
 from collections.abc import Callable
@@ -46,10 +47,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     tail.add_argument("--format", choices=("pretty", "json"), default=None,
                       help="pretty (default on a terminal) or json (one event per line)")
     tail.add_argument("--tag", action="append", help="only scripts with this tag (repeatable)")
-    tail.add_argument("--status", action="append",
-                      help="ok, error, canceled, a status code or a class like 5xx (repeatable)")
+    tail.add_argument("--status", action="append", type=_status,
+                      help="ok, error or canceled (as wrangler's), or an HTTP status like 404 or "
+                           "a class like 5xx (repeatable)")
     tail.add_argument("--outcome", action="append", help="an outcome such as exceededCpu (repeatable)")
     tail.add_argument("--method", action="append", help="HTTP method (repeatable)")
+    tail.add_argument("--header", action="append",
+                      help="only requests with this header, NAME or NAME:VALUE (repeatable: any of them)")
+    tail.add_argument("--ip", action="append",
+                      help="only requests from this client IP address (repeatable)")
     tail.add_argument("--search", help="only events whose logs, exceptions or URL contain this text")
     tail.add_argument("--sampling-rate", type=float, default=None, help="share of events to show, 0..1")
 
@@ -61,9 +67,18 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     usage.add_argument("--until", help="end (default now)")
 
 
+def _status(text: str) -> str:
+    """``--status``: wrangler's words, or an HTTP status or class (checked
+    here so that a typo is a usage error, not a tail that shows nothing)."""
+    if text in ("ok", "error", "canceled") or re.fullmatch(r"[1-5](?:[0-9][0-9]|xx)", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not ok, error, canceled, an HTTP status or a class like 5xx")
+
+
 def _query(params: dict[str, Any]) -> str:
+    """Lists as repeated keys: a header filter's value may hold commas."""
     kept = {k: v for k, v in params.items() if v not in (None, "", [])}
-    return urllib.parse.urlencode({k: ",".join(v) if isinstance(v, list) else v for k, v in kept.items()})
+    return urllib.parse.urlencode(kept, doseq=True)
 
 
 # -- tail --------------------------------------------------------------------
@@ -126,7 +141,7 @@ def cmd_tail(args: argparse.Namespace, client: Any) -> int:
 
     query = _query({"namespace": args.namespace, "script": args.name, "tag": args.tag,
                     "status": args.status, "outcome": args.outcome, "method": args.method,
-                    "search": args.search, "sampling_rate": args.sampling_rate})
+                    "header": args.header, "ip": args.ip, "search": args.search, "sampling_rate": args.sampling_rate})
     fmt = args.format or ("json" if getattr(args, "json", False) or not sys.stdout.isatty() else "pretty")
     colour = fmt == "pretty" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     conn = UnixHTTPConnection(client.socket_path, timeout=None)  # type: ignore[arg-type]

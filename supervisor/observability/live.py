@@ -7,9 +7,10 @@ answered with the API's usual error envelope before streaming starts.
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import TYPE_CHECKING
 
-from supervisor.admin.decode import parse_target
+from supervisor.admin.decode import MAX_QUERY_FIELDS, parse_target
 from supervisor.admin.errors import status_and_code
 from supervisor.admin.render import envelope
 from supervisor.errors import Invalid, Unavailable
@@ -21,7 +22,11 @@ if TYPE_CHECKING:
 
 async def serve_live_tail(live: LiveTail, target: str, conn: Connection) -> None:
     try:
-        _path, _segments, query = parse_target(target)
+        parse_target(target)  # bounded and well-formed, or a 400 saying why
+        # Every value of a repeated key (header=..&header=..), which the API's
+        # decoder keeps only the last of.
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query, keep_blank_values=True,
+                                      errors="strict", max_num_fields=MAX_QUERY_FIELDS)
         await live.serve(query, conn)
     except (Invalid, Unavailable) as exc:
         status, code, message = status_and_code(exc)

@@ -76,7 +76,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.cold_starts = Histogram("corral_cold_start_seconds", "Time from assigning a spare to a "
-                                     "script to the script being loaded.", ["result"],
+                                     "script to the script being loaded, for an invocation (an upload's "
+                                     "validation is no cold start).", ["result"],
                                      buckets=COLD_BUCKETS, registry=r)
         # How fast the pool refills: in a storm of first requests, requests
         # wait for spares, and a spare is ready only once both its own set-up

@@ -10,7 +10,10 @@ variables, which the SDK's exporters read themselves together with
 Each finished trace event becomes a span (the dispatcher's, with a child
 span per user worker it called, per outbound fetch, and per binding call
 once bindings record theirs), with the script name and namespace as
-attributes; its logs and exceptions become log records tied to that span.
+attributes, and OpenTelemetry's ``faas.trigger``; its logs and exceptions
+become log records tied to that span. A request that came with a valid W3C
+``traceparent`` has its server span in the caller's trace, under the
+caller's span; otherwise the request id is the trace id.
 Conversion runs on a thread of its own, fed by a bounded queue the trio
 thread never waits on (a full queue drops, counted); the SDK's batch
 processors then export in batches from their own threads, with bounded
@@ -38,6 +41,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from supervisor.lifecycle import Outcome
 from supervisor.log import warn
@@ -49,6 +53,32 @@ if TYPE_CHECKING:
 _SEVERITY = {"debug": SeverityNumber.DEBUG, "info": SeverityNumber.INFO, "log": SeverityNumber.INFO,
              "warn": SeverityNumber.WARN, "error": SeverityNumber.ERROR}
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+#: W3C Trace Context, as the SDK parses it (version, non-zero ids, flags).
+_W3C = TraceContextTextMapPropagator()
+
+
+def faas_trigger(info: Any) -> str:
+    """OpenTelemetry's ``faas.trigger`` for what an invocation handled."""
+    if not isinstance(info, dict):
+        return "other"
+    if info.get("request"):
+        return "http"
+    if "cron" in info:
+        return "timer"
+    if "queue" in info:
+        return "pubsub"
+    return "other"
+
+
+def incoming_context(request: Any) -> Any:
+    """The context an incoming request's W3C ``traceparent`` (and
+    ``tracestate``) names, for its server span to be the caller's child as
+    W3C propagation makes it; None when there is none or it is not valid."""
+    headers = request.get("headers") if isinstance(request, dict) else None
+    if not isinstance(headers, dict) or not headers.get("traceparent"):
+        return None
+    context = _W3C.extract({k: headers[k] for k in ("traceparent", "tracestate") if k in headers})
+    return context if trace.get_current_span(context).get_span_context().is_valid else None
 
 
 class _Ids(RandomIdGenerator):
@@ -131,6 +161,7 @@ class OtelExport:
             "corral.namespace": event.get("dispatchNamespace") or "",
             "corral.outcome": event.get("outcome") or "",
             "corral.handler": kind,
+            "faas.trigger": faas_trigger(info),
             "corral.cpu_time_ms": float(event.get("cpuTime") or 0),
             "corral.wall_time_ms": float(event.get("wallTime") or 0),
             "corral.subrequests": int(event.get("subrequests") or 0),
@@ -147,10 +178,13 @@ class OtelExport:
         response = info.get("response") if isinstance(info, dict) else None
         if isinstance(response, dict) and response.get("status"):
             attributes["http.response.status_code"] = int(response["status"])
-        if parent is None and request_id and _HEX32.fullmatch(request_id):
-            self._ids.next_trace_id = int(request_id, 16)
+        server = parent is None
+        if server:
+            parent = incoming_context(request)  # the caller's trace, when it sent one
+            if parent is None and request_id and _HEX32.fullmatch(request_id):
+                self._ids.next_trace_id = int(request_id, 16)
         span = self.tracer.start_span(f"{kind} {script}", context=parent, start_time=start_ns,
-                                      kind=SpanKind.SERVER if parent is None else SpanKind.INTERNAL,
+                                      kind=SpanKind.SERVER if server else SpanKind.INTERNAL,
                                       attributes=attributes)
         self._ids.next_trace_id = None
         context = trace.set_span_in_context(span)

@@ -19,18 +19,21 @@ its buffer.
 from __future__ import annotations
 
 import random
+import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
 
 from protocol.messages import Limits, TailEvent
+from supervisor.edge.client_ip import parse_address
 from supervisor.errors import Invalid, Unavailable
 from supervisor.lifecycle import Outcome
 from supervisor.log import log, warn
 from supervisor.model import PLATFORM, ScriptRecord
+from supervisor.observability.traces import REDACTED, SECRET_HEADERS
 
 if TYPE_CHECKING:
     from supervisor.config import ObservabilityConfig
@@ -155,22 +158,68 @@ class TailDelivery:
 
 #: What ``outcome=`` may name.
 _OUTCOMES = frozenset(outcome.value for outcome in Outcome)
+#: The outcomes ``status=error`` stands for: wrangler turns ``--status error``
+#: into an outcome filter of every failing outcome it knows (exception,
+#: exceededCpu, exceededMemory, unknown); Corral's own failing outcomes
+#: (exceededWallTime, exceededSubrequests, scriptNotFound) fail as much.
+_ERROR_OUTCOMES = _OUTCOMES - {Outcome.OK.value, Outcome.CANCELED.value}
+#: ``status=`` words, as wrangler's ``--status`` takes them, and the outcomes each is.
+_STATUS_WORDS: dict[str, frozenset[str]] = {"ok": frozenset({Outcome.OK.value}),
+                                            "canceled": frozenset({Outcome.CANCELED.value}),
+                                            "error": _ERROR_OUTCOMES}
+#: Beside wrangler's words, ``status=`` takes an HTTP status (``404``) or class (``5xx``).
+_HTTP_STATUS = re.compile(r"[1-5](?:[0-9][0-9]|xx)")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+#: The request header in which the edge recorded the client's address
+#: (:mod:`supervisor.edge.client_ip`), as it does on Cloudflare.
+CLIENT_IP_HEADER = "cf-connecting-ip"
+
+Query = Mapping[str, "str | list[str]"]
 
 
-def _split(value: str | None) -> frozenset[str] | None:
-    if not value:
-        return None
-    return frozenset(v.strip() for v in value.split(",") if v.strip()) or None
+def _last(query: Query, key: str) -> str | None:
+    value = query.get(key)
+    if isinstance(value, list):
+        return value[-1] if value else None
+    return value
+
+
+def _all(query: Query, *keys: str, split: bool = True) -> list[str]:
+    """Every value of a repeatable filter: repeated keys, and (``split``)
+    comma-separated lists in one, as ``corral tail`` and scripts send them."""
+    out: list[str] = []
+    for key in keys:
+        value = query.get(key)
+        for item in (value if isinstance(value, list) else [value] if value is not None else []):
+            parts = item.split(",") if split else [item]
+            out.extend(p.strip() for p in parts if p.strip())
+    return out
+
+
+def _split(values: list[str]) -> frozenset[str] | None:
+    return frozenset(values) or None
 
 
 #: The query keys ``GET /tail`` takes; any other is refused, not ignored: a
 #: filter the server does not know would otherwise stream every event.
 FILTER_KEYS = frozenset({"namespace", "script", "tag", "tags", "outcome", "status", "method",
-                         "search", "sampling_rate", "samplingRate"})
+                         "header", "ip", "search", "sampling_rate", "samplingRate"})
+
+
+class HeaderWanted(msgspec.Struct, frozen=True):
+    """One ``header=`` filter: wrangler's ``--header NAME`` or ``NAME:VALUE``."""
+
+    name: str  # lower case, as trace events record header names
+    value: str | None = None
 
 
 class TailFilter(msgspec.Struct, kw_only=True):
-    """What a live tail wants (``wrangler tail``'s filters, and Corral's scope)."""
+    """What a live tail wants (``wrangler tail``'s filters, and Corral's scope).
+
+    Filters of different kinds must all pass; the values of one repeatable
+    kind (``status``, ``method``, ``header``, ``ip``, ``outcome``, ``tag``)
+    are alternatives, as wrangler's lists are.
+    """
 
     namespace: str | None = None
     script: str | None = None
@@ -178,34 +227,44 @@ class TailFilter(msgspec.Struct, kw_only=True):
     outcomes: frozenset[str] | None = None
     statuses: frozenset[str] | None = None
     methods: frozenset[str] | None = None
+    headers: tuple[HeaderWanted, ...] | None = None
+    ips: frozenset[str] | None = None
     search: str | None = None
     sampling_rate: float = 1.0
 
     @classmethod
-    def parse(cls, query: dict[str, str]) -> TailFilter:
+    def parse(cls, query: Query) -> TailFilter:
+        """``query``: each key's value, or its values when repeated."""
         unknown_keys = sorted(set(query) - FILTER_KEYS)
         if unknown_keys:
             raise Invalid(f"{unknown_keys[0][:40]!r} is not a live tail filter (they are: "
                           f"{', '.join(sorted(FILTER_KEYS))})")
-        rate_text = query.get("sampling_rate") or query.get("samplingRate") or "1"
+        rate_text = _last(query, "sampling_rate") or _last(query, "samplingRate") or "1"
         try:
             rate = float(rate_text)
         except ValueError:
             raise Invalid(f"sampling_rate must be a number between 0 and 1, got {rate_text[:40]!r}") from None
         if not 0.0 <= rate <= 1.0:
             raise Invalid(f"sampling_rate must be between 0 and 1, got {rate}")
-        search = query.get("search") or None
+        search = _last(query, "search") or None
         if search is not None and len(search) > 1000:
             raise Invalid("search is longer than 1000 characters")
-        methods = _split(query.get("method"))
-        outcomes = _split(query.get("outcome"))
+        methods = _split(_all(query, "method"))
+        outcomes = _split(_all(query, "outcome"))
         unknown = sorted((outcomes or frozenset()) - _OUTCOMES)
         if unknown:
             raise Invalid(f"outcome {unknown[0][:40]!r} is not one of {', '.join(sorted(_OUTCOMES))}")
-        return cls(namespace=query.get("namespace") or None, script=query.get("script") or None,
-                   tags=_split(query.get("tag") or query.get("tags")),
-                   outcomes=outcomes, statuses=_split(query.get("status")),
+        statuses = _split(_all(query, "status"))
+        for status in sorted(statuses or ()):
+            if status not in _STATUS_WORDS and not _HTTP_STATUS.fullmatch(status):
+                raise Invalid(f"status {status[:40]!r} is not ok, error or canceled (as wrangler's "
+                              "--status), nor an HTTP status like 404 or a class like 5xx")
+        return cls(namespace=_last(query, "namespace") or None, script=_last(query, "script") or None,
+                   tags=_split(_all(query, "tag", "tags")),
+                   outcomes=outcomes, statuses=statuses,
                    methods=frozenset(m.upper() for m in methods) if methods else None,
+                   headers=_parse_headers(_all(query, "header", split=False)),
+                   ips=_parse_ips(_all(query, "ip")),
                    search=search, sampling_rate=rate)
 
     def _in_scope(self, event: dict[str, Any]) -> bool:
@@ -240,16 +299,21 @@ class TailFilter(msgspec.Struct, kw_only=True):
             return False
         if self.statuses is not None and not self._status_ok(event, info):
             return False
+        if self.headers is not None and not self._has_header(request):
+            return False
+        if self.ips is not None and not self._from_ip(request):
+            return False
         if self.search is not None and not self._found(event):
             return False
         return self.sampling_rate >= 1.0 or random.random() < self.sampling_rate
 
-    def _has_outcome(self, event: dict[str, Any]) -> bool:
+    def _has_outcome(self, event: dict[str, Any], wanted: frozenset[str] | None = None) -> bool:
         """The event's outcome, or one of its children's, is wanted: a user
         worker's exception shows in a dispatcher's tail though the
         dispatcher caught it and answered (as ``search`` looks into children)."""
-        return event.get("outcome") in (self.outcomes or ()) or any(
-            self._has_outcome(child) for child in event.get("children") or ())
+        wanted = self.outcomes if wanted is None else wanted
+        return event.get("outcome") in (wanted or ()) or any(
+            self._has_outcome(child, wanted) for child in event.get("children") or ())
 
     def _status_ok(self, event: dict[str, Any], info: Any) -> bool:
         response = info.get("response") if isinstance(info, dict) else None
@@ -261,15 +325,40 @@ class TailFilter(msgspec.Struct, kw_only=True):
             # was answered 500 (``status=5xx`` finds it, as ``error`` does).
             status = 500
         for want in self.statuses or ():
-            # The status words "ok" and "canceled" are the outcomes' own names.
-            if want in (Outcome.OK, Outcome.CANCELED) and outcome == want:
-                return True
-            if want == "error" and outcome not in (Outcome.OK, Outcome.CANCELED):
-                return True
+            # A status word is an outcome filter, as wrangler translates it
+            # (and as ``outcome=`` does, it looks into the children too).
+            words = _STATUS_WORDS.get(want)
+            if words is not None:
+                if self._has_outcome(event, words):
+                    return True
+                continue
             if status is not None and (want == str(status) or (
                     len(want) == 3 and want.endswith("xx") and want[0] == str(status)[0])):
                 return True
         return False
+
+    def _has_header(self, request: Any) -> bool:
+        """The request has one of the wanted headers (with the value, if one
+        is given: the whole recorded value, or one of the values a repeated
+        header's are joined from)."""
+        headers = request.get("headers") if isinstance(request, dict) else None
+        if not isinstance(headers, dict):
+            return False
+        for want in self.headers or ():
+            value = headers.get(want.name)
+            if value is None:
+                continue
+            if want.value is None or want.value == value or want.value in (
+                    v.strip() for v in str(value).split(",")):
+                return True
+        return False
+
+    def _from_ip(self, request: Any) -> bool:
+        headers = request.get("headers") if isinstance(request, dict) else None
+        if not isinstance(headers, dict):
+            return False
+        address = parse_address(str(headers.get(CLIENT_IP_HEADER) or ""))
+        return address is not None and str(address) in (self.ips or ())
 
     def _found(self, event: dict[str, Any]) -> bool:
         needle = self.search or ""
@@ -283,6 +372,36 @@ class TailFilter(msgspec.Struct, kw_only=True):
         if needle in str(request.get("url", "")):
             return True
         return any(self._found(child) for child in event.get("children") or ())
+
+
+def _parse_headers(values: list[str]) -> tuple[HeaderWanted, ...] | None:
+    """``NAME`` or ``NAME:VALUE`` each, split at the first colon (a value may
+    hold more), both trimmed, as wrangler's ``--header`` parses them."""
+    out: list[HeaderWanted] = []
+    for text in values:
+        name, colon, value = text.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        if not _HEADER_NAME.fullmatch(name):
+            raise Invalid(f"header {text[:60]!r} is not NAME or NAME:VALUE with NAME a header name")
+        if colon and name in SECRET_HEADERS:
+            raise Invalid(f"header {name!r} is a credential: trace events keep its value as "
+                          f"{REDACTED}, so a filter on its value would match nothing (filter on the "
+                          "name alone)")
+        out.append(HeaderWanted(name, value if colon else None))
+    return tuple(out) or None
+
+
+def _parse_ips(values: list[str]) -> frozenset[str] | None:
+    out: set[str] = set()
+    for text in values:
+        if text == "self":
+            raise Invalid("ip 'self' means the tail client's own address, and a live tail comes "
+                          "over the admin unix socket, which has none: name the address instead")
+        address = parse_address(text)
+        if address is None:
+            raise Invalid(f"ip {text[:60]!r} is not an IP address")
+        out.add(str(address))
+    return frozenset(out) or None
 
 
 class Subscriber:
@@ -346,7 +465,7 @@ class LiveTail:
         sub.scope.cancel()
         warn("tail.live_dropped", reason="the reader fell behind", buffer=self.config.live_tail_buffer)
 
-    async def serve(self, query: dict[str, str], conn: Connection) -> None:
+    async def serve(self, query: Query, conn: Connection) -> None:
         """Stream events to one ``GET /tail`` until the client leaves or lags."""
         from supervisor.edge.http_server import ClientGone
 

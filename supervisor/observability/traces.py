@@ -156,7 +156,7 @@ def build(inv: Invocation) -> dict[str, Any]:
         "cpuTime": round(inv.cpu_ns / 1e6, 3),
         "wallTime": round(inv.wall_ms, 3),
         "subrequests": inv.subrequests,
-        "truncated": False,
+        "truncated": inv.truncated,
         "requestId": inv.request_id or None,
         "children": [build(child) for child in inv.children],
     }

@@ -81,7 +81,7 @@ class Invocation:
         "params", "_head_event", "_done_event", "status", "status_text", "response_headers", "body",
         "error", "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
-        "on_done", "response_end", "linger_cut", "log_bytes", "depth", "request_id", "event",
+        "on_done", "response_end", "linger_cut", "log_bytes", "truncated", "depth", "request_id", "event",
         "fetches", "settled", "cpu_settled", "has_head", "is_done",
     )
 
@@ -142,6 +142,10 @@ class Invocation:
         #: after being told to (0: not told yet).
         self.linger_cut = 0.0
         self.log_bytes = 0
+        #: Some of its logs or exceptions were cut or dropped at the limits
+        #: (the child's or ours): the trace event's ``truncated``, so that a
+        #: consumer knows it does not see everything.
+        self.truncated = False
         #: Workers above this one in its request chain.
         self.depth = 0
         #: The request id of the client request this belongs to (edge-assigned).
@@ -293,24 +297,35 @@ class Invocation:
                 return False
         return True
 
-    def log(self, level: str, message: str, ts: float) -> None:
-        """One log line, within the invocation's budget.
+    def log(self, level: str, message: str, ts: float, cut: bool = False) -> None:
+        """One log line, within the invocation's budget (``cut``: the child
+        cut it, or dropped lines before it, at its own).
 
         The child keeps the same budget for well-behaved tenants; this is the
         one a hostile child cannot skip by sending frames of its own.
         """
+        if cut:
+            self.truncated = True
         if len(self.logs) >= MAX_LOG_LINES or self.log_bytes >= MAX_LOG_BYTES:
+            self.truncated = True
             return
-        message = str(message)[: MAX_LOG_BYTES - self.log_bytes]
+        message = str(message)
+        if len(message) > MAX_LOG_BYTES - self.log_bytes:
+            self.truncated = True
+            message = message[: MAX_LOG_BYTES - self.log_bytes]
         self.log_bytes += len(message)
         level = level if level in LOG_LEVELS else "log"
         self.logs.append({"message": [message], "level": level, "timestamp": float(ts)})
 
     def report(self, error: ExceptionInfo) -> None:
-        if len(self.exceptions) < MAX_EXCEPTIONS:
-            self.exceptions.append({"name": str(error.name)[:200], "message": str(error.message)[:4096],
-                                    "timestamp": time.time() * 1000.0,
-                                    "stack": str(error.stack)[:8192]})
+        if len(self.exceptions) >= MAX_EXCEPTIONS:
+            self.truncated = True
+            return
+        name, message, stack = str(error.name), str(error.message), str(error.stack)
+        if len(name) > 200 or len(message) > 4096 or len(stack) > 8192:
+            self.truncated = True
+        self.exceptions.append({"name": name[:200], "message": message[:4096],
+                                "timestamp": time.time() * 1000.0, "stack": stack[:8192]})
 
     # -- from the caller -------------------------------------------------------
     def add_span(self, span: dict[str, Any]) -> dict[str, Any]:

@@ -266,6 +266,10 @@ class Pool:
         self._nursery: trio.Nursery | None = None
         self.last_invocation_id = 0
         self.stats = {"cold_starts": 0, "invocations": 0, "children_killed": 0}
+        #: Children loading a script only to validate an upload: their loads
+        #: are no cold starts (no invocation waits on them), so the cold
+        #: start histogram leaves them out.
+        self._validating: set[ChildProcess] = set()
         #: Children that said Hello, and the CPU (microseconds) and page faults
         #: their set-up took per step (protocol.messages.SETUP_STEPS).
         self.setups = 0
@@ -480,7 +484,8 @@ class Pool:
             self.on_event(background_trace(record, Outcome.EXCEEDED_CPU, BACKGROUND_CPU_MESSAGE))
 
     def on_loaded(self, child: ChildProcess, seconds: float, failed: bool) -> None:
-        if self.observer is not None:
+        if self.observer is not None and child not in self._validating \
+                and child.kill_reason is not KillReason.VALIDATED:  # a late Loaded, after its wait
             self.observer.cold_start(seconds, failed)
 
     def on_cold_start_over(self, child: ChildProcess, caller: Invocation | None = None) -> None:
@@ -950,6 +955,7 @@ class Pool:
             child = await self._spare_with_bundle(record, wait_for_package=True)
         except BundleError as exc:
             return LoadCheck(str(exc))
+        self._validating.add(child)
         try:
             self._give_script(child, record)
             with trio.move_on_after(timeout):
@@ -971,6 +977,7 @@ class Pool:
                 return LoadCheck("the script crashed its sandbox while loading")
             return LoadCheck(f"the script did not finish loading within {timeout:g} s")
         finally:
+            self._validating.discard(child)
             child.kill(KillReason.VALIDATED)
 
     # ------------------------------------------------------------------
