@@ -11,6 +11,16 @@ on a descriptor a child does not have:
   sandbox user (:data:`USER`, home ``/``, read-only like the rest), in
   ``pwd`` and ``grp``; every other name or id stays unknown (``KeyError``),
   as before: nothing of the host's accounts is shown.
+* ``faulthandler`` writes to a file descriptor, and the tenant's
+  ``sys.stderr`` is the trace's log stream, which has none:
+  ``faulthandler.enable()`` raised ``io.UnsupportedOperation: fileno``.
+  ``dump_traceback()`` to the log stream now writes the same text to it
+  (one log line per line, level ``error``); ``enable()`` and ``register()``
+  with it succeed and write to the child's fd 2, which is ``/dev/null``: a
+  signal handler cannot send a log frame, and a fatal error ends the child,
+  which the supervisor logs. ``dump_traceback_later()`` needs a watchdog
+  thread, which a child cannot start: a ``RuntimeError`` saying so, as for
+  every thread.
 
 Like :mod:`sandbox.unavailable`, the patches are installed in the zygote and
 switched on in a child just before its script is imported
@@ -19,12 +29,14 @@ switched on in a child just before its script is imported
 
 from __future__ import annotations
 
+import _thread
 import os
+import sys
 import types
 from collections.abc import Callable
 from typing import Any
 
-from . import import_patches
+from . import import_patches, logs
 
 #: The name, group and home of a child's own uid and gid.
 USER = "worker"
@@ -94,9 +106,86 @@ def _patch_grp(grp: types.ModuleType) -> None:
     grp.getgrgid, grp.getgrnam, grp.getgrall = patched_getgrgid, patched_getgrnam, patched_getgrall
 
 
+#: faulthandler's own limit on the frames it writes.
+_MAX_FRAMES = 100
+
+
+def format_stack(frame: types.FrameType | None, all_threads: bool) -> str:
+    """What ``faulthandler.dump_traceback`` writes for the calling thread (the only one)."""
+    if all_threads:
+        lines = [f"Current thread 0x{_thread.get_ident():016x} (most recent call first):"]
+    else:
+        lines = ["Stack (most recent call first):"]
+    depth = 0
+    while frame is not None and depth < _MAX_FRAMES:
+        code = frame.f_code
+        line = frame.f_lineno if frame.f_lineno is not None else "???"
+        lines.append(f'  File "{code.co_filename}", line {line} in {code.co_name}')
+        frame = frame.f_back
+        depth += 1
+    if frame is not None:
+        lines.append("  ...")
+    return "\n".join(lines) + "\n"
+
+
+def _log_stream(file: Any) -> bool:
+    """Is ``file`` (None: ``sys.stderr``) one of the trace's log streams, which have no fd?"""
+    return isinstance(sys.stderr if file is None else file, logs.LineWriter)
+
+
+def _patch_faulthandler(faulthandler: types.ModuleType) -> None:
+    enable, register = faulthandler.enable, faulthandler.register
+    dump_traceback, dump_later = faulthandler.dump_traceback, faulthandler.dump_traceback_later
+
+    def patched_enable(file: Any = None, all_threads: bool = True) -> None:
+        if _active and _log_stream(file):
+            file = 2  # /dev/null in a child: see the module's docstring
+        if file is None:
+            return enable(all_threads=all_threads)
+        return enable(file, all_threads)
+
+    def patched_register(signum: int, file: Any = None, all_threads: bool = True,
+                         chain: bool = False) -> None:
+        if _active and _log_stream(file):
+            file = 2
+        if file is None:
+            return register(signum, all_threads=all_threads, chain=chain)
+        return register(signum, file, all_threads, chain)
+
+    def patched_dump_traceback(file: Any = None, all_threads: bool = True) -> None:
+        if _active and _log_stream(file):
+            stream = sys.stderr if file is None else file
+            stream.write(format_stack(sys._getframe(1), bool(all_threads)))
+            stream.flush()
+            return None
+        if file is None:
+            return dump_traceback(all_threads=all_threads)
+        return dump_traceback(file, all_threads)
+
+    def patched_dump_later(timeout: float, repeat: bool = False, file: Any = None,
+                           exit: bool = False) -> None:  # noqa: A002 - CPython's keyword
+        if _active:
+            from . import unavailable
+
+            raise RuntimeError(unavailable._message("faulthandler.dump_traceback_later()",
+                                                    unavailable.THREADS + " (it needs a watchdog thread)"))
+        if file is None:
+            return dump_later(timeout, repeat, exit=exit)
+        return dump_later(timeout, repeat, file, exit)
+
+    for patched, original in ((patched_enable, enable), (patched_register, register),
+                              (patched_dump_traceback, dump_traceback),
+                              (patched_dump_later, dump_later)):
+        patched.__name__ = original.__name__
+        patched.__doc__ = original.__doc__
+    faulthandler.enable, faulthandler.register = patched_enable, patched_register
+    faulthandler.dump_traceback, faulthandler.dump_traceback_later = patched_dump_traceback, patched_dump_later
+
+
 PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
     "pwd": _patch_pwd,
     "grp": _patch_grp,
+    "faulthandler": _patch_faulthandler,
 }
 
 

@@ -14,6 +14,9 @@ reports what it got (see tests.test_jail's prelude).
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from tests.harness import Corral
@@ -23,6 +26,7 @@ from tests.test_jail import (
     call,
     corral_with_control,
     denied,
+    pid_of,
     worker,
 )
 
@@ -31,6 +35,23 @@ from tests.test_jail import (
 def c(tmp_path_factory: pytest.TempPathFactory):
     with corral_with_control(tmp_path_factory.mktemp("stdlib_calls"), config="log_invocations = true") as server:
         yield server
+
+
+def trace_logs(server: Corral, script: str, timeout: float = 10.0) -> list[dict]:
+    """The log lines of ``script``'s latest invocation (the dispatcher's child trace)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = None
+        for line in server.log_path.read_text().splitlines():
+            if '"event":"invocation"' not in line:
+                continue
+            for child in json.loads(line)["trace"].get("children", []):
+                if child.get("scriptName") == script:
+                    found = child
+        if found is not None or time.monotonic() > deadline:
+            assert found is not None, server.log()
+            return found["logs"]
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------
@@ -80,4 +101,68 @@ def test_the_child_is_a_fixed_sandbox_user(c: Corral) -> None:
     assert out["expanduser"] == {"ok": True, "value": "'/notes.txt'"}, out["expanduser"]
     assert out["home"] == {"ok": True, "value": "'/'"}, out["home"]
     denied(out["write_home"], "OSError", errno=EROFS)
+    assert_healthy(c)
+
+
+# ---------------------------------------------------------------------------
+# 2. faulthandler: the trace's stderr has no fd, and it is no error
+# ---------------------------------------------------------------------------
+
+FAULTHANDLER = worker('''
+    import faulthandler, io, signal
+
+    def dumper():
+        faulthandler.dump_traceback()
+        faulthandler.dump_traceback(sys.stderr, all_threads=False)
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            def enable():
+                faulthandler.enable()
+                try:
+                    return faulthandler.is_enabled()
+                finally:
+                    faulthandler.disable()
+
+            def register():
+                faulthandler.register(signal.SIGUSR1)
+                return faulthandler.unregister(signal.SIGUSR1)
+
+            return Response.json({
+                "enable": attempt(enable),
+                "enable_stderr": attempt(faulthandler.enable, sys.stderr),
+                "disable": attempt(faulthandler.disable),
+                "register": attempt(register),
+                "dump": attempt(dumper),
+                "later": attempt(faulthandler.dump_traceback_later, 5),
+                # Not the trace's stream: CPython's own behaviour, unchanged.
+                "stringio": attempt(faulthandler.dump_traceback, io.StringIO()),
+                "pid": os.getpid(),
+            })
+''')
+
+
+def test_faulthandler_works_with_the_log_stream_for_stderr(c: Corral) -> None:
+    c.deploy("faulthandler", FAULTHANDLER)
+    before = pid_of(c, "faulthandler")
+    out = call(c, "faulthandler")
+    assert out["enable"] == {"ok": True, "value": "True"}, out["enable"]
+    for key in ("enable_stderr", "dump"):
+        assert out[key] == {"ok": True, "value": "None"}, (key, out[key])
+    for key in ("disable", "register"):  # each undid what was enabled
+        assert out[key] == {"ok": True, "value": "True"}, (key, out[key])
+    # A watchdog thread is a thread: refused, saying so.
+    denied(out["later"], "RuntimeError", errno=None)
+    assert "not available in Corral's sandbox" in out["later"]["error"], out["later"]
+    denied(out["stringio"], "UnsupportedOperation", errno=None)
+    # The dumps are in the invocation's logs, as faulthandler writes them.
+    lines = [(log["level"], log["message"][0]) for log in trace_logs(c, "faulthandler")]
+    errors = [text for level, text in lines if level == "error"]
+    assert any(t.startswith("Current thread 0x") and t.endswith("(most recent call first):")
+               for t in errors), lines
+    assert "Stack (most recent call first):" in errors, lines
+    frames = [t for t in errors if t.startswith("  File ")]
+    assert any(t.endswith(" in dumper") for t in frames), lines
+    assert any(t.endswith(" in fetch") for t in frames), lines
+    assert out["pid"] == before and pid_of(c, "faulthandler") == before
     assert_healthy(c)
