@@ -15,6 +15,7 @@ reports what it got (see tests.test_jail's prelude).
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -165,4 +166,65 @@ def test_faulthandler_works_with_the_log_stream_for_stderr(c: Corral) -> None:
     assert any(t.endswith(" in dumper") for t in frames), lines
     assert any(t.endswith(" in fetch") for t in frames), lines
     assert out["pid"] == before and pid_of(c, "faulthandler") == before
+    assert_healthy(c)
+
+
+# ---------------------------------------------------------------------------
+# 3. locales: C, POSIX and the C library's C.UTF-8; none of the host's own
+# ---------------------------------------------------------------------------
+
+LOCALES = worker('''
+    import locale, time
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            def under(name, fn):
+                def run():
+                    locale.setlocale(locale.LC_ALL, name)
+                    try:
+                        return fn()
+                    finally:
+                        locale.setlocale(locale.LC_ALL, "C")
+                return run
+
+            return Response.json({
+                "c_utf8": attempt(locale.setlocale, locale.LC_ALL, "C.UTF-8"),
+                "c_utf8_short": attempt(locale.setlocale, locale.LC_ALL, "C.utf8"),
+                "c": attempt(locale.setlocale, locale.LC_ALL, "C"),
+                "posix": attempt(locale.setlocale, locale.LC_ALL, "POSIX"),
+                "codeset": attempt(under("C.UTF-8", lambda: locale.nl_langinfo(locale.CODESET))),
+                "getlocale": attempt(under("C.UTF-8", lambda: locale.getlocale()[1])),
+                "localeconv": attempt(under("C.UTF-8", lambda: locale.localeconv()["decimal_point"])),
+                "format_n": attempt(under("C.UTF-8", lambda: f"{1234567.5:n} {1234567:n}")),
+                "locale_str": attempt(under("C.UTF-8", lambda: locale.format_string("%.2f", 1234.5, grouping=True))),
+                "strxfrm": attempt(under("C.UTF-8", lambda: locale.strxfrm("é") != "")),
+                "strftime": attempt(under("C.UTF-8", lambda: time.strftime("%A", time.gmtime(0)))),
+                "ctype_only": attempt(under("C.UTF-8", lambda: locale.setlocale(locale.LC_CTYPE, "C.UTF-8"))),
+                "host_locale": attempt(locale.setlocale, locale.LC_ALL, "en_US.UTF-8"),
+                "archive": os.path.exists("/usr/lib/locale/locale-archive"),
+                "after": attempt(locale.setlocale, locale.LC_ALL),
+            })
+''')
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/lib/locale/C.utf8"), reason="the host's glibc has no C.UTF-8")
+def test_the_c_utf8_locale_works_and_the_hosts_locales_do_not_exist(c: Corral) -> None:
+    c.deploy("locales", LOCALES)
+    out = call(c, "locales")
+    assert out["c_utf8"] == {"ok": True, "value": "'C.UTF-8'"}, out["c_utf8"]
+    assert out["c_utf8_short"] == {"ok": True, "value": "'C.utf8'"}, out["c_utf8_short"]
+    assert out["c"] == {"ok": True, "value": "'C'"}, out["c"]
+    assert out["posix"] == {"ok": True, "value": "'C'"}, out["posix"]
+    assert out["codeset"] == {"ok": True, "value": "'UTF-8'"}, out["codeset"]
+    assert out["getlocale"] == {"ok": True, "value": "'UTF-8'"}, out["getlocale"]
+    assert out["localeconv"] == {"ok": True, "value": "'.'"}, out["localeconv"]
+    assert out["format_n"] == {"ok": True, "value": "'1.23457e+06 1234567'"}, out["format_n"]
+    assert out["locale_str"] == {"ok": True, "value": "'1234.50'"}, out["locale_str"]
+    assert out["strxfrm"] == {"ok": True, "value": "True"}, out["strxfrm"]
+    assert out["strftime"] == {"ok": True, "value": "'Thursday'"}, out["strftime"]
+    assert out["ctype_only"] == {"ok": True, "value": "'C.UTF-8'"}, out["ctype_only"]
+    # The locales the host generated are its configuration: not in the view.
+    denied(out["host_locale"], "Error", errno=None)
+    assert out["archive"] is False
+    assert out["after"] == {"ok": True, "value": "'C'"}, out["after"]
     assert_healthy(c)
