@@ -228,3 +228,29 @@ def test_the_c_utf8_locale_works_and_the_hosts_locales_do_not_exist(c: Corral) -
     assert out["archive"] is False
     assert out["after"] == {"ok": True, "value": "'C'"}, out["after"]
     assert_healthy(c)
+
+
+# ---------------------------------------------------------------------------
+# 4. the host stays hidden: its name
+# ---------------------------------------------------------------------------
+
+HOST = worker('''
+    import platform, socket
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            return Response.json({
+                "node": platform.node(),
+                "uname_node": platform.uname().node,
+                "os_uname": os.uname().nodename,
+                "hostname": socket.gethostname(),
+            })
+''')
+
+
+def test_platform_shows_nothing_of_the_host(c: Corral) -> None:
+    c.deploy("host", HOST)
+    out = call(c, "host")
+    # platform's uname() cache was the host's, filled before the zygote's UTS namespace.
+    assert out["node"] == out["uname_node"] == out["os_uname"] == out["hostname"], out
+    assert_healthy(c)
