@@ -21,6 +21,12 @@ on a descriptor a child does not have:
   which the supervisor logs. ``dump_traceback_later()`` needs a watchdog
   thread, which a child cannot start: a ``RuntimeError`` saying so, as for
   every thread.
+* ``os.sysconf("SC_PHYS_PAGES")`` (and ``SC_AVPHYS_PAGES``): glibc asks
+  ``sysinfo()``, which the jail refuses (it describes the host), and does
+  not check the answer: the call returned stack garbage (a number in the
+  quintillions), and ``page size * phys pages``, the usual idiom for "the
+  memory there is", sized caches after it. Now an ``OSError`` (EINVAL)
+  saying that the host's memory is not the worker's.
 
 Like :mod:`sandbox.unavailable`, the patches are installed in the zygote and
 switched on in a child just before its script is imported
@@ -30,6 +36,7 @@ switched on in a child just before its script is imported
 from __future__ import annotations
 
 import _thread
+import errno
 import os
 import sys
 import types
@@ -182,10 +189,29 @@ def _patch_faulthandler(faulthandler: types.ModuleType) -> None:
     faulthandler.dump_traceback, faulthandler.dump_traceback_later = patched_dump_traceback, patched_dump_later
 
 
+def _patch_os(os_module: types.ModuleType) -> None:
+    sysconf = os_module.sysconf
+    host_memory = {os_module.sysconf_names[n] for n in ("SC_PHYS_PAGES", "SC_AVPHYS_PAGES")
+                   if n in os_module.sysconf_names}
+
+    def patched_sysconf(name: Any, /) -> int:
+        if _active:
+            number = os_module.sysconf_names.get(name) if isinstance(name, str) else name
+            if number in host_memory:
+                raise OSError(errno.EINVAL, f"os.sysconf({name!r}) is not available in Corral's sandbox: "
+                              "the host's memory is not the worker's (its limit is the script's memory_mb)")
+        return sysconf(name)
+
+    patched_sysconf.__name__ = "sysconf"
+    patched_sysconf.__doc__ = sysconf.__doc__
+    os_module.sysconf = patched_sysconf
+
+
 PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
     "pwd": _patch_pwd,
     "grp": _patch_grp,
     "faulthandler": _patch_faulthandler,
+    "os": _patch_os,
 }
 
 

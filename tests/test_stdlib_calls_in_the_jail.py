@@ -31,6 +31,8 @@ from tests.test_jail import (
     worker,
 )
 
+EINVAL = 22
+
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory: pytest.TempPathFactory):
@@ -231,7 +233,7 @@ def test_the_c_utf8_locale_works_and_the_hosts_locales_do_not_exist(c: Corral) -
 
 
 # ---------------------------------------------------------------------------
-# 4. the host stays hidden: its name
+# 4. the host stays hidden: its name, and its memory
 # ---------------------------------------------------------------------------
 
 HOST = worker('''
@@ -244,13 +246,24 @@ HOST = worker('''
                 "uname_node": platform.uname().node,
                 "os_uname": os.uname().nodename,
                 "hostname": socket.gethostname(),
+                "phys_pages": attempt(os.sysconf, "SC_PHYS_PAGES"),
+                "avphys_pages": attempt(os.sysconf, "SC_AVPHYS_PAGES"),
+                "by_number": attempt(os.sysconf, os.sysconf_names["SC_PHYS_PAGES"]),
+                "page_size": attempt(os.sysconf, "SC_PAGE_SIZE"),
+                "unknown": attempt(os.sysconf, "SC_NO_SUCH_THING"),
             })
 ''')
 
 
-def test_platform_shows_nothing_of_the_host(c: Corral) -> None:
+def test_platform_and_sysconf_show_nothing_of_the_host(c: Corral) -> None:
     c.deploy("host", HOST)
     out = call(c, "host")
     # platform's uname() cache was the host's, filled before the zygote's UTS namespace.
     assert out["node"] == out["uname_node"] == out["os_uname"] == out["hostname"], out
+    # The host's memory: an OSError, not sysinfo()'s unchecked garbage.
+    for key in ("phys_pages", "avphys_pages", "by_number"):
+        denied(out[key], "OSError", errno=EINVAL)
+        assert "not available in Corral's sandbox" in out[key]["error"], out[key]
+    assert out["page_size"] == {"ok": True, "value": str(os.sysconf("SC_PAGE_SIZE"))}, out["page_size"]
+    denied(out["unknown"], "ValueError", errno=None)
     assert_healthy(c)
