@@ -73,7 +73,11 @@ def _refuse(original: Callable[..., Any], what: str, why: str,
 
 
 def _patch_os(os: types.ModuleType) -> None:
-    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
+    # os.system() would not raise: glibc's system() answers a refused
+    # process with the shell's "command not found", exit status 127, as if
+    # a program had run. The exec family would replace the worker itself
+    # (os.execl, execlp, execvp... all end in execv or execve).
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "execv", "execve"):
         if hasattr(os, name):
             setattr(os, name, _refuse(getattr(os, name), f"os.{name}()", PROCESSES, PermissionError))
 

@@ -22,6 +22,7 @@ import pytest
 
 from tests.harness import Corral
 from tests.test_jail import (
+    EPERM,
     EROFS,
     assert_healthy,
     call,
@@ -266,4 +267,61 @@ def test_platform_and_sysconf_show_nothing_of_the_host(c: Corral) -> None:
         assert "not available in Corral's sandbox" in out[key]["error"], out[key]
     assert out["page_size"] == {"ok": True, "value": str(os.sysconf("SC_PAGE_SIZE"))}, out["page_size"]
     denied(out["unknown"], "ValueError", errno=None)
+    assert_healthy(c)
+
+
+# ---------------------------------------------------------------------------
+# 5. processes and writes: a clear OSError at once, the child lives on
+# ---------------------------------------------------------------------------
+
+REFUSED = worker('''
+    import logging, logging.handlers, subprocess, tempfile, time
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            def timed(fn, *args, **kwargs):
+                start = time.monotonic()
+                out = attempt(fn, *args, **kwargs)
+                out["seconds"] = time.monotonic() - start
+                return out
+
+            def spooled():
+                with tempfile.SpooledTemporaryFile() as f:
+                    f.write(b"in memory")
+                    f.seek(0)
+                    return f.read()
+
+            return Response.json({
+                "system": attempt(os.system, "true"),
+                "execv": attempt(os.execv, "/bin/true", ["true"]),
+                "execvp": attempt(os.execvp, "true", ["true"]),
+                "execle": attempt(os.execle, "/bin/true", "true", {}),
+                "run_timeout": timed(subprocess.run, ["sleep", "10"], timeout=1),
+                "file_handler": attempt(logging.FileHandler, "/tmp/app.log"),
+                "rotating": attempt(logging.handlers.RotatingFileHandler, "/tmp/app.log"),
+                "temporary_file": attempt(tempfile.TemporaryFile),
+                "mkstemp": attempt(tempfile.mkstemp),
+                "mkdtemp": attempt(tempfile.mkdtemp),
+                "spooled": attempt(spooled),
+                "pid": os.getpid(),
+            })
+''')
+
+
+def test_processes_and_writes_fail_at_once_with_a_clear_oserror(c: Corral) -> None:
+    c.deploy("refused", REFUSED)
+    before = pid_of(c, "refused")
+    out = call(c, "refused")
+    # os.system() used to return 127 << 8: "the shell found no such command".
+    for key in ("system", "execv", "execvp", "execle", "run_timeout"):
+        denied(out[key], errno=EPERM)
+        assert "not available in Corral's sandbox" in out[key]["error"], out[key]
+        assert "cannot start processes" in out[key]["error"], out[key]
+    assert out["run_timeout"]["seconds"] < 0.5, out["run_timeout"]
+    for key in ("file_handler", "rotating", "temporary_file", "mkstemp"):
+        denied(out[key], "OSError", errno=EROFS)
+        assert "Read-only file system" in out[key]["error"], out[key]
+    denied(out["mkdtemp"], errno=EPERM)
+    assert out["spooled"] == {"ok": True, "value": "b'in memory'"}, out["spooled"]
+    assert out["pid"] == before and pid_of(c, "refused") == before
     assert_healthy(c)
