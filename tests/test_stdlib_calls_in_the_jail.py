@@ -325,3 +325,92 @@ def test_processes_and_writes_fail_at_once_with_a_clear_oserror(c: Corral) -> No
     assert out["spooled"] == {"ok": True, "value": "b'in memory'"}, out["spooled"]
     assert out["pid"] == before and pid_of(c, "refused") == before
     assert_healthy(c)
+
+
+# ---------------------------------------------------------------------------
+# 6. what is computation, or the child's own, answers
+# ---------------------------------------------------------------------------
+
+EVERYDAY = worker('''
+    import atexit, concurrent.futures, ctypes.util, getpass, hashlib, importlib.metadata
+    import mimetypes, multiprocessing, platform, random, resource, secrets, signal, sqlite3
+    import ssl, sysconfig, uuid, zoneinfo
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            def sqlite():
+                con = sqlite3.connect(":memory:")
+                con.execute("create table t (a)")
+                con.execute("insert into t values (42)")
+                return con.execute("select a from t").fetchone()[0]
+
+            def handler():
+                old = signal.signal(signal.SIGUSR1, lambda *a: None)
+                signal.signal(signal.SIGUSR1, old)
+                return True
+
+            def pool():
+                with concurrent.futures.ThreadPoolExecutor() as ex:
+                    return ex.submit(abs, -3).result()
+
+            async def to_thread():
+                return await asyncio.to_thread(abs, -4)
+
+            async def executor():
+                return await asyncio.get_running_loop().run_in_executor(None, abs, -5)
+
+            return Response.json({
+                "python_version": attempt(platform.python_version),
+                "cpu_count": attempt(lambda: os.cpu_count() >= 1),
+                "mp_cpu_count": attempt(lambda: multiprocessing.cpu_count() >= 1),
+                "rusage": attempt(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_utime >= 0),
+                "times": attempt(lambda: os.times().user >= 0),
+                "uuid4": attempt(lambda: uuid.uuid4().version),
+                "secrets": attempt(lambda: len(secrets.token_bytes(16))),
+                "system_random": attempt(lambda: 0 <= random.SystemRandom().random() < 1),
+                "md5": attempt(lambda: hashlib.md5(b"", usedforsecurity=False).hexdigest()),
+                "sqlite": attempt(sqlite),
+                "signal": attempt(handler),
+                "atexit": attempt(lambda: atexit.register(print) is print),
+                "json_type": attempt(lambda: mimetypes.guess_type("a.json")[0]),
+                "stdlib_path": attempt(lambda: sysconfig.get_paths()["stdlib"] == os.path.dirname(os.__file__)),
+                "metadata": attempt(importlib.metadata.version, "no-such-package"),
+                "find_library": attempt(ctypes.util.find_library, "c"),
+                "utc": attempt(lambda: str(zoneinfo.ZoneInfo("UTC"))),
+                "ssl": attempt(lambda: ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED),
+                "curses": attempt(lambda: __import__("curses").__name__),
+                "readline": attempt(lambda: __import__("readline").__name__),
+                "pool": attempt(pool),
+                "to_thread": await attempt_async(to_thread),
+                "executor": await attempt_async(executor),
+                "getloadavg": attempt(os.getloadavg),
+            })
+''')
+
+
+def test_everyday_calls_answer_in_the_jail(c: Corral) -> None:
+    c.deploy("everyday", EVERYDAY)
+    out = call(c, "everyday")
+    ok_true = ("cpu_count", "mp_cpu_count", "rusage", "times", "system_random", "signal", "atexit",
+               "stdlib_path", "ssl")
+    for key in ok_true:
+        assert out[key] == {"ok": True, "value": "True"}, (key, out[key])
+    assert out["python_version"]["ok"] is True, out["python_version"]
+    assert out["uuid4"] == {"ok": True, "value": "4"}, out["uuid4"]
+    assert out["secrets"] == {"ok": True, "value": "16"}, out["secrets"]
+    assert out["md5"] == {"ok": True, "value": "'d41d8cd98f00b204e9800998ecf8427e'"}, out["md5"]
+    assert out["sqlite"] == {"ok": True, "value": "42"}, out["sqlite"]
+    assert out["json_type"] == {"ok": True, "value": "'application/json'"}, out["json_type"]
+    denied(out["metadata"], "PackageNotFoundError", errno=None)
+    assert out["find_library"]["ok"] is True, out["find_library"]
+    assert out["utc"] == {"ok": True, "value": "'UTC'"}, out["utc"]
+    assert out["curses"] == {"ok": True, "value": "'curses'"}, out["curses"]
+    assert out["readline"] == {"ok": True, "value": "'readline'"}, out["readline"]
+    # No threads: a pool's thread is refused, saying so; asyncio's executor runs inline.
+    denied(out["pool"], "RuntimeError", errno=None)
+    assert "cannot start threads" in out["pool"]["error"], out["pool"]
+    assert out["to_thread"] == {"ok": True, "value": "4"}, out["to_thread"]
+    assert out["executor"] == {"ok": True, "value": "5"}, out["executor"]
+    # The host's load: not the worker's to know (no /proc).
+    denied(out["getloadavg"], "OSError", errno=None)
+    assert_healthy(c)
