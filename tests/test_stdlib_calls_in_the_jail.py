@@ -33,6 +33,7 @@ from tests.test_jail import (
 )
 
 EINVAL = 22
+EAI_FAIL = -4
 
 
 @pytest.fixture(scope="module")
@@ -413,4 +414,60 @@ def test_everyday_calls_answer_in_the_jail(c: Corral) -> None:
     assert out["executor"] == {"ok": True, "value": "5"}, out["executor"]
     # The host's load: not the worker's to know (no /proc).
     denied(out["getloadavg"], "OSError", errno=None)
+    assert_healthy(c)
+
+
+# ---------------------------------------------------------------------------
+# 7. names, second loops, multiprocessing: refused at once, saying why
+# ---------------------------------------------------------------------------
+
+NO_NETWORK = worker('''
+    import multiprocessing, smtplib, socket
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            loop = asyncio.get_running_loop()
+            return Response.json({
+                "getaddrinfo": attempt(socket.getaddrinfo, "example.com", 443),
+                "localhost": attempt(socket.gethostbyname, "localhost"),
+                "numeric": attempt(lambda: socket.getaddrinfo("127.0.0.1", 80)[0][4]),
+                "create_connection": attempt(socket.create_connection, ("example.com", 80), 1),
+                "smtp": attempt(smtplib.SMTP, "mail.example.com", 25, timeout=1),
+                "loop_getaddrinfo": await attempt_async(loop.getaddrinfo, "example.com", 80),
+                "open_connection": await attempt_async(asyncio.open_connection, "example.com", 80),
+                "new_event_loop": attempt(asyncio.new_event_loop),
+                "asyncio_run": attempt(lambda: asyncio.Runner().get_loop()),
+                "mp_lock": attempt(multiprocessing.Lock),
+                "mp_event": attempt(multiprocessing.Event),
+                "mp_queue": attempt(multiprocessing.Queue),
+                "mp_pipe": attempt(multiprocessing.Pipe),
+                "mp_manager": attempt(multiprocessing.Manager),
+                "pid": os.getpid(),
+            })
+''')
+
+
+def test_names_loops_and_multiprocessing_are_refused_saying_why(c: Corral) -> None:
+    c.deploy("nonetwork", NO_NETWORK)
+    before = pid_of(c, "nonetwork")
+    out = call(c, "nonetwork")
+    # Every lookup failed with "Temporary failure in name resolution" (EAI_AGAIN), a
+    # retry's invitation; now a non-recoverable EAI_FAIL, saying why.
+    for key in ("getaddrinfo", "localhost", "create_connection", "smtp", "loop_getaddrinfo",
+                "open_connection"):
+        denied(out[key], "gaierror", errno=EAI_FAIL)
+        assert "name resolution" in out[key]["error"], out[key]
+        assert "not available in Corral's sandbox" in out[key]["error"], out[key]
+        assert "use fetch()" in out[key]["error"], out[key]
+    assert out["numeric"] == {"ok": True, "value": "('127.0.0.1', 80)"}, out["numeric"]
+    # A bare "Operation not permitted" (epoll, socket pair) before.
+    for key in ("new_event_loop", "asyncio_run"):
+        denied(out[key], errno=EPERM)
+        assert "one event loop" in out[key]["error"], out[key]
+    # "Read-only file system" (a semaphore in /dev/shm) or a bare EPERM (a pipe) before.
+    for key in ("mp_lock", "mp_event", "mp_queue", "mp_pipe", "mp_manager"):
+        denied(out[key], errno=EPERM)
+        assert "not available in Corral's sandbox" in out[key]["error"], out[key]
+        assert "cannot start processes" in out[key]["error"], out[key]
+    assert out["pid"] == before and pid_of(c, "nonetwork") == before
     assert_healthy(c)
