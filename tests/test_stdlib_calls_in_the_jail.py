@@ -64,7 +64,7 @@ def trace_logs(server: Corral, script: str, timeout: float = 10.0) -> list[dict]
 # ---------------------------------------------------------------------------
 
 ACCOUNTS = worker('''
-    import getpass, grp, pathlib, pwd
+    import getpass, grp, pathlib, pwd, site
 
     class Default(WorkerEntrypoint):
         async def fetch(self, request):
@@ -84,6 +84,7 @@ ACCOUNTS = worker('''
                 "expanduser": attempt(os.path.expanduser, "~/notes.txt"),
                 "home": attempt(lambda: str(pathlib.Path.home())),
                 "write_home": attempt(lambda: open(os.path.expanduser("~/notes.txt"), "w")),
+                "user_site": attempt(site.getusersitepackages),
             })
 ''')
 
@@ -106,6 +107,9 @@ def test_the_child_is_a_fixed_sandbox_user(c: Corral) -> None:
     assert out["expanduser"] == {"ok": True, "value": "'/notes.txt'"}, out["expanduser"]
     assert out["home"] == {"ok": True, "value": "'/'"}, out["home"]
     denied(out["write_home"], "OSError", errno=EROFS)
+    # site's per-user paths are the sandbox user's, not those of the zygote's user.
+    assert out["user_site"]["ok"] is True, out["user_site"]
+    assert out["user_site"]["value"].startswith("'/.local/lib/python"), out["user_site"]
     assert_healthy(c)
 
 
