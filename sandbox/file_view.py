@@ -123,7 +123,7 @@ class FileView:
         return out
 
 
-def _system_dirs() -> list[str]:
+def system_dirs() -> list[str]:
     arch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
     return [f"/lib/{arch}", f"/usr/lib/{arch}", "/lib", "/usr/lib", "/lib64", "/usr/lib64"]
 
@@ -156,7 +156,7 @@ class _Planner:
         """Add the system libraries ``names`` (those this host has) and their closure."""
         found = []
         for name in names:
-            path = next((c for c in (os.path.join(d, name) for d in _system_dirs()) if os.path.isfile(c)),
+            path = next((c for c in (os.path.join(d, name) for d in system_dirs()) if os.path.isfile(c)),
                         None)
             if path is not None:
                 real = self.mirror(path)
@@ -167,7 +167,7 @@ class _Planner:
 
     def libraries_of(self, objects: list[str]) -> None:
         """Add the DT_NEEDED closure of ``objects`` to the view's libraries."""
-        system = _system_dirs()
+        system = system_dirs()
         seen: set[str] = set()
         todo = list(objects)
         while todo:

@@ -27,6 +27,10 @@ on a descriptor a child does not have:
   quintillions), and ``page size * phys pages``, the usual idiom for "the
   memory there is", sized caches after it. Now an ``OSError`` (EINVAL)
   saying that the host's memory is not the worker's.
+* ``ctypes.util.find_library()`` asks ``ldconfig``, ``gcc`` or ``ld``,
+  programs a child cannot start: it found nothing, not even ``c``. It now
+  also looks in the system's library folders of the view, which show the
+  libraries the standard library's extensions and manylinux wheels link.
 
 Like :mod:`sandbox.unavailable`, the patches are installed in the zygote and
 switched on in a child just before its script is imported
@@ -38,6 +42,7 @@ from __future__ import annotations
 import _thread
 import errno
 import os
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -207,11 +212,46 @@ def _patch_os(os_module: types.ModuleType) -> None:
     os_module.sysconf = patched_sysconf
 
 
+def _version(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in name.partition(".so.")[2].split("."))
+
+
+def visible_library(name: str) -> str | None:
+    """The file name (a soname: ``libssl.so.3``) of the library ``name`` the view
+    shows in the system's library folders, the highest version first; None if none."""
+    from . import file_view
+
+    pattern = re.compile(rf"lib{re.escape(name)}\.so(\.[0-9]+)+")
+    for folder in file_view.system_dirs():
+        try:
+            found = [n for n in os.listdir(folder) if pattern.fullmatch(n)]
+        except OSError:
+            continue
+        if found:
+            return max(found, key=_version)
+    return None
+
+
+def _patch_ctypes_util(util: types.ModuleType) -> None:
+    find_library = util.find_library
+
+    def patched_find_library(name: str) -> str | None:
+        found = find_library(name)
+        if found is None and _active:
+            found = visible_library(name)
+        return found
+
+    patched_find_library.__name__ = "find_library"
+    patched_find_library.__doc__ = find_library.__doc__
+    util.find_library = patched_find_library
+
+
 PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
     "pwd": _patch_pwd,
     "grp": _patch_grp,
     "faulthandler": _patch_faulthandler,
     "os": _patch_os,
+    "ctypes.util": _patch_ctypes_util,
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 
 import pytest
@@ -474,4 +475,41 @@ def test_names_loops_and_multiprocessing_are_refused_saying_why(c: Corral) -> No
         assert "not available in Corral's sandbox" in out[key]["error"], out[key]
         assert "cannot start processes" in out[key]["error"], out[key]
     assert out["pid"] == before and pid_of(c, "nonetwork") == before
+    assert_healthy(c)
+
+
+# ---------------------------------------------------------------------------
+# 8. ctypes.util.find_library: the libraries the view shows, without ldconfig
+# ---------------------------------------------------------------------------
+
+LIBRARIES = worker('''
+    import ctypes, ctypes.util
+
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            def load(name):
+                found = ctypes.util.find_library(name)
+                ctypes.CDLL(found)
+                return found
+
+            return Response.json({
+                "c": attempt(load, "c"),
+                "m": attempt(load, "m"),
+                "sqlite3": attempt(load, "sqlite3"),
+                "missing": attempt(ctypes.util.find_library, "no-such-library"),
+                # Only what the view shows: not every library the host has.
+                "host_only": attempt(ctypes.util.find_library, "systemd"),
+            })
+''')
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's sonames")
+def test_find_library_finds_the_libraries_the_view_shows(c: Corral) -> None:
+    c.deploy("libraries", LIBRARIES)
+    out = call(c, "libraries")
+    assert out["c"] == {"ok": True, "value": "'libc.so.6'"}, out["c"]
+    assert out["m"] == {"ok": True, "value": "'libm.so.6'"}, out["m"]
+    assert out["sqlite3"]["ok"] is True and out["sqlite3"]["value"].startswith("'libsqlite3.so."), out
+    assert out["missing"] == {"ok": True, "value": "None"}, out["missing"]
+    assert out["host_only"] == {"ok": True, "value": "None"}, out["host_only"]
     assert_healthy(c)
