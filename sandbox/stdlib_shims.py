@@ -1,8 +1,9 @@
 """Standard-library calls that ask the system for what the jail hides, answered inside it.
 
 A few everyday calls fail in the jail not because what they ask is
-forbidden but because the answer lives in a file the view does not show or
-on a descriptor a child does not have:
+forbidden but because the answer lives in a file the view does not show, on
+a descriptor a child does not have, or behind a program it cannot start;
+or they ask the host about itself, and glibc takes the refusal for an answer:
 
 * ``getpass.getuser()``, ``os.path.expanduser("~")``, ``pathlib.Path.home()``
   look the process's own uid up in ``/etc/passwd``, which is the host's and
