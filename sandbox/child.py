@@ -77,6 +77,7 @@ from . import (
     loader,
     logs,
     reshare,
+    stdlib_shims,
     thread_shims,
     unavailable,
     warmup,
@@ -710,6 +711,7 @@ class Runtime:
             raise loader.ScriptLoadError(
                 f"the sandbox could not confine the script to its bundle: {exc}") from exc
         unavailable.activate()
+        stdlib_shims.activate()
 
     # -- invocations ----------------------------------------------------------
     def _on_invoke(self, message: Invoke) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import _signal
 import ctypes
 import os
+import platform
 import resource
 import signal
 import sys
@@ -105,6 +106,10 @@ def isolate_zygote(view: file_view.FileView) -> ZygoteJail:
             report.problems.append(f"unshare({name}): {os.strerror(ctypes.get_errno())}")
     if "uts" in report.namespaces:
         _libc.sethostname(b"corral", 6)  # tenants see no trace of the host's name
+        # ... nor in platform's cache of uname(), filled on the host's side
+        # (file_view.plan asks platform.machine()): platform.node() and
+        # platform.uname() gave children the host's name.
+        platform._uname_cache = None  # type: ignore[attr-defined]
     if _libc.unshare(CLONE_NEWNS) != 0:
         report.problems.append(f"unshare(mnt): {os.strerror(ctypes.get_errno())}")
         return report

@@ -18,6 +18,7 @@ from . import (
     http_shims,
     js_shim,
     pyodide_shim,
+    stdlib_shims,
     thread_shims,
     unavailable,
     workers,
@@ -72,3 +73,4 @@ def install() -> None:
     http_shims.install()
     thread_shims.install()
     unavailable.install()  # inactive until a child's Load (see there)
+    stdlib_shims.install()  # likewise

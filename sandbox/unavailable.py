@@ -1,9 +1,9 @@
 """Clear errors for what a worker cannot do, raised where the tenant asks for it.
 
 Every standard-library module imports in the jail; some cannot work there:
-a worker cannot start processes or threads, and cannot open sockets (its
-network is ``fetch()``, made by the supervisor). Without help, those fail
-deep inside the library with a bare ``PermissionError`` from the seccomp
+a worker cannot start processes or threads, cannot open sockets (its
+network is ``fetch()``, made by the supervisor) nor resolve names, and has
+one event loop. Without help, those fail deep inside the library with a bare ``PermissionError`` from the seccomp
 filter or an opaque ``can't start new thread``. This module patches the
 entry points, in the child, just before the script is imported, so the
 tenant reads what is not available in Corral's sandbox and why, as on
@@ -47,6 +47,8 @@ from . import import_patches
 PROCESSES = "workers cannot start processes (each worker is one sandboxed process)"
 THREADS = "workers cannot start threads; use asyncio tasks (ctx.waitUntil for background work)"
 SOCKETS = "workers cannot open sockets; use fetch() for outbound HTTP"
+LOOPS = ("a worker has one event loop, already running its handlers; await instead "
+         "(pyodide.ffi.run_sync from synchronous code)")
 
 
 def _message(what: str, why: str) -> str:
@@ -73,7 +75,11 @@ def _refuse(original: Callable[..., Any], what: str, why: str,
 
 
 def _patch_os(os: types.ModuleType) -> None:
-    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
+    # os.system() would not raise: glibc's system() answers a refused
+    # process with the shell's "command not found", exit status 127, as if
+    # a program had run. The exec family would replace the worker itself
+    # (os.execl, execlp, execvp... all end in execv or execve).
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "execv", "execve"):
         if hasattr(os, name):
             setattr(os, name, _refuse(getattr(os, name), f"os.{name}()", PROCESSES, PermissionError))
 
@@ -109,6 +115,36 @@ def _patch_socket(socket: types.ModuleType) -> None:
         original(self, family, type, proto, fileno)
 
     socket.socket.__init__ = __init__
+    for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex"):
+        setattr(socket, name, _resolver(socket, getattr(socket, name)))
+
+
+def _resolver(socket: types.ModuleType, original: Callable[..., Any]) -> Callable[..., Any]:
+    """``original`` (a name lookup), whose failure in a child says why.
+
+    Without a network, glibc's resolver answers every name with EAI_AGAIN,
+    "Temporary failure in name resolution": a retry's invitation, and the
+    first error ``socket.create_connection()``, ``smtplib``, ``asyncio``'s
+    ``open_connection()`` and ``logging``'s ``SysLogHandler`` met, before the
+    socket they would open is refused. A child's failed lookup is
+    EAI_FAIL, "non-recoverable", saying that workers cannot open sockets.
+    Numeric addresses still resolve, as they need no resolver."""
+    hopeless = {getattr(socket, n) for n in ("EAI_AGAIN", "EAI_NONAME", "EAI_FAIL", "EAI_NODATA")
+                if hasattr(socket, n)}
+
+    def resolve(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(*args, **kwargs)
+        except socket.gaierror as exc:
+            if not _active or exc.errno not in hopeless:
+                raise
+            host = args[0] if args else kwargs.get("host")
+            raise socket.gaierror(socket.EAI_FAIL, _message(
+                f"name resolution (socket.{original.__name__}({host!r}))", SOCKETS)) from None
+
+    resolve.__name__ = original.__name__
+    resolve.__doc__ = original.__doc__
+    return resolve
 
 
 def _patch_socketserver(socketserver: types.ModuleType) -> None:
@@ -119,6 +155,34 @@ def _patch_socketserver(socketserver: types.ModuleType) -> None:
 def _patch_multiprocessing_process(process: types.ModuleType) -> None:
     base = process.BaseProcess
     base.start = _refuse(base.start, "multiprocessing process start", PROCESSES, PermissionError)
+
+
+def _patch_multiprocessing_synchronize(synchronize: types.ModuleType) -> None:
+    # Its locks, semaphores and events are POSIX semaphores in /dev/shm: a
+    # write the view refuses ("Read-only file system"), and no use without
+    # another process.
+    semlock = synchronize.SemLock
+    semlock.__init__ = _refuse(semlock.__init__, "a multiprocessing lock or semaphore",
+                               PROCESSES, PermissionError)
+
+
+def _patch_multiprocessing_connection(connection: types.ModuleType) -> None:
+    # Queue, Manager and Pipe itself start with a pipe or a socket pair.
+    connection.Pipe = _refuse(connection.Pipe, "multiprocessing.Pipe()", PROCESSES, PermissionError)
+
+
+def _patch_asyncio_events(events: types.ModuleType) -> None:
+    # A new loop needs an epoll instance and a socket pair, both refused:
+    # a bare "Operation not permitted" otherwise.
+    events.new_event_loop = _refuse(events.new_event_loop, "asyncio.new_event_loop()", LOOPS,
+                                    PermissionError)
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        asyncio.new_event_loop = events.new_event_loop
+
+
+def _patch_asyncio(asyncio: types.ModuleType) -> None:
+    asyncio.new_event_loop = asyncio.events.new_event_loop
 
 
 def _patch_multiprocessing_pool(pool: types.ModuleType) -> None:
@@ -138,7 +202,11 @@ PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
     "threading": _patch_threading,
     "socket": _patch_socket,
     "socketserver": _patch_socketserver,
+    "asyncio.events": _patch_asyncio_events,
+    "asyncio": _patch_asyncio,
     "multiprocessing.process": _patch_multiprocessing_process,
+    "multiprocessing.synchronize": _patch_multiprocessing_synchronize,
+    "multiprocessing.connection": _patch_multiprocessing_connection,
     "multiprocessing.pool": _patch_multiprocessing_pool,
     "concurrent.futures.process": _patch_process_pool,
 }

@@ -29,6 +29,7 @@ import importlib
 import os
 import select
 import signal
+import site
 import socket
 import sys
 import threading
@@ -115,6 +116,11 @@ class Zygote:
         # them, only what keeps native libraries to one thread.
         os.environ.clear()
         os.environ.update(thread_shims.NATIVE_SINGLE_THREADED)
+        # ... nor the home of the user the zygote runs as, which site worked
+        # its per-user paths out from at start-up (site.getusersitepackages()
+        # gave "/root/.local/..."): a child works them out again from its
+        # own home (sandbox.stdlib_shims).
+        site.USER_BASE = site.USER_SITE = None
         # CPython's method cache (4096 entries) holds what the imports
         # looked up. A child's miss puts its own name in an entry and drops
         # the name it held: a write to that old name's reference count, so
