@@ -136,6 +136,9 @@ class _NoChild:
     def cpu_budget_shrank(self, inv: Any) -> None:
         pass
 
+    def later(self, fn: Callable[[Any], None], arg: Any) -> None:
+        fn(arg)  # no frames of its own to wait for
+
 
 _NO_CHILD = _NoChild()
 
