@@ -240,12 +240,12 @@ class SendBatch(trio.abc.Instrument):
         if self.dirty:
             self._flush()
         if self._later:
-            self._run_later()
+            self._run_later(timeout)
 
-    def _run_later(self) -> None:
+    def _run_later(self, timeout: float) -> None:
         """The turn's :meth:`later` calls, after its frames. What they send
         leaves now too; a task they woke would wait out the sleep trio chose
-        before this hook, so then the wait is made to return at once."""
+        before this hook (``timeout``), so then the wait is made to return at once."""
         while self._later:
             calls, self._later = self._later, []
             for fn, arg in calls:
@@ -255,7 +255,7 @@ class SendBatch(trio.abc.Instrument):
                     error("pool.after_turn_failed", exc_info=exc, call=getattr(fn, "__qualname__", "?"))
             if self.dirty:
                 self._flush()
-        if self._token is not None and (self._runq is None or self._runq):
+        if timeout > 0 and self._token is not None and (self._runq is None or self._runq):
             self._token.run_sync_soon(_nothing)
 
     def _flush(self) -> None:
