@@ -248,6 +248,9 @@ _.__cached__
 _.has_location
 _.start_clock  # trio.abc.Clock's interface: trio calls them (supervisor/loop_clock.py)
 _.deadline_to_sleep_time
+_._uname_cache  # platform's cache of uname(), cleared after sethostname (sandbox/jail.py)
+_.USER_BASE  # site's per-user paths, forgotten in the zygote (sandbox/zygote.py)
+_.USER_SITE
 
 # -- Called only from tests ----------------------------------------------------------
 
