@@ -70,7 +70,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 def _status(text: str) -> str:
     """``--status``: wrangler's words, or an HTTP status or class (checked
     here so that a typo is a usage error, not a tail that shows nothing)."""
-    if text in ("ok", "error", "canceled") or re.fullmatch(r"[1-5](?:[0-9][0-9]|xx)", text):
+    if text in (Outcome.OK, "error", Outcome.CANCELED) or re.fullmatch(r"[1-5](?:[0-9][0-9]|xx)", text):
         return text
     raise argparse.ArgumentTypeError(f"{text!r} is not ok, error, canceled, an HTTP status or a class like 5xx")
 

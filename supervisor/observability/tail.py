@@ -164,8 +164,8 @@ _OUTCOMES = frozenset(outcome.value for outcome in Outcome)
 #: (exceededWallTime, exceededSubrequests, scriptNotFound) fail as much.
 _ERROR_OUTCOMES = _OUTCOMES - {Outcome.OK.value, Outcome.CANCELED.value}
 #: ``status=`` words, as wrangler's ``--status`` takes them, and the outcomes each is.
-_STATUS_WORDS: dict[str, frozenset[str]] = {"ok": frozenset({Outcome.OK.value}),
-                                            "canceled": frozenset({Outcome.CANCELED.value}),
+_STATUS_WORDS: dict[str, frozenset[str]] = {Outcome.OK.value: frozenset({Outcome.OK.value}),
+                                            Outcome.CANCELED.value: frozenset({Outcome.CANCELED.value}),
                                             "error": _ERROR_OUTCOMES}
 #: Beside wrangler's words, ``status=`` takes an HTTP status (``404``) or class (``5xx``).
 _HTTP_STATUS = re.compile(r"[1-5](?:[0-9][0-9]|xx)")
