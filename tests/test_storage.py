@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 
 import pytest
 
@@ -461,6 +462,44 @@ return [await complete(small, [s1, s2]), await complete(up, [p1, p2, p3]),
     assert got[3] == 5242881 and got[4] is None
 
 
+def test_r2_multipart_uploads_expire_after_seven_days(server) -> None:
+    """R2's default lifecycle policy: an upload expires 7 days after it was
+    created. Its parts are gone, with the bytes they held against the bucket,
+    once the bucket's next upload is created; the upload no longer exists."""
+    got = ok(server, "t", """
+old = await env.BUCKET.createMultipartUpload("exp/old")
+await old.uploadPart(1, b"p" * 1000)
+return old.uploadId""")
+    [index] = list(server.state_dir.glob("storage/r2/*/index.sqlite3"))
+    conn = sqlite3.connect(index)
+    try:
+        def held() -> tuple[int, int]:
+            parts = conn.execute("SELECT count(*) FROM parts WHERE upload_id = ?", (got,)).fetchone()[0]
+            return parts, conn.execute("SELECT bytes FROM stats").fetchone()[0]
+
+        parts, bytes_before = held()
+        assert parts == 1
+        blobs = {p.name for p in index.parent.glob("blobs/*")}
+        with conn:  # created eight days ago
+            conn.execute("UPDATE uploads SET created = created - 8 * 86400 WHERE upload_id = ?", (got,))
+        after = ok(server, "t", f"""
+old = env.BUCKET.resumeMultipartUpload("exp/old", {got!r})
+try:
+    await old.uploadPart(2, "late")
+    late = None
+except JsException as e:
+    late = e.message
+fresh = await env.BUCKET.createMultipartUpload("exp/fresh")
+await fresh.abort()
+return late""")
+        assert after is not None and "multipart upload does not exist" in after and "10024" in after, after
+        parts, bytes_after = held()
+        assert parts == 0 and bytes_after == bytes_before - 1000, (parts, bytes_before, bytes_after)
+        assert len(blobs - {p.name for p in index.parent.glob("blobs/*")}) == 1  # its part's file
+    finally:
+        conn.close()
+
+
 def test_r2_keys_never_escape_the_bucket(server) -> None:
     keys = ["../../escape", "/etc/passwd", "a/../../../b", "..", "."]
     got = ok(server, "t", f"""
@@ -611,3 +650,21 @@ await env.DB.prepare("INSERT INTO wide VALUES (?, ?, ?)").bind(v, v, v).run()
 row = await env.DB.prepare("SELECT length(a) + length(b) + length(c) AS n FROM wide").first()
 return row["n"]""")
     assert got == 1_200_000
+
+
+def test_r2_open_uploads_of_an_older_bucket_get_their_seven_days_from_the_upgrade(tmp_path) -> None:
+    """A bucket index written before uploads had a creation time is given
+    one, now: its open uploads neither vanish at once nor live for ever."""
+    from supervisor.bindings import r2
+
+    conn = sqlite3.connect(tmp_path / "index.sqlite3")
+    conn.executescript("""
+        CREATE TABLE uploads (upload_id TEXT PRIMARY KEY, key TEXT NOT NULL, http TEXT, custom TEXT);
+        INSERT INTO uploads VALUES ('u1', 'k', '{}', '{}');""")
+    r2._setup(conn)
+    r2._setup(conn)  # and once more, as every open does
+    assert r2._upload_of(conn, str(tmp_path), "u1", "k", "uploadPart") == ("{}", "{}")
+    conn.execute("UPDATE uploads SET created = created - ?", (r2.UPLOAD_EXPIRY_S + 1,))
+    with pytest.raises(Exception, match="10024"):
+        r2._upload_of(conn, str(tmp_path), "u1", "k", "uploadPart")
+    conn.close()

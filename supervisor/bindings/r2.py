@@ -13,6 +13,10 @@ name inside its bucket. Keys holding NUL are refused.
 
 Multipart uploads keep R2's part rules: completing one whose parts but the
 last are under 5 MiB, or not all of one size, is refused with R2's codes.
+As R2's default lifecycle policy does, an upload expires seven days after it
+was created: it no longer exists, and its parts are removed (and stop
+counting against the bucket) as the bucket's next upload is created, so an
+abandoned upload cannot hold a tenant's quota or the disk for ever.
 
 Storage is behind :class:`R2Store` so a fleet can use an S3-compatible
 store; :class:`FileR2` is the embedded one.
@@ -43,6 +47,8 @@ MAX_PARTS = 10_000
 #: R2's smallest part, except the last one of an upload (5 MiB).
 MIN_PART_BYTES = 5 * 1024**2
 MAX_OBJECT_BYTES = 5 * 1024**3 - 5 * 1024**2
+#: R2's default lifecycle policy: multipart uploads expire 7 days after initiation.
+UPLOAD_EXPIRY_S = 7 * 24 * 3600
 READ_CHUNK = 64 * 1024
 HASHES = ("md5", "sha1", "sha256", "sha384", "sha512")
 HTTP_FIELDS = ("contentType", "contentLanguage", "contentDisposition", "contentEncoding",
@@ -55,13 +61,17 @@ def _setup(conn: sqlite3.Connection) -> None:
             size INTEGER NOT NULL, etag TEXT NOT NULL, version TEXT NOT NULL,
             uploaded INTEGER NOT NULL, http TEXT, custom TEXT, checksums TEXT);
         CREATE TABLE IF NOT EXISTS uploads (upload_id TEXT PRIMARY KEY, key TEXT NOT NULL,
-            http TEXT, custom TEXT);
+            http TEXT, custom TEXT, created INTEGER);
         CREATE TABLE IF NOT EXISTS parts (upload_id TEXT NOT NULL, number INTEGER NOT NULL,
             blob TEXT NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
             PRIMARY KEY (upload_id, number));
         CREATE TABLE IF NOT EXISTS stats (id INTEGER PRIMARY KEY CHECK (id = 1), bytes INTEGER);
         INSERT OR IGNORE INTO stats VALUES (1, 0);
     """)
+    if "created" not in [row[1] for row in conn.execute("PRAGMA table_info(uploads)")]:
+        # A bucket of an older Corral: its open uploads get their 7 days from now.
+        conn.execute("ALTER TABLE uploads ADD COLUMN created INTEGER")
+        conn.execute("UPDATE uploads SET created = ?", (int(time.time()),))
 
 
 def _err(op: str, message: str, code: int, name: str = "Error") -> BindingError:
@@ -561,12 +571,36 @@ _METHODS = frozenset({"head", "get", "put", "delete", "list", "createMultipartUp
 
 def _new_upload(conn: sqlite3.Connection, root: str, upload_id: str, key: str, http: str,
                 custom: str) -> None:
-    conn.execute("INSERT INTO uploads VALUES (?, ?, ?, ?)", (upload_id, key, http, custom))
+    now = int(time.time())
+    _expire_uploads(conn, root, now - UPLOAD_EXPIRY_S)
+    conn.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?)", (upload_id, key, http, custom, now))
+
+
+def _expire_uploads(conn: sqlite3.Connection, root: str, created_before: int) -> None:
+    """Drop the uploads created before ``created_before`` and their parts."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        expired = [r[0] for r in conn.execute("SELECT upload_id FROM uploads WHERE created < ?",
+                                              (created_before,))]
+        rows = []
+        for upload_id in expired:
+            rows += conn.execute("SELECT blob, size FROM parts WHERE upload_id = ?", (upload_id,)).fetchall()
+            conn.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
+            conn.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+        if rows:
+            conn.execute("UPDATE stats SET bytes = bytes - ? WHERE id = 1", (sum(r[1] for r in rows),))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    for blob, _ in rows:
+        _remove_blob(root, blob)
 
 
 def _upload_of(conn: sqlite3.Connection, root: str, upload_id: str, key: str, op: str) -> tuple:
-    row = conn.execute("SELECT http, custom FROM uploads WHERE upload_id = ? AND key = ?",
-                       (upload_id, key)).fetchone()
+    row = conn.execute("SELECT http, custom FROM uploads WHERE upload_id = ? AND key = ? AND created >= ?",
+                       (upload_id, key, int(time.time()) - UPLOAD_EXPIRY_S)).fetchone()
     if row is None:
         raise _err(op, "The specified multipart upload does not exist", 10024)
     return row
