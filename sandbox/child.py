@@ -457,9 +457,38 @@ class ChildLoop(asyncio.SelectorEventLoop):
         """Did ``g`` hop (and so may wait again, from where it was resumed)?"""
         return self._waiters is not None and g in self._waiters
 
+    #: Makes the greenlets :meth:`hop` hands the loop to (see :meth:`_spawn`).
+    _spawner: greenlet.greenlet | None = None
+
     def run_forever(self) -> None:
         self._root = greenlet.getcurrent()  # it drives the loop until a hop
+        # Started here, at the root's shallow depth, where it stays.
+        self._spawner = greenlet.greenlet(self._spawn, parent=self._root)
+        self._spawner.switch(self._root)
         super().run_forever()
+
+    def _spawn(self, requester: greenlet.greenlet) -> None:
+        """The spawner's life: a driver greenlet per hop, each started here.
+
+        A new greenlet begins with the Python recursion depth of the greenlet
+        that first switches into it, and keeps it: made in :meth:`hop`, deep in
+        the step that waits, every hop's driver began as deep as that step,
+        the next hop's deeper again, and after a few dozen invocations that
+        wait (a Django view's queries through ``run_sync``) the child hit
+        ``RecursionError``, or overflowed its C stack and died. Started from
+        this greenlet, which always waits at this same shallow point, each
+        driver begins as shallow as the first."""
+        me = greenlet.getcurrent()
+
+        def parked() -> None:
+            me.switch()  # back to the spawner until a hop switches in
+            self._drive()
+
+        requester = requester.switch()  # started: wait for the first hop
+        while True:
+            driver = greenlet.greenlet(parked, parent=self._root)
+            driver.switch()
+            requester = requester.switch(driver)
 
     @property
     def driver(self) -> greenlet.greenlet | None:
@@ -475,7 +504,8 @@ class ChildLoop(asyncio.SelectorEventLoop):
         if self._waiters is None:
             self._waiters = weakref.WeakSet()
         self._waiters.add(me)
-        self._driver = greenlet.greenlet(self._drive, parent=self._root)
+        assert self._spawner is not None
+        self._driver = self._spawner.switch(me)
         self._driver.switch()
 
     def yield_driving(self) -> None:

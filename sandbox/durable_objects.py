@@ -94,10 +94,9 @@ class SqlCursor:
         self._next = len(self._rows)
         return self._row(rest[0])
 
-    def raw(self) -> Any:
-        while self._next < len(self._rows):
-            self._next += 1
-            yield AttrList(self._rows[self._next - 1])
+    def raw(self) -> RawRows:
+        """The rows as lists, an iterator over the same rows as the cursor."""
+        return RawRows(self)
 
     def next(self) -> AttrDict:
         if self._next >= len(self._rows):
@@ -113,6 +112,37 @@ class SqlCursor:
     def __await__(self) -> Generator[Any, None, SqlCursor]:
         """``await sql.exec(...)`` (code written for an asynchronous exec) gets the cursor too."""
         return _itself(self).__await__()
+
+
+class RawRows:
+    """``cursor.raw()``: an iterator of rows as lists, and, as a JavaScript
+    iterator is (ES2025's iterator helpers), one with ``toArray()``: django-cf's
+    Durable Object backend reads every query as ``exec(...).raw().toArray().to_py()``.
+    ``next()`` answers as JavaScript's does (``done``, ``value``)."""
+
+    def __init__(self, cursor: SqlCursor) -> None:
+        self._cursor = cursor
+
+    def __iter__(self) -> RawRows:
+        return self
+
+    def __next__(self) -> AttrList:
+        cursor = self._cursor
+        if cursor._next >= len(cursor._rows):
+            raise StopIteration
+        cursor._next += 1
+        return AttrList(cursor._rows[cursor._next - 1])
+
+    def next(self) -> AttrDict:
+        try:
+            return AttrDict(done=False, value=self.__next__())
+        except StopIteration:
+            return AttrDict(done=True, value=None)
+
+    def toArray(self) -> AttrList:  # noqa: N802 - JavaScript's name
+        return AttrList(self)
+
+    to_array = toArray
 
 
 async def _itself(cursor: SqlCursor) -> SqlCursor:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json as _json
 import sys
 import time
+import traceback
 import types
 import urllib.parse
 from typing import Any
 
 from . import logs, websockets, workers
 from .html_rewriter import HTMLRewriter
-from .pyodide_shim import ArrayBuffer, Uint8Array, _unavailable, jsnull, to_py
+from .pyodide_shim import ArrayBuffer, JsException, Uint8Array, _unavailable, jsnull, to_py
 from .sdk_types import Blob, FormData, JsDict, python_from_rpc
 
 
@@ -203,6 +204,38 @@ class _Date:
         return time.time() * 1000.0
 
 
+class _ErrorClass:
+    """``js.Error`` (and its kin): calling it or ``.new(message)`` gives the
+    error as Pyodide proxies one, a raisable :class:`JsException` with
+    ``.name``, ``.message`` and V8's ``.stack`` (``"Error: message"``, then
+    one ``"    at ..."`` line per caller, at most ``stackTraceLimit`` of them,
+    which code sets as V8 lets it). django-cf's database backends raise
+    ``Error(Error.new().stack)`` for every failed query."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stackTraceLimit: float = 10
+
+    def __call__(self, message: Any = "", *args: Any, **kwargs: Any) -> JsException:
+        text = "" if message is None or message is jsnull else str(message)
+        error = JsException(self.name, text)
+        error.stack = self._stack(text)  # type: ignore[attr-defined]
+        return error
+
+    new = __call__
+
+    def _stack(self, message: str) -> str:
+        """The callers (innermost first) in V8's layout, Python's frames standing in."""
+        try:
+            limit = max(0, int(min(float(self.stackTraceLimit), 1e6)))
+        except (TypeError, ValueError):  # V8 leaves the stack out for a non-number
+            limit = 0
+        frames = traceback.extract_stack(sys._getframe(2), limit=limit or None)[::-1] if limit else []
+        lines = [f"{self.name}: {message}" if message else self.name]
+        lines += [f"    at {f.name} ({f.filename}:{f.lineno})" for f in frames[:limit]]
+        return "\n".join(lines)
+
+
 async def _fetch(resource: Any, *args: Any, **kwargs: Any) -> workers.Response:
     init = _options(args, kwargs)
     return await workers.fetch(resource, method=init.get("method"), headers=init.get("headers"),
@@ -226,6 +259,8 @@ def make_js() -> types.ModuleType:
     js.Blob = _BlobClass()  # type: ignore[attr-defined]
     js.TextEncoder = _TextEncoder  # type: ignore[attr-defined]
     js.ArrayBuffer = ArrayBuffer  # type: ignore[attr-defined]
+    for name in ("Error", "TypeError", "RangeError", "SyntaxError", "ReferenceError"):
+        setattr(js, name, _ErrorClass(name))
     js.HTMLRewriter = HTMLRewriter  # type: ignore[attr-defined]
     js.WebSocketPair = _WebSocketPairClass()  # type: ignore[attr-defined]
     js.WebSocketRequestResponsePair = websockets.WebSocketRequestResponsePair  # type: ignore[attr-defined]

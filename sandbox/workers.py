@@ -106,6 +106,14 @@ def _text(value: str | bytes) -> str:
     return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
+def _value(value: str | bytes) -> str:
+    """A header value as the Fetch standard normalises it: without leading or
+    trailing HTTP whitespace. Django's WSGI handler sends ``Set-Cookie`` as
+    ``Morsel.output(header="")``, which starts with a space; workerd drops it,
+    and a raw one would be refused at the edge."""
+    return _text(value).strip("\t\n\r ")
+
+
 class Headers(http.client.HTTPMessage):
     """Case-insensitive, ordered, multi-valued HTTP headers.
 
@@ -160,7 +168,7 @@ class Headers(http.client.HTTPMessage):
         # iterates over its names alone, as a Mapping does.
         pairs = init.items() if isinstance(init, (Mapping, email.message.Message)) else init
         for name, value in pairs:
-            self._items.append((_text(name).lower(), _text(value)))
+            self._items.append((_text(name).lower(), _value(value)))
 
     @classmethod
     def _from_raw(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
@@ -200,11 +208,11 @@ class Headers(http.client.HTTPMessage):
         name = name.lower()
         self._raw_items = None
         self._items = [(n, v) for n, v in self._items if n != name]
-        self._items.append((name, _text(value)))
+        self._items.append((name, _value(value)))
 
     def append(self, name: str, value: str) -> None:
         self._raw_items = None
-        self._items.append((name.lower(), _text(value)))
+        self._items.append((name.lower(), _value(value)))
 
     def _set_default(self, name: str, value: str) -> None:
         """``name`` (lower case) is ``value`` unless already there: the type a

@@ -347,3 +347,18 @@ def test_corral_deploy_refuses_a_symlink_out_of_the_project(tmp_path):
     done = subprocess.run([sys.executable, "-m", "supervisor", "deploy", "x", str(tmp_path / "proj")],
                           capture_output=True, text=True, env=env, cwd=str(repo), timeout=60)
     assert done.returncode == 2 and "\x1b" not in done.stderr and "x\\x1b]0;t\\x07.txt" in done.stderr, done
+
+
+def test_a_missing_assets_folder_its_build_command_makes_says_to_run_it(tmp_path):
+    """Cloudflare's Django templates collect static files into the assets
+    directory with ``build.command``, which wrangler runs before deploying."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "index.py").write_text("")
+    (tmp_path / "wrangler.jsonc").write_text(
+        '{"main": "src/index.py", "assets": {"directory": "./staticfiles"},\n'
+        ' "build": {"command": "python src/manage.py collectstatic --noinput"}}')
+    with pytest.raises(ProjectError, match="run it first: python src/manage.py collectstatic --noinput"):
+        load_project(tmp_path)
+    (tmp_path / "staticfiles").mkdir()
+    (tmp_path / "staticfiles" / "a.css").write_text("a {}")
+    assert load_project(tmp_path).assets == {"/a.css": b"a {}"}

@@ -124,6 +124,13 @@ class R2Object(_Fields):
 
     write_http_metadata = writeHttpMetadata
 
+    def to_py(self) -> R2Object:
+        """Itself: Pyodide's ``to_py()`` leaves an instance of a JavaScript class
+        (an R2Object is one) as the proxy it is, with its fields. django-cf's R2
+        storage reads ``head(key).to_py().size``; without it ``exists()`` was
+        always False, so every save overwrote the file of that name."""
+        return self
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key!r} {self.size} bytes>"
 

@@ -188,6 +188,15 @@ class _Triggers(msgspec.Struct):
     crons: list[str] = []
 
 
+class _Build(msgspec.Struct):
+    """``build``: Wrangler runs ``command`` before it deploys; Corral does not
+    run the project's code on deploy, but says so when the folder it would
+    make (Django's ``collectstatic`` into ``assets.directory``) is missing."""
+
+    command: str | None = None
+    cwd: str | None = None
+
+
 class _Assets(msgspec.Struct, forbid_unknown_fields=True):
     directory: str | None = None
     binding: str | None = None
@@ -201,6 +210,7 @@ class WranglerConfig(msgspec.Struct):
 
     main: str | None = None
     compatibility_date: str | None = None
+    build: _Build | None = None
     compatibility_flags: list[str] = []
     triggers: _Triggers | None = None
     assets: _Assets | None = None
@@ -614,7 +624,16 @@ def load_project(path: str | os.PathLike[str], env: str | None = None,
     if config.assets is not None:
         rules = {"_redirects": "", "_headers": ""}
         if config.assets.directory:
-            assets = _collect_assets(target, config_path, config.assets.directory, within)
+            try:
+                assets = _collect_assets(target, config_path, config.assets.directory, within)
+            except ProjectError as exc:
+                if config.build is None or not config.build.command or \
+                        (target / config.assets.directory).exists():
+                    raise
+                where = f" in {config.build.cwd}" if config.build.cwd else ""
+                raise ProjectError(f"{exc}: its build command makes it, which wrangler runs before "
+                                   f"deploying and corral deploy does not; run it first{where}: "
+                                   f"{config.build.command}") from None
             for name in rules:  # the site's rules, sent in the config as Wrangler sends them
                 data = assets.pop("/" + name, None)
                 if data is not None:
