@@ -57,6 +57,23 @@ NOT_ACCEPTED = ("You must call one of accept() or state.acceptWebSocket() on thi
                 "sending messages.")
 
 
+#: What a worker that opens a WebSocket to a server hears (``js.WebSocket.new(url)``,
+#: or ``fetch()`` with ``Upgrade: websocket``): the supervisor relays the
+#: sockets clients open to workers, and has no client of its own yet.
+OUTBOUND_UNSUPPORTED = ("outbound WebSocket connections (js.WebSocket, or fetch() with 'Upgrade: websocket') "
+                        "are not supported by Corral yet: a worker can accept WebSockets (WebSocketPair), "
+                        "not open them to other servers")
+
+
+class OutboundWebSocket:
+    """``js.WebSocket``: importable, as in Cloudflare's runtime, so that a
+    module that names it loads; opening one says why it cannot."""
+
+    @staticmethod
+    def new(url: Any, protocols: Any = None) -> WebSocket:
+        raise JsException("NotSupportedError", OUTBOUND_UNSUPPORTED)
+
+
 class WebSocketError(JsException, TypeError):
     """What workerd's ``WebSocket.close()`` and ``send()`` throw (a DOMException named
     InvalidAccessError or SyntaxError, or a TypeError): the SDK surfaces it

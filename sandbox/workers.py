@@ -809,6 +809,13 @@ async def fetch(
     against the invocation's subrequest limit.
     """
     request = Request(resource, method=method, headers=headers, body=body, redirect=redirect, **init)
+    if (request.headers.get("upgrade") or "").lower() == "websocket":
+        # The brokered fetch drops the hop-by-hop Upgrade: a plain GET would
+        # reach the server, and its answer would come back with no webSocket.
+        from .pyodide_shim import JsException
+        from .websockets import OUTBOUND_UNSUPPORTED
+
+        raise JsException("NotSupportedError", OUTBOUND_UNSUPPORTED)
     return await _runtime.sub_request("fetch", request)
 
 

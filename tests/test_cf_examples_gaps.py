@@ -6,7 +6,10 @@ examples themselves are not copied here.
 
 * a URL with its scheme's default port (urllib3, so ``requests`` too,
   writes ``https://host:443/``) reaches the outbound worker as JavaScript's
-  URL reads it back: ``https://host/``, the host in lower case.
+  URL reads it back: ``https://host/``, the host in lower case;
+* an outbound WebSocket (``js.WebSocket.new(url)``, ``fetch()`` with
+  ``Upgrade: websocket``), which Corral does not have yet, fails with an
+  error that says so (not one about Pyodide, nor a plain GET sent on).
 """
 
 from __future__ import annotations
@@ -83,3 +86,36 @@ def test_a_default_port_is_dropped_from_urls_as_javascript_does(corral):
                  "http://shop.example:8080/x", "https://shop.example/pay"],
         "own": "https://shop.example/",
     }
+
+
+# -- 2. outbound WebSockets ---------------------------------------------------------------------
+
+OUTBOUND_SOCKET = '''
+import js
+from workers import Response, WorkerEntrypoint, fetch
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        errors = []
+        try:
+            js.WebSocket.new("wss://feed.example/subscribe")
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {e}")
+        try:
+            await fetch("https://feed.example/subscribe", headers={"Upgrade": "websocket"})
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {e}")
+        return Response.json(errors)
+'''
+
+
+def test_an_outbound_websocket_is_refused_with_an_error_naming_it(corral):
+    deploy(corral, "outws", OUTBOUND_SOCKET)
+    resp = corral.request("/", host="outws.localhost")
+    assert resp.status == 200, (resp, corral.log())
+    errors = resp.json()
+    assert len(errors) == 2, errors
+    for error in errors:
+        assert "outbound WebSocket" in error and "not supported by Corral" in error, error
+        assert "Pyodide" not in error, error
