@@ -7,17 +7,28 @@ examples themselves are not copied here.
 * a URL with its scheme's default port (urllib3, so ``requests`` too,
   writes ``https://host:443/``) reaches the outbound worker as JavaScript's
   URL reads it back: ``https://host/``, the host in lower case;
-* an outbound WebSocket (``js.WebSocket.new(url)``, ``fetch()`` with
-  ``Upgrade: websocket``), which Corral does not have yet, fails with an
-  error that says so (not one about Pyodide, nor a plain GET sent on).
+* ``fetch()`` with ``Upgrade: websocket``, which Corral does not have yet,
+  fails with an error that says so (it sent a plain GET on);
+* ``js.WebSocket.new(url)`` opens a WebSocket to a server: ``open``, the
+  server's messages and ``close`` reach the listeners (``error`` and a
+  1006 close when it cannot connect, or when the platform has an outbound
+  worker, which such a socket would bypass).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import textwrap
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, TextMessage
+from wsproto.events import Request as WsRequest
 
 from supervisor.admin import multipart
 from tests.harness import Corral
@@ -56,6 +67,7 @@ def corral(tmp_path_factory):
     try:
         server.deploy("echo_url", ECHO_URL, namespace=None)
         server.deploy_dispatcher(namespace=NS, outbound={"worker": {"service": "echo_url"}})
+        server.deploy_dispatcher(namespace=NS, name="dispatch_plain", pattern="*.plain.localhost/*")
         yield server
     finally:
         server.stop()
@@ -90,32 +102,160 @@ def test_a_default_port_is_dropped_from_urls_as_javascript_does(corral):
 
 # -- 2. outbound WebSockets ---------------------------------------------------------------------
 
-OUTBOUND_SOCKET = '''
-import js
+UPGRADE_FETCH = '''
 from workers import Response, WorkerEntrypoint, fetch
 
 
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
-        errors = []
-        try:
-            js.WebSocket.new("wss://feed.example/subscribe")
-        except Exception as e:
-            errors.append(f"{type(e).__name__}: {e}")
         try:
             await fetch("https://feed.example/subscribe", headers={"Upgrade": "websocket"})
         except Exception as e:
-            errors.append(f"{type(e).__name__}: {e}")
-        return Response.json(errors)
+            return Response(f"{type(e).__name__}: {e}")
+        return Response("a plain GET went out")
 '''
 
 
-def test_an_outbound_websocket_is_refused_with_an_error_naming_it(corral):
-    deploy(corral, "outws", OUTBOUND_SOCKET)
-    resp = corral.request("/", host="outws.localhost")
+def test_fetch_with_an_upgrade_is_refused_with_an_error_naming_it(corral):
+    deploy(corral, "upgradefetch", UPGRADE_FETCH)
+    resp = corral.request("/", host="upgradefetch.localhost")
     assert resp.status == 200, (resp, corral.log())
-    errors = resp.json()
-    assert len(errors) == 2, errors
-    for error in errors:
-        assert "outbound WebSocket" in error and "not supported by Corral" in error, error
-        assert "Pyodide" not in error, error
+    assert "outbound WebSocket" in resp.text and "not supported by Corral" in resp.text, resp.text
+    assert "js.WebSocket.new" in resp.text, resp.text
+
+
+# -- 3. a WebSocket to a server -----------------------------------------------------------------
+
+class EchoServer:
+    """A WebSocket server on 127.0.0.1 (wsproto over plain sockets, a thread
+    per connection): text comes back as ``echo:...``; a binary message makes
+    it close with 4000 "done"; it takes the subprotocol ``chat`` if offered."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.handshakes: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                ws.receive_data(data or None)
+                for event in ws.events():
+                    if isinstance(event, WsRequest):
+                        self.handshakes.append(event.target)
+                        chosen = "chat" if "chat" in event.subprotocols else None
+                        conn.sendall(ws.send(AcceptConnection(subprotocol=chosen)))
+                    elif isinstance(event, TextMessage):
+                        conn.sendall(ws.send(Message("echo:" + event.data)))
+                    elif isinstance(event, BytesMessage):
+                        conn.sendall(ws.send(CloseConnection(4000, "done")))
+                    elif isinstance(event, CloseConnection):
+                        if ws.state is ConnectionState.REMOTE_CLOSING:
+                            conn.sendall(ws.send(event.response()))
+                        return
+                if not data:
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+TO_SERVER = '''
+import js
+from pyodide.ffi import create_proxy
+from workers import Response, WorkerEntrypoint
+
+SEEN = []
+
+
+def watch(ws, name):
+    def on_open(event):
+        SEEN.append([name, "open", ws.readyState, ws.protocol])
+        ws.send("hello")
+
+    async def on_message(event):
+        SEEN.append([name, "message", event.data])
+        ws.send(b"that will do")
+
+    def on_error(event):
+        SEEN.append([name, "error", ws.readyState])
+
+    def on_close(event):
+        SEEN.append([name, "close", event.code, event.reason, ws.readyState])
+
+    for kind, listener in (("open", on_open), ("message", on_message), ("error", on_error),
+                           ("close", on_close)):
+        ws.addEventListener(kind, create_proxy(listener))
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/seen"):
+            return Response.json(SEEN)
+        name = request.url.rsplit("/", 1)[-1]
+        ws = js.WebSocket.new(request.headers.get("x-target"), ["chat", "other"])
+        watch(ws, name)
+        try:
+            ws.send("too early")
+        except Exception as e:
+            SEEN.append([name, "send", getattr(e, "name", ""), ws.readyState])
+        return Response("opening")
+'''
+
+
+def seen_until(corral: Corral, host: str, done: Callable[[list], bool]) -> list:
+    deadline = time.monotonic() + 10
+    while True:
+        seen = corral.request("/seen", host=host).json()
+        if done(seen) or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.05)
+
+
+def test_a_worker_opens_a_websocket_to_a_server(corral):
+    server = EchoServer()
+    try:
+        deploy(corral, "toserver", TO_SERVER)
+        resp = corral.request("/up", host="toserver.plain.localhost",
+                              headers={"x-target": f"ws://127.0.0.1:{server.port}/feed?from=1"})
+        assert (resp.status, resp.text) == (200, "opening"), (resp, corral.log())
+        seen = seen_until(corral, "toserver.plain.localhost", lambda s: any(e[1] == "close" for e in s))
+        assert seen == [
+            ["up", "send", "InvalidStateError", 0],
+            ["up", "open", 1, "chat"],
+            ["up", "message", "echo:hello"],
+            ["up", "close", 4000, "done", 3],
+        ], (seen, corral.log())
+        assert server.handshakes == ["/feed?from=1"]
+
+        # Nothing listens there: the socket errs, then closes (1006).
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            dead = unused.getsockname()[1]
+        corral.request("/down", host="toserver.plain.localhost",
+                       headers={"x-target": f"ws://127.0.0.1:{dead}/"})
+        # Through a dispatcher with an outbound worker: refused (it would bypass it).
+        corral.request("/viaout", host="toserver.localhost",
+                       headers={"x-target": f"ws://127.0.0.1:{server.port}/"})
+        seen = seen_until(corral, "toserver.plain.localhost",
+                          lambda s: sum(e[1] == "close" for e in s) == 3)
+        for name in ("down", "viaout"):
+            assert [e for e in seen if e[0] == name] == [
+                [name, "send", "InvalidStateError", 0],
+                [name, "error", 0],
+                [name, "close", 1006, "", 3],
+            ], (seen, corral.log())
+        assert "outbound worker" in corral.log()
+    finally:
+        server.close()
