@@ -12,7 +12,8 @@ examples themselves are not copied here.
 * ``js.WebSocket.new(url)`` opens a WebSocket to a server: ``open``, the
   server's messages and ``close`` reach the listeners (``error`` and a
   1006 close when it cannot connect, or when the platform has an outbound
-  worker, which such a socket would bypass).
+  worker, which such a socket would bypass); a Durable Object's listeners
+  run as the object's invocations, with its storage.
 """
 
 from __future__ import annotations
@@ -257,5 +258,60 @@ def test_a_worker_opens_a_websocket_to_a_server(corral):
                 [name, "close", 1006, "", 3],
             ], (seen, corral.log())
         assert "outbound worker" in corral.log()
+    finally:
+        server.close()
+
+
+FEED_OBJECT = '''
+import js
+from pyodide.ffi import create_proxy
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Feed(DurableObject):
+    """Keeps a socket to a feed open; what arrives goes to the object's storage."""
+
+    async def fetch(self, request):
+        if request.url.endswith("/open"):
+            self.ws = js.WebSocket.new(request.headers.get("x-target"))
+            self.ws.addEventListener("open", create_proxy(lambda event: self.ws.send("first")))
+            self.ws.addEventListener("message", create_proxy(self.on_message))
+            self.ws.addEventListener("close", create_proxy(self.on_close))
+            return Response("opening")
+        return Response.json({"got": await self.ctx.storage.get("got"),
+                              "closed": self.ctx.storage.kv.get("closed")})
+
+    async def on_message(self, event):
+        got = await self.ctx.storage.get("got") or []
+        await self.ctx.storage.put("got", [*got, event.data])
+        self.ws.send(b"enough")  # the server closes with 4000
+
+    def on_close(self, event):
+        self.ctx.storage.kv.put("closed", event.code)  # synchronous storage, as the object's too
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        stub = self.env.FEEDS.get(self.env.FEEDS.idFromName("one"))
+        return await stub.fetch(request)
+'''
+
+
+def test_a_durable_objects_websocket_listeners_use_its_storage(corral):
+    server = EchoServer()
+    try:
+        corral.deploy("feedobj", FEED_OBJECT, namespace=NS, bindings=[
+            {"type": "durable_object_namespace", "name": "FEEDS", "class_name": "Feed"}])
+        resp = corral.request("/open", host="feedobj.plain.localhost",
+                              headers={"x-target": f"ws://127.0.0.1:{server.port}/"})
+        assert (resp.status, resp.text) == (200, "opening"), (resp, corral.log())
+        deadline = time.monotonic() + 10
+        while True:
+            resp = corral.request("/state", host="feedobj.plain.localhost")
+            state = resp.json() if resp.status == 200 else {"status": resp.status, "body": resp.text}
+            if state.get("closed") is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert state == {"got": ["echo:first"], "closed": 4000}, (state, corral.log())
     finally:
         server.close()

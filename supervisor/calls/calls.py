@@ -32,6 +32,7 @@ import msgspec
 import trio
 
 from protocol.messages import (
+    DurableObjectEvent,
     ExceptionInfo,
     Header,
     Limits,
@@ -214,8 +215,13 @@ class Calls:
         state = child.socket_state(message.ws)
         if state.source is not None:
             raise ProtocolViolation(f"WebSocket {message.ws} is already in use")
-        state.source = SocketSource(child, message.ws, False, message.url, None)
         parent = child.invocations.get(message.parent)
+        event = parent.event if parent is not None else None
+        # Opened by a Durable Object: its events run as the object's (its
+        # storage, its input gate), as the object's own sockets' do.
+        key = None if not isinstance(event, DurableObjectEvent) else (
+            parent.record.namespace, parent.record.name, event.class_name, event.object_id)  # type: ignore[union-attr]
+        state.source = SocketSource(child, message.ws, False, message.url, key)
         refused = None
         if parent is None:
             refused = "the request that opened this WebSocket has already ended"

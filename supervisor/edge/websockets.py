@@ -190,7 +190,7 @@ class Deliverer:
         child = source.child
         if not child.alive or child.retired or child.record is None:
             return False
-        if source.hibernate and source.object is not None:
+        if source.object is not None:  # hibernatable, or one the object opened to a server
             key = ObjectKey(*source.object)
             args = msgspec.msgpack.encode([source.ws, kind, data, text, code, reason, clean])
             try:
