@@ -452,6 +452,8 @@ class ChildLoop(asyncio.SelectorEventLoop):
     _root: greenlet.greenlet | None = None
     #: Greenlets that hopped (those :meth:`resume` may switch back into).
     _waiters: weakref.WeakSet[greenlet.greenlet] | None = None
+    #: Starts the drivers (:meth:`_spawn_drivers`), made at the first hop.
+    _spawner: greenlet.greenlet | None = None
 
     def waited_before(self, g: greenlet.greenlet) -> bool:
         """Did ``g`` hop (and so may wait again, from where it was resumed)?"""
@@ -475,8 +477,20 @@ class ChildLoop(asyncio.SelectorEventLoop):
         if self._waiters is None:
             self._waiters = weakref.WeakSet()
         self._waiters.add(me)
-        self._driver = greenlet.greenlet(self._drive, parent=self._root)
-        self._driver.switch()
+        if self._spawner is None:
+            self._spawner = greenlet.greenlet(self._spawn_drivers, parent=self._root)
+        self._spawner.switch()
+
+    def _spawn_drivers(self) -> None:
+        """Start each new driver greenlet (one per hop), from this greenlet's
+        own shallow stack. A greenlet starts at the Python recursion depth of
+        the one that first switches into it: started by the hopping greenlet,
+        deep in a task step, each driver began deeper than the last, and a
+        child whose handlers waited some 150 times (a Durable Object's
+        synchronous ``storage.kv`` calls) died of RecursionError."""
+        while True:
+            self._driver = greenlet.greenlet(self._drive, parent=self._root)
+            self._driver.switch()
 
     def yield_driving(self) -> None:
         """A resumed greenlet waits again: control goes back to the driver."""

@@ -315,3 +315,36 @@ def test_a_durable_objects_websocket_listeners_use_its_storage(corral):
         assert state == {"got": ["echo:first"], "closed": 4000}, (state, corral.log())
     finally:
         server.close()
+
+
+# -- 4. synchronous storage, many times over ----------------------------------------------------
+
+COUNTER_OBJECT = '''
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Tally(DurableObject):
+    def bump(self):
+        count = (self.ctx.storage.kv.get("count") or 0) + 1
+        self.ctx.storage.kv.put("count", count)
+        return count
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        stub = self.env.TALLY.get(self.env.TALLY.idFromName("one"))
+        count = 0
+        for _ in range(int(request.headers.get("x-times"))):
+            count = await stub.bump()
+        return Response(str(count))
+'''
+
+
+def test_a_durable_objects_synchronous_storage_serves_many_calls(corral):
+    """Each ``storage.kv`` call from synchronous code is a wait of its own
+    (sandbox.run_sync): some 150 of them in a child's life killed it."""
+    corral.deploy("tally", COUNTER_OBJECT, namespace=NS, bindings=[
+        {"type": "durable_object_namespace", "name": "TALLY", "class_name": "Tally"}])
+    for expected in (100, 200, 300):
+        resp = corral.request("/", host="tally.localhost", headers={"x-times": "100"})
+        assert (resp.status, resp.text) == (200, str(expected)), (resp, corral.log()[-3000:])
