@@ -13,7 +13,9 @@ examples themselves are not copied here.
   server's messages and ``close`` reach the listeners (``error`` and a
   1006 close when it cannot connect, or when the platform has an outbound
   worker, which such a socket would bypass); a Durable Object's listeners
-  run as the object's invocations, with its storage.
+  run as the object's invocations, with its storage;
+* a Durable Object's synchronous ``storage.kv`` serves any number of calls
+  in a child's life (each is a ``run_sync`` wait).
 """
 
 from __future__ import annotations
