@@ -531,6 +531,19 @@ class WsClose(_Msg, tag="wsclose"):
     reason: str = ""
 
 
+class WsConnect(_Msg, tag="wsconnect"):
+    """The child opens its socket ``ws`` to a server, ``new WebSocket(url)``,
+    for invocation ``parent`` (a subrequest of it, under the egress policy).
+    The supervisor connects and the socket's ``open`` (or ``error``, then
+    ``close``) and the server's messages come back as :class:`WebSocketEvent`
+    invocations, as a client's do; ``WsSend`` and ``WsClose`` go to the server."""
+
+    ws: int
+    parent: int
+    url: str
+    protocols: list[str] = []
+
+
 class BindingCall(_Msg, tag="bcall"):
     """Call ``call`` (negative, the same id space as :class:`SubRequest`):
     ``method`` of the script's binding named ``binding``, for invocation
@@ -615,6 +628,7 @@ ToSupervisor = Union[
     Abort,
     WsSend,
     WsClose,
+    WsConnect,
 ]
 
 

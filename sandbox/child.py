@@ -452,7 +452,6 @@ class ChildLoop(asyncio.SelectorEventLoop):
     _root: greenlet.greenlet | None = None
     #: Greenlets that hopped (those :meth:`resume` may switch back into).
     _waiters: weakref.WeakSet[greenlet.greenlet] | None = None
-
     def waited_before(self, g: greenlet.greenlet) -> bool:
         """Did ``g`` hop (and so may wait again, from where it was resumed)?"""
         return self._waiters is not None and g in self._waiters

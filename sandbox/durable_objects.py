@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from protocol.messages import DO_STORAGE, DurableObjectEvent
+from protocol.messages import DO_STORAGE, DurableObjectEvent, WebSocketEvent
 
 from . import events, websockets, workers
 from .bindings import AttrDict, AttrList, call, options
@@ -488,6 +488,9 @@ class Objects:
         sockets = self.websockets.get(key, {})
         entry = sockets.get(ws_id)
         if entry is None:
+            # One the object opened to a server (js.WebSocket.new): its
+            # listeners run here, in the object's invocation (its storage).
+            await workers._runtime.sockets.deliver(WebSocketEvent(ws_id, kind, data, text, code, reason, clean))
             return
         ws = entry[0]
         auto = self.auto_responses.get(key)

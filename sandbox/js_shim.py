@@ -264,6 +264,7 @@ def make_js() -> types.ModuleType:
     js.HTMLRewriter = HTMLRewriter  # type: ignore[attr-defined]
     js.WebSocketPair = _WebSocketPairClass()  # type: ignore[attr-defined]
     js.WebSocketRequestResponsePair = websockets.WebSocketRequestResponsePair  # type: ignore[attr-defined]
+    js.WebSocket = websockets.OutboundWebSocket  # type: ignore[attr-defined]
     js.__getattr__ = _unavailable("js")  # type: ignore[attr-defined]
     return js
 

@@ -20,14 +20,20 @@ only the server end, by number:
 
 A socket lives as long as this child; if the child ends, the supervisor
 closes its clients' connections (1011).
+
+A worker may also open a socket to a server, ``js.WebSocket.new(url)``
+(:class:`OutboundWebSocket`): the supervisor connects (``WsConnect``) and
+its ``open`` (or ``error``), the server's messages and the ``close`` come as
+the same events; sends go out as above.
 """
 
 from __future__ import annotations
 
 import inspect
+import urllib.parse
 from typing import Any
 
-from protocol.messages import Socket, WebSocketEvent, WsClose, WsSend
+from protocol.messages import Socket, WebSocketEvent, WsClose, WsConnect, WsSend
 
 from . import workers
 from .pyodide_shim import JsException
@@ -55,6 +61,29 @@ PART = 256 * 1024
 #: workerd's words for a socket used before it is accepted (``send``, ``close``).
 NOT_ACCEPTED = ("You must call one of accept() or state.acceptWebSocket() on this WebSocket before "
                 "sending messages.")
+
+
+#: What ``fetch()`` with ``Upgrade: websocket`` raises: Cloudflare's other way
+#: to open a socket to a server, which Corral has not (``js.WebSocket`` it has).
+OUTBOUND_UNSUPPORTED = ("an outbound WebSocket through fetch() with 'Upgrade: websocket' is not supported "
+                        "by Corral yet: open it with js.WebSocket.new(url)")
+#: The schemes ``new WebSocket(url)`` takes (http(s) as the standard reads them).
+SERVER_SCHEMES = ("ws", "wss", "http", "https")
+
+
+class OutboundWebSocket:
+    """``js.WebSocket``: ``WebSocket.new(url, protocols=None)`` opens a socket to
+    a server. The supervisor connects (a subrequest of the invocation, under
+    the egress policy); the socket's ``open`` or ``error``, the server's
+    messages and its ``close`` reach the listeners, each as an invocation of
+    its own, as a client's do on an accepted socket."""
+
+    @staticmethod
+    def new(url: Any, protocols: Any = None) -> WebSocket:
+        runtime = workers._runtime
+        if runtime is None:
+            raise RuntimeError("new WebSocket() can only be used while handling a request")
+        return runtime.sockets.connect(str(url), protocols)
 
 
 class WebSocketError(JsException, TypeError):
@@ -94,6 +123,8 @@ class WebSocket:
         self.url: str | None = None
         self.protocol = ""
         self.extensions = ""
+        #: Opened to a server (``js.WebSocket.new``), not a pair's server end.
+        self._to_server = False
 
     # -- the server end ---------------------------------------------------------------
     def accept(self) -> None:
@@ -101,6 +132,9 @@ class WebSocket:
         self._sockets_or_raise().accept(self, hibernate=False)
 
     def send(self, data: Any) -> None:
+        if self.readyState == CONNECTING and self._to_server:
+            raise WebSocketError("InvalidStateError", "Failed to execute 'send' on 'WebSocket': "
+                                                      "Still in CONNECTING state.")
         if self.readyState == CONNECTING:
             raise WebSocketError("TypeError", NOT_ACCEPTED)
         if self.readyState != OPEN:
@@ -138,7 +172,7 @@ class WebSocket:
                               "If you specify a WebSocket close reason, you must also specify a code.")
         if self.readyState in (CLOSING, CLOSED):
             return
-        if self.readyState == CONNECTING or not self.id:
+        if (self.readyState == CONNECTING and not self._to_server) or not self.id:
             raise WebSocketError("TypeError", NOT_ACCEPTED)
         self.readyState = CLOSING
         self._sockets_or_raise().runtime.send(
@@ -245,6 +279,25 @@ class Sockets:
                             "before returning the response")
         return Socket(server.id, hibernate=server._hibernate)
 
+    def connect(self, url: str, protocols: Any) -> WebSocket:
+        """A socket to a server (:class:`OutboundWebSocket`), CONNECTING until
+        the supervisor's ``open`` event."""
+        parent = workers.current_invocation.get()
+        if parent == 0 or parent not in self.runtime.invocations:
+            raise RuntimeError("new WebSocket() can only be used while handling a request")
+        if urllib.parse.urlsplit(url).scheme.lower() not in SERVER_SCHEMES or "#" in url:
+            raise JsException("SyntaxError", f"Failed to construct 'WebSocket': the URL {url!r} is "
+                                             "not a ws:, wss:, http: or https: URL without a fragment")
+        protocols = [protocols] if isinstance(protocols, str) else list(protocols or ())
+        ws = WebSocket(self)
+        ws._to_server = True
+        ws.id = self._next
+        self._next += 1
+        ws.url = workers._normalized_url(url)
+        self.open[ws.id] = ws
+        self.runtime.send(WsConnect(ws.id, parent, ws.url, [str(p) for p in protocols]))
+        return ws
+
     def closed(self, ws: WebSocket) -> None:
         """Its client's connection is over (the worker hears of it now)."""
         ws.readyState = CLOSED
@@ -255,7 +308,14 @@ class Sockets:
         ws = self.open.get(event.ws)
         if ws is None:
             return  # closed here already; nothing listens
-        if event.kind == "message":
+        if event.kind == "open":  # a socket to a server: connected (``reason``: its protocol)
+            if ws.readyState == CONNECTING:
+                ws.readyState = OPEN
+            ws.protocol = event.reason
+            await _dispatch(ws, "open", JsDict(type="open"))
+        elif event.kind == "error":  # ... or not (``reason``: why); its close follows
+            await _dispatch(ws, "error", JsDict(type="error", message=event.reason))
+        elif event.kind == "message":
             await _dispatch(ws, "message", JsDict(data=message_of(event.data, event.text), type="message"))
         elif event.kind == "close":
             self.closed(ws)

@@ -92,12 +92,32 @@ def platform_error(name: str, message: str) -> PlatformError:
 INCOMING = object()
 
 
+#: The default port of each scheme WHATWG's URL parser calls special: a URL
+#: naming it explicitly is read back without it.
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
 def _normalized_url(url: str) -> str:
-    """As JavaScript's URL gives it back: an http(s) URL without a path gets "/"."""
+    """As JavaScript's URL gives it back, which is what ``request.url`` is on
+    Cloudflare: for http(s) and ws(s), the host in lower case, no default port
+    (urllib3, so requests too, writes ``https://host:443/``: the outbound
+    worker and the upstream see ``https://host/``), and "/" for no path."""
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme in ("http", "https") and parts.netloc and not parts.path:
-        return urllib.parse.urlunsplit(parts._replace(path="/"))
-    return url
+    default = DEFAULT_PORTS.get(parts.scheme)
+    if default is None or not parts.netloc:
+        return url
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    host, port = hostport, None
+    if not hostport.endswith("]"):  # "[::1]" has colons of its own
+        head, colon, tail = hostport.rpartition(":")
+        if colon:
+            host, port = head, tail
+    if port == "" or (port is not None and port.isdigit() and int(port) == default):
+        port = None  # "host:" and "host:443" (https) are both "host"
+    netloc = f"{userinfo}{at}{host.lower()}" + ("" if port is None else f":{port}")
+    if netloc == parts.netloc and parts.path:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, path=parts.path or "/"))
 
 
 def _text(value: str | bytes) -> str:
@@ -797,6 +817,13 @@ async def fetch(
     against the invocation's subrequest limit.
     """
     request = Request(resource, method=method, headers=headers, body=body, redirect=redirect, **init)
+    if (request.headers.get("upgrade") or "").lower() == "websocket":
+        # The brokered fetch drops the hop-by-hop Upgrade: a plain GET would
+        # reach the server, and its answer would come back with no webSocket.
+        from .pyodide_shim import JsException
+        from .websockets import OUTBOUND_UNSUPPORTED
+
+        raise JsException("NotSupportedError", OUTBOUND_UNSUPPORTED)
     return await _runtime.sub_request("fetch", request)
 
 

@@ -114,6 +114,24 @@ def test_greenlets_that_waited_end_once_their_step_does() -> None:
     assert run(main()) <= before + 2
 
 
+def test_handlers_may_wait_any_number_of_times_in_a_childs_life() -> None:
+    """Each hop's new driver starts as deep as the stack it starts from: begun
+    by the hopping greenlet, every one began deeper than the last, and a
+    child died of RecursionError after some 150 waits in all (a Durable
+    Object's synchronous ``storage.kv`` calls, one request after another)."""
+    async def handler(i: int) -> int:
+        run_sync(asyncio.sleep(0))
+        return run_sync(asyncio.sleep(0, result=i))
+
+    async def main() -> int:
+        total = 0
+        for i in range(1000):
+            total += await asyncio.create_task(handler(i))
+        return total
+
+    assert run(main()) == sum(range(1000))
+
+
 def test_timers_fire_while_handlers_wait() -> None:
     async def main() -> float:
         started = time.monotonic()

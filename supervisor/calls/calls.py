@@ -32,6 +32,7 @@ import msgspec
 import trio
 
 from protocol.messages import (
+    DurableObjectEvent,
     ExceptionInfo,
     Header,
     Limits,
@@ -40,16 +41,18 @@ from protocol.messages import (
     SubFailed,
     SubRequest,
     SubResponse,
+    WsConnect,
 )
 from supervisor.calls import http_client
 from supervisor.calls.dynamic_workers import DynamicWorkers
 from supervisor.calls.redirects import RedirectError, RedirectPolicy
 from supervisor.config import LimitsConfig
+from supervisor.edge.websockets import ServerSession, SocketSource
 from supervisor.lifecycle import OUTCOME_MESSAGE, PLATFORM_OUTCOMES, Outcome
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import error, warn
 from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service, WorkerLoader
-from supervisor.pool.bodies import BodySource
+from supervisor.pool.bodies import BodySource, ProtocolViolation
 from supervisor.pool.child_process import ChildProcess
 from supervisor.pool.invocation import Invocation, Outbound
 from supervisor.pool.pool import Pool, PoolUnavailable
@@ -203,6 +206,35 @@ class Calls:
             return
         child.calls[call] = _Canceller(inv)
         inv.on_head = lambda callee_inv: self._answer(child, call, callee_inv, parent)
+
+    def connect_socket(self, child: ChildProcess, message: WsConnect) -> None:
+        """``new WebSocket(url)``: a subrequest of the invocation that opened
+        it, then a connection that lives as long as the socket (or its child).
+        Not through the platform's outbound worker yet: with one, refused (it
+        is where the platform vets what tenants reach)."""
+        state = child.socket_state(message.ws)
+        if state.source is not None:
+            raise ProtocolViolation(f"WebSocket {message.ws} is already in use")
+        parent = child.invocations.get(message.parent)
+        event = parent.event if parent is not None else None
+        # Opened by a Durable Object: its events run as the object's (its
+        # storage, its input gate), as the object's own sockets' do.
+        key = None if not isinstance(event, DurableObjectEvent) else (
+            parent.record.namespace, parent.record.name, event.class_name, event.object_id)  # type: ignore[union-attr]
+        state.source = SocketSource(child, message.ws, False, message.url, key)
+        refused = None
+        if parent is None:
+            refused = "the request that opened this WebSocket has already ended"
+        elif parent.outbound is not None:
+            refused = ("WebSockets to servers are not supported through the platform's outbound "
+                       "worker yet: this dispatch namespace has one")
+        else:
+            try:
+                _count_subrequest(parent)
+            except CallFailed as exc:
+                refused = exc.message
+        session = ServerSession(state.source, self.pool.websockets, self.client, message.protocols)
+        child.spawn(session.connect, refused)
 
     def _answer(self, child: ChildProcess, call: int, inv: Invocation, parent: Invocation) -> None:
         """The callee's head is ready: hand it to the caller, if it still listens."""

@@ -351,6 +351,31 @@ class HTTPClient:
             if hop.drop_body:
                 body = None
 
+    async def upgrade(self, url: str, headers: Iterable[tuple[bytes | str, bytes | str]]
+                      ) -> tuple[int, list[Header], Any, httpx.Response]:
+        """A WebSocket handshake (``ws:``/``wss:`` or ``http(s):`` ``url``):
+        the GET with ``Upgrade: websocket`` and ``headers`` (the key, version
+        and protocols; the caller's own), on a connection of its own, under
+        the egress policy as any fetch. Returns the status, the response
+        headers, and on a 101 the connection's stream (``read``, ``write``,
+        ``aclose``; None otherwise) and the response to close when done."""
+        scheme, colon, rest = url.strip().partition(":")
+        scheme = {"ws": "http", "wss": "https"}.get(scheme.lower(), scheme)
+        parsed = _parse_url(scheme + colon + rest)
+        wire = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"user-agent", b"corral")]
+        wire += [(n.encode() if isinstance(n, str) else n, v.encode() if isinstance(v, str) else v)
+                 for n, v in headers]
+        request = httpx.Request("GET", parsed, headers=wire)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._error(exc, parsed.host, "waiting for the handshake's answer from",
+                              port=parsed.port or _DEFAULT_PORTS[parsed.scheme]) from None
+        stream = response.extensions.get("network_stream") if response.status_code == 101 else None
+        if stream is None:
+            await _close_quietly(response)
+        return response.status_code, list(response.headers.raw), stream, response
+
     # ------------------------------------------------------------------ internals
 
     async def _send(self, policy: RedirectPolicy, body: bytes | AsyncIterable[bytes] | None

@@ -24,12 +24,17 @@ at most :data:`CHILD_BUFFER` bytes together and those of the host
 :data:`HOST_BUFFER` (a tenant that floods slow readers can take neither the
 supervisor's memory nor the other tenants' share of it). Nothing here limits how long
 a connection lives: each message's invocation has the limits.
+
+A socket a worker opens to a server (``new WebSocket(url)``) is the same
+relay with the supervisor as the client (:class:`ServerSession`): the
+handshake goes through the HTTP client, so the egress policy applies.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -41,6 +46,7 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from protocol.messages import DurableObjectEvent, WebSocketEvent
+from supervisor.calls.fetch_errors import FetchError
 from supervisor.log import log, warn
 from supervisor.objects.host import ObjectKey
 
@@ -184,7 +190,7 @@ class Deliverer:
         child = source.child
         if not child.alive or child.retired or child.record is None:
             return False
-        if source.hibernate and source.object is not None:
+        if source.object is not None:  # hibernatable, or one the object opened to a server
             key = ObjectKey(*source.object)
             args = msgspec.msgpack.encode([source.ws, kind, data, text, code, reason, clean])
             try:
@@ -392,3 +398,84 @@ class Session:
             self._drained = trio.Event()
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 await self._drained.wait()
+
+
+class _Upstream:
+    """A server's connection (httpcore's upgraded stream) as :class:`Session`
+    uses a client's."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    async def _send(self, data: bytes) -> None:
+        await self.stream.write(data)
+
+    async def receive_some(self) -> bytes:
+        return await self.stream.read(65536)
+
+
+class ServerSession(Session):
+    """A socket the worker opened to a server (``new WebSocket(url)``): the
+    supervisor is the WebSocket client, and relays as for a client's
+    socket; the worker hears ``open`` (or ``error``), the server's
+    messages and the ``close``, each as an invocation of its own."""
+
+    def __init__(self, source: SocketSource, deliverer: Deliverer, client: Any,
+                 protocols: list[str]) -> None:
+        super().__init__(None, source, deliverer)  # type: ignore[arg-type] - connected in run()
+        self.ws = WsConnection(ConnectionType.CLIENT)
+        self.client = client
+        self.protocols = protocols
+
+    async def connect(self, refused: str | None = None) -> None:
+        """Connect (unless ``refused`` says why not), relay until either side
+        closes, and tell the worker each step."""
+        state = self.state
+        close = (1006, "", False)
+        response = stream = None
+        try:
+            failure = refused
+            if failure is None:
+                key = base64.b64encode(os.urandom(16))
+                headers = [(b"sec-websocket-key", key), (b"sec-websocket-version", b"13")]
+                if self.protocols:
+                    headers.append((b"sec-websocket-protocol", ", ".join(self.protocols).encode()))
+                try:
+                    status, answer, stream, response = await self.client.upgrade(self.source.url, headers)
+                except FetchError as exc:
+                    failure = str(exc)
+                else:
+                    fields = {name.lower(): value for name, value in answer}
+                    if stream is None:
+                        failure = f"the server answered {status}, not 101: it did not accept a WebSocket"
+                    elif fields.get(b"sec-websocket-accept", b"").strip() != accept_key(key):
+                        failure = "the server's Sec-WebSocket-Accept does not match the key sent"
+            if failure is not None:
+                log("websocket.connect_failed", script=self._script(), ws=self.source.ws, reason=failure[:300])
+                await self.deliverer.deliver(self.source, "error", reason=failure[:1000])
+                return
+            self.conn = _Upstream(stream)  # type: ignore[assignment]
+            state.session = self
+            if state.closed_by_worker is not None:
+                self._start_close(*state.closed_by_worker)
+            protocol = fields.get(b"sec-websocket-protocol", b"").decode("latin-1").strip()
+            log("websocket.connected", script=self._script(), ws=self.source.ws)
+            await self.deliverer.deliver(self.source, "open", reason=protocol)
+            with trio.CancelScope() as self._cancel:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    close = await self._reader(b"")
+                    nursery.cancel_scope.cancel()
+        finally:
+            state.session = None
+            state.buffered.give(self._queued)
+            self._queued = 0
+            self.source.child.forget_socket(self.source.ws)
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                if response is not None:
+                    if stream is not None:
+                        await stream.aclose()
+                    await response.aclose()
+                await self.deliverer.deliver(self.source, "close", code=close[0], reason=close[1],
+                                             clean=close[2])
+            log("websocket.closed", script=self._script(), ws=self.source.ws, code=close[0])

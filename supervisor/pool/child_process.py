@@ -48,6 +48,7 @@ from protocol.messages import (
     Socket,
     SubRequest,
     WsClose,
+    WsConnect,
     WsSend,
 )
 from supervisor import loop_clock
@@ -137,6 +138,9 @@ class ChildOwner(Protocol):
 
     def on_binding_call(self, child: ChildProcess, message: BindingCall) -> None:
         """The child calls a method of one of its storage bindings."""
+
+    def on_ws_connect(self, child: ChildProcess, message: WsConnect) -> None:
+        """The child opens a WebSocket to a server (``new WebSocket(url)``)."""
 
     def on_loaded(self, child: ChildProcess, seconds: float, failed: bool) -> None:
         """The child loaded its script (a cold start), ``seconds`` after assignment."""
@@ -457,6 +461,7 @@ class ChildProcess:
             Hello: self._on_hello,
             WsSend: self._on_ws_send,
             WsClose: self._on_ws_close,
+            WsConnect: self._on_ws_connect,
         }
 
     # ------------------------------------------------------------------
@@ -941,6 +946,9 @@ class ChildProcess:
 
     def _on_ws_close(self, message: WsClose) -> None:
         self.socket_state(message.ws).close(message.code, message.reason[:123])
+
+    def _on_ws_connect(self, message: WsConnect) -> None:
+        self.owner.on_ws_connect(self, message)
 
     def take_ref(self, ref: int) -> BodySource:
         """A body the child passes on unread: its request body or a call's response."""

@@ -45,6 +45,7 @@ from protocol.messages import (
     Limits,
     SubFailed,
     SubRequest,
+    WsConnect,
 )
 from supervisor import loop_clock
 from supervisor.config import ServeConfig
@@ -466,6 +467,9 @@ class Pool:
 
     def on_subrequest(self, child: ChildProcess, message: SubRequest) -> None:
         self.calls.handle(child, message)
+
+    def on_ws_connect(self, child: ChildProcess, message: WsConnect) -> None:
+        self.calls.connect_socket(child, message)
 
     def on_binding_call(self, child: ChildProcess, message: BindingCall) -> None:
         if self.bindings is not None:

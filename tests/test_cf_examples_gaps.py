@@ -1,0 +1,372 @@
+"""Gaps found by deploying Cloudflare's python-workers-examples unmodified.
+
+Each test is tenant code of its own that uses the API an example used, over
+a real ``corral serve`` (tests/harness.py) with the bundled dispatcher; the
+examples themselves are not copied here.
+
+* a URL with its scheme's default port (urllib3, so ``requests`` too,
+  writes ``https://host:443/``) reaches the outbound worker as JavaScript's
+  URL reads it back: ``https://host/``, the host in lower case;
+* ``fetch()`` with ``Upgrade: websocket``, which Corral does not have yet,
+  fails with an error that says so (it sent a plain GET on);
+* ``js.WebSocket.new(url)`` opens a WebSocket to a server: ``open``, the
+  server's messages and ``close`` reach the listeners (``error`` and a
+  1006 close when it cannot connect, or when the platform has an outbound
+  worker, which such a socket would bypass); a Durable Object's listeners
+  run as the object's invocations, with its storage;
+* a Durable Object's synchronous ``storage.kv`` serves any number of calls
+  in a child's life (each is a ``run_sync`` wait).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, TextMessage
+from wsproto.events import Request as WsRequest
+
+from supervisor.admin import multipart
+from tests.harness import Corral
+
+NS = "default"
+
+#: The platform's outbound worker: answers every subrequest itself with the
+#: URL it was given, so no upstream (nor the internet) is needed.
+ECHO_URL = '''
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response(request.url)
+'''
+
+
+def deploy(c: Corral, name: str, source: str, requirements: tuple[str, ...] = ()) -> None:
+    """Upload one user worker, with a requirement part per package (wrangler's shape)."""
+    metadata = {"main_module": "worker.py", "bindings": []}
+    parts = [multipart.Part(name="metadata", content_type="application/json",
+                            data=json.dumps(metadata).encode()),
+             multipart.Part(name="worker.py", filename="worker.py", content_type="text/x-python",
+                            data=textwrap.dedent(source).encode())]
+    parts += [multipart.Part(name=r, filename=r, content_type="text/x-python-requirement", data=b"")
+              for r in requirements]
+    ctype, body = multipart.encode(parts)
+    resp = c.admin("PUT", f"/accounts/local/workers/dispatch/namespaces/{NS}/scripts/{name}", body, ctype)
+    assert resp.status == 200, f"deploy {name} failed: {resp.status} {resp.text}\n{c.log()}"
+
+
+@pytest.fixture(scope="module")
+def corral(tmp_path_factory):
+    server = Corral(tmp_path_factory.mktemp("cf-examples")).start()
+    try:
+        server.deploy("echo_url", ECHO_URL, namespace=None)
+        server.deploy_dispatcher(namespace=NS, outbound={"worker": {"service": "echo_url"}})
+        server.deploy_dispatcher(namespace=NS, name="dispatch_plain", pattern="*.plain.localhost/*")
+        yield server
+    finally:
+        server.stop()
+
+
+# -- 1. default ports ---------------------------------------------------------------------------
+
+DEFAULT_PORTS = '''
+import urllib3
+from workers import Request, Response, WorkerEntrypoint, fetch
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        seen = [await (await fetch(url)).text() for url in (
+            "https://Shop.Example:443/cart?item=1", "http://shop.example:80", "http://shop.example:8080/x")]
+        seen.append(urllib3.PoolManager().request("GET", "https://shop.example/pay").data.decode())
+        return Response.json({"seen": seen, "own": Request("https://Shop.Example:443").url})
+'''
+
+
+def test_a_default_port_is_dropped_from_urls_as_javascript_does(corral):
+    deploy(corral, "ports", DEFAULT_PORTS, ("urllib3",))
+    resp = corral.request("/", host="ports.localhost")
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json() == {
+        "seen": ["https://shop.example/cart?item=1", "http://shop.example/",
+                 "http://shop.example:8080/x", "https://shop.example/pay"],
+        "own": "https://shop.example/",
+    }
+
+
+# -- 2. outbound WebSockets ---------------------------------------------------------------------
+
+UPGRADE_FETCH = '''
+from workers import Response, WorkerEntrypoint, fetch
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        try:
+            await fetch("https://feed.example/subscribe", headers={"Upgrade": "websocket"})
+        except Exception as e:
+            return Response(f"{type(e).__name__}: {e}")
+        return Response("a plain GET went out")
+'''
+
+
+def test_fetch_with_an_upgrade_is_refused_with_an_error_naming_it(corral):
+    deploy(corral, "upgradefetch", UPGRADE_FETCH)
+    resp = corral.request("/", host="upgradefetch.localhost")
+    assert resp.status == 200, (resp, corral.log())
+    assert "outbound WebSocket" in resp.text and "not supported by Corral" in resp.text, resp.text
+    assert "js.WebSocket.new" in resp.text, resp.text
+
+
+# -- 3. a WebSocket to a server -----------------------------------------------------------------
+
+class EchoServer:
+    """A WebSocket server on 127.0.0.1 (wsproto over plain sockets, a thread
+    per connection): text comes back as ``echo:...``; a binary message makes
+    it close with 4000 "done"; it takes the subprotocol ``chat`` if offered."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.handshakes: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                ws.receive_data(data or None)
+                for event in ws.events():
+                    if isinstance(event, WsRequest):
+                        self.handshakes.append(event.target)
+                        chosen = "chat" if "chat" in event.subprotocols else None
+                        conn.sendall(ws.send(AcceptConnection(subprotocol=chosen)))
+                    elif isinstance(event, TextMessage):
+                        conn.sendall(ws.send(Message("echo:" + event.data)))
+                    elif isinstance(event, BytesMessage):
+                        conn.sendall(ws.send(CloseConnection(4000, "done")))
+                    elif isinstance(event, CloseConnection):
+                        if ws.state is ConnectionState.REMOTE_CLOSING:
+                            conn.sendall(ws.send(event.response()))
+                        return
+                if not data:
+                    return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+TO_SERVER = '''
+import js
+from pyodide.ffi import create_proxy
+from workers import Response, WorkerEntrypoint
+
+SEEN = []
+
+
+def watch(ws, name):
+    def on_open(event):
+        SEEN.append([name, "open", ws.readyState, ws.protocol])
+        ws.send("hello")
+
+    async def on_message(event):
+        SEEN.append([name, "message", event.data])
+        ws.send(b"that will do")
+
+    def on_error(event):
+        SEEN.append([name, "error", ws.readyState])
+
+    def on_close(event):
+        SEEN.append([name, "close", event.code, event.reason, ws.readyState])
+
+    for kind, listener in (("open", on_open), ("message", on_message), ("error", on_error),
+                           ("close", on_close)):
+        ws.addEventListener(kind, create_proxy(listener))
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/seen"):
+            return Response.json(SEEN)
+        name = request.url.rsplit("/", 1)[-1]
+        ws = js.WebSocket.new(request.headers.get("x-target"), ["chat", "other"])
+        watch(ws, name)
+        try:
+            ws.send("too early")
+        except Exception as e:
+            SEEN.append([name, "send", getattr(e, "name", ""), ws.readyState])
+        return Response("opening")
+'''
+
+
+def seen_until(corral: Corral, host: str, done: Callable[[list], bool]) -> list:
+    deadline = time.monotonic() + 10
+    while True:
+        seen = corral.request("/seen", host=host).json()
+        if done(seen) or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.05)
+
+
+def test_a_worker_opens_a_websocket_to_a_server(corral):
+    server = EchoServer()
+    try:
+        deploy(corral, "toserver", TO_SERVER)
+        resp = corral.request("/up", host="toserver.plain.localhost",
+                              headers={"x-target": f"ws://127.0.0.1:{server.port}/feed?from=1"})
+        assert (resp.status, resp.text) == (200, "opening"), (resp, corral.log())
+        seen = seen_until(corral, "toserver.plain.localhost", lambda s: any(e[1] == "close" for e in s))
+        assert seen == [
+            ["up", "send", "InvalidStateError", 0],
+            ["up", "open", 1, "chat"],
+            ["up", "message", "echo:hello"],
+            ["up", "close", 4000, "done", 3],
+        ], (seen, corral.log())
+        assert server.handshakes == ["/feed?from=1"]
+
+        # Nothing listens there: the socket errs, then closes (1006).
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            dead = unused.getsockname()[1]
+        corral.request("/down", host="toserver.plain.localhost",
+                       headers={"x-target": f"ws://127.0.0.1:{dead}/"})
+        # Through a dispatcher with an outbound worker: refused (it would bypass it).
+        corral.request("/viaout", host="toserver.localhost",
+                       headers={"x-target": f"ws://127.0.0.1:{server.port}/"})
+        seen = seen_until(corral, "toserver.plain.localhost",
+                          lambda s: sum(e[1] == "close" for e in s) == 3)
+        for name in ("down", "viaout"):
+            assert [e for e in seen if e[0] == name] == [
+                [name, "send", "InvalidStateError", 0],
+                [name, "error", 0],
+                [name, "close", 1006, "", 3],
+            ], (seen, corral.log())
+        assert "outbound worker" in corral.log()
+    finally:
+        server.close()
+
+
+
+def test_a_websocket_to_a_private_address_is_refused_by_the_egress_policy(tmp_path):
+    """The supervisor opens a worker's WebSocket as it makes a fetch: under
+    the egress policy, which by default refuses loopback and private
+    addresses. The server listening there never sees a handshake."""
+    server = EchoServer()
+    corral = Corral(tmp_path / "state", allow_private_egress=False).start()
+    try:
+        corral.deploy_dispatcher(namespace=NS, name="dispatch_plain", pattern="*.plain.localhost/*")
+        deploy(corral, "toserver", TO_SERVER)
+        corral.request("/private", host="toserver.plain.localhost",
+                       headers={"x-target": f"ws://127.0.0.1:{server.port}/"})
+        seen = seen_until(corral, "toserver.plain.localhost", lambda s: any(e[1] == "close" for e in s))
+        assert [e[1:] for e in seen] == [["send", "InvalidStateError", 0], ["error", 0],
+                                         ["close", 1006, "", 3]], (seen, corral.log())
+        assert server.handshakes == []
+    finally:
+        corral.stop()
+        server.close()
+
+FEED_OBJECT = '''
+import js
+from pyodide.ffi import create_proxy
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Feed(DurableObject):
+    """Keeps a socket to a feed open; what arrives goes to the object's storage."""
+
+    async def fetch(self, request):
+        if request.url.endswith("/open"):
+            self.ws = js.WebSocket.new(request.headers.get("x-target"))
+            self.ws.addEventListener("open", create_proxy(lambda event: self.ws.send("first")))
+            self.ws.addEventListener("message", create_proxy(self.on_message))
+            self.ws.addEventListener("close", create_proxy(self.on_close))
+            return Response("opening")
+        return Response.json({"got": await self.ctx.storage.get("got"),
+                              "closed": self.ctx.storage.kv.get("closed")})
+
+    async def on_message(self, event):
+        got = await self.ctx.storage.get("got") or []
+        await self.ctx.storage.put("got", [*got, event.data])
+        self.ws.send(b"enough")  # the server closes with 4000
+
+    def on_close(self, event):
+        self.ctx.storage.kv.put("closed", event.code)  # synchronous storage, as the object's too
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        stub = self.env.FEEDS.get(self.env.FEEDS.idFromName("one"))
+        return await stub.fetch(request)
+'''
+
+
+def test_a_durable_objects_websocket_listeners_use_its_storage(corral):
+    server = EchoServer()
+    try:
+        corral.deploy("feedobj", FEED_OBJECT, namespace=NS, bindings=[
+            {"type": "durable_object_namespace", "name": "FEEDS", "class_name": "Feed"}])
+        resp = corral.request("/open", host="feedobj.plain.localhost",
+                              headers={"x-target": f"ws://127.0.0.1:{server.port}/"})
+        assert (resp.status, resp.text) == (200, "opening"), (resp, corral.log())
+        deadline = time.monotonic() + 10
+        while True:
+            resp = corral.request("/state", host="feedobj.plain.localhost")
+            state = resp.json() if resp.status == 200 else {"status": resp.status, "body": resp.text}
+            if state.get("closed") is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert state == {"got": ["echo:first"], "closed": 4000}, (state, corral.log())
+    finally:
+        server.close()
+
+
+# -- 4. synchronous storage, many times over ----------------------------------------------------
+
+COUNTER_OBJECT = '''
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Tally(DurableObject):
+    def bump(self):
+        count = (self.ctx.storage.kv.get("count") or 0) + 1
+        self.ctx.storage.kv.put("count", count)
+        return count
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        stub = self.env.TALLY.get(self.env.TALLY.idFromName("one"))
+        count = 0
+        for _ in range(int(request.headers.get("x-times"))):
+            count = await stub.bump()
+        return Response(str(count))
+'''
+
+
+def test_a_durable_objects_synchronous_storage_serves_many_calls(corral):
+    """Each ``storage.kv`` call from synchronous code is a wait of its own
+    (sandbox.run_sync): some 150 of them in a child's life killed it."""
+    corral.deploy("tally", COUNTER_OBJECT, namespace=NS, bindings=[
+        {"type": "durable_object_namespace", "name": "TALLY", "class_name": "Tally"}])
+    for expected in (100, 200, 300):
+        resp = corral.request("/", host="tally.localhost", headers={"x-times": "100"})
+        assert (resp.status, resp.text) == (200, str(expected)), (resp, corral.log()[-3000:])
