@@ -20,9 +20,7 @@ examples themselves are not copied here.
 
 from __future__ import annotations
 
-import json
 import socket
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -33,10 +31,8 @@ from wsproto.connection import ConnectionState
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, TextMessage
 from wsproto.events import Request as WsRequest
 
-from supervisor.admin import multipart
 from tests.harness import Corral
-
-NS = "default"
+from tests.test_cf_gaps import NS, deploy
 
 #: The platform's outbound worker: answers every subrequest itself with the
 #: URL it was given, so no upstream (nor the internet) is needed.
@@ -50,18 +46,6 @@ class Default(WorkerEntrypoint):
 '''
 
 
-def deploy(c: Corral, name: str, source: str, requirements: tuple[str, ...] = ()) -> None:
-    """Upload one user worker, with a requirement part per package (wrangler's shape)."""
-    metadata = {"main_module": "worker.py", "bindings": []}
-    parts = [multipart.Part(name="metadata", content_type="application/json",
-                            data=json.dumps(metadata).encode()),
-             multipart.Part(name="worker.py", filename="worker.py", content_type="text/x-python",
-                            data=textwrap.dedent(source).encode())]
-    parts += [multipart.Part(name=r, filename=r, content_type="text/x-python-requirement", data=b"")
-              for r in requirements]
-    ctype, body = multipart.encode(parts)
-    resp = c.admin("PUT", f"/accounts/local/workers/dispatch/namespaces/{NS}/scripts/{name}", body, ctype)
-    assert resp.status == 200, f"deploy {name} failed: {resp.status} {resp.text}\n{c.log()}"
 
 
 @pytest.fixture(scope="module")

@@ -582,20 +582,25 @@ def _expire_uploads(conn: sqlite3.Connection, root: str, created_before: int) ->
     try:
         expired = [r[0] for r in conn.execute("SELECT upload_id FROM uploads WHERE created < ?",
                                               (created_before,))]
-        rows = []
-        for upload_id in expired:
-            rows += conn.execute("SELECT blob, size FROM parts WHERE upload_id = ?", (upload_id,)).fetchall()
-            conn.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
-            conn.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
-        if rows:
-            conn.execute("UPDATE stats SET bytes = bytes - ? WHERE id = 1", (sum(r[1] for r in rows),))
+        blobs = [blob for upload_id in expired for blob in _drop_upload(conn, upload_id)]
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    for blob, _ in rows:
+    for blob in blobs:
         _remove_blob(root, blob)
+
+
+def _drop_upload(conn: sqlite3.Connection, upload_id: str) -> list[str]:
+    """Forget an upload and its parts, in the caller's transaction; returns
+    the parts' blobs, for the caller to remove once it has committed."""
+    rows = conn.execute("SELECT blob, size FROM parts WHERE upload_id = ?", (upload_id,)).fetchall()
+    conn.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
+    conn.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+    if rows:
+        conn.execute("UPDATE stats SET bytes = bytes - ? WHERE id = 1", (sum(r[1] for r in rows),))
+    return [blob for blob, _ in rows]
 
 
 def _upload_of(conn: sqlite3.Connection, root: str, upload_id: str, key: str, op: str) -> tuple:
@@ -692,14 +697,11 @@ def _abort_upload(conn: sqlite3.Connection, root: str, upload_id: str, key: str)
     conn.execute("BEGIN IMMEDIATE")
     try:
         _upload_of(conn, root, upload_id, key, "abortMultipartUpload")
-        rows = conn.execute("SELECT blob, size FROM parts WHERE upload_id = ?", (upload_id,)).fetchall()
-        conn.execute("DELETE FROM parts WHERE upload_id = ?", (upload_id,))
-        conn.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
-        conn.execute("UPDATE stats SET bytes = bytes - ? WHERE id = 1", (sum(r[1] for r in rows),))
+        blobs = _drop_upload(conn, upload_id)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    for blob, _ in rows:
+    for blob in blobs:
         _remove_blob(root, blob)
