@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from supervisor.admin.account import AccountHandlers
 from supervisor.admin.asset_handlers import AssetHandlers
 from supervisor.admin.decode import MAX_HEADERS, MAX_MESSAGE, clip, parse_target
 from supervisor.admin.errors import MethodNotAllowed, status_and_code
@@ -49,7 +50,7 @@ class AdminAPI:
         self.handlers = Handlers(store, hooks, max_script_bytes, blobs)
         self.handlers.register(self.router)
         # Each group of endpoints is one module over the core handlers.
-        for group in (VersionHandlers, ScriptConfigHandlers, AssetHandlers, TokenHandlers):
+        for group in (VersionHandlers, ScriptConfigHandlers, AssetHandlers, TokenHandlers, AccountHandlers):
             group(self.handlers).register(self.router)
 
     async def handle(
@@ -78,7 +79,8 @@ class AdminAPI:
             handler, params = self.router.resolve(method, path, segments)
             authorize(principal, method, path, params)
             request = Request(method=method, path=path, params=params, query=query,
-                              headers=header_map, body=body)
+                              headers=header_map, body=body,
+                              token_id=principal.token.id if principal.token is not None else "")
             return await handler(request)
         except trio.Cancelled:
             raise

@@ -104,6 +104,14 @@ def _namespace_of(request: Request) -> str:
     return PLATFORM if ns is None else check_name("namespace", ns)
 
 
+def deploy_source(request: Request) -> str:
+    """Where a version or deployment came from, as Cloudflare's API shows it
+    (``metadata.source``, a service's ``last_deployed_from``): ``wrangler``
+    when its User-Agent says so, else ``api``. Wrangler asks for confirmation
+    before it overwrites a script last deployed by other means."""
+    return "wrangler" if request.headers.get("user-agent", "").startswith("wrangler/") else "api"
+
+
 def _script_of(request: Request) -> str:
     return check_name("script", request.params["name"])
 
@@ -367,7 +375,8 @@ class Handlers:
         if check.error is not None:
             raise LoadFailed(f"script {name!r} failed to load: {check.error}")
         record = msgspec.structs.replace(record, handlers=list(check.handlers))
-        stored = await self._run(functools.partial(self.store.put_script, record, deploy=deploy))
+        stored = await self._run(functools.partial(self.store.put_script, record, deploy=deploy,
+                                                    source=deploy_source(request)))
         if deploy:
             self._changed(ns, name)
         log_event(logging.INFO, "admin.script_uploaded", namespace=ns, script=name, version=stored.version,

@@ -35,6 +35,9 @@ def script_json(record: ScriptRecord, *, with_modules: bool, nested: bool = Fals
         "created_on": record.created_on,
         "modified_on": record.modified_on,
         "version_id": record.version_id,
+        # Cloudflare's upload answer names the new version so (wrangler
+        # prints it as the "Current Version ID").
+        "deployment_id": record.version_id,
         "has_assets": bool(record.assets),
         "has_modules": True,
         "handlers": handlers_of(record),

@@ -24,6 +24,8 @@ class Request(msgspec.Struct, kw_only=True):
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    #: The API token's id on the TCP listener; empty on the unix socket.
+    token_id: str = ""
 
     def json(self) -> Any:
         return decode_json(self.body, "request body")

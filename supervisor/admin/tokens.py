@@ -65,6 +65,8 @@ def authorize(principal: Principal, method: str, path: str, params: dict[str, st
     assert token is not None
     if segments[2:4] == ["corral", "tokens"]:
         raise Forbidden("API tokens are managed only over the admin unix socket (`corral token ...` on the host)")
+    if method in _READ_METHODS and _asks_who(segments):
+        return
     ns = params.get("ns")
     if token.namespaces and (ns is None or ns not in token.namespaces):
         raise Forbidden(f"token {token.name!r} is bound to namespace(s) {', '.join(token.namespaces)}: "
@@ -79,6 +81,14 @@ def authorize(principal: Principal, method: str, path: str, params: dict[str, st
     if not in_scripts:
         raise Forbidden(f"token {token.name!r} has the deploy scope: it changes scripts in dispatch namespaces, "
                         f"not {clip(path)} (use an admin token)")
+
+
+def _asks_who(segments: list[str]) -> bool:
+    """The calls that verify the token and name the account (see
+    supervisor.admin.account): any token may make them, as a client checks
+    its credentials with them before anything else."""
+    return segments in (["user"], ["user", "tokens", "verify"], ["memberships"], ["accounts"]) \
+        or (segments[:1] == ["accounts"] and segments[2:] == ["tokens", "verify"])
 
 
 class TokenHandlers:

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from supervisor.admin.decode import clip
-from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, log_event
+from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, deploy_source, log_event
 from supervisor.admin.render import Response, deployment_json, envelope, script_json, version_json
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Invalid, NotFound
@@ -113,7 +113,8 @@ class VersionHandlers:
     async def create_deployment(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
         splits, message = parse_splits(request.json())
-        info = await self.core._run(functools.partial(self.store.deploy, ns, name, splits, message=message))
+        info = await self.core._run(functools.partial(self.store.deploy, ns, name, splits, message=message,
+                                                              source=deploy_source(request)))
         self.core._changed(ns, name)
         log_event(logging.INFO, "admin.deployed", namespace=ns, script=name,
                   versions=[[s.version_id, s.percentage] for s in splits])

@@ -1,0 +1,209 @@
+"""The account around the scripts, as far as Cloudflare's tools ask about it.
+
+Wrangler and other clients of Cloudflare's API ask who is calling and what
+the account has before they deploy: ``/user/tokens/verify``, ``/user``,
+``/memberships``, ``/accounts``, the account's workers.dev subdomain, a
+script's ``workers/services/{name}`` view and its workers.dev route. Corral
+has one account (its label is free) and tokens owned by it, so each answer
+is the one Cloudflare gives an *account-owned* API token: the token is
+verified at ``/accounts/{a}/tokens/verify``; user endpoints refuse it (code
+1000 for the user token check, 9109 for user data), as Cloudflare does.
+Corral serves scripts on its own routes, never on workers.dev: the
+subdomain is answered as not registered (10007), and a script's workers.dev
+route as disabled, which it stays.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from supervisor.admin.decode import clip
+from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, log_event
+from supervisor.admin.render import Response, envelope, handlers_of
+from supervisor.admin.router import Request, Router
+from supervisor.admin.script_config import with_changes
+from supervisor.errors import CorralError, Forbidden, Invalid, NotFound, NotSupported, Unauthorized
+from supervisor.model import PLATFORM, ScriptRecord, decode_metadata
+from supervisor.store.store import script_not_found
+
+#: What Cloudflare answers an account-owned token on the user token check
+#: (clients such as wrangler read the code as "this is an account token").
+INVALID_USER_TOKEN = 1000
+#: Cloudflare's "Unauthorized to access requested resource".
+UNAUTHORIZED_RESOURCE = 9109
+#: Cloudflare's code for a missing script, and for a missing workers.dev subdomain.
+NOT_FOUND = 10007
+
+#: The account Corral lists (any label reaches the same scripts).
+ACCOUNT_ID = "local"
+
+
+class Subdomain(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """``POST .../scripts/{name}/subdomain``: Cloudflare's body."""
+
+    enabled: bool | None = None
+    previews_enabled: bool | None = None
+
+
+class ScriptSettings(msgspec.Struct, kw_only=True):
+    """``PATCH .../script-settings``: the settings that are not versioned on Cloudflare."""
+
+    tags: list[str] | None = None
+    tail_consumers: list[dict[str, Any]] | None = None
+    logpush: bool | None = None
+    observability: dict[str, Any] | None = None
+
+
+def _user_only(what: str) -> CorralError:
+    return Forbidden(f"Unauthorized to access requested resource: {what} belongs to a user, and Corral's "
+                     "API tokens are owned by its account (as Cloudflare's account API tokens are)",
+                     code=UNAUTHORIZED_RESOURCE)
+
+
+class AccountHandlers:
+    def __init__(self, core: Handlers) -> None:
+        self.core = core
+        self.store = core.store
+
+    def register(self, router: Router) -> None:
+        router.add("user/tokens/verify", GET=self.verify_user_token)
+        router.add("user", GET=self.user)
+        router.add("memberships", GET=self.memberships)
+        router.add("accounts", GET=self.accounts)
+        router.add("accounts/*/tokens/verify", GET=self.verify_token)
+        router.add("accounts/*/workers/subdomain", GET=self.account_subdomain)
+        router.add("accounts/*/workers/services/{name}", GET=self.get_service, DELETE=self.delete_service)
+        for prefix in (f"{_NS}/{{ns}}/scripts", _PS):
+            router.add(f"{prefix}/{{name}}/subdomain", GET=self.get_subdomain, POST=self.set_subdomain,
+                       DELETE=self.delete_subdomain)
+        router.add(f"{_PS}/{{name}}/script-settings", GET=self.get_script_settings,
+                   PATCH=self.edit_script_settings)
+
+    # -- who is calling -------------------------------------------------------
+
+    async def verify_user_token(self, request: Request) -> Response:
+        raise Unauthorized("Invalid API Token: Corral's API tokens are account tokens; verify one at "
+                           f"/accounts/{ACCOUNT_ID}/tokens/verify", code=INVALID_USER_TOKEN)
+
+    async def user(self, request: Request) -> Response:
+        raise _user_only("/user")
+
+    async def memberships(self, request: Request) -> Response:
+        raise _user_only("/memberships")
+
+    async def accounts(self, request: Request) -> Response:
+        account = {"id": ACCOUNT_ID, "name": "Corral", "type": "standard", "settings": {}}
+        return envelope(200, [account], result_info={"page": 1, "per_page": 20, "count": 1, "total_count": 1,
+                                                     "total_pages": 1})
+
+    async def verify_token(self, request: Request) -> Response:
+        if not request.token_id:
+            raise Invalid("this call came over the admin unix socket, which takes no token: there is none "
+                          "to verify (the TCP listener's calls carry one)")
+        return envelope(200, {"id": request.token_id, "status": "active"})
+
+    # -- workers.dev ----------------------------------------------------------
+
+    async def account_subdomain(self, request: Request) -> Response:
+        raise NotFound("no workers.dev subdomain: Corral serves platform scripts on its own routes "
+                       "(/accounts/{a}/workers/routes) and user workers through a dispatcher", code=NOT_FOUND)
+
+    async def _script(self, request: Request) -> ScriptRecord:
+        ns, name = _namespace_of(request), _script_of(request)
+        record = await self.core._run(self.store.get_primary, ns, name)
+        if record is None:
+            raise script_not_found(ns, name)
+        return record
+
+    async def get_subdomain(self, request: Request) -> Response:
+        await self._script(request)
+        return envelope(200, {"enabled": False, "previews_enabled": False})
+
+    async def set_subdomain(self, request: Request) -> Response:
+        await self._script(request)
+        try:
+            body = msgspec.json.decode(request.body or b"{}", type=Subdomain)
+        except msgspec.ValidationError as exc:
+            raise Invalid(f'send {{"enabled": false, "previews_enabled": false}}: {exc}') from None
+        except msgspec.DecodeError:
+            raise Invalid("the request body is not valid JSON") from None
+        if body.enabled or body.previews_enabled:
+            raise NotSupported("Corral has no workers.dev: route the script with /accounts/{a}/workers/routes "
+                               "instead (in wrangler's config: workers_dev = false, preview_urls = false)")
+        return envelope(200, {"enabled": False, "previews_enabled": False})
+
+    async def delete_subdomain(self, request: Request) -> Response:
+        await self._script(request)
+        return envelope(200, {"enabled": False, "previews_enabled": False})
+
+    # -- services -------------------------------------------------------------
+
+    async def get_service(self, request: Request) -> Response:
+        """A platform script as Cloudflare's services API shows it: one
+        ``production`` environment, whose script says how it was last deployed."""
+        record = await self._script(request)
+        deployments = await self.core._run(self.store.list_deployments, PLATFORM, record.name, 1)
+        script = {
+            "id": record.name,
+            "tag": record.name,
+            "etag": record.version,
+            "handlers": handlers_of(record),
+            "created_on": record.created_on,
+            "modified_on": record.modified_on,
+            "usage_model": "standard",
+            "compatibility_date": record.compatibility_date,
+            "compatibility_flags": list(record.compatibility_flags),
+            "tags": list(record.tags),
+            "last_deployed_from": deployments[0].source if deployments else "api",
+        }
+        environment = {"environment": "production", "created_on": record.created_on,
+                       "modified_on": record.modified_on}
+        return envelope(200, {
+            "id": record.name,
+            "default_environment": {**environment, "script": script},
+            "environments": [environment],
+            "created_on": record.created_on,
+            "modified_on": record.modified_on,
+            "usage_model": "standard",
+        })
+
+    async def delete_service(self, request: Request) -> Response:
+        """``DELETE .../services/{name}`` (how ``wrangler delete`` deletes): the platform script."""
+        return await self.core.delete_script(request)
+
+    # -- script-settings ------------------------------------------------------
+
+    def _script_settings(self, record: ScriptRecord) -> dict[str, Any]:
+        return {"tags": list(record.tags), "tail_consumers": msgspec.to_builtins(record.tail_consumers),
+                "logpush": False}
+
+    async def get_script_settings(self, request: Request) -> Response:
+        return envelope(200, self._script_settings(await self._script(request)))
+
+    async def edit_script_settings(self, request: Request) -> Response:
+        """Tags and tail consumers change; ``observability`` is accepted and
+        has no effect (Corral's trace events always flow: tail, usage, OTLP);
+        ``logpush`` cannot be turned on."""
+        try:
+            body = msgspec.json.decode(request.body or b"{}", type=ScriptSettings)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise Invalid(f"script settings: {exc}") from None
+        if body.logpush:
+            raise NotSupported("Corral has no Logpush: trace events go to tail workers, /tail and OTLP")
+        record = await self._script(request)
+        if body.tail_consumers is not None:
+            consumers = decode_metadata({"main_module": record.main_module,
+                                         "tail_consumers": body.tail_consumers}).tail_consumers
+            if consumers != record.tail_consumers:
+                record = await self.core._run(
+                    lambda: self.store.put_script(with_changes(record, tail_consumers=consumers), source="settings"))
+                self.core._changed(PLATFORM, record.name)
+        if body.tags is not None:
+            tags = await self.core._run(self.store.put_tags, PLATFORM, record.name, body.tags)
+            record = msgspec.structs.replace(record, tags=tags)
+            self.core._changed(PLATFORM, record.name)
+        log_event(logging.INFO, "admin.script_settings", script=clip(record.name))
+        return envelope(200, self._script_settings(record))

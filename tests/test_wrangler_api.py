@@ -1,0 +1,210 @@
+"""The requests Cloudflare's CLI, wrangler 4, sends for what a platform does
+with it (whoami, deploy of a platform script and of a user worker into a
+dispatch namespace, secrets, versions, deployments, rollback,
+dispatch-namespace), replayed against a real `corral serve` over its TCP
+admin listener with an API token, as wrangler sends them: the paths under
+``/client/v4``, its queries, User-Agent and multipart upload. Each test
+asserts what wrangler reads from the answer (scripts/wrangler_check runs
+wrangler itself, where npm is at hand)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.harness import Corral, free_port
+
+A = "/client/v4/accounts/local"
+UA = "wrangler/4.86.0"
+ENTRY = b'''from workers import Response, WorkerEntrypoint
+from helper import suffix
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response(f"{self.env.GREETING} {suffix()}")
+'''
+HELPER = b'def suffix():\n    return "from wrangler"\n'
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    state = tmp_path_factory.mktemp("wrangler")
+    port = free_port()
+    config = state / "corral.toml"
+    config.write_text(f'[admin]\ntcp = "127.0.0.1:{port}"\n')
+    corral = Corral(state, extra_args=["--config", str(config)]).start()
+    corral.tcp_port = port
+    corral.namespace("customers")
+    yield corral
+    corral.stop()
+
+
+def _token(server, scope="admin", namespaces=()):
+    resp = server.admin("POST", "/accounts/local/corral/tokens",
+                        {"name": f"wrangler-{scope}", "scope": scope, "namespaces": list(namespaces)})
+    assert resp.status == 200, resp
+    return resp.json()["result"]
+
+
+@pytest.fixture(scope="module")
+def token(server):
+    return _token(server)
+
+
+def _client(server, secret):
+    return httpx.Client(base_url=f"http://127.0.0.1:{server.tcp_port}", timeout=60,
+                        headers={"authorization": f"Bearer {secret}", "user-agent": UA, "accept": "*/*"})
+
+
+@pytest.fixture(scope="module")
+def wr(server, token):
+    with _client(server, token["value"]) as client:
+        yield client
+
+
+def _form(metadata: dict, modules: dict[str, bytes]) -> tuple[bytes, str]:
+    """wrangler's upload (undici's FormData): a ``metadata`` part, then one
+    part per module named after its file, with that filename and
+    ``text/x-python`` for Python modules."""
+    boundary = "----formdata-undici-043641869466"
+    out = [f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n'.encode()
+           + json.dumps(metadata, separators=(",", ":")).encode() + b"\r\n"]
+    for name, data in modules.items():
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}"\r\n'
+                   f"Content-Type: text/x-python\r\n\r\n".encode() + data + b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out), f"multipart/form-data; boundary={boundary}"
+
+
+def _metadata(greeting="hi"):
+    return {"main_module": "entry.py",
+            "bindings": [{"name": "GREETING", "type": "plain_text", "text": greeting},
+                         {"name": "KV", "type": "kv_namespace", "namespace_id": "kv-1"}],
+            "compatibility_date": "2025-06-01", "compatibility_flags": ["python_workers"]}
+
+
+def _upload(wr, method, path, params, greeting="hi"):
+    body, ctype = _form(_metadata(greeting), {"entry.py": ENTRY, "helper.py": HELPER})
+    return wr.request(method, path, params=params, content=body, headers={"content-type": ctype})
+
+
+def _error(resp, status, code):
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["success"] is False and body["result"] is None
+    assert body["errors"][0]["code"] == code, body
+    return body["errors"][0]["message"]
+
+
+def test_whoami(wr, token):
+    # wrangler whoami: an account token fails the user token check with code 1000 ...
+    assert "account" in _error(wr.get("/client/v4/user/tokens/verify"), 401, 1000)
+    # ... has no user (9109 makes wrangler print no email) ...
+    _error(wr.get("/client/v4/user"), 403, 9109)
+    _error(wr.get("/client/v4/memberships"), 403, 9109)
+    # ... and lists the accounts it reaches.
+    accounts = wr.get("/client/v4/accounts", params={"page": "1"}).json()
+    assert [a["id"] for a in accounts["result"]] == ["local"] and accounts["result"][0]["name"]
+    verified = wr.get(f"{A}/tokens/verify").json()["result"]
+    assert verified == {"id": token["id"], "status": "active"}
+
+
+def test_a_namespace_token_verifies_itself(server):
+    bound = _token(server, "deploy", ["customers"])
+    with _client(server, bound["value"]) as client:
+        assert client.get(f"{A}/tokens/verify").json()["result"]["id"] == bound["id"]
+        assert client.get("/client/v4/accounts").status_code == 200
+        _error(client.get(f"{A}/workers/services/anything"), 403, 10403)
+
+
+def test_deploy_platform_script(wr):
+    # First deploy: the service and its deployments do not exist (10007 means "new worker").
+    _error(wr.get(f"{A}/workers/services/dispatcher"), 404, 10007)
+    _error(wr.get(f"{A}/workers/scripts/dispatcher/deployments"), 404, 10007)
+    resp = _upload(wr, "PUT", f"{A}/workers/scripts/dispatcher",
+                   {"excludeScript": "true", "bindings_inherit": "strict"})
+    assert resp.status_code == 200, resp.text
+    first = resp.json()["result"]
+    assert first["deployment_id"] == first["version_id"] and first["etag"]
+    # Triggers: no workers.dev subdomain (10007), the script's workers.dev route off and kept off.
+    assert "workers.dev" in _error(wr.get(f"{A}/workers/subdomain"), 404, 10007)
+    off = {"enabled": False, "previews_enabled": False}
+    assert wr.get(f"{A}/workers/scripts/dispatcher/subdomain").json()["result"] == off
+    resp = wr.post(f"{A}/workers/scripts/dispatcher/subdomain", json={"enabled": False, "previews_enabled": False},
+                   headers={"cloudflare-workers-script-api-date": "2025-08-01"})
+    assert resp.json()["result"] == off
+    assert "workers_dev" in _error(wr.post(f"{A}/workers/scripts/dispatcher/subdomain", json={"enabled": True}),
+                                   501, 10501)
+    _error(wr.get(f"{A}/workers/scripts/nope/subdomain"), 404, 10007)
+
+    # Second deploy: the service exists, deployed by wrangler; a version, then a deployment.
+    service = wr.get(f"{A}/workers/services/dispatcher").json()["result"]
+    script = service["default_environment"]["script"]
+    assert script["last_deployed_from"] == "wrangler" and script["tag"] and script["tags"] == []
+    assert service["default_environment"]["environment"] == "production"
+    resp = _upload(wr, "POST", f"{A}/workers/scripts/dispatcher/versions", {"bindings_inherit": "strict"},
+                   greeting="hello")
+    version = resp.json()["result"]
+    assert resp.status_code == 200 and version["resources"]["script"]["etag"] and version["id"]
+    resp = wr.post(f"{A}/workers/scripts/dispatcher/deployments",
+                   json={"strategy": "percentage", "versions": [{"version_id": version["id"], "percentage": 100}],
+                         "annotations": {}})
+    assert resp.status_code == 200 and resp.json()["result"]["source"] == "wrangler"
+    resp = wr.patch(f"{A}/workers/scripts/dispatcher/script-settings",
+                    json={"observability": {"enabled": False}, "tags": ["platform"]})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["result"]["tags"] == ["platform"]
+    assert wr.get(f"{A}/workers/scripts/dispatcher/script-settings").json()["result"]["tags"] == ["platform"]
+    _error(wr.patch(f"{A}/workers/scripts/dispatcher/script-settings", json={"logpush": True}), 501, 10501)
+    _error(wr.patch(f"{A}/workers/scripts/dispatcher/script-settings", json={"tags": "x"}), 400, 10400)
+
+
+def test_deploy_user_worker(wr):
+    resp = _upload(wr, "PUT", f"{A}/workers/dispatch/namespaces/customers/scripts/hello-py",
+                   {"excludeScript": "true", "bindings_inherit": "strict"})
+    assert resp.status_code == 200, resp.text
+    result = resp.json()["result"]
+    assert result["deployment_id"] == result["version_id"] and result["dispatch_namespace"] == "customers"
+    # A user worker is no service of the account.
+    _error(wr.get(f"{A}/workers/services/hello-py"), 404, 10007)
+
+
+def test_secrets_versions_deployments_rollback(wr):
+    _upload(wr, "PUT", f"{A}/workers/scripts/sec", {"excludeScript": "true", "bindings_inherit": "strict"})
+    resp = wr.put(f"{A}/workers/scripts/sec/secrets", json={"name": "TOKEN", "text": "s3cr3t", "type": "secret_text"})
+    assert resp.json()["result"] == {"name": "TOKEN", "type": "secret_text"}
+    assert wr.get(f"{A}/workers/scripts/sec/secrets").json()["result"] == [{"name": "TOKEN", "type": "secret_text"}]
+    assert wr.delete(f"{A}/workers/scripts/sec/secrets/TOKEN", params={"url_encoded": "true"}).status_code == 200
+    _error(wr.delete(f"{A}/workers/scripts/sec/secrets/TOKEN", params={"url_encoded": "true"}), 404, 10056)
+
+    versions = wr.get(f"{A}/workers/scripts/sec/versions", params={"deployable": "true"}).json()["result"]["items"]
+    assert len(versions) == 3 and versions[-1]["metadata"]["source"] == "wrangler"
+    deployments = wr.get(f"{A}/workers/scripts/sec/deployments").json()["result"]["deployments"]
+    assert deployments[0]["versions"][0]["version_id"] == versions[0]["id"]
+    one = wr.get(f"{A}/workers/scripts/sec/versions/{versions[1]['id']}").json()["result"]
+    assert one["resources"]["script"]["handlers"] == ["fetch"]
+    # wrangler rollback: a deployment of the one before, with its message.
+    resp = wr.post(f"{A}/workers/scripts/sec/deployments",
+                   json={"strategy": "percentage", "versions": [{"version_id": versions[1]["id"], "percentage": 100}],
+                         "annotations": {"workers/message": "back"}})
+    assert resp.json()["result"]["annotations"] == {"workers/message": "back"}
+    latest = wr.get(f"{A}/workers/scripts/sec/deployments").json()["result"]["deployments"][0]
+    assert latest["versions"][0]["version_id"] == versions[1]["id"]
+
+
+def test_dispatch_namespace_commands(wr):
+    assert wr.post(f"{A}/workers/dispatch/namespaces", json={"name": "staging"}).status_code == 200
+    got = wr.get(f"{A}/workers/dispatch/namespaces/staging").json()["result"]
+    assert got["namespace_name"] == "staging" and got["namespace_id"]
+    assert "staging" in [n["namespace_name"] for n in wr.get(f"{A}/workers/dispatch/namespaces").json()["result"]]
+    # wrangler dispatch-namespace rename: Cloudflare's API documents no rename; a clear 405.
+    _error(wr.put(f"{A}/workers/dispatch/namespaces/staging", json={"name": "staging2"}), 405, 10405)
+    assert wr.delete(f"{A}/workers/dispatch/namespaces/staging").status_code == 200
+
+
+def test_delete_service(wr):
+    _upload(wr, "PUT", f"{A}/workers/scripts/doomed", {"excludeScript": "true"})
+    assert wr.delete(f"{A}/workers/services/doomed", params={"force": "false"}).status_code == 200
+    _error(wr.get(f"{A}/workers/services/doomed"), 404, 10007)
