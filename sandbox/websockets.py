@@ -285,7 +285,13 @@ class Sockets:
         parent = workers.current_invocation.get()
         if parent == 0 or parent not in self.runtime.invocations:
             raise RuntimeError("new WebSocket() can only be used while handling a request")
-        if urllib.parse.urlsplit(url).scheme.lower() not in SERVER_SCHEMES or "#" in url:
+        try:
+            scheme = urllib.parse.urlsplit(url).scheme.lower()
+            url = workers._normalized_url(url)
+        except ValueError as exc:  # "ws://[::1": urllib's error, JavaScript's SyntaxError
+            raise JsException("SyntaxError", f"Failed to construct 'WebSocket': the URL {url!r} is "
+                                             f"invalid ({exc})") from None
+        if scheme not in SERVER_SCHEMES or "#" in url:
             raise JsException("SyntaxError", f"Failed to construct 'WebSocket': the URL {url!r} is "
                                              "not a ws:, wss:, http: or https: URL without a fragment")
         protocols = [protocols] if isinstance(protocols, str) else list(protocols or ())
@@ -293,7 +299,7 @@ class Sockets:
         ws._to_server = True
         ws.id = self._next
         self._next += 1
-        ws.url = workers._normalized_url(url)
+        ws.url = url
         self.open[ws.id] = ws
         self.runtime.send(WsConnect(ws.id, parent, ws.url, [str(p) for p in protocols]))
         return ws

@@ -354,3 +354,29 @@ def test_a_durable_objects_synchronous_storage_serves_many_calls(corral):
     for expected in (100, 200, 300):
         resp = corral.request("/", host="tally.localhost", headers={"x-times": "100"})
         assert (resp.status, resp.text) == (200, str(expected)), (resp, corral.log()[-3000:])
+
+
+BAD_URL = '''
+import js
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        out = []
+        for url in ("ws://[::1", "ftp://host/"):
+            try:
+                js.WebSocket.new(url)
+                out.append("opened")
+            except Exception as e:
+                out.append([type(e).__name__, getattr(e, "name", "")])
+        return Response.json(out)
+'''
+
+
+def test_a_websocket_url_that_does_not_parse_is_a_syntax_error(corral):
+    """As JavaScript's ``new WebSocket(url)`` throws: a SyntaxError, not
+    urllib's ValueError (an unclosed IPv6 host) leaking out of the runtime."""
+    deploy(corral, "badurl", BAD_URL)
+    got = corral.request("/", host="badurl.plain.localhost").json()
+    assert got == [["JsException", "SyntaxError"], ["JsException", "SyntaxError"]], got
