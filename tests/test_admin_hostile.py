@@ -140,6 +140,12 @@ BODIES: dict[str, tuple[str, str, bytes, int, str]] = {
     "tags-too-many": ("PUT", f"{KEEPER}/tags", json.dumps([f"t{i}" for i in range(10_000)]).encode(), 400,
                       "at most 8 tags"),
     "tags-control-char": ("PUT", f"{KEEPER}/tags", b'["a\\u0007"]', 400, "control characters"),
+    # A 500 RecursionError before: script-settings decoded its body without the depth bound.
+    "script-settings-deep": ("PATCH", f"{PS}/keeper/script-settings",
+                             b'{"tail_consumers": [{"service": "x", "x": ' + nested(100_000) + b"}]}", 400,
+                             "script settings is nested more than 32"),
+    "script-settings-not-json": ("PATCH", f"{PS}/keeper/script-settings", b"{", 400,
+                                 "script settings is not valid JSON"),
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.admin.decode import clip
+from supervisor.admin.decode import clip, decode_json
 from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, log_event
 from supervisor.admin.render import Response, envelope, handlers_of
 from supervisor.admin.router import Request, Router
@@ -125,11 +125,9 @@ class AccountHandlers:
     async def set_subdomain(self, request: Request) -> Response:
         await self._script(request)
         try:
-            body = msgspec.json.decode(request.body or b"{}", type=Subdomain)
+            body = msgspec.convert(decode_json(request.body or b"{}", "the request body"), type=Subdomain)
         except msgspec.ValidationError as exc:
             raise Invalid(f'send {{"enabled": false, "previews_enabled": false}}: {exc}') from None
-        except msgspec.DecodeError:
-            raise Invalid("the request body is not valid JSON") from None
         if body.enabled or body.previews_enabled:
             raise NotSupported("Corral has no workers.dev: route the script with /accounts/{a}/workers/routes "
                                "instead (in wrangler's config: workers_dev = false, preview_urls = false)")
@@ -188,8 +186,8 @@ class AccountHandlers:
         has no effect (Corral's trace events always flow: tail, usage, OTLP);
         ``logpush`` cannot be turned on."""
         try:
-            body = msgspec.json.decode(request.body or b"{}", type=ScriptSettings)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            body = msgspec.convert(decode_json(request.body or b"{}", "script settings"), type=ScriptSettings)
+        except msgspec.ValidationError as exc:
             raise Invalid(f"script settings: {exc}") from None
         if body.logpush:
             raise NotSupported("Corral has no Logpush: trace events go to tail workers, /tail and OTLP")
