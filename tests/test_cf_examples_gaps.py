@@ -380,3 +380,58 @@ def test_a_websocket_url_that_does_not_parse_is_a_syntax_error(corral):
     deploy(corral, "badurl", BAD_URL)
     got = corral.request("/", host="badurl.plain.localhost").json()
     assert got == [["JsException", "SyntaxError"], ["JsException", "SyntaxError"]], got
+
+
+MANY_SOCKETS = '''
+import js
+from pyodide.ffi import create_proxy
+from workers import Response, WorkerEntrypoint
+
+COUNTS = {"open": 0, "error": 0}
+SOCKETS = []
+
+
+def count(kind):
+    def listener(event):
+        COUNTS[kind] += 1
+    return create_proxy(listener)
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/counts"):
+            return Response.json(COUNTS)
+        for _ in range(int(request.headers.get("x-count"))):
+            ws = js.WebSocket.new(request.headers.get("x-target"))
+            ws.addEventListener("open", count("open"))
+            ws.addEventListener("error", count("error"))
+            SOCKETS.append(ws)
+        return Response("opened")
+'''
+
+
+def test_a_sandbox_has_a_bounded_number_of_websockets_to_servers(corral):
+    """Each socket to a server holds a supervisor file descriptor past the
+    request that opened it (and its subrequest limit): one sandbox holds at
+    most MAX_SERVER_SOCKETS; the others err, as a refused connection does."""
+    from supervisor.edge.websockets import MAX_SERVER_SOCKETS
+
+    server = EchoServer()
+    try:
+        deploy(corral, "manysockets", MANY_SOCKETS)
+        extra = 20
+        resp = corral.request("/", host="manysockets.plain.localhost",
+                              headers={"x-target": f"ws://127.0.0.1:{server.port}/",
+                                       "x-count": str(MAX_SERVER_SOCKETS + extra)})
+        assert resp.text == "opened", resp
+        deadline = time.monotonic() + 30
+        while True:
+            counts = corral.request("/counts", host="manysockets.plain.localhost").json()
+            if counts["open"] + counts["error"] >= MAX_SERVER_SOCKETS + extra or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert counts == {"open": MAX_SERVER_SOCKETS, "error": extra}, counts
+        assert "too many WebSockets to servers are open" in corral.log_path.read_text()
+        assert corral.alive() and corral.admin("GET", "/metrics").status == 200
+    finally:
+        server.close()

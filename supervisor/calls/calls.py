@@ -47,7 +47,7 @@ from supervisor.calls import http_client
 from supervisor.calls.dynamic_workers import DynamicWorkers
 from supervisor.calls.redirects import RedirectError, RedirectPolicy
 from supervisor.config import LimitsConfig
-from supervisor.edge.websockets import ServerSession, SocketSource
+from supervisor.edge.websockets import MAX_SERVER_SOCKETS, ServerSession, SocketSource
 from supervisor.lifecycle import OUTCOME_MESSAGE, PLATFORM_OUTCOMES, Outcome
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import error, warn
@@ -228,6 +228,9 @@ class Calls:
         elif parent.outbound is not None:
             refused = ("WebSockets to servers are not supported through the platform's outbound "
                        "worker yet: this dispatch namespace has one")
+        elif sum(1 for s in child.sockets.values() if s.source is not None and s.source.url) > MAX_SERVER_SOCKETS:
+            refused = (f"too many WebSockets to servers are open in this worker's sandbox: at most "
+                       f"{MAX_SERVER_SOCKETS} at once (close one first)")
         else:
             try:
                 _count_subrequest(parent)

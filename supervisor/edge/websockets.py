@@ -89,6 +89,10 @@ class Buffered:
 
 #: Sockets one child may have open (a chat room's Durable Object holds many).
 MAX_SOCKETS = 10_000
+#: Of those, the sockets it opened to servers (``new WebSocket(url)``): each
+#: holds one of the supervisor's file descriptors for as long as it stays
+#: open, past the request that opened it and its subrequest limit.
+MAX_SERVER_SOCKETS = 256
 #: How long a close waits for the other side's close frame.
 CLOSE_TIMEOUT_S = 5.0
 #: Response headers of the worker's 101 that are the handshake's own.
