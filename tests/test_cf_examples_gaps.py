@@ -435,3 +435,58 @@ def test_a_sandbox_has_a_bounded_number_of_websockets_to_servers(corral):
         assert corral.alive() and corral.admin("GET", "/metrics").status == 200
     finally:
         server.close()
+
+
+def _resetting_server() -> socket.socket:
+    """Accepts the handshake, sends one message and resets the connection
+    (RST): the supervisor's answer to that message meets a reset socket."""
+    import base64
+    import hashlib
+    import struct
+
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def talk(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        key = next(line.split(b":", 1)[1].strip() for line in data.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key"))
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n\x81\x05hello")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=talk, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+def test_a_server_that_resets_a_websocket_leaves_the_supervisor_up(corral):
+    """Writing to a server's reset connection was an exception out of the
+    socket's task, which stopped the supervisor."""
+    server = _resetting_server()
+    try:
+        deploy(corral, "resetws", TO_SERVER)
+        for i in range(3):
+            resp = corral.request(f"/reset{i}", host="resetws.plain.localhost",
+                                  headers={"x-target": f"ws://127.0.0.1:{server.getsockname()[1]}/"})
+            assert resp.text == "opening", resp
+        seen = seen_until(corral, "resetws.plain.localhost",
+                          lambda s: sum(e[1] == "close" for e in s) == 3)
+        assert sorted(e[0] for e in seen if e[1] == "close") == ["reset0", "reset1", "reset2"], seen
+        assert all(e[2] == 1006 for e in seen if e[1] == "close"), seen
+        assert corral.alive() and corral.admin("GET", "/metrics").status == 200
+    finally:
+        server.close()

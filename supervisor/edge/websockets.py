@@ -408,11 +408,19 @@ class _Upstream:
     """A server's connection (httpcore's upgraded stream) as :class:`Session`
     uses a client's."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, session: ServerSession) -> None:
         self.stream = stream
+        self.session = session
 
     async def _send(self, data: bytes) -> None:
-        await self.stream.write(data)
+        try:
+            await self.stream.write(data)
+        except Exception as exc:  # noqa: BLE001 - a reset connection is a server that left
+            # As a client that left: the relay ends (1006), the supervisor stays.
+            warn("websocket.server_gone", script=self.session._script(), ws=self.session.source.ws,
+                 reason=str(exc)[:200])
+            if self.session._cancel is not None:
+                self.session._cancel.cancel()
 
     async def receive_some(self) -> bytes:
         return await self.stream.read(65536)
@@ -458,7 +466,7 @@ class ServerSession(Session):
                 log("websocket.connect_failed", script=self._script(), ws=self.source.ws, reason=failure[:300])
                 await self.deliverer.deliver(self.source, "error", reason=failure[:1000])
                 return
-            self.conn = _Upstream(stream)  # type: ignore[assignment]
+            self.conn = _Upstream(stream, self)  # type: ignore[assignment]
             state.session = self
             if state.closed_by_worker is not None:
                 self._start_close(*state.closed_by_worker)
@@ -477,9 +485,13 @@ class ServerSession(Session):
             self.source.child.forget_socket(self.source.ws)
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                 if response is not None:
-                    if stream is not None:
-                        await stream.aclose()
-                    await response.aclose()
+                    try:
+                        if stream is not None:
+                            await stream.aclose()
+                        await response.aclose()
+                    except Exception as exc:  # noqa: BLE001 - the server's connection broke first
+                        log("websocket.server_close_failed", script=self._script(), ws=self.source.ws,
+                            reason=str(exc)[:200])
                 await self.deliverer.deliver(self.source, "close", code=close[0], reason=close[1],
                                              clean=close[2])
             log("websocket.closed", script=self._script(), ws=self.source.ws, code=close[0])
