@@ -490,3 +490,45 @@ def test_a_server_that_resets_a_websocket_leaves_the_supervisor_up(corral):
         assert corral.alive() and corral.admin("GET", "/metrics").status == 200
     finally:
         server.close()
+
+
+DIES_WITH_A_SOCKET = '''
+import os
+import sys
+
+import js
+from workers import Response, WorkerEntrypoint
+import workers
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        js.WebSocket.new(request.headers.get("x-target"))  # its handshake never gets an answer
+        if request.url.endswith("/forge"):
+            # A frame the SDK never sends (the socket's number again): a protocol violation.
+            messages = sys.modules["protocol.messages"]
+            runtime = workers._runtime
+            inv = workers.current_invocation.get()
+            runtime.send(messages.WsConnect(1, inv, request.headers.get("x-target"), []))
+        else:
+            os._exit(3)
+        return Response("sent")
+'''
+
+
+@pytest.mark.parametrize("how", ["forge", "exit"])
+def test_a_child_that_dies_with_a_websocket_connecting_leaves_the_supervisor_up(corral, how):
+    """The socket's close went to the dying child as an invocation, after the
+    pool had dropped it from the warm set: a KeyError that stopped corral."""
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    try:
+        deploy(corral, f"dies{how}", DIES_WITH_A_SOCKET)
+        resp = corral.request(f"/{how}", host=f"dies{how}.plain.localhost",
+                              headers={"x-target": f"ws://127.0.0.1:{silent.getsockname()[1]}/"})
+        assert resp.status >= 500, resp
+        time.sleep(0.5)
+        assert corral.alive(), corral.log()
+        assert corral.admin("GET", "/metrics").status == 200
+        assert "Traceback" not in corral.log_path.read_text()
+    finally:
+        silent.close()

@@ -192,7 +192,8 @@ class Deliverer:
                       code: int = 0, reason: str = "", clean: bool = False) -> bool:
         """False when the socket's worker is gone (its child ended or was replaced)."""
         child = source.child
-        if not child.alive or child.retired or child.record is None:
+        # A condemned child (kill_reason) has left the warm set: it takes no invocation.
+        if not child.alive or child.retired or child.record is None or child.kill_reason is not None:
             return False
         if source.object is not None:  # hibernatable, or one the object opened to a server
             key = ObjectKey(*source.object)
