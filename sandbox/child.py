@@ -452,12 +452,12 @@ class ChildLoop(asyncio.SelectorEventLoop):
     _root: greenlet.greenlet | None = None
     #: Greenlets that hopped (those :meth:`resume` may switch back into).
     _waiters: weakref.WeakSet[greenlet.greenlet] | None = None
+    #: Makes the greenlets :meth:`hop` hands the loop to (see :meth:`_spawn`).
+    _spawner: greenlet.greenlet | None = None
+
     def waited_before(self, g: greenlet.greenlet) -> bool:
         """Did ``g`` hop (and so may wait again, from where it was resumed)?"""
         return self._waiters is not None and g in self._waiters
-
-    #: Makes the greenlets :meth:`hop` hands the loop to (see :meth:`_spawn`).
-    _spawner: greenlet.greenlet | None = None
 
     def run_forever(self) -> None:
         self._root = greenlet.getcurrent()  # it drives the loop until a hop

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import _thread
 import errno
+import functools
 import os
 import re
 import sys
@@ -70,52 +71,50 @@ def _own_group(grp: types.ModuleType) -> Any:
 def _patch_pwd(pwd: types.ModuleType) -> None:
     getpwuid, getpwnam, getpwall = pwd.getpwuid, pwd.getpwnam, pwd.getpwall
 
+    @functools.wraps(getpwuid)
     def patched_getpwuid(uid: Any, /) -> Any:
         if _active and isinstance(uid, int) and uid == os.getuid():
             return _own_passwd(pwd)
         return getpwuid(uid)
 
+    @functools.wraps(getpwnam)
     def patched_getpwnam(name: Any, /) -> Any:
         if _active and name == USER:
             return _own_passwd(pwd)
         return getpwnam(name)
 
+    @functools.wraps(getpwall)
     def patched_getpwall() -> list:
         entries = getpwall()
         if _active and not any(e.pw_uid == os.getuid() for e in entries):
             entries.append(_own_passwd(pwd))
         return entries
 
-    for patched, original in ((patched_getpwuid, getpwuid), (patched_getpwnam, getpwnam),
-                              (patched_getpwall, getpwall)):
-        patched.__name__ = original.__name__
-        patched.__doc__ = original.__doc__
     pwd.getpwuid, pwd.getpwnam, pwd.getpwall = patched_getpwuid, patched_getpwnam, patched_getpwall
 
 
 def _patch_grp(grp: types.ModuleType) -> None:
     getgrgid, getgrnam, getgrall = grp.getgrgid, grp.getgrnam, grp.getgrall
 
+    @functools.wraps(getgrgid)
     def patched_getgrgid(id: Any) -> Any:  # noqa: A002 - CPython's keyword
         if _active and isinstance(id, int) and id == os.getgid():
             return _own_group(grp)
         return getgrgid(id)
 
+    @functools.wraps(getgrnam)
     def patched_getgrnam(name: Any) -> Any:
         if _active and name == USER:
             return _own_group(grp)
         return getgrnam(name)
 
+    @functools.wraps(getgrall)
     def patched_getgrall() -> list:
         entries = getgrall()
         if _active and not any(e.gr_gid == os.getgid() for e in entries):
             entries.append(_own_group(grp))
         return entries
 
-    for patched, original in ((patched_getgrgid, getgrgid), (patched_getgrnam, getgrnam),
-                              (patched_getgrall, getgrall)):
-        patched.__name__ = original.__name__
-        patched.__doc__ = original.__doc__
     grp.getgrgid, grp.getgrnam, grp.getgrall = patched_getgrgid, patched_getgrnam, patched_getgrall
 
 
@@ -150,6 +149,7 @@ def _patch_faulthandler(faulthandler: types.ModuleType) -> None:
     enable, register = faulthandler.enable, faulthandler.register
     dump_traceback, dump_later = faulthandler.dump_traceback, faulthandler.dump_traceback_later
 
+    @functools.wraps(enable)
     def patched_enable(file: Any = None, all_threads: bool = True) -> None:
         if _active and _log_stream(file):
             file = 2  # /dev/null in a child: see the module's docstring
@@ -157,6 +157,7 @@ def _patch_faulthandler(faulthandler: types.ModuleType) -> None:
             return enable(all_threads=all_threads)
         return enable(file, all_threads)
 
+    @functools.wraps(register)
     def patched_register(signum: int, file: Any = None, all_threads: bool = True,
                          chain: bool = False) -> None:
         if _active and _log_stream(file):
@@ -165,6 +166,7 @@ def _patch_faulthandler(faulthandler: types.ModuleType) -> None:
             return register(signum, all_threads=all_threads, chain=chain)
         return register(signum, file, all_threads, chain)
 
+    @functools.wraps(dump_traceback)
     def patched_dump_traceback(file: Any = None, all_threads: bool = True) -> None:
         if _active and _log_stream(file):
             stream = sys.stderr if file is None else file
@@ -175,6 +177,7 @@ def _patch_faulthandler(faulthandler: types.ModuleType) -> None:
             return dump_traceback(all_threads=all_threads)
         return dump_traceback(file, all_threads)
 
+    @functools.wraps(dump_later)
     def patched_dump_later(timeout: float, repeat: bool = False, file: Any = None,
                            exit: bool = False) -> None:  # noqa: A002 - CPython's keyword
         if _active:
@@ -186,11 +189,6 @@ def _patch_faulthandler(faulthandler: types.ModuleType) -> None:
             return dump_later(timeout, repeat, exit=exit)
         return dump_later(timeout, repeat, file, exit)
 
-    for patched, original in ((patched_enable, enable), (patched_register, register),
-                              (patched_dump_traceback, dump_traceback),
-                              (patched_dump_later, dump_later)):
-        patched.__name__ = original.__name__
-        patched.__doc__ = original.__doc__
     faulthandler.enable, faulthandler.register = patched_enable, patched_register
     faulthandler.dump_traceback, faulthandler.dump_traceback_later = patched_dump_traceback, patched_dump_later
 
@@ -200,6 +198,7 @@ def _patch_os(os_module: types.ModuleType) -> None:
     host_memory = {os_module.sysconf_names[n] for n in ("SC_PHYS_PAGES", "SC_AVPHYS_PAGES")
                    if n in os_module.sysconf_names}
 
+    @functools.wraps(sysconf)
     def patched_sysconf(name: Any, /) -> int:
         if _active:
             number = os_module.sysconf_names.get(name) if isinstance(name, str) else name
@@ -208,8 +207,6 @@ def _patch_os(os_module: types.ModuleType) -> None:
                               "the host's memory is not the worker's (its limit is the script's memory_mb)")
         return sysconf(name)
 
-    patched_sysconf.__name__ = "sysconf"
-    patched_sysconf.__doc__ = sysconf.__doc__
     os_module.sysconf = patched_sysconf
 
 
@@ -236,14 +233,13 @@ def visible_library(name: str) -> str | None:
 def _patch_ctypes_util(util: types.ModuleType) -> None:
     find_library = util.find_library
 
+    @functools.wraps(find_library)
     def patched_find_library(name: str) -> str | None:
         found = find_library(name)
         if found is None and _active:
             found = visible_library(name)
         return found
 
-    patched_find_library.__name__ = "find_library"
-    patched_find_library.__doc__ = find_library.__doc__
     util.find_library = patched_find_library
 
 
