@@ -21,13 +21,12 @@ from typing import Any
 import msgspec
 
 from supervisor.admin.decode import clip, decode_json
-from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, log_event
+from supervisor.admin.handlers import _NS, _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope, handlers_of
 from supervisor.admin.router import Request, Router
 from supervisor.admin.script_config import with_changes
 from supervisor.errors import CorralError, Forbidden, Invalid, NotFound, NotSupported, Unauthorized
 from supervisor.model import PLATFORM, ScriptRecord, decode_metadata
-from supervisor.store.store import script_not_found
 
 #: What Cloudflare answers an account-owned token on the user token check
 #: (clients such as wrangler read the code as "this is an account token").
@@ -112,11 +111,7 @@ class AccountHandlers:
                        "(/accounts/{a}/workers/routes) and user workers through a dispatcher", code=NOT_FOUND)
 
     async def _script(self, request: Request) -> ScriptRecord:
-        ns, name = _namespace_of(request), _script_of(request)
-        record = await self.core._run(self.store.get_primary, ns, name)
-        if record is None:
-            raise script_not_found(ns, name)
-        return record
+        return (await self.core.deployed(request))[2]
 
     async def get_subdomain(self, request: Request) -> Response:
         await self._script(request)

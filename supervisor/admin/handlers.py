@@ -321,11 +321,17 @@ class Handlers:
         log_event(logging.INFO, "admin.scripts_bulk_deleted", namespace=ns, count=len(names))
         return envelope(200, {"count": len(names)})
 
-    async def get_script(self, request: Request) -> Response:
+    async def deployed(self, request: Request) -> tuple[str, str, ScriptRecord]:
+        """The namespace, name and deployed version of the script the path
+        names, or a 404 naming it (for every group of script endpoints)."""
         ns, name = _namespace_of(request), _script_of(request)
         record = await self._run(self.store.get_primary, ns, name)
         if record is None:
             raise script_not_found(ns, name)
+        return ns, name, record
+
+    async def get_script(self, request: Request) -> Response:
+        _, _, record = await self.deployed(request)
         return envelope(200, script_json(record, with_modules=True, nested=True))
 
     async def delete_script(self, request: Request) -> Response:

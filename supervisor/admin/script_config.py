@@ -29,7 +29,6 @@ from supervisor.model import (
     decode_metadata,
     resolve_bindings,
 )
-from supervisor.store.store import script_not_found
 
 
 def with_changes(record: ScriptRecord, **changes: Any) -> ScriptRecord:
@@ -57,13 +56,6 @@ class ScriptConfigHandlers:
             router.add(f"{prefix}/{{name}}/content", GET=self.get_content, PUT=self.put_content)
             router.add(f"{prefix}/{{name}}/content/v2", GET=self.get_content)
 
-    async def _deployed(self, request: Request) -> tuple[str, str, ScriptRecord]:
-        ns, name = _namespace_of(request), _script_of(request)
-        record = await self.core._run(self.store.get_primary, ns, name)
-        if record is None:
-            raise script_not_found(ns, name)
-        return ns, name, record
-
     async def _store_version(self, record: ScriptRecord, source: str) -> ScriptRecord:
         stored = await self.core._run(functools.partial(self.store.put_script, record, source=source))
         self.core._changed(record.namespace, record.name)
@@ -72,11 +64,11 @@ class ScriptConfigHandlers:
     # -- secrets --------------------------------------------------------------
 
     async def list_secrets(self, request: Request) -> Response:
-        _, _, record = await self._deployed(request)
+        _, _, record = await self.core.deployed(request)
         return envelope(200, [_secret_json(b) for b in record.bindings if isinstance(b, SecretText)])
 
     async def get_secret(self, request: Request) -> Response:
-        _, name, record = await self._deployed(request)
+        _, name, record = await self.core.deployed(request)
         key = request.params["key"]
         for binding in record.bindings:
             if isinstance(binding, SecretText) and binding.name == key:
@@ -90,7 +82,7 @@ class ScriptConfigHandlers:
         if body.get("type", "secret_text") != "secret_text":
             raise Invalid(f"secret type {clip(str(body.get('type')))!r} is not supported: use 'secret_text'")
         secret = SecretText(name=body["name"], text=body["text"])  # validates the name
-        ns, name, record = await self._deployed(request)
+        ns, name, record = await self.core.deployed(request)
         bindings = [b for b in record.bindings if b.name != secret.name]
         clash = next((b for b in record.bindings if b.name == secret.name and not isinstance(b, SecretText)), None)
         if clash is not None:
@@ -101,7 +93,7 @@ class ScriptConfigHandlers:
         return envelope(200, _secret_json(secret))
 
     async def delete_secret(self, request: Request) -> Response:
-        ns, name, record = await self._deployed(request)
+        ns, name, record = await self.core.deployed(request)
         key = request.params["key"]
         if not any(isinstance(b, SecretText) and b.name == key for b in record.bindings):
             raise NotFound(f"script {name!r} has no secret {clip(key)!r}", code=10056)
@@ -113,18 +105,18 @@ class ScriptConfigHandlers:
     # -- settings and bindings ---------------------------------------------------
 
     async def get_settings(self, request: Request) -> Response:
-        _, _, record = await self._deployed(request)
+        _, _, record = await self.core.deployed(request)
         return envelope(200, settings_json(record))
 
     async def get_bindings(self, request: Request) -> Response:
-        _, _, record = await self._deployed(request)
+        _, _, record = await self.core.deployed(request)
         return envelope(200, settings_json(record)["bindings"])
 
     async def edit_settings(self, request: Request) -> Response:
         """``PATCH .../settings``: a ``settings`` part (multipart, as the SDK
         sends it) or a JSON body. Only the fields given change."""
         raw = self._settings_body(request)
-        ns, name, record = await self._deployed(request)
+        ns, name, record = await self.core.deployed(request)
         changes: dict[str, Any] = {}
         known = {k: raw[k] for k in ("bindings", "compatibility_date", "compatibility_flags", "tail_consumers")
                  if k in raw and raw[k] is not None}
@@ -173,7 +165,7 @@ class ScriptConfigHandlers:
     async def get_content(self, request: Request) -> Response:
         """The deployed code as multipart/form-data, one part per module, the
         main module first (as Cloudflare answers it; not a JSON envelope)."""
-        _, _, record = await self._deployed(request)
+        _, _, record = await self.core.deployed(request)
         order = [record.main_module, *sorted(p for p in record.modules if p != record.main_module)]
         parts = [multipart.Part(name=path, filename=path, data=record.modules[path],
                                 content_type=module_content_type(path)) for path in order]
