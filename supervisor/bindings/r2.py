@@ -31,6 +31,8 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import trio
@@ -311,20 +313,28 @@ def _open(conn: sqlite3.Connection, root: str, key: str) -> tuple[tuple | None, 
     return row, os.open(os.path.join(root, "blobs", row[1]), os.O_RDONLY | os.O_CLOEXEC)
 
 
-def _delete(conn: sqlite3.Connection, root: str, keys: list[str]) -> None:
+@contextmanager
+def _writing(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on the bucket's index (rolled back if the body raises)."""
     conn.execute("BEGIN IMMEDIATE")
-    blobs: list[str] = []
     try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _delete(conn: sqlite3.Connection, root: str, keys: list[str]) -> None:
+    blobs: list[str] = []
+    with _writing(conn):
         for key in keys:
             row = conn.execute("SELECT blob, size FROM objects WHERE key = ?", (key,)).fetchone()
             if row is not None:
                 conn.execute("DELETE FROM objects WHERE key = ?", (key,))
                 conn.execute("UPDATE stats SET bytes = bytes - ? WHERE id = 1", (row[1],))
                 blobs.append(row[0])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     for blob in blobs:
         _remove_blob(root, blob)
 
@@ -578,16 +588,10 @@ def _new_upload(conn: sqlite3.Connection, root: str, upload_id: str, key: str, h
 
 def _expire_uploads(conn: sqlite3.Connection, root: str, created_before: int) -> None:
     """Drop the uploads created before ``created_before`` and their parts."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _writing(conn):
         expired = [r[0] for r in conn.execute("SELECT upload_id FROM uploads WHERE created < ?",
                                               (created_before,))]
         blobs = [blob for upload_id in expired for blob in _drop_upload(conn, upload_id)]
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     for blob in blobs:
         _remove_blob(root, blob)
 
@@ -694,14 +698,8 @@ def _concatenate(upload: _Upload, paths: list[str]) -> None:
 
 
 def _abort_upload(conn: sqlite3.Connection, root: str, upload_id: str, key: str) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _writing(conn):
         _upload_of(conn, root, upload_id, key, "abortMultipartUpload")
         blobs = _drop_upload(conn, upload_id)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     for blob in blobs:
         _remove_blob(root, blob)
