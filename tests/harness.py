@@ -181,6 +181,22 @@ class Corral:
         except OSError:
             return ""
 
+    def log_events(self) -> list[dict[str, Any]]:
+        """Every JSON line of the server's log so far, parsed (a line still
+        being written is left for the next call)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        events = []
+        for line in text.splitlines():
+            if line.startswith("{"):
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    pass
+        return events
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

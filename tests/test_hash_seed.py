@@ -8,7 +8,6 @@ A real ``corral serve`` with ``zygote_max_children = 3``: tenants report
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 
@@ -46,7 +45,7 @@ def test_children_of_different_zygotes_hash_differently(tmp_path) -> None:
             assert resp.status == 200, (resp, server.log())
             seen.append(resp.json())
         text = server.log_path.read_text()
-        log = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        log = server.log_events()
     finally:
         server.stop()
     # A zygote rotated away ends quietly: the supervisor closing its control
@@ -107,9 +106,7 @@ def test_a_zygote_rotated_for_age_hands_over_to_one_standing_by(tmp_path) -> Non
         server.deploy("aged", TENANT, namespace=None)
         server.route("aged.localhost/*", "aged")
 
-        def log() -> list[dict]:
-            return [json.loads(line) for line in server.log_path.read_text().splitlines()
-                    if line.startswith("{")]
+        log = server.log_events
 
         deadline = time.monotonic() + 30
         while not any(e.get("event") == "zygote.rotated" for e in log()):

@@ -59,7 +59,7 @@ def resolved_count(c: Corral) -> int:
 
 def events(c: Corral, name: str | None = None) -> list[dict]:
     """The server's log events (those named ``name``)."""
-    seen = [json.loads(line) for line in c.log_path.read_text().splitlines() if line.startswith("{")]
+    seen = c.log_events()
     return [e for e in seen if name is None or e.get("event") == name]
 
 
@@ -455,9 +455,7 @@ def test_a_rotation_starts_the_package_zygotes_in_use_again_at_once(tmp_path) ->
         '''), ["itsdangerous==2.2.0"])
         assert call(server, "pkgrot")["ok"]
 
-        def events() -> list[dict]:
-            return [json.loads(line) for line in server.log_path.read_text().splitlines()
-                    if line.startswith("{")]
+        events = server.log_events
 
         def restarted_after_rotation() -> bool:
             seen = events()

@@ -152,8 +152,19 @@ def test_a_successor_starts_on_idle_cpu_and_forks_under_the_normal_policy(tmp_pa
             assert resp.status == 200, (resp, server.log()[-2000:])
         _wait_for(lambda: any(os.SCHED_IDLE in seen for seen in policies.values()),
                   "a zygote started ahead of its rotation, under SCHED_IDLE")
-        current = server.zygote()
-        assert current
+        # The forking zygote is the last one the log calls ready, once it is
+        # also among the server's children: right after the requests a
+        # rotation may still be under way (server.zygote() may then name the
+        # one standing by, or none for an instant).
+        current = 0
+
+        def forking() -> bool:
+            nonlocal current
+            ready = [e["pid"] for e in server.log_events() if e.get("event") == "zygote.ready"]
+            current = ready[-1] if ready else 0
+            return bool(current) and current in server.zygotes()
+
+        _wait_for(forking, "the forking zygote, ready and running")
         assert os.SCHED_IDLE in policies.get(current, set()), "the forking zygote was not started ahead"
         _wait_for(lambda: os.sched_getscheduler(current) == os.SCHED_OTHER,
                   "the forking zygote under the normal policy")
