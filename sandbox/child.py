@@ -106,7 +106,7 @@ class _Handled(Exception):
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-#: Where a script version's files are (supervisor.pool.bundles): .../bundles/<version>/
+#: Where a script version's files are (supervisor.pool.bundles): .../bundles/<name>/ (a keyed hash of the version)
 _BUNDLE_PREFIX = re.compile(r"^.*/bundles/[0-9a-f]+/")
 
 
