@@ -44,6 +44,8 @@ def server(tmp_path_factory):
     srv = h.start(tmp_path_factory.mktemp("oversized"))
     try:
         srv.deploy("big", BIG)  # behind the dispatcher: big.localhost
+        srv.deploy("platbig", BIG, namespace=None)
+        srv.route("big.test/*", "platbig")  # a platform script serving its route itself
         yield srv
     finally:
         srv.stop()
@@ -100,3 +102,11 @@ def test_a_huge_log_line_is_cut_and_the_child_serves_on(server):
     assert (resp.status, resp.text) == (200, before), (resp.status, resp.body[:500])
     assert pid(server) == before
 
+
+def test_a_routed_script_answers_500_for_a_response_too_large_and_serves_on(server):
+    before = server.request("/", host="big.test").text
+    for path in ("/status", "/header"):
+        resp = server.request(path, host="big.test")
+        assert resp.status == 500, (path, resp.status, resp.body[:500], server.log())
+    assert server.request("/", host="big.test").text == before
+    assert "protocol violation" not in server.log()
