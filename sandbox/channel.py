@@ -14,7 +14,9 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from protocol.framing import FrameDecoder, FrameEncoder, child_decoder
+import msgspec
+
+from protocol.framing import HEADER_SIZE, MAX_FRAME_FROM_CHILD, FrameDecoder, FrameEncoder, child_decoder
 from protocol.messages import ToChild
 
 RECV_SIZE = 64 * 1024
@@ -27,6 +29,46 @@ RECV_SIZE = 64 * 1024
 #: number of channels in a process.
 _RECEIVED = bytearray(RECV_SIZE)
 _RECEIVED_VIEW = memoryview(_RECEIVED)
+
+
+#: What a tenant made, per message, in the words of its error.
+_MADE = {
+    "ResponseStart": "the response",
+    "SubRequest": "the request",
+    "BindingCall": "the binding call",
+    "WsConnect": "the WebSocket connection",
+    "WsSend": "the WebSocket message",
+    "WsClose": "the WebSocket close",
+    "Abort": "the stream's abort reason",
+    "Log": "the log line",
+}
+
+
+class MessageTooLarge(ValueError):
+    """A value the tenant made would not fit in one message to the supervisor.
+
+    Raised at the call that made it (returning a Response, ``fetch()``, a
+    binding's call), so it fails like any other exception; the frame is
+    never sent (the supervisor would end the child for it: see
+    :data:`protocol.framing.MAX_FRAME_FROM_CHILD`)."""
+
+
+def _too_large(message: object, size: int) -> MessageTooLarge:
+    """The error for ``message``, naming its largest field: the culprit."""
+    name = type(message).__name__
+    largest, largest_size = "", 0
+    for field in getattr(message, "__struct_fields__", ()):
+        try:
+            field_size = len(msgspec.msgpack.encode(getattr(message, field)))
+        except Exception:  # noqa: BLE001, S112 - only a guess at which field to name
+            continue
+        if field_size > largest_size:
+            largest, largest_size = field, field_size
+    what = _MADE.get(name, f"a {name} message")
+    culprit = f" ({largest}: {largest_size} bytes)" if largest else ""
+    return MessageTooLarge(
+        f"{what} is too large to send: {size} bytes{culprit}, over the "
+        f"{MAX_FRAME_FROM_CHILD}-byte limit of one message from a worker to the runtime")
 
 
 class Channel:
@@ -67,10 +109,19 @@ class Channel:
         A response is typically ``ResponseStart`` then ``InvokeDone`` from the
         same task step: deferring the write to the end of the turn sends both
         with one syscall and wakes the supervisor once.
+
+        A frame over :data:`MAX_FRAME_FROM_CHILD` is not queued: it raises
+        :class:`MessageTooLarge` in the code that sent it.
         """
         if self.closed:
             return
-        self._encoder.encode_into(message, self._out)
+        out = self._out
+        start = len(out)
+        self._encoder.encode_into(message, out)
+        if len(out) - start > MAX_FRAME_FROM_CHILD + HEADER_SIZE:
+            size = len(out) - start - HEADER_SIZE
+            del out[start:]
+            raise _too_large(message, size)
         if not self._writing and not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._scheduled_flush)

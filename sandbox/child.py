@@ -106,7 +106,7 @@ class _Handled(Exception):
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-#: Where a script version's files are (supervisor.pool.bundles): .../bundles/<version>/
+#: Where a script version's files are (supervisor.pool.bundles): .../bundles/<name>/ (a keyed hash of the version)
 _BUNDLE_PREFIX = re.compile(r"^.*/bundles/[0-9a-f]+/")
 
 
@@ -128,7 +128,8 @@ def exception_info(exc: BaseException, with_stack: bool = True) -> ExceptionInfo
     # so the supervisor can tell the outcome when tenant code lets it escape;
     # any JsException its JavaScript name (TypeError, ...), as Cloudflare reports it.
     name = exc.name if isinstance(exc, JsException) else type(exc).__name__
-    return ExceptionInfo(logs.wire_text(str(name)), logs.wire_text(str(exc)), logs.wire_text(stack[-8192:]))
+    return ExceptionInfo(logs.wire_text(logs.cut(str(name), 256)), logs.wire_text(logs.cut(str(exc))),
+                         logs.wire_text(stack[-8192:]))
 
 
 # ---------------------------------------------------------------------------
@@ -723,8 +724,8 @@ class Runtime:
         except loader.ScriptLoadError as exc:
             cause = exc.__cause__ or exc
             self._load_error = ExceptionInfo(
-                "ScriptLoadError", str(exc), "".join(traceback.format_exception(cause))[-8192:]
-            )
+                "ScriptLoadError", logs.wire_text(logs.cut(str(exc))),
+                "".join(traceback.format_exception(cause))[-8192:])
         except MemoryError:
             self._out_of_memory(0)
         kinds = () if self._script is None or self._load_error else tuple(sorted(self._script.kinds))
@@ -886,8 +887,8 @@ class Runtime:
         invocation's (``InvokeFailed``), not a report on a response under way."""
         if response.web_socket is not None:
             socket = self.sockets.body_of(response)
-            state.responded = True
             self.send(ResponseStart(inv, 101, response.headers._raw(), socket))
+            state.responded = True  # after: a head too large to send fails the invocation
             return
         if response._body_used:
             raise workers.BodyUsedError("the response's body was already read")
@@ -904,8 +905,8 @@ class Runtime:
             sent, out = Inline(body), None
         else:
             sent, out = self.send_body(body, inv)
-        state.responded = True
         self.send(ResponseStart(inv, response.status, response.headers._raw(), sent, text))
+        state.responded = True  # after: a head too large to send fails the invocation
         if out is not None:
             await pump(response._body, out)
 
@@ -998,12 +999,17 @@ class Runtime:
             # reads exactly CONTENT_LENGTH bytes of it); outbound HTTP gets it
             # from the supervisor's client.
             headers.append((b"content-length", str(len(sent.data)).encode()))
-        self.send(SubRequest(
-            call=call, parent=parent, kind=kind,  # type: ignore[arg-type]
-            method=request._method.encode("latin-1"), url=request.url,
-            headers=headers, binding=binding, target=target,
-            body=sent, redirect=request.redirect, limits=limits, params=params, rpc=rpc,
-        ))
+        try:
+            self.send(SubRequest(
+                call=call, parent=parent, kind=kind,  # type: ignore[arg-type]
+                method=request._method.encode("latin-1"), url=request.url,
+                headers=headers, binding=binding, target=target,
+                body=sent, redirect=request.redirect, limits=limits, params=params, rpc=rpc,
+            ))
+        except BaseException:  # MessageTooLarge: nothing was sent, nothing is owed
+            self.calls.pop(call, None)
+            self.outgoing.pop(call, None)
+            raise
         if out is not None:
             sending = self.loop.create_task(pump(body, out))
         try:

@@ -1,7 +1,8 @@
 """Importing a tenant script from its bundle directory, with Python's own import system.
 
 The supervisor writes each script version's files to a directory of their
-own (``<state_dir>/bundles/<version>/``), which the child sees read-only.
+own (``<state_dir>/bundles/<name>/``, the name a keyed hash of the version),
+which the child sees read-only.
 The main module's folder is the import root (``main = "src/entry.py"`` makes
 ``src/`` the root, as in Cloudflare's Python Workers) and goes first on
 ``sys.path``; from there on, imports are CPython's: modules have a real

@@ -53,13 +53,22 @@ def wire_text(text: str) -> str:
     return text
 
 
+def cut(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` up to ``limit`` characters, the rest cut with a marker (an
+    exception's message, a log line: sent whole, one could be too large
+    for a message to the supervisor)."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"... [{len(text) - limit} characters cut]"
+
+
 def emit(level: str, message: str) -> None:
     message = wire_text(message)
-    cut = len(message) > MAX_LINE
-    if cut:
-        message = message[:MAX_LINE] + f"... [{len(message) - MAX_LINE} characters cut]"
+    was_cut = len(message) > MAX_LINE
+    if was_cut:
+        message = cut(message)
     if _sink is not None:
-        _sink(level, message, cut)
+        _sink(level, message, was_cut)
 
 
 class LineWriter(io.TextIOBase):

@@ -134,7 +134,7 @@ class OutgoingBody:
 
     def fail(self, reason: str) -> None:
         if self._state.aborted is None:
-            self._channel.send(Abort(self.stream_id, reason))
+            self._channel.send(Abort(self.stream_id, reason[:4096]))  # a tenant's exception, maybe huge
 
 
 async def pump(body: Any, out: OutgoingBody) -> None:

@@ -300,8 +300,8 @@ class Sockets:
         ws.id = self._next
         self._next += 1
         ws.url = url
-        self.open[ws.id] = ws
         self.runtime.send(WsConnect(ws.id, parent, ws.url, [str(p) for p in protocols]))
+        self.open[ws.id] = ws  # after: a URL too large to send opens nothing
         return ws
 
     def closed(self, ws: WebSocket) -> None:

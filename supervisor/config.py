@@ -103,6 +103,11 @@ class OutboundConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     connect_timeout_s: PositiveDuration = 10.0
     #: For the response head and for each read of its body.
     read_timeout_s: PositiveDuration = 30.0
+    #: WebSockets to servers (``new WebSocket(url)``) open at once on this
+    #: host, every sandbox's together: each holds one of the supervisor's
+    #: file descriptors for as long as it stays open (one sandbox holds at
+    #: most 256, supervisor.edge.websockets.MAX_SERVER_SOCKETS).
+    max_websockets: Positive = 4096
 
 
 class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -117,7 +117,8 @@ class Supervisor:
         self.pool = Pool(
             config,
             calls=lambda pool: Calls(pool, self.scripts, config.limits, self.client, self.asset_server,
-                                     dynamic_workers_of(self.bindings.services)),
+                                     dynamic_workers_of(self.bindings.services),
+                                     max_server_sockets=config.outbound.max_websockets),
             bindings=self.bindings,
             on_event=self._on_event,
             exact_cpu=True)  # set again below, once observability knows who reads traces

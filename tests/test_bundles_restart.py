@@ -10,12 +10,13 @@ be deleting that very directory), a name that is not a version.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import trio
 
 from supervisor.model import ScriptRecord
-from supervisor.pool.bundles import Bundles
+from supervisor.pool.bundles import Bundles, write_bundle
 
 
 def _record(version: str, packages_lock: str = "") -> ScriptRecord:
@@ -49,3 +50,23 @@ def test_what_a_stat_cannot_vouch_for_still_goes_through_ensure(tmp_path: Path) 
         assert bundles.ready(_record("v1"))
 
     trio.run(restarted)
+
+
+def test_a_bundle_written_under_its_version_is_written_again_under_its_name(tmp_path: Path) -> None:
+    """Bundles written before folders had keyed names (``bundles/<version>``)
+    are not used: a tenant could find them by the version. Each is written
+    again under its name at first use, and the old folder is collected."""
+    (tmp_path / "bundles").mkdir()
+    old = write_bundle(str(tmp_path / "bundles"), "v1", {"worker.py": b"x = 1\n"})
+
+    async def upgraded() -> None:
+        bundles = Bundles(str(tmp_path))
+        assert bundles.dir_name("v1") != "v1"
+        assert not bundles.ready(_record("v1"))
+        path = await bundles.ensure(_record("v1"))
+        assert path == bundles.path("v1") and (Path(path) / "worker.py").read_bytes() == b"x = 1\n"
+        assert await bundles.collect(lambda: {"v1"}) == ["v1"]
+        assert not os.path.exists(old) and os.path.exists(path)
+        assert Bundles(str(tmp_path)).dir_name("v1") == bundles.dir_name("v1")  # the key is kept
+
+    trio.run(upgraded)

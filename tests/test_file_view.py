@@ -193,6 +193,48 @@ def test_another_tenants_bundle_is_unreadable(c: Corral) -> None:
     assert_healthy(c)
 
 
+def test_another_tenants_bundle_cannot_be_found_by_its_version(c: Corral) -> None:
+    """The attacker knows the layout (its own ``__file__`` is
+    ``<state>/bundles/<name>/worker.py``) and the victim's version: the
+    content hash of its code and bindings, which anyone who knows the code
+    can compute, and the ``etag`` the admin API shows. A bundle folder's
+    name is not that hash (supervisor.pool.bundles.Bundles.dir_name), so
+    every path built from it does not exist: not even ``stat`` tells
+    whether the victim runs, nor the size of its files."""
+    resp = c.deploy("quarry", worker('''
+        class Default(WorkerEntrypoint):
+            async def fetch(self, request):
+                return Response.json({"file": __file__})
+    '''), modules={"private.txt": "quarry-data"})
+    version = resp.json()["result"]["etag"]
+    assert version and os.path.basename(os.path.dirname(call(c, "quarry")["file"])) != version
+    c.deploy("prowler", worker('''
+        class Default(WorkerEntrypoint):
+            async def fetch(self, request):
+                version = query(request)["version"]
+                own = os.path.dirname(__file__)
+                root = os.path.dirname(own)
+                guess = os.path.join(root, version)
+                return Response.json({
+                    "folder": attempt(os.stat, guess),
+                    "main": attempt(os.stat, os.path.join(guess, "worker.py")),
+                    "data": attempt(os.stat, os.path.join(guess, "private.txt")),
+                    "exists": os.path.exists(guess),
+                    "open": attempt(lambda: open(os.path.join(guess, "worker.py")).read()),
+                    "listing": attempt(os.listdir, guess),
+                    "root": attempt(os.listdir, root),
+                    "own": attempt(os.listdir, own),
+                })
+    '''))
+    out = call(c, "prowler", f"/?version={version}")
+    for key in ("folder", "main", "data", "open", "listing"):
+        denied(out[key], "FileNotFoundError", errno=ENOENT)
+    assert out["exists"] is False
+    denied(out["root"], errno=EACCES)  # the bundles root is not listable (it names no one)
+    assert out["own"]["ok"] is True and "worker.py" in out["own"]["value"]
+    assert_healthy(c)
+
+
 WRITER = worker('''
     import tempfile
 

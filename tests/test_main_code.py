@@ -134,12 +134,12 @@ def test_a_version_whose_code_was_read_at_start_is_ready_without_a_stat(tmp_path
     async def restarted() -> None:
         bundles = Bundles(str(tmp_path))
         assert await bundles.load_code(lambda: [("v1", "worker.py")]) == 1
-        hidden = Path(bundles.root) / "v1"
-        hidden.rename(Path(bundles.root) / "v1-moved")  # a stat would now say it is absent
+        hidden = Path(bundles.path("v1"))
+        hidden.rename(Path(bundles.root) / "moved")  # a stat would now say it is absent
         try:
             assert bundles.ready(record), "the code read at start vouches for the bundle"
         finally:
-            (Path(bundles.root) / "v1-moved").rename(hidden)
+            (Path(bundles.root) / "moved").rename(hidden)
 
     trio.run(restarted)
 
@@ -153,7 +153,7 @@ def test_a_written_bundle_has_its_code_held_until_it_is_collected(tmp_path: Path
         await bundles.ensure(record)
         held = bundles.code.get("v1")
         assert held is not None and held.root_entries == ["__pycache__", "worker.py"]
-        assert await bundles.collect(lambda: set()) == ["v1"]
+        assert await bundles.collect(lambda: set()) == [bundles.dir_name("v1")]
         assert "v1" not in bundles.code and not os.path.exists(bundles.path("v1"))
 
     trio.run(main)

@@ -178,8 +178,13 @@ async def call(binding: str, method: str, args: list[Any], body: Any = None
     runtime.calls[call_id] = future
     sending: asyncio.Task | None = None
     fields["body"], out = runtime.send_body(body, call_id)
-    runtime.send(BindingCall(call=call_id, parent=parent, binding=binding, method=method,
-                             **fields))
+    try:
+        runtime.send(BindingCall(call=call_id, parent=parent, binding=binding, method=method,
+                                 **fields))
+    except BaseException:  # MessageTooLarge (a huge key, SQL text...): nothing was sent
+        runtime.calls.pop(call_id, None)
+        runtime.outgoing.pop(call_id, None)
+        raise
     if out is not None:
         sending = runtime.loop.create_task(pump(body, out))
     try:

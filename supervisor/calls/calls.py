@@ -139,8 +139,12 @@ class Calls:
 
     def __init__(self, pool: Pool, scripts: ScriptSource, defaults: LimitsConfig,
                  client: http_client.HTTPClient, assets: AssetAnswerer | None = None,
-                 dynamic: DynamicWorkers | None = None) -> None:
+                 dynamic: DynamicWorkers | None = None, max_server_sockets: int = 4096) -> None:
         self.pool = pool
+        #: WebSockets to servers open on this host (every child's), and the
+        #: cap on them (``[outbound] max_websockets``).
+        self.server_sockets = 0
+        self.max_server_sockets = max_server_sockets
         #: Workers scripts load at run time (Worker Loader bindings).
         self.dynamic = dynamic if dynamic is not None else DynamicWorkers()
         # A dynamic worker dropped (its owner's cap, the host's, its owner
@@ -231,13 +235,29 @@ class Calls:
         elif sum(1 for s in child.sockets.values() if s.source is not None and s.source.url) > MAX_SERVER_SOCKETS:
             refused = (f"too many WebSockets to servers are open in this worker's sandbox: at most "
                        f"{MAX_SERVER_SOCKETS} at once (close one first)")
+        elif self.server_sockets >= self.max_server_sockets:
+            refused = (f"too many WebSockets to servers are open on this host: at most "
+                       f"{self.max_server_sockets} at once, every worker's together "
+                       f"([outbound] max_websockets)")
         else:
             try:
                 _count_subrequest(parent)
             except CallFailed as exc:
                 refused = exc.message
         session = ServerSession(state.source, self.pool.websockets, self.client, message.protocols)
-        child.spawn(session.connect, refused)
+        if refused is not None:
+            child.spawn(session.connect, refused)
+        elif child.alive:  # spawn() starts the task (a dead child's message starts nothing)
+            self.server_sockets += 1  # counted now, so a burst of connects cannot overshoot
+            child.spawn(self._server_socket, session)
+
+    async def _server_socket(self, session: ServerSession) -> None:
+        """One counted WebSocket to a server, for as long as its session runs
+        (ended by either side, or with its child)."""
+        try:
+            await session.connect()
+        finally:
+            self.server_sockets -= 1
 
     def _answer(self, child: ChildProcess, call: int, inv: Invocation, parent: Invocation) -> None:
         """The callee's head is ready: hand it to the caller, if it still listens."""

@@ -1,11 +1,11 @@
 """Script versions as directories of files, which jailed children read.
 
 A child imports its script with Python's own import system from
-``<state_dir>/bundles/<version>/``: real files, so ``__file__``, data files
+``<state_dir>/bundles/<name>/``: real files, so ``__file__``, data files
 next to modules, ``importlib.resources`` and ``importlib.metadata`` work. The
-directory is named by the version (a content hash of code and bindings), so
-it never changes once written, and two stored scripts with the same content
-share it.
+directory is named after the version (a content hash of code and bindings;
+the name is a keyed hash of it, see Permissions), so it never changes once
+written, and two stored scripts with the same content share it.
 
 * **Atomic.** A bundle is written to a temporary directory beside the
   others and renamed into place: a child never sees half a bundle, and a
@@ -16,9 +16,15 @@ share it.
 * **Collected.** :meth:`Bundles.collect` removes every bundle that no stored
   script and no live child uses.
 * **Permissions.** The root is ``0711``: a child (another uid) can reach a
-  bundle it knows the name of, never list the others; names are unguessable
-  content hashes, and Landlock keeps each child to its own bundle anyway.
-  Bundles are ``0755``/``0644``, read-only to children by the mount too.
+  bundle it knows the name of, never list the others, and Landlock keeps
+  each child to its own bundle's files. Landlock does not cover ``stat``,
+  though, so a bundle's name must not be one a tenant can work out: it is
+  not the version (a content hash anyone who knows a script's code and
+  bindings can compute, and the ``etag`` of the admin API) but a keyed
+  hash of it (:meth:`Bundles.dir_name`, the key in ``<state_dir>/bundles.key``,
+  outside the jail's view). A path built from another tenant's version does
+  not exist, to ``stat`` too (ENOENT). A child learns only its own bundle's
+  name. Bundles are ``0755``/``0644``, read-only to children by the mount too.
 
 The ``packages`` directory beside it is the package store's root, shown
 read-only in the jail; the package store fills it. A version with packages
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import compileall
 import hashlib
+import hmac
 import os
 import py_compile
 import re
@@ -98,6 +105,7 @@ def _marker_matches(folder: str, expected: str) -> bool:
 
 def write_bundle(root: str, version: str, modules: dict[str, bytes]) -> str:
     """Write ``modules`` to ``root/version`` unless it holds them; returns its path (blocking).
+    (``version`` is the folder's name: :meth:`Bundles.dir_name` of the version.)
 
     A folder already there is used only if its :data:`MARKER` says it was
     written with these very files. Otherwise (a folder of an earlier run,
@@ -172,11 +180,38 @@ def collect(root: str, keep: frozenset[str]) -> list[str]:
     return removed
 
 
+def _name_key(state_dir: str) -> bytes:
+    """The key of bundle folders' names, made once per state dir (blocking).
+
+    Outside the bundles root, so outside the jail's file view. Lost, the
+    next run names every bundle anew: each is written again at its first
+    use and the old folders are collected."""
+    path = os.path.join(state_dir, "bundles.key")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path, "rb") as f:
+            key = f.read()
+        if len(key) >= 32:
+            return key
+        os.unlink(path)  # torn by a crash before it was written whole
+        return _name_key(state_dir)
+    key = os.urandom(32)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return key
+
+
 class Bundles:
     """The bundles root of one state dir, and which versions are on disk."""
 
     def __init__(self, state_dir: str) -> None:
         self.root = os.path.abspath(os.path.join(state_dir, "bundles"))
+        self._name_key = _name_key(state_dir)
+        self._names: dict[str, str] = {}
         self.packages = os.path.abspath(os.path.join(state_dir, "packages"))
         os.makedirs(self.root, 0o711, exist_ok=True)
         os.chmod(self.root, 0o711)
@@ -195,8 +230,17 @@ class Bundles:
         self._wanted = trio.Event()
         self._wanted.set()  # once at start: what a previous run left behind
 
+    def dir_name(self, version: str) -> str:
+        """The folder of ``version``'s bundle: a keyed hash of it, which no
+        tenant can compute from a version it knows (see the module's doc)."""
+        name = self._names.get(version)
+        if name is None:
+            name = self._names[version] = hmac.new(
+                self._name_key, version.encode(), hashlib.sha256).hexdigest()[:32]
+        return name
+
     def path(self, version: str) -> str:
-        return os.path.join(self.root, version)
+        return os.path.join(self.root, self.dir_name(version))
 
     def ready(self, record: ScriptRecord) -> bool:
         """Is this version on disk (so a child can be assigned it without awaiting)?
@@ -258,11 +302,11 @@ class Bundles:
                 raise BundleError(f"the packages of script {record.name!r} ({', '.join(record.requirements)}) "
                                   "are no longer in the package store: deploy it again")
             dirs = self.package_store.paths(lock)
-        path = write_bundle(self.root, record.version, record.modules)
+        path = write_bundle(self.root, self.dir_name(record.version), record.modules)
         return dirs, read_main_code(path, record.main_module)  # just written: from the page cache
 
     async def collect(self, keep: Callable[[], set[str]]) -> list[str]:
-        """Remove the bundles outside ``keep()``; returns the removed names.
+        """Remove the bundles outside ``keep()``; returns the removed folders' names.
 
         ``keep()`` must return every stored version and every version a live
         child was assigned. It is called once the lock is held, and versions
@@ -279,7 +323,10 @@ class Bundles:
                 if version not in kept:
                     self._package_dirs.pop(version, None)
                     self._locks.pop(version, None)
-            return await trio.to_thread.run_sync(collect, self.root, kept)
+            for version in [v for v in self._names if v not in kept]:
+                del self._names[version]
+            folders = frozenset(self.dir_name(version) for version in kept)
+            return await trio.to_thread.run_sync(collect, self.root, folders)
 
     def want_collection(self) -> None:
         """A script was deployed or deleted: collect soon."""
