@@ -208,3 +208,28 @@ def test_delete_service(wr):
     _upload(wr, "PUT", f"{A}/workers/scripts/doomed", {"excludeScript": "true"})
     assert wr.delete(f"{A}/workers/services/doomed", params={"force": "false"}).status_code == 200
     _error(wr.get(f"{A}/workers/services/doomed"), 404, 10007)
+
+
+def test_delete_lists_kv_namespaces(wr):
+    # wrangler delete, after deleting the script, lists the account's KV
+    # namespaces (100 a page, by title) looking for its Workers Sites ones.
+    _upload(wr, "PUT", f"{A}/workers/scripts/kv-user", {"excludeScript": "true"})
+    assert wr.delete(f"{A}/workers/services/kv-user", params={"force": "false"}).status_code == 200
+    resp = wr.get(f"{A}/storage/kv/namespaces",
+                  params={"per_page": "100", "order": "title", "direction": "asc", "page": "1"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    # The platform scripts left (dispatcher, sec) bind kv-1: Corral's KV namespaces are the ids bound.
+    assert body["result"] == [{"id": "kv-1", "title": "kv-1", "supports_url_encoding": True}]
+    assert body["result_info"] == {"page": 1, "per_page": 100, "count": 1, "total_count": 1, "total_pages": 1}
+    assert wr.get(f"{A}/storage/kv/namespaces", params={"page": "2"}).json()["result"] == []
+    assert wr.get(f"{A}/storage/kv/namespaces/kv-1").json()["result"]["id"] == "kv-1"
+    # A dispatch namespace's KV namespaces are its own (?namespace=, as for D1 queries).
+    listed = wr.get(f"{A}/storage/kv/namespaces", params={"namespace": "customers"}).json()["result"]
+    assert [n["id"] for n in listed] == ["kv-1"]
+    assert wr.get(f"{A}/storage/kv/namespaces", params={"namespace": "staging-none"}).status_code == 200
+    assert "per_page" in _error(wr.get(f"{A}/storage/kv/namespaces", params={"per_page": "0"}), 400, 10400)
+    assert "direction" in _error(wr.get(f"{A}/storage/kv/namespaces", params={"direction": "up"}), 400, 10400)
+    assert "kv_namespace" in _error(wr.get(f"{A}/storage/kv/namespaces/nope"), 404, 10404)
+    assert "binding" in _error(wr.post(f"{A}/storage/kv/namespaces", json={"title": "t"}), 501, 10501)
+    _error(wr.delete(f"{A}/storage/kv/namespaces/kv-1"), 501, 10501)

@@ -25,6 +25,7 @@ from supervisor.admin.asset_handlers import AssetHandlers
 from supervisor.admin.decode import MAX_HEADERS, MAX_MESSAGE, clip, parse_target
 from supervisor.admin.errors import MethodNotAllowed, status_and_code
 from supervisor.admin.handlers import AdminHooks, Handlers, log_event
+from supervisor.admin.kv import KVHandlers
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.admin.script_config import ScriptConfigHandlers
@@ -50,7 +51,8 @@ class AdminAPI:
         self.handlers = Handlers(store, hooks, max_script_bytes, blobs)
         self.handlers.register(self.router)
         # Each group of endpoints is one module over the core handlers.
-        for group in (VersionHandlers, ScriptConfigHandlers, AssetHandlers, TokenHandlers, AccountHandlers):
+        for group in (VersionHandlers, ScriptConfigHandlers, AssetHandlers, TokenHandlers, AccountHandlers,
+                      KVHandlers):
             group(self.handlers).register(self.router)
 
     async def handle(

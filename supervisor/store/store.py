@@ -369,6 +369,15 @@ class Store:
         """Every ``(namespace, name)`` deployed (a scan: not for the request path)."""
         return [(r[0], r[1]) for r in self._read("SELECT namespace, name FROM scripts ORDER BY namespace, name")]
 
+    def kv_namespace_ids(self, namespace: str) -> list[str]:
+        """The KV namespace ids the deployed scripts of ``namespace`` bind, sorted
+        (a scan of one namespace's metadata: Corral's KV namespaces exist by being
+        named in a binding). Blocking."""
+        return [r[0] for r in self._read(
+            "SELECT DISTINCT json_extract(b.value, '$.namespace_id') FROM scripts s, "
+            "json_each(s.metadata, '$.bindings') b WHERE s.namespace = ? "
+            "AND json_extract(b.value, '$.type') = 'kv_namespace' ORDER BY 1", (namespace,))]
+
     def warm_cache(self) -> int:
         """Read the most recently changed deployed scripts into the record
         cache, as many as it holds; returns how many it holds. Blocking.
