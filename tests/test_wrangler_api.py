@@ -227,9 +227,31 @@ def test_delete_lists_kv_namespaces(wr):
     # A dispatch namespace's KV namespaces are its own (?namespace=, as for D1 queries).
     listed = wr.get(f"{A}/storage/kv/namespaces", params={"namespace": "customers"}).json()["result"]
     assert [n["id"] for n in listed] == ["kv-1"]
-    assert wr.get(f"{A}/storage/kv/namespaces", params={"namespace": "staging-none"}).status_code == 200
+    _error(wr.get(f"{A}/storage/kv/namespaces", params={"namespace": "staging-none"}), 404, 10404)
     assert "per_page" in _error(wr.get(f"{A}/storage/kv/namespaces", params={"per_page": "0"}), 400, 10400)
     assert "direction" in _error(wr.get(f"{A}/storage/kv/namespaces", params={"direction": "up"}), 400, 10400)
     assert "kv_namespace" in _error(wr.get(f"{A}/storage/kv/namespaces/nope"), 404, 10404)
     assert "binding" in _error(wr.post(f"{A}/storage/kv/namespaces", json={"title": "t"}), 501, 10501)
     _error(wr.delete(f"{A}/storage/kv/namespaces/kv-1"), 501, 10501)
+
+
+def test_delete_asks_what_refers_to_the_script(wr):
+    # wrangler delete (without --force) first asks what would break: the
+    # script's references and the scripts tailing to it.
+    _upload(wr, "PUT", f"{A}/workers/scripts/logger", {"excludeScript": "true"})
+    meta = _metadata()
+    meta["bindings"].append({"name": "LOG", "type": "service", "service": "logger"})
+    meta["tail_consumers"] = [{"service": "logger"}]
+    body, ctype = _form(meta, {"entry.py": ENTRY, "helper.py": HELPER})
+    resp = wr.put(f"{A}/workers/scripts/producer", content=body, headers={"content-type": ctype})
+    assert resp.status_code == 200, resp.text
+
+    refs = wr.get(f"{A}/workers/scripts/logger/references").json()["result"]
+    assert refs["services"]["incoming"] == [{"name": "LOG", "service": "producer", "environment": "production"}]
+    assert refs["durable_objects"] == [] and refs["dispatch_outbounds"] == []
+    assert wr.get(f"{A}/workers/scripts/producer/references").json()["result"]["services"]["outgoing"] == [
+        {"name": "LOG", "service": "logger", "environment": "production"}]
+    tails = wr.get(f"{A}/workers/tails/by-consumer/logger").json()["result"]
+    assert [t["producer"] for t in tails] == [{"service": "producer", "environment": "production"}]
+    assert wr.get(f"{A}/workers/tails/by-consumer/producer").json()["result"] == []
+    _error(wr.get(f"{A}/workers/scripts/nope/references"), 404, 10007)

@@ -26,7 +26,15 @@ from supervisor.admin.render import Response, envelope, handlers_of
 from supervisor.admin.router import Request, Router
 from supervisor.admin.script_config import with_changes
 from supervisor.errors import CorralError, Forbidden, Invalid, NotFound, NotSupported, Unauthorized
-from supervisor.model import PLATFORM, ScriptRecord, decode_metadata
+from supervisor.model import (
+    PLATFORM,
+    DispatchNamespace,
+    DurableObjectNamespace,
+    ScriptRecord,
+    Service,
+    check_name,
+    decode_metadata,
+)
 
 #: What Cloudflare answers an account-owned token on the user token check
 #: (clients such as wrangler read the code as "this is an account token").
@@ -75,6 +83,8 @@ class AccountHandlers:
         router.add("accounts/*/tokens/verify", GET=self.verify_token)
         router.add("accounts/*/workers/subdomain", GET=self.account_subdomain)
         router.add("accounts/*/workers/services/{name}", GET=self.get_service, DELETE=self.delete_service)
+        router.add(f"{_PS}/{{name}}/references", GET=self.references)
+        router.add("accounts/*/workers/tails/by-consumer/{name}", GET=self.tails_by_consumer)
         for prefix in (f"{_NS}/{{ns}}/scripts", _PS):
             router.add(f"{prefix}/{{name}}/subdomain", GET=self.get_subdomain, POST=self.set_subdomain,
                        DELETE=self.delete_subdomain)
@@ -166,6 +176,52 @@ class AccountHandlers:
     async def delete_service(self, request: Request) -> Response:
         """``DELETE .../services/{name}`` (how ``wrangler delete`` deletes): the platform script."""
         return await self.core.delete_script(request)
+
+    # -- what refers to a platform script (wrangler delete asks first) ---------
+
+    async def references(self, request: Request) -> Response:
+        """Which scripts would break without this platform script, as
+        Cloudflare's ``references`` answer has them: service bindings to it
+        (``services.incoming``; its own are ``outgoing``), Durable Object
+        bindings of other platform scripts to classes it defines, and dispatch
+        namespace bindings with it as their outbound worker."""
+        record = await self._script(request)
+        name = record.name
+        incoming: list[dict[str, Any]] = []
+        durable_objects: list[dict[str, Any]] = []
+        outbounds: list[dict[str, Any]] = []
+        for other in await self.core._run(self.store.scripts_naming, name):
+            if other.namespace != PLATFORM or other.name == name:
+                continue
+            for b in other.bindings:
+                ref = {"name": b.name, "service": other.name, "environment": "production"}
+                if isinstance(b, Service) and b.service == name:
+                    incoming.append(ref)
+                elif isinstance(b, DurableObjectNamespace) and b.script_name == name:
+                    durable_objects.append({**ref, "durable_object_namespace_id": f"{name}:{b.class_name}",
+                                            "durable_object_namespace_name": f"{name}_{b.class_name}"})
+                elif isinstance(b, DispatchNamespace) and b.outbound is not None \
+                        and b.outbound.worker is not None and b.outbound.worker.service == name:
+                    outbounds.append({**ref, "namespace": b.namespace,
+                                      "params": [{"name": p.name} for p in b.outbound.params]})
+        outgoing = [{"name": b.name, "service": b.service, "environment": "production"}
+                    for b in record.bindings if isinstance(b, Service)]
+        return envelope(200, {"services": {"incoming": incoming, "outgoing": outgoing, "pages_function": False},
+                              "durable_objects": durable_objects, "dispatch_outbounds": outbounds})
+
+    async def tails_by_consumer(self, request: Request) -> Response:
+        """The scripts, of any namespace, whose trace events go to the platform
+        script ``name`` (their ``tail_consumers`` name it)."""
+        name = check_name("script", request.params["name"])
+        tails = []
+        for other in await self.core._run(self.store.scripts_naming, name):
+            if any(c.service == name for c in other.tail_consumers):
+                producer = {"service": other.name, "environment": "production"} if other.namespace == PLATFORM \
+                    else {"script": other.name}
+                tails.append({"tag": other.name, "producer": producer, "consumer": {"service": name},
+                              "log_push": False, "created_on": other.created_on,
+                              "modified_on": other.modified_on})
+        return envelope(200, tails)
 
     # -- script-settings ------------------------------------------------------
 

@@ -373,10 +373,21 @@ class Store:
         """The KV namespace ids the deployed scripts of ``namespace`` bind, sorted
         (a scan of one namespace's metadata: Corral's KV namespaces exist by being
         named in a binding). Blocking."""
+        if namespace != PLATFORM and not self._read("SELECT 1 FROM namespaces WHERE name = ?", (namespace,)):
+            raise namespace_not_found(namespace)
         return [r[0] for r in self._read(
             "SELECT DISTINCT json_extract(b.value, '$.namespace_id') FROM scripts s, "
             "json_each(s.metadata, '$.bindings') b WHERE s.namespace = ? "
             "AND json_extract(b.value, '$.type') = 'kv_namespace' ORDER BY 1", (namespace,))]
+
+    def scripts_naming(self, name: str) -> list[ScriptRecord]:
+        """Deployed scripts, of every namespace and without their code, whose
+        metadata has the JSON string ``name`` somewhere (a bound service, a tail
+        consumer, ...): the candidates that refer to a script of that name. Blocking."""
+        needle = "%" + msgspec.json.encode(name).decode() + "%"
+        rows = self._read(f"SELECT {LIST_COLUMNS} FROM scripts s WHERE s.metadata LIKE ? "
+                          "ORDER BY s.namespace, s.name", (needle,))
+        return [record_from_row(row, None) for row in rows]
 
     def warm_cache(self) -> int:
         """Read the most recently changed deployed scripts into the record
