@@ -255,3 +255,34 @@ def test_delete_asks_what_refers_to_the_script(wr):
     assert [t["producer"] for t in tails] == [{"service": "producer", "environment": "production"}]
     assert wr.get(f"{A}/workers/tails/by-consumer/producer").json()["result"] == []
     _error(wr.get(f"{A}/workers/scripts/nope/references"), 404, 10007)
+
+
+def _upload_with(wr, path, extra_bindings):
+    meta = _metadata()
+    meta["bindings"] += extra_bindings
+    body, ctype = _form(meta, {"entry.py": ENTRY, "helper.py": HELPER})
+    return wr.put(path, content=body, headers={"content-type": ctype})
+
+
+def test_a_user_worker_cannot_bind_a_sibling(server, wr):
+    # Cloudflare refuses at upload (10143) a service binding it cannot resolve:
+    # one to another user worker of the namespace, or to no script at all.
+    # Service bindings reach the account's (platform) scripts only.
+    ns = f"{A}/workers/dispatch/namespaces/customers/scripts"
+    assert _upload_with(wr, f"{ns}/sibling", []).status_code == 200
+    resp = _upload_with(wr, f"{ns}/caller", [{"name": "SIB", "type": "service", "service": "sibling"}])
+    message = _error(resp, 400, 10143)
+    assert "'SIB'" in message and "'sibling'" in message and "user worker" in message
+    message = _error(_upload_with(wr, f"{ns}/caller", [{"name": "GONE", "type": "service", "service": "gone"}]),
+                     400, 10143)
+    assert "'GONE'" in message and "no platform script 'gone'" in message
+    _error(wr.get(f"{ns}/caller"), 404, 10007)  # nothing was stored
+    # A platform script is what a service binding reaches.
+    _upload(wr, "PUT", f"{A}/workers/scripts/shared", {})
+    assert _upload_with(wr, f"{ns}/caller", [{"name": "SH", "type": "service", "service": "shared"}]
+                        ).status_code == 200
+    # Settings cannot add one either.
+    resp = wr.patch(f"{ns}/caller/settings", json={"bindings": [
+        {"name": "SIB", "type": "service", "service": "sibling"}]})
+    assert "'SIB'" in _error(resp, 400, 10143)
+    assert '"code":10143' in server.log()
