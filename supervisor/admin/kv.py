@@ -1,4 +1,5 @@
-"""Workers KV namespaces as Cloudflare's API lists them (``/storage/kv/namespaces``).
+"""Workers KV namespaces and D1 databases as Cloudflare's API lists them
+(``/storage/kv/namespaces``, ``/d1/database``).
 
 Corral has no registry of KV namespaces: a namespace is the id a
 ``kv_namespace`` binding names, and its data lives per (dispatch namespace,
@@ -9,11 +10,14 @@ endpoint takes it). Each is shown as Cloudflare shows one, its id as its
 title. Listing and getting are what clients ask (``wrangler delete`` lists
 them after deleting a script, looking for its Workers Sites namespaces);
 creating, renaming and deleting one are refused (501): the platform names an
-id in a binding instead.
+id in a binding instead. D1 databases are the same: the ids ``d1`` bindings
+name, listed with the id as both ``uuid`` and ``name`` (``corral d1 execute``
+outside a project checks a database id against them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from supervisor.admin.decode import clip
@@ -51,6 +55,15 @@ def _choice(request: Request, field: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _page(request: Request, ids: list[str], shape: Callable[[str], dict[str, Any]]) -> Response:
+    page = _positive(request, "page", 1, 1_000_000)
+    per_page = _positive(request, "per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)
+    shown = ids[(page - 1) * per_page:page * per_page]
+    return envelope(200, [shape(i) for i in shown], result_info={
+        "page": page, "per_page": per_page, "count": len(shown), "total_count": len(ids),
+        "total_pages": (len(ids) + per_page - 1) // per_page})
+
+
 class KVHandlers:
     def __init__(self, core: Handlers) -> None:
         self.core = core
@@ -60,25 +73,29 @@ class KVHandlers:
         router.add(_KV, GET=self.list_namespaces, POST=self.create_namespace)
         router.add(f"{_KV}/{{kv}}", GET=self.get_namespace, PUT=self.rename_namespace,
                    DELETE=self.delete_namespace)
+        router.add("accounts/*/d1/database", GET=self.list_databases)
 
-    async def _ids(self, request: Request) -> list[str]:
+    async def _ids(self, request: Request, binding_type: str = "kv_namespace", field: str = "namespace_id"
+                   ) -> list[str]:
         namespace = request.query.get("namespace") or PLATFORM
         if namespace:
             check_name("namespace", namespace)
-        return await self.core._run(self.store.kv_namespace_ids, namespace)
+        return await self.core._run(self.store.bound_ids, namespace, binding_type, field)
 
     async def list_namespaces(self, request: Request) -> Response:
-        page = _positive(request, "page", 1, 1_000_000)
-        per_page = _positive(request, "per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)
         _choice(request, "order", ("id", "title"))  # a namespace's title is its id: one order
         direction = _choice(request, "direction", ("asc", "desc"))
         ids = await self._ids(request)
         if direction == "desc":
             ids.reverse()
-        shown = ids[(page - 1) * per_page:page * per_page]
-        return envelope(200, [_namespace_json(i) for i in shown], result_info={
-            "page": page, "per_page": per_page, "count": len(shown), "total_count": len(ids),
-            "total_pages": (len(ids) + per_page - 1) // per_page})
+        return _page(request, ids, _namespace_json)
+
+    async def list_databases(self, request: Request) -> Response:
+        """``GET /accounts/{a}/d1/database`` (``?name=`` filters by name)."""
+        ids = await self._ids(request, "d1", "id")
+        if "name" in request.query:
+            ids = [i for i in ids if i == request.query["name"]]
+        return _page(request, ids, lambda i: {"uuid": i, "name": i})
 
     async def get_namespace(self, request: Request) -> Response:
         namespace_id = request.params["kv"]

@@ -369,16 +369,18 @@ class Store:
         """Every ``(namespace, name)`` deployed (a scan: not for the request path)."""
         return [(r[0], r[1]) for r in self._read("SELECT namespace, name FROM scripts ORDER BY namespace, name")]
 
-    def kv_namespace_ids(self, namespace: str) -> list[str]:
-        """The KV namespace ids the deployed scripts of ``namespace`` bind, sorted
-        (a scan of one namespace's metadata: Corral's KV namespaces exist by being
-        named in a binding). Blocking."""
+    def bound_ids(self, namespace: str, binding_type: str, field: str) -> list[str]:
+        """The ids (``field``) that the deployed scripts of ``namespace`` name in
+        their bindings of ``binding_type``, sorted: Corral's KV namespaces and D1
+        databases exist by being named in a binding (a scan of one namespace's
+        metadata). Blocking."""
+        assert field.isidentifier(), field  # a constant of the caller's, never input
         if namespace != PLATFORM and not self._read("SELECT 1 FROM namespaces WHERE name = ?", (namespace,)):
             raise namespace_not_found(namespace)
         return [r[0] for r in self._read(
-            "SELECT DISTINCT json_extract(b.value, '$.namespace_id') FROM scripts s, "
+            f"SELECT DISTINCT json_extract(b.value, '$.{field}') FROM scripts s, "
             "json_each(s.metadata, '$.bindings') b WHERE s.namespace = ? "
-            "AND json_extract(b.value, '$.type') = 'kv_namespace' ORDER BY 1", (namespace,))]
+            "AND json_extract(b.value, '$.type') = ? ORDER BY 1", (namespace, binding_type))]
 
     def scripts_naming(self, name: str) -> list[ScriptRecord]:
         """Deployed scripts, of every namespace and without their code, whose
