@@ -111,6 +111,13 @@ def test_whoami(wr, token):
     assert verified == {"id": token["id"], "status": "active"}
 
 
+def test_a_token_verifies_only_under_corrals_account(server, wr):
+    # A client configured with another account id learns it at the token check.
+    message = _error(wr.get("/client/v4/accounts/0123456789abcdef0123456789abcdef/tokens/verify"), 403, 9109)
+    assert "'local'" in message and "0123456789abcdef" in message
+    assert "admin.error" in server.log()
+
+
 def test_a_namespace_token_verifies_itself(server):
     bound = _token(server, "deploy", ["customers"])
     with _client(server, bound["value"]) as client:

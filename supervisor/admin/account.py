@@ -4,9 +4,10 @@ Wrangler and other clients of Cloudflare's API ask who is calling and what
 the account has before they deploy: ``/user/tokens/verify``, ``/user``,
 ``/memberships``, ``/accounts``, the account's workers.dev subdomain, a
 script's ``workers/services/{name}`` view and its workers.dev route. Corral
-has one account (its label is free) and tokens owned by it, so each answer
-is the one Cloudflare gives an *account-owned* API token: the token is
-verified at ``/accounts/{a}/tokens/verify``; user endpoints refuse it (code
+has one account (its label is free, but for the token check) and tokens
+owned by it, so each answer is the one Cloudflare gives an *account-owned*
+API token: the token is verified at ``/accounts/local/tokens/verify`` (another
+account's id there is refused, 9109); user endpoints refuse it (code
 1000 for the user token check, 9109 for user data), as Cloudflare does.
 Corral serves scripts on its own routes, never on workers.dev: the
 subdomain is answered as not registered (10007), and a script's workers.dev
@@ -80,7 +81,7 @@ class AccountHandlers:
         router.add("user", GET=self.user)
         router.add("memberships", GET=self.memberships)
         router.add("accounts", GET=self.accounts)
-        router.add("accounts/*/tokens/verify", GET=self.verify_token)
+        router.add("accounts/{account}/tokens/verify", GET=self.verify_token)
         router.add("accounts/*/workers/subdomain", GET=self.account_subdomain)
         router.add("accounts/*/workers/services/{name}", GET=self.get_service, DELETE=self.delete_service)
         router.add(f"{_PS}/{{name}}/references", GET=self.references)
@@ -109,6 +110,15 @@ class AccountHandlers:
                                                      "total_pages": 1})
 
     async def verify_token(self, request: Request) -> Response:
+        """An account token is verified under its account's id: another
+        account's path is refused, as Cloudflare refuses a token the account
+        it names does not own (9109), so a client with a wrong account id
+        learns it here and not at its first deploy."""
+        label = request.params["account"]
+        if label != ACCOUNT_ID:
+            raise Forbidden(f"Unauthorized to access requested resource: Corral's account id is {ACCOUNT_ID!r}, "
+                            f"not {clip(label)!r} (set account_id / CLOUDFLARE_ACCOUNT_ID to {ACCOUNT_ID!r})",
+                            code=UNAUTHORIZED_RESOURCE)
         if not request.token_id:
             raise Invalid("this call came over the admin unix socket, which takes no token: there is none "
                           "to verify (the TCP listener's calls carry one)")
