@@ -293,3 +293,26 @@ def test_a_user_worker_cannot_bind_a_sibling(server, wr):
         {"name": "SIB", "type": "service", "service": "sibling"}]})
     assert "'SIB'" in _error(resp, 400, 10143)
     assert '"code":10143' in server.log()
+
+
+def _logged(server, event):
+    lines = []
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == event:
+            lines.append(entry)
+    return lines
+
+
+def test_a_refused_subdomain_is_a_warning_without_traceback(server, wr):
+    # Turning workers.dev on is refused (501): the caller's to change, not a
+    # fault of Corral's, so the log says it plainly, as it says a 4xx.
+    _upload(wr, "PUT", f"{A}/workers/scripts/nodev", {})
+    path = f"{A}/workers/scripts/nodev/subdomain"
+    _error(wr.post(path, json={"enabled": True}), 501, 10501)
+    [line] = [e for e in _logged(server, "admin.error") if e["path"] == path]
+    assert line["level"] == "warning" and line["status"] == 501 and "traceback" not in line, line
+    assert "workers.dev" in line["message"]

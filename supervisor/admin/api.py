@@ -31,7 +31,7 @@ from supervisor.admin.router import Request, Router
 from supervisor.admin.script_config import ScriptConfigHandlers
 from supervisor.admin.tokens import OWNER, Principal, TokenHandlers, authorize
 from supervisor.admin.versions import VersionHandlers
-from supervisor.errors import Invalid
+from supervisor.errors import CorralError, Invalid, NotSupported
 from supervisor.model import BINDING_TYPES
 from supervisor.store.assets import AssetBlobs
 from supervisor.store.store import Store
@@ -92,11 +92,15 @@ class AdminAPI:
     def _error(self, method: str, path: str, exc: BaseException) -> Response:
         status, code, message = status_and_code(exc)
         record: dict[str, Any] = {"method": method, "path": path}
-        if status >= 500:
+        # A refusal Corral chose (a CorralError: 501 for what it does not do,
+        # 503 while busy) has no traceback to show; an unexpected failure has.
+        if status >= 500 and not isinstance(exc, CorralError):
             record["traceback"] = "".join(traceback.format_exception(exc))
         message = clip(message, MAX_MESSAGE)  # a hostile value echoed in it stays small
         record.update(status=status, code=code, message=message)
-        log_event(logging.ERROR if status >= 500 else logging.WARNING, "admin.error", **record)
+        # What Corral does not do is the caller's to change: a warning, as a 4xx is.
+        quiet = status < 500 or isinstance(exc, NotSupported)
+        log_event(logging.WARNING if quiet else logging.ERROR, "admin.error", **record)
         status_, headers, payload = envelope(status, None, errors=[{"code": code, "message": message}])
         if isinstance(exc, MethodNotAllowed):
             headers.append((b"allow", ", ".join(exc.allowed).encode()))
