@@ -541,7 +541,7 @@ class Handlers:
 
     async def put_tags(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
-        body = request.json()
+        body = decode_json(request.body, "the tags")
         tags = body.get("tags") if isinstance(body, dict) else body
         if not isinstance(tags, list):
             raise Invalid('send the tags as a JSON list, e.g. ["plan:free", "user:42"]')
