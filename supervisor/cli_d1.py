@@ -2,7 +2,9 @@
 
 ``DB`` is a binding name or ``database_name`` from the project's config
 (``--config`` or the current folder's corral.toml / wrangler config), or
-else the database id itself. Both commands go through the admin API's D1
+else the database id itself, which a deployed script of the namespace must
+bind (anything else is refused, saying what was looked for and which ids
+exist, rather than opening an empty database of that id). Both commands go through the admin API's D1
 query endpoint (supervisor.admin.storage), so the supervisor, which owns
 the files, does the work. Migrations are the config's ``migrations_dir``
 (default ``migrations``): its ``.sql`` files in name order, each applied in
@@ -42,13 +44,20 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         parser.add_argument("--config", help="project folder or config file (default: .)")
 
 
-def _database(args: argparse.Namespace) -> tuple[str, Path | None]:
-    """The database id and its migrations folder, from the project config."""
+def _database(args: argparse.Namespace, client: Any) -> tuple[str, Path | None]:
+    """The database id and its migrations folder.
+
+    As wrangler's ``d1 execute <database>``: a binding name or
+    ``database_name`` of the project's config, else the database itself. With
+    no registry of names, Corral's databases are the ids deployed scripts
+    bind, so an argument the config does not resolve must be one of those.
+    """
     from supervisor.admin.project import CONFIG_FILES, ProjectError, _read_config
 
     target = Path(args.config or ".")
     config_path = target if target.is_file() else next(
         (target / name for name in CONFIG_FILES if (target / name).is_file()), None)
+    configured: list[str] = []
     if config_path is not None:
         try:
             config = _read_config(config_path)
@@ -57,7 +66,25 @@ def _database(args: argparse.Namespace) -> tuple[str, Path | None]:
         for db in config.d1_databases:
             if args.database in (db.binding, db.database_name, db.database_id):
                 return db.database_id, config_path.parent / (db.migrations_dir or "migrations")
-    return args.database, None
+            configured.append(f"{db.binding} ({db.database_name or 'no database_name'}, id {db.database_id})")
+    scope = {"namespace": args.namespace} if args.namespace else {}
+    path = "/accounts/local/d1/database?"
+    if client.call("GET", path + urllib.parse.urlencode({**scope, "name": args.database}))[0]:
+        return args.database, None
+    listed, info = client.call("GET", path + urllib.parse.urlencode({**scope, "per_page": 20}))
+    bound = [db["uuid"] for db in listed]
+    if info.get("total_count", 0) > len(bound):
+        bound.append(f"... {info['total_count']} in all")
+    where = f"dispatch namespace {args.namespace!r}" if args.namespace else "the platform"
+    if config_path is None:
+        found = (f"no wrangler config ({', '.join(CONFIG_FILES)}) in {target.resolve()} to resolve it as a "
+                 "binding name or database_name (give --config PATH)")
+    else:
+        found = (f"{config_path} has no d1_databases entry of that binding, database_name or id "
+                 f"({'; '.join(configured) or 'it has none'})")
+    known = ", ".join(bound) or "none"
+    raise SystemExit(f"corral d1: no database {args.database!r}: {found}, and no deployed script of {where} "
+                     f"binds a D1 database of that id (the ids bound: {known})")
 
 
 def _query(client: Any, args: argparse.Namespace, database: str, sql: str) -> list[dict]:
@@ -67,7 +94,7 @@ def _query(client: Any, args: argparse.Namespace, database: str, sql: str) -> li
 
 
 def run(args: argparse.Namespace, client: Any) -> int:
-    database, migrations = _database(args)
+    database, migrations = _database(args, client)
     if args.d1_command == "execute":
         if args.file:
             try:

@@ -42,12 +42,21 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(entry).decode()
 
 
+#: Libraries whose INFO and DEBUG lines carry tenants' URLs.
+_QUIETED = ("httpx", "httpcore")
+
+
 def setup(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The HTTP client's own lines name each request's URL ("HTTP Request: GET
+    # https://...?token=..." at INFO): tenants' URLs, secrets in their query
+    # strings too, are not the operator's log's. Their warnings still show.
+    for name in _QUIETED:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def log(event: str, level: int = logging.INFO, exc_info: Any = None, **fields: Any) -> None:

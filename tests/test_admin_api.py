@@ -134,6 +134,9 @@ def test_namespaces_lifecycle(client):
 
 
 def test_upload_get_hides_secrets(client):
+    client.upload(f"{PS}/auth", {"main_module": "worker.py"})  # the platform script AUTH binds
+    client.hooks.changed.clear()
+    client.hooks.validated.clear()
     env = client.upload(f"{NS}/default/scripts/hello", SECRET_META,
                         {"worker.py": CODE, "src/lib/util.py": b"X = 1\n"})
     result = env["result"]
@@ -483,6 +486,7 @@ def test_bytes_method_and_target_are_accepted(client):
 
 def test_state_persists_across_reopening_the_store(client):
     client("POST", NS, {"name": "customers"})
+    client.upload(f"{PS}/auth", {"main_module": "worker.py"})  # the platform script AUTH binds
     client.upload(f"{NS}/customers/scripts/s", SECRET_META)
     route = client("POST", ROUTES, {"pattern": "*/*", "script": "dispatcher"})["result"]
     before = client("GET", f"{NS}/customers/scripts/s")["result"]

@@ -121,7 +121,8 @@ BODIES: dict[str, tuple[str, str, bytes, int, str]] = {
     "namespace-huge-name": ("POST", NS, json.dumps({"name": "a" * 500_000}).encode(), 400,
                             "invalid namespace name"),
     "namespace-not-utf8": ("POST", NS, b'{"name": "\xff"}', 400, "not valid JSON"),
-    "namespace-lone-surrogate": ("POST", NS, b'{"name": "\\ud800"}', 400, "not valid JSON"),
+    "namespace-lone-surrogate": ("POST", NS, b'{"name": "\\ud800"}', 400,
+                                 "name is '\\ud800', text with a lone surrogate"),
     "namespace-huge-int": ("POST", NS, b'{"name": 1' + b"0" * 5000 + b"}", 400, "not valid JSON"),
     "namespace-inf": ("POST", NS, b'{"name": 1e999}', 400, "not valid JSON"),
     "namespace-nan": ("POST", NS, b'{"name": NaN}', 400, "not valid JSON"),
@@ -471,3 +472,22 @@ def test_a_full_state_directory_is_a_507_not_an_internal_error():
         full = exc
     assert status_and_code(full)[:2] == (507, ErrorCode.STORAGE_FULL), full
     assert status_and_code(OSError(errno.EACCES, "Permission denied"))[0] == 500
+
+
+def test_a_lone_surrogate_is_named_where_it_is(server: Corral) -> None:
+    """A lone surrogate escape is valid JSON but no UTF-8 text: the refusal
+    names the field and shows the value (msgspec alone said "Input data was
+    truncated")."""
+    server.deploy("surrogate-tags", "from workers import Response, WorkerEntrypoint\n"
+                  "class Default(WorkerEntrypoint):\n    async def fetch(self, request):\n"
+                  "        return Response('x')\n", namespace=None)
+    base = "/accounts/local/workers/scripts/surrogate-tags"
+    for method, path, body, where in (
+            ("PUT", f"{base}/tags", b'["ok", "bad\\ud800"]', "the tags: [1] is 'bad\\ud800'"),
+            ("PATCH", f"{base}/script-settings", b'{"tags": ["x", "\\udfffy"]}',
+             "script settings: tags[1] is '\\udfffy'")):
+        resp = server.admin(method, path, body)
+        assert resp.status == 400, resp
+        message = resp.json()["errors"][0]["message"]
+        assert where in message and "lone surrogate" in message and "truncated" not in message, message
+    assert server.admin("GET", f"{base}/tags").json()["result"] == []

@@ -396,7 +396,8 @@ def test_a_stubborn_wait_until_beside_a_finished_request_still_meets_its_deadlin
     config.write_text(f"[limits]\nwait_until_ms = {WAIT_UNTIL_MS}\n[observability]\nusage = false\n")
     server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
     try:
-        for name, source in (("harmless", HARMLESS), ("looper", LOOPER), ("burner", BURNER)):
+        for name, source in (("harmless", HARMLESS), ("looper", LOOPER), ("burner", BURNER),
+                             ("nibbler", NIBBLER)):  # each a service SNEAKY_BINDINGS name
             server.deploy(name, source, namespace=None,
                           bindings=[{"type": "service", "name": "SELF", "service": "looper"}]
                           if name == "looper" else None)

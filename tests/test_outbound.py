@@ -538,3 +538,34 @@ def test_outbound_worker_streams_request_body(corral, upstream):
     assert echo["body_len"] == size
     assert echo["sha256"] == hashlib.sha256(body).hexdigest()
     assert echo["has_authorization"] is True
+
+
+FETCHER = '''
+from workers import Response, WorkerEntrypoint, fetch
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        target = request.headers.get("x-target")
+        response = await fetch(target)
+        return Response(await response.text())
+'''
+
+
+def test_a_tenants_fetch_url_stays_out_of_the_operators_log(tmp_path):
+    """httpx logs each request's URL at INFO ("HTTP Request: GET ...?token=..."):
+    a tenant's URLs, query strings and their secrets with them, are not the
+    operator's log's to keep."""
+    with Upstream() as up:
+        server = Corral(tmp_path / "state").start()
+        try:
+            server.deploy("fetcher", FETCHER, namespace=None)
+            server.route("fetcher.localhost/*", "fetcher")
+            secret = "tenant-only-7d2e9a"
+            resp = server.request("/", host="fetcher.localhost",
+                                  headers={"x-target": up.url(f"/echo/x?token={secret}")})
+            assert resp.status == 200, (resp, server.log())
+            assert up.requests, "the fetch reached the upstream"
+        finally:
+            server.stop()
+        log = server.log_path.read_text(errors="replace")
+        assert secret not in log, [line for line in log.splitlines() if secret in line]

@@ -199,9 +199,30 @@ def test_cli_d1_execute_and_migrations(server, tmp_path) -> None:
         "ok: 1 change(s)", '{"body": "it\'s seeded"}', '{"body": "two"}'], out.stdout
     bad = _corral(server, "d1", "execute", "db-1", "-n", "default", "--command", "ATTACH 'x' AS y")
     assert bad.returncode == 1 and "ATTACH" in bad.stderr
-    # The platform's database of the same id is another database.
+    # The platform's database of the same id would be another database; no
+    # platform script binds one.
     other = _corral(server, "d1", "execute", "db-1", "--command", "SELECT * FROM notes")
-    assert other.returncode == 1 and "no such table: notes" in other.stderr
+    assert other.returncode == 1 and "no deployed script of the platform binds" in other.stderr, other.stderr
+
+
+def test_cli_d1_execute_outside_a_project(server, tmp_path) -> None:
+    """A binding name resolves only through a config: outside a project,
+    ``DB`` is no database (it once opened an empty one whose id was "DB")."""
+    out = _corral(server, "d1", "execute", "DB", "-n", "default", "--command",
+                  "CREATE TABLE stray (x)", cwd=str(tmp_path))
+    assert out.returncode == 1, out.stdout
+    assert "no database 'DB'" in out.stderr and "no wrangler config" in out.stderr, out.stderr
+    assert str(tmp_path) in out.stderr and "db-1" in out.stderr  # where it looked, and the ids there are
+    # A project whose config does not name it says what the config has.
+    (tmp_path / "wrangler.toml").write_text('main = "w.py"\n[[d1_databases]]\nbinding = "MAIN"\n'
+                                            'database_name = "main-db"\ndatabase_id = "db-1"\n')
+    out = _corral(server, "d1", "execute", "DB", "-n", "default", "--command", "SELECT 1", cwd=str(tmp_path))
+    assert out.returncode == 1 and "MAIN (main-db, id db-1)" in out.stderr, out.stderr
+    # The database id itself, as wrangler takes a database: anywhere.
+    (tmp_path / "wrangler.toml").unlink()
+    out = _corral(server, "--json", "d1", "execute", "db-1", "-n", "default", "--command",
+                  "SELECT name FROM sqlite_master WHERE name = 'stray'", cwd=str(tmp_path))
+    assert out.returncode == 0 and json.loads(out.stdout)[0]["results"] == [], out.stderr
 
 
 def test_wrangler_config_bindings_deploy(server, tmp_path) -> None:

@@ -111,6 +111,13 @@ def test_whoami(wr, token):
     assert verified == {"id": token["id"], "status": "active"}
 
 
+def test_a_token_verifies_only_under_corrals_account(server, wr):
+    # A client configured with another account id learns it at the token check.
+    message = _error(wr.get("/client/v4/accounts/0123456789abcdef0123456789abcdef/tokens/verify"), 403, 9109)
+    assert "'local'" in message and "0123456789abcdef" in message
+    assert "admin.error" in server.log()
+
+
 def test_a_namespace_token_verifies_itself(server):
     bound = _token(server, "deploy", ["customers"])
     with _client(server, bound["value"]) as client:
@@ -208,3 +215,104 @@ def test_delete_service(wr):
     _upload(wr, "PUT", f"{A}/workers/scripts/doomed", {"excludeScript": "true"})
     assert wr.delete(f"{A}/workers/services/doomed", params={"force": "false"}).status_code == 200
     _error(wr.get(f"{A}/workers/services/doomed"), 404, 10007)
+
+
+def test_delete_lists_kv_namespaces(wr):
+    # wrangler delete, after deleting the script, lists the account's KV
+    # namespaces (100 a page, by title) looking for its Workers Sites ones.
+    _upload(wr, "PUT", f"{A}/workers/scripts/kv-user", {"excludeScript": "true"})
+    assert wr.delete(f"{A}/workers/services/kv-user", params={"force": "false"}).status_code == 200
+    resp = wr.get(f"{A}/storage/kv/namespaces",
+                  params={"per_page": "100", "order": "title", "direction": "asc", "page": "1"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    # The platform scripts left (dispatcher, sec) bind kv-1: Corral's KV namespaces are the ids bound.
+    assert body["result"] == [{"id": "kv-1", "title": "kv-1", "supports_url_encoding": True}]
+    assert body["result_info"] == {"page": 1, "per_page": 100, "count": 1, "total_count": 1, "total_pages": 1}
+    assert wr.get(f"{A}/storage/kv/namespaces", params={"page": "2"}).json()["result"] == []
+    assert wr.get(f"{A}/storage/kv/namespaces/kv-1").json()["result"]["id"] == "kv-1"
+    # A dispatch namespace's KV namespaces are its own (?namespace=, as for D1 queries).
+    listed = wr.get(f"{A}/storage/kv/namespaces", params={"namespace": "customers"}).json()["result"]
+    assert [n["id"] for n in listed] == ["kv-1"]
+    _error(wr.get(f"{A}/storage/kv/namespaces", params={"namespace": "staging-none"}), 404, 10404)
+    assert "per_page" in _error(wr.get(f"{A}/storage/kv/namespaces", params={"per_page": "0"}), 400, 10400)
+    assert "direction" in _error(wr.get(f"{A}/storage/kv/namespaces", params={"direction": "up"}), 400, 10400)
+    assert "kv_namespace" in _error(wr.get(f"{A}/storage/kv/namespaces/nope"), 404, 10404)
+    assert "binding" in _error(wr.post(f"{A}/storage/kv/namespaces", json={"title": "t"}), 501, 10501)
+    _error(wr.delete(f"{A}/storage/kv/namespaces/kv-1"), 501, 10501)
+
+
+def test_delete_asks_what_refers_to_the_script(wr):
+    # wrangler delete (without --force) first asks what would break: the
+    # script's references and the scripts tailing to it.
+    _upload(wr, "PUT", f"{A}/workers/scripts/logger", {"excludeScript": "true"})
+    meta = _metadata()
+    meta["bindings"].append({"name": "LOG", "type": "service", "service": "logger"})
+    meta["tail_consumers"] = [{"service": "logger"}]
+    body, ctype = _form(meta, {"entry.py": ENTRY, "helper.py": HELPER})
+    resp = wr.put(f"{A}/workers/scripts/producer", content=body, headers={"content-type": ctype})
+    assert resp.status_code == 200, resp.text
+
+    refs = wr.get(f"{A}/workers/scripts/logger/references").json()["result"]
+    assert refs["services"]["incoming"] == [{"name": "LOG", "service": "producer", "environment": "production"}]
+    assert refs["durable_objects"] == [] and refs["dispatch_outbounds"] == []
+    assert wr.get(f"{A}/workers/scripts/producer/references").json()["result"]["services"]["outgoing"] == [
+        {"name": "LOG", "service": "logger", "environment": "production"}]
+    tails = wr.get(f"{A}/workers/tails/by-consumer/logger").json()["result"]
+    assert [t["producer"] for t in tails] == [{"service": "producer", "environment": "production"}]
+    assert wr.get(f"{A}/workers/tails/by-consumer/producer").json()["result"] == []
+    _error(wr.get(f"{A}/workers/scripts/nope/references"), 404, 10007)
+
+
+def _upload_with(wr, path, extra_bindings):
+    meta = _metadata()
+    meta["bindings"] += extra_bindings
+    body, ctype = _form(meta, {"entry.py": ENTRY, "helper.py": HELPER})
+    return wr.put(path, content=body, headers={"content-type": ctype})
+
+
+def test_a_user_worker_cannot_bind_a_sibling(server, wr):
+    # Cloudflare refuses at upload (10143) a service binding it cannot resolve:
+    # one to another user worker of the namespace, or to no script at all.
+    # Service bindings reach the account's (platform) scripts only.
+    ns = f"{A}/workers/dispatch/namespaces/customers/scripts"
+    assert _upload_with(wr, f"{ns}/sibling", []).status_code == 200
+    resp = _upload_with(wr, f"{ns}/caller", [{"name": "SIB", "type": "service", "service": "sibling"}])
+    message = _error(resp, 400, 10143)
+    assert "'SIB'" in message and "'sibling'" in message and "user worker" in message
+    message = _error(_upload_with(wr, f"{ns}/caller", [{"name": "GONE", "type": "service", "service": "gone"}]),
+                     400, 10143)
+    assert "'GONE'" in message and "no platform script 'gone'" in message
+    _error(wr.get(f"{ns}/caller"), 404, 10007)  # nothing was stored
+    # A platform script is what a service binding reaches.
+    _upload(wr, "PUT", f"{A}/workers/scripts/shared", {})
+    assert _upload_with(wr, f"{ns}/caller", [{"name": "SH", "type": "service", "service": "shared"}]
+                        ).status_code == 200
+    # Settings cannot add one either.
+    resp = wr.patch(f"{ns}/caller/settings", json={"bindings": [
+        {"name": "SIB", "type": "service", "service": "sibling"}]})
+    assert "'SIB'" in _error(resp, 400, 10143)
+    assert '"code":10143' in server.log()
+
+
+def _logged(server, event):
+    lines = []
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == event:
+            lines.append(entry)
+    return lines
+
+
+def test_a_refused_subdomain_is_a_warning_without_traceback(server, wr):
+    # Turning workers.dev on is refused (501): the caller's to change, not a
+    # fault of Corral's, so the log says it plainly, as it says a 4xx.
+    _upload(wr, "PUT", f"{A}/workers/scripts/nodev", {})
+    path = f"{A}/workers/scripts/nodev/subdomain"
+    _error(wr.post(path, json={"enabled": True}), 501, 10501)
+    [line] = [e for e in _logged(server, "admin.error") if e["path"] == path]
+    assert line["level"] == "warning" and line["status"] == 501 and "traceback" not in line, line
+    assert "workers.dev" in line["message"]

@@ -4,9 +4,10 @@ Wrangler and other clients of Cloudflare's API ask who is calling and what
 the account has before they deploy: ``/user/tokens/verify``, ``/user``,
 ``/memberships``, ``/accounts``, the account's workers.dev subdomain, a
 script's ``workers/services/{name}`` view and its workers.dev route. Corral
-has one account (its label is free) and tokens owned by it, so each answer
-is the one Cloudflare gives an *account-owned* API token: the token is
-verified at ``/accounts/{a}/tokens/verify``; user endpoints refuse it (code
+has one account (its label is free, but for the token check) and tokens
+owned by it, so each answer is the one Cloudflare gives an *account-owned*
+API token: the token is verified at ``/accounts/local/tokens/verify`` (another
+account's id there is refused, 9109); user endpoints refuse it (code
 1000 for the user token check, 9109 for user data), as Cloudflare does.
 Corral serves scripts on its own routes, never on workers.dev: the
 subdomain is answered as not registered (10007), and a script's workers.dev
@@ -26,7 +27,15 @@ from supervisor.admin.render import Response, envelope, handlers_of
 from supervisor.admin.router import Request, Router
 from supervisor.admin.script_config import with_changes
 from supervisor.errors import CorralError, Forbidden, Invalid, NotFound, NotSupported, Unauthorized
-from supervisor.model import PLATFORM, ScriptRecord, decode_metadata
+from supervisor.model import (
+    PLATFORM,
+    DispatchNamespace,
+    DurableObjectNamespace,
+    ScriptRecord,
+    Service,
+    check_name,
+    decode_metadata,
+)
 
 #: What Cloudflare answers an account-owned token on the user token check
 #: (clients such as wrangler read the code as "this is an account token").
@@ -72,9 +81,11 @@ class AccountHandlers:
         router.add("user", GET=self.user)
         router.add("memberships", GET=self.memberships)
         router.add("accounts", GET=self.accounts)
-        router.add("accounts/*/tokens/verify", GET=self.verify_token)
+        router.add("accounts/{account}/tokens/verify", GET=self.verify_token)
         router.add("accounts/*/workers/subdomain", GET=self.account_subdomain)
         router.add("accounts/*/workers/services/{name}", GET=self.get_service, DELETE=self.delete_service)
+        router.add(f"{_PS}/{{name}}/references", GET=self.references)
+        router.add("accounts/*/workers/tails/by-consumer/{name}", GET=self.tails_by_consumer)
         for prefix in (f"{_NS}/{{ns}}/scripts", _PS):
             router.add(f"{prefix}/{{name}}/subdomain", GET=self.get_subdomain, POST=self.set_subdomain,
                        DELETE=self.delete_subdomain)
@@ -99,6 +110,15 @@ class AccountHandlers:
                                                      "total_pages": 1})
 
     async def verify_token(self, request: Request) -> Response:
+        """An account token is verified under its account's id: another
+        account's path is refused, as Cloudflare refuses a token the account
+        it names does not own (9109), so a client with a wrong account id
+        learns it here and not at its first deploy."""
+        label = request.params["account"]
+        if label != ACCOUNT_ID:
+            raise Forbidden(f"Unauthorized to access requested resource: Corral's account id is {ACCOUNT_ID!r}, "
+                            f"not {clip(label)!r} (set account_id / CLOUDFLARE_ACCOUNT_ID to {ACCOUNT_ID!r})",
+                            code=UNAUTHORIZED_RESOURCE)
         if not request.token_id:
             raise Invalid("this call came over the admin unix socket, which takes no token: there is none "
                           "to verify (the TCP listener's calls carry one)")
@@ -166,6 +186,52 @@ class AccountHandlers:
     async def delete_service(self, request: Request) -> Response:
         """``DELETE .../services/{name}`` (how ``wrangler delete`` deletes): the platform script."""
         return await self.core.delete_script(request)
+
+    # -- what refers to a platform script (wrangler delete asks first) ---------
+
+    async def references(self, request: Request) -> Response:
+        """Which scripts would break without this platform script, as
+        Cloudflare's ``references`` answer has them: service bindings to it
+        (``services.incoming``; its own are ``outgoing``), Durable Object
+        bindings of other platform scripts to classes it defines, and dispatch
+        namespace bindings with it as their outbound worker."""
+        record = await self._script(request)
+        name = record.name
+        incoming: list[dict[str, Any]] = []
+        durable_objects: list[dict[str, Any]] = []
+        outbounds: list[dict[str, Any]] = []
+        for other in await self.core._run(self.store.scripts_naming, name):
+            if other.namespace != PLATFORM or other.name == name:
+                continue
+            for b in other.bindings:
+                ref = {"name": b.name, "service": other.name, "environment": "production"}
+                if isinstance(b, Service) and b.service == name:
+                    incoming.append(ref)
+                elif isinstance(b, DurableObjectNamespace) and b.script_name == name:
+                    durable_objects.append({**ref, "durable_object_namespace_id": f"{name}:{b.class_name}",
+                                            "durable_object_namespace_name": f"{name}_{b.class_name}"})
+                elif isinstance(b, DispatchNamespace) and b.outbound is not None \
+                        and b.outbound.worker is not None and b.outbound.worker.service == name:
+                    outbounds.append({**ref, "namespace": b.namespace,
+                                      "params": [{"name": p.name} for p in b.outbound.params]})
+        outgoing = [{"name": b.name, "service": b.service, "environment": "production"}
+                    for b in record.bindings if isinstance(b, Service)]
+        return envelope(200, {"services": {"incoming": incoming, "outgoing": outgoing, "pages_function": False},
+                              "durable_objects": durable_objects, "dispatch_outbounds": outbounds})
+
+    async def tails_by_consumer(self, request: Request) -> Response:
+        """The scripts, of any namespace, whose trace events go to the platform
+        script ``name`` (their ``tail_consumers`` name it)."""
+        name = check_name("script", request.params["name"])
+        tails = []
+        for other in await self.core._run(self.store.scripts_naming, name):
+            if any(c.service == name for c in other.tail_consumers):
+                producer = {"service": other.name, "environment": "production"} if other.namespace == PLATFORM \
+                    else {"script": other.name}
+                tails.append({"tag": other.name, "producer": producer, "consumer": {"service": name},
+                              "log_push": False, "created_on": other.created_on,
+                              "modified_on": other.modified_on})
+        return envelope(200, tails)
 
     # -- script-settings ------------------------------------------------------
 

@@ -25,12 +25,13 @@ from supervisor.admin.asset_handlers import AssetHandlers
 from supervisor.admin.decode import MAX_HEADERS, MAX_MESSAGE, clip, parse_target
 from supervisor.admin.errors import MethodNotAllowed, status_and_code
 from supervisor.admin.handlers import AdminHooks, Handlers, log_event
+from supervisor.admin.kv import KVHandlers
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.admin.script_config import ScriptConfigHandlers
 from supervisor.admin.tokens import OWNER, Principal, TokenHandlers, authorize
 from supervisor.admin.versions import VersionHandlers
-from supervisor.errors import Invalid
+from supervisor.errors import CorralError, Invalid, NotSupported
 from supervisor.model import BINDING_TYPES
 from supervisor.store.assets import AssetBlobs
 from supervisor.store.store import Store
@@ -50,7 +51,8 @@ class AdminAPI:
         self.handlers = Handlers(store, hooks, max_script_bytes, blobs)
         self.handlers.register(self.router)
         # Each group of endpoints is one module over the core handlers.
-        for group in (VersionHandlers, ScriptConfigHandlers, AssetHandlers, TokenHandlers, AccountHandlers):
+        for group in (VersionHandlers, ScriptConfigHandlers, AssetHandlers, TokenHandlers, AccountHandlers,
+                      KVHandlers):
             group(self.handlers).register(self.router)
 
     async def handle(
@@ -90,11 +92,15 @@ class AdminAPI:
     def _error(self, method: str, path: str, exc: BaseException) -> Response:
         status, code, message = status_and_code(exc)
         record: dict[str, Any] = {"method": method, "path": path}
-        if status >= 500:
+        # A refusal Corral chose (a CorralError: 501 for what it does not do,
+        # 503 while busy) has no traceback to show; an unexpected failure has.
+        if status >= 500 and not isinstance(exc, CorralError):
             record["traceback"] = "".join(traceback.format_exception(exc))
         message = clip(message, MAX_MESSAGE)  # a hostile value echoed in it stays small
         record.update(status=status, code=code, message=message)
-        log_event(logging.ERROR if status >= 500 else logging.WARNING, "admin.error", **record)
+        # What Corral does not do is the caller's to change: a warning, as a 4xx is.
+        quiet = status < 500 or isinstance(exc, NotSupported)
+        log_event(logging.WARNING if quiet else logging.ERROR, "admin.error", **record)
         status_, headers, payload = envelope(status, None, errors=[{"code": code, "message": message}])
         if isinstance(exc, MethodNotAllowed):
             headers.append((b"allow", ", ".join(exc.allowed).encode()))

@@ -8,6 +8,7 @@ a SQLite expression-depth error or a huge echo in a message and a log line.
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from typing import Any
 
@@ -43,6 +44,42 @@ def _check_depth(value: Any, what: str) -> None:
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
+def _surrogate_problem(data: bytes, what: str) -> str | None:
+    """Where a document msgspec refused holds a lone surrogate escape
+    (``"\\ud800"``), which is valid JSON but no text UTF-8 can carry; msgspec
+    says only "Input data was truncated". None if that is not the problem."""
+    if b"\\u" not in data:
+        return None
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if _has_surrogate(key):
+                    return _surrogate_message(what, path or "a key", key)
+                stack.append((child, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in reversed(list(enumerate(item))))
+        elif isinstance(item, str) and _has_surrogate(item):
+            return _surrogate_message(what, path, item)
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def _surrogate_message(what: str, path: str, text: str) -> str:
+    where = f"{what}: {path}" if path else what
+    shown = clip(text.encode("utf-8", "backslashreplace").decode())
+    return (f"{where} is '{shown}', "
+            "text with a lone surrogate (a \\ud800-\\udfff escape not in a pair), which UTF-8 cannot carry")
+
+
 def decode_json(data: bytes, what: str, limit: int = MAX_JSON_BODY) -> Any:
     """Decode a client's JSON, bounded in size and depth.
 
@@ -56,7 +93,7 @@ def decode_json(data: bytes, what: str, limit: int = MAX_JSON_BODY) -> Any:
     try:
         value = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
-        raise Invalid(f"{what} is not valid JSON: {exc}") from None
+        raise Invalid(_surrogate_problem(data, what) or f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise Invalid(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep") from None
     if isinstance(value, (dict, list)):

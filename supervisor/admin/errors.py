@@ -28,6 +28,8 @@ class ErrorCode:
     SCRIPT_NOT_FOUND = 10007
     VALIDATION_FAILED = 10021
     TOO_LARGE = 10027
+    #: A service binding that names no script (Cloudflare's workers.api.error.service_binding_error).
+    SERVICE_BINDING_ERROR = 10143
     BAD_REQUEST = 10400
     UNAUTHORIZED = 10401
     FORBIDDEN = 10403

@@ -23,7 +23,7 @@ import trio
 from supervisor.admin import multipart
 from supervisor.admin.assets import AssetSessions
 from supervisor.admin.decode import MAX_METADATA_BYTES, MAX_TAG_FILTERS, clip, decode_json
-from supervisor.admin.errors import LoadFailed
+from supervisor.admin.errors import ErrorCode, LoadFailed
 from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, route_json, script_json
 from supervisor.admin.router import Request, Router
 from supervisor.cron import CronError, parse_cron
@@ -36,6 +36,7 @@ from supervisor.model import (
     AssetSet,
     LoadCheck,
     ScriptRecord,
+    Service,
     UploadMetadata,
     check_name,
     content_version,
@@ -374,6 +375,7 @@ class Handlers:
         if warnings is not None:
             warnings.extend(packages.warnings)
         record = self._build_record(ns, name, parts, previous, packages, code_only=code_only)
+        await self.check_services(record)
         if warnings is not None and record.assets is not None:
             config = record.assets.config  # lines Cloudflare would ignore, as Wrangler warns of them
             warnings.extend(asset_rules.parse(config.redirects, config.headers, config.html_handling).problems)
@@ -389,6 +391,26 @@ class Handlers:
                   version_id=stored.version_id, deployed=deploy,
                   assets=len(stored.assets.manifest) if stored.assets else 0)
         return stored
+
+    async def check_services(self, record: ScriptRecord) -> None:
+        """Refuse a user worker's service binding to no platform script, as
+        Cloudflare refuses it at upload (code 10143): a service binding reaches
+        the account's scripts, never another user worker of the namespace, so
+        one naming a sibling would only fail at run time ("Worker not found")."""
+        if record.namespace == PLATFORM:
+            return
+        for binding in record.bindings:
+            if not isinstance(binding, Service):
+                continue
+            if await self._run(self.store.get_script, PLATFORM, binding.service) is not None:
+                continue
+            sibling = await self._run(self.store.get_script, record.namespace, binding.service) is not None
+            why = (f"{binding.service!r} is a user worker of dispatch namespace {record.namespace!r}, and a "
+                   "service binding reaches the platform's scripts only (a platform script's "
+                   "dispatch_namespace binding invokes user workers)") if sibling else \
+                f"no platform script {binding.service!r} is deployed (deploy it first)"
+            raise Invalid(f"could not resolve binding {binding.name!r}: script {binding.service!r} not found: "
+                          f"{why}", code=ErrorCode.SERVICE_BINDING_ERROR)
 
     def _build_record(self, ns: str, name: str, parts: list[multipart.Part],
                       previous: ScriptRecord | None,
@@ -519,7 +541,7 @@ class Handlers:
 
     async def put_tags(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
-        body = request.json()
+        body = decode_json(request.body, "the tags")
         tags = body.get("tags") if isinstance(body, dict) else body
         if not isinstance(tags, list):
             raise Invalid('send the tags as a JSON list, e.g. ["plan:free", "user:42"]')

@@ -140,7 +140,9 @@ class ScriptConfigHandlers:
             record = msgspec.structs.replace(record, tags=tags)
             self.core._changed(ns, name)
         if changes:
-            record = await self._store_version(with_changes(record, **changes), "settings")
+            changed = with_changes(record, **changes)
+            await self.core.check_services(changed)
+            record = await self._store_version(changed, "settings")
         return envelope(200, settings_json(record))
 
     @staticmethod

@@ -369,6 +369,28 @@ class Store:
         """Every ``(namespace, name)`` deployed (a scan: not for the request path)."""
         return [(r[0], r[1]) for r in self._read("SELECT namespace, name FROM scripts ORDER BY namespace, name")]
 
+    def bound_ids(self, namespace: str, binding_type: str, field: str) -> list[str]:
+        """The ids (``field``) that the deployed scripts of ``namespace`` name in
+        their bindings of ``binding_type``, sorted: Corral's KV namespaces and D1
+        databases exist by being named in a binding (a scan of one namespace's
+        metadata). Blocking."""
+        assert field.isidentifier(), field  # a constant of the caller's, never input
+        if namespace != PLATFORM and not self._read("SELECT 1 FROM namespaces WHERE name = ?", (namespace,)):
+            raise namespace_not_found(namespace)
+        return [r[0] for r in self._read(
+            f"SELECT DISTINCT json_extract(b.value, '$.{field}') FROM scripts s, "
+            "json_each(s.metadata, '$.bindings') b WHERE s.namespace = ? "
+            "AND json_extract(b.value, '$.type') = ? ORDER BY 1", (namespace, binding_type))]
+
+    def scripts_naming(self, name: str) -> list[ScriptRecord]:
+        """Deployed scripts, of every namespace and without their code, whose
+        metadata has the JSON string ``name`` somewhere (a bound service, a tail
+        consumer, ...): the candidates that refer to a script of that name. Blocking."""
+        needle = "%" + msgspec.json.encode(name).decode() + "%"
+        rows = self._read(f"SELECT {LIST_COLUMNS} FROM scripts s WHERE s.metadata LIKE ? "
+                          "ORDER BY s.namespace, s.name", (needle,))
+        return [record_from_row(row, None) for row in rows]
+
     def warm_cache(self) -> int:
         """Read the most recently changed deployed scripts into the record
         cache, as many as it holds; returns how many it holds. Blocking.
