@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -78,6 +79,19 @@ def _surrogate_message(what: str, path: str, text: str) -> str:
     shown = clip(text.encode("utf-8", "backslashreplace").decode())
     return (f"{where} is '{shown}', "
             "text with a lone surrogate (a \\ud800-\\udfff escape not in a pair), which UTF-8 cannot carry")
+
+
+def query_int(query: Mapping[str, str], field: str, default: int, high: int) -> int:
+    """The query parameter ``field`` as an integer from 1 to ``high``
+    (``default`` when absent): a page number, a page size."""
+    raw = query.get(field, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Invalid(f"{field} must be an integer, got {clip(raw)!r}") from None
+    if not 1 <= value <= high:
+        raise Invalid(f"{field} must be from 1 to {high}, got {value}")
+    return value
 
 
 def decode_json(data: bytes, what: str, limit: int = MAX_JSON_BODY) -> Any:

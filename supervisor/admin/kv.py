@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from supervisor.admin.decode import clip
+from supervisor.admin.decode import clip, query_int
 from supervisor.admin.handlers import Handlers
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
@@ -37,17 +37,6 @@ def _namespace_json(namespace_id: str) -> dict[str, Any]:
     return {"id": namespace_id, "title": namespace_id, "supports_url_encoding": True}
 
 
-def _positive(request: Request, field: str, default: int, high: int) -> int:
-    raw = request.query.get(field, str(default))
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Invalid(f"{field} must be an integer, got {clip(raw)!r}") from None
-    if not 1 <= value <= high:
-        raise Invalid(f"{field} must be from 1 to {high}, got {value}")
-    return value
-
-
 def _choice(request: Request, field: str, allowed: tuple[str, ...]) -> str:
     value = request.query.get(field, allowed[0])
     if value not in allowed:
@@ -56,8 +45,8 @@ def _choice(request: Request, field: str, allowed: tuple[str, ...]) -> str:
 
 
 def _page(request: Request, ids: list[str], shape: Callable[[str], dict[str, Any]]) -> Response:
-    page = _positive(request, "page", 1, 1_000_000)
-    per_page = _positive(request, "per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)
+    page = query_int(request.query, "page", 1, 1_000_000)
+    per_page = query_int(request.query, "per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)
     shown = ids[(page - 1) * per_page:page * per_page]
     return envelope(200, [shape(i) for i in shown], result_info={
         "page": page, "per_page": per_page, "count": len(shown), "total_count": len(ids),

@@ -13,23 +13,12 @@ import functools
 import logging
 from typing import Any
 
-from supervisor.admin.decode import clip
+from supervisor.admin.decode import clip, query_int
 from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, deploy_source, log_event
 from supervisor.admin.render import Response, deployment_json, envelope, script_json, version_json
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Invalid, NotFound
 from supervisor.store.records import Split
-
-
-def _int(request: Request, field: str, default: int, high: int) -> int:
-    raw = request.query.get(field, str(default))
-    try:
-        value = int(raw)
-    except ValueError:
-        raise Invalid(f"{field} must be an integer, got {clip(raw)!r}") from None
-    if not 1 <= value <= high:
-        raise Invalid(f"{field} must be from 1 to {high}, got {value}")
-    return value
 
 
 def parse_splits(body: Any) -> tuple[list[Split], str]:
@@ -68,8 +57,8 @@ class VersionHandlers:
 
     async def list_versions(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
-        page = _int(request, "page", 1, 1_000_000)
-        per_page = _int(request, "per_page", 100, 1000)
+        page = query_int(request.query, "page", 1, 1_000_000)
+        per_page = query_int(request.query, "per_page", 100, 1000)
         infos, total = await self.core._run(self.store.list_versions, ns, name, page, per_page)
         return envelope(200, {"items": [version_json(i) for i in infos]},
                         result_info={"page": page, "per_page": per_page, "count": len(infos),
@@ -93,7 +82,7 @@ class VersionHandlers:
 
     async def list_deployments(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
-        page = _int(request, "page", 1, 1_000_000)
+        page = query_int(request.query, "page", 1, 1_000_000)
         infos = await self.core._run(self.store.list_deployments, ns, name) if page == 1 else []
         shown = [deployment_json(i) for i in infos]
         # Cloudflare answers {"deployments": [...]}; the SDK pages over "items".
