@@ -128,8 +128,9 @@ def exception_info(exc: BaseException, with_stack: bool = True) -> ExceptionInfo
     # so the supervisor can tell the outcome when tenant code lets it escape;
     # any JsException its JavaScript name (TypeError, ...), as Cloudflare reports it.
     name = exc.name if isinstance(exc, JsException) else type(exc).__name__
-    return ExceptionInfo(logs.wire_text(logs.cut(str(name), 256)), logs.wire_text(logs.cut(str(exc))),
-                         logs.wire_text(stack[-8192:]))
+    return ExceptionInfo(logs.wire_text(logs.cut(str(name), 256)),
+                         logs.wire_text(logs.cut(logs.strip_state_paths(str(exc)))),
+                         logs.wire_text(logs.strip_state_paths(stack)[-8192:]))
 
 
 # ---------------------------------------------------------------------------
