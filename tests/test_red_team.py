@@ -73,3 +73,35 @@ def test_a_js_errors_stack_names_the_scripts_files_by_their_project_path(corral:
     assert r.status == 200, (r, corral.log())
     assert "at helper (worker.py:" in r.text, r.text
     assert "bundles" not in r.text, r.text
+
+
+def test_hostile_query_strings_on_the_listing_endpoints_get_a_400_naming_the_field(corral: Corral) -> None:
+    kv = "/accounts/local/storage/kv/namespaces"
+    d1 = "/accounts/local/d1/database"
+    refs = "/accounts/local/workers/scripts/caller/references"
+    tails = "/accounts/local/workers/tails/by-consumer"
+    corral.deploy("caller", CALLER, namespace=None, bindings=[
+        {"type": "dispatch_namespace", "name": "dispatcher", "namespace": "default"}])
+    bad = {"page=-1": "page", "page=0": "page", "page=99999999999999999999999": "page",
+           "page=" + "9" * 5000: "page", "page=abc": "page", "page=1e3": "page", "per_page=0": "per_page",
+           "per_page=1001": "per_page", "per_page=-5": "per_page", "direction=sideways": "direction",
+           "namespace=..%2F..": "namespace", "page=%ff": "percent-escapes"}
+    for endpoint in (kv, d1):
+        for query, field in bad.items():
+            if endpoint == d1 and field == "direction":
+                continue
+            r = corral.admin("GET", f"{endpoint}?{query}")
+            assert r.status == 400, (endpoint, query, r.status, r.text[:300])
+            assert field in r.text, (endpoint, query, r.text[:300])
+        r = corral.admin("GET", f"{endpoint}?page=1000000&per_page=1000")
+        assert r.status == 200 and r.json()["result"] == [], r.text[:300]
+        r = corral.admin("GET", endpoint + "?" + "&".join(f"p{i}=1" for i in range(10_000)))
+        assert r.status in (400, 414, 431), r.text[:300]
+        r = corral.admin("GET", endpoint + "?" + "&".join(["a"] * 1500))
+        assert r.status == 400 and "query fields" in r.text, r.text[:300]
+    for path in (refs, f"{tails}/caller", f"{tails}/%25", f"{tails}/a_b", f"{tails}/" + "x" * 300,
+                 refs + "?page=-1&" + "x=1&" * 500):
+        r = corral.admin("GET", path)
+        assert r.status in (200, 400, 404), (path, r.status, r.text[:300])
+    assert corral.admin("GET", "/accounts/local/workers/scripts/caller/references").status == 200
+    assert corral.alive()
