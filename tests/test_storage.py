@@ -668,3 +668,27 @@ def test_r2_open_uploads_of_an_older_bucket_get_their_seven_days_from_the_upgrad
     with pytest.raises(Exception, match="10024"):
         r2._upload_of(conn, str(tmp_path), "u1", "k", "uploadPart")
     conn.close()
+
+
+def test_r2_multipart_parts_are_listed_once_in_ascending_order(server) -> None:
+    """A part named twice was joined twice: one 5 MiB part listed N times made an
+    N x 5 MiB object, written to disk before any bytes cap was checked (a
+    tenant's way to fill the host's disk). Refused, as R2 refuses an invalid
+    part; the upload stays, to complete with its parts."""
+    got = ok(server, "t", """
+async def complete(upload, parts):
+    try:
+        return (await upload.complete(parts)).size
+    except JsException as e:
+        return e.message
+mib5 = 5 * 1024 * 1024
+up = await env.BUCKET.createMultipartUpload("mp/dup")
+p1 = await up.uploadPart(1, b"a" * mib5)
+p2 = await up.uploadPart(2, "tail")
+many = [{"partNumber": i, "etag": p1.etag} for i in range(1, 10_002)]
+return [await complete(up, [p1, p1, p1, p2]), await complete(up, [p2, p1]),
+        await complete(up, many), await env.BUCKET.head("mp/dup"), await complete(up, [p1, p2])]""")
+    assert got[0].endswith("(10025)") and "ascending order" in got[0] and "part 1 comes after part 1" in got[0], got
+    assert got[1].endswith("(10025)") and "part 1 comes after part 2" in got[1], got[1]
+    assert got[2].endswith("(10025)") and "at most 10000 parts" in got[2], got[2]
+    assert got[3] is None and got[4] == 5 * 1024 * 1024 + 4, got

@@ -552,12 +552,22 @@ class R2Handler:
         parts = arg(args, 2)
         if not isinstance(parts, list) or not parts:
             raise BindingError("completeMultipartUpload needs the list of uploaded parts", "TypeError")
-        wanted = []
+        if len(parts) > MAX_PARTS:
+            raise _err("completeMultipartUpload", f"an upload has at most {MAX_PARTS} parts, "
+                                                  f"not {len(parts)}", 10025)
+        wanted: list[tuple[int, str]] = []
         for part in parts:
             if not isinstance(part, dict):
                 raise BindingError("each part must be {partNumber, etag}", "TypeError")
-            wanted.append((integer(part.get("partNumber"), "partNumber", 1, MAX_PARTS),
-                           _strip(string(part.get("etag"), "etag"))))
+            number = integer(part.get("partNumber"), "partNumber", 1, MAX_PARTS)
+            if wanted and number <= wanted[-1][0]:
+                # Each part once, in order (S3's InvalidPartOrder): a part named
+                # again would be joined again, an object larger than the parts
+                # the bucket holds, written to disk before any cap was checked.
+                raise _err("completeMultipartUpload", f"the parts must be listed in ascending order of "
+                                                      f"partNumber, each once: part {number} comes after "
+                                                      f"part {wanted[-1][0]}", 10025)
+            wanted.append((number, _strip(string(part.get("etag"), "etag"))))
         http, custom, blobs = await self.store.db(ctx.scope, _parts_of, upload_id, key, wanted)
         run = self.services.offload.run
         upload = await run(_Upload, self.store.dir(ctx.scope, "tmp"))
