@@ -692,3 +692,26 @@ return [await complete(up, [p1, p1, p1, p2]), await complete(up, [p2, p1]),
     assert got[1].endswith("(10025)") and "part 1 comes after part 2" in got[1], got[1]
     assert got[2].endswith("(10025)") and "at most 10000 parts" in got[2], got[2]
     assert got[3] is None and got[4] == 5 * 1024 * 1024 + 4, got
+
+
+def test_r2_http_metadata_is_capped_like_custom_metadata(server) -> None:
+    """``httpMetadata`` had no cap and does not count against the bucket's bytes:
+    an empty object could hold half a MiB of it in the index (an upload more), over
+    and over. Over 8192 bytes it is refused (10012), as customMetadata is."""
+    got = ok(server, "t", """
+async def attempt(call):
+    try:
+        await call
+        return "stored"
+    except JsException as e:
+        return e.message
+big = {"contentType": "x" * 400_000}
+return [await attempt(env.BUCKET.put("meta/big", "", httpMetadata=big)),
+        await attempt(env.BUCKET.createMultipartUpload("meta/big", httpMetadata=big)),
+        await attempt(env.BUCKET.createMultipartUpload("meta/big", customMetadata={"k": "v" * 9000})),
+        await env.BUCKET.head("meta/big"),
+        await attempt(env.BUCKET.put("meta/ok", "", httpMetadata={"contentType": "text/plain"}))]""")
+    assert got[0].startswith("put: ") and got[0].endswith("(10012)") and "httpMetadata" in got[0], got[0]
+    assert got[1].startswith("createMultipartUpload: ") and got[1].endswith("(10012)"), got[1]
+    assert got[2].startswith("createMultipartUpload: ") and "customMetadata" in got[2], got[2]
+    assert got[3] is None and got[4] == "stored", got

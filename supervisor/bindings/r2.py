@@ -401,21 +401,33 @@ def _cursor(value: Any) -> tuple[str, bool]:
         raise _err("list", "The cursor is not valid", 10033) from None
 
 
-def _http_metadata(value: Any) -> dict[str, Any]:
+#: The most an object's ``httpMetadata`` or ``customMetadata`` may hold (as JSON),
+#: R2's cap on custom metadata. Neither counts against the bucket's bytes, so
+#: without a cap a tenant stored 512 KiB (more for an upload) in the index per empty object.
+MAX_METADATA_BYTES = 8192
+
+
+def _http_metadata(value: Any, op: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise BindingError("httpMetadata must be an object or Headers", "TypeError")
-    return {k: value[k] for k in HTTP_FIELDS if value.get(k) is not None}
+    fields = {k: value[k] for k in HTTP_FIELDS if value.get(k) is not None}
+    for name, field in fields.items():
+        if not isinstance(field, (str, int, float)) or isinstance(field, bool):
+            raise BindingError(f"httpMetadata.{name} must be a string", "TypeError")
+    if len(json.dumps(fields)) > MAX_METADATA_BYTES:
+        raise _err(op, f"httpMetadata is larger than {MAX_METADATA_BYTES} bytes", 10012)
+    return fields
 
 
-def _custom_metadata(value: Any) -> dict[str, str]:
+def _custom_metadata(value: Any, op: str) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise BindingError("customMetadata must be an object of strings", "TypeError")
-    if len(json.dumps(value)) > 8192:
-        raise _err("put", "customMetadata is larger than 8192 bytes", 10012)
+    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+        raise _err(op, f"customMetadata is larger than {MAX_METADATA_BYTES} bytes", 10012)
     return {str(k): v for k, v in value.items()}
 
 
@@ -482,8 +494,8 @@ class R2Handler:
     async def _put(self, ctx: Context, args: list[Any]) -> Reply:
         key = _key(arg(args, 0), "put")
         opts = options(args, 1)
-        http = _http_metadata(opts.get("httpMetadata"))
-        custom = _custom_metadata(opts.get("customMetadata"))
+        http = _http_metadata(opts.get("httpMetadata"), "put")
+        custom = _custom_metadata(opts.get("customMetadata"), "put")
         expected = {name: opts[name] for name in HASHES if opts.get(name) is not None}
         upload = await self.store.receive(ctx, "put", ctx.quota.r2_bytes)
         digests = {name: h.hexdigest() for name, h in upload.hashes.items()}
@@ -526,8 +538,8 @@ class R2Handler:
         opts = options(args, 1)
         upload_id = uuid.uuid4().hex
         await self.store.db(ctx.scope, _new_upload, upload_id, key,
-                            json.dumps(_http_metadata(opts.get("httpMetadata"))),
-                            json.dumps(_custom_metadata(opts.get("customMetadata"))))
+                            json.dumps(_http_metadata(opts.get("httpMetadata"), "createMultipartUpload")),
+                            json.dumps(_custom_metadata(opts.get("customMetadata"), "createMultipartUpload")))
         return Reply({"key": key, "uploadId": upload_id})
 
     async def _uploadPart(self, ctx: Context, args: list[Any]) -> Reply:  # noqa: N802
