@@ -7,6 +7,7 @@ scripts, no supervisor crash, a clear error naming the problem.
 from __future__ import annotations
 
 from tests.harness import Corral
+from tests.test_jail import wait_for
 
 CALLEE = '''
 import os
@@ -104,4 +105,44 @@ def test_hostile_query_strings_on_the_listing_endpoints_get_a_400_naming_the_fie
         r = corral.admin("GET", path)
         assert r.status in (200, 400, 404), (path, r.status, r.text[:300])
     assert corral.admin("GET", "/accounts/local/workers/scripts/caller/references").status == 200
+    assert corral.alive()
+
+
+WS_PROTOCOLS = '''
+import js
+from workers import WorkerEntrypoint, Response
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        out = {}
+        for label, protocols in {"crlf": ["chat\\\\r\\\\nx-injected: 1"], "comma": ["a, b"], "empty": [""],
+                                 "space": ["a b"], "twice": ["chat", "chat"]}.items():
+            try:
+                js.WebSocket.new("ws://127.0.0.1:9/", protocols)
+                out[label] = "opened"
+            except Exception as e:
+                out[label] = [getattr(e, "name", type(e).__name__), str(e)]
+        if request.url.endswith("/raw"):
+            # A hostile child sends the message itself, past the sandbox's check.
+            import sys
+            workers = sys.modules["sandbox.workers"]
+            messages = sys.modules["protocol.messages"]
+            runtime = workers._runtime
+            runtime.send(messages.WsConnect(9999, workers.current_invocation.get(), "ws://127.0.0.1:9/",
+                                            ["chat\\\\r\\\\nx-injected: 1"]))
+        return Response.json(out)
+'''
+
+
+def test_websocket_subprotocols_must_be_tokens(corral: Corral) -> None:
+    """``new WebSocket(url, protocols)`` throws a SyntaxError for a subprotocol
+    that is not an HTTP token, or is named twice (browsers, workerd); it used
+    to open the socket and send the names on, joined by commas, as a header.
+    A child that sends one anyway gets no handshake, and a log line says why."""
+    corral.deploy("wsproto", WS_PROTOCOLS)
+    r = corral.request("/raw", host="wsproto.localhost")
+    assert r.status == 200, (r, corral.log())
+    for label, got in r.json().items():
+        assert got != "opened" and got[0] == "SyntaxError" and "subprotocol" in got[1], (label, got)
+    assert wait_for(lambda: "subprotocol must be an HTTP token" in corral.log(), timeout=10), corral.log()[-2000:]
     assert corral.alive()
