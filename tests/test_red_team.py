@@ -115,7 +115,7 @@ from workers import WorkerEntrypoint, Response
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
         out = {}
-        for label, protocols in {"crlf": ["chat\\\\r\\\\nx-injected: 1"], "comma": ["a, b"], "empty": [""],
+        for label, protocols in {"crlf": ["chat\\r\\nx-injected: 1"], "comma": ["a, b"], "empty": [""],
                                  "space": ["a b"], "twice": ["chat", "chat"]}.items():
             try:
                 js.WebSocket.new("ws://127.0.0.1:9/", protocols)
@@ -129,7 +129,7 @@ class Default(WorkerEntrypoint):
             messages = sys.modules["protocol.messages"]
             runtime = workers._runtime
             runtime.send(messages.WsConnect(9999, workers.current_invocation.get(), "ws://127.0.0.1:9/",
-                                            ["chat\\\\r\\\\nx-injected: 1"]))
+                                            ["chat\\r\\nx-injected: 1"]))
         return Response.json(out)
 '''
 
@@ -146,3 +146,44 @@ def test_websocket_subprotocols_must_be_tokens(corral: Corral) -> None:
         assert got != "opened" and got[0] == "SyntaxError" and "subprotocol" in got[1], (label, got)
     assert wait_for(lambda: "subprotocol must be an HTTP token" in corral.log(), timeout=10), corral.log()[-2000:]
     assert corral.alive()
+
+
+BAD_HEADERS = '''
+from workers import WorkerEntrypoint, Response, Headers
+
+CASES = {"crlf": ("x-a", "a\\r\\nx-b: 1"), "nul": ("x-a", "a\\x00b"), "euro": ("x-a", "\\u20ac"),
+         "space_in_name": ("x a", "1"), "colon_in_name": ("x:a", "1"), "empty_name": ("", "1")}
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        out = {}
+        for label, (name, value) in CASES.items():
+            for how in ("init", "set", "append"):
+                try:
+                    if how == "init":
+                        Response("x", headers={name: value})
+                    else:
+                        getattr(Headers(), how)(name, value)
+                    out[label + "/" + how] = "accepted"
+                except TypeError as e:
+                    out[label + "/" + how] = [getattr(e, "name", None), str(e)]
+        kept = Response("x", headers={"x-a": " \\t v\\xa0 "})
+        out["trimmed"] = kept.headers.get("x-a")
+        return Response.json(out)
+'''
+
+
+def test_an_invalid_header_throws_a_type_error_where_it_is_set(corral: Corral) -> None:
+    """workerd throws TypeError for a header name that is not a token or a value
+    with NUL, CR, LF or a character past U+00FF, at ``new Response``/``set``/
+    ``append``. Corral found out only when sending: a 500 "invalid response",
+    or, for a character past U+00FF, a UnicodeEncodeError reported as the
+    worker's uncaught exception, also to its caller (a dispatcher)."""
+    corral.deploy("badheaders", BAD_HEADERS)
+    r = corral.request("/", host="badheaders.localhost")
+    assert r.status == 200, (r, corral.log())
+    out = r.json()
+    assert out.pop("trimmed") == "v\xa0", out  # HTTP whitespace only
+    for label, got in out.items():
+        assert got != "accepted" and got[0] == "TypeError", (label, got)
+        assert ("Invalid header name" if "name" in label else "Invalid header value") in got[1], (label, got)
