@@ -187,3 +187,49 @@ def test_an_invalid_header_throws_a_type_error_where_it_is_set(corral: Corral) -
     for label, got in out.items():
         assert got != "accepted" and got[0] == "TypeError", (label, got)
         assert ("Invalid header name" if "name" in label else "Invalid header value") in got[1], (label, got)
+
+
+ENDLESS_SQL = '''
+import asyncio
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Spinner(DurableObject):
+    async def spin(self):
+        try:
+            self.ctx.storage.sql.exec("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+                                      "SELECT count(*) FROM c").one()
+            return "finished?"
+        except Exception as e:
+            return str(e)
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        spun = await asyncio.gather(*[self.env.SPIN.getByName(f"s{i}").spin() for i in range(3)])
+        await self.env.KV.put("after", "still served")
+        return Response.json({"spun": spun, "kv": await self.env.KV.get("after")})
+'''
+
+
+def test_a_durable_objects_endless_sql_is_interrupted(tmp_path) -> None:
+    """``ctx.storage.sql.exec`` had no time limit, and runs in one of the few
+    storage threads all tenants share ([storage] threads, 8 by default): as
+    many endless queries as threads stopped every tenant's KV, D1, R2 and
+    Durable Object storage for good. Each is interrupted after d1_query_ms."""
+    from tests.storage_helpers import start
+
+    server = start(tmp_path / "state", "[storage]\nthreads = 2\nd1_query_ms = 300\n")
+    try:
+        server.deploy("spinner", ENDLESS_SQL, bindings=[
+            {"type": "durable_object_namespace", "name": "SPIN", "class_name": "Spinner"},
+            {"type": "kv_namespace", "name": "KV", "namespace_id": "kv-spin"}])
+        r = server.request("/", host="spinner.localhost", timeout=20)
+        assert r.status == 200, (r, server.log()[-3000:])
+        out = r.json()
+        assert out["kv"] == "still served", out
+        for message in out["spun"]:
+            assert "exceeded the time limit of 0.3 s" in message and "d1_query_ms" in message, out
+        assert server.alive()
+    finally:
+        server.stop()

@@ -245,7 +245,8 @@ class DurableObjectStorageHandler:
             binds = arg(args, 1, [])
             if not isinstance(binds, list):
                 raise BindingError("SQL bindings must be a list", "TypeError")
-            return Reply(await self._run(ctx, st.sql_exec, query, binds))
+            return Reply(await self._run(ctx, st.sql_exec, query, binds,
+                                         self.services.config.d1_query_ms / 1000.0))
         if method == "databaseSize":
             return Reply(await self._run(ctx, st.database_size))
         if method == "getAlarm":

@@ -15,6 +15,7 @@ Every function takes the connection first and runs in a storage thread
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 from supervisor.bindings.base import BindingError
@@ -186,16 +187,31 @@ def split_statements(sql: str) -> list[str]:
     return out
 
 
-def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any]) -> dict[str, Any]:
+def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any],
+             timeout_s: float = 30.0) -> dict[str, Any]:
     """Run ``query`` (one or more statements; binds go to the last) and return
-    the last statement's columns and rows, with rows read and written."""
+    the last statement's columns and rows, with rows read and written.
+
+    Interrupted after ``timeout_s`` (``[storage] d1_query_ms``): it runs in
+    one of the few storage threads every tenant shares, and a query that
+    never ends (a recursive CTE without a bound) held one for ever; a few
+    stopped every tenant's storage."""
     statements = split_statements(query)
     if not statements:
         raise BindingError("SQL query must not be empty", "Error")
     rows_before = conn.total_changes
+    deadline = time.monotonic() + timeout_s
+    timed_out = []
+
+    def progress() -> int:
+        if time.monotonic() > deadline:
+            timed_out.append(True)
+            return 1
+        return 0
 
     def run(c: sqlite3.Connection) -> tuple[list[str], list[list[Any]]]:
         c.set_authorizer(_authorizer)
+        c.set_progress_handler(progress, 1000)
         try:
             columns: list[str] = []
             rows: list[list[Any]] = []
@@ -213,10 +229,14 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any]) -> dict[str
             return columns, rows
         finally:
             c.set_authorizer(None)
+            c.set_progress_handler(None, 0)
 
     try:
         columns, rows = _tx(conn, run)
     except sqlite3.Error as exc:
+        if timed_out:
+            raise BindingError(f"SQL query exceeded the time limit of {timeout_s:g} s "
+                               "([storage] d1_query_ms) and was interrupted: SQLITE_INTERRUPT") from None
         text = str(exc)
         if "not authorized" in text:
             text = ("not authorized: SQL may not use _cf_ tables, ATTACH, PRAGMA or "
