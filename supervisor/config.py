@@ -134,6 +134,8 @@ class QuotaLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     d1_bytes: Count | None = None
     #: Bytes of objects in one R2 bucket.
     r2_bytes: Count | None = None
+    #: Bytes of one Durable Object's storage (its SQLite file; Cloudflare's is 10 GB).
+    durable_object_bytes: Count | None = None
     #: Messages waiting in one queue (for queues).
     queue_messages: Count | None = None
     #: Bytes a script's Cache API caches hold.

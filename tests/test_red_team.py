@@ -233,3 +233,59 @@ def test_a_durable_objects_endless_sql_is_interrupted(tmp_path) -> None:
         assert server.alive()
     finally:
         server.stop()
+
+
+HOARDER = '''
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Hoarder(DurableObject):
+    async def hoard(self):
+        out = {}
+        await self.ctx.storage.put("small", "kept")
+        try:
+            for i in range(40):
+                await self.ctx.storage.put(f"big{i}", "x" * 100_000)
+            out["kv"] = "stored 4 MB"
+        except Exception as e:
+            out["kv"] = str(e)
+        try:
+            self.ctx.storage.sql.exec("CREATE TABLE IF NOT EXISTS t (v)")
+            self.ctx.storage.sql.exec("INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
+                                      "FROM c WHERE x < 100) SELECT zeroblob(100000) FROM c")
+            out["sql"] = "stored 10 MB"
+        except Exception as e:
+            out["sql"] = str(e)
+        out["small"] = await self.ctx.storage.get("small")
+        return out
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response.json(await self.env.HOARD.getByName("h").hoard())
+'''
+
+
+def test_a_durable_objects_storage_is_held_to_a_cap(tmp_path) -> None:
+    """A Durable Object's storage had no cap at all, where KV, D1 and R2 have
+    one: one object could fill the host's disk. ``[storage.quota]
+    durable_object_bytes`` (namespace, tag and script layers as the others)
+    holds each object's database to it; a write past it fails naming the cap."""
+    from tests.storage_helpers import start
+
+    server = start(tmp_path / "state", "[storage.quota]\ndurable_object_bytes = 1048576\n")
+    try:
+        server.deploy("hoarder", HOARDER, bindings=[
+            {"type": "durable_object_namespace", "name": "HOARD", "class_name": "Hoarder"}])
+        r = server.request("/", host="hoarder.localhost")
+        assert r.status == 200, (r, server.log()[-3000:])
+        out = r.json()
+        for kind in ("kv", "sql"):
+            assert "storage quota exceeded" in out[kind] and "durable_object_bytes" in out[kind], out
+        assert out["small"] == "kept", out
+        files = [p for p in (tmp_path / "state" / "storage").rglob("*") if p.is_file()
+                 and p.suffix not in (".wal", ".shm") and not p.name.endswith(("-wal", "-shm"))]
+        assert all(p.stat().st_size <= 2 * 1048576 for p in files), [(p, p.stat().st_size) for p in files]
+        assert server.alive()
+    finally:
+        server.stop()

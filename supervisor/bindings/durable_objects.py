@@ -179,7 +179,8 @@ class DurableObjectStorageHandler:
             # child died) before closing it. Nothing of it is kept.
             del self.transactions[path]
             await self.services.databases.run(path, st.setup, st.txn_abandon)
-        return await self.services.databases.run(path, st.setup, fn, *args)
+        return await self.services.databases.run(path, st.setup, st.capped, ctx.quota.durable_object_bytes,
+                                                 fn, *args)
 
     async def _transaction(self, ctx: Context, method: str) -> Reply:
         """``txBegin`` opens a (nested) transaction; ``txCommit`` / ``txRollback`` close the innermost."""

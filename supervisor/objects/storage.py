@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from supervisor.bindings.base import BindingError
+from supervisor.bindings.quota import quota_error
 
 MAX_KEY_BYTES = 2048
 MAX_VALUE_BYTES = 2 * 1024 * 1024
@@ -33,6 +34,27 @@ def setup(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS _cf_alarm (id INTEGER PRIMARY KEY CHECK (id = 0), "
                  "time REAL NOT NULL)")
     conn.set_authorizer(None)
+
+
+#: SQLite's own bound on pages: no cap.
+_UNLIMITED_PAGES = 1073741823
+
+
+def capped(conn: sqlite3.Connection, max_bytes: int | None, fn: Any, *args: Any) -> Any:
+    """``fn(conn, *args)`` with the object's database held to ``max_bytes``
+    (``[storage.quota] durable_object_bytes``; SQLite's ``max_page_count``, as
+    D1's cap). A write past it fails, saying which cap, and keeps nothing."""
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = _UNLIMITED_PAGES if max_bytes is None else max(1, max_bytes // page_size)
+    conn.execute(f"PRAGMA max_page_count = {int(pages)}")
+    try:
+        return fn(conn, *args)
+    except (sqlite3.Error, BindingError) as exc:
+        if max_bytes is None or "database or disk is full" not in str(exc):
+            raise
+        used = conn.execute("PRAGMA page_count").fetchone()[0] * page_size
+        raise BindingError(quota_error("Durable Object storage full", used, max_bytes,
+                                       "durable_object_bytes")) from None
 
 
 def check_key(key: Any) -> str:
@@ -68,8 +90,14 @@ def _tx(conn: sqlite3.Connection, fn: Any, *args: Any) -> Any:
     try:
         out = fn(conn, *args)
     except BaseException:
-        conn.execute("ROLLBACK TO corral_op")
-        conn.execute("RELEASE corral_op")
+        try:
+            conn.execute("ROLLBACK TO corral_op")
+            conn.execute("RELEASE corral_op")
+        except sqlite3.Error:
+            # SQLite rolled the whole transaction back itself (SQLITE_FULL
+            # does): nothing is left to undo, and fn's error is the one to report.
+            if conn.in_transaction:
+                raise
         raise
     conn.execute("RELEASE corral_op")
     return out
