@@ -8,6 +8,7 @@ Each test runs a few lines of tenant code in the eval tenant
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 
@@ -363,6 +364,7 @@ return [await a.text(), a.range, await b.text(), await c.text(),
 def test_r2_large_object_streams_both_ways(server) -> None:
     got = ok(server, "t", """
 import hashlib
+import json
 async def parts():
     for i in range(48):
         yield bytes([i]) * 65536
@@ -413,6 +415,7 @@ return {"flat": [o.key for o in flat.objects], "truncated": flat.truncated,
 def test_r2_multipart_upload(server) -> None:
     got = ok(server, "t", """
 import hashlib
+import json
 up = await env.BUCKET.createMultipartUpload("mp/file", httpMetadata={"contentType": "x/y"})
 p1 = await up.uploadPart(1, b"a" * 5242880)  # R2's smallest part but the last: 5 MiB
 p2 = await up.upload_part(2, "tail")
@@ -715,3 +718,32 @@ return [await attempt(env.BUCKET.put("meta/big", "", httpMetadata=big)),
     assert got[1].startswith("createMultipartUpload: ") and got[1].endswith("(10012)"), got[1]
     assert got[2].startswith("createMultipartUpload: ") and "customMetadata" in got[2], got[2]
     assert got[3] is None and got[4] == "stored", got
+
+
+def test_r2_list_with_a_delimiter_reads_each_row_once_and_takes_any_delimiter() -> None:
+    """A delimited listing queried again past each common prefix and fetched
+    that query's whole page (limit + 1 rows, metadata and all) to use its first
+    row: (limit + 1) x limit rows read in a storage thread every tenant shares,
+    for one call. Rows are stepped one by one now: the work is counted in
+    SQLite's VM steps, not time. A delimiter ending in U+10FFFF had no string
+    after it and failed the call as the platform's error."""
+    from supervisor.bindings import r2
+
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    r2._setup(conn)
+    metadata = json.dumps({"m": "x" * 4000})
+    for i in range(300):
+        conn.execute("INSERT INTO objects VALUES (?, 'b', 0, 'e', 'v', 0, '{}', ?, '{}')", (f"p{i:03d}/k", metadata))
+    conn.execute("INSERT INTO objects VALUES (?, 'b', 0, 'e', 'v', 0, '{}', '{}', '{}')", ("z\U0010ffff/k",))
+    steps = [0]
+
+    def tick() -> int:
+        steps[0] += 1
+        return 0
+
+    conn.set_progress_handler(tick, 100)
+    out = r2._list(conn, "", "", "", False, 1000, "/", ())
+    assert len(out["delimitedPrefixes"]) == 301 and not out["truncated"], out["delimitedPrefixes"][-3:]
+    assert steps[0] < 1000, f"{steps[0] * 100} SQLite VM steps for 301 rows"
+    out = r2._list(conn, "", "", "", False, 1000, "\U0010ffff", ())
+    assert out["delimitedPrefixes"] == ["z\U0010ffff"] and len(out["objects"]) == 300, out["delimitedPrefixes"]

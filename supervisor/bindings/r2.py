@@ -339,9 +339,11 @@ def _delete(conn: sqlite3.Connection, root: str, keys: list[str]) -> None:
         _remove_blob(root, blob)
 
 
-def _after(prefix: str) -> str:
-    """The smallest string greater than every string starting with ``prefix``."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else ""
+def _after(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix``
+    (None: there is none, ``prefix`` is all U+10FFFF)."""
+    stem = prefix.rstrip("\U0010ffff")
+    return stem[:-1] + chr(ord(stem[-1]) + 1) if stem else None
 
 
 def _list(conn: sqlite3.Connection, root: str, prefix: str, start: str, inclusive: bool,
@@ -352,12 +354,15 @@ def _list(conn: sqlite3.Connection, root: str, prefix: str, start: str, inclusiv
     position, incl = max(start, prefix), inclusive or start < prefix
     while len(objects) + len(prefixes) < limit:
         op = ">=" if incl else ">"
+        # Stepped row by row, not fetched whole: after a delimited prefix the
+        # next query starts past it, and fetching each query's limit + 1 rows
+        # read (limit + 1) x limit rows, metadata and all, for one call.
         rows = conn.execute("SELECT key, blob, size, etag, version, uploaded, http, custom, "
                             f"checksums FROM objects WHERE key {op} ? ORDER BY key LIMIT ?",
-                            (position, limit + 1)).fetchall()
-        if not rows:
-            return _listing(objects, prefixes, None)
+                            (position, limit + 1))
+        count = 0
         for row in rows:
+            count += 1
             key = row[0]
             if not key.startswith(prefix):
                 return _listing(objects, prefixes, None)
@@ -367,14 +372,17 @@ def _list(conn: sqlite3.Connection, root: str, prefix: str, start: str, inclusiv
             if cut >= 0:
                 common = key[: cut + len(delimiter)]
                 prefixes.append(common)
-                position, incl = _after(common), True
+                after = _after(common)
+                if after is None:  # nothing sorts after it
+                    return _listing(objects, prefixes, None)
+                position, incl = after, True
                 resume = (position, True)
                 break  # skip every key under this prefix with a new query
             objects.append(_object_json(row, include))
             position, incl = key, False
             resume = (key, False)
         else:
-            if len(rows) <= limit and len(objects) + len(prefixes) < limit:
+            if count <= limit and len(objects) + len(prefixes) < limit:
                 return _listing(objects, prefixes, None)
     more = conn.execute(f"SELECT key FROM objects WHERE key {'>=' if incl else '>'} ? "
                         "ORDER BY key LIMIT 1", (position,)).fetchone()
