@@ -289,3 +289,51 @@ def test_a_durable_objects_storage_is_held_to_a_cap(tmp_path) -> None:
         assert server.alive()
     finally:
         server.stop()
+
+
+BIG_READS = '''
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Shelf(DurableObject):
+    async def fill(self):
+        for i in range(17):
+            await self.ctx.storage.put(f"v{i:02d}", "x" * (2 * 1024 * 1024 - 100))
+        out = {}
+        for label, read in (("list", lambda: self.ctx.storage.list()),
+                            ("get", lambda: self.ctx.storage.get([f"v{i:02d}" for i in range(17)]))):
+            try:
+                out[label] = len(await read())
+            except Exception as e:
+                out[label] = [getattr(e, "name", type(e).__name__), str(e)]
+        out["limited"] = len(await self.ctx.storage.list(limit=4))
+        return out
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response.json(await self.env.SHELF.getByName("s").fill())
+'''
+
+
+def test_a_durable_objects_reads_are_capped_in_size(tmp_path) -> None:
+    """``storage.list()`` with no limit, or ``get()`` of 128 keys of 2 MiB,
+    returned the object's whole storage in one reply, built in the supervisor's
+    memory, per call: a few such calls at once could exhaust the host's memory.
+    Past 32 MiB (as an SQL result) they fail with a RangeError saying how to
+    read less; a limited list still works."""
+    from tests.storage_helpers import start
+
+    server = start(tmp_path / "state")
+    try:
+        server.deploy("shelf", BIG_READS, bindings=[
+            {"type": "durable_object_namespace", "name": "SHELF", "class_name": "Shelf"}])
+        r = server.request("/", host="shelf.localhost", timeout=60)
+        assert r.status == 200, (r, server.log()[-3000:])
+        out = r.json()
+        for label in ("list", "get"):
+            assert out[label][0] == "RangeError" and "larger than 33554432 bytes" in out[label][1], out
+        assert out["limited"] == 4, out
+        assert server.alive()
+    finally:
+        server.stop()

@@ -24,7 +24,9 @@ from supervisor.bindings.quota import quota_error
 MAX_KEY_BYTES = 2048
 MAX_VALUE_BYTES = 2 * 1024 * 1024
 MAX_KEYS_PER_CALL = 128
-#: Largest SQL result returned to the object (the sum of its values).
+#: Largest SQL result returned to the object (the sum of its values), and
+#: largest ``get([...])`` or ``list()`` (keys and values): a whole object's
+#: storage in one reply was built in the supervisor's memory, per call.
 MAX_SQL_RESULT = 32 * 1024 * 1024
 
 
@@ -128,11 +130,20 @@ def txn_abandon(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
+def _too_large(what: str) -> BindingError:
+    return BindingError(f"{what}: the result is larger than {MAX_SQL_RESULT} bytes; "
+                        "read fewer keys at once (list()'s limit, prefix or start)", "RangeError")
+
+
 def get(conn: sqlite3.Connection, keys: list[str]) -> list[tuple[str, bytes]]:
     out = []
+    size = 0
     for key in keys:
         row = conn.execute("SELECT value FROM _cf_KV WHERE key = ?", (key,)).fetchone()
         if row is not None:
+            size += len(key) + len(row[0])
+            if size > MAX_SQL_RESULT:
+                raise _too_large("get()")
             out.append((key, row[0]))
     return out
 
@@ -183,7 +194,14 @@ def list_(conn: sqlite3.Connection, prefix: str | None, start: str | None, start
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    return [(k, v) for k, v in conn.execute(sql, params)]
+    out = []
+    size = 0
+    for key, value in conn.execute(sql, params):
+        size += len(key) + len(value)
+        if size > MAX_SQL_RESULT:
+            raise _too_large("list()")
+        out.append((key, value))
+    return out
 
 
 # -- SQL ---------------------------------------------------------------------------
