@@ -747,3 +747,26 @@ def test_r2_list_with_a_delimiter_reads_each_row_once_and_takes_any_delimiter() 
     assert steps[0] < 1000, f"{steps[0] * 100} SQLite VM steps for 301 rows"
     out = r2._list(conn, "", "", "", False, 1000, "\U0010ffff", ())
     assert out["delimitedPrefixes"] == ["z\U0010ffff"] and len(out["objects"]) == 300, out["delimitedPrefixes"]
+
+
+def test_kv_bulk_get_is_capped_at_one_values_size(server) -> None:
+    """A bulk get of 100 keys of 25 MiB each was 2.5 GiB in the supervisor's
+    memory for one call. Past 25 MiB of values in all it fails (413), and the
+    same keys read one by one still work."""
+    got = ok(server, "t", """
+big = "x" * (13 * 1024 * 1024)
+await env.KV.put("bulk-a", big)
+await env.KV.put("bulk-b", big)
+try:
+    await env.KV.get(["bulk-a", "bulk-b"])
+    bulk = "read"
+except JsException as e:
+    bulk = e.message
+except Exception as e:
+    bulk = str(e)
+one = len(await env.KV.get("bulk-a")) + len(await env.KV.get("bulk-b"))
+await env.KV.delete("bulk-a")
+await env.KV.delete("bulk-b")
+return [bulk, one]""")
+    assert "GET_BULK failed: 413" in got[0] and "get fewer keys at once" in got[0], got
+    assert got[1] == 26 * 1024 * 1024, got
