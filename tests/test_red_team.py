@@ -337,3 +337,26 @@ def test_a_durable_objects_reads_are_capped_in_size(tmp_path) -> None:
         assert server.alive()
     finally:
         server.stop()
+
+
+LOAD_FAILS = '''
+import os
+open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "settings.ini"))
+from workers import WorkerEntrypoint, Response
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("unreachable")
+'''
+
+
+def test_a_load_error_does_not_disclose_the_bundle_folder(corral: Corral) -> None:
+    """A script whose module fails at import (a file it expected beside it)
+    reports the load error, to the deploy that checks it and to any caller
+    when it fails at a later load; its message and stack named the host's
+    folder of the bundle. The file is named by its path in the project."""
+    r = corral.deploy("loadfail", LOAD_FAILS, check=False)
+    assert r.status == 400, r.text
+    assert "settings.ini" in r.text and "FileNotFoundError" in r.text, r.text
+    assert "bundles" not in r.text and str(corral.state_dir) not in r.text, r.text
+    assert corral.alive()
