@@ -360,3 +360,38 @@ def test_a_load_error_does_not_disclose_the_bundle_folder(corral: Corral) -> Non
     assert "settings.ini" in r.text and "FileNotFoundError" in r.text, r.text
     assert "bundles" not in r.text and str(corral.state_dir) not in r.text, r.text
     assert corral.alive()
+
+
+DO_SQL_INPUTS = '''
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Sql(DurableObject):
+    async def attempt(self):
+        out = []
+        for query, binds in (("SELECT 1\\x00", []), ("SELECT ?", [2**63 + 5])):
+            try:
+                self.ctx.storage.sql.exec(query, *binds).toArray()
+                out.append("ran")
+            except Exception as e:
+                out.append(str(e))
+        return out
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response.json(await self.env.SQL.getByName("s").attempt())
+'''
+
+
+def test_durable_object_sql_with_a_nul_or_a_huge_integer_is_the_querys_error(corral: Corral) -> None:
+    """SQL holding a NUL, or a bound integer past 64 bits, failed as the
+    platform's "internal error" with an error logged, not as the query's."""
+    corral.deploy("dosql", DO_SQL_INPUTS, bindings=[
+        {"type": "durable_object_namespace", "name": "SQL", "class_name": "Sql"}])
+    r = corral.request("/", host="dosql.localhost")
+    assert r.status == 200, (r, corral.log()[-3000:])
+    nul, huge = r.json()
+    assert "null character" in nul and "internal error" not in nul, nul
+    assert "64 bits" in huge and "internal error" not in huge, huge
+    assert corral.alive()

@@ -770,3 +770,24 @@ await env.KV.delete("bulk-b")
 return [bulk, one]""")
     assert "GET_BULK failed: 413" in got[0] and "get fewer keys at once" in got[0], got
     assert got[1] == 26 * 1024 * 1024, got
+
+
+def test_d1_sql_with_a_nul_or_a_huge_integer_is_the_querys_error_not_the_platforms(server) -> None:
+    """``env.DB.exec`` of SQL holding a NUL failed as "internal error" with an
+    error logged (SQLite's splitter raises ValueError), and the admin D1 query
+    endpoint answered 500 to it and to an integer past 64 bits."""
+    got = ok(server, "t", """
+try:
+    await env.DB.exec("SELECT 1\\x00; SELECT 2")
+    return "ran"
+except JsException as e:
+    return e.message""")
+    assert "null character" in got and "internal error" not in got, got
+    path = "/accounts/local/d1/database/db-1/query?namespace=default"
+    for body, problem in (({"sql": "SELECT 1\x00"}, "null character"),
+                          ({"sql": "SELECT ?", "params": [2**70]}, "does not fit in 64 bits"),
+                          ({"sql": "SELECT ?", "params": [{"a": 1}]}, "not supported")):
+        r = server.admin("POST", path, body)
+        assert r.status == 400 and problem in r.text, (body, r.status, r.text)
+    assert "binding.failed" not in server.log(), server.log()[-2000:]
+    assert server.alive()

@@ -242,6 +242,8 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any],
     one of the few storage threads every tenant shares, and a query that
     never ends (a recursive CTE without a bound) held one for ever; a few
     stopped every tenant's storage."""
+    if "\0" in query:  # SQLite's splitter would raise ValueError: the platform's error, not the query's
+        raise BindingError("SQL query contains a null character: SQLITE_ERROR")
     statements = split_statements(query)
     if not statements:
         raise BindingError("SQL query must not be empty", "Error")
@@ -279,6 +281,8 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any],
 
     try:
         columns, rows = _tx(conn, run)
+    except OverflowError:  # a bound integer past 64 bits
+        raise BindingError("SQL bindings: an integer does not fit in 64 bits: SQLITE_RANGE", "RangeError") from None
     except sqlite3.Error as exc:
         if timed_out:
             raise BindingError(f"SQL query exceeded the time limit of {timeout_s:g} s "
