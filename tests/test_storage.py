@@ -791,3 +791,21 @@ except JsException as e:
         assert r.status == 400 and problem in r.text, (body, r.status, r.text)
     assert "binding.failed" not in server.log(), server.log()[-2000:]
     assert server.alive()
+
+
+def test_r2_expiring_uploads_uses_an_index_not_a_scan() -> None:
+    """Each createMultipartUpload looks for uploads past their 7 days; without
+    an index on ``created`` that scanned every open upload (as many as a tenant
+    cares to leave open) in a storage thread all tenants share. Checked by
+    SQLite's query plan, for a new bucket and for one an older Corral made."""
+    from supervisor.bindings import r2
+
+    new = sqlite3.connect(":memory:", isolation_level=None)
+    r2._setup(new)
+    old = sqlite3.connect(":memory:", isolation_level=None)
+    old.execute("CREATE TABLE uploads (upload_id TEXT PRIMARY KEY, key TEXT NOT NULL, http TEXT, custom TEXT)")
+    r2._setup(old)
+    for conn in (new, old):
+        plan = " ".join(row[-1] for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT upload_id FROM uploads WHERE created < ?", (0,)))
+        assert plan.startswith("SEARCH uploads") and "uploads_created" in plan, plan

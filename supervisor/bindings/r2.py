@@ -74,6 +74,9 @@ def _setup(conn: sqlite3.Connection) -> None:
         # A bucket of an older Corral: its open uploads get their 7 days from now.
         conn.execute("ALTER TABLE uploads ADD COLUMN created INTEGER")
         conn.execute("UPDATE uploads SET created = ?", (int(time.time()),))
+    # Every createMultipartUpload looks for expired uploads: by this index, not
+    # a scan of every open upload (a tenant may leave any number of them open).
+    conn.execute("CREATE INDEX IF NOT EXISTS uploads_created ON uploads (created)")
 
 
 def _err(op: str, message: str, code: int, name: str = "Error") -> BindingError:
