@@ -128,8 +128,9 @@ def exception_info(exc: BaseException, with_stack: bool = True) -> ExceptionInfo
     # so the supervisor can tell the outcome when tenant code lets it escape;
     # any JsException its JavaScript name (TypeError, ...), as Cloudflare reports it.
     name = exc.name if isinstance(exc, JsException) else type(exc).__name__
-    return ExceptionInfo(logs.wire_text(logs.cut(str(name), 256)), logs.wire_text(logs.cut(str(exc))),
-                         logs.wire_text(stack[-8192:]))
+    return ExceptionInfo(logs.wire_text(logs.cut(str(name), 256)),
+                         logs.wire_text(logs.cut(logs.strip_state_paths(str(exc)))),
+                         logs.wire_text(logs.strip_state_paths(stack)[-8192:]))
 
 
 # ---------------------------------------------------------------------------
@@ -724,8 +725,8 @@ class Runtime:
         except loader.ScriptLoadError as exc:
             cause = exc.__cause__ or exc
             self._load_error = ExceptionInfo(
-                "ScriptLoadError", logs.wire_text(logs.cut(str(exc))),
-                "".join(traceback.format_exception(cause))[-8192:])
+                "ScriptLoadError", logs.wire_text(logs.cut(logs.strip_state_paths(str(exc)))),
+                logs.wire_text(logs.strip_state_paths("".join(traceback.format_exception(cause)))[-8192:]))
         except MemoryError:
             self._out_of_memory(0)
         kinds = () if self._script is None or self._load_error else tuple(sorted(self._script.kinds))

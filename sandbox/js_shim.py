@@ -232,7 +232,7 @@ class _ErrorClass:
             limit = 0
         frames = traceback.extract_stack(sys._getframe(2), limit=limit or None)[::-1] if limit else []
         lines = [f"{self.name}: {message}" if message else self.name]
-        lines += [f"    at {f.name} ({f.filename}:{f.lineno})" for f in frames[:limit]]
+        lines += [f"    at {f.name} ({logs.strip_state_paths(f.filename)}:{f.lineno})" for f in frames[:limit]]
         return "\n".join(lines)
 
 

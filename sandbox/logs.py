@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,22 @@ def set_report_sink(report: Callable[[BaseException], None]) -> None:
 def report(exc: BaseException) -> None:
     if _report is not None:
         _report(exc)
+
+
+#: A path into the state dir's bundles (``.../bundles/<keyed name>``) or
+#: package store (``.../packages/entries/<keyed name>``), anywhere in a text.
+_STATE_PATH = re.compile(r"(?:/[^\s'\"/]+)*/(?:bundles|packages/entries)/[0-9A-Za-z._+-]{8,}(/|(?![^\s'\"/]))")
+
+
+def strip_state_paths(text: str) -> str:
+    """``text`` with the host's folders of bundles and packages cut out: a
+    file of the script's own by its path in its project (``data.txt``, the
+    folder itself ``.``), as its stack's frames are. An exception's message
+    crosses to other scripts (a dispatcher, a service binding's caller, a tail
+    consumer), and the folder's name is the script's secret on the host."""
+    if "/bundles/" not in text and "/packages/entries/" not in text:
+        return text
+    return _STATE_PATH.sub(lambda m: "" if m.group(1) else ".", text)
 
 
 def wire_text(text: str) -> str:

@@ -30,6 +30,7 @@ the same events; sends go out as above.
 from __future__ import annotations
 
 import inspect
+import re
 import urllib.parse
 from typing import Any
 
@@ -69,6 +70,8 @@ OUTBOUND_UNSUPPORTED = ("an outbound WebSocket through fetch() with 'Upgrade: we
                         "by Corral yet: open it with js.WebSocket.new(url)")
 #: The schemes ``new WebSocket(url)`` takes (http(s) as the standard reads them).
 SERVER_SCHEMES = ("ws", "wss", "http", "https")
+#: An HTTP token (RFC 9110): what a WebSocket subprotocol's name is.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class OutboundWebSocket:
@@ -294,13 +297,18 @@ class Sockets:
         if scheme not in SERVER_SCHEMES or "#" in url:
             raise JsException("SyntaxError", f"Failed to construct 'WebSocket': the URL {url!r} is "
                                              "not a ws:, wss:, http: or https: URL without a fragment")
-        protocols = [protocols] if isinstance(protocols, str) else list(protocols or ())
+        protocols = [protocols] if isinstance(protocols, str) else [str(p) for p in protocols or ()]
+        for protocol in protocols:
+            # As browsers and workerd: a subprotocol is an HTTP token, named once.
+            if not _TOKEN.fullmatch(protocol) or protocols.count(protocol) > 1:
+                raise JsException("SyntaxError", f"Failed to construct 'WebSocket': The subprotocol "
+                                                 f"{protocol[:200]!r} is invalid or duplicated.")
         ws = WebSocket(self)
         ws._to_server = True
         ws.id = self._next
         self._next += 1
         ws.url = url
-        self.runtime.send(WsConnect(ws.id, parent, ws.url, [str(p) for p in protocols]))
+        self.runtime.send(WsConnect(ws.id, parent, ws.url, protocols))
         self.open[ws.id] = ws  # after: a URL too large to send opens nothing
         return ws
 

@@ -126,12 +126,38 @@ def _text(value: str | bytes) -> str:
     return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
+class HeaderError(JsException, TypeError):
+    """workerd's ``TypeError`` for a header name that is not an HTTP token, or
+    a value holding NUL, CR or LF or a character past U+00FF (a ByteString).
+    Thrown where the header is set, as workerd does: such a header used to be
+    found only when the response was sent (a 500, or an encoding error
+    reported as the worker's exception to its caller)."""
+
+    def __init__(self, what: str, text: str) -> None:
+        super().__init__("TypeError", f"Invalid header {what}: {text[:100]!r}")
+
+
+#: What a header's name must be (an HTTP token), and what its value may not hold.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_HEADER_VALUE = re.compile(r"[\x00\r\n]|[^\x00-\xff]")
+
+
+def _name(name: str | bytes) -> str:
+    text = _text(name)
+    if not _HEADER_NAME.fullmatch(text):
+        raise HeaderError("name", text)
+    return text.lower()
+
+
 def _value(value: str | bytes) -> str:
     """A header value as the Fetch standard normalises it: without leading or
     trailing HTTP whitespace. Django's WSGI handler sends ``Set-Cookie`` as
     ``Morsel.output(header="")``, which starts with a space; workerd drops it,
     and a raw one would be refused at the edge."""
-    return _text(value).strip("\t\n\r ")
+    text = _text(value).strip("\t\n\r ")
+    if _BAD_HEADER_VALUE.search(text):
+        raise HeaderError("value", text)
+    return text
 
 
 class Headers(http.client.HTTPMessage):
@@ -188,7 +214,7 @@ class Headers(http.client.HTTPMessage):
         # iterates over its names alone, as a Mapping does.
         pairs = init.items() if isinstance(init, (Mapping, email.message.Message)) else init
         for name, value in pairs:
-            self._items.append((_text(name).lower(), _value(value)))
+            self._items.append((_name(name), _value(value)))
 
     @classmethod
     def _from_raw(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
@@ -225,14 +251,15 @@ class Headers(http.client.HTTPMessage):
         return any(n == name for n, _ in self._items)
 
     def set(self, name: str, value: str) -> None:
-        name = name.lower()
+        name, value = _name(name), _value(value)
         self._raw_items = None
         self._items = [(n, v) for n, v in self._items if n != name]
-        self._items.append((name, _value(value)))
+        self._items.append((name, value))
 
     def append(self, name: str, value: str) -> None:
+        name, value = _name(name), _value(value)
         self._raw_items = None
-        self._items.append((name.lower(), _value(value)))
+        self._items.append((name, value))
 
     def _set_default(self, name: str, value: str) -> None:
         """``name`` (lower case) is ``value`` unless already there: the type a

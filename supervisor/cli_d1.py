@@ -98,9 +98,13 @@ def run(args: argparse.Namespace, client: Any) -> int:
     if args.d1_command == "execute":
         if args.file:
             try:
-                sql = Path(args.file).read_text()
+                sql = Path(args.file).read_text(encoding="utf-8")
             except OSError as exc:
                 print(f"corral d1 execute: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+                return 2
+            except UnicodeDecodeError as exc:
+                print(f"corral d1 execute: {args.file} is not UTF-8 text (byte {exc.start}): "
+                      "SQL files must be UTF-8", file=sys.stderr)
                 return 2
         else:
             sql = args.sql
@@ -132,8 +136,15 @@ def run(args: argparse.Namespace, client: Any) -> int:
         if path.name in done:
             continue
         name = path.name.replace("'", "''")
-        sql = path.read_text().rstrip().rstrip(";")
-        _query(client, args, database, f"{sql};\nINSERT INTO d1_migrations (name) VALUES ('{name}');")
+        try:
+            sql = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"corral d1 migrations apply: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+        # The migration's row first: after the migration's own text, an
+        # unterminated /* comment (SQLite takes one at the end) swallowed it,
+        # and the migration, applied but not recorded, ran again next time.
+        _query(client, args, database, f"INSERT INTO d1_migrations (name) VALUES ('{name}');\n{sql}")
         applied.append(path.name)
     if args.json:
         print(json.dumps({"applied": applied}))

@@ -134,6 +134,8 @@ class QuotaLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     d1_bytes: Count | None = None
     #: Bytes of objects in one R2 bucket.
     r2_bytes: Count | None = None
+    #: Bytes of one Durable Object's storage (its SQLite file; Cloudflare's is 10 GB).
+    durable_object_bytes: Count | None = None
     #: Messages waiting in one queue (for queues).
     queue_messages: Count | None = None
     #: Bytes a script's Cache API caches hold.
@@ -154,7 +156,7 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     #: Threads that run storage I/O, off the request loop.
     threads: Positive = 8
-    #: Time one D1 query (or batch) may run before it is interrupted.
+    #: Time one D1 query (or batch), or one Durable Object ``sql.exec``, may run before it is interrupted.
     d1_query_ms: PositiveDuration = 30_000.0
     #: Largest D1 result (the sum of its values) returned to a script.
     d1_result_bytes: Positive = 32 * 1024 * 1024

@@ -6,10 +6,12 @@ host's pip configuration names it), as an unprivileged user.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
@@ -114,7 +116,7 @@ def test_resolving_fetches_wheels_once_and_reuses_the_lock(tmp_path):
         assert again.id == lock.id and again.entries == lock.entries
         paths = store.paths(lock)
         assert any(Path(p, "jinja2", "__init__.py").exists() for p in paths)
-        assert any(Path(p).name.startswith("markupsafe") and list(Path(p).rglob("*.so")) for p in paths), \
+        assert any(list(Path(p).glob("markupsafe/*.so")) for p in paths), \
             "markupsafe's native speedups come from the store"
 
     trio.run(main)
@@ -128,3 +130,37 @@ def test_a_package_without_a_wheel_is_refused_by_name(tmp_path):
             await resolver.resolve(["pycrypto==2.6.1"])  # sdist only: would run setup.py
 
     trio.run(main)
+
+
+def test_entries_are_named_by_a_keyed_hash_and_an_old_store_is_renamed_in_place(tmp_path):
+    """Entry folders named ``<dist>-<version>-<sha16>`` (all public) let a tenant
+    ``stat`` a guess to learn what others use: they are named by a keyed hash, and
+    a store an earlier run left is renamed at start, its locks with it."""
+    wheel = make_wheel(tmp_path, "demo", "1.0", {"demo/__init__.py": b"X = 1\n"})
+    sha16 = hashlib.sha256(wheel.read_bytes()).hexdigest()[:16]
+    public = f"demo-1.0-{sha16}"
+    # The store as an earlier run left it: an entry under its public name, a lock naming it.
+    root = tmp_path / "packages"
+    (root / "entries" / public / "demo").mkdir(parents=True)
+    (root / "entries" / public / "demo" / "__init__.py").write_bytes(b"X = 1\n")
+    (root / "locks").mkdir()
+    old = Lock(id="old", requirements=["demo"], entries=[store_mod.Entry(name="demo", version="1.0", dir=public,
+                                                                          size=6)], size=6, created=0)
+    (root / "locks" / "old.json").write_bytes(msgspec.json.encode(old))
+    store = PackageStore(root)
+    assert not (root / "entries" / public).exists(), "the public name is gone"
+    lock = store.read_lock("old")
+    assert lock is not None, "nothing lost"
+    [path] = store.paths(lock)
+    assert Path(path, "demo", "__init__.py").read_bytes() == b"X = 1\n"
+    assert "demo" not in Path(path).name and sha16 not in Path(path).name, path
+    # The same wheel again: the same (migrated) entry, unpacked once.
+    assert store.add_wheel(wheel).dir == Path(path).name
+    assert len(list(store.entries.iterdir())) == 1
+    # Another state dir (another key) names the same wheel differently.
+    assert PackageStore(tmp_path / "elsewhere" / "packages").add_wheel(wheel).dir != Path(path).name
+    # A child (another uid) cannot even stat inside locks/ or tmp/.
+    assert oct(store.locks.stat().st_mode & 0o777) == "0o700"
+    assert oct(store.tmp.stat().st_mode & 0o777) == "0o700"
+    assert oct(store.entries.stat().st_mode & 0o777) == "0o711"
+    assert (tmp_path / "packages.key").stat().st_mode & 0o077 == 0

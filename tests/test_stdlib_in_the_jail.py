@@ -205,7 +205,9 @@ OTHER = worker('''
 
     class Default(WorkerEntrypoint):
         async def fetch(self, request):
-            return Response.json({"entry": os.path.dirname(os.path.dirname(certifi.__file__))})
+            from importlib.metadata import version
+            return Response.json({"entry": os.path.dirname(os.path.dirname(certifi.__file__)),
+                                  "version": version("certifi")})
 ''')
 
 NOSY = worker('''
@@ -239,6 +241,13 @@ NOSY = worker('''
 ''')
 
 
+STAT = worker('''
+    class Default(WorkerEntrypoint):
+        async def fetch(self, request):
+            return Response.json({path: attempt(os.stat, path) for path in query(request)["paths"].split(",")})
+''')
+
+
 PLAIN = worker('''
     class Default(WorkerEntrypoint):
         async def fetch(self, request):
@@ -269,4 +278,35 @@ def test_a_tenant_sees_only_its_own_packages_in_the_store(c: Corral) -> None:
     out = call(c, "plain", f"/?store={store}&other={other}")
     for key in ("store", "other_entry"):
         denied(out[key], errno=EACCES)
+    assert_healthy(c)
+
+
+def test_a_tenant_cannot_stat_other_tenants_packages_by_their_public_names(c: Corral) -> None:
+    """Landlock does not cover ``stat``: a store entry named ``<dist>-<version>-<sha16>``
+    (a public wheel's name and hash) or a lock named by the hash of its
+    requirements would tell a tenant, by ``os.stat`` of a guess, which packages
+    other tenants use on the host. Neither is found."""
+    import glob
+    import hashlib
+
+    from supervisor.packages.requirements import normalize
+    from supervisor.packages.resolver import target_tags
+    from supervisor.packages.store import lock_id
+
+    pinned = ["certifi==2026.7.22"]  # the version in the local index's files
+    deploy_with_requirements(c, "pinned", OTHER, pinned)
+    found = call(c, "pinned")
+    store = str(c.state_dir.resolve() / "packages")
+    wheels = [w for root in ("/opt/wheels", "/opt/pypi", "/opt/pypi-more")
+              for w in glob.glob(f"{root}/**/certifi-{found['version']}-*.whl", recursive=True)]
+    assert wheels, f"the wheel the index served, as any tenant can download it: {found}"
+    guesses = [f"{store}/entries/certifi-{found['version']}-"
+               f"{hashlib.sha256(open(w, 'rb').read()).hexdigest()[:16]}" for w in wheels]
+    lock = f"{store}/locks/{lock_id(normalize(pinned).requirements, target_tags()[0])}.json"
+    c.deploy("stat", STAT)
+    out = call(c, "stat", f"/?paths={','.join([*guesses, lock])}")
+    assert any(out[g]["ok"] is False for g in guesses), out
+    for guess in guesses:
+        denied(out[guess], "FileNotFoundError", errno=2)
+    denied(out[lock], errno=EACCES)
     assert_healthy(c)

@@ -8,6 +8,7 @@ Each test runs a few lines of tenant code in the eval tenant
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 
@@ -363,6 +364,7 @@ return [await a.text(), a.range, await b.text(), await c.text(),
 def test_r2_large_object_streams_both_ways(server) -> None:
     got = ok(server, "t", """
 import hashlib
+import json
 async def parts():
     for i in range(48):
         yield bytes([i]) * 65536
@@ -413,6 +415,7 @@ return {"flat": [o.key for o in flat.objects], "truncated": flat.truncated,
 def test_r2_multipart_upload(server) -> None:
     got = ok(server, "t", """
 import hashlib
+import json
 up = await env.BUCKET.createMultipartUpload("mp/file", httpMetadata={"contentType": "x/y"})
 p1 = await up.uploadPart(1, b"a" * 5242880)  # R2's smallest part but the last: 5 MiB
 p2 = await up.upload_part(2, "tail")
@@ -668,3 +671,141 @@ def test_r2_open_uploads_of_an_older_bucket_get_their_seven_days_from_the_upgrad
     with pytest.raises(Exception, match="10024"):
         r2._upload_of(conn, str(tmp_path), "u1", "k", "uploadPart")
     conn.close()
+
+
+def test_r2_multipart_parts_are_listed_once_in_ascending_order(server) -> None:
+    """A part named twice was joined twice: one 5 MiB part listed N times made an
+    N x 5 MiB object, written to disk before any bytes cap was checked (a
+    tenant's way to fill the host's disk). Refused, as R2 refuses an invalid
+    part; the upload stays, to complete with its parts."""
+    got = ok(server, "t", """
+async def complete(upload, parts):
+    try:
+        return (await upload.complete(parts)).size
+    except JsException as e:
+        return e.message
+mib5 = 5 * 1024 * 1024
+up = await env.BUCKET.createMultipartUpload("mp/dup")
+p1 = await up.uploadPart(1, b"a" * mib5)
+p2 = await up.uploadPart(2, "tail")
+many = [{"partNumber": i, "etag": p1.etag} for i in range(1, 10_002)]
+return [await complete(up, [p1, p1, p1, p2]), await complete(up, [p2, p1]),
+        await complete(up, many), await env.BUCKET.head("mp/dup"), await complete(up, [p1, p2])]""")
+    assert got[0].endswith("(10025)") and "ascending order" in got[0] and "part 1 comes after part 1" in got[0], got
+    assert got[1].endswith("(10025)") and "part 1 comes after part 2" in got[1], got[1]
+    assert got[2].endswith("(10025)") and "at most 10000 parts" in got[2], got[2]
+    assert got[3] is None and got[4] == 5 * 1024 * 1024 + 4, got
+
+
+def test_r2_http_metadata_is_capped_like_custom_metadata(server) -> None:
+    """``httpMetadata`` had no cap and does not count against the bucket's bytes:
+    an empty object could hold half a MiB of it in the index (an upload more), over
+    and over. Over 8192 bytes it is refused (10012), as customMetadata is."""
+    got = ok(server, "t", """
+async def attempt(call):
+    try:
+        await call
+        return "stored"
+    except JsException as e:
+        return e.message
+big = {"contentType": "x" * 400_000}
+return [await attempt(env.BUCKET.put("meta/big", "", httpMetadata=big)),
+        await attempt(env.BUCKET.createMultipartUpload("meta/big", httpMetadata=big)),
+        await attempt(env.BUCKET.createMultipartUpload("meta/big", customMetadata={"k": "v" * 9000})),
+        await env.BUCKET.head("meta/big"),
+        await attempt(env.BUCKET.put("meta/ok", "", httpMetadata={"contentType": "text/plain"}))]""")
+    assert got[0].startswith("put: ") and got[0].endswith("(10012)") and "httpMetadata" in got[0], got[0]
+    assert got[1].startswith("createMultipartUpload: ") and got[1].endswith("(10012)"), got[1]
+    assert got[2].startswith("createMultipartUpload: ") and "customMetadata" in got[2], got[2]
+    assert got[3] is None and got[4] == "stored", got
+
+
+def test_r2_list_with_a_delimiter_reads_each_row_once_and_takes_any_delimiter() -> None:
+    """A delimited listing queried again past each common prefix and fetched
+    that query's whole page (limit + 1 rows, metadata and all) to use its first
+    row: (limit + 1) x limit rows read in a storage thread every tenant shares,
+    for one call. Rows are stepped one by one now: the work is counted in
+    SQLite's VM steps, not time. A delimiter ending in U+10FFFF had no string
+    after it and failed the call as the platform's error."""
+    from supervisor.bindings import r2
+
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    r2._setup(conn)
+    metadata = json.dumps({"m": "x" * 4000})
+    for i in range(300):
+        conn.execute("INSERT INTO objects VALUES (?, 'b', 0, 'e', 'v', 0, '{}', ?, '{}')", (f"p{i:03d}/k", metadata))
+    conn.execute("INSERT INTO objects VALUES (?, 'b', 0, 'e', 'v', 0, '{}', '{}', '{}')", ("z\U0010ffff/k",))
+    steps = [0]
+
+    def tick() -> int:
+        steps[0] += 1
+        return 0
+
+    conn.set_progress_handler(tick, 100)
+    out = r2._list(conn, "", "", "", False, 1000, "/", ())
+    assert len(out["delimitedPrefixes"]) == 301 and not out["truncated"], out["delimitedPrefixes"][-3:]
+    assert steps[0] < 1000, f"{steps[0] * 100} SQLite VM steps for 301 rows"
+    out = r2._list(conn, "", "", "", False, 1000, "\U0010ffff", ())
+    assert out["delimitedPrefixes"] == ["z\U0010ffff"] and len(out["objects"]) == 300, out["delimitedPrefixes"]
+
+
+def test_kv_bulk_get_is_capped_at_one_values_size(server) -> None:
+    """A bulk get of 100 keys of 25 MiB each was 2.5 GiB in the supervisor's
+    memory for one call. Past 25 MiB of values in all it fails (413), and the
+    same keys read one by one still work."""
+    got = ok(server, "t", """
+big = "x" * (13 * 1024 * 1024)
+await env.KV.put("bulk-a", big)
+await env.KV.put("bulk-b", big)
+try:
+    await env.KV.get(["bulk-a", "bulk-b"])
+    bulk = "read"
+except JsException as e:
+    bulk = e.message
+except Exception as e:
+    bulk = str(e)
+one = len(await env.KV.get("bulk-a")) + len(await env.KV.get("bulk-b"))
+await env.KV.delete("bulk-a")
+await env.KV.delete("bulk-b")
+return [bulk, one]""")
+    assert "GET_BULK failed: 413" in got[0] and "get fewer keys at once" in got[0], got
+    assert got[1] == 26 * 1024 * 1024, got
+
+
+def test_d1_sql_with_a_nul_or_a_huge_integer_is_the_querys_error_not_the_platforms(server) -> None:
+    """``env.DB.exec`` of SQL holding a NUL failed as "internal error" with an
+    error logged (SQLite's splitter raises ValueError), and the admin D1 query
+    endpoint answered 500 to it and to an integer past 64 bits."""
+    got = ok(server, "t", """
+try:
+    await env.DB.exec("SELECT 1\\x00; SELECT 2")
+    return "ran"
+except JsException as e:
+    return e.message""")
+    assert "null character" in got and "internal error" not in got, got
+    path = "/accounts/local/d1/database/db-1/query?namespace=default"
+    for body, problem in (({"sql": "SELECT 1\x00"}, "null character"),
+                          ({"sql": "SELECT ?", "params": [2**70]}, "does not fit in 64 bits"),
+                          ({"sql": "SELECT ?", "params": [{"a": 1}]}, "not supported")):
+        r = server.admin("POST", path, body)
+        assert r.status == 400 and problem in r.text, (body, r.status, r.text)
+    assert "binding.failed" not in server.log(), server.log()[-2000:]
+    assert server.alive()
+
+
+def test_r2_expiring_uploads_uses_an_index_not_a_scan() -> None:
+    """Each createMultipartUpload looks for uploads past their 7 days; without
+    an index on ``created`` that scanned every open upload (as many as a tenant
+    cares to leave open) in a storage thread all tenants share. Checked by
+    SQLite's query plan, for a new bucket and for one an older Corral made."""
+    from supervisor.bindings import r2
+
+    new = sqlite3.connect(":memory:", isolation_level=None)
+    r2._setup(new)
+    old = sqlite3.connect(":memory:", isolation_level=None)
+    old.execute("CREATE TABLE uploads (upload_id TEXT PRIMARY KEY, key TEXT NOT NULL, http TEXT, custom TEXT)")
+    r2._setup(old)
+    for conn in (new, old):
+        plan = " ".join(row[-1] for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT upload_id FROM uploads WHERE created < ?", (0,)))
+        assert plan.startswith("SEARCH uploads") and "uploads_created" in plan, plan

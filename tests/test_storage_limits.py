@@ -248,3 +248,29 @@ def test_wrangler_config_bindings_deploy(server, tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     response = server.request("/", host="wproj.localhost")
     assert response.json() == ["kv", 1, "r2"], response.body
+
+
+def test_cli_d1_a_migration_is_recorded_whatever_its_text_ends_with(server, tmp_path) -> None:
+    """A migration's row was appended after its text: a migration ending in an
+    unterminated ``/*`` comment (which SQLite accepts) swallowed it, so the
+    migration ran, was not recorded, and ran again at the next apply (here an
+    INSERT, twice). And a --file that is not UTF-8 ended in a traceback."""
+    project = tmp_path / "comments"
+    (project / "migrations").mkdir(parents=True)
+    (project / "wrangler.toml").write_text('main = "worker.py"\n[[d1_databases]]\nbinding = "DB"\n'
+                                           'database_id = "db-1"\n')
+    (project / "migrations" / "0001_counted.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS counted (x);\nINSERT INTO counted VALUES (1) /* trailing note")
+    for _ in range(2):
+        out = _corral(server, "d1", "migrations", "apply", "DB", "-n", "default", "--config", str(project))
+        assert out.returncode == 0, out.stderr
+    assert "no migrations to apply" in out.stdout, out.stdout
+    out = _corral(server, "--json", "d1", "execute", "db-1", "-n", "default", "--command",
+                  "SELECT count(*) AS n FROM counted")
+    assert json.loads(out.stdout)[0]["results"] == [{"n": 1}], out.stdout
+    latin = tmp_path / "latin1.sql"
+    latin.write_bytes(b"SELECT 'caf\xe9';")
+    out = _corral(server, "d1", "execute", "db-1", "-n", "default", "--file", str(latin))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "is not UTF-8" in out.stderr and "latin1.sql" in out.stderr, out.stderr
+    assert server.alive()

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def register(router: Router, bindings: Bindings) -> None:
     async def query(request: Request) -> Response:
-        from supervisor.bindings.d1 import D1Handler, split_sql
+        from supervisor.bindings.d1 import D1Handler, _value, split_sql
 
         body = request.json()
         if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
@@ -35,7 +35,13 @@ def register(router: Router, bindings: Bindings) -> None:
         params = body.get("params") or []
         if not isinstance(params, list):
             raise Invalid("params must be a list")
-        statements = split_sql(body["sql"])
+        try:
+            # As a binding call checks them: a NUL in the SQL, or an integer past
+            # 64 bits, was a 500 (SQLite's ValueError and OverflowError).
+            statements = split_sql(body["sql"])
+            params = [_value(v) for v in params]
+        except BindingError as exc:
+            raise Invalid(exc.message) from None
         if not statements:
             raise Invalid("sql holds no statement")
         if params and len(statements) != 1:

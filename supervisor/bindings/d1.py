@@ -227,6 +227,8 @@ def split_sql(sql: str) -> list[str]:
     """Statements of a script (``exec``, migrations, ``corral d1 execute``),
     split where SQLite says a statement is complete (not inside a string,
     comment or trigger body)."""
+    if "\0" in sql:  # SQLite's splitter would raise ValueError: the platform's error, not the query's
+        raise BindingError("D1_ERROR: the query contains a null character: SQLITE_ERROR")
     statements: list[str] = []
     current = ""
     for piece in sql.split(";"):

@@ -179,7 +179,8 @@ class DurableObjectStorageHandler:
             # child died) before closing it. Nothing of it is kept.
             del self.transactions[path]
             await self.services.databases.run(path, st.setup, st.txn_abandon)
-        return await self.services.databases.run(path, st.setup, fn, *args)
+        return await self.services.databases.run(path, st.setup, st.capped, ctx.quota.durable_object_bytes,
+                                                 fn, *args)
 
     async def _transaction(self, ctx: Context, method: str) -> Reply:
         """``txBegin`` opens a (nested) transaction; ``txCommit`` / ``txRollback`` close the innermost."""
@@ -245,7 +246,8 @@ class DurableObjectStorageHandler:
             binds = arg(args, 1, [])
             if not isinstance(binds, list):
                 raise BindingError("SQL bindings must be a list", "TypeError")
-            return Reply(await self._run(ctx, st.sql_exec, query, binds))
+            return Reply(await self._run(ctx, st.sql_exec, query, binds,
+                                         self.services.config.d1_query_ms / 1000.0))
         if method == "databaseSize":
             return Reply(await self._run(ctx, st.database_size))
         if method == "getAlarm":

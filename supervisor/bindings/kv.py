@@ -100,10 +100,16 @@ class SqliteKV:
 
 def _get(conn: sqlite3.Connection, keys: list[str], now: int) -> dict[str, Entry]:
     found: dict[str, Entry] = {}
+    total = 0
     for key in keys:
         row = conn.execute(f"SELECT value, expiration, metadata FROM kv WHERE key = ? AND {_LIVE}",
                            (key, now)).fetchone()
         if row is not None:
+            total += len(row[0])
+            if total > MAX_VALUE_BYTES:
+                # 100 keys of 25 MiB were 2.5 GiB in the supervisor's memory, for one call.
+                raise BindingError(f"KV GET_BULK failed: 413 the values total more than {MAX_VALUE_BYTES} "
+                                   "bytes; get fewer keys at once", "RangeError")
             found[key] = Entry(key, row[0], row[1], _meta(row[2]))
     return found
 

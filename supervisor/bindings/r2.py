@@ -74,6 +74,9 @@ def _setup(conn: sqlite3.Connection) -> None:
         # A bucket of an older Corral: its open uploads get their 7 days from now.
         conn.execute("ALTER TABLE uploads ADD COLUMN created INTEGER")
         conn.execute("UPDATE uploads SET created = ?", (int(time.time()),))
+    # Every createMultipartUpload looks for expired uploads: by this index, not
+    # a scan of every open upload (a tenant may leave any number of them open).
+    conn.execute("CREATE INDEX IF NOT EXISTS uploads_created ON uploads (created)")
 
 
 def _err(op: str, message: str, code: int, name: str = "Error") -> BindingError:
@@ -339,9 +342,11 @@ def _delete(conn: sqlite3.Connection, root: str, keys: list[str]) -> None:
         _remove_blob(root, blob)
 
 
-def _after(prefix: str) -> str:
-    """The smallest string greater than every string starting with ``prefix``."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else ""
+def _after(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix``
+    (None: there is none, ``prefix`` is all U+10FFFF)."""
+    stem = prefix.rstrip("\U0010ffff")
+    return stem[:-1] + chr(ord(stem[-1]) + 1) if stem else None
 
 
 def _list(conn: sqlite3.Connection, root: str, prefix: str, start: str, inclusive: bool,
@@ -352,12 +357,15 @@ def _list(conn: sqlite3.Connection, root: str, prefix: str, start: str, inclusiv
     position, incl = max(start, prefix), inclusive or start < prefix
     while len(objects) + len(prefixes) < limit:
         op = ">=" if incl else ">"
+        # Stepped row by row, not fetched whole: after a delimited prefix the
+        # next query starts past it, and fetching each query's limit + 1 rows
+        # read (limit + 1) x limit rows, metadata and all, for one call.
         rows = conn.execute("SELECT key, blob, size, etag, version, uploaded, http, custom, "
                             f"checksums FROM objects WHERE key {op} ? ORDER BY key LIMIT ?",
-                            (position, limit + 1)).fetchall()
-        if not rows:
-            return _listing(objects, prefixes, None)
+                            (position, limit + 1))
+        count = 0
         for row in rows:
+            count += 1
             key = row[0]
             if not key.startswith(prefix):
                 return _listing(objects, prefixes, None)
@@ -367,14 +375,17 @@ def _list(conn: sqlite3.Connection, root: str, prefix: str, start: str, inclusiv
             if cut >= 0:
                 common = key[: cut + len(delimiter)]
                 prefixes.append(common)
-                position, incl = _after(common), True
+                after = _after(common)
+                if after is None:  # nothing sorts after it
+                    return _listing(objects, prefixes, None)
+                position, incl = after, True
                 resume = (position, True)
                 break  # skip every key under this prefix with a new query
             objects.append(_object_json(row, include))
             position, incl = key, False
             resume = (key, False)
         else:
-            if len(rows) <= limit and len(objects) + len(prefixes) < limit:
+            if count <= limit and len(objects) + len(prefixes) < limit:
                 return _listing(objects, prefixes, None)
     more = conn.execute(f"SELECT key FROM objects WHERE key {'>=' if incl else '>'} ? "
                         "ORDER BY key LIMIT 1", (position,)).fetchone()
@@ -401,21 +412,33 @@ def _cursor(value: Any) -> tuple[str, bool]:
         raise _err("list", "The cursor is not valid", 10033) from None
 
 
-def _http_metadata(value: Any) -> dict[str, Any]:
+#: The most an object's ``httpMetadata`` or ``customMetadata`` may hold (as JSON),
+#: R2's cap on custom metadata. Neither counts against the bucket's bytes, so
+#: without a cap a tenant stored 512 KiB (more for an upload) in the index per empty object.
+MAX_METADATA_BYTES = 8192
+
+
+def _http_metadata(value: Any, op: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise BindingError("httpMetadata must be an object or Headers", "TypeError")
-    return {k: value[k] for k in HTTP_FIELDS if value.get(k) is not None}
+    fields = {k: value[k] for k in HTTP_FIELDS if value.get(k) is not None}
+    for name, field in fields.items():
+        if not isinstance(field, (str, int, float)) or isinstance(field, bool):
+            raise BindingError(f"httpMetadata.{name} must be a string", "TypeError")
+    if len(json.dumps(fields)) > MAX_METADATA_BYTES:
+        raise _err(op, f"httpMetadata is larger than {MAX_METADATA_BYTES} bytes", 10012)
+    return fields
 
 
-def _custom_metadata(value: Any) -> dict[str, str]:
+def _custom_metadata(value: Any, op: str) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise BindingError("customMetadata must be an object of strings", "TypeError")
-    if len(json.dumps(value)) > 8192:
-        raise _err("put", "customMetadata is larger than 8192 bytes", 10012)
+    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+        raise _err(op, f"customMetadata is larger than {MAX_METADATA_BYTES} bytes", 10012)
     return {str(k): v for k, v in value.items()}
 
 
@@ -482,8 +505,8 @@ class R2Handler:
     async def _put(self, ctx: Context, args: list[Any]) -> Reply:
         key = _key(arg(args, 0), "put")
         opts = options(args, 1)
-        http = _http_metadata(opts.get("httpMetadata"))
-        custom = _custom_metadata(opts.get("customMetadata"))
+        http = _http_metadata(opts.get("httpMetadata"), "put")
+        custom = _custom_metadata(opts.get("customMetadata"), "put")
         expected = {name: opts[name] for name in HASHES if opts.get(name) is not None}
         upload = await self.store.receive(ctx, "put", ctx.quota.r2_bytes)
         digests = {name: h.hexdigest() for name, h in upload.hashes.items()}
@@ -526,8 +549,8 @@ class R2Handler:
         opts = options(args, 1)
         upload_id = uuid.uuid4().hex
         await self.store.db(ctx.scope, _new_upload, upload_id, key,
-                            json.dumps(_http_metadata(opts.get("httpMetadata"))),
-                            json.dumps(_custom_metadata(opts.get("customMetadata"))))
+                            json.dumps(_http_metadata(opts.get("httpMetadata"), "createMultipartUpload")),
+                            json.dumps(_custom_metadata(opts.get("customMetadata"), "createMultipartUpload")))
         return Reply({"key": key, "uploadId": upload_id})
 
     async def _uploadPart(self, ctx: Context, args: list[Any]) -> Reply:  # noqa: N802
@@ -552,12 +575,22 @@ class R2Handler:
         parts = arg(args, 2)
         if not isinstance(parts, list) or not parts:
             raise BindingError("completeMultipartUpload needs the list of uploaded parts", "TypeError")
-        wanted = []
+        if len(parts) > MAX_PARTS:
+            raise _err("completeMultipartUpload", f"an upload has at most {MAX_PARTS} parts, "
+                                                  f"not {len(parts)}", 10025)
+        wanted: list[tuple[int, str]] = []
         for part in parts:
             if not isinstance(part, dict):
                 raise BindingError("each part must be {partNumber, etag}", "TypeError")
-            wanted.append((integer(part.get("partNumber"), "partNumber", 1, MAX_PARTS),
-                           _strip(string(part.get("etag"), "etag"))))
+            number = integer(part.get("partNumber"), "partNumber", 1, MAX_PARTS)
+            if wanted and number <= wanted[-1][0]:
+                # Each part once, in order (S3's InvalidPartOrder): a part named
+                # again would be joined again, an object larger than the parts
+                # the bucket holds, written to disk before any cap was checked.
+                raise _err("completeMultipartUpload", f"the parts must be listed in ascending order of "
+                                                      f"partNumber, each once: part {number} comes after "
+                                                      f"part {wanted[-1][0]}", 10025)
+            wanted.append((number, _strip(string(part.get("etag"), "etag"))))
         http, custom, blobs = await self.store.db(ctx.scope, _parts_of, upload_id, key, wanted)
         run = self.services.offload.run
         upload = await run(_Upload, self.store.dir(ctx.scope, "tmp"))

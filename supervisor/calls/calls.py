@@ -24,6 +24,7 @@ an exception from its ``fetch``
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -111,6 +112,10 @@ class _Target:
         self.missing = missing
         self.outbound = outbound
         self.params = params
+
+
+#: A WebSocket subprotocol's name: an HTTP token (RFC 9110).
+_SUBPROTOCOL = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def failure_of(inv: Invocation) -> CallFailed:
@@ -229,6 +234,9 @@ class Calls:
         refused = None
         if parent is None:
             refused = "the request that opened this WebSocket has already ended"
+        elif any(not _SUBPROTOCOL.fullmatch(p) for p in message.protocols):
+            # The sandbox refuses these (SyntaxError); a child that sends one anyway gets no handshake.
+            refused = "a WebSocket subprotocol must be an HTTP token"
         elif parent.outbound is not None:
             refused = ("WebSockets to servers are not supported through the platform's outbound "
                        "worker yet: this dispatch namespace has one")

@@ -15,14 +15,18 @@ Every function takes the connection first and runs in a storage thread
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 from supervisor.bindings.base import BindingError
+from supervisor.bindings.quota import quota_error
 
 MAX_KEY_BYTES = 2048
 MAX_VALUE_BYTES = 2 * 1024 * 1024
 MAX_KEYS_PER_CALL = 128
-#: Largest SQL result returned to the object (the sum of its values).
+#: Largest SQL result returned to the object (the sum of its values), and
+#: largest ``get([...])`` or ``list()`` (keys and values): a whole object's
+#: storage in one reply was built in the supervisor's memory, per call.
 MAX_SQL_RESULT = 32 * 1024 * 1024
 
 
@@ -32,6 +36,27 @@ def setup(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS _cf_alarm (id INTEGER PRIMARY KEY CHECK (id = 0), "
                  "time REAL NOT NULL)")
     conn.set_authorizer(None)
+
+
+#: SQLite's own bound on pages: no cap.
+_UNLIMITED_PAGES = 1073741823
+
+
+def capped(conn: sqlite3.Connection, max_bytes: int | None, fn: Any, *args: Any) -> Any:
+    """``fn(conn, *args)`` with the object's database held to ``max_bytes``
+    (``[storage.quota] durable_object_bytes``; SQLite's ``max_page_count``, as
+    D1's cap). A write past it fails, saying which cap, and keeps nothing."""
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = _UNLIMITED_PAGES if max_bytes is None else max(1, max_bytes // page_size)
+    conn.execute(f"PRAGMA max_page_count = {int(pages)}")
+    try:
+        return fn(conn, *args)
+    except (sqlite3.Error, BindingError) as exc:
+        if max_bytes is None or "database or disk is full" not in str(exc):
+            raise
+        used = conn.execute("PRAGMA page_count").fetchone()[0] * page_size
+        raise BindingError(quota_error("Durable Object storage full", used, max_bytes,
+                                       "durable_object_bytes")) from None
 
 
 def check_key(key: Any) -> str:
@@ -67,8 +92,14 @@ def _tx(conn: sqlite3.Connection, fn: Any, *args: Any) -> Any:
     try:
         out = fn(conn, *args)
     except BaseException:
-        conn.execute("ROLLBACK TO corral_op")
-        conn.execute("RELEASE corral_op")
+        try:
+            conn.execute("ROLLBACK TO corral_op")
+            conn.execute("RELEASE corral_op")
+        except sqlite3.Error:
+            # SQLite rolled the whole transaction back itself (SQLITE_FULL
+            # does): nothing is left to undo, and fn's error is the one to report.
+            if conn.in_transaction:
+                raise
         raise
     conn.execute("RELEASE corral_op")
     return out
@@ -99,11 +130,20 @@ def txn_abandon(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
+def _too_large(what: str) -> BindingError:
+    return BindingError(f"{what}: the result is larger than {MAX_SQL_RESULT} bytes; "
+                        "read fewer keys at once (list()'s limit, prefix or start)", "RangeError")
+
+
 def get(conn: sqlite3.Connection, keys: list[str]) -> list[tuple[str, bytes]]:
     out = []
+    size = 0
     for key in keys:
         row = conn.execute("SELECT value FROM _cf_KV WHERE key = ?", (key,)).fetchone()
         if row is not None:
+            size += len(key) + len(row[0])
+            if size > MAX_SQL_RESULT:
+                raise _too_large("get()")
             out.append((key, row[0]))
     return out
 
@@ -154,7 +194,14 @@ def list_(conn: sqlite3.Connection, prefix: str | None, start: str | None, start
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    return [(k, v) for k, v in conn.execute(sql, params)]
+    out = []
+    size = 0
+    for key, value in conn.execute(sql, params):
+        size += len(key) + len(value)
+        if size > MAX_SQL_RESULT:
+            raise _too_large("list()")
+        out.append((key, value))
+    return out
 
 
 # -- SQL ---------------------------------------------------------------------------
@@ -186,16 +233,33 @@ def split_statements(sql: str) -> list[str]:
     return out
 
 
-def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any]) -> dict[str, Any]:
+def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any],
+             timeout_s: float = 30.0) -> dict[str, Any]:
     """Run ``query`` (one or more statements; binds go to the last) and return
-    the last statement's columns and rows, with rows read and written."""
+    the last statement's columns and rows, with rows read and written.
+
+    Interrupted after ``timeout_s`` (``[storage] d1_query_ms``): it runs in
+    one of the few storage threads every tenant shares, and a query that
+    never ends (a recursive CTE without a bound) held one for ever; a few
+    stopped every tenant's storage."""
+    if "\0" in query:  # SQLite's splitter would raise ValueError: the platform's error, not the query's
+        raise BindingError("SQL query contains a null character: SQLITE_ERROR")
     statements = split_statements(query)
     if not statements:
         raise BindingError("SQL query must not be empty", "Error")
     rows_before = conn.total_changes
+    deadline = time.monotonic() + timeout_s
+    timed_out = []
+
+    def progress() -> int:
+        if time.monotonic() > deadline:
+            timed_out.append(True)
+            return 1
+        return 0
 
     def run(c: sqlite3.Connection) -> tuple[list[str], list[list[Any]]]:
         c.set_authorizer(_authorizer)
+        c.set_progress_handler(progress, 1000)
         try:
             columns: list[str] = []
             rows: list[list[Any]] = []
@@ -213,10 +277,16 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any]) -> dict[str
             return columns, rows
         finally:
             c.set_authorizer(None)
+            c.set_progress_handler(None, 0)
 
     try:
         columns, rows = _tx(conn, run)
+    except OverflowError:  # a bound integer past 64 bits
+        raise BindingError("SQL bindings: an integer does not fit in 64 bits: SQLITE_RANGE", "RangeError") from None
     except sqlite3.Error as exc:
+        if timed_out:
+            raise BindingError(f"SQL query exceeded the time limit of {timeout_s:g} s "
+                               "([storage] d1_query_ms) and was interrupted: SQLITE_INTERRUPT") from None
         text = str(exc)
         if "not authorized" in text:
             text = ("not authorized: SQL may not use _cf_ tables, ATTACH, PRAGMA or "

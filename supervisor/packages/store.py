@@ -2,10 +2,24 @@
 
 Layout under ``<state_dir>/packages``::
 
-    entries/<dist>-<version>-<sha16>/   one unpacked wheel: its packages and .dist-info
-    locks/<lock id>.json                a resolved dependency set: its entries, in order
-    tmp/                                downloads and unpacking in progress (same filesystem,
-                                        so entries appear by an atomic rename)
+    entries/<keyed name>/   one unpacked wheel: its packages and .dist-info
+    locks/<lock id>.json    a resolved dependency set: its entries, in order
+    tmp/                    downloads and unpacking in progress (same filesystem,
+                            so entries appear by an atomic rename)
+
+The store is shown read-only in the jail, and Landlock, which keeps a child
+to its own set's entries, does not cover ``stat``. So no path in it may be
+one a tenant can work out, or ``os.stat`` of a guess would tell it which
+packages other tenants use on the host:
+
+* an entry's folder is not named ``<dist>-<version>-<sha16>`` (all public:
+  a wheel's name and hash are on its index) but by a keyed hash of that
+  (:meth:`PackageStore.entry_dir`, the key in ``<state_dir>/packages.key``,
+  outside the jail's view). A store an earlier run left with the public
+  names is renamed in place when it is opened (:meth:`PackageStore.migrate`);
+* ``locks`` and ``tmp`` (lock ids are a plain hash of requirements) are
+  ``0700``: a child, another uid, cannot even ``stat`` what is in them; and
+  ``entries`` is ``0711``, reachable, never listable.
 
 A child's ``sys.path`` gets one entry directory per wheel of its set: each
 wheel unpacked at its own root is importable as it is, and
@@ -13,7 +27,7 @@ wheel unpacked at its own root is importable as it is, and
 mapped from these real files (``dlopen`` needs a path), which is why native
 code only ever comes from here and never from a tenant's bundle.
 
-Entries are named by the wheel's content hash, so two tenants asking for the
+Entries are named after the wheel's content hash, so two tenants asking for the
 same wheel share one copy, and a tenant can never put bytes of its own into
 the store: only wheels the resolver downloaded from the platform's index get
 in. Unused entries and locks are removed by :meth:`PackageStore.gc`.
@@ -25,9 +39,11 @@ from __future__ import annotations
 
 import compileall
 import hashlib
+import hmac
 import json
 import os
 import py_compile
+import re
 import shutil
 import stat
 import tempfile
@@ -45,6 +61,8 @@ MAX_WHEEL_BYTES = 512 * 2**20
 #: A dependency set may unpack to at most this much, all wheels together.
 MAX_SET_BYTES = 1024 * 2**20
 MAX_WHEEL_FILES = 50_000
+#: An entry's folder name (:meth:`PackageStore.entry_dir`); any other is from before keyed names.
+_KEYED = re.compile(r"[0-9a-f]{32}")
 
 
 class Entry(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,15 +87,68 @@ def lock_id(requirements: list[str], target: str) -> str:
     return hashlib.sha256(json.dumps([target, requirements]).encode()).hexdigest()[:32]
 
 
+def read_or_make_key(path: str) -> bytes:
+    """A 32-byte secret kept in ``path`` (``0600``), made at its first use (blocking)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path, "rb") as f:
+            key = f.read()
+        if len(key) >= 32:
+            return key
+        os.unlink(path)  # torn by a crash before it was written whole
+        return read_or_make_key(path)
+    key = os.urandom(32)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return key
+
+
 class PackageStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.entries = self.root / "entries"
         self.locks = self.root / "locks"
         self.tmp = self.root / "tmp"
-        for path in (self.root, self.entries, self.locks, self.tmp):
+        for path, mode in ((self.root, 0o755), (self.entries, 0o711), (self.locks, 0o700), (self.tmp, 0o700)):
             path.mkdir(parents=True, exist_ok=True)
-            os.chmod(path, 0o755)
+            os.chmod(path, mode)
+        # Beside the root, so outside the jail's view of it.
+        self._key = read_or_make_key(str(self.root.parent / f"{self.root.name}.key"))
+        self.migrate()
+
+    def entry_dir(self, public_name: str) -> str:
+        """The folder of the entry whose public name is ``<dist>-<version>-<sha16>``."""
+        return hmac.new(self._key, public_name.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def migrate(self) -> None:
+        """Rename entries an earlier run named publicly, and the locks' references
+        to them (blocking; once, at start). Nothing is unpacked again, nothing lost:
+        a lock still naming an old folder after a crash half-way is rewritten by
+        the next start, and :meth:`read_lock` maps old names meanwhile."""
+        for entry in self.entries.iterdir():
+            if not _KEYED.fullmatch(entry.name) and entry.is_dir():
+                target = self.entries / self.entry_dir(entry.name)
+                if target.exists():  # unpacked again meanwhile
+                    _make_writable(entry)
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    os.rename(entry, target)
+        for path in self.locks.glob("*.json"):
+            try:
+                lock = msgspec.json.decode(path.read_bytes(), type=Lock)
+            except (OSError, msgspec.DecodeError):
+                continue
+            if any(not _KEYED.fullmatch(e.dir) for e in lock.entries):
+                self.write_lock(self._keyed(lock))
+
+    def _keyed(self, lock: Lock) -> Lock:
+        lock.entries = [e if _KEYED.fullmatch(e.dir) else msgspec.structs.replace(e, dir=self.entry_dir(e.dir))
+                        for e in lock.entries]
+        return lock
 
     # -- locks -------------------------------------------------------------
     def read_lock(self, lock: str) -> Lock | None:
@@ -86,6 +157,8 @@ class PackageStore:
         except FileNotFoundError:
             return None
         found = msgspec.json.decode(data, type=Lock)
+        if not all((self.entries / e.dir).is_dir() for e in found.entries):
+            found = self._keyed(found)  # an old lock whose entries were renamed (migrate)
         # A lock whose entries were collected is no lock: resolve again.
         if not all((self.entries / e.dir).is_dir() for e in found.entries):
             return None
@@ -116,7 +189,7 @@ class PackageStore:
         with open(wheel, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-        directory = f"{name}-{version}-{digest.hexdigest()[:16]}"
+        directory = self.entry_dir(f"{name}-{version}-{digest.hexdigest()[:16]}")
         target = self.entries / directory
         if not target.is_dir():
             staging = Path(tempfile.mkdtemp(dir=self.tmp, prefix="unpack-"))

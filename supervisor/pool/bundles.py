@@ -58,7 +58,7 @@ import trio
 
 from protocol.messages import MainCode
 from supervisor.model import BUNDLE_MARKER, ScriptRecord
-from supervisor.packages.store import PackageStore
+from supervisor.packages.store import PackageStore, read_or_make_key
 from supervisor.pool.main_code import MainCodeCache, read_main_code
 
 #: How often unused bundles are collected when nothing asks for it sooner.
@@ -186,23 +186,7 @@ def _name_key(state_dir: str) -> bytes:
     Outside the bundles root, so outside the jail's file view. Lost, the
     next run names every bundle anew: each is written again at its first
     use and the old folders are collected."""
-    path = os.path.join(state_dir, "bundles.key")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path, "rb") as f:
-            key = f.read()
-        if len(key) >= 32:
-            return key
-        os.unlink(path)  # torn by a crash before it was written whole
-        return _name_key(state_dir)
-    key = os.urandom(32)
-    try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return key
+    return read_or_make_key(os.path.join(state_dir, "bundles.key"))
 
 
 class Bundles:
