@@ -30,10 +30,10 @@ the same events; sends go out as above.
 from __future__ import annotations
 
 import inspect
-import re
 import urllib.parse
 from typing import Any
 
+from protocol.http_grammar import TOKEN
 from protocol.messages import Socket, WebSocketEvent, WsClose, WsConnect, WsSend
 
 from . import workers
@@ -70,9 +70,6 @@ OUTBOUND_UNSUPPORTED = ("an outbound WebSocket through fetch() with 'Upgrade: we
                         "by Corral yet: open it with js.WebSocket.new(url)")
 #: The schemes ``new WebSocket(url)`` takes (http(s) as the standard reads them).
 SERVER_SCHEMES = ("ws", "wss", "http", "https")
-#: An HTTP token (RFC 9110): what a WebSocket subprotocol's name is.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
 
 class OutboundWebSocket:
     """``js.WebSocket``: ``WebSocket.new(url, protocols=None)`` opens a socket to
@@ -300,7 +297,7 @@ class Sockets:
         protocols = [protocols] if isinstance(protocols, str) else [str(p) for p in protocols or ()]
         for protocol in protocols:
             # As browsers and workerd: a subprotocol is an HTTP token, named once.
-            if not _TOKEN.fullmatch(protocol) or protocols.count(protocol) > 1:
+            if not TOKEN.fullmatch(protocol) or protocols.count(protocol) > 1:
                 raise JsException("SyntaxError", f"Failed to construct 'WebSocket': The subprotocol "
                                                  f"{protocol[:200]!r} is invalid or duplicated.")
         ws = WebSocket(self)

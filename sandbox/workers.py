@@ -22,6 +22,8 @@ import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
+from protocol.http_grammar import TOKEN
+
 from .pyodide_shim import ArrayBuffer, JsException
 from .sdk_types import Blob, CfProperties, File, FormData, encode_form, parse_form
 from .streams import IncomingBody
@@ -137,14 +139,13 @@ class HeaderError(JsException, TypeError):
         super().__init__("TypeError", f"Invalid header {what}: {text[:100]!r}")
 
 
-#: What a header's name must be (an HTTP token), and what its value may not hold.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: What a header's value may not hold (its name must be an HTTP token).
 _BAD_HEADER_VALUE = re.compile(r"[\x00\r\n]|[^\x00-\xff]")
 
 
 def _name(name: str | bytes) -> str:
     text = _text(name)
-    if not _HEADER_NAME.fullmatch(text):
+    if not TOKEN.fullmatch(text):
         raise HeaderError("name", text)
     return text.lower()
 

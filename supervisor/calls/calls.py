@@ -24,7 +24,6 @@ an exception from its ``fetch``
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -32,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 import trio
 
+from protocol.http_grammar import TOKEN
 from protocol.messages import (
     DurableObjectEvent,
     ExceptionInfo,
@@ -112,10 +112,6 @@ class _Target:
         self.missing = missing
         self.outbound = outbound
         self.params = params
-
-
-#: A WebSocket subprotocol's name: an HTTP token (RFC 9110).
-_SUBPROTOCOL = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def failure_of(inv: Invocation) -> CallFailed:
@@ -234,7 +230,7 @@ class Calls:
         refused = None
         if parent is None:
             refused = "the request that opened this WebSocket has already ended"
-        elif any(not _SUBPROTOCOL.fullmatch(p) for p in message.protocols):
+        elif any(not TOKEN.fullmatch(p) for p in message.protocols):
             # The sandbox refuses these (SyntaxError); a child that sends one anyway gets no handshake.
             refused = "a WebSocket subprotocol must be an HTTP token"
         elif parent.outbound is not None:

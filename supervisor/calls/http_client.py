@@ -38,6 +38,7 @@ import httpcore
 import httpx
 import trio
 
+from protocol.http_grammar import TOKEN_BYTES
 from supervisor.calls.egress import EgressPolicy
 from supervisor.calls.egress_backend import EgressBackend, Resolver
 from supervisor.calls.fetch_errors import FetchError, FetchTimeout, ResponseTooLarge
@@ -78,7 +79,6 @@ _CLIENT_OWNED_HEADERS = frozenset(
 _NO_RESPONSE = "Server disconnected without sending a response."
 # RFC 9110 field names, and the bytes no field value may hold: checked before
 # connecting, so a bad header costs no connection (h11 checks again on send).
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
 
 
@@ -477,7 +477,7 @@ def _build_request(method: str, url: httpx.URL, headers: list[Header],
     wire: list[Header] = []
     close = False
     for name, value in headers:
-        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+        if not TOKEN_BYTES.fullmatch(name) or _BAD_VALUE.search(value):
             raise FetchError(f"invalid request to {url.host}: bad header {name!r}: {value!r}")
         lname = name.lower()
         if lname in _CLIENT_OWNED_HEADERS:

@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable
 import h11
 import trio
 
+from protocol.http_grammar import TOKEN_BYTES
 from protocol.messages import MAX_CHUNK
 from supervisor.config import HttpConfig
 from supervisor.edge.client_ip import parse_address
@@ -63,7 +64,6 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"upgrade", b"te",
     b"trailer", b"proxy-connection",
 })
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
 #: Not in a reason phrase (RFC 9110: HTAB / SP / VCHAR / obs-text; workerd
 #: refuses HTAB too, as the sandbox does).
@@ -125,7 +125,7 @@ def serialize_head(status: int, headers: list[tuple[bytes, bytes]], framing: byt
     for name, value in headers:
         if name.lower() in HOP_BY_HOP:
             continue
-        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+        if not TOKEN_BYTES.fullmatch(name) or _BAD_VALUE.search(value):
             raise InvalidResponse(f"invalid response header {name[:100]!r}")
         out += name
         out += b": "
