@@ -297,6 +297,11 @@ class Headers(http.client.HTTPMessage):
     def __setitem__(self, name: str, value: str) -> None:
         self.set(name, value)
 
+    def replace_header(self, name: str, value: str) -> None:  # type: ignore[override]
+        """Message's in-place edit, held to the checks ``set`` makes (it wrote
+        into the list as given: a CR LF in a value reached the frame)."""
+        super().replace_header(_name(name), _value(value))
+
     def __delitem__(self, name: str) -> None:
         self.delete(name)
 

@@ -158,10 +158,12 @@ class Default(WorkerEntrypoint):
     async def fetch(self, request):
         out = {}
         for label, (name, value) in CASES.items():
-            for how in ("init", "set", "append"):
+            for how in ("init", "set", "append", "add_header", "replace_header"):
                 try:
                     if how == "init":
                         Response("x", headers={name: value})
+                    elif how == "replace_header":  # email.message.Message's, editing in place
+                        Headers({"x-a": "ok"}).replace_header(name, value)
                     else:
                         getattr(Headers(), how)(name, value)
                     out[label + "/" + how] = "accepted"
