@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from supervisor.bindings import Services, register
 from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, string
 from supervisor.bindings.quota import quota_error
+from supervisor.bindings.sqlite_limits import Deadline, hold_to
 
 MAX_SQL_BYTES = 100_000
 MAX_PARAMS = 100
@@ -39,7 +40,6 @@ ALLOWED_PRAGMAS = frozenset({
     "legacy_alter_table", "function_list", "pragma_list", "collation_list", "data_version",
     "page_count", "page_size", "freelist_count", "user_version", "schema_version",
 })
-UNLIMITED_PAGES = 1073741823
 
 Statement = tuple[str, list[Any]]
 
@@ -64,13 +64,12 @@ def _setup(conn: sqlite3.Connection) -> None:
     conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
 
 
-class _Guard:
+class _Guard(Deadline):
     """The authorizer and progress handler of one tenant call."""
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(timeout_s)
         self.refused = ""
-        self.timed_out = False
 
     def authorize(self, action: int, arg1: Any, arg2: Any, db: Any, trigger: Any) -> int:
         if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
@@ -88,13 +87,6 @@ class _Guard:
         self.refused = why
         return sqlite3.SQLITE_DENY
 
-    def progress(self) -> int:
-        if time.monotonic() > self.deadline:
-            self.timed_out = True
-            return 1
-        return 0
-
-
 def _error_name(exc: sqlite3.Error) -> str:
     name = getattr(exc, "sqlite_errorname", "") or "SQLITE_ERROR"
     return "_".join(name.split("_")[:2])
@@ -102,10 +94,8 @@ def _error_name(exc: sqlite3.Error) -> str:
 
 def _run(conn: sqlite3.Connection, statements: list[Statement], max_bytes: int | None,
          timeout_s: float, max_result: int, prefix: str = "D1_ERROR") -> list[dict[str, Any]]:
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    pages = UNLIMITED_PAGES if max_bytes is None else max(1, max_bytes // page_size)
-    conn.execute(f"PRAGMA max_page_count = {int(pages)}")
-    guard = _Guard(time.monotonic() + timeout_s)
+    page_size = hold_to(conn, max_bytes)
+    guard = _Guard(timeout_s)
     out: list[dict[str, Any]] = []
     budget = max_result
     conn.execute("BEGIN IMMEDIATE")

@@ -15,11 +15,11 @@ Every function takes the connection first and runs in a storage thread
 from __future__ import annotations
 
 import sqlite3
-import time
 from typing import Any
 
 from supervisor.bindings.base import BindingError
 from supervisor.bindings.quota import quota_error
+from supervisor.bindings.sqlite_limits import Deadline, hold_to
 
 MAX_KEY_BYTES = 2048
 MAX_VALUE_BYTES = 2 * 1024 * 1024
@@ -38,17 +38,11 @@ def setup(conn: sqlite3.Connection) -> None:
     conn.set_authorizer(None)
 
 
-#: SQLite's own bound on pages: no cap.
-_UNLIMITED_PAGES = 1073741823
-
-
 def capped(conn: sqlite3.Connection, max_bytes: int | None, fn: Any, *args: Any) -> Any:
     """``fn(conn, *args)`` with the object's database held to ``max_bytes``
     (``[storage.quota] durable_object_bytes``; SQLite's ``max_page_count``, as
     D1's cap). A write past it fails, saying which cap, and keeps nothing."""
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    pages = _UNLIMITED_PAGES if max_bytes is None else max(1, max_bytes // page_size)
-    conn.execute(f"PRAGMA max_page_count = {int(pages)}")
+    page_size = hold_to(conn, max_bytes)
     try:
         return fn(conn, *args)
     except (sqlite3.Error, BindingError) as exc:
@@ -248,18 +242,11 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any],
     if not statements:
         raise BindingError("SQL query must not be empty", "Error")
     rows_before = conn.total_changes
-    deadline = time.monotonic() + timeout_s
-    timed_out = []
-
-    def progress() -> int:
-        if time.monotonic() > deadline:
-            timed_out.append(True)
-            return 1
-        return 0
+    deadline = Deadline(timeout_s)
 
     def run(c: sqlite3.Connection) -> tuple[list[str], list[list[Any]]]:
         c.set_authorizer(_authorizer)
-        c.set_progress_handler(progress, 1000)
+        c.set_progress_handler(deadline.progress, 1000)
         try:
             columns: list[str] = []
             rows: list[list[Any]] = []
@@ -284,7 +271,7 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any],
     except OverflowError:  # a bound integer past 64 bits
         raise BindingError("SQL bindings: an integer does not fit in 64 bits: SQLITE_RANGE", "RangeError") from None
     except sqlite3.Error as exc:
-        if timed_out:
+        if deadline.timed_out:
             raise BindingError(f"SQL query exceeded the time limit of {timeout_s:g} s "
                                "([storage] d1_query_ms) and was interrupted: SQLITE_INTERRUPT") from None
         text = str(exc)
