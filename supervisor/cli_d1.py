@@ -87,6 +87,18 @@ def _database(args: argparse.Namespace, client: Any) -> tuple[str, Path | None]:
                      f"binds a D1 database of that id (the ids bound: {known})")
 
 
+def _read_sql(path: Path, command: str) -> str | None:
+    """A SQL file's text, or None after saying on stderr why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"{command}: cannot read {path}: {exc.strerror}", file=sys.stderr)
+    except UnicodeDecodeError as exc:
+        print(f"{command}: {path} is not UTF-8 text (byte {exc.start}): SQL files must be UTF-8",
+              file=sys.stderr)
+    return None
+
+
 def _query(client: Any, args: argparse.Namespace, database: str, sql: str) -> list[dict]:
     query = f"?namespace={urllib.parse.quote(args.namespace)}" if args.namespace else ""
     path = f"/accounts/local/d1/database/{urllib.parse.quote(database, safe='')}/query{query}"
@@ -97,14 +109,8 @@ def run(args: argparse.Namespace, client: Any) -> int:
     database, migrations = _database(args, client)
     if args.d1_command == "execute":
         if args.file:
-            try:
-                sql = Path(args.file).read_text(encoding="utf-8")
-            except OSError as exc:
-                print(f"corral d1 execute: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-                return 2
-            except UnicodeDecodeError as exc:
-                print(f"corral d1 execute: {args.file} is not UTF-8 text (byte {exc.start}): "
-                      "SQL files must be UTF-8", file=sys.stderr)
+            sql = _read_sql(Path(args.file), "corral d1 execute")
+            if sql is None:
                 return 2
         else:
             sql = args.sql
@@ -136,10 +142,8 @@ def run(args: argparse.Namespace, client: Any) -> int:
         if path.name in done:
             continue
         name = path.name.replace("'", "''")
-        try:
-            sql = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"corral d1 migrations apply: cannot read {path}: {exc}", file=sys.stderr)
+        sql = _read_sql(path, "corral d1 migrations apply")
+        if sql is None:
             return 2
         # The migration's row first: after the migration's own text, an
         # unterminated /* comment (SQLite takes one at the end) swallowed it,
