@@ -52,6 +52,7 @@ from protocol.http_grammar import TOKEN_BYTES
 from protocol.messages import MAX_CHUNK
 from supervisor.config import HttpConfig
 from supervisor.edge.client_ip import parse_address
+from supervisor.edge.idle_waits import IdleWaits
 from supervisor.edge.simple_head import SimpleHead, read_simple_head
 from supervisor.log import error, warn
 from supervisor.pool.bodies import BodyError
@@ -332,6 +333,9 @@ class Connection:
         self._peer_address: str | None = None
         #: How the server's own error answers look (see :data:`ErrorBody`).
         self.error_body: ErrorBody = plain_error
+        #: Where the wait for the next request head goes (see
+        #: supervisor.edge.idle_waits); None: through trio's ``wait_readable``.
+        self.idle_waits: IdleWaits | None = None
 
     @property
     def peer_address(self) -> str:
@@ -425,7 +429,10 @@ class Connection:
         """
         sock = self.sock
         if wait_first:
-            await trio.lowlevel.wait_readable(sock)
+            if self.idle_waits is not None:
+                await self.idle_waits.wait(sock.fileno())
+            else:
+                await trio.lowlevel.wait_readable(sock)
         while True:
             try:
                 return sock.recv(READ_SIZE)
@@ -634,6 +641,7 @@ class Server:
         self.draining = False
         #: Connections waiting for the first byte of a request head.
         self._idle: set[Connection] = set()
+        self._idle_waits = IdleWaits()
 
     async def serve(self, listener: socket.socket,
                     task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -642,6 +650,7 @@ class Server:
         tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sweep_idle)
+            await nursery.start(self._idle_waits.run)
             task_status.started()
             while True:
                 try:
@@ -661,6 +670,9 @@ class Server:
         """One connection; never raises, whatever the client does."""
         conn = Connection(sock, self.config, self.name)
         conn.error_body = self.error_body
+        fd = sock.fileno()
+        if self._idle_waits.add(fd):
+            conn.idle_waits = self._idle_waits
         try:
             if self.connections >= self.config.max_connections:
                 await _simple(conn, 503, "Server busy: too many connections")
@@ -678,6 +690,8 @@ class Server:
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             error(f"{self.name}.connection_error", exc_info=exc)
         finally:
+            if conn.idle_waits is not None:
+                conn.idle_waits.remove(fd)
             sock.close()
 
     async def _serve(self, conn: Connection) -> None:
@@ -785,8 +799,8 @@ class Server:
 
     async def _sweep_idle(self) -> None:
         """End the idle waits that ran past ``idle_timeout_s``: wake the
-        connection's task (``notify_closing`` makes its ``wait_readable``
-        raise), which then closes it. Checking a float per connection a few
+        connection's task (``notify_closing`` makes its wait raise), which
+        then closes it. Checking a float per connection a few
         times a second is cheaper than a cancel scope per request."""
         period = min(0.5, self.config.idle_timeout_s / 4)
         while True:
@@ -795,7 +809,10 @@ class Server:
             for conn in [c for c in self._idle if now >= c.idle_until]:
                 conn.idle_expired = True
                 self._idle.discard(conn)
-                trio.lowlevel.notify_closing(conn.sock)
+                if conn.idle_waits is not None:
+                    conn.idle_waits.notify_closing(conn.sock.fileno())
+                else:
+                    trio.lowlevel.notify_closing(conn.sock)
 
     async def _read_head(self, conn: Connection) -> object:
         """The next request head: a :class:`SimpleHead` when it is one, else
