@@ -370,17 +370,25 @@ def test_the_standard_library_imports_and_what_cannot_work_says_so(c: Corral) ->
 
 
 def _base_only_package() -> tuple[str, str] | None:
-    """(the base interpreter's site-packages, a package only it has)."""
+    """(a site-packages folder of the base interpreter, a package only it has).
+    The base interpreter's own answer: a pyenv or source build keeps its
+    site-packages inside the standard library's folder, Debian's python3 in
+    /usr/lib/python3/dist-packages and /usr/local/lib/python3.X/dist-packages."""
+    import json
+    import subprocess
     import sys
-    import sysconfig
 
-    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})["purelib"]
-    ours = {p for p in sys.path if p.endswith("-packages") and not p.startswith(base)}
-    for name in ("colorama", "six", "blinker", "boto3", "numpy", "yaml", "click"):
-        if os.path.isfile(os.path.join(base, name, "__init__.py")) or os.path.isfile(os.path.join(base, name + ".py")):
-            if not any(os.path.exists(os.path.join(p, name)) or os.path.exists(os.path.join(p, name + ".py"))
-                       for p in ours):
-                return base, name
+    bases = json.loads(subprocess.run(
+        [sys._base_executable, "-I", "-c", "import json, site; print(json.dumps(site.getsitepackages()))"],
+        capture_output=True, text=True, check=True).stdout)
+    ours = {p for p in sys.path if p.endswith("-packages") and p not in bases}
+    for base in bases:
+        for name in ("colorama", "six", "blinker", "boto3", "numpy", "yaml", "click"):
+            if os.path.isfile(os.path.join(base, name, "__init__.py")) or \
+                    os.path.isfile(os.path.join(base, name + ".py")):
+                if not any(os.path.exists(os.path.join(p, name)) or os.path.exists(os.path.join(p, name + ".py"))
+                           for p in ours):
+                    return base, name
     return None
 
 
