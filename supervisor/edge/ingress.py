@@ -13,8 +13,6 @@ to the client socket, one chunk at a time.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
@@ -55,6 +53,9 @@ REQUEST_ID_HEADER = b"x-corral-request-id"
 WATCH_CLIENT_AFTER_S = 0.05
 #: How often :meth:`Ingress.run` wakes the requests whose head is late.
 SWEEP_S = 0.01
+#: Sweeps that found nothing parked before the sweeper sleeps until a request
+#: parks: at a few requests a second it then does not wake at every one.
+QUIET_SWEEPS = 5
 
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 
@@ -78,14 +79,13 @@ class Ingress:
         self.client_address = ClientAddress(TrustedProxies(config.observability.trusted_proxies))
         self.limits = LimitPolicy(config.limits)
         #: Request tasks parked for their response head (see _wait_head),
-        #: and when each must wake anyway: a heap of (time, seq, invocation).
-        self._parked: dict[Invocation, trio.lowlevel.Task] = {}
-        self._wakes: list[tuple[float, int, Invocation]] = []
-        self._seq = itertools.count()
+        #: with when each must wake anyway (trio's clock).
+        self._parked: dict[Invocation, tuple[trio.lowlevel.Task, float]] = {}
         self._sweeping = False
-        #: Set when the first wake goes into an empty heap (an idle server's
-        #: sweeper sleeps on it rather than waking every SWEEP_S).
-        self._pushed = trio.Event()
+        #: Set while the sweeper sleeps for want of parked requests: the next
+        #: request to park sets it (an idle server's sweeper does not wake
+        #: every SWEEP_S).
+        self._pushed: trio.Event | None = None
         #: Hands clients' WebSocket messages to workers (set by the server).
         self.websockets: Deliverer | None = None
 
@@ -100,27 +100,30 @@ class Ingress:
         on with scopes, as before, watching its client."""
         self._sweeping = True
         task_status.started()
-        wakes = self._wakes
+        parked = self._parked
+        clock = loop_clock.CLOCK.get()
+        quiet = 0
         try:
             while True:
-                if not wakes:
-                    self._pushed = trio.Event()
-                    await self._pushed.wait()
+                quiet = quiet + 1 if not parked else 0
+                if quiet > QUIET_SWEEPS:
+                    pushed = self._pushed = trio.Event()
+                    await pushed.wait()
+                    quiet = 0
                 await trio.sleep(SWEEP_S)
-                now = loop_clock.CLOCK.get()()
-                while wakes and wakes[0][0] <= now:
-                    self._unpark(heapq.heappop(wakes)[2])
+                now = clock()
+                for inv in [inv for inv, (_task, until) in parked.items() if until <= now]:
+                    self._unpark(inv)
         finally:
             self._sweeping = False
-            for inv in list(self._parked):
+            for inv in list(parked):
                 self._unpark(inv)
-            wakes.clear()
 
     def _unpark(self, inv: Invocation) -> None:
-        task = self._parked.pop(inv, None)
-        if task is not None:
+        parked = self._parked.pop(inv, None)
+        if parked is not None:
             inv.on_head = None
-            trio.lowlevel.reschedule(task)
+            trio.lowlevel.reschedule(parked[0])
 
     async def _wait_head(self, inv: Invocation, until: float) -> None:
         """Wait for ``inv``'s head, or until ``until`` (trio's clock)."""
@@ -131,12 +134,11 @@ class Ingress:
                 await inv.head_ready.wait()
             return
         parked = self._parked
-        parked[inv] = trio.lowlevel.current_task()
+        parked[inv] = (trio.lowlevel.current_task(), until)
         inv.on_head = self._unpark
-        wakes = self._wakes
-        if not wakes:
+        if self._pushed is not None:
             self._pushed.set()
-        heapq.heappush(wakes, (until, next(self._seq), inv))
+            self._pushed = None
 
         def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
             parked.pop(inv, None)
