@@ -137,6 +137,12 @@ def serialize_head(status: int, headers: list[tuple[bytes, bytes]], framing: byt
     return out
 
 
+def _tagged(headers: list[tuple[bytes, bytes]], tag: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """``headers`` with ``tag`` last and no other header of its name."""
+    name = tag[0]
+    return [h for h in headers if h[0].lower() != name] + [tag]
+
+
 def _no_body(status: int) -> bool:
     return status < 200 or status in (204, 304)
 
@@ -333,6 +339,9 @@ class Connection:
         self._peer_address: str | None = None
         #: How the server's own error answers look (see :data:`ErrorBody`).
         self.error_body: ErrorBody = plain_error
+        #: A header every response head carries until the request is answered
+        #: (ingress' request id), in place of one of that name the worker set.
+        self.tag: tuple[bytes, bytes] | None = None
         #: Where the wait for the next request head goes (see
         #: supervisor.edge.idle_waits); None: through trio's ``wait_readable``.
         self.idle_waits: IdleWaits | None = None
@@ -493,6 +502,8 @@ class Connection:
             framing = self._framing(b"")
         else:
             framing = self._framing(b"content-length: %d\r\n" % len(body))
+        if self.tag is not None:
+            headers = _tagged(headers, self.tag)
         out = serialize_head(status, headers, framing, status_text)
         self.response_started = True
         if body and not head_only:
@@ -513,6 +524,8 @@ class Connection:
             self._chunked = False
             self.keep_alive = False
             framing = b"connection: close\r\n"
+        if self.tag is not None:
+            headers = _tagged(headers, self.tag)
         out = serialize_head(status, headers, framing, status_text)
         self.response_started = True
         await self._send(out)

@@ -154,9 +154,11 @@ class Ingress:
             return
         rid = self.request_ids(request.headers, conn.peer_address)
         token = log_request_id.set(rid)
+        conn.tag = (REQUEST_ID_HEADER, rid.encode("ascii"))
         try:
-            await self._handle(request, _Tagged(conn, rid), rid)
+            await self._handle(request, conn, rid)
         finally:
+            conn.tag = None
             log_request_id.reset(token)
 
     async def _handle(self, request: Request, conn: Connection, rid: str) -> None:
@@ -304,26 +306,3 @@ async def _cancel_when_gone(conn: Connection, inv: Invocation, scope: trio.Cance
     inv.cancel(Outcome.CANCELED)
     scope.cancel()
 
-
-class _Tagged:
-    """The connection, with the request id added to every response head."""
-
-    __slots__ = ("_conn", "_header")
-
-    def __init__(self, conn: Connection, rid: str) -> None:
-        self._conn = conn
-        self._header = (REQUEST_ID_HEADER, rid.encode("ascii"))
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._conn, name)
-
-    def _headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        return [h for h in headers if h[0].lower() != REQUEST_ID_HEADER] + [self._header]
-
-    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
-                      head_only: bool = False, status_text: str = "") -> None:
-        await self._conn.respond(status, self._headers(headers), body, head_only, status_text)
-
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]],
-                    head_only: bool = False, status_text: str = "") -> None:
-        await self._conn.start(status, self._headers(headers), head_only, status_text)

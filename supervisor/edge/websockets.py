@@ -252,7 +252,7 @@ class Session:
     """One upgraded client connection, relayed to its worker's socket."""
 
     def __init__(self, conn: Connection, source: SocketSource, deliverer: Deliverer) -> None:
-        self.conn: Connection = getattr(conn, "_conn", conn)  # under ingress' request-id wrapper
+        self.conn = conn
         self.source = source
         self.deliverer = deliverer
         self.ws = WsConnection(ConnectionType.SERVER)
