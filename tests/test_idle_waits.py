@@ -24,21 +24,31 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
-async def _with_hub(body) -> None:
-    waits = IdleWaits()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(waits.run)
-        await body(waits, nursery)
-        nursery.cancel_scope.cancel()
+def _run(body) -> None:
+    """``body(waits, nursery, ours, theirs)`` in a trio run with the hub's task
+    running and a fresh socket pair, ``ours`` non-blocking; both closed after."""
+    ours, theirs = _pair()
+
+    async def main() -> None:
+        waits = IdleWaits()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(waits.run)
+            assert waits.add(ours.fileno())
+            await body(waits, nursery, ours, theirs)
+            waits.remove(ours.fileno())
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_a_wait_is_woken_by_bytes_and_once_per_edge() -> None:
-    ours, theirs = _pair()
     woken: list[int] = []
 
-    async def body(waits: IdleWaits, nursery: trio.Nursery) -> None:
-        assert waits.add(ours.fileno())
-
+    async def body(waits: IdleWaits, nursery: trio.Nursery, ours: socket.socket, theirs: socket.socket) -> None:
         async def waiter() -> None:
             await waits.wait(ours.fileno())
             woken.append(1)
@@ -56,20 +66,12 @@ def test_a_wait_is_woken_by_bytes_and_once_per_edge() -> None:
         theirs.send(b" /")
         await trio.testing.wait_all_tasks_blocked()
         assert woken == [1, 2], "new bytes are a new edge"
-        waits.remove(ours.fileno())
 
-    try:
-        trio.run(_with_hub, body)
-    finally:
-        ours.close()
-        theirs.close()
+    _run(body)
 
 
 def test_bytes_that_come_while_nobody_waits_are_not_lost() -> None:
-    ours, theirs = _pair()
-
-    async def body(waits: IdleWaits, nursery: trio.Nursery) -> None:
-        assert waits.add(ours.fileno())
+    async def body(waits: IdleWaits, nursery: trio.Nursery, ours: socket.socket, theirs: socket.socket) -> None:
         theirs.send(b"GET / HTTP/1.1\r\n\r\n")
         await trio.testing.wait_all_tasks_blocked()  # the hub has seen the edge, nobody waited
         with trio.fail_after(5):
@@ -87,40 +89,24 @@ def test_bytes_that_come_while_nobody_waits_are_not_lost() -> None:
         finally:
             early.close()
             early_peer.close()
-        waits.remove(ours.fileno())
 
-    try:
-        trio.run(_with_hub, body)
-    finally:
-        ours.close()
-        theirs.close()
+    _run(body)
 
 
 def test_the_peer_closing_wakes_the_wait() -> None:
-    ours, theirs = _pair()
-
-    async def body(waits: IdleWaits, nursery: trio.Nursery) -> None:
-        assert waits.add(ours.fileno())
-        nursery.start_soon(trio.testing.wait_all_tasks_blocked)
+    async def body(waits: IdleWaits, nursery: trio.Nursery, ours: socket.socket, theirs: socket.socket) -> None:
         theirs.close()
         with trio.fail_after(5):
             await waits.wait(ours.fileno())
         assert ours.recv(10) == b""
-        waits.remove(ours.fileno())
 
-    try:
-        trio.run(_with_hub, body)
-    finally:
-        ours.close()
+    _run(body)
 
 
 def test_notify_closing_and_remove_wake_a_parked_wait_with_closed_resource_error() -> None:
-    ours, theirs = _pair()
     raised: list[str] = []
 
-    async def body(waits: IdleWaits, nursery: trio.Nursery) -> None:
-        assert waits.add(ours.fileno())
-
+    async def body(waits: IdleWaits, nursery: trio.Nursery, ours: socket.socket, theirs: socket.socket) -> None:
         async def waiter() -> None:
             try:
                 await waits.wait(ours.fileno())
@@ -136,18 +122,11 @@ def test_notify_closing_and_remove_wake_a_parked_wait_with_closed_resource_error
             await waits.wait(ours.fileno())  # and every later wait
         waits.remove(ours.fileno())  # idempotent
 
-    try:
-        trio.run(_with_hub, body)
-    finally:
-        ours.close()
-        theirs.close()
+    _run(body)
 
 
 def test_a_cancelled_wait_leaves_the_next_edge_for_the_next_wait() -> None:
-    ours, theirs = _pair()
-
-    async def body(waits: IdleWaits, nursery: trio.Nursery) -> None:
-        assert waits.add(ours.fileno())
+    async def body(waits: IdleWaits, nursery: trio.Nursery, ours: socket.socket, theirs: socket.socket) -> None:
         with trio.CancelScope() as scope:
             nursery.start_soon(_cancel_when_blocked, scope)
             await waits.wait(ours.fileno())
@@ -155,13 +134,8 @@ def test_a_cancelled_wait_leaves_the_next_edge_for_the_next_wait() -> None:
         theirs.send(b"x")
         with trio.fail_after(5):
             await waits.wait(ours.fileno())
-        waits.remove(ours.fileno())
 
-    try:
-        trio.run(_with_hub, body)
-    finally:
-        ours.close()
-        theirs.close()
+    _run(body)
 
 
 async def _cancel_when_blocked(scope: trio.CancelScope) -> None:
