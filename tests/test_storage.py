@@ -438,16 +438,20 @@ return [obj.size, body == b"a" * 5242880 + b"tail", obj.etag == want,
     assert "multipart upload does not exist" in got[4] and got[5] is None
 
 
-def test_r2_multipart_parts_keep_r2s_sizes(server) -> None:
-    # Every part but the last is at least 5 MiB and all of one size; the last
-    # is no larger. A refused completion leaves the upload to complete again.
-    got = ok(server, "t", """
+#: Tenant code: an upload's completion, its size or R2's error message.
+COMPLETE = """
 async def complete(upload, parts):
     try:
         return (await upload.complete(parts)).size
     except JsException as e:
         return e.message
-small = await env.BUCKET.createMultipartUpload("mp/small")
+"""
+
+
+def test_r2_multipart_parts_keep_r2s_sizes(server) -> None:
+    # Every part but the last is at least 5 MiB and all of one size; the last
+    # is no larger. A refused completion leaves the upload to complete again.
+    got = ok(server, "t", COMPLETE + """small = await env.BUCKET.createMultipartUpload("mp/small")
 s1 = await small.uploadPart(1, b"a" * 100000)
 s2 = await small.uploadPart(2, "tail")
 mib5 = 5 * 1024 * 1024
@@ -678,13 +682,7 @@ def test_r2_multipart_parts_are_listed_once_in_ascending_order(server) -> None:
     N x 5 MiB object, written to disk before any bytes cap was checked (a
     tenant's way to fill the host's disk). Refused, as R2 refuses an invalid
     part; the upload stays, to complete with its parts."""
-    got = ok(server, "t", """
-async def complete(upload, parts):
-    try:
-        return (await upload.complete(parts)).size
-    except JsException as e:
-        return e.message
-mib5 = 5 * 1024 * 1024
+    got = ok(server, "t", COMPLETE + """mib5 = 5 * 1024 * 1024
 up = await env.BUCKET.createMultipartUpload("mp/dup")
 p1 = await up.uploadPart(1, b"a" * mib5)
 p2 = await up.uploadPart(2, "tail")
