@@ -223,6 +223,7 @@ migrations_table  # supervisor/admin/project.py
 preview_bucket_name  # supervisor/admin/project.py
 max_concurrency  # supervisor/admin/project.py, supervisor/model.py
 namespace_id  # supervisor/model.py (read with getattr in supervisor/bindings/__init__.py)
+zone_name  # supervisor/admin/routes_api.py (wrangler's route entries; zones are labels)
 
 # -- Registered by decorator, or dispatched by method name ---------------------------
 

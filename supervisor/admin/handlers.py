@@ -1,4 +1,4 @@
-"""The admin API's endpoints (SPEC section 2): namespaces, scripts, tags, routes.
+"""The admin API's endpoints (SPEC section 2): namespaces, scripts, tags (routes: routes_api).
 
 Each handler takes a :class:`~supervisor.admin.router.Request` and answers a
 rendered envelope; failures are raised as domain errors and mapped to HTTP in
@@ -24,11 +24,11 @@ from supervisor.admin import multipart
 from supervisor.admin.assets import AssetSessions
 from supervisor.admin.decode import MAX_METADATA_BYTES, MAX_TAG_FILTERS, clip, decode_json
 from supervisor.admin.errors import ErrorCode, LoadFailed
-from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, route_json, script_json
+from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, script_json
 from supervisor.admin.router import Request, Router
 from supervisor.cron import CronError, parse_cron
 from supervisor.edge import asset_rules
-from supervisor.errors import Invalid, NotFound, NotSupported, TooLarge
+from supervisor.errors import Invalid, NotSupported, TooLarge
 from supervisor.model import (
     PLATFORM,
     AssetConfig,
@@ -191,8 +191,6 @@ class Handlers:
             router.add(f"{prefix}/{{name}}/tags/{{tag}}", PUT=self.add_tag, DELETE=self.remove_tag)
             router.add(f"{prefix}/{{name}}/schedules/trigger", POST=self.trigger_scheduled)
         router.add(_PS, GET=self.list_scripts)
-        router.add("accounts/*/workers/routes", GET=self.list_routes, POST=self.add_route)
-        router.add("accounts/*/workers/routes/{id}", GET=self.get_route, DELETE=self.delete_route)
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run a store call in a worker thread (SQLite may touch the disk)."""
@@ -560,31 +558,3 @@ class Handlers:
         result = await self._run(self.store.remove_tag, ns, name, request.params["tag"])
         self._changed(ns, name)
         return envelope(200, result)
-
-    # -- routes ---------------------------------------------------------------
-
-    async def list_routes(self, request: Request) -> Response:
-        return envelope(200, [route_json(r) for r in await self._run(self.store.list_routes)])
-
-    async def add_route(self, request: Request) -> Response:
-        body = request.json()
-        if not isinstance(body, dict) or not isinstance(body.get("pattern"), str) \
-                or not isinstance(body.get("script"), str):
-            raise Invalid('send {"pattern": "*.example.com/*", "script": "NAME"} to add a route')
-        info = await self._run(self.store.add_route, body["pattern"], body["script"])
-        log_event(logging.INFO, "admin.route_added", pattern=info.pattern, script=info.script)
-        return envelope(200, route_json(info))
-
-    async def get_route(self, request: Request) -> Response:
-        route_id = request.params["id"]
-        for route in await self._run(self.store.list_routes):
-            if route.id == route_id:
-                return envelope(200, route_json(route))
-        raise NotFound(f"route {route_id!r} does not exist")
-
-    async def delete_route(self, request: Request) -> Response:
-        route_id = request.params["id"]
-        if not await self._run(self.store.delete_route, route_id):
-            raise NotFound(f"route {route_id!r} does not exist")
-        log_event(logging.INFO, "admin.route_deleted", id=route_id)
-        return envelope(200, {"id": route_id})

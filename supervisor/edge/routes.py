@@ -19,6 +19,10 @@ Precedence, when several routes match (most specific wins):
    beats ``/*``);
 3. then the route listed first wins, so the order is always deterministic.
 
+A route whose script is empty is an *exclusion*, as on Cloudflare: the
+requests it matches (being the most specific route) are served by no script,
+so ``example.com/static/*`` with no script carves a hole in ``example.com/*``.
+
 Host specificity dominates path specificity because a host names an
 application: ``example.com/*`` should keep serving ``example.com/api/x`` even
 if someone adds a catch-all ``*/api/*`` for other tenants.
@@ -172,7 +176,8 @@ class RouteTable:
         return len(self.routes)
 
     def match(self, host: str, path: str) -> str | None:
-        """The script of the most specific route matching, or None.
+        """The script of the most specific route matching, or None (also when
+        that route is an exclusion: its script is empty).
 
         ``host`` may carry a port (``Host`` header as sent); ``path`` may carry
         a query string, which is ignored.
@@ -181,11 +186,11 @@ class RouteTable:
         path = path.partition("?")[0] or "/"
         for route in self._exact.get(host, ()):
             if route.path_matches(path):
-                return route.script
+                return route.script or None
         for route in self._wild:
             assert route.host_re is not None
             if route.host_re.fullmatch(host) is not None and route.path_matches(path):
-                return route.script
+                return route.script or None
         return None
 
 

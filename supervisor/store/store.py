@@ -715,26 +715,80 @@ class Store:
 
     # -- routes -------------------------------------------------------------
 
-    def add_route(self, pattern: str, script: str) -> RouteInfo:
-        """Route ``pattern`` to platform script ``script`` (which may be deployed later)."""
+    @staticmethod
+    def _route_of(pattern: str, script: str) -> tuple[str, str]:
+        """The canonical pattern and checked script of a route to be written.
+
+        An empty ``script`` is an exclusion, as on Cloudflare ("the route is
+        skipped when the script is blank"): requests it matches are served by
+        no script, whatever less specific route also matches them.
+        """
         try:
             canonical = normalize_pattern(pattern)
         except RouteError as exc:
             raise Invalid(str(exc)) from None
-        check_name("script", script)
+        if script:
+            check_name("script", script)
+        return canonical, script
+
+    @staticmethod
+    def _route_taken(db: sqlite3.Connection, pattern: str, route_id: str = "") -> None:
+        row = db.execute("SELECT id, script FROM routes WHERE pattern = ? AND id != ?",
+                         (pattern, route_id)).fetchone()
+        if row is not None:
+            raise Conflict(f"route {pattern!r} already exists (id {row[0]}, script {row[1]!r}); delete it first")
+
+    def add_route(self, pattern: str, script: str) -> RouteInfo:
+        """Route ``pattern`` to platform script ``script`` (which may be deployed later;
+        "" excludes the pattern, see :meth:`_route_of`)."""
+        canonical, script = self._route_of(pattern, script)
         info = RouteInfo(id=uuid.uuid4().hex, pattern=canonical, script=script)
         with self._transaction() as db:
-            row = db.execute("SELECT id, script FROM routes WHERE pattern = ?", (canonical,)).fetchone()
-            if row is not None:
-                raise Conflict(
-                    f"route {canonical!r} already exists (id {row[0]}, script {row[1]!r}); delete it first",
-                )
+            self._route_taken(db, canonical)
             db.execute(
                 "INSERT INTO routes (id, pattern, script) VALUES (?, ?, ?)",
                 (info.id, info.pattern, info.script),
             )
             self._route_table = None
         return info
+
+    def update_route(self, route_id: str, pattern: str, script: str) -> RouteInfo | None:
+        """Give route ``route_id`` a new pattern and script; None if there is no such route.
+        It keeps its place in the creation order (the last tie-breaker)."""
+        canonical, script = self._route_of(pattern, script)
+        with self._transaction() as db:
+            self._route_taken(db, canonical, route_id)
+            if not db.execute("UPDATE routes SET pattern = ?, script = ? WHERE id = ?",
+                              (canonical, script, route_id)).rowcount:
+                return None
+            self._route_table = None
+        return RouteInfo(id=route_id, pattern=canonical, script=script)
+
+    def set_script_routes(self, script: str, patterns: Sequence[str]) -> list[RouteInfo]:
+        """Make ``patterns`` the routes of ``script``, all or none (Cloudflare's
+        ``PUT .../scripts/{name}/routes``): its other routes are deleted, those
+        it already has keep their ids, and a pattern another script holds is a
+        conflict that changes nothing."""
+        check_name("script", script)
+        wanted: dict[str, None] = {}
+        for pattern in patterns:
+            wanted[self._route_of(pattern, script)[0]] = None
+        with self._transaction() as db:
+            held = dict(db.execute("SELECT pattern, id FROM routes WHERE script = ?", (script,)).fetchall())
+            for pattern in wanted:
+                if pattern not in held:
+                    self._route_taken(db, pattern)
+            db.executemany("DELETE FROM routes WHERE id = ?",
+                           [(held[p],) for p in held if p not in wanted])
+            routes = []
+            for pattern in wanted:
+                route_id = held.get(pattern) or uuid.uuid4().hex
+                if pattern not in held:
+                    db.execute("INSERT INTO routes (id, pattern, script) VALUES (?, ?, ?)",
+                               (route_id, pattern, script))
+                routes.append(RouteInfo(id=route_id, pattern=pattern, script=script))
+            self._route_table = None
+        return routes
 
     def list_routes(self) -> list[RouteInfo]:
         """All routes in creation order (the order :mod:`supervisor.edge.routes` breaks ties by)."""
