@@ -93,8 +93,10 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
         metadata = msgspec.structs.replace(metadata, assets=msgspec.structs.replace(uploads, jwt=jwt))
         if not args.json:
             print(f"assets: {count} file(s), {sent} uploaded", file=sys.stderr)
-    parts = [multipart.Part(name="metadata", data=msgspec.json.encode(metadata),
-                            content_type="application/json")]
+    # Its crons always, even none: an upload without the key keeps the
+    # deployed ones (as Cloudflare keeps schedules), and the project's say.
+    fields = {**msgspec.to_builtins(metadata), "crons": list(metadata.crons)}
+    parts = [multipart.Part(name="metadata", data=msgspec.json.encode(fields), content_type="application/json")]
     for path, code in project.modules.items():
         parts.append(multipart.Part(name=path, filename=path.rsplit("/", 1)[-1], data=code,
                                     content_type=module_content_type(path)))

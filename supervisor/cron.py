@@ -21,8 +21,11 @@ from typing import Any
 import trio
 
 from protocol.messages import ScheduledEvent
+from supervisor.errors import Invalid
+from supervisor.log import log
+from supervisor.model import MAX_CRONS
 
-__all__ = ["CronError", "Cron", "parse_cron", "Scheduler"]
+__all__ = ["CronError", "Cron", "Scheduler", "check_crons", "parse_cron"]
 
 _UTC = datetime.UTC
 _MONTHS = {m: i for i, m in enumerate(
@@ -133,6 +136,20 @@ def parse_cron(text: str) -> Cron:
     return Cron(text, fields, parts[2] in ("*", "?"), parts[4] in ("*", "?"))
 
 
+def check_crons(crons: list[str]) -> list[str]:
+    """``crons`` if every one parses and there are few enough (Cloudflare's
+    limit), else :class:`~supervisor.errors.Invalid` naming the problem: the
+    check every way of setting a script's triggers makes."""
+    if len(crons) > MAX_CRONS:
+        raise Invalid(f"{len(crons)} cron triggers, more than the {MAX_CRONS} a script may have")
+    for cron in crons:
+        try:
+            parse_cron(cron)
+        except CronError as exc:
+            raise Invalid(str(exc)) from None
+    return list(crons)
+
+
 # ---------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------
@@ -183,6 +200,9 @@ class Scheduler:
                 self._changed = trio.Event()
                 entries = await trio.to_thread.run_sync(lambda: list(self.source()))
                 pending = self.plan(entries, self.clock())
+                # What is scheduled now, at start and after each change of scripts.
+                log("cron.planned", triggers=len(pending), scripts=len(entries),
+                    next=f"{pending[0][1] or '(platform)'}/{pending[0][2]} at {pending[0][0]:.0f}" if pending else "")
                 while pending and not self._changed.is_set():
                     when, namespace, name, cron = pending[0]
                     with trio.move_on_after(max(0.0, when - self.clock())):

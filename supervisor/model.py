@@ -521,6 +521,19 @@ def content_version(main_module: str, modules: dict[str, bytes], bindings: list[
     return digest.hexdigest()[:32]
 
 
+def record_version(record: ScriptRecord) -> str:
+    """:func:`content_version` of a record: what its upload hashes (code,
+    bindings, packages, and its crons, assets and queue consumers when it has
+    any), so a version made from a record (a settings edit, new schedules)
+    names its content as an upload of it would."""
+    extra = None
+    if record.crons or record.assets or record.queue_consumers:
+        extra = {"crons": record.crons, "assets": record.assets,
+                 **({"queue_consumers": record.queue_consumers} if record.queue_consumers else {})}
+    return content_version(record.main_module, record.modules, record.bindings, record.compatibility_date,
+                           record.compatibility_flags, record.packages_lock, extra=extra)
+
+
 def public_binding(binding: Binding) -> dict[str, Any]:
     """A binding as the API shows it: secrets without their text."""
     if isinstance(binding, SecretText):

@@ -29,6 +29,7 @@ from supervisor.admin.kv import KVHandlers
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.admin.routes_api import RouteHandlers
+from supervisor.admin.schedules import ScheduleHandlers
 from supervisor.admin.script_config import ScriptConfigHandlers
 from supervisor.admin.tokens import OWNER, Principal, TokenHandlers, authorize
 from supervisor.admin.versions import VersionHandlers
@@ -53,7 +54,7 @@ class AdminAPI:
         self.handlers.register(self.router)
         # Each group of endpoints is one module over the core handlers.
         for group in (VersionHandlers, ScriptConfigHandlers, AssetHandlers, TokenHandlers, AccountHandlers,
-                      KVHandlers, RouteHandlers):
+                      KVHandlers, RouteHandlers, ScheduleHandlers):
             group(self.handlers).register(self.router)
 
     async def handle(

@@ -26,7 +26,7 @@ from supervisor.admin.decode import MAX_METADATA_BYTES, MAX_TAG_FILTERS, clip, d
 from supervisor.admin.errors import ErrorCode, LoadFailed
 from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, script_json
 from supervisor.admin.router import Request, Router
-from supervisor.cron import CronError, parse_cron
+from supervisor.cron import CronError, check_crons, parse_cron
 from supervisor.edge import asset_rules
 from supervisor.errors import Invalid, NotSupported, TooLarge
 from supervisor.model import (
@@ -39,9 +39,9 @@ from supervisor.model import (
     Service,
     UploadMetadata,
     check_name,
-    content_version,
     decode_metadata,
     module_path_ok,
+    record_version,
     resolve_bindings,
 )
 from supervisor.packages import upload as packages_upload
@@ -202,6 +202,13 @@ class Handlers:
         except Exception:  # noqa: BLE001 - the write is done; report, don't fail it
             log_event(logging.ERROR, "admin.script_changed_hook_failed", namespace=namespace, script=name,
                       traceback=traceback.format_exc())
+
+    async def store_version(self, record: ScriptRecord, source: str) -> ScriptRecord:
+        """Store and deploy ``record``, a new version made from the deployed
+        one (a secret, settings, schedules), and tell the pool."""
+        stored = await self._run(functools.partial(self.store.put_script, record, source=source))
+        self._changed(record.namespace, record.name)
+        return stored
 
     async def _drop_assets(self, ns: str, names: list[str]) -> None:
         """Blobs of deleted scripts go after the commit (a crash in between
@@ -425,11 +432,9 @@ class Handlers:
         metadata: UploadMetadata = decode_metadata(raw)
         modules = self._modules(parts)
         if code_only and previous is not None:
-            return msgspec.structs.replace(
-                previous, modules=modules, main_module=self._main_module(metadata, modules),
-                version=content_version(self._main_module(metadata, modules), modules, previous.bindings,
-                                        previous.compatibility_date, previous.compatibility_flags),
-            )
+            updated = msgspec.structs.replace(previous, modules=modules,
+                                              main_module=self._main_module(metadata, modules))
+            return msgspec.structs.replace(updated, version=record_version(updated))
         assets = self._assets(ns, name, metadata, raw, previous)
         main_module = self._main_module(metadata, modules)
         bindings = resolve_bindings(metadata, previous)
@@ -439,24 +444,20 @@ class Handlers:
             tags = metadata.tags
         else:
             tags = list(previous.tags) if previous and "tags" not in raw else []
-        for cron in metadata.crons:
-            try:
-                parse_cron(cron)
-            except CronError as exc:
-                raise Invalid(str(exc)) from None
+        # No 'crons' key keeps the deployed crons, as Cloudflare keeps a
+        # script's schedules (PUT .../schedules) across uploads; `corral
+        # deploy` always sends its project's, even none.
+        if "crons" in raw:
+            crons = check_crons(metadata.crons)
+        else:
+            crons = list(previous.crons) if previous else []
         lock = packages.lock if packages is not None else None
         packages_upload.check_bundle_size(modules, lock)
-        return ScriptRecord(
+        record = ScriptRecord(
             namespace=ns,
             name=name,
-            version=content_version(main_module, modules, bindings, metadata.compatibility_date,
-                                    metadata.compatibility_flags, lock.id if lock else "",
-                                    extra={"crons": metadata.crons, "assets": assets,
-                                           **({"queue_consumers": metadata.queue_consumers}
-                                              if metadata.queue_consumers else {})}
-                                    if metadata.crons or assets or metadata.queue_consumers
-                                    else None),
-            crons=list(metadata.crons),
+            version="",
+            crons=crons,
             queue_consumers=list(metadata.queue_consumers),
             main_module=main_module,
             modules=modules,
@@ -469,6 +470,7 @@ class Handlers:
             requirements=packages.requirements if packages is not None else [],
             packages_lock=lock.id if lock else "",
         )
+        return msgspec.structs.replace(record, version=record_version(record))
 
     @staticmethod
     def _main_module(metadata: UploadMetadata, modules: dict[str, bytes]) -> str:

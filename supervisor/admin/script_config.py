@@ -8,7 +8,6 @@ Secret values go in and never come out: lists show names and types.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -25,8 +24,8 @@ from supervisor.model import (
     ScriptRecord,
     SecretText,
     UploadMetadata,
-    content_version,
     decode_metadata,
+    record_version,
     resolve_bindings,
 )
 
@@ -34,8 +33,7 @@ from supervisor.model import (
 def with_changes(record: ScriptRecord, **changes: Any) -> ScriptRecord:
     """A new version's record: the deployed one with ``changes``, re-hashed."""
     new = msgspec.structs.replace(record, **changes)
-    return msgspec.structs.replace(new, version=content_version(
-        new.main_module, new.modules, new.bindings, new.compatibility_date, new.compatibility_flags))
+    return msgspec.structs.replace(new, version=record_version(new))
 
 
 def _secret_json(binding: SecretText) -> dict[str, str]:
@@ -55,11 +53,6 @@ class ScriptConfigHandlers:
             router.add(f"{prefix}/{{name}}/bindings", GET=self.get_bindings)
             router.add(f"{prefix}/{{name}}/content", GET=self.get_content, PUT=self.put_content)
             router.add(f"{prefix}/{{name}}/content/v2", GET=self.get_content)
-
-    async def _store_version(self, record: ScriptRecord, source: str) -> ScriptRecord:
-        stored = await self.core._run(functools.partial(self.store.put_script, record, source=source))
-        self.core._changed(record.namespace, record.name)
-        return stored
 
     # -- secrets --------------------------------------------------------------
 
@@ -88,7 +81,7 @@ class ScriptConfigHandlers:
         if clash is not None:
             raise Invalid(f"script {name!r} already has a {type(clash).__struct_config__.tag} binding named "
                           f"{secret.name!r}; a secret cannot replace it")
-        await self._store_version(with_changes(record, bindings=[*bindings, secret]), "secret")
+        await self.core.store_version(with_changes(record, bindings=[*bindings, secret]), "secret")
         log_event(logging.INFO, "admin.secret_put", namespace=ns, script=name, secret=secret.name)
         return envelope(200, _secret_json(secret))
 
@@ -97,7 +90,7 @@ class ScriptConfigHandlers:
         key = request.params["key"]
         if not any(isinstance(b, SecretText) and b.name == key for b in record.bindings):
             raise NotFound(f"script {name!r} has no secret {clip(key)!r}", code=10056)
-        await self._store_version(with_changes(record, bindings=[b for b in record.bindings if b.name != key]),
+        await self.core.store_version(with_changes(record, bindings=[b for b in record.bindings if b.name != key]),
                                   "secret")
         log_event(logging.INFO, "admin.secret_deleted", namespace=ns, script=name, secret=key)
         return envelope(200, None)
@@ -142,7 +135,7 @@ class ScriptConfigHandlers:
         if changes:
             changed = with_changes(record, **changes)
             await self.core.check_services(changed)
-            record = await self._store_version(changed, "settings")
+            record = await self.core.store_version(changed, "settings")
         return envelope(200, settings_json(record))
 
     @staticmethod

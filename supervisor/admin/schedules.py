@@ -1,0 +1,66 @@
+"""A script's cron triggers, as Cloudflare's API sets them: ``.../schedules``.
+
+``wrangler deploy`` of a config with ``triggers.crons`` uploads the script,
+then puts its schedules here; the SDK's ``client.workers.scripts.schedules``
+reads and sets them. Corral keeps a script's crons in its deployed record
+(what the scheduler, :mod:`supervisor.cron`, reads), so new schedules are a
+new version of the script, with its code and bindings unchanged. Putting the
+schedules it already has changes nothing. An upload that says nothing about
+crons keeps them, as Cloudflare keeps schedules across uploads.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+
+from supervisor.admin.decode import decode_json
+from supervisor.admin.handlers import _NS, _PS, Handlers, log_event
+from supervisor.admin.render import Response, envelope
+from supervisor.admin.router import Request, Router
+from supervisor.admin.script_config import with_changes
+from supervisor.cron import check_crons
+from supervisor.errors import Invalid
+from supervisor.model import ScriptRecord
+
+
+class Schedule(msgspec.Struct):
+    """One entry of the ``PUT`` body: ``{"cron": "*/5 * * * *"}``."""
+
+    cron: str
+
+
+def schedules_json(record: ScriptRecord) -> dict[str, Any]:
+    when = record.version_created_on or record.modified_on
+    return {"schedules": [{"cron": cron, "created_on": when, "modified_on": when} for cron in record.crons]}
+
+
+class ScheduleHandlers:
+    def __init__(self, core: Handlers) -> None:
+        self.core = core
+
+    def register(self, router: Router) -> None:
+        for prefix in (f"{_NS}/{{ns}}/scripts", _PS):
+            router.add(f"{prefix}/{{name}}/schedules", GET=self.get_schedules, PUT=self.put_schedules)
+
+    async def get_schedules(self, request: Request) -> Response:
+        _, _, record = await self.core.deployed(request)
+        return envelope(200, schedules_json(record))
+
+    async def put_schedules(self, request: Request) -> Response:
+        try:
+            body = msgspec.convert(decode_json(request.body or b"null", "the request body"), type=list[Schedule])
+        except msgspec.ValidationError as exc:
+            raise Invalid(f'send [{{"cron": "*/5 * * * *"}}, ...] to set the script\'s cron triggers ({exc})') \
+                from None
+        crons = check_crons(list(dict.fromkeys(s.cron.strip() for s in body)))
+        ns, name, record = await self.core.deployed(request)
+        if crons != list(record.crons):
+            record = await self.core.store_version(with_changes(record, crons=crons), "schedules")
+            log_event(logging.INFO, "admin.schedules_set", namespace=ns, script=name, crons=crons)
+        return envelope(200, schedules_json(record))
+
+
+__all__ = ["ScheduleHandlers"]
