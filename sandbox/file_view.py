@@ -19,7 +19,10 @@ libraries' load paths stay valid):
   ``DT_NEEDED`` (:mod:`sandbox.elf_needed`), with the symlinks the dynamic
   loader follows to reach them (``/lib -> usr/lib``, sonames), and the
   system libraries manylinux wheels may link (:data:`MANYLINUX_LIBRARIES`);
-* the package store (``<state_dir>/packages``), for wheels' native code;
+* the package store's unpacked wheels (``<state_dir>/packages/entries``),
+  for wheels' native code; only that folder of the store: its lock files and
+  downloads in progress do not exist in the view (ENOENT, as SPEC has every
+  path outside it), where they were there and refused (EACCES);
 * the bundles root (``<state_dir>/bundles``), also ``noexec``: native code
   may be mapped executable from the package store, never from a bundle;
 * the system's public data the standard library reads, where the host has
@@ -72,7 +75,7 @@ class FileView:
     trees: list[str] = field(default_factory=list)
     #: Shared library files mounted read-only, one by one.
     libraries: list[str] = field(default_factory=list)
-    #: The package store root (read-only, native code allowed).
+    #: The package store's entries folder (read-only, native code allowed).
     packages: str = ""
     #: The bundles root (read-only, noexec); Landlock's layer 2 narrows it to one bundle.
     bundles: str = ""
@@ -277,8 +280,9 @@ def plan(bundles_dir: str, packages_dir: str) -> FileView:
     planner.libraries_of(objects)
     planner.libraries_named(MANYLINUX_LIBRARIES)
     view.libraries = [lib for lib in view.libraries if not _beneath(lib, view.trees) or view.hidden(lib)]
-    if packages_dir and os.path.isdir(packages_dir):
-        view.packages = planner.mirror(os.path.abspath(packages_dir))
+    entries = os.path.join(packages_dir, "entries") if packages_dir else ""
+    if entries and os.path.isdir(entries):
+        view.packages = planner.mirror(os.path.abspath(entries))
     if bundles_dir and os.path.isdir(bundles_dir):
         view.bundles = planner.mirror(os.path.abspath(bundles_dir))
     _system_data(planner)

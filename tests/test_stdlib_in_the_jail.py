@@ -16,6 +16,7 @@ import pytest
 from tests.harness import Corral
 from tests.test_jail import (
     EACCES,
+    ENOENT,
     EPERM,
     EROFS,
     assert_healthy,
@@ -269,9 +270,10 @@ def test_a_tenant_sees_only_its_own_packages_in_the_store(c: Corral) -> None:
     # Its own set: readable, after Load too.
     assert out["own"] == {"ok": True, "value": "True"}, out["own"]
     assert out["own_entry"]["ok"] is True, out["own_entry"]
-    # The rest of the store: not even listable.
-    for key in ("store", "entries", "locks", "other_entry", "other_file"):
+    # The rest of the store: not even listable; its lock files are not in the view at all.
+    for key in ("store", "entries", "other_entry", "other_file"):
         denied(out[key], errno=EACCES)
+    denied(out["locks"], "FileNotFoundError", errno=ENOENT)
     denied(out["borrow"], "ModuleNotFoundError", errno=None)
     # A tenant without packages sees none.
     c.deploy("plain", PLAIN)
@@ -285,7 +287,8 @@ def test_a_tenant_cannot_stat_other_tenants_packages_by_their_public_names(c: Co
     """Landlock does not cover ``stat``: a store entry named ``<dist>-<version>-<sha16>``
     (a public wheel's name and hash) or a lock named by the hash of its
     requirements would tell a tenant, by ``os.stat`` of a guess, which packages
-    other tenants use on the host. Neither is found."""
+    other tenants use on the host. Neither is found (ENOENT; a lock was
+    refused, EACCES, which told that the store has a locks folder)."""
     import glob
     import hashlib
 
@@ -307,6 +310,7 @@ def test_a_tenant_cannot_stat_other_tenants_packages_by_their_public_names(c: Co
     out = call(c, "stat", f"/?paths={','.join([*guesses, lock])}")
     assert any(out[g]["ok"] is False for g in guesses), out
     for guess in guesses:
-        denied(out[guess], "FileNotFoundError", errno=2)
-    denied(out[lock], errno=EACCES)
+        denied(out[guess], "FileNotFoundError", errno=ENOENT)
+    # Lock files are outside the view: as every such path, they do not exist (SPEC).
+    denied(out[lock], "FileNotFoundError", errno=ENOENT)
     assert_healthy(c)

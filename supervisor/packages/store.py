@@ -17,9 +17,10 @@ packages other tenants use on the host:
   (:meth:`PackageStore.entry_dir`, the key in ``<state_dir>/packages.key``,
   outside the jail's view). A store an earlier run left with the public
   names is renamed in place when it is opened (:meth:`PackageStore.migrate`);
-* ``locks`` and ``tmp`` (lock ids are a plain hash of requirements) are
-  ``0700``: a child, another uid, cannot even ``stat`` what is in them; and
-  ``entries`` is ``0711``, reachable, never listable.
+* ``locks`` and ``tmp`` (lock ids are a plain hash of requirements) are not
+  in the jail's view at all, only ``entries`` is (:func:`sandbox.file_view.plan`);
+  on the host they are ``0700``, so another uid cannot even ``stat`` what
+  is in them; and ``entries`` is ``0711``, reachable, never listable.
 
 A child's ``sys.path`` gets one entry directory per wheel of its set: each
 wheel unpacked at its own root is importable as it is, and
