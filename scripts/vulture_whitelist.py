@@ -224,6 +224,7 @@ preview_bucket_name  # supervisor/admin/project.py
 max_concurrency  # supervisor/admin/project.py, supervisor/model.py
 namespace_id  # supervisor/model.py (read with getattr in supervisor/bindings/__init__.py)
 zone_name  # supervisor/admin/routes_api.py (wrangler's route entries; zones are labels)
+primary_location_hint  # supervisor/admin/kv.py (wrangler d1 create; one location here)
 
 # -- Registered by decorator, or dispatched by method name ---------------------------
 

@@ -69,10 +69,13 @@ def _database(args: argparse.Namespace, client: Any) -> tuple[str, Path | None]:
             configured.append(f"{db.binding} ({db.database_name or 'no database_name'}, id {db.database_id})")
     scope = {"namespace": args.namespace} if args.namespace else {}
     path = "/accounts/local/d1/database?"
-    if client.call("GET", path + urllib.parse.urlencode({**scope, "name": args.database}))[0]:
+    named = client.call("GET", path + urllib.parse.urlencode({**scope, "name": args.database}))[0]
+    if named:  # a database's name (made with a name, or an id only bound: its own name)
+        return named[0]["uuid"], None
+    listed, info = client.call("GET", path + urllib.parse.urlencode({**scope, "per_page": 1000}))
+    if any(db["uuid"] == args.database for db in listed):
         return args.database, None
-    listed, info = client.call("GET", path + urllib.parse.urlencode({**scope, "per_page": 20}))
-    bound = [db["uuid"] for db in listed]
+    bound = [db["uuid"] for db in listed[:20]]
     if info.get("total_count", 0) > len(bound):
         bound.append(f"... {info['total_count']} in all")
     where = f"dispatch namespace {args.namespace!r}" if args.namespace else "the platform"
@@ -84,7 +87,7 @@ def _database(args: argparse.Namespace, client: Any) -> tuple[str, Path | None]:
                  f"({'; '.join(configured) or 'it has none'})")
     known = ", ".join(bound) or "none"
     raise SystemExit(f"corral d1: no database {args.database!r}: {found}, and no deployed script of {where} "
-                     f"binds a D1 database of that id (the ids bound: {known})")
+                     f"binds a D1 database of that id (the databases: {known})")
 
 
 def _read_sql(path: Path, command: str) -> str | None:

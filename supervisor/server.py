@@ -24,7 +24,7 @@ from supervisor import log as logmod
 from supervisor.admin import render
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
-from supervisor.bindings import Bindings
+from supervisor.bindings import Bindings, purge_bound
 from supervisor.bindings.worker_loader import dynamic_workers_of
 from supervisor.busy_poll import BusyPoll
 from supervisor.calls import http_client
@@ -39,7 +39,7 @@ from supervisor.edge.websockets import Deliverer
 from supervisor.errors import NotFound, NotSupported, StartupError, Unavailable
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import log, warn
-from supervisor.model import LoadCheck, ScriptRecord
+from supervisor.model import PLATFORM, LoadCheck, ScriptRecord
 from supervisor.observability.live import serve_live_tail
 from supervisor.observability.pipeline import Observability
 from supervisor.packages.resolver import Resolver
@@ -211,6 +211,13 @@ class Supervisor:
         dynamic_workers_of(services).drop_owner(namespace, name)
         await cache.purge_script(services, namespace, name)
         await durable_objects.purge_script(services, namespace, name)
+
+    async def purge_bound_data(self, kind: str, bound_id: str) -> None:
+        """Delete what the platform and every dispatch namespace keep under
+        ``bound_id`` for binding type ``kind`` (a deleted KV namespace or D1
+        database). Raises on a failure, having deleted part at most."""
+        namespaces = [PLATFORM, *(n.name for n in await trio.to_thread.run_sync(self.store.list_namespaces))]
+        await purge_bound(self.bindings.services, kind, namespaces, bound_id)
 
     def script_changed(self, namespace: str, name: str) -> None:
         self.scheduler.scripts_changed()

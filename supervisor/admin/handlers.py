@@ -98,6 +98,11 @@ class AdminHooks(Protocol):
         its Durable Objects); raises if some of it could not be deleted."""
         ...
 
+    async def purge_bound_data(self, kind: str, bound_id: str) -> None:
+        """Delete the data every namespace keeps under a KV namespace's or D1
+        database's id; raises if some of it could not be deleted."""
+        ...
+
 
 def _namespace_of(request: Request) -> str:
     """PLATFORM for /workers/scripts/..., else the validated {ns}."""

@@ -1,40 +1,68 @@
-"""Workers KV namespaces and D1 databases as Cloudflare's API lists them
-(``/storage/kv/namespaces``, ``/d1/database``).
+"""Workers KV namespaces and D1 databases as Cloudflare's API lists, makes
+and deletes them (``/storage/kv/namespaces``, ``/d1/database``).
 
-Corral has no registry of KV namespaces: a namespace is the id a
-``kv_namespace`` binding names, and its data lives per (dispatch namespace,
-id) from the first write. So the account's KV namespaces are the ids its
-deployed scripts bind: those of the platform's scripts, or with
-``?namespace=NS`` those of dispatch namespace NS's scripts (as the D1 query
-endpoint takes it). Each is shown as Cloudflare shows one, its id as its
-title. Listing and getting are what clients ask (``wrangler delete`` lists
-them after deleting a script, looking for its Workers Sites namespaces);
-creating, renaming and deleting one are refused (501): the platform names an
-id in a binding instead. D1 databases are the same: the ids ``d1`` bindings
-name, listed with the id as both ``uuid`` and ``name`` (``corral d1 execute``
-outside a project checks a database id against them).
+A KV namespace or a D1 database is the id a binding names, and its data
+lives per (dispatch namespace, id) from the first write: any id works,
+made here or not. Made here (``client.kv.namespaces.create(title=...)``,
+``client.d1.database.create(name=...)``, ``wrangler d1 create``), an id is
+new and random, in Cloudflare's shape, and keeps its title or name
+(:meth:`Store.create_resource`), unique as on Cloudflare. The account's
+namespaces and databases are those made here and the ids its deployed
+scripts bind: those of the platform's scripts, or with ``?namespace=NS``
+those of dispatch namespace NS's scripts (as the D1 query endpoint takes
+it); an id only bound is shown with the id as its title or name. Deleting
+one deletes its data in every namespace, and is refused while a deployed
+script binds it (delete or redeploy that script first): nothing a script
+serves from disappears under it.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
-from supervisor.admin.decode import clip, query_int
-from supervisor.admin.handlers import Handlers
+import msgspec
+
+from supervisor.admin.decode import clip, decode_json, query_int
+from supervisor.admin.handlers import Handlers, log_event
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
-from supervisor.errors import Invalid, NotFound, NotSupported
+from supervisor.errors import Conflict, Invalid, NotFound
 from supervisor.model import PLATFORM, check_name
+from supervisor.store.records import ResourceInfo
 
 _KV = "accounts/*/storage/kv/namespaces"
+_D1 = "accounts/*/d1/database"
 #: Cloudflare's bounds of ``per_page`` on this list, and its default.
 MAX_PER_PAGE = 1000
 DEFAULT_PER_PAGE = 20
+#: Cloudflare's bound on a KV namespace's title.
+MAX_TITLE = 512
+#: A D1 database's name, as Cloudflare takes one.
+_D1_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_KV_KIND, _D1_KIND = "kv_namespace", "d1"
 
 
-def _namespace_json(namespace_id: str) -> dict[str, Any]:
-    return {"id": namespace_id, "title": namespace_id, "supports_url_encoding": True}
+class _Title(msgspec.Struct):
+    title: str
+
+
+class _Name(msgspec.Struct):
+    name: str
+    #: Where Cloudflare would place it; one host here.
+    primary_location_hint: str | None = None
+
+
+def _namespace_json(namespace_id: str, title: str | None = None) -> dict[str, Any]:
+    return {"id": namespace_id, "title": title or namespace_id, "supports_url_encoding": True}
+
+
+def _database_json(database_id: str, made: ResourceInfo | None = None) -> dict[str, Any]:
+    return {"uuid": database_id, "name": made.name if made else database_id,
+            "created_at": made.created_on if made else None, "version": "production"}
 
 
 def _choice(request: Request, field: str, allowed: tuple[str, ...]) -> str:
@@ -44,13 +72,20 @@ def _choice(request: Request, field: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _page(request: Request, ids: list[str], shape: Callable[[str], dict[str, Any]]) -> Response:
+def _page(request: Request, rows: list[Any], shape: Callable[[Any], dict[str, Any]]) -> Response:
     page = query_int(request.query, "page", 1, 1_000_000)
     per_page = query_int(request.query, "per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)
-    shown = ids[(page - 1) * per_page:page * per_page]
-    return envelope(200, [shape(i) for i in shown], result_info={
-        "page": page, "per_page": per_page, "count": len(shown), "total_count": len(ids),
-        "total_pages": (len(ids) + per_page - 1) // per_page})
+    shown = rows[(page - 1) * per_page:page * per_page]
+    return envelope(200, [shape(r) for r in shown], result_info={
+        "page": page, "per_page": per_page, "count": len(shown), "total_count": len(rows),
+        "total_pages": (len(rows) + per_page - 1) // per_page})
+
+
+def _body(request: Request, shape: type, example: str) -> Any:
+    try:
+        return msgspec.convert(decode_json(request.body or b"null", "the request body"), type=shape)
+    except msgspec.ValidationError as exc:
+        raise Invalid(f"send {example} ({exc})") from None
 
 
 class KVHandlers:
@@ -62,46 +97,107 @@ class KVHandlers:
         router.add(_KV, GET=self.list_namespaces, POST=self.create_namespace)
         router.add(f"{_KV}/{{kv}}", GET=self.get_namespace, PUT=self.rename_namespace,
                    DELETE=self.delete_namespace)
-        router.add("accounts/*/d1/database", GET=self.list_databases)
+        router.add(_D1, GET=self.list_databases, POST=self.create_database)
+        router.add(f"{_D1}/{{db}}", GET=self.get_database, DELETE=self.delete_database)
 
-    async def _ids(self, request: Request, binding_type: str = "kv_namespace", field: str = "namespace_id"
-                   ) -> list[str]:
+    async def _known(self, request: Request, kind: str, field: str) -> dict[str, ResourceInfo | None]:
+        """The ids of ``kind`` made here (with their record) and bound, by id."""
         namespace = request.query.get("namespace") or PLATFORM
         if namespace:
             check_name("namespace", namespace)
-        return await self.core._run(self.store.bound_ids, namespace, binding_type, field)
+        bound = await self.core._run(self.store.bound_ids, namespace, kind, field)
+        made = {r.id: r for r in await self.core._run(self.store.list_resources, kind)}
+        return {i: made.get(i) for i in sorted({*bound, *made})}
+
+    async def _one(self, request: Request, kind: str, field: str, what: str, key: str
+                   ) -> tuple[str, ResourceInfo | None]:
+        known = await self._known(request, kind, field)
+        wanted = request.params[key]
+        if wanted not in known:
+            raise NotFound(f"no {what} {clip(wanted)!r}: none was made with this id, and no deployed "
+                           f"script's {kind} binding names it")
+        return wanted, known[wanted]
+
+    async def _delete(self, kind: str, field: str, what: str, wanted: str) -> None:
+        """Refused while a deployed script binds it; else its data in every namespace, then its name."""
+        users = [f"{r.namespace + '/' if r.namespace else ''}{r.name}"
+                 for r in await self.core._run(self.store.scripts_naming, wanted)
+                 if any(type(b).__struct_config__.tag == kind and getattr(b, field, None) == wanted
+                        for b in r.bindings)]
+        if users:
+            raise Conflict(f"{what} {clip(wanted)!r} is bound by {', '.join(users[:5])}"
+                           f"{' and more' if len(users) > 5 else ''}: delete or redeploy those scripts first")
+        await self.core.hooks.purge_bound_data(kind, wanted)
+        await self.core._run(self.store.delete_resource, kind, wanted)
+        log_event(logging.INFO, "admin.resource_deleted", kind=kind, id=wanted)
+
+    # -- KV namespaces --------------------------------------------------------
 
     async def list_namespaces(self, request: Request) -> Response:
-        _choice(request, "order", ("id", "title"))  # a namespace's title is its id: one order
+        order = _choice(request, "order", ("id", "title"))
         direction = _choice(request, "direction", ("asc", "desc"))
-        ids = await self._ids(request)
-        if direction == "desc":
-            ids.reverse()
-        return _page(request, ids, _namespace_json)
+        rows = [_namespace_json(i, r.name if r else None)
+                for i, r in (await self._known(request, _KV_KIND, "namespace_id")).items()]
+        rows.sort(key=lambda n: n[order], reverse=direction == "desc")
+        return _page(request, rows, lambda n: n)
+
+    async def get_namespace(self, request: Request) -> Response:
+        wanted, made = await self._one(request, _KV_KIND, "namespace_id", "KV namespace", "kv")
+        return envelope(200, _namespace_json(wanted, made.name if made else None))
+
+    @staticmethod
+    def _title(request: Request) -> str:
+        title = _body(request, _Title, '{"title": "my-namespace"}').title.strip()
+        if not title or len(title) > MAX_TITLE or not title.isprintable():
+            raise Invalid(f"a KV namespace's title is 1 to {MAX_TITLE} printable characters")
+        return title
+
+    async def create_namespace(self, request: Request) -> Response:
+        title = self._title(request)
+        try:
+            made = await self.core._run(self.store.create_resource, _KV_KIND, uuid.uuid4().hex, title)
+        except Conflict as exc:
+            raise Conflict(f"a namespace with this account ID and title already exists ({exc})") from None
+        log_event(logging.INFO, "admin.kv_namespace_created", id=made.id, title=title)
+        return envelope(200, _namespace_json(made.id, made.name))
+
+    async def rename_namespace(self, request: Request) -> Response:
+        title = self._title(request)
+        wanted, _ = await self._one(request, _KV_KIND, "namespace_id", "KV namespace", "kv")
+        made = await self.core._run(self.store.rename_resource, _KV_KIND, wanted, title)
+        return envelope(200, _namespace_json(made.id, made.name))
+
+    async def delete_namespace(self, request: Request) -> Response:
+        wanted, _ = await self._one(request, _KV_KIND, "namespace_id", "KV namespace", "kv")
+        await self._delete(_KV_KIND, "namespace_id", "KV namespace", wanted)
+        return envelope(200, None)
+
+    # -- D1 databases ---------------------------------------------------------
 
     async def list_databases(self, request: Request) -> Response:
         """``GET /accounts/{a}/d1/database`` (``?name=`` filters by name)."""
-        ids = await self._ids(request, "d1", "id")
+        rows = [_database_json(i, r) for i, r in (await self._known(request, _D1_KIND, "id")).items()]
         if "name" in request.query:
-            ids = [i for i in ids if i == request.query["name"]]
-        return _page(request, ids, lambda i: {"uuid": i, "name": i})
+            rows = [r for r in rows if r["name"] == request.query["name"]]
+        return _page(request, rows, lambda r: r)
 
-    async def get_namespace(self, request: Request) -> Response:
-        namespace_id = request.params["kv"]
-        if namespace_id not in await self._ids(request):
-            raise NotFound(f"no KV namespace {clip(namespace_id)!r}: a KV namespace is the namespace_id a "
-                           "deployed script's kv_namespace binding names, and none names this one")
-        return envelope(200, _namespace_json(namespace_id))
+    async def get_database(self, request: Request) -> Response:
+        wanted, made = await self._one(request, _D1_KIND, "id", "D1 database", "db")
+        return envelope(200, _database_json(wanted, made))
 
-    async def create_namespace(self, request: Request) -> Response:
-        raise NotSupported("Corral creates no KV namespaces: name any id in a script's kv_namespace binding "
-                           "(in wrangler's config: kv_namespaces = [{binding, id}]); its data starts with the "
-                           "first write")
+    async def create_database(self, request: Request) -> Response:
+        name = _body(request, _Name, '{"name": "my-database"}').name
+        if not _D1_NAME.match(name):
+            raise Invalid(f"D1 database name {clip(name)!r}: use 1 to 64 letters, digits, '-' and '_', "
+                          "starting with a letter or digit")
+        try:
+            made = await self.core._run(self.store.create_resource, _D1_KIND, str(uuid.uuid4()), name)
+        except Conflict as exc:
+            raise Conflict(f"A database with that name already exists ({exc})") from None
+        log_event(logging.INFO, "admin.d1_database_created", id=made.id, name=name)
+        return envelope(200, _database_json(made.id, made))
 
-    async def rename_namespace(self, request: Request) -> Response:
-        raise NotSupported("Corral's KV namespaces have no titles to change: a namespace is the id its "
-                           "bindings name")
-
-    async def delete_namespace(self, request: Request) -> Response:
-        raise NotSupported("Corral deletes no KV namespaces through this API: a namespace is the id its "
-                           "bindings name, and is no longer listed once no deployed script binds it")
+    async def delete_database(self, request: Request) -> Response:
+        wanted, _ = await self._one(request, _D1_KIND, "id", "D1 database", "db")
+        await self._delete(_D1_KIND, "id", "D1 database", wanted)
+        return envelope(200, None)

@@ -236,6 +236,22 @@ def remove_tree(path: str) -> None:
         pass
 
 
+#: Where the data of an id bound by type lives: ``<root>/<folder>/<scope key>/<file>``.
+BOUND_DATA = {"kv_namespace": ("kv", "kv.sqlite3"), "d1": ("d1", "db.sqlite3")}
+
+
+async def purge_bound(services: Services, kind: str, namespaces: list[str], bound_id: str) -> None:
+    """Delete what each of ``namespaces`` keeps under ``bound_id`` for binding
+    type ``kind`` (its data is per namespace, see :class:`Scope`), so that a
+    later binding of the id starts empty, as after Cloudflare deletes a KV
+    namespace or D1 database."""
+    folder, file = BOUND_DATA[kind]
+    for namespace in namespaces:
+        path = services.path(folder, Scope(namespace, bound_id), file)
+        await services.databases.forget(path)  # no connection left on the deleted file
+        await services.offload.run(remove_tree, os.path.dirname(path))
+
+
 def _count(parent: Invocation) -> None:
     """One binding operation is one subrequest of the invocation."""
     parent.subrequests += 1

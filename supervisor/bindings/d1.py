@@ -21,10 +21,13 @@ import sqlite3
 import time
 from typing import Any, Protocol
 
-from supervisor.bindings import Services, register
+from supervisor.bindings import BOUND_DATA, Services, register
 from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, string
 from supervisor.bindings.quota import quota_error
 from supervisor.bindings.sqlite_limits import Deadline, hold_to
+
+#: ``<storage>/<folder>/<scope key>/<file>``: its data, per (namespace, id).
+_FOLDER, _FILE = BOUND_DATA["d1"]
 
 MAX_SQL_BYTES = 100_000
 MAX_PARAMS = 100
@@ -175,7 +178,7 @@ class SqliteD1:
     async def run(self, scope: Scope, statements: list[Statement], *, max_bytes: int | None,
                   timeout_s: float, max_result: int, prefix: str = "D1_ERROR"
                   ) -> list[dict[str, Any]]:
-        path = self.services.path("d1", scope, "db.sqlite3")
+        path = self.services.path(_FOLDER, scope, _FILE)
         return await self.services.databases.run(path, _setup, _run, statements, max_bytes,
                                                  timeout_s, max_result, prefix)
 

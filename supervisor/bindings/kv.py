@@ -19,9 +19,12 @@ from typing import Any, Protocol
 
 import msgspec
 
-from supervisor.bindings import Services, register
+from supervisor.bindings import BOUND_DATA, Services, register
 from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, integer, options, string
 from supervisor.bindings.quota import quota_error
+
+#: ``<storage>/<folder>/<scope key>/<file>``: its data, per (namespace, id).
+_FOLDER, _FILE = BOUND_DATA["kv_namespace"]
 
 MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 25 * 1024 * 1024
@@ -76,7 +79,7 @@ class SqliteKV:
         self.services = services
 
     def _path(self, scope: Scope) -> str:
-        return self.services.path("kv", scope, "kv.sqlite3")
+        return self.services.path(_FOLDER, scope, _FILE)
 
     async def _run(self, scope: Scope, fn: Any, *args: Any) -> Any:
         return await self.services.databases.run(self._path(scope), _setup, fn, *args)

@@ -23,6 +23,16 @@ class RouteInfo(msgspec.Struct, kw_only=True):
     script: str
 
 
+class ResourceInfo(msgspec.Struct, kw_only=True):
+    """A KV namespace or D1 database made through the API (its id, and its
+    title or name); one that is only named by bindings has no row."""
+
+    kind: str
+    id: str
+    name: str
+    created_on: str
+
+
 class VersionInfo(msgspec.Struct, kw_only=True):
     """One immutable version of a script."""
 

@@ -85,6 +85,14 @@ CREATE TABLE IF NOT EXISTS tokens (
     namespaces TEXT NOT NULL,         -- JSON list, empty for every namespace
     created_on TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL,               -- the binding type: kv_namespace or d1
+    id TEXT NOT NULL,                 -- what bindings name
+    name TEXT NOT NULL,               -- a KV namespace's title, a D1 database's name
+    created_on TEXT NOT NULL,
+    PRIMARY KEY (kind, id),
+    UNIQUE (kind, name)
+);
 CREATE TABLE IF NOT EXISTS routes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- creation order, the last tie-breaker
     id TEXT NOT NULL UNIQUE,

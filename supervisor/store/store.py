@@ -38,6 +38,7 @@ from supervisor.store.records import (
     LIST_COLUMNS,
     DeploymentInfo,
     NamespaceInfo,
+    ResourceInfo,
     RouteInfo,
     Split,
     TokenInfo,
@@ -712,6 +713,44 @@ class Store:
     def delete_token(self, token_id: str) -> bool:
         with self._transaction() as db:
             return bool(db.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount)
+
+    # -- KV namespaces and D1 databases made through the API ---------------
+
+    def create_resource(self, kind: str, resource_id: str, name: str) -> ResourceInfo:
+        """Record that ``resource_id`` of binding type ``kind`` is called ``name``;
+        a name already taken is a :class:`Conflict` naming its id."""
+        info = ResourceInfo(kind=kind, id=resource_id, name=name, created_on=schema.now())
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM resources WHERE kind = ? AND name = ?", (kind, name)).fetchone()
+            if row is not None:
+                raise Conflict(f"{name!r} is taken: it names {row[0]}")
+            db.execute("INSERT INTO resources (kind, id, name, created_on) VALUES (?, ?, ?, ?)",
+                       (info.kind, info.id, info.name, info.created_on))
+        return info
+
+    def list_resources(self, kind: str) -> list[ResourceInfo]:
+        return [ResourceInfo(kind=kind, id=r[0], name=r[1], created_on=r[2]) for r in self._read(
+            "SELECT id, name, created_on FROM resources WHERE kind = ? ORDER BY id", (kind,))]
+
+    def rename_resource(self, kind: str, resource_id: str, name: str) -> ResourceInfo:
+        """Call ``resource_id`` ``name`` (recorded now if it was only bound)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM resources WHERE kind = ? AND name = ? AND id != ?",
+                             (kind, name, resource_id)).fetchone()
+            if row is not None:
+                raise Conflict(f"{name!r} is taken: it names {row[0]}")
+            created = db.execute("SELECT created_on FROM resources WHERE kind = ? AND id = ?",
+                                 (kind, resource_id)).fetchone()
+            created_on = created[0] if created else schema.now()
+            db.execute("INSERT OR REPLACE INTO resources (kind, id, name, created_on) VALUES (?, ?, ?, ?)",
+                       (kind, resource_id, name, created_on))
+        return ResourceInfo(kind=kind, id=resource_id, name=name, created_on=created_on)
+
+    def delete_resource(self, kind: str, resource_id: str) -> bool:
+        """Forget ``resource_id``'s name; True if it had one."""
+        with self._transaction() as db:
+            return bool(db.execute("DELETE FROM resources WHERE kind = ? AND id = ?",
+                                   (kind, resource_id)).rowcount)
 
     # -- routes -------------------------------------------------------------
 

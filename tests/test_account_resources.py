@@ -1,0 +1,145 @@
+"""KV namespaces and D1 databases made, renamed and deleted through Cloudflare's
+API with its official SDK (``client.kv.namespaces``, ``client.d1.database``),
+as a platform provisions them per tenant, against a real `corral serve`: the
+ids it makes work in bindings, deleting one deletes its data and is refused
+while a deployed script binds it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cloudflare
+import httpx
+import pytest
+from cloudflare import Cloudflare
+
+from tests.harness import Corral
+
+A = "local"
+KV_USER = '''from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.method == "POST":
+            await self.env.KV.put("greeting", "hello")
+        return Response(await self.env.KV.get("greeting") or "none")
+'''
+D1_USER = '''from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.method == "POST":
+            await self.env.DB.exec("CREATE TABLE IF NOT EXISTS notes (body TEXT)")
+            await self.env.DB.prepare("INSERT INTO notes VALUES (?)").bind("kept").run()
+        tables = await self.env.DB.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all()
+        if not tables.results:
+            return Response("none")
+        row = await self.env.DB.prepare("SELECT count(*) AS n FROM notes").first()
+        return Response(f"notes={row['n']}")
+'''
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    corral = Corral(tmp_path_factory.mktemp("resources")).start()
+    yield corral
+    corral.stop()
+
+
+@pytest.fixture(scope="module")
+def cf(server):
+    http = httpx.Client(transport=httpx.HTTPTransport(uds=server.socket_path), timeout=60)
+    client = Cloudflare(api_token="x", base_url="http://corral/client/v4", http_client=http, max_retries=0)
+    yield client
+    client.close()
+
+
+def serve(server, name, code, binding, route=True):
+    server.deploy(name, code, namespace=None, bindings=[binding])
+    if route:  # (a route outlives its script)
+        server.route(f"{name}.test/*", name)
+
+
+def read(server, name, method="GET"):
+    resp = server.request("/", host=f"{name}.test", method=method)
+    assert resp.status == 200, resp
+    return resp.text
+
+
+def test_a_kv_namespace_made_through_the_sdk(server, cf):
+    made = cf.kv.namespaces.create(account_id=A, title="tenant-42")
+    assert re.fullmatch(r"[0-9a-f]{32}", made.id) and made.title == "tenant-42"
+    assert cf.kv.namespaces.get(made.id, account_id=A).title == "tenant-42"
+    assert [(n.id, n.title) for n in cf.kv.namespaces.list(account_id=A)] == [(made.id, "tenant-42")]
+    with pytest.raises(cloudflare.ConflictError, match="title already exists"):
+        cf.kv.namespaces.create(account_id=A, title="tenant-42")
+    assert cf.kv.namespaces.update(made.id, account_id=A, title="tenant-42-kv").title == "tenant-42-kv"
+
+    serve(server, "kvuser", KV_USER, {"type": "kv_namespace", "name": "KV", "namespace_id": made.id})
+    assert read(server, "kvuser", "POST") == "hello"
+    with pytest.raises(cloudflare.ConflictError, match="bound by kvuser"):
+        cf.kv.namespaces.delete(made.id, account_id=A)
+    assert read(server, "kvuser") == "hello", "a refused delete deletes nothing"
+
+    assert server.admin("DELETE", "/accounts/local/workers/scripts/kvuser").status == 200
+    cf.kv.namespaces.delete(made.id, account_id=A)
+    with pytest.raises(cloudflare.NotFoundError):
+        cf.kv.namespaces.get(made.id, account_id=A)
+    # Its data went with it: a script binding the id again starts empty.
+    serve(server, "kvuser", KV_USER, {"type": "kv_namespace", "name": "KV", "namespace_id": made.id}, route=False)
+    assert read(server, "kvuser") == "none"
+
+
+def test_a_d1_database_made_through_the_sdk(server, cf):
+    made = cf.d1.database.create(account_id=A, name="tenant-db")
+    assert re.fullmatch(r"[0-9a-f-]{36}", made.uuid) and made.name == "tenant-db"
+    assert [d.uuid for d in cf.d1.database.list(account_id=A, name="tenant-db")] == [made.uuid]
+    assert cf.d1.database.get(made.uuid, account_id=A).name == "tenant-db"
+    with pytest.raises(cloudflare.ConflictError, match="already exists"):
+        cf.d1.database.create(account_id=A, name="tenant-db")
+
+    serve(server, "dbuser", D1_USER, {"type": "d1", "name": "DB", "id": made.uuid})
+    assert read(server, "dbuser", "POST") == "notes=1"
+    with pytest.raises(cloudflare.ConflictError, match="bound by dbuser"):
+        cf.d1.database.delete(made.uuid, account_id=A)
+    assert read(server, "dbuser") == "notes=1"
+
+    assert server.admin("DELETE", "/accounts/local/workers/scripts/dbuser").status == 200
+    cf.d1.database.delete(made.uuid, account_id=A)
+    assert list(cf.d1.database.list(account_id=A, name="tenant-db")) == []
+    serve(server, "dbuser", D1_USER, {"type": "d1", "name": "DB", "id": made.uuid}, route=False)
+    assert read(server, "dbuser") == "none"
+
+
+@pytest.mark.parametrize("path, body, words", [
+    ("/accounts/local/storage/kv/namespaces", {"title": ""}, "1 to 512 printable"),
+    ("/accounts/local/storage/kv/namespaces", {"name": "x"}, "send {\"title\""),
+    ("/accounts/local/d1/database", {"name": "no spaces"}, "letters, digits"),
+    ("/accounts/local/d1/database", ["x"], "send {\"name\""),
+])
+def test_bad_resource_calls_are_refused_with_a_reason(server, path, body, words):
+    before = server.admin("GET", path).json()["result"]
+    resp = server.admin("POST", path, body)
+    assert resp.status == 400 and words in resp.json()["errors"][0]["message"], resp.text
+    assert server.admin("GET", path).json()["result"] == before
+
+
+def test_corral_d1_execute_finds_a_made_database_by_its_name_or_id(server, cf, tmp_path):
+    made = cf.d1.database.create(account_id=A, name="cli-db")
+
+    def execute(database: str, sql: str) -> list:
+        done = subprocess.run([sys.executable, "-m", "supervisor", "d1", "execute", "--socket", server.socket_path,
+                               "--json", "--config", str(tmp_path), database, "--command", sql],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    execute("cli-db", "CREATE TABLE made_here (x)")
+    out = execute(made.uuid, "SELECT name FROM sqlite_master WHERE type = 'table'")
+    assert "made_here" in json.dumps(out), out
