@@ -225,6 +225,8 @@ max_concurrency  # supervisor/admin/project.py, supervisor/model.py
 namespace_id  # supervisor/model.py (read with getattr in supervisor/bindings/__init__.py)
 zone_name  # supervisor/admin/routes_api.py (wrangler's route entries; zones are labels)
 primary_location_hint  # supervisor/admin/kv.py (wrangler d1 create; one location here)
+locationHint  # supervisor/admin/r2_buckets.py (the SDK's bucket create; one location here)
+storageClass  # supervisor/admin/r2_buckets.py
 
 # -- Registered by decorator, or dispatched by method name ---------------------------
 

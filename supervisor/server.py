@@ -24,7 +24,7 @@ from supervisor import log as logmod
 from supervisor.admin import render
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
-from supervisor.bindings import Bindings, purge_bound
+from supervisor.bindings import Bindings, purge_bound, r2
 from supervisor.bindings.worker_loader import dynamic_workers_of
 from supervisor.busy_poll import BusyPoll
 from supervisor.calls import http_client
@@ -36,7 +36,7 @@ from supervisor.edge.assets import AssetServer
 from supervisor.edge.http_server import Connection, Request, Server, bind_tcp
 from supervisor.edge.ingress import Ingress
 from supervisor.edge.websockets import Deliverer
-from supervisor.errors import NotFound, NotSupported, StartupError, Unavailable
+from supervisor.errors import Conflict, NotFound, NotSupported, StartupError, Unavailable
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import log, warn
 from supervisor.model import PLATFORM, LoadCheck, ScriptRecord
@@ -215,9 +215,18 @@ class Supervisor:
     async def purge_bound_data(self, kind: str, bound_id: str) -> None:
         """Delete what the platform and every dispatch namespace keep under
         ``bound_id`` for binding type ``kind`` (a deleted KV namespace or D1
-        database). Raises on a failure, having deleted part at most."""
+        database, or an R2 bucket: that one only when it holds no object,
+        else :class:`Conflict`, as Cloudflare deletes only an empty bucket).
+        Raises on a failure, having deleted part at most."""
         namespaces = [PLATFORM, *(n.name for n in await trio.to_thread.run_sync(self.store.list_namespaces))]
-        await purge_bound(self.bindings.services, kind, namespaces, bound_id)
+        services = self.bindings.services
+        if kind == "r2_bucket":
+            holding = await r2.namespaces_holding(services, namespaces, bound_id)
+            if holding:
+                where = ", ".join(f"dispatch namespace {n!r}" if n else "the platform's" for n in holding[:5])
+                raise Conflict(f"The bucket you tried to delete is not empty: it holds objects ({where}); "
+                               "delete them first")
+        await purge_bound(services, kind, namespaces, bound_id)
 
     def script_changed(self, namespace: str, name: str) -> None:
         self.scheduler.scripts_changed()

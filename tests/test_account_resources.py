@@ -143,3 +143,50 @@ def test_corral_d1_execute_finds_a_made_database_by_its_name_or_id(server, cf, t
     execute("cli-db", "CREATE TABLE made_here (x)")
     out = execute(made.uuid, "SELECT name FROM sqlite_master WHERE type = 'table'")
     assert "made_here" in json.dumps(out), out
+
+
+R2_USER = '''from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.method == "POST":
+            await self.env.BUCKET.put("photo.jpg", b"pixels")
+        if request.method == "DELETE":
+            await self.env.BUCKET.delete("photo.jpg")
+        found = await self.env.BUCKET.get("photo.jpg")
+        return Response(await found.text() if found else "none")
+'''
+
+
+def test_an_r2_bucket_made_through_the_sdk_is_deleted_only_empty(server, cf):
+    made = cf.r2.buckets.create(account_id=A, name="tenant-photos")
+    assert made.name == "tenant-photos" and made.creation_date
+    cf.r2.buckets.create(account_id=A, name="tenant-logs")
+    listed = cf.r2.buckets.list(account_id=A)
+    assert [b.name for b in listed.buckets] == ["tenant-logs", "tenant-photos"]
+    assert [b.name for b in cf.r2.buckets.list(account_id=A, direction="desc", per_page=1).buckets] == \
+        ["tenant-photos"]
+    assert [b.name for b in cf.r2.buckets.list(account_id=A, name_contains="log").buckets] == ["tenant-logs"]
+    assert cf.r2.buckets.get("tenant-photos", account_id=A).name == "tenant-photos"
+    with pytest.raises(cloudflare.ConflictError, match="already exists"):
+        cf.r2.buckets.create(account_id=A, name="tenant-photos")
+
+    binding = {"type": "r2_bucket", "name": "BUCKET", "bucket_name": "tenant-photos"}
+    serve(server, "r2user", R2_USER, binding)
+    assert read(server, "r2user", "POST") == "pixels"
+    with pytest.raises(cloudflare.ConflictError, match="bound by r2user"):
+        cf.r2.buckets.delete("tenant-photos", account_id=A)
+    assert server.admin("DELETE", "/accounts/local/workers/scripts/r2user").status == 200
+    # Unbound but not empty: Cloudflare deletes only an empty bucket, and so does Corral.
+    with pytest.raises(cloudflare.ConflictError, match="not empty"):
+        cf.r2.buckets.delete("tenant-photos", account_id=A)
+    serve(server, "r2user", R2_USER, binding, route=False)
+    assert read(server, "r2user") == "pixels", "a refused delete deletes nothing"
+    assert read(server, "r2user", "DELETE") == "none"
+    assert server.admin("DELETE", "/accounts/local/workers/scripts/r2user").status == 200
+    cf.r2.buckets.delete("tenant-photos", account_id=A)
+    assert [b.name for b in cf.r2.buckets.list(account_id=A).buckets] == ["tenant-logs"]
+    with pytest.raises(cloudflare.NotFoundError):
+        cf.r2.buckets.get("tenant-photos", account_id=A)
+    bad = server.admin("POST", "/accounts/local/r2/buckets", {"name": "No_Caps"})
+    assert bad.status == 400 and "lowercase letters" in bad.json()["errors"][0]["message"]

@@ -65,7 +65,7 @@ def _database_json(database_id: str, made: ResourceInfo | None = None) -> dict[s
             "created_at": made.created_on if made else None, "version": "production"}
 
 
-def _choice(request: Request, field: str, allowed: tuple[str, ...]) -> str:
+def choice(request: Request, field: str, allowed: tuple[str, ...]) -> str:
     value = request.query.get(field, allowed[0])
     if value not in allowed:
         raise Invalid(f"{field} must be {' or '.join(allowed)}, got {clip(value)!r}")
@@ -81,24 +81,20 @@ def _page(request: Request, rows: list[Any], shape: Callable[[Any], dict[str, An
         "total_pages": (len(rows) + per_page - 1) // per_page})
 
 
-def _body(request: Request, shape: type, example: str) -> Any:
+def body_as(request: Request, shape: type, example: str) -> Any:
     try:
         return msgspec.convert(decode_json(request.body or b"null", "the request body"), type=shape)
     except msgspec.ValidationError as exc:
         raise Invalid(f"send {example} ({exc})") from None
 
 
-class KVHandlers:
+class ResourceHandlers:
+    """What the storage resources' endpoints share: the ids known (made here
+    or bound), one of them, and deleting one."""
+
     def __init__(self, core: Handlers) -> None:
         self.core = core
         self.store = core.store
-
-    def register(self, router: Router) -> None:
-        router.add(_KV, GET=self.list_namespaces, POST=self.create_namespace)
-        router.add(f"{_KV}/{{kv}}", GET=self.get_namespace, PUT=self.rename_namespace,
-                   DELETE=self.delete_namespace)
-        router.add(_D1, GET=self.list_databases, POST=self.create_database)
-        router.add(f"{_D1}/{{db}}", GET=self.get_database, DELETE=self.delete_database)
 
     async def _known(self, request: Request, kind: str, field: str) -> dict[str, ResourceInfo | None]:
         """The ids of ``kind`` made here (with their record) and bound, by id."""
@@ -131,11 +127,20 @@ class KVHandlers:
         await self.core._run(self.store.delete_resource, kind, wanted)
         log_event(logging.INFO, "admin.resource_deleted", kind=kind, id=wanted)
 
+
+class KVHandlers(ResourceHandlers):
+    def register(self, router: Router) -> None:
+        router.add(_KV, GET=self.list_namespaces, POST=self.create_namespace)
+        router.add(f"{_KV}/{{kv}}", GET=self.get_namespace, PUT=self.rename_namespace,
+                   DELETE=self.delete_namespace)
+        router.add(_D1, GET=self.list_databases, POST=self.create_database)
+        router.add(f"{_D1}/{{db}}", GET=self.get_database, DELETE=self.delete_database)
+
     # -- KV namespaces --------------------------------------------------------
 
     async def list_namespaces(self, request: Request) -> Response:
-        order = _choice(request, "order", ("id", "title"))
-        direction = _choice(request, "direction", ("asc", "desc"))
+        order = choice(request, "order", ("id", "title"))
+        direction = choice(request, "direction", ("asc", "desc"))
         rows = [_namespace_json(i, r.name if r else None)
                 for i, r in (await self._known(request, _KV_KIND, "namespace_id")).items()]
         rows.sort(key=lambda n: n[order], reverse=direction == "desc")
@@ -147,7 +152,7 @@ class KVHandlers:
 
     @staticmethod
     def _title(request: Request) -> str:
-        title = _body(request, _Title, '{"title": "my-namespace"}').title.strip()
+        title = body_as(request, _Title, '{"title": "my-namespace"}').title.strip()
         if not title or len(title) > MAX_TITLE or not title.isprintable():
             raise Invalid(f"a KV namespace's title is 1 to {MAX_TITLE} printable characters")
         return title
@@ -186,7 +191,7 @@ class KVHandlers:
         return envelope(200, _database_json(wanted, made))
 
     async def create_database(self, request: Request) -> Response:
-        name = _body(request, _Name, '{"name": "my-database"}').name
+        name = body_as(request, _Name, '{"name": "my-database"}').name
         if not _D1_NAME.match(name):
             raise Invalid(f"D1 database name {clip(name)!r}: use 1 to 64 letters, digits, '-' and '_', "
                           "starting with a letter or digit")

@@ -37,10 +37,13 @@ from typing import Any
 
 import trio
 
-from supervisor.bindings import Services, register
+from supervisor.bindings import BOUND_DATA, Services, register
 from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, integer, options, string
 from supervisor.bindings.quota import quota_error
 from supervisor.pool.bodies import BodyError
+
+#: ``<storage>/<folder>/<scope key>/``: a bucket's index and blobs, per (namespace, bucket).
+_FOLDER, _INDEX = BOUND_DATA["r2_bucket"]
 
 MAX_KEY_BYTES = 1024
 MAX_LIST = 1000
@@ -203,10 +206,10 @@ class FileR2:
         self.services = services
 
     def dir(self, scope: Scope, *parts: str) -> str:
-        return self.services.path("r2", scope, *parts)
+        return self.services.path(_FOLDER, scope, *parts)
 
     async def db(self, scope: Scope, fn: Any, *args: Any) -> Any:
-        return await self.services.databases.run(self.dir(scope, "index.sqlite3"), _setup,
+        return await self.services.databases.run(self.dir(scope, _INDEX), _setup,
                                                  fn, self.dir(scope), *args)
 
     async def receive(self, ctx: Context, op: str, cap: int | None) -> _Upload:
@@ -736,3 +739,18 @@ def _abort_upload(conn: sqlite3.Connection, root: str, upload_id: str, key: str)
         blobs = _drop_upload(conn, upload_id)
     for blob in blobs:
         _remove_blob(root, blob)
+
+
+async def namespaces_holding(services: Services, namespaces: list[str], bucket: str) -> list[str]:
+    """Those of ``namespaces`` whose bucket ``bucket`` holds objects: Cloudflare
+    deletes only an empty bucket."""
+    holding = []
+    for namespace in namespaces:
+        index = services.path(_FOLDER, Scope(namespace, bucket), _INDEX)
+        if os.path.exists(index) and await services.databases.run(index, _setup, _holds_objects):
+            holding.append(namespace)
+    return holding
+
+
+def _holds_objects(conn: sqlite3.Connection) -> bool:
+    return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM objects)").fetchone()[0])
