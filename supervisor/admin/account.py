@@ -3,7 +3,8 @@
 Wrangler and other clients of Cloudflare's API ask who is calling and what
 the account has before they deploy: ``/user/tokens/verify``, ``/user``,
 ``/memberships``, ``/accounts``, the account's workers.dev subdomain, a
-script's ``workers/services/{name}`` view and its workers.dev route. Corral
+script's ``workers/services/{name}`` view and its workers.dev route, and a
+search of its scripts by name (``workers/scripts-search``). Corral
 has one account (its label is free, but for the token check) and tokens
 owned by it, so each answer is the one Cloudflare gives an *account-owned*
 API token: the token is verified at ``/accounts/local/tokens/verify`` (another
@@ -21,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.admin.decode import clip, decode_json
+from supervisor.admin.decode import clip, decode_json, query_int
 from supervisor.admin.handlers import _NS, _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope, handlers_of
 from supervisor.admin.router import Request, Router
@@ -86,6 +87,7 @@ class AccountHandlers:
         router.add("accounts/*/workers/services/{name}", GET=self.get_service, DELETE=self.delete_service)
         router.add(f"{_PS}/{{name}}/references", GET=self.references)
         router.add("accounts/*/workers/tails/by-consumer/{name}", GET=self.tails_by_consumer)
+        router.add("accounts/*/workers/scripts-search", GET=self.search_scripts)
         for prefix in (f"{_NS}/{{ns}}/scripts", _PS):
             router.add(f"{prefix}/{{name}}/subdomain", GET=self.get_subdomain, POST=self.set_subdomain,
                        DELETE=self.delete_subdomain)
@@ -232,6 +234,30 @@ class AccountHandlers:
                               "log_push": False, "created_on": other.created_on,
                               "modified_on": other.modified_on})
         return envelope(200, tails)
+
+    async def search_scripts(self, request: Request) -> Response:
+        """``GET .../workers/scripts-search``: the platform's scripts whose name
+        holds ``name`` (or is ``id``: a script's id is its name), by
+        ``order_by``, a ``page`` of ``per_page`` at a time."""
+        part, wanted = request.query.get("name", ""), request.query.get("id")
+        order = request.query.get("order_by", "name")
+        if order not in ("created_on", "modified_on", "name"):
+            raise Invalid(f"order_by must be created_on, modified_on or name, got {clip(order)!r}")
+        page = query_int(request.query, "page", 1, 1_000_000)
+        per_page = query_int(request.query, "per_page", 100, 1000)
+        found: list[ScriptRecord] = []
+        cursor: str | None = None
+        while True:
+            records, cursor = await self.core._run(self.store.list_scripts, PLATFORM, None, cursor, 1000)
+            found += [r for r in records if part in r.name and wanted in (None, r.name)]
+            if cursor is None:
+                break
+        found.sort(key=lambda r: getattr(r, order))
+        return envelope(200, [{"id": r.name, "script_name": r.name, "service_name": r.name,
+                               "environment_name": "production", "environment_is_default": True,
+                               "created_on": r.created_on, "modified_on": r.modified_on}
+                              for r in found[(page - 1) * per_page:page * per_page]],
+                        result_info={"page": page, "per_page": per_page, "total_count": len(found)})
 
     # -- script-settings ------------------------------------------------------
 
