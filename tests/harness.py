@@ -31,6 +31,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def with_tcp_admin(state_dir: Path, config: str = "") -> Corral:
+    """A Corral whose admin API also listens on TCP, at ``corral.tcp_port``
+    (with an API token), as wrangler and remote SDK clients reach it."""
+    port = free_port()
+    corral = Corral(state_dir, config=f'[admin]\ntcp = "127.0.0.1:{port}"\n{config}')
+    corral.tcp_port = port  # type: ignore[attr-defined]
+    return corral
+
+
+def sdk_fixtures(label: str) -> tuple[Any, Any]:
+    """A test module's ``server`` (a fresh Corral, for the module) and ``cf``
+    (:func:`cloudflare_sdk` on it) fixtures: ``server, cf = sdk_fixtures("x")``."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory: Any) -> Any:
+        corral = Corral(tmp_path_factory.mktemp(label)).start()
+        yield corral
+        corral.stop()
+
+    @pytest.fixture(scope="module")
+    def cf(server: Corral) -> Any:
+        client = cloudflare_sdk(server)
+        yield client
+        client.close()
+
+    return server, cf
+
+
+def cloudflare_sdk(corral: Corral) -> Any:
+    """Cloudflare's official Python SDK, pointed at ``corral``'s admin socket
+    as a platform's back end points it (no retries: every answer is seen)."""
+    import httpx
+    from cloudflare import Cloudflare
+
+    http = httpx.Client(transport=httpx.HTTPTransport(uds=corral.socket_path), timeout=60)
+    return Cloudflare(api_token="unused-on-the-socket", base_url="http://corral/client/v4", http_client=http,
+                      max_retries=0)
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float = 30) -> None:
         super().__init__("localhost", timeout=timeout)

@@ -14,11 +14,9 @@ import sys
 from pathlib import Path
 
 import cloudflare
-import httpx
 import pytest
-from cloudflare import Cloudflare
 
-from tests.harness import Corral
+from tests.harness import sdk_fixtures
 
 A = "local"
 KV_USER = '''from workers import Response, WorkerEntrypoint
@@ -44,19 +42,7 @@ class Default(WorkerEntrypoint):
 '''
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    corral = Corral(tmp_path_factory.mktemp("resources")).start()
-    yield corral
-    corral.stop()
-
-
-@pytest.fixture(scope="module")
-def cf(server):
-    http = httpx.Client(transport=httpx.HTTPTransport(uds=server.socket_path), timeout=60)
-    client = Cloudflare(api_token="x", base_url="http://corral/client/v4", http_client=http, max_retries=0)
-    yield client
-    client.close()
+server, cf = sdk_fixtures("resources")
 
 
 def serve(server, name, code, binding, route=True):

@@ -14,11 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-from cloudflare import BadRequestError, Cloudflare, NotFoundError
+from cloudflare import BadRequestError, NotFoundError
 
-from tests.harness import Corral
+from tests.harness import sdk_fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = b'''from workers import Response, WorkerEntrypoint
@@ -33,19 +32,7 @@ class Default(WorkerEntrypoint):
 EVERY = [{"cron": "*/5 * * * *"}, {"cron": "0 3 * * mon"}]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    corral = Corral(tmp_path_factory.mktemp("schedules")).start()
-    yield corral
-    corral.stop()
-
-
-@pytest.fixture(scope="module")
-def cf(server):
-    http = httpx.Client(transport=httpx.HTTPTransport(uds=server.socket_path), timeout=60)
-    client = Cloudflare(api_token="x", base_url="http://corral/client/v4", http_client=http, max_retries=0)
-    yield client
-    client.close()
+server, cf = sdk_fixtures("schedules")
 
 
 def upload(cf, name):

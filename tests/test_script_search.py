@@ -4,11 +4,9 @@ Cloudflare's official SDK calls it, against a real `corral serve`."""
 from __future__ import annotations
 
 import cloudflare
-import httpx
 import pytest
-from cloudflare import Cloudflare
 
-from tests.harness import Corral
+from tests.harness import Corral, cloudflare_sdk
 
 CODE = '''from workers import Response, WorkerEntrypoint
 
@@ -21,8 +19,7 @@ class Default(WorkerEntrypoint):
 @pytest.fixture(scope="module")
 def cf(tmp_path_factory):
     corral = Corral(tmp_path_factory.mktemp("search")).start()
-    http = httpx.Client(transport=httpx.HTTPTransport(uds=corral.socket_path), timeout=60)
-    client = Cloudflare(api_token="x", base_url="http://corral/client/v4", http_client=http, max_retries=0)
+    client = cloudflare_sdk(corral)
     for name in ("beta", "alpha-web", "alpha-api"):
         corral.deploy(name, CODE, namespace=None)
     corral.deploy("alpha-tenant", CODE, namespace="default")  # a user worker: not a platform script

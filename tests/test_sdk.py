@@ -15,7 +15,7 @@ import httpx
 import pytest
 from cloudflare import Cloudflare
 
-from tests.harness import Corral
+from tests.harness import sdk_fixtures
 
 ACCOUNT = "local"
 NS = "sdk-tenants"
@@ -28,19 +28,7 @@ class Default(WorkerEntrypoint):
 HELPER = b"X = 1\n"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    corral = Corral(tmp_path_factory.mktemp("sdk")).start()
-    yield corral
-    corral.stop()
-
-
-@pytest.fixture(scope="module")
-def cf(server):
-    http = httpx.Client(transport=httpx.HTTPTransport(uds=server.socket_path), timeout=60)
-    client = Cloudflare(api_token="x", base_url="http://corral/client/v4", http_client=http, max_retries=0)
-    yield client
-    client.close()
+server, cf = sdk_fixtures("sdk")
 
 
 @pytest.fixture(scope="module")

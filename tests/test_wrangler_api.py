@@ -14,7 +14,7 @@ import json
 import httpx
 import pytest
 
-from tests.harness import Corral, free_port
+from tests.harness import with_tcp_admin
 
 A = "/client/v4/accounts/local"
 UA = "wrangler/4.86.0"
@@ -30,12 +30,7 @@ HELPER = b'def suffix():\n    return "from wrangler"\n'
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    state = tmp_path_factory.mktemp("wrangler")
-    port = free_port()
-    config = state / "corral.toml"
-    config.write_text(f'[admin]\ntcp = "127.0.0.1:{port}"\n')
-    corral = Corral(state, extra_args=["--config", str(config)]).start()
-    corral.tcp_port = port
+    corral = with_tcp_admin(tmp_path_factory.mktemp("wrangler")).start()
     corral.namespace("customers")
     yield corral
     corral.stop()

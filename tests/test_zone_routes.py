@@ -12,7 +12,7 @@ import httpx
 import pytest
 from cloudflare import Cloudflare
 
-from tests.harness import Corral, free_port
+from tests.harness import with_tcp_admin
 
 A = "/client/v4/accounts/local"
 EDGE = '''from workers import Response, WorkerEntrypoint
@@ -25,12 +25,7 @@ class Default(WorkerEntrypoint):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    state = tmp_path_factory.mktemp("zones")
-    port = free_port()
-    config = state / "corral.toml"
-    config.write_text(f'[admin]\ntcp = "127.0.0.1:{port}"\n')
-    corral = Corral(state, extra_args=["--config", str(config)]).start()
-    corral.tcp_port = port
+    corral = with_tcp_admin(tmp_path_factory.mktemp("zones")).start()
     for name in ("edge", "edge2", "other"):
         corral.deploy(name, EDGE.replace("{name}", name), namespace=None)
     yield corral

@@ -114,6 +114,15 @@ class ResourceHandlers:
                            f"script's {kind} binding names it")
         return wanted, known[wanted]
 
+    async def _make(self, kind: str, resource_id: str, name: str, taken: str) -> ResourceInfo:
+        """Record ``resource_id`` as ``name``; a name in use is a conflict saying ``taken``."""
+        try:
+            made = await self.core._run(self.store.create_resource, kind, resource_id, name)
+        except Conflict as exc:
+            raise Conflict(f"{taken} ({exc})") from None
+        log_event(logging.INFO, "admin.resource_created", kind=kind, id=made.id, name=name)
+        return made
+
     async def _delete(self, kind: str, field: str, what: str, wanted: str) -> None:
         """Refused while a deployed script binds it; else its data in every namespace, then its name."""
         users = [f"{r.namespace + '/' if r.namespace else ''}{r.name}"
@@ -158,12 +167,8 @@ class KVHandlers(ResourceHandlers):
         return title
 
     async def create_namespace(self, request: Request) -> Response:
-        title = self._title(request)
-        try:
-            made = await self.core._run(self.store.create_resource, _KV_KIND, uuid.uuid4().hex, title)
-        except Conflict as exc:
-            raise Conflict(f"a namespace with this account ID and title already exists ({exc})") from None
-        log_event(logging.INFO, "admin.kv_namespace_created", id=made.id, title=title)
+        made = await self._make(_KV_KIND, uuid.uuid4().hex, self._title(request),
+                                "a namespace with this account ID and title already exists")
         return envelope(200, _namespace_json(made.id, made.name))
 
     async def rename_namespace(self, request: Request) -> Response:
@@ -195,11 +200,7 @@ class KVHandlers(ResourceHandlers):
         if not _D1_NAME.match(name):
             raise Invalid(f"D1 database name {clip(name)!r}: use 1 to 64 letters, digits, '-' and '_', "
                           "starting with a letter or digit")
-        try:
-            made = await self.core._run(self.store.create_resource, _D1_KIND, str(uuid.uuid4()), name)
-        except Conflict as exc:
-            raise Conflict(f"A database with that name already exists ({exc})") from None
-        log_event(logging.INFO, "admin.d1_database_created", id=made.id, name=name)
+        made = await self._make(_D1_KIND, str(uuid.uuid4()), name, "A database with that name already exists")
         return envelope(200, _database_json(made.id, made))
 
     async def delete_database(self, request: Request) -> Response:

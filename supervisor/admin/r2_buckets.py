@@ -12,18 +12,16 @@ deployed script, as Cloudflare deletes only empty buckets.
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
 import msgspec
 
 from supervisor.admin.decode import clip, query_int
-from supervisor.admin.handlers import log_event
 from supervisor.admin.kv import MAX_PER_PAGE, ResourceHandlers, body_as, choice
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
-from supervisor.errors import Conflict, Invalid
+from supervisor.errors import Invalid
 from supervisor.store.records import ResourceInfo
 
 _R2 = "accounts/*/r2/buckets"
@@ -73,11 +71,7 @@ class R2BucketHandlers(ResourceHandlers):
         if not _NAME.match(name):
             raise Invalid(f"R2 bucket name {clip(name)!r}: use 3 to 63 lowercase letters, digits and '-', "
                           "starting and ending with a letter or digit")
-        try:
-            made = await self.core._run(self.store.create_resource, _KIND, name, name)
-        except Conflict:
-            raise Conflict(f"The bucket you tried to create already exists, and you own it: {name!r}") from None
-        log_event(logging.INFO, "admin.r2_bucket_created", name=name)
+        made = await self._make(_KIND, name, name, "The bucket you tried to create already exists, and you own it")
         return envelope(200, bucket_json(name, made))
 
     async def delete_bucket(self, request: Request) -> Response:
