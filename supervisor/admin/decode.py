@@ -115,6 +115,15 @@ def decode_json(data: bytes, what: str, limit: int = MAX_JSON_BODY) -> Any:
     return value
 
 
+def body_as(body: bytes, shape: Any, example: str, what: str) -> Any:
+    """A request's JSON body as ``shape`` (bounded as :func:`decode_json`
+    bounds it), or :class:`Invalid` showing what to send to do ``what``."""
+    try:
+        return msgspec.convert(decode_json(body or b"null", "the request body"), type=shape)
+    except msgspec.ValidationError as exc:
+        raise Invalid(f"send {example} to {what} ({exc})") from None
+
+
 def parse_target(target: str) -> tuple[str, list[str], dict[str, str]]:
     """``(path, decoded segments, query)`` of a request target, each bounded."""
     if len(target) > MAX_TARGET:

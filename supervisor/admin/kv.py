@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.admin.decode import clip, decode_json, query_int
+from supervisor.admin.decode import body_as, clip, query_int
 from supervisor.admin.handlers import Handlers, log_event
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
@@ -79,13 +79,6 @@ def _page(request: Request, rows: list[Any], shape: Callable[[Any], dict[str, An
     return envelope(200, [shape(r) for r in shown], result_info={
         "page": page, "per_page": per_page, "count": len(shown), "total_count": len(rows),
         "total_pages": (len(rows) + per_page - 1) // per_page})
-
-
-def body_as(request: Request, shape: type, example: str) -> Any:
-    try:
-        return msgspec.convert(decode_json(request.body or b"null", "the request body"), type=shape)
-    except msgspec.ValidationError as exc:
-        raise Invalid(f"send {example} ({exc})") from None
 
 
 class ResourceHandlers:
@@ -161,7 +154,7 @@ class KVHandlers(ResourceHandlers):
 
     @staticmethod
     def _title(request: Request) -> str:
-        title = body_as(request, _Title, '{"title": "my-namespace"}').title.strip()
+        title = body_as(request.body, _Title, '{"title": "my-namespace"}', "name a KV namespace").title.strip()
         if not title or len(title) > MAX_TITLE or not title.isprintable():
             raise Invalid(f"a KV namespace's title is 1 to {MAX_TITLE} printable characters")
         return title
@@ -196,7 +189,7 @@ class KVHandlers(ResourceHandlers):
         return envelope(200, _database_json(wanted, made))
 
     async def create_database(self, request: Request) -> Response:
-        name = body_as(request, _Name, '{"name": "my-database"}').name
+        name = body_as(request.body, _Name, '{"name": "my-database"}', "make a D1 database").name
         if not _D1_NAME.match(name):
             raise Invalid(f"D1 database name {clip(name)!r}: use 1 to 64 letters, digits, '-' and '_', "
                           "starting with a letter or digit")

@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
-from supervisor.admin.decode import clip, query_int
-from supervisor.admin.kv import MAX_PER_PAGE, ResourceHandlers, body_as, choice
+from supervisor.admin.decode import body_as, clip, query_int
+from supervisor.admin.kv import MAX_PER_PAGE, ResourceHandlers, choice
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Invalid
@@ -67,7 +67,7 @@ class R2BucketHandlers(ResourceHandlers):
         return envelope(200, bucket_json(name, made))
 
     async def create_bucket(self, request: Request) -> Response:
-        name = body_as(request, _Bucket, '{"name": "my-bucket"}').name
+        name = body_as(request.body, _Bucket, '{"name": "my-bucket"}', "make an R2 bucket").name
         if not _NAME.match(name):
             raise Invalid(f"R2 bucket name {clip(name)!r}: use 3 to 63 lowercase letters, digits and '-', "
                           "starting and ending with a letter or digit")

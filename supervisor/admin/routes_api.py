@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from supervisor.admin.account import ACCOUNT_ID
-from supervisor.admin.decode import clip, decode_json, query_int
+from supervisor.admin.decode import body_as, clip, query_int
 from supervisor.admin.handlers import _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope, route_json
 from supervisor.admin.router import Request, Router
@@ -76,14 +76,6 @@ def _zone_of(pattern: str) -> str | None:
     return host if _ZONE_NAME.match(host) else None
 
 
-def _decode(body: bytes, shape: Any, example: str, what: str) -> Any:
-    """The request body as ``shape``, or a 400 showing what to send."""
-    try:
-        return msgspec.convert(decode_json(body or b"null", "the request body"), type=shape)
-    except msgspec.ValidationError as exc:
-        raise Invalid(f"send {example} to {what} ({exc})") from None
-
-
 class RouteHandlers:
     """The three route APIs and the zone lookup, over the store's one table."""
 
@@ -110,14 +102,14 @@ class RouteHandlers:
 
     async def add_account_route(self, request: Request) -> Response:
         """Corral's own endpoint (SPEC): a script is required; exclusions go through a zone."""
-        body = _decode(request.body, RouteBody, '{"pattern": "*.example.com/*", "script": "NAME"}', "add a route")
+        body = body_as(request.body, RouteBody, '{"pattern": "*.example.com/*", "script": "NAME"}', "add a route")
         if not body.script:
             raise Invalid('send {"pattern": "*.example.com/*", "script": "NAME"} to add a route (a route '
                           "without a script, an exclusion, is added through /zones/{zone}/workers/routes)")
         return await self._add(body)
 
     async def add_route(self, request: Request) -> Response:
-        return await self._add(_decode(request.body, RouteBody, '{"pattern": "example.com/*", "script": "NAME"}',
+        return await self._add(body_as(request.body, RouteBody, '{"pattern": "example.com/*", "script": "NAME"}',
                                        "add a route"))
 
     async def _add(self, body: RouteBody) -> Response:
@@ -134,7 +126,7 @@ class RouteHandlers:
 
     async def update_route(self, request: Request) -> Response:
         route_id = request.params["id"]
-        body = _decode(request.body, RouteBody, '{"pattern": "example.com/*", "script": "NAME"}',
+        body = body_as(request.body, RouteBody, '{"pattern": "example.com/*", "script": "NAME"}',
                        "update a route")
         info = await self.core._run(self.store.update_route, route_id, body.pattern, body.script)
         if info is None:
@@ -158,7 +150,7 @@ class RouteHandlers:
     async def set_script_routes(self, request: Request) -> Response:
         """wrangler's deploy: the script's routes become exactly these."""
         _, name, _ = await self.core.deployed(request)
-        wanted = _decode(request.body, list[ScriptRoute], '[{"pattern": "example.com/*"}, ...]',
+        wanted = body_as(request.body, list[ScriptRoute], '[{"pattern": "example.com/*"}, ...]',
                          "set the script's routes")
         for route in wanted:
             if route.custom_domain:

@@ -16,13 +16,12 @@ from typing import Any
 
 import msgspec
 
-from supervisor.admin.decode import decode_json
+from supervisor.admin.decode import body_as
 from supervisor.admin.handlers import _NS, _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.admin.script_config import with_changes
 from supervisor.cron import check_crons
-from supervisor.errors import Invalid
 from supervisor.model import ScriptRecord
 
 
@@ -50,11 +49,8 @@ class ScheduleHandlers:
         return envelope(200, schedules_json(record))
 
     async def put_schedules(self, request: Request) -> Response:
-        try:
-            body = msgspec.convert(decode_json(request.body or b"null", "the request body"), type=list[Schedule])
-        except msgspec.ValidationError as exc:
-            raise Invalid(f'send [{{"cron": "*/5 * * * *"}}, ...] to set the script\'s cron triggers ({exc})') \
-                from None
+        body = body_as(request.body, list[Schedule], '[{"cron": "*/5 * * * *"}, ...]',
+                       "set the script's cron triggers")
         crons = check_crons(list(dict.fromkeys(s.cron.strip() for s in body)))
         ns, name, record = await self.core.deployed(request)
         if crons != list(record.crons):
