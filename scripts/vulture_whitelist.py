@@ -227,6 +227,8 @@ zone_name  # supervisor/admin/routes_api.py (wrangler's route entries; zones are
 primary_location_hint  # supervisor/admin/kv.py (wrangler d1 create; one location here)
 locationHint  # supervisor/admin/r2_buckets.py (the SDK's bucket create; one location here)
 storageClass  # supervisor/admin/r2_buckets.py
+visibility_timeout_ms  # supervisor/admin/queues_api.py (a consumer's settings, as wrangler sends them)
+environment_name  # supervisor/admin/queues_api.py
 
 # -- Registered by decorator, or dispatched by method name ---------------------------
 

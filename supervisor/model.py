@@ -210,8 +210,9 @@ class Queue(_Binding, tag="queue"):
 class QueueConsumer(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """The script consumes ``queue`` (Wrangler's ``queues.consumers`` entry).
 
-    Corral's own metadata key (``queue_consumers``): Cloudflare configures
-    consumers through its queues API, which Corral does not have.
+    Corral's own metadata key (``queue_consumers``), which `corral deploy`
+    sends; Cloudflare's tools set consumers through its queues API
+    (:mod:`supervisor.admin.queues_api`), which makes them this too.
     """
 
     queue: NonEmpty

@@ -26,6 +26,7 @@ from supervisor.admin.decode import MAX_HEADERS, MAX_MESSAGE, clip, parse_target
 from supervisor.admin.errors import MethodNotAllowed, status_and_code
 from supervisor.admin.handlers import AdminHooks, Handlers, log_event
 from supervisor.admin.kv import KVHandlers
+from supervisor.admin.queues_api import QueueHandlers
 from supervisor.admin.r2_buckets import R2BucketHandlers
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
@@ -55,7 +56,7 @@ class AdminAPI:
         self.handlers.register(self.router)
         # Each group of endpoints is one module over the core handlers.
         for group in (VersionHandlers, ScriptConfigHandlers, AssetHandlers, TokenHandlers, AccountHandlers,
-                      KVHandlers, R2BucketHandlers, RouteHandlers, ScheduleHandlers):
+                      KVHandlers, QueueHandlers, R2BucketHandlers, RouteHandlers, ScheduleHandlers):
             group(self.handlers).register(self.router)
 
     async def handle(

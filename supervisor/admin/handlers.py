@@ -456,6 +456,12 @@ class Handlers:
             crons = check_crons(metadata.crons)
         else:
             crons = list(previous.crons) if previous else []
+        # The same for queue consumers, which Cloudflare sets through its queues API
+        # (supervisor.admin.queues_api); `corral deploy` sends its project's.
+        if "queue_consumers" in raw:
+            consumers = list(metadata.queue_consumers)
+        else:
+            consumers = list(previous.queue_consumers) if previous else []
         lock = packages.lock if packages is not None else None
         packages_upload.check_bundle_size(modules, lock)
         record = ScriptRecord(
@@ -463,7 +469,7 @@ class Handlers:
             name=name,
             version="",
             crons=crons,
-            queue_consumers=list(metadata.queue_consumers),
+            queue_consumers=consumers,
             main_module=main_module,
             modules=modules,
             bindings=bindings,

@@ -238,7 +238,8 @@ def remove_tree(path: str) -> None:
 
 #: Where the data of an id bound by type lives: ``<root>/<folder>/<scope key>/<file>``.
 BOUND_DATA = {"kv_namespace": ("kv", "kv.sqlite3"), "d1": ("d1", "db.sqlite3"),
-              "r2_bucket": ("r2", "index.sqlite3")}  # (an R2 bucket's blobs beside its index)
+              "r2_bucket": ("r2", "index.sqlite3"),  # (an R2 bucket's blobs beside its index)
+              "queue": ("queues", "queue.sqlite3")}  # its name is its id (supervisor.queues.hub)
 
 
 async def purge_bound(services: Services, kind: str, namespaces: list[str], bound_id: str) -> None:

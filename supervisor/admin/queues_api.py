@@ -1,0 +1,247 @@
+"""Queues and their consumers as Cloudflare's API makes them (``/queues``).
+
+``wrangler queues create`` and the SDK's ``client.queues.create`` make a
+queue; ``wrangler deploy`` of a config with ``queues.consumers`` then looks
+the queue up by name and adds (or updates) the script as its consumer. A
+queue is the name a ``queue`` binding gives, its messages kept per
+(dispatch namespace, name): any name works, made here or not. Made here, a
+queue gets an id in Cloudflare's shape; one only named by scripts has its
+name as its id.
+
+A consumer is part of the consuming script's deployed record (its
+``queue_consumers``, what the queues hub reads), so adding, changing or
+removing one is a new version of that script, as new schedules are
+(:mod:`supervisor.admin.schedules`); an upload that names no consumers keeps
+them. Consumers here are platform scripts, which consume the platform's
+queues; a dispatch namespace's scripts name theirs in their upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import uuid
+from typing import Any
+
+import msgspec
+
+from supervisor.admin.decode import body_as, clip, query_int
+from supervisor.admin.handlers import log_event
+from supervisor.admin.kv import ResourceHandlers
+from supervisor.admin.render import Response, envelope
+from supervisor.admin.router import Request, Router
+from supervisor.admin.script_config import with_changes
+from supervisor.errors import Conflict, Invalid, NotFound
+from supervisor.model import PLATFORM, Queue, QueueConsumer, ScriptRecord, check_name
+from supervisor.store.records import ResourceInfo
+from supervisor.store.store import script_not_found
+
+_Q = "accounts/*/queues"
+_KIND = "queue"
+#: Cloudflare's queue names: letters, digits and '-', up to 63.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+MAX_PER_PAGE = 1000
+
+
+class _NewQueue(msgspec.Struct):
+    queue_name: str
+    settings: dict[str, Any] | None = None
+
+
+class _Settings(msgspec.Struct, kw_only=True):
+    """A consumer's settings, with Cloudflare's names."""
+
+    batch_size: int | None = None
+    max_retries: int | None = None
+    max_wait_time_ms: int | None = None
+    max_concurrency: int | None = None
+    retry_delay: int | None = None
+    visibility_timeout_ms: int | None = None
+
+
+class _NewConsumer(msgspec.Struct, kw_only=True):
+    script_name: str | None = None
+    type: str = "worker"
+    environment_name: str | None = None
+    settings: _Settings = msgspec.field(default_factory=_Settings)
+    dead_letter_queue: str | None = None
+
+
+def consumer_id(queue: str, script: str) -> str:
+    """A consumer's id: the same for a script and a queue every time."""
+    return hashlib.blake2b(f"{queue}\0{script}".encode(), digest_size=16, person=b"corral-consume").hexdigest()
+
+
+def _consumer_json(queue: str, script: ScriptRecord, consumer: QueueConsumer) -> dict[str, Any]:
+    return {"consumer_id": consumer_id(queue, script.name), "type": "worker", "script": script.name,
+            "service": script.name, "environment": "production", "queue_name": queue,
+            "created_on": script.modified_on, "dead_letter_queue": consumer.dead_letter_queue,
+            "settings": {"batch_size": consumer.max_batch_size, "max_retries": consumer.max_retries,
+                         "max_wait_time_ms": int(consumer.max_batch_timeout * 1000),
+                         "max_concurrency": consumer.max_concurrency, "retry_delay": consumer.retry_delay}}
+
+
+class QueueHandlers(ResourceHandlers):
+    def register(self, router: Router) -> None:
+        router.add(_Q, GET=self.list_queues, POST=self.create_queue)
+        router.add(f"{_Q}/{{queue}}", GET=self.get_queue, DELETE=self.delete_queue)
+        router.add(f"{_Q}/{{queue}}/consumers", GET=self.list_consumers, POST=self.add_consumer)
+        router.add(f"{_Q}/{{queue}}/consumers/{{consumer}}", GET=self.get_consumer, PUT=self.update_consumer,
+                   DELETE=self.delete_consumer)
+
+    # -- what exists ----------------------------------------------------------
+
+    async def _platform_scripts(self) -> list[ScriptRecord]:
+        records: list[ScriptRecord] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = await self.core._run(self.store.list_scripts, PLATFORM, None, cursor, 1000)
+            records += page
+            if cursor is None:
+                return records
+
+    async def _all(self) -> dict[str, tuple[str, ResourceInfo | None]]:
+        """Every queue by name: its id and its record if made here, else named
+        by the platform's scripts (as producers or consumers)."""
+        made = {r.name: r for r in await self.core._run(self.store.list_resources, _KIND)}
+        named = {b.queue_name for s in await self._platform_scripts() for b in s.bindings if isinstance(b, Queue)}
+        named |= {c.queue for s in await self._platform_scripts() for c in s.queue_consumers}
+        out: dict[str, tuple[str, ResourceInfo | None]] = {n: (n, None) for n in named}
+        out.update({n: (r.id, r) for n, r in made.items()})
+        return dict(sorted(out.items()))
+
+    async def _queue(self, request: Request) -> tuple[str, str, ResourceInfo | None]:
+        """(name, id, record) of the queue the path names, by id or name."""
+        wanted = request.params["queue"]
+        for name, (queue_id, made) in (await self._all()).items():
+            if wanted in (queue_id, name):
+                return name, queue_id, made
+        raise NotFound(f"no queue {clip(wanted)!r}: make it (wrangler queues create) or name it in a "
+                       "script's queue binding")
+
+    async def _json(self, name: str, queue_id: str, made: ResourceInfo | None) -> dict[str, Any]:
+        scripts = await self._platform_scripts()
+        producers = [{"type": "worker", "script": s.name} for s in scripts
+                     if any(isinstance(b, Queue) and b.queue_name == name for b in s.bindings)]
+        consumers = [_consumer_json(name, s, c) for s in scripts for c in s.queue_consumers if c.queue == name]
+        when = made.created_on if made else None
+        return {"queue_id": queue_id, "queue_name": name, "created_on": when, "modified_on": when,
+                "producers": producers, "producers_total_count": len(producers),
+                "consumers": consumers, "consumers_total_count": len(consumers), "settings": {}}
+
+    # -- queues ---------------------------------------------------------------
+
+    async def list_queues(self, request: Request) -> Response:
+        """By name; ``?name=`` one, ``page`` and ``per_page`` as Cloudflare pages it."""
+        page = query_int(request.query, "page", 1, 1_000_000)
+        per_page = query_int(request.query, "per_page", 100, MAX_PER_PAGE)
+        found = [(n, *v) for n, v in (await self._all()).items()
+                 if "name" not in request.query or n == request.query["name"]]
+        shown = found[(page - 1) * per_page:page * per_page]
+        return envelope(200, [await self._json(*q) for q in shown],
+                        result_info={"page": page, "per_page": per_page, "count": len(shown),
+                                     "total_count": len(found)})
+
+    async def get_queue(self, request: Request) -> Response:
+        return envelope(200, await self._json(*await self._queue(request)))
+
+    async def create_queue(self, request: Request) -> Response:
+        name = body_as(request.body, _NewQueue, '{"queue_name": "my-queue"}', "make a queue").queue_name
+        if not _NAME.match(name):
+            raise Invalid(f"queue name {clip(name)!r}: use 1 to 63 letters, digits and '-', starting with a "
+                          "letter or digit")
+        if name in await self._all():
+            raise Conflict(f"A queue with this name already exists: {name!r}")
+        made = await self._make(_KIND, uuid.uuid4().hex, name, "A queue with this name already exists")
+        return envelope(200, {"queue_id": made.id, "queue_name": name, "created_on": made.created_on,
+                              "modified_on": made.created_on, "settings": {}})
+
+    async def delete_queue(self, request: Request) -> Response:
+        """Refused while a script sends to it or consumes it; else its messages go."""
+        name, queue_id, made = await self._queue(request)
+        users = [f"{r.namespace + '/' if r.namespace else ''}{r.name}"
+                 for r in await self.core._run(self.store.scripts_naming, name)
+                 if any(isinstance(b, Queue) and b.queue_name == name for b in r.bindings)
+                 or any(c.queue == name for c in r.queue_consumers)]
+        if users:
+            raise Conflict(f"queue {name!r} is used by {', '.join(users[:5])}: remove its producers and "
+                           "consumers first")
+        await self.core.hooks.purge_bound_data(_KIND, name)
+        if made is not None:
+            await self.core._run(self.store.delete_resource, _KIND, queue_id)
+        log_event(logging.INFO, "admin.queue_deleted", name=name)
+        return envelope(200, None)
+
+    # -- consumers ------------------------------------------------------------
+
+    async def list_consumers(self, request: Request) -> Response:
+        return envelope(200, (await self._json(*await self._queue(request)))["consumers"])
+
+    async def _consumer_script(self, name: str) -> ScriptRecord:
+        check_name("script", name)
+        record = await self.core._run(self.store.get_primary, PLATFORM, name)
+        if record is None:
+            raise script_not_found(PLATFORM, name)
+        return record
+
+    async def _set_consumer(self, queue: str, script: ScriptRecord, body: _NewConsumer) -> dict[str, Any]:
+        if body.type != "worker":
+            raise Invalid(f"consumer type {clip(body.type)!r}: Corral's consumers are workers (type \"worker\")")
+        settings = body.settings
+        fields: dict[str, Any] = {"queue": queue, "dead_letter_queue": body.dead_letter_queue,
+                                  "max_batch_size": settings.batch_size, "max_retries": settings.max_retries,
+                                  "max_concurrency": settings.max_concurrency,
+                                  "retry_delay": settings.retry_delay,
+                                  "max_batch_timeout": None if settings.max_wait_time_ms is None
+                                  else settings.max_wait_time_ms / 1000}
+        try:
+            consumer = msgspec.convert({k: v for k, v in fields.items() if v is not None}, type=QueueConsumer)
+        except msgspec.ValidationError as exc:
+            raise Invalid(f"consumer settings: {exc}") from None
+        others = [c for c in script.queue_consumers if c.queue != queue]
+        stored = await self.core.store_version(with_changes(script, queue_consumers=[*others, consumer]), "queues")
+        log_event(logging.INFO, "admin.queue_consumer_set", queue=queue, script=script.name)
+        return _consumer_json(queue, stored, consumer)
+
+    async def add_consumer(self, request: Request) -> Response:
+        name, _, _ = await self._queue(request)
+        body = body_as(request.body, _NewConsumer, '{"type": "worker", "script_name": "NAME", "settings": {}}',
+                       "add a consumer")
+        if not body.script_name:
+            raise Invalid('a worker consumer names its script: {"type": "worker", "script_name": "NAME"}')
+        script = await self._consumer_script(body.script_name)
+        if any(c.queue == name for c in script.queue_consumers):
+            raise Conflict(f"{script.name!r} already consumes {name!r}: change it with PUT "
+                           f".../consumers/{consumer_id(name, script.name)}")
+        return envelope(200, await self._set_consumer(name, script, body))
+
+    async def _script_of(self, request: Request, name: str) -> ScriptRecord:
+        wanted = request.params["consumer"]
+        for script in await self._platform_scripts():
+            if any(c.queue == name for c in script.queue_consumers) and consumer_id(name, script.name) == wanted:
+                return await self._consumer_script(script.name)
+        raise NotFound(f"queue {name!r} has no consumer {clip(wanted)!r}")
+
+    async def get_consumer(self, request: Request) -> Response:
+        name, _, _ = await self._queue(request)
+        script = await self._script_of(request, name)
+        return envelope(200, next(_consumer_json(name, script, c) for c in script.queue_consumers if c.queue == name))
+
+    async def update_consumer(self, request: Request) -> Response:
+        name, _, _ = await self._queue(request)
+        script = await self._script_of(request, name)
+        body = body_as(request.body, _NewConsumer, '{"type": "worker", "settings": {"batch_size": 10}}',
+                       "change a consumer")
+        return envelope(200, await self._set_consumer(name, script, body))
+
+    async def delete_consumer(self, request: Request) -> Response:
+        name, _, _ = await self._queue(request)
+        script = await self._script_of(request, name)
+        kept = [c for c in script.queue_consumers if c.queue != name]
+        await self.core.store_version(with_changes(script, queue_consumers=kept), "queues")
+        log_event(logging.INFO, "admin.queue_consumer_removed", queue=name, script=script.name)
+        return envelope(200, None)
+
+
+__all__ = ["QueueHandlers", "consumer_id"]

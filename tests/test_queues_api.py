@@ -1,0 +1,120 @@
+"""Queues and their consumers made through Cloudflare's API with its official
+SDK (``client.queues``, ``client.queues.consumers``), as ``wrangler queues
+create`` and ``wrangler deploy`` of a consumer make them, against a real
+`corral serve`: a consumer added through the API consumes what a producer
+sends, keeps across an upload that says nothing of it, and a queue in use is
+not deleted."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+
+import cloudflare
+import pytest
+
+from tests.harness import sdk_fixtures
+
+A = "local"
+PRODUCER = '''from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        await self.env.JOBS.send({"job": request.url.rsplit("/", 1)[1]})
+        return Response("sent")
+'''
+CONSUMER = '''from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        got = await self.env.SEEN.list()
+        return Response(",".join(sorted(k.name for k in got.keys)))
+
+    async def queue(self, batch, env, ctx):
+        for message in batch.messages:
+            await env.SEEN.put(f"{batch.queue}:{message.body['job']}", "1")
+            message.ack()
+'''
+SEEN = {"type": "kv_namespace", "name": "SEEN", "namespace_id": "seen"}
+
+server, cf = sdk_fixtures("queues")
+
+
+def seen(server) -> str:
+    resp = server.request("/", host="consumer.test")
+    assert resp.status == 200, resp
+    return resp.text
+
+
+def wait_for_seen(server, wanted: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while wanted not in seen(server) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the consumer's own record of deliveries
+    assert wanted in seen(server), server.log()[-3000:]
+
+
+def upload_consumer(cf) -> None:
+    """The consumer's code through the SDK, which says nothing of queue consumers."""
+    cf.workers.scripts.update("consumer", account_id=A, metadata={"main_module": "worker.py", "bindings": [SEEN]},
+                              files=[("worker.py", io.BytesIO(CONSUMER.encode()), "text/x-python")])
+
+
+def test_a_consumer_added_through_the_api_consumes_and_survives_uploads(server, cf):
+    made = cf.queues.create(account_id=A, queue_name="jobs")
+    assert re.fullmatch(r"[0-9a-f]{32}", made.queue_id) and made.queue_name == "jobs"
+    assert [q.queue_name for q in cf.queues.list(account_id=A)] == ["jobs"]
+    with pytest.raises(cloudflare.ConflictError, match="already exists"):
+        cf.queues.create(account_id=A, queue_name="jobs")
+
+    server.deploy("producer", PRODUCER, namespace=None,
+                  bindings=[{"type": "queue", "name": "JOBS", "queue_name": "jobs"}])
+    server.route("producer.test/*", "producer")
+    upload_consumer(cf)
+    server.route("consumer.test/*", "consumer")
+    # wrangler deploy: the queue by name, then the script as its consumer.
+    found = server.admin("GET", "/accounts/local/queues?name=jobs").json()["result"]
+    assert [q["queue_id"] for q in found] == [made.queue_id]
+    assert found[0]["producers"] == [{"type": "worker", "script": "producer"}] and found[0]["consumers"] == []
+    consumer = cf.queues.consumers.create(made.queue_id, account_id=A, type="worker", script_name="consumer",
+                                          settings={"batch_size": 1, "max_wait_time_ms": 100})
+    assert consumer.script == "consumer" and consumer.settings.batch_size == 1
+
+    assert server.request("/a1", host="producer.test").text == "sent"
+    wait_for_seen(server, "jobs:a1")
+
+    # New code through the API says nothing of consumers: the consumer stays.
+    upload_consumer(cf)
+    assert [c.script for c in cf.queues.consumers.list(made.queue_id, account_id=A)] == ["consumer"]
+    assert server.request("/a2", host="producer.test").text == "sent"
+    wait_for_seen(server, "jobs:a2")
+
+    changed = cf.queues.consumers.update(consumer.consumer_id, account_id=A, queue_id=made.queue_id,
+                                         type="worker", settings={"batch_size": 5, "max_retries": 1})
+    assert (changed.settings.batch_size, changed.settings.max_retries) == (5, 1)
+    with pytest.raises(cloudflare.ConflictError, match="used by"):
+        cf.queues.delete(made.queue_id, account_id=A)
+    cf.queues.consumers.delete(consumer.consumer_id, account_id=A, queue_id=made.queue_id)
+    assert list(cf.queues.consumers.list(made.queue_id, account_id=A)) == []
+    assert server.admin("DELETE", "/accounts/local/workers/scripts/producer").status == 200
+    cf.queues.delete(made.queue_id, account_id=A)
+    with pytest.raises(cloudflare.NotFoundError):
+        cf.queues.get(made.queue_id, account_id=A)
+
+
+@pytest.mark.parametrize("path, body, status, words", [
+    ("/accounts/local/queues", {"queue_name": "no spaces"}, 400, "letters, digits"),
+    ("/accounts/local/queues", {"name": "x"}, 400, "to make a queue"),
+    ("/accounts/local/queues/spare/consumers", {"type": "worker", "script_name": "ghost"}, 404,
+     "script 'ghost' not found"),
+    ("/accounts/local/queues/spare/consumers", {"type": "http_pull"}, 400, "script"),
+    ("/accounts/local/queues/spare/consumers",
+     {"type": "worker", "script_name": "consumer", "settings": {"batch_size": 1000}}, 400, "consumer settings"),
+])
+def test_bad_queue_calls_are_refused_with_a_reason(server, cf, path, body, status, words):
+    if not server.admin("GET", "/accounts/local/queues?name=spare").json()["result"]:
+        cf.queues.create(account_id=A, queue_name="spare")
+        upload_consumer(cf)
+    resp = server.admin("POST", path, body)
+    assert resp.status == status and words in resp.json()["errors"][0]["message"], resp.text
+    assert server.admin("GET", "/accounts/local/queues/spare/consumers").json()["result"] == []
