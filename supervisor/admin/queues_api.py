@@ -101,27 +101,27 @@ class QueueHandlers(ResourceHandlers):
             if cursor is None:
                 return records
 
-    async def _all(self) -> dict[str, tuple[str, ResourceInfo | None]]:
+    async def _all(self, scripts: list[ScriptRecord]) -> dict[str, tuple[str, ResourceInfo | None]]:
         """Every queue by name: its id and its record if made here, else named
-        by the platform's scripts (as producers or consumers)."""
+        by the platform's ``scripts`` (as producers or consumers)."""
         made = {r.name: r for r in await self.core._run(self.store.list_resources, _KIND)}
-        named = {b.queue_name for s in await self._platform_scripts() for b in s.bindings if isinstance(b, Queue)}
-        named |= {c.queue for s in await self._platform_scripts() for c in s.queue_consumers}
+        named = {b.queue_name for s in scripts for b in s.bindings if isinstance(b, Queue)}
+        named |= {c.queue for s in scripts for c in s.queue_consumers}
         out: dict[str, tuple[str, ResourceInfo | None]] = {n: (n, None) for n in named}
         out.update({n: (r.id, r) for n, r in made.items()})
         return dict(sorted(out.items()))
 
-    async def _queue(self, request: Request) -> tuple[str, str, ResourceInfo | None]:
+    async def _queue(self, request: Request, scripts: list[ScriptRecord]) -> tuple[str, str, ResourceInfo | None]:
         """(name, id, record) of the queue the path names, by id or name."""
         wanted = request.params["queue"]
-        for name, (queue_id, made) in (await self._all()).items():
+        for name, (queue_id, made) in (await self._all(scripts)).items():
             if wanted in (queue_id, name):
                 return name, queue_id, made
         raise NotFound(f"no queue {clip(wanted)!r}: make it (wrangler queues create) or name it in a "
                        "script's queue binding")
 
-    async def _json(self, name: str, queue_id: str, made: ResourceInfo | None) -> dict[str, Any]:
-        scripts = await self._platform_scripts()
+    @staticmethod
+    def _json(scripts: list[ScriptRecord], name: str, queue_id: str, made: ResourceInfo | None) -> dict[str, Any]:
         producers = [{"type": "worker", "script": s.name} for s in scripts
                      if any(isinstance(b, Queue) and b.queue_name == name for b in s.bindings)]
         consumers = [_consumer_json(name, s, c) for s in scripts for c in s.queue_consumers if c.queue == name]
@@ -136,22 +136,24 @@ class QueueHandlers(ResourceHandlers):
         """By name; ``?name=`` one, ``page`` and ``per_page`` as Cloudflare pages it."""
         page = query_int(request.query, "page", 1, 1_000_000)
         per_page = query_int(request.query, "per_page", 100, MAX_PER_PAGE)
-        found = [(n, *v) for n, v in (await self._all()).items()
+        scripts = await self._platform_scripts()
+        found = [(n, *v) for n, v in (await self._all(scripts)).items()
                  if "name" not in request.query or n == request.query["name"]]
         shown = found[(page - 1) * per_page:page * per_page]
-        return envelope(200, [await self._json(*q) for q in shown],
+        return envelope(200, [self._json(scripts, *q) for q in shown],
                         result_info={"page": page, "per_page": per_page, "count": len(shown),
                                      "total_count": len(found)})
 
     async def get_queue(self, request: Request) -> Response:
-        return envelope(200, await self._json(*await self._queue(request)))
+        scripts = await self._platform_scripts()
+        return envelope(200, self._json(scripts, *await self._queue(request, scripts)))
 
     async def create_queue(self, request: Request) -> Response:
         name = body_as(request.body, _NewQueue, '{"queue_name": "my-queue"}', "make a queue").queue_name
         if not _NAME.match(name):
             raise Invalid(f"queue name {clip(name)!r}: use 1 to 63 letters, digits and '-', starting with a "
                           "letter or digit")
-        if name in await self._all():
+        if name in await self._all(await self._platform_scripts()):
             raise Conflict(f"A queue with this name already exists: {name!r}")
         made = await self._make(_KIND, uuid.uuid4().hex, name, "A queue with this name already exists")
         return envelope(200, {"queue_id": made.id, "queue_name": name, "created_on": made.created_on,
@@ -159,7 +161,7 @@ class QueueHandlers(ResourceHandlers):
 
     async def delete_queue(self, request: Request) -> Response:
         """Refused while a script sends to it or consumes it; else its messages go."""
-        name, queue_id, made = await self._queue(request)
+        name, queue_id, made = await self._queue(request, await self._platform_scripts())
         users = [f"{r.namespace + '/' if r.namespace else ''}{r.name}"
                  for r in await self.core._run(self.store.scripts_naming, name)
                  if any(isinstance(b, Queue) and b.queue_name == name for b in r.bindings)
@@ -176,7 +178,8 @@ class QueueHandlers(ResourceHandlers):
     # -- consumers ------------------------------------------------------------
 
     async def list_consumers(self, request: Request) -> Response:
-        return envelope(200, (await self._json(*await self._queue(request)))["consumers"])
+        scripts = await self._platform_scripts()
+        return envelope(200, self._json(scripts, *await self._queue(request, scripts))["consumers"])
 
     async def _consumer_script(self, name: str) -> ScriptRecord:
         check_name("script", name)
@@ -205,7 +208,7 @@ class QueueHandlers(ResourceHandlers):
         return _consumer_json(queue, stored, consumer)
 
     async def add_consumer(self, request: Request) -> Response:
-        name, _, _ = await self._queue(request)
+        name, _, _ = await self._queue(request, await self._platform_scripts())
         body = body_as(request.body, _NewConsumer, '{"type": "worker", "script_name": "NAME", "settings": {}}',
                        "add a consumer")
         if not body.script_name:
@@ -224,19 +227,19 @@ class QueueHandlers(ResourceHandlers):
         raise NotFound(f"queue {name!r} has no consumer {clip(wanted)!r}")
 
     async def get_consumer(self, request: Request) -> Response:
-        name, _, _ = await self._queue(request)
+        name, _, _ = await self._queue(request, await self._platform_scripts())
         script = await self._script_of(request, name)
         return envelope(200, next(_consumer_json(name, script, c) for c in script.queue_consumers if c.queue == name))
 
     async def update_consumer(self, request: Request) -> Response:
-        name, _, _ = await self._queue(request)
+        name, _, _ = await self._queue(request, await self._platform_scripts())
         script = await self._script_of(request, name)
         body = body_as(request.body, _NewConsumer, '{"type": "worker", "settings": {"batch_size": 10}}',
                        "change a consumer")
         return envelope(200, await self._set_consumer(name, script, body))
 
     async def delete_consumer(self, request: Request) -> Response:
-        name, _, _ = await self._queue(request)
+        name, _, _ = await self._queue(request, await self._platform_scripts())
         script = await self._script_of(request, name)
         kept = [c for c in script.queue_consumers if c.queue != name]
         await self.core.store_version(with_changes(script, queue_consumers=kept), "queues")
