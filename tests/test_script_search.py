@@ -1,12 +1,13 @@
-"""``client.workers.scripts.search`` (``GET .../workers/scripts-search``), as
-Cloudflare's official SDK calls it, against a real `corral serve`."""
+"""``client.workers.scripts.search`` (``GET .../workers/scripts-search``) and
+``client.durable_objects.namespaces.list``, as Cloudflare's official SDK calls
+them, against a real `corral serve`."""
 
 from __future__ import annotations
 
 import cloudflare
 import pytest
 
-from tests.harness import Corral, cloudflare_sdk
+from tests.harness import sdk_fixtures
 
 CODE = '''from workers import Response, WorkerEntrypoint
 
@@ -16,27 +17,56 @@ class Default(WorkerEntrypoint):
 '''
 
 
+server, cf = sdk_fixtures("search")
+
+
 @pytest.fixture(scope="module")
-def cf(tmp_path_factory):
-    corral = Corral(tmp_path_factory.mktemp("search")).start()
-    client = cloudflare_sdk(corral)
+def scripts(server):
+    """Three platform scripts (``beta`` modified last) and a user worker."""
     for name in ("beta", "alpha-web", "alpha-api"):
-        corral.deploy(name, CODE, namespace=None)
-    corral.deploy("alpha-tenant", CODE, namespace="default")  # a user worker: not a platform script
-    corral.deploy("beta", CODE, namespace=None)  # modified last
-    yield client
-    client.close()
-    corral.stop()
+        server.deploy(name, CODE, namespace=None)
+    server.deploy("alpha-tenant", CODE, namespace="default")  # a user worker: not a platform script
+    server.deploy("beta", CODE, namespace=None)
 
 
-def test_the_sdk_searches_the_platforms_scripts(cf):
+def test_the_sdk_searches_the_platforms_scripts(cf, scripts):
     found = cf.workers.scripts.search(account_id="local", name="alpha")
     assert [s.script_name for s in found] == ["alpha-api", "alpha-web"]
     assert found[0].id == "alpha-api" and found[0].created_on <= found[0].modified_on
     assert [s.script_name for s in cf.workers.scripts.search(account_id="local", id="beta")] == ["beta"]
-    by_change = cf.workers.scripts.search(account_id="local", order_by="modified_on")
+    # (name="a": the three of them, whatever else the module's other test deployed)
+    by_change = cf.workers.scripts.search(account_id="local", name="a", order_by="modified_on")
     assert [s.script_name for s in by_change] == ["alpha-web", "alpha-api", "beta"]
-    assert [s.script_name for s in cf.workers.scripts.search(account_id="local", page=2, per_page=2)] == ["beta"]
+    second = cf.workers.scripts.search(account_id="local", name="a", page=2, per_page=2)
+    assert [s.script_name for s in second] == ["beta"]
     assert cf.workers.scripts.search(account_id="local", name="gamma") == []
     with pytest.raises(cloudflare.BadRequestError, match="order_by"):
         cf.workers.scripts.search(account_id="local", order_by="size")  # type: ignore[arg-type]
+
+
+DO_SCRIPT = '''from workers import DurableObject, Response, WorkerEntrypoint
+
+class Counter(DurableObject):
+    async def fetch(self, request):
+        return Response("1")
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return await self.env.COUNTER.get(self.env.COUNTER.idFromName("a")).fetch(request)
+'''
+
+
+def test_the_sdk_lists_the_durable_object_namespaces_scripts_bind(server, cf):
+    assert [n.id for n in cf.durable_objects.namespaces.list(account_id="local")] == []
+    server.deploy("counter", DO_SCRIPT, namespace=None,
+                  bindings=[{"type": "durable_object_namespace", "name": "COUNTER", "class_name": "Counter"}])
+    server.deploy("user", CODE, namespace=None, bindings=[
+        {"type": "durable_object_namespace", "name": "C", "class_name": "Counter", "script_name": "counter"}])
+    listed = list(cf.durable_objects.namespaces.list(account_id="local"))
+    assert [(n.id, n.name, n.script, n.class_, n.use_sqlite) for n in listed] == \
+        [("counter:Counter", "counter_Counter", "counter", "Counter", True)]
+    # The id is the one a script's references name.
+    refs = server.admin("GET", "/accounts/local/workers/scripts/counter/references").json()["result"]
+    assert refs["durable_objects"][0]["durable_object_namespace_id"] == listed[0].id
+    bad = server.admin("GET", "/accounts/local/workers/durable_objects/namespaces?namespace=nowhere")
+    assert bad.status == 404 and "nowhere" in bad.text

@@ -245,13 +245,7 @@ class AccountHandlers:
             raise Invalid(f"order_by must be created_on, modified_on or name, got {clip(order)!r}")
         page = query_int(request.query, "page", 1, 1_000_000)
         per_page = query_int(request.query, "per_page", 100, 1000)
-        found: list[ScriptRecord] = []
-        cursor: str | None = None
-        while True:
-            records, cursor = await self.core._run(self.store.list_scripts, PLATFORM, None, cursor, 1000)
-            found += [r for r in records if part in r.name and wanted in (None, r.name)]
-            if cursor is None:
-                break
+        found = [r for r in await self.core.every_script(PLATFORM) if part in r.name and wanted in (None, r.name)]
         found.sort(key=lambda r: getattr(r, order))
         return envelope(200, [{"id": r.name, "script_name": r.name, "service_name": r.name,
                                "environment_name": "production", "environment_is_default": True,

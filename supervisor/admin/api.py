@@ -23,6 +23,7 @@ import trio
 from supervisor.admin.account import AccountHandlers
 from supervisor.admin.asset_handlers import AssetHandlers
 from supervisor.admin.decode import MAX_HEADERS, MAX_MESSAGE, clip, parse_target
+from supervisor.admin.durable_objects_api import DurableObjectHandlers
 from supervisor.admin.errors import MethodNotAllowed, status_and_code
 from supervisor.admin.handlers import AdminHooks, Handlers, log_event
 from supervisor.admin.kv import KVHandlers
@@ -56,7 +57,8 @@ class AdminAPI:
         self.handlers.register(self.router)
         # Each group of endpoints is one module over the core handlers.
         for group in (VersionHandlers, ScriptConfigHandlers, AssetHandlers, TokenHandlers, AccountHandlers,
-                      KVHandlers, QueueHandlers, R2BucketHandlers, RouteHandlers, ScheduleHandlers):
+                      KVHandlers, QueueHandlers, R2BucketHandlers, RouteHandlers, ScheduleHandlers,
+                      DurableObjectHandlers):
             group(self.handlers).register(self.router)
 
     async def handle(

@@ -208,6 +208,16 @@ class Handlers:
             log_event(logging.ERROR, "admin.script_changed_hook_failed", namespace=namespace, script=name,
                       traceback=traceback.format_exc())
 
+    async def every_script(self, namespace: str) -> list[ScriptRecord]:
+        """Every deployed script of ``namespace``, without its code, by name."""
+        records: list[ScriptRecord] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = await self._run(self.store.list_scripts, namespace, None, cursor, 1000)
+            records += page
+            if cursor is None:
+                return records
+
     async def store_version(self, record: ScriptRecord, source: str) -> ScriptRecord:
         """Store and deploy ``record``, a new version made from the deployed
         one (a secret, settings, schedules), and tell the pool."""

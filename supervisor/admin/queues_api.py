@@ -93,13 +93,7 @@ class QueueHandlers(ResourceHandlers):
     # -- what exists ----------------------------------------------------------
 
     async def _platform_scripts(self) -> list[ScriptRecord]:
-        records: list[ScriptRecord] = []
-        cursor: str | None = None
-        while True:
-            page, cursor = await self.core._run(self.store.list_scripts, PLATFORM, None, cursor, 1000)
-            records += page
-            if cursor is None:
-                return records
+        return await self.core.every_script(PLATFORM)
 
     async def _all(self, scripts: list[ScriptRecord]) -> dict[str, tuple[str, ResourceInfo | None]]:
         """Every queue by name: its id and its record if made here, else named
