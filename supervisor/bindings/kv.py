@@ -169,7 +169,7 @@ def _list(conn: sqlite3.Connection, prefix: str, after: str, limit: int, now: in
 # ---------------------------------------------------------------------------
 
 
-def _key(value: Any, op: str) -> str:
+def check_key(value: Any, op: str) -> str:
     key = string(value, "key")
     if key == "":
         raise BindingError("Key names must not be empty.", "TypeError")
@@ -182,7 +182,7 @@ def _key(value: Any, op: str) -> str:
     return key
 
 
-def _cursor(value: Any) -> str:
+def decode_cursor(value: Any) -> str:
     if not value:
         return ""
     try:
@@ -191,7 +191,7 @@ def _cursor(value: Any) -> str:
         raise BindingError("KV LIST failed: 400 Invalid cursor.") from None
 
 
-def _encode_cursor(key: str) -> str:
+def encode_cursor(key: str) -> str:
     return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 
@@ -211,7 +211,7 @@ def _check_cache_ttl(opts: dict[str, Any], op: str) -> None:
                            f"least {MIN_CACHE_TTL_S}.")
 
 
-def _expiration(opts: dict[str, Any], now: int) -> int | None:
+def expiration_of(opts: dict[str, Any], now: int) -> int | None:
     """The absolute expiration ``put``'s options ask for, in Cloudflare's
     checks and words: ``expirationTtl`` wins over ``expiration``, and either
     must land at least a minute from now."""
@@ -239,7 +239,7 @@ def _expiration(opts: dict[str, Any], now: int) -> int | None:
     return expiration
 
 
-def _key_json(entry: Entry) -> dict[str, Any]:
+def key_json(entry: Entry) -> dict[str, Any]:
     out: dict[str, Any] = {"name": entry.key}
     if entry.expiration is not None:
         out["expiration"] = entry.expiration
@@ -263,7 +263,7 @@ class KVHandler:
         if method == "put":
             return await self._put(ctx, args, now)
         if method == "delete":
-            await self.backend.delete(ctx.scope, _key(arg(args, 0), "DELETE"))
+            await self.backend.delete(ctx.scope, check_key(arg(args, 0), "DELETE"))
             return Reply()
         if method == "list":
             return await self._list(ctx, options(args, 0), now)
@@ -277,11 +277,11 @@ class KVHandler:
                 raise BindingError(f"KV GET_BULK failed: 400 You can request a maximum of "
                                    f"{MAX_BULK} keys", "RangeError")
             _check_cache_ttl(opts, "GET_BULK")
-            keys = [_key(k, "GET_BULK") for k in target]
+            keys = [check_key(k, "GET_BULK") for k in target]
             found = await self.backend.get(ctx.scope, keys, now)
             packed = {k: [found[k].value, found[k].metadata] if k in found else None for k in keys}
             return Reply({"bulk": True}, msgspec.msgpack.encode(packed))
-        key = _key(target, "GET")
+        key = check_key(target, "GET")
         _check_cache_ttl(opts, "GET")
         entry = (await self.backend.get(ctx.scope, [key], now)).get(key)
         if entry is None:
@@ -289,9 +289,9 @@ class KVHandler:
         return Reply({"metadata": entry.metadata}, entry.value or b"")
 
     async def _put(self, ctx: Context, args: list[Any], now: int) -> Reply:
-        key = _key(arg(args, 0), "PUT")
+        key = check_key(arg(args, 0), "PUT")
         opts = options(args, 1)
-        expiration = _expiration(opts, now)
+        expiration = expiration_of(opts, now)
         metadata = opts.get("metadata")
         if metadata is not None:
             size = len(msgspec.json.encode(metadata))
@@ -315,10 +315,10 @@ class KVHandler:
         if not 1 <= limit <= MAX_LIST:
             raise BindingError(f"KV LIST failed: 400 Invalid key limit of {limit}: must be between "
                                f"1 and {MAX_LIST}.")
-        after = _cursor(opts.get("cursor"))
+        after = decode_cursor(opts.get("cursor"))
         entries, more = await self.backend.list(ctx.scope, prefix, after, limit, now)
-        result: dict[str, Any] = {"keys": [_key_json(e) for e in entries], "list_complete": not more,
+        result: dict[str, Any] = {"keys": [key_json(e) for e in entries], "list_complete": not more,
                                   "cacheStatus": None}
         if more:
-            result["cursor"] = _encode_cursor(entries[-1].key)
+            result["cursor"] = encode_cursor(entries[-1].key)
         return Reply(result)
