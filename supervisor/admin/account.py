@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.admin.decode import clip, decode_json, query_int
+from supervisor.admin.decode import clip, decode_json, page_of
 from supervisor.admin.handlers import _NS, _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope, handlers_of
 from supervisor.admin.router import Request, Router
@@ -243,15 +243,13 @@ class AccountHandlers:
         order = request.query.get("order_by", "name")
         if order not in ("created_on", "modified_on", "name"):
             raise Invalid(f"order_by must be created_on, modified_on or name, got {clip(order)!r}")
-        page = query_int(request.query, "page", 1, 1_000_000)
-        per_page = query_int(request.query, "per_page", 100, 1000)
         found = [r for r in await self.core.every_script(PLATFORM) if part in r.name and wanted in (None, r.name)]
         found.sort(key=lambda r: getattr(r, order))
+        shown, info = page_of(request.query, found, 100, 1000)
         return envelope(200, [{"id": r.name, "script_name": r.name, "service_name": r.name,
                                "environment_name": "production", "environment_is_default": True,
-                               "created_on": r.created_on, "modified_on": r.modified_on}
-                              for r in found[(page - 1) * per_page:page * per_page]],
-                        result_info={"page": page, "per_page": per_page, "total_count": len(found)})
+                               "created_on": r.created_on, "modified_on": r.modified_on} for r in shown],
+                        result_info=info)
 
     # -- script-settings ------------------------------------------------------
 

@@ -115,6 +115,16 @@ def decode_json(data: bytes, what: str, limit: int = MAX_JSON_BODY) -> Any:
     return value
 
 
+def page_of(query: Mapping[str, str], rows: list[Any], default: int, high: int) -> tuple[list[Any], dict[str, int]]:
+    """The ``page`` of ``per_page`` rows (``default`` when absent, at most
+    ``high``) a listing's query asks for, and Cloudflare's ``result_info`` for it."""
+    page = query_int(query, "page", 1, 1_000_000)
+    per_page = query_int(query, "per_page", default, high)
+    shown = rows[(page - 1) * per_page:page * per_page]
+    return shown, {"page": page, "per_page": per_page, "count": len(shown), "total_count": len(rows),
+                   "total_pages": (len(rows) + per_page - 1) // per_page}
+
+
 def body_as(body: bytes, shape: Any, example: str, what: str) -> Any:
     """A request's JSON body as ``shape`` (bounded as :func:`decode_json`
     bounds it), or :class:`Invalid` showing what to send to do ``what``."""

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from supervisor.admin.decode import query_int
-from supervisor.admin.handlers import Handlers
+from supervisor.admin.decode import page_of
+from supervisor.admin.handlers import Handlers, namespace_in_query
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
-from supervisor.model import PLATFORM, DurableObjectNamespace, ScriptRecord, check_name
+from supervisor.model import DurableObjectNamespace, ScriptRecord
 
 MAX_PER_PAGE = 1000
 
@@ -45,15 +45,9 @@ class DurableObjectHandlers:
         router.add("accounts/*/workers/durable_objects/namespaces", GET=self.list_namespaces)
 
     async def list_namespaces(self, request: Request) -> Response:
-        namespace = request.query.get("namespace") or PLATFORM
-        if namespace:
-            check_name("namespace", namespace)
-        page = query_int(request.query, "page", 1, 1_000_000)
-        per_page = query_int(request.query, "per_page", 20, MAX_PER_PAGE)
-        found = namespaces_of(await self.core.every_script(namespace))
-        shown = found[(page - 1) * per_page:page * per_page]
-        return envelope(200, shown, result_info={"page": page, "per_page": per_page, "count": len(shown),
-                                                 "total_count": len(found)})
+        found = namespaces_of(await self.core.every_script(namespace_in_query(request)))
+        shown, info = page_of(request.query, found, 20, MAX_PER_PAGE)
+        return envelope(200, shown, result_info=info)
 
 
 __all__ = ["DurableObjectHandlers"]

@@ -110,6 +110,13 @@ def _namespace_of(request: Request) -> str:
     return PLATFORM if ns is None else check_name("namespace", ns)
 
 
+def namespace_in_query(request: Request) -> str:
+    """The dispatch namespace ``?namespace=`` names (storage is per namespace);
+    PLATFORM without it."""
+    namespace = request.query.get("namespace") or PLATFORM
+    return check_name("namespace", namespace) if namespace else namespace
+
+
 def deploy_source(request: Request) -> str:
     """Where a version or deployment came from, as Cloudflare's API shows it
     (``metadata.source``, a service's ``last_deployed_from``): ``wrangler``

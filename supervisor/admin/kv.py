@@ -21,17 +21,15 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from supervisor.admin.decode import body_as, clip, query_int
-from supervisor.admin.handlers import Handlers, log_event
+from supervisor.admin.decode import body_as, clip, page_of
+from supervisor.admin.handlers import Handlers, log_event, namespace_in_query
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Conflict, Invalid, NotFound
-from supervisor.model import PLATFORM, check_name
 from supervisor.store.records import ResourceInfo
 
 _KV = "accounts/*/storage/kv/namespaces"
@@ -72,13 +70,9 @@ def choice(request: Request, field: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _page(request: Request, rows: list[Any], shape: Callable[[Any], dict[str, Any]]) -> Response:
-    page = query_int(request.query, "page", 1, 1_000_000)
-    per_page = query_int(request.query, "per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)
-    shown = rows[(page - 1) * per_page:page * per_page]
-    return envelope(200, [shape(r) for r in shown], result_info={
-        "page": page, "per_page": per_page, "count": len(shown), "total_count": len(rows),
-        "total_pages": (len(rows) + per_page - 1) // per_page})
+def _page(request: Request, rows: list[Any]) -> Response:
+    shown, info = page_of(request.query, rows, DEFAULT_PER_PAGE, MAX_PER_PAGE)
+    return envelope(200, shown, result_info=info)
 
 
 class ResourceHandlers:
@@ -91,10 +85,7 @@ class ResourceHandlers:
 
     async def _known(self, request: Request, kind: str, field: str) -> dict[str, ResourceInfo | None]:
         """The ids of ``kind`` made here (with their record) and bound, by id."""
-        namespace = request.query.get("namespace") or PLATFORM
-        if namespace:
-            check_name("namespace", namespace)
-        bound = await self.core._run(self.store.bound_ids, namespace, kind, field)
+        bound = await self.core._run(self.store.bound_ids, namespace_in_query(request), kind, field)
         made = {r.id: r for r in await self.core._run(self.store.list_resources, kind)}
         return {i: made.get(i) for i in sorted({*bound, *made})}
 
@@ -146,7 +137,7 @@ class KVHandlers(ResourceHandlers):
         rows = [_namespace_json(i, r.name if r else None)
                 for i, r in (await self._known(request, _KV_KIND, "namespace_id")).items()]
         rows.sort(key=lambda n: n[order], reverse=direction == "desc")
-        return _page(request, rows, lambda n: n)
+        return _page(request, rows)
 
     async def get_namespace(self, request: Request) -> Response:
         wanted, made = await self._one(request, _KV_KIND, "namespace_id", "KV namespace", "kv")
@@ -182,7 +173,7 @@ class KVHandlers(ResourceHandlers):
         rows = [_database_json(i, r) for i, r in (await self._known(request, _D1_KIND, "id")).items()]
         if "name" in request.query:
             rows = [r for r in rows if r["name"] == request.query["name"]]
-        return _page(request, rows, lambda r: r)
+        return _page(request, rows)
 
     async def get_database(self, request: Request) -> Response:
         wanted, made = await self._one(request, _D1_KIND, "id", "D1 database", "db")

@@ -20,6 +20,7 @@ import msgspec
 
 from supervisor.admin import multipart
 from supervisor.admin.decode import body_as, decode_json, query_int
+from supervisor.admin.handlers import namespace_in_query
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.bindings.base import BindingError, Scope
@@ -37,7 +38,6 @@ from supervisor.bindings.kv import (
     key_json,
 )
 from supervisor.errors import Invalid, NotFound, TooLarge
-from supervisor.model import PLATFORM, check_name
 
 if TYPE_CHECKING:
     from supervisor.bindings import Bindings
@@ -65,10 +65,7 @@ class _BulkGet(msgspec.Struct, kw_only=True):
 
 
 def _scope(request: Request) -> Scope:
-    namespace = request.query.get("namespace") or PLATFORM
-    if namespace:
-        check_name("namespace", namespace)
-    return Scope(namespace, request.params["kv"])
+    return Scope(namespace_in_query(request), request.params["kv"])
 
 
 def _checked(call: Any) -> Any:
@@ -104,19 +101,18 @@ def register(router: Router, bindings: Bindings) -> None:
     assert isinstance(handler, KVHandler)
     backend = handler.backend
 
-    async def get_value(request: Request) -> Response:
+    async def found(request: Request) -> Entry:
         key = _checked(lambda: check_key(request.params["key"], "GET"))
         entry = (await backend.get(_scope(request), [key], int(time.time()))).get(key)
         if entry is None:
             raise NotFound(f"get: 'key not found': {key[:80]!r}")
-        return 200, [(b"content-type", b"application/octet-stream")], entry.value or b""
+        return entry
+
+    async def get_value(request: Request) -> Response:
+        return 200, [(b"content-type", b"application/octet-stream")], (await found(request)).value or b""
 
     async def get_metadata(request: Request) -> Response:
-        key = _checked(lambda: check_key(request.params["key"], "GET"))
-        entry = (await backend.get(_scope(request), [key], int(time.time()))).get(key)
-        if entry is None:
-            raise NotFound(f"get: 'key not found': {key[:80]!r}")
-        return envelope(200, entry.metadata)
+        return envelope(200, (await found(request)).metadata)
 
     async def put_value(request: Request) -> Response:
         """The value as the body, or multipart ``value`` and ``metadata`` parts (as the SDK sends both)."""
@@ -187,10 +183,10 @@ def register(router: Router, bindings: Bindings) -> None:
         for key in keys:
             entry = found.get(key)
             value: Any = None
-            if entry is not None:
-                text = (entry.value or b"").decode("utf-8", "replace")
-                value = decode_json(entry.value or b"null", f"the value of {key[:80]!r}") \
-                    if asked.type == "json" else text
+            if entry is not None and asked.type == "json":
+                value = decode_json(entry.value or b"null", f"the value of {key[:80]!r}")
+            elif entry is not None:
+                value = (entry.value or b"").decode("utf-8", "replace")
             values[key] = {"value": value, "metadata": entry.metadata if entry else None} \
                 if asked.withMetadata else value
         return envelope(200, {"values": values})

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.admin.decode import body_as, clip, query_int
+from supervisor.admin.decode import body_as, clip, page_of
 from supervisor.admin.handlers import log_event
 from supervisor.admin.kv import ResourceHandlers
 from supervisor.admin.render import Response, envelope
@@ -128,15 +128,11 @@ class QueueHandlers(ResourceHandlers):
 
     async def list_queues(self, request: Request) -> Response:
         """By name; ``?name=`` one, ``page`` and ``per_page`` as Cloudflare pages it."""
-        page = query_int(request.query, "page", 1, 1_000_000)
-        per_page = query_int(request.query, "per_page", 100, MAX_PER_PAGE)
         scripts = await self._platform_scripts()
         found = [(n, *v) for n, v in (await self._all(scripts)).items()
                  if "name" not in request.query or n == request.query["name"]]
-        shown = found[(page - 1) * per_page:page * per_page]
-        return envelope(200, [self._json(scripts, *q) for q in shown],
-                        result_info={"page": page, "per_page": per_page, "count": len(shown),
-                                     "total_count": len(found)})
+        shown, info = page_of(request.query, found, 100, MAX_PER_PAGE)
+        return envelope(200, [self._json(scripts, *q) for q in shown], result_info=info)
 
     async def get_queue(self, request: Request) -> Response:
         scripts = await self._platform_scripts()
@@ -213,28 +209,28 @@ class QueueHandlers(ResourceHandlers):
                            f".../consumers/{consumer_id(name, script.name)}")
         return envelope(200, await self._set_consumer(name, script, body))
 
-    async def _script_of(self, request: Request, name: str) -> ScriptRecord:
+    async def _consumer_of(self, request: Request) -> tuple[str, ScriptRecord]:
+        """The queue's name and the consuming script the path names."""
+        scripts = await self._platform_scripts()
+        name, _, _ = await self._queue(request, scripts)
         wanted = request.params["consumer"]
-        for script in await self._platform_scripts():
+        for script in scripts:
             if any(c.queue == name for c in script.queue_consumers) and consumer_id(name, script.name) == wanted:
-                return await self._consumer_script(script.name)
+                return name, await self._consumer_script(script.name)
         raise NotFound(f"queue {name!r} has no consumer {clip(wanted)!r}")
 
     async def get_consumer(self, request: Request) -> Response:
-        name, _, _ = await self._queue(request, await self._platform_scripts())
-        script = await self._script_of(request, name)
+        name, script = await self._consumer_of(request)
         return envelope(200, next(_consumer_json(name, script, c) for c in script.queue_consumers if c.queue == name))
 
     async def update_consumer(self, request: Request) -> Response:
-        name, _, _ = await self._queue(request, await self._platform_scripts())
-        script = await self._script_of(request, name)
+        name, script = await self._consumer_of(request)
         body = body_as(request.body, _NewConsumer, '{"type": "worker", "settings": {"batch_size": 10}}',
                        "change a consumer")
         return envelope(200, await self._set_consumer(name, script, body))
 
     async def delete_consumer(self, request: Request) -> Response:
-        name, _, _ = await self._queue(request, await self._platform_scripts())
-        script = await self._script_of(request, name)
+        name, script = await self._consumer_of(request)
         kept = [c for c in script.queue_consumers if c.queue != name]
         await self.core.store_version(with_changes(script, queue_consumers=kept), "queues")
         log_event(logging.INFO, "admin.queue_consumer_removed", queue=name, script=script.name)

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from supervisor.admin.account import ACCOUNT_ID
-from supervisor.admin.decode import body_as, clip, query_int
+from supervisor.admin.decode import body_as, clip, page_of
 from supervisor.admin.handlers import _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope, route_json
 from supervisor.admin.router import Request, Router
@@ -171,13 +171,8 @@ class RouteHandlers:
             names = [name] if _ZONE_NAME.match(name) else []
         else:
             names = sorted({zone for r in await self._routes() if (zone := _zone_of(r.pattern))})
-        page = query_int(request.query, "page", 1, 1 << 20)
-        per_page = query_int(request.query, "per_page", 20, MAX_PER_PAGE)
-        shown = names[(page - 1) * per_page:page * per_page]
-        return envelope(200, [zone_json(n) for n in shown],
-                        result_info={"page": page, "per_page": per_page, "count": len(shown),
-                                     "total_count": len(names),
-                                     "total_pages": max(1, -(-len(names) // per_page))})
+        shown, info = page_of(request.query, names, 20, MAX_PER_PAGE)
+        return envelope(200, [zone_json(n) for n in shown], result_info=info)
 
 
 __all__ = ["RouteHandlers", "zone_id"]

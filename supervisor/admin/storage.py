@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from supervisor.admin.handlers import namespace_in_query
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.bindings.base import BindingError, Scope
 from supervisor.errors import Invalid
-from supervisor.model import PLATFORM, check_name
 
 if TYPE_CHECKING:
     from supervisor.bindings import Bindings
@@ -29,9 +29,7 @@ def register(router: Router, bindings: Bindings) -> None:
         body = request.json()
         if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
             raise Invalid('the body must be {"sql": "...", "params": [...]}')
-        namespace = request.query.get("namespace") or PLATFORM
-        if namespace:
-            check_name("namespace", namespace)
+        namespace = namespace_in_query(request)
         params = body.get("params") or []
         if not isinstance(params, list):
             raise Invalid("params must be a list")
