@@ -562,6 +562,25 @@ return [hit.status, await hit.text(), hit.headers.get("x-t"), hit.headers.get("c
                    [304, 200, 304, 200]]
 
 
+def test_cache_stores_a_cookie_setting_response_only_without_its_private_fields(server) -> None:
+    # Cloudflare never caches a Set-Cookie, unless Cache-Control names it
+    # private (private=Set-Cookie): then the response is stored without it.
+    got = ok(server, "t", """
+cache = await caches.open("cookies")
+async def put_and_match(url, control):
+    await cache.put(url, Response("body", headers=[("cache-control", control), ("set-cookie", "sid=1"),
+                                                   ("x-id", "7"), ("x-kept", "yes")]))
+    hit = await cache.match(url)
+    return None if hit is None else [await hit.text(), hit.headers.get("set-cookie"),
+                                     hit.headers.get("x-id"), hit.headers.get("x-kept")]
+return [await put_and_match("https://example.com/plain", "max-age=600"),
+        await put_and_match("https://example.com/one", "private=Set-Cookie, max-age=600"),
+        await put_and_match("https://example.com/two", 'max-age=600, private="Set-Cookie, X-Id"'),
+        await put_and_match("https://example.com/other", "private=X-Id, max-age=600"),
+        await put_and_match("https://example.com/all", "private, max-age=600")]""")
+    assert got == [None, ["body", None, "7", "yes"], ["body", None, None, "yes"], None, None]
+
+
 def test_cache_match_answers_a_range_with_206(server) -> None:
     # One range of a stored 200 is a 206 with Content-Range; a range past the
     # end a 416 with "bytes */size"; several ranges, or another unit, the 200.

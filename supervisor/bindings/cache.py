@@ -4,8 +4,10 @@ Every script may call it (``CACHE_BINDING``); its scope is the script itself
 (namespace + name), so two tenants never see each other's entries, whatever
 URLs they use. ``put`` honours the response's ``Cache-Control`` as
 Cloudflare's cache does: ``no-store`` and ``private`` responses and those
-setting cookies are not stored; ``s-maxage``, ``max-age`` or ``Expires``
-say for how long; ``match`` ignores expired entries. Non-GET requests,
+setting cookies are not stored, except that ``private=<fields>`` (say
+``private=Set-Cookie``) stores the response without the fields it names;
+``s-maxage``, ``max-age`` or ``Expires`` say for how long; ``match``
+ignores expired entries. Non-GET requests,
 ``206`` responses and ``Vary: *`` are refused with Cloudflare's words.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import re
 import sqlite3
 import time
 from typing import Any
@@ -40,20 +43,43 @@ def _header(headers: list[list[str]], name: str) -> str | None:
     return ", ".join(values) if values else None
 
 
+#: One Cache-Control directive: a token, then ``=`` and a token or a quoted
+#: string, whose commas (``private="Set-Cookie, X-Id"``) do not end it.
+_DIRECTIVE = re.compile(r'\s*([^\s=,]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^,]*)))?\s*(?:,|$)')
+
+
 def _directives(value: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
-    for part in (value or "").split(","):
-        name, _, arg_ = part.strip().partition("=")
-        if name:
-            out[name.lower()] = arg_.strip().strip('"')
+    for name, quoted, plain in _DIRECTIVE.findall(value or ""):
+        out[name.lower()] = quoted if quoted else plain.strip()
     return out
 
 
-def lifetime(headers: list[list[str]], now: float) -> float | None:
-    """Seconds a response may be cached, or None if it must not be."""
+def stored_headers(headers: list[list[str]]) -> list[list[str]] | None:
+    """The headers a response is cached with, or None if it must not be.
+
+    ``private`` with field names (RFC 9111 section 5.2.2.7) makes only those
+    fields private: the response is stored without them. That is Cloudflare's
+    documented way to cache a response that sets a cookie,
+    ``Cache-Control: private=Set-Cookie``; any other response with a
+    ``Set-Cookie`` is never stored, as it may hold one user's data."""
     control = _directives(_header(headers, "cache-control"))
-    if "no-store" in control or "private" in control or _header(headers, "set-cookie"):
+    if "no-store" in control:
         return None
+    if "private" in control:
+        private = {field.strip().lower() for field in control["private"].split(",") if field.strip()}
+        if not private:
+            return None
+        headers = [h for h in headers if h[0].lower() not in private]
+    if _header(headers, "set-cookie") is not None:
+        return None
+    return headers
+
+
+def lifetime(headers: list[list[str]], now: float) -> float | None:
+    """Seconds a storable response (:func:`stored_headers`) may be cached,
+    or None if it must not be."""
+    control = _directives(_header(headers, "cache-control"))
     for name in ("s-maxage", "max-age"):
         if name in control:
             try:
@@ -153,9 +179,10 @@ class CacheHandler:
             raise BindingError("Cannot cache response with 'Vary: *' header.", "TypeError")
         body = await ctx.read_body(MAX_ENTRY_BYTES, "Cache.put failed: the response body")
         now = time.time()
-        ttl = lifetime(headers, now)
+        kept = stored_headers(headers)
+        ttl = None if kept is None else lifetime(kept, now)
         if ttl is None or ttl <= 0:
             return Reply()  # not cacheable: accepted and not stored, as Cloudflare does
-        await self._db(ctx, _put, cache, url, status, msgspec.msgpack.encode(headers), body,
+        await self._db(ctx, _put, cache, url, status, msgspec.msgpack.encode(kept), body,
                        now + ttl, ctx.quota.cache_bytes)
         return Reply()
