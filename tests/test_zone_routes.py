@@ -159,8 +159,8 @@ def test_a_pattern_another_script_holds_changes_nothing(server, wr):
 @pytest.mark.parametrize("method, path, body, status, words", [
     ("PUT", f"{A}/workers/scripts/nobody/routes", [], 404, "script 'nobody' not found"),
     ("PUT", f"{A}/workers/scripts/edge/routes", {"pattern": "a.example/*"}, 400, "set the script's routes"),
-    ("PUT", f"{A}/workers/scripts/edge/routes", [{"pattern": "a.example/*", "custom_domain": True}], 501,
-     "custom domain"),
+    ("PUT", f"{A}/workers/scripts/edge/routes", [{"pattern": "a.example/*", "custom_domain": True}], 400,
+     "attach it through PUT .../scripts/{name}/domains/records"),
     ("PUT", f"{A}/workers/scripts/edge/routes", [{"pattern": "a.example"}], 400, "no path"),
     ("POST", "/client/v4/zones/z/workers/routes", {"pattern": 7}, 400, "to add a route"),
     ("POST", "/client/v4/zones/z/workers/routes", {"pattern": "a.example/*", "script": "no such"}, 400,

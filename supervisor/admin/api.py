@@ -23,6 +23,7 @@ import trio
 from supervisor.admin.account import AccountHandlers
 from supervisor.admin.asset_handlers import AssetHandlers
 from supervisor.admin.decode import MAX_HEADERS, MAX_MESSAGE, clip, parse_target
+from supervisor.admin.domains_api import DomainHandlers
 from supervisor.admin.durable_objects_api import DurableObjectHandlers
 from supervisor.admin.errors import MethodNotAllowed, status_and_code
 from supervisor.admin.handlers import AdminHooks, Handlers, log_event
@@ -58,7 +59,7 @@ class AdminAPI:
         # Each group of endpoints is one module over the core handlers.
         for group in (VersionHandlers, ScriptConfigHandlers, AssetHandlers, TokenHandlers, AccountHandlers,
                       KVHandlers, QueueHandlers, R2BucketHandlers, RouteHandlers, ScheduleHandlers,
-                      DurableObjectHandlers):
+                      DurableObjectHandlers, DomainHandlers):
             group(self.handlers).register(self.router)
 
     async def handle(

@@ -34,7 +34,7 @@ from supervisor.admin.decode import body_as, clip, page_of
 from supervisor.admin.handlers import _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope, route_json
 from supervisor.admin.router import Request, Router
-from supervisor.errors import Invalid, NotFound, NotSupported
+from supervisor.errors import Invalid, NotFound
 from supervisor.store.records import RouteInfo
 
 #: A zone name as Cloudflare's ``/zones?name=`` takes it: a host name.
@@ -154,8 +154,8 @@ class RouteHandlers:
                          "set the script's routes")
         for route in wanted:
             if route.custom_domain:
-                raise NotSupported(f"{clip(route.pattern)!r} is a custom domain: Corral has no custom domains "
-                                   "(TLS ends in front of it); make it a route (custom_domain = false)")
+                raise Invalid(f"{clip(route.pattern)!r} is a custom domain: attach it through "
+                              "PUT .../scripts/{name}/domains/records or /workers/domains, as wrangler does")
         routes = await self.core._run(self.store.set_script_routes, name, [r.pattern for r in wanted])
         log_event(logging.INFO, "admin.script_routes_set", script=name, patterns=[r.pattern for r in routes])
         return envelope(200, [route_json(r) for r in routes])

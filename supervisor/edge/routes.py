@@ -40,12 +40,15 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["RouteError", "RouteTable", "compile_routes", "match", "normalize_pattern", "split_host"]
+__all__ = ["RouteError", "RouteTable", "compile_routes", "match", "normalize_hostname", "normalize_pattern",
+           "split_host"]
 
 # Characters a host pattern may hold: DNS labels, dots, '*' and '_' (seen in
 # internal names). A port is not part of a pattern: the request's is dropped.
 _HOST_RE = re.compile(r"^[a-z0-9*._-]+$")
 _MAX_PATTERN = 1024
+#: A custom domain's host name: dot-separated labels, no wildcard.
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
 
 
 class RouteError(ValueError):
@@ -107,6 +110,25 @@ def normalize_pattern(pattern: str) -> str:
     return f"{host}/{path}"
 
 
+def normalize_hostname(hostname: str) -> str:
+    """A custom domain's host name, lowercased, or :class:`RouteError` saying
+    why it is not one (a custom domain takes a whole host: no wildcard, no
+    path, as wrangler checks before it sends one)."""
+    if not isinstance(hostname, str) or not hostname.strip():
+        raise RouteError("a custom domain must be a host name like 'api.example.com'")
+    host = hostname.strip().lower().rstrip(".")
+    if "*" in host:
+        raise RouteError(f"custom domain {hostname[:200]!r} has a wildcard: a custom domain is one host "
+                         "name (use a route for a pattern)")
+    if "/" in host:
+        raise RouteError(f"custom domain {hostname[:200]!r} has a path: a custom domain takes every path "
+                         "of its host (use a route for a path)")
+    if not _HOSTNAME_RE.match(host):
+        raise RouteError(f"custom domain {hostname[:200]!r} is not a host name: use letters, digits, '-' "
+                         "and '_' in labels separated by '.'")
+    return host
+
+
 def _glob(text: str) -> re.Pattern[str]:
     return re.compile(".*".join(re.escape(piece) for piece in text.split("*")), re.DOTALL)
 
@@ -149,13 +171,17 @@ def split_host(host: str) -> str:
 class RouteTable:
     """Compiled routes; :meth:`match` answers the script for a host and path."""
 
-    __slots__ = ("_exact", "_wild", "routes")
+    __slots__ = ("_domains", "_exact", "_wild", "routes")
 
-    def __init__(self, routes: Iterable[Any] = ()) -> None:
+    def __init__(self, routes: Iterable[Any] = (), domains: Iterable[Any] = ()) -> None:
         """``routes``: ``(pattern, script)`` pairs or objects with ``.pattern`` and ``.script``.
+        ``domains``: custom domains, objects with ``.hostname`` and ``.service``:
+        every path of the host goes to that script, ahead of any route, as a
+        Custom Domain takes precedence over routes on Cloudflare.
 
         Raises :class:`RouteError` on the first invalid pattern.
         """
+        self._domains = {normalize_hostname(d.hostname): d.service for d in domains}
         compiled: list[_Compiled] = []
         for index, route in enumerate(routes):
             if isinstance(route, tuple):
@@ -183,6 +209,10 @@ class RouteTable:
         a query string, which is ignored.
         """
         host = split_host(host)
+        if self._domains:
+            script = self._domains.get(host)
+            if script is not None:
+                return script
         path = path.partition("?")[0] or "/"
         for route in self._exact.get(host, ()):
             if route.path_matches(path):

@@ -23,6 +23,16 @@ class RouteInfo(msgspec.Struct, kw_only=True):
     script: str
 
 
+class DomainInfo(msgspec.Struct, kw_only=True):
+    """A custom domain: every request for ``hostname`` goes to platform
+    script ``service``, ahead of any route (as on Cloudflare)."""
+
+    id: str
+    hostname: str
+    service: str
+    zone_name: str
+
+
 class ResourceInfo(msgspec.Struct, kw_only=True):
     """A KV namespace or D1 database made through the API (its id, and its
     title or name); one that is only named by bindings has no row."""

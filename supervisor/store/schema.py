@@ -99,6 +99,13 @@ CREATE TABLE IF NOT EXISTS routes (
     pattern TEXT NOT NULL UNIQUE,
     script TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS domains (   -- custom domains: a whole host to a platform script
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    hostname TEXT NOT NULL UNIQUE,
+    service TEXT NOT NULL,
+    zone_name TEXT NOT NULL
+);
 """
 
 

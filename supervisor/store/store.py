@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.edge.routes import RouteError, RouteTable, normalize_pattern
+from supervisor.edge.routes import RouteError, RouteTable, normalize_hostname, normalize_pattern
 from supervisor.errors import Conflict, Invalid, NotFound
 from supervisor.model import MAX_TAGS, PLATFORM, ScriptRecord, check_name, check_tag
 from supervisor.store import schema
@@ -37,6 +37,7 @@ from supervisor.store.cursors import TagFilter, coerce_filters, decode_cursor, e
 from supervisor.store.records import (
     LIST_COLUMNS,
     DeploymentInfo,
+    DomainInfo,
     NamespaceInfo,
     ResourceInfo,
     RouteInfo,
@@ -843,6 +844,76 @@ class Store:
             self._route_table = None
         return deleted
 
+    # -- custom domains -------------------------------------------------------
+
+    @staticmethod
+    def _hostname_of(hostname: str) -> str:
+        try:
+            return normalize_hostname(hostname)
+        except RouteError as exc:
+            raise Invalid(str(exc)) from None
+
+    def list_domains(self) -> list[DomainInfo]:
+        """Every custom domain, in the order they were first attached."""
+        return [DomainInfo(id=r[0], hostname=r[1], service=r[2], zone_name=r[3])
+                for r in self._read("SELECT id, hostname, service, zone_name FROM domains ORDER BY seq")]
+
+    def attach_domain(self, hostname: str, service: str, zone_name: str) -> DomainInfo:
+        """Send every request for ``hostname`` to platform script ``service``
+        (Cloudflare's ``PUT /workers/domains``). A host already attached moves
+        to ``service`` and keeps its id."""
+        host = self._hostname_of(hostname)
+        check_name("script", service)
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM domains WHERE hostname = ?", (host,)).fetchone()
+            if row is None:
+                info = DomainInfo(id=uuid.uuid4().hex, hostname=host, service=service, zone_name=zone_name)
+                db.execute("INSERT INTO domains (id, hostname, service, zone_name) VALUES (?, ?, ?, ?)",
+                           (info.id, host, service, zone_name))
+            else:
+                info = DomainInfo(id=row[0], hostname=host, service=service, zone_name=zone_name)
+                db.execute("UPDATE domains SET service = ?, zone_name = ? WHERE id = ?",
+                           (service, zone_name, info.id))
+            self._route_table = None
+        return info
+
+    def detach_domain(self, domain_id: str) -> bool:
+        """True if the custom domain existed."""
+        with self._transaction() as db:
+            detached = bool(db.execute("DELETE FROM domains WHERE id = ?", (domain_id,)).rowcount)
+            self._route_table = None
+        return detached
+
+    def set_script_domains(self, script: str, wanted: Sequence[tuple[str, str]], *, take: bool,
+                           only: bool) -> list[DomainInfo]:
+        """Attach ``wanted`` (hostname, zone name) to ``script``, all or none
+        (``wrangler deploy``'s custom domains). A host another script holds is
+        a conflict unless ``take``; with ``only`` the script's other domains
+        are detached."""
+        check_name("script", script)
+        hosts = {self._hostname_of(host): zone for host, zone in wanted}
+        with self._transaction() as db:
+            rows = db.execute("SELECT id, hostname, service FROM domains").fetchall()
+            held = {host: (domain_id, service) for domain_id, host, service in rows}
+            taken = sorted(f"{host} ({held[host][1]!r})" for host in hosts
+                           if host in held and held[host][1] != script)
+            if taken and not take:
+                raise Conflict(f"custom domain already attached to another script: {', '.join(taken)}; "
+                               "send override_existing_origin to move it")
+            if only:
+                db.executemany("DELETE FROM domains WHERE id = ?",
+                               [(d,) for host, (d, service) in held.items()
+                                if service == script and host not in hosts])
+            attached = []
+            for host, zone in hosts.items():
+                domain_id = held[host][0] if host in held else uuid.uuid4().hex
+                db.execute("INSERT INTO domains (id, hostname, service, zone_name) VALUES (?, ?, ?, ?) "
+                           "ON CONFLICT (hostname) DO UPDATE SET service = excluded.service, "
+                           "zone_name = excluded.zone_name", (domain_id, host, script, zone))
+                attached.append(DomainInfo(id=domain_id, hostname=host, service=script, zone_name=zone))
+            self._route_table = None
+        return attached
+
     def route_table(self) -> RouteTable:
         """The compiled routes, rebuilt only after a route was added or deleted.
 
@@ -853,5 +924,5 @@ class Store:
             with self._write_lock:  # no write may slip in between reading and caching
                 table = self._route_table
                 if table is None:
-                    table = self._route_table = RouteTable(self.list_routes())
+                    table = self._route_table = RouteTable(self.list_routes(), self.list_domains())
         return table
