@@ -187,6 +187,7 @@ def test_redeploy_without_tags_keeps_them(client):
 
 
 def test_keep_bindings_and_inherit_carry_secrets_over(client):
+    client.upload(f"{PS}/auth", {"main_module": "worker.py"})  # the platform script AUTH binds
     client.upload(f"{PS}/s", SECRET_META)
     client.upload(f"{PS}/s", {"main_module": "worker.py", "keep_bindings": ["secret_text"]})
     record = client.store.get_script(PLATFORM, "s")

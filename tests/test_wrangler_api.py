@@ -293,6 +293,19 @@ def test_a_user_worker_cannot_bind_a_sibling(server, wr):
     assert '"code":10143' in server.log()
 
 
+def test_a_platform_script_binds_only_a_deployed_script_or_itself(server, wr):
+    # As Cloudflare refuses it (10143) for any Worker: a platform script too.
+    path = f"{A}/workers/scripts/binder"
+    message = _error(_upload_with(wr, path, [{"name": "GONE", "type": "service", "service": "gone-too"}]),
+                     400, 10143)
+    assert "'GONE'" in message and "no platform script 'gone-too'" in message
+    _error(wr.get(path), 404, 10007)  # nothing was stored
+    # Itself (its own entrypoints) and a deployed platform script are bound.
+    _upload(wr, "PUT", f"{A}/workers/scripts/target", {})
+    assert _upload_with(wr, path, [{"name": "SELF", "type": "service", "service": "binder"},
+                                   {"name": "T", "type": "service", "service": "target"}]).status_code == 200
+
+
 def _logged(server, event):
     lines = []
     for line in server.log_path.read_text(errors="replace").splitlines():

@@ -420,14 +420,15 @@ class Handlers:
         return stored
 
     async def check_services(self, record: ScriptRecord) -> None:
-        """Refuse a user worker's service binding to no platform script, as
-        Cloudflare refuses it at upload (code 10143): a service binding reaches
-        the account's scripts, never another user worker of the namespace, so
-        one naming a sibling would only fail at run time ("Worker not found")."""
-        if record.namespace == PLATFORM:
-            return
+        """Refuse a service binding to no platform script, as Cloudflare
+        refuses it at upload (code 10143): a service binding reaches the
+        account's scripts, never another user worker of the namespace, so one
+        naming a sibling would only fail at run time ("Worker not found"). A
+        platform script may bind itself (its own named entrypoints)."""
         for binding in record.bindings:
             if not isinstance(binding, Service):
+                continue
+            if record.namespace == PLATFORM and binding.service == record.name:
                 continue
             if await self._run(self.store.get_script, PLATFORM, binding.service) is not None:
                 continue
