@@ -1,5 +1,5 @@
 """``client.workers.scripts.search`` (``GET .../workers/scripts-search``) and
-``client.durable_objects.namespaces.list``, as Cloudflare's official SDK calls
+``client.durable_objects.namespaces.list`` (and its objects), as Cloudflare's official SDK calls
 them, against a real `corral serve`."""
 
 from __future__ import annotations
@@ -70,3 +70,45 @@ def test_the_sdk_lists_the_durable_object_namespaces_scripts_bind(server, cf):
     assert refs["durable_objects"][0]["durable_object_namespace_id"] == listed[0].id
     bad = server.admin("GET", "/accounts/local/workers/durable_objects/namespaces?namespace=nowhere")
     assert bad.status == 404 and "nowhere" in bad.text
+
+
+STORING = '''from urllib.parse import urlparse, parse_qs
+from workers import DurableObject, Response, WorkerEntrypoint
+
+class Store(DurableObject):
+    async def fetch(self, request):
+        if "write" in request.url:
+            await self.ctx.storage.put("k", 1)
+        return Response(str(self.ctx.id))
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        query = parse_qs(urlparse(request.url).query)
+        stub = self.env.STORE.get(self.env.STORE.idFromName(query["name"][0]))
+        return await stub.fetch(request)
+'''
+
+
+def test_the_sdk_lists_a_namespaces_objects_page_by_page(server, cf):
+    server.deploy("storing", STORING, namespace=None,
+                  bindings=[{"type": "durable_object_namespace", "name": "STORE", "class_name": "Store"}])
+    server.route("objects.localhost/*", "storing")
+    written = set()
+    for i in range(12):
+        resp = server.request(f"/?write=1&name=n{i}", host="objects.localhost")
+        assert resp.status == 200, resp
+        written.add(resp.body.decode())
+    # An object that never touched its storage has nothing to list.
+    untouched = server.request("/?name=idle", host="objects.localhost").body.decode()
+    pages = cf.durable_objects.namespaces.objects.list("storing:Store", account_id="local", limit=5)
+    first = pages.result
+    assert len(first) == 5 and pages.result_info.cursors.after
+    listed = [o for o in pages]  # the SDK follows cursors.after to the end
+    assert sorted(o.id for o in listed) == [o.id for o in listed] == sorted(written)
+    assert untouched not in {o.id for o in listed}
+    assert all(o.has_stored_data for o in listed)
+    missing = server.admin("GET", "/accounts/local/workers/durable_objects/namespaces/storing:Nope/objects")
+    assert missing.status == 404 and "storing:Nope" in missing.text
+    forged = server.admin("GET", "/accounts/local/workers/durable_objects/namespaces/storing:Store/objects"
+                                 "?cursor=bm90LWFuLWlk")
+    assert forged.status == 400 and "cursor" in forged.text

@@ -73,6 +73,26 @@ def _index_of_script(conn: sqlite3.Connection, namespace: str, script: str) -> l
                         "WHERE namespace = ? AND script = ?", (namespace, script)).fetchall()
 
 
+def _index_of_class(conn: sqlite3.Connection, namespace: str, script: str, class_name: str,
+                    after: str, limit: int) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT object_id FROM objects WHERE namespace = ? AND script = ? AND class_name = ? "
+        "AND object_id > ? ORDER BY object_id LIMIT ?", (namespace, script, class_name, after, limit))]
+
+
+async def objects_of(services: Services, namespace: str, script: str, class_name: str, after: str,
+                     limit: int) -> list[tuple[str, bool]]:
+    """Up to ``limit`` objects of a class whose storage was opened, by id
+    after ``after``, each with whether its storage file is there (Cloudflare's
+    ``hasStoredData``; ``deleteAll`` empties the file and keeps it, so such
+    an object still says True)."""
+    ids = await services.databases.run(index_path(services), _index_setup, _index_of_class,
+                                       namespace, script, class_name, after, limit)
+    paths = [object_path(services, object_scope(namespace, script, class_name, i)) for i in ids]
+    stored = await services.offload.run(lambda: [os.path.exists(path) for path in paths])
+    return list(zip(ids, stored, strict=True))
+
+
 def _index_drop(conn: sqlite3.Connection, keys: list[tuple[str, ...]]) -> None:
     conn.executemany("DELETE FROM objects WHERE namespace = ? AND script = ? AND class_name = ? "
                      "AND object_id = ?", keys)
