@@ -327,3 +327,21 @@ def test_a_refused_subdomain_is_a_warning_without_traceback(server, wr):
     [line] = [e for e in _logged(server, "admin.error") if e["path"] == path]
     assert line["level"] == "warning" and line["status"] == 501 and "traceback" not in line, line
     assert "workers.dev" in line["message"]
+
+
+def test_secret_bulk_keeps_the_bindings_it_names_by_type_only(server, wr):
+    # wrangler 4's `secret bulk`: PATCH .../settings with a multipart
+    # `settings` part, every binding it leaves alone by type and name only.
+    path = f"{A}/workers/scripts/bulky"
+    assert _upload(wr, "PUT", path, {}).status_code == 200
+    bindings = [{"type": "plain_text", "name": "GREETING"}, {"type": "kv_namespace", "name": "KV"},
+                {"type": "secret_text", "name": "A", "text": "1"}, {"type": "secret_text", "name": "B", "text": "2"}]
+    form = httpx.Request("PATCH", "http://x", files={"settings": (None, json.dumps({"bindings": bindings}))})
+    resp = wr.patch(f"{path}/settings", content=form.read(), headers={"content-type": form.headers["content-type"]})
+    assert resp.status_code == 200, resp.text
+    kept = {b["name"]: b for b in resp.json()["result"]["bindings"]}
+    assert kept["GREETING"] == {"type": "plain_text", "name": "GREETING", "text": "hi"}
+    assert kept["KV"]["namespace_id"] == "kv-1" and set(kept) == {"GREETING", "KV", "A", "B"}
+    # By type and name, a binding the script does not have is still refused, naming what it lacks.
+    resp = wr.patch(f"{path}/settings", json={"bindings": [{"type": "d1", "name": "DB"}]})
+    assert "missing required field `id`" in _error(resp, 400, 10400)

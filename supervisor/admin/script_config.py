@@ -40,6 +40,23 @@ def _secret_json(binding: SecretText) -> dict[str, str]:
     return {"name": binding.name, "type": "secret_text"}
 
 
+
+def _kept(binding: Any, record: ScriptRecord) -> Any:
+    """A binding of a settings ``PATCH`` that means "keep the deployed one":
+    a secret as ``GET .../settings`` shows it (no text), or any binding given
+    by its type and name only, as wrangler 4 sends every binding it leaves
+    alone (``secret bulk``), when the deployed script has one of that type
+    and name. Anything else is decoded as it is."""
+    if not isinstance(binding, dict) or binding.get("type") == "inherit":
+        return binding
+    name, kind = binding.get("name"), binding.get("type")
+    if kind == "secret_text" and "text" not in binding:
+        return {"type": "inherit", "name": name}
+    if set(binding) <= {"type", "name"} and any(
+            b.name == name and type(b).__struct_config__.tag == kind for b in record.bindings):
+        return {"type": "inherit", "name": name}
+    return binding
+
 class ScriptConfigHandlers:
     def __init__(self, core: Handlers) -> None:
         self.core = core
@@ -114,11 +131,7 @@ class ScriptConfigHandlers:
         known = {k: raw[k] for k in ("bindings", "compatibility_date", "compatibility_flags", "tail_consumers")
                  if k in raw and raw[k] is not None}
         if isinstance(known.get("bindings"), list):
-            # A secret as GET .../settings shows it (no text) means: keep it.
-            known["bindings"] = [
-                {"type": "inherit", "name": b.get("name")}
-                if isinstance(b, dict) and b.get("type") == "secret_text" and "text" not in b else b
-                for b in known["bindings"]]
+            known["bindings"] = [_kept(b, record) for b in known["bindings"]]
         if known:
             metadata: UploadMetadata = decode_metadata({"main_module": record.main_module, **known})
             if "bindings" in known:
