@@ -267,7 +267,7 @@ TARGETS: dict[str, tuple[str, str, int, str]] = {
     "tag-filter-too-long": ("GET", f"{NS}/default/scripts?tags=" + "a" * 300, 400, "longer than 256"),
     "target-too-long": ("GET", f"{NS}/" + "a" * 10_000, 400, "request target is"),
     "segment-too-long": ("GET", f"{NS}/" + "a" * 2000, 400, "path segment"),
-    "too-many-segments": ("GET", "/a" * 40, 400, "segments"),
+    "too-many-segments": ("GET", "/a" * 80, 400, "segments"),
     "namespace-not-utf8": ("GET", f"{NS}/%ff", 400, "malformed request target"),
     "namespace-overlong-utf8": ("GET", f"{NS}/%C0%80", 400, "malformed request target"),
     "namespace-nul": ("GET", f"{NS}/a%00b", 400, "invalid namespace name"),

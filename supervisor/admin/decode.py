@@ -22,7 +22,9 @@ MAX_JSON_BODY = 1 * 2**20
 MAX_METADATA_BYTES = 1 * 2**20
 MAX_TARGET = 8 * 1024
 MAX_SEGMENT = 1024
-MAX_SEGMENTS = 16
+#: Path segments: 16 at most for any endpoint but an R2 object's, whose key
+#: (up to 1024 bytes) may hold as many slashes as it likes up to this.
+MAX_SEGMENTS = 64
 MAX_QUERY_FIELDS = 32
 MAX_TAG_FILTERS = 32
 MAX_HEADERS = 128
@@ -152,7 +154,7 @@ def parse_target(target: str) -> tuple[str, list[str], dict[str, str]]:
     if segments and segments[-1] == "":
         segments.pop()  # tolerate a trailing slash
     if len(segments) > MAX_SEGMENTS:
-        raise Invalid(f"the path has {len(segments)} segments; no admin API endpoint has more than {MAX_SEGMENTS}")
+        raise Invalid(f"the path has {len(segments)} segments; the admin API takes at most {MAX_SEGMENTS}")
     for segment in segments:
         if len(segment) > MAX_SEGMENT:
             raise Invalid(f"path segment {clip(segment)!r} is longer than {MAX_SEGMENT} characters")

@@ -1,7 +1,8 @@
 """Which handler answers a request: path templates to methods.
 
 Templates are paths whose segments are literal, ``*`` (anything: the account
-label) or ``{name}`` (captured into ``Request.params``).
+label) or ``{name}`` (captured into ``Request.params``); a last ``{name+}``
+takes the rest of the path, slashes and all (an R2 object's key).
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ class Router:
 
 
 def _match(template: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
+    if template and template[-1].endswith("+}"):
+        if len(segments) < len(template):
+            return None
+        rest = len(template) - 1
+        params = _match(template[:rest], segments[:rest])
+        if params is not None:
+            params[template[-1][1:-2]] = "/".join(segments[rest:])
+        return params
     if len(template) != len(segments):
         return None
     params: dict[str, str] = {}

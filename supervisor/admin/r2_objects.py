@@ -1,0 +1,94 @@
+"""An R2 bucket's objects through Cloudflare's REST API
+(``/r2/buckets/{bucket}/objects/{key}``): what ``wrangler r2 object
+put|get|delete --remote`` calls, so a platform can seed or read a tenant's
+bucket the Cloudflare way.
+
+Each call goes through the ``r2_bucket`` binding's own handler
+(:mod:`supervisor.bindings.r2`): the same checks, in its words, and the same
+storage a tenant's ``env.BUCKET`` reaches. Objects live per dispatch
+namespace, so ``?namespace=NS`` chooses whose (the platform's without it),
+as the KV and D1 data endpoints do. The bucket must be one the account has
+(made through ``/r2/buckets`` or bound by a deployed script): anything else
+is a 404, which wrangler reports as "The specified bucket does not exist".
+The operator is not held to tenants' caps.
+
+A body travels whole in one admin request and answer, so an object here is
+at most :data:`MAX_BYTES`; a tenant's binding streams larger ones.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from supervisor.admin.handlers import Handlers, namespace_in_query
+from supervisor.admin.r2_buckets import R2BucketHandlers
+from supervisor.admin.render import Response, envelope
+from supervisor.admin.router import Request, Router
+from supervisor.bindings.base import BindingError, Context, Scope
+from supervisor.bindings.r2 import R2Handler
+from supervisor.config import QuotaLimits
+from supervisor.errors import Invalid, NotFound, TooLarge
+
+if TYPE_CHECKING:
+    from supervisor.bindings import Bindings
+
+#: The largest object put or read here: the admin listener's body limit.
+MAX_BYTES = 64 * 2**20
+#: Request headers a put keeps as the object's HTTP metadata, by R2's names.
+_HTTP_HEADERS = {"content-type": "contentType", "content-language": "contentLanguage",
+                 "content-disposition": "contentDisposition", "content-encoding": "contentEncoding",
+                 "cache-control": "cacheControl", "expires": "cacheExpiry"}
+_UNCAPPED = QuotaLimits()
+
+
+def register(router: Router, core: Handlers, bindings: Bindings) -> None:
+    handler = bindings.handlers["r2_bucket"]
+    assert isinstance(handler, R2Handler)
+    buckets = R2BucketHandlers(core)
+
+    async def call(request: Request, method: str, args: list[Any], body: bytes | None = None) -> Any:
+        bucket, _ = await buckets._one(request, "r2_bucket", "bucket_name", "R2 bucket", "bucket")
+        ctx = Context(None, None, Scope(namespace_in_query(request), bucket), _UNCAPPED, body)  # type: ignore[arg-type]
+        try:
+            return await handler.call(ctx, method, args)
+        except BindingError as exc:
+            raise Invalid(exc.message) from None
+
+    async def put_object(request: Request) -> Response:
+        if len(request.body) > MAX_BYTES:
+            raise TooLarge(f"an object put through the API is at most {MAX_BYTES} bytes")
+        http = {field: request.headers[name] for name, field in _HTTP_HEADERS.items()
+                if request.headers.get(name)}
+        reply = await call(request, "put", [request.params["key"], {"httpMetadata": http}], request.body)
+        return envelope(200, reply.value)
+
+    async def get_object(request: Request) -> Response:
+        reply = await call(request, "get", [request.params["key"]])
+        found, body = reply.value, reply.body
+        if found is None:
+            raise NotFound(f"The specified key does not exist: {request.params['key'][:200]!r}")
+        chunks: list[bytes] = []
+        try:
+            if found["size"] > MAX_BYTES:
+                raise TooLarge(f"object {found['key'][:200]!r} is {found['size']} bytes; the API reads "
+                               f"at most {MAX_BYTES} (a worker's binding streams any size)")
+            while chunk := await body.receive():
+                chunks.append(chunk)
+        finally:
+            body.close()
+        http = found["httpMetadata"]
+        headers = [(b"content-type", str(http.get("contentType") or "application/octet-stream").encode()),
+                   (b"etag", found["httpEtag"].encode())]
+        headers += [(name.encode(), str(http[field]).encode()) for name, field in _HTTP_HEADERS.items()
+                    if name != "content-type" and http.get(field)]
+        return 200, headers, b"".join(chunks)
+
+    async def delete_object(request: Request) -> Response:
+        await call(request, "delete", [request.params["key"]])
+        return envelope(200, {})
+
+    router.add("accounts/*/r2/buckets/{bucket}/objects/{key+}", GET=get_object, PUT=put_object,
+               DELETE=delete_object)
+
+
+__all__ = ["register"]
