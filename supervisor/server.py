@@ -21,7 +21,7 @@ import trio
 
 from supervisor import instrument_checks, loop_clock, state_lock
 from supervisor import log as logmod
-from supervisor.admin import durable_objects_api, kv_data, r2_objects, render
+from supervisor.admin import d1_exports, durable_objects_api, kv_data, r2_objects, render
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
 from supervisor.bindings import Bindings, purge_bound, r2
@@ -141,6 +141,8 @@ class Supervisor:
         kv_data.register(self.admin.router, self.bindings)
         durable_objects_api.register_objects(self.admin.router, self.admin.handlers, self.bindings)
         r2_objects.register(self.admin.router, self.admin.handlers, self.bindings)
+        d1_exports.register(self.admin.router, self.admin.handlers, self.bindings,
+                            "https" if config.admin.tls_cert and config.admin.tls_key else "http")
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
         #: Requests ended (http.requests - in_flight) when the core keepers were last poked.
         self._ended_at_poke = 0

@@ -21,7 +21,7 @@ import trio
 from supervisor.admin.api import AdminAPI
 from supervisor.admin.errors import status_and_code
 from supervisor.admin.render import envelope
-from supervisor.admin.tokens import ASSET_UPLOADER, Principal
+from supervisor.admin.tokens import ASSET_UPLOADER, DOWNLOADER, Principal, is_download
 from supervisor.errors import Unauthorized
 from supervisor.log import log, warn
 
@@ -57,6 +57,8 @@ class AdminTCP:
         path = target.split("?", 1)[0].rstrip("/")
         if path.endswith("/workers/assets/upload"):
             return ASSET_UPLOADER
+        if is_download(path):
+            return DOWNLOADER
         auth = next((v for k, v in headers if k.lower() == b"authorization"), b"").decode("latin-1")
         secret = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not secret or len(secret) > MAX_TOKEN_LENGTH:

@@ -39,10 +39,22 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     token: TokenInfo | None = None
     #: Only the asset blob upload, authenticated by its session token.
     asset_upload: bool = False
+    #: Only a D1 export's download, whose URL's random token is its
+    #: credential (supervisor.admin.d1_exports), as a presigned URL's is.
+    download: bool = False
 
 
 OWNER = Principal(owner=True)
 ASSET_UPLOADER = Principal(asset_upload=True)
+DOWNLOADER = Principal(download=True)
+
+
+def is_download(path: str) -> bool:
+    """``[/client/v4]/accounts/{a}/d1/exports/{token}``: a D1 export's download URL."""
+    segments = [s for s in path.split("?", 1)[0].split("/") if s]
+    if segments[:1] == ["client"]:
+        segments = segments[2:]
+    return len(segments) == 5 and segments[0] == "accounts" and segments[2:4] == ["d1", "exports"]
 
 
 def token_json(info: TokenInfo) -> dict[str, object]:
@@ -53,6 +65,10 @@ def authorize(principal: Principal, method: str, path: str, params: dict[str, st
     """Raise :class:`Forbidden` unless ``principal`` may make this call."""
     if principal.owner:
         return
+    if principal.download:
+        if method in _READ_METHODS and is_download(path):
+            return
+        raise Forbidden("a D1 export's download URL takes no token; other calls take an API token")
     segments = [s for s in path.split("/") if s]
     if segments[:1] == ["client"]:
         segments = segments[2:]

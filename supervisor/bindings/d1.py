@@ -21,7 +21,7 @@ import sqlite3
 import time
 from typing import Any, Protocol
 
-from supervisor.bindings import BOUND_DATA, Services, register
+from supervisor.bindings import BOUND_DATA, Services, d1_export, register
 from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, string
 from supervisor.bindings.quota import quota_error
 from supervisor.bindings.sqlite_limits import Deadline, hold_to
@@ -55,6 +55,10 @@ class D1Backend(Protocol):
                   ) -> list[dict[str, Any]]:
         """Run ``statements`` as one transaction; all or nothing. Errors are
         :class:`BindingError` whose message starts with ``prefix``."""
+
+    async def dump(self, scope: Scope, no_schema: bool, no_data: bool, tables: list[str],
+                   max_bytes: int) -> bytes:
+        """The database as SQL text (:mod:`supervisor.bindings.d1_export`)."""
 
     def close(self) -> None: ...
 
@@ -181,6 +185,12 @@ class SqliteD1:
         path = self.services.path(_FOLDER, scope, _FILE)
         return await self.services.databases.run(path, _setup, _run, statements, max_bytes,
                                                  timeout_s, max_result, prefix)
+
+    async def dump(self, scope: Scope, no_schema: bool, no_data: bool, tables: list[str],
+                   max_bytes: int) -> bytes:
+        path = self.services.path(_FOLDER, scope, _FILE)
+        return await self.services.databases.run(path, _setup, d1_export.dump, no_schema, no_data,
+                                                 tables, max_bytes)
 
     def close(self) -> None:
         pass
