@@ -1,9 +1,11 @@
 """Admin endpoints for storage: D1 queries as Cloudflare's D1 API has them.
 
 ``POST /accounts/{a}/d1/database/{id}/query`` with ``{"sql": ..., "params":
-[...]}`` runs the statements of ``sql`` in one transaction on the database
-``id`` of the dispatch namespace given as ``?namespace=`` (none: the
-platform's), and answers one ``{results, success, meta}`` per statement.
+[...]}`` (or a ``batch`` of them) runs the statements in one transaction on
+the database ``id`` of the dispatch namespace given as ``?namespace=``
+(none: the platform's), and answers one ``{results, success, meta}`` per
+statement; ``.../raw`` answers each statement's rows as arrays beside its
+``columns``, as Cloudflare's raw endpoint does.
 ``corral d1 execute`` and ``corral d1 migrations apply`` are built on it.
 The operator is not held to tenants' caps.
 """
@@ -22,42 +24,71 @@ if TYPE_CHECKING:
     from supervisor.bindings import Bindings
 
 
-def register(router: Router, bindings: Bindings) -> None:
-    async def query(request: Request) -> Response:
-        from supervisor.bindings.d1 import D1Handler, _value, split_sql
+def _statements(body: Any) -> list[tuple[str, list[Any]]]:
+    """The statements of a query call: ``{"sql", "params"}``, or ``{"batch":
+    [{"sql", "params"}, ...]}`` (the SDK's batch), each checked as a binding
+    call checks them."""
+    from supervisor.bindings.d1 import _value, split_sql
 
-        body = request.json()
-        if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
-            raise Invalid('the body must be {"sql": "...", "params": [...]}')
-        namespace = namespace_in_query(request)
-        params = body.get("params") or []
+    if isinstance(body, dict) and isinstance(body.get("batch"), list) and "sql" not in body:
+        items = body["batch"]
+    elif isinstance(body, dict) and isinstance(body.get("sql"), str):
+        items = [body]
+    else:
+        raise Invalid('the body must be {"sql": "...", "params": [...]} or {"batch": [{"sql": ...}, ...]}')
+    statements: list[tuple[str, list[Any]]] = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("sql"), str):
+            raise Invalid('each batch entry must be {"sql": "...", "params": [...]}')
+        params = item.get("params") or []
         if not isinstance(params, list):
             raise Invalid("params must be a list")
         try:
             # As a binding call checks them: a NUL in the SQL, or an integer past
             # 64 bits, was a 500 (SQLite's ValueError and OverflowError).
-            statements = split_sql(body["sql"])
+            split = split_sql(item["sql"])
             params = [_value(v) for v in params]
         except BindingError as exc:
             raise Invalid(exc.message) from None
-        if not statements:
+        if not split:
             raise Invalid("sql holds no statement")
-        if params and len(statements) != 1:
+        if params and len(split) != 1:
             raise Invalid("params can only be bound to a single statement")
-        handler = bindings.handlers["d1"]
-        assert isinstance(handler, D1Handler)
+        statements += [(sql, params) for sql in split]
+    return statements
+
+
+def register(router: Router, bindings: Bindings) -> None:
+    from supervisor.bindings.d1 import D1Handler
+
+    handler = bindings.handlers["d1"]
+    assert isinstance(handler, D1Handler)
+
+    async def run(request: Request) -> list[dict[str, Any]]:
+        statements = _statements(request.json())
         try:
-            results = await handler.run(Scope(namespace, request.params["id"]),
-                                        [(s, params if params else []) for s in statements], None)
+            return await handler.run(Scope(namespace_in_query(request), request.params["id"]), statements, None)
         except BindingError as exc:
             raise Invalid(exc.message) from None
-        return envelope(200, [_result(r) for r in results])
+
+    async def query(request: Request) -> Response:
+        return envelope(200, [_result(r) for r in await run(request)])
+
+    async def raw(request: Request) -> Response:
+        """Rows as arrays, with the column names once (``client.d1.database.raw``)."""
+        return envelope(200, [{"results": {"columns": r["columns"], "rows": [_row(v) for v in r["rows"]]},
+                               "success": True, "meta": r["meta"]} for r in await run(request)])
 
     router.add("accounts/*/d1/database/{id}/query", POST=query)
+    router.add("accounts/*/d1/database/{id}/raw", POST=raw)
+
+
+def _row(values: list[Any]) -> list[Any]:
+    """A row as JSON has it: a blob as its list of bytes, as D1's API shows it."""
+    return [list(v) if isinstance(v, bytes) else v for v in values]
 
 
 def _result(raw: dict[str, Any]) -> dict[str, Any]:
     columns = raw["columns"]
-    rows = [dict(zip(columns, [list(v) if isinstance(v, bytes) else v for v in row], strict=False))
-            for row in raw["rows"]]
+    rows = [dict(zip(columns, _row(row), strict=False)) for row in raw["rows"]]
     return {"results": rows, "success": True, "meta": raw["meta"]}
