@@ -1,5 +1,6 @@
 """``client.workers.scripts.search`` (``GET .../workers/scripts-search``) and
-``client.durable_objects.namespaces.list`` (and its objects), as Cloudflare's official SDK calls
+``client.durable_objects.namespaces.list`` (and its objects) and
+``client.workers.account_settings``, as Cloudflare's official SDK calls
 them, against a real `corral serve`."""
 
 from __future__ import annotations
@@ -112,3 +113,12 @@ def test_the_sdk_lists_a_namespaces_objects_page_by_page(server, cf):
     forged = server.admin("GET", "/accounts/local/workers/durable_objects/namespaces/storing:Store/objects"
                                  "?cursor=bm90LWFuLWlk")
     assert forged.status == 400 and "cursor" in forged.text
+
+
+def test_the_sdk_reads_the_accounts_settings_and_may_write_them_back(cf):
+    settings = cf.workers.account_settings.get(account_id="local")
+    assert (settings.default_usage_model, settings.green_compute) == ("standard", False)
+    again = cf.workers.account_settings.update(account_id="local", default_usage_model="standard")
+    assert again.default_usage_model == "standard"
+    with pytest.raises(cloudflare.BadRequestError, match="one usage model"):
+        cf.workers.account_settings.update(account_id="local", default_usage_model="unbound")

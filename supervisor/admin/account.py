@@ -12,7 +12,8 @@ account's id there is refused, 9109); user endpoints refuse it (code
 1000 for the user token check, 9109 for user data), as Cloudflare does.
 Corral serves scripts on its own routes, never on workers.dev: the
 subdomain is answered as not registered (10007), and a script's workers.dev
-route as disabled, which it stays.
+route as disabled, which it stays. The account's Workers settings
+(``workers/account-settings``) are Corral's one usage model.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.admin.decode import clip, decode_json, page_of
+from supervisor.admin.decode import body_as, clip, decode_json, page_of
 from supervisor.admin.handlers import _NS, _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope, handlers_of
 from supervisor.admin.router import Request, Router
@@ -57,6 +58,18 @@ class Subdomain(msgspec.Struct, kw_only=True, omit_defaults=True):
     previews_enabled: bool | None = None
 
 
+class AccountSettings(msgspec.Struct, kw_only=True):
+    """``PUT /workers/account-settings``: Cloudflare's body."""
+
+    default_usage_model: str | None = None
+    green_compute: bool | None = None
+
+
+#: The account's Workers settings, as Corral has them: one usage model (a
+#: request is charged what it uses, Cloudflare's "standard"), on this host.
+ACCOUNT_SETTINGS = {"default_usage_model": "standard", "green_compute": False}
+
+
 class ScriptSettings(msgspec.Struct, kw_only=True):
     """``PATCH .../script-settings``: the settings that are not versioned on Cloudflare."""
 
@@ -84,6 +97,8 @@ class AccountHandlers:
         router.add("accounts", GET=self.accounts)
         router.add("accounts/{account}/tokens/verify", GET=self.verify_token)
         router.add("accounts/*/workers/subdomain", GET=self.account_subdomain)
+        router.add("accounts/*/workers/account-settings", GET=self.account_settings,
+                   PUT=self.put_account_settings)
         router.add("accounts/*/workers/services/{name}", GET=self.get_service, DELETE=self.delete_service)
         router.add(f"{_PS}/{{name}}/references", GET=self.references)
         router.add("accounts/*/workers/tails/by-consumer/{name}", GET=self.tails_by_consumer)
@@ -131,6 +146,23 @@ class AccountHandlers:
     async def account_subdomain(self, request: Request) -> Response:
         raise NotFound("no workers.dev subdomain: Corral serves platform scripts on its own routes "
                        "(/accounts/{a}/workers/routes) and user workers through a dispatcher", code=NOT_FOUND)
+
+    async def account_settings(self, request: Request) -> Response:
+        return envelope(200, ACCOUNT_SETTINGS)
+
+    async def put_account_settings(self, request: Request) -> Response:
+        """The settings are Corral's own: putting them as they are is a no-op
+        (as a tool that writes back what it read does); another value is a
+        400 saying why it cannot be had."""
+        body = body_as(request.body, AccountSettings, '{"default_usage_model": "standard"}',
+                       "change the account's Workers settings")
+        if body.default_usage_model not in (None, "standard"):
+            raise Invalid(f"default_usage_model {clip(body.default_usage_model)!r}: Corral has one usage model, "
+                          "'standard' (each request is charged the CPU it uses, under its limits)")
+        if body.green_compute:
+            raise Invalid("green_compute: Corral runs on the hosts it is installed on; it has no other "
+                          "placement to choose")
+        return envelope(200, ACCOUNT_SETTINGS)
 
     async def _script(self, request: Request) -> ScriptRecord:
         return (await self.core.deployed(request))[2]
