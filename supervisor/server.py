@@ -21,7 +21,7 @@ import trio
 
 from supervisor import instrument_checks, loop_clock, state_lock
 from supervisor import log as logmod
-from supervisor.admin import d1_exports, durable_objects_api, kv_data, r2_objects, render
+from supervisor.admin import d1_exports, durable_objects_api, kv_data, r2_objects, render, tails_api
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
 from supervisor.bindings import Bindings, purge_bound, r2
@@ -42,6 +42,7 @@ from supervisor.log import log, warn
 from supervisor.model import PLATFORM, LoadCheck, ScriptRecord
 from supervisor.observability.live import serve_live_tail
 from supervisor.observability.pipeline import Observability
+from supervisor.observability.tail_sessions import TailSessions
 from supervisor.packages.resolver import Resolver
 from supervisor.packages.store import Lock
 from supervisor.pool.bodies import read_all
@@ -141,8 +142,11 @@ class Supervisor:
         kv_data.register(self.admin.router, self.bindings)
         durable_objects_api.register_objects(self.admin.router, self.admin.handlers, self.bindings)
         r2_objects.register(self.admin.router, self.admin.handlers, self.bindings)
-        d1_exports.register(self.admin.router, self.admin.handlers, self.bindings,
-                            "https" if config.admin.tls_cert and config.admin.tls_key else "http")
+        tls = bool(config.admin.tls_cert and config.admin.tls_key)
+        d1_exports.register(self.admin.router, self.admin.handlers, self.bindings, "https" if tls else "http")
+        #: Live tails made through the API (``wrangler tail``); their sockets are on the TCP listener.
+        self.tail_sessions = TailSessions(self.observability.live)
+        tails_api.register(self.admin.router, self.admin.handlers, self.tail_sessions, "wss" if tls else "ws")
         self.http = Server(self.ingress.handle, config.http_limits, "ingress")
         #: Requests ended (http.requests - in_flight) when the core keepers were last poked.
         self._ended_at_poke = 0
@@ -323,7 +327,7 @@ class Supervisor:
 
         admin = self.config.admin
         context = tls_context(admin.tls_cert, admin.tls_key) if admin.tls_cert and admin.tls_key else None
-        return AdminTCP(self.admin, context)
+        return AdminTCP(self.admin, context, self.tail_sessions)
 
     # -- running -------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:

@@ -2,8 +2,10 @@
 
 Every request needs ``Authorization: Bearer <API token>`` (see
 :mod:`supervisor.admin.tokens`), except the asset blob upload, which carries
-its upload session's token there instead. With ``tls_cert`` and ``tls_key``
-configured it speaks TLS only.
+its upload session's token there instead, and the two URLs whose random id
+is their credential, as Cloudflare's are: a D1 export's download and a live
+tail's WebSocket (``wrangler tail``, :mod:`supervisor.observability.tail_sessions`).
+With ``tls_cert`` and ``tls_key`` configured it speaks TLS only.
 
 Admin traffic is a few requests a second at most, so this is a small h11
 loop over trio streams, bounded like the unix socket (one request at a
@@ -22,13 +24,25 @@ from supervisor.admin.api import AdminAPI
 from supervisor.admin.errors import status_and_code
 from supervisor.admin.render import envelope
 from supervisor.admin.tokens import ASSET_UPLOADER, DOWNLOADER, Principal, is_download
-from supervisor.errors import Unauthorized
+from supervisor.errors import Invalid, NotFound, Unauthorized, Unavailable
 from supervisor.log import log, warn
+from supervisor.observability.tail_sessions import SOCKET_SUFFIX, TailSessions
 
 MAX_BODY = 64 * 2**20
 HEADER_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 60.0
 MAX_TOKEN_LENGTH = 256
+
+
+def tail_socket_id(target: str) -> str | None:
+    """The tail id of ``[/client/v4]/accounts/{a}/workers/tails/{id}/ws``, else None."""
+    segments = [s for s in target.split("?", 1)[0].split("/") if s]
+    if segments[:1] == ["client"]:
+        segments = segments[2:]
+    if len(segments) == 6 and segments[0] == "accounts" and segments[2:4] == ["workers", "tails"] \
+            and segments[5] == SOCKET_SUFFIX:
+        return segments[4]
+    return None
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -39,9 +53,11 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
 
 
 class AdminTCP:
-    def __init__(self, api: AdminAPI, context: ssl.SSLContext | None) -> None:
+    def __init__(self, api: AdminAPI, context: ssl.SSLContext | None, tails: TailSessions | None = None) -> None:
         self.api = api
         self.context = context
+        #: Live tails' sockets (``wrangler tail``), served here after an upgrade.
+        self.tails = tails
 
     async def serve(self, host: str, port: int, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -99,6 +115,10 @@ class AdminTCP:
                     return
                 target = request.target.decode("latin-1")
                 headers = list(request.headers)
+                tail_id = tail_socket_id(target) if request.method == b"GET" else None
+                if tail_id is not None and self.tails is not None:
+                    await self._tail_socket(stream, conn, tail_id, headers)
+                    return
                 try:
                     principal = await self.principal(target, headers)
                 except Unauthorized as exc:
@@ -117,6 +137,22 @@ class AdminTCP:
             pass
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def _tail_socket(self, stream: trio.abc.Stream, conn: h11.Connection, tail_id: str,
+                           headers: list[tuple[bytes, bytes]]) -> None:
+        """A live tail's WebSocket: its URL's random id is its credential, as
+        on Cloudflare (wrangler sends no token there)."""
+        assert self.tails is not None
+
+        async def send_head(status: int, head: list[tuple[bytes, bytes]]) -> None:
+            await stream.send_all(conn.send(h11.InformationalResponse(status_code=status, headers=head)))
+
+        try:
+            await self.tails.serve(tail_id, {k.lower(): v for k, v in headers}, stream, send_head)
+        except (Invalid, NotFound, Unavailable) as exc:
+            status, code, message = status_and_code(exc)
+            warn("admin.tail_socket_refused", reason=message)
+            await self._send(stream, conn, *envelope(status, None, errors=[{"code": code, "message": message}]))
 
     @staticmethod
     async def _send(stream: trio.abc.Stream, conn: h11.Connection, status: int,
