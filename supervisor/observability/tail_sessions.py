@@ -35,6 +35,7 @@ from wsproto.events import CloseConnection, Pong, TextMessage
 
 from supervisor.edge.websockets import accept_key
 from supervisor.errors import Invalid, NotFound
+from supervisor.lifecycle import Outcome
 from supervisor.log import log
 from supervisor.observability.tail import LiveTail, TailFilter
 
@@ -46,8 +47,8 @@ MAX_SESSIONS = 64
 TRACE_VERSION = "trace-v1"
 #: ``[/client/v4]/accounts/{a}/workers/tails/{id}/ws``: where a tail's socket is.
 SOCKET_SUFFIX = "ws"
-_OUTCOMES = {"ok", "canceled", "exception", "exceededCpu", "exceededMemory", "exceededWallTime",
-             "exceededSubrequests", "scriptNotFound"}
+#: The outcomes Corral reports.
+_OUTCOMES = frozenset(outcome.value for outcome in Outcome)
 
 
 class Session(msgspec.Struct, kw_only=True):
@@ -71,8 +72,9 @@ def filter_of(script: str, body: Any) -> TailFilter:
             raise Invalid(f"tail filter {str(item)[:80]!r} is not a one-key object")
         (key, value), = item.items()
         if key == "outcome" and isinstance(value, list):
-            # wrangler's "error" also asks for "unknown", an outcome Corral never reports.
-            query["outcome"] = [str(v) for v in value if v in _OUTCOMES] or ["ok", "exception"]
+            # wrangler's "error" also asks for "unknown", an outcome Corral never reports;
+            # only outcomes it does not know at all are refused (by TailFilter, naming them).
+            query["outcome"] = [str(v) for v in value if v in _OUTCOMES] or [str(v) for v in value]
         elif key == "method" and isinstance(value, list):
             query["method"] = [str(v) for v in value]
         elif key == "header" and isinstance(value, dict) and isinstance(value.get("key"), str):
@@ -148,18 +150,19 @@ class TailSessions:
         head = [(b"upgrade", b"websocket"), (b"connection", b"Upgrade"), (b"sec-websocket-accept", accept_key(key))]
         if TRACE_VERSION.encode() in headers.get(b"sec-websocket-protocol", b""):
             head.append((b"sec-websocket-protocol", TRACE_VERSION.encode()))
-        sub = self.live.subscribe(session.filter)
+        sub = self.live.subscribe(session.filter)  # or Unavailable: too many live tails
+        # Ended by DELETE, or when the tail expires, as Cloudflare's do.
+        scope = session.scope = trio.CancelScope(
+            deadline=trio.current_time() + session.expires - time.monotonic())
         ws = WsConnection(ConnectionType.SERVER)
         try:
             await send_head(101, head)
             log("tail.socket_connected", id=tail_id, script=session.script)
-            with trio.CancelScope() as scope:
-                session.scope = scope
-                with sub.scope:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_read_until_closed, ws, stream, nursery.cancel_scope)
-                        async for line in sub.receive:
-                            await stream.send_all(ws.send(TextMessage(line.decode().rstrip("\n"))))
+            with scope, sub.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_read_until_closed, ws, stream, nursery.cancel_scope)
+                    async for line in sub.receive:
+                        await stream.send_all(ws.send(TextMessage(line.decode().rstrip("\n"))))
             if scope.cancelled_caught or sub.dropped:
                 with trio.move_on_after(1):
                     await stream.send_all(ws.send(CloseConnection(1000, "tail ended")))
