@@ -141,6 +141,8 @@ def test_a_domain_survives_a_restart(tmp_path):
     ("PUT", f"{A}/workers/scripts/nobody/domains/records", {"origins": []}, 404, "script 'nobody' not found"),
     ("PUT", f"{A}/workers/scripts/edge/domains/records", [{"hostname": "a.example.com"}], 400,
      "set the script's custom domains"),
+    ("POST", f"{A}/workers/scripts/edge/domains/changeset", [{"hostname": "*.example.com"}], 400,
+     "has a wildcard"),
 ])
 def test_bad_domain_calls_are_refused_with_a_reason(server, method, path, body, status, message):
     resp = server.admin(method, path, body)

@@ -127,4 +127,6 @@ def test_the_sdk_queries_raw_rows_and_batches(server, database):
     assert list(cf.d1.database.raw(database, account_id="local", sql="SELECT count(*) FROM owners")
                 )[0].results.rows == [[2]]
     cf.d1.database.query(database, account_id="local", sql="DELETE FROM owners WHERE id = 7")
+    with pytest.raises(Exception, match="batch holds no statement"):
+        cf.d1.database.query(database, account_id="local", batch=[])
     cf.close()

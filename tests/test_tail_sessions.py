@@ -122,6 +122,9 @@ def test_a_tail_is_made_only_with_a_token_and_for_a_deployed_script(server, cf):
     assert missing.status_code == 404 and "nobody" in missing.text
     bad = httpx.post(f"{base}/scripts/plat/tails", json={"filters": [{"colour": ["red"]}]}, headers=headers)
     assert bad.status_code == 400 and "'colour' is not one Corral knows" in bad.text
+    for body in ([1, 2], {"filters": "all"}, {"filters": [{"outcome": ["sideways"]}]}):
+        bad = httpx.post(f"{base}/scripts/plat/tails", json=body, headers=headers)
+        assert bad.status_code == 400 and ("filters" in bad.text or "sideways" in bad.text), bad.text
     made = httpx.post(f"{base}/scripts/plat/tails", json={}, headers=headers).json()["result"]
     plain = httpx.get(made["url"].replace("ws://", "http://"))  # not an upgrade
     assert plain.status_code == 400 and "WebSocket" in plain.text

@@ -34,6 +34,7 @@ from supervisor.admin.handlers import _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.admin.routes_api import zone_id
+from supervisor.edge.routes import RouteError, normalize_hostname
 from supervisor.errors import Invalid, NotFound
 from supervisor.model import PLATFORM
 from supervisor.store.records import DomainInfo
@@ -198,7 +199,10 @@ class DomainHandlers:
         added, updated, wanted = [], [], set()
         for origin in origins:
             zone = zone_of(origin.hostname, origin.zone_name, origin.zone_id)
-            host = origin.hostname.strip().lower().rstrip(".")
+            try:
+                host = normalize_hostname(origin.hostname)
+            except RouteError as exc:
+                raise Invalid(str(exc)) from None
             wanted.add(host)
             current = held.get(host)
             if current is None:

@@ -32,6 +32,8 @@ def _statements(body: Any) -> list[tuple[str, list[Any]]]:
 
     if isinstance(body, dict) and isinstance(body.get("batch"), list) and "sql" not in body:
         items = body["batch"]
+        if not items:
+            raise Invalid("batch holds no statement")
     elif isinstance(body, dict) and isinstance(body.get("sql"), str):
         items = [body]
     else:

@@ -64,7 +64,7 @@ def filter_of(script: str, body: Any) -> TailFilter:
     """wrangler's filter message as a :class:`TailFilter` on ``script``'s events."""
     query: dict[str, list[str]] = {"script": [script]}
     filters = body.get("filters") if isinstance(body, dict) else None
-    if body is not None and not isinstance(filters, (list, type(None))):
+    if (body is not None and not isinstance(body, dict)) or not isinstance(filters, (list, type(None))):
         raise Invalid('send {"filters": [...]} as wrangler does (each a one-key object: outcome, method, '
                       'header, client_ip, query, sampling_rate)')
     for item in filters or ():
