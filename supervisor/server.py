@@ -21,7 +21,15 @@ import trio
 
 from supervisor import instrument_checks, loop_clock, state_lock
 from supervisor import log as logmod
-from supervisor.admin import d1_exports, durable_objects_api, kv_data, r2_objects, render, tails_api
+from supervisor.admin import (
+    d1_exports,
+    durable_objects_api,
+    kv_data,
+    queue_messages,
+    r2_objects,
+    render,
+    tails_api,
+)
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
 from supervisor.bindings import Bindings, purge_bound, r2
@@ -142,6 +150,7 @@ class Supervisor:
         kv_data.register(self.admin.router, self.bindings)
         durable_objects_api.register_objects(self.admin.router, self.admin.handlers, self.bindings)
         r2_objects.register(self.admin.router, self.admin.handlers, self.bindings)
+        queue_messages.register(self.admin.router, self.admin.handlers, self.bindings)
         tls = bool(config.admin.tls_cert and config.admin.tls_key)
         d1_exports.register(self.admin.router, self.admin.handlers, self.bindings, "https" if tls else "http")
         #: Live tails made through the API (``wrangler tail``); their sockets are on the TCP listener.

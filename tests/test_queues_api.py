@@ -3,7 +3,8 @@ SDK (``client.queues``, ``client.queues.consumers``), as ``wrangler queues
 create`` and ``wrangler deploy`` of a consumer make them, against a real
 `corral serve`: a consumer added through the API consumes what a producer
 sends, keeps across an upload that says nothing of it, and a queue in use is
-not deleted."""
+not deleted; messages pushed through the API (``client.queues.messages``)
+arrive as sent, and a purge drops what waits."""
 
 from __future__ import annotations
 
@@ -118,3 +119,57 @@ def test_bad_queue_calls_are_refused_with_a_reason(server, cf, path, body, statu
     resp = server.admin("POST", path, body)
     assert resp.status == status and words in resp.json()["errors"][0]["message"], resp.text
     assert server.admin("GET", "/accounts/local/queues/spare/consumers").json()["result"] == []
+
+
+RECORDER = '''import json
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        got = await self.env.SEEN.list()
+        return Response("|".join(sorted(k.name for k in got.keys)))
+
+    async def queue(self, batch, env, ctx):
+        for message in batch.messages:
+            body = message.body
+            shown = body.hex() if isinstance(body, (bytes, bytearray)) else json.dumps(body)
+            await env.SEEN.put(f"{type(body).__name__}={shown}", "1")
+            message.ack()
+'''
+
+
+def test_messages_pushed_through_the_api_reach_the_consumer_as_sent(server, cf):
+    # A platform's back end feeds a queue (client.queues.messages.push / bulk_push).
+    feed = cf.queues.create(account_id=A, queue_name="feed")
+    server.deploy("recorder", RECORDER, namespace=None, bindings=[{**SEEN, "namespace_id": "recorded"}])
+    server.route("recorder.test/*", "recorder")
+    cf.queues.consumers.create(feed.queue_id, account_id=A, type="worker", script_name="recorder",
+                               settings={"batch_size": 10, "max_wait_time_ms": 50})
+    cf.queues.messages.push(feed.queue_id, account_id=A, body={"job": 1}, content_type="json")
+    cf.queues.messages.bulk_push(feed.queue_id, account_id=A, messages=[
+        {"body": "plain words", "content_type": "text"},
+        {"body": "AAEC/w==", "content_type": "bytes"}])
+
+    def recorded() -> str:
+        return server.request("/", host="recorder.test").text
+
+    deadline = time.monotonic() + 30
+    while recorded().count("=") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the consumer's own record of deliveries
+    # (A JSON object arrives as the SDK's JsDict, as from a producer's send.)
+    assert recorded() == '|'.join(sorted(['JsDict={"job": 1}', 'str="plain words"', "bytes=000102ff"]))
+
+    # Delayed, then purged before it is due: it never arrives.
+    cf.queues.messages.push(feed.queue_id, account_id=A, body="later", content_type="text", delay_seconds=600)
+    purged = server.admin("POST", f"/accounts/local/queues/{feed.queue_id}/purge",
+                          {"delete_messages_permanently": True}).json()["result"]
+    assert purged["messages_purged"] == 1
+    assert cf.queues.purge.status(feed.queue_id, account_id=A).completed == "true"
+    for body, words in (({"body": "x", "content_type": "v8"}, "structured clone"),
+                        ({"body": 5, "content_type": "text"}, "needs a string body"),
+                        ({"body": "not base64!", "content_type": "bytes"}, "base64"),
+                        ({"content_type": "json"}, "needs a body")):
+        resp = server.admin("POST", f"/accounts/local/queues/{feed.queue_id}/messages", body)
+        assert resp.status == 400 and words in resp.text, resp
+    refused = server.admin("POST", f"/accounts/local/queues/{feed.queue_id}/purge", {})
+    assert refused.status == 400 and "delete_messages_permanently" in refused.text

@@ -60,6 +60,9 @@ class QueueHub:
         await self._db(key, store.send, messages, cap)
         self._signal(key)
 
+    async def purge(self, key: QueueKey) -> int:
+        return await self._db(key, store.purge)
+
     def _signal(self, key: QueueKey) -> None:
         event = self._wake.pop(key, None)
         if event is not None:

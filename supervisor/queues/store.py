@@ -73,6 +73,11 @@ def send(conn: sqlite3.Connection, messages: list[Outgoing], cap: int | None) ->
         raise
 
 
+def purge(conn: sqlite3.Connection) -> int:
+    """Delete every message, those in flight too (their settling finds none); how many."""
+    return conn.execute("DELETE FROM messages").rowcount
+
+
 def visible(conn: sqlite3.Connection) -> tuple[int, float | None]:
     """How many messages are visible now, and when the next hidden one shows."""
     now = time.time()
