@@ -4,7 +4,8 @@ create`` and ``wrangler deploy`` of a consumer make them, against a real
 `corral serve`: a consumer added through the API consumes what a producer
 sends, keeps across an upload that says nothing of it, and a queue in use is
 not deleted; messages pushed through the API (``client.queues.messages``)
-arrive as sent, and a purge drops what waits."""
+arrive as sent, an HTTP pull consumer pulls and acknowledges them by lease,
+and a purge drops what waits."""
 
 from __future__ import annotations
 
@@ -173,3 +174,34 @@ def test_messages_pushed_through_the_api_reach_the_consumer_as_sent(server, cf):
         assert resp.status == 400 and words in resp.text, resp
     refused = server.admin("POST", f"/accounts/local/queues/{feed.queue_id}/purge", {})
     assert refused.status == 400 and "delete_messages_permanently" in refused.text
+
+
+def test_an_http_pull_consumer_pulls_acks_and_retries_by_lease(server, cf):
+    drain = cf.queues.create(account_id=A, queue_name="drain")
+    cf.queues.messages.bulk_push(drain.queue_id, account_id=A, messages=[
+        {"body": f"m{i}", "content_type": "text"} for i in range(3)])
+    first = cf.queues.messages.pull(drain.queue_id, account_id=A, batch_size=2, visibility_timeout_ms=60_000)
+    assert [m.body for m in first.messages] == ["m0", "m1"] and first.message_backlog_count == 1
+    assert [m.attempts for m in first.messages] == [1, 1]
+    m0, m1 = first.messages
+    settled = cf.queues.messages.ack(drain.queue_id, account_id=A, acks=[{"lease_id": m0.lease_id}],
+                                     retries=[{"lease_id": m1.lease_id, "delay_seconds": 0}])
+    assert (settled.ack_count, settled.retry_count, settled.warnings) == (1, 1, [])
+    # m1 is back at once (its retry's delay is 0); m2 was never pulled.
+    second = cf.queues.messages.pull(drain.queue_id, account_id=A, batch_size=10, visibility_timeout_ms=60_000)
+    assert sorted((m.body, m.attempts) for m in second.messages) == [("m1", 2), ("m2", 1)]
+    # The first pull's lease of m1 is stale now: acking it changes nothing.
+    stale = cf.queues.messages.ack(drain.queue_id, account_id=A, acks=[{"lease_id": m1.lease_id}])
+    assert stale.ack_count == 0 and "expired" in stale.warnings[0]
+    done = cf.queues.messages.ack(drain.queue_id, account_id=A,
+                                  acks=[{"lease_id": m.lease_id} for m in second.messages])
+    assert done.ack_count == 2
+    assert cf.queues.messages.pull(drain.queue_id, account_id=A, batch_size=10).messages == []
+    # A queue a worker consumes is not pulled from as well.
+    guarded = cf.queues.create(account_id=A, queue_name="guarded")
+    server.deploy("guard", RECORDER, namespace=None, bindings=[{**SEEN, "namespace_id": "guarded"}])
+    cf.queues.consumers.create(guarded.queue_id, account_id=A, type="worker", script_name="guard")
+    with pytest.raises(cloudflare.ConflictError, match="consumed by worker 'guard'"):
+        cf.queues.messages.pull(guarded.queue_id, account_id=A, batch_size=1)
+    bad = server.admin("POST", f"/accounts/local/queues/{drain.queue_id}/messages/ack", {"acks": [{"lease_id": "x"}]})
+    assert bad.status == 400 and "is not one a pull gave" in bad.text

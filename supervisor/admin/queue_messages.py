@@ -1,7 +1,14 @@
-"""Messages into a queue through Cloudflare's REST API (``client.queues.messages.push``
-and ``.bulk_push``, ``POST .../queues/{id}/messages[/batch]``), and a queue's purge
-(``client.queues.purge.start``): how a platform's back end feeds or empties a
-queue its scripts consume.
+"""A queue's messages through Cloudflare's REST API: pushed in
+(``client.queues.messages.push`` and ``.bulk_push``), pulled out by an HTTP
+pull consumer (``.pull``, then ``.ack`` with the leases it gave), and
+purged (``client.queues.purge.start``): how a platform's back end feeds,
+drains or empties a queue.
+
+A pulled message is hidden for the pull's ``visibility_timeout_ms`` and seen
+again after it unless acknowledged; a lease names the attempt it was for, so
+acking after the message was pulled again changes nothing (a warning says
+so). Pulling is refused while a worker consumes the queue: the two would
+each take messages the other expects.
 
 Each message is checked as a producer's ``send`` is
 (:func:`supervisor.queues.hub.check_message`) and stored as a producer would
@@ -22,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from protocol.messages import QueueMessage
 from supervisor.admin.decode import body_as
 from supervisor.admin.handlers import Handlers, log_event
 from supervisor.admin.queues_api import QueueHandlers
@@ -29,7 +37,7 @@ from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.bindings.base import BindingError
 from supervisor.bindings.queues import hub_of
-from supervisor.errors import Invalid
+from supervisor.errors import Conflict, Invalid
 from supervisor.model import PLATFORM
 from supervisor.queues import store
 from supervisor.queues.hub import check_message
@@ -53,6 +61,49 @@ class Batch(msgspec.Struct, kw_only=True):
 
 class Purge(msgspec.Struct, kw_only=True):
     delete_messages_permanently: bool = False
+
+
+class Pull(msgspec.Struct, kw_only=True):
+    batch_size: int = 5
+    visibility_timeout_ms: int = 30_000
+
+
+class Lease(msgspec.Struct, kw_only=True):
+    lease_id: str
+    delay_seconds: float = 0.0
+
+
+class Acks(msgspec.Struct, kw_only=True):
+    acks: list[Lease] = []
+    retries: list[Lease] = []
+
+
+#: The longest an HTTP pull consumer may hide a message it pulled (Cloudflare's: 12 hours).
+MAX_VISIBILITY_MS = 12 * 3600 * 1000
+
+
+def lease_of(message: QueueMessage) -> str:
+    """A lease names the message and the attempt it was pulled for."""
+    return f"{message.id}.{message.attempts}"
+
+
+def _lease(lease_id: str) -> tuple[str, int]:
+    id_, _, attempt = lease_id.rpartition(".")
+    if not id_ or not attempt.isdigit():
+        raise Invalid(f"lease_id {lease_id[:80]!r} is not one a pull gave")
+    return id_, int(attempt)
+
+
+def pulled_json(message: QueueMessage) -> dict[str, Any]:
+    """A pulled message as Cloudflare's pull answers it: text and JSON as
+    their text, bytes (and structured clones) as base64."""
+    if message.content_type in ("text", "json"):
+        body = message.body.decode("utf-8", "surrogatepass")
+    else:
+        body = base64.b64encode(message.body).decode("ascii")
+    return {"id": message.id, "body": body, "attempts": message.attempts, "lease_id": lease_of(message),
+            "timestamp_ms": int(message.timestamp),
+            "metadata": {"CF-sourceMessageSource": "api", "CF-Content-Type": message.content_type}}
 
 
 def encoded(message: Message, batch_delay: float | None = None) -> store.Outgoing:
@@ -131,7 +182,41 @@ def register(router: Router, core: Handlers, bindings: Bindings) -> None:
         await key_of(request)
         return envelope(200, {"started_at": None, "completed": "true"})
 
+    async def pull(request: Request) -> Response:
+        """An HTTP pull consumer's batch; refused while a worker consumes the queue (both would lose)."""
+        wanted = body_as(request.body or b"{}", Pull, '{"batch_size": 10, "visibility_timeout_ms": 30000}',
+                         "pull messages")
+        if not 1 <= wanted.batch_size <= store.MAX_BATCH_MESSAGES:
+            raise Invalid(f"batch_size must be from 1 to {store.MAX_BATCH_MESSAGES}, got {wanted.batch_size}")
+        if not 1 <= wanted.visibility_timeout_ms <= MAX_VISIBILITY_MS:
+            raise Invalid(f"visibility_timeout_ms must be from 1 to {MAX_VISIBILITY_MS}")
+        scripts = await queues._platform_scripts()
+        name, _, _ = await queues._queue(request, scripts)
+        workers = sorted(s.name for s in scripts for c in s.queue_consumers if c.queue == name)
+        if workers:
+            raise Conflict(f"queue {name!r} is consumed by worker {workers[0]!r}: remove that consumer before "
+                           "pulling its messages over HTTP")
+        messages, left = await hub.pull((PLATFORM, name), wanted.batch_size, wanted.visibility_timeout_ms / 1000)
+        return envelope(200, {"message_backlog_count": left, "messages": [pulled_json(m) for m in messages]})
+
+    async def ack(request: Request) -> Response:
+        body = body_as(request.body, Acks, '{"acks": [{"lease_id": "..."}], "retries": []}', "acknowledge messages")
+        if len(body.acks) + len(body.retries) > store.MAX_BATCH_MESSAGES:
+            raise Invalid(f"at most {store.MAX_BATCH_MESSAGES} acks and retries at once")
+        for retry in body.retries:
+            if not 0 <= retry.delay_seconds <= store.MAX_DELAY_S:
+                raise Invalid(f"delay_seconds must be from 0 to {store.MAX_DELAY_S}")
+        key = await key_of(request)
+        acked, retried, stale = await hub.settle_leases(
+            key, [_lease(a.lease_id) for a in body.acks],
+            [(*_lease(r.lease_id), r.delay_seconds) for r in body.retries])
+        warnings = [f"{stale} lease(s) had expired or were settled already: those messages were not changed"] \
+            if stale else []
+        return envelope(200, {"ackCount": acked, "retryCount": retried, "warnings": warnings})
+
     router.add("accounts/*/queues/{queue}/messages", POST=push)
+    router.add("accounts/*/queues/{queue}/messages/pull", POST=pull)
+    router.add("accounts/*/queues/{queue}/messages/ack", POST=ack)
     router.add("accounts/*/queues/{queue}/messages/batch", POST=push_batch)
     router.add("accounts/*/queues/{queue}/purge", POST=purge, GET=purge_status)
 

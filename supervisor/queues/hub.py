@@ -63,6 +63,17 @@ class QueueHub:
     async def purge(self, key: QueueKey) -> int:
         return await self._db(key, store.purge)
 
+    async def pull(self, key: QueueKey, limit: int, visibility_s: float) -> tuple[list[QueueMessage], int]:
+        """A batch for an HTTP pull consumer (:func:`supervisor.queues.store.pull`)."""
+        return await self._db(key, store.pull, limit, visibility_s)
+
+    async def settle_leases(self, key: QueueKey, acks: list[tuple[str, int]],
+                            retries: list[tuple[str, int, float]]) -> tuple[int, int, int]:
+        settled = await self._db(key, store.settle_leases, acks, retries)
+        if retries:
+            self._signal(key)
+        return settled
+
     def _signal(self, key: QueueKey) -> None:
         event = self._wake.pop(key, None)
         if event is not None:

@@ -134,3 +134,51 @@ def settle(conn: sqlite3.Connection, acked: list[str], retried: list[tuple[str, 
             conn.execute("ROLLBACK")
         raise
     return rows
+
+
+def pull(conn: sqlite3.Connection, limit: int, visibility_s: float) -> tuple[list[QueueMessage], int]:
+    """An HTTP pull consumer's batch: up to ``limit`` visible messages, oldest
+    first, hidden for ``visibility_s`` (seen again then unless acked), their
+    attempts counted; and how many visible messages are left."""
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute("SELECT seq, id, body, content_type, timestamp, attempts FROM messages "
+                            "WHERE leased = 0 AND visible_at <= ? ORDER BY seq LIMIT ?", (now, limit)).fetchall()
+        conn.executemany("UPDATE messages SET attempts = attempts + 1, visible_at = ? WHERE seq = ?",
+                         [(now + visibility_s, row[0]) for row in rows])
+        left = conn.execute("SELECT count(*) FROM messages WHERE leased = 0 AND visible_at <= ?",
+                            (now,)).fetchone()[0]
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # else the real error would read "cannot rollback"
+            conn.execute("ROLLBACK")
+        raise
+    return [QueueMessage(id_, ts, body, ctype, attempts + 1) for _, id_, body, ctype, ts, attempts in rows], left
+
+
+def settle_leases(conn: sqlite3.Connection, acks: list[tuple[str, int]],
+                  retries: list[tuple[str, int, float]]) -> tuple[int, int, int]:
+    """An HTTP pull consumer's acks and retries, each naming a message and the
+    attempt its lease was for: a lease whose message was pulled again since
+    (its visibility timeout ran out) or is gone counts as stale and changes
+    nothing. (acked, retried, stale)."""
+    now = time.time()
+    acked = retried = stale = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for id_, attempt in acks:
+            done = conn.execute("DELETE FROM messages WHERE id = ? AND attempts = ?", (id_, attempt)).rowcount
+            acked += done
+            stale += 1 - done
+        for id_, attempt, delay in retries:
+            done = conn.execute("UPDATE messages SET visible_at = ? WHERE id = ? AND attempts = ?",
+                                (now + delay, id_, attempt)).rowcount
+            retried += done
+            stale += 1 - done
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # else the real error would read "cannot rollback"
+            conn.execute("ROLLBACK")
+        raise
+    return acked, retried, stale
