@@ -109,7 +109,7 @@ def test_a_consumer_added_through_the_api_consumes_and_survives_uploads(server, 
     ("/accounts/local/queues", {"name": "x"}, 400, "to make a queue"),
     ("/accounts/local/queues/spare/consumers", {"type": "worker", "script_name": "ghost"}, 404,
      "script 'ghost' not found"),
-    ("/accounts/local/queues/spare/consumers", {"type": "http_pull"}, 400, "script"),
+    ("/accounts/local/queues/spare/consumers", {"type": "email"}, 400, "script"),
     ("/accounts/local/queues/spare/consumers",
      {"type": "worker", "script_name": "consumer", "settings": {"batch_size": 1000}}, 400, "consumer settings"),
 ])
@@ -178,6 +178,12 @@ def test_messages_pushed_through_the_api_reach_the_consumer_as_sent(server, cf):
 
 def test_an_http_pull_consumer_pulls_acks_and_retries_by_lease(server, cf):
     drain = cf.queues.create(account_id=A, queue_name="drain")
+    puller = cf.queues.consumers.create(drain.queue_id, account_id=A, type="http_pull",
+                                        settings={"visibility_timeout_ms": 60_000})
+    assert [(c.type, c.consumer_id) for c in cf.queues.consumers.list(drain.queue_id, account_id=A)] == [
+        ("http_pull", puller.consumer_id)]
+    with pytest.raises(cloudflare.ConflictError, match="already has a consumer"):  # one consumer a queue
+        cf.queues.consumers.create(drain.queue_id, account_id=A, type="worker", script_name="consumer")
     cf.queues.messages.bulk_push(drain.queue_id, account_id=A, messages=[
         {"body": f"m{i}", "content_type": "text"} for i in range(3)])
     first = cf.queues.messages.pull(drain.queue_id, account_id=A, batch_size=2, visibility_timeout_ms=60_000)
@@ -197,6 +203,8 @@ def test_an_http_pull_consumer_pulls_acks_and_retries_by_lease(server, cf):
                                   acks=[{"lease_id": m.lease_id} for m in second.messages])
     assert done.ack_count == 2
     assert cf.queues.messages.pull(drain.queue_id, account_id=A, batch_size=10).messages == []
+    cf.queues.consumers.delete(puller.consumer_id, account_id=A, queue_id=drain.queue_id)
+    assert list(cf.queues.consumers.list(drain.queue_id, account_id=A)) == []
     # A queue a worker consumes is not pulled from as well.
     guarded = cf.queues.create(account_id=A, queue_name="guarded")
     server.deploy("guard", RECORDER, namespace=None, bindings=[{**SEEN, "namespace_id": "guarded"}])

@@ -13,7 +13,9 @@ A consumer is part of the consuming script's deployed record (its
 removing one is a new version of that script, as new schedules are
 (:mod:`supervisor.admin.schedules`); an upload that names no consumers keeps
 them. Consumers here are platform scripts, which consume the platform's
-queues; a dispatch namespace's scripts name theirs in their upload.
+queues; a dispatch namespace's scripts name theirs in their upload. A queue
+may have an HTTP pull consumer instead (``type: "http_pull"``): its messages
+are then pulled and acknowledged over HTTP (:mod:`supervisor.admin.queue_messages`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,17 @@ def consumer_id(queue: str, script: str) -> str:
     return hashlib.blake2b(f"{queue}\0{script}".encode(), digest_size=16, person=b"corral-consume").hexdigest()
 
 
+#: The resources kind recording a queue's HTTP pull consumer (id: its consumer id, name: the queue).
+_PULL = "queue_http_pull"
+#: Cloudflare's defaults for an HTTP pull consumer; each pull names its own batch and visibility.
+_PULL_SETTINGS = {"batch_size": 5, "max_retries": 3, "visibility_timeout_ms": 30_000, "retry_delay": 0}
+
+
+def _pull_json(made: ResourceInfo) -> dict[str, Any]:
+    return {"consumer_id": made.id, "type": "http_pull", "queue_name": made.name, "created_on": made.created_on,
+            "settings": _PULL_SETTINGS}
+
+
 def _consumer_json(queue: str, script: ScriptRecord, consumer: QueueConsumer) -> dict[str, Any]:
     return {"consumer_id": consumer_id(queue, script.name), "type": "worker", "script": script.name,
             "service": script.name, "environment": "production", "queue_name": queue,
@@ -115,10 +128,12 @@ class QueueHandlers(ResourceHandlers):
                        "script's queue binding")
 
     @staticmethod
-    def _json(scripts: list[ScriptRecord], name: str, queue_id: str, made: ResourceInfo | None) -> dict[str, Any]:
+    def _json(scripts: list[ScriptRecord], name: str, queue_id: str, made: ResourceInfo | None,
+              pulls: list[ResourceInfo] = ()) -> dict[str, Any]:  # type: ignore[assignment]
         producers = [{"type": "worker", "script": s.name} for s in scripts
                      if any(isinstance(b, Queue) and b.queue_name == name for b in s.bindings)]
         consumers = [_consumer_json(name, s, c) for s in scripts for c in s.queue_consumers if c.queue == name]
+        consumers += [_pull_json(p) for p in pulls if p.name == name]
         when = made.created_on if made else None
         return {"queue_id": queue_id, "queue_name": name, "created_on": when, "modified_on": when,
                 "producers": producers, "producers_total_count": len(producers),
@@ -132,11 +147,12 @@ class QueueHandlers(ResourceHandlers):
         found = [(n, *v) for n, v in (await self._all(scripts)).items()
                  if "name" not in request.query or n == request.query["name"]]
         shown, info = page_of(request.query, found, 100, MAX_PER_PAGE)
-        return envelope(200, [self._json(scripts, *q) for q in shown], result_info=info)
+        pulls = await self._pulls()
+        return envelope(200, [self._json(scripts, *q, pulls) for q in shown], result_info=info)
 
     async def get_queue(self, request: Request) -> Response:
         scripts = await self._platform_scripts()
-        return envelope(200, self._json(scripts, *await self._queue(request, scripts)))
+        return envelope(200, self._json(scripts, *await self._queue(request, scripts), await self._pulls()))
 
     async def create_queue(self, request: Request) -> Response:
         name = body_as(request.body, _NewQueue, '{"queue_name": "my-queue"}', "make a queue").queue_name
@@ -162,14 +178,21 @@ class QueueHandlers(ResourceHandlers):
         await self.core.hooks.purge_bound_data(_KIND, name)
         if made is not None:
             await self.core._run(self.store.delete_resource, _KIND, queue_id)
+        for pull in await self._pulls(name):  # an HTTP pull consumer goes with its queue
+            await self.core._run(self.store.delete_resource, _PULL, pull.id)
         log_event(logging.INFO, "admin.queue_deleted", name=name)
         return envelope(200, None)
 
     # -- consumers ------------------------------------------------------------
 
+    async def _pulls(self, queue: str | None = None) -> list[ResourceInfo]:
+        """The HTTP pull consumers (of ``queue``)."""
+        return [p for p in await self.core._run(self.store.list_resources, _PULL) if queue in (None, p.name)]
+
     async def list_consumers(self, request: Request) -> Response:
         scripts = await self._platform_scripts()
-        return envelope(200, self._json(scripts, *await self._queue(request, scripts))["consumers"])
+        queue = self._json(scripts, *await self._queue(request, scripts), await self._pulls())
+        return envelope(200, queue["consumers"])
 
     async def _consumer_script(self, name: str) -> ScriptRecord:
         check_name("script", name)
@@ -180,7 +203,8 @@ class QueueHandlers(ResourceHandlers):
 
     async def _set_consumer(self, queue: str, script: ScriptRecord, body: _NewConsumer) -> dict[str, Any]:
         if body.type != "worker":
-            raise Invalid(f"consumer type {clip(body.type)!r}: Corral's consumers are workers (type \"worker\")")
+            raise Invalid(f"consumer type {clip(body.type)!r}: a consumer is a worker (type \"worker\") or an "
+                          "HTTP pull consumer (type \"http_pull\")")
         settings = body.settings
         fields: dict[str, Any] = {"queue": queue, "dead_letter_queue": body.dead_letter_queue,
                                   "max_batch_size": settings.batch_size, "max_retries": settings.max_retries,
@@ -198,9 +222,20 @@ class QueueHandlers(ResourceHandlers):
         return _consumer_json(queue, stored, consumer)
 
     async def add_consumer(self, request: Request) -> Response:
-        name, _, _ = await self._queue(request, await self._platform_scripts())
+        scripts = await self._platform_scripts()
+        name, _, _ = await self._queue(request, scripts)
         body = body_as(request.body, _NewConsumer, '{"type": "worker", "script_name": "NAME", "settings": {}}',
                        "add a consumer")
+        # A queue has one consumer, a worker or an HTTP pull consumer, as on Cloudflare.
+        taken = [f"worker {s.name!r}" for s in scripts for c in s.queue_consumers if c.queue == name] + \
+            ["an HTTP pull consumer" for _ in await self._pulls(name)]
+        if taken and not (body.type == "worker" and taken == [f"worker {body.script_name!r}"]):
+            raise Conflict(f"queue {name!r} already has a consumer ({taken[0]}): remove it first")
+        if body.type == "http_pull":
+            made = await self._make(_PULL, consumer_id(name, "http_pull"), name,
+                                    "The queue already has an HTTP pull consumer")
+            log_event(logging.INFO, "admin.queue_consumer_set", queue=name, type="http_pull")
+            return envelope(200, _pull_json(made))
         if not body.script_name:
             raise Invalid('a worker consumer names its script: {"type": "worker", "script_name": "NAME"}')
         script = await self._consumer_script(body.script_name)
@@ -208,6 +243,11 @@ class QueueHandlers(ResourceHandlers):
             raise Conflict(f"{script.name!r} already consumes {name!r}: change it with PUT "
                            f".../consumers/{consumer_id(name, script.name)}")
         return envelope(200, await self._set_consumer(name, script, body))
+
+    async def _pull_of(self, request: Request) -> ResourceInfo | None:
+        """The HTTP pull consumer the path names, if it names one."""
+        name, _, _ = await self._queue(request, await self._platform_scripts())
+        return next((p for p in await self._pulls(name) if p.id == request.params["consumer"]), None)
 
     async def _consumer_of(self, request: Request) -> tuple[str, ScriptRecord]:
         """The queue's name and the consuming script the path names."""
@@ -220,16 +260,27 @@ class QueueHandlers(ResourceHandlers):
         raise NotFound(f"queue {name!r} has no consumer {clip(wanted)!r}")
 
     async def get_consumer(self, request: Request) -> Response:
+        pull = await self._pull_of(request)
+        if pull is not None:
+            return envelope(200, _pull_json(pull))
         name, script = await self._consumer_of(request)
         return envelope(200, next(_consumer_json(name, script, c) for c in script.queue_consumers if c.queue == name))
 
     async def update_consumer(self, request: Request) -> Response:
+        pull = await self._pull_of(request)
+        if pull is not None:  # its settings are each pull's own (batch_size, visibility_timeout_ms)
+            return envelope(200, _pull_json(pull))
         name, script = await self._consumer_of(request)
         body = body_as(request.body, _NewConsumer, '{"type": "worker", "settings": {"batch_size": 10}}',
                        "change a consumer")
         return envelope(200, await self._set_consumer(name, script, body))
 
     async def delete_consumer(self, request: Request) -> Response:
+        pull = await self._pull_of(request)
+        if pull is not None:
+            await self.core._run(self.store.delete_resource, _PULL, pull.id)
+            log_event(logging.INFO, "admin.queue_consumer_removed", queue=pull.name, type="http_pull")
+            return envelope(200, None)
         name, script = await self._consumer_of(request)
         kept = [c for c in script.queue_consumers if c.queue != name]
         await self.core.store_version(with_changes(script, queue_consumers=kept), "queues")
