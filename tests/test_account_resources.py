@@ -176,3 +176,13 @@ def test_an_r2_bucket_made_through_the_sdk_is_deleted_only_empty(server, cf):
         cf.r2.buckets.get("tenant-photos", account_id=A)
     bad = server.admin("POST", "/accounts/local/r2/buckets", {"name": "No_Caps"})
     assert bad.status == 400 and "lowercase letters" in bad.json()["errors"][0]["message"]
+
+
+def test_a_d1_databases_one_setting_is_read_replication_disabled(cf):
+    made = cf.d1.database.create(account_id="local", name="single-copy")
+    kept = cf.d1.database.update(made.uuid, account_id="local", read_replication={"mode": "disabled"})
+    assert kept.uuid == made.uuid and kept.read_replication.mode == "disabled"
+    assert cf.d1.database.edit(made.uuid, account_id="local", read_replication={"mode": "disabled"}).name == \
+        "single-copy"
+    with pytest.raises(cloudflare.BadRequestError, match="keeps one copy"):
+        cf.d1.database.update(made.uuid, account_id="local", read_replication={"mode": "auto"})

@@ -60,7 +60,14 @@ def _namespace_json(namespace_id: str, title: str | None = None) -> dict[str, An
 
 def _database_json(database_id: str, made: ResourceInfo | None = None) -> dict[str, Any]:
     return {"uuid": database_id, "name": made.name if made else database_id,
-            "created_at": made.created_on if made else None, "version": "production"}
+            "created_at": made.created_on if made else None, "version": "production",
+            "read_replication": {"mode": "disabled"}}
+
+
+class _DatabaseSettings(msgspec.Struct, kw_only=True):
+    """``PUT``/``PATCH`` of a D1 database: its read replication, the one setting Cloudflare's has."""
+
+    read_replication: dict[str, Any] | None = None
 
 
 def choice(request: Request, field: str, allowed: tuple[str, ...]) -> str:
@@ -127,7 +134,8 @@ class KVHandlers(ResourceHandlers):
         router.add(f"{_KV}/{{kv}}", GET=self.get_namespace, PUT=self.rename_namespace,
                    DELETE=self.delete_namespace)
         router.add(_D1, GET=self.list_databases, POST=self.create_database)
-        router.add(f"{_D1}/{{db}}", GET=self.get_database, DELETE=self.delete_database)
+        router.add(f"{_D1}/{{db}}", GET=self.get_database, DELETE=self.delete_database, PUT=self.update_database,
+                   PATCH=self.update_database)
 
     # -- KV namespaces --------------------------------------------------------
 
@@ -186,6 +194,18 @@ class KVHandlers(ResourceHandlers):
                           "starting with a letter or digit")
         made = await self._make(_D1_KIND, str(uuid.uuid4()), name, "A database with that name already exists")
         return envelope(200, _database_json(made.id, made))
+
+    async def update_database(self, request: Request) -> Response:
+        """Read replicas are Cloudflare's across regions; one host keeps one copy,
+        so ``{"mode": "disabled"}`` is what it has, and ``"auto"`` a 400 saying so."""
+        body = body_as(request.body, _DatabaseSettings, '{"read_replication": {"mode": "disabled"}}',
+                       "change a D1 database")
+        mode = (body.read_replication or {}).get("mode", "disabled")
+        if mode != "disabled":
+            raise Invalid(f"read_replication mode {clip(str(mode))!r}: Corral keeps one copy of a database, on "
+                          "this host (mode 'disabled')")
+        wanted, made = await self._one(request, _D1_KIND, "id", "D1 database", "db")
+        return envelope(200, _database_json(wanted, made))
 
     async def delete_database(self, request: Request) -> Response:
         wanted, _ = await self._one(request, _D1_KIND, "id", "D1 database", "db")
