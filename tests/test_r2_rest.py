@@ -69,6 +69,16 @@ def test_objects_put_through_the_api_are_what_the_binding_reads(server):
     assert missing.status == 404 and "The specified key does not exist" in missing.text
 
 
+def test_a_key_is_kept_as_written_trailing_slash_and_all(server):
+    # A "folder" marker (photos/) and a key with an empty segment are keys of their own.
+    for key, data in (("photos/", b"marker"), ("photos", b"plain"), ("a//b", b"double")):
+        assert _put(server, key, data).status == 200
+    for key, data in (("photos/", b"marker"), ("photos", b"plain"), ("a//b", b"double")):
+        got = server.admin("GET", OBJECTS.format(bucket="media", key=key))
+        assert (got.status, got.body) == (200, data), key
+    assert server.request("/photos/", host="reader.test").json()["text"] == "marker"
+
+
 def test_a_bucket_the_account_does_not_have_is_a_404_and_bad_keys_a_400(server):
     resp = _put(server, "a.txt", b"x", bucket="nobody")
     # wrangler reads a 404 here as "The specified bucket does not exist."

@@ -18,6 +18,7 @@ at most :data:`MAX_BYTES`; a tenant's binding streams larger ones.
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from supervisor.admin.handlers import Handlers, namespace_in_query
@@ -41,6 +42,17 @@ _HTTP_HEADERS = {"content-type": "contentType", "content-language": "contentLang
 _UNCAPPED = QuotaLimits()
 
 
+def key_of(request: Request) -> str:
+    """The object's key as the client wrote it: everything after ``/objects/``
+    in the raw path, percent-decoded. (The router's segments drop a trailing
+    slash, which a key such as ``photos/`` keeps.)"""
+    raw = request.path.partition("/objects/")[2]
+    try:
+        return urllib.parse.unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise Invalid("an object key's percent-escapes must be UTF-8") from None
+
+
 def register(router: Router, core: Handlers, bindings: Bindings) -> None:
     handler = bindings.handlers["r2_bucket"]
     assert isinstance(handler, R2Handler)
@@ -59,14 +71,15 @@ def register(router: Router, core: Handlers, bindings: Bindings) -> None:
             raise TooLarge(f"an object put through the API is at most {MAX_BYTES} bytes")
         http = {field: request.headers[name] for name, field in _HTTP_HEADERS.items()
                 if request.headers.get(name)}
-        reply = await call(request, "put", [request.params["key"], {"httpMetadata": http}], request.body)
+        reply = await call(request, "put", [key_of(request), {"httpMetadata": http}], request.body)
         return envelope(200, reply.value)
 
     async def get_object(request: Request) -> Response:
-        reply = await call(request, "get", [request.params["key"]])
+        key = key_of(request)
+        reply = await call(request, "get", [key])
         found, body = reply.value, reply.body
         if found is None:
-            raise NotFound(f"The specified key does not exist: {request.params['key'][:200]!r}")
+            raise NotFound(f"The specified key does not exist: {key[:200]!r}")
         chunks: list[bytes] = []
         try:
             if found["size"] > MAX_BYTES:
@@ -84,7 +97,7 @@ def register(router: Router, core: Handlers, bindings: Bindings) -> None:
         return 200, headers, b"".join(chunks)
 
     async def delete_object(request: Request) -> Response:
-        await call(request, "delete", [request.params["key"]])
+        await call(request, "delete", [key_of(request)])
         return envelope(200, {})
 
     router.add("accounts/*/r2/buckets/{bucket}/objects/{key+}", GET=get_object, PUT=put_object,
