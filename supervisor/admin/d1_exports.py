@@ -24,7 +24,7 @@ from supervisor.admin.decode import body_as
 from supervisor.admin.handlers import Handlers, namespace_in_query
 from supervisor.admin.kv import ResourceHandlers
 from supervisor.admin.render import Response, envelope
-from supervisor.admin.router import Request, Router
+from supervisor.admin.router import Request, Router, account_url
 from supervisor.bindings.base import BindingError, Scope
 from supervisor.bindings.d1 import D1Handler
 from supervisor.errors import Invalid, NotFound
@@ -91,14 +91,11 @@ def register(router: Router, core: Handlers, bindings: Bindings, scheme: str = "
         token = secrets.token_urlsafe(24)
         filename = f"{database}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}.sql"
         kept[token] = _Kept(now + TTL_S, filename, sql)
-        account = request.path.strip("/").split("/")
-        base = "/".join(account[:account.index("accounts") + 2])
-        host = request.headers.get("host", "localhost")
         return envelope(200, {
             "success": True, "type": "export", "status": "complete", "at_bookmark": token,
             "messages": [f"Exported {len(sql)} bytes"], "error": None,
             "result": {"filename": filename,
-                       "signed_url": f"{scheme}://{host}/{base}/{DOWNLOAD_PATH}/{token}"}})
+                       "signed_url": f"{account_url(request, scheme)}/{DOWNLOAD_PATH}/{token}"}})
 
     async def download(request: Request) -> Response:
         found = kept.get(request.params["token"])

@@ -35,6 +35,21 @@ class Request(msgspec.Struct, kw_only=True):
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def api_segments(path: str) -> list[str]:
+    """A request path's segments from ``accounts`` (or ``user``...) on: without
+    its query, empty segments and Cloudflare's ``/client/v4`` prefix."""
+    segments = [s for s in path.split("?", 1)[0].split("/") if s]
+    return segments[2:] if segments[:1] == ["client"] else segments
+
+
+def account_url(request: Request, scheme: str) -> str:
+    """``SCHEME://HOST/[client/v4/]accounts/{a}`` as the caller reached it: the
+    base of a URL it is given back to fetch itself (a download, a socket)."""
+    segments = request.path.strip("/").split("/")
+    account = "/".join(segments[:segments.index("accounts") + 2])
+    return f"{scheme}://{request.headers.get('host', 'localhost')}/{account}"
+
+
 class Router:
     def __init__(self) -> None:
         self._routes: list[tuple[tuple[str, ...], dict[str, Handler]]] = []

@@ -11,7 +11,7 @@ import logging
 from supervisor.admin.decode import clip, decode_json
 from supervisor.admin.handlers import _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope
-from supervisor.admin.router import Request, Router
+from supervisor.admin.router import Request, Router, account_url
 from supervisor.errors import NotFound
 from supervisor.observability.tail_sessions import TailSessions
 
@@ -19,21 +19,16 @@ from supervisor.observability.tail_sessions import TailSessions
 def register(router: Router, core: Handlers, sessions: TailSessions, scheme: str = "ws") -> None:
     """``scheme``: how a client reaches the admin TCP listener's sockets (``wss`` with TLS)."""
 
-    def base(request: Request) -> str:
-        segments = request.path.strip("/").split("/")
-        account = "/".join(segments[:segments.index("accounts") + 2])
-        return f"{scheme}://{request.headers.get('host', 'localhost')}/{account}"
-
     async def create(request: Request) -> Response:
         _, name, _ = await core.deployed(request)
         body = decode_json(request.body, "the tail's filters") if request.body.strip() else None
         session = sessions.create(name, body)
         log_event(logging.INFO, "admin.tail_created", script=name, id=session.id)
-        return envelope(200, sessions.json(session, base(request)))
+        return envelope(200, sessions.json(session, account_url(request, scheme)))
 
     async def listed(request: Request) -> Response:
         _, name, _ = await core.deployed(request)
-        return envelope(200, [sessions.json(s, base(request)) for s in sessions.of_script(name)])
+        return envelope(200, [sessions.json(s, account_url(request, scheme)) for s in sessions.of_script(name)])
 
     async def delete(request: Request) -> Response:
         _, name, _ = await core.deployed(request)

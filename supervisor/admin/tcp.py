@@ -23,6 +23,7 @@ import trio
 from supervisor.admin.api import AdminAPI
 from supervisor.admin.errors import status_and_code
 from supervisor.admin.render import envelope
+from supervisor.admin.router import api_segments
 from supervisor.admin.tokens import ASSET_UPLOADER, DOWNLOADER, Principal, is_download
 from supervisor.errors import Invalid, NotFound, Unauthorized, Unavailable
 from supervisor.log import log, warn
@@ -36,9 +37,7 @@ MAX_TOKEN_LENGTH = 256
 
 def tail_socket_id(target: str) -> str | None:
     """The tail id of ``[/client/v4]/accounts/{a}/workers/tails/{id}/ws``, else None."""
-    segments = [s for s in target.split("?", 1)[0].split("/") if s]
-    if segments[:1] == ["client"]:
-        segments = segments[2:]
+    segments = api_segments(target)
     if len(segments) == 6 and segments[0] == "accounts" and segments[2:4] == ["workers", "tails"] \
             and segments[5] == SOCKET_SUFFIX:
         return segments[4]

@@ -24,7 +24,7 @@ import msgspec
 from supervisor.admin.decode import clip
 from supervisor.admin.handlers import Handlers, log_event
 from supervisor.admin.render import Response, envelope
-from supervisor.admin.router import Request, Router
+from supervisor.admin.router import Request, Router, api_segments
 from supervisor.errors import Forbidden, Invalid, NotFound
 from supervisor.store.records import TokenInfo
 
@@ -51,9 +51,7 @@ DOWNLOADER = Principal(download=True)
 
 def is_download(path: str) -> bool:
     """``[/client/v4]/accounts/{a}/d1/exports/{token}``: a D1 export's download URL."""
-    segments = [s for s in path.split("?", 1)[0].split("/") if s]
-    if segments[:1] == ["client"]:
-        segments = segments[2:]
+    segments = api_segments(path)
     return len(segments) == 5 and segments[0] == "accounts" and segments[2:4] == ["d1", "exports"]
 
 
@@ -69,9 +67,7 @@ def authorize(principal: Principal, method: str, path: str, params: dict[str, st
         if method in _READ_METHODS and is_download(path):
             return
         raise Forbidden("a D1 export's download URL takes no token; other calls take an API token")
-    segments = [s for s in path.split("/") if s]
-    if segments[:1] == ["client"]:
-        segments = segments[2:]
+    segments = api_segments(path)
     is_asset_upload = segments[2:] == ["workers", "assets", "upload"]
     if principal.asset_upload or is_asset_upload:
         if principal.asset_upload and is_asset_upload:
