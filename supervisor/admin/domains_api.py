@@ -81,25 +81,29 @@ _EXAMPLE = '{"hostname": "api.example.com", "service": "SCRIPT"}'
 _RECORDS_EXAMPLE = '{"origins": [{"hostname": "api.example.com"}], "override_scope": true}'
 
 
-def zone_of(hostname: str, zone_name: str | None, zone: str | None) -> str:
-    """The name of the zone ``hostname`` is attached in: ``zone_name``, or
-    the parent domain whose id is ``zone``, or else the host name itself.
-    A zone that does not contain the host name is a 400 naming both."""
-    host = hostname.strip().lower().rstrip(".")
+def placed(hostname: str, zone_name: str | None, zone: str | None) -> tuple[str, str]:
+    """``hostname`` checked and lowercased, and the name of the zone it is
+    attached in: ``zone_name``, or the parent domain whose id is ``zone``, or
+    else the host name itself. A host name that is not one, or a zone that
+    does not contain it, is a 400 naming both."""
+    try:
+        host = normalize_hostname(hostname)
+    except RouteError as exc:
+        raise Invalid(str(exc)) from None
     labels = host.split(".")
     parents = [".".join(labels[i:]) for i in range(len(labels))]
     if zone_name:
         name = zone_name.strip().lower().rstrip(".")
         if name not in parents:
             raise Invalid(f"custom domain {clip(hostname)!r} is not in zone {clip(zone_name)!r}")
-        return name
+        return host, name
     if zone:
         for name in parents:
             if zone_id(name) == zone:
-                return name
+                return host, name
         raise Invalid(f"custom domain {clip(hostname)!r} is not in zone {clip(zone)!r} (a zone id is "
                       "that of the host name or one of its parent domains: GET /zones?name=...)")
-    return host
+    return host, host
 
 
 def domain_json(info: DomainInfo) -> dict[str, Any]:
@@ -139,9 +143,9 @@ class DomainHandlers:
         query = request.query
         shown = [domain_json(d) for d in await self._domains()]
         for field in ("hostname", "service", "zone_name", "zone_id", "environment"):
-            if query.get(field):
-                shown = [d for d in shown if d[field] == query[field].lower()
-                         or (field == "service" and d[field] == query[field])]
+            if query.get(field):  # host and zone names compare lowercased; a script's name exactly
+                wanted = query[field] if field == "service" else query[field].lower()
+                shown = [d for d in shown if d[field] == wanted]
         if query.get("page") == "0":  # wrangler asks for page 0; Cloudflare's pages start at 1
             query = {**query, "page": "1"}
         page, info = page_of(query, shown, MAX_PER_PAGE, MAX_PER_PAGE)
@@ -160,8 +164,8 @@ class DomainHandlers:
             raise Invalid(f"environment {clip(body.environment)!r} does not exist: Corral scripts have "
                           f"one, {ENVIRONMENT!r}")
         await self._platform_script(body.service)
-        zone = zone_of(body.hostname, body.zone_name, body.zone_id)
-        info = await self.core._run(self.store.attach_domain, body.hostname, body.service, zone)
+        host, zone = placed(body.hostname, body.zone_name, body.zone_id)
+        info = await self.core._run(self.store.attach_domain, host, body.service, zone)
         log_event(logging.INFO, "admin.domain_attached", hostname=info.hostname, script=info.service)
         return envelope(200, domain_json(info))
 
@@ -181,7 +185,7 @@ class DomainHandlers:
     async def set_script_domains(self, request: Request) -> Response:
         _, name, _ = await self.core.deployed(request)
         body = body_as(request.body, RecordsBody, _RECORDS_EXAMPLE, "set the script's custom domains")
-        wanted = [(o.hostname, zone_of(o.hostname, o.zone_name, o.zone_id)) for o in body.origins]
+        wanted = [placed(o.hostname, o.zone_name, o.zone_id) for o in body.origins]
         attached = await self.core._run(
             lambda: self.store.set_script_domains(name, wanted, take=body.override_existing_origin,
                                                   only=body.override_scope))
@@ -198,11 +202,7 @@ class DomainHandlers:
         held = {d.hostname: d for d in await self._domains()}
         added, updated, wanted = [], [], set()
         for origin in origins:
-            zone = zone_of(origin.hostname, origin.zone_name, origin.zone_id)
-            try:
-                host = normalize_hostname(origin.hostname)
-            except RouteError as exc:
-                raise Invalid(str(exc)) from None
+            host, zone = placed(origin.hostname, origin.zone_name, origin.zone_id)
             wanted.add(host)
             current = held.get(host)
             if current is None:
