@@ -26,7 +26,7 @@ from supervisor.admin.render import envelope
 from supervisor.admin.router import api_segments
 from supervisor.admin.tokens import ASSET_UPLOADER, DOWNLOADER, Principal, is_download
 from supervisor.errors import Invalid, NotFound, Unauthorized, Unavailable
-from supervisor.log import log, warn
+from supervisor.log import error, log, warn
 from supervisor.observability.tail_sessions import SOCKET_SUFFIX, TailSessions
 
 MAX_BODY = 64 * 2**20
@@ -134,6 +134,11 @@ class AdminTCP:
         except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError,
                 h11.LocalProtocolError):
             pass
+        except Exception as exc:  # noqa: BLE001 - the last line of defence, as the ingress has
+            # This task runs in serve_listeners' nursery: whatever escaped it
+            # ended the whole supervisor. A wrangler tail client that stopped
+            # reading and then pinged did (tests/test_hostile_admin_inputs.py).
+            error("admin.tcp_connection_error", exc_info=exc)
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -30,8 +30,8 @@ from typing import Any
 import msgspec
 import trio
 from wsproto.connection import Connection as WsConnection
-from wsproto.connection import ConnectionType
-from wsproto.events import CloseConnection, Pong, TextMessage
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import CloseConnection, Event, Pong, TextMessage
 
 from supervisor.edge.websockets import accept_key
 from supervisor.errors import Invalid, NotFound
@@ -154,18 +154,18 @@ class TailSessions:
         # Ended by DELETE, or when the tail expires, as Cloudflare's do.
         scope = session.scope = trio.CancelScope(
             deadline=trio.current_time() + session.expires - time.monotonic())
-        ws = WsConnection(ConnectionType.SERVER)
+        sock = _Socket(stream)
         try:
             await send_head(101, head)
             log("tail.socket_connected", id=tail_id, script=session.script)
             with scope, sub.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_read_until_closed, ws, stream, nursery.cancel_scope)
-                    async for line in sub.receive:
-                        await stream.send_all(ws.send(TextMessage(line.decode().rstrip("\n"))))
+                    nursery.start_soon(_read_until_closed, sock, nursery.cancel_scope)
+                    await _relay(sub.receive, sock)
+                    nursery.cancel_scope.cancel()
             if scope.cancelled_caught or sub.dropped:
                 with trio.move_on_after(1):
-                    await stream.send_all(ws.send(CloseConnection(1000, "tail ended")))
+                    await sock.send(CloseConnection(1000, "tail ended"))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -198,30 +198,69 @@ def client_frames(buffer: bytearray) -> Iterator[tuple[int, bytes]]:
             return
         if length > MAX_CLIENT_FRAME:
             raise ValueError(f"a frame of {length} bytes from a tail's client")
-        key = bytes(buffer[start:start + 4]) if masked else b""
-        end = start + len(key) + length
+        # The whole mask key is awaited too: a key cut short by a read is not
+        # "no key" (that took a masked empty ping's key for the next frame).
+        key_length = 4 if masked else 0
+        end = start + key_length + length
         if len(buffer) < end:
             return
-        payload = bytes(buffer[start + len(key):end])
+        key = bytes(buffer[start:start + key_length])
+        payload = bytes(buffer[start + key_length:end])
         if key:
             payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
         del buffer[:end]
         yield opcode, payload
 
 
-async def _read_until_closed(ws: WsConnection, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+class _Socket:
+    """A tail's socket, written one frame at a time by the relay (events) and
+    the reader (pongs, the answer to a close).
+
+    Why a lock and a state check: the relay waits in ``send_all`` for as long
+    as its client does not read, and a second task in ``send_all`` is trio's
+    ``BusyResourceError``; and after the close is sent wsproto refuses any
+    frame (``LocalProtocolError``). Either escaped the socket's task and
+    ended the whole supervisor: a client had only to stop reading and ping,
+    or to close while events flowed."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ws = WsConnection(ConnectionType.SERVER)
+        self.lock = trio.Lock()
+
+    async def send(self, event: Event) -> None:
+        """Send ``event``, after whatever frame is being sent; nothing once the socket is closing."""
+        async with self.lock:
+            if self.ws.state is ConnectionState.OPEN:
+                await self.stream.send_all(self.ws.send(event))
+
+
+async def _relay(lines: trio.MemoryReceiveChannel[bytes], sock: _Socket) -> None:
+    """Each event as one text message, until there are no more or the client
+    is gone. Its broken pipe is caught here, inside the nursery: out of it,
+    trio raises it in an ExceptionGroup, which no ``except`` of it matches,
+    and a client that went away while an event was being sent to it ended
+    the whole supervisor."""
+    try:
+        async for line in lines:
+            await sock.send(TextMessage(line.decode().rstrip("\n")))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def _read_until_closed(sock: _Socket, scope: trio.CancelScope) -> None:
     """Answer pings and see the client's close; its only other message, the
     ``{"debug": ...}`` wrangler sends once, changes nothing here."""
     buffer = bytearray()
     try:
-        while data := await stream.receive_some(65536):
+        while data := await sock.stream.receive_some(65536):
             buffer += data
             for opcode, payload in client_frames(buffer):
                 if opcode == 0x9:
-                    await stream.send_all(ws.send(Pong(payload)))
+                    await sock.send(Pong(payload))
                 elif opcode == 0x8:
                     with trio.move_on_after(1):
-                        await stream.send_all(ws.send(CloseConnection(1000)))
+                        await sock.send(CloseConnection(1000))
                     return
     except (ValueError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
