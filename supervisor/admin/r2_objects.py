@@ -18,7 +18,7 @@ at most :data:`MAX_BYTES`; a tenant's binding streams larger ones.
 
 from __future__ import annotations
 
-import urllib.parse
+import re
 from typing import TYPE_CHECKING, Any
 
 from supervisor.admin.handlers import Handlers, namespace_in_query
@@ -40,17 +40,28 @@ _HTTP_HEADERS = {"content-type": "contentType", "content-language": "contentLang
                  "content-disposition": "contentDisposition", "content-encoding": "contentEncoding",
                  "cache-control": "cacheControl", "expires": "cacheExpiry"}
 _UNCAPPED = QuotaLimits()
+#: What an HTTP header's value may be (h11's rule): no NUL, CR or LF, and no space at either end.
+_HEADER_VALUE = re.compile(rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*")
 
 
 def key_of(request: Request) -> str:
-    """The object's key as the client wrote it: everything after ``/objects/``
-    in the raw path, percent-decoded. (The router's segments drop a trailing
-    slash, which a key such as ``photos/`` keeps.)"""
-    raw = request.path.partition("/objects/")[2]
-    try:
-        return urllib.parse.unquote(raw, errors="strict")
-    except UnicodeDecodeError:
-        raise Invalid("an object key's percent-escapes must be UTF-8") from None
+    """The object's key as the client wrote it: the router's ``{key+}`` (the
+    path's segments after ``objects``, percent-decoded), with the trailing
+    slash the router's segments drop, which a key such as ``photos/`` keeps.
+
+    Not the raw path after its first ``/objects/``: a bucket (or an account
+    label) may itself be called ``objects``, and the key then took the
+    bucket's name in front (``objects/photo.jpg`` for ``photo.jpg``)."""
+    return request.params["key"] + ("/" if request.path.endswith("/") else "")
+
+
+def _header_value(value: Any) -> bytes | None:
+    """An object's HTTP metadata ``value`` as a response header, trimmed, or
+    None when no header can carry it. A tenant's binding stores any text
+    there, and one with a line break or a NUL made every read of the object
+    through this API a 500."""
+    data = str(value).encode("utf-8", "replace").strip(b" \t")
+    return data if _HEADER_VALUE.fullmatch(data) else None
 
 
 def register(router: Router, core: Handlers, bindings: Bindings) -> None:
@@ -90,10 +101,10 @@ def register(router: Router, core: Handlers, bindings: Bindings) -> None:
         finally:
             body.close()
         http = found["httpMetadata"]
-        headers = [(b"content-type", str(http.get("contentType") or "application/octet-stream").encode()),
+        headers = [(b"content-type", _header_value(http.get("contentType") or "") or b"application/octet-stream"),
                    (b"etag", found["httpEtag"].encode())]
-        headers += [(name.encode(), str(http[field]).encode()) for name, field in _HTTP_HEADERS.items()
-                    if name != "content-type" and http.get(field)]
+        headers += [(name.encode(), value) for name, field in _HTTP_HEADERS.items()
+                    if name != "content-type" and (value := _header_value(http.get(field) or ""))]
         return 200, headers, b"".join(chunks)
 
     async def delete_object(request: Request) -> Response:
