@@ -80,6 +80,8 @@ class Acks(msgspec.Struct, kw_only=True):
 
 #: The longest an HTTP pull consumer may hide a message it pulled (Cloudflare's: 12 hours).
 MAX_VISIBILITY_MS = 12 * 3600 * 1000
+#: The longest attempt count a lease names (any 18 digits fit a 64-bit integer).
+MAX_ATTEMPT_DIGITS = 18
 
 
 def lease_of(message: QueueMessage) -> str:
@@ -88,8 +90,12 @@ def lease_of(message: QueueMessage) -> str:
 
 
 def _lease(lease_id: str) -> tuple[str, int]:
+    """The message id and attempt a lease names. The attempt is ASCII digits
+    that fit SQLite's integer: ``str.isdigit`` alone also takes ``'²'``
+    (which ``int`` refuses) and any run of digits (past 64 bits SQLite
+    refuses it, past 4300 ``int`` does): each was a 500."""
     id_, _, attempt = lease_id.rpartition(".")
-    if not id_ or not attempt.isdigit():
+    if not id_ or not (attempt.isascii() and attempt.isdigit()) or len(attempt) > MAX_ATTEMPT_DIGITS:
         raise Invalid(f"lease_id {lease_id[:80]!r} is not one a pull gave")
     return id_, int(attempt)
 
