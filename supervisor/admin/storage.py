@@ -30,7 +30,10 @@ def _statements(body: Any) -> list[tuple[str, list[Any]]]:
     call checks them."""
     from supervisor.bindings.d1 import _value, split_sql
 
-    if isinstance(body, dict) and isinstance(body.get("batch"), list) and "sql" not in body:
+    if isinstance(body, dict) and "sql" in body and "batch" in body:
+        # Else the sql ran and the batch was dropped without a word, its writes with it.
+        raise Invalid('send "sql" or "batch", not both: a batch\'s statements go in its entries')
+    if isinstance(body, dict) and isinstance(body.get("batch"), list):
         items = body["batch"]
         if not items:
             raise Invalid("batch holds no statement")
@@ -42,9 +45,12 @@ def _statements(body: Any) -> list[tuple[str, list[Any]]]:
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("sql"), str):
             raise Invalid('each batch entry must be {"sql": "...", "params": [...]}')
-        params = item.get("params") or []
-        if not isinstance(params, list):
-            raise Invalid("params must be a list")
+        params = item.get("params")
+        if params is None:
+            params = []
+        elif not isinstance(params, list):
+            # Not "or []": a 0, "" or {} was taken for no parameters without a word.
+            raise Invalid(f"params must be a list of values, got {type(params).__name__}")
         try:
             # As a binding call checks them: a NUL in the SQL, or an integer past
             # 64 bits, was a 500 (SQLite's ValueError and OverflowError).
