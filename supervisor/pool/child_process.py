@@ -970,6 +970,12 @@ class ChildProcess:
 
     def _on_done(self, message: InvokeDone) -> None:
         inv = self._invocation(message.id)
+        if not inv.has_head:
+            # The runtime answers (a head, or InvokeFailed) before it ends an
+            # invocation, events included. Ended here without one, its caller
+            # waited for a head forever: the child is killed instead, which
+            # fails the invocation, so the caller hears of it.
+            raise ProtocolViolation(f"invocation {message.id} ended without a response or a failure")
         caller = inv.parent  # ending it may drop the link
         del self.invocations[message.id]
         self.end_invocation(inv)
@@ -1063,6 +1069,10 @@ class ChildProcess:
 
     def _on_binding_call(self, message: BindingCall) -> None:
         self._fresh_call(message.call)
+        if isinstance(message.body, Socket):
+            # No binding takes a WebSocket: R2's put read one as a stream and
+            # failed inside the binding (an error with a traceback per call).
+            raise ProtocolViolation("a binding call's body cannot be a WebSocket")
         self.owner.on_binding_call(self, message)
 
     def _fresh_call(self, call: int) -> None:
