@@ -14,6 +14,7 @@ object (supervisor.objects.storage). Alarms are indexed for the scheduler
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sqlite3
@@ -159,7 +160,7 @@ class DurableObjectNamespaceHandler:
         if method == "fetch":
             verb = string(arg(args, 2, "GET"), "the request method").encode()
             url = string(arg(args, 3, ""), "the request url")
-            headers = [(bytes(k, "latin-1"), bytes(v, "latin-1")) for k, v in arg(args, 4, [])]
+            headers = _headers(arg(args, 4, []))
             body, ctx.body = ctx.body, None
             event = DurableObjectEvent(key.class_name, object_id, "fetch", name)
             inv = await self.host.invoke(key, event, ctx.invocation, http=(verb, url, headers, body))
@@ -286,6 +287,10 @@ class DurableObjectStorageHandler:
                 raise BindingError("setAlarm() needs a time: ms since the epoch or a datetime",
                                    "TypeError")
             when = float(when)
+            if not math.isfinite(when):
+                # NaN reached SQLite as NULL (a NOT NULL failure, logged as
+                # the platform's); an infinity is no time an alarm can fire at.
+                raise BindingError(f"setAlarm() needs a finite time, got {when}", "TypeError")
             await self._run(ctx, st.set_alarm, when)
             await self.alarms.set(_key(ctx), when)
             return Reply(None)
@@ -297,6 +302,23 @@ class DurableObjectStorageHandler:
 
     def close(self) -> None:
         pass
+
+
+def _headers(value: Any) -> list[tuple[bytes, bytes]]:
+    """A stub fetch's headers, ``[[name, value], ...]`` of Latin-1 text (what
+    the child's runtime sends): anything else was a TypeError or
+    UnicodeEncodeError inside the binding, logged as the platform's failure."""
+    if not isinstance(value, list):
+        raise BindingError("fetch() headers must be a list of [name, value] pairs", "TypeError")
+    out = []
+    for pair in value:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise BindingError("fetch() headers must be [name, value] pairs of strings", "TypeError")
+        try:
+            out.append((pair[0].encode("latin-1"), pair[1].encode("latin-1")))
+        except UnicodeEncodeError:
+            raise BindingError(f"header {pair[0][:80]!r} is not a ByteString", "TypeError") from None
+    return out
 
 
 def _caller(ctx: Context) -> int:
