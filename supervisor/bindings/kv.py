@@ -30,6 +30,10 @@ MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 25 * 1024 * 1024
 MAX_METADATA_BYTES = 1024
 MIN_TTL_S = 60
+#: The latest expiration a key may have: JavaScript's last Date (8.64e15 ms),
+#: in seconds. Past it a value no longer fits the store's 64-bit integer,
+#: and a time no Date can hold is no expiration a tenant can mean.
+MAX_EXPIRATION_S = 8_640_000_000_000
 #: The smallest ``cacheTtl`` of a read: 30 seconds since Cloudflare lowered it
 #: from 60 (KV changelog, 2026-01-30).
 MIN_CACHE_TTL_S = 30
@@ -224,7 +228,7 @@ def expiration_of(opts: dict[str, Any], now: int) -> int | None:
         if ttl < MIN_TTL_S:
             raise BindingError(f"KV PUT failed: 400 Invalid expiration_ttl of {ttl}. Expiration "
                                f"TTL must be at least {MIN_TTL_S}.")
-        return now + ttl
+        return _no_later_than_max(now + ttl, f"expiration_ttl of {ttl}")
     expiration = opts.get("expiration")
     if expiration is None:
         return None
@@ -236,6 +240,15 @@ def expiration_of(opts: dict[str, Any], now: int) -> int | None:
     if expiration < now + MIN_TTL_S:
         raise BindingError(f"KV PUT failed: 400 Invalid expiration of {expiration}. Expiration "
                            f"times must be at least {MIN_TTL_S} seconds in the future.")
+    return _no_later_than_max(expiration, f"expiration of {expiration}")
+
+
+def _no_later_than_max(expiration: int, what: str) -> int:
+    """``expiration``, refused in Cloudflare's words when no Date can hold it
+    (it overflowed the store's integer, an internal error to the tenant)."""
+    if expiration > MAX_EXPIRATION_S:
+        raise BindingError(f"KV PUT failed: 400 Invalid {what}. Expiration times must be at most "
+                           f"{MAX_EXPIRATION_S} seconds since the UNIX epoch.")
     return expiration
 
 
