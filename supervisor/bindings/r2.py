@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import time
@@ -139,6 +140,25 @@ def _precondition(cond: dict[str, Any], row: tuple | None) -> bool:
     if after is not None and uploaded is not None and not uploaded > float(after):
         return False
     return True
+
+
+def _only_if(value: Any) -> dict[str, Any]:
+    """R2's ``onlyIf`` option, checked when the call arrives: a value that is
+    not an object, or an ``uploadedBefore`` / ``uploadedAfter`` that is not a
+    time, was a TypeError or ValueError deep in :func:`_precondition` (after
+    a put had stored its body), logged as the platform's internal error."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BindingError(f"onlyIf must be an object or Headers, got {type(value).__name__}",
+                           "TypeError")
+    for name in ("uploadedBefore", "uploadedAfter"):
+        when = value.get(name)
+        if when is not None and (isinstance(when, bool) or not isinstance(when, (int, float))
+                                 or not math.isfinite(when)):
+            raise BindingError(f"onlyIf.{name} must be a Date (ms since the epoch), got "
+                               f"{str(when)[:60]!r}", "TypeError")
+    return value
 
 
 class _FileBody:
@@ -438,11 +458,24 @@ def _http_metadata(value: Any, op: str) -> dict[str, Any]:
 def _custom_metadata(value: Any, op: str) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+    # Keys too: a child may send a bytes key, which json.dumps refused as a TypeError.
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in value.items()):
         raise BindingError("customMetadata must be an object of strings", "TypeError")
     if len(json.dumps(value)) > MAX_METADATA_BYTES:
         raise _err(op, f"customMetadata is larger than {MAX_METADATA_BYTES} bytes", 10012)
     return {str(k): v for k, v in value.items()}
+
+
+def _include(value: Any) -> tuple[str, ...]:
+    """``list``'s ``include``: a list of field names (a number was a TypeError
+    inside the handler, an internal error to the tenant)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BindingError('include must be a list of "httpMetadata" and "customMetadata"',
+                           "TypeError")
+    return tuple(value)
 
 
 def _range(value: Any, size: int) -> tuple[int, int] | None:
@@ -487,12 +520,13 @@ class R2Handler:
     async def _get(self, ctx: Context, args: list[Any]) -> Reply:
         key = _key(arg(args, 0), "get")
         opts = options(args, 1)
+        only_if = _only_if(opts.get("onlyIf"))
         row, fd = await self.store.db(ctx.scope, _open, key)
         if row is None:
             return Reply(None)
         try:
             obj = _object_json(row)
-            if not _precondition(opts.get("onlyIf") or {}, row):
+            if not _precondition(only_if, row):
                 os.close(fd)
                 return Reply({**obj, "body": False})
             span = _range(opts.get("range"), row[2])
@@ -510,6 +544,7 @@ class R2Handler:
         opts = options(args, 1)
         http = _http_metadata(opts.get("httpMetadata"), "put")
         custom = _custom_metadata(opts.get("customMetadata"), "put")
+        only_if = _only_if(opts.get("onlyIf"))
         expected = {name: opts[name] for name in HASHES if opts.get(name) is not None}
         upload = await self.store.receive(ctx, "put", ctx.quota.r2_bytes)
         digests = {name: h.hexdigest() for name, h in upload.hashes.items()}
@@ -522,7 +557,7 @@ class R2Handler:
         checksums = {name: digests[name] for name in ("md5", *expected)}
         row = await self.store.db(ctx.scope, _commit, key, upload.path, upload.size,
                                   digests["md5"], http, custom, checksums,
-                                  opts.get("onlyIf") or {}, ctx.quota.r2_bytes, "put")
+                                  only_if, ctx.quota.r2_bytes, "put")
         return Reply(None if row is None else _object_json(row))
 
     async def _delete(self, ctx: Context, args: list[Any]) -> Reply:
@@ -539,7 +574,7 @@ class R2Handler:
         limit = MAX_LIST if limit is None else integer(limit, "limit", 1, MAX_LIST)
         prefix = string(opts.get("prefix") or "", "prefix")
         delimiter = string(opts.get("delimiter") or "", "delimiter")
-        include = tuple(opts.get("include") or ())
+        include = _include(opts.get("include"))
         start, inclusive = _cursor(opts.get("cursor"))
         if opts.get("startAfter") and not start:
             start, inclusive = string(opts["startAfter"], "startAfter"), False
