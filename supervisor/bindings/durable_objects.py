@@ -29,6 +29,8 @@ from supervisor.objects.alarms import Alarms
 from supervisor.objects.host import ObjectHost, ObjectKey
 
 ID_RE = re.compile(r"[0-9a-f]{64}")
+#: The furthest time from the epoch a JavaScript Date holds, in ms (ECMA-262 21.4.1.1).
+MAX_DATE_MS = 8.64e15
 #: Reserved method names an RPC call may not use (they are not the object's methods).
 NOT_RPC = frozenset({"fetch", "alarm", "constructor", "webSocketMessage", "webSocketClose",
                      "webSocketError"})
@@ -291,6 +293,11 @@ class DurableObjectStorageHandler:
                 # NaN reached SQLite as NULL (a NOT NULL failure, logged as
                 # the platform's); an infinity is no time an alarm can fire at.
                 raise BindingError(f"setAlarm() needs a finite time, got {when}", "TypeError")
+            if abs(when) > MAX_DATE_MS:
+                # 1e300 was stored, and getAlarm()'s int of it no frame could
+                # carry: an internal error on every later read of the alarm.
+                raise BindingError(f"setAlarm() needs a time a Date can hold (at most {MAX_DATE_MS:.0f} "
+                                   f"ms from the epoch), got {when:g}", "RangeError")
             await self._run(ctx, st.set_alarm, when)
             await self.alarms.set(_key(ctx), when)
             return Reply(None)
