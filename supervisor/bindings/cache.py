@@ -82,10 +82,7 @@ def lifetime(headers: list[list[str]], now: float) -> float | None:
     control = _directives(_header(headers, "cache-control"))
     for name in ("s-maxage", "max-age"):
         if name in control:
-            try:
-                return max(0.0, float(int(control[name])))
-            except ValueError:
-                return None
+            return _delta_seconds(control[name])
     expires = _header(headers, "expires")
     if expires:
         try:
@@ -93,6 +90,29 @@ def lifetime(headers: list[list[str]], now: float) -> float | None:
         except (TypeError, ValueError):
             return 0.0  # an invalid Expires means already expired
     return DEFAULT_TTL_S
+
+
+#: RFC 9111 section 1.2.2: a ``delta-seconds`` greater than a cache can
+#: represent is taken as 2^31 (68 years).
+MAX_DELTA_SECONDS = 2**31
+
+
+def _delta_seconds(text: str) -> float | None:
+    """A ``max-age`` value as seconds, or None if it is not a number.
+
+    A value of hundreds of digits was an ``OverflowError`` converting it to
+    a float (thousands, a ``ValueError`` from ``int()``): an internal error
+    to the tenant, for a header any upstream may send. Per RFC 9111 such a
+    value is 2^31 seconds."""
+    text = text.strip()
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    if not digits.isascii() or not digits.isdigit():
+        return None
+    if text.startswith("-"):
+        return 0.0  # already stale
+    digits = digits.lstrip("0") or "0"
+    # Eleven digits are past 2^31 already: no need to read the rest.
+    return float(min(int(digits[:11]), MAX_DELTA_SECONDS))
 
 
 def _put(conn: sqlite3.Connection, cache: str, url: str, status: int, headers: bytes,
