@@ -46,12 +46,34 @@ class AttrList(list):
 
 
 def wrap(value: Any) -> Any:
-    """Plain data as AttrDict / AttrList, all the way down."""
-    if isinstance(value, dict):
-        return AttrDict({k: wrap(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return AttrList(wrap(v) for v in value)
-    return value
+    """Plain data as AttrDict / AttrList, all the way down.
+
+    Without recursion: a value nested a few hundred deep (which msgspec
+    decodes, and the producer's SDK sends) took two Python frames a level
+    here and overflowed the stack; in a queue consumer that failed the
+    batch before its handler ran, and every message in it was dropped."""
+    if not isinstance(value, (dict, list)):
+        return value
+    root = _shell(value)
+    pending = [(value, root)]
+    while pending:
+        source, target = pending.pop()
+        for key, item in (source.items() if isinstance(source, dict) else enumerate(source)):
+            if isinstance(item, (dict, list)):
+                copy = _shell(item)
+                pending.append((item, copy))
+            else:
+                copy = item
+            if isinstance(target, AttrList):
+                target.append(copy)  # in order: a nested copy is filled in later, in place
+            else:
+                target[key] = copy
+    return root
+
+
+def _shell(value: dict | list) -> AttrDict | AttrList:
+    """An empty AttrDict or AttrList for :func:`wrap` to fill."""
+    return AttrDict() if isinstance(value, dict) else AttrList()
 
 
 def camel(name: str) -> str:

@@ -16,11 +16,13 @@ that changes consumers restarts them from the stored scripts.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
 import trio
 
 from protocol.messages import QueueEvent, QueueMessage
@@ -212,9 +214,30 @@ def check_message(body: Any, content_type: Any, delay: Any, default_delay: int |
     if len(body) > store.MAX_MESSAGE_BYTES:
         raise BindingError(f"Queue send failed: message too large ({len(body)} bytes; the limit "
                            f"is {store.MAX_MESSAGE_BYTES})")
+    _check_decodes(body, content_type)
     if delay is None:
         delay = default_delay or 0
     if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= store.MAX_DELAY_S:
         raise BindingError(f"delaySeconds must be a number between 0 and {store.MAX_DELAY_S}, "
                            f"got {delay!r}", "RangeError")
     return store.Outgoing(body, content_type, float(delay))
+
+
+def _check_decodes(body: bytes, content_type: str) -> None:
+    """Refuse a ``"v8"`` or ``"json"`` body its consumer cannot decode.
+
+    The SDK encodes bodies itself, but a child is not trusted to have run
+    it: a body that is not what its content type says failed the consumer's
+    whole batch as it was built, before the handler ran, so every message
+    delivered beside it was retried and dead-lettered (dropped) with it."""
+    try:
+        if content_type == "v8":
+            msgspec.msgpack.decode(body)
+        elif content_type == "json":
+            json.loads(body)
+    except ValueError:  # msgspec.DecodeError and JSONDecodeError are ValueErrors
+        raise BindingError(f'Queue send failed: the message body is not valid "{content_type}" '
+                           "data", "TypeError") from None
+    except RecursionError:
+        raise BindingError("Queue send failed: the message body is nested too deeply to be "
+                           "decoded", "RangeError") from None
