@@ -552,6 +552,15 @@ def _cache_mode(mode: Any) -> str:
     return str(mode)
 
 
+def _method(method: Any) -> str:
+    """A request's method, upper-cased, refused as workerd refuses it when it
+    is no HTTP token: ``"GET\\r\\nX: y"`` reached the script a service or
+    dispatch call invoked as its ``request.method``."""
+    if not isinstance(method, str) or not TOKEN.fullmatch(method):
+        raise TypeError(f"Invalid HTTP method string: {str(method)[:80]!r}")
+    return method.upper()
+
+
 class Request(_Body):
     """An HTTP request: the incoming event, or one built for ``fetch``.
 
@@ -592,7 +601,7 @@ class Request(_Body):
         elif isinstance(input, Request):
             self.cache = input.cache
         if method is not None:
-            self._method = method.upper()
+            self._method = _method(method)
         if headers is not None:
             self.headers = Headers(headers)
         if body is not None:
