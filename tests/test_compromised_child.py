@@ -111,6 +111,7 @@ CASES = {
     "subreq-dispatch-unbound": "[M.SubRequest(c, inv, 'dispatch', b'GET', 'http://a.test/', [], binding='nope', target='echo')]",
     "subreq-service-unbound": "[M.SubRequest(c, inv, 'service', b'GET', 'http://a.test/', [], binding='nope', target='echo')]",
     "subreq-service-rpc": "[M.SubRequest(c, inv, 'service', b'POST', 'http://a.test/', [], binding='SELF', target='x', rpc='__init__', body=M.Inline(b'\\xc1'))]",
+    "subreq-service-crlf-method": "[M.SubRequest(c, inv, 'service', b'GET\\r\\nX: y', 'http://a.test/', [], binding='SELF', target='svc')]",
     "subreq-loader-unbound": "[M.SubRequest(c, inv, 'loader', b'GET', 'http://a.test/', [], binding='nope', target='x')]",
     "subreq-assets-none": "[M.SubRequest(c, inv, 'assets', b'GET', 'http://a.test/', [])]",
     "subreq-other-parent": "[M.SubRequest(c, inv + 1000, 'fetch', b'GET', 'http://a.test/', [])]",
@@ -236,3 +237,13 @@ def test_every_case_builds_the_messages_it_means_to_send(case: str) -> None:
 
     built = eval(CASES[case], {"M": messages, "inv": 2, "c": -7, "math": math})  # noqa: S307 - the cases above
     assert built and all(isinstance(m, msgspec.Struct) for m in built)
+
+
+def test_a_call_whose_method_is_no_http_token_kills_its_child(corral: Corral) -> None:
+    """The SDK refuses such a method (a TypeError); a child that skips the
+    SDK does not get it to the script it calls as its request.method."""
+    case = "subreq-service-crlf-method"
+    name = "hostile-method"
+    corral.deploy(name, HOSTILE.format(CASES=json.dumps(CASES)), bindings=BINDINGS)
+    assert corral.request(f"/?case={case}", host=f"{name}.localhost").status == 502
+    assert "is not an HTTP token" in corral.log()

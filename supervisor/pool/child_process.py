@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import trio
 
 from protocol.framing import FrameEncoder, ProtocolError, supervisor_decoder
+from protocol.http_grammar import TOKEN_BYTES
 from protocol.messages import (
     MAX_CHUNK,
     PROTOCOL_VERSION,
@@ -1065,6 +1066,10 @@ class ChildProcess:
 
     def _on_subrequest(self, message: SubRequest) -> None:
         self._fresh_call(message.call)
+        if not TOKEN_BYTES.fullmatch(message.method):
+            # The SDK refuses such a method; a child that skips it delivered
+            # "GET\r\nX: y" to the script it called, as its request.method.
+            raise ProtocolViolation(f"a call's method {message.method[:40]!r} is not an HTTP token")
         self.owner.on_subrequest(self, message)
 
     def _on_binding_call(self, message: BindingCall) -> None:
