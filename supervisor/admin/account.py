@@ -38,6 +38,7 @@ from supervisor.model import (
     check_name,
     decode_metadata,
 )
+from supervisor.store.store import normalize_tags
 
 #: What Cloudflare answers an account-owned token on the user token check
 #: (clients such as wrangler read the code as "this is an account token").
@@ -303,6 +304,9 @@ class AccountHandlers:
         if body.logpush:
             raise NotSupported("Corral has no Logpush: trace events go to tail workers, /tail and OTLP")
         record = await self._script(request)
+        # The tags are checked before the tail consumers are written: a PATCH
+        # refused for a bad tag must not have made a new version already.
+        tags = normalize_tags(body.tags) if body.tags is not None else None
         if body.tail_consumers is not None:
             consumers = decode_metadata({"main_module": record.main_module,
                                          "tail_consumers": body.tail_consumers}).tail_consumers
@@ -310,8 +314,8 @@ class AccountHandlers:
                 record = await self.core._run(
                     lambda: self.store.put_script(with_changes(record, tail_consumers=consumers), source="settings"))
                 self.core._changed(PLATFORM, record.name)
-        if body.tags is not None:
-            tags = await self.core._run(self.store.put_tags, PLATFORM, record.name, body.tags)
+        if tags is not None:
+            tags = await self.core._run(self.store.put_tags, PLATFORM, record.name, tags)
             record = msgspec.structs.replace(record, tags=tags)
             self.core._changed(PLATFORM, record.name)
         log_event(logging.INFO, "admin.script_settings", script=clip(record.name))

@@ -28,6 +28,7 @@ from supervisor.model import (
     record_version,
     resolve_bindings,
 )
+from supervisor.store.store import normalize_tags
 
 
 def with_changes(record: ScriptRecord, **changes: Any) -> ScriptRecord:
@@ -56,6 +57,18 @@ def _kept(binding: Any, record: ScriptRecord) -> Any:
             b.name == name and type(b).__struct_config__.tag == kind for b in record.bindings):
         return {"type": "inherit", "name": name}
     return binding
+
+
+def _settings_tags(raw: dict[str, Any]) -> list[str] | None:
+    """A settings ``PATCH``'s ``tags``, validated (None: leave them), so a bad
+    tag is refused before anything else of the ``PATCH`` is written."""
+    tags = raw.get("tags")
+    if tags is None:
+        return None
+    if not isinstance(tags, list):
+        raise Invalid("settings.tags must be a list of strings")
+    return normalize_tags(tags)
+
 
 class ScriptConfigHandlers:
     def __init__(self, core: Handlers) -> None:
@@ -139,16 +152,17 @@ class ScriptConfigHandlers:
             for field in ("compatibility_date", "compatibility_flags", "tail_consumers"):
                 if field in known:
                     changes[field] = getattr(metadata, field)
-        if "tags" in raw and raw["tags"] is not None:
-            if not isinstance(raw["tags"], list):
-                raise Invalid("settings.tags must be a list of strings")
-            tags = await self.core._run(self.store.put_tags, ns, name, raw["tags"])
+        tags = _settings_tags(raw)
+        # Everything is checked before the first write: a PATCH refused for
+        # its bindings must not have changed the script's tags already.
+        if changes:
+            await self.core.check_services(with_changes(record, **changes))
+        if tags is not None:
+            tags = await self.core._run(self.store.put_tags, ns, name, tags)
             record = msgspec.structs.replace(record, tags=tags)
             self.core._changed(ns, name)
         if changes:
-            changed = with_changes(record, **changes)
-            await self.core.check_services(changed)
-            record = await self.core.store_version(changed, "settings")
+            record = await self.core.store_version(with_changes(record, **changes), "settings")
         return envelope(200, settings_json(record))
 
     @staticmethod
