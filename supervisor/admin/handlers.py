@@ -137,12 +137,27 @@ def _tag_filters(request: Request) -> list[TagFilter]:
     return filters
 
 
+#: The latest time ``?since=``/``?until=`` may name (9999-12-31, as ISO 8601
+#: goes): the usage store keeps times as SQLite integers, which a larger
+#: number (``?until=1`` and 30 zeros, ``-1e20d``) overflows into a 500.
+MAX_EPOCH = 253402300799
+
+
 def parse_time(value: str | None, what: str, default: int) -> int:
     """Epoch seconds from ``?since=``/``?until=``: epoch seconds or milliseconds,
     an ISO 8601 time (UTC unless it says otherwise), or relative (``-1h``, ``30m``
-    ago: a number and s, m, h or d)."""
+    ago: a number and s, m, h or d). A time before 1970 is 0 (no usage is
+    older); one after :data:`MAX_EPOCH` is refused."""
     if not value:
         return default
+    seconds = _epoch_of(value, what)
+    if seconds > MAX_EPOCH:
+        raise Invalid(f"{what} must be a time before the year 10000, got {clip(value)!r}")
+    return max(seconds, 0)
+
+
+def _epoch_of(value: str, what: str) -> int:
+    """:func:`parse_time`'s reading of ``value``, unbounded."""
     text = value.strip()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
