@@ -62,10 +62,11 @@ def parse_manifest(raw: Any) -> dict[str, Entry]:
         if not isinstance(path, str) or not path.startswith("/") or "\0" in path or len(path) > 1024 \
                 or any(p in (".", "..") for p in path.split("/")):
             raise Invalid(f"invalid asset path {str(path)[:80]!r}: use an absolute path like '/index.html'")
-        if not isinstance(item, dict) or not isinstance(item.get("size", 0), int) \
-                or not 0 <= item.get("size", 0) <= MAX_ASSET_BYTES:
+        size = item.get("size", 0) if isinstance(item, dict) else None
+        # (JSON's true is a Python int: a size it is not.)
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_ASSET_BYTES:
             raise Invalid(f"manifest entry {path[:80]!r} needs a hash and a size of 0 to {MAX_ASSET_BYTES} bytes")
-        manifest[path] = Entry(hash=check_hash(item.get("hash")), size=item.get("size", 0))
+        manifest[path] = Entry(hash=check_hash(item.get("hash")), size=size)
     return manifest
 
 
