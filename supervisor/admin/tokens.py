@@ -103,6 +103,14 @@ def _asks_who(segments: list[str]) -> bool:
         or (segments[:1] == ["accounts"] and segments[2:] == ["tokens", "verify"])
 
 
+def _check_token_name(name: object) -> None:
+    """A token's name is shown in ``corral token ls`` and the log: control
+    characters (a NUL, an ESC sequence, a newline forging a line) are refused.
+    Its type and length the store checks."""
+    if isinstance(name, str) and any(ord(c) < 0x20 or c == "\x7f" for c in name):
+        raise Invalid(f"token name {clip(name)!r} has control characters: use printable text")
+
+
 class TokenHandlers:
     """``/accounts/{a}/corral/tokens``: create, list, delete (owner only)."""
 
@@ -124,6 +132,7 @@ class TokenHandlers:
         namespaces = body.get("namespaces") or []
         if not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces):
             raise Invalid("namespaces must be a list of namespace names")
+        _check_token_name(body.get("name"))
         info, secret = await self.core._run(self.store.create_token, body.get("name"), body.get("scope"),
                                             namespaces)
         log_event(logging.INFO, "admin.token_created", id=info.id, name=info.name, scope=info.scope,
