@@ -71,6 +71,30 @@ def cloudflare_sdk(corral: Corral) -> Any:
                       max_retries=0)
 
 
+def tcp_admin_client(corral: Corral, token_name: str, base: str = "") -> Any:
+    """An httpx client of ``corral``'s TCP admin listener (``with_tcp_admin``)
+    holding a new admin token named ``token_name``; ``base`` goes before
+    every path (``/client/v4`` as Cloudflare's clients have it). Close it."""
+    import httpx
+
+    token = corral.admin("POST", "/accounts/local/corral/tokens", {"name": token_name, "scope": "admin"})
+    assert token.status == 200, token
+    return httpx.Client(base_url=f"http://127.0.0.1:{corral.tcp_port}{base}", timeout=30, headers={
+        "authorization": f"Bearer {token.json()['result']['value']}"})
+
+
+def refused(resp: Any, status: int, *words: str) -> str:
+    """``resp`` (the harness's or httpx's) is Cloudflare's error envelope with
+    ``status`` and a numeric code, its message naming each of ``words``; the message."""
+    code = resp.status if hasattr(resp, "status") else resp.status_code
+    body = json.loads(resp.body if hasattr(resp, "body") else resp.content)
+    assert code == status, (code, body)
+    assert body["success"] is False and isinstance(body["errors"][0]["code"], int), body
+    message = body["errors"][0]["message"]
+    assert all(word in message for word in words), message
+    return message
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float = 30) -> None:
         super().__init__("localhost", timeout=timeout)

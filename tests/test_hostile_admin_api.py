@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import multipart, with_tcp_admin
+from tests.harness import multipart, refused, tcp_admin_client, with_tcp_admin
 
 A = "/accounts/local"
 NS = f"{A}/workers/dispatch/namespaces"
@@ -46,21 +46,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tcp(server):
-    token = server.admin("POST", f"{A}/corral/tokens", {"name": "hostile-api", "scope": "admin"})
-    with httpx.Client(base_url=f"http://127.0.0.1:{server.tcp_port}/client/v4", timeout=30, headers={
-            "authorization": f"Bearer {token.json()['result']['value']}"}) as client:
+    with tcp_admin_client(server, "hostile-api", "/client/v4") as client:
         yield client
 
-
-def refused(resp: Any, status: int, *words: str) -> str:
-    """``resp`` is Cloudflare's error envelope with ``status``, its message naming ``words``."""
-    code = resp.status if hasattr(resp, "status") else resp.status_code
-    body = json.loads(resp.body if hasattr(resp, "body") else resp.content)
-    assert code == status, (code, body)
-    assert body["success"] is False and isinstance(body["errors"][0]["code"], int), body
-    message = body["errors"][0]["message"]
-    assert all(word in message for word in words), message
-    return message
 
 
 def state(server) -> dict[str, Any]:

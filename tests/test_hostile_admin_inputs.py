@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from supervisor.observability.tail_sessions import client_frames
-from tests.harness import with_tcp_admin
+from tests.harness import refused, tcp_admin_client, with_tcp_admin
 
 A = "/accounts/local"
 OBJECTS = A + "/r2/buckets/{bucket}/objects/{key}"
@@ -58,20 +58,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tcp(server):
-    token = server.admin("POST", f"{A}/corral/tokens", {"name": "hostile", "scope": "admin"})
-    with httpx.Client(base_url=f"http://127.0.0.1:{server.tcp_port}", timeout=30, headers={
-            "authorization": f"Bearer {token.json()['result']['value']}"}) as client:
+    with tcp_admin_client(server, "hostile") as client:
         yield client
 
-
-def refused(resp: Any, status: int, *words: str) -> None:
-    """``resp`` is Cloudflare's error envelope with ``status``, its message naming ``words``."""
-    code = resp.status if hasattr(resp, "status") else resp.status_code
-    body = json.loads(resp.body if hasattr(resp, "body") else resp.content)
-    assert code == status, (code, body)
-    assert body["success"] is False and body["errors"][0]["code"], body
-    message = body["errors"][0]["message"]
-    assert all(word in message for word in words), message
 
 
 def still_serving(server, tcp: httpx.Client | None = None) -> None:
