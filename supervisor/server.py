@@ -8,6 +8,7 @@ cancel the rest; systemd's ``NOTIFY_SOCKET`` hears READY/STOPPING.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import os
@@ -16,6 +17,7 @@ import socket
 import sqlite3
 import stat
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -38,6 +40,7 @@ from supervisor.busy_poll import BusyPoll
 from supervisor.calls import http_client
 from supervisor.calls.calls import Calls
 from supervisor.calls.egress import EgressPolicy
+from supervisor.config import ERRORS as config_errors
 from supervisor.config import AdminConfig, HttpConfig, ServeConfig, host_port
 from supervisor.cron import Scheduler, run_scheduled
 from supervisor.edge.assets import AssetServer
@@ -108,8 +111,10 @@ def _open_store(path: str) -> Store:
 class Supervisor:
     """Holds the parts; also the admin API's hooks."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, reread: Callable[[], ServeConfig] | None = None) -> None:
         self.config = config
+        #: The configuration file read again (supervisor.config.read), for SIGHUP to check.
+        self.reread = reread
         os.makedirs(config.state_dir, exist_ok=True)
         self.store = _open_store(os.path.join(config.state_dir, "corral.db"))
         #: Scripts for the request path: cache hits inline, misses in a thread.
@@ -362,6 +367,7 @@ class Supervisor:
         except OSError as exc:
             raise StartupError(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
         _refuse_live_socket(self.config.admin_socket_path)
+        admin_bound = False
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.observability.run)
@@ -381,9 +387,10 @@ class Supervisor:
                 nursery.start_soon(self.queues.run)
                 listener.listen(HTTP_BACKLOG)
                 admin_listener = _unix_listener(self.config.admin_socket_path)
+                admin_bound = True
                 _socket_access(self.config.admin_socket_path, self.config.admin)
                 if self.config.admin.tcp:
-                    await nursery.start(self._admin_tcp().serve, *host_port(self.config.admin.tcp, "admin.tcp"))
+                    await self._start_admin_tcp(nursery)
                 freeze_startup_heap()
                 await nursery.start(self.ingress.run)
                 with trio.CancelScope() as accepting:
@@ -394,7 +401,7 @@ class Supervisor:
                         admin_socket=self.config.admin_socket_path, state_dir=self.config.state_dir)
                     _notify("READY=1")
                     task_status.started(bound)
-                    await _wait_for_stop()
+                    await _wait_for_stop(self._reconsider_config)
                     log("serve.stopping", in_flight=self.http.in_flight)
                     _notify("STOPPING=1")
                     listener.close()
@@ -410,21 +417,53 @@ class Supervisor:
             self.pool.memory.close()
             self.bindings.close()
             self.store.close()
-            try:
-                os.unlink(self.config.admin_socket_path)
-            except OSError:
-                pass
+            if admin_bound:  # ours: never what was at the path before
+                try:
+                    os.unlink(self.config.admin_socket_path)
+                except OSError:
+                    pass
+
+    async def _start_admin_tcp(self, nursery: trio.Nursery) -> None:
+        """The TCP admin listener, or a :class:`StartupError` naming its
+        address (an unknown host or a port in use was a traceback)."""
+        host, port = host_port(self.config.admin.tcp or "", "admin.tcp")
+        try:
+            await nursery.start(self._admin_tcp().serve, host, port)
+        except OSError as exc:
+            raise StartupError(f"cannot listen for the admin API on admin.tcp {self.config.admin.tcp}: "
+                               f"{exc.strerror or exc}") from None
+
+    def _reconsider_config(self) -> None:
+        """SIGHUP: settings are read once, at start, and the running server
+        keeps them; the file is read again only to tell the operator, now
+        rather than at the next restart, that it no longer reads (the
+        reason) or that its changes wait for a restart (which settings)."""
+        if self.reread is None:
+            return
+        try:
+            config = self.reread()
+        except config_errors as exc:
+            warn("serve.reload_config_invalid", reason=str(exc),
+                 kept="the running configuration: fix the file before the next restart")
+            return
+        changed = [name for name in ServeConfig.__struct_fields__
+                   if getattr(config, name) != getattr(self.config, name)]
+        if changed:
+            warn("serve.reload_config_changed", changed=changed,
+                 kept="the running configuration: the changes apply at the next restart")
 
 
-async def _wait_for_stop() -> None:
+async def _wait_for_stop(on_reload: Callable[[], None]) -> None:
     """Until SIGTERM or SIGINT. SIGHUP is a reload: scripts, routes and
     namespaces are already applied live from the store, so there is nothing
-    to re-read; systemd still hears RELOADING=1 then READY=1."""
+    to apply (``on_reload`` checks the config file); systemd still hears
+    RELOADING=1 then READY=1."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum != signal.SIGHUP:
                 return
             log("serve.reload")
+            on_reload()
             _notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
             _notify("READY=1")
 
@@ -462,10 +501,15 @@ def _unix_listener(path: str) -> socket.socket:
     old = os.umask(0o177)
     try:
         sock.bind(staging)
+        sock.listen(128)
+        os.replace(staging, path)
+    except OSError as exc:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+        raise StartupError(f"cannot make the admin socket {path}: {exc.strerror or exc}") from None
     finally:
         os.umask(old)
-    sock.listen(128)
-    os.replace(staging, path)
     return sock
 
 
@@ -473,11 +517,15 @@ def _socket_access(path: str, admin: AdminConfig) -> None:
     """Owner-only by default; group read/write when configured (the group
     may then deploy code: give it only to the platform's deploy tooling)."""
     if admin.socket_access == "group":
-        if admin.socket_group:
-            import grp
+        try:
+            if admin.socket_group:
+                import grp
 
-            os.chown(path, -1, grp.getgrnam(admin.socket_group).gr_gid)
-        os.chmod(path, 0o660)
+                os.chown(path, -1, grp.getgrnam(admin.socket_group).gr_gid)
+            os.chmod(path, 0o660)
+        except (OSError, KeyError) as exc:  # a group this user is not in, say
+            raise StartupError(f"cannot give the admin socket {path} to group "
+                               f"{admin.socket_group!r}: {exc}") from None
     elif admin.socket_access != "owner":
         raise ValueError(f"admin.socket_access must be 'owner' or 'group', got {admin.socket_access!r}")
 
@@ -497,14 +545,35 @@ def _notify(state: str) -> None:
             warn("notify.failed", state=state, reason=str(exc))
 
 
-def run(config: ServeConfig) -> int:
+def run(config: ServeConfig, reread: Callable[[], ServeConfig] | None = None) -> int:
     """Entry point of ``corral serve``. :class:`StartupError` when it cannot
-    start: the state directory or an address is another server's."""
+    start: the state directory or an address is another server's, or a part
+    of the state directory cannot be made (``STATE/packages`` a file, say).
+    ``reread``: the configuration file read again, for SIGHUP to check."""
     logmod.setup()
     lock = state_lock.hold(config.state_dir)
     try:
-        supervisor = Supervisor(config)
-        trio.run(supervisor.run, clock=loop_clock.PerfCounterClock())
+        try:
+            supervisor = Supervisor(config, reread)
+        except OSError as exc:
+            raise StartupError(f"cannot set up the state directory {config.state_dir}: {exc}") from None
+        try:
+            trio.run(supervisor.run, clock=loop_clock.PerfCounterClock())
+        except BaseExceptionGroup as group:
+            failed = _startup_error(group)
+            if failed is None:
+                raise
+            raise failed from None
     finally:
         os.close(lock)
     return 0
+
+
+def _startup_error(group: BaseExceptionGroup) -> StartupError | None:
+    """The :class:`StartupError` a start-up step raised inside the nursery,
+    which wraps it in an exception group: raised as it is, ``serve`` says
+    its message instead of printing a traceback."""
+    found, _ = group.split(StartupError)
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found

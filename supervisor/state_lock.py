@@ -23,8 +23,11 @@ LOCK_NAME = "serve.lock"
 def hold(state_dir: str) -> int:
     """Take the state directory's lock; returns its descriptor, to keep open
     for the life of the server. :class:`StartupError` if another holds it."""
-    os.makedirs(state_dir, exist_ok=True)
-    fd = os.open(os.path.join(state_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+        fd = os.open(os.path.join(state_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StartupError(_unusable(state_dir, exc)) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -36,3 +39,12 @@ def hold(state_dir: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, b"%d\n" % os.getpid(), 0)
     return fd
+
+
+def _unusable(state_dir: str, exc: OSError) -> str:
+    """Why ``state_dir`` cannot be used, in words: a path that is a file, a
+    folder that cannot be made or written (was a bare traceback)."""
+    if isinstance(exc, FileExistsError) or (isinstance(exc, NotADirectoryError) and os.path.exists(state_dir)):
+        return f"the state directory {state_dir} is not a folder: give --state-dir a folder (or a path to make one)"
+    return (f"cannot use the state directory {state_dir}: {exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename else ""))
