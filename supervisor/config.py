@@ -7,7 +7,10 @@ file. Unknown keys are an error, so a typo never silently does nothing.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
+import stat
 from typing import Annotated, Literal
 
 import msgspec
@@ -20,6 +23,8 @@ Count = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 Duration = Annotated[float, msgspec.Meta(ge=0)]
 PositiveDuration = Annotated[float, msgspec.Meta(gt=0)]
+#: sizeof(sockaddr_un.sun_path), less its terminating NUL.
+MAX_UNIX_PATH = 107
 
 
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -249,11 +254,118 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 def host_port(text: str, what: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6; an empty host is 127.0.0.1), or
-    a ValueError that names the setting and the value."""
+    a ValueError that names the setting and the value.
+
+    The port is ASCII digits only (``int()`` takes other scripts' digits,
+    and "127.0.0.1:٨٠" listened on port 80), and an IPv6 host is bracketed,
+    brackets balanced: "[::1" was read as the host ":" and "[::1:80" as
+    "::1" port 80, each a typo that bound something the operator never
+    wrote."""
     host, colon, port = text.rpartition(":")
-    if not colon or not port.isdigit() or int(port) > 65535:
+    if not colon or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"{what} must be HOST:PORT with a port from 0 to 65535, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")) or ":" not in host or "[" in host[1:-1]:
+            raise ValueError(f"{what} {text!r}: an IPv6 host goes in balanced brackets, as [::1]:8080")
+        return host[1:-1], int(port)
+    if ":" in host:
+        raise ValueError(f"{what} {text!r}: put an IPv6 host in brackets, as [{host}]:{port}")
+    return host or "127.0.0.1", int(port)
+
+
+def check(config: ServeConfig) -> None:
+    """What the types alone cannot say, checked before anything starts: a
+    ValueError naming the setting. Each of these failed deep in start-up,
+    as a traceback from inside the server's nursery, or not at all."""
+    _check_finite(config, "")
+    if os.path.exists(config.state_dir) and not os.path.isdir(config.state_dir):
+        raise ValueError(f"state_dir (--state-dir) {config.state_dir!r} is not a folder")
+    config.http_host_port  # noqa: B018 - raises on a bad address
+    if config.admin.tcp:
+        host_port(config.admin.tcp, "admin.tcp")
+    _check_admin_socket(config)
+    _check_admin_access(config.admin)
+    endpoint = config.observability.otlp.endpoint
+    if endpoint and not _http_url(endpoint):
+        raise ValueError(f"observability.otlp.endpoint must be an http:// or https:// URL, got {endpoint!r}")
+    for entry in config.observability.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"observability.trusted_proxies: {entry!r} is not an IP address or "
+                             "CIDR network") from None
+
+
+def _http_url(text: str) -> bool:
+    """An http(s) URL with a host: what an OTLP/HTTP exporter can send to
+    (anything else started and then lost every export, quietly)."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(text)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # "http://[::1": an unbalanced bracket
+        return False
+
+
+def _check_finite(value: object, where: str) -> None:
+    """No ``inf`` or ``nan`` anywhere: TOML has both, and ``inf`` passes
+    ``ge=0``; ``usage_retention_days = inf`` stopped start-up with an
+    OverflowError traceback. A large finite number says "practically never"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where.lstrip('.')} must be a finite number, got {value}")
+    if isinstance(value, msgspec.Struct):
+        for field in value.__struct_fields__:
+            _check_finite(getattr(value, field), f"{where}.{field}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}")
+
+
+def _check_admin_socket(config: ServeConfig) -> None:
+    """The admin socket's path: short enough to bind, in a folder that
+    exists, and not a file that is no socket: the listener replaces what is
+    at the path, so ``--admin-socket`` naming a regular file destroyed it."""
+    path = config.admin_socket_path
+    what = "admin socket (--admin-socket)"
+    # It binds PATH.<pid> first, then renames (supervisor.server._unix_listener).
+    size = len(os.fsencode(f"{path}.{os.getpid()}"))
+    if size > MAX_UNIX_PATH:
+        raise ValueError(f"{what} {path!r} is too long: a unix socket path has at most {MAX_UNIX_PATH} "
+                         f"bytes, and this one with the temporary suffix Corral binds first has {size}; "
+                         "pick a shorter path")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.normpath(folder) != os.path.normpath(os.path.abspath(config.state_dir)) \
+            and not os.path.isdir(folder):
+        raise ValueError(f"{what} {path!r}: its folder {folder} does not exist or is not a folder")
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # (a state dir that cannot be made: said at start)
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ValueError(f"{what} {path!r} exists and is not a socket; Corral will not replace it")
+
+
+def _check_admin_access(admin: AdminConfig) -> None:
+    """The socket's group exists; TLS has both halves, and they load. One
+    half alone served the TCP listener in plain text."""
+    if admin.socket_group is not None:
+        import grp
+
+        try:
+            grp.getgrnam(admin.socket_group)
+        except KeyError:
+            raise ValueError(f"admin.socket_group: no group named {admin.socket_group!r}") from None
+    if bool(admin.tls_cert) != bool(admin.tls_key):
+        raise ValueError("admin.tls_cert and admin.tls_key go together: set both for TLS, or neither")
+    if admin.tls_cert and admin.tls_key:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(admin.tls_cert, admin.tls_key)
+        except OSError as exc:  # (ssl.SSLError is one)
+            raise ValueError(f"admin.tls_cert {admin.tls_cert!r} / admin.tls_key {admin.tls_key!r} "
+                             f"cannot be loaded: {exc}") from None
 
 
 def load(path: str | None, **overrides: object) -> ServeConfig:
@@ -264,3 +376,15 @@ def load(path: str | None, **overrides: object) -> ServeConfig:
             config = msgspec.toml.decode(f.read(), type=ServeConfig)
     changes = {k: v for k, v in overrides.items() if v is not None}
     return msgspec.structs.replace(config, **changes) if changes else config
+
+
+#: What reading a bad configuration raises; each message names the problem.
+ERRORS = (OSError, msgspec.DecodeError, ValueError)
+
+
+def read(path: str | None, **overrides: object) -> ServeConfig:
+    """:func:`load`, then :func:`check`: the configuration ``serve`` starts
+    with, and what SIGHUP re-reads to say whether the file is still good."""
+    config = load(path, **overrides)
+    check(config)
+    return config
