@@ -142,9 +142,12 @@ def check_crons(crons: list[str]) -> list[str]:
     check every way of setting a script's triggers makes."""
     if len(crons) > MAX_CRONS:
         raise Invalid(f"{len(crons)} cron triggers, more than the {MAX_CRONS} a script may have")
+    now = datetime.datetime.now(_UTC)
     for cron in crons:
         try:
-            parse_cron(cron)
+            # One that never fires ("0 0 30 2 *") was accepted and then
+            # dropped by every plan without a word: refused here, by name.
+            parse_cron(cron).next_after(now)
         except CronError as exc:
             raise Invalid(str(exc)) from None
     return list(crons)
