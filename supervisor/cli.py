@@ -71,7 +71,13 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
         bindings.append(var)
     tags = metadata.tags
     if args.tag:
+        if (problem := _bad_tag(args.tag)) is not None:
+            print(f"corral deploy: --tag: {problem}", file=sys.stderr)
+            return 2
         tags = list(dict.fromkeys([*(tags or []), *args.tag]))
+    if (problem := _undecodable_module(project.modules)) is not None:
+        print(f"corral deploy: {printable(problem)}", file=sys.stderr)
+        return 2
     # As wrangler does: secrets set through the API survive a redeploy of the code.
     metadata = msgspec.structs.replace(metadata, bindings=bindings, tags=tags,
                                        keep_bindings=metadata.keep_bindings or ["secret_text"])
@@ -127,6 +133,42 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     return 0
 
 
+def _bad_tag(tags: Sequence[str]) -> str | None:
+    """Why one of ``tags`` is not a tag, or None. Checked before anything is
+    sent: ``--tag ''`` was a traceback out of the metadata's own check, and
+    ``tags NAME add ''`` asked for "a JSON document"."""
+    for tag in tags:
+        try:
+            model.check_tag(tag)
+        except Invalid as exc:
+            return str(exc)
+    return None
+
+
+def _undecodable_module(modules: dict[str, bytes]) -> str | None:
+    """Why a ``.py`` module cannot be read as Python source (not UTF-8, nor
+    the encoding its coding line declares), or None. Such a module was
+    deployed without a word and failed only when imported, in production."""
+    import io
+    import tokenize
+
+    for path, code in modules.items():
+        if not path.endswith(".py"):
+            continue
+        try:
+            encoding, _ = tokenize.detect_encoding(io.BytesIO(code).readline)
+        except SyntaxError as exc:
+            if "encoding declaration" not in str(exc.msg):  # a coding line naming no codec, say
+                return f"{path}: {exc.msg}"
+            encoding = "utf-8"  # its first lines are not UTF-8, and declare nothing
+        try:
+            code.decode(encoding)
+        except UnicodeDecodeError as exc:
+            return (f"{path} is not {exc.encoding} text (byte {exc.start}): Python modules are UTF-8 "
+                    "unless a coding line (# -*- coding: NAME -*-) says otherwise")
+    return None
+
+
 def _fetch_all(client: AdminClient, path: str, query: dict[str, str]) -> list[Any]:
     items: list[Any] = []
     cursor = ""
@@ -173,6 +215,9 @@ def _cmd_rm(args: argparse.Namespace, client: AdminClient) -> int:
 def _cmd_tags(args: argparse.Namespace, client: AdminClient) -> int:
     base = _scripts_path(args.namespace, args.name) + "/tags"
     values = args.values or []
+    if (problem := _bad_tag(values)) is not None:
+        print(f"corral tags: {problem}", file=sys.stderr)
+        return 2
     if args.action is None:
         if values:
             print("corral tags: use `tags NAME set T ...`, `add T` or `rm T`", file=sys.stderr)
@@ -236,17 +281,15 @@ def _cmd_trigger(args: argparse.Namespace, client: AdminClient) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import msgspec
-
     from supervisor import config as config_mod
 
-    try:
-        config = config_mod.load(args.config, http=args.http, admin_socket=args.admin_socket,
-                                 state_dir=args.state_dir)
-        config.http_host_port  # noqa: B018 - fail here, as usage, not deep in startup
-        if config.admin.tcp:
-            config_mod.host_port(config.admin.tcp, "admin.tcp")
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+    def read() -> config_mod.ServeConfig:
+        return config_mod.read(args.config, http=args.http, admin_socket=args.admin_socket,
+                               state_dir=args.state_dir)
+
+    try:  # fail here, as usage, not deep in startup
+        config = read()
+    except config_mod.ERRORS as exc:
         print(f"corral serve: bad configuration: {exc}", file=sys.stderr)
         return 2
     from supervisor.limits.memory import MemoryEnforcementError
@@ -254,7 +297,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from supervisor.server import run
 
     try:
-        code = run(config)
+        code = run(config, reread=read if args.config else None)
     except MemoryEnforcementError as exc:
         print(f"corral serve: {exc}", file=sys.stderr)
         return 2
@@ -358,6 +401,11 @@ _COMMANDS = {
 }
 
 
+#: Positional arguments that become a URL's path segment: never empty.
+_REQUIRED_WORDS = (("name", "NAME"), ("key", "KEY"), ("id", "ID"), ("database", "DB"),
+                   ("pattern", "PATTERN"), ("script", "SCRIPT"), ("version", "VERSION"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``corral`` and ``python -m supervisor``; returns the exit status."""
     parser = _parser()
@@ -373,6 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         extras = []
     if extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    for dest, metavar in _REQUIRED_WORDS:
+        if getattr(args, dest, None) == "":
+            # An empty segment makes another URL: `rm ''` was "DELETE is not
+            # allowed on .../scripts/", naming nothing the operator typed.
+            parser.error(f"{args.command}: {metavar} must not be empty")
     if args.command == "serve":
         return _cmd_serve(args)
     socket_path = args.socket or os.environ.get("CORRAL_ADMIN_SOCKET") or DEFAULT_SOCKET

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import socket
+import stat
 import urllib.parse
 from typing import Any
 
@@ -38,6 +40,15 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def _not_a_socket(path: str) -> bool:
+    """The path is there and is something else (a file, a folder): connect()
+    says only "Connection refused", as it does for a socket no one serves."""
+    try:
+        return not stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 class ApiCallError(Exception):
     """The call failed: an error envelope, or no supervisor to talk to."""
 
@@ -62,6 +73,10 @@ class AdminClient:
             response = conn.getresponse()
             payload = response.read()
         except (FileNotFoundError, ConnectionRefusedError) as exc:
+            if _not_a_socket(self.socket_path):
+                raise ApiCallError(f"cannot reach the supervisor at {self.socket_path}: it is not a socket "
+                                   "(set --socket or CORRAL_ADMIN_SOCKET to the admin socket of "
+                                   "`corral serve`, STATE_DIR/admin.sock by default)") from None
             raise ApiCallError(
                 f"cannot reach the supervisor at {self.socket_path}: {exc.strerror} "
                 "(is `corral serve` running? set --socket or CORRAL_ADMIN_SOCKET)"

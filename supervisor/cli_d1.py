@@ -61,8 +61,9 @@ def _database(args: argparse.Namespace, client: Any) -> tuple[str, Path | None]:
     if config_path is not None:
         try:
             config = _read_config(config_path)
-        except ProjectError as exc:
-            raise SystemExit(f"corral d1: {exc}") from None
+        except ProjectError as exc:  # a config that cannot be read: bad usage, as for deploy
+            print(f"corral d1: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         for db in config.d1_databases:
             if args.database in (db.binding, db.database_name, db.database_id):
                 return db.database_id, config_path.parent / (db.migrations_dir or "migrations")
