@@ -47,6 +47,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from protocol.messages import DurableObjectEvent, WebSocketEvent
 from supervisor.calls.fetch_errors import FetchError
+from supervisor.edge.http_server import ClientGone
 from supervisor.log import log, warn
 from supervisor.objects.host import ObjectKey
 
@@ -336,6 +337,16 @@ class Session:
             log("websocket.closed", script=self._script(), ws=self.source.ws, code=close[0])
 
     async def _writer(self) -> None:
+        try:
+            await self._write()
+        except ClientGone:
+            # The client left (a reset) while frames were going out: the relay
+            # ends as when the reader hears it (1006), rather than the error
+            # leaving the nursery as an internal one.
+            if self._cancel is not None:
+                self._cancel.cancel()
+
+    async def _write(self) -> None:
         async for data in self._outbox:
             await self.conn._send(data)
             self._queued -= len(data)
@@ -363,7 +374,7 @@ class Session:
                     return (1002, "protocol error", False)
             for event in self.ws.events():
                 if isinstance(event, Ping):
-                    self._emit(self.ws.send(event.response()))
+                    self._pong(event)
                 elif isinstance(event, (TextMessage, BytesMessage)):
                     parts.append(event.data)
                     size += len(event.data)
@@ -387,7 +398,20 @@ class Session:
             if data is None:
                 return (1006, "", False)
 
+    def _pong(self, ping: Ping) -> None:
+        """Answer a client's ping, unless our close has gone out: no frame may
+        follow it (RFC 6455 section 5.5.1), and wsproto raises on a pong then,
+        so a ping that crossed our close on the wire ended as an internal error."""
+        if self.ws.state is ConnectionState.OPEN:
+            self._emit(self.ws.send(ping.response()))
+
     async def _receive(self) -> bytes | None:
+        # A checkpoint per read: the connection's ``receive_some`` returns
+        # without one while bytes are waiting, and frames that deliver nothing
+        # (pings, pongs, parts of a message) await nothing else, so a client
+        # streaming them would hold the event loop (every other client of the
+        # supervisor waited) and never see the cancel of an outbox cut.
+        await trio.lowlevel.checkpoint()
         try:
             data = await self.conn.receive_some()
         except Exception:  # noqa: BLE001 - a reset connection is a client that left
