@@ -20,6 +20,8 @@ around the protocol:
   it is lenient about (both Content-Length and Transfer-Encoding, bare LF line
   ends, obs-fold, whitespace after a chunk size, a bare LF or CR in chunk lines
   and trailers);
+* ``Expect: 100-continue`` gets its 100 when the body is first read (and
+  the connection closes if the answer went out without the body);
 * a small request body that is already in the buffer is handed over whole
   (it travels inline to the sandbox); larger ones stream with backpressure;
 * any exception from the handler is logged and answered with a 500 (or the
@@ -69,6 +71,12 @@ _BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
 #: Not in a reason phrase (RFC 9110: HTAB / SP / VCHAR / obs-text; workerd
 #: refuses HTAB too, as the sandbox does).
 _BAD_REASON = re.compile(rb"[\x00-\x1f\x7f]")
+#: The interim answer to ``Expect: 100-continue``, sent when the body is
+#: first wanted: a client that waits for it before sending its body (as
+#: RFC 9110 section 10.1.1 lets it) would otherwise wait out the worker's
+#: wall limit while the worker waits for the body. h11 stops reporting the
+#: client as waiting once a byte of its body arrives, so it goes out once.
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _STATUS_LINES = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
     for status in http.HTTPStatus
@@ -477,6 +485,8 @@ class Connection:
 
     async def read_body_chunk(self) -> bytes:
         """Next piece of the current request's body; ``b""`` at its end."""
+        if self.h11.they_are_waiting_for_100_continue and not self.response_started:
+            await self._send(CONTINUE)
         try:
             event = await self.next_event()
         except h11.RemoteProtocolError as exc:
@@ -492,6 +502,11 @@ class Connection:
 
     # -- writing -----------------------------------------------------------------
     def _framing(self, extra: bytes) -> bytes:
+        if self.keep_alive and self.h11.they_are_waiting_for_100_continue:
+            # Answered before the body was wanted: the client may now send it
+            # or not (RFC 9110 section 10.1.1), so where the next request
+            # starts is unknown; the connection ends with this response.
+            self.keep_alive = False
         return extra if self.keep_alive else extra + b"connection: close\r\n"
 
     async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
@@ -547,7 +562,7 @@ class Connection:
 class RequestBody:
     """The current request's body as a BodySource, capped at ``limit`` bytes."""
 
-    __slots__ = ("_conn", "_first", "_limit", "_seen", "_done", "closed")
+    __slots__ = ("_conn", "_first", "_limit", "_seen", "_done", "closed", "too_large")
 
     def __init__(self, conn: Connection, first: list[bytes], limit: int) -> None:
         self._conn = conn
@@ -556,6 +571,9 @@ class RequestBody:
         self._seen = sum(len(c) for c in first)
         self._done = False
         self.closed = False
+        #: The client sent more than the limit: whatever the worker made of the
+        #: body's failure, the answer is a 413 (see supervisor.edge.ingress).
+        self.too_large = False
 
     async def receive(self) -> bytes:
         if self._first:
@@ -571,7 +589,7 @@ class RequestBody:
             return b""
         self._seen += len(chunk)
         if self._seen > self._limit:
-            self.closed = True
+            self.closed = self.too_large = True
             raise BodyTooLarge(f"request body larger than {self._limit} bytes")
         return chunk
 

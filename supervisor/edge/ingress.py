@@ -13,6 +13,7 @@ to the client socket, one chunk at a time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
@@ -22,7 +23,7 @@ from supervisor import loop_clock
 from supervisor.config import ServeConfig
 from supervisor.edge.assets import AssetServer, send_answer
 from supervisor.edge.client_ip import ClientAddress, TrustedProxies
-from supervisor.edge.http_server import Connection, InvalidResponse, Request
+from supervisor.edge.http_server import Connection, InvalidResponse, Request, RequestBody
 from supervisor.edge.websockets import Deliverer, Session, SocketSource, handshake_problem
 from supervisor.lifecycle import OUTCOME_MESSAGE, OUTCOME_STATUS, Outcome
 from supervisor.limits.policy import LimitPolicy
@@ -58,6 +59,63 @@ SWEEP_S = 0.01
 QUIET_SWEEPS = 5
 
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+
+#: A Host header's value (RFC 9112 section 3.2, RFC 3986 section 3.2.2): a
+#: registered name or an IP literal, and a port. No userinfo, path, query,
+#: fragment, space or list: the router reads the host as the text before
+#: the path, but a worker reads ``http://{host}{target}`` as a URL, where
+#: ``a.example#`` or ``a.example/x`` would move the path it routed on, and
+#: ``x@a.example`` would name another host.
+_AUTHORITY = re.compile(rb"(?:[-A-Za-z0-9._~!$&'()*+,;=]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
+_ABSOLUTE = re.compile(rb"https?://([^/?#]*)([/?].*)?", re.IGNORECASE | re.DOTALL)
+
+
+#: Host headers that passed :data:`_AUTHORITY` (the request path's shortcut in
+#: ``Ingress._to_origin_form``), at most :data:`MAX_CHECKED_HOSTS` of them.
+_CHECKED_HOSTS: set[bytes] = set()
+MAX_CHECKED_HOSTS = 4096
+
+
+class BadTarget(Exception):
+    """The request's target or Host cannot name one worker's URL (answered with 400)."""
+
+
+def origin_form(method: bytes, target: bytes, host: bytes) -> tuple[bytes, bytes]:
+    """``(host, target)`` with the target as a path (origin-form).
+
+    An absolute-form target (``GET http://a.example/x``) is read as RFC 9112
+    section 3.2.2 has it, naming the host itself, and must agree with a Host
+    header if there is one: the router and a proxy in front could otherwise
+    each take a different one. What names no resource of a worker (``*``,
+    CONNECT's ``host:port``, a fragment, a malformed Host) raises
+    :class:`BadTarget` naming the problem, rather than reaching the worker
+    as a URL it cannot parse (a 500).
+    """
+    if method == b"CONNECT":
+        raise BadTarget("CONNECT asks for a tunnel, and this server is not a proxy")
+    absolute = None if target[:1] == b"/" else _ABSOLUTE.fullmatch(target)  # the common case first
+    if absolute is not None:
+        authority = absolute.group(1)
+        if host and authority.lower() != host.lower():
+            raise BadTarget(f"the target names the host {authority[:100].decode('latin-1')!r} but the Host "
+                            f"header {host[:100].decode('latin-1')!r}; they must agree (RFC 9112 section 3.2.2)")
+        host = authority
+        target = absolute.group(2) or b"/"
+        if target.startswith(b"?"):
+            target = b"/" + target
+    elif target == b"*":
+        raise BadTarget("the asterisk-form target '*' asks about the server, not a worker; send a path")
+    elif not target.startswith(b"/"):
+        raise BadTarget("the request target must be a path starting with '/' or an absolute http(s) URL")
+    if b"#" in target:
+        raise BadTarget("a request target may not have a fragment ('#') (RFC 9112 section 3.2)")
+    if not host:
+        raise BadTarget("the request has no Host header (or an empty one), so names no site "
+                        "(RFC 9112 section 3.2)")
+    if not _AUTHORITY.fullmatch(host):
+        raise BadTarget(f"malformed Host header {host[:100].decode('latin-1')!r}: expected a host name or "
+                        "IP literal and an optional port (RFC 9112 section 3.2)")
+    return host, target
 
 
 class Ingress:
@@ -162,6 +220,12 @@ class Ingress:
             log_request_id.reset(token)
 
     async def _handle(self, request: Request, conn: Connection, rid: str) -> None:
+        try:
+            self._to_origin_form(request)
+        except BadTarget as exc:
+            warn("ingress.bad_target", reason=str(exc))
+            await conn.respond(400, _TEXT, f"Bad request: {exc}\n".encode(), request.method == b"HEAD")
+            return
         host = request.host.decode("latin-1")
         target = request.target.decode("latin-1")
         path = target.split("?", 1)[0]
@@ -205,6 +269,28 @@ class Ingress:
             if not conn.response_started:
                 await conn.respond(500, _TEXT, b"Worker returned an invalid response\n", head_only)
 
+    @staticmethod
+    def _to_origin_form(request: Request) -> None:
+        """Read the request's host and path as :func:`origin_form` does. The
+        Host header becomes the host an absolute-form target named (as a
+        proxy sets it, RFC 9112 section 3.2.2): the worker's URL and a
+        dispatcher that routes on the header must see the same host.
+
+        The common request (a path, a Host seen and checked before) is
+        answered by three byte checks and a set lookup: the Host pattern is
+        a regular expression, and this runs on every request."""
+        target, host = request.target, request.host
+        if target[:1] == b"/" and host in _CHECKED_HOSTS and b"#" not in target and request.method != b"CONNECT":
+            return
+        host, target = origin_form(request.method, target, host)
+        if len(_CHECKED_HOSTS) >= MAX_CHECKED_HOSTS:
+            _CHECKED_HOSTS.clear()  # bounded: a client sending endless hosts only costs their checks
+        _CHECKED_HOSTS.add(host)
+        if host != request.host:
+            request.headers = [(name, value) for name, value in request.headers if name != b"host"]
+            request.headers.append((b"host", host))
+        request.host, request.target = host, target
+
     async def _scheduled(self, record: object, target: str, conn: Connection, head_only: bool) -> None:
         """``wrangler dev``'s test endpoint: run ``scheduled()`` once, answer its outcome."""
         query = parse_qs(target.partition("?")[2])
@@ -235,6 +321,9 @@ class Ingress:
                 await inv.head_ready.wait()
         if not inv.has_head:
             inv.cancel(Outcome.EXCEEDED_WALL_TIME)
+        if request is not None and isinstance(request.body, RequestBody) and request.body.too_large:
+            await _body_too_large(inv, conn, head_only)
+            return
         if inv.error is not None:
             # A callee's limit error the dispatcher let escape is still a limit: 503.
             reason = inv.error.name if inv.error.name in OUTCOME_MESSAGE else inv.outcome
@@ -298,6 +387,21 @@ class Ingress:
             body.close()
             inv.cancel(Outcome.CANCELED)  # also after the child is done: the body did not arrive
             raise
+
+
+async def _body_too_large(inv: Invocation, conn: Connection, head_only: bool) -> None:
+    """Answer 413 for a streamed body that outgrew the limit while the worker
+    read it: the worker only saw its body fail, and its answer to that (a
+    throw, so a 500) would blame the worker for what the client sent."""
+    if inv.body is not None:
+        inv.body.close()
+    limit = conn.config.max_body_bytes
+    warn("ingress.body_too_large", script=inv.record.name, streamed=True)
+    # The rest of the body may still be on its way: close after the answer,
+    # lingering so that the client reads it rather than a reset.
+    conn.keep_alive = False
+    conn.linger = True
+    await conn.respond(413, _TEXT, f"Request body larger than {limit} bytes\n".encode(), head_only)
 
 
 async def _cancel_when_gone(conn: Connection, inv: Invocation, scope: trio.CancelScope) -> None:
