@@ -19,6 +19,12 @@ from supervisor.config import QuotaLimits
 from supervisor.model import ScriptRecord
 from supervisor.pool.bodies import BodySource
 
+#: The furthest time from the epoch a JavaScript Date holds, in ms (ECMA-262
+#: 21.4.1.1): the bound of every time a binding stores for a tenant (KV
+#: expirations, Durable Object alarms). Past it a value no longer fits the
+#: stores' 64-bit integers, and it is no time a tenant can mean.
+MAX_DATE_MS = 8_640_000_000_000_000
+
 
 class BindingError(Exception):
     """A failed binding call, as the tenant will see it (``name``: the JS

@@ -23,14 +23,22 @@ from typing import Any
 
 from protocol.messages import DurableObjectEvent
 from supervisor.bindings import Services, register, remove_tree
-from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, integer, object_scope, string
+from supervisor.bindings.base import (
+    MAX_DATE_MS,
+    BindingError,
+    Context,
+    Reply,
+    Scope,
+    arg,
+    integer,
+    object_scope,
+    string,
+)
 from supervisor.objects import storage as st
 from supervisor.objects.alarms import Alarms
 from supervisor.objects.host import ObjectHost, ObjectKey
 
 ID_RE = re.compile(r"[0-9a-f]{64}")
-#: The furthest time from the epoch a JavaScript Date holds, in ms (ECMA-262 21.4.1.1).
-MAX_DATE_MS = 8.64e15
 #: Reserved method names an RPC call may not use (they are not the object's methods).
 NOT_RPC = frozenset({"fetch", "alarm", "constructor", "webSocketMessage", "webSocketClose",
                      "webSocketError"})

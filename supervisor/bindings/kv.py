@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import msgspec
 
 from supervisor.bindings import BOUND_DATA, Services, register
-from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, integer, options, string
+from supervisor.bindings.base import MAX_DATE_MS, BindingError, Context, Reply, Scope, arg, integer, options, string
 from supervisor.bindings.quota import quota_error
 
 #: ``<storage>/<folder>/<scope key>/<file>``: its data, per (namespace, id).
@@ -30,10 +30,8 @@ MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 25 * 1024 * 1024
 MAX_METADATA_BYTES = 1024
 MIN_TTL_S = 60
-#: The latest expiration a key may have: JavaScript's last Date (8.64e15 ms),
-#: in seconds. Past it a value no longer fits the store's 64-bit integer,
-#: and a time no Date can hold is no expiration a tenant can mean.
-MAX_EXPIRATION_S = 8_640_000_000_000
+#: The latest expiration a key may have: JavaScript's last Date, in seconds.
+MAX_EXPIRATION_S = MAX_DATE_MS // 1000
 #: The smallest ``cacheTtl`` of a read: 30 seconds since Cloudflare lowered it
 #: from 60 (KV changelog, 2026-01-30).
 MIN_CACHE_TTL_S = 30
