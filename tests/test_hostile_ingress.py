@@ -523,3 +523,64 @@ def test_a_reset_is_a_1006_for_the_worker(edge: Corral, before: int, how: str) -
     sock.close()  # a reset, not a FIN
     assert wait_for(lambda: 1006 in ws_closes(edge, before)), ws_closes(edge, before)
     assert_healthy(edge, before)
+
+
+def close_code(sock: socket.socket, buffered: bytes) -> int | None:
+    """The status code of the server's close frame (None: the connection
+    ended without one)."""
+    data = buffered
+    while True:
+        while len(data) >= 2 and len(data) >= 2 + (data[1] & 0x7F) and data[1] & 0x7F < 126:
+            opcode, n = data[0] & 0x0F, data[1] & 0x7F
+            payload, data = data[2:2 + n], data[2 + n:]
+            if opcode == 8:
+                return struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else 1005
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+
+
+@pytest.mark.parametrize("attack, code", [
+    pytest.param(frame(1, b"\xff\xfe"), 1007, id="text-not-utf8"),
+    pytest.param(frame(1, b"caf\xc3", fin=False) + frame(0, b"\x28"), 1007, id="text-not-utf8-in-a-continuation"),
+    pytest.param(frame(9, b"p", fin=False), 1002, id="fragmented-ping"),
+    pytest.param(frame(0, b"x"), 1002, id="continuation-first"),
+    pytest.param(b"\x81\x02hi", 1002, id="unmasked"),
+    pytest.param(b"\xc1" + frame(1, b"hi")[1:], 1002, id="reserved-bits"),
+])
+def test_a_frame_that_fails_the_connection_gets_a_close_frame_saying_why(
+        edge: Corral, before: int, attack: bytes, code: int) -> None:
+    """RFC 6455 section 7.1.7: an endpoint that fails the connection sends a
+    close frame with the status code first. Before the fix the TCP
+    connection just ended, and the client read 1006 with no reason."""
+    sock, rest = ws_connect(edge)
+    with sock:
+        sock.sendall(attack)
+        assert close_code(sock, rest) == code
+    assert wait_for(lambda: code in ws_closes(edge, before)), ws_closes(edge, before)
+    assert_healthy(edge, before)
+
+
+@pytest.mark.parametrize("upgrade", [
+    b"Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+    b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+], ids=["h2c", "websocket"])
+def test_an_upgrade_a_plain_worker_declines_says_the_connection_ends(edge: Corral, before: int,
+                                                                       upgrade: bytes) -> None:
+    """A worker that answers an Upgrade request with an ordinary response:
+    the server cannot read a next request (the client may already speak the
+    new protocol), so its answer says ``connection: close`` and the
+    connection ends. Before the fix it ended without saying so, and a client
+    reusing the connection lost its next request."""
+    with connect(edge) as sock:
+        sock.sendall(b"GET /declined HTTP/1.1\r\nHost: echo.localhost\r\n" + upgrade + b"\r\n")
+        answer = read_all(sock)
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 200 "), answer[:300]
+    assert b"\r\nconnection: close" in head, head
+    assert_healthy(edge, before)

@@ -313,6 +313,12 @@ def _wants_close(event: h11.Request | SimpleHead, headers: list[tuple[bytes, byt
     for name, value in headers:
         if name == b"connection" and b"close" in value.lower():
             return True
+        if name == b"upgrade":
+            # A switch we do not make (a WebSocket's 101 ends keep-alive on
+            # its own): the client may already be speaking the new protocol
+            # (h2c's preface follows its request at once), so no next request
+            # can be read here, and the answer says the connection ends.
+            return True
     return False
 
 

@@ -371,7 +371,7 @@ class Session:
                     self.ws.receive_data(data)
                 except (RemoteProtocolError, LocalProtocolError) as exc:
                     warn("websocket.protocol_error", script=self._script(), reason=str(exc)[:200])
-                    return (1002, "protocol error", False)
+                    return await self._fail(1002, "protocol error")
             for event in self.ws.events():
                 if isinstance(event, Ping):
                     self._pong(event)
@@ -390,6 +390,11 @@ class Session:
                                 self.source, "message", payload, text):
                             self._start_close(1012, "the worker was replaced or ended")
                 elif isinstance(event, CloseConnection):
+                    if self.ws.state is ConnectionState.OPEN:
+                        # Not the client's close: wsproto's report of a frame
+                        # it could not parse (bad UTF-8 is 1007, the rest 1002).
+                        warn("websocket.protocol_error", script=self._script(), reason=event.reason[:200])
+                        return await self._fail(event.code, event.reason)
                     if self.ws.state is ConnectionState.REMOTE_CLOSING:
                         self._emit(self.ws.send(event.response()))
                     await self._flushed()
@@ -397,6 +402,14 @@ class Session:
             data = await self._receive()
             if data is None:
                 return (1006, "", False)
+
+    async def _fail(self, code: int, reason: str) -> tuple[int, str, bool]:
+        """_Fail the WebSocket Connection_ (RFC 6455 section 7.1.7): a close
+        frame saying why goes out before the connection ends, so the client
+        reads a code rather than a bare TCP close (1006 on its side)."""
+        self._start_close(code, reason.encode()[:123].decode("utf-8", "ignore"))
+        await self._flushed()
+        return (code, reason, False)
 
     def _pong(self, ping: Ping) -> None:
         """Answer a client's ping, unless our close has gone out: no frame may
