@@ -222,7 +222,11 @@ def test_a_d1_export_url_with_another_token_is_not_found(server, tcp, database):
 
 @pytest.fixture(scope="module")
 def queue(server):
-    return server.admin("POST", f"{A}/queues", {"queue_name": "hostile"}).json()["result"]["queue_id"]
+    queue_id = server.admin("POST", f"{A}/queues", {"queue_name": "hostile"}).json()["result"]["queue_id"]
+    # Pulling needs the queue's HTTP pull consumer, as on Cloudflare.
+    made = server.admin("POST", f"{A}/queues/{queue_id}/consumers", {"type": "http_pull"})
+    assert made.status == 200, made
+    return queue_id
 
 
 @pytest.mark.parametrize("attempt", [

@@ -4,11 +4,22 @@ pull consumer (``.pull``, then ``.ack`` with the leases it gave), and
 purged (``client.queues.purge.start``): how a platform's back end feeds,
 drains or empties a queue.
 
-A pulled message is hidden for the pull's ``visibility_timeout_ms`` and seen
+Pulling needs the queue's HTTP pull consumer (``type: "http_pull"``, made
+with the consumers API or ``wrangler queues consumer http add``), whose
+settings apply: a pull that names no ``batch_size`` or
+``visibility_timeout_ms`` takes the consumer's, a retry without
+``delay_seconds`` its ``retry_delay``, and a message retried past its
+``max_retries`` (explicitly, or by letting its lease run out) goes to its
+``dead_letter_queue``, or is dropped without one, as a push consumer's is.
+Cloudflare does not document its answer to a pull from a queue without a
+pull consumer; here it is a 409 naming the fix (as its answer to a pull from
+a paused queue is a 409). Pulling is refused while a worker consumes the
+queue too: the two would each take messages the other expects.
+
+A pulled message is hidden for the pull's visibility timeout and seen
 again after it unless acknowledged; a lease names the attempt it was for, so
 acking after the message was pulled again changes nothing (a warning says
-so). Pulling is refused while a worker consumes the queue: the two would
-each take messages the other expects.
+so).
 
 Each message is checked as a producer's ``send`` is
 (:func:`supervisor.queues.hub.check_message`) and stored as a producer would
@@ -32,7 +43,7 @@ import msgspec
 from protocol.messages import QueueMessage
 from supervisor.admin.decode import body_as
 from supervisor.admin.handlers import Handlers, log_event
-from supervisor.admin.queues_api import QueueHandlers
+from supervisor.admin.queues_api import MAX_VISIBILITY_MS, PullConsumer, QueueHandlers, pull_settings
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.bindings.base import BindingError
@@ -64,13 +75,17 @@ class Purge(msgspec.Struct, kw_only=True):
 
 
 class Pull(msgspec.Struct, kw_only=True):
-    batch_size: int = 5
-    visibility_timeout_ms: int = 30_000
+    """A pull's body; what it leaves out is the pull consumer's setting."""
+
+    batch_size: int | None = None
+    visibility_timeout_ms: int | None = None
+    #: The name Cloudflare's pull consumer guide sends (the API reference's is ``visibility_timeout_ms``).
+    visibility_timeout: int | None = None
 
 
 class Lease(msgspec.Struct, kw_only=True):
     lease_id: str
-    delay_seconds: float = 0.0
+    delay_seconds: float | None = None  # None: the pull consumer's retry_delay
 
 
 class Acks(msgspec.Struct, kw_only=True):
@@ -78,8 +93,6 @@ class Acks(msgspec.Struct, kw_only=True):
     retries: list[Lease] = []
 
 
-#: The longest an HTTP pull consumer may hide a message it pulled (Cloudflare's: 12 hours).
-MAX_VISIBILITY_MS = 12 * 3600 * 1000
 #: The longest attempt count a lease names (any 18 digits fit a 64-bit integer).
 MAX_ATTEMPT_DIGITS = 18
 
@@ -189,12 +202,15 @@ def register(router: Router, core: Handlers, bindings: Bindings) -> None:
         return envelope(200, {"started_at": None, "completed": "true"})
 
     async def pull(request: Request) -> Response:
-        """An HTTP pull consumer's batch; refused while a worker consumes the queue (both would lose)."""
+        """An HTTP pull consumer's batch, with its settings; refused without one,
+        and while a worker consumes the queue (both would lose)."""
         wanted = body_as(request.body or b"{}", Pull, '{"batch_size": 10, "visibility_timeout_ms": 30000}',
                          "pull messages")
-        if not 1 <= wanted.batch_size <= store.MAX_BATCH_MESSAGES:
+        visibility = wanted.visibility_timeout_ms if wanted.visibility_timeout_ms is not None \
+            else wanted.visibility_timeout
+        if wanted.batch_size is not None and not 1 <= wanted.batch_size <= store.MAX_BATCH_MESSAGES:
             raise Invalid(f"batch_size must be from 1 to {store.MAX_BATCH_MESSAGES}, got {wanted.batch_size}")
-        if not 1 <= wanted.visibility_timeout_ms <= MAX_VISIBILITY_MS:
+        if visibility is not None and not 1 <= visibility <= MAX_VISIBILITY_MS:
             raise Invalid(f"visibility_timeout_ms must be from 1 to {MAX_VISIBILITY_MS}")
         scripts = await queues._platform_scripts()
         name, _, _ = await queues._queue(request, scripts)
@@ -202,20 +218,36 @@ def register(router: Router, core: Handlers, bindings: Bindings) -> None:
         if workers:
             raise Conflict(f"queue {name!r} is consumed by worker {workers[0]!r}: remove that consumer before "
                            "pulling its messages over HTTP")
-        messages, left = await hub.pull((PLATFORM, name), wanted.batch_size, wanted.visibility_timeout_ms / 1000)
+        consumer = await queues.pull_consumer(name)
+        if consumer is None:
+            raise Conflict(f"queue {name!r} has no HTTP pull consumer: add one (POST .../queues/{{queue_id}}/"
+                           f'consumers with {{"type": "http_pull"}}, or wrangler queues consumer http add {name}) '
+                           "before pulling its messages")
+        settings = pull_settings(consumer)
+        batch_size = wanted.batch_size if wanted.batch_size is not None else settings.batch_size
+        visibility_ms = visibility if visibility is not None else settings.visibility_timeout_ms
+        messages, left = await hub.pull((PLATFORM, name), batch_size, visibility_ms / 1000,
+                                        settings.max_retries, settings.dead_letter_queue or None)
         return envelope(200, {"message_backlog_count": left, "messages": [pulled_json(m) for m in messages]})
 
     async def ack(request: Request) -> Response:
+        """Acks and retries by lease; a retry past the pull consumer's
+        max_retries goes to its dead-letter queue (Cloudflare's defaults, and
+        no dead-letter queue, once the consumer is gone)."""
         body = body_as(request.body, Acks, '{"acks": [{"lease_id": "..."}], "retries": []}', "acknowledge messages")
         if len(body.acks) + len(body.retries) > store.MAX_BATCH_MESSAGES:
             raise Invalid(f"at most {store.MAX_BATCH_MESSAGES} acks and retries at once")
         for retry in body.retries:
-            if not 0 <= retry.delay_seconds <= store.MAX_DELAY_S:
+            if retry.delay_seconds is not None and not 0 <= retry.delay_seconds <= store.MAX_DELAY_S:
                 raise Invalid(f"delay_seconds must be from 0 to {store.MAX_DELAY_S}")
         key = await key_of(request)
+        consumer = await queues.pull_consumer(key[1])
+        settings = pull_settings(consumer) if consumer is not None else PullConsumer()
         acked, retried, stale = await hub.settle_leases(
             key, [_lease(a.lease_id) for a in body.acks],
-            [(*_lease(r.lease_id), r.delay_seconds) for r in body.retries])
+            [(*_lease(r.lease_id), float(r.delay_seconds if r.delay_seconds is not None else settings.retry_delay))
+             for r in body.retries],
+            settings.max_retries, settings.dead_letter_queue or None)
         warnings = [f"{stale} lease(s) had expired or were settled already: those messages were not changed"] \
             if stale else []
         return envelope(200, {"ackCount": acked, "retryCount": retried, "warnings": warnings})

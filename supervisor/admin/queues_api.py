@@ -24,7 +24,7 @@ import hashlib
 import logging
 import re
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -64,7 +64,7 @@ class _Settings(msgspec.Struct, kw_only=True):
 
 class _NewConsumer(msgspec.Struct, kw_only=True):
     script_name: str | None = None
-    type: str = "worker"
+    type: str | None = None  # a worker when not said
     environment_name: str | None = None
     settings: _Settings = msgspec.field(default_factory=_Settings)
     dead_letter_queue: str | None = None
@@ -75,15 +75,68 @@ def consumer_id(queue: str, script: str) -> str:
     return hashlib.blake2b(f"{queue}\0{script}".encode(), digest_size=16, person=b"corral-consume").hexdigest()
 
 
-#: The resources kind recording a queue's HTTP pull consumer (id: its consumer id, name: the queue).
+#: The resources kind recording a queue's HTTP pull consumer (id: its consumer id, name: the queue,
+#: settings: its :class:`PullConsumer` as JSON).
 _PULL = "queue_http_pull"
-#: Cloudflare's defaults for an HTTP pull consumer; each pull names its own batch and visibility.
-_PULL_SETTINGS = {"batch_size": 5, "max_retries": 3, "visibility_timeout_ms": 30_000, "retry_delay": 0}
+#: The longest an HTTP pull consumer may hide a message it pulled (Cloudflare's: 12 hours).
+MAX_VISIBILITY_MS = 12 * 3600 * 1000
+
+
+class PullConsumer(msgspec.Struct, kw_only=True):
+    """An HTTP pull consumer's settings, Cloudflare's defaults where not given
+    (its pull consumer guide: batches of 5, a 30 s visibility timeout; 3
+    retries, no delay, as every consumer). A pull that names no
+    ``batch_size`` or ``visibility_timeout_ms`` takes these; a message
+    retried past ``max_retries`` goes to ``dead_letter_queue`` ("" : dropped)."""
+
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] = 3
+    visibility_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=MAX_VISIBILITY_MS)] = 30_000
+    retry_delay: Annotated[int, msgspec.Meta(ge=0, le=43200)] = 0
+    dead_letter_queue: str = ""
+
+
+def pull_settings(made: ResourceInfo) -> PullConsumer:
+    """The settings a pull consumer's record keeps; Cloudflare's defaults for
+    one recorded before settings were kept (or whose JSON does not decode)."""
+    if not made.settings:
+        return PullConsumer()
+    try:
+        return msgspec.json.decode(made.settings, type=PullConsumer)
+    except msgspec.DecodeError as exc:
+        log_event(logging.WARNING, "admin.queue_consumer_settings_unreadable", queue=made.name,
+                  reason=str(exc)[:200])
+        return PullConsumer()
+
+
+def _pull_of_body(queue: str, body: _NewConsumer) -> PullConsumer:
+    """An HTTP pull consumer's settings from a create or update body (the
+    whole consumer: what is not given is the default again, as Cloudflare's
+    update replaces the consumer), or :class:`Invalid` naming the field."""
+    given = {"batch_size": body.settings.batch_size, "max_retries": body.settings.max_retries,
+             "visibility_timeout_ms": body.settings.visibility_timeout_ms,
+             "retry_delay": body.settings.retry_delay}
+    dead_letter_queue = body.dead_letter_queue or ""
+    if dead_letter_queue and not _NAME.match(dead_letter_queue):
+        raise Invalid(f"dead_letter_queue {clip(dead_letter_queue)!r}: a queue name is 1 to 63 letters, digits "
+                      "and '-'")
+    if dead_letter_queue == queue:
+        raise Invalid(f"dead_letter_queue {queue!r} is the queue itself: its dead messages would come back "
+                      "for ever; name another queue")
+    try:
+        return msgspec.convert({**{k: v for k, v in given.items() if v is not None},
+                                "dead_letter_queue": dead_letter_queue}, type=PullConsumer)
+    except msgspec.ValidationError as exc:
+        raise Invalid(f"HTTP pull consumer settings: {exc}") from None
 
 
 def _pull_json(made: ResourceInfo) -> dict[str, Any]:
+    settings = pull_settings(made)
     return {"consumer_id": made.id, "type": "http_pull", "queue_name": made.name, "created_on": made.created_on,
-            "settings": _PULL_SETTINGS}
+            "dead_letter_queue": settings.dead_letter_queue,
+            "settings": {"batch_size": settings.batch_size, "max_retries": settings.max_retries,
+                         "visibility_timeout_ms": settings.visibility_timeout_ms,
+                         "retry_delay": settings.retry_delay}}
 
 
 def _consumer_json(queue: str, script: ScriptRecord, consumer: QueueConsumer) -> dict[str, Any]:
@@ -202,8 +255,8 @@ class QueueHandlers(ResourceHandlers):
         return record
 
     async def _set_consumer(self, queue: str, script: ScriptRecord, body: _NewConsumer) -> dict[str, Any]:
-        if body.type != "worker":
-            raise Invalid(f"consumer type {clip(body.type)!r}: a consumer is a worker (type \"worker\") or an "
+        if (body.type or "worker") != "worker":
+            raise Invalid(f"consumer type {clip(str(body.type))!r}: a consumer is a worker (type \"worker\") or an "
                           "HTTP pull consumer (type \"http_pull\")")
         settings = body.settings
         fields: dict[str, Any] = {"queue": queue, "dead_letter_queue": body.dead_letter_queue,
@@ -227,14 +280,20 @@ class QueueHandlers(ResourceHandlers):
         body = body_as(request.body, _NewConsumer, '{"type": "worker", "script_name": "NAME", "settings": {}}',
                        "add a consumer")
         # A queue has one consumer, a worker or an HTTP pull consumer, as on Cloudflare.
+        kind = body.type or "worker"
         taken = [f"worker {s.name!r}" for s in scripts for c in s.queue_consumers if c.queue == name] + \
             ["an HTTP pull consumer" for _ in await self._pulls(name)]
-        if taken and not (body.type == "worker" and taken == [f"worker {body.script_name!r}"]):
+        if taken and not (kind == "worker" and taken == [f"worker {body.script_name!r}"]):
             raise Conflict(f"queue {name!r} already has a consumer ({taken[0]}): remove it first")
-        if body.type == "http_pull":
-            made = await self._make(_PULL, consumer_id(name, "http_pull"), name,
-                                    "The queue already has an HTTP pull consumer")
-            log_event(logging.INFO, "admin.queue_consumer_set", queue=name, type="http_pull")
+        if kind == "http_pull":
+            settings = _pull_of_body(name, body)
+            try:
+                made = await self.core._run(self.store.create_resource, _PULL, consumer_id(name, "http_pull"), name,
+                                            msgspec.json.encode(settings).decode())
+            except Conflict as exc:
+                raise Conflict(f"The queue already has an HTTP pull consumer ({exc})") from None
+            log_event(logging.INFO, "admin.queue_consumer_set", queue=name, type="http_pull",
+                      max_retries=settings.max_retries, dead_letter_queue=settings.dead_letter_queue)
             return envelope(200, _pull_json(made))
         if not body.script_name:
             raise Invalid('a worker consumer names its script: {"type": "worker", "script_name": "NAME"}')
@@ -268,12 +327,28 @@ class QueueHandlers(ResourceHandlers):
 
     async def update_consumer(self, request: Request) -> Response:
         pull = await self._pull_of(request)
-        if pull is not None:  # its settings are each pull's own (batch_size, visibility_timeout_ms)
-            return envelope(200, _pull_json(pull))
+        if pull is not None:
+            body = body_as(request.body, _NewConsumer, '{"type": "http_pull", "settings": {"max_retries": 5}}',
+                           "change a consumer")
+            if body.type not in (None, "http_pull"):
+                raise Invalid(f"consumer {pull.id} of queue {pull.name!r} is an HTTP pull consumer: to make a "
+                              f"{clip(str(body.type))!r} consumer, remove it and add that one")
+            settings = _pull_of_body(pull.name, body)
+            changed = await self.core._run(self.store.set_resource_settings, _PULL, pull.id,
+                                           msgspec.json.encode(settings).decode())
+            if changed is None:
+                raise NotFound(f"queue {pull.name!r} has no consumer {pull.id!r} any more")
+            log_event(logging.INFO, "admin.queue_consumer_set", queue=pull.name, type="http_pull",
+                      max_retries=settings.max_retries, dead_letter_queue=settings.dead_letter_queue)
+            return envelope(200, _pull_json(changed))
         name, script = await self._consumer_of(request)
         body = body_as(request.body, _NewConsumer, '{"type": "worker", "settings": {"batch_size": 10}}',
                        "change a consumer")
         return envelope(200, await self._set_consumer(name, script, body))
+
+    async def pull_consumer(self, queue: str) -> ResourceInfo | None:
+        """``queue``'s HTTP pull consumer (its settings: :func:`pull_settings`), if it has one."""
+        return next(iter(await self._pulls(queue)), None)
 
     async def delete_consumer(self, request: Request) -> Response:
         pull = await self._pull_of(request)
@@ -288,4 +363,4 @@ class QueueHandlers(ResourceHandlers):
         return envelope(200, None)
 
 
-__all__ = ["QueueHandlers", "consumer_id"]
+__all__ = ["MAX_VISIBILITY_MS", "PullConsumer", "QueueHandlers", "consumer_id", "pull_settings"]

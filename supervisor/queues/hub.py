@@ -65,16 +65,41 @@ class QueueHub:
     async def purge(self, key: QueueKey) -> int:
         return await self._db(key, store.purge)
 
-    async def pull(self, key: QueueKey, limit: int, visibility_s: float) -> tuple[list[QueueMessage], int]:
-        """A batch for an HTTP pull consumer (:func:`supervisor.queues.store.pull`)."""
-        return await self._db(key, store.pull, limit, visibility_s)
+    async def pull(self, key: QueueKey, limit: int, visibility_s: float, max_retries: int,
+                   dead_letter_queue: str | None) -> tuple[list[QueueMessage], int]:
+        """A batch for an HTTP pull consumer (:func:`supervisor.queues.store.pull`);
+        messages it finds retried past ``max_retries`` go to ``dead_letter_queue``
+        (dropped without one). Shielded: the dead are forwarded once taken out."""
+        with trio.CancelScope(shield=True):
+            messages, left, dead = await self._db(key, store.pull, limit, visibility_s, max_retries)
+            await self._dead_letter(key, dead, dead_letter_queue)
+        return messages, left
 
     async def settle_leases(self, key: QueueKey, acks: list[tuple[str, int]],
-                            retries: list[tuple[str, int, float]]) -> tuple[int, int, int]:
-        settled = await self._db(key, store.settle_leases, acks, retries)
+                            retries: list[tuple[str, int, float]], max_retries: int,
+                            dead_letter_queue: str | None) -> tuple[int, int, int]:
+        """An HTTP pull consumer's acks and retries
+        (:func:`supervisor.queues.store.settle_leases`): (acked, retried, stale),
+        a retry past ``max_retries`` counted as retried and dead-lettered."""
+        with trio.CancelScope(shield=True):
+            acked, retried, stale, dead = await self._db(key, store.settle_leases, acks, retries, max_retries)
+            await self._dead_letter(key, dead, dead_letter_queue)
         if retries:
             self._signal(key)
-        return settled
+        return acked, retried, stale
+
+    async def _dead_letter(self, key: QueueKey, rows: list[tuple[Any, ...]], dead_letter_queue: str | None) -> None:
+        """Messages retried past their consumer's ``max_retries`` (rows of
+        (id, body, content type, timestamp)), push and pull consumers alike:
+        sent to ``dead_letter_queue`` with their id and timestamp, or dropped
+        without one, as on Cloudflare; logged either way."""
+        if not rows:
+            return
+        if dead_letter_queue:
+            await self.send((key[0], dead_letter_queue),
+                            [store.Outgoing(body, ctype, 0, 0, ts, id_) for id_, body, ctype, ts in rows], None)
+        log("queue.dead_lettered", namespace=key[0], queue=key[1], count=len(rows),
+            to=dead_letter_queue or "(dropped)")
 
     def _signal(self, key: QueueKey) -> None:
         event = self._wake.pop(key, None)
@@ -166,13 +191,7 @@ class QueueHub:
         acked, retried, dead = decide(messages, ok, settled, cfg)
         with trio.CancelScope(shield=True):  # a settled batch is recorded even at shutdown
             rows = await self._db(key, store.settle, acked, retried, dead)
-            if rows and cfg.dead_letter_queue:
-                dlq = (key[0], cfg.dead_letter_queue)
-                await self.send(dlq, [store.Outgoing(body, ctype, 0, 0, ts, id_)
-                                      for id_, body, ctype, ts in rows], None)
-        if dead:
-            log("queue.dead_lettered", namespace=key[0], queue=key[1], count=len(dead),
-                to=cfg.dead_letter_queue or "(dropped)")
+            await self._dead_letter(key, rows, cfg.dead_letter_queue)
 
 
 def decide(messages: list[QueueMessage], ok: bool, settled: Any, cfg: Any

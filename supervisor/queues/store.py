@@ -136,13 +136,30 @@ def settle(conn: sqlite3.Connection, acked: list[str], retried: list[tuple[str, 
     return rows
 
 
-def pull(conn: sqlite3.Connection, limit: int, visibility_s: float) -> tuple[list[QueueMessage], int]:
+def _take_dead(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """Delete the messages ``where`` selects; their (id, body, content type,
+    timestamp) rows, for the dead-letter queue (inside the caller's transaction)."""
+    rows = conn.execute(f"SELECT id, body, content_type, timestamp FROM messages WHERE {where} ORDER BY seq",
+                        params).fetchall()
+    conn.executemany("DELETE FROM messages WHERE id = ?", [(row[0],) for row in rows])
+    return rows
+
+
+def pull(conn: sqlite3.Connection, limit: int, visibility_s: float, max_retries: int
+         ) -> tuple[list[QueueMessage], int, list[tuple[Any, ...]]]:
     """An HTTP pull consumer's batch: up to ``limit`` visible messages, oldest
     first, hidden for ``visibility_s`` (seen again then unless acked), their
-    attempts counted; and how many visible messages are left."""
+    attempts counted; how many visible messages are left; and the rows of the
+    messages taken out as dead instead of delivered.
+
+    A visible message already delivered more than ``max_retries`` times was
+    retried past its consumer's limit (its lease ran out unacknowledged): it
+    goes to the dead-letter queue, as a push consumer's does, instead of
+    being delivered once more for ever."""
     now = time.time()
     conn.execute("BEGIN IMMEDIATE")
     try:
+        dead = _take_dead(conn, "leased = 0 AND visible_at <= ? AND attempts > ?", (now, max_retries))
         rows = conn.execute("SELECT seq, id, body, content_type, timestamp, attempts FROM messages "
                             "WHERE leased = 0 AND visible_at <= ? ORDER BY seq LIMIT ?", (now, limit)).fetchall()
         conn.executemany("UPDATE messages SET attempts = attempts + 1, visible_at = ? WHERE seq = ?",
@@ -154,17 +171,22 @@ def pull(conn: sqlite3.Connection, limit: int, visibility_s: float) -> tuple[lis
         if conn.in_transaction:  # else the real error would read "cannot rollback"
             conn.execute("ROLLBACK")
         raise
-    return [QueueMessage(id_, ts, body, ctype, attempts + 1) for _, id_, body, ctype, ts, attempts in rows], left
+    messages = [QueueMessage(id_, ts, body, ctype, attempts + 1) for _, id_, body, ctype, ts, attempts in rows]
+    return messages, left, dead
 
 
 def settle_leases(conn: sqlite3.Connection, acks: list[tuple[str, int]],
-                  retries: list[tuple[str, int, float]]) -> tuple[int, int, int]:
+                  retries: list[tuple[str, int, float]], max_retries: int
+                  ) -> tuple[int, int, int, list[tuple[Any, ...]]]:
     """An HTTP pull consumer's acks and retries, each naming a message and the
     attempt its lease was for: a lease whose message was pulled again since
     (its visibility timeout ran out) or is gone counts as stale and changes
-    nothing. (acked, retried, stale)."""
+    nothing. A retry of a message delivered more than ``max_retries`` times
+    takes it out as dead (its row returned, for the dead-letter queue), as a
+    push consumer's retry does. (acked, retried, stale, dead rows)."""
     now = time.time()
     acked = retried = stale = 0
+    dead: list[tuple[Any, ...]] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
         for id_, attempt in acks:
@@ -172,8 +194,13 @@ def settle_leases(conn: sqlite3.Connection, acks: list[tuple[str, int]],
             acked += done
             stale += 1 - done
         for id_, attempt, delay in retries:
-            done = conn.execute("UPDATE messages SET visible_at = ? WHERE id = ? AND attempts = ?",
-                                (now + delay, id_, attempt)).rowcount
+            if attempt > max_retries:
+                rows = _take_dead(conn, "id = ? AND attempts = ?", (id_, attempt))
+                dead += rows
+                done = len(rows)
+            else:
+                done = conn.execute("UPDATE messages SET visible_at = ? WHERE id = ? AND attempts = ?",
+                                    (now + delay, id_, attempt)).rowcount
             retried += done
             stale += 1 - done
         conn.execute("COMMIT")
@@ -181,4 +208,4 @@ def settle_leases(conn: sqlite3.Connection, acks: list[tuple[str, int]],
         if conn.in_transaction:  # else the real error would read "cannot rollback"
             conn.execute("ROLLBACK")
         raise
-    return acked, retried, stale
+    return acked, retried, stale, dead

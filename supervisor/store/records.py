@@ -41,6 +41,8 @@ class ResourceInfo(msgspec.Struct, kw_only=True):
     id: str
     name: str
     created_on: str
+    #: JSON of what a kind keeps beside its name (an HTTP pull consumer's settings), or "".
+    settings: str = ""
 
 
 class VersionInfo(msgspec.Struct, kw_only=True):

@@ -90,6 +90,7 @@ CREATE TABLE IF NOT EXISTS resources (
     id TEXT NOT NULL,                 -- what bindings name
     name TEXT NOT NULL,               -- a KV namespace's title, a D1 database's name
     created_on TEXT NOT NULL,
+    settings TEXT NOT NULL DEFAULT '',  -- JSON of a kind's own settings (an HTTP pull consumer's), or ''
     PRIMARY KEY (kind, id),
     UNIQUE (kind, name)
 );
@@ -137,8 +138,16 @@ def migrate(db: sqlite3.Connection, path: str) -> None:
         )
     elif version == 1:
         _upgrade_1_to_2(db)
+    _add_resource_settings(db)
     if version < SCHEMA_VERSION:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _add_resource_settings(db: sqlite3.Connection) -> None:
+    """``resources.settings`` came after schema 2's first release: a column
+    added with a default, which older code reading the table never names."""
+    if "settings" not in {row[1] for row in db.execute("PRAGMA table_info(resources)")}:
+        db.execute("ALTER TABLE resources ADD COLUMN settings TEXT NOT NULL DEFAULT ''")
 
 
 def bundle_hash(main_module: str, modules: bytes, metadata: str) -> str:

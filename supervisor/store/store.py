@@ -717,35 +717,46 @@ class Store:
 
     # -- KV namespaces and D1 databases made through the API ---------------
 
-    def create_resource(self, kind: str, resource_id: str, name: str) -> ResourceInfo:
-        """Record that ``resource_id`` of binding type ``kind`` is called ``name``;
-        a name already taken is a :class:`Conflict` naming its id."""
-        info = ResourceInfo(kind=kind, id=resource_id, name=name, created_on=schema.now())
+    def create_resource(self, kind: str, resource_id: str, name: str, settings: str = "") -> ResourceInfo:
+        """Record that ``resource_id`` of binding type ``kind`` is called ``name``
+        (with ``settings``, JSON, where the kind has them); a name already taken
+        is a :class:`Conflict` naming its id."""
+        info = ResourceInfo(kind=kind, id=resource_id, name=name, created_on=schema.now(), settings=settings)
         with self._transaction() as db:
             row = db.execute("SELECT id FROM resources WHERE kind = ? AND name = ?", (kind, name)).fetchone()
             if row is not None:
                 raise Conflict(f"{name!r} is taken: it names {row[0]}")
-            db.execute("INSERT INTO resources (kind, id, name, created_on) VALUES (?, ?, ?, ?)",
-                       (info.kind, info.id, info.name, info.created_on))
+            db.execute("INSERT INTO resources (kind, id, name, created_on, settings) VALUES (?, ?, ?, ?, ?)",
+                       (info.kind, info.id, info.name, info.created_on, info.settings))
         return info
 
     def list_resources(self, kind: str) -> list[ResourceInfo]:
-        return [ResourceInfo(kind=kind, id=r[0], name=r[1], created_on=r[2]) for r in self._read(
-            "SELECT id, name, created_on FROM resources WHERE kind = ? ORDER BY id", (kind,))]
+        return [ResourceInfo(kind=kind, id=r[0], name=r[1], created_on=r[2], settings=r[3]) for r in self._read(
+            "SELECT id, name, created_on, settings FROM resources WHERE kind = ? ORDER BY id", (kind,))]
+
+    def set_resource_settings(self, kind: str, resource_id: str, settings: str) -> ResourceInfo | None:
+        """Replace ``resource_id``'s settings (JSON); None if it has no record."""
+        with self._transaction() as db:
+            if not db.execute("UPDATE resources SET settings = ? WHERE kind = ? AND id = ?",
+                              (settings, kind, resource_id)).rowcount:
+                return None
+            row = db.execute("SELECT name, created_on FROM resources WHERE kind = ? AND id = ?",
+                             (kind, resource_id)).fetchone()
+        return ResourceInfo(kind=kind, id=resource_id, name=row[0], created_on=row[1], settings=settings)
 
     def rename_resource(self, kind: str, resource_id: str, name: str) -> ResourceInfo:
-        """Call ``resource_id`` ``name`` (recorded now if it was only bound)."""
+        """Call ``resource_id`` ``name`` (recorded now if it was only bound); its settings stay."""
         with self._transaction() as db:
             row = db.execute("SELECT id FROM resources WHERE kind = ? AND name = ? AND id != ?",
                              (kind, name, resource_id)).fetchone()
             if row is not None:
                 raise Conflict(f"{name!r} is taken: it names {row[0]}")
-            created = db.execute("SELECT created_on FROM resources WHERE kind = ? AND id = ?",
-                                 (kind, resource_id)).fetchone()
-            created_on = created[0] if created else schema.now()
-            db.execute("INSERT OR REPLACE INTO resources (kind, id, name, created_on) VALUES (?, ?, ?, ?)",
-                       (kind, resource_id, name, created_on))
-        return ResourceInfo(kind=kind, id=resource_id, name=name, created_on=created_on)
+            found = db.execute("SELECT created_on, settings FROM resources WHERE kind = ? AND id = ?",
+                               (kind, resource_id)).fetchone()
+            created_on, settings = found if found else (schema.now(), "")
+            db.execute("INSERT OR REPLACE INTO resources (kind, id, name, created_on, settings) "
+                       "VALUES (?, ?, ?, ?, ?)", (kind, resource_id, name, created_on, settings))
+        return ResourceInfo(kind=kind, id=resource_id, name=name, created_on=created_on, settings=settings)
 
     def delete_resource(self, kind: str, resource_id: str) -> bool:
         """Forget ``resource_id``'s name; True if it had one."""
