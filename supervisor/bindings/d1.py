@@ -7,9 +7,10 @@ the child shapes ``all()``, ``first()``, ``run()`` and ``raw()`` from that.
 
 What a tenant's SQL may do is decided by SQLite's authorizer, not by
 parsing: ``ATTACH`` (and so ``VACUUM INTO``, which attaches its target),
-``load_extension()``, pragmas outside a read-only allowlist, and
-transaction statements (``batch()`` is the transaction) are refused with a
-message that says so. Per-query time (a progress handler), result size,
+``load_extension()``, pragmas outside a read-only allowlist, transaction
+statements (``batch()`` is the transaction), and tables, indexes and views
+named with Cloudflare's reserved ``_cf_`` prefix (D1's ``not authorized:
+SQLITE_AUTH``) are refused with a message that says so. Per-query time (a progress handler), result size,
 statement length, bound parameters and value size are bounded; the
 database's size cap is SQLite's ``max_page_count``, so a write past it fails
 cleanly inside its transaction.
@@ -17,6 +18,7 @@ cleanly inside its transaction.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from typing import Any, Protocol
@@ -45,6 +47,30 @@ ALLOWED_PRAGMAS = frozenset({
 })
 
 Statement = tuple[str, list[Any]]
+#: Names Cloudflare keeps for its own tables (D1's ``_cf_KV``, a Durable Object's ``_cf_*``).
+RESERVED_PREFIX = "_cf_"
+#: Authorizer actions whose first argument names a table, index or view.
+_NAMED_BY_ARG1 = frozenset({
+    sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_TEMP_INDEX,
+    sqlite3.SQLITE_CREATE_TEMP_TABLE, sqlite3.SQLITE_CREATE_TEMP_VIEW, sqlite3.SQLITE_CREATE_VIEW,
+    sqlite3.SQLITE_CREATE_VTABLE, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TABLE,
+    sqlite3.SQLITE_DROP_TEMP_INDEX, sqlite3.SQLITE_DROP_TEMP_TABLE, sqlite3.SQLITE_DROP_TEMP_VIEW,
+    sqlite3.SQLITE_DROP_VIEW, sqlite3.SQLITE_DROP_VTABLE, sqlite3.SQLITE_INSERT, sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_REINDEX, sqlite3.SQLITE_ANALYZE,
+})
+#: ... whose second argument names a table (an index's or trigger's; ALTER TABLE's; a pragma's argument).
+_NAMED_BY_ARG2 = frozenset({
+    sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TEMP_INDEX, sqlite3.SQLITE_CREATE_TRIGGER,
+    sqlite3.SQLITE_CREATE_TEMP_TRIGGER, sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TEMP_INDEX,
+    sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_DROP_TEMP_TRIGGER, sqlite3.SQLITE_ALTER_TABLE,
+    sqlite3.SQLITE_PRAGMA,
+})
+
+
+def reserved(name: Any) -> bool:
+    """Whether ``name`` has the ``_cf_`` prefix (in any case: SQLite's names are
+    case-insensitive, so ``_CF_KV`` is the table ``_cf_KV``)."""
+    return isinstance(name, str) and name[:len(RESERVED_PREFIX)].lower() == RESERVED_PREFIX
 
 
 class D1Backend(Protocol):
@@ -77,8 +103,17 @@ class _Guard(Deadline):
     def __init__(self, timeout_s: float) -> None:
         super().__init__(timeout_s)
         self.refused = ""
+        #: An ALTER TABLE ran: a RENAME TO names its new table where the
+        #: authorizer never sees it, so the schema is checked after it.
+        self.altered = False
 
     def authorize(self, action: int, arg1: Any, arg2: Any, db: Any, trigger: Any) -> int:
+        if (action in _NAMED_BY_ARG1 and reserved(arg1)) or (action in _NAMED_BY_ARG2 and reserved(arg2)):
+            name = arg1 if action in _NAMED_BY_ARG1 and reserved(arg1) else arg2
+            return self._refuse(f"not authorized: names starting with {RESERVED_PREFIX} are reserved for "
+                                f"Cloudflare's own tables ({str(name)[:64]!r})")
+        if action == sqlite3.SQLITE_ALTER_TABLE:
+            self.altered = True
         if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
             return self._refuse("ATTACH and DETACH (and VACUUM INTO) are not allowed in D1")
         if action == sqlite3.SQLITE_PRAGMA and str(arg1).lower() not in ALLOWED_PRAGMAS:
@@ -113,7 +148,12 @@ def _run(conn: sqlite3.Connection, statements: list[Statement], max_bytes: int |
         for index, (sql, params) in enumerate(statements):  # noqa: B007 - read after the loop
             started = time.perf_counter()
             before = conn.total_changes
+            # An ALTER TABLE is checked against the reserved names there were before it.
+            kept = _reserved_names(conn, guard) if "alter" in sql.lower() else set()
             cursor = conn.execute(sql, params)
+            if guard.altered:
+                guard.altered = False
+                _check_renamed(conn, guard, kept)
             columns = [d[0] for d in cursor.description or ()]
             rows: list[list[Any]] = []
             while batch := cursor.fetchmany(256):
@@ -155,6 +195,28 @@ def _run(conn: sqlite3.Connection, statements: list[Statement], max_bytes: int |
     for result in out:
         result["meta"]["size_after"] = size
     return out
+
+
+def _reserved_names(conn: sqlite3.Connection, guard: _Guard) -> set[str]:
+    """The schema's names with the reserved prefix (read past the authorizer)."""
+    conn.set_authorizer(None)
+    try:
+        return {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE substr(lower(name), 1, ?) = ?",
+            (len(RESERVED_PREFIX), RESERVED_PREFIX))}
+    finally:
+        conn.set_authorizer(guard.authorize)
+
+
+def _check_renamed(conn: sqlite3.Connection, guard: _Guard, before: set[str]) -> None:
+    """After an ALTER TABLE: refuse a table it renamed into the reserved
+    prefix (SQLite shows the authorizer the old name, not the new). Names
+    there before (from before the prefix was refused) do not count."""
+    new = sorted(_reserved_names(conn, guard) - before)
+    if new:
+        guard.refused = (f"not authorized: names starting with {RESERVED_PREFIX} are reserved for "
+                         f"Cloudflare's own tables ({new[0][:64]!r})")
+        raise sqlite3.DatabaseError("not authorized")
 
 
 def _explain(exc: sqlite3.Error, guard: _Guard, prefix: str, index: int, total: int,
@@ -202,6 +264,13 @@ class SqliteD1:
 
 
 def _value(value: Any) -> Any:
+    """A bound value as D1 stores it. A float that is not finite (``inf``,
+    ``-inf``, ``nan``) is NULL: D1's binding sends parameters as JSON, where
+    ``JSON.stringify`` writes ``Infinity`` and ``NaN`` as ``null`` (workerd's
+    ``d1-api.ts``); SQLite here would have kept an infinity as a REAL and
+    turned NaN into NULL."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if value is None or isinstance(value, (str, bytes, float)):
         return value
     if isinstance(value, bool):

@@ -14,12 +14,14 @@ Every function takes the connection first and runs in a storage thread
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from typing import Any
 
-from supervisor.bindings.base import BindingError
+from supervisor.bindings.base import MAX_DATE_MS, BindingError
 from supervisor.bindings.quota import quota_error
 from supervisor.bindings.sqlite_limits import Deadline, hold_to
+from supervisor.log import warn
 
 MAX_KEY_BYTES = 2048
 MAX_VALUE_BYTES = 2 * 1024 * 1024
@@ -293,8 +295,25 @@ def database_size(conn: sqlite3.Connection) -> int:
 
 
 def get_alarm(conn: sqlite3.Connection) -> float | None:
+    """The alarm time (ms since the epoch), or None.
+
+    A time no JavaScript Date holds (past ``MAX_DATE_MS``, an infinity, not
+    a number) was stored by code before setAlarm() refused one: it can
+    never fire, and ``getAlarm()``'s whole number of it broke every read
+    (an internal error). It is no alarm: cleared, and logged once, saying
+    so."""
     row = conn.execute("SELECT time FROM _cf_alarm WHERE id = 0").fetchone()
-    return None if row is None else row[0]
+    if row is None:
+        return None
+    when = row[0]
+    if isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when) \
+            and abs(when) <= MAX_DATE_MS:
+        return float(when)
+    conn.execute("DELETE FROM _cf_alarm WHERE id = 0")
+    files = [r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"]
+    warn("dobject.alarm_out_of_range", file=files[0] if files else "", stored=repr(when)[:60],
+         action="cleared: treated as no alarm")
+    return None
 
 
 def set_alarm(conn: sqlite3.Connection, when: float | None) -> None:
