@@ -146,27 +146,8 @@ def _bad_tag(tags: Sequence[str]) -> str | None:
 
 
 def _undecodable_module(modules: dict[str, bytes]) -> str | None:
-    """Why a ``.py`` module cannot be read as Python source (not UTF-8, nor
-    the encoding its coding line declares), or None. Such a module was
-    deployed without a word and failed only when imported, in production."""
-    import io
-    import tokenize
-
-    for path, code in modules.items():
-        if not path.endswith(".py"):
-            continue
-        try:
-            encoding, _ = tokenize.detect_encoding(io.BytesIO(code).readline)
-        except SyntaxError as exc:
-            if "encoding declaration" not in str(exc.msg):  # a coding line naming no codec, say
-                return f"{path}: {exc.msg}"
-            encoding = "utf-8"  # its first lines are not UTF-8, and declare nothing
-        try:
-            code.decode(encoding)
-        except UnicodeDecodeError as exc:
-            return (f"{path} is not {exc.encoding} text (byte {exc.start}): Python modules are UTF-8 "
-                    "unless a coding line (# -*- coding: NAME -*-) says otherwise")
-    return None
+    """Checked here before the upload too, so the message names the project's file."""
+    return model.undecodable_module(modules)
 
 
 def _fetch_all(client: AdminClient, path: str, query: dict[str, str]) -> list[Any]:
@@ -197,7 +178,9 @@ def _cmd_rm(args: argparse.Namespace, client: AdminClient) -> int:
         if args.tag:
             print("corral rm: give a NAME or --tag filters, not both", file=sys.stderr)
             return 2
-        result, _ = client.call("DELETE", _scripts_path(args.namespace, args.name))
+        # As wrangler delete --force: delete even a script other scripts use.
+        force = "?force=true" if args.force else ""
+        result, _ = client.call("DELETE", _scripts_path(args.namespace, args.name) + force)
         _emit(args, result, f"deleted {args.name}")
         return 0
     if not args.tag or not args.namespace:
@@ -351,6 +334,8 @@ def _parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("rm", parents=[common], help="delete a script (or many, by tags)")
     rm.add_argument("--namespace", "-n", help="dispatch namespace (default: platform scripts)")
     rm.add_argument("--tag", action="append", help="bulk delete by tag (TAG:yes / TAG:no; repeatable)")
+    rm.add_argument("--force", action="store_true",
+                    help="delete a script even when other scripts bind it (they will break)")
     rm.add_argument("name", metavar="NAME", nargs="?")
 
     tags = sub.add_parser("tags", parents=[common], help="show or change a script's tags")

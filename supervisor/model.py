@@ -37,6 +37,21 @@ MAX_BINDINGS = 1000
 MAX_TAIL_CONSUMERS = 100
 MAX_CRONS = 5  # Cloudflare allows up to 5 cron triggers per Worker (paid)
 
+#: A Worker's name as Cloudflare accepts it at upload: lowercase letters,
+#: digits, '-' and '_', not starting with '-' (the Workers API's own pattern,
+#: which wrangler checks with too), at most 63 characters (a DNS label: the
+#: name becomes a workers.dev host).
+UPLOAD_NAME_RE = re.compile(r"[a-z0-9_][a-z0-9_-]{0,62}")
+#: Cloudflare's error for any other name (workers.api.error.invalid_script_name).
+INVALID_SCRIPT_NAME_CODE = 10016
+#: Cloudflare's Workers limits: 128 environment variables per Worker (Workers
+#: Paid; 64 on Free), each value at most 5 KB. Text, JSON and secret bindings
+#: all count, as they are all variables on ``env``.
+MAX_VARIABLES = 128
+MAX_VARIABLE_BYTES = 5 * 1024
+#: A validation error, as Cloudflare reports what the runtime refuses in an upload.
+VALIDATION_FAILED_CODE = 10021
+
 ScriptName = Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
@@ -46,6 +61,17 @@ def check_name(kind: str, name: object) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
         raise Invalid(f"invalid {kind} name {shown}: use 1 to 63 letters, digits, '_' or '-'")
+    return name
+
+
+def check_upload_name(name: str) -> str:
+    """A new version's script name, as Cloudflare takes it (:data:`UPLOAD_NAME_RE`):
+    stricter than :func:`check_name`, which still reads names stored before
+    uploads were held to it (an uppercase one can be read and deleted)."""
+    if not UPLOAD_NAME_RE.fullmatch(name):
+        shown = repr(name) if len(name) <= 80 else repr(name[:77] + "...")
+        raise Invalid(f"invalid Worker name {shown}: a Worker's name is 1 to 63 lowercase letters, digits, "
+                      "'-' or '_', not starting with '-'", code=INVALID_SCRIPT_NAME_CODE)
     return name
 
 
@@ -451,9 +477,68 @@ def decode_metadata(raw: Any) -> UploadMetadata:
     if not isinstance(raw, dict):
         raise Invalid("the metadata must be a JSON object")
     try:
-        return msgspec.convert(_dewrangle(raw), UploadMetadata)
+        metadata = msgspec.convert(_dewrangle(raw), UploadMetadata)
     except msgspec.ValidationError as exc:
         raise Invalid(f"invalid metadata: {_explain(str(exc))}") from None
+    check_compatibility_flags(metadata.compatibility_flags)
+    return metadata
+
+
+def check_compatibility_flags(flags: list[str]) -> None:
+    """Refuse a flag Cloudflare's runtime does not know, in workerd's words
+    (a typo would otherwise be stored and do nothing)."""
+    from supervisor.compat_flags import KNOWN_FLAGS
+
+    for flag in flags:
+        if flag not in KNOWN_FLAGS:
+            shown = flag if len(flag) <= 80 else flag[:77] + "..."
+            raise Invalid(f"No such compatibility flag: {shown}", code=VALIDATION_FAILED_CODE)
+
+
+def check_variables(bindings: list[Binding]) -> None:
+    """Cloudflare's limits on a Worker's environment variables (text, JSON
+    and secrets): at most :data:`MAX_VARIABLES` of them, each value at most
+    :data:`MAX_VARIABLE_BYTES` (a secret up to the upload's size limit was
+    stored, and handed to every child that runs the script)."""
+    count = 0
+    for binding in bindings:
+        if isinstance(binding, (PlainText, SecretText)):
+            size, kind = len(binding.text.encode("utf-8", "surrogatepass")), type(binding).__struct_config__.tag
+        elif isinstance(binding, Json):
+            size, kind = len(msgspec.json.encode(binding.json)), "json"
+        else:
+            continue
+        count += 1
+        if size > MAX_VARIABLE_BYTES:
+            raise Invalid(f"{kind} binding {binding.name!r} is {size} bytes, over the environment variable "
+                          f"size limit of 5 KB ({MAX_VARIABLE_BYTES} bytes)")
+    if count > MAX_VARIABLES:
+        raise Invalid(f"the script has {count} environment variables (text, JSON and secret bindings), "
+                      f"over the limit of {MAX_VARIABLES} per Worker")
+
+
+def undecodable_module(modules: dict[str, bytes]) -> str | None:
+    """Why a ``.py`` module cannot be read as Python source (not UTF-8, nor
+    the encoding its coding line declares), or None. Such a module was
+    deployed without a word and failed only when imported, in production."""
+    import io
+    import tokenize
+
+    for path, code in modules.items():
+        if not path.endswith(".py"):
+            continue
+        try:
+            encoding, _ = tokenize.detect_encoding(io.BytesIO(code).readline)
+        except SyntaxError as exc:
+            if "encoding declaration" not in str(exc.msg):  # a coding line naming no codec, say
+                return f"{path}: {exc.msg}"
+            encoding = "utf-8"  # its first lines are not UTF-8, and declare nothing
+        try:
+            code.decode(encoding)
+        except UnicodeDecodeError as exc:
+            return (f"{path} is not {exc.encoding} text (byte {exc.start}): Python modules are UTF-8 "
+                    "unless a coding line (# -*- coding: NAME -*-) says otherwise")
+    return None
 
 
 def _explain(message: str) -> str:

@@ -319,6 +319,10 @@ class Supervisor:
         self.pool.settle_cpu()  # invocations that ended before the query are in it
         return await usage.query(namespace, script, tag, since, until)
 
+    async def _script_exists(self, namespace: str | None, name: str) -> bool:
+        """For ``GET /tail?script=``: is ``name`` deployed (in ``namespace``, else anywhere)?"""
+        return await trio.to_thread.run_sync(self.store.script_exists, namespace, name)
+
     async def _admin_handle(self, request: Request, conn: Connection) -> None:
         body = request.body if isinstance(request.body, bytes) else await read_all(
             request.body, self.admin_http.config.max_body_bytes)
@@ -326,7 +330,7 @@ class Supervisor:
         if request.method == b"GET" and target.split("?", 1)[0].rstrip("/") == "/tail":
             # Streamed, so not through the sans-I/O API (supervisor.observability.tail).
             self.observability.metrics.admin_call("GET", 200)
-            await serve_live_tail(self.observability.live, target, conn)
+            await serve_live_tail(self.observability.live, target, conn, self._script_exists)
             return
         method = request.method.decode("latin-1")
         # HEAD is GET without the body (RFC 9110 section 9.3.2), for health checks.

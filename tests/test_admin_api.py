@@ -403,6 +403,10 @@ def test_platform_scripts(client):
 
 
 def test_routes(client):
+    # A route names a deployed platform script (Cloudflare refuses one to no Worker: code 10019).
+    refused = client("POST", ROUTES, {"pattern": "*.example.com/*", "script": "dispatcher"}, expect=400)
+    assert refused["errors"][0]["code"] == 10019 and "does not exist" in error_message(refused)
+    client.upload(f"{PS}/dispatcher", {"main_module": "worker.py"})
     added = client("POST", ROUTES, {"pattern": "*.example.com/*", "script": "dispatcher"})["result"]
     assert added["pattern"] == "*.example.com/*" and added["script"] == "dispatcher"
     assert client("GET", ROUTES)["result"] == [added]
@@ -489,6 +493,7 @@ def test_state_persists_across_reopening_the_store(client):
     client("POST", NS, {"name": "customers"})
     client.upload(f"{PS}/auth", {"main_module": "worker.py"})  # the platform script AUTH binds
     client.upload(f"{NS}/customers/scripts/s", SECRET_META)
+    client.upload(f"{PS}/dispatcher", {"main_module": "worker.py"})  # the platform script the route names
     route = client("POST", ROUTES, {"pattern": "*/*", "script": "dispatcher"})["result"]
     before = client("GET", f"{NS}/customers/scripts/s")["result"]
     client.reopen()

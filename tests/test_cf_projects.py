@@ -327,7 +327,9 @@ def test_assets_are_per_script_and_deduplicated(corral):
 def test_wrangler_keys(corral, tmp_path):
     result = deploy(corral, "wrangler-keys", "wrangler")
     assert result.returncode == 0, result.stderr
-    assert "unknown compatibility flag 'made_up_flag'" in result.stderr
+    # A real flag Corral does not act on: stored, and the deploy says so (an
+    # unknown one is refused, as Cloudflare refuses it).
+    assert "compatibility flag 'url_standard' has no effect in Corral" in result.stderr
     resp = get(corral, "wrangler-keys")
     assert resp.json() == {"host": "example.com", "retries": 3, "root": "src is the import root",
                            "page": "<p>a template beside the code</p>\n", "query": "SELECT 1;\n"}
@@ -338,7 +340,7 @@ def test_wrangler_keys(corral, tmp_path):
     content = corral.admin("GET", f"/accounts/local/workers/dispatch/namespaces/{NS}/scripts/"
                                   "wrangler-keys/content")
     assert b'filename="src/page.html"\r\nContent-Type: text/plain' in content.body
-    assert script.json()["result"]["compatibility_flags"] == ["python_workers", "made_up_flag"]
+    assert script.json()["result"]["compatibility_flags"] == ["python_workers", "url_standard"]
     project = tmp_path / "durable"
     (project / "src").mkdir(parents=True)
     (project / "src/entry.py").write_text("")

@@ -94,7 +94,7 @@ BAD_SERVICE = [{"type": "service", "name": "S", "service": "nope"}]
     ({"tags": ["changed"], "compatibility_date": "garbage"}, 400, ("compatibility_date", "'garbage'")),
     ({"tags": ["changed"], "bindings": [{"type": "inherit", "name": "NOPE"}]}, 400, ("'NOPE'", "inherit")),
     ({"tags": ["a,b"], "compatibility_date": "2025-06-01"}, 400, ("invalid tag 'a,b'",)),
-    ({"tags": [f"t{i}" for i in range(9)], "compatibility_flags": ["x"]}, 400, ("at most 8 tags",)),
+    ({"tags": [f"t{i}" for i in range(9)], "compatibility_flags": ["nodejs_compat"]}, 400, ("at most 8 tags",)),
     ({"tags": "abc"}, 400, ("settings.tags must be a list",)),
     ({"bindings": "abc"}, 400, ("$.bindings",)),
     ({"bindings": [META["bindings"][0], META["bindings"][0]]}, 400, ("two bindings are named 'WORD'",)),
@@ -249,7 +249,7 @@ def _upload(meta: dict[str, Any] | None = None, modules: dict[str, Any] | None =
 UPLOADS: dict[str, tuple[tuple[bytes, str], int, tuple[str, ...]]] = {
     "main-missing": (_upload({"main_module": "nope.py"}), 400, ("main_module 'nope.py' is not among",)),
     "syntax-error": (_upload(modules={"worker.py": "def ("}), 400, ("failed to load", "SyntaxError")),
-    "not-utf8": (_upload(modules={"worker.py": b"\xff\xfe"}), 400, ("failed to load", "utf-8")),
+    "not-utf8": (_upload(modules={"worker.py": b"\xff\xfe"}), 400, ("worker.py", "is not utf-8 text")),
     "nul-path": (_upload(modules={"worker.py": CODE, "lib/\x00.py": "x"}), 400, ("invalid module name",)),
     "absolute-path": (_upload(modules={"worker.py": CODE, "/abs.py": "x"}), 400, ("invalid module name '/abs.py'",)),
     "dotdot-path": (_upload(modules={"worker.py": CODE, "a/../b.py": "x"}), 400, ("invalid module name",)),

@@ -28,21 +28,26 @@ from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespa
 from supervisor.admin.router import Request, Router
 from supervisor.cron import CronError, check_crons, parse_cron
 from supervisor.edge import asset_rules
-from supervisor.errors import Invalid, NotSupported, TooLarge
+from supervisor.errors import Conflict, Invalid, NotSupported, TooLarge
 from supervisor.model import (
     PLATFORM,
     AssetConfig,
     AssetEntry,
     AssetSet,
+    DispatchNamespace,
+    DurableObjectNamespace,
     LoadCheck,
     ScriptRecord,
     Service,
     UploadMetadata,
     check_name,
+    check_upload_name,
+    check_variables,
     decode_metadata,
     module_path_ok,
     record_version,
     resolve_bindings,
+    undecodable_module,
 )
 from supervisor.packages import upload as packages_upload
 from supervisor.store.assets import AssetBlobs
@@ -52,6 +57,9 @@ from supervisor.store.store import Store, namespace_not_found, script_not_found
 log = logging.getLogger("corral.admin")
 _T = TypeVar("_T")
 
+#: The code Cloudflare's API answers a delete without ``?force=true`` of a
+#: Worker others still use (a service binding's conflict).
+SCRIPT_IN_USE_CODE = 10142
 #: Room for the metadata part and multipart framing on top of the code itself.
 UPLOAD_OVERHEAD = 1 * 2**20
 #: Static assets travel as parts named ``__asset__/<path>``, on top of the code.
@@ -127,6 +135,41 @@ def deploy_source(request: Request) -> str:
 
 def _script_of(request: Request) -> str:
     return check_name("script", request.params["name"])
+
+
+def _flag(request: Request, key: str) -> bool:
+    """A boolean query parameter (``?force=true``), as Cloudflare's API reads them."""
+    value = request.query.get(key, "").strip().lower()
+    if value in ("", "false", "0"):
+        return False
+    if value in ("true", "1"):
+        return True
+    raise Invalid(f"?{key}= must be true or false, got {clip(value)!r}")
+
+
+def dependents(record: ScriptRecord, ns: str, name: str) -> list[str]:
+    """How ``record`` (another deployed script) depends on script ``name`` of
+    ``ns``, one line each, as ``wrangler delete`` lists them: a service
+    binding to it, an outbound worker, a tail consumer, a binding to a Durable
+    Object class it defines. A script's use of itself does not count."""
+    if (record.namespace, record.name) == (ns, name):
+        return []
+    who = f"Worker {record.name!r}" + (f" of dispatch namespace {record.namespace!r}"
+                                       if record.namespace != PLATFORM else "")
+    found: list[str] = []
+    for b in record.bindings:
+        if ns == PLATFORM and isinstance(b, Service) and b.service == name:
+            found.append(f"{who} uses it as a service binding ({b.name})")
+        elif ns == PLATFORM and isinstance(b, DispatchNamespace) and b.outbound is not None \
+                and b.outbound.worker is not None and b.outbound.worker.service == name:
+            found.append(f"{who} uses it as the outbound worker of dispatch namespace {b.namespace!r} "
+                         f"({b.name})")
+        elif isinstance(b, DurableObjectNamespace) and b.script_name == name and record.namespace == ns:
+            found.append(f"{who} has a binding to the Durable Object class {b.class_name!r} it implements "
+                         f"({b.name})")
+    if any(c.service == name and (c.namespace or PLATFORM) == ns for c in record.tail_consumers):
+        found.append(f"{who} uses it as a tail worker")
+    return found
 
 
 def _tag_filters(request: Request) -> list[TagFilter]:
@@ -243,6 +286,7 @@ class Handlers:
     async def store_version(self, record: ScriptRecord, source: str) -> ScriptRecord:
         """Store and deploy ``record``, a new version made from the deployed
         one (a secret, settings, schedules), and tell the pool."""
+        check_variables(record.bindings)
         stored = await self._run(functools.partial(self.store.put_script, record, source=source))
         self._changed(record.namespace, record.name)
         return stored
@@ -378,13 +422,29 @@ class Handlers:
         return envelope(200, script_json(record, with_modules=True, nested=True))
 
     async def delete_script(self, request: Request) -> Response:
+        """Delete a script, unless other scripts still use it and the caller
+        did not say ``?force=true``: Cloudflare refuses that delete too, and
+        ``wrangler delete`` lists the dependents and asks before forcing it.
+        A platform script's custom domains go with it, as a Custom Domain is
+        the Worker's own (its routes stay: a route names a script, and serves
+        it again when a script of that name is deployed)."""
         ns, name = _namespace_of(request), _script_of(request)
+        force = _flag(request, "force")
+        if not force:
+            if await self._run(self.store.get_script, ns, name) is None:
+                raise script_not_found(ns, name)  # a 404, whatever still names it
+            uses = [line for other in await self._run(self.store.scripts_naming, name)
+                    for line in dependents(other, ns, name)]
+            if uses:
+                shown = "; ".join(uses[:10]) + (f"; and {len(uses) - 10} more" if len(uses) > 10 else "")
+                raise Conflict(f"script {name!r} is in use by other Workers: {shown}. Deleting it would break "
+                               "them; delete with ?force=true to delete it anyway", code=SCRIPT_IN_USE_CODE)
         if not await self._run(self.store.delete_script, ns, name):
             raise script_not_found(ns, name)
         self._changed(ns, name)
         await self._drop_assets(ns, [name])
         await self._purge_data(ns, [name])
-        log_event(logging.INFO, "admin.script_deleted", namespace=ns, script=name)
+        log_event(logging.INFO, "admin.script_deleted", namespace=ns, script=name, force=force)
         return envelope(200, {"id": name})
 
     async def put_script(self, request: Request) -> Response:
@@ -402,6 +462,7 @@ class Handlers:
         (deployed at 100% when ``deploy``). ``code_only``: a content update,
         which keeps every setting of the deployed version. What the operator
         should know (e.g. an unmet requires-python) is added to ``warnings``."""
+        check_upload_name(name)
         if len(request.body) > self.max_script_bytes + UPLOAD_OVERHEAD:
             raise TooLarge(f"upload of {len(request.body)} bytes exceeds the {self.max_script_bytes}-byte "
                            "script size limit")
@@ -417,6 +478,7 @@ class Handlers:
         if warnings is not None:
             warnings.extend(packages.warnings)
         record = self._build_record(ns, name, parts, previous, packages, code_only=code_only)
+        check_variables(record.bindings)
         await self.check_services(record)
         if warnings is not None and record.assets is not None:
             config = record.assets.config  # lines Cloudflare would ignore, as Wrangler warns of them
@@ -557,6 +619,8 @@ class Handlers:
             modules[path] = part.data
         if not modules:
             raise Invalid("the upload has no modules: add one part per file, named by its path")
+        if (problem := undecodable_module(modules)) is not None:
+            raise Invalid(f"module {problem}")
         total = sum(len(v) for v in modules.values())
         if total > self.max_script_bytes:
             raise TooLarge(f"script is {total} bytes, over the {self.max_script_bytes}-byte limit")

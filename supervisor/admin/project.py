@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from supervisor import model
+from supervisor.compat_flags import KNOWN_FLAGS as CLOUDFLARE_FLAGS
 from supervisor.errors import Invalid
 
 __all__ = ["CONFIG_FILES", "Project", "ProjectError", "load_project", "module_content_type",
@@ -391,9 +392,12 @@ def _check_keys(path: Path, data: dict[str, Any], warnings: list[str] | None) ->
     flags = data.get("compatibility_flags")
     if isinstance(flags, list) and warnings is not None:
         for flag in flags:
-            if isinstance(flag, str) and flag not in KNOWN_FLAGS:
-                warnings.append(f"{path.name}: unknown compatibility flag {flag!r} "
-                                "(stored with the script, no effect in Corral)")
+            # A flag Cloudflare does not know is refused at upload
+            # (supervisor.model.check_compatibility_flags); one it knows that
+            # Corral does not act on is stored, and said so.
+            if isinstance(flag, str) and flag not in KNOWN_FLAGS and flag in CLOUDFLARE_FLAGS:
+                warnings.append(f"{path.name}: compatibility flag {flag!r} has no effect in Corral "
+                                "(stored with the script)")
 
 
 def _contained(path: Path, root: Path | None, what: str) -> Path:

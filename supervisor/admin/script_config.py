@@ -24,6 +24,7 @@ from supervisor.model import (
     ScriptRecord,
     SecretText,
     UploadMetadata,
+    check_variables,
     decode_metadata,
     record_version,
     resolve_bindings,
@@ -156,6 +157,7 @@ class ScriptConfigHandlers:
         # Everything is checked before the first write: a PATCH refused for
         # its bindings must not have changed the script's tags already.
         if changes:
+            check_variables(with_changes(record, **changes).bindings)
             await self.core.check_services(with_changes(record, **changes))
         if tags is not None:
             tags = await self.core._run(self.store.put_tags, ns, name, tags)

@@ -384,6 +384,12 @@ class Store:
             "json_each(s.metadata, '$.bindings') b WHERE s.namespace = ? "
             "AND json_extract(b.value, '$.type') = ? ORDER BY 1", (namespace, binding_type))]
 
+    def script_exists(self, namespace: str | None, name: str) -> bool:
+        """Whether a script ``name`` is deployed in ``namespace`` (None: in any). Blocking."""
+        if namespace is None:
+            return bool(self._read("SELECT 1 FROM scripts WHERE name = ? LIMIT 1", (name,)))
+        return bool(self._read("SELECT 1 FROM scripts WHERE namespace = ? AND name = ?", (namespace, name)))
+
     def scripts_naming(self, name: str) -> list[ScriptRecord]:
         """Deployed scripts, of every namespace and without their code, whose
         metadata has the JSON string ``name`` somewhere (a bound service, a tail
@@ -440,12 +446,18 @@ class Store:
         return {lock for (metadata,) in rows if (lock := packages_lock_of(metadata))}
 
     def delete_script(self, namespace: str, name: str) -> bool:
-        """True if the script existed. Its versions and deployments go with it."""
+        """True if the script existed. Its versions and deployments go with
+        it, and a platform script's custom domains (a Custom Domain is its
+        Worker's own on Cloudflare, and would otherwise keep its host name
+        claimed by a script that no longer exists)."""
         key = (namespace, name)
         with self._transaction() as db:
             deleted = db.execute("DELETE FROM scripts WHERE namespace = ? AND name = ?", key).rowcount
             if deleted:
                 self._purge(db, namespace, [name])
+                if namespace == PLATFORM and db.execute("DELETE FROM domains WHERE service = ?",
+                                                        (name,)).rowcount:
+                    self._route_table = None
         if deleted:
             self._cache.forget([key])
         return bool(deleted)
