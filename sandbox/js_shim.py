@@ -13,11 +13,11 @@ import sys
 import time
 import traceback
 import types
-import urllib.parse
 from typing import Any
 
 from . import logs, websockets, workers
 from .html_rewriter import HTMLRewriter
+from .js_url import URL, URLSearchParams
 from .pyodide_shim import ArrayBuffer, JsException, Uint8Array, _unavailable, jsnull, to_py
 from .sdk_types import Blob, FormData, JsDict, python_from_rpc
 
@@ -119,36 +119,6 @@ class _JSON:
         return python_from_rpc(_json.loads(text))
 
 
-class _URL:
-    """``js.URL.new(url)``: the parts WHATWG URLs expose."""
-
-    def __init__(self, url: str, base: str | None = None) -> None:
-        full = urllib.parse.urljoin(base, url) if base else url
-        parts = urllib.parse.urlsplit(full)
-        if not parts.scheme:
-            raise TypeError(f"Invalid URL: {url!r}")
-        self.href = full
-        self.protocol = parts.scheme + ":"
-        self.host = parts.netloc.rsplit("@", 1)[-1]
-        self.hostname = parts.hostname or ""
-        self.port = str(parts.port or "")
-        self.pathname = parts.path or "/"
-        self.search = f"?{parts.query}" if parts.query else ""
-        self.hash = f"#{parts.fragment}" if parts.fragment else ""
-        self.origin = f"{parts.scheme}://{self.host}"
-        self.searchParams = JsDict(urllib.parse.parse_qsl(parts.query))
-
-    @classmethod
-    def new(cls, url: str, base: str | None = None) -> _URL:
-        return cls(url, base)
-
-    def toString(self) -> str:  # noqa: N802 - JS name
-        return self.href
-
-    def __str__(self) -> str:
-        return self.href
-
-
 class _FormDataClass:
     """``js.FormData.new()``: the SDK's FormData (``FormData(js_form)`` takes it as is)."""
 
@@ -236,10 +206,39 @@ class _ErrorClass:
         return "\n".join(lines)
 
 
-async def _fetch(resource: Any, *args: Any, **kwargs: Any) -> workers.Response:
+#: workerd's error for I/O started while the module loads (no request to do it for).
+GLOBAL_SCOPE = ("Disallowed operation called within global scope. Asynchronous I/O (ex: fetch() or "
+                "connect()), setting a timeout, and generating random values are not allowed within "
+                "global scope. To fix this error, perform this operation within a handler. "
+                "https://developers.cloudflare.com/workers/runtime-apis/handlers/")
+
+
+def _fetch(resource: Any, *args: Any, **kwargs: Any) -> Any:
+    """``js.fetch(...)``: a promise of the response. Called at global scope it
+    throws at once, as JavaScript's fetch does in workerd (workerd's own
+    Python hello test expects that JsException), rather than making a
+    coroutine nobody can await."""
+    if workers.current_invocation.get() == 0:
+        raise JsException("Error", GLOBAL_SCOPE)
     init = _options(args, kwargs)
-    return await workers.fetch(resource, method=init.get("method"), headers=init.get("headers"),
-                               body=init.get("body"), redirect=init.get("redirect"))
+    return _as_js(workers.fetch(resource, method=init.get("method"), headers=init.get("headers"),
+                                body=init.get("body"), redirect=init.get("redirect")))
+
+
+class JsResponse(workers.Response):
+    """What ``js.fetch`` answers: on Cloudflare a JavaScript Response, whose
+    ``await response.json()`` is a JS object (``data.name``, ``data.to_py()``,
+    as the older examples read it), where the SDK's ``workers.fetch`` gives
+    a Python dict. Otherwise the SDK's Response: a handler may return it."""
+
+    async def json(self, **kwargs: Any) -> Any:
+        return python_from_rpc(await super().json(**kwargs))
+
+
+async def _as_js(pending: Any) -> JsResponse:
+    response = await pending
+    response.__class__ = JsResponse  # the same object: its body and state stay
+    return response
 
 
 def make_js() -> types.ModuleType:
@@ -250,7 +249,8 @@ def make_js() -> types.ModuleType:
     js.Headers = _HeadersClass()  # type: ignore[attr-defined]
     js.Object = _Object()  # type: ignore[attr-defined]
     js.JSON = _JSON()  # type: ignore[attr-defined]
-    js.URL = _URL  # type: ignore[attr-defined]
+    js.URL = URL  # type: ignore[attr-defined]
+    js.URLSearchParams = URLSearchParams  # type: ignore[attr-defined]
     js.Date = _Date()  # type: ignore[attr-defined]
     js.fetch = _fetch  # type: ignore[attr-defined]
     js.Uint8Array = Uint8Array  # type: ignore[attr-defined]
@@ -265,6 +265,11 @@ def make_js() -> types.ModuleType:
     js.WebSocketPair = _WebSocketPairClass()  # type: ignore[attr-defined]
     js.WebSocketRequestResponsePair = websockets.WebSocketRequestResponsePair  # type: ignore[attr-defined]
     js.WebSocket = websockets.OutboundWebSocket  # type: ignore[attr-defined]
+    # ``from js import globalThis`` is the js module itself, as in Pyodide
+    # (workerd's hello test asserts ``js == globalThis``); JavaScript's
+    # undefined is None there, as it is here.
+    js.globalThis = js  # type: ignore[attr-defined]
+    js.undefined = None  # type: ignore[attr-defined]
     js.__getattr__ = _unavailable("js")  # type: ignore[attr-defined]
     return js
 
