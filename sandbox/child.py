@@ -211,8 +211,9 @@ class Fetcher:
         self._target = target
         self._limits, self._params = _limits_from(options)
 
-    async def fetch(self, resource: Any, method: str | None = None, headers: Any = None,
+    async def fetch(self, resource: Any, *extra: Any, method: str | None = None, headers: Any = None,
                     body: Any = None, redirect: str | None = None, **init: Any) -> workers.Response:
+        workers.one_positional(extra)
         request = workers.as_request(resource, method, headers, body, redirect)
         return await self._runtime.sub_request(
             self._kind, request, binding=self._binding, target=self._target,
@@ -228,9 +229,9 @@ class Fetcher:
             raise AttributeError(name)
 
         async def rpc(*args: Any, **kwargs: Any) -> Any:
-            from .bindings.durable_objects import decode_result, encode
+            from .bindings.durable_objects import decode_result, encode_rpc
 
-            body = encode([*args, kwargs] if kwargs else list(args), f"{name}()", rpc=True)
+            body = await encode_rpc([*args, kwargs] if kwargs else list(args), f"{name}()")
             request = workers.Request(f"https://rpc.invalid/{name}", method="POST", body=body)
             response = await self._runtime.sub_request(
                 self._kind, request, binding=self._binding, target=self._target,

@@ -24,7 +24,7 @@ from protocol.messages import DO_STORAGE, DurableObjectEvent, WebSocketEvent
 
 from . import events, websockets, workers
 from .bindings import AttrDict, AttrList, call, options
-from .bindings.durable_objects import DurableObjectId, decode, decode_args, encode
+from .bindings.durable_objects import DurableObjectId, decode, decode_args, encode, encode_rpc
 from .pyodide_shim import JsException
 from .run_sync import can_suspend, run_sync
 
@@ -479,7 +479,7 @@ class Objects:
             raise JsException("TypeError", f'The RPC receiver does not implement the method '
                                            f'"{event.method}".')
         result = await _call(getattr(instance, event.method), *decode_args(await request.bytes()))
-        return workers.Response(encode(result, f"{event.method}() result", rpc=True))
+        return workers.Response(await encode_rpc(result, f"{event.method}() result"))
 
 
     async def _websocket_event(self, key: tuple[str, str], instance: Any, args: list[Any]) -> None:

@@ -157,7 +157,7 @@ class Handlers:
     async def rpc(self, method: str, ctx: Any, env: Any, data: bytes, entrypoint: str = "") -> Any:
         """A Workers RPC call on an entrypoint: its result, encoded, as a response."""
         from . import workers
-        from .bindings.durable_objects import decode_args, encode
+        from .bindings.durable_objects import decode_args, encode_rpc
 
         entry = self.entrypoint(entrypoint)
         if entry is None or method.startswith("_") or method in RPC_RESERVED \
@@ -166,7 +166,7 @@ class Handlers:
         result = getattr(entry(ctx, env), method)(*decode_args(data))
         if type(result) is types.CoroutineType or inspect.isawaitable(result):
             result = await result
-        return workers.Response(encode(result, f"{method}() result", rpc=True))
+        return workers.Response(await encode_rpc(result, f"{method}() result"))
 
     async def call(self, kind: str, ctx: Any, env: Any, *args: Any, entrypoint: str = "") -> Any:
         """Run the ``kind`` handler with ``(*args, env, ctx)``, cut to what it

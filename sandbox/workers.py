@@ -833,6 +833,14 @@ Response.json = _JsonDescriptor()  # type: ignore[assignment]
 # ---------------------------------------------------------------------------
 
 
+def one_positional(extra: tuple[Any, ...]) -> None:
+    """A binding's ``fetch(resource, **options)`` takes its options as keywords,
+    as the SDK's does: options passed JavaScript's way (``fetch(url, {"headers":
+    ...})``) are Python's own TypeError, in its words, not a dict read as the method."""
+    if extra:
+        raise TypeError(f"fetch() takes 1 positional argument but {1 + len(extra)} were given")
+
+
 def as_request(resource: Any, method: str | None = None, headers: Any = None, body: Any = None,
                redirect: str | None = None) -> Request:
     """What a stub's ``fetch(resource, ...)`` sends: ``resource`` itself when it

@@ -7,7 +7,8 @@ never sees which class, script or namespace the binding reaches: a stub's
 calls name the binding and the id, and the supervisor resolves the rest.
 
 RPC arguments and results travel as plain data (str, numbers, bool, None,
-bytes, lists, dicts, datetimes), as Cloudflare's Python RPC converts them;
+bytes, lists, dicts) and what Cloudflare's Python RPC converts beyond it
+(datetimes, sets, exceptions, Blobs, Requests and Responses: :mod:`.rpc_codec`);
 dicts come back with attribute access, bytes as ``memoryview`` (Pyodide's
 conversion of a Uint8Array). What structured clone cannot copy is a
 ``DataCloneError``. An exception in the object reaches
@@ -24,7 +25,7 @@ from typing import Any
 import msgspec
 
 from .. import workers
-from . import AttrDict, AttrList, JsException, call, clone_encode, data_clone_error, kind, read, wrap
+from . import AttrDict, AttrList, JsException, call, clone_encode, data_clone_error, kind, read, rpc_codec, wrap
 
 _ID = re.compile(r"[0-9a-f]{64}")
 
@@ -74,10 +75,19 @@ def encode(value: Any, where: str, *, rpc: bool = False) -> bytes:
     (``rpc``) RPC arguments and results: what it cannot carry is Cloudflare's
     DataCloneError (see :func:`clone_encode`)."""
     try:
-        return clone_encode(value, _refuse_over_rpc if rpc else data_clone_error)
+        if rpc:
+            rpc_codec.refuse_disabled(value)
+            return clone_encode(rpc_codec.to_wire(value), _refuse_over_rpc)
+        return clone_encode(value, data_clone_error)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{where}: only plain data can be sent (str, numbers, bool, None, bytes, "
                         f"lists, dicts, datetimes): {exc}") from None
+
+
+async def encode_rpc(value: Any, where: str) -> bytes:
+    """An RPC call's arguments or result, as :func:`encode` sends them, after
+    reading the bodies of the requests and responses among them."""
+    return encode(await rpc_codec.buffered(value), where, rpc=True)
 
 
 def decode(data: bytes) -> Any:
@@ -101,12 +111,12 @@ def rpc_value(value: Any) -> Any:
 
 def decode_result(data: bytes) -> Any:
     """An RPC call's result, as :func:`encode` sent it (see :func:`rpc_value`)."""
-    return rpc_value(msgspec.msgpack.decode(data)) if data else None
+    return rpc_value(rpc_codec.decode(data)) if data else None
 
 
 def decode_args(data: bytes) -> list[Any]:
     """An RPC call's argument list, as :func:`encode` sent it (see :func:`rpc_value`)."""
-    args = msgspec.msgpack.decode(data) if data else []
+    args = rpc_codec.decode(data) if data else []
     if not isinstance(args, list):
         raise TypeError("an RPC call's arguments must be a list")
     return [rpc_value(a) for a in args]
@@ -120,8 +130,9 @@ class DurableObjectStub:
         self.id = id_
         self.name = id_.name
 
-    async def fetch(self, resource: Any, method: str | None = None, headers: Any = None,
+    async def fetch(self, resource: Any, *extra: Any, method: str | None = None, headers: Any = None,
                     body: Any = None, **init: Any) -> workers.Response:
+        workers.one_positional(extra)
         request = resource
         if not isinstance(resource, workers.Request) or any(v is not None for v in (method, headers, body)):
             request = workers.Request(resource, method=method, headers=headers, body=body)
@@ -142,7 +153,7 @@ class DurableObjectStub:
             values = [*args, kwargs] if kwargs else list(args)
             _, body = await call(self._binding, "call",
                                  [self.id._hex, self.name, method,
-                                  encode(values, f"{method}()", rpc=True)])
+                                  await encode_rpc(values, f"{method}()")])
             return decode_result(await read(body))
 
         rpc.__name__ = method

@@ -79,8 +79,9 @@ class Entrypoint:
     def __init__(self, stub: WorkerStub) -> None:
         self._stub = stub
 
-    async def fetch(self, resource: Any, method: str | None = None, headers: Any = None,
+    async def fetch(self, resource: Any, *extra: Any, method: str | None = None, headers: Any = None,
                     body: Any = None, redirect: str | None = None, **init: Any) -> workers.Response:
+        workers.one_positional(extra)
         request = workers.as_request(resource, method, headers, body, redirect)
         stub = self._stub
         if (stub._binding, stub._id) not in _handed_over:
