@@ -560,9 +560,19 @@ class ChildProcess:
         self._batch.later(fn, arg)
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Run a task that must not outlive this child (a body pump, a call)."""
-        if self._nursery is not None and self.alive:
+        """Run a task that must not outlive this child (a body pump, a call).
+
+        Nothing runs once its channel ended: the nursery closes when its last
+        task does, and the owner resumes to mark the child dead only a turn
+        later, so a caller in that gap (an ingress dropping a WebSocket this
+        child answered with) found ``alive`` still true and a closed nursery,
+        whose RuntimeError was the ingress's internal error."""
+        if self._nursery is None or not self.alive or self._channel_ended.is_set():
+            return
+        try:
             self._nursery.start_soon(fn, *args)
+        except RuntimeError:  # closed without the channel ending: its writer failed, and so does it
+            pass
 
     def kill(self, reason: KillReason, detail: str = "") -> None:
         """SIGKILL the child; the first reason given is the one on record.
