@@ -79,6 +79,8 @@ JS_FETCH_WORKER = '''
 from js import fetch, Response
 
 async def on_fetch(request, env):
+    if request.url.endswith("/passed-on"):
+        return await fetch("http://127.0.0.1:" + env.UPSTREAM_PORT + "/echo/passed-on")
     response = await fetch("http://127.0.0.1:" + env.UPSTREAM_PORT + "/echo/js")
     data = await response.json()
     plain = data.to_py()
@@ -135,3 +137,9 @@ def test_js_fetch_answers_json_as_a_javascript_object(corral: Corral) -> None:
     resp = corral.request("/", host="jsfetch.localhost")
     assert resp.status == 200, resp.text
     assert resp.text == "GET /echo/js True"
+
+
+def test_a_js_fetch_response_can_be_returned_as_it_is(corral: Corral) -> None:
+    resp = corral.request("/passed-on", host="jsfetch.localhost")
+    assert resp.status == 200, resp.text
+    assert resp.json()["path"] == "/echo/passed-on"
