@@ -39,8 +39,27 @@ RPC_RESERVED = frozenset({*KINDS, "email", "alarm", "constructor", "webSocketMes
                           "webSocketClose", "webSocketError"})
 
 
-#: A trace event as tail workers see it: a dict with attribute access.
-TraceItem = JsDict
+#: Properties of workerd's TraceItem (and of its event info, request, log,
+#: exception and script version) that are ``undefined`` when they do not
+#: apply. The JSON leaves them out, as ``JSON.stringify`` does; read as
+#: attributes they are None, as Pyodide reads an undefined property, not an
+#: AttributeError (``event.dispatchNamespace`` of a platform script).
+OPTIONAL_FIELDS = frozenset({"entrypoint", "scriptVersion", "dispatchNamespace", "scriptTags",
+                             "tailAttributes", "preview", "durableObjectId", "response", "cf",
+                             "stack", "errorInfo", "tag", "message", "id"})
+
+
+class TraceItem(JsDict):
+    """A trace event as tail workers see it: a dict with attribute access,
+    whose optional properties read as None when absent."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            if name in OPTIONAL_FIELDS:
+                return None
+            raise AttributeError(name) from None
 
 
 def trace_items(value: Any) -> Any:

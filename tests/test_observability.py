@@ -360,7 +360,8 @@ def test_ok_event_has_cloudflares_fields_and_redacts_secrets(corral, collector):
     assert resp.status == 200 and resp.text == "hello"
     rid = resp.headers["x-corral-request-id"]
     top, event = child_event(collector, "hello", rid)
-    assert top["outcome"] == "ok" and top["dispatchNamespace"] is None
+    # A platform script has no namespace: Cloudflare's TraceItem leaves it undefined.
+    assert top["outcome"] == "ok" and "dispatchNamespace" not in top
     assert top["event"]["response"] == {"status": 200}
     assert event["outcome"] == "ok"
     assert event["dispatchNamespace"] == "default"
@@ -372,9 +373,9 @@ def test_ok_event_has_cloudflares_fields_and_redacts_secrets(corral, collector):
     assert request["headers"]["cookie"] == "REDACTED"
     assert request["headers"]["x-custom"] == "kept"
     assert event["event"]["response"] == {"status": 200}
-    for field in ("cpuTime", "wallTime"):
-        assert isinstance(event[field], (int, float)) and event[field] >= 0
-    assert top["wallTime"] >= event["wallTime"] > 0
+    for field in ("cpuTime", "wallTime"):  # whole ms, workerd's uint: a fast one may be 0
+        assert type(event[field]) is int and event[field] >= 0
+    assert top["wallTime"] >= event["wallTime"] >= 0
     assert isinstance(event["eventTimestamp"], int)
     # The id the versions API knows the running version by (not the content hash).
     script = corral.admin("GET", "/accounts/local/workers/dispatch/namespaces/default/scripts/hello").json()

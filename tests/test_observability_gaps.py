@@ -9,6 +9,7 @@ Every server is a real ``corral serve``; waits are polls with deadlines.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pty
@@ -148,9 +149,11 @@ def test_a_durable_object_alarm_has_cloudflares_alarm_event(corral):
         before = time.time() * 1000
         run(corral, "counter", 'return await env.COUNTER.getByName("traced-alarm").arm(50)')
         event = next_matching(tail, lambda e: "scheduledTime" in (e.get("event") or {}), "an alarm event")
-    # Cloudflare's TraceItemAlarmEventInfo: when the alarm was set to fire.
+    # Cloudflare's TraceItemAlarmEventInfo: when the alarm was set to fire, a
+    # Date, which JSON (wrangler tail's AlarmEvent) writes as an ISO string.
     assert event["executionModel"] == "durableObject" and event["outcome"] == "ok"
-    assert before <= event["event"]["scheduledTime"] <= time.time() * 1000
+    when = datetime.datetime.fromisoformat(event["event"]["scheduledTime"].replace("Z", "+00:00"))
+    assert before - 1 <= when.timestamp() * 1000 <= time.time() * 1000
 
 
 # ---------------------------------------------------------------------------

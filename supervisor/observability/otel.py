@@ -149,8 +149,12 @@ class OtelExport:
                 warn("otel.convert_failed", reason=f"{type(exc).__name__}: {exc}")
 
     def _span(self, event: dict[str, Any], fetches: dict[str, Any], parent: Any) -> None:
+        # The event's cpuTime and wallTime are whole ms (Cloudflare's); the
+        # fetch tree carries them unrounded, for spans and their attributes.
+        wall_ms = float(fetches.get("wallMs", event.get("wallTime")) or 0)
+        cpu_ms = float(fetches.get("cpuMs", event.get("cpuTime")) or 0)
         start_ns = int(event.get("eventTimestamp") or 0) * 1_000_000
-        end_ns = start_ns + int(float(event.get("wallTime") or 0) * 1_000_000)
+        end_ns = start_ns + int(wall_ms * 1_000_000)
         info = event.get("event") or {}
         request = info.get("request") if isinstance(info, dict) else None
         kind = "fetch" if request else (next(iter(info), "event") if isinstance(info, dict) else "event")
@@ -162,8 +166,8 @@ class OtelExport:
             "corral.outcome": event.get("outcome") or "",
             "corral.handler": kind,
             "faas.trigger": faas_trigger(info),
-            "corral.cpu_time_ms": float(event.get("cpuTime") or 0),
-            "corral.wall_time_ms": float(event.get("wallTime") or 0),
+            "corral.cpu_time_ms": cpu_ms,
+            "corral.wall_time_ms": wall_ms,
             "corral.subrequests": int(event.get("subrequests") or 0),
         }
         tags = event.get("scriptTags")

@@ -33,7 +33,7 @@ from supervisor.errors import Invalid, Unavailable
 from supervisor.lifecycle import Outcome
 from supervisor.log import log, warn
 from supervisor.model import PLATFORM, ScriptRecord
-from supervisor.observability.traces import REDACTED, SECRET_HEADERS
+from supervisor.observability.traces import REDACTED, is_secret_header
 
 if TYPE_CHECKING:
     from supervisor.config import ObservabilityConfig
@@ -383,7 +383,7 @@ def _parse_headers(values: list[str]) -> tuple[HeaderWanted, ...] | None:
         name, value = name.strip().lower(), value.strip()
         if not _HEADER_NAME.fullmatch(name):
             raise Invalid(f"header {text[:60]!r} is not NAME or NAME:VALUE with NAME a header name")
-        if colon and name in SECRET_HEADERS:
+        if colon and is_secret_header(name):
             raise Invalid(f"header {name!r} is a credential: trace events keep its value as "
                           f"{REDACTED}, so a filter on its value would match nothing (filter on the "
                           "name alone)")

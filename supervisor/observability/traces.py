@@ -5,19 +5,34 @@ An :class:`~supervisor.pool.invocation.Invocation` collects what happened;
 able dict that tail workers, ``/tail``, ``corral tail``, the log and OTLP all
 read. Secrets never leave in it: credential headers and secret-looking parts
 of the URL are replaced by ``REDACTED``, as Cloudflare's trace events do.
+
+The shape is workerd's ``TraceItem`` (``src/workerd/api/trace.h``, and
+``TraceItem`` of @cloudflare/workers-types): ``cpuTime``, ``wallTime`` and
+every timestamp are whole milliseconds; a property Cloudflare leaves
+``undefined`` (``entrypoint`` of a default entrypoint, ``dispatchNamespace``
+of a platform script, ``scriptTags`` when there are none, an exception's
+``stack``, a fetch's ``response`` before it had one, ``durableObjectId``) is
+absent from the JSON, as ``JSON.stringify`` and ``wrangler tail`` show it;
+a tail worker's :class:`sandbox.events.TraceItem` reads it as None. Corral
+adds ``requestId``, ``subrequests`` and, on a dispatcher's event, its user
+workers' events under ``children``.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
+import msgspec
+
 from protocol.messages import (
     DurableObjectEvent,
     QueueEvent,
+    RequestEvent,
     RpcEvent,
     ScheduledEvent,
     TailEvent,
@@ -30,9 +45,21 @@ if TYPE_CHECKING:
     from supervisor.pool.invocation import Invocation
 
 REDACTED = "REDACTED"
-#: Request headers whose values are credentials.
+#: Request headers whose values are credentials (named in full).
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie",
                             "x-api-key", "x-auth-token", "cf-access-jwt-assertion"})
+#: Any header whose name holds one of these is a credential too: workerd's
+#: ``TraceItem::FetchEventInfo::Request::getHeaders`` redacts ``cookie``,
+#: ``set-cookie`` and every name containing auth, jwt, key, secret or token
+#: (``x-custom-token``, ``x-amz-security-token``, ``x-goog-api-key``).
+_SECRET_HEADER_PARTS = ("auth", "jwt", "key", "secret", "token")
+
+
+def is_secret_header(name: str) -> bool:
+    """Whether a (lower-case) header name's value is kept out of trace events."""
+    return name in SECRET_HEADERS or any(part in name for part in _SECRET_HEADER_PARTS)
+
+
 #: Query parameters whose values are credentials, whatever they look like.
 _SECRET_PARAM = re.compile(r"(?i)(^|[_-])(token|secret|password|passwd|pwd|api[_-]?key|key|auth|"
                            r"sig|signature|session|sessionid|jwt|credential|access[_-]?key)$")
@@ -91,16 +118,19 @@ def redact_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for raw_name, raw_value in headers:
         name = raw_name.decode("latin-1").lower()
-        value = REDACTED if name in SECRET_HEADERS else raw_value.decode("latin-1")
+        value = REDACTED if is_secret_header(name) else raw_value.decode("latin-1")
         out[name] = f"{out[name]}, {value}" if name in out and value != REDACTED else value
     return out
 
 
 def event_info(inv: Invocation) -> dict[str, Any]:
-    """``event``: what the invocation handled, per handler type."""
+    """``event``: what the invocation handled, per handler type, in the shape
+    of workerd's ``TraceItem::*EventInfo`` of that type."""
     event = inv.event
     if isinstance(event, DurableObjectEvent) and event.method == "alarm":
-        return {"scheduledTime": int(event.scheduled_time)}  # Cloudflare's TraceItemAlarmEventInfo
+        # TraceItemAlarmEventInfo: a JS Date, which JSON (wrangler tail,
+        # JSON.stringify in a tail worker) writes as an ISO 8601 string.
+        return {"scheduledTime": iso_time(event.scheduled_time)}
     if isinstance(event, DurableObjectEvent) and event.method == "#webSocket":
         return _socket_event(event.socket_event, event.socket_code, event.socket_clean)
     if isinstance(event, WebSocketEvent):
@@ -109,23 +139,33 @@ def event_info(inv: Invocation) -> dict[str, Any]:
         return {"rpcMethod": event.method}  # Cloudflare's TraceItemJsRpcEventInfo
     if isinstance(event, RpcEvent):
         return {"rpcMethod": event.method}
-    if event is None or isinstance(event, DurableObjectEvent) and event.method == "fetch":
-        return {
+    if event is None or isinstance(event, RequestEvent) \
+            or isinstance(event, DurableObjectEvent) and event.method == "fetch":
+        info: dict[str, Any] = {
             "request": {
                 "url": redact_url(inv.url),
                 "method": inv.method.decode("latin-1"),
                 "headers": redact_headers(inv.headers),
             },
-            "response": {"status": inv.status} if inv.status else None,
         }
+        if inv.status:  # TraceItemFetchEventInfo.response is undefined without one
+            info["response"] = {"status": inv.status}
+        return info
     if isinstance(event, TailEvent):
         return {"consumedEvents": [{"scriptName": e.get("scriptName")} for e in event.events
                                    if isinstance(e, dict)]}
-    if isinstance(event, ScheduledEvent):  # Cloudflare's shape for a cron trigger
-        return {"cron": event.cron, "scheduledTime": event.scheduled_time}
+    if isinstance(event, ScheduledEvent):  # TraceItemScheduledEventInfo: a number of ms
+        return {"cron": event.cron, "scheduledTime": int(event.scheduled_time)}
     if isinstance(event, QueueEvent):  # Cloudflare's TraceItemQueueEventInfo
         return {"queue": event.queue, "batchSize": len(event.messages)}
-    return {type(event).__struct_config__.tag: {}}
+    return {}  # TraceItemCustomEventInfo: no fields
+
+
+def iso_time(ms: float) -> str:
+    """``ms`` since the epoch as JavaScript's ``Date.prototype.toJSON`` writes
+    it: ``2026-12-04T15:43:52.123Z``."""
+    when = datetime.datetime.fromtimestamp(int(ms) / 1000.0, datetime.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(ms) % 1000:03d}Z"
 
 
 def _socket_event(kind: str, code: int, clean: bool) -> dict[str, Any]:
@@ -136,30 +176,95 @@ def _socket_event(kind: str, code: int, clean: bool) -> dict[str, Any]:
     return {"getWebSocketEvent": info}
 
 
+class TraceLog(msgspec.Struct):
+    """One line of ``logs``: workerd's ``TraceLog`` (``message``: the
+    console call's arguments; a print or logging call is one string)."""
+
+    message: list[Any]
+    level: str
+    timestamp: int  # ms since the epoch, whole, as workerd's
+
+
+class TraceException(msgspec.Struct, omit_defaults=True):
+    """One of ``exceptions``: workerd's ``TraceException``; ``stack`` is
+    optional there (absent, not "", when there is none)."""
+
+    name: str
+    message: str
+    timestamp: int  # ms since the epoch, whole, as workerd's
+    stack: str | None = None
+
+
+def logs_of(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An invocation's log lines in workerd's shape (whole-ms timestamps: the
+    invocation keeps the child's float as it came, cheaply)."""
+    return msgspec.to_builtins([TraceLog(line["message"], line["level"], int(line["timestamp"]))
+                                for line in lines])
+
+
+def exceptions_of(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An invocation's exceptions in workerd's shape."""
+    return msgspec.to_builtins([TraceException(e["name"], e["message"], int(e["timestamp"]),
+                                               e.get("stack") or None) for e in found])
+
+
+def whole_ms(ms: float) -> int:
+    """``cpuTime`` and ``wallTime``: whole milliseconds, cut as workerd's
+    ``trace.cpuTime / kj::MILLISECONDS`` cuts them (an ``uint``)."""
+    return int(ms) if ms > 0 else 0
+
+
+def _identity(event: dict[str, Any], record: ScriptRecord, entrypoint: str | None,
+              object_id: str | None) -> dict[str, Any]:
+    """The fields that say which script ran, each only when Cloudflare's
+    TraceItem has it (``undefined`` otherwise)."""
+    if record.namespace:
+        event["dispatchNamespace"] = record.namespace
+    if record.tags:
+        event["scriptTags"] = list(record.tags)
+    if entrypoint:
+        event["entrypoint"] = entrypoint
+    if object_id:
+        event["durableObjectId"] = object_id
+    return event
+
+
+def entrypoint_of(inv: Invocation) -> str | None:
+    """The entrypoint class the invocation began in: a Durable Object's class,
+    a service binding's named entrypoint; None for the default one (workerd's
+    ``TraceItem.entrypoint`` is then undefined)."""
+    event = inv.event
+    if isinstance(event, DurableObjectEvent):
+        return event.class_name
+    if isinstance(event, (RpcEvent, RequestEvent)) and event.entrypoint not in ("", "Default"):
+        return event.entrypoint
+    return None
+
+
 def build(inv: Invocation) -> dict[str, Any]:
     """The trace event of a finished invocation, with its callees' under ``children``."""
     record = inv.record
-    durable = isinstance(inv.event, DurableObjectEvent)
-    return {
-        "scriptName": record.name,
-        "dispatchNamespace": record.namespace or None,
-        "scriptTags": list(record.tags),
+    event = inv.event
+    durable = isinstance(event, DurableObjectEvent)
+    out = _identity({"scriptName": record.name}, record, entrypoint_of(inv),
+                    event.object_id if durable else None)  # type: ignore[union-attr]
+    out.update({
         "scriptVersion": {"id": record.version_id or record.version},  # the versions API's id
-        "entrypoint": inv.event.class_name if durable else None,  # type: ignore[union-attr]
         "executionModel": "durableObject" if durable else "stateless",
         "outcome": outcome_of(inv),
         "eventTimestamp": int(inv.event_ts),
         "event": event_info(inv),
-        "logs": inv.logs,
-        "exceptions": inv.exceptions,
+        "logs": logs_of(inv.logs),
+        "exceptions": exceptions_of(inv.exceptions),
         "diagnosticsChannelEvents": [],
-        "cpuTime": round(inv.cpu_ns / 1e6, 3),
-        "wallTime": round(inv.wall_ms, 3),
-        "subrequests": inv.subrequests,
+        "cpuTime": whole_ms(inv.cpu_ns / 1e6),
+        "wallTime": whole_ms(inv.wall_ms),
         "truncated": inv.truncated,
+        "subrequests": inv.subrequests,
         "requestId": inv.request_id or None,
         "children": [build(child) for child in inv.children],
-    }
+    })
+    return out
 
 
 def pairs(inv: Invocation, event: dict[str, Any]) -> Iterator[tuple[Invocation, dict[str, Any]]]:
@@ -180,23 +285,21 @@ def nodes(inv: Invocation) -> list[Invocation]:
 
 
 def fetch_tree(inv: Invocation) -> dict[str, Any]:
-    """The outbound fetches of each invocation of a tree, shaped like its events."""
-    return {"fetches": list(inv.fetches or ()), "children": [fetch_tree(c) for c in inv.children]}
+    """The outbound fetches of each invocation of a tree, shaped like its
+    events, with its CPU and wall time unrounded (spans keep what the event's
+    whole milliseconds cut)."""
+    return {"fetches": list(inv.fetches or ()), "cpuMs": inv.cpu_ns / 1e6, "wallMs": inv.wall_ms,
+            "children": [fetch_tree(c) for c in inv.children]}
 
 
 def script_not_found(script: str, url: str, method: bytes, headers: list[tuple[bytes, bytes]],
                      request_id: str) -> dict[str, Any]:
     """A routed request whose script does not exist (deleted since the route was made)."""
-    now = time.time() * 1000.0
     return {
         "scriptName": script,
-        "dispatchNamespace": None,
-        "scriptTags": [],
-        "scriptVersion": None,
-        "entrypoint": None,
         "executionModel": "stateless",
         "outcome": Outcome.SCRIPT_NOT_FOUND,
-        "eventTimestamp": int(now),
+        "eventTimestamp": int(time.time() * 1000.0),
         "event": {"request": {"url": redact_url(url), "method": method.decode("latin-1"),
                               "headers": redact_headers(headers)},
                   "response": {"status": 404}},
@@ -205,9 +308,32 @@ def script_not_found(script: str, url: str, method: bytes, headers: list[tuple[b
         "diagnosticsChannelEvents": [],
         "cpuTime": 0,
         "wallTime": 0,
-        "subrequests": 0,
         "truncated": False,
+        "subrequests": 0,
         "requestId": request_id or None,
+        "children": [],
+    }
+
+
+def background(record: ScriptRecord, outcome: str, message: str) -> dict[str, Any]:
+    """A trace event for what a script did outside any invocation (a task left
+    running after its response, killed for its CPU): no event (``null``, as
+    TraceItem.event is when there is none), and the reason as its exception."""
+    now = int(time.time() * 1000.0)
+    return _identity({"scriptName": record.name}, record, None, None) | {
+        "scriptVersion": {"id": record.version_id or record.version},
+        "executionModel": "stateless",
+        "outcome": outcome,
+        "eventTimestamp": now,
+        "event": None,
+        "logs": [],
+        "exceptions": exceptions_of([{"name": outcome, "message": message, "timestamp": now}]),
+        "diagnosticsChannelEvents": [],
+        "cpuTime": 0,
+        "wallTime": 0,
+        "truncated": False,
+        "subrequests": 0,
+        "requestId": None,
         "children": [],
     }
 

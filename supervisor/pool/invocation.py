@@ -38,23 +38,11 @@ BACKGROUND_CPU_MESSAGE = ("Worker exceeded CPU time limit: a task left running a
 
 
 def background_trace(record: ScriptRecord, outcome: Outcome, message: str) -> dict[str, Any]:
-    """A trace event for what a script did outside any invocation."""
-    now = time.time() * 1000.0
-    return {
-        "scriptName": record.name,
-        "dispatchNamespace": record.namespace or None,
-        "scriptTags": list(record.tags),
-        "scriptVersion": {"id": record.version_id or record.version},  # the versions API's id
-        "outcome": outcome,
-        "eventTimestamp": int(now),
-        "event": None,
-        "logs": [],
-        "exceptions": [{"name": outcome, "message": message, "timestamp": now}],
-        "cpuTime": 0,
-        "wallTime": 0,
-        "subrequests": 0,
-        "children": [],
-    }
+    """A trace event for what a script did outside any invocation (built where
+    every trace event's shape is, :mod:`supervisor.observability.traces`)."""
+    from supervisor.observability.traces import background
+
+    return background(record, outcome, message)
 
 
 #: What one invocation's trace keeps of its logs and exceptions, whatever
