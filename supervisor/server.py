@@ -134,7 +134,7 @@ class Supervisor:
                                      dynamic_workers_of(self.bindings.services),
                                      max_server_sockets=config.outbound.max_websockets),
             bindings=self.bindings,
-            on_event=self._on_event,
+            on_background=self._on_background,
             exact_cpu=True)  # set again below, once observability knows who reads traces
         self._wire_objects_and_queues()
         self.observability = Observability(
@@ -200,8 +200,10 @@ class Supervisor:
         """The platform script routed for ``host`` and ``path`` (the ingress reads it)."""
         return self.store.route_table().match(host, path)
 
-    def _on_event(self, trace: dict) -> None:
-        self.observability.event(trace)
+    def _on_background(self, record: ScriptRecord, outcome: str, message: str) -> None:
+        """The pool's report of what a script did outside any invocation (made
+        before the observability pipeline is, so looked up at the call)."""
+        self.observability.background(record, outcome, message)
 
     def _not_found(self, request: Request, url: str, request_id: str) -> None:
         """A request no script answered: a scriptNotFound event if a route

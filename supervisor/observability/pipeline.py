@@ -120,6 +120,11 @@ class Observability:
         if self.otel is not None:
             self.otel.submit(event, traces.fetch_tree(inv))
 
+    def background(self, record: ScriptRecord, outcome: str, message: str) -> None:
+        """What a script did outside any invocation (a task left running after
+        its response, killed for its CPU), as an event of its own."""
+        self.event(traces.background(record, outcome, message))
+
     def event(self, event: dict[str, Any]) -> None:
         """An event with no invocation behind it (a background kill, scriptNotFound)."""
         self.metrics.observe_event(event)

@@ -37,14 +37,6 @@ BACKGROUND_CPU_MESSAGE = ("Worker exceeded CPU time limit: a task left running a
                           "response used more than the background allowance.")
 
 
-def background_trace(record: ScriptRecord, outcome: Outcome, message: str) -> dict[str, Any]:
-    """A trace event for what a script did outside any invocation (built where
-    every trace event's shape is, :mod:`supervisor.observability.traces`)."""
-    from supervisor.observability.traces import background
-
-    return background(record, outcome, message)
-
-
 #: What one invocation's trace keeps of its logs and exceptions, whatever
 #: the child sends (its own budget is the same; a hostile child skips it).
 MAX_LOG_LINES = 1000

@@ -67,7 +67,7 @@ from supervisor.pool.fork_priority import RUSH_NICE, ForkPriority
 from supervisor.pool.hub_core import CHECK_S as HUB_CHECK_S
 from supervisor.pool.hub_core import HubCore
 from supervisor.pool.idle_trim import IdleTrimmer
-from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound, background_trace
+from supervisor.pool.invocation import BACKGROUND_CPU_MESSAGE, Invocation, Outbound
 from supervisor.pool.package_zygotes import PackageZygote, PackageZygotes
 from supervisor.pool.plan import PackagesView, Plan, PoolView, WarmChild, calm, plan, plan_packages
 from supervisor.pool.quiet_window import QuietWindow
@@ -194,14 +194,16 @@ CallsFactory = Callable[["Pool"], SubrequestHandler]
 
 class Pool:
     def __init__(self, config: ServeConfig, calls: CallsFactory,
-                 on_event: Callable[[dict[str, Any]], None] | None = None, *,
+                 on_background: Callable[[ScriptRecord, str, str], None] | None = None, *,
                  bindings: BindingHandler | None = None, exact_cpu: bool = True) -> None:
         """``exact_cpu``: read each child's CPU counter whenever an invocation
         ends (exact ``cpuTime``; a syscall per invocation, so only when
         someone reads traces)."""
         self.config = config
         #: Where trace events that belong to no invocation go (None: nowhere).
-        self.on_event = on_event
+        #: Told of what a script did outside any invocation (record, outcome,
+        #: message): the observability pipeline makes it a trace event.
+        self.on_background = on_background
         #: Storage binding calls (None: a script's binding calls fail cleanly).
         self.bindings = bindings
         #: Who keeps each child's memory limit (cgroup, prlimit or nothing).
@@ -487,8 +489,8 @@ class Pool:
         warn("child.background_cpu_exceeded", pid=child.pid, script=record.name,
              namespace=record.namespace,
              allowance_ms=self.config.limits.background_cpu_ms)
-        if self.on_event is not None:
-            self.on_event(background_trace(record, Outcome.EXCEEDED_CPU, BACKGROUND_CPU_MESSAGE))
+        if self.on_background is not None:
+            self.on_background(record, Outcome.EXCEEDED_CPU, BACKGROUND_CPU_MESSAGE)
 
     def on_loaded(self, child: ChildProcess, seconds: float, failed: bool) -> None:
         if self.observer is not None and child not in self._validating \
