@@ -293,7 +293,7 @@ class _Handled(Exception):
 
 
 class _Invocation:
-    __slots__ = ("task", "background", "responded", "lingering")
+    __slots__ = ("task", "background", "responded", "lingering", "background_error")
 
     def __init__(self) -> None:
         self.task: asyncio.Task | None = None
@@ -301,6 +301,9 @@ class _Invocation:
         self.responded = False
         #: The handler is over; only ``waitUntil`` work keeps the invocation open.
         self.lingering = False
+        #: The first exception ``waitUntil`` work raised (already reported):
+        #: a queue batch's fate depends on it.
+        self.background_error: BaseException | None = None
 
 
 _EVENT_READ, _EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -835,6 +838,8 @@ class Runtime:
                 # empty head says it returned (an exception fails it as usual).
                 try:
                     await self._script.call(kind, workers.Context(inv), env, *args)
+                    if kind == "queue":
+                        await self._settle_background(state)
                 finally:
                     owed = events.settlement(inv, args)
                     if owed is not None:
@@ -933,6 +938,17 @@ class Runtime:
             task.cancel()
             cancel_waits(task)
 
+    @staticmethod
+    async def _settle_background(state: _Invocation) -> None:
+        """A queue batch is acknowledged once ``queue()`` returned and the
+        work it gave ``waitUntil`` is done; if that work failed, so did the
+        batch (Cloudflare's Queues consumer API): its undecided messages are
+        retried. Raises the work's error for that."""
+        while pending := [task for task in state.background if not task.done()]:
+            await asyncio.wait(pending)
+        if state.background_error is not None:
+            raise state.background_error
+
     def wait_until(self, inv: int, awaitable: Any) -> None:
         state = self.invocations.get(inv)
 
@@ -943,6 +959,8 @@ class Runtime:
             except asyncio.CancelledError:
                 pass  # ended at its deadline: the trace already says so
             except BaseException as exc:  # noqa: BLE001
+                if state is not None and state.background_error is None:
+                    state.background_error = exc
                 self.send(Report(inv, exception_info(exc)))
 
         task = self.loop.create_task(guarded())

@@ -460,6 +460,8 @@ class Objects:
             if not callable(handler):
                 raise TypeError(f"Durable Object class {event.class_name} has no fetch handler")
             response = await _call(handler, request)
+            while inspect.isawaitable(response):  # ``return fetch(...)`` un-awaited, as a Worker's fetch may
+                response = await response
             if not isinstance(response, workers.Response):
                 raise TypeError(f"the Durable Object's fetch returned {type(response).__name__}, "
                                 "not a Response")

@@ -14,6 +14,7 @@ of Python Workers on Cloudflare do.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import types
 from collections.abc import Callable
@@ -210,6 +211,12 @@ class Handlers:
         # is told apart without a call into ``inspect`` on every request.
         if type(result) is types.CoroutineType or inspect.isawaitable(result):
             result = await result
+            # What it returns is awaited in turn, as a JavaScript promise
+            # settles to what it resolves to: Cloudflare's examples end with
+            # ``return fetch(url)`` (a coroutine) in an async handler. Two type
+            # checks, as the common answer (a Response) is neither.
+            while type(result) is types.CoroutineType or isinstance(result, asyncio.Future):
+                result = await result
         return result
 
 

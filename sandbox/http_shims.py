@@ -1,4 +1,4 @@
-"""``requests``, ``urllib3``, ``urllib.request``, ``httpx`` and ``anyio.to_thread`` inside the jail.
+"""``requests``, ``urllib3``, ``urllib.request``, ``httpx``, ``aiohttp`` and ``anyio.to_thread`` in the jail.
 
 A child has no sockets: every outbound request is a call brokered by the
 supervisor (its outbound worker, egress policy and subrequest limit apply).
@@ -9,6 +9,8 @@ right after it loads so that its requests go through ``workers.fetch``:
 * ``urllib.request``: the HTTP and HTTPS handlers of ``urlopen``;
 * ``httpx``: the default transport of ``Client`` (synchronous, through
   :func:`sandbox.run_sync.run_sync`) and of ``AsyncClient``;
+* ``aiohttp``: ``ClientSession._request`` (Cloudflare documents aiohttp and
+  httpx as the HTTP clients of Python Workers);
 * ``anyio.to_thread.run_sync``: threads cannot start in the jail, so the
   function runs inline in the calling invocation (what Starlette and FastAPI
   use for ``def`` endpoints), where ``run_sync`` still works.
@@ -197,6 +199,178 @@ def _httpx_response(httpx: Any, status: int, headers: list[tuple[str, str]], dat
     return httpx.Response(status, headers=headers, content=data)
 
 
+# -- aiohttp -------------------------------------------------------------------------
+
+
+def patch_aiohttp(module: types.ModuleType) -> None:
+    """``aiohttp.ClientSession``'s requests: the brokered fetch. Its
+    ``_request`` (behind ``get``/``post``/``request``, awaited or used with
+    ``async with``) answers a :class:`BrokeredResponse`; the session's base
+    URL, default headers, ``params``, ``json``/``data`` bodies, redirects and
+    ``raise_for_status`` are honoured, its connector is never used."""
+    aiohttp = module
+
+    async def _request(self: Any, method: str, str_or_url: Any, *, params: Any = None, data: Any = None,
+                       json: Any = None, headers: Any = None, allow_redirects: bool = True,
+                       max_redirects: int = 10, raise_for_status: Any = None, **_options: Any) -> Any:
+        import yarl
+
+        url = yarl.URL(str(str_or_url))
+        if getattr(self, "_base_url", None) is not None and not url.is_absolute():
+            url = self._base_url.join(url)
+        if params:
+            url = url.extend_query(params)
+        sent = _aiohttp_headers(aiohttp, self, headers)
+        body = _aiohttp_body(data, json, sent)
+        history = []
+        while True:
+            try:
+                status, reason, out, payload = await _brokered(method, str(url), list(sent.items()), body)
+            except _workers().NetworkError as exc:
+                cls = aiohttp.ServerTimeoutError if exc.timeout else aiohttp.ClientConnectionError
+                raise cls(exc.message) from None
+            response = BrokeredResponse(aiohttp, method, url, status, reason, out, payload, sent, history)
+            location = response.headers.get("location")
+            if not (allow_redirects and status in (301, 302, 303, 307, 308) and location):
+                break
+            if len(history) >= max_redirects:
+                raise aiohttp.TooManyRedirects(response.request_info, tuple(history))
+            history.append(response)
+            url = url.join(yarl.URL(location))
+            if status == 303 or (status in (301, 302) and method.upper() == "POST"):
+                method, body = "GET", None
+        check = self._raise_for_status if raise_for_status is None else raise_for_status
+        if callable(check):
+            await check(response)
+        elif check:
+            response.raise_for_status()
+        return response
+
+    aiohttp.ClientSession._request = _request
+
+
+def _aiohttp_headers(aiohttp: Any, session: Any, headers: Any) -> Any:
+    """The session's default headers with the request's over them."""
+    from multidict import CIMultiDict
+
+    merged = CIMultiDict(getattr(session, "_default_headers", None) or {})
+    for name, value in (headers.items() if hasattr(headers, "items") else headers or ()):
+        merged[name] = value
+    return merged
+
+
+def _aiohttp_body(data: Any, json_value: Any, headers: Any) -> bytes | None:
+    """aiohttp's body rules: ``json=`` is JSON, a dict of ``data=`` a form, a str UTF-8."""
+    import json
+    import urllib.parse
+
+    if json_value is not None:
+        headers.setdefault("Content-Type", "application/json")
+        return json.dumps(json_value).encode()
+    if isinstance(data, dict):
+        headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        return urllib.parse.urlencode(data).encode()
+    if isinstance(data, str):
+        headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+    return _body_bytes(data)
+
+
+class BrokeredResponse:
+    """What aiohttp's ``ClientResponse`` offers code, for a brokered response:
+    ``status``, ``reason``, ``headers``, ``url``, ``ok``, ``read()``,
+    ``text()``, ``json()``, ``raise_for_status()``, ``content``, and the
+    ``async with`` and ``release()`` of a connection there is none of."""
+
+    def __init__(self, aiohttp: Any, method: str, url: Any, status: int, reason: str,
+                 headers: list[tuple[str, str]], body: bytes, sent: Any, history: list[Any]) -> None:
+        from multidict import CIMultiDict, CIMultiDictProxy
+
+        self._aiohttp, self._body = aiohttp, body
+        self.method, self.url, self.real_url, self.status, self.reason = method, url, url, status, reason
+        self.headers = CIMultiDictProxy(CIMultiDict(
+            (k, v) for k, v in headers if k.lower() not in ("content-encoding", "transfer-encoding")))
+        self.history = tuple(history)
+        self.request_info = aiohttp.RequestInfo(url, method, CIMultiDictProxy(CIMultiDict(sent)), url)
+        self.content = _Content(body)
+        self.closed = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+    @property
+    def content_type(self) -> str:
+        return (self.headers.get("content-type") or "application/octet-stream").split(";")[0].strip().lower()
+
+    @property
+    def charset(self) -> str | None:
+        for part in (self.headers.get("content-type") or "").split(";")[1:]:
+            name, _, value = part.strip().partition("=")
+            if name.lower() == "charset":
+                return value.strip('"') or None
+        return None
+
+    async def read(self) -> bytes:
+        return self._body
+
+    async def text(self, encoding: str | None = None, errors: str = "strict") -> str:
+        return self._body.decode(encoding or self.charset or "utf-8", errors)
+
+    async def json(self, *, encoding: str | None = None, loads: Any = None,
+                   content_type: str | None = "application/json") -> Any:
+        import json
+
+        if content_type and content_type not in self.content_type:
+            raise self._aiohttp.ContentTypeError(
+                self.request_info, self.history, status=self.status,
+                message=f"Attempt to decode JSON with unexpected mimetype: {self.content_type}",
+                headers=self.headers)
+        text = await self.text(encoding)
+        return (loads or json.loads)(text) if text.strip() else None
+
+    def raise_for_status(self) -> None:
+        if not self.ok:
+            raise self._aiohttp.ClientResponseError(self.request_info, self.history, status=self.status,
+                                                    message=self.reason, headers=self.headers)
+
+    def release(self) -> None:
+        self.closed = True
+
+    close = release
+
+    async def wait_for_close(self) -> None:
+        self.closed = True
+
+    async def __aenter__(self) -> BrokeredResponse:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+class _Content:
+    """``response.content``: aiohttp's StreamReader reads over the whole body."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body, self._at = body, 0
+
+    async def read(self, n: int = -1) -> bytes:
+        end = len(self._body) if n < 0 else self._at + n
+        chunk, self._at = self._body[self._at:end], min(end, len(self._body))
+        return chunk
+
+    async def iter_chunked(self, n: int) -> Any:
+        while chunk := await self.read(n):
+            yield chunk
+
+    async def iter_any(self) -> Any:
+        if chunk := await self.read():
+            yield chunk
+
+    def at_eof(self) -> bool:
+        return self._at >= len(self._body)
+
+
 # -- anyio ---------------------------------------------------------------------------
 
 
@@ -214,6 +388,7 @@ PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
     "urllib3": patch_urllib3,
     "urllib.request": patch_urllib_request,
     "httpx": patch_httpx,
+    "aiohttp": patch_aiohttp,
     "anyio.to_thread": patch_anyio_to_thread,
 }
 

@@ -8,6 +8,7 @@ a JavaScript engine raise an error that says so, by name.
 
 from __future__ import annotations
 
+import datetime
 import json as _json
 import sys
 import time
@@ -15,7 +16,7 @@ import traceback
 import types
 from typing import Any
 
-from . import logs, websockets, workers
+from . import logs, web_crypto, websockets, workers
 from .html_rewriter import HTMLRewriter
 from .js_url import URL, URLSearchParams
 from .pyodide_shim import ArrayBuffer, JsException, Uint8Array, _unavailable, jsnull, to_py
@@ -23,13 +24,51 @@ from .sdk_types import Blob, FormData, JsDict, python_from_rpc
 
 
 def _options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """JS-style options: a positional dict (``to_js({...})``) and/or keywords."""
+    """JS-style options: a positional dict (``to_js({...})``), a Request or a
+    Response read as one, and/or keywords."""
     options: dict[str, Any] = {}
     for arg in args:
         if isinstance(arg, dict):
             options.update(arg)
+        elif isinstance(arg, (workers.Request, workers.Response)):
+            options.update(_init_of(arg))
     options.update(kwargs)
     return options
+
+
+#: What JavaScript takes as a body as it is; anything else it turns into a string.
+_BODY_TYPES = (str, bytes, bytearray, memoryview, FormData, Blob, workers.ReadableStream)
+
+
+def _js_body(body: Any) -> Any:
+    """A body given to ``js.fetch``, ``js.Response.new`` or ``js.Request.new``
+    as JavaScript reads a BodyInit: a value of no body type is converted with
+    ``String(value)`` (Cloudflare's debugging-logs example posts an exception
+    object; a URLSearchParams is its query string, a plain object
+    ``[object Object]``), where the SDK's constructors would refuse it."""
+    if body is None or body is jsnull:
+        return None
+    if isinstance(body, _BODY_TYPES) or hasattr(body, "__aiter__"):
+        return body
+    if isinstance(body, dict):
+        return "[object Object]"
+    return str(body)
+
+
+def _init_of(message: workers.Request | workers.Response) -> dict[str, Any]:
+    """A Request or Response given where JavaScript takes an init dictionary
+    (``new Request(url, request)``, ``new Response(body, response)``,
+    ``fetch(url, request)``, as Cloudflare's CORS proxy and Cache API examples
+    write them): JavaScript reads its properties as the dictionary's members.
+    A request's body moves to the new one, as JavaScript's does."""
+    if isinstance(message, workers.Response):
+        return {"status": message.status, "statusText": message.status_text, "headers": message.headers}
+    init: dict[str, Any] = {"method": str(message.method), "headers": message.headers,
+                            "redirect": message.redirect}
+    if message._body is not None and not message._body_used:
+        init["body"] = message._body
+        message._body_used = True
+    return init
 
 
 class _ResponseClass:
@@ -38,7 +77,7 @@ class _ResponseClass:
     @staticmethod
     def new(body: Any = None, *args: Any, **kwargs: Any) -> workers.Response:
         init = _options(args, kwargs)
-        return workers.Response(body if body is not jsnull else None, status=init.get("status"),
+        return workers.Response(_js_body(body), status=init.get("status"),
                                 status_text=init.get("statusText", ""), headers=init.get("headers"),
                                 web_socket=init.get("webSocket"))
 
@@ -69,7 +108,7 @@ class _RequestClass:
     def new(url: Any, *args: Any, **kwargs: Any) -> workers.Request:
         init = _options(args, kwargs)
         return workers.Request(url, method=init.get("method"), headers=init.get("headers"),
-                               body=init.get("body"), redirect=init.get("redirect"))
+                               body=_js_body(init.get("body")), redirect=init.get("redirect"))
 
 
 class _HeadersClass:
@@ -112,11 +151,23 @@ class _JSON:
     def stringify(value: Any, replacer: Any = None, space: Any = None) -> str:
         indent = space if isinstance(space, (int, str)) and space else None
         separators = None if indent else (",", ":")
-        return _json.dumps(to_py(value), indent=indent, separators=separators, ensure_ascii=False)
+        return _json.dumps(to_py(value), indent=indent, separators=separators, ensure_ascii=False,
+                           default=_json_value)
 
     @staticmethod
     def parse(text: str) -> Any:
         return python_from_rpc(_json.loads(text))
+
+
+def _json_value(value: Any) -> Any:
+    """What ``JSON.stringify`` writes for a value JSON has no type for: a date
+    its ISO string (``Date.prototype.toJSON``), another object its own
+    enumerable data, which for a Request or any other object of a class is
+    none: ``{}`` (Cloudflare's data-loss-prevention example stringifies
+    ``{"time": datetime.now(), "request": request}``)."""
+    if isinstance(value, datetime.datetime):
+        return web_crypto.js_date_json(value)
+    return {}
 
 
 class _FormDataClass:
@@ -222,7 +273,7 @@ def _fetch(resource: Any, *args: Any, **kwargs: Any) -> Any:
         raise JsException("Error", GLOBAL_SCOPE)
     init = _options(args, kwargs)
     return _as_js(workers.fetch(resource, method=init.get("method"), headers=init.get("headers"),
-                                body=init.get("body"), redirect=init.get("redirect")))
+                                body=_js_body(init.get("body")), redirect=init.get("redirect")))
 
 
 class JsResponse(workers.Response):
@@ -259,6 +310,7 @@ def make_js() -> types.ModuleType:
     js.Blob = _BlobClass()  # type: ignore[attr-defined]
     js.TextEncoder = _TextEncoder  # type: ignore[attr-defined]
     js.ArrayBuffer = ArrayBuffer  # type: ignore[attr-defined]
+    js.crypto = web_crypto.Crypto()  # type: ignore[attr-defined]
     for name in ("Error", "TypeError", "RangeError", "SyntaxError", "ReferenceError"):
         setattr(js, name, _ErrorClass(name))
     js.HTMLRewriter = HTMLRewriter  # type: ignore[attr-defined]

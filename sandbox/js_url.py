@@ -186,6 +186,18 @@ class URLSearchParams:
     def __contains__(self, name: object) -> bool:
         return any(k == name for k, _ in self._pairs)
 
+    # Pyodide gives a JavaScript object with get/set/delete methods Python's
+    # subscripts on them: Cloudflare's CORS proxy example reads
+    # ``url.searchParams["apiurl"]`` (None when absent: get() answers null).
+    def __getitem__(self, name: str) -> str | None:
+        return self.get(name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.set(name, value)
+
+    def __delitem__(self, name: str) -> None:
+        self.delete(name)
+
     # -- changing -------------------------------------------------------------------
     def append(self, name: str, value: Any) -> None:
         self._pairs.append((str(name), str(value)))

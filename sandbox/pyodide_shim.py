@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from .run_sync import run_sync
@@ -166,12 +166,28 @@ class _Proxy:
         self._destroyed = True
 
 
+class _AwaitableProxy(_Proxy):
+    """A proxy of an awaitable is awaitable too: in Pyodide it is a thenable,
+    so Cloudflare's examples hand ``ctx.waitUntil`` a
+    ``create_proxy(cache.put(...))`` or ``create_once_callable(post_log(e))``
+    (``await`` looks ``__await__`` up on the type, which ``__getattr__``
+    does not reach)."""
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return type(self._obj).__await__(self._obj)
+
+
+def _proxy(obj: Any, once: bool = False) -> _Proxy:
+    kind = _AwaitableProxy if hasattr(type(obj), "__await__") else _Proxy
+    return kind(obj, once)
+
+
 def create_proxy(obj: Any, *, capture_this: bool = False, roundtrip: bool = True) -> Any:
-    return _Proxy(obj)
+    return _proxy(obj)
 
 
 def create_once_callable(obj: Callable[..., Any], *, _may_syncify: bool = False) -> Any:
-    return _Proxy(obj, once=True)
+    return _proxy(obj, once=True)
 
 
 def destroy_proxies(proxies: Any) -> None:

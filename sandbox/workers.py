@@ -12,6 +12,7 @@ Everything that talks to the supervisor goes through :data:`_runtime`, set by
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import email.message
 import http
@@ -521,13 +522,18 @@ class _Body:
         source = body
         buffered: list[bytes] = []
         done = False
+        # Both copies may be read at once (the Cache API example streams the
+        # response while ``waitUntil(cache.put(key, response.clone()))``
+        # reads its clone): one reads the source, the other waits for it.
+        reading = asyncio.Lock()
 
         async def fill() -> None:
             nonlocal done
-            if not done:
-                async for chunk in source:
-                    buffered.append(chunk)
-                done = True
+            async with reading:
+                if not done:
+                    async for chunk in source:
+                        buffered.append(chunk)
+                    done = True
 
         async def replay() -> AsyncIterator[bytes]:
             await fill()
@@ -665,6 +671,17 @@ class Request(_Body):
 # ---------------------------------------------------------------------------
 
 
+
+def _redirect_location(url: str) -> str:
+    """``url`` as JavaScript's ``Response.redirect`` writes it: parsed and
+    serialized (``https://example.com`` becomes ``https://example.com/``, the
+    host in lower case). A relative URL, which that would refuse, is kept as
+    it is, since a browser resolves it against the request's."""
+    from .js_url import URL
+
+    parsed = URL.parse(url)
+    return url if parsed is None else parsed.href
+
 class Response(_Body):
     """An HTTP response; ``body`` may be str, bytes or an async iterator.
 
@@ -760,7 +777,7 @@ class Response(_Body):
         status = int(status)
         if status not in (301, 302, 303, 307, 308):
             raise ValueError(f"redirect status must be 301, 302, 303, 307 or 308, not {status}")
-        return cls(None, status=status, headers={"location": str(url)})
+        return cls(None, status=status, headers={"location": _redirect_location(str(url))})
 
     def clone(self) -> Response:
         copy = Response.__new__(Response)
