@@ -951,7 +951,7 @@ def test_conditional_response(corral: Corral) -> None:
     assert get(corral, "conditional").text == "passed", corral.log()
 
 
-DEBUGGING_LOGS = '''
+DEBUGGING_LOGS_AS_IS = '''
 import json
 import traceback
 from pyodide.ffi import create_once_callable
@@ -959,12 +959,12 @@ from js import Response, fetch, Headers
 
 async def on_fetch(request, _env, ctx):
     # Service configured to receive logs
-    log_url = "UP/echo/log-service"
+    log_url = "https://log-service.example.com/"
 
     async def post_log(data):
         return await fetch(log_url, method="POST", body=data)
 
-    response = await fetch("UP/echo/origin")
+    response = await fetch(request)
 
     try:
         if not response.ok and not response.redirected:
@@ -983,6 +983,9 @@ async def on_fetch(request, _env, ctx):
 
     return response
 '''
+#: The same, its log service and origin the local upstream.
+DEBUGGING_LOGS = DEBUGGING_LOGS_AS_IS.replace('"https://log-service.example.com/"', '"UP/echo/log-service"') \
+    .replace("await fetch(request)", 'await fetch("UP/echo/origin")')
 
 
 def test_debugging_logs(corral: Corral, upstream: Upstream) -> None:
@@ -2272,38 +2275,6 @@ def test_rewrite_links(corral: Corral, origin: str) -> None:
     assert corral.request("/data", host=f"rewritelinks.{origin}").json()["path"].startswith("/echo/")
 
 
-DEBUGGING_LOGS_AS_IS = '''
-import json
-import traceback
-from pyodide.ffi import create_once_callable
-from js import Response, fetch, Headers
-
-async def on_fetch(request, _env, ctx):
-    # Service configured to receive logs
-    log_url = "https://log-service.example.com/"
-
-    async def post_log(data):
-        return await fetch(log_url, method="POST", body=data)
-
-    response = await fetch(request)
-
-    try:
-        if not response.ok and not response.redirected:
-            body = await response.text()
-        # Simulating an error. Ensure the string is small enough to be a header
-        raise Exception(f'Bad response at origin. Status:{response.status} Body:{body.strip()[:10]}')
-    except Exception as e:
-        # Without ctx.waitUntil(), your fetch() to Cloudflare's
-        # logging service may or may not complete
-        ctx.waitUntil(create_once_callable(post_log(e)))
-        stack = json.dumps(traceback.format_exc()) or e
-        # Copy the response and add to header
-        response = Response.new(stack, response)
-        response.headers["X-Debug-stack"] = stack
-        response.headers["X-Debug-err"] = e
-
-    return response
-'''
 
 
 def test_debugging_logs_against_an_origin(corral: Corral, origin: str, upstream: Upstream) -> None:
