@@ -20,6 +20,7 @@ and queues add one module here whose class is decorated with :func:`kind`
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +102,26 @@ def options(positional: Any, keywords: dict[str, Any], where: str,
         if isinstance(out.get(key), dict):
             out[key] = {camel(k): v for k, v in out[key].items()}
     return out
+
+
+#: JavaScript's Number.MAX_SAFE_INTEGER.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def js_number(value: Any) -> Any:
+    """A number as Python code on Cloudflare receives it: values cross from
+    JavaScript, where 2.0 is the number 2, and Pyodide makes a number that
+    ``Number.isSafeInteger`` an ``int`` (Pyodide's type conversions). A D1
+    REAL of 2.0, or ``{"a": 1.0}`` read as JSON, is the int 2 or 1 there."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
+        return int(value)
+    return value
+
+
+def js_json(data: bytes | str) -> Any:
+    """``JSON.parse`` as Python sees its result through Pyodide (numbers by
+    :func:`js_number`); raises ValueError for text that is not JSON."""
+    return wrap(json.loads(data, parse_float=lambda text: js_number(float(text))))
 
 
 def plain(value: Any) -> Any:

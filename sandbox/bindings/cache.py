@@ -17,7 +17,11 @@ from typing import Any
 from protocol.messages import CACHE_BINDING
 
 from .. import workers
-from . import call, options, read
+from . import JsException, call, options, read
+
+#: workerd's bound on a cache's name (cache.c++ CacheStorage::open): a name
+#: must be shorter than this many bytes.
+MAX_CACHE_NAME_BYTES = 1024
 
 DEFAULT_REFUSED = ("caches.default is not available to scripts in a dispatch namespace "
                    "(Workers for Platforms user workers); use `await caches.open(name)` for a "
@@ -146,6 +150,8 @@ class CacheStorage:
     async def open(self, name: str) -> Cache:  # noqa: A003 - the Cache API's name
         if not isinstance(name, str):
             raise TypeError("caches.open() takes a cache name")
+        if len(name.encode("utf-8", "surrogatepass")) >= MAX_CACHE_NAME_BYTES:
+            raise JsException("TypeError", "Cache name is too long.")
         return Cache(name)
 
     @property

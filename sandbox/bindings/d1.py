@@ -6,7 +6,7 @@ import itertools
 import time
 from typing import Any
 
-from . import AttrDict, AttrList, JsException, call, kind, options, wrap
+from . import AttrDict, AttrList, JsException, call, js_number, kind, options, wrap
 
 _BIND_TYPES = (type(None), bool, int, float, str, bytes)
 #: Pyodide hands a Python int to JavaScript as a Number from -2**53 to 2**53
@@ -38,8 +38,9 @@ def _bigint_text(value: int) -> str:
 
 
 def _cell(value: Any) -> Any:
-    """BLOBs come back as lists of byte values, as D1 returns them."""
-    return list(value) if isinstance(value, bytes) else value
+    """BLOBs come back as lists of byte values, as D1 returns them; a REAL
+    holding a whole number as the int Pyodide makes of that JavaScript number."""
+    return list(value) if isinstance(value, bytes) else js_number(value)
 
 
 def _rows(raw: dict[str, Any]) -> list[AttrDict]:
@@ -130,7 +131,9 @@ class D1Database:
         bookmark API: none until its first query, then the latest one's."""
         if constraint is not None and not isinstance(constraint, str):
             raise TypeError("withSession() takes a bookmark, 'first-primary' or 'first-unconstrained'")
-        bookmark = None if constraint in (None, "first-primary", "first-unconstrained") else constraint
+        # d1-api.ts trims it, and an empty one is "first-unconstrained": no bookmark yet.
+        constraint = (constraint or "").strip()
+        bookmark = None if constraint in ("", "first-primary", "first-unconstrained") else constraint
         return D1DatabaseSession(self, bookmark)
 
     with_session = withSession

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import datetime
-import json as _json
 from typing import Any
 
 from .. import workers
-from . import AttrDict, AttrList, call, camel, iterate, kind, options, read, stream_value, wrap
+from . import AttrDict, AttrList, JsException, call, camel, iterate, js_json, kind, options, read, stream_value, wrap
 
 _HTTP_HEADERS = {"content-type": "contentType", "content-language": "contentLanguage",
                  "content-disposition": "contentDisposition",
@@ -32,6 +31,11 @@ def _http_metadata(value: Any) -> Any:
 
 
 def _only_if(value: Any) -> Any:
+    """R2's ``onlyIf`` as the supervisor takes it. From Headers, dates carry
+    ``secondsGranularity`` (an HTTP date has whole seconds, so an object
+    uploaded at 12:00:00.5 is not "modified since" 12:00:00, as in
+    workerd's ``UnwrappedConditional``); in an object, an ETag wrapped in
+    quotes is workerd's TypeError."""
     if isinstance(value, workers.Headers):
         import email.utils
 
@@ -47,10 +51,37 @@ def _only_if(value: Any) -> Any:
                     out[key] = email.utils.parsedate_to_datetime(value.get(header)).timestamp() * 1000
                 except (TypeError, ValueError):
                     pass
+                else:
+                    out["secondsGranularity"] = True
         return out
     if isinstance(value, dict):
+        for name in ("etagMatches", "etagDoesNotMatch"):
+            etag = value.get(name)
+            if isinstance(etag, str) and len(etag) >= 1 and etag.startswith('"') and etag.endswith('"'):
+                raise JsException("TypeError", f"Conditional ETag should not be wrapped in quotes ({etag}).")
         return {k: _ms(v) for k, v in value.items()}
     return value
+
+
+def _js_number(value: float) -> str:
+    """A number as JavaScript prints it in workerd's messages (``2``, not ``2.0``)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _range_field(value: Any, label: str, negative: str, name: str) -> Any:
+    """One field of a ``range`` object, checked as workerd's ``initGetOptions``
+    checks it: a RangeError for a negative or fractional number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise JsException("TypeError", f"range.{name} must be a number, not {type(value).__name__}")
+    if value < 0:
+        raise JsException("RangeError", f"{negative} ({_js_number(value)}) must be greater than or "
+                                         "equal to 0.")
+    if isinstance(value, float) and not value.is_integer():
+        raise JsException("RangeError", f"Invalid range. {label} ({_js_number(value)}) must be an "
+                                         "integer, not floating point.")
+    return int(value)
 
 
 def _range(value: Any) -> Any:
@@ -62,7 +93,55 @@ def _range(value: Any) -> Any:
         if not start:
             return {"suffix": int(end)}
         return {"offset": int(start), **({"length": int(end) - int(start) + 1} if end else {})}
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        if value.get("offset") is not None:
+            out["offset"] = _range_field(value["offset"], "Starting offset",
+                                         "Invalid range. Starting offset", "offset")
+        if value.get("length") is not None:
+            out["length"] = _range_field(value["length"], "Length", "Invalid range. Length", "length")
+        if value.get("suffix") is not None:
+            if "offset" in out:
+                raise JsException("TypeError", "Suffix is incompatible with offset.")
+            if "length" in out:
+                raise JsException("TypeError", "Suffix is incompatible with length.")
+            out["suffix"] = _range_field(value["suffix"], "Suffix", "Invalid suffix. Suffix", "suffix")
+        return out
     return value
+
+
+#: The hashes ``put`` may check, with workerd's names and sizes (bytes).
+_HASHES = (("md5", "MD5", 16), ("sha1", "SHA-1", 20), ("sha256", "SHA-256", 32),
+           ("sha384", "SHA-384", 48), ("sha512", "SHA-512", 64))
+
+
+def _hash_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """``put``'s checksum option, checked as workerd checks it before
+    sending (r2-bucket.c++): one algorithm at most, and a digest of the
+    algorithm's size, as bytes or as hex."""
+    sent: dict[str, Any] = {}
+    for name, label, size in _HASHES:
+        value = opts.get(name)
+        if value is None:
+            continue
+        if sent:
+            raise JsException("TypeError", "You cannot specify multiple hashing algorithms.")
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            value = bytes(value)
+            if len(value) != size:
+                raise JsException("TypeError", f"{label} is {size} bytes, not {len(value)}")
+        elif isinstance(value, str):
+            if len(value) != size * 2:
+                raise JsException("TypeError", f"{label} is {size * 2} hex characters, not {len(value)}")
+            try:
+                bytes.fromhex(value)
+            except ValueError:
+                raise JsException("TypeError", f"Provided {label} wasn't a valid hex string") from None
+        else:
+            raise JsException("TypeError", f"{name} must be a hex string or an ArrayBuffer, not "
+                                           f"{type(value).__name__}")
+        sent[name] = value
+    return sent
 
 
 class _Fields:
@@ -89,8 +168,10 @@ class R2Object(_Fields):
         self.httpEtag: str = raw["httpEtag"]  # noqa: N815
         self.uploaded = datetime.datetime.fromtimestamp(raw["uploaded"] / 1000.0,
                                                         datetime.UTC)
-        self.httpMetadata = wrap(raw.get("httpMetadata") or {})  # noqa: N815
-        self.customMetadata = wrap(raw.get("customMetadata") or {})  # noqa: N815
+        # A listed object has the metadata its list's ``include`` asked for;
+        # the rest is undefined (None), as with workerd's R2 list.
+        self.httpMetadata = wrap(raw.get("httpMetadata"))  # noqa: N815
+        self.customMetadata = wrap(raw.get("customMetadata"))  # noqa: N815
         self.checksums = wrap(raw.get("checksums") or {})
         self.storageClass: str = raw.get("storageClass", "Standard")  # noqa: N815
         self.range = wrap(raw.get("range"))
@@ -113,6 +194,9 @@ class R2Object(_Fields):
 
     def writeHttpMetadata(self, headers: Any) -> None:  # noqa: N802
         """Set the object's HTTP metadata as headers (``workers.Headers`` or a dict)."""
+        if self.httpMetadata is None:
+            raise JsException("TypeError", f"HTTP metadata unknown for key `{self.key}`. Did you "
+                                           "forget to add 'httpMetadata' to `include` when listing?")
         names = {field: name for name, field in _HTTP_HEADERS.items()}
         for field, value in self.httpMetadata.items():
             if field in names and value is not None:
@@ -169,7 +253,7 @@ class R2ObjectBody(R2Object):
         return (await self.bytes()).decode("utf-8", "replace")
 
     async def json(self) -> Any:
-        return wrap(_json.loads(await self.bytes()))
+        return js_json(await self.bytes())
 
 
 class R2MultipartUpload(_Fields):
@@ -239,9 +323,7 @@ class R2Bucket:
             sent["customMetadata"] = dict(opts["customMetadata"])
         if opts.get("onlyIf") is not None:
             sent["onlyIf"] = _only_if(opts["onlyIf"])
-        for name in ("md5", "sha1", "sha256", "sha384", "sha512"):
-            if opts.get(name) is not None:
-                sent[name] = opts[name]
+        sent.update(_hash_options(opts))
         body = None if value is None else stream_value(value, "R2 put()")
         result, _ = await call(self._name, "put", [key, sent], body)
         return None if result is None else R2Object(result)
@@ -255,6 +337,9 @@ class R2Bucket:
                                      "include") if opts.get(k) is not None}
         if "include" in sent:
             sent["include"] = [camel(i) for i in sent["include"]]
+            for field in sent["include"]:
+                if field not in ("httpMetadata", "customMetadata"):
+                    raise JsException("RangeError", f"Unsupported include value {field}")
         value, _ = await call(self._name, "list", [sent])
         out = AttrDict(objects=AttrList(R2Object(o) for o in value["objects"]),
                        truncated=value["truncated"],

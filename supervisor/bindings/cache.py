@@ -27,6 +27,8 @@ from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, i
 from supervisor.bindings.quota import quota_error
 
 MAX_ENTRY_BYTES = 32 * 1024 * 1024
+#: workerd's bound on a cache's name (cache.c++): shorter than 1024 bytes.
+MAX_CACHE_NAME_BYTES = 1024
 #: How long a response without a lifetime of its own is kept (Cloudflare's
 #: default edge TTL for a 200).
 DEFAULT_TTL_S = 7200.0
@@ -167,6 +169,8 @@ class CacheHandler:
 
     async def call(self, ctx: Context, method: str, args: list[Any]) -> Reply:
         cache = string(arg(args, 0), "cache name")
+        if len(cache.encode("utf-8", "surrogatepass")) >= MAX_CACHE_NAME_BYTES:
+            raise BindingError("Cache name is too long.", "TypeError")  # as caches.open() says
         url = string(arg(args, 1), "request url")
         request_method = string(arg(args, 2, "GET"), "request method").upper()
         if method == "put":
@@ -194,7 +198,9 @@ class CacheHandler:
         if request_method != "GET":
             raise BindingError("Cannot cache response to non-GET request.", "TypeError")
         if status == 206:
-            raise BindingError("Cannot cache response with 'Partial Content' status.", "TypeError")
+            # workerd's words (cache.c++ Cache::put).
+            raise BindingError("Cannot cache response to a range request (206 Partial Content).",
+                               "TypeError")
         if "*" in [v.strip() for v in (_header(headers, "vary") or "").split(",")]:
             raise BindingError("Cannot cache response with 'Vary: *' header.", "TypeError")
         body = await ctx.read_body(MAX_ENTRY_BYTES, "Cache.put failed: the response body")

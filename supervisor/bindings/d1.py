@@ -188,8 +188,8 @@ def _run(conn: sqlite3.Connection, statements: list[Statement], max_bytes: int |
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         if isinstance(exc, sqlite3.Error):
-            raise _explain(exc, guard, prefix, index, len(statements), max_bytes, conn,
-                           page_size) from None
+            raise _explain(exc, guard, prefix, index, statements[index][0] if statements else "",
+                           max_bytes, conn, page_size) from None
         raise
     size = conn.execute("PRAGMA page_count").fetchone()[0] * page_size
     for result in out:
@@ -219,10 +219,18 @@ def _check_renamed(conn: sqlite3.Connection, guard: _Guard, before: set[str]) ->
         raise sqlite3.DatabaseError("not authorized")
 
 
-def _explain(exc: sqlite3.Error, guard: _Guard, prefix: str, index: int, total: int,
+#: How much of a failed statement ``exec``'s error quotes (the statement may be 100 kB).
+MAX_QUOTED_SQL = 500
+
+
+def _explain(exc: sqlite3.Error, guard: _Guard, prefix: str, index: int, sql: str,
              max_bytes: int | None, conn: sqlite3.Connection, page_size: int) -> BindingError:
     name = _error_name(exc)
-    where = f"Error in line {index + 1}: " if prefix == "D1_EXEC_ERROR" else ""
+    # exec()'s error names the failed statement and quotes it, as workerd's
+    # d1-api.ts does: "D1_EXEC_ERROR: Error in line 2: <its SQL>: <error>".
+    sql = sql.rstrip().removesuffix(";")  # the splitter's own terminator
+    quoted = sql if len(sql) <= MAX_QUOTED_SQL else sql[:MAX_QUOTED_SQL] + "..."
+    where = f"Error in line {index + 1}: {quoted}: " if prefix == "D1_EXEC_ERROR" else ""
     if guard.refused:  # SQLITE_AUTH, or SQLITE_ERROR for a refused function
         return BindingError(f"{prefix}: {where}{guard.refused}: SQLITE_AUTH")
     if guard.timed_out and name == "SQLITE_INTERRUPT":

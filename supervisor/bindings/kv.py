@@ -284,9 +284,13 @@ class KVHandler:
         target = arg(args, 0)
         opts = options(args, 1)
         if isinstance(target, list):
-            if not 1 <= len(target) <= MAX_BULK:
+            # KV's words for both (miniflare's KV service has them), as plain Errors:
+            # workerd raises every failed KV response as Error "KV <op> failed: <status> ...".
+            if not target:
+                raise BindingError("KV GET_BULK failed: 400 You must request a minimum of 1 key")
+            if len(target) > MAX_BULK:
                 raise BindingError(f"KV GET_BULK failed: 400 You can request a maximum of "
-                                   f"{MAX_BULK} keys", "RangeError")
+                                   f"{MAX_BULK} keys")
             _check_cache_ttl(opts, "GET_BULK")
             keys = [check_key(k, "GET_BULK") for k in target]
             found = await self.backend.get(ctx.scope, keys, now)

@@ -99,13 +99,19 @@ def _key(value: Any, op: str) -> str:
 def _object_json(row: tuple, include: tuple[str, ...] = ("httpMetadata", "customMetadata")
                  ) -> dict[str, Any]:
     key, _blob, size, etag, version, uploaded, http, custom, checksums = row
-    return {
+    out = {
         "key": key, "version": version, "size": size, "etag": etag, "httpEtag": f'"{etag}"',
         "uploaded": uploaded, "storageClass": "Standard",
-        "httpMetadata": json.loads(http) if http and "httpMetadata" in include else {},
-        "customMetadata": json.loads(custom) if custom and "customMetadata" in include else {},
         "checksums": json.loads(checksums) if checksums else {},
     }
+    # A list sends only the metadata its ``include`` names; the rest is
+    # undefined, as workerd's R2 list has it (compatibility flag
+    # r2_list_honor_include, on since 2022-08-04).
+    if "httpMetadata" in include:
+        out["httpMetadata"] = json.loads(http) if http else {}
+    if "customMetadata" in include:
+        out["customMetadata"] = json.loads(custom) if custom else {}
+    return out
 
 
 def _strip(etag: str) -> str:
@@ -135,6 +141,12 @@ def _precondition(cond: dict[str, Any], row: tuple | None) -> bool:
     if none_match and etag is not None and ("*" in none_match or etag in none_match):
         return False
     before, after = cond.get("uploadedBefore"), cond.get("uploadedAfter")
+    if cond.get("secondsGranularity") and uploaded is not None:
+        # From HTTP headers, whose dates have whole seconds: compared in seconds,
+        # so an object is not "modified since" the Last-Modified it was served with.
+        uploaded = uploaded // 1000 * 1000
+        before = None if before is None else float(before) // 1000 * 1000
+        after = None if after is None else float(after) // 1000 * 1000
     if before is not None and uploaded is not None and not uploaded < float(before):
         return False
     if after is not None and uploaded is not None and not uploaded > float(after):
