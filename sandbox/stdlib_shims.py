@@ -32,6 +32,11 @@ or they ask the host about itself, and glibc takes the refusal for an answer:
   programs a child cannot start: it found nothing, not even ``c``. It now
   also looks in the system's library folders of the view, which show the
   libraries the standard library's extensions and manylinux wheels link.
+* ``tempfile.SpooledTemporaryFile`` moves its data to a file on disk past
+  ``max_size``, and a child has nowhere to write (OSError: EROFS): every
+  upload past the frameworks' spool size failed (Starlette's 1 MiB,
+  Werkzeug's 500 KiB). It now stays in memory, where Pyodide's in-memory
+  ``/tmp`` keeps it on Cloudflare too (the worker's memory limit bounds it).
 
 Like :mod:`sandbox.unavailable`, the patches are installed in the zygote and
 switched on in a child just before its script is imported
@@ -243,12 +248,29 @@ def _patch_ctypes_util(util: types.ModuleType) -> None:
     util.find_library = patched_find_library
 
 
+def _patch_tempfile(tempfile: types.ModuleType) -> None:
+    spooled = tempfile.SpooledTemporaryFile
+    original = spooled.rollover
+
+    @functools.wraps(original)
+    def patched_rollover(self: Any) -> None:
+        try:
+            original(self)
+        except OSError:
+            if not _active:
+                raise
+            self._max_size = 0  # no file to move to: stay in memory, and stop asking
+
+    spooled.rollover = patched_rollover
+
+
 PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
     "pwd": _patch_pwd,
     "grp": _patch_grp,
     "faulthandler": _patch_faulthandler,
     "os": _patch_os,
     "ctypes.util": _patch_ctypes_util,
+    "tempfile": _patch_tempfile,
 }
 
 

@@ -131,7 +131,10 @@ async def process_request(app: Any, request: workers.Request, env: Any,
                 chunk = await source.__anext__()
                 return {"type": "http.request", "body": bytes(chunk), "more_body": True}
             except StopAsyncIteration:
+                # The last body message: ASGI has none follow it, only
+                # ``http.disconnect`` once the response is over.
                 source = None
+                head["sent_empty"] = True
             return {"type": "http.request", "body": b"", "more_body": False}
         if not head.get("sent_empty"):
             head["sent_empty"] = True
@@ -250,3 +253,23 @@ async def fetch(app: Any, request: workers.Request, env: Any, ctx: Any = None) -
 
 async def websocket(app: Any, request: workers.Request, env: Any = None) -> workers.Response:
     raise NotImplementedError("WebSockets are not supported by Corral yet")
+
+
+def __getattr__(name: str) -> Any:
+    """``asgi.env``: Cloudflare's FastAPI dependency for the bindings.
+
+    ``async def route(env=asgi.env)`` is how Cloudflare's FastAPI examples
+    reach ``scope["env"]``; it is built on first use so that apps without
+    FastAPI never import it.
+    """
+    if name == "env":
+        from fastapi import Depends, Request
+
+        async def env(request: Request) -> Any:
+            return request.scope["env"]
+
+        # FastAPI reads the parameter's type to inject the Request; this
+        # module's postponed annotations would leave it the string "Request".
+        env.__annotations__ = {"request": Request, "return": Any}
+        return Depends(env)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
