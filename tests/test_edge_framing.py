@@ -125,10 +125,22 @@ class Default(WorkerEntrypoint):
 '''
 
 
+# A worker that answers HEAD itself, as Werkzeug does: no body, GET's length.
+HEAD_LENGTH = '''
+from workers import WorkerEntrypoint, Response
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        body = None if request.method == "HEAD" else "hello world"
+        return Response(body, headers={"content-length": "11"})
+'''
+
+
 @pytest.fixture(scope="module")
 def edge(corral: Corral) -> Corral:
     corral.deploy("echo", ECHO)
     corral.deploy("framing", FRAMING_HEADERS)
+    corral.deploy("headlength", HEAD_LENGTH)
     return corral
 
 
@@ -271,3 +283,17 @@ def test_chunked_framing_rejects_byte_by_byte(body: bytes) -> None:
     with pytest.raises(FramingError):
         for i in range(len(body)):
             check.feed(body[i:i + 1])
+
+
+def test_a_head_answer_keeps_the_length_get_would_send(edge: Corral) -> None:
+    """RFC 9110 8.6: a HEAD's Content-Length, if sent, is GET's. The server
+    framed the bodiless answer as content-length: 0, telling the client GET
+    would send nothing; the next request on the connection is still read."""
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=10)
+    conn.request("HEAD", "/", headers={"host": "headlength.localhost"})
+    head = conn.getresponse()
+    assert (head.status, head.getheader("content-length"), head.read()) == (200, "11", b"")
+    conn.request("GET", "/", headers={"host": "headlength.localhost"})
+    get = conn.getresponse()
+    assert (get.getheader("content-length"), get.read()) == ("11", b"hello world")
+    conn.close()

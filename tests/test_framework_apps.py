@@ -1053,10 +1053,10 @@ def test_flask_streaming_send_file_and_redirect(c: Corral, flask_host: str) -> N
     assert r.body == b"0123456789" * 1000 and r.headers.get("content-length") == "10000", r.header_list
     r = call(c, flask_host, "/go")
     assert r.status == 302 and r.headers["location"] == "/", r
-    # Werkzeug answers HEAD itself: its head, an empty body. (Its
-    # Content-Length of 11 is not kept: the edge frames the empty body.)
+    # Werkzeug answers HEAD itself: its head, with GET's Content-Length, and no body.
     r = call(c, flask_host, "/", "HEAD")
     assert r.status == 200 and r.body == b"" and r.headers["content-type"] == "text/html; charset=utf-8", r
+    assert r.headers["content-length"] == str(len(call(c, flask_host, "/").body)), r
 
 
 def test_flask_generator_streams_as_it_goes(c: Corral, flask_host: str) -> None:

@@ -151,6 +151,19 @@ def _tagged(headers: list[tuple[bytes, bytes]], tag: tuple[bytes, bytes]) -> lis
     return [h for h in headers if h[0].lower() != name] + [tag]
 
 
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The Content-Length a worker gave its bodiless answer to a HEAD (0
+    without a valid one). A HEAD's answer says what GET would send (RFC 9110
+    section 9.3.2; 8.6: never a length other than GET's): a framework that
+    answers HEAD itself, as Werkzeug does, leaves the body out and keeps the
+    length, which the server's own framing replaced with 0. No body follows a
+    HEAD's answer, so the value frames nothing on this connection."""
+    for name, value in headers:
+        if name.lower() == b"content-length" and value.isdigit() and len(value) <= 18:
+            return int(value)
+    return 0
+
+
 def _no_body(status: int) -> bool:
     return status < 200 or status in (204, 304)
 
@@ -522,7 +535,8 @@ class Connection:
             body = b""
             framing = self._framing(b"")
         else:
-            framing = self._framing(b"content-length: %d\r\n" % len(body))
+            length = len(body) if body or not head_only else _declared_length(headers)
+            framing = self._framing(b"content-length: %d\r\n" % length)
         if self.tag is not None:
             headers = _tagged(headers, self.tag)
         out = serialize_head(status, headers, framing, status_text)
