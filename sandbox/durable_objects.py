@@ -28,6 +28,9 @@ from .bindings.durable_objects import DurableObjectId, decode, decode_args, enco
 from .pyodide_shim import JsException
 from .run_sync import can_suspend, run_sync
 
+#: put()'s value when none was given (JavaScript's undefined), apart from None.
+_UNSET: Any = object()
+
 
 def _values(pairs: list[list[Any]]) -> dict[str, Any]:
     return {k: decode(v) for k, v in pairs}
@@ -208,6 +211,11 @@ class SyncKv:
 
 def _list_options(options_: Any, keywords: dict[str, Any], where: str) -> dict[str, Any]:
     opts = options(options_, keywords, where)
+    limit = opts.get("limit")
+    if limit is not None and not isinstance(limit, bool) and isinstance(limit, (int, float)) \
+            and limit <= 0:
+        # workerd's own check and words (actor-state.c++), before the call goes out.
+        raise JsException("TypeError", "List limit must be positive.")
     return {k: opts[k] for k in ("prefix", "start", "startAfter", "end", "limit", "reverse")
             if opts.get(k) is not None}
 
@@ -229,9 +237,12 @@ class DurableObjectStorage:
         return decode(value[0][1]) if value else None
 
     @eager
-    async def put(self, key: Any, value: Any = None, options_: Any = None, **keywords: Any) -> None:
+    async def put(self, key: Any, value: Any = _UNSET, options_: Any = None, **keywords: Any) -> None:
         if isinstance(key, dict):
             entries = [[k, encode(v, "put()")] for k, v in key.items()]
+        elif value is _UNSET:
+            # put(key) with no value: JavaScript's undefined, which workerd refuses.
+            raise JsException("TypeError", "put() called with undefined value.")
         else:
             entries = [[key, encode(value, "put()")]]
         await call(DO_STORAGE, "put", [entries])
@@ -259,7 +270,11 @@ class DurableObjectStorage:
 
     @eager
     async def setAlarm(self, scheduled_time: Any, options_: Any = None, **keywords: Any) -> None:  # noqa: N802
-        await call(DO_STORAGE, "setAlarm", [_ms(scheduled_time)])
+        when = _ms(scheduled_time)
+        if when <= 0:
+            # workerd refuses the epoch and before it, in these words (actor-state.c++).
+            raise JsException("TypeError", "setAlarm() cannot be called with an alarm time <= 0")
+        await call(DO_STORAGE, "setAlarm", [when])
 
     @eager
     async def deleteAlarm(self, options_: Any = None, **keywords: Any) -> None:  # noqa: N802
@@ -317,6 +332,13 @@ class Transaction:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._storage, name)
 
+    def deleteAll(self, options_: Any = None, **keywords: Any) -> NoReturn:  # noqa: N802
+        """Refused, as workerd's DurableObjectTransaction refuses it: deleteAll
+        is not transactional."""
+        raise JsException("Error", "Cannot call deleteAll() within a transaction")
+
+    delete_all = deleteAll
+
     def rollback(self) -> None:
         """Nothing the transaction wrote is kept, whatever the closure does next."""
         self.rolled_back = True
@@ -331,11 +353,30 @@ class DurableObjectAborted(BaseException):
 class AutoResponse:
     """An object's ``setWebSocketAutoResponse`` pair, and when each socket was last answered by it."""
 
-    __slots__ = ("pair", "answered")
+    __slots__ = ("pair", "answered", "event_timeout")
 
     def __init__(self) -> None:
         self.pair: Any = None
+        #: setHibernatableWebSocketEventTimeout's value (ms), kept with the sockets.
+        self.event_timeout: int | None = None
         self.answered: dict[int, datetime.datetime] = {}
+
+
+def _tags(tags: Any) -> Iterator[str]:
+    """acceptWebSocket's tags, checked as workerd checks them (at most 10
+    distinct, each at most 256 characters), in its words."""
+    seen: set[str] = set()
+    for tag in tags or []:
+        if not isinstance(tag, str):
+            raise JsException("TypeError", "acceptWebSocket() tags must be strings")
+        if tag in seen:
+            continue
+        if len(seen) >= 10:
+            raise JsException("Error", "a Hibernatable WebSocket cannot have more than 10 tags")
+        if len(tag) > 256:
+            raise JsException("Error", f'"{tag}" is longer than the max tag length (256 characters).')
+        seen.add(tag)
+        yield tag
 
 
 class DurableObjectState(workers.Context):
@@ -360,17 +401,39 @@ class DurableObjectState(workers.Context):
         client's messages come to ``webSocketMessage(ws, message)`` and its
         close to ``webSocketClose(ws, code, reason, wasClean)``, even after
         the instance was evicted and built again."""
-        tags = list(tags or [])
-        if len(tags) > 10 or any(not isinstance(t, str) or len(t) > 256 for t in tags):
-            raise TypeError("a WebSocket takes at most 10 tags, each a string of at most 256 characters")
+        tags = list(dict.fromkeys(_tags(tags)))  # duplicates are ignored, as workerd ignores them
         workers._runtime.sockets.accept(ws, hibernate=True)
         self._websockets[ws.id] = (ws, tags)
+
+    def setHibernatableWebSocketEventTimeout(self, timeoutMs: Any = None) -> None:  # noqa: N802, N803
+        """How long a hibernatable socket's event may run (ms; None or 0 unsets it).
+        Kept and answered back; at most 7 days, as workerd checks."""
+        if timeoutMs is not None and (isinstance(timeoutMs, bool) or not isinstance(timeoutMs, (int, float))
+                                      or timeoutMs < 0):
+            raise JsException("TypeError", "setHibernatableWebSocketEventTimeout() takes a number of "
+                                           "milliseconds")
+        if timeoutMs and timeoutMs > 604800 * 1000:
+            raise JsException("Error", "Event timeout should not exceed 604800000 ms.")
+        self._auto.event_timeout = int(timeoutMs) if timeoutMs else None
+
+    def getHibernatableWebSocketEventTimeout(self) -> int | None:  # noqa: N802 - Workers API name
+        return self._auto.event_timeout
+
+    set_hibernatable_web_socket_event_timeout = setHibernatableWebSocketEventTimeout
+    get_hibernatable_web_socket_event_timeout = getHibernatableWebSocketEventTimeout
 
     def setWebSocketAutoResponse(self, pair: Any = None) -> None:  # noqa: N802 - Workers API name
         """Answer a hibernatable socket's text message equal to ``pair.request``
         with ``pair.response``, without ``webSocketMessage`` running; None stops it."""
         if pair is not None and not isinstance(pair, websockets.WebSocketRequestResponsePair):
             raise TypeError("setWebSocketAutoResponse() takes a WebSocketRequestResponsePair or None")
+        if pair is not None:
+            limit = websockets.MAX_AUTO_RESPONSE_BYTES
+            for what, text in (("request", pair.request), ("response", pair.response)):
+                size = len(text.encode())
+                if size > limit:  # workerd's check and words (a RangeError, here, not at construction)
+                    raise JsException("RangeError", f"{what.capitalize()} cannot be larger than {limit} "
+                                                    f"bytes. A {what} of size {size} was provided.")
         self._auto.pair = pair
 
     def getWebSocketAutoResponse(self) -> Any:  # noqa: N802 - Workers API name
@@ -387,7 +450,8 @@ class DurableObjectState(workers.Context):
     def getTags(self, ws: Any) -> list[str]:  # noqa: N802 - Workers API name
         entry = self._websockets.get(getattr(ws, "id", 0))
         if entry is None:
-            raise TypeError("getTags() takes a WebSocket this object accepted")
+            raise JsException("Error", "you must call 'acceptWebSocket()' before attempting to access "
+                                       "the tags of a WebSocket.")  # workerd's words (web-socket.c++)
         return list(entry[1])
 
     def abort(self, reason: str | None = None) -> NoReturn:

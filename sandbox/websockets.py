@@ -46,9 +46,11 @@ RESERVED_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
 #: The code a close without one reads as (RFC 6455 7.1.5); in a ``WsClose``
 #: it asks for a close frame with no status code at all.
 NO_STATUS = 1005
-#: Cloudflare's limit on a hibernatable WebSocket's attachment.
-MAX_ATTACHMENT_BYTES = 2048
-#: Cloudflare's limit on each side of an auto-response pair.
+#: Cloudflare's limit on a hibernatable WebSocket's attachment, serialised (workerd's
+#: MAX_ATTACHMENT_SIZE, web-socket.h).
+MAX_ATTACHMENT_BYTES = 16 * 1024
+#: Cloudflare's limit on each side of an auto-response pair, checked by
+#: ``ctx.setWebSocketAutoResponse`` (workerd's actor-state.c++).
 MAX_AUTO_RESPONSE_BYTES = 2048
 
 CONNECTING, OPEN, CLOSING, CLOSED = 0, 1, 2, 3
@@ -194,8 +196,9 @@ class WebSocket:
 
         data = encode(value, "serializeAttachment()")
         if len(data) > MAX_ATTACHMENT_BYTES:
-            raise TypeError(f"serializeAttachment(): the attachment is {len(data)} bytes serialised; "
-                            f"the limit is {MAX_ATTACHMENT_BYTES}")
+            # workerd's words, its missing space included (web-socket.c++).
+            raise JsException("Error", f"A WebSocket 'attachment' cannot be larger than "
+                                       f"{MAX_ATTACHMENT_BYTES} bytes.'attachment' was {len(data)} bytes.")
         self._attachment = data
 
     def deserializeAttachment(self) -> Any:  # noqa: N802 - Workers API name
@@ -354,9 +357,8 @@ class WebSocketRequestResponsePair:
 
     def __init__(self, request: str, response: str) -> None:
         for what, value in (("request", request), ("response", response)):
-            if not isinstance(value, str) or len(value.encode()) > MAX_AUTO_RESPONSE_BYTES:
-                raise TypeError(f"WebSocketRequestResponsePair: the {what} must be a string of at "
-                                f"most {MAX_AUTO_RESPONSE_BYTES} bytes")
+            if not isinstance(value, str):
+                raise TypeError(f"WebSocketRequestResponsePair: the {what} must be a string")
         self.request = request
         self.response = response
 

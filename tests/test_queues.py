@@ -121,9 +121,9 @@ for body in (object(), [1, lambda: 2]):
 return out
 """)
         assert "too large" in result[0]
-        assert "Unknown content type" in result[1]
+        assert result[1] == "Unsupported queue message content type: nope"  # workerd's words
         assert "delaySeconds" in result[2]
-        assert "non-empty" in result[3]
+        assert result[3] == "sendBatch() requires at least one message"
         refused = 'DataCloneError: Could not serialize object of type "{}". This type does not support serialization.'
         assert result[4:] == [refused.format("object")] * 2 + [refused.format("function")] * 2, result
     finally:

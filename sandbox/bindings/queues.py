@@ -12,21 +12,36 @@ from typing import Any
 
 import msgspec
 
-from . import call, clone_encode, kind, options
+from . import JsException, call, clone_encode, kind, options
 
 CONTENT_TYPES = ("text", "bytes", "json", "v8")
 
 
-def encode_body(body: Any, content_type: str) -> bytes:
+def _typeof(value: Any) -> str:
+    """JavaScript's ``typeof`` of ``value`` as Pyodide passes it (None is null)."""
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "function" if callable(value) else "object"
+
+
+def encode_body(body: Any, content_type: Any) -> bytes:
+    """``body`` in its ``contentType``, refused as workerd's queue.c++ refuses it
+    (TypeError, its words)."""
     if content_type not in CONTENT_TYPES:
-        raise TypeError(f"Unknown content type {content_type!r}: use one of {', '.join(CONTENT_TYPES)}")
+        raise JsException("TypeError", f"Unsupported queue message content type: {content_type}")
     if content_type == "text":
         if not isinstance(body, str):
-            raise TypeError(f'contentType "text" needs a str body, got {type(body).__name__}')
+            raise JsException("TypeError", 'Content Type "text" requires a value of type string, '
+                                           f"but received: {_typeof(body)}")
         return body.encode()
     if content_type == "bytes":
         if not isinstance(body, (bytes, bytearray, memoryview)):
-            raise TypeError(f'contentType "bytes" needs a bytes body, got {type(body).__name__}')
+            raise JsException("TypeError", 'Content Type "bytes" requires a value of type '
+                                           f"ArrayBufferView, but received: {_typeof(body)}")
         return bytes(body)
     if content_type == "json":
         return json.dumps(body).encode()
@@ -64,6 +79,9 @@ class Queue:
 
     async def sendBatch(self, messages: Any, options_: Any = None, **keywords: Any) -> None:  # noqa: N802
         opts = options(options_, keywords, "Queue.sendBatch()")
+        messages = list(messages)
+        if not messages:
+            raise JsException("TypeError", "sendBatch() requires at least one message")
         items = []
         for message in messages:
             if not isinstance(message, dict) or "body" not in message:
