@@ -154,8 +154,9 @@ class Default(WorkerEntrypoint):
 
 
 def deploy(c: Corral, name: str, modules: dict[str, str], requirements: list[str],
-           bindings: list[dict]) -> None:
-    metadata = {"main_module": "worker.py", "bindings": bindings}
+           bindings: list[dict] | None = None) -> None:
+    """Upload as wrangler does: one ``text/x-python-requirement`` part per requirement."""
+    metadata = {"main_module": "worker.py", "bindings": bindings or []}
     parts = [multipart.Part(name="metadata", content_type="application/json",
                             data=json.dumps(metadata).encode())]
     parts += [multipart.Part(name="files", filename=path, content_type="text/x-python",

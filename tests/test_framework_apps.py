@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import textwrap
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ import pytest
 
 from supervisor.admin import multipart
 from tests.harness import Corral
+from tests.test_django_cf import deploy
 
 KV = {"type": "kv_namespace", "name": "KV", "namespace_id": "framework-kv"}
 D1 = {"type": "d1", "name": "DB", "id": "framework-db"}
@@ -82,22 +82,6 @@ def call(c: Corral, host: str, path: str, method: str = "GET", body: bytes | str
         return Reply(resp.status, resp.getheaders(), resp.read())
     finally:
         conn.close()
-
-
-def deploy(c: Corral, name: str, modules: dict[str, str], requirements: list[str],
-           bindings: list[dict] | None = None) -> None:
-    """Upload as wrangler does: one ``text/x-python-requirement`` part per requirement."""
-    metadata = {"main_module": "worker.py", "bindings": bindings or []}
-    parts = [multipart.Part(name="metadata", content_type="application/json",
-                            data=json.dumps(metadata).encode())]
-    parts += [multipart.Part(name="files", filename=path, content_type="text/x-python",
-                             data=textwrap.dedent(source).encode()) for path, source in modules.items()]
-    parts += [multipart.Part(name=r, filename=r, content_type="text/x-python-requirement", data=b"")
-              for r in requirements]
-    ctype, body = multipart.encode(parts)
-    resp = c.admin("PUT", f"/accounts/local/workers/dispatch/namespaces/default/scripts/{name}",
-                   body, ctype)
-    assert resp.status == 200, f"deploy {name} failed: {resp.status} {resp.text}\n{c.log()}"
 
 
 def until(check: Any, what: str, timeout: float = 20) -> Any:
