@@ -105,6 +105,32 @@ _.searchParams
 _.Object
 _.JSON
 _.Date
+# sandbox/js_shim.py: js.crypto, js.globalThis, js.undefined; a js.fetch response's class
+_.crypto
+_.globalThis
+_.undefined
+_.__class__  # a js.fetch response becomes a JsResponse in place (its body and state stay)
+# sandbox/js_url.py (URL and URLSearchParams: the WHATWG methods tenants call)
+forEach
+canParse
+toJSON
+# sandbox/web_crypto.py (crypto.subtle and crypto's own methods, snake_case aliases too)
+importKey
+_.sign
+_.verify
+timingSafeEqual
+_.subtle
+get_random_values
+random_uuid
+# sandbox/durable_objects.py (DurableObjectState's hibernation event timeout, snake_case)
+set_hibernatable_web_socket_event_timeout
+get_hibernatable_web_socket_event_timeout
+# sandbox/http_shims.py (aiohttp's ClientResponse and StreamReader API)
+_.real_url
+wait_for_close
+iter_chunked
+iter_any
+at_eof
 # sandbox/pyodide_shim.py (pyodide and pyodide.ffi: types for isinstance checks,
 # functions and keyword arguments tenants' code passes, module __getattr__/__version__)
 JsArray
@@ -171,6 +197,9 @@ _.handle_pi
 _.unknown_decl
 _._child_created  # sandbox/unavailable.py: what subprocess.Popen.__del__ reads
 _.start_new  # sandbox/unavailable.py: _thread.start_new, the alias of start_new_thread
+
+_._max_size  # SpooledTemporaryFile's roll-over size, unbounded where nothing is writable (sandbox/stdlib_shims.py)
+_.__annotations__  # asgi.env's, for FastAPI to read as a dependency's signature (sandbox/workers_asgi.py)
 
 # -- Protocols and base classes of other libraries (they call these by name) -------
 
