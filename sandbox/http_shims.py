@@ -8,7 +8,10 @@ right after it loads so that its requests go through ``workers.fetch``:
 * ``urllib3``: ``HTTPConnectionPool.urlopen`` (which ``requests`` uses);
 * ``urllib.request``: the HTTP and HTTPS handlers of ``urlopen``;
 * ``httpx``: the default transport of ``Client`` (synchronous, through
-  :func:`sandbox.run_sync.run_sync`) and of ``AsyncClient``;
+  :func:`sandbox.run_sync.run_sync`) and of ``AsyncClient``, and the
+  requests of its socket transports (``HTTPTransport``,
+  ``AsyncHTTPTransport``) when a client is given one; the same for
+  ``httpx2``, the httpx fork the OpenAI and Anthropic SDKs import instead;
 * ``aiohttp``: ``ClientSession._request`` (Cloudflare documents aiohttp and
   httpx as the HTTP clients of Python Workers);
 * ``anyio.to_thread.run_sync``: threads cannot start in the jail, so the
@@ -183,6 +186,12 @@ def patch_httpx(module: types.ModuleType) -> None:
     httpx.AsyncClient._init_proxy_transport = lambda self, proxy, *a, **k: AsyncBrokeredTransport()
     httpx.BrokeredTransport = BrokeredTransport
     httpx.AsyncBrokeredTransport = AsyncBrokeredTransport
+    # A client given httpx's own socket transport explicitly (the Anthropic
+    # SDK builds ``HTTPTransport(socket_options=...)`` for its keep-alive
+    # settings; users pass ``HTTPTransport(retries=3)``) would reach for a
+    # socket the jail refuses: its requests take the brokered fetch too.
+    httpx.HTTPTransport.handle_request = BrokeredTransport.handle_request
+    httpx.AsyncHTTPTransport.handle_async_request = AsyncBrokeredTransport.handle_async_request
 
 
 def _httpx_error(httpx: Any, exc: Any, request: Any) -> Exception:
@@ -388,6 +397,10 @@ PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
     "urllib3": patch_urllib3,
     "urllib.request": patch_urllib_request,
     "httpx": patch_httpx,
+    # The fork of httpx the OpenAI SDK (3.x) imports in its place: same
+    # Client/AsyncClient transport hooks, and without the patch its requests
+    # reach for a socket the jail refuses (openai.APIConnectionError).
+    "httpx2": patch_httpx,
     "aiohttp": patch_aiohttp,
     "anyio.to_thread": patch_anyio_to_thread,
 }

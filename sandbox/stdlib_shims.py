@@ -38,6 +38,10 @@ or they ask the host about itself, and glibc takes the refusal for an answer:
   Werkzeug's 500 KiB). It now stays in memory, where Pyodide's in-memory
   ``/tmp`` keeps it on Cloudflare too (the worker's memory limit bounds it).
 
+* ``open(os.devnull, "w")`` (and ``os.open`` of it): refused (EROFS) like
+  every open for writing (ENOENT for reading); it now answers a copy of the
+  child's fd 2, which is ``/dev/null`` (see :func:`_patch_io`).
+
 Like :mod:`sandbox.unavailable`, the patches are installed in the zygote and
 switched on in a child just before its script is imported
 (:func:`activate`); until then each patched call is the original.
@@ -214,6 +218,63 @@ def _patch_os(os_module: types.ModuleType) -> None:
 
     os_module.sysconf = patched_sysconf
 
+    raw_open = os_module.open
+
+    @functools.wraps(raw_open)
+    def patched_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        try:
+            return raw_open(path, flags, mode, dir_fd=dir_fd)
+        except OSError as exc:
+            if not (_active and exc.errno in _DEVNULL_REFUSALS and _is_devnull(path)):
+                raise
+            return os_module.dup(_DEVNULL_FD)
+
+    os_module.open = patched_open
+
+
+#: A child's fd 2: ``/dev/null``, opened read-write before the jail closed in
+#: (sandbox.jail.jail_child), so writes to it are the discarding sink itself.
+_DEVNULL_FD = 2
+#: How the jail answers an open of ``/dev/null``: for writing, seccomp's EROFS
+#: (every open for writing); for reading, ENOENT (not in the file view).
+_DEVNULL_REFUSALS = (errno.EROFS, errno.ENOENT)
+
+
+def _is_devnull(path: Any) -> bool:
+    try:
+        return os.fsdecode(path) == os.devnull
+    except TypeError:  # an fd, or not a path at all
+        return False
+
+
+def _patch_io(io_module: types.ModuleType) -> None:
+    """``open(os.devnull, "w")``, the usual way to silence output (numpy.distutils,
+    ``redirect_stdout`` sinks, progress bars told to be quiet), failed with
+    ``OSError: EROFS``: the jail refuses every open for writing, ``/dev/null``
+    included (and reading it, ENOENT: it is not in the view). Only those
+    refusals, for that path, now answer a file on a copy of the child's
+    fd 2, which is ``/dev/null`` already (writes vanish as they would
+    there, reads find its end); the jail is unchanged, and every other open
+    is the original call."""
+    import builtins
+
+    original = io_module.open
+
+    @functools.wraps(original)
+    def patched_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(file, mode, *args, **kwargs)
+        except OSError as exc:
+            if not (_active and exc.errno in _DEVNULL_REFUSALS and _is_devnull(file)):
+                raise
+            kwargs.pop("opener", None)  # the descriptor is ours (and closed with the file)
+            kwargs.pop("closefd", None)
+            return original(os.dup(_DEVNULL_FD), mode.replace("x", "w"), *args[:4], **kwargs)
+
+    io_module.open = patched_open
+    if builtins.open is original:
+        builtins.open = patched_open
+
 
 def _version(name: str) -> tuple[int, ...]:
     return tuple(int(part) for part in name.partition(".so.")[2].split("."))
@@ -269,6 +330,7 @@ PATCHES: dict[str, Callable[[types.ModuleType], None]] = {
     "grp": _patch_grp,
     "faulthandler": _patch_faulthandler,
     "os": _patch_os,
+    "io": _patch_io,
     "ctypes.util": _patch_ctypes_util,
     "tempfile": _patch_tempfile,
 }
