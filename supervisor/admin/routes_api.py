@@ -22,6 +22,7 @@ matches, being the most specific route, are served by no script.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -34,15 +35,11 @@ from supervisor.admin.decode import body_as, clip, page_of
 from supervisor.admin.handlers import _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope, route_json
 from supervisor.admin.router import Request, Router
-from supervisor.edge.routes import RouteError, normalize_pattern
 from supervisor.errors import Invalid, NotFound
-from supervisor.model import PLATFORM, check_name
 from supervisor.store.records import RouteInfo
 
 #: A zone name as Cloudflare's ``/zones?name=`` takes it: a host name.
 _ZONE_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
-#: Cloudflare's error for a route naming a Worker that does not exist.
-ROUTE_SCRIPT_NOT_FOUND_CODE = 10019
 #: Most zones one ``/zones`` page lists (Cloudflare's ``per_page`` bound).
 MAX_PER_PAGE = 50
 
@@ -116,31 +113,9 @@ class RouteHandlers:
         return await self._add(body_as(request.body, RouteBody, '{"pattern": "example.com/*", "script": "NAME"}',
                                        "add a route"))
 
-    async def _refuse_unknown_script(self, pattern: str, script: str, route_id: str = "") -> None:
-        """Refuse a route to a platform script that is not deployed, as
-        Cloudflare refuses one to a Worker that does not exist (a typo, or a
-        route moved to one, silently stopped serving). No script is an
-        exclusion. A bad pattern or name, a pattern taken, or no such route
-        to update are left to the store to say, as before."""
-        if not script or await self.core._run(self.store.get_script, PLATFORM, script) is not None:
-            return
-        try:
-            canonical = normalize_pattern(pattern)
-        except RouteError:
-            return
-        check_name("script", script)
-        routes = await self._routes()
-        if route_id and all(r.id != route_id for r in routes):
-            return
-        if any(r.pattern == canonical and r.id != route_id for r in routes):
-            return
-        raise Invalid(f"Cannot configure a route for a Worker which does not exist: no platform script "
-                      f"{script!r} is deployed. Please ensure this Worker exists and try again.",
-                      code=ROUTE_SCRIPT_NOT_FOUND_CODE)
-
     async def _add(self, body: RouteBody) -> Response:
-        await self._refuse_unknown_script(body.pattern, body.script)
-        info = await self.core._run(self.store.add_route, body.pattern, body.script)
+        info = await self.core._run(functools.partial(self.store.add_route, body.pattern, body.script,
+                                                      deployed_only=True))
         log_event(logging.INFO, "admin.route_added", pattern=info.pattern, script=info.script)
         return envelope(200, route_json(info))
 
@@ -155,8 +130,8 @@ class RouteHandlers:
         route_id = request.params["id"]
         body = body_as(request.body, RouteBody, '{"pattern": "example.com/*", "script": "NAME"}',
                        "update a route")
-        await self._refuse_unknown_script(body.pattern, body.script, route_id)
-        info = await self.core._run(self.store.update_route, route_id, body.pattern, body.script)
+        info = await self.core._run(functools.partial(self.store.update_route, route_id, body.pattern,
+                                                      body.script, deployed_only=True))
         if info is None:
             raise NotFound(f"route {clip(route_id)!r} does not exist")
         log_event(logging.INFO, "admin.route_updated", id=route_id, pattern=info.pattern, script=info.script)

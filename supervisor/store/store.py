@@ -70,6 +70,10 @@ def token_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+#: Cloudflare's error for a route naming a Worker that does not exist.
+ROUTE_SCRIPT_NOT_FOUND_CODE = 10019
+
+
 def script_not_found(namespace: str, name: str) -> NotFound:
     """The error for a missing script, naming where it was looked for."""
     where = f"in dispatch namespace {namespace!r}" if namespace != PLATFORM else "among platform scripts"
@@ -801,13 +805,27 @@ class Store:
         if row is not None:
             raise Conflict(f"route {pattern!r} already exists (id {row[0]}, script {row[1]!r}); delete it first")
 
-    def add_route(self, pattern: str, script: str) -> RouteInfo:
-        """Route ``pattern`` to platform script ``script`` (which may be deployed later;
-        "" excludes the pattern, see :meth:`_route_of`)."""
+    @staticmethod
+    def _route_script_deployed(db: sqlite3.Connection, script: str) -> None:
+        """Refuse a route to a platform script that is not deployed, as
+        Cloudflare refuses one to a Worker that does not exist (a typo, or a
+        route moved to one, silently stopped serving); "" is an exclusion."""
+        if script and db.execute("SELECT 1 FROM scripts WHERE namespace = ? AND name = ?",
+                                 (PLATFORM, script)).fetchone() is None:
+            raise Invalid(f"Cannot configure a route for a Worker which does not exist: no platform script "
+                          f"{script!r} is deployed. Please ensure this Worker exists and try again.",
+                          code=ROUTE_SCRIPT_NOT_FOUND_CODE)
+
+    def add_route(self, pattern: str, script: str, *, deployed_only: bool = False) -> RouteInfo:
+        """Route ``pattern`` to platform script ``script`` ("" excludes the
+        pattern, see :meth:`_route_of`), which the admin API wants deployed
+        (``deployed_only``); the store's own callers may route ahead of it."""
         canonical, script = self._route_of(pattern, script)
         info = RouteInfo(id=uuid.uuid4().hex, pattern=canonical, script=script)
         with self._transaction() as db:
             self._route_taken(db, canonical)
+            if deployed_only:
+                self._route_script_deployed(db, script)
             db.execute(
                 "INSERT INTO routes (id, pattern, script) VALUES (?, ?, ?)",
                 (info.id, info.pattern, info.script),
@@ -815,12 +833,18 @@ class Store:
             self._route_table = None
         return info
 
-    def update_route(self, route_id: str, pattern: str, script: str) -> RouteInfo | None:
-        """Give route ``route_id`` a new pattern and script; None if there is no such route.
-        It keeps its place in the creation order (the last tie-breaker)."""
+    def update_route(self, route_id: str, pattern: str, script: str, *,
+                     deployed_only: bool = False) -> RouteInfo | None:
+        """Give route ``route_id`` a new pattern and script (deployed, with
+        ``deployed_only``, as in :meth:`add_route`); None if there is no such
+        route. It keeps its place in the creation order (the last tie-breaker)."""
         canonical, script = self._route_of(pattern, script)
         with self._transaction() as db:
             self._route_taken(db, canonical, route_id)
+            if deployed_only:
+                if db.execute("SELECT 1 FROM routes WHERE id = ?", (route_id,)).fetchone() is None:
+                    return None
+                self._route_script_deployed(db, script)
             if not db.execute("UPDATE routes SET pattern = ?, script = ? WHERE id = ?",
                               (canonical, script, route_id)).rowcount:
                 return None
