@@ -225,7 +225,7 @@ def _patch_os(os_module: types.ModuleType) -> None:
         try:
             return raw_open(path, flags, mode, dir_fd=dir_fd)
         except OSError as exc:
-            if not (_active and exc.errno in _DEVNULL_REFUSALS and _is_devnull(path)):
+            if not _devnull_refused(exc, path):
                 raise
             return os_module.dup(_DEVNULL_FD)
 
@@ -240,7 +240,11 @@ _DEVNULL_FD = 2
 _DEVNULL_REFUSALS = (errno.EROFS, errno.ENOENT)
 
 
-def _is_devnull(path: Any) -> bool:
+def _devnull_refused(exc: OSError, path: Any) -> bool:
+    """Whether ``exc`` is the jail's refusal of ``/dev/null`` in a child
+    (both ``open`` patches answer it with a copy of fd 2)."""
+    if not (_active and exc.errno in _DEVNULL_REFUSALS):
+        return False
     try:
         return os.fsdecode(path) == os.devnull
     except TypeError:  # an fd, or not a path at all
@@ -265,7 +269,7 @@ def _patch_io(io_module: types.ModuleType) -> None:
         try:
             return original(file, mode, *args, **kwargs)
         except OSError as exc:
-            if not (_active and exc.errno in _DEVNULL_REFUSALS and _is_devnull(file)):
+            if not _devnull_refused(exc, file):
                 raise
             kwargs.pop("opener", None)  # the descriptor is ours (and closed with the file)
             kwargs.pop("closefd", None)
