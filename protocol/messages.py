@@ -435,6 +435,13 @@ class ResponseStart(_Msg, tag="respond"):
     #: The reason phrase when it is not the status's standard one ("" then,
     #: and not sent); last, so older frames still decode.
     status_text: str = ""
+    #: A :class:`Streamed` body's length when the child knows it in advance
+    #: (bytes beyond :data:`MAX_CHUNK`), so the client gets a Content-Length
+    #: rather than chunks, as workerd frames it. A claim, not a fact: the
+    #: supervisor counts the bytes and closes the connection if they differ.
+    #: Ignored for other bodies (an inline one's is its size; a
+    #: :class:`ByRef` one's is its source's). Last, so older frames decode.
+    length: int | None = None
 
 
 class InvokeFailed(_Msg, tag="failed"):

@@ -909,10 +909,14 @@ class Runtime:
             text = workers._checked_status_text(text)
         body = response._body
         if type(body) is bytes and len(body) <= MAX_CHUNK:  # most responses: inline
-            sent, out = Inline(body), None
-        else:
-            sent, out = self.send_body(body, inv)
-        self.send(ResponseStart(inv, response.status, response.headers._raw(), sent, text))
+            self.send(ResponseStart(inv, response.status, response.headers._raw(), Inline(body), text))
+            state.responded = True  # after: a head too large to send fails the invocation
+            return
+        sent, out = self.send_body(body, inv)
+        # Bytes streamed in chunks still have a known length: said in the head,
+        # the client gets a Content-Length rather than chunks (as from workerd).
+        length = len(body) if type(body) is bytes else None
+        self.send(ResponseStart(inv, response.status, response.headers._raw(), sent, text, length))
         state.responded = True  # after: a head too large to send fails the invocation
         if out is not None:
             await pump(response._body, out)

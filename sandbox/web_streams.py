@@ -20,16 +20,21 @@ class ReadableStream:
     """``Response.body`` / ``Request.body``: an async iterator of bytes with
     ``getReader()``, ``locked`` and ``cancel()``."""
 
-    __slots__ = ("_chunks", "_reader")
+    __slots__ = ("_chunks", "_reader", "source")
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], source: Any = None) -> None:
         self._chunks = chunks
         self._reader: ReadableStreamDefaultReader | None = None
+        #: What it reads, whole, when known (bytes, or an ``IncomingBody``):
+        #: handed on unread, it is sent as that, so that its length stays
+        #: known (see workers._encode_body); dropped at the first read.
+        self.source = source
 
     def __aiter__(self) -> ReadableStream:
         return self
 
     async def __anext__(self) -> bytes:
+        self.source = None  # part of it read: no longer the whole of its source
         return await self._chunks.__anext__()
 
     @property

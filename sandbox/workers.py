@@ -341,6 +341,14 @@ def _encode_body(body: Any, headers: Headers, owner: str = "Response") -> Any:
         if body.type:
             headers._set_default("content-type", body.type)
         return body._data
+    if type(body) is ReadableStream and (source := body.source) is not None \
+            and (type(source) is bytes or not source.started):
+        # Another body's stream handed on unread (``Response(request.body)``,
+        # ``Response(resp.body, headers=...)``, ``Response(obj.body)`` of an R2
+        # object): the body itself, so that it is passed on by reference (or
+        # sent as the bytes it is) and keeps a length its source knows, as
+        # workerd hands on the stream underneath.
+        return source
     if hasattr(body, "__aiter__"):
         return body
     if hasattr(body, "__iter__") and not isinstance(body, (dict, list)):
@@ -508,8 +516,8 @@ class _Body:
             async def once() -> AsyncIterator[bytes]:
                 yield body
 
-            return ReadableStream(once())
-        return ReadableStream(body.__aiter__())
+            return ReadableStream(once(), body)
+        return ReadableStream(body.__aiter__(), body if isinstance(body, IncomingBody) else None)
 
     def _tee(self) -> Any:
         """Duplicate the body for ``clone()``: buffers a stream once. A body

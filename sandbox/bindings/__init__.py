@@ -32,6 +32,7 @@ from .. import workers
 from ..pyodide_shim import JsException, JsNull
 from ..sdk_types import JsDict as AttrDict
 from ..streams import IncomingBody, pump
+from ..web_streams import ReadableStream
 
 #: Arguments larger than this (encoded) travel as the call's body.
 MAX_INLINE_ARGS = 512 * 1024
@@ -264,6 +265,13 @@ async def iterate(body: bytes | IncomingBody | None):  # type: ignore[no-untyped
             yield chunk
     elif body:
         yield body
+
+
+def stream_of(body: bytes | IncomingBody | None) -> ReadableStream:
+    """A binding's body (an R2 object's, a KV value's) as a ReadableStream
+    that knows what it reads: returned as a Response's body unread, it keeps
+    its length (the client gets a Content-Length, as from workerd)."""
+    return ReadableStream(iterate(body), body or None)
 
 
 def stream_value(value: Any, where: str) -> Any:

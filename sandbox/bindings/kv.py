@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from . import AttrDict, JsException, call, iterate, js_json, kind, options, read, stream_value, wrap
+from . import AttrDict, JsException, call, js_json, kind, options, read, stream_of, stream_value, wrap
 
 TYPES = ("text", "json", "arrayBuffer", "bytes", "stream")
 
@@ -43,7 +43,7 @@ def _get_options(type_: Any, keywords: dict[str, Any], where: str) -> dict[str, 
 
 async def _decode(body: Any, kind: str) -> Any:
     if kind == "stream":
-        return iterate(body)
+        return stream_of(body)
     data = await read(body)
     if kind == "text":
         return data.decode("utf-8", "replace")

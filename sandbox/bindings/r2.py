@@ -6,7 +6,20 @@ import datetime
 from typing import Any
 
 from .. import workers
-from . import AttrDict, AttrList, JsException, call, camel, iterate, js_json, kind, options, read, stream_value, wrap
+from . import (
+    AttrDict,
+    AttrList,
+    JsException,
+    call,
+    camel,
+    js_json,
+    kind,
+    options,
+    read,
+    stream_of,
+    stream_value,
+    wrap,
+)
 
 _HTTP_HEADERS = {"content-type": "contentType", "content-language": "contentLanguage",
                  "content-disposition": "contentDisposition",
@@ -235,7 +248,7 @@ class R2ObjectBody(R2Object):
 
     @property
     def body(self) -> Any:
-        return iterate(self._take())
+        return stream_of(self._take())
 
     @property
     def bodyUsed(self) -> bool:  # noqa: N802

@@ -181,6 +181,9 @@ class _FileBody:
         self._fd = fd
         self._pos = offset
         self._left = length
+        #: Known in advance: passed on untouched, the body keeps a
+        #: Content-Length (see supervisor.pool.bodies.body_length).
+        self.length = length
 
     async def receive(self) -> bytes:
         if self._left <= 0 or self._fd < 0:

@@ -537,6 +537,12 @@ class _ClientBody:
     def __init__(self, response: http_client.ClientResponse) -> None:
         self._response = response
 
+    @property
+    def length(self) -> int | None:
+        """The upstream's Content-Length (None: chunked or close-delimited),
+        so a response passed on untouched keeps it, as through workerd."""
+        return self._response.length
+
     async def receive(self) -> bytes:
         return await self._response.receive_some()
 

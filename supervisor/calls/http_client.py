@@ -173,6 +173,12 @@ class ClientResponse:
     def __repr__(self) -> str:
         return f"<ClientResponse {self.status} {self.reason!r} {self.url}>"
 
+    @property
+    def length(self) -> int | None:
+        """The body's length as the upstream declared it (Content-Length;
+        None for a chunked or close-delimited body, a HEAD's, a 204's or a 304's)."""
+        return self._declared_length
+
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower-case), if any."""
         for key, value in self.headers:

@@ -27,9 +27,10 @@ from urllib.parse import SplitResult, unquote, urlsplit
 import trio
 
 from supervisor.edge import asset_rules
-from supervisor.edge.http_server import Connection
+from supervisor.edge.http_server import Connection, LengthMismatch
+from supervisor.log import warn
 from supervisor.model import AssetEntry, AssetSet, ScriptRecord
-from supervisor.pool.bodies import BytesBody
+from supervisor.pool.bodies import BytesBody, body_length
 from supervisor.store.assets import AssetBlobs
 
 #: Bodies up to this size are read at once; larger ones stream in chunks.
@@ -143,6 +144,8 @@ class FileBody:
     def __init__(self, file: BinaryIO, start: int, length: int) -> None:
         self._file = file
         self._left = length
+        #: Known in advance: the client gets a Content-Length (see body_length).
+        self.length = length
         file.seek(start)
 
     async def receive(self) -> bytes:
@@ -291,10 +294,13 @@ async def send_answer(conn: Connection, answer: Answer, head_only: bool) -> None
         await conn.respond(answer.status, answer.headers, data, head_only)
         return
     try:
-        await conn.start(answer.status, answer.headers, head_only)
+        await conn.start(answer.status, answer.headers, head_only, length=body_length(body))  # type: ignore[arg-type]
         if not head_only:
             while chunk := await body.receive():  # type: ignore[attr-defined]
                 await conn.send_data(chunk)
         await conn.end()
+    except LengthMismatch as exc:  # the blob changed size under us: the connection closes
+        warn("assets.body_length_mismatch", declared=exc.declared, received=exc.received)
+        raise
     finally:
         body.close()  # type: ignore[attr-defined]

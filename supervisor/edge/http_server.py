@@ -102,6 +102,21 @@ class ClientGone(Exception):
     """The client closed the connection or broke the protocol mid-request."""
 
 
+class LengthMismatch(BodyError):
+    """A response framed with a Content-Length got a body of another length.
+
+    The head is out, so the only honest signal left is a closed connection
+    (the client sees a short body, as from any origin that breaks off); the
+    next request must not be read on it, since the client cannot tell where
+    this response ended."""
+
+    def __init__(self, declared: int, received: int, longer: bool) -> None:
+        self.declared = declared
+        self.received = received
+        what = "at least " if longer else ""
+        super().__init__(f"the response body declared {declared} bytes but gave {what}{received}")
+
+
 class InvalidResponse(Exception):
     """A handler produced a response that cannot be sent (a bad header)."""
 
@@ -354,6 +369,10 @@ class Connection:
         self.http11 = True
         self._chunked = False
         self._head_only = False
+        #: The Content-Length the streamed response under way was framed
+        #: with (None: chunked or close-delimited), and what went out of it.
+        self._fixed: int | None = None
+        self._sent = 0
         #: What was received while h11 waited for a request head (the head
         #: and whatever followed it), for :meth:`check_framing`.
         self._head_bytes: list[bytes] = []
@@ -546,11 +565,24 @@ class Connection:
         await self._send(out)
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]],
-                    head_only: bool = False, status_text: str = "") -> None:
-        """Begin a streamed response: chunked, or close-delimited for HTTP/1.0."""
+                    head_only: bool = False, status_text: str = "",
+                    length: int | None = None) -> None:
+        """Begin a streamed response: with ``length`` known, framed by a
+        Content-Length (as workerd frames a body of known length; HTTP/1.0
+        included), else chunked, or close-delimited for HTTP/1.0. A HEAD's
+        answer keeps the length and sends nothing. With a length, the bytes
+        are counted: :meth:`send_data` and :meth:`end` raise
+        :class:`LengthMismatch` at the first sign they differ."""
         self._head_only = head_only or _no_body(status)
+        self._fixed = None
         if self._head_only:
-            framing = self._framing(b"")
+            framing = self._framing(b"" if length is None or _no_body(status)
+                                    else b"content-length: %d\r\n" % length)
+        elif length is not None:
+            self._chunked = False
+            self._fixed = length
+            self._sent = 0
+            framing = self._framing(b"content-length: %d\r\n" % length)
         elif self.http11:
             # Chunked even when closing: a body cut short then shows as such.
             self._chunked = True
@@ -570,21 +602,49 @@ class Connection:
             return
         if self._chunked:
             await self._send(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            await self._send(data)
+            return
+        if self._fixed is not None:
+            self._count(len(data))
+        await self._send(data)
+
+    def _count(self, size: int) -> None:
+        """Count ``size`` more bytes against the declared length; past it,
+        refuse them all (none of them are sent, as kj's fixed-length writer
+        refuses a write that overruns) and end the connection."""
+        sent = self._sent + size
+        if sent > self._fixed:  # type: ignore[operator]
+            self._mis_framed(sent, longer=True)
+        self._sent = sent
+
+    def _mis_framed(self, received: int, longer: bool) -> None:
+        """End the connection after the body went wrong (lingering: bytes the
+        client sent meanwhile, a next request, must not turn the close into a
+        reset that could discard what it has not read yet)."""
+        declared, self._fixed = self._fixed, None
+        self.keep_alive = False
+        self.linger = True
+        raise LengthMismatch(declared or 0, received, longer)
 
     async def end(self) -> None:
         if self._chunked and not self._head_only:
             await self._send(b"0\r\n\r\n")
         self._chunked = False
+        if self._fixed is not None:
+            if self._sent != self._fixed:
+                self._mis_framed(self._sent, longer=False)
+            self._fixed = None
 
 
 class RequestBody:
     """The current request's body as a BodySource, capped at ``limit`` bytes."""
 
-    __slots__ = ("_conn", "_first", "_limit", "_seen", "_done", "closed", "too_large")
+    __slots__ = ("_conn", "_first", "_limit", "_seen", "_done", "closed", "too_large", "length")
 
-    def __init__(self, conn: Connection, first: list[bytes], limit: int) -> None:
+    def __init__(self, conn: Connection, first: list[bytes], limit: int,
+                 length: int | None = None) -> None:
+        #: The request's Content-Length (None: chunked): a worker that answers
+        #: with its request's body untouched answers with this length.
+        self.length = length
         self._conn = conn
         self._first = first
         self._limit = limit
@@ -797,7 +857,7 @@ class Server:
                 await _simple(conn, 413, f"Request body larger than {config.max_body_bytes} bytes")
                 return
             body: RequestBody | bytes
-            body = b"".join(first) if complete else RequestBody(conn, first, config.max_body_bytes)
+            body = b"".join(first) if complete else RequestBody(conn, first, config.max_body_bytes, length)
             request = Request(event, body, headers)
 
             # 3. The handler.

@@ -8,7 +8,9 @@ worker thread (supervisor.store.lookup).
 
 The response head comes from the child; the body is streamed from wherever
 it is (inline, the child, or a body the dispatcher passed on unread) straight
-to the client socket, one chunk at a time.
+to the client socket, one chunk at a time: with a Content-Length when its
+source knows the length in advance (supervisor.pool.bodies.body_length), as
+workerd frames it, else chunked.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from supervisor import loop_clock
 from supervisor.config import ServeConfig
 from supervisor.edge.assets import AssetServer, send_answer
 from supervisor.edge.client_ip import ClientAddress, TrustedProxies
-from supervisor.edge.http_server import Connection, InvalidResponse, Request, RequestBody
+from supervisor.edge.http_server import Connection, InvalidResponse, LengthMismatch, Request, RequestBody
 from supervisor.edge.websockets import Deliverer, Session, SocketSource, handshake_problem
 from supervisor.lifecycle import OUTCOME_MESSAGE, OUTCOME_STATUS, Outcome
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import log, warn
 from supervisor.log import request_id as log_request_id
 from supervisor.model import PLATFORM
-from supervisor.pool.bodies import BodyError, BodySource, BytesBody
+from supervisor.pool.bodies import BodyError, BodySource, BytesBody, body_length
 from supervisor.pool.invocation import Invocation
 from supervisor.pool.pool import Pool, PoolUnavailable
 from supervisor.store.lookup import NOT_CACHED, ScriptSource
@@ -366,7 +368,8 @@ class Ingress:
     async def _stream(self, inv: Invocation, body: BodySource, conn: Connection,
                       head_only: bool) -> None:
         try:
-            await conn.start(inv.status, inv.response_headers, head_only, inv.status_text)
+            await conn.start(inv.status, inv.response_headers, head_only, inv.status_text,
+                             body_length(body))
             if head_only:
                 body.close()
                 await conn.end()
@@ -378,6 +381,14 @@ class Ingress:
                 inv.cancel(Outcome.EXCEEDED_WALL_TIME)
                 raise BodyError("wall time exceeded while streaming the response")
             await conn.end()
+        except LengthMismatch as exc:
+            # The body's source (a child, an upstream) declared a length and
+            # gave another: the connection closes (see Connection.start).
+            warn("ingress.body_length_mismatch", script=inv.record.name,
+                 namespace=inv.record.namespace, invocation=inv.id, declared=exc.declared,
+                 received=exc.received, reason=str(exc))
+            body.close()
+            raise
         except BodyError as exc:
             # Headers are out; the only honest signal left is a broken stream.
             warn("ingress.body_broken", script=inv.record.name, reason=str(exc))

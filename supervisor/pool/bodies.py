@@ -40,6 +40,17 @@ class BodySource(Protocol):
         """The consumer is gone; release the producer. Idempotent."""
 
 
+def body_length(source: BodySource) -> int | None:
+    """How many bytes ``source`` will give, when known before it is read.
+
+    A source that knows (a file, an upstream response with a Content-Length,
+    a child's stream whose head declared one) has a ``length`` attribute;
+    the rest are of unknown length. Whoever frames the bytes with it must
+    still count them: a child's or an upstream's figure is only a claim.
+    """
+    return getattr(source, "length", None)
+
+
 class ChildLink(Protocol):
     """What a body or an invocation needs of the child it belongs to.
 
@@ -73,6 +84,11 @@ class BytesBody:
     def __init__(self, data: bytes) -> None:
         self._data = data
 
+    @property
+    def length(self) -> int:
+        """What is left to receive (all of it, before the first receive)."""
+        return len(self._data)
+
     async def receive(self) -> bytes:
         data, self._data = self._data, b""
         return data
@@ -100,13 +116,15 @@ class ChildBody:
     """Bytes a child streams to the supervisor on stream ``stream_id``: a trio
     adapter over :class:`protocol.flow.Inbound` (which holds the rules)."""
 
-    __slots__ = ("_child", "stream_id", "_state", "_event")
+    __slots__ = ("_child", "stream_id", "_state", "_event", "length")
 
     def __init__(self, child: ChildLink, stream_id: int) -> None:
         self._child = child
         self.stream_id = stream_id
         self._state = Inbound()
         self._event: trio.Event | None = None
+        #: The length the child declared for it (see :func:`body_length`).
+        self.length: int | None = None
 
     # -- fed by the child's reader (synchronous) --------------------------
     def feed(self, data: bytes, end: bool) -> None:

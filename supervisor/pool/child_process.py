@@ -283,6 +283,16 @@ class SendBatch(trio.abc.Instrument):
             child._after_send()
 
 
+def _declare_length(body: ChildBody, length: int) -> None:
+    """Note the length a child's response head declared for its streamed body.
+
+    Framing trusts it only as far as the bytes bear it out (the edge counts
+    them, see supervisor.edge.http_server); a negative one is no length."""
+    if length < 0:
+        raise ProtocolViolation(f"a response body of length {length}")
+    body.length = length
+
+
 def _nothing() -> None:
     """Queued only to end trio's wait for I/O (see SendBatch._run_later)."""
 
@@ -868,6 +878,8 @@ class ChildProcess:
             body = BytesBody(received)
         else:
             body = received
+            if message.length is not None and type(body) is ChildBody:
+                _declare_length(body, message.length)
         if isinstance(body, SocketSource):
             if message.status != 101:
                 body.close()

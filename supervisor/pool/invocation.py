@@ -21,7 +21,7 @@ from supervisor import loop_clock
 from supervisor.lifecycle import LIMIT_OUTCOMES, OUTCOME_MESSAGE, Outcome
 from supervisor.limits.cpu_account import PRECISE_BELOW_NS
 from supervisor.model import ScriptRecord
-from supervisor.pool.bodies import BodyError, BodySource, ChildLink
+from supervisor.pool.bodies import BodyError, BodySource, ChildLink, body_length
 
 _OK = Outcome.OK
 _EXCEPTION = Outcome.EXCEPTION
@@ -372,6 +372,11 @@ class WallLimitedBody:
     def __init__(self, source: BodySource, inv: Invocation) -> None:
         self._source = source
         self._inv = inv
+
+    @property
+    def length(self) -> int | None:
+        """The source's length: handing a body on keeps it (see body_length)."""
+        return body_length(self._source)
 
     async def receive(self) -> bytes:
         with trio.move_on_at(self._inv.deadline):
