@@ -474,13 +474,20 @@ class Log(_Msg, tag="log"):
     """A line the script printed or logged during invocation ``id`` (0: at load).
 
     ``cut``: the child cut this line, or dropped lines before it, at its
-    log limits; the trace event says it is ``truncated``."""
+    log limits; the trace event says it is ``truncated``.
+
+    ``args``: ``message`` is the JSON text of a console call's argument
+    list (``console.log("a", 1)``: ``["a",1]``), as workerd keeps a log's
+    message; the trace lists the values. Else it is one line of text (a
+    ``print``, a ``logging`` record, ``console.log`` of one string). Last,
+    with a default, so older frames still decode."""
 
     id: int
     level: str
     message: str
     ts: float
     cut: bool = False
+    args: bool = False
 
 
 class Report(_Msg, tag="report"):

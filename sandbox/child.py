@@ -657,8 +657,9 @@ class Runtime:
         assert self.channel is not None
         self.channel.send(message)
 
-    def log(self, level: str, message: str, cut: bool = False) -> None:
-        """One log line for the current invocation, within its budget.
+    def log(self, level: str, message: str, cut: bool = False, args: bool = False) -> None:
+        """One log line for the current invocation, within its budget
+        (``args``: ``message`` is a console call's arguments, as JSON).
 
         Past :data:`MAX_LOG_LINES` lines or :data:`MAX_LOG_BYTES` bytes per
         invocation, or while the channel is backed up, lines are counted and
@@ -674,7 +675,7 @@ class Runtime:
             return
         budget[0] -= 1
         budget[1] -= len(message)
-        self.send(Log(inv, level, message, time.time() * 1000.0, cut))
+        self.send(Log(inv, level, message, time.time() * 1000.0, cut, args))
         self.channel.push()  # one write per line, at most MAX_LOG_LINES per invocation
 
     def report_logged(self, exc: BaseException) -> None:

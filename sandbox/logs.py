@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 #: Longest message kept; the rest is cut with a marker.
 MAX_LINE = 16 * 1024
 
-_sink: Callable[[str, str, bool], None] | None = None
+_sink: Callable[..., None] | None = None
 _report: Callable[[BaseException], None] | None = None
 
 
-def set_sink(sink: Callable[[str, str, bool], None]) -> None:
+def set_sink(sink: Callable[..., None]) -> None:
     """``sink(level, message, cut)`` receives every completed line (``cut``:
-    it was longer than :data:`MAX_LINE`)."""
+    it was longer than :data:`MAX_LINE`); ``sink(level, text, False, True)``
+    a console call's arguments, as the JSON text of their list."""
     global _sink
     _sink = sink
 
@@ -158,23 +162,102 @@ def _join(args: tuple[Any, ...]) -> str:
     return " ".join(a if isinstance(a, str) else repr(a) for a in args)
 
 
+class _TooLong(Exception):
+    """A console call's arguments, as JSON, would be longer than a log line."""
+
+
+class _Unserializable(Exception):
+    """An argument holds itself, or nests deeper than :data:`_MAX_DEPTH`."""
+
+
+#: Deepest nesting of lists and dicts in a console call's argument.
+_MAX_DEPTH = 64
+
+
+def _json_value(value: Any, room: list[int], path: list[int]) -> Any:
+    """``value`` as a JSON value of a trace's log message, as workerd writes a
+    console argument (``JSON.stringify`` for JSON's types, the string for
+    the rest). ``room[0]``: characters left under :data:`MAX_LINE`, roughly;
+    past it, :class:`_TooLong`, so a giant argument is not copied whole
+    before it is found too long. ``path``: the ids of the lists and dicts
+    being converted, to find one that holds itself."""
+    room[0] -= 1
+    if room[0] < 0:
+        raise _TooLong
+    if isinstance(value, str):
+        room[0] -= len(value)
+        return wire_text(str.__str__(value))  # a str subclass (an enum's) as its text
+    if value is None or type(value) is bool:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None  # JSON.stringify(NaN): null
+    if isinstance(value, (list, tuple, dict)):
+        if id(value) in path or len(path) >= _MAX_DEPTH:
+            raise _Unserializable
+        path.append(id(value))
+        if isinstance(value, dict):
+            out: Any = {wire_text(str(k)): _json_value(v, room, path) for k, v in value.items()}
+        else:
+            out = [_json_value(v, room, path) for v in value]
+        path.pop()
+        return out
+    text = f"{type(value).__name__}: {value}" if isinstance(value, BaseException) else str(value)
+    room[0] -= len(text)
+    return wire_text(text)
+
+
+def _argument(value: Any, room: list[int]) -> Any:
+    """One console argument as JSON; one that holds itself is ``{}``, as
+    workerd writes an argument ``JSON.stringify`` throws on."""
+    try:
+        return _json_value(value, room, [])
+    except _Unserializable:
+        return {}
+
+
+def emit_args(level: str, args: tuple[Any, ...]) -> None:
+    """A console call's arguments as one log whose message is their list, as
+    workerd's (``console.log("a", 1, {"k": 2})``: ``["a", 1, {"k": 2}]``).
+    Longer than :data:`MAX_LINE` as JSON, they are one string, cut, as a long
+    line is."""
+    room = [MAX_LINE]
+    try:
+        text: str | None = msgspec.json.encode([_argument(a, room) for a in args]).decode()
+    except _TooLong:
+        text = None
+    if text is None or len(text) > MAX_LINE:
+        emit(level, _join(args))
+    elif _sink is not None:
+        _sink(level, text, False, True)
+
+
+def _console(level: str, args: tuple[Any, ...]) -> None:
+    """One console call: a lone string (nearly all) goes as the line it is."""
+    if len(args) == 1 and type(args[0]) is str:
+        emit(level, args[0])
+    else:
+        emit_args(level, args)
+
+
 class _Console:
     """``console.log`` and friends, as in a JS worker."""
 
     def log(self, *args: Any) -> None:
-        emit("log", _join(args))
+        _console("log", args)
 
     def info(self, *args: Any) -> None:
-        emit("info", _join(args))
+        _console("info", args)
 
     def debug(self, *args: Any) -> None:
-        emit("debug", _join(args))
+        _console("debug", args)
 
     def warn(self, *args: Any) -> None:
-        emit("warn", _join(args))
+        _console("warn", args)
 
     def error(self, *args: Any) -> None:
-        emit("error", _join(args))
+        _console("error", args)
         for arg in args:
             if isinstance(arg, BaseException):
                 report(arg)

@@ -79,7 +79,7 @@ def rehearse() -> None:
         ours.close()
         theirs.close()
         workers._runtime = None
-        logs.set_sink(lambda level, message, cut: None)
+        logs.set_sink(lambda *line: None)
         sys.stdout, sys.stderr = saved[0], saved[1]
         sys.meta_path[:] = saved[2]
         loader.unload(REHEARSAL_BUNDLE, REHEARSAL_MAIN)  # the rehearsal script; stdlib modules stay

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from supervisor.lifecycle import Outcome
+from supervisor.observability.log_lines import log_text
 from supervisor.terminal_text import printable, printable_lines
 
 #: How ``wrangler tail`` shows each outcome (``crashed`` never reaches an
@@ -121,7 +122,7 @@ def format_pretty(event: dict[str, Any], colour: bool = False, indent: str = "")
     for line in event.get("logs") or ():
         level = printable(line.get("level", "log"))
         prefix = f"{indent}  ({level}) "
-        message = printable_lines(" ".join(str(m) for m in line.get("message") or ()),
+        message = printable_lines(log_text(line.get("message") or []),
                                   " " * (len(prefix) - 2) + "| ")
         code = _RED if level == "error" else _YELLOW if level == "warn" else ""
         text = prefix + message

@@ -45,6 +45,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from supervisor.lifecycle import Outcome
 from supervisor.log import warn
+from supervisor.observability.log_lines import log_text
 from supervisor.observability.traces import redact_url
 
 if TYPE_CHECKING:
@@ -206,7 +207,7 @@ class OtelExport:
             self.logger.emit(LogRecord(
                 timestamp=int(float(line.get("timestamp") or 0) * 1_000_000), context=context,
                 severity_text=level.upper(), severity_number=_SEVERITY.get(level, SeverityNumber.INFO),
-                body=" ".join(str(part) for part in line.get("message") or ()),
+                body=log_text(line.get("message") or []),
                 attributes=log_attributes))
         for exc in event.get("exceptions") or ():
             ts = int(float(exc.get("timestamp") or 0) * 1_000_000)

@@ -33,6 +33,7 @@ from supervisor.errors import Invalid, Unavailable
 from supervisor.lifecycle import Outcome
 from supervisor.log import log, warn
 from supervisor.model import PLATFORM, ScriptRecord
+from supervisor.observability.log_lines import log_text
 from supervisor.observability.traces import REDACTED, is_secret_header
 
 if TYPE_CHECKING:
@@ -363,7 +364,7 @@ class TailFilter(msgspec.Struct, kw_only=True):
     def _found(self, event: dict[str, Any]) -> bool:
         needle = self.search or ""
         for line in event.get("logs") or ():
-            if any(needle in str(part) for part in line.get("message") or ()):
+            if needle in log_text(line.get("message") or []):
                 return True
         for exc in event.get("exceptions") or ():
             if needle in str(exc.get("message", "")) or needle in str(exc.get("name", "")):

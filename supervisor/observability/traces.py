@@ -198,8 +198,23 @@ class TraceException(msgspec.Struct, omit_defaults=True):
 def logs_of(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """An invocation's log lines in workerd's shape (whole-ms timestamps: the
     invocation keeps the child's float as it came, cheaply)."""
-    return msgspec.to_builtins([TraceLog(line["message"], line["level"], int(line["timestamp"]))
+    return msgspec.to_builtins([TraceLog(m if type(m := line["message"]) is list else _arguments(m),
+                                         line["level"], int(line["timestamp"]))
                                 for line in lines])
+
+
+_args_decoder = msgspec.json.Decoder(list[Any])
+
+
+def _arguments(message: str) -> list[Any]:
+    """A console call's arguments, which come as JSON text
+    (``Invocation.log``), decoded only now that someone reads the trace; text
+    that is not a JSON list (cut at the invocation's log budget, or sent so by
+    a hostile child) is kept as one string."""
+    try:
+        return _args_decoder.decode(message)
+    except (msgspec.DecodeError, RecursionError):
+        return [message]
 
 
 def exceptions_of(found: list[dict[str, Any]]) -> list[dict[str, Any]]:

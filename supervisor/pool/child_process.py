@@ -1038,7 +1038,7 @@ class ChildProcess:
     def _on_log(self, message: Log) -> None:
         inv = self.invocations.get(message.id)
         if inv is not None:
-            inv.log(message.level, message.message, message.ts, message.cut)
+            inv.log(message.level, message.message, message.ts, message.cut, message.args)
         elif message.id == 0 and self._load_log_budget > 0:
             # Top-level prints while loading: a few lines to the operator's
             # log, then silence (a tenant must not be able to fill our disk).

@@ -277,9 +277,11 @@ class Invocation:
                 return False
         return True
 
-    def log(self, level: str, message: str, ts: float, cut: bool = False) -> None:
+    def log(self, level: str, message: str, ts: float, cut: bool = False, args: bool = False) -> None:
         """One log line, within the invocation's budget (``cut``: the child
-        cut it, or dropped lines before it, at its own).
+        cut it, or dropped lines before it, at its own; ``args``: ``message``
+        is a console call's arguments as JSON, kept as text here and decoded
+        only when a trace is built: see traces.logs_of).
 
         The child keeps the same budget for well-behaved tenants; this is the
         one a hostile child cannot skip by sending frames of its own.
@@ -295,7 +297,7 @@ class Invocation:
             message = message[: MAX_LOG_BYTES - self.log_bytes]
         self.log_bytes += len(message)
         level = level if level in LOG_LEVELS else "log"
-        self.logs.append({"message": [message], "level": level, "timestamp": float(ts)})
+        self.logs.append({"message": message if args else [message], "level": level, "timestamp": float(ts)})
 
     def report(self, error: ExceptionInfo) -> None:
         if len(self.exceptions) >= MAX_EXCEPTIONS:
