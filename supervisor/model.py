@@ -365,6 +365,37 @@ class UploadAssets(msgspec.Struct, kw_only=True, omit_defaults=True):
     config: AssetConfig = AssetConfig()
 
 
+#: Cloudflare's limits on a version's annotations: its tag at most 100 bytes
+#: (longer is refused), its message cut to 1000 bytes.
+MAX_VERSION_TAG_BYTES = 100
+MAX_VERSION_MESSAGE_BYTES = 1000
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(f"{what} must be valid Unicode text") from None
+
+
+class VersionAnnotations(msgspec.Struct, kw_only=True):
+    """``metadata.annotations`` of an upload (``wrangler versions upload
+    --tag T --message M``): the version's tag and
+    message, which its trace events' ``scriptVersion`` carries. Other keys
+    (``workers/triggered_by``, a CI's ``workers/repository_url``) are ignored."""
+
+    tag: str | None = msgspec.field(default=None, name="workers/tag")
+    message: str | None = msgspec.field(default=None, name="workers/message")
+
+    def __post_init__(self) -> None:
+        if self.tag is not None and len(_utf8(self.tag, "annotations['workers/tag']")) > MAX_VERSION_TAG_BYTES:
+            raise Invalid(f"annotations['workers/tag'] is longer than {MAX_VERSION_TAG_BYTES} bytes")
+        if self.message is not None:
+            data = _utf8(self.message, "annotations['workers/message']")
+            if len(data) > MAX_VERSION_MESSAGE_BYTES:  # cut, as Cloudflare cuts it
+                self.message = data[:MAX_VERSION_MESSAGE_BYTES].decode("utf-8", "ignore")
+
+
 class UploadMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Cloudflare's multipart upload metadata, as far as Corral uses it.
 
@@ -387,6 +418,7 @@ class UploadMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     migrations: Any = None
     #: Queues this script consumes (Corral's key; see :class:`QueueConsumer`).
     queue_consumers: list[QueueConsumer] = []
+    annotations: VersionAnnotations | None = None
 
     def __post_init__(self) -> None:
         if self.compatibility_date:
@@ -438,6 +470,10 @@ class ScriptRecord(msgspec.Struct, kw_only=True):
     version_id: str = ""
     #: When that version was uploaded (ISO 8601, UTC).
     version_created_on: str = ""
+    #: That version's tag and message (its upload's ``workers/tag`` and
+    #: ``workers/message`` annotations; "" when it has none).
+    version_tag: str = ""
+    version_message: str = ""
     #: Normalised requirement strings (``text/x-python-requirement`` parts) and
     #: the package store's lock they resolved to ("" when there are none).
     requirements: list[str] = []
@@ -649,7 +685,7 @@ def to_bundle(record: ScriptRecord, bundle_dir: str, package_dirs: list[str] | N
             bindings.append(messages.JsonBinding(binding.name, binding.json))
         elif isinstance(binding, VersionMetadata):
             bindings.append(messages.JsonBinding(binding.name, {
-                "id": record.version_id, "tag": "", "timestamp": record.version_created_on}))
+                "id": record.version_id, "tag": record.version_tag, "timestamp": record.version_created_on}))
         elif isinstance(binding, DispatchNamespace):
             bindings.append(messages.DispatchNamespaceBinding(binding.name, binding.namespace))
         elif isinstance(binding, Service):

@@ -485,7 +485,8 @@ def test_background_and_platform_exceptions_have_the_shape_too():
     ``event`` null; and an exception with no stack has none (not "")."""
     from supervisor.observability.traces import background, exceptions_of
 
-    record = SimpleNamespace(name="bg", namespace="default", tags=[], version_id="v1", version="h")
+    record = SimpleNamespace(name="bg", namespace="default", tags=[], version_id="v1", version="h",
+                             version_tag="", version_message="")
     event = background(record, "exceededCpu", "too much")  # type: ignore[arg-type]
     assert_shape(event)
     assert event["event"] is None and event["dispatchNamespace"] == "default"

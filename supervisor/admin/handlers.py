@@ -40,6 +40,7 @@ from supervisor.model import (
     ScriptRecord,
     Service,
     UploadMetadata,
+    VersionAnnotations,
     check_name,
     check_upload_name,
     check_variables,
@@ -531,9 +532,11 @@ class Handlers:
             raw = {**raw, "main_module": raw["body_part"]}
         metadata: UploadMetadata = decode_metadata(raw)
         modules = self._modules(parts)
+        notes = metadata.annotations or VersionAnnotations()
         if code_only and previous is not None:
             updated = msgspec.structs.replace(previous, modules=modules,
-                                              main_module=self._main_module(metadata, modules))
+                                              main_module=self._main_module(metadata, modules),
+                                              version_tag=notes.tag or "", version_message=notes.message or "")
             return msgspec.structs.replace(updated, version=record_version(updated))
         assets = self._assets(ns, name, metadata, raw, previous)
         main_module = self._main_module(metadata, modules)
@@ -575,6 +578,8 @@ class Handlers:
             assets=assets,
             requirements=packages.requirements if packages is not None else [],
             packages_lock=lock.id if lock else "",
+            version_tag=notes.tag or "",
+            version_message=notes.message or "",
         )
         return msgspec.structs.replace(record, version=record_version(record))
 

@@ -72,6 +72,16 @@ def settings_json(record: ScriptRecord) -> dict[str, Any]:
     }
 
 
+def version_annotations(info: VersionInfo) -> dict[str, str]:
+    """A version's ``annotations``: its tag and message, when it has them."""
+    out = {}
+    if info.tag:
+        out["workers/tag"] = info.tag
+    if info.message:
+        out["workers/message"] = info.message
+    return out
+
+
 def version_json(info: VersionInfo, record: ScriptRecord | None = None) -> dict[str, Any]:
     """A version as Cloudflare's versions API shows it."""
     out: dict[str, Any] = {
@@ -79,7 +89,7 @@ def version_json(info: VersionInfo, record: ScriptRecord | None = None) -> dict[
         "number": info.number,
         "metadata": {"created_on": info.created_on, "modified_on": info.created_on, "source": info.source,
                      "author_email": "", "has_preview": False},
-        "annotations": {"workers/message": info.message} if info.message else {},
+        "annotations": version_annotations(info),
         "etag": info.content,
         "has_assets": info.has_assets,
     }

@@ -33,8 +33,9 @@ from supervisor.store.store import normalize_tags
 
 
 def with_changes(record: ScriptRecord, **changes: Any) -> ScriptRecord:
-    """A new version's record: the deployed one with ``changes``, re-hashed."""
-    new = msgspec.structs.replace(record, **changes)
+    """A new version's record: the deployed one with ``changes``, re-hashed;
+    the deployed version's tag and message are that version's, not its."""
+    new = msgspec.structs.replace(record, **{"version_tag": "", "version_message": "", **changes})
     return msgspec.structs.replace(new, version=record_version(new))
 
 

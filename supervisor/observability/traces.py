@@ -223,6 +223,19 @@ def exceptions_of(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                                e.get("stack") or None) for e in found])
 
 
+def script_version(record: ScriptRecord) -> dict[str, str]:
+    """workerd's ``ScriptVersion`` of the version that ran: its id (the
+    versions API's), and its tag and message (the upload's ``workers/tag``
+    and ``workers/message`` annotations) only when it has them, as workerd
+    leaves them undefined."""
+    version = {"id": record.version_id or record.version}
+    if record.version_tag:
+        version["tag"] = record.version_tag
+    if record.version_message:
+        version["message"] = record.version_message
+    return version
+
+
 def whole_ms(ms: float) -> int:
     """``cpuTime`` and ``wallTime``: whole milliseconds, cut as workerd's
     ``trace.cpuTime / kj::MILLISECONDS`` cuts them (an ``uint``)."""
@@ -264,7 +277,7 @@ def build(inv: Invocation) -> dict[str, Any]:
     out = _identity({"scriptName": record.name}, record, entrypoint_of(inv),
                     event.object_id if durable else None)  # type: ignore[union-attr]
     out.update({
-        "scriptVersion": {"id": record.version_id or record.version},  # the versions API's id
+        "scriptVersion": script_version(record),
         "executionModel": "durableObject" if durable else "stateless",
         "outcome": outcome_of(inv),
         "eventTimestamp": int(inv.event_ts),
@@ -336,7 +349,7 @@ def background(record: ScriptRecord, outcome: str, message: str) -> dict[str, An
     TraceItem.event is when there is none), and the reason as its exception."""
     now = int(time.time() * 1000.0)
     return _identity({"scriptName": record.name}, record, None, None) | {
-        "scriptVersion": {"id": record.version_id or record.version},
+        "scriptVersion": script_version(record),
         "executionModel": "stateless",
         "outcome": outcome,
         "eventTimestamp": now,

@@ -55,6 +55,7 @@ class VersionInfo(msgspec.Struct, kw_only=True):
     source: str = "api"
     message: str = ""
     has_assets: bool = False
+    tag: str = ""
 
 
 class Split(msgspec.Struct, kw_only=True):

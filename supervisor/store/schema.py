@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS versions (
     source TEXT NOT NULL DEFAULT 'api',
     message TEXT NOT NULL DEFAULT '',
     created_on TEXT NOT NULL,
+    tag TEXT NOT NULL DEFAULT '',     -- the upload's workers/tag annotation
     UNIQUE (namespace, name, number)
 );
 CREATE INDEX IF NOT EXISTS versions_by_bundle ON versions (bundle);
@@ -139,6 +140,7 @@ def migrate(db: sqlite3.Connection, path: str) -> None:
     elif version == 1:
         _upgrade_1_to_2(db)
     _add_resource_settings(db)
+    _add_version_tag(db)
     if version < SCHEMA_VERSION:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -148,6 +150,13 @@ def _add_resource_settings(db: sqlite3.Connection) -> None:
     added with a default, which older code reading the table never names."""
     if "settings" not in {row[1] for row in db.execute("PRAGMA table_info(resources)")}:
         db.execute("ALTER TABLE resources ADD COLUMN settings TEXT NOT NULL DEFAULT ''")
+
+
+def _add_version_tag(db: sqlite3.Connection) -> None:
+    """``versions.tag`` (a version's ``workers/tag`` annotation) came later
+    still: added the same way, and "" for the versions before it."""
+    if "tag" not in {row[1] for row in db.execute("PRAGMA table_info(versions)")}:
+        db.execute("ALTER TABLE versions ADD COLUMN tag TEXT NOT NULL DEFAULT ''")
 
 
 def bundle_hash(main_module: str, modules: bytes, metadata: str) -> str:

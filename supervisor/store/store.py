@@ -238,6 +238,9 @@ class Store:
         exist already). Keeps ``created_on`` of an existing script.
 
         Returns the stored record (version id and timestamps set, tags normalised).
+        The version keeps the record's ``version_tag`` and ``version_message``
+        (its upload's annotations); ``message``, if given, is its message and
+        the deployment's.
         """
         if record.namespace != PLATFORM:
             check_name("namespace", record.namespace)
@@ -250,6 +253,7 @@ class Store:
         key = (record.namespace, record.name)
         now = schema.now()
         version_id = str(uuid.uuid4())
+        message = message or record.version_message
         deployed: Deployed | None = None
         with self._write_lock:
             with self._begin() as db:
@@ -267,8 +271,9 @@ class Store:
                            (bundle, record.main_module, modules, metadata))
                 db.execute(
                     "INSERT INTO versions (id, namespace, name, number, content, bundle, assets, source, message, "
-                    "created_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (version_id, *key, number, record.version, bundle, assets, source, message, now),
+                    "tag, created_on) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (version_id, *key, number, record.version, bundle, assets, source, message, record.version_tag,
+                     now),
                 )
                 if deploy:
                     db.execute(
@@ -287,7 +292,7 @@ class Store:
             if deploy:
                 self._cache.replace(key, deployed)  # its first request needs no read
         return msgspec.structs.replace(record, tags=tags, created_on=created_on, modified_on=now,
-                                       version_id=version_id)
+                                       version_id=version_id, version_message=message)
 
     def cached(self, namespace: str, name: str) -> ScriptRecord | None | NotCached:
         """The record if the cache holds it, None if no such script is deployed,
@@ -354,16 +359,19 @@ class Store:
     def _version_record(db: sqlite3.Connection, key: tuple[str, str], version_id: str, tags: str,
                         created_on: str, modified_on: str) -> ScriptRecord | None:
         row = db.execute(
-            "SELECT v.content, b.main_module, b.metadata, b.modules, v.assets, v.created_on FROM versions v "
+            "SELECT v.content, b.main_module, b.metadata, b.modules, v.assets, v.created_on, v.tag, v.message "
+            "FROM versions v "
             "JOIN bundles b ON b.hash = v.bundle WHERE v.id = ? AND v.namespace = ? AND v.name = ?",
             (version_id, *key),
         ).fetchone()
         if row is None:
             return None
-        content, main_module, metadata, modules, assets, version_created_on = row
+        content, main_module, metadata, modules, assets, version_created_on, tag, message = row
         record = record_from_row((*key, content, main_module, metadata, tags, created_on, modified_on,
                                   version_id), modules, assets)
         record.version_created_on = version_created_on
+        record.version_tag = tag
+        record.version_message = message
         return record
 
     def get_version(self, namespace: str, name: str) -> str | None:
@@ -564,7 +572,7 @@ class Store:
             raise Invalid(f"page must be 1 or more and per_page from 1 to {MAX_PER_PAGE}")
         key = (namespace, name)
         rows = self._read(
-            "SELECT id, number, content, created_on, source, message, assets != '' FROM versions "
+            "SELECT id, number, content, created_on, source, message, assets != '', tag FROM versions "
             "WHERE namespace = ? AND name = ? ORDER BY number DESC LIMIT ? OFFSET ?",
             (*key, per_page, (page - 1) * per_page),
         )
@@ -572,18 +580,18 @@ class Store:
         if not total and not self._read("SELECT 1 FROM scripts WHERE namespace = ? AND name = ?", key):
             raise script_not_found(namespace, name)
         return [VersionInfo(id=r[0], number=r[1], content=r[2], created_on=r[3], source=r[4], message=r[5],
-                            has_assets=bool(r[6])) for r in rows], total
+                            has_assets=bool(r[6]), tag=r[7]) for r in rows], total
 
     def version_info(self, namespace: str, name: str, version_id: str) -> VersionInfo:
         rows = self._read(
-            "SELECT id, number, content, created_on, source, message, assets != '' FROM versions "
+            "SELECT id, number, content, created_on, source, message, assets != '', tag FROM versions "
             "WHERE id = ? AND namespace = ? AND name = ?", (version_id, namespace, name))
         if not rows:
             raise NotFound(f"script {name!r} has no version {version_id[:80]!r}: list them with "
                            f"`corral versions {name}`", code=VERSION_NOT_FOUND_CODE)
         r = rows[0]
         return VersionInfo(id=r[0], number=r[1], content=r[2], created_on=r[3], source=r[4], message=r[5],
-                           has_assets=bool(r[6]))
+                           has_assets=bool(r[6]), tag=r[7])
 
     def get_version_record(self, namespace: str, name: str, version_id: str) -> ScriptRecord:
         """One version as a full record (code included), deployed or not."""
