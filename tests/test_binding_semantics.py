@@ -324,6 +324,19 @@ return [await attempt(cache.put("https://example.com/p", Response("P", status=20
                    None, "M", False, True]
 
 
+def test_cache_keys_must_be_fully_qualified_urls_as_workerd_requires(server) -> None:
+    # cache.c++ validateUrl: a key that is no fully-qualified URL is a
+    # TypeError for put, match and delete (Corral stored it as given).
+    got = ok(server, "cache", ATTEMPT + """
+cache = await caches.open("keys")
+fine = Response("K", headers={"cache-control": "max-age=600"})
+return [await attempt(cache.put("/relative", Response("R"))), await attempt(cache.match("foo")),
+        await attempt(cache.delete("https://")), await attempt(cache.put("http:no-host", Response("H"))),
+        await cache.put("https://example.com/k", fine), await (await cache.match("https://example.com/k")).text()]""")
+    invalid = ["TypeError", "Invalid URL. Cache API keys must be fully-qualified, valid URLs."]
+    assert got == [invalid, invalid, invalid, invalid, None, "K"]
+
+
 def test_cache_names_are_bounded_as_workerd_bounds_them(server) -> None:
     # cache.c++ CacheStorage::open: a name of 1024 bytes or more is a TypeError.
     got = ok(server, "cache", ATTEMPT + """

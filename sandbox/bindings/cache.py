@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 from typing import Any
+from urllib.parse import urlsplit
 
 from protocol.messages import CACHE_BINDING
 
@@ -30,10 +31,20 @@ DEFAULT_REFUSED = ("caches.default is not available to scripts in a dispatch nam
 
 def _request(request: Any) -> tuple[str, str]:
     if isinstance(request, workers.Request):
-        return request.url, request._method
+        return _checked_key(request.url), request._method
     if isinstance(request, str):
-        return request, "GET"
+        return _checked_key(request), "GET"
     raise TypeError(f"a cache key is a URL or a Request, not {type(request).__name__}")
+
+
+def _checked_key(url: str) -> str:
+    """``url`` if it can key a cache entry: workerd's cache.c++ ``validateUrl``
+    refuses a key that is no fully-qualified URL (a path, "foo", a URL with
+    no host), where Corral stored it under whatever string it was given."""
+    parts = urlsplit(url)
+    if not (parts.scheme and parts.netloc) or any(c in url for c in " \t\r\n"):
+        raise JsException("TypeError", "Invalid URL. Cache API keys must be fully-qualified, valid URLs.")
+    return url
 
 
 def _not_modified(asked: workers.Headers, stored: workers.Headers) -> bool:
