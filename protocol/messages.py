@@ -523,6 +523,12 @@ class SubRequest(_Msg, tag="subreq"):
     #: Set for a Workers RPC call (``env.SERVICE.method(...)``): the method's
     #: name; the body is the msgpack-encoded argument list (see :class:`RpcEvent`).
     rpc: str = ""
+    #: A :class:`Streamed` body's length when the child knows it in advance
+    #: (bytes beyond :data:`MAX_CHUNK`), so an upstream gets a Content-Length
+    #: rather than chunks, as from workerd (S3's presigned PUT refuses a
+    #: chunked body). A claim: the HTTP client sends no more and no fewer
+    #: bytes than it says, or the fetch fails. Last, so older frames decode.
+    length: int | None = None
 
 
 class WsSend(_Msg, tag="wssend"):

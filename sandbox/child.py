@@ -1030,6 +1030,8 @@ class Runtime:
                 method=request._method.encode("latin-1"), url=request.url,
                 headers=headers, binding=binding, target=target,
                 body=sent, redirect=request.redirect, limits=limits, params=params, rpc=rpc,
+                # bytes streamed in chunks: their length is known (see SubRequest.length)
+                length=len(body) if out is not None and type(body) is bytes else None,
             ))
         except BaseException:  # MessageTooLarge: nothing was sent, nothing is owed
             self.calls.pop(call, None)

@@ -118,6 +118,58 @@ class Default(WorkerEntrypoint):
         return Response("ignored: the head went out already")
 '''
 
+#: Uploads to an upstream: bodies of known length and not.
+UPLOADER = '''
+from urllib.parse import urlparse, parse_qs
+from workers import Response, WorkerEntrypoint, fetch
+
+
+async def generated():
+    yield b"g" * 150_000
+    yield b"g" * 150_000
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        url = urlparse(request.url)
+        target = parse_qs(url.query)["u"][0]
+        body = {"/bytes": lambda: b"u" * 400_000, "/str": lambda: "s" * 250_000,
+                "/forward": lambda: request.body, "/gen": generated}[url.path]()
+        answer = await fetch(target, method="PUT", body=body)
+        return Response(await answer.text())
+'''
+
+#: A child that declares one length for an upload and streams another.
+UPLOAD_LIAR = '''
+import sys
+from urllib.parse import urlparse, parse_qs
+import workers
+from workers import Response, WorkerEntrypoint
+
+M = sys.modules["protocol.messages"]
+OutgoingBody = sys.modules["sandbox.streams"].OutgoingBody
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        query = {k: v[0] for k, v in parse_qs(urlparse(request.url).query).items()}
+        declared, sent = int(query["declared"]), int(query["sent"])
+        runtime, inv = workers._runtime, workers.current_invocation.get()
+        call = runtime._next_call
+        runtime._next_call -= 1
+        answer = runtime.calls[call] = runtime.loop.create_future()
+        out = runtime.outgoing[call] = OutgoingBody(runtime.channel, call)
+        runtime.send(M.SubRequest(call=call, parent=inv, kind="fetch", method=b"PUT", url=query["u"],
+                                  headers=[], body=M.STREAMED, length=declared))
+        try:
+            await out.write(b"L" * sent)
+            out.end()
+        except Exception:
+            pass  # the supervisor stopped reading
+        result = await answer
+        return Response(type(result).__name__ + ": " + str(getattr(getattr(result, "error", None), "message", "")))
+'''
+
 DIRECT = f'''
 from workers import Response, WorkerEntrypoint
 
@@ -144,6 +196,8 @@ def corral(tmp_path_factory):
         server.deploy("big", WORKER)
         server.deploy("liar", LIAR)
         server.deploy("direct", DIRECT, namespace=None)
+        server.deploy("uploader", UPLOADER)
+        server.deploy("upload-liar", UPLOAD_LIAR)
         server.deploy("stored", STORED, bindings=[
             {"type": "r2_bucket", "name": "BUCKET", "bucket_name": "known-length"},
             {"type": "kv_namespace", "name": "KV", "namespace_id": "known-length"}])
@@ -362,6 +416,48 @@ def test_a_static_asset_larger_than_inline_carries_a_content_length(corral):
     status, headers, body = get(corral, "/big.bin", host="site.localhost")
     assert_length_framed(status, headers, body, ASSET_SIZE)
     assert body == b"".join(pattern(ASSET_SIZE))
+
+
+# -- uploads: a subrequest's body of known length ----------------------------------------
+
+
+def _upload(corral: Corral, upstream: Upstream, path: str, body: bytes | None = None) -> dict:
+    """What the upstream saw of the worker's PUT for ``path``."""
+    target = upstream.url(f"/echo/upload{path}")
+    resp = corral.request(f"{path}?u={target}", host="uploader.localhost", method="POST", body=body)
+    assert resp.status == 200, resp.text
+    return [r for r in upstream.requests if r["path"] == f"/echo/upload{path}"][-1]
+
+
+def test_an_upload_of_known_length_carries_a_content_length(corral, upstream):
+    # workerd sends a known-length request body with a Content-Length; S3's
+    # presigned PUT, for one, refuses a chunked upload (411).
+    for path, size in (("/bytes", 400_000), ("/str", 250_000)):
+        seen = _upload(corral, upstream, path)
+        assert seen["headers"].get("content-length") == str(size), seen["headers"]
+        assert "transfer-encoding" not in seen["headers"] and seen["body_len"] == size
+    # The client's own request body, handed on: its Content-Length travels.
+    seen = _upload(corral, upstream, "/forward", b"f" * 300_000)
+    assert seen["headers"].get("content-length") == "300000", seen["headers"]
+    assert seen["body_len"] == 300_000
+    # A generator's length is unknown: chunked.
+    seen = _upload(corral, upstream, "/gen")
+    assert seen["headers"].get("transfer-encoding") == "chunked", seen["headers"]
+    assert seen["body_len"] == 300_000
+
+
+@pytest.mark.parametrize("declared, sent", [(200_000, 100_000), (100_000, 200_000)],
+                         ids=["too-short", "too-long"])
+def test_a_child_declaring_a_wrong_upload_length_gets_its_fetch_failed(corral, upstream, declared, sent):
+    target = upstream.url(f"/echo/liar-{declared}")
+    resp = corral.request(f"/?declared={declared}&sent={sent}&u={target}", host="upload-liar.localhost")
+    assert resp.status == 200 and resp.text.startswith("SubFailed: "), resp.text
+    # Nothing past the declared length ever left for the upstream (a request
+    # it could read whole, if any, has exactly that length).
+    assert all(r["body_len"] == declared for r in upstream.requests
+               if r["path"] == f"/echo/liar-{declared}")
+    assert corral.alive()
+    assert _upload(corral, upstream, "/bytes")["body_len"] == 400_000
 
 
 # -- a child that lies about the length ----------------------------------------------------

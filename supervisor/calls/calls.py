@@ -53,7 +53,7 @@ from supervisor.lifecycle import OUTCOME_MESSAGE, PLATFORM_OUTCOMES, Outcome
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import error, warn
 from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service, WorkerLoader
-from supervisor.pool.bodies import BodySource, ProtocolViolation
+from supervisor.pool.bodies import BodySource, ChildBody, ProtocolViolation, body_length, declare_length
 from supervisor.pool.child_process import ChildProcess
 from supervisor.pool.invocation import Invocation, Outbound
 from supervisor.pool.pool import Pool, PoolUnavailable
@@ -306,7 +306,10 @@ class Calls:
 
     # -- request and response bodies ------------------------------------------
     def _request_body(self, child: ChildProcess, message: SubRequest) -> BodySource | bytes | None:
-        return child.receive_body(message.body, message.call)
+        body = child.receive_body(message.body, message.call)
+        if message.length is not None and type(body) is ChildBody:
+            declare_length(body, message.length)
+        return body
 
     def _deliver(self, child: ChildProcess, call: int, head: Head) -> None:
         child.send(SubResponse(call, head.status, head.headers, child.send_body(head.body, call),
@@ -490,7 +493,8 @@ class Calls:
         span = _fetch_span(parent, message)
         try:
             response = await self.client.request(message.method.decode("latin-1"), message.url,
-                                                 message.headers, upload, redirect=message.redirect)
+                                                 message.headers, upload, redirect=message.redirect,
+                                                 length=None if body is upload else body_length(body))
             span["status"] = response.status
         except http_client.FetchError as exc:
             span["error"] = str(exc)[:500]

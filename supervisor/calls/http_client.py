@@ -327,11 +327,15 @@ class HTTPClient:
         body: bytes | AsyncIterable[bytes] | None = None,
         *,
         redirect: str = "follow",
+        length: int | None = None,
     ) -> ClientResponse:
         """Send a request and return once the response head has arrived.
 
-        ``redirect`` is fetch's redirect mode (see supervisor.calls.redirects). The
-        caller must consume or close the returned response.
+        ``redirect`` is fetch's redirect mode (see supervisor.calls.redirects).
+        ``length``: a streamed body's length, when its source knows it: sent
+        as its Content-Length (not chunked, as from workerd), and held to it
+        by the HTTP/1.1 writer (a body that gives more or fewer bytes fails the
+        request). The caller must consume or close the returned response.
         """
         method = _normalize_method(method)
         if body is not None and not isinstance(body, bytes):
@@ -344,7 +348,7 @@ class HTTPClient:
         policy = RedirectPolicy(url, method, _raw_headers(headers), mode=redirect,
                                 streamed_body=streamed, max_redirects=self._max_redirects)
         while True:
-            response = await self._send(policy, body)
+            response = await self._send(policy, body, length)
             try:
                 hop = policy.next_hop(response.status, response.header(b"location"))
             except BaseException:
@@ -355,7 +359,7 @@ class HTTPClient:
                 return response
             await response._discard()
             if hop.drop_body:
-                body = None
+                body, length = None, None
 
     async def upgrade(self, url: str, headers: Iterable[tuple[bytes | str, bytes | str]]
                       ) -> tuple[int, list[Header], Any, httpx.Response]:
@@ -384,13 +388,13 @@ class HTTPClient:
 
     # ------------------------------------------------------------------ internals
 
-    async def _send(self, policy: RedirectPolicy, body: bytes | AsyncIterable[bytes] | None
-                    ) -> ClientResponse:
+    async def _send(self, policy: RedirectPolicy, body: bytes | AsyncIterable[bytes] | None,
+                    length: int | None = None) -> ClientResponse:
         """One request/response, sent once more on a fresh connection if the
         server closed a (pooled) connection without answering and the request
         is safe to repeat."""
         url = _parse_url(policy.url)
-        request = _build_request(policy.method, url, policy.headers, body)
+        request = _build_request(policy.method, url, policy.headers, body, length)
         replayable = policy.method in _IDEMPOTENT_METHODS and not isinstance(body, AsyncIterable)
         try:
             try:
@@ -477,9 +481,11 @@ def _parse_url(url: str) -> httpx.URL:
 
 
 def _build_request(method: str, url: httpx.URL, headers: list[Header],
-                   body: bytes | AsyncIterable[bytes] | None) -> httpx.Request:
+                   body: bytes | AsyncIterable[bytes] | None, length: int | None = None) -> httpx.Request:
     """The request as sent: caller headers minus the client's own, which
-    httpx derives from the URL and body (Host, Content-Length or chunked)."""
+    httpx derives from the URL and body (Host, Content-Length or chunked),
+    but a streamed body of known ``length`` says it (httpx then frames it
+    by that Content-Length, not chunks)."""
     wire: list[Header] = []
     close = False
     for name, value in headers:
@@ -495,6 +501,8 @@ def _build_request(method: str, url: httpx.URL, headers: list[Header],
         wire.append((b"user-agent", b"corral"))
     if close:
         wire.append((b"connection", b"close"))
+    if length is not None and isinstance(body, AsyncIterable):
+        wire.append((b"content-length", b"%d" % length))
     content = _pieces(body) if isinstance(body, AsyncIterable) else body
     request = httpx.Request(method, url, headers=wire, content=content)
     request.method = method  # httpx upper-cases every method; fetch only the standard ones

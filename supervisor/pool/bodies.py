@@ -51,6 +51,18 @@ def body_length(source: BodySource) -> int | None:
     return getattr(source, "length", None)
 
 
+def declare_length(body: ChildBody, length: int) -> None:
+    """Note the length a child declared for a body it streams (a response's,
+    a subrequest's).
+
+    Framing trusts it only as far as the bytes bear it out (the edge counts
+    them, see supervisor.edge.http_server; the HTTP client's writer holds an
+    upload to it); a negative one is no length."""
+    if length < 0:
+        raise ProtocolViolation(f"a body of length {length}")
+    body.length = length
+
+
 class ChildLink(Protocol):
     """What a body or an invocation needs of the child it belongs to.
 

@@ -71,7 +71,7 @@ from supervisor.limits.frame_allowance import FrameAllowance
 from supervisor.limits.memory import ChildMemory, Enforcer, has_cap
 from supervisor.log import error, log, warn
 from supervisor.model import ScriptRecord
-from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation
+from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation, declare_length
 from supervisor.pool.channel_hub import ChannelHub
 from supervisor.pool.fork_priority import IDLE_ONLY, ZYGOTE_NICE
 from supervisor.pool.invocation import Invocation, WallLimitedBody
@@ -281,16 +281,6 @@ class SendBatch(trio.abc.Instrument):
     def _follow_up(children: list[ChildProcess]) -> None:
         for child in children:
             child._after_send()
-
-
-def _declare_length(body: ChildBody, length: int) -> None:
-    """Note the length a child's response head declared for its streamed body.
-
-    Framing trusts it only as far as the bytes bear it out (the edge counts
-    them, see supervisor.edge.http_server); a negative one is no length."""
-    if length < 0:
-        raise ProtocolViolation(f"a response body of length {length}")
-    body.length = length
 
 
 def _nothing() -> None:
@@ -879,7 +869,7 @@ class ChildProcess:
         else:
             body = received
             if message.length is not None and type(body) is ChildBody:
-                _declare_length(body, message.length)
+                declare_length(body, message.length)
         if isinstance(body, SocketSource):
             if message.status != 101:
                 body.close()
