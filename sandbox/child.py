@@ -1018,20 +1018,23 @@ class Runtime:
         sending: asyncio.Task | None = None
         sent, out = (None, None) if body is None else self.send_body(body, call)
         headers = request.headers._raw()
-        if (kind != "fetch" and type(sent) is Inline and sent.data
-                and not request.headers.has("content-length")):
+        # Bytes streamed in chunks: their length is known (see SubRequest.length).
+        length = len(body) if out is not None and type(body) is bytes else None
+        if kind != "fetch" and not request.headers.has("content-length"):
             # What an HTTP client says of a body of known length (a WSGI app
             # reads exactly CONTENT_LENGTH bytes of it); outbound HTTP gets it
             # from the supervisor's client.
-            headers.append((b"content-length", str(len(sent.data)).encode()))
+            if type(sent) is Inline and sent.data:
+                headers.append((b"content-length", str(len(sent.data)).encode()))
+            elif length is not None:
+                headers.append((b"content-length", str(length).encode()))
         try:
             self.send(SubRequest(
                 call=call, parent=parent, kind=kind,  # type: ignore[arg-type]
                 method=request._method.encode("latin-1"), url=request.url,
                 headers=headers, binding=binding, target=target,
                 body=sent, redirect=request.redirect, limits=limits, params=params, rpc=rpc,
-                # bytes streamed in chunks: their length is known (see SubRequest.length)
-                length=len(body) if out is not None and type(body) is bytes else None,
+                length=length,
             ))
         except BaseException:  # MessageTooLarge: nothing was sent, nothing is owed
             self.calls.pop(call, None)

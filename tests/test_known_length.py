@@ -59,6 +59,9 @@ class Default(WorkerEntrypoint):
             return Response(upstream.body, status=upstream.status, headers={{"x-rewrapped": "yes"}})
         if url.path == "/echo":
             return Response(request.body)
+        if url.path == "/call":  # a service call with a big body: the callee hears its length
+            answer = await self.env.MEASURE.fetch("https://measure/", method="POST", body=b"c" * 250_000)
+            return Response(await answer.text())
         return Response("small")
 '''
 
@@ -116,6 +119,16 @@ class Default(WorkerEntrypoint):
         except Exception:
             pass  # the supervisor stopped reading: the stream was aborted
         return Response("ignored: the head went out already")
+'''
+
+#: A platform script that says what length its request declared and had.
+MEASURE = '''
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response(f"{request.headers.get('content-length')} {len(await request.bytes())}")
 '''
 
 #: Uploads to an upstream: bodies of known length and not.
@@ -193,7 +206,8 @@ def corral(tmp_path_factory):
     server = Corral(state).start()
     try:
         server.deploy_dispatcher()
-        server.deploy("big", WORKER)
+        server.deploy("measure", MEASURE, namespace=None)
+        server.deploy("big", WORKER, bindings=[{"type": "service", "name": "MEASURE", "service": "measure"}])
         server.deploy("liar", LIAR)
         server.deploy("direct", DIRECT, namespace=None)
         server.deploy("uploader", UPLOADER)
@@ -444,6 +458,11 @@ def test_an_upload_of_known_length_carries_a_content_length(corral, upstream):
     seen = _upload(corral, upstream, "/gen")
     assert seen["headers"].get("transfer-encoding") == "chunked", seen["headers"]
     assert seen["body_len"] == 300_000
+
+
+def test_a_service_call_with_a_body_of_known_length_tells_the_callee_its_length(corral):
+    resp = corral.request("/call", host="big.localhost")
+    assert resp.status == 200 and resp.text == "250000 250000", resp.text
 
 
 @pytest.mark.parametrize("declared, sent", [(200_000, 100_000), (100_000, 200_000)],
