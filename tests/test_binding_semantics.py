@@ -346,3 +346,31 @@ return [await attempt(caches.open("n" * 1024)), await attempt(caches.open("\u00e
         await (await c.match("https://example.com/n")).text()]""")
     too_long = ["TypeError", "Cache name is too long."]
     assert got == [too_long, too_long, "N"]
+
+
+# -- the SDK's RPC conversion helper ----------------------------------------------------------
+
+
+def test_python_to_rpc_refuses_what_the_sdk_refuses_and_passes_what_rpc_carries(server) -> None:
+    # workers-py rpc.py: python_to_rpc runs _raise_on_disabled_type first, so a
+    # tuple, a bytearray or an awaitable anywhere is a TypeError (Corral turned
+    # a tuple into a list); dates and sets cross RPC as themselves.
+    got = ok(server, "cache", """
+import asyncio, datetime
+from workers import python_to_rpc
+
+def refused(value):
+    try:
+        python_to_rpc(value)
+    except TypeError as e:
+        return str(e)
+    return "accepted"
+
+later = asyncio.sleep(0)
+out = [refused((1, 2)), refused({"k": [bytearray(b"x")]}), refused([later]),
+       python_to_rpc({"n": [1, "a", None], 2: {3}}) == {"n": [1, "a", None], "2": {3}},
+       isinstance(python_to_rpc(datetime.datetime(2020, 1, 1)), datetime.datetime)]
+await later
+return out""")
+    assert got == ["<class 'tuple'> cannot be sent over RPC.", "<class 'bytearray'> cannot be sent over RPC.",
+                   "Awaitable <class 'coroutine'> cannot be sent over RPC.", True, True]
