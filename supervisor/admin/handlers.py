@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 import trio
 
-from supervisor.admin import multipart
+from supervisor.admin import multipart, vendored_packages
 from supervisor.admin.assets import AssetSessions
 from supervisor.admin.decode import MAX_METADATA_BYTES, MAX_TAG_FILTERS, clip, decode_json
 from supervisor.admin.errors import ErrorCode, LoadFailed
@@ -464,18 +464,26 @@ class Handlers:
         which keeps every setting of the deployed version. What the operator
         should know (e.g. an unmet requires-python) is added to ``warnings``."""
         check_upload_name(name)
-        if len(request.body) > self.max_script_bytes + UPLOAD_OVERHEAD:
-            raise TooLarge(f"upload of {len(request.body)} bytes exceeds the {self.max_script_bytes}-byte "
-                           "script size limit")
+        self._check_body_size(len(request.body), vendored_packages.MAX_VENDORED_BYTES)
         if ns != PLATFORM and await self._run(self.store.get_namespace, ns) is None:
             raise namespace_not_found(ns)
-        parts = multipart.parse(request.headers.get("content-type", ""), request.body,
-                                max_part_bytes=self.max_script_bytes)
+        try:
+            parts = multipart.parse(request.headers.get("content-type", ""), request.body,
+                                    max_part_bytes=self.max_script_bytes, max_parts=vendored_packages.MAX_UPLOAD_PARTS)
+        except multipart.MultipartError:
+            self._check_body_size(len(request.body))  # too big for code, with no python_modules to say otherwise
+            raise
+        # pywrangler's python_modules/ (Pyodide builds) become pins of native
+        # builds from the package store; the files themselves are not kept.
+        parts, vendored = vendored_packages.split(parts)
+        # Cloudflare counts python_modules in a Worker's size, but Corral does
+        # not store them: the script size limit is about what it keeps.
+        self._check_body_size(len(request.body) - vendored.size)
         previous = await self._run(self.store.get_primary, ns, name)
         if code_only and previous is None:
             raise script_not_found(ns, name)
         # Packages first: validating the script imports it, with them.
-        packages = await packages_upload.resolve_parts(parts, _LockResolver(self.hooks))
+        packages = await packages_upload.resolve_parts(parts, _LockResolver(self.hooks), vendored)
         if warnings is not None:
             warnings.extend(packages.warnings)
         record = self._build_record(ns, name, parts, previous, packages, code_only=code_only)
@@ -495,7 +503,19 @@ class Handlers:
         log_event(logging.INFO, "admin.script_uploaded", namespace=ns, script=name, version=stored.version,
                   version_id=stored.version_id, deployed=deploy,
                   assets=len(stored.assets.manifest) if stored.assets else 0)
+        if vendored.present:
+            log_event(logging.INFO, "admin.python_modules_replaced", namespace=ns, script=name,
+                      version_id=stored.version_id, dropped_files=vendored.files, dropped_bytes=vendored.size,
+                      pins=[p.requirement for p in vendored.pins], runtime=vendored.provided,
+                      requirements=stored.requirements)
         return stored
+
+    def _check_body_size(self, size: int, allowance: int = 0) -> None:
+        """Refuse an upload body past the script size limit (plus framing, plus
+        ``allowance``: room for python_modules, which are weighed apart)."""
+        if size > self.max_script_bytes + UPLOAD_OVERHEAD + allowance:
+            raise TooLarge(f"upload of {size} bytes exceeds the {self.max_script_bytes}-byte "
+                           "script size limit")
 
     async def check_services(self, record: ScriptRecord) -> None:
         """Refuse a service binding to no platform script, as Cloudflare
@@ -537,6 +557,10 @@ class Handlers:
             updated = msgspec.structs.replace(previous, modules=modules,
                                               main_module=self._main_module(metadata, modules),
                                               version_tag=notes.tag or "", version_message=notes.message or "")
+            if packages is not None and packages.declared:  # new code, new python_modules or requirements
+                packages_upload.check_bundle_size(modules, packages.lock)
+                updated = msgspec.structs.replace(updated, requirements=packages.requirements,
+                                                  packages_lock=packages.lock_id)
             return msgspec.structs.replace(updated, version=record_version(updated))
         assets = self._assets(ns, name, metadata, raw, previous)
         main_module = self._main_module(metadata, modules)
@@ -616,8 +640,7 @@ class Handlers:
         for part in parts:
             if part.name == "metadata" or packages_upload.is_requirement(part):
                 continue
-            # "files[]": how the SDK's content update names them
-            path = part.filename if part.name in ("files", "files[]") and part.filename else part.name
+            path = vendored_packages.part_path(part)
             if path in modules:
                 raise Invalid(f"the upload has two modules named {clip(path)!r}")
             _check_module_path(path)

@@ -36,6 +36,8 @@ __all__ = ["CONFIG_FILES", "Project", "ProjectError", "load_project", "module_co
 #: Config files looked for in a project folder, first found wins.
 CONFIG_FILES = ("corral.toml", "wrangler.toml", "wrangler.json", "wrangler.jsonc")
 _SKIP_DIRS = {"__pycache__", "node_modules", ".venv", "venv"}
+#: pywrangler's vendored packages, beside pyproject.toml (see supervisor.admin.vendored_packages).
+_VENDORED_DIR = "python_modules"
 MAX_FILES = 1000
 #: What a project uploads besides its ``.py`` files: files under the main
 #: module's folder that its config's ``rules`` take, then Wrangler's default
@@ -543,16 +545,20 @@ def _collect_modules(root: Path, base: str, skip: Path | None,
                      globs: list[re.Pattern[str]], within: Path | None) -> dict[str, bytes]:
     """Every ``.py`` under ``root``, and the files under ``base`` (the main
     module's folder) that a module rule's glob takes, by relative POSIX path;
-    skips caches, venvs, hidden dirs and ``skip`` (the assets directory).
-    ``within``: the project's real path, which every file's real path must be
-    under (None: anywhere). Symlinked folders are not followed (os.walk)."""
+    skips caches, venvs, hidden dirs, ``skip`` (the assets directory) and
+    the project's ``python_modules`` (pywrangler's Pyodide builds of the
+    pyproject.toml dependencies, which the supervisor installs for its own
+    CPython instead). ``within``: the project's real path, which every
+    file's real path must be under (None: anywhere). Symlinked folders are
+    not followed (os.walk)."""
     modules: dict[str, bytes] = {}
     top = root.resolve()
     base_dir = (root / base).resolve()
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath).resolve()
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith(".")
-                             and (skip is None or (here / d) != skip))
+                             and (skip is None or (here / d) != skip)
+                             and not (here == top and d == _VENDORED_DIR))
         in_base = here == base_dir or base_dir in here.parents
         for filename in sorted(filenames):
             if filename.startswith("."):

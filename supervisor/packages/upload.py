@@ -29,12 +29,16 @@ MAX_BUNDLE_BYTES = 256 * 2**20
 
 
 class Resolved:
-    """What an upload's requirements came to."""
+    """What an upload's requirements came to. ``declared``: the upload said
+    what its packages are (requirement parts or python_modules), so a
+    content update takes them instead of keeping the deployed version's."""
 
-    def __init__(self, requirements: list[str], lock: Lock | None, warnings: list[str]) -> None:
+    def __init__(self, requirements: list[str], lock: Lock | None, warnings: list[str],
+                 declared: bool = False) -> None:
         self.requirements = requirements
         self.lock = lock
         self.warnings = warnings
+        self.declared = declared
 
     @property
     def lock_id(self) -> str:
@@ -52,6 +56,22 @@ class Part(Protocol):
 
 class LockResolver(Protocol):
     async def resolve(self, requirements: list[str]) -> Lock: ...
+
+
+class Pinned(Protocol):
+    """Requirements an upload carries besides its requirement parts: the
+    versions of its python_modules (supervisor.admin.vendored_packages)."""
+
+    @property
+    def present(self) -> bool: ...
+
+    def merge(self, explicit: list[str]) -> list[str]:
+        """``explicit`` (normalised requirement parts) with the pins added."""
+        ...
+
+    def explain(self, error: Invalid) -> Invalid:
+        """A failed resolution, saying which requirements were pinned and why."""
+        ...
 
 
 def is_requirement(part: Part) -> bool:
@@ -76,18 +96,25 @@ def requirement_lines(parts: list[Part]) -> list[str]:
     return lines
 
 
-async def resolve_parts(parts: list[Part], resolver: LockResolver | None) -> Resolved:
-    """Normalise and resolve the upload's requirement parts (none: no work at all)."""
+async def resolve_parts(parts: list[Part], resolver: LockResolver | None,
+                        pinned: Pinned | None = None) -> Resolved:
+    """Normalise and resolve the upload's requirement parts, with ``pinned``'s
+    requirements merged in (none: no work at all)."""
     lines = requirement_lines(parts)
-    if not lines:
+    vendored = pinned is not None and pinned.present
+    if not lines and not vendored:
         return Resolved([], None, [])
     parsed: Parsed = normalize(lines)
-    if not parsed.requirements:
-        return Resolved([], None, parsed.warnings)
+    requirements = pinned.merge(parsed.requirements) if pinned is not None else parsed.requirements
+    if not requirements:
+        return Resolved([], None, parsed.warnings, declared=True)
     if resolver is None:
         raise Invalid("this Corral cannot install packages (no package store configured)")
-    lock = await resolver.resolve(parsed.requirements)
-    return Resolved(parsed.requirements, lock, parsed.warnings)
+    try:
+        lock = await resolver.resolve(requirements)
+    except Invalid as exc:
+        raise pinned.explain(exc) if pinned is not None else exc from None
+    return Resolved(requirements, lock, parsed.warnings, declared=True)
 
 
 def check_bundle_size(modules: dict[str, bytes], lock: Lock | None,
