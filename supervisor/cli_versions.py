@@ -23,11 +23,19 @@ def cmd_versions(args: argparse.Namespace, client: AdminClient) -> int:
     shares = {v["version_id"]: v["percentage"] for v in deployments[0]["versions"]} if deployments else {}
     for version in versions:
         version["percentage"] = shares.get(version["id"], 0)
-    rows = [[str(v["number"]), v["id"], f"{v['percentage']:g}%" if v["percentage"] else "",
-             v["metadata"]["created_on"], v["metadata"].get("source", ""),
-             (v.get("annotations") or {}).get("workers/message", "")] for v in versions]
-    _emit_table(args, versions, rows, ["#", "VERSION ID", "TRAFFIC", "CREATED", "SOURCE", "MESSAGE"])
+    rows = [_version_row(v) for v in versions]
+    _emit_table(args, versions, rows, ["#", "VERSION ID", "TRAFFIC", "CREATED", "SOURCE", "TAG", "MESSAGE"])
     return 0
+
+
+def _version_row(version: dict) -> list[str]:
+    """One version as the table shows it: what made it (the change Corral
+    made it for, ``workers/triggered_by``, else the API's source), its tag
+    and message."""
+    notes = version.get("annotations") or {}
+    made_by = notes.get("workers/triggered_by") or version["metadata"].get("source", "")
+    return [str(version["number"]), version["id"], f"{version['percentage']:g}%" if version["percentage"] else "",
+            version["metadata"]["created_on"], made_by, notes.get("workers/tag", ""), notes.get("workers/message", "")]
 
 
 def cmd_rollback(args: argparse.Namespace, client: AdminClient) -> int:

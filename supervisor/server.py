@@ -25,6 +25,7 @@ from supervisor import instrument_checks, loop_clock, state_lock
 from supervisor import log as logmod
 from supervisor.admin import (
     d1_exports,
+    d1_imports,
     durable_objects_api,
     kv_data,
     queue_messages,
@@ -158,6 +159,7 @@ class Supervisor:
         queue_messages.register(self.admin.router, self.admin.handlers, self.bindings)
         tls = bool(config.admin.tls_cert and config.admin.tls_key)
         d1_exports.register(self.admin.router, self.admin.handlers, self.bindings, "https" if tls else "http")
+        d1_imports.register(self.admin.router, self.admin.handlers, self.bindings, "https" if tls else "http")
         #: Live tails made through the API (``wrangler tail``); their sockets are on the TCP listener.
         self.tail_sessions = TailSessions(self.observability.live)
         tails_api.register(self.admin.router, self.admin.handlers, self.tail_sessions, "wss" if tls else "ws")

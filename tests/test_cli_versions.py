@@ -68,6 +68,9 @@ def test_secret_put_from_stdin_never_shown(server, tmp_path):
     worker.write_text(CODE.format(text="s"))
     cli(server, "deploy", "app2", worker)
     cli(server, "secret", "put", "app2", "API_KEY", stdin="sup3r-s3cret\n")
+    # The version the secret made says so (its workers/triggered_by; the API's source is "api").
+    table = cli(server, "versions", "app2").stdout.splitlines()
+    assert table[0].split()[-3:] == ["SOURCE", "TAG", "MESSAGE"] and table[1].split()[-1] == "secret", table
     listed = cli(server, "secret", "list", "app2").stdout
     assert "API_KEY" in listed and "sup3r" not in listed
     assert json.loads(cli(server, "secret", "list", "app2", "--json").stdout) == [

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from supervisor.admin import unsupported
 from supervisor.admin.account import AccountHandlers
 from supervisor.admin.asset_handlers import AssetHandlers
 from supervisor.admin.decode import MAX_HEADERS, MAX_MESSAGE, clip, parse_target
@@ -35,6 +36,7 @@ from supervisor.admin.router import Request, Router
 from supervisor.admin.routes_api import RouteHandlers
 from supervisor.admin.schedules import ScheduleHandlers
 from supervisor.admin.script_config import ScriptConfigHandlers
+from supervisor.admin.secrets_bulk import SecretsBulkHandlers
 from supervisor.admin.tokens import OWNER, Principal, TokenHandlers, authorize
 from supervisor.admin.versions import VersionHandlers
 from supervisor.errors import CorralError, Invalid, NotSupported
@@ -59,8 +61,9 @@ class AdminAPI:
         # Each group of endpoints is one module over the core handlers.
         for group in (VersionHandlers, ScriptConfigHandlers, AssetHandlers, TokenHandlers, AccountHandlers,
                       KVHandlers, QueueHandlers, R2BucketHandlers, RouteHandlers, ScheduleHandlers,
-                      DurableObjectHandlers, DomainHandlers):
+                      DurableObjectHandlers, DomainHandlers, SecretsBulkHandlers):
             group(self.handlers).register(self.router)
+        unsupported.register(self.router)
 
     async def handle(
         self, method: str | bytes, target: str | bytes, headers: list[tuple[bytes, bytes]], body: bytes,
@@ -111,4 +114,8 @@ class AdminAPI:
         status_, headers, payload = envelope(status, None, errors=[{"code": code, "message": message}])
         if isinstance(exc, MethodNotAllowed):
             headers.append((b"allow", ", ".join(exc.allowed).encode()))
+        if isinstance(exc, NotSupported):
+            # A 5xx that no retry can change: Cloudflare's SDKs retry every
+            # 5xx unless told not to, and would ask again (with backoff) for nothing.
+            headers.append((b"x-should-retry", b"false"))
         return status_, headers, payload

@@ -1,8 +1,10 @@
 """A queue's messages through Cloudflare's REST API: pushed in
 (``client.queues.messages.push`` and ``.bulk_push``), pulled out by an HTTP
-pull consumer (``.pull``, then ``.ack`` with the leases it gave), and
-purged (``client.queues.purge.start``): how a platform's back end feeds,
-drains or empties a queue.
+pull consumer (``.pull``, then ``.ack`` with the leases it gave), looked
+at (``.peek``, which leases nothing) and purged, whole
+(``client.queues.purge.start``) or by the refs a peek gave
+(``.messages.purge``), and counted (``client.queues.get_metrics``): how a
+platform's back end feeds, drains, inspects or empties a queue.
 
 Pulling needs the queue's HTTP pull consumer (``type: "http_pull"``, made
 with the consumers API or ``wrangler queues consumer http add``), whose
@@ -83,6 +85,18 @@ class Pull(msgspec.Struct, kw_only=True):
     visibility_timeout: int | None = None
 
 
+class Peek(msgspec.Struct, kw_only=True):
+    batch_size: int = 5  # a pull's default (PullConsumer.batch_size)
+
+
+class Ref(msgspec.Struct, kw_only=True):
+    ref: str
+
+
+class Refs(msgspec.Struct, kw_only=True):
+    refs: list[Ref]
+
+
 class Lease(msgspec.Struct, kw_only=True):
     lease_id: str
     delay_seconds: float | None = None  # None: the pull consumer's retry_delay
@@ -123,6 +137,14 @@ def pulled_json(message: QueueMessage) -> dict[str, Any]:
     return {"id": message.id, "body": body, "attempts": message.attempts, "lease_id": lease_of(message),
             "timestamp_ms": int(message.timestamp),
             "metadata": {"CF-sourceMessageSource": "api", "CF-Content-Type": message.content_type}}
+
+
+def peeked_json(message: QueueMessage) -> dict[str, Any]:
+    """A peeked message: as a pull shows it, with a ``ref`` (its id) to
+    purge it instead of a lease to acknowledge it."""
+    out = pulled_json(message)
+    del out["lease_id"]
+    return {**out, "ref": message.id}
 
 
 def encoded(message: Message, batch_delay: float | None = None) -> store.Outgoing:
@@ -191,10 +213,43 @@ def register(router: Router, core: Handlers, bindings: Bindings) -> None:
         if not body_as(request.body or b"{}", Purge, '{"delete_messages_permanently": true}',
                        "purge a queue").delete_messages_permanently:
             raise Invalid('send {"delete_messages_permanently": true}: a purge deletes every message for good')
+        scripts = await queues._platform_scripts()
+        queue = await queues._queue(request, scripts)
+        count = await hub.purge((PLATFORM, queue[0]))
+        log_event(logging.INFO, "admin.queue_purged", queue=queue[0], messages=count)
+        # The queue, as Cloudflare answers a purge (the SDK's model is its
+        # Queue), and how the purge went, as its status call says it.
+        return envelope(200, {**queues._json(scripts, *queue, await queues._pulls()),
+                              "started_at": None, "completed": "true", "messages_purged": count})
+
+    async def peek(request: Request) -> Response:
+        """``client.queues.messages.peek``: the next visible messages, each with
+        the ``ref`` that purges it, left where they are (a pull or a consumer
+        still gets them, their attempts not counted)."""
+        wanted = body_as(request.body or b"{}", Peek, '{"batch_size": 10}', "peek at messages")
+        if not 1 <= wanted.batch_size <= store.MAX_BATCH_MESSAGES:
+            raise Invalid(f"batch_size must be from 1 to {store.MAX_BATCH_MESSAGES}, got {wanted.batch_size}")
+        messages = await hub.peek(await key_of(request), wanted.batch_size)
+        return envelope(200, {"messages": [peeked_json(m) for m in messages]})
+
+    async def purge_refs(request: Request) -> Response:
+        """``client.queues.messages.purge``: delete the messages a peek's refs
+        name; a ref whose message is gone already is a warning, by ref."""
+        refs = body_as(request.body, Refs, '{"refs": [{"ref": "<a peeked message\'s ref>"}]}',
+                       "purge messages").refs
+        if not 1 <= len(refs) <= store.MAX_BATCH_MESSAGES:
+            raise Invalid(f"refs holds 1 to {store.MAX_BATCH_MESSAGES} refs, got {len(refs)}")
         key = await key_of(request)
-        count = await hub.purge(key)
-        log_event(logging.INFO, "admin.queue_purged", queue=key[1], messages=count)
-        return envelope(200, {"started_at": None, "completed": "true", "messages_purged": count})
+        missing = await hub.delete(key, [r.ref for r in refs])
+        log_event(logging.INFO, "admin.queue_messages_purged", queue=key[1], messages=len(refs) - len(missing))
+        return envelope(200, {"errors": [], "warnings": {
+            ref: "no such message: it was acknowledged or purged already" for ref in missing}})
+
+    async def metrics(request: Request) -> Response:
+        """``client.queues.get_metrics``: the backlog, counted now."""
+        count, size, oldest = await hub.backlog(await key_of(request))
+        return envelope(200, {"backlog_count": count, "backlog_bytes": size,
+                              "oldest_message_timestamp_ms": int(oldest)})
 
     async def purge_status(request: Request) -> Response:
         """A purge is done when its call returns: there is never one under way."""
@@ -257,6 +312,9 @@ def register(router: Router, core: Handlers, bindings: Bindings) -> None:
     router.add("accounts/*/queues/{queue}/messages/ack", POST=ack)
     router.add("accounts/*/queues/{queue}/messages/batch", POST=push_batch)
     router.add("accounts/*/queues/{queue}/purge", POST=purge, GET=purge_status)
+    router.add("accounts/*/queues/{queue}/metrics", GET=metrics)
+    router.add("accounts/*/queues/{queue}/messages/peek", POST=peek)
+    router.add("accounts/*/queues/{queue}/messages/purge", POST=purge_refs)
 
 
 __all__ = ["register"]

@@ -34,7 +34,7 @@ from supervisor.admin.kv import ResourceHandlers
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.admin.script_config import with_changes
-from supervisor.errors import Conflict, Invalid, NotFound
+from supervisor.errors import Conflict, Invalid, NotFound, NotSupported
 from supervisor.model import PLATFORM, Queue, QueueConsumer, ScriptRecord, check_name
 from supervisor.store.records import ResourceInfo
 from supervisor.store.store import script_not_found
@@ -49,6 +49,14 @@ MAX_PER_PAGE = 1000
 class _NewQueue(msgspec.Struct):
     queue_name: str
     settings: dict[str, Any] | None = None
+
+
+class _QueueChange(msgspec.Struct, kw_only=True):
+    """A queue update's body (``jurisdiction`` is Cloudflare's data locality: one host here)."""
+
+    queue_name: str | None = None
+    settings: dict[str, Any] | None = None
+    jurisdiction: str | None = None
 
 
 class _Settings(msgspec.Struct, kw_only=True):
@@ -151,7 +159,8 @@ def _consumer_json(queue: str, script: ScriptRecord, consumer: QueueConsumer) ->
 class QueueHandlers(ResourceHandlers):
     def register(self, router: Router) -> None:
         router.add(_Q, GET=self.list_queues, POST=self.create_queue)
-        router.add(f"{_Q}/{{queue}}", GET=self.get_queue, DELETE=self.delete_queue)
+        router.add(f"{_Q}/{{queue}}", GET=self.get_queue, DELETE=self.delete_queue, PUT=self.update_queue,
+                   PATCH=self.update_queue)
         router.add(f"{_Q}/{{queue}}/consumers", GET=self.list_consumers, POST=self.add_consumer)
         router.add(f"{_Q}/{{queue}}/consumers/{{consumer}}", GET=self.get_consumer, PUT=self.update_consumer,
                    DELETE=self.delete_consumer)
@@ -217,6 +226,22 @@ class QueueHandlers(ResourceHandlers):
         made = await self._make(_KIND, uuid.uuid4().hex, name, "A queue with this name already exists")
         return envelope(200, {"queue_id": made.id, "queue_name": name, "created_on": made.created_on,
                               "modified_on": made.created_on, "settings": {}})
+
+    async def update_queue(self, request: Request) -> Response:
+        """``client.queues.update`` / ``.edit``: Corral keeps no per-queue
+        settings and keys a queue's messages by its name, so only a change
+        that changes nothing is done (the queue is answered); a rename or a
+        setting is refused as what Corral does not support, by name."""
+        change = body_as(request.body or b"{}", _QueueChange, '{"queue_name": "my-queue"}', "change a queue")
+        scripts = await self._platform_scripts()
+        name, queue_id, made = await self._queue(request, scripts)
+        if change.queue_name is not None and change.queue_name != name:
+            raise NotSupported(f"renaming queue {name!r} is not supported by Corral (its messages and bindings "
+                               "go by its name): make a new queue and point the bindings at it")
+        if change.settings:
+            raise NotSupported(f"queue settings ({', '.join(sorted(change.settings))}) are not supported by "
+                               "Corral: a queue binding's delivery_delay sets its producer's default delay")
+        return envelope(200, self._json(scripts, name, queue_id, made, await self._pulls()))
 
     async def delete_queue(self, request: Request) -> Response:
         """Refused while a script sends to it or consumes it; else its messages go."""

@@ -21,7 +21,7 @@ from supervisor.admin.decode import body_as, clip, query_int
 from supervisor.admin.kv import MAX_PER_PAGE, ResourceHandlers, choice
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
-from supervisor.errors import Invalid
+from supervisor.errors import Invalid, NotSupported
 from supervisor.store.records import ResourceInfo
 
 _R2 = "accounts/*/r2/buckets"
@@ -45,7 +45,7 @@ def bucket_json(name: str, made: ResourceInfo | None = None) -> dict[str, Any]:
 class R2BucketHandlers(ResourceHandlers):
     def register(self, router: Router) -> None:
         router.add(_R2, GET=self.list_buckets, POST=self.create_bucket)
-        router.add(f"{_R2}/{{bucket}}", GET=self.get_bucket, DELETE=self.delete_bucket)
+        router.add(f"{_R2}/{{bucket}}", GET=self.get_bucket, DELETE=self.delete_bucket, PATCH=self.edit_bucket)
 
     async def list_buckets(self, request: Request) -> Response:
         """By name (``direction``), ``name_contains``, from after ``start_after``
@@ -64,6 +64,20 @@ class R2BucketHandlers(ResourceHandlers):
 
     async def get_bucket(self, request: Request) -> Response:
         name, made = await self._one(request, _KIND, "bucket_name", "R2 bucket", "bucket")
+        return envelope(200, bucket_json(name, made))
+
+    async def edit_bucket(self, request: Request) -> Response:
+        """``client.r2.buckets.edit``: the default storage class (header
+        ``cf-r2-storage-class``). Corral stores every object one way, as R2's
+        Standard class: that one is accepted, changing nothing; Infrequent
+        Access (cheaper storage, paid reads) has no meaning on one host."""
+        name, made = await self._one(request, _KIND, "bucket_name", "R2 bucket", "bucket")
+        wanted = request.headers.get("cf-r2-storage-class", "")
+        if not wanted:
+            raise Invalid("send the storage class in the cf-r2-storage-class header ('Standard')")
+        if wanted != "Standard":
+            raise NotSupported(f"R2 storage class {clip(wanted)!r} is not supported by Corral: every object is "
+                               "stored as 'Standard'")
         return envelope(200, bucket_json(name, made))
 
     async def create_bucket(self, request: Request) -> Response:

@@ -1,7 +1,8 @@
 """An R2 bucket's objects through Cloudflare's REST API
 (``/r2/buckets/{bucket}/objects/{key}``): what ``wrangler r2 object
-put|get|delete --remote`` calls, so a platform can seed or read a tenant's
-bucket the Cloudflare way.
+put|get|delete --remote`` calls, and the listing the SDK pages through
+(``client.r2.buckets.objects.list``), so a platform can seed, list or read a
+tenant's bucket the Cloudflare way.
 
 Each call goes through the ``r2_bucket`` binding's own handler
 (:mod:`supervisor.bindings.r2`): the same checks, in its words, and the same
@@ -18,15 +19,17 @@ at most :data:`MAX_BYTES`; a tenant's binding streams larger ones.
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import TYPE_CHECKING, Any
 
+from supervisor.admin.decode import query_int
 from supervisor.admin.handlers import Handlers, namespace_in_query
 from supervisor.admin.r2_buckets import R2BucketHandlers
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
 from supervisor.bindings.base import BindingError, Context, Scope
-from supervisor.bindings.r2 import R2Handler
+from supervisor.bindings.r2 import MAX_LIST, R2Handler
 from supervisor.config import QuotaLimits
 from supervisor.errors import Invalid, NotFound, TooLarge
 
@@ -108,11 +111,43 @@ def register(router: Router, core: Handlers, bindings: Bindings) -> None:
         return 200, headers, b"".join(chunks)
 
     async def delete_object(request: Request) -> Response:
-        await call(request, "delete", [key_of(request)])
-        return envelope(200, {})
+        key = key_of(request)
+        await call(request, "delete", [key])
+        return envelope(200, {"key": key})
 
+    async def list_objects(request: Request) -> Response:
+        """A page of the bucket's objects (``client.r2.buckets.objects.list``),
+        by key, through the binding's ``list``: ``prefix``, ``delimiter``,
+        ``start_after``, ``per_page`` and the ``cursor`` of the page before."""
+        per_page = query_int(request.query, "per_page", MAX_LIST, MAX_LIST)
+        options = {"limit": per_page, "prefix": request.query.get("prefix", ""),
+                   "delimiter": request.query.get("delimiter", ""), "cursor": request.query.get("cursor", ""),
+                   "startAfter": request.query.get("start_after", ""),
+                   "include": ["httpMetadata", "customMetadata"]}
+        listed = (await call(request, "list", [options])).value
+        objects = [listed_object_json(o) for o in listed["objects"]]
+        return envelope(200, objects, result_info={
+            "cursor": listed.get("cursor", ""), "is_truncated": listed["truncated"], "per_page": per_page,
+            "count": len(objects), "delimited": listed["delimitedPrefixes"]})
+
+    router.add("accounts/*/r2/buckets/{bucket}/objects", GET=list_objects)
     router.add("accounts/*/r2/buckets/{bucket}/objects/{key+}", GET=get_object, PUT=put_object,
                DELETE=delete_object)
+
+
+def listed_object_json(found: dict[str, Any]) -> dict[str, Any]:
+    """An object of the binding's listing as Cloudflare's REST API lists it:
+    snake_case, the bare etag, the upload time as ``last_modified``."""
+    return {"key": found["key"], "etag": found["etag"], "size": found["size"],
+            "last_modified": _iso(found["uploaded"]), "storage_class": found["storageClass"],
+            "http_metadata": found.get("httpMetadata", {}), "custom_metadata": found.get("customMetadata", {})}
+
+
+def _iso(uploaded: Any) -> Any:
+    """The binding's upload time (milliseconds since the epoch) as ISO 8601."""
+    if not isinstance(uploaded, int | float):
+        return uploaded
+    return datetime.datetime.fromtimestamp(uploaded / 1000, datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 __all__ = ["register"]

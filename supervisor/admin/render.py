@@ -72,9 +72,24 @@ def settings_json(record: ScriptRecord) -> dict[str, Any]:
     }
 
 
+#: The values of a version's ``metadata.source`` in Cloudflare's API (and its SDKs' models).
+VERSION_SOURCES = frozenset({"unknown", "api", "wrangler", "terraform", "dash", "cf_cli", "dash_template",
+                             "integration", "quick_editor", "playground", "workersci"})
+
+
+def version_source(info: VersionInfo) -> str:
+    """``metadata.source``: who made the version, one of Cloudflare's values.
+    A version Corral made from the deployed one (a secret put, a settings
+    edit, its schedules or queue consumers) came through the API; what made
+    it is its ``workers/triggered_by`` annotation, as on Cloudflare."""
+    return info.source if info.source in VERSION_SOURCES else "api"
+
+
 def version_annotations(info: VersionInfo) -> dict[str, str]:
-    """A version's ``annotations``: its tag and message, when it has them."""
-    out = {}
+    """A version's ``annotations``: the change Corral made it for
+    (``workers/triggered_by``: ``secret``, ``settings``...) when not an
+    upload, and its tag and message, when it has them."""
+    out = {} if info.source in VERSION_SOURCES else {"workers/triggered_by": info.source}
     if info.tag:
         out["workers/tag"] = info.tag
     if info.message:
@@ -87,8 +102,8 @@ def version_json(info: VersionInfo, record: ScriptRecord | None = None) -> dict[
     out: dict[str, Any] = {
         "id": info.id,
         "number": info.number,
-        "metadata": {"created_on": info.created_on, "modified_on": info.created_on, "source": info.source,
-                     "author_email": "", "has_preview": False},
+        "metadata": {"created_on": info.created_on, "modified_on": info.created_on, "source": version_source(info),
+                     "author_email": "", "hasPreview": False},  # Cloudflare's spelling
         "annotations": version_annotations(info),
         "etag": info.content,
         "has_assets": info.has_assets,
@@ -123,7 +138,11 @@ def namespace_json(info: NamespaceInfo) -> dict[str, Any]:
         "namespace_name": info.name,
         "name": info.name,
         "created_on": info.created_on,
+        # A namespace has nothing to change after it is made.
+        "modified_on": info.created_on,
         "script_count": info.script_count,
+        # Cloudflare's trusted namespaces see request.cf; Corral's tenants never do.
+        "trusted_workers": False,
     }
 
 

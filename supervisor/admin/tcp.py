@@ -24,7 +24,7 @@ from supervisor.admin.api import AdminAPI
 from supervisor.admin.errors import status_and_code
 from supervisor.admin.render import envelope
 from supervisor.admin.router import api_segments
-from supervisor.admin.tokens import ASSET_UPLOADER, DOWNLOADER, Principal, is_download
+from supervisor.admin.tokens import ASSET_UPLOADER, DOWNLOADER, Principal, is_download, is_import_upload
 from supervisor.errors import Invalid, NotFound, Unauthorized, Unavailable
 from supervisor.log import error, log, warn
 from supervisor.observability.tail_sessions import SOCKET_SUFFIX, TailSessions
@@ -72,7 +72,7 @@ class AdminTCP:
         path = target.split("?", 1)[0].rstrip("/")
         if path.endswith("/workers/assets/upload"):
             return ASSET_UPLOADER
-        if is_download(path):
+        if is_download(path) or is_import_upload(path):
             return DOWNLOADER
         auth = next((v for k, v in headers if k.lower() == b"authorization"), b"").decode("latin-1")
         secret = auth[7:].strip() if auth[:7].lower() == "bearer " else ""

@@ -39,8 +39,8 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     token: TokenInfo | None = None
     #: Only the asset blob upload, authenticated by its session token.
     asset_upload: bool = False
-    #: Only a D1 export's download, whose URL's random token is its
-    #: credential (supervisor.admin.d1_exports), as a presigned URL's is.
+    #: Only a D1 export's download or a D1 import's upload, whose URL's random
+    #: token is its credential (supervisor.admin.d1_exports, d1_imports), as a presigned URL's is.
     download: bool = False
 
 
@@ -55,6 +55,13 @@ def is_download(path: str) -> bool:
     return len(segments) == 5 and segments[0] == "accounts" and segments[2:4] == ["d1", "exports"]
 
 
+def is_import_upload(path: str) -> bool:
+    """``[/client/v4]/accounts/{a}/d1/imports/{token}``: a D1 import's upload URL
+    (:mod:`supervisor.admin.d1_imports`), whose token is its credential."""
+    segments = api_segments(path)
+    return len(segments) == 5 and segments[0] == "accounts" and segments[2:4] == ["d1", "imports"]
+
+
 def token_json(info: TokenInfo) -> dict[str, object]:
     return msgspec.to_builtins(info)
 
@@ -64,9 +71,10 @@ def authorize(principal: Principal, method: str, path: str, params: dict[str, st
     if principal.owner:
         return
     if principal.download:
-        if method in _READ_METHODS and is_download(path):
+        if (method in _READ_METHODS and is_download(path)) or (method == "PUT" and is_import_upload(path)):
             return
-        raise Forbidden("a D1 export's download URL takes no token; other calls take an API token")
+        raise Forbidden("a D1 export's download URL and an import's upload URL take no token; other calls "
+                        "take an API token")
     segments = api_segments(path)
     is_asset_upload = segments[2:] == ["workers", "assets", "upload"]
     if principal.asset_upload or is_asset_upload:

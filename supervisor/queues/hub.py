@@ -65,6 +65,18 @@ class QueueHub:
     async def purge(self, key: QueueKey) -> int:
         return await self._db(key, store.purge)
 
+    async def peek(self, key: QueueKey, limit: int) -> list[QueueMessage]:
+        """:func:`supervisor.queues.store.peek` of the queue ``key``."""
+        return await self._db(key, store.peek, limit)
+
+    async def delete(self, key: QueueKey, ids: list[str]) -> list[str]:
+        """:func:`supervisor.queues.store.delete` of the queue ``key``."""
+        return await self._db(key, store.delete, ids)
+
+    async def backlog(self, key: QueueKey) -> tuple[int, int, float]:
+        """:func:`supervisor.queues.store.backlog` of the queue ``key``."""
+        return await self._db(key, store.backlog)
+
     async def pull(self, key: QueueKey, limit: int, visibility_s: float, max_retries: int,
                    dead_letter_queue: str | None) -> tuple[list[QueueMessage], int]:
         """A batch for an HTTP pull consumer (:func:`supervisor.queues.store.pull`);

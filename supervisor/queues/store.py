@@ -88,6 +88,32 @@ def visible(conn: sqlite3.Connection) -> tuple[int, float | None]:
     return count, nxt
 
 
+def backlog(conn: sqlite3.Connection) -> tuple[int, int, float]:
+    """The queue's unacknowledged messages (in flight and delayed ones too):
+    how many, their bytes, and the oldest one's timestamp in ms (0: none),
+    as Cloudflare's queue metrics count them."""
+    count, size, oldest = conn.execute(
+        "SELECT count(*), coalesce(sum(length(body)), 0), coalesce(min(timestamp), 0) FROM messages").fetchone()
+    return count, size, oldest
+
+
+def peek(conn: sqlite3.Connection, limit: int) -> list[QueueMessage]:
+    """Up to ``limit`` visible messages, oldest first, left as they are (not
+    leased, their attempts not counted): what a pull would get next."""
+    rows = conn.execute("SELECT id, timestamp, body, content_type, attempts FROM messages "
+                        "WHERE leased = 0 AND visible_at <= ? ORDER BY seq LIMIT ?", (time.time(), limit))
+    return [QueueMessage(*row) for row in rows]
+
+
+def delete(conn: sqlite3.Connection, ids: list[str]) -> list[str]:
+    """Delete the messages ``ids`` (in flight or not); the ids that were not there."""
+    missing = []
+    for id_ in ids:
+        if conn.execute("DELETE FROM messages WHERE id = ?", (id_,)).rowcount == 0:
+            missing.append(id_)
+    return missing
+
+
 def lease(conn: sqlite3.Connection, limit: int) -> list[QueueMessage]:
     """Up to ``limit`` visible messages (oldest first, within the batch byte
     limit), leased, their attempts counted."""
