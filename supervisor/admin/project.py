@@ -38,6 +38,8 @@ CONFIG_FILES = ("corral.toml", "wrangler.toml", "wrangler.json", "wrangler.jsonc
 _SKIP_DIRS = {"__pycache__", "node_modules", ".venv", "venv"}
 #: pywrangler's vendored packages, beside pyproject.toml (see supervisor.admin.vendored_packages).
 _VENDORED_DIR = "python_modules"
+#: Modules the sandbox provides, which a bundle may not have (sandbox.loader.RESERVED).
+_RUNTIME_NAMES = frozenset({"workers", "js", "pyodide"})
 MAX_FILES = 1000
 #: What a project uploads besides its ``.py`` files: files under the main
 #: module's folder that its config's ``rules`` take, then Wrangler's default
@@ -208,6 +210,13 @@ class _Assets(msgspec.Struct, forbid_unknown_fields=True):
     not_found_handling: model.NotFoundHandling = "none"
 
 
+class _PythonModules(msgspec.Struct):
+    """``python_modules``: what of the project's ``python_modules/`` wrangler
+    leaves out (globs relative to it; wrangler's default skips bytecode)."""
+
+    exclude: list[str] = msgspec.field(default_factory=lambda: ["**/*.pyc"])
+
+
 class WranglerConfig(msgspec.Struct):
     """The subset of a Wrangler config Corral uses; see :data:`UNSUPPORTED_KEYS`."""
 
@@ -231,6 +240,7 @@ class WranglerConfig(msgspec.Struct):
     ratelimits: list[_RateLimit] = []
     version_metadata: _VersionMetadata | None = None
     rules: list[_Rule] = []
+    python_modules: _PythonModules | None = None
 
 
 class CorralConfig(WranglerConfig, forbid_unknown_fields=True):
@@ -249,13 +259,20 @@ UNSUPPORTED_KEYS = frozenset({
     "pipelines", "wasm_modules", "text_blobs", "data_blobs", "site",
     "unsafe_hello_world", "dispatch_namespaces_outbound", "logfwdr", "tail_consumers_streaming",
 })
+#: The Cloudflare product behind an unsupported key, for its error.
+_PRODUCTS = {
+    "workflows": "Workflows", "ai": "Workers AI", "vectorize": "Vectorize", "hyperdrive": "Hyperdrive",
+    "analytics_engine_datasets": "Workers Analytics Engine", "browser": "Browser Rendering",
+    "mtls_certificates": "mTLS certificates", "send_email": "Email Workers", "containers": "Containers",
+    "images": "Images", "secrets_store_secrets": "Secrets Store", "pipelines": "Pipelines",
+}
 #: Keys about deployment to Cloudflare itself (accounts, routes, dev server,
 #: build): meaningless for Corral, silently ignored.
 IGNORED_KEYS = frozenset({
     "$schema", "name", "account_id", "workers_dev", "preview_urls", "routes", "route",
     "observability", "dev", "build", "minify", "keep_vars", "send_metrics", "upload_source_maps",
     "placement", "limits", "logpush", "no_bundle", "find_additional_modules", "base_dir",
-    "preserve_file_names", "node_compat", "python_modules", "usage_model", "keep_names",
+    "preserve_file_names", "node_compat", "usage_model", "keep_names",
     "legacy_env", "compliance_region", "tsconfig", "jsx_factory", "jsx_fragment",
 })
 #: What a Wrangler environment (``[env.NAME]``, ``corral deploy --env NAME``)
@@ -387,8 +404,8 @@ def _check_keys(path: Path, data: dict[str, Any], warnings: list[str] | None) ->
     """An unsupported key is an error naming it; an unknown one a warning."""
     for key in data:
         if key in UNSUPPORTED_KEYS:
-            raise ProjectError(f"{path}: {key!r} is not supported by Corral yet; remove it or "
-                               "deploy this worker elsewhere until it is")
+            raise ProjectError(f"{path}: {key!r} is not supported by Corral yet{_unsupported(key, data[key])}; "
+                               "remove it or deploy this worker elsewhere until it is")
         if key not in _KNOWN_KEYS and warnings is not None and path.name != "corral.toml":
             warnings.append(f"{path.name}: ignoring unknown key {key!r}")
     flags = data.get("compatibility_flags")
@@ -400,6 +417,26 @@ def _check_keys(path: Path, data: dict[str, Any], warnings: list[str] | None) ->
             if isinstance(flag, str) and flag not in KNOWN_FLAGS and flag in CLOUDFLARE_FLAGS:
                 warnings.append(f"{path.name}: compatibility flag {flag!r} has no effect in Corral "
                                 "(stored with the script)")
+
+
+def _unsupported(key: str, value: Any) -> str:
+    """What an unsupported key is to the tenant, `` (Workers AI: env.AI)``:
+    the Cloudflare product and the bindings its code would reach it by, so
+    the error says which calls would have failed, not only which key."""
+    entries = value if isinstance(value, list) else [value]
+    names = [_reached_by(entry) for entry in entries if isinstance(entry, dict)]
+    parts = [_PRODUCTS.get(key, ""), ", ".join(name for name in names if name)]
+    detail = ": ".join(part for part in parts if part)
+    return f" ({detail})" if detail else ""
+
+
+def _reached_by(entry: dict[str, Any]) -> str:
+    """``env.NAME`` for a binding's entry; ``class NAME`` for a container's
+    (its code reaches it through a Durable Object class)."""
+    for field, shown in (("binding", "env.{}"), ("name", "env.{}"), ("class_name", "class {}")):
+        if isinstance(entry.get(field), str) and entry[field]:
+            return shown.format(entry[field])
+    return ""
 
 
 def _contained(path: Path, root: Path | None, what: str) -> Path:
@@ -581,6 +618,66 @@ def _collect_modules(root: Path, base: str, skip: Path | None,
     return modules
 
 
+def _made_by_pywrangler(vendored: Path) -> bool:
+    """Whether ``python_modules/`` is ``pywrangler sync``'s: a venv's
+    site-packages (installed distributions, the ``pyvenv.cfg`` it marks the
+    copy with). Sync replaces the whole folder, so such a folder holds
+    nothing vendored by hand."""
+    return (vendored / "pyvenv.cfg").exists() or any(vendored.glob("*.dist-info"))
+
+
+def _top_name(path: str) -> str:
+    """The importable name a module path starts: ``mod`` for ``mod.py`` and ``mod/x.py``."""
+    return path.split("/", 1)[0].removesuffix(".py")
+
+
+def _loose_vendored(root: Path, base: str, modules: dict[str, bytes], config: _PythonModules,
+                    within: Path | None, warnings: list[str]) -> dict[str, bytes]:
+    """The ``.py`` files of a ``python_modules/`` vendored by hand (not
+    pywrangler's packages, which the pyproject.toml dependencies replace),
+    as modules beside the main module.
+
+    On Cloudflare, wrangler uploads ``python_modules/`` as it is (but for
+    ``python_modules.exclude``) and workerd puts it on ``sys.path`` after the
+    main module's folder, so ``import mod`` finds ``python_modules/mod.py``
+    unless the project has a ``mod`` of its own. The import root is that
+    folder here, so a loose module goes up there; one the project already
+    has is left out (the project's own wins, as on Cloudflare), with a
+    warning, as is one of the runtime's names (``workers``, ``js``, ``pyodide``)."""
+    if base and (root / base / _VENDORED_DIR).exists():
+        raise ProjectError(f"{root / base / _VENDORED_DIR}: python_modules belongs beside the config "
+                           f"({root / _VENDORED_DIR}), not in the main module's folder (wrangler "
+                           "refuses it there too)")
+    vendored = root / _VENDORED_DIR
+    if not vendored.is_dir() or vendored.is_symlink() or _made_by_pywrangler(vendored):
+        return {}
+    prefix = f"{base}/" if base else ""
+    own_names = {_top_name(m[len(prefix):]) for m in modules if m.startswith(prefix)}
+    own_names.update(_RUNTIME_NAMES)
+    excluded = [_glob(g) for g in config.exclude]
+    found: dict[str, bytes] = {}
+    for dirpath, dirnames, filenames in os.walk(vendored):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        for filename in sorted(f for f in filenames if f.endswith(".py")):
+            inside = Path(dirpath, filename).relative_to(vendored).as_posix()
+            if any(g.fullmatch(inside) for g in excluded):
+                continue
+            target = prefix + inside
+            if _top_name(inside) in own_names:
+                first = "the runtime's" if _top_name(inside) in _RUNTIME_NAMES else "the project's own"
+                warnings.append(f"{_VENDORED_DIR}/{inside} is left out: {first} "
+                                f"{_top_name(inside)} is imported first")
+                continue
+            _contained(Path(dirpath, filename), within, "module file")
+            try:
+                found[target] = Path(dirpath, filename).read_bytes()
+            except OSError as exc:
+                raise ProjectError(f"cannot read {Path(dirpath, filename)}: {exc.strerror}") from None
+    if len(modules) + len(found) > MAX_FILES:
+        raise ProjectError(f"{root} has more than {MAX_FILES} module files; is it the right folder?")
+    return found
+
+
 def load_project(path: str | os.PathLike[str], env: str | None = None,
                  allow_outside: bool = False) -> Project:
     """Read a ``.py`` file or a project folder into upload-ready modules and
@@ -629,6 +726,8 @@ def load_project(path: str | os.PathLike[str], env: str | None = None,
                                _effective_rules(config.rules, config_path), within)
     if main not in modules:
         raise ProjectError(f"{config_path}: main {config.main!r} not found under {target}")
+    modules.update(_loose_vendored(target, posixpath.dirname(main), modules,
+                                   config.python_modules or _PythonModules(), within, warnings))
     assets: dict[str, bytes] = {}
     upload_assets = None
     if config.assets is not None:

@@ -29,7 +29,7 @@ import trio
 from supervisor.edge import asset_rules
 from supervisor.edge.http_server import Connection, LengthMismatch
 from supervisor.log import warn
-from supervisor.model import AssetEntry, AssetSet, ScriptRecord
+from supervisor.model import AssetSet, ScriptRecord
 from supervisor.pool.bodies import BytesBody, body_length
 from supervisor.store.assets import AssetBlobs
 
@@ -63,38 +63,104 @@ class Decision:
     location: str = ""
 
 
-def _html_lookup(manifest: dict[str, AssetEntry], path: str, mode: str) -> Decision | None:
-    has = manifest.__contains__
-    if mode == "none":
-        return Decision("serve", path) if has(path) else None
-    if path.endswith("/index.html") and has(path):
-        target = path[: -len("index.html")]
-        return Decision("serve", path) if mode == "none" else Decision(
-            "redirect", location=target.rstrip("/") or "/" if mode == "drop-trailing-slash" else target)
-    if path.endswith(".html") and has(path):
-        bare = path[:-5]
-        return Decision("redirect", location=bare + "/" if mode == "force-trailing-slash" else bare)
-    if has(path) and not path.endswith("/"):
-        return Decision("serve", path)
-    if path.endswith("/"):
-        base = path.rstrip("/")
-        if has(path + "index.html"):
-            if mode == "drop-trailing-slash" and base:
-                return Decision("redirect", location=base)
-            return Decision("serve", path + "index.html")
-        if base and has(base + ".html"):
-            if mode == "force-trailing-slash":
-                return Decision("serve", base + ".html")
-            return Decision("redirect", location=base)
+#: One step of html_handling: ``("serve", file)`` serves the file if it is
+#: an asset; ``("move", file, url)`` redirects to ``url`` if that is where
+#: the file is served (:func:`_moved`).
+Step = tuple[str, ...]
+
+
+def _moved(assets: AssetSet, file: str, destination: str) -> Decision | None:
+    """A redirect to ``destination`` when that is not an asset of its own
+    and serves what ``file`` holds (the same content, with redirects left
+    out), as Cloudflare's asset server redirects: never to a URL that would
+    answer something else, nor in a loop."""
+    manifest = assets.manifest
+    if file not in manifest or destination in manifest:
         return None
-    if has(path + ".html"):
-        if mode == "force-trailing-slash":
-            return Decision("redirect", location=path + "/")
-        return Decision("serve", path + ".html")
-    if has(path + "/index.html"):
-        if mode == "drop-trailing-slash":
-            return Decision("serve", path + "/index.html")
-        return Decision("redirect", location=path + "/")
+    there = _html_handling(assets, destination, redirects=False) or _not_found(assets, destination)
+    if there.kind == "serve" and manifest[there.path].hash == manifest[file].hash:
+        return Decision("redirect", location=destination)
+    return None
+
+
+def _auto_steps(path: str) -> list[Step]:
+    """``auto-trailing-slash`` (the default): ``/about`` serves ``about.html``,
+    ``/docs/`` serves ``docs/index.html``; their other spellings redirect there."""
+    stem, base = path.removesuffix(".html"), path.rstrip("/")
+    if path.endswith("/index"):
+        folder = path[: -len("index")]
+        steps: list[Step] = [("serve", path), ("move", path + ".html", folder),
+                             ("move", folder[:-1] + ".html", folder[:-1])]
+    elif path.endswith("/index.html"):
+        folder = path[: -len("index.html")]
+        steps = [("move", path, folder), ("move", folder[:-1] + ".html", folder[:-1])]
+    elif path.endswith("/"):
+        steps = [("serve", path + "index.html"), ("move", base + ".html", base)]
+    elif path.endswith(".html"):
+        steps = [("move", path, stem), ("move", stem + "/index.html", stem + "/")]
+    else:
+        steps = []
+    return [*steps, ("serve", path), ("serve", path + ".html"), ("move", path + "/index.html", path + "/")]
+
+
+def _force_steps(path: str) -> list[Step]:
+    """``force-trailing-slash``: every page's URL ends with ``/``."""
+    stem, base = path.removesuffix(".html"), path.rstrip("/")
+    if path.endswith("/index"):
+        folder = path[: -len("index")]
+        steps: list[Step] = [("serve", path), ("move", path + ".html", folder),
+                             ("move", folder[:-1] + ".html", folder)]
+    elif path.endswith("/index.html"):
+        folder = path[: -len("index.html")]
+        steps = [("move", path, folder), ("move", folder[:-1] + ".html", folder)]
+    elif path.endswith("/"):
+        steps = [("serve", path + "index.html"), ("serve", base + ".html")]
+    elif path.endswith(".html"):
+        steps = [("move", path, stem + "/"), ("serve", path), ("move", stem + "/index.html", stem + "/")]
+    else:
+        steps = []
+    return [*steps, ("serve", path), ("move", path + ".html", path + "/"),
+            ("move", path + "/index.html", path + "/")]
+
+
+def _drop_steps(path: str) -> list[Step]:
+    """``drop-trailing-slash``: no page's URL ends with ``/`` (but ``/``)."""
+    stem, base = path.removesuffix(".html"), path.rstrip("/")
+    if path == "/index":
+        steps: list[Step] = [("serve", path), ("move", "/index.html", "/")]
+    elif path.endswith("/index"):
+        folder = path[: -len("/index")]
+        steps = [("serve", path), ("move", folder + ".html", folder), ("move", path + ".html", folder)]
+    elif path == "/index.html":
+        steps = [("move", path, "/")]
+    elif path.endswith("/index.html"):
+        folder = path[: -len("/index.html")]
+        steps = [("move", path, folder), ("serve", path), ("move", folder + ".html", folder)]
+    elif path == "/":
+        steps = [("serve", "/index.html")]
+    elif path.endswith("/"):
+        steps = [("move", base + ".html", base), ("move", base + "/index.html", base)]
+    elif path.endswith(".html"):
+        steps = [("move", path, stem), ("move", stem + "/index.html", stem)]
+    else:
+        steps = []
+    return [*steps, ("serve", path), ("serve", path + ".html"), ("serve", path + "/index.html")]
+
+
+_STEPS = {"auto-trailing-slash": _auto_steps, "force-trailing-slash": _force_steps,
+          "drop-trailing-slash": _drop_steps}
+
+
+def _html_handling(assets: AssetSet, path: str, redirects: bool = True) -> Decision | None:
+    """The first step of the script's ``html_handling`` for ``path`` that
+    answers (``none``: the exact file only); ``redirects=False`` skips the
+    redirects, to see what a URL serves by itself."""
+    steps = _STEPS.get(assets.config.html_handling, lambda p: [("serve", p)])(path)
+    for kind, file, *destination in steps:
+        if kind == "serve" and file in assets.manifest:
+            return Decision("serve", file)
+        if kind == "move" and redirects and (found := _moved(assets, file, destination[0])) is not None:
+            return found
     return None
 
 
@@ -103,9 +169,12 @@ def resolve(assets: AssetSet, path: str) -> Decision:
     path = posixpath.normpath(path) + ("/" if path.endswith("/") and path != "/" else "")
     if not path.startswith("/"):
         path = "/" + path
-    found = _html_lookup(assets.manifest, path, assets.config.html_handling)
-    if found is not None:
-        return found
+    found = _html_handling(assets, path)
+    return found if found is not None else _not_found(assets, path)
+
+
+def _not_found(assets: AssetSet, path: str) -> Decision:
+    """What answers a path no asset is at: ``not_found_handling``'s page, or nothing."""
     handling = assets.config.not_found_handling
     if handling == "single-page-application" and "/index.html" in assets.manifest:
         return Decision("serve", "/index.html")

@@ -1,0 +1,2 @@
+def get_hello_message():
+    return "Hello World!"

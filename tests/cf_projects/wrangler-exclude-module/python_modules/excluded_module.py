@@ -1,0 +1,2 @@
+def excluded(a,b):
+	return a*b
