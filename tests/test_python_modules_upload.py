@@ -185,6 +185,35 @@ def test_python_modules_are_weighed_apart_from_the_script_size_limit(c: Corral) 
 
 # -- the pieces ----------------------------------------------------------------------------
 
+HAND_VENDORED = '''import mod2
+import helper
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response(f"{mod2.hello()} {helper.WHO}")
+'''
+
+
+def test_modules_vendored_by_hand_import_as_on_cloudflare(c: Corral) -> None:
+    # No dist-info, no pyvenv.cfg: modules a project put in python_modules/ by
+    # hand (wrangler's e2e "vendored modules" project). workerd has the folder
+    # on sys.path after the main module's, so the upload's own module wins and
+    # the runtime's names are never shadowed.
+    resp = upload(c, "PUT", f"{NS}/hand", {
+        "worker.py": HAND_VENDORED,
+        "helper.py": 'WHO = "own"\n',
+        "python_modules/mod2.py": "def hello():\n    return 'vendored'\n",
+        "python_modules/helper.py": 'WHO = "the vendored helper"\n',
+        "python_modules/workers.py": 'raise RuntimeError("the vendored workers was imported")\n',
+    })
+    assert resp.status == 200, resp.text
+    answer = c.request("/", host="hand.localhost")
+    assert answer.status == 200 and answer.text == "vendored own", answer.text
+    assert sorted(stored_modules(c, "hand")) == ["helper.py", "mod2.py", "worker.py"]
+
+
 def test_pins_are_read_from_metadata_headers_whatever_the_folder_says() -> None:
     pin = read_pin("python_modules/Zope.Interface-7.2.dist-info/METADATA",
                    b"Metadata-Version: 2.1\nName: Zope.Interface\nVersion: 7.2+emscripten\nSummary: x\n\nbody\n")

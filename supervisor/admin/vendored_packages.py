@@ -28,6 +28,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from supervisor.admin import multipart
 from supervisor.admin.decode import clip
 from supervisor.admin.multipart import DEFAULT_MAX_PARTS
 from supervisor.errors import Invalid, TooLarge
@@ -142,6 +143,9 @@ def split(parts: Sequence[Part], limit: int = MAX_VENDORED_BYTES,
     python_modules may have."""
     kept = [p for p in parts if not is_vendored(p)]
     vendored = [p for p in parts if is_vendored(p)]
+    if vendored and not _made_by_pywrangler(vendored):
+        kept += _loose_modules(vendored, kept)
+        vendored = []
     if len(kept) > DEFAULT_MAX_PARTS:
         raise TooLarge(f"the upload has more than {DEFAULT_MAX_PARTS} parts besides python_modules/ "
                        f"({len(kept)})")
@@ -165,6 +169,40 @@ def split(parts: Sequence[Part], limit: int = MAX_VENDORED_BYTES,
                               f"and {pin.version} ({pin.source}): keep one")
     found.pins.sort(key=lambda p: p.name)
     return kept, found
+
+
+#: Modules the sandbox provides, which a bundle may not have (sandbox.loader.RESERVED).
+_RUNTIME_NAMES = frozenset({"workers", "js", "pyodide"})
+
+
+def _made_by_pywrangler(vendored: Sequence[Part]) -> bool:
+    """Whether python_modules/ is ``pywrangler sync``'s (a venv's
+    site-packages: installed distributions, the ``pyvenv.cfg`` it marks the
+    copy with; sync replaces the whole folder), not modules vendored by hand."""
+    for part in vendored:
+        top = part_path(part)[len(PREFIX):].split("/", 1)
+        if top[0] == "pyvenv.cfg" or top[0].endswith(".dist-info"):
+            return True
+    return False
+
+
+def _top_name(path: str) -> str:
+    """The importable name a module path starts: ``mod`` for ``mod.py`` and ``mod/x.py``."""
+    return path.split("/", 1)[0].removesuffix(".py")
+
+
+def _loose_modules(vendored: Sequence[Part], kept: Sequence[Part]) -> list[Part]:
+    """The ``.py`` files of a python_modules/ vendored by hand, as modules at
+    the import root: workerd puts python_modules on ``sys.path`` after the
+    main module's folder, so ``import mod`` finds ``python_modules/mod.py``
+    unless the upload has a ``mod`` of its own (which wins, as there) or it
+    is one of the runtime's names. ``corral deploy`` places them the same way
+    (supervisor.admin.project)."""
+    own = {_top_name(part_path(p)) for p in kept if p.name != "metadata" and not is_requirement(p)}
+    own |= _RUNTIME_NAMES
+    return [multipart.Part(name=inside, data=part.data, content_type=part.content_type)
+            for part in vendored
+            if (inside := part_path(part)[len(PREFIX):]).endswith(".py") and _top_name(inside) not in own]
 
 
 def _is_metadata(path: str) -> bool:
