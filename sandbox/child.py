@@ -301,8 +301,8 @@ class _Invocation:
         self.responded = False
         #: The handler is over; only ``waitUntil`` work keeps the invocation open.
         self.lingering = False
-        #: The first exception ``waitUntil`` work raised (already reported):
-        #: a queue batch's fate depends on it.
+        #: The first exception ``waitUntil`` work raised: a queue batch's fate
+        #: depends on it.
         self.background_error: BaseException | None = None
 
 
@@ -608,6 +608,9 @@ class Runtime:
         #: The WebSockets this child serves (sandbox.websockets).
         self.sockets = websockets.Sockets(self)
         self.invocations: dict[int, _Invocation] = {}
+        #: Queue batches waiting for their ``waitUntil`` work: its first error
+        #: is the batch's failure, reported once, as that (see _queue_batch).
+        self.settling: set[int] = set()
         self.incoming: dict[int, IncomingBody] = {}
         self.outgoing: dict[int, OutgoingBody] = {}
         self.calls: dict[int, asyncio.Future] = {}
@@ -838,9 +841,10 @@ class Runtime:
                 # Not a request: the handler's return is not a response; an
                 # empty head says it returned (an exception fails it as usual).
                 try:
-                    await self._script.call(kind, workers.Context(inv), env, *args)
                     if kind == "queue":
-                        await self._settle_background(state)
+                        await self._queue_batch(inv, state, env, args)
+                    else:
+                        await self._script.call(kind, workers.Context(inv), env, *args)
                 finally:
                     owed = events.settlement(inv, args)
                     if owed is not None:
@@ -943,14 +947,27 @@ class Runtime:
             task.cancel()
             cancel_waits(task)
 
-    @staticmethod
-    async def _settle_background(state: _Invocation) -> None:
+    async def _queue_batch(self, inv: int, state: _Invocation, env: Env, args: tuple) -> None:
         """A queue batch is acknowledged once ``queue()`` returned and the
         work it gave ``waitUntil`` is done; if that work failed, so did the
         batch (Cloudflare's Queues consumer API): its undecided messages are
-        retried. Raises the work's error for that."""
-        while pending := [task for task in state.background if not task.done()]:
-            await asyncio.wait(pending)
+        retried. Raises the work's error for that, and so the trace has it
+        once, as workerd's does (it was reported by ``wait_until`` and then
+        again as the batch's failure). Should ``queue()`` itself fail, or
+        the batch be cancelled, the work's error is reported beside that."""
+        assert self._script is not None
+        self.settling.add(inv)
+        try:
+            await self._script.call("queue", workers.Context(inv), env, *args)
+            while pending := [task for task in state.background if not task.done()]:
+                await asyncio.wait(pending)
+        except BaseException as exc:
+            error = state.background_error
+            if error is not None and error is not exc:  # a task queue() awaited too: once
+                self.send(Report(inv, exception_info(error)))
+            raise
+        finally:
+            self.settling.discard(inv)
         if state.background_error is not None:
             raise state.background_error
 
@@ -966,6 +983,8 @@ class Runtime:
             except BaseException as exc:  # noqa: BLE001
                 if state is not None and state.background_error is None:
                     state.background_error = exc
+                    if inv in self.settling:
+                        return  # the batch fails with it: reported then, once
                 self.send(Report(inv, exception_info(exc)))
 
         task = self.loop.create_task(guarded())

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from protocol.flow import Inbound, Outbound
+from protocol.flow import Inbound, Outbound, StreamFailed
 from protocol.messages import MAX_CHUNK, Abort, BodyChunk, Credit
 
 if TYPE_CHECKING:
@@ -139,7 +139,10 @@ class OutgoingBody:
 
 async def pump(body: Any, out: OutgoingBody) -> None:
     """Send ``body`` (bytes, an IncomingBody or an async iterator) on ``out``,
-    then end the stream (or fail it with what went wrong)."""
+    then end the stream (or fail it with what went wrong). A stream its
+    reader gave up on (a HEAD request, a client gone) just stops: that is
+    not the worker's error, which the trace reported as its exception
+    (``StreamFailed: consumer gone``, from the runtime's own frames)."""
     try:
         if isinstance(body, bytes):
             for start in range(0, len(body), MAX_CHUNK):
@@ -151,5 +154,25 @@ async def pump(body: Any, out: OutgoingBody) -> None:
                 await out.write(bytes(chunk))
     except BaseException as exc:
         out.fail(f"{type(exc).__name__}: {exc}")
+        await _close_source(body)
+        if isinstance(exc, StreamFailed) and out.aborted is not None:
+            return
         raise
     out.end()
+
+
+async def _close_source(body: Any) -> None:
+    """A body that will not be read to its end is closed here, in the task
+    that sent it: an async generator's ``finally`` (a WSGI app's ``close()``,
+    see sandbox.workers_wsgi) runs in its invocation, where its code can
+    still fetch and wait (``run_sync``). Left to the garbage collector, it
+    ran later in a task of its own, once the invocation was over. What the
+    producer raises while closing is dropped: the stream has already failed
+    with the error that stopped it, and that error is the one reported."""
+    aclose = getattr(body, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:  # noqa: BLE001 - see above
+        pass

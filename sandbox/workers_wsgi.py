@@ -7,7 +7,11 @@ a large upload is never buffered before the app asks for it and other
 requests keep running while it waits. ``environ["workers.env"]`` holds the
 bindings. A body of more than one chunk and no Content-Length streams as
 Cloudflare's adapter streams it: the rest is pulled from the app's iterable
-as the client reads, and the iterable's ``close()`` runs at its end. A status that takes no body
+as the client reads, and the iterable's ``close()`` runs at its end, or when
+the client stops reading. Both run in the handler's invocation (the task
+that sends its response, :func:`sandbox.streams.pump`), so the app's
+generator can wait there as its view could: ``requests``, ``urllib3``,
+``httpx.Client``, ``run_sync``. A status that takes no body
 (101, 103, 204, 205, 304) is answered with none, and the app's body iterable
 is closed at its first non-empty chunk rather than drained.
 """
@@ -162,7 +166,8 @@ def _call_app(app: Callable[..., Any], environ: dict[str, Any]) -> workers.Respo
 
     async def rest() -> AsyncIterator[bytes]:
         """The body as the client reads it; the iterable is closed at its end,
-        on an error, or when the reader stops (``aclose``)."""
+        on an error, or when the reader stops (``aclose``, which the sender
+        calls in the invocation, not the garbage collector after it)."""
         try:
             for chunk in written + first:
                 yield chunk

@@ -750,10 +750,11 @@ def test_r2_list_with_a_delimiter_reads_each_row_once_and_takes_any_delimiter() 
 
     conn = sqlite3.connect(":memory:", isolation_level=None)
     r2._setup(conn)
+    insert = "INSERT INTO objects (key, blob, size, etag, version, uploaded, http, custom, checksums) "
     metadata = json.dumps({"m": "x" * 4000})
     for i in range(300):
-        conn.execute("INSERT INTO objects VALUES (?, 'b', 0, 'e', 'v', 0, '{}', ?, '{}')", (f"p{i:03d}/k", metadata))
-    conn.execute("INSERT INTO objects VALUES (?, 'b', 0, 'e', 'v', 0, '{}', '{}', '{}')", ("z\U0010ffff/k",))
+        conn.execute(insert + "VALUES (?, 'b', 0, 'e', 'v', 0, '{}', ?, '{}')", (f"p{i:03d}/k", metadata))
+    conn.execute(insert + "VALUES (?, 'b', 0, 'e', 'v', 0, '{}', '{}', '{}')", ("z\U0010ffff/k",))
     steps = [0]
 
     def tick() -> int:

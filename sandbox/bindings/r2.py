@@ -336,6 +336,8 @@ class R2Bucket:
             sent["customMetadata"] = dict(opts["customMetadata"])
         if opts.get("onlyIf") is not None:
             sent["onlyIf"] = _only_if(opts["onlyIf"])
+        if opts.get("storageClass") is not None:
+            sent["storageClass"] = opts["storageClass"]
         sent.update(_hash_options(opts))
         body = None if value is None else stream_value(value, "R2 put()")
         result, _ = await call(self._name, "put", [key, sent], body)
@@ -370,6 +372,8 @@ class R2Bucket:
             sent["httpMetadata"] = _http_metadata(opts["httpMetadata"])
         if opts.get("customMetadata") is not None:
             sent["customMetadata"] = dict(opts["customMetadata"])
+        if opts.get("storageClass") is not None:
+            sent["storageClass"] = opts["storageClass"]
         value, _ = await call(self._name, "createMultipartUpload", [key, sent])
         return R2MultipartUpload(self, value["key"], value["uploadId"])
 

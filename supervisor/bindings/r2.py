@@ -59,15 +59,20 @@ READ_CHUNK = 64 * 1024
 HASHES = ("md5", "sha1", "sha256", "sha384", "sha512")
 HTTP_FIELDS = ("contentType", "contentLanguage", "contentDisposition", "contentEncoding",
                "cacheControl", "cacheExpiry")
+#: R2's storage classes (workers-types' ``R2PutOptions.storageClass``); an
+#: object stored without one, or by a Corral that did not keep it, is Standard.
+STORAGE_CLASSES = ("Standard", "InfrequentAccess")
+#: An object's index row, in the order :func:`_object_json` reads it.
+_OBJECT_COLUMNS = "key, blob, size, etag, version, uploaded, http, custom, checksums, storage_class"
 
 
 def _setup(conn: sqlite3.Connection) -> None:
     conn.executescript("""
         CREATE TABLE IF NOT EXISTS objects (key TEXT PRIMARY KEY, blob TEXT NOT NULL,
             size INTEGER NOT NULL, etag TEXT NOT NULL, version TEXT NOT NULL,
-            uploaded INTEGER NOT NULL, http TEXT, custom TEXT, checksums TEXT);
+            uploaded INTEGER NOT NULL, http TEXT, custom TEXT, checksums TEXT, storage_class TEXT);
         CREATE TABLE IF NOT EXISTS uploads (upload_id TEXT PRIMARY KEY, key TEXT NOT NULL,
-            http TEXT, custom TEXT, created INTEGER);
+            http TEXT, custom TEXT, created INTEGER, storage_class TEXT);
         CREATE TABLE IF NOT EXISTS parts (upload_id TEXT NOT NULL, number INTEGER NOT NULL,
             blob TEXT NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
             PRIMARY KEY (upload_id, number));
@@ -81,6 +86,16 @@ def _setup(conn: sqlite3.Connection) -> None:
     # Every createMultipartUpload looks for expired uploads: by this index, not
     # a scan of every open upload (a tenant may leave any number of them open).
     conn.execute("CREATE INDEX IF NOT EXISTS uploads_created ON uploads (created)")
+    _add_storage_class(conn)
+
+
+def _add_storage_class(conn: sqlite3.Connection) -> None:
+    """A bucket of a Corral that kept no storage class gets the column, in
+    place; its objects and open uploads (NULL) read as Standard, which is
+    what that Corral said they were."""
+    for table in ("objects", "uploads"):
+        if "storage_class" not in [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN storage_class TEXT")
 
 
 def _err(op: str, message: str, code: int, name: str = "Error") -> BindingError:
@@ -98,10 +113,10 @@ def _key(value: Any, op: str) -> str:
 
 def _object_json(row: tuple, include: tuple[str, ...] = ("httpMetadata", "customMetadata")
                  ) -> dict[str, Any]:
-    key, _blob, size, etag, version, uploaded, http, custom, checksums = row
+    key, _blob, size, etag, version, uploaded, http, custom, checksums, storage_class = row
     out = {
         "key": key, "version": version, "size": size, "etag": etag, "httpEtag": f'"{etag}"',
-        "uploaded": uploaded, "storageClass": "Standard",
+        "uploaded": uploaded, "storageClass": storage_class or "Standard",
         "checksums": json.loads(checksums) if checksums else {},
     }
     # A list sends only the metadata its ``include`` names; the rest is
@@ -112,6 +127,19 @@ def _object_json(row: tuple, include: tuple[str, ...] = ("httpMetadata", "custom
     if "customMetadata" in include:
         out["customMetadata"] = json.loads(custom) if custom else {}
     return out
+
+
+def _storage_class(value: Any, op: str) -> str | None:
+    """``storageClass`` of a put or multipart upload: one of R2's classes, or
+    None (the bucket's default, Standard). R2 refuses any other name."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BindingError(f"storageClass must be a string, got {type(value).__name__}", "TypeError")
+    if value not in STORAGE_CLASSES:
+        raise _err(op, f"The storage class specified is not valid: {value[:64]!r} is not one of "
+                       f"{', '.join(STORAGE_CLASSES)}", 10029)
+    return value
 
 
 def _strip(etag: str) -> str:
@@ -287,8 +315,7 @@ def _used(conn: sqlite3.Connection, root: str) -> int:
 
 
 def _row(conn: sqlite3.Connection, key: str) -> tuple | None:
-    return conn.execute("SELECT key, blob, size, etag, version, uploaded, http, custom, checksums "
-                        "FROM objects WHERE key = ?", (key,)).fetchone()
+    return conn.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE key = ?", (key,)).fetchone()
 
 
 def _remove_blob(root: str, blob: str) -> None:
@@ -300,7 +327,8 @@ def _remove_blob(root: str, blob: str) -> None:
 
 def _commit(conn: sqlite3.Connection, root: str, key: str, upload_path: str, size: int,
             etag: str, http: dict, custom: dict, checksums: dict, cond: dict,
-            cap: int | None, op: str, drop_upload: str | None = None) -> tuple | None:
+            cap: int | None, op: str, drop_upload: str | None = None,
+            storage_class: str | None = None) -> tuple | None:
     """Put a finished file in place as ``key``; None if ``onlyIf`` failed."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -322,8 +350,9 @@ def _commit(conn: sqlite3.Connection, root: str, key: str, upload_path: str, siz
         os.makedirs(os.path.join(root, "blobs"), exist_ok=True)
         os.replace(upload_path, os.path.join(root, "blobs", blob))
         row = (key, blob, size, etag, uuid.uuid4().hex, int(time.time() * 1000),
-               json.dumps(http), json.dumps(custom), json.dumps(checksums))
-        conn.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+               json.dumps(http), json.dumps(custom), json.dumps(checksums), storage_class)
+        conn.execute(f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
         parts: list[str] = []
         if drop_upload is not None:
             parts = [r[0] for r in conn.execute("SELECT blob FROM parts WHERE upload_id = ?",
@@ -398,9 +427,8 @@ def _list(conn: sqlite3.Connection, root: str, prefix: str, start: str, inclusiv
         # Stepped row by row, not fetched whole: after a delimited prefix the
         # next query starts past it, and fetching each query's limit + 1 rows
         # read (limit + 1) x limit rows, metadata and all, for one call.
-        rows = conn.execute("SELECT key, blob, size, etag, version, uploaded, http, custom, "
-                            f"checksums FROM objects WHERE key {op} ? ORDER BY key LIMIT ?",
-                            (position, limit + 1))
+        rows = conn.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE key {op} ? "
+                            "ORDER BY key LIMIT ?", (position, limit + 1))
         count = 0
         for row in rows:
             count += 1
@@ -560,6 +588,7 @@ class R2Handler:
         http = _http_metadata(opts.get("httpMetadata"), "put")
         custom = _custom_metadata(opts.get("customMetadata"), "put")
         only_if = _only_if(opts.get("onlyIf"))
+        storage_class = _storage_class(opts.get("storageClass"), "put")
         expected = {name: opts[name] for name in HASHES if opts.get(name) is not None}
         upload = await self.store.receive(ctx, "put", ctx.quota.r2_bytes)
         digests = {name: h.hexdigest() for name, h in upload.hashes.items()}
@@ -572,7 +601,7 @@ class R2Handler:
         checksums = {name: digests[name] for name in ("md5", *expected)}
         row = await self.store.db(ctx.scope, _commit, key, upload.path, upload.size,
                                   digests["md5"], http, custom, checksums,
-                                  only_if, ctx.quota.r2_bytes, "put")
+                                  only_if, ctx.quota.r2_bytes, "put", None, storage_class)
         return Reply(None if row is None else _object_json(row))
 
     async def _delete(self, ctx: Context, args: list[Any]) -> Reply:
@@ -603,7 +632,8 @@ class R2Handler:
         upload_id = uuid.uuid4().hex
         await self.store.db(ctx.scope, _new_upload, upload_id, key,
                             json.dumps(_http_metadata(opts.get("httpMetadata"), "createMultipartUpload")),
-                            json.dumps(_custom_metadata(opts.get("customMetadata"), "createMultipartUpload")))
+                            json.dumps(_custom_metadata(opts.get("customMetadata"), "createMultipartUpload")),
+                            _storage_class(opts.get("storageClass"), "createMultipartUpload"))
         return Reply({"key": key, "uploadId": upload_id})
 
     async def _uploadPart(self, ctx: Context, args: list[Any]) -> Reply:  # noqa: N802
@@ -644,7 +674,8 @@ class R2Handler:
                                                       f"partNumber, each once: part {number} comes after "
                                                       f"part {wanted[-1][0]}", 10025)
             wanted.append((number, _strip(string(part.get("etag"), "etag"))))
-        http, custom, blobs = await self.store.db(ctx.scope, _parts_of, upload_id, key, wanted)
+        http, custom, storage_class, blobs = await self.store.db(ctx.scope, _parts_of, upload_id, key,
+                                                                 wanted)
         run = self.services.offload.run
         upload = await run(_Upload, self.store.dir(ctx.scope, "tmp"))
         try:
@@ -657,7 +688,8 @@ class R2Handler:
         etag = f"{hashlib.md5(binary).hexdigest()}-{len(wanted)}"
         row = await self.store.db(ctx.scope, _commit, key, upload.path, upload.size, etag,
                                   json.loads(http or "{}"), json.loads(custom or "{}"), {}, {},
-                                  ctx.quota.r2_bytes, "completeMultipartUpload", upload_id)
+                                  ctx.quota.r2_bytes, "completeMultipartUpload", upload_id,
+                                  storage_class)
         return Reply(_object_json(row))  # type: ignore[arg-type]
 
 
@@ -666,10 +698,11 @@ _METHODS = frozenset({"head", "get", "put", "delete", "list", "createMultipartUp
 
 
 def _new_upload(conn: sqlite3.Connection, root: str, upload_id: str, key: str, http: str,
-                custom: str) -> None:
+                custom: str, storage_class: str | None) -> None:
     now = int(time.time())
     _expire_uploads(conn, root, now - UPLOAD_EXPIRY_S)
-    conn.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?)", (upload_id, key, http, custom, now))
+    conn.execute("INSERT INTO uploads (upload_id, key, http, custom, created, storage_class) "
+                 "VALUES (?, ?, ?, ?, ?, ?)", (upload_id, key, http, custom, now, storage_class))
 
 
 def _expire_uploads(conn: sqlite3.Connection, root: str, created_before: int) -> None:
@@ -730,8 +763,10 @@ def _save_part(conn: sqlite3.Connection, root: str, upload_id: str, key: str, nu
 
 
 def _parts_of(conn: sqlite3.Connection, root: str, upload_id: str, key: str,
-              wanted: list[tuple[int, str]]) -> tuple[str, str, list[str]]:
+              wanted: list[tuple[int, str]]) -> tuple[str, str, str | None, list[str]]:
     http, custom = _upload_of(conn, root, upload_id, key, "completeMultipartUpload")
+    storage_class = conn.execute("SELECT storage_class FROM uploads WHERE upload_id = ?",
+                                 (upload_id,)).fetchone()[0]
     blobs = []
     sizes = []
     for number, etag in wanted:
@@ -743,7 +778,7 @@ def _parts_of(conn: sqlite3.Connection, root: str, upload_id: str, key: str,
         blobs.append(row[0])
         sizes.append((number, row[2]))
     _check_part_sizes(sizes)
-    return http, custom, blobs
+    return http, custom, storage_class, blobs
 
 
 def _check_part_sizes(sizes: list[tuple[int, int]]) -> None:

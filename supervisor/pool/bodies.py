@@ -87,6 +87,9 @@ class ChildLink(Protocol):
     def later(self, fn: Callable[[Any], None], arg: Any) -> None:
         """Call ``fn(arg)`` once the frames of this turn of the loop have left."""
 
+    def response_ended(self, stream: int) -> None:
+        """The body on ``stream`` is over (read to its end, failed, or given up)."""
+
 
 class BytesBody:
     """A body already in memory."""
@@ -172,9 +175,14 @@ class ChildBody:
             await event.wait()
 
     def close(self) -> None:
+        """Given up unread (the client left, a HEAD request): the child stops
+        sending, and an invocation whose response this was is over as far as
+        its body goes, so its trace goes out once the child is done (it never
+        did: the trace waited for a body end that could not come)."""
         if self._state.close():
             self._child.send(Abort(self.stream_id, "consumer gone"))
-        self._child.incoming.pop(self.stream_id, None)
+        if self._child.incoming.pop(self.stream_id, None) is not None:
+            self._child.response_ended(self.stream_id)
 
 
 class ChildSink:

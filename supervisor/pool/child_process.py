@@ -1050,14 +1050,14 @@ class ChildProcess:
         stream.feed(message.data, message.end)
         if message.end:
             self.incoming.pop(message.stream, None)
-            self._response_ended(message.stream)
+            self.response_ended(message.stream)
 
     def _on_credit(self, message: Credit) -> None:
         sink = self.sinks.get(message.stream)
         if sink is not None:
             sink.grant(message.nbytes)
 
-    def _response_ended(self, stream: int) -> None:
+    def response_ended(self, stream: int) -> None:
         """Stream ids of invocations are their responses: one just ended."""
         if stream > 0:
             inv = self.invocations.get(stream)
@@ -1068,7 +1068,7 @@ class ChildProcess:
         stream = self.incoming.pop(message.stream, None)
         if stream is not None:
             stream.fail(message.reason or "the worker aborted the body")
-            self._response_ended(message.stream)
+            self.response_ended(message.stream)
         sink = self.sinks.pop(message.stream, None)
         if sink is not None:
             sink.abort()
