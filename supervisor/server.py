@@ -36,6 +36,8 @@ from supervisor.admin import (
 from supervisor.admin import storage as storage_admin
 from supervisor.admin.api import AdminAPI
 from supervisor.bindings import Bindings, purge_bound, r2
+from supervisor.bindings.base import Scope
+from supervisor.bindings.d1 import D1Handler
 from supervisor.bindings.worker_loader import dynamic_workers_of
 from supervisor.busy_poll import BusyPoll
 from supervisor.calls import http_client
@@ -238,6 +240,12 @@ class Supervisor:
         dynamic_workers_of(services).drop_owner(namespace, name)
         await cache.purge_script(services, namespace, name)
         await durable_objects.purge_script(services, namespace, name)
+
+    async def d1_info(self, namespace: str, database_id: str) -> dict[str, int]:
+        """A D1 database's ``file_size`` and ``num_tables``, as Cloudflare's API shows one."""
+        handler = self.bindings.handlers["d1"]
+        assert isinstance(handler, D1Handler)
+        return await handler.info(Scope(namespace, database_id))
 
     async def purge_bound_data(self, kind: str, bound_id: str) -> None:
         """Delete what the platform and every dispatch namespace keep under

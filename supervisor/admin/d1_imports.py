@@ -70,15 +70,20 @@ class _Import(msgspec.Struct, kw_only=True):
 
 def done_json(bookmark: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     """A finished import's answer (``ingest`` and ``poll``): how many
-    statements ran and what they changed, in D1's ``meta`` names."""
+    statements ran and what they changed, in D1's ``meta`` names, with the
+    database's size after them (``wrangler d1 execute --file`` prints it in
+    MB, ``NaN`` without it)."""
     metas = [r["meta"] for r in results]
+    duration = round(sum(m["duration"] for m in metas), 3)
     meta = {"changed_db": any(m["changed_db"] for m in metas),
             "changes": sum(m["changes"] for m in metas),
-            "duration": round(sum(m["duration"] for m in metas), 3),
+            "duration": duration,
             "rows_read": sum(m["rows_read"] for m in metas),
             "rows_written": sum(m["rows_written"] for m in metas),
             "last_row_id": metas[-1]["last_row_id"] if metas else 0,
-            "served_by_primary": True}
+            "size_after": metas[-1].get("size_after", 0) if metas else 0,
+            "served_by_primary": True, "served_by_region": "local",
+            "timings": {"sql_duration_ms": duration}}
     return {"success": True, "type": "import", "status": "complete", "at_bookmark": bookmark, "error": None,
             "messages": [f"Executed {len(results)} queries"],
             "result": {"final_bookmark": bookmark, "num_queries": len(results), "meta": meta}}

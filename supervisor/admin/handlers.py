@@ -112,6 +112,10 @@ class AdminHooks(Protocol):
         database's id; raises if some of it could not be deleted."""
         ...
 
+    async def d1_info(self, namespace: str, database_id: str) -> dict[str, int]:
+        """A D1 database's ``file_size`` and ``num_tables`` in ``namespace``."""
+        ...
+
 
 def _namespace_of(request: Request) -> str:
     """PLATFORM for /workers/scripts/..., else the validated {ns}."""
@@ -283,6 +287,13 @@ class Handlers:
             records += page
             if cursor is None:
                 return records
+
+    async def set_unversioned(self, namespace: str, name: str, **settings: Any) -> ScriptRecord:
+        """Change a script's crons or queue consumers, which are the script's
+        and not a version's on Cloudflare: no new version, and tell the pool."""
+        record = await self._run(functools.partial(self.store.set_unversioned, namespace, name, **settings))
+        self._changed(namespace, name)
+        return record
 
     async def store_version(self, record: ScriptRecord, source: str) -> ScriptRecord:
         """Store and deploy ``record``, a new version made from the deployed

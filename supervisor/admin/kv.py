@@ -58,10 +58,13 @@ def _namespace_json(namespace_id: str, title: str | None = None) -> dict[str, An
     return {"id": namespace_id, "title": title or namespace_id, "supports_url_encoding": True}
 
 
-def _database_json(database_id: str, made: ResourceInfo | None = None) -> dict[str, Any]:
-    return {"uuid": database_id, "name": made.name if made else database_id,
-            "created_at": made.created_on if made else None, "version": "production",
-            "read_replication": {"mode": "disabled"}}
+def _database_json(database_id: str, made: ResourceInfo | None = None, *, listed: bool = False) -> dict[str, Any]:
+    """One database as Cloudflare shows it. A list's rows have only its scalars
+    (wrangler prints each field of a row as text: an object showed as
+    ``[object Object]``); its settings (``read_replication``) come with one."""
+    row: dict[str, Any] = {"uuid": database_id, "name": made.name if made else database_id,
+                           "created_at": made.created_on if made else None, "version": "production"}
+    return row if listed else {**row, "read_replication": {"mode": "disabled"}}
 
 
 class _DatabaseSettings(msgspec.Struct, kw_only=True):
@@ -178,14 +181,18 @@ class KVHandlers(ResourceHandlers):
 
     async def list_databases(self, request: Request) -> Response:
         """``GET /accounts/{a}/d1/database`` (``?name=`` filters by name)."""
-        rows = [_database_json(i, r) for i, r in (await self._known(request, _D1_KIND, "id")).items()]
+        rows = [_database_json(i, r, listed=True) for i, r in (await self._known(request, _D1_KIND, "id")).items()]
         if "name" in request.query:
             rows = [r for r in rows if r["name"] == request.query["name"]]
         return _page(request, rows)
 
     async def get_database(self, request: Request) -> Response:
+        """One database, with its size and table count as Cloudflare's has them
+        (from the server's D1 binding; an API without one shows neither)."""
         wanted, made = await self._one(request, _D1_KIND, "id", "D1 database", "db")
-        return envelope(200, _database_json(wanted, made))
+        info = getattr(self.core.hooks, "d1_info", None)
+        data = await info(namespace_in_query(request), wanted) if info is not None else {}
+        return envelope(200, {**_database_json(wanted, made), **data})
 
     async def create_database(self, request: Request) -> Response:
         name = body_as(request.body, _Name, '{"name": "my-database"}', "make a D1 database").name

@@ -9,13 +9,15 @@ queue gets an id in Cloudflare's shape; one only named by scripts has its
 name as its id.
 
 A consumer is part of the consuming script's deployed record (its
-``queue_consumers``, what the queues hub reads), so adding, changing or
-removing one is a new version of that script, as new schedules are
-(:mod:`supervisor.admin.schedules`); an upload that names no consumers keeps
-them. Consumers here are platform scripts, which consume the platform's
-queues; a dispatch namespace's scripts name theirs in their upload. A queue
-may have an HTTP pull consumer instead (``type: "http_pull"``): its messages
-are then pulled and acknowledged over HTTP (:mod:`supervisor.admin.queue_messages`).
+``queue_consumers``, what the queues hub reads) but, as on Cloudflare, the
+script's and not a version's, as its schedules are
+(:mod:`supervisor.admin.schedules`): adding, changing or removing one makes no
+new version; an upload that names no consumers keeps them, and so does a
+deployment of another version (a rollback). Consumers here are platform
+scripts, which consume the platform's queues; a dispatch namespace's scripts
+name theirs in their upload. A queue may have an HTTP pull consumer instead
+(``type: "http_pull"``): its messages are then pulled and acknowledged over
+HTTP (:mod:`supervisor.admin.queue_messages`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from supervisor.admin.handlers import log_event
 from supervisor.admin.kv import ResourceHandlers
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
-from supervisor.admin.script_config import with_changes
 from supervisor.errors import Conflict, Invalid, NotFound, NotSupported
 from supervisor.model import PLATFORM, Queue, QueueConsumer, ScriptRecord, check_name
 from supervisor.store.records import ResourceInfo
@@ -295,7 +296,7 @@ class QueueHandlers(ResourceHandlers):
         except msgspec.ValidationError as exc:
             raise Invalid(f"consumer settings: {exc}") from None
         others = [c for c in script.queue_consumers if c.queue != queue]
-        stored = await self.core.store_version(with_changes(script, queue_consumers=[*others, consumer]), "queues")
+        stored = await self.core.set_unversioned(script.namespace, script.name, queue_consumers=[*others, consumer])
         log_event(logging.INFO, "admin.queue_consumer_set", queue=queue, script=script.name)
         return _consumer_json(queue, stored, consumer)
 
@@ -383,7 +384,7 @@ class QueueHandlers(ResourceHandlers):
             return envelope(200, None)
         name, script = await self._consumer_of(request)
         kept = [c for c in script.queue_consumers if c.queue != name]
-        await self.core.store_version(with_changes(script, queue_consumers=kept), "queues")
+        await self.core.set_unversioned(script.namespace, script.name, queue_consumers=kept)
         log_event(logging.INFO, "admin.queue_consumer_removed", queue=name, script=script.name)
         return envelope(200, None)
 

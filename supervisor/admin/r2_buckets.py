@@ -68,16 +68,17 @@ class R2BucketHandlers(ResourceHandlers):
 
     async def edit_bucket(self, request: Request) -> Response:
         """``client.r2.buckets.edit``: the default storage class (header
-        ``cf-r2-storage-class``). Corral stores every object one way, as R2's
-        Standard class: that one is accepted, changing nothing; Infrequent
-        Access (cheaper storage, paid reads) has no meaning on one host."""
+        ``cf-r2-storage-class``). Corral keeps no per-bucket default: an
+        object is Standard unless its put names another class (which it
+        keeps), so Standard is accepted, changing nothing, and another is
+        refused rather than silently not applied."""
         name, made = await self._one(request, _KIND, "bucket_name", "R2 bucket", "bucket")
         wanted = request.headers.get("cf-r2-storage-class", "")
         if not wanted:
             raise Invalid("send the storage class in the cf-r2-storage-class header ('Standard')")
         if wanted != "Standard":
-            raise NotSupported(f"R2 storage class {clip(wanted)!r} is not supported by Corral: every object is "
-                               "stored as 'Standard'")
+            raise NotSupported(f"a bucket's default storage class {clip(wanted)!r} is not supported by Corral: "
+                               "objects are 'Standard' unless their put names a storage class")
         return envelope(200, bucket_json(name, made))
 
     async def create_bucket(self, request: Request) -> Response:

@@ -121,13 +121,20 @@ def version_json(info: VersionInfo, record: ScriptRecord | None = None) -> dict[
 
 
 def deployment_json(info: DeploymentInfo) -> dict[str, Any]:
+    """A deployment as Cloudflare's API shows it: as a version's, its ``source``
+    is one of Cloudflare's values and the change Corral made it for (a secret,
+    settings...) its ``workers/triggered_by`` annotation (wrangler shows a
+    secret's as "Secret Change", an unknown source as "Other (...)")."""
+    annotations = {} if info.source in VERSION_SOURCES else {"workers/triggered_by": info.source}
+    if info.message:
+        annotations["workers/message"] = info.message
     return {
         "id": info.id,
         "created_on": info.created_on,
-        "source": info.source,
+        "source": info.source if info.source in VERSION_SOURCES else "api",
         "strategy": "percentage",
         "versions": [{"version_id": s.version_id, "percentage": s.percentage} for s in info.versions],
-        "annotations": {"workers/message": info.message} if info.message else {},
+        "annotations": annotations,
         "author_email": "",
     }
 

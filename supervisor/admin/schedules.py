@@ -2,11 +2,12 @@
 
 ``wrangler deploy`` of a config with ``triggers.crons`` uploads the script,
 then puts its schedules here; the SDK's ``client.workers.scripts.schedules``
-reads and sets them. Corral keeps a script's crons in its deployed record
-(what the scheduler, :mod:`supervisor.cron`, reads), so new schedules are a
-new version of the script, with its code and bindings unchanged. Putting the
-schedules it already has changes nothing. An upload that says nothing about
-crons keeps them, as Cloudflare keeps schedules across uploads.
+reads and sets them. As on Cloudflare, crons are the script's, not a
+version's (:data:`supervisor.store.records.UNVERSIONED`): new schedules make
+no new version, and the deployed record (what the scheduler,
+:mod:`supervisor.cron`, reads) gets them at once. An upload that says nothing
+about crons keeps them, as Cloudflare keeps schedules across uploads, and so
+does a deployment of another version (``wrangler rollback``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from supervisor.admin.decode import body_as
 from supervisor.admin.handlers import _NS, _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope
 from supervisor.admin.router import Request, Router
-from supervisor.admin.script_config import with_changes
 from supervisor.cron import check_crons
 from supervisor.model import ScriptRecord
 
@@ -54,7 +54,7 @@ class ScheduleHandlers:
         crons = check_crons(list(dict.fromkeys(s.cron.strip() for s in body)))
         ns, name, record = await self.core.deployed(request)
         if crons != list(record.crons):
-            record = await self.core.store_version(with_changes(record, crons=crons), "schedules")
+            record = await self.core.set_unversioned(ns, name, crons=crons)
             log_event(logging.INFO, "admin.schedules_set", namespace=ns, script=name, crons=crons)
         return envelope(200, schedules_json(record))
 

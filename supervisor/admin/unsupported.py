@@ -49,6 +49,18 @@ MISSING: tuple[Missing, ...] = (
     Missing((f"{_A}/event_notifications/{{rest+}}",), "R2 event notifications"),
     Missing((f"{_A}/event_subscriptions/{{rest+}}",), "Queues event subscriptions",
             "producers send to a queue from a worker's queue binding or client.queues.messages.push"),
+    # What wrangler's other product commands reach (hyperdrive, vectorize, pipelines,
+    # secrets-store, r2 bucket catalog, pages, cert, email routing).
+    Missing((f"{_A}/hyperdrive/{{rest+}}",), "Hyperdrive"),
+    Missing((f"{_A}/vectorize/{{rest+}}",), "Vectorize"),
+    Missing((f"{_A}/pipelines/{{rest+}}",), "Pipelines"),
+    Missing((f"{_A}/secrets_store/{{rest+}}",), "Secrets Store",
+            "a script's own secrets are put with PUT .../scripts/{name}/secrets (wrangler secret put)"),
+    Missing((f"{_A}/r2-catalog/{{rest+}}",), "R2 Data Catalog"),
+    Missing((f"{_A}/pages/{{rest+}}",), "Cloudflare Pages",
+            "a worker's static assets (its config's assets) serve a site"),
+    Missing((f"{_A}/mtls_certificates", f"{_A}/mtls_certificates/{{rest+}}"), "mTLS certificates"),
+    Missing((f"{_A}/email/{{rest+}}",), "Email Routing"),
 )
 
 

@@ -19,6 +19,7 @@ cleanly inside its transaction.
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import time
 from typing import Any, Protocol
@@ -335,6 +336,11 @@ def _has_code(sql: str) -> bool:
             return bool(text)
 
 
+#: A database's own tables (not SQLite's, nor D1's reserved ``_cf_`` ones): its ``num_tables``.
+_TABLES_SQL = ("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' "
+               "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_cf\\_%' ESCAPE '\\'")
+
+
 @register("d1")
 class D1Handler:
     def __init__(self, services: Services, backend: D1Backend | None = None) -> None:
@@ -350,6 +356,15 @@ class D1Handler:
         return await self.backend.run(scope, statements, max_bytes=max_bytes,
                                       timeout_s=config.d1_query_ms / 1000.0,
                                       max_result=config.d1_result_bytes, prefix=prefix)
+
+    async def info(self, scope: Scope) -> dict[str, int]:
+        """What Cloudflare's ``GET .../d1/database/{id}`` tells of a database's
+        data, its ``file_size`` and ``num_tables`` (``wrangler d1 info`` shows
+        both). A database never written is empty: looking does not make its file."""
+        if not os.path.exists(self.services.path(_FOLDER, scope, _FILE)):
+            return {"file_size": 0, "num_tables": 0}
+        (result,) = await self.run(scope, [(_TABLES_SQL, [])], None)
+        return {"file_size": result["meta"]["size_after"], "num_tables": result["rows"][0][0]}
 
     async def call(self, ctx: Context, method: str, args: list[Any]) -> Reply:
         cap = ctx.quota.d1_bytes

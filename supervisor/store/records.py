@@ -135,6 +135,33 @@ def packages_lock_of(metadata: str | bytes) -> str:
     return _metadata_decoder.decode(metadata).packages_lock
 
 
+#: What Cloudflare keeps per script, not per version: its cron triggers
+#: (``.../schedules``) and its queue consumers (the queues API). Setting them
+#: makes no version, and a deployment of any version (``wrangler rollback``,
+#: ``wrangler versions deploy``) leaves them as they are. An upload records them
+#: with its version too, but what serves takes the scripts row's ``metadata``
+#: (:meth:`Store.set_unversioned` changes only that).
+UNVERSIONED = ("crons", "queue_consumers")
+
+
+def unversioned_of(deployed: str) -> dict[str, Any]:
+    """The unversioned settings that a scripts row's ``metadata`` column holds, by field."""
+    meta = _metadata_decoder.decode(deployed)
+    return {field: getattr(meta, field) for field in UNVERSIONED}
+
+
+def with_unversioned(metadata: str, settings: dict[str, Any]) -> str:
+    """A ``metadata`` column with these unversioned ``settings`` (by field) instead of its own."""
+    unknown = set(settings) - set(UNVERSIONED)
+    assert not unknown, f"{unknown} are a version's, not the script's"  # the caller's constants
+    return msgspec.json.encode(msgspec.structs.replace(_metadata_decoder.decode(metadata), **settings)).decode()
+
+
+def keep_unversioned(metadata: str, deployed: str) -> str:
+    """A version's ``metadata`` column with the unversioned settings of ``deployed`` (the script's now)."""
+    return with_unversioned(metadata, unversioned_of(deployed))
+
+
 def encode_metadata(record: ScriptRecord) -> str:
     fields = {name: getattr(record, name) for name in _Metadata.__struct_fields__}
     return msgspec.json.encode(_Metadata(**fields)).decode()

@@ -46,10 +46,13 @@ from supervisor.store.records import (
     VersionInfo,
     encode_metadata,
     encode_modules,
+    keep_unversioned,
     packages_lock_of,
     record_from_row,
     splits_decoder,
     tags_decoder,
+    unversioned_of,
+    with_unversioned,
 )
 
 __all__ = ["MAX_PER_PAGE", "NOT_CACHED", "NamespaceInfo", "NotCached", "RouteInfo", "Store", "namespace_not_found",
@@ -336,12 +339,14 @@ class Store:
 
     def _load_deployed(self, db: sqlite3.Connection, key: tuple[str, str]) -> Deployed | None:
         row = db.execute(
-            "SELECT tags, created_on, modified_on, version_id, split FROM scripts WHERE namespace = ? AND name = ?",
+            "SELECT tags, created_on, modified_on, version_id, split, metadata FROM scripts "
+            "WHERE namespace = ? AND name = ?",
             key,
         ).fetchone()
         if row is None:
             return None
-        tags, created_on, modified_on, version_id, split = row
+        tags, created_on, modified_on, version_id, split, metadata = row
+        unversioned = unversioned_of(metadata)
         splits = splits_decoder.decode(split) if split else [Split(version_id=version_id, percentage=100.0)]
         records: list[ScriptRecord] = []
         edges: list[float] = []
@@ -350,6 +355,7 @@ class Store:
             record = self._version_record(db, key, item.version_id, tags, created_on, modified_on)
             if record is None:
                 continue
+            record = msgspec.structs.replace(record, **unversioned)
             total += item.percentage
             records.append(record)
             edges.append(total)
@@ -625,7 +631,8 @@ class Store:
         primary = max(splits, key=lambda s: s.percentage)
         with self._write_lock:
             with self._begin() as db:
-                if db.execute("SELECT 1 FROM scripts WHERE namespace = ? AND name = ?", key).fetchone() is None:
+                current = db.execute("SELECT metadata FROM scripts WHERE namespace = ? AND name = ?", key).fetchone()
+                if current is None:
                     raise script_not_found(namespace, name)
                 for split in splits:
                     if db.execute("SELECT 1 FROM versions WHERE id = ? AND namespace = ? AND name = ?",
@@ -635,6 +642,7 @@ class Store:
                 content, main_module, metadata = db.execute(
                     "SELECT v.content, b.main_module, b.metadata FROM versions v JOIN bundles b ON b.hash = v.bundle "
                     "WHERE v.id = ?", (primary.version_id,)).fetchone()
+                metadata = keep_unversioned(metadata, current[0])  # a rollback keeps crons and consumers
                 db.execute(
                     "UPDATE scripts SET version = ?, main_module = ?, metadata = ?, version_id = ?, split = ?, "
                     "modified_on = ? WHERE namespace = ? AND name = ?",
@@ -645,6 +653,26 @@ class Store:
                 deployed = self._load_deployed(db, key)
             self._cache.replace(key, deployed)
         return info
+
+    def set_unversioned(self, namespace: str, name: str, **settings: Any) -> ScriptRecord:
+        """Change the script's own settings (:data:`records.UNVERSIONED`: its
+        crons, its queue consumers) as Cloudflare does, with no new version
+        and no deployment: the versions and what serves stay as they are.
+        Returns the deployed primary record, with the change."""
+        key = (namespace, name)
+        with self._write_lock:
+            with self._begin() as db:
+                row = db.execute("SELECT metadata FROM scripts WHERE namespace = ? AND name = ?", key).fetchone()
+                if row is None:
+                    raise script_not_found(namespace, name)
+                db.execute("UPDATE scripts SET metadata = ?, modified_on = ? WHERE namespace = ? AND name = ?",
+                           (with_unversioned(row[0], settings), schema.now(), *key))
+                deployed = self._load_deployed(db, key)
+            self._cache.replace(key, deployed)
+        primary = self.get_primary(namespace, name)
+        if primary is None:  # deleted meanwhile
+            raise script_not_found(namespace, name)
+        return primary
 
     def list_deployments(self, namespace: str, name: str, limit: int = 100) -> list[DeploymentInfo]:
         """Deployments newest first (the first one is what serves now)."""
