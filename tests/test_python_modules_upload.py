@@ -14,7 +14,6 @@ Corral's SDK. Small pure-Python packages (six, idna) keep the installs short.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from supervisor.admin.project import load_project
 from supervisor.admin.vendored_packages import read_pin, split
 from supervisor.errors import Invalid, TooLarge
 from tests.harness import REPO, Corral, Response, refused, with_tcp_admin
+from tests.wrangler_cli import ensure_wrangler
 
 SIX = "1.17.0"
 NS = "/accounts/local/workers/dispatch/namespaces/default/scripts"
@@ -283,13 +283,9 @@ def test_corral_deploy_does_not_upload_python_modules(c: Corral, tmp_path: Path)
     assert stored_modules(c, "pyw-cli") == ["src/worker.py"]
 
 
-WRANGLER = REPO / ".bench" / "wrangler" / "node_modules" / ".bin" / "wrangler"
-
-
-@pytest.mark.skipif(not WRANGLER.exists() or shutil.which("node") is None,
-                    reason="wrangler is not installed (scripts/wrangler_check installs it)")
 def test_the_real_wrangler_deploys_a_pywrangler_project(tmp_path: Path) -> None:
     """``wrangler deploy`` of the same project: it sends python_modules, not the pyproject's dependencies."""
+    wrangler = ensure_wrangler()
     project = pywrangler_project(tmp_path / "project")
     (project / "pyproject.toml").write_text('[project]\nname = "pyw"\nversion = "0.1.0"\ndependencies = []\n')
     server = with_tcp_admin(tmp_path / "state").start()
@@ -301,7 +297,7 @@ def test_the_real_wrangler_deploys_a_pywrangler_project(tmp_path: Path) -> None:
                "WRANGLER_SEND_METRICS": "false", "XDG_CONFIG_HOME": str(tmp_path / "config"),
                "CLOUDFLARE_API_BASE_URL": f"http://127.0.0.1:{server.tcp_port}/client/v4",  # type: ignore[attr-defined]
                "CLOUDFLARE_API_TOKEN": token.json()["result"]["value"], "CLOUDFLARE_ACCOUNT_ID": "local"}
-        done = subprocess.run([str(WRANGLER), "deploy", "--dispatch-namespace", "customers"], cwd=project,
+        done = subprocess.run([str(wrangler), "deploy", "--dispatch-namespace", "customers"], cwd=project,
                               env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
         assert server.request("/", host="pyw-cli.localhost").text == f"six {SIX} from the store; fakepkg absent"
