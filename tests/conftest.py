@@ -18,6 +18,17 @@ def corral(tmp_path_factory: pytest.TempPathFactory):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def collector():
+    """An HTTP sink on 127.0.0.1 that tail workers post their events to
+    (tests.test_observability.Collector), one per test module."""
+    from tests.test_observability import Collector
+
+    sink = Collector()
+    yield sink
+    sink.stop()
+
+
 @pytest.fixture
 def fresh_corral(tmp_path):
     """A server of its own, for tests that kill or restart things."""

@@ -24,7 +24,7 @@ import pytest
 from supervisor.observability.cli_tail import format_pretty
 from tests import storage_helpers as h
 from tests.harness import Corral
-from tests.test_observability import Collector, LiveTailReader, wait_for
+from tests.test_observability import LiveTailReader, wait_for
 from tests.test_trace_shapes import TAILER, tail_event
 
 TALKER = r'''
@@ -137,13 +137,6 @@ tail_batch_wait_ms = 10
 
 TAIL = {"tail_consumers": [{"service": "tailer"}]}
 SCRIPTS = "/accounts/local/workers/dispatch/namespaces/default/scripts"
-
-
-@pytest.fixture(scope="module")
-def collector():
-    c = Collector()
-    yield c
-    c.stop()
 
 
 @pytest.fixture(scope="module")

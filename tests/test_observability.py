@@ -288,13 +288,6 @@ def deploy(server: Corral, name: str, source: str, *, namespace: str | None, tag
 
 
 @pytest.fixture(scope="module")
-def collector():
-    c = Collector()
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="module")
 def corral(tmp_path_factory, collector):
     state = tmp_path_factory.mktemp("corral-observability")
     config = state / "corral.toml"

@@ -59,13 +59,6 @@ def start(state_dir, config: str, env: dict[str, str] | None = None) -> Corral:
 
 
 @pytest.fixture(scope="module")
-def collector():
-    c = Collector()
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="module")
 def corral(tmp_path_factory, collector):
     """OTLP configured by the environment alone (no endpoint in the config file)."""
     server = start(tmp_path_factory.mktemp("gaps-main"), MAIN_CONFIG,

@@ -52,13 +52,6 @@ def upstream():
 
 
 @pytest.fixture(scope="module")
-def collector():
-    c = Collector()
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="module")
 def corral(tmp_path_factory: pytest.TempPathFactory, collector: Collector):
     state = tmp_path_factory.mktemp("stream-r2-queue")
     config = state / "corral.toml"

@@ -166,13 +166,6 @@ TAIL = {"tail_consumers": [{"service": "tailer"}]}
 
 
 @pytest.fixture(scope="module")
-def collector():
-    c = Collector()
-    yield c
-    c.stop()
-
-
-@pytest.fixture(scope="module")
 def corral(tmp_path_factory, collector):
     state = tmp_path_factory.mktemp("trace-shapes")
     config = state / "corral.toml"
