@@ -459,7 +459,7 @@ def _raw(server, request: bytes) -> tuple[int, dict[str, Any]]:
      b"Content-Type: text/plain\r\nContent-Length: 4\r\n\r\nnull", 400, "settings must be a JSON object"),
     (b"POST /accounts/local/workers/scripts/plat/deployments", b"Content-Length: 2\r\n\r\n[]", 400, '"strategy"'),
     (b"GET /client/v4/client/v4/accounts", b"", 404, "no admin API endpoint"),
-    (b"DELETE /accounts/local/workers/scripts/plat/deployments/x", b"", 400, "are not deleted"),
+    (b"DELETE /accounts/local/workers/scripts/plat/deployments/x", b"", 404, "has no deployment 'x'"),
 ])
 def test_malformed_http_is_a_json_error(server, unchanged, request_line, extra, status, words):
     request = request_line + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + (extra or b"\r\n")

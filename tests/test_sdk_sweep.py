@@ -292,3 +292,22 @@ def test_a_refusal_corral_already_made_is_not_retried_either(server, cf, platfor
     client.close()
     assert exc.value.status_code == 501 and exc.value.response.headers["x-should-retry"] == "false"
     assert len(sent) == 1
+
+
+def test_a_past_deployment_is_deleted_and_the_latest_is_not(cf, platform_script):
+    """Cloudflare deletes a past deployment from the history and refuses the
+    latest; Corral refused every delete ("deployments are Corral's history")."""
+    cf.workers.scripts.secrets.update(platform_script, account_id=A, name="D", text="d", type="secret_text")
+    deployments = cf.workers.scripts.deployments
+
+    def ids() -> list[str]:
+        return [d.id for page in deployments.list(platform_script, account_id=A) for d in page.deployments]
+
+    latest, past = ids()[:2]
+    deployments.delete(past, account_id=A, script_name=platform_script)
+    assert past not in ids() and ids()[0] == latest
+    with pytest.raises(cloudflare.BadRequestError, match="is the latest of script 'swept'"):
+        deployments.delete(latest, account_id=A, script_name=platform_script)
+    with pytest.raises(cloudflare.NotFoundError, match="has no deployment"):
+        deployments.delete(past, account_id=A, script_name=platform_script)
+    assert ids()[0] == latest

@@ -97,7 +97,13 @@ class VersionHandlers:
         raise NotFound(f"script {name!r} has no deployment {clip(request.params['deployment'])!r}")
 
     async def delete_deployment(self, request: Request) -> Response:
-        raise Invalid("deployments are Corral's history and are not deleted; deploy another version instead")
+        """``deployments.delete``: a past deployment leaves the history; the
+        latest (what serves) cannot, as on Cloudflare."""
+        ns, name = _namespace_of(request), _script_of(request)
+        deployment = request.params["deployment"]
+        await self.core._run(self.store.delete_deployment, ns, name, deployment)
+        log_event(logging.INFO, "admin.deployment_deleted", namespace=ns, script=name, deployment=deployment)
+        return envelope(200, None)
 
     async def create_deployment(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)

@@ -685,6 +685,26 @@ class Store:
         return [DeploymentInfo(id=r[0], created_on=r[1], versions=splits_decoder.decode(r[2]), source=r[3],
                                message=r[4]) for r in rows]
 
+    def delete_deployment(self, namespace: str, name: str, deployment_id: str) -> None:
+        """Drop a past deployment from the script's history, as Cloudflare
+        allows; the one serving now (the latest) is refused: deploy another
+        version first. The versions it named stay."""
+        key = (namespace, name)
+        with self._write_lock:
+            with self._begin() as db:
+                latest = db.execute("SELECT id FROM deployments WHERE namespace = ? AND name = ? "
+                                    "ORDER BY seq DESC LIMIT 1", key).fetchone()
+                if latest is None and db.execute("SELECT 1 FROM scripts WHERE namespace = ? AND name = ?",
+                                                 key).fetchone() is None:
+                    raise script_not_found(namespace, name)
+                if db.execute("SELECT 1 FROM deployments WHERE id = ? AND namespace = ? AND name = ?",
+                              (deployment_id, *key)).fetchone() is None:
+                    raise NotFound(f"script {name!r} has no deployment {deployment_id[:100]!r}")
+                if latest is not None and latest[0] == deployment_id:
+                    raise Invalid(f"deployment {deployment_id!r} is the latest of script {name!r}, the one "
+                                  "serving: it cannot be deleted; deploy another version first")
+                db.execute("DELETE FROM deployments WHERE id = ?", (deployment_id,))
+
     # -- tags ---------------------------------------------------------------
 
     @staticmethod
