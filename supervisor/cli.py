@@ -81,6 +81,13 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     # As wrangler does: secrets set through the API survive a redeploy of the code.
     metadata = msgspec.structs.replace(metadata, bindings=bindings, tags=tags,
                                        keep_bindings=metadata.keep_bindings or ["secret_text"])
+    if args.message is not None or args.version_tag is not None:
+        try:  # the upload's annotations, as wrangler sends them (workers/tag, workers/message)
+            notes = model.VersionAnnotations(tag=args.version_tag, message=args.message)
+        except Invalid as exc:
+            print(f"corral deploy: {exc}", file=sys.stderr)
+            return 2
+        metadata = msgspec.structs.replace(metadata, annotations=notes)
     from supervisor import cli_deploy
 
     if args.dry_run:
@@ -318,6 +325,9 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--namespace", "-n", help="dispatch namespace (default: a platform script)")
     deploy.add_argument("--tag", action="append", help="tag the script (repeatable)")
     deploy.add_argument("--var", action="append", metavar="KEY=VALUE", help="plain-text binding (repeatable)")
+    deploy.add_argument("--message", "-m", help="the new version's message (as wrangler's --message)")
+    deploy.add_argument("--version-tag", help="the new version's tag (wrangler versions upload --tag; "
+                                              "--tag tags the script)")
     deploy.add_argument("--dry-run", action="store_true", help="show what would change; upload nothing")
     deploy.add_argument("--env", "-e", help="the Wrangler environment of the config to deploy ([env.NAME])")
     deploy.add_argument("--allow-outside", action="store_true",

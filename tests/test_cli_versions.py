@@ -113,3 +113,15 @@ def test_tokens(server):
     cli(server, "token", "rm", listed[0]["id"])
     assert "no token" in cli(server, "token", "rm", listed[0]["id"], expect=1).stderr
     cli(server, "token", "create", "--scope", "root", "x", expect=2)
+
+
+def test_deploy_labels_the_new_version_with_a_tag_and_a_message(server, tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(CODE.format(text="labelled"))
+    cli(server, "deploy", "-n", "default", "labelled", worker, "--version-tag", "v7", "-m", "the seventh")
+    versions = json.loads(cli(server, "versions", "-n", "default", "labelled", "--json").stdout)
+    assert versions[0]["annotations"] == {"workers/tag": "v7", "workers/message": "the seventh"}
+    row = cli(server, "versions", "-n", "default", "labelled").stdout.splitlines()[1]
+    assert row.split()[-3:] == ["v7", "the", "seventh"]
+    err = cli(server, "deploy", "-n", "default", "labelled", worker, "--version-tag", "t" * 101, expect=2).stderr
+    assert "longer than 100 bytes" in err
