@@ -29,6 +29,15 @@ def collector():
     sink.stop()
 
 
+@pytest.fixture(scope="module")
+def upstream():
+    """A local HTTP origin (tests.upstream.Upstream), one per test module."""
+    from tests.upstream import Upstream
+
+    with Upstream() as up:
+        yield up
+
+
 @pytest.fixture
 def fresh_corral(tmp_path):
     """A server of its own, for tests that kill or restart things."""

@@ -26,7 +26,6 @@ import pytest
 from supervisor.admin import multipart
 from tests.harness import Corral, Response
 from tests.test_outbound import DISPATCHER, EGRESS
-from tests.upstream import Upstream
 
 NS = "default"
 
@@ -45,12 +44,6 @@ def deploy(c: Corral, name: str, source: str, requirements: tuple[str, ...] = ()
     resp = c.admin("PUT", f"/accounts/local/workers/dispatch/namespaces/{NS}/scripts/{name}", body, ctype)
     assert resp.status == 200, f"deploy {name} failed: {resp.status} {resp.text}\n{c.log()}"
     return resp
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with Upstream() as up:
-        yield up
 
 
 @pytest.fixture(scope="module")

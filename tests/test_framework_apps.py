@@ -28,31 +28,22 @@ from typing import Any
 import pytest
 
 from supervisor.admin import multipart
-from tests.harness import Corral
+from tests.harness import Corral, Response
 from tests.test_django_cf import deploy
 
 KV = {"type": "kv_namespace", "name": "KV", "namespace_id": "framework-kv"}
 D1 = {"type": "d1", "name": "DB", "id": "framework-db"}
 
 
-class Reply:
+class Reply(Response):
     """One HTTP answer with every header kept (``Set-Cookie`` repeats)."""
 
     def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        self.status = status
         self.header_list = [(k.lower(), v) for k, v in headers]
-        self.headers = dict(self.header_list)
-        self.body = body
+        super().__init__(status, dict(self.header_list), body)
 
     def all(self, name: str) -> list[str]:
         return [v for k, v in self.header_list if k == name]
-
-    @property
-    def text(self) -> str:
-        return self.body.decode()
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
     def __repr__(self) -> str:
         return f"<Reply {self.status} {self.header_list} {self.body[:300]!r}>"

@@ -20,7 +20,6 @@ import pytest
 
 from tests.harness import Corral
 from tests.test_limits import DISPATCHER, call, gone, pid_of
-from tests.upstream import Upstream
 
 WAIT_UNTIL_MS = 400
 
@@ -193,12 +192,6 @@ SNEAKY_BINDINGS = [{"type": "service", "name": "HARMLESS", "service": "harmless"
                    {"type": "service", "name": "LOOP", "service": "looper"},
                    {"type": "service", "name": "BURNER", "service": "burner"},
                    {"type": "service", "name": "NIBBLER", "service": "nibbler"}]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with Upstream() as up:
-        yield up
 
 
 @pytest.fixture(scope="module")

@@ -195,12 +195,6 @@ ASSET_SIZE = 600_000  # above the asset server's inline size: streamed from its 
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    with Upstream() as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
 def corral(tmp_path_factory):
     state = tmp_path_factory.mktemp("known-length")
     server = Corral(state).start()

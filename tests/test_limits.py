@@ -21,7 +21,6 @@ import time
 import pytest
 
 from tests.harness import Corral
-from tests.upstream import Upstream
 
 DISPATCHER = r'''
 import json, time
@@ -122,12 +121,6 @@ class Default(WorkerEntrypoint):
                 chunks.append(bytearray(b"\x01") * (1 << 20))
         return Response("neighbour ok\n")
 '''
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with Upstream() as up:
-        yield up
 
 
 @pytest.fixture(scope="module")

@@ -206,12 +206,6 @@ class Default(WorkerEntrypoint):
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    with Upstream() as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
 def corral(tmp_path_factory, upstream):
     server = Corral(tmp_path_factory.mktemp("corral-outbound")).start()
     try:

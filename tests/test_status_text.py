@@ -11,7 +11,6 @@ import pytest
 from supervisor.edge.http_server import InvalidResponse, serialize_head
 from tests import storage_helpers as h
 from tests.harness import Corral
-from tests.upstream import Upstream
 
 COOL = r'''
 from workers import Response, WorkerEntrypoint, fetch, wsgi
@@ -53,12 +52,6 @@ class Cool(DurableObject):
     async def fetch(self, request):
         return Response("object", status_text="Object Cool")
 '''
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with Upstream() as up:
-        yield up
 
 
 @pytest.fixture(scope="module")

@@ -46,12 +46,6 @@ TAIL = {"tail_consumers": [{"service": "tailer"}]}
 
 
 @pytest.fixture(scope="module")
-def upstream():
-    with Upstream() as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
 def corral(tmp_path_factory: pytest.TempPathFactory, collector: Collector):
     state = tmp_path_factory.mktemp("stream-r2-queue")
     config = state / "corral.toml"
