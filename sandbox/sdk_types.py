@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import email.parser
 import email.policy
-import inspect
 import time
 import urllib.parse
 import uuid
@@ -72,23 +71,28 @@ def python_from_rpc(value: Any) -> Any:
 
 def python_to_rpc(value: Any) -> Any:
     """A value to hand to a binding or an RPC call, checked as workers-py's
-    ``python_to_rpc`` checks it (``_raise_on_disabled_type``): a tuple, a
-    bytearray or an awaitable anywhere in it is a ``TypeError`` ("<class
-    'tuple'> cannot be sent over RPC."), where this turned a tuple into a
-    list. What RPC carries passes as itself (dates, sets, exceptions, Blobs,
-    Requests and Responses: Corral's RPC codec converts them on the wire),
-    dicts and lists are copied with their keys as strings, a memoryview is
-    its bytes; anything else is refused by name."""
+    ``python_to_rpc`` checks it (``_raise_on_disabled_type``, the rule the
+    RPC codec applies: sandbox.bindings.rpc_codec.refuse_disabled): a tuple,
+    a bytearray or an awaitable anywhere is a ``TypeError``. What RPC
+    carries passes as itself (dates, sets, exceptions, Blobs, Requests and
+    Responses: the RPC codec converts them on the wire), dicts and lists are
+    copied with their keys as strings, a memoryview is its bytes; anything
+    else is refused by name."""
+    from .bindings.rpc_codec import refuse_disabled  # it imports this module
+
+    refuse_disabled(value)
+    return _to_rpc(value)
+
+
+def _to_rpc(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool, bytes)):
         return value
-    if isinstance(value, (tuple, bytearray)):
-        raise TypeError(f"{type(value)} cannot be sent over RPC.")
     if isinstance(value, dict):
-        return {str(k): python_to_rpc(v) for k, v in value.items()}
+        return {str(k): _to_rpc(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [python_to_rpc(v) for v in value]
+        return [_to_rpc(v) for v in value]
     if isinstance(value, (set, frozenset)):
-        return {python_to_rpc(v) for v in value}
+        return {_to_rpc(v) for v in value}
     if isinstance(value, memoryview):
         return bytes(value)
     if isinstance(value, (Blob, FormData, datetime.datetime, datetime.date, BaseException)):
@@ -97,9 +101,6 @@ def python_to_rpc(value: Any) -> Any:
 
     if isinstance(value, (workers.Request, workers.Response)):
         return value
-    if inspect.isawaitable(value):
-        # The caller is expected to await it first, as the SDK says.
-        raise TypeError(f"Awaitable {type(value)} cannot be sent over RPC.")
     raise TypeError(f"{type(value).__name__} cannot be sent over RPC: use plain data "
                     "(str, numbers, bool, None, bytes, lists, dicts, sets, datetimes)")
 

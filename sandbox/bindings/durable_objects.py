@@ -18,7 +18,6 @@ the caller as ``pyodide.ffi.JsException`` with its name and message.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import re
 import secrets
 from typing import Any
@@ -64,12 +63,8 @@ class DurableObjectId:
 def _refuse_over_rpc(value: Any) -> Exception:
     """Over RPC, Cloudflare passes a function as a stub the other side calls
     back; Corral does not, so that is refused as the gap it is. Anything
-    else that cannot be cloned is the DataCloneError it is everywhere, but an
-    awaitable (an ``async def`` method returning an un-awaited coroutine or
-    task) is the SDK's TypeError: workerd awaits what a method returns once,
-    and refuses an awaitable the result still is."""
-    if inspect.isawaitable(value):
-        return TypeError(f"Awaitable {type(value)} cannot be sent over RPC.")
+    else that cannot be cloned is the DataCloneError it is everywhere (an
+    awaitable never gets here: rpc_codec.refuse_disabled refuses it first)."""
     if callable(value):
         return TypeError(f"a function ({type(value).__name__}) cannot be sent over RPC here: "
                          "Cloudflare passes one as a stub to call back, Corral does not")

@@ -22,6 +22,7 @@ storage keeps its own encoding.
 from __future__ import annotations
 
 import datetime
+import inspect
 import math
 import struct
 from typing import Any
@@ -41,8 +42,14 @@ _DOUBLE = struct.Struct(">d")
 _REFUSED = (tuple, bytearray)
 
 
+#: Leaves that are never refused, told apart before the awaitable check.
+_PLAIN = (str, int, float, bytes, type(None))
+
+
 def refuse_disabled(value: Any) -> None:
-    """Raise the SDK's ``TypeError`` for a tuple or bytearray anywhere in ``value``."""
+    """Raise the SDK's ``TypeError`` for a tuple, a bytearray or an awaitable
+    anywhere in ``value`` (an awaitable: what an ``async def`` RPC method
+    returned un-awaited, as workerd awaits a method's result only once)."""
     if isinstance(value, _REFUSED):
         raise TypeError(f"{type(value)} cannot be sent over RPC.")
     if isinstance(value, dict):
@@ -51,6 +58,9 @@ def refuse_disabled(value: Any) -> None:
     elif isinstance(value, (list, set, frozenset)):
         for item in value:
             refuse_disabled(item)
+    elif not isinstance(value, _PLAIN) and inspect.isawaitable(value):
+        # The caller is expected to await it first, as the SDK says.
+        raise TypeError(f"Awaitable {type(value)} cannot be sent over RPC.")
 
 
 async def buffered(value: Any) -> Any:
