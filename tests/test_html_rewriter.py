@@ -14,7 +14,7 @@ import pytest
 
 from sandbox.html_rewriter import HTMLRewriter, SelectorError
 from sandbox.workers import Response
-from tests.test_cf_gaps import corral, deploy, upstream  # noqa: F401 - the module's fixtures
+from tests.test_cf_gaps import corral, deploy  # noqa: F401 - the module's fixtures (upstream: conftest)
 
 PAGE = (b'<!DOCTYPE html>\n<html><head><title>T &amp; x</title><meta property="og:title" content="old">'
         b'<META name="twitter:card" content="x"></head>\n<body class="main page"><!-- note -->'
