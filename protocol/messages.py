@@ -367,6 +367,11 @@ class SubResponse(_Msg, tag="subresp"):
     #: The response's statusText when it is not the status's standard phrase
     #: ("" otherwise, and then not sent); last, so older frames still decode.
     status_text: str = ""
+    #: The supervisor has already answered the caller's own invocation with
+    #: this response (the call was a :attr:`SubRequest.tail` call): the body
+    #: went there and is not sent, and the child sends no ResponseStart of
+    #: its own for it. Last, so older frames still decode.
+    answered: bool = False
 
 
 class SubFailed(_Msg, tag="subfail"):
@@ -529,6 +534,14 @@ class SubRequest(_Msg, tag="subreq"):
     #: chunked body). A claim: the HTTP client sends no more and no fewer
     #: bytes than it says, or the fetch fails. Last, so older frames decode.
     length: int | None = None
+    #: A tail call: the handler's root coroutine returns what this call
+    #: returns, untouched (``return await stub.fetch(request)``, told from its
+    #: bytecode). The supervisor may then answer the caller's own invocation
+    #: with the callee's response the moment it comes, rather than after a
+    #: round trip through this child (:attr:`SubResponse.answered`). A claim
+    #: about the child's own response only: a child that makes it falsely
+    #: answers its own caller with a response it could have returned anyway.
+    tail: bool = False
 
 
 class WsSend(_Msg, tag="wssend"):

@@ -78,6 +78,7 @@ from . import (
     logs,
     reshare,
     stdlib_shims,
+    tail_call,
     thread_shims,
     unavailable,
     warmup,
@@ -217,7 +218,7 @@ class Fetcher:
         request = workers.as_request(resource, method, headers, body, redirect)
         return await self._runtime.sub_request(
             self._kind, request, binding=self._binding, target=self._target,
-            limits=self._limits, params=self._params,
+            limits=self._limits, params=self._params, tail=tail_call.is_tail(sys._getframe(1)),
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -293,7 +294,7 @@ class _Handled(Exception):
 
 
 class _Invocation:
-    __slots__ = ("task", "background", "responded", "lingering", "background_error")
+    __slots__ = ("task", "background", "responded", "lingering", "background_error", "answered")
 
     def __init__(self) -> None:
         self.task: asyncio.Task | None = None
@@ -304,6 +305,9 @@ class _Invocation:
         #: The first exception ``waitUntil`` work raised: a queue batch's fate
         #: depends on it.
         self.background_error: BaseException | None = None
+        #: The response of a tail call the supervisor already answered this
+        #: invocation with (sandbox.tail_call): returned, it is not sent again.
+        self.answered: workers.Response | None = None
 
 
 _EVENT_READ, _EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -858,11 +862,14 @@ class Runtime:
             else:  # a service binding's named entrypoint
                 response = await self._script.call("fetch", workers.Context(inv), env, request,
                                                    entrypoint=message.event.entrypoint)  # type: ignore[union-attr]
-            if not isinstance(response, workers.Response):
+            if state.answered is not None and response is state.answered:
+                state.responded = True  # a tail call's (sandbox.tail_call): the supervisor sent it
+            elif not isinstance(response, workers.Response):
                 raise TypeError(
                     f"the fetch handler returned {type(response).__name__}, not a Response"
                 )
-            await self._respond(inv, response, state)
+            else:
+                await self._respond(inv, response, state)
         except _Handled:
             pass
         except asyncio.CancelledError:
@@ -1022,7 +1029,8 @@ class Runtime:
     # -- calls (subrequests) ------------------------------------------------
     async def sub_request(self, kind: str, request: workers.Request, *, binding: str = "",
                           target: str = "", limits: Limits | None = None,
-                          params: dict | None = None, rpc: str = "") -> workers.Response:
+                          params: dict | None = None, rpc: str = "", tail: bool = False
+                          ) -> workers.Response:
         parent = workers.current_invocation.get()
         if parent == 0 or parent not in self.invocations:
             raise RuntimeError("fetch() can only be used while handling a request")
@@ -1053,7 +1061,7 @@ class Runtime:
                 method=request._method.encode("latin-1"), url=request.url,
                 headers=headers, binding=binding, target=target,
                 body=sent, redirect=request.redirect, limits=limits, params=params, rpc=rpc,
-                length=length,
+                length=length, tail=tail,
             ))
         except BaseException:  # MessageTooLarge: nothing was sent, nothing is owed
             self.calls.pop(call, None)
@@ -1080,6 +1088,10 @@ class Runtime:
             workers.Headers._from_raw(result.headers), result.status_text)
         response.url = result.url or request.url
         response.redirected = result.redirected
+        if result.answered:
+            state = self.invocations.get(parent)
+            if state is not None:
+                state.answered = response
         return response
 
     def _on_call_result(self, message: SubResponse | SubFailed | BindingResult) -> None:

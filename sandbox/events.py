@@ -30,6 +30,7 @@ from protocol.messages import (
     WebSocketEvent,
 )
 
+from . import tail_call
 from .pyodide_shim import JsException
 from .sdk_types import JsDict
 
@@ -207,6 +208,8 @@ class Handlers:
         if count is not None:
             full = full[:count]
         result = handler(*full)
+        if kind == "fetch":
+            tail_call.mark_root(result)
         # A synchronous handler is fine too; an ``async def`` one (nearly all)
         # is told apart without a call into ``inspect`` on every request.
         if type(result) is types.CoroutineType or inspect.isawaitable(result):

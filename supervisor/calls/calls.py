@@ -210,7 +210,8 @@ class Calls:
             child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
             return
         child.calls[call] = _Canceller(inv)
-        inv.on_head = lambda callee_inv: self._answer(child, call, callee_inv, parent)
+        tail = message.tail
+        inv.on_head = lambda callee_inv: self._answer(child, call, callee_inv, parent, tail)
 
     def connect_socket(self, child: ChildProcess, message: WsConnect) -> None:
         """``new WebSocket(url)``: a subrequest of the invocation that opened
@@ -263,7 +264,8 @@ class Calls:
         finally:
             self.server_sockets -= 1
 
-    def _answer(self, child: ChildProcess, call: int, inv: Invocation, parent: Invocation) -> None:
+    def _answer(self, child: ChildProcess, call: int, inv: Invocation, parent: Invocation,
+                tail: bool) -> None:
         """The callee's head is ready: hand it to the caller, if it still listens."""
         child.calls.pop(call, None)
         if not child.alive or parent.is_done:
@@ -275,7 +277,7 @@ class Calls:
             child.send(SubFailed(call, ExceptionInfo(failure.name, failure.message)))
             return
         self._deliver(child, call, Head(inv.status, inv.response_headers, inv.body,
-                                        status_text=inv.status_text))
+                                        status_text=inv.status_text), parent if tail else None)
 
     async def _run(self, child: ChildProcess, parent: Invocation, message: SubRequest,
                    work: Any) -> None:
@@ -286,7 +288,7 @@ class Calls:
             parent.call_scopes.add(scope)
             try:
                 head = await work
-                self._deliver(child, call, head)
+                self._deliver(child, call, head, parent if message.tail else None)
             except CallFailed as exc:
                 child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
             except Exception as exc:  # noqa: BLE001 - one call's failure, never the server's
@@ -311,7 +313,17 @@ class Calls:
             declare_length(body, message.length)
         return body
 
-    def _deliver(self, child: ChildProcess, call: int, head: Head) -> None:
+    def _deliver(self, child: ChildProcess, call: int, head: Head, tail: Invocation | None = None) -> None:
+        """Answer call ``call`` with ``head``. ``tail``: the caller's invocation,
+        when the call was in tail position (``SubRequest.tail``): answered
+        with the head at once, it spares the round trip through the child
+        (sandbox.tail_call), which is only told the head."""
+        if tail is not None and tail.answer_tail_call(head.status, head.headers, head.body,
+                                                      head.status_text):
+            child.send(SubResponse(call, head.status, head.headers, None, url=head.url,
+                                   redirected=head.redirected, status_text=head.status_text,
+                                   answered=True))
+            return
         child.send(SubResponse(call, head.status, head.headers, child.send_body(head.body, call),
                                url=head.url, redirected=head.redirected, status_text=head.status_text))
 

@@ -74,7 +74,7 @@ from supervisor.model import ScriptRecord
 from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation, declare_length
 from supervisor.pool.channel_hub import ChannelHub
 from supervisor.pool.fork_priority import IDLE_ONLY, ZYGOTE_NICE
-from supervisor.pool.invocation import Invocation, WallLimitedBody
+from supervisor.pool.invocation import Invocation
 
 RECV_SIZE = 256 * 1024
 #: Frames a child's buffer takes in one loop turn before they leave at once
@@ -859,11 +859,7 @@ class ChildProcess:
         streaming = type(sent) is not Inline and sent is not None
         if type(sent) is ByRef:
             assert not isinstance(received, bytes)
-            body = received
-            if inv.deadline != float("inf"):
-                body = WallLimitedBody(received, inv)  # its end is the wrapper's to tell
-            else:
-                streaming = False
+            body, streaming = inv.handed_on(received)
         elif isinstance(received, bytes):
             body = BytesBody(received)
         else:

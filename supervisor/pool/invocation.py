@@ -21,7 +21,7 @@ from supervisor import loop_clock
 from supervisor.lifecycle import LIMIT_OUTCOMES, OUTCOME_MESSAGE, Outcome
 from supervisor.limits.cpu_account import PRECISE_BELOW_NS
 from supervisor.model import ScriptRecord
-from supervisor.pool.bodies import BodyError, BodySource, ChildLink, body_length
+from supervisor.pool.bodies import BodyError, BodySource, BytesBody, ChildLink, body_length
 
 _OK = Outcome.OK
 _EXCEPTION = Outcome.EXCEPTION
@@ -178,6 +178,30 @@ class Invocation:
             self.response_end = loop_clock.CLOCK.get()()
         self._head()
         return True
+
+    def handed_on(self, body: BodySource) -> tuple[BodySource, bool]:
+        """A body for its response that came from elsewhere (its request's,
+        a call's response), handed on unread, and whether the response is
+        still streaming. Its wall limit still applies to the bytes, however
+        far they travel (the wrapper tells their end); without one, the
+        response is over as far as this invocation is concerned."""
+        if self.deadline != float("inf"):
+            return WallLimitedBody(body, self), True
+        return body, False
+
+    def answer_tail_call(self, status: int, headers: list[Header], body: BodySource | None,
+                         status_text: str = "") -> bool:
+        """A call it made in tail position (``SubRequest.tail``) has its
+        head: answer with it now, as the child would once it had returned it
+        (sandbox.tail_call). Not for an event other than an HTTP request (its
+        answer is not a response), a WebSocket (its socket's events have to
+        be told where to go), or once answered."""
+        if self.has_head or self.event is not None or status == 101:
+            return False
+        streaming = False
+        if body is not None and type(body) is not BytesBody:  # bytes in hand are sent as they are
+            body, streaming = self.handed_on(body)
+        return self.respond(status, headers, body, streaming, status_text)
 
     def response_finished(self) -> None:
         """The response body ended (completely or not)."""
