@@ -368,9 +368,9 @@ class SubResponse(_Msg, tag="subresp"):
     #: ("" otherwise, and then not sent); last, so older frames still decode.
     status_text: str = ""
     #: The supervisor has already answered the caller's own invocation with
-    #: this response (the call was a :attr:`SubRequest.tail` call): the body
-    #: went there and is not sent, and the child sends no ResponseStart of
-    #: its own for it. Last, so older frames still decode.
+    #: this response (the call was a :attr:`SubRequest.tail` call): its
+    #: headers and body went there and are not sent, and the child sends no
+    #: ResponseStart of its own for it. Last, so older frames still decode.
     answered: bool = False
 
 

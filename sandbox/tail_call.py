@@ -11,8 +11,8 @@ nothing. workerd pays no such hop, as both workers run in one thread.
 So when the call is a tail call, the child says so (``SubRequest.tail``),
 and the supervisor answers the caller's own invocation with the callee's
 response the moment it comes (``SubResponse.answered``); the child's
-coroutine still runs to its end, with a bodiless ``Response`` that nothing
-can look at.
+coroutine still runs to its end, with a ``Response`` of the status alone
+(no headers, no body) that nothing can look at.
 
 "Nothing can look at it" is what the bytecode proves: the frame awaiting
 the call is the handler's own coroutine (the one the runtime awaits and

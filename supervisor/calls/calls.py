@@ -317,12 +317,12 @@ class Calls:
         """Answer call ``call`` with ``head``. ``tail``: the caller's invocation,
         when the call was in tail position (``SubRequest.tail``): answered
         with the head at once, it spares the round trip through the child
-        (sandbox.tail_call), which is only told the head."""
+        (sandbox.tail_call), which is only told that it was."""
         if tail is not None and tail.answer_tail_call(head.status, head.headers, head.body,
                                                       head.status_text):
-            child.send(SubResponse(call, head.status, head.headers, None, url=head.url,
-                                   redirected=head.redirected, status_text=head.status_text,
-                                   answered=True))
+            # Only the status: the child's handler returns the response at
+            # once, and nothing reads its headers on the way.
+            child.send(SubResponse(call, head.status, [], None, answered=True))
             return
         child.send(SubResponse(call, head.status, head.headers, child.send_body(head.body, call),
                                url=head.url, redirected=head.redirected, status_text=head.status_text))
