@@ -21,6 +21,7 @@ import json as _json
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
+from sys import _getframe
 from typing import Any
 
 from protocol.http_grammar import TOKEN
@@ -28,6 +29,7 @@ from protocol.http_grammar import TOKEN
 from .pyodide_shim import ArrayBuffer, JsException
 from .sdk_types import Blob, CfProperties, File, FormData, encode_form, parse_form
 from .streams import IncomingBody
+from .tail_call import is_tail as _is_tail
 from .web_streams import ReadableStream
 
 #: The child's runtime (a ``sandbox.child.Runtime``); None only in the zygote.
@@ -899,7 +901,7 @@ async def fetch(
         from .websockets import OUTBOUND_UNSUPPORTED
 
         raise JsException("NotSupportedError", OUTBOUND_UNSUPPORTED)
-    return await _runtime.sub_request("fetch", request)
+    return await _runtime.sub_request("fetch", request, tail=_is_tail(_getframe(1)))
 
 
 class Context:

@@ -82,7 +82,7 @@ def fake_fetch(monkeypatch):
     class Runtime:
         env = None
 
-        async def sub_request(self, kind, request):
+        async def sub_request(self, kind, request, tail=False):
             await asyncio.sleep(0)
             calls.append((kind, request._method, request.url))
             response = workers.Response('{{"path": "{}"}}'.format(request.url.split("/", 3)[-1]), status=200,

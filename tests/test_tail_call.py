@@ -22,6 +22,7 @@ import pytest
 from sandbox import tail_call
 from tests.harness import Corral
 from tests.test_observability import wait_for
+from tests.upstream import pattern
 
 #: The dispatcher: its own pid on /pid, else a tail call.
 TAIL_DISPATCHER = """
@@ -247,3 +248,39 @@ def _send_offsets(function) -> list[int]:
 def test_the_bytecode_says_which_awaits_are_returned_at_once(function, tail):
     (offset,) = _send_offsets(function)
     assert tail_call._returns_at(function.__code__, offset) is tail
+
+
+def test_a_fetch_returned_as_it_is_keeps_the_upstreams_answer(server, upstream):
+    """``return await fetch(url)`` (a proxy, as Cloudflare's examples write
+    it) is a tail call too: the upstream's status, reason, headers and a
+    streamed body of known length reach the client as the worker returned them."""
+    server.deploy("proxy", f"""
+from workers import WorkerEntrypoint, fetch
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        path = request.url.split("/", 3)[3]
+        return await fetch("{upstream.url("/")}" + path)
+""", namespace="default")
+    resp = server.request("/big?n=300000", host="proxy.tail.test")
+    assert resp.status == 200
+    assert resp.headers["content-length"] == "300000"
+    assert resp.body == b"".join(pattern(300000))
+    resp = server.request("/reason?code=299&text=Fine%20Thanks", host="proxy.tail.test")
+    assert (resp.status, resp.reason) == (299, "Fine Thanks")
+    resp = server.request("/echo/x", host="proxy.tail.test")
+    assert resp.headers["content-type"].startswith("application/json")
+
+
+def test_a_status_without_a_body_goes_through_the_child_as_before(server):
+    server.deploy("empty", """
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response(None, status=204, headers={"x-empty": "yes"})
+""", namespace="default")
+    resp = server.request("/", host="empty.tail.test")
+    assert (resp.status, resp.body, resp.headers["x-empty"]) == (204, b"", "yes")

@@ -28,6 +28,8 @@ _EXCEPTION = Outcome.EXCEPTION
 _CRASHED = Outcome.CRASHED
 _CANCELED = Outcome.CANCELED
 _WALL = Outcome.EXCEEDED_WALL_TIME
+#: Statuses whose response has no body (a WebSocket's 101 among them).
+_NO_BODY_STATUSES = frozenset({101, 204, 205, 304})
 #: Fetch and binding-call records kept per invocation for its spans.
 MAX_SPANS = 100
 
@@ -195,8 +197,9 @@ class Invocation:
         head: answer with it now, as the child would once it had returned it
         (sandbox.tail_call). Not for an event other than an HTTP request (its
         answer is not a response), a WebSocket (its socket's events have to
-        be told where to go), or once answered."""
-        if self.has_head or self.event is not None or status == 101:
+        be told where to go), a status that has no body (the child's
+        ``Response`` drops any it came with), or once answered."""
+        if self.has_head or self.event is not None or status in _NO_BODY_STATUSES:
             return False
         streaming = False
         if body is not None and type(body) is not BytesBody:  # bytes in hand are sent as they are
