@@ -8,6 +8,7 @@ flood the supervisor with one giant write.
 
 from __future__ import annotations
 
+import codecs
 import io
 import logging
 import math
@@ -92,8 +93,34 @@ def emit(level: str, message: str) -> None:
         _sink(level, message, was_cut)
 
 
+class _ByteWriter(io.RawIOBase):
+    """``sys.stdout.buffer``: bytes written are decoded as UTF-8 (a character
+    split across writes waits for its rest; bad bytes become U+FFFD) and go
+    to the text stream, so they become log lines as text does."""
+
+    def __init__(self, text: LineWriter) -> None:
+        self._text = text
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._text.write(self._decode(view.tobytes()))
+        return view.nbytes
+
+
 class LineWriter(io.TextIOBase):
-    """A text stream (``sys.stdout``) that emits a log line per line written."""
+    """A text stream (``sys.stdout``) that emits a log line per line written.
+
+    It looks like Pyodide's ``sys.stdout`` (a UTF-8 TextIOWrapper) where code
+    looks: ``encoding`` (None would break code that sniffs it), ``errors``,
+    ``line_buffering``, a binary ``buffer`` and ``reconfigure``."""
+
+    encoding = "utf-8"
+    errors = "strict"
+    line_buffering = True
 
     def __init__(self, level: str) -> None:
         self._level = level
@@ -101,9 +128,14 @@ class LineWriter(io.TextIOBase):
         #: The partial line was emitted, cut, for its length: the newline
         #: that ends it ends nothing more.
         self._cut = False
+        self.buffer = _ByteWriter(self)
 
     def writable(self) -> bool:
         return True
+
+    def reconfigure(self, **_: Any) -> None:
+        """Accepted and ignored (``sys.stdout.reconfigure(encoding="utf-8")``
+        opens many scripts): every line becomes a log line, as UTF-8, whatever it asks."""
 
     def write(self, text: str) -> int:
         data = self._partial + text
@@ -150,12 +182,49 @@ def install_logging() -> None:
     again, cheaply, in case a package zygote's framework rehearsal
     configured logging its own way.
     """
+    if logging.basicConfig is not _basic_config:
+        logging.basicConfig = _basic_config
     root = logging.getLogger()
     handlers = root.handlers
     if len(handlers) == 1 and type(handlers[0]) is _TraceHandler and root.level == logging.INFO:
         return
     root.handlers[:] = [_TraceHandler()]
     root.setLevel(logging.INFO)
+
+
+_standard_basic_config = logging.basicConfig
+
+#: What makes ``basicConfig`` set up handlers of its own.
+_OWN_HANDLERS = ("stream", "filename", "handlers")
+
+
+def _basic_config(**kwargs: Any) -> None:
+    """``logging.basicConfig`` for tenant code. The standard one does nothing
+    when the root logger has a handler, and here it always has the trace's
+    (:func:`install_logging`), so ``basicConfig(level=logging.DEBUG)`` was
+    silently ignored, where on Cloudflare (no root handler before it) it
+    takes effect. While the trace's handler is the only one: a stream, file
+    or handlers of its own replace it, as they would a root with none
+    (``sys.stdout`` and ``sys.stderr`` are log lines too); otherwise
+    ``level`` and ``format`` (``datefmt``, ``style``) apply to it, the logs
+    going on to the trace with their levels (no format: the bare message)."""
+    root = logging.getLogger()
+    handlers = root.handlers
+    if not (len(handlers) == 1 and type(handlers[0]) is _TraceHandler):
+        _standard_basic_config(**kwargs)  # the tenant set up logging already
+        return
+    if any(kwargs.get(key) is not None for key in _OWN_HANDLERS):
+        _standard_basic_config(**{**kwargs, "force": True})
+        return
+    unknown = set(kwargs) - {"level", "format", "datefmt", "style", "encoding", "errors", "force",
+                             *_OWN_HANDLERS, "filemode"}
+    if unknown:  # the standard function's own error
+        raise ValueError("Unrecognised argument(s): " + ", ".join(sorted(unknown)))
+    if kwargs.get("format") is not None or kwargs.get("datefmt") is not None:
+        handlers[0].setFormatter(logging.Formatter(kwargs.get("format"), kwargs.get("datefmt"),
+                                                   kwargs.get("style", "%")))
+    if kwargs.get("level") is not None:
+        root.setLevel(kwargs["level"])
 
 
 def _join(args: tuple[Any, ...]) -> str:

@@ -95,6 +95,9 @@ _.defects
 websocket
 # sandbox/logs.py (console.debug)
 _.debug
+# sandbox/logs.py: sys.stdout as Pyodide's TextIOWrapper has it
+_.line_buffering
+_.reconfigure
 # sandbox/js_shim.py (the ``js`` module: js.Object.fromEntries, js.JSON.stringify,
 # URL.pathname / searchParams, and a module __getattr__ for what is missing)
 _.fromEntries
