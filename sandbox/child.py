@@ -1175,7 +1175,13 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
     workers._runtime = runtime
     logs.set_sink(runtime.log_sink)
     logs.set_report_sink(runtime.report_sink)
+    # The originals too, as in Pyodide (where they are the same streams):
+    # code that writes to sys.__stderr__ (a last-resort handler, faulthandler
+    # users) is heard, not lost on /dev/null. And no command line: the
+    # zygote's would tell a tenant the host's paths.
     sys.stdout, sys.stderr = runtime.stdout, runtime.stderr
+    sys.__stdout__, sys.__stderr__ = runtime.stdout, runtime.stderr  # type: ignore[misc]
+    sys.argv = [""]
     logs.install_logging()
     _mark(marks)
     if channel is None:

@@ -1467,3 +1467,26 @@ def test_a_script_not_found_event_has_every_field(corral):
         "http://gone.example/p?q=1", "GET", "yes"), event
     assert event["logs"] == [] and event["exceptions"] == [] and isinstance(event["eventTimestamp"], int)
     assert type(event["cpuTime"]) is int and type(event["wallTime"]) is int
+
+
+def test_the_original_streams_are_log_lines_and_argv_tells_nothing_of_the_host(traced, collector):
+    """``sys.__stdout__``/``sys.__stderr__`` are the same streams as in
+    Pyodide (they went to /dev/null), and ``sys.argv`` is an embedded
+    interpreter's ``[""]``, not the zygote's command line with the host's paths."""
+    traced.deploy("origstreams", '''
+import sys
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        print("to the original stdout", file=sys.__stdout__)
+        sys.__stderr__.write("to the original stderr\\n")
+        return Response.json({"argv": sys.argv, "same": sys.__stdout__ is sys.stdout})
+''')
+    resp = traced.request("/", host="origstreams.localhost")
+    assert resp.status == 200, resp.text
+    assert resp.json() == {"argv": [""], "same": True}
+    child = event_for(collector, resp.headers["x-corral-request-id"])["children"][0]
+    assert [(line["message"], line["level"]) for line in child["logs"]] == [
+        (["to the original stdout"], "log"), (["to the original stderr"], "error")]
