@@ -14,10 +14,13 @@ from supervisor.cli_client import ACCOUNT, AdminClient, _emit, _emit_table, _q, 
 
 
 def _read_secret(key: str) -> str | None:
+    """The value, trailing whitespace trimmed as wrangler's ``secret put``
+    trims it (``trimTrailingWhitespace``): ``echo`` adds a newline, a file
+    saved on Windows a CR LF; only a last LF went, so the CR stayed in the
+    secret and every comparison with the intended value failed."""
     if sys.stdin.isatty():
-        return getpass.getpass(f"Enter a secret value for {key}: ")
-    value = sys.stdin.read()
-    return value[:-1] if value.endswith("\n") else value
+        return getpass.getpass(f"Enter a secret value for {key}: ").rstrip()
+    return sys.stdin.read().rstrip()
 
 
 def cmd_secret(args: argparse.Namespace, client: AdminClient) -> int:

@@ -678,6 +678,28 @@ def _loose_vendored(root: Path, base: str, modules: dict[str, bytes], config: _P
     return found
 
 
+#: The folder SPEC section 1 names: "a folder's ... ``assets`` directory travel[s] with it".
+DEFAULT_ASSETS_DIR = "assets"
+
+
+def _default_assets(config: WranglerConfig, root: Path) -> WranglerConfig:
+    """A ``corral.toml`` without an ``[assets]`` table, in a folder with an
+    ``assets`` directory: that directory is its static assets, as SPEC says
+    a folder's ``assets`` directory travels with it (without this its
+    ``.txt`` and ``.html`` files went up as text modules and nothing was
+    served). Not when it holds ``.py`` files: then it is a package the
+    worker imports. A symlink is not searched: taken as the assets
+    directory, it meets the same containment check as a configured one
+    (one leading out of the project is refused by name). A Wrangler config
+    keeps Cloudflare's rule: assets only where ``assets.directory`` names them."""
+    folder = root / DEFAULT_ASSETS_DIR
+    if not isinstance(config, CorralConfig) or config.assets is not None or not folder.is_dir():
+        return config
+    if not folder.is_symlink() and any(name.endswith(".py") for _, _, names in os.walk(folder) for name in names):
+        return config
+    return msgspec.structs.replace(config, assets=_Assets(directory=DEFAULT_ASSETS_DIR))
+
+
 def load_project(path: str | os.PathLike[str], env: str | None = None,
                  allow_outside: bool = False) -> Project:
     """Read a ``.py`` file or a project folder into upload-ready modules and
@@ -714,6 +736,7 @@ def load_project(path: str | os.PathLike[str], env: str | None = None,
     _contained(config_path, within, "config file")
     warnings: list[str] = []
     config = _read_config(config_path, warnings, env)
+    config = _default_assets(config, target)
     if not config.main:
         raise ProjectError(f"{config_path} does not name the main module: add main = \"src/entry.py\"")
     main = posixpath.normpath(config.main.replace("\\", "/"))
