@@ -181,7 +181,11 @@ class Headers(http.client.HTTPMessage):
     #: arrived (None once changed), so that headers a worker passes on (a
     #: dispatcher forwarding its request and the response it got back) are
     #: not encoded again: two passes over every header of every request.
-    __slots__ = ("_items", "_raw_items")
+    #: ``_undecoded``: the frame's list of headers made from one
+    #: (:meth:`_from_raw`), whose ``_items`` are decoded on first use
+    #: (:meth:`__getattr__`): a user worker that never reads its request's
+    #: headers (most answer from the path) is spared a str pair per header.
+    __slots__ = ("_items", "_raw_items", "_undecoded")
 
     # What email.message.Message.__init__ would set, as class attributes:
     # every request's headers are made without running any __init__.
@@ -223,9 +227,21 @@ class Headers(http.client.HTTPMessage):
     @classmethod
     def _from_raw(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
         headers = cls.__new__(cls)  # every request's headers: no __init__ to run
-        headers._items = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
+        headers._undecoded = raw
         headers._raw_items = raw
         return headers
+
+    def __getattr__(self, name: str) -> Any:
+        """Only an attribute not found otherwise gets here: ``_items`` of
+        headers made from a frame, before their first use (see ``__slots__``)."""
+        if name != "_items":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        try:
+            raw = object.__getattribute__(self, "_undecoded")
+        except AttributeError:
+            raise AttributeError(name) from None
+        items = self._items = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
+        return items
 
     def _raw(self) -> list[tuple[bytes, bytes]]:
         if self._raw_items is not None:

@@ -95,6 +95,11 @@ _.defects
 websocket
 # sandbox/logs.py (console.debug)
 _.debug
+# sandbox/child.py: sys.__stdout__ / sys.__stderr__, read by tenant code
+_.__stdout__
+_.__stderr__
+# sandbox/workers.py: Headers._undecoded, read by Headers.__getattr__ through object.__getattribute__
+_._undecoded
 # sandbox/logs.py: sys.stdout as Pyodide's TextIOWrapper has it
 _.line_buffering
 _.reconfigure
