@@ -369,12 +369,23 @@ def _check_admin_access(admin: AdminConfig) -> None:
 
 
 def load(path: str | None, **overrides: object) -> ServeConfig:
-    """Read ``path`` (TOML) if given, then apply non-None ``overrides``."""
+    """Read ``path`` (TOML) if given, then apply non-None ``overrides``.
+
+    The state dir, when neither the file nor ``--state-dir`` names one, is
+    the one systemd made for the service (``StateDirectory=corral`` sets
+    ``$STATE_DIRECTORY`` to ``/var/lib/corral``: scripts/corral.service),
+    else ``./.corral``."""
     config = ServeConfig()
+    named = False
     if path:
         with open(path, "rb") as f:
-            config = msgspec.toml.decode(f.read(), type=ServeConfig)
+            text = f.read()
+        config = msgspec.toml.decode(text, type=ServeConfig)
+        named = "state_dir" in msgspec.toml.decode(text)
     changes = {k: v for k, v in overrides.items() if v is not None}
+    systemd_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd_dir and not named and "state_dir" not in changes:
+        changes["state_dir"] = systemd_dir
     return msgspec.structs.replace(config, **changes) if changes else config
 
 

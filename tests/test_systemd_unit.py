@@ -1,0 +1,102 @@
+"""scripts/corral.service: the unit a platform installs, run as systemd runs it.
+
+The unit's ExecStart is started the way systemd starts it (its working
+directory, ``$STATE_DIRECTORY`` from ``StateDirectory=``, ``$NOTIFY_SOCKET``
+for ``Type=notify``), with only the install prefix and the port changed, and
+must tell READY, RELOADING on its ExecReload signal and STOPPING on its
+KillSignal, keeping its state in ``$STATE_DIRECTORY``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.harness import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "scripts" / "corral.service"
+PREFIX = "/opt/corral"
+
+
+def _unit() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # systemd's keys are case-sensitive
+    parser.read_string(UNIT.read_text())
+    return parser
+
+
+def test_the_unit_is_a_notify_service_with_its_state_and_cgroup_delegated():
+    service = _unit()["Service"]
+    assert service["Type"] == "notify"
+    assert service["StateDirectory"] == "corral"
+    assert service["WorkingDirectory"] == "/var/lib/corral"
+    assert service["Delegate"] == "yes"  # the memory limits' cgroups (supervisor/limits/memory.py)
+    assert service["KillMode"] == "mixed" and service["KillSignal"] == "SIGTERM"
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert shlex.split(service["ExecStart"])[:2] == [f"{PREFIX}/.venv/bin/corral", "serve"]
+    if shutil.which("systemd-analyze"):  # systemd's own reading of it, where systemd is installed
+        local = UNIT.read_text().replace(PREFIX, str(REPO))
+        copy = Path("/tmp") / f"corral-test-{os.getpid()}.service"
+        copy.write_text(local)
+        try:
+            checked = subprocess.run(["systemd-analyze", "verify", str(copy)],
+                                     capture_output=True, text=True, timeout=60)
+        finally:
+            copy.unlink()
+        assert checked.returncode == 0, checked.stderr
+
+
+def test_execstart_run_as_systemd_runs_it(tmp_path):
+    service = _unit()["Service"]
+    state = tmp_path / "var-lib-corral"
+    state.mkdir(mode=0o700)
+    port = free_port()
+    argv = shlex.split(service["ExecStart"])
+    argv[0] = argv[0].replace(PREFIX, str(REPO))
+    argv[argv.index("--http") + 1] = f"127.0.0.1:{port}"
+    notify_path = str(tmp_path / "notify")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(60)
+    env = {**os.environ, "STATE_DIRECTORY": str(state), "NOTIFY_SOCKET": notify_path,
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(argv, cwd=state, env=env, stdout=subprocess.DEVNULL,
+                            stderr=(tmp_path / "serve.log").open("wb"))
+    try:
+        assert notify.recv(4096) == b"READY=1", (tmp_path / "serve.log").read_text()
+        assert (state / "admin.sock").exists()  # $STATE_DIRECTORY is its state dir
+        proc.send_signal(signal.SIGHUP)  # what ExecReload sends
+        assert notify.recv(4096).startswith(b"RELOADING=1\n")
+        assert notify.recv(4096) == b"READY=1"
+        proc.send_signal(getattr(signal, service["KillSignal"]))
+        assert notify.recv(4096) == b"STOPPING=1"
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+
+
+def test_a_state_dir_named_by_flag_or_config_wins_over_systemds(tmp_path, monkeypatch):
+    from supervisor import config
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "systemd"))
+    assert config.load(None).state_dir == str(tmp_path / "systemd")
+    assert config.load(None, state_dir=str(tmp_path / "flag")).state_dir == str(tmp_path / "flag")
+    named = tmp_path / "corral.toml"
+    named.write_text(f'state_dir = "{tmp_path / "file"}"\n')
+    assert config.load(str(named)).state_dir == str(tmp_path / "file")
+    unnamed = tmp_path / "other.toml"
+    unnamed.write_text("log_invocations = true\n")
+    assert config.load(str(unnamed)).state_dir == str(tmp_path / "systemd")
+    monkeypatch.delenv("STATE_DIRECTORY")
+    assert config.load(None).state_dir == ".corral"
