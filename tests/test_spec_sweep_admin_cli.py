@@ -353,6 +353,15 @@ def test_d1_execute_and_migrations_apply(corral: Corral, tmp_path: Path) -> None
     cli(corral, "d1", "execute", "DB", "--config", project, expect=2)
 
 
+@pytest.mark.parametrize("args", [("usage", "--since", "bogus"), ("usage", "--until", "nextweek"),
+                                  ("tail", "--sampling-rate", "2"), ("tail", "--sampling-rate", "half")])
+def test_a_bad_option_value_is_bad_usage_before_any_request(corral: Corral, args: tuple[str, ...]) -> None:
+    """SPEC 1: exit status 2 on bad usage. These values were sent to the
+    server, which refused them: an API error (1)."""
+    result = cli(corral, *args, expect=2)
+    assert args[1] in result.stderr and "must be" in result.stderr, result.stderr
+
+
 def test_secret_put_trims_trailing_whitespace_as_wrangler_does(corral: Corral, tmp_path: Path) -> None:
     """wrangler secret put trims the value's trailing whitespace (its
     trimTrailingWhitespace): a CRLF line from a Windows file, or ``echo``'s

@@ -58,14 +58,43 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     tail.add_argument("--ip", action="append",
                       help="only requests from this client IP address (repeatable)")
     tail.add_argument("--search", help="only events whose logs, exceptions or URL contain this text")
-    tail.add_argument("--sampling-rate", type=float, default=None, help="share of events to show, 0..1")
+    tail.add_argument("--sampling-rate", type=_share, default=None, help="share of events to show, 0..1")
 
     usage = sub.add_parser("usage", parents=[common], help="requests, errors, CPU and wall time per minute")
     usage.add_argument("name", metavar="NAME", nargs="?", help="only this script")
     usage.add_argument("--namespace", "-n", help="only this dispatch namespace")
     usage.add_argument("--tag", help="rows per this tag instead of per script")
-    usage.add_argument("--since", help="start: ISO time, epoch seconds, or relative like 1h (default 1h)")
-    usage.add_argument("--until", help="end (default now)")
+    usage.add_argument("--since", type=_time("--since"),
+                       help="start: ISO time, epoch seconds, or relative like 1h (default 1h)")
+    usage.add_argument("--until", type=_time("--until"), help="end (default now)")
+
+
+def _share(text: str) -> float:
+    """``--sampling-rate``: a share from 0 to 1 (checked here: a bad one is a
+    usage error, exit status 2, not the server's refusal)."""
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
+    return share
+
+
+def _time(flag: str) -> Callable[[str], str]:
+    """``--since``/``--until``: a time as the usage API reads it
+    (supervisor.time_spec), checked here so that a bad one is a usage error;
+    sent as written (a relative time counts from the server's clock)."""
+    def check(text: str) -> str:
+        from supervisor.errors import Invalid
+        from supervisor.time_spec import parse_time
+
+        try:
+            parse_time(text, flag, 0)
+        except Invalid as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{flag} ")) from None
+        return text
+    return check
 
 
 def _status(text: str) -> str:
