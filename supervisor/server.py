@@ -420,10 +420,9 @@ class Supervisor:
                     await _wait_for_stop(self._reconsider_config)
                     log("serve.stopping", in_flight=self.http.in_flight)
                     _notify("STOPPING=1")
-                    listener.close()
-                    self.http.draining = True
+                    self.http.begin_drain(listener)
                     with trio.move_on_after(DRAIN_S):
-                        while self.http.in_flight:
+                        while self.http.in_flight or self.http.starting:
                             await trio.sleep(0.02)
                     accepting.cancel()  # idle keep-alive connections close here
                 nursery.cancel_scope.cancel()

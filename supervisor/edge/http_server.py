@@ -363,6 +363,9 @@ class Connection:
         self.idle_until = 0.0
         #: Set by the sweeper when it ended the idle wait.
         self.idle_expired = False
+        #: A request of its was on its way when the drain began: counted in
+        #: :attr:`Server.starting` until it is read (or never comes).
+        self.starting = False
         self.response_started = False
         self.linger = False
         self.keep_alive = True
@@ -698,6 +701,17 @@ async def _simple(conn: Connection, status: int, message: str) -> None:
     await conn.respond(status, headers, body)
 
 
+def _has_data(sock: socket.socket) -> bool:
+    """Whether the client has sent something not yet read (or closed its side)."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset: reading it is how the connection learns so
+    return True
+
+
 async def _linger(sock: socket.socket) -> None:
     """Close after an error without a reset: stop sending, then drop what the
     client is still sending for a moment, so it reads our answer first."""
@@ -750,6 +764,11 @@ class Server:
         self.in_flight = 0
         #: Set on shutdown: finish the current request, then close.
         self.draining = False
+        #: Connections that had a request on its way when the drain began
+        #: (:meth:`begin_drain`) and have not yet read its head (and so are
+        #: not yet :attr:`in_flight`): the drain waits for them too.
+        self.starting = 0
+        self._connections: trio.Nursery | None = None
         #: Connections waiting for the first byte of a request head.
         self._idle: set[Connection] = set()
         self._idle_waits = IdleWaits()
@@ -760,6 +779,7 @@ class Server:
         listener.setblocking(False)
         tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
         async with trio.open_nursery() as nursery:
+            self._connections = nursery
             nursery.start_soon(self._sweep_idle)
             await nursery.start(self._idle_waits.run)
             task_status.started()
@@ -777,9 +797,53 @@ class Server:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 nursery.start_soon(self.serve_socket, sock)
 
-    async def serve_socket(self, sock: socket.socket) -> None:
-        """One connection; never raises, whatever the client does."""
+    def begin_drain(self, listener: socket.socket) -> None:
+        """Shutdown: every request a client has sent gets its answer, and no
+        connection is cut while its request is on its way.
+
+        The connections the kernel has already accepted (they wait in the
+        listen backlog, and their clients may have sent a request) are taken
+        and served before the listener closes, which would reset them. An
+        idle keep-alive connection with nothing to read is closed now; one
+        whose next request has arrived but not yet been read is served.
+        Responses from here on say ``connection: close``; the caller waits
+        while :attr:`in_flight` or :attr:`starting`."""
+        self.draining = True
+        nursery = self._connections
+        tcp = listener.family in (socket.AF_INET, socket.AF_INET6)
+        while nursery is not None:
+            try:
+                sock, _addr = listener.accept()
+            except OSError:  # BlockingIOError: the backlog is empty
+                break
+            if tcp:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.starting += 1
+            nursery.start_soon(self.serve_socket, sock, True)
+        listener.close()
+        for conn in list(self._idle):
+            self._idle.discard(conn)
+            if _has_data(conn.sock):
+                conn.starting = True
+                self.starting += 1
+            else:
+                conn.idle_expired = True
+                if conn.idle_waits is not None:
+                    conn.idle_waits.notify_closing(conn.sock.fileno())
+                else:
+                    trio.lowlevel.notify_closing(conn.sock)
+
+    def _started(self, conn: Connection) -> None:
+        """``conn``'s request, waited for by the drain, was read (or never came)."""
+        if conn.starting:
+            conn.starting = False
+            self.starting -= 1
+
+    async def serve_socket(self, sock: socket.socket, starting: bool = False) -> None:
+        """One connection; never raises, whatever the client does.
+        ``starting``: taken from the backlog by :meth:`begin_drain`."""
         conn = Connection(sock, self.config, self.name)
+        conn.starting = starting
         conn.error_body = self.error_body
         fd = sock.fileno()
         if self._idle_waits.add(fd):
@@ -801,6 +865,7 @@ class Server:
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             error(f"{self.name}.connection_error", exc_info=exc)
         finally:
+            self._started(conn)
             if conn.idle_waits is not None:
                 conn.idle_waits.remove(fd)
             sock.close()
@@ -820,13 +885,14 @@ class Server:
                     headers = _header_list(event)
                     length = conn.check_framing(event, headers)
             except h11.RemoteProtocolError as exc:
+                self._started(conn)
                 await self._bad_request(conn, exc)
                 return
             if event is None or isinstance(event, h11.ConnectionClosed):
                 return
             assert isinstance(event, (h11.Request, SimpleHead))
             self.requests += 1
-            conn.keep_alive = not _wants_close(event, headers)
+            conn.keep_alive = not (self.draining or _wants_close(event, headers))
             conn.http11 = event.http_version == b"1.1"
 
             # 2. The body: declared too large -> 413 straight away.
@@ -862,6 +928,8 @@ class Server:
 
             # 3. The handler.
             self.in_flight += 1
+            if conn.starting:
+                self._started(conn)
             try:
                 await self.handler(request, conn)
             except BodyTooLarge as exc:
@@ -936,6 +1004,8 @@ class Server:
             h.receive_data(b"")
             return h.next_event()
         else:
+            if self.draining and not _has_data(conn.sock):
+                return None  # shutting down, and no request came: close quietly
             # Nothing buffered: wait for the first byte under the idle timeout
             # (kept by _sweep_idle).
             conn.idle_until = time.monotonic() + self.config.idle_timeout_s
