@@ -426,6 +426,7 @@ USAGE = [
     (["routes", "add", "only-pattern"], ["required: SCRIPT"]),
     (["routes", "add", "*.x.test/*", ""], ["routes: SCRIPT must not be empty"]),
     (["routes", "rm", ""], ["routes: ID must not be empty"]),
+    (["usage", "--since", "garbage"], ["--since: must be epoch seconds"]),
 ]
 
 
@@ -450,7 +451,6 @@ API_ERRORS = [
     (["secret", "list", "no-such"], ["script 'no-such' not found"]),
     (["secret", "delete", "keep", "NOPE"], ["has no secret 'NOPE'"]),
     (["d1", "execute", "no-such-db", "--command", "SELECT 1"], ["no database 'no-such-db'"]),
-    (["usage", "--since", "garbage"], ["since must be epoch seconds"]),
     (["token", "rm", "no-such"], ["no token with id 'no-such'"]),
     (["ns", "create", "bad/ns"], ["invalid namespace name 'bad/ns'"]),
     (["ns", "rm", "no-such"], ["dispatch namespace 'no-such' does not exist"]),
