@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import trio
 
@@ -409,7 +409,11 @@ class Supervisor:
                     await self._start_admin_tcp(nursery)
                 freeze_startup_heap()
                 await nursery.start(self.ingress.run)
-                with trio.CancelScope() as accepting:
+                # The signals are ours before READY=1: systemd may send the
+                # reload (SIGHUP) or stop right after it, and SIGHUP's default
+                # action ends the process.
+                with trio.CancelScope() as accepting, \
+                        trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                     await nursery.start(self.http.serve, listener)
                     nursery.start_soon(self.admin_http.serve, admin_listener)
                     bound = listener.getsockname()
@@ -417,7 +421,7 @@ class Supervisor:
                         admin_socket=self.config.admin_socket_path, state_dir=self.config.state_dir)
                     _notify("READY=1")
                     task_status.started(bound)
-                    await _wait_for_stop(self._reconsider_config)
+                    await _wait_for_stop(signals, self._reconsider_config)
                     log("serve.stopping", in_flight=self.http.in_flight)
                     _notify("STOPPING=1")
                     self.http.begin_drain(listener)
@@ -468,19 +472,18 @@ class Supervisor:
                  kept="the running configuration: the changes apply at the next restart")
 
 
-async def _wait_for_stop(on_reload: Callable[[], None]) -> None:
+async def _wait_for_stop(signals: AsyncIterator[int], on_reload: Callable[[], None]) -> None:
     """Until SIGTERM or SIGINT. SIGHUP is a reload: scripts, routes and
     namespaces are already applied live from the store, so there is nothing
     to apply (``on_reload`` checks the config file); systemd still hears
     RELOADING=1 then READY=1."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum != signal.SIGHUP:
-                return
-            log("serve.reload")
-            on_reload()
-            _notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-            _notify("READY=1")
+    async for signum in signals:
+        if signum != signal.SIGHUP:
+            return
+        log("serve.reload")
+        on_reload()
+        _notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        _notify("READY=1")
 
 
 def _refuse_live_socket(path: str) -> None:
