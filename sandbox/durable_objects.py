@@ -23,7 +23,7 @@ import msgspec
 from protocol.messages import DO_STORAGE, DurableObjectEvent, WebSocketEvent
 
 from . import events, websockets, workers
-from .bindings import AttrDict, AttrList, call, options
+from .bindings import AttrDict, AttrList, call, js_double, js_key, js_keys, options, webidl_int
 from .bindings.durable_objects import DurableObjectId, decode, decode_args, encode, encode_rpc
 from .pyodide_shim import JsException
 from .run_sync import can_suspend, run_sync
@@ -72,7 +72,11 @@ class SqlCursor:
 
     def __init__(self, raw: dict[str, Any]) -> None:
         self.columnNames = AttrList(raw["columns"])  # noqa: N815 - Workers API name
-        self._rows = raw["rows"]
+        # workerd hands every number to JavaScript as a double (sql.c++: an
+        # int64 "will become BigInt ... We will coerce to a double here"), and
+        # Pyodide gives a Number back as int when it is a safe integer, else
+        # as float: REAL 2.0 is 2, INTEGER 2**53 + 1 is 9007199254740992.0.
+        self._rows = [[js_double(v) for v in row] for row in raw["rows"]]
         self.rowsRead = raw["rowsRead"]  # noqa: N815
         self.rowsWritten = raw["rowsWritten"]  # noqa: N815
         self._next = 0
@@ -152,13 +156,25 @@ async def _itself(cursor: SqlCursor) -> SqlCursor:
     return cursor
 
 
+def _sql_binding(value: Any) -> Any:
+    """One ``sql.exec()`` binding as workerd takes it: its type is
+    ``OneOf<ArrayBuffer, String, double>`` (sql.h ``BindingValue``), and Web
+    IDL's union conversion (jsg/value.h) turns a boolean, which matches none
+    of them, into a string: True binds the TEXT ``'true'``, not 1."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    return value
+
+
 class SqlStorage:
     """``ctx.storage.sql``: SQLite on the object's own database, synchronous as on Cloudflare."""
 
     def exec(self, query: str, *bindings: Any) -> SqlCursor:
         if not isinstance(query, str):
             raise TypeError("sql.exec() takes the SQL text first")
-        binds = [bytes(b) if isinstance(b, (bytearray, memoryview)) else b for b in bindings]
+        binds = [_sql_binding(b) for b in bindings]
         value, _ = _now(call(DO_STORAGE, "sql", [query, binds]), "sql.exec()")
         return SqlCursor(value)
 
@@ -189,14 +205,14 @@ class SyncKv:
     in the object's hidden ``__cf_kv`` table)."""
 
     def get(self, key: str) -> Any:
-        value, _ = _now(call(DO_STORAGE, "get", [key]), "storage.kv.get()")
+        value, _ = _now(call(DO_STORAGE, "get", [js_key(key)]), "storage.kv.get()")
         return decode(value[0][1]) if value else None
 
     def put(self, key: str, value: Any) -> None:
-        _now(call(DO_STORAGE, "put", [[[key, encode(value, "kv.put()")]]]), "storage.kv.put()")
+        _now(call(DO_STORAGE, "put", [[[js_key(key), encode(value, "kv.put()")]]]), "storage.kv.put()")
 
     def delete(self, key: str) -> bool:
-        value, _ = _now(call(DO_STORAGE, "delete", [key]), "storage.kv.delete()")
+        value, _ = _now(call(DO_STORAGE, "delete", [js_key(key)]), "storage.kv.delete()")
         return bool(value)
 
     def list(self, options_: Any = None, **keywords: Any) -> Iterator[AttrList]:
@@ -211,11 +227,16 @@ class SyncKv:
 
 def _list_options(options_: Any, keywords: dict[str, Any], where: str) -> dict[str, Any]:
     opts = options(options_, keywords, where)
+    if "limit" in opts:
+        opts["limit"] = webidl_int(opts["limit"])
     limit = opts.get("limit")
     if limit is not None and not isinstance(limit, bool) and isinstance(limit, (int, float)) \
             and limit <= 0:
         # workerd's own check and words (actor-state.c++), before the call goes out.
         raise JsException("TypeError", "List limit must be positive.")
+    if opts.get("start") is not None and opts.get("startAfter") is not None:
+        # workerd's words (actor-state.c++ list()): the two name the same bound.
+        raise JsException("TypeError", "list() cannot be called with both start and startAfter values.")
     return {k: opts[k] for k in ("prefix", "start", "startAfter", "end", "limit", "reverse")
             if opts.get(k) is not None}
 
@@ -230,8 +251,9 @@ class DurableObjectStorage:
 
     @eager
     async def get(self, keys: Any, options_: Any = None, **keywords: Any) -> Any:
-        if isinstance(keys, (list, tuple)):
-            value, _ = await call(DO_STORAGE, "get", [list(keys)])
+        keys = js_keys(keys)
+        if isinstance(keys, list):
+            value, _ = await call(DO_STORAGE, "get", [keys])
             return _values(value)
         value, _ = await call(DO_STORAGE, "get", [keys])
         return decode(value[0][1]) if value else None
@@ -239,17 +261,17 @@ class DurableObjectStorage:
     @eager
     async def put(self, key: Any, value: Any = _UNSET, options_: Any = None, **keywords: Any) -> None:
         if isinstance(key, dict):
-            entries = [[k, encode(v, "put()")] for k, v in key.items()]
+            entries = [[js_key(k), encode(v, "put()")] for k, v in key.items()]
         elif value is _UNSET:
             # put(key) with no value: JavaScript's undefined, which workerd refuses.
             raise JsException("TypeError", "put() called with undefined value.")
         else:
-            entries = [[key, encode(value, "put()")]]
+            entries = [[js_key(key), encode(value, "put()")]]
         await call(DO_STORAGE, "put", [entries])
 
     @eager
     async def delete(self, keys: Any, options_: Any = None, **keywords: Any) -> Any:
-        value, _ = await call(DO_STORAGE, "delete", [list(keys) if isinstance(keys, (list, tuple)) else keys])
+        value, _ = await call(DO_STORAGE, "delete", [js_keys(keys)])
         return value
 
     @eager

@@ -57,6 +57,12 @@ class MessageBatch:
     def _decide(self, id_: str, delay: float | None, retry: bool) -> None:
         if id_ in self._acked or id_ in self._retried:
             return  # the first decision holds, as on Cloudflare
+        if self._all == ("ack" if retry else "retry"):
+            # After ackAll() a message's retry() has no effect, and after
+            # retryAll() its ack() (workerd's queue.c++: "Calling retry() on a
+            # message after calling ackAll() has no effect"). A call made
+            # before the batch-wide one still takes precedence over it.
+            return
         if retry:
             self._retried[id_] = delay
         else:

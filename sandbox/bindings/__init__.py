@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -53,9 +54,14 @@ def wrap(value: Any) -> Any:
     Without recursion: a value nested a few hundred deep (which msgspec
     decodes, and the producer's SDK sends) took two Python frames a level
     here and overflowed the stack; in a queue consumer that failed the
-    batch before its handler ran, and every message in it was dropped."""
+    batch before its handler ran, and every message in it was dropped.
+
+    Numbers come out as :func:`js_number` makes them: everything wrapped
+    here reached the tenant through JavaScript on Cloudflare (a Durable
+    Object's stored values, a queue message's body, a binding's answer),
+    where a float 1.0 is the Number 1 and Pyodide gives it back as int."""
     if not isinstance(value, (dict, list)):
-        return value
+        return js_number(value)
     root = _shell(value)
     pending = [(value, root)]
     while pending:
@@ -65,7 +71,7 @@ def wrap(value: Any) -> Any:
                 copy = _shell(item)
                 pending.append((item, copy))
             else:
-                copy = item
+                copy = js_number(item)
             if isinstance(target, AttrList):
                 target.append(copy)  # in order: a nested copy is filled in later, in place
             else:
@@ -119,10 +125,86 @@ def js_number(value: Any) -> Any:
     return value
 
 
+def js_double(value: Any) -> Any:
+    """A number that was a JavaScript Number (a double) on its way to Python:
+    :func:`js_number`, and an integer past 2**53 the float it rounds to, as a
+    Number holds it and Pyodide gives it (not a safe integer: a float). D1
+    and ``ctx.storage.sql`` hand SQLite's 64-bit INTEGERs to JavaScript as
+    Numbers (d1-api.ts, sql.c++ "We will coerce to a double here"), and
+    ``JSON.parse`` reads every number as one."""
+    if type(value) is int and abs(value) > MAX_SAFE_INTEGER:
+        return float(value)
+    return js_number(value)
+
+
+def js_string(number: float) -> str:
+    """``String(number)`` in JavaScript: ``1.0`` is ``"1"``, ``1e21`` is ``"1e+21"``,
+    ``1e-7`` is ``"1e-7"``, infinities and NaN by name. An int (a BigInt past
+    2**53 in Pyodide) is its digits."""
+    if isinstance(number, int):
+        return str(number)
+    if number != number:  # noqa: PLR0124 - NaN is the one value unequal to itself
+        return "NaN"
+    if number in (float("inf"), float("-inf")):
+        return "Infinity" if number > 0 else "-Infinity"
+    mantissa, _, exponent = repr(number).partition("e")
+    if number.is_integer() and abs(number) < 1e21:
+        if not exponent:
+            return str(int(number))
+        # From 1e16 JavaScript writes the shortest digits, then zeros (1.2345678901234568e+20
+        # is "123456789012345680000"), not the double's exact value.
+        sign, digits = ("-", mantissa[1:]) if mantissa.startswith("-") else ("", mantissa)
+        digits = digits.replace(".", "")
+        return sign + digits + "0" * (int(exponent) + 1 - len(digits))
+    if not exponent:
+        return mantissa
+    if -7 < int(exponent) < 0:  # JavaScript writes 1e-5 as "0.00001", from 1e-7 with an exponent
+        sign, digits = ("-", mantissa[1:]) if mantissa.startswith("-") else ("", mantissa)
+        return f"{sign}0.{'0' * (-int(exponent) - 1)}{digits.replace('.', '')}"
+    sign = "-" if exponent.startswith("-") else "+"
+    return f"{mantissa}e{sign}{exponent.lstrip('+-').lstrip('0') or '0'}"
+
+
+def js_key(key: Any) -> Any:
+    """A key (of KV, R2 or a Durable Object's storage) as workerd takes it, a
+    ``kj::String``: Web IDL converts a number or a boolean (a JavaScript
+    primitive; Pyodide passes 5 as the Number 5) to its string, so ``get(5)``
+    reads the key "5" on Cloudflare. Anything else is left to the binding's
+    own checks."""
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, (int, float)):
+        return js_string(key)
+    return key
+
+
+def js_keys(keys: Any) -> Any:
+    """``keys``, one or a list of them, as :func:`js_key` makes them."""
+    return [js_key(k) for k in keys] if isinstance(keys, (list, tuple)) else js_key(keys)
+
+
+def webidl_int(value: Any) -> Any:
+    """An ``int`` option (KV's ``expiration``, ``expirationTtl``, ``cacheTtl``
+    and ``limit``; R2's and a Durable Object's list ``limit``) as workerd
+    converts a number to it (jsg/value.h): a fractional one is truncated
+    toward zero, so ``expirationTtl=expires - time.time()`` works, as on
+    Cloudflare. Anything else (an int, a value that is not finite or does not
+    fit, another type) goes on to the supervisor's checks."""
+    if isinstance(value, float) and math.isfinite(value) and -(2**31) <= value < 2**31:
+        return int(value)
+    return value
+
+
 def js_json(data: bytes | str) -> Any:
     """``JSON.parse`` as Python sees its result through Pyodide (numbers by
-    :func:`js_number`); raises ValueError for text that is not JSON."""
-    return wrap(json.loads(data, parse_float=lambda text: js_number(float(text))))
+    :func:`js_double`); raises ValueError for text that is not JSON."""
+    return wrap(json.loads(data, parse_float=lambda text: js_number(float(text)),
+                           parse_int=lambda text: js_double(int(text)), parse_constant=_not_json))
+
+
+def _not_json(name: str) -> Any:
+    """``NaN`` and ``Infinity``, which Python's json reads and JSON.parse refuses."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def plain(value: Any) -> Any:

@@ -6,7 +6,7 @@ import itertools
 import time
 from typing import Any
 
-from . import AttrDict, AttrList, JsException, call, js_number, kind, options, wrap
+from . import AttrDict, AttrList, JsException, call, js_double, kind, options, wrap
 
 _BIND_TYPES = (type(None), bool, int, float, str, bytes)
 #: Pyodide hands a Python int to JavaScript as a Number from -2**53 to 2**53
@@ -38,9 +38,11 @@ def _bigint_text(value: int) -> str:
 
 
 def _cell(value: Any) -> Any:
-    """BLOBs come back as lists of byte values, as D1 returns them; a REAL
-    holding a whole number as the int Pyodide makes of that JavaScript number."""
-    return list(value) if isinstance(value, bytes) else js_number(value)
+    """BLOBs come back as lists of byte values, as D1 returns them; a number
+    as the JavaScript Number D1 hands over (:func:`js_double`): a whole REAL
+    an int, an INTEGER past 2**53 the float it rounds to (D1's docs: BigInts
+    are not supported, integers are safe up to Number.MAX_SAFE_INTEGER)."""
+    return list(value) if isinstance(value, bytes) else js_double(value)
 
 
 def _rows(raw: dict[str, Any]) -> list[AttrDict]:

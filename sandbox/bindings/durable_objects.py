@@ -25,7 +25,19 @@ from typing import Any
 import msgspec
 
 from .. import workers
-from . import AttrDict, AttrList, JsException, call, clone_encode, data_clone_error, kind, read, rpc_codec, wrap
+from . import (
+    AttrDict,
+    AttrList,
+    JsException,
+    call,
+    clone_encode,
+    data_clone_error,
+    js_number,
+    kind,
+    read,
+    rpc_codec,
+    wrap,
+)
 
 _ID = re.compile(r"[0-9a-f]{64}")
 
@@ -107,7 +119,7 @@ def rpc_value(value: Any) -> Any:
         return AttrDict({k: rpc_value(v) for k, v in value.items()})
     if isinstance(value, list):
         return AttrList(rpc_value(v) for v in value)
-    return value
+    return js_number(value)  # a float 2.0 crossed as the Number 2: Pyodide's int
 
 
 def decode_result(data: bytes) -> Any:

@@ -6,7 +6,22 @@ from typing import Any
 
 import msgspec
 
-from . import AttrDict, JsException, call, js_json, kind, options, read, stream_of, stream_value, wrap
+from . import (
+    AttrDict,
+    JsException,
+    call,
+    js_json,
+    js_key,
+    js_keys,
+    js_string,
+    kind,
+    options,
+    read,
+    stream_of,
+    stream_value,
+    webidl_int,
+    wrap,
+)
 
 TYPES = ("text", "json", "arrayBuffer", "bytes", "stream")
 
@@ -37,7 +52,7 @@ def _get_options(type_: Any, keywords: dict[str, Any], where: str) -> dict[str, 
                         '"json", and "stream".')
     sent: dict[str, Any] = {"type": kind}
     if opts.get("cacheTtl") is not None:
-        sent["cacheTtl"] = opts["cacheTtl"]
+        sent["cacheTtl"] = webidl_int(opts["cacheTtl"])
     return sent
 
 
@@ -75,6 +90,21 @@ def _json(data: bytes) -> Any:
         raise JsException("SyntaxError", f"Unexpected token in JSON: {exc}") from None
 
 
+def _put_value(value: Any) -> Any:
+    """``put``'s value as workerd's ``KvNamespace::put`` takes it: a number or
+    a boolean (a JavaScript primitive) is stored as its string, as JavaScript's
+    ``String()`` writes it; any other object that is not bytes, text or a stream
+    is its TypeError, in its words (kv.c++)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return js_string(value)
+    if isinstance(value, (dict, list, tuple, set)):
+        raise JsException("TypeError", "KV put() accepts only strings, ArrayBuffers, ArrayBufferViews, "
+                                       "and ReadableStreams as values.")
+    return value
+
+
 @kind("kv_namespace")
 class KvNamespace:
     """A KV namespace binding (``kv_namespaces`` / ``kv_namespace``)."""
@@ -84,9 +114,10 @@ class KvNamespace:
 
     async def _get(self, key: Any, type_: Any, keywords: dict[str, Any], with_meta: bool) -> Any:
         where = "KV.getWithMetadata()" if with_meta else "KV.get()"
+        key = js_keys(key)
         sent = _get_options(type_, keywords, where)
         kind = sent["type"]
-        if isinstance(key, (list, tuple)):
+        if isinstance(key, list):
             if kind not in ("text", "json"):
                 raise TypeError(f'{where}: bulk gets take type "text" or "json"')
             _, body = await call(self._name, "get", [list(key), sent])
@@ -118,19 +149,26 @@ class KvNamespace:
     get_with_metadata = getWithMetadata
 
     async def put(self, key: str, value: Any, options_: Any = None, **keywords: Any) -> None:
+        key = js_key(key)
         _check_key(key)
         opts = options(options_, keywords, "KV.put()")
-        body = stream_value(value, "KV put()")
+        body = stream_value(_put_value(value), "KV put()")
         sent = {k: opts[k] for k in ("expiration", "expirationTtl", "metadata") if k in opts}
+        for name in ("expiration", "expirationTtl"):
+            if sent.get(name) is not None:
+                sent[name] = webidl_int(sent[name])
         await call(self._name, "put", [key, sent], body)
 
     async def delete(self, key: str) -> None:
+        key = js_key(key)
         _check_key(key)
         await call(self._name, "delete", [key])
 
     async def list(self, options_: Any = None, **keywords: Any) -> AttrDict:
         opts = options(options_, keywords, "KV.list()")
         sent = {k: opts[k] for k in ("prefix", "limit", "cursor") if opts.get(k) is not None}
+        if "limit" in sent:
+            sent["limit"] = webidl_int(sent["limit"])
         if isinstance(sent.get("limit"), (int, float)) and not isinstance(sent["limit"], bool) \
                 and sent["limit"] <= 0:
             # workerd sends key_count_limit only when it is positive (kv.c++):

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from . import JsException, call, clone_encode, kind, options
+from . import JsException, call, clone_encode, js_double, js_number, kind, options
 
 CONTENT_TYPES = ("text", "bytes", "json", "v8")
 
@@ -59,7 +59,12 @@ def decode_body(data: bytes, content_type: str) -> Any:
     if content_type == "bytes":
         return data
     if content_type == "json":
-        return wrap(json.loads(data))
+        # The consumer's JSON.parse of what JSON.stringify wrote: 1.0 arrives as 1
+        # (js_json), and NaN or an infinity, which JSON.stringify writes as null
+        # (Python's json.dumps in encode_body writes NaN), as None.
+        return wrap(json.loads(data, parse_float=lambda text: js_number(float(text)),
+                               parse_int=lambda text: js_double(int(text)),
+                               parse_constant=lambda _name: None))
     return wrap(msgspec.msgpack.decode(data))
 
 

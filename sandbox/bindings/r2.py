@@ -13,11 +13,14 @@ from . import (
     call,
     camel,
     js_json,
+    js_key,
+    js_keys,
     kind,
     options,
     read,
     stream_of,
     stream_value,
+    webidl_int,
     wrap,
 )
 
@@ -308,7 +311,7 @@ class R2Bucket:
         self._name = name
 
     async def head(self, key: str) -> R2Object | None:
-        value, _ = await call(self._name, "head", [key])
+        value, _ = await call(self._name, "head", [js_key(key)])
         return None if value is None else R2Object(value)
 
     async def get(self, key: str, options_: Any = None, **keywords: Any
@@ -319,7 +322,7 @@ class R2Bucket:
             sent["onlyIf"] = _only_if(opts["onlyIf"])
         if opts.get("range") is not None:
             sent["range"] = _range(opts["range"])
-        value, body = await call(self._name, "get", [key, sent])
+        value, body = await call(self._name, "get", [js_key(key), sent])
         if value is None:
             return None
         if not value.get("body"):
@@ -340,16 +343,18 @@ class R2Bucket:
             sent["storageClass"] = opts["storageClass"]
         sent.update(_hash_options(opts))
         body = None if value is None else stream_value(value, "R2 put()")
-        result, _ = await call(self._name, "put", [key, sent], body)
+        result, _ = await call(self._name, "put", [js_key(key), sent], body)
         return None if result is None else R2Object(result)
 
     async def delete(self, keys: Any) -> None:
-        await call(self._name, "delete", [list(keys) if isinstance(keys, (list, tuple)) else keys])
+        await call(self._name, "delete", [js_keys(keys)])
 
     async def list(self, options_: Any = None, **keywords: Any) -> AttrDict:
         opts = options(options_, keywords, "R2.list()")
         sent = {k: opts[k] for k in ("limit", "prefix", "cursor", "delimiter", "startAfter",
                                      "include") if opts.get(k) is not None}
+        if "limit" in sent:
+            sent["limit"] = webidl_int(sent["limit"])
         if "include" in sent:
             sent["include"] = [camel(i) for i in sent["include"]]
             for field in sent["include"]:
@@ -374,7 +379,7 @@ class R2Bucket:
             sent["customMetadata"] = dict(opts["customMetadata"])
         if opts.get("storageClass") is not None:
             sent["storageClass"] = opts["storageClass"]
-        value, _ = await call(self._name, "createMultipartUpload", [key, sent])
+        value, _ = await call(self._name, "createMultipartUpload", [js_key(key), sent])
         return R2MultipartUpload(self, value["key"], value["uploadId"])
 
     create_multipart_upload = createMultipartUpload

@@ -8,7 +8,8 @@ setting cookies are not stored, except that ``private=<fields>`` (say
 ``private=Set-Cookie``) stores the response without the fields it names;
 ``s-maxage``, ``max-age`` or ``Expires`` say for how long; ``match``
 ignores expired entries. Non-GET requests,
-``206`` responses and ``Vary: *`` are refused with Cloudflare's words.
+``206`` responses and ``Vary: *`` are refused with Cloudflare's words; a
+``304`` is accepted and not stored, as workerd discards it.
 """
 
 from __future__ import annotations
@@ -204,6 +205,10 @@ class CacheHandler:
         if "*" in [v.strip() for v in (_header(headers, "vary") or "").split(",")]:
             raise BindingError("Cannot cache response with 'Vary: *' header.", "TypeError")
         body = await ctx.read_body(MAX_ENTRY_BYTES, "Cache.put failed: the response body")
+        if status == 304:
+            # workerd silently discards a 304 (cache.c++ Cache::put): a cached 304
+            # would answer later unconditional requests with no body.
+            return Reply()
         now = time.time()
         kept = stored_headers(headers)
         ttl = None if kept is None else lifetime(kept, now)
