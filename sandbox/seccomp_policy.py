@@ -43,7 +43,7 @@ from . import jailcalls
 #: and the event loop (asyncio needs ``getpid`` and ``epoll_ctl``).
 ALLOWED = (
     "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
-    "close", "fstat", "lseek", "fcntl", "pread64",
+    "close", "fstat", "lseek", "pread64",
     # Read-only file access: what exists is the mount view, what may be read Landlock's.
     "stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2",
     "readlink", "readlinkat", "getdents64", "getcwd",
@@ -120,6 +120,23 @@ KILLED = (
     "syslog", "uselib", "vhangup", "lookup_dcookie",
 )
 
+#: fcntl commands that make the kernel signal another process: F_SETOWN
+#: and F_SETOWN_EX name who gets SIGIO (or F_SETSIG's signal, SIGKILL
+#: included) when the descriptor is ready. With its channel's owner set to
+#: the supervisor's pid and O_ASYNC on, a child signalled the supervisor
+#: each time it was sent a frame, around the refused ``kill``; only the
+#: kernel's own check (same uid, or Landlock's signal scope, ABI 6) stood in
+#: the way, and an unprivileged Corral runs its children under its own uid.
+#: No library a tenant runs asks for signal-driven I/O.
+FCNTL_OWNER = (8, 15)  # F_SETOWN, F_SETOWN_EX
+#: Every other fcntl command Linux has (``cmd`` values): descriptor and
+#: status flags, record locks, the owner and signal getters, F_SETSIG
+#: (which signals nobody without an owner), leases, dnotify (both signal
+#: the caller), F_DUPFD_CLOEXEC, pipe sizes, seals, write hints. A command
+#: not listed fails with ENOSYS, the filter's default.
+FCNTL_ALLOWED = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 16, 17, 36, 37, 38,
+                 1024, 1025, 1026, 1030, 1031, 1032, 1033, 1034, 1035, 1036, 1037, 1038)
+
 #: openat flags that could write: O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND, __O_TMPFILE.
 WRITE_FLAGS = (0o1, 0o2, 0o100, 0o1000, 0o2000, 0o20000000)
 
@@ -161,6 +178,15 @@ def compile_policy() -> bytes:
         any_write |= flag
         policy.add_rule(seccomp.ERRNO(errno.EROFS), "openat", seccomp.Arg(2, seccomp.MASKED_EQ, flag, flag))
     policy.add_rule(seccomp.ALLOW, "openat", seccomp.Arg(2, seccomp.MASKED_EQ, any_write, 0))
+    # fcntl(fd, cmd, arg): every command but those naming a signal's target
+    # (FCNTL_OWNER). A rule per command, as for openat: an unconditional
+    # allow would override the refusals. The kernel reads ``cmd`` as 32
+    # bits, so the comparisons mask the upper half (F_SETOWN | 1 << 32 is
+    # F_SETOWN to the kernel, and refused here too).
+    for cmd in FCNTL_OWNER:
+        policy.add_rule(seccomp.ERRNO(errno.EPERM), "fcntl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, cmd))
+    for cmd in FCNTL_ALLOWED:
+        policy.add_rule(seccomp.ALLOW, "fcntl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, cmd))
     # Resource limits may be read, never written: the jail set them before
     # this filter, and only the supervisor changes them afterwards (prlimit
     # or the child's cgroup). glibc's getrlimit() is prlimit64(0, res, NULL,

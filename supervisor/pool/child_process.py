@@ -20,6 +20,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import msgspec
 import trio
 
 from protocol.framing import FrameEncoder, ProtocolError, supervisor_decoder
@@ -30,6 +31,7 @@ from protocol.messages import (
     STREAMED,
     Abort,
     BindingCall,
+    BindingResult,
     Body,
     BodyChunk,
     ByRef,
@@ -47,7 +49,9 @@ from protocol.messages import (
     Report,
     ResponseStart,
     Socket,
+    SubFailed,
     SubRequest,
+    SubResponse,
     WsClose,
     WsConnect,
     WsSend,
@@ -75,8 +79,10 @@ from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink, 
 from supervisor.pool.channel_hub import ChannelHub
 from supervisor.pool.fork_priority import IDLE_ONLY, ZYGOTE_NICE
 from supervisor.pool.invocation import Invocation
+from supervisor.queues.store import MAX_DELAY_S
 
 RECV_SIZE = 256 * 1024
+_PACK = msgspec.msgpack.Encoder().encode
 #: Frames a child's buffer takes in one loop turn before they leave at once
 #: (see SendBatch). Under load one turn of the loop handles tens of requests
 #: for a few milliseconds; the dispatcher then got 20-27 frames per write at
@@ -89,6 +95,29 @@ RECV_SIZE = 256 * 1024
 #: bound holds only after a turn that kept few children busy (SendBatch).
 BATCH_MAX_FRAMES = 4
 _CAP_SYS_NICE = 23
+#: Frames that answer a call the child made. They earn it no frame
+#: allowance (supervisor.limits.frame_allowance): each answers a frame it
+#: spent, and earning 256 for each, a child that flooded the supervisor with
+#: calls refused at once (a binding it does not have) was never throttled:
+#: 2.5 million frames in 8 s of one request, 1.8 s of its own CPU, the
+#: supervisor's loop busy throughout (another tenant's median latency 0.9 ms
+#: -> 5.4 ms, its slowest 13 -> 185 ms).
+_ANSWERS = frozenset({SubResponse, SubFailed, BindingResult})
+#: What a call's head may hold. The supervisor keeps the whole SubRequest
+#: for as long as the call waits, and a frame may be 1 MB: 500 fetches to a
+#: server that never answered, each with a 1 MB header, held 520 MB, and as
+#: much with 1 MB of outbound parameters (which a plain fetch ignores).
+#: Headers: Cloudflare's limit on a request's (128 KB, names and values
+#: together); the URL: Cloudflare's (16 KB); the rest of the head (method,
+#: binding, target, RPC method, parameters) is a few names and values.
+MAX_CALL_HEADER_BYTES = 128 * 1024
+MAX_CALL_URL = 16 * 1024
+MAX_CALL_REST_BYTES = 64 * 1024
+#: Bytes queued for a child (sent by the supervisor, not yet taken by its
+#: socket) past which the child is not read until they are down to
+#: :data:`OUT_LOW_WATER` (see ``ChildProcess._hold_reading``).
+OUT_HIGH_WATER = 4 * 1024 * 1024
+OUT_LOW_WATER = 1024 * 1024
 
 #: The one receive buffer of every child's channel. A read is handled to its
 #: end before the next read (the decoder copies a partial frame into its own
@@ -423,6 +452,9 @@ class ChildProcess:
         self._paused: trio.CancelScope | None = None
         #: Times it was not read for that.
         self.throttled = 0
+        #: Set when what is queued for it is down to OUT_LOW_WATER (made
+        #: while a held read waits for that; see _hold_reading).
+        self._drained: trio.Event | None = None
         #: ``last_used`` when it last gave copied pages back (supervisor.pool.idle_trim).
         self.reshared_at = -1.0
         self._encoder = FrameEncoder()
@@ -654,7 +686,8 @@ class ChildProcess:
         if self.state is _DEAD:
             return
         self._encoder.encode_into(message, self._out)
-        self.frames.sent += 1
+        if type(message) not in _ANSWERS:
+            self.frames.sent += 1
         if self._writing:
             return  # the writer takes it with the rest
         batch = self._batch
@@ -684,6 +717,8 @@ class ChildProcess:
             self._send_failed = True
             return False
         del self._out[:sent]
+        if self._drained is not None and len(self._out) <= OUT_LOW_WATER:
+            self._drained.set()
         return not self._out
 
     def _after_send(self) -> None:
@@ -710,6 +745,8 @@ class ChildProcess:
                     self.kill(KillReason.CHANNEL_CLOSED)
                     return
                 del self._out[:sent]
+                if self._drained is not None and len(self._out) <= OUT_LOW_WATER:
+                    self._drained.set()
             self._writing = False
 
     def _on_readable(self) -> None:
@@ -733,6 +770,8 @@ class ChildProcess:
                 handlers[type(message)](message)
             if not self.frames.spend(len(messages)):
                 self._check_allowance()
+            if len(self._out) > OUT_HIGH_WATER and self._paused is None:
+                self._hold_for_backlog()
         except (ProtocolError, ProtocolViolation) as exc:
             self.kill(KillReason.PROTOCOL_VIOLATION, str(exc))
         except Exception as exc:  # noqa: BLE001 - nothing a child sends may stop the supervisor
@@ -757,14 +796,50 @@ class ChildProcess:
                  pause_ms=round(pause * 1000, 1),
                  reason="it sent more frames than its answers and time allow; not read until paid back")
         self.throttled += 1
+        self._hold_reading(pause)
+
+    def _hold_for_backlog(self) -> None:
+        """More is queued for it than :data:`OUT_HIGH_WATER`: it does not read
+        its channel. Not read either until it takes its answers."""
+        if not self.throttled:
+            warn("child.frames_throttled", pid=self.pid, script=self._script_name(),
+                 queued_mb=round(len(self._out) / 2**20, 1),
+                 reason="it does not read what the supervisor sends it; not read until it takes that")
+        self.throttled += 1
+        self._hold_reading(0.0)
+
+    def _hold_reading(self, pause: float) -> None:
+        """Read it no more for ``pause`` seconds, and until what is queued
+        for it is down to :data:`OUT_LOW_WATER`.
+
+        Why the second condition: every frame the supervisor reads may queue
+        an answer (a call refused, a binding's result), and a child that
+        does not read its channel leaves those answers in the supervisor's
+        memory. A hostile child wrote 14 MB of binding calls in one request
+        without reading, and the supervisor grew by 840 MB holding the
+        refusals (each answer then earned its frame allowance back, see
+        _ANSWERS). Held, the flood costs its own writes instead: they block,
+        as its channel's buffer fills. A child that reads, as the runtime
+        always does, is held only while its socket takes the backlog."""
+        if self._paused is not None or self.state is _DEAD:
+            return
+        if self._nursery is None or self._channel_ended.is_set():
+            return
         self.kit.channels.remove(self.sock.fileno(), self._on_readable)
         self._paused = trio.CancelScope()
         self._nursery.start_soon(self._read_again, pause, self._paused)
 
     async def _read_again(self, pause: float, scope: trio.CancelScope) -> None:
-        """After ``pause`` (or at once when it is killed: its end must be read)."""
+        """After ``pause`` and the backlog's drain (or at once when it is
+        killed: its end must be read)."""
         with scope:
             await trio.sleep(pause)
+            while len(self._out) > OUT_LOW_WATER and self.state is not _DEAD:
+                self._drained = trio.Event()
+                if not self._writing:  # frames queued this turn: the batch sends them, or the writer
+                    self._after_send()
+                await self._drained.wait()
+        self._drained = None
         self._paused = None
         if not self._channel_ended.is_set():
             self.kit.channels.add(self.sock.fileno(), self._on_readable)
@@ -895,7 +970,15 @@ class ChildProcess:
             return None
         kind = type(body)
         if kind is Inline:
-            return body.data or None  # type: ignore[union-attr]
+            data: bytes = body.data  # type: ignore[union-attr]
+            if len(data) > MAX_CHUNK:
+                # The runtime streams anything larger. Held inline, a body
+                # stays in the supervisor's memory for as long as its call
+                # waits: a child's 500 calls to a server that never answered,
+                # each with a 1 MB frame's body, held 515 MB of it.
+                raise ProtocolViolation(f"an inline body of {len(data)} bytes on stream {stream} "
+                                        f"(at most {MAX_CHUNK}; a larger one is streamed)")
+            return data or None
         if kind is ByRef:
             return self.take_ref(body.stream)  # type: ignore[union-attr]
         if kind is Socket:
@@ -974,8 +1057,19 @@ class ChildProcess:
             self.kill(KillReason.EXCEEDED_MEMORY)
 
     def _on_settled(self, message: QueueSettled) -> None:
-        """A queue consumer's explicit ack/retry decisions (supervisor.queues reads them)."""
-        self._invocation(message.id).settled = message
+        """A queue consumer's explicit ack/retry decisions (supervisor.queues reads them).
+
+        Checked as the SDK checks them (sandbox.queue_batch): a retry delay
+        the queue's storage cannot take (NaN is NULL to SQLite) failed the
+        batch's settling again every second, for ever, with a warning each
+        time, and an infinite or negative one was kept as such."""
+        inv = self._invocation(message.id)
+        if message.all not in ("", "ack", "retry"):
+            raise ProtocolViolation(f"a queue batch settled with {message.all[:40]!r}")
+        for delay in (message.all_delay, *(d for _, d in message.retried)):
+            if delay is not None and not 0 <= delay <= MAX_DELAY_S:  # False for NaN too
+                raise ProtocolViolation(f"a queue retry delay of {delay!r} s (0 to {MAX_DELAY_S})")
+        inv.settled = message
 
     def _on_done(self, message: InvokeDone) -> None:
         inv = self._invocation(message.id)
@@ -1078,6 +1172,10 @@ class ChildProcess:
             # The SDK refuses such a method; a child that skips it delivered
             # "GET\r\nX: y" to the script it called, as its request.method.
             raise ProtocolViolation(f"a call's method {message.method[:40]!r} is not an HTTP token")
+        problem = _oversized(message)
+        if problem:
+            self.send(SubFailed(message.call, ExceptionInfo("TypeError", problem)))
+            return
         self.owner.on_subrequest(self, message)
 
     def _on_binding_call(self, message: BindingCall) -> None:
@@ -1201,6 +1299,26 @@ class ChildProcess:
         level("child.ended", pid=self.pid, script=self._script_name(), state=was,
               reason=self.end_reason, **extra)
         self.owner.on_dead(self)
+
+
+def _oversized(message: SubRequest) -> str:
+    """What in a call's head is past its limit (see MAX_CALL_HEADER_BYTES), in
+    the words the tenant reads; "" when nothing is."""
+    size = 0
+    for name, value in message.headers:
+        size += len(name) + len(value)
+    if size > MAX_CALL_HEADER_BYTES:
+        return (f"the request's headers are too large: {size} bytes, names and values together "
+                f"(at most {MAX_CALL_HEADER_BYTES})")
+    if len(message.url) > MAX_CALL_URL:
+        return f"the request's URL is too long: {len(message.url)} characters (at most {MAX_CALL_URL})"
+    rest = len(message.method) + len(message.binding) + len(message.target) + len(message.rpc)
+    if message.params:
+        rest += len(_PACK(message.params))
+    if rest > MAX_CALL_REST_BYTES:
+        return (f"the call's method, target and parameters are too large: {rest} bytes "
+                f"(at most {MAX_CALL_REST_BYTES})")
+    return ""
 
 
 def describe_status(status: int) -> str:
