@@ -12,6 +12,7 @@ import contextlib
 import errno
 import gc
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -569,6 +570,7 @@ def run(config: ServeConfig, reread: Callable[[], ServeConfig] | None = None) ->
     of the state directory cannot be made (``STATE/packages`` a file, say).
     ``reread``: the configuration file read again, for SIGHUP to check."""
     logmod.setup()
+    _raise_fd_limit()
     lock = state_lock.hold(config.state_dir)
     try:
         try:
@@ -585,6 +587,25 @@ def run(config: ServeConfig, reread: Callable[[], ServeConfig] | None = None) ->
     finally:
         os.close(lock)
     return 0
+
+
+def _raise_fd_limit() -> None:
+    """The open-file limit up to its hard limit. The supervisor holds a
+    descriptor or two per connection, child, upstream connection and
+    database, and the usual soft limit (1,024) is what one tenant's few
+    thousand waiting fetches exhaust, for every tenant; systemd's default
+    hard limit is 524,288 (scripts/corral.service asks for more). Raising the
+    soft limit needs no privilege; the children set their own (sandbox.jail)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as exc:
+        warn("serve.fd_limit_kept", soft=soft, hard=hard, reason=str(exc))
+        return
+    log("serve.fd_limit_raised", soft=soft, to=target)
 
 
 def _startup_error(group: BaseExceptionGroup) -> StartupError | None:

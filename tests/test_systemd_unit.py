@@ -100,3 +100,36 @@ def test_a_state_dir_named_by_flag_or_config_wins_over_systemds(tmp_path, monkey
     assert config.load(str(unnamed)).state_dir == str(tmp_path / "systemd")
     monkeypatch.delenv("STATE_DIRECTORY")
     assert config.load(None).state_dir == ".corral"
+
+
+def test_serve_raises_its_open_file_limit_to_the_hard_limit(tmp_path):
+    """One tenant's few thousand waiting fetches must not exhaust the usual
+    soft limit of 1,024 descriptors for every tenant: ``serve`` takes its
+    hard limit (the children set their own, far lower, in the jail)."""
+    import resource
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 8192))
+
+    notify_path = str(tmp_path / "notify")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(60)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "serve", "--http", f"127.0.0.1:{free_port()}",
+         "--state-dir", str(tmp_path / "state")],
+        cwd=REPO, env={**os.environ, "NOTIFY_SOCKET": notify_path}, preexec_fn=low_soft_limit,
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"))
+    try:
+        assert notify.recv(4096) == b"READY=1", (tmp_path / "serve.log").read_text()
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert line.split()[3:5] == ["8192", "8192"], line
+        assert '"serve.fd_limit_raised"' in (tmp_path / "serve.log").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
