@@ -1137,6 +1137,11 @@ def prebuild_channel(sock: socket.socket, loop: ChildLoop, runtime: Runtime) -> 
     return Channel(sock, loop, runtime.on_message, runtime.on_closed)
 
 
+#: The zygote's original streams (``sys.__stdout__``, ``sys.__stderr__``),
+#: referenced here so that a child replacing them does not free them.
+_ZYGOTE_STREAMS = (sys.__stdout__, sys.__stderr__)
+
+
 def _mark(marks: list[tuple[int, int]]) -> None:
     """The end of a set-up step: this thread's CPU time and the process's
     minor faults so far (copies of the zygote's pages, nearly all)."""
@@ -1177,11 +1182,11 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
     logs.set_report_sink(runtime.report_sink)
     # The originals too, as in Pyodide (where they are the same streams):
     # code that writes to sys.__stderr__ (a last-resort handler, faulthandler
-    # users) is heard, not lost on /dev/null. And no command line: the
-    # zygote's would tell a tenant the host's paths.
+    # users) is heard, not lost on /dev/null. (The zygote's own are held by
+    # _ZYGOTE_STREAMS: freed here, they were closed, flushed and their
+    # buffers freed in every child.)
     sys.stdout, sys.stderr = runtime.stdout, runtime.stderr
     sys.__stdout__, sys.__stderr__ = runtime.stdout, runtime.stderr  # type: ignore[misc]
-    sys.argv = [""]
     logs.install_logging()
     _mark(marks)
     if channel is None:

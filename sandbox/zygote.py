@@ -517,6 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--packages-dir", default="",
                         help="root of the package store, shown read-only in the jail")
     args = parser.parse_args(argv)
+    # No command line from here on: the children (and what they import) see
+    # an embedded interpreter's [""], not the supervisor's paths. Set here,
+    # once: a child that replaced the zygote's list freed it, and every
+    # string in it, at the price of a dozen copied pages each.
+    sys.argv = [""]
     control = socket.socket(fileno=args.control_fd)
     zygote = Zygote(control, args.address_space_mb * 1024 * 1024, args.bundles_dir,
                     args.packages_dir)
