@@ -142,6 +142,24 @@ class Response:
         return f"<Response {self.status} {self.body[:200]!r}>"
 
 
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The head and body of the next response on a raw keep-alive connection
+    (one with a Content-Length), leaving the connection where it ends."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed with no answer after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed mid-body"
+        body += chunk
+    return head, body
+
+
 class Corral:
     """One ``corral serve`` process in ``state_dir``."""
 

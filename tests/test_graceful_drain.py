@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 
-from tests.harness import Corral
+from tests.harness import Corral, read_response
 
 HELLO = """
 from workers import Response, WorkerEntrypoint
@@ -28,22 +28,6 @@ def _request(path: str) -> bytes:
     return f"GET /{path} HTTP/1.1\r\nHost: hello.localhost\r\n\r\n".encode()
 
 
-def _response(sock: socket.socket) -> tuple[bytes, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed with no answer after {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "closed mid-body"
-        body += chunk
-    return head, body
-
-
 def test_sigterm_answers_the_requests_already_sent_then_closes(tmp_path):
     server = Corral(tmp_path / "state").start()
     try:
@@ -53,7 +37,7 @@ def test_sigterm_answers_the_requests_already_sent_then_closes(tmp_path):
         waiting = socket.create_connection(("127.0.0.1", server.port), timeout=30)
         for sock in (idle, waiting):  # both keep-alive connections, served once
             sock.sendall(_request("first"))
-            assert _response(sock)[1] == b"hello first"
+            assert read_response(sock)[1] == b"hello first"
         pid = server.proc.pid
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -66,7 +50,7 @@ def test_sigterm_answers_the_requests_already_sent_then_closes(tmp_path):
         finally:
             os.kill(pid, signal.SIGCONT)
         for sock, word in ((waiting, b"second"), (backlog, b"third")):
-            head, body = _response(sock)
+            head, body = read_response(sock)
             assert head.startswith(b"HTTP/1.1 200 ") and body == b"hello " + word
             assert sock.recv(1) == b""  # then closed, cleanly
         assert idle.recv(1) == b""  # the idle one is closed, not reset

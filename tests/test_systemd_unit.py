@@ -10,6 +10,7 @@ KillSignal, keeping its state in ``$STATE_DIRECTORY``.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 import shlex
 import shutil
@@ -17,7 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tests.harness import free_port
 
@@ -54,6 +57,27 @@ def test_the_unit_is_a_notify_service_with_its_state_and_cgroup_delegated():
         assert checked.returncode == 0, checked.stderr
 
 
+@contextlib.contextmanager
+def _notified_serve(argv: list[str], tmp_path: Path, **popen: Any) -> Iterator[tuple[subprocess.Popen, socket.socket]]:
+    """``argv`` started with a ``NOTIFY_SOCKET`` of its own; the process and
+    that socket, the first READY=1 already heard; killed if still running."""
+    notify_path = str(tmp_path / "notify")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(60)
+    env = {**os.environ, **popen.pop("env", {}), "NOTIFY_SOCKET": notify_path}
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"), **popen)
+    try:
+        assert notify.recv(4096) == b"READY=1", log.read_text()
+        yield proc, notify
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+
+
 def test_execstart_run_as_systemd_runs_it(tmp_path):
     service = _unit()["Service"]
     state = tmp_path / "var-lib-corral"
@@ -62,16 +86,8 @@ def test_execstart_run_as_systemd_runs_it(tmp_path):
     argv = shlex.split(service["ExecStart"])
     argv[0] = argv[0].replace(PREFIX, str(REPO))
     argv[argv.index("--http") + 1] = f"127.0.0.1:{port}"
-    notify_path = str(tmp_path / "notify")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    notify.settimeout(60)
-    env = {**os.environ, "STATE_DIRECTORY": str(state), "NOTIFY_SOCKET": notify_path,
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen(argv, cwd=state, env=env, stdout=subprocess.DEVNULL,
-                            stderr=(tmp_path / "serve.log").open("wb"))
-    try:
-        assert notify.recv(4096) == b"READY=1", (tmp_path / "serve.log").read_text()
+    env = {"STATE_DIRECTORY": str(state), "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    with _notified_serve(argv, tmp_path, cwd=state, env=env) as (proc, notify):
         assert (state / "admin.sock").exists()  # $STATE_DIRECTORY is its state dir
         proc.send_signal(signal.SIGHUP)  # what ExecReload sends
         assert notify.recv(4096).startswith(b"RELOADING=1\n")
@@ -79,11 +95,6 @@ def test_execstart_run_as_systemd_runs_it(tmp_path):
         proc.send_signal(getattr(signal, service["KillSignal"]))
         assert notify.recv(4096) == b"STOPPING=1"
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        notify.close()
 
 
 def test_a_state_dir_named_by_flag_or_config_wins_over_systemds(tmp_path, monkeypatch):
@@ -111,25 +122,12 @@ def test_serve_raises_its_open_file_limit_to_the_hard_limit(tmp_path):
     def low_soft_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 8192))
 
-    notify_path = str(tmp_path / "notify")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(notify_path)
-    notify.settimeout(60)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "serve", "--http", f"127.0.0.1:{free_port()}",
-         "--state-dir", str(tmp_path / "state")],
-        cwd=REPO, env={**os.environ, "NOTIFY_SOCKET": notify_path}, preexec_fn=low_soft_limit,
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"))
-    try:
-        assert notify.recv(4096) == b"READY=1", (tmp_path / "serve.log").read_text()
+    argv = [sys.executable, "-m", "supervisor", "serve", "--http", f"127.0.0.1:{free_port()}",
+            "--state-dir", str(tmp_path / "state")]
+    with _notified_serve(argv, tmp_path, cwd=REPO, preexec_fn=low_soft_limit) as (proc, _notify):
         limits = Path(f"/proc/{proc.pid}/limits").read_text()
         line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
         assert line.split()[3:5] == ["8192", "8192"], line
         assert '"serve.fd_limit_raised"' in (tmp_path / "serve.log").read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        notify.close()

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from sandbox import tail_call
-from tests.harness import Corral
+from tests.harness import Corral, read_response
 from tests.test_observability import wait_for
 from tests.upstream import pattern
 
@@ -121,23 +121,6 @@ def server(tmp_path_factory, upstream):
         corral.stop()
 
 
-def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
-    """Head and body of one response with a Content-Length."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"the connection closed after {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "the connection closed mid-body"
-        body += chunk
-    return head, body
-
-
 def _trace_of(server: Corral, script: str, request_id: str) -> dict[str, Any] | None:
     for line in server.log_events():
         trace = line.get("trace") or {}
@@ -156,7 +139,7 @@ def test_the_client_is_answered_while_the_dispatchers_child_is_stopped(server, u
         os.kill(pid, signal.SIGSTOP)
         try:
             sock.sendall(b"5\r\nhello\r\n0\r\n\r\n")
-            head, body = _read_response(sock)
+            head, body = read_response(sock)
         finally:
             os.kill(pid, signal.SIGCONT)
     assert head.startswith(b"HTTP/1.1 201 "), head
