@@ -256,13 +256,31 @@ def test_calls_on_other_processes_and_the_kernel_are_refused(corral: Corral) -> 
 # a child that does not read its channel
 # ---------------------------------------------------------------------------
 
-FLOOD = r'''
-import os, select, struct, sys
+#: The start of every compromised child below: ``M`` (protocol.messages) and
+#: ``encode``, with which a child that skips the SDK writes frames of its own,
+#: and ``refused_calls``, the frames of a flood of calls refused at once.
+RAW = r'''
+import array, asyncio, os, select, socket, struct, sys, time
 import workers
-from workers import Response, WorkerEntrypoint
+from workers import Response, WorkerEntrypoint, fetch
 
 M = sys.modules["protocol.messages"]
 encode = sys.modules["msgspec"].msgpack.Encoder().encode
+
+
+def refused_calls(inv, call, count):
+    """``count`` framed binding calls below ``call`` on a binding the worker
+    does not have (each refused at once); the last call number and the bytes."""
+    blob = bytearray()
+    for _ in range(count):
+        call -= 1
+        frame = encode(M.BindingCall(call, inv, "NOPE", "get"))
+        blob += struct.pack(">I", len(frame)) + frame
+    return call, blob
+'''
+
+
+FLOOD = RAW + r'''
 
 
 class Default(WorkerEntrypoint):
@@ -279,11 +297,7 @@ class Default(WorkerEntrypoint):
         # Binding calls on a binding it does not have: each is answered
         # with a refusal, which this child never reads (its loop is here).
         for _ in range(batches):
-            blob = bytearray()
-            for _ in range(5000):
-                call -= 1
-                frame = encode(M.BindingCall(call, inv, "NOPE", "get"))
-                blob += struct.pack(">I", len(frame)) + frame
+            call, blob = refused_calls(inv, call, 5000)
             view = memoryview(blob)
             while view:
                 if not poll.poll(2000):  # the supervisor stopped reading it
@@ -411,12 +425,7 @@ def test_false_tail_claims_only_ever_answer_the_claimants_own_request(corral: Co
 # bodies held by the supervisor for a call
 # ---------------------------------------------------------------------------
 
-OVERSIZED_INLINE = r'''
-import sys
-import workers
-from workers import Response, WorkerEntrypoint
-
-M = sys.modules["protocol.messages"]
+OVERSIZED_INLINE = RAW + r'''
 
 
 class Default(WorkerEntrypoint):
@@ -460,13 +469,7 @@ def test_an_inline_body_larger_than_a_chunk_kills_its_child(corral: Corral, upst
 # values the channel's decoder must refuse
 # ---------------------------------------------------------------------------
 
-DEEP = r'''
-import asyncio, struct, sys
-import workers
-from workers import Response, WorkerEntrypoint
-
-M = sys.modules["protocol.messages"]
-encode = sys.modules["msgspec"].msgpack.Encoder().encode
+DEEP = RAW + r'''
 
 
 class Default(WorkerEntrypoint):
@@ -511,13 +514,7 @@ def test_a_value_nested_past_any_limit_is_refused_at_the_channel(corral: Corral,
 # calls refused at once, as fast as a child can write them
 # ---------------------------------------------------------------------------
 
-CALL_FLOOD = r'''
-import struct, sys
-import workers
-from workers import Response, WorkerEntrypoint
-
-M = sys.modules["protocol.messages"]
-encode = sys.modules["msgspec"].msgpack.Encoder().encode
+CALL_FLOOD = RAW + r'''
 
 
 class Default(WorkerEntrypoint):
@@ -530,11 +527,7 @@ class Default(WorkerEntrypoint):
         # Calls on a binding it does not have, each refused at once; the
         # refusals are read (and dropped: no future waits for them).
         for _ in range(total // 2000):
-            blob = bytearray()
-            for _ in range(2000):
-                call -= 1
-                frame = encode(M.BindingCall(call, inv, "NOPE", "get"))
-                blob += struct.pack(">I", len(frame)) + frame
+            call, blob = refused_calls(inv, call, 2000)
             runtime.channel._out += blob
             runtime.channel.push()
             await runtime.channel.drain(1)
@@ -602,13 +595,7 @@ def test_a_queue_retry_delay_no_storage_can_take_kills_its_child(corral: Corral)
     healthy(corral)
 
 
-FD_PASSER = r"""
-import array, socket, struct, sys, time
-import workers
-from workers import Response, WorkerEntrypoint
-
-M = sys.modules["protocol.messages"]
-encode = sys.modules["msgspec"].msgpack.Encoder().encode
+FD_PASSER = RAW + r"""
 
 
 class Default(WorkerEntrypoint):
@@ -649,12 +636,7 @@ def test_descriptors_passed_on_the_channel_are_never_taken_in(corral: Corral) ->
     healthy(corral)
 
 
-BIG_HEAD = r"""
-import sys
-import workers
-from workers import Response, WorkerEntrypoint, fetch
-
-M = sys.modules["protocol.messages"]
+BIG_HEAD = RAW + r"""
 
 
 async def raw_call(url, params):
