@@ -140,6 +140,7 @@ class Bindings:
             handler, ctx, kind = self._resolve(parent, message.binding, body)
         except BindingError as exc:
             _close(body)
+            child.held.end(call)
             child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
             return
         span = parent.add_span({"binding": message.binding, "type": kind, "method": message.method[:64],
@@ -186,7 +187,7 @@ class Bindings:
             try:
                 args = message.args
                 if message.args_in_body:
-                    args = await _unpack_args(ctx)
+                    args = await _unpack_args(ctx, child, call)
                 reply = await handler.call(ctx, message.method, args)
                 self._deliver(child, call, reply)
             except BindingError as exc:
@@ -207,6 +208,7 @@ class Bindings:
             finally:
                 span["end_ns"] = time.time_ns()
                 child.calls.pop(call, None)
+                child.held.end(call)
                 parent.call_scopes.discard(scope)
                 _close(ctx.body)
 
@@ -214,14 +216,22 @@ class Bindings:
         child.send(BindingResult(call, reply.value, child.send_body(reply.body, call)))
 
 
-async def _unpack_args(ctx: Context) -> list[Any]:
+async def _unpack_args(ctx: Context, child: ChildProcess, call: int) -> list[Any]:
+    """A call's arguments sent as its body (they were too large to go inline),
+    counted among what ``child``'s calls make the supervisor keep."""
     body, ctx.body = ctx.body, None
     if body is None:
         return []
     try:
         raw = body if isinstance(body, bytes) else await read_all(body, MAX_PACKED_ARGS)
+    except BodyError as exc:
+        raise BindingError(f"the call's arguments could not be read: {exc}") from None
+    problem = child.held.hold(call, len(raw), child.memory_mb)
+    if problem:
+        raise BindingError(problem)
+    try:
         args = msgspec.msgpack.decode(raw)
-    except (BodyError, msgspec.DecodeError) as exc:
+    except msgspec.DecodeError as exc:
         raise BindingError(f"the call's arguments could not be read: {exc}") from None
     if not isinstance(args, list):
         raise BindingError("the call's arguments must be a list", "TypeError")

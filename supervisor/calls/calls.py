@@ -207,6 +207,7 @@ class Calls:
                                   body, limits, parent=parent, outbound=outbound, params=params,
                                   event=event)
         except CallFailed as exc:
+            child.held.end(call)
             child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
             return
         child.calls[call] = _Canceller(inv)
@@ -268,6 +269,7 @@ class Calls:
                 tail: bool) -> None:
         """The callee's head is ready: hand it to the caller, if it still listens."""
         child.calls.pop(call, None)
+        child.held.end(call)
         if not child.alive or parent.is_done:
             if inv.body is not None:
                 inv.body.close()  # nobody will read it: release the callee's stream
@@ -302,6 +304,7 @@ class Calls:
                                                                   "serving this call; it is logged")))
             finally:
                 child.calls.pop(call, None)
+                child.held.end(call)
                 parent.call_scopes.discard(scope)
         if scope.cancelled_caught and hasattr(work, "close"):
             work.close()

@@ -72,6 +72,7 @@ from supervisor.limits.budget_watch import BudgetWatch
 from supervisor.limits.cpu_account import PRECISE_BELOW_NS, CpuAccount
 from supervisor.limits.cpu_meter import CpuMeter, MeterFactory
 from supervisor.limits.frame_allowance import FrameAllowance
+from supervisor.limits.held_calls import HeldCalls, args_size
 from supervisor.limits.memory import ChildMemory, Enforcer, has_cap
 from supervisor.log import error, log, warn
 from supervisor.model import ScriptRecord
@@ -423,6 +424,8 @@ class ChildProcess:
         self.socket_buffer = Buffered()
         self._last_handle = 0
         self.calls: dict[int, Any] = {}  # calls in flight: call id -> has .cancel()
+        #: What its calls in flight make the supervisor keep (supervisor.limits.held_calls).
+        self.held = HeldCalls()
         self._last_call = 0
         self.hello = trio.Event()
         self.loaded = trio.Event()
@@ -1103,6 +1106,7 @@ class ChildProcess:
         if response is not None:  # ended without the body's last chunk: truncated
             response.fail("the worker ended without finishing its response body")
         for call in inv.calls:
+            self.held.end(call)
             sink = self.sinks.pop(call, None)
             if sink is not None:
                 sink.abort()
@@ -1172,9 +1176,13 @@ class ChildProcess:
             # The SDK refuses such a method; a child that skips it delivered
             # "GET\r\nX: y" to the script it called, as its request.method.
             raise ProtocolViolation(f"a call's method {message.method[:40]!r} is not an HTTP token")
-        problem = _oversized(message)
+        problem, size = _call_head(message)
         if problem:
             self.send(SubFailed(message.call, ExceptionInfo("TypeError", problem)))
+            return
+        problem = self.held.hold(message.call, size, self.memory_mb)
+        if problem:
+            self.send(SubFailed(message.call, ExceptionInfo("Error", problem)))
             return
         self.owner.on_subrequest(self, message)
 
@@ -1184,6 +1192,13 @@ class ChildProcess:
             # No binding takes a WebSocket: R2's put read one as a stream and
             # failed inside the binding (an error with a traceback per call).
             raise ProtocolViolation("a binding call's body cannot be a WebSocket")
+        size = len(message.binding) + len(message.method)
+        if not message.args_in_body:
+            size += args_size(message.args)
+        problem = self.held.hold(message.call, size, self.memory_mb)
+        if problem:  # as for a head past its limits: the body is not taken
+            self.send(SubFailed(message.call, ExceptionInfo("Error", problem)))
+            return
         self.owner.on_binding_call(self, message)
 
     def _fresh_call(self, call: int) -> None:
@@ -1301,24 +1316,25 @@ class ChildProcess:
         self.owner.on_dead(self)
 
 
-def _oversized(message: SubRequest) -> str:
+def _call_head(message: SubRequest) -> tuple[str, int]:
     """What in a call's head is past its limit (see MAX_CALL_HEADER_BYTES), in
-    the words the tenant reads; "" when nothing is."""
+    the words the tenant reads ("" when nothing is), and the head's size."""
     size = 0
     for name, value in message.headers:
         size += len(name) + len(value)
     if size > MAX_CALL_HEADER_BYTES:
         return (f"the request's headers are too large: {size} bytes, names and values together "
-                f"(at most {MAX_CALL_HEADER_BYTES})")
+                f"(at most {MAX_CALL_HEADER_BYTES})"), size
     if len(message.url) > MAX_CALL_URL:
-        return f"the request's URL is too long: {len(message.url)} characters (at most {MAX_CALL_URL})"
+        return (f"the request's URL is too long: {len(message.url)} characters "
+                f"(at most {MAX_CALL_URL})"), size
     rest = len(message.method) + len(message.binding) + len(message.target) + len(message.rpc)
     if message.params:
         rest += len(_PACK(message.params))
     if rest > MAX_CALL_REST_BYTES:
         return (f"the call's method, target and parameters are too large: {rest} bytes "
-                f"(at most {MAX_CALL_REST_BYTES})")
-    return ""
+                f"(at most {MAX_CALL_REST_BYTES})"), size
+    return "", size + len(message.url) + rest
 
 
 def describe_status(status: int) -> str:
