@@ -692,3 +692,33 @@ def test_a_call_whose_head_is_past_its_limits_is_refused(corral: Corral, upstrea
     assert r.status == 200 and r.text.startswith("refused ") and words in r.text, r
     assert not upstream.seen(f"/echo/{what}-past")
     healthy(corral)
+
+
+# ---------------------------------------------------------------------------
+# what a tenant can read of other tenants' traffic
+# ---------------------------------------------------------------------------
+
+IDS = '''
+import os
+import workers
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response(f"{workers.current_invocation.get()} {os.getpid()}")
+'''
+
+
+def test_invocation_ids_say_nothing_of_other_tenants_traffic(corral: Corral) -> None:
+    """The id of each invocation a child is sent is its own pid and its own
+    count. One count for the whole host told a tenant, from the gap between
+    two of its ids, how many requests every other tenant got meanwhile."""
+    corral.deploy("sweep-ids", IDS)
+    corral.deploy("sweep-control", CONTROL)
+    first, pid = map(int, corral.request("/", host="sweep-ids.localhost").text.split())
+    for _ in range(30):
+        assert corral.request("/", host="sweep-control.localhost").status == 200
+    second, same_pid = map(int, corral.request("/", host="sweep-ids.localhost").text.split())
+    assert same_pid == pid, "the same child was to serve both"
+    assert second - first == 1, (first, second)
+    assert first >> 31 == pid, (first, pid)

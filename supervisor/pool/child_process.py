@@ -127,6 +127,9 @@ OUT_LOW_WATER = 1024 * 1024
 _RECEIVED = bytearray(RECV_SIZE)
 _RECEIVED_VIEW = memoryview(_RECEIVED)
 
+#: The bits of an invocation id that count a child's invocations (see next_invocation_id).
+_INVOCATION_COUNT = (1 << 31) - 1
+
 # Hot-path aliases (an Enum member lookup costs more than a global).
 _STARTING = ChildState.STARTING
 _DEAD = ChildState.DEAD
@@ -149,9 +152,6 @@ class ChildOwner(Protocol):
     cooling: set[ChildProcess]
     #: Children with a kernel-armed budget in flight, looked at as it can run out.
     budgets: BudgetWatch[ChildProcess]
-    #: The highest invocation id handed out (stream ids above it were never opened).
-    last_invocation_id: int
-
     def cpu_account(self, meter: CpuMeter) -> CpuAccount:
         """The account of a child's CPU, kept with ``meter`` (opened on its pid)."""
 
@@ -424,6 +424,8 @@ class ChildProcess:
         self.socket_buffer = Buffered()
         self._last_handle = 0
         self.calls: dict[int, Any] = {}  # calls in flight: call id -> has .cancel()
+        #: Its last invocation's id (stream ids above it were never opened); see next_invocation_id.
+        self.last_invocation_id = 0
         #: What its calls in flight make the supervisor keep (supervisor.limits.held_calls).
         self.held = HeldCalls()
         self._last_call = 0
@@ -654,6 +656,16 @@ class ChildProcess:
         if self.kill_reason is None:
             return ""
         return f"{self.kill_reason}: {self.kill_detail}" if self.kill_detail else str(self.kill_reason)
+
+    def next_invocation_id(self) -> int:
+        """An id for its next invocation: its pid and a count of its own.
+
+        A tenant reads the ids its child is sent; taken from one count for
+        the whole host, their gaps told it how many requests every other
+        tenant got meanwhile. Unique among live children (pids are), and
+        within JavaScript's safe integers (pids stay under 2**22)."""
+        self.last_invocation_id = (self.pid << 31) | ((self.last_invocation_id + 1) & _INVOCATION_COUNT)
+        return self.last_invocation_id
 
     def assign(self, record: ScriptRecord, bundle: Any) -> None:
         self._advance(ChildEvent.ASSIGN)
@@ -1138,7 +1150,7 @@ class ChildProcess:
     def _on_chunk(self, message: BodyChunk) -> None:
         stream = self.incoming.get(message.stream)
         if stream is None:
-            if message.stream > self.owner.last_invocation_id or message.stream < -(1 << 40):
+            if message.stream > self.last_invocation_id or message.stream < -(1 << 40):
                 raise ProtocolViolation(f"chunk for stream {message.stream}, never opened")
             return  # a stream we already closed; the chunk was in flight
         stream.feed(message.data, message.end)

@@ -270,7 +270,9 @@ class Pool:
         #: Versions whose children keep dying: answered without a fork for a while.
         self.crash_loops = CrashLoops()
         self._nursery: trio.Nursery | None = None
-        self.last_invocation_id = 0
+        #: Ids of invocations answered with no child (a crash-looping version's):
+        #: under 2**31, below every child's own (ChildProcess.next_invocation_id).
+        self._childless_ids = 0
         self.stats = {"cold_starts": 0, "invocations": 0, "children_killed": 0}
         #: Children loading a script only to validate an upload: their loads
         #: are no cold starts (no invocation waits on them), so the cold
@@ -312,9 +314,9 @@ class Pool:
         finally:
             self._kit.batch.uninstall()
 
-    def next_id(self) -> int:
-        self.last_invocation_id += 1
-        return self.last_invocation_id
+    def _childless_id(self) -> int:
+        self._childless_ids = self._childless_ids % ((1 << 31) - 1) + 1
+        return self._childless_ids
 
     def _on_spawned(self, pid: int, sock: socket.socket, pidfd: int, slot: int) -> None:
         self._requested = max(0, self._requested - 1)
@@ -1024,7 +1026,7 @@ class Pool:
                        event: Event | None) -> Invocation:
         """The answer of a version backed off for crashing: the failure a
         crashed worker's invocation gets, at once, with no child."""
-        inv = Invocation(self.next_id(), _NO_CHILD, record, method, url, headers, limits,
+        inv = Invocation(self._childless_id(), _NO_CHILD, record, method, url, headers, limits,
                          parent=parent, outbound=outbound, params=params)
         inv.event = event
         if body is not None and not isinstance(body, bytes):
@@ -1044,7 +1046,7 @@ class Pool:
               params: dict[str, Any] | None = None, event: Event | None = None) -> Invocation:
         """Send an invocation to a child that already runs ``record`` (synchronous)."""
         self.warm.move_to_end((record.namespace, record.name))
-        inv = Invocation(self.next_id(), child, record, method, url, headers, limits,
+        inv = Invocation(child.next_invocation_id(), child, record, method, url, headers, limits,
                          parent=parent, outbound=outbound, params=params)
         inv.event = event
         child.invocations[inv.id] = inv
