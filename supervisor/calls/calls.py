@@ -324,8 +324,9 @@ class Calls:
         if tail is not None and tail.answer_tail_call(head.status, head.headers, head.body,
                                                       head.status_text):
             # Only the status: the child's handler returns the response at
-            # once, and nothing reads its headers on the way.
-            child.send(SubResponse(call, head.status, [], None, answered=True))
+            # once, and nothing reads its headers on the way. Nobody waits
+            # for that: the news goes with the child's next frame.
+            child.defer(SubResponse(call, head.status, [], None, answered=True), tail)
             return
         child.send(SubResponse(call, head.status, head.headers, child.send_body(head.body, call),
                                url=head.url, redirected=head.redirected, status_text=head.status_text))

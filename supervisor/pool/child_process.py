@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -150,6 +151,8 @@ class ChildOwner(Protocol):
     busy: set[ChildProcess]
     #: Idle children whose background allowance the watchdog will soon guard.
     cooling: set[ChildProcess]
+    #: Children holding deferred frames, which the watchdog sends (see ChildProcess.defer).
+    deferring: set[ChildProcess]
     #: Children with a kernel-armed budget in flight, looked at as it can run out.
     budgets: BudgetWatch[ChildProcess]
     def cpu_account(self, meter: CpuMeter) -> CpuAccount:
@@ -464,6 +467,11 @@ class ChildProcess:
         self.reshared_at = -1.0
         self._encoder = FrameEncoder()
         self._out = bytearray()
+        #: Frames that need not wake it, encoded: they leave with the next
+        #: frame it is sent, or with the pool's watchdog (see defer) ...
+        self._deferred = bytearray()
+        #: ... and the invocations they answer, with when they were deferred.
+        self._deferred_for: list[tuple[Invocation, float]] = []
         self._writing = False
         self._dirty = False
         self._batched = 0
@@ -700,6 +708,8 @@ class ChildProcess:
     def send(self, message: Any) -> None:
         if self.state is _DEAD:
             return
+        if self._deferred:
+            self._take_deferred()
         self._encoder.encode_into(message, self._out)
         if type(message) not in _ANSWERS:
             self.frames.sent += 1
@@ -721,6 +731,42 @@ class ChildProcess:
                         self._after_send()
         elif not self._send_now():
             self._after_send()
+
+    def defer(self, message: Any, inv: Invocation) -> None:
+        """Send ``message``, which answers something of ``inv``'s, without
+        waking the child for it: with the next frame it is sent, or else
+        within the pool's watchdog period (WATCHDOG_PERIOD_S).
+
+        For a tail call's ``answered`` (supervisor.calls.calls): the client
+        has its response already, and all the child does with the news is
+        end the invocation. Told at once, a dispatch worker woke twice per
+        request, the second time for that alone: one request at a time, its
+        CPU per request fell from 61 to 47.5 us with the news taken along by
+        the next request's Invoke, and warm p50 from 0.255 to 0.245 ms. The
+        time the news waited is not the invocation's wall time
+        (:attr:`Invocation.held_s`)."""
+        if self.state is _DEAD:
+            return
+        if not self._deferred:
+            self.owner.deferring.add(self)
+        self._encoder.encode_into(message, self._deferred)
+        self._deferred_for.append((inv, time.monotonic()))
+
+    def flush_deferred(self) -> None:
+        """Send what :meth:`defer` kept, if no frame took it along (the pool's watchdog)."""
+        if not self._deferred or self.state is _DEAD:
+            return
+        self._take_deferred()
+        if not self._writing and not self._send_now():
+            self._after_send()
+
+    def _take_deferred(self) -> None:
+        self._out += self._deferred
+        del self._deferred[:]
+        now = time.monotonic()
+        for inv, since in self._deferred_for:
+            inv.held_s += now - since
+        self._deferred_for.clear()
 
     def _send_now(self) -> bool:
         """One send of what is buffered: did it all leave? (Calls nothing in trio.)"""

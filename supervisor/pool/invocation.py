@@ -64,7 +64,7 @@ class Invocation:
         "error", "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
         "on_done", "response_end", "linger_cut", "log_bytes", "truncated", "depth", "request_id", "event",
-        "fetches", "settled", "cpu_settled", "has_head", "is_done",
+        "fetches", "settled", "cpu_settled", "has_head", "is_done", "held_s",
     )
 
     def __init__(self, id: int, child: ChildLink, record: ScriptRecord, method: bytes,
@@ -107,6 +107,9 @@ class Invocation:
         self.cpu_budget_ns = int((limits.cpu_ms or 0) * 1_000_000)
         self.started = time.monotonic()
         self.ended = 0.0
+        #: Seconds news its child waited on was held back (ChildProcess.defer):
+        #: not its wall time.
+        self.held_s = 0.0
         self.event_ts = time.time() * 1000.0
         self.subrequests = 0
         self.children: list[Invocation] = []
@@ -385,7 +388,7 @@ class Invocation:
     @property
     def wall_ms(self) -> float:
         end = self.ended or time.monotonic()
-        return (end - self.started) * 1000.0
+        return (end - self.started - self.held_s) * 1000.0
 
 
 class WallLimitedBody:

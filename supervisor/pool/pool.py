@@ -245,6 +245,7 @@ class Pool:
         self.busy: set[ChildProcess] = set()
         #: Children fallen idle whose background allowance is not guarded yet.
         self.cooling: set[ChildProcess] = set()
+        self.deferring: set[ChildProcess] = set()
         #: Idle children give unchanged copied pages back (supervisor.pool.idle_trim).
         self.trimmer = IdleTrimmer(calm=self._calm)
         #: Kernel-armed budgets in flight, looked at as soon as they can run out.
@@ -715,6 +716,10 @@ class Pool:
         while True:
             await trio.sleep(WATCHDOG_PERIOD_S)
             now = trio.current_time()
+            if self.deferring:
+                for child in self.deferring:
+                    child.flush_deferred()
+                self.deferring.clear()
             priority = self._fork_priority
             if priority.rushed and not self._waiting and now >= priority.until:
                 priority.calm(self._kit.renice, self.zygote.pid)
