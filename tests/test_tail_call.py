@@ -157,6 +157,37 @@ def test_the_client_is_answered_while_the_dispatchers_child_is_stopped(server, u
     assert server.request("/", host="hello.tail.test").text == "hello"
 
 
+def _voluntary_switches(pid: int) -> int:
+    """How often the process has slept (each a wake-up to come)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+def test_the_news_that_its_call_was_answered_costs_the_dispatcher_no_wake_up(server):
+    """The dispatcher's child learns its tail call was answered with the next
+    frame it is sent (the next request's Invoke), or from the pool's watchdog
+    when none comes: one wake-up per request, where the news alone had cost
+    a second one."""
+    pid = int(server.request("/pid", host="hello.tail.test").text)
+    for _ in range(20):
+        assert server.request("/", host="hello.tail.test").text == "hello"
+    before = _voluntary_switches(pid)
+    requests = 300
+    for _ in range(requests):
+        assert server.request("/", host="hello.tail.test").text == "hello"
+    woken = _voluntary_switches(pid) - before
+    assert woken < 1.5 * requests, f"the dispatcher woke {woken} times for {requests} requests"
+    # With no next request, the watchdog sends the news: the trace is whole.
+    resp = server.request("/", host="hello.tail.test")
+    request_id = resp.headers["x-corral-request-id"]
+    trace = wait_for(lambda: _trace_of(server, "dispatch", request_id), timeout=20,
+                     what="the dispatcher's trace")
+    assert trace["outcome"] == "ok" and trace["wallTime"] < 1000, trace
+
+
 def test_a_call_answered_early_still_streams_a_large_body_whole(server):
     server.deploy("big", """
 from workers import Response, WorkerEntrypoint
