@@ -29,6 +29,11 @@ time with 2 ms between them took 1.45-1.64 ms at the median instead of
 throughput at one and 300 tenants, unchanged). With nothing else runnable
 the yield returns at once.
 
+When nothing came within the window, ``idle`` is called before the loop
+sleeps: frames that were to travel with a child's next ones
+(``ChildProcess.defer``) go then, since no next one is coming soon. The
+instrument is installed for that even with polling off.
+
 What it costs: at most ``busy_poll_us`` of the supervisor's CPU each time its
 loop would sleep. Under load the loop rarely sleeps, so it rarely polls; an
 idle server wakes a few times a second for its timers, a few hundred
@@ -55,11 +60,15 @@ from supervisor.log import warn
 class BusyPoll(trio.abc.Instrument):
     """The instrument: install with ``trio.run(..., instruments=[BusyPoll(us)])``."""
 
-    def __init__(self, busy_poll_us: int, poke: Callable[[], None] | None = None) -> None:
+    def __init__(self, busy_poll_us: int, poke: Callable[[], None] | None = None,
+                 idle: Callable[[], None] | None = None) -> None:
         self.window_s = max(0, busy_poll_us) / 1e6
         #: Called each time the loop is about to wait: keeps the supervisor's
         #: cores awake for the answer (supervisor.core_keeper).
         self._poke = poke
+        #: Called when nothing came within the window and the loop sleeps:
+        #: what could wait for a busier moment cannot any more (Pool.send_deferred).
+        self._idle = idle
         self._poll: select.poll | None = None
         self._ready = False
 
@@ -81,20 +90,19 @@ class BusyPoll(trio.abc.Instrument):
             return
         if self._poke is not None:
             self._poke()
-        if self.window_s <= 0:
-            return
-        if not self._ready:
+        if self.window_s > 0 and not self._ready:
             self._setup()
         poll = self._poll
-        if poll is None:
-            return
-        end = time.perf_counter() + min(self.window_s, timeout)
-        while True:
-            if poll.poll(0):
-                return
-            if time.perf_counter() >= end:
-                return
-            os.sched_yield()  # a task woken onto this core runs now (module docstring)
+        if self.window_s > 0 and poll is not None:
+            end = time.perf_counter() + min(self.window_s, timeout)
+            while True:
+                if poll.poll(0):
+                    return
+                if time.perf_counter() >= end:
+                    break
+                os.sched_yield()  # a task woken onto this core runs now (module docstring)
+        if self._idle is not None:
+            self._idle()
 
 
 def _trio_epoll() -> select.epoll:

@@ -389,12 +389,12 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.observability.run)
                 await nursery.start(self.pool.run)
-                if self.config.busy_poll_us or self.pool.core_keeper.running:
-                    # After the pool's send batch: the frames of a turn leave
-                    # before the poll waits for their answers.
-                    trio.lowlevel.add_instrument(BusyPoll(
-                        self.config.busy_poll_us,
-                        self._keep_cores_awake if self.pool.core_keeper.running else None))
+                # After the pool's send batch: the frames of a turn leave
+                # before the poll waits for their answers.
+                trio.lowlevel.add_instrument(BusyPoll(
+                    self.config.busy_poll_us,
+                    self._keep_cores_awake if self.pool.core_keeper.running else None,
+                    self.pool.send_deferred))
                 nursery.start_soon(self._warm_store)
                 nursery.start_soon(self.pool.bundles.run, self._bundles_in_use, self.store.package_locks,
                                    self.store.deployed_mains)

@@ -64,9 +64,11 @@ def test_concurrent_requests_reach_a_child_in_fewer_writes_than_frames(tmp_path)
             (200, f"hi http://hi.localhost/{n}/{i}".encode()) for n in range(CLIENTS) for i in range(ROUNDS))
         frames = metric(server, "corral_child_frames_batched_total") - frames_before
         writes = metric(server, "corral_child_batch_writes_total") - writes_before
-        # Each request is at least an Invoke to the dispatcher, an Invoke to
-        # the tenant and the SubResponse back to the dispatcher.
-        assert frames >= 3 * CLIENTS * ROUNDS, (frames, writes)
+        # Each request is at least an Invoke to the dispatcher and an Invoke
+        # to the tenant (the SubResponse back to the dispatcher, a tail
+        # call's "answered", goes with the next of them, or alone once the
+        # loop goes idle: see ChildProcess.defer).
+        assert frames >= 2 * CLIENTS * ROUNDS, (frames, writes)
         print(f"\n{frames:.0f} frames in {writes:.0f} writes")
         assert 0 < writes < frames, (frames, writes)
     finally:

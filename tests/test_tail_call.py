@@ -166,25 +166,35 @@ def _voluntary_switches(pid: int) -> int:
     raise AssertionError("no voluntary_ctxt_switches")
 
 
-def test_the_news_that_its_call_was_answered_costs_the_dispatcher_no_wake_up(server):
-    """The dispatcher's child learns its tail call was answered with the next
-    frame it is sent (the next request's Invoke), or from the pool's watchdog
-    when none comes: one wake-up per request, where the news alone had cost
-    a second one."""
+def test_the_news_that_its_call_was_answered_costs_a_busy_dispatcher_no_wake_up(server, upstream):
+    """While the dispatcher's child has other invocations in flight, it
+    learns that a tail call was answered with the next frame it is sent (here
+    the next request's Invoke) instead of in a wake-up of its own: one
+    wake-up per request, where the news alone had cost a second one. Its
+    trace still ends, and its wall time is its own."""
     pid = int(server.request("/pid", host="hello.tail.test").text)
     for _ in range(20):
         assert server.request("/", host="hello.tail.test").text == "hello"
-    before = _voluntary_switches(pid)
-    requests = 300
-    for _ in range(requests):
-        assert server.request("/", host="hello.tail.test").text == "hello"
-    woken = _voluntary_switches(pid) - before
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as held:
+        # An invocation of the dispatcher's that stays in flight: the user
+        # worker waits for a request body that has not been sent yet.
+        started = len(upstream.seen("/echo/started"))
+        held.sendall(b"POST /x HTTP/1.1\r\nHost: echoer.tail.test\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        assert upstream.wait_for(lambda: len(upstream.seen("/echo/started")) > started, timeout=20)
+        before = _voluntary_switches(pid)
+        requests = 300
+        for _ in range(requests):
+            assert server.request("/", host="hello.tail.test").text == "hello"
+        woken = _voluntary_switches(pid) - before
+        held.sendall(b"5\r\nhello\r\n0\r\n\r\n")
+        head, body = read_response(held)
+    assert head.startswith(b"HTTP/1.1 201 ") and body == b"got hello", head
     assert woken < 1.5 * requests, f"the dispatcher woke {woken} times for {requests} requests"
-    # With no next request, the watchdog sends the news: the trace is whole.
+    # The last one's news went when the loop went idle: its trace is whole.
     resp = server.request("/", host="hello.tail.test")
-    request_id = resp.headers["x-corral-request-id"]
-    trace = wait_for(lambda: _trace_of(server, "dispatch", request_id), timeout=20,
-                     what="the dispatcher's trace")
+    trace = wait_for(lambda: _trace_of(server, "dispatch", resp.headers["x-corral-request-id"]),
+                     timeout=20, what="the dispatcher's trace")
     assert trace["outcome"] == "ok" and trace["wallTime"] < 1000, trace
 
 

@@ -325,8 +325,14 @@ class Calls:
                                                       head.status_text):
             # Only the status: the child's handler returns the response at
             # once, and nothing reads its headers on the way. Nobody waits
-            # for that: the news goes with the child's next frame.
-            child.defer(SubResponse(call, head.status, [], None, answered=True), tail)
+            # for that but the invocation's trace: while the child has other
+            # invocations in flight (it will be sent frames soon), the news
+            # goes with its next frame.
+            answered = SubResponse(call, head.status, [], None, answered=True)
+            if len(child.invocations) > 1:
+                child.defer(answered, tail)
+            else:
+                child.send(answered)
             return
         child.send(SubResponse(call, head.status, head.headers, child.send_body(head.body, call),
                                url=head.url, redirected=head.redirected, status_text=head.status_text))
