@@ -96,7 +96,8 @@ def test_calls_waiting_at_a_busy_object_hold_no_more_than_the_callers_memory_lim
     assert r.status == 200, r
     out = r.json()
     assert out["answered"] + out["refused"] == 300, out
-    assert 100 <= out["answered"] < 150 and out["refused"] > 150, out
+    # ~149 calls of 900 KB fit in 128 MiB; the rest are refused.
+    assert 100 <= out["answered"] <= 160 and out["refused"] >= 140, out
     assert out["words"].startswith("too many calls in flight") and "memory limit" in out["words"], out
     assert not out["others"], out
     grown = peak_rss_mb(corral.proc.pid) - before
