@@ -135,21 +135,39 @@ class Channel:
             self._flush()
 
     def flush_now(self) -> None:
-        """Write everything queued, blocking if need be (last words before exit)."""
+        """Write everything queued, blocking if need be (last words before exit).
+
+        What arrives meanwhile is read and dropped: the supervisor stops
+        reading a child that has more than a few MB waiting to be sent to it
+        (``OUT_HIGH_WATER``) until the child takes some, so a child out of
+        memory with that much coming, and its own sends backed up, waited
+        here for its wall limit. Nothing here handles a frame: the process
+        exits next."""
         if self.closed:
             return
         import select
 
         poller = select.poll()  # not setblocking(): FIONBIO is an ioctl the jail refuses
-        poller.register(self._sock.fileno(), select.POLLOUT)
+        poller.register(self._sock.fileno(), select.POLLOUT | select.POLLIN)
         try:
             while self._out:
                 try:
                     del self._out[: self._sock.send(self._out)]
                 except BlockingIOError:
-                    poller.poll(1000)
+                    for _, events in poller.poll(1000):
+                        if events & select.POLLIN and not self._drop_incoming():
+                            return  # the supervisor is gone: nobody to tell
         except OSError:
             pass
+
+    def _drop_incoming(self) -> bool:
+        """Read what the socket holds and drop it; False once it is closed."""
+        while True:
+            try:
+                if not self._sock.recv_into(_RECEIVED):
+                    return False
+            except BlockingIOError:
+                return True
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
