@@ -102,7 +102,10 @@ class BusyPoll(trio.abc.Instrument):
                     break
                 os.sched_yield()  # a task woken onto this core runs now (module docstring)
         if self._idle is not None:
-            self._idle()
+            try:
+                self._idle()
+            except Exception as exc:  # noqa: BLE001 - trio drops an instrument that raises
+                warn("busy_poll.idle_failed", reason=f"{type(exc).__name__}: {exc}")
 
 
 def _trio_epoll() -> select.epoll:
