@@ -245,6 +245,7 @@ class Pool:
         self.busy: set[ChildProcess] = set()
         #: Children fallen idle whose background allowance is not guarded yet.
         self.cooling: set[ChildProcess] = set()
+        #: Children holding frames to go with their next ones (ChildProcess.defer).
         self.deferring: set[ChildProcess] = set()
         #: Idle children give unchanged copied pages back (supervisor.pool.idle_trim).
         self.trimmer = IdleTrimmer(calm=self._calm)
