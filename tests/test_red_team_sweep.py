@@ -268,6 +268,15 @@ M = sys.modules["protocol.messages"]
 encode = sys.modules["msgspec"].msgpack.Encoder().encode
 
 
+def reserve_calls(count):
+    """The first of ``count`` call ids taken past the runtime's own (fresh
+    negative ids, below every one it made), for frames sent by hand."""
+    runtime = workers._runtime
+    first = runtime._next_call
+    runtime._next_call = first - count
+    return first
+
+
 def refused_calls(inv, call, count):
     """``count`` framed binding calls below ``call`` on a binding the worker
     does not have (each refused at once); the last call number and the bytes."""
@@ -287,8 +296,7 @@ class Default(WorkerEntrypoint):
     async def fetch(self, request):
         runtime = workers._runtime
         inv = workers.current_invocation.get()
-        call = runtime._next_call
-        runtime._next_call = call - 10**9
+        call = reserve_calls(10**9)
         fd = runtime.channel._sock.fileno()
         batches = int(request.url.split("batches=")[1])
         poll = select.poll()
@@ -431,8 +439,7 @@ OVERSIZED_INLINE = RAW + r'''
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
         runtime = workers._runtime
-        call = runtime._next_call
-        runtime._next_call = call - 10**6
+        call = reserve_calls(10**6)
         url = request.url.split("url=")[1]
         size = M.MAX_CHUNK + 1 if "big" in request.url else M.MAX_CHUNK
         # What the runtime streams, sent inline: the supervisor would hold it
@@ -476,8 +483,7 @@ class Default(WorkerEntrypoint):
     async def fetch(self, request):
         depth = int(request.url.split("depth=")[1])
         runtime = workers._runtime
-        call = runtime._next_call
-        runtime._next_call = call - 10**6
+        call = reserve_calls(10**6)
         answer = runtime.calls[call] = runtime.loop.create_future()
         # Arrays nested ``depth`` deep, as no encoder in the child would make
         # them (its own recursion limit): written as bytes, within one frame.
@@ -521,8 +527,7 @@ class Default(WorkerEntrypoint):
     async def fetch(self, request):
         runtime = workers._runtime
         inv = workers.current_invocation.get()
-        call = runtime._next_call
-        runtime._next_call = call - 10**9
+        call = reserve_calls(10**9)
         total = int(request.url.split("frames=")[1])
         # Calls on a binding it does not have, each refused at once; the
         # refusals are read (and dropped: no future waits for them).
@@ -642,8 +647,7 @@ BIG_HEAD = RAW + r"""
 async def raw_call(url, params):
     # A call as only a child that skips the SDK makes it: with parameters.
     runtime = workers._runtime
-    call = runtime._next_call
-    runtime._next_call = call - 1
+    call = reserve_calls(1)
     answer = runtime.calls[call] = runtime.loop.create_future()
     runtime.send(M.SubRequest(call, workers.current_invocation.get(), "fetch", b"GET", url, [],
                               params=params))
