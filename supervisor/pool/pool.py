@@ -717,10 +717,7 @@ class Pool:
         while True:
             await trio.sleep(WATCHDOG_PERIOD_S)
             now = trio.current_time()
-            if self.deferring:
-                deferring, self.deferring = self.deferring, set()
-                for child in deferring:
-                    child.flush_deferred()
+            self.send_deferred(in_task=True)
             priority = self._fork_priority
             if priority.rushed and not self._waiting and now >= priority.until:
                 priority.calm(self._kit.renice, self.zygote.pid)
@@ -751,16 +748,16 @@ class Pool:
                     elif now > inv.response_end + linger_s:
                         inv.end_lingering(LINGER_GRACE_S)
 
-    def send_deferred(self) -> None:
-        """The loop is about to sleep: the frames children were to be sent
-        with their next ones (ChildProcess.defer) go now, since no next one
-        is coming soon. Called from the loop's instrument (supervisor.busy_poll),
+    def send_deferred(self, in_task: bool = False) -> None:
+        """The frames children were to be sent with their next ones
+        (ChildProcess.defer) go now: the loop is about to sleep, so no next
+        one is coming soon (from the loop's instrument, supervisor.busy_poll,
         outside any task: a send the socket does not take whole is left to
-        the watchdog, which can wake the child's writer."""
+        the watchdog), or the watchdog's period is over (``in_task``)."""
         if self.deferring:
             deferring, self.deferring = self.deferring, set()
             for child in deferring:
-                child.flush_deferred(in_task=False)
+                child.flush_deferred(in_task)
 
     def _guard_idle_children(self) -> None:
         """Freshly idle children are read against their background allowance
