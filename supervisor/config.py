@@ -91,6 +91,10 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sub_requests: Count = 1000
     wall_ms: PositiveDuration = 60_000.0
     memory_mb: Positive = 128
+    #: Outbound connections one invocation may hold open at once (its
+    #: ``fetch()`` calls from request to the end of the response body); more
+    #: wait in line (Cloudflare: 6; see supervisor.limits.open_connections).
+    open_connections: Positive = 6
     #: How long ``waitUntil`` work may run after the response (Cloudflare: 30 s).
     wait_until_ms: Duration = 30_000.0
     #: CPU a child may burn outside any invocation (tasks left running after

@@ -25,7 +25,7 @@ an exception from its ``fetch``
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -50,10 +50,19 @@ from supervisor.calls.redirects import RedirectError, RedirectPolicy
 from supervisor.config import LimitsConfig
 from supervisor.edge.websockets import MAX_SERVER_SOCKETS, ServerSession, SocketSource
 from supervisor.lifecycle import OUTCOME_MESSAGE, PLATFORM_OUTCOMES, Outcome
+from supervisor.limits.open_connections import OpenConnections
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import error, warn
 from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service, WorkerLoader
-from supervisor.pool.bodies import BodySource, ChildBody, ProtocolViolation, body_length, declare_length
+from supervisor.pool.bodies import (
+    BodySource,
+    BytesBody,
+    ChildBody,
+    ProtocolViolation,
+    body_length,
+    declare_length,
+    hand_on,
+)
 from supervisor.pool.child_process import ChildProcess
 from supervisor.pool.invocation import Invocation, Outbound
 from supervisor.pool.pool import Pool, PoolUnavailable
@@ -181,7 +190,8 @@ class Calls:
                 return
             target = self._target(parent, message, body)
             if target is None:  # a plain outbound HTTP request
-                child.spawn(self._run, child, parent, message, self._http(message, body, parent))
+                child.spawn(self._run, child, parent, message,
+                            self._on_connection(parent, body, self._http(message, body, parent)))
                 return
             found = target.record or self.scripts.cached(target.namespace, target.name)
             if found is NOT_CACHED:  # a store miss: read it off the event loop, then call
@@ -323,6 +333,8 @@ class Calls:
         (sandbox.tail_call), which is only told that it was."""
         if tail is not None and tail.answer_tail_call(head.status, head.headers, head.body,
                                                       head.status_text):
+            if head.body is not None:
+                hand_on(head.body)  # the caller's response now, no fetch of its own
             # Only the status: the child's handler returns the response at
             # once, and nothing reads its headers on the way. Nobody waits
             # for that but the invocation's trace: while the child has other
@@ -506,10 +518,12 @@ class Calls:
             return await self._call_script(record, parent, policy.method.encode("latin-1"),
                                            policy.url, policy.headers, sent, limits, None, params)
 
-        return await _following(policy, one_hop, body)
+        # Through the platform's outbound worker too, a fetch is one of the
+        # caller's open connections.
+        return await self._on_connection(parent, body, _following(policy, one_hop, body))
 
     async def _http(self, message: SubRequest, body: BodySource | bytes | None,
-                    parent: Invocation | None = None) -> Head:
+                    parent: Invocation) -> Head:
         upload: bytes | AsyncIterator[bytes] | None
         upload = body if body is None or isinstance(body, bytes) else _iterate(body)
         span = _fetch_span(parent, message)
@@ -532,6 +546,35 @@ class Calls:
             _close(body)
         return Head(response.status, response.headers, _ClientBody(response), response.url,
                     response.redirected, response.status_text)
+
+    async def _on_connection(self, parent: Invocation, body: BodySource | bytes | None,
+                             fetch: Coroutine[Any, Any, Head]) -> Head:
+        """``fetch`` as one of ``parent``'s open connections: it starts once
+        the caller has fewer than its limit open, and holds its place until
+        its response body is read or closed (supervisor.limits.open_connections)."""
+        try:
+            connection = await self._connections(parent).open()
+        except BaseException:
+            fetch.close()
+            _close(body)
+            raise
+        try:
+            head = await fetch
+        except BaseException:
+            connection.close()
+            raise
+        if head.body is None or isinstance(head.body, (BytesBody, SocketSource)):
+            connection.close()  # read already, or a WebSocket: nothing left open to count
+        else:
+            head.body = connection.carry(head.body)
+        return head
+
+    def _connections(self, parent: Invocation) -> OpenConnections:
+        """The caller's connections open and in line, made at its first fetch."""
+        line = parent.connections
+        if line is None:
+            line = parent.connections = OpenConnections(self.defaults.open_connections)
+        return line
 
 
 class AssetAnswerer(Protocol):

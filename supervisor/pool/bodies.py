@@ -51,6 +51,15 @@ def body_length(source: BodySource) -> int | None:
     return getattr(source, "length", None)
 
 
+def hand_on(source: BodySource) -> None:
+    """``source`` is passed on by reference, unread (a fetch's response body
+    returned as the worker's own response): a source that counts against
+    its reader (supervisor.limits.open_connections) stops counting."""
+    handed_on = getattr(source, "handed_on", None)
+    if handed_on is not None:
+        handed_on()
+
+
 def declare_length(body: ChildBody, length: int) -> None:
     """Note the length a child declared for a body it streams (a response's,
     a subrequest's).
@@ -221,6 +230,7 @@ class ChildSink:
         if self.started:
             raise ProtocolViolation(f"stream {self.stream_id} was read before being passed on")
         self._child.sinks.pop(self.stream_id, None)
+        hand_on(self.source)
         return self.source
 
     def abort(self) -> None:

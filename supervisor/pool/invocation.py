@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -22,6 +22,9 @@ from supervisor.lifecycle import LIMIT_OUTCOMES, OUTCOME_MESSAGE, Outcome
 from supervisor.limits.cpu_account import PRECISE_BELOW_NS
 from supervisor.model import ScriptRecord
 from supervisor.pool.bodies import BodyError, BodySource, BytesBody, ChildLink, body_length
+
+if TYPE_CHECKING:
+    from supervisor.limits.open_connections import OpenConnections
 
 _OK = Outcome.OK
 _EXCEPTION = Outcome.EXCEPTION
@@ -64,7 +67,7 @@ class Invocation:
         "error", "outcome", "logs", "exceptions", "cpu_ns", "cpu_budget_ns", "started", "ended",
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
         "on_done", "response_end", "linger_cut", "log_bytes", "truncated", "depth", "request_id", "event",
-        "fetches", "settled", "cpu_settled", "has_head", "is_done", "held_s",
+        "fetches", "settled", "cpu_settled", "has_head", "is_done", "held_s", "connections",
     )
 
     def __init__(self, id: int, child: ChildLink, record: ScriptRecord, method: bytes,
@@ -110,6 +113,9 @@ class Invocation:
         #: Seconds news its child waited on was held back (ChildProcess.defer):
         #: not its wall time.
         self.held_s = 0.0
+        #: Its outbound connections open and in line (supervisor.limits.open_connections),
+        #: made at its first fetch.
+        self.connections: OpenConnections | None = None
         self.event_ts = time.time() * 1000.0
         self.subrequests = 0
         self.children: list[Invocation] = []

@@ -1,0 +1,229 @@
+"""Six open connections per invocation, the rest in line (Cloudflare's rule).
+
+Cloudflare lets one invocation hold six outbound connections at once. A
+seventh ``fetch()`` is not refused: it waits until one of the six closes.
+A connection is open from the request until its response body has been read
+to the end or cancelled. That also bounds what a tenant can make the host
+hold: without it, one invocation could keep 1,000 upstream connections open
+(its subrequest limit), each a descriptor and a socket buffer of the
+supervisor's, and a few such invocations fill the host's descriptor table
+for every tenant.
+
+A worker that keeps six responses unread and starts a seventh fetch would
+wait forever. Cloudflare breaks that deadlock by cancelling the least
+recently used open connection when none of them is being read or written;
+reading that body later fails. The same rule applies here. A connection
+counts as idle while the worker does not pull its body: the body is not
+being read, or it waits for the worker's credit. A connection still waiting
+for its response head, or whose body is being read from upstream, is in use.
+A body passed on by reference (returned as the worker's own response) stops
+counting: it belongs to the response now, not to the worker's fetches.
+
+Why not a ``trio.Semaphore``: the line has to see its holders, to tell a
+deadlock from a slow upstream, and cancel one of them. The check is driven
+by events, not a timer per waiting fetch: only the first in line looks, and
+only once every open connection has gone idle (a line of a thousand fetches
+behind six slow ones costs nothing while it waits).
+"""
+
+from __future__ import annotations
+
+import trio
+
+from supervisor.pool.bodies import BodySource
+
+#: Cloudflare's figure (Workers limits: "Simultaneous open connections").
+OPEN_CONNECTIONS = 6
+#: How long every open connection must have sat unread before a waiting
+#: fetch cancels one: the time a worker takes between receiving a response
+#: head and asking for its body is no deadlock.
+IDLE_S = 0.01
+
+CANCELLED = ("this response's connection was cancelled before its body was read: the request "
+             "had {limit} connections open, none of them being read, and was waiting to open "
+             "another (at most {limit} may be open at once; read or cancel a response's body "
+             "to let the next fetch start)")
+
+
+class Connection:
+    """One open connection of an invocation, from its request to its body's end."""
+
+    __slots__ = ("_line", "idle_since", "closed", "_body")
+
+    def __init__(self, line: OpenConnections) -> None:
+        self._line = line
+        #: trio time since which the worker has not pulled its body; None while in use.
+        self.idle_since: float | None = None
+        self.closed = False
+        self._body: ConnectionBody | None = None
+
+    def carry(self, body: BodySource) -> ConnectionBody:
+        """The response head is in: the connection lives on in ``body``, a
+        stream, until it is read to its end or closed."""
+        self._body = ConnectionBody(body, self)
+        self.idle()
+        return self._body
+
+    def busy(self) -> None:
+        self.idle_since = None
+
+    def idle(self) -> None:
+        if not self.closed:
+            self.idle_since = trio.current_time()
+            if self._line.waiting:
+                self._line.went_idle()
+
+    def close(self) -> None:
+        """The connection is over: the next in line may open one. Idempotent."""
+        if not self.closed:
+            self.closed = True
+            self.idle_since = None
+            self._line.closed(self)
+
+    def cancel(self, reason: str) -> None:
+        """The deadlock breaker's: end it now; a later read of its body fails."""
+        if self._body is not None:
+            self._body.fail(reason)
+        self.close()
+
+
+class ConnectionBody:
+    """A response body whose connection stays open until it is read or closed."""
+
+    __slots__ = ("_source", "_connection", "_failure")
+
+    def __init__(self, source: BodySource, connection: Connection) -> None:
+        self._source = source
+        self._connection = connection
+        self._failure: str | None = None
+
+    @property
+    def length(self) -> int | None:
+        """The source's, when it knows (see supervisor.pool.bodies.body_length)."""
+        return getattr(self._source, "length", None)
+
+    async def receive(self) -> bytes:
+        if self._failure is not None:
+            raise ConnectionCancelled(self._failure)
+        connection = self._connection
+        connection.busy()
+        try:
+            chunk = await self._source.receive()
+        except BaseException:
+            connection.close()
+            raise
+        if chunk:
+            connection.idle()
+        else:
+            connection.close()
+        return chunk
+
+    def handed_on(self) -> None:
+        """Passed on by reference (supervisor.pool.bodies.ChildSink.take):
+        the body is the worker's response now, no fetch of its own."""
+        self._connection.close()
+
+    def fail(self, reason: str) -> None:
+        self._failure = reason
+        self._source.close()
+
+    def close(self) -> None:
+        self._source.close()
+        self._connection.close()
+
+
+class ConnectionCancelled(Exception):
+    """Reading a body whose connection the deadlock breaker cancelled."""
+
+
+class _Turn:
+    """A fetch waiting in line: its connection is made for it as it is woken."""
+
+    __slots__ = ("event", "connection")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.connection: Connection | None = None
+
+    def wake(self) -> None:
+        self.event.set()
+
+
+class OpenConnections:
+    """An invocation's open connections: at most ``limit``, the rest in line, first come first served."""
+
+    __slots__ = ("limit", "_open", "_line")
+
+    def __init__(self, limit: int = OPEN_CONNECTIONS) -> None:
+        self.limit = limit
+        self._open: list[Connection] = []  # oldest first
+        self._line: list[_Turn] = []
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._line)
+
+    async def open(self) -> Connection:
+        """A connection slot, waiting in line for one when ``limit`` are open."""
+        if len(self._open) < self.limit and not self._line:
+            return self._take()
+        turn = _Turn()
+        self._line.append(turn)
+        try:
+            while turn.connection is None:
+                if self._line[0] is turn and self._all_idle():
+                    # Maybe a deadlock: look again once they have all sat idle IDLE_S.
+                    with trio.move_on_after(IDLE_S):
+                        await turn.event.wait()
+                    if turn.connection is None:
+                        self._break_deadlock()
+                else:
+                    await turn.event.wait()
+                if turn.connection is None:
+                    turn.event = trio.Event()
+        except BaseException:
+            if turn.connection is not None:
+                turn.connection.close()  # given as we were cancelled: the next one's now
+            else:
+                first = self._line[0] is turn
+                self._line.remove(turn)
+                if first and self._line:
+                    self._line[0].wake()  # the next is first now: it looks for deadlocks
+            raise
+        return turn.connection
+
+    def _take(self) -> Connection:
+        connection = Connection(self)
+        self._open.append(connection)
+        return connection
+
+    def closed(self, connection: Connection) -> None:
+        self._open.remove(connection)
+        while self._line and len(self._open) < self.limit:
+            turn = self._line.pop(0)
+            turn.connection = self._take()
+            turn.wake()
+        if self._line:
+            self._line[0].wake()  # first in line now, or still: it looks again
+
+    def went_idle(self) -> None:
+        """An open connection went idle while fetches wait: if they all are,
+        the first in line starts watching for a deadlock."""
+        if self._all_idle():
+            self._line[0].wake()
+
+    def _all_idle(self) -> bool:
+        return len(self._open) >= self.limit and all(c.idle_since is not None for c in self._open)
+
+    def _break_deadlock(self) -> None:
+        """Every open connection has sat unread for IDLE_S: cancel the one
+        unread the longest (Cloudflare: the least recently used)."""
+        if not self._all_idle():
+            return
+        since = [c.idle_since or 0.0 for c in self._open]
+        if trio.current_time() - max(since) >= IDLE_S:
+            self._open[since.index(min(since))].cancel(CANCELLED.format(limit=self.limit))
