@@ -160,10 +160,6 @@ class OpenConnections:
         self._line: list[_Turn] = []
 
     @property
-    def open_count(self) -> int:
-        return len(self._open)
-
-    @property
     def waiting(self) -> bool:
         return bool(self._line)
 
