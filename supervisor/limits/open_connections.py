@@ -28,9 +28,17 @@ behind six slow ones costs nothing while it waits).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import trio
 
-from supervisor.pool.bodies import BodySource
+
+class BodySource(Protocol):
+    """A response body (supervisor.pool.bodies.BodySource, which the limits do not import)."""
+
+    async def receive(self) -> bytes: ...
+
+    def close(self) -> None: ...
 
 #: Cloudflare's figure (Workers limits: "Simultaneous open connections").
 OPEN_CONNECTIONS = 6
