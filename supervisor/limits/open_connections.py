@@ -40,6 +40,7 @@ class BodySource(Protocol):
 
     def close(self) -> None: ...
 
+
 #: Cloudflare's figure (Workers limits: "Simultaneous open connections").
 OPEN_CONNECTIONS = 6
 #: How long every open connection must have sat unread before a waiting
@@ -47,7 +48,7 @@ OPEN_CONNECTIONS = 6
 #: head and asking for its body is no deadlock.
 IDLE_S = 0.01
 
-CANCELLED = ("this response's connection was cancelled before its body was read: the request "
+CANCELLED = ("this response's connection was cancelled before its body was read to the end: the request "
              "had {limit} connections open, none of them being read, and was waiting to open "
              "another (at most {limit} may be open at once; read or cancel a response's body "
              "to let the next fetch start)")
