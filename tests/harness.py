@@ -408,6 +408,15 @@ def stat_fields(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
+def status_field(pid: int, name: str) -> int:
+    """A number of /proc/PID/status, e.g. ``VmHWM`` (kB) or
+    ``voluntary_ctxt_switches``. Raises OSError once the process is gone."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {name} in /proc/{pid}/status")
+
+
 def _children_of(parent: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Corral
+from tests.harness import Corral, status_field
 
 HELLO = '''
 from workers import Response, WorkerEntrypoint
@@ -63,10 +63,7 @@ def sleeps_per_request(tmp_path: Path, busy_poll_us: int) -> float:
 
 def voluntary_switches(pid: int) -> int:
     """Times the supervisor's event-loop thread went to sleep (its main thread)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    raise AssertionError("no voluntary_ctxt_switches in /proc status")
+    return status_field(pid, "voluntary_ctxt_switches")
 
 
 def test_the_supervisor_polls_instead_of_sleeping_between_the_hops_of_a_request(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Corral
+from tests.harness import Corral, status_field
 from tests.test_limits import DISPATCHER, call, gone, pid_of
 
 WAIT_UNTIL_MS = 400
@@ -461,11 +461,7 @@ def test_wall_limit_cuts_a_body_passed_through_by_reference(corral, upstream, ho
 
 
 def supervisor_rss_mb(server: Corral) -> float:
-    with open(f"/proc/{server.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return status_field(server.proc.pid, "VmRSS") / 1024
 
 
 def test_log_and_report_frames_past_the_sdk_budget_are_dropped(corral):

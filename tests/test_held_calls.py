@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import Corral
+from tests.harness import Corral, status_field
 from tests.test_red_team_sweep import healthy
 
 HOLDER = r'''
@@ -74,11 +74,7 @@ class Default(WorkerEntrypoint):
 
 def peak_rss_mb(pid: int) -> float:
     """The process's resident high-water mark (VmHWM), in MB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    return status_field(pid, "VmHWM") / 1024
 
 
 def test_calls_waiting_at_a_busy_object_hold_no_more_than_the_callers_memory_limit(

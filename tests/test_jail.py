@@ -43,7 +43,7 @@ import pytest
 
 from sandbox import jail
 from sandbox.thread_shims import NATIVE_SINGLE_THREADED
-from tests.harness import Corral, read_each, stat_fields
+from tests.harness import Corral, read_each, stat_fields, status_field
 
 SECRET_ENV = "CORRAL_TEST_SECRET"
 SECRET_VALUE = "hunter2"
@@ -180,10 +180,7 @@ def denied(result: dict, exc_type: str = "PermissionError", errno: int | None = 
 
 
 def supervisor_rss_kb(c: Corral) -> int:
-    for line in Path(f"/proc/{c.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    return status_field(c.proc.pid, "VmRSS")
 
 
 def log_events(c: Corral) -> list[dict]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Corral
+from tests.harness import Corral, status_field
 from tests.test_jail import KILLABLE_TEMPLATE, worker
 
 x86_64_only = pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 syscall numbers")
@@ -321,10 +321,7 @@ class Default(WorkerEntrypoint):
 
 
 def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    return status_field(pid, "VmHWM") / 1024
 
 
 def test_a_child_that_does_not_read_its_answers_is_not_read_either(fresh_corral: Corral) -> None:
