@@ -9,9 +9,6 @@ upstream that counts the requests it holds at once.
 from __future__ import annotations
 
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import trio
@@ -19,6 +16,7 @@ import trio.testing
 
 from supervisor.limits.open_connections import ConnectionCancelled, OpenConnections
 from tests.harness import Corral
+from tests.upstream import Upstream
 
 DISPATCHER = r'''
 from workers import Response, WorkerEntrypoint
@@ -63,16 +61,17 @@ class Default(WorkerEntrypoint):
         if q["do"] == "burst":
             # n fetches at once, each body read as it comes.
             async def one(i):
-                r = await fetch(f"{target}/hold/{i}")
+                # Long enough for every fetch of the burst to have been started.
+                r = await fetch(f"{target}/slow?delay=0.3&n={i}")
                 return await r.text()
             return Response.json(await asyncio.gather(*(outcome(lambda i=i: one(i))
                                                         for i in range(int(q["n"])))))
         if q["do"] == "unread":
             # Six responses kept unread, then a seventh fetch: a deadlock
             # unless one of the six is cancelled.
-            kept = [await fetch(f"{target}/quick/{i}") for i in range(6)]
+            kept = [await fetch(f"{target}/echo/quick/{i}") for i in range(6)]
             async def seventh():
-                return await (await fetch(f"{target}/quick/6")).text()
+                return await (await fetch(f"{target}/echo/quick/6")).text()
             last = await asyncio.wait_for(outcome(seventh), 20)
             bodies = [await outcome(r.text) for r in kept]
             return Response.json({"seventh": last, "kept": bodies})
@@ -80,53 +79,11 @@ class Default(WorkerEntrypoint):
 '''
 
 
-class _Counting(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.lock = threading.Lock()
-        self.active = 0
-        self.most = 0
-        self.served: list[str] = []
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Counting
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        with self.server.lock:
-            self.server.active += 1
-            self.server.most = max(self.server.most, self.server.active)
-        try:
-            if self.path.startswith("/hold/"):
-                # Long enough for every fetch of a burst to have been started.
-                time.sleep(0.3)
-            body = f"body of {self.path}".encode()
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        finally:
-            with self.server.lock:
-                self.server.active -= 1
-                self.server.served.append(self.path)
-
-
 @pytest.fixture()
 def upstream():
-    server = _Counting()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+    """One of its own per test: ``most_in_flight`` is this test's."""
+    with Upstream() as up:
+        yield up
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +100,8 @@ def corral(tmp_path_factory):
         server.stop()
 
 
-def _run(corral: Corral, upstream: _Counting, host: str, **query: object) -> object:
-    target = f"http://127.0.0.1:{upstream.server_address[1]}"
+def _run(corral: Corral, upstream: Upstream, host: str, **query: object) -> object:
+    target = upstream.url("")
     path = "/?" + "&".join(f"{k}={v}" for k, v in {"target": target, **query}.items())
     resp = corral.request(path, host=host, timeout=60)
     assert resp.status == 200, resp.text
@@ -156,17 +113,25 @@ def _run(corral: Corral, upstream: _Counting, host: str, **query: object) -> obj
 def test_a_burst_of_fetches_holds_six_connections_open_and_the_rest_wait_their_turn(
         corral, upstream, host):
     results = _run(corral, upstream, host, do="burst", n=15)
-    assert [r.get("ok") for r in results] == [f"body of /hold/{i}" for i in range(15)], results
-    assert upstream.most == 6, f"the upstream held {upstream.most} of one invocation's requests at once"
+    assert [r.get("ok") for r in results] == ["slow done\n"] * 15, results
+    assert sorted(r["path"] for r in upstream.seen("/slow")) == sorted(
+        f"/slow?delay=0.3&n={i}" for i in range(15))
+    most = upstream.most_in_flight
+    assert most == 6, f"the upstream held {most} of one invocation's requests at once"
 
 
 def test_six_unread_responses_and_a_seventh_fetch_cancel_the_oldest(corral, upstream):
     out = _run(corral, upstream, "opener.localhost", do="unread")
-    assert out["seventh"] == {"ok": "body of /quick/6"}, out
+    assert _path(out["seventh"]) == "/echo/quick/6", out
     oldest, *rest = out["kept"]
     assert "error" in oldest, out
     assert "connections open" in oldest["message"] and "at most 6" in oldest["message"], oldest
-    assert rest == [{"ok": f"body of /quick/{i}"} for i in range(1, 6)], out
+    assert [_path(r) for r in rest] == [f"/echo/quick/{i}" for i in range(1, 6)], out
+
+
+def _path(outcome: dict) -> str | None:
+    """The path the upstream's echo saw, from a read that succeeded."""
+    return json.loads(outcome["ok"])["path"] if "ok" in outcome else None
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,9 @@ so a test can check what really left Corral. Endpoints:
   seconds pass); records when the client disconnected.
 * ``/slow?delay=S``: answers after ``S`` seconds.
 * ``/reason?code=N&text=T``: status ``N`` with the reason phrase ``T`` (UTF-8).
+
+It also keeps the most requests it had in hand at once (``most_in_flight``):
+a request counts from its head being read until its answer is written.
 """
 
 from __future__ import annotations
@@ -125,6 +128,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- endpoints ----------------------------------------------------------------
     def _handle(self) -> None:
+        server = self.server
+        with server.lock:
+            server.in_flight += 1
+            server.most_in_flight = max(server.most_in_flight, server.in_flight)
+        try:
+            self._answer()
+        finally:
+            with server.lock:
+                server.in_flight -= 1
+
+    def _answer(self) -> None:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         path = url.path
@@ -229,6 +243,8 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
 
 
 class Upstream:
@@ -261,6 +277,11 @@ class Upstream:
     def requests(self) -> list[dict[str, Any]]:
         with self.server.lock:
             return list(self.server.requests)
+
+    @property
+    def most_in_flight(self) -> int:
+        with self.server.lock:
+            return self.server.most_in_flight
 
     def seen(self, path_prefix: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["path"].startswith(path_prefix)]
