@@ -40,8 +40,8 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["RouteError", "RouteTable", "compile_routes", "match", "normalize_hostname", "normalize_pattern",
-           "split_host"]
+__all__ = ["RouteError", "RouteTable", "check_wildcards", "compile_routes", "match", "normalize_hostname",
+           "normalize_pattern", "split_host"]
 
 # Characters a host pattern may hold: DNS labels, dots, '*' and '_' (seen in
 # internal names). A port is not part of a pattern: the request's is dropped.
@@ -108,6 +108,23 @@ def normalize_pattern(pattern: str) -> str:
             f"route pattern {pattern!r} has an invalid path: no query, fragment, spaces or control characters"
         )
     return f"{host}/{path}"
+
+
+def check_wildcards(canonical: str) -> str:
+    """A new route's canonical pattern, or :class:`RouteError` if it has a
+    wildcard where Cloudflare refuses one: "route patterns may not contain
+    infix wildcards", so ``*`` may only begin the host (``*.example.com``,
+    ``*example.com``, ``*``) and end the path (``example.com/api/*``). Routes
+    stored before this check still compile and match as globs."""
+    host, _, path = canonical.partition("/")
+    if "*" in host.lstrip("*") or host.startswith("**"):
+        raise RouteError(f"route pattern {canonical[:200]!r} has a '*' inside its host: a host may only "
+                         "begin with one, as in '*.example.com/*' or '*example.com/*'")
+    if "*" in path[:-1]:
+        raise RouteError(f"route pattern {canonical[:200]!r} has a '*' inside its path: a path may only end "
+                         "with one, as in 'example.com/images/*' (no infix wildcards, e.g. "
+                         "'example.com/*.jpg')")
+    return canonical
 
 
 def normalize_hostname(hostname: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.edge.routes import RouteError, RouteTable, normalize_hostname, normalize_pattern
+from supervisor.edge.routes import RouteError, RouteTable, check_wildcards, normalize_hostname, normalize_pattern
 from supervisor.errors import Conflict, Invalid, NotFound
 from supervisor.model import MAX_TAGS, PLATFORM, ScriptRecord, check_name, check_tag
 from supervisor.store import schema
@@ -847,7 +847,7 @@ class Store:
         no script, whatever less specific route also matches them.
         """
         try:
-            canonical = normalize_pattern(pattern)
+            canonical = check_wildcards(normalize_pattern(pattern))
         except RouteError as exc:
             raise Invalid(str(exc)) from None
         if script:
