@@ -423,6 +423,46 @@ def test_routes(client):
     assert client.store.route_table().match("a.example.com", "/") is None
 
 
+@pytest.mark.parametrize("pattern, where", [
+    ("ex*ample.com/*", "host"), ("**.example.com/*", "host"), ("example.com/*.jpg", "path"),
+    ("example.com/a*b", "path"), ("*.example.com/*/x", "path")])
+def test_a_new_route_with_an_infix_wildcard_is_refused(client, pattern, where):
+    # Cloudflare: "route patterns may not contain infix wildcards", e.g.
+    # example.com/*.jpg; '*' may begin the host and end the path.
+    client.upload(f"{PS}/dispatcher", {"main_module": "worker.py"})
+    env = client("POST", ROUTES, {"pattern": pattern, "script": "dispatcher"}, expect=400)
+    assert f"'*' inside its {where}" in error_message(env)
+    assert client("GET", ROUTES)["result"] == []
+    for fine in ("*/*", "*example.com/*", "*.example.com/images/*", "example.com/x"):
+        client("POST", ROUTES, {"pattern": fine, "script": "dispatcher"})
+
+
+def test_a_script_is_its_code_to_a_client_that_asks_for_code(client):
+    # Cloudflare's "Download Worker" answers the code, not JSON; the official
+    # SDK's scripts.get sends Accept: application/javascript.
+    client.upload(f"{PS}/dispatcher", {"main_module": "worker.py"},
+                  {"worker.py": CODE, "lib/util.py": b"X = 1\n"})
+    status, headers, body = client.raw("GET", f"{PS}/dispatcher",
+                                       headers=[(b"accept", b"application/javascript")])
+    assert status == 200 and dict(headers)[b"content-type"].startswith(b"multipart/form-data")
+    assert dict(headers)[b"cf-entrypoint"] == b"worker.py"
+    assert body.index(CODE) < body.index(b"X = 1")  # the main module first
+    for accept in (b"application/json", b"*/*", b"application/javascript, application/json"):
+        assert client("GET", f"{PS}/dispatcher", headers=[(b"accept", accept)])["result"]["id"] == "dispatcher"
+
+
+def test_a_repeated_query_key_keeps_every_value(client):
+    client("POST", NS, {"name": "pg"})
+    for name, tags in (("one", ["a"]), ("two", ["a", "c"]), ("three", ["c"])):
+        client.upload(f"{NS}/pg/scripts/{name}", {"main_module": "worker.py", "tags": tags})
+    # As tags=a,c: every filter holds (the last alone would list "three" too).
+    listed = client("GET", f"{NS}/pg/scripts?tags=a&tags=c")["result"]
+    assert [s["id"] for s in listed] == ["two"]
+    env = client("GET", f"{NS}/pg/scripts?per_page=1&per_page=2", expect=400)
+    assert "1,2" in error_message(env)
+    assert len(client("GET", f"{NS}/pg/scripts?per_page=2&per_page=2")["result"]) == 2
+
+
 # -- protocol-level behaviour --------------------------------------------------------
 
 

@@ -143,7 +143,10 @@ def parse_target(target: str) -> tuple[str, list[str], dict[str, str]]:
     try:
         split = urllib.parse.urlsplit(target)
         segments = [urllib.parse.unquote(s, errors="strict") for s in split.path.split("/")]
-        query = {k: v[-1] for k, v in urllib.parse.parse_qs(
+        # A repeated key's values joined with ',' as one list (``tags=a&tags=b``
+        # is ``tags=a,b``), so none is dropped unseen: a field that takes one
+        # value then refuses the joined text, saying what it got.
+        query = {k: ",".join(dict.fromkeys(v)) for k, v in urllib.parse.parse_qs(
             split.query, keep_blank_values=True, errors="strict",
             max_num_fields=MAX_QUERY_FIELDS).items()}
     except (UnicodeDecodeError, ValueError) as exc:

@@ -23,6 +23,7 @@ from supervisor.admin import multipart, vendored_packages
 from supervisor.admin.assets import AssetSessions
 from supervisor.admin.decode import MAX_METADATA_BYTES, MAX_TAG_FILTERS, clip, decode_json
 from supervisor.admin.errors import ErrorCode, LoadFailed
+from supervisor.admin.project import module_content_type
 from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespace_json, script_json
 from supervisor.admin.router import Request, Router
 from supervisor.cron import CronError, check_crons, parse_cron
@@ -200,6 +201,25 @@ class _LockResolver:
 
     async def resolve(self, requirements: list[str]) -> Any:
         return await self.hooks.resolve_requirements(requirements)
+
+
+def wants_code(accept: str) -> bool:
+    """Whether an ``Accept`` header asks for a script's code (JavaScript or
+    Python source, or the multipart of its modules) and not for JSON."""
+    kinds = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
+    return "application/json" not in kinds and bool(
+        kinds & {"application/javascript", "text/javascript", "multipart/form-data", "text/x-python"})
+
+
+def code_response(record: ScriptRecord) -> Response:
+    """The deployed code as multipart/form-data, one part per module, the
+    main module first (as Cloudflare answers it; not a JSON envelope)."""
+    order = [record.main_module, *sorted(p for p in record.modules if p != record.main_module)]
+    parts = [multipart.Part(name=path, filename=path, data=record.modules[path],
+                            content_type=module_content_type(path)) for path in order]
+    content_type, body = multipart.encode(parts)
+    return 200, [(b"content-type", content_type.encode()),
+                 (b"cf-entrypoint", record.main_module.encode())], body
 
 
 class Handlers:
@@ -392,7 +412,12 @@ class Handlers:
         return ns, name, record
 
     async def get_script(self, request: Request) -> Response:
+        """The script's metadata as JSON; its code, as Cloudflare's "Download
+        Worker" answers, to a client that asks for code rather than JSON
+        (the official SDK's ``scripts.get`` sends ``Accept: application/javascript``)."""
         _, _, record = await self.deployed(request)
+        if wants_code(request.headers.get("accept", "")):
+            return code_response(record)
         return envelope(200, script_json(record, with_modules=True, nested=True))
 
     async def delete_script(self, request: Request) -> Response:

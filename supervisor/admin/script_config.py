@@ -15,8 +15,7 @@ import msgspec
 
 from supervisor.admin import multipart
 from supervisor.admin.decode import MAX_METADATA_BYTES, clip, decode_json
-from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, log_event
-from supervisor.admin.project import module_content_type
+from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, code_response, log_event
 from supervisor.admin.render import Response, envelope, settings_json
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Invalid, NotFound
@@ -191,12 +190,7 @@ class ScriptConfigHandlers:
         """The deployed code as multipart/form-data, one part per module, the
         main module first (as Cloudflare answers it; not a JSON envelope)."""
         _, _, record = await self.core.deployed(request)
-        order = [record.main_module, *sorted(p for p in record.modules if p != record.main_module)]
-        parts = [multipart.Part(name=path, filename=path, data=record.modules[path],
-                                content_type=module_content_type(path)) for path in order]
-        content_type, body = multipart.encode(parts)
-        return 200, [(b"content-type", content_type.encode()),
-                     (b"cf-entrypoint", record.main_module.encode())], body
+        return code_response(record)
 
     async def put_content(self, request: Request) -> Response:
         """New code, every other setting kept: a new version, deployed."""
