@@ -64,7 +64,7 @@ from supervisor.pool.bodies import read_all
 from supervisor.pool.pool import Pool, PoolUnavailable
 from supervisor.store.assets import AssetBlobs
 from supervisor.store.lookup import ScriptLookup
-from supervisor.store.store import Store
+from supervisor.store.store import SCRIPT_NOT_FOUND_CODE, Store, namespace_not_found, script_not_found
 
 DRAIN_S = 10.0
 #: Connections the kernel queues for the HTTP listener before it accepts them.
@@ -299,7 +299,7 @@ class Supervisor:
         """Admin hook (``corral trigger``): one run of ``scheduled()``; its trace event."""
         record = await self.scripts.load(namespace, name)
         if record is None:
-            raise NotFound(f"script {name!r} does not exist")
+            raise script_not_found(namespace, name)
         try:
             return await self._scheduled_now(record, cron)
         except PoolUnavailable as exc:
@@ -332,9 +332,16 @@ class Supervisor:
         self.pool.settle_cpu()  # invocations that ended before the query are in it
         return await usage.query(namespace, script, tag, since, until)
 
-    async def _script_exists(self, namespace: str | None, name: str) -> bool:
-        """For ``GET /tail?script=``: is ``name`` deployed (in ``namespace``, else anywhere)?"""
-        return await trio.to_thread.run_sync(self.store.script_exists, namespace, name)
+    async def _tail_scope_exists(self, namespace: str | None, name: str | None) -> None:
+        """For ``GET /tail``: a ``script=`` deployed (in ``namespace=``, else
+        anywhere) and a ``namespace=`` that exists, else the 404 saying which."""
+        if name:
+            if not await trio.to_thread.run_sync(self.store.script_exists, namespace, name):
+                where = f" in dispatch namespace {namespace!r}" if namespace else ""
+                raise NotFound(f"script {name!r} not found{where}: there is nothing to tail",
+                               code=SCRIPT_NOT_FOUND_CODE)
+        elif namespace and await trio.to_thread.run_sync(self.store.get_namespace, namespace) is None:
+            raise namespace_not_found(namespace)
 
     async def _admin_handle(self, request: Request, conn: Connection) -> None:
         body = request.body if isinstance(request.body, bytes) else await read_all(
@@ -343,7 +350,7 @@ class Supervisor:
         if request.method == b"GET" and target.split("?", 1)[0].rstrip("/") == "/tail":
             # Streamed, so not through the sans-I/O API (supervisor.observability.tail).
             self.observability.metrics.admin_call("GET", 200)
-            await serve_live_tail(self.observability.live, target, conn, self._script_exists)
+            await serve_live_tail(self.observability.live, target, conn, self._tail_scope_exists)
             return
         method = request.method.decode("latin-1")
         # HEAD is GET without the body (RFC 9110 section 9.3.2), for health checks.

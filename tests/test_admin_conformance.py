@@ -293,6 +293,15 @@ def test_a_live_tail_of_a_script_that_does_not_exist_is_a_404(server):
     refused(server.admin("POST", f"{PS}/ghost/tails", b""), 404, "ghost")
 
 
+def test_a_live_tail_of_a_namespace_that_does_not_exist_is_a_404(server):
+    # It would stream nothing, forever, as a tail of an unknown script would.
+    status, body = _tail_head(server, "namespace=ghostns")
+    assert status == 404
+    assert "'ghostns' does not exist" in json.loads(body)["errors"][0]["message"]
+    server.namespace("tailns")
+    assert _tail_head(server, "namespace=tailns")[0] == 200
+
+
 # -- 8. a Python module is text ------------------------------------------------------------
 
 

@@ -18,23 +18,21 @@ from supervisor.errors import Invalid, NotFound, Unavailable
 from supervisor.model import check_name
 from supervisor.observability.tail import TailFilter
 
-#: Cloudflare's workers.api.error.script_not_found.
-SCRIPT_NOT_FOUND_CODE = 10007
-
 if TYPE_CHECKING:
     from supervisor.edge.http_server import Connection
     from supervisor.observability.tail import LiveTail
 
 
-#: Whether a script is deployed: ``(namespace or None for any, name)``.
-ScriptExists = Callable[[str | None, str], Awaitable[bool]]
+#: Raises the 404 when a tail's ``(namespace=, script=)`` names nothing deployed.
+ScopeCheck = Callable[[str | None, str | None], Awaitable[None]]
 
 
 async def serve_live_tail(live: LiveTail, target: str, conn: Connection,
-                          script_exists: ScriptExists | None = None) -> None:
+                          check_scope: ScopeCheck | None = None) -> None:
     """Stream ``GET /tail``. A ``script=`` that names no deployed script (in
-    ``namespace=``, or any namespace without it) is a 404, as Cloudflare's
-    tail of an unknown Worker is: it would stream nothing, forever."""
+    ``namespace=``, or any namespace without it), or a ``namespace=`` that
+    does not exist, is a 404, as Cloudflare's tail of an unknown Worker is:
+    it would stream nothing, forever."""
     try:
         parse_target(target)  # bounded and well-formed, or a 400 saying why
         # Every value of a repeated key (header=..&header=..), which the API's
@@ -43,14 +41,12 @@ async def serve_live_tail(live: LiveTail, target: str, conn: Connection,
                                       errors="strict", max_num_fields=MAX_QUERY_FIELDS)
         wanted = TailFilter.parse(query)  # a bad filter is a 400 before any lookup
         script, namespace = wanted.script, wanted.namespace
-        if script and script_exists is not None:
-            check_name("script", script)
+        if (script or namespace) and check_scope is not None:
+            if script:
+                check_name("script", script)
             if namespace is not None:
                 check_name("namespace", namespace)
-            if not await script_exists(namespace, script):
-                where = f" in dispatch namespace {namespace!r}" if namespace else ""
-                raise NotFound(f"script {script!r} not found{where}: there is nothing to tail",
-                               code=SCRIPT_NOT_FOUND_CODE)
+            await check_scope(namespace, script)
         await live.serve(query, conn)
     except (Invalid, NotFound, Unavailable) as exc:
         status, code, message = status_and_code(exc)
