@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import urllib.parse
 from collections.abc import Sequence
@@ -265,8 +266,12 @@ def _cmd_trigger(args: argparse.Namespace, client: AdminClient) -> int:
                      for entry in trace.get("logs", []))
     errors = "\n".join(printable_lines(f"{e.get('name')}: {e.get('message')}", "| ")
                        for e in trace.get("exceptions", []))
-    _emit(args, trace, "\n".join(x for x in (f"scheduled {args.name} ({args.cron}): "
-                                               f"{printable(trace.get('outcome'))}", logs, errors) if x))
+    report = "\n".join(x for x in (f"scheduled {args.name} ({args.cron}): {printable(trace.get('outcome'))}",
+                                   logs, errors) if x)
+    if trace.get("outcome") == Outcome.OK or args.json:
+        _emit(args, trace, report)
+    else:  # a failed run is the command's error: on stderr, as any other
+        print(report, file=sys.stderr)
     return 0 if trace.get("outcome") == Outcome.OK else 1
 
 
@@ -401,10 +406,26 @@ _REQUIRED_WORDS = (("name", "NAME"), ("key", "KEY"), ("id", "ID"), ("database", 
                    ("pattern", "PATTERN"), ("script", "SCRIPT"), ("version", "VERSION"))
 
 
+#: A relative time as ``--since``/``--until`` take it: argparse would read
+#: ``--since -1h`` as two options, since ``-1h`` is no negative number.
+_RELATIVE_TIME = re.compile(r"-\d+(?:\.\d+)?[smhd]")
+
+
+def _attach_relative_times(argv: Sequence[str]) -> list[str]:
+    """``--since -1h`` as ``--since=-1h``, which argparse reads as meant."""
+    out: list[str] = []
+    for word in argv:
+        if out and out[-1] in ("--since", "--until") and _RELATIVE_TIME.fullmatch(word):
+            out[-1] = f"{out[-1]}={word}"
+        else:
+            out.append(word)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``corral`` and ``python -m supervisor``; returns the exit status."""
     parser = _parser()
-    args, extras = parser.parse_known_args(argv)
+    args, extras = parser.parse_known_args(_attach_relative_times(sys.argv[1:] if argv is None else argv))
     if extras and args.command == "tags" and not any(e.startswith("-") for e in extras):
         # argparse fills the optional ACTION/TAG positionals with nothing when an
         # option sits between them and NAME (`tags NAME -n NS add T`): take them here.

@@ -21,8 +21,8 @@ MAX_EPOCH = 253402300799
 
 def parse_time(value: str | None, what: str, default: int) -> int:
     """Epoch seconds from ``?since=``/``?until=``: epoch seconds or milliseconds,
-    an ISO 8601 time (UTC unless it says otherwise), or relative (``-1h``, ``30m``
-    ago: a number and s, m, h or d). A time before 1970 is 0 (no usage is
+    an ISO 8601 time (UTC unless it says otherwise), relative (``-1h``, ``30m``
+    ago: a number and s, m, h or d), or ``now``. A time before 1970 is 0 (no usage is
     older); one after :data:`MAX_EPOCH` is refused."""
     if not value:
         return default
@@ -35,6 +35,8 @@ def parse_time(value: str | None, what: str, default: int) -> int:
 def _epoch_of(value: str, what: str) -> int:
     """:func:`parse_time`'s reading of ``value``, unbounded."""
     text = value.strip()
+    if text.lower() == "now":
+        return int(time.time())
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
         if text[-1:] in units and text[:-1].lstrip("-").replace(".", "", 1).isdigit():
@@ -47,5 +49,5 @@ def _epoch_of(value: str, what: str) -> int:
             moment = moment.replace(tzinfo=datetime.UTC)
         return int(moment.timestamp())
     except (ValueError, OverflowError):
-        raise Invalid(f"{what} must be epoch seconds, an ISO 8601 time or like -1h, "
+        raise Invalid(f"{what} must be epoch seconds, an ISO 8601 time, now or like -1h, "
                       f"got {clip(value)!r}") from None

@@ -362,6 +362,27 @@ def test_a_bad_option_value_is_bad_usage_before_any_request(corral: Corral, args
     assert args[1] in result.stderr and "must be" in result.stderr, result.stderr
 
 
+def test_usage_takes_a_relative_since_as_its_own_word_and_until_now(corral: Corral) -> None:
+    """``--since -1h`` as written in the help and the API's own errors;
+    argparse alone takes ``-1h`` for an option (exit 2)."""
+    for args in (("--since", "-1h"), ("--since", "-30m", "--until", "now"), ("--until", "now")):
+        out = cli(corral, "usage", *args, "--json").stdout
+        assert isinstance(json.loads(out), list), out
+
+
+def test_a_failed_trigger_says_why_on_stderr(corral: Corral, tmp_path: Path) -> None:
+    """SPEC 1: exit status 1 on an error, its message on stderr."""
+    worker = tmp_path / "worker.py"
+    worker.write_text("from workers import Response, WorkerEntrypoint\nclass Default(WorkerEntrypoint):\n"
+                      "    async def fetch(self, request):\n        return Response('hi')\n")
+    cli(corral, "deploy", "-n", "default", "nocron", worker)
+    result = cli(corral, "trigger", "-n", "default", "nocron", "--cron", "*/5 * * * *", expect=1)
+    assert "scheduled" in result.stderr and "exception" in result.stderr, result
+    assert result.stdout == ""
+    missing = cli(corral, "trigger", "-n", "default", "ghost", "--cron", "*/5 * * * *", expect=1)
+    assert "'ghost' not found in dispatch namespace 'default'" in missing.stderr, missing.stderr
+
+
 def test_secret_put_trims_trailing_whitespace_as_wrangler_does(corral: Corral, tmp_path: Path) -> None:
     """wrangler secret put trims the value's trailing whitespace (its
     trimTrailingWhitespace): a CRLF line from a Windows file, or ``echo``'s

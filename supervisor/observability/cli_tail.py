@@ -191,7 +191,9 @@ def cmd_tail(args: argparse.Namespace, client: Any) -> int:
             message = ""
         raise ApiCallError(message or f"GET /tail: HTTP {response.status}")
     if fmt == "pretty":
-        print(f"Connected to {args.name or 'all scripts'}, waiting for logs...", file=sys.stderr)
+        scope = args.name or ("all scripts" if not args.namespace else "every script")
+        where = f" of dispatch namespace {args.namespace}" if args.namespace else ""
+        print(f"Connected to {scope}{where}, waiting for logs...", file=sys.stderr)
     try:
         _stream(response, fmt, colour, sys.stdout)
     except KeyboardInterrupt:
