@@ -11,12 +11,11 @@ from __future__ import annotations
 import datetime
 import json as _json
 import sys
-import time
 import traceback
 import types
 from typing import Any
 
-from . import logs, web_crypto, websockets, workers
+from . import js_globals, logs, web_crypto, websockets, workers
 from .html_rewriter import HTMLRewriter
 from .js_url import URL, URLSearchParams
 from .pyodide_shim import ArrayBuffer, JsException, Uint8Array, _unavailable, jsnull, to_py
@@ -219,12 +218,6 @@ class _TextEncoder:
         return Uint8Array(str(text).encode())
 
 
-class _Date:
-    @staticmethod
-    def now() -> float:
-        return time.time() * 1000.0
-
-
 class _ErrorClass:
     """``js.Error`` (and its kin): calling it or ``.new(message)`` gives the
     error as Pyodide proxies one, a raisable :class:`JsException` with
@@ -302,7 +295,6 @@ def make_js() -> types.ModuleType:
     js.JSON = _JSON()  # type: ignore[attr-defined]
     js.URL = URL  # type: ignore[attr-defined]
     js.URLSearchParams = URLSearchParams  # type: ignore[attr-defined]
-    js.Date = _Date()  # type: ignore[attr-defined]
     js.fetch = _fetch  # type: ignore[attr-defined]
     js.Uint8Array = Uint8Array  # type: ignore[attr-defined]
     js.TextDecoder = _TextDecoder  # type: ignore[attr-defined]
@@ -320,6 +312,7 @@ def make_js() -> types.ModuleType:
     # ``from js import globalThis`` is the js module itself, as in Pyodide
     # (workerd's hello test asserts ``js == globalThis``); JavaScript's
     # undefined is None there, as it is here.
+    js_globals.install_into(js, js_globals.Timers(lambda: workers.current_invocation.get() == 0, GLOBAL_SCOPE))
     js.globalThis = js  # type: ignore[attr-defined]
     js.undefined = None  # type: ignore[attr-defined]
     js.__getattr__ = _unavailable("js")  # type: ignore[attr-defined]

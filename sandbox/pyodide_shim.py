@@ -65,6 +65,10 @@ class ArrayBuffer(bytes):
     def to_bytes(self) -> bytes:
         return bytes(self)
 
+    #: memoryview's name, for code that read KV's ``arrayBuffer`` when Corral
+    #: gave it as one.
+    tobytes = to_bytes
+
     def to_py(self, **_: Any) -> memoryview:
         return memoryview(self)
 

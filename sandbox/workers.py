@@ -297,7 +297,18 @@ class Headers(http.client.HTTPMessage):
         self._items = [(n, v) for n, v in self._items if n != name]
 
     def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
+        """One pair per name, its values joined as :meth:`get` joins them
+        (``Set-Cookie``'s one pair per value), as the SDK builds a request's
+        headers from JavaScript's Headers, which combine them."""
+        if len(self.keys()) == len(self._items):
+            return list(self._items)  # no name twice: nothing to join
+        pairs: list[tuple[str, str]] = []
+        for name in self.keys():
+            if name == "set-cookie":
+                pairs += [(n, v) for n, v in self._items if n == name]
+            else:
+                pairs.append((name, self.get(name)))
+        return pairs
 
     def keys(self) -> list[str]:
         seen: dict[str, None] = {}

@@ -59,9 +59,10 @@ return {
 }""")
     assert got == {"text": "héllo", "json": {"a": [1, 2]}, "json_dict": {"a": [1, 2]},
                    "bytes": [0, 1, 255], "bytes2": [0, 1, 255], "typed": [2, 3], "stream": "héllo",
-                   # An ArrayBuffer reaches Python as a memoryview in Pyodide; workerd's
-                   # class name is what errors about the binding say.
-                   "ab_type": "memoryview", "bytes_type": "bytes", "class": "KvNamespace",
+                   # An ArrayBuffer, as the binding's JavaScript answer reaches Python on
+                   # Cloudflare (``.to_bytes()``, ``.to_py()``); workerd's class name is
+                   # what errors about the binding say.
+                   "ab_type": "ArrayBuffer", "bytes_type": "bytes", "class": "KvNamespace",
                    "missing": None,
                    "missing_meta": {"value": None, "metadata": None, "cacheStatus": None},
                    "not_json": "SyntaxError"}

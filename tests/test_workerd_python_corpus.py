@@ -1222,10 +1222,11 @@ class Default(WorkerEntrypoint):
             assert await kv.get("_test:e") == ""
             await kv.delete("_test:never-there")
 
-        async def kv_array_buffer_is_a_memoryview():
+        async def kv_array_buffer_reads_as_on_cloudflare():
             await kv.put("_test:b", "binary test data")
             got = await kv.get("_test:b", "arrayBuffer")
-            assert isinstance(got, memoryview) and len(got) > 0, type(got)
+            assert got.to_bytes() == b"binary test data", type(got)
+            assert isinstance(got.to_py(), memoryview) and got.byteLength == 16
 
         async def kv_metadata():
             await kv.put("_test:m", "metadata test", metadata={"a": 1})
@@ -1326,7 +1327,7 @@ class Default(WorkerEntrypoint):
             await bucket.delete(["_test/del/1", "_test/del/2"])
             assert await bucket.head("_test/del/1") is None and await bucket.head("_test/del/2") is None
 
-        return await run(kv_text_json_and_empty, kv_array_buffer_is_a_memoryview, kv_metadata,
+        return await run(kv_text_json_and_empty, kv_array_buffer_reads_as_on_cloudflare, kv_metadata,
                          kv_options_as_a_dict_or_none, kv_multi_get, kv_list_pages, r2_put_get_head,
                          r2_empty_body_ranges_and_options, r2_list_delimiter_and_pages,
                          r2_multipart_and_abort, r2_body_straight_into_a_response, r2_delete_many)

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from ..pyodide_shim import ArrayBuffer
 from . import (
     AttrDict,
     JsException,
@@ -64,8 +65,10 @@ async def _decode(body: Any, kind: str) -> Any:
         return data.decode("utf-8", "replace")
     if kind == "json":
         return _json(data)
-    # Pyodide gives an ArrayBuffer as a memoryview; "bytes" is Corral's own bytes.
-    return memoryview(data) if kind == "arrayBuffer" else data
+    # On Cloudflare the binding answers a JavaScript ArrayBuffer (the SDK
+    # passes KV through), which code reads with ``.to_bytes()`` or
+    # ``.to_py()``; "bytes" is Corral's own bytes.
+    return ArrayBuffer(data) if kind == "arrayBuffer" else data
 
 
 def _decode_bulk(data: bytes, kind: str) -> Any:

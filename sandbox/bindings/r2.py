@@ -6,6 +6,8 @@ import datetime
 from typing import Any
 
 from .. import workers
+from ..js_globals import JsDate
+from ..pyodide_shim import ArrayBuffer
 from . import (
     AttrDict,
     AttrList,
@@ -182,8 +184,9 @@ class R2Object(_Fields):
         self.size: int = raw["size"]
         self.etag: str = raw["etag"]
         self.httpEtag: str = raw["httpEtag"]  # noqa: N815
-        self.uploaded = datetime.datetime.fromtimestamp(raw["uploaded"] / 1000.0,
-                                                        datetime.UTC)
+        # A JavaScript Date on Cloudflare (``.getTime()``, ``.toISOString()``),
+        # and a UTC datetime for Python code.
+        self.uploaded = JsDate.from_ms(raw["uploaded"])
         # A listed object has the metadata its list's ``include`` asked for;
         # the rest is undefined (None), as with workerd's R2 list.
         self.httpMetadata = wrap(raw.get("httpMetadata"))  # noqa: N815
@@ -262,8 +265,12 @@ class R2ObjectBody(R2Object):
     async def bytes(self) -> bytes:
         return await read(self._take())
 
-    arrayBuffer = bytes  # noqa: N815
-    array_buffer = bytes
+    async def arrayBuffer(self) -> ArrayBuffer:  # noqa: N802
+        """The body as Cloudflare's binding gives it, a JavaScript ArrayBuffer
+        (read with ``.to_bytes()``); bytes to Python code."""
+        return ArrayBuffer(await self.bytes())
+
+    array_buffer = arrayBuffer
 
     async def text(self) -> str:
         return (await self.bytes()).decode("utf-8", "replace")
