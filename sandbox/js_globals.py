@@ -342,11 +342,18 @@ class _PromiseClass:
 class Timers:
     """``setTimeout``/``setInterval`` and their ``clear*``: callbacks on the
     loop after a delay in milliseconds, an ``async def`` one run as a task.
-    Called while the script loads, they throw workerd's error: there is no
-    request for a timer to belong to (``at_global_scope`` says when)."""
 
-    def __init__(self, at_global_scope: Callable[[], bool], global_scope_error: str) -> None:
-        self._at_global_scope = at_global_scope
+    A timer belongs to the invocation that set it, as in workerd, where it
+    lives in the request's I/O context: once that invocation is over (its
+    response sent and its ``waitUntil`` work done) the timer never fires, so
+    a forgotten ``setInterval`` cannot keep a tenant's child busy between
+    requests. Set while the script loads, a timer is workerd's global-scope
+    error: there is no request for it to belong to."""
+
+    def __init__(self, current: Callable[[], int], running: Callable[[int], bool],
+                 global_scope_error: str) -> None:
+        self._current = current
+        self._running = running
         self._error = global_scope_error
         self._ids = itertools.count(1)
         self._handles: dict[int, asyncio.TimerHandle] = {}
@@ -365,7 +372,8 @@ class Timers:
     clearInterval = clearTimeout
 
     def _schedule(self, callback: Callable[..., Any], delay: Any, args: tuple[Any, ...], repeat: bool) -> int:
-        if self._at_global_scope():
+        invocation = self._current()
+        if invocation == 0:
             raise JsException("Error", self._error)
         if not callable(callback):
             raise JsException("TypeError", "The first argument to setTimeout must be a function")
@@ -374,6 +382,9 @@ class Timers:
         timer_id = next(self._ids)
 
         def fire() -> None:
+            if not self._running(invocation):
+                self._handles.pop(timer_id, None)
+                return
             if repeat:
                 self._handles[timer_id] = loop.call_later(max(seconds, 0.001), fire)
             else:

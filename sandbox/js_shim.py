@@ -312,7 +312,9 @@ def make_js() -> types.ModuleType:
     # ``from js import globalThis`` is the js module itself, as in Pyodide
     # (workerd's hello test asserts ``js == globalThis``); JavaScript's
     # undefined is None there, as it is here.
-    js_globals.install_into(js, js_globals.Timers(lambda: workers.current_invocation.get() == 0, GLOBAL_SCOPE))
+    timers = js_globals.Timers(workers.current_invocation.get,
+                               lambda inv: inv in getattr(workers._runtime, "invocations", ()), GLOBAL_SCOPE)
+    js_globals.install_into(js, timers)
     js.globalThis = js  # type: ignore[attr-defined]
     js.undefined = None  # type: ignore[attr-defined]
     js.__getattr__ = _unavailable("js")  # type: ignore[attr-defined]

@@ -83,6 +83,25 @@ class Default(WorkerEntrypoint):
         return Response("never")
 '''
 
+INTERVAL_WORKER = '''
+import asyncio
+from js import setInterval, setTimeout
+from workers import Response, WorkerEntrypoint
+
+TICKS = []
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/start"):
+            setInterval(lambda: TICKS.append("interval"), 5)
+            setTimeout(lambda: TICKS.append("timeout"), 20)
+            return Response("set")
+        # The timers of the invocation that ended would have fired many times by now.
+        await asyncio.sleep(0.2)
+        return Response.json(TICKS)
+'''
+
 SHAPES_WORKER = '''
 from workers import Response, WorkerEntrypoint
 
@@ -113,6 +132,7 @@ def corral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corral]:
     try:
         server.deploy_dispatcher()
         server.deploy("stdglobals", GLOBALS_WORKER, check=False)  # each test says what failed
+        server.deploy("interval", INTERVAL_WORKER, check=False)
         server.deploy("shapes", SHAPES_WORKER, check=False, bindings=[
             {"type": "kv_namespace", "name": "KV", "namespace_id": "kv-shapes"},
             {"type": "r2_bucket", "name": "BUCKET", "bucket_name": "b-shapes"}])
@@ -151,6 +171,14 @@ def test_a_timer_set_while_the_script_loads_is_workerds_error(corral: Corral) ->
     resp = corral.deploy("loadtimer", TIMER_AT_LOAD, check=False)
     assert resp.status == 400, resp.text
     assert "Disallowed operation called within global scope" in resp.text
+
+
+def test_a_timer_dies_with_the_invocation_that_set_it(corral: Corral) -> None:
+    # As in workerd, where a timer lives in its request's I/O context: a
+    # forgotten setInterval must not keep the child busy between requests.
+    assert corral.request("/start", host="interval.localhost").text == "set"
+    resp = corral.request("/ticks", host="interval.localhost")
+    assert resp.status == 200 and resp.json() == [], resp.text
 
 
 def test_binding_values_read_as_cloudflares_javascript_ones(corral: Corral) -> None:
