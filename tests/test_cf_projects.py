@@ -213,8 +213,9 @@ def test_cron_trigger_by_hand_and_test_endpoint(corral):
     assert trace["logs"][0]["message"][0].startswith("scheduled */5 * * * * at ")
     failed = subprocess.run([*base, "--cron", "0 3 * * MON", "cron-worker"],
                             capture_output=True, text=True, env=env, timeout=60)
-    assert failed.returncode == 1 and "exception" in failed.stdout
-    assert "monday job failed" in failed.stdout
+    # A failed run is the command's error: on stderr, with exit status 1 (SPEC 1).
+    assert failed.returncode == 1 and "exception" in failed.stderr and failed.stdout == ""
+    assert "monday job failed" in failed.stderr
     bad = subprocess.run([*base, "--cron", "61 * * * *", "cron-worker"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 1 and "minute 61 is outside 0-59" in bad.stderr
