@@ -24,6 +24,7 @@ nothing.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import types
 from collections.abc import Callable
@@ -39,15 +40,51 @@ def _workers() -> Any:
 
 
 async def _brokered(method: str, url: str, headers: list[tuple[str, str]], body: bytes | None,
-                    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
-    """One request through the supervisor; redirects are the library's business."""
+                    timeout: float | None = None) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    """One request through the supervisor; redirects are the library's business.
+
+    ``timeout`` is the client's own (``requests.get(url, timeout=5)``): past it
+    the subrequest is aborted and a ``FetchTimeout`` raised, which each
+    library's shim turns into its timeout error, as urllib3's Pyodide backend
+    does with an AbortController on Cloudflare. Without one, the
+    supervisor's ``[outbound]`` timeouts still bound the wait."""
     workers = _workers()
     request = workers.Request(url, method=method, headers=headers,
                               body=body if body and method.upper() not in ("GET", "HEAD") else None,
                               redirect="manual")
-    response = await workers.fetch(request)
-    data = await response.bytes()
-    return response.status, response.status_text, response.headers.items(), data
+
+    async def exchange() -> tuple[int, str, list[tuple[str, str]], bytes]:
+        response = await workers.fetch(request)
+        data = await response.bytes()
+        return response.status, response.status_text, response.headers.items(), data
+
+    if timeout is None:
+        return await exchange()
+    try:
+        return await asyncio.wait_for(exchange(), timeout)
+    except TimeoutError:
+        raise workers.NetworkError("FetchTimeout", f"reading from {url} timed out: no response within the "
+                                   f"client's timeout of {timeout:g} s") from None
+
+
+def _seconds(*candidates: Any) -> float | None:
+    """The first of ``candidates`` that is a number of seconds (a client's
+    timeout settings hold None, or sentinels, for "no timeout")."""
+    for value in candidates:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+    return None
+
+
+def _urllib3_timeout(timeout: Any) -> float | None:
+    """Seconds to wait for a response under urllib3's ``timeout`` (a number or
+    a ``Timeout``; ``requests`` passes ``Timeout(connect=t, read=t)``)."""
+    if hasattr(timeout, "total"):
+        try:
+            return _seconds(timeout.total, timeout.read_timeout, timeout.connect_timeout)
+        except Exception:  # noqa: BLE001 - a Timeout in a state urllib3 refuses to read
+            return None
+    return _seconds(timeout)
 
 
 def _body_bytes(body: Any) -> bytes | None:
@@ -79,11 +116,14 @@ def patch_urllib3(module: types.ModuleType) -> None:
             port = f":{self.port}" if self.port else ""
             url = f"{self.scheme}://{self.host}{port}{url}"
         pairs = list((headers or self.headers or {}).items())
+        if timeout is not None and not isinstance(timeout, (int, float)) and not hasattr(timeout, "total"):
+            timeout = self.timeout  # urllib3's default sentinel: the pool's (None is no timeout)
+        wait = _urllib3_timeout(timeout)
         try:
             status, reason, out_headers, data = run_sync(
-                _brokered(method, url, pairs, _body_bytes(body)))
+                _brokered(method, url, pairs, _body_bytes(body), wait))
         except _workers().NetworkError as exc:
-            raise _urllib3_error(module, self, url, retries, exc) from None
+            raise _urllib3_error(module, self, method, url, retries, exc) from None
         # The supervisor's client already decoded the body: do not decode again.
         out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-encoding"]
         response = response_cls(body=io.BytesIO(data), headers=out_headers, status=status,
@@ -103,7 +143,7 @@ def patch_urllib3(module: types.ModuleType) -> None:
     pool_cls.urlopen = urlopen
 
 
-def _urllib3_error(urllib3: Any, pool: Any, url: str, retries: Any, exc: Any) -> Exception:
+def _urllib3_error(urllib3: Any, pool: Any, method: str, url: str, retries: Any, exc: Any) -> Exception:
     """What urllib3 raises itself when no response came: ``ReadTimeoutError``
     or ``ConnectTimeoutError`` for a timeout, else ``NewConnectionError``;
     wrapped in ``MaxRetryError`` unless retries are off. ``requests`` turns
@@ -116,7 +156,17 @@ def _urllib3_error(urllib3: Any, pool: Any, url: str, retries: Any, exc: Any) ->
         reason = errors.ConnectTimeoutError(pool, exc.message)
     else:
         reason = errors.ReadTimeoutError(pool, url, exc.message)
-    return reason if retries is False else errors.MaxRetryError(pool, url, reason)
+    if retries is False:
+        return reason
+    if hasattr(retries, "increment"):
+        # The Retry's own verdict on this error, as urllib3's urlopen asks it:
+        # ``requests`` passes ``Retry(0, read=False)``, under which a read
+        # timeout is raised as it is (``requests`` then raises ReadTimeout).
+        try:
+            retries.increment(method, url, error=reason, _pool=pool)
+        except Exception as verdict:  # noqa: BLE001 - whatever the Retry raises is the answer
+            return verdict
+    return errors.MaxRetryError(pool, url, reason)
 
 
 # -- urllib.request ------------------------------------------------------------------
@@ -131,7 +181,8 @@ def patch_urllib_request(module: types.ModuleType) -> None:
         headers = [(k, v) for k, v in req.header_items() if k.lower() not in ("host", "connection")]
         try:
             status, reason, out_headers, data = run_sync(
-                _brokered(req.get_method(), req.full_url, headers, _body_bytes(req.data)))
+                _brokered(req.get_method(), req.full_url, headers, _body_bytes(req.data),
+                          _seconds(getattr(req, "timeout", None))))
         except _workers().NetworkError as exc:
             raise module.URLError(exc) from None  # as urllib's own handlers wrap an OSError
         message = http.client.HTTPMessage()
@@ -158,7 +209,8 @@ def patch_httpx(module: types.ModuleType) -> None:
         def handle_request(self, request: Any) -> Any:
             try:
                 status, _, headers, data = run_sync(_brokered(
-                    request.method, str(request.url), list(request.headers.items()), request.read()))
+                    request.method, str(request.url), list(request.headers.items()), request.read(),
+                    _httpx_timeout(request)))
             except _workers().NetworkError as exc:
                 raise _httpx_error(httpx, exc, request) from None
             return _httpx_response(httpx, status, headers, data)
@@ -169,7 +221,8 @@ def patch_httpx(module: types.ModuleType) -> None:
         async def handle_async_request(self, request: Any) -> Any:
             try:
                 status, _, headers, data = await _brokered(
-                    request.method, str(request.url), list(request.headers.items()), await request.aread())
+                    request.method, str(request.url), list(request.headers.items()), await request.aread(),
+                    _httpx_timeout(request))
             except _workers().NetworkError as exc:
                 raise _httpx_error(httpx, exc, request) from None
             return _httpx_response(httpx, status, headers, data)
@@ -192,6 +245,12 @@ def patch_httpx(module: types.ModuleType) -> None:
     # socket the jail refuses: its requests take the brokered fetch too.
     httpx.HTTPTransport.handle_request = BrokeredTransport.handle_request
     httpx.AsyncHTTPTransport.handle_async_request = AsyncBrokeredTransport.handle_async_request
+
+
+def _httpx_timeout(request: Any) -> float | None:
+    """Seconds to wait for a response under the request's httpx timeouts."""
+    timeouts = request.extensions.get("timeout") or {}
+    return _seconds(timeouts.get("read"), timeouts.get("connect"))
 
 
 def _httpx_error(httpx: Any, exc: Any, request: Any) -> Exception:
@@ -234,7 +293,8 @@ def patch_aiohttp(module: types.ModuleType) -> None:
         history = []
         while True:
             try:
-                status, reason, out, payload = await _brokered(method, str(url), list(sent.items()), body)
+                status, reason, out, payload = await _brokered(method, str(url), list(sent.items()), body,
+                                                               _aiohttp_timeout(_options.get("timeout"), self))
             except _workers().NetworkError as exc:
                 cls = aiohttp.ServerTimeoutError if exc.timeout else aiohttp.ClientConnectionError
                 raise cls(exc.message) from None
@@ -256,6 +316,15 @@ def patch_aiohttp(module: types.ModuleType) -> None:
         return response
 
     aiohttp.ClientSession._request = _request
+
+
+def _aiohttp_timeout(timeout: Any, session: Any) -> float | None:
+    """Seconds to wait for a response under a request's ``timeout=`` (a
+    ``ClientTimeout`` or a number) or else its session's."""
+    chosen = timeout if timeout is not None else getattr(session, "_timeout", None)
+    if hasattr(chosen, "total"):
+        return _seconds(chosen.total, chosen.sock_read, chosen.connect)
+    return _seconds(chosen)
 
 
 def _aiohttp_headers(aiohttp: Any, session: Any, headers: Any) -> Any:

@@ -362,6 +362,62 @@ def test_urllib_request_follows_redirects_and_sends_bodies(clients, upstream):
                            "method": "PUT", "body": "abc", "x_urllib": "1"}
 
 
+TIMEOUTS = '''
+import asyncio
+import urllib.request
+
+import aiohttp
+import httpx
+import requests
+import urllib3
+from workers import Response, WorkerEntrypoint
+
+
+def call(client, url):
+    if client == "requests":
+        return requests.get(url, timeout=0.3).status_code
+    if client == "httpx":
+        with httpx.Client(timeout=0.3) as session:
+            return session.get(url).status_code
+    if client == "urllib3":
+        return urllib3.PoolManager().request("GET", url, timeout=0.3, retries=False).status
+    with urllib.request.urlopen(url, timeout=0.3) as r:
+        return r.status
+
+
+async def call_aiohttp(url):
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as session:
+        async with session.get(url) as r:
+            return r.status
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        client = request.url.split("?")[0].rsplit("/", 1)[-1]
+        url = request.headers.get("x-target") + f"/slow?delay=5&client={client}"
+        try:
+            status = await call_aiohttp(url) if client == "aiohttp" else call(client, url)
+        except Exception as e:
+            return Response.json({"error": f"{type(e).__module__}.{type(e).__name__}"})
+        return Response.json({"status": status})
+'''
+
+
+@pytest.mark.parametrize("client, error", [
+    ("requests", "requests.exceptions.ReadTimeout"), ("httpx", "httpx.ReadTimeout"),
+    ("urllib3", "urllib3.exceptions.ReadTimeoutError"), ("urllib.request", "urllib.error.URLError"),
+    ("aiohttp", "aiohttp.client_exceptions.ServerTimeoutError")])
+def test_a_sync_clients_own_timeout_ends_its_request(clients, upstream, client, error):
+    # On Cloudflare urllib3's Pyodide backend aborts the fetch at the request's
+    # timeout; here the subrequest is aborted and the library's timeout error
+    # raised (before, the timeout was ignored: the answer came after 5 s).
+    deploy(clients, "timeouts", TIMEOUTS, ("requests", "httpx", "urllib3", "aiohttp"))
+    resp = clients.request(f"/{client}", host="timeouts.localhost",
+                           headers={"x-target": upstream.url("").rstrip("/")})
+    assert resp.status == 200, (resp, clients.log())
+    assert resp.json() == {"error": error}
+
+
 SDK_BODIES = '''
 import decimal
 import json
