@@ -266,6 +266,13 @@ class Headers(http.client.HTTPMessage):
 
     getAll = get_all
 
+    def getSetCookie(self) -> list[str]:  # noqa: N802 - the Fetch standard's name
+        """Every ``Set-Cookie`` value, one by one (JavaScript's Headers; the
+        SDK reads a response's cookies with it)."""
+        return [v for n, v in self._items if n == "set-cookie"]
+
+    get_set_cookie = getSetCookie
+
     def has(self, name: str) -> bool:
         name = name.lower()
         return any(n == name for n, _ in self._items)

@@ -103,7 +103,8 @@ class Default(WorkerEntrypoint):
 '''
 
 SHAPES_WORKER = '''
-from workers import Response, WorkerEntrypoint
+import js
+from workers import Headers, Response, WorkerEntrypoint
 
 
 class Default(WorkerEntrypoint):
@@ -122,6 +123,8 @@ class Default(WorkerEntrypoint):
             "kv": [kv.to_bytes().decode(), kv.tobytes().decode(), type(kv.to_py()).__name__],
             "headers": [list(p) for p in request.headers.items() if p[0] in ("x-dup", "x-one")],
             "dup": request.headers.get("x-dup"),
+            "cookies": [Headers([("set-cookie", "a=1"), ("X-Other", "y"), ("Set-Cookie", "b=2")]).getSetCookie(),
+                        js.Headers.new([["set-cookie", "c=3"]]).getSetCookie(), Headers().getSetCookie()],
         })
 '''
 
@@ -192,3 +195,4 @@ def test_binding_values_read_as_cloudflares_javascript_ones(corral: Corral) -> N
     assert out["kv"] == ["kv data", "kv data", "memoryview"]
     # One entry per name, as the SDK's headers come from JavaScript's Headers.
     assert out["headers"] == [["x-dup", "one, two"], ["x-one", "1"]] and out["dup"] == "one, two"
+    assert out["cookies"] == [["a=1", "b=2"], ["c=3"], []]
