@@ -283,6 +283,18 @@ return {"first": first, "second": second, "echoed": echoed, "info_name": info.na
     assert 'does not implement the method "nope"' in result["missing"]
 
 
+def test_ints_beyond_64_bits_cross_rpc_and_storage(server):
+    """Structured clone carries any int (Pyodide makes one past 2**53 a
+    BigInt); msgpack's 64 bits refused them with a TypeError."""
+    result = h.ok(server, "counter", """
+stub = env.COUNTER.getByName("big")
+echoed = await stub.echo(2**70, [-2**64 - 1], {"k": 3**50})
+stored = await stub.increment(2**80)
+return [str(echoed[0]), str(echoed[1][0]), str(echoed[2].k), str(stored), str((await stub.info())["n"])]
+""")
+    assert result == [str(2**70), str(-2**64 - 1), str(3**50), str(2**80), str(2**80)]
+
+
 def test_rpc_keywords_arrive_as_a_trailing_object(server):
     """As Cloudflare's SDK passes Python keywords to JavaScript: one object, last."""
     result = h.ok(server, "counter", """

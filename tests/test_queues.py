@@ -72,11 +72,13 @@ await env.Q.send({"n": 1})
 await env.Q.send("plain", contentType="text")
 await env.Q.sendBatch([{"body": {"n": 2}}, {"body": [3], "contentType": "json"}])
 await env.Q.send({"fail": "retry"})
+await env.Q.send({"big": 2**70})  # structured clone carries a BigInt
 return True
 """) is True
         seen = _wait_for(server, lambda s: any(k.startswith("jobs-dlq:") for k in s))
         assert 'jobs:{"n": 1}:1' in seen and 'jobs:"plain":1' in seen
         assert 'jobs:{"n": 2}:1' in seen and "jobs:[3]:1" in seen
+        assert f'jobs:{{"big": {2**70}}}:1' in seen
         retried = sorted(k for k in seen if k.startswith('jobs:{"fail": "retry"}'))
         assert [k.rsplit(":", 1)[1] for k in retried] == ["1", "2", "3"]  # max_retries 2
         assert 'jobs-dlq:{"fail": "retry"}:1' in seen

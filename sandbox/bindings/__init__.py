@@ -247,15 +247,51 @@ def data_clone_error(value: Any) -> JsException:
                                          f'serialization.')
 
 
+#: The msgpack extension code of an int beyond msgpack's 64 bits, as its
+#: decimal digits: structured clone carries any int (Pyodide makes one past
+#: 2**53 a BigInt, and ``to_py`` an int again).
+BIG_INT = 7
+#: The ints msgpack carries as they are.
+INT_RANGE = range(-(2**63), 2**64)
+
+
+def big_ints(value: Any) -> Any:
+    """``value`` with each int beyond msgpack's range an extension value."""
+    if isinstance(value, int) and not isinstance(value, bool) and value not in INT_RANGE:
+        return msgspec.msgpack.Ext(BIG_INT, str(value).encode())
+    if isinstance(value, dict):
+        return {k: big_ints(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [big_ints(v) for v in value]
+    return value
+
+
+def clone_value(code: int, data: memoryview) -> Any:
+    """The ``ext_hook`` of what :func:`clone_encode` wrote."""
+    if code == BIG_INT:
+        return int(bytes(data))
+    raise TypeError(f"a stored value has an unknown extension type {code}")
+
+
+#: Reads what :func:`clone_encode` wrote (storage, queue messages).
+CLONE_DECODER = msgspec.msgpack.Decoder(ext_hook=clone_value)
+
+
 def clone_encode(value: Any, refuse: Callable[[Any], Exception] = data_clone_error) -> bytes:
     """``value`` as msgpack, the stand-in for V8's structured clone. A value it
     cannot carry raises ``refuse(that value)``: by default
-    :func:`data_clone_error`, as Cloudflare's queues and storage do (other
-    failures, such as an int beyond 64 bits, raise as msgspec does)."""
+    :func:`data_clone_error`, as Cloudflare's queues and storage do. An int
+    beyond msgpack's 64 bits is an extension value (:data:`BIG_INT`), found
+    only when the plain encoding overflows."""
     try:
         return _CLONE_ENCODER.encode(value)
     except _Unclonable as exc:
         raise refuse(exc.value) from None
+    except OverflowError:
+        try:
+            return _CLONE_ENCODER.encode(big_ints(value))
+        except _Unclonable as exc:
+            raise refuse(exc.value) from None
 
 
 def _plain(value: Any, where: str) -> None:

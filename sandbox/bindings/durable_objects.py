@@ -22,10 +22,9 @@ import re
 import secrets
 from typing import Any
 
-import msgspec
-
 from .. import workers
 from . import (
+    CLONE_DECODER,
     AttrDict,
     AttrList,
     JsException,
@@ -104,7 +103,7 @@ async def encode_rpc(value: Any, where: str) -> bytes:
 
 
 def decode(data: bytes) -> Any:
-    return wrap(msgspec.msgpack.decode(data)) if data else None
+    return wrap(CLONE_DECODER.decode(data)) if data else None
 
 
 def rpc_value(value: Any) -> Any:

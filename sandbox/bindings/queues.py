@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import msgspec
-
 from . import JsException, call, clone_encode, js_double, js_number, kind, options
 
 CONTENT_TYPES = ("text", "bytes", "json", "v8")
@@ -52,7 +50,7 @@ def encode_body(body: Any, content_type: Any) -> bytes:
 
 
 def decode_body(data: bytes, content_type: str) -> Any:
-    from . import wrap
+    from . import CLONE_DECODER, wrap
 
     if content_type == "text":
         return data.decode("utf-8", "replace")
@@ -65,7 +63,7 @@ def decode_body(data: bytes, content_type: str) -> Any:
         return wrap(json.loads(data, parse_float=lambda text: js_number(float(text)),
                                parse_int=lambda text: js_double(int(text)),
                                parse_constant=lambda _name: None))
-    return wrap(msgspec.msgpack.decode(data))
+    return wrap(CLONE_DECODER.decode(data))
 
 
 def _one(body: Any, opts: dict[str, Any]) -> list[Any]:

@@ -32,8 +32,10 @@ import msgspec
 from .. import workers
 from ..pyodide_shim import JsException
 from ..sdk_types import Blob, File
+from . import BIG_INT, INT_RANGE
 
-#: Extension codes: one per type structured clone carries that msgpack has not.
+#: Extension codes: one per type structured clone carries that msgpack has not
+#: (BIG_INT, 7, is storage's too: an int beyond 64 bits).
 DATE, SET, ERROR, BLOB, REQUEST, RESPONSE = 1, 2, 3, 4, 5, 6
 
 _DOUBLE = struct.Struct(">d")
@@ -92,6 +94,8 @@ def to_wire(value: Any) -> Any:
         return {k: to_wire(v) for k, v in value.items()}
     if isinstance(value, list):
         return [to_wire(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and value not in INT_RANGE:
+        return msgspec.msgpack.Ext(BIG_INT, str(value).encode())
     if isinstance(value, datetime.datetime):
         # JavaScript's Date holds whole milliseconds (its constructor truncates).
         return msgspec.msgpack.Ext(DATE, _DOUBLE.pack(math.trunc(value.timestamp() * 1000)))
@@ -117,6 +121,8 @@ def from_wire(code: int, data: memoryview) -> Any:
         # (whole seconds, then the milliseconds: exact, no float rounding).
         seconds, ms = divmod(int(_DOUBLE.unpack(data)[0]), 1000)
         return datetime.datetime.fromtimestamp(seconds) + datetime.timedelta(milliseconds=ms)
+    if code == BIG_INT:
+        return int(bytes(data))
     if code == SET:
         return set(decode(bytes(data)))
     if code == ERROR:
