@@ -902,14 +902,39 @@ def one_positional(extra: tuple[Any, ...]) -> None:
         raise TypeError(f"fetch() takes 1 positional argument but {1 + len(extra)} were given")
 
 
+class FetchURLError(JsException, TypeError):
+    """workerd's ``TypeError`` for a URL ``fetch()`` cannot load: a relative one
+    ("Invalid URL", as its Request constructor throws it) or one of another
+    scheme than http and https. Raised before anything is sent: a relative
+    URL reached the supervisor as a request to nowhere (a stub's answered
+    with a URL of just its path, an assets fetch failed on a redirect)."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            scheme = urllib.parse.urlsplit(url).scheme
+        except ValueError:
+            scheme = ""
+        super().__init__("TypeError", f"Fetch API cannot load: {url[:200]}" if scheme
+                         else f"Invalid URL: {url[:200]}")
+
+
+def fetchable(request: Request) -> Request:
+    """``request``, if its URL is one ``fetch()`` can load (:class:`FetchURLError`)."""
+    url = request.url
+    head = url[:8].lower()
+    if not (head.startswith("https://") or head.startswith("http://")):
+        raise FetchURLError(url)
+    return request
+
+
 def as_request(resource: Any, method: str | None = None, headers: Any = None, body: Any = None,
                redirect: str | None = None) -> Request:
     """What a stub's ``fetch(resource, ...)`` sends: ``resource`` itself when it
     is a Request given no overrides, else a new one (the fetch API's rule)."""
     if isinstance(resource, Request) and method is None and headers is None and body is None \
             and redirect is None:
-        return resource
-    return Request(resource, method=method, headers=headers, body=body, redirect=redirect)
+        return fetchable(resource)
+    return fetchable(Request(resource, method=method, headers=headers, body=body, redirect=redirect))
 
 
 async def fetch(
@@ -927,7 +952,7 @@ async def fetch(
     the platform's outbound worker if the dispatcher set one, and is counted
     against the invocation's subrequest limit.
     """
-    request = Request(resource, method=method, headers=headers, body=body, redirect=redirect, **init)
+    request = fetchable(Request(resource, method=method, headers=headers, body=body, redirect=redirect, **init))
     if (request.headers.get("upgrade") or "").lower() == "websocket":
         # The brokered fetch drops the hop-by-hop Upgrade: a plain GET would
         # reach the server, and its answer would come back with no webSocket.

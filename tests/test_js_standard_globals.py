@@ -102,6 +102,23 @@ class Default(WorkerEntrypoint):
         return Response.json(TICKS)
 '''
 
+FETCH_URLS = '''
+from pyodide.ffi import JsException
+from workers import Response, WorkerEntrypoint, fetch
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        out = []
+        for url in ("/relative", "ftp://files.example/x", "localhost:8080/x"):
+            try:
+                await fetch(url)
+                out.append("sent")
+            except (TypeError, JsException) as e:
+                out.append([isinstance(e, TypeError), isinstance(e, JsException), e.name, str(e)])
+        return Response.json(out)
+'''
+
 SHAPES_WORKER = '''
 import js
 from workers import Headers, Response, WorkerEntrypoint
@@ -136,6 +153,7 @@ def corral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corral]:
         server.deploy_dispatcher()
         server.deploy("stdglobals", GLOBALS_WORKER, check=False)  # each test says what failed
         server.deploy("interval", INTERVAL_WORKER, check=False)
+        server.deploy("fetchurls", FETCH_URLS, check=False)
         server.deploy("shapes", SHAPES_WORKER, check=False, bindings=[
             {"type": "kv_namespace", "name": "KV", "namespace_id": "kv-shapes"},
             {"type": "r2_bucket", "name": "BUCKET", "bucket_name": "b-shapes"}])
@@ -182,6 +200,14 @@ def test_a_timer_dies_with_the_invocation_that_set_it(corral: Corral) -> None:
     assert corral.request("/start", host="interval.localhost").text == "set"
     resp = corral.request("/ticks", host="interval.localhost")
     assert resp.status == 200 and resp.json() == [], resp.text
+
+
+def test_a_url_fetch_cannot_load_is_workerds_type_error_before_anything_is_sent(corral: Corral) -> None:
+    resp = corral.request("/", host="fetchurls.localhost")
+    assert resp.status == 200, resp.text
+    assert resp.json() == [[True, True, "TypeError", "Invalid URL: /relative"],
+                           [True, True, "TypeError", "Fetch API cannot load: ftp://files.example/x"],
+                           [True, True, "TypeError", "Fetch API cannot load: localhost:8080/x"]]
 
 
 def test_binding_values_read_as_cloudflares_javascript_ones(corral: Corral) -> None:

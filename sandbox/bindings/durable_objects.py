@@ -148,6 +148,7 @@ class DurableObjectStub:
         request = resource
         if not isinstance(resource, workers.Request) or any(v is not None for v in (method, headers, body)):
             request = workers.Request(resource, method=method, headers=headers, body=body)
+        workers.fetchable(request)
         value, out = await call(self._binding, "fetch",
                                 [self.id._hex, self.name, request.method, request.url,
                                  list(request.headers.items())], request._body)
