@@ -200,6 +200,9 @@ class ObservabilityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     #: Trace events queued per tail consumer at most; past it they are dropped (counted).
     tail_queue_events: Positive = 1000
     tail_batch_events: Positive = 100
+    #: Encoded bytes per batch at most (an event bigger than that goes alone):
+    #: a batch is one frame to the tail worker, bounded by the channel.
+    tail_batch_bytes: Annotated[int, msgspec.Meta(gt=0, le=32 * 1024 * 1024)] = 8 * 1024 * 1024
     #: How long a batch gathers before it is sent.
     tail_batch_wait_ms: Duration = 50.0
     #: How long a tail worker's handler may take (its wall limit, at most).

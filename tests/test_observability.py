@@ -452,6 +452,40 @@ def test_a_tail_worker_that_raises_or_hangs_never_slows_or_fails_requests(corral
     assert corral.alive()
 
 
+CHATTY = r'''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        for i in range(3):
+            print(f"{i}:" + "x" * 10_000)
+        return Response("said a lot")
+'''
+
+
+def test_a_tail_batch_is_bounded_in_bytes_too(tmp_path, collector):
+    # A batch is one frame to the tail worker's child: past the channel's
+    # bound it broke the channel and every later batch failed for a minute.
+    config = tmp_path / "corral.toml"
+    config.write_text("[observability]\ntail_batch_bytes = 65536\ntail_batch_wait_ms = 300\n")
+    server = Corral(tmp_path / "state", extra_args=["--config", str(config)]).start()
+    try:
+        env = [{"type": "plain_text", "name": "COLLECTOR", "text": collector.url}]
+        deploy(server, "bytestail", TAILER, namespace=None,
+               bindings=env + [{"type": "plain_text", "name": "NAME", "text": "bytestail"}])
+        deploy(server, "chatty", CHATTY, namespace=None, tail_consumers=["bytestail"])
+        server.route("chatty.example/*", "chatty")
+        for _ in range(6):
+            assert server.request("/", host="chatty.example").text == "said a lot"
+        wait_for(lambda: len(collector.tail_events("bytestail")) == 6, what="six events")
+        batches = [json.loads(body)["names"] for body in collector.bodies("/tail/bytestail")]
+        # ~30 KB each: two fit in 64 KB, a third does not.
+        assert all(1 <= len(names) <= 2 for names in batches), batches
+        assert sum(len(names) for names in batches) == 6
+    finally:
+        server.stop()
+
+
 # ---------------------------------------------------------------------------
 # 3. live tail
 # ---------------------------------------------------------------------------

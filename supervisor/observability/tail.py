@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
+from protocol.framing import MAX_FRAME_TO_CHILD
 from protocol.messages import Limits, TailEvent
 from supervisor.edge.client_ip import parse_address
 from supervisor.errors import Invalid, Unavailable
@@ -45,16 +46,28 @@ if TYPE_CHECKING:
 
 #: Distinct tail consumers with a queue at once (each is a platform script).
 MAX_CONSUMERS = 256
+#: One event alone past this cannot travel at all: it is dropped and counted.
+#: (A batch is one frame to the tail worker's child, which refuses a frame
+#: past MAX_FRAME_TO_CHILD and with it the channel: every later batch then
+#: waited out ``tail_timeout_s`` and failed. Batches are bounded by
+#: ``tail_batch_bytes`` as well as by ``tail_batch_events``.)
+MAX_EVENT_BYTES = MAX_FRAME_TO_CHILD - 1024 * 1024
+#: Encoded bytes queued per consumer at most; past it, events are dropped and
+#: counted, as past ``tail_queue_events`` (a few big events are a lot of memory).
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+_SIZER = msgspec.msgpack.Encoder()
 #: Drop warnings are logged at most this often per consumer.
 DROP_WARN_EVERY_S = 10.0
 
 
 class _Consumer:
-    __slots__ = ("name", "queue", "wake", "dropped", "warned_at")
+    __slots__ = ("name", "queue", "queued_bytes", "wake", "dropped", "warned_at")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.queue: deque[dict[str, Any]] = deque()
+        #: Events and their encoded sizes, oldest first.
+        self.queue: deque[tuple[dict[str, Any], int]] = deque()
+        self.queued_bytes = 0
         self.wake = trio.Event()
         self.dropped = 0
         self.warned_at = -DROP_WARN_EVERY_S
@@ -83,6 +96,11 @@ class TailDelivery:
 
     def submit(self, consumers: list[str], event: dict[str, Any]) -> None:
         """Queue ``event`` for each consumer; never waits."""
+        try:
+            size = len(_SIZER.encode(event))
+        except (TypeError, ValueError, OverflowError) as exc:  # not plain data: a bug, not the tenant's
+            warn("tail.unencodable", reason=f"{type(exc).__name__}: {exc}")
+            size = MAX_EVENT_BYTES + 1
         for name in consumers:
             consumer = self.consumers.get(name)
             if consumer is None:
@@ -91,10 +109,15 @@ class TailDelivery:
                     continue
                 consumer = self.consumers[name] = _Consumer(name)
                 self._nursery.start_soon(self._deliver, consumer)
-            if len(consumer.queue) >= self.config.tail_queue_events:
+            if size > MAX_EVENT_BYTES:
+                self._drop(consumer, "too_large")
+                continue
+            if len(consumer.queue) >= self.config.tail_queue_events \
+                    or consumer.queued_bytes + size > MAX_QUEUED_BYTES:
                 self._drop(consumer, "queue_full")
                 continue
-            consumer.queue.append(event)
+            consumer.queue.append((event, size))
+            consumer.queued_bytes += size
             consumer.wake.set()
 
     def _drop(self, consumer: _Consumer | None, reason: str, count: int = 1) -> None:
@@ -116,9 +139,19 @@ class TailDelivery:
             if linger > 0:
                 await trio.sleep(linger)  # let a batch gather
             while consumer.queue:
-                count = min(len(consumer.queue), self.config.tail_batch_events)
-                batch = [consumer.queue.popleft() for _ in range(count)]
-                await self._invoke(consumer, batch)
+                await self._invoke(consumer, self._next_batch(consumer))
+
+    def _next_batch(self, consumer: _Consumer) -> list[dict[str, Any]]:
+        """The oldest events, at most ``tail_batch_events`` of them and
+        ``tail_batch_bytes`` (one, whatever its size, if it is bigger)."""
+        queue, batch, taken = consumer.queue, [], 0
+        most, budget = self.config.tail_batch_events, self.config.tail_batch_bytes
+        while queue and len(batch) < most and (not batch or taken + queue[0][1] <= budget):
+            event, size = queue.popleft()
+            batch.append(event)
+            taken += size
+        consumer.queued_bytes -= taken
+        return batch
 
     async def _invoke(self, consumer: _Consumer, batch: list[dict[str, Any]]) -> None:
         from supervisor.pool.pool import PoolUnavailable
