@@ -64,9 +64,29 @@ class TraceItem(JsDict):
             raise AttributeError(name) from None
 
 
+class TraceRequest(TraceItem):
+    """A fetch event's request in a trace (TraceItemFetchEventInfoRequest):
+    URL and headers redacted, and ``getUnredacted()`` with them as they were.
+    The unredacted copy is no item of the dict, so a tail worker that logs
+    or forwards the event as JSON passes on the redacted one, as
+    ``JSON.stringify`` of Cloudflare's does."""
+
+    def getUnredacted(self) -> TraceItem:  # noqa: N802 - Cloudflare's name
+        return TraceItem({**self, **object.__getattribute__(self, "_unredacted")})
+
+
+#: The key the supervisor sends the unredacted request under
+#: (supervisor.observability.traces.UNREDACTED).
+_UNREDACTED = "unredacted"
+
+
 def trace_items(value: Any) -> Any:
     """JSON-able data with every dict made a :class:`TraceItem`."""
     if isinstance(value, dict):
+        if _UNREDACTED in value:
+            request = TraceRequest((k, trace_items(v)) for k, v in value.items() if k != _UNREDACTED)
+            object.__setattr__(request, "_unredacted", trace_items(value[_UNREDACTED]))
+            return request
         return TraceItem((k, trace_items(v)) for k, v in value.items())
     if isinstance(value, list):
         return [trace_items(v) for v in value]

@@ -447,7 +447,7 @@ API_ERRORS = [
     (["rollback", "no-such"], ["script 'no-such' not found"]),
     (["trigger", "--cron", "garbage", "keep"], ["cron 'garbage' must have five fields"]),
     (["trigger", "--cron", "61 * * * *", "keep"], ["minute 61 is outside 0-59"]),
-    (["trigger", "--cron", "* * * * *", "no-such"], ["script 'no-such' does not exist"]),
+    (["trigger", "--cron", "* * * * *", "no-such"], ["script 'no-such' not found among platform scripts"]),
     (["secret", "list", "no-such"], ["script 'no-such' not found"]),
     (["secret", "delete", "keep", "NOPE"], ["has no secret 'NOPE'"]),
     (["d1", "execute", "no-such-db", "--command", "SELECT 1"], ["no database 'no-such-db'"]),

@@ -348,7 +348,7 @@ def metric(server: Corral, name: str, **labels: str) -> float:
 
 
 def test_ok_event_has_cloudflares_fields_and_redacts_secrets(corral, collector):
-    resp = call(corral, "hello", "/path?token=s3cr3t&page=2",
+    resp = call(corral, "hello", "/path?token=AbCdEf0123456789XyZabcd&page=2&session=1",
                 headers={"authorization": "Bearer abc", "cookie": "session=1", "x-custom": "kept"})
     assert resp.status == 200 and resp.text == "hello"
     rid = resp.headers["x-corral-request-id"]
@@ -361,7 +361,8 @@ def test_ok_event_has_cloudflares_fields_and_redacts_secrets(corral, collector):
     assert set(event["scriptTags"]) == {"plan:usage", "user:1"}
     request = event["event"]["request"]
     assert request["method"] == "GET"
-    assert request["url"] == "http://hello.localhost/path?token=REDACTED&page=2"
+    # An id-looking value, by workerd's rules; not a value by its parameter's name.
+    assert request["url"] == "http://hello.localhost/path?token=REDACTED&page=2&session=1"
     assert request["headers"]["authorization"] == "REDACTED"
     assert request["headers"]["cookie"] == "REDACTED"
     assert request["headers"]["x-custom"] == "kept"
@@ -435,6 +436,38 @@ def test_logs_in_order_with_levels_and_wait_until(corral, collector):
     own = wait_for(lambda: [e for e in collector.tail_events("usertail") if e["scriptName"] == "logger"
                             and e["requestId"] == resp.headers["x-corral-request-id"]])
     assert own[0]["logs"] == event["logs"] and own[0]["children"] == []
+
+
+UNREDACTING_TAIL = r'''
+import json
+from workers import WorkerEntrypoint, fetch
+
+class Default(WorkerEntrypoint):
+    async def tail(self, events):
+        seen = []
+        for e in events:
+            request = e.event.request
+            raw = request.getUnredacted()
+            seen.append({"url": request.url, "raw_url": raw.url, "raw_auth": raw.headers["authorization"],
+                         "raw_method": raw.method, "dumped": json.dumps(e)})
+        await fetch(self.env.COLLECTOR + "/unredacted", method="POST", body=json.dumps(seen))
+'''
+
+
+def test_a_tail_worker_reads_the_request_unredacted(corral, collector):
+    """TraceItemFetchEventInfoRequest.getUnredacted(): the URL and headers as
+    they came; the event itself, logged or forwarded as JSON, stays redacted."""
+    env = [{"type": "plain_text", "name": "COLLECTOR", "text": collector.url}]
+    deploy(corral, "rawtail", UNREDACTING_TAIL, namespace=None, bindings=env)
+    deploy(corral, "secretive", WORKERS["hello"], namespace="default", tail_consumers=["rawtail"])
+    secret = "0123456789abcdef0123456789abcdef"
+    resp = call(corral, "secretive", f"/u/{secret}?q=1", headers={"authorization": "Bearer s3cr3t"})
+    assert resp.status == 200
+    seen = wait_for(lambda: [json.loads(b) for b in collector.bodies("/unredacted")], what="the tail")[0][0]
+    assert seen["url"] == "http://secretive.localhost/u/REDACTED?q=1"
+    assert seen["raw_url"] == f"http://secretive.localhost/u/{secret}?q=1"
+    assert seen["raw_auth"] == "Bearer s3cr3t" and seen["raw_method"] == "GET"
+    assert secret not in seen["dumped"] and "s3cr3t" not in seen["dumped"]
 
 
 def test_a_tail_worker_that_raises_or_hangs_never_slows_or_fails_requests(corral, collector):
@@ -1091,10 +1124,18 @@ def test_untrusted_peers_get_a_fresh_request_id():
 def test_redaction_changes_only_secrets():
     from supervisor.observability.traces import redact_headers, redact_url
 
-    untouched = "http://a/proxy?url=http%3A%2F%2F127.0.0.1%2Fx%3Fn%3D4&b=+c"
-    assert redact_url(untouched) == untouched
-    assert redact_url("http://a/p?api_key=k&page=2&flag") == "http://a/p?api_key=REDACTED&page=2&flag"
+    # workerd's rules (redactUrl): each run of id characters on its own, wherever
+    # it is; a parameter's name plays no part.
+    for untouched in ("http://a/proxy?url=http%3A%2F%2F127.0.0.1%2Fx%3Fn%3D4&b=+c",
+                      "http://a/p?api_key=k&session=1&flag",
+                      "http://a/x/0123456789012345678zAZ",  # one lower case letter: no base64 id
+                      "http://a/x/4111111111111112",  # fails Luhn's check
+                      "http://a/x/0123456789abcdef0123456789abcdeg"):  # a non-hex letter
+        assert redact_url(untouched) == untouched, untouched
     assert redact_url("http://a/u/0123456789abcdef0123456789abcdef/x") == "http://a/u/REDACTED/x"
+    assert redact_url("http://a/u/550e8400-e29b-41d4-a716-446655440000") == "http://a/u/REDACTED"
     assert redact_url("http://a/?id=AbCdEf0123456789XyZabcd") == "http://a/?id=REDACTED"
+    assert redact_url("http://a/pay?n=4111111111111111&m=4111-1111-1111-1111&x") \
+        == "http://a/pay?n=REDACTED&m=REDACTED&x"
     assert redact_headers([(b"cookie", b"a=1"), (b"Set-Cookie", b"b"), (b"accept", b"x"), (b"accept", b"y")]) \
         == {"cookie": "REDACTED", "set-cookie": "REDACTED", "accept": "x, y"}

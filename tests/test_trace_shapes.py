@@ -125,7 +125,7 @@ class Default(WorkerEntrypoint):
             await self.env.ROOMS.getByName("alarmed").arm(30)
             return Response("armed")
         if path == "/named":
-            text = await (await self.env.NAMED.fetch("https://named.example/x?api_key=k")).text()
+            text = await (await self.env.NAMED.fetch("https://named.example/x?api_key=AbCdEf0123456789XyZabcd")).text()
             return Response(text + " " + await self.env.NAMED.hello())
         if path == "/send":
             await self.env.Q.send({"n": 1})

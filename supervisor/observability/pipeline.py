@@ -116,7 +116,7 @@ class Observability:
             wanted = {id(node) for node, _ in consumers}
             for node, node_event in traces.pairs(inv, event):
                 if id(node) in wanted:
-                    self.tails.submit(traces.consumers_of(node.record), node_event)
+                    self.tails.submit(traces.consumers_of(node.record), traces.with_unredacted(node_event, node))
         if self.otel is not None:
             self.otel.submit(event, traces.fetch_tree(inv))
 

@@ -25,7 +25,6 @@ import re
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import msgspec
 
@@ -60,11 +59,12 @@ def is_secret_header(name: str) -> bool:
     return name in SECRET_HEADERS or any(part in name for part in _SECRET_HEADER_PARTS)
 
 
-#: Query parameters whose values are credentials, whatever they look like.
-_SECRET_PARAM = re.compile(r"(?i)(^|[_-])(token|secret|password|passwd|pwd|api[_-]?key|key|auth|"
-                           r"sig|signature|session|sessionid|jwt|credential|access[_-]?key)$")
-_HEX_ID = re.compile(r"[0-9a-fA-F]{32,}")
-_BASE64ISH = re.compile(r"[A-Za-z0-9+/_=-]{21,}")
+#: A run of the characters ids are made of (letters, digits, and the ``+``,
+#: ``-`` and ``_`` that separate their groups): what workerd judges, one at a time.
+_ID_SPAN = re.compile(r"[A-Za-z0-9+_-]+")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_SEPARATORS = frozenset("+-_")
+
 
 #: Outcomes the platform reports that are not Cloudflare's are mapped to one
 #: that is (the exception's name still says what happened).
@@ -82,45 +82,92 @@ def outcome_of(inv: Invocation) -> str:
     return _OUTCOMES.get(outcome, outcome)
 
 
-def _looks_secret(value: str) -> bool:
-    """An id or key, as Cloudflare judges URL parts: long hex, or long base64
-    with upper case, lower case and digits mixed."""
-    if _HEX_ID.fullmatch(value):
+def _looks_secret(span: str) -> bool:
+    """Whether one run of id characters is redacted, by workerd's rules
+    (``redactUrl``): a hex id (32 hex digits or more, separators allowed,
+    UUIDs among them), a base64-looking id (21 characters or more with at
+    least two each of digits, upper and lower case letters), or a payment
+    card number (13 to 19 digits, separators allowed, that pass Luhn's check)."""
+    if len(span) < 13:
+        return False  # shorter than anything below
+    hex_digits = digits = upper = lower = 0
+    other = False
+    for c in span:
+        if c in _HEX:
+            hex_digits += 1
+        elif c not in _SEPARATORS:
+            other = True
+        if c.isdigit():
+            digits += 1
+        elif c.isupper():
+            upper += 1
+        elif c.islower():
+            lower += 1
+    if hex_digits >= 32 and not other:
         return True
-    return bool(_BASE64ISH.fullmatch(value)) and any(c.isdigit() for c in value) \
-        and any(c.islower() for c in value) and any(c.isupper() for c in value)
+    if len(span) >= 21 and digits >= 2 and upper >= 2 and lower >= 2:
+        return True
+    return _luhn_card(span)
+
+
+def _luhn_card(span: str) -> bool:
+    total = count = 0
+    double = False
+    for c in reversed(span):
+        if c in _SEPARATORS:
+            continue
+        if not "0" <= c <= "9":
+            return False
+        digit = (ord(c) - 48) * (2 if double else 1)
+        total += digit - 9 if digit > 9 else digit
+        count += 1
+        double = not double
+    return 13 <= count <= 19 and total % 10 == 0
+
+
+def _redacted_span(match: re.Match[str]) -> str:
+    return REDACTED if _looks_secret(match.group()) else match.group()
 
 
 def redact_url(url: str) -> str:
-    """The URL with secret-looking path segments and query values replaced."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    segments = parts.path.split("/")
-    path = "/".join(REDACTED if s and _looks_secret(s) else s for s in segments)
-    query = parts.query
-    if query:
-        kept = []
-        for item in query.split("&"):
-            raw_key, eq, raw_value = item.partition("=")
-            key, value = unquote_plus(raw_key), unquote_plus(raw_value)
-            secret = eq and (_SECRET_PARAM.search(key) or _looks_secret(value))
-            kept.append(f"{raw_key}={REDACTED}" if secret else item)  # others as they came
-        query = "&".join(kept)
-    if path == parts.path and query == parts.query:
-        return url
-    return urlunsplit((parts.scheme, parts.netloc, path, query, parts.fragment))
+    """The URL with each id-looking run of characters replaced, anywhere in it,
+    as workerd redacts a trace event's URL (:func:`_looks_secret`); parameter
+    names play no part. A tail worker still reads the URL as it was with
+    ``event.request.getUnredacted()``."""
+    return _ID_SPAN.sub(_redacted_span, url)
 
 
-def redact_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Headers as a dict (repeated ones joined by ", "), credentials redacted."""
+def redact_headers(headers: list[tuple[bytes, bytes]], redact: bool = True) -> dict[str, str]:
+    """Headers as a dict (repeated ones joined by ", "), credentials redacted
+    (unless ``redact`` is false)."""
     out: dict[str, str] = {}
     for raw_name, raw_value in headers:
         name = raw_name.decode("latin-1").lower()
-        value = REDACTED if is_secret_header(name) else raw_value.decode("latin-1")
+        value = REDACTED if redact and is_secret_header(name) else raw_value.decode("latin-1")
         out[name] = f"{out[name]}, {value}" if name in out and value != REDACTED else value
     return out
+
+
+#: The key a fetch event's request carries, to tail workers only, for
+#: ``event.request.getUnredacted()`` (sandbox.events hides it from the dict).
+UNREDACTED = "unredacted"
+
+
+def with_unredacted(event: dict[str, Any], inv: Invocation) -> dict[str, Any]:
+    """A copy of ``inv``'s event tree (from :func:`build`) whose fetch
+    requests also carry their URL and headers unredacted, for a tail
+    worker's ``getUnredacted()``, as Cloudflare's TraceItem has it. A copy:
+    the event itself goes to the log, live tails and OTLP as it is."""
+    copy = dict(event)
+    info = copy.get("event")
+    if isinstance(info, dict) and isinstance(info.get("request"), dict):
+        request = {**info["request"], UNREDACTED: {"url": inv.url, "headers": redact_headers(inv.headers, False)}}
+        copy["event"] = {**info, "request": request}
+    children = copy.get("children")
+    if children:
+        copy["children"] = [with_unredacted(child_event, child)
+                            for child, child_event in zip(inv.children, children, strict=False)]
+    return copy
 
 
 def event_info(inv: Invocation) -> dict[str, Any]:
