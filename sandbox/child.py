@@ -626,7 +626,6 @@ class Runtime:
         #: classes its fresh pools had no page for yet: a spare's set-up
         #: faulted ~281 times with them, ~269 without (means of 3 runs each).
         self.log_sink: Callable[[str, str, bool], None] = self.log
-        self.report_sink: Callable[[BaseException], None] = self.report_logged
         self.stdout = logs.LineWriter("log")
         self.stderr = logs.LineWriter("error")
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -684,12 +683,6 @@ class Runtime:
         budget[1] -= len(message)
         self.send(Log(inv, level, message, time.time() * 1000.0, cut, args))
         self.channel.push()  # one write per line, at most MAX_LOG_LINES per invocation
-
-    def report_logged(self, exc: BaseException) -> None:
-        """An exception the tenant logged: listed in its invocation's trace."""
-        inv = workers.current_invocation.get()
-        if inv in self.invocations:
-            self.send(Report(inv, exception_info(exc)))
 
     def _end_logs(self, inv: int) -> None:
         budget = self._log_budgets.pop(inv, None)
@@ -1179,7 +1172,6 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
     # ---- jailed from here on; only now is the channel read ----
     workers._runtime = runtime
     logs.set_sink(runtime.log_sink)
-    logs.set_report_sink(runtime.report_sink)
     # The originals too, as in Pyodide (where they are the same streams):
     # code that writes to sys.__stderr__ (a last-resort handler, faulthandler
     # users) is heard, not lost on /dev/null. (The zygote's own are held by

@@ -23,7 +23,6 @@ import msgspec
 MAX_LINE = 16 * 1024
 
 _sink: Callable[..., None] | None = None
-_report: Callable[[BaseException], None] | None = None
 
 
 def set_sink(sink: Callable[..., None]) -> None:
@@ -32,18 +31,6 @@ def set_sink(sink: Callable[..., None]) -> None:
     a console call's arguments, as the JSON text of their list."""
     global _sink
     _sink = sink
-
-
-def set_report_sink(report: Callable[[BaseException], None]) -> None:
-    """``report(exc)`` receives exceptions the tenant logged (``logging.exception``,
-    ``console.error(exc)``): the trace lists them with the uncaught ones."""
-    global _report
-    _report = report
-
-
-def report(exc: BaseException) -> None:
-    if _report is not None:
-        _report(exc)
 
 
 #: A path into the state dir's bundles (``.../bundles/<keyed name>``) or
@@ -85,7 +72,9 @@ def cut(text: str, limit: int = MAX_LINE) -> str:
 
 
 def emit(level: str, message: str) -> None:
-    message = wire_text(message)
+    # A traceback printed or logged names the script's files by their paths
+    # on the host, whose folder is the script's secret (strip_state_paths).
+    message = strip_state_paths(wire_text(message))
     was_cut = len(message) > MAX_LINE
     if was_cut:
         message = cut(message)
@@ -168,9 +157,9 @@ class _TraceHandler(logging.Handler):
             message = self.format(record)
         except Exception:  # noqa: BLE001 - a broken format string is the tenant's
             message = str(record.msg)
+        # An exception logged (logging.exception) is a log line, not one of
+        # the trace's exceptions: those are the uncaught ones, as on Cloudflare.
         emit(_LEVELS.get(record.levelno, "log"), message)
-        if record.exc_info and isinstance(record.exc_info[1], BaseException):
-            report(record.exc_info[1])
 
 
 def install_logging() -> None:
@@ -327,9 +316,6 @@ class _Console:
 
     def error(self, *args: Any) -> None:
         _console("error", args)
-        for arg in args:
-            if isinstance(arg, BaseException):
-                report(arg)
 
 
 console = _Console()

@@ -175,8 +175,8 @@ def test_a_console_calls_message_is_its_arguments_as_json_values(corral, collect
     assert streamed["requestId"] == rid
     assert messages(streamed) == TALKED
     assert streamed["truncated"] is True  # for the long one
-    # The exception logged is listed with the uncaught ones, as before.
-    assert [(e["name"], e["message"]) for e in streamed["exceptions"]] == [("ValueError", "boom")]
+    # An exception logged is a log line, not one of the trace's (uncaught) exceptions.
+    assert streamed["exceptions"] == []
 
     consumed, _seen = tail_event(collector, lambda e: e["scriptName"] == "talker" and e.get("requestId") == rid,
                                  "the talker's event at its tail worker")
