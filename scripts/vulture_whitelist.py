@@ -113,6 +113,64 @@ _.searchParams
 _.Object
 _.JSON
 _.Date
+# sandbox/js_globals.py (JavaScript's standard globals on the js module, and their
+# members tenants call: Date, Math, Map, Set, Array, Promise, Number, String, navigator)
+_.Math
+_.Map
+_.Set
+_.Array
+_.Promise
+_.Number
+_.String
+_.navigator
+_.isNaN
+_.isFinite
+_.Infinity
+_.NaN
+valueOf
+toGMTString
+getDate
+getDay
+getFullYear
+getMonth
+getHours
+getMinutes
+getSeconds
+getMilliseconds
+getTimezoneOffset
+LN10
+LN2
+PI
+LOG10E
+LOG2E
+SQRT1_2
+SQRT2
+of
+isArray
+allSettled
+race
+setTimeout
+setInterval
+clearInterval
+MIN_SAFE_INTEGER
+EPSILON
+MAX_VALUE
+MIN_VALUE
+NaN
+NEGATIVE_INFINITY
+POSITIVE_INFINITY
+isSafeInteger
+isFinite
+isNaN
+fromCharCode
+fromCodePoint
+userAgent
+hardwareConcurrency
+language
+# sandbox/events.py (a tail worker's TraceItemFetchEventInfoRequest)
+getUnredacted
+# sandbox/workers.py (Headers, as JavaScript's and the SDK's)
+get_set_cookie
 # sandbox/js_shim.py: js.crypto, js.globalThis, js.undefined; a js.fetch response's class
 _.crypto
 _.globalThis
