@@ -921,10 +921,12 @@ class FetchURLError(JsException, TypeError):
 def fetchable(request: Request) -> Request:
     """``request``, if its URL is one ``fetch()`` can load (:class:`FetchURLError`)."""
     url = request.url
-    head = url[:8].lower()
-    if not (head.startswith("https://") or head.startswith("http://")):
+    if not url.startswith(_FETCHABLE) and not url[:8].lower().startswith(_FETCHABLE):
         raise FetchURLError(url)
     return request
+
+
+_FETCHABLE = ("https://", "http://")
 
 
 def as_request(resource: Any, method: str | None = None, headers: Any = None, body: Any = None,
