@@ -8,7 +8,7 @@ exist, rather than opening an empty database of that id). Both commands go throu
 query endpoint (supervisor.admin.storage), so the supervisor, which owns
 the files, does the work. Migrations are the config's ``migrations_dir``
 (default ``migrations``): its ``.sql`` files in name order, each applied in
-one transaction together with its row in the ``d1_migrations`` table, so a
+one transaction together with its row in the ``migrations_table`` (``d1_migrations``), so a
 migration is applied entirely or not at all, and exactly once.
 """
 
@@ -21,9 +21,17 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-MIGRATIONS_TABLE = ("CREATE TABLE IF NOT EXISTS d1_migrations (id INTEGER PRIMARY KEY "
-                    "AUTOINCREMENT, name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT "
-                    "CURRENT_TIMESTAMP NOT NULL)")
+
+def _migrations_table(name: str) -> str:
+    """The SQL creating the migrations table (the config's ``migrations_table``,
+    wrangler's ``d1_migrations`` by default), its name quoted."""
+    return (f"CREATE TABLE IF NOT EXISTS {_quoted(name)} (id INTEGER PRIMARY KEY "
+            "AUTOINCREMENT, name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT "
+            "CURRENT_TIMESTAMP NOT NULL)")
+
+
+def _quoted(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -44,7 +52,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         parser.add_argument("--config", help="project folder or config file (default: .)")
 
 
-def _database(args: argparse.Namespace, client: Any) -> tuple[str, Path | None]:
+def _database(args: argparse.Namespace, client: Any) -> tuple[str, Path | None, str]:
     """The database id and its migrations folder.
 
     As wrangler's ``d1 execute <database>``: a binding name or
@@ -66,16 +74,17 @@ def _database(args: argparse.Namespace, client: Any) -> tuple[str, Path | None]:
             raise SystemExit(2) from None
         for db in config.d1_databases:
             if args.database in (db.binding, db.database_name, db.database_id):
-                return db.database_id, config_path.parent / (db.migrations_dir or "migrations")
+                return (db.database_id, config_path.parent / (db.migrations_dir or "migrations"),
+                        db.migrations_table or "d1_migrations")
             configured.append(f"{db.binding} ({db.database_name or 'no database_name'}, id {db.database_id})")
     scope = {"namespace": args.namespace} if args.namespace else {}
     path = "/accounts/local/d1/database?"
     named = client.call("GET", path + urllib.parse.urlencode({**scope, "name": args.database}))[0]
     if named:  # a database's name (made with a name, or an id only bound: its own name)
-        return named[0]["uuid"], None
+        return named[0]["uuid"], None, "d1_migrations"
     listed, info = client.call("GET", path + urllib.parse.urlencode({**scope, "per_page": 1000}))
     if any(db["uuid"] == args.database for db in listed):
-        return args.database, None
+        return args.database, None, "d1_migrations"
     bound = [db["uuid"] for db in listed[:20]]
     if info.get("total_count", 0) > len(bound):
         bound.append(f"... {info['total_count']} in all")
@@ -110,7 +119,7 @@ def _query(client: Any, args: argparse.Namespace, database: str, sql: str) -> li
 
 
 def run(args: argparse.Namespace, client: Any) -> int:
-    database, migrations = _database(args, client)
+    database, migrations, table = _database(args, client)
     if args.d1_command == "execute":
         if args.file:
             sql = _read_sql(Path(args.file), "corral d1 execute")
@@ -138,9 +147,9 @@ def run(args: argparse.Namespace, client: Any) -> int:
     if not migrations.is_dir():
         print(f"corral d1 migrations apply: no migrations folder at {migrations}", file=sys.stderr)
         return 2
-    _query(client, args, database, MIGRATIONS_TABLE)
+    _query(client, args, database, _migrations_table(table))
     done = {row["name"] for row in _query(client, args, database,
-                                          "SELECT name FROM d1_migrations")[0]["results"]}
+                                          f"SELECT name FROM {_quoted(table)}")[0]["results"]}
     applied = []
     for path in sorted(migrations.glob("*.sql")):
         if path.name in done:
@@ -152,7 +161,7 @@ def run(args: argparse.Namespace, client: Any) -> int:
         # The migration's row first: after the migration's own text, an
         # unterminated /* comment (SQLite takes one at the end) swallowed it,
         # and the migration, applied but not recorded, ran again next time.
-        _query(client, args, database, f"INSERT INTO d1_migrations (name) VALUES ('{name}');\n{sql}")
+        _query(client, args, database, f"INSERT INTO {_quoted(table)} (name) VALUES ('{name}');\n{sql}")
         applied.append(path.name)
     if args.json:
         print(json.dumps({"applied": applied}))

@@ -145,6 +145,27 @@ def test_corral_toml_wins_over_wrangler(tmp_path):
     assert load_project(tmp_path).main_module == "a.py"
 
 
+def test_wranglers_own_order_among_its_configs(tmp_path):
+    # wrangler reads wrangler.json, then wrangler.jsonc, then wrangler.toml.
+    write(tmp_path, {"wrangler.toml": 'main = "t.py"', "wrangler.jsonc": '{"main": "c.py"}',
+                     "t.py": "", "c.py": "", "j.py": ""})
+    assert load_project(tmp_path).main_module == "c.py"
+    write(tmp_path, {"wrangler.json": '{"main": "j.py"}'})
+    assert load_project(tmp_path).main_module == "j.py"
+
+
+def test_assetsignore_reads_as_gitignore_does(tmp_path):
+    """Folder patterns, anchors and negations, as wrangler's gitignore rules
+    read them: with fnmatch, docs/ and secret/ were uploaded and served."""
+    write(tmp_path, {
+        "wrangler.toml": 'main = "w.py"\n[assets]\ndirectory = "public"\n', "w.py": "",
+        "public/.assetsignore": "docs\n**/node_modules\nsecret/\n/top.txt\n*.log\n!important.log\n# a comment\n",
+        "public/index.html": "i", "public/docs/x.md": "d", "public/a/node_modules/m.js": "m",
+        "public/secret/key.txt": "k", "public/top.txt": "t", "public/sub/top.txt": "s",
+        "public/debug.log": "l", "public/important.log": "kept"})
+    assert sorted(load_project(tmp_path).assets) == ["/important.log", "/index.html", "/sub/top.txt"]
+
+
 @pytest.mark.parametrize(
     "files, fragment",
     [

@@ -353,6 +353,27 @@ def test_d1_execute_and_migrations_apply(corral: Corral, tmp_path: Path) -> None
     cli(corral, "d1", "execute", "DB", "--config", project, expect=2)
 
 
+def test_d1_migrations_keep_their_history_in_the_configs_migrations_table(corral: Corral, tmp_path: Path) -> None:
+    """wrangler's ``migrations_table``: a database whose history is in
+    ``my_migs`` had every migration applied again into ``d1_migrations``."""
+    project = tmp_path / "d1t"
+    (project / "db").mkdir(parents=True)
+    (project / "worker.py").write_text("from workers import Response, WorkerEntrypoint\n"
+                                       "class Default(WorkerEntrypoint):\n"
+                                       "    async def fetch(self, request):\n        return Response('ok')\n")
+    (project / "wrangler.toml").write_text(
+        'main = "worker.py"\n[[d1_databases]]\nbinding = "DB"\ndatabase_name = "tabledb"\n'
+        'database_id = "table-db-1"\nmigrations_dir = "db"\nmigrations_table = "my_migs"\n')
+    (project / "db" / "0001_init.sql").write_text("CREATE TABLE t (x INTEGER);\n")
+    cli(corral, "deploy", "d1t", project)
+    cli(corral, "d1", "migrations", "apply", "DB", "--config", project)
+    out = json.loads(cli(corral, "d1", "execute", "DB", "--config", project, "--json", "--command",
+                         "SELECT name FROM sqlite_master WHERE name IN ('my_migs', 'd1_migrations')").stdout)
+    assert "my_migs" in json.dumps(out) and "d1_migrations" not in json.dumps(out), out
+    again = cli(corral, "d1", "migrations", "apply", "DB", "--config", project).stdout
+    assert "no migrations to apply" in again, again
+
+
 @pytest.mark.parametrize("args", [("usage", "--since", "bogus"), ("usage", "--until", "nextweek"),
                                   ("tail", "--sampling-rate", "2"), ("tail", "--sampling-rate", "half")])
 def test_a_bad_option_value_is_bad_usage_before_any_request(corral: Corral, args: tuple[str, ...]) -> None:

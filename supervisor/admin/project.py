@@ -33,8 +33,11 @@ from supervisor.errors import Invalid
 __all__ = ["CONFIG_FILES", "Project", "ProjectError", "load_project", "module_content_type",
            "strip_jsonc"]
 
-#: Config files looked for in a project folder, first found wins.
-CONFIG_FILES = ("corral.toml", "wrangler.toml", "wrangler.json", "wrangler.jsonc")
+#: The config files a folder may have, the first found wins: Corral's own,
+#: then wrangler's in wrangler's order (findWranglerConfig: json, jsonc,
+#: toml), so that a stale wrangler.toml beside a newer wrangler.jsonc is not
+#: the one deployed.
+CONFIG_FILES = ("corral.toml", "wrangler.json", "wrangler.jsonc", "wrangler.toml")
 _SKIP_DIRS = {"__pycache__", "node_modules", ".venv", "venv"}
 #: pywrangler's vendored packages, beside pyproject.toml (see supervisor.admin.vendored_packages).
 _VENDORED_DIR = "python_modules"
@@ -460,27 +463,34 @@ def _rules_text(config_path: Path, name: str, data: bytes) -> str:
 
 def _collect_assets(root: Path, config_path: Path, directory: str,
                     within: Path | None) -> dict[str, bytes]:
-    """Every file under the assets directory, by URL path; ``.assetsignore`` patterns skipped.
-    ``within``: the project's real path, which every file must be under (None: anywhere)."""
-    import fnmatch
+    """Every file under the assets directory, by URL path, but what ``.assetsignore``
+    leaves out: gitignore's rules, as wrangler reads it (``docs/`` a folder,
+    ``/top.txt`` only at the top, ``!keep.log`` back in); with fnmatch, folder
+    patterns, anchors and negations did nothing, and files meant to stay
+    private were served. ``within``: the project's real path, which every
+    file must be under (None: anywhere)."""
+    import pathspec
 
     folder = (root / directory).resolve()
     if not folder.is_dir():
         raise ProjectError(f"{config_path}: assets.directory {directory!r} is not a folder under {root}")
     _contained(folder, within, f"{config_path}: assets.directory")
-    ignore = [".assetsignore"]
+    lines = ["/.assetsignore"]
     ignore_file = folder / ".assetsignore"
     if ignore_file.is_file():
         _contained(ignore_file, within, "the assets ignore file")
-        ignore += [line.strip() for line in ignore_file.read_text().splitlines()
-                   if line.strip() and not line.startswith("#")]
+        lines += ignore_file.read_text(errors="replace").splitlines()
+    try:
+        ignored = pathspec.GitIgnoreSpec.from_lines(lines)
+    except (ValueError, TypeError) as exc:  # pathspec's GitWildMatchPatternError is a ValueError
+        raise ProjectError(f"{ignore_file}: {exc}") from None
     files: dict[str, bytes] = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for filename in sorted(filenames):
             full = Path(dirpath, filename)
             rel = full.relative_to(folder).as_posix()
-            if any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(filename, p) for p in ignore):
+            if ignored.match_file(rel):
                 continue
             if len(files) >= 20_000:
                 raise ProjectError(f"{folder} has more than 20000 asset files")
