@@ -129,13 +129,23 @@ KILLED = (
 #: the way, and an unprivileged Corral runs its children under its own uid.
 #: No library a tenant runs asks for signal-driven I/O.
 FCNTL_OWNER = (8, 15)  # F_SETOWN, F_SETOWN_EX
+#: fcntl commands that set a record lock: F_SETLK, F_SETLKW, F_OFD_SETLK and
+#: F_OFD_SETLKW. Every file a child can open is read-only and shared by every
+#: tenant, so a lock on one was seen by all of them: a covert channel between
+#: tenants (lock byte ranges, read them with F_GETLK) that also told one
+#: tenant another's host pid. They succeed and lock nothing. A process never
+#: conflicts with its own record locks, and nothing writes these files, so
+#: what a tenant locks for itself (SQLite reading a bundled database) works.
+FCNTL_LOCKS = (6, 7, 37, 38)
 #: Every other fcntl command Linux has (``cmd`` values): descriptor and
-#: status flags, record locks, the owner and signal getters, F_SETSIG
-#: (which signals nobody without an owner), leases, dnotify (both signal
-#: the caller), F_DUPFD_CLOEXEC, pipe sizes, seals, write hints. A command
-#: not listed fails with ENOSYS, the filter's default.
-FCNTL_ALLOWED = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 16, 17, 36, 37, 38,
-                 1024, 1025, 1026, 1030, 1031, 1032, 1033, 1034, 1035, 1036, 1037, 1038)
+#: status flags, F_GETLK and F_OFD_GETLK (no lock is ever set: they answer
+#: F_UNLCK), the owner and signal getters, F_SETSIG (which signals nobody
+#: without an owner), leases, F_DUPFD_CLOEXEC, pipe sizes, seals, write
+#: hints. Not dnotify (F_NOTIFY): it signalled a child whenever another
+#: tenant read the shared folder it watched (its imports, its cold start).
+#: A command not listed fails with ENOSYS, the filter's default.
+FCNTL_ALLOWED = (0, 1, 2, 3, 4, 5, 9, 10, 11, 16, 17, 36,
+                 1024, 1025, 1030, 1031, 1032, 1033, 1034, 1035, 1036, 1037, 1038)
 
 #: openat flags that could write: O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND, __O_TMPFILE.
 WRITE_FLAGS = (0o1, 0o2, 0o100, 0o1000, 0o2000, 0o20000000)
@@ -187,6 +197,8 @@ def compile_policy() -> bytes:
         policy.add_rule(seccomp.ERRNO(errno.EPERM), "fcntl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, cmd))
     for cmd in FCNTL_ALLOWED:
         policy.add_rule(seccomp.ALLOW, "fcntl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, cmd))
+    for cmd in FCNTL_LOCKS:
+        policy.add_rule(seccomp.ERRNO(0), "fcntl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFFFFFF, cmd))
     # Resource limits may be read, never written: the jail set them before
     # this filter, and only the supervisor changes them afterwards (prlimit
     # or the child's cgroup). glibc's getrlimit() is prlimit64(0, res, NULL,

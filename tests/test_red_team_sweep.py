@@ -723,3 +723,55 @@ def test_invocation_ids_say_nothing_of_other_tenants_traffic(corral: Corral) -> 
     assert same_pid == pid, "the same child was to serve both"
     assert second - first == 1, (first, second)
     assert first >> 31 == pid, (first, pid)
+
+
+# ---------------------------------------------------------------------------
+# record locks and dnotify on the files every tenant shares
+# ---------------------------------------------------------------------------
+
+LOCKS = r'''
+import errno
+import fcntl
+import os
+import struct
+from workers import Response, WorkerEntrypoint
+
+# struct flock on x86_64: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad)
+FLOCK = "hhxxxxqqixxxx"
+HELD = []
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        shared = os.__file__  # read-only, and open to every tenant
+        if request.url.endswith("/hold"):
+            fd = os.open(shared, os.O_RDONLY)
+            HELD.append(fd)
+            # A read lock on bytes 7..9: the first "bits" of a message.
+            fcntl.fcntl(fd, fcntl.F_SETLK, struct.pack(FLOCK, fcntl.F_RDLCK, 0, 7, 3, 0))
+            return Response("held")
+        fd = os.open(shared, os.O_RDONLY)
+        try:
+            probe = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack(FLOCK, fcntl.F_WRLCK, 0, 0, 0, 0))
+            kind, _, _, _, pid = struct.unpack(FLOCK, probe)
+            try:
+                fcntl.fcntl(fd, 1026, 0x1 | 0x80000000)  # F_NOTIFY: DN_ACCESS | DN_MULTISHOT
+                notify = "allowed"
+            except OSError as e:
+                notify = errno.errorcode[e.errno]
+        finally:
+            os.close(fd)
+        return Response.json({"unlocked": kind == fcntl.F_UNLCK, "pid": pid, "notify": notify})
+'''
+
+
+def test_tenants_see_no_record_lock_and_no_dnotify_of_each_other(corral: Corral) -> None:
+    """A read lock on a shared read-only file was seen by every other tenant
+    (F_GETLK), with its holder's host pid: a covert channel across tenants.
+    dnotify on a shared folder told a tenant when another read it. Locks now
+    succeed and lock nothing; F_NOTIFY is refused."""
+    corral.deploy("sweep-locker", LOCKS)
+    corral.deploy("sweep-peeker", LOCKS)
+    assert corral.request("/hold", host="sweep-locker.localhost").text == "held"
+    out = corral.request("/peek", host="sweep-peeker.localhost").json()
+    assert out == {"unlocked": True, "pid": 0, "notify": "ENOSYS"}, out
