@@ -6,6 +6,8 @@ scripts, no supervisor crash, a clear error naming the problem.
 
 from __future__ import annotations
 
+import os
+
 from tests.harness import Corral
 from tests.test_jail import wait_for
 
@@ -233,6 +235,62 @@ def test_a_durable_objects_endless_sql_is_interrupted(tmp_path) -> None:
         for message in out["spun"]:
             assert "exceeded the time limit of 0.3 s" in message and "d1_query_ms" in message, out
         assert server.alive()
+    finally:
+        server.stop()
+
+
+VICTIM_KV = '''
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        await self.env.KV.put("k", "served")
+        return Response(await self.env.KV.get("k"))
+'''
+
+
+def _running_threads(pid: int) -> int:
+    """Threads of ``pid`` but its first that are on a CPU now (state R)."""
+    count = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if int(tid) == pid:
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                count += f.read().rsplit(")", 1)[1].split()[0] == "R"
+        except OSError:
+            pass
+    return count
+
+
+def test_one_tenants_endless_sql_leaves_other_tenants_their_storage_threads(tmp_path) -> None:
+    """All tenants share the storage threads: one tenant's Durable Objects
+    running endless SQL held them all until d1_query_ms cut each off (30 s by
+    default), and another tenant's KV get waited that long. A tenant now has a
+    quarter of them at most (here 1 of 4)."""
+    import contextlib
+    import threading
+
+    from tests.storage_helpers import start
+
+    server = start(tmp_path / "state", "keep_cores_awake_us = 0\n[storage]\nthreads = 4\nd1_query_ms = 5000\n")
+    try:
+        server.deploy("spinner", ENDLESS_SQL.replace("range(3)", "range(4)"), bindings=[
+            {"type": "durable_object_namespace", "name": "SPIN", "class_name": "Spinner"},
+            {"type": "kv_namespace", "name": "KV", "namespace_id": "kv-spin"}])
+        server.deploy("victim", VICTIM_KV, bindings=[{"type": "kv_namespace", "name": "KV", "namespace_id": "kv-v"}])
+        def spin() -> None:
+            with contextlib.suppress(OSError):  # the server stops under it
+                server.request("/", host="spinner.localhost", timeout=60)
+
+        hog = threading.Thread(target=spin, daemon=True)
+        hog.start()
+        assert wait_for(lambda: _running_threads(server.proc.pid) >= 1, timeout=15), "no endless SQL ran"
+        # Served at once, not after 5 s (2.5 s is far more than a KV get takes).
+        r = server.request("/", host="victim.localhost", timeout=2.5)
+        assert (r.status, r.text) == (200, "served"), r
+        assert hog.is_alive(), "the endless queries were to be running still"
     finally:
         server.stop()
 

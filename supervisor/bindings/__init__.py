@@ -47,7 +47,7 @@ from protocol.messages import (
     SubFailed,
 )
 from supervisor.bindings.base import BindingError, Context, Handler, Reply, Scope, object_scope
-from supervisor.bindings.io import Databases, Offload
+from supervisor.bindings.io import STORAGE_OWNER, Databases, Offload
 from supervisor.bindings.quota import quota_for
 from supervisor.config import StorageConfig
 from supervisor.errors import storage_full
@@ -181,6 +181,7 @@ class Bindings:
     async def _run(self, child: ChildProcess, parent: Invocation, message: BindingCall,
                    handler: Handler, ctx: Context, span: dict[str, Any]) -> None:
         call = message.call
+        STORAGE_OWNER.set((parent.record.namespace, parent.record.name))  # this task's: its storage's tenant
         with trio.CancelScope() as scope:
             child.calls[call] = scope
             parent.call_scopes.add(scope)

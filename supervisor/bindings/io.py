@@ -15,11 +15,13 @@ cache keeps a bounded number open and closes the least recently used.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import trio
@@ -27,16 +29,55 @@ import trio
 T = TypeVar("T")
 
 
+#: The tenant a storage call is for, ``(namespace, script)``: set by the
+#: binding call's own task (supervisor.bindings), read by :class:`Offload`.
+STORAGE_OWNER: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "storage_owner", default=None)
+#: Whether this task holds its tenant's slot already (a database call takes it
+#: before the database's lock, and the thread it then runs must not again).
+_HOLDING: contextvars.ContextVar[bool] = contextvars.ContextVar("storage_slot_held", default=False)
+
+
 class Offload:
-    """Runs blocking calls in at most ``threads`` worker threads."""
+    """Runs blocking calls in at most ``threads`` worker threads, and at most
+    a quarter of them (one at least) for any one tenant at a time.
+
+    Without the second bound one tenant took them all: its Durable Objects'
+    endless SQL (each cut off only at ``d1_query_ms``, 30 s) held every
+    thread, and another tenant's KV get took 28 s instead of 30 ms. A
+    tenant's slots are taken before any database's lock, so a tenant waiting
+    for its own slots never holds a database another tenant needs."""
 
     def __init__(self, threads: int) -> None:
         self.limiter = trio.CapacityLimiter(max(1, threads))
+        self.per_tenant = max(1, threads // 4)
+        self._tenants: dict[tuple[str, str], trio.CapacityLimiter] = {}
+
+    @contextlib.asynccontextmanager
+    async def tenant_slot(self) -> AsyncIterator[None]:
+        """Hold one of the current tenant's slots (none to take without one)."""
+        owner = STORAGE_OWNER.get()
+        if owner is None or _HOLDING.get():
+            yield
+            return
+        slots = self._tenants.get(owner)
+        if slots is None:
+            slots = self._tenants[owner] = trio.CapacityLimiter(self.per_tenant)
+        token = _HOLDING.set(True)
+        try:
+            async with slots:
+                yield
+        finally:
+            _HOLDING.reset(token)
+            stats = slots.statistics()
+            if not stats.borrowed_tokens and not stats.tasks_waiting and self._tenants.get(owner) is slots:
+                del self._tenants[owner]  # an idle tenant costs nothing
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         # Not abandoned on cancel: a thread halfway through a transaction is
         # let finish (or roll back) before its database is touched again.
-        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.limiter)
+        async with self.tenant_slot():
+            return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.limiter)
 
 
 Setup = Callable[[sqlite3.Connection], None]
@@ -72,7 +113,7 @@ class Database:
         """``fn(conn, *args)`` in a thread, alone on this database."""
         self.users += 1
         try:
-            async with self.lock:
+            async with offload.tenant_slot(), self.lock:
                 return await offload.run(self._call, fn, args)
         finally:
             self.users -= 1
