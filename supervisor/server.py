@@ -19,6 +19,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import trio
 
@@ -241,6 +242,14 @@ class Supervisor:
         dynamic_workers_of(services).drop_owner(namespace, name)
         await cache.purge_script(services, namespace, name)
         await durable_objects.purge_script(services, namespace, name)
+
+    async def migrate_durable_objects(self, namespace: str, name: str, migrations: Any,
+                                      deployed_before: bool) -> None:
+        """Apply an upload's Durable Object migrations (renamed and deleted
+        classes) before its version serves (supervisor.bindings.do_migrations)."""
+        from supervisor.bindings import do_migrations
+
+        await do_migrations.apply(self.bindings.services, namespace, name, migrations, deployed_before)
 
     async def d1_info(self, namespace: str, database_id: str) -> dict[str, int]:
         """A D1 database's ``file_size`` and ``num_tables``, as Cloudflare's API shows one."""

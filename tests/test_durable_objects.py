@@ -484,3 +484,58 @@ return [await stub.increment(1), await stub.sqlget()]
         assert result == [8, ["kept"]]
     finally:
         server.stop()
+
+
+MIGRATING = r'''
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class @CLASS@(DurableObject):
+    async def increment(self):
+        n = (await self.ctx.storage.get("n") or 0) + 1
+        await self.ctx.storage.put("n", n)
+        return n
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response(str(await self.env.C.getByName("one").increment()))
+'''
+
+
+def test_class_migrations_move_and_delete_their_objects_data(server):
+    """renamed_classes moved nothing (storage is keyed by the class's name:
+    every object started empty), deleted_classes deleted nothing; each step
+    is applied once, at the deploy that brings it."""
+    v1 = {"tag": "v1", "new_sqlite_classes": ["Counter"]}
+    v2 = {"tag": "v2", "renamed_classes": [{"from": "Counter", "to": "Renamed"}]}
+    v3 = {"tag": "v3", "deleted_classes": ["Renamed"]}
+    v4 = {"tag": "v4", "new_sqlite_classes": ["Renamed"]}
+
+    def deploy(class_name: str, migrations: list[dict]) -> None:
+        server.deploy("migrating", MIGRATING.replace("@CLASS@", class_name), extra_metadata={
+            "migrations": migrations}, bindings=[
+            {"type": "durable_object_namespace", "name": "C", "class_name": class_name}])
+
+    def increment() -> str:
+        r = server.request("/", host="migrating.localhost")
+        assert r.status == 200, (r, server.log()[-2000:])
+        return r.text
+
+    deploy("Counter", [v1])
+    assert [increment(), increment()] == ["1", "2"]
+    deploy("Renamed", [v1, v2])
+    assert increment() == "3"  # the object's data moved with its class's new name
+    deploy("Renamed", [v1, v2, v3, v4])
+    assert increment() == "1"  # deleted with its class, then made anew
+    deploy("Renamed", [v1, v2, v3, v4])
+    assert increment() == "2"  # nothing applied twice
+    refused = server.deploy("migrating", MIGRATING.replace("@CLASS@", "Renamed"), check=False, extra_metadata={
+        "migrations": [{"tag": "w1", "new_classes": ["Renamed"]}]}, bindings=[
+        {"type": "durable_object_namespace", "name": "C", "class_name": "Renamed"}])
+    assert refused.status == 400 and "at tag 'v4'" in refused.text, refused.text
+    assert increment() == "3"
+    # Deleted, the script's tag goes with its objects: a new one starts afresh.
+    assert server.admin("DELETE", "/accounts/local/workers/dispatch/namespaces/default/scripts/migrating").status == 200
+    deploy("Counter", [v1])
+    assert increment() == "1"

@@ -108,6 +108,11 @@ class AdminHooks(Protocol):
         its Durable Objects); raises if some of it could not be deleted."""
         ...
 
+    async def migrate_durable_objects(self, namespace: str, name: str, migrations: Any,
+                                      deployed_before: bool) -> None:
+        """Apply an upload's Durable Object class migrations; raises Invalid if they cannot be."""
+        ...
+
     async def purge_bound_data(self, kind: str, bound_id: str) -> None:
         """Delete the data every namespace keeps under a KV namespace's or D1
         database's id; raises if some of it could not be deleted."""
@@ -201,6 +206,15 @@ class _LockResolver:
 
     async def resolve(self, requirements: list[str]) -> Any:
         return await self.hooks.resolve_requirements(requirements)
+
+
+def _migrations_of(parts: list[multipart.Part]) -> Any:
+    """The upload metadata's Durable Object ``migrations`` (None: none)."""
+    for part in parts:
+        if part.name == "metadata":
+            raw = decode_json(part.data, "the 'metadata' part", MAX_METADATA_BYTES)
+            return raw.get("migrations") if isinstance(raw, dict) else None
+    return None
 
 
 def wants_code(accept: str) -> bool:
@@ -494,6 +508,11 @@ class Handlers:
         if check.error is not None:
             raise LoadFailed(f"script {name!r} failed to load: {check.error}")
         record = msgspec.structs.replace(record, handlers=list(check.handlers))
+        migrations = _migrations_of(parts)
+        migrate = getattr(self.hooks, "migrate_durable_objects", None)
+        if deploy and migrations and migrate is not None:
+            # Before the version serves: its objects find their data under their new class.
+            await migrate(ns, name, migrations, previous is not None)
         stored = await self._run(functools.partial(self.store.put_script, record, deploy=deploy,
                                                     source=deploy_source(request)))
         if deploy:

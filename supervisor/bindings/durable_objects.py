@@ -73,6 +73,9 @@ def index_path(services: Services) -> str:
 def _index_setup(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS objects (namespace TEXT, script TEXT, class_name TEXT, "
                  "object_id TEXT, PRIMARY KEY (namespace, script, class_name, object_id)) WITHOUT ROWID")
+    # Each script's last applied class migration (supervisor.bindings.do_migrations).
+    conn.execute("CREATE TABLE IF NOT EXISTS migration_tags (namespace TEXT, script TEXT, tag TEXT, "
+                 "PRIMARY KEY (namespace, script)) WITHOUT ROWID")
 
 
 def _index_add(conn: sqlite3.Connection, key: tuple[str, str, str, str]) -> None:
@@ -104,6 +107,10 @@ async def objects_of(services: Services, namespace: str, script: str, class_name
     return list(zip(ids, stored, strict=True))
 
 
+def _forget_migrations(conn: sqlite3.Connection, namespace: str, script: str) -> None:
+    conn.execute("DELETE FROM migration_tags WHERE namespace = ? AND script = ?", (namespace, script))
+
+
 def _index_drop(conn: sqlite3.Connection, keys: list[tuple[str, ...]]) -> None:
     conn.executemany("DELETE FROM objects WHERE namespace = ? AND script = ? AND class_name = ? "
                      "AND object_id = ?", keys)
@@ -119,6 +126,8 @@ async def purge_script(services: Services, namespace: str, script: str) -> int:
     of objects deleted."""
     host_of(services).forget_script(namespace, script)
     alarms = alarms_of(services)
+    # A script given the name later starts its class migrations afresh.
+    await services.databases.run(index_path(services), _index_setup, _forget_migrations, namespace, script)
     keys = set(await services.databases.run(index_path(services), _index_setup, _index_of_script,
                                             namespace, script))
     keys.update(await alarms.of_script(namespace, script))  # objects older than the index
