@@ -107,11 +107,13 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
         metadata = msgspec.structs.replace(metadata, assets=msgspec.structs.replace(uploads, jwt=jwt))
         if not args.json:
             print(f"assets: {count} file(s), {sent} uploaded", file=sys.stderr)
-    # Its crons and queue consumers always, even none: an upload without the
-    # keys keeps the deployed ones (as Cloudflare keeps schedules and
-    # consumers), and the project's say.
-    fields = {**msgspec.to_builtins(metadata), "crons": list(metadata.crons),
-              "queue_consumers": msgspec.to_builtins(metadata.queue_consumers)}
+    # Its queue consumers always, even none, and its crons when the config has
+    # ``triggers`` (even empty): an upload without the keys keeps the deployed
+    # ones (as Cloudflare keeps schedules and consumers), and wrangler leaves
+    # schedules alone when a config does not define ``triggers``.
+    fields = {**msgspec.to_builtins(metadata), "queue_consumers": msgspec.to_builtins(metadata.queue_consumers)}
+    if project.declares_crons:
+        fields["crons"] = list(metadata.crons)
     parts = [multipart.Part(name="metadata", data=msgspec.json.encode(fields), content_type="application/json")]
     for path, code in project.modules.items():
         parts.append(multipart.Part(name=path, filename=path.rsplit("/", 1)[-1], data=code,

@@ -82,16 +82,23 @@ def test_schedules_set_by_the_sdk_are_scheduled_and_kept_across_uploads(server, 
     ran = server.admin("POST", "/accounts/local/workers/scripts/ticker/schedules/trigger", {"cron": "*/5 * * * *"})
     assert ran.status == 200 and ran.json()["result"]["outcome"] == "ok"
 
-    # `corral deploy` of a project without triggers says so: no crons.
+    # `corral deploy` of a project without triggers leaves them, as wrangler
+    # does; one whose triggers name no crons removes them.
     project = server.state_dir / "ticker-project"
     project.mkdir()
     (project / "worker.py").write_bytes(CODE)
-    (project / "wrangler.toml").write_text('name = "ticker"\nmain = "worker.py"\n')
+
+    def deploy(config: str) -> None:
+        (project / "wrangler.toml").write_text('name = "ticker"\nmain = "worker.py"\n' + config)
+        done = subprocess.run([sys.executable, "-m", "supervisor", "deploy", "--socket", server.socket_path,
+                               "ticker", str(project)], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr
+
+    deploy("")
+    assert crons(cf, "ticker") == ["*/5 * * * *", "0 3 * * mon"]
     mark = len(server.log_events())
-    done = subprocess.run([sys.executable, "-m", "supervisor", "deploy", "--socket", server.socket_path,
-                           "ticker", str(project)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stderr
+    deploy("[triggers]\ncrons = []\n")
     assert crons(cf, "ticker") == []
     planned(server, mark, 0)
 

@@ -619,3 +619,27 @@ def test_a_live_tail_does_not_hold_sigterm(tmp_path: Path) -> None:
     finally:
         kill_group(proc)
         notify.close()
+
+
+def test_a_config_without_triggers_leaves_the_schedules_as_wrangler_does(corral: Corral, tmp_path: Path) -> None:
+    """wrangler leaves a script's schedules alone when its config does not
+    define ``triggers``, and removes them for ``crons = []``: a redeploy of
+    such a config (or of a lone .py file) wiped them."""
+    project = tmp_path / "crony"
+    project.mkdir()
+    (project / "worker.py").write_text("from workers import Response, WorkerEntrypoint\n"
+                                       "class Default(WorkerEntrypoint):\n"
+                                       "    async def fetch(self, request):\n        return Response('ok')\n"
+                                       "    async def scheduled(self, controller, env, ctx):\n        pass\n")
+
+    def deploy(triggers: str) -> list[str]:
+        (project / "wrangler.toml").write_text(f'main = "worker.py"\n{triggers}')
+        cli(corral, "deploy", "-n", "default", "crony", project)
+        resp = corral.admin("GET", "/accounts/local/workers/dispatch/namespaces/default/scripts/crony/schedules")
+        return [s["cron"] for s in resp.json()["result"]["schedules"]]
+
+    assert deploy('[triggers]\ncrons = ["*/5 * * * *"]\n') == ["*/5 * * * *"]
+    assert deploy("") == ["*/5 * * * *"]
+    cli(corral, "deploy", "-n", "default", "crony", project / "worker.py")
+    assert deploy("") == ["*/5 * * * *"]
+    assert deploy("[triggers]\ncrons = []\n") == []

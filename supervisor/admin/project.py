@@ -83,6 +83,10 @@ class Project(msgspec.Struct, kw_only=True):
     #: Things worth saying that do not stop the deploy (unknown flags or keys,
     #: the SDK dropped from the requirements, requires-python ignored).
     warnings: list[str] = []
+    #: Whether the config says what the crons are (``triggers``, even empty).
+    #: Without it the deployed ones stay, as wrangler leaves schedules alone
+    #: when ``triggers`` is not defined (``crons = []`` removes them).
+    declares_crons: bool = False
 
 
 # -- config shapes ------------------------------------------------------------
@@ -811,7 +815,8 @@ def load_project(path: str | os.PathLike[str], env: str | None = None,
             raise ProjectError(f"{config_path}: triggers.crons: {exc}") from None
     requirements, req_warnings = _requirements(target, within)
     return Project(main_module=main, modules=modules, metadata=metadata, assets=assets,
-                   requirements=requirements, warnings=[*warnings, *req_warnings])
+                   requirements=requirements, warnings=[*warnings, *req_warnings],
+                   declares_crons=config.triggers is not None)
 
 
 def _requirements(root: Path, within: Path | None = None) -> tuple[list[str], list[str]]:
