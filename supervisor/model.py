@@ -430,6 +430,11 @@ class UploadMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
             if not valid:
                 raise Invalid(f"compatibility_date must be a date like 2025-06-01, "
                               f"got {self.compatibility_date[:40]!r}")
+            # Cloudflare's API refuses a date to come (a day's slack for time zones).
+            tomorrow = datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=1)
+            if datetime.date.fromisoformat(self.compatibility_date) > tomorrow:
+                raise Invalid(f"Can't set compatibility date in the future: {self.compatibility_date} "
+                              f"(today is {tomorrow - datetime.timedelta(days=1)})", code=VALIDATION_FAILED_CODE)
         names: set[str] = set()
         for binding in self.bindings:
             if binding.name in names:
