@@ -643,3 +643,22 @@ def test_a_config_without_triggers_leaves_the_schedules_as_wrangler_does(corral:
     cli(corral, "deploy", "-n", "default", "crony", project / "worker.py")
     assert deploy("") == ["*/5 * * * *"]
     assert deploy("[triggers]\ncrons = []\n") == []
+
+
+def test_an_assets_binding_over_an_empty_folder_answers_404(corral: Corral, tmp_path: Path) -> None:
+    """Its ASSETS.fetch raised "the script has no static assets" (a 500) when
+    the folder had no file; a binding with no folder at all is refused."""
+    project = tmp_path / "bare"
+    (project / "public").mkdir(parents=True)
+    (project / "worker.py").write_text("from workers import Response, WorkerEntrypoint\n"
+                                       "class Default(WorkerEntrypoint):\n"
+                                       "    async def fetch(self, request):\n"
+                                       "        r = await self.env.ASSETS.fetch(request)\n"
+                                       "        return Response(f'assets said {r.status}')\n")
+    (project / "wrangler.toml").write_text('main = "worker.py"\n[assets]\ndirectory = "public"\nbinding = "ASSETS"\n')
+    cli(corral, "deploy", "-n", "default", "bare", project)
+    r = corral.request("/x.css", host="bare.localhost")
+    assert (r.status, r.text) == (200, "assets said 404"), r
+    (project / "wrangler.toml").write_text('main = "worker.py"\n[assets]\nbinding = "ASSETS"\n')
+    refused = cli(corral, "deploy", "-n", "default", "bare", project, expect=2)
+    assert "needs assets.directory" in refused.stderr, refused.stderr

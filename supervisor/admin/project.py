@@ -768,6 +768,9 @@ def load_project(path: str | os.PathLike[str], env: str | None = None,
     assets: dict[str, bytes] = {}
     upload_assets = None
     if config.assets is not None:
+        if config.assets.binding and not config.assets.directory:
+            raise ProjectError(f"{config_path}: assets.binding {config.assets.binding!r} needs assets.directory, "
+                               "the folder of the files it serves (as wrangler requires)")
         rules = {"_redirects": "", "_headers": ""}
         if config.assets.directory:
             try:

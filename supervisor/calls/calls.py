@@ -466,6 +466,8 @@ class Calls:
                             body: BodySource | bytes | None) -> Head:
         _close(body)
         if self.assets is None or record.assets is None:
+            if message.kind == "assets":  # an ASSETS binding over no files (an empty folder): nothing there
+                return Head(404, [], None)
             raise CallFailed("TypeError", "the script has no static assets")
         if message.kind != "assets":  # a dispatch the assets answer first: no redirect is followed
             answer = await self.assets.answer(record, message.method, message.url, message.headers)
