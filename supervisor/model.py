@@ -233,6 +233,15 @@ class Queue(_Binding, tag="queue"):
     delivery_delay: int | None = None
 
 
+class ScriptLimits(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """A script's own limits (Cloudflare's upload metadata ``limits``,
+    wrangler's ``[limits]``): they lower what its invocations may use, never
+    raise it past the platform's (supervisor.limits.policy)."""
+
+    cpu_ms: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    subrequests: Annotated[int, msgspec.Meta(gt=0)] | None = None
+
+
 class QueueConsumer(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     """The script consumes ``queue`` (Wrangler's ``queues.consumers`` entry).
 
@@ -419,6 +428,7 @@ class UploadMetadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: Queues this script consumes (Corral's key; see :class:`QueueConsumer`).
     queue_consumers: list[QueueConsumer] = []
     annotations: VersionAnnotations | None = None
+    limits: ScriptLimits | None = None
 
     def __post_init__(self) -> None:
         if self.compatibility_date:
@@ -487,6 +497,8 @@ class ScriptRecord(msgspec.Struct, kw_only=True):
     #: The handlers its code defines (``fetch``, ``scheduled``, ...), as its
     #: validation found them; empty for a record stored before they were kept.
     handlers: list[str] = []
+    #: Its own limits, which only lower the platform's.
+    limits: ScriptLimits | None = None
 
     def binding(self, name: str, kind: type[_Binding]) -> Any:
         """The binding ``name`` of type ``kind``, or None."""

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests.harness import Corral, UnixHTTPConnection, free_port
@@ -662,3 +663,40 @@ def test_an_assets_binding_over_an_empty_folder_answers_404(corral: Corral, tmp_
     (project / "wrangler.toml").write_text('main = "worker.py"\n[assets]\nbinding = "ASSETS"\n')
     refused = cli(corral, "deploy", "-n", "default", "bare", project, expect=2)
     assert "needs assets.directory" in refused.stderr, refused.stderr
+
+
+def test_a_configs_own_cpu_limit_stops_its_worker(corral: Corral, tmp_path: Path) -> None:
+    """wrangler's ``[limits] cpu_ms`` sets the Worker's CPU limit (upload
+    metadata ``limits``); it was ignored, and 2 s of CPU ran to the end."""
+    project = tmp_path / "capped"
+    project.mkdir()
+    (project / "worker.py").write_text(
+        "import time\nfrom workers import Response, WorkerEntrypoint\n"
+        "class Default(WorkerEntrypoint):\n"
+        "    async def fetch(self, request):\n"
+        "        start = time.process_time()\n"
+        "        while time.process_time() - start < 2:\n            pass\n"
+        "        return Response('burned 2 s of CPU')\n")
+    (project / "wrangler.toml").write_text('main = "worker.py"\n[limits]\ncpu_ms = 50\n')
+    cli(corral, "deploy", "-n", "default", "capped", project)
+    r = corral.request("/", host="capped.localhost")
+    assert (r.status, r.text) == (503, "Worker exceeded CPU time limit.\n"), r
+    settings = corral.admin("GET", "/accounts/local/workers/dispatch/namespaces/default/scripts/capped/settings")
+    assert settings.json()["result"]["limits"] == {"cpu_ms": 50}
+
+
+def test_a_scripts_own_limits_only_lower_the_platforms() -> None:
+    from protocol.messages import Limits
+    from supervisor.config import LimitsConfig
+    from supervisor.limits.policy import LimitPolicy
+    from supervisor.model import ScriptLimits, ScriptRecord
+
+    policy = LimitPolicy(LimitsConfig(cpu_ms=100, sub_requests=10))
+    record = ScriptRecord(namespace="ns", name="s", version="v", main_module="w.py", modules={})
+    assert policy.defaults_for(record).cpu_ms == 100
+    own = msgspec.structs.replace(record, limits=ScriptLimits(cpu_ms=50, subrequests=3))
+    assert (policy.defaults_for(own).cpu_ms, policy.defaults_for(own).sub_requests) == (50, 3)
+    assert policy.for_call(own, Limits(cpu_ms=80, sub_requests=None, wall_ms=None, memory_mb=None)).cpu_ms == 50
+    more = msgspec.structs.replace(record, limits=ScriptLimits(cpu_ms=500))
+    assert policy.defaults_for(more).cpu_ms == 100  # never past the platform's
+    assert policy.defaults_for(record).cpu_ms == 100  # the cached tiers are not the script's

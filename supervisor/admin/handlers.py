@@ -621,6 +621,7 @@ class Handlers:
             packages_lock=lock.id if lock else "",
             version_tag=notes.tag or "",
             version_message=notes.message or "",
+            limits=metadata.limits,
         )
         return msgspec.structs.replace(record, version=record_version(record))
 

@@ -200,6 +200,13 @@ class _Triggers(msgspec.Struct):
     crons: list[str] = []
 
 
+class _Limits(msgspec.Struct, forbid_unknown_fields=True):
+    """``limits``: the Worker's own CPU time and subrequests per invocation."""
+
+    cpu_ms: int | None = None
+    subrequests: int | None = None
+
+
 class _Build(msgspec.Struct):
     """``build``: Wrangler runs ``command`` before it deploys; Corral does not
     run the project's code on deploy, but says so when the folder it would
@@ -232,6 +239,7 @@ class WranglerConfig(msgspec.Struct):
     build: _Build | None = None
     compatibility_flags: list[str] = []
     triggers: _Triggers | None = None
+    limits: _Limits | None = None
     assets: _Assets | None = None
     vars: dict[str, Any] = {}
     kv_namespaces: list[_KV] = []
@@ -278,7 +286,7 @@ _PRODUCTS = {
 IGNORED_KEYS = frozenset({
     "$schema", "name", "account_id", "workers_dev", "preview_urls", "routes", "route",
     "observability", "dev", "build", "minify", "keep_vars", "send_metrics", "upload_source_maps",
-    "placement", "limits", "logpush", "no_bundle", "find_additional_modules", "base_dir",
+    "placement", "logpush", "no_bundle", "find_additional_modules", "base_dir",
     "preserve_file_names", "node_compat", "usage_model", "keep_names",
     "legacy_env", "compliance_region", "tsconfig", "jsx_factory", "jsx_fragment",
 })
@@ -803,6 +811,8 @@ def load_project(path: str | os.PathLike[str], env: str | None = None,
             tail_consumers=[model.TailConsumer(**msgspec.structs.asdict(t)) for t in config.tail_consumers],
             tags=list(config.tags) if isinstance(config, CorralConfig) and config.tags else None,
             migrations=list(config.migrations) or None,
+            limits=model.ScriptLimits(cpu_ms=config.limits.cpu_ms, subrequests=config.limits.subrequests)
+            if config.limits is not None and (config.limits.cpu_ms or config.limits.subrequests) else None,
             queue_consumers=[model.QueueConsumer(**msgspec.structs.asdict(c))
                              for c in (config.queues.consumers if config.queues else [])],
         )

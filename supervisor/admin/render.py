@@ -69,6 +69,7 @@ def settings_json(record: ScriptRecord) -> dict[str, Any]:
         "tail_consumers": msgspec.to_builtins(record.tail_consumers),
         "usage_model": "standard",
         "logpush": False,
+        **({"limits": msgspec.to_builtins(record.limits)} if record.limits is not None else {}),
     }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.model import AssetSet, Binding, QueueConsumer, ScriptRecord, TailConsumer
+from supervisor.model import AssetSet, Binding, QueueConsumer, ScriptLimits, ScriptRecord, TailConsumer
 
 
 class NamespaceInfo(msgspec.Struct, kw_only=True):
@@ -99,6 +99,7 @@ class _Metadata(msgspec.Struct, kw_only=True, omit_defaults=True):
     crons: list[str] = []
     queue_consumers: list[QueueConsumer] = []
     handlers: list[str] = []
+    limits: ScriptLimits | None = None
 
 
 _modules_decoder = msgspec.msgpack.Decoder(dict[str, bytes])
