@@ -136,11 +136,32 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
     for warning in (result.get("warnings") or []) if isinstance(result, dict) else []:
         if warning not in project.warnings:
             print(f"corral deploy: warning: {printable(warning)}", file=sys.stderr)
+    _set_pull_consumers(client, args, project.pull_consumers)
     where = f"namespace {args.namespace}" if args.namespace else "platform scripts"
     _emit(args, result, f"deployed {args.name} to {where}: version {result.get('version', '?')[:12]}, "
                         f"{len(project.modules)} module(s), main {printable(project.main_module)}"
                         + (f", {len(project.requirements)} requirement(s)" if project.requirements else ""))
     return 0
+
+
+def _set_pull_consumers(client: AdminClient, args: argparse.Namespace, pulls: list[Any]) -> None:
+    """Give each queue the config's HTTP pull consumer through the queues API,
+    as ``wrangler deploy`` does (updated when it has one already). These are
+    the platform's queues: a dispatch namespace's script gets a warning."""
+    for pull in pulls:
+        if args.namespace:
+            print(f"corral deploy: warning: queues.consumers: the HTTP pull consumer of {pull.queue!r} is not "
+                  "set: pull consumers are the platform's queues' (deploy without --namespace)", file=sys.stderr)
+            continue
+        base = f"/accounts/local/queues/{_q(pull.queue)}/consumers"
+        body = {"type": "http_pull", "settings": pull.settings, "dead_letter_queue": pull.dead_letter_queue}
+        current = [c for c in client.call("GET", base)[0] or [] if c.get("type") == "http_pull"]
+        if current:
+            client.json("PUT", f"{base}/{_q(current[0]['consumer_id'])}", body)
+        else:
+            client.json("POST", base, body)
+        if not args.json:
+            print(f"queue {pull.queue}: HTTP pull consumer set", file=sys.stderr)
 
 
 def _bad_tag(tags: Sequence[str]) -> str | None:

@@ -213,3 +213,33 @@ def test_an_http_pull_consumer_pulls_acks_and_retries_by_lease(server, cf):
         cf.queues.messages.pull(guarded.queue_id, account_id=A, batch_size=1)
     bad = server.admin("POST", f"/accounts/local/queues/{drain.queue_id}/messages/ack", {"acks": [{"lease_id": "x"}]})
     assert bad.status == 400 and "is not one a pull gave" in bad.text
+
+
+def test_a_configs_http_pull_consumer_is_the_queues_not_the_scripts(server, cf, tmp_path):
+    """wrangler's ``type = "http_pull"`` consumer: the queue's messages are
+    pulled over HTTP. It became a push consumer of the deployed script,
+    whose queue() handler got (and dropped) them."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.harness import REPO
+
+    pulled = cf.queues.create(account_id=A, queue_name="pulled")
+    project = tmp_path / "pullproject"
+    project.mkdir()
+    (project / "worker.py").write_text(PRODUCER)
+    (project / "wrangler.toml").write_text(
+        'main = "worker.py"\n[[queues.producers]]\nbinding = "Q"\nqueue = "pulled"\n'
+        '[[queues.consumers]]\nqueue = "pulled"\ntype = "http_pull"\nvisibility_timeout_ms = 5000\nmax_retries = 2\n')
+    for _ in range(2):  # a second deploy updates the consumer it made
+        done = subprocess.run([sys.executable, "-m", "supervisor", "deploy", "--socket", server.socket_path,
+                               "pullproducer", str(project)], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr
+    consumers = list(cf.queues.consumers.list(pulled.queue_id, account_id=A))
+    assert [(c.type, c.settings.visibility_timeout_ms, c.settings.max_retries) for c in consumers] == [
+        ("http_pull", 5000, 2)]
+    script = server.admin("GET", "/accounts/local/workers/scripts/pullproducer/settings")
+    assert script.status == 200
+    assert cf.queues.messages.pull(pulled.queue_id, account_id=A, batch_size=1).messages == []

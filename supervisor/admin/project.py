@@ -83,6 +83,8 @@ class Project(msgspec.Struct, kw_only=True):
     #: Things worth saying that do not stop the deploy (unknown flags or keys,
     #: the SDK dropped from the requirements, requires-python ignored).
     warnings: list[str] = []
+    #: The config's HTTP pull consumers (``type = "http_pull"``), not the script's own.
+    pull_consumers: list[PullConsumer] = []
     #: Whether the config says what the crons are (``triggers``, even empty).
     #: Without it the deployed ones stay, as wrangler leaves schedules alone
     #: when ``triggers`` is not defined (``crons = []`` removes them).
@@ -163,6 +165,19 @@ class _QueueConsumer(msgspec.Struct):
     dead_letter_queue: str | None = None
     retry_delay: int = 0
     max_concurrency: int | None = None
+    #: ``"worker"`` (the default: this script consumes) or ``"http_pull"``
+    #: (the queue's messages are pulled over HTTP; the script consumes nothing).
+    type: str | None = None
+    visibility_timeout_ms: int | None = None
+
+
+class PullConsumer(msgspec.Struct, kw_only=True):
+    """A queue's HTTP pull consumer, as the config declares it: ``corral
+    deploy`` sets it through the queues API, as wrangler does."""
+
+    queue: str
+    settings: dict[str, Any]
+    dead_letter_queue: str | None = None
 
 
 class _Queues(msgspec.Struct):
@@ -800,6 +815,15 @@ def load_project(path: str | os.PathLike[str], env: str | None = None,
             not_found_handling=config.assets.not_found_handling,
             run_worker_first=config.assets.run_worker_first,
             redirects=rules["_redirects"], headers=rules["_headers"]))
+    consumers = config.queues.consumers if config.queues else []
+    for consumer in consumers:
+        if consumer.type not in (None, "worker", "http_pull"):
+            raise ProjectError(f"{config_path}: queues.consumers: type {consumer.type!r} is not one of "
+                               "'worker' or 'http_pull'")
+    pulls = [PullConsumer(queue=c.queue, dead_letter_queue=c.dead_letter_queue, settings={
+        k: v for k, v in (("batch_size", c.max_batch_size), ("max_retries", c.max_retries),
+                          ("visibility_timeout_ms", c.visibility_timeout_ms), ("retry_delay", c.retry_delay))
+        if v is not None}) for c in consumers if _pulled(c)]
     try:
         metadata = model.UploadMetadata(
             main_module=main,
@@ -813,8 +837,7 @@ def load_project(path: str | os.PathLike[str], env: str | None = None,
             migrations=list(config.migrations) or None,
             limits=model.ScriptLimits(cpu_ms=config.limits.cpu_ms, subrequests=config.limits.subrequests)
             if config.limits is not None and (config.limits.cpu_ms or config.limits.subrequests) else None,
-            queue_consumers=[model.QueueConsumer(**msgspec.structs.asdict(c))
-                             for c in (config.queues.consumers if config.queues else [])],
+            queue_consumers=[model.QueueConsumer(**_push_fields(c)) for c in consumers if not _pulled(c)],
         )
         # The same checks the admin API makes, so a bad config fails here, by name.
         model.decode_metadata(msgspec.to_builtins(metadata))
@@ -829,7 +852,18 @@ def load_project(path: str | os.PathLike[str], env: str | None = None,
     requirements, req_warnings = _requirements(target, within)
     return Project(main_module=main, modules=modules, metadata=metadata, assets=assets,
                    requirements=requirements, warnings=[*warnings, *req_warnings],
-                   declares_crons=config.triggers is not None)
+                   declares_crons=config.triggers is not None, pull_consumers=pulls)
+
+
+def _pulled(consumer: _QueueConsumer) -> bool:
+    return consumer.type == "http_pull"
+
+
+def _push_fields(consumer: _QueueConsumer) -> dict[str, Any]:
+    """A worker consumer's fields (the model's; ``type`` and the pull ones are the config's)."""
+    fields = msgspec.structs.asdict(consumer)
+    del fields["type"], fields["visibility_timeout_ms"]
+    return fields
 
 
 def _requirements(root: Path, within: Path | None = None) -> tuple[list[str], list[str]]:
