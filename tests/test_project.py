@@ -198,9 +198,19 @@ def test_missing_path_and_non_python_file(tmp_path):
 
 
 def test_strip_jsonc_keeps_strings_intact():
+    # Comments and trailing commas become blanks of their size: every byte keeps its place.
     text = '{"a": "//x", "b": "/*y*/", "c": "q\\\\"}'
-    assert strip_jsonc(text + ' // tail') == text + ' '
-    assert strip_jsonc('{"a": "x\\",", }') == '{"a": "x\\",", }'.replace(", }", " }")
+    assert strip_jsonc(text + ' // tail') == text + ' ' * 8
+    assert strip_jsonc('{"a": "x\\",", }') == '{"a": "x\\","  }'
+    assert strip_jsonc('{/* é\n*/"a": 1}') == '{     \n  "a": 1}'  # é: two bytes, two blanks
+
+
+def test_a_jsonc_error_names_its_line_and_column_in_the_file(tmp_path):
+    # The offset was counted in the text without its comments: it pointed into one.
+    write(tmp_path, {"wrangler.jsonc": '// one\n// two, a longer comment\n{\n  "main": "w.py"\n  "vars": {}\n}\n',
+                     "w.py": ""})
+    with pytest.raises(ProjectError, match=r"\(line 5, column 3\)"):
+        load_project(tmp_path)
 
 
 def test_a_folders_pyproject_dependencies_travel_with_it(tmp_path):

@@ -357,15 +357,23 @@ def _outside_strings(text: str, step: Any) -> str:
     return "".join(out)
 
 
+def _blank(text: str) -> str:
+    """``text`` as whitespace of the same length in UTF-8, its line breaks kept:
+    a parse error's byte offset then points into the config as written."""
+    return "".join(c if c == "\n" else " " * len(c.encode()) for c in text)
+
+
 def _comment(text: str, i: int) -> tuple[str, int] | None:
     if text.startswith("//", i):
         j = text.find("\n", i)
-        return "", len(text) if j == -1 else j
+        end = len(text) if j == -1 else j
+        return _blank(text[i:end]), end
     if text.startswith("/*", i):
         j = text.find("*/", i + 2)
         if j == -1:
-            raise ProjectError("unterminated /* comment in JSONC config")
-        return " ", j + 2
+            line = text.count("\n", 0, i) + 1
+            raise ProjectError(f"unterminated /* comment in JSONC config (line {line})")
+        return _blank(text[i:j + 2]), j + 2
     return None
 
 
@@ -375,12 +383,27 @@ def _trailing_comma(text: str, i: int) -> tuple[str, int] | None:
     j = i + 1
     while j < len(text) and text[j] in " \t\r\n":
         j += 1
-    return ("", i + 1) if j < len(text) and text[j] in "]}" else None
+    return (" ", i + 1) if j < len(text) and text[j] in "]}" else None
 
 
 def strip_jsonc(text: str) -> str:
-    """JSONC to JSON: drop ``//`` and ``/* */`` comments, then trailing commas (outside strings)."""
+    """JSONC to JSON: blank out ``//`` and ``/* */`` comments, then trailing
+    commas (outside strings), keeping every byte's place."""
     return _outside_strings(_outside_strings(text, _comment), _trailing_comma)
+
+
+_BYTE_OFFSET = re.compile(r"\(byte (\d+)\)")
+
+
+def _where(message: str, raw: bytes) -> str:
+    """A JSON parse error's ``(byte N)`` as the line and column it is at."""
+    found = _BYTE_OFFSET.search(message)
+    if found is None:
+        return message
+    offset = min(int(found.group(1)), len(raw))
+    line = raw.count(b"\n", 0, offset) + 1
+    column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+    return f"{message[:found.start()]}(line {line}, column {column}){message[found.end():]}"
 
 
 # -- loading --------------------------------------------------------------------
@@ -420,7 +443,9 @@ def _read_config(path: Path, warnings: list[str] | None = None, env: str | None 
             data = _environment(path, data, env, warnings)
             _check_keys(path, data, warnings)
         return msgspec.convert(data, type=kind)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except msgspec.DecodeError as exc:
+        raise ProjectError(f"{path}: {_where(str(exc), raw) if path.suffix != '.toml' else exc}") from None
+    except msgspec.ValidationError as exc:
         raise ProjectError(f"{path}: {exc}") from None
     except RecursionError:  # msgspec and TOML parsers recurse per nesting level
         raise ProjectError(f"{path}: nested too deeply to be a config") from None
