@@ -419,11 +419,14 @@ class Hello(_Msg, tag="hello"):
 
 
 class Loaded(_Msg, tag="loaded"):
-    """Answer to :class:`Load`: the script imported, or why not, and the
-    handlers it defines (``fetch``, ``scheduled``, ``queue``, ``tail``, ...)."""
+    """Answer to :class:`Load`: the script imported, or why not, the
+    handlers it defines (``fetch``, ``scheduled``, ``queue``, ``tail``, ...),
+    and the classes its main module exports (what a Durable Object binding
+    may name)."""
 
     error: ExceptionInfo | None = None
     handlers: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
 
 
 class ResponseStart(_Msg, tag="respond"):

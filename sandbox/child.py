@@ -735,7 +735,10 @@ class Runtime:
         except MemoryError:
             self._out_of_memory(0)
         kinds = () if self._script is None or self._load_error else tuple(sorted(self._script.kinds))
-        self.send(Loaded(self._load_error, kinds))
+        classes = () if self._script is None or self._load_error else tuple(sorted(
+            name for name, value in vars(self._script.module).items()
+            if isinstance(value, type) and not name.startswith("_")))[:1000]
+        self.send(Loaded(self._load_error, kinds, classes))
 
     def _confine(self, script: ScriptBundle) -> None:
         """Before any of the script's code: its own bundle only, and clear errors."""

@@ -461,6 +461,8 @@ class LoadCheck(msgspec.Struct, frozen=True):
     #: Why it did not load; None if it did.
     error: str | None = None
     handlers: tuple[str, ...] = ()
+    #: The classes its main module exports (a Durable Object binding names one).
+    classes: tuple[str, ...] = ()
 
 
 class ScriptRecord(msgspec.Struct, kw_only=True):

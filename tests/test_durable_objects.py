@@ -539,3 +539,19 @@ def test_class_migrations_move_and_delete_their_objects_data(server):
     assert server.admin("DELETE", "/accounts/local/workers/dispatch/namespaces/default/scripts/migrating").status == 200
     deploy("Counter", [v1])
     assert increment() == "1"
+
+
+def test_a_binding_to_a_class_the_script_does_not_export_is_refused(server):
+    """As Cloudflare refuses the upload (10061); it was stored, and every
+    request to such an object failed."""
+    source = MIGRATING.replace("@CLASS@", "Counter")
+    resp = server.deploy("classless", source, check=False, bindings=[
+        {"type": "durable_object_namespace", "name": "C", "class_name": "Nope"}])
+    assert resp.status == 400, resp.text
+    error = resp.json()["errors"][0]
+    assert error["code"] == 10061 and "'Nope' that is not exported" in error["message"], error
+    assert "Counter" in error["message"] and "Default" in error["message"]
+    assert server.admin("GET", "/accounts/local/workers/dispatch/namespaces/default/scripts/classless").status == 404
+    # A class of another script is that script's to export.
+    server.deploy("classless", source, bindings=[
+        {"type": "durable_object_namespace", "name": "C", "class_name": "Nope", "script_name": "elsewhere"}])

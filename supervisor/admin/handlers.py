@@ -208,6 +208,22 @@ class _LockResolver:
         return await self.hooks.resolve_requirements(requirements)
 
 
+#: Cloudflare's code for a Durable Object binding to a class the script does not export.
+CLASS_NOT_EXPORTED_CODE = 10061
+
+
+def _check_own_classes(record: ScriptRecord, check: LoadCheck) -> None:
+    """Refuse a Durable Object binding to a class of the script's own that its
+    main module does not export, as Cloudflare refuses the upload (10061):
+    every request to such an object failed instead."""
+    for binding in record.bindings:
+        if isinstance(binding, DurableObjectNamespace) and binding.script_name in (None, record.name) \
+                and binding.class_name not in check.classes:
+            shown = ", ".join(check.classes[:20]) or "none"
+            raise Invalid(f"Cannot create binding for class {binding.class_name!r} that is not exported by the "
+                          f"script (binding {binding.name!r}; its classes: {shown})", code=CLASS_NOT_EXPORTED_CODE)
+
+
 def _migrations_of(parts: list[multipart.Part]) -> Any:
     """The upload metadata's Durable Object ``migrations`` (None: none)."""
     for part in parts:
@@ -507,6 +523,7 @@ class Handlers:
         check = await self.hooks.validate(record)
         if check.error is not None:
             raise LoadFailed(f"script {name!r} failed to load: {check.error}")
+        _check_own_classes(record, check)
         record = msgspec.structs.replace(record, handlers=list(check.handlers))
         migrations = _migrations_of(parts)
         migrate = getattr(self.hooks, "migrate_durable_objects", None)

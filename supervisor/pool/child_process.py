@@ -437,6 +437,7 @@ class ChildProcess:
         self.load_error: ExceptionInfo | None = None
         #: The handlers the loaded script defines (Loaded.handlers).
         self.load_handlers: tuple[str, ...] = ()
+        self.load_classes: tuple[str, ...] = ()
         self.dead = trio.Event()
         #: CPU its own set-up took, per step (protocol.messages.SETUP_STEPS), from its Hello.
         self.setup_us: tuple[int, ...] = ()
@@ -983,6 +984,7 @@ class ChildProcess:
         self._advance(ChildEvent.LOADED)
         self.load_error = message.error
         self.load_handlers = message.handlers
+        self.load_classes = message.classes
         self.loaded.set()
         self.owner.on_loaded(self, trio.current_time() - self.assigned_at, message.error is not None)
         if message.error is not None:

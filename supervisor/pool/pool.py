@@ -995,7 +995,8 @@ class Pool:
                     nursery.cancel_scope.cancel()
             if child.loaded.is_set():
                 error = child.load_error
-                return LoadCheck(handlers=child.load_handlers) if error is None else LoadCheck(error.message)
+                return LoadCheck(handlers=child.load_handlers, classes=child.load_classes) if error is None \
+                    else LoadCheck(error.message)
             if not child.alive and child.over_cpu:
                 return LoadCheck("the script's top-level code exceeded its startup CPU time")
             if not child.alive:
