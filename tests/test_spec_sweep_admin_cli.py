@@ -354,17 +354,24 @@ def test_d1_execute_and_migrations_apply(corral: Corral, tmp_path: Path) -> None
     cli(corral, "d1", "execute", "DB", "--config", project, expect=2)
 
 
+def project_of(folder: Path, fetch_body: str, config: str, extra: str = "") -> Path:
+    """A project folder: worker.py whose fetch runs ``fetch_body`` (indented
+    lines), ``extra`` methods after it, and wrangler.toml ``config`` (main given)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "worker.py").write_text("import time\nfrom workers import Response, WorkerEntrypoint\n"
+                                      "class Default(WorkerEntrypoint):\n"
+                                      "    async def fetch(self, request):\n" + fetch_body + extra)
+    (folder / "wrangler.toml").write_text('main = "worker.py"\n' + config)
+    return folder
+
+
 def test_d1_migrations_keep_their_history_in_the_configs_migrations_table(corral: Corral, tmp_path: Path) -> None:
     """wrangler's ``migrations_table``: a database whose history is in
     ``my_migs`` had every migration applied again into ``d1_migrations``."""
-    project = tmp_path / "d1t"
-    (project / "db").mkdir(parents=True)
-    (project / "worker.py").write_text("from workers import Response, WorkerEntrypoint\n"
-                                       "class Default(WorkerEntrypoint):\n"
-                                       "    async def fetch(self, request):\n        return Response('ok')\n")
-    (project / "wrangler.toml").write_text(
-        'main = "worker.py"\n[[d1_databases]]\nbinding = "DB"\ndatabase_name = "tabledb"\n'
-        'database_id = "table-db-1"\nmigrations_dir = "db"\nmigrations_table = "my_migs"\n')
+    project = project_of(tmp_path / "d1t", "        return Response('ok')\n",
+                         '[[d1_databases]]\nbinding = "DB"\ndatabase_name = "tabledb"\n'
+                         'database_id = "table-db-1"\nmigrations_dir = "db"\nmigrations_table = "my_migs"\n')
+    (project / "db").mkdir()
     (project / "db" / "0001_init.sql").write_text("CREATE TABLE t (x INTEGER);\n")
     cli(corral, "deploy", "d1t", project)
     cli(corral, "d1", "migrations", "apply", "DB", "--config", project)
@@ -626,22 +633,16 @@ def test_a_config_without_triggers_leaves_the_schedules_as_wrangler_does(corral:
     """wrangler leaves a script's schedules alone when its config does not
     define ``triggers``, and removes them for ``crons = []``: a redeploy of
     such a config (or of a lone .py file) wiped them."""
-    project = tmp_path / "crony"
-    project.mkdir()
-    (project / "worker.py").write_text("from workers import Response, WorkerEntrypoint\n"
-                                       "class Default(WorkerEntrypoint):\n"
-                                       "    async def fetch(self, request):\n        return Response('ok')\n"
-                                       "    async def scheduled(self, controller, env, ctx):\n        pass\n")
-
     def deploy(triggers: str) -> list[str]:
-        (project / "wrangler.toml").write_text(f'main = "worker.py"\n{triggers}')
+        project = project_of(tmp_path / "crony", "        return Response('ok')\n", triggers,
+                             "    async def scheduled(self, controller, env, ctx):\n        pass\n")
         cli(corral, "deploy", "-n", "default", "crony", project)
         resp = corral.admin("GET", "/accounts/local/workers/dispatch/namespaces/default/scripts/crony/schedules")
         return [s["cron"] for s in resp.json()["result"]["schedules"]]
 
     assert deploy('[triggers]\ncrons = ["*/5 * * * *"]\n') == ["*/5 * * * *"]
     assert deploy("") == ["*/5 * * * *"]
-    cli(corral, "deploy", "-n", "default", "crony", project / "worker.py")
+    cli(corral, "deploy", "-n", "default", "crony", tmp_path / "crony" / "worker.py")
     assert deploy("") == ["*/5 * * * *"]
     assert deploy("[triggers]\ncrons = []\n") == []
 
@@ -649,14 +650,10 @@ def test_a_config_without_triggers_leaves_the_schedules_as_wrangler_does(corral:
 def test_an_assets_binding_over_an_empty_folder_answers_404(corral: Corral, tmp_path: Path) -> None:
     """Its ASSETS.fetch raised "the script has no static assets" (a 500) when
     the folder had no file; a binding with no folder at all is refused."""
-    project = tmp_path / "bare"
-    (project / "public").mkdir(parents=True)
-    (project / "worker.py").write_text("from workers import Response, WorkerEntrypoint\n"
-                                       "class Default(WorkerEntrypoint):\n"
-                                       "    async def fetch(self, request):\n"
-                                       "        r = await self.env.ASSETS.fetch(request)\n"
-                                       "        return Response(f'assets said {r.status}')\n")
-    (project / "wrangler.toml").write_text('main = "worker.py"\n[assets]\ndirectory = "public"\nbinding = "ASSETS"\n')
+    project = project_of(tmp_path / "bare", "        r = await self.env.ASSETS.fetch(request)\n"
+                                            "        return Response(f'assets said {r.status}')\n",
+                         '[assets]\ndirectory = "public"\nbinding = "ASSETS"\n')
+    (project / "public").mkdir()
     cli(corral, "deploy", "-n", "default", "bare", project)
     r = corral.request("/x.css", host="bare.localhost")
     assert (r.status, r.text) == (200, "assets said 404"), r
@@ -668,16 +665,10 @@ def test_an_assets_binding_over_an_empty_folder_answers_404(corral: Corral, tmp_
 def test_a_configs_own_cpu_limit_stops_its_worker(corral: Corral, tmp_path: Path) -> None:
     """wrangler's ``[limits] cpu_ms`` sets the Worker's CPU limit (upload
     metadata ``limits``); it was ignored, and 2 s of CPU ran to the end."""
-    project = tmp_path / "capped"
-    project.mkdir()
-    (project / "worker.py").write_text(
-        "import time\nfrom workers import Response, WorkerEntrypoint\n"
-        "class Default(WorkerEntrypoint):\n"
-        "    async def fetch(self, request):\n"
-        "        start = time.process_time()\n"
-        "        while time.process_time() - start < 2:\n            pass\n"
-        "        return Response('burned 2 s of CPU')\n")
-    (project / "wrangler.toml").write_text('main = "worker.py"\n[limits]\ncpu_ms = 50\n')
+    project = project_of(tmp_path / "capped", "        start = time.process_time()\n"
+                                              "        while time.process_time() - start < 2:\n            pass\n"
+                                              "        return Response('burned 2 s of CPU')\n",
+                         "[limits]\ncpu_ms = 50\n")
     cli(corral, "deploy", "-n", "default", "capped", project)
     r = corral.request("/", host="capped.localhost")
     assert (r.status, r.text) == (503, "Worker exceeded CPU time limit.\n"), r
