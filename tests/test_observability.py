@@ -877,6 +877,35 @@ def test_usage_after_a_known_load(corral):
     assert "None" not in table.stdout  # the table is all it prints
 
 
+CRON_ONLY = r'''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("hi")
+
+    async def scheduled(self, controller, env, ctx):
+        pass
+'''
+
+
+def test_a_cron_run_is_an_invocation_not_a_client_request(corral):
+    """corral_requests_total ("client requests answered by a worker") counted
+    cron runs, queue batches and alarms too: a failing cron job raised the
+    client error ratio."""
+    deploy(corral, "cronly", CRON_ONLY, namespace=None)
+    requests = metric(corral, "corral_requests_total")
+    durations = metric(corral, "corral_request_duration_seconds_count")
+    labels = {"namespace": "", "outcome": "ok", "handler": "scheduled"}
+    invocations = metric(corral, "corral_invocations_total", **labels)
+    for _ in range(3):
+        ran = corral.admin("POST", "/accounts/local/workers/scripts/cronly/schedules/trigger", {"cron": "* * * * *"})
+        assert ran.status == 200 and ran.json()["result"]["outcome"] == "ok", ran.text
+    wait_for(lambda: metric(corral, "corral_invocations_total", **labels) >= invocations + 3, what="three runs")
+    assert metric(corral, "corral_requests_total") == requests
+    assert metric(corral, "corral_request_duration_seconds_count") == durations
+
+
 def test_usage_rejects_bad_times(corral):
     resp = corral.admin("GET", "/accounts/local/workers/usage?since=yesterday-ish")
     assert resp.status == 400 and "since" in resp.text

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from protocol.messages import RequestEvent
 from supervisor.lifecycle import Outcome
 from supervisor.log import log, warn
 from supervisor.model import PLATFORM, ScriptRecord
@@ -99,7 +100,10 @@ class Observability:
         # Each node's outcome and wall time once, for both consumers (they
         # are read for every invocation of every request).
         figures = [(node, traces.outcome_of(node), node.wall_ms) for node in nodes]
-        self.metrics.observe(figures, top_level=top_level)
+        # A client's request is counted and timed as one (corral_requests_total);
+        # a cron run, a queue batch or an alarm is an invocation, not a request.
+        request = top_level and (inv.event is None or isinstance(inv.event, RequestEvent))
+        self.metrics.observe(figures, top_level=request)
         if self.usage is not None:
             self.usage.record(figures)
         consumers = [(node, traces.consumers_of(node.record)) for node in nodes
