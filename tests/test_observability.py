@@ -1080,6 +1080,39 @@ def test_spans_and_logs_reach_an_otlp_receiver(corral, collector):
     assert attrs(found[0])["url.full"].endswith("/sub/1")
 
 
+STATUSES = r'''
+from workers import Response, WorkerEntrypoint, fetch
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        upstream = await fetch(self.env.COLLECTOR + "/no-get-here")  # the collector answers GET 501
+        return Response(f"upstream said {upstream.status}", status=503)
+'''
+
+
+def test_http_errors_mark_their_spans_and_spans_say_what_ran(corral, collector):
+    """OTel's HTTP conventions: a server's 5xx and a client's 4xx or 5xx are
+    errors (the spans' status was unset: only the outcome set it). A cron
+    run's span is named for its handler (it was "cron <script>", a field of
+    its event, and an alarm's "scheduledTime <script>")."""
+    deploy(corral, "statuses", STATUSES, namespace="default",
+           bindings=[{"type": "plain_text", "name": "COLLECTOR", "text": collector.url}])
+    resp = call(corral, "statuses")
+    assert (resp.status, resp.text) == (503, "upstream said 501")
+    trace_id = bytes.fromhex(resp.headers["x-corral-request-id"])
+    found = wait_for(lambda: (lambda s: s if len(s) >= 3 else None)(
+        [s for s in spans(collector) if s.trace_id == trace_id]), what="the request's three spans")
+    by_name = {s.name: s for s in found}
+    user, client = by_name["fetch statuses"], by_name["fetch GET"]
+    assert attrs(user)["http.response.status_code"] == 503 and user.status.code == user.status.STATUS_CODE_ERROR
+    assert attrs(client)["http.response.status_code"] == 501 and client.status.code == client.status.STATUS_CODE_ERROR
+    deploy(corral, "cronspan", CRON_ONLY, namespace=None)
+    ran = corral.admin("POST", "/accounts/local/workers/scripts/cronspan/schedules/trigger", {"cron": "* * * * *"})
+    assert ran.status == 200, ran.text
+    cron = wait_for(lambda: [s for s in spans(collector) if s.name == "scheduled cronspan"], what="the cron span")
+    assert attrs(cron[0])["corral.handler"] == "scheduled" and attrs(cron[0])["faas.trigger"] == "timer"
+
+
 def test_otlp_spans_continue_the_callers_w3c_trace(corral, collector):
     """A valid ``traceparent`` makes the request's server span the caller's
     child (its trace id, its span as parent), as W3C propagation does; an

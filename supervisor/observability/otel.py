@@ -64,11 +64,26 @@ def faas_trigger(info: Any) -> str:
         return "other"
     if info.get("request"):
         return "http"
-    if "cron" in info:
+    if "cron" in info or "scheduledTime" in info:  # a cron run, a Durable Object's alarm
         return "timer"
     if "queue" in info:
         return "pubsub"
     return "other"
+
+
+#: What ran, by the field its event info has (TraceItem's), in the handler
+#: words of the metrics' ``handler`` label (supervisor.observability.metrics).
+_HANDLERS = (("request", "fetch"), ("cron", "scheduled"), ("queue", "queue"), ("scheduledTime", "alarm"),
+             ("rpcMethod", "rpc"), ("consumedEvents", "tail"), ("getWebSocketEvent", "websocket"))
+
+
+def handler_of(info: Any) -> str:
+    """The handler an invocation's event info says ran (``event`` when none does)."""
+    if isinstance(info, dict):
+        for field, handler in _HANDLERS:
+            if field in info:
+                return handler
+    return "event"
 
 
 def incoming_context(request: Any) -> Any:
@@ -154,11 +169,11 @@ class OtelExport:
         # fetch tree carries them unrounded, for spans and their attributes.
         wall_ms = float(fetches.get("wallMs", event.get("wallTime")) or 0)
         cpu_ms = float(fetches.get("cpuMs", event.get("cpuTime")) or 0)
-        start_ns = int(event.get("eventTimestamp") or 0) * 1_000_000
+        start_ns = int(float(fetches.get("startMs", event.get("eventTimestamp")) or 0) * 1_000_000)
         end_ns = start_ns + int(wall_ms * 1_000_000)
         info = event.get("event") or {}
         request = info.get("request") if isinstance(info, dict) else None
-        kind = "fetch" if request else (next(iter(info), "event") if isinstance(info, dict) else "event")
+        kind = handler_of(info)
         script = event.get("scriptName") or ""
         attributes: dict[str, Any] = {
             "faas.name": script,
@@ -188,13 +203,18 @@ class OtelExport:
             parent = incoming_context(request)  # the caller's trace, when it sent one
             if parent is None and request_id and _HEX32.fullmatch(request_id):
                 self._ids.next_trace_id = int(request_id, 16)
-        span = self.tracer.start_span(f"{kind} {script}", context=parent, start_time=start_ns,
+        # What ran and whose: "fetch hello", "alarm counter", an RPC call by its method.
+        name = f"{info['rpcMethod']} {script}" if kind == "rpc" and isinstance(info, dict) else f"{kind} {script}"
+        span = self.tracer.start_span(name, context=parent, start_time=start_ns,
                                       kind=SpanKind.SERVER if server else SpanKind.INTERNAL,
                                       attributes=attributes)
         self._ids.next_trace_id = None
         context = trace.set_span_in_context(span)
+        status = attributes.get("http.response.status_code", 0)
         if event.get("outcome") != Outcome.OK:
             span.set_status(Status(StatusCode.ERROR, str(event.get("outcome"))))
+        elif status >= 500:  # OTel's HTTP conventions: a server's 5xx is its error
+            span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
         for fetch in fetches.get("fetches") or ():
             self._fetch_span(fetch, context)
         for child, child_fetches in zip(event.get("children") or (), fetches.get("children") or (), strict=False):
@@ -238,4 +258,6 @@ class OtelExport:
                                       attributes=attributes)
         if fetch.get("error"):
             span.set_status(Status(StatusCode.ERROR, str(fetch["error"])))
+        elif int(fetch.get("status") or 0) >= 400:  # a client's 4xx and 5xx are errors (OTel's HTTP conventions)
+            span.set_status(Status(StatusCode.ERROR, f"HTTP {fetch['status']}"))
         span.end(end_time=max(int(fetch.get("end_ns") or start), start))

@@ -361,10 +361,10 @@ def nodes(inv: Invocation) -> list[Invocation]:
 
 def fetch_tree(inv: Invocation) -> dict[str, Any]:
     """The outbound fetches of each invocation of a tree, shaped like its
-    events, with its CPU and wall time unrounded (spans keep what the event's
-    whole milliseconds cut)."""
+    events, with its start, CPU and wall time unrounded (spans keep what the
+    event's whole milliseconds cut: a child's span ended after its parent's)."""
     return {"fetches": list(inv.fetches or ()), "cpuMs": inv.cpu_ns / 1e6, "wallMs": inv.wall_ms,
-            "children": [fetch_tree(c) for c in inv.children]}
+            "startMs": inv.event_ts, "children": [fetch_tree(c) for c in inv.children]}
 
 
 def script_not_found(script: str, url: str, method: bytes, headers: list[tuple[bytes, bytes]],
