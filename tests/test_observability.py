@@ -1152,7 +1152,8 @@ def test_faas_trigger_per_event_shape():
     assert faas_trigger({"queue": "jobs", "batchSize": 3}) == "pubsub"
     assert faas_trigger({"cron": "* * * * *", "scheduledTime": 0}) == "timer"
     assert faas_trigger({"request": {"url": "http://x/"}, "response": None}) == "http"
-    for other in ({"consumedEvents": []}, {"rpcMethod": "m"}, {"scheduledTime": 0}, None):
+    assert faas_trigger({"scheduledTime": 0}) == "timer"  # a Durable Object's alarm
+    for other in ({"consumedEvents": []}, {"rpcMethod": "m"}, None):
         assert faas_trigger(other) == "other", other
 
 

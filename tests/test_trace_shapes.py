@@ -503,5 +503,6 @@ def test_spans_keep_the_exact_figures_the_event_cuts():
     whole milliseconds are Cloudflare's shape for the event, not a span's."""
     from supervisor.observability.traces import fetch_tree
 
-    inv = SimpleNamespace(fetches=None, cpu_ns=1_500_000, wall_ms=2.75, children=[])
-    assert fetch_tree(inv) == {"fetches": [], "cpuMs": 1.5, "wallMs": 2.75, "children": []}
+    inv = SimpleNamespace(fetches=None, cpu_ns=1_500_000, wall_ms=2.75, event_ts=1_700_000_000_123.456, children=[])
+    assert fetch_tree(inv) == {"fetches": [], "cpuMs": 1.5, "wallMs": 2.75, "startMs": 1_700_000_000_123.456,
+                               "children": []}
