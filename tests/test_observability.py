@@ -778,6 +778,14 @@ def test_pretty_format_is_wranglers():
     assert lines[0].startswith("GET http://a/ - Exception Thrown @ ")
     assert lines[1] == "  (log) hi" and lines[2] == "  ✘ Error: bad"
     assert lines[3].startswith("  GET http://a/ - Ok @ ") and "[default/u]" in lines[3]
+    # Other handlers' events by what ran, as wrangler names them (they showed "Cron", "Scheduledtime").
+    for info, head in (({"cron": "*/5 * * * *", "scheduledTime": 0}, '"*/5 * * * *"'),
+                       ({"scheduledTime": "2026-01-01T00:00:00.000Z"}, "Alarm"),
+                       ({"queue": "jobs", "batchSize": 3}, "Queue jobs (3 messages)"),
+                       ({"rpcMethod": "hello"}, "RPC hello"), ({"getWebSocketEvent": {}}, "WebSocket"),
+                       ({"novel": 1}, "Unknown Event")):
+        shown = format_pretty({"outcome": "ok", "eventTimestamp": 0, "scriptName": "s", "event": info})
+        assert shown.startswith(f"{head} - Ok @ "), shown
 
 
 HOSTILE = ("hello\x1b]0;OWNED-TITLE\x07\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2K\r\nGET https://victim.example/admin"

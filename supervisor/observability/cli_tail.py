@@ -144,8 +144,18 @@ def format_pretty(event: dict[str, Any], colour: bool = False, indent: str = "")
         head = f"Tail ({len(info['consumedEvents'])} events)"
     elif event.get("event") is None:
         head = "(no event)"
+    elif isinstance(info, dict) and "cron" in info:  # as wrangler prints a scheduled event
+        head = printable(f'"{info["cron"]}"')
+    elif isinstance(info, dict) and "scheduledTime" in info:
+        head = "Alarm"
+    elif isinstance(info, dict) and "queue" in info:
+        head = printable(f"Queue {info['queue']} ({info.get('batchSize', 0)} messages)")
+    elif isinstance(info, dict) and "rpcMethod" in info:
+        head = printable(f"RPC {info['rpcMethod']}")
+    elif isinstance(info, dict) and "getWebSocketEvent" in info:
+        head = "WebSocket"
     else:
-        head = printable(next(iter(info), "event").capitalize() if isinstance(info, dict) else "Event")
+        head = "Unknown Event"
     status = paint(_GREEN if outcome == Outcome.OK else _RED, shown)
     lines = [f"{indent}{paint(_BOLD, head)} - {status} @ {stamp} {paint(_DIM, '[' + name + ']')}"]
     for line in event.get("logs") or ():
