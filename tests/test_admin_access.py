@@ -99,6 +99,8 @@ def test_tcp_needs_a_token(server, tls_files):
     response = httpx.get(f"https://127.0.0.1:{server.tcp_port}/accounts/local/workers/dispatch/namespaces",
                          verify=ssl.create_default_context(cafile=str(tls_files[0])))
     assert response.status_code == 401 and "Authorization: Bearer" in response.json()["errors"][0]["message"]
+    # With its reason phrase, which clients quote (wrangler's "404: Not Found").
+    assert response.reason_phrase == "Unauthorized", response.reason_phrase
     with pytest.raises(httpx.HTTPError):  # TLS only
         httpx.get(f"http://127.0.0.1:{server.tcp_port}/accounts/local/workers/dispatch/namespaces", timeout=5)
 

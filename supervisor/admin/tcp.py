@@ -14,6 +14,7 @@ time per connection, a body limit, a header timeout), not the ingress server.
 
 from __future__ import annotations
 
+import http
 import ssl
 from typing import Any
 
@@ -50,6 +51,9 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     context.load_cert_chain(cert, key)
     return context
 
+
+#: Statuses with a standard reason phrase.
+_KNOWN_STATUSES = frozenset(s.value for s in http.HTTPStatus)
 
 class AdminTCP:
     def __init__(self, api: AdminAPI, context: ssl.SSLContext | None, tails: TailSessions | None = None) -> None:
@@ -162,6 +166,8 @@ class AdminTCP:
     async def _send(stream: trio.abc.Stream, conn: h11.Connection, status: int,
                     headers: list[tuple[bytes, bytes]], payload: bytes) -> None:
         headers = [*headers, (b"content-length", str(len(payload)).encode())]
-        data = conn.send(h11.Response(status_code=status, headers=headers))
+        # The standard reason phrase: clients quote it ("404: Not Found" in wrangler's errors).
+        reason = http.HTTPStatus(status).phrase.encode() if status in _KNOWN_STATUSES else b""
+        data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
         data += conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage())
         await stream.send_all(data)
