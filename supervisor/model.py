@@ -604,16 +604,18 @@ def _explain(message: str) -> str:
 
 
 def resolve_bindings(metadata: UploadMetadata, previous: ScriptRecord | None) -> list[Binding]:
-    """The bindings to store: ``inherit`` and ``keep_bindings`` carry the
-    deployed version's bindings over, as on Cloudflare."""
+    """The bindings to store: ``inherit`` and ``keep_bindings`` carry
+    ``previous``'s over (the script's newest version, deployed or not, as
+    Cloudflare's ``inherit`` "defaults to inheriting the binding from the
+    latest version")."""
     old = {b.name: b for b in previous.bindings} if previous else {}
     out: list[Binding] = []
     seen: set[str] = set()
     for binding in metadata.bindings:
         if isinstance(binding, Inherit):
             if binding.name not in old:
-                raise Invalid(f"binding {binding.name!r} has type 'inherit' but the deployed "
-                              "script has no binding of that name")
+                raise Invalid(f"binding {binding.name!r} has type 'inherit' but the script's latest "
+                              "version has no binding of that name")
             out.append(old[binding.name])
         else:
             out.append(binding)

@@ -199,6 +199,29 @@ def test_keep_bindings_and_inherit_carry_secrets_over(client):
     assert "inherit" in error_message(env)
 
 
+def test_inherit_takes_the_latest_version_not_the_deployed_one(client):
+    """Cloudflare's ``inherit`` "defaults to inheriting the binding from the
+    latest version": wrangler's ``versions secret put`` after a ``versions
+    upload`` (not deployed) sends the latest version's bindings as inherit,
+    and was refused, or given the deployed version's values."""
+    def version(bindings):
+        parts = [Part(name="metadata", content_type="application/json",
+                      data=json.dumps({"main_module": "worker.py", "bindings": bindings}).encode()),
+                 Part(name="worker.py", filename="worker.py", data=CODE)]
+        ct, body = encode(parts)
+        return client("POST", f"{PS}/v/versions", body, headers=[(b"content-type", ct.encode())])
+
+    client.upload(f"{PS}/v", {"main_module": "worker.py", "bindings": [
+        {"type": "plain_text", "name": "GREETING", "text": "v1"}]})
+    version([{"type": "plain_text", "name": "GREETING", "text": "v2"},
+             {"type": "secret_text", "name": "K2", "text": "only-in-the-latest"}])
+    version([{"type": "inherit", "name": "GREETING"}, {"type": "inherit", "name": "K2"},
+             {"type": "secret_text", "name": "S3", "text": "new"}])
+    latest = client.store.get_latest(PLATFORM, "v")
+    assert {b.name: b.text for b in latest.bindings} == {"GREETING": "v2", "K2": "only-in-the-latest", "S3": "new"}
+    assert client.store.get_script(PLATFORM, "v").bindings[0].text == "v1"  # what serves is unchanged
+
+
 @pytest.mark.parametrize(
     "metadata, fragment",
     [

@@ -514,7 +514,11 @@ class Handlers:
         packages = await packages_upload.resolve_parts(parts, _LockResolver(self.hooks), vendored)
         if warnings is not None:
             warnings.extend(packages.warnings)
-        record = self._build_record(ns, name, parts, previous, packages, code_only=code_only)
+        # inherit and keep_bindings take the newest version's bindings, deployed or
+        # not (wrangler versions secret put on top of an undeployed upload).
+        latest = await self._run(self.store.get_latest, ns, name) if previous is not None else None
+        record = self._build_record(ns, name, parts, previous, packages, code_only=code_only,
+                                    bindings_from=latest or previous)
         check_variables(record.bindings)
         await self.check_services(record)
         if warnings is not None and record.assets is not None:
@@ -575,7 +579,7 @@ class Handlers:
     def _build_record(self, ns: str, name: str, parts: list[multipart.Part],
                       previous: ScriptRecord | None,
                       packages: packages_upload.Resolved | None = None, *,
-                      code_only: bool = False) -> ScriptRecord:
+                      code_only: bool = False, bindings_from: ScriptRecord | None = None) -> ScriptRecord:
         metadata_parts = [p for p in parts if p.name == "metadata"]
         if not metadata_parts:
             raise Invalid("the upload has no 'metadata' part (JSON with main_module, bindings, ...)")
@@ -598,7 +602,7 @@ class Handlers:
             return msgspec.structs.replace(updated, version=record_version(updated))
         assets = self._assets(ns, name, metadata, raw, previous)
         main_module = self._main_module(metadata, modules)
-        bindings = resolve_bindings(metadata, previous)
+        bindings = resolve_bindings(metadata, bindings_from or previous)
         # No 'tags' key keeps the deployed tags (a code update should not untag);
         # an explicit list, even empty, replaces them.
         if metadata.tags is not None:

@@ -614,6 +614,18 @@ class Store:
                            f"GET .../scripts/{name}/versions", code=VERSION_NOT_FOUND_CODE)
         return msgspec.structs.replace(record, created_on=number[1])
 
+    def get_latest(self, namespace: str, name: str) -> ScriptRecord | None:
+        """The newest version as a full record, deployed or not (None: no script):
+        what a new version's ``inherit`` bindings come from, as on Cloudflare."""
+        rows = self._read("SELECT id FROM versions WHERE namespace = ? AND name = ? ORDER BY number DESC LIMIT 1",
+                          (namespace, name))
+        if not rows:
+            return None
+        try:
+            return self.get_version_record(namespace, name, rows[0][0])
+        except NotFound:  # deleted in between
+            return None
+
     def deploy(self, namespace: str, name: str, splits: list[Split], *, source: str = "api",
                message: str = "") -> DeploymentInfo:
         """Send the script's traffic to these versions in these shares (a rollback
