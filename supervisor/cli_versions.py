@@ -62,7 +62,8 @@ def cmd_rollback(args: argparse.Namespace, client: AdminClient) -> int:
     body: dict[str, Any] = {"strategy": "percentage", "versions": [{"version_id": target, "percentage": 100}]}
     if args.message:
         body["annotations"] = {"workers/message": args.message}
-    result = client.json("POST", f"{base}/deployments", body)
+    # A version whose secrets differ is refused (10220) unless forced, as wrangler rollback asks first.
+    result = client.json("POST", f"{base}/deployments" + ("?force=true" if args.force else ""), body)
     _emit(args, result, f"rolled {args.name} back to version {target} (deployment {result['id']})")
     return 0
 
@@ -77,6 +78,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                               help="deploy an earlier version (default: the one deployed before)")
     rollback.add_argument("--namespace", "-n", help="dispatch namespace (default: a platform script)")
     rollback.add_argument("--message", "-m", help="why (kept with the deployment)")
+    rollback.add_argument("--force", action="store_true",
+                          help="roll back even to a version whose secrets differ from the deployed one's")
     rollback.add_argument("name", metavar="NAME")
     rollback.add_argument("version", metavar="VERSION", nargs="?", help="a version id or # from `corral versions`")
 

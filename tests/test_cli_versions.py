@@ -125,3 +125,21 @@ def test_deploy_labels_the_new_version_with_a_tag_and_a_message(server, tmp_path
     assert row.split()[-3:] == ["v7", "the", "seventh"]
     err = cli(server, "deploy", "-n", "default", "labelled", worker, "--version-tag", "t" * 101, expect=2).stderr
     assert "longer than 100 bytes" in err
+
+
+def test_a_rollback_across_a_secret_change_asks_to_be_forced(server, tmp_path):
+    """As Cloudflare answers wrangler rollback (10220, naming the secrets),
+    which then asks before it forces: the secret put since was dropped
+    without a word."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(CODE.format(text="r"))
+    cli(server, "deploy", "guarded", worker)
+    cli(server, "secret", "put", "guarded", "TOKEN", stdin="s3cr3t\n")
+    err = cli(server, "rollback", "guarded", expect=1).stderr
+    assert "code 10220" in err and "The following secrets have changed: TOKEN" in err, err
+    assert "TOKEN" in cli(server, "secret", "list", "guarded").stdout  # nothing was rolled back
+    cli(server, "rollback", "guarded", "--force")
+    assert cli(server, "secret", "list", "guarded").stdout.strip() == "(none)"
+    # Forward again: a newer version brings its secrets as uploaded, no question asked.
+    cli(server, "rollback", "guarded", "2")
+    assert "TOKEN" in cli(server, "secret", "list", "guarded").stdout

@@ -187,10 +187,15 @@ def test_secrets_versions_deployments_rollback(wr):
     assert deployments[0]["versions"][0]["version_id"] == versions[0]["id"]
     one = wr.get(f"{A}/workers/scripts/sec/versions/{versions[1]['id']}").json()["result"]
     assert one["resources"]["script"]["handlers"] == ["fetch"]
-    # wrangler rollback: a deployment of the one before, with its message.
-    resp = wr.post(f"{A}/workers/scripts/sec/deployments",
-                   json={"strategy": "percentage", "versions": [{"version_id": versions[1]["id"], "percentage": 100}],
-                         "annotations": {"workers/message": "back"}})
+    # wrangler rollback: a deployment of the one before, with its message. That
+    # version has the secret the deployed one deleted: 10220 naming it, which
+    # wrangler shows and confirms before it forces the rollback.
+    body = {"strategy": "percentage", "versions": [{"version_id": versions[1]["id"], "percentage": 100}],
+            "annotations": {"workers/message": "back"}}
+    refused = wr.post(f"{A}/workers/scripts/sec/deployments", json=body)
+    _error(refused, 409, 10220)
+    assert refused.json()["errors"][0]["message"].endswith("The following secrets have changed: TOKEN")
+    resp = wr.post(f"{A}/workers/scripts/sec/deployments", json=body, params={"force": "true"})
     assert resp.json()["result"]["annotations"] == {"workers/message": "back"}
     latest = wr.get(f"{A}/workers/scripts/sec/deployments").json()["result"]["deployments"][0]
     assert latest["versions"][0]["version_id"] == versions[1]["id"]

@@ -14,10 +14,11 @@ import logging
 from typing import Any
 
 from supervisor.admin.decode import clip, query_int
-from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, deploy_source, log_event
+from supervisor.admin.handlers import _NS, _PS, Handlers, _flag, _namespace_of, _script_of, deploy_source, log_event
 from supervisor.admin.render import Response, deployment_json, envelope, script_json, version_json
 from supervisor.admin.router import Request, Router
-from supervisor.errors import Invalid, NotFound
+from supervisor.errors import Conflict, Invalid, NotFound
+from supervisor.model import SecretText
 from supervisor.store.records import Split
 
 
@@ -108,12 +109,41 @@ class VersionHandlers:
     async def create_deployment(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
         splits, message = parse_splits(request.json())
+        if not _flag(request, "force"):
+            await self.core._run(_check_rollback_secrets, self.store, ns, name, splits)
         info = await self.core._run(functools.partial(self.store.deploy, ns, name, splits, message=message,
                                                               source=deploy_source(request)))
         self.core._changed(ns, name)
         log_event(logging.INFO, "admin.deployed", namespace=ns, script=name,
                   versions=[[s.version_id, s.percentage] for s in splits])
         return envelope(200, deployment_json(info))
+
+
+#: Cloudflare's code for a rollback to a version whose secrets differ from the deployed one's.
+ROLLBACK_SECRETS_CODE = 10220
+
+
+def _check_rollback_secrets(store: Any, ns: str, name: str, splits: list[Split]) -> None:
+    """Refuse, unless ``?force=true``, a deployment of a version older than the
+    deployed one whose secrets differ from its (wrangler rollback then names
+    them and asks before it forces): a rollback silently dropped a secret
+    set since, or brought an old value back. Blocking."""
+    deployed = store.get_primary(ns, name)
+    if deployed is None:
+        return
+    current = {b.name: b.text for b in deployed.bindings if isinstance(b, SecretText)}
+    number = store.version_info(ns, name, deployed.version_id).number if deployed.version_id else None
+    for split in splits:
+        info = store.version_info(ns, name, split.version_id)
+        if number is None or info.number >= number:
+            continue  # not a rollback: a newer version brings its secrets as uploaded
+        target = store.get_version_record(ns, name, split.version_id)
+        theirs = {b.name: b.text for b in target.bindings if isinstance(b, SecretText)}
+        changed = sorted(k for k in current.keys() | theirs.keys() if current.get(k) != theirs.get(k))
+        if changed:
+            raise Conflict(f"A rollback to version {split.version_id} would change the Worker's secrets, which "
+                           "changed since it was deployed; deploy with ?force=true to roll back anyway. The "
+                           f"following secrets have changed: {', '.join(changed)}", code=ROLLBACK_SECRETS_CODE)
 
 
 __all__ = ["VersionHandlers", "parse_splits", "script_json"]
