@@ -143,3 +143,22 @@ def test_a_rollback_across_a_secret_change_asks_to_be_forced(server, tmp_path):
     # Forward again: a newer version brings its secrets as uploaded, no question asked.
     cli(server, "rollback", "guarded", "2")
     assert "TOKEN" in cli(server, "secret", "list", "guarded").stdout
+
+
+def test_a_secret_edit_waits_for_the_latest_version_to_be_deployed(server, tmp_path):
+    """Made from the deployed version, a secret put deployed over a newer
+    upload (older code went live); Cloudflare refuses it with 10215 and wrangler
+    points to `versions secret put`."""
+    from tests.harness import multipart
+
+    worker = tmp_path / "worker.py"
+    worker.write_text(CODE.format(text="live"))
+    cli(server, "deploy", "staged", worker)
+    body, ctype = multipart({"main_module": "worker.py"}, {"worker.py": CODE.format(text="staged")})
+    assert server.admin("POST", "/accounts/local/workers/scripts/staged/versions", body, ctype).status == 200
+    err = cli(server, "secret", "put", "staged", "TOKEN", stdin="x\n", expect=1).stderr
+    assert "code 10215" in err and "latest version of your Worker isn't currently deployed" in err, err
+    content = server.admin("GET", "/accounts/local/workers/scripts/staged/content")
+    assert b"'live'" in content.body  # nothing was deployed
+    cli(server, "rollback", "staged", "2")  # the staged version, deployed
+    cli(server, "secret", "put", "staged", "TOKEN", stdin="x\n")

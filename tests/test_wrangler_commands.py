@@ -165,6 +165,9 @@ def test_a_rollback_keeps_the_cron_triggers_and_the_queue_consumer(server: Corra
 
 def test_a_secrets_deployment_shows_as_a_secret_change(wrangler: Wrangler, project: Path, deployed: str) -> None:
     """Its ``source`` is one of Cloudflare's, what made it a ``workers/triggered_by`` annotation."""
+    # The latest version deployed first (a rollback before may have left an older one
+    # serving): a secret edit is refused while it is not (10215), as on Cloudflare.
+    wrangler(project, "deploy")
     assert "Uploaded secret API_KEY" in wrangler(project, "secret", "put", "API_KEY", stdin="k\n")
     newest = json.loads(wrangler(project, "deployments", "list", "--json"))[-1]
     assert (newest["source"], newest["annotations"]) == ("api", {"workers/triggered_by": "secret"}), newest

@@ -208,6 +208,8 @@ class _LockResolver:
         return await self.hooks.resolve_requirements(requirements)
 
 
+#: Cloudflare's code for a secret edit while the latest version is not deployed.
+LATEST_NOT_DEPLOYED_CODE = 10215
 #: Cloudflare's code for a Durable Object binding to a class the script does not export.
 CLASS_NOT_EXPORTED_CODE = 10061
 
@@ -439,6 +441,22 @@ class Handlers:
         record = await self._run(self.store.get_primary, ns, name)
         if record is None:
             raise script_not_found(ns, name)
+        return ns, name, record
+
+    async def deployed_latest(self, request: Request) -> tuple[str, str, ScriptRecord]:
+        """As :meth:`deployed`, for an edit that makes a new version of the
+        deployed one and deploys it (a secret put or delete): refused, with
+        Cloudflare's 10215, while a newer version is uploaded but not
+        deployed. Made from the deployed version, the edit would deploy over
+        the newer one, older code going live (``wrangler versions secret
+        put`` is the edit for that case)."""
+        ns, name, record = await self.deployed(request)
+        latest = await self._run(self.store.get_latest, ns, name)
+        if latest is not None and latest.version_id and latest.version_id != record.version_id:
+            raise Invalid("Secret edit failed. You attempted to modify a secret, but the latest version of your "
+                          "Worker isn't currently deployed. Please ensure that the latest version of your Worker "
+                          "is fully deployed (wrangler versions deploy) before modifying secrets, or use "
+                          "wrangler versions secret put", code=LATEST_NOT_DEPLOYED_CODE)
         return ns, name, record
 
     async def get_script(self, request: Request) -> Response:

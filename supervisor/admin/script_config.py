@@ -106,7 +106,7 @@ class ScriptConfigHandlers:
         if body.get("type", "secret_text") != "secret_text":
             raise Invalid(f"secret type {clip(str(body.get('type')))!r} is not supported: use 'secret_text'")
         secret = SecretText(name=body["name"], text=body["text"])  # validates the name
-        ns, name, record = await self.core.deployed(request)
+        ns, name, record = await self.core.deployed_latest(request)
         bindings = [b for b in record.bindings if b.name != secret.name]
         clash = next((b for b in record.bindings if b.name == secret.name and not isinstance(b, SecretText)), None)
         if clash is not None:
@@ -117,7 +117,7 @@ class ScriptConfigHandlers:
         return envelope(200, _secret_json(secret))
 
     async def delete_secret(self, request: Request) -> Response:
-        ns, name, record = await self.core.deployed(request)
+        ns, name, record = await self.core.deployed_latest(request)
         key = request.params["key"]
         if not any(isinstance(b, SecretText) and b.name == key for b in record.bindings):
             raise NotFound(f"script {name!r} has no secret {clip(key)!r}", code=10056)

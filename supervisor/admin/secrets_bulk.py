@@ -80,7 +80,7 @@ class SecretsBulkHandlers:
             body = msgspec.json.decode(request.body or b"{}", type=BulkSecrets)
         except msgspec.DecodeError as exc:
             raise Invalid(f"the secrets patch is not {_SHAPE}: {exc}") from None
-        ns, name, record = await self.core.deployed(request)
+        ns, name, record = await self.core.deployed_latest(request)
         bindings = patched(record, body.secrets)
         if body.secrets or body.version_tags is not None:
             tags = body.version_tags or VersionAnnotations()

@@ -134,7 +134,10 @@ def _check_rollback_secrets(store: Any, ns: str, name: str, splits: list[Split])
     current = {b.name: b.text for b in deployed.bindings if isinstance(b, SecretText)}
     number = store.version_info(ns, name, deployed.version_id).number if deployed.version_id else None
     for split in splits:
-        info = store.version_info(ns, name, split.version_id)
+        try:
+            info = store.version_info(ns, name, split.version_id)
+        except NotFound:
+            continue  # the deployment itself says so, with its other checks
         if number is None or info.number >= number:
             continue  # not a rollback: a newer version brings its secrets as uploaded
         target = store.get_version_record(ns, name, split.version_id)
