@@ -183,6 +183,10 @@ def test_secrets_versions_deployments_rollback(wr):
 
     versions = wr.get(f"{A}/workers/scripts/sec/versions", params={"deployable": "true"}).json()["result"]["items"]
     assert len(versions) == 3 and versions[-1]["metadata"]["source"] == "wrangler"
+    # Each with its bindings (wrangler's `versions secret list --latest-version` reads them): the
+    # secret is in the version the put made, gone from the one the delete made.
+    assert [[b["name"] for b in v["resources"]["bindings"] if b["type"] == "secret_text"] for v in versions] == [
+        [], ["TOKEN"], []]
     deployments = wr.get(f"{A}/workers/scripts/sec/deployments").json()["result"]["deployments"]
     assert deployments[0]["versions"][0]["version_id"] == versions[0]["id"]
     one = wr.get(f"{A}/workers/scripts/sec/versions/{versions[1]['id']}").json()["result"]

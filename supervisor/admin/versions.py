@@ -18,7 +18,7 @@ from supervisor.admin.handlers import _NS, _PS, Handlers, _flag, _namespace_of, 
 from supervisor.admin.render import Response, deployment_json, envelope, script_json, version_json
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Conflict, Invalid, NotFound
-from supervisor.model import SecretText
+from supervisor.model import SecretText, public_binding
 from supervisor.store.records import Split
 
 
@@ -61,7 +61,12 @@ class VersionHandlers:
         page = query_int(request.query, "page", 1, 1_000_000)
         per_page = query_int(request.query, "per_page", 100, 1000)
         infos, total = await self.core._run(self.store.list_versions, ns, name, page, per_page)
-        return envelope(200, {"items": [version_json(i) for i in infos]},
+        # Each item's bindings too, as Cloudflare lists them (wrangler's
+        # `versions secret list --latest-version` reads items[0].resources.bindings).
+        bindings = await self.core._run(self.store.versions_bindings, ns, name, [i.id for i in infos])
+        items = [{**version_json(i), "resources": {"bindings": [public_binding(b) for b in bindings.get(i.id, [])]}}
+                 for i in infos]
+        return envelope(200, {"items": items},
                         result_info={"page": page, "per_page": per_page, "count": len(infos),
                                      "total_count": total})
 

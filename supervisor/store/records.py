@@ -131,6 +131,11 @@ def record_from_row(row: Sequence[Any], modules: bytes | None, assets: str = "")
     )
 
 
+def bindings_of(metadata: str | bytes) -> list[Binding]:
+    """The bindings a stored ``metadata`` column holds."""
+    return _metadata_decoder.decode(metadata).bindings
+
+
 def packages_lock_of(metadata: str | bytes) -> str:
     """The package lock a stored ``metadata`` column names ("" for none)."""
     return _metadata_decoder.decode(metadata).packages_lock

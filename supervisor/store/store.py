@@ -30,7 +30,7 @@ import msgspec
 
 from supervisor.edge.routes import RouteError, RouteTable, check_wildcards, normalize_hostname, normalize_pattern
 from supervisor.errors import Conflict, Invalid, NotFound
-from supervisor.model import MAX_TAGS, PLATFORM, ScriptRecord, check_name, check_tag
+from supervisor.model import MAX_TAGS, PLATFORM, Binding, ScriptRecord, check_name, check_tag
 from supervisor.store import schema
 from supervisor.store.cache import Deployed, RecordCache, pick
 from supervisor.store.cursors import TagFilter, coerce_filters, decode_cursor, encode_cursor
@@ -44,6 +44,7 @@ from supervisor.store.records import (
     Split,
     TokenInfo,
     VersionInfo,
+    bindings_of,
     encode_metadata,
     encode_modules,
     keep_unversioned,
@@ -613,6 +614,17 @@ class Store:
             raise NotFound(f"script {name!r} has no version {version_id[:80]!r}: list them with "
                            f"GET .../scripts/{name}/versions", code=VERSION_NOT_FOUND_CODE)
         return msgspec.structs.replace(record, created_on=number[1])
+
+    def versions_bindings(self, namespace: str, name: str, version_ids: list[str]) -> dict[str, list[Binding]]:
+        """Each version's bindings, by id, without its code (a versions list's
+        ``resources.bindings``, which wrangler reads)."""
+        if not version_ids:
+            return {}
+        marks = ", ".join("?" * len(version_ids))
+        rows = self._read(f"SELECT v.id, b.metadata FROM versions v JOIN bundles b ON b.hash = v.bundle "
+                          f"WHERE v.namespace = ? AND v.name = ? AND v.id IN ({marks})",
+                          (namespace, name, *version_ids))
+        return {row[0]: bindings_of(row[1]) for row in rows}
 
     def get_latest(self, namespace: str, name: str) -> ScriptRecord | None:
         """The newest version as a full record, deployed or not (None: no script):
