@@ -226,15 +226,6 @@ def _check_own_classes(record: ScriptRecord, check: LoadCheck) -> None:
                           f"script (binding {binding.name!r}; its classes: {shown})", code=CLASS_NOT_EXPORTED_CODE)
 
 
-def _migrations_of(parts: list[multipart.Part]) -> Any:
-    """The upload metadata's Durable Object ``migrations`` (None: none)."""
-    for part in parts:
-        if part.name == "metadata":
-            raw = decode_json(part.data, "the 'metadata' part", MAX_METADATA_BYTES)
-            return raw.get("migrations") if isinstance(raw, dict) else None
-    return None
-
-
 def wants_code(accept: str) -> bool:
     """Whether an ``Accept`` header asks for a script's code (JavaScript or
     Python source, or the multipart of its modules) and not for JSON."""
@@ -451,8 +442,8 @@ class Handlers:
         the newer one, older code going live (``wrangler versions secret
         put`` is the edit for that case)."""
         ns, name, record = await self.deployed(request)
-        latest = await self._run(self.store.get_latest, ns, name)
-        if latest is not None and latest.version_id and latest.version_id != record.version_id:
+        latest = await self._run(self.store.latest_version_id, ns, name)
+        if latest is not None and record.version_id and latest != record.version_id:
             raise Invalid("Secret edit failed. You attempted to modify a secret, but the latest version of your "
                           "Worker isn't currently deployed. Please ensure that the latest version of your Worker "
                           "is fully deployed (wrangler versions deploy) before modifying secrets, or use "
@@ -535,8 +526,8 @@ class Handlers:
         # inherit and keep_bindings take the newest version's bindings, deployed or
         # not (wrangler versions secret put on top of an undeployed upload).
         latest = await self._run(self.store.get_latest, ns, name) if previous is not None else None
-        record = self._build_record(ns, name, parts, previous, packages, code_only=code_only,
-                                    bindings_from=latest or previous)
+        record, metadata = self._build_record(ns, name, parts, previous, packages, code_only=code_only,
+                                              bindings_from=latest or previous)
         check_variables(record.bindings)
         await self.check_services(record)
         if warnings is not None and record.assets is not None:
@@ -547,11 +538,10 @@ class Handlers:
             raise LoadFailed(f"script {name!r} failed to load: {check.error}")
         _check_own_classes(record, check)
         record = msgspec.structs.replace(record, handlers=list(check.handlers))
-        migrations = _migrations_of(parts)
         migrate = getattr(self.hooks, "migrate_durable_objects", None)
-        if deploy and migrations and migrate is not None:
+        if deploy and metadata.migrations and migrate is not None:
             # Before the version serves: its objects find their data under their new class.
-            await migrate(ns, name, migrations, previous is not None)
+            await migrate(ns, name, metadata.migrations, previous is not None)
         stored = await self._run(functools.partial(self.store.put_script, record, deploy=deploy,
                                                     source=deploy_source(request)))
         if deploy:
@@ -597,7 +587,9 @@ class Handlers:
     def _build_record(self, ns: str, name: str, parts: list[multipart.Part],
                       previous: ScriptRecord | None,
                       packages: packages_upload.Resolved | None = None, *,
-                      code_only: bool = False, bindings_from: ScriptRecord | None = None) -> ScriptRecord:
+                      code_only: bool = False, bindings_from: ScriptRecord | None = None
+                      ) -> tuple[ScriptRecord, UploadMetadata]:
+        """The version an upload makes, and its metadata as decoded."""
         metadata_parts = [p for p in parts if p.name == "metadata"]
         if not metadata_parts:
             raise Invalid("the upload has no 'metadata' part (JSON with main_module, bindings, ...)")
@@ -617,7 +609,7 @@ class Handlers:
                 packages_upload.check_bundle_size(modules, packages.lock)
                 updated = msgspec.structs.replace(updated, requirements=packages.requirements,
                                                   packages_lock=packages.lock_id)
-            return msgspec.structs.replace(updated, version=record_version(updated))
+            return msgspec.structs.replace(updated, version=record_version(updated)), metadata
         assets = self._assets(ns, name, metadata, raw, previous)
         main_module = self._main_module(metadata, modules)
         bindings = resolve_bindings(metadata, bindings_from or previous)
@@ -662,7 +654,7 @@ class Handlers:
             version_message=notes.message or "",
             limits=metadata.limits,
         )
-        return msgspec.structs.replace(record, version=record_version(record))
+        return msgspec.structs.replace(record, version=record_version(record)), metadata
 
     @staticmethod
     def _main_module(metadata: UploadMetadata, modules: dict[str, bytes]) -> str:

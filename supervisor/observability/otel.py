@@ -204,7 +204,7 @@ class OtelExport:
             if parent is None and request_id and _HEX32.fullmatch(request_id):
                 self._ids.next_trace_id = int(request_id, 16)
         # What ran and whose: "fetch hello", "alarm counter", an RPC call by its method.
-        name = f"{info['rpcMethod']} {script}" if kind == "rpc" and isinstance(info, dict) else f"{kind} {script}"
+        name = f"{info['rpcMethod']} {script}" if kind == "rpc" else f"{kind} {script}"
         span = self.tracer.start_span(name, context=parent, start_time=start_ns,
                                       kind=SpanKind.SERVER if server else SpanKind.INTERNAL,
                                       attributes=attributes)

@@ -626,15 +626,20 @@ class Store:
                           (namespace, name, *version_ids))
         return {row[0]: bindings_of(row[1]) for row in rows}
 
+    def latest_version_id(self, namespace: str, name: str) -> str | None:
+        """The newest version's id, deployed or not (None: no script)."""
+        rows = self._read("SELECT id FROM versions WHERE namespace = ? AND name = ? ORDER BY number DESC LIMIT 1",
+                          (namespace, name))
+        return rows[0][0] if rows else None
+
     def get_latest(self, namespace: str, name: str) -> ScriptRecord | None:
         """The newest version as a full record, deployed or not (None: no script):
         what a new version's ``inherit`` bindings come from, as on Cloudflare."""
-        rows = self._read("SELECT id FROM versions WHERE namespace = ? AND name = ? ORDER BY number DESC LIMIT 1",
-                          (namespace, name))
-        if not rows:
+        version_id = self.latest_version_id(namespace, name)
+        if version_id is None:
             return None
         try:
-            return self.get_version_record(namespace, name, rows[0][0])
+            return self.get_version_record(namespace, name, version_id)
         except NotFound:  # deleted in between
             return None
 
