@@ -307,10 +307,11 @@ class Headers(http.client.HTTPMessage):
         """One pair per name, its values joined as :meth:`get` joins them
         (``Set-Cookie``'s one pair per value), as the SDK builds a request's
         headers from JavaScript's Headers, which combine them."""
-        if len(self.keys()) == len(self._items):
+        names = self.keys()
+        if len(names) == len(self._items):
             return list(self._items)  # no name twice: nothing to join
         pairs: list[tuple[str, str]] = []
-        for name in self.keys():
+        for name in names:
             if name == "set-cookie":
                 pairs += [(n, v) for n, v in self._items if n == name]
             else:
