@@ -47,6 +47,10 @@ ALLOWED = (
     # Read-only file access: what exists is the mount view, what may be read Landlock's.
     "stat", "lstat", "newfstatat", "statx", "access", "faccessat", "faccessat2",
     "readlink", "readlinkat", "getdents64", "getcwd",
+    # Moving about the view (pytest and Django's tooling chdir to where they
+    # are): a path lookup like any other, inside the pivoted root. ``fchdir``
+    # stays refused, as a directory fd is the one way a cwd could leave it.
+    "chdir",
     # Landlock's second layer is added after this filter (see sandbox.landlock):
     # both calls can only ever take rights away from the caller.
     "landlock_add_rule", "landlock_restrict_self",
@@ -68,7 +72,7 @@ ALLOWED = (
 #: Calls that fail softly with EPERM: what a tenant reaches by mistake or
 #: by curiosity through the standard library.
 REFUSED = (
-    "open", "openat2", "creat", "chdir", "fchdir", "landlock_create_ruleset",
+    "open", "openat2", "creat", "fchdir", "landlock_create_ruleset",
     "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2",
     "link", "linkat", "symlink", "symlinkat", "chmod", "fchmod", "fchmodat", "chown", "fchown",
     "lchown", "fchownat", "truncate", "ftruncate", "utimensat", "mknod", "mknodat",

@@ -290,6 +290,11 @@ def test_filesystem_is_gone(c: Corral) -> None:
                     "proc_maps": attempt(lambda: open("/proc/self/maps").read()),
                     "getcwd": attempt(os.getcwd),
                     "chdir": attempt(os.chdir, ".."),
+                    "cwd_after": os.getcwd(),
+                    "chdir_bundle": attempt(lambda: (os.chdir(os.path.dirname(__file__)),
+                                                     open(os.path.basename(__file__)).read(5),
+                                                     os.chdir("/"))[1]),
+                    "fchdir": attempt(lambda: os.fchdir(os.open(os.path.dirname(__file__), os.O_RDONLY))),
                     "chroot": attempt(os.chroot, "/"),
                     "mkdir": attempt(os.mkdir, "/x"),
                     "unlink": attempt(os.unlink, "/etc/passwd"),
@@ -321,7 +326,11 @@ def test_filesystem_is_gone(c: Corral) -> None:
     # Directories outside the script's own trees cannot be listed (Landlock).
     for key in ("listdir", "scandir"):
         denied(out[key], errno=EACCES)
-    for key in ("chdir", "chroot", "mkdir", "unlink", "rename", "symlink", "chmod", "mknod"):
+    # Moving about the view is a lookup like any other ("/.." is "/"); a
+    # directory fd, the one way a cwd could leave the pivoted root, is not.
+    assert out["chdir"]["ok"] and out["cwd_after"] == "/", out
+    assert out["chdir_bundle"] == {"ok": True, "value": repr(PRELUDE[:5])}, out
+    for key in ("fchdir", "chroot", "mkdir", "unlink", "rename", "symlink", "chmod", "mknod"):
         denied(out[key])
     assert out["lstat"]["ok"] and out["getcwd"] == {"ok": True, "value": "'/'"}, out
     assert out["access"] is False
