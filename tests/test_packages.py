@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -128,6 +129,23 @@ def test_a_package_without_a_wheel_is_refused_by_name(tmp_path):
     async def main():
         with pytest.raises(Invalid, match="no wheel of pycrypto"):
             await resolver.resolve(["pycrypto==2.6.1"])  # sdist only: would run setup.py
+
+    trio.run(main)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="django-cf 0.2 installs on this Python")
+def test_a_package_only_for_a_newer_python_is_refused_for_that_reason(tmp_path):
+    """django-cf 0.2 publishes pure wheels, for Python 3.12 and later only:
+    the error names the Python it needs, not a missing wheel."""
+    resolver = Resolver(PackageStore(tmp_path / "packages"))
+
+    async def main():
+        with pytest.raises(Invalid) as caught:
+            await resolver.resolve(["django-cf>=0.2.14"])
+        message = str(caught.value)
+        python = f"CPython {sys.version_info.major}.{sys.version_info.minor}"
+        assert f"no release of django-cf>=0.2.14 installs on {python}" in message, message
+        assert "Requires-Python >=3.12" in message and "no wheel" not in message, message
 
     trio.run(main)
 

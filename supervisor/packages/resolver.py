@@ -42,6 +42,9 @@ _ENV_KEEP = re.compile(r"^(PIP_[A-Z_]+|(HTTPS?|NO|ALL)_PROXY|(https?|no|all)_pro
                        r"REQUESTS_CA_BUNDLE|PYTHONIOENCODING|LANG|LC_[A-Z]+)$")
 _NO_WHEEL = re.compile(r"(?:No matching distribution found for|Could not find a version that satisfies "
                        r"the requirement) ([^\s(]+)")
+#: pip's note of the releases it skipped for their ``Requires-Python``:
+#: ``0.2.14 Requires-Python >=3.12; 0.2.15 Requires-Python >=3.12``.
+_OTHER_PYTHON = re.compile(r"Ignored the following versions that require a different python version: (.+)")
 
 
 def target_tags() -> tuple[str, list[str]]:
@@ -188,9 +191,21 @@ def _runs_as(python: str, uid: int, gid: int | None) -> bool:
 def _explain_failure(stderr: str, requirements: list[str]) -> Exception:
     """pip's failure as an error naming the package and the fix."""
     missing = _NO_WHEEL.search(stderr)
+    python = f"CPython {sys.version_info.major}.{sys.version_info.minor}"
+    skipped = _OTHER_PYTHON.search(stderr)
+    if missing and skipped:
+        # Wheels exist, but for a newer Python: "no wheel" would send the
+        # tenant looking for a source-only package.
+        name = missing.group(1).rstrip(".,;")
+        needs = sorted({part.split(" Requires-Python ", 1)[-1].strip()
+                        for part in skipped.group(1).split(";") if "Requires-Python" in part})
+        count = skipped.group(1).count("Requires-Python")
+        return Invalid(f"no release of {name} installs on {python}, the Python tenants run on here: "
+                       f"{count} release{'s' if count != 1 else ''} that would match need another Python "
+                       f"(Requires-Python {' or '.join(needs)[:200]}); pick a release that supports {python}")
     if missing:
         name = missing.group(1).rstrip(".,;")
-        return Invalid(f"no wheel of {name} for CPython {sys.version_info.major}.{sys.version_info.minor} "
+        return Invalid(f"no wheel of {name} for {python} "
                        f"on {platform.machine()} Linux was found on the package index: Corral installs "
                        "binary wheels only and never builds packages from source (check the name and "
                        "version, or pick a release that publishes wheels)")
