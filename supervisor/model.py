@@ -196,7 +196,14 @@ class Outbound(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
     parameters the dispatcher passes it per call."""
 
     worker: OutboundWorker | None = None
-    params: list[OutboundParam] = []
+    #: ``{"name": ...}`` objects as the API reference has them, or plain names
+    #: as Cloudflare's SDKs and Terraform send them; held as objects.
+    params: list[OutboundParam | str] = []
+
+    def __post_init__(self) -> None:
+        if any(isinstance(p, str) for p in self.params):
+            msgspec.structs.force_setattr(self, "params", [
+                OutboundParam(name=p) if isinstance(p, str) else p for p in self.params])
 
 
 class DispatchNamespace(_Binding, tag="dispatch_namespace"):

@@ -216,7 +216,7 @@ def corral(tmp_path_factory, upstream):
         server.deploy_dispatcher(DISPATCHER)
         server.deploy_dispatcher(
             DISPATCHER, name="dispatch_out", pattern="*.out.localhost/*",
-            outbound={"worker": {"service": "egress"}, "params": [{"name": "customer_name"}]})
+            outbound={"worker": {"service": "egress"}, "params": ["customer_name"]})  # the SDKs' form
         for name, source in [("probe", PROBE), ("nosockets", NO_SOCKETS), ("streamer", STREAMER),
                              ("uploader", UPLOADER), ("slow", SLOW)]:
             server.deploy(name, source)
