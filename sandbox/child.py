@@ -612,8 +612,8 @@ class Runtime:
         #: The WebSockets this child serves (sandbox.websockets).
         self.sockets = websockets.Sockets(self)
         self.invocations: dict[int, _Invocation] = {}
-        #: Queue batches waiting for their ``waitUntil`` work: its first error
-        #: is the batch's failure, reported once, as that (see _queue_batch).
+        #: Queue batches and cron runs waiting for their ``waitUntil`` work: its
+        #: first error is the event's failure, reported once, as that (see _settled_call).
         self.settling: set[int] = set()
         self.incoming: dict[int, IncomingBody] = {}
         self.outgoing: dict[int, OutgoingBody] = {}
@@ -841,8 +841,8 @@ class Runtime:
                 # Not a request: the handler's return is not a response; an
                 # empty head says it returned (an exception fails it as usual).
                 try:
-                    if kind == "queue":
-                        await self._queue_batch(inv, state, env, args)
+                    if kind in ("queue", "scheduled"):
+                        await self._settled_call(kind, inv, state, env, args)
                     else:
                         await self._script.call(kind, workers.Context(inv), env, *args)
                 finally:
@@ -950,18 +950,19 @@ class Runtime:
             task.cancel()
             cancel_waits(task)
 
-    async def _queue_batch(self, inv: int, state: _Invocation, env: Env, args: tuple) -> None:
-        """A queue batch is acknowledged once ``queue()`` returned and the
-        work it gave ``waitUntil`` is done; if that work failed, so did the
-        batch (Cloudflare's Queues consumer API): its undecided messages are
-        retried. Raises the work's error for that, and so the trace has it
-        once, as workerd's does (it was reported by ``wait_until`` and then
-        again as the batch's failure). Should ``queue()`` itself fail, or
-        the batch be cancelled, the work's error is reported beside that."""
+    async def _settled_call(self, kind: str, inv: int, state: _Invocation, env: Env, args: tuple) -> None:
+        """A queue batch or a cron run ends once its handler returned and the
+        work it gave ``waitUntil`` is done, and if that work failed, so did
+        the event: workerd sets both outcomes from ``waitUntilStatus()``, and
+        a failed batch's undecided messages are retried (Cloudflare's Queues
+        consumer API). Raises the work's error for that, and so the trace has
+        it once, as workerd's does (it was reported by ``wait_until`` and then
+        again as the event's failure). Should the handler itself fail, or the
+        event be cancelled, the work's error is reported beside that."""
         assert self._script is not None
         self.settling.add(inv)
         try:
-            await self._script.call("queue", workers.Context(inv), env, *args)
+            await self._script.call(kind, workers.Context(inv), env, *args)
             while pending := [task for task in state.background if not task.done()]:
                 await asyncio.wait(pending)
         except BaseException as exc:

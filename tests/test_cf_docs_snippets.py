@@ -1110,6 +1110,30 @@ def test_cron_trigger_scheduled_handler(corral: Corral) -> None:
     assert get(corral, "crondoc").text == "*/5 * * * *"
 
 
+SCHEDULED_WORK_FAILS = '''
+from workers import WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def scheduled(self, controller, env, ctx):
+        async def report():
+            raise RuntimeError("the report could not be sent")
+
+        ctx.waitUntil(report())
+'''
+
+
+def test_a_cron_run_whose_wait_until_fails_is_an_exception(corral: Corral) -> None:
+    """workerd: "The first ctx.waitUntil to fail will be observed and recorded
+    as the status" of a scheduled event (its outcome is waitUntilStatus())."""
+    put(corral, "cronwork", SCHEDULED_WORK_FAILS)
+    ran = corral.admin("POST", "/accounts/local/workers/dispatch/namespaces/default/scripts/cronwork"
+                       "/schedules/trigger", {"cron": "*/5 * * * *"})
+    trace = ran.json()["result"]
+    assert trace["outcome"] == "exception", trace
+    assert [e["message"] for e in trace["exceptions"]] == ["the report could not be sent"], trace
+
+
 WAIT_UNTIL = '''
 from workers import WorkerEntrypoint, Response
 
