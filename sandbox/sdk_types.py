@@ -15,7 +15,7 @@ import email.policy
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 __all__ = ["JsDict", "Blob", "File", "FormData", "python_to_rpc", "python_from_rpc",
@@ -182,8 +182,12 @@ def _part_bytes(part: Any) -> bytes:
     raise TypeError(f"a Blob part must be str, bytes or a Blob, not {type(part).__name__}")
 
 
-class FormData:
-    """Ordered, multi-valued form fields (``append``, ``get``, ``get_all``, ``set``, ``delete``)."""
+class FormData(MutableMapping):
+    """Ordered, multi-valued form fields (``append``, ``get``, ``get_all``, ``set``, ``delete``).
+
+    A ``MutableMapping`` of names, as the SDK's FormData is: iterating gives
+    the names, ``form[name]`` the first value, ``del form[name]`` drops them
+    all, and ``pop``, ``update`` and ``setdefault`` come with it."""
 
     def __init__(self, init: Any = None) -> None:
         self._items: list[tuple[str, Any]] = []
@@ -241,10 +245,17 @@ class FormData:
         return value
 
     def __setitem__(self, name: str, value: Any) -> None:
+        if isinstance(value, list):  # the SDK's check: append() adds a second value
+            raise TypeError("Expected single item in arguments to FormData.__setitem__")
         self.set(name, value)
 
-    def __iter__(self) -> Iterator[tuple[str, Any]]:
-        return iter(self._items)
+    def __delitem__(self, name: str) -> None:
+        if not self.has(name):
+            raise KeyError(name)
+        self.delete(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return self.keys()
 
     def __len__(self) -> int:
         return len(self._items)

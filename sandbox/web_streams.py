@@ -20,10 +20,13 @@ class ReadableStream:
     """``Response.body`` / ``Request.body``: an async iterator of bytes with
     ``getReader()``, ``locked`` and ``cancel()``."""
 
-    __slots__ = ("_chunks", "_reader", "source")
+    __slots__ = ("_chunks", "_owner", "_reader", "source")
 
-    def __init__(self, chunks: AsyncIterator[bytes], source: Any = None) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], source: Any = None, owner: Any = None) -> None:
         self._chunks = chunks
+        #: The Request or Response whose body this is: its ``bodyUsed`` turns
+        #: true at the first read, as JavaScript's does.
+        self._owner = owner
         self._reader: ReadableStreamDefaultReader | None = None
         #: What it reads, whole, when known (bytes, or an ``IncomingBody``):
         #: handed on unread, it is sent as that, so that its length stays
@@ -33,9 +36,15 @@ class ReadableStream:
     def __aiter__(self) -> ReadableStream:
         return self
 
-    async def __anext__(self) -> bytes:
+    async def __anext__(self) -> Uint8Array:
+        """The next chunk, a ``Uint8Array`` as in Pyodide (bytes with
+        ``to_bytes()``: the SDK's own ASGI loop calls it)."""
         self.source = None  # part of it read: no longer the whole of its source
-        return await self._chunks.__anext__()
+        if self._owner is not None:
+            self._owner._body_used = True
+            self._owner = None
+        chunk = await self._chunks.__anext__()
+        return chunk if type(chunk) is Uint8Array else Uint8Array(chunk)
 
     @property
     def locked(self) -> bool:
@@ -72,7 +81,7 @@ class ReadableStreamDefaultReader:
             chunk = await self._stream.__anext__()
         except StopAsyncIteration:
             return JsDict(done=True, value=None)
-        return JsDict(done=False, value=Uint8Array(chunk))
+        return JsDict(done=False, value=chunk)
 
     def releaseLock(self) -> None:  # noqa: N802
         if self._stream is not None:

@@ -13,6 +13,7 @@ Everything that talks to the supervisor goes through :data:`_runtime`, set by
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import email.message
 import http
@@ -485,6 +486,8 @@ class _Body:
 
     _body: Any
     _body_used: bool
+    #: The ReadableStream ``body`` gave, made once.
+    _stream: ReadableStream | None = None
 
     @property
     def bodyUsed(self) -> bool:  # noqa: N802 - fetch API name
@@ -541,52 +544,69 @@ class _Body:
     @property
     def body(self) -> ReadableStream | None:
         """The body as an async iterator of bytes that is also a JavaScript-style
-        ``ReadableStream`` (``getReader()``); consumes it."""
+        ``ReadableStream`` (``getReader()``). The same stream each time, as
+        JavaScript's ``body`` is: looking at it uses nothing (a dispatcher may
+        check ``request.body`` and still forward the request); reading from
+        it uses the body."""
         if self._body is None:
             return None
-        if self._body_used:
-            raise BodyUsedError("body already used")
-        self._body_used = True
-        body = self._body
-        if isinstance(body, bytes):
+        stream = self._stream
+        if stream is None:
+            if self._body_used:
+                raise BodyUsedError("body already used")
+            body = self._body
+            if isinstance(body, bytes):
 
-            async def once() -> AsyncIterator[bytes]:
-                yield body
+                async def once() -> AsyncIterator[bytes]:
+                    yield body
 
-            return ReadableStream(once(), body)
-        return ReadableStream(body.__aiter__(), body if isinstance(body, IncomingBody) else None)
+                stream = ReadableStream(once(), body, owner=self)
+            else:
+                stream = ReadableStream(body.__aiter__(), body if isinstance(body, IncomingBody) else None,
+                                        owner=self)
+            self._stream = stream
+        return stream
 
     def _tee(self) -> Any:
-        """Duplicate the body for ``clone()``: buffers a stream once. A body
-        already read cannot be cloned, whatever holds it (JS and the SDK refuse)."""
+        """Duplicate the body for ``clone()``. A body already read cannot be
+        cloned, whatever holds it (JS and the SDK refuse). A stream is split
+        as JavaScript's ``tee()`` splits it: each copy gets every chunk as it
+        arrives (a proxy can stream the response while ``waitUntil(cache.put(
+        key, response.clone()))`` reads the other), and the slower copy keeps
+        what it has not read yet."""
         if self._body_used:
             raise BodyUsedError("cannot clone: body already used")
         body = self._body
+        self._stream = None
         if body is None or isinstance(body, bytes):
             return body
-        source = body
-        buffered: list[bytes] = []
+        source = body.__aiter__()
+        pending: tuple[collections.deque[bytes], collections.deque[bytes]] = (
+            collections.deque(), collections.deque())
         done = False
-        # Both copies may be read at once (the Cache API example streams the
-        # response while ``waitUntil(cache.put(key, response.clone()))``
-        # reads its clone): one reads the source, the other waits for it.
-        reading = asyncio.Lock()
+        pulling = asyncio.Lock()
 
-        async def fill() -> None:
+        async def branch(mine: collections.deque[bytes]) -> AsyncIterator[bytes]:
             nonlocal done
-            async with reading:
-                if not done:
-                    async for chunk in source:
-                        buffered.append(chunk)
-                    done = True
+            while True:
+                if mine:
+                    yield mine.popleft()
+                    continue
+                if done:
+                    return
+                async with pulling:  # one copy reads the source, the other waits for the chunk
+                    if mine or done:
+                        continue
+                    try:
+                        chunk = await source.__anext__()
+                    except StopAsyncIteration:
+                        done = True
+                        continue
+                    for queue in pending:
+                        queue.append(chunk)
 
-        async def replay() -> AsyncIterator[bytes]:
-            await fill()
-            for chunk in buffered:
-                yield chunk
-
-        self._body = replay()
-        return replay()
+        self._body = branch(pending[0])
+        return branch(pending[1])
 
 
 # ---------------------------------------------------------------------------
@@ -745,6 +765,13 @@ class Response(_Body):
         statusText: str | None = None,  # noqa: N803 - fetch API name
         web_socket: Any = None,
     ) -> None:
+        if isinstance(body, Response):
+            # ``Response(other.js_object)``: the SDK wraps a JavaScript Response
+            # as it is, and refuses options beside it.
+            if status is not None or status_text or statusText or headers is not None or web_socket:
+                raise ValueError("Expected no options when constructing Response from a js.Response")
+            self.__dict__.update(body.__dict__)
+            return
         # The SDK passes a status on only when it is truthy: 0 is a 200 there too.
         self.status = int(status) if status else 200
         #: The client end of a WebSocketPair this 101 response hands to its client.
@@ -805,8 +832,13 @@ class Response(_Body):
 
     @classmethod
     def json(  # type: ignore[override]  # classmethod on the class, .json() on instances
-        cls, data: Any, status: int = 200, headers: Any = None, status_text: str = ""
+        cls, data: Any, status: int = 200, status_text: Any = "", headers: Any = None
     ) -> Response:
+        """A JSON response: the SDK's ``from_json(data, status, status_text,
+        headers)``, positionally too. Headers given third (the order Corral
+        once took) are still headers: no status text is a mapping or a list."""
+        if not isinstance(status_text, str) and headers is None:
+            status_text, headers = "", status_text
         merged = Headers(headers)
         if not merged.has("content-type"):
             merged.set("content-type", "application/json")

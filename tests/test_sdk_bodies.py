@@ -1,0 +1,137 @@
+"""Bodies, FormData and Response constructors as Cloudflare's Python SDK has them.
+
+Found by comparing Corral's ``workers`` with the SDK (workers-py's
+``request.py``, ``response.py``, ``formdata.py``, ``asgi.py``), each failing
+before its fix:
+
+* ``request.body`` is JavaScript's stream: the same one each time, and looking
+  at it uses nothing (a dispatcher that checks it could no longer forward the
+  request); reading from it does;
+* its chunks are ``Uint8Array``s with ``to_bytes()`` (the SDK's ASGI loop);
+* ``clone()`` of a streamed response streams both copies (it read the whole
+  source before either copy saw a chunk);
+* ``Response.json(data, status, status_text, headers)`` positionally, and
+  ``Response(other.js_object)``;
+* ``FormData`` is a ``MutableMapping`` of names.
+
+One real ``corral serve`` with the bundled dispatcher (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+from tests.test_cf_gaps import deploy
+
+BODIES = '''
+import asyncio
+from collections.abc import MutableMapping
+
+from workers import FormData, Response, WorkerEntrypoint
+
+
+def attempt(fn):
+    try:
+        return fn()
+    except Exception as exc:
+        return type(exc).__name__
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        first = request.body
+        looked = {"same": request.body is first, "used_after_look": request.body_used}
+        chunks = [chunk.to_bytes().decode() async for chunk in first]
+        looked["used_after_read"] = request.body_used
+        looked["chunks"] = "".join(chunks)
+
+        made = Response("hello")
+        made.body
+        looked["made_text"] = await made.text()
+
+        form = FormData({"a": "1"})
+        form.append("a", "2")
+        form["b"] = "3"
+        popped = form.pop("b")
+        form.update({"c": "4"})
+        looked["form"] = {
+            "mapping": isinstance(form, MutableMapping), "names": list(form), "popped": popped,
+            "first_a": form["a"], "all_a": form.get_all("a"), "c": form["c"],
+            "list_value": attempt(lambda: form.__setitem__("d", ["x", "y"])),
+        }
+        del form["a"]
+        looked["form"]["after_del"] = list(form)
+
+        positional = Response.json({"k": 1}, 201, "Made", {"x-a": "b"})
+        old_order = Response.json({"k": 1}, 202, {"x-a": "c"})
+        looked["json"] = [positional.status, positional.status_text, positional.headers.get("x-a"),
+                          old_order.status, old_order.headers.get("x-a"), await positional.json()]
+
+        wrapped = Response(positional.js_object)
+        looked["wrapped"] = [wrapped.status, wrapped.status_text,
+                             attempt(lambda: Response(positional.js_object, status=200))]
+
+        gate = asyncio.Event()
+
+        async def drip():
+            yield b"a"
+            try:
+                await asyncio.wait_for(gate.wait(), 3)
+                yield b"b"
+            except asyncio.TimeoutError:
+                yield b"<the clone waited for the whole source>"
+
+        streamed = Response(drip())
+        copy = streamed.clone()
+        reader = streamed.body.__aiter__()
+        head = (await reader.__anext__()).to_bytes()
+        gate.set()
+        rest = b"".join([chunk.to_bytes() async for chunk in reader])
+        looked["tee"] = [(head + rest).decode(), (await copy.bytes()).decode()]
+        return Response.json(looked)
+'''
+
+
+def test_bodies_formdata_and_responses_as_the_sdk_has_them(corral):
+    deploy(corral, "bodies", BODIES)
+    resp = corral.request("/", host="bodies.localhost", method="POST", body=b"payload")
+    assert resp.status == 200, (resp, corral.log())
+    out = resp.json()
+    assert out["same"] and out["used_after_look"] is False, out
+    assert out["used_after_read"] is True and out["chunks"] == "payload", out
+    assert out["made_text"] == "hello", out
+    assert out["form"] == {"mapping": True, "names": ["a", "a", "c"], "popped": "3", "first_a": "1",
+                           "all_a": ["1", "2"], "c": "4", "list_value": "TypeError",
+                           "after_del": ["c"]}, out
+    assert out["json"] == [201, "Made", "b", 202, "c", {"k": 1}], out
+    assert out["wrapped"] == [201, "Made", "ValueError"], out
+    assert out["tee"] == ["ab", "ab"], out
+
+
+FORWARDER = '''
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        # A dispatcher's check before it forwards: it must leave the body whole.
+        if request.body is None:
+            return Response("no body", status=400)
+        return await self.env.dispatcher.get("bodies-echo").fetch(request)
+'''
+
+ECHO = '''
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("echo: " + await request.text())
+'''
+
+
+def test_a_request_whose_body_was_looked_at_is_forwarded_whole(corral):
+    deploy(corral, "bodies-echo", ECHO)
+    corral.deploy("bodies-forwarder", FORWARDER, namespace=None,
+                  bindings=[{"type": "dispatch_namespace", "name": "dispatcher", "namespace": "default"}])
+    corral.route("forward.example/*", "bodies-forwarder")
+    resp = corral.request("/", host="forward.example", method="POST", body=b"whole")
+    assert resp.status == 200 and resp.text == "echo: whole", (resp, resp.text, corral.log())
