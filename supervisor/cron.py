@@ -13,6 +13,7 @@ once per missed minute. Times are UTC, as on Cloudflare.
 
 from __future__ import annotations
 
+import calendar
 import datetime
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -30,28 +31,60 @@ __all__ = ["CronError", "Cron", "Scheduler", "check_crons", "parse_cron"]
 _UTC = datetime.UTC
 _MONTHS = {m: i for i, m in enumerate(
     "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), 1)}
-_DAYS = {d: i for i, d in enumerate("SUN MON TUE WED THU FRI SAT".split())}
+#: Cloudflare numbers weekdays 1-7 from Sunday (Quartz's way, not crontab's 0-6).
+_DAYS = {d: i for i, d in enumerate("SUN MON TUE WED THU FRI SAT".split(), 1)}
 #: field: (low, high, names)
 _FIELDS = (("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day of month", 1, 31, {}),
-           ("month", 1, 12, _MONTHS), ("day of week", 0, 7, _DAYS))
+           ("month", 1, 12, _MONTHS), ("day of week", 1, 7, _DAYS))
+_DOM, _DOW = 2, 4
+#: A rule that picks days by their place in the month: ``L``, ``LW``, ``15W``,
+#: ``5L`` (the last Thursday), ``MON#1``.
+DayRule = Callable[[datetime.date], bool]
 
 
 class CronError(ValueError):
     """A cron expression Corral cannot schedule; the message names the field."""
 
 
+def weekday_number(day: datetime.date) -> int:
+    """``day``'s weekday as Cloudflare numbers it: 1 is Sunday, 7 Saturday."""
+    return (day.weekday() + 1) % 7 + 1
+
+
+def _month_length(day: datetime.date) -> int:
+    return calendar.monthrange(day.year, day.month)[1]
+
+
+def _nearest_weekday(day: datetime.date, target: int) -> int:
+    """The day of ``day``'s month that ``target``W names: the weekday nearest
+    the ``target``th, never in another month (Quartz's rule)."""
+    last = _month_length(day)
+    if target > last:
+        return 0  # this month has no such day: the rule does not fire in it
+    weekday = weekday_number(day.replace(day=target))
+    if weekday == 7:  # Saturday: the Friday before, or the Monday after the 1st
+        return target - 1 if target > 1 else target + 2
+    if weekday == 1:  # Sunday: the Monday after, or the Friday before the last
+        return target + 1 if target < last else target - 2
+    return target
+
+
 class Cron:
     """A parsed five-field expression (``minute hour day month weekday``)."""
 
-    def __init__(self, text: str, fields: list[frozenset[int]], dom_any: bool, dow_any: bool) -> None:
+    def __init__(self, text: str, fields: list[frozenset[int]], dom_any: bool, dow_any: bool,
+                 dom_rules: tuple[DayRule, ...] = (), dow_rules: tuple[DayRule, ...] = ()) -> None:
         self.text = text
         self.minutes, self.hours, self.days, self.months, self.weekdays = fields
         self.dom_any = dom_any
         self.dow_any = dow_any
+        self.dom_rules = dom_rules
+        self.dow_rules = dow_rules
 
     def _day_matches(self, day: datetime.datetime) -> bool:
-        dom = day.day in self.days
-        dow = ((day.weekday() + 1) % 7) in self.weekdays
+        date = day.date()
+        dom = day.day in self.days or any(rule(date) for rule in self.dom_rules)
+        dow = weekday_number(date) in self.weekdays or any(rule(date) for rule in self.dow_rules)
         if self.dom_any or self.dow_any:
             return dom and dow
         return dom or dow  # both restricted: either matches, as cron does
@@ -87,15 +120,52 @@ def _value(token: str, low: int, high: int, names: dict[str, int], field: str, t
     if not token.isdigit():
         raise CronError(f"cron {text!r}: {token!r} is not a valid {field}")
     value = int(token)
+    if field == "day of week" and value == 0:
+        raise CronError(f"cron {text!r}: weekdays are 1-7 from Sunday (1) to Saturday (7), as "
+                        "Cloudflare numbers them, or SUN-SAT; 0 is none of them")
     if not low <= value <= high:
         raise CronError(f"cron {text!r}: {field} {value} is outside {low}-{high}")
     return value
 
 
+def _day_rule(part: str, field: str, text: str) -> DayRule | None:
+    """The rule a day field's ``part`` names (``L``, ``LW``, ``15W``, ``5L``,
+    ``FRI#2``), or None when it is a plain value, range or step."""
+    upper = part.upper()
+    if field == "day of month":
+        if upper == "L":
+            return lambda d: d.day == _month_length(d)
+        if upper == "LW":
+            return lambda d: d.day == _nearest_weekday(d, _month_length(d))
+        if upper.endswith("W"):
+            target = _value(part[:-1], 1, 31, {}, field, text)
+            return lambda d: d.day == _nearest_weekday(d, target)
+        if "L" in upper or "#" in upper:
+            raise CronError(f"cron {text!r}: {part!r} is not a valid {field} (L, LW and 15W are)")
+        return None
+    if upper == "L":  # Quartz: the last day of the week, Saturday
+        return lambda d: weekday_number(d) == 7
+    if upper.endswith("L"):
+        weekday = _value(part[:-1], 1, 7, _DAYS, field, text)
+        return lambda d: weekday_number(d) == weekday and d.day + 7 > _month_length(d)
+    if "#" in upper:
+        name, _, nth_text = part.partition("#")
+        weekday = _value(name, 1, 7, _DAYS, field, text)
+        if not nth_text.isdigit() or not 1 <= int(nth_text) <= 5:
+            raise CronError(f"cron {text!r}: {part!r}: the number after '#' is the week, 1-5")
+        nth = int(nth_text)
+        return lambda d: weekday_number(d) == weekday and (d.day - 1) // 7 + 1 == nth
+    return None
+
+
 def _field(spec: str, low: int, high: int, names: dict[str, int], field: str, text: str
-           ) -> frozenset[int]:
+           ) -> tuple[frozenset[int], tuple[DayRule, ...]]:
     values: set[int] = set()
+    rules: list[DayRule] = []
     for part in spec.split(","):
+        if field in ("day of month", "day of week") and (rule := _day_rule(part, field, text)) is not None:
+            rules.append(rule)
+            continue
         rng, _, step_text = part.partition("/")
         step = 1
         if step_text:
@@ -114,12 +184,14 @@ def _field(spec: str, low: int, high: int, names: dict[str, int], field: str, te
             start = _value(rng, low, high, names, field, text)
             end = high if step_text else start
         values.update(range(start, end + 1, step))
-    return frozenset(values)
+    return frozenset(values), tuple(rules)
 
 
 def parse_cron(text: str) -> Cron:
-    """Parse a cron expression as Cloudflare accepts them (five fields, names, ``*/n``,
-    ranges and lists; ``?`` for an unrestricted day)."""
+    """Parse a cron expression as Cloudflare documents them: five fields,
+    names, ``*/n``, ranges and lists, ``?`` for an unrestricted day; weekdays
+    1-7 from Sunday; ``L``, ``LW`` and ``15W`` in the day of the month,
+    ``5L`` (the last Thursday) and ``MON#1`` in the day of the week."""
     if not isinstance(text, str) or not text.strip():
         raise CronError("a cron expression must be a non-empty string like '*/5 * * * *'")
     parts = text.split()
@@ -127,13 +199,13 @@ def parse_cron(text: str) -> Cron:
         raise CronError(f"cron {text!r} must have five fields (minute hour day-of-month month "
                         f"day-of-week), it has {len(parts)}")
     fields: list[frozenset[int]] = []
+    rules: list[tuple[DayRule, ...]] = []
     for spec, (field, low, high, names) in zip(parts, _FIELDS, strict=False):
-        spec = "*" if spec == "?" else spec
-        if field == "day of week" and spec.upper().endswith(("L", "#")) or "#" in spec or spec.upper() == "L":
-            raise CronError(f"cron {text!r}: 'L' and '#' in the {field} are not supported by Corral yet")
-        fields.append(_field(spec, low, high, names, field, text))
-    fields[4] = frozenset(d % 7 for d in fields[4])  # 7 is Sunday too
-    return Cron(text, fields, parts[2] in ("*", "?"), parts[4] in ("*", "?"))
+        values, field_rules = _field("*" if spec == "?" else spec, low, high, names, field, text)
+        fields.append(values)
+        rules.append(field_rules)
+    return Cron(text, fields, parts[_DOM] in ("*", "?"), parts[_DOW] in ("*", "?"),
+                rules[_DOM], rules[_DOW])
 
 
 def check_crons(crons: list[str]) -> list[str]:

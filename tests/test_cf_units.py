@@ -21,9 +21,24 @@ def test_cron_next_times_and_errors():
     saturday = datetime.datetime(2025, 6, 7, 10, 0, tzinfo=UTC)
     assert parse_cron("*/15 2 * * MON-FRI").next_after(saturday) == datetime.datetime(2025, 6, 9, 2, 0, tzinfo=UTC)
     assert parse_cron("0 0 1 JAN *").next_after(saturday).year == 2026
-    assert parse_cron("59 23 * * 7").next_after(saturday).day == 8  # 7 is Sunday
+    # Cloudflare numbers weekdays 1-7 from Sunday: its docs' "0 17 * * 1" is
+    # 5 PM on Sunday and "10 7 * * 2-6" the weekdays.
+    assert parse_cron("59 23 * * 7").next_after(saturday).day == 7  # 7 is Saturday
+    assert parse_cron("0 17 * * 1").next_after(saturday) == datetime.datetime(2025, 6, 8, 17, 0, tzinfo=UTC)
+    assert parse_cron("10 7 * * 2-6").next_after(saturday).day == 9  # Monday
+    # L, W and # as its docs list them (June 2025 ends on a Monday; the 15th is a Sunday).
+    assert parse_cron("59 23 LW * *").next_after(saturday).day == 30
+    assert parse_cron("0 0 L * *").next_after(saturday).day == 30
+    assert parse_cron("0 0 15W * *").next_after(saturday).day == 16
+    assert parse_cron("0 0 1W * *").next_after(saturday).date() == datetime.date(2025, 7, 1)
+    assert parse_cron("0 18 * * 6L").next_after(saturday).day == 27  # the last Friday
+    assert parse_cron("0 18 * * FRIL").next_after(saturday).day == 27
+    assert parse_cron("0 0 * * MON#1").next_after(saturday).date() == datetime.date(2025, 7, 7)
+    assert parse_cron("0 0 * * 2#2").next_after(saturday).day == 9
     for bad, words in [("* * * *", "five fields"), ("61 * * * *", "outside 0-59"),
-                       ("*/0 * * * *", "step"), ("5-1 * * * *", "backwards")]:
+                       ("*/0 * * * *", "step"), ("5-1 * * * *", "backwards"),
+                       ("0 0 * * 0", "1-7 from Sunday"), ("0 0 * * MON#6", "week, 1-5"),
+                       ("0 0 3L * *", "L, LW and 15W")]:
         with pytest.raises(CronError, match=words):
             parse_cron(bad)
 
