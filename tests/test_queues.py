@@ -145,3 +145,23 @@ def test_messages_survive_kill_9(tmp_path):
         _wait_for(server, lambda s: 'jobs:{"n": "durable"}:1' in s)
     finally:
         server.stop()
+
+
+def test_a_second_consumer_of_a_queue_is_refused_at_upload(tmp_path):
+    """A queue has one consumer, as on Cloudflare (consumer_exists, 11004): an
+    upload naming another script's queue took it over without a word."""
+    server = h.start(tmp_path)
+    try:
+        server.deploy("consumer", CONSUMER, bindings=[SEEN], extra_metadata=CONSUMERS)
+        thief = server.deploy("athief", CONSUMER, bindings=[SEEN], check=False,
+                              extra_metadata={"queue_consumers": [{"queue": "jobs"}]})
+        assert thief.status == 409, thief.text
+        error = thief.json()["errors"][0]
+        assert error["code"] == 11004 and "'jobs' already has a consumer, script 'consumer'" in error["message"]
+        # The owner uploads again as often as it likes, and still consumes.
+        server.deploy("consumer", CONSUMER, bindings=[SEEN], extra_metadata=CONSUMERS)
+        h.deploy(server, "producer", [Q])
+        assert h.ok(server, "producer", 'await env.Q.send({"n": 7})\nreturn True') is True
+        _wait_for(server, lambda s: 'jobs:{"n": 7}:1' in s)
+    finally:
+        server.stop()

@@ -30,6 +30,8 @@ class ErrorCode:
     TOO_LARGE = 10027
     #: A service binding that names no script (Cloudflare's workers.api.error.service_binding_error).
     SERVICE_BINDING_ERROR = 10143
+    #: A queue that has a consumer already (Cloudflare's workers.api.error.consumer_exists).
+    QUEUE_CONSUMER_EXISTS = 11004
     BAD_REQUEST = 10400
     UNAUTHORIZED = 10401
     FORBIDDEN = 10403

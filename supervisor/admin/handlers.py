@@ -530,6 +530,7 @@ class Handlers:
                                               bindings_from=latest or previous)
         check_variables(record.bindings)
         await self.check_services(record)
+        await self.check_queue_consumers(record)
         if warnings is not None and record.assets is not None:
             config = record.assets.config  # lines Cloudflare would ignore, as Wrangler warns of them
             warnings.extend(asset_rules.parse(config.redirects, config.headers, config.html_handling).problems)
@@ -583,6 +584,19 @@ class Handlers:
                 f"no platform script {binding.service!r} is deployed (deploy it first)"
             raise Invalid(f"could not resolve binding {binding.name!r}: script {binding.service!r} not found: "
                           f"{why}", code=ErrorCode.SERVICE_BINDING_ERROR)
+
+    async def check_queue_consumers(self, record: ScriptRecord) -> None:
+        """Refuse a consumer of a queue another script of the namespace
+        consumes, as Cloudflare refuses it (``consumer_exists``, 11004): a
+        queue has one consumer, and the upload would otherwise take the queue
+        from the other script without a word (the queues API refuses it too)."""
+        for consumer in record.queue_consumers:
+            others = [n for n in await self._run(self.store.queue_consumers, record.namespace, consumer.queue)
+                      if n != record.name]
+            if others:
+                raise Conflict(f"queue {consumer.queue!r} already has a consumer, script {others[0]!r}: a "
+                               "queue has one consumer (remove it from that script first)",
+                               code=ErrorCode.QUEUE_CONSUMER_EXISTS)
 
     def _build_record(self, ns: str, name: str, parts: list[multipart.Part],
                       previous: ScriptRecord | None,

@@ -403,6 +403,13 @@ class Store:
             "json_each(s.metadata, '$.bindings') b WHERE s.namespace = ? "
             "AND json_extract(b.value, '$.type') = ? ORDER BY 1", (namespace, binding_type))]
 
+    def queue_consumers(self, namespace: str, queue: str) -> list[str]:
+        """The scripts of ``namespace`` whose queue consumers name ``queue``
+        (a scan of one namespace's metadata). Blocking."""
+        return [r[0] for r in self._read(
+            "SELECT DISTINCT s.name FROM scripts s, json_each(s.metadata, '$.queue_consumers') c "
+            "WHERE s.namespace = ? AND json_extract(c.value, '$.queue') = ? ORDER BY 1", (namespace, queue))]
+
     def script_exists(self, namespace: str | None, name: str) -> bool:
         """Whether a script ``name`` is deployed in ``namespace`` (None: in any). Blocking."""
         if namespace is None:
