@@ -565,6 +565,24 @@ return [hit.status, await hit.text(), hit.headers.get("x-t"), hit.headers.get("c
                    [304, 200, 304, 200]]
 
 
+def test_cache_keeps_a_response_without_a_lifetime_by_its_status(server) -> None:
+    # Cloudflare's default edge TTLs: 200, 206, 301 two hours; 302, 303
+    # twenty minutes; 404, 410 three; any other status is not cached unless
+    # its own Cache-Control says so (a cached upstream 503 was served for 2 h).
+    got = ok(server, "t", """
+cache = await caches.open("statuses")
+out = {}
+for status in (200, 301, 302, 404, 410, 418, 500, 503):
+    url = f"https://example.com/s{status}"
+    await cache.put(url, Response("x", status=status))
+    out[status] = (await cache.match(url)) is not None
+await cache.put("https://example.com/told", Response("x", status=503, headers={"cache-control": "max-age=60"}))
+out["told"] = (await (await cache.match("https://example.com/told")).text())
+return out""")
+    assert got == {"200": True, "301": True, "302": True, "404": True, "410": True, "418": False,
+                   "500": False, "503": False, "told": "x"}
+
+
 def test_cache_stores_a_cookie_setting_response_only_without_its_private_fields(server) -> None:
     # Cloudflare never caches a Set-Cookie, unless Cache-Control names it
     # private (private=Set-Cookie): then the response is stored without it.

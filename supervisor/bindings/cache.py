@@ -30,9 +30,10 @@ from supervisor.bindings.quota import quota_error
 MAX_ENTRY_BYTES = 32 * 1024 * 1024
 #: workerd's bound on a cache's name (cache.c++): shorter than 1024 bytes.
 MAX_CACHE_NAME_BYTES = 1024
-#: How long a response without a lifetime of its own is kept (Cloudflare's
-#: default edge TTL for a 200).
-DEFAULT_TTL_S = 7200.0
+#: How long a response without a lifetime of its own is kept, by status:
+#: Cloudflare's default edge TTLs ("200, 206, 301: 120m; 302, 303: 20m; 404,
+#: 410: 3m. All other status codes are not cached by default").
+DEFAULT_TTL_S = {200: 7200.0, 206: 7200.0, 301: 7200.0, 302: 1200.0, 303: 1200.0, 404: 180.0, 410: 180.0}
 
 
 def _setup(conn: sqlite3.Connection) -> None:
@@ -79,9 +80,11 @@ def stored_headers(headers: list[list[str]]) -> list[list[str]] | None:
     return headers
 
 
-def lifetime(headers: list[list[str]], now: float) -> float | None:
-    """Seconds a storable response (:func:`stored_headers`) may be cached,
-    or None if it must not be."""
+def lifetime(headers: list[list[str]], now: float, status: int = 200) -> float | None:
+    """Seconds a storable response (:func:`stored_headers`) of ``status`` may
+    be cached, or None if it must not be: its own ``Cache-Control`` or
+    ``Expires`` whatever the status, else the default for the status (none
+    for a 500: a worker caching whatever its upstream said kept an outage)."""
     control = _directives(_header(headers, "cache-control"))
     for name in ("s-maxage", "max-age"):
         if name in control:
@@ -92,7 +95,7 @@ def lifetime(headers: list[list[str]], now: float) -> float | None:
             return max(0.0, email.utils.parsedate_to_datetime(expires).timestamp() - now)
         except (TypeError, ValueError):
             return 0.0  # an invalid Expires means already expired
-    return DEFAULT_TTL_S
+    return DEFAULT_TTL_S.get(status)
 
 
 #: RFC 9111 section 1.2.2: a ``delta-seconds`` greater than a cache can
@@ -211,7 +214,7 @@ class CacheHandler:
             return Reply()
         now = time.time()
         kept = stored_headers(headers)
-        ttl = None if kept is None else lifetime(kept, now)
+        ttl = None if kept is None else lifetime(kept, now, status)
         if ttl is None or ttl <= 0:
             return Reply()  # not cacheable: accepted and not stored, as Cloudflare does
         await self._db(ctx, _put, cache, url, status, msgspec.msgpack.encode(kept), body,
