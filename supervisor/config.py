@@ -228,6 +228,12 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     observability: ObservabilityConfig = msgspec.field(default_factory=ObservabilityConfig)
+    #: How long a stop (SIGTERM) waits for what is under way: the requests
+    #: in flight, the ``waitUntil`` work of those answered, and admin calls
+    #: (a deploy). The default covers a request at the wall limit (60 s)
+    #: and its waitUntil work after it (30 s); the systemd unit's
+    #: TimeoutStopSec is above it.
+    drain_s: PositiveDuration = 95.0
     #: Log every request's trace event (outcome, cpuTime, wallTime, children)
     #: as a JSON line; off by default, it costs throughput.
     log_invocations: bool = False

@@ -67,7 +67,6 @@ from supervisor.store.assets import AssetBlobs
 from supervisor.store.lookup import ScriptLookup
 from supervisor.store.store import SCRIPT_NOT_FOUND_CODE, Store, namespace_not_found, script_not_found
 
-DRAIN_S = 10.0
 #: Connections the kernel queues for the HTTP listener before it accepts them.
 HTTP_BACKLOG = 1024
 #: Largest response body a tenant's fetch() accepts.
@@ -442,8 +441,9 @@ class Supervisor:
                     log("serve.stopping", in_flight=self.http.in_flight)
                     _notify("STOPPING=1")
                     self.http.begin_drain(listener)
-                    with trio.move_on_after(DRAIN_S):
-                        while self.http.in_flight or self.http.starting:
+                    self.admin_http.begin_drain(admin_listener)
+                    with trio.move_on_after(self.config.drain_s):
+                        while self._under_way():
                             await trio.sleep(0.02)
                     accepting.cancel()  # idle keep-alive connections close here
                 nursery.cancel_scope.cancel()
@@ -458,6 +458,16 @@ class Supervisor:
                     os.unlink(self.config.admin_socket_path)
                 except OSError:
                     pass
+
+    def _under_way(self) -> bool:
+        """Whether a stop still has something to wait for: a request in
+        flight or on its way in (ingress or admin), or the ``waitUntil`` work
+        of an answered request, which would be lost with its child (a KV
+        write after the response)."""
+        if self.http.in_flight or self.http.starting or self.admin_http.in_flight or self.admin_http.starting:
+            return True
+        return any(inv.response_end is not None
+                   for child in self.pool.children.values() for inv in child.invocations.values())
 
     async def _start_admin_tcp(self, nursery: trio.Nursery) -> None:
         """The TCP admin listener, or a :class:`StartupError` naming its

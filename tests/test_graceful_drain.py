@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 
-from tests.harness import Corral, read_response
+from tests.harness import Corral, multipart, read_response
 
 HELLO = """
 from workers import Response, WorkerEntrypoint
@@ -59,3 +59,75 @@ def test_sigterm_answers_the_requests_already_sent_then_closes(tmp_path):
             sock.close()
     finally:
         server.stop()
+
+
+LATER = """
+import asyncio
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/read"):
+            return Response(await self.env.KV.get("later") or "none")
+
+        async def write_later():
+            await asyncio.sleep(1.0)  # still at work when the stop comes
+            await self.env.KV.put("later", "written by waitUntil")
+
+        self.ctx.waitUntil(write_later())
+        return Response("answered")
+"""
+
+
+def test_a_stop_waits_for_the_wait_until_work_of_answered_requests(tmp_path):
+    """``systemctl stop`` right after a response: the work the request gave
+    ``waitUntil`` (a KV write, here) still runs; it was killed with its child."""
+    kv = [{"type": "kv_namespace", "name": "KV", "namespace_id": "later"}]
+    server = Corral(tmp_path / "state").start()
+    try:
+        server.deploy_dispatcher()
+        server.deploy("later", LATER, bindings=kv)
+        assert server.request("/", host="later.localhost").text == "answered"
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
+    finally:
+        server.stop()
+    again = Corral(tmp_path / "state").start()
+    try:
+        assert again.request("/read", host="later.localhost").text == "written by waitUntil", again.log()
+    finally:
+        again.stop()
+
+
+def test_a_stop_answers_an_admin_call_already_sent(tmp_path):
+    """A deploy on the admin socket when the stop comes is carried out and
+    answered (the server is stopped while it is sent, as above), not cut."""
+    server = Corral(tmp_path / "state").start()
+    try:
+        assert server.admin("GET", "/accounts/local/workers/dispatch/namespaces").status == 200  # serving
+        body, ctype = multipart({"main_module": "worker.py"}, {"worker.py": HELLO})
+        head = (f"PUT /accounts/local/workers/dispatch/namespaces/default/scripts/late HTTP/1.1\r\n"
+                f"Host: corral\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        pid = server.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            admin = socket.socket(socket.AF_UNIX)
+            admin.settimeout(30)
+            admin.connect(server.socket_path)  # waits in the backlog
+            admin.sendall(head + body)
+            os.kill(pid, signal.SIGTERM)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        status, answer = read_response(admin)
+        assert status.startswith(b"HTTP/1.1 200 "), (status, answer)
+        admin.close()
+        assert server.proc.wait(60) == 0
+    finally:
+        server.stop()
+    again = Corral(tmp_path / "state").start()
+    try:
+        again.deploy_dispatcher()
+        assert again.request("/x", host="late.localhost").text == "hello x"
+    finally:
+        again.stop()
