@@ -103,6 +103,10 @@ def check_tag(tag: object) -> str:
         raise Invalid(f"tag {tag[:40]!r}... is longer than {MAX_TAG_LENGTH} characters")
     if "," in tag or any(ord(c) < 0x20 or c == "\x7f" for c in tag):
         raise Invalid(f"invalid tag {tag!r}: tags cannot contain ',' or control characters")
+    if tag != tag.strip():
+        # A filter (?tags=a,b) is read with each item stripped: such a tag
+        # could be set and never found again.
+        raise Invalid(f"invalid tag {tag!r}: tags cannot begin or end with a space")
     return tag
 
 

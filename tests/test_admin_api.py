@@ -406,6 +406,9 @@ def test_tags_endpoints(client):
     assert ("default", "s") in client.hooks.changed
     client("PUT", base, {"tags": "nope"}, expect=400)
     client("PUT", base, ["a,b"], expect=400)
+    # A filter's items are stripped: a tag with spaces about it could never be found.
+    client("PUT", f"{base}/%20sp", expect=400)
+    client("PUT", base, ["sp "], expect=400)
     client("PUT", base, [f"t{i}" for i in range(9)], expect=400)
     client("GET", f"{NS}/default/scripts/missing/tags", expect=404)
     client("PUT", f"{NS}/default/scripts/missing/tags/x", expect=404)
