@@ -112,6 +112,21 @@ def _open_store(path: str) -> Store:
                            "restore it from a backup, or move it aside to start empty") from None
 
 
+def _check_usage(usage: Any) -> None:
+    """The usage database read once at start, or a :class:`StartupError`
+    naming it (as :func:`_open_store`): a corrupt ``usage.db`` was accepted
+    without a word, then every flush failed and every usage query was a 500."""
+    if usage is None:
+        return
+    try:
+        usage.store.check()
+    except sqlite3.DatabaseError as exc:
+        usage.store.close()
+        raise StartupError(f"{usage.store.path} cannot be read as Corral's usage database ({exc}); it is "
+                           "left as it is: restore it from a backup, or move it aside to start "
+                           "counting anew") from None
+
+
 class Supervisor:
     """Holds the parts; also the admin API's hooks."""
 
@@ -145,6 +160,7 @@ class Supervisor:
             config, self.pool, self.store.get_script, self.pool.calls.limits.defaults_for,
             lambda: {"requests": self.http.requests, "connections": self.http.connections,
                      "in_flight": self.http.in_flight})
+        _check_usage(self.observability.usage)
         #: pip in an unprivileged process, into the pool's package store.
         self.resolver = Resolver(self.pool.bundles.package_store)
         self.ingress = Ingress(config, self.pool, self.route, self.scripts,

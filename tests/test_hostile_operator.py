@@ -197,6 +197,7 @@ def test_an_admin_socket_over_a_file_leaves_the_file_alone(tmp_path: Path) -> No
     ("state-in-proc", ["cannot use the state directory /proc/self/no-such/state"]),
     ("packages-is-a-file", ["cannot set up the state directory", "packages"]),
     ("corrupt-database", ["cannot be read as Corral's database", "left as it is"]),
+    ("corrupt-usage", ["usage.db cannot be read as Corral's usage database", "left as it is"]),
 ])
 def test_serve_refuses_a_state_dir_it_cannot_use(tmp_path: Path, layout: str, words: list[str]) -> None:
     """A state directory that is a file, cannot be made, or holds a file
@@ -214,11 +215,11 @@ def test_serve_refuses_a_state_dir_it_cannot_use(tmp_path: Path, layout: str, wo
         state = Path("/proc/self/no-such/state")
     else:
         state.mkdir()
-        name = "packages" if layout == "packages-is-a-file" else "corral.db"
+        name = {"packages-is-a-file": "packages", "corrupt-usage": "usage.db"}.get(layout, "corral.db")
         (state / name).write_bytes(b"\x00garbage\xff" * 7)
     result = serve("--state-dir", state, "--http", "127.0.0.1:0")
     refused(result, status, *words)
-    if layout in ("packages-is-a-file", "corrupt-database"):
+    if layout in ("packages-is-a-file", "corrupt-database", "corrupt-usage"):
         assert (state / name).read_bytes() == b"\x00garbage\xff" * 7
 
 

@@ -170,6 +170,13 @@ class UsageStore:
             self._db = db
         return self._db
 
+    def check(self) -> None:
+        """Open the database now (at start), so that one that cannot be read
+        stops the start naming it, as Corral's own does, rather than failing
+        every flush and every usage query later (their figures lost)."""
+        with self._lock:
+            self._conn().execute("SELECT count(*) FROM usage WHERE minute < 0").fetchone()
+
     def write(self, rows: dict[Key, Rollup], prune_before: int) -> None:
         with self._lock:
             db = self._conn()
