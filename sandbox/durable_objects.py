@@ -1,7 +1,9 @@
 """Durable Objects inside a child: the live instances and their ``ctx``.
 
 The supervisor sends a :class:`protocol.messages.DurableObjectEvent` per call,
-one at a time per object (its input gate lives there). The first event for an
+in arrival order; each passes the object's :class:`InputGate` here, which
+keeps new events out while the object is constructed and while it waits for
+its storage, as Cloudflare's does. The first event for an
 id constructs ``cls(ctx, env)`` (the class named by the binding, from the
 script's main module); later events reuse the instance until ``#evict`` (idle)
 or the child goes. ``ctx.storage`` calls name :data:`DO_STORAGE`: the
@@ -36,6 +38,46 @@ def _values(pairs: list[list[Any]]) -> dict[str, Any]:
     return {k: decode(v) for k, v in pairs}
 
 
+class InputGate:
+    """An object's input gate, as Cloudflare keeps it: a new event for the
+    object waits while the gate is closed, which it is while the object is
+    constructed, while a ``blockConcurrencyWhile`` callback or a
+    ``transaction()`` runs, and while a storage call is under way. While the
+    object awaits anything else (a fetch, an RPC call to another object, a
+    timer), events come in: two objects calling each other back go on rather
+    than wait for each other until their wall-time limit."""
+
+    __slots__ = ("_closers", "_opened")
+
+    def __init__(self) -> None:
+        self._closers = 0
+        self._opened: asyncio.Event | None = None
+
+    def close(self) -> None:
+        self._closers += 1
+
+    def reopen(self) -> None:
+        self._closers -= 1
+        if self._closers == 0 and self._opened is not None:
+            self._opened.set()
+            self._opened = None
+
+    async def enter(self) -> None:
+        """Wait until the gate is open (at once, when it is)."""
+        while self._closers:
+            if self._opened is None:
+                self._opened = asyncio.Event()
+            await self._opened.wait()
+
+    @contextlib.contextmanager
+    def closed(self) -> Iterator[None]:
+        self.close()
+        try:
+            yield
+        finally:
+            self.reopen()
+
+
 def eager(method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., asyncio.Future]:
     """A storage call starts when it is made, as a JavaScript promise does, so
     one nobody awaits still happens (``ctx.storage.setAlarm(t)`` without
@@ -44,8 +86,15 @@ def eager(method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., asyn
     its result as before."""
 
     @functools.wraps(method)
-    def start(*args: Any, **keywords: Any) -> asyncio.Future:
-        task = asyncio.ensure_future(method(*args, **keywords))
+    def start(self: DurableObjectStorage, *args: Any, **keywords: Any) -> asyncio.Future:
+        gate = self._gate
+        gate.close()  # from the call on, as workerd's input lock is taken
+        task = asyncio.ensure_future(method(self, *args, **keywords))
+        # Reopened by the first of the task's callbacks: an event waiting at
+        # the gate is woken after the caller's own continuation, which runs
+        # first, as workerd delivers a storage result before any new event (a
+        # read-modify-write of get() then put() is not interleaved).
+        task.add_done_callback(lambda _: gate.reopen())
         if workers._runtime is not None:
             # Made before the invocation ends, so it is made as part of it.
             workers._runtime.hold(task)
@@ -54,17 +103,19 @@ def eager(method: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., asyn
     return start
 
 
-def _now(awaitable: Any, what: str) -> Any:
+def _now(gate: InputGate, awaitable: Any, what: str) -> Any:
     """Wait for a storage call from synchronous code, as Cloudflare's SQLite-backed
     storage answers ``sql.exec()`` and ``storage.kv`` calls at once: the
-    invocation's greenlet waits (:func:`run_sync`), the child's other work goes on."""
+    invocation's greenlet waits (:func:`run_sync`), the child's other work goes
+    on, but no new event reaches the object (its input gate is closed)."""
     if not can_suspend():
         awaitable.close()
         raise RuntimeError(
             f"{what} is synchronous and works while the object runs (its constructor, "
             "fetch, alarm, RPC methods, blockConcurrencyWhile, waitUntil work and the tasks "
             "they start), not at import time")
-    return run_sync(awaitable)
+    with gate.closed():
+        return run_sync(awaitable)
 
 
 class SqlCursor:
@@ -171,17 +222,20 @@ def _sql_binding(value: Any) -> Any:
 class SqlStorage:
     """``ctx.storage.sql``: SQLite on the object's own database, synchronous as on Cloudflare."""
 
+    def __init__(self, gate: InputGate) -> None:
+        self._gate = gate
+
     def exec(self, query: str, *bindings: Any) -> SqlCursor:
         if not isinstance(query, str):
             raise TypeError("sql.exec() takes the SQL text first")
         binds = [_sql_binding(b) for b in bindings]
-        value, _ = _now(call(DO_STORAGE, "sql", [query, binds]), "sql.exec()")
+        value, _ = _now(self._gate, call(DO_STORAGE, "sql", [query, binds]), "sql.exec()")
         return SqlCursor(value)
 
     @property
     def databaseSize(self) -> int:  # noqa: N802 - Workers API name
         """Bytes the object's SQLite database takes."""
-        value, _ = _now(call(DO_STORAGE, "databaseSize", []), "sql.databaseSize")
+        value, _ = _now(self._gate, call(DO_STORAGE, "databaseSize", []), "sql.databaseSize")
         return value
 
     database_size = databaseSize
@@ -204,20 +258,24 @@ class SyncKv:
     The same keys and values as ``ctx.storage.get/put`` (Cloudflare keeps both
     in the object's hidden ``__cf_kv`` table)."""
 
+    def __init__(self, gate: InputGate) -> None:
+        self._gate = gate
+
     def get(self, key: str) -> Any:
-        value, _ = _now(call(DO_STORAGE, "get", [js_key(key)]), "storage.kv.get()")
+        value, _ = _now(self._gate, call(DO_STORAGE, "get", [js_key(key)]), "storage.kv.get()")
         return decode(value[0][1]) if value else None
 
     def put(self, key: str, value: Any) -> None:
-        _now(call(DO_STORAGE, "put", [[[js_key(key), encode(value, "kv.put()")]]]), "storage.kv.put()")
+        _now(self._gate, call(DO_STORAGE, "put", [[[js_key(key), encode(value, "kv.put()")]]]),
+             "storage.kv.put()")
 
     def delete(self, key: str) -> bool:
-        value, _ = _now(call(DO_STORAGE, "delete", [js_key(key)]), "storage.kv.delete()")
+        value, _ = _now(self._gate, call(DO_STORAGE, "delete", [js_key(key)]), "storage.kv.delete()")
         return bool(value)
 
     def list(self, options_: Any = None, **keywords: Any) -> Iterator[AttrList]:
         """``[key, value]`` pairs in key order (``prefix``, ``start``, ``end``, ``limit``, ``reverse``)."""
-        value, _ = _now(call(DO_STORAGE, "list", [_list_options(options_, keywords, "kv.list()")]),
+        value, _ = _now(self._gate, call(DO_STORAGE, "list", [_list_options(options_, keywords, "kv.list()")]),
                         "storage.kv.list()")
         return iter([AttrList([k, decode(v)]) for k, v in value])
 
@@ -245,9 +303,10 @@ class DurableObjectStorage:
     """``ctx.storage``: Cloudflare's key-value API (asynchronous, and synchronous
     as ``kv``), SQL and alarms."""
 
-    def __init__(self) -> None:
-        self.sql = SqlStorage()
-        self.kv = SyncKv()
+    def __init__(self, gate: InputGate) -> None:
+        self._gate = gate
+        self.sql = SqlStorage(gate)
+        self.kv = SyncKv(gate)
 
     @eager
     async def get(self, keys: Any, options_: Any = None, **keywords: Any) -> Any:
@@ -306,7 +365,13 @@ class DurableObjectStorage:
 
     async def transaction(self, closure: Any) -> Any:
         """``closure(txn)`` all or nothing: what it writes is kept only if it
-        returns without raising and without ``txn.rollback()``. Nests."""
+        returns without raising and without ``txn.rollback()``. Nests. No new
+        event reaches the object meanwhile: its writes would join the
+        transaction."""
+        with self._gate.closed():
+            return await self._transaction(closure)
+
+    async def _transaction(self, closure: Any) -> Any:
         await call(DO_STORAGE, "txBegin", [])
         txn = Transaction(self)
         try:
@@ -325,6 +390,10 @@ class DurableObjectStorage:
     def transactionSync(self, callback: Any) -> Any:  # noqa: N802 - Workers API name
         """``callback()`` all or nothing, synchronously (its storage calls are
         the synchronous ones: ``sql.exec``, ``kv``)."""
+        with self._gate.closed():
+            return self._transaction_sync(callback)
+
+    def _transaction_sync(self, callback: Any) -> Any:
         run_sync(call(DO_STORAGE, "txBegin", []))
         try:
             result = callback()
@@ -405,11 +474,13 @@ class DurableObjectState(workers.Context):
     """``self.ctx`` of a Durable Object: ``id``, ``storage``, ``waitUntil``,
     ``blockConcurrencyWhile``, ``abort``."""
 
-    def __init__(self, invocation: int, object_id: str, name: str | None) -> None:
+    def __init__(self, invocation: int, object_id: str, name: str | None, gate: InputGate) -> None:
         super().__init__(invocation)
         self.id = DurableObjectId(object_id, name)
-        self.storage = DurableObjectStorage()
-        self._blocking: list[Any] = []
+        self._gate = gate
+        self.storage = DurableObjectStorage(gate)
+        #: The constructor's blockConcurrencyWhile work (None once it is built).
+        self._blocking: list[Any] | None = []
         #: Drops this object's instance (set once it exists; see Objects.serve).
         self._evict: Callable[[], None] | None = None
         #: This object's hibernatable WebSockets: id -> (socket, tags) (see Objects).
@@ -490,12 +561,15 @@ class DurableObjectState(workers.Context):
     wait_until = waitUntil
 
     def blockConcurrencyWhile(self, callback: Any) -> Any:  # noqa: N802 - Workers API name
-        """Run ``callback()``; no event reaches the object until it is done (in the
-        constructor: before the first one)."""
+        """Run ``callback()``; no new event reaches the object until it is done
+        (in the constructor: before the first one)."""
         result = callback()
         future = asyncio.ensure_future(result) if inspect.isawaitable(result) else None
         if future is not None:
-            self._blocking.append(future)
+            self._gate.close()
+            future.add_done_callback(lambda _: self._gate.reopen())
+            if self._blocking is not None:  # in the constructor: the first event waits for it
+                self._blocking.append(future)
             return future
         done = asyncio.get_running_loop().create_future()
         done.set_result(result)
@@ -509,6 +583,10 @@ class Objects:
 
     def __init__(self) -> None:
         self.instances: dict[tuple[str, str], Any] = {}
+        #: Each object's input gate, kept across its instances.
+        self.gates: dict[tuple[str, str], InputGate] = {}
+        #: Instances being constructed: the events that come meanwhile wait for them.
+        self.constructing: dict[tuple[str, str], asyncio.Future] = {}
         #: Each object's accepted WebSockets, kept across its instances (hibernation).
         self.websockets: dict[tuple[str, str], dict[int, tuple[Any, list[str]]]] = {}
         #: Each object's auto-response, kept across its instances as its sockets are.
@@ -527,20 +605,8 @@ class Objects:
             return workers.Response(status=204)
         instance = self.instances.get(key)
         if instance is None:
-            cls = getattr(module, event.class_name, None)
-            if not isinstance(cls, type):
-                raise TypeError(f"the script defines no Durable Object class {event.class_name!r} "
-                                f"(the binding's class_name): define `class {event.class_name}"
-                                "(DurableObject)` in its main module")
-            state = DurableObjectState(inv, event.object_id, event.name)
-            state._websockets = self.websockets.setdefault(key, {})
-            state._auto = self.auto_responses.setdefault(key, AutoResponse())
-            instance = cls(state, env)
-            state._evict = functools.partial(self._drop, key, instance)
-            for pending in state._blocking:
-                await pending
-            state._blocking.clear()
-            self.instances[key] = instance
+            instance = await self._instance(module, event, key, inv, env)
+        await self.gates[key].enter()
         if event.method == "fetch":
             handler = getattr(instance, "fetch", None)
             if not callable(handler):
@@ -569,6 +635,44 @@ class Objects:
         result = await _call(getattr(instance, event.method), *decode_args(await request.bytes()))
         return workers.Response(await encode_rpc(result, f"{event.method}() result"))
 
+
+    async def _instance(self, module: Any, event: DurableObjectEvent, key: tuple[str, str], inv: int,
+                        env: Any) -> Any:
+        """The object's instance, constructed once: events that come while it
+        is (its constructor's blockConcurrencyWhile work may await) wait for
+        it, and fail with it if it fails."""
+        pending = self.constructing.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        cls = getattr(module, event.class_name, None)
+        if not isinstance(cls, type):
+            raise TypeError(f"the script defines no Durable Object class {event.class_name!r} "
+                            f"(the binding's class_name): define `class {event.class_name}"
+                            "(DurableObject)` in its main module")
+        gate = self.gates.setdefault(key, InputGate())
+        built = self.constructing[key] = asyncio.get_running_loop().create_future()
+        try:
+            with gate.closed():
+                state = DurableObjectState(inv, event.object_id, event.name, gate)
+                state._websockets = self.websockets.setdefault(key, {})
+                state._auto = self.auto_responses.setdefault(key, AutoResponse())
+                instance = cls(state, env)
+                state._evict = functools.partial(self._drop, key, instance)
+                blocking, state._blocking = state._blocking or [], None
+                for work in blocking:
+                    await work
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                built.cancel()
+            else:
+                built.set_exception(exc)
+                built.exception()  # retrieved: the events waiting raise it themselves
+            raise
+        finally:
+            del self.constructing[key]
+        self.instances[key] = instance
+        built.set_result(instance)
+        return instance
 
     async def _websocket_event(self, key: tuple[str, str], instance: Any, args: list[Any]) -> None:
         """A hibernatable socket's message or close, to the object's handler of it."""

@@ -47,6 +47,30 @@ class Counter(DurableObject):
     async def boom(self):
         raise ValueError("the object failed on purpose")
 
+    async def call_around(self, other):
+        # A calls B, which calls A back while A awaits it.
+        return await self.env.COUNTER.getByName(other).call_back(self.ctx.id.name)
+
+    async def call_back(self, caller):
+        return await self.env.COUNTER.getByName(caller).echo("back", "from", self.ctx.id.name)
+
+    async def hold(self):
+        # Awaits something other than storage: another call gets in meanwhile.
+        import asyncio
+        self.released = asyncio.Event()
+        try:
+            await asyncio.wait_for(self.released.wait(), 5)
+            return "released by another call"
+        except asyncio.TimeoutError:
+            return "no other call got in"
+
+    async def release(self):
+        while getattr(self, "released", None) is None:
+            import asyncio
+            await asyncio.sleep(0.01)  # until hold() has begun
+        self.released.set()
+        return "released"
+
     async def unclonable(self):
         out = []
         for value in (object(), {"f": lambda: 1}):
@@ -314,6 +338,19 @@ def test_one_instance_and_serialised_under_concurrency(server):
     assert values == list(range(1, 25))  # no lost update, no two calls inside at once
     info = h.ok(server, "counter", 'return await env.COUNTER.getByName("busy").info()')
     assert info["n"] == 24
+
+
+def test_objects_calling_each_other_back_interleave_as_on_cloudflare(server):
+    """An object's input gate lets events in while it awaits anything but its
+    storage: A calling B calling A answered only at A's wall-time limit, and
+    a call waiting on another call to the same object never got it."""
+    assert h.ok(server, "counter", 'return await env.COUNTER.getByName("ping").call_around("pong")') == \
+        ["back", "from", "pong"]
+    both = h.ok(server, "counter", """
+import asyncio
+obj = env.COUNTER.getByName("holder")
+return list(await asyncio.gather(obj.hold(), obj.release()))""")
+    assert both == ["released by another call", "released"]
 
 
 def test_storage_key_value(server):

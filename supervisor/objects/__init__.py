@@ -1,2 +1,2 @@
-"""Durable Objects: live instances on children, their input gates, eviction,
+"""Durable Objects: live instances on children, eviction,
 storage and alarms (the binding handlers are supervisor.bindings.durable_objects)."""

@@ -1,14 +1,15 @@
-"""Live Durable Objects: one instance per id on this host, one call at a time.
+"""Live Durable Objects: one instance per id on this host.
 
 An object lives in the child that runs its class's script version (the
 pool keeps one warm child per script, so the child holds at most one
 instance per id; a deploy or a dead child starts the object afresh from its
-storage). Every event for an object (an RPC call, a ``fetch``, its alarm)
-passes its **input gate**, a FIFO lock here in the supervisor: calls are
-delivered one at a time, in arrival order, so an object never sees two
-events interleave (stricter than Cloudflare, which also lets events in while
-an object awaits I/O other than storage). An object calling itself would
-wait on its own gate; its wall-time limit ends that.
+storage). Every event for an object (an RPC call, a ``fetch``, its alarm) is
+sent in arrival order, and passes the object's **input gate** in the child
+(:class:`sandbox.durable_objects.InputGate`): as on Cloudflare, no new event
+gets in while the object is constructed or waits for its storage, and
+events do get in while it awaits anything else, so objects that call each
+other back (A calls B, which calls A) go on instead of waiting for their
+wall-time limit.
 
 An object idle for ``idle_s`` is **evicted**: its instance is dropped in the
 child (``#evict``); its storage stays, and the next call constructs it again.
@@ -40,10 +41,9 @@ class ObjectKey(NamedTuple):
 class LiveObject:
     """What the supervisor knows of one live object."""
 
-    __slots__ = ("gate", "last_used", "child", "waiting")
+    __slots__ = ("last_used", "child", "waiting")
 
     def __init__(self) -> None:
-        self.gate = trio.Lock()  # trio's Lock is fair: FIFO
         self.last_used = trio.current_time()
         self.child: Any = None
         self.waiting = 0
@@ -81,7 +81,7 @@ class ObjectHost:
     async def invoke(self, key: ObjectKey, event: DurableObjectEvent, parent: Any,
                      http: tuple[bytes, str, list, Any] | None = None, args: bytes = b"",
                      trace: bool = False) -> Any:
-        """Deliver ``event`` to the object through its input gate.
+        """Deliver ``event`` to the object (its input gate is in the child).
 
         Returns the finished-head invocation (a ``fetch``: the response; its
         body streams after the gate opens) or, for an RPC call, the decoded
@@ -93,10 +93,9 @@ class ObjectHost:
         obj = self.live.get(key)
         if obj is None:
             obj = self.live[key] = LiveObject()
-        obj.waiting += 1  # not evictable while anyone waits at its gate
+        obj.waiting += 1  # not evictable while an event is on its way or under way
         try:
-            async with obj.gate:
-                return await self._deliver(key, obj, record, event, parent, http, args, trace)
+            return await self._deliver(key, obj, record, event, parent, http, args, trace)
         finally:
             obj.waiting -= 1
             obj.last_used = trio.current_time()
@@ -142,7 +141,7 @@ class ObjectHost:
             await trio.sleep(period)
             now = trio.current_time()
             for key, obj in list(self.live.items()):
-                if obj.gate.locked() or obj.waiting or now - obj.last_used < self.idle_s:
+                if obj.waiting or now - obj.last_used < self.idle_s:
                     continue
                 del self.live[key]
                 self._evict(key, obj)
