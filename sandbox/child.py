@@ -1047,11 +1047,12 @@ class Runtime:
         if kind != "fetch" and not request.headers.has("content-length"):
             # What an HTTP client says of a body of known length (a WSGI app
             # reads exactly CONTENT_LENGTH bytes of it); outbound HTTP gets it
-            # from the supervisor's client.
-            if type(sent) is Inline and sent.data:
-                headers.append((b"content-length", str(len(sent.data)).encode()))
-            elif length is not None:
-                headers.append((b"content-length", str(length).encode()))
+            # from the supervisor's client. Never beside a Transfer-Encoding
+            # (RFC 9112 6.1): a chunked request the dispatcher forwards whole.
+            known = len(sent.data) if type(sent) is Inline and sent.data else length
+            if known is not None:
+                headers = [h for h in headers if h[0].lower() != b"transfer-encoding"]
+                headers.append((b"content-length", str(known).encode()))
         try:
             self.send(SubRequest(
                 call=call, parent=parent, kind=kind,  # type: ignore[arg-type]

@@ -19,6 +19,8 @@ One real ``corral serve`` with the bundled dispatcher (tests/conftest.py).
 
 from __future__ import annotations
 
+import json
+
 from tests.test_cf_gaps import deploy
 
 BODIES = '''
@@ -135,3 +137,25 @@ def test_a_request_whose_body_was_looked_at_is_forwarded_whole(corral):
     corral.route("forward.example/*", "bodies-forwarder")
     resp = corral.request("/", host="forward.example", method="POST", body=b"whole")
     assert resp.status == 200 and resp.text == "echo: whole", (resp, resp.text, corral.log())
+
+
+FRAMING = '''
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response.json({"te": request.headers.get("transfer-encoding"),
+                              "cl": request.headers.get("content-length"), "body": await request.text()})
+'''
+
+
+def test_a_chunked_request_forwarded_whole_is_framed_once(corral):
+    """A chunked POST whose body came with its head reached the dispatched
+    worker with both Transfer-Encoding and Content-Length (RFC 9112 6.1)."""
+    deploy(corral, "bodies-framing", FRAMING)
+    answer = corral.raw(b"POST / HTTP/1.1\r\nHost: bodies-framing.localhost\r\nTransfer-Encoding: chunked\r\n"
+                        b"Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer
+    assert json.loads(body) == {"te": None, "cl": "11", "body": "hello world"}, body
