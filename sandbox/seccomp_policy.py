@@ -55,14 +55,13 @@ ALLOWED = (
     # both calls can only ever take rights away from the caller.
     "landlock_add_rule", "landlock_restrict_self",
     "mmap", "munmap", "mremap", "brk", "madvise", "mprotect",
-    "futex", "sched_yield", "getrandom",
+    "sched_yield", "getrandom",
     "getpid", "gettid", "getuid", "geteuid", "getgid", "getegid", "getppid",
-    "clock_gettime", "clock_getres", "gettimeofday", "time", "clock_nanosleep", "nanosleep",
+    "gettimeofday", "time", "nanosleep",
     "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
     "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "poll", "ppoll", "select", "pselect6",
     "exit", "exit_group", "restart_syscall", "uname", "getrusage", "times",
-    "getgroups", "getresuid", "getresgid", "getpgrp", "getpgid", "getsid", "sched_getparam",
-    "sched_getscheduler", "getcpu",
+    "getgroups", "getresuid", "getresgid", "getpgrp", "getcpu",
     # Harmless in the jail: the mask of files it cannot create (libuuid sets
     # it in uuid.uuid1()), and flushing files it cannot write or its own
     # anonymous memory (mmap.flush()).
@@ -151,6 +150,24 @@ FCNTL_LOCKS = (6, 7, 37, 38)
 FCNTL_ALLOWED = (0, 1, 2, 3, 4, 5, 9, 10, 11, 16, 17, 36,
                  1024, 1025, 1030, 1031, 1032, 1033, 1034, 1035, 1036, 1037, 1038)
 
+#: Calls about a process that a child may make about itself only (pid 0):
+#: made about another, they told a tenant which processes the host runs,
+#: their process groups, sessions and scheduling (SCHED_BATCH marks a
+#: Corral child). EPERM for any other pid.
+OWN_PROCESS_ONLY = ("getpgid", "getsid", "sched_getparam", "sched_getscheduler")
+#: Clock calls, for the clocks of the whole system and the caller's own CPU
+#: clocks (ids 0 and up). A negative clock id names another process's or
+#: thread's CPU clock, which the kernel reads for anyone: a tenant watched
+#: another's CPU time (its every request, to the nanosecond) and the
+#: supervisor's (the host's traffic). EPERM. (The vDSO answers the common
+#: clocks without a system call at all.)
+CLOCK_CALLS = ("clock_gettime", "clock_getres", "clock_nanosleep")
+#: ``futex`` with FUTEX_PRIVATE_FLAG only, as glibc and CPython make it: a
+#: shared futex on a page of a file every tenant maps (the standard
+#: library) is keyed by that file, so one tenant woke another's wait: a
+#: covert channel between them. EPERM without the flag.
+FUTEX_PRIVATE_FLAG = 128
+
 #: openat flags that could write: O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND, __O_TMPFILE.
 WRITE_FLAGS = (0o1, 0o2, 0o100, 0o1000, 0o2000, 0o20000000)
 
@@ -214,6 +231,17 @@ def compile_policy() -> bytes:
                     seccomp.Arg(2, seccomp.EQ, 0))
     policy.add_rule(seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(0, seccomp.NE, 0))
     policy.add_rule(seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(2, seccomp.NE, 0))
+    # As prlimit64's: pid 0 exactly (a pid with bits in the upper half is
+    # refused too, whatever the kernel would make of it).
+    for name in OWN_PROCESS_ONLY:
+        policy.add_rule(seccomp.ALLOW, name, seccomp.Arg(0, seccomp.EQ, 0))
+        policy.add_rule(seccomp.ERRNO(errno.EPERM), name, seccomp.Arg(0, seccomp.NE, 0))
+    # clockid_t is 32 bits to the kernel: its sign bit decides, whatever the upper half.
+    for name in CLOCK_CALLS:
+        policy.add_rule(seccomp.ALLOW, name, seccomp.Arg(0, seccomp.MASKED_EQ, 0x80000000, 0))
+        policy.add_rule(seccomp.ERRNO(errno.EPERM), name, seccomp.Arg(0, seccomp.MASKED_EQ, 0x80000000, 0x80000000))
+    policy.add_rule(seccomp.ALLOW, "futex", seccomp.Arg(1, seccomp.MASKED_EQ, FUTEX_PRIVATE_FLAG, FUTEX_PRIVATE_FLAG))
+    policy.add_rule(seccomp.ERRNO(errno.EPERM), "futex", seccomp.Arg(1, seccomp.MASKED_EQ, FUTEX_PRIVATE_FLAG, 0))
     policy.add_rule(seccomp.ALLOW, "getrlimit")
     policy.add_rule(seccomp.ERRNO(errno.EPERM), "setrlimit")
     with tempfile.TemporaryFile() as out:

@@ -274,6 +274,13 @@ def test_top_level_forbidden_use_fails_the_deploy(c: Corral) -> None:
 
 def test_filesystem_is_gone(c: Corral) -> None:
     c.deploy("files", worker('''
+        def fchdir_bundle():
+            fd = os.open(os.path.dirname(__file__), os.O_RDONLY)
+            try:
+                os.fchdir(fd)
+            finally:
+                os.close(fd)
+
         class Default(WorkerEntrypoint):
             async def fetch(self, request):
                 return Response.json({
@@ -294,7 +301,7 @@ def test_filesystem_is_gone(c: Corral) -> None:
                     "chdir_bundle": attempt(lambda: (os.chdir(os.path.dirname(__file__)),
                                                      open(os.path.basename(__file__)).read(5),
                                                      os.chdir("/"))[1]),
-                    "fchdir": attempt(lambda: os.fchdir(os.open(os.path.dirname(__file__), os.O_RDONLY))),
+                    "fchdir": attempt(fchdir_bundle),
                     "chroot": attempt(os.chroot, "/"),
                     "mkdir": attempt(os.mkdir, "/x"),
                     "unlink": attempt(os.unlink, "/etc/passwd"),

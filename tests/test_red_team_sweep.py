@@ -775,3 +775,58 @@ def test_tenants_see_no_record_lock_and_no_dnotify_of_each_other(corral: Corral)
     assert corral.request("/hold", host="sweep-locker.localhost").text == "held"
     out = corral.request("/peek", host="sweep-peeker.localhost").json()
     assert out == {"unlocked": True, "pid": 0, "notify": "ENOSYS"}, out
+
+
+PROCESS_SPY = r'''
+import ctypes
+import errno
+import time
+from workers import Response, WorkerEntrypoint
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+GETPGID, GETSID, SCHED_GETSCHEDULER, CLOCK_GETTIME, FUTEX = 121, 124, 145, 228, 202
+
+
+def raw(number, *args):
+    ctypes.set_errno(0)
+    result = libc.syscall(number, *args)
+    return result if result >= 0 else errno.errorcode[ctypes.get_errno()]
+
+
+def cpu_clock_of(pid):
+    return (~pid << 3) | 2  # a process's CPU clock, as glibc's clock_getcpuclockid names it
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        other = int(request.url.rsplit("=", 1)[1])
+        spec = (ctypes.c_long * 2)()
+        word = ctypes.c_uint32(0)
+        return Response.json({
+            "own_pgid": raw(GETPGID, 0) > 0,
+            "other_pgid": raw(GETPGID, other),
+            "other_sid": raw(GETSID, other),
+            "other_scheduler": raw(SCHED_GETSCHEDULER, other),
+            "other_cpu_clock": raw(CLOCK_GETTIME, cpu_clock_of(other), ctypes.byref(spec)),
+            "own_cpu_time": time.process_time() > 0,
+            "own_cpu_clock": raw(CLOCK_GETTIME, 2, ctypes.byref(spec)),
+            # FUTEX_WAKE_PRIVATE, as glibc makes it; FUTEX_WAKE (shared), as on a
+            # page of a file every tenant maps.
+            "private_wake": raw(FUTEX, ctypes.byref(word), 1 | 128, 1, 0, 0, 0),
+            "shared_wake": raw(FUTEX, ctypes.byref(word), 1, 1, 0, 0, 0),
+        })
+'''
+
+
+@x86_64_only
+def test_a_tenant_sees_no_other_process_nor_its_cpu_clock_nor_a_shared_futex(corral: Corral) -> None:
+    """Any pid's process group, session, scheduling policy and CPU clock were
+    readable (a tenant watched another's CPU time per request, and the
+    supervisor's); a shared futex on a page of a file every tenant maps woke
+    another tenant's wait (a covert channel). All are about the caller only now."""
+    corral.deploy("sweep-procspy", PROCESS_SPY)
+    out = corral.request(f"/?pid={corral.proc.pid}", host="sweep-procspy.localhost").json()
+    assert out == {"own_pgid": True, "other_pgid": "EPERM", "other_sid": "EPERM",
+                   "other_scheduler": "EPERM", "other_cpu_clock": "EPERM", "own_cpu_time": True,
+                   "own_cpu_clock": 0, "private_wake": 0, "shared_wake": "EPERM"}, out
