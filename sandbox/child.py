@@ -70,6 +70,7 @@ from protocol.messages import (
 
 from . import bindings as storage_bindings
 from . import (
+    content_coding,
     durable_objects,
     events,
     jail,
@@ -916,6 +917,13 @@ class Runtime:
         else:
             text = workers._checked_status_text(text)
         body = response._body
+        if body is not None and not response._encode_manual and type(body) is not IncomingBody:
+            # A Content-Encoding the worker set on a body it made: encoded here,
+            # as workerd's encodeBody "automatic" does.
+            coding = content_coding.coding_of(response.headers.get("content-encoding"))
+            if coding is not None:
+                body = response._body = (content_coding.encode(body, coding) if type(body) is bytes
+                                         else content_coding.encoding(body.__aiter__(), coding))
         if type(body) is bytes and len(body) <= MAX_CHUNK:  # most responses: inline
             self.send(ResponseStart(inv, response.status, response.headers._raw(), Inline(body), text))
             state.responded = True  # after: a head too large to send fails the invocation
@@ -1084,6 +1092,9 @@ class Runtime:
         response = workers.response_with(
             result.status, None if result.body is None else self.receive_body(result.body, call),
             workers.Headers._from_raw(result.headers), result.status_text)
+        if kind == "fetch" and result.body is not None:
+            # As workerd's fetch: the body is decoded when the worker reads it.
+            response._coding = content_coding.coding_of(response.headers.get("content-encoding"))
         response.url = result.url or request.url
         response.redirected = result.redirected
         if result.answered:

@@ -124,7 +124,7 @@ def patch_urllib3(module: types.ModuleType) -> None:
                 _brokered(method, url, pairs, _body_bytes(body), wait))
         except _workers().NetworkError as exc:
             raise _urllib3_error(module, self, method, url, retries, exc) from None
-        # The supervisor's client already decoded the body: do not decode again.
+        # workers.fetch decoded the body as it was read: do not decode again.
         out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-encoding"]
         response = response_cls(body=io.BytesIO(data), headers=out_headers, status=status,
                                 reason=reason, preload_content=preload_content,
@@ -187,7 +187,7 @@ def patch_urllib_request(module: types.ModuleType) -> None:
             raise module.URLError(exc) from None  # as urllib's own handlers wrap an OSError
         message = http.client.HTTPMessage()
         for name, value in out_headers:
-            if name.lower() != "content-encoding":  # already decoded by the supervisor's client
+            if name.lower() != "content-encoding":  # decoded as read (sandbox.content_coding)
                 message[name] = value
         response = module.addinfourl(io.BytesIO(data), message, req.full_url, status)
         response.msg = reason

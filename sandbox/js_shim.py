@@ -78,7 +78,8 @@ class _ResponseClass:
         init = _options(args, kwargs)
         return workers.Response(_js_body(body), status=init.get("status"),
                                 status_text=init.get("statusText", ""), headers=init.get("headers"),
-                                web_socket=init.get("webSocket"))
+                                web_socket=init.get("webSocket"),
+                                encodeBody=init.get("encodeBody", "automatic"))
 
     @staticmethod
     def json(data: Any, *args: Any, **kwargs: Any) -> workers.Response:

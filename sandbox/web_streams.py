@@ -20,10 +20,13 @@ class ReadableStream:
     """``Response.body`` / ``Request.body``: an async iterator of bytes with
     ``getReader()``, ``locked`` and ``cancel()``."""
 
-    __slots__ = ("_chunks", "_owner", "_reader", "source")
+    __slots__ = ("_chunks", "_owner", "_reader", "coding", "source")
 
-    def __init__(self, chunks: AsyncIterator[bytes], source: Any = None, owner: Any = None) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], source: Any = None, owner: Any = None,
+                 coding: str | None = None) -> None:
         self._chunks = chunks
+        #: The content coding its ``source`` is in (its chunks are decoded).
+        self.coding = coding
         #: The Request or Response whose body this is: its ``bodyUsed`` turns
         #: true at the first read, as JavaScript's does.
         self._owner = owner

@@ -27,6 +27,7 @@ from typing import Any
 
 from protocol.http_grammar import TOKEN
 
+from . import content_coding
 from .pyodide_shim import ArrayBuffer, JsException
 from .sdk_types import Blob, CfProperties, File, FormData, encode_form, parse_form
 from .streams import IncomingBody
@@ -380,12 +381,14 @@ def _encode_body(body: Any, headers: Headers, owner: str = "Response") -> Any:
             headers._set_default("content-type", body.type)
         return body._data
     if type(body) is ReadableStream and (source := body.source) is not None \
-            and (type(source) is bytes or not source.started):
+            and (type(source) is bytes or not source.started) \
+            and body.coding == content_coding.coding_of(headers.get("content-encoding")):
         # Another body's stream handed on unread (``Response(request.body)``,
         # ``Response(resp.body, headers=...)``, ``Response(obj.body)`` of an R2
         # object): the body itself, so that it is passed on by reference (or
         # sent as the bytes it is) and keeps a length its source knows, as
-        # workerd hands on the stream underneath.
+        # workerd hands on the stream underneath. An encoded one only under
+        # its own Content-Encoding: else it is read, decoded.
         return source
     if hasattr(body, "__aiter__"):
         return body
@@ -488,6 +491,9 @@ class _Body:
     _body_used: bool
     #: The ReadableStream ``body`` gave, made once.
     _stream: ReadableStream | None = None
+    #: The content coding of a body ``fetch()`` got, decoded as it is read
+    #: (see sandbox.content_coding); handed on unread, it stays encoded.
+    _coding: str | None = None
 
     @property
     def bodyUsed(self) -> bool:  # noqa: N802 - fetch API name
@@ -503,13 +509,15 @@ class _Body:
         if body is None:
             return b""
         if isinstance(body, bytes):
-            return body
-        if isinstance(body, IncomingBody):
-            return await body.read_all()
-        parts = []
-        async for chunk in body:
-            parts.append(chunk.encode() if isinstance(chunk, str) else bytes(chunk))
-        return b"".join(parts)
+            data = body
+        elif isinstance(body, IncomingBody):
+            data = await body.read_all()
+        else:
+            parts = []
+            async for chunk in body:
+                parts.append(chunk.encode() if isinstance(chunk, str) else bytes(chunk))
+            data = b"".join(parts)
+        return content_coding.decode(data, self._coding) if self._coding else data
 
     async def buffer(self) -> ArrayBuffer:
         """The body as an ``ArrayBuffer`` (bytes with Pyodide's ``to_bytes()``,
@@ -560,10 +568,14 @@ class _Body:
                 async def once() -> AsyncIterator[bytes]:
                     yield body
 
-                stream = ReadableStream(once(), body, owner=self)
+                chunks: AsyncIterator[bytes] = once()
+                source: Any = body
             else:
-                stream = ReadableStream(body.__aiter__(), body if isinstance(body, IncomingBody) else None,
-                                        owner=self)
+                chunks = body.__aiter__()
+                source = body if isinstance(body, IncomingBody) else None
+            if self._coding:
+                chunks = content_coding.decoding(chunks, self._coding)
+            stream = ReadableStream(chunks, source, owner=self, coding=self._coding)
             self._stream = stream
         return stream
 
@@ -764,6 +776,8 @@ class Response(_Body):
         *,
         statusText: str | None = None,  # noqa: N803 - fetch API name
         web_socket: Any = None,
+        encodeBody: str = "automatic",  # noqa: N803 - fetch API name
+        encode_body: str | None = None,
     ) -> None:
         if isinstance(body, Response):
             # ``Response(other.js_object)``: the SDK wraps a JavaScript Response
@@ -792,6 +806,16 @@ class Response(_Body):
         self._body_used = False
         self.url = ""
         self.redirected = False
+        encoded = encode_body if encode_body is not None else encodeBody
+        if encoded not in ("automatic", "manual"):
+            raise TypeError(f'encodeBody must be "automatic" or "manual", not {encoded!r}')
+        #: The body is in its Content-Encoding already: ``encodeBody: "manual"``,
+        #: or a fetched body handed on unread under its own coding.
+        self._encode_manual = encoded == "manual" or (
+            type(body) is ReadableStream and body.coding is not None and self._body is body.source)
+
+    #: See ``__init__``: a delivered response is sent as it came.
+    _encode_manual = True
 
     @classmethod
     def _delivered(cls, status: int, headers: Headers, body: Any, status_text: str = "") -> Response:
@@ -864,6 +888,8 @@ class Response(_Body):
         copy.url = self.url
         copy.redirected = self.redirected
         copy._body_used = False
+        copy._coding = self._coding
+        copy._encode_manual = self._encode_manual
         copy._body = self._tee()
         return copy
 

@@ -413,7 +413,7 @@ def test_content_codings_pass_through_undecoded(server: LocalServer) -> None:
             resp = await client.request("GET", server.url("/gzip"), [("Accept-Encoding", "gzip")])
             assert (b"content-encoding", b"gzip") in resp.headers
             assert resp.header(b"content-length") == str(len(GZIPPED)).encode()
-            assert await resp.read_all() == GZIPPED  # as sent: the tenant decodes, if it wants
+            assert await resp.read_all() == GZIPPED  # as sent: the child decodes what the worker reads
             # The client asks for no coding itself.
             got = await echo(await client.request("GET", server.url("/echo")))
             assert header_values(got, "accept-encoding") == []

@@ -19,9 +19,11 @@ One real ``corral serve`` with the bundled dispatcher (tests/conftest.py).
 
 from __future__ import annotations
 
+import gzip
 import json
 
 from tests.test_cf_gaps import deploy
+from tests.upstream import GZIP_TEXT
 
 BODIES = '''
 import asyncio
@@ -159,3 +161,62 @@ def test_a_chunked_request_forwarded_whole_is_framed_once(corral):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), answer
     assert json.loads(body) == {"te": None, "cl": "11", "body": "hello world"}, body
+
+
+CODINGS = '''
+import gzip
+
+import httpx
+import requests
+import urllib3
+from workers import Response, WorkerEntrypoint, fetch
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        up = self.env.UPSTREAM + "/gzip"
+        path = request.url.split("?")[0].rsplit("/", 1)[1]
+        if path == "read":
+            r = await fetch(up)
+            text = await r.text()
+            s = await fetch(up)
+            streamed = b"".join([chunk.to_bytes() async for chunk in s.body])
+            return Response.json({"text": len(text), "header": r.headers.get("content-encoding"),
+                                  "streamed": len(streamed), "same": streamed.decode() == text,
+                                  "requests": requests.get(up).json()["compressed"][:3],
+                                  "httpx": httpx.Client().get(up).json()["compressed"][:3],
+                                  "urllib3": urllib3.request("GET", up).json()["compressed"][:3]})
+        if path == "pass":
+            return await fetch(up)  # unread: as the upstream sent it
+        if path == "plain":
+            r = await fetch(up)
+            return Response(r.body, headers={"content-type": "application/json"})
+        if path == "made":
+            return Response("made here " * 50, headers={"content-encoding": "gzip"})
+        if path == "manual":
+            return Response(gzip.compress(b"compressed by the worker"), encodeBody="manual",
+                            headers={"content-encoding": "gzip"})
+'''
+
+
+def test_content_codings_as_workerd_applies_them(corral, upstream):
+    """A fetched gzip body is decoded when the worker reads it, by every HTTP
+    client too (requests, httpx and urllib3 got it still compressed), and
+    handed on encoded when returned unread; a response the worker makes with
+    a Content-Encoding is encoded (it was sent plain, labelled gzip), unless
+    it says encodeBody "manual"."""
+    deploy(corral, "bodies-codings", CODINGS, requirements=("requests", "httpx", "urllib3"),
+           bindings=({"type": "plain_text", "name": "UPSTREAM", "text": upstream.url("")},))
+    read = corral.request("/read", host="bodies-codings.localhost")
+    assert read.status == 200, (read, corral.log())
+    assert read.json() == {"text": len(GZIP_TEXT), "header": "gzip", "streamed": len(GZIP_TEXT), "same": True,
+                           "requests": "zzz", "httpx": "zzz", "urllib3": "zzz"}
+    passed = corral.request("/pass", host="bodies-codings.localhost")
+    assert passed.headers.get("content-encoding") == "gzip" and gzip.decompress(passed.body) == GZIP_TEXT
+    plain = corral.request("/plain", host="bodies-codings.localhost")
+    assert "content-encoding" not in plain.headers and plain.body == GZIP_TEXT
+    made = corral.request("/made", host="bodies-codings.localhost")
+    assert made.headers.get("content-encoding") == "gzip"
+    assert gzip.decompress(made.body) == b"made here " * 50
+    manual = corral.request("/manual", host="bodies-codings.localhost")
+    assert gzip.decompress(manual.body) == b"compressed by the worker"

@@ -15,6 +15,7 @@ so a test can check what really left Corral. Endpoints:
   seconds pass); records when the client disconnected.
 * ``/slow?delay=S``: answers after ``S`` seconds.
 * ``/reason?code=N&text=T``: status ``N`` with the reason phrase ``T`` (UTF-8).
+* ``/gzip``: :data:`GZIP_TEXT`, gzip-encoded (``Content-Encoding: gzip``).
 
 It also keeps the most requests it had in hand at once (``most_in_flight``):
 a request counts from its head being read until its answer is written.
@@ -22,6 +23,7 @@ a request counts from its head being read until its answer is written.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import select
@@ -33,6 +35,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 BLOCK = bytes(range(256)) * 256  # 64 KiB
+#: What ``/gzip`` serves, before its gzip coding.
+GZIP_TEXT = b'{"compressed": "' + b"z" * 2000 + b'"}'
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 
@@ -211,6 +215,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"reason\n")
             return
+        if path == "/gzip":
+            self._record(body_len=size, sha256=sha)
+            return self._send(200, gzip.compress(GZIP_TEXT), {"content-type": "application/json",
+                                                              "content-encoding": "gzip"})
         if path == "/slow":
             self._record(body_len=size, sha256=sha)
             time.sleep(float(query.get("delay", "0.5")))

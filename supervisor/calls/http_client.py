@@ -22,8 +22,10 @@ requests are made *on behalf of untrusted code*, the client is strict:
   tasks): if the caller is cancelled, the connection in use is closed.
 
 It is httpx on trio (HTTP/1.1 only, via httpcore and h11). Content codings
-(gzip etc.) are *not* decoded: bodies are passed through as received, with
-their ``content-encoding`` header, as a tenant's fetch gets them.
+(gzip etc.) are *not* decoded here: bodies are passed through as received,
+with their ``content-encoding`` header, and the child decodes one when the
+worker reads it (sandbox.content_coding), as workerd's fetch does; returned
+unread, it reaches the client as the upstream sent it.
 """
 
 from __future__ import annotations
