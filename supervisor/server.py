@@ -479,10 +479,11 @@ class Supervisor:
         """Whether a stop still has something to wait for: a request in
         flight or on its way in (ingress or admin), or the ``waitUntil`` work
         of an answered request, which would be lost with its child (a KV
-        write after the response)."""
+        write after the response). Not what is left of an invocation that
+        failed (its wall time: a handler stuck in C may never end)."""
         if self.http.in_flight or self.http.starting or self.admin_http.in_flight or self.admin_http.starting:
             return True
-        return any(inv.response_end is not None
+        return any(inv.response_end is not None and inv.error is None
                    for child in self.pool.children.values() for inv in child.invocations.values())
 
     async def _start_admin_tcp(self, nursery: trio.Nursery) -> None:

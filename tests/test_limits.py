@@ -14,6 +14,7 @@ them. Tests assert outcomes, never wall-clock figures: those are scripts/bench's
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import threading
 import time
@@ -89,6 +90,10 @@ class Default(WorkerEntrypoint):
             print("spinning now")  # the trace keeps it, though nothing after it ever returns
             while True:
                 pass
+        if path == "/block":
+            import select
+            select.select([], [], [], 120)  # blocks in C: no Cancel reaches it
+            return Response("unblocked")
         if path == "/sleep":
             started = time.process_time()
             await asyncio.sleep(float(q.get("ms", "100")) / 1000.0)
@@ -324,6 +329,31 @@ def test_wall_time_limit(corral):
     assert out["platform_error"] is True
     # The worker is still usable.
     assert call(corral, "sleeper", "/sleep?ms=1").status == 200
+
+
+def test_a_child_stuck_past_its_wall_time_is_not_given_the_next_request(tmp_path):
+    """A handler blocked in C (select) hears no Cancel: the script's next
+    request waited behind it for the waitUntil deadline (30 s) and then got
+    a 502 as the stuck child was killed; and the stuck child outlived the
+    supervisor. The next request goes to a fresh child now, and a stop ends
+    the stuck one."""
+    server = Corral(tmp_path / "state").start()
+    try:
+        server.deploy_dispatcher(DISPATCHER)
+        server.deploy("stuck", TENANT)
+        assert call(server, "stuck", "/block", {"wallMs": 300}).json().get("error") == "exceededWallTime"
+        after = call(server, "stuck", "/sleep?ms=1", timeout=15)
+        assert after.status == 200, (after, server.log()[-3000:])
+        deadline = time.monotonic() + 15
+        while not (stuck := [e["pid"] for e in server.log_events() if e.get("event") == "child.stuck_after_cancel"]):
+            assert time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.05)  # the watchdog's grace for the Cancel (1 s)
+    finally:
+        server.stop()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{stuck[0]}"):
+        assert time.monotonic() < deadline, f"the stuck child {stuck[0]} outlived the supervisor"
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------

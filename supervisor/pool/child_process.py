@@ -179,6 +179,9 @@ class ChildOwner(Protocol):
     def on_loaded(self, child: ChildProcess, seconds: float, failed: bool) -> None:
         """The child loaded its script (a cold start), ``seconds`` after assignment."""
 
+    def on_cancel_heard(self, child: ChildProcess) -> None:
+        """A handler the child was told to stop at its wall time ended."""
+
     def on_cold_start_over(self, child: ChildProcess, caller: Invocation | None = None) -> None:
         """The first invocation after the load is done: the cold start is over.
         ``caller``: the request it served, if another worker called it."""
@@ -1127,7 +1130,11 @@ class ChildProcess:
         return sink.take()
 
     def _on_failed(self, message: InvokeFailed) -> None:
-        self._invocation(message.id).fail(message.error)
+        inv = self._invocation(message.id)
+        if inv.cancel_by:  # the handler ended: the Cancel sent was heard
+            inv.cancel_by = 0.0
+            self.owner.on_cancel_heard(self)
+        inv.fail(message.error)
         if message.error.name == "MemoryError":
             # The child exits right after this frame; no request may reach it.
             self.owner.retire(self)
@@ -1157,6 +1164,9 @@ class ChildProcess:
             # fails the invocation, so the caller hears of it.
             raise ProtocolViolation(f"invocation {message.id} ended without a response or a failure")
         caller = inv.parent  # ending it may drop the link
+        if inv.cancel_by:  # it ended before a Cancel was heard: it was not stuck
+            inv.cancel_by = 0.0
+            self.owner.on_cancel_heard(self)
         del self.invocations[message.id]
         self.end_invocation(inv)
         if self.cold:

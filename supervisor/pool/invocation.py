@@ -68,6 +68,7 @@ class Invocation:
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
         "on_done", "response_end", "linger_cut", "log_bytes", "truncated", "depth", "request_id", "event",
         "fetches", "settled", "cpu_settled", "has_head", "is_done", "held_s", "connections",
+        "cancel_by",
     )
 
     def __init__(self, id: int, child: ChildLink, record: ScriptRecord, method: bytes,
@@ -132,6 +133,9 @@ class Invocation:
         #: trio time by which the child must have ended its ``waitUntil`` work
         #: after being told to (0: not told yet).
         self.linger_cut = 0.0
+        #: When a Cancel for the handler was sent and not yet heard (InvokeFailed):
+        #: past it, the child is stuck (see Pool._cpu_watchdog). 0: none pending.
+        self.cancel_by = 0.0
         self.log_bytes = 0
         #: Some of its logs or exceptions were cut or dropped at the limits
         #: (the child's or ours): the trace event's ``truncated``, so that a

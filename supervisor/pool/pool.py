@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import time
 from collections import OrderedDict
@@ -315,6 +316,14 @@ class Pool:
                 task_status.started()
         finally:
             self._kit.batch.uninstall()
+            # Children hear the end of their channel and exit, but one stuck
+            # where nothing reaches it (a blocking call in C) outlived the
+            # supervisor, its tenant's code running unwatched: each goes.
+            for child in list(self.children.values()):
+                try:
+                    signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
+                except OSError:
+                    pass
 
     def _childless_id(self) -> int:
         self._childless_ids = self._childless_ids % ((1 << 31) - 1) + 1
@@ -521,6 +530,19 @@ class Pool:
         it first), so :meth:`on_dead` need not look at the warm set again."""
         self.census.condemned(child)
         self._leave_warm(child)
+
+    def on_cancel_heard(self, child: ChildProcess) -> None:
+        """``child`` ended a handler it was told to stop at its wall time: it
+        serves its script again, unless another child took its place."""
+        record = child.record
+        if record is None or child.retired or not child.alive:
+            return
+        key = (record.namespace, record.name)
+        current = self.warm.get(key)
+        if current is None:
+            self.warm[key] = child
+        elif current is not child:
+            self._retire(child)
 
     def _leave_warm(self, child: ChildProcess) -> None:
         """``child`` no longer serves its script's new requests (a newer
@@ -741,6 +763,20 @@ class Pool:
                                 inv.cut_response()
                             else:
                                 inv.cancel(Outcome.EXCEEDED_WALL_TIME)
+                                # Its handler may be stuck where no Cancel reaches
+                                # it (a blocking call in C): the script's next
+                                # requests go to another child until this one
+                                # shows it heard (on_cancel_heard).
+                                inv.cancel_by = now + LINGER_GRACE_S
+                                self._leave_warm(child)
+                    elif inv.cancel_by and now > inv.cancel_by:
+                        # It did not: it ends when it falls idle, or at its
+                        # waitUntil deadline.
+                        inv.cancel_by = 0.0
+                        if not child.retired:
+                            warn("child.stuck_after_cancel", pid=child.pid,
+                                 script=child.record.name if child.record else "")
+                            self._retire(child)
                     elif inv.linger_cut:
                         if now > inv.linger_cut:
                             self._kill_lingering(child)
