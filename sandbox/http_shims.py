@@ -107,66 +107,102 @@ def patch_urllib3(module: types.ModuleType) -> None:
     pool_cls = module.HTTPConnectionPool
     response_cls = module.HTTPResponse
 
+    retry_cls = module.util.Retry
+    errors = module.exceptions
+
     def urlopen(self: Any, method: str, url: str, body: Any = None, headers: Any = None,
                 retries: Any = None, redirect: bool = True, assert_same_host: bool = True,
                 timeout: Any = None, pool_timeout: Any = None, release_conn: Any = None,
                 chunked: bool = False, body_pos: Any = None, preload_content: bool = True,
                 decode_content: bool = True, **kw: Any) -> Any:
+        """urllib3's own ``urlopen`` over the brokered fetch: its ``Retry``
+        decides on errors, statuses and redirects, as it does there."""
         if url.startswith("/"):
             port = f":{self.port}" if self.port else ""
             url = f"{self.scheme}://{self.host}{port}{url}"
+        if not isinstance(retries, retry_cls):
+            retries = retry_cls.from_int(retries, redirect=redirect, default=self.retries)
         pairs = list((headers or self.headers or {}).items())
         if timeout is not None and not isinstance(timeout, (int, float)) and not hasattr(timeout, "total"):
             timeout = self.timeout  # urllib3's default sentinel: the pool's (None is no timeout)
         wait = _urllib3_timeout(timeout)
+        again = (assert_same_host, timeout, pool_timeout, release_conn, chunked, body_pos,
+                 preload_content, decode_content)
         try:
             status, reason, out_headers, data = run_sync(
                 _brokered(method, url, pairs, _body_bytes(body), wait))
         except _workers().NetworkError as exc:
-            raise _urllib3_error(module, self, method, url, retries, exc) from None
+            # The Retry's verdict raises (MaxRetryError, or the error itself
+            # when retries are off), or it is a Retry with one try fewer.
+            retries = retries.increment(method, url, error=_urllib3_reason(module, self, url, exc), _pool=self)
+            retries.sleep()
+            return self.urlopen(method, url, body, headers, retries, redirect, *again)
         # workers.fetch decoded the body as it was read: do not decode again.
         out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-encoding"]
         response = response_cls(body=io.BytesIO(data), headers=out_headers, status=status,
                                 reason=reason, preload_content=preload_content,
                                 decode_content=decode_content, request_method=method,
-                                request_url=url, enforce_content_length=False)
-        if redirect and response.get_redirect_location():
-            location = response.get_redirect_location()
+                                request_url=url, enforce_content_length=False, retries=retries,
+                                original_response=_OriginalResponse(out_headers, status, reason))
+        location = redirect and response.get_redirect_location()
+        if location:
             import urllib.parse
+            try:
+                retries = retries.increment(method, url, response=response, _pool=self)
+            except errors.MaxRetryError:
+                if retries.raise_on_redirect:
+                    raise
+                return response
+            retries.sleep_for_retry(response)
             follow = "GET" if status == 303 else method
             return self.urlopen(follow, urllib.parse.urljoin(url, location),
-                                None if follow == "GET" else body, headers, retries, redirect,
-                                False, timeout, pool_timeout, release_conn, chunked, body_pos,
-                                preload_content, decode_content)
+                                None if follow == "GET" else body, headers, retries, redirect, *again)
+        if retries.is_retry(method, status, bool(response.headers.get("Retry-After"))):
+            try:
+                retries = retries.increment(method, url, response=response, _pool=self)
+            except errors.MaxRetryError:
+                if retries.raise_on_status:
+                    raise
+                return response
+            retries.sleep(response)
+            return self.urlopen(method, url, body, headers, retries, redirect, *again)
         return response
 
     pool_cls.urlopen = urlopen
 
 
-def _urllib3_error(urllib3: Any, pool: Any, method: str, url: str, retries: Any, exc: Any) -> Exception:
+def _urllib3_reason(urllib3: Any, pool: Any, url: str, exc: Any) -> Exception:
     """What urllib3 raises itself when no response came: ``ReadTimeoutError``
     or ``ConnectTimeoutError`` for a timeout, else ``NewConnectionError``;
-    wrapped in ``MaxRetryError`` unless retries are off. ``requests`` turns
-    these into its ``ConnectionError``, ``ConnectTimeout`` and ``ReadTimeout``."""
+    its Retry then wraps it in ``MaxRetryError``, or raises it as it is
+    (``requests`` passes ``Retry(0, read=False)``, and turns these into its
+    ``ConnectionError``, ``ConnectTimeout`` and ``ReadTimeout``)."""
     errors = urllib3.exceptions
-    reason: Exception
     if not exc.timeout:
-        reason = errors.NewConnectionError(pool, exc.message)
-    elif "connecting" in exc.message:
-        reason = errors.ConnectTimeoutError(pool, exc.message)
-    else:
-        reason = errors.ReadTimeoutError(pool, url, exc.message)
-    if retries is False:
-        return reason
-    if hasattr(retries, "increment"):
-        # The Retry's own verdict on this error, as urllib3's urlopen asks it:
-        # ``requests`` passes ``Retry(0, read=False)``, under which a read
-        # timeout is raised as it is (``requests`` then raises ReadTimeout).
-        try:
-            retries.increment(method, url, error=reason, _pool=pool)
-        except Exception as verdict:  # noqa: BLE001 - whatever the Retry raises is the answer
-            return verdict
-    return errors.MaxRetryError(pool, url, reason)
+        return errors.NewConnectionError(pool, exc.message)
+    if "connecting" in exc.message:
+        return errors.ConnectTimeoutError(pool, exc.message)
+    return errors.ReadTimeoutError(pool, url, exc.message)
+
+
+class _OriginalResponse:
+    """What ``requests`` reads of the ``http.client`` response underneath
+    urllib3's (its cookie jar takes Set-Cookie from ``msg``)."""
+
+    def __init__(self, headers: list[tuple[str, str]], status: int, reason: str) -> None:
+        import http.client
+
+        self.msg = http.client.HTTPMessage()
+        for name, value in headers:
+            self.msg[name] = value
+        self.headers = self.msg
+        self.status, self.reason = status, reason
+
+    def isclosed(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
 
 
 # -- urllib.request ------------------------------------------------------------------
@@ -190,7 +226,7 @@ def patch_urllib_request(module: types.ModuleType) -> None:
             if name.lower() != "content-encoding":  # decoded as read (sandbox.content_coding)
                 message[name] = value
         response = module.addinfourl(io.BytesIO(data), message, req.full_url, status)
-        response.msg = reason
+        response.msg = response.reason = reason  # as http.client.HTTPResponse has them
         return response
 
     module.HTTPHandler.http_open = open_brokered
@@ -274,13 +310,15 @@ def patch_aiohttp(module: types.ModuleType) -> None:
     """``aiohttp.ClientSession``'s requests: the brokered fetch. Its
     ``_request`` (behind ``get``/``post``/``request``, awaited or used with
     ``async with``) answers a :class:`BrokeredResponse`; the session's base
-    URL, default headers, ``params``, ``json``/``data`` bodies, redirects and
+    URL, default headers, ``auth``, cookies (its jar, both ways), ``params``,
+    ``json``/``data`` bodies (``FormData`` too), redirects and
     ``raise_for_status`` are honoured, its connector is never used."""
     aiohttp = module
 
     async def _request(self: Any, method: str, str_or_url: Any, *, params: Any = None, data: Any = None,
                        json: Any = None, headers: Any = None, allow_redirects: bool = True,
-                       max_redirects: int = 10, raise_for_status: Any = None, **_options: Any) -> Any:
+                       max_redirects: int = 10, raise_for_status: Any = None, auth: Any = None,
+                       cookies: Any = None, **_options: Any) -> Any:
         import yarl
 
         url = yarl.URL(str(str_or_url))
@@ -289,16 +327,33 @@ def patch_aiohttp(module: types.ModuleType) -> None:
         if params:
             url = url.extend_query(params)
         sent = _aiohttp_headers(aiohttp, self, headers)
-        body = _aiohttp_body(data, json, sent)
+        auth = auth if auth is not None else getattr(self, "_default_auth", None)
+        if auth is not None and "Authorization" not in sent:
+            sent["Authorization"] = auth.encode()
+        body = await _aiohttp_body(aiohttp, data, json, sent)
+        jar = getattr(self, "_cookie_jar", None)
         history = []
         while True:
+            request_headers = sent.copy()
+            if "Cookie" not in request_headers:
+                # As aiohttp's ClientRequest: the jar's cookies for the URL, then
+                # the request's own (which do not join the jar).
+                pairs = {m.key: m.value for m in (jar.filter_cookies(url).values() if jar is not None else ())}
+                pairs.update((str(k), str(getattr(v, "value", v)))
+                             for k, v in (cookies.items() if hasattr(cookies, "items") else cookies or ()))
+                if pairs:
+                    request_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in pairs.items())
             try:
-                status, reason, out, payload = await _brokered(method, str(url), list(sent.items()), body,
-                                                               _aiohttp_timeout(_options.get("timeout"), self))
+                status, reason, out, payload = await _brokered(
+                    method, str(url), list(request_headers.items()), body,
+                    _aiohttp_timeout(_options.get("timeout"), self))
             except _workers().NetworkError as exc:
                 cls = aiohttp.ServerTimeoutError if exc.timeout else aiohttp.ClientConnectionError
                 raise cls(exc.message) from None
-            response = BrokeredResponse(aiohttp, method, url, status, reason, out, payload, sent, history)
+            response = BrokeredResponse(aiohttp, method, url, status, reason, out, payload, request_headers,
+                                        history)
+            if jar is not None and response.cookies:
+                jar.update_cookies(response.cookies, url)
             location = response.headers.get("location")
             if not (allow_redirects and status in (301, 302, 303, 307, 308) and location):
                 break
@@ -337,11 +392,20 @@ def _aiohttp_headers(aiohttp: Any, session: Any, headers: Any) -> Any:
     return merged
 
 
-def _aiohttp_body(data: Any, json_value: Any, headers: Any) -> bytes | None:
-    """aiohttp's body rules: ``json=`` is JSON, a dict of ``data=`` a form, a str UTF-8."""
+async def _aiohttp_body(aiohttp: Any, data: Any, json_value: Any, headers: Any) -> bytes | None:
+    """aiohttp's body rules: ``json=`` is JSON, a dict of ``data=`` a form, a
+    str UTF-8, a ``FormData`` (or any payload) as aiohttp writes it."""
     import json
     import urllib.parse
 
+    if isinstance(data, aiohttp.FormData):
+        data = data()
+    if isinstance(data, aiohttp.payload.Payload):
+        out = _Collect()
+        await data.write(out)
+        for name, value in data.headers.items():
+            headers.setdefault(name, value)
+        return bytes(out.data)
     if json_value is not None:
         headers.setdefault("Content-Type", "application/json")
         return json.dumps(json_value).encode()
@@ -351,6 +415,22 @@ def _aiohttp_body(data: Any, json_value: Any, headers: Any) -> bytes | None:
     if isinstance(data, str):
         headers.setdefault("Content-Type", "text/plain; charset=utf-8")
     return _body_bytes(data)
+
+
+class _Collect:
+    """A stream writer that keeps what an aiohttp payload writes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def write(self, chunk: bytes) -> None:
+        self.data += chunk
+
+    async def write_eof(self, chunk: bytes = b"") -> None:
+        self.data += chunk
+
+    async def drain(self) -> None:
+        pass
 
 
 class BrokeredResponse:
@@ -367,6 +447,14 @@ class BrokeredResponse:
         self.method, self.url, self.real_url, self.status, self.reason = method, url, url, status, reason
         self.headers = CIMultiDictProxy(CIMultiDict(
             (k, v) for k, v in headers if k.lower() not in ("content-encoding", "transfer-encoding")))
+        from http.cookies import CookieError, SimpleCookie
+
+        self.cookies: SimpleCookie = SimpleCookie()
+        for value in self.headers.getall("Set-Cookie", ()):
+            try:
+                self.cookies.load(value)
+            except CookieError:
+                pass  # as aiohttp: a malformed one is skipped
         self.history = tuple(history)
         self.request_info = aiohttp.RequestInfo(url, method, CIMultiDictProxy(CIMultiDict(sent)), url)
         self.content = _Content(body)

@@ -220,3 +220,65 @@ def test_content_codings_as_workerd_applies_them(corral, upstream):
     assert gzip.decompress(made.body) == b"made here " * 50
     manual = corral.request("/manual", host="bodies-codings.localhost")
     assert gzip.decompress(manual.body) == b"compressed by the worker"
+
+
+CLIENTS = '''
+import urllib.request
+
+import aiohttp
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        up = self.env.UPSTREAM
+        out = {}
+        session = requests.Session()
+        session.get(up + "/cookies")
+        out["requests_jar"] = sorted(session.cookies.keys())
+        session.get(up + "/echo/requests-cookies")
+        out["urllib3_retry"] = urllib3.PoolManager().request(
+            "GET", up + "/flaky?key=u3&fail=2", retries=urllib3.Retry(total=3, status_forcelist=[503])).status
+        retrying = requests.Session()
+        retrying.mount("http://", HTTPAdapter(max_retries=urllib3.Retry(total=2, status_forcelist=[503])))
+        try:
+            retrying.get(up + "/flaky?key=rq&fail=9")
+            out["requests_retry"] = "no error"
+        except requests.exceptions.RetryError:
+            out["requests_retry"] = "RetryError"
+        out["urllib_reason"] = urllib.request.urlopen(up + "/echo/reason").reason
+        # unsafe=True: aiohttp's jar keeps cookies of an IP address's only so.
+        async with aiohttp.ClientSession(auth=aiohttp.BasicAuth("user", "pass"),
+                                         cookie_jar=aiohttp.CookieJar(unsafe=True)) as aio:
+            async with aio.get(up + "/cookies") as first:
+                out["aiohttp_cookies"] = sorted(first.cookies.keys())
+            await aio.get(up + "/echo/aiohttp-cookies", cookies={"c": "3"})
+            form = aiohttp.FormData()
+            form.add_field("name", "value")
+            form.add_field("file", b"bytes", filename="f.bin")
+            async with aio.post(up + "/echo/aiohttp-form", data=form) as posted:
+                out["aiohttp_form"] = (await posted.json())["body_len"] > 0
+        return Response.json(out)
+'''
+
+
+def test_http_clients_keep_cookies_auth_retries_and_forms(corral, upstream):
+    """What the clients did without a word: requests.Session kept no cookie,
+    urllib3's Retry never retried, aiohttp dropped auth=, cookies= and its
+    jar and refused a FormData, urllib's response had no reason."""
+    deploy(corral, "bodies-clients", CLIENTS, requirements=("requests", "urllib3", "aiohttp"),
+           bindings=({"type": "plain_text", "name": "UPSTREAM", "text": upstream.url("")},))
+    resp = corral.request("/", host="bodies-clients.localhost")
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json() == {"requests_jar": ["a", "b"], "urllib3_retry": 200, "requests_retry": "RetryError",
+                           "urllib_reason": "OK", "aiohttp_cookies": ["a", "b"], "aiohttp_form": True}
+    assert upstream.server.flaky == {"u3": 3, "rq": 3}
+    sent = {r["path"]: r["headers"] for r in upstream.requests}
+    assert sent["/echo/requests-cookies"]["cookie"] in ("a=1; b=2", "b=2; a=1")
+    aio = sent["/echo/aiohttp-cookies"]
+    assert aio["authorization"] == "Basic dXNlcjpwYXNz"
+    assert sorted(aio["cookie"].split("; ")) == ["a=1", "b=2", "c=3"]
+    assert sent["/echo/aiohttp-form"]["content-type"].startswith("multipart/form-data; boundary=")

@@ -16,6 +16,8 @@ so a test can check what really left Corral. Endpoints:
 * ``/slow?delay=S``: answers after ``S`` seconds.
 * ``/reason?code=N&text=T``: status ``N`` with the reason phrase ``T`` (UTF-8).
 * ``/gzip``: :data:`GZIP_TEXT`, gzip-encoded (``Content-Encoding: gzip``).
+* ``/cookies``: sets the cookies ``a=1`` and ``b=2`` (two Set-Cookie headers).
+* ``/flaky?key=K&fail=N``: 503 for the first N requests of key K, then 200.
 
 It also keeps the most requests it had in hand at once (``most_in_flight``):
 a request counts from its head being read until its answer is written.
@@ -215,6 +217,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"reason\n")
             return
+        if path == "/cookies":
+            self._record(body_len=size, sha256=sha)
+            self.send_response(200)
+            self.send_header("set-cookie", "a=1; Path=/")
+            self.send_header("set-cookie", "b=2; Path=/")
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        if path == "/flaky":
+            self._record(body_len=size, sha256=sha)
+            with self.server.lock:
+                seen = self.server.flaky[query["key"]] = self.server.flaky.get(query["key"], 0) + 1
+            if seen <= int(query.get("fail", "1")):
+                return self._send(503, b"try again\n")
+            return self._send(200, b"ok\n")
         if path == "/gzip":
             self._record(body_len=size, sha256=sha)
             return self._send(200, gzip.compress(GZIP_TEXT), {"content-type": "application/json",
@@ -253,6 +270,8 @@ class _Server(ThreadingHTTPServer):
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.most_in_flight = 0
+        #: Requests seen per key of ``/flaky``.
+        self.flaky: dict[str, int] = {}
 
 
 class Upstream:
