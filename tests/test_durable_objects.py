@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import sqlite3
 import time
 
 import pytest
@@ -115,12 +116,34 @@ class Counter(DurableObject):
         return {"written": w.rowsWritten, "columns": list(cur.columnNames), "rows": rows,
                 "read": cur.rowsRead, "one": one.n, "errors": errors}
 
+    async def sqlfk(self):
+        s = self.ctx.storage.sql
+        s.exec("CREATE TABLE IF NOT EXISTS parent (id INTEGER PRIMARY KEY)")
+        s.exec("CREATE TABLE IF NOT EXISTS kid (id INTEGER PRIMARY KEY, "
+               "parent INTEGER REFERENCES parent(id) ON DELETE CASCADE)")
+        out = {"columns": [r.name for r in s.exec("PRAGMA table_info(kid)").toArray()]}
+        for name, q in (("orphan", "INSERT INTO kid (parent) VALUES (42)"),
+                        ("cf_table", "PRAGMA table_info(_cf_KV)"), ("journal", "PRAGMA journal_mode=DELETE")):
+            try:
+                s.exec(q)
+                out[name] = "allowed"
+            except Exception as e:
+                out[name] = "FOREIGN KEY" if "FOREIGN KEY" in str(e) else "refused" if "not authorized" in str(e) \
+                    else str(e)
+        s.exec("INSERT INTO parent (id) VALUES (1)")
+        s.exec("INSERT INTO kid (parent) VALUES (1)")
+        s.exec("DELETE FROM parent WHERE id = 1")
+        out["cascaded"] = s.exec("SELECT count(*) AS n FROM kid").one().n
+        return out
+
     async def arm(self, ms_from_now):
         import time
         await self.ctx.storage.setAlarm(time.time() * 1000 + ms_from_now)
         return isinstance(await self.ctx.storage.getAlarm(), int)  # whole ms, as JS gives them
 
     async def alarm(self, info=None):
+        if await self.ctx.storage.get("alarm_fails"):
+            raise RuntimeError("this alarm always fails")
         count = (await self.ctx.storage.get("alarmed") or 0) + 1
         await self.ctx.storage.put("alarmed", count)
         pending = await self.ctx.storage.getAlarm()  # None: the one firing is no longer pending
@@ -128,6 +151,12 @@ class Counter(DurableObject):
         if count < 3 and pending is None:  # the usual "re-arm if unset", three times in all
             import time
             await self.ctx.storage.setAlarm(time.time() * 1000 + 20)
+
+    async def put_value(self, key, value):
+        await self.ctx.storage.put(key, value)
+
+    async def pending(self):
+        return await self.ctx.storage.getAlarm()
 
     async def peek(self, key):
         return await self.ctx.storage.get(key)
@@ -353,6 +382,15 @@ return list(await asyncio.gather(obj.hold(), obj.release()))""")
     assert both == ["released by another call", "released"]
 
 
+def test_sql_enforces_foreign_keys_and_takes_workerds_pragmas(server):
+    """workerd builds SQLite with foreign keys on and lets a Durable Object run
+    schema pragmas (util/sqlite.c++); every PRAGMA was refused and no foreign
+    key enforced."""
+    assert h.ok(server, "counter", 'return await env.COUNTER.getByName("fk").sqlfk()') == {
+        "columns": ["id", "parent"], "orphan": "FOREIGN KEY", "cf_table": "refused", "journal": "refused",
+        "cascaded": 0}
+
+
 def test_storage_key_value(server):
     result = h.ok(server, "counter", 'return await env.COUNTER.getByName("kv").kv()')
     assert result["got"] == {"a": 1, "b": [1, 2]}
@@ -500,6 +538,35 @@ stub = env.COUNTER.getByName("alarm2")
 await stub.arm(3600 * 1000)
 return await stub.disarm()
 """) is None
+
+
+def test_an_alarm_given_up_on_is_no_longer_pending(tmp_path):
+    """workerd abandons an alarm whose handler failed its every retry, and
+    getAlarm() says so; it kept answering the past time, which never fired
+    again, so "set it again if none is set" never did. Its sixth retry is
+    made due by editing the index while the server is down (the real one
+    comes two minutes after the first)."""
+    server = h.start(tmp_path / "state", CONFIG)
+    try:
+        server.deploy("counter", DO_TENANT, bindings=[DO])
+        assert h.ok(server, "counter", """
+stub = env.COUNTER.getByName("doomed")
+await stub.put_value("alarm_fails", True)
+return await stub.arm(3600 * 1000)""") is True
+    finally:
+        server.stop()
+    (index,) = (tmp_path / "state").rglob("alarms.sqlite3")
+    with sqlite3.connect(index) as db:
+        assert db.execute("UPDATE alarms SET retries = 6, time = ?", (time.time() * 1000,)).rowcount == 1
+    server = h.start(tmp_path / "state", CONFIG)
+    try:
+        pending = 'return await env.COUNTER.getByName("doomed").pending()'
+        deadline = time.monotonic() + 20
+        while h.ok(server, "counter", pending) is not None:
+            assert time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.1)  # until the retry ran and failed
+    finally:
+        server.stop()
 
 
 def test_state_survives_kill_9_of_the_supervisor(tmp_path):

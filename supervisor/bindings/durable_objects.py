@@ -35,7 +35,7 @@ from supervisor.bindings.base import (
     string,
 )
 from supervisor.objects import storage as st
-from supervisor.objects.alarms import Alarms
+from supervisor.objects.alarms import MAX_RETRIES, Alarms
 from supervisor.objects.host import ObjectHost, ObjectKey
 
 ID_RE = re.compile(r"[0-9a-f]{64}")
@@ -373,6 +373,10 @@ async def run_alarm(services: Services, key: tuple[str, str, str, str], when: fl
     try:
         await host.invoke(ObjectKey(*key), event, None, trace=True)
     except BindingError:
+        if retries >= MAX_RETRIES:
+            # Given up on, as workerd abandons it: getAlarm() says so (None),
+            # so that "set it again if none is set" sets it again.
+            await services.databases.run(path, st.setup, st.clear_alarm_if, current)
         return False
     await services.databases.run(path, st.setup, st.clear_alarm_if, current)
     return True

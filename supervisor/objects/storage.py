@@ -32,7 +32,21 @@ MAX_KEYS_PER_CALL = 128
 MAX_SQL_RESULT = 32 * 1024 * 1024
 
 
+#: The pragmas tenant SQL may run, as workerd allows them in a Durable
+#: Object (util/sqlite.c++): per-connection behaviour and schema reads,
+#: nothing that touches the file. ``table_info(_cf_KV)`` and the like stay
+#: refused, as every name with the ``_cf_`` prefix is.
+ALLOWED_PRAGMAS = frozenset({
+    "foreign_keys", "defer_foreign_keys", "case_sensitive_like", "ignore_check_constraints",
+    "legacy_alter_table", "recursive_triggers", "reverse_unordered_selects", "foreign_key_check",
+    "foreign_key_list", "index_info", "index_list", "index_xinfo", "table_info", "table_xinfo",
+    "table_list", "quick_check", "optimize", "data_version",
+})
+
+
 def setup(conn: sqlite3.Connection) -> None:
+    # Foreign keys are enforced, as workerd builds SQLite (SQLITE_DEFAULT_FOREIGN_KEYS=1).
+    conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("CREATE TABLE IF NOT EXISTS _cf_KV (key TEXT PRIMARY KEY, value BLOB NOT NULL) "
                  "WITHOUT ROWID")
     conn.execute("CREATE TABLE IF NOT EXISTS _cf_alarm (id INTEGER PRIMARY KEY CHECK (id = 0), "
@@ -203,11 +217,14 @@ def list_(conn: sqlite3.Connection, prefix: str | None, start: str | None, start
 # -- SQL ---------------------------------------------------------------------------
 
 def _authorizer(action: int, a: str | None, b: str | None, db: str | None, src: str | None) -> int:
-    """Tenant SQL may not reach Corral's tables, attach files or change pragmas."""
+    """Tenant SQL may not reach Corral's tables, attach files or run pragmas
+    beyond :data:`ALLOWED_PRAGMAS`."""
     for name in (a, b):
         if name and name.lower().startswith("_cf_") and action not in (sqlite3.SQLITE_FUNCTION,):
             return sqlite3.SQLITE_DENY
-    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH, sqlite3.SQLITE_PRAGMA,
+    if action == sqlite3.SQLITE_PRAGMA:
+        return sqlite3.SQLITE_OK if (a or "").lower() in ALLOWED_PRAGMAS else sqlite3.SQLITE_DENY
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH,
                   sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
         # Savepoints too: one named like Corral's own (corral_op, corral_txn_N)
         # would let tenant SQL commit or undo what ctx.storage.transaction holds.
@@ -278,8 +295,9 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any],
                                "([storage] d1_query_ms) and was interrupted: SQLITE_INTERRUPT") from None
         text = str(exc)
         if "not authorized" in text:
-            text = ("not authorized: SQL may not use _cf_ tables, ATTACH, PRAGMA or "
-                    "transaction statements (use ctx.storage.transactionSync)")
+            text = ("not authorized: SQL may not use _cf_ tables, ATTACH, a PRAGMA other than "
+                    f"{', '.join(sorted(ALLOWED_PRAGMAS))}, or transaction statements (use "
+                    "ctx.storage.transactionSync)")
         raise BindingError(f"{text}: SQLITE_ERROR") from None
     written = conn.total_changes - rows_before
     return {"columns": columns, "rows": rows, "rowsRead": max(len(rows), 0),
