@@ -12,6 +12,8 @@ ships it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 #: Enable and disable flag names alike (``nodejs_compat``, ``no_nodejs_compat``).
 KNOWN_FLAGS: frozenset[str] = frozenset({
     "add_nodejs_compat_eol", "add_nodejs_compat_eol_v22", "add_nodejs_compat_eol_v23",
@@ -130,3 +132,15 @@ KNOWN_FLAGS: frozenset[str] = frozenset({
     "workflows_preserve_non_retryable_error_message", "workflows_replace_non_retryable_error_message",
     "workflows_step_rollback", "writable_stream_spec_compliant_writer",
 })
+
+
+def enabled(date: str | None, flags: Iterable[str], flag: str, disable: str, since: str) -> bool:
+    """Whether ``flag`` is on for a script of compatibility ``date`` and
+    ``flags``: named, or its default ``since`` date reached, unless its
+    ``disable`` flag is named (as workerd's compatibility-date.capnp reads
+    them). A script with no date (Corral takes one) gets the newest behaviour."""
+    if flag in flags:
+        return True
+    if disable in flags:
+        return False
+    return not date or date >= since

@@ -155,6 +155,9 @@ class Counter(DurableObject):
     async def put_value(self, key, value):
         await self.ctx.storage.put(key, value)
 
+    async def wipe(self):
+        await self.ctx.storage.deleteAll()
+
     async def pending(self):
         return await self.ctx.storage.getAlarm()
 
@@ -538,6 +541,20 @@ stub = env.COUNTER.getByName("alarm2")
 await stub.arm(3600 * 1000)
 return await stub.disarm()
 """) is None
+
+
+@pytest.mark.parametrize("date, kept", [("2025-11-01", True), ("2026-03-01", False)])
+def test_delete_all_keeps_the_alarm_before_workerds_2026_02_24(server, date, kept):
+    """workerd's delete_all_deletes_alarm is on from 2026-02-24: before it,
+    deleteAll() kept the alarm (Corral deleted it whatever the date)."""
+    name = f"counter-{date[:4]}"
+    server.deploy(name, DO_TENANT, bindings=[DO], extra_metadata={"compatibility_date": date})
+    pending = h.ok(server, name, """
+stub = env.COUNTER.getByName("wipe")
+await stub.arm(3600 * 1000)
+await stub.wipe()
+return await stub.pending()""")
+    assert (pending is not None) is kept, pending
 
 
 def test_an_alarm_given_up_on_is_no_longer_pending(tmp_path):

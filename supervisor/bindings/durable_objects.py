@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from protocol.messages import DurableObjectEvent
+from supervisor import compat_flags
 from supervisor.bindings import Services, register, remove_tree
 from supervisor.bindings.base import (
     MAX_DATE_MS,
@@ -39,6 +40,8 @@ from supervisor.objects.alarms import MAX_RETRIES, Alarms
 from supervisor.objects.host import ObjectHost, ObjectKey
 
 ID_RE = re.compile(r"[0-9a-f]{64}")
+#: workerd's delete_all_deletes_alarm is on from this compatibility date.
+DELETE_ALL_DELETES_ALARM_SINCE = "2026-02-24"
 #: Reserved method names an RPC call may not use (they are not the object's methods).
 NOT_RPC = frozenset({"fetch", "alarm", "constructor", "webSocketMessage", "webSocketClose",
                      "webSocketError"})
@@ -267,8 +270,13 @@ class DurableObjectStorageHandler:
             count = await self._run(ctx, st.delete, st.check_keys(keys) if many else [st.check_key(keys)])
             return Reply(count if many else count > 0)
         if method == "deleteAll":
-            await self._run(ctx, st.delete_all)
-            await self.alarms.set(_key(ctx), None)
+            record = ctx.record
+            alarm_too = compat_flags.enabled(record.compatibility_date, record.compatibility_flags,
+                                             "delete_all_deletes_alarm", "delete_all_preserves_alarm",
+                                             DELETE_ALL_DELETES_ALARM_SINCE)
+            await self._run(ctx, st.delete_all, alarm_too)
+            if alarm_too:
+                await self.alarms.set(_key(ctx), None)
             return Reply(None)
         if method == "list":
             opts = arg(args, 0) or {}

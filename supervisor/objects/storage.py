@@ -169,11 +169,14 @@ def delete(conn: sqlite3.Connection, keys: list[str]) -> int:
     return _tx(conn, run)
 
 
-def delete_all(conn: sqlite3.Connection) -> None:
-    """Everything goes: keys, tables the object made, its alarm (as on Cloudflare)."""
+def delete_all(conn: sqlite3.Connection, alarm_too: bool = True) -> None:
+    """Everything goes: keys, tables the object made, and its alarm unless
+    ``alarm_too`` is false (workerd's delete_all_deletes_alarm, on from
+    2026-02-24; before it deleteAll kept the alarm)."""
     def run(c: sqlite3.Connection) -> None:
         c.execute("DELETE FROM _cf_KV")
-        c.execute("DELETE FROM _cf_alarm")
+        if alarm_too:
+            c.execute("DELETE FROM _cf_alarm")
         tables = [r[0] for r in c.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '_cf_%' "
             "AND name NOT LIKE 'sqlite_%'")]
