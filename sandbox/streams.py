@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from protocol.flow import Inbound, Outbound, StreamFailed
 from protocol.messages import MAX_CHUNK, Abort, BodyChunk, Credit
 
+from .pyodide_shim import JsException
+
 if TYPE_CHECKING:
     from .channel import Channel
 
@@ -42,6 +44,17 @@ class _Waiter:
             await self._future
         finally:
             self._future = None
+
+
+class ConnectionLost(JsException, StreamFailed):
+    """A body whose sender went away part-way (a client that dropped its
+    upload, an upstream that reset): workerd's ``Network connection lost.``,
+    a JavaScript Error to the worker (it read ``protocol.flow.StreamFailed``
+    and Corral's own source in its stack); a StreamFailed still to the
+    runtime's own handling."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("Error", f"Network connection lost. ({reason})")
 
 
 class IncomingBody:
@@ -69,13 +82,20 @@ class IncomingBody:
 
     # -- read by tenant code ----------------------------------------------
     async def read_chunk(self) -> bytes:
-        """Next chunk, ``b""`` at the end."""
-        while (chunk := self._state.next()) is None:
+        """Next chunk, ``b""`` at the end; :class:`ConnectionLost` if its
+        sender went away."""
+        while (chunk := self._next()) is None:
             grant = self._state.credit()
             if grant:
                 self._channel.send(Credit(self.stream_id, grant))
             await self._waiter.wait()
         return chunk
+
+    def _next(self) -> bytes | None:
+        try:
+            return self._state.next()
+        except StreamFailed as exc:
+            raise ConnectionLost(str(exc)) from None
 
     async def read_all(self, limit: int | None = None) -> bytes:
         parts = []

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 
 from tests.test_cf_gaps import deploy
 from tests.upstream import GZIP_TEXT
@@ -282,3 +283,37 @@ def test_http_clients_keep_cookies_auth_retries_and_forms(corral, upstream):
     assert aio["authorization"] == "Basic dXNlcjpwYXNz"
     assert sorted(aio["cookie"].split("; ")) == ["a=1", "b=2", "c=3"]
     assert sent["/echo/aiohttp-form"]["content-type"].startswith("multipart/form-data; boundary=")
+
+
+LOST = '''
+from workers import Response, WorkerEntrypoint
+
+SEEN = {}
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.method == "GET":
+            return Response.json(SEEN)
+        try:
+            await request.text()
+        except Exception as exc:
+            SEEN.update(type=type(exc).__name__, name=getattr(exc, "name", None), message=str(exc))
+        return Response("read")
+'''
+
+
+def test_an_upload_the_client_dropped_is_a_lost_connection(corral):
+    """It raised protocol.flow.StreamFailed, Corral's own type, with Corral's
+    source in its stack; workerd says "Network connection lost."."""
+    import socket
+
+    deploy(corral, "bodies-lost", LOST)
+    with socket.create_connection(("127.0.0.1", corral.port), timeout=5) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: bodies-lost.localhost\r\nContent-Length: 100\r\n\r\nten bytes.")
+    deadline = time.monotonic() + 10
+    while not (seen := corral.request("/", host="bodies-lost.localhost").json()):
+        assert time.monotonic() < deadline, corral.log()[-2000:]
+        time.sleep(0.05)  # until the worker has read what the client left
+    assert seen["type"] == "ConnectionLost" and seen["name"] == "Error", seen
+    assert seen["message"].startswith("Network connection lost."), seen
