@@ -252,7 +252,108 @@ async def fetch(app: Any, request: workers.Request, env: Any, ctx: Any = None) -
 
 
 async def websocket(app: Any, request: workers.Request, env: Any = None) -> workers.Response:
-    raise NotImplementedError("WebSockets are not supported by Corral yet")
+    """Serve a WebSocket upgrade with the ASGI ``app`` (Cloudflare's
+    ``workers.asgi.websocket``): the app runs on the server end of a
+    ``WebSocketPair`` and the client end goes back in the 101 once the app
+    accepts (an app that closes first is answered 403, as ASGI servers do).
+
+    Each client message arrives as an invocation of its own (see
+    sandbox.websockets); the app handles it within that invocation, which
+    waits for the app to ask for the next message: its CPU is charged there
+    and its subrequests and bindings are that invocation's."""
+    return await _AsgiSocket(app, request, env).open()
+
+
+class _AsgiSocket:
+    """One ASGI ``websocket`` connection over a worker's accepted socket."""
+
+    def __init__(self, app: Any, request: workers.Request, env: Any) -> None:
+        self.app = app
+        self.scope = request_to_scope(request, env if env is not None else {})
+        self.scope["type"] = "websocket"
+        self.scope["scheme"] = "wss" if self.scope["scheme"] == "https" else "ws"
+        self.scope.pop("method", None)
+        offered = request.headers.get("sec-websocket-protocol") or ""
+        self.scope["subprotocols"] = [p.strip() for p in offered.split(",") if p.strip()]
+        runtime = workers._runtime
+        if runtime is None:
+            raise RuntimeError("asgi.websocket() is called while handling a request")
+        self.client, self.server = runtime.sockets.pair().object_values()
+        self.inbox: asyncio.Queue[tuple[dict[str, Any], int]] = asyncio.Queue()
+        #: Set while the app waits in ``receive`` with nothing to read.
+        self.parked = asyncio.Event()
+        self.decided: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task | None = None
+
+    async def open(self) -> workers.Response:
+        self.server.accept()
+        self.server.addEventListener("message", self._on_message)
+        self.server.addEventListener("close", self._on_close)
+        self.inbox.put_nowait(({"type": "websocket.connect"}, workers.current_invocation.get()))
+        self.task = asyncio.ensure_future(self.app(self.scope, self._receive, self._send))
+        _background.add(self.task)
+        self.task.add_done_callback(self._ended)
+        await asyncio.wait([self.decided, self.task], return_when=asyncio.FIRST_COMPLETED)
+        if self.decided.done() and self.decided.result() == 101:
+            return workers.Response(None, status=101, web_socket=self.client)
+        if self.task.done() and self.task.exception() is not None:
+            raise self.task.exception()  # type: ignore[misc]
+        self.server.close(1000, "")
+        return workers.Response("", status=403)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        _background.discard(task)
+        self.parked.set()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Unhandled exception in an ASGI WebSocket app", exc_info=task.exception())
+            if self.decided.done():
+                self.server.close(1011, "the app failed")
+        elif self.decided.done() and self.server.readyState == 1:
+            self.server.close(1000, "")
+
+    async def _receive(self) -> dict[str, Any]:
+        if self.inbox.empty():
+            self.parked.set()
+        message, invocation = await self.inbox.get()
+        self.parked.clear()
+        # The app's work on this message is the invocation that brought it.
+        workers.current_invocation.set(invocation)
+        return message
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "websocket.accept":
+            if not self.decided.done():
+                self.decided.set_result(101)
+        elif kind == "websocket.send":
+            if not self.decided.done():
+                self.decided.set_result(101)  # a send accepts, as in ASGI servers
+            data = message.get("bytes")
+            self.server.send(data if data is not None else message.get("text", ""))
+        elif kind == "websocket.close":
+            if not self.decided.done():
+                self.decided.set_result(403)
+            elif self.server.readyState == 1:
+                self.server.close(message.get("code") or 1000, message.get("reason") or "")
+        else:
+            raise RuntimeError(f"unexpected ASGI message on a WebSocket: {kind!r}")
+
+    async def _deliver(self, message: dict[str, Any]) -> None:
+        """Hand the app ``message``; wait until it asks for the next (or ends)."""
+        if self.task is None or self.task.done():
+            return
+        self.parked.clear()
+        self.inbox.put_nowait((message, workers.current_invocation.get()))
+        await self.parked.wait()
+
+    async def _on_message(self, event: Any) -> None:
+        data = event.data
+        await self._deliver({"type": "websocket.receive", "text": data} if isinstance(data, str)
+                            else {"type": "websocket.receive", "bytes": bytes(data)})
+
+    async def _on_close(self, event: Any) -> None:
+        await self._deliver({"type": "websocket.disconnect", "code": event.code,
+                             "reason": getattr(event, "reason", "")})
 
 
 def __getattr__(name: str) -> Any:

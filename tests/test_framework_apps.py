@@ -1070,3 +1070,88 @@ def test_flask_environ_and_paths_per_pep_3333(c: Corral, flask_host: str) -> Non
     r = call(c, flask_host, "/p/%FF%FE")
     assert r.status == 200, r
     assert r.json()["path_info"] == "/p/\u00ff\u00fe", r
+
+
+# ---------------------------------------------------------------------------
+# WebSockets through asgi.websocket
+# ---------------------------------------------------------------------------
+
+WS_WORKER = '''
+import asgi
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from workers import WorkerEntrypoint
+
+app = FastAPI()
+
+
+@app.websocket("/ws")
+async def talk(websocket: WebSocket):
+    await websocket.accept()
+    await websocket.send_text("welcome " + websocket.query_params.get("who", "?"))
+    env = websocket.scope["env"]
+    try:
+        while True:
+            text = await websocket.receive_text()
+            if text == "remember":
+                await env.KV.put("said", "remembered")  # a binding, from the message's invocation
+                await websocket.send_text("ok")
+            elif text == "recall":
+                await websocket.send_text(await env.KV.get("said") or "nothing")
+            elif text == "bye":
+                await websocket.close(code=1000, reason="bye to you")
+                return
+            else:
+                await websocket.send_text("echo:" + text)
+    except WebSocketDisconnect:
+        await env.KV.put("left", "yes")
+
+
+@app.get("/left")
+async def left(request: Request):
+    return {"left": await request.scope["env"].KV.get("left")}
+
+
+@app.websocket("/closed")
+async def closed(websocket: WebSocket):
+    await websocket.close()
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if (request.headers.get("upgrade") or "").lower() == "websocket":
+            return await asgi.websocket(app, request, self.env)
+        return await asgi.fetch(app, request, self.env)
+'''
+
+
+def test_a_fastapi_websocket_through_asgi_websocket(c: Corral) -> None:
+    """workers-py's asgi.websocket serves an app's WebSocket route; Corral
+    raised NotImplementedError. Each message is handled in its own
+    invocation, bindings included."""
+    from wsproto.events import CloseConnection
+
+    from tests.test_websockets import Client
+
+    deploy(c, "fastapi-ws", {"worker.py": WS_WORKER}, ["fastapi"], [KV])
+    ws = Client(c.port, "fastapi-ws.localhost", "/ws?who=ann")
+    assert ws.next() == "welcome ann"
+    ws.send("hi")
+    assert ws.next() == "echo:hi"
+    ws.send("remember")
+    assert ws.next() == "ok"
+    ws.send("recall")
+    assert ws.next() == "remembered"
+    ws.send("bye")
+    close = ws.next()
+    assert isinstance(close, CloseConnection) and (close.code, close.reason) == (1000, "bye to you"), close
+    ws.drop()
+    refused = c.raw(b"GET /closed HTTP/1.1\r\nHost: fastapi-ws.localhost\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nConnection: close\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 403"), refused[:200]
+    # A client that closes: the app hears websocket.disconnect (WebSocketDisconnect).
+    leaving = Client(c.port, "fastapi-ws.localhost", "/ws")
+    assert leaving.next() == "welcome ?"
+    leaving.close(1001, "going away")
+    until(lambda: call(c, "fastapi-ws.localhost", "/left").json() == {"left": "yes"}, "the app heard the close")
+    leaving.drop()
