@@ -33,6 +33,10 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_header_bytes: Positive = 32 * 1024
     max_body_bytes: Count = 100 * 1024 * 1024
     header_timeout_s: PositiveDuration = 10.0
+    #: How long each read of a request body waits for more of it: a client
+    #: that stalls mid-body is answered 408, not left to run the worker into
+    #: its wall-time limit (a 503 that blamed the tenant).
+    body_timeout_s: PositiveDuration = 30.0
     idle_timeout_s: PositiveDuration = 60.0
     max_connections: Positive = 10_000
 

@@ -432,6 +432,23 @@ def test_header_timeout(tmp_path) -> None:
         server.stop()
 
 
+def test_a_client_that_stalls_mid_body_is_answered_408(tmp_path) -> None:
+    """A request body that stops coming held the connection and the worker
+    until the wall-time limit, answered 503 and charged to the tenant as
+    exceededWallTime; past body_timeout_s the client is answered 408."""
+    server = _server_with(tmp_path, "[http_limits]\nbody_timeout_s = 0.5\n")
+    try:
+        server.deploy("echo", ECHO)
+        answer = server.raw(b"POST / HTTP/1.1\r\nHost: echo.localhost\r\nContent-Length: 100\r\n\r\n"
+                            b"ten bytes.", timeout=10)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"Request body timeout" in answer, answer
+        ok = server.request("/", host="echo.localhost", method="POST", body=b"x" * 100)
+        assert ok.status == 200, ok
+    finally:
+        server.stop()
+
+
 def test_idle_keep_alive_connections_close_after_a_request_and_a_partial_next_head_is_408(tmp_path) -> None:
     """The idle timeout is kept by a sweeper, not a cancel scope per request:
     it must still end the wait between requests on a keep-alive connection

@@ -641,7 +641,7 @@ class Connection:
 class RequestBody:
     """The current request's body as a BodySource, capped at ``limit`` bytes."""
 
-    __slots__ = ("_conn", "_first", "_limit", "_seen", "_done", "closed", "too_large", "length")
+    __slots__ = ("_conn", "_first", "_limit", "_seen", "_done", "closed", "too_large", "timed_out", "length")
 
     def __init__(self, conn: Connection, first: list[bytes], limit: int,
                  length: int | None = None) -> None:
@@ -657,16 +657,23 @@ class RequestBody:
         #: The client sent more than the limit: whatever the worker made of the
         #: body's failure, the answer is a 413 (see supervisor.edge.ingress).
         self.too_large = False
+        #: The client stalled mid-body past ``body_timeout_s``: a 408, likewise.
+        self.timed_out = False
 
     async def receive(self) -> bytes:
         if self._first:
             return self._first.pop(0)
         if self._done or self.closed:
             return b""
+        timeout = self._conn.config.body_timeout_s
         try:
-            chunk = await self._conn.read_body_chunk()
+            with trio.move_on_after(timeout) as waited:
+                chunk = await self._conn.read_body_chunk()
         except ClientGone as exc:
             raise BodyError(str(exc)) from None
+        if waited.cancelled_caught:
+            self.closed = self.timed_out = True
+            raise BodyError(f"the client sent nothing more of its request body for {timeout:g} s")
         if not chunk:
             self._done = True
             return b""

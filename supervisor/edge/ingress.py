@@ -323,9 +323,13 @@ class Ingress:
                 await inv.head_ready.wait()
         if not inv.has_head:
             inv.cancel(Outcome.EXCEEDED_WALL_TIME)
-        if request is not None and isinstance(request.body, RequestBody) and request.body.too_large:
-            await _body_too_large(inv, conn, head_only)
-            return
+        if request is not None and isinstance(request.body, RequestBody):
+            if request.body.too_large:
+                await _body_too_large(inv, conn, head_only)
+                return
+            if request.body.timed_out:
+                await _body_timed_out(inv, conn, head_only)
+                return
         if inv.error is not None:
             # A callee's limit error the dispatcher let escape is still a limit: 503.
             reason = inv.error.name if inv.error.name in OUTCOME_MESSAGE else inv.outcome
@@ -413,6 +417,19 @@ async def _body_too_large(inv: Invocation, conn: Connection, head_only: bool) ->
     conn.keep_alive = False
     conn.linger = True
     await conn.respond(413, _TEXT, f"Request body larger than {limit} bytes\n".encode(), head_only)
+
+
+async def _body_timed_out(inv: Invocation, conn: Connection, head_only: bool) -> None:
+    """Answer 408 for a body the client stopped sending: the worker saw its
+    body fail, and its answer to that would blame it for the client."""
+    if inv.body is not None:
+        inv.body.close()
+    timeout = conn.config.body_timeout_s
+    warn("ingress.body_timeout", script=inv.record.name, timeout_s=timeout)
+    conn.keep_alive = False
+    conn.linger = True
+    await conn.respond(408, _TEXT, f"Request body timeout: nothing more came for {timeout:g} s\n".encode(),
+                       head_only)
 
 
 async def _cancel_when_gone(conn: Connection, inv: Invocation, scope: trio.CancelScope) -> None:
