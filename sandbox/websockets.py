@@ -24,11 +24,15 @@ closes its clients' connections (1011).
 A worker may also open a socket to a server, ``js.WebSocket.new(url)``
 (:class:`OutboundWebSocket`): the supervisor connects (``WsConnect``) and
 its ``open`` (or ``error``), the server's messages and the ``close`` come as
-the same events; sends go out as above.
+the same events; sends go out as above. ``fetch()`` with ``Upgrade:
+websocket`` opens one the same way and answers once the server has: a 101
+whose ``webSocket`` the worker accepts (then uses as its own) or returns
+in its response, which relays it to the worker's client (a proxy).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import urllib.parse
 from typing import Any
@@ -66,10 +70,6 @@ NOT_ACCEPTED = ("You must call one of accept() or state.acceptWebSocket() on thi
                 "sending messages.")
 
 
-#: What ``fetch()`` with ``Upgrade: websocket`` raises: Cloudflare's other way
-#: to open a socket to a server, which Corral has not (``js.WebSocket`` it has).
-OUTBOUND_UNSUPPORTED = ("an outbound WebSocket through fetch() with 'Upgrade: websocket' is not supported "
-                        "by Corral yet: open it with js.WebSocket.new(url)")
 #: The schemes ``new WebSocket(url)`` takes (http(s) as the standard reads them).
 SERVER_SCHEMES = ("ws", "wss", "http", "https")
 
@@ -120,6 +120,11 @@ class WebSocket:
         self.id = 0
         self.readyState = CONNECTING  # noqa: N815 - Workers API name
         self._listeners: dict[str, list[Any]] = {}
+        #: Opened by ``fetch()``: its events wait for ``accept()`` (or a relay).
+        self._fetched = False
+        self._held: list[WebSocketEvent] = []
+        #: The socket this one's messages and close are passed to (a relay).
+        self._relay: WebSocket | None = None
         self._hibernate = False
         self._attachment: Any = None
         self.url: str | None = None
@@ -253,11 +258,17 @@ class Sockets:
         self.runtime = runtime
         self.open: dict[int, WebSocket] = {}
         self._next = 1
+        #: ``fetch()`` upgrades waiting for their server's answer, by socket.
+        self._handshakes: dict[int, asyncio.Future] = {}
+        self._replaying: set[asyncio.Future] = set()
 
     def pair(self) -> WebSocketPair:
         return WebSocketPair(self)
 
     def accept(self, ws: WebSocket, hibernate: bool) -> None:
+        if ws._fetched:
+            self._take_fetched(ws)
+            return
         if ws._peer is None or ws._sockets is not self:
             raise TypeError("accept() is called on the server end of a WebSocketPair (pair[1])")
         if ws.readyState != CONNECTING:
@@ -273,6 +284,8 @@ class Sockets:
         client = response.web_socket
         if isinstance(client, HandedOn):
             return Socket(client.id)
+        if isinstance(client, WebSocket) and client._fetched:
+            client = self._relay_to_client(client)
         server = getattr(client, "_peer", None)
         if not isinstance(client, WebSocket) or server is None or server._sockets is not self:
             raise TypeError("web_socket must be the client end of a WebSocketPair (pair[0])")
@@ -312,6 +325,57 @@ class Sockets:
         self.open[ws.id] = ws  # after: a URL too large to send opens nothing
         return ws
 
+    async def fetch_upgrade(self, request: workers.Request) -> workers.Response:
+        """``fetch()`` with ``Upgrade: websocket``: connect, and answer once the
+        server has: a 101 with the socket (``response.webSocket``), or the
+        status it answered instead; no answer at all is a NetworkError."""
+        offered = request.headers.get("sec-websocket-protocol") or ""
+        ws = self.connect(request.url, [p.strip() for p in offered.split(",") if p.strip()])
+        ws._fetched = True
+        handshake = asyncio.get_running_loop().create_future()
+        self._handshakes[ws.id] = handshake
+        try:
+            kind, code, reason = await handshake
+        finally:
+            self._handshakes.pop(ws.id, None)
+        if kind == "error":
+            if code:
+                return workers.Response(None, status=code)
+            raise workers.NetworkError("FetchError", f"WebSocket connection to {request.url} failed: {reason}")
+        ws._to_server = False  # a socket the worker must accept() before it sends
+        ws.protocol = reason
+        headers = {"upgrade": "websocket", "connection": "Upgrade"}
+        if reason:
+            headers["sec-websocket-protocol"] = reason
+        return workers.Response(None, status=101, headers=headers, web_socket=ws)
+
+    def _take_fetched(self, ws: WebSocket) -> None:
+        """``accept()`` of a socket ``fetch()`` opened: it is the worker's now,
+        and what came for it meanwhile reaches its listeners."""
+        if ws.readyState != CONNECTING:
+            raise RuntimeError("this WebSocket was already accepted")
+        ws.readyState = OPEN
+        ws._fetched = False
+        held, ws._held = ws._held, []
+        if held:
+            task = asyncio.ensure_future(self._replay(held))
+            self._replaying.add(task)
+            task.add_done_callback(self._replaying.discard)
+
+    async def _replay(self, held: list[WebSocketEvent]) -> None:
+        for event in held:
+            await self.deliver(event)
+
+    def _relay_to_client(self, upstream: WebSocket) -> WebSocket:
+        """A fetched socket returned in a response, unaccepted: a proxy. A pair
+        takes the worker's client; each side's messages and close are passed
+        to the other (each as an invocation of its own, as any message is)."""
+        client, server = self.pair().object_values()
+        self.accept(server, hibernate=False)
+        server._relay, upstream._relay = upstream, server
+        self._take_fetched(upstream)
+        return client
+
     def closed(self, ws: WebSocket) -> None:
         """Its client's connection is over (the worker hears of it now)."""
         ws.readyState = CLOSED
@@ -322,6 +386,19 @@ class Sockets:
         ws = self.open.get(event.ws)
         if ws is None:
             return  # closed here already; nothing listens
+        handshake = self._handshakes.get(event.ws)
+        if handshake is not None and event.kind in ("open", "error"):
+            if not handshake.done():
+                handshake.set_result((event.kind, event.code, event.reason))
+            return
+        if ws._fetched:
+            ws._held.append(event)  # until accept(), as workerd queues them
+            if event.kind == "close":
+                self.closed(ws)
+            return
+        if ws._relay is not None:
+            await self._pass_on(ws, event)
+            return
         if event.kind == "open":  # a socket to a server: connected (``reason``: its protocol)
             if ws.readyState == CONNECTING:
                 ws.readyState = OPEN
@@ -335,6 +412,20 @@ class Sockets:
             self.closed(ws)
             await _dispatch(ws, "close", JsDict(code=event.code, reason=event.reason,
                                                 wasClean=event.clean, type="close"))
+
+
+    async def _pass_on(self, ws: WebSocket, event: WebSocketEvent) -> None:
+        """A relayed socket's message or close, to the other side."""
+        other = ws._relay
+        assert other is not None
+        if event.kind == "message":
+            if other.readyState == OPEN:
+                other.send(message_of(event.data, event.text))
+        elif event.kind == "close":
+            self.closed(ws)
+            if other.readyState in (CONNECTING, OPEN):
+                code = event.code if event.code not in RESERVED_CLOSE_CODES else 1000
+                other.close(code, event.reason if code != NO_STATUS else None)
 
 
 async def _dispatch(ws: WebSocket, kind: str, event: JsDict) -> None:

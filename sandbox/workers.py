@@ -1015,12 +1015,9 @@ async def fetch(
     """
     request = fetchable(Request(resource, method=method, headers=headers, body=body, redirect=redirect, **init))
     if (request.headers.get("upgrade") or "").lower() == "websocket":
-        # The brokered fetch drops the hop-by-hop Upgrade: a plain GET would
-        # reach the server, and its answer would come back with no webSocket.
-        from .pyodide_shim import JsException
-        from .websockets import OUTBOUND_UNSUPPORTED
-
-        raise JsException("NotSupportedError", OUTBOUND_UNSUPPORTED)
+        # The brokered fetch drops the hop-by-hop Upgrade: the socket is
+        # opened as js.WebSocket opens one (sandbox.websockets).
+        return await _runtime.sockets.fetch_upgrade(request)
     return await _runtime.sub_request("fetch", request, tail=_is_tail(_getframe(1)))
 
 

@@ -7,8 +7,9 @@ examples themselves are not copied here.
 * a URL with its scheme's default port (urllib3, so ``requests`` too,
   writes ``https://host:443/``) reaches the outbound worker as JavaScript's
   URL reads it back: ``https://host/``, the host in lower case;
-* ``fetch()`` with ``Upgrade: websocket``, which Corral does not have yet,
-  fails with an error that says so (it sent a plain GET on);
+* ``fetch()`` with ``Upgrade: websocket`` opens a socket to the server: the
+  worker accepts the 101's ``webSocket`` and uses it, or returns the response
+  and its client talks to the server through it (it was refused);
 * ``js.WebSocket.new(url)`` opens a WebSocket to a server: ``open``, the
   server's messages and ``close`` reach the listeners (``error`` and a
   1006 close when it cannot connect, or when the platform has an outbound
@@ -88,28 +89,6 @@ def test_a_default_port_is_dropped_from_urls_as_javascript_does(corral):
 
 
 # -- 2. outbound WebSockets ---------------------------------------------------------------------
-
-UPGRADE_FETCH = '''
-from workers import Response, WorkerEntrypoint, fetch
-
-
-class Default(WorkerEntrypoint):
-    async def fetch(self, request):
-        try:
-            await fetch("https://feed.example/subscribe", headers={"Upgrade": "websocket"})
-        except Exception as e:
-            return Response(f"{type(e).__name__}: {e}")
-        return Response("a plain GET went out")
-'''
-
-
-def test_fetch_with_an_upgrade_is_refused_with_an_error_naming_it(corral):
-    deploy(corral, "upgradefetch", UPGRADE_FETCH)
-    resp = corral.request("/", host="upgradefetch.localhost")
-    assert resp.status == 200, (resp, corral.log())
-    assert "outbound WebSocket" in resp.text and "not supported by Corral" in resp.text, resp.text
-    assert "js.WebSocket.new" in resp.text, resp.text
-
 
 # -- 3. a WebSocket to a server -----------------------------------------------------------------
 
@@ -532,3 +511,65 @@ def test_a_child_that_dies_with_a_websocket_connecting_leaves_the_supervisor_up(
         assert "Traceback" not in corral.log_path.read_text()
     finally:
         silent.close()
+
+
+FETCH_UPGRADE = '''
+from workers import Response, WorkerEntrypoint, fetch
+
+SEEN = []
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/seen"):
+            return Response.json(SEEN)
+        target = request.headers.get("x-target")
+        if "/proxy?port=" in request.url:
+            port = request.url.rsplit("=", 1)[1]
+            # The client's own upgrade, relayed to the server.
+            return await fetch(f"http://127.0.0.1:{port}/proxy", headers=request.headers)
+        answer = await fetch(target, headers={"Upgrade": "websocket", "Sec-WebSocket-Protocol": "chat"})
+        ws = answer.webSocket
+        if ws is None:
+            return Response(f"no socket: {answer.status}")
+        try:
+            ws.send("before accept")
+        except Exception as e:
+            SEEN.append(["send", getattr(e, "name", type(e).__name__)])
+        ws.accept()
+        ws.addEventListener("message", lambda event: SEEN.append(["message", event.data]))
+        ws.addEventListener("close", lambda event: SEEN.append(["close", event.code, event.reason]))
+        ws.send("hello")
+        ws.send(b"enough")
+        return Response(f"{answer.status} {answer.headers.get('sec-websocket-protocol')}")
+'''
+
+
+def test_fetch_with_an_upgrade_opens_a_websocket_the_worker_uses_or_relays(corral, upstream):
+    """fetch() with Upgrade: websocket answers a 101 whose webSocket the worker
+    accepts and uses, or returns for its client to talk through (it was
+    refused); a server that answers otherwise answers with its status."""
+    from tests.test_websockets import Client
+
+    server = EchoServer()
+    try:
+        deploy(corral, "fetchws", FETCH_UPGRADE)
+        host = "fetchws.plain.localhost"
+        resp = corral.request("/use", host=host, headers={"x-target": f"http://127.0.0.1:{server.port}/use"})
+        assert (resp.status, resp.text) == (200, "101 chat"), (resp, corral.log())
+        seen = seen_until(corral, host, lambda s: any(e[0] == "close" for e in s))
+        assert seen == [["send", "TypeError"], ["message", "echo:hello"], ["close", 4000, "done"]], seen
+        plain = corral.request("/use", host=host, headers={"x-target": upstream.url("/echo/not-a-socket")})
+        assert plain.text == "no socket: 200", plain.text
+        client = Client(corral.port, host, f"/proxy?port={server.port}")
+        client.sock.settimeout(10)
+        client.send("through the worker")
+        assert client.next() == "echo:through the worker"
+        client.send(b"bye")
+        close = client.next()
+        assert isinstance(close, CloseConnection) and (close.code, close.reason) == (4000, "done"), close
+        client.drop()
+        assert server.handshakes == ["/use", "/proxy"], server.handshakes
+    finally:
+        server.close()
+

@@ -483,6 +483,7 @@ class ServerSession(Session):
         state = self.state
         close = (1006, "", False)
         response = stream = None
+        answered = 0  # the status of a server that answered, but not with a 101
         try:
             failure = refused
             if failure is None:
@@ -497,12 +498,14 @@ class ServerSession(Session):
                 else:
                     fields = {name.lower(): value for name, value in answer}
                     if stream is None:
+                        answered = status
                         failure = f"the server answered {status}, not 101: it did not accept a WebSocket"
                     elif fields.get(b"sec-websocket-accept", b"").strip() != accept_key(key):
                         failure = "the server's Sec-WebSocket-Accept does not match the key sent"
             if failure is not None:
                 log("websocket.connect_failed", script=self._script(), ws=self.source.ws, reason=failure[:300])
-                await self.deliverer.deliver(self.source, "error", reason=failure[:1000])
+                # ``code``: that status (fetch() with Upgrade answers the worker with it).
+                await self.deliverer.deliver(self.source, "error", code=answered, reason=failure[:1000])
                 return
             self.conn = _Upstream(stream, self)  # type: ignore[assignment]
             state.session = self
