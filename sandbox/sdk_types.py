@@ -22,16 +22,28 @@ __all__ = ["JsDict", "Blob", "File", "FormData", "python_to_rpc", "python_from_r
            "encode_form", "parse_form"]
 
 
+#: The dict methods a field of the same name would hide.
+_DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
+
+
 class JsDict(dict):
     """A dict that also answers attribute access, as a JavaScript object
     converted by Pyodide would (``result.meta.changes``, ``event.scriptName``).
-    A field wins over a dict method of the same name (``listing.keys`` is KV's
-    list of keys). The one such class of the SDK: binding results, RPC values
-    and tail workers' trace events all are one."""
+    The one such class of the SDK: binding results, RPC values and tail
+    workers' trace events all are one.
+
+    A field named like a dict method gives the field (``listing.keys`` is
+    KV's list of keys, ``row.items`` a column), and stays callable as the
+    method: ``json.dumps(row)``, ``row.items()`` and ``row.get(...)`` work as
+    on the SDK's dict whatever the columns are called. A None or bool field
+    (which cannot be made callable) leaves the method."""
 
     def __getattribute__(self, name: str) -> Any:
         if name[:1] != "_" and dict.__contains__(self, name):
-            return dict.__getitem__(self, name)
+            value = dict.__getitem__(self, name)
+            if name not in _DICT_METHODS:
+                return value
+            return _callable_as(value, super().__getattribute__(name))
         return super().__getattribute__(name)
 
     def __getattr__(self, name: str) -> Any:
@@ -45,6 +57,55 @@ class JsDict(dict):
 
     def to_py(self) -> JsDict:
         return self
+
+
+class _CallableList(list):
+    """A list field that is also the dict method it shares its name with."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method(*args, **kwargs)
+
+    def to_py(self) -> _CallableList:
+        return self
+
+
+class _CallableStr(str):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method(*args, **kwargs)
+
+
+class _CallableInt(int):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method(*args, **kwargs)
+
+
+class _CallableFloat(float):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method(*args, **kwargs)
+
+
+class _CallableJsDict(JsDict):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return object.__getattribute__(self, "_method")(*args, **kwargs)
+
+
+#: In order: a bool is an int, and stays the method.
+_CALLABLE: tuple[tuple[type, type | None], ...] = (
+    (bool, None), (list, _CallableList), (str, _CallableStr), (int, _CallableInt),
+    (float, _CallableFloat), (dict, _CallableJsDict))
+
+
+def _callable_as(value: Any, method: Any) -> Any:
+    """``value`` that also calls ``method`` (see JsDict); ``method`` itself
+    for a value no such type can hold (None, a bool, bytes)."""
+    for base, kind in _CALLABLE:
+        if isinstance(value, base):
+            if kind is None:
+                break
+            both = kind(value)
+            object.__setattr__(both, "_method", method)
+            return both
+    return method
 
 
 class CfProperties(JsDict):

@@ -186,6 +186,30 @@ return {
     assert got["timings"] == [True, True]
 
 
+def test_results_with_fields_named_like_dict_methods_stay_dicts(server) -> None:
+    # A column (or a KV metadata field) named items, get, keys or values hid
+    # the dict method: json.dumps(row), row.items() and row.get() failed, and
+    # with them Response.json of the result. The field and the method both work.
+    got = ok(server, "t", """
+import json
+await env.DB.exec("CREATE TABLE shelf (id INTEGER PRIMARY KEY, items TEXT, get TEXT, keys INT)")
+await env.DB.prepare("INSERT INTO shelf (items, get, keys) VALUES (?, ?, ?)").bind("a,b", "g", 7).run()
+row = await env.DB.prepare("SELECT * FROM shelf").first()
+await env.KV.put("shelf", "x", metadata={"values": [1], "get": "m"})
+listing = await env.KV.list(prefix="shelf")
+meta = listing.keys[0].metadata
+return {"json": json.loads(json.dumps(row)), "items": row.items, "pairs": sorted(row.items()),
+        "get": row.get("id"), "field_get": row["get"], "keys_field": row.keys, "all": json.loads(json.dumps(
+            await env.DB.prepare("SELECT * FROM shelf").all()))["results"],
+        "listed": [k.name for k in listing.keys], "key_names": sorted(listing.keys()),
+        "meta": json.loads(json.dumps(meta)), "meta_values": meta.values, "meta_get": meta.get("get")}""")
+    row = {"id": 1, "items": "a,b", "get": "g", "keys": 7}
+    assert got == {"json": row, "items": "a,b", "pairs": sorted([list(p) for p in row.items()]), "get": 1,
+                   "field_get": "g", "keys_field": 7, "all": [row], "listed": ["shelf"],
+                   "key_names": ["cacheStatus", "keys", "list_complete"],
+                   "meta": {"values": [1], "get": "m"}, "meta_values": [1], "meta_get": "m"}, got
+
+
 def test_d1_batch_is_one_transaction(server) -> None:
     got = ok(server, "t", """
 await env.DB.exec("CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INT NOT NULL)")
