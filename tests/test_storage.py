@@ -363,6 +363,39 @@ return {{"put": [obj.key, obj.size, obj.etag, obj.httpEtag, obj.checksums.md5],
     assert got["missing"] == [None, None]
 
 
+def test_r2_serves_objects_as_its_docs_do(server) -> None:
+    # The R2 docs' serving pattern, in Python: hasattr(obj, "body") then
+    # Response(obj.body) (looking at body used it, so the second look raised),
+    # httpMetadata=request.headers with an Expires (kept as a string that
+    # writeHttpMetadata could not write back), a Range header with two ranges
+    # (a Python ValueError), blob(), and a Blob put.
+    got = ok(server, "t", """
+from workers import Blob, Headers
+await env.BUCKET.put("served", "hello", httpMetadata=Headers(
+    {"content-type": "text/plain", "expires": "Wed, 21 Oct 2015 07:28:00 GMT"}))
+obj = await env.BUCKET.get("served")
+looked = [hasattr(obj, "body"), obj.body is obj.body, obj.bodyUsed]
+headers = Headers()
+obj.writeHttpMetadata(headers)
+text = await obj.text()
+blob = await (await env.BUCKET.get("served")).blob()
+await env.BUCKET.put("blob", Blob(["x", b"y"]))
+refused = []
+for header in ("bytes=0-1,3-4", "items=1-2", "bytes=4-2"):
+    try:
+        await env.BUCKET.get("served", range=Headers({"range": header}))
+        refused.append("read")
+    except JsException as e:
+        refused.append(e.name)
+one = await env.BUCKET.get("served", range=Headers({"range": "bytes=1-3"}))
+return {"looked": looked, "expires": headers.get("expires"), "text": text,
+        "blob": [blob.type, await blob.text()], "put_blob": await (await env.BUCKET.get("blob")).text(),
+        "refused": refused, "one": await one.text()}""")
+    assert got == {"looked": [True, True, False], "expires": "Wed, 21 Oct 2015 07:28:00 GMT", "text": "hello",
+                   "blob": ["text/plain", "hello"], "put_blob": "xy",
+                   "refused": ["TypeError", "TypeError", "RangeError"], "one": "ell"}, got
+
+
 def test_r2_checksum_mismatch_fails_and_stores_nothing(server) -> None:
     error = fails(server, "t", 'await env.BUCKET.put("bad", "data", md5="0" * 32)')
     assert error["js"] and "MD5 checksum you specified did not match" in error["message"]

@@ -31,6 +31,7 @@ from protocol.messages import Abort, BindingCall, SubFailed
 
 from .. import workers
 from ..pyodide_shim import JsException, JsNull
+from ..sdk_types import Blob
 from ..sdk_types import JsDict as AttrDict
 from ..streams import IncomingBody, pump
 from ..web_streams import ReadableStream
@@ -385,11 +386,12 @@ async def iterate(body: bytes | IncomingBody | None):  # type: ignore[no-untyped
         yield body
 
 
-def stream_of(body: bytes | IncomingBody | None) -> ReadableStream:
+def stream_of(body: bytes | IncomingBody | None, owner: Any = None) -> ReadableStream:
     """A binding's body (an R2 object's, a KV value's) as a ReadableStream
     that knows what it reads: returned as a Response's body unread, it keeps
-    its length (the client gets a Content-Length, as from workerd)."""
-    return ReadableStream(iterate(body), body or None)
+    its length (the client gets a Content-Length, as from workerd). Its
+    ``owner``'s body is used at the first read."""
+    return ReadableStream(iterate(body), body or None, owner=owner)
 
 
 def stream_value(value: Any, where: str) -> Any:
@@ -398,6 +400,8 @@ def stream_value(value: Any, where: str) -> Any:
         return value
     if isinstance(value, workers.Request | workers.Response):
         return value.body
+    if isinstance(value, Blob):
+        return value._data
     if hasattr(value, "__aiter__"):
         return value
     raise TypeError(f"{where} accepts only strings, bytes and async iterators of bytes "

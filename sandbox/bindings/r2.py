@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import email.utils
+import re
 from typing import Any
 
 from .. import workers
 from ..js_globals import JsDate
 from ..pyodide_shim import ArrayBuffer
+from ..sdk_types import Blob
 from . import (
     AttrDict,
     AttrList,
@@ -26,10 +29,24 @@ from . import (
     wrap,
 )
 
+#: One range of bytes, as a Range header gives it.
+_BYTE_RANGE = re.compile(r"bytes\s*=\s*(?P<start>\d*)\s*-\s*(?P<end>\d*)", re.IGNORECASE)
 _HTTP_HEADERS = {"content-type": "contentType", "content-language": "contentLanguage",
                  "content-disposition": "contentDisposition",
                  "content-encoding": "contentEncoding", "cache-control": "cacheControl",
                  "expires": "cacheExpiry"}
+
+
+def _expiry(value: Any) -> Any:
+    """A cacheExpiry as ms since the epoch: a datetime, or an HTTP date as an
+    ``Expires`` header has it (workerd keeps it as a Date either way; kept
+    as the string, it could never be written back as a header)."""
+    if isinstance(value, str):
+        try:
+            value = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            raise JsException("TypeError", f"cacheExpiry {value[:64]!r} is not a date") from None
+    return _ms(value)
 
 
 def _ms(value: Any) -> Any:
@@ -42,9 +59,10 @@ def _ms(value: Any) -> Any:
 
 def _http_metadata(value: Any) -> Any:
     if isinstance(value, workers.Headers):
-        return {field: value.get(name) for name, field in _HTTP_HEADERS.items() if value.has(name)}
+        return {field: (_expiry(value.get(name)) if field == "cacheExpiry" else value.get(name))
+                for name, field in _HTTP_HEADERS.items() if value.has(name)}
     if isinstance(value, dict):
-        return {camel(k): (_ms(v) if camel(k) == "cacheExpiry" else v) for k, v in value.items()}
+        return {camel(k): (_expiry(v) if camel(k) == "cacheExpiry" else v) for k, v in value.items()}
     return value
 
 
@@ -106,10 +124,15 @@ def _range(value: Any) -> Any:
     if isinstance(value, workers.Headers):
         value = value.get("range")
     if isinstance(value, str):  # "bytes=0-99", "bytes=100-", "bytes=-50"
-        spec = value.strip().removeprefix("bytes=")
-        start, _, end = spec.partition("-")
+        match = _BYTE_RANGE.fullmatch(value.strip())
+        if match is None or not (match["start"] or match["end"]):
+            raise JsException("TypeError", f"Invalid range header {value[:100]!r}: R2 reads one range "
+                                           "of bytes ('bytes=0-99', 'bytes=100-' or 'bytes=-50')")
+        start, end = match["start"], match["end"]
         if not start:
             return {"suffix": int(end)}
+        if end and int(end) < int(start):
+            raise JsException("RangeError", f"Invalid range header {value[:100]!r}: it ends before it starts")
         return {"offset": int(start), **({"length": int(end) - int(start) + 1} if end else {})}
     if isinstance(value, dict):
         out: dict[str, Any] = {}
@@ -244,21 +267,29 @@ class R2ObjectBody(R2Object):
     def __init__(self, raw: dict[str, Any], body: Any) -> None:
         super().__init__(raw)
         self._body = body
-        self._used = False
+        self._body_used = False
+        self._stream: Any = None
 
     def _take(self) -> Any:
-        if self._used:
-            raise TypeError("the object's body was already used")
-        self._used = True
+        if self._body_used:
+            raise JsException("TypeError", "the object's body was already used")
+        self._body_used = True
         return self._body
 
     @property
     def body(self) -> Any:
-        return stream_of(self._take())
+        """The body as a stream: the same one each time, as workerd's ``body``
+        is (``hasattr(obj, "body")`` then ``Response(obj.body)``, as the R2
+        docs serve objects); reading from it uses the body."""
+        if self._stream is None:
+            if self._body_used:
+                raise JsException("TypeError", "the object's body was already used")
+            self._stream = stream_of(self._body, owner=self)
+        return self._stream
 
     @property
     def bodyUsed(self) -> bool:  # noqa: N802
-        return self._used
+        return self._body_used
 
     body_used = bodyUsed
 
@@ -277,6 +308,11 @@ class R2ObjectBody(R2Object):
 
     async def json(self) -> Any:
         return js_json(await self.bytes())
+
+    async def blob(self) -> Blob:
+        """The body as a Blob of the object's content type."""
+        kind_ = (self.httpMetadata or {}).get("contentType") or ""
+        return Blob([await self.bytes()], type=kind_)
 
 
 class R2MultipartUpload(_Fields):
