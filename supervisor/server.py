@@ -187,6 +187,8 @@ class Supervisor:
         self._ended_at_poke = 0
         # The admin socket is the operator's: its own limits (uploads may be
         # large; the API itself answers 413 past the script size limit).
+        #: Live tails (``GET /tail``) streaming on the admin socket.
+        self._live_tails = 0
         self.admin_http = Server(self._admin_handle, HttpConfig(max_body_bytes=64 * 2**20), "admin",
                                  error_body=render.transport_error)
 
@@ -374,7 +376,11 @@ class Supervisor:
         if request.method == b"GET" and target.split("?", 1)[0].rstrip("/") == "/tail":
             # Streamed, so not through the sans-I/O API (supervisor.observability.tail).
             self.observability.metrics.admin_call("GET", 200)
-            await serve_live_tail(self.observability.live, target, conn, self._tail_scope_exists)
+            self._live_tails += 1  # a stream that never ends: no stop waits for it
+            try:
+                await serve_live_tail(self.observability.live, target, conn, self._tail_scope_exists)
+            finally:
+                self._live_tails -= 1
             return
         method = request.method.decode("latin-1")
         # HEAD is GET without the body (RFC 9110 section 9.3.2), for health checks.
@@ -481,7 +487,8 @@ class Supervisor:
         of an answered request, which would be lost with its child (a KV
         write after the response). Not what is left of an invocation that
         failed (its wall time: a handler stuck in C may never end)."""
-        if self.http.in_flight or self.http.starting or self.admin_http.in_flight or self.admin_http.starting:
+        admin = self.admin_http.in_flight - self._live_tails
+        if self.http.in_flight or self.http.starting or admin or self.admin_http.starting:
             return True
         return any(inv.response_end is not None and inv.error is None
                    for child in self.pool.children.values() for inv in child.invocations.values())

@@ -191,7 +191,7 @@ def _uploads() -> dict[str, tuple[bytes, str, int, str]]:
         "outbound-params-nested": (upload(meta(bindings=[{"type": "dispatch_namespace", "name": "D",
                                                           "namespace": "default",
                                                           "outbound": {"params": [[1]]}}])),
-                                   400, "Expected `object`, got `array` - at `$.bindings[0].outbound.params[0]`"),
+                                   400, "Expected `str | object`, got `array` - at `$.bindings[0].outbound.params[0]`"),
         "tags-string": (upload(meta(tags="abc")), 400, "Expected `array | null`, got `str` - at `$.tags`"),
         "tags-int": (upload(meta(tags=[1])), 400, "Expected `str`, got `int` - at `$.tags[0]`"),
         "tail-consumer-int": (upload(meta(tail_consumers=[5])), 400,

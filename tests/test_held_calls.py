@@ -1,7 +1,7 @@
 """What a tenant's calls in flight make the supervisor keep is bounded.
 
 A call's head and arguments stay in the supervisor's memory while the call
-waits, and a Durable Object's input gate makes calls wait without a bound.
+waits (for a connection, a cold start, a busy callee).
 These tests attack that as a compromised child would (raw frames on its
 channel: the jail, not the runtime, is the boundary) against a real
 ``corral serve``, and check the bound (supervisor.limits.held_calls): the
@@ -43,7 +43,7 @@ class Default(WorkerEntrypoint):
         inv = workers.current_invocation.get()
         busy = None
         if hang:
-            # The object's gate, held: every call after this one waits.
+            # The object kept busy, awaiting a timer (its input gate open meanwhile).
             pending = len(runtime.calls)
             busy = asyncio.ensure_future(stub.hang(hang))
             while len(runtime.calls) == pending:
@@ -86,16 +86,18 @@ def test_calls_waiting_at_a_busy_object_hold_no_more_than_the_callers_memory_lim
     assert corral.request("/?calls=1&hang=0", host=host).json()["answered"] == 1
     before = peak_rss_mb(corral.proc.pid)
 
-    # 300 calls of 900 KB behind an object kept busy for 3 s: 270 MB the
-    # supervisor would keep. The child's memory limit (128 MB) is the bound.
+    # 300 calls of 900 KB to an object kept busy for 3 s: 270 MB the
+    # supervisor would keep if they waited there. The object's input gate is
+    # in its child (sandbox.durable_objects.InputGate) and open while it
+    # awaits something other than its storage, as on Cloudflare: the calls go
+    # on to the object and are answered meanwhile, and the supervisor keeps
+    # none of them (what is refused past the caller's memory limit, say why).
     r = corral.request("/?calls=300&hang=3", host=host, timeout=120)
     assert r.status == 200, r
     out = r.json()
-    assert out["answered"] + out["refused"] == 300, out
-    # ~149 calls of 900 KB fit in 128 MiB; the rest are refused.
-    assert 100 <= out["answered"] <= 160 and out["refused"] >= 140, out
-    assert out["words"].startswith("too many calls in flight") and "memory limit" in out["words"], out
-    assert not out["others"], out
+    assert out["answered"] + out["refused"] == 300 and out["answered"] >= 100, out
+    assert not out["refused"] or ("too many calls in flight" in out["words"]
+                                  and "memory limit" in out["words"] and not out["others"]), out
     grown = peak_rss_mb(corral.proc.pid) - before
     assert grown < 200, f"the supervisor's peak grew by {grown:.0f} MB"
 
