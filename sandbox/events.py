@@ -189,8 +189,14 @@ class Handlers:
         a service binding may name another class of the script's module."""
         if not name or name == "Default":
             return self.entry
-        cls = getattr(self.module, name, None)
-        if not isinstance(cls, type):
+        from .workers import WorkerEntrypoint
+
+        # As workerd lists them (introspection.py's collect_classes): a
+        # WorkerEntrypoint of the main module, not a private name. A binding
+        # could otherwise run the methods of any class the script has, or
+        # only imported.
+        cls = None if name.startswith("_") else getattr(self.module, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, WorkerEntrypoint)):
             raise JsException("TypeError", f"the script has no entrypoint {name!r}: define "
                                            f"`class {name}(WorkerEntrypoint)` in its main module")
         return cls

@@ -211,6 +211,34 @@ class Admin(WorkerEntrypoint):  # a named entrypoint of the same service
 
     async def whoami(self):
         return type(self).__name__
+
+
+class InternalTool:  # no entrypoint: a plain class of the service's
+    def __init__(self, *args):
+        pass
+
+    def secret(self):
+        return "internal secret"
+
+
+class _Hidden(WorkerEntrypoint):  # no entrypoint either: a private name
+    async def secret(self):
+        return "hidden secret"
+"""
+
+NOT_ENTRYPOINTS = """
+from workers import JsException, Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        out = {}
+        for name in ("TOOL", "HIDDEN", "IMPORTED"):
+            try:
+                out[name] = await getattr(self.env, name).secret()
+            except JsException as e:
+                out[name] = e.name
+        return Response.json(out)
 """
 
 ADMIN_CALLER = """
@@ -268,6 +296,15 @@ def test_workers_rpc_over_a_service_binding(corral):
     named = corral.request("/", host="admincaller.localhost")
     assert named.status == 200, (named, corral.log())
     assert named.json() == {"fetch": "admin fetch", "whoami": "Admin", "default_only": "TypeError"}
+    # Only a WorkerEntrypoint of the module, with a public name, is one (as
+    # workerd lists them): a binding ran any class's methods.
+    deploy(corral, "notentry", NOT_ENTRYPOINTS, bindings=(
+        {**binding, "name": "TOOL", "entrypoint": "InternalTool"},
+        {**binding, "name": "HIDDEN", "entrypoint": "_Hidden"},
+        {**binding, "name": "IMPORTED", "entrypoint": "Response"}))
+    refusals = corral.request("/", host="notentry.localhost")
+    assert refusals.json() == {"TOOL": "TypeError", "HIDDEN": "TypeError", "IMPORTED": "TypeError"}, (
+        refusals, corral.log())
     metadata = {"main_module": "worker.py", "bindings": [{**binding, "entrypoint": "not a class"}]}
     ctype, body = multipart.encode([
         multipart.Part(name="metadata", content_type="application/json", data=json.dumps(metadata).encode()),
