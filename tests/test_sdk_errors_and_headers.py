@@ -265,7 +265,51 @@ from workers import WorkerEntrypoint
 class Default(WorkerEntrypoint):  # no fetch at all: a service for RPC only
     async def mul(self, a, b):
         return a * b
+
+    async def keys_of(self, d):
+        return sorted(d.keys())
 """
+
+UNCLONABLE = """
+import dataclasses, datetime, decimal, enum, uuid
+from workers import JsException, Response, WorkerEntrypoint
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        out = {"keys": await self.env.CALC.keys_of({1: "a", 2.5: "b", 3.0: "c", "d": "e"})}
+        for value in (Point(1), uuid.UUID(int=5), decimal.Decimal("1.5"), Colour.RED,
+                      datetime.date(2024, 1, 2), datetime.timedelta(seconds=3)):
+            try:
+                await self.env.CALC.keys_of({"v": value})
+                out[type(value).__name__] = "sent"
+            except JsException as e:
+                out[type(value).__name__] = e.name
+        return Response.json(out)
+"""
+
+
+def test_what_structured_clone_refuses_is_refused_over_rpc(corral):
+    """A dataclass, a UUID, a Decimal, an Enum, a date and a timedelta crossed
+    RPC as dicts and strings (msgpack carries them): workers-py converts none
+    of them and Pyodide cannot, a DataCloneError on Cloudflare. A dict's
+    number keys arrive as strings, as a JavaScript object's."""
+    corral.deploy("calc", CALC, namespace=None)
+    deploy(corral, "unclonable", UNCLONABLE, bindings=({"type": "service", "name": "CALC", "service": "calc"},))
+    resp = corral.request("/", host="unclonable.localhost")
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json() == {"keys": ["1", "2.5", "3", "d"], "Point": "DataCloneError", "UUID": "DataCloneError",
+                           "Decimal": "DataCloneError", "Colour": "DataCloneError", "date": "DataCloneError",
+                           "timedelta": "DataCloneError"}, resp.json()
 
 
 def test_workers_rpc_over_a_service_binding(corral):

@@ -21,10 +21,14 @@ storage keeps its own encoding.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import decimal
+import enum
 import inspect
 import math
 import struct
+import uuid
 from typing import Any
 
 import msgspec
@@ -32,7 +36,7 @@ import msgspec
 from .. import workers
 from ..pyodide_shim import JsException
 from ..sdk_types import Blob, File
-from . import BIG_INT, INT_RANGE
+from . import BIG_INT, INT_RANGE, data_clone_error
 
 #: Extension codes: one per type structured clone carries that msgpack has not
 #: (BIG_INT, 7, is storage's too: an int beyond 64 bits).
@@ -87,11 +91,28 @@ def _message(value: workers.Request | workers.Response) -> list[Any]:
     return [*head, [list(item) for item in value.headers.items()], value._body]
 
 
+#: Types msgpack's encoder would carry by itself (as a string, a map, an
+#: int) that workers-py's ``python_to_rpc`` does not convert and Pyodide
+#: cannot: on Cloudflare each is a DataCloneError (workerd's Python RPC test
+#: asserts it of a custom class, which these are).
+_NOT_CLONED = (uuid.UUID, decimal.Decimal, enum.Enum, datetime.date, datetime.time, datetime.timedelta)
+
+
+def _js_key(key: Any) -> Any:
+    """A dict key as a JavaScript object's (workers-py converts a dict with
+    ``Object.fromEntries``): a number's is its string (``2.0`` is ``"2"``)."""
+    if isinstance(key, bool) or not isinstance(key, (int, float)):
+        return key
+    if isinstance(key, float) and key.is_integer():
+        return str(int(key))
+    return str(key)
+
+
 def to_wire(value: Any) -> Any:
     """``value`` with its dates, sets, exceptions and Blobs as msgpack extensions
     (the rest as it is, for the encoder and its hook to judge)."""
     if isinstance(value, dict):
-        return {k: to_wire(v) for k, v in value.items()}
+        return {_js_key(k): to_wire(v) for k, v in value.items()}
     if isinstance(value, list):
         return [to_wire(v) for v in value]
     if isinstance(value, int) and not isinstance(value, bool) and value not in INT_RANGE:
@@ -111,6 +132,8 @@ def to_wire(value: Any) -> Any:
         return msgspec.msgpack.Ext(REQUEST, _ENCODER.encode(_message(value)))
     if isinstance(value, workers.Response):
         return msgspec.msgpack.Ext(RESPONSE, _ENCODER.encode(_message(value)))
+    if isinstance(value, _NOT_CLONED) or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+        raise data_clone_error(value)
     return value
 
 
