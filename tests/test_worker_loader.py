@@ -69,6 +69,19 @@ return [(await resp.json())["seen"], len(calls)]
     assert again == [2, 0]
 
 
+def test_rpc_on_an_entrypoint_is_refused_by_name(server):
+    """Cloudflare's entrypoint is a Fetcher that RPC methods are called on;
+    Corral has its fetch only, and said so with a bare AttributeError."""
+    out = run(server, "parent", """
+try:
+    await env.LOADER.get("rpc", code).getEntrypoint().hello("rpc")
+    return "called"
+except JsException as e:
+    return [e.name, e.message]
+""")
+    assert out[0] == "TypeError" and "RPC on a Dynamic Worker's entrypoint (hello())" in out[1], out
+
+
 def test_ids_are_the_scripts_own(server):
     mine = run(server, "parent", """
 resp = await env.LOADER.get("shared-id", lambda: code("parent's")).getEntrypoint().fetch("https://x/")

@@ -17,7 +17,7 @@ import secrets
 from typing import Any
 
 from .. import workers
-from . import call, kind, plain
+from . import JsException, call, kind, plain
 
 #: (binding, id) whose code this child has handed over.
 _handed_over: set[tuple[str, str]] = set()
@@ -100,6 +100,15 @@ class Entrypoint:
         request._body, request._body_used = sent, False
         return await workers._runtime.sub_request("loader", request, binding=stub._binding,
                                                   target=stub._id)
+
+    def __getattr__(self, name: str) -> Any:
+        """An RPC method: Cloudflare's entrypoint Fetcher calls it on the
+        loaded worker; Corral has only its fetch. Said as such, rather than a
+        bare AttributeError."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise JsException("TypeError", f"RPC on a Dynamic Worker's entrypoint ({name}()) is not "
+                                       "supported by Corral yet: call its fetch()")
 
     def __repr__(self) -> str:
         return f"<Entrypoint of {self._stub._id!r}>"
