@@ -220,6 +220,8 @@ class RequestEvent(_Msg, tag="request"):
     class (a service binding's named entrypoint)."""
 
     entrypoint: str = ""
+    #: The service binding's props (the callee's ``ctx.props``).
+    props: dict[str, Any] | None = None
 
 
 class TailEvent(_Msg, tag="tail"):
@@ -312,6 +314,8 @@ class RpcEvent(_Msg, tag="rpc"):
 
     method: str
     entrypoint: str = ""
+    #: The service binding's props (the callee's ``ctx.props``).
+    props: dict[str, Any] | None = None
 
 
 Event = Union[RequestEvent, TailEvent, ScheduledEvent, DurableObjectEvent, QueueEvent, WebSocketEvent,

@@ -834,7 +834,7 @@ class Runtime:
             if kind == "rpc":
                 event = message.event
                 response = await self._script.rpc(
-                    event.method, workers.Context(inv), env,  # type: ignore[union-attr]
+                    event.method, workers.Context(inv, event.props), env,  # type: ignore[union-attr]
                     await self._request_for(message).bytes(), event.entrypoint)  # type: ignore[union-attr]
                 await self._respond(inv, response, state)
                 raise _Handled
@@ -857,8 +857,9 @@ class Runtime:
             if message.event is None:  # Default's fetch: the hot path, nothing more to look at
                 response = await self._script.call("fetch", workers.Context(inv), env, request)
             else:  # a service binding's named entrypoint
-                response = await self._script.call("fetch", workers.Context(inv), env, request,
-                                                   entrypoint=message.event.entrypoint)  # type: ignore[union-attr]
+                event = message.event
+                response = await self._script.call("fetch", workers.Context(inv, event.props), env,  # type: ignore[union-attr]
+                                                   request, entrypoint=event.entrypoint)  # type: ignore[union-attr]
             if state.answered is not None and response is state.answered:
                 state.responded = True  # a tail call's (sandbox.tail_call): the supervisor sent it
             elif not isinstance(response, workers.Response):

@@ -29,7 +29,7 @@ from protocol.http_grammar import TOKEN
 
 from . import content_coding
 from .pyodide_shim import ArrayBuffer, JsException
-from .sdk_types import Blob, CfProperties, File, FormData, encode_form, parse_form
+from .sdk_types import Blob, CfProperties, File, FormData, JsDict, encode_form, parse_form
 from .streams import IncomingBody
 from .tail_call import is_tail as _is_tail
 from .web_streams import ReadableStream
@@ -1022,10 +1022,23 @@ async def fetch(
 
 
 class Context:
-    """``self.ctx``: keeps background work alive after the response."""
+    """``self.ctx``: keeps background work alive after the response; ``props``
+    are what the service binding the call came through says of its caller."""
 
-    def __init__(self, invocation: int) -> None:
+    #: Set for a call through a service binding with props (see ``props``).
+    _props: Any = None
+
+    def __init__(self, invocation: int, props: dict | None = None) -> None:
         self._invocation = invocation
+        if props:
+            self._props = JsDict(props)
+
+    @property
+    def props(self) -> Any:
+        """Cloudflare's ``ctx.props``: the service binding's props, ``{}`` else."""
+        if self._props is None:
+            self._props = JsDict()
+        return self._props
 
     def waitUntil(self, awaitable: Any) -> None:  # noqa: N802 - Workers API name
         _runtime.wait_until(self._invocation, awaitable)

@@ -167,6 +167,9 @@ class Service(_Binding, tag="service"):
     service: ScriptName
     environment: str | None = None
     entrypoint: str | None = None
+    #: What the callee reads as ``ctx.props`` on every call through this
+    #: binding (Cloudflare's service binding props: who the caller is).
+    props: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

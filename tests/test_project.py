@@ -41,6 +41,8 @@ id = "kv-1"
 [[services]]
 binding = "AUTH"
 service = "auth"
+[services.props]
+clientId = "c-1"
 """,
         "src/entry.py": "import lib.util\n",
         "src/lib/util.py": "",
@@ -60,7 +62,7 @@ service = "auth"
             {"type": "plain_text", "name": "GREETING", "text": "hi"},
             {"type": "json", "name": "LIMITS", "json": {"max": 3}},
             {"type": "kv_namespace", "name": "KV", "namespace_id": "kv-1"},
-            {"type": "service", "name": "AUTH", "service": "auth"},
+            {"type": "service", "name": "AUTH", "service": "auth", "props": {"clientId": "c-1"}},
         ],
         "compatibility_date": "2025-06-01",
         "tags": ["plan:free"],

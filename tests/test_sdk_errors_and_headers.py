@@ -259,16 +259,45 @@ class Default(WorkerEntrypoint):
 
 
 CALC = """
-from workers import WorkerEntrypoint
+from workers import Response, WorkerEntrypoint
 
 
-class Default(WorkerEntrypoint):  # no fetch at all: a service for RPC only
+class Default(WorkerEntrypoint):  # a service for RPC (and its props' fetch)
     async def mul(self, a, b):
         return a * b
 
     async def keys_of(self, d):
         return sorted(d.keys())
+
+    async def props(self):
+        return dict(self.ctx.props)
+
+    async def fetch(self, request):
+        return Response.json(dict(self.ctx.props))
 """
+
+PROPS_CALLER = """
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response.json({"rpc": await self.env.WITH.props(), "none": await self.env.WITHOUT.props(),
+                              "fetch": await (await self.env.WITH.fetch("https://calc/")).json()})
+"""
+
+
+def test_a_service_bindings_props_are_the_callees_ctx_props(corral):
+    """Cloudflare's service binding props reach the callee as ctx.props (who
+    is calling); they were dropped without a word, and ctx.props was missing."""
+    corral.deploy("calc", CALC, namespace=None)
+    props = {"clientId": "tenant-7", "permissions": ["read"]}
+    deploy(corral, "propscaller", PROPS_CALLER, bindings=(
+        {"type": "service", "name": "WITH", "service": "calc", "props": props},
+        {"type": "service", "name": "WITHOUT", "service": "calc"}))
+    resp = corral.request("/", host="propscaller.localhost")
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json() == {"rpc": props, "none": {}, "fetch": props}, resp.json()
 
 UNCLONABLE = """
 import dataclasses, datetime, decimal, enum, uuid

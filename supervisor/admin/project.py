@@ -133,6 +133,7 @@ class _Service(msgspec.Struct):
     service: str
     environment: str | None = None
     entrypoint: str | None = None
+    props: dict[str, Any] | None = None
 
 
 class _TailConsumer(msgspec.Struct, omit_defaults=True):
@@ -578,7 +579,7 @@ def _bindings(config: WranglerConfig) -> list[model.BindingSpec]:
     for svc in config.services:
         bindings.append(model.Service(name=svc.binding, service=svc.service,
                                       environment=svc.environment or None,
-                                      entrypoint=svc.entrypoint or None))
+                                      entrypoint=svc.entrypoint or None, props=svc.props))
     for do in config.durable_objects.bindings if config.durable_objects else []:
         bindings.append(model.DurableObjectNamespace(name=do.name, class_name=do.class_name,
                                                      script_name=do.script_name or None,

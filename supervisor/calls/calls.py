@@ -103,16 +103,19 @@ class _Target:
     """The script a call names, before it is read: a cache hit resolves it
     inline, a store miss in a task (the read runs in a worker thread)."""
 
-    __slots__ = ("namespace", "name", "limits", "outbound", "params", "missing", "record", "entrypoint")
+    __slots__ = ("namespace", "name", "limits", "outbound", "params", "missing", "record", "entrypoint",
+                 "props")
 
     def __init__(self, namespace: str, name: str, limits: Callable[[ScriptRecord], Limits],
                  missing: Callable[[], CallFailed], outbound: Outbound | None = None,
                  params: dict | None = None, record: ScriptRecord | None = None,
-                 entrypoint: str = "") -> None:
+                 entrypoint: str = "", props: dict | None = None) -> None:
         self.namespace = namespace
         self.name = name
         #: The callee's entrypoint class a service binding names ("": Default).
         self.entrypoint = entrypoint
+        #: The service binding's props (the callee's ``ctx.props``).
+        self.props = props
         #: Already known (a dynamic worker, held in memory): no store lookup.
         self.record = record
         #: The callee's limits, once its record is known (may raise CallFailed).
@@ -207,7 +210,7 @@ class Calls:
                 child.spawn(self._run, child, parent, message,
                             self._follow(record, parent, message, body, limits, params))
                 return
-            event = _event_for(message, target.entrypoint)
+            event = _event_for(message, target.entrypoint, target.props)
             callee = self.pool.warm_child(record) or self.pool.acquire_now(record)
             if callee is None:
                 child.spawn(self._run, child, parent, message,
@@ -374,7 +377,7 @@ class Calls:
                 name = service.service
                 return _Target(PLATFORM, name, lambda record: _within(self.limits.defaults_for(record), parent),
                                lambda: CallFailed("WorkerNotFound", f"Worker not found: {name}"),
-                               entrypoint=service.entrypoint or "")
+                               entrypoint=service.entrypoint or "", props=service.props)
             return self._fetch_target(parent)
         except CallFailed:
             _close(body)
@@ -455,7 +458,7 @@ class Calls:
         if message.kind == "fetch" and message.redirect != "manual":
             return await self._follow(record, parent, message, body, limits, params)
         return await self._cold(record, parent, message, body, limits, outbound, params,
-                                _event_for(message, target.entrypoint))
+                                _event_for(message, target.entrypoint, target.props))
 
     def _assets_first(self, record: ScriptRecord, message: SubRequest) -> bool:
         """A dispatch to a user worker whose assets answer this request first."""
@@ -719,10 +722,11 @@ def _close(body: BodySource | bytes | None) -> None:
         body.close()
 
 
-def _event_for(message: SubRequest, entrypoint: str) -> RpcEvent | RequestEvent | None:
+def _event_for(message: SubRequest, entrypoint: str, props: dict | None = None
+               ) -> RpcEvent | RequestEvent | None:
     """A Workers RPC call is delivered as such, anything else as an HTTP
     request: to ``Default`` (no event at all, the common case) or to the
-    entrypoint class a service binding names."""
+    entrypoint class a service binding names, with the binding's props."""
     if message.rpc:
-        return RpcEvent(message.rpc, entrypoint)
-    return RequestEvent(entrypoint) if entrypoint else None
+        return RpcEvent(message.rpc, entrypoint, props)
+    return RequestEvent(entrypoint, props) if entrypoint or props else None
