@@ -146,8 +146,20 @@ return [await attempt(env.KV.get("cached", cacheTtl=10)),
 
 
 def test_kv_bad_type_is_a_type_error(server) -> None:
+    # The JavaScript TypeError workerd's binding throws: a JsException named
+    # TypeError (SPEC 3), that is Python's TypeError too.
     error = fails(server, "t", 'await env.KV.get("k", type="blob")')
-    assert error["error"] == "TypeError" and "Unknown response type" in error["message"]
+    assert error["name"] == "TypeError" and error["js"] and "Unknown response type" in error["message"], error
+    caught = ok(server, "t", """
+out = []
+for attempt in (lambda: env.KV.put("k", None), lambda: env.KV.list(5), lambda: env.BUCKET.put("k", 5)):
+    try:
+        await attempt()
+        out.append("accepted")
+    except TypeError as e:
+        out.append([isinstance(e, JsException), e.name])
+return out""")
+    assert caught == [[True, "TypeError"]] * 3, caught
 
 
 # -- D1 ---------------------------------------------------------------------------

@@ -42,6 +42,16 @@ MAX_INLINE_ARGS = 512 * 1024
 Body = "bytes | IncomingBody | None"
 
 
+class BindingTypeError(JsException, TypeError):
+    """A binding method's argument of the wrong type: the JavaScript TypeError
+    workerd's binding throws, which Pyodide raises as a ``JsException`` (SPEC
+    3: binding errors are one); Python's ``TypeError`` too, as Corral raised
+    these, so that code written either way catches it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("TypeError", message)
+
+
 class AttrList(list):
     """A list with Pyodide's ``to_py()``, for code written against JsProxy."""
 
@@ -102,7 +112,7 @@ def options(positional: Any, keywords: dict[str, Any], where: str,
     merged: dict[str, Any] = {}
     if positional is not None:
         if not isinstance(positional, dict):
-            raise TypeError(f"{where}: options must be a dict, got {type(positional).__name__}")
+            raise BindingTypeError(f"{where}: options must be a dict, got {type(positional).__name__}")
         merged.update(positional)
     merged.update(keywords)
     out = {camel(k): v for k, v in merged.items()}
@@ -299,7 +309,7 @@ def _plain(value: Any, where: str) -> None:
     try:
         msgspec.msgpack.encode(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"{where}: arguments must be plain data (str, numbers, bool, None, "
+        raise BindingTypeError(f"{where}: arguments must be plain data (str, numbers, bool, None, "
                         f"bytes, lists, dicts): {exc}") from None
 
 
@@ -404,7 +414,7 @@ def stream_value(value: Any, where: str) -> Any:
         return value._data
     if hasattr(value, "__aiter__"):
         return value
-    raise TypeError(f"{where} accepts only strings, bytes and async iterators of bytes "
+    raise BindingTypeError(f"{where} accepts only strings, bytes and async iterators of bytes "
                     f"(ReadableStreams) as values, not {type(value).__name__}")
 
 

@@ -9,6 +9,7 @@ import msgspec
 from ..pyodide_shim import ArrayBuffer
 from . import (
     AttrDict,
+    BindingTypeError,
     JsException,
     call,
     js_json,
@@ -49,7 +50,7 @@ def _get_options(type_: Any, keywords: dict[str, Any], where: str) -> dict[str, 
         opts = options(type_, keywords, where)
         kind = opts.get("type") or "text"
     if kind not in TYPES:
-        raise TypeError('Unknown response type. Possible types are "text", "arrayBuffer", '
+        raise BindingTypeError('Unknown response type. Possible types are "text", "arrayBuffer", '
                         '"json", and "stream".')
     sent: dict[str, Any] = {"type": kind}
     if opts.get("cacheTtl") is not None:
@@ -122,7 +123,7 @@ class KvNamespace:
         kind = sent["type"]
         if isinstance(key, list):
             if kind not in ("text", "json"):
-                raise TypeError(f'{where}: bulk gets take type "text" or "json"')
+                raise BindingTypeError(f'{where}: bulk gets take type "text" or "json"')
             _, body = await call(self._name, "get", [list(key), sent])
             packed = msgspec.msgpack.decode(await read(body))
             out: dict[str, Any] = {}
