@@ -147,26 +147,31 @@ def patch_urllib3(module: types.ModuleType) -> None:
         location = redirect and response.get_redirect_location()
         if location:
             import urllib.parse
-            try:
-                retries = retries.increment(method, url, response=response, _pool=self)
-            except errors.MaxRetryError:
-                if retries.raise_on_redirect:
-                    raise
+            following = next_try(retries, method, url, response, self, retries.raise_on_redirect)
+            if following is None:
                 return response
-            retries.sleep_for_retry(response)
+            following.sleep_for_retry(response)
             follow = "GET" if status == 303 else method
             return self.urlopen(follow, urllib.parse.urljoin(url, location),
-                                None if follow == "GET" else body, headers, retries, redirect, *again)
+                                None if follow == "GET" else body, headers, following, redirect, *again)
         if retries.is_retry(method, status, bool(response.headers.get("Retry-After"))):
-            try:
-                retries = retries.increment(method, url, response=response, _pool=self)
-            except errors.MaxRetryError:
-                if retries.raise_on_status:
-                    raise
+            again_with = next_try(retries, method, url, response, self, retries.raise_on_status)
+            if again_with is None:
                 return response
-            retries.sleep(response)
-            return self.urlopen(method, url, body, headers, retries, redirect, *again)
+            again_with.sleep(response)
+            return self.urlopen(method, url, body, headers, again_with, redirect, *again)
         return response
+
+    def next_try(retries: Any, method: str, url: str, response: Any, pool: Any, raising: bool) -> Any:
+        """The Retry for one more try after ``response`` (a redirect, a status
+        to retry), or None when there is none and the response is the answer
+        (MaxRetryError raised instead when ``raising``)."""
+        try:
+            return retries.increment(method, url, response=response, _pool=pool)
+        except errors.MaxRetryError:
+            if raising:
+                raise
+            return None
 
     pool_cls.urlopen = urlopen
 

@@ -408,28 +408,30 @@ async def _body_too_large(inv: Invocation, conn: Connection, head_only: bool) ->
     """Answer 413 for a streamed body that outgrew the limit while the worker
     read it: the worker only saw its body fail, and its answer to that (a
     throw, so a 500) would blame the worker for what the client sent."""
-    if inv.body is not None:
-        inv.body.close()
     limit = conn.config.max_body_bytes
     warn("ingress.body_too_large", script=inv.record.name, streamed=True)
+    await _blame_the_client(inv, conn, head_only, 413, f"Request body larger than {limit} bytes")
+
+
+async def _body_timed_out(inv: Invocation, conn: Connection, head_only: bool) -> None:
+    """Answer 408 for a body the client stopped sending, likewise."""
+    timeout = conn.config.body_timeout_s
+    warn("ingress.body_timeout", script=inv.record.name, timeout_s=timeout)
+    await _blame_the_client(inv, conn, head_only, 408,
+                            f"Request body timeout: nothing more came for {timeout:g} s")
+
+
+async def _blame_the_client(inv: Invocation, conn: Connection, head_only: bool, status: int,
+                            message: str) -> None:
+    """The answer to a request whose body failed by the client's doing,
+    whatever the worker made of it."""
+    if inv.body is not None:
+        inv.body.close()
     # The rest of the body may still be on its way: close after the answer,
     # lingering so that the client reads it rather than a reset.
     conn.keep_alive = False
     conn.linger = True
-    await conn.respond(413, _TEXT, f"Request body larger than {limit} bytes\n".encode(), head_only)
-
-
-async def _body_timed_out(inv: Invocation, conn: Connection, head_only: bool) -> None:
-    """Answer 408 for a body the client stopped sending: the worker saw its
-    body fail, and its answer to that would blame it for the client."""
-    if inv.body is not None:
-        inv.body.close()
-    timeout = conn.config.body_timeout_s
-    warn("ingress.body_timeout", script=inv.record.name, timeout_s=timeout)
-    conn.keep_alive = False
-    conn.linger = True
-    await conn.respond(408, _TEXT, f"Request body timeout: nothing more came for {timeout:g} s\n".encode(),
-                       head_only)
+    await conn.respond(status, _TEXT, (message + "\n").encode(), head_only)
 
 
 async def _cancel_when_gone(conn: Connection, inv: Invocation, scope: trio.CancelScope) -> None:
