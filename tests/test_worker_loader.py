@@ -159,7 +159,7 @@ def test_an_object_in_the_code_fails_in_the_script_itself(server):
 worker = env.LOADER.get("obj", lambda: {"mainModule": "w.py", "modules": {"w.py": object()}})
 await worker.getEntrypoint().fetch("https://x/")
 """)
-    assert result["error"] == "TypeError" and "plain data" in result["message"], result
+    assert result["name"] == "TypeError" and result["js"] and "plain data" in result["message"], result
 
 
 def test_a_script_without_the_binding_cannot_call_it(server):
