@@ -264,7 +264,7 @@ out = [await attempt(env.B.put("sum", data, md5=md5, sha256=sha256)),
        await env.B.head("sum")]
 by_bytes = await env.B.put("sum", data, sha256=hashlib.sha256(data).digest())
 upper = await env.B.put("sum", data, md5=md5.upper())
-return [out, by_bytes.checksums.sha256 == sha256, upper.size]""")
+return [out, by_bytes.checksums.toJSON().sha256 == sha256, upper.size]""")
     assert got[0] == [["TypeError", "You cannot specify multiple hashing algorithms."],
                       ["TypeError", "MD5 is 32 hex characters, not 30"],
                       ["TypeError", "Provided SHA-1 wasn't a valid hex string"],

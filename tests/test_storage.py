@@ -359,7 +359,8 @@ head.writeHttpMetadata(h)
 await env.BUCKET.put("docs/b.json", b'{{"k": 1}}', http_metadata={{"content_type": "application/json"}})
 j = await (await env.BUCKET.get("docs/b.json")).json()
 by = await (await env.BUCKET.get("docs/a.txt")).bytes()
-return {{"put": [obj.key, obj.size, obj.etag, obj.httpEtag, obj.checksums.md5],
+return {{"put": [obj.key, obj.size, obj.etag, obj.httpEtag, obj.checksums.toJSON()["md5"],
+                obj.checksums.md5.to_bytes().hex()],
         "text": await body.text(), "head": [head.size, head.httpMetadata.contentType,
         head.customMetadata["owner"], head.uploaded.year > 2000, head.http_etag],
         "header": h.get("content-type"), "json": j, "bytes": by.decode(),
@@ -367,7 +368,8 @@ return {{"put": [obj.key, obj.size, obj.etag, obj.httpEtag, obj.checksums.md5],
         # The SDK reaches an object's fields by subscript as well.
         "items": [head["key"], head["httpMetadata"]["contentType"], head["customMetadata"]["owner"],
                   _missing(head, "_raw"), _missing(head, "nope")]}}""")
-    assert got["put"] == ["docs/a.txt", 8, md5, f'"{md5}"', md5]
+    # Checksums as workerd has them: bytes (an ArrayBuffer), hex through toJSON().
+    assert got["put"] == ["docs/a.txt", 8, md5, f'"{md5}"', md5, md5]
     assert got["items"] == ["docs/a.txt", "text/plain", "ann", True, True]
     assert got["text"] == "hello r2"
     assert got["head"] == [8, "text/plain", "ann", True, f'"{md5}"']

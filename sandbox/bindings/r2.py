@@ -198,6 +198,18 @@ class _Fields:
             raise KeyError(name) from None
 
 
+class R2Checksums(AttrDict):
+    """``obj.checksums``: each digest an ArrayBuffer of its bytes, as workerd's
+    R2Checksums has them (``.md5.to_bytes().hex()``), and ``toJSON()`` their
+    hex strings, as its ``toJSON`` gives them."""
+
+    def __init__(self, hex_digests: dict[str, str]) -> None:
+        super().__init__((name, ArrayBuffer(bytes.fromhex(value))) for name, value in hex_digests.items())
+
+    def toJSON(self) -> AttrDict:  # noqa: N802 - Workers API name
+        return AttrDict((name, bytes(value).hex()) for name, value in self.items())
+
+
 class R2Object(_Fields):
     """An object's metadata (``head``, ``put``, ``list``)."""
 
@@ -214,7 +226,7 @@ class R2Object(_Fields):
         # the rest is undefined (None), as with workerd's R2 list.
         self.httpMetadata = wrap(raw.get("httpMetadata"))  # noqa: N815
         self.customMetadata = wrap(raw.get("customMetadata"))  # noqa: N815
-        self.checksums = wrap(raw.get("checksums") or {})
+        self.checksums = R2Checksums(raw.get("checksums") or {})
         self.storageClass: str = raw.get("storageClass", "Standard")  # noqa: N815
         self.range = wrap(raw.get("range"))
 
