@@ -802,7 +802,11 @@ class Server:
                     continue
                 if tcp:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(self.serve_socket, sock)
+                # Starting until its first request is read (or it closes): a stop
+                # that comes meanwhile waits for that request, as for one still in
+                # the backlog (a connection just accepted was cut without an answer).
+                self.starting += 1
+                nursery.start_soon(self.serve_socket, sock, True)
 
     def begin_drain(self, listener: socket.socket) -> None:
         """Shutdown: every request a client has sent gets its answer, and no
@@ -831,8 +835,9 @@ class Server:
         for conn in list(self._idle):
             self._idle.discard(conn)
             if _has_data(conn.sock):
-                conn.starting = True
-                self.starting += 1
+                if not conn.starting:  # (a fresh connection is starting already)
+                    conn.starting = True
+                    self.starting += 1
             else:
                 conn.idle_expired = True
                 if conn.idle_waits is not None:
@@ -848,7 +853,7 @@ class Server:
 
     async def serve_socket(self, sock: socket.socket, starting: bool = False) -> None:
         """One connection; never raises, whatever the client does.
-        ``starting``: taken from the backlog by :meth:`begin_drain`."""
+        ``starting``: its first request not yet read (see :meth:`serve`, :meth:`begin_drain`)."""
         conn = Connection(sock, self.config, self.name)
         conn.starting = starting
         conn.error_body = self.error_body
