@@ -1129,11 +1129,16 @@ class ChildProcess:
             raise ProtocolViolation(f"body_ref {ref} names no unread body")
         return sink.take()
 
-    def _on_failed(self, message: InvokeFailed) -> None:
-        inv = self._invocation(message.id)
-        if inv.cancel_by:  # the handler ended: the Cancel sent was heard
+    def _heard(self, inv: Invocation) -> None:
+        """``inv``'s handler ended (failed, or done): a Cancel sent at its wall
+        time was heard, so the child was not stuck (see Pool._cpu_watchdog)."""
+        if inv.cancel_by:
             inv.cancel_by = 0.0
             self.owner.on_cancel_heard(self)
+
+    def _on_failed(self, message: InvokeFailed) -> None:
+        inv = self._invocation(message.id)
+        self._heard(inv)
         inv.fail(message.error)
         if message.error.name == "MemoryError":
             # The child exits right after this frame; no request may reach it.
@@ -1164,9 +1169,7 @@ class ChildProcess:
             # fails the invocation, so the caller hears of it.
             raise ProtocolViolation(f"invocation {message.id} ended without a response or a failure")
         caller = inv.parent  # ending it may drop the link
-        if inv.cancel_by:  # it ended before a Cancel was heard: it was not stuck
-            inv.cancel_by = 0.0
-            self.owner.on_cancel_heard(self)
+        self._heard(inv)
         del self.invocations[message.id]
         self.end_invocation(inv)
         if self.cold:
