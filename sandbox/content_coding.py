@@ -31,8 +31,9 @@ def coding_of(value: str | None) -> str | None:
     return coding if coding in CODINGS else None
 
 
-def _decompressor(coding: str) -> Any:
-    # 32 + 15: a gzip or a zlib header, as found; deflate as HTTP sends it (zlib).
+def _decompressor() -> Any:
+    """Either coding: 32 + 15 reads a gzip or a zlib header, as found
+    (deflate as HTTP sends it is zlib)."""
     return zlib.decompressobj(32 + 15)
 
 
@@ -43,13 +44,13 @@ def _compressor(coding: str) -> Any:
 def decode(data: bytes, coding: str) -> bytes:
     """``data`` decoded; a body that is not what its header says raises
     ``zlib.error``, as workerd's read fails."""
-    inflater = _decompressor(coding)
+    inflater = _decompressor()
     return inflater.decompress(data) + inflater.flush()
 
 
 async def decoding(chunks: AsyncIterator[bytes], coding: str) -> AsyncIterator[bytes]:
     """``chunks`` decoded as they come."""
-    inflater = _decompressor(coding)
+    inflater = _decompressor()
     async for chunk in chunks:
         out = inflater.decompress(chunk)
         if out:

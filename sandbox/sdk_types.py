@@ -59,34 +59,32 @@ class JsDict(dict):
         return self
 
 
-class _CallableList(list):
-    """A list field that is also the dict method it shares its name with."""
+class _CallsMethod:
+    """A field's value that is also the dict method it shares its name with."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._method(*args, **kwargs)
+        return object.__getattribute__(self, "_method")(*args, **kwargs)
 
+
+class _CallableList(_CallsMethod, list):
     def to_py(self) -> _CallableList:
         return self
 
 
-class _CallableStr(str):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._method(*args, **kwargs)
+class _CallableStr(_CallsMethod, str):
+    pass
 
 
-class _CallableInt(int):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._method(*args, **kwargs)
+class _CallableInt(_CallsMethod, int):
+    pass
 
 
-class _CallableFloat(float):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._method(*args, **kwargs)
+class _CallableFloat(_CallsMethod, float):
+    pass
 
 
-class _CallableJsDict(JsDict):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return object.__getattribute__(self, "_method")(*args, **kwargs)
+class _CallableJsDict(_CallsMethod, JsDict):
+    pass
 
 
 #: In order: a bool is an int, and stays the method.
