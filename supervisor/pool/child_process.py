@@ -1132,13 +1132,13 @@ class ChildProcess:
     def _heard(self, inv: Invocation) -> None:
         """``inv``'s handler ended (failed, or done): a Cancel sent at its wall
         time was heard, so the child was not stuck (see Pool._cpu_watchdog)."""
-        if inv.cancel_by:
-            inv.cancel_by = 0.0
-            self.owner.on_cancel_heard(self)
+        inv.cancel_by = 0.0
+        self.owner.on_cancel_heard(self)
 
     def _on_failed(self, message: InvokeFailed) -> None:
         inv = self._invocation(message.id)
-        self._heard(inv)
+        if inv.cancel_by:
+            self._heard(inv)
         inv.fail(message.error)
         if message.error.name == "MemoryError":
             # The child exits right after this frame; no request may reach it.
@@ -1169,7 +1169,8 @@ class ChildProcess:
             # fails the invocation, so the caller hears of it.
             raise ProtocolViolation(f"invocation {message.id} ended without a response or a failure")
         caller = inv.parent  # ending it may drop the link
-        self._heard(inv)
+        if inv.cancel_by:  # (checked here: this is every invocation's end)
+            self._heard(inv)
         del self.invocations[message.id]
         self.end_invocation(inv)
         if self.cold:
