@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +232,15 @@ def test_usage_per_minute_with_filters(corral: Corral) -> None:
     corral.deploy("metered", HELLO.format(text="m"), tags=["plan:metered"])
     for _ in range(3):
         assert corral.request("/", host="metered.localhost").status == 200
-    rows = envelope(corral.admin("GET", "/accounts/local/workers/usage?namespace=default&script=metered"))["result"]
+    # An invocation is counted as it ends, just after its response: the last
+    # one's end may come a moment after the client has the answer.
+    deadline = time.monotonic() + 10
+    while True:
+        rows = envelope(corral.admin("GET", "/accounts/local/workers/usage?namespace=default&script=metered"))[
+            "result"]
+        if sum(r["requests"] for r in rows) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert rows and sum(r["requests"] for r in rows) >= 3, rows
     assert set(rows[0]) >= {"minute", "requests", "outcomes", "cpuTimeMs", "wallTimeMs"}, rows[0]
     assert rows[0]["outcomes"].get("ok", 0) >= 1, rows[0]
