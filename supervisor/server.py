@@ -261,12 +261,12 @@ class Supervisor:
         await durable_objects.purge_script(services, namespace, name)
 
     async def migrate_durable_objects(self, namespace: str, name: str, migrations: Any,
-                                      deployed_before: bool) -> None:
+                                      bound_classes: frozenset[str]) -> None:
         """Apply an upload's Durable Object migrations (renamed and deleted
         classes) before its version serves (supervisor.bindings.do_migrations)."""
         from supervisor.bindings import do_migrations
 
-        await do_migrations.apply(self.bindings.services, namespace, name, migrations, deployed_before)
+        await do_migrations.apply(self.bindings.services, namespace, name, migrations, bound_classes)
 
     async def d1_info(self, namespace: str, database_id: str) -> dict[str, int]:
         """A D1 database's ``file_size`` and ``num_tables``, as Cloudflare's API shows one."""

@@ -662,6 +662,45 @@ def test_class_migrations_move_and_delete_their_objects_data(server):
     assert increment() == "1"
 
 
+def test_a_class_added_to_a_deployed_worker_keeps_its_data_through_a_rename(server):
+    """A worker deployed first without Durable Objects, as most get them: its
+    first migrations' tag was taken as applied without being kept, so the
+    next deploy's rename never ran and every object lost its data."""
+    v1 = {"tag": "v1", "new_sqlite_classes": ["Counter"]}
+    v2 = {"tag": "v2", "renamed_classes": [{"from": "Counter", "to": "Renamed"}]}
+
+    def increment() -> str:
+        r = server.request("/", host="grown.localhost")
+        assert r.status == 200, (r, server.log()[-2000:])
+        return r.text
+
+    server.deploy("grown", MIGRATING.replace("@CLASS@", "Counter").replace("self.env.C", "None"))
+    for class_name, migrations in (("Counter", [v1]), ("Renamed", [v1, v2])):
+        server.deploy("grown", MIGRATING.replace("@CLASS@", class_name), extra_metadata={
+            "migrations": migrations}, bindings=[
+            {"type": "durable_object_namespace", "name": "C", "class_name": class_name}])
+        if class_name == "Counter":
+            assert [increment(), increment()] == ["1", "2"]
+    assert increment() == "3"
+
+
+def test_deleting_a_class_its_binding_still_names_is_refused(server):
+    """As Cloudflare refuses it ("Cannot apply --delete-class migration ...
+    without also removing the binding"): it was applied, the objects'
+    data went, and the binding went on serving the class, empty."""
+    bindings = [{"type": "durable_object_namespace", "name": "C", "class_name": "Counter"}]
+    v1 = {"tag": "v1", "new_sqlite_classes": ["Counter"]}
+    source = MIGRATING.replace("@CLASS@", "Counter")
+    server.deploy("kept", source, extra_metadata={"migrations": [v1]}, bindings=bindings)
+    assert server.request("/", host="kept.localhost").text == "1"
+    refused = server.deploy("kept", source, check=False, bindings=bindings, extra_metadata={
+        "migrations": [v1, {"tag": "v2", "deleted_classes": ["Counter"]}]})
+    assert refused.status == 400, refused.text
+    message = refused.json()["errors"][0]["message"]
+    assert "deleted_classes" in message and "'Counter'" in message and "binding" in message, message
+    assert server.request("/", host="kept.localhost").text == "2"  # nothing deleted
+
+
 def test_a_binding_to_a_class_the_script_does_not_export_is_refused(server):
     """As Cloudflare refuses the upload (10061); it was stored, and every
     request to such an object failed."""

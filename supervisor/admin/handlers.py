@@ -109,7 +109,7 @@ class AdminHooks(Protocol):
         ...
 
     async def migrate_durable_objects(self, namespace: str, name: str, migrations: Any,
-                                      deployed_before: bool) -> None:
+                                      bound_classes: frozenset[str]) -> None:
         """Apply an upload's Durable Object class migrations; raises Invalid if they cannot be."""
         ...
 
@@ -224,6 +224,12 @@ def _check_own_classes(record: ScriptRecord, check: LoadCheck) -> None:
             shown = ", ".join(check.classes[:20]) or "none"
             raise Invalid(f"Cannot create binding for class {binding.class_name!r} that is not exported by the "
                           f"script (binding {binding.name!r}; its classes: {shown})", code=CLASS_NOT_EXPORTED_CODE)
+
+
+def _own_bound_classes(record: ScriptRecord) -> frozenset[str]:
+    """The classes of the script's own that its Durable Object bindings name."""
+    return frozenset(b.class_name for b in record.bindings
+                     if isinstance(b, DurableObjectNamespace) and b.script_name in (None, record.name))
 
 
 def wants_code(accept: str) -> bool:
@@ -542,7 +548,7 @@ class Handlers:
         migrate = getattr(self.hooks, "migrate_durable_objects", None)
         if deploy and metadata.migrations and migrate is not None:
             # Before the version serves: its objects find their data under their new class.
-            await migrate(ns, name, metadata.migrations, previous is not None)
+            await migrate(ns, name, metadata.migrations, _own_bound_classes(record))
         stored = await self._run(functools.partial(self.store.put_script, record, deploy=deploy,
                                                     source=deploy_source(request)))
         if deploy:

@@ -17,10 +17,13 @@ the steps after it are applied, in order, before the new version serves:
 * ``new_classes`` and ``new_sqlite_classes`` need nothing (storage is made
   on first use); ``transferred_classes`` (between scripts) are refused.
 
-A script deployed before Corral kept tags starts at the uploaded
-migrations' last tag: none of its history is replayed (a class it deleted
-long ago and added back is not deleted again), at the cost of a rename in
-that one upload not being applied.
+A script with no tag kept (its first migrations, a script whose earlier
+versions had none, or one deployed before Corral kept tags) has every step
+replayed: a rename or a delete of a class with no objects does nothing, and
+a delete of a class a later step adds back is skipped, since the objects
+there may be the new class's. A step deleting a class the new version still
+binds is refused, as Cloudflare refuses it: the binding would serve the
+class with its data gone.
 """
 
 from __future__ import annotations
@@ -76,11 +79,6 @@ def pending(migrations: Any, current: str | None) -> tuple[list[dict[str, Any]],
     return [], current
 
 
-def last_tag(migrations: Any) -> str | None:
-    """The tag a version's migrations end at (None: they have none)."""
-    return pending(migrations, None)[1] if migrations else None
-
-
 def _tag_of(conn: sqlite3.Connection, namespace: str, script: str) -> str | None:
     row = conn.execute("SELECT tag FROM migration_tags WHERE namespace = ? AND script = ?",
                        (namespace, script)).fetchone()
@@ -95,16 +93,14 @@ def _set_tag(conn: sqlite3.Connection, namespace: str, script: str, tag: str | N
 
 
 async def apply(services: Services, namespace: str, script: str, migrations: Any,
-                deployed_before: bool) -> None:
+                bound_classes: frozenset[str]) -> None:
     """Apply what ``migrations`` (the new version's) has past the script's
-    tag; ``deployed_before``: the script has a deployed version (without a
-    tag kept, it starts at the uploaded migrations' last). Raises
-    :class:`Invalid` (nothing applied) for migrations that cannot be."""
+    tag; ``bound_classes``: the script's own classes its new version binds.
+    Raises :class:`Invalid` (nothing applied) for migrations that cannot be."""
     index = index_path(services)
     current = await services.databases.run(index, _index_setup, _tag_of, namespace, script)
-    if current is None and deployed_before:
-        current = last_tag(migrations)
     steps, tag = pending(migrations, current)
+    deletes = _deletes(steps, replaying=current is None)
     for step in steps:  # everything is checked before anything moves
         if step.get("transferred_classes"):
             raise Invalid("transferred_classes (moving objects from another script) is not supported: "
@@ -115,13 +111,35 @@ async def apply(services: Services, namespace: str, script: str, migrations: Any
                 raise Invalid(f"renamed_classes entries are {{\"from\": OLD, \"to\": NEW}}, got {rename!r}")
         if not all(isinstance(c, str) for c in step.get("deleted_classes") or []):
             raise Invalid("deleted_classes is a list of class names")
-    for step in steps:
+    for index_of_step, class_name in deletes:
+        if class_name in bound_classes and not _added_after(steps, index_of_step, class_name):
+            raise Invalid(f"Cannot apply deleted_classes migration to class {class_name!r} without also "
+                          "removing the Durable Object binding that references it")
+    for index_of_step, step in enumerate(steps):
         for rename in step.get("renamed_classes") or []:
             await _rename(services, namespace, script, rename["from"], rename["to"])
         for class_name in step.get("deleted_classes") or []:
-            await _delete(services, namespace, script, class_name)
+            if (index_of_step, class_name) in deletes:
+                await _delete(services, namespace, script, class_name)
     if tag != current or steps:
         await services.databases.run(index, _index_setup, _set_tag, namespace, script, tag)
+
+
+def _added_after(steps: list[dict[str, Any]], index_of_step: int, class_name: str) -> bool:
+    """Whether a step after ``index_of_step`` makes ``class_name`` a class again."""
+    for step in steps[index_of_step + 1:]:
+        added = [*(step.get("new_classes") or []), *(step.get("new_sqlite_classes") or []),
+                 *(r.get("to") for r in step.get("renamed_classes") or [] if isinstance(r, dict))]
+        if class_name in added:
+            return True
+    return False
+
+
+def _deletes(steps: list[dict[str, Any]], replaying: bool) -> set[tuple[int, str]]:
+    """The (step, class) deletes to carry out. ``replaying`` (no tag kept):
+    not a class a later step adds back, whose objects may be the new class's."""
+    return {(i, name) for i, step in enumerate(steps) for name in step.get("deleted_classes") or []
+            if isinstance(name, str) and not (replaying and _added_after(steps, i, name))}
 
 
 async def _ids(services: Services, namespace: str, script: str, class_name: str) -> list[str]:
