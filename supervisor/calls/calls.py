@@ -463,7 +463,8 @@ class Calls:
     def _assets_first(self, record: ScriptRecord, message: SubRequest) -> bool:
         """A dispatch to a user worker whose assets answer this request first."""
         return (message.kind == "dispatch" and not message.rpc and self.assets is not None
-                and self.assets.wants(record, message.method, message.url, from_worker=False))
+                and self.assets.wants(record, message.method, message.url, message.headers,
+                                                     from_worker=False))
 
     async def _serve_assets(self, record: ScriptRecord, message: SubRequest,
                             body: BodySource | bytes | None) -> Head:

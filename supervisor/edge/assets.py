@@ -26,8 +26,10 @@ from urllib.parse import SplitResult, unquote, urlsplit
 
 import trio
 
+from supervisor import compat_flags
 from supervisor.edge import asset_rules
 from supervisor.edge.http_server import Connection, LengthMismatch
+from supervisor.edge.url_path import normalised
 from supervisor.log import warn
 from supervisor.model import AssetSet, ScriptRecord
 from supervisor.pool.bodies import BytesBody, body_length
@@ -45,10 +47,12 @@ _TYPES = {
 }
 
 
-def content_type(path: str) -> str:
+def content_type(path: str) -> str | None:
+    """The Content-Type Cloudflare's asset server sends for ``path``; None
+    (no header, as there) for an extension it does not know."""
     ext = posixpath.splitext(path)[1].lower()
-    kind = _TYPES.get(ext) or mimetypes.guess_type(path)[0] or "application/octet-stream"
-    if kind.startswith("text/") or kind in ("application/javascript",):
+    kind = _TYPES.get(ext) or mimetypes.guess_type(path)[0]
+    if kind is not None and (kind.startswith("text/") or kind == "application/javascript"):
         kind += "; charset=utf-8"
     return kind
 
@@ -164,13 +168,29 @@ def _html_handling(assets: AssetSet, path: str, redirects: bool = True) -> Decis
     return None
 
 
-def resolve(assets: AssetSet, path: str) -> Decision:
-    """Where ``path`` (decoded, absolute) leads among the assets."""
+def resolve(assets: AssetSet, path: str, misses_are_assets: bool = True) -> Decision:
+    """Where ``path`` (decoded, absolute) leads among the assets;
+    ``misses_are_assets``: ``not_found_handling`` answers a path with none."""
     path = posixpath.normpath(path) + ("/" if path.endswith("/") and path != "/" else "")
-    if not path.startswith("/"):
-        path = "/" + path
+    path = "/" + path.lstrip("/")  # runs of slashes are one, as Cloudflare's decodePath has them
     found = _html_handling(assets, path)
-    return found if found is not None else _not_found(assets, path)
+    if found is not None:
+        return found
+    return _not_found(assets, path) if misses_are_assets else Decision("not_found")
+
+
+def _misses_are_assets(record: ScriptRecord, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether ``not_found_handling`` answers a request no asset matches in
+    place of the worker (the asset worker's ``canFetch``): under
+    ``run_worker_first``'s route list (static routing), for a script with
+    no fetch handler, or for a browser's navigation from the 2025-04-01
+    compatibility date (``assets_navigation_prefers_asset_serving``)."""
+    assets = record.assets
+    if assets is None or isinstance(assets.config.run_worker_first, list) or "fetch" not in record.handlers:
+        return True
+    return _header(headers, b"sec-fetch-mode") == "navigate" and compat_flags.enabled(
+        record.compatibility_date, record.compatibility_flags, "assets_navigation_prefers_asset_serving",
+        "assets_navigation_has_no_effect", "2025-04-01")
 
 
 def _not_found(assets: AssetSet, path: str) -> Decision:
@@ -273,23 +293,29 @@ class AssetServer:
     def __init__(self, store: AssetBlobs) -> None:
         self.store = store
 
-    def wants(self, record: ScriptRecord, method: bytes, url: str, *, from_worker: bool) -> bool:
-        """Whether assets answer this request before (or instead of) the worker:
-        a ``_redirects`` rule for its path is always followed."""
+    def wants(self, record: ScriptRecord, method: bytes, url: str, headers: list[tuple[bytes, bytes]],
+              *, from_worker: bool) -> bool:
+        """Whether assets answer this request before (or instead of) the
+        worker, as Cloudflare's asset worker's ``canFetch`` decides: a
+        ``_redirects`` rule for its path is always followed; a path with an
+        asset is the assets' whatever the method (405 but for GET and HEAD);
+        ``not_found_handling`` takes a miss from the worker only for a
+        browser's navigation (``Sec-Fetch-Mode: navigate``, from the
+        2025-04-01 compatibility date) or under ``run_worker_first``'s
+        route list; an ``ASSETS`` binding's fetch is always theirs."""
         assets = record.assets
-        if assets is None or not assets.manifest:
+        if assets is None or not (assets.manifest or assets.config.redirects):
             return False
         parts = urlsplit(url)
-        path = unquote(parts.path or "/")
+        raw = normalised(parts.path or "/")
+        path = unquote(raw)
         if not from_worker and worker_first(assets, path):
             return False
-        if _rules(assets).redirect(parts.netloc, parts.path or "/") is not None:
+        if _rules(assets).redirect(parts.netloc, raw) is not None:
             return True
-        if method not in (b"GET", b"HEAD"):
-            return from_worker
         if from_worker:
             return True
-        return resolve(assets, path).kind != "not_found"
+        return resolve(assets, path, _misses_are_assets(record, headers)).kind != "not_found"
 
     async def answer(self, record: ScriptRecord, method: bytes, url: str,
                      headers: list[tuple[bytes, bytes]]) -> Answer:
@@ -297,16 +323,18 @@ class AssetServer:
         applied (on every answer, as Cloudflare's asset server applies them)."""
         assets = record.assets or AssetSet()
         parts = urlsplit(url)
+        parts = parts._replace(path=normalised(parts.path or "/"))
+        url = parts.geturl()
         rules = _rules(assets)
         answer = await self._answer(record, assets, rules, method, url, parts, headers)
         if rules.headers:
-            rules.apply_headers(parts.netloc, parts.path or "/", answer.headers)
+            rules.apply_headers(parts.netloc, parts.path, answer.headers)
         return answer
 
     async def _answer(self, record: ScriptRecord, assets: AssetSet, rules: asset_rules.Rules,
                       method: bytes, url: str, parts: SplitResult,
                       headers: list[tuple[bytes, bytes]]) -> Answer:
-        path = parts.path or "/"
+        path = parts.path
         rule = rules.redirect(parts.netloc, path)
         if rule is not None:
             if rule.status != 200:
@@ -323,14 +351,16 @@ class AssetServer:
             return Answer(404, [], None)
         entry = assets.manifest[decision.path]
         etag = f'"{entry.hash}"'
-        base = [(b"content-type", content_type(decision.path).encode()),
-                (b"etag", etag.encode()),
+        kind = content_type(decision.path)
+        base = [(b"etag", etag.encode()),
                 (b"cache-control", b"public, max-age=0, must-revalidate"),
                 (b"accept-ranges", b"bytes")]
+        if kind is not None:
+            base.append((b"content-type", kind.encode()))
         match = _header(headers, b"if-none-match")
         if decision.status == 200 and match and (match.strip() == "*" or etag in
                                                  [m.strip().removeprefix("W/") for m in match.split(",")]):
-            return Answer(304, base[1:], None)
+            return Answer(304, [h for h in base if h[0] != b"content-type"], None)
         status, start, length = decision.status, 0, entry.size
         wanted = _header(headers, b"range") if decision.status == 200 else ""
         if wanted:
@@ -342,8 +372,8 @@ class AssetServer:
                 length = end - start + 1
                 status = 206
                 base.append((b"content-range", f"bytes {start}-{end}/{entry.size}".encode()))
-        if method == b"HEAD":
-            return Answer(status, base, None)
+        if method == b"HEAD":  # what GET would send, its length too
+            return Answer(status, [*base, (b"content-length", str(length).encode())], None)
         file = await trio.to_thread.run_sync(self.store.open, record.namespace, record.name, entry.hash)
         if length <= INLINE_BYTES:
             try:

@@ -26,6 +26,7 @@ from supervisor.config import ServeConfig
 from supervisor.edge.assets import AssetServer, send_answer
 from supervisor.edge.client_ip import ClientAddress, TrustedProxies
 from supervisor.edge.http_server import Connection, InvalidResponse, LengthMismatch, Request, RequestBody
+from supervisor.edge.url_path import needs_normalising, normalised
 from supervisor.edge.websockets import Deliverer, Session, SocketSource, handshake_problem
 from supervisor.lifecycle import OUTCOME_MESSAGE, OUTCOME_STATUS, Outcome
 from supervisor.limits.policy import LimitPolicy
@@ -247,7 +248,8 @@ class Ingress:
         if path == SCHEDULED_PATH and self.scheduled is not None:
             await self._scheduled(record, target, conn, head_only)
             return
-        if self.assets is not None and self.assets.wants(record, request.method, url, from_worker=False):
+        if self.assets is not None and self.assets.wants(record, request.method, url, request.headers,
+                                                         from_worker=False):
             await send_answer(conn, await self.assets.answer(record, request.method, url, request.headers),
                               head_only)
             return
@@ -276,15 +278,20 @@ class Ingress:
         """Read the request's host and path as :func:`origin_form` does. The
         Host header becomes the host an absolute-form target named (as a
         proxy sets it, RFC 9112 section 3.2.2): the worker's URL and a
-        dispatcher that routes on the header must see the same host.
+        dispatcher that routes on the header must see the same host. Dot
+        segments are resolved (supervisor.edge.url_path): routes, assets
+        and the worker see the path the worker's URL has.
 
         The common request (a path, a Host seen and checked before) is
         answered by three byte checks and a set lookup: the Host pattern is
         a regular expression, and this runs on every request."""
         target, host = request.target, request.host
-        if target[:1] == b"/" and host in _CHECKED_HOSTS and b"#" not in target and request.method != b"CONNECT":
+        if target[:1] == b"/" and host in _CHECKED_HOSTS and b"#" not in target and request.method != b"CONNECT" \
+                and not needs_normalising(target):
             return
         host, target = origin_form(request.method, target, host)
+        if needs_normalising(target):  # the path workerd's URL parser would give the worker
+            target = normalised(target.decode("latin-1")).encode("latin-1")
         if len(_CHECKED_HOSTS) >= MAX_CHECKED_HOSTS:
             _CHECKED_HOSTS.clear()  # bounded: a client sending endless hosts only costs their checks
         _CHECKED_HOSTS.add(host)
