@@ -410,6 +410,10 @@ def test_an_asset_upload_unlike_its_manifest_is_refused(server):
     assert done.status_code == 201, done.text
     body, ctype = _upload({"assets": {"jwt": done.json()["result"]["jwt"]}})
     refused(server.admin("PUT", KEEPER, body, ctype), 400, "issued for another script")
+    # A stored file named again with another size: served by that size, it was
+    # cut short or framed longer than it is.
+    refused(server.admin("POST", f"{PLAT}/assets-upload-session", {"manifest": {"/y": {"hash": "b" * 32, "size": 4}}}),
+            400, "manifest entry '/y': hash " + "b" * 32 + " is a stored file of 3 bytes, not 4")
     still_serving(server)
 
 

@@ -36,8 +36,15 @@ class AssetHandlers:
         manifest = parse_manifest(body.get("manifest") if isinstance(body, dict) else None)
         if ns != PLATFORM and await self.core._run(self.core.store.get_namespace, ns) is None:
             raise namespace_not_found(ns)
-        hashes = {e.hash for e in manifest.values()}
-        missing = await self.core._run(lambda: {h for h in hashes if not blobs.has(ns, name, h)})
+        sizes = {e.hash: (path, e.size) for path, e in manifest.items()}
+        stored = await self.core._run(lambda: {h: blobs.size(ns, name, h) for h in sizes})
+        for digest, size in stored.items():
+            path, declared = sizes[digest]
+            if size is not None and size != declared:
+                # Served by the manifest's size, the file would be cut short or framed too long.
+                raise Invalid(f"manifest entry {path!r}: hash {digest} is a stored file of {size} bytes, "
+                              f"not {declared}")
+        missing = {digest for digest, size in stored.items() if size is None}
         token, buckets = self.sessions.open(ns, name, manifest, missing)
         log_event(logging.INFO, "admin.assets_session", namespace=ns, script=name, files=len(manifest),
                   missing=len(missing))

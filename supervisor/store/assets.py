@@ -45,8 +45,12 @@ class AssetBlobs:
         digest = check_hash(digest)
         return os.path.join(self.root, self.scope(namespace, script), digest[:2], digest)
 
-    def has(self, namespace: str, script: str, digest: str) -> bool:
-        return os.path.exists(self.path(namespace, script, digest))
+    def size(self, namespace: str, script: str, digest: str) -> int | None:
+        """The stored blob's size in bytes; None if there is none."""
+        try:
+            return os.path.getsize(self.path(namespace, script, digest))
+        except FileNotFoundError:
+            return None
 
     def put(self, namespace: str, script: str, digest: str, data: bytes) -> None:
         """Write one blob atomically (temporary file, fsync, rename)."""
