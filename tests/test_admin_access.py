@@ -131,6 +131,29 @@ def test_deploy_token_bound_to_a_namespace(server, tls_files):
         cf.workers_for_platforms.dispatch.namespaces.delete("tenant-a", account_id="local")
 
 
+def test_a_bound_token_cannot_bind_its_way_into_another_namespace(server, tls_files):
+    """A token bound to tenant-a uploaded a worker whose dispatch_namespace
+    binding named tenant-b, and through it ran tenant-b's workers (with their
+    secrets) though the token could not reach tenant-b's paths."""
+    server.namespace("tenant-b")
+    cf = _sdk(server, tls_files, _token(server, "deploy", ["tenant-a"], name="bound-a"))
+    reach = {"type": "dispatch_namespace", "name": "OTHER", "namespace": "tenant-b"}
+
+    def upload(bindings):
+        return cf.workers_for_platforms.dispatch.namespaces.scripts.update(
+            "reacher", account_id="local", dispatch_namespace="tenant-a",
+            metadata={"main_module": "worker.py", "bindings": bindings},
+            files=[("worker.py", io.BytesIO(CODE), "text/x-python")])
+
+    with pytest.raises(cloudflare.PermissionDeniedError, match="binding 'OTHER' reaches dispatch namespace "
+                                                               "'tenant-b'.*bound to namespace"):
+        upload([reach])
+    upload([{**reach, "namespace": "tenant-a"}])  # its own namespace it may
+    with pytest.raises(cloudflare.PermissionDeniedError, match="reaches dispatch namespace 'tenant-b'"):
+        cf.workers_for_platforms.dispatch.namespaces.scripts.settings.edit(
+            "reacher", account_id="local", dispatch_namespace="tenant-a", settings={"bindings": [reach]})
+
+
 def test_admin_token_but_no_token_management(server, tls_files):
     cf = _sdk(server, tls_files, _token(server, "admin"))
     created = cf.workers_for_platforms.dispatch.namespaces.create(account_id="local", name="by-admin")

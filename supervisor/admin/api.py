@@ -92,7 +92,8 @@ class AdminAPI:
             authorize(principal, method, path, params)
             request = Request(method=method, path=path, params=params, query=query,
                               headers=header_map, body=body,
-                              token_id=principal.token.id if principal.token is not None else "")
+                              token_id=principal.token.id if principal.token is not None else "",
+                              namespaces=tuple(principal.token.namespaces) if principal.token is not None else ())
             return await handler(request)
         except trio.Cancelled:
             raise

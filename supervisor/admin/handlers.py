@@ -28,7 +28,7 @@ from supervisor.admin.render import METRICS_HEADERS, Response, envelope, namespa
 from supervisor.admin.router import Request, Router
 from supervisor.cron import CronError, check_crons, parse_cron
 from supervisor.edge import asset_rules
-from supervisor.errors import Conflict, Invalid, NotSupported, TooLarge
+from supervisor.errors import Conflict, Forbidden, Invalid, NotSupported, TooLarge
 from supervisor.model import (
     PLATFORM,
     AssetConfig,
@@ -224,6 +224,19 @@ def _check_own_classes(record: ScriptRecord, check: LoadCheck) -> None:
             shown = ", ".join(check.classes[:20]) or "none"
             raise Invalid(f"Cannot create binding for class {binding.class_name!r} that is not exported by the "
                           f"script (binding {binding.name!r}; its classes: {shown})", code=CLASS_NOT_EXPORTED_CODE)
+
+
+def check_reach(record: ScriptRecord, namespaces: tuple[str, ...]) -> None:
+    """Refuse a binding that reaches past the namespaces the caller's token
+    is bound to (``namespaces``; empty: any): such a token reaches only
+    paths inside them, and an upload's dispatch_namespace binding to another
+    namespace would otherwise run, and read, the workers there."""
+    if not namespaces:
+        return
+    for binding in record.bindings:
+        if isinstance(binding, DispatchNamespace) and binding.namespace not in namespaces:
+            raise Forbidden(f"binding {binding.name!r} reaches dispatch namespace {binding.namespace!r}, and this "
+                            f"API token is bound to namespace(s) {', '.join(namespaces)}")
 
 
 def _own_bound_classes(record: ScriptRecord) -> frozenset[str]:
@@ -535,6 +548,7 @@ class Handlers:
         record, metadata = self._build_record(ns, name, parts, previous, packages, code_only=code_only,
                                               bindings_from=latest or previous)
         check_variables(record.bindings)
+        check_reach(record, request.namespaces)
         await self.check_services(record)
         await self.check_queue_consumers(record)
         if warnings is not None and record.assets is not None:

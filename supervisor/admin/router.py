@@ -27,6 +27,8 @@ class Request(msgspec.Struct, kw_only=True):
     body: bytes
     #: The API token's id on the TCP listener; empty on the unix socket.
     token_id: str = ""
+    #: The dispatch namespaces the caller's token is bound to; empty: any.
+    namespaces: tuple[str, ...] = ()
 
     def json(self) -> Any:
         return decode_json(self.body, "request body")

@@ -15,7 +15,16 @@ import msgspec
 
 from supervisor.admin import multipart
 from supervisor.admin.decode import MAX_METADATA_BYTES, clip, decode_json
-from supervisor.admin.handlers import _NS, _PS, Handlers, _namespace_of, _script_of, code_response, log_event
+from supervisor.admin.handlers import (
+    _NS,
+    _PS,
+    Handlers,
+    _namespace_of,
+    _script_of,
+    check_reach,
+    code_response,
+    log_event,
+)
 from supervisor.admin.render import Response, envelope, settings_json
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Invalid, NotFound
@@ -158,6 +167,7 @@ class ScriptConfigHandlers:
         # its bindings must not have changed the script's tags already.
         if changes:
             check_variables(with_changes(record, **changes).bindings)
+            check_reach(with_changes(record, **changes), request.namespaces)
             await self.core.check_services(with_changes(record, **changes))
         if tags is not None:
             tags = await self.core._run(self.store.put_tags, ns, name, tags)
