@@ -68,12 +68,32 @@ def test_memory_is_bounded_and_old_keys_expire() -> None:
     limiter = RateLimiter(clock, max_keys=100)
     for i in range(250):
         limiter.limit("s", f"k{i}", 5, 10)
-    assert len(limiter.counters) == 100
-    assert ("s", "k249") in limiter.counters and ("s", "k0") not in limiter.counters
+    assert len(limiter.scopes["s"]) == limiter.total == 100
+    assert "k249" in limiter.scopes["s"] and "k0" not in limiter.scopes["s"]
     clock.now = 1300.0  # every window is over: each call drops expired keys as it goes
     for _ in range(20):
         limiter.limit("s", "fresh", 1000, 10)
-    assert len(limiter.counters) < 100
+    assert len(limiter.scopes["s"]) == limiter.total < 100
+
+
+def test_one_scopes_new_keys_never_drop_another_scopes_counters() -> None:
+    """One shared list, least recently touched first: a tenant calling with
+    endless new keys pushed out another's refused key (untouched while it is
+    refused), which was then allowed again, its limit switched off."""
+    clock = Clock(1200.0)
+    limiter = RateLimiter(clock, max_keys=100, max_keys_per_scope=60)
+    assert limiter.limit("victim", "alice", 1, 60) is True
+    assert limiter.limit("victim", "alice", 1, 60) is False
+    for i in range(1000):
+        limiter.limit("attacker", f"k{i}", 5, 60)
+    assert limiter.limit("victim", "alice", 1, 60) is False
+    assert len(limiter.scopes["attacker"]) == 60 and limiter.total == 61
+    # Past the host's bound, the largest scope gives way.
+    for scope in ("b", "c"):
+        for i in range(30):
+            limiter.limit(scope, f"k{i}", 5, 60)
+    assert limiter.total == 100 and len(limiter.scopes["b"]) == len(limiter.scopes["c"]) == 30
+    assert len(limiter.scopes["attacker"]) == 39 and limiter.limit("victim", "alice", 1, 60) is False
 
 
 # -- the binding --------------------------------------------------------------------------------

@@ -16,8 +16,13 @@ with ``mitigation_timeout`` set, a key that went over stays refused that
 long.
 
 Memory is bounded: an entry is dropped once its windows and any mitigation
-are over (checked from the least recently touched end on each call), and at
-most :data:`MAX_KEYS` keys are kept, the least recently touched going first.
+are over (checked from the least recently touched end of the scope called),
+a scope keeps at most :data:`MAX_KEYS_PER_SCOPE` keys and the host
+:data:`MAX_KEYS`, the least recently touched going first. Each scope is
+ordered apart, and the host's bound takes from the largest scope: one
+tenant calling with endless new keys drops only its own counters, never
+another's (a victim's refused key, untouched while refused, would otherwise
+drift to the old end of one shared list and be forgotten, allowed again).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from supervisor.bindings.base import BindingError, Context, Reply, arg, string
 
 #: Keys kept at most, over every binding of the host (~100 bytes each).
 MAX_KEYS = 200_000
+#: Keys kept at most for one scope (a namespace's ``namespace_id``).
+MAX_KEYS_PER_SCOPE = 50_000
 #: Longest key accepted (Cloudflare's keys are free text; this bounds memory).
 MAX_KEY_BYTES = 1024
 #: Entries looked at for expiry per call, so that a call's cost stays bounded.
@@ -54,23 +61,32 @@ class _Counter:
 class RateLimiter:
     """Every rate limit counter of the host; ``clock`` is monotonic seconds."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_KEYS) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_KEYS,
+                 max_keys_per_scope: int = MAX_KEYS_PER_SCOPE) -> None:
         self.clock = clock
         self.max_keys = max_keys
-        self.counters: OrderedDict[tuple[str, str], _Counter] = OrderedDict()
+        self.max_keys_per_scope = max_keys_per_scope
+        #: Each scope's counters, least recently touched first.
+        self.scopes: dict[str, OrderedDict[str, _Counter]] = {}
+        self.total = 0
 
     def limit(self, scope: str, key: str, limit: float, period: int, mitigation_timeout: int = 0) -> bool:
         """Count a call of ``key`` if it is within ``limit`` per ``period``; False if not."""
         now = self.clock()
-        self._expire(now)
-        counters = self.counters
-        counter = counters.get((scope, key))
+        counters = self.scopes.get(scope)
+        if counters is None:
+            counters = self.scopes[scope] = OrderedDict()
+        self._expire(counters, now)
+        counter = counters.get(key)
         if counter is None:
-            counter = counters[(scope, key)] = _Counter()
-            if len(counters) > self.max_keys:
-                counters.popitem(last=False)
+            counter = counters[key] = _Counter()
+            self.total += 1
+            if len(counters) > self.max_keys_per_scope:
+                self._drop_oldest(counters)
+            elif self.total > self.max_keys:
+                self._drop_oldest(max(self.scopes.values(), key=len))
         else:
-            counters.move_to_end((scope, key))
+            counters.move_to_end(key)
         window = int(now // period)
         if counter.window != window:
             counter.previous = counter.current if counter.window == window - 1 else 0
@@ -88,8 +104,11 @@ class RateLimiter:
         counter.current += 1
         return True
 
-    def _expire(self, now: float) -> None:
-        counters = self.counters
+    def _drop_oldest(self, counters: OrderedDict[str, _Counter]) -> None:
+        counters.popitem(last=False)
+        self.total -= 1
+
+    def _expire(self, counters: OrderedDict[str, _Counter], now: float) -> None:
         for _ in range(EXPIRE_PER_CALL):
             if not counters:
                 return
@@ -97,6 +116,7 @@ class RateLimiter:
             if counters[oldest_key].expires > now:
                 return
             del counters[oldest_key]
+            self.total -= 1
 
 
 @register("ratelimit")
@@ -115,4 +135,4 @@ class RateLimitHandler:
                                         rule.mitigation_timeout))
 
     def close(self) -> None:
-        self.limiter.counters.clear()
+        self.limiter.scopes.clear()
