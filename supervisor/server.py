@@ -485,13 +485,19 @@ class Supervisor:
         """Whether a stop still has something to wait for: a request in
         flight or on its way in (ingress or admin), or the ``waitUntil`` work
         of an answered request, which would be lost with its child (a KV
-        write after the response). Not what is left of an invocation that
-        failed (its wall time: a handler stuck in C may never end)."""
+        write after the response), or trace events on their way to tail
+        workers. Not what is left of an invocation that failed (its wall
+        time: a handler stuck in C may never end)."""
         admin = self.admin_http.in_flight - self._live_tails
         if self.http.in_flight or self.http.starting or admin or self.admin_http.starting:
             return True
-        return any(inv.response_end is not None and inv.error is None
-                   for child in self.pool.children.values() for inv in child.invocations.values())
+        if any(inv.response_end is not None and inv.error is None
+               for child in self.pool.children.values() for inv in child.invocations.values()):
+            return True
+        # The ended invocations' traces: complete now (not in the watchdog's
+        # 25 ms), so that their tail workers get them and usage counts them.
+        self.pool.settle_cpu()
+        return self.observability.tails.pending
 
     async def _start_admin_tcp(self, nursery: trio.Nursery) -> None:
         """The TCP admin listener, or a :class:`StartupError` naming its

@@ -131,3 +131,40 @@ def test_a_stop_answers_an_admin_call_already_sent(tmp_path):
         assert again.request("/x", host="late.localhost").text == "hello x"
     finally:
         again.stop()
+
+
+TAILER = """
+from workers import WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def tail(self, events):
+        for event in events:
+            await self.env.KV.put("seen-" + event.event.request.url.rsplit("/", 1)[1], event.outcome)
+"""
+
+
+def test_a_stop_delivers_the_traces_of_answered_requests_and_counts_them(tmp_path):
+    """The requests were answered, then SIGTERM: their trace events, queued
+    for the tail worker (and a CPU figure away from complete), died with the
+    server, and usage lost the last of them."""
+    server = Corral(tmp_path / "state").start()
+    try:
+        server.deploy_dispatcher()
+        server.deploy("tailer", TAILER, namespace=None,
+                      bindings=[{"type": "kv_namespace", "name": "KV", "namespace_id": "seen"}])
+        server.deploy("traced", HELLO, extra_metadata={"tail_consumers": [{"service": "tailer"}]})
+        for word in ("one", "two", "three"):
+            assert server.request(f"/{word}", host="traced.localhost").text == f"hello {word}"
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
+    finally:
+        server.stop()
+    again = Corral(tmp_path / "state").start()
+    try:
+        keys = again.admin("GET", "/accounts/local/storage/kv/namespaces/seen/keys").json()["result"]
+        assert sorted(k["name"] for k in keys) == ["seen-one", "seen-three", "seen-two"], again.log()[-3000:]
+        rows = again.admin("GET", "/accounts/local/workers/usage?namespace=default&script=traced").json()["result"]
+        assert sum(r["requests"] for r in rows) == 3, rows
+    finally:
+        again.stop()

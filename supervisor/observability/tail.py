@@ -87,12 +87,20 @@ class TailDelivery:
         self.on_invocation = on_invocation
         self.consumers: dict[str, _Consumer] = {}
         self._nursery: trio.Nursery | None = None
+        #: Batches handed to a tail worker and not yet answered.
+        self._delivering = 0
 
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
+
+    @property
+    def pending(self) -> bool:
+        """Whether events wait for, or are with, a tail worker: a stop waits
+        for them (its drain), as it waits for the requests they trace."""
+        return self._delivering > 0 or any(consumer.queue for consumer in self.consumers.values())
 
     def submit(self, consumers: list[str], event: dict[str, Any]) -> None:
         """Queue ``event`` for each consumer; never waits."""
@@ -139,7 +147,11 @@ class TailDelivery:
             if linger > 0:
                 await trio.sleep(linger)  # let a batch gather
             while consumer.queue:
-                await self._invoke(consumer, self._next_batch(consumer))
+                self._delivering += 1
+                try:
+                    await self._invoke(consumer, self._next_batch(consumer))
+                finally:
+                    self._delivering -= 1
 
     def _next_batch(self, consumer: _Consumer) -> list[dict[str, Any]]:
         """The oldest events, at most ``tail_batch_events`` of them and
