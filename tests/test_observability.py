@@ -850,6 +850,24 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def test_a_usage_quantile_is_by_nearest_rank():
+    """p99 took the floor of q * (n - 1): of one fast and one slow request
+    in a minute, p99 was the fast one, and a slow request never showed below
+    100 a minute. Nearest rank (ceil(q * n)) gives the slowest there."""
+    from supervisor.observability.usage import Rollup
+
+    rollup = Rollup()
+    for wall in (2.8, 1507.0):
+        rollup.add("ok", 1.0, wall, 0)
+    row = rollup.to_json("script", 0, "default", "x")
+    assert row["wallTimeMs"]["p99"] == pytest.approx(1507.0, rel=0.02), row
+    assert row["wallTimeMs"]["p50"] == pytest.approx(2.8, rel=0.02), row
+    for _ in range(97):
+        rollup.add("ok", 1.0, 3.0, 0)
+    ninety_nine = rollup.to_json("script", 0, "default", "x")  # 1 in 99: still its p99
+    assert ninety_nine["wallTimeMs"]["p99"] == pytest.approx(1507.0, rel=0.02)
+
+
 def test_usage_after_a_known_load(corral):
     before = totals(usage(corral, "namespace=default&script=thrower"))
     before_tag = totals(usage(corral, "tag=user:1"))
