@@ -495,6 +495,24 @@ def test_outbound_worker_subrequests_count_against_tenant_limit(corral, upstream
     assert len(upstream.seen("/echo/outsub-")) == 2
 
 
+@pytest.mark.parametrize("outbound", [False, True], ids=["direct", "outbound"])
+def test_every_redirect_hop_is_a_subrequest(corral, upstream, outbound):
+    """Cloudflare's limits page: "Each subrequest in a redirect chain counts
+    against this limit." One fetch of a three-redirect chain sent four
+    requests upstream under a limit of two, directly or through the
+    outbound worker."""
+    before = len(upstream.seen("/redirect/")) + len(upstream.seen("/echo/final"))
+    headers = {"x-limits": json.dumps({"subRequests": 2}), "content-type": "application/json"}
+    if outbound:
+        headers["x-customer"] = "acme"
+    resp = corral.request("/", host="probe.out.localhost" if outbound else "probe.localhost", method="POST",
+                          headers=headers, body=json.dumps({"steps": [{"url": upstream.url("/redirect/3")}]}))
+    assert resp.status == 200, resp
+    (result,) = resp.json()["results"]
+    assert result.get("error") == "PlatformError" and "subrequest" in result["message"].lower(), result
+    assert len(upstream.seen("/redirect/")) + len(upstream.seen("/echo/final")) - before == 2
+
+
 def test_outbound_worker_params_are_not_visible_to_tenant(corral, upstream):
     out = probe(corral, [{"url": upstream.url("/echo/params")}], outbound=True, customer="acme")
     assert "customer_name" not in out["env"], out["env"]

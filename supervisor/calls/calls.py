@@ -489,7 +489,7 @@ class Calls:
                                               policy.headers)
             return Head(answer.status, answer.headers, answer.body)
 
-        return await _following(policy, one_hop, None)
+        return await _following(policy, one_hop, None, lambda: None)  # the assets' own hops: no subrequests
 
     async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
                     body: BodySource | bytes | None, limits: Limits, outbound: Outbound | None,
@@ -526,7 +526,8 @@ class Calls:
 
         # Through the platform's outbound worker too, a fetch is one of the
         # caller's open connections.
-        return await self._on_connection(parent, body, _following(policy, one_hop, body))
+        return await self._on_connection(parent, body, _following(policy, one_hop, body,
+                                                                  lambda: _count_subrequest(parent)))
 
     async def _http(self, message: SubRequest, body: BodySource | bytes | None,
                     parent: Invocation) -> Head:
@@ -536,7 +537,8 @@ class Calls:
         try:
             response = await self.client.request(message.method.decode("latin-1"), message.url,
                                                  message.headers, upload, redirect=message.redirect,
-                                                 length=None if body is upload else body_length(body))
+                                                 length=None if body is upload else body_length(body),
+                                                 on_redirect=lambda: _count_subrequest(parent))
             span["status"] = response.status
         except http_client.FetchError as exc:
             span["error"] = str(exc)[:500]
@@ -586,7 +588,8 @@ class Calls:
 class AssetAnswerer(Protocol):
     """What calls need of the asset server (supervisor.edge.assets.AssetServer)."""
 
-    def wants(self, record: ScriptRecord, method: bytes, url: str, *, from_worker: bool) -> bool: ...
+    def wants(self, record: ScriptRecord, method: bytes, url: str, headers: list[Header], *,
+              from_worker: bool) -> bool: ...
 
     async def answer(self, record: ScriptRecord, method: bytes, url: str,
                      headers: list[Header]) -> Any: ...
@@ -632,10 +635,12 @@ async def _iterate(source: BodySource) -> AsyncIterator[bytes]:
 
 async def _following(policy: RedirectPolicy,
                      one_hop: Callable[[BodySource | bytes | None], Awaitable[Head]],
-                     body: BodySource | bytes | None) -> Head:
+                     body: BodySource | bytes | None, on_redirect: Callable[[], None]) -> Head:
     """fetch()'s redirect loop (supervisor.calls.redirects): ``one_hop(body)``
     answers the policy's current request; a 301/302 POST or a 303 goes on
-    without the body."""
+    without the body. ``on_redirect`` before each hop: every hop is a
+    subrequest, as Cloudflare counts them ("the total number of subrequests
+    may exceed the number of fetch() calls")."""
     while True:
         head = await one_hop(body)
         try:
@@ -647,6 +652,7 @@ async def _following(policy: RedirectPolicy,
             head.url, head.redirected = policy.url, policy.redirected
             return head
         _close(head.body)
+        on_redirect()
         if hop.drop_body:
             body = None
 

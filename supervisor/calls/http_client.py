@@ -33,7 +33,7 @@ from __future__ import annotations
 import http.cookiejar
 import re
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any
 
 import httpcore
@@ -330,10 +330,13 @@ class HTTPClient:
         *,
         redirect: str = "follow",
         length: int | None = None,
+        on_redirect: Callable[[], None] | None = None,
     ) -> ClientResponse:
         """Send a request and return once the response head has arrived.
 
-        ``redirect`` is fetch's redirect mode (see supervisor.calls.redirects).
+        ``redirect`` is fetch's redirect mode (see supervisor.calls.redirects);
+        ``on_redirect`` is called before each redirect is followed, and what
+        it raises ends the request (a subrequest limit: every hop is one).
         ``length``: a streamed body's length, when its source knows it: sent
         as its Content-Length (not chunked, as from workerd), and held to it
         by the HTTP/1.1 writer (a body that gives more or fewer bytes fails the
@@ -360,6 +363,8 @@ class HTTPClient:
                 response.redirected = policy.redirected
                 return response
             await response._discard()
+            if on_redirect is not None:
+                on_redirect()
             if hop.drop_body:
                 body, length = None, None
 
