@@ -768,7 +768,10 @@ class Runtime:
         request._body_used = False
         request._body = None if message.body is None else self.receive_body(message.body,
                                                                              message.id)
-        request._cf = workers.INCOMING
+        # Workers for Platforms' untrusted mode: a dispatch namespace's user
+        # workers do not get request.cf (only the platform's scripts do).
+        script = self.script
+        request._cf = None if script is not None and script.namespace else workers.INCOMING
         return request
 
     def receive_body(self, body: Body | None, stream: int) -> bytes | IncomingBody | Any:
