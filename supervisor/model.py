@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
@@ -312,7 +313,11 @@ class VersionMetadata(_Binding, tag="version_metadata"):
 
 class Inherit(_Binding, tag="inherit"):
     """Upload only: keep the deployed binding of this name (how a redeploy
-    keeps a secret it never sees again)."""
+    keeps a secret it never sees again); of ``old_name``, renamed to
+    ``name``; from version ``version_id`` (or ``"latest"``, the default)."""
+
+    old_name: str | None = None
+    version_id: str | None = None
 
 
 #: Every binding a stored script may hold.
@@ -617,20 +622,24 @@ def _explain(message: str) -> str:
     return message
 
 
-def resolve_bindings(metadata: UploadMetadata, previous: ScriptRecord | None) -> list[Binding]:
+def resolve_bindings(metadata: UploadMetadata, previous: ScriptRecord | None, *, strict: bool = True,
+                     versions: Mapping[str, list[Binding]] | None = None) -> list[Binding]:
     """The bindings to store: ``inherit`` and ``keep_bindings`` carry
     ``previous``'s over (the script's newest version, deployed or not, as
     Cloudflare's ``inherit`` "defaults to inheriting the binding from the
-    latest version")."""
+    latest version"); an ``inherit`` naming a ``version_id`` takes it from
+    ``versions`` (each version's bindings, by id). One that names nothing is
+    refused if ``strict`` (Cloudflare's ``bindings_inherit=strict``), else
+    dropped, as Cloudflare drops it "silently"."""
     old = {b.name: b for b in previous.bindings} if previous else {}
     out: list[Binding] = []
     seen: set[str] = set()
     for binding in metadata.bindings:
         if isinstance(binding, Inherit):
-            if binding.name not in old:
-                raise Invalid(f"binding {binding.name!r} has type 'inherit' but the script's latest "
-                              "version has no binding of that name")
-            out.append(old[binding.name])
+            found = _inherited(binding, old, versions or {}, strict)
+            if found is None:
+                continue
+            out.append(found)
         else:
             out.append(binding)
         seen.add(binding.name)
@@ -639,6 +648,26 @@ def resolve_bindings(metadata: UploadMetadata, previous: ScriptRecord | None) ->
             out.append(binding)
             seen.add(name)
     return out
+
+
+def _inherited(binding: Inherit, latest: dict[str, Binding], versions: Mapping[str, list[Binding]],
+               strict: bool) -> Binding | None:
+    """The binding an ``inherit`` takes, renamed to its name; None (dropped) or
+    :class:`Invalid` (``strict``) if there is none."""
+    source = binding.old_name or binding.name
+    if binding.version_id in (None, "latest"):
+        pool, where = latest, "the script's latest version"
+    else:
+        pool = {b.name: b for b in versions.get(binding.version_id, [])}  # type: ignore[arg-type]
+        where = f"version {binding.version_id!r}" if binding.version_id in versions else \
+            f"version {binding.version_id!r}, which the script does not have,"
+    found = pool.get(source)
+    if found is None:
+        if strict:
+            raise Invalid(f"binding {binding.name!r} has type 'inherit' but {where} has no binding named "
+                          f"{source!r} (without bindings_inherit=strict it is dropped)")
+        return None
+    return found if found.name == binding.name else msgspec.structs.replace(found, name=binding.name)
 
 
 #: The first field of every content hash: a new encoding gets a new tag, so

@@ -194,9 +194,25 @@ def test_keep_bindings_and_inherit_carry_secrets_over(client):
     assert msgspec.to_builtins(record.bindings) == [{"type": "secret_text", "name": "TOKEN", "text": "s3cret"}]
     client.upload(f"{PS}/s", {"main_module": "worker.py", "bindings": [{"type": "inherit", "name": "TOKEN"}]})
     assert client.store.get_script(PLATFORM, "s").bindings[0].text == "s3cret"
-    env = client.upload(f"{PS}/s", {"main_module": "worker.py", "bindings": [{"type": "inherit", "name": "NO"}]},
-                        expect=400)
-    assert "inherit" in error_message(env)
+    with_token = client.store.get_script(PLATFORM, "s").version_id
+    # old_name renames it; version_id takes it from that version (Cloudflare's inherit fields).
+    client.upload(f"{PS}/s", {"main_module": "worker.py", "bindings": [
+        {"type": "inherit", "name": "RENAMED", "old_name": "TOKEN"}]})
+    assert msgspec.to_builtins(client.store.get_script(PLATFORM, "s").bindings) == [
+        {"type": "secret_text", "name": "RENAMED", "text": "s3cret"}]
+    client.upload(f"{PS}/s", {"main_module": "worker.py"})  # the latest has none now
+    client.upload(f"{PS}/s", {"main_module": "worker.py", "bindings": [
+        {"type": "inherit", "name": "TOKEN", "version_id": with_token}]})
+    assert client.store.get_script(PLATFORM, "s").bindings[0].text == "s3cret"
+    # One that names nothing is dropped, as Cloudflare drops it, unless bindings_inherit=strict.
+    nothing = {"main_module": "worker.py", "bindings": [{"type": "inherit", "name": "NO"}]}
+    client.upload(f"{PS}/s", nothing)
+    assert client.store.get_script(PLATFORM, "s").bindings == []
+    env = client.upload(f"{PS}/s?bindings_inherit=strict", nothing, expect=400)
+    assert "'inherit' but the script's latest version has no binding named 'NO'" in error_message(env)
+    env = client.upload(f"{PS}/s?bindings_inherit=strict", {"main_module": "worker.py", "bindings": [
+        {"type": "inherit", "name": "TOKEN", "version_id": "0" * 32}]}, expect=400)
+    assert "which the script does not have" in error_message(env)
 
 
 def test_inherit_takes_the_latest_version_not_the_deployed_one(client):

@@ -34,6 +34,7 @@ from supervisor.model import (
     AssetConfig,
     AssetEntry,
     AssetSet,
+    Binding,
     DispatchNamespace,
     DurableObjectNamespace,
     LoadCheck,
@@ -224,6 +225,20 @@ def _check_own_classes(record: ScriptRecord, check: LoadCheck) -> None:
             shown = ", ".join(check.classes[:20]) or "none"
             raise Invalid(f"Cannot create binding for class {binding.class_name!r} that is not exported by the "
                           f"script (binding {binding.name!r}; its classes: {shown})", code=CLASS_NOT_EXPORTED_CODE)
+
+
+def _inherited_versions(parts: list[multipart.Part]) -> list[str]:
+    """The versions an upload's ``inherit`` bindings name by ``version_id``
+    (read before the upload is built, which does not wait on the store)."""
+    metadata = next((p for p in parts if p.name == "metadata"), None)
+    try:
+        raw = decode_json(metadata.data, "the 'metadata' part", MAX_METADATA_BYTES) if metadata else None
+    except Invalid:
+        return []  # the build says what is wrong with it
+    bindings = raw.get("bindings") if isinstance(raw, dict) else None
+    return sorted({b["version_id"] for b in bindings or [] if isinstance(b, dict) and b.get("type") == "inherit"
+                   and isinstance(b.get("version_id"), str) and b["version_id"] != "latest"}
+                  ) if isinstance(bindings, list) else []
 
 
 def check_reach(record: ScriptRecord, namespaces: tuple[str, ...]) -> None:
@@ -545,8 +560,11 @@ class Handlers:
         # inherit and keep_bindings take the newest version's bindings, deployed or
         # not (wrangler versions secret put on top of an undeployed upload).
         latest = await self._run(self.store.get_latest, ns, name) if previous is not None else None
+        wanted = _inherited_versions(parts) if previous is not None else []
+        versions = await self._run(self.store.versions_bindings, ns, name, wanted) if wanted else {}
         record, metadata = self._build_record(ns, name, parts, previous, packages, code_only=code_only,
-                                              bindings_from=latest or previous)
+                                              bindings_from=latest or previous, versions=versions,
+                                              strict=request.query.get("bindings_inherit") == "strict")
         check_variables(record.bindings)
         check_reach(record, request.namespaces)
         await self.check_services(record)
@@ -621,9 +639,11 @@ class Handlers:
     def _build_record(self, ns: str, name: str, parts: list[multipart.Part],
                       previous: ScriptRecord | None,
                       packages: packages_upload.Resolved | None = None, *,
-                      code_only: bool = False, bindings_from: ScriptRecord | None = None
+                      code_only: bool = False, bindings_from: ScriptRecord | None = None,
+                      versions: dict[str, list[Binding]] | None = None, strict: bool = True,
                       ) -> tuple[ScriptRecord, UploadMetadata]:
-        """The version an upload makes, and its metadata as decoded."""
+        """The version an upload makes, and its metadata as decoded;
+        ``versions`` and ``strict`` as :func:`resolve_bindings` takes them."""
         metadata_parts = [p for p in parts if p.name == "metadata"]
         if not metadata_parts:
             raise Invalid("the upload has no 'metadata' part (JSON with main_module, bindings, ...)")
@@ -646,7 +666,7 @@ class Handlers:
             return msgspec.structs.replace(updated, version=record_version(updated)), metadata
         assets = self._assets(ns, name, metadata, raw, previous)
         main_module = self._main_module(metadata, modules)
-        bindings = resolve_bindings(metadata, bindings_from or previous)
+        bindings = resolve_bindings(metadata, bindings_from or previous, strict=strict, versions=versions)
         # No 'tags' key keeps the deployed tags (a code update should not untag);
         # an explicit list, even empty, replaces them.
         if metadata.tags is not None:
