@@ -138,7 +138,8 @@ def _cmd_deploy(args: argparse.Namespace, client: AdminClient) -> int:
             print(f"corral deploy: warning: {printable(warning)}", file=sys.stderr)
     _set_pull_consumers(client, args, project.pull_consumers)
     where = f"namespace {args.namespace}" if args.namespace else "platform scripts"
-    _emit(args, result, f"deployed {args.name} to {where}: version {result.get('version', '?')[:12]}, "
+    version = result.get("version_id") or result.get("version", "?")  # the id `versions` and `rollback` take
+    _emit(args, result, f"deployed {args.name} to {where}: version {version}, "
                         f"{len(project.modules)} module(s), main {printable(project.main_module)}"
                         + (f", {len(project.requirements)} requirement(s)" if project.requirements else ""))
     return 0

@@ -150,8 +150,9 @@ def _check_rollback_secrets(store: Any, ns: str, name: str, splits: list[Split])
         changed = sorted(k for k in current.keys() | theirs.keys() if current.get(k) != theirs.get(k))
         if changed:
             raise Conflict(f"A rollback to version {split.version_id} would change the Worker's secrets, which "
-                           "changed since it was deployed; deploy with ?force=true to roll back anyway. The "
-                           f"following secrets have changed: {', '.join(changed)}", code=ROLLBACK_SECRETS_CODE)
+                           "changed since it was deployed; deploy with force (?force=true; `corral rollback "
+                           f"--force`) to roll back anyway. The following secrets have changed: "
+                           f"{', '.join(changed)}", code=ROLLBACK_SECRETS_CODE)
 
 
 __all__ = ["VersionHandlers", "parse_splits", "script_json"]
