@@ -422,53 +422,55 @@ class Supervisor:
             raise StartupError(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
         _refuse_live_socket(self.config.admin_socket_path)
         admin_bound = False
+        # The signals are ours before the admin socket exists (the sign a
+        # script takes for "started") and before READY=1 (systemd may send
+        # the reload or stop right after it): SIGHUP's default action ends
+        # the process. One that comes while starting is acted on once serving.
+        signals = trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.observability.run)
-                await nursery.start(self.pool.run)
-                # After the pool's send batch: the frames of a turn leave
-                # before the poll waits for their answers.
-                trio.lowlevel.add_instrument(BusyPoll(
-                    self.config.busy_poll_us,
-                    self._keep_cores_awake if self.pool.core_keeper.running else None,
-                    self.pool.send_deferred))
-                nursery.start_soon(self._warm_store)
-                nursery.start_soon(self.pool.bundles.run, self._bundles_in_use, self.store.package_locks,
-                                   self.store.deployed_mains)
-                nursery.start_soon(self.scheduler.run)
-                nursery.start_soon(self.objects.run)
-                nursery.start_soon(self.alarms.run)
-                nursery.start_soon(self.queues.run)
-                listener.listen(HTTP_BACKLOG)
-                admin_listener = _unix_listener(self.config.admin_socket_path)
-                admin_bound = True
-                _socket_access(self.config.admin_socket_path, self.config.admin)
-                if self.config.admin.tcp:
-                    await self._start_admin_tcp(nursery)
-                freeze_startup_heap()
-                await nursery.start(self.ingress.run)
-                # The signals are ours before READY=1: systemd may send the
-                # reload (SIGHUP) or stop right after it, and SIGHUP's default
-                # action ends the process.
-                with trio.CancelScope() as accepting, \
-                        trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                    await nursery.start(self.http.serve, listener)
-                    nursery.start_soon(self.admin_http.serve, admin_listener)
-                    bound = listener.getsockname()
-                    log("serve.ready", http=f"{bound[0]}:{bound[1]}",
-                        admin_socket=self.config.admin_socket_path, state_dir=self.config.state_dir)
-                    _notify("READY=1")
-                    task_status.started(bound)
-                    await _wait_for_stop(signals, self._reconsider_config)
-                    log("serve.stopping", in_flight=self.http.in_flight)
-                    _notify("STOPPING=1")
-                    self.http.begin_drain(listener)
-                    self.admin_http.begin_drain(admin_listener)
-                    with trio.move_on_after(self.config.drain_s):
-                        while self._under_way():
-                            await trio.sleep(0.02)
-                    accepting.cancel()  # idle keep-alive connections close here
-                nursery.cancel_scope.cancel()
+            with signals as received:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.observability.run)
+                    await nursery.start(self.pool.run)
+                    # After the pool's send batch: the frames of a turn leave
+                    # before the poll waits for their answers.
+                    trio.lowlevel.add_instrument(BusyPoll(
+                        self.config.busy_poll_us,
+                        self._keep_cores_awake if self.pool.core_keeper.running else None,
+                        self.pool.send_deferred))
+                    nursery.start_soon(self._warm_store)
+                    nursery.start_soon(self.pool.bundles.run, self._bundles_in_use, self.store.package_locks,
+                                       self.store.deployed_mains)
+                    nursery.start_soon(self.scheduler.run)
+                    nursery.start_soon(self.objects.run)
+                    nursery.start_soon(self.alarms.run)
+                    nursery.start_soon(self.queues.run)
+                    listener.listen(HTTP_BACKLOG)
+                    admin_listener = _unix_listener(self.config.admin_socket_path)
+                    admin_bound = True
+                    _socket_access(self.config.admin_socket_path, self.config.admin)
+                    if self.config.admin.tcp:
+                        await self._start_admin_tcp(nursery)
+                    freeze_startup_heap()
+                    await nursery.start(self.ingress.run)
+                    with trio.CancelScope() as accepting:
+                        await nursery.start(self.http.serve, listener)
+                        nursery.start_soon(self.admin_http.serve, admin_listener)
+                        bound = listener.getsockname()
+                        log("serve.ready", http=f"{bound[0]}:{bound[1]}",
+                            admin_socket=self.config.admin_socket_path, state_dir=self.config.state_dir)
+                        _notify("READY=1")
+                        task_status.started(bound)
+                        await _wait_for_stop(received, self._reconsider_config)
+                        log("serve.stopping", in_flight=self.http.in_flight)
+                        _notify("STOPPING=1")
+                        self.http.begin_drain(listener)
+                        self.admin_http.begin_drain(admin_listener)
+                        with trio.move_on_after(self.config.drain_s):
+                            while self._under_way():
+                                await trio.sleep(0.02)
+                        accepting.cancel()  # idle keep-alive connections close here
+                    nursery.cancel_scope.cancel()
         finally:
             listener.close()
             # The pool's tasks are over: every child was killed; now their cgroups go.

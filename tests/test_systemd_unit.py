@@ -131,3 +131,30 @@ def test_serve_raises_its_open_file_limit_to_the_hard_limit(tmp_path):
         assert '"serve.fd_limit_raised"' in (tmp_path / "serve.log").read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_a_sighup_as_soon_as_the_admin_socket_exists_does_not_end_the_server(tmp_path):
+    """The admin socket's file is the sign scripts take for "started"
+    (scripts/example waits on it), but the server took its signals later: a
+    reload sent then met SIGHUP's default action, and the server died
+    ("Hangup"). Sent at once, each time, for three servers."""
+    import threading
+
+    from tests.harness import Corral
+
+    for attempt in range(3):
+        server = Corral(tmp_path / f"state-{attempt}")
+        socket_path = Path(server.socket_path)
+        started = threading.Thread(target=server.start)
+        started.start()
+        try:
+            while server.proc is None or not socket_path.exists():
+                assert server.proc is None or server.proc.poll() is None, server.log()
+                os.sched_yield()
+            server.proc.send_signal(signal.SIGHUP)
+            started.join(60)
+            assert server.proc.poll() is None, f"the server ended: {server.log()[-2000:]}"
+            assert server.admin("GET", "/accounts/local/workers/dispatch/namespaces").status == 200
+        finally:
+            started.join(60)
+            server.stop()
