@@ -142,6 +142,16 @@ def test_wrangler_json_may_have_comments_as_wrangler_reads_it(tmp_path):
     assert meta(project)["bindings"] == [{"type": "plain_text", "name": "A", "text": "1"}]
 
 
+@pytest.mark.parametrize("name, text", [("wrangler.jsonc", '{"main": "w.py", // one\n}'),
+                                        ("wrangler.toml", 'main = "w.py"\n')])
+def test_a_config_saved_with_a_byte_order_mark_reads_as_wrangler_reads_it(tmp_path, name, text):
+    """Windows editors save one; Wrangler strips it (removeBOMAndValidate),
+    Corral refused the file ("invalid character (line 1, column 1)")."""
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "w.py").write_text("")
+    assert load_project(tmp_path).main_module == "w.py"
+
+
 def test_corral_toml_wins_over_wrangler(tmp_path):
     write(tmp_path, {"corral.toml": 'main = "a.py"', "wrangler.toml": 'main = "b.py"', "a.py": "", "b.py": ""})
     assert load_project(tmp_path).main_module == "a.py"

@@ -434,7 +434,8 @@ def _environment(path: Path, data: dict[str, Any], env: str | None,
 def _read_config(path: Path, warnings: list[str] | None = None, env: str | None = None) -> WranglerConfig:
     kind = CorralConfig if path.name == "corral.toml" else WranglerConfig
     try:
-        raw = path.read_bytes()
+        # A byte order mark (Windows editors write one) is not the config's: Wrangler strips it.
+        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
         if path.suffix == ".toml":
             data = msgspec.toml.decode(raw)
         else:
