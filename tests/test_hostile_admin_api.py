@@ -212,6 +212,9 @@ def test_a_bad_deployment_is_refused_and_the_running_split_kept(server, unchange
     ({"name": "A", "text": 5}, ('"text": "VALUE"',)),
     ({"name": ["A"], "text": "x"}, ('"name": "KEY"',)),
     ({"name": "A", "text": "x", "type": "plain_text"}, ("secret type 'plain_text' is not supported",)),
+    # Cloudflare's WebCrypto key secret (no "text"): said so, not "send {name, text}".
+    ({"name": "K", "type": "secret_key", "algorithm": {"name": "HMAC"}, "format": "raw", "key_base64": "AA=="},
+     ("'secret_key' (a WebCrypto key) is not supported", "importKey")),
     ({"name": "WORD", "text": "x"}, ("already has a plain_text binding named 'WORD'",)),
     ({"name": "A", "text": "\ud800"}, ("lone surrogate",)),
     ([], ('"name": "KEY"',)),

@@ -110,10 +110,14 @@ class ScriptConfigHandlers:
 
     async def put_secret(self, request: Request) -> Response:
         body = request.json()
+        kind = body.get("type", "secret_text") if isinstance(body, dict) else None
+        if kind == "secret_key":
+            raise Invalid("secret type 'secret_key' (a WebCrypto key) is not supported by Corral yet: store the "
+                          "key's bytes as a 'secret_text' (base64, say) and import it with crypto.subtle.importKey")
+        if kind is not None and kind != "secret_text":
+            raise Invalid(f"secret type {clip(str(kind))!r} is not supported: use 'secret_text'")
         if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(body.get("text"), str):
             raise Invalid('send {"name": "KEY", "text": "VALUE", "type": "secret_text"}')
-        if body.get("type", "secret_text") != "secret_text":
-            raise Invalid(f"secret type {clip(str(body.get('type')))!r} is not supported: use 'secret_text'")
         secret = SecretText(name=body["name"], text=body["text"])  # validates the name
         ns, name, record = await self.core.deployed_latest(request)
         bindings = [b for b in record.bindings if b.name != secret.name]
