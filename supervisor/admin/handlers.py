@@ -149,6 +149,13 @@ def _script_of(request: Request) -> str:
     return check_name("script", request.params["name"])
 
 
+def _upload_name_of(request: Request) -> str:
+    """The name of a script an upload makes: Cloudflare's rule and its code
+    (10016) for a name that breaks it, however (a 64-character or a Unicode
+    name failed the path's own check first, with 10400)."""
+    return check_upload_name(request.params["name"])
+
+
 def _flag(request: Request, key: str) -> bool:
     """A boolean query parameter (``?force=true``), as Cloudflare's API reads them."""
     value = request.query.get(key, "").strip().lower()
@@ -520,7 +527,7 @@ class Handlers:
         return envelope(200, {"id": name})
 
     async def put_script(self, request: Request) -> Response:
-        ns, name = _namespace_of(request), _script_of(request)
+        ns, name = _namespace_of(request), _upload_name_of(request)
         warnings: list[str] = []
         stored = await self.upload(request, ns, name, deploy=True, warnings=warnings)
         result = script_json(stored, with_modules=True)

@@ -14,7 +14,17 @@ import logging
 from typing import Any
 
 from supervisor.admin.decode import clip, query_int
-from supervisor.admin.handlers import _NS, _PS, Handlers, _flag, _namespace_of, _script_of, deploy_source, log_event
+from supervisor.admin.handlers import (
+    _NS,
+    _PS,
+    Handlers,
+    _flag,
+    _namespace_of,
+    _script_of,
+    _upload_name_of,
+    deploy_source,
+    log_event,
+)
 from supervisor.admin.render import Response, deployment_json, envelope, script_json, version_json
 from supervisor.admin.router import Request, Router
 from supervisor.errors import Conflict, Invalid, NotFound
@@ -79,7 +89,7 @@ class VersionHandlers:
 
     async def create_version(self, request: Request) -> Response:
         """Upload a version without deploying it (``versions.create``)."""
-        ns, name = _namespace_of(request), _script_of(request)
+        ns, name = _namespace_of(request), _upload_name_of(request)
         stored = await self.core.upload(request, ns, name, deploy=False)
         info = await self.core._run(self.store.version_info, ns, name, stored.version_id)
         result = version_json(info, stored)
