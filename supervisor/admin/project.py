@@ -913,5 +913,9 @@ def _requirements(root: Path, within: Path | None = None) -> tuple[list[str], li
             parsed = parse(text)
         except Invalid as exc:
             raise ProjectError(f"{path}: {exc}") from None
-        return parsed.requirements, parsed.warnings
+        warnings = list(parsed.warnings)
+        if name == "pyproject.toml" and (root / "requirements.txt").is_file():
+            warnings.append(f"{root / 'requirements.txt'} is ignored: the dependencies are pyproject.toml's "
+                            "(as Cloudflare's Python Workers tooling reads them); move them there")
+        return parsed.requirements, warnings
     return [], []
