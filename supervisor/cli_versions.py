@@ -38,6 +38,11 @@ def _version_row(version: dict) -> list[str]:
             version["metadata"]["created_on"], made_by, notes.get("workers/tag", ""), notes.get("workers/message", "")]
 
 
+def _named(args: argparse.Namespace) -> str:
+    """The script as a command line names it (its namespace too), for hints to run."""
+    return f"--namespace {args.namespace} {args.name}" if args.namespace else args.name
+
+
 def cmd_rollback(args: argparse.Namespace, client: AdminClient) -> int:
     base = _scripts_path(args.namespace, args.name)
     target = args.version
@@ -47,7 +52,7 @@ def cmd_rollback(args: argparse.Namespace, client: AdminClient) -> int:
         earlier = next((d for d in deployments[1:] if {v["version_id"] for v in d["versions"]} != current), None)
         if earlier is None:
             print(f"corral rollback: {args.name} has no earlier deployment to go back to; pick a version "
-                  f"from `corral versions {args.name}` and run `corral rollback {args.name} VERSION`",
+                  f"from `corral versions {_named(args)}` and run `corral rollback {_named(args)} VERSION`",
                   file=sys.stderr)
             return 1
         target = max(earlier["versions"], key=lambda v: v["percentage"])["version_id"]
@@ -55,7 +60,7 @@ def cmd_rollback(args: argparse.Namespace, client: AdminClient) -> int:
         result, _ = client.call("GET", f"{base}/versions?per_page=1000")
         match = [v["id"] for v in result.get("items") or [] if str(v["number"]) == target]
         if not match:
-            print(f"corral rollback: {args.name} has no version #{target}; see `corral versions {args.name}`",
+            print(f"corral rollback: {args.name} has no version #{target}; see `corral versions {_named(args)}`",
                   file=sys.stderr)
             return 1
         target = match[0]

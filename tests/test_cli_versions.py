@@ -58,7 +58,7 @@ def test_versions_rollback_and_dry_run(server, tmp_path):
     content = server.admin("GET", "/accounts/local/workers/dispatch/namespaces/default/scripts/app/content")
     assert b"'two'" in content.body
     err = cli(server, "rollback", "-n", "default", "app", "9", expect=1).stderr
-    assert "no version #9" in err and "corral versions app" in err
+    assert "no version #9" in err and "corral versions --namespace default app`" in err
     err = cli(server, "rollback", "-n", "default", "nope", expect=1).stderr
     assert "not found" in err
 
@@ -162,3 +162,23 @@ def test_a_secret_edit_waits_for_the_latest_version_to_be_deployed(server, tmp_p
     assert b"'live'" in content.body  # nothing was deployed
     cli(server, "rollback", "staged", "2")  # the staged version, deployed
     cli(server, "secret", "put", "staged", "TOKEN", stdin="x\n")
+
+
+def test_a_var_that_replaces_a_secret_is_said_and_hints_name_the_namespace(server, tmp_path):
+    """A config var named like a secret replaced it without a word (wrangler
+    asks first); and the rollback hints of a user worker left its namespace
+    out, so the command they gave failed ("not found among platform scripts")."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(CODE.format(text="s"))
+    cli(server, "deploy", "-n", "default", "app3", worker)
+    cli(server, "secret", "put", "-n", "default", "app3", "OTHER", stdin="s3cret\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "worker.py").write_text(CODE.format(text="s"))
+    (project / "wrangler.jsonc").write_text('{"main": "worker.py", "vars": {"OTHER": "plain"}}')
+    err = cli(server, "deploy", "-n", "default", "app3", project).stderr
+    assert "binding 'OTHER' (plain_text) replaces the secret of that name" in err, err
+    err = cli(server, "rollback", "-n", "default", "app3", "9", expect=1).stderr
+    assert "`corral versions --namespace default app3`" in err, err
+    err = cli(server, "rollback", "-n", "default", "app3", "0" * 8 + "-0000-0000-0000-" + "0" * 12, expect=1).stderr
+    assert "`corral versions --namespace default app3`" in err, err

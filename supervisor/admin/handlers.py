@@ -39,6 +39,7 @@ from supervisor.model import (
     DurableObjectNamespace,
     LoadCheck,
     ScriptRecord,
+    SecretText,
     Service,
     UploadMetadata,
     VersionAnnotations,
@@ -232,6 +233,15 @@ def _check_own_classes(record: ScriptRecord, check: LoadCheck) -> None:
             shown = ", ".join(check.classes[:20]) or "none"
             raise Invalid(f"Cannot create binding for class {binding.class_name!r} that is not exported by the "
                           f"script (binding {binding.name!r}; its classes: {shown})", code=CLASS_NOT_EXPORTED_CODE)
+
+
+def _secrets_replaced(before: ScriptRecord | None, after: ScriptRecord) -> list[str]:
+    """A binding of the new version that takes the name of a secret of the
+    last one: the secret is gone, which wrangler asks about first (its
+    secrets-override check); said, not silent."""
+    secrets = {b.name for b in before.bindings if isinstance(b, SecretText)} if before else set()
+    return [f"binding {b.name!r} ({type(b).__struct_config__.tag}) replaces the secret of that name, which "
+            "is no longer set" for b in after.bindings if b.name in secrets and not isinstance(b, SecretText)]
 
 
 def _inherited_versions(parts: list[multipart.Part]) -> list[str]:
@@ -574,6 +584,8 @@ class Handlers:
                                               strict=request.query.get("bindings_inherit") == "strict")
         check_variables(record.bindings)
         check_reach(record, request.namespaces)
+        if warnings is not None:
+            warnings.extend(_secrets_replaced(latest or previous, record))
         await self.check_services(record)
         await self.check_queue_consumers(record)
         if warnings is not None and record.assets is not None:

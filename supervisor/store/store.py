@@ -84,6 +84,11 @@ def script_not_found(namespace: str, name: str) -> NotFound:
     return NotFound(f"script {name!r} not found {where}", code=SCRIPT_NOT_FOUND_CODE)
 
 
+def _named(namespace: str, name: str) -> str:
+    """The script as ``corral``'s command line names it, for hints to run."""
+    return f"--namespace {namespace} {name}" if namespace != PLATFORM else name
+
+
 def namespace_not_found(namespace: str) -> NotFound:
     return NotFound(f"dispatch namespace {namespace!r} does not exist")
 
@@ -602,7 +607,7 @@ class Store:
             "WHERE id = ? AND namespace = ? AND name = ?", (version_id, namespace, name))
         if not rows:
             raise NotFound(f"script {name!r} has no version {version_id[:80]!r}: list them with "
-                           f"`corral versions {name}`", code=VERSION_NOT_FOUND_CODE)
+                           f"`corral versions {_named(namespace, name)}`", code=VERSION_NOT_FOUND_CODE)
         r = rows[0]
         return VersionInfo(id=r[0], number=r[1], content=r[2], created_on=r[3], source=r[4], message=r[5],
                            has_assets=bool(r[6]), tag=r[7])
@@ -674,7 +679,8 @@ class Store:
                     if db.execute("SELECT 1 FROM versions WHERE id = ? AND namespace = ? AND name = ?",
                                   (split.version_id, *key)).fetchone() is None:
                         raise NotFound(f"script {name!r} has no version {split.version_id[:80]!r}: list them "
-                                       f"with `corral versions {name}`", code=VERSION_NOT_FOUND_CODE)
+                                       f"with `corral versions {_named(namespace, name)}`",
+                                       code=VERSION_NOT_FOUND_CODE)
                 content, main_module, metadata = db.execute(
                     "SELECT v.content, b.main_module, b.metadata FROM versions v JOIN bundles b ON b.hash = v.bundle "
                     "WHERE v.id = ?", (primary.version_id,)).fetchone()
