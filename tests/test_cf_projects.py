@@ -99,7 +99,11 @@ def test_sdk_project(corral):
         "unsupported": "Unsupported type in Response: Odd",
         "form_keys": ["k", "k"],
     }, api
-    cf = get(corral, "sdk", "/cf", headers={"accept-encoding": "gzip"}).json()
+    # A user worker has no request.cf (untrusted mode); a platform script has it.
+    assert get(corral, "sdk", "/cf").json() == {"untrusted": True, "built": {"cacheTtl": 5}}
+    deployed(corral, "sdk-platform", "sdk", namespace=None)
+    corral.route("sdk-platform.example/*", "sdk-platform")
+    cf = corral.request("/cf", host="sdk-platform.example", headers={"accept-encoding": "gzip"}).json()
     assert cf == {"protocol": "HTTP/1.1", "country": None, "encoding": "gzip", "clone": "HTTP/1.1",
                   "built": {"cacheTtl": 5}, "plain": None}
     redirect = get(corral, "sdk", "/redirect")

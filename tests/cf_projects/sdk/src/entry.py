@@ -55,6 +55,8 @@ class Default(WorkerEntrypoint):
             # What a self-hosted edge knows: the request's own; the rest is None, not an error.
             from workers import Request
             built = Request("https://example.com/", cf={"cacheTtl": 5})
+            if request.cf is None:  # a user worker: Workers for Platforms' untrusted mode
+                return Response.json({"untrusted": True, "built": built.cf})
             return Response.json({"protocol": request.cf.httpProtocol, "country": request.cf.country,
                                   "encoding": request.cf.get("clientAcceptEncoding"),
                                   "clone": request.clone().cf.httpProtocol, "built": built.cf,
