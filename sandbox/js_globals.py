@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from .pyodide_shim import JsException
+from .sdk_types import JsList
 
 _UTC = datetime.UTC
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -133,7 +134,7 @@ class _DateClass:
 
     @staticmethod
     def now() -> float:
-        return math.floor(datetime.datetime.now(_UTC).timestamp() * 1000.0)
+        return date_now()
 
     @staticmethod
     def new(*args: Any) -> JsDate:
@@ -261,28 +262,33 @@ class _SetClass:
         return JsSet(values or ())
 
 
+def date_now() -> int:
+    """``Date.now()``: whole milliseconds since the epoch."""
+    return math.floor(datetime.datetime.now(_UTC).timestamp() * 1000.0)
+
+
 class _ArrayClass:
     """``js.Array``: ``new(...)``, ``of(...)``, ``isArray(x)``, and ``from``
     (reached as ``getattr(Array, "from")``, as in Pyodide): Python lists."""
 
     @staticmethod
-    def new(*items: Any) -> list[Any]:
+    def new(*items: Any) -> JsList:
         if len(items) == 1 and isinstance(items[0], int) and not isinstance(items[0], bool):
-            return [None] * items[0]
-        return list(items)
+            return JsList([None] * items[0])
+        return JsList(items)
 
     @staticmethod
-    def of(*items: Any) -> list[Any]:
-        return list(items)
+    def of(*items: Any) -> JsList:
+        return JsList(items)
 
     @staticmethod
     def isArray(value: Any) -> bool:  # noqa: N802
         return isinstance(value, list)
 
     @staticmethod
-    def from_(iterable: Iterable[Any], mapper: Callable[..., Any] | None = None) -> list[Any]:
+    def from_(iterable: Iterable[Any], mapper: Callable[..., Any] | None = None) -> JsList:
         items = list(iterable.items()) if isinstance(iterable, dict) else list(iterable)
-        return [mapper(item, i) for i, item in enumerate(items)] if mapper else items
+        return JsList(mapper(item, i) for i, item in enumerate(items)) if mapper else JsList(items)
 
 
 setattr(_ArrayClass, "from", staticmethod(_ArrayClass.from_))  # noqa: B010 - "from" is a keyword

@@ -19,7 +19,7 @@ from . import js_globals, logs, web_crypto, websockets, workers
 from .html_rewriter import HTMLRewriter
 from .js_url import URL, URLSearchParams
 from .pyodide_shim import ArrayBuffer, JsException, Uint8Array, _unavailable, jsnull, to_py
-from .sdk_types import Blob, FormData, JsDict, python_from_rpc
+from .sdk_types import Blob, File, FormData, JsDict, python_from_rpc
 
 
 def _options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -83,9 +83,14 @@ class _ResponseClass:
 
     @staticmethod
     def json(data: Any, *args: Any, **kwargs: Any) -> workers.Response:
+        """JavaScript's ``Response.json``: ``JSON.stringify``'s text, no spaces
+        (the SDK's own ``Response.json`` writes Python's ``json.dumps``)."""
         init = _options(args, kwargs)
-        return workers.Response.json(to_py(data), status=init.get("status", 200),
-                                     headers=init.get("headers"))
+        headers = workers.Headers(init.get("headers"))
+        if not headers.has("content-type"):
+            headers.set("content-type", "application/json")
+        return workers.Response(_JSON.stringify(data).encode(), status=init.get("status", 200),
+                                status_text=init.get("statusText", ""), headers=headers)
 
     @staticmethod
     def redirect(url: str, status: int = 302) -> workers.Response:
@@ -156,7 +161,11 @@ class _JSON:
 
     @staticmethod
     def parse(text: str) -> Any:
-        return python_from_rpc(_json.loads(text))
+        try:
+            value = _json.loads(text)
+        except (ValueError, TypeError) as exc:  # JSON.parse throws a SyntaxError, a JsException here
+            raise JsException("SyntaxError", f"JSON.parse: {exc}") from None
+        return python_from_rpc(value)
 
 
 def _json_value(value: Any) -> Any:
@@ -176,6 +185,26 @@ class _FormDataClass:
     @staticmethod
     def new(init: Any = None) -> FormData:
         return FormData(init)
+
+
+class _FileClass:
+    """``js.File.new(parts, name, {"type": ..., "lastModified": ...})``: the SDK's File."""
+
+    @staticmethod
+    def new(parts: Any, name: str, options: Any = None) -> File:
+        options = options if isinstance(options, dict) else {}
+        return File(parts, name, type=options.get("type", ""), last_modified=options.get("lastModified"))
+
+
+class _Performance:
+    """``js.performance``: as in workerd, ``timeOrigin`` is 0 and ``now()``
+    the milliseconds of ``Date.now()``."""
+
+    timeOrigin = 0.0  # noqa: N815 - the Web API's name
+
+    @staticmethod
+    def now() -> float:
+        return float(js_globals.date_now())
 
 
 class _BlobClass:
@@ -302,6 +331,8 @@ def make_js() -> types.ModuleType:
     js.FormData = _FormDataClass()  # type: ignore[attr-defined]
     js.Blob = _BlobClass()  # type: ignore[attr-defined]
     js.TextEncoder = _TextEncoder  # type: ignore[attr-defined]
+    js.File = _FileClass()  # type: ignore[attr-defined]
+    js.performance = _Performance()  # type: ignore[attr-defined]
     js.ArrayBuffer = ArrayBuffer  # type: ignore[attr-defined]
     js.crypto = web_crypto.Crypto()  # type: ignore[attr-defined]
     for name in ("Error", "TypeError", "RangeError", "SyntaxError", "ReferenceError"):

@@ -18,6 +18,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from .run_sync import run_sync
+from .sdk_types import JsList
 
 __all__ = ["ArrayBuffer", "JsException", "JsProxy", "Uint8Array", "jsnull", "to_js", "to_py",
            "create_proxy", "create_once_callable", "run_sync", "install"]
@@ -30,6 +31,16 @@ class JsException(Exception):
         super().__init__(message)
         self.name = name
         self.message = message
+
+
+class ConversionError(Exception):
+    """Pyodide's error for a value that cannot cross to JavaScript (``to_js``)."""
+
+
+def can_run_sync() -> bool:
+    """Whether :func:`run_sync` may be called here: in a handler, always
+    (each invocation can suspend alone), as with JSPI in Pyodide."""
+    return True
 
 
 class JsProxy:
@@ -125,7 +136,7 @@ def to_js(value: Any, *, dict_converter: Callable[[Any], Any] | None = None, dep
         items = [(k, to_js(v, dict_converter=dict_converter, depth=depth - 1)) for k, v in value.items()]
         return dict_converter(items) if dict_converter is not None else dict(items)
     if isinstance(value, (list, tuple)):
-        return [to_js(v, dict_converter=dict_converter, depth=depth - 1) for v in value]
+        return JsList(to_js(v, dict_converter=dict_converter, depth=depth - 1) for v in value)
     if value is None:
         return None
     if isinstance(value, (bytes, bytearray, memoryview)) and not isinstance(value, ArrayBuffer):
@@ -215,6 +226,9 @@ def _make_http() -> types.ModuleType:
 
     from .workers import BodyUsedError, HttpStatusError
 
+    class AbortError(OSError):
+        """Pyodide's error for a fetch its AbortSignal ended."""
+
     class FetchResponse:
         """What ``pyfetch`` answers: Pyodide's names over a brokered response."""
 
@@ -274,6 +288,7 @@ def _make_http() -> types.ModuleType:
     http.FetchResponse = FetchResponse  # type: ignore[attr-defined]
     http.HttpStatusError = HttpStatusError  # type: ignore[attr-defined]
     http.BodyUsedError = BodyUsedError  # type: ignore[attr-defined]
+    http.AbortError = AbortError  # type: ignore[attr-defined]
     http.pyfetch = pyfetch  # type: ignore[attr-defined]
     http.open_url = open_url  # type: ignore[attr-defined]
     http.__getattr__ = _unavailable("pyodide.http")  # type: ignore[attr-defined]
@@ -289,6 +304,8 @@ def install() -> None:
         setattr(ffi, name, globals()[name])
     for name in _PROXY_TYPES:
         setattr(ffi, name, type(name, (JsProxy,), {"__module__": "pyodide.ffi"}))
+    ffi.ConversionError = ConversionError  # type: ignore[attr-defined]
+    ffi.can_run_sync = can_run_sync  # type: ignore[attr-defined]
     ffi.IN_BROWSER = False  # type: ignore[attr-defined]
     ffi.__getattr__ = _unavailable("pyodide.ffi")  # type: ignore[attr-defined]
     http = _make_http()

@@ -55,8 +55,41 @@ class JsDict(dict):
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
 
-    def to_py(self) -> JsDict:
+    def to_py(self, **_options: Any) -> JsDict:
+        """Pyodide's ``to_py(depth=..., default_converter=...)``: already Python."""
         return self
+
+    # The rest of a JsProxy's object API, as Pyodide has it for a JS object.
+    typeof = "object"
+
+    def as_object_map(self, **_options: Any) -> JsDict:
+        return self
+
+    def object_keys(self) -> JsList:
+        return JsList(dict.keys(self))
+
+    def object_values(self) -> JsList:
+        return JsList(dict.values(self))
+
+    def object_entries(self) -> JsList:
+        return JsList(JsList(item) for item in dict.items(self))
+
+
+class JsList(list):
+    """A JavaScript array, as code written for Pyodide uses one: a list with
+    ``push`` and ``length`` (``js.Array.new()``, ``to_js(list)``; workers-py
+    collects proxies to destroy so)."""
+
+    @property
+    def length(self) -> int:
+        return len(self)
+
+    def push(self, *items: Any) -> int:
+        self.extend(items)
+        return len(self)
+
+    def to_py(self, **_options: Any) -> list[Any]:
+        return list(self)
 
 
 class _CallsMethod:

@@ -143,3 +143,56 @@ def test_a_js_fetch_response_can_be_returned_as_it_is(corral: Corral) -> None:
     resp = corral.request("/passed-on", host="jsfetch.localhost")
     assert resp.status == 200, resp.text
     assert resp.json()["path"] == "/echo/passed-on"
+
+
+PYODIDE_IDIOMS = '''
+from js import Array, File, JSON, Object, Response, performance
+from pyodide.ffi import ConversionError, JsException, can_run_sync, destroy_proxies, to_js
+from pyodide.http import AbortError
+
+
+async def on_fetch(request, env):
+    proxies = Array.new()  # workers-py collects the proxies it destroys so
+    pushed = proxies.push("a", "b")
+    destroy_proxies(proxies)
+    listed = to_js([1, 2])
+    listed.push(3)
+    try:
+        JSON.parse("{not json")
+        parse_error = None
+    except JsException as e:
+        parse_error = e.name
+    data = JSON.parse('{"a": 1, "b": {"c": 2}}')
+    file = File.new(["x" * 5], "f.txt", to_js({"type": "text/plain"}, dict_converter=Object.fromEntries))
+    out = {
+        "pushed": pushed, "length": proxies.length, "listed": [listed.length, listed.to_py()],
+        "parse_error": parse_error, "keys": data.object_keys(), "values_b": data.object_values()[1].c,
+        "entries": data.object_entries()[0], "typeof": data.typeof, "map": data.as_object_map()["a"],
+        "depth": data.to_py(depth=1)["a"], "file": [file.name, file.size, file.type],
+        "now": performance.now() > 1.7e12, "origin": performance.timeOrigin,
+        "errors": [issubclass(ConversionError, Exception), issubclass(AbortError, OSError)],
+        "can_run_sync": can_run_sync(),
+    }
+    return Response.json(out)
+'''
+
+
+def test_pyodide_idioms_of_cloudflares_older_examples(corral: Corral) -> None:
+    """js.Array.new() and to_js(list) were plain lists (no push, no length:
+    workers-py's own proxy bookkeeping failed); JSON.parse of bad text raised
+    Python's JSONDecodeError past ``except JsException``; a JS object had no
+    object_keys/values/entries, as_object_map, typeof nor to_py(depth=...);
+    js.File, js.performance, ConversionError, can_run_sync and AbortError
+    were missing; js.Response.json wrote Python's spaced JSON, not
+    JSON.stringify's."""
+    corral.deploy("idioms", PYODIDE_IDIOMS)
+    resp = corral.request("/", host="idioms.localhost")
+    assert resp.status == 200, (resp, corral.log()[-3000:])
+    assert resp.body.startswith(b'{"pushed":2,"length":2,'), resp.body[:60]
+    out = resp.json()
+    assert out["listed"] == [3, [1, 2, 3]] and out["parse_error"] == "SyntaxError"
+    assert out["keys"] == ["a", "b"] and out["values_b"] == 2 and out["entries"] == ["a", 1]
+    assert (out["typeof"], out["map"], out["depth"]) == ("object", 1, 1)
+    assert out["file"] == ["f.txt", 5, "text/plain"]
+    assert out["now"] is True and out["origin"] == 0
+    assert out["errors"] == [True, True] and out["can_run_sync"] is True
