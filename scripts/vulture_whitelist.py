@@ -103,6 +103,14 @@ _._undecoded
 # sandbox/logs.py: sys.stdout as Pyodide's TextIOWrapper has it
 _.line_buffering
 _.reconfigure
+# sandbox/js_shim.py and sandbox/sdk_types.py: js.performance, and a JS object's
+# Pyodide methods (JsDict), all read by tenant code
+_.timeOrigin
+_.performance
+_.typeof
+_.as_object_map
+_.object_keys
+_.object_entries
 # sandbox/js_shim.py (the ``js`` module: js.Object.fromEntries, js.JSON.stringify,
 # URL.pathname / searchParams, and a module __getattr__ for what is missing)
 _.fromEntries
