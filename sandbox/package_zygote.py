@@ -15,8 +15,11 @@ itself before it imports anything: it dies with the base zygote
 nothing, and no mount, which Landlock refuses to a confined process: the
 base zygote's own, inherited, or taken here where the base could not), and
 drops every capability but the two its children need to take their own uid
-(``CAP_SETUID``, ``CAP_SETGID``). What it imports is the platform's index's
-code, never a tenant's.
+(``CAP_SETUID``, ``CAP_SETGID``). What it imports is a tenant's choice of
+wheels from the index, so it then loads a seccomp filter that refuses every
+call reaching another process (signals, tracing, another's memory, limits
+or scheduling): with ``CAP_SETUID`` a wheel's import code could otherwise
+take another tenant's child's uid and signal it.
 
 Past the top-level imports, :mod:`sandbox.package_warmup` imports the
 set's submodules and serves one request through a synthetic app of the
@@ -37,7 +40,7 @@ import signal
 import sys
 import time
 
-from . import heap_fill, jail, package_warmup
+from . import heap_fill, jail, package_warmup, seccomp_policy
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
@@ -107,8 +110,9 @@ def _drop_capabilities() -> None:
         raise OSError(ctypes.get_errno(), f"capset: {os.strerror(ctypes.get_errno())}")
 
 
-def become(rules: jail.FileRules, package_dirs: list[str]) -> dict:
-    """Turn a fresh fork of the base zygote into the zygote of one set; returns its report."""
+def become(rules: jail.FileRules, package_dirs: list[str], bpf: bytes) -> dict:
+    """Turn a fresh fork of the base zygote into the zygote of one set; returns its report.
+    ``bpf``: :func:`sandbox.seccomp_policy.compile_package_zygote_policy`'s filter."""
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() == 1:  # the base zygote died before the line above
         os._exit(0)
@@ -121,6 +125,9 @@ def become(rules: jail.FileRules, package_dirs: list[str]) -> dict:
         _drop_capabilities()
     except OSError as exc:
         problems.append(str(exc))
+    # The set's import code is the tenant's choice of wheels: it may reach no
+    # other process (seccomp_policy.compile_package_zygote_policy).
+    seccomp_policy.load_bpf(bpf)
     for directory in package_dirs:
         if directory not in sys.path:
             sys.path.append(directory)

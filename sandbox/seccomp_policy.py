@@ -250,6 +250,57 @@ def compile_policy() -> bytes:
         return out.read()
 
 
+#: Calls about another process, refused to a package zygote (see
+#: :func:`compile_package_zygote_policy`): signals of every kind, tracing,
+#: reading or moving its memory, and changing its scheduling or limits.
+#: (Not ``pidfd_open``: the zygote hands the supervisor a pidfd of each
+#: child, and a pidfd does nothing to its process without these.)
+OTHER_PROCESS_CALLS = (
+    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal",
+    "pidfd_getfd", "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "kcmp",
+    "ioprio_set", "migrate_pages",
+)
+#: Calls that take a pid (argument 0) and touch that process: pid 0 (itself) only.
+OWN_PID_ONLY = ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr", "move_pages",
+                "prlimit64")
+
+
+def compile_package_zygote_policy() -> bytes:
+    """A filter for a package zygote, loaded before it imports its set.
+
+    A package's import code is chosen by a tenant (any wheel on the index),
+    and a package zygote keeps ``CAP_SETUID`` for its children: with it,
+    a wheel's import forked, took another tenant's child's uid (the jail's
+    uid is a function of the pid) and could signal it, lower its limits or
+    read its memory. Everything is allowed but what reaches another process
+    (:data:`OTHER_PROCESS_CALLS`, :data:`OWN_PID_ONLY`, ``setpriority`` of
+    anyone but itself) and the kernel interfaces no import needs
+    (:data:`KILLED` less ``seccomp``, which each child needs to load its
+    own filter). Children inherit it under their own, stricter one, which
+    refuses all of these already; the zygote itself needs none of them
+    (it forks, waits for its children and sets its own scheduling)."""
+    import pyseccomp as seccomp
+
+    policy = seccomp.SyscallFilter(seccomp.ALLOW)
+    policy.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
+    arch = seccomp.system_arch()
+    for name in OTHER_PROCESS_CALLS:
+        if seccomp.resolve_syscall(arch, name) >= 0:
+            policy.add_rule(seccomp.ERRNO(errno.EPERM), name)
+    for name in OWN_PID_ONLY:
+        policy.add_rule(seccomp.ERRNO(errno.EPERM), name, seccomp.Arg(0, seccomp.NE, 0))
+    # setpriority(which, who, prio): PRIO_PROCESS (0) of itself (who 0) only.
+    policy.add_rule(seccomp.ERRNO(errno.EPERM), "setpriority", seccomp.Arg(0, seccomp.NE, 0))
+    policy.add_rule(seccomp.ERRNO(errno.EPERM), "setpriority", seccomp.Arg(1, seccomp.NE, 0))
+    for name in KILLED:
+        if name not in OTHER_PROCESS_CALLS and name != "seccomp" and seccomp.resolve_syscall(arch, name) >= 0:
+            policy.add_rule(seccomp.KILL_PROCESS, name)
+    with tempfile.TemporaryFile() as out:
+        policy.export_bpf(out)
+        out.seek(0)
+        return out.read()
+
+
 def load_bpf(program: bytes) -> None:
     """Install ``program`` on the calling process; irreversible.
 

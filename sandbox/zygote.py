@@ -142,6 +142,9 @@ class Zygote:
         self._child_main = child.main
         self._child_channel = child.prebuild_channel
         self.bpf = seccomp_policy.compile_policy()
+        # Compiled here, where files may be written (libseccomp exports through
+        # one); a package zygote, which writes nothing, loads it.
+        self.package_bpf = seccomp_policy.compile_package_zygote_policy()
         self.devnull = os.open(os.devnull, os.O_RDWR)
         reshare_problem = reshare.load_library()
         proc = reshare.open_proc() if reshare_problem is None else None
@@ -288,7 +291,7 @@ class Zygote:
             self.single_threaded = False  # its packages may start threads (see sandbox.fork)
             from . import package_zygote
 
-            report = package_zygote.become(self.rules, command.package_dirs)
+            report = package_zygote.become(self.rules, command.package_dirs, self.package_bpf)
             self.send(ZygoteReady(version=PROTOCOL_VERSION, pid=os.getpid(),
                                   jail={"package_set": command.key, **report}))
             self.serve()
