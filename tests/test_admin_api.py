@@ -344,7 +344,7 @@ def test_upload_to_missing_namespace_is_404(client):
 
 def test_bad_script_name_is_400(client):
     env = client.upload(f"{NS}/default/scripts/bad%20name", {"main_module": "worker.py"}, expect=400)
-    assert "invalid script name" in error_message(env)
+    assert "invalid Worker name 'bad name'" in error_message(env) and env["errors"][0]["code"] == 10016
 
 
 def test_get_and_delete_script(client):

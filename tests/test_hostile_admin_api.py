@@ -279,14 +279,15 @@ def test_a_bad_upload_over_a_deployed_script_leaves_it_deployed(server, unchange
     refused(server.admin("PUT", PLAT, body, ctype), status, *words)
 
 
+# An upload's name is held to Cloudflare's rule, with its code (10016) and words.
 @pytest.mark.parametrize(("name", "status", "words"), [
-    ("..", 400, ("invalid script name '..'",)),
-    ("%2e%2e", 400, ("invalid script name '..'",)),
-    ("a%2Fb", 400, ("invalid script name 'a/b'",)),
-    ("a.b", 400, ("invalid script name 'a.b'",)),
-    ("a" * 64, 400, ("invalid script name",)),
-    ("%C3%A9", 400, ("invalid script name",)),
-    ("a%00", 400, ("invalid script name",)),
+    ("..", 400, ("invalid Worker name '..'",)),
+    ("%2e%2e", 400, ("invalid Worker name '..'",)),
+    ("a%2Fb", 400, ("invalid Worker name 'a/b'",)),
+    ("a.b", 400, ("invalid Worker name 'a.b'",)),
+    ("a" * 64, 400, ("invalid Worker name",)),
+    ("%C3%A9", 400, ("invalid Worker name",)),
+    ("a%00", 400, ("invalid Worker name",)),
 ])
 def test_a_bad_script_name_is_refused(server, unchanged, name, status, words):
     body, ctype = _upload()
