@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import re
+import signal
 import socket
 
 import pytest
@@ -297,3 +299,43 @@ def test_a_head_answer_keeps_the_length_get_would_send(edge: Corral) -> None:
     get = conn.getresponse()
     assert (get.getheader("content-length"), get.read()) == ("11", b"hello world")
     conn.close()
+
+
+def _padded_get(path: str, size: int, close: bool = False) -> bytes:
+    """A GET of exactly ``size`` bytes (padded with a header)."""
+    head = f"GET {path} HTTP/1.1\r\nHost: echo.localhost\r\n" + ("Connection: close\r\n" if close else "")
+    pad = size - len(head) - len("X-Pad: \r\n\r\n")
+    return (head + "X-Pad: " + "p" * pad + "\r\n\r\n").encode()
+
+
+def test_a_pipelined_burst_longer_than_one_read_is_answered_whole(edge: Corral) -> None:
+    """Nine 8 KiB requests in one write: the first read took 64 KiB (eight of
+    them), and the ninth, left in the socket under an edge already reported,
+    was never read; the connection was reset at the idle timeout with it
+    unanswered. RFC 9112 9.3.2: every request received is answered, in order."""
+    burst = b"".join(_padded_get(f"/n{i}", 8192, close=i == 8) for i in range(9))
+    answer = edge.raw(burst, timeout=30)
+    assert responses(answer) == [b"200"] * 9, answer[-300:]
+    assert b'/n8"' in answer
+
+
+def test_a_half_closed_client_is_answered_then_closed(edge: Corral) -> None:
+    """A client that sends its request and shuts down its side (nc -N, a
+    health checker) was answered at once but held open for the idle timeout
+    (60 s): the close came with the request, under one edge."""
+    request = b"GET /half HTTP/1.1\r\nHost: echo.localhost\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=20) as sock:
+        sock.sendall(request)
+        assert responses(sock.recv(65536)) == [b"200"]  # served once: now idle, its wait parked
+        # The request and the close must arrive together, as one edge: the
+        # server is stopped while both are sent.
+        os.kill(edge.proc.pid, signal.SIGSTOP)
+        try:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+        finally:
+            os.kill(edge.proc.pid, signal.SIGCONT)
+        answer = b""
+        while chunk := sock.recv(65536):  # until the server closes (a timeout fails the test)
+            answer += chunk
+    assert responses(answer) == [b"200"], answer[:300]

@@ -486,18 +486,23 @@ class Connection:
         here (a pipelined request) are in :attr:`pending`.
         """
         sock = self.sock
+        idle_waits = self.idle_waits
         if wait_first:
-            if self.idle_waits is not None:
-                await self.idle_waits.wait(sock.fileno())
+            if idle_waits is not None:
+                await idle_waits.wait(sock.fileno())
             else:
                 await trio.lowlevel.wait_readable(sock)
         while True:
             try:
-                return sock.recv(READ_SIZE)
+                data = sock.recv(READ_SIZE)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
+                continue
             except OSError as exc:
                 raise ClientGone(str(exc)) from None
+            if len(data) == READ_SIZE and idle_waits is not None:
+                idle_waits.more(sock.fileno())  # the rest came under an edge already reported
+            return data
 
     async def _send(self, data: bytes | bytearray) -> None:
         sock = self.sock

@@ -17,6 +17,13 @@ every look until its task has run and read it.
 Only the wait for a request head goes through here; the rarer waits (for
 the rest of a body, to send, for the client to leave during a slow answer)
 use trio's own, which can coexist: they are another epoll set.
+
+An edge is reported once, so what it announced must be read before the
+next wait: a read that filled its buffer may have left bytes behind (the
+rest of a pipelined burst), which the reader says with :meth:`more`; and
+the peer's close, reported with its last bytes, makes every later wait
+return at once (a half-closed client is answered, then its connection
+closes, rather than waiting out the idle timeout).
 """
 
 from __future__ import annotations
@@ -29,16 +36,20 @@ import trio
 #: Connections woken in one step of the hub's task before it lets the loop go on.
 MAX_EVENTS = 64
 _EDGE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+#: The peer closed (its write side, or all of it), or the socket failed: for good.
+_GONE = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 
 
 class _Waiter:
-    __slots__ = ("task", "ready")
+    __slots__ = ("task", "ready", "gone")
 
     def __init__(self) -> None:
         #: The task parked in :meth:`IdleWaits.wait`, if any.
         self.task: trio.lowlevel.Task | None = None
         #: An edge came while no task was parked: the next wait returns at once.
         self.ready = False
+        #: The peer has closed: every wait returns at once (the read sees the end).
+        self.gone = False
 
 
 class IdleWaits:
@@ -74,6 +85,13 @@ class IdleWaits:
             task, waiter.task = waiter.task, None
             trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError("connection closed")))
 
+    def more(self, fd: int) -> None:
+        """A read of ``fd`` filled its buffer: bytes may be left that no edge
+        will announce, so the next wait returns at once."""
+        waiter = self._waiters.get(fd)
+        if waiter is not None:
+            waiter.ready = True
+
     def notify_closing(self, fd: int) -> None:
         """As ``trio.lowlevel.notify_closing``: the wait on ``fd`` raises
         ``trio.ClosedResourceError`` (now, or when it next begins)."""
@@ -85,7 +103,7 @@ class IdleWaits:
         waiter = self._waiters.get(fd)
         if waiter is None:
             raise trio.ClosedResourceError("connection closed")
-        if waiter.ready:
+        if waiter.ready or waiter.gone:
             waiter.ready = False
             await trio.lowlevel.checkpoint()  # a wait is a checkpoint, ready or not
             return
@@ -106,10 +124,12 @@ class IdleWaits:
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
-                for fd, _ in epoll.poll(0, MAX_EVENTS):
+                for fd, events in epoll.poll(0, MAX_EVENTS):
                     waiter = waiters.get(fd)
                     if waiter is None:
                         continue
+                    if events & _GONE:
+                        waiter.gone = True
                     task = waiter.task
                     if task is None:
                         waiter.ready = True
