@@ -41,6 +41,9 @@ MAX_LINE = 2000
 MAX_STATIC_REDIRECTS = 2000
 MAX_DYNAMIC_REDIRECTS = 100
 MAX_HEADER_RULES = 100
+#: Distinct header names one ``_headers`` rule sets (each request matching it
+#: sets them all: a bound on the work, as the rules' count is).
+MAX_HEADERS_PER_RULE = 100
 
 _PLACEHOLDER = re.compile(r":([A-Za-z]\w*)")
 _ABSOLUTE = re.compile(r"^https://+(?P<host>[^/]+)/?(?P<path>.*)")
@@ -113,15 +116,16 @@ class Rules:
             groups = rule.pattern.match(host, path)
             if groups is None:
                 continue
-            for name in rule.unset:
-                key = name.lower().encode("latin-1")
-                headers[:] = [h for h in headers if h[0].lower() != key]
+            # One pass over the headers per rule, whatever its size: a rule of
+            # thousands of names rebuilt the list once per name (seconds of the
+            # event loop per request, every tenant's).
+            drop = {name.lower().encode("latin-1") for name in rule.unset}
+            drop.update(name.encode("latin-1") for name, _ in rule.set if name not in set_here)
+            if drop:
+                headers[:] = [h for h in headers if h[0].lower() not in drop]
             for name, value in rule.set:
-                key = name.encode("latin-1")
-                if name not in set_here:
-                    headers[:] = [h for h in headers if h[0].lower() != key]
-                    set_here.add(name)
-                headers.append((key, _fill(value, groups).encode("latin-1", "replace")))
+                set_here.add(name)
+                headers.append((name.encode("latin-1"), _fill(value, groups).encode("latin-1", "replace")))
 
 
 def _fill(template: str, groups: dict[str, str]) -> str:
@@ -272,14 +276,15 @@ def _parse_redirects(text: str, html_handling: str, problems: list[str]
 
 def _parse_headers(text: str, problems: list[str]) -> list[_HeaderRule]:
     rules: list[_HeaderRule] = []
-    current: tuple[_Pattern, dict[str, str], list[str]] | None = None
+    current: tuple[_Pattern, dict[str, list[str]], list[str]] | None = None
     skipping = False
 
     def close() -> None:
         if current is not None:
             pattern, values, unset = current
             if values or unset:
-                rules.append(_HeaderRule(pattern, tuple(values.items()), tuple(unset)))
+                rules.append(_HeaderRule(pattern, tuple((name, ", ".join(parts)) for name, parts in values.items()),
+                                         tuple(unset)))
 
     for number, line in _lines(text):
         where = f"_headers line {number}"
@@ -323,7 +328,10 @@ def _parse_headers(text: str, problems: list[str]) -> list[_HeaderRule]:
                             "-_.!#$%&'*+^`|~, and a value without control characters)")
             continue
         values = current[1]
-        values[name] = f"{values[name]}, {value}" if name in values else value
+        if name not in values and len(values) >= MAX_HEADERS_PER_RULE:
+            problems.append(f"{where}: more than {MAX_HEADERS_PER_RULE} headers in one rule; ignored")
+            continue
+        values.setdefault(name, []).append(value)
     close()
     return rules
 
