@@ -25,7 +25,11 @@ class Default(WorkerEntrypoint):
             body = m.body
             key = f"{batch.queue}:{json.dumps(body, sort_keys=True, default=str)}:{m.attempts}"
             await env.SEEN.put(key, str(len(batch.messages)))
-            if isinstance(body, dict) and body.get("fail") == "retry":
+            if isinstance(body, dict) and "slow" in body and m.attempts == 1:
+                import asyncio
+                await asyncio.sleep(1.5)  # long enough for a deploy to land meanwhile
+                m.retry()
+            elif isinstance(body, dict) and body.get("fail") == "retry":
                 m.retry()
             elif isinstance(body, dict) and body.get("fail") == "raise":
                 raise RuntimeError("consumer failed")
@@ -163,5 +167,25 @@ def test_a_second_consumer_of_a_queue_is_refused_at_upload(tmp_path):
         h.deploy(server, "producer", [Q])
         assert h.ok(server, "producer", 'await env.Q.send({"n": 7})\nreturn True') is True
         _wait_for(server, lambda s: 'jobs:{"n": 7}:1' in s)
+    finally:
+        server.stop()
+
+
+def test_a_deploy_during_a_delivery_leaves_no_batch_leased(tmp_path):
+    """Any deploy (here another script's, then the consumer's own with new
+    settings) cancelled the delivery under way: its batch stayed leased, and
+    was delivered again only after a restart. An unrelated deploy now leaves
+    the delivery alone; one that changes the consumer settles the batch as
+    failed, to be retried."""
+    server = _start(tmp_path)
+    try:
+        for n, redeploy in ((1, lambda: h.deploy(server, "bystander", [Q])),
+                            (2, lambda: server.deploy("consumer", CONSUMER, bindings=[SEEN], extra_metadata={
+                                "queue_consumers": [{**CONSUMERS["queue_consumers"][0], "max_batch_size": 4},
+                                                    CONSUMERS["queue_consumers"][1]]}))):
+            h.ok(server, "producer", f'await env.Q.send({{"slow": {n}}})\nreturn 1')
+            _wait_for(server, lambda s, n=n: f'jobs:{{"slow": {n}}}:1' in s)
+            redeploy()  # while the consumer sleeps over the batch
+            _wait_for(server, lambda s, n=n: f'jobs:{{"slow": {n}}}:2' in s)
     finally:
         server.stop()

@@ -127,24 +127,36 @@ class QueueHub:
     # -- consumers -------------------------------------------------------------------
     async def run(self, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        consumers = await self._consumers()
         while True:
-            self._changed = trio.Event()
-            assert self.source is not None
-            source = self.source
-            entries = await trio.to_thread.run_sync(lambda source=source: list(source()))
-            consumers: dict[QueueKey, tuple[str, Any]] = {}
-            for namespace, script, consumer in entries:
-                key = (namespace, consumer.queue)
-                if key in consumers:
-                    warn("queue.two_consumers", namespace=namespace, queue=consumer.queue,
-                         kept=consumers[key][0], ignored=script)
-                    continue
-                consumers[key] = (script, consumer)
             async with trio.open_nursery() as nursery:
                 for key, (script, consumer) in consumers.items():
                     nursery.start_soon(self._consume, key, script, consumer)
-                await self._changed.wait()
+                # Any script's change says so (a deploy anywhere): the
+                # deliveries under way go on unless the consumers changed.
+                while True:
+                    await self._changed.wait()
+                    changed = await self._consumers()
+                    if changed != consumers:
+                        consumers = changed
+                        break
                 nursery.cancel_scope.cancel()
+
+    async def _consumers(self) -> dict[QueueKey, tuple[str, Any]]:
+        """Each queue's consumer (script and settings), as the store has them now."""
+        self._changed = trio.Event()
+        assert self.source is not None
+        source = self.source
+        entries = await trio.to_thread.run_sync(lambda source=source: list(source()))
+        consumers: dict[QueueKey, tuple[str, Any]] = {}
+        for namespace, script, consumer in entries:
+            key = (namespace, consumer.queue)
+            if key in consumers:
+                warn("queue.two_consumers", namespace=namespace, queue=consumer.queue,
+                     kept=consumers[key][0], ignored=script)
+                continue
+            consumers[key] = (script, consumer)
+        return consumers
 
     async def _consume(self, key: QueueKey, script: str, cfg: Any) -> None:
         """Deliver ``key``'s messages in batches, for as long as it has a consumer.
@@ -200,6 +212,15 @@ class QueueHub:
             ok, settled = inv.error is None, inv.settled
         except Exception as exc:  # noqa: BLE001 - the batch is retried, the loop goes on
             warn("queue.delivery_failed", namespace=key[0], queue=key[1], reason=str(exc)[:200])
+        except trio.Cancelled:
+            # The consumer changed, or the server stops: the batch is settled as
+            # failed (retried), never left leased, which nothing would ever end.
+            await self._settle(key, cfg, messages, False, None)
+            raise
+        await self._settle(key, cfg, messages, ok, settled)
+
+    async def _settle(self, key: QueueKey, cfg: Any, messages: list[QueueMessage], ok: bool,
+                      settled: Any) -> None:
         acked, retried, dead = decide(messages, ok, settled, cfg)
         with trio.CancelScope(shield=True):  # a settled batch is recorded even at shutdown
             rows = await self._db(key, store.settle, acked, retried, dead)
