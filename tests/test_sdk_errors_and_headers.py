@@ -269,6 +269,9 @@ class Default(WorkerEntrypoint):  # a service for RPC (and its props' fetch)
     async def keys_of(self, d):
         return sorted(d.keys())
 
+    async def typed(self, d):
+        return {k: [type(v).__name__, v] for k, v in d.items()}
+
     async def props(self):
         return dict(self.ctx.props)
 
@@ -323,6 +326,13 @@ class Default(WorkerEntrypoint):
                 out[type(value).__name__] = "sent"
             except JsException as e:
                 out[type(value).__name__] = e.name
+        # int and str subclasses cross as their number and string, as Pyodide converts them.
+        import http
+        class Level(enum.IntEnum):
+            HIGH = 3
+        out["crossed"] = await self.env.CALC.typed({
+            "status": http.HTTPStatus.OK, "level": Level.HIGH, "method": request.method,
+            "big": 2**70, "small": -(2**63)})
         return Response.json(out)
 """
 
@@ -336,9 +346,15 @@ def test_what_structured_clone_refuses_is_refused_over_rpc(corral):
     deploy(corral, "unclonable", UNCLONABLE, bindings=({"type": "service", "name": "CALC", "service": "calc"},))
     resp = corral.request("/", host="unclonable.localhost")
     assert resp.status == 200, (resp, corral.log())
-    assert resp.json() == {"keys": ["1", "2.5", "3", "d"], "Point": "DataCloneError", "UUID": "DataCloneError",
-                           "Decimal": "DataCloneError", "Colour": "DataCloneError", "date": "DataCloneError",
-                           "timedelta": "DataCloneError"}, resp.json()
+    out = resp.json()
+    crossed = out.pop("crossed")
+    assert out == {"keys": ["1", "2.5", "3", "d"], "Point": "DataCloneError", "UUID": "DataCloneError",
+                   "Decimal": "DataCloneError", "Colour": "DataCloneError", "date": "DataCloneError",
+                   "timedelta": "DataCloneError"}, out
+    # An IntEnum spun the encoder (range()'s membership walks it for a subclass)
+    # until the CPU limit; request.method (an http.HTTPMethod) was a DataCloneError.
+    assert crossed == {"status": ["int", 200], "level": ["int", 3], "method": ["str", "GET"],
+                       "big": ["int", 2**70], "small": ["int", -(2**63)]}, crossed
 
 
 def test_workers_rpc_over_a_service_binding(corral):

@@ -262,13 +262,20 @@ def data_clone_error(value: Any) -> JsException:
 #: decimal digits: structured clone carries any int (Pyodide makes one past
 #: 2**53 a BigInt, and ``to_py`` an int again).
 BIG_INT = 7
-#: The ints msgpack carries as they are.
-INT_RANGE = range(-(2**63), 2**64)
+#: The ints msgpack carries as they are: from INT_MIN up to, not including, INT_END.
+INT_MIN, INT_END = -(2**63), 2**64
+
+
+def beyond_msgpack(value: int) -> bool:
+    """Whether an int is past msgpack's 64 bits. Compared, not ``in range()``:
+    range's membership test is arithmetic for an exact int only, and walks
+    the whole range for a subclass (an IntEnum spun until its CPU limit)."""
+    return not INT_MIN <= value < INT_END
 
 
 def big_ints(value: Any) -> Any:
     """``value`` with each int beyond msgpack's range an extension value."""
-    if isinstance(value, int) and not isinstance(value, bool) and value not in INT_RANGE:
+    if isinstance(value, int) and not isinstance(value, bool) and beyond_msgpack(value):
         return msgspec.msgpack.Ext(BIG_INT, str(value).encode())
     if isinstance(value, dict):
         return {k: big_ints(v) for k, v in value.items()}

@@ -36,7 +36,7 @@ import msgspec
 from .. import workers
 from ..pyodide_shim import JsException
 from ..sdk_types import Blob, File
-from . import BIG_INT, INT_RANGE, data_clone_error
+from . import BIG_INT, beyond_msgpack, data_clone_error
 
 #: Extension codes: one per type structured clone carries that msgpack has not
 #: (BIG_INT, 7, is storage's too: an int beyond 64 bits).
@@ -115,8 +115,12 @@ def to_wire(value: Any) -> Any:
         return {_js_key(k): to_wire(v) for k, v in value.items()}
     if isinstance(value, list):
         return [to_wire(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool) and value not in INT_RANGE:
-        return msgspec.msgpack.Ext(BIG_INT, str(value).encode())
+    if isinstance(value, int) and not isinstance(value, bool):
+        # An int subclass (an IntEnum, http.HTTPStatus) crosses as its number, as Pyodide converts it.
+        value = int(value)
+        return msgspec.msgpack.Ext(BIG_INT, str(value).encode()) if beyond_msgpack(value) else value
+    if isinstance(value, str) and type(value) is not str:
+        return str(value)  # a str subclass (request.method, a StrEnum) crosses as a string, as there
     if isinstance(value, datetime.datetime):
         # JavaScript's Date holds whole milliseconds (its constructor truncates).
         return msgspec.msgpack.Ext(DATE, _DOUBLE.pack(math.trunc(value.timestamp() * 1000)))
