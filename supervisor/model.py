@@ -273,6 +273,12 @@ class QueueConsumer(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=Tru
     retry_delay: Annotated[int, msgspec.Meta(ge=0, le=43200)] = 0
     max_concurrency: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.dead_letter_queue == self.queue:
+            # Each dead message came back as new, for ever (~230 invocations a second).
+            raise ValueError(f"dead_letter_queue {self.queue!r} is the queue itself: its dead messages would "
+                             "come back for ever")
+
 
 class WorkerLoader(_Binding, tag="worker_loader"):
     """``env.NAME.get(id, callback)`` / ``env.NAME.load(code)``: Dynamic Workers,

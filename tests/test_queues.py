@@ -189,3 +189,33 @@ def test_a_deploy_during_a_delivery_leaves_no_batch_leased(tmp_path):
             _wait_for(server, lambda s, n=n: f'jobs:{{"slow": {n}}}:2' in s)
     finally:
         server.stop()
+
+
+def test_cloudflares_limits_in_its_units_and_a_consumer_that_dead_letters_to_itself(tmp_path):
+    """Cloudflare's queue limits count 1 KB as 1000 bytes (128 KB a message):
+    Corral took 131,072. A JSON body JSON cannot hold was a Python TypeError
+    (SPEC 3: binding errors are JsExceptions). A consumer whose dead-letter
+    queue is its own queue was stored, and each dead message came back for
+    ever (~230 invocations a second from one upload)."""
+    server = h.start(tmp_path)
+    try:
+        h.deploy(server, "producer", [Q])
+        result = h.ok(server, "producer", """
+out = []
+for call in (lambda: env.Q.send("x" * 128000, contentType="text"),
+             lambda: env.Q.send("x" * 128001, contentType="text"),
+             lambda: env.Q.send(b"xx", contentType="json")):
+    try:
+        await call()
+        out.append(None)
+    except JsException as e:
+        out.append(f"{e.name}: {e}")
+return out
+""")
+        assert result[0] is None and "too large" in result[1], result
+        assert result[2].startswith("TypeError: the message body is not JSON"), result
+        refused = server.deploy("looper", CONSUMER, bindings=[SEEN], check=False, extra_metadata={
+            "queue_consumers": [{"queue": "jobs", "max_retries": 0, "dead_letter_queue": "jobs"}]})
+        assert refused.status == 400 and "is the queue itself" in refused.text, refused.text
+    finally:
+        server.stop()

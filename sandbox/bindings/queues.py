@@ -42,7 +42,10 @@ def encode_body(body: Any, content_type: Any) -> bytes:
                                            f"ArrayBufferView, but received: {_typeof(body)}")
         return bytes(body)
     if content_type == "json":
-        return json.dumps(body).encode()
+        try:
+            return json.dumps(body).encode()
+        except (TypeError, ValueError) as exc:  # JSON.stringify's TypeError, a JsException here
+            raise JsException("TypeError", f"the message body is not JSON: {exc}") from None
     try:
         return clone_encode(body)  # a value structured clone refuses: DataCloneError, as Cloudflare's
     except (TypeError, ValueError, OverflowError) as exc:
