@@ -32,6 +32,11 @@ NATIVE_SINGLE_THREADED = {
                               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS",
                               "POLARS_MAX_THREADS")},
     "TOKENIZERS_PARALLELISM": "false",
+    # Django refuses its ORM where an event loop runs in the calling thread
+    # (SynchronousOnlyOperation): here every sync view runs so, inline, with
+    # no other thread to race it. django-cf sets the same on Cloudflare, where
+    # the ORM fails alike without it; plain Django projects work unmodified.
+    "DJANGO_ALLOW_ASYNC_UNSAFE": "true",
 }
 
 

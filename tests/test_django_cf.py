@@ -135,7 +135,7 @@ WORKER = '''
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notes_site.settings")
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+# No DJANGO_ALLOW_ASYNC_UNSAFE (django-cf sets it on Cloudflare): the jail does.
 
 import django
 from workers import WorkerEntrypoint, wsgi
