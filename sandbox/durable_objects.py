@@ -603,6 +603,11 @@ class Objects:
         if event.method == "#evict":
             self.instances.pop(key, None)
             return workers.Response(status=204)
+        socket_event = None
+        if event.method == "#webSocket":
+            socket_event = msgspec.msgpack.decode(await request.bytes())
+            if self._auto_answered(key, socket_event):
+                return workers.Response(status=204)  # the object is not woken (nor constructed)
         instance = self.instances.get(key)
         if instance is None:
             instance = await self._instance(module, event, key, inv, env)
@@ -618,8 +623,8 @@ class Objects:
                 raise TypeError(f"the Durable Object's fetch returned {type(response).__name__}, "
                                 "not a Response")
             return response
-        if event.method == "#webSocket":
-            await self._websocket_event(key, instance, msgspec.msgpack.decode(await request.bytes()))
+        if socket_event is not None:
+            await self._websocket_event(key, instance, socket_event)
             return workers.Response(status=204)
         if event.method == "alarm":
             handler = getattr(instance, "alarm", None)
@@ -674,6 +679,20 @@ class Objects:
         built.set_result(instance)
         return instance
 
+    def _auto_answered(self, key: tuple[str, str], args: list[Any]) -> bool:
+        """Answer a hibernatable socket's message that is the object's
+        auto-response request, as Cloudflare does: "without waking" the object
+        (no constructor run, no handler, no input gate)."""
+        ws_id, kind, data, text = args[:4]
+        auto = self.auto_responses.get(key)
+        entry = self.websockets.get(key, {}).get(ws_id)
+        if entry is None or kind != "message" or not text or auto is None or auto.pair is None \
+                or websockets.message_of(data, text) != auto.pair.request:
+            return False
+        entry[0].send(auto.pair.response)
+        auto.answered[ws_id] = datetime.datetime.now(datetime.UTC)
+        return True
+
     async def _websocket_event(self, key: tuple[str, str], instance: Any, args: list[Any]) -> None:
         """A hibernatable socket's message or close, to the object's handler of it."""
         ws_id, kind, data, text, code, reason, clean = args
@@ -685,12 +704,6 @@ class Objects:
             await workers._runtime.sockets.deliver(WebSocketEvent(ws_id, kind, data, text, code, reason, clean))
             return
         ws = entry[0]
-        auto = self.auto_responses.get(key)
-        if kind == "message" and text and auto is not None and auto.pair is not None \
-                and websockets.message_of(data, text) == auto.pair.request:
-            ws.send(auto.pair.response)  # as Cloudflare answers it, without the handler
-            auto.answered[ws_id] = datetime.datetime.now(datetime.UTC)
-            return
         if kind == "message":
             handler = getattr(instance, "webSocketMessage", None)
             if callable(handler):

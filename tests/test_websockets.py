@@ -179,6 +179,12 @@ from workers import DurableObject, Response, WorkerEntrypoint
 
 
 class Room(DurableObject):
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        import uuid
+        # Each construction leaves a mark the worker can count without waking the object.
+        ctx.blockConcurrencyWhile(lambda: env.BUILT.put(f"{ctx.id}-{uuid.uuid4()}", "1"))
+
     async def fetch(self, request):
         client, server = WebSocketPair.new().object_values()
         name = request.url.rsplit("/", 1)[-1]
@@ -217,6 +223,8 @@ class Default(WorkerEntrypoint):
             return Response.json(await stub.count())
         if action == "pinged":
             return Response.json(await stub.pinged())
+        if action == "built":  # how many times a room was constructed, from KV: the room sleeps on
+            return Response.json(len((await self.env.BUILT.list()).keys))
         if action == "drop":  # takes the room's 101 and does not hand it on
             response = await stub.fetch(request)
             return Response(f"dropped a {response.status}")
@@ -229,7 +237,7 @@ ROOM = {"type": "durable_object_namespace", "name": "ROOMS", "class_name": "Room
 def server(tmp_path_factory):
     srv = h.start(tmp_path_factory.mktemp("websockets"), "[storage]\ndurable_object_idle_s = 0.3\n")
     srv.deploy("echo", ECHO)
-    srv.deploy("chat", CHAT, bindings=[ROOM])
+    srv.deploy("chat", CHAT, bindings=[ROOM, {"type": "kv_namespace", "name": "BUILT", "namespace_id": "built"}])
     yield srv
     srv.stop()
 
@@ -361,9 +369,13 @@ def test_a_durable_object_chat_room_hibernates_its_sockets(server):
     # the next message builds a new instance that still has them, attachments too.
     assert wait_for(lambda: "dobject.evicted" in server.log()), server.log()[-2000:]
     # Its auto-response outlives the instance too: a ping gets its pong, and
-    # nobody else hears of it (webSocketMessage did not run).
+    # nobody else hears of it (webSocketMessage did not run), nor is the room
+    # woken: as Cloudflare's "without waking your Durable Object", no
+    # constructor runs (it did, with its side effects, on every ping).
+    built = server.request("/built/lobby", host="chat.localhost").json()
     alice.send("ping")
     assert alice.next() == "pong"
+    assert server.request("/built/lobby", host="chat.localhost").json() == built
     assert server.request("/pinged/lobby", host="chat.localhost").json() == [True, False]
     bob.send("still here")
     expected = '{"from": "bob", "text": "still here", "tags": ["bob"]}'
