@@ -158,6 +158,10 @@ def test_a_secret_edit_waits_for_the_latest_version_to_be_deployed(server, tmp_p
     assert server.admin("POST", "/accounts/local/workers/scripts/staged/versions", body, ctype).status == 200
     err = cli(server, "secret", "put", "staged", "TOKEN", stdin="x\n", expect=1).stderr
     assert "code 10215" in err and "latest version of your Worker isn't currently deployed" in err, err
+    # A settings edit (wrangler secret bulk PATCHes them) likewise: 10214, as Cloudflare answers it.
+    patched = server.admin("PATCH", "/accounts/local/workers/scripts/staged/settings",
+                           {"bindings": [{"type": "secret_text", "name": "B", "text": "x"}]})
+    assert patched.status == 400 and patched.json()["errors"][0]["code"] == 10214, patched.text
     content = server.admin("GET", "/accounts/local/workers/scripts/staged/content")
     assert b"'live'" in content.body  # nothing was deployed
     cli(server, "rollback", "staged", "2")  # the staged version, deployed

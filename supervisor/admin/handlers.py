@@ -219,6 +219,8 @@ class _LockResolver:
 
 #: Cloudflare's code for a secret edit while the latest version is not deployed.
 LATEST_NOT_DEPLOYED_CODE = 10215
+#: Cloudflare's code for a settings edit while the latest version is not deployed.
+SETTINGS_LATEST_NOT_DEPLOYED_CODE = 10214
 #: Cloudflare's code for a Durable Object binding to a class the script does not export.
 CLASS_NOT_EXPORTED_CODE = 10061
 
@@ -493,13 +495,25 @@ class Handlers:
         the newer one, older code going live (``wrangler versions secret
         put`` is the edit for that case)."""
         ns, name, record = await self.deployed(request)
+        await self.check_latest_deployed(ns, name, record, secrets=True)
+        return ns, name, record
+
+    async def check_latest_deployed(self, ns: str, name: str, record: ScriptRecord, *, secrets: bool) -> None:
+        """Refuse an edit that makes a new version from the deployed ``record``
+        while a newer one is uploaded and not deployed, in Cloudflare's words
+        and code: 10215 for a secret, 10214 for settings."""
         latest = await self._run(self.store.latest_version_id, ns, name)
-        if latest is not None and record.version_id and latest != record.version_id:
+        if latest is None or not record.version_id or latest == record.version_id:
+            return
+        if secrets:
             raise Invalid("Secret edit failed. You attempted to modify a secret, but the latest version of your "
                           "Worker isn't currently deployed. Please ensure that the latest version of your Worker "
                           "is fully deployed (wrangler versions deploy) before modifying secrets, or use "
                           "wrangler versions secret put", code=LATEST_NOT_DEPLOYED_CODE)
-        return ns, name, record
+        raise Invalid("You attempted to deploy the latest version with modified settings, but the latest version "
+                      "isn't currently deployed. Please ensure that the latest version of your Worker is fully "
+                      "deployed (wrangler versions deploy) before modifying settings",
+                      code=SETTINGS_LATEST_NOT_DEPLOYED_CODE)
 
     async def get_script(self, request: Request) -> Response:
         """The script's metadata as JSON; its code, as Cloudflare's "Download

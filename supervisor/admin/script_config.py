@@ -170,6 +170,8 @@ class ScriptConfigHandlers:
         # Everything is checked before the first write: a PATCH refused for
         # its bindings must not have changed the script's tags already.
         if changes:
+            # A new version, made from the deployed one: not over a newer upload.
+            await self.core.check_latest_deployed(ns, name, record, secrets=False)
             check_variables(with_changes(record, **changes).bindings)
             check_reach(with_changes(record, **changes), request.namespaces)
             await self.core.check_services(with_changes(record, **changes))
