@@ -339,3 +339,13 @@ def test_a_half_closed_client_is_answered_then_closed(edge: Corral) -> None:
         while chunk := sock.recv(65536):  # until the server closes (a timeout fails the test)
             answer += chunk
     assert responses(answer) == [b"200"], answer[:300]
+
+
+def test_a_url_past_cloudflares_16_kb_is_414_at_the_edge(edge: Corral) -> None:
+    """A 17,000-character URL was served by a platform script but failed
+    inside the dispatcher passing it on (its fetch refuses a URL past 16 KB),
+    a 500 blamed on the dispatcher's code. The edge answers 414 for it."""
+    long = edge.request("/x?" + "q" * 17_000, host="echo.localhost")
+    assert long.status == 414 and b"URI Too Long" in long.body, long
+    fits = edge.request("/x?" + "q" * 16_000, host="echo.localhost")
+    assert fits.status == 200, fits
