@@ -447,3 +447,20 @@ def test_what_cannot_be_a_websocket_is_refused_by_name(server):
     assert unaccepted.status == 502 and b"was not accepted: call server.accept()" in unaccepted.body
     used = server.request("/used", host="echo.localhost")
     assert used.status == 502 and b"body was already read" in used.body, used
+
+
+def test_a_message_in_many_fragments_empty_ones_included_arrives_whole(server):
+    """Fragments were kept one list entry each: a client's endless empty
+    continuation frames (6 bytes each) grew the supervisor's memory for ever
+    under the 1 MiB message limit. They are one buffer now, and a message in
+    thousands of fragments, empty ones among them, arrives whole, text and
+    bytes alike."""
+    c = Client(server.port, "echo.localhost")
+    assert c.next() == "welcome"
+    frames = b"".join(c.ws.send(Message(piece, message_finished=False)) for piece in ["a", ""] * 5000)
+    c.sock.sendall(frames + c.ws.send(Message("z", message_finished=True)))
+    assert c.next() == "echo:" + "a" * 5000 + "z"
+    frames = b"".join(c.ws.send(Message(piece, message_finished=False)) for piece in [b"\x01", b""] * 3000)
+    c.sock.sendall(frames + c.ws.send(Message(b"\x02", message_finished=True)))
+    assert c.next() == (b"\x01" * 3000 + b"\x02")[::-1]  # the echo worker reverses bytes
+    c.drop()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: Largest message either side may send (Cloudflare's limit per message).
 MAX_MESSAGE = 1024 * 1024
+#: Frames handled in a row before the reader lets the loop's other tasks run.
+EVENTS_PER_TURN = 256
 #: Bytes a socket may have queued toward its client (before it connects, or
 #: while the client reads slowly) before it is closed.
 MAX_OUTBOX = 8 * 1024 * 1024
@@ -362,7 +365,10 @@ class Session:
 
     async def _reader(self, leftover: bytes) -> tuple[int, str, bool]:
         """Client frames to the worker, until a close; the close's (code, reason, clean)."""
-        parts: list[bytes | str] = []
+        # A message's fragments so far, in one buffer: a list of them grew by
+        # an entry per frame, and a client's endless empty fragments (6 bytes
+        # each on the wire) grew it for ever under the byte limit.
+        buffer: bytearray | io.StringIO | None = None
         size = 0
         data = leftover
         while True:
@@ -372,20 +378,29 @@ class Session:
                 except (RemoteProtocolError, LocalProtocolError) as exc:
                     warn("websocket.protocol_error", script=self._script(), reason=str(exc)[:200])
                     return await self._fail(1002, "protocol error")
-            for event in self.ws.events():
+            for count, event in enumerate(self.ws.events(), 1):
+                if count % EVENTS_PER_TURN == 0:
+                    # One read holds ~10,000 empty frames: let the other tasks
+                    # (every tenant's requests) run between their handlings.
+                    await trio.lowlevel.checkpoint()
                 if isinstance(event, Ping):
                     self._pong(event)
                 elif isinstance(event, (TextMessage, BytesMessage)):
-                    parts.append(event.data)
+                    if buffer is None:
+                        buffer = io.StringIO() if isinstance(event, TextMessage) else bytearray()
+                    if isinstance(buffer, bytearray):
+                        buffer += event.data  # type: ignore[operator]
+                    else:
+                        buffer.write(event.data)  # type: ignore[arg-type]
                     size += len(event.data)
                     if size > MAX_MESSAGE:
                         self._start_close(1009, f"messages are limited to {MAX_MESSAGE} bytes")
-                        parts, size = [], 0
+                        buffer, size = None, 0
                         continue
                     if event.message_finished:
                         text = isinstance(event, TextMessage)
-                        payload = "".join(parts).encode() if text else b"".join(parts)  # type: ignore[arg-type]
-                        parts, size = [], 0
+                        payload = buffer.getvalue().encode() if isinstance(buffer, io.StringIO) else bytes(buffer)
+                        buffer, size = None, 0
                         if not self._closing and not await self.deliverer.deliver(
                                 self.source, "message", payload, text):
                             self._start_close(1012, "the worker was replaced or ended")
