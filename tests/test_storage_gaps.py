@@ -144,6 +144,12 @@ for i in range(20):
         assert error["js"] is True, error
         assert "D1_ERROR: the result is larger than 4096 bytes (storage.d1_result_bytes)" \
             in error["message"] and "SQLITE_TOOBIG" in error["message"], error
+    # Rows of nothing cost the supervisor their lists all the same: they were
+    # free under the limit (10 million '' rows, ~900 MB of its memory).
+    error = fails(server, "t", """
+return await env.DB.prepare("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100000) "
+                            "SELECT '' FROM c").all()""")
+    assert "the result is larger than 4096 bytes" in error["message"], error
     # Under the limit the same table reads fine, and the database is unharmed.
     got = ok(server, "t", """
 small = await env.DB.prepare("SELECT s FROM rows LIMIT 5").all()

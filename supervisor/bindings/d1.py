@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from supervisor.bindings import BOUND_DATA, Services, d1_export, register
 from supervisor.bindings.base import BindingError, Context, Reply, Scope, arg, string
 from supervisor.bindings.quota import quota_error
-from supervisor.bindings.sqlite_limits import Deadline, hold_to
+from supervisor.bindings.sqlite_limits import Deadline, hold_to, row_cost
 
 #: ``<storage>/<folder>/<scope key>/<file>``: its data, per (namespace, id).
 _FOLDER, _FILE = BOUND_DATA["d1"]
@@ -159,7 +159,7 @@ def _run(conn: sqlite3.Connection, statements: list[Statement], max_bytes: int |
             rows: list[list[Any]] = []
             while batch := cursor.fetchmany(256):
                 for row in batch:
-                    budget -= sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
+                    budget -= row_cost(row)
                     if budget < 0:
                         raise BindingError(f"{prefix}: the result is larger than {max_result} "
                                            "bytes (storage.d1_result_bytes): SQLITE_TOOBIG")

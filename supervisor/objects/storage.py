@@ -20,7 +20,7 @@ from typing import Any
 
 from supervisor.bindings.base import MAX_DATE_MS, BindingError
 from supervisor.bindings.quota import quota_error
-from supervisor.bindings.sqlite_limits import Deadline, hold_to
+from supervisor.bindings.sqlite_limits import Deadline, hold_to, row_cost
 from supervisor.log import warn
 
 MAX_KEY_BYTES = 2048
@@ -279,7 +279,7 @@ def sql_exec(conn: sqlite3.Connection, query: str, binds: list[Any],
                     columns = [d[0] for d in cursor.description or ()]
                     size = 0
                     for row in cursor:
-                        size += sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in row)
+                        size += row_cost(row)
                         if size > MAX_SQL_RESULT:
                             raise BindingError(f"SQL result is larger than {MAX_SQL_RESULT} bytes")
                         rows.append(list(row))
