@@ -26,10 +26,10 @@ from urllib.parse import SplitResult, unquote, urlsplit
 
 import trio
 
+from protocol.url_path import normalised
 from supervisor import compat_flags
 from supervisor.edge import asset_rules
 from supervisor.edge.http_server import Connection, LengthMismatch
-from supervisor.edge.url_path import normalised
 from supervisor.log import warn
 from supervisor.model import AssetSet, ScriptRecord
 from supervisor.pool.bodies import BytesBody, body_length

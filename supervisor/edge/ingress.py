@@ -21,12 +21,12 @@ from urllib.parse import parse_qs
 
 import trio
 
+from protocol.url_path import needs_normalising, normalised
 from supervisor import loop_clock
 from supervisor.config import ServeConfig
 from supervisor.edge.assets import AssetServer, send_answer
 from supervisor.edge.client_ip import ClientAddress, TrustedProxies
 from supervisor.edge.http_server import Connection, InvalidResponse, LengthMismatch, Request, RequestBody
-from supervisor.edge.url_path import needs_normalising, normalised
 from supervisor.edge.websockets import Deliverer, Session, SocketSource, handshake_problem
 from supervisor.lifecycle import OUTCOME_MESSAGE, OUTCOME_STATUS, Outcome
 from supervisor.limits.policy import LimitPolicy
@@ -287,7 +287,7 @@ class Ingress:
         Host header becomes the host an absolute-form target named (as a
         proxy sets it, RFC 9112 section 3.2.2): the worker's URL and a
         dispatcher that routes on the header must see the same host. Dot
-        segments are resolved (supervisor.edge.url_path): routes, assets
+        segments are resolved (protocol.url_path): routes, assets
         and the worker see the path the worker's URL has.
 
         The common request (a path, a Host seen and checked before) is

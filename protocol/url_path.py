@@ -8,6 +8,9 @@ Cloudflare ``/x/%2e%2e/admin/secret`` *is* ``/admin/secret``: to the worker's
 Anything that matched the raw path instead could be walked around (a
 ``run_worker_first`` gate guarding ``/admin/*`` answered ``/./admin/x``
 from the assets, without the worker). Empty segments stay, as they do there.
+
+Both sides use it: the supervisor on every request's target, the sandbox on
+a Cache API key given as a string (workerd parses it as a URL too).
 """
 
 from __future__ import annotations
