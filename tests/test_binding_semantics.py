@@ -337,6 +337,64 @@ return [await attempt(cache.put("/relative", Response("R"))), await attempt(cach
     assert got == [invalid, invalid, invalid, invalid, None, "K"]
 
 
+def test_cache_keys_are_urls_as_workerds_parser_leaves_them(server) -> None:
+    """A string key is parsed as a URL in workerd (Request's constructor):
+    the same URL written two ways was two keys here, and a space in a path
+    a refused key. If-Range naming another version ignores the Range (RFC
+    9110 13.1.5); a body past the entry limit is not stored and put() does
+    not throw (workerd: "we never guaranteed the script we'd actually cache
+    anything"); a '*' anywhere in Vary is refused, as workerd refuses it."""
+    got = ok(server, "cache", ATTEMPT + """
+from workers import Request
+cache = await caches.open("urls")
+hdrs = {"cache-control": "max-age=600", "etag": '"v1"'}
+out = []
+for put_key, match_key in (("https://example.com", "https://example.com/"),
+                           ("https://EXAMPLE.com/a", "https://example.com/a"),
+                           ("https://example.com:443/p", "https://example.com/p"),
+                           ("https://example.com/x/../y", "https://example.com/y"),
+                           ("https://example.com/a b", "https://example.com/a%20b")):
+    await cache.put(put_key, Response("hit", headers=hdrs))
+    found = await cache.match(match_key)
+    out.append(None if found is None else await found.text())
+async def ranged(if_range):
+    r = await cache.match(Request("https://example.com/y", headers={"range": "bytes=0-1", "if-range": if_range}))
+    return [r.status, await r.text()]
+out.append([await ranged('"v1"'), await ranged('"v2"')])
+out.append(await attempt(cache.put("https://example.com/big", Response(b"x" * (33 * 1024 * 1024),
+                                                                        headers={"cache-control": "max-age=600"}))))
+out.append(await cache.match("https://example.com/big"))
+out.append(await attempt(cache.put("https://example.com/v", Response("V", headers={"vary": "Accept-*"}))))
+return out""")
+    assert got[:5] == ["hit"] * 5, got
+    assert got[5] == [[206, "hi"], [200, "hit"]], got
+    assert got[6:8] == [None, None], got
+    assert got[8] == ["TypeError", "Cannot cache response with 'Vary: *' header."], got
+
+
+PLATFORM_CACHE = """
+from js import caches
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        await caches.default.put("https://example.com/d", Response("D", headers={"cache-control": "max-age=600"}))
+        unnamed = await caches.open("")
+        return Response.json([await unnamed.match("https://example.com/d") is None,
+                              await (await caches.default.match("https://example.com/d")).text()])
+"""
+
+
+def test_the_default_cache_is_not_the_cache_named_nothing(server) -> None:
+    """caches.open("") answered from caches.default: in workerd the default
+    cache and a named one are apart, and "" is a name like any other."""
+    server.deploy("platcache", PLATFORM_CACHE, namespace=None)
+    server.route("platcache.example/*", "platcache")
+    resp = server.request("/", host="platcache.example")
+    assert resp.status == 200 and resp.json() == [True, "D"], (resp, server.log()[-2000:])
+
+
 def test_cache_names_are_bounded_as_workerd_bounds_them(server) -> None:
     # cache.c++ CacheStorage::open: a name of 1024 bytes or more is a TypeError.
     got = ok(server, "cache", ATTEMPT + """

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import email.utils
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from protocol.messages import CACHE_BINDING
+from protocol.url_path import normalised
 
 from .. import workers
 from . import JsException, call, options, read
@@ -23,6 +24,11 @@ from . import JsException, call, options, read
 #: workerd's bound on a cache's name (cache.c++ CacheStorage::open): a name
 #: must be shorter than this many bytes.
 MAX_CACHE_NAME_BYTES = 1024
+#: ``caches.default``'s name to the supervisor, and the prefix of an opened
+#: one's: ``caches.open("")`` is a cache of its own in workerd, not the
+#: default (it was the same here).
+DEFAULT_CACHE = "default"
+OPENED = "open:"
 
 DEFAULT_REFUSED = ("caches.default is not available to scripts in a dispatch namespace "
                    "(Workers for Platforms user workers); use `await caches.open(name)` for a "
@@ -37,14 +43,24 @@ def _request(request: Any) -> tuple[str, str]:
     raise TypeError(f"a cache key is a URL or a Request, not {type(request).__name__}")
 
 
+#: What a URL's path keeps as it is; the rest is percent-encoded, as the
+#: WHATWG parser encodes a path (a space is %20).
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
 def _checked_key(url: str) -> str:
-    """``url`` if it can key a cache entry: workerd's cache.c++ ``validateUrl``
-    refuses a key that is no fully-qualified URL (a path, "foo", a URL with
-    no host), where Corral stored it under whatever string it was given."""
+    """``url`` as a cache key: workerd parses the key as a URL (``Request``'s
+    constructor), so ``https://EXAMPLE.com:443/a/../b c`` and
+    ``https://example.com/b%20c`` are one key (host in lower case, no default
+    port, "/" for no path, dot segments resolved, the path percent-encoded).
+    A key that is no fully-qualified URL (a path, "foo", a URL with no host)
+    is refused, as workerd's cache.c++ ``validateUrl`` refuses it."""
+    url = url.strip()
     parts = urlsplit(url)
-    if not (parts.scheme and parts.netloc) or any(c in url for c in " \t\r\n"):
+    if not (parts.scheme and parts.netloc) or any(c in url for c in "\t\r\n"):
         raise JsException("TypeError", "Invalid URL. Cache API keys must be fully-qualified, valid URLs.")
-    return url
+    path = normalised(quote(parts.path or "/", safe=_PATH_SAFE))
+    return workers._normalized_url(parts._replace(path=path, fragment="").geturl())
 
 
 def _not_modified(asked: workers.Headers, stored: workers.Headers) -> bool:
@@ -63,6 +79,21 @@ def _not_modified(asked: workers.Headers, stored: workers.Headers) -> bool:
         return email.utils.parsedate_to_datetime(modified) <= email.utils.parsedate_to_datetime(since)
     except (TypeError, ValueError):
         return False  # a date that is none: no condition
+
+
+def _if_range_holds(asked: workers.Headers, stored: workers.Headers) -> bool:
+    """RFC 9110 13.1.5: with ``If-Range``, the ``Range`` counts only if its
+    validator names what is stored (an ETag, strongly; a date, exactly the
+    ``Last-Modified``); else the whole response is the answer, and a client
+    resuming a download never splices in bytes of another version."""
+    condition = asked.get("if-range")
+    if condition is None:
+        return True
+    condition = condition.strip()
+    if condition.startswith(('"', 'W/"')):
+        etag = stored.get("etag")
+        return etag is not None and not condition.startswith("W/") and condition == etag.strip()
+    return condition == (stored.get("last-modified") or "").strip()
 
 
 class _Unsatisfiable(Exception):
@@ -134,7 +165,7 @@ class Cache:
             if _not_modified(request.headers, headers):
                 return workers.Response(None, status=304, headers=headers)
             asked = request.headers.get("range")
-            if asked is not None and value["status"] == 200 and data:
+            if asked is not None and value["status"] == 200 and data and _if_range_holds(request.headers, headers):
                 partial = _partial(asked, data, headers)
                 if partial is not None:
                     return partial
@@ -163,14 +194,14 @@ class CacheStorage:
             raise TypeError("caches.open() takes a cache name")
         if len(name.encode("utf-8", "surrogatepass")) >= MAX_CACHE_NAME_BYTES:
             raise JsException("TypeError", "Cache name is too long.")
-        return Cache(name)
+        return Cache(OPENED + name)
 
     @property
     def default(self) -> Cache:
         runtime = workers._runtime
         if runtime is not None and runtime.script is not None and runtime.script.namespace:
             raise TypeError(DEFAULT_REFUSED)
-        return Cache("")
+        return Cache(DEFAULT_CACHE)
 
 
 caches = CacheStorage()

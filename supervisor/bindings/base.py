@@ -80,17 +80,24 @@ class Context:
 
     async def read_body(self, limit: int, what: str) -> bytes:
         """The whole request body (a value to store), refusing more than ``limit``."""
-        from supervisor.pool.bodies import BodyError, read_all
+        body = await self.read_body_within(limit, what)
+        if body is None:
+            raise BindingError(f"{what} is larger than the limit of {limit} bytes")
+        return body
+
+    async def read_body_within(self, limit: int, what: str) -> bytes | None:
+        """The whole request body, or None (read no further) past ``limit``."""
+        from supervisor.pool.bodies import BodyError, BodyTooLarge, read_all
 
         body, self.body = self.body, None
         if body is None:
             return b""
         if isinstance(body, bytes):
-            if len(body) > limit:
-                raise BindingError(f"{what} is larger than the limit of {limit} bytes")
-            return body
+            return body if len(body) <= limit else None
         try:
             return await read_all(body, limit)
+        except BodyTooLarge:
+            return None
         except BodyError as exc:
             raise BindingError(f"{what}: {exc}") from None
 

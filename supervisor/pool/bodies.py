@@ -28,6 +28,10 @@ class BodyError(Exception):
     """A body ended abnormally (its producer failed or went away)."""
 
 
+class BodyTooLarge(BodyError):
+    """A body past the limit its reader set (:func:`read_all`)."""
+
+
 class ProtocolViolation(Exception):
     """A child broke the stream rules (sent beyond its credit, ...)."""
 
@@ -131,7 +135,7 @@ async def read_all(source: BodySource, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             source.close()
-            raise BodyError(f"body larger than {limit} bytes")
+            raise BodyTooLarge(f"body larger than {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)
 
