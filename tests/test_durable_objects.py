@@ -715,3 +715,42 @@ def test_a_binding_to_a_class_the_script_does_not_export_is_refused(server):
     # A class of another script is that script's to export.
     server.deploy("classless", source, bindings=[
         {"type": "durable_object_namespace", "name": "C", "class_name": "Nope", "script_name": "elsewhere"}])
+
+
+ORDERED = r'''
+import asyncio
+from workers import DurableObject, Response, WorkerEntrypoint
+
+
+class Log(DurableObject):
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        self.order = []
+
+    async def add(self, i):
+        self.order.append(i)
+        return len(self.order)
+
+    async def seen(self):
+        return self.order
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        stub = self.env.LOG.getByName(request.url.rsplit("/", 1)[1])
+        await asyncio.gather(*[stub.add(i) for i in range(30)])  # made in order, not awaited in turn
+        return Response.json(await stub.seen())
+'''
+
+
+def test_calls_on_a_stub_reach_the_object_in_the_order_they_were_made(server):
+    """Cloudflare's stubs keep E-order (Cap'n Proto's): calls made one after
+    another reach the object in that order, awaited or not. Each call was a
+    task of its own, and trio starts tasks in an order it shuffles on purpose:
+    the object saw them scrambled, differently each time."""
+    server.deploy("ordered", ORDERED, bindings=[
+        {"type": "durable_object_namespace", "name": "LOG", "class_name": "Log"}])
+    for room in ("a", "b", "c"):
+        resp = server.request(f"/{room}", host="ordered.localhost")
+        assert resp.status == 200, (resp, server.log()[-2000:])
+        assert resp.json() == list(range(30)), resp.json()

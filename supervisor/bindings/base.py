@@ -66,12 +66,17 @@ def object_scope(namespace: str, script: str, class_name: str, object_id: str) -
 class Context:
     """One call: who calls, on what data, with which caps, and its body."""
 
-    __slots__ = ("record", "binding", "scope", "quota", "body", "invocation")
+    __slots__ = ("record", "binding", "scope", "quota", "body", "invocation", "after", "delivered")
 
     def __init__(self, record: ScriptRecord, binding: Any, scope: Scope, quota: QuotaLimits,
                  body: BodySource | bytes | None, invocation: Any = None) -> None:
         #: The calling invocation (Durable Object calls are its children in traces).
         self.invocation = invocation
+        #: A Durable Object call's place in its caller's order (E-order): set
+        #: once the caller's previous such call reached its object (None: first),
+        #: and this call's own, set when it has (supervisor.bindings.Bindings.handle).
+        self.after: Any = None
+        self.delivered: Any = None
         self.record = record
         self.binding = binding
         self.scope = scope

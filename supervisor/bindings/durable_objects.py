@@ -164,6 +164,8 @@ class DurableObjectNamespaceHandler:
         return ObjectKey(ctx.record.namespace, script, binding.class_name, object_id)
 
     async def call(self, ctx: Context, method: str, args: list[Any]) -> Reply:
+        if ctx.after is not None:
+            await ctx.after.wait()  # the caller's previous call on an object reached it first
         object_id = _object_id(arg(args, 0))
         name = arg(args, 1)
         if name is not None:
@@ -177,7 +179,7 @@ class DurableObjectNamespaceHandler:
             if not isinstance(packed, bytes):
                 raise BindingError("RPC arguments must arrive encoded", "TypeError")
             event = DurableObjectEvent(key.class_name, object_id, rpc, name)
-            result = await self.host.invoke(key, event, ctx.invocation, args=packed)
+            result = await self.host.invoke(key, event, ctx.invocation, args=packed, delivered=ctx.delivered)
             return Reply(None, result)
         if method == "fetch":
             verb = string(arg(args, 2, "GET"), "the request method").encode()
@@ -185,7 +187,8 @@ class DurableObjectNamespaceHandler:
             headers = _headers(arg(args, 4, []))
             body, ctx.body = ctx.body, None
             event = DurableObjectEvent(key.class_name, object_id, "fetch", name)
-            inv = await self.host.invoke(key, event, ctx.invocation, http=(verb, url, headers, body))
+            inv = await self.host.invoke(key, event, ctx.invocation, http=(verb, url, headers, body),
+                                         delivered=ctx.delivered)
             head = {"status": inv.status,
                     "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in inv.response_headers]}
             if inv.status_text:  # the object's own reason phrase, its stub's statusText

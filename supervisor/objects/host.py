@@ -80,7 +80,7 @@ class ObjectHost:
 
     async def invoke(self, key: ObjectKey, event: DurableObjectEvent, parent: Any,
                      http: tuple[bytes, str, list, Any] | None = None, args: bytes = b"",
-                     trace: bool = False) -> Any:
+                     trace: bool = False, delivered: trio.Event | None = None) -> Any:
         """Deliver ``event`` to the object (its input gate is in the child).
 
         Returns the finished-head invocation (a ``fetch``: the response; its
@@ -95,14 +95,14 @@ class ObjectHost:
             obj = self.live[key] = LiveObject()
         obj.waiting += 1  # not evictable while an event is on its way or under way
         try:
-            return await self._deliver(key, obj, record, event, parent, http, args, trace)
+            return await self._deliver(key, obj, record, event, parent, http, args, trace, delivered)
         finally:
             obj.waiting -= 1
             obj.last_used = trio.current_time()
 
     async def _deliver(self, key: ObjectKey, obj: LiveObject, record: Any, event: DurableObjectEvent,
                        parent: Any, http: tuple[bytes, str, list, Any] | None, args: bytes,
-                       trace: bool) -> Any:
+                       trace: bool, delivered: trio.Event | None) -> Any:
 
         rt = self.runtime
         assert rt is not None
@@ -110,6 +110,8 @@ class ObjectHost:
                                               [], args or None)
         inv = await rt.pool.invoke(record, method, url, headers, body, rt.limits.defaults_for(record),
                                    parent=parent, event=event)
+        if delivered is not None:
+            delivered.set()  # with the object's child now: the caller's next call may follow
         obj.child = inv.child
         if trace:
             inv.on_done = rt.on_trace
