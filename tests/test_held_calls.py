@@ -165,3 +165,42 @@ def test_what_answered_calls_held_is_given_back(corral: Corral, upstream, mode: 
     target = (upstream.url("/echo/held") if mode == "fetch" else "https://callee/") + "?" + "p" * 15_900
     r = corral.request(f"/?{mode}&{calls}&target={target}", host="held-caller.localhost", timeout=120)
     assert (r.status, r.text) == (200, "refused 0"), r
+
+
+STREAMED_PUTS = '''
+import asyncio
+from workers import Response, WorkerEntrypoint, JsException
+
+CHUNK = b"z" * 65536
+
+
+async def value(chunks):
+    for _ in range(chunks):
+        yield CHUNK
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        async def put(i):
+            try:
+                await self.env.KV.put(f"k{i}", value(24 * 16))  # 24 MiB each, 64 KiB in the child
+                return "stored"
+            except JsException as e:
+                return e.message
+        return Response.json(await asyncio.gather(*[put(i) for i in range(8)]))
+'''
+
+
+def test_streamed_binding_values_count_against_the_callers_bound(corral: Corral) -> None:
+    """Each streamed KV value was buffered whole in the supervisor, counted
+    nowhere: thirty 24 MiB puts at once from one 128 MB child held 1.5 GB of
+    the supervisor's memory. A streamed value's bytes now count, as they
+    arrive, against what a child's calls may make the supervisor keep (its
+    memory limit): eight at once, 192 MiB, cannot all be held."""
+    corral.deploy("streamer", STREAMED_PUTS, bindings=[{"type": "kv_namespace", "name": "KV", "namespace_id": "big"}])
+    resp = corral.request("/", host="streamer.localhost", timeout=120)
+    assert resp.status == 200, (resp, corral.log()[-2000:])
+    outcomes = resp.json()
+    refused = [o for o in outcomes if o != "stored"]
+    assert refused and all("too many calls in flight" in o for o in refused), outcomes
+    assert "stored" in outcomes, outcomes

@@ -191,6 +191,7 @@ class Bindings:
                    handler: Handler, ctx: Context, span: dict[str, Any]) -> None:
         call = message.call
         STORAGE_OWNER.set((parent.record.namespace, parent.record.name))  # this task's: its storage's tenant
+        ctx.hold = lambda size: child.held.hold(call, size, child.memory_mb)
         with trio.CancelScope() as scope:
             child.calls[call] = scope
             parent.call_scopes.add(scope)

@@ -313,11 +313,9 @@ class KVHandler:
             if size > MAX_METADATA_BYTES:
                 raise BindingError(f"KV PUT failed: 413 Metadata length of {size} exceeds limit of "
                                    f"{MAX_METADATA_BYTES}.")
-        try:
-            value = await ctx.read_body(MAX_VALUE_BYTES, "KV PUT failed: 413 the value")
-        except BindingError:
-            raise BindingError(f"KV PUT failed: 413 Value length exceeds limit of "
-                               f"{MAX_VALUE_BYTES}.") from None
+        value = await ctx.read_body_within(MAX_VALUE_BYTES, "KV PUT failed: the value")
+        if value is None:
+            raise BindingError(f"KV PUT failed: 413 Value length exceeds limit of {MAX_VALUE_BYTES}.")
         await self.backend.put(ctx.scope, Entry(key, value, expiration, metadata), now,
                                ctx.quota.kv_keys)
         return Reply()
