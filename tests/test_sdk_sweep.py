@@ -263,6 +263,10 @@ def test_a_dispatch_namespace_has_the_fields_the_sdk_documents(cf):
     (lambda c: c.workflows.list(account_id=A), "Workflows"),
     (lambda c: c.ai.models.list(account_id=A), "Workers AI"),
     (lambda c: c.workers.observability.telemetry.keys(account_id=A), "Workers Observability"),
+    # wrangler's r2 bucket info and d1 info ask it for usage; a 404 printed zeros as if true.
+    (lambda c: c.post("/graphql", body={"query": "{ viewer { accounts { r2StorageAdaptiveGroups { max "
+                                                   "{ objectCount } } } } }"}, cast_to=object),
+     "The GraphQL Analytics API"),
 ])
 def test_a_product_corral_lacks_is_named_once_not_retried(server, call, product):
     """A 501 naming the product, in Cloudflare's envelope, with ``x-should-retry:

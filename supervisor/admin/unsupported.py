@@ -61,6 +61,10 @@ MISSING: tuple[Missing, ...] = (
             "a worker's static assets (its config's assets) serve a site"),
     Missing((f"{_A}/mtls_certificates", f"{_A}/mtls_certificates/{{rest+}}"), "mTLS certificates"),
     Missing((f"{_A}/email/{{rest+}}",), "Email Routing"),
+    # wrangler's r2 bucket info and d1 info read their usage figures here, and
+    # print zeros when it fails: a 404 looked like an empty bucket.
+    Missing(("graphql",), "The GraphQL Analytics API",
+            "usage per script: GET .../workers/usage; a D1 database's size: GET .../d1/database/{id}"),
 )
 
 
