@@ -629,19 +629,25 @@ def _explain(message: str) -> str:
 
 
 def resolve_bindings(metadata: UploadMetadata, previous: ScriptRecord | None, *, strict: bool = True,
-                     versions: Mapping[str, list[Binding]] | None = None) -> list[Binding]:
+                     versions: Mapping[str, list[Binding]] | None = None,
+                     keep_secrets: bool = False) -> list[Binding]:
     """The bindings to store: ``inherit`` and ``keep_bindings`` carry
     ``previous``'s over (the script's newest version, deployed or not, as
     Cloudflare's ``inherit`` "defaults to inheriting the binding from the
     latest version"); an ``inherit`` naming a ``version_id`` takes it from
     ``versions`` (each version's bindings, by id). One that names nothing is
     refused if ``strict`` (Cloudflare's ``bindings_inherit=strict``), else
-    dropped, as Cloudflare drops it "silently"."""
+    dropped, as Cloudflare drops it "silently". ``keep_secrets`` (an upload
+    of code): the secrets stay unless the upload binds their names, as a
+    Worker's secrets outlive its deploys on Cloudflare (wrangler deploy
+    sends none of them, nor keep_bindings for them)."""
     old = {b.name: b for b in previous.bindings} if previous else {}
     out: list[Binding] = []
     seen: set[str] = set()
     for binding in metadata.bindings:
         if isinstance(binding, Inherit):
+            if binding.old_name:
+                seen.add(binding.old_name)  # renamed: the old name is kept no more
             found = _inherited(binding, old, versions or {}, strict)
             if found is None:
                 continue
@@ -650,7 +656,9 @@ def resolve_bindings(metadata: UploadMetadata, previous: ScriptRecord | None, *,
             out.append(binding)
         seen.add(binding.name)
     for name, binding in old.items():
-        if type(binding).__struct_config__.tag in metadata.keep_bindings and name not in seen:
+        kept = type(binding).__struct_config__.tag in metadata.keep_bindings or (
+            keep_secrets and isinstance(binding, SecretText))
+        if kept and name not in seen:
             out.append(binding)
             seen.add(name)
     return out

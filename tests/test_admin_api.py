@@ -200,14 +200,18 @@ def test_keep_bindings_and_inherit_carry_secrets_over(client):
         {"type": "inherit", "name": "RENAMED", "old_name": "TOKEN"}]})
     assert msgspec.to_builtins(client.store.get_script(PLATFORM, "s").bindings) == [
         {"type": "secret_text", "name": "RENAMED", "text": "s3cret"}]
-    client.upload(f"{PS}/s", {"main_module": "worker.py"})  # the latest has none now
+    # A secret outlives an upload of code that does not bind its name, as a
+    # Worker's secrets outlive wrangler deploy on Cloudflare.
+    client.upload(f"{PS}/s", {"main_module": "worker.py"})
+    assert [b.name for b in client.store.get_script(PLATFORM, "s").bindings] == ["RENAMED"]
+    client("DELETE", f"{PS}/s/secrets/RENAMED")  # the latest has none now
     client.upload(f"{PS}/s", {"main_module": "worker.py", "bindings": [
         {"type": "inherit", "name": "TOKEN", "version_id": with_token}]})
     assert client.store.get_script(PLATFORM, "s").bindings[0].text == "s3cret"
     # One that names nothing is dropped, as Cloudflare drops it, unless bindings_inherit=strict.
     nothing = {"main_module": "worker.py", "bindings": [{"type": "inherit", "name": "NO"}]}
     client.upload(f"{PS}/s", nothing)
-    assert client.store.get_script(PLATFORM, "s").bindings == []
+    assert [b.name for b in client.store.get_script(PLATFORM, "s").bindings] == ["TOKEN"]
     env = client.upload(f"{PS}/s?bindings_inherit=strict", nothing, expect=400)
     assert "'inherit' but the script's latest version has no binding named 'NO'" in error_message(env)
     env = client.upload(f"{PS}/s?bindings_inherit=strict", {"main_module": "worker.py", "bindings": [

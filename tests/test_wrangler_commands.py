@@ -205,3 +205,24 @@ def test_a_deployment_of_an_older_version_keeps_the_scripts_crons(server: Corral
     assert rolled.status == 200, rolled.text
     schedules = server.admin("GET", f"{base}/schedules").json()["result"]["schedules"]
     assert [s["cron"] for s in schedules] == ["0 * * * *"]
+
+
+def test_a_secret_put_before_the_first_deploy_makes_a_draft_that_the_deploy_keeps(
+        wrangler: Wrangler, server: Corral, tmp_path: Path) -> None:
+    """wrangler secret put on a Worker that does not exist yet uploads a draft
+    (one JavaScript module, ``export default { fetch() {} }``) to hold the
+    secret, as CI pipelines do before a first deploy: Corral refused it (a
+    main module must be .py), so the secret could not be set."""
+    root = tmp_path / "fresh"
+    (root / "src").mkdir(parents=True)
+    (root / "wrangler.json").write_text(json.dumps({"name": "fresh", "main": "src/entry.py",
+                                                    "compatibility_date": "2025-06-01",
+                                                    "compatibility_flags": ["python_workers"],
+                                                    "workers_dev": False, "preview_urls": False}))
+    (root / "src" / "entry.py").write_text(
+        "from workers import Response, WorkerEntrypoint\n\n\nclass Default(WorkerEntrypoint):\n"
+        "    async def fetch(self, request):\n        return Response(self.env.EARLY)\n")
+    assert "Success" in wrangler(root, "secret", "put", "EARLY", stdin="set-before-deploy\n")
+    wrangler(root, "deploy")
+    server.route("fresh.example/*", "fresh")
+    assert server.request("/", host="fresh.example").text == "set-before-deploy"

@@ -217,6 +217,17 @@ class _LockResolver:
         return await self.hooks.resolve_requirements(requirements)
 
 
+#: The one module of the draft Worker wrangler makes to hold secrets before
+#: a first deploy, and what Corral stores in its place.
+WRANGLER_DRAFT = b"export default { fetch() {} }"
+DRAFT_MAIN = "draft.py"
+DRAFT_SOURCE = b"""from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("This Worker has no code yet: wrangler made it to hold its secrets.", status=503)
+"""
 #: Cloudflare's code for a secret edit while the latest version is not deployed.
 LATEST_NOT_DEPLOYED_CODE = 10215
 #: Cloudflare's code for a settings edit while the latest version is not deployed.
@@ -687,6 +698,12 @@ class Handlers:
             raw = {**raw, "main_module": raw["body_part"]}
         metadata: UploadMetadata = decode_metadata(raw)
         modules = self._modules(parts)
+        if previous is None and modules == {metadata.main_module: WRANGLER_DRAFT}:
+            # wrangler secret put/bulk on a Worker that does not exist yet
+            # makes this draft first (its createDraftWorker), then puts the
+            # secrets on it: a Python stand-in, which the first deploy replaces.
+            modules = {DRAFT_MAIN: DRAFT_SOURCE}
+            metadata = msgspec.structs.replace(metadata, main_module=DRAFT_MAIN)
         notes = metadata.annotations or VersionAnnotations()
         if code_only and previous is not None:
             updated = msgspec.structs.replace(previous, modules=modules,
@@ -699,7 +716,8 @@ class Handlers:
             return msgspec.structs.replace(updated, version=record_version(updated)), metadata
         assets = self._assets(ns, name, metadata, raw, previous)
         main_module = self._main_module(metadata, modules)
-        bindings = resolve_bindings(metadata, bindings_from or previous, strict=strict, versions=versions)
+        bindings = resolve_bindings(metadata, bindings_from or previous, strict=strict, versions=versions,
+                                    keep_secrets=True)
         # No 'tags' key keeps the deployed tags (a code update should not untag);
         # an explicit list, even empty, replaces them.
         if metadata.tags is not None:
