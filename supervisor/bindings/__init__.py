@@ -120,8 +120,6 @@ class Bindings:
         self.config = config
         self.handlers: dict[str, Handler] = {kind: factory(self.services)
                                              for kind, factory in _FACTORIES.items()}
-        #: Each calling invocation's last Durable Object call's delivery (see handle).
-        self._do_turns: dict[Any, trio.Event] = {}
 
     def close(self) -> None:
         for handler in self.handlers.values():
@@ -152,8 +150,8 @@ class Bindings:
             # (Cap'n Proto's E-order, which Cloudflare's stubs keep): each waits
             # for its predecessor's delivery. Tasks alone start in trio's order,
             # which shuffles them on purpose.
-            ctx.after, ctx.delivered = self._do_turns.get(parent), trio.Event()
-            self._do_turns[parent] = ctx.delivered
+            ctx.after, ctx.delivered = parent.object_call, trio.Event()
+            parent.object_call = ctx.delivered
         child.spawn(self._run, child, parent, message, handler, ctx, span)
 
     def _request_body(self, child: ChildProcess, message: BindingCall) -> BodySource | bytes | None:
@@ -224,8 +222,6 @@ class Bindings:
                 _close(ctx.body)
                 if ctx.delivered is not None:
                     ctx.delivered.set()  # delivered or failed: the next call's turn
-                    if self._do_turns.get(parent) is ctx.delivered:
-                        del self._do_turns[parent]
 
     def _deliver(self, child: ChildProcess, call: int, reply: Reply) -> None:
         child.send(BindingResult(call, reply.value, child.send_body(reply.body, call)))

@@ -68,7 +68,7 @@ class Invocation:
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
         "on_done", "response_end", "linger_cut", "log_bytes", "truncated", "depth", "request_id", "event",
         "fetches", "settled", "cpu_settled", "has_head", "is_done", "held_s", "connections",
-        "cancel_by",
+        "cancel_by", "object_call",
     )
 
     def __init__(self, id: int, child: ChildLink, record: ScriptRecord, method: bytes,
@@ -152,6 +152,8 @@ class Invocation:
         self.fetches: list[dict[str, Any]] | None = None
         #: A queue consumer's ack/retry decisions (protocol.messages.QueueSettled).
         self.settled: Any = None
+        #: Its last Durable Object call's delivery (supervisor.bindings.Bindings.handle: E-order).
+        self.object_call: Any = None
         if parent is not None:
             parent.children.append(self)
             self.depth = parent.depth + 1
