@@ -257,16 +257,24 @@ def _secrets_replaced(before: ScriptRecord | None, after: ScriptRecord) -> list[
             "is no longer set" for b in after.bindings if b.name in secrets and not isinstance(b, SecretText)]
 
 
-def _inherited_versions(parts: list[multipart.Part]) -> list[str]:
+def _metadata_of(parts: list[multipart.Part]) -> dict[str, Any]:
+    """An upload's ``metadata`` part, as JSON (wrangler's ``body_part`` read as ``main_module``)."""
+    metadata_parts = [p for p in parts if p.name == "metadata"]
+    if not metadata_parts:
+        raise Invalid("the upload has no 'metadata' part (JSON with main_module, bindings, ...)")
+    raw = decode_json(metadata_parts[0].data, "the 'metadata' part", MAX_METADATA_BYTES)
+    if not isinstance(raw, dict):
+        raise Invalid("the 'metadata' part must be a JSON object")
+    if not raw.get("main_module") and isinstance(raw.get("body_part"), str):
+        raw = {**raw, "main_module": raw["body_part"]}
+    return raw
+
+
+def _inherited_versions(raw: dict[str, Any]) -> list[str]:
     """The versions an upload's ``inherit`` bindings name by ``version_id``
     (read before the upload is built, which does not wait on the store)."""
-    metadata = next((p for p in parts if p.name == "metadata"), None)
-    try:
-        raw = decode_json(metadata.data, "the 'metadata' part", MAX_METADATA_BYTES) if metadata else None
-    except Invalid:
-        return []  # the build says what is wrong with it
-    bindings = raw.get("bindings") if isinstance(raw, dict) else None
-    return sorted({b["version_id"] for b in bindings or [] if isinstance(b, dict) and b.get("type") == "inherit"
+    bindings = raw.get("bindings")
+    return sorted({b["version_id"] for b in bindings if isinstance(b, dict) and b.get("type") == "inherit"
                    and isinstance(b.get("version_id"), str) and b["version_id"] != "latest"}
                   ) if isinstance(bindings, list) else []
 
@@ -602,9 +610,10 @@ class Handlers:
         # inherit and keep_bindings take the newest version's bindings, deployed or
         # not (wrangler versions secret put on top of an undeployed upload).
         latest = await self._run(self.store.get_latest, ns, name) if previous is not None else None
-        wanted = _inherited_versions(parts) if previous is not None else []
+        raw = _metadata_of(parts)
+        wanted = _inherited_versions(raw) if previous is not None else []
         versions = await self._run(self.store.versions_bindings, ns, name, wanted) if wanted else {}
-        record, metadata = self._build_record(ns, name, parts, previous, packages, code_only=code_only,
+        record, metadata = self._build_record(ns, name, raw, parts, previous, packages, code_only=code_only,
                                               bindings_from=latest or previous, versions=versions,
                                               strict=request.query.get("bindings_inherit") == "strict")
         check_variables(record.bindings)
@@ -680,22 +689,15 @@ class Handlers:
                                "queue has one consumer (remove it from that script first)",
                                code=ErrorCode.QUEUE_CONSUMER_EXISTS)
 
-    def _build_record(self, ns: str, name: str, parts: list[multipart.Part],
+    def _build_record(self, ns: str, name: str, raw: dict[str, Any], parts: list[multipart.Part],
                       previous: ScriptRecord | None,
                       packages: packages_upload.Resolved | None = None, *,
                       code_only: bool = False, bindings_from: ScriptRecord | None = None,
                       versions: dict[str, list[Binding]] | None = None, strict: bool = True,
                       ) -> tuple[ScriptRecord, UploadMetadata]:
-        """The version an upload makes, and its metadata as decoded;
+        """The version an upload makes (``raw``: its metadata part, as
+        :func:`_metadata_of` reads it), and its metadata as decoded;
         ``versions`` and ``strict`` as :func:`resolve_bindings` takes them."""
-        metadata_parts = [p for p in parts if p.name == "metadata"]
-        if not metadata_parts:
-            raise Invalid("the upload has no 'metadata' part (JSON with main_module, bindings, ...)")
-        raw = decode_json(metadata_parts[0].data, "the 'metadata' part", MAX_METADATA_BYTES)
-        if not isinstance(raw, dict):
-            raise Invalid("the 'metadata' part must be a JSON object")
-        if not raw.get("main_module") and isinstance(raw.get("body_part"), str):
-            raw = {**raw, "main_module": raw["body_part"]}
         metadata: UploadMetadata = decode_metadata(raw)
         modules = self._modules(parts)
         if previous is None and modules == {metadata.main_module: WRANGLER_DRAFT}:

@@ -89,32 +89,27 @@ class Context:
 
     async def read_body_within(self, limit: int, what: str) -> bytes | None:
         """The whole request body, or None (read no further) past ``limit``."""
-        from supervisor.pool.bodies import BodyError
+        from supervisor.pool.bodies import BodyError, BodyTooLarge, read_all
 
         body, self.body = self.body, None
         if body is None:
             return b""
         if isinstance(body, bytes):
             return body if len(body) <= limit else None
-        # Read here, each chunk counted against the child's bound as it comes:
-        # thirty 24 MiB KV puts at once from one small child held 1.5 GB of
-        # the supervisor's memory.
-        parts: list[bytes] = []
-        size = 0
+
+        def count(size: int) -> None:
+            # Each chunk against the child's bound as it comes: thirty 24 MiB
+            # KV puts at once from one small child held 1.5 GB of the supervisor.
+            refused = self.hold(size)
+            if refused:
+                raise BindingError(refused, "RangeError")
+
         try:
-            while chunk := await body.receive():
-                size += len(chunk)
-                if size > limit:
-                    body.close()
-                    return None
-                refused = self.hold(len(chunk))
-                if refused:
-                    body.close()
-                    raise BindingError(refused, "RangeError")
-                parts.append(chunk)
+            return await read_all(body, limit, count)
+        except BodyTooLarge:
+            return None
         except BodyError as exc:
             raise BindingError(f"{what}: {exc}") from None
-        return b"".join(parts)
 
 
 def _no_bound(_size: int) -> str:

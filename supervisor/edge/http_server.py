@@ -57,7 +57,7 @@ from supervisor.edge.client_ip import parse_address
 from supervisor.edge.idle_waits import IdleWaits
 from supervisor.edge.simple_head import SimpleHead, read_simple_head
 from supervisor.log import error, warn
-from supervisor.pool.bodies import BodyError
+from supervisor.pool.bodies import BodyError, BodyTooLarge
 
 READ_SIZE = 64 * 1024
 
@@ -92,10 +92,6 @@ class FramingError(h11.RemoteProtocolError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, error_status_hint=400)
-
-
-class BodyTooLarge(BodyError):
-    """The client sent more body than the server accepts."""
 
 
 class ClientGone(Exception):

@@ -29,7 +29,8 @@ class BodyError(Exception):
 
 
 class BodyTooLarge(BodyError):
-    """A body past the limit its reader set (:func:`read_all`)."""
+    """A body past the limit its reader set (:func:`read_all`; a client's
+    request body past the server's, supervisor.edge.http_server)."""
 
 
 class ProtocolViolation(Exception):
@@ -127,8 +128,10 @@ class BytesBody:
 
 
 
-async def read_all(source: BodySource, limit: int) -> bytes:
-    """Buffer a whole body, refusing more than ``limit`` bytes."""
+async def read_all(source: BodySource, limit: int, count: Callable[[int], None] | None = None) -> bytes:
+    """Buffer a whole body, refusing more than ``limit`` bytes. ``count``
+    is told each chunk's size as it is kept: what it raises ends the read
+    (the source closed), as a bound on what the reader may hold."""
     parts: list[bytes] = []
     size = 0
     while chunk := await source.receive():
@@ -136,6 +139,12 @@ async def read_all(source: BodySource, limit: int) -> bytes:
         if size > limit:
             source.close()
             raise BodyTooLarge(f"body larger than {limit} bytes")
+        if count is not None:
+            try:
+                count(len(chunk))
+            except BaseException:
+                source.close()
+                raise
         parts.append(chunk)
     return b"".join(parts)
 
