@@ -80,20 +80,30 @@ class Default(WorkerEntrypoint):
 """
 
 
-def test_a_stop_waits_for_the_wait_until_work_of_answered_requests(tmp_path):
-    """``systemctl stop`` right after a response: the work the request gave
-    ``waitUntil`` (a KV write, here) still runs; it was killed with its child."""
-    kv = [{"type": "kv_namespace", "name": "KV", "namespace_id": "later"}]
+def _stopped_then_started(tmp_path, before) -> Corral:
+    """A server that ran ``before(server)``, was stopped by SIGTERM (exiting
+    0), and is started again on the same state directory."""
     server = Corral(tmp_path / "state").start()
     try:
         server.deploy_dispatcher()
-        server.deploy("later", LATER, bindings=kv)
-        assert server.request("/", host="later.localhost").text == "answered"
+        before(server)
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(60) == 0
     finally:
         server.stop()
-    again = Corral(tmp_path / "state").start()
+    return Corral(tmp_path / "state").start()
+
+
+def test_a_stop_waits_for_the_wait_until_work_of_answered_requests(tmp_path):
+    """``systemctl stop`` right after a response: the work the request gave
+    ``waitUntil`` (a KV write, here) still runs; it was killed with its child."""
+    kv = [{"type": "kv_namespace", "name": "KV", "namespace_id": "later"}]
+
+    def answered(server: Corral) -> None:
+        server.deploy("later", LATER, bindings=kv)
+        assert server.request("/", host="later.localhost").text == "answered"
+
+    again = _stopped_then_started(tmp_path, answered)
     try:
         assert again.request("/read", host="later.localhost").text == "written by waitUntil", again.log()
     finally:
@@ -148,19 +158,14 @@ def test_a_stop_delivers_the_traces_of_answered_requests_and_counts_them(tmp_pat
     """The requests were answered, then SIGTERM: their trace events, queued
     for the tail worker (and a CPU figure away from complete), died with the
     server, and usage lost the last of them."""
-    server = Corral(tmp_path / "state").start()
-    try:
-        server.deploy_dispatcher()
+    def answered(server: Corral) -> None:
         server.deploy("tailer", TAILER, namespace=None,
                       bindings=[{"type": "kv_namespace", "name": "KV", "namespace_id": "seen"}])
         server.deploy("traced", HELLO, extra_metadata={"tail_consumers": [{"service": "tailer"}]})
         for word in ("one", "two", "three"):
             assert server.request(f"/{word}", host="traced.localhost").text == f"hello {word}"
-        server.proc.send_signal(signal.SIGTERM)
-        assert server.proc.wait(60) == 0
-    finally:
-        server.stop()
-    again = Corral(tmp_path / "state").start()
+
+    again = _stopped_then_started(tmp_path, answered)
     try:
         keys = again.admin("GET", "/accounts/local/storage/kv/namespaces/seen/keys").json()["result"]
         assert sorted(k["name"] for k in keys) == ["seen-one", "seen-three", "seen-two"], again.log()[-3000:]

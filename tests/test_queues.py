@@ -201,16 +201,14 @@ def test_cloudflares_limits_in_its_units_and_a_consumer_that_dead_letters_to_its
     try:
         h.deploy(server, "producer", [Q])
         result = h.ok(server, "producer", """
-out = []
-for call in (lambda: env.Q.send("x" * 128000, contentType="text"),
-             lambda: env.Q.send("x" * 128001, contentType="text"),
-             lambda: env.Q.send(b"xx", contentType="json")):
+async def refusal(send):
     try:
-        await call()
-        out.append(None)
+        await send
     except JsException as e:
-        out.append(f"{e.name}: {e}")
-return out
+        return f"{e.name}: {e}"
+return [await refusal(env.Q.send("x" * 128000, contentType="text")),
+        await refusal(env.Q.send("x" * 128001, contentType="text")),
+        await refusal(env.Q.send(b"xx", contentType="json"))]
 """)
         assert result[0] is None and "too large" in result[1], result
         assert result[2].startswith("TypeError: the message body is not JSON"), result
