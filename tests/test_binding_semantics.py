@@ -227,6 +227,61 @@ return [hasattr(same, "text"), hasattr(before, "text"), hasattr(unmodified, "tex
     assert got == [False, True, False]
 
 
+def test_r2_conditionals_follow_rfc_7232s_precedence(server) -> None:
+    # R2's gateway (as miniflare's _testR2Conditional, "adapted from internal
+    # R2 gateway implementation", and its gateway tests): a date condition
+    # yields to the etag condition beside it when that one holds; for a
+    # missing object, only etagMatches and uploadedAfter fail.
+    got = ok(server, "r2", """
+import datetime
+from workers import Headers
+past = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
+future = datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC)
+obj = await env.B.put("cond/rfc", "v")
+other = "0" * 32
+def body(x):
+    return x is not None and hasattr(x, "text")
+out = [body(await env.B.get("cond/rfc", onlyIf={"etagMatches": obj.etag, "uploadedBefore": past})),
+       body(await env.B.get("cond/rfc", onlyIf={"etagDoesNotMatch": other, "uploadedAfter": future})),
+       body(await env.B.get("cond/rfc", onlyIf=Headers({
+           "if-none-match": '"%s"' % other, "if-modified-since": "Mon, 01 Jan 2100 00:00:00 GMT"}))),
+       body(await env.B.get("cond/rfc", onlyIf={"uploadedAfter": future})),
+       body(await env.B.get("cond/rfc", onlyIf={"etagDoesNotMatch": obj.etag, "uploadedAfter": past}))]
+for cond in ({"uploadedAfter": past}, {"etagDoesNotMatch": other, "uploadedAfter": past},
+             {"etagMatches": "*"}, {"uploadedBefore": future}, {"etagDoesNotMatch": other}):
+    key = "cond/missing/" + str(len(out))
+    out.append(await env.B.put(key, "x", onlyIf=cond) is not None)
+    out.append(await env.B.head(key) is not None)
+return out""")
+    assert got[:5] == [True, True, True, False, False], got
+    # uploadedAfter and etagMatches fail on a missing key; the others hold.
+    assert got[5:] == [False, False, False, False, False, False, True, True, True, True], got
+
+
+def test_r2_conditional_etag_headers_are_parsed_as_workerd_parses_them(server) -> None:
+    # r2-bucket.c++ parseConditionalEtagHeader: W/"x" is a weak etag, which
+    # R2 compares strongly for If-Match (no match) and weakly for
+    # If-None-Match; a header with no quoted etag is an Error, as is an
+    # unclosed quote. In an object, "W/<etag>" is one strong etag as written.
+    got = ok(server, "r2", ATTEMPT + """
+from workers import Headers
+obj = await env.B.put("cond/weak", "v")
+def body(x):
+    return x is not None and hasattr(x, "text")
+out = [body(await env.B.get("cond/weak", onlyIf=Headers({"if-match": 'W/"%s"' % obj.etag}))),
+       body(await env.B.get("cond/weak", onlyIf=Headers({"if-none-match": 'W/"%s"' % obj.etag}))),
+       body(await env.B.get("cond/weak", onlyIf={"etagMatches": "W/" + obj.etag})),
+       body(await env.B.get("cond/weak", onlyIf=Headers({"if-match": '"nope", "%s"' % obj.etag}))),
+       body(await env.B.get("cond/weak", onlyIf=Headers({"if-match": "*"})))]
+for bad in (obj.etag, '"unclosed', '"a" "b"'):
+    out.append(await attempt(env.B.get("cond/weak", onlyIf=Headers({"if-match": bad}))))
+return out""")
+    assert got[:5] == [False, False, False, True, True], got
+    assert got[5] == ["Error", "Invalid ETag in if-match header"], got
+    assert got[6] == ["Error", "Unclosed double quote for Etag"], got
+    assert got[7][0] == "Error" and "Comma was expected" in got[7][1], got
+
+
 def test_r2_range_options_are_checked_as_workerd_checks_them(server) -> None:
     # r2-bucket.c++ initGetOptions: negative or fractional numbers are
     # RangeErrors; a suffix with an offset or a length is a TypeError.

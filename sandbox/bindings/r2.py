@@ -66,20 +66,58 @@ def _http_metadata(value: Any) -> Any:
     return value
 
 
+def _conditional_etags(header: str, name: str) -> list[list[str]]:
+    """An ``If-Match`` / ``If-None-Match`` value as workerd's
+    ``parseConditionalEtagHeader`` reads it: quoted strong etags, ``W/"..."``
+    weak ones, or ``*`` (which stands alone), comma separated; parsing stops
+    at any other character. A header with no etag in it is an Error, as are
+    an unclosed quote and two etags with no comma between them. Each etag is
+    ``[kind, value]``, kind ``strong``, ``weak`` or ``wildcard``: R2 compares
+    ``etagMatches`` strongly (a weak etag never matches) and
+    ``etagDoesNotMatch`` weakly."""
+    etags: list[list[str]] = []
+    rest, comma_due = header, False
+    while True:
+        rest = rest.lstrip(" \t")
+        if not rest or rest[0] not in ',*W"':
+            break
+        head = rest[0]
+        if head == ",":
+            rest, comma_due = rest[1:], False
+            continue
+        if comma_due:
+            raise JsException("Error", f"Comma was expected to separate etags. Encountered {head!r} instead.")
+        if head == "*":
+            etags = [["wildcard", ""]]
+            break
+        kind = "strong"
+        if head == "W":
+            if not rest.startswith('W/"'):
+                raise JsException("Error", "Weak etags must start with W/ and their value must be quoted")
+            kind, rest = "weak", rest[2:]
+        end = rest.find('"', 1)
+        if end < 0:
+            raise JsException("Error", "Unclosed double quote for Etag")
+        etags.append([kind, rest[1:end]])
+        rest, comma_due = rest[end + 1:], True
+    if not etags:
+        raise JsException("Error", f"Invalid ETag in {name} header")
+    return etags
+
+
 def _only_if(value: Any) -> Any:
-    """R2's ``onlyIf`` as the supervisor takes it. From Headers, dates carry
+    """R2's ``onlyIf`` as the supervisor takes it, its etags as
+    :func:`_conditional_etags` gives them. From Headers, dates carry
     ``secondsGranularity`` (an HTTP date has whole seconds, so an object
     uploaded at 12:00:00.5 is not "modified since" 12:00:00, as in
-    workerd's ``UnwrappedConditional``); in an object, an ETag wrapped in
-    quotes is workerd's TypeError."""
+    workerd's ``UnwrappedConditional``). In an object, an etag is one
+    strong etag (or ``*``) taken as written, and one wrapped in quotes is
+    workerd's TypeError."""
     if isinstance(value, workers.Headers):
-        import email.utils
-
         out: dict[str, Any] = {}
-        if value.has("if-match"):
-            out["etagMatches"] = value.get("if-match")
-        if value.has("if-none-match"):
-            out["etagDoesNotMatch"] = value.get("if-none-match")
+        for header, key in (("if-match", "etagMatches"), ("if-none-match", "etagDoesNotMatch")):
+            if value.has(header):
+                out[key] = _conditional_etags(value.get(header), header)
         for header, key in (("if-unmodified-since", "uploadedBefore"),
                             ("if-modified-since", "uploadedAfter")):
             if value.has(header):
@@ -91,11 +129,17 @@ def _only_if(value: Any) -> Any:
                     out["secondsGranularity"] = True
         return out
     if isinstance(value, dict):
+        out = {k: _ms(v) for k, v in value.items()}
         for name in ("etagMatches", "etagDoesNotMatch"):
             etag = value.get(name)
-            if isinstance(etag, str) and len(etag) >= 1 and etag.startswith('"') and etag.endswith('"'):
+            if etag is None:
+                continue
+            if not isinstance(etag, str):
+                raise JsException("TypeError", f"onlyIf.{name} must be a string, not {type(etag).__name__}")
+            if etag.startswith('"') and etag.endswith('"'):
                 raise JsException("TypeError", f"Conditional ETag should not be wrapped in quotes ({etag}).")
-        return {k: _ms(v) for k, v in value.items()}
+            out[name] = [["wildcard", ""]] if etag == "*" else [["strong", etag]]
+        return out
     return value
 
 

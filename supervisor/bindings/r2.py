@@ -142,44 +142,52 @@ def _storage_class(value: Any, op: str) -> str | None:
     return value
 
 
-def _strip(etag: str) -> str:
-    etag = etag.strip()
-    if etag.startswith("W/"):
-        etag = etag[2:]
-    return etag.strip('"')
+#: The kinds of etag an ``onlyIf`` names (see sandbox.bindings.r2._conditional_etags).
+ETAG_KINDS = ("strong", "weak", "wildcard")
 
 
-def _etags(value: Any) -> list[str]:
-    if value is None:
-        return []
-    items = value if isinstance(value, list) else str(value).split(",")
-    return [_strip(str(v)) for v in items]
+def _holds(etags: list[tuple[str, str]], etag: str, weak_ok: bool) -> bool:
+    """Whether ``etag`` is among ``etags``: any wildcard matches; a weak
+    etag only where the comparison is weak (``etagDoesNotMatch``), as R2's
+    gateway compares."""
+    return any(kind == "wildcard" or (value == etag and (kind == "strong" or weak_ok))
+               for kind, value in etags)
 
 
 def _precondition(cond: dict[str, Any], row: tuple | None) -> bool:
-    """Whether R2's ``onlyIf`` holds for the current object (``row``)."""
+    """Whether R2's ``onlyIf`` holds for the current object (``row``), as R2's
+    gateway decides (RFC 7232 section 6): a date condition yields to the etag
+    condition beside it when that one is given and holds (a revalidation
+    with a changed etag gets the body even if the dates say otherwise); for
+    a missing object only ``etagMatches`` and ``uploadedAfter`` fail."""
     if not cond:
         return True
-    etag = row[3] if row else None
-    uploaded = row[5] if row else None
-    match = _etags(cond.get("etagMatches"))
-    if match and (etag is None or ("*" not in match and etag not in match)):
-        return False
-    none_match = _etags(cond.get("etagDoesNotMatch"))
-    if none_match and etag is not None and ("*" in none_match or etag in none_match):
-        return False
+    match, none_match = cond.get("etagMatches"), cond.get("etagDoesNotMatch")
     before, after = cond.get("uploadedBefore"), cond.get("uploadedAfter")
-    if cond.get("secondsGranularity") and uploaded is not None:
+    if row is None:
+        return match is None and after is None
+    etag, uploaded = row[3], row[5]
+    if_match = match is None or _holds(match, etag, weak_ok=False)
+    if_none_match = none_match is None or not _holds(none_match, etag, weak_ok=True)
+    if cond.get("secondsGranularity"):
         # From HTTP headers, whose dates have whole seconds: compared in seconds,
         # so an object is not "modified since" the Last-Modified it was served with.
         uploaded = uploaded // 1000 * 1000
-        before = None if before is None else float(before) // 1000 * 1000
-        after = None if after is None else float(after) // 1000 * 1000
-    if before is not None and uploaded is not None and not uploaded < float(before):
-        return False
-    if after is not None and uploaded is not None and not uploaded > float(after):
-        return False
-    return True
+        before = None if before is None else before // 1000 * 1000
+        after = None if after is None else after // 1000 * 1000
+    modified_since = after is None or after < uploaded or (none_match is not None and if_none_match)
+    unmodified_since = before is None or uploaded < before or (match is not None and if_match)
+    return if_match and if_none_match and modified_since and unmodified_since
+
+
+def _etag_list(value: Any, name: str) -> list[tuple[str, str]] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(e, list) and len(e) == 2 and e[0] in ETAG_KINDS
+                       and isinstance(e[1], str) for e in value)):
+        raise BindingError(f"onlyIf.{name} must be a list of [kind, etag] pairs", "TypeError")
+    return [(kind, etag) for kind, etag in value]
 
 
 def _only_if(value: Any) -> dict[str, Any]:
@@ -192,13 +200,17 @@ def _only_if(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BindingError(f"onlyIf must be an object or Headers, got {type(value).__name__}",
                            "TypeError")
+    out: dict[str, Any] = {"secondsGranularity": bool(value.get("secondsGranularity"))}
     for name in ("uploadedBefore", "uploadedAfter"):
         when = value.get(name)
         if when is not None and (isinstance(when, bool) or not isinstance(when, (int, float))
                                  or not math.isfinite(when)):
             raise BindingError(f"onlyIf.{name} must be a Date (ms since the epoch), got "
                                f"{str(when)[:60]!r}", "TypeError")
-    return value
+        out[name] = None if when is None else float(when)
+    for name in ("etagMatches", "etagDoesNotMatch"):
+        out[name] = _etag_list(value.get(name), name)
+    return out
 
 
 class _FileBody:
@@ -673,7 +685,7 @@ class R2Handler:
                 raise _err("completeMultipartUpload", f"the parts must be listed in ascending order of "
                                                       f"partNumber, each once: part {number} comes after "
                                                       f"part {wanted[-1][0]}", 10025)
-            wanted.append((number, _strip(string(part.get("etag"), "etag"))))
+            wanted.append((number, string(part.get("etag"), "etag").strip().strip('"')))
         http, custom, storage_class, blobs = await self.store.db(ctx.scope, _parts_of, upload_id, key,
                                                                  wanted)
         run = self.services.offload.run
