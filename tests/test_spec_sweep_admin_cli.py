@@ -685,6 +685,28 @@ def test_a_configs_own_cpu_limit_stops_its_worker(corral: Corral, tmp_path: Path
     assert settings.json()["result"]["limits"] == {"cpu_ms": 50}
 
 
+def test_a_settings_patch_sets_and_clears_a_scripts_limits(corral: Corral, tmp_path: Path) -> None:
+    """Cloudflare's PATCH .../settings takes ``limits`` (the SDK's
+    SettingsLimits); it answered 200 and dropped them, and the worker kept
+    burning CPU. Logpush cannot be turned on: 501, nothing changed."""
+    project = project_of(tmp_path / "patched", "        start = time.process_time()\n"
+                                               "        while time.process_time() - start < 2:\n            pass\n"
+                                               "        return Response('burned 2 s of CPU')\n", "")
+    cli(corral, "deploy", "-n", "default", "patched", project)
+    path = "/accounts/local/workers/dispatch/namespaces/default/scripts/patched/settings"
+    r = corral.admin("PATCH", path, json.dumps({"limits": {"cpu_ms": 50}}).encode(), "application/json")
+    assert r.status == 200 and r.json()["result"]["limits"] == {"cpu_ms": 50}, r.text
+    r = corral.request("/", host="patched.localhost")
+    assert (r.status, r.text) == (503, "Worker exceeded CPU time limit.\n"), r
+    refused = corral.admin("PATCH", path, json.dumps({"logpush": True, "limits": None}).encode(),
+                           "application/json")
+    assert refused.status == 501 and "Logpush" in refused.text, refused.text
+    assert corral.admin("GET", path).json()["result"]["limits"] == {"cpu_ms": 50}
+    r = corral.admin("PATCH", path, json.dumps({"limits": None, "observability": {"enabled": True}}).encode(),
+                     "application/json")
+    assert r.status == 200 and "limits" not in r.json()["result"], r.text
+
+
 def test_a_scripts_own_limits_only_lower_the_platforms() -> None:
     from protocol.messages import Limits
     from supervisor.config import LimitsConfig

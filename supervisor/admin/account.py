@@ -27,7 +27,7 @@ from supervisor.admin.decode import body_as, clip, decode_json, page_of
 from supervisor.admin.handlers import _NS, _PS, Handlers, log_event
 from supervisor.admin.render import Response, envelope, handlers_of
 from supervisor.admin.router import Request, Router
-from supervisor.admin.script_config import with_changes
+from supervisor.admin.script_config import NO_LOGPUSH, with_changes
 from supervisor.errors import CorralError, Forbidden, Invalid, NotFound, NotSupported, Unauthorized
 from supervisor.model import (
     PLATFORM,
@@ -302,7 +302,7 @@ class AccountHandlers:
         except msgspec.ValidationError as exc:
             raise Invalid(f"script settings: {exc}") from None
         if body.logpush:
-            raise NotSupported("Corral has no Logpush: trace events go to tail workers, /tail and OTLP")
+            raise NotSupported(NO_LOGPUSH)
         record = await self._script(request)
         # The tags are checked before the tail consumers are written: a PATCH
         # refused for a bad tag must not have made a new version already.

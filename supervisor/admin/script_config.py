@@ -27,7 +27,7 @@ from supervisor.admin.handlers import (
 )
 from supervisor.admin.render import Response, envelope, settings_json
 from supervisor.admin.router import Request, Router
-from supervisor.errors import Invalid, NotFound
+from supervisor.errors import Invalid, NotFound, NotSupported
 from supervisor.model import (
     ScriptRecord,
     SecretText,
@@ -38,6 +38,9 @@ from supervisor.model import (
     resolve_bindings,
 )
 from supervisor.store.store import normalize_tags
+
+#: A settings edit that turns Logpush on is refused in these words.
+NO_LOGPUSH = "Corral has no Logpush: trace events go to tail workers, /tail and OTLP"
 
 
 def with_changes(record: ScriptRecord, **changes: Any) -> ScriptRecord:
@@ -151,11 +154,18 @@ class ScriptConfigHandlers:
 
     async def edit_settings(self, request: Request) -> Response:
         """``PATCH .../settings``: a ``settings`` part (multipart, as the SDK
-        sends it) or a JSON body. Only the fields given change."""
+        sends it) or a JSON body. Only the fields given change; ``limits``
+        (``null`` clears them) as an upload's. As the account's
+        script-settings edit: ``logpush`` cannot be turned on, and
+        ``observability``, ``placement`` and ``usage_model`` are accepted
+        with no effect (trace events always flow; one host; one model)."""
         raw = self._settings_body(request)
+        if raw.get("logpush"):
+            raise NotSupported(NO_LOGPUSH)
         ns, name, record = await self.core.deployed(request)
         changes: dict[str, Any] = {}
-        known = {k: raw[k] for k in ("bindings", "compatibility_date", "compatibility_flags", "tail_consumers")
+        known = {k: raw[k] for k in ("bindings", "compatibility_date", "compatibility_flags", "tail_consumers",
+                                     "limits")
                  if k in raw and raw[k] is not None}
         if isinstance(known.get("bindings"), list):
             known["bindings"] = [_kept(b, record) for b in known["bindings"]]
@@ -163,9 +173,11 @@ class ScriptConfigHandlers:
             metadata: UploadMetadata = decode_metadata({"main_module": record.main_module, **known})
             if "bindings" in known:
                 changes["bindings"] = resolve_bindings(metadata, record)
-            for field in ("compatibility_date", "compatibility_flags", "tail_consumers"):
+            for field in ("compatibility_date", "compatibility_flags", "tail_consumers", "limits"):
                 if field in known:
                     changes[field] = getattr(metadata, field)
+        if "limits" in raw and raw["limits"] is None and record.limits is not None:
+            changes["limits"] = None
         tags = _settings_tags(raw)
         # Everything is checked before the first write: a PATCH refused for
         # its bindings must not have changed the script's tags already.
