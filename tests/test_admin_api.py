@@ -432,6 +432,10 @@ def test_tags_endpoints(client):
     client("PUT", base, [f"t{i}" for i in range(9)], expect=400)
     client("GET", f"{NS}/default/scripts/missing/tags", expect=404)
     client("PUT", f"{NS}/default/scripts/missing/tags/x", expect=404)
+    # The SDK types the body Optional: null, or no body (tags.update(body=None)), clears them.
+    assert client("PUT", base, b"null", headers=[(b"content-type", b"application/json")])["result"] == []
+    client("PUT", base, ["a"])
+    assert client("PUT", base)["result"] == []
 
 
 # -- platform scripts and routes --------------------------------------------------------

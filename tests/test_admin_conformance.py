@@ -99,6 +99,29 @@ def test_an_outbound_worker_and_a_tail_worker_in_use_are_refused_without_force(s
     assert server.admin("DELETE", f"{PS}/disp").status == 200
 
 
+def test_a_bulk_delete_by_tag_is_refused_without_force_when_others_use_its_scripts(server):
+    """A tag filter went around the in-use check of a single delete: the
+    Durable Object host went and its user stayed, bound to nothing."""
+    ns = f"{A}/workers/dispatch/namespaces/{NS}/scripts"
+    server.deploy("bulk-host", DO_SCRIPT, namespace=NS, extra_metadata={"tags": ["customer-1"]})
+    server.deploy("bulk-user", code("bulk-user"), namespace=NS, bindings=[
+        {"type": "durable_object_namespace", "name": "C", "class_name": "Counter", "script_name": "bulk-host"}])
+    message = refused(server.admin("DELETE", f"{ns}?tags=customer-1:yes"), 409, "'bulk-host'", "'bulk-user'",
+                      "force=true")
+    assert "Durable Object class 'Counter'" in message
+    assert exists(server, f"{ns}/bulk-host")
+    # Its user deleted with it (both tagged): nothing is left broken, no force needed.
+    assert server.admin("PUT", f"{ns}/bulk-user/tags", b'["customer-1"]', "application/json").status == 200
+    r = server.admin("DELETE", f"{ns}?tags=customer-1:yes")
+    assert r.status == 200 and r.json()["result"]["count"] == 2, r.text
+    server.deploy("bulk-host", DO_SCRIPT, namespace=NS, extra_metadata={"tags": ["customer-2"]})
+    server.deploy("bulk-user", code("bulk-user"), namespace=NS, bindings=[
+        {"type": "durable_object_namespace", "name": "C", "class_name": "Counter", "script_name": "bulk-host"}])
+    r = server.admin("DELETE", f"{ns}?tags=customer-2:yes&force=true")
+    assert r.status == 200 and r.json()["result"]["count"] == 1, r.text
+    assert not exists(server, f"{ns}/bulk-host") and exists(server, f"{ns}/bulk-user")
+
+
 def test_corral_rm_says_who_uses_a_script_and_deletes_it_with_force(server):
     server.deploy("shared", code("shared"), namespace=None)
     server.deploy("user-of-shared", code("user"), namespace=None,

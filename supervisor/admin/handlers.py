@@ -489,6 +489,8 @@ class Handlers:
         filters = _tag_filters(request)
         if not filters:
             raise Invalid("bulk delete needs ?tags=TAG:yes|no[,...]; to delete the namespace, DELETE it")
+        if not _flag(request, "force"):
+            await self._refuse_if_in_use(ns, await self._run(self.store.names_by_tags, ns, filters))
         names = await self._run(self.store.delete_scripts_by_tags, ns, filters)
         for name in names:
             self._changed(ns, name)
@@ -555,12 +557,7 @@ class Handlers:
         if not force:
             if await self._run(self.store.get_script, ns, name) is None:
                 raise script_not_found(ns, name)  # a 404, whatever still names it
-            uses = [line for other in await self._run(self.store.scripts_naming, name)
-                    for line in dependents(other, ns, name)]
-            if uses:
-                shown = "; ".join(uses[:10]) + (f"; and {len(uses) - 10} more" if len(uses) > 10 else "")
-                raise Conflict(f"script {name!r} is in use by other Workers: {shown}. Deleting it would break "
-                               "them; delete with ?force=true to delete it anyway", code=SCRIPT_IN_USE_CODE)
+            await self._refuse_if_in_use(ns, [name])
         if not await self._run(self.store.delete_script, ns, name):
             raise script_not_found(ns, name)
         self._changed(ns, name)
@@ -568,6 +565,26 @@ class Handlers:
         await self._purge_data(ns, [name])
         log_event(logging.INFO, "admin.script_deleted", namespace=ns, script=name, force=force)
         return envelope(200, {"id": name})
+
+    async def _refuse_if_in_use(self, ns: str, names: list[str]) -> None:
+        """A 409 naming who would break if scripts ``names`` of ``ns`` went,
+        unless only scripts deleted with them use them (a bulk delete by tag
+        takes a Durable Object's host and its users together)."""
+        going = set(names)
+        others = [other for other in await self._run(self.store.scripts_naming_any, names)
+                  if not (other.namespace == ns and other.name in going)]
+        used: list[str] = []
+        uses: list[str] = []
+        for name in names:
+            lines = [line for other in others for line in dependents(other, ns, name)]
+            used += [name] if lines else []
+            uses += lines
+        if uses:
+            shown = "; ".join(uses[:10]) + (f"; and {len(uses) - 10} more" if len(uses) > 10 else "")
+            what = (f"script {used[0]!r} is" if len(used) == 1
+                    else f"scripts {', '.join(map(repr, used[:10]))}{' and more' if len(used) > 10 else ''} are")
+            raise Conflict(f"{what} in use by other Workers: {shown}. Deleting would break "
+                           "them; delete with ?force=true to delete anyway", code=SCRIPT_IN_USE_CODE)
 
     async def put_script(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _upload_name_of(request)
@@ -833,8 +850,10 @@ class Handlers:
 
     async def put_tags(self, request: Request) -> Response:
         ns, name = _namespace_of(request), _script_of(request)
-        body = decode_json(request.body, "the tags")
+        # No body or ``null`` (the SDK's tags.update(body=None)) clears them.
+        body = decode_json(request.body, "the tags") if request.body.strip() else None
         tags = body.get("tags") if isinstance(body, dict) else body
+        tags = [] if tags is None else tags
         if not isinstance(tags, list):
             raise Invalid('send the tags as a JSON list, e.g. ["plan:free", "user:42"]')
         result = await self._run(self.store.put_tags, ns, name, tags)
