@@ -171,7 +171,7 @@ class Supervisor:
         self.ingress.websockets = self.pool.websockets = Deliverer(
             self.pool, self.objects, self.limit_policy, lambda inv: self.observability.finished(inv))
         self.admin = AdminAPI(self.store, self, blobs=self.asset_blobs)
-        storage_admin.register(self.admin.router, self.bindings)
+        storage_admin.register(self.admin.router, self.admin.handlers, self.bindings)
         kv_data.register(self.admin.router, self.bindings)
         durable_objects_api.register_objects(self.admin.router, self.admin.handlers, self.bindings)
         r2_objects.register(self.admin.router, self.admin.handlers, self.bindings)

@@ -102,6 +102,16 @@ def test_a_d1_database_made_through_the_sdk(server, cf):
     assert read(server, "dbuser") == "none"
 
 
+def test_a_query_of_a_database_no_endpoint_knows_is_not_found(server):
+    """It made a database (a typo's) that list, GET and DELETE said did not
+    exist, and that nothing could delete."""
+    for tail in ("query", "raw"):
+        r = server.admin("POST", f"/accounts/local/d1/database/typo-id/{tail}",
+                         b'{"sql": "CREATE TABLE t (x)"}', "application/json")
+        assert r.status == 404 and "no D1 database 'typo-id'" in r.text, r.text
+    assert server.admin("GET", "/accounts/local/d1/database/typo-id").status == 404
+
+
 @pytest.mark.parametrize("path, body, words", [
     ("/accounts/local/storage/kv/namespaces", {"title": ""}, "1 to 512 printable"),
     ("/accounts/local/storage/kv/namespaces", {"name": "x"}, "send {\"title\""),

@@ -190,6 +190,29 @@ return {"none": none, "missing": missing, "empty_raw": empty_raw,
     assert got["size"] and got["changes"] == [1, True, True]
 
 
+def test_d1_stores_what_javascript_would_have_sent_and_counts_what_sqlite_changed(server) -> None:
+    # D1's type conversion: a whole Number is an INTEGER (Python's 1.0 is
+    # JavaScript's 1); meta.changes counts a WITH ... INSERT/UPDATE's rows
+    # (Python's rowcount is -1 for them); TEXT that is not UTF-8 reads as a
+    # JavaScript string would decode it (U+FFFD), not an error for ever; a
+    # wrong number of values is D1's "Wrong number of parameter bindings".
+    got = ok(server, "d1", ATTEMPT + """
+await env.DB.exec("CREATE TABLE IF NOT EXISTS conv (n, t TEXT)")
+await env.DB.prepare("DELETE FROM conv").run()
+await env.DB.prepare("INSERT INTO conv VALUES (?, ?)").bind(1.0, 2.0).run()
+await env.DB.prepare("INSERT INTO conv VALUES (?, ?)").bind(1.5, 2.5).run()
+kinds = await env.DB.prepare("SELECT typeof(n) AS k, t FROM conv ORDER BY n").raw()
+cte = await env.DB.prepare("WITH v(x) AS (VALUES (7), (8)) INSERT INTO conv (n) SELECT x FROM v").run()
+upd = await env.DB.prepare("WITH v(x) AS (VALUES (7)) UPDATE conv SET t = 'u' WHERE n >= (SELECT x FROM v)").run()
+await env.DB.prepare("INSERT INTO conv VALUES (9, CAST(X'41FF42' AS TEXT))").run()
+bad = await env.DB.prepare("SELECT t FROM conv WHERE n = 9").first("t")
+wrong = await attempt(env.DB.prepare("SELECT * FROM conv WHERE t = '?' AND n = ?").bind(1, 2).all())
+return [kinds, cte.meta.changes, upd.meta.changes, bad, wrong]""")
+    assert got[0] == [["integer", "2"], ["real", "2.5"]], got
+    assert got[1:4] == [2, 2, "A\ufffdB"], got
+    assert got[4] == ["Error", "D1_ERROR: Wrong number of parameter bindings for SQL query."], got
+
+
 # -- R2 ---------------------------------------------------------------------------------
 
 

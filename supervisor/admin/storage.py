@@ -21,6 +21,7 @@ from supervisor.bindings.base import BindingError, Scope
 from supervisor.errors import Invalid
 
 if TYPE_CHECKING:
+    from supervisor.admin.handlers import Handlers
     from supervisor.bindings import Bindings
 
 
@@ -66,14 +67,19 @@ def _statements(body: Any) -> list[tuple[str, list[Any]]]:
     return statements
 
 
-def register(router: Router, bindings: Bindings) -> None:
+def register(router: Router, core: Handlers, bindings: Bindings) -> None:
+    from supervisor.admin.kv import ResourceHandlers
     from supervisor.bindings.d1 import D1Handler
 
     handler = bindings.handlers["d1"]
     assert isinstance(handler, D1Handler)
+    databases = ResourceHandlers(core)
 
     async def run(request: Request) -> list[dict[str, Any]]:
         statements = _statements(request.json())
+        # A database the list, GET and DELETE know of (made here, or bound): a
+        # mistyped id made a database no other endpoint could show or delete.
+        await databases._one(request, "d1", "id", "D1 database", "id")
         try:
             return await handler.run(Scope(namespace_in_query(request), request.params["id"]), statements, None)
         except BindingError as exc:

@@ -18,6 +18,7 @@ cleanly inside its transaction.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sqlite3
@@ -36,6 +37,8 @@ MAX_SQL_BYTES = 100_000
 MAX_PARAMS = 100
 MAX_VALUE_BYTES = 2_000_000
 MAX_BATCH = 10_000
+#: JavaScript's Number.MAX_SAFE_INTEGER: a whole float up to it is an integer to D1.
+MAX_SAFE_INTEGER = 2**53 - 1
 #: Pragmas a tenant may run: they read the schema or set per-connection
 #: behaviour, and touch no file.
 ALLOWED_PRAGMAS = frozenset({
@@ -90,7 +93,15 @@ class D1Backend(Protocol):
     def close(self) -> None: ...
 
 
+#: TEXT as D1 hands it over: a JavaScript string, decoded from UTF-8 with
+#: U+FFFD for what is not (Python's strict decoding failed every query that
+#: read such a value, and a stored row could never be read again). A C
+#: callable, as the default is: no Python frame per cell.
+_TEXT = functools.partial(str, encoding="utf-8", errors="replace")
+
+
 def _setup(conn: sqlite3.Connection) -> None:
+    conn.text_factory = _TEXT
     conn.execute("PRAGMA foreign_keys=ON")  # as D1 has it
     conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
     conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_BYTES)
@@ -166,6 +177,11 @@ def _run(conn: sqlite3.Connection, statements: list[Statement], max_bytes: int |
                     rows.append(list(row))
             written = conn.total_changes - before
             changes = max(cursor.rowcount, 0) if not columns else written
+            if not columns and cursor.rowcount < 0 and written:
+                # Python's sqlite3 counts rows only for a statement that starts
+                # with INSERT, UPDATE, DELETE or REPLACE, not for WITH ... INSERT:
+                # SQLite's own count of the statement's rows (triggers' not in it).
+                changes = conn.execute("SELECT changes()").fetchone()[0]
             duration = round((time.perf_counter() - started) * 1000.0, 3)
             out.append({"columns": columns, "rows": rows, "meta": {
                 "served_by": "corral-d1",
@@ -232,6 +248,9 @@ def _explain(exc: sqlite3.Error, guard: _Guard, prefix: str, index: int, sql: st
     sql = sql.rstrip().removesuffix(";")  # the splitter's own terminator
     quoted = sql if len(sql) <= MAX_QUOTED_SQL else sql[:MAX_QUOTED_SQL] + "..."
     where = f"Error in line {index + 1}: {quoted}: " if prefix == "D1_EXEC_ERROR" else ""
+    if isinstance(exc, sqlite3.ProgrammingError) and "number of bindings" in str(exc):
+        # Python's words ("Incorrect number of bindings supplied ...") are not D1's.
+        return BindingError(f"{prefix}: {where}Wrong number of parameter bindings for SQL query.")
     if guard.refused:  # SQLITE_AUTH, or SQLITE_ERROR for a refused function
         return BindingError(f"{prefix}: {where}{guard.refused}: SQLITE_AUTH")
     if guard.timed_out and name == "SQLITE_INTERRUPT":
@@ -280,6 +299,10 @@ def _value(value: Any) -> Any:
     turned NaN into NULL."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
+        # A whole Number is an INTEGER to D1 (its docs' type conversion): 1.0
+        # from Python is the Number 1 in JavaScript, stored as 1, not 1.0.
+        return int(value)
     if value is None or isinstance(value, (str, bytes, float)):
         return value
     if isinstance(value, bool):
