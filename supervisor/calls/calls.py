@@ -50,6 +50,7 @@ from supervisor.calls.redirects import RedirectError, RedirectPolicy
 from supervisor.config import LimitsConfig
 from supervisor.edge.websockets import MAX_SERVER_SOCKETS, ServerSession, SocketSource
 from supervisor.lifecycle import OUTCOME_MESSAGE, PLATFORM_OUTCOMES, Outcome
+from supervisor.limits import loop_limit
 from supervisor.limits.open_connections import OpenConnections
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import error, warn
@@ -536,7 +537,8 @@ class Calls:
         span = _fetch_span(parent, message)
         try:
             response = await self.client.request(message.method.decode("latin-1"), message.url,
-                                                 message.headers, upload, redirect=message.redirect,
+                                                 loop_limit.outbound_headers(message.headers, parent),
+                                                 upload, redirect=message.redirect,
                                                  length=None if body is upload else body_length(body),
                                                  on_redirect=lambda: _count_subrequest(parent))
             span["status"] = response.status

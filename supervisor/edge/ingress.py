@@ -29,6 +29,7 @@ from supervisor.edge.client_ip import ClientAddress, TrustedProxies
 from supervisor.edge.http_server import Connection, InvalidResponse, LengthMismatch, Request, RequestBody
 from supervisor.edge.websockets import Deliverer, Session, SocketSource, handshake_problem
 from supervisor.lifecycle import OUTCOME_MESSAGE, OUTCOME_STATUS, Outcome
+from supervisor.limits import loop_limit
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import log, warn
 from supervisor.log import request_id as log_request_id
@@ -238,6 +239,10 @@ class Ingress:
             warn("ingress.url_too_long", length=len(host) + len(target) + 7)
             await conn.respond(414, _TEXT, f"URI Too Long: a URL is at most {MAX_CALL_URL} characters\n".encode(),
                                request.method == b"HEAD")
+            return
+        if loop_limit.loops_left(request.headers) <= 0:
+            warn("ingress.loop_limit", host=host)
+            await conn.respond(508, _TEXT, loop_limit.REFUSAL, request.method == b"HEAD")
             return
         path = target.split("?", 1)[0]
         script = self.router(host, path)
