@@ -229,11 +229,12 @@ await probe("two statements", q("SELECT 1; DROP TABLE t"))
         "raw bind dict": "D1_TYPE_ERROR: Type 'dict' not supported",
         "raw batch nul": "the query contains a null character",
         "raw statement shape": "a statement must be [sql, params]",
-        "bad utf-8 text": "Could not decode to UTF-8",
         "first missing column": "D1_COLUMN_NOTFOUND",
         "batch empty": "batch() takes a list of 1 to",
         "two statements": "You can only execute one statement at a time",
     })
+    # TEXT that is not UTF-8 reads as JavaScript would decode it, with U+FFFD.
+    assert outcomes["bad utf-8 text"][0] == "ok" and "\ufffd" in outcomes["bad utf-8 text"][1], outcomes
     assert ok(server, "hostile", 'return (await env.DB.prepare("SELECT count(*) AS n FROM t").first("n"))') == 0
 
 
