@@ -1082,7 +1082,12 @@ class Runtime:
         try:
             result = await future
         except asyncio.CancelledError:
+            # The first Abort fails the body if it is still being sent; the
+            # pump's own, as it is cancelled, then cancels the call (see
+            # ChildProcess._on_abort), as the binding calls' path does.
             self.send(Abort(call, "caller cancelled"))
+            if sending is not None:
+                sending.cancel()
             raise
         finally:
             self.calls.pop(call, None)

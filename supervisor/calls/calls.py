@@ -56,6 +56,7 @@ from supervisor.limits.policy import LimitPolicy
 from supervisor.log import error, warn
 from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service, WorkerLoader
 from supervisor.pool.bodies import (
+    BodyError,
     BodySource,
     BytesBody,
     ChildBody,
@@ -307,6 +308,11 @@ class Calls:
                 self._deliver(child, call, head, parent if message.tail else None)
             except CallFailed as exc:
                 child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
+            except BodyError as exc:
+                # The request body the tenant streamed failed (its generator
+                # raised): fetch() fails with that, the tenant's own error, as a
+                # request body stream's error rejects fetch() in workerd.
+                child.send(SubFailed(call, ExceptionInfo("Error", f"the request body failed: {exc}")))
             except Exception as exc:  # noqa: BLE001 - one call's failure, never the server's
                 # A fault of the platform's (an asset file gone from the
                 # state dir, a disk error) fails this call, as a request's

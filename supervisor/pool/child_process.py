@@ -1247,6 +1247,14 @@ class ChildProcess:
                 inv.response_finished()
 
     def _on_abort(self, message: Abort) -> None:
+        """A stream of the child's failed, or it stopped waiting for a call.
+
+        A call's request body has the call's id: an Abort while that body
+        is still coming is the body's failure (its generator raised), which
+        fails the call through its body, with the tenant's own error; the
+        call must still answer, as the tenant still waits. An Abort of a
+        call whose body is over (or had none) is the tenant giving up on it
+        (the child sends a second one for a call cancelled mid-body)."""
         stream = self.incoming.pop(message.stream, None)
         if stream is not None:
             stream.fail(message.reason or "the worker aborted the body")
@@ -1254,7 +1262,7 @@ class ChildProcess:
         sink = self.sinks.pop(message.stream, None)
         if sink is not None:
             sink.abort()
-        call = self.calls.get(message.stream)
+        call = self.calls.get(message.stream) if stream is None else None
         if call is not None:
             call.cancel()  # the tenant stopped waiting for this call
 
