@@ -36,7 +36,7 @@ def _options(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 #: What JavaScript takes as a body as it is; anything else it turns into a string.
-_BODY_TYPES = (str, bytes, bytearray, memoryview, FormData, Blob, workers.ReadableStream)
+_BODY_TYPES = (str, bytes, bytearray, memoryview, FormData, Blob, workers.ReadableStream, workers.URLSearchParams)
 
 
 def _js_body(body: Any) -> Any:

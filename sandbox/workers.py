@@ -28,6 +28,7 @@ from typing import Any
 from protocol.http_grammar import TOKEN
 
 from . import content_coding
+from .js_url import URLSearchParams
 from .pyodide_shim import ArrayBuffer, JsException
 from .sdk_types import Blob, CfProperties, File, FormData, JsDict, encode_form, parse_form
 from .streams import IncomingBody
@@ -372,6 +373,10 @@ def _encode_body(body: Any, headers: Headers, owner: str = "Response") -> Any:
         return body.encode()
     if isinstance(body, (bytes, bytearray, memoryview)):  # bytes subclasses too (to_js(...).buffer)
         return bytes(body)
+    if isinstance(body, URLSearchParams):
+        # A BodyInit as the Fetch standard extracts it (the SDK lists URLSearchParams).
+        headers._set_default("content-type", "application/x-www-form-urlencoded;charset=UTF-8")
+        return str(body).encode()
     if isinstance(body, FormData):
         data, content_type = encode_form(body)
         headers._set_default("content-type", content_type)

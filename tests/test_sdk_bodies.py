@@ -317,3 +317,35 @@ def test_an_upload_the_client_dropped_is_a_lost_connection(corral):
         time.sleep(0.05)  # until the worker has read what the client left
     assert seen["type"] == "ConnectionLost" and seen["name"] == "Error", seen
     assert seen["message"].startswith("Network connection lost."), seen
+
+
+SEARCH_PARAMS = '''
+import js
+from workers import Request, Response, WorkerEntrypoint, fetch
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        usp = js.URLSearchParams.new("a=1&b=2 3")
+        req = Request("http://x/", method="POST", body=usp)
+        js_resp = js.Response.new(usp)
+        sent = await fetch(request.headers.get("x-echo"), method="POST", body=usp)
+        echoed = await sent.json()
+        return Response.json({
+            "request": [req.headers.get("content-type"), await req.text()],
+            "js": [js_resp.headers.get("content-type"), await js_resp.text()],
+            "fetched": [echoed["headers"].get("content-type"), echoed["body"]],
+        })
+'''
+
+
+def test_a_url_search_params_body_is_a_form(corral, upstream) -> None:
+    """The Fetch standard's BodyInit takes a URLSearchParams (the SDK lists it):
+    its text, as application/x-www-form-urlencoded. It failed with a
+    TypeError (iterated as chunks of bytes), and js.Response sent it as
+    text/plain."""
+    deploy(corral, "usp", SEARCH_PARAMS)
+    r = corral.request("/", host="usp.localhost", headers={"x-echo": upstream.url("/echo/usp")})
+    assert r.status == 200, r.text
+    form = "application/x-www-form-urlencoded;charset=UTF-8"
+    assert r.json() == {"request": [form, "a=1&b=2+3"], "js": [form, "a=1&b=2+3"],
+                        "fetched": [form, "a=1&b=2+3"]}, r.text
