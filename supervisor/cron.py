@@ -137,11 +137,23 @@ def _day_rule(part: str, field: str, text: str) -> DayRule | None:
             return lambda d: d.day == _month_length(d)
         if upper == "LW":
             return lambda d: d.day == _nearest_weekday(d, _month_length(d))
+        if upper.startswith("L-"):
+            # saffron's (Cloudflare's parser) L-3: the third day before the
+            # last; L-3W: the weekday nearest it, in the month.
+            nearest = upper.endswith("W")
+            digits = upper[2:-1] if nearest else upper[2:]
+            if not digits.isdigit() or not 1 <= int(digits) <= 30:
+                raise CronError(f"cron {text!r}: {part!r}: the offset after 'L-' is a day count, 1-30")
+            offset = int(digits)
+            if nearest:
+                return lambda d: (target := _month_length(d) - offset) >= 1 \
+                    and d.day == _nearest_weekday(d, target)
+            return lambda d: d.day + offset == _month_length(d)
         if upper.endswith("W"):
             target = _value(part[:-1], 1, 31, {}, field, text)
             return lambda d: d.day == _nearest_weekday(d, target)
         if "L" in upper or "#" in upper:
-            raise CronError(f"cron {text!r}: {part!r} is not a valid {field} (L, LW and 15W are)")
+            raise CronError(f"cron {text!r}: {part!r} is not a valid {field} (L, LW, L-3, L-3W and 15W are)")
         return None
     if upper == "L":  # Quartz: the last day of the week, Saturday
         return lambda d: weekday_number(d) == 7
@@ -179,7 +191,11 @@ def _field(spec: str, low: int, high: int, names: dict[str, int], field: str, te
             start = _value(a, low, high, names, field, text)
             end = _value(b, low, high, names, field, text)
             if end < start:
-                raise CronError(f"cron {text!r}: range {rng!r} in the {field} runs backwards")
+                # Wraps around (22-2 is 22:00 to 02:00, FRI-MON four days), as
+                # Cloudflare's parser (saffron) takes it "to match up with
+                # quartz": the step walks on across the wrap.
+                values.update([*range(start, high + 1), *range(low, end + 1)][::step])
+                continue
         else:
             start = _value(rng, low, high, names, field, text)
             end = high if step_text else start
@@ -190,7 +206,8 @@ def _field(spec: str, low: int, high: int, names: dict[str, int], field: str, te
 def parse_cron(text: str) -> Cron:
     """Parse a cron expression as Cloudflare documents them: five fields,
     names, ``*/n``, ranges and lists, ``?`` for an unrestricted day; weekdays
-    1-7 from Sunday; ``L``, ``LW`` and ``15W`` in the day of the month,
+    1-7 from Sunday; ranges that wrap around (``22-2``, ``FRI-MON``);
+    ``L``, ``LW``, ``L-3``, ``L-3W`` and ``15W`` in the day of the month,
     ``5L`` (the last Thursday) and ``MON#1`` in the day of the week."""
     if not isinstance(text, str) or not text.strip():
         raise CronError("a cron expression must be a non-empty string like '*/5 * * * *'")

@@ -35,10 +35,19 @@ def test_cron_next_times_and_errors():
     assert parse_cron("0 18 * * FRIL").next_after(saturday).day == 27
     assert parse_cron("0 0 * * MON#1").next_after(saturday).date() == datetime.date(2025, 7, 7)
     assert parse_cron("0 0 * * 2#2").next_after(saturday).day == 9
+    # saffron (Cloudflare's cron parser): L-3 is the third day before the
+    # last, L-3W the weekday nearest it; ranges wrap around, steps walking on.
+    assert parse_cron("0 0 L-3 * *").next_after(saturday).day == 27
+    assert parse_cron("0 0 L-2W * *").next_after(saturday).day == 27  # the 28th is a Saturday
+    assert parse_cron("0 0 L-1W * *").next_after(saturday).day == 30  # the 29th is a Sunday
+    assert parse_cron("0 22-2 * * *").next_after(saturday) == datetime.datetime(2025, 6, 7, 22, 0, tzinfo=UTC)
+    assert parse_cron("0 9 * * FRI-MON").next_after(saturday) == datetime.datetime(2025, 6, 8, 9, 0, tzinfo=UTC)
+    assert parse_cron("0 22-2/2 * * *").hours == {22, 0, 2}
+    assert parse_cron("59-0 23-0 31-1 12-1 *").months == {12, 1}
     for bad, words in [("* * * *", "five fields"), ("61 * * * *", "outside 0-59"),
-                       ("*/0 * * * *", "step"), ("5-1 * * * *", "backwards"),
+                       ("*/0 * * * *", "step"), ("0 0 L-0 * *", "1-30"), ("0 0 L-31W * *", "1-30"),
                        ("0 0 * * 0", "1-7 from Sunday"), ("0 0 * * MON#6", "week, 1-5"),
-                       ("0 0 3L * *", "L, LW and 15W")]:
+                       ("0 0 3L * *", "L-3W and 15W")]:
         with pytest.raises(CronError, match=words):
             parse_cron(bad)
 
