@@ -359,6 +359,7 @@ _.__cached__
 _.has_location
 _.start_clock  # trio.abc.Clock's interface: trio calls them (supervisor/loop_clock.py)
 _.deadline_to_sleep_time
+_.text_factory  # sqlite3's decoder of TEXT, read by sqlite3 itself (supervisor/bindings/d1.py)
 _._uname_cache  # platform's cache of uname(), cleared after sethostname (sandbox/jail.py)
 _.USER_BASE  # site's per-user paths, forgotten in the zygote (sandbox/zygote.py)
 _.USER_SITE
