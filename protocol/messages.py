@@ -351,6 +351,10 @@ class Invoke(_Msg, tag="invoke"):
     body: Body | None = None
     params: dict[str, Any] | None = None
     event: Event | None = None
+    #: Its CPU budget when the kernel keeps it exactly (0: none such): while
+    #: other invocations share the child, the child keeps it per invocation
+    #: (sandbox.cpu_budgets), the kernel the sum.
+    cpu_budget_ns: int = 0
 
 
 class Cancel(_Msg, tag="cancel"):

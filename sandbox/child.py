@@ -87,6 +87,8 @@ from . import (
     workers,
 )
 from .channel import Channel
+from .cpu_budgets import MESSAGE as CPU_MESSAGE
+from .cpu_budgets import CpuBudgets, CpuLimitExceeded
 from .pyodide_shim import JsException
 from .run_sync import cancel_waits
 from .streams import IncomingBody, OutgoingBody, pump
@@ -295,7 +297,8 @@ class _Handled(Exception):
 
 
 class _Invocation:
-    __slots__ = ("task", "background", "responded", "lingering", "background_error", "answered")
+    __slots__ = ("task", "background", "responded", "lingering", "background_error", "answered",
+                 "cpu_exceeded")
 
     def __init__(self) -> None:
         self.task: asyncio.Task | None = None
@@ -309,6 +312,9 @@ class _Invocation:
         #: The response of a tail call the supervisor already answered this
         #: invocation with (sandbox.tail_call): returned, it is not sent again.
         self.answered: workers.Response | None = None
+        #: Its CPU budget ran out while it shared the child (sandbox.cpu_budgets):
+        #: its failure is sent; nothing more is said of how it ended.
+        self.cpu_exceeded = False
 
 
 _EVENT_READ, _EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -341,6 +347,10 @@ class ChildLoop(asyncio.SelectorEventLoop):
     ~70 pages into every child (selectors' and socket's Python code).
     The zygote never runs this loop.
     """
+
+    #: The runtime's CPU budgets (sandbox.cpu_budgets): while they are
+    #: metering, each callback runs through them.
+    cpu_budgets: CpuBudgets | None = None
 
     def kernel_fds(self) -> set[int]:
         return {self._selector.fileno(), self._ssock.fileno(), self._csock.fileno()}
@@ -417,6 +427,7 @@ class ChildLoop(asyncio.SelectorEventLoop):
         # an invocation's frame makes its task's first step ready, and that
         # step the channel's flush, and asyncio's turn polled the epoll
         # instance again (a syscall with no timeout) before each of them.
+        budgets = self.cpu_budgets
         for _ in range(_PASSES):
             todo = len(ready)
             if not todo:
@@ -425,7 +436,10 @@ class ChildLoop(asyncio.SelectorEventLoop):
                 todo -= 1
                 handle = ready.popleft()
                 if not handle._cancelled:
-                    handle._run()
+                    if budgets is not None and budgets.metering:
+                        budgets.run(handle)
+                    else:
+                        handle._run()
                     if self._hopped and self._driver is not greenlet.getcurrent():
                         self._hand_back()
                         return
@@ -613,6 +627,10 @@ class Runtime:
         #: The WebSockets this child serves (sandbox.websockets).
         self.sockets = websockets.Sockets(self)
         self.invocations: dict[int, _Invocation] = {}
+        #: Each invocation's CPU budget while several share the child.
+        self.cpu_budgets = CpuBudgets(self._cpu_exceeded)
+        if isinstance(loop, ChildLoop):
+            loop.cpu_budgets = self.cpu_budgets
         #: Queue batches and cron runs waiting for their ``waitUntil`` work: its
         #: first error is the event's failure, reported once, as that (see _settled_call).
         self.settling: set[int] = set()
@@ -757,6 +775,7 @@ class Runtime:
     def _on_invoke(self, message: Invoke) -> None:
         state = _Invocation()
         self.invocations[message.id] = state
+        self.cpu_budgets.started(message.id, message.cpu_budget_ns)
         state.task = self.loop.create_task(self._serve(message, state))
 
     def _request_for(self, message: Invoke) -> workers.Request:
@@ -873,13 +892,17 @@ class Runtime:
                 await self._respond(inv, response, state)
         except _Handled:
             pass
+        except CpuLimitExceeded:
+            self._cpu_exceeded(inv)
         except asyncio.CancelledError:
-            if not state.responded:
+            if not state.responded and not state.cpu_exceeded:
                 self.send(InvokeFailed(inv, ExceptionInfo("Canceled", "the client went away")))
         except MemoryError:
             self._out_of_memory(inv)
         except BaseException as exc:  # noqa: BLE001 - tenant errors are reported, not fatal
-            if state.responded:
+            if state.cpu_exceeded:
+                pass
+            elif state.responded:
                 self.send(Report(inv, exception_info(exc)))
                 stream = self.outgoing.get(inv)
                 if stream is not None:
@@ -898,9 +921,28 @@ class Runtime:
             # does not send it in time).
             await asyncio.gather(*state.background, return_exceptions=True)
         self.invocations.pop(inv, None)
+        self.cpu_budgets.ended(inv)
         if self._log_budgets:
             self._end_logs(inv)
         self.send(InvokeDone(inv))
+
+    def _cpu_exceeded(self, inv: int) -> None:
+        """Invocation ``inv`` spent its CPU budget while sharing the child
+        (sandbox.cpu_budgets): it fails with ``exceededCpu``, as a kernel
+        kill would fail it, and its handler and ``waitUntil`` work stop;
+        the other invocations of the child go on."""
+        state = self.invocations.get(inv)
+        if state is None or state.cpu_exceeded:
+            return
+        state.cpu_exceeded = True
+        self.send(InvokeFailed(inv, ExceptionInfo("exceededCpu", CPU_MESSAGE)))
+        stream = self.outgoing.get(inv)
+        if stream is not None:
+            stream.fail(CPU_MESSAGE)
+        for task in (state.task, *state.background):
+            if task is not None and not task.done():
+                task.cancel()
+                cancel_waits(task)
 
     async def _respond(self, inv: int, response: workers.Response, state: _Invocation) -> None:
         """Send the response; until its head is sent, a failure here is the
@@ -1142,7 +1184,9 @@ class Runtime:
 def prebuild() -> tuple[ChildLoop, Runtime]:
     """In the zygote, before it freezes: every child's loop and runtime (see ChildLoop)."""
     loop = ChildLoop()
-    return loop, Runtime(loop, sandboxed=True)
+    runtime = Runtime(loop, sandboxed=True)
+    runtime.cpu_budgets.install()  # a signal's disposition passes through the fork
+    return loop, runtime
 
 
 def prebuild_channel(sock: socket.socket, loop: ChildLoop, runtime: Runtime) -> Channel:
@@ -1188,6 +1232,7 @@ def main(sock: socket.socket, devnull: int, address_space: int, bpf: bytes,
     else:
         loop = ChildLoop()
         runtime = Runtime(loop, sandboxed=True, layer2=layer2)
+        runtime.cpu_budgets.install()
         asyncio.set_event_loop(loop)
     if channel is None:
         sock.setblocking(False)

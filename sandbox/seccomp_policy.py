@@ -94,7 +94,8 @@ REFUSED = (
     # Timers that deliver a signal (SIGALRM...) to the process, which serves
     # other invocations too: a timeout helper's alarm would interrupt them.
     # asyncio's timeouts are the way.
-    "alarm", "setitimer", "getitimer", "timer_create", "timer_settime", "timer_gettime",
+    # (setitimer too, but for ITIMER_PROF: see ITIMER_PROF below.)
+    "alarm", "getitimer", "timer_create", "timer_settime", "timer_gettime",
     "timer_getoverrun", "timer_delete",
     # Advisory locks on files shared with other tenants (the standard
     # library, the package store) would be a channel between them.
@@ -168,6 +169,13 @@ CLOCK_CALLS = ("clock_gettime", "clock_getres", "clock_nanosleep")
 #: covert channel between them. EPERM without the flag.
 FUTEX_PRIVATE_FLAG = 128
 
+#: ``setitimer``'s which: the profiling timer (the process's CPU time) that
+#: stops one invocation at its CPU budget while others share the child
+#: (sandbox.cpu_budgets). The runtime's alone; a tenant that sets it moves
+#: CPU between its own invocations only (the kernel keeps their sum).
+#: ITIMER_REAL and ITIMER_VIRTUAL stay refused (REFUSED's reason).
+ITIMER_PROF = 2
+
 #: openat flags that could write: O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND, __O_TMPFILE.
 WRITE_FLAGS = (0o1, 0o2, 0o100, 0o1000, 0o2000, 0o20000000)
 
@@ -227,6 +235,8 @@ def compile_policy() -> bytes:
     # with a new value or on another process fail with EPERM. A tenant's
     # resource.setrlimit() then raises ValueError("not allowed to raise
     # maximum limit"), which is CPython's wording for EPERM.
+    policy.add_rule(seccomp.ALLOW, "setitimer", seccomp.Arg(0, seccomp.EQ, ITIMER_PROF))
+    policy.add_rule(seccomp.ERRNO(errno.EPERM), "setitimer", seccomp.Arg(0, seccomp.NE, ITIMER_PROF))
     policy.add_rule(seccomp.ALLOW, "prlimit64", seccomp.Arg(0, seccomp.EQ, 0),
                     seccomp.Arg(2, seccomp.EQ, 0))
     policy.add_rule(seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(0, seccomp.NE, 0))

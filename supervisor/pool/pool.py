@@ -53,7 +53,7 @@ from supervisor.config import ServeConfig
 from supervisor.core_keeper import CoreKeeper, all_cores
 from supervisor.lifecycle import ChildState, KillReason, Outcome
 from supervisor.limits.budget_watch import BudgetWatch
-from supervisor.limits.cpu_account import IDLE_GUARD_AFTER_S, CpuAccount
+from supervisor.limits.cpu_account import IDLE_GUARD_AFTER_S, PRECISE_BELOW_NS, CpuAccount
 from supervisor.limits.cpu_meter import CpuMeter, MeterFactory
 from supervisor.limits.memory import Enforcer
 from supervisor.limits.memory import choose as choose_memory_enforcement
@@ -1106,7 +1106,9 @@ class Pool:
         child.limit_memory(limits.memory_mb)
         sent = child.send_body(body, inv.id)
         child.cpu_start(inv)
-        child.send(Invoke(inv.id, method, url, headers, sent, params=params, event=event))
+        budget = inv.cpu_budget_ns if inv.cpu_budget_ns < PRECISE_BELOW_NS else 0
+        child.send(Invoke(inv.id, method, url, headers, sent, params=params, event=event,
+                          cpu_budget_ns=budget))
         return inv
 
     def snapshot(self) -> dict[str, Any]:
