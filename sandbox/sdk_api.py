@@ -56,22 +56,21 @@ def import_from_javascript(module_name: str) -> Any:
 
 @contextlib.contextmanager
 def patch_env(values: Any = None, **kwargs: Any) -> Iterator[None]:
-    """Temporarily add or replace bindings on ``env`` (tests and tools use it)."""
+    """Add or replace bindings of the importable ``env`` (``from workers
+    import env``) for the code in this block and the tasks it starts, as
+    the SDK's does (workerd keeps the patch in the caller's async context).
+    It once changed the one env of the child: every request in flight saw
+    another's patch, through its own ``self.env`` too, which it never
+    touches."""
     workers = _workers()
     runtime = workers._runtime
     if runtime is None or runtime.env is None:
         raise RuntimeError("patch_env() needs a loaded worker")
     changes = {**(dict(values) if values else {}), **kwargs}
-    saved = {name: runtime.env.__dict__.get(name, _MISSING) for name in changes}
-    runtime.env.__dict__.update(changes)
+    token = workers.env_patch.set({**(workers.env_patch.get() or {}), **changes})
     try:
         yield
     finally:
-        for name, old in saved.items():
-            if old is _MISSING:
-                runtime.env.__dict__.pop(name, None)
-            else:
-                runtime.env.__dict__[name] = old
+        workers.env_patch.reset(token)
 
 
-_MISSING = object()

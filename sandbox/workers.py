@@ -1084,10 +1084,20 @@ class WorkflowEntrypoint(DurableObject):
     """Placeholder so that imports of the SDK's other entry points succeed."""
 
 
+#: What ``patch_env`` put over the bindings, in this async context only
+#: (sandbox.sdk_api.patch_env): None when nothing is patched.
+env_patch: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "corral_env_patch", default=None)
+
+
 class _EnvProxy:
-    """``from workers import env``: the bindings, usable outside a handler."""
+    """``from workers import env``: the bindings, usable outside a handler,
+    with what ``patch_env`` put over them in the current async context."""
 
     def __getattr__(self, name: str) -> Any:
+        patch = env_patch.get()
+        if patch is not None and name in patch:
+            return patch[name]
         if _runtime is None or _runtime.env is None:
             raise AttributeError(name)
         return getattr(_runtime.env, name)

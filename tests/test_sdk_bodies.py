@@ -349,3 +349,43 @@ def test_a_url_search_params_body_is_a_form(corral, upstream) -> None:
     form = "application/x-www-form-urlencoded;charset=UTF-8"
     assert r.json() == {"request": [form, "a=1&b=2+3"], "js": [form, "a=1&b=2+3"],
                         "fetched": [form, "a=1&b=2+3"]}, r.text
+
+
+PATCH_ENV = '''
+import asyncio
+import workers
+from workers import Response, WorkerEntrypoint, patch_env
+
+inside = asyncio.Event()
+done = asyncio.Event()
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/patcher"):
+            with patch_env(GREETING="patched"):
+                seen = [workers.env.GREETING, self.env.GREETING]
+                inside.set()
+                await done.wait()
+            return Response.json(seen + [workers.env.GREETING])
+        await inside.wait()
+        seen = [workers.env.GREETING, self.env.GREETING]
+        done.set()
+        return Response.json(seen)
+'''
+
+
+def test_patch_env_is_the_patching_requests_own(corral) -> None:
+    """The SDK's patch_env patches the importable env in the caller's async
+    context (workerd's PythonPatchedEnv); it changed the child's one env, so
+    a request in flight beside it saw the patch, through self.env too."""
+    import threading
+
+    deploy(corral, "patcher", PATCH_ENV, bindings=[{"type": "plain_text", "name": "GREETING", "text": "hi"}])
+    got: dict = {}
+    thread = threading.Thread(target=lambda: got.setdefault(
+        "patcher", corral.request("/patcher", host="patcher.localhost")))
+    thread.start()
+    other = corral.request("/other", host="patcher.localhost")
+    thread.join(timeout=30)
+    assert got["patcher"].json() == ["patched", "hi", "hi"], got["patcher"].text
+    assert other.json() == ["hi", "hi"], other.text
