@@ -331,10 +331,9 @@ class FormData(MutableMapping):
         return isinstance(name, str) and self.has(name)
 
     def __getitem__(self, name: str) -> Any:
-        value = self.get(name)
-        if value is None and not self.has(name):
-            raise KeyError(name)
-        return value
+        """The first value, or None for a name not there: the SDK's is
+        JavaScript's ``get()``, whose null is None (not a KeyError)."""
+        return self.get(name)
 
     def __setitem__(self, name: str, value: Any) -> None:
         if isinstance(value, list):  # the SDK's check: append() adds a second value
@@ -342,9 +341,7 @@ class FormData(MutableMapping):
         self.set(name, value)
 
     def __delitem__(self, name: str) -> None:
-        if not self.has(name):
-            raise KeyError(name)
-        self.delete(name)
+        self.delete(name)  # JavaScript's delete(): a name not there is no error, as in the SDK
 
     def __iter__(self) -> Iterator[str]:
         return self.keys()

@@ -64,6 +64,9 @@ class Default(WorkerEntrypoint):
         }
         del form["a"]
         looked["form"]["after_del"] = list(form)
+        # The SDK's form[name] is JavaScript's get(): None for a missing name,
+        # and del of a missing name is delete(), no error.
+        looked["form"]["missing"] = [form["missing"], attempt(lambda: form.__delitem__("missing"))]
 
         positional = Response.json({"k": 1}, 201, "Made", {"x-a": "b"})
         old_order = Response.json({"k": 1}, 202, {"x-a": "c"})
@@ -105,7 +108,7 @@ def test_bodies_formdata_and_responses_as_the_sdk_has_them(corral):
     assert out["made_text"] == "hello", out
     assert out["form"] == {"mapping": True, "names": ["a", "a", "c"], "popped": "3", "first_a": "1",
                            "all_a": ["1", "2"], "c": "4", "list_value": "TypeError",
-                           "after_del": ["c"]}, out
+                           "after_del": ["c"], "missing": [None, None]}, out
     assert out["json"] == [201, "Made", "b", 202, "c", {"k": 1}], out
     assert out["wrapped"] == [201, "Made", "ValueError"], out
     assert out["tee"] == ["ab", "ab"], out
