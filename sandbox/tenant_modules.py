@@ -15,6 +15,7 @@ import sys
 import types
 
 from . import (
+    durable_objects,
     http_shims,
     js_shim,
     pyodide_shim,
@@ -34,19 +35,33 @@ class NonRetryableError(Exception):
     that a module defining a workflow imports (and its other handlers run)."""
 
 
+#: The JavaScript types a Response takes as its body as the SDK names them
+#: (``workers.utils.RESPONSE_ACCEPTED_TYPES``): its BufferSource views and the
+#: other BodyInit types.
+RESPONSE_ACCEPTED_TYPES = frozenset({
+    "Blob", "ArrayBuffer", "TypedArray", "DataView", "Uint8Array", "Uint8ClampedArray", "Int8Array",
+    "Uint16Array", "Int16Array", "Uint32Array", "Int32Array", "Float16Array", "Float32Array",
+    "Float64Array", "BigInt64Array", "BigUint64Array", "FormData", "ReadableStream", "URLSearchParams",
+    "Response"})
+
 #: The SDK's submodules (``from workers.workflows import NonRetryableError``,
 #: ``from workers.types import FetchKwargs``, ...) and the names each holds.
 SUBMODULES = {
     "workflows": {"NonRetryableError": NonRetryableError},
-    "types": ("Context", "FetchKwargs", "RequestInitCfProperties"),
-    "utils": ("import_from_javascript", "patch_env"),
+    "types": ("Context", "FetchKwargs", "RequestInitCfProperties", "Headers", "Body", "JSBody"),
+    "utils": {"import_from_javascript": workers.import_from_javascript, "patch_env": workers.patch_env,
+              "RESPONSE_ACCEPTED_TYPES": RESPONSE_ACCEPTED_TYPES},
     "blob": ("Blob", "File", "BlobEnding", "BlobValue"),
     "formdata": ("FormData", "FormDataValue"),
     "request": ("Request",),
     "response": ("Response", "FetchResponse"),
     "fetch": ("fetch",),
-    "entrypoints": ("WorkerEntrypoint", "DurableObject", "WorkflowEntrypoint"),
-    "rpc": ("python_from_rpc", "python_to_rpc"),
+    "entrypoints": {"WorkerEntrypoint": workers.WorkerEntrypoint, "DurableObject": workers.DurableObject,
+                    "WorkflowEntrypoint": workers.WorkflowEntrypoint, "handler": workers.handler,
+                    # ctx.abort()'s exception, and the class of a Durable Object's ctx
+                    "DurableObjectAbort": durable_objects.DurableObjectAborted,
+                    "DurableObjectContext": durable_objects.DurableObjectState},
+    "rpc": ("python_from_rpc", "python_to_rpc", "JsDict"),
 }
 
 

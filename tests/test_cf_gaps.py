@@ -508,7 +508,10 @@ from workers import Response, WorkerEntrypoint, WorkflowEntrypoint
 from workers.blob import Blob
 from workers.entrypoints import WorkerEntrypoint as Entrypoint
 from workers.fetch import fetch
-from workers.types import FetchKwargs
+from workers.types import Body, FetchKwargs, Headers, JSBody
+from workers.entrypoints import DurableObjectAbort, DurableObjectContext, handler
+from workers.rpc import JsDict
+from workers.utils import RESPONSE_ACCEPTED_TYPES
 from workers.workflows import NonRetryableError
 
 
@@ -521,18 +524,23 @@ class Default(WorkerEntrypoint):
     async def fetch(self, request):
         return Response.json({"same": Entrypoint is WorkerEntrypoint, "fetch": fetch.__name__,
                               "blob": Blob(["ab"]).size, "kwargs": FetchKwargs.__name__,
-                              "error": issubclass(NonRetryableError, Exception)})
+                              "error": issubclass(NonRetryableError, Exception),
+                              "abort": issubclass(DurableObjectAbort, BaseException),
+                              "accepted": "URLSearchParams" in RESPONSE_ACCEPTED_TYPES,
+                              "named": all((Body, Headers, JSBody, DurableObjectContext, handler, JsDict))})
 '''
 
 
 def test_the_sdks_submodules_import(corral):
     """``from workers.workflows import NonRetryableError`` and the SDK's other
-    submodules (``types``, ``blob``, ``fetch``, ``entrypoints``, ...) import."""
+    submodules (``types``, ``blob``, ``fetch``, ``entrypoints``, ...) import,
+    with every name each defines (``workers.types.Headers``, ``Body`` and
+    ``JSBody``, ``workers.entrypoints.handler`` were missing)."""
     deploy(corral, "submodules", SDK_SUBMODULES)
     resp = corral.request("/", host="submodules.localhost")
     assert resp.status == 200, (resp, corral.log())
     assert resp.json() == {"same": True, "fetch": "fetch", "blob": 2, "kwargs": "FetchKwargs",
-                           "error": True}
+                           "error": True, "abort": True, "accepted": True, "named": True}
 
 
 VERSIONED = '''
