@@ -757,12 +757,16 @@ class Request(_Body):
 def _redirect_location(url: str) -> str:
     """``url`` as JavaScript's ``Response.redirect`` writes it: parsed and
     serialized (``https://example.com`` becomes ``https://example.com/``, the
-    host in lower case). A relative URL, which that would refuse, is kept as
-    it is, since a browser resolves it against the request's."""
+    host in lower case). A URL that does not parse on its own (a relative
+    one: ``/login``) is workerd's TypeError, "Unable to parse URL" (it was
+    kept as written here, and code that worked failed on Cloudflare)."""
     from .js_url import URL
 
     parsed = URL.parse(url)
-    return url if parsed is None else parsed.href
+    if parsed is None:
+        raise TypeError(f"Unable to parse URL: {url}")
+    return parsed.href
+
 
 class Response(_Body):
     """An HTTP response; ``body`` may be str, bytes or an async iterator.

@@ -98,6 +98,13 @@ async def chunks():
     for part in (b"alpha-", b"beta-", b"gamma"):
         yield part
 
+def refused(fn):
+    try:
+        fn()
+    except Exception as exc:
+        return type(exc).__name__ + ": " + str(exc)
+    return "accepted"
+
 class Chunks:
     def __init__(self):
         self.parts = [b"one-", b"two"]
@@ -145,6 +152,8 @@ class Default(WorkerEntrypoint):
                 "text": await Response("t").text(), "bytes": (await raw.bytes()).decode(),
                 "redirect": [Response.redirect("https://e.x/").status,
                              Response.redirect("https://e.x/").headers.get("location")],
+                # workerd's Response.redirect parses the URL on its own: a relative one is a TypeError.
+                "relative": refused(lambda: Response.redirect("/login")),
             })
         return Response("unknown", status=400)
 '''
@@ -301,7 +310,8 @@ def test_response_json_and_redirect(responses):
 def test_a_response_made_in_the_handler_can_be_read_back(responses):
     seen = responses("inspect").json()
     assert seen == {"status": 203, "header": "yes", "ctype": "application/json", "json": {"k": 1},
-                    "text": "t", "bytes": "raw", "redirect": [302, "https://e.x/"]}, seen
+                    "text": "t", "bytes": "raw", "redirect": [302, "https://e.x/"],
+                    "relative": "TypeError: Unable to parse URL: /login"}, seen
 
 
 # -- §3: fetch ------------------------------------------------------------------------
