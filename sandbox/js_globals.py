@@ -42,55 +42,64 @@ class JsDate(datetime.datetime):
     local getters are the UTC ones, as on Cloudflare."""
 
     @classmethod
-    def from_ms(cls, ms: float) -> JsDate:
+    def from_ms(cls, ms: float, naive: bool = False) -> JsDate:
+        """The Date of ``ms`` since the epoch. ``naive``: with no tzinfo, as
+        the SDK hands a binding's Date to Python (``python_from_rpc``:
+        ``datetime.fromtimestamp``, in a runtime whose zone is UTC), so that
+        it subtracts from ``datetime.now()``."""
         if not math.isfinite(ms) or abs(ms) > 8.64e15:
             raise JsException("RangeError", "Invalid time value")
-        return cls.fromtimestamp(ms / 1000.0, _UTC)
+        moment = cls.fromtimestamp(ms / 1000.0, _UTC)
+        return moment.replace(tzinfo=None) if naive else moment
+
+    def _utc(self) -> datetime.datetime:
+        """This moment in UTC (a naive one is UTC's wall clock)."""
+        return self.replace(tzinfo=_UTC) if self.tzinfo is None else self.astimezone(_UTC)
 
     def getTime(self) -> int:  # noqa: N802 - JavaScript's names
-        return round(self.timestamp() * 1000)
+        return round(self._utc().timestamp() * 1000)
 
     valueOf = getTime
 
     def toISOString(self) -> str:  # noqa: N802
-        utc = self.astimezone(_UTC)
+        utc = self._utc()
         return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
     toJSON = toISOString
 
     def toUTCString(self) -> str:  # noqa: N802
-        return email.utils.format_datetime(self.astimezone(_UTC), usegmt=True)
+        return email.utils.format_datetime(self._utc(), usegmt=True)
 
     toGMTString = toUTCString
 
     def toString(self) -> str:  # noqa: N802
-        utc = self.astimezone(_UTC)
+        utc = self._utc()
         return (f"{_DAYS[utc.weekday()]} {_MONTHS[utc.month - 1]} {utc.day:02d} {utc.year} "
                 f"{utc:%H:%M:%S} GMT+0000 (Coordinated Universal Time)")
 
     def getUTCFullYear(self) -> int:  # noqa: N802
-        return self.astimezone(_UTC).year
+        return self._utc().year
 
     def getUTCMonth(self) -> int:  # noqa: N802 - zero-based, as in JavaScript
-        return self.astimezone(_UTC).month - 1
+        return self._utc().month - 1
 
     def getUTCDate(self) -> int:  # noqa: N802
-        return self.astimezone(_UTC).day
+        return self._utc().day
 
     def getUTCDay(self) -> int:  # noqa: N802 - Sunday is 0
-        return (self.astimezone(_UTC).weekday() + 1) % 7
+        return (self._utc().weekday() + 1) % 7
 
     def getUTCHours(self) -> int:  # noqa: N802
-        return self.astimezone(_UTC).hour
+        return self._utc().hour
 
     def getUTCMinutes(self) -> int:  # noqa: N802
-        return self.astimezone(_UTC).minute
+        return self._utc().minute
 
     def getUTCSeconds(self) -> int:  # noqa: N802
-        return self.astimezone(_UTC).second
+        return self._utc().second
 
     def getUTCMilliseconds(self) -> int:  # noqa: N802
-        return self.astimezone(_UTC).microsecond // 1000
+        return self._utc().microsecond // 1000
 
     getFullYear, getMonth, getDate, getDay = getUTCFullYear, getUTCMonth, getUTCDate, getUTCDay
     getHours, getMinutes, getSeconds = getUTCHours, getUTCMinutes, getUTCSeconds

@@ -31,7 +31,10 @@ class Message:
     def __init__(self, batch: MessageBatch, raw: Any) -> None:
         self._batch = batch
         self.id = raw.id
-        self.timestamp = datetime.datetime.fromtimestamp(raw.timestamp / 1000, datetime.UTC)
+        # Naive, as the SDK hands a Date to Python (python_from_rpc's
+        # datetime.fromtimestamp, in a runtime whose zone is UTC): it
+        # subtracts from datetime.now() (an aware one raised TypeError).
+        self.timestamp = datetime.datetime.fromtimestamp(raw.timestamp / 1000, datetime.UTC).replace(tzinfo=None)
         self.attempts = raw.attempts
         self.body = decode_body(raw.body, raw.content_type)
 

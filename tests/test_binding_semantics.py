@@ -238,7 +238,7 @@ import datetime
 import email.utils
 from workers import Headers
 obj = await env.B.put("cond/date", "v")
-second = obj.uploaded.replace(microsecond=0)
+second = obj.uploaded.replace(microsecond=0, tzinfo=datetime.UTC)  # naive, as the SDK's
 last_modified = email.utils.format_datetime(second, usegmt=True)
 earlier = email.utils.format_datetime(second - datetime.timedelta(seconds=1), usegmt=True)
 same = await env.B.get("cond/date", onlyIf=Headers({"if-modified-since": last_modified}))
@@ -248,6 +248,18 @@ return [hasattr(same, "text"), hasattr(before, "text"), hasattr(unmodified, "tex
     # Modified since its own Last-Modified: no (no body). Since a second
     # earlier: yes. Unmodified since (uploaded before) its own second: no.
     assert got == [False, True, False]
+
+
+def test_r2_uploaded_is_a_naive_utc_datetime_as_the_sdk_converts_a_date(server) -> None:
+    # The SDK's binding wrapper turns a Date into datetime.fromtimestamp(...)
+    # (naive, the runtime's zone being UTC): it subtracts from datetime.now().
+    got = ok(server, "r2", """
+import datetime
+obj = await env.B.put("dated", "v")
+age = (datetime.datetime.now() - obj.uploaded).total_seconds()
+return [obj.uploaded.tzinfo is None, 0 <= age < 600, abs(obj.uploaded.getTime() / 1000 - datetime.datetime.now(
+    datetime.UTC).timestamp()) < 600]""")
+    assert got == [True, True, True], got
 
 
 def test_r2_conditionals_follow_rfc_7232s_precedence(server) -> None:

@@ -41,6 +41,7 @@ class Thing(DurableObject):
 '''
 
 CONSUMER = r'''
+import datetime
 import json
 from workers import Response, WorkerEntrypoint
 
@@ -59,6 +60,8 @@ class Default(WorkerEntrypoint):
         for m in batch.messages:
             seen = {"queue": batch.queue, "body": m.body, "attempts": m.attempts,
                     "id": type(m.id).__name__, "timestamp": type(m.timestamp).__name__,
+                    # naive, as the SDK's Date: it subtracts from datetime.now()
+                    "age_ok": 0 <= (datetime.datetime.now() - m.timestamp).total_seconds() < 600,
                     "refused": refused}
             await env.SEEN.put(f"{m.body}:{m.attempts}", json.dumps(seen))
             if m.attempts == 1:
@@ -326,6 +329,6 @@ return [await env.Q.send("one", contentType="text"),
     for key in want:
         record = seen[key]
         assert record["queue"] == "semantics-jobs"
-        assert (record["id"], record["timestamp"]) == ("str", "datetime")
+        assert (record["id"], record["timestamp"], record["age_ok"]) == ("str", "datetime", True), record
         assert record["attempts"] == int(key.rsplit(":", 1)[1])
         assert "delaySeconds" in record["refused"]

@@ -265,7 +265,7 @@ class R2Object(_Fields):
         self.httpEtag: str = raw["httpEtag"]  # noqa: N815
         # A JavaScript Date on Cloudflare (``.getTime()``, ``.toISOString()``),
         # and a UTC datetime for Python code.
-        self.uploaded = JsDate.from_ms(raw["uploaded"])
+        self.uploaded = JsDate.from_ms(raw["uploaded"], naive=True)  # as the SDK converts a Date
         # A listed object has the metadata its list's ``include`` asked for;
         # the rest is undefined (None), as with workerd's R2 list.
         self.httpMetadata = wrap(raw.get("httpMetadata"))  # noqa: N815
