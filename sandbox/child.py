@@ -744,7 +744,8 @@ class Runtime:
                 raise loader.ScriptLoadError(
                     "the script has no fetch handler: define `class Default(WorkerEntrypoint)` "
                     "with `async def fetch(self, request)`, or `async def on_fetch(request, env)` "
-                    "(a tail worker: `async def tail(self, events)`)"
+                    "(a tail worker: `async def tail(self, events)`; a script others bind to: "
+                    "a named `WorkerEntrypoint` or `DurableObject` class)"
                 )
         except loader.ScriptLoadError as exc:
             cause = exc.__cause__ or exc

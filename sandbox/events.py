@@ -182,7 +182,17 @@ class Handlers:
                 self.entry = entry  # RPC methods only: a service called as env.SVC.method()
 
     def __bool__(self) -> bool:
-        return bool(self.kinds) or self.entry is not None
+        """Whether the module serves anything: handlers, a Default class, or
+        a named entrypoint or Durable Object class another script binds to
+        (Cloudflare deploys entrypoint-only Workers)."""
+        return bool(self.kinds) or self.entry is not None or self._has_bindable_class()
+
+    def _has_bindable_class(self) -> bool:
+        from .workers import DurableObject, WorkerEntrypoint
+
+        return any(isinstance(value, type) and issubclass(value, (WorkerEntrypoint, DurableObject))
+                   and value not in (WorkerEntrypoint, DurableObject) and not name.startswith("_")
+                   for name, value in vars(self.module).items())
 
     def entrypoint(self, name: str) -> type | None:
         """The entrypoint class ``name`` ("" or "Default": the default one):

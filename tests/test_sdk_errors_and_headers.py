@@ -403,6 +403,34 @@ def test_workers_rpc_over_a_service_binding(corral):
                            body, ctype)
     assert refused.status == 400 and "is not a class name" in refused.text, refused
 
+ONLY_NAMED = """
+from workers import Response, WorkerEntrypoint
+
+
+class Admin(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("admin fetch")
+
+    async def whoami(self):
+        return "Admin"
+
+    async def add(self, a, b):
+        return a + b
+"""
+
+
+def test_a_script_with_only_a_named_entrypoint_deploys_and_is_called(corral):
+    """Cloudflare deploys entrypoint-only Workers (workers-sdk #15309: "entrypoint-only
+    workers can be deployed"); the upload was refused, "no fetch handler"."""
+    corral.deploy("onlynamed", ONLY_NAMED, namespace=None)
+    binding = {"type": "service", "name": "ADMIN", "service": "onlynamed", "entrypoint": "Admin"}
+    deploy(corral, "onlynamedcaller", ADMIN_CALLER, bindings=(binding,))
+    named = corral.request("/", host="onlynamedcaller.localhost")
+    assert named.status == 200, (named, corral.log())
+    # Admin has its own add here (there is no Default at all).
+    assert named.json() == {"fetch": "admin fetch", "whoami": "Admin", "default_only": "called"}, named.text
+
+
 def test_cron_times_are_whole_milliseconds():
     """JavaScript's number for them is whole, and so is what Python code gets."""
     from sandbox.events import ScheduledController
