@@ -167,8 +167,12 @@ def _value(value: str | bytes) -> str:
     return text
 
 
+def _name_of(pair: tuple[str, str]) -> str:
+    return pair[0]
+
+
 class Headers(http.client.HTTPMessage):
-    """Case-insensitive, ordered, multi-valued HTTP headers.
+    """Case-insensitive, multi-valued HTTP headers, iterated in the order of their names.
 
     Answers both the JS ``Headers`` API (``get``, ``set``, ``append``,
     ``has``, ``delete``) and ``http.client.HTTPMessage``, which is what
@@ -308,11 +312,13 @@ class Headers(http.client.HTTPMessage):
 
     def items(self) -> list[tuple[str, str]]:
         """One pair per name, its values joined as :meth:`get` joins them
-        (``Set-Cookie``'s one pair per value), as the SDK builds a request's
-        headers from JavaScript's Headers, which combine them."""
+        (``Set-Cookie``'s one pair per value), in the order of the names, as
+        the SDK builds a request's headers from JavaScript's Headers, which
+        the Fetch standard's "sort and combine" iterates (workerd sorts them
+        by name)."""
         names = self.keys()
         if len(names) == len(self._items):
-            return list(self._items)  # no name twice: nothing to join
+            return sorted(self._items, key=_name_of)  # no name twice: nothing to join
         pairs: list[tuple[str, str]] = []
         for name in names:
             if name == "set-cookie":
@@ -322,10 +328,8 @@ class Headers(http.client.HTTPMessage):
         return pairs
 
     def keys(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for n, _ in self._items:
-            seen.setdefault(n)
-        return list(seen)
+        """Each name once, sorted (the Fetch standard's iteration order)."""
+        return sorted({n for n, _ in self._items})
 
     def values(self) -> list[str]:
         return [self.get(n) for n in self.keys()]

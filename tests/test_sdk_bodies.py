@@ -392,3 +392,29 @@ def test_patch_env_is_the_patching_requests_own(corral) -> None:
     thread.join(timeout=30)
     assert got["patcher"].json() == ["patched", "hi", "hi"], got["patcher"].text
     assert other.json() == ["hi", "hi"], other.text
+
+
+HEADER_ORDER = '''
+import js
+from workers import Headers, Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        made = Headers([("zeta", "1"), ("Alpha", "2"), ("set-cookie", "a=1"), ("mid", "3"), ("set-cookie", "b=2")])
+        jsh = js.Headers.new({"b": "1", "a": "2"})
+        return Response.json({"request": [k for k, _ in request.headers.items() if k in ("x-a", "x-b", "x-c")],
+                              "keys": list(made.keys()), "items": made.items(),
+                              "js": [list(e) for e in jsh.entries()]})
+'''
+
+
+def test_headers_iterate_in_the_order_of_their_names(corral) -> None:
+    """The Fetch standard's "sort and combine" (workerd sorts by name), which
+    the SDK's request.headers is built from: they came in arrival order."""
+    deploy(corral, "headerorder", HEADER_ORDER)
+    r = corral.request("/", host="headerorder.localhost", headers={"x-b": "1", "x-a": "2", "x-c": "3"})
+    assert r.status == 200, r.text
+    assert r.json() == {"request": ["x-a", "x-b", "x-c"], "keys": ["alpha", "mid", "set-cookie", "zeta"],
+                        "items": [["alpha", "2"], ["mid", "3"], ["set-cookie", "a=1"], ["set-cookie", "b=2"],
+                                  ["zeta", "1"]],
+                        "js": [["a", "2"], ["b", "1"]]}, r.text
