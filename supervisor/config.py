@@ -99,6 +99,10 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: ``fetch()`` calls from request to the end of the response body); more
     #: wait in line (Cloudflare: 6; see supervisor.limits.open_connections).
     open_connections: Positive = 6
+    #: Outbound connections all of one script's invocations may hold open
+    #: together; more wait. 0: a sixteenth of the supervisor's open-file
+    #: limit, at least 64 (one tenant cannot take every tenant's descriptors).
+    script_open_connections: Annotated[int, msgspec.Meta(ge=0)] = 0
     #: How long ``waitUntil`` work may run after the response (Cloudflare: 30 s).
     wait_until_ms: Duration = 30_000.0
     #: CPU a child may burn outside any invocation (tasks left running after

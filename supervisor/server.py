@@ -629,6 +629,7 @@ def run(config: ServeConfig, reread: Callable[[], ServeConfig] | None = None) ->
     ``reread``: the configuration file read again, for SIGHUP to check."""
     logmod.setup()
     _raise_fd_limit()
+    _check_fd_budget(config)
     lock = state_lock.hold(config.state_dir)
     try:
         try:
@@ -664,6 +665,19 @@ def _raise_fd_limit() -> None:
         warn("serve.fd_limit_kept", soft=soft, hard=hard, reason=str(exc))
         return
     log("serve.fd_limit_raised", soft=soft, to=target)
+
+
+def _check_fd_budget(config: ServeConfig) -> None:
+    """Say so when the client connections allowed could take most of the
+    open-file limit on their own: each also holds its invocation's upstream
+    connections, and a full table stops every tenant's accepts and cold
+    starts (``ingress.accept_failed``)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    allowed = config.http_limits.max_connections
+    if soft != resource.RLIM_INFINITY and allowed > soft // 2:
+        warn("serve.fd_limit_low", open_files=soft, max_connections=allowed,
+             hint="raise the open-file limit (scripts/corral.service sets LimitNOFILE) or lower "
+                  "http_limits.max_connections to at most half of it")
 
 
 def _startup_error(group: BaseExceptionGroup) -> StartupError | None:

@@ -60,9 +60,10 @@ class Default(WorkerEntrypoint):
         target = q["target"]
         if q["do"] == "burst":
             # n fetches at once, each body read as it comes.
+            delay = q.get("delay", "0.3")
             async def one(i):
                 # Long enough for every fetch of the burst to have been started.
-                r = await fetch(f"{target}/slow?delay=0.3&n={i}")
+                r = await fetch(f"{target}/slow?delay={delay}&n={i}")
                 return await r.text()
             return Response.json(await asyncio.gather(*(outcome(lambda i=i: one(i))
                                                         for i in range(int(q["n"])))))
@@ -118,6 +119,31 @@ def test_a_burst_of_fetches_holds_six_connections_open_and_the_rest_wait_their_t
         f"/slow?delay=0.3&n={i}" for i in range(15))
     most = upstream.most_in_flight
     assert most == 6, f"the upstream held {most} of one invocation's requests at once"
+
+
+def test_a_scripts_invocations_together_hold_at_most_its_share(tmp_path, upstream):
+    """Six per invocation, and a script's invocations together at most
+    ``limits.script_open_connections``: one tenant's clients (each an
+    invocation holding six upstream sockets) filled the supervisor's open-file
+    table, and every tenant's accepts and cold starts failed (red team 5)."""
+    import threading
+
+    server = Corral(tmp_path / "state", config="[limits]\nscript_open_connections = 8\n").start()
+    try:
+        server.deploy_dispatcher(DISPATCHER)
+        server.deploy("opener", TENANT)
+        results: list = []
+        clients = [threading.Thread(target=lambda: results.append(
+            _run(server, upstream, "opener.localhost", do="burst", n=6, delay=1))) for _ in range(3)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(timeout=60)
+    finally:
+        server.stop()
+    assert [r.get("ok") for burst in results for r in burst] == ["slow done\n"] * 18, results
+    most = upstream.most_in_flight
+    assert most == 8, f"the upstream held {most} of one script's requests at once"
 
 
 def test_six_unread_responses_and_a_seventh_fetch_cancel_the_oldest(corral, upstream):

@@ -51,7 +51,7 @@ from supervisor.config import LimitsConfig
 from supervisor.edge.websockets import MAX_SERVER_SOCKETS, ServerSession, SocketSource
 from supervisor.lifecycle import OUTCOME_MESSAGE, PLATFORM_OUTCOMES, Outcome
 from supervisor.limits import loop_limit
-from supervisor.limits.open_connections import OpenConnections
+from supervisor.limits.open_connections import OpenConnections, script_share
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import error, warn
 from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service, WorkerLoader
@@ -170,6 +170,8 @@ class Calls:
         self.assets = assets
         self.scripts = scripts
         self.defaults = defaults
+        #: Outbound connections one script's invocations may hold together.
+        self.script_connections = script_share(defaults.script_open_connections)
         self.client = client
         self.limits = LimitPolicy(defaults)
 
@@ -589,7 +591,11 @@ class Calls:
         """The caller's connections open and in line, made at its first fetch."""
         line = parent.connections
         if line is None:
-            line = parent.connections = OpenConnections(self.defaults.open_connections)
+            child = parent.child
+            share = child.connection_share
+            if share is None:
+                share = child.connection_share = trio.CapacityLimiter(self.script_connections)
+            line = parent.connections = OpenConnections(self.defaults.open_connections, share)
         return line
 
 

@@ -19,6 +19,14 @@ for its response head, or whose body is being read from upstream, is in use.
 A body passed on by reference (returned as the worker's own response) stops
 counting: it belongs to the response now, not to the worker's fetches.
 
+Beside the invocation's six, a script's invocations together hold at most
+its *share* (``limits.script_open_connections``; by default a sixteenth of
+the supervisor's open-file limit, at least 64): a fetch past it waits for
+one of theirs to close. Without it, one tenant's clients (120 connections,
+each an invocation holding six upstream sockets that never answer) filled
+the supervisor's descriptor table, and every tenant's requests and cold
+starts failed to accept or open until they went away (red team 5).
+
 Why not a ``trio.Semaphore``: the line has to see its holders, to tell a
 deadlock from a slow upstream, and cancel one of them. The check is driven
 by events, not a timer per waiting fetch: only the first in line looks, and
@@ -28,6 +36,7 @@ behind six slow ones costs nothing while it waits).
 
 from __future__ import annotations
 
+import resource
 from typing import Protocol
 
 import trio
@@ -43,6 +52,21 @@ class BodySource(Protocol):
 
 #: Cloudflare's figure (Workers limits: "Simultaneous open connections").
 OPEN_CONNECTIONS = 6
+#: A script's share by default: this part of the open-file limit, and at least so many.
+SHARE_OF_FILES = 16
+MIN_SHARE = 64
+
+
+def script_share(configured: int) -> int:
+    """Outbound connections one script's invocations may hold together:
+    ``configured``, or (0) a sixteenth of this process's open-file limit as
+    it stands (read after ``serve`` raised it), at least :data:`MIN_SHARE`."""
+    if configured:
+        return configured
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(MIN_SHARE, soft // SHARE_OF_FILES)
 #: How long every open connection must have sat unread before a waiting
 #: fetch cancels one: the time a worker takes between receiving a response
 #: head and asking for its body is no deadlock.
@@ -57,7 +81,7 @@ CANCELLED = ("this response's connection was cancelled before its body was read 
 class Connection:
     """One open connection of an invocation, from its request to its body's end."""
 
-    __slots__ = ("_line", "idle_since", "closed", "_body")
+    __slots__ = ("_line", "idle_since", "closed", "_body", "_share")
 
     def __init__(self, line: OpenConnections) -> None:
         self._line = line
@@ -65,6 +89,8 @@ class Connection:
         self.idle_since: float | None = None
         self.closed = False
         self._body: ConnectionBody | None = None
+        #: The script's share it holds a place of, once it has one.
+        self._share: trio.CapacityLimiter | None = None
 
     def carry(self, body: BodySource) -> ConnectionBody:
         """The response head is in: the connection lives on in ``body``, a
@@ -87,7 +113,19 @@ class Connection:
         if not self.closed:
             self.closed = True
             self.idle_since = None
+            if self._share is not None:
+                self._share.release_on_behalf_of(self)
+                self._share = None
             self._line.closed(self)
+
+    async def take_share(self, share: trio.CapacityLimiter) -> None:
+        """A place in the script's share, waiting for one; closed if cancelled."""
+        try:
+            await share.acquire_on_behalf_of(self)
+        except BaseException:
+            self.close()
+            raise
+        self._share = share
 
     def cancel(self, reason: str) -> None:
         """The deadlock breaker's: end it now; a later read of its body fails."""
@@ -159,21 +197,31 @@ class _Turn:
 
 
 class OpenConnections:
-    """An invocation's open connections: at most ``limit``, the rest in line, first come first served."""
+    """An invocation's open connections: at most ``limit``, the rest in line,
+    first come first served; each also holds a place of its script's
+    ``share`` (if any) while open."""
 
-    __slots__ = ("limit", "_open", "_line")
+    __slots__ = ("limit", "_open", "_line", "_share")
 
-    def __init__(self, limit: int = OPEN_CONNECTIONS) -> None:
+    def __init__(self, limit: int = OPEN_CONNECTIONS, share: trio.CapacityLimiter | None = None) -> None:
         self.limit = limit
         self._open: list[Connection] = []  # oldest first
         self._line: list[_Turn] = []
+        self._share = share
 
     @property
     def waiting(self) -> bool:
         return bool(self._line)
 
     async def open(self) -> Connection:
-        """A connection slot, waiting in line for one when ``limit`` are open."""
+        """A connection slot, waiting in line for one when ``limit`` are
+        open, then for a place in the script's share when it is full."""
+        connection = await self._slot()
+        if self._share is not None:
+            await connection.take_share(self._share)
+        return connection
+
+    async def _slot(self) -> Connection:
         if len(self._open) < self.limit and not self._line:
             return self._take()
         turn = _Turn()
