@@ -105,6 +105,17 @@ INCOMING = object()
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
+def _absolute_url(url: str) -> str:
+    """A Request's URL, as JavaScript's constructor takes it: one that does
+    not parse on its own (``/path``, ``""``) is workerd's TypeError "Invalid
+    URL" (it was taken, and failed only at ``fetch()``, if at all)."""
+    from .js_url import URL
+
+    if URL.parse(url) is None:
+        raise TypeError(f"Invalid URL: {url}")
+    return _normalized_url(url)
+
+
 def _normalized_url(url: str) -> str:
     """As JavaScript's URL gives it back, which is what ``request.url`` is on
     Cloudflare: for http(s) and ws(s), the host in lower case, no default port
@@ -680,7 +691,7 @@ class Request(_Body):
             if body is None and base._body is not None:
                 base._body_used = True  # ownership moves to the copy
         else:
-            self.url = _normalized_url(str(input))
+            self.url = _absolute_url(str(input))
             self._method = "GET"
             self.headers = Headers()
             self._body = None

@@ -154,6 +154,8 @@ class Default(WorkerEntrypoint):
                              Response.redirect("https://e.x/").headers.get("location")],
                 # workerd's Response.redirect parses the URL on its own: a relative one is a TypeError.
                 "relative": refused(lambda: Response.redirect("/login")),
+                # and new Request(url) (fetch_standard_url): a relative URL is "Invalid URL".
+                "relative_request": refused(lambda: __import__("workers").Request("/path")),
             })
         return Response("unknown", status=400)
 '''
@@ -311,7 +313,8 @@ def test_a_response_made_in_the_handler_can_be_read_back(responses):
     seen = responses("inspect").json()
     assert seen == {"status": 203, "header": "yes", "ctype": "application/json", "json": {"k": 1},
                     "text": "t", "bytes": "raw", "redirect": [302, "https://e.x/"],
-                    "relative": "TypeError: Unable to parse URL: /login"}, seen
+                    "relative": "TypeError: Unable to parse URL: /login",
+                    "relative_request": "TypeError: Invalid URL: /path"}, seen
 
 
 # -- §3: fetch ------------------------------------------------------------------------
