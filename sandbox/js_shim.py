@@ -112,8 +112,9 @@ class _RequestClass:
     @staticmethod
     def new(url: Any, *args: Any, **kwargs: Any) -> workers.Request:
         init = _options(args, kwargs)
+        extra = {key: init[key] for key in ("cf", "cache") if init.get(key) is not None}
         return workers.Request(url, method=init.get("method"), headers=init.get("headers"),
-                               body=_js_body(init.get("body")), redirect=init.get("redirect"))
+                               body=_js_body(init.get("body")), redirect=init.get("redirect"), **extra)
 
 
 class _HeadersClass:
