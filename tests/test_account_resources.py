@@ -112,6 +112,17 @@ def test_a_query_of_a_database_no_endpoint_knows_is_not_found(server):
     assert server.admin("GET", "/accounts/local/d1/database/typo-id").status == 404
 
 
+def test_a_failed_query_answers_d1s_code_and_words(server):
+    """Cloudflare's API answers a failed D1 query with code 7500 and SQLite's
+    words alone; "D1_ERROR: " is what the binding's JavaScript puts before them."""
+    made = server.admin("POST", "/accounts/local/d1/database", b'{"name": "failing-db"}', "application/json")
+    db = made.json()["result"]["uuid"]
+    r = server.admin("POST", f"/accounts/local/d1/database/{db}/query", b'{"sql": "SELEC 1"}', "application/json")
+    error = r.json()["errors"][0]
+    assert (r.status, error["code"]) == (400, 7500), r.text
+    assert error["message"].startswith('near "SELEC": syntax error'), error
+
+
 @pytest.mark.parametrize("path, body, words", [
     ("/accounts/local/storage/kv/namespaces", {"title": ""}, "1 to 512 printable"),
     ("/accounts/local/storage/kv/namespaces", {"name": "x"}, "send {\"title\""),

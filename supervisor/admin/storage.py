@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from supervisor.bindings import Bindings
 
 
+#: The code of Cloudflare's API for a D1 query that failed (SQL, a constraint...).
+D1_QUERY_ERROR_CODE = 7500
+
+
 def _statements(body: Any) -> list[tuple[str, list[Any]]]:
     """The statements of a query call: ``{"sql", "params"}``, or ``{"batch":
     [{"sql", "params"}, ...]}`` (the SDK's batch), each checked as a binding
@@ -83,7 +87,9 @@ def register(router: Router, core: Handlers, bindings: Bindings) -> None:
         try:
             return await handler.run(Scope(namespace_in_query(request), request.params["id"]), statements, None)
         except BindingError as exc:
-            raise Invalid(exc.message) from None
+            # Cloudflare's API: code 7500, the error without the "D1_ERROR: "
+            # the binding's JavaScript puts before it (wrangler prints both).
+            raise Invalid(exc.message.removeprefix("D1_ERROR: "), code=D1_QUERY_ERROR_CODE) from None
 
     async def query(request: Request) -> Response:
         return envelope(200, [_result(r) for r in await run(request)])
