@@ -105,6 +105,20 @@ INCOMING = object()
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
+#: Redirect modes a Request takes: workerd's two, and the Fetch standard's
+#: "error" (which workerd refuses; here the redirect fails the fetch).
+REDIRECT_MODES = ("follow", "manual", "error")
+
+
+def _redirect_mode(value: Any) -> str:
+    """A Request's redirect mode, any case, checked where workerd checks it:
+    at the constructor (it failed at the supervisor, as the platform's error)."""
+    mode = str(value).lower()
+    if mode not in REDIRECT_MODES:
+        raise TypeError('Invalid redirect value, must be one of "follow", "manual" or "error"')
+    return mode
+
+
 def _absolute_url(url: str) -> str:
     """A Request's URL, as JavaScript's constructor takes it: one that does
     not parse on its own (``/path``, ``""``) is workerd's TypeError "Invalid
@@ -710,7 +724,7 @@ class Request(_Body):
         if body is not None:
             self._body = _encode_body(body, self.headers, "Request")
         if redirect is not None:
-            self.redirect = redirect
+            self.redirect = _redirect_mode(redirect)
         self._body_used = False
         if self._method in ("GET", "HEAD") and self._body not in (None, b""):
             raise TypeError(f"a {self._method} request cannot have a body")

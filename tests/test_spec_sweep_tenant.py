@@ -156,6 +156,7 @@ class Default(WorkerEntrypoint):
                 "relative": refused(lambda: Response.redirect("/login")),
                 # and new Request(url) (fetch_standard_url): a relative URL is "Invalid URL".
                 "relative_request": refused(lambda: __import__("workers").Request("/path")),
+                "bad_redirect": refused(lambda: __import__("workers").Request("https://x.example/", redirect="bogus")),
                 # js.Request's init keeps cf (workers-py's test_request_cf_property)
                 "js_request_cf": dict(__import__("js").Request.new(
                     "https://x.example/", __import__("pyodide.ffi").ffi.to_js({"cf": {"cacheTtl": 5}})).cf),
@@ -317,7 +318,9 @@ def test_a_response_made_in_the_handler_can_be_read_back(responses):
     assert seen == {"status": 203, "header": "yes", "ctype": "application/json", "json": {"k": 1},
                     "text": "t", "bytes": "raw", "redirect": [302, "https://e.x/"],
                     "relative": "TypeError: Unable to parse URL: /login",
-                    "relative_request": "TypeError: Invalid URL: /path", "js_request_cf": {"cacheTtl": 5}}, seen
+                    "relative_request": "TypeError: Invalid URL: /path", "js_request_cf": {"cacheTtl": 5},
+                    "bad_redirect": 'TypeError: Invalid redirect value, must be one of "follow", '
+                                    '"manual" or "error"'}, seen
 
 
 # -- §3: fetch ------------------------------------------------------------------------
