@@ -15,7 +15,7 @@ import traceback
 import types
 from typing import Any
 
-from . import js_globals, logs, web_crypto, websockets, workers
+from . import js_globals, js_streams, logs, web_crypto, websockets, workers
 from .html_rewriter import HTMLRewriter
 from .js_url import URL, URLSearchParams
 from .pyodide_shim import ArrayBuffer, JsException, Uint8Array, _unavailable, jsnull, to_py
@@ -336,6 +336,8 @@ def make_js() -> types.ModuleType:
     js.performance = _Performance()  # type: ignore[attr-defined]
     js.ArrayBuffer = ArrayBuffer  # type: ignore[attr-defined]
     js.crypto = web_crypto.Crypto()  # type: ignore[attr-defined]
+    for name, constructor in js_streams.JS_NAMES.items():  # ReadableStream, TransformStream...
+        setattr(js, name, constructor)
     for name in ("Error", "TypeError", "RangeError", "SyntaxError", "ReferenceError"):
         setattr(js, name, _ErrorClass(name))
     js.HTMLRewriter = HTMLRewriter  # type: ignore[attr-defined]

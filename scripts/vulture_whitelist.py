@@ -216,6 +216,12 @@ roundtrip
 destroy_proxies
 _.raise_for_status
 _.__version__
+# sandbox/js_streams.py (js.ReadableStream / TransformStream controllers and writers)
+_.enqueue
+_.desiredSize
+_.terminate
+_.get_writer
+strategies
 
 # -- Module-level __getattr__ hooks and attributes set on other modules ------------
 
