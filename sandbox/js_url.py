@@ -19,6 +19,7 @@ segments, ``\\`` as ``/``, the percent-encode sets, and
 
 from __future__ import annotations
 
+import ipaddress
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -60,9 +61,15 @@ def _invalid(url: str) -> TypeError:
 
 def _host(hostname: str, url: str) -> str:
     """A special URL's host as the standard serialises it: lower case, IDNA
-    for non-ASCII labels; refused when it holds a forbidden code point."""
+    for non-ASCII labels; an IPv6 address compressed (``[::1]``), and one
+    that ends in a number read as IPv4 in the standard's forms (``127.1``,
+    ``0x7f.1``, ``2130706433`` are ``127.0.0.1``); refused when it holds a
+    forbidden code point or is a malformed address."""
     if hostname.startswith("["):
-        return hostname.lower()
+        try:
+            return f"[{ipaddress.IPv6Address(hostname[1:-1]).compressed}]"
+        except ValueError:
+            raise _invalid(url) from None
     host = urllib.parse.unquote(hostname)
     if any(c in host for c in " #%/:<>?@[\\]^|") or any(c in _C0 for c in host):
         raise _invalid(url)
@@ -71,7 +78,60 @@ def _host(hostname: str, url: str) -> str:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
             raise _invalid(url) from None
-    return host.lower()
+    host = host.lower()
+    if _ends_in_a_number(host):
+        address = _ipv4(host)
+        if address is None:
+            raise _invalid(url)
+        return str(ipaddress.IPv4Address(address))
+    return host
+
+
+def _ipv4_number(part: str) -> int | None:
+    """One part of an IPv4 host (the URL standard's "IPv4 number parser"):
+    decimal, ``0x`` hex, or octal after a leading ``0``."""
+    if not part:
+        return None
+    radix = 10
+    if part[:2] in ("0x", "0X"):
+        part, radix = part[2:], 16
+    elif len(part) > 1 and part[0] == "0":
+        part, radix = part[1:], 8
+    if not part:
+        return 0
+    try:
+        return int(part, radix) if part.isalnum() and part.isascii() else None
+    except ValueError:
+        return None
+
+
+def _ends_in_a_number(host: str) -> bool:
+    parts = host.split(".")
+    if parts[-1] == "":
+        if len(parts) == 1:
+            return False
+        parts.pop()
+    last = parts[-1]
+    return (last != "" and last.isdigit() and last.isascii()) or _ipv4_number(last) is not None
+
+
+def _ipv4(host: str) -> int | None:
+    """The address of an IPv4 host in any of the standard's forms, or None."""
+    parts = host.split(".")
+    if parts[-1] == "" and len(parts) > 1:
+        parts.pop()
+    if len(parts) > 4:
+        return None
+    numbers = [_ipv4_number(p) for p in parts]
+    if any(n is None for n in numbers):
+        return None
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):  # type: ignore[operator]
+        return None
+    address = last
+    for i, n in enumerate(head):
+        address += n * 256 ** (3 - i)  # type: ignore[operator]
+    return address  # type: ignore[return-value]
 
 
 def _remove_dot_segments(path: str) -> str:
@@ -269,11 +329,15 @@ class URL:
             if urllib.parse.urlsplit(base_href).scheme in SPECIAL:
                 text = text.replace("\\", "/")
             text = urllib.parse.urljoin(base_href, text)
-        scheme = urllib.parse.urlsplit(text).scheme.lower()
-        special = scheme in SPECIAL
-        if special:
-            text = text.replace("\\", "/")
-        parts = urllib.parse.urlsplit(text)
+        try:
+            # urlsplit refuses a bracketed host that is no address (ValueError).
+            scheme = urllib.parse.urlsplit(text).scheme.lower()
+            special = scheme in SPECIAL
+            if special:
+                text = text.replace("\\", "/")
+            parts = urllib.parse.urlsplit(text)
+        except ValueError:
+            raise _invalid(url) from None
         if not scheme or not scheme[0].isalpha():
             raise _invalid(url)
         try:

@@ -195,3 +195,19 @@ def test_handlers_get_as_many_positional_arguments_as_they_declare():
     assert positional_arity(entry) == 2  # a callable object: inspect.signature
     assert positional_arity(keeps_signature(plain)) == 3  # seen through functools.wraps
     assert positional_arity(functools.partial(plain, 1)) == 2
+
+
+def test_url_hosts_serialize_as_the_url_standard_does():
+    """IPv4 in the standard's other forms is its dotted address, IPv6 is
+    compressed, and an address that does not parse is no URL (js.URL kept
+    them as written: the host a check saw was not the one connected to)."""
+    from sandbox.js_url import URL
+
+    cases = {"http://0x7f.1/": "http://127.0.0.1/", "http://127.1:8080/x": "http://127.0.0.1:8080/x",
+             "http://2130706433/": "http://127.0.0.1/", "http://0300.0250.1.1/": "http://192.168.1.1/",
+             "http://[0:0:0:0:0:0:0:1]:8080/": "http://[::1]:8080/", "http://Example.COM./": "http://example.com./"}
+    for given, href in cases.items():
+        assert URL.new(given).href == href, given
+    assert URL.new("http://a.b.0x1g/").host == "a.b.0x1g"  # not a number: a name
+    for bad in ("http://1.2.3.4.5/", "http://256.1.1.1/", "http://a.09/", "http://[::g]/"):
+        assert URL.parse(bad) is None, bad
