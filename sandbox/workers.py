@@ -253,7 +253,14 @@ class Headers(http.client.HTTPMessage):
         # An HTTPMessage (a urllib or http.client response's headers, say)
         # iterates over its names alone, as a Mapping does.
         pairs = init.items() if isinstance(init, (Mapping, email.message.Message)) else init
-        for name, value in pairs:
+        if isinstance(pairs, (str, bytes)) or not hasattr(pairs, "__iter__"):
+            # The SDK's words (a str is iterable, but of characters, not pairs).
+            raise TypeError("Received unexpected type for headers argument")
+        for pair in pairs:
+            if isinstance(pair, (str, bytes)) or len(pair) != 2:
+                raise TypeError("Received unexpected type for headers argument: each header is a "
+                                f"(name, value) pair, not {pair!r:.60}")
+            name, value = pair
             self._items.append((_name(name), _value(value)))
 
     @classmethod

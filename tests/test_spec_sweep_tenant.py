@@ -157,6 +157,8 @@ class Default(WorkerEntrypoint):
                 # and new Request(url) (fetch_standard_url): a relative URL is "Invalid URL".
                 "relative_request": refused(lambda: __import__("workers").Request("/path")),
                 "bad_redirect": refused(lambda: __import__("workers").Request("https://x.example/", redirect="bogus")),
+                "bad_headers": [refused(lambda: Response("x", headers=5)),
+                                refused(lambda: Response("x", headers="a: b"))],
                 # js.Request's init keeps cf (workers-py's test_request_cf_property)
                 "js_request_cf": dict(__import__("js").Request.new(
                     "https://x.example/", __import__("pyodide.ffi").ffi.to_js({"cf": {"cacheTtl": 5}})).cf),
@@ -320,7 +322,8 @@ def test_a_response_made_in_the_handler_can_be_read_back(responses):
                     "relative": "TypeError: Unable to parse URL: /login",
                     "relative_request": "TypeError: Invalid URL: /path", "js_request_cf": {"cacheTtl": 5},
                     "bad_redirect": 'TypeError: Invalid redirect value, must be one of "follow", '
-                                    '"manual" or "error"'}, seen
+                                    '"manual" or "error"',
+                    "bad_headers": ["TypeError: Received unexpected type for headers argument"] * 2}, seen
 
 
 # -- §3: fetch ------------------------------------------------------------------------
