@@ -206,6 +206,9 @@ class ScriptBundle(msgspec.Struct, array_like=True, omit_defaults=True, frozen=T
     #: Package-store directories the bundle uses, readable besides the bundle.
     package_dirs: list[str] = []
     main_code: MainCode | None = None
+    #: The script's compatibility flags (with its date, what the runtime's
+    #: defaults are: the queues' content type, say).
+    compatibility_flags: list[str] = []
 
 
 # --------------------------------------------------------------------------

@@ -783,4 +783,5 @@ def to_bundle(record: ScriptRecord, bundle_dir: str, package_dirs: list[str] | N
         compatibility_date=record.compatibility_date,
         package_dirs=list(package_dirs or []),
         main_code=main_code,
+        compatibility_flags=list(record.compatibility_flags),
     )

@@ -20,6 +20,7 @@ and queues add one module here whose class is decorated with :func:`kind`
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import math
 from collections.abc import Callable
@@ -211,6 +212,29 @@ def js_json(data: bytes | str) -> Any:
     :func:`js_double`); raises ValueError for text that is not JSON."""
     return wrap(json.loads(data, parse_float=lambda text: js_number(float(text)),
                            parse_int=lambda text: js_double(int(text)), parse_constant=_not_json))
+
+
+def js_stringify(value: Any) -> str:
+    """``JSON.stringify`` of a Python value as it crosses to JavaScript:
+    compact, UTF-8 (not ``\\u`` escapes), a NaN or an infinity ``null``, a
+    datetime its ISO string (``Date.prototype.toJSON``); an int past 2**53
+    is a BigInt, which JSON.stringify refuses (TypeError)."""
+    from ..web_crypto import js_date_json
+
+    def jsonable(item: Any) -> Any:
+        if isinstance(item, float):
+            return item if math.isfinite(item) else None
+        if type(item) is int and abs(item) > MAX_SAFE_INTEGER:
+            raise TypeError("Do not know how to serialize a BigInt")
+        if isinstance(item, dict):
+            return {str(k): jsonable(v) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [jsonable(v) for v in item]
+        if isinstance(item, datetime.datetime):
+            return js_date_json(item)
+        return item
+
+    return json.dumps(jsonable(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _not_json(name: str) -> Any:

@@ -1,8 +1,12 @@
 """``env.QUEUE``: a queue producer (``send``, ``sendBatch``), Cloudflare's shapes.
 
-Bodies are encoded here by ``contentType``: ``"v8"`` (the default: any plain
-data, as structured clone carries it), ``"json"``, ``"text"`` (a str) or
-``"bytes"``; the consumer's batch decodes them the same way.
+Bodies are encoded here by ``contentType`` (any case): ``"json"``
+(``JSON.stringify``'s text), ``"v8"`` (any plain data, as structured clone
+carries it), ``"text"`` (a str) or ``"bytes"``; the consumer's batch decodes
+them the same way. With none given, ``json`` for a script whose
+compatibility date is 2024-03-18 or later (workerd's ``queues_json_messages``,
+which an HTTP pull consumer can read), else ``v8``; the flags
+``queues_json_messages`` and ``no_queues_json_messages`` choose too.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import JsException, call, clone_encode, js_double, js_number, kind, options
+from .. import workers
+from . import JsException, call, clone_encode, js_double, js_number, js_stringify, kind, options
 
 CONTENT_TYPES = ("text", "bytes", "json", "v8")
 
@@ -29,6 +34,7 @@ def _typeof(value: Any) -> str:
 def encode_body(body: Any, content_type: Any) -> bytes:
     """``body`` in its ``contentType``, refused as workerd's queue.c++ refuses it
     (TypeError, its words)."""
+    content_type = content_type.lower() if isinstance(content_type, str) else content_type
     if content_type not in CONTENT_TYPES:
         raise JsException("TypeError", f"Unsupported queue message content type: {content_type}")
     if content_type == "text":
@@ -43,7 +49,7 @@ def encode_body(body: Any, content_type: Any) -> bytes:
         return bytes(body)
     if content_type == "json":
         try:
-            return json.dumps(body).encode()
+            return js_stringify(body).encode()
         except (TypeError, ValueError) as exc:  # JSON.stringify's TypeError, a JsException here
             raise JsException("TypeError", f"the message body is not JSON: {exc}") from None
     try:
@@ -69,8 +75,27 @@ def decode_body(data: bytes, content_type: str) -> Any:
     return wrap(CLONE_DECODER.decode(data))
 
 
+#: workerd's ``queues_json_messages``: its compatibility date.
+JSON_BY_DEFAULT_FROM = "2024-03-18"
+
+
+def default_content_type() -> str:
+    """``json`` or ``v8``, by the running script's compatibility date and flags."""
+    runtime = workers._runtime
+    script = None if runtime is None else runtime.script
+    if script is None:
+        return "json"
+    flags = script.compatibility_flags
+    if "no_queues_json_messages" in flags:
+        return "v8"
+    if "queues_json_messages" in flags or script.compatibility_date >= JSON_BY_DEFAULT_FROM:
+        return "json"
+    return "v8"
+
+
 def _one(body: Any, opts: dict[str, Any]) -> list[Any]:
-    ctype = opts.get("contentType") or "v8"
+    given = opts.get("contentType")
+    ctype = given.lower() if isinstance(given, str) and given else default_content_type()
     return [encode_body(body, ctype), ctype, opts.get("delaySeconds")]
 
 

@@ -76,13 +76,32 @@ class Purge(msgspec.Struct, kw_only=True):
     delete_messages_permanently: bool = False
 
 
+#: A count in a body: Cloudflare's OpenAPI types them "number", so its SDK
+#: sends ``2.0`` as readily as ``2`` (a whole float is taken, see _whole).
+Number = int | float
+
+
+def _whole(value: Number | None, name: str) -> int | None:
+    """``value`` as the whole number it must be, or :class:`Invalid`."""
+    if value is None or isinstance(value, int):
+        return value
+    if not value.is_integer():
+        raise Invalid(f"{name} must be a whole number, got {value}")
+    return int(value)
+
+
 class Pull(msgspec.Struct, kw_only=True):
     """A pull's body; what it leaves out is the pull consumer's setting."""
 
-    batch_size: int | None = None
-    visibility_timeout_ms: int | None = None
+    batch_size: Number | None = None
+    visibility_timeout_ms: Number | None = None
     #: The name Cloudflare's pull consumer guide sends (the API reference's is ``visibility_timeout_ms``).
-    visibility_timeout: int | None = None
+    visibility_timeout: Number | None = None
+
+    def __post_init__(self) -> None:
+        self.batch_size = _whole(self.batch_size, "batch_size")
+        self.visibility_timeout_ms = _whole(self.visibility_timeout_ms, "visibility_timeout_ms")
+        self.visibility_timeout = _whole(self.visibility_timeout, "visibility_timeout")
 
 
 class Peek(msgspec.Struct, kw_only=True):
@@ -153,7 +172,8 @@ def encoded(message: Message, batch_delay: float | None = None) -> store.Outgoin
         raise Invalid("a message needs a body")
     kind, body = message.content_type, message.body
     if kind == "json":
-        data = json.dumps(body).encode()
+        # JSON.stringify's text, as a worker's send writes it: compact, UTF-8.
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     elif kind == "text":
         if not isinstance(body, str):
             raise Invalid(f'content_type "text" needs a string body, got {type(body).__name__}')

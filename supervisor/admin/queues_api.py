@@ -52,6 +52,14 @@ class _NewQueue(msgspec.Struct):
     settings: dict[str, Any] | None = None
 
 
+def _refuse_settings(settings: dict[str, Any] | None) -> None:
+    """Corral keeps no per-queue settings: one given is refused by name."""
+    given = sorted(k for k, v in (settings or {}).items() if v is not None)
+    if given:
+        raise NotSupported(f"queue settings ({', '.join(given)}) are not supported by Corral: a queue "
+                           "binding's delivery_delay sets its producer's default delay")
+
+
 class _QueueChange(msgspec.Struct, kw_only=True):
     """A queue update's body (``jurisdiction`` is Cloudflare's data locality: one host here)."""
 
@@ -218,7 +226,11 @@ class QueueHandlers(ResourceHandlers):
         return envelope(200, self._json(scripts, *await self._queue(request, scripts), await self._pulls()))
 
     async def create_queue(self, request: Request) -> Response:
-        name = body_as(request.body, _NewQueue, '{"queue_name": "my-queue"}', "make a queue").queue_name
+        new = body_as(request.body, _NewQueue, '{"queue_name": "my-queue"}', "make a queue")
+        name = new.queue_name
+        # Refused as an update's are (wrangler's --delivery-delay-secs sends one):
+        # they were taken and dropped without a word.
+        _refuse_settings(new.settings)
         if not _NAME.match(name):
             raise Invalid(f"queue name {clip(name)!r}: use 1 to 63 letters, digits and '-', starting with a "
                           "letter or digit")
@@ -239,9 +251,7 @@ class QueueHandlers(ResourceHandlers):
         if change.queue_name is not None and change.queue_name != name:
             raise NotSupported(f"renaming queue {name!r} is not supported by Corral (its messages and bindings "
                                "go by its name): make a new queue and point the bindings at it")
-        if change.settings:
-            raise NotSupported(f"queue settings ({', '.join(sorted(change.settings))}) are not supported by "
-                               "Corral: a queue binding's delivery_delay sets its producer's default delay")
+        _refuse_settings(change.settings)
         return envelope(200, self._json(scripts, name, queue_id, made, await self._pulls()))
 
     async def delete_queue(self, request: Request) -> Response:

@@ -205,9 +205,13 @@ def settle_leases(conn: sqlite3.Connection, acks: list[tuple[str, int]],
                   retries: list[tuple[str, int, float]], max_retries: int
                   ) -> tuple[int, int, int, list[tuple[Any, ...]]]:
     """An HTTP pull consumer's acks and retries, each naming a message and the
-    attempt its lease was for: a lease whose message was pulled again since
-    (its visibility timeout ran out) or is gone counts as stale and changes
-    nothing. A retry of a message delivered more than ``max_retries`` times
+    attempt its lease was for. An ack is taken whatever the attempt, as
+    Cloudflare documents ("if a consumer acknowledges a message by its lease
+    ID after the visibility timeout is reached, Queues will still accept that
+    acknowledgment"); only one of a message gone counts as stale. A retry's
+    lease whose message was pulled again since (its visibility timeout ran
+    out) or is gone is stale and changes nothing. A retry of a message
+    delivered more than ``max_retries`` times
     takes it out as dead (its row returned, for the dead-letter queue), as a
     push consumer's retry does. (acked, retried, stale, dead rows)."""
     now = time.time()
@@ -215,8 +219,8 @@ def settle_leases(conn: sqlite3.Connection, acks: list[tuple[str, int]],
     dead: list[tuple[Any, ...]] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for id_, attempt in acks:
-            done = conn.execute("DELETE FROM messages WHERE id = ? AND attempts = ?", (id_, attempt)).rowcount
+        for id_, _attempt in acks:
+            done = conn.execute("DELETE FROM messages WHERE id = ?", (id_,)).rowcount
             acked += done
             stale += 1 - done
         for id_, attempt, delay in retries:
