@@ -464,10 +464,16 @@ class ResponseStart(_Msg, tag="respond"):
 
 
 class InvokeFailed(_Msg, tag="failed"):
-    """Invocation ``id`` raised instead of responding (or its stream broke)."""
+    """Invocation ``id`` raised instead of responding (or its stream broke).
+
+    ``cpu_exceeded``: the runtime stopped it, its CPU budget spent while
+    other invocations shared the child (sandbox.cpu_budgets). A field of
+    its own, not an exception name: a tenant's exception may bear any name
+    (``class exceededCpu(Exception)`` passed for the platform's verdict)."""
 
     id: int
     error: ExceptionInfo
+    cpu_exceeded: bool = False
 
 
 class InvokeDone(_Msg, tag="done"):

@@ -777,7 +777,12 @@ class Runtime:
         state = _Invocation()
         self.invocations[message.id] = state
         self.cpu_budgets.started(message.id, message.cpu_budget_ns)
+        # The task's context names its invocation from its first step on (the
+        # task copies the context it is made in): a handler that runs to its
+        # end in that step is charged to it too (sandbox.cpu_budgets).
+        token = workers.current_invocation.set(message.id)
         state.task = self.loop.create_task(self._serve(message, state))
+        workers.current_invocation.reset(token)
 
     def _request_for(self, message: Invoke) -> workers.Request:
         request = workers.Request.__new__(workers.Request)
@@ -915,6 +920,8 @@ class Runtime:
             body = self.incoming.pop(inv, None)
             if body is not None:
                 body.cancel()
+        if state.cpu_exceeded:
+            return  # ended by _cpu_exceeded, which said so
         state.lingering = True
         if state.background:
             # A Cancel from here on ends the waitUntil tasks, not this one, so
@@ -936,14 +943,21 @@ class Runtime:
         if state is None or state.cpu_exceeded:
             return
         state.cpu_exceeded = True
-        self.send(InvokeFailed(inv, ExceptionInfo("exceededCpu", CPU_MESSAGE)))
-        stream = self.outgoing.get(inv)
+        # None of its callbacks runs again (sandbox.cpu_budgets): it is over
+        # now, its waitUntil work with it, and this is its end.
+        self.cpu_budgets.spend(inv)
+        self.send(InvokeFailed(inv, ExceptionInfo("exceededCpu", CPU_MESSAGE), cpu_exceeded=True))
+        stream = self.outgoing.pop(inv, None)
         if stream is not None:
             stream.fail(CPU_MESSAGE)
-        for task in (state.task, *state.background):
-            if task is not None and not task.done():
-                task.cancel()
-                cancel_waits(task)
+        body = self.incoming.pop(inv, None)
+        if body is not None:
+            body.cancel()
+        self.invocations.pop(inv, None)
+        self.cpu_budgets.ended(inv)
+        if self._log_budgets:
+            self._end_logs(inv)
+        self.send(InvokeDone(inv))
 
     async def _respond(self, inv: int, response: workers.Response, state: _Invocation) -> None:
         """Send the response; until its head is sent, a failure here is the

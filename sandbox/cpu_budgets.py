@@ -19,14 +19,18 @@ fails with ``exceededCpu``, the others untouched. One alone is not timed
 here at all (the kernel's count is its own, and the hot path stays as it
 is); its CPU so far is taken when a second one starts.
 
-This is a convenience inside the tenant's own process: code that catches
-:class:`CpuLimitExceeded`, or resets the timer, only moves CPU between its
-own invocations, and the kernel's counter, armed with the sum, still ends
-the child past it.
+Once spent, an invocation is over (its failure and its end are sent) and
+no callback of it runs again: code that catches :class:`CpuLimitExceeded`
+(a bare ``except:`` in a library is enough) carried on burning, untimed,
+until the kernel's sum ran out and took every invocation of the child with
+it. Its tasks are left suspended, held here so that none is collected
+half-way. What is left to the kernel: a single callback that never yields
+with SIGPROF ignored (``signal.signal`` is the tenant's own to call).
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Callable
@@ -48,16 +52,21 @@ class CpuLimitExceeded(BaseException):
 class CpuBudgets:
     """The budgets of the invocations in flight, and the CPU each used."""
 
-    __slots__ = ("budgets", "used", "metering", "_in_flight", "_since", "_timed", "_on_exceeded")
+    __slots__ = ("budgets", "used", "metering", "spent", "_dropped", "_in_flight", "_since", "_timed",
+                 "_on_exceeded")
 
     def __init__(self, on_exceeded: Callable[[int], None]) -> None:
         #: Invocation id: its budget, and what it used, in ns (budgeted ones only).
         self.budgets: dict[int, int] = {}
         self.used: dict[int, int] = {}
-        #: Two or more invocations in flight, one of them budgeted: the loop
-        #: times each callback (ChildLoop._run_once reads this per callback).
+        #: Two or more invocations in flight, one of them budgeted, or one
+        #: spent: the loop runs each callback through :meth:`run`
+        #: (ChildLoop._run_once reads this per callback).
         self.metering = False
-        self._in_flight = 0
+        #: Invocations whose budget ran out: their callbacks never run again.
+        self.spent: set[int] = set()
+        self._dropped: list[Any] = []
+        self._in_flight: set[int] = set()
         #: The process's CPU when the lone invocation was last charged.
         self._since = 0
         #: The invocation whose callback runs under the timer (0: none).
@@ -73,26 +82,37 @@ class CpuBudgets:
         """Invocation ``inv`` is in flight, with a budget (0: none)."""
         if budget_ns or self.budgets:
             self._checkpoint()
-        self._in_flight += 1
+        self._in_flight.add(inv)
         if budget_ns:
             self.budgets[inv] = budget_ns
             self.used[inv] = 0
-        self.metering = self._in_flight > 1 and bool(self.budgets)
+        self._meter()
 
     def ended(self, inv: int) -> None:
-        """Invocation ``inv`` is over (its ``waitUntil`` work too)."""
-        self._in_flight -= 1
+        """Invocation ``inv`` is over (its ``waitUntil`` work too, or it was spent)."""
+        if inv not in self._in_flight:
+            return
+        self._in_flight.discard(inv)
         self.budgets.pop(inv, None)
         self.used.pop(inv, None)
-        if self.metering and self._in_flight <= 1:
-            self.metering = False
+        was = self.metering
+        self._meter()
+        if was and len(self._in_flight) <= 1:
             self._since = time.process_time_ns()  # from here the lone one's own
+
+    def spend(self, inv: int) -> None:
+        """``inv``'s budget is spent: none of its callbacks runs from now on."""
+        self.spent.add(inv)
+        self._meter()
+
+    def _meter(self) -> None:
+        self.metering = bool(self.spent) or (len(self._in_flight) > 1 and bool(self.budgets))
 
     def _checkpoint(self) -> None:
         """Charge the lone budgeted invocation what ran since it was last
         charged (while it was alone, every cycle was its own)."""
         now = time.process_time_ns()
-        if not self.metering and self._in_flight == 1 and self.used:
+        if len(self._in_flight) == 1 and self.used:
             (inv,) = self.used
             self._charge(inv, now - self._since)
         self._since = now
@@ -103,15 +123,19 @@ class CpuBudgets:
         invocation with a budget is timed, charged to it, and runs under its
         timer. Others (an unbudgeted invocation's, the channel's) just run."""
         inv = handle._context.get(current_invocation, 0)
+        if inv in self.spent and isinstance(getattr(handle._callback, "__self__", None), asyncio.Task):
+            # A step of one of its tasks: dropped (held, so that the task is
+            # never collected half-way). Not every callback made in its
+            # context: the channel's flush of its very failure is one.
+            self._dropped.append(handle)
+            return
         budget = self.budgets.get(inv)
         if budget is None:
             handle._run()
             return
         left = budget - self.used[inv]
         if left <= 0:
-            # Spent (its failure is sent, its tasks cancelled): the callback
-            # still runs, untimed, as a task's step delivers the cancel.
-            self._on_exceeded(inv)
+            self._on_exceeded(inv)  # spent: this step is the last to run untimed
             handle._run()
             return
         self._timed = inv

@@ -134,6 +134,11 @@ def failure_of(inv: Invocation) -> CallFailed:
     assert error is not None
     if inv.outcome in PLATFORM_OUTCOMES:
         return CallFailed(inv.outcome, OUTCOME_MESSAGE.get(inv.outcome, error.message))
+    if error.name in OUTCOME_MESSAGE:
+        # The callee's own exception, named as a platform verdict (``class
+        # exceededCpu(Exception)``): it must not read as one to its caller,
+        # nor to the client a caller lets it escape to (a 503, a limit).
+        return CallFailed("Error", f"{error.name}: {error.message}")
     return CallFailed(error.name, error.message)
 
 

@@ -1142,7 +1142,7 @@ class ChildProcess:
         inv = self._invocation(message.id)
         if inv.cancel_by:
             self._heard(inv)
-        inv.fail(message.error)
+        inv.fail(message.error, Outcome.EXCEEDED_CPU if message.cpu_exceeded else None)
         if message.error.name == "MemoryError":
             # The child exits right after this frame; no request may reach it.
             self.owner.retire(self)

@@ -238,11 +238,8 @@ class Invocation:
     def fail(self, error: ExceptionInfo, outcome: Outcome | None = None) -> None:
         """The invocation ends without (or with a broken) response."""
         if outcome is None:
-            # exceededCpu: the child stopped it, its budget spent while other
-            # invocations shared the child (sandbox.cpu_budgets).
             outcome = Outcome.EXCEEDED_MEMORY if error.name == "MemoryError" else (
-                _CANCELED if error.name == "Canceled" else
-                Outcome.EXCEEDED_CPU if error.name == "exceededCpu" else _EXCEPTION)
+                _CANCELED if error.name == "Canceled" else _EXCEPTION)
         if self.outcome == _OK or outcome in LIMIT_OUTCOMES:
             self.outcome = outcome
         if outcome == _EXCEPTION or outcome == _CRASHED:
