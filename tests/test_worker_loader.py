@@ -239,3 +239,47 @@ return out
     assert grown <= MAX_WORKERS_PER_OWNER, f"{grown} warm children for one script's dynamic workers"
     # The other script's worker kept its code: no callback asked for it again.
     assert run(server, "other", theirs) == 0
+
+
+EGRESS = '''
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("egress saw " + request.url)
+'''
+
+THROUGH_EGRESS = '''
+from workers import Response, WorkerEntrypoint
+
+FETCHER = """
+from workers import Response, WorkerEntrypoint, fetch
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response(await (await fetch("http://example.com/from-dynamic")).text())
+"""
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        worker = self.env.LOADER.get("fetcher", lambda: {"compatibilityDate": "2026-04-01",
+                                                         "mainModule": "w.py", "modules": {"w.py": FETCHER}})
+        return await worker.getEntrypoint().fetch("https://dyn.example/")
+'''
+
+
+def test_a_dynamic_workers_fetches_go_through_its_loaders_outbound_worker(tmp_path):
+    """Workers for Platforms' outbound worker sees every subrequest of a user
+    worker; one of its dynamic workers went straight to the network."""
+    from tests.harness import Corral
+
+    server = Corral(tmp_path / "state").start()
+    try:
+        server.deploy("egress", EGRESS, namespace=None)
+        server.deploy_dispatcher(outbound={"worker": {"service": "egress"}})
+        server.deploy("loads", THROUGH_EGRESS, bindings=[LOADER])
+        r = server.request("/", host="loads.localhost")
+        assert (r.status, r.text) == (200, "egress saw http://example.com/from-dynamic"), r
+    finally:
+        server.stop()

@@ -439,9 +439,11 @@ class Calls:
             within = _within(self.limits.defaults_for(callee), parent)
             return msgspec.structs.replace(within, sub_requests=0) if offline else within
 
+        # Its fetches go where its loader's go: through the loader's outbound
+        # worker (a user worker escaped the platform's egress by loading code).
         return _Target(record.namespace, record.name, limits,
                        lambda: CallFailed("WorkerNotFound", f"Worker not found: {message.target}"),
-                       record=record)
+                       outbound=None if offline else parent.outbound, record=record)
 
     def _fetch_target(self, parent: Invocation) -> _Target | None:
         outbound = parent.outbound
