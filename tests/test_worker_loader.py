@@ -283,3 +283,39 @@ def test_a_dynamic_workers_fetches_go_through_its_loaders_outbound_worker(tmp_pa
         assert (r.status, r.text) == (200, "egress saw http://example.com/from-dynamic"), r
     finally:
         server.stop()
+
+
+CACHING = '''
+from workers import Response, WorkerEntrypoint
+
+NOTES = """
+import js
+from workers import Response, WorkerEntrypoint
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        cache = await js.caches.open("notes")
+        if request.method == "PUT":
+            await cache.put("https://notes.example/token", Response("tenant A's token"))
+            return Response("stored")
+        hit = await cache.match("https://notes.example/token")
+        return Response("none" if hit is None else await hit.text())
+"""
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        worker = self.env.LOADER.get("notes", lambda: {"compatibilityDate": "2026-04-01",
+                                                       "mainModule": "n.py", "modules": {"n.py": NOTES}})
+        return await worker.getEntrypoint().fetch("https://dyn.example/", method=request.method)
+'''
+
+
+def test_a_deleted_scripts_dynamic_workers_cache_goes_with_it(server):
+    """A dynamic worker's Cache API entries outlived its owner's delete: the
+    next script of that name (another tenant) read them."""
+    server.deploy("cachy", CACHING, bindings=[LOADER])
+    assert server.request("/", host="cachy.localhost", method="PUT").text == "stored"
+    assert server.request("/", host="cachy.localhost").text == "tenant A's token"
+    assert server.admin("DELETE", "/accounts/local/workers/dispatch/namespaces/default/scripts/cachy").status == 200
+    server.deploy("cachy", CACHING, bindings=[LOADER])
+    assert server.request("/", host="cachy.localhost").text == "none"

@@ -15,6 +15,7 @@ ignores expired entries. Non-GET requests,
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import os
 import re
 import sqlite3
@@ -153,11 +154,30 @@ def _delete(conn: sqlite3.Connection, cache: str, url: str) -> bool:
     return cursor.rowcount > 0
 
 
+def cache_path(services: Services, namespace: str, script: str) -> str:
+    """The cache file of a script, or of one of its dynamic workers (named
+    ``owner:binding:id``; a script's name has no ``:``): theirs lie in their
+    owner's folder, so that deleting the owner deletes them too (they were
+    kept, and the next script of that name read them)."""
+    owner, dynamic, worker = script.partition(":")
+    folder = services.path("cache", Scope(namespace, owner))
+    if dynamic:
+        folder = os.path.join(folder, "dynamic", hashlib.sha256(worker.encode()).hexdigest()[:40])
+    return os.path.join(folder, "cache.sqlite3")
+
+
 async def purge_script(services: Services, namespace: str, name: str) -> None:
-    """Delete a deleted script's cache (see ``Supervisor.purge_script_data``)."""
-    path = services.path("cache", Scope(namespace, name), "cache.sqlite3")
-    await services.databases.forget(path)  # no connection left on the deleted file
-    await services.offload.run(remove_tree, os.path.dirname(path))
+    """Delete a deleted script's cache, its dynamic workers' with it (see
+    ``Supervisor.purge_script_data``)."""
+    folder = services.path("cache", Scope(namespace, name))
+    for path in await services.offload.run(_cache_files, folder):
+        await services.databases.forget(path)  # no connection left on the deleted file
+    await services.offload.run(remove_tree, folder)
+
+
+def _cache_files(folder: str) -> list[str]:
+    return [os.path.join(root, name) for root, _dirs, names in os.walk(folder)
+            for name in names if name == "cache.sqlite3"]
 
 
 @register("cache")
@@ -169,7 +189,7 @@ class CacheHandler:
         pass
 
     async def _db(self, ctx: Context, fn: Any, *args: Any) -> Any:
-        path = self.services.path("cache", ctx.scope, "cache.sqlite3")
+        path = cache_path(self.services, ctx.record.namespace, ctx.record.name)
         return await self.services.databases.run(path, _setup, fn, *args)
 
     async def call(self, ctx: Context, method: str, args: list[Any]) -> Reply:
