@@ -9,6 +9,7 @@ upstream that counts the requests it holds at once.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import trio
@@ -144,6 +145,35 @@ def test_a_scripts_invocations_together_hold_at_most_its_share(tmp_path, upstrea
     assert [r.get("ok") for burst in results for r in burst] == ["slow done\n"] * 18, results
     most = upstream.most_in_flight
     assert most == 8, f"the upstream held {most} of one script's requests at once"
+
+
+def test_one_tenants_share_is_not_anothers_through_the_outbound_worker(tmp_path, upstream):
+    """The platform's outbound worker fetches for every tenant: the share was
+    its child's, and one tenant's slow fetches through it held all of it,
+    every other tenant's fetches waiting (red team 6)."""
+    import threading
+
+    server = Corral(tmp_path / "state", config="[limits]\nscript_open_connections = 4\n").start()
+    try:
+        server.deploy("egress", EGRESS, namespace=None)
+        server.deploy_dispatcher(DISPATCHER, outbound={"worker": {"service": "egress"}})
+        server.deploy("hog", TENANT)
+        server.deploy("victim", TENANT)
+        hog: list = []
+        slow = threading.Thread(target=lambda: hog.append(
+            _run(server, upstream, "hog.localhost", do="burst", n=4, delay=4)))
+        slow.start()
+        deadline = time.monotonic() + 30
+        while len(upstream.seen("/slow")) < 4:  # the hog holds its four
+            assert time.monotonic() < deadline, "the hog's fetches never arrived"
+            time.sleep(0.01)  # polling the upstream's record: it has no event to wait on
+        quick = _run(server, upstream, "victim.localhost", do="burst", n=1, delay=0)
+        assert [r.get("ok") for r in quick] == ["slow done\n"], quick
+        assert slow.is_alive(), "the victim was answered only once the hog was done"
+        slow.join(timeout=60)
+    finally:
+        server.stop()
+    assert [r.get("ok") for r in hog[0]] == ["slow done\n"] * 4, hog
 
 
 def test_six_unread_responses_and_a_seventh_fetch_cancel_the_oldest(corral, upstream):

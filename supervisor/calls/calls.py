@@ -175,8 +175,10 @@ class Calls:
         self.assets = assets
         self.scripts = scripts
         self.defaults = defaults
-        #: Outbound connections one script's invocations may hold together.
+        #: Outbound connections one tenant's invocations may hold together, and
+        #: each tenant's share (see _tenant_of).
         self.script_connections = script_share(defaults.script_open_connections)
+        self._shares: dict[tuple[str, str], trio.CapacityLimiter] = {}
         self.client = client
         self.limits = LimitPolicy(defaults)
 
@@ -203,7 +205,8 @@ class Calls:
             target = self._target(parent, message, body)
             if target is None:  # a plain outbound HTTP request
                 child.spawn(self._run, child, parent, message,
-                            self._on_connection(parent, body, self._http(message, body, parent)))
+                            self._on_connection(parent, body, self._http(message, body, parent),
+                                                network=True))
                 return
             found = target.record or self.scripts.cached(target.namespace, target.name)
             if found is NOT_CACHED:  # a store miss: read it off the event loop, then call
@@ -573,12 +576,16 @@ class Calls:
                     response.redirected, response.status_text)
 
     async def _on_connection(self, parent: Invocation, body: BodySource | bytes | None,
-                             fetch: Coroutine[Any, Any, Head]) -> Head:
+                             fetch: Coroutine[Any, Any, Head], network: bool = False) -> Head:
         """``fetch`` as one of ``parent``'s open connections: it starts once
         the caller has fewer than its limit open, and holds its place until
         its response body is read or closed (supervisor.limits.open_connections)."""
         try:
-            connection = await self._connections(parent).open()
+            # A connection to the network also takes a place of its tenant's
+            # share; one to the outbound worker does not (that worker's own
+            # fetch does, for the same tenant: counted once).
+            share = self._share_of(_tenant_of(parent)) if network else None
+            connection = await self._connections(parent).open(share)
         except BaseException:
             fetch.close()
             _close(body)
@@ -598,12 +605,21 @@ class Calls:
         """The caller's connections open and in line, made at its first fetch."""
         line = parent.connections
         if line is None:
-            child = parent.child
-            share = child.connection_share
-            if share is None:
-                share = child.connection_share = trio.CapacityLimiter(self.script_connections)
-            line = parent.connections = OpenConnections(self.defaults.open_connections, share)
+            line = parent.connections = OpenConnections(self.defaults.open_connections)
         return line
+
+    def _share_of(self, tenant: tuple[str, str]) -> trio.CapacityLimiter:
+        """The tenant's share of outbound connections, made at its first fetch;
+        shares nobody holds or waits for are let go once there are many."""
+        share = self._shares.get(tenant)
+        if share is None:
+            if len(self._shares) >= MAX_IDLE_SHARES:
+                for key, old in list(self._shares.items()):
+                    stats = old.statistics()
+                    if not stats.borrowed_tokens and not stats.tasks_waiting:
+                        del self._shares[key]
+            share = self._shares[tenant] = trio.CapacityLimiter(self.script_connections)
+        return share
 
 
 class AssetAnswerer(Protocol):
@@ -684,6 +700,27 @@ def _fetch_span(parent: Invocation | None, message: SubRequest) -> dict[str, Any
     span: dict[str, Any] = {"method": message.method.decode("latin-1"), "url": message.url,
                             "start_ns": time.time_ns()}
     return parent.add_span(span) if parent is not None else span
+
+
+#: Tenants' connection shares kept before the idle ones are let go.
+MAX_IDLE_SHARES = 1024
+
+
+def _tenant_of(inv: Invocation) -> tuple[str, str]:
+    """Whose share of outbound connections a fetch of ``inv`` takes: the
+    user worker it runs for (the nearest in its chain of callers that is in
+    a dispatch namespace; a dynamic worker's, its owner), else the platform
+    script its request began with. Not its child's: the platform's outbound
+    worker fetches for every tenant, and one tenant's slow fetches through
+    it held the one share of that child, every other tenant waiting."""
+    node: Invocation | None = inv
+    root = inv
+    while node is not None:
+        if node.record.namespace != PLATFORM:
+            return node.record.namespace, node.record.name.partition(":")[0]
+        root = node
+        node = node.parent
+    return PLATFORM, root.record.name.partition(":")[0]
 
 
 def _count_subrequest(parent: Invocation) -> None:

@@ -19,8 +19,8 @@ for its response head, or whose body is being read from upstream, is in use.
 A body passed on by reference (returned as the worker's own response) stops
 counting: it belongs to the response now, not to the worker's fetches.
 
-Beside the invocation's six, a script's invocations together hold at most
-its *share* (``limits.script_open_connections``; by default a sixteenth of
+Beside the invocation's six, a tenant's network connections together are
+at most its *share* (``limits.script_open_connections``; by default a sixteenth of
 the supervisor's open-file limit, at least 64): a fetch past it waits for
 one of theirs to close. Without it, one tenant's clients (120 connections,
 each an invocation holding six upstream sockets that never answer) filled
@@ -201,24 +201,24 @@ class OpenConnections:
     first come first served; each also holds a place of its script's
     ``share`` (if any) while open."""
 
-    __slots__ = ("limit", "_open", "_line", "_share")
+    __slots__ = ("limit", "_open", "_line")
 
-    def __init__(self, limit: int = OPEN_CONNECTIONS, share: trio.CapacityLimiter | None = None) -> None:
+    def __init__(self, limit: int = OPEN_CONNECTIONS) -> None:
         self.limit = limit
         self._open: list[Connection] = []  # oldest first
         self._line: list[_Turn] = []
-        self._share = share
 
     @property
     def waiting(self) -> bool:
         return bool(self._line)
 
-    async def open(self) -> Connection:
+    async def open(self, share: trio.CapacityLimiter | None = None) -> Connection:
         """A connection slot, waiting in line for one when ``limit`` are
-        open, then for a place in the script's share when it is full."""
+        open, then (a connection to the network) for a place in its tenant's
+        ``share`` when that is full."""
         connection = await self._slot()
-        if self._share is not None:
-            await connection.take_share(self._share)
+        if share is not None:
+            await connection.take_share(share)
         return connection
 
     async def _slot(self) -> Connection:

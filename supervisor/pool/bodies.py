@@ -88,8 +88,6 @@ class ChildLink(Protocol):
     incoming: dict[int, ChildBody]
     #: Bodies the supervisor streams to the child, by stream id.
     sinks: dict[int, ChildSink]
-    #: Its invocations' share of outbound connections (None until the first fetch).
-    connection_share: trio.CapacityLimiter | None
 
     def send(self, message: Any) -> None:
         """Queue a frame to the child (dropped once it is dead)."""

@@ -434,9 +434,6 @@ class ChildProcess:
         self.last_invocation_id = 0
         #: What its calls in flight make the supervisor keep (supervisor.limits.held_calls).
         self.held = HeldCalls()
-        #: Its invocations' share of outbound connections, made at the first
-        #: fetch (supervisor.limits.open_connections).
-        self.connection_share: trio.CapacityLimiter | None = None
         self._last_call = 0
         self.hello = trio.Event()
         self.loaded = trio.Event()
