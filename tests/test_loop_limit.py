@@ -64,3 +64,36 @@ def test_a_client_may_lower_the_count_but_not_raise_it(server: Corral) -> None:
     words = server.request(f"/?port={server.port}", host="127.0.0.1", headers={"cf-ew-via": "999"},
                            timeout=60).text.split()
     assert words[:2] == ["999", "14"], words
+
+
+#: Opens a WebSocket to itself through the listener; the accepting pass
+#: sends the count it was handed, which the opening pass answers with.
+WS_LOOPER = '''import asyncio
+import js
+from pyodide.ffi import create_proxy
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.headers.get("upgrade", "").lower() == "websocket":
+            client, server = js.WebSocketPair.new().object_values()
+            server.accept()
+            server.send(request.headers.get("cf-ew-via") or "-")
+            server.addEventListener("close", create_proxy(lambda e: server.close()))
+            return Response(None, status=101, web_socket=client)
+        port = request.url.split("port=")[1]
+        heard = asyncio.get_running_loop().create_future()
+        ws = js.WebSocket.new(f"ws://127.0.0.1:{port}/?port={port}")
+        ws.addEventListener("message", create_proxy(lambda e: heard.done() or heard.set_result(e.data)))
+        count = await asyncio.wait_for(heard, 20)
+        ws.close()
+        return Response(count)
+'''
+
+
+def test_a_websocket_a_worker_opens_carries_the_count_too(server: Corral) -> None:
+    """A connect is a subrequest like a fetch: it went out without the count,
+    and a worker opening sockets to itself recursed past the limit."""
+    server.deploy("127", WS_LOOPER)
+    r = server.request(f"/?port={server.port}", host="127.0.0.1", timeout=30)
+    assert (r.status, r.text) == (200, "14"), r

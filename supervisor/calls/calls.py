@@ -275,7 +275,10 @@ class Calls:
                 _count_subrequest(parent)
             except CallFailed as exc:
                 refused = exc.message
-        session = ServerSession(state.source, self.pool.websockets, self.client, message.protocols)
+        # A connect is a subrequest like a fetch: it carries the loop limit's count too
+        # (a worker opening WebSockets to itself recursed past it without end).
+        session = ServerSession(state.source, self.pool.websockets, self.client, message.protocols,
+                                [] if parent is None else loop_limit.outbound_headers([], parent))
         if refused is not None:
             child.spawn(session.connect, refused)
         elif child.alive:  # spawn() starts the task (a dead child's message starts nothing)

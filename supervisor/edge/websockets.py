@@ -486,11 +486,13 @@ class ServerSession(Session):
     messages and the ``close``, each as an invocation of its own."""
 
     def __init__(self, source: SocketSource, deliverer: Deliverer, client: Any,
-                 protocols: list[str]) -> None:
+                 protocols: list[str], extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(None, source, deliverer)  # type: ignore[arg-type] - connected in run()
         self.ws = WsConnection(ConnectionType.CLIENT)
         self.client = client
         self.protocols = protocols
+        #: Sent with the handshake (the loop limit's count: supervisor.limits.loop_limit).
+        self.extra_headers = extra_headers or []
 
     async def connect(self, refused: str | None = None) -> None:
         """Connect (unless ``refused`` says why not), relay until either side
@@ -506,6 +508,7 @@ class ServerSession(Session):
                 headers = [(b"sec-websocket-key", key), (b"sec-websocket-version", b"13")]
                 if self.protocols:
                     headers.append((b"sec-websocket-protocol", ", ".join(self.protocols).encode()))
+                headers += self.extra_headers
                 try:
                     status, answer, stream, response = await self.client.upgrade(self.source.url, headers)
                 except FetchError as exc:
