@@ -164,6 +164,14 @@ def test_a_secret_edit_waits_for_the_latest_version_to_be_deployed(server, tmp_p
     assert patched.status == 400 and patched.json()["errors"][0]["code"] == 10214, patched.text
     content = server.admin("GET", "/accounts/local/workers/scripts/staged/content")
     assert b"'live'" in content.body  # nothing was deployed
+    # ?version=ID answers that version's code (wrangler's `versions secret put`
+    # copies it from there; the deployed code was answered, and the new
+    # version served old code); an unknown one is not found.
+    staged = server.admin("GET", "/accounts/local/workers/scripts/staged/versions").json()["result"]["items"][0]
+    content = server.admin("GET", f"/accounts/local/workers/scripts/staged/content/v2?version={staged['id']}")
+    assert content.status == 200 and b"'staged'" in content.body, content
+    missing = server.admin("GET", "/accounts/local/workers/scripts/staged/content/v2?version=nope")
+    assert missing.status == 404, missing
     cli(server, "rollback", "staged", "2")  # the staged version, deployed
     cli(server, "secret", "put", "staged", "TOKEN", stdin="x\n")
 

@@ -216,9 +216,16 @@ class ScriptConfigHandlers:
 
     async def get_content(self, request: Request) -> Response:
         """The deployed code as multipart/form-data, one part per module, the
-        main module first (as Cloudflare answers it; not a JSON envelope)."""
-        _, _, record = await self.core.deployed(request)
-        return code_response(record)
+        main module first (as Cloudflare answers it; not a JSON envelope);
+        with ``?version=ID``, that version's, deployed or not. wrangler's
+        ``versions secret put`` copies a version's code from there: the
+        deployed code was answered, and the new version served old code."""
+        version = request.query.get("version")
+        if not version:
+            _, _, record = await self.core.deployed(request)
+            return code_response(record)
+        ns, name = _namespace_of(request), _script_of(request)
+        return code_response(await self.core._run(self.store.get_version_record, ns, name, version))
 
     async def put_content(self, request: Request) -> Response:
         """New code, every other setting kept: a new version, deployed."""
