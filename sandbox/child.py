@@ -133,7 +133,7 @@ def exception_info(exc: BaseException, with_stack: bool = True) -> ExceptionInfo
     # any JsException its JavaScript name (TypeError, ...), as Cloudflare reports it.
     name = exc.name if isinstance(exc, JsException) else type(exc).__name__
     return ExceptionInfo(logs.wire_text(logs.cut(str(name), 256)),
-                         logs.wire_text(logs.cut(logs.strip_state_paths(str(exc)))),
+                         logs.wire_text(logs.cut(logs.strip_state_paths(logs.exception_text(exc)))),
                          logs.wire_text(logs.strip_state_paths(stack)[-8192:]))
 
 

@@ -31,6 +31,8 @@ import types
 
 from protocol.messages import PYC_HEADER, MainCode
 
+from . import logs
+
 #: Names the runtime provides; a bundle may not shadow them.
 RESERVED = ("workers", "js", "pyodide")
 
@@ -95,7 +97,7 @@ def load(bundle_dir: str, main_module: str, package_dirs: list[str] | tuple[str,
             spec.loader.exec_module(module)
     except BaseException as exc:  # noqa: BLE001 - any failure is the script's
         sys.modules.pop(name, None)
-        raise ScriptLoadError(f"{type(exc).__name__}: {exc}") from exc
+        raise ScriptLoadError(f"{type(exc).__name__}: {logs.exception_text(exc)}") from exc
     return module
 
 

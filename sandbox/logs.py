@@ -49,6 +49,17 @@ def strip_state_paths(text: str) -> str:
     return _STATE_PATH.sub(lambda m: "" if m.group(1) else ".", text)
 
 
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or what the traceback module writes when that fails: a
+    tenant's exception whose ``__str__`` raised (or returned no str) escaped
+    the runtime's own handler, and the invocation was never answered."""
+    try:
+        text = str(exc)
+    except BaseException:  # noqa: BLE001 - any failure of the tenant's __str__
+        return "<exception str() failed>"
+    return text
+
+
 def wire_text(text: str) -> str:
     """``text`` as UTF-8 can carry it: a lone surrogate (``print("\\ud800")``,
     text decoded with ``surrogateescape``) is written as its escape, ``\\ud800``.

@@ -437,3 +437,35 @@ def test_cron_times_are_whole_milliseconds():
 
     controller = ScheduledController("* * * * *", 1796314360071.0)
     assert controller.scheduledTime == 1796314360071 and type(controller.scheduledTime) is int
+
+
+WEIRD = """
+from workers import Response, WorkerEntrypoint
+
+
+class Weird(Exception):
+    def __str__(self):
+        raise RuntimeError("no words")
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        raise Weird()
+"""
+
+
+def test_an_exception_whose_str_fails_is_answered_at_once(corral):
+    """Its message was formatted in the runtime's own handler: str() raised
+    there, nothing was sent, and the client waited out the wall-time limit
+    (60 s, then a 503); at import, the deploy waited 10 s and hid the error."""
+    deploy(corral, "weird", WEIRD)
+    r = corral.request("/", host="weird.localhost", timeout=20)
+    assert (r.status, r.text) == (500, "Worker threw exception\n"), r
+    metadata = {"main_module": "worker.py"}
+    source = b"class W(Exception):\n    def __str__(self):\n        raise RuntimeError('x')\nraise W()\n"
+    ctype, body = multipart.encode([
+        multipart.Part(name="metadata", content_type="application/json", data=json.dumps(metadata).encode()),
+        multipart.Part(name="worker.py", filename="worker.py", content_type="text/x-python", data=source)])
+    refused = corral.admin("PUT", "/accounts/local/workers/dispatch/namespaces/default/scripts/weirdimport",
+                           body, ctype)
+    assert refused.status == 400 and "W: <exception str() failed>" in refused.text, refused.text
