@@ -80,17 +80,25 @@ class TraceRequest(TraceItem):
 _UNREDACTED = "unredacted"
 
 
-def trace_items(value: Any) -> Any:
-    """JSON-able data with every dict made a :class:`TraceItem`."""
+def trace_items(value: Any, in_event: bool = False) -> Any:
+    """JSON-able data with every dict made a :class:`TraceItem`; an event's
+    ``request`` a :class:`TraceRequest`. Only there: the key was looked for
+    at any depth, and a tenant's log argument or a client's header named
+    ``unredacted`` vanished from what tail workers were given."""
     if isinstance(value, dict):
-        if _UNREDACTED in value:
-            request = TraceRequest((k, trace_items(v)) for k, v in value.items() if k != _UNREDACTED)
-            object.__setattr__(request, "_unredacted", trace_items(value[_UNREDACTED]))
-            return request
-        return TraceItem((k, trace_items(v)) for k, v in value.items())
+        return TraceItem((k, _request(v) if in_event and k == "request" else trace_items(v, k == "event"))
+                         for k, v in value.items())
     if isinstance(value, list):
         return [trace_items(v) for v in value]
     return value
+
+
+def _request(value: Any) -> Any:
+    if not isinstance(value, dict) or _UNREDACTED not in value:
+        return trace_items(value)
+    request = TraceRequest((k, trace_items(v)) for k, v in value.items() if k != _UNREDACTED)
+    object.__setattr__(request, "_unredacted", trace_items(value[_UNREDACTED]))
+    return request
 
 
 def positional_arity(handler: Callable[..., Any]) -> int | None:

@@ -454,7 +454,8 @@ class Default(WorkerEntrypoint):
             request = e.event.request
             raw = request.getUnredacted()
             seen.append({"url": request.url, "raw_url": raw.url, "raw_auth": raw.headers["authorization"],
-                         "raw_method": raw.method, "dumped": json.dumps(e)})
+                         "raw_method": raw.method, "dumped": json.dumps(e),
+                         "header": request.headers.get("unredacted")})
         await fetch(self.env.COLLECTOR + "/unredacted", method="POST", body=json.dumps(seen))
 '''
 
@@ -466,9 +467,13 @@ def test_a_tail_worker_reads_the_request_unredacted(corral, collector):
     deploy(corral, "rawtail", UNREDACTING_TAIL, namespace=None, bindings=env)
     deploy(corral, "secretive", WORKERS["hello"], namespace="default", tail_consumers=["rawtail"])
     secret = "0123456789abcdef0123456789abcdef"
-    resp = call(corral, "secretive", f"/u/{secret}?q=1", headers={"authorization": "Bearer s3cr3t"})
+    resp = call(corral, "secretive", f"/u/{secret}?q=1", headers={"authorization": "Bearer s3cr3t",
+                                                                  "unredacted": "a header like any"})
     assert resp.status == 200
     seen = wait_for(lambda: [json.loads(b) for b in collector.bodies("/unredacted")], what="the tail")[0][0]
+    # Only the event's request carries the unredacted copy: a header (or a
+    # log argument) of that name vanished from what tail workers were given.
+    assert seen["header"] == "a header like any", seen
     assert seen["url"] == "http://secretive.localhost/u/REDACTED?q=1"
     assert seen["raw_url"] == f"http://secretive.localhost/u/{secret}?q=1"
     assert seen["raw_auth"] == "Bearer s3cr3t" and seen["raw_method"] == "GET"
