@@ -328,6 +328,25 @@ class _Console:
     def error(self, *args: Any) -> None:
         _console("error", args)
 
+    def __getattr__(self, name: str) -> Any:
+        """V8's other console methods (``trace``, ``table``, ``time``,
+        ``group``, ``assert``...): they exist and write nothing to the trace,
+        which only the five above feed (workerd's worker.c++). They raised
+        AttributeError, failing the handler."""
+        if name in _SILENT_CONSOLE:
+            return _silent
+        raise AttributeError(f"console has no method {name!r}")
+
+
+#: The console methods V8 has beyond the five that reach a trace.
+_SILENT_CONSOLE = frozenset({"trace", "table", "dir", "dirxml", "assert", "count", "countReset", "group",
+                             "groupCollapsed", "groupEnd", "time", "timeEnd", "timeLog", "timeStamp",
+                             "clear", "profile", "profileEnd"})
+
+
+def _silent(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
 
 console = _Console()
 

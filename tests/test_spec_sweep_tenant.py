@@ -157,6 +157,9 @@ class Default(WorkerEntrypoint):
                 # and new Request(url) (fetch_standard_url): a relative URL is "Invalid URL".
                 "relative_request": refused(lambda: __import__("workers").Request("/path")),
                 "bad_redirect": refused(lambda: __import__("workers").Request("https://x.example/", redirect="bogus")),
+                # V8's other console methods exist (and write nothing to the trace)
+                "console": [getattr(__import__("js").console, m)("x") for m in ("trace", "table", "time",
+                                                                               "group", "assert")],
                 "bad_headers": [refused(lambda: Response("x", headers=5)),
                                 refused(lambda: Response("x", headers="a: b"))],
                 # js.Request's init keeps cf (workers-py's test_request_cf_property)
@@ -323,7 +326,8 @@ def test_a_response_made_in_the_handler_can_be_read_back(responses):
                     "relative_request": "TypeError: Invalid URL: /path", "js_request_cf": {"cacheTtl": 5},
                     "bad_redirect": 'TypeError: Invalid redirect value, must be one of "follow", '
                                     '"manual" or "error"',
-                    "bad_headers": ["TypeError: Received unexpected type for headers argument"] * 2}, seen
+                    "bad_headers": ["TypeError: Received unexpected type for headers argument"] * 2,
+                    "console": [None] * 5}, seen
 
 
 # -- §3: fetch ------------------------------------------------------------------------
