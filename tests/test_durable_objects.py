@@ -161,6 +161,24 @@ class Counter(DurableObject):
     async def pending(self):
         return await self.ctx.storage.getAlarm()
 
+    async def rolled_back_alarm(self, first_ms, moved_ms):
+        """An alarm at first_ms from now, then a transaction that deletes it
+        (moved_ms None) or moves it to moved_ms from now, rolled back."""
+        import time
+        s = self.ctx.storage
+        first = time.time() * 1000 + first_ms
+        await s.setAlarm(first)
+
+        async def undone(txn):
+            if moved_ms is None:
+                await txn.deleteAlarm()
+            else:
+                await txn.setAlarm(time.time() * 1000 + moved_ms)
+            txn.rollback()
+
+        await s.transaction(undone)
+        return [int(first), await s.getAlarm()]
+
     async def peek(self, key):
         return await self.ctx.storage.get(key)
 
@@ -557,6 +575,29 @@ return await stub.pending()""")
     assert (pending is not None) is kept, pending
 
 
+def test_a_rolled_back_transaction_leaves_the_alarm_as_it_was(server):
+    """setAlarm and deleteAlarm in a transaction wrote the scheduler's index at
+    once: rolled back, the object's alarm was restored but its schedule not,
+    and the alarm never fired (deleted) or fired a minute early (moved)."""
+    import sqlite3
+
+    kept = h.ok(server, "counter", 'return await env.COUNTER.getByName("undelete").rolled_back_alarm(300, None)')
+    assert kept[0] == kept[1], kept
+    peek = 'return await env.COUNTER.getByName("undelete").peek("alarmed")'
+    deadline = time.monotonic() + 20
+    while (h.ok(server, "counter", peek) or 0) < 1:  # it fires, as set before the transaction
+        assert time.monotonic() < deadline, "the alarm a rolled-back transaction deleted never fired"
+        time.sleep(0.1)
+    moved = h.ok(server, "counter", 'return await env.COUNTER.getByName("unmove").rolled_back_alarm(3600000, 100)')
+    assert moved[0] == moved[1], moved
+    index = sqlite3.connect(server.state_dir / "storage" / "do" / "alarms.sqlite3")
+    try:
+        times = [row[0] for row in index.execute("SELECT time FROM alarms")]
+    finally:
+        index.close()
+    assert moved[0] in [int(t) for t in times], (moved, times)  # scheduled for its own time, not 100 ms
+
+
 def test_an_alarm_given_up_on_is_no_longer_pending(tmp_path):
     """workerd abandons an alarm whose handler failed its every retry, and
     getAlarm() says so; it kept answering the past time, which never fired
@@ -569,7 +610,7 @@ def test_an_alarm_given_up_on_is_no_longer_pending(tmp_path):
         assert h.ok(server, "counter", """
 stub = env.COUNTER.getByName("doomed")
 await stub.put_value("alarm_fails", True)
-return await stub.arm(3600 * 1000)""") is True
+return await stub.arm(100)""") is True  # due by the restart (an alarm not yet due is not fired)
     finally:
         server.stop()
     (index,) = (tmp_path / "state").rglob("alarms.sqlite3")

@@ -243,6 +243,11 @@ class DurableObjectStorageHandler:
         else:
             self.transactions[path] = (_caller(ctx), depth - 1)
         await self.services.databases.run(path, st.setup, st.txn_end, depth, method == "txCommit")
+        if method == "txRollback":
+            # A setAlarm or deleteAlarm inside it wrote the scheduler's index at
+            # once, outside the object's savepoint: put the index back to the
+            # alarm the rollback left (it was lost, or fired early).
+            await self.alarms.set(_key(ctx), await self._run(ctx, st.get_alarm))
         return Reply(None)
 
     async def call(self, ctx: Context, method: str, args: list[Any]) -> Reply:
@@ -380,6 +385,11 @@ async def run_alarm(services: Services, key: tuple[str, str, str, str], when: fl
     current = await services.databases.run(path, st.setup, st.get_alarm)
     if current is None:
         return True  # deleted meanwhile (deleteAlarm, deleteAll)
+    if current > now_ms() + NOT_DUE_SLACK_MS:
+        # The index said sooner than the object's alarm (set, then rolled
+        # back): not due yet. Indexed again at its own time; this entry ends.
+        await alarms_of(services).set(key, current)
+        return True
     event = DurableObjectEvent(key[2], key[3], "alarm", None, retries, current)
     try:
         await host.invoke(ObjectKey(*key), event, None, trace=True)
@@ -391,6 +401,11 @@ async def run_alarm(services: Services, key: tuple[str, str, str, str], when: fl
         return False
     await services.databases.run(path, st.setup, st.clear_alarm_if, current)
     return True
+
+
+#: How far ahead of now an alarm may be and still fire (the scheduler wakes
+#: a little early or late; an alarm is never fired a whole step early).
+NOT_DUE_SLACK_MS = 50.0
 
 
 def now_ms() -> float:
