@@ -116,6 +116,25 @@ class Counter(DurableObject):
         return {"written": w.rowsWritten, "columns": list(cur.columnNames), "rows": rows,
                 "read": cur.rowsRead, "one": one.n, "errors": errors}
 
+    async def sql_limits(self):
+        s = self.ctx.storage.sql
+        tries = {
+            "params": lambda: s.exec("SELECT " + ",".join(["?"] * 101), *range(101)).toArray(),
+            "statement": lambda: s.exec("SELECT 1 AS one" + " " * 100001).toArray(),
+            "columns": lambda: s.exec("CREATE TABLE wide (" + ",".join(f"c{i}" for i in range(101)) + ")"),
+            "like": lambda: s.exec("SELECT 'a' LIKE ? AS m", "a" * 51).toArray(),
+            "compound": lambda: s.exec(" UNION ALL ".join(["SELECT 1"] * 6)).toArray(),
+        }
+        out = {}
+        for name, attempt in tries.items():
+            try:
+                attempt()
+                out[name] = "allowed"
+            except Exception as e:
+                out[name] = "refused"
+        out["within"] = len(s.exec("SELECT " + ",".join(["?"] * 100), *range(100)).toArray())
+        return out
+
     async def sqlfk(self):
         s = self.ctx.storage.sql
         s.exec("CREATE TABLE IF NOT EXISTS parent (id INTEGER PRIMARY KEY)")
@@ -573,6 +592,14 @@ await stub.arm(3600 * 1000)
 await stub.wipe()
 return await stub.pending()""")
     assert (pending is not None) is kept, pending
+
+
+def test_durable_object_sql_has_cloudflares_limits(server):
+    """workerd's setupSecurity limits (Cloudflare's "SQL storage limits"):
+    each of these passed here and failed there."""
+    got = h.ok(server, "counter", 'return await env.COUNTER.getByName("limits").sql_limits()')
+    assert got == {"params": "refused", "statement": "refused", "columns": "refused", "like": "refused",
+                   "compound": "refused", "within": 1}, got
 
 
 def test_a_rolled_back_transaction_leaves_the_alarm_as_it_was(server):

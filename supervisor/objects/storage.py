@@ -44,7 +44,25 @@ ALLOWED_PRAGMAS = frozenset({
 })
 
 
+#: Cloudflare's SQL storage limits, set as workerd's util/sqlite.c++ sets them
+#: (setupSecurity): code that passed here failed there. A row may hold a
+#: KV value of MAX_VALUE_BYTES and its key.
+SQL_LIMITS = {
+    sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER: 100,
+    sqlite3.SQLITE_LIMIT_SQL_LENGTH: 100_000,
+    sqlite3.SQLITE_LIMIT_COLUMN: 100,
+    sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: 50,
+    sqlite3.SQLITE_LIMIT_COMPOUND_SELECT: 5,
+    sqlite3.SQLITE_LIMIT_EXPR_DEPTH: 100,
+    sqlite3.SQLITE_LIMIT_TRIGGER_DEPTH: 10,
+    sqlite3.SQLITE_LIMIT_ATTACHED: 0,
+}
+
+
 def setup(conn: sqlite3.Connection) -> None:
+    for limit, value in SQL_LIMITS.items():
+        conn.setlimit(limit, value)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES + 4096)
     # Foreign keys are enforced, as workerd builds SQLite (SQLITE_DEFAULT_FOREIGN_KEYS=1).
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("CREATE TABLE IF NOT EXISTS _cf_KV (key TEXT PRIMARY KEY, value BLOB NOT NULL) "
