@@ -142,11 +142,36 @@ async def process_request(app: Any, request: workers.Request, env: Any,
         await finished.wait()
         return {"type": "http.disconnect"}
 
+    taken = asyncio.Event()
+
     async def stream() -> AsyncIterator[bytes]:
-        while (chunk := await chunks.get()) is not _END:
-            if isinstance(chunk, BaseException):
-                raise chunk
-            yield chunk
+        """The body as the runtime sends it. Each chunk the app sends waits
+        until the runtime came back for the next (so it went out: an app that
+        blocks between chunks, a sync generator with time.sleep, held them
+        all back); one closed early (the client went away) ends the app's
+        sends with an error and its receive() with ``http.disconnect``, as
+        Cloudflare's adapter does (the app's generator ran on for ever)."""
+        ended = yielded = False
+        try:
+            while True:
+                if yielded:
+                    taken.set()  # back for more: the chunk before went out (its flush is queued first)
+                chunk = await chunks.get()
+                if chunk is _END:
+                    ended = True
+                    return
+                if isinstance(chunk, BaseException):
+                    ended = True
+                    raise chunk
+                yielded = True
+                yield chunk
+        finally:
+            if not ended:
+                head["gone"] = True
+                finished.set()
+                taken.set()
+                while not chunks.empty():  # a send blocked on a full queue goes on, and fails
+                    chunks.get_nowait()
 
     def respond(body: Any) -> None:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.get("headers", [])]
@@ -175,8 +200,12 @@ async def process_request(app: Any, request: workers.Request, env: Any,
                 if not more:
                     finished.set()
             elif streaming:
+                if head.get("gone"):
+                    raise OSError("the client went away: the response is no longer read")
                 if body:
+                    taken.clear()
                     await chunks.put(body)
+                    await taken.wait()
                 if not more:
                     await chunks.put(_END)
                     finished.set()
@@ -184,7 +213,9 @@ async def process_request(app: Any, request: workers.Request, env: Any,
                 streaming = True
                 respond(stream())
                 if body:
+                    taken.clear()
                     await chunks.put(body)
+                    await taken.wait()
             else:
                 respond(body)
                 finished.set()

@@ -18,6 +18,7 @@ is closed at its first non-empty chunk rather than drained.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import sys
@@ -148,7 +149,12 @@ def _call_app(app: Callable[..., Any], environ: dict[str, Any]) -> workers.Respo
             if _status_code(head) in NULL_BODY_STATUSES:
                 break  # no body goes with it: stop pulling, as Cloudflare's adapter does
             first.append(bytes(chunk))
-            if len(first) == 2 and not _declares_length(head["headers"]):
+            if not _declares_length(head["headers"]) and (
+                    len(first) == 2 or not isinstance(result, (list, tuple))):
+                # A body of unknown length that is no list (a generator, Flask's
+                # and Django's streaming responses) streams from its first chunk:
+                # pulling a second first waited out a generator that blocks
+                # between chunks (an SSE loop) before anything went out.
                 streaming = True
                 break
     except BaseException:
@@ -172,6 +178,7 @@ def _call_app(app: Callable[..., Any], environ: dict[str, Any]) -> workers.Respo
             for chunk in written + first:
                 yield chunk
             written.clear()
+            await asyncio.sleep(0)  # see below: the first chunks go out before the app runs on
             for chunk in chunks:
                 if written:  # write() called while the body streams
                     for data in written:
@@ -179,6 +186,10 @@ def _call_app(app: Callable[..., Any], environ: dict[str, Any]) -> workers.Respo
                     written.clear()
                 if chunk:
                     yield bytes(chunk)
+                    # The loop turns, and the chunk goes out, before the app's
+                    # iterator runs again (one that blocks between chunks, time.sleep
+                    # in a generator, held every chunk back until its end).
+                    await asyncio.sleep(0)
             for data in written:
                 yield data
         except Exception:

@@ -223,6 +223,28 @@ def stream_sync():
     return StreamingResponse(gen(), media_type="application/octet-stream")
 
 
+ENDLESS = {"closed": 0}
+
+
+@app.get("/endless")
+async def endless():
+    import asyncio
+
+    async def gen():
+        try:
+            while True:
+                yield "data: tick\\n\\n"
+                await asyncio.sleep(0.05)
+        finally:
+            ENDLESS["closed"] += 1
+    return StreamingResponse(gen(), media_type="text/event-stream")
+
+
+@app.get("/endless-closed")
+async def endless_closed():
+    return ENDLESS
+
+
 @app.get("/sse")
 async def sse():
     async def events():
@@ -863,6 +885,16 @@ def live():
     return Response(events(), mimetype="text/event-stream")
 
 
+@app.route("/ticks")
+def ticks():
+    def gen():  # blocks between chunks, as the classic Flask SSE loop does
+        import time
+        yield "data: first\\n\\n"
+        time.sleep(1.5)
+        yield "data: second\\n\\n"
+    return Response(gen(), mimetype="text/event-stream")
+
+
 @app.route("/release")
 def release():
     RELEASE.set()
@@ -1051,6 +1083,76 @@ def test_flask_generator_streams_as_it_goes(c: Corral, flask_host: str) -> None:
         assert resp.read() == b"data: three\n\n"
     finally:
         conn.close()
+
+
+def _first_chunk_comes_first(c: Corral, host: str, path: str) -> None:
+    """The first event arrives while the generator blocks before its second
+    (it was held back until the generator ended: 1.5 s, then both at once)."""
+    conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=15)
+    try:
+        conn.request("GET", path, headers={"host": host})
+        resp = conn.getresponse()
+        first = b""
+        while b"\n\n" not in first:
+            first += resp.read1(100)
+        got_first = time.monotonic()
+        rest = resp.read()
+        waited = time.monotonic() - got_first
+    finally:
+        conn.close()
+    assert first + rest == b"data: first\n\ndata: second\n\n", first + rest
+    assert waited > 0.75, f"the first chunk came with the second ({waited:.2f} s apart, 1.5 s expected)"
+
+
+def test_a_blocking_flask_generator_sends_each_chunk_as_it_is_made(c: Corral, flask_host: str) -> None:
+    _first_chunk_comes_first(c, flask_host, "/ticks")
+
+
+BLOCKING_ASGI = '''
+import time
+import asgi
+from workers import WorkerEntrypoint
+
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")]})
+    await send({"type": "http.response.body", "body": b"data: first\\n\\n", "more_body": True})
+    time.sleep(1.5)  # blocks between chunks, as a sync generator Starlette iterates inline does
+    await send({"type": "http.response.body", "body": b"data: second\\n\\n", "more_body": False})
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return await asgi.fetch(app, request, self.env)
+'''
+
+
+def test_a_blocking_asgi_app_sends_each_chunk_as_it_is_made(c: Corral) -> None:
+    """An ASGI body chunk waits until the runtime has taken it on (as
+    Cloudflare's adapter awaits its writer): one that blocks after a send
+    held that chunk back until its end. (Behind Starlette's
+    BaseHTTPMiddleware, which relays chunks between tasks, a blocking
+    generator still holds the chunk the relay has in hand: with no threads,
+    as on Pyodide, nothing runs while it blocks.)"""
+    deploy(c, "blockingasgi", {"worker.py": BLOCKING_ASGI}, [])
+    _first_chunk_comes_first(c, "blockingasgi.localhost", "/")
+
+
+def test_a_client_gone_mid_stream_closes_the_apps_generator(c: Corral, fastapi_host: str) -> None:
+    """Cloudflare's ASGI adapter ends a stream whose reader went away: the
+    app's generator is closed (here it ran on, and its sends hung)."""
+    conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=15)
+    conn.request("GET", "/endless", headers={"host": fastapi_host})
+    resp = conn.getresponse()
+    seen = b""
+    while seen.count(b"\n\n") < 3:
+        seen += resp.read1(100)
+    conn.close()
+    deadline = time.monotonic() + 20
+    while call(c, fastapi_host, "/endless-closed").json()["closed"] < 1:
+        assert time.monotonic() < deadline, "the generator was never closed"
+        time.sleep(0.05)  # polling the app's own record: the close has no event the test can see
 
 
 def test_flask_environ_and_paths_per_pep_3333(c: Corral, flask_host: str) -> None:
