@@ -822,3 +822,18 @@ def test_calls_on_a_stub_reach_the_object_in_the_order_they_were_made(server):
         resp = server.request(f"/{room}", host="ordered.localhost")
         assert resp.status == 200, (resp, server.log()[-2000:])
         assert resp.json() == list(range(30)), resp.json()
+
+
+def test_a_split_picks_one_version_per_key():
+    """An object's events pick their version by its key's hash (cache.pick):
+    the same object, the same version, while a split lasts (Cloudflare runs
+    one version of each object at a time); no key, a pick per request."""
+    from supervisor.model import ScriptRecord
+    from supervisor.store.cache import pick
+
+    a, b = (ScriptRecord(namespace="ns", name="s", version=v, main_module="w.py", modules={}) for v in "ab")
+    split = ([a, b], [50.0, 100.0])
+    for key in ("Counter\0one", "Counter\0two", "Room\0x"):
+        assert len({pick(split, key).version for _ in range(50)}) == 1, key
+    assert {pick(split, f"Counter\0{i}").version for i in range(200)} == {"a", "b"}
+    assert {pick(split).version for _ in range(200)} == {"a", "b"}

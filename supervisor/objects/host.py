@@ -70,9 +70,13 @@ class ObjectHost:
     def attach(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def record_of(self, namespace: str, script: str) -> Any:
+    async def record_of(self, namespace: str, script: str, sticky: str = "") -> Any:
+        """The class script's record; an object's (``sticky``: its class and
+        id) is the same version for as long as a gradual deployment lasts:
+        Cloudflare runs one version of each object at a time (a random pick
+        per event ran it in both at once, and its writes were lost)."""
         assert self.runtime is not None, "ObjectHost used before attach()"
-        record = await self.runtime.scripts.load(namespace, script)
+        record = await self.runtime.scripts.load(namespace, script, sticky)
         if record is None:
             raise BindingError(f"Durable Object class script {script!r} does not exist "
                                f"(the binding's script_name)")
@@ -89,7 +93,7 @@ class ObjectHost:
         with the tenant's exception name and message.
         """
         assert self.runtime is not None
-        record = await self.record_of(key.namespace, key.script)
+        record = await self.record_of(key.namespace, key.script, f"{key.class_name}\0{key.object_id}")
         obj = self.live.get(key)
         if obj is None:
             obj = self.live[key] = LiveObject()

@@ -18,6 +18,7 @@ from re-inserting what a concurrent write just replaced.
 from __future__ import annotations
 
 import collections
+import hashlib
 import random
 import threading
 from collections.abc import Iterable
@@ -32,12 +33,19 @@ Deployed = tuple[tuple[ScriptRecord, ...], tuple[float, ...]]
 MAX_MISSING = 10_000
 
 
-def pick(deployed: Deployed) -> ScriptRecord:
-    """The record one request runs: by percentage when traffic is split."""
+def pick(deployed: Deployed, sticky: str = "") -> ScriptRecord:
+    """The record one request runs: by percentage when traffic is split, at
+    random, or (``sticky``) by where the key's hash falls: the same key the
+    same version while the split lasts (a Durable Object's id: "requests to
+    each Durable Object will always use the same Worker version")."""
     records, cumulative = deployed
     if len(records) == 1:
         return records[0]
-    point = random.random() * cumulative[-1]
+    if sticky:
+        fraction = int.from_bytes(hashlib.sha256(sticky.encode()).digest()[:8], "big") / 2**64
+    else:
+        fraction = random.random()
+    point = fraction * cumulative[-1]
     for record, edge in zip(records, cumulative, strict=False):
         if point < edge:
             return record

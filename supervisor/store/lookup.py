@@ -32,8 +32,9 @@ class ScriptSource(Protocol):
     def cached(self, namespace: str, name: str) -> ScriptRecord | None | NotCached:
         """Without blocking: the record, None (not deployed) or NOT_CACHED."""
 
-    async def load(self, namespace: str, name: str) -> ScriptRecord | None:
-        """The record (None: not deployed), read off the event loop if need be."""
+    async def load(self, namespace: str, name: str, sticky: str = "") -> ScriptRecord | None:
+        """The record (None: not deployed), read off the event loop if need be;
+        ``sticky``: the same key, the same version of a split (cache.pick)."""
 
 
 class ScriptLookup:
@@ -44,8 +45,13 @@ class ScriptLookup:
         self.cached = store.cached  # the hot path: no extra call layer
         self._reads: dict[tuple[str, str], trio.Event] = {}
 
-    async def load(self, namespace: str, name: str) -> ScriptRecord | None:
+    async def load(self, namespace: str, name: str, sticky: str = "") -> ScriptRecord | None:
         key = (namespace, name)
+        if sticky:  # picked by its key: from the cache, or the store
+            record = self._store.cached(namespace, name, sticky)
+            if record is not NOT_CACHED:
+                return record
+            return await trio.to_thread.run_sync(self._store.get_script, namespace, name, sticky)
         pending = self._reads.get(key)
         if pending is not None:
             await pending.wait()  # someone read it: it is likely cached now

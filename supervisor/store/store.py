@@ -303,24 +303,25 @@ class Store:
         return msgspec.structs.replace(record, tags=tags, created_on=created_on, modified_on=now,
                                        version_id=version_id, version_message=message)
 
-    def cached(self, namespace: str, name: str) -> ScriptRecord | None | NotCached:
+    def cached(self, namespace: str, name: str, sticky: str = "") -> ScriptRecord | None | NotCached:
         """The record if the cache holds it, None if no such script is deployed,
         else :data:`NOT_CACHED`: never touches SQLite, so the event loop may call
         it on the request path (a miss is then read with :meth:`get_script` in a
         worker thread; see supervisor.store.lookup)."""
         deployed, missing, _generation = self._cache.lookup((namespace, name))
         if deployed is not None:
-            return pick(deployed)  # a gradual deployment picks per request
+            return pick(deployed, sticky)  # a gradual deployment picks per request (or per key)
         return None if missing else NOT_CACHED
 
-    def get_script(self, namespace: str, name: str) -> ScriptRecord | None:
+    def get_script(self, namespace: str, name: str, sticky: str = "") -> ScriptRecord | None:
         """The record a request runs now (with code), or None.
 
         Hot path: cached. While a gradual deployment splits traffic, each call
-        picks a version by its percentage. Read-only result.
+        picks a version by its percentage (by ``sticky``'s hash, if given: see
+        cache.pick). Read-only result.
         """
         deployed = self.get_deployed(namespace, name)
-        return pick(deployed) if deployed is not None else None
+        return pick(deployed, sticky) if deployed is not None else None
 
     def get_primary(self, namespace: str, name: str) -> ScriptRecord | None:
         """The deployed version with the largest share of traffic (what the API
