@@ -41,7 +41,7 @@ from protocol.http_grammar import TOKEN
 from protocol.messages import Socket, WebSocketEvent, WsClose, WsConnect, WsSend
 
 from . import workers
-from .pyodide_shim import JsException
+from .pyodide_shim import ArrayBuffer, JsException
 from .sdk_types import JsDict
 
 #: Close codes a worker may not send (RFC 6455: reserved for the endpoints'
@@ -437,8 +437,10 @@ async def _dispatch(ws: WebSocket, kind: str, event: JsDict) -> None:
 
 
 def message_of(data: bytes, text: bool) -> Any:
-    """A message as handlers get it: ``str`` for a text frame, ``bytes`` else."""
-    return data.decode("utf-8", "replace") if text else data
+    """A message as handlers get it: ``str`` for a text frame, else an
+    ``ArrayBuffer`` (bytes with ``to_bytes()``, as Pyodide's proxy of one:
+    workers-py's own ASGI loop reads ``data.to_bytes()``)."""
+    return data.decode("utf-8", "replace") if text else ArrayBuffer(data)
 
 
 class WebSocketRequestResponsePair:

@@ -165,6 +165,8 @@ class Default(WorkerEntrypoint):
                 server.close()
             elif isinstance(event.data, str):
                 server.send("echo:" + event.data)
+            elif event.data[:1] == b"\\xff":  # as workers-py's ASGI loop reads binary data
+                server.send(event.data.to_bytes()[1:] + str(event.data.byteLength).encode())
             else:
                 server.send(bytes(reversed(event.data)))
 
@@ -205,7 +207,8 @@ class Room(DurableObject):
             other.send(json.dumps({"from": who, "text": message, "tags": self.ctx.getTags(ws)}))
 
     async def webSocketClose(self, ws, code, reason, wasClean):
-        await self.ctx.storage.put("closed", [ws.deserializeAttachment()["name"], code, wasClean])
+        await self.ctx.storage.put("closed", [ws.deserializeAttachment()["name"], code, wasClean] +
+                                   ([reason] if code == 1006 else []))
 
     async def count(self):
         return {"open": len(self.ctx.getWebSockets()), "closed": await self.ctx.storage.get("closed")}
@@ -249,6 +252,8 @@ def test_a_worker_accepts_echoes_and_closes(server):
     assert c.next() == "echo:hi"
     c.send(b"\x01\x02\x03")
     assert c.next() == b"\x03\x02\x01"
+    c.send(b"\xffab")  # an ArrayBuffer, as Pyodide hands binary data over: to_bytes(), byteLength
+    assert c.next() == b"ab3"
     text = "é" * 400_000 + "x" * 200_000  # ~1 MB: it leaves the child in parts, one message
     c.send(text)
     assert c.next() == "echo:" + text
@@ -392,7 +397,9 @@ def test_a_durable_object_chat_room_hibernates_its_sockets(server):
     # One that just drops its connection: a close with 1006, not clean.
     alice.drop()
     result = wait_for(lambda: (r := count())["open"] == 0 and r)
-    assert result == {"open": 0, "closed": ["alice", 1006, False]}, result
+    # (with workerd's reason for it: it was empty)
+    assert result == {"open": 0, "closed": ["alice", 1006, False,
+                                            "WebSocket disconnected without sending Close frame."]}, result
 
 
 def test_a_close_without_a_code_has_no_status(server):
@@ -433,7 +440,7 @@ def test_a_websocket_no_client_gets_is_closed_for_its_worker(server):
         return server.request("/count/attic", host="chat.localhost").json()
 
     result = wait_for(lambda: (r := count())["closed"] and r)
-    assert result == {"open": 0, "closed": ["carol", 1006, False]}, result
+    assert result == {"open": 0, "closed": ["carol", 1006, False, ""]}, result  # no client ever came
 
 
 def test_what_cannot_be_a_websocket_is_refused_by_name(server):

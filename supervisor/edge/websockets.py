@@ -69,6 +69,11 @@ HOST_BUFFER = 256 * 1024 * 1024
 CHILD_BUFFER = 32 * 1024 * 1024
 
 
+#: The reason of a close with 1006, as workerd words it (web-socket.c++): the
+#: peer went away without a close frame.
+GONE_REASON = "WebSocket disconnected without sending Close frame."
+
+
 class Buffered:
     """Bytes queued toward WebSocket clients: the host's total, and one
     child's (so that one tenant's flood does not use up what others need)."""
@@ -311,7 +316,7 @@ class Session:
         head += [name + b": " + value + b"\r\n" for name, value in response_headers
                  if name.lower() not in HANDSHAKE_HEADERS]
         state = self.state
-        close = (1006, "", False)
+        close = (1006, GONE_REASON, False)
         try:
             self.conn.response_started = True
             self.conn.keep_alive = False  # the connection is the socket's from here on
@@ -416,7 +421,7 @@ class Session:
                     return (event.code, event.reason or "", True)
             data = await self._receive()
             if data is None:
-                return (1006, "", False)
+                return (1006, GONE_REASON, False)
 
     async def _fail(self, code: int, reason: str) -> tuple[int, str, bool]:
         """_Fail the WebSocket Connection_ (RFC 6455 section 7.1.7): a close
