@@ -307,10 +307,6 @@ class DurableObjectStorage:
         self._gate = gate
         self.sql = SqlStorage(gate)
         self.kv = SyncKv(gate)
-        #: The object's class, once its constructor has run (set by Objects):
-        #: setAlarm() needs it to have an ``alarm()`` handler, as workerd's
-        #: assertCanSetAlarm has it; in the constructor it may set one anyway.
-        self._class: type | None = None
 
     @eager
     async def get(self, keys: Any, options_: Any = None, **keywords: Any) -> Any:
@@ -355,10 +351,6 @@ class DurableObjectStorage:
 
     @eager
     async def setAlarm(self, scheduled_time: Any, options_: Any = None, **keywords: Any) -> None:  # noqa: N802
-        if self._class is not None and not callable(getattr(self._class, "alarm", None)):
-            # workerd's words (worker.c++): the alarm would only fail, six times.
-            raise JsException("TypeError", "Your Durable Object class must have an alarm() handler in order to "
-                                           "call setAlarm()")
         when = _ms(scheduled_time)
         if when <= 0:
             # workerd refuses the epoch and before it, in these words (actor-state.c++).
@@ -670,7 +662,6 @@ class Objects:
                 state._websockets = self.websockets.setdefault(key, {})
                 state._auto = self.auto_responses.setdefault(key, AutoResponse())
                 instance = cls(state, env)
-                state.storage._class = cls
                 state._evict = functools.partial(self._drop, key, instance)
                 blocking, state._blocking = state._blocking or [], None
                 for work in blocking:

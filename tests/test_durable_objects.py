@@ -837,32 +837,3 @@ def test_a_split_picks_one_version_per_key():
         assert len({pick(split, key).version for _ in range(50)}) == 1, key
     assert {pick(split, f"Counter\0{i}").version for i in range(200)} == {"a", "b"}
     assert {pick(split).version for _ in range(200)} == {"a", "b"}
-
-
-NO_ALARM = '''
-from workers import DurableObject, Response, WorkerEntrypoint
-
-
-class Plain(DurableObject):
-    async def arm(self):
-        try:
-            await self.ctx.storage.setAlarm(10 ** 13)
-        except Exception as e:
-            return f"{e.name}: {e}"
-        return "set"
-
-
-class Default(WorkerEntrypoint):
-    async def fetch(self, request):
-        return Response(await self.env.PLAIN.getByName("x").arm())
-'''
-
-
-def test_set_alarm_needs_an_alarm_handler(server):
-    """workerd's assertCanSetAlarm: a class with no alarm() cannot set one (it
-    was accepted, and the alarm failed six times later)."""
-    server.deploy("plain", NO_ALARM, bindings=[{"type": "durable_object_namespace", "name": "PLAIN",
-                                                "class_name": "Plain"}])
-    r = server.request("/", host="plain.localhost")
-    assert r.text == ("TypeError: Your Durable Object class must have an alarm() handler in order to "
-                      "call setAlarm()"), r
