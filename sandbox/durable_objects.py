@@ -317,8 +317,10 @@ class DurableObjectStorage:
         value, _ = await call(DO_STORAGE, "get", [keys])
         return decode(value[0][1]) if value else None
 
-    @eager
-    async def put(self, key: Any, value: Any = _UNSET, options_: Any = None, **keywords: Any) -> None:
+    def put(self, key: Any, value: Any = _UNSET, options_: Any = None, **keywords: Any) -> asyncio.Future:
+        """Its keys and values are checked and serialized at the call, as
+        workerd does: one that cannot be stored raises here, awaited or not
+        (in the started call, a put nobody awaited failed without a word)."""
         if isinstance(key, dict):
             entries = [[js_key(k), encode(v, "put()")] for k, v in key.items()]
         elif value is _UNSET:
@@ -326,6 +328,10 @@ class DurableObjectStorage:
             raise JsException("TypeError", "put() called with undefined value.")
         else:
             entries = [[js_key(key), encode(value, "put()")]]
+        return self._put(entries)
+
+    @eager
+    async def _put(self, entries: list[list[Any]]) -> None:
         await call(DO_STORAGE, "put", [entries])
 
     @eager
