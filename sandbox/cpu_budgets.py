@@ -135,8 +135,8 @@ class CpuBudgets:
             return
         left = budget - self.used[inv]
         if left <= 0:
-            self._on_exceeded(inv)  # spent: this step is the last to run untimed
-            handle._run()
+            self._on_exceeded(inv)  # spent now: its task's step is dropped like any after it
+            self.run(handle)
             return
         self._timed = inv
         signal.setitimer(signal.ITIMER_PROF, max(left / 1e9, _MIN_TIMER_S))
