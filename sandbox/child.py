@@ -946,7 +946,7 @@ class Runtime:
         # None of its callbacks runs again (sandbox.cpu_budgets): it is over
         # now, its waitUntil work with it, and this is its end.
         self.cpu_budgets.spend(inv)
-        self.send(InvokeFailed(inv, ExceptionInfo("exceededCpu", CPU_MESSAGE), cpu_exceeded=True))
+        self.send(InvokeFailed(inv, ExceptionInfo("CpuLimitExceeded", CPU_MESSAGE), cpu_exceeded=True))
         stream = self.outgoing.pop(inv, None)
         if stream is not None:
             stream.fail(CPU_MESSAGE)

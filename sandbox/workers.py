@@ -119,6 +119,15 @@ def _redirect_mode(value: Any) -> str:
     return mode
 
 
+class InvalidURL(JsException, TypeError):
+    """workerd's TypeError for a URL that does not parse on its own (a
+    Request's, a redirect's): a JsException named TypeError, and a Python
+    TypeError, as the SDK raises it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("TypeError", message)
+
+
 def _absolute_url(url: str) -> str:
     """A Request's URL, as JavaScript's constructor takes it: one that does
     not parse on its own (``/path``, ``""``) is workerd's TypeError "Invalid
@@ -126,7 +135,7 @@ def _absolute_url(url: str) -> str:
     from .js_url import URL
 
     if URL.parse(url) is None:
-        raise TypeError(f"Invalid URL: {url}")
+        raise InvalidURL(f"Invalid URL: {url[:200]}")
     return _normalized_url(url)
 
 
@@ -800,7 +809,7 @@ def _redirect_location(url: str) -> str:
 
     parsed = URL.parse(url)
     if parsed is None:
-        raise TypeError(f"Unable to parse URL: {url}")
+        raise InvalidURL(f"Unable to parse URL: {url[:200]}")
     return parsed.href
 
 

@@ -256,7 +256,7 @@ def test_a_lease_no_pull_gave_is_refused_and_the_message_kept(server, queue, att
     ("/batch", {"messages": []}, ("1 to 100 messages",)),
     ("/batch", {"messages": [{"body": 1}], "delay_seconds": "soon"}, ("$.delay_seconds",)),
     ("/pull", {"batch_size": 10**30}, ("batch_size must be from 1",)),
-    ("/pull", {"visibility_timeout_ms": 1.5}, ("$.visibility_timeout_ms",)),
+    ("/pull", {"visibility_timeout_ms": 1.5}, ("visibility_timeout_ms must be a whole number",)),
     ("/ack", {"acks": [{"lease_id": 5}]}, ("$.acks[0].lease_id",)),
 ])
 def test_a_malformed_queue_call_is_refused(server, queue, path, body, words):

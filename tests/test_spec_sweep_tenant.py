@@ -102,7 +102,7 @@ def refused(fn):
     try:
         fn()
     except Exception as exc:
-        return type(exc).__name__ + ": " + str(exc)
+        return getattr(exc, "name", type(exc).__name__) + ": " + str(exc)
     return "accepted"
 
 class Chunks:
