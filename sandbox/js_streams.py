@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .pyodide_shim import JsException
@@ -226,14 +226,16 @@ class WritableStream:
     """The writable side: a transform's (``TransformStream().writable``) or
     one over an underlying sink (``js.WritableStream.new({write, close})``)."""
 
-    __slots__ = ("_sink", "_writer", "_done", "_steps")
+    __slots__ = ("_sink", "_writer", "_done", "_steps", "_on_error")
 
-    def __init__(self, sink: Any) -> None:
+    def __init__(self, sink: Any, on_error: Callable[[BaseException], None] | None = None) -> None:
         self._sink = sink
         self._writer: WritableStreamDefaultWriter | None = None
         self._done: asyncio.Future | None = None
         #: The sink's calls, one after another in the order made.
         self._steps: asyncio.Future | None = None
+        #: Told of a sink call that failed (a transform's: its readable side fails too).
+        self._on_error = on_error
 
     @property
     def locked(self) -> bool:
@@ -257,8 +259,8 @@ class WritableStream:
             try:
                 await _call(fn, *args)
             except BaseException as exc:
-                if isinstance(self._sink, _Transform):
-                    self._sink.abort_now(exc)  # the readable side fails with it, as a throwing transform's
+                if self._on_error is not None:
+                    self._on_error(exc)
                 raise
 
         self._steps = asyncio.ensure_future(step())
@@ -313,9 +315,6 @@ class _Transform:
         self._chunks.close()
 
     async def abort(self, reason: Any) -> None:
-        self.abort_now(reason)
-
-    def abort_now(self, reason: Any) -> None:
         self._chunks.fail(reason)
 
 
@@ -326,8 +325,8 @@ class TransformStream:
 
     def __init__(self, transformer: Any = None) -> None:
         chunks = _Chunks()
-        sink = _Transform(transformer, chunks)
-        self.writable = WritableStream(sink)
+        # A transform that raises fails the readable side too, as JavaScript's does.
+        self.writable = WritableStream(_Transform(transformer, chunks), on_error=chunks.fail)
         self.readable = ReadableStream(_read(chunks))
 
 

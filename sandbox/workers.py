@@ -1015,7 +1015,7 @@ def one_positional(extra: tuple[Any, ...]) -> None:
         raise TypeError(f"fetch() takes 1 positional argument but {1 + len(extra)} were given")
 
 
-class FetchURLError(JsException, TypeError):
+class FetchURLError(InvalidURL):
     """workerd's ``TypeError`` for a URL ``fetch()`` cannot load: a relative one
     ("Invalid URL", as its Request constructor throws it) or one of another
     scheme than http and https. Raised before anything is sent: a relative
@@ -1027,8 +1027,7 @@ class FetchURLError(JsException, TypeError):
             scheme = urllib.parse.urlsplit(url).scheme
         except ValueError:
             scheme = ""
-        super().__init__("TypeError", f"Fetch API cannot load: {url[:200]}" if scheme
-                         else f"Invalid URL: {url[:200]}")
+        super().__init__(f"Fetch API cannot load: {url[:200]}" if scheme else f"Invalid URL: {url[:200]}")
 
 
 def fetchable(request: Request) -> Request:

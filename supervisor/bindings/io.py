@@ -182,10 +182,8 @@ class Databases:
     def _drop(self, path: str) -> Database:
         owner = self._owner_of.pop(path, None)
         if owner is not None:
-            left = self._held[owner] - 1
-            if left:
-                self._held[owner] = left
-            else:
+            self._held[owner] -= 1
+            if not self._held[owner]:
                 del self._held[owner]
         return self._open.pop(path)
 
