@@ -1,9 +1,10 @@
 """Live Durable Objects: one instance per id on this host.
 
-An object lives in the child that runs its class's script version (the
-pool keeps one warm child per script, so the child holds at most one
-instance per id; a deploy or a dead child starts the object afresh from its
-storage). Every event for an object (an RPC call, a ``fetch``, its alarm) is
+An object lives in the child that runs its class's script version, and
+its events go on to that child while it lives, retired or not (the pool
+keeps one warm child per script, and a gradual deployment's versions take
+turns at it); a new version or a dead child starts the object afresh from
+its storage. Every event for an object (an RPC call, a ``fetch``, its alarm) is
 sent in arrival order, and passes the object's **input gate** in the child
 (:class:`sandbox.durable_objects.InputGate`): as on Cloudflare, no new event
 gets in while the object is constructed or waits for its storage, and
@@ -41,12 +42,15 @@ class ObjectKey(NamedTuple):
 class LiveObject:
     """What the supervisor knows of one live object."""
 
-    __slots__ = ("last_used", "child", "waiting")
+    __slots__ = ("last_used", "child", "waiting", "placing")
 
     def __init__(self) -> None:
         self.last_used = trio.current_time()
-        self.child: Any = None
+        self.child: Any = None  # the child that holds its instance (see _holding)
         self.waiting = 0
+        #: Set while an event finds the object a child: the events beside it
+        #: wait for that child rather than each starting one.
+        self.placing: trio.Event | None = None
 
 
 class Runtime:
@@ -112,11 +116,27 @@ class ObjectHost:
         assert rt is not None
         method, url, headers, body = http or (b"POST", f"https://{key.object_id}.do/{event.method}",
                                               [], args or None)
-        inv = await rt.pool.invoke(record, method, url, headers, body, rt.limits.defaults_for(record),
-                                   parent=parent, event=event)
+        limits = rt.limits.defaults_for(record)
+        while True:
+            holder = _holding(obj.child, record)
+            if holder is not None:  # where the instance lives, retired or not: one instance per id
+                inv = rt.pool.start(holder, record, method, url, headers, body, limits, parent=parent,
+                                    event=event)
+                break
+            if obj.placing is not None:  # another event is finding the object a child: that one
+                await obj.placing.wait()
+                continue
+            placing = obj.placing = trio.Event()
+            try:
+                inv = await rt.pool.invoke(record, method, url, headers, body, limits, parent=parent,
+                                           event=event)
+                obj.child = inv.child
+            finally:
+                obj.placing = None
+                placing.set()
+            break
         if delivered is not None:
             delivered.set()  # with the object's child now: the caller's next call may follow
-        obj.child = inv.child
         if trace:
             inv.on_done = rt.on_trace
         await inv.wait_head()
@@ -170,6 +190,20 @@ class ObjectHost:
                           event=DurableObjectEvent(key.class_name, key.object_id, "#evict"))
         except Exception as exc:  # noqa: BLE001 - eviction is best effort
             warn("dobject.evict_failed", reason=str(exc))
+
+
+def _holding(child: Any, record: Any) -> Any:
+    """The child that holds the object's instance, if it may take its next
+    event: alive, not being killed, and running the version the event picked.
+
+    Retired children count: the pool keeps one warm child per script, so
+    requests alternating between a gradual deployment's versions retire the
+    object's child while its calls are under way, and a fresh child of the
+    same version would construct the object a second time beside it."""
+    if child is None or not child.alive or child.kill_reason is not None:
+        return None
+    held = child.record
+    return child if held is not None and held.version == record.version else None
 
 
 def _failure(error: ExceptionInfo) -> BindingError:

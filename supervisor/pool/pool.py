@@ -1095,8 +1095,11 @@ class Pool:
               headers: list, body: BodySource | bytes | None, limits: Limits,
               parent: Invocation | None = None, outbound: Outbound | None = None,
               params: dict[str, Any] | None = None, event: Event | None = None) -> Invocation:
-        """Send an invocation to a child that already runs ``record`` (synchronous)."""
-        self.warm.move_to_end((record.namespace, record.name))
+        """Send an invocation to a child that already runs ``record`` (synchronous;
+        a retired one too: a Durable Object's events follow its instance)."""
+        key = (record.namespace, record.name)
+        if self.warm.get(key) is child:
+            self.warm.move_to_end(key)
         inv = Invocation(child.next_invocation_id(), child, record, method, url, headers, limits,
                          parent=parent, outbound=outbound, params=params)
         inv.event = event
