@@ -152,6 +152,18 @@ def test_a_bound_token_cannot_bind_its_way_into_another_namespace(server, tls_fi
     with pytest.raises(cloudflare.PermissionDeniedError, match="reaches dispatch namespace 'tenant-b'"):
         cf.workers_for_platforms.dispatch.namespaces.scripts.settings.edit(
             "reacher", account_id="local", dispatch_namespace="tenant-a", settings={"bindings": [reach]})
+    # A service binding and a tail consumer name platform scripts: past every namespace.
+    service = {"type": "service", "name": "P", "service": "internal-svc"}
+    with pytest.raises(cloudflare.PermissionDeniedError, match="binding 'P' reaches the platform script "
+                                                               "'internal-svc'.*bound to namespace"):
+        upload([service])
+    with pytest.raises(cloudflare.PermissionDeniedError, match="reaches the platform script"):
+        cf.workers_for_platforms.dispatch.namespaces.scripts.settings.edit(
+            "reacher", account_id="local", dispatch_namespace="tenant-a", settings={"bindings": [service]})
+    with pytest.raises(cloudflare.PermissionDeniedError, match="tail consumer 'internal-svc' is a platform"):
+        cf.workers_for_platforms.dispatch.namespaces.scripts.settings.edit(
+            "reacher", account_id="local", dispatch_namespace="tenant-a",
+            settings={"tail_consumers": [{"service": "internal-svc"}]})
 
 
 def test_admin_token_but_no_token_management(server, tls_files):

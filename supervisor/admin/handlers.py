@@ -283,13 +283,21 @@ def check_reach(record: ScriptRecord, namespaces: tuple[str, ...]) -> None:
     """Refuse a binding that reaches past the namespaces the caller's token
     is bound to (``namespaces``; empty: any): such a token reaches only
     paths inside them, and an upload's dispatch_namespace binding to another
-    namespace would otherwise run, and read, the workers there."""
+    namespace would otherwise run, and read, the workers there. A service
+    binding and a tail consumer name a platform script (outside every
+    namespace): through them a tenant's worker ran the platform's internal
+    services and read their answers, or was sent its own traces' neighbours."""
     if not namespaces:
         return
+    bound = f"this API token is bound to namespace(s) {', '.join(namespaces)}"
     for binding in record.bindings:
         if isinstance(binding, DispatchNamespace) and binding.namespace not in namespaces:
-            raise Forbidden(f"binding {binding.name!r} reaches dispatch namespace {binding.namespace!r}, and this "
-                            f"API token is bound to namespace(s) {', '.join(namespaces)}")
+            raise Forbidden(f"binding {binding.name!r} reaches dispatch namespace {binding.namespace!r}, and {bound}")
+        if isinstance(binding, Service):
+            raise Forbidden(f"binding {binding.name!r} reaches the platform script {binding.service!r} (a service "
+                            f"binding names a platform script), and {bound}")
+    if record.tail_consumers:
+        raise Forbidden(f"tail consumer {record.tail_consumers[0].service!r} is a platform script, and {bound}")
 
 
 def _own_bound_classes(record: ScriptRecord) -> frozenset[str]:
