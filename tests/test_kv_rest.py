@@ -76,6 +76,10 @@ def test_keys_are_listed_and_written_and_deleted_in_bulk(server, cf, reader):
     assert ns.values.get("blob", account_id=A, namespace_id="bulk").read() == b"\x00\xff"
     got = ns.bulk_get("bulk", account_id=A, keys=["user:01", "nope"])
     assert got.values == {"user:01": "v1", "nope": None}
+    ns.values.update("ttl", account_id=A, namespace_id="bulk", value=b"t", metadata={"m": 1}, expiration=4102444800)
+    got = ns.bulk_get("bulk", account_id=A, keys=["user:01", "ttl", "nope"], with_metadata=True)
+    assert {k: (v.value, v.metadata, v.expiration) for k, v in got.values.items()} == {
+        "user:01": ("v1", {"i": 1}, None), "ttl": ("t", {"m": 1}, 4102444800), "nope": (None, None, None)}
     removed = ns.bulk_delete("bulk", account_id=A, body=[f"user:{i:02d}" for i in range(20)])
     assert removed.successful_key_count == 20
     assert [k.name for k in ns.keys.list("bulk", account_id=A, prefix="user:")] == \

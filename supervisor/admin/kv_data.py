@@ -187,8 +187,12 @@ def register(router: Router, bindings: Bindings) -> None:
                 value = decode_json(entry.value or b"null", f"the value of {key[:80]!r}")
             elif entry is not None:
                 value = (entry.value or b"").decode("utf-8", "replace")
-            values[key] = {"value": value, "metadata": entry.metadata if entry else None} \
-                if asked.withMetadata else value
+            if not asked.withMetadata:
+                values[key] = value
+                continue
+            values[key] = {"value": value, "metadata": entry.metadata if entry else None}
+            if entry is not None and entry.expiration is not None:  # Cloudflare's "with metadata" result
+                values[key]["expiration"] = entry.expiration
         return envelope(200, {"values": values})
 
     router.add(f"{_NS}/values/{{key}}", GET=get_value, PUT=put_value, DELETE=delete_value)
