@@ -349,3 +349,33 @@ def test_a_url_past_cloudflares_16_kb_is_414_at_the_edge(edge: Corral) -> None:
     assert long.status == 414 and b"URI Too Long" in long.body, long
     fits = edge.request("/x?" + "q" * 16_000, host="echo.localhost")
     assert fits.status == 200, fits
+
+
+IGNORES_BODY = '''
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("not read")
+'''
+
+
+@pytest.mark.parametrize("size", [10, 70_000, 600_000])
+def test_a_body_the_worker_leaves_unread_keeps_the_connection(edge: Corral, size: int) -> None:
+    """A worker that answers without reading its request's body: the edge
+    reads and drops the rest, and the next request on the connection is
+    served. Past 64 KiB (what the edge pumps ahead) the body counted as
+    closed and the connection ended with the client's bytes unread, a reset
+    for a pooled client's next request."""
+    edge.deploy("ignores", IGNORES_BODY)
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=20)
+    try:
+        for _ in range(2):
+            conn.request("POST", "/", body=b"x" * size, headers={"Host": "ignores.localhost"})
+            first = conn.getresponse()
+            assert (first.status, first.read(), first.getheader("connection")) == (200, b"not read", None)
+        conn.request("GET", "/", headers={"Host": "ignores.localhost"})
+        second = conn.getresponse()
+        assert (second.status, second.read()) == (200, b"not read")
+    finally:
+        conn.close()

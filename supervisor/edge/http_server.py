@@ -60,6 +60,11 @@ from supervisor.log import error, warn
 from supervisor.pool.bodies import BodyError, BodyTooLarge
 
 READ_SIZE = 64 * 1024
+#: What the edge reads and drops of a request body the worker left unread,
+#: and for how long, to keep the connection for the next request (nginx
+#: discards an unread body likewise); past either, it closes, lingering.
+DRAIN_BYTES = 4 * 1024 * 1024
+DRAIN_S = 5.0
 
 #: Hop-by-hop and framing headers a handler may not set: the server frames
 #: responses itself (Content-Length or chunked) and manages the connection.
@@ -962,6 +967,8 @@ class Server:
 
             # 4. Keep-alive: finish the request body, then the next cycle.
             if not conn.keep_alive or self.draining:
+                if type(event) is not SimpleHead and h.their_state is h11.SEND_BODY:
+                    conn.linger = True  # the client still sends: no reset before it reads the answer
                 return
             if type(event) is SimpleHead:
                 conn.next_cycle(event.rest)
@@ -1051,15 +1058,22 @@ class Server:
         return None
 
     async def _drain(self, conn: Connection, body: RequestBody | bytes) -> bool:
-        """Read and drop what the handler left of the body (bounded)."""
-        if not isinstance(body, RequestBody) or body.closed:
-            return False
-        budget = 1024 * 1024
-        with trio.move_on_after(5):
-            while budget > 0:
-                chunk = await conn.read_body_chunk()
-                if not chunk:
-                    return True
-                budget -= len(chunk)
+        """Read and drop what the handler left of the body, so the connection
+        goes on to the next request (bounded: past the bound, or after a body
+        that failed, it closes, lingering).
+
+        A body the worker stopped reading (it answered without it) is
+        ``closed`` for the worker only: the client's bytes are still to come,
+        and closing on them was a reset that lost a pooled client its next
+        request."""
+        if isinstance(body, RequestBody) and not (body.too_large or body.timed_out):
+            budget = DRAIN_BYTES
+            with trio.move_on_after(DRAIN_S):
+                while budget > 0:
+                    chunk = await conn.read_body_chunk()
+                    if not chunk:
+                        return True
+                    budget -= len(chunk)
+        conn.linger = True
         return False
 
