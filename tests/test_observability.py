@@ -180,6 +180,18 @@ class Default(WorkerEntrypoint):
         await asyncio.sleep(30)
         return Response("late")
 ''',
+    "streamer": r'''
+import asyncio
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        async def body():
+            for _ in range(400):
+                yield b"x" * 65536
+                await asyncio.sleep(0.01)
+        return Response(body())
+''',
     "waiter": r'''
 import asyncio
 from workers import Response, WorkerEntrypoint, fetch
@@ -405,6 +417,26 @@ def test_canceled_when_the_client_goes_away(corral, collector):
     top, event = child_event(collector, "waiter", "gone-1")
     assert top["outcome"] == "canceled"
     assert event["outcome"] == "canceled"
+
+
+def test_a_client_gone_mid_stream_is_not_an_ok_outcome(corral, collector):
+    """The client leaves while the response body streams: the user worker
+    making the body is canceled (as when it leaves before the head), and so
+    is the dispatcher, whose response is the user worker's handed on. Both
+    said "ok". (workerd names the dispatcher's outcome
+    responseStreamDisconnected, a disconnect while its response is proxied;
+    SPEC section 4's outcomes have no such name: canceled is its word.)"""
+    with socket.create_connection(("127.0.0.1", corral.port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: streamer.localhost\r\nx-corral-request-id: gone-2\r\n\r\n")
+        got = 0
+        while got < 300_000:
+            chunk = sock.recv(65536)
+            assert chunk, "the stream ended early"
+            got += len(chunk)
+    top, event = child_event(collector, "streamer", "gone-2")
+    assert (top["outcome"], event["outcome"]) == ("canceled", "canceled"), (
+        top["outcome"], event["outcome"])
+    assert event["event"]["response"] == {"status": 200}, event
 
 
 def test_script_not_found(corral, collector):

@@ -419,8 +419,8 @@ class Ingress:
             body.close()
             raise
         except BaseException:
+            inv.response_abandoned()  # the body did not arrive
             body.close()
-            inv.cancel(Outcome.CANCELED)  # also after the child is done: the body did not arrive
             raise
 
 

@@ -384,6 +384,21 @@ class Invocation:
         if not self.is_done:
             self.child.send(Cancel(self.id))
 
+    def response_abandoned(self) -> None:
+        """The client left (or the edge gave up) while the response body
+        streamed: canceled, also once the child is done with it (a body it
+        handed on has no more use for :meth:`cancel`, but its trace is still
+        to go), and so is every callee whose body is still on its way, the
+        one it handed on included (through a dispatcher both said "ok", and
+        the user worker's stream ran on unread)."""
+        if self.is_done and self.response_end is not None:
+            self.fail(ExceptionInfo(_CANCELED, OUTCOME_MESSAGE[_CANCELED]), _CANCELED)
+        else:
+            self.cancel(_CANCELED)
+        for callee in self.children:
+            if callee.has_head and callee.response_end is None:
+                callee.response_abandoned()
+
     def cut_response(self) -> None:
         """The wall limit passed while the body streams: end it, broken."""
         self.cancel(_WALL)
