@@ -130,3 +130,19 @@ def test_a_tail_is_made_only_with_a_token_and_for_a_deployed_script(server, cf):
     assert plain.status_code == 400 and "WebSocket" in plain.text
     assert httpx.delete(f"{base}/scripts/plat/tails/{made['id']}", headers=headers).status_code == 200
     assert httpx.delete(f"{base}/scripts/plat/tails/{made['id']}", headers=headers).status_code == 404
+
+
+def test_wrangler_tail_ip_self_is_the_address_that_asked(server, cf):
+    """``wrangler tail --ip self`` sends ``client_ip: ["self"]``, which the
+    server replaces with the address the tail request came from (wrangler's
+    changeset that added the filter says so); it was refused with a 400."""
+    tail = cf.workers.scripts.tail.create("plat", account_id="local",
+                                          extra_body={"filters": [{"client_ip": ["self"]}]})
+    ws = Socket(server, tail.url)
+    assert ws.next(AcceptConnection).subprotocol == "trace-v1"
+    ws.send_unmasked(json.dumps({"debug": False}))
+    server.request("/from-here", host="plat.test")  # from 127.0.0.1, as the tail request was
+    event = json.loads(ws.next(TextMessage).data)
+    assert event["event"]["request"]["url"] == "http://plat.test/from-here", event
+    cf.workers.scripts.tail.delete(tail.id, account_id="local", script_name="plat")
+    ws.sock.close()

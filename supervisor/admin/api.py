@@ -67,12 +67,12 @@ class AdminAPI:
 
     async def handle(
         self, method: str | bytes, target: str | bytes, headers: list[tuple[bytes, bytes]], body: bytes,
-        principal: Principal = OWNER,
+        principal: Principal = OWNER, client_ip: str = "",
     ) -> Response:
         """Answer one request. Never raises (except cancellation).
 
         ``principal``: who is calling (the owner on the unix socket; a token
-        on the TCP listener). A ``/client/v4`` prefix is accepted, so an SDK
+        on the TCP listener); ``client_ip``: its address, on the TCP listener. A ``/client/v4`` prefix is accepted, so an SDK
         whose base URL ends in Cloudflare's path layout works unchanged.
         """
         if isinstance(method, bytes):
@@ -93,7 +93,8 @@ class AdminAPI:
             request = Request(method=method, path=path, params=params, query=query,
                               headers=header_map, body=body,
                               token_id=principal.token.id if principal.token is not None else "",
-                              namespaces=tuple(principal.token.namespaces) if principal.token is not None else ())
+                              namespaces=tuple(principal.token.namespaces) if principal.token is not None else (),
+                              client_ip=client_ip)
             return await handler(request)
         except trio.Cancelled:
             raise

@@ -29,6 +29,9 @@ class Request(msgspec.Struct, kw_only=True):
     token_id: str = ""
     #: The dispatch namespaces the caller's token is bound to; empty: any.
     namespaces: tuple[str, ...] = ()
+    #: The caller's IP address on the TCP listener; empty on the unix socket
+    #: (wrangler tail's ``--ip self`` means it).
+    client_ip: str = ""
 
     def json(self) -> Any:
         return decode_json(self.body, "request body")

@@ -22,7 +22,7 @@ def register(router: Router, core: Handlers, sessions: TailSessions, scheme: str
     async def create(request: Request) -> Response:
         _, name, _ = await core.deployed(request)
         body = decode_json(request.body, "the tail's filters") if request.body.strip() else None
-        session = sessions.create(name, body)
+        session = sessions.create(name, body, request.client_ip)
         log_event(logging.INFO, "admin.tail_created", script=name, id=session.id)
         return envelope(200, sessions.json(session, account_url(request, scheme)))
 

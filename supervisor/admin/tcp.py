@@ -26,6 +26,7 @@ from supervisor.admin.errors import status_and_code
 from supervisor.admin.render import envelope
 from supervisor.admin.router import api_segments
 from supervisor.admin.tokens import ASSET_UPLOADER, DOWNLOADER, Principal, is_download, is_import_upload
+from supervisor.edge.client_ip import parse_address
 from supervisor.errors import Invalid, NotFound, Unauthorized, Unavailable
 from supervisor.log import error, log, warn
 from supervisor.observability.tail_sessions import SOCKET_SUFFIX, TailSessions
@@ -130,7 +131,7 @@ class AdminTCP:
                     await self._send(stream, conn, *envelope(status, None, errors=[{"code": code, "message": message}]))
                 else:
                     status, out_headers, payload = await self.api.handle(
-                        request.method, target, headers, bytes(body), principal)
+                        request.method, target, headers, bytes(body), principal, _peer_ip(stream))
                     await self._send(stream, conn, status, out_headers, payload)
                 if conn.our_state is h11.MUST_CLOSE:
                     return
@@ -171,3 +172,16 @@ class AdminTCP:
         data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
         data += conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage())
         await stream.send_all(data)
+
+
+def _peer_ip(stream: trio.abc.Stream) -> str:
+    """The client's IP address (under TLS too), or "" when it cannot be had."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    sock = getattr(stream, "socket", None)
+    try:
+        peer = sock.getpeername() if sock is not None else None
+    except OSError:
+        return ""
+    address = parse_address(peer[0]) if isinstance(peer, tuple) else None
+    return "" if address is None else str(address)

@@ -441,8 +441,8 @@ def _parse_ips(values: list[str]) -> frozenset[str] | None:
     out: set[str] = set()
     for text in values:
         if text == "self":
-            raise Invalid("ip 'self' means the tail client's own address, and a live tail comes "
-                          "over the admin unix socket, which has none: name the address instead")
+            raise Invalid("ip 'self' means the tail client's own address, which a client of the admin "
+                          "unix socket has none of: name the address instead")
         address = parse_address(text)
         if address is None:
             raise Invalid(f"ip {text[:60]!r} is not an IP address")

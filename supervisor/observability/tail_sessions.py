@@ -60,8 +60,9 @@ class Session(msgspec.Struct, kw_only=True):
     scope: trio.CancelScope | None = None
 
 
-def filter_of(script: str, body: Any) -> TailFilter:
-    """wrangler's filter message as a :class:`TailFilter` on ``script``'s events."""
+def filter_of(script: str, body: Any, client_ip: str = "") -> TailFilter:
+    """wrangler's filter message as a :class:`TailFilter` on ``script``'s events
+    (``client_ip``: the address of whoever asks, for wrangler's ``--ip self``)."""
     query: dict[str, list[str]] = {"script": [script]}
     filters = body.get("filters") if isinstance(body, dict) else None
     if (body is not None and not isinstance(body, dict)) or not isinstance(filters, (list, type(None))):
@@ -81,7 +82,7 @@ def filter_of(script: str, body: Any) -> TailFilter:
             wanted = value["key"] + (f":{value['query']}" if isinstance(value.get("query"), str) else "")
             query.setdefault("header", []).append(wanted)
         elif key == "client_ip" and isinstance(value, list):
-            query["ip"] = [str(v) for v in value]
+            query["ip"] = [client_ip if v == "self" and client_ip else str(v) for v in value]
         elif key == "query" and isinstance(value, str):
             query["search"] = [value]
         elif key == "sampling_rate" and isinstance(value, (int, float)):
@@ -106,11 +107,11 @@ class TailSessions:
         for session in [s for s in self.sessions.values() if s.expires <= now]:
             self.end(session.id)
 
-    def create(self, script: str, body: Any) -> Session:
+    def create(self, script: str, body: Any, client_ip: str = "") -> Session:
         self._expire()
         if len(self.sessions) >= MAX_SESSIONS:
             raise Invalid(f"{len(self.sessions)} tails are open, the most allowed: delete one first")
-        session = Session(id=secrets.token_hex(16), script=script, filter=filter_of(script, body),
+        session = Session(id=secrets.token_hex(16), script=script, filter=filter_of(script, body, client_ip),
                           expires=time.monotonic() + TTL_S)
         self.sessions[session.id] = session
         return session
