@@ -72,8 +72,9 @@ class AdminAPI:
         """Answer one request. Never raises (except cancellation).
 
         ``principal``: who is calling (the owner on the unix socket; a token
-        on the TCP listener); ``client_ip``: its address, on the TCP listener. A ``/client/v4`` prefix is accepted, so an SDK
-        whose base URL ends in Cloudflare's path layout works unchanged.
+        on the TCP listener); ``client_ip``: its address, on the TCP listener.
+        A ``/client/v4`` prefix is accepted, so an SDK whose base URL ends in
+        Cloudflare's path layout works unchanged.
         """
         if isinstance(method, bytes):
             method = method.decode("latin-1")
