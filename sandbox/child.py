@@ -117,13 +117,28 @@ _BUNDLE_PREFIX = re.compile(r"^.*/bundles/[0-9a-f]+/")
 def _tenant_stack(exc: BaseException) -> str:
     """The traceback without the runtime's own frames (the tenant's code is what matters)."""
     summary = traceback.TracebackException.from_exception(exc)
-    frames = [f for f in summary.stack if not f.filename.startswith(_RUNTIME_DIR)]
-    for frame in frames:
-        # The tenant's own files by their path in its project, as on
-        # Cloudflare (and without the host's state directory in them).
-        frame.filename = _BUNDLE_PREFIX.sub("", frame.filename)
-    summary.stack = traceback.StackSummary.from_list(frames)
+    seen: set[int] = set()
+    part: traceback.TracebackException | None = summary
+    while part is not None and id(part) not in seen:  # the exception and what it was raised from
+        seen.add(id(part))
+        frames = [f for f in part.stack if not f.filename.startswith(_RUNTIME_DIR)]
+        for frame in frames:
+            # The tenant's own files by their path in its project, as on
+            # Cloudflare (and without the host's state directory in them).
+            frame.filename = _BUNDLE_PREFIX.sub("", frame.filename)
+        part.stack = traceback.StackSummary.from_list(frames)
+        if getattr(part.exc_type, "__module__", "").startswith("sandbox."):
+            # The runtime's own class (a callee's error re-raised, a binding's)
+            # by the name the trace gives it, not its module path in the runtime.
+            name = getattr(exc, "name", None) if part is summary else None
+            part.exc_type = _named(name or part.exc_type.__name__)
+        part = part.__cause__ or part.__context__
     return "".join(summary.format())
+
+
+def _named(name: str) -> type:
+    """A stand-in exception class that prints as ``name``, bare."""
+    return type(str(name), (Exception,), {"__module__": "builtins"})
 
 
 def exception_info(exc: BaseException, with_stack: bool = True) -> ExceptionInfo:

@@ -392,12 +392,18 @@ def test_ok_event_has_cloudflares_fields_and_redacts_secrets(corral, collector):
 def test_uncaught_exception(corral, collector):
     resp = call(corral, "thrower")
     assert resp.status == 500
-    _, event = child_event(collector, "thrower", resp.headers["x-corral-request-id"])
+    top, event = child_event(collector, "thrower", resp.headers["x-corral-request-id"])
     assert event["outcome"] == "exception"
     exc = event["exceptions"][0]
     assert exc["name"] == "ValueError" and exc["message"] == "boom from thrower"
     assert 'File "worker.py", line 6, in fetch' in exc["stack"] and exc["timestamp"] > 0
     assert "sandbox/" not in exc["stack"]  # the runtime's own frames are left out
+    # The dispatcher re-raised it: its stack ends as its name says, with no
+    # class of the runtime's by its module path (sandbox.workers.PlatformError).
+    again = top["exceptions"][0]
+    assert again["name"] == "ValueError", again
+    assert again["stack"].rstrip().endswith("ValueError: boom from thrower"), again["stack"]
+    assert "sandbox" not in again["stack"], again["stack"]
 
 
 @pytest.mark.parametrize("name,outcome", [("spinner", "exceededCpu"), ("sleeper", "exceededWallTime"),
