@@ -730,6 +730,8 @@ class Runtime:
             raise RuntimeError("Load received twice")
         warmup.give_way()
         self.script = message.script
+        # The codings workerd applies depend on the script's compatibility (br).
+        content_coding.configure(message.script.compatibility_date, message.script.compatibility_flags)
         values: dict[str, Any] = {}
         for binding in message.script.bindings:
             if isinstance(binding, TextBinding):

@@ -8,49 +8,115 @@ says ``encodeBody: "manual"`` (its body is already encoded). The supervisor
 passes bodies through as they are; this module does both steps in the
 child, where they are billed to the tenant's CPU.
 
-gzip (and ``x-gzip``) and deflate, with :mod:`zlib`; other codings (``br``,
-``zstd``) pass through untouched, as bytes the worker sees as they came.
+Which codings, as workerd's ``getContentEncoding`` (``api/system-streams.c++``)
+decides for both directions: a ``Content-Encoding`` of exactly ``gzip``, and
+of exactly ``br`` when the script has ``brotli_content_encoding`` (on by
+default from its compatibility date 2024-04-29; ``no_brotli_content_encoding``
+turns it off). Anything else (``deflate``, ``x-gzip``, ``GZIP``, ``zstd``, a
+list of codings, and ``br`` with the flag off) passes through untouched: the
+bytes the worker sees, or sends, as they are.
+
+gzip with :mod:`zlib`; brotli with the ``brotli`` package, a dependency of
+Corral's, which the zygote imports before it builds the jail's file view
+(this module is imported there), so children have it without its files.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-#: The codings handled, by the name a Content-Encoding header gives.
-CODINGS = frozenset({"gzip", "x-gzip", "deflate"})
+import brotli
+
+#: workerd's ``brotliContentEncoding``: its enable date and its two flags.
+BROTLI_FROM = "2024-04-29"
+BROTLI_ON = "brotli_content_encoding"
+BROTLI_OFF = "no_brotli_content_encoding"
+
+#: kj's ``BrotliAsyncOutputStream`` defaults (``kj/compat/brotli.h``): quality
+#: 5 (brotli's own default, 11, is far too slow to compress on the fly) and a
+#: 512 KiB window.
+BROTLI_QUALITY = 5
+BROTLI_WINDOW_BITS = 19
+#: gzip's: zlib's default level, as kj's ``GzipAsyncOutputStream`` has it.
+GZIP_LEVEL = 6
+
+#: The codings handled for the script this child runs (one script a child:
+#: set once, when it is loaded, by :func:`configure`). gzip until then.
+_codings: frozenset[str] = frozenset({"gzip"})
+
+
+def brotli_enabled(compatibility_date: str, compatibility_flags: Iterable[str]) -> bool:
+    """Does a script with this date and these flags have workerd's
+    ``brotliContentEncoding``? A script without a date has the oldest
+    behaviour, as for every other date-enabled default here."""
+    flags = set(compatibility_flags)
+    if BROTLI_OFF in flags:
+        return False
+    return BROTLI_ON in flags or (bool(compatibility_date) and compatibility_date >= BROTLI_FROM)
+
+
+def configure(compatibility_date: str, compatibility_flags: Iterable[str]) -> None:
+    """Set the codings handled to those of the script this child loaded."""
+    global _codings
+    on = brotli_enabled(compatibility_date, compatibility_flags)
+    _codings = frozenset({"gzip", "br"} if on else {"gzip"})
 
 
 def coding_of(value: str | None) -> str | None:
     """The coding a ``Content-Encoding`` value names, if it is one handled
-    here (one coding only: a list of them is left alone)."""
-    if not value:
-        return None
-    coding = value.strip().lower()
-    return coding if coding in CODINGS else None
+    here: its exact name, as workerd compares it (the header's value is
+    already trimmed of whitespace, as the Fetch standard normalizes it)."""
+    return value if value in _codings else None
 
 
-def _decompressor() -> Any:
-    """Either coding: 32 + 15 reads a gzip or a zlib header, as found
-    (deflate as HTTP sends it is zlib)."""
-    return zlib.decompressobj(32 + 15)
+class _Brotli:
+    """Compresses as zlib's objects do for gzip (``compress``/``flush``),
+    so that both codings go through the same loops."""
+
+    def __init__(self) -> None:
+        self._inner = brotli.Compressor(quality=BROTLI_QUALITY, lgwin=BROTLI_WINDOW_BITS)
+
+    def compress(self, data: bytes) -> bytes:
+        return self._inner.process(data)
+
+    def flush(self, mode: int = zlib.Z_FINISH) -> bytes:
+        return self._inner.finish() if mode == zlib.Z_FINISH else self._inner.flush()
+
+
+class _Unbrotli:
+    """Decompresses with zlib's ``decompressobj`` calls."""
+
+    def __init__(self) -> None:
+        self._inner = brotli.Decompressor()
+
+    def decompress(self, data: bytes) -> bytes:
+        return self._inner.process(data)
+
+    def flush(self) -> bytes:
+        return b""
+
+
+def _decompressor(coding: str) -> Any:
+    """32 + 15 reads a gzip header (or a zlib one, as found)."""
+    return _Unbrotli() if coding == "br" else zlib.decompressobj(32 + 15)
 
 
 def _compressor(coding: str) -> Any:
-    return zlib.compressobj(6, zlib.DEFLATED, 16 + 15 if coding != "deflate" else 15)
+    return _Brotli() if coding == "br" else zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + 15)
 
 
 def decode(data: bytes, coding: str) -> bytes:
     """``data`` decoded; a body that is not what its header says raises
-    ``zlib.error``, as workerd's read fails."""
-    inflater = _decompressor()
+    ``zlib.error`` or ``brotli.error``, as workerd's read fails."""
+    inflater = _decompressor(coding)
     return inflater.decompress(data) + inflater.flush()
 
 
 async def decoding(chunks: AsyncIterator[bytes], coding: str) -> AsyncIterator[bytes]:
     """``chunks`` decoded as they come."""
-    inflater = _decompressor()
+    inflater = _decompressor(coding)
     async for chunk in chunks:
         out = inflater.decompress(chunk)
         if out:

@@ -14,6 +14,9 @@ libraries' load paths stay valid):
   interpreter has them there, are mounted back into it;
 * the runtime's own code a child runs: ``sandbox/``, ``protocol/``, ``msgspec``,
   ``greenlet`` (``pyodide.ffi.run_sync``, see :mod:`sandbox.run_sync`);
+  ``brotli`` (two top-level files of site-packages, not a folder) is not in
+  the view: the zygote imports it before the view is built
+  (:data:`sandbox.preload.RUNTIME`), and children inherit the module;
 * the shared libraries the standard library's extension modules load
   lazily (``libsqlite3``, ``libffi``, ...), found by reading their
   ``DT_NEEDED`` (:mod:`sandbox.elf_needed`), with the symlinks the dynamic

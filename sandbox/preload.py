@@ -32,6 +32,8 @@ COMMON: tuple[str, ...] = (
     "importlib.metadata", "zoneinfo", "http.client", "mimetypes",
 )
 
-#: The runtime's own (the child's loop, the protocol).
+#: The runtime's own (the child's loop, the protocol; brotli for
+#: ``Content-Encoding: br``, sandbox.content_coding: 0.4 ms, 256 KB, and it
+#: must be imported here, as its files are not in the jail's file view).
 RUNTIME: tuple[str, ...] = ("greenlet", "sandbox.run_sync", "msgspec", "msgspec.msgpack", "msgspec.json",
-                           "socket", "selectors")
+                           "socket", "selectors", "brotli")

@@ -16,6 +16,8 @@ so a test can check what really left Corral. Endpoints:
 * ``/slow?delay=S``: answers after ``S`` seconds.
 * ``/reason?code=N&text=T``: status ``N`` with the reason phrase ``T`` (UTF-8).
 * ``/gzip``: :data:`GZIP_TEXT`, gzip-encoded (``Content-Encoding: gzip``).
+* ``/br``: :data:`BR_TEXT`, brotli-encoded (``Content-Encoding: br``; with
+  the ``brotli`` package, a dependency of Corral's).
 * ``/cookies``: sets the cookies ``a=1`` and ``b=2`` (two Set-Cookie headers).
 * ``/flaky?key=K&fail=N``: 503 for the first N requests of key K, then 200.
 
@@ -39,6 +41,8 @@ from urllib.parse import parse_qs, urlsplit
 BLOCK = bytes(range(256)) * 256  # 64 KiB
 #: What ``/gzip`` serves, before its gzip coding.
 GZIP_TEXT = b'{"compressed": "' + b"z" * 2000 + b'"}'
+#: What ``/br`` serves, before its brotli coding.
+BR_TEXT = b'{"brotli": "' + b"b" * 3000 + b'"}'
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 
@@ -236,6 +240,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(body_len=size, sha256=sha)
             return self._send(200, gzip.compress(GZIP_TEXT), {"content-type": "application/json",
                                                               "content-encoding": "gzip"})
+        if path == "/br":
+            import brotli
+
+            self._record(body_len=size, sha256=sha)
+            return self._send(200, brotli.compress(BR_TEXT), {"content-type": "application/json",
+                                                              "content-encoding": "br"})
         if path == "/slow":
             self._record(body_len=size, sha256=sha)
             time.sleep(float(query.get("delay", "0.5")))

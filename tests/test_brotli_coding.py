@@ -1,0 +1,121 @@
+"""``Content-Encoding: br`` as workerd applies it, and only the names it applies.
+
+workerd's ``getContentEncoding`` (``src/workerd/api/system-streams.c++``)
+picks the coding of a body for both directions: a response the worker makes
+is encoded, and one ``fetch()`` got is decoded when the worker reads it, for
+a ``Content-Encoding`` of exactly ``gzip``, or exactly ``br`` when the script
+has ``brotli_content_encoding`` (``compatibility-date.capnp``: on from
+2024-04-29, off with ``no_brotli_content_encoding``). Each failed before the
+fix: a worker's br response went out plain but labelled br (``curl
+--compressed`` failed on it), a fetched br body reached the worker still
+encoded, and ``deflate``, ``x-gzip`` and ``GZIP`` were compressed as gzip.
+
+One real ``corral serve`` with the bundled dispatcher (tests/conftest.py),
+and a local upstream serving a brotli body (tests/upstream.py).
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import brotli
+import pytest
+
+from tests.upstream import BR_TEXT
+
+TEXT = "brotli from the worker, " * 200
+
+SOURCE = '''
+from urllib.parse import unquote
+
+from workers import Response, WorkerEntrypoint, fetch
+
+TEXT = "brotli from the worker, " * 200
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        parts = request.url.split("?")[0].split("/")
+        up = self.env.UPSTREAM + "/br"
+        if parts[3] == "made":
+            return Response(TEXT, headers={"content-encoding": "br", "content-type": "text/plain"})
+        if parts[3] == "streamed":
+            async def chunks():
+                for _ in range(4):
+                    yield TEXT.encode()
+            return Response(chunks(), headers={"content-encoding": "br"})
+        if parts[3] == "named":
+            return Response(TEXT, headers={"content-encoding": unquote(parts[4])})
+        if parts[3] == "read":
+            r = await fetch(up)
+            data = await r.bytes()
+            s = await fetch(up)
+            streamed = b"".join([chunk.to_bytes() async for chunk in s.body])
+            return Response.json({"data": data.hex(), "streamed": streamed.hex(),
+                                  "header": r.headers.get("content-encoding")})
+        if parts[3] == "pass":
+            return await fetch(up)  # unread: as the upstream sent it
+        return Response("no such path", status=404)
+'''
+
+#: name -> (compatibility date, flags, does it have brotliContentEncoding)
+SCRIPTS = {
+    "br-dated": ("2025-06-01", [], True),
+    "br-flagged": ("2024-01-01", ["brotli_content_encoding"], True),
+    "br-before": ("2024-04-28", [], False),
+    "br-off": ("2025-06-01", ["no_brotli_content_encoding"], False),
+}
+
+
+@pytest.fixture(scope="module")
+def deployed(corral, upstream):
+    for name, (date, flags, _) in SCRIPTS.items():
+        corral.deploy(name, SOURCE, bindings=[{"type": "plain_text", "name": "UPSTREAM", "text": upstream.url("")}],
+                      extra_metadata={"compatibility_date": date, "compatibility_flags": flags})
+    return corral
+
+
+def test_a_response_the_worker_makes_is_brotli_encoded_when_the_flag_is_on(deployed):
+    """Encoded for a client to decode (as curl --compressed does), whole or
+    streamed; with the flag off, sent as it is, labelled as the worker said."""
+    for name, (_, _, on) in SCRIPTS.items():
+        made = deployed.request("/made", host=f"{name}.localhost")
+        assert made.status == 200, (name, made, deployed.log())
+        assert made.headers.get("content-encoding") == "br", name
+        assert (brotli.decompress(made.body) if on else made.body) == TEXT.encode(), name
+        streamed = deployed.request("/streamed", host=f"{name}.localhost")
+        assert streamed.status == 200, (name, streamed, deployed.log())
+        assert streamed.headers.get("content-encoding") == "br", name
+        assert (brotli.decompress(streamed.body) if on else streamed.body) == TEXT.encode() * 4, name
+
+
+def test_a_fetched_brotli_body_is_decoded_as_the_worker_reads_it(deployed, upstream):
+    """Read (whole or as a stream): decoded when the flag is on, the bytes as
+    they came when it is off; returned unread: as the upstream sent it."""
+    for name, (_, _, on) in SCRIPTS.items():
+        read = deployed.request("/read", host=f"{name}.localhost")
+        assert read.status == 200, (name, read, deployed.log())
+        got = json.loads(read.body)
+        assert got["header"] == "br", name
+        for key in ("data", "streamed"):
+            data = bytes.fromhex(got[key])
+            assert (data if on else brotli.decompress(data)) == BR_TEXT, (name, key)
+        passed = deployed.request("/pass", host=f"{name}.localhost")
+        assert passed.headers.get("content-encoding") == "br", name
+        assert brotli.decompress(passed.body) == BR_TEXT, name
+    # The worker's fetch() sends the Accept-Encoding the worker gave (none
+    # here), as workerd does: it adds none of its own.
+    assert all("accept-encoding" not in r["headers"] for r in upstream.requests if r["path"] == "/br")
+
+
+def test_only_the_exact_gzip_and_br_names_are_encoded(deployed):
+    """workerd compares the header with "gzip" and "br" exactly: any other
+    name goes out as the worker made it (Corral compressed deflate, x-gzip
+    and case variants as gzip)."""
+    for coding in ("deflate", "x-gzip", "GZIP", "Br", "gzip, br"):
+        resp = deployed.request(f"/named/{quote(coding)}", host="br-dated.localhost")
+        assert resp.status == 200, (coding, resp, deployed.log())
+        assert resp.headers.get("content-encoding") == coding
+        assert resp.body == TEXT.encode(), coding
+
