@@ -56,7 +56,14 @@ async def _brokered(method: str, url: str, headers: list[tuple[str, str]], body:
     async def exchange() -> tuple[int, str, list[tuple[str, str]], bytes]:
         response = await workers.fetch(request)
         data = await response.bytes()
-        return response.status, response.status_text, response.headers.items(), data
+        headers = response.headers.items()
+        if response._coding:
+            # Decoded as it was read (sandbox.content_coding): the library must
+            # not decode it again. A coding workerd does not decode (deflate,
+            # zstd, br under no_brotli_content_encoding) keeps its header, and
+            # the library decodes it as it would any server's.
+            headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
+        return response.status, response.status_text, headers, data
 
     if timeout is None:
         return await exchange()
@@ -137,8 +144,6 @@ def patch_urllib3(module: types.ModuleType) -> None:
             retries = retries.increment(method, url, error=_urllib3_reason(module, self, url, exc), _pool=self)
             retries.sleep()
             return self.urlopen(method, url, body, headers, retries, redirect, *again)
-        # workers.fetch decoded the body as it was read: do not decode again.
-        out_headers = [(k, v) for k, v in out_headers if k.lower() != "content-encoding"]
         response = response_cls(body=io.BytesIO(data), headers=out_headers, status=status,
                                 reason=reason, preload_content=preload_content,
                                 decode_content=decode_content, request_method=method,
@@ -228,8 +233,7 @@ def patch_urllib_request(module: types.ModuleType) -> None:
             raise module.URLError(exc) from None  # as urllib's own handlers wrap an OSError
         message = http.client.HTTPMessage()
         for name, value in out_headers:
-            if name.lower() != "content-encoding":  # decoded as read (sandbox.content_coding)
-                message[name] = value
+            message[name] = value
         response = module.addinfourl(io.BytesIO(data), message, req.full_url, status)
         response.msg = response.reason = reason  # as http.client.HTTPResponse has them
         return response

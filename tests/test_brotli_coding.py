@@ -27,6 +27,7 @@ from tests.upstream import BR_TEXT
 TEXT = "brotli from the worker, " * 200
 
 SOURCE = '''
+import urllib.request
 from urllib.parse import unquote
 
 from workers import Response, WorkerEntrypoint, fetch
@@ -54,6 +55,9 @@ class Default(WorkerEntrypoint):
             streamed = b"".join([chunk.to_bytes() async for chunk in s.body])
             return Response.json({"data": data.hex(), "streamed": streamed.hex(),
                                   "header": r.headers.get("content-encoding")})
+        if parts[3] == "urllib":
+            with urllib.request.urlopen(up) as r:
+                return Response.json({"data": r.read().hex(), "header": r.headers.get("content-encoding")})
         if parts[3] == "pass":
             return await fetch(up)  # unread: as the upstream sent it
         return Response("no such path", status=404)
@@ -119,3 +123,16 @@ def test_only_the_exact_gzip_and_br_names_are_encoded(deployed):
         assert resp.headers.get("content-encoding") == coding
         assert resp.body == TEXT.encode(), coding
 
+
+def test_http_clients_see_the_coding_fetch_left_encoded(deployed):
+    """A library over the brokered fetch (urllib here) gets a body fetch()
+    decoded without its Content-Encoding, and one it left encoded with it,
+    to decode as from any server (the header was dropped from both, so a br
+    body reached the library encoded and unlabelled)."""
+    for name, (_, _, on) in SCRIPTS.items():
+        resp = deployed.request("/urllib", host=f"{name}.localhost")
+        assert resp.status == 200, (name, resp, deployed.log())
+        got = json.loads(resp.body)
+        data = bytes.fromhex(got["data"])
+        assert got["header"] == (None if on else "br"), name
+        assert (data if on else brotli.decompress(data)) == BR_TEXT, name
