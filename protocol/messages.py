@@ -270,6 +270,11 @@ class DurableObjectEvent(_Msg, tag="dobject"):
     socket_event: str = ""
     socket_code: int = 0
     socket_clean: bool = False
+    #: The class is KV-backed (created by a ``new_classes`` migration): no
+    #: ``ctx.storage.sql``, no synchronous ``ctx.storage.kv``, values of at
+    #: most 128 KiB. False (SQLite-backed) for ``new_sqlite_classes`` and for
+    #: a class no migration named, as before; set by the supervisor, never the child.
+    kv_backed: bool = False
 
 
 class QueueMessage(msgspec.Struct, array_like=True, frozen=True, gc=False):

@@ -33,6 +33,22 @@ from .run_sync import can_suspend, run_sync
 #: put()'s value when none was given (JavaScript's undefined), apart from None.
 _UNSET: Any = object()
 
+#: What the SQLite-only APIs raise in an object of a KV-backed class (made by a
+#: ``new_classes`` migration): Cloudflare's words, workerd's actor-state.c++
+#: (getSqliteDb(), getSqliteKv() and transactionSync() where the object is not
+#: SQLite-backed). The attributes are there; using them raises, as there.
+NO_SQL = ("This Durable Object is not backed by SQLite storage, so the SQL API is not available. SQL can be "
+          "enabled on a new Durable Object class by using the `new_sqlite_classes` instead of `new_classes` "
+          "under `[[migrations]]` in your wrangler.toml, but an already-deployed class cannot be converted "
+          "to SQLite (except by deleting the existing data).")
+NO_SYNC_KV = ("The storage.kv (synchronous KV) API is only available for SQLite-backed Durable Objects, but "
+              "this object's namespace is not declared to use SQLite. You can use the older, asyncronous "
+              "interface via methods of `storage` itself (e.g. `storage.get()`). SQLite can be enabled on a "
+              "new Durable Object class by using the `new_sqlite_classes` instead of `new_classes` under "
+              "`migrations` in your wrangler.jsonc or wrangler.toml, but an already-deployed class cannot be "
+              "converted to SQLite (except by deleting the existing data).")
+NO_SYNC_TRANSACTION = "Durable Object is not backed by SQL."
+
 
 def _values(pairs: list[list[Any]]) -> dict[str, Any]:
     return {k: decode(v) for k, v in pairs}
@@ -222,10 +238,16 @@ def _sql_binding(value: Any) -> Any:
 class SqlStorage:
     """``ctx.storage.sql``: SQLite on the object's own database, synchronous as on Cloudflare."""
 
-    def __init__(self, gate: InputGate) -> None:
+    def __init__(self, gate: InputGate, sqlite: bool = True) -> None:
         self._gate = gate
+        self._sqlite = sqlite
+
+    def _check(self) -> None:
+        if not self._sqlite:
+            raise JsException("Error", NO_SQL)
 
     def exec(self, query: str, *bindings: Any) -> SqlCursor:
+        self._check()
         if not isinstance(query, str):
             raise TypeError("sql.exec() takes the SQL text first")
         binds = [_sql_binding(b) for b in bindings]
@@ -235,6 +257,7 @@ class SqlStorage:
     @property
     def databaseSize(self) -> int:  # noqa: N802 - Workers API name
         """Bytes the object's SQLite database takes."""
+        self._check()
         value, _ = _now(self._gate, call(DO_STORAGE, "databaseSize", []), "sql.databaseSize")
         return value
 
@@ -258,23 +281,32 @@ class SyncKv:
     The same keys and values as ``ctx.storage.get/put`` (Cloudflare keeps both
     in the object's hidden ``__cf_kv`` table)."""
 
-    def __init__(self, gate: InputGate) -> None:
+    def __init__(self, gate: InputGate, sqlite: bool = True) -> None:
         self._gate = gate
+        self._sqlite = sqlite
+
+    def _check(self) -> None:
+        if not self._sqlite:
+            raise JsException("Error", NO_SYNC_KV)
 
     def get(self, key: str) -> Any:
+        self._check()
         value, _ = _now(self._gate, call(DO_STORAGE, "get", [js_key(key)]), "storage.kv.get()")
         return decode(value[0][1]) if value else None
 
     def put(self, key: str, value: Any) -> None:
+        self._check()
         _now(self._gate, call(DO_STORAGE, "put", [[[js_key(key), encode(value, "kv.put()")]]]),
              "storage.kv.put()")
 
     def delete(self, key: str) -> bool:
+        self._check()
         value, _ = _now(self._gate, call(DO_STORAGE, "delete", [js_key(key)]), "storage.kv.delete()")
         return bool(value)
 
     def list(self, options_: Any = None, **keywords: Any) -> Iterator[AttrList]:
         """``[key, value]`` pairs in key order (``prefix``, ``start``, ``end``, ``limit``, ``reverse``)."""
+        self._check()
         value, _ = _now(self._gate, call(DO_STORAGE, "list", [_list_options(options_, keywords, "kv.list()")]),
                         "storage.kv.list()")
         return iter([AttrList([k, decode(v)]) for k, v in value])
@@ -303,10 +335,11 @@ class DurableObjectStorage:
     """``ctx.storage``: Cloudflare's key-value API (asynchronous, and synchronous
     as ``kv``), SQL and alarms."""
 
-    def __init__(self, gate: InputGate) -> None:
+    def __init__(self, gate: InputGate, sqlite: bool = True) -> None:
         self._gate = gate
-        self.sql = SqlStorage(gate)
-        self.kv = SyncKv(gate)
+        self._sqlite = sqlite
+        self.sql = SqlStorage(gate, sqlite)
+        self.kv = SyncKv(gate, sqlite)
 
     @eager
     async def get(self, keys: Any, options_: Any = None, **keywords: Any) -> Any:
@@ -396,6 +429,8 @@ class DurableObjectStorage:
     def transactionSync(self, callback: Any) -> Any:  # noqa: N802 - Workers API name
         """``callback()`` all or nothing, synchronously (its storage calls are
         the synchronous ones: ``sql.exec``, ``kv``)."""
+        if not self._sqlite:
+            raise JsException("Error", NO_SYNC_TRANSACTION)
         with self._gate.closed():
             return self._transaction_sync(callback)
 
@@ -480,11 +515,12 @@ class DurableObjectState(workers.Context):
     """``self.ctx`` of a Durable Object: ``id``, ``storage``, ``waitUntil``,
     ``blockConcurrencyWhile``, ``abort``."""
 
-    def __init__(self, invocation: int, object_id: str, name: str | None, gate: InputGate) -> None:
+    def __init__(self, invocation: int, object_id: str, name: str | None, gate: InputGate,
+                 kv_backed: bool = False) -> None:
         super().__init__(invocation)
         self.id = DurableObjectId(object_id, name)
         self._gate = gate
-        self.storage = DurableObjectStorage(gate)
+        self.storage = DurableObjectStorage(gate, sqlite=not kv_backed)
         #: The constructor's blockConcurrencyWhile work (None once it is built).
         self._blocking: list[Any] | None = []
         #: Drops this object's instance (set once it exists; see Objects.serve).
@@ -664,7 +700,7 @@ class Objects:
         built = self.constructing[key] = asyncio.get_running_loop().create_future()
         try:
             with gate.closed():
-                state = DurableObjectState(inv, event.object_id, event.name, gate)
+                state = DurableObjectState(inv, event.object_id, event.name, gate, event.kv_backed)
                 state._websockets = self.websockets.setdefault(key, {})
                 state._auto = self.auto_responses.setdefault(key, AutoResponse())
                 instance = cls(state, env)

@@ -14,8 +14,10 @@ the steps after it are applied, in order, before the new version serves:
   and alarm, to the same id in ``to`` (refused if ``to`` has objects already);
 * ``deleted_classes``: every object of the class is deleted, as deleting its
   script would;
-* ``new_classes`` and ``new_sqlite_classes`` need nothing (storage is made
-  on first use); ``transferred_classes`` (between scripts) are refused.
+* ``new_classes`` and ``new_sqlite_classes`` make no storage (it is made
+  on first use) but set the class's kind: KV-backed or SQLite-backed
+  (supervisor.bindings.do_backends); ``transferred_classes`` (between
+  scripts) are refused.
 
 A script with no tag kept (its first migrations, a script whose earlier
 versions had none, or one deployed before Corral kept tags) has every step
@@ -32,7 +34,7 @@ import os
 import sqlite3
 from typing import Any
 
-from supervisor.bindings import Services, remove_tree
+from supervisor.bindings import Services, do_backends, remove_tree
 from supervisor.bindings.base import object_scope
 from supervisor.bindings.durable_objects import (
     _index_add,
@@ -121,6 +123,9 @@ async def apply(services: Services, namespace: str, script: str, migrations: Any
         for class_name in step.get("deleted_classes") or []:
             if (index_of_step, class_name) in deletes:
                 await _delete(services, namespace, script, class_name)
+        await services.databases.run(index, _index_setup, do_backends.apply_step, namespace, script, step)
+    if steps:
+        host_of(services).forget_kv_classes(namespace, script)
     if tag != current or steps:
         await services.databases.run(index, _index_setup, _set_tag, namespace, script, tag)
 

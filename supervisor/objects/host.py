@@ -19,9 +19,10 @@ child (``#evict``); its storage stays, and the next call constructs it again.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
+import msgspec
 import trio
 
 from protocol.messages import DurableObjectEvent, ExceptionInfo
@@ -70,6 +71,11 @@ class ObjectHost:
         self.idle_s = idle_s
         self.runtime: Runtime | None = None
         self.live: dict[ObjectKey, LiveObject] = {}
+        #: Reads a script's KV-backed classes (supervisor.bindings.do_backends);
+        #: None (no storage behind the host): every class is SQLite-backed.
+        self.load_kv_classes: Callable[[str, str], Awaitable[frozenset[str]]] | None = None
+        #: Its answers, by (namespace, script), until the script's migrations change them.
+        self.kv_classes: dict[tuple[str, str], frozenset[str]] = {}
 
     def attach(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -98,6 +104,8 @@ class ObjectHost:
         """
         assert self.runtime is not None
         record = await self.record_of(key.namespace, key.script, f"{key.class_name}\0{key.object_id}")
+        if key.class_name in await self._kv_classes_of(key.namespace, key.script):
+            event = msgspec.structs.replace(event, kv_backed=True)
         obj = self.live.get(key)
         if obj is None:
             obj = self.live[key] = LiveObject()
@@ -152,9 +160,23 @@ class ObjectHost:
         except BodyError as exc:
             raise BindingError(f"the Durable Object's result could not be read: {exc}") from None
 
+    async def _kv_classes_of(self, namespace: str, script: str) -> frozenset[str]:
+        """The KV-backed classes of ``script``: every event of one of their
+        objects says so, and the object's storage refuses what such a class has not."""
+        known = self.kv_classes.get((namespace, script))
+        if known is None:
+            known = await self.load_kv_classes(namespace, script) if self.load_kv_classes else frozenset()
+            self.kv_classes[(namespace, script)] = known
+        return known
+
+    def forget_kv_classes(self, namespace: str, script: str) -> None:
+        """``script``'s migrations changed its classes' kinds: read them again."""
+        self.kv_classes.pop((namespace, script), None)
+
     def forget_script(self, namespace: str, script: str) -> None:
         """``script`` was deleted: its objects' instances are not kept (its
         children are retired; a call under way finishes on its own)."""
+        self.forget_kv_classes(namespace, script)
         for key in [k for k in self.live if k.namespace == namespace and k.script == script]:
             del self.live[key]
 
