@@ -48,6 +48,11 @@ NO_SYNC_KV = ("The storage.kv (synchronous KV) API is only available for SQLite-
               "`migrations` in your wrangler.jsonc or wrangler.toml, but an already-deployed class cannot be "
               "converted to SQLite (except by deleting the existing data).")
 NO_SYNC_TRANSACTION = "Durable Object is not backed by SQL."
+#: How long a blockConcurrencyWhile() callback may run before the object is
+#: reset (workerd's io-context.h, Cloudflare's documented 30 seconds).
+BLOCK_CONCURRENCY_TIMEOUT_S = 30.0
+BLOCK_CONCURRENCY_TIMEOUT = ("A call to blockConcurrencyWhile() in a Durable Object waited for too long. "
+                             "The call was canceled and the Durable Object was reset.")
 
 
 def _values(pairs: list[list[Any]]) -> dict[str, Any]:
@@ -604,9 +609,17 @@ class DurableObjectState(workers.Context):
 
     def blockConcurrencyWhile(self, callback: Any) -> Any:  # noqa: N802 - Workers API name
         """Run ``callback()``; no new event reaches the object until it is done
-        (in the constructor: before the first one)."""
-        result = callback()
-        future = asyncio.ensure_future(result) if inspect.isawaitable(result) else None
+        (in the constructor: before the first one). A callback that raises, or
+        runs past :data:`BLOCK_CONCURRENCY_TIMEOUT_S`, resets the object, as
+        Cloudflare does: its instance is dropped (the next event constructs it
+        afresh from storage) and the call awaiting it fails, whatever it
+        catches (the input gate is broken: nothing may go on with the state
+        the callback left half made)."""
+        try:
+            result = callback()
+        except Exception as exc:
+            self._reset(exc)
+        future = asyncio.ensure_future(self._critical(result)) if inspect.isawaitable(result) else None
         if future is not None:
             self._gate.close()
             future.add_done_callback(lambda _: self._gate.reopen())
@@ -618,6 +631,22 @@ class DurableObjectState(workers.Context):
         return done
 
     block_concurrency_while = blockConcurrencyWhile
+
+    async def _critical(self, work: Any) -> Any:
+        """``blockConcurrencyWhile``'s awaited callback, cut and reset at its time limit."""
+        try:
+            return await asyncio.wait_for(work, BLOCK_CONCURRENCY_TIMEOUT_S)
+        except TimeoutError:
+            self._reset(JsException("Error", BLOCK_CONCURRENCY_TIMEOUT))
+        except Exception as exc:
+            self._reset(exc)
+
+    def _reset(self, exc: BaseException) -> NoReturn:
+        """Drop the instance, and fail the caller with ``exc`` (uncatchable, as ``abort``)."""
+        if self._evict is not None:
+            self._evict()
+        name = exc.name if isinstance(exc, JsException) else type(exc).__name__
+        raise DurableObjectAborted(f"{name}: {exc}") from exc
 
 
 class Objects:
@@ -650,10 +679,15 @@ class Objects:
             socket_event = msgspec.msgpack.decode(await request.bytes())
             if self._auto_answered(key, socket_event):
                 return workers.Response(status=204)  # the object is not woken (nor constructed)
-        instance = self.instances.get(key)
-        if instance is None:
-            instance = await self._instance(module, event, key, inv, env)
-        await self.gates[key].enter()
+        while True:
+            instance = self.instances.get(key)
+            if instance is None:
+                instance = await self._instance(module, event, key, inv, env)
+            await self.gates[key].enter()
+            if self.instances.get(key) is instance:
+                break
+            # Reset while this event waited at its gate (a blockConcurrencyWhile
+            # that failed, an abort): it goes to a new instance, as on Cloudflare.
         if event.method == "fetch":
             handler = getattr(instance, "fetch", None)
             if not callable(handler):
