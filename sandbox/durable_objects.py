@@ -770,7 +770,7 @@ class Objects:
         return True
 
     async def _websocket_event(self, key: tuple[str, str], instance: Any, args: list[Any]) -> None:
-        """A hibernatable socket's message or close, to the object's handler of it."""
+        """A hibernatable socket's message, close or error, to the object's handler of it."""
         ws_id, kind, data, text, code, reason, clean = args
         sockets = self.websockets.get(key, {})
         entry = sockets.get(ws_id)
@@ -790,6 +790,15 @@ class Objects:
             handler = getattr(instance, "webSocketClose", None)
             if callable(handler):
                 await _call(handler, ws, code, reason, clean)
+        elif kind == "error":
+            # The connection failed otherwise than by its client going away (a
+            # message over the limit, a protocol error): as workerd's hibernation
+            # manager, webSocketError(ws, error), and no webSocketClose after it.
+            del sockets[ws_id]
+            workers._runtime.sockets.closed(ws)
+            handler = getattr(instance, "webSocketError", None)
+            if callable(handler):
+                await _call(handler, ws, JsException("Error", reason))
 
 
 async def _call(fn: Any, *args: Any) -> Any:

@@ -17,7 +17,10 @@ handshake (RFC 6455: ``Sec-WebSocket-Accept``) and relays:
   before the client is even connected: the child's :class:`SocketState`
   holds them) is framed and written in order by one writer task.
 
-A client that disconnects is a close with 1006; a child that dies closes
+A client that disconnects is a close with 1006; a hibernatable socket whose
+connection fails otherwise (a message over the limit, a protocol error) is an
+``error`` for the object's ``webSocketError``, with no close after it, as
+workerd's hibernation manager has it; a child that dies closes
 its clients with 1011; a worker that never reads its outbox fast enough is
 cut at :data:`MAX_OUTBOX` bytes queued (1011); the sockets of one child hold
 at most :data:`CHILD_BUFFER` bytes together and those of the host
@@ -269,6 +272,9 @@ class Session:
         self._send = send
         self._queued = 0
         self._closing = False
+        #: Why the connection failed (a message over the limit, a protocol
+        #: error), in workerd's words; None while it has not.
+        self._error: str | None = None
         self._drained: trio.Event | None = None
         self._cancel: trio.CancelScope | None = None
         self.state = source.child.socket_state(source.ws)
@@ -338,10 +344,16 @@ class Session:
             state.buffered.give(self._queued)  # what the writer never sent
             self._queued = 0
             self.source.child.forget_socket(self.source.ws)
-            # The worker hears of the close in any case: its socket is closed now.
+            # The worker hears of the close in any case: its socket is closed now. A
+            # hibernatable socket that failed hears of the error instead, as
+            # workerd's hibernation manager tells it (webSocketError, no close).
+            failed = self._error is not None and self.source.hibernate
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-                await self.deliverer.deliver(self.source, "close", code=close[0], reason=close[1],
-                                             clean=close[2])
+                if failed:
+                    await self.deliverer.deliver(self.source, "error", reason=self._error or "")
+                else:
+                    await self.deliverer.deliver(self.source, "close", code=close[0], reason=close[1],
+                                                 clean=close[2])
             log("websocket.closed", script=self._script(), ws=self.source.ws, code=close[0])
 
     async def _writer(self) -> None:
@@ -382,6 +394,7 @@ class Session:
                     self.ws.receive_data(data)
                 except (RemoteProtocolError, LocalProtocolError) as exc:
                     warn("websocket.protocol_error", script=self._script(), reason=str(exc)[:200])
+                    self._failed(1002, str(exc))
                     return await self._fail(1002, "protocol error")
             for count, event in enumerate(self.ws.events(), 1):
                 if count % EVENTS_PER_TURN == 0:
@@ -399,6 +412,7 @@ class Session:
                         buffer.write(event.data)  # type: ignore[arg-type]
                     size += len(event.data)
                     if size > MAX_MESSAGE:
+                        self._failed(1009, f"Message is too large: {size} > {MAX_MESSAGE}")
                         self._start_close(1009, f"messages are limited to {MAX_MESSAGE} bytes")
                         buffer, size = None, 0
                         continue
@@ -414,6 +428,7 @@ class Session:
                         # Not the client's close: wsproto's report of a frame
                         # it could not parse (bad UTF-8 is 1007, the rest 1002).
                         warn("websocket.protocol_error", script=self._script(), reason=event.reason[:200])
+                        self._failed(event.code, event.reason)
                         return await self._fail(event.code, event.reason)
                     if self.ws.state is ConnectionState.REMOTE_CLOSING:
                         self._emit(self.ws.send(event.response()))
@@ -422,6 +437,13 @@ class Session:
             data = await self._receive()
             if data is None:
                 return (1006, GONE_REASON, False)
+
+    def _failed(self, code: int, description: str) -> None:
+        """Keep why the connection failed (the first reason), as workerd's
+        error says it (kj's WebSocket protocol error, util/websocket-error-handler.c++)."""
+        if self._error is None:
+            self._error = (f"WebSocket protocol error; protocolError.statusCode = {int(code)}; "
+                           f"protocolError.description = {description[:500]}")
 
     async def _fail(self, code: int, reason: str) -> tuple[int, str, bool]:
         """_Fail the WebSocket Connection_ (RFC 6455 section 7.1.7): a close
