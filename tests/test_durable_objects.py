@@ -166,6 +166,7 @@ class Counter(DurableObject):
             raise RuntimeError("this alarm always fails")
         count = (await self.ctx.storage.get("alarmed") or 0) + 1
         await self.ctx.storage.put("alarmed", count)
+        await self.ctx.storage.put("alarm_name", self.ctx.id.name)
         pending = await self.ctx.storage.getAlarm()  # None: the one firing is no longer pending
         await self.ctx.storage.put("seen", (await self.ctx.storage.get("seen") or []) + [pending])
         if count < 3 and pending is None:  # the usual "re-arm if unset", three times in all
@@ -658,6 +659,34 @@ return await stub.arm(100)""") is True  # due by the restart (an alarm not yet d
         while h.ok(server, "counter", pending) is not None:
             assert time.monotonic() < deadline, server.log()[-3000:]
             time.sleep(0.1)  # until the retry ran and failed
+    finally:
+        server.stop()
+
+
+def test_an_alarm_after_a_restart_knows_its_objects_name(tmp_path):
+    """An object an alarm constructs after a restart has ``ctx.id.name``, as
+    on Cloudflare (whose changelog calls the name "especially useful for
+    alarms"): it was None, in alarm() and for the instance's whole life."""
+    server = h.start(tmp_path / "state", CONFIG)
+    try:
+        server.deploy("counter", DO_TENANT, bindings=[DO])
+        assert h.ok(server, "counter", 'return await env.COUNTER.getByName("named").arm(1500)') is True
+    finally:
+        server.stop()
+    server.start()
+    try:
+        # Nothing calls the object until its alarms ran (it re-arms twice):
+        # the alarm constructs it.
+        (index,) = (tmp_path / "state").rglob("alarms.sqlite3")
+        deadline = time.monotonic() + 20
+        while True:
+            with sqlite3.connect(index) as db:
+                if db.execute("SELECT count(*) FROM alarms").fetchone()[0] == 0:
+                    break
+            assert time.monotonic() < deadline, server.log()[-3000:]
+            time.sleep(0.1)
+        peek = 'return await env.COUNTER.getByName("named").peek("alarm_name")'
+        assert h.ok(server, "counter", peek) == "named"
     finally:
         server.stop()
 

@@ -346,6 +346,9 @@ class DurableObjectStorageHandler:
                 raise BindingError(f"setAlarm() needs a time a Date can hold (at most {MAX_DATE_MS:.0f} "
                                    f"ms from the epoch), got {when:g}", "RangeError")
             await self._run(ctx, st.set_alarm, when)
+            name = ctx.binding.name if isinstance(ctx.binding, DurableObjectEvent) else None
+            if name:
+                await self._run(ctx, st.remember_name, name)
             await self.alarms.set(_key(ctx), when)
             return Reply(None)
         if method == "deleteAlarm":
@@ -411,7 +414,10 @@ async def run_alarm(services: Services, key: tuple[str, str, str, str], when: fl
         # back): not due yet. Indexed again at its own time; this entry ends.
         await alarms_of(services).set(key, current)
         return True
-    event = DurableObjectEvent(key[2], key[3], "alarm", None, retries, current)
+    # Its name too (kept when the alarm was set), which an instance the
+    # alarm constructs keeps in ctx.id.name for its life.
+    name = await services.databases.run(path, st.setup, st.name_of)
+    event = DurableObjectEvent(key[2], key[3], "alarm", name, retries, current)
     try:
         await host.invoke(ObjectKey(*key), event, None, trace=True)
     except BindingError:

@@ -374,6 +374,24 @@ def set_alarm(conn: sqlite3.Connection, when: float | None) -> None:
         conn.execute("INSERT OR REPLACE INTO _cf_alarm (id, time) VALUES (0, ?)", (when,))
 
 
+def remember_name(conn: sqlite3.Connection, name: str) -> None:
+    """Keep the object's name (``idFromName``'s) with its storage, for the
+    alarm that wakes it after a restart: ``ctx.id.name`` in ``alarm()``, as
+    Cloudflare has it (it was None in an object an alarm started). The table
+    is made on first use only: an object with no named alarm takes no page."""
+    conn.execute("CREATE TABLE IF NOT EXISTS _cf_name (id INTEGER PRIMARY KEY CHECK (id = 0), name TEXT NOT NULL)")
+    conn.execute("INSERT OR REPLACE INTO _cf_name (id, name) VALUES (0, ?)", (name,))
+
+
+def name_of(conn: sqlite3.Connection) -> str | None:
+    """The name :func:`remember_name` kept, if any."""
+    try:
+        row = conn.execute("SELECT name FROM _cf_name WHERE id = 0").fetchone()
+    except sqlite3.OperationalError:  # no such table: never named
+        return None
+    return row[0] if row else None
+
+
 def clear_alarm_if(conn: sqlite3.Connection, when: float) -> bool:
     """Clear the alarm if it is still ``when`` (the handler may have set a new one)."""
     return conn.execute("DELETE FROM _cf_alarm WHERE time = ?", (when,)).rowcount > 0
