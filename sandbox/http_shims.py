@@ -25,7 +25,11 @@ nothing.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
+import os
+import re
+import socket
 import types
 from collections.abc import Callable
 from typing import Any
@@ -83,6 +87,47 @@ def _seconds(*candidates: Any) -> float | None:
     return None
 
 
+#: errno by the OS's word for it (a brokered error names the reason so).
+_ERRNOS = {os.strerror(number): number for number in errno.errorcode}
+#: getaddrinfo's EAI_* code by glibc's word for it.
+_EAI = {"Name or service not known": socket.EAI_NONAME,
+        "Temporary failure in name resolution": socket.EAI_AGAIN,
+        "Non-recoverable failure in name resolution": socket.EAI_FAIL,
+        "No address associated with hostname": getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+_RESOLVING, _CONNECTING = "could not resolve ", "could not connect to "
+#: How the supervisor words a connect timeout (supervisor.calls.http_client).
+_CONNECT_TIMEOUT = re.compile(r"timed out after \S+ connecting to ")
+
+
+def _timed_out_connecting(exc: Any) -> bool:
+    """Whether a brokered ``FetchTimeout`` came while connecting (no
+    connection was made), not while waiting for or reading the response."""
+    return exc.timeout and _CONNECT_TIMEOUT.match(exc.message) is not None
+
+
+def _socket_error(exc: Any) -> OSError | None:
+    """The ``OSError`` the socket layer raises for what failed a brokered
+    request, as the libraries' own connection code sees it:
+    ``socket.gaierror`` for a failed lookup, ``ConnectionRefusedError`` (and
+    the other errno subclasses) for a failed connect, ``TimeoutError`` for a
+    timeout; None for failures no socket call would raise (a refused
+    redirect, a malformed response). The supervisor words the first two
+    ``could not resolve HOST: REASON`` and ``could not connect to
+    HOST:PORT: REASON`` (supervisor.calls.egress_backend), REASON being the
+    C library's own message, which gives the code back."""
+    message = exc.message
+    if exc.timeout:
+        return TimeoutError(message)
+    if message.startswith(_RESOLVING):
+        reason = message[len(_RESOLVING):].partition(": ")[2] or message
+        return socket.gaierror(_EAI.get(reason, socket.EAI_NONAME), reason)
+    if message.startswith(_CONNECTING):
+        reason = message[len(_CONNECTING):].partition(": ")[2]
+        if reason in _ERRNOS:
+            return OSError(_ERRNOS[reason], reason)  # its subclass: ConnectionRefusedError, ...
+    return None
+
+
 def _urllib3_timeout(timeout: Any) -> float | None:
     """Seconds to wait for a response under urllib3's ``timeout`` (a number or
     a ``Timeout``; ``requests`` passes ``Timeout(connect=t, read=t)``)."""
@@ -112,6 +157,7 @@ def _body_bytes(body: Any) -> bytes | None:
 
 def patch_urllib3(module: types.ModuleType) -> None:
     pool_cls = module.HTTPConnectionPool
+
     response_cls = module.HTTPResponse
 
     retry_cls = module.util.Retry
@@ -183,16 +229,22 @@ def patch_urllib3(module: types.ModuleType) -> None:
 
 def _urllib3_reason(urllib3: Any, pool: Any, url: str, exc: Any) -> Exception:
     """What urllib3 raises itself when no response came: ``ReadTimeoutError``
-    or ``ConnectTimeoutError`` for a timeout, else ``NewConnectionError``;
-    its Retry then wraps it in ``MaxRetryError``, or raises it as it is
-    (``requests`` passes ``Retry(0, read=False)``, and turns these into its
-    ``ConnectionError``, ``ConnectTimeout`` and ``ReadTimeout``)."""
+    or ``ConnectTimeoutError`` for a timeout, ``NameResolutionError`` (2.x)
+    for a failed lookup, else ``NewConnectionError``; its Retry then wraps
+    it in ``MaxRetryError``, or raises it as it is (``requests`` passes
+    ``Retry(0, read=False)``, and turns these into its ``ConnectionError``,
+    ``ConnectTimeout`` and ``ReadTimeout``)."""
     errors = urllib3.exceptions
-    if not exc.timeout:
-        return errors.NewConnectionError(pool, exc.message)
-    if "connecting" in exc.message:
-        return errors.ConnectTimeoutError(pool, exc.message)
-    return errors.ReadTimeoutError(pool, url, exc.message)
+    if exc.timeout:
+        if _timed_out_connecting(exc):
+            return errors.ConnectTimeoutError(pool, exc.message)
+        return errors.ReadTimeoutError(pool, url, exc.message)
+    failure = _socket_error(exc)
+    if isinstance(failure, socket.gaierror) and hasattr(errors, "NameResolutionError"):
+        return errors.NameResolutionError(pool.host, pool, failure)
+    if failure is not None:  # worded as urllib3's HTTPConnection words it
+        return errors.NewConnectionError(pool, f"Failed to establish a new connection: {failure}")
+    return errors.NewConnectionError(pool, exc.message)
 
 
 class _OriginalResponse:
@@ -230,7 +282,7 @@ def patch_urllib_request(module: types.ModuleType) -> None:
                 _brokered(req.get_method(), req.full_url, headers, _body_bytes(req.data),
                           _seconds(getattr(req, "timeout", None))))
         except _workers().NetworkError as exc:
-            raise module.URLError(exc) from None  # as urllib's own handlers wrap an OSError
+            raise _urllib_error(module, exc) from None
         message = http.client.HTTPMessage()
         for name, value in out_headers:
             message[name] = value
@@ -240,6 +292,18 @@ def patch_urllib_request(module: types.ModuleType) -> None:
 
     module.HTTPHandler.http_open = open_brokered
     module.HTTPSHandler.https_open = open_brokered
+
+
+def _urllib_error(urllib_request: Any, exc: Any) -> OSError:
+    """What ``urlopen`` raises when no response came, as CPython's
+    ``AbstractHTTPHandler.do_open``: a failure sending the request (lookup,
+    connect, connect timeout) is a ``URLError`` whose ``reason`` is the
+    socket's ``OSError``; a timeout waiting for the response comes out of
+    ``getresponse()`` bare, as ``TimeoutError`` (``socket.timeout``)."""
+    failure = _socket_error(exc)
+    if exc.timeout and not _timed_out_connecting(exc):
+        return failure
+    return urllib_request.URLError(failure if failure is not None else exc)
 
 
 # -- httpx ---------------------------------------------------------------------------
@@ -302,7 +366,7 @@ def _httpx_error(httpx: Any, exc: Any, request: Any) -> Exception:
     """httpx's own exception for a request that got no response."""
     if not exc.timeout:
         return httpx.ConnectError(exc.message, request=request)
-    cls = httpx.ConnectTimeout if "connecting" in exc.message else httpx.ReadTimeout
+    cls = httpx.ConnectTimeout if _timed_out_connecting(exc) else httpx.ReadTimeout
     return cls(exc.message, request=request)
 
 
@@ -357,8 +421,7 @@ def patch_aiohttp(module: types.ModuleType) -> None:
                     method, str(url), list(request_headers.items()), body,
                     _aiohttp_timeout(_options.get("timeout"), self))
             except _workers().NetworkError as exc:
-                cls = aiohttp.ServerTimeoutError if exc.timeout else aiohttp.ClientConnectionError
-                raise cls(exc.message) from None
+                raise _aiohttp_error(aiohttp, exc, url) from None
             response = BrokeredResponse(aiohttp, method, url, status, reason, out, payload, request_headers,
                                         history)
             if jar is not None and response.cookies:
@@ -380,6 +443,38 @@ def patch_aiohttp(module: types.ModuleType) -> None:
         return response
 
     aiohttp.ClientSession._request = _request
+
+
+def _aiohttp_error(aiohttp: Any, exc: Any, url: Any) -> Exception:
+    """What aiohttp raises when no response came: ``ServerTimeoutError`` for
+    a timeout; as its ``TCPConnector``, ``ClientConnectorDNSError`` for a
+    failed lookup and ``ClientConnectorError`` for a failed connect (both
+    ``OSError``s, naming the connection and the socket's error)."""
+    if exc.timeout:
+        return aiohttp.ServerTimeoutError(exc.message)
+    failure = _socket_error(exc)
+    if failure is None:
+        return aiohttp.ClientConnectionError(exc.message)
+    cls = aiohttp.ClientConnectorError
+    if isinstance(failure, socket.gaierror):  # aiohttp before 3.11 has no DNS subclass
+        cls = getattr(aiohttp, "ClientConnectorDNSError", cls)
+    return cls(_aiohttp_connection_key(url), failure)
+
+
+def _aiohttp_connection_key(url: Any) -> Any:
+    """The ``ConnectionKey`` aiohttp's request gives its connector errors (a
+    NamedTuple lately, an attrs class before; fields come and go)."""
+    import inspect
+
+    from aiohttp.client_reqrep import ClientRequest, ConnectionKey
+
+    # A request's default ``ssl`` (True lately, None before 3.10): its str says "ssl:default".
+    ssl = inspect.signature(ClientRequest).parameters["ssl"].default
+    values = {"host": url.raw_host or "", "port": url.port, "is_ssl": url.scheme in ("https", "wss"),
+              "ssl": ssl, "proxy": None, "proxy_auth": None, "proxy_headers_hash": None,
+              "server_hostname": None}
+    fields = inspect.signature(ConnectionKey).parameters
+    return ConnectionKey(**{name: value for name, value in values.items() if name in fields})
 
 
 def _aiohttp_timeout(timeout: Any, session: Any) -> float | None:

@@ -405,7 +405,7 @@ class Default(WorkerEntrypoint):
 
 @pytest.mark.parametrize("client, error", [
     ("requests", "requests.exceptions.ReadTimeout"), ("httpx", "httpx.ReadTimeout"),
-    ("urllib3", "urllib3.exceptions.ReadTimeoutError"), ("urllib.request", "urllib.error.URLError"),
+    ("urllib3", "urllib3.exceptions.ReadTimeoutError"), ("urllib.request", "builtins.TimeoutError"),
     ("aiohttp", "aiohttp.client_exceptions.ServerTimeoutError")])
 def test_a_sync_clients_own_timeout_ends_its_request(clients, upstream, client, error):
     # On Cloudflare urllib3's Pyodide backend aborts the fetch at the request's

@@ -118,6 +118,114 @@ def test_a_failed_connection_raises_what_each_client_documents(corral):
     }
 
 
+FAILURES = '''
+import socket
+import urllib.error
+import urllib.request
+
+import aiohttp
+import requests
+import urllib3
+from workers import Response, WorkerEntrypoint
+
+REFUSED = "http://127.0.0.1:1/"
+UNKNOWN = "http://no-such-host.invalid/"
+
+
+def outcome(call):
+    """The exception a call raised: its type, the OSError it carries, and
+    whether the caller's ``except OSError:`` catches it."""
+    try:
+        call()
+    except Exception as e:
+        inner = getattr(e, "reason", None) or getattr(e, "os_error", None)
+        return [type(e).__name__, type(inner).__name__ if inner is not None else None, isinstance(e, OSError)]
+    return "no error"
+
+
+async def aiohttp_outcome(url):
+    try:
+        async with aiohttp.ClientSession() as session:
+            await session.get(url)
+    except Exception as e:
+        key = getattr(e, "host", None), getattr(e, "port", None)
+        return [type(e).__name__, type(getattr(e, "os_error", None)).__name__, isinstance(e, OSError), *key]
+    return "no error"
+
+
+def urllib3_reason(url):
+    try:
+        urllib3.request("GET", url)
+    except urllib3.exceptions.MaxRetryError as e:
+        return type(e.reason).__name__
+    return "no error"
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        slow = self.env.UPSTREAM + "/slow?delay=3"
+        return Response.json({
+            "aiohttp_refused": await aiohttp_outcome(REFUSED),
+            "aiohttp_dns": await aiohttp_outcome(UNKNOWN),
+            "urllib_refused": outcome(lambda: urllib.request.urlopen(REFUSED)),
+            "urllib_dns": outcome(lambda: urllib.request.urlopen(UNKNOWN)),
+            "urllib_dns_code": _eai(UNKNOWN),
+            "urllib_read_timeout": outcome(lambda: urllib.request.urlopen(slow, timeout=0.5)),
+            "urllib_read_timeout_is_socket_timeout": _is_socket_timeout(slow),
+            "urllib3_dns": outcome(lambda: urllib3.request("GET", UNKNOWN, retries=False)),
+            "urllib3_dns_retried": urllib3_reason(UNKNOWN),
+            "urllib3_refused": outcome(lambda: urllib3.request("GET", REFUSED, retries=False)),
+            "requests_dns": outcome(lambda: requests.get(UNKNOWN)),
+        })
+
+
+def _eai(url):
+    try:
+        urllib.request.urlopen(url)
+    except urllib.error.URLError as e:
+        return e.reason.errno == socket.EAI_NONAME
+
+
+def _is_socket_timeout(url):
+    try:
+        urllib.request.urlopen(url, timeout=0.5)
+    except socket.timeout:
+        return True
+    except Exception as e:
+        return type(e).__name__
+    return "no error"
+'''
+
+
+def test_a_failed_lookup_connect_or_read_raises_what_each_library_raises(corral, upstream):
+    """Each library's own exception for what failed, as its socket code
+    raises it: aiohttp's TCPConnector gives ClientConnectorError (an OSError
+    naming host, port and the socket's error) for a refused connection and
+    ClientConnectorDNSError for a failed lookup (both were a bare
+    ClientConnectionError); urllib3 2.x NameResolutionError for a lookup (it
+    was NewConnectionError); urllib's do_open a URLError whose reason is the
+    socket's error (it was the brokered error) for a failure before the
+    response, and a bare TimeoutError for a response that does not come (it
+    was a URLError)."""
+    deploy(corral, "failures", FAILURES, ("requests", "urllib3", "aiohttp"),
+           bindings=({"type": "plain_text", "name": "UPSTREAM", "text": upstream.url("")},))
+    resp = corral.request("/", host="failures.localhost")
+    assert resp.status == 200, (resp, corral.log())
+    assert resp.json() == {
+        "aiohttp_refused": ["ClientConnectorError", "ConnectionRefusedError", True, "127.0.0.1", 1],
+        "aiohttp_dns": ["ClientConnectorDNSError", "gaierror", True, "no-such-host.invalid", 80],
+        "urllib_refused": ["URLError", "ConnectionRefusedError", True],
+        "urllib_dns": ["URLError", "gaierror", True],
+        "urllib_dns_code": True,
+        "urllib_read_timeout": ["TimeoutError", None, True],
+        "urllib_read_timeout_is_socket_timeout": True,
+        "urllib3_dns": ["NameResolutionError", None, False],
+        "urllib3_dns_retried": "NameResolutionError",
+        "urllib3_refused": ["NewConnectionError", None, False],
+        "requests_dns": ["ConnectionError", None, True],
+    }
+
+
 CLONE = '''
 from workers import Response, WorkerEntrypoint
 
