@@ -34,7 +34,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from . import import_patches
+from . import content_coding, import_patches
 from .run_sync import run_sync
 
 
@@ -60,14 +60,9 @@ async def _brokered(method: str, url: str, headers: list[tuple[str, str]], body:
     async def exchange() -> tuple[int, str, list[tuple[str, str]], bytes]:
         response = await workers.fetch(request)
         data = await response.bytes()
-        headers = response.headers.items()
-        if response._coding:
-            # Decoded as it was read (sandbox.content_coding): the library must
-            # not decode it again. A coding workerd does not decode (deflate,
-            # zstd, br under no_brotli_content_encoding) keeps its header, and
-            # the library decodes it as it would any server's.
-            headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
-        return response.status, response.status_text, headers, data
+        # The upstream's headers as they came: each library's shim tells from
+        # them whether the body was decoded as it was read (_decoded).
+        return response.status, response.status_text, response.headers.items(), data
 
     if timeout is None:
         return await exchange()
@@ -128,6 +123,15 @@ def _socket_error(exc: Any) -> OSError | None:
     return None
 
 
+def _decoded(headers: list[tuple[str, str]]) -> bool:
+    """Whether ``workers.fetch`` decoded the body these headers came with: it
+    does when Content-Encoding names one coding it handles (``gzip``, and
+    ``br`` under the script's brotli_content_encoding: see
+    sandbox.content_coding), and leaves it be otherwise (deflate, zstd, a list)."""
+    codings = [v for k, v in headers if k.lower() == "content-encoding"]
+    return content_coding.coding_of(", ".join(codings)) is not None
+
+
 def _urllib3_timeout(timeout: Any) -> float | None:
     """Seconds to wait for a response under urllib3's ``timeout`` (a number or
     a ``Timeout``; ``requests`` passes ``Timeout(connect=t, read=t)``)."""
@@ -158,7 +162,21 @@ def _body_bytes(body: Any) -> bytes | None:
 def patch_urllib3(module: types.ModuleType) -> None:
     pool_cls = module.HTTPConnectionPool
 
-    response_cls = module.HTTPResponse
+    class BrokeredHTTPResponse(module.HTTPResponse):
+        """urllib3's response over a body ``workers.fetch`` has decoded as it
+        read it: its headers stay the upstream's (``Content-Encoding: gzip``
+        and the compressed Content-Length, as urllib3 shows them beside the
+        body it decodes), and it does not decode a second time."""
+
+        def _init_decoder(self) -> None:
+            if not _decoded(list(self.headers.items())):
+                super()._init_decoder()
+
+        def _init_length(self, request_method: Any) -> Any:
+            # The Content-Length counts the encoded bytes, not these.
+            return None if _decoded(list(self.headers.items())) else super()._init_length(request_method)
+
+    response_cls = BrokeredHTTPResponse
 
     retry_cls = module.util.Retry
     errors = module.exceptions
@@ -283,9 +301,13 @@ def patch_urllib_request(module: types.ModuleType) -> None:
                           _seconds(getattr(req, "timeout", None))))
         except _workers().NetworkError as exc:
             raise _urllib_error(module, exc) from None
+        # urllib decodes nothing itself, so a body workers.fetch decoded must
+        # not be labelled with its coding nor with the encoded length.
+        dropped = ("content-encoding", "content-length") if _decoded(out_headers) else ()
         message = http.client.HTTPMessage()
         for name, value in out_headers:
-            message[name] = value
+            if name.lower() not in dropped:
+                message[name] = value
         response = module.addinfourl(io.BytesIO(data), message, req.full_url, status)
         response.msg = response.reason = reason  # as http.client.HTTPResponse has them
         return response
@@ -371,9 +393,17 @@ def _httpx_error(httpx: Any, exc: Any, request: Any) -> Exception:
 
 
 def _httpx_response(httpx: Any, status: int, headers: list[tuple[str, str]], data: bytes) -> Any:
-    headers = [(k, v) for k, v in headers
-               if k.lower() not in ("content-encoding", "transfer-encoding")]
-    return httpx.Response(status, headers=headers, content=data)
+    """httpx's response over the brokered one. It is built without the
+    framing headers and a coding ``workers.fetch`` already undid (httpx
+    reads ``content`` at once, decoding by Content-Encoding), then given
+    the upstream's headers as they came, as httpx shows them beside the
+    body it decoded (``content-encoding: gzip``, the compressed length)."""
+    decoded = _decoded(headers)
+    framing = ("content-length", "transfer-encoding") + (("content-encoding",) if decoded else ())
+    response = httpx.Response(status, headers=[(k, v) for k, v in headers if k.lower() not in framing],
+                              content=data)
+    response.headers = httpx.Headers(headers)
+    return response
 
 
 # -- aiohttp -------------------------------------------------------------------------
@@ -549,8 +579,9 @@ class BrokeredResponse:
 
         self._aiohttp, self._body = aiohttp, body
         self.method, self.url, self.real_url, self.status, self.reason = method, url, url, status, reason
-        self.headers = CIMultiDictProxy(CIMultiDict(
-            (k, v) for k, v in headers if k.lower() not in ("content-encoding", "transfer-encoding")))
+        # The upstream's headers as they came, as aiohttp shows them beside
+        # the body it decoded (``Content-Encoding: gzip``, the compressed length).
+        self.headers = CIMultiDictProxy(CIMultiDict(headers))
         from http.cookies import CookieError, SimpleCookie
 
         self.cookies: SimpleCookie = SimpleCookie()

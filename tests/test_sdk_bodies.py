@@ -226,6 +226,61 @@ def test_content_codings_as_workerd_applies_them(corral, upstream):
     assert gzip.decompress(manual.body) == b"compressed by the worker"
 
 
+CODED_HEADERS = '''
+import urllib.request
+
+import aiohttp
+import httpx
+import requests
+import urllib3
+from workers import Response, WorkerEntrypoint
+
+
+def seen(headers, body):
+    return [headers.get("content-encoding"), headers.get("content-length"), len(body)]
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        up = self.env.UPSTREAM + "/gzip"
+        streamed = requests.get(up, stream=True)
+        unloaded = urllib3.request("GET", up, preload_content=False)
+        async with httpx.AsyncClient() as client:
+            async_httpx = await client.get(up)
+        async with aiohttp.ClientSession() as session, session.get(up) as r:
+            aio = seen(r.headers, await r.read())
+        with urllib.request.urlopen(up) as r:
+            plain = seen(r.headers, r.read())
+        return Response.json({
+            "requests": seen(requests.get(up).headers, requests.get(up).content),
+            "requests_stream": seen(streamed.headers, b"".join(streamed.iter_content(100))),
+            "httpx": seen(httpx.get(up).headers, httpx.get(up).content),
+            "httpx_async": seen(async_httpx.headers, async_httpx.content),
+            "urllib3": seen(urllib3.request("GET", up).headers, urllib3.request("GET", up).data),
+            "urllib3_stream": seen(unloaded.headers, b"".join(unloaded.stream(100))),
+            "aiohttp": aio,
+            "urllib": plain,
+        })
+'''
+
+
+def test_a_decoded_body_keeps_the_headers_each_library_shows(corral, upstream):
+    """A gzip response read through requests, httpx, urllib3 and aiohttp has
+    its body decoded and the upstream's headers as it sent them, as those
+    libraries show them (Content-Encoding gzip, the compressed length; they
+    lost the Content-Encoding and kept the length); urllib.request, which
+    decodes nothing itself, has neither (it kept the compressed length)."""
+    deploy(corral, "bodies-coded-headers", CODED_HEADERS,
+           requirements=("requests", "httpx", "urllib3", "aiohttp"),
+           bindings=({"type": "plain_text", "name": "UPSTREAM", "text": upstream.url("")},))
+    resp = corral.request("/", host="bodies-coded-headers.localhost")
+    assert resp.status == 200, (resp, corral.log())
+    as_sent = ["gzip", str(len(gzip.compress(GZIP_TEXT))), len(GZIP_TEXT)]
+    assert resp.json() == {"requests": as_sent, "requests_stream": as_sent, "httpx": as_sent,
+                           "httpx_async": as_sent, "urllib3": as_sent, "urllib3_stream": as_sent,
+                           "aiohttp": as_sent, "urllib": [None, None, len(GZIP_TEXT)]}
+
+
 CLIENTS = '''
 import urllib.request
 
