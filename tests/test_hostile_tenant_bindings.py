@@ -351,6 +351,9 @@ poisoned = [[b"\\xa4good", "v8", None], [b"\\xc1", "v8", None]]
 await probe("v8 not msgpack", lambda: raw("QUEUE", "sendBatch", [poisoned, None]))
 await probe("json not json", lambda: raw("QUEUE", "send", [b"{nope", "json", None]))
 await probe("unknown content type", lambda: raw("QUEUE", "send", [b"x", ["json"], None]))
+# Nested 980 deep: the supervisor's own decode managed it, the consumer's could not.
+await probe("v8 nested 980 deep", lambda: raw("QUEUE", "send", [b"\\x91" * 980 + b"\\xa1x", "v8", None]))
+await probe("json nested 600 deep", lambda: raw("QUEUE", "send", [b"[" * 600 + b"]" * 600, "json", None]))
 await probe("delay nan", lambda: env.QUEUE.send("x", delaySeconds=float("nan")))
 await probe("101 messages", lambda: env.QUEUE.sendBatch([{"body": i} for i in range(101)]))
 await probe("message too large", lambda: env.QUEUE.send("x" * 200000))
@@ -364,6 +367,8 @@ return out''')
         "v8 not msgpack": 'the message body is not valid "v8" data',
         "json not json": 'the message body is not valid "json" data',
         "unknown content type": "Unknown content type ['json']",
+        "v8 nested 980 deep": "the message body is nested more than 512 levels deep",
+        "json nested 600 deep": "the message body is nested more than 512 levels deep",
         "delay nan": "delaySeconds must be a number between 0 and 43200, got nan",
         "101 messages": "sendBatch() takes at most 100 messages",
         "message too large": "message too large",

@@ -192,6 +192,23 @@ class Default(WorkerEntrypoint):
                 await asyncio.sleep(0.01)
         return Response(body())
 ''',
+    "deeplog": r'''
+import sys
+import time
+import workers
+from workers import Response, WorkerEntrypoint
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        # A hostile child's raw frame: console arguments nested 600 deep,
+        # past what the SDK sends (64), as JSON text.
+        messages = sys.modules["protocol.messages"]
+        runtime = workers._runtime
+        runtime.send(messages.Log(workers.current_invocation.get(), "log", "[" * 600 + "]" * 600,
+                                  time.time() * 1000, False, True))
+        print("after the deep one")
+        return Response("sent")
+''',
     "waiter": r'''
 import asyncio
 from workers import Response, WorkerEntrypoint, fetch
@@ -443,6 +460,16 @@ def test_a_client_gone_mid_stream_is_not_an_ok_outcome(corral, collector):
     assert (top["outcome"], event["outcome"]) == ("canceled", "canceled"), (
         top["outcome"], event["outcome"])
     assert event["event"]["response"] == {"status": 200}, event
+
+
+def test_log_arguments_nested_past_the_sdks_depth_reach_tail_workers_as_text(corral, collector):
+    """A raw log frame whose arguments nest 600 deep (the SDK cuts at 64):
+    the tail worker, walking the trace by recursion, failed the whole batch
+    (every other tenant's events in it too); the arguments are now one string."""
+    resp = call(corral, "deeplog")
+    assert resp.status == 200, resp
+    _, event = child_event(collector, "deeplog", resp.headers["x-corral-request-id"])
+    assert [log["message"] for log in event["logs"]] == [["[" * 600 + "]" * 600], ["after the deep one"]]
 
 
 def test_script_not_found(corral, collector):

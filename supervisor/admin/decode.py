@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from supervisor.errors import Invalid, TooLarge
+from supervisor.nesting import deeper_than
 
 MAX_JSON_DEPTH = 32
 MAX_JSON_BODY = 1 * 2**20
@@ -37,14 +38,9 @@ def clip(text: str, limit: int = 80) -> str:
 
 
 def _check_depth(value: Any, what: str) -> None:
-    """Refuse JSON nested deeper than MAX_JSON_DEPTH (iterative: no recursion to exhaust)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if depth > MAX_JSON_DEPTH:
-            raise Invalid(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH."""
+    if deeper_than(value, MAX_JSON_DEPTH):
+        raise Invalid(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
 
 
 def _surrogate_problem(data: bytes, what: str) -> str | None:

@@ -38,6 +38,7 @@ from protocol.messages import (
     WebSocketEvent,
 )
 from supervisor.lifecycle import Outcome
+from supervisor.nesting import deeper_than
 
 if TYPE_CHECKING:
     from supervisor.model import ScriptRecord
@@ -253,15 +254,24 @@ def logs_of(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 _args_decoder = msgspec.json.Decoder(list[Any])
 
 
+#: How deep a console call's arguments may nest (the SDK cuts them at 64
+#: levels, sandbox.logs): deeper came from a child that skipped it, and a
+#: tail worker walking the trace by recursion failed its whole batch, every
+#: other tenant's events in it too.
+MAX_ARGUMENT_DEPTH = 64
+
+
 def _arguments(message: str) -> list[Any]:
     """A console call's arguments, which come as JSON text
     (``Invocation.log``), decoded only now that someone reads the trace; text
     that is not a JSON list (cut at the invocation's log budget, or sent so by
-    a hostile child) is kept as one string."""
+    a hostile child), or that nests past :data:`MAX_ARGUMENT_DEPTH`, is kept
+    as one string."""
     try:
-        return _args_decoder.decode(message)
+        args = _args_decoder.decode(message)
     except (msgspec.DecodeError, RecursionError):
         return [message]
+    return [message] if deeper_than(args, MAX_ARGUMENT_DEPTH + 1) else args
 
 
 def exceptions_of(found: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -28,12 +28,17 @@ import trio
 from protocol.messages import QueueEvent, QueueMessage
 from supervisor.bindings.base import BindingError, Scope
 from supervisor.log import log, warn
+from supervisor.nesting import deeper_than
 from supervisor.queues import store
 
 QueueKey = tuple[str, str]  # (dispatch namespace, queue name)
 #: After a queue's store fails, its consumer waits this long, doubling up to the most.
 STORAGE_RETRY_S = 1.0
 MAX_STORAGE_RETRY_S = 30.0
+#: How deep a ``v8`` or ``json`` message body may nest (lists and objects):
+#: a consumer decodes its batch some way down its stack, where nesting near
+#: the interpreter's recursion limit fails the whole batch.
+MAX_BODY_DEPTH = 512
 #: Lists (namespace, script, consumer) of every stored script (runs in a thread).
 ConsumerSource = Callable[[], Iterable[tuple[str, str, Any]]]
 
@@ -281,15 +286,24 @@ def _check_decodes(body: bytes, content_type: str) -> None:
     The SDK encodes bodies itself, but a child is not trusted to have run
     it: a body that is not what its content type says failed the consumer's
     whole batch as it was built, before the handler ran, so every message
-    delivered beside it was retried and dead-lettered (dropped) with it."""
+    delivered beside it was retried and dead-lettered (dropped) with it.
+    Nesting is held to :data:`MAX_BODY_DEPTH`, far below what any decoder
+    manages: "what this decode managed" let through bodies that the
+    consumer's decode, deeper in its stack, could not."""
     try:
         if content_type == "v8":
-            msgspec.msgpack.decode(body)
+            value = msgspec.msgpack.decode(body)
         elif content_type == "json":
-            json.loads(body)
+            value = json.loads(body)
+        else:
+            return
     except ValueError:  # msgspec.DecodeError and JSONDecodeError are ValueErrors
         raise BindingError(f'Queue send failed: the message body is not valid "{content_type}" '
                            "data", "TypeError") from None
     except RecursionError:
-        raise BindingError("Queue send failed: the message body is nested too deeply to be "
-                           "decoded", "RangeError") from None
+        value = None
+    else:
+        if not deeper_than(value, MAX_BODY_DEPTH):
+            return
+    raise BindingError(f"Queue send failed: the message body is nested more than {MAX_BODY_DEPTH} "
+                       "levels deep", "RangeError")
