@@ -239,6 +239,12 @@ class Fetcher:
             limits=self._limits, params=self._params, tail=tail_call.is_tail(sys._getframe(1)),
         )
 
+    def dup(self) -> Fetcher:
+        """A copy of the stub (Cloudflare's reserved ``dup``: never an RPC call)."""
+        copy = Fetcher.__new__(Fetcher)
+        copy.__dict__.update(self.__dict__)
+        return copy
+
     def __getattr__(self, name: str) -> Any:
         """Workers RPC: ``await env.SERVICE.method(*args)`` calls ``method`` on
         the service's ``Default`` entrypoint (a dispatch stub's user worker

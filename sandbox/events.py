@@ -36,9 +36,11 @@ from .sdk_types import JsDict
 
 #: Handler kinds a script may define, in the order the load error names them.
 KINDS = ("fetch", "scheduled", "queue", "tail")
-#: Methods of an entrypoint that are handlers or the runtime's, not RPC methods.
+#: Methods of an entrypoint that are handlers or the runtime's, not RPC methods
+#: (Cloudflare's reserved methods: ``connect`` opens a socket to the Worker,
+#: ``dup`` duplicates a stub; neither is ever called over RPC).
 RPC_RESERVED = frozenset({*KINDS, "email", "alarm", "constructor", "webSocketMessage",
-                          "webSocketClose", "webSocketError"})
+                          "webSocketClose", "webSocketError", "connect", "dup"})
 
 
 #: Properties of workerd's TraceItem (and of its event info, request, log,
@@ -225,8 +227,7 @@ class Handlers:
         from .bindings.durable_objects import decode_args, encode_rpc
 
         entry = self.entrypoint(entrypoint)
-        if entry is None or method.startswith("_") or method in RPC_RESERVED \
-                or not callable(getattr(entry, method, None)):
+        if entry is None or method.startswith("_") or method in RPC_RESERVED or not _defines(entry, method):
             raise JsException("TypeError", f'The RPC receiver does not implement the method "{method}".')
         result = getattr(entry(ctx, env), method)(*decode_args(data))
         if type(result) is types.CoroutineType or inspect.isawaitable(result):
@@ -294,3 +295,13 @@ def kind_and_args(event: Any) -> tuple[str, tuple[Any, ...]]:
     if isinstance(event, RpcEvent):
         return "rpc", ()
     raise TypeError(f"an event of an unknown kind: {type(event).__name__}")
+
+
+def _defines(entry: type, method: str) -> bool:
+    """Whether the entrypoint class (or a base of its, not ``object``) has a
+    callable ``method``: what only a class's metaclass has (``type.mro``)
+    is no method of its instances."""
+    for klass in entry.__mro__[:-1]:
+        if method in vars(klass):
+            return callable(getattr(entry, method, None))
+    return False

@@ -270,7 +270,8 @@ class Default(WorkerEntrypoint):
         out = {"add": await svc.add(1, 2), "greet": await svc.greet("ada", punctuation="!"),
                "shape": shape, "sync": await svc.double(21),
                "rpc_only": await self.env.CALC.mul(6, 7), "bytes_arg": await svc.sniff(b"\\x02")}
-        for method in ("nope", "fetch_like", "_private", "scheduled"):
+        out["dup"] = await svc.dup().add(2, 3)  # reserved: a copy of the stub, not an RPC call
+        for method in ("nope", "fetch_like", "_private", "scheduled", "connect", "mro"):
             try:
                 await getattr(svc, method)()
                 out[method] = "called"
@@ -311,6 +312,9 @@ class Default(WorkerEntrypoint):
 
     async def scheduled(self, controller, env, ctx):
         pass
+
+    async def connect(self, socket=None):  # Cloudflare's reserved: a socket to the Worker, not RPC
+        return "connect ran"
 
 
 class Admin(WorkerEntrypoint):  # a named entrypoint of the same service
@@ -484,8 +488,10 @@ def test_workers_rpc_over_a_service_binding(corral):
     assert out["shape"] == {"list": [1, "two", None], "bytes": ["memoryview", "01"], "nested": {"ok": True}}
     assert out["bytes_arg"] == ["memoryview", "02"]
     not_there = 'The RPC receiver does not implement the method'
-    for method in ("nope", "fetch_like", "scheduled"):
+    # connect and dup are Cloudflare's reserved methods; mro is only the class's metaclass's.
+    for method in ("nope", "fetch_like", "scheduled", "connect", "mro"):
         assert out[method][1] == "TypeError" and out[method][2].startswith(not_there), out[method]
+    assert out["dup"] == 5
     assert out["_private"][0] == "AttributeError"
     assert out["boom"] == ["boom inside the service", "ValueError"]  # the callee's own, as thrown
     # A named entrypoint: fetch and RPC go to that class, not to Default.

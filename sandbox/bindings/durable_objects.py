@@ -156,6 +156,10 @@ class DurableObjectStub:
         response.headers = workers.Headers(value["headers"])
         return response
 
+    def dup(self) -> DurableObjectStub:
+        """A copy of the stub (Cloudflare's reserved ``dup``: never an RPC call)."""
+        return DurableObjectStub(self._binding, self.id)
+
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
