@@ -360,7 +360,9 @@ await env.BUCKET.put("docs/b.json", b'{{"k": 1}}', http_metadata={{"content_type
 j = await (await env.BUCKET.get("docs/b.json")).json()
 by = await (await env.BUCKET.get("docs/a.txt")).bytes()
 return {{"put": [obj.key, obj.size, obj.etag, obj.httpEtag, obj.checksums.toJSON()["md5"],
-                obj.checksums.md5.to_bytes().hex()],
+                obj.checksums.md5.to_bytes().hex(),
+                # A digest it does not have is undefined, as workerd's property is: None.
+                obj.checksums.sha256, obj.checksums.sha512],
         "text": await body.text(), "head": [head.size, head.httpMetadata.contentType,
         head.customMetadata["owner"], head.uploaded.year > 2000, head.http_etag],
         "header": h.get("content-type"), "json": j, "bytes": by.decode(),
@@ -369,7 +371,7 @@ return {{"put": [obj.key, obj.size, obj.etag, obj.httpEtag, obj.checksums.toJSON
         "items": [head["key"], head["httpMetadata"]["contentType"], head["customMetadata"]["owner"],
                   _missing(head, "_raw"), _missing(head, "nope")]}}""")
     # Checksums as workerd has them: bytes (an ArrayBuffer), hex through toJSON().
-    assert got["put"] == ["docs/a.txt", 8, md5, f'"{md5}"', md5, md5]
+    assert got["put"] == ["docs/a.txt", 8, md5, f'"{md5}"', md5, md5, None, None]
     assert got["items"] == ["docs/a.txt", "text/plain", "ann", True, True]
     assert got["text"] == "hello r2"
     assert got["head"] == [8, "text/plain", "ann", True, f'"{md5}"']

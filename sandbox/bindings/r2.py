@@ -247,8 +247,17 @@ class R2Checksums(AttrDict):
     R2Checksums has them (``.md5.to_bytes().hex()``), and ``toJSON()`` their
     hex strings, as its ``toJSON`` gives them."""
 
+    #: workerd's R2Checksums properties: each is there, ``undefined`` (None
+    #: here) when the object has no such digest (a multipart upload's has none).
+    ALGORITHMS = ("md5", "sha1", "sha256", "sha384", "sha512")
+
     def __init__(self, hex_digests: dict[str, str]) -> None:
         super().__init__((name, ArrayBuffer(bytes.fromhex(value))) for name, value in hex_digests.items())
+
+    def __getattr__(self, name: str) -> Any:
+        if name in R2Checksums.ALGORITHMS:
+            return self.get(name)
+        return super().__getattr__(name)
 
     def toJSON(self) -> AttrDict:  # noqa: N802 - Workers API name
         return AttrDict((name, bytes(value).hex()) for name, value in self.items())
