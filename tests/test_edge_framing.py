@@ -379,3 +379,44 @@ def test_a_body_the_worker_leaves_unread_keeps_the_connection(edge: Corral, size
         assert (second.status, second.read()) == (200, b"not read")
     finally:
         conn.close()
+
+
+def test_a_body_sent_in_one_byte_chunks_does_not_freeze_the_server(edge: Corral) -> None:
+    """A client floods a body of one-byte chunks at a worker that does not
+    read it (so the edge drains it): the drain's reads never yielded while
+    data kept coming, and every other request, the admin API's too, waited
+    until the drain gave up on the connection (or the client stopped)."""
+    import threading
+
+    edge.deploy("ignores", IGNORES_BODY)
+    stop, draining, closed = threading.Event(), threading.Event(), threading.Event()
+
+    def flood() -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", edge.port), timeout=30) as sock:
+                sock.sendall(b"POST / HTTP/1.1\r\nHost: ignores.localhost\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+                burst = b"1\r\nx\r\n" * 4096
+                sock.sendall(burst)
+                answer = b""
+                while b"not read" not in answer:  # answered: the edge drains the rest now
+                    answer += sock.recv(65536) or b"not read"
+                while not stop.is_set():
+                    draining.set()
+                    sock.sendall(burst)
+        except OSError:
+            pass
+        finally:
+            closed.set()  # the edge gave up on it
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        assert draining.wait(10)
+        answer = edge.request("/", host="echo.localhost", timeout=60)
+        assert answer.status == 200, answer
+        # Answered while the drain went on, not once it ended.
+        assert not closed.is_set()
+    finally:
+        stop.set()
+        flooder.join(30)

@@ -65,6 +65,9 @@ READ_SIZE = 64 * 1024
 #: discards an unread body likewise); past either, it closes, lingering.
 DRAIN_BYTES = 4 * 1024 * 1024
 DRAIN_S = 5.0
+#: What a piece of a drained body counts for at least: a body sent as tiny
+#: chunks costs the parsing of each, not its few bytes.
+DRAIN_PIECE_COST = 1024
 
 #: Hop-by-hop and framing headers a handler may not set: the server frames
 #: responses itself (Content-Length or chunked) and manages the connection.
@@ -382,6 +385,8 @@ class Connection:
         self._head_bytes: list[bytes] = []
         #: The strict check of the current request's chunked body, if any.
         self._chunk_check: ChunkedFraming | None = None
+        #: What h11 gave after the body's last piece read (its end), not yet returned.
+        self._after_body: object = None
         #: Bytes received after the last request, not yet read as the next
         #: head; and whether the client had closed after them.
         self.pending = b""
@@ -442,6 +447,7 @@ class Connection:
             self.h11 = self._parser()
             self._head_bytes = []
             self._chunk_check = None
+            self._after_body = None
         # else h11 was never fed this cycle: it is as fresh as a new one.
         self.pending = rest
         self.response_started = False
@@ -531,21 +537,48 @@ class Connection:
             self.feed(await self.receive_some())
 
     async def read_body_chunk(self) -> bytes:
-        """Next piece of the current request's body; ``b""`` at its end."""
+        """Next piece of the current request's body; ``b""`` at its end.
+
+        The chunks already received come as one piece (up to
+        :data:`READ_SIZE`), and every piece is a checkpoint: a client sending
+        a body of one-byte chunks as fast as it can made a reader of it loop
+        without ever yielding (the socket always had data), and the whole
+        supervisor froze for as long as it kept sending."""
         if self.h11.they_are_waiting_for_100_continue and not self.response_started:
             await self._send(CONTINUE)
         try:
-            event = await self.next_event()
+            event = self._after_body or await self.next_event()
+            self._after_body = None
+            if isinstance(event, h11.Data):
+                data = bytes(event.data)
+                if len(data) < READ_SIZE:
+                    data = self._more_body(data)
+                await trio.lowlevel.checkpoint()
+                return data
         except h11.RemoteProtocolError as exc:
             warn(f"{self.name}.bad_request_body", reason=str(exc))
             raise ClientGone(f"malformed request body: {exc}") from None
-        if isinstance(event, h11.Data):
-            return bytes(event.data)
         if isinstance(event, h11.EndOfMessage):
             return b""
         if isinstance(event, h11.ConnectionClosed):
             raise ClientGone("the client closed the connection mid-body")
         raise ClientGone(f"unexpected {type(event).__name__} in a request body")
+
+    def _more_body(self, first: bytes) -> bytes:
+        """``first`` and the body's pieces h11 already holds, up to
+        :data:`READ_SIZE`; the event that ends them waits in
+        :attr:`_after_body` for the next read."""
+        parts, size = [first], len(first)
+        while size < READ_SIZE:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                break
+            if not isinstance(event, h11.Data):
+                self._after_body = event
+                break
+            parts.append(bytes(event.data))
+            size += len(event.data)
+        return b"".join(parts)
 
     # -- writing -----------------------------------------------------------------
     def _framing(self, extra: bytes) -> bytes:
@@ -1073,7 +1106,7 @@ class Server:
                     chunk = await conn.read_body_chunk()
                     if not chunk:
                         return True
-                    budget -= len(chunk)
+                    budget -= max(len(chunk), DRAIN_PIECE_COST)  # tiny chunks cost their parsing
         conn.linger = True
         return False
 
