@@ -86,13 +86,20 @@ class _Brotli:
 
 
 class _Unbrotli:
-    """Decompresses with zlib's ``decompressobj`` calls."""
+    """Decompresses with zlib's ``decompressobj`` calls, ``max_length`` and
+    ``unconsumed_tail`` included (brotli keeps the input it has not used
+    itself: the tail is empty, and more output comes of empty input until
+    none does)."""
+
+    unconsumed_tail = b""
 
     def __init__(self) -> None:
         self._inner = brotli.Decompressor()
 
-    def decompress(self, data: bytes) -> bytes:
-        return self._inner.process(data)
+    def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+        if not max_length:
+            return self._inner.process(data)
+        return self._inner.process(data, output_buffer_limit=max_length)
 
     def flush(self) -> bytes:
         return b""
@@ -114,13 +121,25 @@ def decode(data: bytes, coding: str) -> bytes:
     return inflater.decompress(data) + inflater.flush()
 
 
+#: The most a streamed body's decoding hands the reader at once: a few
+#: hundred compressed bytes can stand for gigabytes (brotli's ratio is
+#: unbounded in practice), which decoded whole blew the worker's memory
+#: however it read them, where workerd decodes into the reader's buffer.
+DECODED_PIECE = 64 * 1024
+
+
 async def decoding(chunks: AsyncIterator[bytes], coding: str) -> AsyncIterator[bytes]:
-    """``chunks`` decoded as they come."""
+    """``chunks`` decoded as they come, :data:`DECODED_PIECE` at most at a time."""
     inflater = _decompressor(coding)
     async for chunk in chunks:
-        out = inflater.decompress(chunk)
-        if out:
-            yield out
+        data = chunk
+        while True:
+            out = inflater.decompress(data, DECODED_PIECE)
+            if out:
+                yield out
+            data = inflater.unconsumed_tail  # zlib: input it has not used yet
+            if not data and not out:
+                break  # all of this chunk is out (brotli: asked again until it gives nothing)
     tail = inflater.flush()
     if tail:
         yield tail

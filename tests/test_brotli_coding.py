@@ -22,7 +22,7 @@ from urllib.parse import quote
 import brotli
 import pytest
 
-from tests.upstream import BR_TEXT
+from tests.upstream import BR_BOMB_BYTES, BR_TEXT
 
 TEXT = "brotli from the worker, " * 200
 
@@ -58,6 +58,13 @@ class Default(WorkerEntrypoint):
         if parts[3] == "urllib":
             with urllib.request.urlopen(up) as r:
                 return Response.json({"data": r.read().hex(), "header": r.headers.get("content-encoding")})
+        if parts[3] == "bomb":  # 256 MB of zeros as a few hundred bytes: read as a stream, piece by piece
+            r = await fetch(self.env.UPSTREAM + "/br-bomb")
+            total = biggest = 0
+            async for chunk in r.body:
+                total += len(chunk.to_bytes())
+                biggest = max(biggest, len(chunk.to_bytes()))
+            return Response.json({"total": total, "small_pieces": biggest <= 1024 * 1024})
         if parts[3] == "pass":
             return await fetch(up)  # unread: as the upstream sent it
         return Response("no such path", status=404)
@@ -111,6 +118,15 @@ def test_a_fetched_brotli_body_is_decoded_as_the_worker_reads_it(deployed, upstr
     # The worker's fetch() sends the Accept-Encoding the worker gave (none
     # here), as workerd does: it adds none of its own.
     assert all("accept-encoding" not in r["headers"] for r in upstream.requests if r["path"] == "/br")
+
+
+def test_a_brotli_body_that_decodes_to_far_more_than_memory_streams_piece_by_piece(deployed):
+    """A body of a few hundred bytes that decodes to 256 MB, read as a
+    stream: it comes in bounded pieces (each read decoded all the next chunk
+    stood for at once, and the worker died of exceededMemory at 128 MB)."""
+    resp = deployed.request("/bomb", host="br-dated.localhost", timeout=120)
+    assert resp.status == 200, (resp, deployed.log()[-2000:])
+    assert resp.json() == {"total": BR_BOMB_BYTES, "small_pieces": True}
 
 
 def test_only_the_exact_gzip_and_br_names_are_encoded(deployed):

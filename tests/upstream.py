@@ -18,6 +18,7 @@ so a test can check what really left Corral. Endpoints:
 * ``/gzip``: :data:`GZIP_TEXT`, gzip-encoded (``Content-Encoding: gzip``).
 * ``/br``: :data:`BR_TEXT`, brotli-encoded (``Content-Encoding: br``; with
   the ``brotli`` package, a dependency of Corral's).
+* ``/br-bomb``: :data:`BR_BOMB_BYTES` zero bytes, brotli-encoded (a few hundred bytes).
 * ``/cookies``: sets the cookies ``a=1`` and ``b=2`` (two Set-Cookie headers).
 * ``/flaky?key=K&fail=N``: 503 for the first N requests of key K, then 200.
 
@@ -27,6 +28,7 @@ a request counts from its head being read until its answer is written.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -43,6 +45,17 @@ BLOCK = bytes(range(256)) * 256  # 64 KiB
 GZIP_TEXT = b'{"compressed": "' + b"z" * 2000 + b'"}'
 #: What ``/br`` serves, before its brotli coding.
 BR_TEXT = b'{"brotli": "' + b"b" * 3000 + b'"}'
+#: What ``/br-bomb`` stands for: this many zero bytes, a few hundred bytes brotli-encoded.
+BR_BOMB_BYTES = 256 * 1024 * 1024
+
+
+@functools.lru_cache(maxsize=1)
+def _br_bomb() -> bytes:
+    import brotli
+
+    packer = brotli.Compressor(quality=1)
+    block = bytes(1024 * 1024)
+    return b"".join(packer.process(block) for _ in range(BR_BOMB_BYTES // len(block))) + packer.finish()
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 
@@ -240,6 +253,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(body_len=size, sha256=sha)
             return self._send(200, gzip.compress(GZIP_TEXT), {"content-type": "application/json",
                                                               "content-encoding": "gzip"})
+        if path == "/br-bomb":
+            self._record(body_len=size, sha256=sha)
+            return self._send(200, _br_bomb(), {"content-encoding": "br"})
         if path == "/br":
             import brotli
 
