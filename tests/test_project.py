@@ -407,3 +407,20 @@ def test_a_missing_assets_folder_its_build_command_makes_says_to_run_it(tmp_path
     (tmp_path / "staticfiles").mkdir()
     (tmp_path / "staticfiles" / "a.css").write_text("a {}")
     assert load_project(tmp_path).assets == {"/a.css": b"a {}"}
+
+
+def test_what_corral_deploy_does_not_do_of_wranglers_is_said(tmp_path):
+    """``[build] command`` (wrangler runs it before deploying) and a
+    ``base_dir`` other than the main module's folder are warned about: a
+    build's output missing or stale, or imports rooted elsewhere, deployed
+    without a word."""
+    write(tmp_path, {
+        "wrangler.toml": 'main = "src/app/entry.py"\nbase_dir = "src"\n'
+                         '[build]\ncommand = "python gen.py"\ncwd = "tools"\n',
+        "src/app/entry.py": "x = 1\n"})
+    warnings = load_project(tmp_path).warnings
+    assert any("build.command is not run by corral deploy" in w and "python gen.py" in w and "tools" in w
+               for w in warnings), warnings
+    assert any("base_dir 'src' is not honoured" in w and "src/app/" in w for w in warnings), warnings
+    write(tmp_path, {"wrangler.toml": 'main = "src/entry.py"\nbase_dir = "src"\n', "src/entry.py": "x = 1\n"})
+    assert load_project(tmp_path).warnings == []  # the main module's own folder: as wrangler has it

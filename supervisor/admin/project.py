@@ -272,6 +272,8 @@ class WranglerConfig(msgspec.Struct):
     version_metadata: _VersionMetadata | None = None
     rules: list[_Rule] = []
     python_modules: _PythonModules | None = None
+    #: Wrangler names modules from this folder; Corral from the main module's (said, not silent).
+    base_dir: str | None = None
 
 
 class CorralConfig(WranglerConfig, forbid_unknown_fields=True):
@@ -302,7 +304,7 @@ _PRODUCTS = {
 IGNORED_KEYS = frozenset({
     "$schema", "name", "account_id", "workers_dev", "preview_urls", "routes", "route",
     "observability", "dev", "build", "minify", "keep_vars", "send_metrics", "upload_source_maps",
-    "placement", "logpush", "no_bundle", "find_additional_modules", "base_dir",
+    "placement", "logpush", "no_bundle", "find_additional_modules",
     "preserve_file_names", "node_compat", "usage_model", "keep_names",
     "legacy_env", "compliance_region", "tsconfig", "jsx_factory", "jsx_fragment",
 })
@@ -876,6 +878,13 @@ def load_project(path: str | os.PathLike[str], env: str | None = None,
             parse_cron(cron)
         except CronError as exc:
             raise ProjectError(f"{config_path}: triggers.crons: {exc}") from None
+    if config.build is not None and config.build.command:
+        where = f" (in {config.build.cwd})" if config.build.cwd else ""
+        warnings.append(f"{config_path.name}: build.command is not run by corral deploy, as wrangler runs it "
+                        f"before deploying: run it first{where}: {config.build.command}")
+    if config.base_dir and posixpath.normpath(config.base_dir) != posixpath.dirname(main):
+        warnings.append(f"{config_path.name}: base_dir {config.base_dir!r} is not honoured: the modules are "
+                        f"imported from the main module's folder ({posixpath.dirname(main) or '.'}/)")
     requirements, req_warnings = _requirements(target, within)
     return Project(main_module=main, modules=modules, metadata=metadata, assets=assets,
                    requirements=requirements, warnings=[*warnings, *req_warnings],
