@@ -112,6 +112,22 @@ def test_a_query_of_a_database_no_endpoint_knows_is_not_found(server):
     assert server.admin("GET", "/accounts/local/d1/database/typo-id").status == 404
 
 
+def test_a_database_only_a_namespaces_script_binds_is_not_found_with_where_to_ask(server):
+    """The README's `corral d1 execute DB --file ...` for a user worker's
+    database, without --namespace: not found, saying which namespace binds it
+    (the message said no deployed script's binding names it)."""
+    server.namespace("default")
+    server.deploy("binder", D1_USER, namespace="default",
+                  bindings=[{"type": "d1", "name": "DB", "id": "tenant-db-1"}])
+    r = server.admin("POST", "/accounts/local/d1/database/tenant-db-1/query",
+                     b'{"sql": "SELECT 1"}', "application/json")
+    assert r.status == 404, r.text
+    assert "scripts of dispatch namespace 'default' bind it" in r.text and "--namespace default" in r.text, r.text
+    there = server.admin("POST", "/accounts/local/d1/database/tenant-db-1/query?namespace=default",
+                         b'{"sql": "SELECT 1 AS one"}', "application/json")
+    assert there.status == 200, there.text
+
+
 def test_a_failed_query_answers_d1s_code_and_words(server):
     """Cloudflare's API answers a failed D1 query with code 7500 and SQLite's
     words alone; "D1_ERROR: " is what the binding's JavaScript puts before them."""

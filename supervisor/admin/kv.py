@@ -105,8 +105,19 @@ class ResourceHandlers:
         wanted = request.params[key]
         if wanted not in known:
             raise NotFound(f"no {what} {clip(wanted)!r}: none was made with this id, and no deployed "
-                           f"script's {kind} binding names it")
+                           f"script's {kind} binding names it{await self._elsewhere(kind, field, wanted)}")
         return wanted, known[wanted]
+
+    async def _elsewhere(self, kind: str, field: str, wanted: str) -> str:
+        """Where scripts of other dispatch namespaces bind ``wanted``, as a
+        hint (their data is their namespace's: ``?namespace=``, ``-n``)."""
+        namespaces = sorted({r.namespace for r in await self.core._run(self.store.scripts_naming, wanted)
+                             if r.namespace and any(type(b).__struct_config__.tag == kind
+                                                    and getattr(b, field, None) == wanted for b in r.bindings)})
+        if not namespaces:
+            return ""
+        return (f" here; scripts of dispatch namespace {', '.join(map(repr, namespaces[:5]))} bind it: ask "
+                f"there with ?namespace={namespaces[0]} (the CLI's --namespace {namespaces[0]})")
 
     async def _make(self, kind: str, resource_id: str, name: str, taken: str) -> ResourceInfo:
         """Record ``resource_id`` as ``name``; a name in use is a conflict saying ``taken``."""
