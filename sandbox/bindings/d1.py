@@ -20,12 +20,24 @@ def _bindable(value: Any) -> Any:
     if isinstance(value, list) and all(isinstance(v, int) and 0 <= v < 256 for v in value):
         return bytes(value)  # an ArrayBuffer as D1 hands it back
     if not isinstance(value, _BIND_TYPES):
-        raise JsException("Error", f"D1_TYPE_ERROR: Type '{type(value).__name__}' not supported "
-                                   f"for value '{str(value)[:60]}'")
+        # In JavaScript's words, as d1-api.ts writes them (`typeof r`, `${r}`):
+        # the value reached D1 as a JavaScript object.
+        raise JsException("Error", f"D1_TYPE_ERROR: Type 'object' not supported for value "
+                                   f"'{_js_text(value)[:60]}'")
     if isinstance(value, int) and not -MAX_NUMBER_INT <= value <= MAX_NUMBER_INT:
         raise JsException("Error", f"D1_TYPE_ERROR: Type 'bigint' not supported for value "
                                    f"'{_bigint_text(value)}'")
     return value
+
+
+def _js_text(value: Any) -> str:
+    """What JavaScript's String() gives for the object a Python value becomes."""
+    if isinstance(value, (list, tuple)):
+        return ",".join("" if v is None else _js_text(v) if isinstance(v, (list, tuple, dict, set, frozenset))
+                        else str(v).lower() if isinstance(v, bool) else str(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return "[object Set]"
+    return "[object Object]"
 
 
 def _bigint_text(value: int) -> str:
