@@ -76,9 +76,20 @@ class ArrayBuffer(bytes):
     def to_bytes(self) -> bytes:
         return bytes(self)
 
-    #: memoryview's name, for code that read KV's ``arrayBuffer`` when Corral
-    #: gave it as one.
+    #: memoryview's names: the current SDK converts a binding's ArrayBuffer
+    #: (KV's ``arrayBuffer``, an R2 body's) to a memoryview with ``to_py()``,
+    #: and code written for it reaches for these.
     tobytes = to_bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self)
+
+    def cast(self, format: str, *shape: Any) -> memoryview:  # noqa: A002 - memoryview's name
+        return memoryview(self).cast(format, *shape)
+
+    def tolist(self) -> list[int]:
+        return list(self)
 
     def to_py(self, **_: Any) -> memoryview:
         return memoryview(self)

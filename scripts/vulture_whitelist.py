@@ -57,6 +57,7 @@ run_in_background
 # sandbox/pyodide_shim.py (ArrayBuffer, Uint8Array as to_js gives them)
 byteLength
 to_memoryview
+tolist  # memoryview's, as the current SDK hands a binding's ArrayBuffer
 # sandbox/durable_objects.py (SqlStorageCursor, DurableObjectStorage, DurableObjectState)
 _.column_names
 _.rows_read

@@ -50,6 +50,9 @@ return {
     "bytes2": list(await env.KV.get("bytes", type="bytes")),
     "typed": list(await env.KV.get("typed", type="arrayBuffer")),
     "ab_type": type(await env.KV.get("bytes", "arrayBuffer")).__name__,
+    # The current SDK hands a memoryview (to_py() of the ArrayBuffer): its names work too.
+    "as_memoryview": [(ab := await env.KV.get("bytes", "arrayBuffer")).nbytes, ab.tobytes().hex(),
+                      ab.cast("B").tolist(), ab.tolist()],
     "bytes_type": type(await env.KV.get("bytes", "bytes")).__name__,
     "class": type(env.KV).__name__,
     "stream": b"".join(chunks).decode(),
@@ -63,6 +66,7 @@ return {
                    # Cloudflare (``.to_bytes()``, ``.to_py()``); workerd's class name is
                    # what errors about the binding say.
                    "ab_type": "ArrayBuffer", "bytes_type": "bytes", "class": "KvNamespace",
+                   "as_memoryview": [3, "0001ff", [0, 1, 255], [0, 1, 255]],
                    "missing": None,
                    "missing_meta": {"value": None, "metadata": None, "cacheStatus": None},
                    "not_json": "SyntaxError"}
