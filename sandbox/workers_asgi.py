@@ -282,6 +282,21 @@ async def fetch(app: Any, request: workers.Request, env: Any, ctx: Any = None) -
             await lifespan.shutdown()
 
 
+def entrypoint(app: Any) -> type:
+    """``Default = asgi.entrypoint(app)``: a ``WorkerEntrypoint`` whose
+    ``fetch`` serves the ASGI ``app`` (Cloudflare's shorthand for a class
+    calling ``asgi.fetch``); a WebSocket upgrade goes to the app's
+    ``websocket`` scope, as :func:`websocket` serves it."""
+
+    class AsgiEntrypoint(workers.WorkerEntrypoint):
+        async def fetch(self, request: workers.Request) -> workers.Response:
+            if (request.headers.get("upgrade") or "").lower() == "websocket":
+                return await websocket(app, request, self.env)
+            return await fetch(app, request, self.env, self.ctx)
+
+    return AsgiEntrypoint
+
+
 async def websocket(app: Any, request: workers.Request, env: Any = None) -> workers.Response:
     """Serve a WebSocket upgrade with the ASGI ``app`` (Cloudflare's
     ``workers.asgi.websocket``): the app runs on the server end of a

@@ -208,3 +208,15 @@ async def fetch(app: Any, request: workers.Request, env: Any, ctx: Any = None) -
     else:  # outside a handler's invocation: no lazy reads, buffer the body first
         body = io.BytesIO(await request.bytes())
     return _call_app(app, build_environ(request, env, body))
+
+
+def entrypoint(app: Any) -> type:
+    """``Default = wsgi.entrypoint(app)``: a ``WorkerEntrypoint`` whose
+    ``fetch`` serves the WSGI ``app`` (Cloudflare's shorthand, "equivalent to
+    creating a WorkerEntrypoint class and using the wsgi.fetch method")."""
+
+    class WsgiEntrypoint(workers.WorkerEntrypoint):
+        async def fetch(self, request: workers.Request) -> workers.Response:
+            return await fetch(app, request, self.env, self.ctx)
+
+    return WsgiEntrypoint

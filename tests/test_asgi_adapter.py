@@ -255,3 +255,39 @@ return out
     assert result[:6] == [["RangeError", message, True]] * 5 + [message], result
     assert result[6:] == [["RangeError", "Responses with a WebSocket must have status code 101.", True],
                           [200, 200, 599]], result
+
+
+WSGI_ENTRYPOINT = """
+from workers import wsgi
+
+def app(environ, start_response):
+    start_response("200 OK", [("content-type", "application/json")])
+    return [b'{"message": "Hello from WSGI", "path": "' + environ["PATH_INFO"].encode() + b'"}']
+
+Default = wsgi.entrypoint(app)
+"""
+
+ASGI_ENTRYPOINT = """
+from workers import asgi
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        return
+    env = scope["env"]
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": f"ASGI {scope['path']} {env.WHO}".encode()})
+
+Default = asgi.entrypoint(app)
+"""
+
+
+def test_the_entrypoint_shorthands_serve_an_app(server):
+    """``Default = wsgi.entrypoint(app)`` / ``asgi.entrypoint(app)``, as
+    Cloudflare's Flask page and its changelog write a worker: the app
+    serves its requests (the deploy failed: the modules had no entrypoint)."""
+    server.deploy("wsgi-entry", WSGI_ENTRYPOINT)
+    resp = server.request("/hi", host="wsgi-entry.localhost")
+    assert resp.status == 200 and resp.json() == {"message": "Hello from WSGI", "path": "/hi"}, resp
+    server.deploy("asgi-entry", ASGI_ENTRYPOINT, bindings=[{"type": "plain_text", "name": "WHO", "text": "me"}])
+    resp = server.request("/there", host="asgi-entry.localhost")
+    assert resp.status == 200 and resp.text == "ASGI /there me", resp
