@@ -37,7 +37,7 @@ import msgspec
 
 #: Bumped whenever a message changes shape; a child speaking another version
 #: is killed at its first frame.
-PROTOCOL_VERSION = 10
+PROTOCOL_VERSION = 11
 
 #: Largest chunk of a streamed body, and largest inline body.
 MAX_CHUNK = 64 * 1024
@@ -275,6 +275,9 @@ class DurableObjectEvent(_Msg, tag="dobject"):
     #: most 128 KiB. False (SQLite-backed) for ``new_sqlite_classes`` and for
     #: a class no migration named, as before; set by the supervisor, never the child.
     kv_backed: bool = False
+    #: For an RPC method: the handles of the functions its arguments carry
+    #: (supervisor.calls.rpc_stubs), in the order the value names them.
+    functions: list[int] = []
 
 
 class QueueMessage(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -324,6 +327,11 @@ class RpcEvent(_Msg, tag="rpc"):
     entrypoint: str = ""
     #: The service binding's props (the callee's ``ctx.props``).
     props: dict[str, Any] | None = None
+    #: The handles of the functions the arguments carry (supervisor.calls.rpc_stubs).
+    functions: list[int] = []
+    #: Not a method: a call of the function this child exported as
+    #: ``function`` (a stub of it was called elsewhere); ``method`` is "".
+    function: int = 0
 
 
 Event = Union[RequestEvent, TailEvent, ScheduledEvent, DurableObjectEvent, QueueEvent, WebSocketEvent,
@@ -388,6 +396,9 @@ class SubResponse(_Msg, tag="subresp"):
     #: headers and body went there and are not sent, and the child sends no
     #: ResponseStart of its own for it. Last, so older frames still decode.
     answered: bool = False
+    #: An RPC result's functions: the handles the caller's invocation now
+    #: holds, in the order the value names them (supervisor.calls.rpc_stubs).
+    functions: list[int] = []
 
 
 class SubFailed(_Msg, tag="subfail"):
@@ -395,6 +406,13 @@ class SubFailed(_Msg, tag="subfail"):
 
     call: int
     error: ExceptionInfo
+
+
+class Release(_Msg, tag="release"):
+    """No invocation holds a stub of these exported functions any more: the
+    child lets them go (supervisor.calls.rpc_stubs)."""
+
+    functions: list[int]
 
 
 class BindingResult(_Msg, tag="bresult"):
@@ -466,6 +484,9 @@ class ResponseStart(_Msg, tag="respond"):
     #: Ignored for other bodies (an inline one's is its size; a
     #: :class:`ByRef` one's is its source's). Last, so older frames decode.
     length: int | None = None
+    #: An RPC result's functions: each an id this child exported (> 0) or
+    #: ``-handle`` of a stub the invocation holds (supervisor.calls.rpc_stubs).
+    functions: list[int] = []
 
 
 class InvokeFailed(_Msg, tag="failed"):
@@ -540,7 +561,7 @@ class SubRequest(_Msg, tag="subreq"):
 
     call: int
     parent: int
-    kind: Literal["dispatch", "service", "fetch", "assets", "loader"]
+    kind: Literal["dispatch", "service", "fetch", "assets", "loader", "stub"]
     method: bytes
     url: str
     headers: list[Header]
@@ -567,6 +588,10 @@ class SubRequest(_Msg, tag="subreq"):
     #: about the child's own response only: a child that makes it falsely
     #: answers its own caller with a response it could have returned anyway.
     tail: bool = False
+    #: The functions an RPC call's arguments carry: each an id this child
+    #: exported (> 0) or ``-handle`` of a stub the parent holds, passed on.
+    #: For ``kind="stub"`` (a call of a stub), ``target`` is its handle.
+    functions: list[int] = []
 
 
 class WsSend(_Msg, tag="wssend"):
@@ -669,7 +694,7 @@ class Abort(_Msg, tag="abort"):
 
 
 ToChild = Union[Load, Invoke, Cancel, SubResponse, SubFailed, BindingResult, BodyChunk, Credit,
-                Abort, Trim]
+                Abort, Trim, Release]
 ToSupervisor = Union[
     Hello,
     Loaded,

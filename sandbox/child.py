@@ -56,6 +56,7 @@ from protocol.messages import (
     Load,
     Loaded,
     Log,
+    Release,
     Report,
     ResponseStart,
     ScriptBundle,
@@ -256,12 +257,12 @@ class Fetcher:
         async def rpc(*args: Any, **kwargs: Any) -> Any:
             from .bindings.durable_objects import decode_result, encode_rpc
 
-            body = await encode_rpc([*args, kwargs] if kwargs else list(args), f"{name}()")
+            body, functions = await encode_rpc([*args, kwargs] if kwargs else list(args), f"{name}()")
             request = workers.Request(f"https://rpc.invalid/{name}", method="POST", body=body)
             response = await self._runtime.sub_request(
                 self._kind, request, binding=self._binding, target=self._target,
-                limits=self._limits, params=self._params, rpc=name)
-            return decode_result(await response.bytes())
+                limits=self._limits, params=self._params, rpc=name, functions=functions)
+            return decode_result(await response.bytes(), getattr(response, "_rpc_functions", ()))
 
         rpc.__name__ = name
         return rpc
@@ -679,6 +680,7 @@ class Runtime:
             Credit: self._on_credit,
             Abort: self._on_abort,
             Trim: self._on_trim,
+            Release: self._on_release,
         }
 
     def adopt_layer2(self, layer2: landlock.Ruleset | None) -> None:
@@ -880,14 +882,15 @@ class Runtime:
                 request = self._request_for(message)
                 response = await self.objects.serve(
                     self._script.module, message.event, inv, env, request)
-                await self._respond(inv, response, state)
+                await self._respond(inv, response, state, getattr(response, "_rpc_functions", None))
                 raise _Handled
             if kind == "rpc":
                 event = message.event
                 response = await self._script.rpc(
                     event.method, workers.Context(inv, event.props), env,  # type: ignore[union-attr]
-                    await self._request_for(message).bytes(), event.entrypoint)  # type: ignore[union-attr]
-                await self._respond(inv, response, state)
+                    await self._request_for(message).bytes(), event.entrypoint,  # type: ignore[union-attr]
+                    event.functions, event.function)  # type: ignore[union-attr]
+                await self._respond(inv, response, state, getattr(response, "_rpc_functions", None))
                 raise _Handled
             if kind != "fetch":
                 # Not a request: the handler's return is not a response; an
@@ -982,9 +985,20 @@ class Runtime:
             self._end_logs(inv)
         self.send(InvokeDone(inv))
 
-    async def _respond(self, inv: int, response: workers.Response, state: _Invocation) -> None:
+    async def _respond(self, inv: int, response: workers.Response, state: _Invocation,
+                       functions: list[int] | None = None) -> None:
         """Send the response; until its head is sent, a failure here is the
-        invocation's (``InvokeFailed``), not a report on a response under way."""
+        invocation's (``InvokeFailed``), not a report on a response under way.
+        ``functions``: those an RPC result (the body) carries."""
+        if functions:
+            body = response._body
+            sent, out = self.send_body(body, inv)
+            self.send(ResponseStart(inv, response.status, [], sent, functions=functions,
+                                    length=len(body) if out is not None else None))  # type: ignore[arg-type]
+            state.responded = True
+            if out is not None:
+                await pump(body, out)
+            return
         if response.web_socket is not None:
             socket = self.sockets.body_of(response)
             self.send(ResponseStart(inv, 101, response.headers._raw(), socket))
@@ -1103,6 +1117,12 @@ class Runtime:
         self.channel.flush_now()
         os._exit(EXIT_OUT_OF_MEMORY)
 
+    def _on_release(self, message: Release) -> None:
+        """No stub of these exported functions is left (supervisor.calls.rpc_stubs)."""
+        from .bindings import rpc_stubs
+
+        rpc_stubs.release(message.functions)
+
     def _on_trim(self, message: Trim) -> None:
         """Idle (the supervisor's word): give unchanged copied pages back.
 
@@ -1118,8 +1138,8 @@ class Runtime:
     # -- calls (subrequests) ------------------------------------------------
     async def sub_request(self, kind: str, request: workers.Request, *, binding: str = "",
                           target: str = "", limits: Limits | None = None,
-                          params: dict | None = None, rpc: str = "", tail: bool = False
-                          ) -> workers.Response:
+                          params: dict | None = None, rpc: str = "", tail: bool = False,
+                          functions: list[int] | None = None) -> workers.Response:
         parent = workers.current_invocation.get()
         if parent == 0 or parent not in self.invocations:
             raise RuntimeError("fetch() can only be used while handling a request")
@@ -1151,7 +1171,7 @@ class Runtime:
                 method=request._method.encode("latin-1"), url=request.url,
                 headers=headers, binding=binding, target=target,
                 body=sent, redirect=request.redirect, limits=limits, params=params, rpc=rpc,
-                length=length, tail=tail,
+                length=length, tail=tail, functions=functions or [],
             ))
         except BaseException:  # MessageTooLarge: nothing was sent, nothing is owed
             self.calls.pop(call, None)
@@ -1186,6 +1206,8 @@ class Runtime:
             response._coding = content_coding.coding_of(response.headers.get("content-encoding"))
         response.url = result.url or request.url
         response.redirected = result.redirected
+        if result.functions:
+            response._rpc_functions = result.functions  # type: ignore[attr-defined]
         if result.answered:
             state = self.invocations.get(parent)
             if state is not None:

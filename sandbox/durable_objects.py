@@ -26,7 +26,14 @@ from protocol.messages import DO_STORAGE, DurableObjectEvent, WebSocketEvent
 
 from . import events, websockets, workers
 from .bindings import AttrDict, AttrList, call, js_double, js_key, js_keys, options, webidl_int
-from .bindings.durable_objects import DurableObjectId, decode, decode_args, encode, encode_rpc
+from .bindings.durable_objects import (
+    DurableObjectId,
+    decode,
+    decode_args,
+    encode,
+    encode_rpc,
+    rpc_response,
+)
 from .pyodide_shim import JsException
 from .run_sync import can_suspend, run_sync
 
@@ -713,8 +720,9 @@ class Objects:
         if event.method.startswith("_") or not callable(method):
             raise JsException("TypeError", f'The RPC receiver does not implement the method '
                                            f'"{event.method}".')
-        result = await _call(getattr(instance, event.method), *decode_args(await request.bytes()))
-        return workers.Response(await encode_rpc(result, f"{event.method}() result"))
+        result = await _call(getattr(instance, event.method),
+                             *decode_args(await request.bytes(), event.functions))
+        return rpc_response(*await encode_rpc(result, f"{event.method}() result"))
 
 
     async def _instance(self, module: Any, event: DurableObjectEvent, key: tuple[str, str], inv: int,

@@ -221,18 +221,24 @@ class Handlers:
                                            f"`class {name}(WorkerEntrypoint)` in its main module")
         return cls
 
-    async def rpc(self, method: str, ctx: Any, env: Any, data: bytes, entrypoint: str = "") -> Any:
-        """A Workers RPC call on an entrypoint: its result, encoded, as a response."""
-        from . import workers
-        from .bindings.durable_objects import decode_args, encode_rpc
+    async def rpc(self, method: str, ctx: Any, env: Any, data: bytes, entrypoint: str = "",
+                  functions: list[int] | None = None, function: int = 0) -> Any:
+        """A Workers RPC call on an entrypoint (or, ``function``, of a
+        function this child sent over RPC, through a stub of it): its
+        result, encoded, as a response."""
+        from .bindings import rpc_stubs
+        from .bindings.durable_objects import decode_args, encode_rpc, rpc_response
 
+        if function:
+            result = await rpc_stubs.call_exported(function, decode_args(data, functions or ()))
+            return rpc_response(*await encode_rpc(result, "stub() result"))
         entry = self.entrypoint(entrypoint)
         if entry is None or method.startswith("_") or method in RPC_RESERVED or not _defines(entry, method):
             raise JsException("TypeError", f'The RPC receiver does not implement the method "{method}".')
-        result = getattr(entry(ctx, env), method)(*decode_args(data))
+        result = getattr(entry(ctx, env), method)(*decode_args(data, functions or ()))
         if type(result) is types.CoroutineType or inspect.isawaitable(result):
             result = await result
-        return workers.Response(await encode_rpc(result, f"{method}() result"))
+        return rpc_response(*await encode_rpc(result, f"{method}() result"))
 
     async def call(self, kind: str, ctx: Any, env: Any, *args: Any, entrypoint: str = "") -> Any:
         """Run the ``kind`` handler with ``(*args, env, ctx)``, cut to what it

@@ -464,8 +464,8 @@ def test_storage_sql(server):
 
 def test_rpc_errors(server):
     """What structured clone cannot copy is Cloudflare's DataCloneError, in an
-    RPC argument and in storage; a function, which Cloudflare passes over RPC
-    as a stub, is refused as the gap it is here."""
+    RPC argument and in storage; a function crosses as a stub (echoed back,
+    the caller gets a stub of its own function: no error)."""
     result = h.ok(server, "counter", """
 class Big:
     pass
@@ -482,7 +482,7 @@ return out + await env.COUNTER.getByName("x").unclonable()
 """)
     refused = 'DataCloneError: Could not serialize object of type "{}". This type does not support serialization.'
     assert result[0] == refused.format("Big"), result
-    assert result[1].startswith("TypeError: echo(): only plain data") and "stub" in result[1], result
+    assert result[1] is None, result
     assert result[2:] == [refused.format("object"), refused.format("function")], result
 
 

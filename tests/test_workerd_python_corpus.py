@@ -1099,14 +1099,9 @@ async def on_fetch(request, env):
             await rpc.identity(bytearray.fromhex("2Ef0 F1f2  "))
         with assertRaises(TypeError):
             await rpc.identity([(1, 2, 3)])
-        with assertRaises(TypeError):
-            await rpc.identity(lambda x: x + x)
-
-        def my_func():
-            pass
-
-        with assertRaises(TypeError):
-            await rpc.identity(my_func)
+        # A function crosses as a stub (workers-runtime-sdk 1.6 dropped these
+        # TypeError cases from its python-rpc test): echoed back, it calls home.
+        assert await (await rpc.identity(lambda x: x + x))(2) == 4
         with assertRaises(TypeError):
             await rpc.identity({"test": (1, 2, 3)})
 

@@ -71,17 +71,6 @@ class DurableObjectId:
         return f"DurableObjectId({self._hex!r})"
 
 
-def _refuse_over_rpc(value: Any) -> Exception:
-    """Over RPC, Cloudflare passes a function as a stub the other side calls
-    back; Corral does not, so that is refused as the gap it is. Anything
-    else that cannot be cloned is the DataCloneError it is everywhere (an
-    awaitable never gets here: rpc_codec.refuse_disabled refuses it first)."""
-    if callable(value):
-        return TypeError(f"a function ({type(value).__name__}) cannot be sent over RPC here: "
-                         "Cloudflare passes one as a stub to call back, Corral does not")
-    return data_clone_error(value)
-
-
 def encode(value: Any, where: str, *, rpc: bool = False) -> bytes:
     """``value`` as structured clone carries it for storage, attachments and
     (``rpc``) RPC arguments and results: what it cannot carry is Cloudflare's
@@ -89,17 +78,29 @@ def encode(value: Any, where: str, *, rpc: bool = False) -> bytes:
     try:
         if rpc:
             rpc_codec.refuse_disabled(value)
-            return clone_encode(rpc_codec.to_wire(value), _refuse_over_rpc)
+            # (A function never gets here: rpc_codec.to_wire made it a stub.)
+            return clone_encode(rpc_codec.to_wire(value), data_clone_error)
         return clone_encode(value, data_clone_error)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{where}: only plain data can be sent (str, numbers, bool, None, bytes, "
                         f"lists, dicts, datetimes): {exc}") from None
 
 
-async def encode_rpc(value: Any, where: str) -> bytes:
+async def encode_rpc(value: Any, where: str) -> tuple[bytes, list[int]]:
     """An RPC call's arguments or result, as :func:`encode` sends them, after
-    reading the bodies of the requests and responses among them."""
-    return encode(await rpc_codec.buffered(value), where, rpc=True)
+    reading the bodies of the requests and responses among them; and the
+    functions they carry (the frame's ``functions``: sandbox.bindings.rpc_stubs)."""
+    value = await rpc_codec.buffered(value)
+    return rpc_codec.sending(value, lambda v: encode(v, where, rpc=True))
+
+
+def rpc_response(data: bytes, functions: list[int]) -> workers.Response:
+    """An RPC result as the response that carries it; the functions it
+    names ride with it to the ResponseStart (sandbox.child)."""
+    response = workers.Response(data)
+    if functions:
+        response._rpc_functions = functions  # type: ignore[attr-defined]
+    return response
 
 
 def decode(data: bytes) -> Any:
@@ -121,14 +122,15 @@ def rpc_value(value: Any) -> Any:
     return js_number(value)  # a float 2.0 crossed as the Number 2: Pyodide's int
 
 
-def decode_result(data: bytes) -> Any:
-    """An RPC call's result, as :func:`encode` sent it (see :func:`rpc_value`)."""
-    return rpc_value(rpc_codec.decode(data)) if data else None
+def decode_result(data: bytes, functions: list[int] | tuple[int, ...] = ()) -> Any:
+    """An RPC call's result, as :func:`encode` sent it (see :func:`rpc_value`),
+    its functions stubs of ``functions`` (the handles the supervisor granted)."""
+    return rpc_value(rpc_codec.receiving(data, functions)) if data else None
 
 
-def decode_args(data: bytes) -> list[Any]:
+def decode_args(data: bytes, functions: list[int] | tuple[int, ...] = ()) -> list[Any]:
     """An RPC call's argument list, as :func:`encode` sent it (see :func:`rpc_value`)."""
-    args = rpc_codec.decode(data) if data else []
+    args = rpc_codec.receiving(data, functions) if data else []
     if not isinstance(args, list):
         raise TypeError("an RPC call's arguments must be a list")
     return [rpc_value(a) for a in args]
@@ -168,10 +170,11 @@ class DurableObjectStub:
             # Keywords travel as one trailing object, as Pyodide passes them
             # to JavaScript in Cloudflare's SDK: the method gets a dict last.
             values = [*args, kwargs] if kwargs else list(args)
-            _, body = await call(self._binding, "call",
-                                 [self.id._hex, self.name, method,
-                                  await encode_rpc(values, f"{method}()")])
-            return decode_result(await read(body))
+            packed, functions = await encode_rpc(values, f"{method}()")
+            head = [self.id._hex, self.name, method, packed]
+            value, body = await call(self._binding, "call", [*head, functions] if functions else head)
+            returned = value.get("functions", ()) if isinstance(value, dict) else ()
+            return decode_result(await read(body), returned)
 
         rpc.__name__ = method
         return rpc

@@ -10,8 +10,10 @@ readable, where JavaScript would have transferred it).
 
 It refuses a tuple and a bytearray anywhere in the value with a
 ``TypeError`` ("<class 'tuple'> cannot be sent over RPC."), where msgpack
-would have carried a tuple as a list and a bytearray as bytes (a function
-is refused too, by :func:`sandbox.bindings.durable_objects.encode`).
+would have carried a tuple as a list and a bytearray as bytes. A function
+(any callable but a class) crosses as a stub to call back
+(:mod:`.rpc_stubs`): the value holds its place in the frame's list of
+functions, which :func:`sending` collects and :func:`receiving` reads.
 
 msgpack carries the extra types as extension values (msgspec would write a
 ``datetime`` as an RFC 3339 string and a ``set`` as an array: the callee got
@@ -41,6 +43,41 @@ from . import BIG_INT, beyond_msgpack, data_clone_error
 #: Extension codes: one per type structured clone carries that msgpack has not
 #: (BIG_INT, 7, is storage's too: an int beyond 64 bits).
 DATE, SET, ERROR, BLOB, REQUEST, RESPONSE = 1, 2, 3, 4, 5, 6
+#: A function: its index in the frame's ``functions`` list (8: 7 is BIG_INT).
+STUB = 8
+
+#: The functions of the value being encoded (their ``rpc_stubs.entry``),
+#: and the handles of the one being decoded: set only around one
+#: synchronous encode or decode, so no other task sees them.
+_sending: list[int] | None = None
+_receiving: list[int] | tuple[int, ...] = ()
+
+
+def sending(value: Any, encode: Any) -> tuple[bytes, list[int]]:
+    """``encode(value)`` and the functions it carries, each exported (or,
+    a stub received, passed on); none are kept if the encoding fails."""
+    global _sending
+    _sending = entries = []
+    try:
+        data = encode(value)
+    except BaseException:
+        from .rpc_stubs import forget
+
+        forget(entries)
+        raise
+    finally:
+        _sending = None
+    return data, entries
+
+
+def receiving(data: bytes, handles: list[int] | tuple[int, ...]) -> Any:
+    """``decode(data)`` with its functions as stubs of ``handles``."""
+    global _receiving
+    _receiving = handles
+    try:
+        return decode(data)
+    finally:
+        _receiving = ()
 
 _DOUBLE = struct.Struct(">d")
 
@@ -136,6 +173,11 @@ def to_wire(value: Any) -> Any:
         return msgspec.msgpack.Ext(REQUEST, _ENCODER.encode(_message(value)))
     if isinstance(value, workers.Response):
         return msgspec.msgpack.Ext(RESPONSE, _ENCODER.encode(_message(value)))
+    if _sending is not None and callable(value) and not isinstance(value, type):
+        from .rpc_stubs import entry
+
+        _sending.append(entry(value))
+        return msgspec.msgpack.Ext(STUB, (len(_sending) - 1).to_bytes(4, "big"))
     if isinstance(value, _NOT_CLONED) or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
         raise data_clone_error(value)
     return value
@@ -166,6 +208,13 @@ def from_wire(code: int, data: memoryview) -> Any:
     if code == RESPONSE:
         status, status_text, headers, body = decode(bytes(data))
         return workers.response_with(status, body, workers.Headers(headers), status_text)
+    if code == STUB:
+        index = int.from_bytes(data, "big")
+        if index >= len(_receiving):
+            raise TypeError("an RPC value names a function it does not carry")
+        from .rpc_stubs import RemoteFunction
+
+        return RemoteFunction(_receiving[index])
     raise TypeError(f"an RPC value has an unknown extension type {code}")
 
 

@@ -36,6 +36,7 @@ from supervisor.bindings.base import (
     object_scope,
     string,
 )
+from supervisor.calls import rpc_stubs
 from supervisor.objects import storage as st
 from supervisor.objects.alarms import MAX_RETRIES, Alarms
 from supervisor.objects.host import ObjectHost, ObjectKey
@@ -187,9 +188,18 @@ class DurableObjectNamespaceHandler:
             packed = arg(args, 3, b"")
             if not isinstance(packed, bytes):
                 raise BindingError("RPC arguments must arrive encoded", "TypeError")
-            event = DurableObjectEvent(key.class_name, object_id, rpc, name)
-            result = await self.host.invoke(key, event, ctx.invocation, args=packed, delivered=ctx.delivered)
-            return Reply(None, result)
+            share, handles = _lend(ctx, arg(args, 4, []))
+            event = DurableObjectEvent(key.class_name, object_id, rpc, name, functions=handles)
+            returned: list[int] = []
+            try:
+                result = await self.host.invoke(key, event, ctx.invocation, args=packed,
+                                                delivered=ctx.delivered, rpc=share, returned=returned)
+            except BaseException:
+                if share is not None:
+                    share.end()  # never delivered, or the call failed: its stubs are disposed
+                raise
+            # The functions the result carries: the handles the caller now holds.
+            return Reply({"functions": returned} if returned else None, result)
         if method == "fetch":
             verb = string(arg(args, 2, "GET"), "the request method").encode()
             url = string(arg(args, 3, ""), "the request url")
@@ -376,6 +386,20 @@ def _headers(value: Any) -> list[tuple[bytes, bytes]]:
         except UnicodeEncodeError:
             raise BindingError(f"header {pair[0][:80]!r} is not a ByteString", "TypeError") from None
     return out
+
+
+def _lend(ctx: Context, functions: Any) -> tuple[rpc_stubs.Lent | None, list[int]]:
+    """The stubs an RPC call's arguments hand the object (see supervisor.calls.rpc_stubs)."""
+    if not functions:
+        return None, []
+    if ctx.invocation is None:
+        raise BindingError("only a request can send functions over RPC", "TypeError")
+    try:
+        targets = rpc_stubs.resolve(ctx.invocation, functions)
+    except rpc_stubs.StubError as exc:
+        raise BindingError(exc.message, exc.name) from None
+    share = rpc_stubs.Lent()
+    return share, rpc_stubs.grant(share, targets)
 
 
 def _kv_backed(ctx: Context) -> bool:

@@ -44,7 +44,7 @@ from protocol.messages import (
     SubResponse,
     WsConnect,
 )
-from supervisor.calls import http_client
+from supervisor.calls import http_client, rpc_stubs
 from supervisor.calls.dynamic_workers import DynamicWorkers
 from supervisor.calls.redirects import RedirectError, RedirectPolicy
 from supervisor.config import LimitsConfig
@@ -96,6 +96,8 @@ class Head(msgspec.Struct):
     #: The reason phrase, when not the status's standard one: the callee's
     #: ``status_text``, an upstream's own phrase.
     status_text: str = ""
+    #: An RPC result's functions: the handles its caller now holds (supervisor.calls.rpc_stubs).
+    functions: list[int] = []
 
 
 BindingT = TypeVar("BindingT", Service, DispatchNamespace)
@@ -151,7 +153,13 @@ async def head_of(inv: Invocation) -> Head:
         raise
     if inv.error is not None:
         raise failure_of(inv)
-    return Head(inv.status, inv.response_headers, inv.body, status_text=inv.status_text)
+    return Head(inv.status, inv.response_headers, inv.body, status_text=inv.status_text,
+                functions=_returned(inv))
+
+
+def _returned(inv: Invocation) -> list[int]:
+    """The handles of the functions an RPC callee's result carries, if any."""
+    return inv.rpc.returned if inv.rpc is not None else []
 
 
 class Calls:
@@ -198,6 +206,11 @@ class Calls:
                 raise CallFailed("Error", "the request that made this call has already ended")
             parent.calls.add(call)
             body = self._request_body(child, message)
+            if message.kind == "stub":  # a call of a function stub this invocation holds
+                inv = self._stub_call(parent, message, body)
+                child.calls[call] = _Canceller(inv)
+                inv.on_head = lambda callee_inv: self._answer(child, call, callee_inv, parent, False)
+                return
             if message.kind == "assets":  # the caller's own assets, never another script's
                 child.spawn(self._run, child, parent, message,
                             self._serve_assets(parent.record, message, body))
@@ -222,15 +235,17 @@ class Calls:
                 child.spawn(self._run, child, parent, message,
                             self._follow(record, parent, message, body, limits, params))
                 return
-            event = _event_for(message, target.entrypoint, target.props)
+            share, handles = _lend(parent, message, body)
+            event = _event_for(message, target.entrypoint, target.props, handles)
             callee = self.pool.warm_child(record) or self.pool.acquire_now(record)
             if callee is None:
                 child.spawn(self._run, child, parent, message,
-                            self._cold(record, parent, message, body, limits, outbound, params, event))
+                            self._cold(record, parent, message, body, limits, outbound, params, event,
+                                       share))
                 return
             inv = self.pool.start(callee, record, message.method, message.url, message.headers,
                                   body, limits, parent=parent, outbound=outbound, params=params,
-                                  event=event)
+                                  event=event, rpc=share)
         except CallFailed as exc:
             child.held.end(call)
             child.send(SubFailed(call, ExceptionInfo(exc.name, exc.message)))
@@ -307,7 +322,8 @@ class Calls:
             child.send(SubFailed(call, ExceptionInfo(failure.name, failure.message)))
             return
         self._deliver(child, call, Head(inv.status, inv.response_headers, inv.body,
-                                        status_text=inv.status_text), parent if tail else None)
+                                        status_text=inv.status_text, functions=_returned(inv)),
+                      parent if tail else None)
 
     async def _run(self, child: ChildProcess, parent: Invocation, message: SubRequest,
                    work: Any) -> None:
@@ -370,7 +386,33 @@ class Calls:
                 child.send(answered)
             return
         child.send(SubResponse(call, head.status, head.headers, child.send_body(head.body, call),
-                               url=head.url, redirected=head.redirected, status_text=head.status_text))
+                               url=head.url, redirected=head.redirected, status_text=head.status_text,
+                               functions=head.functions))
+
+    def _stub_call(self, parent: Invocation, message: SubRequest, body: BodySource | bytes | None
+                   ) -> Invocation:
+        """Call the function behind stub ``message.target`` of ``parent``: an
+        invocation in the child that exported it, a subrequest of ``parent``
+        as any RPC call is. Only ``parent``'s own stubs are looked up: a
+        handle means nothing outside the invocation it was granted to."""
+        try:
+            _count_subrequest(parent)
+            try:
+                handle = int(message.target)
+            except ValueError:
+                raise CallFailed("Error", rpc_stubs.DISPOSED) from None
+            target = rpc_stubs.lookup(parent, handle)
+            share, handles = _lend(parent, message, None)
+        except rpc_stubs.StubError as exc:
+            _close(body)
+            raise CallFailed(exc.name, exc.message) from None
+        except CallFailed:
+            _close(body)
+            raise
+        record = target.record
+        return self.pool.start(target.child, record, b"POST", "https://rpc.invalid/", [], body,
+                               _within(self.limits.defaults_for(record), parent), parent=parent,
+                               event=RpcEvent("", functions=handles, function=target.fn), rpc=share)
 
     # -- what a call targets ------------------------------------------------------
     def _binding(self, parent: Invocation, name: str, kind: type[BindingT]) -> BindingT:
@@ -479,8 +521,9 @@ class Calls:
             return await self._serve_assets(record, message, body)
         if message.kind == "fetch" and message.redirect != "manual":
             return await self._follow(record, parent, message, body, limits, params)
+        share, handles = _lend(parent, message, body)
         return await self._cold(record, parent, message, body, limits, outbound, params,
-                                _event_for(message, target.entrypoint, target.props))
+                                _event_for(message, target.entrypoint, target.props, handles), share)
 
     def _assets_first(self, record: ScriptRecord, message: SubRequest) -> bool:
         """A dispatch to a user worker whose assets answer this request first."""
@@ -515,17 +558,20 @@ class Calls:
 
     async def _cold(self, record: ScriptRecord, parent: Invocation, message: SubRequest,
                     body: BodySource | bytes | None, limits: Limits, outbound: Outbound | None,
-                    params: dict | None, event: RpcEvent | RequestEvent | None) -> Head:
+                    params: dict | None, event: RpcEvent | RequestEvent | None,
+                    share: rpc_stubs.Lent | None = None) -> Head:
         return await self._call_script(record, parent, message.method, message.url,
-                                       message.headers, body, limits, outbound, params, event)
+                                       message.headers, body, limits, outbound, params, event, share)
 
     async def _call_script(self, record: ScriptRecord, parent: Invocation, method: bytes, url: str,
                            headers: list[Header], body: BodySource | bytes | None, limits: Limits,
                            outbound: Outbound | None, params: dict | None,
-                           event: RpcEvent | RequestEvent | None = None) -> Head:
+                           event: RpcEvent | RequestEvent | None = None,
+                           share: rpc_stubs.Lent | None = None) -> Head:
         try:
             inv = await self.pool.invoke(record, method, url, headers, body, limits,
-                                         parent=parent, outbound=outbound, params=params, event=event)
+                                         parent=parent, outbound=outbound, params=params, event=event,
+                                         rpc=share)
         except PoolUnavailable as exc:
             _close(body)
             raise CallFailed("Error", f"the worker could not be started: {exc}") from None
@@ -790,11 +836,26 @@ def _close(body: BodySource | bytes | None) -> None:
         body.close()
 
 
-def _event_for(message: SubRequest, entrypoint: str, props: dict | None = None
-               ) -> RpcEvent | RequestEvent | None:
+def _lend(parent: Invocation, message: SubRequest, body: BodySource | bytes | None
+          ) -> tuple[rpc_stubs.Lent | None, list[int]]:
+    """The stubs an RPC call's arguments hand the callee, and their handles
+    there (none, at no cost, when no function crosses)."""
+    if not message.functions:
+        return None, []
+    try:
+        targets = rpc_stubs.resolve(parent, message.functions)
+    except rpc_stubs.StubError as exc:
+        _close(body)
+        raise CallFailed(exc.name, exc.message) from None
+    share = rpc_stubs.Lent()
+    return share, rpc_stubs.grant(share, targets)
+
+
+def _event_for(message: SubRequest, entrypoint: str, props: dict | None = None,
+               functions: list[int] | None = None) -> RpcEvent | RequestEvent | None:
     """A Workers RPC call is delivered as such, anything else as an HTTP
     request: to ``Default`` (no event at all, the common case) or to the
     entrypoint class a service binding names, with the binding's props."""
     if message.rpc:
-        return RpcEvent(message.rpc, entrypoint, props)
+        return RpcEvent(message.rpc, entrypoint, props, functions or [])
     return RequestEvent(entrypoint, props) if entrypoint or props else None

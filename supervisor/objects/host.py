@@ -94,7 +94,8 @@ class ObjectHost:
 
     async def invoke(self, key: ObjectKey, event: DurableObjectEvent, parent: Any,
                      http: tuple[bytes, str, list, Any] | None = None, args: bytes = b"",
-                     trace: bool = False, delivered: trio.Event | None = None) -> Any:
+                     trace: bool = False, delivered: trio.Event | None = None, rpc: Any = None,
+                     returned: list[int] | None = None) -> Any:
         """Deliver ``event`` to the object (its input gate is in the child).
 
         Returns the finished-head invocation (a ``fetch``: the response; its
@@ -111,14 +112,16 @@ class ObjectHost:
             obj = self.live[key] = LiveObject()
         obj.waiting += 1  # not evictable while an event is on its way or under way
         try:
-            return await self._deliver(key, obj, record, event, parent, http, args, trace, delivered)
+            return await self._deliver(key, obj, record, event, parent, http, args, trace, delivered,
+                                       rpc, returned)
         finally:
             obj.waiting -= 1
             obj.last_used = trio.current_time()
 
     async def _deliver(self, key: ObjectKey, obj: LiveObject, record: Any, event: DurableObjectEvent,
                        parent: Any, http: tuple[bytes, str, list, Any] | None, args: bytes,
-                       trace: bool, delivered: trio.Event | None) -> Any:
+                       trace: bool, delivered: trio.Event | None, rpc: Any = None,
+                       returned: list[int] | None = None) -> Any:
 
         rt = self.runtime
         assert rt is not None
@@ -129,7 +132,7 @@ class ObjectHost:
             holder = _holding(obj.child, record)
             if holder is not None:  # where the instance lives, retired or not: one instance per id
                 inv = rt.pool.start(holder, record, method, url, headers, body, limits, parent=parent,
-                                    event=event)
+                                    event=event, rpc=rpc)
                 break
             if obj.placing is not None:  # another event is finding the object a child: that one
                 await obj.placing.wait()
@@ -137,7 +140,7 @@ class ObjectHost:
             placing = obj.placing = trio.Event()
             try:
                 inv = await rt.pool.invoke(record, method, url, headers, body, limits, parent=parent,
-                                           event=event)
+                                           event=event, rpc=rpc)
                 obj.child = inv.child
             finally:
                 obj.placing = None
@@ -152,6 +155,8 @@ class ObjectHost:
             raise _failure(inv.error)
         if http is not None:
             return inv
+        if returned is not None and inv.rpc is not None:
+            returned.extend(inv.rpc.returned)
         from supervisor.pool.bodies import BodyError, read_all
         if inv.body is None:
             return b""

@@ -58,6 +58,7 @@ from protocol.messages import (
     WsSend,
 )
 from supervisor import loop_clock
+from supervisor.calls import rpc_stubs
 from supervisor.edge.websockets import MAX_MESSAGE as WS_MAX_MESSAGE
 from supervisor.edge.websockets import MAX_SOCKETS, Buffered, SocketSource, SocketState
 from supervisor.lifecycle import (
@@ -1041,6 +1042,15 @@ class ChildProcess:
                 body.close()
             inv.fail(ExceptionInfo("TypeError", f"invalid response status {message.status}"))
             return
+        if message.functions:  # an RPC result that carries functions: the caller's stubs now
+            try:
+                rpc_stubs.lent(inv).returned = rpc_stubs.grant(
+                    inv.parent, rpc_stubs.resolve(inv, message.functions))
+            except rpc_stubs.StubError as exc:
+                if body is not None:
+                    body.close()
+                inv.fail(ExceptionInfo(exc.name, exc.message))
+                return
         inv.respond(message.status, message.headers, body, streaming, message.status_text)
 
     def receive_body(self, body: Body | None, stream: int) -> BodySource | bytes | None:

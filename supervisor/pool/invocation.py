@@ -68,7 +68,7 @@ class Invocation:
         "event_ts", "subrequests", "children", "calls", "call_scopes", "deadline", "on_head",
         "on_done", "response_end", "linger_cut", "log_bytes", "truncated", "depth", "request_id", "event",
         "fetches", "settled", "cpu_settled", "has_head", "is_done", "held_s", "connections",
-        "cancel_by", "object_call",
+        "cancel_by", "object_call", "rpc",
     )
 
     def __init__(self, id: int, child: ChildLink, record: ScriptRecord, method: bytes,
@@ -119,6 +119,8 @@ class Invocation:
         self.connections: OpenConnections | None = None
         self.event_ts = time.time() * 1000.0
         self.subrequests = 0
+        #: The functions it sent or may call over RPC (supervisor.calls.rpc_stubs), when any crossed.
+        self.rpc: Any = None
         self.children: list[Invocation] = []
         self.calls: set[int] = set()
         self.call_scopes: set[trio.CancelScope] = set()
@@ -258,6 +260,8 @@ class Invocation:
                 if not callee.has_head:
                     callee.cancel(_CANCELED)
             self.is_done = True
+            if self.rpc is not None:
+                self.rpc.end()  # its stubs are disposed, its functions let go
             if self._done_event is not None:
                 self._done_event.set()
             self._complete()

@@ -1056,20 +1056,29 @@ class Pool:
     async def invoke(self, record: ScriptRecord, method: bytes, url: str, headers: list,
                      body: BodySource | bytes | None, limits: Limits,
                      parent: Invocation | None = None, outbound: Outbound | None = None,
-                     params: dict[str, Any] | None = None, event: Event | None = None) -> Invocation:
+                     params: dict[str, Any] | None = None, event: Event | None = None,
+                     rpc: Any = None) -> Invocation:
         """Start an invocation, cold-starting the script if needed (await ``head_ready``).
 
         ``event`` is what it delivers when it is not an HTTP request (a tail
         worker's batch, ...); the script's handler of that kind gets it.
+        ``rpc``: the stubs its RPC arguments carry (supervisor.calls.rpc_stubs.Lent).
         """
         child = self.warm_child(record)
         if child is None:
             if self.crash_loops.backing_off(_version_key(record), trio.current_time()):
+                if rpc is not None:
+                    rpc.end()
                 return self._crash_looping(record, method, url, headers, body, limits, parent,
                                            outbound, params, event)
-            child = await self.acquire(record)
+            try:
+                child = await self.acquire(record)
+            except BaseException:
+                if rpc is not None:
+                    rpc.end()
+                raise
         return self.start(child, record, method, url, headers, body, limits, parent, outbound, params,
-                          event)
+                          event, rpc)
 
     def _crash_looping(self, record: ScriptRecord, method: bytes, url: str, headers: list,
                        body: BodySource | bytes | None, limits: Limits, parent: Invocation | None,
@@ -1094,7 +1103,8 @@ class Pool:
     def start(self, child: ChildProcess, record: ScriptRecord, method: bytes, url: str,
               headers: list, body: BodySource | bytes | None, limits: Limits,
               parent: Invocation | None = None, outbound: Outbound | None = None,
-              params: dict[str, Any] | None = None, event: Event | None = None) -> Invocation:
+              params: dict[str, Any] | None = None, event: Event | None = None,
+              rpc: Any = None) -> Invocation:
         """Send an invocation to a child that already runs ``record`` (synchronous;
         a retired one too: a Durable Object's events follow its instance)."""
         key = (record.namespace, record.name)
@@ -1103,6 +1113,7 @@ class Pool:
         inv = Invocation(child.next_invocation_id(), child, record, method, url, headers, limits,
                          parent=parent, outbound=outbound, params=params)
         inv.event = event
+        inv.rpc = rpc
         child.invocations[inv.id] = inv
         child.last_used = loop_clock.CLOCK.get()()
         self.stats["invocations"] += 1
