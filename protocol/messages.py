@@ -276,7 +276,7 @@ class DurableObjectEvent(_Msg, tag="dobject"):
     #: a class no migration named, as before; set by the supervisor, never the child.
     kv_backed: bool = False
     #: For an RPC method: the handles of the functions its arguments carry
-    #: (supervisor.calls.rpc_stubs), in the order the value names them.
+    #: (supervisor.pool.rpc_stubs), in the order the value names them.
     functions: list[int] = []
 
 
@@ -327,7 +327,7 @@ class RpcEvent(_Msg, tag="rpc"):
     entrypoint: str = ""
     #: The service binding's props (the callee's ``ctx.props``).
     props: dict[str, Any] | None = None
-    #: The handles of the functions the arguments carry (supervisor.calls.rpc_stubs).
+    #: The handles of the functions the arguments carry (supervisor.pool.rpc_stubs).
     functions: list[int] = []
     #: Not a method: a call of the function this child exported as
     #: ``function`` (a stub of it was called elsewhere); ``method`` is "".
@@ -397,7 +397,7 @@ class SubResponse(_Msg, tag="subresp"):
     #: ResponseStart of its own for it. Last, so older frames still decode.
     answered: bool = False
     #: An RPC result's functions: the handles the caller's invocation now
-    #: holds, in the order the value names them (supervisor.calls.rpc_stubs).
+    #: holds, in the order the value names them (supervisor.pool.rpc_stubs).
     functions: list[int] = []
 
 
@@ -410,7 +410,7 @@ class SubFailed(_Msg, tag="subfail"):
 
 class Release(_Msg, tag="release"):
     """No invocation holds a stub of these exported functions any more: the
-    child lets them go (supervisor.calls.rpc_stubs)."""
+    child lets them go (supervisor.pool.rpc_stubs)."""
 
     functions: list[int]
 
@@ -485,7 +485,7 @@ class ResponseStart(_Msg, tag="respond"):
     #: :class:`ByRef` one's is its source's). Last, so older frames decode.
     length: int | None = None
     #: An RPC result's functions: each an id this child exported (> 0) or
-    #: ``-handle`` of a stub the invocation holds (supervisor.calls.rpc_stubs).
+    #: ``-handle`` of a stub the invocation holds (supervisor.pool.rpc_stubs).
     functions: list[int] = []
 
 

@@ -1118,7 +1118,7 @@ class Runtime:
         os._exit(EXIT_OUT_OF_MEMORY)
 
     def _on_release(self, message: Release) -> None:
-        """No stub of these exported functions is left (supervisor.calls.rpc_stubs)."""
+        """No stub of these exported functions is left (supervisor.pool.rpc_stubs)."""
         from .bindings import rpc_stubs
 
         rpc_stubs.release(message.functions)

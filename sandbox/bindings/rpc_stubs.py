@@ -5,7 +5,7 @@ A function sent as an RPC argument or result (a closure, sync or async) is
 names; the value itself carries only its place in that list. The
 receiving side gets a :class:`RemoteFunction`: awaiting a call of it runs
 the function here, with the arguments and result crossing as any RPC
-value. The supervisor decides who may call what (supervisor.calls.rpc_stubs)
+value. The supervisor decides who may call what (supervisor.pool.rpc_stubs)
 and tells this child when a function is no longer reachable (``Release``).
 
 A stub is valid in the invocation that received it, until that invocation

@@ -36,10 +36,10 @@ from supervisor.bindings.base import (
     object_scope,
     string,
 )
-from supervisor.calls import rpc_stubs
 from supervisor.objects import storage as st
 from supervisor.objects.alarms import MAX_RETRIES, Alarms
 from supervisor.objects.host import ObjectHost, ObjectKey
+from supervisor.pool import rpc_stubs
 
 ID_RE = re.compile(r"[0-9a-f]{64}")
 #: workerd's delete_all_deletes_alarm is on from this compatibility date.
@@ -389,7 +389,7 @@ def _headers(value: Any) -> list[tuple[bytes, bytes]]:
 
 
 def _lend(ctx: Context, functions: Any) -> tuple[rpc_stubs.Lent | None, list[int]]:
-    """The stubs an RPC call's arguments hand the object (see supervisor.calls.rpc_stubs)."""
+    """The stubs an RPC call's arguments hand the object (see supervisor.pool.rpc_stubs)."""
     if not functions:
         return None, []
     if ctx.invocation is None:

@@ -44,7 +44,7 @@ from protocol.messages import (
     SubResponse,
     WsConnect,
 )
-from supervisor.calls import http_client, rpc_stubs
+from supervisor.calls import http_client
 from supervisor.calls.dynamic_workers import DynamicWorkers
 from supervisor.calls.redirects import RedirectError, RedirectPolicy
 from supervisor.config import LimitsConfig
@@ -55,6 +55,7 @@ from supervisor.limits.open_connections import OpenConnections, script_share
 from supervisor.limits.policy import LimitPolicy
 from supervisor.log import error, warn
 from supervisor.model import PLATFORM, DispatchNamespace, ScriptRecord, Service, WorkerLoader
+from supervisor.pool import rpc_stubs
 from supervisor.pool.bodies import (
     BodyError,
     BodySource,
@@ -96,7 +97,7 @@ class Head(msgspec.Struct):
     #: The reason phrase, when not the status's standard one: the callee's
     #: ``status_text``, an upstream's own phrase.
     status_text: str = ""
-    #: An RPC result's functions: the handles its caller now holds (supervisor.calls.rpc_stubs).
+    #: An RPC result's functions: the handles its caller now holds (supervisor.pool.rpc_stubs).
     functions: list[int] = []
 
 

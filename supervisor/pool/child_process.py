@@ -58,7 +58,6 @@ from protocol.messages import (
     WsSend,
 )
 from supervisor import loop_clock
-from supervisor.calls import rpc_stubs
 from supervisor.edge.websockets import MAX_MESSAGE as WS_MAX_MESSAGE
 from supervisor.edge.websockets import MAX_SOCKETS, Buffered, SocketSource, SocketState
 from supervisor.lifecycle import (
@@ -78,6 +77,7 @@ from supervisor.limits.held_calls import HeldCalls, args_size
 from supervisor.limits.memory import ChildMemory, Enforcer, has_cap
 from supervisor.log import error, log, warn
 from supervisor.model import ScriptRecord
+from supervisor.pool import rpc_stubs
 from supervisor.pool.bodies import BodySource, BytesBody, ChildBody, ChildSink, ProtocolViolation, declare_length
 from supervisor.pool.channel_hub import ChannelHub
 from supervisor.pool.fork_priority import IDLE_ONLY, ZYGOTE_NICE
@@ -1044,8 +1044,7 @@ class ChildProcess:
             return
         if message.functions:  # an RPC result that carries functions: the caller's stubs now
             try:
-                rpc_stubs.lent(inv).returned = rpc_stubs.grant(
-                    inv.parent, rpc_stubs.resolve(inv, message.functions))
+                rpc_stubs.return_functions(inv, message.functions)
             except rpc_stubs.StubError as exc:
                 if body is not None:
                     body.close()

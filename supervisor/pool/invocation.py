@@ -119,7 +119,7 @@ class Invocation:
         self.connections: OpenConnections | None = None
         self.event_ts = time.time() * 1000.0
         self.subrequests = 0
-        #: The functions it sent or may call over RPC (supervisor.calls.rpc_stubs), when any crossed.
+        #: The functions it sent or may call over RPC (supervisor.pool.rpc_stubs), when any crossed.
         self.rpc: Any = None
         self.children: list[Invocation] = []
         self.calls: set[int] = set()

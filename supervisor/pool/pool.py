@@ -1062,7 +1062,7 @@ class Pool:
 
         ``event`` is what it delivers when it is not an HTTP request (a tail
         worker's batch, ...); the script's handler of that kind gets it.
-        ``rpc``: the stubs its RPC arguments carry (supervisor.calls.rpc_stubs.Lent).
+        ``rpc``: the stubs its RPC arguments carry (supervisor.pool.rpc_stubs.Lent).
         """
         child = self.warm_child(record)
         if child is None:

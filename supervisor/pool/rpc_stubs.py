@@ -91,6 +91,12 @@ def lent(inv: Invocation) -> Lent:
     return inv.rpc
 
 
+def return_functions(callee: Invocation, entries: Any) -> None:
+    """The functions an RPC callee's result carries become stubs its caller
+    holds (their handles go back with the result, ``Lent.returned``)."""
+    lent(callee).returned = grant(callee.parent, resolve(callee, entries))
+
+
 def resolve(sender: Invocation, entries: Any) -> list[Target]:
     """The targets of the ``functions`` list ``sender`` sent: an entry > 0 is
     a function of its own child, < 0 a stub it holds (``-handle``) passed on."""
