@@ -471,3 +471,47 @@ def test_a_message_in_many_fragments_empty_ones_included_arrives_whole(server):
     c.sock.sendall(frames + c.ws.send(Message(b"\x02", message_finished=True)))
     assert c.next() == (b"\x01" * 3000 + b"\x02")[::-1]  # the echo worker reverses bytes
     c.drop()
+
+
+WAITING = '''
+import asyncio
+from js import WebSocketPair
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        client, server = WebSocketPair.new().object_values()
+        server.accept()
+        released = asyncio.get_running_loop().create_future()
+
+        async def on_message(event):
+            if event.data == "wait":  # waits for the next message, as a JavaScript listener may
+                server.send("waiting")
+                server.send("released by " + await released)
+            elif event.data == "go":
+                released.set_result("go")
+            else:
+                server.send("echo:" + event.data)
+
+        server.addEventListener("message", on_message)
+        return Response(None, status=101, web_socket=client)
+'''
+
+
+def test_a_listener_that_awaits_does_not_hold_back_the_sockets_next_messages(server):
+    """workerd hands a socket's next message to its listeners without waiting
+    for the last listener's promise: a listener awaiting something held back
+    every later message, the pings and the close, and one waiting for the
+    next message waited until its wall limit."""
+    server.deploy("waiting", WAITING)
+    c = Client(server.port, "waiting.localhost")
+    c.send("wait")
+    assert c.next() == "waiting"
+    c.send("hi")
+    assert c.next() == "echo:hi"  # while "wait" still waits
+    c.send("go")
+    assert c.next() == "released by go"
+    c.close(1000, "done")
+    assert isinstance(c.next(), CloseConnection)
+    c.drop()

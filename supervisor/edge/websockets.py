@@ -39,6 +39,7 @@ import base64
 import hashlib
 import io
 import os
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -201,8 +202,14 @@ class Deliverer:
         self.on_trace = on_trace
 
     async def deliver(self, source: SocketSource, kind: str, data: bytes = b"", text: bool = False,
-                      code: int = 0, reason: str = "", clean: bool = False) -> bool:
-        """False when the socket's worker is gone (its child ended or was replaced)."""
+                      code: int = 0, reason: str = "", clean: bool = False,
+                      window: MessageWindow | None = None) -> bool:
+        """False when the socket's worker is gone (its child ended or was replaced).
+
+        With a ``window``, returns once the event is with the worker (in
+        order: a Durable Object's past its gate's queue), not once its
+        handler is done, as workerd dispatches a message event without
+        waiting for its listener's promise."""
         child = source.child
         # A condemned child (kill_reason) has left the warm set: it takes no invocation.
         if not child.alive or child.retired or child.record is None or child.kill_reason is not None:
@@ -210,19 +217,61 @@ class Deliverer:
         if source.object is not None:  # hibernatable, or one the object opened to a server
             key = ObjectKey(*source.object)
             args = msgspec.msgpack.encode([source.ws, kind, data, text, code, reason, clean])
-            try:
-                event = DurableObjectEvent(key.class_name, key.object_id, "#webSocket", socket_event=kind,
-                                           socket_code=code, socket_clean=clean)
-                await self.host.invoke(key, event, None, args=args, trace=True)
-            except Exception as exc:  # noqa: BLE001 - a handler's failure is in its trace; the socket stays
-                log("websocket.handler_failed", script=key.script, reason=str(exc)[:300])
+            event = DurableObjectEvent(key.class_name, key.object_id, "#webSocket", socket_event=kind,
+                                       socket_code=code, socket_clean=clean)
+
+            async def invoke(delivered: trio.Event | None = None) -> None:
+                try:
+                    await self.host.invoke(key, event, None, args=args, trace=True, delivered=delivered)
+                except Exception as exc:  # noqa: BLE001 - a handler's failure is in its trace; the socket stays
+                    log("websocket.handler_failed", script=key.script, reason=str(exc)[:300])
+                finally:
+                    if delivered is not None:
+                        delivered.set()
+
+            if window is None:
+                await invoke()
+            else:
+                delivered = trio.Event()
+                await window.start(invoke, delivered)
+                await delivered.wait()
             return True
         record = child.record
         inv = self.pool.start(child, record, b"GET", source.url, [], None, self.limits.defaults_for(record),
                               event=WebSocketEvent(source.ws, kind, data, text, code, reason, clean))
         inv.on_done = self.on_trace
-        await inv.wait_head()
+        if window is None:
+            await inv.wait_head()
+        else:
+            await window.start(inv.wait_head)
         return True
+
+
+#: A socket's messages under way at once: the next one goes to the worker
+#: without waiting for the last one's listener (one that awaited held back
+#: the socket's later messages, its pings and its close, and one waiting for
+#: the next message waited for ever), up to this many; past it, the reader
+#: waits, and the client with it.
+MESSAGES_IN_FLIGHT = 16
+
+
+class MessageWindow:
+    """The deliveries of one socket's messages under way: each a task of its
+    session's own nursery, :data:`MESSAGES_IN_FLIGHT` at most."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._slots = trio.Semaphore(MESSAGES_IN_FLIGHT)
+
+    async def start(self, work: Callable[..., Awaitable[object]], *args: Any) -> None:
+        await self._slots.acquire()
+        self._nursery.start_soon(self._run, work, *args)
+
+    async def _run(self, work: Callable[..., Awaitable[object]], *args: Any) -> None:
+        try:
+            await work(*args)
+        finally:
+            self._slots.release()
 
 
 def accept_key(key: bytes) -> bytes:
@@ -277,6 +326,8 @@ class Session:
         self._error: str | None = None
         self._drained: trio.Event | None = None
         self._cancel: trio.CancelScope | None = None
+        #: The deliveries of this socket's messages under way (set while it runs).
+        self._window: MessageWindow | None = None
         self.state = source.child.socket_state(source.ws)
 
     # -- from the worker (its child's reader: synchronous) ----------------------------
@@ -315,7 +366,14 @@ class Session:
     # -- the connection ----------------------------------------------------------------
     async def run(self, request_headers: list[tuple[bytes, bytes]],
                   response_headers: list[tuple[bytes, bytes]]) -> None:
-        """Answer the handshake, relay until either side closes, tell the worker."""
+        """Answer the handshake, relay until either side closes, tell the
+        worker; its messages' deliveries still under way are waited for."""
+        async with trio.open_nursery() as deliveries:
+            self._window = MessageWindow(deliveries)
+            await self._relay(request_headers, response_headers)
+
+    async def _relay(self, request_headers: list[tuple[bytes, bytes]],
+                     response_headers: list[tuple[bytes, bytes]]) -> None:
         key = dict(request_headers)[b"sec-websocket-key"].strip()
         head = [b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
                 b"sec-websocket-accept: " + accept_key(key) + b"\r\n"]
@@ -421,7 +479,7 @@ class Session:
                         payload = buffer.getvalue().encode() if isinstance(buffer, io.StringIO) else bytes(buffer)
                         buffer, size = None, 0
                         if not self._closing and not await self.deliverer.deliver(
-                                self.source, "message", payload, text):
+                                self.source, "message", payload, text, window=self._window):
                             self._start_close(1012, "the worker was replaced or ended")
                 elif isinstance(event, CloseConnection):
                     if self.ws.state is ConnectionState.OPEN:
@@ -523,7 +581,13 @@ class ServerSession(Session):
 
     async def connect(self, refused: str | None = None) -> None:
         """Connect (unless ``refused`` says why not), relay until either side
-        closes, and tell the worker each step."""
+        closes, and tell the worker each step (its messages' deliveries
+        still under way are waited for)."""
+        async with trio.open_nursery() as deliveries:
+            self._window = MessageWindow(deliveries)
+            await self._connect(refused)
+
+    async def _connect(self, refused: str | None) -> None:
         state = self.state
         close = (1006, "", False)
         response = stream = None
