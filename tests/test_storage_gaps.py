@@ -225,3 +225,39 @@ return out""")
     ok(server, "t", 'await env.BACKLOG.send("5", contentType="text")')
     assert fails(server, "free", 'await env.BACKLOG.send("6", contentType="text")')["message"] \
         .startswith("Queue send failed: storage quota exceeded (4 of 3 allowed")
+
+
+def test_a_durable_objects_failed_commit_leaves_no_transaction_open(tmp_path) -> None:
+    """A commit SQLite fails (a full disk; here refused once by an
+    authorizer, which fails the same statement) left the transaction open:
+    every later write nested in it, read back as stored, and was lost at the
+    next close. Now it is rolled back whole and the next write commits."""
+    import sqlite3
+
+    from supervisor.objects import storage as st
+
+    path = str(tmp_path / "object.sqlite3")
+    conn = sqlite3.connect(path, isolation_level=None)
+    st.setup(conn)
+    refuse = {"release": True}
+
+    def authorize(action, *_):
+        if action == sqlite3.SQLITE_SAVEPOINT and refuse["release"] and _[0] == "RELEASE":
+            refuse["release"] = False
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    conn.set_authorizer(authorize)
+    with pytest.raises(sqlite3.DatabaseError):
+        st.put(conn, [("k", b"lost")])
+    assert not conn.in_transaction
+    st.put(conn, [("k", b"kept")])
+    other = sqlite3.connect(path)
+    assert other.execute("SELECT value FROM _cf_KV WHERE key = 'k'").fetchone() == (b"kept",)
+    # A transaction()'s own commit, likewise.
+    st.txn_begin(conn, 1)
+    st.put(conn, [("t", b"in txn")])
+    refuse["release"] = True
+    with pytest.raises(Exception, match="nothing of it was written"):
+        st.txn_end(conn, 1, True)
+    assert not conn.in_transaction

@@ -128,6 +128,7 @@ def check_value(value: Any, kv_backed: bool = False) -> bytes:
 def _tx(conn: sqlite3.Connection, fn: Any, *args: Any) -> Any:
     """``fn`` all or nothing: a savepoint, so that inside an open transaction
     (``transaction()``) it nests, and outside one it is its own transaction."""
+    outermost = not conn.in_transaction
     conn.execute("SAVEPOINT corral_op")
     try:
         out = fn(conn, *args)
@@ -138,11 +139,28 @@ def _tx(conn: sqlite3.Connection, fn: Any, *args: Any) -> Any:
         except sqlite3.Error:
             # SQLite rolled the whole transaction back itself (SQLITE_FULL
             # does): nothing is left to undo, and fn's error is the one to report.
-            if conn.in_transaction:
+            if conn.in_transaction and not _abandon(conn, outermost):
                 raise
         raise
-    conn.execute("RELEASE corral_op")
+    try:
+        conn.execute("RELEASE corral_op")  # outermost: the commit, which a full disk fails
+    except sqlite3.Error:
+        _abandon(conn, outermost)
+        raise
     return out
+
+
+def _abandon(conn: sqlite3.Connection, outermost: bool) -> bool:
+    """After a failed commit or undo, roll back a transaction this call
+    began, whole: SQLite leaves it open when the commit fails (a full disk),
+    and every later write then nested in it, was read back by this
+    connection as if stored, and was lost with it at the next close
+    (writes acknowledged after a disk-full episode did not survive a
+    restart). True if it was rolled back."""
+    if not (outermost and conn.in_transaction):
+        return False
+    conn.execute("ROLLBACK")
+    return True
 
 
 # -- transactions (``ctx.storage.transaction`` / ``transactionSync``) ---------------
@@ -160,7 +178,8 @@ def txn_end(conn: sqlite3.Connection, depth: int, commit: bool) -> None:
         if not commit:
             conn.execute(f"ROLLBACK TO corral_txn_{depth}")
         conn.execute(f"RELEASE corral_txn_{depth}")
-    except sqlite3.OperationalError as exc:
+    except sqlite3.Error as exc:
+        _abandon(conn, depth == 1)  # a failed commit leaves the transaction open: nothing of it stays
         raise BindingError(f"the transaction was lost and nothing of it was written ({exc})") from None
 
 
