@@ -218,3 +218,24 @@ def test_tokens_are_hashed(store):
     with pytest.raises(Invalid):
         store.create_token("x", "root", [])
     assert store.delete_token(info.id) and store.lookup_token(secret) is None
+
+
+def test_a_failed_commit_leaves_no_write_transaction_open(store):
+    """A COMMIT SQLite fails (a full disk; here refused once by an
+    authorizer) left the writer's transaction open: the next write's BEGIN
+    failed, or nested in it and was lost with it."""
+    refused = {"commit": True}
+
+    def authorize(action, arg1, *_):
+        if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT" and refused["commit"]:
+            refused["commit"] = False
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    store._writer.set_authorizer(authorize)
+    with pytest.raises(sqlite3.DatabaseError):
+        store.create_namespace("lost")
+    assert not store._writer.in_transaction
+    store.create_namespace("kept")
+    names = {n.name for n in store.list_namespaces()}
+    assert "kept" in names and "lost" not in names

@@ -142,7 +142,8 @@ def _put(conn: sqlite3.Connection, entry: Entry, now: int, max_keys: int | None)
                      (entry.key, entry.value, entry.expiration, metadata))
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLITE_FULL rolls it back itself: a ROLLBACK then hid the cause
+            conn.execute("ROLLBACK")
         raise
 
 

@@ -198,7 +198,8 @@ class UsageStore:
                 db.execute("DELETE FROM usage WHERE minute < ?", (prune_before,))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLITE_FULL rolls back itself: a ROLLBACK then hid the cause
+                    db.execute("ROLLBACK")
                 raise
 
     def read(self, kind: str, namespace: str | None, name: str | None, since: int,
