@@ -264,6 +264,23 @@ def test_a_second_server_on_a_state_dir_in_use_stops_and_harms_nothing(server, t
     assert f"cannot listen for HTTP on 127.0.0.1:{server.port}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
     assert "still-here" in server.cli("ns", "ls").stdout
+    # serve.lock deleted as "stale": the directory itself is what is locked.
+    os.unlink(os.path.join(server.state, "serve.lock"))
+    result = corral("serve", "--http", f"127.0.0.1:{free_port()}", "--state-dir", server.state,
+                    "--admin-socket", tmp_path / "fourth.sock", timeout=30)
+    assert result.returncode == 1 and "is in use by another corral serve" in result.stderr, result.stderr
+
+
+def test_a_state_dir_serve_makes_is_private(server, tmp_path):
+    """It holds tenants' secrets and data: made 0700, as systemd's
+    StateDirectoryMode=0700 makes it (it was 0755, its database 0644, and any
+    local user could read every secret binding in it). The HTTP port is in
+    use, so serve stops once it has made it."""
+    state = tmp_path / "fresh"
+    result = corral("serve", "--http", f"127.0.0.1:{server.port}", "--state-dir", state,
+                    "--admin-socket", tmp_path / "fresh.sock", timeout=30)
+    assert result.returncode == 1 and state.is_dir(), result.stderr
+    assert state.stat().st_mode & 0o777 == 0o700, oct(state.stat().st_mode)
 
 
 def test_tail_without_a_supervisor_is_an_api_error(tmp_path):
