@@ -105,11 +105,45 @@ def _open_store(path: str) -> Store:
     """The state dir's database, or a :class:`StartupError` that names it: a
     truncated or corrupt ``corral.db`` was a bare traceback (durability
     audit). It is never rewritten here: the operator restores it."""
+    _check_not_lost(path)
     try:
         return Store(path)
     except sqlite3.DatabaseError as exc:
         raise StartupError(f"{path} cannot be read as Corral's database ({exc}); it is left as it is: "
                            "restore it from a backup, or move it aside to start empty") from None
+
+
+def _check_not_lost(path: str) -> None:
+    """Refuse a ``corral.db`` with no schema in a state directory that has
+    been used (bundles deployed, tenants' storage): its write-ahead log
+    (``corral.db-wal``, where recent writes live until a checkpoint) was lost
+    or damaged, or the file replaced. Started on, it was a new control plane:
+    no script, no route, and every bundle collected as no script's."""
+    state = os.path.dirname(path)
+    used = [name for name in ("bundles", "storage") if _has_entries(os.path.join(state, name))]
+    if not used:
+        return
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return  # unreadable or missing: Store() says so, naming the file
+    if version == 0:
+        raise StartupError(f"{path} holds no Corral data, but {' and '.join(used)} in {state} show the "
+                           "state directory was in use: its write-ahead log (corral.db-wal) may be lost "
+                           "or damaged. Nothing was changed; restore corral.db and corral.db-wal together "
+                           "from a backup, or move the state directory aside to start empty")
+
+
+def _has_entries(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
 
 
 def _check_usage(usage: Any) -> None:

@@ -300,3 +300,31 @@ def test_a_corrupt_state_database_is_a_startup_error_naming_it(tmp_path):
     assert f"{state / 'corral.db'} cannot be read as Corral's database" in result.stderr
     assert '"event":"serve.cannot_start"' in result.stderr and "Traceback" not in result.stderr
     assert (state / "corral.db").read_bytes() == garbage
+
+
+def test_a_control_plane_lost_with_its_wal_is_not_started_empty(tmp_path):
+    """corral.db's recent writes live in corral.db-wal until a checkpoint: a
+    backup or a crash that lost the WAL left a database with no schema, and
+    serve started a new, empty control plane on it and collected every
+    bundle as no script's. Refused, naming the files; the bundles stay."""
+    import sqlite3 as sqlite
+
+    from tests.harness import Corral
+
+    state = tmp_path / "state"
+    server = Corral(state).start()
+    try:
+        server.deploy("kept", "from workers import Response, WorkerEntrypoint\n"
+                              "class Default(WorkerEntrypoint):\n"
+                              "    async def fetch(self, request):\n        return Response('x')\n")
+    finally:
+        server.stop()
+    bundles = sorted(p.name for p in (state / "bundles").iterdir())
+    assert bundles
+    for name in ("corral.db", "corral.db-wal", "corral.db-shm"):
+        (state / name).unlink(missing_ok=True)
+    sqlite.connect(state / "corral.db").close()  # an empty database: what survives of a lost WAL
+    result = corral("serve", "--http", f"127.0.0.1:{free_port()}", "--state-dir", state, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert "holds no Corral data" in result.stderr and "corral.db-wal" in result.stderr, result.stderr
+    assert sorted(p.name for p in (state / "bundles").iterdir()) == bundles

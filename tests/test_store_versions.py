@@ -239,3 +239,20 @@ def test_a_failed_commit_leaves_no_write_transaction_open(store):
     store.create_namespace("kept")
     names = {n.name for n in store.list_namespaces()}
     assert "kept" in names and "lost" not in names
+
+
+def test_writes_reach_the_database_file_itself_not_only_its_log(tmp_path, monkeypatch):
+    """The control plane writes little, so SQLite's own checkpoint (at 4 MB of
+    log) could be weeks away and every deploy lived in corral.db-wal only: a
+    backup that took corral.db alone (or lost the WAL) had nothing. A write
+    past the interval copies the log in (here the interval is 0)."""
+    import shutil
+
+    from supervisor.store import store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY_S", 0.0)
+    with Store(tmp_path / "corral.db") as s:
+        s.create_namespace("copied")
+        shutil.copy(tmp_path / "corral.db", tmp_path / "alone.db")  # the main file only, the WAL left behind
+    alone = sqlite3.connect(tmp_path / "alone.db")
+    assert ("copied",) in alone.execute("SELECT name FROM namespaces").fetchall()

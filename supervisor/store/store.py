@@ -21,6 +21,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -60,6 +61,8 @@ __all__ = ["MAX_PER_PAGE", "NOT_CACHED", "NamespaceInfo", "NotCached", "RouteInf
            "script_not_found"]
 
 MAX_PER_PAGE = 1000
+#: How often, at most, a write copies the write-ahead log into corral.db (Store._checkpoint).
+CHECKPOINT_EVERY_S = 30.0
 #: Cloudflare's error code for a missing script.
 SCRIPT_NOT_FOUND_CODE = 10007
 #: Cloudflare's error code for an unknown version id.
@@ -132,6 +135,7 @@ class Store:
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._writer = schema.connect(self.path)
+        self._checkpointed = time.monotonic()
         with self._transaction() as db:
             schema.migrate(db, self.path)
         self._reader = schema.connect(self.path)
@@ -146,6 +150,16 @@ class Store:
         with self._write_lock, self._begin() as db:
             yield db
 
+    def _checkpoint(self, db: sqlite3.Connection) -> None:
+        """Copy the write-ahead log into ``corral.db`` now and then: the
+        control plane writes little, so SQLite's own checkpoint (at 4 MB of
+        log) could be weeks away, and everything lived in ``corral.db-wal``,
+        which a file backup taking only ``corral.db`` lost whole."""
+        now = time.monotonic()
+        if now - self._checkpointed >= CHECKPOINT_EVERY_S:
+            self._checkpointed = now
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     @contextmanager
     def _begin(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; the caller holds ``_write_lock`` (and may do
@@ -156,6 +170,7 @@ class Store:
         try:
             yield db
             db.execute("COMMIT")
+            self._checkpoint(db)
         except BaseException:
             # A failed COMMIT (a full disk) may leave the transaction open:
             # the next write would nest in it, and be lost with it.
