@@ -65,6 +65,7 @@ from supervisor.pool.bodies import read_all
 from supervisor.pool.pool import Pool, PoolUnavailable
 from supervisor.store.assets import AssetBlobs
 from supervisor.store.lookup import ScriptLookup
+from supervisor.store.schema import NewerSchema
 from supervisor.store.store import SCRIPT_NOT_FOUND_CODE, Store, namespace_not_found, script_not_found
 
 #: Connections the kernel queues for the HTTP listener before it accepts them.
@@ -108,6 +109,8 @@ def _open_store(path: str) -> Store:
     _check_not_lost(path)
     try:
         return Store(path)
+    except NewerSchema as exc:
+        raise StartupError(str(exc)) from None
     except sqlite3.DatabaseError as exc:
         raise StartupError(f"{path} cannot be read as Corral's database ({exc}); it is left as it is: "
                            "restore it from a backup, or move it aside to start empty") from None

@@ -302,6 +302,20 @@ def test_a_corrupt_state_database_is_a_startup_error_naming_it(tmp_path):
     assert (state / "corral.db").read_bytes() == garbage
 
 
+def test_a_state_database_of_a_newer_corral_is_a_startup_error(tmp_path):
+    """A later Corral's corral.db: a message naming it and what to do, not a traceback."""
+    import sqlite3 as sqlite
+
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite.connect(state / "corral.db")
+    db.execute("PRAGMA user_version = 999")
+    db.close()
+    result = corral("serve", "--http", f"127.0.0.1:{free_port()}", "--state-dir", state, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert "was written by a newer Corral (schema 999" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_control_plane_lost_with_its_wal_is_not_started_empty(tmp_path):
     """corral.db's recent writes live in corral.db-wal until a checkpoint: a
     backup or a crash that lost the WAL left a database with no schema, and

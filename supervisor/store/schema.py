@@ -123,11 +123,16 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+class NewerSchema(RuntimeError):
+    """The database is a later Corral's: this one would misread it."""
+
+
 def migrate(db: sqlite3.Connection, path: str) -> None:
     """Create or upgrade the schema inside the caller's write transaction."""
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:
-        raise RuntimeError(f"{path} was written by a newer Corral (schema {version} > {SCHEMA_VERSION})")
+        raise NewerSchema(f"{path} was written by a newer Corral (schema {version}, this one knows up to "
+                          f"{SCHEMA_VERSION}): run that Corral, or restore a backup this one wrote")
     for statement in _DDL.split(";"):
         if statement.strip():
             db.execute(statement)
