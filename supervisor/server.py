@@ -640,8 +640,28 @@ def _socket_access(path: str, admin: AdminConfig) -> None:
         except (OSError, KeyError) as exc:  # a group this user is not in, say
             raise StartupError(f"cannot give the admin socket {path} to group "
                                f"{admin.socket_group!r}: {exc}") from None
+        blocked = _untraversable_by_group(os.path.dirname(os.path.abspath(path)))
+        if blocked is not None:
+            warn("serve.admin_socket_unreachable", socket=path, folder=blocked,
+                 why="the group cannot enter this folder (the state directory is private): set "
+                     "admin_socket to a path outside it, such as /run/corral/admin.sock")
     elif admin.socket_access != "owner":
         raise ValueError(f"admin.socket_access must be 'owner' or 'group', got {admin.socket_access!r}")
+
+
+def _untraversable_by_group(folder: str) -> str | None:
+    """The first folder on the way to ``folder`` (itself included) that a
+    group member other than its owner cannot enter, or None."""
+    path = "/"
+    for part in [p for p in folder.split("/") if p]:
+        path = os.path.join(path, part)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return path
+        if not mode & 0o011:  # neither group nor others may search it
+            return path
+    return None
 
 
 def _notify(state: str) -> None:

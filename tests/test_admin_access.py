@@ -78,9 +78,14 @@ def test_unix_socket_is_owner_only(server):
 
 
 def test_group_access_by_configuration(tmp_path):
-    corral = Corral(tmp_path / "g", extra_args=_config(tmp_path, '[admin]\nsocket_access = "group"\n')).start()
+    state = tmp_path / "g"
+    state.mkdir()
+    os.chmod(state, 0o700)  # private, as serve makes it: a socket in it the group cannot reach
+    corral = Corral(state, extra_args=_config(tmp_path, '[admin]\nsocket_access = "group"\n')).start()
     try:
         assert stat.S_IMODE(os.stat(corral.socket_path).st_mode) == 0o660
+        said = [e for e in corral.log_events() if e.get("event") == "serve.admin_socket_unreachable"]
+        assert said and str(state).startswith(said[0]["folder"]), said
     finally:
         corral.stop()
 
