@@ -13,6 +13,7 @@ after being disposed." error.
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +24,7 @@ SERVICE = '''
 from workers import DurableObject, WorkerEntrypoint, Response
 
 KEPT = []
+LATE = []
 
 
 class Methods:
@@ -48,6 +50,23 @@ class Methods:
 
     async def call_kept(self):
         return await KEPT[-1]()
+
+    async def later(self, func):
+        """Calls ``func`` back once this call has returned (in waitUntil)."""
+        import asyncio
+
+        async def run():
+            await asyncio.sleep(0.1)
+            try:
+                LATE.append(await func())
+            except Exception as exc:
+                LATE.append(str(exc))
+
+        self.ctx.waitUntil(run())
+        return "scheduled"
+
+    async def late_results(self):
+        return list(LATE)
 
 
 class Default(Methods, WorkerEntrypoint):
@@ -94,6 +113,17 @@ class Default(WorkerEntrypoint):
             second = await target.new_counter()
             forwarded = await target.use_counter(second)
             return Response.json([a, b, await counter(-5), forwarded, await second(0), bool(counter)])
+        if path == "/later":
+            return Response(await target.later(lambda: "ran after the call"))
+        if path == "/late":
+            return Response.json(await target.late_results())
+        if path == "/fetching":  # the tenant's own function, called back: its fetch is the tenant's
+            from workers import fetch
+
+            async def fetch_it():
+                return await (await fetch("https://example.invalid/")).text()
+
+            return Response(await target.caller(fetch_it))
         if path == "/keep":
             return Response(await target.keep(lambda: "late"))
         if path == "/kept":
@@ -123,6 +153,12 @@ class Default(WorkerEntrypoint):
                 out.append("called")
             except Exception as exc:
                 out.append(str(exc))
+        try:  # a fetch() made an RPC call: the outbound worker's methods are no tenant's to call
+            await runtime.sub_request("fetch", workers.Request("https://example.invalid/", redirect="manual"),
+                                      rpc="secret")
+            out.append("called")
+        except Exception as exc:
+            out.append(str(exc))
         try:  # forwarding a stub it does not hold
             await runtime.sub_request("service", workers.Request("https://rpc.invalid/caller", method="POST",
                                                                   body=b"\\x91\\xd4\\x08\\x00"),
@@ -135,12 +171,26 @@ class Default(WorkerEntrypoint):
 
 DISPOSED = "RPC stub used after being disposed."
 
+#: The platform's outbound worker: every fetch of the tenants' answers this.
+EGRESS = '''
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        return Response("seen by egress")
+
+    async def secret(self):
+        return "the platform's secret"
+'''
+
 
 @pytest.fixture(scope="module")
 def corral(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corral]:
     server = Corral(tmp_path_factory.mktemp("rpc-functions")).start()
     try:
-        server.deploy_dispatcher()
+        server.deploy("egress", EGRESS, namespace=None)
+        server.deploy_dispatcher(outbound={"worker": {"service": "egress"}})
         server.deploy("fnsvc", textwrap.dedent(SERVICE), namespace=None)
         bindings = [{"type": "service", "name": "SVC", "service": "fnsvc"},
                     {"type": "durable_object_namespace", "name": "OBJ", "class_name": "Obj"}]
@@ -185,5 +235,24 @@ def test_stub_ids_not_granted_are_refused(corral: Corral) -> None:
     stays up and serves the others."""
     assert _get(corral, "/counter").json()[0] == 2  # some invocation held handles 1 and 2
     out = _get(corral, "/", host="fnhostile.localhost").json()
-    assert out == [DISPOSED] * 6, out
+    assert out == [DISPOSED] * 5 + ["a fetch subrequest makes no RPC call", DISPOSED], out
     assert _get(corral, "/counter").json() == [2, 3, -2, 10, 10, True]
+
+
+@pytest.mark.parametrize("prefix", ["", "/do"])
+def test_a_stub_received_as_an_argument_is_disposed_when_the_call_returns(corral: Corral, prefix: str) -> None:
+    """Cloudflare disposes stubs received as parameters when the call
+    returns: a callee calling one back from waitUntil ran the caller's code
+    after the caller's request was over."""
+    assert _get(corral, f"{prefix}/later").text == "scheduled"
+    deadline = time.monotonic() + 10
+    while not (late := _get(corral, f"{prefix}/late").json()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert late[-1] == DISPOSED, late
+
+
+def test_a_tenants_function_called_back_fetches_through_its_outbound_worker(corral: Corral) -> None:
+    """The function runs as the invocation that made it: its fetch went
+    straight to the network, past the platform's outbound worker."""
+    assert _get(corral, "/fetching").text == "seen by egress"

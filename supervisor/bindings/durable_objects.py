@@ -395,11 +395,9 @@ def _lend(ctx: Context, functions: Any) -> tuple[rpc_stubs.Lent | None, list[int
     if ctx.invocation is None:
         raise BindingError("only a request can send functions over RPC", "TypeError")
     try:
-        targets = rpc_stubs.resolve(ctx.invocation, functions)
+        return rpc_stubs.lend(ctx.invocation, functions)
     except rpc_stubs.StubError as exc:
         raise BindingError(exc.message, exc.name) from None
-    share = rpc_stubs.Lent()
-    return share, rpc_stubs.grant(share, targets)
 
 
 def _kv_backed(ctx: Context) -> bool:

@@ -205,6 +205,10 @@ class Calls:
         try:
             if parent is None:
                 raise CallFailed("Error", "the request that made this call has already ended")
+            if (message.rpc or message.functions) and message.kind not in RPC_KINDS:
+                # Only a binding's stub makes RPC calls: a fetch() reaching the platform's
+                # outbound worker as an RPC call ran any method of it, past its fetch policy.
+                raise CallFailed("TypeError", f"a {message.kind} subrequest makes no RPC call")
             parent.calls.add(call)
             body = self._request_body(child, message)
             if message.kind == "stub":  # a call of a function stub this invocation holds
@@ -411,8 +415,11 @@ class Calls:
             _close(body)
             raise
         record = target.record
+        # The function runs as the invocation that made it: its fetches go
+        # through that one's outbound worker, with its parameters.
         return self.pool.start(target.child, record, b"POST", "https://rpc.invalid/", [], body,
                                _within(self.limits.defaults_for(record), parent), parent=parent,
+                               outbound=target.outbound, params=target.params,
                                event=RpcEvent("", functions=handles, function=target.fn), rpc=share)
 
     # -- what a call targets ------------------------------------------------------
@@ -837,19 +844,20 @@ def _close(body: BodySource | bytes | None) -> None:
         body.close()
 
 
+#: The subrequests that may be Workers RPC calls (a service or dispatch stub's
+#: method, a function stub's call); a fetch() or an asset is HTTP, always.
+RPC_KINDS = frozenset({"service", "dispatch", "stub"})
+
+
 def _lend(parent: Invocation, message: SubRequest, body: BodySource | bytes | None
           ) -> tuple[rpc_stubs.Lent | None, list[int]]:
     """The stubs an RPC call's arguments hand the callee, and their handles
     there (none, at no cost, when no function crosses)."""
-    if not message.functions:
-        return None, []
     try:
-        targets = rpc_stubs.resolve(parent, message.functions)
+        return rpc_stubs.lend(parent, message.functions)
     except rpc_stubs.StubError as exc:
         _close(body)
         raise CallFailed(exc.name, exc.message) from None
-    share = rpc_stubs.Lent()
-    return share, rpc_stubs.grant(share, targets)
 
 
 def _event_for(message: SubRequest, entrypoint: str, props: dict | None = None,

@@ -231,6 +231,8 @@ class Invocation:
 
     def _head(self) -> None:
         self.has_head = True
+        if self.rpc is not None:  # an RPC call's result (or failure): its argument stubs are done
+            self.rpc.returned_from_call()
         if self._head_event is not None:
             self._head_event.set()
         if self.on_head is not None:

@@ -45,14 +45,19 @@ class StubError(Exception):
 
 
 class Target:
-    """A function exported by a child: where it runs, and who still holds it."""
+    """A function exported by a child: where it runs, as which invocation's
+    (its outbound worker and parameters: a tenant's function is vetted as
+    the tenant's fetches are), and who still holds it."""
 
-    __slots__ = ("child", "record", "fn", "refs")
+    __slots__ = ("child", "record", "fn", "refs", "outbound", "params")
 
-    def __init__(self, child: Any, record: ScriptRecord, fn: int) -> None:
+    def __init__(self, child: Any, record: ScriptRecord, fn: int, outbound: Any = None,
+                 params: Any = None) -> None:
         self.child = child
         self.record = record
         self.fn = fn
+        self.outbound = outbound
+        self.params = params
         #: The exporting invocation (until it ends) and every grant of it.
         self.refs = 1
 
@@ -65,16 +70,29 @@ class Target:
 class Lent:
     """An invocation's share of RPC functions: what it exported, what it may call."""
 
-    __slots__ = ("exports", "stubs", "returned", "next_handle")
+    __slots__ = ("exports", "stubs", "returned", "next_handle", "params")
 
     def __init__(self) -> None:
         self.exports: list[Target] = []
         #: handle -> target: the stubs this invocation may call.
         self.stubs: dict[int, Target] = {}
+        #: The handles its RPC call's arguments gave it: disposed when the
+        #: call returns, as Cloudflare disposes stubs received as parameters.
+        self.params: list[int] = []
         #: The handles its caller got for the functions its RPC result names
         #: (granted as its ResponseStart arrives, in the order the value names them).
         self.returned: list[int] = []
         self.next_handle = 1
+
+    def returned_from_call(self) -> None:
+        """The RPC call it serves has its result: the stubs its arguments
+        carried are disposed (a callee calling them back in waitUntil ran the
+        caller's code after its request was over)."""
+        for handle in self.params:
+            target = self.stubs.pop(handle, None)
+            if target is not None:
+                target.drop()
+        self.params = []
 
     def end(self) -> None:
         """The invocation is over: its stubs are disposed, its exports let go."""
@@ -89,6 +107,19 @@ def lent(inv: Invocation) -> Lent:
     if inv.rpc is None:
         inv.rpc = Lent()
     return inv.rpc
+
+
+def lend(sender: Invocation, entries: Any) -> tuple[Lent | None, list[int]]:
+    """The share an RPC call's callee gets of the functions its arguments
+    carry (``entries``, the call's ``functions`` list), and their handles
+    there; disposed when the call returns (:meth:`Lent.returned_from_call`).
+    None and no handles, at no cost, when no function crosses."""
+    if not entries:
+        return None, []
+    targets = resolve(sender, entries)
+    share = Lent()
+    share.params = handles = grant(share, targets)
+    return share, handles
 
 
 def return_functions(callee: Invocation, entries: Any) -> None:
@@ -114,7 +145,7 @@ def resolve(sender: Invocation, entries: Any) -> list[Target]:
                 if len(share.exports) >= MAX_PER_INVOCATION:
                     raise StubError(f"at most {MAX_PER_INVOCATION} functions can be sent over RPC "
                                     "in one request", "TypeError")
-                target = Target(sender.child, sender.record, entry)
+                target = Target(sender.child, sender.record, entry, sender.outbound, sender.params)
                 share.exports.append(target)  # the exporter's own reference
             else:
                 target = share.stubs.get(-entry)  # type: ignore[assignment]
