@@ -123,14 +123,23 @@ async def process_request(app: Any, request: workers.Request, env: Any,
     head: dict[str, Any] = {}
     streaming = False
     source = request.body  # consumed lazily by receive()
+    #: The read of the next chunk under way. A receive() given up on (Starlette's
+    #: is_disconnected(), asyncio.wait_for) leaves it running for the next one:
+    #: the cancellation thrown into the body's generator closed it, and the app
+    #: read an empty body.
+    pulling: asyncio.Future | None = None
 
     async def receive() -> dict[str, Any]:
-        nonlocal source
+        nonlocal source, pulling
         if source is not None:
             try:
-                chunk = await source.__anext__()
+                if pulling is None:
+                    pulling = asyncio.ensure_future(source.__anext__())
+                chunk = await asyncio.shield(pulling)
+                pulling = None
                 return {"type": "http.request", "body": bytes(chunk), "more_body": True}
             except StopAsyncIteration:
+                pulling = None
                 # The last body message: ASGI has none follow it, only
                 # ``http.disconnect`` once the response is over.
                 source = None

@@ -291,3 +291,36 @@ def test_the_entrypoint_shorthands_serve_an_app(server):
     server.deploy("asgi-entry", ASGI_ENTRYPOINT, bindings=[{"type": "plain_text", "name": "WHO", "text": "me"}])
     resp = server.request("/there", host="asgi-entry.localhost")
     assert resp.status == 200 and resp.text == "ASGI /there me", resp
+
+
+CANCELLED_RECEIVE = """
+import asyncio
+from workers import asgi
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        return
+    messages = []
+    for _ in range(20):  # receives given up on, as Starlette's is_disconnected() gives one up
+        try:
+            messages.append(await asyncio.wait_for(receive(), 0.000001))
+        except asyncio.TimeoutError:
+            pass
+    while not messages or messages[-1].get("more_body"):
+        messages.append(await receive())
+    size = sum(len(m.get("body", b"")) for m in messages)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(size).encode()})
+
+Default = asgi.entrypoint(app)
+"""
+
+
+def test_a_receive_given_up_on_loses_no_body(server):
+    """A cancelled receive() (Starlette's is_disconnected(), wait_for)
+    threw its cancellation into the body's generator, which closed it: the
+    app then read an empty body. The read goes on for the next receive()."""
+    server.deploy("cancelled-receive", CANCELLED_RECEIVE)
+    body = b"x" * 3_000_000
+    resp = server.request("/", host="cancelled-receive.localhost", method="POST", body=body, timeout=60)
+    assert resp.status == 200 and resp.text == str(len(body)), (resp, resp.text)
