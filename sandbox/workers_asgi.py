@@ -335,6 +335,8 @@ class _AsgiSocket:
             raise RuntimeError("asgi.websocket() is called while handling a request")
         self.client, self.server = runtime.sockets.pair().object_values()
         self.inbox: asyncio.Queue[tuple[dict[str, Any], int]] = asyncio.Queue()
+        #: The headers of the 101: what the app's ``websocket.accept`` gave.
+        self.accepted: list[tuple[str, str]] = []
         #: Set while the app waits in ``receive`` with nothing to read.
         self.parked = asyncio.Event()
         self.decided: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -350,7 +352,7 @@ class _AsgiSocket:
         self.task.add_done_callback(self._ended)
         await asyncio.wait([self.decided, self.task], return_when=asyncio.FIRST_COMPLETED)
         if self.decided.done() and self.decided.result() == 101:
-            return workers.Response(None, status=101, web_socket=self.client)
+            return workers.Response(None, status=101, web_socket=self.client, headers=self.accepted)
         if self.task.done() and self.task.exception() is not None:
             raise self.task.exception()  # type: ignore[misc]
         self.server.close(1000, "")
@@ -379,6 +381,12 @@ class _AsgiSocket:
         kind = message.get("type")
         if kind == "websocket.accept":
             if not self.decided.done():
+                # The subprotocol and headers the app accepts with go in the 101, as
+                # uvicorn sends them (a browser that offered protocols fails one with none).
+                self.accepted = [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1"))
+                                 for k, v in message.get("headers") or ()]
+                if message.get("subprotocol"):
+                    self.accepted.append(("sec-websocket-protocol", str(message["subprotocol"])))
                 self.decided.set_result(101)
         elif kind == "websocket.send":
             if not self.decided.done():

@@ -1218,6 +1218,12 @@ async def closed(websocket: WebSocket):
     await websocket.close()
 
 
+@app.websocket("/proto")
+async def proto(websocket: WebSocket):
+    await websocket.accept(subprotocol="chat", headers=[(b"x-app", b"yes")])
+    await websocket.send_text("with chat")
+
+
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
         if (request.headers.get("upgrade") or "").lower() == "websocket":
@@ -1257,3 +1263,9 @@ def test_a_fastapi_websocket_through_asgi_websocket(c: Corral) -> None:
     leaving.close(1001, "going away")
     until(lambda: call(c, "fastapi-ws.localhost", "/left").json() == {"left": "yes"}, "the app heard the close")
     leaving.drop()
+    # The subprotocol and headers the app accepts with are in the 101, as uvicorn sends them.
+    chat = Client(c.port, "fastapi-ws.localhost", "/proto")
+    head = chat.head.lower()
+    assert "sec-websocket-protocol: chat" in head and "x-app: yes" in head, chat.head
+    assert chat.next() == "with chat"
+    chat.drop()
