@@ -199,8 +199,9 @@ def _fetch_all(client: AdminClient, path: str, query: dict[str, str]) -> list[An
 def _cmd_ls(args: argparse.Namespace, client: AdminClient) -> int:
     query = {"tags": ",".join(args.tag)} if args.tag else {}
     scripts = _fetch_all(client, _scripts_path(args.namespace), query)
-    rows = [[s["name"], s["version"][:12], ",".join(s.get("tags") or []), s.get("modified_on", "")]
-            for s in scripts]
+    # The version id `corral rollback` and `corral versions` take (the content hash was shown).
+    rows = [[s["name"], s.get("version_id") or s["version"][:12], ",".join(s.get("tags") or []),
+             s.get("modified_on", "")] for s in scripts]
     _emit_table(args, scripts, rows, ["NAME", "VERSION", "TAGS", "MODIFIED"])
     return 0
 

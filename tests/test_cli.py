@@ -137,6 +137,8 @@ def test_deploy_route_request_and_cleanup(server, dispatcher_project):
     listing = server.cli("ls", "-n", "customers").stdout
     assert listing.splitlines()[0].split() == ["NAME", "VERSION", "TAGS", "MODIFIED"]
     assert "hello" in listing
+    shown = next(line.split()[1] for line in listing.splitlines() if line.startswith("hello"))
+    assert shown in server.cli("versions", "hello", "-n", "customers").stdout  # the id rollback takes
     scripts = json.loads(server.cli("--json", "ls", "-n", "customers", "--tag", "plan:free").stdout)
     assert [s["name"] for s in scripts] == ["hello"]
     assert json.loads(server.cli("ls", "-n", "customers", "--tag", "plan:pro", "--json").stdout) == []
