@@ -458,6 +458,7 @@ class Supervisor:
         except OSError as exc:
             raise StartupError(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
         _refuse_live_socket(self.config.admin_socket_path)
+        admin_tcp = await self._bind_admin_tcp()
         admin_bound = False
         # The signals are ours before the admin socket exists (the sign a
         # script takes for "started") and before READY=1 (systemd may send
@@ -486,8 +487,8 @@ class Supervisor:
                     admin_listener = _unix_listener(self.config.admin_socket_path)
                     admin_bound = True
                     _socket_access(self.config.admin_socket_path, self.config.admin)
-                    if self.config.admin.tcp:
-                        await self._start_admin_tcp(nursery)
+                    if admin_tcp is not None:
+                        await nursery.start(admin_tcp[0].serve, admin_tcp[1])
                     freeze_startup_heap()
                     await nursery.start(self.ingress.run)
                     with trio.CancelScope() as accepting:
@@ -538,12 +539,17 @@ class Supervisor:
         self.pool.settle_cpu()
         return self.observability.tails.pending
 
-    async def _start_admin_tcp(self, nursery: trio.Nursery) -> None:
-        """The TCP admin listener, or a :class:`StartupError` naming its
-        address (an unknown host or a port in use was a traceback)."""
-        host, port = host_port(self.config.admin.tcp or "", "admin.tcp")
+    async def _bind_admin_tcp(self) -> tuple[Any, list[Any]] | None:
+        """The TCP admin listener bound (served once the rest is up), or a
+        :class:`StartupError` naming its address (an unknown host or a port
+        in use was a traceback). Bound before the pool starts, as the HTTP
+        listener is: a start that fails on it leaves no spares being forked."""
+        if not self.config.admin.tcp:
+            return None
+        host, port = host_port(self.config.admin.tcp, "admin.tcp")
+        server = self._admin_tcp()
         try:
-            await nursery.start(self._admin_tcp().serve, host, port)
+            return server, await server.listen(host, port)
         except OSError as exc:
             raise StartupError(f"cannot listen for the admin API on admin.tcp {self.config.admin.tcp}: "
                                f"{exc.strerror or exc}") from None

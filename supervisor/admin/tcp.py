@@ -63,10 +63,15 @@ class AdminTCP:
         #: Live tails' sockets (``wrangler tail``), served here after an upgrade.
         self.tails = tails
 
-    async def serve(self, host: str, port: int, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+    async def listen(self, host: str, port: int) -> list[Any]:
+        """Bind the listeners (OSError: the address is taken or unknown)."""
+        listeners: list[Any] = await trio.open_tcp_listeners(port, host=host)
         if self.context is not None:
             listeners = [trio.SSLListener(tcp, self.context, https_compatible=True) for tcp in listeners]
+        return listeners
+
+    async def serve(self, listeners: list[Any], task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
         bound = listeners[0].socket.getsockname() if self.context is None \
             else listeners[0].transport_listener.socket.getsockname()
         log("admin.tcp_listening", address=f"{bound[0]}:{bound[1]}", tls=self.context is not None)
