@@ -50,7 +50,7 @@ class Default(WorkerEntrypoint):
                 await asyncio.sleep(0)
         # 900 KB of arguments inline in each frame (the runtime itself
         # streams anything past 512 KB), the same bytes sent every time.
-        packed = await encode_rpc([b"x" * 900_000], "take()")
+        packed, _ = await encode_rpc([b"x" * 900_000], "take()")  # (bytes, the functions it carries)
         first = runtime._next_call
         runtime._next_call = first - 10**6
         answers = []
