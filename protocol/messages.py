@@ -37,7 +37,7 @@ import msgspec
 
 #: Bumped whenever a message changes shape; a child speaking another version
 #: is killed at its first frame.
-PROTOCOL_VERSION = 11
+PROTOCOL_VERSION = 12
 
 #: Largest chunk of a streamed body, and largest inline body.
 MAX_CHUNK = 64 * 1024
@@ -612,6 +612,9 @@ class WsClose(_Msg, tag="wsclose"):
     ws: int
     code: int = 1000
     reason: str = ""
+    #: No 101 carried the socket and the invocation that made it has ended:
+    #: no client will ever connect, and the supervisor forgets it.
+    orphan: bool = False
 
 
 class WsConnect(_Msg, tag="wsconnect"):

@@ -956,6 +956,7 @@ class Runtime:
             await asyncio.gather(*state.background, return_exceptions=True)
         self.invocations.pop(inv, None)
         self.cpu_budgets.ended(inv)
+        self.sockets.invocation_ended(inv)
         if self._log_budgets:
             self._end_logs(inv)
         self.send(InvokeDone(inv))
@@ -981,6 +982,7 @@ class Runtime:
             body.cancel()
         self.invocations.pop(inv, None)
         self.cpu_budgets.ended(inv)
+        self.sockets.invocation_ended(inv)
         if self._log_budgets:
             self._end_logs(inv)
         self.send(InvokeDone(inv))

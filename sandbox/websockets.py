@@ -257,6 +257,8 @@ class Sockets:
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
         self.open: dict[int, WebSocket] = {}
+        #: Server ends accepted by each invocation that no 101 has carried yet.
+        self._unhanded: dict[int, list[WebSocket]] = {}
         self._next = 1
         #: ``fetch()`` upgrades waiting for their server's answer, by socket.
         self._handshakes: dict[int, asyncio.Future] = {}
@@ -278,6 +280,7 @@ class Sockets:
         ws._hibernate = hibernate
         ws.readyState = OPEN
         self.open[ws.id] = ws
+        self._unhanded.setdefault(workers.current_invocation.get(), []).append(ws)
 
     def body_of(self, response: workers.Response) -> Any:
         """The ``Socket`` a 101 response carries (the client end's server end)."""
@@ -293,7 +296,19 @@ class Sockets:
             raise TypeError("the server end of the WebSocketPair was not accepted: call "
                             "server.accept() (or ctx.acceptWebSocket(server) in a Durable Object) "
                             "before returning the response")
+        for made in self._unhanded.values():
+            if server in made:
+                made.remove(server)
         return Socket(server.id, hibernate=server._hibernate)
+
+    def invocation_ended(self, inv: int) -> None:
+        """The sockets ``inv`` accepted that no 101 carried are closed, as
+        workerd's pair goes with its request: they kept their child from
+        ever being idle, and 10,000 of them killed it with its live sockets."""
+        for ws in self._unhanded.pop(inv, ()):
+            if ws.readyState == OPEN and self.open.get(ws.id) is ws:
+                self.closed(ws)
+                self.runtime.send(WsClose(ws.id, orphan=True))
 
     def connect(self, url: str, protocols: Any) -> WebSocket:
         """A socket to a server (:class:`OutboundWebSocket`), CONNECTING until

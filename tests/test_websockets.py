@@ -515,3 +515,41 @@ def test_a_listener_that_awaits_does_not_hold_back_the_sockets_next_messages(ser
     c.close(1000, "done")
     assert isinstance(c.next(), CloseConnection)
     c.drop()
+
+
+LEAKED = '''
+from js import WebSocketPair
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        client, server = WebSocketPair.new().object_values()
+        server.accept()
+        server.send("welcome")
+        if request.url.endswith("/leak"):
+            raise ValueError("failed before returning the socket")
+        return Response(None, status=101, web_socket=client)
+'''
+
+
+def test_a_socket_no_101_carried_does_not_keep_its_child(tmp_path):
+    """A pair accepted and sent on, whose handler then failed: the socket
+    stayed in the child for ever, so the child was never idle (never
+    trimmed) and 10,000 of them killed it with its live sockets. Closed with
+    the invocation that made it, as workerd's pair goes with its request."""
+    server = h.start(tmp_path / "state", "[pool]\nidle_timeout_s = 0.5\n")
+    try:
+        server.deploy("leaked", LEAKED)
+        assert server.request("/leak", host="leaked.localhost").status >= 500
+        deadline = time.monotonic() + 20
+        while not any(e.get("event") == "child.ended" and e.get("script") == "default/leaked"
+                      and e.get("reason") == "idle"
+                      for e in server.log_events()):
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.1)  # waiting on the log, not touching the child
+        c = Client(server.port, "leaked.localhost")  # a socket it returns still works
+        assert c.next() == "welcome"
+        c.drop()
+    finally:
+        server.stop()

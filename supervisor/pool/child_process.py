@@ -1126,6 +1126,12 @@ class ChildProcess:
         self.socket_state(message.ws).send(message.data, message.text, message.fin)
 
     def _on_ws_close(self, message: WsClose) -> None:
+        if message.orphan:  # never handed to a client: nothing of it is kept
+            state = self.sockets.get(message.ws)
+            if state is not None and state.session is None and state.source is None:
+                state.abandon()
+                self.forget_socket(message.ws)
+            return
         self.socket_state(message.ws).close(message.code, message.reason[:123])
 
     def _on_ws_connect(self, message: WsConnect) -> None:
