@@ -267,6 +267,21 @@ class Scheduler:
         self.runner = runner
         self.clock = clock
         self._changed = trio.Event()
+        #: Runs under way, and whether the server stops (none starts then).
+        self.running = 0
+        self._draining = False
+
+    def drain(self) -> None:
+        """The server stops: no run starts from now on; :attr:`running` says
+        when those under way have ended."""
+        self._draining = True
+
+    async def _run(self, namespace: str, name: str, cron: str, when: float) -> None:
+        self.running += 1
+        try:
+            await self.runner(namespace, name, cron, when)
+        finally:
+            self.running -= 1
 
     def scripts_changed(self) -> None:
         self._changed.set()
@@ -303,7 +318,8 @@ class Scheduler:
                         break
                     # Due: run it, then plan its next run from now (no catch-up burst).
                     pending.pop(0)
-                    nursery.start_soon(self.runner, namespace, name, cron, when)
+                    if not self._draining:
+                        nursery.start_soon(self._run, namespace, name, cron, when)
                     now = self.clock()
                     pending.extend(self.plan([(namespace, name, [cron])], max(now, when)))
                     pending.sort()

@@ -504,6 +504,8 @@ class Supervisor:
                         _notify("STOPPING=1")
                         self.http.begin_drain(listener)
                         self.admin_http.begin_drain(admin_listener)
+                        self.queues.drain()
+                        self.scheduler.drain()
                         with trio.move_on_after(self.config.drain_s):
                             while self._under_way():
                                 await trio.sleep(0.02)
@@ -523,13 +525,16 @@ class Supervisor:
 
     def _under_way(self) -> bool:
         """Whether a stop still has something to wait for: a request in
-        flight or on its way in (ingress or admin), or the ``waitUntil`` work
+        flight or on its way in (ingress or admin), a queue batch or cron run
+        under way, or the ``waitUntil`` work
         of an answered request, which would be lost with its child (a KV
         write after the response), or trace events on their way to tail
         workers. Not what is left of an invocation that failed (its wall
         time: a handler stuck in C may never end)."""
         admin = self.admin_http.in_flight - self._live_tails
         if self.http.in_flight or self.http.starting or admin or self.admin_http.starting:
+            return True
+        if self.queues.delivering or self.scheduler.running:  # batches and cron runs under way
             return True
         if any(inv.response_end is not None and inv.error is None
                for child in self.pool.children.values() for inv in child.invocations.values()):

@@ -173,3 +173,50 @@ def test_a_stop_delivers_the_traces_of_answered_requests_and_counts_them(tmp_pat
         assert sum(r["requests"] for r in rows) == 3, rows
     finally:
         again.stop()
+
+
+SLOW_CONSUMER = """
+import asyncio
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/send"):
+            await self.env.Q.send("job")
+            return Response("sent")
+        started, done = await self.env.KV.get("started"), await self.env.KV.get("done")
+        return Response(f"{started} {done}")
+
+    async def queue(self, batch, env, ctx):
+        for message in batch.messages:
+            await env.KV.put("started", str(message.attempts))
+            await asyncio.sleep(1.5)
+            await env.KV.put("done", str((int(await env.KV.get("done") or 0)) + 1))
+            message.ack()
+"""
+
+
+def test_a_stop_waits_for_a_queue_batch_under_way(tmp_path):
+    """SIGTERM while a consumer works on its batch: the batch finishes and is
+    acked (the stop cut it, and the message came back with an attempt spent,
+    towards its dead-letter queue)."""
+    import time
+
+    bindings = [{"type": "kv_namespace", "name": "KV", "namespace_id": "jobs"},
+                {"type": "queue", "name": "Q", "queue_name": "jobs"}]
+
+    def working(server: Corral) -> None:
+        server.deploy("consumer", SLOW_CONSUMER, bindings=bindings, extra_metadata={
+            "queue_consumers": [{"queue": "jobs", "max_batch_size": 1, "max_batch_timeout": 0.1}]})
+        assert server.request("/send", host="consumer.localhost").text == "sent"
+        deadline = time.monotonic() + 30
+        while server.request("/", host="consumer.localhost").text.split()[0] == "None":
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.05)  # until the batch is under way
+
+    again = _stopped_then_started(tmp_path, working)
+    try:
+        assert again.request("/", host="consumer.localhost").text == "1 1", again.log()[-2000:]
+    finally:
+        again.stop()

@@ -50,6 +50,16 @@ class QueueHub:
         self._changed = trio.Event()
         self.runtime: Any = None
         self.source: ConsumerSource | None = None
+        #: Batches being delivered now, and whether the server stops (no new
+        #: batch then: the ones under way finish before it does).
+        self.delivering = 0
+        self._draining = trio.Event()
+
+    def drain(self) -> None:
+        """The server stops: no batch starts from now on; :attr:`delivering`
+        says when those under way have ended (a SIGTERM cut them, and each
+        came back with an attempt spent)."""
+        self._draining.set()
 
     def attach(self, runtime: Any, source: ConsumerSource) -> None:
         self.runtime = runtime
@@ -198,9 +208,15 @@ class QueueHub:
             with trio.move_on_at(deadline):
                 await waiter.wait()
             count, _ = await self._db(key, store.visible)
+        if self._draining.is_set():
+            await trio.sleep_forever()  # until the server's nursery ends, with nothing leased
         messages = await self._db(key, store.lease, min(cfg.max_batch_size, store.MAX_BATCH_MESSAGES))
         if messages:
-            await self._deliver(key, script, cfg, messages)
+            self.delivering += 1
+            try:
+                await self._deliver(key, script, cfg, messages)
+            finally:
+                self.delivering -= 1
 
     async def _deliver(self, key: QueueKey, script: str, cfg: Any, messages: list[QueueMessage]) -> None:
 
