@@ -165,6 +165,10 @@ def test_a_bound_token_cannot_bind_its_way_into_another_namespace(server, tls_fi
     with pytest.raises(cloudflare.PermissionDeniedError, match="reaches the platform script"):
         cf.workers_for_platforms.dispatch.namespaces.scripts.settings.edit(
             "reacher", account_id="local", dispatch_namespace="tenant-a", settings={"bindings": [service]})
+    outbound = {**reach, "namespace": "tenant-a", "outbound": {"worker": {"service": "internal-svc"}}}
+    with pytest.raises(cloudflare.PermissionDeniedError, match="names the platform script 'internal-svc' as "
+                                                               "its outbound worker"):
+        upload([outbound])
     with pytest.raises(cloudflare.PermissionDeniedError, match="tail consumer 'internal-svc' is a platform"):
         cf.workers_for_platforms.dispatch.namespaces.scripts.settings.edit(
             "reacher", account_id="local", dispatch_namespace="tenant-a",

@@ -284,15 +284,20 @@ def check_reach(record: ScriptRecord, namespaces: tuple[str, ...]) -> None:
     is bound to (``namespaces``; empty: any): such a token reaches only
     paths inside them, and an upload's dispatch_namespace binding to another
     namespace would otherwise run, and read, the workers there. A service
-    binding and a tail consumer name a platform script (outside every
-    namespace): through them a tenant's worker ran the platform's internal
-    services and read their answers, or was sent its own traces' neighbours."""
+    binding, a dispatch binding's outbound worker and a tail consumer name a
+    platform script (outside every namespace): through them a tenant's
+    worker ran the platform's internal services and read their answers, or
+    was sent its own traces' neighbours."""
     if not namespaces:
         return
     bound = f"this API token is bound to namespace(s) {', '.join(namespaces)}"
     for binding in record.bindings:
         if isinstance(binding, DispatchNamespace) and binding.namespace not in namespaces:
             raise Forbidden(f"binding {binding.name!r} reaches dispatch namespace {binding.namespace!r}, and {bound}")
+        if isinstance(binding, DispatchNamespace) and binding.outbound and binding.outbound.worker:
+            # Its outbound worker is a platform script, run for every fetch of the namespace's workers.
+            raise Forbidden(f"binding {binding.name!r} names the platform script "
+                            f"{binding.outbound.worker.service!r} as its outbound worker, and {bound}")
         if isinstance(binding, Service):
             raise Forbidden(f"binding {binding.name!r} reaches the platform script {binding.service!r} (a service "
                             f"binding names a platform script), and {bound}")
