@@ -116,3 +116,41 @@ def test_other_methods_on_an_asset_are_405_and_head_keeps_the_length(corral, tmp
     head = corral.request("/data.greg", host="methods.localhost", method="HEAD")
     assert (head.status, head.headers["content-length"], head.body) == (200, "1234", b"")
     assert "content-type" not in head.headers
+
+
+def raw_head(corral, host: str, target: str) -> tuple[int, bytes]:
+    answer = corral.raw(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("latin-1"))
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head.lower()
+
+
+def test_an_asset_is_served_at_its_one_spelling_with_its_headers(corral, tmp_path):
+    """A %-encoded letter, an encoded slash or a doubled one reached the file
+    past the _headers rules of its path (its CSP, X-Frame-Options): each is a
+    307 to the path as Cloudflare's asset worker spells it."""
+    folder = project(tmp_path / "spelled", {}, {
+        "admin/panel.html": "PANEL", "a b.txt": "spaced", "_headers": "/admin/*\n  X-Frame-Options: DENY\n"})
+    deployed(corral, "spelled", folder)
+    status, head = raw_head(corral, "spelled.localhost", "/admin/panel")
+    assert status == 200 and b"x-frame-options: deny" in head, head
+    for target in ("/%61dmin/panel", "/admin%2Fpanel", "//admin/panel", "/admin//panel?x=1"):
+        status, head = raw_head(corral, "spelled.localhost", target)
+        assert status == 307, (target, head)
+        assert b"location: /admin/panel" in head, (target, head)
+    assert raw_get(corral, "spelled.localhost", "/a%20b.txt") == (200, b"spaced")  # already its spelling
+
+
+def test_a_range_is_served_only_of_the_version_if_range_names(corral, tmp_path):
+    """RFC 9110 13.1.5: If-Range naming another version (an old ETag, or a
+    date assets cannot vouch for) gets the whole file, not a 206 of today's
+    bytes to splice onto the client's older copy."""
+    folder = project(tmp_path / "ranged", {}, {"file.txt": "hello world"})
+    deployed(corral, "ranged", folder)
+    whole = corral.request("/file.txt", host="ranged.localhost")
+    etag = whole.headers["etag"]
+    same = corral.request("/file.txt", host="ranged.localhost", headers={"range": "bytes=0-3", "if-range": etag})
+    assert (same.status, same.body) == (206, b"hell")
+    for validator in ('"an-old-etag"', "Wed, 21 Oct 2015 07:28:00 GMT"):
+        other = corral.request("/file.txt", host="ranged.localhost",
+                               headers={"range": "bytes=0-3", "if-range": validator})
+        assert (other.status, other.body) == (200, b"hello world"), (validator, other)

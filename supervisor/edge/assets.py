@@ -20,9 +20,10 @@ from __future__ import annotations
 import fnmatch
 import mimetypes
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import BinaryIO
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 import trio
 
@@ -166,6 +167,13 @@ def _html_handling(assets: AssetSet, path: str, redirects: bool = True) -> Decis
         if kind == "move" and redirects and (found := _moved(assets, file, destination[0])) is not None:
             return found
     return None
+
+
+def canonical_path(path: str) -> str:
+    """``path`` as Cloudflare's asset worker spells it: each segment decoded
+    and encoded again as ``encodeURIComponent`` does, runs of slashes one."""
+    decoded = re.sub(r"/+", "/", "/".join(unquote(segment) for segment in path.split("/")))
+    return "/".join(quote(segment, safe="!'()*") for segment in decoded.split("/"))
 
 
 def resolve(assets: AssetSet, path: str, misses_are_assets: bool = True) -> Decision:
@@ -344,6 +352,14 @@ class AssetServer:
         if method not in (b"GET", b"HEAD"):
             return Answer(405, [(b"allow", b"GET, HEAD")], None)
         decision = resolve(assets, unquote(path))
+        if decision.kind == "serve" and rule is None:
+            canonical = canonical_path(path)
+            if canonical != path:
+                # Served at its one spelling only (Cloudflare's asset worker's 307): a
+                # %-encoded letter, an encoded slash or a doubled one reached the file
+                # past the _headers rules of its path (a CSP, X-Frame-Options).
+                location = canonical + (f"?{parts.query}" if parts.query else "")
+                return Answer(307, [(b"location", location.encode("latin-1"))], None)
         if decision.kind == "redirect":  # html_handling's, after a 200 rule too (as Cloudflare's)
             location = decision.location + (f"?{parts.query}" if parts.query else "")
             return Answer(307, [(b"location", location.encode("latin-1"))], None)
@@ -363,6 +379,11 @@ class AssetServer:
             return Answer(304, [h for h in base if h[0] != b"content-type"], None)
         status, start, length = decision.status, 0, entry.size
         wanted = _header(headers, b"range") if decision.status == 200 else ""
+        if wanted and _header(headers, b"if-range") and _header(headers, b"if-range").strip() != etag:
+            # RFC 9110 13.1.5: the range only of the version the client has (a
+            # date cannot say so: assets have no Last-Modified); else the whole
+            # file, not its bytes spliced onto an older one's.
+            wanted = ""
         if wanted:
             span = _range(wanted, entry.size)
             if span is False:
