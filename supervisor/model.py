@@ -376,6 +376,39 @@ class AssetConfig(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True)
     headers: Annotated[str, msgspec.Meta(max_length=MAX_RULES_TEXT)] = msgspec.field(
         default="", name="_headers")
 
+    def __post_init__(self) -> None:
+        if isinstance(self.run_worker_first, list):
+            check_static_routing(self.run_worker_first)
+
+
+#: Cloudflare's bound on a ``run_worker_first`` list (workers-shared's parseStaticRouting).
+MAX_STATIC_ROUTING_RULES = 100
+
+
+def check_static_routing(rules: list[str]) -> None:
+    """A ``run_worker_first`` list as Cloudflare's parseStaticRouting takes
+    it: each rule a path (``/...``) or an exclusion (``!/...``), at least one
+    that is not an exclusion, none twice, at most 100. A rule without its
+    ``/`` never matched, and the worker in front of those paths (its auth,
+    say) was silently not."""
+    if not rules:
+        raise Invalid("assets.run_worker_first: an empty list routes nothing to the worker: give at least "
+                      "one rule (\"/api/*\"), or true or false")
+    if len(rules) > MAX_STATIC_ROUTING_RULES:
+        raise Invalid(f"assets.run_worker_first: {len(rules)} rules, more than the "
+                      f"{MAX_STATIC_ROUTING_RULES} allowed")
+    seen: set[str] = set()
+    for rule in rules:
+        if not (rule.startswith("/") or rule.startswith("!/")):
+            raise Invalid(f"assets.run_worker_first: rule {rule[:80]!r} must start with '/' "
+                          "(or '!/' to exclude paths)")
+        if rule in seen:
+            raise Invalid(f"assets.run_worker_first: rule {rule[:80]!r} is given twice")
+        seen.add(rule)
+    if all(rule.startswith("!") for rule in rules):
+        raise Invalid("assets.run_worker_first: only exclusions ('!/...'): give at least one rule of the "
+                      "paths the worker runs first for")
+
 
 class AssetEntry(msgspec.Struct, array_like=True, frozen=True):
     """One asset of a script version: its content hash and size."""

@@ -154,3 +154,16 @@ def test_a_range_is_served_only_of_the_version_if_range_names(corral, tmp_path):
         other = corral.request("/file.txt", host="ranged.localhost",
                                headers={"range": "bytes=0-3", "if-range": validator})
         assert (other.status, other.body) == (200, b"hello world"), (validator, other)
+
+
+def test_an_excluded_path_is_the_assets_even_when_none_is_there(corral, tmp_path):
+    """Cloudflare's router worker sends a path a `!/...` rule matches to the
+    assets, their 404 included; it ran the worker for a missing file."""
+    folder = project(tmp_path / "excluded", {"run_worker_first": ["/static/*", "!/static/pub/*"]},
+                     {"static/pub/here.txt": "public", "index.html": "home"})
+    deployed(corral, "excluded", folder)
+    assert raw_get(corral, "excluded.localhost", "/static/secret") == (
+        200, b"worker GET http://excluded.localhost/static/secret")
+    assert raw_get(corral, "excluded.localhost", "/static/pub/here.txt") == (200, b"public")
+    status, body = raw_get(corral, "excluded.localhost", "/static/pub/missing")
+    assert status == 404 and not body.startswith(b"worker"), body

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from supervisor.cron import CronError, Scheduler, parse_cron
-from supervisor.edge.assets import content_type, resolve, worker_first
+from supervisor.edge.assets import content_type, resolve, static_route
+from supervisor.errors import Invalid
 from supervisor.model import AssetConfig, AssetEntry, AssetSet
 
 UTC = datetime.UTC
@@ -84,9 +85,26 @@ def test_asset_resolution():
     page = _assets(not_found_handling="404-page")
     assert (resolve(page, "/docs/x/y").path, resolve(page, "/docs/x/y").status) == ("/docs/404.html", 404)
     assert resolve(page, "/other").path == "/404.html"
-    patterns = _assets(run_worker_first=["/api/*", "!/api/docs/*"])
-    assert worker_first(patterns, "/api/x") and not worker_first(patterns, "/api/docs/y")
-    assert not worker_first(patterns, "/index.html") and worker_first(_assets(run_worker_first=True), "/")
+    patterns = _assets(run_worker_first=["/api/*", "!/api/docs/*", "/files/[id]/*"])
+    # An exclusion sends its paths to the assets (their 404 included), as Cloudflare's router worker.
+    assert static_route(patterns, "/api/x") == "worker" and static_route(patterns, "/api/docs/y") == "assets"
+    assert static_route(patterns, "/index.html") is None and static_route(_assets(run_worker_first=True), "/")
+    # Only * is a wildcard: brackets are themselves (fnmatch took them for a character class).
+    assert static_route(patterns, "/files/[id]/x") == "worker" and static_route(patterns, "/files/i/x") is None
+
+
+@pytest.mark.parametrize("rules, words", [
+    ([], "an empty list"),
+    (["api/*"], "must start with '/'"),
+    (["/a/*", "/a/*"], "given twice"),
+    (["!/static/*"], "only exclusions"),
+    ([f"/r{i}" for i in range(101)], "more than the 100 allowed"),
+])
+def test_a_run_worker_first_list_cloudflare_refuses_is_refused(rules, words):
+    """Each was accepted, and a rule without its / never matched: the
+    worker in front of those paths (its auth) was silently not."""
+    with pytest.raises(Invalid, match=words):
+        AssetConfig(run_worker_first=rules)
 
 
 def test_content_types():

@@ -17,7 +17,7 @@ ETag with ``If-None-Match``, HEAD, and single byte ranges.
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import mimetypes
 import posixpath
 import re
@@ -223,16 +223,26 @@ def _rules(assets: AssetSet) -> asset_rules.Rules:
     return asset_rules.parse(config.redirects, config.headers, config.html_handling)
 
 
-def worker_first(assets: AssetSet, path: str) -> bool:
-    """``run_worker_first``: True, False, or patterns (``!`` excludes) matching the path."""
+def static_route(assets: AssetSet, path: str) -> str | None:
+    """``run_worker_first``'s say on ``path``: ``"worker"``, ``"assets"`` (an
+    exclusion ``!/...`` matched: the assets answer it, their 404 included,
+    as Cloudflare's router worker sends an excluded path to the assets), or
+    None (no rule: an asset if there is one, else the worker)."""
     rule = assets.config.run_worker_first
     if isinstance(rule, bool):
-        return rule
-    include = [p for p in rule if not p.startswith("!")]
-    exclude = [p[1:] for p in rule if p.startswith("!")]
-    if any(fnmatch.fnmatchcase(path, p) for p in exclude):
-        return False
-    return any(fnmatch.fnmatchcase(path, p) for p in include)
+        return "worker" if rule else None
+    if any(_glob(p[1:]).fullmatch(path) for p in rule if p.startswith("!")):
+        return "assets"
+    if any(_glob(p).fullmatch(path) for p in rule if not p.startswith("!")):
+        return "worker"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob(pattern: str) -> re.Pattern[str]:
+    """A rule as Cloudflare matches it: ``*`` any run of characters, every
+    other character itself (``[``, ``?`` were fnmatch's wildcards here)."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
 class FileBody:
@@ -317,8 +327,11 @@ class AssetServer:
         parts = urlsplit(url)
         raw = normalised(parts.path or "/")
         path = unquote(raw)
-        if not from_worker and worker_first(assets, path):
+        route = None if from_worker else static_route(assets, path)
+        if route == "worker":
             return False
+        if route == "assets":
+            return True
         if _rules(assets).redirect(parts.netloc, raw) is not None:
             return True
         if from_worker:
