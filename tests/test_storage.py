@@ -679,6 +679,21 @@ return [await put_and_match("https://example.com/plain", "max-age=600"),
     assert got == [None, ["body", None, "7", "yes"], ["body", None, None, "yes"], None, None]
 
 
+def test_cache_stores_no_response_it_could_never_reuse(server) -> None:
+    """no-cache (to be revalidated before every reuse, which a Cache API
+    entry cannot be) and max-age=0: stored and hit, where Cloudflare's cache
+    stores neither."""
+    got = ok(server, "t", """
+cache = await caches.open("fresh")
+out = []
+for control in ("no-cache", "no-cache, max-age=100", "max-age=0", "max-age=100"):
+    url = "https://example.com/" + control.replace(" ", "")
+    await cache.put(url, Response("body", headers={"cache-control": control}))
+    out.append((await cache.match(url)) is not None)
+return out""")
+    assert got == [False, False, False, True]
+
+
 def test_cache_match_answers_a_range_with_206(server) -> None:
     # One range of a stored 200 is a 206 with Content-Range; a range past the
     # end a 416 with "bytes */size"; several ranges, or another unit, the 200.

@@ -70,7 +70,11 @@ def stored_headers(headers: list[list[str]]) -> list[list[str]] | None:
     ``Cache-Control: private=Set-Cookie``; any other response with a
     ``Set-Cookie`` is never stored, as it may hold one user's data."""
     control = _directives(_header(headers, "cache-control"))
-    if "no-store" in control:
+    if "no-store" in control or ("no-cache" in control and not control["no-cache"]):
+        # no-cache: never to be reused without revalidation, which a Cache API
+        # entry cannot have (Cloudflare's cache stores none: its default cache
+        # behavior, "private, no-store, no-cache, or max-age=0"); one naming
+        # fields (no-cache="Set-Cookie") only says those, as private= does.
         return None
     if "private" in control:
         private = {field.strip().lower() for field in control["private"].split(",") if field.strip()}
