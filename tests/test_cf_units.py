@@ -112,6 +112,9 @@ def test_content_types():
     assert content_type("/a.js") == "text/javascript; charset=utf-8"
     assert content_type("/favicon.ico") == "image/vnd.microsoft.icon"
     assert content_type("/x.unknownext") is None  # no header, as workers-sdk's fixture asserts
+    # The mime package's types, whatever the host's /etc/mime.types says (.ts was a Qt file here).
+    assert [content_type(f"/a{ext}") for ext in (".ts", ".yaml", ".gz", ".toml")] == [
+        "video/mp2t", "text/yaml; charset=utf-8", "application/gzip", "application/toml"]
 
 
 @pytest.fixture

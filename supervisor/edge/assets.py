@@ -40,19 +40,28 @@ from supervisor.store.assets import AssetBlobs
 INLINE_BYTES = 256 * 1024
 CHUNK = 64 * 1024
 
+#: The types Cloudflare's asset server (the ``mime`` package's table) gives
+#: where Python's own table has none or another.
 _TYPES = {
     ".js": "text/javascript", ".mjs": "text/javascript", ".ico": "image/vnd.microsoft.icon",
     ".json": "application/json", ".wasm": "application/wasm", ".svg": "image/svg+xml",
     ".webp": "image/webp", ".woff2": "font/woff2", ".woff": "font/woff", ".txt": "text/plain",
     ".map": "application/json", ".webmanifest": "application/manifest+json",
+    ".ts": "video/mp2t", ".yaml": "text/yaml", ".yml": "text/yaml", ".gz": "application/gzip",
+    ".toml": "application/toml", ".md": "text/markdown", ".otf": "font/otf", ".ttf": "font/ttf",
+    ".xml": "application/xml", ".wav": "audio/wav", ".m3u8": "application/vnd.apple.mpegurl",
+    ".jsonld": "application/ld+json", ".rss": "application/rss+xml", ".atom": "application/atom+xml",
 }
+#: Python's built-in table only: the host's /etc/mime.types made a type differ
+#: from host to host (``.ts`` was a Qt translation file on Debian).
+_BUILT_IN = mimetypes.MimeTypes(filenames=())
 
 
 def content_type(path: str) -> str | None:
     """The Content-Type Cloudflare's asset server sends for ``path``; None
     (no header, as there) for an extension it does not know."""
     ext = posixpath.splitext(path)[1].lower()
-    kind = _TYPES.get(ext) or mimetypes.guess_type(path)[0]
+    kind = _TYPES.get(ext) or _BUILT_IN.guess_type(path)[0]
     if kind is not None and (kind.startswith("text/") or kind == "application/javascript"):
         kind += "; charset=utf-8"
     return kind
