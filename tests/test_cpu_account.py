@@ -189,3 +189,22 @@ def test_a_cpu_kill_is_recognised_when_the_supervisor_was_late_after_arming(monk
     assert killed and os.WIFSIGNALED(killed[0]) and os.WTERMSIG(killed[0]) == signal.SIGKILL
     assert meter.spent()
     meter.close()
+
+
+def test_a_closed_account_keeps_none_of_its_invocations() -> None:
+    """A child that dies with invocations under way: its account is charged
+    and then lets them go (it kept them, and every body and event they held,
+    a WebSocket message of 1 MiB each, for as long as the dead child's
+    object lived: the supervisor grew by hundreds of MB per round)."""
+    import gc
+    import weakref
+
+    with _child(spin=False) as pid:
+        account = CpuAccount(_meter(pid))
+        running = _Inv()
+        account.start(running)
+        gone = weakref.ref(running)
+        account.close()
+        del running
+        gc.collect()
+        assert gone() is None and not account.active and not account.settling

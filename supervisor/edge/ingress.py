@@ -175,12 +175,18 @@ class Ingress:
                     quiet = 0
                 await trio.sleep(SWEEP_S)
                 now = clock()
-                for inv in [inv for inv, (_task, until) in parked.items() if until <= now]:
-                    self._unpark(inv)
+                self._unpark_due(parked, now)
         finally:
             self._sweeping = False
             for inv in list(parked):
                 self._unpark(inv)
+
+    def _unpark_due(self, parked: dict, now: float) -> None:
+        """Unpark what is due, in a frame of its own: a loop variable of the
+        sweep's kept the last one swept alive (its child, a dead one's
+        buffers and all) for as long as the sweep waited."""
+        for inv in [inv for inv, (_task, until) in parked.items() if until <= now]:
+            self._unpark(inv)
 
     def _unpark(self, inv: Invocation) -> None:
         parked = self._parked.pop(inv, None)

@@ -244,6 +244,10 @@ class CpuAccount:
     def close(self) -> None:
         if (self.active or self.settling) and not self.loading:
             self.charge()
+        # The child is gone: its invocations (and the bodies and events they
+        # hold, a WebSocket message of 1 MiB each) are no longer this account's.
+        self.active.clear()
+        self.settling.clear()
         self.meter.close()
 
     # -- arming -------------------------------------------------------------------
