@@ -211,8 +211,7 @@ class Deliverer:
         handler is done, as workerd dispatches a message event without
         waiting for its listener's promise."""
         child = source.child
-        # A condemned child (kill_reason) has left the warm set: it takes no invocation.
-        if not child.alive or child.retired or child.record is None or child.kill_reason is not None:
+        if not _takes_events(child):
             return False
         if source.object is not None:  # hibernatable, or one the object opened to a server
             key = ObjectKey(*source.object)
@@ -233,9 +232,15 @@ class Deliverer:
                 await invoke()
             else:
                 delivered = trio.Event()
-                await window.start(invoke, delivered)
+                await window.reserve()
+                window.spawn(invoke, delivered)
                 await delivered.wait()
             return True
+        if window is not None:
+            await window.reserve()  # before the invocation starts: at most so many under way
+            if not _takes_events(child):
+                window.release()  # it went while this waited for a slot
+                return False
         record = child.record
         inv = self.pool.start(child, record, b"GET", source.url, [], None, self.limits.defaults_for(record),
                               event=WebSocketEvent(source.ws, kind, data, text, code, reason, clean))
@@ -243,8 +248,14 @@ class Deliverer:
         if window is None:
             await inv.wait_head()
         else:
-            await window.start(inv.wait_head)
+            window.spawn(inv.wait_head)
         return True
+
+
+def _takes_events(child: Any) -> bool:
+    """Whether the socket's child still takes its events (a condemned child,
+    ``kill_reason``, has left the warm set: it takes no invocation)."""
+    return child.alive and not child.retired and child.record is not None and child.kill_reason is None
 
 
 #: A socket's messages under way at once: the next one goes to the worker
@@ -263,8 +274,16 @@ class MessageWindow:
         self._nursery = nursery
         self._slots = trio.Semaphore(MESSAGES_IN_FLIGHT)
 
-    async def start(self, work: Callable[..., Awaitable[object]], *args: Any) -> None:
+    async def reserve(self) -> None:
+        """A slot for the next delivery (waits while all are taken)."""
         await self._slots.acquire()
+
+    def release(self) -> None:
+        """Give back a slot :meth:`reserve` took and nothing used."""
+        self._slots.release()
+
+    def spawn(self, work: Callable[..., Awaitable[object]], *args: Any) -> None:
+        """Run ``work`` in the slot :meth:`reserve` took; the slot is freed when it ends."""
         self._nursery.start_soon(self._run, work, *args)
 
     async def _run(self, work: Callable[..., Awaitable[object]], *args: Any) -> None:
