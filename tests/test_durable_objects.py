@@ -932,3 +932,49 @@ def test_an_object_runs_in_one_child_while_a_split_alternates_its_versions(serve
         answers = [f.result() for f in calls]
     assert all(a.status == 200 for a in answers), answers
     assert len({a.text for a in answers}) == 1, sorted(a.text for a in answers)
+
+
+REDEPLOYED = r'''
+import asyncio
+import uuid
+from workers import DurableObject, Response, WorkerEntrypoint, fetch
+
+VERSION = "{version}"
+
+
+class Holder(DurableObject):
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        self.token = VERSION + "-" + uuid.uuid4().hex[:6]
+
+    async def slow(self):
+        await fetch(self.env.UPSTREAM + "/echo/slow-started")  # says it is under way
+        await asyncio.sleep(2)
+        return self.token
+
+    async def fast(self):
+        return self.token
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        stub = self.env.HOLDER.getByName("one")
+        return Response(await (stub.slow() if request.url.endswith("/slow") else stub.fast()))
+'''
+
+
+def test_a_busy_object_runs_on_in_its_code_across_a_deploy(server, upstream):
+    """A new version deployed while an object's call is under way: the
+    object's next event goes to the instance still running (Cloudflare: "an
+    active Durable Object can continue running its current code"); it built
+    a second instance of the new version beside it, and both wrote."""
+    bindings = [{"type": "durable_object_namespace", "name": "HOLDER", "class_name": "Holder"},
+                {"type": "plain_text", "name": "UPSTREAM", "text": upstream.url("").rstrip("/")}]
+    server.deploy("redeployed", REDEPLOYED.replace("{version}", "a"), bindings=bindings)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(server.request, "/slow", host="redeployed.localhost", timeout=30)
+        assert upstream.wait_for(lambda: upstream.seen("/echo/slow-started"), timeout=20)
+        server.deploy("redeployed", REDEPLOYED.replace("{version}", "b"), bindings=bindings)
+        fast = server.request("/fast", host="redeployed.localhost", timeout=30)
+        slow_token = slow.result().text
+    assert slow_token.startswith("a-") and fast.text == slow_token, (fast.text, slow_token)

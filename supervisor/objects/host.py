@@ -129,7 +129,7 @@ class ObjectHost:
                                               [], args or None)
         limits = rt.limits.defaults_for(record)
         while True:
-            holder = _holding(obj.child, record)
+            holder = _holding(obj.child, record, busy=obj.waiting > 1)
             if holder is not None:  # where the instance lives, retired or not: one instance per id
                 inv = rt.pool.start(holder, record, method, url, headers, body, limits, parent=parent,
                                     event=event, rpc=rpc)
@@ -219,18 +219,24 @@ class ObjectHost:
             warn("dobject.evict_failed", reason=str(exc))
 
 
-def _holding(child: Any, record: Any) -> Any:
+def _holding(child: Any, record: Any, busy: bool = False) -> Any:
     """The child that holds the object's instance, if it may take its next
-    event: alive, not being killed, and running the version the event picked.
+    event: alive, not being killed, and running the version the event
+    picked, or any version while the object is ``busy`` (another of its
+    events on its way or under way).
 
     Retired children count: the pool keeps one warm child per script, so
     requests alternating between a gradual deployment's versions retire the
     object's child while its calls are under way, and a fresh child of the
-    same version would construct the object a second time beside it."""
+    same version would construct the object a second time beside it. And an
+    object busy when a new version is deployed runs on in its code, as on
+    Cloudflare ("an active Durable Object can continue running its current
+    code"): a new-version event built a second instance beside it, and the
+    old one's late write won. Once idle, its next event starts it anew."""
     if child is None or not child.alive or child.kill_reason is not None:
         return None
     held = child.record
-    return child if held is not None and held.version == record.version else None
+    return child if held is not None and (busy or held.version == record.version) else None
 
 
 def _failure(error: ExceptionInfo) -> BindingError:
