@@ -150,6 +150,10 @@ def test_a_range_is_served_only_of_the_version_if_range_names(corral, tmp_path):
     etag = whole.headers["etag"]
     same = corral.request("/file.txt", host="ranged.localhost", headers={"range": "bytes=0-3", "if-range": etag})
     assert (same.status, same.body) == (206, b"hell")
+    # A range (or credentials) gets no Cache-Control, as Cloudflare's asset worker's isCacheable.
+    assert "cache-control" in whole.headers and "cache-control" not in same.headers
+    private = corral.request("/file.txt", host="ranged.localhost", headers={"authorization": "Bearer x"})
+    assert private.status == 200 and "cache-control" not in private.headers
     for validator in ('"an-old-etag"', "Wed, 21 Oct 2015 07:28:00 GMT"):
         other = corral.request("/file.txt", host="ranged.localhost",
                                headers={"range": "bytes=0-3", "if-range": validator})

@@ -390,9 +390,11 @@ class AssetServer:
         entry = assets.manifest[decision.path]
         etag = f'"{entry.hash}"'
         kind = content_type(decision.path)
-        base = [(b"etag", etag.encode()),
-                (b"cache-control", b"public, max-age=0, must-revalidate"),
-                (b"accept-ranges", b"bytes")]
+        base = [(b"etag", etag.encode()), (b"accept-ranges", b"bytes")]
+        if not _header(headers, b"authorization") and not _header(headers, b"range"):
+            # As Cloudflare's asset worker (isCacheable): a request with credentials
+            # or a range gets no Cache-Control of the asset's.
+            base.insert(1, (b"cache-control", b"public, max-age=0, must-revalidate"))
         if kind is not None:
             base.append((b"content-type", kind.encode()))
         match = _header(headers, b"if-none-match")
