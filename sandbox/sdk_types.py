@@ -193,8 +193,10 @@ def _to_rpc(value: Any) -> Any:
 
     if isinstance(value, (workers.Request, workers.Response)):
         return value
+    if callable(value) and not isinstance(value, type):
+        return value  # a function crosses as a stub to call back (supervisor.pool.rpc_stubs)
     raise TypeError(f"{type(value).__name__} cannot be sent over RPC: use plain data "
-                    "(str, numbers, bool, None, bytes, lists, dicts, sets, datetimes)")
+                    "(str, numbers, bool, None, bytes, lists, dicts, sets, datetimes, functions)")
 
 
 class Blob:

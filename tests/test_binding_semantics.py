@@ -518,7 +518,11 @@ later = asyncio.sleep(0)
 out = [refused((1, 2)), refused({"k": [bytearray(b"x")]}), refused([later]),
        python_to_rpc({"n": [1, "a", None], 2: {3}}) == {"n": [1, "a", None], "2": {3}},
        isinstance(python_to_rpc(datetime.datetime(2020, 1, 1)), datetime.datetime)]
+double = lambda x: x * 2  # a function crosses as a stub to call back, as the SDK's create_proxy
+out += [python_to_rpc(double)(3), python_to_rpc({"cb": double})["cb"](4), refused(int)]
 await later
 return out""")
     assert got == ["<class 'tuple'> cannot be sent over RPC.", "<class 'bytearray'> cannot be sent over RPC.",
-                   "Awaitable <class 'coroutine'> cannot be sent over RPC.", True, True]
+                   "Awaitable <class 'coroutine'> cannot be sent over RPC.", True, True, 6, 8,
+                   "type cannot be sent over RPC: use plain data (str, numbers, bool, None, bytes, lists, "
+                   "dicts, sets, datetimes, functions)"]
