@@ -71,6 +71,7 @@ from protocol.messages import (
 
 from . import bindings as storage_bindings
 from . import (
+    compat,
     content_coding,
     durable_objects,
     events,
@@ -738,8 +739,9 @@ class Runtime:
             raise RuntimeError("Load received twice")
         warmup.give_way()
         self.script = message.script
-        # The codings workerd applies depend on the script's compatibility (br).
-        content_coding.configure(message.script.compatibility_date, message.script.compatibility_flags)
+        # The codings workerd applies, and more, depend on the script's compatibility.
+        compat.configure(message.script.compatibility_date, message.script.compatibility_flags)
+        content_coding.configure()
         values: dict[str, Any] = {}
         for binding in message.script.bindings:
             if isinstance(binding, TextBinding):

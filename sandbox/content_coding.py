@@ -24,10 +24,12 @@ Corral's, which the zygote imports before it builds the jail's file view
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import brotli
+
+from . import compat
 
 #: workerd's ``brotliContentEncoding``: its enable date and its two flags.
 BROTLI_FROM = "2024-04-29"
@@ -47,20 +49,11 @@ GZIP_LEVEL = 6
 _codings: frozenset[str] = frozenset({"gzip"})
 
 
-def brotli_enabled(compatibility_date: str, compatibility_flags: Iterable[str]) -> bool:
-    """Does a script with this date and these flags have workerd's
-    ``brotliContentEncoding``? A script without a date has the oldest
-    behaviour, as for every other date-enabled default here."""
-    flags = set(compatibility_flags)
-    if BROTLI_OFF in flags:
-        return False
-    return BROTLI_ON in flags or (bool(compatibility_date) and compatibility_date >= BROTLI_FROM)
-
-
-def configure(compatibility_date: str, compatibility_flags: Iterable[str]) -> None:
-    """Set the codings handled to those of the script this child loaded."""
+def configure() -> None:
+    """Set the codings handled to those of the script this child loaded
+    (its compatibility: sandbox.compat)."""
     global _codings
-    on = brotli_enabled(compatibility_date, compatibility_flags)
+    on = compat.on(BROTLI_ON, BROTLI_OFF, BROTLI_FROM)
     _codings = frozenset({"gzip", "br"} if on else {"gzip"})
 
 

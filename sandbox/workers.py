@@ -27,7 +27,7 @@ from typing import Any
 
 from protocol.http_grammar import TOKEN
 
-from . import content_coding
+from . import compat, content_coding
 from .js_url import URLSearchParams
 from .pyodide_shim import ArrayBuffer, JsException
 from .sdk_types import Blob, CfProperties, File, FormData, JsDict, encode_form, parse_form
@@ -580,7 +580,11 @@ class _Body:
         return memoryview(await self.bytes())
 
     async def text(self) -> str:
-        return (await self.bytes()).decode("utf-8", errors="replace")
+        text = (await self.bytes()).decode("utf-8", errors="replace")
+        if text.startswith("\ufeff") and compat.on("strip_bom_in_read_all_text", "do_not_strip_bom_in_read_all_text",
+                                                   "2026-01-13"):
+            return text[1:]  # workerd's readAllText strips a leading UTF-8 byte-order mark
+        return text
 
     string = text  # Pyodide's older name
 

@@ -12,7 +12,7 @@ ships it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from protocol.compat import enabled
 
 #: Enable and disable flag names alike (``nodejs_compat``, ``no_nodejs_compat``).
 KNOWN_FLAGS: frozenset[str] = frozenset({
@@ -134,13 +134,4 @@ KNOWN_FLAGS: frozenset[str] = frozenset({
 })
 
 
-def enabled(date: str | None, flags: Iterable[str], flag: str, disable: str, since: str) -> bool:
-    """Whether ``flag`` is on for a script of compatibility ``date`` and
-    ``flags``: named, or its default ``since`` date reached, unless its
-    ``disable`` flag is named (as workerd's compatibility-date.capnp reads
-    them). A script with no date (Corral takes one) gets the newest behaviour."""
-    if flag in flags:
-        return True
-    if disable in flags:
-        return False
-    return not date or date >= since
+__all__ = ["KNOWN_FLAGS", "enabled"]

@@ -152,3 +152,27 @@ def test_http_clients_see_the_coding_fetch_left_encoded(deployed):
         data = bytes.fromhex(got["data"])
         assert got["header"] == (None if on else "br"), name
         assert (data if on else brotli.decompress(data)) == BR_TEXT, name
+
+
+BOM_READER = '''
+from workers import Request, Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        made = await Request("https://x.example/", method="POST", body=b"\\xef\\xbb\\xbfhi").text()
+        return Response(repr([await request.text(), made]))
+'''
+
+
+@pytest.mark.parametrize("date, flags, stripped", [
+    ("2026-02-01", [], True), ("2025-06-01", [], False), ("2025-06-01", ["strip_bom_in_read_all_text"], True),
+    ("2026-02-01", ["do_not_strip_bom_in_read_all_text"], False)])
+def test_text_strips_a_byte_order_mark_from_workerds_date(corral, date, flags, stripped):
+    """workerd's strip_bom_in_read_all_text (on from 2026-01-13): text() of a
+    body that starts with a UTF-8 BOM leaves it out (it was kept)."""
+    name = f"bom-{date[:4]}-{len(flags)}-{int(stripped)}"
+    corral.deploy(name, BOM_READER, extra_metadata={"compatibility_date": date, "compatibility_flags": flags})
+    resp = corral.request("/", host=f"{name}.localhost", method="POST", body="\ufeffsent".encode())
+    expect = ["sent", "hi"] if stripped else ["\ufeffsent", "\ufeffhi"]
+    assert resp.text == repr(expect), resp.text

@@ -328,6 +328,8 @@ KNOWN_FLAGS = frozenset({
     "nodejs_compat_v2", "nodejs_als", "global_fetch_strictly_public", "streams_enable_constructors",
     "transformstream_enable_standard_constructor", "python_workflows_implicit_dependencies",
     "enable_python_external_sdk", "rpc", "fetch_refuses_unknown_protocols",
+    "brotli_content_encoding", "no_brotli_content_encoding", "strip_bom_in_read_all_text",
+    "do_not_strip_bom_in_read_all_text",
 })
 _KNOWN_KEYS = frozenset(WranglerConfig.__struct_fields__) | IGNORED_KEYS | {"tags"}
 
