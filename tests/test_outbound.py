@@ -581,3 +581,35 @@ def test_a_tenants_fetch_url_stays_out_of_the_operators_log(tmp_path):
             server.stop()
         log = server.log_path.read_text(errors="replace")
         assert secret not in log, [line for line in log.splitlines() if secret in line]
+
+
+HOP = r'''
+import json
+from workers import Response, WorkerEntrypoint
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        # The tenant's own dispatch binding, to its own namespace, asking for more.
+        stub = self.env.SELF.get("probe", options={"limits": {"subRequests": 1000}})
+        return await stub.fetch(request)
+'''
+
+
+def test_a_tenants_own_dispatch_keeps_the_outbound_worker_and_its_limits(corral, upstream):
+    """A user worker dispatching to its own namespace: its callee's fetches
+    went straight to the network, past the platform's outbound worker, and
+    with the limits the tenant asked for, not what the platform gave it."""
+    corral.deploy("hop", HOP, bindings=[{"type": "dispatch_namespace", "name": "SELF", "namespace": "default"}])
+    resp = corral.request("/", host="hop.out.localhost", method="POST",
+                          headers={"x-customer": "acme", "x-limits": json.dumps({"subRequests": 3}),
+                                   "content-type": "application/json"},
+                          body=json.dumps({"steps": [{"url": upstream.url("/echo/hop-blocked", host="localhost")}]
+                                          + [{"url": upstream.url(f"/echo/hop-{i}")} for i in range(4)]}))
+    assert resp.status == 200, (resp, corral.log()[-2000:])
+    results = resp.json()["results"]
+    assert results[0]["status"] == 403 and results[0]["headers"].get("x-egress") == "blocked", results[0]
+    # The hop's call is one of its 3; the callee has the 2 left: 1 blocked + 1 through.
+    assert [r.get("status") for r in results[1:2]] == [200], results
+    assert all(r.get("error") == "PlatformError" for r in results[2:]), results
+    assert not upstream.seen("/echo/hop-blocked")

@@ -471,11 +471,18 @@ class Calls:
         if config is not None and config.worker is not None:
             given = message.params or {}
             outbound = Outbound(config.worker.service, {p.name: given.get(p.name) for p in config.params})
+        # A user worker dispatching (to its own namespace, say) keeps the platform's
+        # hold on it: its outbound worker, and its limits as a ceiling. Its callee
+        # fetched past the outbound worker, with whatever limits the tenant asked for.
+        tenant = parent.record.namespace != PLATFORM
+        if tenant and outbound is None:
+            outbound = parent.outbound
 
         def limits(record: ScriptRecord) -> Limits:
             if message.limits is not None:
                 _check_limits(message.limits)
-            return self.limits.for_call(record, message.limits)
+            own = self.limits.for_call(record, message.limits)
+            return _within(own, parent) if tenant else own
 
         return _Target(binding.namespace, message.target, limits,
                        lambda: CallFailed("WorkerNotFound", f"Worker not found: {message.target}"),
