@@ -134,6 +134,18 @@ def test_deploy_token_bound_to_a_namespace(server, tls_files):
         cf.workers_for_platforms.dispatch.namespaces.create(account_id="local", name="not-mine")
     with pytest.raises(cloudflare.PermissionDeniedError):
         cf.workers_for_platforms.dispatch.namespaces.delete("tenant-a", account_id="local")
+    # Tags are the platform's (its plans' limits): a tenant tagging its script plan:pro took that plan.
+    scripts = cf.workers_for_platforms.dispatch.namespaces.scripts
+    with pytest.raises(cloudflare.PermissionDeniedError, match="tags are the platform's"):
+        scripts.tags.update("deployed", account_id="local", dispatch_namespace="tenant-a", body=["plan:pro"])
+    with pytest.raises(cloudflare.PermissionDeniedError, match="tags are the platform's"):
+        scripts.settings.edit("deployed", account_id="local", dispatch_namespace="tenant-a",
+                              settings={"tags": ["plan:pro"]})
+    with pytest.raises(cloudflare.PermissionDeniedError, match="tags are the platform's"):
+        scripts.update("deployed", account_id="local", dispatch_namespace="tenant-a",
+                       metadata={"main_module": "worker.py", "tags": ["plan:pro"]},
+                       files=[("worker.py", io.BytesIO(CODE), "text/x-python")])
+    assert _upload(cf, "tenant-a", "deployed").id == "deployed"  # the same tags (none): fine
 
 
 def test_a_bound_token_cannot_bind_its_way_into_another_namespace(server, tls_files):

@@ -305,6 +305,16 @@ def check_reach(record: ScriptRecord, namespaces: tuple[str, ...]) -> None:
         raise Forbidden(f"tail consumer {record.tail_consumers[0].service!r} is a platform script, and {bound}")
 
 
+def check_own_tags(tags: Any, before: Any, namespaces: tuple[str, ...]) -> None:
+    """Refuse a change of a script's tags by a token bound to namespaces:
+    tags are the platform's (``plan:free``, its ``[limits.tag]``, usage and
+    bulk deletes by tag), and a tenant tagging its own script ``plan:pro``
+    gave itself that plan's limits."""
+    if namespaces and sorted(tags or []) != sorted(before or []):
+        raise Forbidden("a script's tags are the platform's (its plans' limits, usage, bulk deletes): a token "
+                        f"bound to namespace(s) {', '.join(namespaces)} cannot change them")
+
+
 def _own_bound_classes(record: ScriptRecord) -> frozenset[str]:
     """The classes of the script's own that its Durable Object bindings name."""
     return frozenset(b.class_name for b in record.bindings
@@ -648,6 +658,7 @@ class Handlers:
                                               strict=request.query.get("bindings_inherit") == "strict")
         check_variables(record.bindings)
         check_reach(record, request.namespaces)
+        check_own_tags(record.tags, previous.tags if previous else [], request.namespaces)
         if warnings is not None:
             warnings.extend(_secrets_replaced(latest or previous, record))
         await self.check_services(record)

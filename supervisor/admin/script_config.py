@@ -21,6 +21,7 @@ from supervisor.admin.handlers import (
     Handlers,
     _namespace_of,
     _script_of,
+    check_own_tags,
     check_reach,
     code_response,
     log_event,
@@ -179,6 +180,8 @@ class ScriptConfigHandlers:
         if "limits" in raw and raw["limits"] is None and record.limits is not None:
             changes["limits"] = None
         tags = _settings_tags(raw)
+        if tags is not None:
+            check_own_tags(tags, record.tags, request.namespaces)
         # Everything is checked before the first write: a PATCH refused for
         # its bindings must not have changed the script's tags already.
         if changes:

@@ -91,6 +91,10 @@ def authorize(principal: Principal, method: str, path: str, params: dict[str, st
     if token.namespaces and (ns is None or ns not in token.namespaces):
         raise Forbidden(f"token {token.name!r} is bound to namespace(s) {', '.join(token.namespaces)}: "
                         f"it cannot reach {clip(path)}")
+    if token.namespaces and method not in _READ_METHODS and segments[6:7] == ["scripts"] \
+            and segments[8:9] == ["tags"]:
+        raise Forbidden("a script's tags are the platform's (its plans' limits, usage, bulk deletes): a "
+                        f"token bound to namespace(s) {', '.join(token.namespaces)} cannot change them")
     if token.scope == "admin" or method in _READ_METHODS:
         return
     if token.scope == "read":
