@@ -53,13 +53,13 @@ class QueueHub:
         #: Batches being delivered now, and whether the server stops (no new
         #: batch then: the ones under way finish before it does).
         self.delivering = 0
-        self._draining = trio.Event()
+        self._draining = False
 
     def drain(self) -> None:
         """The server stops: no batch starts from now on; :attr:`delivering`
         says when those under way have ended (a SIGTERM cut them, and each
         came back with an attempt spent)."""
-        self._draining.set()
+        self._draining = True
 
     def attach(self, runtime: Any, source: ConsumerSource) -> None:
         self.runtime = runtime
@@ -208,7 +208,7 @@ class QueueHub:
             with trio.move_on_at(deadline):
                 await waiter.wait()
             count, _ = await self._db(key, store.visible)
-        if self._draining.is_set():
+        if self._draining:
             await trio.sleep_forever()  # until the server's nursery ends, with nothing leased
         messages = await self._db(key, store.lease, min(cfg.max_batch_size, store.MAX_BATCH_MESSAGES))
         if messages:
