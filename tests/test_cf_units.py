@@ -91,6 +91,9 @@ def test_asset_resolution():
     assert static_route(patterns, "/index.html") is None and static_route(_assets(run_worker_first=True), "/")
     # Only * is a wildcard: brackets are themselves (fnmatch took them for a character class).
     assert static_route(patterns, "/files/[id]/x") == "worker" and static_route(patterns, "/files/i/x") is None
+    # Many * against a long path that fails: no backtracking (a regular expression of .* took exponential time).
+    many = _assets(run_worker_first=["/" + "*a" * 40 + "b"])
+    assert static_route(many, "/" + "a" * 16000) is None
 
 
 @pytest.mark.parametrize("rules, words", [
