@@ -275,12 +275,18 @@ class Sockets:
             raise TypeError("accept() is called on the server end of a WebSocketPair (pair[1])")
         if ws.readyState != CONNECTING:
             raise RuntimeError("this WebSocket was already accepted")
+        made_in = workers.current_invocation.get()
+        if made_in not in self.runtime.invocations:
+            # A task left running past its request: the socket could never be
+            # returned, and it kept its child from ever being idle.
+            raise RuntimeError("accept() is called while handling a request (this task outlived the one "
+                               "that started it)")
         ws.id = self._next
         self._next += 1
         ws._hibernate = hibernate
         ws.readyState = OPEN
         self.open[ws.id] = ws
-        self._unhanded.setdefault(workers.current_invocation.get(), []).append(ws)
+        self._unhanded.setdefault(made_in, []).append(ws)
 
     def body_of(self, response: workers.Response) -> Any:
         """The ``Socket`` a 101 response carries (the client end's server end)."""

@@ -381,8 +381,10 @@ class AssetConfig(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True)
             check_static_routing(self.run_worker_first)
 
 
-#: Cloudflare's bound on a ``run_worker_first`` list (workers-shared's parseStaticRouting).
+#: Cloudflare's bounds on a ``run_worker_first`` list and on each of its
+#: rules (workers-shared's parseStaticRouting, MAX_ROUTES_RULE_LENGTH).
 MAX_STATIC_ROUTING_RULES = 100
+MAX_STATIC_ROUTING_RULE_LENGTH = 100
 
 
 def check_static_routing(rules: list[str]) -> None:
@@ -402,6 +404,9 @@ def check_static_routing(rules: list[str]) -> None:
         if not (rule.startswith("/") or rule.startswith("!/")):
             raise Invalid(f"assets.run_worker_first: rule {rule[:80]!r} must start with '/' "
                           "(or '!/' to exclude paths)")
+        if len(rule) > MAX_STATIC_ROUTING_RULE_LENGTH:
+            raise Invalid(f"assets.run_worker_first: rule {rule[:80]!r}... is longer than "
+                          f"{MAX_STATIC_ROUTING_RULE_LENGTH} characters")
         if rule in seen:
             raise Invalid(f"assets.run_worker_first: rule {rule[:80]!r} is given twice")
         seen.add(rule)

@@ -171,3 +171,19 @@ def test_an_excluded_path_is_the_assets_even_when_none_is_there(corral, tmp_path
     assert raw_get(corral, "excluded.localhost", "/static/pub/here.txt") == (200, b"public")
     status, body = raw_get(corral, "excluded.localhost", "/static/pub/missing")
     assert status == 404 and not body.startswith(b"worker"), body
+
+
+def test_html_handling_redirects_and_rules_written_encoded(corral, tmp_path):
+    """html_handling's redirect sent the decoded name as its Location: a name
+    with a space, ? or # went out raw (?x became a query) and a non-Latin-1
+    one was a 500; and a run_worker_first rule written encoded (/a%20b/*)
+    never matched, Cloudflare's router matching the path as the URL spells it."""
+    folder = project(tmp_path / "named", {"run_worker_first": ["/a%20b/*"]}, {
+        "日本.html": "nihon", "q?x.html": "query", "sp ace.html": "space", "a b/secret.txt": "SECRET"})
+    deployed(corral, "named", folder)
+    for target, location in (("/%E6%97%A5%E6%9C%AC.html", b"/%E6%97%A5%E6%9C%AC"), ("/q%3Fx.html", b"/q%3Fx"),
+                             ("/sp%20ace.html", b"/sp%20ace")):
+        status, head = raw_head(corral, "named.localhost", target)
+        assert status == 307 and b"location: " + location.lower() + b"\r\n" in head + b"\r\n", (target, head)
+    assert raw_get(corral, "named.localhost", "/a%20b/secret.txt") == (
+        200, b"worker GET http://named.localhost/a%20b/secret.txt")

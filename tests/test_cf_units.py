@@ -102,6 +102,7 @@ def test_asset_resolution():
     (["/a/*", "/a/*"], "given twice"),
     (["!/static/*"], "only exclusions"),
     ([f"/r{i}" for i in range(101)], "more than the 100 allowed"),
+    (["/" + "a*" * 60], "longer than 100 characters"),
 ])
 def test_a_run_worker_first_list_cloudflare_refuses_is_refused(rules, words):
     """Each was accepted, and a rule without its / never matched: the

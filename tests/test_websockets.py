@@ -553,3 +553,43 @@ def test_a_socket_no_101_carried_does_not_keep_its_child(tmp_path):
         c.drop()
     finally:
         server.stop()
+
+
+DETACHED = '''
+import asyncio
+from js import WebSocketPair
+from workers import Response, WorkerEntrypoint
+
+SEEN = []
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        if request.url.endswith("/seen"):
+            return Response(repr(SEEN))
+
+        async def later():  # a task left running past its request
+            await asyncio.sleep(0.05)
+            client, server = WebSocketPair.new().object_values()
+            try:
+                server.accept()
+                SEEN.append("accepted")
+            except Exception as exc:
+                SEEN.append(type(exc).__name__)
+
+        asyncio.ensure_future(later())
+        return Response("started")
+'''
+
+
+def test_a_pair_accepted_after_its_request_ended_is_refused(server):
+    """A task that outlived its request accepted a pair: the socket could
+    never be returned, and it kept its child from ever being idle. workerd
+    allows no I/O outside its request; accept() raises there."""
+    server.deploy("detached", DETACHED)
+    assert server.request("/", host="detached.localhost").text == "started"
+    deadline = time.monotonic() + 10
+    while (seen := server.request("/seen", host="detached.localhost").text) == "[]":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert seen == "['RuntimeError']", seen

@@ -180,7 +180,13 @@ def _html_handling(assets: AssetSet, path: str, redirects: bool = True) -> Decis
 def canonical_path(path: str) -> str:
     """``path`` as Cloudflare's asset worker spells it: each segment decoded
     and encoded again as ``encodeURIComponent`` does, runs of slashes one."""
-    decoded = re.sub(r"/+", "/", "/".join(unquote(segment) for segment in path.split("/")))
+    return encode_path(re.sub(r"/+", "/", "/".join(unquote(segment) for segment in path.split("/"))))
+
+
+def encode_path(decoded: str) -> str:
+    """A decoded path as a URL carries it (each segment as ``encodeURIComponent``
+    writes it): what a Location says, whatever the file's name (a name with
+    ``?``, ``#``, a space or a non-Latin-1 letter went out raw, or failed)."""
     return "/".join(quote(segment, safe="!'()*") for segment in decoded.split("/"))
 
 
@@ -231,17 +237,20 @@ def _rules(assets: AssetSet) -> asset_rules.Rules:
     return asset_rules.parse(config.redirects, config.headers, config.html_handling)
 
 
-def static_route(assets: AssetSet, path: str) -> str | None:
-    """``run_worker_first``'s say on ``path``: ``"worker"``, ``"assets"`` (an
-    exclusion ``!/...`` matched: the assets answer it, their 404 included,
-    as Cloudflare's router worker sends an excluded path to the assets), or
+def static_route(assets: AssetSet, path: str, raw: str = "") -> str | None:
+    """``run_worker_first``'s say on ``path`` (decoded; ``raw``: as the URL
+    spells it, which Cloudflare's router matches, so a rule written encoded,
+    ``/a%20b/*``, gates too): ``"worker"``, ``"assets"`` (an exclusion
+    ``!/...`` matched: the assets answer it, their 404 included, as
+    Cloudflare's router worker sends an excluded path to the assets), or
     None (no rule: an asset if there is one, else the worker)."""
     rule = assets.config.run_worker_first
     if isinstance(rule, bool):
         return "worker" if rule else None
-    if any(glob_match(p[1:], path) for p in rule if p.startswith("!")):
+    spellings = (path, raw) if raw and raw != path else (path,)
+    if any(glob_match(p[1:], s) for p in rule if p.startswith("!") for s in spellings):
         return "assets"
-    if any(glob_match(p, path) for p in rule if not p.startswith("!")):
+    if any(glob_match(p, s) for p in rule if not p.startswith("!") for s in spellings):
         return "worker"
     return None
 
@@ -348,7 +357,7 @@ class AssetServer:
         parts = urlsplit(url)
         raw = normalised(parts.path or "/")
         path = unquote(raw)
-        route = None if from_worker else static_route(assets, path)
+        route = None if from_worker else static_route(assets, path, raw)
         if route == "worker":
             return False
         if route == "assets":
@@ -395,7 +404,7 @@ class AssetServer:
                 location = canonical + (f"?{parts.query}" if parts.query else "")
                 return Answer(307, [(b"location", location.encode("latin-1"))], None)
         if decision.kind == "redirect":  # html_handling's, after a 200 rule too (as Cloudflare's)
-            location = decision.location + (f"?{parts.query}" if parts.query else "")
+            location = encode_path(decision.location) + (f"?{parts.query}" if parts.query else "")
             return Answer(307, [(b"location", location.encode("latin-1"))], None)
         if decision.kind == "not_found":
             return Answer(404, [], None)
