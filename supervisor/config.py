@@ -181,6 +181,10 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     open_databases: Positive = 256
     #: A Durable Object idle this long is evicted (its storage stays).
     durable_object_idle_s: PositiveDuration = 70.0
+    #: How long an object kept busy across a deploy runs on in its old code
+    #: (Cloudflare's max_delay, 300 s by default); then its next events wait
+    #: for those under way and start it anew in the new version.
+    durable_object_update_delay_s: PositiveDuration = 300.0
     quota: QuotaConfig = msgspec.field(default_factory=QuotaConfig)
 
 

@@ -978,3 +978,48 @@ def test_a_busy_object_runs_on_in_its_code_across_a_deploy(server, upstream):
         fast = server.request("/fast", host="redeployed.localhost", timeout=30)
         slow_token = slow.result().text
     assert slow_token.startswith("a-") and fast.text == slow_token, (fast.text, slow_token)
+
+
+BUSY_VERSIONED = r'''
+import asyncio
+from workers import DurableObject, Response, WorkerEntrypoint
+
+VERSION = "{version}"
+
+
+class Busy(DurableObject):
+    async def hold(self):
+        await asyncio.sleep(4)
+        return VERSION
+
+    async def work(self):
+        return VERSION
+
+
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        stub = self.env.BUSY.getByName("one")
+        return Response(await (stub.hold() if request.url.endswith("/hold") else stub.work()))
+'''
+
+
+def test_an_object_kept_busy_takes_a_new_version_after_the_update_delay(tmp_path):
+    """Kept busy across a deploy, an object stayed on its old code for as
+    long as it was busy; Cloudflare defers an update at most max_delay (300 s
+    by default; `durable_object_update_delay_s`, 1 s here). Past it, its next
+    event waits for those under way and runs the new code (one instance at a
+    time all along)."""
+    server = h.start(tmp_path / "state", CONFIG + "durable_object_update_delay_s = 1\n")
+    binding = [{"type": "durable_object_namespace", "name": "BUSY", "class_name": "Busy"}]
+    try:
+        server.deploy("busy", BUSY_VERSIONED.replace("{version}", "one"), bindings=binding)
+        assert server.request("/work", host="busy.localhost").text == "one"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            held = pool.submit(server.request, "/hold", host="busy.localhost", timeout=30)
+            server.deploy("busy", BUSY_VERSIONED.replace("{version}", "two"), bindings=binding)
+            assert server.request("/work", host="busy.localhost").text == "one"  # busy: its code runs on
+            time.sleep(1.2)  # the update delay passes (a configured time, nothing to wait on)
+            assert server.request("/work", host="busy.localhost", timeout=30).text == "two"
+            assert held.result().text == "one"
+    finally:
+        server.stop()

@@ -53,7 +53,8 @@ def host_of(services: Services) -> ObjectHost:
     """The one object host of this supervisor (made with the first handler)."""
     host = getattr(services, "objects", None)
     if host is None:
-        host = services.objects = ObjectHost(services.config.durable_object_idle_s)  # type: ignore[attr-defined]
+        host = services.objects = ObjectHost(  # type: ignore[attr-defined]
+            services.config.durable_object_idle_s, services.config.durable_object_update_delay_s)
         host.load_kv_classes = functools.partial(_kv_classes, services)
     return host
 

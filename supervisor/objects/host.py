@@ -43,7 +43,7 @@ class ObjectKey(NamedTuple):
 class LiveObject:
     """What the supervisor knows of one live object."""
 
-    __slots__ = ("last_used", "child", "waiting", "placing")
+    __slots__ = ("last_used", "child", "waiting", "placing", "stale_since", "drained", "draining")
 
     def __init__(self) -> None:
         self.last_used = trio.current_time()
@@ -52,6 +52,11 @@ class LiveObject:
         #: Set while an event finds the object a child: the events beside it
         #: wait for that child rather than each starting one.
         self.placing: trio.Event | None = None
+        #: Since when its events have been of a newer version than its child's.
+        self.stale_since: float | None = None
+        #: Set once only events waiting for it are left (see ObjectHost._deliver).
+        self.drained: trio.Event | None = None
+        self.draining = 0
 
 
 class Runtime:
@@ -67,8 +72,9 @@ class Runtime:
 class ObjectHost:
     """The live objects of this supervisor."""
 
-    def __init__(self, idle_s: float) -> None:
+    def __init__(self, idle_s: float, update_delay_s: float = 300.0) -> None:
         self.idle_s = idle_s
+        self.update_delay_s = update_delay_s
         self.runtime: Runtime | None = None
         self.live: dict[ObjectKey, LiveObject] = {}
         #: Reads a script's KV-backed classes (supervisor.bindings.do_backends);
@@ -117,6 +123,9 @@ class ObjectHost:
         finally:
             obj.waiting -= 1
             obj.last_used = trio.current_time()
+            if obj.drained is not None and obj.waiting <= obj.draining:
+                drained, obj.drained = obj.drained, None
+                drained.set()  # only events waiting for the old instance's end are left
 
     async def _deliver(self, key: ObjectKey, obj: LiveObject, record: Any, event: DurableObjectEvent,
                        parent: Any, http: tuple[bytes, str, list, Any] | None, args: bytes,
@@ -129,7 +138,20 @@ class ObjectHost:
                                               [], args or None)
         limits = rt.limits.defaults_for(record)
         while True:
-            holder = _holding(obj.child, record, busy=obj.waiting > 1)
+            busy = obj.waiting - obj.draining > 1
+            if self._outdated(obj, record) and busy:
+                # Kept busy past update_delay_s on its old code: the next events
+                # wait for those under way, then start it in the new version
+                # (one instance at a time, and a deploy does take effect).
+                obj.draining += 1
+                try:
+                    if obj.drained is None:
+                        obj.drained = trio.Event()
+                    await obj.drained.wait()
+                finally:
+                    obj.draining -= 1
+                continue
+            holder = _holding(obj.child, record, busy=busy)
             if holder is not None:  # where the instance lives, retired or not: one instance per id
                 inv = rt.pool.start(holder, record, method, url, headers, body, limits, parent=parent,
                                     event=event, rpc=rpc)
@@ -177,6 +199,18 @@ class ObjectHost:
     def forget_kv_classes(self, namespace: str, script: str) -> None:
         """``script``'s migrations changed its classes' kinds: read them again."""
         self.kv_classes.pop((namespace, script), None)
+
+    def _outdated(self, obj: LiveObject, record: Any) -> bool:
+        """Whether ``obj`` has run an older version than ``record``'s for
+        longer than ``update_delay_s`` (Cloudflare's max_delay)."""
+        held = obj.child.record if obj.child is not None else None
+        if held is None or held.version == record.version or not obj.child.alive:
+            obj.stale_since = None
+            return False
+        now = trio.current_time()
+        if obj.stale_since is None:
+            obj.stale_since = now
+        return now - obj.stale_since >= self.update_delay_s
 
     def forget_script(self, namespace: str, script: str) -> None:
         """``script`` was deleted: its objects' instances are not kept (its
