@@ -351,8 +351,11 @@ class Session:
 
     # -- from the worker (its child's reader: synchronous) ----------------------------
     def from_worker(self, data: bytes, text: bool, fin: bool = True) -> None:
-        """A message, or a part of one (``fin`` false), from the worker."""
-        if self._closing:
+        """A message, or a part of one (``fin`` false), from the worker; none
+        once the connection is no longer open (the peer's close or reset came
+        in and the worker had not heard of it yet: wsproto refused the send,
+        and its error killed the child as a protocol violation)."""
+        if self._closing or self.ws.state is not ConnectionState.OPEN:
             return
         self._emit(self.ws.send(Message(data.decode("utf-8", "replace") if text else data,
                                         message_finished=fin)))
