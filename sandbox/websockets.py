@@ -132,6 +132,8 @@ class WebSocket:
         self.extensions = ""
         #: Opened to a server (``js.WebSocket.new``), not a pair's server end.
         self._to_server = False
+        #: The invocation that accepted it (see Sockets.invocation_ended).
+        self._made_in = 0
 
     # -- the server end ---------------------------------------------------------------
     def accept(self) -> None:
@@ -286,6 +288,7 @@ class Sockets:
         ws._hibernate = hibernate
         ws.readyState = OPEN
         self.open[ws.id] = ws
+        ws._made_in = made_in
         self._unhanded.setdefault(made_in, []).append(ws)
 
     def body_of(self, response: workers.Response) -> Any:
@@ -302,9 +305,9 @@ class Sockets:
             raise TypeError("the server end of the WebSocketPair was not accepted: call "
                             "server.accept() (or ctx.acceptWebSocket(server) in a Durable Object) "
                             "before returning the response")
-        for made in self._unhanded.values():
-            if server in made:
-                made.remove(server)
+        made = self._unhanded.get(server._made_in)
+        if made is not None and server in made:
+            made.remove(server)
         return Socket(server.id, hibernate=server._hibernate)
 
     def invocation_ended(self, inv: int) -> None:
